@@ -1,0 +1,126 @@
+/**
+ * loramesh command line: train (coordinator), worker, generate, demo.
+ * Run `loramesh <command> --help` for every option and its default.
+ */
+import { Command } from 'commander';
+import { checkLoraConfig, checkTrainConfig, DEFAULT_LORA, DEFAULT_TRAIN } from '../shared/config.ts';
+import { LoraMeshError } from '../shared/errors.ts';
+import { BACKENDS, type BackendName } from '../worker/backend.ts';
+import { defaultCacheDir } from '../worker/node.ts';
+import { int, modules, num, oneOf } from './options.ts';
+import { DEMO_MODEL_DIR } from './paths.ts';
+
+
+const program = new Command('loramesh')
+  .description('Distributed LoRA fine-tuning over a WebSocket worker mesh')
+  .showHelpAfterError();
+
+function addTrainOptions(cmd: Command): Command {
+  return cmd
+    .option('--model <dir>', 'base model directory (config.json, *.safetensors, vocab.json)', DEMO_MODEL_DIR)
+    .option('--data <file.jsonl>', 'training data: {"prompt","completion"} or {"text"} per line (default: the demo task)')
+    .option('--train-size <n>', 'demo task: number of training examples', int(1), 2000)
+    .option('--steps <n>', 'optimizer steps', int(1), DEFAULT_TRAIN.steps)
+    .option('--global-batch <n>', 'sequences per step over all workers', int(1), DEFAULT_TRAIN.globalBatch)
+    .option('--micro-batch <n>', 'sequences per assignment', int(1), DEFAULT_TRAIN.microBatch)
+    .option('--lr <x>', 'peak learning rate', num(0, 10), DEFAULT_TRAIN.lr)
+    .option('--warmup <n>', 'warm-up steps', int(0), DEFAULT_TRAIN.warmupSteps)
+    .option('--weight-decay <x>', 'AdamW decoupled weight decay', num(0, 10), DEFAULT_TRAIN.weightDecay)
+    .option('--clip <x>', 'global gradient-norm clip (0: off)', num(0), DEFAULT_TRAIN.clipNorm)
+    .option('--seed <n>', 'seed for data order, LoRA init and dropout', int(0), DEFAULT_TRAIN.seed)
+    .option('-r, --rank <n>', 'LoRA rank r', int(1), DEFAULT_LORA.r)
+    .option('--alpha <x>', 'LoRA alpha (scaling alpha/r)', num(0), DEFAULT_LORA.alpha)
+    .option('--dropout <x>', 'dropout on the LoRA branch input', num(0, 0.999), DEFAULT_LORA.dropout)
+    .option('--targets <list>', 'comma list of modules to adapt', modules, DEFAULT_LORA.targetModules)
+    .option('--init <kind>', 'LoRA A init: kaiming | gaussian', oneOf(['kaiming', 'gaussian'] as const), DEFAULT_LORA.init)
+    .option('--rslora', 'scale by alpha/sqrt(r) instead of alpha/r', false)
+    .option('--local-workers <n>', 'worker processes to start on this machine', int(0), 2)
+    .option('--min-workers <n>', 'start training once this many workers are ready (default: local workers, ≥ 1)', int(1))
+    .option('--in-process', 'compute everything in this process, no sockets (the single-process reference)', false)
+    .option('--host <addr>', 'address to listen on (0.0.0.0 lets other machines join)', '127.0.0.1')
+    .option('--port <n>', 'port (0: pick a free one)', int(0), 0)
+    .option('--token <token>', 'join token workers must present (or LORAMESH_TOKEN)')
+    .option('--backend <name>', `tfjs backend of local workers: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'auto')
+    .option('--out <dir>', 'where run folders go', 'runs')
+    .option('--run-id <id>', 'name of the run folder (default: date + random id)');
+}
+
+function configsFrom(o: Record<string, any>) {
+  const lora = checkLoraConfig({ r: o.rank, alpha: o.alpha, dropout: o.dropout, targetModules: o.targets, init: o.init, useRslora: o.rslora });
+  const train = checkTrainConfig({
+    steps: o.steps, globalBatch: o.globalBatch, microBatch: o.microBatch, lr: o.lr, warmupSteps: o.warmup,
+    weightDecay: o.weightDecay, clipNorm: o.clip, seed: o.seed,
+  });
+  return { lora, train };
+}
+
+addTrainOptions(program.command('train').description('run a coordinator (and local workers) to fine-tune a LoRA adapter'))
+  .action(async (o) => {
+    const { initBackend } = await import('../worker/backend.ts');
+    const { openModelDir } = await import('./model-dir.ts');
+    const { demoExamples, demoTaskData, jsonlExamples } = await import('./dataset.ts');
+    const { runTraining } = await import('./train.ts');
+    const { lora, train } = configsFrom(o);
+    const model = openModelDir(o.model);
+    if (o.inProcess) await initBackend(o.backend as BackendName, console.log);
+    const examples = o.data
+      ? jsonlExamples(o.data, model.tokenizer, model.config.max_position_embeddings)
+      : demoExamples(model.tokenizer, demoTaskData(o.trainSize, 200, o.seed));
+    const result = await runTraining({
+      model, lora, train, examples, outDir: o.out, runId: o.runId, inProcess: o.inProcess, localWorkers: o.inProcess ? 0 : o.localWorkers,
+      minWorkers: o.minWorkers, host: o.host, port: o.port, token: o.token ?? process.env.LORAMESH_TOKEN, backend: o.backend,
+    });
+    const last = result.metrics[result.metrics.length - 1];
+    console.log(`done: ${train.steps} steps, final loss ${last.loss.toFixed(4)}; adapter written to ${result.runDir}`);
+  });
+
+program.command('worker')
+  .description('join a run as a worker')
+  .argument('<url>', 'coordinator WebSocket URL, e.g. ws://host:port/ws')
+  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'auto')
+  .option('--cache-dir <dir>', 'where verified base-model files are cached', defaultCacheDir())
+  .option('--name <name>', 'a name shown in the coordinator log')
+  .option('--token <token>', 'join token (or LORAMESH_TOKEN)')
+  .option('--max-retries <n>', 'give up after this many failed connection attempts in a row', int(0))
+  .action(async (url: string, o) => {
+    if (!/^wss?:\/\//.test(url)) throw new LoraMeshError('LM_ERR_CONFIG', `worker url should start with ws:// or wss://, got ${JSON.stringify(url)}`);
+    const { runNodeWorker } = await import('../worker/node.ts');
+    const session = await runNodeWorker({ url, backend: o.backend, cacheDir: o.cacheDir, name: o.name, token: o.token ?? process.env.LORAMESH_TOKEN, maxRetries: o.maxRetries });
+    console.log(`[worker${o.name ? ' ' + o.name : ''}] finished after ${session.assignmentsDone} micro-batches`);
+    process.exit(0);
+  });
+
+program.command('generate')
+  .description('generate text with a base model plus an optional adapter (KV cache)')
+  .option('--model <dir>', 'base model directory', DEMO_MODEL_DIR)
+  .option('--adapter <dir>', 'PEFT adapter directory (adapter_config.json + adapter_model.safetensors)')
+  .requiredOption('--prompt <text>', 'prompt text (repeat the flag for several)', (v: string, prev: string[] = []) => [...prev, v])
+  .option('--max-new-tokens <n>', 'tokens to generate', int(1), 16)
+  .option('--temperature <x>', '0 = greedy', num(0, 100), 0)
+  .option('--top-p <x>', 'nucleus sampling mass', num(0, 1), 1)
+  .option('--seed <n>', 'sampling seed', int(0), 0)
+  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'auto')
+  .action(async (o) => {
+    const { generateCommand } = await import('./generate-cmd.ts');
+    await generateCommand(o);
+  });
+
+program.command('demo')
+  .description('the built-in demo: LoRA-teach the demo model a new skill with 2 local workers')
+  .option('--local-workers <n>', 'worker processes', int(1), 2)
+  .option('--steps <n>', 'optimizer steps', int(1))
+  .option('--out <dir>', 'where run folders go', 'runs')
+  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'wasm')
+  .action(async (o) => {
+    const { runDemo } = await import('./demo.ts');
+    await runDemo(o);
+  });
+
+program.parseAsync().catch((err) => {
+  if (err instanceof LoraMeshError) {
+    console.error(`loramesh: ${err.message}`);
+    process.exit(2);
+  }
+  throw err;
+});
+

@@ -1,0 +1,38 @@
+/** `loramesh generate`: base model + optional adapter (merged into W for inference), KV-cached sampling. */
+import { generate } from '../shared/generate.ts';
+import { mergeAdapter } from '../shared/lora/adapter.ts';
+import { FrozenBase } from '../shared/lora/params.ts';
+import { LlamaModel } from '../shared/model/llama.ts';
+import { initBackend, type BackendName } from '../worker/backend.ts';
+import { readAdapterDir } from './adapter-io.ts';
+import { loadWeights, openModelDir } from './model-dir.ts';
+
+export interface GenerateOptions {
+  model: string;
+  adapter?: string;
+  prompt: string[];
+  maxNewTokens: number;
+  temperature: number;
+  topP: number;
+  seed: number;
+  backend: BackendName;
+}
+
+export async function generateCommand(o: GenerateOptions): Promise<void> {
+  await initBackend(o.backend, (l) => console.error(l));
+  const dir = openModelDir(o.model);
+  let weights = loadWeights(dir);
+  if (o.adapter) {
+    const adapter = readAdapterDir(o.adapter, dir.config);
+    weights = mergeAdapter(weights, adapter.spec, adapter.state, adapter.lora);
+  }
+  const model = new LlamaModel(dir.config);
+  const base = new FrozenBase(dir.config, weights);
+  const tok = dir.tokenizer;
+  for (const prompt of o.prompt) {
+    const ids = [tok.bosId, ...tok.encode(prompt)];
+    const maxNewTokens = Math.min(o.maxNewTokens, dir.config.max_position_embeddings - ids.length);
+    const [out] = generate(model, base, [ids], { maxNewTokens, temperature: o.temperature, topP: o.topP, eosId: tok.eosId, seed: o.seed });
+    console.log(`${prompt}${tok.decode(out)}`);
+  }
+}

@@ -1,0 +1,28 @@
+/** The single-process executor: computes every micro-batch here, in order. The reference for exactness tests. */
+import type * as tf from '@tensorflow/tfjs-core';
+import type { LoraConfig, ModelConfig } from '../shared/config.ts';
+import type { AdapterState, AdapterTensorSpec } from '../shared/lora/adapter.ts';
+import { FrozenBase } from '../shared/lora/params.ts';
+import { LlamaModel } from '../shared/model/llama.ts';
+import { computeGradients, type GradientResult } from '../shared/train/gradients.ts';
+import type { MicroBatch } from '../shared/train/micro-batch.ts';
+import type { GradientExecutor } from './trainer.ts';
+
+export class InProcessExecutor implements GradientExecutor {
+  private readonly model: LlamaModel;
+  private readonly base: FrozenBase;
+  private adapter: AdapterState = new Map();
+
+  constructor(config: ModelConfig, weights: Map<string, tf.Tensor>, private readonly spec: AdapterTensorSpec[], private readonly lora: LoraConfig) {
+    this.model = new LlamaModel(config);
+    this.base = new FrozenBase(config, weights);
+  }
+
+  publish(_paramVersion: number, adapter: AdapterState): void {
+    this.adapter = new Map([...adapter].map(([k, v]) => [k, v.slice()]));
+  }
+
+  async compute(_step: number, _paramVersion: number, microBatches: MicroBatch[]): Promise<GradientResult[]> {
+    return microBatches.map((mb) => computeGradients(this.model, this.base, this.spec, this.adapter, this.lora, mb));
+  }
+}

@@ -1,0 +1,32 @@
+/** Starts worker processes on this machine (`--local-workers N`), each a `loramesh worker` child. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+const cliPath = fileURLToPath(new URL('./cli.ts', import.meta.url));
+const tsxLoader = import.meta.resolve('tsx');
+
+export interface LocalWorkerOptions {
+  backend: string;
+  cacheDir?: string;
+  token?: string;
+  /** where each child's output goes: 'inherit' shows it, 'ignore' keeps the terminal quiet */
+  stdio?: 'inherit' | 'ignore' | 'pipe';
+}
+
+export function spawnLocalWorkers(count: number, url: string, opts: LocalWorkerOptions): ChildProcess[] {
+  return Array.from({ length: count }, (_, i) => {
+    const args = ['--import', tsxLoader, cliPath, 'worker', url, '--backend', opts.backend, '--name', `local-${i + 1}`];
+    if (opts.cacheDir) args.push('--cache-dir', opts.cacheDir);
+    const env = { ...process.env, ...(opts.token ? { LORAMESH_TOKEN: opts.token } : {}) };
+    return spawn(process.execPath, args, { stdio: ['ignore', opts.stdio ?? 'inherit', opts.stdio ?? 'inherit'], env });
+  });
+}
+
+export async function stopLocalWorkers(children: ChildProcess[], graceMs = 5000): Promise<void> {
+  await Promise.all(children.map((c) => new Promise<void>((resolve) => {
+    if (c.exitCode !== null || c.signalCode !== null) return resolve();
+    const timer = setTimeout(() => c.kill('SIGKILL'), graceMs);
+    c.once('exit', () => { clearTimeout(timer); resolve(); });
+    c.kill('SIGTERM');
+  })));
+}

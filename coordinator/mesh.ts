@@ -1,0 +1,259 @@
+/**
+ * The worker mesh as a GradientExecutor: hands micro-batches to connected workers, takes their
+ * results, and puts a micro-batch back in the queue when its worker leaves or fails, so nothing is
+ * lost. Idle workers pull the next micro-batch, so each gets work in proportion to its speed.
+ * Every incoming frame is decoded and checked; a bad one is answered with a reject carrying its
+ * error code and never reaches the aggregator.
+ */
+import { nanoid } from 'nanoid';
+import type { WebSocket } from 'ws';
+import type { AdapterState } from '../shared/lora/adapter.ts';
+import { ErrorCodes, LoraMeshError, type ErrorCode } from '../shared/errors.ts';
+import { decodeMessage, encodeMessage } from '../shared/protocol/codec.ts';
+import { checkTensors, PROTOCOL_VERSION, type CoordinatorMessage, type Result, type RunManifest } from '../shared/protocol/messages.ts';
+import type { GradientResult } from '../shared/train/gradients.ts';
+import { type MicroBatch, tokenCount } from '../shared/train/micro-batch.ts';
+import type { GradientExecutor } from './trainer.ts';
+
+interface Assignment {
+  id: string;
+  step: number;
+  index: number;
+  microBatch: MicroBatch;
+}
+
+export interface WorkerInfo {
+  id: string;
+  name: string;
+  backend: string;
+  platform: string;
+  state: 'handshake' | 'loading' | 'ready';
+  microBatchesDone: number;
+  tokensDone: number;
+  /** tokens per second of compute, exponential moving average */
+  throughput: number;
+  bytesIn: number;
+  bytesOut: number;
+  rejected: number;
+  lastSeen: number;
+}
+
+interface WorkerConnection extends WorkerInfo {
+  ws: WebSocket;
+  assignment: Assignment | null;
+  alive: boolean;
+}
+
+export interface MeshOptions {
+  manifest: RunManifest;
+  /** join token; when set, hello must carry it */
+  token?: string;
+  log?: (line: string) => void;
+}
+
+interface StepInFlight {
+  step: number;
+  paramVersion: number;
+  queue: Assignment[];
+  results: (GradientResult | undefined)[];
+  remaining: number;
+  resolve: (results: GradientResult[]) => void;
+}
+
+export class MeshExecutor implements GradientExecutor {
+  readonly workers = new Map<string, WorkerConnection>();
+  bytesIn = 0;
+  bytesOut = 0;
+  private paramsFrame: Uint8Array | null = null;
+  private paramVersion = -1;
+  private inFlight: StepInFlight | null = null;
+  private readonly log: (line: string) => void;
+  private readyWaiters: { count: number; resolve: () => void }[] = [];
+
+  constructor(private readonly options: MeshOptions) {
+    this.log = options.log ?? (() => {});
+  }
+
+  /** Resolves once at least `count` workers are ready to compute. */
+  waitForWorkers(count: number): Promise<void> {
+    if (this.readyCount() >= count) return Promise.resolve();
+    return new Promise((resolve) => this.readyWaiters.push({ count, resolve }));
+  }
+
+  readyCount(): number {
+    return [...this.workers.values()].filter((w) => w.state === 'ready').length;
+  }
+
+  publish(paramVersion: number, adapter: AdapterState): void {
+    this.paramVersion = paramVersion;
+    this.paramsFrame = encodeMessage({ type: 'params', paramVersion, tensors: Object.fromEntries(adapter) });
+    for (const w of this.workers.values()) if (w.state !== 'handshake') this.sendFrame(w, this.paramsFrame);
+  }
+
+  compute(step: number, paramVersion: number, microBatches: MicroBatch[]): Promise<GradientResult[]> {
+    return new Promise((resolve) => {
+      this.inFlight = {
+        step, paramVersion, resolve, remaining: microBatches.length, results: new Array(microBatches.length),
+        queue: microBatches.map((microBatch, index) => ({ id: nanoid(12), step, index, microBatch })),
+      };
+      this.dispatch();
+    });
+  }
+
+  /** Tells every worker the run is over. */
+  finish(reason: string): void {
+    for (const w of this.workers.values()) this.send(w, { type: 'done', reason });
+  }
+
+  attach(ws: WebSocket): void {
+    const w: WorkerConnection = {
+      id: nanoid(10), name: '', backend: '', platform: '', state: 'handshake', microBatchesDone: 0, tokensDone: 0,
+      throughput: 0, bytesIn: 0, bytesOut: 0, rejected: 0, lastSeen: Date.now(), ws, assignment: null, alive: true,
+    };
+    this.workers.set(w.id, w);
+    ws.on('message', (data, isBinary) => this.onFrame(w, data as Buffer, isBinary));
+    ws.on('pong', () => { w.alive = true; w.lastSeen = Date.now(); });
+    ws.on('close', () => this.onClose(w));
+    ws.on('error', (err) => this.log(`worker ${w.id}: socket error ${err.message}`));
+  }
+
+  /** Pings every worker; one that did not answer the previous ping is dropped (its work requeued). */
+  heartbeat(): void {
+    for (const w of this.workers.values()) {
+      if (!w.alive) {
+        this.log(`worker ${w.id} missed a heartbeat; dropping it`);
+        w.ws.terminate();
+        continue;
+      }
+      w.alive = false;
+      w.ws.ping();
+    }
+  }
+
+  private onFrame(w: WorkerConnection, data: Buffer, isBinary: boolean): void {
+    w.bytesIn += data.length;
+    this.bytesIn += data.length;
+    w.lastSeen = Date.now();
+    w.alive = true;
+    try {
+      if (!isBinary) throw new LoraMeshError(ErrorCodes.DECODE, 'text frames are not part of the protocol');
+      const message = decodeMessage(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      switch (message.type) {
+        case 'hello': return this.onHello(w, message.protocol, message.token, message.name, message.backend, message.platform);
+        case 'ready': return this.onReady(w);
+        case 'result': return this.onResult(w, message);
+        case 'worker-error': return this.onWorkerError(w, message.code, message.message, message.assignmentId);
+        case 'heartbeat': return;
+        default: throw new LoraMeshError(ErrorCodes.STATE, `a coordinator does not accept ${message.type} messages`);
+      }
+    } catch (err) {
+      const code: ErrorCode = err instanceof LoraMeshError ? err.code : ErrorCodes.DECODE;
+      w.rejected++;
+      this.log(`worker ${w.id}: rejected frame (${(err as Error).message})`);
+      this.send(w, { type: 'reject', code, message: (err as Error).message });
+    }
+  }
+
+  private onHello(w: WorkerConnection, protocol: number, token: string | undefined, name: string | undefined, backend: string, platform: string): void {
+    if (w.state !== 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'hello sent twice');
+    if (protocol !== PROTOCOL_VERSION) {
+      this.send(w, { type: 'reject', code: ErrorCodes.PROTOCOL_VERSION, message: `protocol ${protocol} is not supported; this coordinator speaks ${PROTOCOL_VERSION}` });
+      w.ws.close(1002, ErrorCodes.PROTOCOL_VERSION);
+      return;
+    }
+    if (this.options.token !== undefined && token !== this.options.token) {
+      this.send(w, { type: 'reject', code: ErrorCodes.AUTH, message: 'missing or wrong join token' });
+      w.ws.close(1008, ErrorCodes.AUTH);
+      return;
+    }
+    Object.assign(w, { name: name ?? w.id, backend, platform, state: 'loading' });
+    this.log(`worker ${w.id} (${w.name}, ${platform}/${backend}) joined`);
+    this.send(w, { type: 'welcome', workerId: w.id, manifest: this.options.manifest });
+    if (this.paramsFrame) this.sendFrame(w, this.paramsFrame);
+  }
+
+  private onReady(w: WorkerConnection): void {
+    if (w.state === 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'ready before hello');
+    w.state = 'ready';
+    this.log(`worker ${w.id} ready`);
+    const ready = this.readyCount();
+    this.readyWaiters = this.readyWaiters.filter((waiter) => (ready >= waiter.count ? (waiter.resolve(), false) : true));
+    this.dispatch();
+  }
+
+  private onResult(w: WorkerConnection, r: Result): void {
+    const a = w.assignment;
+    const step = this.inFlight;
+    if (!a || a.id !== r.assignmentId || !step) throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `assignment ${r.assignmentId} is not held by this worker`);
+    if (r.paramVersion !== step.paramVersion) throw new LoraMeshError(ErrorCodes.STALE, `result for version ${r.paramVersion}, current is ${step.paramVersion}`);
+    const expectedTokens = tokenCount(a.microBatch);
+    if (r.tokenCount !== expectedTokens) throw new LoraMeshError(ErrorCodes.FIELD, `result.tokenCount ${r.tokenCount} should be ${expectedTokens} for this micro-batch`);
+    checkTensors(r.grads, this.options.manifest.adapter, 'result.grads');
+    w.assignment = null;
+    w.microBatchesDone++;
+    w.tokensDone += r.tokenCount;
+    const tps = (a.microBatch.batch * a.microBatch.time) / Math.max(1e-3, r.computeMs / 1000);
+    w.throughput = w.throughput === 0 ? tps : 0.8 * w.throughput + 0.2 * tps;
+    if (step.results[a.index] === undefined) {
+      step.results[a.index] = { lossSum: r.lossSum, tokenCount: r.tokenCount, grads: new Map(Object.entries(r.grads)) };
+      step.remaining--;
+    }
+    if (step.remaining === 0) {
+      this.inFlight = null;
+      step.resolve(step.results as GradientResult[]);
+    }
+    this.dispatch();
+  }
+
+  private onWorkerError(w: WorkerConnection, code: string, message: string, assignmentId?: string): void {
+    this.log(`worker ${w.id} reported ${code}: ${message}`);
+    if (w.assignment && (assignmentId === undefined || assignmentId === w.assignment.id)) this.requeue(w);
+    this.dispatch();
+  }
+
+  private onClose(w: WorkerConnection): void {
+    this.workers.delete(w.id);
+    if (w.assignment) {
+      this.log(`worker ${w.id} left holding micro-batch ${w.assignment.index} of step ${w.assignment.step}; reassigning it`);
+      this.requeue(w);
+    } else {
+      this.log(`worker ${w.id} left`);
+    }
+    this.dispatch();
+  }
+
+  private requeue(w: WorkerConnection): void {
+    const a = w.assignment!;
+    w.assignment = null;
+    if (this.inFlight && this.inFlight.step === a.step && this.inFlight.results[a.index] === undefined) {
+      this.inFlight.queue.unshift({ ...a, id: nanoid(12) });
+    }
+  }
+
+  private dispatch(): void {
+    const step = this.inFlight;
+    if (!step) return;
+    for (const w of this.workers.values()) {
+      if (step.queue.length === 0) return;
+      if (w.state !== 'ready' || w.assignment || this.paramVersion !== step.paramVersion) continue;
+      const a = step.queue.shift()!;
+      w.assignment = a;
+      this.send(w, { type: 'assign', assignmentId: a.id, paramVersion: step.paramVersion, step: a.step, index: a.index, microBatch: a.microBatch });
+    }
+  }
+
+  private send(w: WorkerConnection, message: CoordinatorMessage): void {
+    this.sendFrame(w, encodeMessage(message));
+  }
+
+  private sendFrame(w: WorkerConnection, frame: Uint8Array): void {
+    if (w.ws.readyState !== w.ws.OPEN) return;
+    w.bytesOut += frame.length;
+    this.bytesOut += frame.length;
+    w.ws.send(frame);
+  }
+
+  info(): WorkerInfo[] {
+    return [...this.workers.values()].map(({ ws: _ws, assignment: _a, alive: _alive, ...info }) => info);
+  }
+}

@@ -1,0 +1,137 @@
+/**
+ * A whole training run: model directory in, adapter in PEFT layout out. With localWorkers ≥ 0 (or
+ * remote workers joining) it runs the mesh over real WebSockets; with inProcess it computes every
+ * micro-batch in this process, which is the reference the distributed run must equal.
+ */
+import { nanoid } from 'nanoid';
+import cliProgress from 'cli-progress';
+import type * as tf from '@tensorflow/tfjs-core';
+import type { LoraConfig, TrainConfig } from '../shared/config.ts';
+import { adapterParameterCount, adapterSpec, type AdapterState } from '../shared/lora/adapter.ts';
+import { parameterShapes } from '../shared/model/llama.ts';
+import type { RunManifest } from '../shared/protocol/messages.ts';
+import type { Example } from '../shared/train/micro-batch.ts';
+import { InProcessExecutor } from './in-process.ts';
+import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
+import { MeshExecutor } from './mesh.ts';
+import { loadWeights, type ModelDir } from './model-dir.ts';
+import { RunDir } from './run-dir.ts';
+import { startServer } from './server.ts';
+import { Trainer, type StepMetrics } from './trainer.ts';
+
+export interface RunOptions {
+  model: ModelDir;
+  lora: LoraConfig;
+  train: TrainConfig;
+  examples: Example[];
+  outDir: string;
+  runId?: string;
+  /** compute in this process, no sockets (the single-process reference) */
+  inProcess?: boolean;
+  localWorkers: number;
+  /** start once this many workers are ready (default: localWorkers, at least 1) */
+  minWorkers?: number;
+  host?: string;
+  port?: number;
+  token?: string;
+  backend?: string;
+  cacheDir?: string;
+  heartbeatMs?: number;
+  /** show a progress bar (default: when stderr is a terminal) */
+  progress?: boolean;
+  workerOutput?: 'inherit' | 'ignore';
+  log?: (line: string) => void;
+  /** weights already loaded by the caller (for evaluation), reused for the in-process executor */
+  weights?: Map<string, tf.Tensor>;
+}
+
+export interface RunResult {
+  runId: string;
+  runDir: string;
+  adapter: AdapterState;
+  metrics: StepMetrics[];
+  bytesUp: number;
+  bytesDown: number;
+  workers: number;
+  /** what full fine-tuning would have moved for the same steps and workers (fp32 gradients up, weights down) */
+  fullFineTuneBytes: number;
+  adapterParameters: number;
+  modelParameters: number;
+}
+
+export async function runTraining(opts: RunOptions): Promise<RunResult> {
+  const log = opts.log ?? ((line: string) => console.log(line));
+  const runId = opts.runId ?? `${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}-${nanoid(6)}`;
+  const runDir = new RunDir(opts.outDir, runId);
+  const { model, lora, train } = opts;
+  runDir.writeConfig({ runId, model: model.dir, modelConfig: model.config, lora, train, localWorkers: opts.localWorkers, inProcess: !!opts.inProcess });
+
+  const spec = adapterSpec(model.config, lora);
+  let executor: InProcessExecutor | MeshExecutor;
+  let server: Awaited<ReturnType<typeof startServer>> | null = null;
+  let children: ReturnType<typeof spawnLocalWorkers> = [];
+  if (opts.inProcess) {
+    executor = new InProcessExecutor(model.config, opts.weights ?? loadWeights(model), spec, lora);
+  } else {
+    const manifest: RunManifest = {
+      runId,
+      model: { config: model.config, files: model.files.map(({ name, sha256, bytes }) => ({ name, sha256, bytes })) },
+      lora,
+      adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
+    };
+    executor = new MeshExecutor({ manifest, token: opts.token, log });
+  }
+  const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId }, executor);
+  const mesh = executor instanceof MeshExecutor ? executor : null;
+  if (mesh) {
+    // The largest legitimate frame is a result: 4 bytes per adapter value plus framing.
+    const maxPayload = 4 * adapterParameterCount(spec) + 64 * 1024 + 16 * spec.length * 64;
+    server = await startServer({
+      host: opts.host ?? '127.0.0.1', port: opts.port ?? 0, files: model.files, mesh, maxPayload,
+      heartbeatMs: opts.heartbeatMs ?? 5000,
+      status: () => ({ runId, step: trainer.step, steps: train.steps, paramVersion: trainer.paramVersion, workers: mesh.info() }),
+    });
+    log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
+    if (opts.localWorkers > 0) {
+      children = spawnLocalWorkers(opts.localWorkers, server.wsUrl, { backend: opts.backend ?? 'auto', cacheDir: opts.cacheDir, token: opts.token, stdio: opts.workerOutput ?? 'inherit' });
+    }
+    const minWorkers = opts.minWorkers ?? Math.max(1, opts.localWorkers);
+    if (opts.localWorkers === 0) log(`waiting for ${minWorkers} worker(s): loramesh worker ${server.wsUrl}`);
+    await mesh.waitForWorkers(minWorkers);
+  }
+
+  const metrics: StepMetrics[] = [];
+  const showBar = opts.progress ?? process.stderr.isTTY;
+  const bar = showBar ? new cliProgress.SingleBar({ format: 'train |{bar}| step {value}/{total} | loss {loss} | {tps} tok/s | ETA {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
+  bar?.start(train.steps, 0, { loss: '-', tps: '-' });
+  try {
+    trainer.start();
+    let lastIn = mesh?.bytesIn ?? 0;
+    let lastOut = mesh?.bytesOut ?? 0;
+    while (!trainer.done) {
+      const m = await trainer.runStep();
+      metrics.push(m);
+      const bytesUp = (mesh?.bytesIn ?? 0) - lastIn;
+      const bytesDown = (mesh?.bytesOut ?? 0) - lastOut;
+      lastIn = mesh?.bytesIn ?? 0;
+      lastOut = mesh?.bytesOut ?? 0;
+      runDir.appendMetrics({ step: m.step, loss: m.loss, lr: m.lr, grad_norm: m.gradNorm, tokens: m.tokens, tokens_per_s: m.tokensPerSecond, step_ms: m.stepMs, bytes_up: bytesUp, bytes_down: bytesDown, workers: mesh?.readyCount() ?? 0 });
+      bar?.update(m.step, { loss: m.loss.toFixed(4), tps: m.tokensPerSecond.toFixed(0) });
+      if (!bar && (m.step % 10 === 0 || m.step === train.steps)) log(`step ${m.step}/${train.steps} loss ${m.loss.toFixed(4)} lr ${m.lr.toExponential(2)} ${m.tokensPerSecond.toFixed(0)} tok/s`);
+    }
+  } finally {
+    bar?.stop();
+    mesh?.finish('training complete');
+    await stopLocalWorkers(children);
+    await server?.close();
+  }
+  runDir.writeAdapter(trainer.spec, trainer.adapter, lora, model.dir);
+  const modelParameters = [...parameterShapes(model.config).values()].reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
+  const workers = Math.max(1, opts.localWorkers);
+  return {
+    runId, runDir: runDir.path, adapter: trainer.adapter, metrics,
+    bytesUp: mesh?.bytesIn ?? 0, bytesDown: mesh?.bytesOut ?? 0, workers,
+    fullFineTuneBytes: train.steps * workers * 2 * 4 * modelParameters,
+    adapterParameters: adapterParameterCount(trainer.spec), modelParameters,
+  };
+}

@@ -1,0 +1,93 @@
+/**
+ * The run's step loop (DESIGN.md §3): sample the global batch, cut it into micro-batches, have an
+ * executor compute them (in this process or on the worker mesh), add the results in micro-batch
+ * order, divide by the token count, clip, AdamW, bump the parameter version, publish. No sockets
+ * here: the same Trainer drives the single-process reference and the distributed run.
+ */
+import type { LoraConfig, ModelConfig, TrainConfig } from '../shared/config.ts';
+import { adapterSpec, initAdapter, type AdapterState, type AdapterTensorSpec } from '../shared/lora/adapter.ts';
+import { mixSeed } from '../shared/rng.ts';
+import { aggregateInOrder } from '../shared/train/aggregate.ts';
+import type { GradientResult } from '../shared/train/gradients.ts';
+import { type Example, type MicroBatch, packMicroBatch } from '../shared/train/micro-batch.ts';
+import { adamwStep, clipGlobalNorm, initAdam, learningRate, type AdamState } from '../shared/train/optimizer.ts';
+import { EpochSampler } from '../shared/train/sampler.ts';
+
+export interface GradientExecutor {
+  /** Computes every micro-batch of a step against parameter version `paramVersion`; results in micro-batch order. */
+  compute(step: number, paramVersion: number, microBatches: MicroBatch[]): Promise<GradientResult[]>;
+  /** Makes a new parameter version current everywhere. */
+  publish(paramVersion: number, adapter: AdapterState): void;
+}
+
+export interface StepMetrics {
+  step: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  tokens: number;
+  stepMs: number;
+  tokensPerSecond: number;
+}
+
+export interface TrainerOptions {
+  model: ModelConfig;
+  lora: LoraConfig;
+  train: TrainConfig;
+  examples: Example[];
+  padId: number;
+}
+
+export class Trainer {
+  readonly spec: AdapterTensorSpec[];
+  adapter: AdapterState;
+  paramVersion = 0;
+  step = 0;
+  readonly sampler: EpochSampler;
+  readonly adam: AdamState;
+
+  constructor(readonly options: TrainerOptions, private readonly executor: GradientExecutor) {
+    this.spec = adapterSpec(options.model, options.lora);
+    this.adapter = initAdapter(this.spec, options.lora, mixSeed(options.train.seed, 1));
+    this.sampler = new EpochSampler(options.examples.length, mixSeed(options.train.seed, 2));
+    this.adam = initAdam(this.adapter);
+  }
+
+  get done(): boolean {
+    return this.step >= this.options.train.steps;
+  }
+
+  /** The micro-batches of the next step, from the sampler (advances its cursor). */
+  nextMicroBatches(): MicroBatch[] {
+    const t = this.options.train;
+    const indices = this.sampler.next(t.globalBatch);
+    const microBatches: MicroBatch[] = [];
+    for (let i = 0; i < indices.length; i += t.microBatch) {
+      const examples = indices.slice(i, i + t.microBatch).map((k) => this.options.examples[k]);
+      microBatches.push(packMicroBatch(examples, this.options.padId, mixSeed(t.seed, 3, this.step, i / t.microBatch)));
+    }
+    return microBatches;
+  }
+
+  start(): void {
+    this.executor.publish(this.paramVersion, this.adapter);
+  }
+
+  async runStep(): Promise<StepMetrics> {
+    const started = performance.now();
+    const t = this.options.train;
+    const results = await this.executor.compute(this.step, this.paramVersion, this.nextMicroBatches());
+    const { lossSum, tokenCount, grads } = aggregateInOrder(results);
+    const gradNorm = clipGlobalNorm(grads, t.clipNorm);
+    const lr = learningRate(this.step, t);
+    adamwStep(this.adapter, grads, this.adam, lr, t);
+    this.step += 1;
+    this.paramVersion += 1;
+    this.executor.publish(this.paramVersion, this.adapter);
+    const stepMs = performance.now() - started;
+    return {
+      step: this.step, loss: lossSum / Math.max(1, tokenCount), lr, gradNorm, tokens: tokenCount, stepMs,
+      tokensPerSecond: tokenCount / (stepMs / 1000),
+    };
+  }
+}

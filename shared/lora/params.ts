@@ -1,0 +1,102 @@
+/**
+ * Parameter sources for the model: where each linear layer's output comes from. LoRA is a thin
+ * wrapper around a frozen linear: h = W x + scaling · B (A dropout(x)), W never gets a gradient.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { ModelConfig } from '../config.ts';
+import { fail, ErrorCodes } from '../errors.ts';
+import { type FrozenLinear, frozenLinear, makeFrozenLinear, trainableEmbedding, trainableLinear } from '../model/linear-ops.ts';
+import { type ParamSource, linearModulePaths, parameterShapes } from '../model/llama.ts';
+import { Rng } from '../rng.ts';
+
+/** Checks that weights has every tensor of the config with the right shape. */
+export function checkWeights(config: ModelConfig, weights: Map<string, tf.Tensor>): void {
+  for (const [name, shape] of parameterShapes(config)) {
+    const t = weights.get(name) ?? fail(ErrorCodes.MODEL, `missing tensor ${name} (expected shape [${shape}])`);
+    if (t.shape.join(',') !== shape.join(',')) fail(ErrorCodes.MODEL, `tensor ${name} has shape [${t.shape}], expected [${shape}] from config.json`);
+  }
+}
+
+/** The frozen base model: every linear kept in both layouts for the fast custom gradient. */
+export class FrozenBase {
+  readonly linears = new Map<string, FrozenLinear>();
+
+  /** plain: use autodiff's own matMul gradient instead of the fast path (the reference in tests) */
+  constructor(readonly config: ModelConfig, readonly weights: Map<string, tf.Tensor>, readonly plain = false) {
+    checkWeights(config, weights);
+    for (const path of linearModulePaths(config)) {
+      const name = path === 'lm_head' && config.tie_word_embeddings ? 'model.embed_tokens.weight' : `${path}.weight`;
+      this.linears.set(path, makeFrozenLinear(weights.get(name) as tf.Tensor2D));
+    }
+  }
+
+  linear(modulePath: string, x: tf.Tensor2D): tf.Tensor2D {
+    const layer = this.linears.get(modulePath) ?? fail(ErrorCodes.MODEL, `no linear layer ${modulePath}`);
+    return this.plain ? tf.matMul(x, layer.weight, false, true) : frozenLinear(x, layer);
+  }
+
+  embed(ids: tf.Tensor1D): tf.Tensor2D {
+    return tf.gather(this.param('model.embed_tokens.weight'), ids) as tf.Tensor2D;
+  }
+
+  param(name: string): tf.Tensor {
+    return this.weights.get(name) ?? fail(ErrorCodes.MODEL, `missing tensor ${name}`);
+  }
+
+  dispose(): void {
+    for (const l of this.linears.values()) l.weightT.dispose();
+  }
+}
+
+export interface LoraBranch {
+  /** (r, d_in) */
+  A: tf.Tensor2D;
+  /** (d_out, r) */
+  B: tf.Tensor2D;
+}
+
+export interface LoraDropout {
+  p: number;
+  seed: number;
+}
+
+/** The base model with LoRA branches on some modules. */
+export function withLora(base: FrozenBase, branches: Map<string, LoraBranch>, scaling: number, dropout?: LoraDropout): ParamSource {
+  let calls = 0; // dropout masks differ per module call but repeat for the same (seed, call order)
+  return {
+    param: (name) => base.param(name),
+    embed: (ids) => base.embed(ids),
+    linear(modulePath, x) {
+      const y = base.linear(modulePath, x);
+      const branch = branches.get(modulePath);
+      if (!branch) return y;
+      let input = x;
+      if (dropout && dropout.p > 0) input = tf.mul(x, dropoutMask(x.shape, dropout.p, dropout.seed + 7919 * calls++));
+      const down = tf.matMul(input, tf.transpose(branch.A)); // (N, r)
+      const up = tf.matMul(down, tf.transpose(branch.B)); // (N, d_out)
+      return tf.add(y, tf.mul(up, scaling));
+    },
+  };
+}
+
+/** Inverted-dropout mask from the shared RNG, so every backend and process draws the same mask. */
+function dropoutMask(shape: number[], p: number, seed: number): tf.Tensor {
+  const rng = new Rng(seed);
+  const n = shape.reduce((a, b) => a * b, 1);
+  const m = new Float32Array(n);
+  const keep = 1 / (1 - p);
+  for (let i = 0; i < n; i++) m[i] = rng.next() < p ? 0 : keep;
+  return tf.tensor(m, shape);
+}
+
+/** Every parameter trainable (full pretraining); params are the tensors being differentiated. */
+export function trainableParams(config: ModelConfig, params: Map<string, tf.Tensor>): ParamSource {
+  return {
+    param: (name) => params.get(name) ?? fail(ErrorCodes.MODEL, `missing tensor ${name}`),
+    embed: (ids) => trainableEmbedding(ids, params.get('model.embed_tokens.weight') as tf.Tensor2D),
+    linear(modulePath, x) {
+      const name = modulePath === 'lm_head' && config.tie_word_embeddings ? 'model.embed_tokens.weight' : `${modulePath}.weight`;
+      return trainableLinear(x, params.get(name) as tf.Tensor2D);
+    },
+  };
+}

@@ -1,0 +1,53 @@
+/**
+ * What a worker computes for one micro-batch: the SUM of per-token losses and the gradient of that
+ * sum w.r.t. every LoRA A and B. Sums (not means) let the coordinator add micro-batches in a fixed
+ * order and divide once by the global token count, so N workers equal one process exactly.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { type LoraConfig, loraScaling } from '../config.ts';
+import { type AdapterState, type AdapterTensorSpec } from '../lora/adapter.ts';
+import { type FrozenBase, type LoraBranch, withLora } from '../lora/params.ts';
+import type { LlamaModel, ParamSource } from '../model/llama.ts';
+import { type MicroBatch, tokenCount } from './micro-batch.ts';
+
+export interface GradientResult {
+  lossSum: number;
+  tokenCount: number;
+  grads: AdapterState;
+}
+
+/** Σ mask·(−log softmax(logits)[target]) over all positions; logits (N, V), targets (N), mask (N). */
+export function tokenLossSum(logits: tf.Tensor2D, targets: tf.Tensor1D, mask: tf.Tensor1D): tf.Scalar {
+  const logProbs = tf.logSoftmax(logits); // (N, V)
+  const picked = tf.sum(tf.mul(logProbs, tf.oneHot(targets, logits.shape[1])), -1); // (N)
+  return tf.neg(tf.sum(tf.mul(picked, mask))) as tf.Scalar;
+}
+
+export function computeGradients(
+  model: LlamaModel, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, mb: MicroBatch,
+): GradientResult {
+  const scaling = loraScaling(lora);
+  const out = tf.tidy(() => {
+    const inputIds = tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32');
+    const targets = tf.tensor1d(mb.targets, 'int32');
+    const mask = tf.tensor1d(mb.lossMask);
+    const tensors = spec.map((t) => tf.tensor2d(adapter.get(t.name)!, t.shape));
+    const loss = (...ab: tf.Tensor[]) => {
+      const branches = new Map<string, LoraBranch>();
+      spec.forEach((t, i) => {
+        const entry = branches.get(t.modulePath) ?? ({} as LoraBranch);
+        entry[t.which] = ab[i] as tf.Tensor2D;
+        branches.set(t.modulePath, entry);
+      });
+      const params: ParamSource = withLora(base, branches, scaling, { p: lora.dropout, seed: mb.dropoutSeed });
+      return tokenLossSum(model.forward(params, inputIds), targets, mask);
+    };
+    const { value, grads } = tf.valueAndGrads(loss)(tensors);
+    return { value, grads };
+  });
+  const grads: AdapterState = new Map();
+  spec.forEach((t, i) => grads.set(t.name, out.grads[i].dataSync() as Float32Array));
+  const lossSum = out.value.dataSync()[0];
+  tf.dispose([out.value, ...out.grads]);
+  return { lossSum, tokenCount: tokenCount(mb), grads };
+}

@@ -1,0 +1,113 @@
+/**
+ * The worker, independent of platform and transport: Node processes and browser tabs run this same
+ * loop. It answers coordinator messages with messages; the entry point owns the socket, the tfjs
+ * backend and how base-model files are fetched and cached.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { checkModelConfig } from './config.ts';
+import { ErrorCodes, LoraMeshError } from './errors.ts';
+import { type AdapterTensorSpec } from './lora/adapter.ts';
+import { FrozenBase } from './lora/params.ts';
+import { LlamaModel } from './model/llama.ts';
+import { decodeMessage, encodeMessage } from './protocol/codec.ts';
+import { checkTensors, PROTOCOL_VERSION, type Assign, type Message, type RunManifest, type WorkerMessage } from './protocol/messages.ts';
+import { computeGradients } from './train/gradients.ts';
+
+export interface WorkerPlatform {
+  backend: string;
+  platform: 'node' | 'browser';
+  /** fetches (or reads from cache) the base-model files, verifies their sha256, returns the weights */
+  loadBase(manifest: RunManifest): Promise<Map<string, tf.Tensor>>;
+  log(line: string): void;
+}
+
+export interface WorkerOptions {
+  token?: string;
+  name?: string;
+}
+
+export class WorkerSession {
+  workerId: string | null = null;
+  manifest: RunManifest | null = null;
+  paramVersion = -1;
+  assignmentsDone = 0;
+  finished = false;
+  private model: LlamaModel | null = null;
+  private base: FrozenBase | null = null;
+  private spec: AdapterTensorSpec[] = [];
+  private adapter = new Map<string, Float32Array>();
+  private queue: Promise<void> = Promise.resolve();
+
+  constructor(private readonly platform: WorkerPlatform, private readonly options: WorkerOptions = {}) {}
+
+  hello(): Uint8Array {
+    return encodeMessage({
+      type: 'hello', protocol: PROTOCOL_VERSION, token: this.options.token, name: this.options.name,
+      backend: this.platform.backend, platform: this.platform.platform,
+    });
+  }
+
+  /** Handles frames strictly in arrival order; `send` gets each reply. */
+  receive(bytes: Uint8Array, send: (bytes: Uint8Array) => void): Promise<void> {
+    this.queue = this.queue.then(() => this.handle(bytes, send)).catch((err) => {
+      const code = err instanceof LoraMeshError ? err.code : 'LM_ERR_INTERNAL';
+      this.platform.log(`error: ${(err as Error).message}`);
+      send(encodeMessage({ type: 'worker-error', code, message: (err as Error).message }));
+    });
+    return this.queue;
+  }
+
+  private async handle(bytes: Uint8Array, send: (bytes: Uint8Array) => void): Promise<void> {
+    const message: Message = decodeMessage(bytes);
+    const reply = (m: WorkerMessage) => send(encodeMessage(m));
+    switch (message.type) {
+      case 'welcome': {
+        this.workerId = message.workerId;
+        this.manifest = message.manifest;
+        if (!this.base) {
+          const config = checkModelConfig(message.manifest.model.config);
+          const weights = await this.platform.loadBase(message.manifest);
+          this.model = new LlamaModel(config);
+          this.base = new FrozenBase(config, weights);
+        }
+        this.spec = message.manifest.adapter.map((t) => ({
+          ...t, modulePath: t.name.replace(/\.lora_[AB]$/, ''), which: t.name.endsWith('lora_A') ? 'A' : 'B',
+        }));
+        this.platform.log(`joined run ${message.manifest.runId} as ${message.workerId}`);
+        reply({ type: 'ready', paramVersion: this.paramVersion });
+        return;
+      }
+      case 'params':
+        if (this.manifest) checkTensors(message.tensors, this.manifest.adapter, 'params');
+        this.adapter = new Map(Object.entries(message.tensors));
+        this.paramVersion = message.paramVersion;
+        return;
+      case 'assign':
+        reply(this.compute(message));
+        return;
+      case 'reject':
+        this.platform.log(`coordinator rejected a message: ${message.code} ${message.message}`);
+        return;
+      case 'done':
+        this.finished = true;
+        this.platform.log(`run finished: ${message.reason}`);
+        return;
+      default:
+        throw new LoraMeshError(ErrorCodes.STATE, `a worker does not accept ${message.type} messages`);
+    }
+  }
+
+  private compute(a: Assign): WorkerMessage {
+    if (!this.model || !this.base || !this.manifest) throw new LoraMeshError(ErrorCodes.STATE, 'assignment before welcome');
+    if (a.paramVersion !== this.paramVersion) {
+      return { type: 'worker-error', assignmentId: a.assignmentId, code: ErrorCodes.STALE, message: `assignment for version ${a.paramVersion}, I hold ${this.paramVersion}` };
+    }
+    const started = performance.now();
+    const r = computeGradients(this.model, this.base, this.spec, this.adapter, this.manifest.lora, a.microBatch);
+    this.assignmentsDone++;
+    return {
+      type: 'result', assignmentId: a.assignmentId, paramVersion: a.paramVersion, tokenCount: r.tokenCount,
+      lossSum: r.lossSum, computeMs: performance.now() - started, grads: Object.fromEntries(r.grads),
+    };
+  }
+}

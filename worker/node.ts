@@ -1,0 +1,97 @@
+/**
+ * The Node worker: picks a tfjs backend, connects to a coordinator over WebSocket (reconnecting
+ * with exponential backoff), fetches the base model over HTTP once (sha256-verified, cached on
+ * disk by content hash) and runs the neutral worker loop from shared/.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import WebSocket from 'ws';
+import type * as tf from '@tensorflow/tfjs-core';
+import { checkModelConfig } from '../shared/config.ts';
+import { ErrorCodes, fail } from '../shared/errors.ts';
+import { weightsFromSafetensors } from '../shared/model/weights.ts';
+import type { BaseFile, RunManifest } from '../shared/protocol/messages.ts';
+import { WorkerSession } from '../shared/worker-loop.ts';
+import { initBackend, type BackendName } from './backend.ts';
+
+export interface NodeWorkerOptions {
+  url: string;
+  backend: BackendName;
+  cacheDir: string;
+  name?: string;
+  token?: string;
+  /** give up after this many failed connection attempts in a row (default: never) */
+  maxRetries?: number;
+  log?: (line: string) => void;
+}
+
+export const defaultCacheDir = () => process.env.LORAMESH_CACHE ?? join(homedir(), '.cache', 'loramesh');
+
+/** http(s) origin of the coordinator that serves ws(s)://host/ws */
+const httpOrigin = (wsUrl: string) => new URL(wsUrl.replace(/^ws/, 'http')).origin;
+
+async function fetchVerified(origin: string, file: BaseFile, cacheDir: string, log: (l: string) => void): Promise<Uint8Array> {
+  const cached = join(cacheDir, file.sha256);
+  if (existsSync(cached)) {
+    const bytes = new Uint8Array(readFileSync(cached));
+    if (createHash('sha256').update(bytes).digest('hex') === file.sha256) return bytes;
+    log(`cache entry for ${file.name} is corrupt; downloading again`);
+  }
+  const res = await fetch(`${origin}/files/${file.sha256}`);
+  if (!res.ok) fail(ErrorCodes.HASH, `download of ${file.name} failed: HTTP ${res.status}`);
+  const bytes = new Uint8Array(await res.arrayBuffer());
+  const digest = createHash('sha256').update(bytes).digest('hex');
+  if (digest !== file.sha256) fail(ErrorCodes.HASH, `${file.name}: sha256 ${digest} does not match the manifest's ${file.sha256}`);
+  mkdirSync(cacheDir, { recursive: true });
+  writeFileSync(`${cached}.tmp`, bytes);
+  renameSync(`${cached}.tmp`, cached);
+  log(`downloaded ${file.name} (${(file.bytes / 1e6).toFixed(1)} MB), sha256 verified`);
+  return bytes;
+}
+
+export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSession> {
+  const log = opts.log ?? ((line: string) => console.log(`[worker${opts.name ? ' ' + opts.name : ''}] ${line}`));
+  const backend = await initBackend(opts.backend, log);
+  if (backend.fellBack) log(`warning: running on the slow ${backend.name} backend`);
+  const origin = httpOrigin(opts.url);
+  const session = new WorkerSession({
+    backend: backend.name,
+    platform: 'node',
+    log,
+    async loadBase(manifest: RunManifest): Promise<Map<string, tf.Tensor>> {
+      const config = checkModelConfig(manifest.model.config);
+      const weightFiles = manifest.model.files.filter((f) => f.name.endsWith('.safetensors'));
+      const bytes = await Promise.all(weightFiles.map((f) => fetchVerified(origin, f, opts.cacheDir, log)));
+      return weightsFromSafetensors(config, bytes);
+    },
+  }, { name: opts.name, token: opts.token });
+
+  let failures = 0;
+  while (!session.finished) {
+    const opened = await new Promise<boolean>((resolve) => {
+      const ws = new WebSocket(opts.url, { maxPayload: 1 << 30 });
+      let wasOpen = false;
+      ws.on('open', () => {
+        wasOpen = true;
+        failures = 0;
+        ws.send(session.hello());
+      });
+      ws.on('message', (data) => {
+        session.receive(new Uint8Array(data as Buffer), (reply) => ws.readyState === ws.OPEN && ws.send(reply)).then(() => {
+          if (session.finished) ws.close(1000, 'done');
+        });
+      });
+      ws.on('error', (err) => log(`connection error: ${err.message}`));
+      ws.on('close', () => resolve(wasOpen));
+    });
+    if (session.finished) break;
+    failures = opened ? 0 : failures + 1;
+    if (opts.maxRetries !== undefined && failures > opts.maxRetries) fail(ErrorCodes.STATE, `could not reach ${opts.url} after ${failures} attempts`);
+    const delay = Math.min(10_000, 250 * 2 ** Math.min(failures, 6)) * (0.5 + Math.random() / 2);
+    log(`disconnected; reconnecting in ${(delay / 1000).toFixed(1)} s`);
+    await new Promise((r) => setTimeout(r, delay));
+  }
+  return session;
+}
