@@ -35,6 +35,7 @@ export type TensorMap = Record<string, Float32Array>;
 
 // worker → coordinator
 export interface Hello { type: 'hello'; protocol: number; token?: string; name?: string; backend: string; platform: 'node' | 'browser' }
+/** base model loaded; paramVersion is the version held (-1: none yet) */
 export interface Ready { type: 'ready'; paramVersion: number }
 export interface Result { type: 'result'; assignmentId: string; paramVersion: number; tokenCount: number; lossSum: number; computeMs: number; grads: TensorMap }
 export interface WorkerError { type: 'worker-error'; assignmentId?: string; code: string; message: string }
@@ -93,7 +94,7 @@ const guards: Record<Message['type'], Guard> = {
     field(m, 'backend', isString(64), 'a backend name');
     field(m, 'platform', (v) => v === 'node' || v === 'browser', '"node" or "browser"');
   },
-  ready: (m) => field(m, 'paramVersion', isInt(0), 'an integer ≥ 0'),
+  ready: (m) => field(m, 'paramVersion', isInt(-1), 'an integer ≥ -1 (-1: no parameters yet)'),
   result: (m) => {
     field(m, 'assignmentId', isString(64), 'an assignment id');
     field(m, 'paramVersion', isInt(0), 'an integer ≥ 0');
