@@ -10,6 +10,7 @@ import type { LoraConfig, TrainConfig } from '../shared/config.ts';
 import { adapterParameterCount, adapterSpec, type AdapterState } from '../shared/lora/adapter.ts';
 import { parameterShapes } from '../shared/model/llama.ts';
 import type { RunManifest } from '../shared/protocol/messages.ts';
+import { ErrorCodes, LoraMeshError } from '../shared/errors.ts';
 import type { Example } from '../shared/train/micro-batch.ts';
 import { InProcessExecutor } from './in-process.ts';
 import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
@@ -53,7 +54,7 @@ export interface RunResult {
   bytesUp: number;
   bytesDown: number;
   workers: number;
-  /** what full fine-tuning would have moved for the same steps and workers (fp32 gradients up, weights down) */
+  /** what full fine-tuning would move over the same protocol: fp32 gradients of every weight up per micro-batch, all weights down per worker */
   fullFineTuneBytes: number;
   adapterParameters: number;
   modelParameters: number;
@@ -97,7 +98,9 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     }
     const minWorkers = opts.minWorkers ?? Math.max(1, opts.localWorkers);
     if (opts.localWorkers === 0) log(`waiting for ${minWorkers} worker(s): loramesh worker ${server.wsUrl}`);
-    await mesh.waitForWorkers(minWorkers);
+    const childrenGone = failWhenChildrenExit(children, minWorkers);
+    childrenGone.catch(() => {}); // only matters while waiting; workers exit normally at the end
+    await Promise.race([mesh.waitForWorkers(minWorkers), childrenGone]);
   }
 
   const metrics: StepMetrics[] = [];
@@ -131,7 +134,23 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   return {
     runId, runDir: runDir.path, adapter: trainer.adapter, metrics,
     bytesUp: mesh?.bytesIn ?? 0, bytesDown: mesh?.bytesOut ?? 0, workers,
-    fullFineTuneBytes: train.steps * workers * 2 * 4 * modelParameters,
+    fullFineTuneBytes: train.steps * (train.globalBatch / train.microBatch + workers) * 4 * modelParameters,
     adapterParameters: adapterParameterCount(trainer.spec), modelParameters,
   };
+}
+
+/** Rejects if local workers exit before enough of them are ready, instead of waiting forever. */
+function failWhenChildrenExit(children: ReturnType<typeof spawnLocalWorkers>, needed: number): Promise<never> {
+  if (children.length === 0) return new Promise(() => {});
+  return new Promise((_, reject) => {
+    let exited = 0;
+    for (const child of children) {
+      child.once('exit', (code, signal) => {
+        exited++;
+        if (children.length - exited < needed) {
+          reject(new LoraMeshError(ErrorCodes.STATE, `${exited} local worker(s) exited (last: code ${code}, signal ${signal}) before ${needed} were ready; run \`loramesh worker\` by hand to see why`));
+        }
+      });
+    }
+  });
 }
