@@ -93,7 +93,7 @@ writeFileSync(join(import.meta.dirname, 'results', 'step.json'), JSON.stringify(
 
 const table = [
   '<!-- step-table:start -->',
-  `Measured ${result.date.slice(0, 10)} on this 2-core machine, one run, median of ${REPEATS} steps after ${WARMUP} warm-up (batch ${mb.batch}×${mb.time} = ${tokens} tokens, demo model, LoRA r=${lora.r} on q,k,v,o,gate,up,down).`,
+  `Measured ${result.date.slice(0, 10)} on this 2-core machine, one run, median of ${REPEATS} steps after ${WARMUP} warm-up (batch ${mb.batch}×${mb.time} = ${tokens} tokens, demo model, LoRA r=${lora.r} on ${lora.targetModules.join(",")}).`,
   '',
   '| implementation | ms/step | tokens/s |',
   '|---|---:|---:|',

@@ -44,5 +44,7 @@ for _ in range(opts["repeats"]):
     t0 = time.perf_counter()
     step()
     times.append((time.perf_counter() - t0) * 1000)
-blas = "openblas" if "openblas" in torch.__config__.show().lower() else "reference BLAS"
+# Debian's torch links libblas.so.3, which update-alternatives points at OpenBLAS or reference BLAS.
+with open("/proc/self/maps") as maps:
+    blas = "OpenBLAS" if "openblas" in maps.read() else "reference BLAS"
 print(json.dumps({"ms": statistics.median(times), "threads": torch.get_num_threads(), "version": torch.__version__, "blas": blas}))
