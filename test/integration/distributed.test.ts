@@ -2,7 +2,8 @@
 // WebSockets ends 20 steps with the same adapter as the in-process reference (max abs diff ≤ 1e-6).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { decodeSafetensors } from '../../shared/formats/safetensors.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import '../helpers/backend.ts';
@@ -48,7 +49,17 @@ for (const workers of [2, 1, 3]) {
     const lines = readFileSync(join(result.runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     assert.equal(lines.length, 20);
     assert.ok(lines.every((l) => l.bytes_up > 0 && l.bytes_down > 0 && Number.isFinite(l.loss)));
-    assert.ok(existsSync(join(result.runDir, 'adapter_model.safetensors')) && existsSync(join(result.runDir, 'adapter_config.json')));
+    // The adapter on disk is in PEFT layout and holds exactly the trained values.
+    const { tensors } = decodeSafetensors(new Uint8Array(readFileSync(join(result.runDir, 'adapter_model.safetensors'))));
+    const a = tensors.get('base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight');
+    const b = tensors.get('base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight');
+    assert.deepEqual(a?.shape, [4, 16]);
+    assert.deepEqual(b?.shape, [8, 4]); // v_proj out = kv heads (2) × head size (4)
+    assert.equal(tensors.size, 2 * 2 * 2);
+    assert.deepEqual([...a!.data], [...result.adapter.get('model.layers.0.self_attn.q_proj.lora_A')!]);
+    const config = JSON.parse(readFileSync(join(result.runDir, 'adapter_config.json'), 'utf8'));
+    assert.equal(config.peft_type, 'LORA');
+    assert.deepEqual(config.target_modules, ['q_proj', 'v_proj']);
   });
 }
 
