@@ -5,6 +5,7 @@
  */
 import type { LoraConfig, ModelConfig } from '../config.ts';
 import { describe, ErrorCodes, fail, type ErrorCode } from '../errors.ts';
+import type { MicroBatch } from '../train/micro-batch.ts';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -22,14 +23,8 @@ export interface RunManifest {
   adapter: { name: string; shape: [number, number] }[];
 }
 
-export interface WireMicroBatch {
-  batch: number;
-  time: number;
-  inputIds: Int32Array;
-  targets: Int32Array;
-  lossMask: Float32Array;
-  dropoutSeed: number;
-}
+/** A micro-batch travels exactly as the trainer builds it (typed arrays stay typed). */
+export type WireMicroBatch = MicroBatch;
 
 export type TensorMap = Record<string, Float32Array>;
 
