@@ -8,7 +8,7 @@
  *   bfloat16: the top 16 bits of a float32 (same exponent, 7-bit mantissa)
  */
 
-// One scratch float reinterpreted as its bits, so a conversion costs no allocation.
+// One scratch float seen as its bits, so converting a single value allocates nothing.
 const scratchFloat = new Float32Array(1);
 const scratchBits = new Uint32Array(scratchFloat.buffer);
 
