@@ -16,7 +16,7 @@ import { DEMO_MODEL_DIR } from '../coordinator/paths.ts';
 import { encodeSafetensors } from '../shared/formats/safetensors.ts';
 import { adapterSpec, initAdapter } from '../shared/lora/adapter.ts';
 import { FrozenBase } from '../shared/lora/params.ts';
-import { LlamaModel } from '../shared/model/llama.ts';
+import { createModel } from '../shared/model/causal-lm.ts';
 import { Rng } from '../shared/rng.ts';
 import { computeGradients } from '../shared/train/gradients.ts';
 import { packMicroBatch } from '../shared/train/micro-batch.ts';
@@ -28,7 +28,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const backend = await initBackend('wasm');
 const dir = openModelDir(DEMO_MODEL_DIR);
 const weights = loadWeights(dir);
-const model = new LlamaModel(dir.config);
+const model = createModel(dir.config);
 const lora = DEMO_LORA;
 const spec = adapterSpec(dir.config, lora);
 // A trained-looking adapter (B ≠ 0) so no gradient path is trivially zero.

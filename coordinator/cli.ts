@@ -3,7 +3,7 @@
  * Run `loramesh <command> --help` for every option and its default.
  */
 import { Command } from 'commander';
-import { checkLoraConfig, checkTrainConfig, DEFAULT_LORA, DEFAULT_TRAIN } from '../shared/config.ts';
+import { checkLoraConfig, checkTrainConfig, contextLength, DEFAULT_LORA, DEFAULT_TRAIN } from '../shared/config.ts';
 import { LoraMeshError } from '../shared/errors.ts';
 import { BACKENDS, type BackendName } from '../worker/backend.ts';
 import { defaultCacheDir } from '../worker/node.ts';
@@ -64,7 +64,7 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
     const model = openModelDir(o.model);
     if (o.inProcess) await initBackend(o.backend as BackendName, console.log);
     const examples = o.data
-      ? jsonlExamples(o.data, model.tokenizer, model.config.max_position_embeddings)
+      ? jsonlExamples(o.data, model.tokenizer, contextLength(model.config))
       : demoExamples(model.tokenizer, demoTaskData(o.trainSize, 200, o.seed));
     const result = await runTraining({
       model, lora, train, examples, outDir: o.out, runId: o.runId, inProcess: o.inProcess, localWorkers: o.inProcess ? 0 : o.localWorkers,

@@ -8,7 +8,7 @@ import { type Prediction, accuracy, predict } from '../shared/data/exact-match.t
 import { FINETUNE_TAG, promptText } from '../shared/data/demo-tasks.ts';
 import { mergeAdapter, adapterSpec } from '../shared/lora/adapter.ts';
 import { FrozenBase } from '../shared/lora/params.ts';
-import { LlamaModel } from '../shared/model/llama.ts';
+import { createModel } from '../shared/model/causal-lm.ts';
 import { initBackend, type BackendName } from '../worker/backend.ts';
 import { DEMO_MODEL_DIR } from './paths.ts';
 import { demoExamples, demoTaskData } from './dataset.ts';
@@ -34,7 +34,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   await initBackend(o.backend, console.log);
   const dir = openModelDir(DEMO_MODEL_DIR);
   const weights = loadWeights(dir);
-  const model = new LlamaModel(dir.config);
+  const model = createModel(dir.config);
   const tok = dir.tokenizer;
   const train = { ...DEMO_TRAIN, steps: o.steps ?? DEMO_TRAIN.steps };
   const data = demoTaskData(2000, EVAL_SIZE, train.seed);
@@ -52,7 +52,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     localWorkers: o.localWorkers, backend: o.backend, workerOutput: 'ignore', log: () => {},
   });
 
-  const merged = new FrozenBase(dir.config, mergeAdapter(weights, adapterSpec(dir.config, DEMO_LORA), result.adapter, DEMO_LORA));
+  const merged = new FrozenBase(dir.config, mergeAdapter(dir.config, weights, adapterSpec(dir.config, DEMO_LORA), result.adapter, DEMO_LORA));
   const after = predict(model, merged, tok, data.eval);
   const last = result.metrics[result.metrics.length - 1];
   console.log(`  trained ${train.steps} steps × ${train.globalBatch} sequences, final loss ${last.loss.toFixed(4)}`);

@@ -2,7 +2,8 @@
 import { generate } from '../shared/generate.ts';
 import { mergeAdapter } from '../shared/lora/adapter.ts';
 import { FrozenBase } from '../shared/lora/params.ts';
-import { LlamaModel } from '../shared/model/llama.ts';
+import { createModel } from '../shared/model/causal-lm.ts';
+import { contextLength } from '../shared/config.ts';
 import { initBackend, type BackendName } from '../worker/backend.ts';
 import { readAdapterDir } from './adapter-io.ts';
 import { loadWeights, openModelDir } from './model-dir.ts';
@@ -24,14 +25,14 @@ export async function generateCommand(o: GenerateOptions): Promise<void> {
   let weights = loadWeights(dir);
   if (o.adapter) {
     const adapter = readAdapterDir(o.adapter, dir.config);
-    weights = mergeAdapter(weights, adapter.spec, adapter.state, adapter.lora);
+    weights = mergeAdapter(dir.config, weights, adapter.spec, adapter.state, adapter.lora);
   }
-  const model = new LlamaModel(dir.config);
+  const model = createModel(dir.config);
   const base = new FrozenBase(dir.config, weights);
   const tok = dir.tokenizer;
   for (const prompt of o.prompt) {
     const ids = [tok.bosId, ...tok.encode(prompt)];
-    const maxNewTokens = Math.min(o.maxNewTokens, dir.config.max_position_embeddings - ids.length);
+    const maxNewTokens = Math.min(o.maxNewTokens, contextLength(dir.config) - ids.length);
     const [out] = generate(model, base, [ids], { maxNewTokens, temperature: o.temperature, topP: o.topP, eosId: tok.eosId, seed: o.seed });
     console.log(`${prompt}${tok.decode(out)}`);
   }

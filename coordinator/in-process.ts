@@ -3,18 +3,18 @@ import type * as tf from '@tensorflow/tfjs-core';
 import type { LoraConfig, ModelConfig } from '../shared/config.ts';
 import type { AdapterState, AdapterTensorSpec } from '../shared/lora/adapter.ts';
 import { FrozenBase } from '../shared/lora/params.ts';
-import { LlamaModel } from '../shared/model/llama.ts';
+import { createModel, type CausalLM } from '../shared/model/causal-lm.ts';
 import { computeGradients, type GradientResult } from '../shared/train/gradients.ts';
 import type { MicroBatch } from '../shared/train/micro-batch.ts';
 import type { GradientExecutor } from './trainer.ts';
 
 export class InProcessExecutor implements GradientExecutor {
-  private readonly model: LlamaModel;
+  private readonly model: CausalLM;
   private readonly base: FrozenBase;
   private adapter: AdapterState = new Map();
 
   constructor(config: ModelConfig, weights: Map<string, tf.Tensor>, private readonly spec: AdapterTensorSpec[], private readonly lora: LoraConfig) {
-    this.model = new LlamaModel(config);
+    this.model = createModel(config);
     this.base = new FrozenBase(config, weights);
   }
 

@@ -8,7 +8,7 @@ import cliProgress from 'cli-progress';
 import type * as tf from '@tensorflow/tfjs-core';
 import type { LoraConfig, TrainConfig } from '../shared/config.ts';
 import { adapterParameterCount, adapterSpec, type AdapterState } from '../shared/lora/adapter.ts';
-import { parameterShapes } from '../shared/model/llama.ts';
+import { parameterShapes } from '../shared/model/causal-lm.ts';
 import type { RunManifest } from '../shared/protocol/messages.ts';
 import { ErrorCodes, LoraMeshError } from '../shared/errors.ts';
 import type { Example } from '../shared/train/micro-batch.ts';

@@ -16,7 +16,8 @@ import { DEMO_ALPHABET, PRETRAIN_TAGS, randomWord, TASKS, toExample, taskSplits 
 import { accuracy, predict } from '../shared/data/exact-match.ts';
 import { encodeSafetensors } from '../shared/formats/safetensors.ts';
 import { FrozenBase, trainableParams } from '../shared/lora/params.ts';
-import { LlamaModel, parameterShapes } from '../shared/model/llama.ts';
+import { LlamaModel } from '../shared/model/llama.ts';
+import { parameterShapes } from '../shared/model/causal-lm.ts';
 import { Rng } from '../shared/rng.ts';
 import { tokenLossSum } from '../shared/train/gradients.ts';
 import { packMicroBatch } from '../shared/train/micro-batch.ts';

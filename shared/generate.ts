@@ -3,7 +3,8 @@
  * one call share a length (callers group them), so no padding enters the attention.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { KvCache, LlamaModel, ParamSource } from './model/llama.ts';
+import { contextLength } from './config.ts';
+import type { CausalLM, KvCache, ParamSource } from './model/causal-lm.ts';
 import { Rng } from './rng.ts';
 
 export interface SamplingOptions {
@@ -17,12 +18,12 @@ export interface SamplingOptions {
   seed?: number;
 }
 
-export function generate(model: LlamaModel, params: ParamSource, prompts: number[][], opts: SamplingOptions): number[][] {
+export function generate(model: CausalLM, params: ParamSource, prompts: number[][], opts: SamplingOptions): number[][] {
   const batch = prompts.length;
   const promptLength = prompts[0].length;
   if (prompts.some((p) => p.length !== promptLength)) throw new Error('generate: prompts in one call must have the same length');
-  if (promptLength + opts.maxNewTokens > model.config.max_position_embeddings) {
-    throw new Error(`generate: ${promptLength} + ${opts.maxNewTokens} tokens exceed max_position_embeddings ${model.config.max_position_embeddings}`);
+  if (promptLength + opts.maxNewTokens > contextLength(model.config)) {
+    throw new Error(`generate: ${promptLength} + ${opts.maxNewTokens} tokens exceed the context length ${contextLength(model.config)}`);
   }
   const rng = new Rng(opts.seed ?? 0);
   const cache: KvCache = { keys: [], values: [], length: 0 };

@@ -8,7 +8,7 @@ import { checkModelConfig } from './config.ts';
 import { ErrorCodes, LoraMeshError } from './errors.ts';
 import { type AdapterTensorSpec } from './lora/adapter.ts';
 import { FrozenBase } from './lora/params.ts';
-import { LlamaModel } from './model/llama.ts';
+import { createModel, type CausalLM } from './model/causal-lm.ts';
 import { decodeMessage, encodeMessage } from './protocol/codec.ts';
 import { checkTensors, PROTOCOL_VERSION, type Assign, type Message, type RunManifest, type WorkerMessage } from './protocol/messages.ts';
 import { computeGradients } from './train/gradients.ts';
@@ -32,7 +32,7 @@ export class WorkerSession {
   paramVersion = -1;
   assignmentsDone = 0;
   finished = false;
-  private model: LlamaModel | null = null;
+  private model: CausalLM | null = null;
   private base: FrozenBase | null = null;
   private spec: AdapterTensorSpec[] = [];
   private adapter = new Map<string, Float32Array>();
@@ -67,7 +67,7 @@ export class WorkerSession {
         if (!this.base) {
           const config = checkModelConfig(message.manifest.model.config);
           const weights = await this.platform.loadBase(message.manifest);
-          this.model = new LlamaModel(config);
+          this.model = createModel(config);
           this.base = new FrozenBase(config, weights);
         }
         this.spec = message.manifest.adapter.map((t) => ({

@@ -3,6 +3,7 @@
  * Real Hugging Face models bring their own tokenizer.json.
  */
 import { fail, ErrorCodes } from '../errors.ts';
+import type { ChatMessage, TextTokenizer } from './tokenizer.ts';
 
 export interface CharVocab {
   type: 'char';
@@ -10,10 +11,11 @@ export interface CharVocab {
   tokens: string[];
 }
 
-export class CharTokenizer {
+export class CharTokenizer implements TextTokenizer {
   readonly padId = 0;
   readonly bosId = 1;
   readonly eosId = 2;
+  readonly addBos = true;
   private readonly ids = new Map<string, number>();
 
   constructor(readonly vocab: CharVocab) {
@@ -29,6 +31,10 @@ export class CharTokenizer {
     return this.vocab.tokens.length;
   }
 
+  get vocabSize(): number {
+    return this.vocab.tokens.length;
+  }
+
   encode(text: string): number[] {
     return Array.from(text, (ch) => this.ids.get(ch) ?? fail(ErrorCodes.DATA, `character ${JSON.stringify(ch)} is not in the vocabulary`));
   }
@@ -41,5 +47,9 @@ export class CharTokenizer {
       if (id > this.eosId && id < this.vocab.tokens.length) out += this.vocab.tokens[id];
     }
     return out;
+  }
+
+  renderChat(_messages: ChatMessage[], _addGenerationPrompt: boolean): string {
+    return fail(ErrorCodes.DATA, 'this tokenizer has no chat template');
   }
 }

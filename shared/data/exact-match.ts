@@ -1,6 +1,6 @@
 /** Exact-match accuracy by greedy generation, batched by prompt length. */
 import { generate } from '../generate.ts';
-import type { LlamaModel, ParamSource } from '../model/llama.ts';
+import type { CausalLM, ParamSource } from '../model/causal-lm.ts';
 import type { CharTokenizer } from './char-tokenizer.ts';
 import { promptText, type TaskSample } from './demo-tasks.ts';
 
@@ -10,7 +10,7 @@ export interface Prediction {
   correct: boolean;
 }
 
-export function predict(model: LlamaModel, params: ParamSource, tok: CharTokenizer, samples: TaskSample[], batchSize = 64): Prediction[] {
+export function predict(model: CausalLM, params: ParamSource, tok: CharTokenizer, samples: TaskSample[], batchSize = 64): Prediction[] {
   const byLength = new Map<number, TaskSample[]>();
   for (const s of samples) byLength.set(s.input.length, [...(byLength.get(s.input.length) ?? []), s]);
   const predictions = new Map<TaskSample, Prediction>();

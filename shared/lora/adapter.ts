@@ -6,7 +6,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type LoraConfig, type ModelConfig, loraScaling } from '../config.ts';
 import { fail, ErrorCodes } from '../errors.ts';
-import { linearModulePaths, linearShape } from '../model/llama.ts';
+import { linearModulePaths, linearShape, linearStorage, moduleKind } from '../model/causal-lm.ts';
 import { Rng } from '../rng.ts';
 
 export interface AdapterTensorSpec {
@@ -22,8 +22,16 @@ export type AdapterState = Map<string, Float32Array>;
 
 export const loraName = (modulePath: string, which: 'A' | 'B') => `${modulePath}.lora_${which}`;
 
+/** Module paths the LoRA wraps; a target that matches no module of this architecture is an error. */
 export function adaptedModules(config: ModelConfig, lora: LoraConfig): string[] {
-  return linearModulePaths(config).filter((path) => (lora.targetModules as string[]).includes(path.slice(path.lastIndexOf('.') + 1)));
+  const paths = linearModulePaths(config).filter((p) => p !== 'lm_head');
+  for (const target of lora.targetModules) {
+    if (!paths.some((p) => moduleKind(p) === target)) {
+      const kinds = [...new Set(paths.map(moduleKind))].join(', ');
+      fail(ErrorCodes.CONFIG, `lora.targetModules has ${target}, which a ${config.model_type} model does not have; expected some of ${kinds}`);
+    }
+  }
+  return paths.filter((p) => (lora.targetModules as string[]).includes(moduleKind(p)));
 }
 
 export function adapterSpec(config: ModelConfig, lora: LoraConfig): AdapterTensorSpec[] {
@@ -79,19 +87,20 @@ export function maxAbsDiff(a: AdapterState, b: AdapterState): number {
  * inverse (sign −1). Returns new weight tensors; refuses a non-finite result (PEFT's safe_merge).
  */
 export function mergeAdapter(
-  weights: Map<string, tf.Tensor>, spec: AdapterTensorSpec[], state: AdapterState, lora: LoraConfig, sign: 1 | -1 = 1,
+  config: ModelConfig, weights: Map<string, tf.Tensor>, spec: AdapterTensorSpec[], state: AdapterState, lora: LoraConfig, sign: 1 | -1 = 1,
 ): Map<string, tf.Tensor> {
   const merged = new Map(weights);
   const scaling = sign * loraScaling(lora);
   for (const t of spec) {
     if (t.which !== 'A') continue;
     const bSpec = spec.find((s) => s.modulePath === t.modulePath && s.which === 'B')!;
-    const key = `${t.modulePath}.weight`;
+    const { weight: key, transposed } = linearStorage(config, t.modulePath);
     const w = weights.get(key) ?? fail(ErrorCodes.MODEL, `cannot merge: base weight ${key} is missing`);
     const updated = tf.tidy(() => {
       const a = tf.tensor2d(state.get(t.name)!, t.shape);
       const b = tf.tensor2d(state.get(bSpec.name)!, bSpec.shape);
-      return tf.add(w, tf.mul(tf.matMul(b, a), scaling)); // (d_out, d_in)
+      const delta = tf.mul(tf.matMul(b, a), scaling); // (d_out, d_in)
+      return tf.add(w, transposed ? tf.transpose(delta) : delta); // stored layout
     });
     if (!Number.isFinite(tf.tidy(() => tf.sum(updated).dataSync()[0]))) {
       updated.dispose();

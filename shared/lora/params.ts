@@ -5,8 +5,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../config.ts';
 import { fail, ErrorCodes } from '../errors.ts';
-import { type FrozenLinear, frozenLinear, makeFrozenLinear, trainableEmbedding, trainableLinear } from '../model/linear-ops.ts';
-import { type ParamSource, linearModulePaths, parameterShapes } from '../model/llama.ts';
+import { type FrozenLinear, frozenLinear, makeFrozenLinear, makeFrozenLinearFromTransposed, trainableEmbedding, trainableLinear } from '../model/linear-ops.ts';
+import { embeddingName, linearModulePaths, linearStorage, parameterShapes, type ParamSource } from '../model/causal-lm.ts';
 import { Rng } from '../rng.ts';
 
 /** Checks that weights has every tensor of the config with the right shape. */
@@ -18,25 +18,33 @@ export function checkWeights(config: ModelConfig, weights: Map<string, tf.Tensor
 }
 
 /** The frozen base model: every linear kept in both layouts for the fast custom gradient. */
-export class FrozenBase {
+export class FrozenBase implements ParamSource {
   readonly linears = new Map<string, FrozenLinear>();
+  private readonly biases = new Map<string, tf.Tensor1D>();
+  private readonly embedding: tf.Tensor2D;
 
   /** plain: use autodiff's own matMul gradient instead of the fast path (the reference in tests) */
   constructor(readonly config: ModelConfig, readonly weights: Map<string, tf.Tensor>, readonly plain = false) {
     checkWeights(config, weights);
+    this.embedding = weights.get(embeddingName(config)) as tf.Tensor2D;
     for (const path of linearModulePaths(config)) {
-      const name = path === 'lm_head' && config.tie_word_embeddings ? 'model.embed_tokens.weight' : `${path}.weight`;
-      this.linears.set(path, makeFrozenLinear(weights.get(name) as tf.Tensor2D));
+      const storage = linearStorage(config, path);
+      const stored = weights.get(storage.weight) as tf.Tensor2D;
+      // Conv1D weights are stored (d_in, d_out): already the forward layout.
+      this.linears.set(path, storage.transposed ? makeFrozenLinearFromTransposed(stored) : makeFrozenLinear(stored));
+      if (storage.bias) this.biases.set(path, weights.get(storage.bias) as tf.Tensor1D);
     }
   }
 
   linear(modulePath: string, x: tf.Tensor2D): tf.Tensor2D {
     const layer = this.linears.get(modulePath) ?? fail(ErrorCodes.MODEL, `no linear layer ${modulePath}`);
-    return this.plain ? tf.matMul(x, layer.weight, false, true) : frozenLinear(x, layer);
+    const y = (this.plain ? tf.matMul(x, layer.weight, false, true) : frozenLinear(x, layer)) as tf.Tensor2D;
+    const bias = this.biases.get(modulePath);
+    return bias ? (tf.add(y, bias) as tf.Tensor2D) : y;
   }
 
   embed(ids: tf.Tensor1D): tf.Tensor2D {
-    return tf.gather(this.param('model.embed_tokens.weight'), ids) as tf.Tensor2D;
+    return tf.gather(this.embedding, ids) as tf.Tensor2D;
   }
 
   param(name: string): tf.Tensor {
@@ -44,7 +52,7 @@ export class FrozenBase {
   }
 
   dispose(): void {
-    for (const l of this.linears.values()) l.weightT.dispose();
+    for (const l of this.linears.values()) l.owned?.dispose();
   }
 }
 
@@ -91,12 +99,15 @@ function dropoutMask(shape: number[], p: number, seed: number): tf.Tensor {
 
 /** Every parameter trainable (full pretraining); params are the tensors being differentiated. */
 export function trainableParams(config: ModelConfig, params: Map<string, tf.Tensor>): ParamSource {
+  const get = (name: string) => params.get(name) ?? fail(ErrorCodes.MODEL, `missing tensor ${name}`);
   return {
-    param: (name) => params.get(name) ?? fail(ErrorCodes.MODEL, `missing tensor ${name}`),
-    embed: (ids) => trainableEmbedding(ids, params.get('model.embed_tokens.weight') as tf.Tensor2D),
+    param: get,
+    embed: (ids) => trainableEmbedding(ids, get(embeddingName(config)) as tf.Tensor2D),
     linear(modulePath, x) {
-      const name = modulePath === 'lm_head' && config.tie_word_embeddings ? 'model.embed_tokens.weight' : `${modulePath}.weight`;
-      return trainableLinear(x, params.get(name) as tf.Tensor2D);
+      const storage = linearStorage(config, modulePath);
+      if (storage.transposed) fail(ErrorCodes.MODEL, `full training of Conv1D layers (${modulePath}) is not supported`);
+      const y = trainableLinear(x, get(storage.weight) as tf.Tensor2D);
+      return storage.bias ? (tf.add(y, get(storage.bias)) as tf.Tensor2D) : y;
     },
   };
 }

@@ -22,10 +22,20 @@ export interface FrozenLinear {
   weight: tf.Tensor2D;
   /** (d_in, d_out) */
   weightT: tf.Tensor2D;
+  /** the layout this wrapper made (and must dispose); the other one belongs to the checkpoint */
+  owned?: tf.Tensor2D;
 }
 
+/** From a (d_out, d_in) weight (nn.Linear). */
 export function makeFrozenLinear(weight: tf.Tensor2D): FrozenLinear {
-  return { weight, weightT: tf.keep(tf.transpose(weight)) };
+  const weightT = tf.keep(tf.transpose(weight));
+  return { weight, weightT, owned: weightT };
+}
+
+/** From a (d_in, d_out) weight (GPT-2 Conv1D). */
+export function makeFrozenLinearFromTransposed(weightT: tf.Tensor2D): FrozenLinear {
+  const weight = tf.keep(tf.transpose(weightT));
+  return { weight, weightT, owned: weight };
 }
 
 /** y = x Wᵀ with W frozen: the gradient flows to x only, never to W. */

@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { type LoraConfig, loraScaling } from '../config.ts';
 import { type AdapterState, type AdapterTensorSpec } from '../lora/adapter.ts';
 import { type FrozenBase, type LoraBranch, withLora } from '../lora/params.ts';
-import type { LlamaModel, ParamSource } from '../model/llama.ts';
+import type { CausalLM, ParamSource } from '../model/causal-lm.ts';
 import { type MicroBatch, tokenCount } from './micro-batch.ts';
 
 export interface GradientResult {
@@ -24,7 +24,7 @@ export function tokenLossSum(logits: tf.Tensor2D, targets: tf.Tensor1D, mask: tf
 }
 
 export function computeGradients(
-  model: LlamaModel, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, mb: MicroBatch,
+  model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, mb: MicroBatch,
 ): GradientResult {
   const scaling = loraScaling(lora);
   const out = tf.tidy(() => {

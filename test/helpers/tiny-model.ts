@@ -2,14 +2,14 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import type { ModelConfig } from '../../shared/config.ts';
+import type { LlamaConfig, ModelConfig } from '../../shared/config.ts';
 import { CharTokenizer } from '../../shared/data/char-tokenizer.ts';
 import { DEMO_ALPHABET } from '../../shared/data/demo-tasks.ts';
 import { encodeSafetensors } from '../../shared/formats/safetensors.ts';
-import { parameterShapes } from '../../shared/model/llama.ts';
+import { parameterShapes } from '../../shared/model/causal-lm.ts';
 import { Rng } from '../../shared/rng.ts';
 
-export function tinyConfig(overrides: Partial<ModelConfig> = {}): ModelConfig {
+export function tinyConfig(overrides: Partial<LlamaConfig> = {}): LlamaConfig {
   return {
     model_type: 'llama', vocab_size: 20, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 2,
     num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 32, rms_norm_eps: 1e-5,
@@ -33,7 +33,7 @@ export function randomWeights(config: ModelConfig, seed: number, std = 0.3): Map
 }
 
 /** Writes a model directory for the demo alphabet (config.json, model.safetensors, vocab.json). */
-export function writeTinyModelDir(dir: string, seed = 1, overrides: Partial<ModelConfig> = {}): ModelConfig {
+export function writeTinyModelDir(dir: string, seed = 1, overrides: Partial<LlamaConfig> = {}): ModelConfig {
   const tok = CharTokenizer.fromAlphabet(DEMO_ALPHABET);
   const config = tinyConfig({ vocab_size: tok.size, tie_word_embeddings: true, ...overrides });
   mkdirSync(dir, { recursive: true });

@@ -5,11 +5,11 @@ import * as tf from '@tensorflow/tfjs-core';
 import '../helpers/backend.ts';
 import { generate } from '../../shared/generate.ts';
 import { FrozenBase } from '../../shared/lora/params.ts';
-import { LlamaModel } from '../../shared/model/llama.ts';
+import { createModel } from '../../shared/model/causal-lm.ts';
 import { randomWeights, tinyConfig } from '../helpers/tiny-model.ts';
 
 const config = tinyConfig({ num_key_value_heads: 2 });
-const model = new LlamaModel(config);
+const model = createModel(config);
 const base = new FrozenBase(config, randomWeights(config, 21, 0.5));
 
 /** Greedy decoding without a cache: full forward over the growing sequence each step. */
@@ -51,5 +51,5 @@ test('temperature sampling is reproducible per seed and top-p = tiny collapses t
 test('generation stops a sequence at <eos> and refuses to run past the context', () => {
   const [out] = generate(model, base, [[1, 2]], { maxNewTokens: 12, eosId: generate(model, base, [[1, 2]], { maxNewTokens: 1 })[0][0] });
   assert.equal(out.length, 1);
-  assert.throws(() => generate(model, base, [[1, 2]], { maxNewTokens: config.max_position_embeddings }), /max_position_embeddings/);
+  assert.throws(() => generate(model, base, [[1, 2]], { maxNewTokens: config.max_position_embeddings }), /context length/);
 });

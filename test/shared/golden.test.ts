@@ -9,7 +9,7 @@ import { checkLoraConfig, checkModelConfig, loraScaling, type LinearModule } fro
 import { decodeSafetensors } from '../../shared/formats/safetensors.ts';
 import { adapterSpec, type AdapterState } from '../../shared/lora/adapter.ts';
 import { FrozenBase, withLora, type LoraBranch } from '../../shared/lora/params.ts';
-import { LlamaModel } from '../../shared/model/llama.ts';
+import { createModel } from '../../shared/model/causal-lm.ts';
 import { computeGradients } from '../../shared/train/gradients.ts';
 
 const dir = new URL('../fixtures/golden/', import.meta.url);
@@ -22,7 +22,7 @@ const spec = adapterSpec(config, lora);
 const weights = new Map<string, tf.Tensor>();
 for (const [name, t] of tensors) if (name.startsWith('model.') || name === 'lm_head.weight') weights.set(name, tf.tensor(t.data, t.shape));
 const adapter: AdapterState = new Map(spec.map((t) => [t.name, get(`lora.${t.modulePath}.${t.which}`).data as Float32Array]));
-const model = new LlamaModel(config);
+const model = createModel(config);
 const mb = {
   batch: meta.batch, time: meta.seq_len, dropoutSeed: 0,
   inputIds: get('input_ids').data as Int32Array, targets: get('targets').data as Int32Array, lossMask: get('loss_mask').data as Float32Array,
@@ -52,7 +52,7 @@ for (const [label, plain] of [['fast path', false], ['plain autodiff', true]] as
     const result = computeGradients(model, base, spec, adapter, lora, mb);
     assert.equal(result.tokenCount, meta.token_count);
     assert.ok(Math.abs(result.lossSum - meta.loss_sum) <= 1e-4 * Math.abs(meta.loss_sum), `loss ${result.lossSum} vs ${meta.loss_sum}`);
-    assert.equal(result.grads.size, 2 * 7 * config.num_hidden_layers);
+    assert.equal(result.grads.size, 2 * 7 * meta.model_config.num_hidden_layers);
     for (const t of spec) {
       const diff = maxDiff(result.grads.get(t.name)!, get(`grad.${t.modulePath}.${t.which}`).data);
       assert.ok(diff <= 1e-4, `${t.name}: gradient differs by ${diff}`);

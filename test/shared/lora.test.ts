@@ -7,14 +7,14 @@ import '../helpers/backend.ts';
 import { checkLoraConfig, loraScaling } from '../../shared/config.ts';
 import { adapterSpec, initAdapter, mergeAdapter, type AdapterState } from '../../shared/lora/adapter.ts';
 import { FrozenBase, withLora, type LoraBranch } from '../../shared/lora/params.ts';
-import { LlamaModel } from '../../shared/model/llama.ts';
+import { createModel, type CausalLM } from '../../shared/model/causal-lm.ts';
 import { Rng } from '../../shared/rng.ts';
 import { computeGradients, tokenLossSum } from '../../shared/train/gradients.ts';
 import type { MicroBatch } from '../../shared/train/micro-batch.ts';
 import { randomWeights, tinyConfig } from '../helpers/tiny-model.ts';
 
 const config = tinyConfig();
-const model = new LlamaModel(config);
+const model = createModel(config);
 const weights = randomWeights(config, 11);
 const base = new FrozenBase(config, weights);
 const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] });
@@ -46,7 +46,7 @@ function branches(state: AdapterState): Map<string, LoraBranch> {
   return out;
 }
 
-function logits(params: Parameters<LlamaModel['forward']>[0], mb: MicroBatch): Float32Array {
+function logits(params: Parameters<CausalLM['forward']>[0], mb: MicroBatch): Float32Array {
   return tf.tidy(() => model.forward(params, tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32')).dataSync() as Float32Array);
 }
 
@@ -86,10 +86,10 @@ test('merged forward W + (α/r)BA equals the unmerged forward (≤ 1e-5), and un
   const state = randomAdapter(3);
   const mb = microBatch(2);
   const unmerged = logits(withLora(base, branches(state), loraScaling(lora)), mb);
-  const mergedWeights = mergeAdapter(weights, spec, state, lora);
+  const mergedWeights = mergeAdapter(config, weights, spec, state, lora);
   const merged = logits(new FrozenBase(config, mergedWeights), mb);
   assert.ok(maxAbs(merged, unmerged) <= 1e-5, `max diff ${maxAbs(merged, unmerged)}`);
-  const restored = mergeAdapter(mergedWeights, spec, state, lora, -1);
+  const restored = mergeAdapter(config, mergedWeights, spec, state, lora, -1);
   for (const t of spec.filter((s) => s.which === 'A')) {
     const key = `${t.modulePath}.weight`;
     assert.ok(maxAbs(restored.get(key)!.dataSync(), weights.get(key)!.dataSync()) <= 1e-6, `${key} not restored`);

@@ -1,0 +1,85 @@
+/**
+ * What every architecture provides: a forward pass over a ParamSource, and a description of its
+ * parameters and linear layers (names, shapes, storage layout) that loading, LoRA and merging use.
+ */
+import type * as tf from '@tensorflow/tfjs-core';
+import type { ModelConfig } from '../config.ts';
+import { fail, ErrorCodes } from '../errors.ts';
+import type { KvCache } from './attention.ts';
+import * as gpt2 from './gpt2.ts';
+import * as llama from './llama.ts';
+
+export type { KvCache } from './attention.ts';
+
+export interface ParamSource {
+  /** y = x·Wᵀ (+ bias) for the linear layer at modulePath, plus its LoRA branch when it has one */
+  linear(modulePath: string, x: tf.Tensor2D): tf.Tensor2D;
+  /** rows of the token embedding for ids (N) → (N, d) */
+  embed(ids: tf.Tensor1D): tf.Tensor2D;
+  /** any other parameter (norm weights, position embeddings) */
+  param(name: string): tf.Tensor;
+}
+
+export interface CausalLM {
+  readonly config: ModelConfig;
+  /** logits (B·T, V) for inputIds (B, T); with a cache, positions continue after cache.length */
+  forward(params: ParamSource, inputIds: tf.Tensor2D, cache?: KvCache): tf.Tensor2D;
+}
+
+/** How a linear layer's weight is stored in the checkpoint. */
+export interface LinearStorage {
+  weight: string;
+  /** GPT-2's Conv1D stores (d_in, d_out) instead of (d_out, d_in) */
+  transposed: boolean;
+  bias?: string;
+}
+
+export function createModel(config: ModelConfig): CausalLM {
+  return config.model_type === 'gpt2' ? new gpt2.Gpt2Model(config) : new llama.LlamaModel(config);
+}
+
+/** Every linear layer's module path in forward order, lm_head last. */
+export function linearModulePaths(config: ModelConfig): string[] {
+  return config.model_type === 'gpt2' ? gpt2.linearModulePaths(config) : llama.linearModulePaths(config);
+}
+
+/** (d_out, d_in) of the linear at modulePath, whatever its storage layout. */
+export function linearShape(config: ModelConfig, modulePath: string): [number, number] {
+  return config.model_type === 'gpt2' ? gpt2.linearShape(config, modulePath) : llama.linearShape(config, modulePath);
+}
+
+export function linearStorage(config: ModelConfig, modulePath: string): LinearStorage {
+  return config.model_type === 'gpt2' ? gpt2.linearStorage(modulePath) : llama.linearStorage(config, modulePath);
+}
+
+/** Every parameter tensor with its stored shape, by canonical Hugging Face name. */
+export function parameterShapes(config: ModelConfig): Map<string, number[]> {
+  return config.model_type === 'gpt2' ? gpt2.parameterShapes(config) : llama.parameterShapes(config);
+}
+
+/**
+ * Maps checkpoint tensor names to the canonical ones (GPT-2 hub checkpoints omit the
+ * "transformer." prefix) and drops tensors the model does not use (attention-mask buffers,
+ * rotary caches). Unknown tensors are an error: they usually mean a different architecture.
+ */
+export function canonicalName(config: ModelConfig, name: string): string | null {
+  if (config.model_type === 'gpt2') {
+    if (/\.attn\.(masked_)?bias$/.test(name)) return null;
+    if (name === 'lm_head.weight') return null; // tied to wte
+    return name.startsWith('transformer.') ? name : `transformer.${name}`;
+  }
+  if (name.endsWith('.rotary_emb.inv_freq')) return null;
+  if (name === 'lm_head.weight' && config.tie_word_embeddings) return null;
+  return name;
+}
+
+/** The token-embedding table's name. */
+export const embeddingName = (config: ModelConfig) => (config.model_type === 'gpt2' ? 'transformer.wte.weight' : 'model.embed_tokens.weight');
+
+export function moduleKind(modulePath: string): string {
+  return modulePath.slice(modulePath.lastIndexOf('.') + 1);
+}
+
+export function checkKnownTensor(config: ModelConfig, name: string, shapes: Map<string, number[]>): void {
+  if (!shapes.has(name)) fail(ErrorCodes.MODEL, `checkpoint tensor ${name} is not part of a ${config.model_type} model with this config.json`);
+}

@@ -1,0 +1,98 @@
+/**
+ * GPT-2: learned position embeddings, pre-LayerNorm blocks, fused c_attn (q, k, v in that order),
+ * GELU (tanh approximation) MLP, LM head tied to the token embedding. Linear weights are Conv1D,
+ * stored (d_in, d_out) — LinearStorage says so and FrozenBase uses them as the forward layout.
+ * Shapes: B batch, T new positions, d = n_embd, N = B·T rows.
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import type { Gpt2Config } from '../config.ts';
+import { attend, causalMask, type KvCache } from './attention.ts';
+import type { CausalLM, LinearStorage, ParamSource } from './causal-lm.ts';
+
+const block = (i: number) => `transformer.h.${i}`;
+
+export function linearModulePaths(config: Gpt2Config): string[] {
+  const paths: string[] = [];
+  for (let i = 0; i < config.n_layer; i++) paths.push(`${block(i)}.attn.c_attn`, `${block(i)}.attn.c_proj`, `${block(i)}.mlp.c_fc`, `${block(i)}.mlp.c_proj`);
+  paths.push('lm_head');
+  return paths;
+}
+
+export function linearShape(config: Gpt2Config, modulePath: string): [number, number] {
+  const d = config.n_embd;
+  if (modulePath === 'lm_head') return [config.vocab_size, d];
+  if (modulePath.endsWith('attn.c_attn')) return [3 * d, d];
+  if (modulePath.endsWith('attn.c_proj')) return [d, d];
+  if (modulePath.endsWith('mlp.c_fc')) return [4 * d, d];
+  if (modulePath.endsWith('mlp.c_proj')) return [d, 4 * d];
+  throw new Error(`not a linear module: ${modulePath}`);
+}
+
+export function linearStorage(modulePath: string): LinearStorage {
+  if (modulePath === 'lm_head') return { weight: 'transformer.wte.weight', transposed: false };
+  return { weight: `${modulePath}.weight`, transposed: true, bias: `${modulePath}.bias` };
+}
+
+export function parameterShapes(config: Gpt2Config): Map<string, number[]> {
+  const d = config.n_embd;
+  const shapes = new Map<string, number[]>([['transformer.wte.weight', [config.vocab_size, d]], ['transformer.wpe.weight', [config.n_positions, d]]]);
+  for (let i = 0; i < config.n_layer; i++) {
+    for (const ln of ['ln_1', 'ln_2']) {
+      shapes.set(`${block(i)}.${ln}.weight`, [d]);
+      shapes.set(`${block(i)}.${ln}.bias`, [d]);
+    }
+  }
+  for (const path of linearModulePaths(config)) {
+    if (path === 'lm_head') continue;
+    const [dOut, dIn] = linearShape(config, path);
+    shapes.set(`${path}.weight`, [dIn, dOut]); // Conv1D layout
+    shapes.set(`${path}.bias`, [dOut]);
+  }
+  shapes.set('transformer.ln_f.weight', [d]);
+  shapes.set('transformer.ln_f.bias', [d]);
+  return shapes;
+}
+
+export class Gpt2Model implements CausalLM {
+  readonly headSize: number;
+
+  constructor(readonly config: Gpt2Config) {
+    this.headSize = config.n_embd / config.n_head;
+  }
+
+  forward(params: ParamSource, inputIds: tf.Tensor2D, cache?: KvCache): tf.Tensor2D {
+    const [batch, time] = inputIds.shape;
+    const c = this.config;
+    const d = c.n_embd;
+    const offset = cache?.length ?? 0;
+    const positions = tf.tensor1d(Array.from({ length: batch * time }, (_, r) => offset + (r % time)), 'int32');
+    let h = tf.add(params.embed(tf.reshape(inputIds, [-1])), tf.gather(params.param('transformer.wpe.weight'), positions)) as tf.Tensor2D; // (N, d)
+    const mask = causalMask(1, time, offset);
+    const shape = { batch, time, heads: c.n_head, kvHeads: c.n_head, headSize: this.headSize };
+    for (let i = 0; i < c.n_layer; i++) {
+      const p = block(i);
+      const qkv = params.linear(`${p}.attn.c_attn`, this.layerNorm(h, `${p}.ln_1`, params)); // (N, 3d)
+      const [q, k, v] = tf.split(qkv, [d, d, d], 1) as tf.Tensor2D[];
+      h = tf.add(h, params.linear(`${p}.attn.c_proj`, attend(q, k, v, shape, mask, cache, i)));
+      const fc = params.linear(`${p}.mlp.c_fc`, this.layerNorm(h, `${p}.ln_2`, params)); // (N, 4d)
+      h = tf.add(h, params.linear(`${p}.mlp.c_proj`, gelu(fc)));
+    }
+    if (cache) cache.length += time;
+    return params.linear('lm_head', this.layerNorm(h, 'transformer.ln_f', params)); // (N, V)
+  }
+
+  private layerNorm(x: tf.Tensor2D, prefix: string, params: ParamSource): tf.Tensor2D {
+    const { mean, variance } = tf.moments(x, -1, true); // (N, 1) each
+    const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.config.layer_norm_epsilon)));
+    return tf.add(tf.mul(normed, params.param(`${prefix}.weight`)), params.param(`${prefix}.bias`)) as tf.Tensor2D;
+  }
+}
+
+/**
+ * gelu_new: 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), written as x·sigmoid(2·√(2/π)(x + 0.044715x³))
+ * (the same function; tanh is ~7× slower than sigmoid on wasm, pow(x,3) slower than x·x·x).
+ */
+function gelu(x: tf.Tensor2D): tf.Tensor2D {
+  const inner = tf.mul(tf.add(x, tf.mul(tf.mul(tf.mul(x, x), x), 0.044715)), 2 * Math.sqrt(2 / Math.PI));
+  return tf.mul(x, tf.sigmoid(inner)) as tf.Tensor2D;
+}
