@@ -2,6 +2,8 @@
 (RMSNorm, rotary embeddings with rotate_half, SwiGLU, grouped-query attention, tied or untied
 embeddings) with LoRA branches y = x W^T + (alpha/r) (x A^T) B^T. Written from the HF/LoRA
 papers' definitions, not from loramesh's TypeScript, so agreement between the two means something.
+Optional linear biases (`<path>.bias`, e.g. Qwen2's q/k/v) are added when present, and
+`rope_scaling` of type "linear" divides positions by its factor (HF's linear RoPE scaling).
 
 Also a minimal safetensors reader/writer (the `safetensors` package is not in Debian).
 Run with Debian's /usr/bin/python3 (python3-torch).
@@ -12,7 +14,19 @@ import struct
 
 import torch
 
-DTYPES = {"F32": (torch.float32, 4), "I32": (torch.int32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2)}
+DTYPES = {"F32": (torch.float32, 4), "I32": (torch.int32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
+          "F64": (torch.float64, 8), "I64": (torch.int64, 8), "I16": (torch.int16, 2), "I8": (torch.int8, 1),
+          "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1)}
+CODES = {dtype: code for code, (dtype, _) in DTYPES.items()}
+
+
+def tensor_bytes(t):
+    """Little-endian raw bytes of a tensor, as safetensors stores them. BF16 has no numpy dtype, so its
+    16-bit patterns (the top half of the float32 bits, rounded to nearest even by torch) go via int16."""
+    t = t.contiguous().reshape(-1)
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def read_safetensors(path):
@@ -40,8 +54,8 @@ def write_safetensors(path, tensors, metadata=None):
     offset = 0
     for name in names:
         t = tensors[name].contiguous()
-        code = {torch.float32: "F32", torch.int32: "I32", torch.float16: "F16", torch.bfloat16: "BF16"}[t.dtype]
-        raw = t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes()
+        code = CODES[t.dtype]
+        raw = tensor_bytes(t)
         header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
         blobs.append(raw)
         offset += len(raw)
@@ -63,6 +77,20 @@ def rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rope_position_divisor(config):
+    """HF's linear RoPE scaling (LlamaLinearScalingRotaryEmbedding / rope_type "linear") divides positions by
+    `factor` (equivalently inv_freq / factor). No rope_scaling or rope_type "default" leaves them as is."""
+    rs = config.get("rope_scaling")
+    if not rs:
+        return 1.0
+    kind = rs.get("rope_type", rs.get("type"))
+    if kind in (None, "default"):
+        return 1.0
+    if kind == "linear":
+        return float(rs["factor"])
+    raise NotImplementedError(f"rope_scaling type {kind!r}")
+
+
 class LlamaLora:
     """Functional Llama forward over a dict of HF-named weights, with LoRA on chosen modules."""
 
@@ -78,6 +106,8 @@ class LlamaLora:
         else:
             w = self.w[path + ".weight"]
         y = x @ w.T
+        if path + ".bias" in self.w:
+            y = y + self.w[path + ".bias"]
         if path in self.lora:
             a, b = self.lora[path]
             y = y + self.scaling * ((x @ a.T) @ b.T)
@@ -91,7 +121,7 @@ class LlamaLora:
         eps = c["rms_norm_eps"]
         dtype = self.w["model.embed_tokens.weight"].dtype
         inv_freq = 1.0 / (c.get("rope_theta", 10000.0) ** (torch.arange(0, hs, 2, dtype=torch.float64) / hs))
-        freqs = torch.outer(torch.arange(t, dtype=torch.float64), inv_freq)
+        freqs = torch.outer(torch.arange(t, dtype=torch.float64) / rope_position_divisor(c), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
         mask = torch.full((t, t), float("-inf"), dtype=dtype).triu(1)
