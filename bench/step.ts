@@ -26,8 +26,8 @@ const REPEATS = 10;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 const backend = await initBackend('wasm');
-const dir = openModelDir(DEMO_MODEL_DIR);
-const weights = loadWeights(dir);
+const dir = await openModelDir(DEMO_MODEL_DIR);
+const weights = loadWeights(dir).weights;
 const model = createModel(dir.config);
 const lora = DEMO_LORA;
 const spec = adapterSpec(dir.config, lora);

@@ -61,7 +61,7 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
     const { demoExamples, demoTaskData, jsonlExamples } = await import('./dataset.ts');
     const { runTraining } = await import('./train.ts');
     const { lora, train } = configsFrom(o);
-    const model = openModelDir(o.model);
+    const model = await openModelDir(o.model);
     if (o.inProcess) await initBackend(o.backend as BackendName, console.log);
     const examples = o.data
       ? jsonlExamples(o.data, model.tokenizer, contextLength(model.config))

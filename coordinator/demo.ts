@@ -32,8 +32,8 @@ const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 export async function runDemo(o: DemoOptions): Promise<void> {
   const started = performance.now();
   await initBackend(o.backend, console.log);
-  const dir = openModelDir(DEMO_MODEL_DIR);
-  const weights = loadWeights(dir);
+  const dir = await openModelDir(DEMO_MODEL_DIR);
+  const weights = loadWeights(dir).weights;
   const model = createModel(dir.config);
   const tok = dir.tokenizer;
   const train = { ...DEMO_TRAIN, steps: o.steps ?? DEMO_TRAIN.steps };

@@ -1,5 +1,6 @@
 /** `loramesh generate`: base model + optional adapter (merged into W for inference), KV-cached sampling. */
 import { generate } from '../shared/generate.ts';
+import { withBos } from '../shared/data/tokenizer.ts';
 import { mergeAdapter } from '../shared/lora/adapter.ts';
 import { FrozenBase } from '../shared/lora/params.ts';
 import { createModel } from '../shared/model/causal-lm.ts';
@@ -21,8 +22,8 @@ export interface GenerateOptions {
 
 export async function generateCommand(o: GenerateOptions): Promise<void> {
   await initBackend(o.backend, (l) => console.error(l));
-  const dir = openModelDir(o.model);
-  let weights = loadWeights(dir);
+  const dir = await openModelDir(o.model);
+  let weights = loadWeights(dir).weights;
   if (o.adapter) {
     const adapter = readAdapterDir(o.adapter, dir.config);
     weights = mergeAdapter(dir.config, weights, adapter.spec, adapter.state, adapter.lora);
@@ -31,9 +32,9 @@ export async function generateCommand(o: GenerateOptions): Promise<void> {
   const base = new FrozenBase(dir.config, weights);
   const tok = dir.tokenizer;
   for (const prompt of o.prompt) {
-    const ids = [tok.bosId, ...tok.encode(prompt)];
+    const ids = withBos(tok, tok.encode(prompt));
     const maxNewTokens = Math.min(o.maxNewTokens, contextLength(dir.config) - ids.length);
-    const [out] = generate(model, base, [ids], { maxNewTokens, temperature: o.temperature, topP: o.topP, eosId: tok.eosId, seed: o.seed });
+    const [out] = generate(model, base, [ids], { maxNewTokens, temperature: o.temperature, topP: o.topP, eosId: tok.eosId ?? undefined, seed: o.seed });
     console.log(`${prompt}${tok.decode(out)}`);
   }
 }

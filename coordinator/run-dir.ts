@@ -43,7 +43,7 @@ export class RunDir {
   }
 
   /** Writes adapter_config.json + adapter_model.safetensors into dir (default: the run folder). */
-  writeAdapter(spec: AdapterTensorSpec[], state: AdapterState, lora: LoraConfig, baseModel: string, dir = this.path): string {
+  writeAdapter(spec: AdapterTensorSpec[], state: AdapterState, lora: LoraConfig, baseModel: string, fanInFanOut: boolean, dir = this.path): string {
     mkdirSync(dir, { recursive: true });
     const modules = new Map<string, { A: Float32Array; B: Float32Array; aShape: [number, number]; bShape: [number, number] }>();
     for (const t of spec) {
@@ -53,7 +53,7 @@ export class RunDir {
       modules.set(t.modulePath, m);
     }
     writeAtomic(join(dir, 'adapter_model.safetensors'), encodePeftAdapter(modules));
-    writeAtomic(join(dir, 'adapter_config.json'), JSON.stringify(peftAdapterConfig(lora, baseModel), null, 2) + '\n');
+    writeAtomic(join(dir, 'adapter_config.json'), JSON.stringify(peftAdapterConfig(lora, baseModel, fanInFanOut), null, 2) + '\n');
     return dir;
   }
 }

@@ -7,7 +7,7 @@ import { nanoid } from 'nanoid';
 import cliProgress from 'cli-progress';
 import type * as tf from '@tensorflow/tfjs-core';
 import type { LoraConfig, TrainConfig } from '../shared/config.ts';
-import { adapterParameterCount, adapterSpec, type AdapterState } from '../shared/lora/adapter.ts';
+import { adapterParameterCount, adapterSpec, fanInFanOut, type AdapterState } from '../shared/lora/adapter.ts';
 import { parameterShapes } from '../shared/model/causal-lm.ts';
 import type { RunManifest } from '../shared/protocol/messages.ts';
 import { ErrorCodes, LoraMeshError } from '../shared/errors.ts';
@@ -72,7 +72,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   let server: Awaited<ReturnType<typeof startServer>> | null = null;
   let children: ReturnType<typeof spawnLocalWorkers> = [];
   if (opts.inProcess) {
-    executor = new InProcessExecutor(model.config, opts.weights ?? loadWeights(model), spec, lora);
+    executor = new InProcessExecutor(model.config, opts.weights ?? loadWeights(model).weights, spec, lora);
   } else {
     const manifest: RunManifest = {
       runId,
@@ -128,7 +128,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     await stopLocalWorkers(children);
     await server?.close();
   }
-  runDir.writeAdapter(trainer.spec, trainer.adapter, lora, model.dir);
+  runDir.writeAdapter(trainer.spec, trainer.adapter, lora, model.dir, fanInFanOut(model.config, lora));
   const modelParameters = [...parameterShapes(model.config).values()].reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
   const workers = Math.max(1, opts.localWorkers);
   return {

@@ -6,7 +6,8 @@
  */
 import { mixSeed, Rng } from '../rng.ts';
 import type { Example } from '../train/micro-batch.ts';
-import { CharTokenizer } from './char-tokenizer.ts';
+import { withBos, type TextTokenizer } from './tokenizer.ts';
+import { ErrorCodes, fail } from '../errors.ts';
 
 export const DEMO_ALPHABET = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ:=';
 
@@ -38,9 +39,9 @@ export function randomWord(rng: Rng): string {
 export const promptText = (tag: string, input: string) => `${tag}:${input}=`;
 
 /** Tokens with loss on the answer and <eos> only. */
-export function toExample(tok: CharTokenizer, s: TaskSample): Example {
-  const prompt = [tok.bosId, ...tok.encode(promptText(s.tag, s.input))];
-  const answer = [...tok.encode(s.output), tok.eosId];
+export function toExample(tok: TextTokenizer, s: TaskSample): Example {
+  const prompt = withBos(tok, tok.encode(promptText(s.tag, s.input)));
+  const answer = [...tok.encode(s.output), tok.eosId ?? fail(ErrorCodes.DATA, 'the demo task needs a tokenizer with an EOS token')];
   return { tokens: [...prompt, ...answer], lossWeights: [...prompt.map(() => 0), ...answer.map(() => 1)] };
 }
 

@@ -28,7 +28,8 @@ export interface PeftAdapterConfig {
   lora_dropout: number;
   target_modules: LinearModule[];
   bias: 'none';
-  fan_in_fan_out: false;
+  /** true for GPT-2's Conv1D layers (weights stored (in, out)); A and B keep the same shapes either way */
+  fan_in_fan_out: boolean;
   use_rslora: boolean;
   init_lora_weights: true | 'gaussian';
   modules_to_save: null;
@@ -48,7 +49,7 @@ export function parsePeftKey(key: string): { modulePath: string; which: 'A' | 'B
   return match ? { modulePath: match[1], which: match[2] as 'A' | 'B' } : null;
 }
 
-export function peftAdapterConfig(lora: LoraConfig, baseModelNameOrPath: string): PeftAdapterConfig {
+export function peftAdapterConfig(lora: LoraConfig, baseModelNameOrPath: string, fanInFanOut = false): PeftAdapterConfig {
   return {
     peft_type: 'LORA',
     task_type: 'CAUSAL_LM',
@@ -59,7 +60,7 @@ export function peftAdapterConfig(lora: LoraConfig, baseModelNameOrPath: string)
     lora_dropout: lora.dropout,
     target_modules: [...lora.targetModules],
     bias: 'none',
-    fan_in_fan_out: false,
+    fan_in_fan_out: fanInFanOut,
     use_rslora: lora.useRslora,
     init_lora_weights: lora.init === 'kaiming' ? true : 'gaussian',
     modules_to_save: null,
@@ -82,7 +83,8 @@ export function loraConfigFromPeft(json: unknown): LoraConfig {
   const refuse = (field: string, expected: string) => fail(ErrorCodes.CONFIG, `adapter_config.${field} is ${JSON.stringify(c[field])}; loramesh supports only ${expected}`);
   if (c.peft_type !== 'LORA') refuse('peft_type', '"LORA"');
   if ((c.bias ?? 'none') !== 'none') refuse('bias', '"none"');
-  if ((c.fan_in_fan_out ?? false) !== false) refuse('fan_in_fan_out', 'false');
+  // fan_in_fan_out only says how the BASE weight is stored (GPT-2 Conv1D); loramesh knows that from the architecture.
+  if (typeof (c.fan_in_fan_out ?? false) !== 'boolean') refuse('fan_in_fan_out', 'true or false');
   if ((c.use_dora ?? false) !== false) refuse('use_dora', 'false');
   for (const field of ['rank_pattern', 'alpha_pattern', 'modules_to_save', 'layers_to_transform']) {
     if (!isEmpty(c[field])) refuse(field, 'null or empty');

@@ -110,3 +110,8 @@ export function mergeAdapter(
   }
   return merged;
 }
+
+/** PEFT's fan_in_fan_out: true when the adapted base weights are stored (d_in, d_out) (GPT-2 Conv1D). */
+export function fanInFanOut(config: ModelConfig, lora: LoraConfig): boolean {
+  return adaptedModules(config, lora).some((path) => linearStorage(config, path).transposed);
+}

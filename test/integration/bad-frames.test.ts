@@ -19,7 +19,7 @@ import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'loramesh-bad-'));
 writeTinyModelDir(join(root, 'model'), 4);
-const model = openModelDir(join(root, 'model'));
+const model = await openModelDir(join(root, 'model'));
 const lora = checkLoraConfig({ r: 2, alpha: 4 });
 const train = checkTrainConfig({ steps: 8, globalBatch: 4, microBatch: 2, seed: 9 });
 const examples = demoExamples(model.tokenizer, demoTaskData(32, 4, 9));

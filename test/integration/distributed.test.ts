@@ -16,7 +16,7 @@ import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'loramesh-dist-'));
 writeTinyModelDir(join(root, 'model'), 3);
-const model = openModelDir(join(root, 'model'));
+const model = await openModelDir(join(root, 'model'));
 const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] });
 const train = checkTrainConfig({ steps: 20, globalBatch: 8, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 5 });
 const examples = demoExamples(model.tokenizer, demoTaskData(64, 8, 5));

@@ -100,7 +100,7 @@ test('loraConfigFromPeft refuses what loramesh cannot reproduce, naming the fiel
   const cases: Array<[Record<string, unknown>, RegExp]> = [
     [{ peft_type: 'IA3' }, /adapter_config.peft_type is "IA3"/],
     [{ bias: 'all' }, /adapter_config.bias is "all"; loramesh supports only "none"/],
-    [{ fan_in_fan_out: true }, /fan_in_fan_out is true/],
+    [{ fan_in_fan_out: 'yes' }, /fan_in_fan_out is "yes"/],
     [{ use_dora: true }, /use_dora is true/],
     [{ init_lora_weights: 'pissa' }, /init_lora_weights is "pissa"; loramesh supports only true or "gaussian"/],
     [{ init_lora_weights: false }, /init_lora_weights is false/],

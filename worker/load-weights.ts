@@ -1,0 +1,66 @@
+/**
+ * Loads safetensors files from disk one tensor at a time (positional reads), so peak memory stays
+ * near one copy of the weights plus the largest tensor: the file is never held whole.
+ */
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import * as tf from '@tensorflow/tfjs-core';
+import type { ModelConfig } from '../shared/config.ts';
+import { ErrorCodes, fail } from '../shared/errors.ts';
+import { decodeTensorData, readSafetensorsHeader, type SafetensorsDType } from '../shared/formats/safetensors.ts';
+import { checkWeights } from '../shared/lora/params.ts';
+import { canonicalName, parameterShapes } from '../shared/model/causal-lm.ts';
+
+export interface StoredTensor {
+  /** the checkpoint's own name (e.g. without GPT-2's "transformer." prefix) */
+  fileName: string;
+  file: string;
+  dtype: SafetensorsDType;
+}
+
+export interface LoadedWeights {
+  weights: Map<string, tf.Tensor>;
+  /** canonical name → where and how it was stored, for writing a merged model back the same way */
+  stored: Map<string, StoredTensor>;
+}
+
+function readExactly(fd: number, length: number, position: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let done = 0;
+  while (done < length) {
+    const n = readSync(fd, out, done, length - done, position + done);
+    if (n === 0) fail(ErrorCodes.SAFETENSORS, `file ended ${length - done} bytes early`);
+    done += n;
+  }
+  return out;
+}
+
+export function loadSafetensorsFiles(config: ModelConfig, paths: string[]): LoadedWeights {
+  const shapes = parameterShapes(config);
+  const weights = new Map<string, tf.Tensor>();
+  const stored = new Map<string, StoredTensor>();
+  for (const path of paths) {
+    const fd = openSync(path, 'r');
+    try {
+      const size = fstatSync(fd).size;
+      if (size < 8) fail(ErrorCodes.SAFETENSORS, `${path}: ${size} bytes is too short for a safetensors file`);
+      const headerLength = Number(new DataView(readExactly(fd, 8, 0).buffer).getBigUint64(0, true));
+      if (headerLength > size - 8) fail(ErrorCodes.SAFETENSORS, `${path}: header length ${headerLength} exceeds the file (${size} bytes)`);
+      const head = readExactly(fd, 8 + headerLength, 0);
+      const { entries, dataStart } = readSafetensorsHeader(head, size);
+      for (const [fileName, entry] of entries) {
+        const name = canonicalName(config, fileName);
+        if (name === null) continue;
+        if (!shapes.has(name)) fail(ErrorCodes.MODEL, `${path}: tensor ${fileName} is not part of a ${config.model_type} model with this config.json`);
+        if (weights.has(name)) fail(ErrorCodes.MODEL, `tensor ${name} appears twice (second time in ${path})`);
+        const [begin, end] = entry.data_offsets;
+        const t = decodeTensorData(fileName, entry, readExactly(fd, end - begin, dataStart + begin));
+        weights.set(name, tf.tensor(t.data, t.shape, 'float32'));
+        stored.set(name, { fileName, file: path, dtype: entry.dtype });
+      }
+    } finally {
+      closeSync(fd);
+    }
+  }
+  checkWeights(config, weights);
+  return { weights, stored };
+}
