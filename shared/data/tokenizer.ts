@@ -169,3 +169,8 @@ export function loadHfTokenizer(tokenizerJson: unknown, tokenizerConfig: unknown
   }
   return new HfTokenizer(tokenizer, complete, tokenizerConfig, modelConfig);
 }
+
+/** Prepends BOS when the tokenizer wants it. */
+export function withBos(tok: TextTokenizer, ids: number[]): number[] {
+  return tok.addBos && tok.bosId !== null ? [tok.bosId, ...ids] : ids;
+}
