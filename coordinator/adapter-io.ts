@@ -26,5 +26,7 @@ export function readAdapterDir(dir: string, model: ModelConfig): LoadedAdapter {
     if (shape[0] !== t.shape[0] || shape[1] !== t.shape[1]) fail(ErrorCodes.SHAPE, `adapter ${t.name} has shape [${shape}], the model needs [${t.shape}]`);
     state.set(t.name, data);
   }
+  const extra = [...modules.keys()].filter((path) => !spec.some((t) => t.modulePath === path));
+  if (extra.length > 0) fail(ErrorCodes.SHAPE, `adapter ${dir} has modules this model does not: ${extra.slice(0, 3).join(', ')}`);
   return { lora, spec, state };
 }

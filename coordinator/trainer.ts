@@ -36,6 +36,8 @@ export interface TrainerOptions {
   train: TrainConfig;
   examples: Example[];
   padId: number;
+  /** start from these A/B values (e.g. a PEFT adapter) instead of the fresh init */
+  initialAdapter?: AdapterState;
 }
 
 export class Trainer {
@@ -48,7 +50,7 @@ export class Trainer {
 
   constructor(readonly options: TrainerOptions, private readonly executor: GradientExecutor) {
     this.spec = adapterSpec(options.model, options.lora);
-    this.adapter = initAdapter(this.spec, options.lora, mixSeed(options.train.seed, 1));
+    this.adapter = options.initialAdapter ? new Map([...options.initialAdapter].map(([k, v]) => [k, v.slice()])) : initAdapter(this.spec, options.lora, mixSeed(options.train.seed, 1));
     this.sampler = new EpochSampler(options.examples.length, mixSeed(options.train.seed, 2));
     this.adam = initAdam(this.adapter);
   }

@@ -68,6 +68,17 @@ export interface LoraDropout {
   seed: number;
 }
 
+/** Groups per-tensor A/B values (in spec order) into one branch per adapted module. */
+export function loraBranches(spec: { modulePath: string; which: 'A' | 'B' }[], tensorAt: (i: number) => tf.Tensor2D): Map<string, LoraBranch> {
+  const branches = new Map<string, LoraBranch>();
+  spec.forEach((t, i) => {
+    const entry = branches.get(t.modulePath) ?? ({} as LoraBranch);
+    entry[t.which] = tensorAt(i);
+    branches.set(t.modulePath, entry);
+  });
+  return branches;
+}
+
 /** The base model with LoRA branches on some modules. */
 export function withLora(base: FrozenBase, branches: Map<string, LoraBranch>, scaling: number, dropout?: LoraDropout): ParamSource {
   let calls = 0; // dropout masks differ per module call but repeat for the same (seed, call order)

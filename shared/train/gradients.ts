@@ -6,7 +6,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type LoraConfig, loraScaling } from '../config.ts';
 import { type AdapterState, type AdapterTensorSpec } from '../lora/adapter.ts';
-import { type FrozenBase, type LoraBranch, withLora } from '../lora/params.ts';
+import { type FrozenBase, loraBranches, withLora } from '../lora/params.ts';
 import type { CausalLM, ParamSource } from '../model/causal-lm.ts';
 import { type MicroBatch, tokenCount } from './micro-batch.ts';
 
@@ -33,12 +33,7 @@ export function computeGradients(
     const mask = tf.tensor1d(mb.lossMask);
     const tensors = spec.map((t) => tf.tensor2d(adapter.get(t.name)!, t.shape));
     const loss = (...ab: tf.Tensor[]) => {
-      const branches = new Map<string, LoraBranch>();
-      spec.forEach((t, i) => {
-        const entry = branches.get(t.modulePath) ?? ({} as LoraBranch);
-        entry[t.which] = ab[i] as tf.Tensor2D;
-        branches.set(t.modulePath, entry);
-      });
+      const branches = loraBranches(spec, (i) => ab[i] as tf.Tensor2D);
       const params: ParamSource = withLora(base, branches, scaling, { p: lora.dropout, seed: mb.dropoutSeed });
       return tokenLossSum(model.forward(params, inputIds), targets, mask);
     };
@@ -50,4 +45,21 @@ export function computeGradients(
   const lossSum = out.value.dataSync()[0];
   tf.dispose([out.value, ...out.grads]);
   return { lossSum, tokenCount: tokenCount(mb), grads };
+}
+
+/** Σ token losses and token count over micro-batches, forward only (evaluation). */
+export function evaluateLoss(
+  model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, microBatches: MicroBatch[],
+): { lossSum: number; tokenCount: number } {
+  let lossSum = 0;
+  let count = 0;
+  for (const mb of microBatches) {
+    lossSum += tf.tidy(() => {
+      const branches = loraBranches(spec, (i) => tf.tensor2d(adapter.get(spec[i].name)!, spec[i].shape));
+      const logits = model.forward(withLora(base, branches, loraScaling(lora)), tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32'));
+      return tokenLossSum(logits, tf.tensor1d(mb.targets, 'int32'), tf.tensor1d(mb.lossMask)).dataSync()[0];
+    });
+    count += tokenCount(mb);
+  }
+  return { lossSum, tokenCount: count };
 }

@@ -8,7 +8,7 @@ import '../helpers/backend.ts';
 import { checkLoraConfig, checkModelConfig, loraScaling, type LinearModule } from '../../shared/config.ts';
 import { decodeSafetensors } from '../../shared/formats/safetensors.ts';
 import { adapterSpec, type AdapterState } from '../../shared/lora/adapter.ts';
-import { FrozenBase, withLora, type LoraBranch } from '../../shared/lora/params.ts';
+import { FrozenBase, loraBranches, withLora } from '../../shared/lora/params.ts';
 import { createModel } from '../../shared/model/causal-lm.ts';
 import { computeGradients } from '../../shared/train/gradients.ts';
 
@@ -39,12 +39,7 @@ for (const [label, plain] of [['fast path', false], ['plain autodiff', true]] as
   test(`${label}: logits, loss and A/B gradients match PyTorch (≤ 1e-4)`, () => {
     const base = new FrozenBase(config, weights, plain);
     const logits = tf.tidy(() => {
-      const branches = new Map<string, LoraBranch>();
-      for (const t of spec) {
-        const b = branches.get(t.modulePath) ?? ({} as LoraBranch);
-        b[t.which] = tf.tensor2d(adapter.get(t.name)!, t.shape);
-        branches.set(t.modulePath, b);
-      }
+      const branches = loraBranches(spec, (i) => tf.tensor2d(adapter.get(spec[i].name)!, spec[i].shape));
       return model.forward(withLora(base, branches, loraScaling(lora)), tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32')).dataSync();
     });
     const logitDiff = maxDiff(logits, get('logits').data);

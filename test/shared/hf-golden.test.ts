@@ -12,7 +12,7 @@ import { checkLoraConfig, checkModelConfig, loraScaling, type LinearModule } fro
 import { peftAdapterConfig, peftKey } from '../../shared/formats/peft.ts';
 import { decodeSafetensors } from '../../shared/formats/safetensors.ts';
 import { adapterSpec, fanInFanOut, mergeAdapter, type AdapterState } from '../../shared/lora/adapter.ts';
-import { FrozenBase, withLora, type LoraBranch } from '../../shared/lora/params.ts';
+import { FrozenBase, loraBranches, withLora } from '../../shared/lora/params.ts';
 import { createModel, type ParamSource } from '../../shared/model/causal-lm.ts';
 import { computeGradients } from '../../shared/train/gradients.ts';
 import { loadSafetensorsFiles } from '../../worker/load-weights.ts';
@@ -45,15 +45,8 @@ for (const name of ['llama-tied-gqa', 'qwen2', 'gpt2']) {
     inputIds: get('input_ids') as Int32Array, targets: get('targets') as Int32Array, lossMask: get('loss_mask') as Float32Array,
   };
   const logitsOf = (params: ParamSource) => tf.tidy(() => model.forward(params, tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32')).dataSync());
-  const withAdapter = (base: FrozenBase) => {
-    const branches = new Map<string, LoraBranch>();
-    for (const t of spec) {
-      const b = branches.get(t.modulePath) ?? ({} as LoraBranch);
-      b[t.which] = tf.tensor2d(adapter.get(t.name)!, t.shape);
-      branches.set(t.modulePath, b);
-    }
-    return withLora(base, branches, loraScaling(lora));
-  };
+  const withAdapter = (base: FrozenBase) =>
+    withLora(base, loraBranches(spec, (i) => tf.tensor2d(adapter.get(spec[i].name)!, spec[i].shape)), loraScaling(lora));
 
   test(`${name}: F32 checkpoint logits match PyTorch (≤ 1e-4)`, () => {
     const d = maxDiff(logitsOf(new FrozenBase(config, weights)), get('logits_f32'));

@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '../helpers/backend.ts';
 import { checkLoraConfig, loraScaling } from '../../shared/config.ts';
 import { adapterSpec, initAdapter, mergeAdapter, type AdapterState } from '../../shared/lora/adapter.ts';
-import { FrozenBase, withLora, type LoraBranch } from '../../shared/lora/params.ts';
+import { FrozenBase, loraBranches, withLora, type LoraBranch } from '../../shared/lora/params.ts';
 import { createModel, type CausalLM } from '../../shared/model/causal-lm.ts';
 import { Rng } from '../../shared/rng.ts';
 import { computeGradients, tokenLossSum } from '../../shared/train/gradients.ts';
@@ -37,13 +37,7 @@ function microBatch(seed: number, batch = 2, time = 7): MicroBatch {
 }
 
 function branches(state: AdapterState): Map<string, LoraBranch> {
-  const out = new Map<string, LoraBranch>();
-  for (const t of spec) {
-    const b = out.get(t.modulePath) ?? ({} as LoraBranch);
-    b[t.which] = tf.tensor2d(state.get(t.name)!, t.shape);
-    out.set(t.modulePath, b);
-  }
-  return out;
+  return loraBranches(spec, (i) => tf.tensor2d(state.get(spec[i].name)!, spec[i].shape));
 }
 
 function logits(params: Parameters<CausalLM['forward']>[0], mb: MicroBatch): Float32Array {
