@@ -18,7 +18,12 @@ const program = new Command('loramesh')
 function addTrainOptions(cmd: Command): Command {
   return cmd
     .option('--model <dir>', 'base model directory (config.json, *.safetensors, vocab.json)', DEMO_MODEL_DIR)
-    .option('--data <file.jsonl>', 'training data: {"prompt","completion"} or {"text"} per line (default: the demo task)')
+    .option('--data <file.jsonl>', 'training data, one record per line: {"text"}, {"prompt","completion"} or {"messages":[...]} (default: the demo task)')
+    .option('--max-tokens <n>', 'sequence length for --data (default: the model context, at most 1024)', int(2))
+    .option('--pack', 'pack --data records into full sequences instead of truncating each', false)
+    .option('--eval-fraction <x>', 'share of --data records held out for eval loss', num(0, 0.99), 0.05)
+    .option('--eval-every <n>', 'steps between eval-loss checks (also before and after training)', int(1), 50)
+    .option('--adapter <dir>', 'continue training from a PEFT adapter (its r, alpha, targets and values)')
     .option('--train-size <n>', 'demo task: number of training examples', int(1), 2000)
     .option('--steps <n>', 'optimizer steps', int(1), DEFAULT_TRAIN.steps)
     .option('--global-batch <n>', 'sequences per step over all workers', int(1), DEFAULT_TRAIN.globalBatch)
@@ -58,17 +63,35 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
   .action(async (o) => {
     const { initBackend } = await import('../worker/backend.ts');
     const { openModelDir } = await import('./model-dir.ts');
-    const { demoExamples, demoTaskData, jsonlExamples } = await import('./dataset.ts');
+    const { demoExamples, demoTaskData, loadJsonlDataset } = await import('./dataset.ts');
+    const { toExample } = await import('../shared/data/demo-tasks.ts');
+    const { readAdapterDir } = await import('./adapter-io.ts');
     const { runTraining } = await import('./train.ts');
-    const { lora, train } = configsFrom(o);
+    let { lora, train } = configsFrom(o);
     const model = await openModelDir(o.model);
-    if (o.inProcess) await initBackend(o.backend as BackendName, console.log);
-    const examples = o.data
-      ? jsonlExamples(o.data, model.tokenizer, contextLength(model.config))
-      : demoExamples(model.tokenizer, demoTaskData(o.trainSize, 200, o.seed));
+    await initBackend(o.backend as BackendName, console.log);
+    let initialAdapter;
+    if (o.adapter) {
+      const loaded = readAdapterDir(o.adapter, model.config);
+      lora = loaded.lora;
+      initialAdapter = loaded.state;
+      console.log(`continuing from ${o.adapter} (r=${lora.r}, alpha=${lora.alpha}, targets ${lora.targetModules.join(',')})`);
+    }
+    let examples;
+    let evalExamples;
+    if (o.data) {
+      const maxTokens = o.maxTokens ?? Math.min(1024, contextLength(model.config));
+      const data = loadJsonlDataset(o.data, model.tokenizer, { maxTokens, mode: o.pack ? 'pack' : 'truncate', evalFraction: o.evalFraction, seed: o.seed });
+      console.log(`${o.data}: ${data.format} records → ${data.train.length} train / ${data.eval.length} eval sequences of ≤ ${maxTokens} tokens${data.skippedLines ? `, ${data.skippedLines} skipped (nothing left to learn after truncation)` : ''}`);
+      [examples, evalExamples] = [data.train, data.eval];
+    } else {
+      const demo = demoTaskData(o.trainSize, 200, o.seed);
+      [examples, evalExamples] = [demoExamples(model.tokenizer, demo), demo.eval.map((s) => toExample(model.tokenizer, s))];
+    }
     const result = await runTraining({
-      model, lora, train, examples, outDir: o.out, runId: o.runId, inProcess: o.inProcess, localWorkers: o.inProcess ? 0 : o.localWorkers,
-      minWorkers: o.minWorkers, host: o.host, port: o.port, token: o.token ?? process.env.LORAMESH_TOKEN, backend: o.backend,
+      model, lora, train, examples, evalExamples, evalEvery: o.evalEvery, initialAdapter, outDir: o.out, runId: o.runId, inProcess: o.inProcess,
+      localWorkers: o.inProcess ? 0 : o.localWorkers, minWorkers: o.minWorkers, host: o.host, port: o.port,
+      token: o.token ?? process.env.LORAMESH_TOKEN, backend: o.backend,
     });
     const last = result.metrics[result.metrics.length - 1];
     console.log(`done: ${train.steps} steps, final loss ${last.loss.toFixed(4)}; adapter written to ${result.runDir}`);
@@ -103,6 +126,19 @@ program.command('generate')
   .action(async (o) => {
     const { generateCommand } = await import('./generate-cmd.ts');
     await generateCommand(o);
+  });
+
+program.command('merge')
+  .description('merge a PEFT adapter into its base model: W + (alpha/r)·B·A, written as a HF model directory')
+  .requiredOption('--model <dir>', 'base model directory')
+  .requiredOption('--adapter <dir>', 'PEFT adapter directory')
+  .requiredOption('--out <dir>', 'output directory (base tensor names and dtypes; config and tokenizer copied)')
+  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'auto')
+  .action(async (o) => {
+    const { initBackend } = await import('../worker/backend.ts');
+    const { mergeCommand } = await import('./merge-cmd.ts');
+    await initBackend(o.backend, (l) => console.error(l));
+    await mergeCommand(o);
   });
 
 program.command('demo')

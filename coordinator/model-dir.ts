@@ -4,14 +4,14 @@
  * or the demo's vocab.json. Weight files are hashed (sha256) so workers fetch them by content and
  * verify them.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { checkModelConfig, type ModelConfig } from '../shared/config.ts';
 import { CharTokenizer } from '../shared/data/char-tokenizer.ts';
 import { loadHfTokenizer, type TextTokenizer } from '../shared/data/tokenizer.ts';
 import { ErrorCodes, fail } from '../shared/errors.ts';
 import type { BaseFile } from '../shared/protocol/messages.ts';
+import { sha256File } from '../worker/hash.ts';
 import { loadSafetensorsFiles, type LoadedWeights } from '../worker/load-weights.ts';
 
 export interface ModelFile extends BaseFile {
@@ -30,16 +30,6 @@ export interface ModelDir {
   extraFiles: string[];
 }
 
-export function sha256(bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
-
-/** sha256 of a file, streamed (weights can be larger than we want in memory twice). */
-export async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}
 
 function readJson(path: string, what: string): Record<string, unknown> {
   try {

@@ -7,11 +7,13 @@ import { nanoid } from 'nanoid';
 import cliProgress from 'cli-progress';
 import type * as tf from '@tensorflow/tfjs-core';
 import type { LoraConfig, TrainConfig } from '../shared/config.ts';
-import { adapterParameterCount, adapterSpec, fanInFanOut, type AdapterState } from '../shared/lora/adapter.ts';
-import { parameterShapes } from '../shared/model/causal-lm.ts';
+import { adapterParameterCount, adapterSpec, fanInFanOut, type AdapterState, type AdapterTensorSpec } from '../shared/lora/adapter.ts';
+import { FrozenBase } from '../shared/lora/params.ts';
+import { createModel, parameterShapes } from '../shared/model/causal-lm.ts';
+import { evaluateLoss } from '../shared/train/gradients.ts';
+import { packMicroBatch, type Example, type MicroBatch } from '../shared/train/micro-batch.ts';
 import type { RunManifest } from '../shared/protocol/messages.ts';
 import { ErrorCodes, LoraMeshError } from '../shared/errors.ts';
-import type { Example } from '../shared/train/micro-batch.ts';
 import { InProcessExecutor } from './in-process.ts';
 import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
 import { MeshExecutor } from './mesh.ts';
@@ -44,6 +46,16 @@ export interface RunOptions {
   log?: (line: string) => void;
   /** weights already loaded by the caller (for evaluation), reused for the in-process executor */
   weights?: Map<string, tf.Tensor>;
+  /** start from this adapter (e.g. a PEFT adapter being continued) */
+  initialAdapter?: AdapterState;
+  /** held-out examples: their mean token loss is computed here, before training, every evalEvery steps and at the end */
+  evalExamples?: Example[];
+  evalEvery?: number;
+}
+
+export interface EvalPoint {
+  step: number;
+  loss: number;
 }
 
 export interface RunResult {
@@ -58,6 +70,7 @@ export interface RunResult {
   fullFineTuneBytes: number;
   adapterParameters: number;
   modelParameters: number;
+  evalLosses: EvalPoint[];
 }
 
 export async function runTraining(opts: RunOptions): Promise<RunResult> {
@@ -82,7 +95,16 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     };
     executor = new MeshExecutor({ manifest, token: opts.token, log });
   }
-  const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId }, executor);
+  const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter }, executor);
+  const evaluate = makeEvaluator(opts, spec);
+  const evalLosses: EvalPoint[] = [];
+  const runEval = () => {
+    if (!evaluate) return;
+    const loss = evaluate(trainer.adapter);
+    evalLosses.push({ step: trainer.step, loss });
+    runDir.appendMetrics({ step: trainer.step, eval_loss: loss });
+    log(`step ${trainer.step}: eval loss ${loss.toFixed(4)}`);
+  };
   const mesh = executor instanceof MeshExecutor ? executor : null;
   if (mesh) {
     // The largest legitimate frame is a result: 4 bytes per adapter value plus framing.
@@ -108,6 +130,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   const bar = showBar ? new cliProgress.SingleBar({ format: 'train |{bar}| step {value}/{total} | loss {loss} | {tps} tok/s | ETA {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
   bar?.start(train.steps, 0, { loss: '-', tps: '-' });
   try {
+    runEval();
     trainer.start();
     let lastIn = mesh?.bytesIn ?? 0;
     let lastOut = mesh?.bytesOut ?? 0;
@@ -120,8 +143,10 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       lastOut = mesh?.bytesOut ?? 0;
       runDir.appendMetrics({ step: m.step, loss: m.loss, lr: m.lr, grad_norm: m.gradNorm, tokens: m.tokens, tokens_per_s: m.tokensPerSecond, step_ms: m.stepMs, bytes_up: bytesUp, bytes_down: bytesDown, workers: mesh?.readyCount() ?? 0 });
       bar?.update(m.step, { loss: m.loss.toFixed(4), tps: m.tokensPerSecond.toFixed(0) });
+      if (evaluate && opts.evalEvery && m.step % opts.evalEvery === 0 && m.step !== train.steps) runEval();
       if (!bar && (m.step % 10 === 0 || m.step === train.steps)) log(`step ${m.step}/${train.steps} loss ${m.loss.toFixed(4)} lr ${m.lr.toExponential(2)} ${m.tokensPerSecond.toFixed(0)} tok/s`);
     }
+    runEval();
   } finally {
     bar?.stop();
     mesh?.finish('training complete');
@@ -135,7 +160,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     runId, runDir: runDir.path, adapter: trainer.adapter, metrics,
     bytesUp: mesh?.bytesIn ?? 0, bytesDown: mesh?.bytesOut ?? 0, workers,
     fullFineTuneBytes: train.steps * (train.globalBatch / train.microBatch + workers) * 4 * modelParameters,
-    adapterParameters: adapterParameterCount(trainer.spec), modelParameters,
+    adapterParameters: adapterParameterCount(trainer.spec), modelParameters, evalLosses,
   };
 }
 
@@ -153,4 +178,20 @@ function failWhenChildrenExit(children: ReturnType<typeof spawnLocalWorkers>, ne
       });
     }
   });
+}
+
+/** Mean token loss of the eval set under an adapter, computed in this process (forward only). */
+function makeEvaluator(opts: RunOptions, spec: AdapterTensorSpec[]): ((adapter: AdapterState) => number) | null {
+  if (!opts.evalExamples || opts.evalExamples.length === 0) return null;
+  const weights = opts.weights ?? loadWeights(opts.model).weights;
+  const base = new FrozenBase(opts.model.config, weights);
+  const model = createModel(opts.model.config);
+  const microBatches: MicroBatch[] = [];
+  for (let i = 0; i < opts.evalExamples.length; i += opts.train.microBatch) {
+    microBatches.push(packMicroBatch(opts.evalExamples.slice(i, i + opts.train.microBatch), opts.model.tokenizer.padId, 0));
+  }
+  return (adapter) => {
+    const { lossSum, tokenCount } = evaluateLoss(model, base, spec, adapter, opts.lora, microBatches);
+    return lossSum / Math.max(1, tokenCount);
+  };
 }

@@ -4,14 +4,16 @@
  * disk by content hash) and runs the neutral worker loop from shared/.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
+import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import type * as tf from '@tensorflow/tfjs-core';
 import { checkModelConfig } from '../shared/config.ts';
 import { ErrorCodes, fail } from '../shared/errors.ts';
-import { weightsFromSafetensors } from '../shared/model/weights.ts';
+import { sha256File } from './hash.ts';
+import { loadSafetensorsFiles } from './load-weights.ts';
 import type { BaseFile, RunManifest } from '../shared/protocol/messages.ts';
 import { WorkerSession } from '../shared/worker-loop.ts';
 import { initBackend, type BackendName } from './backend.ts';
@@ -32,23 +34,45 @@ export const defaultCacheDir = () => process.env.LORAMESH_CACHE ?? join(homedir(
 /** http(s) origin of the coordinator that serves ws(s)://host/ws */
 const httpOrigin = (wsUrl: string) => new URL(wsUrl.replace(/^ws/, 'http')).origin;
 
-async function fetchVerified(origin: string, file: BaseFile, cacheDir: string, log: (l: string) => void): Promise<Uint8Array> {
+/**
+ * The path of a verified local copy of `file`: the cache entry if its sha256 matches, else a fresh
+ * download streamed to disk while hashing (never held in memory whole), renamed into the cache
+ * only when the hash matches the manifest.
+ */
+export async function fetchVerified(origin: string, file: BaseFile, cacheDir: string, log: (l: string) => void): Promise<string> {
   const cached = join(cacheDir, file.sha256);
   if (existsSync(cached)) {
-    const bytes = new Uint8Array(readFileSync(cached));
-    if (createHash('sha256').update(bytes).digest('hex') === file.sha256) return bytes;
+    if ((await sha256File(cached)) === file.sha256) return cached;
     log(`cache entry for ${file.name} is corrupt; downloading again`);
   }
   const res = await fetch(`${origin}/files/${file.sha256}`);
-  if (!res.ok) fail(ErrorCodes.HASH, `download of ${file.name} failed: HTTP ${res.status}`);
-  const bytes = new Uint8Array(await res.arrayBuffer());
-  const digest = createHash('sha256').update(bytes).digest('hex');
-  if (digest !== file.sha256) fail(ErrorCodes.HASH, `${file.name}: sha256 ${digest} does not match the manifest's ${file.sha256}`);
+  if (!res.ok || !res.body) fail(ErrorCodes.HASH, `download of ${file.name} failed: HTTP ${res.status}`);
   mkdirSync(cacheDir, { recursive: true });
-  writeFileSync(`${cached}.tmp`, bytes);
-  renameSync(`${cached}.tmp`, cached);
-  log(`downloaded ${file.name} (${(file.bytes / 1e6).toFixed(1)} MB), sha256 verified`);
-  return bytes;
+  const partial = `${cached}.part-${process.pid}`;
+  const hash = createHash('sha256');
+  const out = createWriteStream(partial);
+  let bytes = 0;
+  try {
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      hash.update(chunk);
+      bytes += chunk.length;
+      if (!out.write(chunk)) await once(out, 'drain');
+    }
+    out.end();
+    await once(out, 'finish');
+  } catch (err) {
+    out.destroy();
+    rmSync(partial, { force: true });
+    throw err;
+  }
+  const digest = hash.digest('hex');
+  if (digest !== file.sha256) {
+    rmSync(partial, { force: true });
+    fail(ErrorCodes.HASH, `${file.name}: downloaded sha256 ${digest} does not match the manifest's ${file.sha256}; refusing it`);
+  }
+  renameSync(partial, cached);
+  log(`downloaded ${file.name} (${(bytes / 1e6).toFixed(1)} MB), sha256 verified`);
+  return cached;
 }
 
 export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSession> {
@@ -63,8 +87,9 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
     async loadBase(manifest: RunManifest): Promise<Map<string, tf.Tensor>> {
       const config = checkModelConfig(manifest.model.config);
       const weightFiles = manifest.model.files.filter((f) => f.name.endsWith('.safetensors'));
-      const bytes = await Promise.all(weightFiles.map((f) => fetchVerified(origin, f, opts.cacheDir, log)));
-      return weightsFromSafetensors(config, bytes);
+      const paths: string[] = [];
+      for (const f of weightFiles) paths.push(await fetchVerified(origin, f, opts.cacheDir, log));
+      return loadSafetensorsFiles(config, paths).weights;
     },
   }, { name: opts.name, token: opts.token });
 
