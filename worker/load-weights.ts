@@ -23,8 +23,8 @@ export interface LoadedWeights {
   stored: Map<string, StoredTensor>;
 }
 
-function readExactly(fd: number, length: number, position: number): Uint8Array {
-  const out = new Uint8Array(length);
+function readExactly(fd: number, length: number, position: number, into?: Uint8Array): Uint8Array {
+  const out = into ? into.subarray(0, length) : new Uint8Array(length);
   let done = 0;
   while (done < length) {
     const n = readSync(fd, out, done, length - done, position + done);
@@ -34,6 +34,14 @@ function readExactly(fd: number, length: number, position: number): Uint8Array {
   return out;
 }
 
+function readHeader(fd: number, path: string) {
+  const size = fstatSync(fd).size;
+  if (size < 8) fail(ErrorCodes.SAFETENSORS, `${path}: ${size} bytes is too short for a safetensors file`);
+  const headerLength = Number(new DataView(readExactly(fd, 8, 0).buffer).getBigUint64(0, true));
+  if (headerLength > size - 8) fail(ErrorCodes.SAFETENSORS, `${path}: header length ${headerLength} exceeds the file (${size} bytes)`);
+  return readSafetensorsHeader(readExactly(fd, 8 + headerLength, 0), size);
+}
+
 export function loadSafetensorsFiles(config: ModelConfig, paths: string[]): LoadedWeights {
   const shapes = parameterShapes(config);
   const weights = new Map<string, tf.Tensor>();
@@ -41,19 +49,18 @@ export function loadSafetensorsFiles(config: ModelConfig, paths: string[]): Load
   for (const path of paths) {
     const fd = openSync(path, 'r');
     try {
-      const size = fstatSync(fd).size;
-      if (size < 8) fail(ErrorCodes.SAFETENSORS, `${path}: ${size} bytes is too short for a safetensors file`);
-      const headerLength = Number(new DataView(readExactly(fd, 8, 0).buffer).getBigUint64(0, true));
-      if (headerLength > size - 8) fail(ErrorCodes.SAFETENSORS, `${path}: header length ${headerLength} exceeds the file (${size} bytes)`);
-      const head = readExactly(fd, 8 + headerLength, 0);
-      const { entries, dataStart } = readSafetensorsHeader(head, size);
+      const { entries, dataStart } = readHeader(fd, path);
+      // One scratch buffer for the file's largest tensor: each tensor is read into it and copied
+      // straight into the backend, so no per-tensor garbage piles up before the GC runs.
+      const largest = Math.max(0, ...[...entries.values()].map((e) => e.data_offsets[1] - e.data_offsets[0]));
+      const scratch = new Uint8Array(largest);
       for (const [fileName, entry] of entries) {
         const name = canonicalName(config, fileName);
         if (name === null) continue;
         if (!shapes.has(name)) fail(ErrorCodes.MODEL, `${path}: tensor ${fileName} is not part of a ${config.model_type} model with this config.json`);
         if (weights.has(name)) fail(ErrorCodes.MODEL, `tensor ${name} appears twice (second time in ${path})`);
         const [begin, end] = entry.data_offsets;
-        const t = decodeTensorData(fileName, entry, readExactly(fd, end - begin, dataStart + begin));
+        const t = decodeTensorData(fileName, entry, readExactly(fd, end - begin, dataStart + begin, scratch));
         weights.set(name, tf.tensor(t.data, t.shape, 'float32'));
         stored.set(name, { fileName, file: path, dtype: entry.dtype });
       }
