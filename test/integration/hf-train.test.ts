@@ -21,6 +21,8 @@ import { loadJsonlDataset } from '../../coordinator/dataset.ts';
 import { mergeCommand } from '../../coordinator/merge-cmd.ts';
 import { loadWeights, openModelDir } from '../../coordinator/model-dir.ts';
 import { runTraining } from '../../coordinator/train.ts';
+import { readAdapterDir } from '../../coordinator/adapter-io.ts';
+import { maxAbsDiff } from '../../shared/lora/adapter.ts';
 import { fetchVerified } from '../../worker/node.ts';
 import { sha256File } from '../../worker/hash.ts';
 import { randomArrays, tinyConfig } from '../helpers/tiny-model.ts';
@@ -65,6 +67,17 @@ test('HF model + JSONL prompt/completion: 2 workers download and verify the base
   assert.equal(entries.size, 2 * 4 * config.num_hidden_layers);
   assert.deepEqual(entries.get('base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight')?.shape, [16, 4]);
 
+  // PEFT import: the written adapter reads back exactly, and training continues from it (the
+  // continued run's first eval equals the finished run's last one).
+  const reread = readAdapterDir(adapterDir, model.config);
+  assert.equal(maxAbsDiff(reread.state, result.adapter), 0);
+  assert.deepEqual(reread.lora.targetModules, lora.targetModules);
+  const continued = await runTraining({
+    model, lora: reread.lora, train: { ...train, steps: 2 }, examples: data.train, evalExamples: data.eval, initialAdapter: reread.state,
+    outDir: join(root, 'runs'), runId: 'continued', inProcess: true, localWorkers: 0, progress: false, log: () => {},
+  });
+  assert.ok(Math.abs(continued.evalLosses[0].loss - losses[3]) <= 1e-6, `continued from ${continued.evalLosses[0].loss}, finished at ${losses[3]}`);
+
   // Merge: same tensor names and dtype as the base, tokenizer copied, logits equal base + adapter.
   const mergedDir = await mergeCommand({ model: modelDir, adapter: adapterDir, out: join(root, 'merged') }, () => {});
   const merged = await openModelDir(mergedDir);
@@ -82,6 +95,20 @@ test('HF model + JSONL prompt/completion: 2 workers download and verify the base
   for (let i = 0; i < unmerged.length; i++) diff = Math.max(diff, Math.abs(unmerged[i] - reloaded[i]));
   // The merged weights are rounded back to BF16 like the base: the bound is BF16's, not float32's.
   assert.ok(diff < 0.05, `merged BF16 model logits differ by ${diff}`);
+});
+
+test('unsupported architectures and missing tensors are named in the error', async () => {
+  const bad = join(root, 'bad');
+  mkdirSync(bad);
+  writeFileSync(join(bad, 'config.json'), JSON.stringify({ model_type: 'falcon', vocab_size: 10 }));
+  await assert.rejects(openModelDir(bad), (e: unknown) => e instanceof LoraMeshError && e.code === 'LM_ERR_MODEL' && /model_type "falcon" is not supported/.test(e.message));
+  const partial = join(root, 'partial');
+  mkdirSync(partial);
+  for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(modelDir, f), join(partial, f));
+  const withoutNorm = Object.fromEntries([...arrays].filter(([n]) => n !== 'model.norm.weight'));
+  writeFileSync(join(partial, 'model.safetensors'), encodeSafetensors(withoutNorm));
+  const opened = await openModelDir(partial);
+  assert.throws(() => loadWeights(opened), (e: unknown) => e instanceof LoraMeshError && /missing tensor model\.norm\.weight/.test(e.message));
 });
 
 test('a download whose sha256 does not match the manifest is refused with LM_ERR_HASH, and a corrupt cache entry is replaced', async () => {
