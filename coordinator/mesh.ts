@@ -10,7 +10,7 @@ import type { WebSocket } from 'ws';
 import type { AdapterState } from '../shared/lora/adapter.ts';
 import { ErrorCodes, LoraMeshError, type ErrorCode } from '../shared/errors.ts';
 import { decodeMessage, encodeMessage } from '../shared/protocol/codec.ts';
-import { checkTensors, PROTOCOL_VERSION, type CoordinatorMessage, type Result, type RunManifest } from '../shared/protocol/messages.ts';
+import { checkTensors, PROTOCOL_VERSION, type CoordinatorMessage, type Hello, type Result, type RunManifest } from '../shared/protocol/messages.ts';
 import type { GradientResult } from '../shared/train/gradients.ts';
 import { type MicroBatch, tokenCount } from '../shared/train/micro-batch.ts';
 import type { GradientExecutor } from './trainer.ts';
@@ -27,6 +27,10 @@ export interface WorkerInfo {
   name: string;
   backend: string;
   platform: string;
+  /** device behind the backend, when the worker reports it */
+  adapter: string;
+  /** running on a slow fallback backend */
+  slow: boolean;
   state: 'handshake' | 'loading' | 'ready';
   microBatchesDone: number;
   tokensDone: number;
@@ -107,7 +111,7 @@ export class MeshExecutor implements GradientExecutor {
 
   attach(ws: WebSocket): void {
     const w: WorkerConnection = {
-      id: nanoid(10), name: '', backend: '', platform: '', state: 'handshake', microBatchesDone: 0, tokensDone: 0,
+      id: nanoid(10), name: '', backend: '', platform: '', adapter: '', slow: false, state: 'handshake', microBatchesDone: 0, tokensDone: 0,
       throughput: 0, bytesIn: 0, bytesOut: 0, rejected: 0, lastSeen: Date.now(), ws, assignment: null, alive: true,
     };
     this.workers.set(w.id, w);
@@ -139,7 +143,7 @@ export class MeshExecutor implements GradientExecutor {
       if (!isBinary) throw new LoraMeshError(ErrorCodes.DECODE, 'text frames are not part of the protocol');
       const message = decodeMessage(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
       switch (message.type) {
-        case 'hello': return this.onHello(w, message.protocol, message.token, message.name, message.backend, message.platform);
+        case 'hello': return this.onHello(w, message);
         case 'ready': return this.onReady(w);
         case 'result': return this.onResult(w, message);
         case 'worker-error': return this.onWorkerError(w, message.code, message.message, message.assignmentId);
@@ -154,7 +158,7 @@ export class MeshExecutor implements GradientExecutor {
     }
   }
 
-  private onHello(w: WorkerConnection, protocol: number, token: string | undefined, name: string | undefined, backend: string, platform: string): void {
+  private onHello(w: WorkerConnection, { protocol, token, name, backend, platform, adapter, slow }: Hello): void {
     if (w.state !== 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'hello sent twice');
     if (protocol !== PROTOCOL_VERSION) {
       this.send(w, { type: 'reject', code: ErrorCodes.PROTOCOL_VERSION, message: `protocol ${protocol} is not supported; this coordinator speaks ${PROTOCOL_VERSION}` });
@@ -166,8 +170,9 @@ export class MeshExecutor implements GradientExecutor {
       w.ws.close(1008, ErrorCodes.AUTH);
       return;
     }
-    Object.assign(w, { name: name ?? w.id, backend, platform, state: 'loading' });
-    this.log(`worker ${w.id} (${w.name}, ${platform}/${backend}) joined`);
+    Object.assign(w, { name: name ?? w.id, backend, platform, adapter: adapter ?? '', slow: !!slow, state: 'loading' });
+    this.log(`worker ${w.id} (${w.name}, ${platform}/${backend}${adapter ? ` on ${adapter}` : ''}) joined`);
+    if (slow) this.log(`warning: worker ${w.id} runs on a slow fallback backend (${backend}${adapter ? `, ${adapter}` : ''})`);
     this.send(w, { type: 'welcome', workerId: w.id, manifest: this.options.manifest });
     if (this.paramsFrame) this.sendFrame(w, this.paramsFrame);
   }

@@ -1,24 +1,34 @@
 /**
- * The coordinator's network edge: one HTTP server that serves the run's base-model files by
- * sha256 (content-addressed, so a worker can cache and verify them) and upgrades /ws to the
- * worker WebSocket. Only the manifest's files are served; nothing else on disk is reachable.
+ * The coordinator's network edge, one port: the worker WebSocket (/ws), the run's base-model files
+ * by sha256 (/files/<sha256>: content-addressed, so workers cache and verify them), the dashboard
+ * (/) and join page (/join) with their bundles (/assets/) and tfjs's wasm binaries (/wasm/), and
+ * the run's state as JSON (/api/status) and a live stream (/api/events, Server-Sent Events).
+ * Only these paths exist: no request maps onto the file system beyond fixed names.
  */
-import { createReadStream } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { createReadStream, existsSync, statSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { WebSocketServer } from 'ws';
 import type { MeshExecutor } from './mesh.ts';
 import type { ModelFile } from './model-dir.ts';
+import type { RunMonitor } from './monitor.ts';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const webDir = join(root, 'build', 'web');
+const wasmDir = join(dirname(fileURLToPath(import.meta.resolve('@tensorflow/tfjs-backend-wasm'))), '..', 'wasm-out');
 
 export interface ServerOptions {
   host: string;
   port: number;
   files: ModelFile[];
   mesh: MeshExecutor;
+  monitor: RunMonitor;
   /** largest frame a worker may send, in bytes */
   maxPayload: number;
   heartbeatMs: number;
-  status: () => unknown;
 }
 
 export interface RunningServer {
@@ -27,13 +37,39 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** Builds the browser bundles if they are missing (e.g. a checkout without `npm install`). */
+export function ensureWebBuild(): void {
+  if (existsSync(join(webDir, 'index.html')) && existsSync(join(webDir, 'join.js'))) return;
+  const r = spawnSync(process.execPath, [join(root, 'scripts', 'build-web.mjs')], { stdio: 'inherit' });
+  if (r.status !== 0) throw new Error('building the browser bundles failed (node scripts/build-web.mjs)');
+}
+
+const STATIC: Record<string, { file: string; type: string }> = {
+  '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
+  '/join': { file: 'join.html', type: 'text/html; charset=utf-8' },
+  '/assets/join.js': { file: 'join.js', type: 'text/javascript' },
+  '/assets/dashboard.js': { file: 'dashboard.js', type: 'text/javascript' },
+  '/assets/join.js.map': { file: 'join.js.map', type: 'application/json' },
+  '/assets/dashboard.js.map': { file: 'dashboard.js.map', type: 'application/json' },
+};
+const WASM = ['tfjs-backend-wasm.wasm', 'tfjs-backend-wasm-simd.wasm', 'tfjs-backend-wasm-threaded-simd.wasm'];
+
+// Cross-origin isolation lets browsers run the wasm backend multi-threaded (SharedArrayBuffer).
+const ISOLATION = { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp', 'cross-origin-resource-policy': 'same-origin' };
+
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  ensureWebBuild();
   const bySha = new Map(opts.files.map((f) => [f.sha256, f]));
-  const http: Server = createServer((req, res) => handleHttp(req, res, bySha, opts.status));
+  const sse = new Set<ServerResponse>();
+  const http: Server = createServer((req, res) => handleHttp(req, res, bySha, opts.monitor, sse));
   const wss = new WebSocketServer({ server: http, path: '/ws', maxPayload: opts.maxPayload });
   wss.on('connection', (ws) => opts.mesh.attach(ws));
   const heartbeat = setInterval(() => opts.mesh.heartbeat(), opts.heartbeatMs);
   heartbeat.unref();
+  const unsubscribe = opts.monitor.subscribe((event) => {
+    const data = `data: ${JSON.stringify(event)}\n\n`;
+    for (const res of sse) res.write(data);
+  });
   await new Promise<void>((resolve, reject) => {
     http.once('error', reject);
     http.listen(opts.port, opts.host, () => resolve());
@@ -45,6 +81,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     wsUrl: `ws://${host}:${port}/ws`,
     close: () => new Promise((resolve) => {
       clearInterval(heartbeat);
+      unsubscribe();
+      for (const res of sse) res.end();
       for (const client of wss.clients) client.terminate();
       wss.close();
       http.close(() => resolve());
@@ -53,7 +91,17 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   };
 }
 
-function handleHttp(req: IncomingMessage, res: ServerResponse, bySha: Map<string, ModelFile>, status: () => unknown): void {
+function sendFile(req: IncomingMessage, res: ServerResponse, path: string, type: string, extra: Record<string, string | number> = {}): void {
+  if (!existsSync(path)) {
+    res.writeHead(404, { 'content-type': 'text/plain' }).end('not built: run npm install\n');
+    return;
+  }
+  res.writeHead(200, { 'content-type': type, 'content-length': statSync(path).size, ...ISOLATION, ...extra });
+  if (req.method === 'HEAD') res.end();
+  else createReadStream(path).pipe(res);
+}
+
+function handleHttp(req: IncomingMessage, res: ServerResponse, bySha: Map<string, ModelFile>, monitor: RunMonitor, sse: Set<ServerResponse>): void {
   const url = new URL(req.url ?? '/', 'http://localhost');
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.writeHead(405, { allow: 'GET, HEAD' }).end();
@@ -62,17 +110,23 @@ function handleHttp(req: IncomingMessage, res: ServerResponse, bySha: Map<string
   const file = /^\/files\/([0-9a-f]{64})$/.exec(url.pathname);
   if (file) {
     const f = bySha.get(file[1]);
-    if (!f) {
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('no such file in this run\n');
-      return;
-    }
-    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': f.bytes, 'cache-control': 'public, max-age=31536000, immutable', etag: `"${f.sha256}"` });
-    if (req.method === 'HEAD') res.end();
-    else createReadStream(f.path).pipe(res);
+    if (!f) res.writeHead(404, { 'content-type': 'text/plain' }).end('no such file in this run\n');
+    else sendFile(req, res, f.path, 'application/octet-stream', { 'cache-control': 'public, max-age=31536000, immutable', etag: `"${f.sha256}"` });
     return;
   }
-  if (url.pathname === '/status') {
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(status()));
+  const page = STATIC[url.pathname];
+  if (page) return sendFile(req, res, join(webDir, page.file), page.type, { 'cache-control': 'no-cache' });
+  const wasm = /^\/wasm\/([a-z-]+\.wasm)$/.exec(url.pathname);
+  if (wasm && WASM.includes(wasm[1])) return sendFile(req, res, join(wasmDir, wasm[1]), 'application/wasm', { 'cache-control': 'public, max-age=86400' });
+  if (url.pathname === '/api/status') {
+    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store', ...ISOLATION }).end(JSON.stringify(monitor.snapshot()));
+    return;
+  }
+  if (url.pathname === '/api/events') {
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', ...ISOLATION });
+    res.write(': connected\n\n');
+    sse.add(res);
+    req.on('close', () => sse.delete(res));
     return;
   }
   res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');

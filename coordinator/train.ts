@@ -17,6 +17,7 @@ import { ErrorCodes, LoraMeshError } from '../shared/errors.ts';
 import { InProcessExecutor } from './in-process.ts';
 import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
 import { MeshExecutor } from './mesh.ts';
+import { RunMonitor } from './monitor.ts';
 import { loadWeights, type ModelDir } from './model-dir.ts';
 import { RunDir } from './run-dir.ts';
 import { startServer } from './server.ts';
@@ -74,7 +75,7 @@ export interface RunResult {
 }
 
 export async function runTraining(opts: RunOptions): Promise<RunResult> {
-  const log = opts.log ?? ((line: string) => console.log(line));
+  let log = opts.log ?? ((line: string) => console.log(line));
   const runId = opts.runId ?? `${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}-${nanoid(6)}`;
   const runDir = new RunDir(opts.outDir, runId);
   const { model, lora, train } = opts;
@@ -93,7 +94,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       lora,
       adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
     };
-    executor = new MeshExecutor({ manifest, token: opts.token, log });
+    executor = new MeshExecutor({ manifest, token: opts.token, log: (line) => log(line) });
   }
   const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter }, executor);
   const evaluate = makeEvaluator(opts, spec);
@@ -102,17 +103,29 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     if (!evaluate) return;
     const loss = evaluate(trainer.adapter);
     evalLosses.push({ step: trainer.step, loss });
+    monitor.evalPoint(trainer.step, loss);
     runDir.appendMetrics({ step: trainer.step, eval_loss: loss });
     log(`step ${trainer.step}: eval loss ${loss.toFixed(4)}`);
   };
   const mesh = executor instanceof MeshExecutor ? executor : null;
+  const modelParameters = [...parameterShapes(model.config).values()].reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
+  const microBatchesPerStep = train.globalBatch / train.microBatch;
+  const monitor = new RunMonitor({
+    runId, model: model.dir, modelType: model.config.model_type, modelParameters, adapterParameters: adapterParameterCount(spec),
+    steps: train.steps, lora, train, fullFineTuneBytesPerStep: (workers) => (microBatchesPerStep + workers) * 4 * modelParameters,
+  }, () => mesh?.info() ?? []);
+  const userLog = log;
+  log = (line: string) => {
+    monitor.log(line);
+    userLog(line);
+  };
   if (mesh) {
     // The largest legitimate frame is a result: 4 bytes per adapter value plus framing.
     const maxPayload = 4 * adapterParameterCount(spec) + 64 * 1024 + 16 * spec.length * 64;
     server = await startServer({
       host: opts.host ?? '127.0.0.1', port: opts.port ?? 0, files: model.files, mesh, maxPayload,
       heartbeatMs: opts.heartbeatMs ?? 5000,
-      status: () => ({ runId, step: trainer.step, steps: train.steps, paramVersion: trainer.paramVersion, workers: mesh.info() }),
+      monitor,
     });
     log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
     if (opts.localWorkers > 0) {
@@ -141,6 +154,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       const bytesDown = (mesh?.bytesOut ?? 0) - lastOut;
       lastIn = mesh?.bytesIn ?? 0;
       lastOut = mesh?.bytesOut ?? 0;
+      monitor.step({ step: m.step, loss: m.loss, lr: m.lr, tokens: m.tokens, tokensPerSecond: m.tokensPerSecond, stepMs: m.stepMs, bytesUp, bytesDown });
       runDir.appendMetrics({ step: m.step, loss: m.loss, lr: m.lr, grad_norm: m.gradNorm, tokens: m.tokens, tokens_per_s: m.tokensPerSecond, step_ms: m.stepMs, bytes_up: bytesUp, bytes_down: bytesDown, workers: mesh?.readyCount() ?? 0 });
       bar?.update(m.step, { loss: m.loss.toFixed(4), tps: m.tokensPerSecond.toFixed(0) });
       if (evaluate && opts.evalEvery && m.step % opts.evalEvery === 0 && m.step !== train.steps) runEval();
@@ -149,17 +163,17 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     runEval();
   } finally {
     bar?.stop();
+    monitor.done();
     mesh?.finish('training complete');
     await stopLocalWorkers(children);
     await server?.close();
   }
   runDir.writeAdapter(trainer.spec, trainer.adapter, lora, model.dir, fanInFanOut(model.config, lora));
-  const modelParameters = [...parameterShapes(model.config).values()].reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
   const workers = Math.max(1, opts.localWorkers);
   return {
     runId, runDir: runDir.path, adapter: trainer.adapter, metrics,
     bytesUp: mesh?.bytesIn ?? 0, bytesDown: mesh?.bytesOut ?? 0, workers,
-    fullFineTuneBytes: train.steps * (train.globalBatch / train.microBatch + workers) * 4 * modelParameters,
+    fullFineTuneBytes: train.steps * monitor.summary.fullFineTuneBytesPerStep(workers),
     adapterParameters: adapterParameterCount(trainer.spec), modelParameters, evalLosses,
   };
 }

@@ -16,6 +16,10 @@ import { computeGradients } from './train/gradients.ts';
 export interface WorkerPlatform {
   backend: string;
   platform: 'node' | 'browser';
+  /** the device behind the backend, when known (e.g. the WebGPU adapter) */
+  adapter?: string;
+  /** true when running on a slow fallback (cpu, software WebGPU) */
+  slow?: boolean;
   /** fetches (or reads from cache) the base-model files, verifies their sha256, returns the weights */
   loadBase(manifest: RunManifest): Promise<Map<string, tf.Tensor>>;
   log(line: string): void;
@@ -43,7 +47,7 @@ export class WorkerSession {
   hello(): Uint8Array {
     return encodeMessage({
       type: 'hello', protocol: PROTOCOL_VERSION, token: this.options.token, name: this.options.name,
-      backend: this.platform.backend, platform: this.platform.platform,
+      backend: this.platform.backend, platform: this.platform.platform, adapter: this.platform.adapter, slow: this.platform.slow,
     });
   }
 

@@ -6,20 +6,11 @@ import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../shared/config.ts';
 import { ErrorCodes, fail } from '../shared/errors.ts';
-import { decodeTensorData, readSafetensorsHeader, type SafetensorsDType } from '../shared/formats/safetensors.ts';
-import { checkWeights } from '../shared/lora/params.ts';
-import { canonicalName, parameterShapes } from '../shared/model/causal-lm.ts';
-
-export interface StoredTensor {
-  /** the checkpoint's own name (e.g. without GPT-2's "transformer." prefix) */
-  fileName: string;
-  file: string;
-  dtype: SafetensorsDType;
-}
+import { decodeTensorData, readSafetensorsHeader } from '../shared/formats/safetensors.ts';
+import { WeightCollector, type StoredTensor } from '../shared/model/weights.ts';
 
 export interface LoadedWeights {
   weights: Map<string, tf.Tensor>;
-  /** canonical name → where and how it was stored, for writing a merged model back the same way */
   stored: Map<string, StoredTensor>;
 }
 
@@ -43,9 +34,7 @@ function readHeader(fd: number, path: string) {
 }
 
 export function loadSafetensorsFiles(config: ModelConfig, paths: string[]): LoadedWeights {
-  const shapes = parameterShapes(config);
-  const weights = new Map<string, tf.Tensor>();
-  const stored = new Map<string, StoredTensor>();
+  const collector = new WeightCollector(config);
   for (const path of paths) {
     const fd = openSync(path, 'r');
     try {
@@ -55,19 +44,12 @@ export function loadSafetensorsFiles(config: ModelConfig, paths: string[]): Load
       const largest = Math.max(0, ...[...entries.values()].map((e) => e.data_offsets[1] - e.data_offsets[0]));
       const scratch = new Uint8Array(largest);
       for (const [fileName, entry] of entries) {
-        const name = canonicalName(config, fileName);
-        if (name === null) continue;
-        if (!shapes.has(name)) fail(ErrorCodes.MODEL, `${path}: tensor ${fileName} is not part of a ${config.model_type} model with this config.json`);
-        if (weights.has(name)) fail(ErrorCodes.MODEL, `tensor ${name} appears twice (second time in ${path})`);
         const [begin, end] = entry.data_offsets;
-        const t = decodeTensorData(fileName, entry, readExactly(fd, end - begin, dataStart + begin, scratch));
-        weights.set(name, tf.tensor(t.data, t.shape, 'float32'));
-        stored.set(name, { fileName, file: path, dtype: entry.dtype });
+        collector.add(path, fileName, entry, () => decodeTensorData(fileName, entry, readExactly(fd, end - begin, dataStart + begin, scratch)));
       }
     } finally {
       closeSync(fd);
     }
   }
-  checkWeights(config, weights);
-  return { weights, stored };
+  return { weights: collector.finish(), stored: collector.stored };
 }

@@ -83,6 +83,7 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
   const session = new WorkerSession({
     backend: backend.name,
     platform: 'node',
+    slow: backend.fellBack,
     log,
     async loadBase(manifest: RunManifest): Promise<Map<string, tf.Tensor>> {
       const config = checkModelConfig(manifest.model.config);

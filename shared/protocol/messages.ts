@@ -29,7 +29,13 @@ export type WireMicroBatch = MicroBatch;
 export type TensorMap = Record<string, Float32Array>;
 
 // worker → coordinator
-export interface Hello { type: 'hello'; protocol: number; token?: string; name?: string; backend: string; platform: 'node' | 'browser' }
+export interface Hello {
+  type: 'hello'; protocol: number; token?: string; name?: string; backend: string; platform: 'node' | 'browser';
+  /** the device behind the backend, e.g. a WebGPU adapter ("SwiftShader", "NVIDIA H200") */
+  adapter?: string;
+  /** the worker fell back to a slow backend (cpu, software WebGPU) */
+  slow?: boolean;
+}
 /** base model loaded; paramVersion is the version held (-1: none yet) */
 export interface Ready { type: 'ready'; paramVersion: number }
 export interface Result { type: 'result'; assignmentId: string; paramVersion: number; tokenCount: number; lossSum: number; computeMs: number; grads: TensorMap }
@@ -88,6 +94,8 @@ const guards: Record<Message['type'], Guard> = {
     field(m, 'name', isString(128), 'a string of ≤ 128 chars', true);
     field(m, 'backend', isString(64), 'a backend name');
     field(m, 'platform', (v) => v === 'node' || v === 'browser', '"node" or "browser"');
+    field(m, 'adapter', isString(128), 'a string of ≤ 128 chars', true);
+    field(m, 'slow', (v) => typeof v === 'boolean', 'a boolean', true);
   },
   ready: (m) => field(m, 'paramVersion', isInt(-1), 'an integer ≥ -1 (-1: no parameters yet)'),
   result: (m) => {
