@@ -11,7 +11,8 @@ import { aggregateInOrder } from '../shared/train/aggregate.ts';
 import type { GradientResult } from '../shared/train/gradients.ts';
 import { type Example, type MicroBatch, packMicroBatch } from '../shared/train/micro-batch.ts';
 import { adamwStep, clipGlobalNorm, initAdam, learningRate, type AdamState } from '../shared/train/optimizer.ts';
-import { EpochSampler } from '../shared/train/sampler.ts';
+import { EpochSampler, type SamplerCursor } from '../shared/train/sampler.ts';
+import { ErrorCodes, fail } from '../shared/errors.ts';
 
 export interface GradientExecutor {
   /** Computes every micro-batch of a step against parameter version `paramVersion`; results in micro-batch order. */
@@ -40,6 +41,16 @@ export interface TrainerOptions {
   initialAdapter?: AdapterState;
 }
 
+/** Everything needed to continue a run exactly where it stopped (the RNG is the sampler cursor:
+ * epoch order and dropout seeds derive from (seed, epoch) and (seed, step, index)). */
+export interface TrainerState {
+  step: number;
+  paramVersion: number;
+  cursor: SamplerCursor;
+  adapter: AdapterState;
+  adam: AdamState;
+}
+
 export class Trainer {
   readonly spec: AdapterTensorSpec[];
   adapter: AdapterState;
@@ -53,6 +64,34 @@ export class Trainer {
     this.adapter = options.initialAdapter ? new Map([...options.initialAdapter].map(([k, v]) => [k, v.slice()])) : initAdapter(this.spec, options.lora, mixSeed(options.train.seed, 1));
     this.sampler = new EpochSampler(options.examples.length, mixSeed(options.train.seed, 2));
     this.adam = initAdam(this.adapter);
+  }
+
+  exportState(): TrainerState {
+    const copy = (m: AdapterState) => new Map([...m].map(([k, v]) => [k, v.slice()]));
+    return {
+      step: this.step, paramVersion: this.paramVersion, cursor: { ...this.sampler.cursor }, adapter: copy(this.adapter),
+      adam: { step: this.adam.step, m: copy(this.adam.m), v: copy(this.adam.v) },
+    };
+  }
+
+  /** Continues from a saved state; tensor names and lengths must match this run's adapter. */
+  importState(state: TrainerState): void {
+    for (const t of this.spec) {
+      const n = t.shape[0] * t.shape[1];
+      for (const [what, m] of [['adapter', state.adapter], ['adam.m', state.adam.m], ['adam.v', state.adam.v]] as const) {
+        const data = m.get(t.name);
+        if (!data || data.length !== n) fail(ErrorCodes.SHAPE, `checkpoint ${what} tensor ${t.name} is missing or has the wrong size`);
+      }
+    }
+    this.step = state.step;
+    this.paramVersion = state.paramVersion;
+    this.sampler.cursor = { ...state.cursor };
+    this.adapter = new Map(this.spec.map((t) => [t.name, state.adapter.get(t.name)!.slice()]));
+    this.adam.step = state.adam.step;
+    for (const t of this.spec) {
+      this.adam.m.set(t.name, state.adam.m.get(t.name)!.slice());
+      this.adam.v.set(t.name, state.adam.v.get(t.name)!.slice());
+    }
   }
 
   get done(): boolean {
