@@ -13,13 +13,15 @@ import { decodeMessage, encodeMessage } from '../shared/protocol/codec.ts';
 import { checkTensors, PROTOCOL_VERSION, type CoordinatorMessage, type Hello, type Result, type RunManifest } from '../shared/protocol/messages.ts';
 import type { GradientResult } from '../shared/train/gradients.ts';
 import { type MicroBatch, tokenCount } from '../shared/train/micro-batch.ts';
+import { StepSchedule, type LedgerEntry, type ScheduleOptions } from './scheduler.ts';
 import type { GradientExecutor } from './trainer.ts';
 
-interface Assignment {
-  id: string;
+/** The attempt a worker is computing; a worker holds at most one at a time. */
+interface Holding {
+  assignmentId: string;
   step: number;
   index: number;
-  microBatch: MicroBatch;
+  sentAt: number;
 }
 
 export interface WorkerInfo {
@@ -44,7 +46,7 @@ export interface WorkerInfo {
 
 interface WorkerConnection extends WorkerInfo {
   ws: WebSocket;
-  assignment: Assignment | null;
+  holding: Holding | null;
   alive: boolean;
 }
 
@@ -53,14 +55,14 @@ export interface MeshOptions {
   /** join token; when set, hello must carry it */
   token?: string;
   log?: (line: string) => void;
+  schedule?: ScheduleOptions;
 }
 
 interface StepInFlight {
-  step: number;
   paramVersion: number;
-  queue: Assignment[];
+  schedule: StepSchedule;
+  microBatches: MicroBatch[];
   results: (GradientResult | undefined)[];
-  remaining: number;
   resolve: (results: GradientResult[]) => void;
 }
 
@@ -71,6 +73,8 @@ export class MeshExecutor implements GradientExecutor {
   private paramsFrame: Uint8Array | null = null;
   private paramVersion = -1;
   private inFlight: StepInFlight | null = null;
+  /** who computed what in the last completed step */
+  lastLedger: LedgerEntry[] = [];
   private readonly log: (line: string) => void;
   private readyWaiters: { count: number; resolve: () => void }[] = [];
 
@@ -96,12 +100,28 @@ export class MeshExecutor implements GradientExecutor {
 
   compute(step: number, paramVersion: number, microBatches: MicroBatch[]): Promise<GradientResult[]> {
     return new Promise((resolve) => {
+      const positions = microBatches.map((mb) => mb.batch * mb.time);
       this.inFlight = {
-        step, paramVersion, resolve, remaining: microBatches.length, results: new Array(microBatches.length),
-        queue: microBatches.map((microBatch, index) => ({ id: nanoid(12), step, index, microBatch })),
+        paramVersion, microBatches, resolve, results: new Array(microBatches.length),
+        schedule: new StepSchedule(step, positions, (id, n) => this.expectedMs(id, n), this.options.schedule),
       };
       this.dispatch();
     });
+  }
+
+  /** Expected time for a worker to compute `positions` token positions, from its measured speed. */
+  private expectedMs(workerId: string, positions: number): number | null {
+    const w = this.workers.get(workerId);
+    return w && w.throughput > 0 ? (1000 * positions) / w.throughput : null;
+  }
+
+  /** Re-runs the dispatcher while a step is in flight, so overdue attempts get copied to idle workers. */
+  private readonly deadlineTimer = setInterval(() => {
+    if (this.inFlight?.schedule.hasOverdue(Date.now())) this.dispatch();
+  }, 100).unref();
+
+  close(): void {
+    clearInterval(this.deadlineTimer);
   }
 
   /** Tells every worker the run is over. */
@@ -112,7 +132,7 @@ export class MeshExecutor implements GradientExecutor {
   attach(ws: WebSocket): void {
     const w: WorkerConnection = {
       id: nanoid(10), name: '', backend: '', platform: '', adapter: '', slow: false, state: 'handshake', microBatchesDone: 0, tokensDone: 0,
-      throughput: 0, bytesIn: 0, bytesOut: 0, rejected: 0, lastSeen: Date.now(), ws, assignment: null, alive: true,
+      throughput: 0, bytesIn: 0, bytesOut: 0, rejected: 0, lastSeen: Date.now(), ws, holding: null, alive: true,
     };
     this.workers.set(w.id, w);
     ws.on('message', (data, isBinary) => this.onFrame(w, data as Buffer, isBinary));
@@ -187,24 +207,38 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   private onResult(w: WorkerConnection, r: Result): void {
-    const a = w.assignment;
+    const held = w.holding;
+    if (!held || held.assignmentId !== r.assignmentId) throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `assignment ${r.assignmentId} is not held by this worker`);
+    const now = Date.now();
+    w.holding = null;
     const step = this.inFlight;
-    if (!a || a.id !== r.assignmentId || !step) throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `assignment ${r.assignmentId} is not held by this worker`);
-    if (r.paramVersion !== step.paramVersion) throw new LoraMeshError(ErrorCodes.STALE, `result for version ${r.paramVersion}, current is ${step.paramVersion}`);
-    const expectedTokens = tokenCount(a.microBatch);
-    if (r.tokenCount !== expectedTokens) throw new LoraMeshError(ErrorCodes.FIELD, `result.tokenCount ${r.tokenCount} should be ${expectedTokens} for this micro-batch`);
-    checkTensors(r.grads, this.options.manifest.adapter, 'result.grads');
-    w.assignment = null;
+    if (!step || held.step !== step.schedule.step) {
+      // The step finished without this attempt (a copy won): the late result is simply not needed.
+      this.dispatch();
+      return;
+    }
+    try {
+      if (r.paramVersion !== step.paramVersion) throw new LoraMeshError(ErrorCodes.STALE, `result for version ${r.paramVersion}, current is ${step.paramVersion}`);
+      const mb = step.microBatches[held.index];
+      const expectedTokens = tokenCount(mb);
+      if (r.tokenCount !== expectedTokens) throw new LoraMeshError(ErrorCodes.FIELD, `result.tokenCount ${r.tokenCount} should be ${expectedTokens} for this micro-batch`);
+      checkTensors(r.grads, this.options.manifest.adapter, 'result.grads');
+    } catch (err) {
+      step.schedule.lose(held.assignmentId, 'rejected', now);
+      this.dispatch();
+      throw err;
+    }
+    const positions = step.microBatches[held.index].batch * step.microBatches[held.index].time;
+    const tps = positions / Math.max(1e-3, (now - held.sentAt) / 1000); // measured here: includes the network
+    w.throughput = w.throughput === 0 ? tps : 0.7 * w.throughput + 0.3 * tps;
     w.microBatchesDone++;
     w.tokensDone += r.tokenCount;
-    const tps = (a.microBatch.batch * a.microBatch.time) / Math.max(1e-3, r.computeMs / 1000);
-    w.throughput = w.throughput === 0 ? tps : 0.8 * w.throughput + 0.2 * tps;
-    if (step.results[a.index] === undefined) {
-      step.results[a.index] = { lossSum: r.lossSum, tokenCount: r.tokenCount, grads: new Map(Object.entries(r.grads)) };
-      step.remaining--;
+    if (step.schedule.complete(held.assignmentId, now) === 'used') {
+      step.results[held.index] = { lossSum: r.lossSum, tokenCount: r.tokenCount, grads: new Map(Object.entries(r.grads)) };
     }
-    if (step.remaining === 0) {
+    if (step.schedule.remaining === 0) {
       this.inFlight = null;
+      this.lastLedger = step.schedule.finish(now);
       step.resolve(step.results as GradientResult[]);
     }
     this.dispatch();
@@ -212,38 +246,39 @@ export class MeshExecutor implements GradientExecutor {
 
   private onWorkerError(w: WorkerConnection, code: string, message: string, assignmentId?: string): void {
     this.log(`worker ${w.id} reported ${code}: ${message}`);
-    if (w.assignment && (assignmentId === undefined || assignmentId === w.assignment.id)) this.requeue(w);
+    if (w.holding && (assignmentId === undefined || assignmentId === w.holding.assignmentId)) this.release(w, 'lost');
     this.dispatch();
   }
 
   private onClose(w: WorkerConnection): void {
     this.workers.delete(w.id);
-    if (w.assignment) {
-      this.log(`worker ${w.id} left holding micro-batch ${w.assignment.index} of step ${w.assignment.step}; reassigning it`);
-      this.requeue(w);
+    if (w.holding) {
+      this.log(`worker ${w.id} left holding micro-batch ${w.holding.index} of step ${w.holding.step}; reassigning it`);
+      this.release(w, 'lost');
     } else {
       this.log(`worker ${w.id} left`);
     }
     this.dispatch();
   }
 
-  private requeue(w: WorkerConnection): void {
-    const a = w.assignment!;
-    w.assignment = null;
-    if (this.inFlight && this.inFlight.step === a.step && this.inFlight.results[a.index] === undefined) {
-      this.inFlight.queue.unshift({ ...a, id: nanoid(12) });
-    }
+  /** The worker will not deliver its attempt: the schedule requeues the micro-batch if needed. */
+  private release(w: WorkerConnection, outcome: 'lost' | 'rejected'): void {
+    const held = w.holding!;
+    w.holding = null;
+    if (this.inFlight && this.inFlight.schedule.step === held.step) this.inFlight.schedule.lose(held.assignmentId, outcome, Date.now());
   }
 
   private dispatch(): void {
     const step = this.inFlight;
     if (!step) return;
+    const now = Date.now();
     for (const w of this.workers.values()) {
-      if (step.queue.length === 0) return;
-      if (w.state !== 'ready' || w.assignment || this.paramVersion !== step.paramVersion) continue;
-      const a = step.queue.shift()!;
-      w.assignment = a;
-      this.send(w, { type: 'assign', assignmentId: a.id, paramVersion: step.paramVersion, step: a.step, index: a.index, microBatch: a.microBatch });
+      if (w.state !== 'ready' || w.holding || this.paramVersion !== step.paramVersion) continue;
+      const a = step.schedule.next(w.id, now);
+      if (!a) continue;
+      if (a.reason === 'straggler') this.log(`micro-batch ${a.index} of step ${step.schedule.step} is slow; also giving it to worker ${w.id}`);
+      w.holding = { assignmentId: a.assignmentId, step: step.schedule.step, index: a.index, sentAt: now };
+      this.send(w, { type: 'assign', assignmentId: a.assignmentId, paramVersion: step.paramVersion, step: step.schedule.step, index: a.index, microBatch: step.microBatches[a.index] });
     }
   }
 
@@ -259,6 +294,6 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   info(): WorkerInfo[] {
-    return [...this.workers.values()].map(({ ws: _ws, assignment: _a, alive: _alive, ...info }) => info);
+    return [...this.workers.values()].map(({ ws: _ws, holding: _h, alive: _alive, ...info }) => info);
   }
 }

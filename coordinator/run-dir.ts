@@ -42,6 +42,11 @@ export class RunDir {
     appendFileSync(join(this.path, 'metrics.jsonl'), JSON.stringify(line) + '\n');
   }
 
+  /** One line per step: which micro-batch was computed by whom, how many times, which result was used. */
+  appendLedger(step: number, microBatches: unknown[]): void {
+    appendFileSync(join(this.path, 'ledger.jsonl'), JSON.stringify({ step, microBatches }) + '\n');
+  }
+
   /** Writes adapter_config.json + adapter_model.safetensors into dir (default: the run folder). */
   writeAdapter(spec: AdapterTensorSpec[], state: AdapterState, lora: LoraConfig, baseModel: string, fanInFanOut: boolean, dir = this.path): string {
     mkdirSync(dir, { recursive: true });

@@ -154,6 +154,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       const bytesDown = (mesh?.bytesOut ?? 0) - lastOut;
       lastIn = mesh?.bytesIn ?? 0;
       lastOut = mesh?.bytesOut ?? 0;
+      runDir.appendLedger(m.step, mesh ? mesh.lastLedger : [{ step: m.step - 1, worker: 'in-process', microBatches: train.globalBatch / train.microBatch }]);
       monitor.step({ step: m.step, loss: m.loss, lr: m.lr, tokens: m.tokens, tokensPerSecond: m.tokensPerSecond, stepMs: m.stepMs, bytesUp, bytesDown });
       runDir.appendMetrics({ step: m.step, loss: m.loss, lr: m.lr, grad_norm: m.gradNorm, tokens: m.tokens, tokens_per_s: m.tokensPerSecond, step_ms: m.stepMs, bytes_up: bytesUp, bytes_down: bytesDown, workers: mesh?.readyCount() ?? 0 });
       bar?.update(m.step, { loss: m.loss.toFixed(4), tps: m.tokensPerSecond.toFixed(0) });
@@ -165,6 +166,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     bar?.stop();
     monitor.done();
     mesh?.finish('training complete');
+    mesh?.close();
     await stopLocalWorkers(children);
     await server?.close();
   }

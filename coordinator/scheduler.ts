@@ -1,0 +1,161 @@
+/**
+ * Which worker computes which micro-batch of a step: plain logic, no sockets, so it is tested with
+ * a fake clock. Idle workers pull the next micro-batch (so each gets work in proportion to its
+ * speed). Every attempt has a deadline derived from its worker's measured speed; when the queue is
+ * empty, an idle worker takes a copy of an attempt that is past its deadline, or that the idle
+ * worker would likely finish sooner. The first valid result of a micro-batch is used; any later
+ * one is discarded. Every attempt and its outcome is kept for the run's ledger.
+ */
+import { nanoid } from 'nanoid';
+
+export type AttemptOutcome = 'pending' | 'used' | 'duplicate' | 'lost' | 'rejected' | 'cancelled';
+
+export interface Attempt {
+  assignmentId: string;
+  index: number;
+  workerId: string;
+  sentAt: number;
+  deadline: number;
+  outcome: AttemptOutcome;
+  /** why this attempt exists: first try, requeued after a loss, or a copy of a straggler */
+  reason: 'first' | 'retry' | 'straggler';
+  finishedAt?: number;
+}
+
+export interface LedgerEntry {
+  step: number;
+  index: number;
+  usedAssignment: string | null;
+  usedWorker: string | null;
+  attempts: Omit<Attempt, 'index'>[];
+}
+
+/** How long a worker is expected to take for a micro-batch of `tokens` tokens, in ms (null: unknown). */
+export type Estimate = (workerId: string, tokens: number) => number | null;
+
+export interface ScheduleOptions {
+  /** a deadline is this many times the expected time… */
+  deadlineFactor: number;
+  /** …plus this slack in ms (network, scheduling jitter) */
+  deadlineSlackMs: number;
+  /** expected time for a worker nobody has measured yet */
+  unknownExpectedMs: number;
+}
+
+export const DEFAULT_SCHEDULE: ScheduleOptions = { deadlineFactor: 3, deadlineSlackMs: 500, unknownExpectedMs: 10_000 };
+
+export class StepSchedule {
+  readonly attempts = new Map<string, Attempt>();
+  private readonly queue: number[];
+  private readonly done: boolean[];
+  remaining: number;
+
+  constructor(
+    readonly step: number, readonly tokens: number[], private readonly estimate: Estimate,
+    private readonly opts: ScheduleOptions = DEFAULT_SCHEDULE,
+  ) {
+    this.queue = tokens.map((_, i) => i);
+    this.done = tokens.map(() => false);
+    this.remaining = tokens.length;
+  }
+
+  private expected(workerId: string, index: number): number {
+    return this.estimate(workerId, this.tokens[index]) ?? this.opts.unknownExpectedMs;
+  }
+
+  private live(index: number): Attempt[] {
+    return [...this.attempts.values()].filter((a) => a.index === index && a.outcome === 'pending');
+  }
+
+  /** The next micro-batch for an idle worker, or null when there is nothing worth giving it. */
+  next(workerId: string, now: number): Attempt | null {
+    let index: number | undefined;
+    let reason: Attempt['reason'] = 'first';
+    while (this.queue.length > 0 && index === undefined) {
+      const i = this.queue.shift()!;
+      if (!this.done[i]) {
+        index = i;
+        reason = [...this.attempts.values()].some((a) => a.index === i) ? 'retry' : 'first';
+      }
+    }
+    if (index === undefined) {
+      index = this.straggler(workerId, now);
+      reason = 'straggler';
+    }
+    if (index === undefined) return null;
+    const attempt: Attempt = {
+      assignmentId: nanoid(12), index, workerId, sentAt: now, reason, outcome: 'pending',
+      deadline: now + this.opts.deadlineFactor * this.expected(workerId, index) + this.opts.deadlineSlackMs,
+    };
+    this.attempts.set(attempt.assignmentId, attempt);
+    return attempt;
+  }
+
+  /** A micro-batch whose only live attempt is overdue, or that `workerId` would likely finish first. */
+  private straggler(workerId: string, now: number): number | undefined {
+    let best: { index: number; lateness: number } | undefined;
+    for (let i = 0; i < this.done.length; i++) {
+      if (this.done[i]) continue;
+      const live = this.live(i);
+      if (live.length !== 1 || live[0].workerId === workerId) continue; // at most one copy at a time
+      const a = live[0];
+      const projected = a.sentAt + this.expected(a.workerId, i);
+      const mine = now + this.expected(workerId, i);
+      const overdue = now > a.deadline;
+      if (!overdue && mine >= projected) continue;
+      const lateness = overdue ? now - a.deadline + 1e9 : projected - mine;
+      if (!best || lateness > best.lateness) best = { index: i, lateness };
+    }
+    return best?.index;
+  }
+
+  /** A valid result arrived: 'used' if it is the first for its micro-batch, else 'duplicate'. */
+  complete(assignmentId: string, now: number): 'used' | 'duplicate' {
+    const a = this.attempts.get(assignmentId)!;
+    a.finishedAt = now;
+    if (this.done[a.index]) {
+      a.outcome = 'duplicate';
+      return 'duplicate';
+    }
+    a.outcome = 'used';
+    this.done[a.index] = true;
+    this.remaining--;
+    return 'used';
+  }
+
+  /** The attempt will not deliver (worker left, failed, or sent a rejected result): requeue if nothing else covers it. */
+  lose(assignmentId: string, outcome: 'lost' | 'rejected', now: number): void {
+    const a = this.attempts.get(assignmentId);
+    if (!a || a.outcome !== 'pending') return;
+    a.outcome = outcome;
+    a.finishedAt = now;
+    if (!this.done[a.index] && this.live(a.index).length === 0 && !this.queue.includes(a.index)) this.queue.unshift(a.index);
+  }
+
+  /** True when some pending attempt is past its deadline (worth re-running the dispatcher). */
+  hasOverdue(now: number): boolean {
+    return [...this.attempts.values()].some((a) => a.outcome === 'pending' && !this.done[a.index] && now > a.deadline);
+  }
+
+  /** Closes the step: attempts still out (copies that lost the race) are marked cancelled. */
+  finish(now: number): LedgerEntry[] {
+    for (const a of this.attempts.values()) {
+      if (a.outcome === 'pending') {
+        a.outcome = 'cancelled';
+        a.finishedAt = now;
+      }
+    }
+    return this.ledger();
+  }
+
+  ledger(): LedgerEntry[] {
+    return this.tokens.map((_, index) => {
+      const attempts = [...this.attempts.values()].filter((a) => a.index === index);
+      const used = attempts.find((a) => a.outcome === 'used');
+      return {
+        step: this.step, index, usedAssignment: used?.assignmentId ?? null, usedWorker: used?.workerId ?? null,
+        attempts: attempts.map(({ index: _i, ...rest }) => rest),
+      };
+    });
+  }
+}
