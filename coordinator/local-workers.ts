@@ -11,13 +11,15 @@ export interface LocalWorkerOptions {
   token?: string;
   /** where each child's output goes: 'inherit' shows it, 'ignore' keeps the terminal quiet */
   stdio?: 'inherit' | 'ignore' | 'pipe';
+  /** extra environment per worker (index from 0), e.g. LORAMESH_FAULT for fault injection */
+  env?: (index: number) => Record<string, string>;
 }
 
 export function spawnLocalWorkers(count: number, url: string, opts: LocalWorkerOptions): ChildProcess[] {
   return Array.from({ length: count }, (_, i) => {
     const args = ['--import', tsxLoader, cliPath, 'worker', url, '--backend', opts.backend, '--name', `local-${i + 1}`];
     if (opts.cacheDir) args.push('--cache-dir', opts.cacheDir);
-    const env = { ...process.env, ...(opts.token ? { LORAMESH_TOKEN: opts.token } : {}) };
+    const env = { ...process.env, ...(opts.token ? { LORAMESH_TOKEN: opts.token } : {}), ...(opts.env?.(i) ?? {}) };
     return spawn(process.execPath, args, { stdio: ['ignore', opts.stdio ?? 'inherit', opts.stdio ?? 'inherit'], env });
   });
 }

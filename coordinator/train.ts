@@ -18,6 +18,7 @@ import { InProcessExecutor } from './in-process.ts';
 import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
 import { MeshExecutor } from './mesh.ts';
 import { RunMonitor } from './monitor.ts';
+import type { ScheduleOptions } from './scheduler.ts';
 import { loadWeights, type ModelDir } from './model-dir.ts';
 import { RunDir } from './run-dir.ts';
 import { startServer } from './server.ts';
@@ -52,6 +53,11 @@ export interface RunOptions {
   /** held-out examples: their mean token loss is computed here, before training, every evalEvery steps and at the end */
   evalExamples?: Example[];
   evalEvery?: number;
+  /** extra environment per local worker (fault injection in tests) */
+  workerEnv?: (index: number) => Record<string, string>;
+  /** called after every step (tests use it to add or remove workers mid-run) */
+  onStep?: (metrics: StepMetrics) => void | Promise<void>;
+  schedule?: ScheduleOptions;
 }
 
 export interface EvalPoint {
@@ -94,7 +100,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       lora,
       adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
     };
-    executor = new MeshExecutor({ manifest, token: opts.token, log: (line) => log(line) });
+    executor = new MeshExecutor({ manifest, token: opts.token, log: (line) => log(line), schedule: opts.schedule });
   }
   const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter }, executor);
   const evaluate = makeEvaluator(opts, spec);
@@ -129,7 +135,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     });
     log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
     if (opts.localWorkers > 0) {
-      children = spawnLocalWorkers(opts.localWorkers, server.wsUrl, { backend: opts.backend ?? 'auto', cacheDir: opts.cacheDir, token: opts.token, stdio: opts.workerOutput ?? 'inherit' });
+      children = spawnLocalWorkers(opts.localWorkers, server.wsUrl, { backend: opts.backend ?? 'auto', cacheDir: opts.cacheDir, token: opts.token, stdio: opts.workerOutput ?? 'inherit', env: opts.workerEnv });
     }
     const minWorkers = opts.minWorkers ?? Math.max(1, opts.localWorkers);
     if (opts.localWorkers === 0) log(`waiting for ${minWorkers} worker(s): loramesh worker ${server.wsUrl}`);
@@ -158,6 +164,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       monitor.step({ step: m.step, loss: m.loss, lr: m.lr, tokens: m.tokens, tokensPerSecond: m.tokensPerSecond, stepMs: m.stepMs, bytesUp, bytesDown });
       runDir.appendMetrics({ step: m.step, loss: m.loss, lr: m.lr, grad_norm: m.gradNorm, tokens: m.tokens, tokens_per_s: m.tokensPerSecond, step_ms: m.stepMs, bytes_up: bytesUp, bytes_down: bytesDown, workers: mesh?.readyCount() ?? 0 });
       bar?.update(m.step, { loss: m.loss.toFixed(4), tps: m.tokensPerSecond.toFixed(0) });
+      await opts.onStep?.(m);
       if (evaluate && opts.evalEvery && m.step % opts.evalEvery === 0 && m.step !== train.steps) runEval();
       if (!bar && (m.step % 10 === 0 || m.step === train.steps)) log(`step ${m.step}/${train.steps} loss ${m.loss.toFixed(4)} lr ${m.lr.toExponential(2)} ${m.tokensPerSecond.toFixed(0)} tok/s`);
     }

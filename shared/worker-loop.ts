@@ -11,7 +11,7 @@ import { FrozenBase } from './lora/params.ts';
 import { createModel, type CausalLM } from './model/causal-lm.ts';
 import { decodeMessage, encodeMessage } from './protocol/codec.ts';
 import { checkTensors, PROTOCOL_VERSION, type Assign, type Message, type RunManifest, type WorkerMessage } from './protocol/messages.ts';
-import { computeGradients } from './train/gradients.ts';
+import { computeGradientsAsync } from './train/gradients.ts';
 
 export interface WorkerPlatform {
   backend: string;
@@ -28,6 +28,16 @@ export interface WorkerPlatform {
 export interface WorkerOptions {
   token?: string;
   name?: string;
+  /** fault injection and instrumentation points (see worker/faults.ts) */
+  hooks?: WorkerHooks;
+}
+
+export interface WorkerHooks {
+  afterParams?(paramVersion: number): void | Promise<void>;
+  /** after computing, before the result is sent */
+  beforeResult?(a: Assign): void | Promise<void>;
+  /** right after the result was handed to the transport */
+  afterResult?(a: Assign): void | Promise<void>;
 }
 
 export class WorkerSession {
@@ -85,10 +95,15 @@ export class WorkerSession {
         if (this.manifest) checkTensors(message.tensors, this.manifest.adapter, 'params');
         this.adapter = new Map(Object.entries(message.tensors));
         this.paramVersion = message.paramVersion;
+        await this.options.hooks?.afterParams?.(message.paramVersion);
         return;
-      case 'assign':
-        reply(this.compute(message));
+      case 'assign': {
+        const result = await this.compute(message);
+        await this.options.hooks?.beforeResult?.(message);
+        reply(result);
+        await this.options.hooks?.afterResult?.(message);
         return;
+      }
       case 'reject':
         this.platform.log(`coordinator rejected a message: ${message.code} ${message.message}`);
         return;
@@ -101,13 +116,13 @@ export class WorkerSession {
     }
   }
 
-  private compute(a: Assign): WorkerMessage {
+  private async compute(a: Assign): Promise<WorkerMessage> {
     if (!this.model || !this.base || !this.manifest) throw new LoraMeshError(ErrorCodes.STATE, 'assignment before welcome');
     if (a.paramVersion !== this.paramVersion) {
       return { type: 'worker-error', assignmentId: a.assignmentId, code: ErrorCodes.STALE, message: `assignment for version ${a.paramVersion}, I hold ${this.paramVersion}` };
     }
     const started = performance.now();
-    const r = computeGradients(this.model, this.base, this.spec, this.adapter, this.manifest.lora, a.microBatch);
+    const r = await computeGradientsAsync(this.model, this.base, this.spec, this.adapter, this.manifest.lora, a.microBatch);
     this.assignmentsDone++;
     return {
       type: 'result', assignmentId: a.assignmentId, paramVersion: a.paramVersion, tokenCount: r.tokenCount,

@@ -17,6 +17,7 @@ import { loadSafetensorsFiles } from './load-weights.ts';
 import type { BaseFile, RunManifest } from '../shared/protocol/messages.ts';
 import { WorkerSession } from '../shared/worker-loop.ts';
 import { initBackend, type BackendName } from './backend.ts';
+import { faultHooks } from './faults.ts';
 
 export interface NodeWorkerOptions {
   url: string;
@@ -92,7 +93,7 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
       for (const f of weightFiles) paths.push(await fetchVerified(origin, f, opts.cacheDir, log));
       return loadSafetensorsFiles(config, paths).weights;
     },
-  }, { name: opts.name, token: opts.token });
+  }, { name: opts.name, token: opts.token, hooks: faultHooks(process.env.LORAMESH_FAULT) });
 
   let failures = 0;
   while (!session.finished) {

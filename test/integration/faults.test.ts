@@ -1,0 +1,98 @@
+// Fault injection with real worker processes and sockets: workers SIGKILLed before answering,
+// mid-send and right after a parameter broadcast; a worker 10× slower than its peers; a worker
+// joining at step 10 and leaving at step 20. Every run must end with the fault-free adapter
+// (max abs diff ≤ 1e-6) and a ledger in which each micro-batch of each step was used exactly once.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import '../helpers/backend.ts';
+import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
+import { maxAbsDiff } from '../../shared/lora/adapter.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
+import { openModelDir } from '../../coordinator/model-dir.ts';
+import { runTraining, type RunOptions, type RunResult } from '../../coordinator/train.ts';
+import type { LedgerEntry } from '../../coordinator/scheduler.ts';
+import { writeTinyModelDir } from '../helpers/tiny-model.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'loramesh-faults-'));
+writeTinyModelDir(join(root, 'model'), 6);
+const model = await openModelDir(join(root, 'model'));
+const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] });
+const train = checkTrainConfig({ steps: 30, globalBatch: 12, microBatch: 2, lr: 1e-2, warmupSteps: 3, seed: 11 });
+const examples = demoExamples(model.tokenizer, demoTaskData(96, 8, 11));
+const cli = fileURLToPath(new URL('../../coordinator/cli.ts', import.meta.url));
+
+const base: RunOptions = {
+  model, lora, train, examples, outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'),
+  workerOutput: 'ignore', progress: false, log: () => {}, localWorkers: 3,
+};
+
+function ledgerOf(run: RunResult): { step: number; microBatches: LedgerEntry[] }[] {
+  return readFileSync(join(run.runDir, 'ledger.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+}
+
+function checkLedger(run: RunResult): LedgerEntry[] {
+  const lines = ledgerOf(run);
+  assert.equal(lines.length, train.steps);
+  const perStep = train.globalBatch / train.microBatch;
+  const entries = lines.flatMap((l) => l.microBatches);
+  for (const line of lines) {
+    assert.equal(line.microBatches.length, perStep, `step ${line.step}`);
+    for (const mb of line.microBatches) {
+      assert.equal(mb.attempts.filter((a) => a.outcome === 'used').length, 1, `step ${line.step} micro-batch ${mb.index} used ${JSON.stringify(mb.attempts)}`);
+      assert.ok(mb.usedWorker);
+    }
+  }
+  return entries;
+}
+
+let reference: RunResult;
+test('fault-free reference (in process)', async () => {
+  reference = await runTraining({ ...base, runId: 'reference', inProcess: true, localWorkers: 0 });
+});
+
+for (const fault of ['kill-before-result:5', 'kill-after-send:12', 'kill-after-params:20']) {
+  test(`SIGKILL of a worker (${fault}) over a 30-step run with 3 workers: same adapter, every micro-batch used once`, async () => {
+    const run = await runTraining({ ...base, runId: fault.replace(':', '-'), workerEnv: (i) => (i === 0 ? { LORAMESH_FAULT: fault } : {}) });
+    assert.ok(maxAbsDiff(run.adapter, reference.adapter) <= 1e-6, `max abs diff ${maxAbsDiff(run.adapter, reference.adapter)}`);
+    const entries = checkLedger(run);
+    const workersAtEnd = new Set(entries.filter((e) => e.step >= 25).map((e) => e.usedWorker));
+    assert.equal(workersAtEnd.size, 2, 'the killed worker should be gone at the end');
+    if (!fault.startsWith('kill-after-params')) assert.ok(entries.some((e) => e.attempts.some((a) => a.outcome === 'lost')), 'the killed worker held a micro-batch that was reassigned');
+  });
+}
+
+test('a worker 10× slower than its peers: steps keep completing, its work is copied to others, same adapter', async () => {
+  const run = await runTraining({ ...base, runId: 'slow', workerEnv: (i) => (i === 0 ? { LORAMESH_FAULT: 'delay:400' } : { LORAMESH_FAULT: 'delay:40' }) });
+  assert.ok(maxAbsDiff(run.adapter, reference.adapter) <= 1e-6);
+  const entries = checkLedger(run);
+  assert.ok(entries.some((e) => e.attempts.some((a) => a.reason === 'straggler')), 'straggler copies were made');
+  const slowUsed = entries.filter((e) => e.attempts.some((a) => a.reason === 'straggler' && a.outcome === 'used')).length;
+  assert.ok(slowUsed > 0, 'some straggler copies won');
+});
+
+test('a worker joining at step 10 and leaving at step 20: same adapter', async () => {
+  let url = '';
+  let joiner: ChildProcess | null = null;
+  const run = await runTraining({
+    ...base, runId: 'join-leave', localWorkers: 2,
+    log: (line) => { url = /listening on (ws:\S+)/.exec(line)?.[1] ?? url; },
+    onStep: async (m) => {
+      if (m.step === 10) joiner = spawn(process.execPath, ['--import', 'tsx', cli, 'worker', url, '--backend', 'wasm', '--cache-dir', join(root, 'cache'), '--name', 'joiner'], { stdio: 'ignore' });
+      if (m.step === 12) await new Promise((r) => setTimeout(r, 1500)); // let it load and take work
+      if (m.step === 20) joiner?.kill('SIGTERM');
+    },
+  });
+  assert.ok(maxAbsDiff(run.adapter, reference.adapter) <= 1e-6);
+  const entries = checkLedger(run);
+  const workersByStep = (lo: number, hi: number) => new Set(entries.filter((e) => e.step >= lo && e.step < hi).flatMap((e) => e.attempts.map((a) => a.workerId)));
+  assert.equal(workersByStep(0, 10).size, 2);
+  assert.equal(workersByStep(13, 20).size, 3, 'the joiner computed between steps 13 and 20');
+  assert.equal(workersByStep(22, 30).size, 2);
+});
+
+test('cleanup', () => rmSync(root, { recursive: true, force: true }));

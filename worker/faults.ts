@@ -1,0 +1,33 @@
+/**
+ * Fault injection for the Node worker, from LORAMESH_FAULT (used by the fault-tolerance tests and
+ * benchmarks; off unless set). Comma-separated rules:
+ *   delay:MS                  sleep MS before sending every result (a slow worker)
+ *   kill-before-result:STEP   SIGKILL this process after computing its first micro-batch of STEP, before answering
+ *   kill-after-send:STEP      SIGKILL right after handing a result of STEP to the socket (mid-send)
+ *   kill-after-params:VERSION SIGKILL right after receiving parameter version VERSION
+ */
+import { ErrorCodes, fail } from '../shared/errors.ts';
+import type { WorkerHooks } from '../shared/worker-loop.ts';
+
+const die = (why: string) => {
+  console.error(`[fault] ${why}: SIGKILL`);
+  process.kill(process.pid, 'SIGKILL');
+};
+
+export function faultHooks(spec: string | undefined): WorkerHooks | undefined {
+  if (!spec) return undefined;
+  const hooks: WorkerHooks = {};
+  for (const rule of spec.split(',')) {
+    const [kind, value] = rule.split(':');
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < 0) fail(ErrorCodes.CONFIG, `LORAMESH_FAULT rule ${JSON.stringify(rule)} needs a non-negative integer after ':'`);
+    switch (kind) {
+      case 'delay': hooks.beforeResult = () => new Promise((r) => setTimeout(r, n)); break;
+      case 'kill-before-result': hooks.beforeResult = (a) => { if (a.step === n) die(`before answering step ${n}`); }; break;
+      case 'kill-after-send': hooks.afterResult = (a) => { if (a.step === n) die(`right after sending a result of step ${n}`); }; break;
+      case 'kill-after-params': hooks.afterParams = (v) => { if (v === n) die(`right after parameter version ${n}`); }; break;
+      default: fail(ErrorCodes.CONFIG, `LORAMESH_FAULT rule ${JSON.stringify(kind)} is not one of delay, kill-before-result, kill-after-send, kill-after-params`);
+    }
+  }
+  return hooks;
+}
