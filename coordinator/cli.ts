@@ -45,6 +45,7 @@ function addTrainOptions(cmd: Command): Command {
     .option('--host <addr>', 'address to listen on (0.0.0.0 lets other machines join)', '127.0.0.1')
     .option('--port <n>', 'port (0: pick a free one)', int(0), 0)
     .option('--token <token>', 'join token workers must present (or LORAMESH_TOKEN)')
+    .option('--heartbeat-ms <n>', 'ping interval; a worker silent for 2 intervals is dropped and its work reassigned', int(100), 5000)
     .option('--backend <name>', `tfjs backend of local workers: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'auto')
     .option('--out <dir>', 'where run folders go', 'runs')
     .option('--run-id <id>', 'name of the run folder (default: date + random id)');
@@ -91,7 +92,7 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
     const result = await runTraining({
       model, lora, train, examples, evalExamples, evalEvery: o.evalEvery, initialAdapter, outDir: o.out, runId: o.runId, inProcess: o.inProcess,
       localWorkers: o.inProcess ? 0 : o.localWorkers, minWorkers: o.minWorkers, host: o.host, port: o.port,
-      token: o.token ?? process.env.LORAMESH_TOKEN, backend: o.backend,
+      token: o.token ?? process.env.LORAMESH_TOKEN, backend: o.backend, heartbeatMs: o.heartbeatMs,
     });
     const last = result.metrics[result.metrics.length - 1];
     console.log(`done: ${train.steps} steps, final loss ${last.loss.toFixed(4)}; adapter written to ${result.runDir}`);
