@@ -19,6 +19,7 @@ import { readFileSync } from 'node:fs';
 import { CharTokenizer } from '../../../shared/data/char-tokenizer.ts';
 import { loadHfTokenizer, type TextTokenizer } from '../../../shared/data/tokenizer.ts';
 import { ErrorCodes, LoraMeshError } from '../../../shared/errors.ts';
+import { throwsCode } from '../../helpers/assert.ts';
 
 const FIXTURES = new URL('../../fixtures/tokenizers/', import.meta.url);
 const readJson = (dir: string, file: string): Record<string, unknown> => JSON.parse(readFileSync(new URL(`${dir}/${file}`, FIXTURES), 'utf8'));
@@ -29,14 +30,6 @@ const spConfig = readJson('sentencepiece-bpe', 'tokenizer_config.json');
 const byteBpe = loadHfTokenizer(byteJson, byteConfig);
 const sentencePiece = loadHfTokenizer(spJson, spConfig);
 
-function throwsCode(fn: () => unknown, code: string, messagePart?: RegExp): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof LoraMeshError, `expected a LoraMeshError, got ${err}`);
-    assert.equal(err.code, code, err.message);
-    if (messagePart) assert.match(err.message, messagePart);
-    return true;
-  });
-}
 
 test('byte-level BPE encodes known strings to hand-derived ids', () => {
   // "hello world": the regex pre-tokenizer splits "hello" | " world" → symbols "hello", "Ġworld".

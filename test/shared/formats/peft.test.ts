@@ -7,15 +7,8 @@ import { ErrorCodes, LoraMeshError } from '../../../shared/errors.ts';
 import { decodePeftAdapter, encodePeftAdapter, loraConfigFromPeft, parsePeftKey, peftAdapterConfig, peftKey, type PeftModule } from '../../../shared/formats/peft.ts';
 import { decodeSafetensors, encodeSafetensors } from '../../../shared/formats/safetensors.ts';
 import { Rng } from '../../../shared/rng.ts';
+import { throwsCode } from '../../helpers/assert.ts';
 
-function throwsCode(fn: () => unknown, code: string, messagePart?: RegExp): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof LoraMeshError, `expected a LoraMeshError, got ${err}`);
-    assert.equal(err.code, code, err.message);
-    if (messagePart) assert.match(err.message, messagePart);
-    return true;
-  });
-}
 
 /** A (r, dIn) and B (dOut, r) with random values. */
 function loraModule(rng: Rng, r: number, dIn: number, dOut: number): PeftModule {

@@ -13,17 +13,10 @@ import {
   type SafetensorsDType,
 } from '../../../shared/formats/safetensors.ts';
 import { Rng } from '../../../shared/rng.ts';
+import { throwsCode } from '../../helpers/assert.ts';
 
 const FIXTURE_DIR = new URL('../../fixtures/safetensors/', import.meta.url);
 
-function throwsCode(fn: () => unknown, code: string, messagePart?: RegExp): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof LoraMeshError, `expected a LoraMeshError, got ${err}`);
-    assert.equal(err.code, code, err.message);
-    if (messagePart) assert.match(err.message, messagePart);
-    return true;
-  });
-}
 const refused = (bytes: Uint8Array, messagePart?: RegExp) => throwsCode(() => decodeSafetensors(bytes), ErrorCodes.SAFETENSORS, messagePart);
 
 /** A file from a raw header object and data bytes, for malformed-header cases. */
