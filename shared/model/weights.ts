@@ -34,7 +34,12 @@ export class WeightCollector {
     if (!this.shapes.has(name)) fail(ErrorCodes.MODEL, `${file}: tensor ${fileName} is not part of a ${this.config.model_type} model with this config.json`);
     if (this.weights.has(name)) fail(ErrorCodes.MODEL, `tensor ${name} appears twice (second time in ${file})`);
     const t = read();
-    this.weights.set(name, tf.tensor(t.data, t.shape, 'float32'));
+    // `read` may return a view of a buffer the loader reuses for the next tensor (worker/load-weights.ts).
+    // Only wasm copies the values into its own heap inside tf.tensor; cpu, tfjs-node, webgl and webgpu
+    // keep this very array (the GPU backends upload it on first use), so without a copy every weight
+    // would end up holding the last tensor read. wasm keeps the single copy (bench:load's peak RSS).
+    const data = tf.getBackend() === 'wasm' ? t.data : t.data.slice();
+    this.weights.set(name, tf.tensor(data, t.shape, 'float32'));
     this.stored.set(name, { fileName, file, dtype: entry.dtype });
   }
 

@@ -23,11 +23,12 @@ export function tokenLossSum(logits: tf.Tensor2D, targets: tf.Tensor1D, mask: tf
   return tf.neg(tf.sum(tf.mul(picked, mask))) as tf.Scalar;
 }
 
-export function computeGradients(
+/** Forward and backward pass of one micro-batch; the caller reads and disposes the tensors. */
+function gradientTensors(
   model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, mb: MicroBatch,
-): GradientResult {
+): { value: tf.Scalar; grads: tf.Tensor[] } {
   const scaling = loraScaling(lora);
-  const out = tf.tidy(() => {
+  return tf.tidy(() => {
     const inputIds = tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32');
     const targets = tf.tensor1d(mb.targets, 'int32');
     const mask = tf.tensor1d(mb.lossMask);
@@ -40,6 +41,13 @@ export function computeGradients(
     const { value, grads } = tf.valueAndGrads(loss)(tensors);
     return { value, grads };
   });
+}
+
+/** Reads synchronously: fine on wasm, cpu and tfjs-node; WebGPU in Node needs computeGradientsAsync. */
+export function computeGradients(
+  model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, mb: MicroBatch,
+): GradientResult {
+  const out = gradientTensors(model, base, spec, adapter, lora, mb);
   const grads: AdapterState = new Map();
   spec.forEach((t, i) => grads.set(t.name, out.grads[i].dataSync() as Float32Array));
   const lossSum = out.value.dataSync()[0];
@@ -47,18 +55,61 @@ export function computeGradients(
   return { lossSum, tokenCount: tokenCount(mb), grads };
 }
 
-/** Σ token losses and token count over micro-batches, forward only (evaluation). */
+/**
+ * computeGradients with asynchronous reads, the same numbers on every backend. Workers use this:
+ * WebGPU's dataSync draws the buffer through an OffscreenCanvas, which Node does not have (it
+ * throws there), and in browsers a synchronous GPU read stalls the page.
+ */
+export async function computeGradientsAsync(
+  model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, mb: MicroBatch,
+): Promise<GradientResult> {
+  const out = gradientTensors(model, base, spec, adapter, lora, mb);
+  try {
+    const values = await Promise.all(out.grads.map((g) => g.data() as Promise<Float32Array>));
+    const lossSum = (await out.value.data())[0];
+    return { lossSum, tokenCount: tokenCount(mb), grads: new Map(spec.map((t, i) => [t.name, values[i]])) };
+  } finally {
+    tf.dispose([out.value, ...out.grads]);
+  }
+}
+
+/** Σ token losses of one micro-batch, forward only; the caller reads and disposes it. */
+function evalLossTensor(model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, mb: MicroBatch): tf.Scalar {
+  return tf.tidy(() => {
+    const branches = loraBranches(spec, (i) => tf.tensor2d(adapter.get(spec[i].name)!, spec[i].shape));
+    const logits = model.forward(withLora(base, branches, loraScaling(lora)), tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32'));
+    return tokenLossSum(logits, tf.tensor1d(mb.targets, 'int32'), tf.tensor1d(mb.lossMask));
+  });
+}
+
+/** Σ token losses and token count over micro-batches, forward only (evaluation). Reads synchronously, see computeGradients. */
 export function evaluateLoss(
   model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, microBatches: MicroBatch[],
 ): { lossSum: number; tokenCount: number } {
   let lossSum = 0;
   let count = 0;
   for (const mb of microBatches) {
-    lossSum += tf.tidy(() => {
-      const branches = loraBranches(spec, (i) => tf.tensor2d(adapter.get(spec[i].name)!, spec[i].shape));
-      const logits = model.forward(withLora(base, branches, loraScaling(lora)), tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32'));
-      return tokenLossSum(logits, tf.tensor1d(mb.targets, 'int32'), tf.tensor1d(mb.lossMask)).dataSync()[0];
-    });
+    const loss = evalLossTensor(model, base, spec, adapter, lora, mb);
+    lossSum += loss.dataSync()[0];
+    loss.dispose();
+    count += tokenCount(mb);
+  }
+  return { lossSum, tokenCount: count };
+}
+
+/** evaluateLoss with asynchronous reads: works on every backend, WebGPU in Node included (see computeGradientsAsync). */
+export async function evaluateLossAsync(
+  model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, microBatches: MicroBatch[],
+): Promise<{ lossSum: number; tokenCount: number }> {
+  let lossSum = 0;
+  let count = 0;
+  for (const mb of microBatches) {
+    const loss = evalLossTensor(model, base, spec, adapter, lora, mb);
+    try {
+      lossSum += (await loss.data())[0];
+    } finally {
+      loss.dispose();
+    }
     count += tokenCount(mb);
   }
   return { lossSum, tokenCount: count };
