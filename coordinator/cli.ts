@@ -70,7 +70,9 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
     const { runTraining } = await import('./train.ts');
     let { lora, train } = configsFrom(o);
     const model = await openModelDir(o.model);
-    await initBackend(o.backend as BackendName, console.log);
+    // The coordinator itself computes only the eval loss (and everything with --in-process);
+    // --backend otherwise names the local workers' backend (WebGPU in Node may be software-only).
+    await initBackend((o.inProcess || o.backend !== 'webgpu' ? o.backend : 'auto') as BackendName, console.log);
     let initialAdapter;
     if (o.adapter) {
       const loaded = readAdapterDir(o.adapter, model.config);

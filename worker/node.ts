@@ -85,6 +85,7 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
     backend: backend.name,
     platform: 'node',
     slow: backend.fellBack,
+    adapter: backend.adapter,
     log,
     async loadBase(manifest: RunManifest): Promise<Map<string, tf.Tensor>> {
       const config = checkModelConfig(manifest.model.config);
