@@ -57,7 +57,7 @@ test('fault-free reference (in process)', async () => {
 
 for (const fault of ['kill-before-result:5', 'kill-after-send:12', 'kill-after-params:20']) {
   test(`SIGKILL of a worker (${fault}) over a 30-step run with 3 workers: same adapter, every micro-batch used once`, async () => {
-    const run = await runTraining({ ...base, runId: fault.replace(':', '-'), workerEnv: (i) => (i === 0 ? { LORAMESH_FAULT: fault } : {}) });
+    const run = await runTraining({ ...base, runId: fault.replace(':', '-'), workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: fault } : {}) });
     assert.ok(maxAbsDiff(run.adapter, reference.adapter) <= 1e-6, `max abs diff ${maxAbsDiff(run.adapter, reference.adapter)}`);
     const entries = checkLedger(run);
     const workersAtEnd = new Set(entries.filter((e) => e.step >= 25).map((e) => e.usedWorker));
