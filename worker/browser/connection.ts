@@ -1,0 +1,105 @@
+/**
+ * The tab's WebSocket to the coordinator: binary frames into the neutral WorkerSession and its
+ * replies back out, an app-level heartbeat (browsers cannot send ws pings; they do answer the
+ * coordinator's pings on their own), a clean close (1000) when the tab goes away, and reconnection
+ * with jittered exponential backoff. A coordinator that refuses us (wrong token, other protocol)
+ * is not retried: that would only hammer it.
+ */
+import { encodeMessage } from '../../shared/protocol/codec.ts';
+import type { WorkerSession } from '../../shared/worker-loop.ts';
+
+export interface ConnectionHooks {
+  log(line: string): void;
+  /** every frame from the coordinator, before the session handles it */
+  incoming(bytes: Uint8Array): void;
+  /** every frame the session sends */
+  outgoing(bytes: Uint8Array): void;
+  connecting(attempt: number): void;
+  open(): void;
+  reconnecting(delayMs: number, why: string): void;
+  /** the connection ended for good: the run is done, the tab left, or the coordinator refused us */
+  ended(why: 'finished' | 'left' | 'refused', detail: string): void;
+}
+
+export const HEARTBEAT_MS = 3000;
+const MAX_BACKOFF_MS = 15_000;
+/** close codes after which retrying cannot help: 1002 protocol version, 1008 policy (join token) */
+const FATAL_CLOSE_CODES = new Set([1002, 1008]);
+
+export class Connection {
+  private ws: WebSocket | null = null;
+  private failures = 0;
+  private stopped = false;
+  private heartbeat: ReturnType<typeof setInterval> | undefined;
+
+  constructor(private readonly url: string, private readonly session: WorkerSession, private readonly hooks: ConnectionHooks) {}
+
+  start(): void {
+    // pagehide (not unload/beforeunload) fires on close, reload and navigation, and on bfcache entry.
+    addEventListener('pagehide', () => this.leave('tab closed'));
+    addEventListener('pageshow', (event) => {
+      if (event.persisted && this.stopped && !this.session.finished) {
+        this.stopped = false;
+        this.open();
+      }
+    });
+    this.open();
+  }
+
+  /** Closes cleanly (1000) so the coordinator reassigns any held micro-batch at once. */
+  leave(reason: string): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearInterval(this.heartbeat);
+    this.ws?.close(1000, reason);
+    this.hooks.ended(this.session.finished ? 'finished' : 'left', reason);
+  }
+
+  private send(ws: WebSocket, bytes: Uint8Array): void {
+    if (ws.readyState !== WebSocket.OPEN) return;
+    ws.send(bytes);
+  }
+
+  private open(): void {
+    this.hooks.connecting(this.failures + 1);
+    const ws = new WebSocket(this.url);
+    ws.binaryType = 'arraybuffer';
+    this.ws = ws;
+    let wasOpen = false;
+    ws.onopen = () => {
+      wasOpen = true;
+      this.hooks.open();
+      this.send(ws, this.session.hello());
+      clearInterval(this.heartbeat);
+      this.heartbeat = setInterval(() => this.send(ws, encodeMessage({ type: 'heartbeat', sentAt: Date.now() })), HEARTBEAT_MS);
+    };
+    ws.onmessage = (event: MessageEvent) => {
+      if (!(event.data instanceof ArrayBuffer)) {
+        this.hooks.log('warning: ignored a text frame (the protocol is binary)');
+        return;
+      }
+      const bytes = new Uint8Array(event.data);
+      this.hooks.incoming(bytes);
+      const reply = (out: Uint8Array) => {
+        this.hooks.outgoing(out);
+        this.send(ws, out);
+      };
+      void this.session.receive(bytes, reply).then(() => {
+        if (this.session.finished) this.leave('run finished');
+      });
+    };
+    ws.onclose = (event: CloseEvent) => {
+      if (this.ws === ws) clearInterval(this.heartbeat);
+      if (this.stopped) return;
+      if (FATAL_CLOSE_CODES.has(event.code)) {
+        this.stopped = true;
+        this.hooks.ended('refused', `the coordinator refused this worker (close ${event.code}${event.reason ? `: ${event.reason}` : ''})`);
+        return;
+      }
+      this.failures = wasOpen ? 0 : this.failures + 1;
+      const delay = Math.min(MAX_BACKOFF_MS, 500 * 2 ** Math.min(this.failures, 5)) * (0.5 + Math.random() / 2);
+      this.hooks.reconnecting(delay, wasOpen ? `connection closed (${event.code})` : 'could not connect');
+      setTimeout(() => this.open(), delay);
+    };
+  }
+}
