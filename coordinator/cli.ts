@@ -9,6 +9,22 @@ import { BACKENDS, type BackendName } from '../worker/backend.ts';
 import { defaultCacheDir } from '../worker/node.ts';
 import { int, modules, num, oneOf } from './options.ts';
 import { DEMO_MODEL_DIR } from './paths.ts';
+import { readFileSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { ErrorCodes, fail } from '../shared/errors.ts';
+import type { LoraConfig, TrainConfig } from '../shared/config.ts';
+
+type DataSpec =
+  | { kind: 'jsonl'; path: string; maxTokens?: number; pack: boolean; evalFraction: number; seed: number }
+  | { kind: 'demo'; trainSize: number; seed: number };
+
+function readRunConfig(dir: string): { model: string; lora: LoraConfig; train: TrainConfig; data: DataSpec } {
+  try {
+    return JSON.parse(readFileSync(join(dir, 'run_config.json'), 'utf8'));
+  } catch (err) {
+    fail(ErrorCodes.CONFIG, `--resume ${dir}: cannot read run_config.json (${(err as Error).message})`);
+  }
+}
 
 
 const program = new Command('loramesh')
@@ -45,6 +61,9 @@ function addTrainOptions(cmd: Command): Command {
     .option('--host <addr>', 'address to listen on (0.0.0.0 lets other machines join)', '127.0.0.1')
     .option('--port <n>', 'port (0: pick a free one)', int(0), 0)
     .option('--token <token>', 'join token workers must present (or LORAMESH_TOKEN)')
+    .option('--checkpoint-every <n>', 'save a resumable checkpoint every N steps (and on SIGINT/SIGTERM)', int(0), 25)
+    .option('--keep-checkpoints <n>', 'how many checkpoints to keep', int(1), 3)
+    .option('--resume <run-dir>', 'continue runs/<id> from its latest valid checkpoint (model, data and configs come from the run folder)')
     .option('--heartbeat-ms <n>', 'ping interval; a worker silent for 2 intervals is dropped and its work reassigned', int(100), 5000)
     .option('--backend <name>', `tfjs backend of local workers: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'auto')
     .option('--out <dir>', 'where run folders go', 'runs')
@@ -69,12 +88,21 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
     const { readAdapterDir } = await import('./adapter-io.ts');
     const { runTraining } = await import('./train.ts');
     let { lora, train } = configsFrom(o);
+    let dataSpec: DataSpec = o.data
+      ? { kind: 'jsonl', path: resolve(o.data), maxTokens: o.maxTokens, pack: o.pack, evalFraction: o.evalFraction, seed: o.seed }
+      : { kind: 'demo', trainSize: o.trainSize, seed: o.seed };
+    if (o.resume) {
+      // Everything that shapes the result comes from the run folder; only where it runs is new.
+      const stored = readRunConfig(o.resume);
+      ({ lora, train } = { lora: stored.lora, train: stored.train });
+      [o.model, dataSpec, o.runId, o.out] = [stored.model, stored.data, basename(resolve(o.resume)), dirname(resolve(o.resume))];
+    }
     const model = await openModelDir(o.model);
     // The coordinator itself computes only the eval loss (and everything with --in-process);
     // --backend otherwise names the local workers' backend (WebGPU in Node may be software-only).
     await initBackend((o.inProcess || o.backend !== 'webgpu' ? o.backend : 'auto') as BackendName, console.log);
     let initialAdapter;
-    if (o.adapter) {
+    if (o.adapter && !o.resume) {
       const loaded = readAdapterDir(o.adapter, model.config);
       lora = loaded.lora;
       initialAdapter = loaded.state;
@@ -82,20 +110,25 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
     }
     let examples;
     let evalExamples;
-    if (o.data) {
-      const maxTokens = o.maxTokens ?? Math.min(1024, contextLength(model.config));
-      const data = loadJsonlDataset(o.data, model.tokenizer, { maxTokens, mode: o.pack ? 'pack' : 'truncate', evalFraction: o.evalFraction, seed: o.seed });
-      console.log(`${o.data}: ${data.format} records → ${data.train.length} train / ${data.eval.length} eval sequences of ≤ ${maxTokens} tokens${data.skippedLines ? `, ${data.skippedLines} skipped (nothing left to learn after truncation)` : ''}`);
+    if (dataSpec.kind === 'jsonl') {
+      const maxTokens = dataSpec.maxTokens ?? Math.min(1024, contextLength(model.config));
+      const data = loadJsonlDataset(dataSpec.path, model.tokenizer, { maxTokens, mode: dataSpec.pack ? 'pack' : 'truncate', evalFraction: dataSpec.evalFraction, seed: dataSpec.seed });
+      console.log(`${dataSpec.path}: ${data.format} records → ${data.train.length} train / ${data.eval.length} eval sequences of ≤ ${maxTokens} tokens${data.skippedLines ? `, ${data.skippedLines} skipped (nothing left to learn after truncation)` : ''}`);
       [examples, evalExamples] = [data.train, data.eval];
     } else {
-      const demo = demoTaskData(o.trainSize, 200, o.seed);
+      const demo = demoTaskData(dataSpec.trainSize, 200, dataSpec.seed);
       [examples, evalExamples] = [demoExamples(model.tokenizer, demo), demo.eval.map((s) => toExample(model.tokenizer, s))];
     }
+    // SIGINT / SIGTERM: finish the current step, checkpoint, stop the workers, exit.
+    const stop = new AbortController();
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => { console.log(`${sig}: stopping after this step`); stop.abort(); });
     const result = await runTraining({
       model, lora, train, examples, evalExamples, evalEvery: o.evalEvery, initialAdapter, outDir: o.out, runId: o.runId, inProcess: o.inProcess,
       localWorkers: o.inProcess ? 0 : o.localWorkers, minWorkers: o.minWorkers, host: o.host, port: o.port,
       token: o.token ?? process.env.LORAMESH_TOKEN, backend: o.backend, heartbeatMs: o.heartbeatMs,
+      checkpointEvery: o.checkpointEvery, keepCheckpoints: o.keepCheckpoints, resume: !!o.resume, signal: stop.signal, dataSpec,
     });
+    if (stop.signal.aborted) return;
     const last = result.metrics[result.metrics.length - 1];
     console.log(`done: ${train.steps} steps, final loss ${last.loss.toFixed(4)}; adapter written to ${result.runDir}`);
   });
@@ -108,7 +141,9 @@ program.command('worker')
   .option('--name <name>', 'a name shown in the coordinator log')
   .option('--token <token>', 'join token (or LORAMESH_TOKEN)')
   .option('--max-retries <n>', 'give up after this many failed connection attempts in a row', int(0))
+  .option('--exit-with-parent', 'exit when the process that started this worker dies (used by --local-workers)', false)
   .action(async (url: string, o) => {
+    if (o.exitWithParent && process.send) process.on('disconnect', () => process.exit(0));
     if (!/^wss?:\/\//.test(url)) throw new LoraMeshError('LM_ERR_CONFIG', `worker url should start with ws:// or wss://, got ${JSON.stringify(url)}`);
     const { runNodeWorker } = await import('../worker/node.ts');
     const session = await runNodeWorker({ url, backend: o.backend, cacheDir: o.cacheDir, name: o.name, token: o.token ?? process.env.LORAMESH_TOKEN, maxRetries: o.maxRetries });

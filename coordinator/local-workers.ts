@@ -20,7 +20,8 @@ export function spawnLocalWorkers(count: number, url: string, opts: LocalWorkerO
     const args = ['--import', tsxLoader, cliPath, 'worker', url, '--backend', opts.backend, '--name', `local-${i + 1}`];
     if (opts.cacheDir) args.push('--cache-dir', opts.cacheDir);
     const env = { ...process.env, ...(opts.token ? { LORAMESH_TOKEN: opts.token } : {}), ...(opts.env?.(i) ?? {}) };
-    return spawn(process.execPath, args, { stdio: ['ignore', opts.stdio ?? 'inherit', opts.stdio ?? 'inherit'], env });
+    // The IPC channel closes when this process dies (even by SIGKILL): the worker exits with it.
+    return spawn(process.execPath, [...args, '--exit-with-parent'], { stdio: ['ignore', opts.stdio ?? 'inherit', opts.stdio ?? 'inherit', 'ipc'], env });
   });
 }
 

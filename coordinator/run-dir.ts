@@ -2,7 +2,7 @@
  * runs/<run-id>/: the run's config, metrics.jsonl (one line per step) and the adapter in PEFT
  * layout. Files are written to a temp name, fsynced and renamed, so a crash never leaves half a file.
  */
-import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, writeSync, appendFileSync } from 'node:fs';
+import { appendFileSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { LoraConfig } from '../shared/config.ts';
 import type { AdapterState, AdapterTensorSpec } from '../shared/lora/adapter.ts';
@@ -40,6 +40,16 @@ export class RunDir {
 
   appendMetrics(line: Record<string, unknown>): void {
     appendFileSync(join(this.path, 'metrics.jsonl'), JSON.stringify(line) + '\n');
+  }
+
+  /** On resume: drop metrics and ledger lines of steps after the checkpoint (they are redone). */
+  truncateAfter(step: number): void {
+    for (const name of ['metrics.jsonl', 'ledger.jsonl']) {
+      const path = join(this.path, name);
+      if (!existsSync(path)) continue;
+      const kept = readFileSync(path, 'utf8').split('\n').filter((l) => l.trim() !== '' && (JSON.parse(l) as { step: number }).step <= step);
+      writeAtomic(path, kept.map((l) => l + '\n').join(''));
+    }
   }
 
   /** One line per step: which micro-batch was computed by whom, how many times, which result was used. */

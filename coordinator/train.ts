@@ -13,11 +13,12 @@ import { createModel, parameterShapes } from '../shared/model/causal-lm.ts';
 import { evaluateLoss } from '../shared/train/gradients.ts';
 import { packMicroBatch, type Example, type MicroBatch } from '../shared/train/micro-batch.ts';
 import type { RunManifest } from '../shared/protocol/messages.ts';
-import { ErrorCodes, LoraMeshError } from '../shared/errors.ts';
+import { ErrorCodes, fail, LoraMeshError } from '../shared/errors.ts';
 import { InProcessExecutor } from './in-process.ts';
 import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
 import { MeshExecutor } from './mesh.ts';
 import { RunMonitor } from './monitor.ts';
+import { loadLatestCheckpoint, saveCheckpoint } from './checkpoint.ts';
 import type { ScheduleOptions } from './scheduler.ts';
 import { loadWeights, type ModelDir } from './model-dir.ts';
 import { RunDir } from './run-dir.ts';
@@ -58,6 +59,16 @@ export interface RunOptions {
   /** called after every step (tests use it to add or remove workers mid-run) */
   onStep?: (metrics: StepMetrics) => void | Promise<void>;
   schedule?: ScheduleOptions;
+  /** save a checkpoint every N steps (0: only when interrupted) */
+  checkpointEvery?: number;
+  /** how many checkpoints to keep (default 3) */
+  keepCheckpoints?: number;
+  /** continue the run in outDir/runId from its latest valid checkpoint */
+  resume?: boolean;
+  /** stop after the current step, checkpoint and return (SIGINT/SIGTERM) */
+  signal?: AbortSignal;
+  /** how the data was made, stored in run_config.json so `--resume` can rebuild it */
+  dataSpec?: unknown;
 }
 
 export interface EvalPoint {
@@ -85,7 +96,8 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   const runId = opts.runId ?? `${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}-${nanoid(6)}`;
   const runDir = new RunDir(opts.outDir, runId);
   const { model, lora, train } = opts;
-  runDir.writeConfig({ runId, model: model.dir, modelConfig: model.config, lora, train, localWorkers: opts.localWorkers, inProcess: !!opts.inProcess });
+  const checkpointConfig = { model: model.dir, lora, train };
+  if (!opts.resume) runDir.writeConfig({ runId, ...checkpointConfig, modelConfig: model.config, data: opts.dataSpec ?? null, localWorkers: opts.localWorkers, inProcess: !!opts.inProcess });
 
   const spec = adapterSpec(model.config, lora);
   let executor: InProcessExecutor | MeshExecutor;
@@ -103,6 +115,16 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     executor = new MeshExecutor({ manifest, token: opts.token, log: (line) => log(line), schedule: opts.schedule });
   }
   const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter }, executor);
+  if (opts.resume) {
+    const checkpoint = loadLatestCheckpoint(runDir.path, log) ?? fail(ErrorCodes.STATE, `--resume ${runDir.path}: no valid checkpoint to resume from`);
+    if (JSON.stringify(checkpoint.config) !== JSON.stringify(checkpointConfig)) {
+      fail(ErrorCodes.CONFIG, `--resume ${runDir.path}: the checkpoint was made with another model, LoRA or training config`);
+    }
+    trainer.importState(checkpoint.state);
+    runDir.truncateAfter(trainer.step);
+    log(`resuming ${runId} at step ${trainer.step} from ${checkpoint.path}`);
+  }
+  const checkpoint = () => log(`checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig }, opts.keepCheckpoints ?? 3)}`);
   const evaluate = makeEvaluator(opts, spec);
   const evalLosses: EvalPoint[] = [];
   const runEval = () => {
@@ -166,9 +188,15 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       bar?.update(m.step, { loss: m.loss.toFixed(4), tps: m.tokensPerSecond.toFixed(0) });
       await opts.onStep?.(m);
       if (evaluate && opts.evalEvery && m.step % opts.evalEvery === 0 && m.step !== train.steps) runEval();
+      if (opts.checkpointEvery && m.step % opts.checkpointEvery === 0) checkpoint();
+      if (opts.signal?.aborted && !trainer.done) {
+        if (!opts.checkpointEvery || m.step % opts.checkpointEvery !== 0) checkpoint();
+        log(`interrupted at step ${m.step}; continue with: loramesh train --resume ${runDir.path}`);
+        break;
+      }
       if (!bar && (m.step % 10 === 0 || m.step === train.steps)) log(`step ${m.step}/${train.steps} loss ${m.loss.toFixed(4)} lr ${m.lr.toExponential(2)} ${m.tokensPerSecond.toFixed(0)} tok/s`);
     }
-    runEval();
+    if (trainer.done) runEval();
   } finally {
     bar?.stop();
     monitor.done();
