@@ -35,6 +35,9 @@ export interface WorkerInfo {
   slow: boolean;
   state: 'handshake' | 'loading' | 'ready';
   microBatchesDone: number;
+  /** ledger counts: results used in a step, and results discarded because a copy won */
+  used: number;
+  discarded: number;
   tokensDone: number;
   /** tokens per second of compute, exponential moving average */
   throughput: number;
@@ -131,7 +134,7 @@ export class MeshExecutor implements GradientExecutor {
 
   attach(ws: WebSocket): void {
     const w: WorkerConnection = {
-      id: nanoid(10), name: '', backend: '', platform: '', adapter: '', slow: false, state: 'handshake', microBatchesDone: 0, tokensDone: 0,
+      id: nanoid(10), name: '', backend: '', platform: '', adapter: '', slow: false, state: 'handshake', microBatchesDone: 0, used: 0, discarded: 0, tokensDone: 0,
       throughput: 0, bytesIn: 0, bytesOut: 0, rejected: 0, lastSeen: Date.now(), ws, holding: null, alive: true,
     };
     this.workers.set(w.id, w);
@@ -233,7 +236,10 @@ export class MeshExecutor implements GradientExecutor {
     w.throughput = w.throughput === 0 ? tps : 0.7 * w.throughput + 0.3 * tps;
     w.microBatchesDone++;
     w.tokensDone += r.tokenCount;
-    if (step.schedule.complete(held.assignmentId, now) === 'used') {
+    const outcome = step.schedule.complete(held.assignmentId, now);
+    if (outcome === 'duplicate') w.discarded++;
+    if (outcome === 'used') {
+      w.used++;
       step.results[held.index] = { lossSum: r.lossSum, tokenCount: r.tokenCount, grads: new Map(Object.entries(r.grads)) };
     }
     if (step.schedule.remaining === 0) {

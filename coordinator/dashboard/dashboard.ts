@@ -7,7 +7,7 @@
 interface StepRecord { step: number; loss: number; tokensPerSecond: number; bytesUp: number; bytesDown: number }
 interface WorkerRow {
   id: string; name: string; platform: string; backend: string; adapter: string; slow: boolean; state: string;
-  throughput: number; microBatchesDone: number; lastSeen: number;
+  throughput: number; microBatchesDone: number; used: number; discarded: number; lastSeen: number;
 }
 interface Status {
   summary: { runId: string; model: string; modelType: string; modelParameters: number; adapterParameters: number; steps: number; lora: Record<string, unknown>; train: Record<string, unknown> };
@@ -91,7 +91,7 @@ function renderWorkers(workers: WorkerRow[]): void {
     tr.dataset.workerId = w.id;
     const cells = [
       w.id, w.name, w.platform, w.backend + (w.slow ? ' (slow fallback)' : ''), w.adapter || '–', w.throughput.toFixed(0),
-      String(w.microBatchesDone), `${Math.max(0, Math.round((Date.now() - w.lastSeen) / 1000))} s ago`, w.state,
+      `${w.microBatchesDone} (${w.used} used, ${w.discarded} discarded)`, `${Math.max(0, Math.round((Date.now() - w.lastSeen) / 1000))} s ago`, w.state,
     ];
     for (const [i, text] of cells.entries()) {
       const td = document.createElement('td');
