@@ -19,9 +19,15 @@ export const CHROMIUM_ARGS = [
 /** test/artifacts/ (gitignored): screenshots for people to look at */
 export const ARTIFACTS = fileURLToPath(new URL('../artifacts/', import.meta.url));
 
-/** Why browser tests cannot run here, or null. */
+/**
+ * Why browser tests cannot run here, or null. In CI (CI=true) a missing Chromium is a failure,
+ * not a skip: .ci/run installs it, so its absence means the setup broke.
+ */
 export function browserSkipReason(): string | null {
-  return existsSync(CHROMIUM) ? null : `${CHROMIUM} is missing (apt-get install chromium, or set LORAMESH_CHROMIUM)`;
+  if (existsSync(CHROMIUM)) return null;
+  const why = `${CHROMIUM} is missing (apt-get install chromium, or set LORAMESH_CHROMIUM)`;
+  if (process.env.CI) throw new Error(why);
+  return why;
 }
 
 export interface Browser {
