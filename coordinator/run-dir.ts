@@ -42,14 +42,23 @@ export class RunDir {
     appendFileSync(join(this.path, 'metrics.jsonl'), JSON.stringify(line) + '\n');
   }
 
-  /** On resume: drop metrics and ledger lines of steps after the checkpoint (they are redone). */
-  truncateAfter(step: number): void {
-    for (const name of ['metrics.jsonl', 'ledger.jsonl']) {
-      const path = join(this.path, name);
-      if (!existsSync(path)) continue;
-      const kept = readFileSync(path, 'utf8').split('\n').filter((l) => l.trim() !== '' && (JSON.parse(l) as { step: number }).step <= step);
-      writeAtomic(path, kept.map((l) => l + '\n').join(''));
-    }
+  /** On resume: drop metrics lines of steps after the checkpoint (they are redone). */
+  truncateMetricsAfter(step: number): void {
+    const path = join(this.path, 'metrics.jsonl');
+    if (!existsSync(path)) return;
+    const kept = readFileSync(path, 'utf8').split('\n').filter((l) => l.trim() !== '' && (JSON.parse(l) as { step: number }).step <= step);
+    writeAtomic(path, kept.map((l) => l + '\n').join(''));
+  }
+
+  /** The ledger so far (one entry per step), for checkpoints. */
+  readLedger(): unknown[] {
+    const path = join(this.path, 'ledger.jsonl');
+    return existsSync(path) ? readFileSync(path, 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l)) : [];
+  }
+
+  /** On resume: the checkpoint's ledger replaces the file (steps after it are redone). */
+  writeLedger(entries: unknown[]): void {
+    writeAtomic(join(this.path, 'ledger.jsonl'), entries.map((e) => JSON.stringify(e) + '\n').join(''));
   }
 
   /** One line per step: which micro-batch was computed by whom, how many times, which result was used. */

@@ -121,10 +121,11 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       fail(ErrorCodes.CONFIG, `--resume ${runDir.path}: the checkpoint was made with another model, LoRA or training config`);
     }
     trainer.importState(checkpoint.state);
-    runDir.truncateAfter(trainer.step);
+    runDir.truncateMetricsAfter(trainer.step);
+    runDir.writeLedger(Array.isArray(checkpoint.ledger) ? checkpoint.ledger : []);
     log(`resuming ${runId} at step ${trainer.step} from ${checkpoint.path}`);
   }
-  const checkpoint = () => log(`checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig }, opts.keepCheckpoints ?? 3)}`);
+  const checkpoint = () => log(`checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig, ledger: runDir.readLedger() }, opts.keepCheckpoints ?? 3)}`);
   const evaluate = makeEvaluator(opts, spec);
   const evalLosses: EvalPoint[] = [];
   const runEval = () => {
