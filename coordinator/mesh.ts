@@ -51,6 +51,11 @@ interface WorkerConnection extends WorkerInfo {
   ws: WebSocket;
   holding: Holding | null;
   alive: boolean;
+  /** rate limiter state */
+  bucket: number;
+  bucketAt: number;
+  /** closed for an offence; its frames are ignored */
+  quarantined: boolean;
 }
 
 export interface MeshOptions {
@@ -59,7 +64,22 @@ export interface MeshOptions {
   token?: string;
   log?: (line: string) => void;
   schedule?: ScheduleOptions;
+  security?: Partial<SecurityLimits>;
 }
+
+/** Per-connection limits, on by default. */
+export interface SecurityLimits {
+  /** frames per second a connection may send (token bucket, burst = 2 s worth) */
+  maxMessagesPerSecond: number;
+  /** rejected frames before the connection is closed (quarantined) */
+  maxRejects: number;
+  /** a connection must finish hello within this many ms */
+  handshakeTimeoutMs: number;
+  /** no new work for a worker whose unsent output exceeds this many bytes; 4× this closes it */
+  maxBufferedBytes: number;
+}
+
+export const DEFAULT_SECURITY: SecurityLimits = { maxMessagesPerSecond: 200, maxRejects: 50, handshakeTimeoutMs: 10_000, maxBufferedBytes: 64 * 1024 * 1024 };
 
 interface StepInFlight {
   paramVersion: number;
@@ -81,8 +101,11 @@ export class MeshExecutor implements GradientExecutor {
   private readonly log: (line: string) => void;
   private readyWaiters: { count: number; resolve: () => void }[] = [];
 
+  private readonly limits: SecurityLimits;
+
   constructor(private readonly options: MeshOptions) {
     this.log = options.log ?? (() => {});
+    this.limits = { ...DEFAULT_SECURITY, ...options.security };
   }
 
   /** Resolves once at least `count` workers are ready to compute. */
@@ -136,11 +159,16 @@ export class MeshExecutor implements GradientExecutor {
     const w: WorkerConnection = {
       id: nanoid(10), name: '', backend: '', platform: '', adapter: '', slow: false, state: 'handshake', microBatchesDone: 0, used: 0, discarded: 0, tokensDone: 0,
       throughput: 0, bytesIn: 0, bytesOut: 0, rejected: 0, lastSeen: Date.now(), ws, holding: null, alive: true,
+      bucket: 2 * this.limits.maxMessagesPerSecond, bucketAt: Date.now(), quarantined: false,
     };
     this.workers.set(w.id, w);
+    const handshake = setTimeout(() => {
+      if (w.state === 'handshake') this.closeWith(w, ErrorCodes.LIMIT, `no hello within ${this.limits.handshakeTimeoutMs} ms`);
+    }, this.limits.handshakeTimeoutMs);
+    handshake.unref();
     ws.on('message', (data, isBinary) => this.onFrame(w, data as Buffer, isBinary));
     ws.on('pong', () => { w.alive = true; w.lastSeen = Date.now(); });
-    ws.on('close', () => this.onClose(w));
+    ws.on('close', () => { clearTimeout(handshake); this.onClose(w); });
     ws.on('error', (err) => this.log(`worker ${w.id}: socket error ${err.message}`));
   }
 
@@ -162,7 +190,9 @@ export class MeshExecutor implements GradientExecutor {
     this.bytesIn += data.length;
     w.lastSeen = Date.now();
     w.alive = true;
+    if (w.quarantined) return;
     try {
+      if (!this.takeToken(w)) throw new LoraMeshError(ErrorCodes.RATE, `more than ${this.limits.maxMessagesPerSecond} messages per second`);
       if (!isBinary) throw new LoraMeshError(ErrorCodes.DECODE, 'text frames are not part of the protocol');
       const message = decodeMessage(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
       switch (message.type) {
@@ -178,7 +208,30 @@ export class MeshExecutor implements GradientExecutor {
       w.rejected++;
       this.log(`worker ${w.id}: rejected frame (${(err as Error).message})`);
       this.send(w, { type: 'reject', code, message: (err as Error).message });
+      if (w.rejected >= this.limits.maxRejects) this.closeWith(w, ErrorCodes.QUARANTINED, `${w.rejected} rejected frames`);
     }
+  }
+
+  /** Token bucket per connection: refills at maxMessagesPerSecond, holds 2 s worth. */
+  private takeToken(w: WorkerConnection): boolean {
+    const rate = this.limits.maxMessagesPerSecond;
+    if (!Number.isFinite(rate)) return true;
+    const now = Date.now();
+    w.bucket = Math.min(2 * rate, w.bucket + ((now - w.bucketAt) / 1000) * rate);
+    w.bucketAt = now;
+    if (w.bucket < 1) return false;
+    w.bucket -= 1;
+    return true;
+  }
+
+  /** Tells the peer why (reject frame), closes with policy-violation 1008, and stops listening to it. */
+  private closeWith(w: WorkerConnection, code: ErrorCode, why: string): void {
+    if (w.quarantined) return;
+    w.quarantined = true;
+    this.log(`worker ${w.id}: closed (${code}: ${why})`);
+    this.send(w, { type: 'reject', code, message: why });
+    w.ws.close(1008, code);
+    setTimeout(() => w.ws.terminate(), 1000).unref();
   }
 
   private onHello(w: WorkerConnection, { protocol, token, name, backend, platform, adapter, slow }: Hello): void {
@@ -279,7 +332,8 @@ export class MeshExecutor implements GradientExecutor {
     if (!step) return;
     const now = Date.now();
     for (const w of this.workers.values()) {
-      if (w.state !== 'ready' || w.holding || this.paramVersion !== step.paramVersion) continue;
+      if (w.state !== 'ready' || w.holding || this.paramVersion !== step.paramVersion || w.quarantined) continue;
+      if (w.ws.bufferedAmount > this.limits.maxBufferedBytes) continue; // backpressure: it has not taken what we sent
       const a = step.schedule.next(w.id, now);
       if (!a) continue;
       if (a.reason === 'straggler') this.log(`micro-batch ${a.index} of step ${step.schedule.step} is slow; also giving it to worker ${w.id}`);
@@ -294,12 +348,17 @@ export class MeshExecutor implements GradientExecutor {
 
   private sendFrame(w: WorkerConnection, frame: Uint8Array): void {
     if (w.ws.readyState !== w.ws.OPEN) return;
+    if (w.ws.bufferedAmount > 4 * this.limits.maxBufferedBytes) {
+      this.log(`worker ${w.id}: ${w.ws.bufferedAmount} bytes unsent; dropping it`);
+      w.ws.terminate();
+      return;
+    }
     w.bytesOut += frame.length;
     this.bytesOut += frame.length;
     w.ws.send(frame);
   }
 
   info(): WorkerInfo[] {
-    return [...this.workers.values()].map(({ ws: _ws, holding: _h, alive: _alive, ...info }) => info);
+    return [...this.workers.values()].map(({ ws: _ws, holding: _h, alive: _alive, bucket: _b, bucketAt: _ba, quarantined: _q, ...info }) => info);
   }
 }

@@ -6,7 +6,11 @@
  * Only these paths exist: no request maps onto the file system beyond fixed names.
  */
 import { spawnSync } from 'node:child_process';
-import { createReadStream, existsSync, statSync } from 'node:fs';
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
+import { createServer as createHttpsServer } from 'node:https';
+import type { Duplex } from 'node:stream';
+import { ErrorCodes } from '../shared/errors.ts';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -29,6 +33,39 @@ export interface ServerOptions {
   /** largest frame a worker may send, in bytes */
   maxPayload: number;
   heartbeatMs: number;
+  /** join token checked in the HTTP upgrade, before a WebSocket exists (undefined: open run) */
+  token?: string;
+  /** Origin values allowed to open the WebSocket (browser pages); undefined: any */
+  allowedOrigins?: string[];
+  /** concurrent WebSocket connections (default 1024) */
+  maxConnections?: number;
+  /** the HTTP request (incl. the upgrade) must arrive within this many ms (slow-loris) */
+  headersTimeoutMs?: number;
+  /** https + wss with these PEM files */
+  tls?: { cert: string; key: string };
+}
+
+/** Constant-time token comparison (hash first, so lengths do not leak either). */
+export function tokenMatches(given: string | undefined, expected: string): boolean {
+  if (given === undefined) return false;
+  const a = createHash('sha256').update(given).digest();
+  const b = createHash('sha256').update(expected).digest();
+  return timingSafeEqual(a, b);
+}
+
+/** The join token from `Authorization: Bearer …` (Node workers) or a `loramesh.token.<base64url>` subprotocol (browsers cannot set headers). */
+export function tokenFromUpgrade(req: IncomingMessage): string | undefined {
+  const auth = req.headers.authorization;
+  if (auth?.startsWith('Bearer ')) return auth.slice(7);
+  for (const p of (req.headers['sec-websocket-protocol'] ?? '').split(',').map((x) => x.trim())) {
+    if (p.startsWith('loramesh.token.')) return Buffer.from(p.slice('loramesh.token.'.length), 'base64url').toString('utf8');
+  }
+  return undefined;
+}
+
+function refuseUpgrade(socket: Duplex, status: number, reason: string, code: string): void {
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\nX-Loramesh-Error: ${code}\r\n\r\n${code}: ${reason}\n`);
+  socket.destroy();
 }
 
 export interface RunningServer {
@@ -61,9 +98,34 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   ensureWebBuild();
   const bySha = new Map(opts.files.map((f) => [f.sha256, f]));
   const sse = new Set<ServerResponse>();
-  const http: Server = createServer((req, res) => handleHttp(req, res, bySha, opts.monitor, sse));
-  const wss = new WebSocketServer({ server: http, path: '/ws', maxPayload: opts.maxPayload });
+  const handler = (req: IncomingMessage, res: ServerResponse) => handleHttp(req, res, bySha, opts.monitor, sse);
+  const http: Server = opts.tls
+    ? createHttpsServer({ cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key) }, handler)
+    : createServer(handler);
+  http.headersTimeout = opts.headersTimeoutMs ?? 10_000;
+  http.requestTimeout = 60_000;
+  const wss = new WebSocketServer({
+    noServer: true, maxPayload: opts.maxPayload,
+    handleProtocols: (protocols) => (protocols.has('loramesh') ? 'loramesh' : false),
+  });
   wss.on('connection', (ws) => opts.mesh.attach(ws));
+  // Every check happens here, before a WebSocket exists: a refused peer costs one HTTP response.
+  http.on('upgrade', (req, socket, head) => {
+    socket.on('error', () => socket.destroy());
+    if (new URL(req.url ?? '/', 'http://x').pathname !== '/ws') return refuseUpgrade(socket, 404, 'Not Found', 'LM_ERR_STATE');
+    const origin = req.headers.origin;
+    if (origin && opts.allowedOrigins && !opts.allowedOrigins.includes(origin)) return refuseUpgrade(socket, 403, 'Forbidden origin', ErrorCodes.ORIGIN);
+    if (wss.clients.size >= (opts.maxConnections ?? 1024)) return refuseUpgrade(socket, 503, 'Too many connections', ErrorCodes.LIMIT);
+    if (opts.token !== undefined && !tokenMatches(tokenFromUpgrade(req), opts.token)) {
+      // Browsers cannot read the status of a refused upgrade, only a close code: a page that
+      // offered a token subprotocol gets the socket closed at once with 1008 and the reason,
+      // so it stops instead of retrying. It never reaches the mesh. Anyone else gets 401.
+      if (!(req.headers['sec-websocket-protocol'] ?? '').includes('loramesh.token.')) return refuseUpgrade(socket, 401, 'Unauthorized', ErrorCodes.AUTH);
+      wss.handleUpgrade(req, socket, head, (ws) => ws.close(1008, ErrorCodes.AUTH));
+      return;
+    }
+    wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
+  });
   const heartbeat = setInterval(() => opts.mesh.heartbeat(), opts.heartbeatMs);
   heartbeat.unref();
   const unsubscribe = opts.monitor.subscribe((event) => {
@@ -76,9 +138,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   });
   const { port } = http.address() as AddressInfo;
   const host = opts.host === '0.0.0.0' || opts.host === '::' ? '127.0.0.1' : opts.host;
+  const secure = opts.tls ? 's' : '';
   return {
-    url: `http://${host}:${port}`,
-    wsUrl: `ws://${host}:${port}/ws`,
+    url: `http${secure}://${host}:${port}`,
+    wsUrl: `ws${secure}://${host}:${port}/ws`,
     close: () => new Promise((resolve) => {
       clearInterval(heartbeat);
       unsubscribe();

@@ -16,7 +16,7 @@ import type { RunManifest } from '../shared/protocol/messages.ts';
 import { ErrorCodes, fail, LoraMeshError } from '../shared/errors.ts';
 import { InProcessExecutor } from './in-process.ts';
 import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
-import { MeshExecutor } from './mesh.ts';
+import { MeshExecutor, type SecurityLimits } from './mesh.ts';
 import { RunMonitor } from './monitor.ts';
 import { loadLatestCheckpoint, saveCheckpoint } from './checkpoint.ts';
 import type { ScheduleOptions } from './scheduler.ts';
@@ -69,6 +69,12 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** how the data was made, stored in run_config.json so `--resume` can rebuild it */
   dataSpec?: unknown;
+  /** Origins allowed to open the worker WebSocket from a browser page (default: any) */
+  allowedOrigins?: string[];
+  maxConnections?: number;
+  tls?: { cert: string; key: string };
+  /** per-connection limits (rate, quarantine, handshake timeout, send buffer) */
+  security?: Partial<SecurityLimits>;
 }
 
 export interface EvalPoint {
@@ -112,7 +118,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       lora,
       adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
     };
-    executor = new MeshExecutor({ manifest, token: opts.token, log: (line) => log(line), schedule: opts.schedule });
+    executor = new MeshExecutor({ manifest, token: opts.token, log: (line) => log(line), schedule: opts.schedule, security: opts.security });
   }
   const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter }, executor);
   if (opts.resume) {
@@ -153,7 +159,8 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     const maxPayload = 4 * adapterParameterCount(spec) + 64 * 1024 + 16 * spec.length * 64;
     server = await startServer({
       host: opts.host ?? '127.0.0.1', port: opts.port ?? 0, files: model.files, mesh, maxPayload,
-      heartbeatMs: opts.heartbeatMs ?? 5000,
+      heartbeatMs: opts.heartbeatMs ?? 5000, token: opts.token, allowedOrigins: opts.allowedOrigins, maxConnections: opts.maxConnections, tls: opts.tls,
+      headersTimeoutMs: opts.security?.handshakeTimeoutMs,
       monitor,
     });
     log(`coordinator listening on ${server.wsUrl} (run ${runId})`);

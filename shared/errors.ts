@@ -36,6 +36,14 @@ export const ErrorCodes = {
   DATA: 'LM_ERR_DATA',
   /** the tfjs backend asked for cannot be loaded */
   BACKEND: 'LM_ERR_BACKEND',
+  /** a browser page from an origin not on the allow-list */
+  ORIGIN: 'LM_ERR_ORIGIN',
+  /** a peer sending messages faster than the per-connection limit */
+  RATE: 'LM_ERR_RATE',
+  /** a connection closed for repeated offences */
+  QUARANTINED: 'LM_ERR_QUARANTINED',
+  /** a server limit reached (connections, handshake time, send buffer) */
+  LIMIT: 'LM_ERR_LIMIT',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

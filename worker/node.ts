@@ -99,7 +99,7 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
   let failures = 0;
   while (!session.finished) {
     const opened = await new Promise<boolean>((resolve) => {
-      const ws = new WebSocket(opts.url, { maxPayload: 1 << 30 });
+      const ws = new WebSocket(opts.url, { maxPayload: 1 << 30, headers: opts.token ? { authorization: `Bearer ${opts.token}` } : {} });
       let wasOpen = false;
       ws.on('open', () => {
         wasOpen = true;

@@ -32,7 +32,7 @@ export class Connection {
   private stopped = false;
   private heartbeat: ReturnType<typeof setInterval> | undefined;
 
-  constructor(private readonly url: string, private readonly session: WorkerSession, private readonly hooks: ConnectionHooks) {}
+  constructor(private readonly url: string, private readonly session: WorkerSession, private readonly hooks: ConnectionHooks, private readonly token?: string) {}
 
   start(): void {
     // pagehide (not unload/beforeunload) fires on close, reload and navigation, and on bfcache entry.
@@ -62,7 +62,8 @@ export class Connection {
 
   private open(): void {
     this.hooks.connecting(this.failures + 1);
-    const ws = new WebSocket(this.url);
+    // The join token rides in a subprotocol: the coordinator checks it in the HTTP upgrade.
+    const ws = new WebSocket(this.url, this.token ? ['loramesh', `loramesh.token.${base64url(this.token)}`] : undefined);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
     let wasOpen = false;
@@ -102,4 +103,10 @@ export class Connection {
       setTimeout(() => this.open(), delay);
     };
   }
+}
+
+function base64url(text: string): string {
+  let binary = '';
+  for (const byte of new TextEncoder().encode(text)) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
 }

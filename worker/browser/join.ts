@@ -157,7 +157,7 @@ async function main(): Promise<void> {
         log(why === 'refused' ? `error: ${detail}` : `connection closed: ${detail}`);
         view.set({ state: why === 'refused' ? 'error' : why, detail });
       },
-    });
+    }, settings.token);
     connection.start();
   } catch (err) {
     log(`error: ${(err as Error).message}`);
