@@ -9,6 +9,7 @@ import { BACKENDS, type BackendName } from '../worker/backend.ts';
 import { defaultCacheDir } from '../worker/node.ts';
 import { int, modules, num, oneOf } from './options.ts';
 import { DEMO_MODEL_DIR } from './paths.ts';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ErrorCodes, fail } from '../shared/errors.ts';
@@ -60,7 +61,14 @@ function addTrainOptions(cmd: Command): Command {
     .option('--in-process', 'compute everything in this process, no sockets (the single-process reference)', false)
     .option('--host <addr>', 'address to listen on (0.0.0.0 lets other machines join)', '127.0.0.1')
     .option('--port <n>', 'port (0: pick a free one)', int(0), 0)
-    .option('--token <token>', 'join token workers must present (or LORAMESH_TOKEN)')
+    .option('--token <token>', 'join token workers must present (or LORAMESH_TOKEN, or --token-file); generated and printed when --host is not loopback')
+    .option('--token-file <path>', 'read the join token from this file')
+    .option('--allowed-origins <list>', 'comma list of browser Origins allowed to join (default: any)')
+    .option('--max-connections <n>', 'concurrent worker connections', int(1), 1024)
+    .option('--max-messages-per-second <n>', 'per-connection message rate limit', int(1), 200)
+    .option('--max-rejects <n>', 'rejected frames before a connection is quarantined', int(1), 50)
+    .option('--tls-cert <pem>', 'serve https/wss with this certificate (with --tls-key)')
+    .option('--tls-key <pem>', 'private key for --tls-cert')
     .option('--checkpoint-every <n>', 'save a resumable checkpoint every N steps (and on SIGINT/SIGTERM)', int(0), 25)
     .option('--keep-checkpoints <n>', 'how many checkpoints to keep', int(1), 3)
     .option('--resume <run-dir>', 'continue runs/<id> from its latest valid checkpoint (model, data and configs come from the run folder)')
@@ -119,13 +127,22 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
       const demo = demoTaskData(dataSpec.trainSize, 200, dataSpec.seed);
       [examples, evalExamples] = [demoExamples(model.tokenizer, demo), demo.eval.map((s) => toExample(model.tokenizer, s))];
     }
+    let token: string | undefined = o.token ?? process.env.LORAMESH_TOKEN ?? (o.tokenFile ? readFileSync(o.tokenFile, 'utf8').trim() : undefined);
+    if (token === undefined && !['127.0.0.1', 'localhost', '::1'].includes(o.host)) {
+      token = randomBytes(18).toString('base64url');
+      console.log(`join token (give it to workers with --token, or open /join#token=…): ${token}`);
+    }
+    if (!!o.tlsCert !== !!o.tlsKey) fail(ErrorCodes.CONFIG, '--tls-cert and --tls-key go together');
     // SIGINT / SIGTERM: finish the current step, checkpoint, stop the workers, exit.
     const stop = new AbortController();
     for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => { console.log(`${sig}: stopping after this step`); stop.abort(); });
     const result = await runTraining({
       model, lora, train, examples, evalExamples, evalEvery: o.evalEvery, initialAdapter, outDir: o.out, runId: o.runId, inProcess: o.inProcess,
       localWorkers: o.inProcess ? 0 : o.localWorkers, minWorkers: o.minWorkers, host: o.host, port: o.port,
-      token: o.token ?? process.env.LORAMESH_TOKEN, backend: o.backend, heartbeatMs: o.heartbeatMs,
+      token, backend: o.backend, heartbeatMs: o.heartbeatMs,
+      allowedOrigins: o.allowedOrigins?.split(',').map((x: string) => x.trim()), maxConnections: o.maxConnections,
+      tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey } : undefined,
+      security: { maxMessagesPerSecond: o.maxMessagesPerSecond, maxRejects: o.maxRejects },
       checkpointEvery: o.checkpointEvery, keepCheckpoints: o.keepCheckpoints, resume: !!o.resume, signal: stop.signal, dataSpec,
     });
     if (stop.signal.aborted) return;

@@ -60,8 +60,6 @@ interface WorkerConnection extends WorkerInfo {
 
 export interface MeshOptions {
   manifest: RunManifest;
-  /** join token; when set, hello must carry it */
-  token?: string;
   log?: (line: string) => void;
   schedule?: ScheduleOptions;
   security?: Partial<SecurityLimits>;
@@ -234,16 +232,12 @@ export class MeshExecutor implements GradientExecutor {
     setTimeout(() => w.ws.terminate(), 1000).unref();
   }
 
-  private onHello(w: WorkerConnection, { protocol, token, name, backend, platform, adapter, slow }: Hello): void {
+  /** The join token was already checked in the HTTP upgrade (server.ts); hello carries capabilities. */
+  private onHello(w: WorkerConnection, { protocol, name, backend, platform, adapter, slow }: Hello): void {
     if (w.state !== 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'hello sent twice');
     if (protocol !== PROTOCOL_VERSION) {
       this.send(w, { type: 'reject', code: ErrorCodes.PROTOCOL_VERSION, message: `protocol ${protocol} is not supported; this coordinator speaks ${PROTOCOL_VERSION}` });
       w.ws.close(1002, ErrorCodes.PROTOCOL_VERSION);
-      return;
-    }
-    if (this.options.token !== undefined && token !== this.options.token) {
-      this.send(w, { type: 'reject', code: ErrorCodes.AUTH, message: 'missing or wrong join token' });
-      w.ws.close(1008, ErrorCodes.AUTH);
       return;
     }
     Object.assign(w, { name: name ?? w.id, backend, platform, adapter: adapter ?? '', slow: !!slow, state: 'loading' });

@@ -99,11 +99,13 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const bySha = new Map(opts.files.map((f) => [f.sha256, f]));
   const sse = new Set<ServerResponse>();
   const handler = (req: IncomingMessage, res: ServerResponse) => handleHttp(req, res, bySha, opts.monitor, sse);
+  // Slow-loris: the request head (the upgrade included) must arrive within headersTimeout; Node
+  // checks that every connectionsCheckingInterval, so keep the interval below the timeout.
+  const headersTimeout = opts.headersTimeoutMs ?? 10_000;
+  const timeouts = { headersTimeout, requestTimeout: Math.max(60_000, headersTimeout), connectionsCheckingInterval: Math.max(100, Math.min(5000, headersTimeout / 2)) };
   const http: Server = opts.tls
-    ? createHttpsServer({ cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key) }, handler)
-    : createServer(handler);
-  http.headersTimeout = opts.headersTimeoutMs ?? 10_000;
-  http.requestTimeout = 60_000;
+    ? createHttpsServer({ cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key), ...timeouts }, handler)
+    : createServer(timeouts, handler);
   const wss = new WebSocketServer({
     noServer: true, maxPayload: opts.maxPayload,
     handleProtocols: (protocols) => (protocols.has('loramesh') ? 'loramesh' : false),

@@ -118,7 +118,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       lora,
       adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
     };
-    executor = new MeshExecutor({ manifest, token: opts.token, log: (line) => log(line), schedule: opts.schedule, security: opts.security });
+    executor = new MeshExecutor({ manifest, log: (line) => log(line), schedule: opts.schedule, security: opts.security });
   }
   const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter }, executor);
   if (opts.resume) {

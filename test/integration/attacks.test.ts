@@ -1,0 +1,162 @@
+// Crafted attacks on a live coordinator, one test each: no token, wrong token, wrong origin, a
+// replayed result for an old parameter version, a result for someone else's assignment, an
+// oversized frame, a slow-loris handshake, a silent socket, a message flood, path traversal on
+// the HTTP endpoints. Each is refused with its code, and the run ends with the clean run's adapter.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import WebSocket from 'ws';
+import '../helpers/backend.ts';
+import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
+import { maxAbsDiff } from '../../shared/lora/adapter.ts';
+import { decodeMessage, encodeMessage } from '../../shared/protocol/codec.ts';
+import { PROTOCOL_VERSION, type Message } from '../../shared/protocol/messages.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
+import { openModelDir } from '../../coordinator/model-dir.ts';
+import { runTraining, type RunOptions, type RunResult } from '../../coordinator/train.ts';
+import { writeTinyModelDir } from '../helpers/tiny-model.ts';
+
+const TOKEN = 'correct horse battery staple';
+const root = mkdtempSync(join(tmpdir(), 'loramesh-attacks-'));
+writeTinyModelDir(join(root, 'model'), 12);
+const model = await openModelDir(join(root, 'model'));
+const options: RunOptions = {
+  model, lora: checkLoraConfig({ r: 2, alpha: 4 }), train: checkTrainConfig({ steps: 300, globalBatch: 4, microBatch: 2, seed: 2 }),
+  examples: demoExamples(model.tokenizer, demoTaskData(32, 4, 2)), outDir: join(root, 'runs'), backend: 'wasm',
+  cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, log: () => {}, localWorkers: 1,
+};
+let clean: RunResult;
+let attacked: Promise<RunResult>;
+let wsUrl = '';
+let httpUrl = '';
+
+before(async () => {
+  clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0 });
+  let ready: () => void;
+  const known = new Promise<void>((r) => (ready = r));
+  attacked = runTraining({
+    // The honest worker is slowed (50 ms per micro-batch) so the run outlasts the attacks.
+    ...options, runId: 'attacked', token: TOKEN, allowedOrigins: ['http://good.example'], workerEnv: () => ({ LORAMESH_FAULT: 'delay:50' }),
+    security: { maxMessagesPerSecond: 100, maxRejects: 20, handshakeTimeoutMs: 800 },
+    log: (line) => {
+      const m = /listening on (ws:\/\/([^/]+)\/ws)/.exec(line);
+      if (m) { wsUrl = m[1]; httpUrl = `http://${m[2]}`; ready(); }
+    },
+  });
+  await known;
+});
+
+after(async () => {
+  const result = await attacked;
+  assert.equal(maxAbsDiff(result.adapter, clean.adapter), 0, 'the attacks must not change the run');
+  rmSync(root, { recursive: true, force: true });
+});
+
+/** Status code and loramesh error header of a refused upgrade. */
+function refused(headers: Record<string, string>): Promise<{ status: number; code: string | undefined }> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(wsUrl, { headers });
+    ws.on('unexpected-response', (_req, res) => resolve({ status: res.statusCode ?? 0, code: res.headers['x-loramesh-error'] as string | undefined }));
+    ws.on('open', () => reject(new Error('the upgrade was accepted')));
+    ws.on('error', () => {});
+  });
+}
+
+/** A raw authenticated client that records every decoded message and how the socket closed. */
+async function rawClient(): Promise<{ ws: WebSocket; messages: Message[]; closed: Promise<number> }> {
+  const ws = new WebSocket(wsUrl, { headers: { authorization: `Bearer ${TOKEN}` } });
+  const messages: Message[] = [];
+  ws.on('message', (data) => messages.push(decodeMessage(new Uint8Array(data as Buffer))));
+  const closed = new Promise<number>((r) => ws.on('close', (code) => r(code)));
+  ws.on('error', () => {});
+  await new Promise((r, j) => { ws.once('open', r); ws.once('error', j); });
+  return { ws, messages, closed };
+}
+
+const until = async (cond: () => boolean, ms = 15_000) => {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+};
+const rejects = (messages: Message[]) => messages.filter((m): m is Extract<Message, { type: 'reject' }> => m.type === 'reject').map((m) => m.code);
+
+test('no token: 401 LM_ERR_AUTH before any WebSocket exists', async () => {
+  assert.deepEqual(await refused({}), { status: 401, code: 'LM_ERR_AUTH' });
+});
+
+test('wrong token: 401 LM_ERR_AUTH', async () => {
+  assert.deepEqual(await refused({ authorization: 'Bearer nope' }), { status: 401, code: 'LM_ERR_AUTH' });
+});
+
+test('wrong origin: 403 LM_ERR_ORIGIN even with the right token', async () => {
+  assert.deepEqual(await refused({ authorization: `Bearer ${TOKEN}`, origin: 'http://evil.example' }), { status: 403, code: 'LM_ERR_ORIGIN' });
+});
+
+test("a result for an old parameter version and one for someone else's assignment are refused; the micro-batch goes elsewhere", async () => {
+  // Join after a few steps, so an "old" parameter version exists.
+  for (let step = 0; step < 3; step = (await (await fetch(`${httpUrl}/api/status`)).json()).step) await new Promise((r) => setTimeout(r, 50));
+  const c = await rawClient();
+  c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'mallory' }));
+  await until(() => c.messages.some((m) => m.type === 'welcome'));
+  c.ws.send(encodeMessage({ type: 'ready', paramVersion: 0 }));
+  const assigns = () => c.messages.filter((m): m is Extract<Message, { type: 'assign' }> => m.type === 'assign' && m.paramVersion > 0);
+  await until(() => assigns().length > 0);
+  const assign = assigns()[0];
+  const welcome = c.messages.find((m): m is Extract<Message, { type: 'welcome' }> => m.type === 'welcome')!;
+  const grads = Object.fromEntries(welcome.manifest.adapter.map((t) => [t.name, new Float32Array(t.shape[0] * t.shape[1])]));
+  const result = { type: 'result' as const, assignmentId: 'someone-elses', paramVersion: assign.paramVersion, tokenCount: 1, lossSum: 0, computeMs: 1, grads };
+  c.ws.send(encodeMessage(result));
+  c.ws.send(encodeMessage({ ...result, assignmentId: assign.assignmentId, paramVersion: assign.paramVersion - 1 }));
+  await until(() => rejects(c.messages).length >= 2);
+  assert.deepEqual(rejects(c.messages).slice(0, 2), ['LM_ERR_ASSIGNMENT', 'LM_ERR_STALE']);
+  c.ws.close();
+});
+
+test('an oversized frame closes the socket with 1009', async () => {
+  const c = await rawClient();
+  c.ws.send(new Uint8Array(8 * 1024 * 1024));
+  assert.equal(await c.closed, 1009);
+});
+
+test('slow-loris: a request head dribbled byte by byte is cut off by the headers timeout', async () => {
+  const { port } = new URL(httpUrl);
+  const socket = connect(Number(port), '127.0.0.1');
+  socket.on('error', () => {}); // EPIPE once the server hangs up is the expected outcome
+  const started = Date.now();
+  const head = `GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`;
+  let i = 0;
+  const drip = setInterval(() => { if (i < head.length && !socket.destroyed) socket.write(head[i++]); }, 200);
+  await new Promise((r) => socket.on('close', r));
+  clearInterval(drip);
+  assert.ok(Date.now() - started < 5000, `held open ${Date.now() - started} ms with an 800 ms limit`);
+  assert.ok(i < head.length, 'the server waited for the whole dribbled head');
+});
+
+test('a socket that never says hello is closed with LM_ERR_LIMIT', async () => {
+  const c = await rawClient();
+  assert.equal(await c.closed, 1008);
+  assert.deepEqual(rejects(c.messages), ['LM_ERR_LIMIT']);
+});
+
+test('a message flood is rate-limited (LM_ERR_RATE) and the connection quarantined (LM_ERR_QUARANTINED)', async () => {
+  const c = await rawClient();
+  c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'flood' }));
+  const beat = encodeMessage({ type: 'heartbeat', sentAt: 0 });
+  for (let i = 0; i < 2000; i++) c.ws.send(beat);
+  assert.equal(await c.closed, 1008);
+  const codes = rejects(c.messages);
+  assert.ok(codes.includes('LM_ERR_RATE'), codes.join());
+  assert.equal(codes[codes.length - 1], 'LM_ERR_QUARANTINED');
+});
+
+test('path traversal on the HTTP endpoints gets 404', async () => {
+  for (const path of ['/files/../../../etc/passwd', '/files/..%2f..%2fetc%2fpasswd', '/assets/../../package.json', '/wasm/../../package.json', `/files/${'0'.repeat(64)}`, '/%2e%2e/%2e%2e/etc/passwd']) {
+    const res = await fetch(httpUrl + path);
+    assert.equal(res.status, 404, path);
+  }
+});
