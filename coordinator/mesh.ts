@@ -8,6 +8,7 @@
 import { nanoid } from 'nanoid';
 import type { WebSocket } from 'ws';
 import type { AdapterState } from '../shared/lora/adapter.ts';
+import { mixSeed } from '../shared/rng.ts';
 import { ErrorCodes, LoraMeshError, type ErrorCode } from '../shared/errors.ts';
 import { decodeMessage, encodeMessage } from '../shared/protocol/codec.ts';
 import { checkTensors, PROTOCOL_VERSION, type CoordinatorMessage, type Hello, type Result, type RunManifest } from '../shared/protocol/messages.ts';
@@ -63,6 +64,19 @@ export interface MeshOptions {
   log?: (line: string) => void;
   schedule?: ScheduleOptions;
   security?: Partial<SecurityLimits>;
+  spotCheck?: SpotCheck;
+}
+
+/**
+ * Untrusted volunteers: a secret, seeded fraction of micro-batches is recomputed by a trusted
+ * party (the coordinator). A worker whose result disagrees beyond `tolerance` (relative L2 over all
+ * gradients) is quarantined and every result it gave in the current step is recomputed.
+ */
+export interface SpotCheck {
+  fraction: number;
+  tolerance: number;
+  secret: number;
+  recompute: (mb: MicroBatch, adapter: AdapterState) => Promise<GradientResult>;
 }
 
 /** Per-connection limits, on by default. */
@@ -93,6 +107,7 @@ export class MeshExecutor implements GradientExecutor {
   bytesOut = 0;
   private paramsFrame: Uint8Array | null = null;
   private paramVersion = -1;
+  private adapter: AdapterState = new Map();
   private inFlight: StepInFlight | null = null;
   /** who computed what in the last completed step */
   lastLedger: LedgerEntry[] = [];
@@ -118,6 +133,7 @@ export class MeshExecutor implements GradientExecutor {
 
   publish(paramVersion: number, adapter: AdapterState): void {
     this.paramVersion = paramVersion;
+    this.adapter = adapter;
     this.paramsFrame = encodeMessage({ type: 'params', paramVersion, tensors: Object.fromEntries(adapter) });
     for (const w of this.workers.values()) if (w.state !== 'handshake') this.sendFrame(w, this.paramsFrame);
   }
@@ -278,6 +294,47 @@ export class MeshExecutor implements GradientExecutor {
       this.dispatch();
       throw err;
     }
+    const check = this.options.spotCheck;
+    if (check && mixSeed(check.secret, held.step, held.index) / 2 ** 32 < check.fraction) {
+      // Hold the worker's result until the trusted recomputation agrees.
+      void this.spotCheck(w, held, r, step, check);
+      return;
+    }
+    this.accept(w, held, r, step, now);
+  }
+
+  private async spotCheck(w: WorkerConnection, held: Holding, r: Result, step: StepInFlight, check: SpotCheck): Promise<void> {
+    const trusted = await check.recompute(step.microBatches[held.index], this.adapter);
+    if (this.inFlight !== step) return; // the step ended meanwhile (a copy won)
+    let diff = 0;
+    let norm = 0;
+    for (const [name, g] of trusted.grads) {
+      const theirs = r.grads[name];
+      for (let i = 0; i < g.length; i++) {
+        diff += (g[i] - theirs[i]) ** 2;
+        norm += g[i] ** 2;
+      }
+    }
+    const relative = Math.sqrt(diff) / Math.max(1e-12, Math.sqrt(norm));
+    const now = Date.now();
+    if (relative <= check.tolerance) {
+      this.accept(w, held, r, step, now);
+      return;
+    }
+    this.log(`worker ${w.id} failed a spot check (step ${held.step}, micro-batch ${held.index}: relative L2 ${relative.toExponential(2)}); quarantining it`);
+    step.schedule.lose(held.assignmentId, 'rejected', now);
+    for (const a of step.schedule.attempts.values()) {
+      if (a.workerId === w.id && a.outcome === 'used') {
+        step.schedule.revoke(a.assignmentId, now);
+        step.results[a.index] = undefined;
+      }
+    }
+    this.send(w, { type: 'reject', code: ErrorCodes.SPOT_CHECK, message: `result of micro-batch ${held.index} disagrees with a trusted recomputation` });
+    this.closeWith(w, ErrorCodes.QUARANTINED, 'failed a spot check');
+    this.dispatch();
+  }
+
+  private accept(w: WorkerConnection, held: Holding, r: Result, step: StepInFlight, now: number): void {
     const positions = step.microBatches[held.index].batch * step.microBatches[held.index].time;
     const tps = positions / Math.max(1e-3, (now - held.sentAt) / 1000); // measured here: includes the network
     w.throughput = w.throughput === 0 ? tps : 0.7 * w.throughput + 0.3 * tps;

@@ -8,7 +8,7 @@
  */
 import { nanoid } from 'nanoid';
 
-export type AttemptOutcome = 'pending' | 'used' | 'duplicate' | 'lost' | 'rejected' | 'cancelled';
+export type AttemptOutcome = 'pending' | 'used' | 'duplicate' | 'lost' | 'rejected' | 'cancelled' | 'revoked';
 
 export interface Attempt {
   assignmentId: string;
@@ -130,6 +130,17 @@ export class StepSchedule {
     a.outcome = outcome;
     a.finishedAt = now;
     if (!this.done[a.index] && this.live(a.index).length === 0 && !this.queue.includes(a.index)) this.queue.unshift(a.index);
+  }
+
+  /** A used result turned out untrustworthy (its worker failed a spot check): compute it again. */
+  revoke(assignmentId: string, now: number): void {
+    const a = this.attempts.get(assignmentId);
+    if (!a || a.outcome !== 'used') return;
+    a.outcome = 'revoked';
+    a.finishedAt = now;
+    this.done[a.index] = false;
+    this.remaining++;
+    if (this.live(a.index).length === 0) this.queue.unshift(a.index);
   }
 
   /** True when some pending attempt is past its deadline (worth re-running the dispatcher). */

@@ -9,8 +9,9 @@ import type * as tf from '@tensorflow/tfjs-core';
 import type { LoraConfig, TrainConfig } from '../shared/config.ts';
 import { adapterParameterCount, adapterSpec, fanInFanOut, type AdapterState, type AdapterTensorSpec } from '../shared/lora/adapter.ts';
 import { FrozenBase } from '../shared/lora/params.ts';
-import { createModel, parameterShapes } from '../shared/model/causal-lm.ts';
-import { evaluateLoss } from '../shared/train/gradients.ts';
+import { createModel, parameterShapes, type CausalLM } from '../shared/model/causal-lm.ts';
+import { computeGradientsAsync, evaluateLoss } from '../shared/train/gradients.ts';
+import { randomInt } from 'node:crypto';
 import { packMicroBatch, type Example, type MicroBatch } from '../shared/train/micro-batch.ts';
 import type { RunManifest } from '../shared/protocol/messages.ts';
 import { ErrorCodes, fail, LoraMeshError } from '../shared/errors.ts';
@@ -75,6 +76,8 @@ export interface RunOptions {
   tls?: { cert: string; key: string };
   /** per-connection limits (rate, quarantine, handshake timeout, send buffer) */
   security?: Partial<SecurityLimits>;
+  /** recompute this fraction of micro-batches here and quarantine workers that disagree (relative L2 > tolerance) */
+  spotCheck?: { fraction: number; tolerance: number };
 }
 
 export interface EvalPoint {
@@ -106,6 +109,9 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   if (!opts.resume) runDir.writeConfig({ runId, ...checkpointConfig, modelConfig: model.config, data: opts.dataSpec ?? null, localWorkers: opts.localWorkers, inProcess: !!opts.inProcess });
 
   const spec = adapterSpec(model.config, lora);
+  // The coordinator's own copy of the model, made on first use: eval loss and spot checks.
+  let localModel: { model: CausalLM; base: FrozenBase } | null = null;
+  const local = () => (localModel ??= { model: createModel(model.config), base: new FrozenBase(model.config, opts.weights ?? loadWeights(model).weights) });
   let executor: InProcessExecutor | MeshExecutor;
   let server: Awaited<ReturnType<typeof startServer>> | null = null;
   let children: ReturnType<typeof spawnLocalWorkers> = [];
@@ -118,7 +124,12 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       lora,
       adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
     };
-    executor = new MeshExecutor({ manifest, log: (line) => log(line), schedule: opts.schedule, security: opts.security });
+    const check = opts.spotCheck;
+    const spotCheck = check && check.fraction > 0 ? {
+      ...check, secret: randomInt(2 ** 31),
+      recompute: (mb: MicroBatch, adapter: AdapterState) => computeGradientsAsync(local().model, local().base, spec, adapter, lora, mb),
+    } : undefined;
+    executor = new MeshExecutor({ manifest, spotCheck, log: (line) => log(line), schedule: opts.schedule, security: opts.security });
   }
   const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter }, executor);
   if (opts.resume) {
@@ -132,7 +143,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     log(`resuming ${runId} at step ${trainer.step} from ${checkpoint.path}`);
   }
   const checkpoint = () => log(`checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig, ledger: runDir.readLedger() }, opts.keepCheckpoints ?? 3)}`);
-  const evaluate = makeEvaluator(opts, spec);
+  const evaluate = makeEvaluator(opts, spec, local);
   const evalLosses: EvalPoint[] = [];
   const runEval = () => {
     if (!evaluate) return;
@@ -240,11 +251,9 @@ function failWhenChildrenExit(children: ReturnType<typeof spawnLocalWorkers>, ne
 }
 
 /** Mean token loss of the eval set under an adapter, computed in this process (forward only). */
-function makeEvaluator(opts: RunOptions, spec: AdapterTensorSpec[]): ((adapter: AdapterState) => number) | null {
+function makeEvaluator(opts: RunOptions, spec: AdapterTensorSpec[], local: () => { model: CausalLM; base: FrozenBase }): ((adapter: AdapterState) => number) | null {
   if (!opts.evalExamples || opts.evalExamples.length === 0) return null;
-  const weights = opts.weights ?? loadWeights(opts.model).weights;
-  const base = new FrozenBase(opts.model.config, weights);
-  const model = createModel(opts.model.config);
+  const { model, base } = local();
   const microBatches: MicroBatch[] = [];
   for (let i = 0; i < opts.evalExamples.length; i += opts.train.microBatch) {
     microBatches.push(packMicroBatch(opts.evalExamples.slice(i, i + opts.train.microBatch), opts.model.tokenizer.padId, 0));

@@ -42,6 +42,8 @@ export const ErrorCodes = {
   RATE: 'LM_ERR_RATE',
   /** a connection closed for repeated offences */
   QUARANTINED: 'LM_ERR_QUARANTINED',
+  /** a result that disagrees with the trusted recomputation of the same micro-batch */
+  SPOT_CHECK: 'LM_ERR_SPOT_CHECK',
   /** a server limit reached (connections, handshake time, send buffer) */
   LIMIT: 'LM_ERR_LIMIT',
 } as const;

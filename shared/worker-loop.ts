@@ -34,8 +34,8 @@ export interface WorkerOptions {
 
 export interface WorkerHooks {
   afterParams?(paramVersion: number): void | Promise<void>;
-  /** after computing, before the result is sent */
-  beforeResult?(a: Assign): void | Promise<void>;
+  /** after computing, before the result is sent; may replace the result (fault injection) */
+  beforeResult?(a: Assign, result: WorkerMessage): void | WorkerMessage | Promise<void | WorkerMessage>;
   /** right after the result was handed to the transport */
   afterResult?(a: Assign): void | Promise<void>;
 }
@@ -99,8 +99,7 @@ export class WorkerSession {
         return;
       case 'assign': {
         const result = await this.compute(message);
-        await this.options.hooks?.beforeResult?.(message);
-        reply(result);
+        reply((await this.options.hooks?.beforeResult?.(message, result)) ?? result);
         await this.options.hooks?.afterResult?.(message);
         return;
       }

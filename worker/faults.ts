@@ -5,6 +5,7 @@
  *   kill-before-result:STEP   SIGKILL this process after computing its first micro-batch of STEP, before answering
  *   kill-after-send:STEP      SIGKILL right after handing a result of STEP to the socket (mid-send)
  *   kill-after-params:VERSION SIGKILL right after receiving parameter version VERSION
+ *   byzantine:SCALE           send every gradient multiplied by −SCALE (a lying volunteer)
  */
 import { ErrorCodes, fail } from '../shared/errors.ts';
 import type { WorkerHooks } from '../shared/worker-loop.ts';
@@ -25,8 +26,13 @@ export function faultHooks(spec: string | undefined): WorkerHooks | undefined {
       case 'delay': hooks.beforeResult = () => new Promise((r) => setTimeout(r, n)); break;
       case 'kill-before-result': hooks.beforeResult = (a) => { if (a.step === n) die(`before answering step ${n}`); }; break;
       case 'kill-after-send': hooks.afterResult = (a) => { if (a.step === n) die(`right after sending a result of step ${n}`); }; break;
+      case 'byzantine': hooks.beforeResult = (_a, r) => {
+        if (r.type !== 'result') return r;
+        const grads = Object.fromEntries(Object.entries(r.grads).map(([k, g]) => [k, g.map((x) => -n * x)]));
+        return { ...r, grads };
+      }; break;
       case 'kill-after-params': hooks.afterParams = (v) => { if (v === n) die(`right after parameter version ${n}`); }; break;
-      default: fail(ErrorCodes.CONFIG, `LORAMESH_FAULT rule ${JSON.stringify(kind)} is not one of delay, kill-before-result, kill-after-send, kill-after-params`);
+      default: fail(ErrorCodes.CONFIG, `LORAMESH_FAULT rule ${JSON.stringify(kind)} is not one of delay, kill-before-result, kill-after-send, kill-after-params, byzantine`);
     }
   }
   return hooks;

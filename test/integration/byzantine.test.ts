@@ -1,0 +1,43 @@
+// Byzantine volunteers: 1 of 5 workers sends sign-flipped gradients scaled ×10 on every
+// micro-batch. Undefended, the run is visibly harmed; with spot checks (a secret half of the
+// micro-batches recomputed by the coordinator) the liar is quarantined, its results of the step
+// are recomputed, and the final eval loss is within 5 % of the clean run.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import '../helpers/backend.ts';
+import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
+import { toExample } from '../../shared/data/demo-tasks.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
+import { openModelDir } from '../../coordinator/model-dir.ts';
+import { runTraining, type RunOptions } from '../../coordinator/train.ts';
+import { writeTinyModelDir } from '../helpers/tiny-model.ts';
+
+test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks quarantine it and keep eval loss within 5 %', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'loramesh-byz-'));
+  writeTinyModelDir(join(root, 'model'), 14);
+  const model = await openModelDir(join(root, 'model'));
+  const data = demoTaskData(160, 32, 14);
+  const options: RunOptions = {
+    model, lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] }),
+    train: checkTrainConfig({ steps: 25, globalBatch: 20, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 14 }),
+    examples: demoExamples(model.tokenizer, data), evalExamples: data.eval.map((s) => toExample(model.tokenizer, s)), evalEvery: 1000,
+    outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, localWorkers: 5,
+    workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: 'byzantine:10' } : {}),
+  };
+  const finalEval = (r: { evalLosses: { loss: number }[] }) => r.evalLosses[r.evalLosses.length - 1].loss;
+  const clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0, log: () => {} });
+  const undefended = await runTraining({ ...options, runId: 'undefended', log: () => {} });
+  const lines: string[] = [];
+  const defended = await runTraining({ ...options, runId: 'defended', spotCheck: { fraction: 0.5, tolerance: 1e-3 }, log: (l) => lines.push(l) });
+  const [c, u, d] = [finalEval(clean), finalEval(undefended), finalEval(defended)];
+  console.log(`eval loss: start ${clean.evalLosses[0].loss.toFixed(4)}, clean ${c.toFixed(4)}, undefended ${u.toFixed(4)}, spot-checked ${d.toFixed(4)}`);
+  const start = clean.evalLosses[0].loss;
+  // Harmed: training made the model worse than it started, while the clean run improved it.
+  assert.ok(c < start && u > start && u > c * 1.1, `undefended eval loss ${u} vs start ${start} and clean ${c}`);
+  assert.ok(Math.abs(d - c) <= 0.05 * c, `defended eval loss ${d} vs clean ${c}`);
+  assert.ok(lines.some((l) => /failed a spot check/.test(l) && /quarantining/.test(l)), 'the liar was quarantined');
+  rmSync(root, { recursive: true, force: true });
+});
