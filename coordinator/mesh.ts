@@ -107,6 +107,8 @@ export class MeshExecutor implements GradientExecutor {
   bytesOut = 0;
   private paramsFrame: Uint8Array | null = null;
   private paramVersion = -1;
+  /** names of workers that failed a spot check: refused if they come back (names are self-chosen, so this stops careless or restarted liars; per-volunteer tokens would make it binding) */
+  private readonly banned = new Set<string>();
   private adapter: AdapterState = new Map();
   private inFlight: StepInFlight | null = null;
   /** who computed what in the last completed step */
@@ -251,6 +253,10 @@ export class MeshExecutor implements GradientExecutor {
   /** The join token was already checked in the HTTP upgrade (server.ts); hello carries capabilities. */
   private onHello(w: WorkerConnection, { protocol, name, backend, platform, adapter, slow }: Hello): void {
     if (w.state !== 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'hello sent twice');
+    if (name !== undefined && this.banned.has(name)) {
+      this.closeWith(w, ErrorCodes.QUARANTINED, `worker ${name} failed a spot check earlier in this run`);
+      return;
+    }
     if (protocol !== PROTOCOL_VERSION) {
       this.send(w, { type: 'reject', code: ErrorCodes.PROTOCOL_VERSION, message: `protocol ${protocol} is not supported; this coordinator speaks ${PROTOCOL_VERSION}` });
       w.ws.close(1002, ErrorCodes.PROTOCOL_VERSION);
@@ -330,6 +336,7 @@ export class MeshExecutor implements GradientExecutor {
       }
     }
     this.send(w, { type: 'reject', code: ErrorCodes.SPOT_CHECK, message: `result of micro-batch ${held.index} disagrees with a trusted recomputation` });
+    this.banned.add(w.name);
     this.closeWith(w, ErrorCodes.QUARANTINED, 'failed a spot check');
     this.dispatch();
   }

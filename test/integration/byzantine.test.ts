@@ -1,5 +1,5 @@
 // Byzantine volunteers: 1 of 5 workers sends sign-flipped gradients scaled ×10 on every
-// micro-batch. Undefended, the run is visibly harmed; with spot checks (a secret half of the
+// micro-batch. Undefended, the run is visibly harmed; with spot checks (a secret 75 % of the
 // micro-batches recomputed by the coordinator) the liar is quarantined, its results of the step
 // are recomputed, and the final eval loss is within 5 % of the clean run.
 import { test } from 'node:test';
@@ -31,7 +31,7 @@ test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks q
   const clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0, log: () => {} });
   const undefended = await runTraining({ ...options, runId: 'undefended', log: () => {} });
   const lines: string[] = [];
-  const defended = await runTraining({ ...options, runId: 'defended', spotCheck: { fraction: 0.5, tolerance: 1e-3 }, log: (l) => lines.push(l) });
+  const defended = await runTraining({ ...options, runId: 'defended', spotCheck: { fraction: 0.75, tolerance: 1e-3 }, log: (l) => lines.push(l) });
   const [c, u, d] = [finalEval(clean), finalEval(undefended), finalEval(defended)];
   console.log(`eval loss: start ${clean.evalLosses[0].loss.toFixed(4)}, clean ${c.toFixed(4)}, undefended ${u.toFixed(4)}, spot-checked ${d.toFixed(4)}`);
   const start = clean.evalLosses[0].loss;
