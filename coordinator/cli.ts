@@ -6,6 +6,7 @@ import { Command } from 'commander';
 import { checkLoraConfig, checkTrainConfig, contextLength, DEFAULT_LORA, DEFAULT_TRAIN } from '../shared/config.ts';
 import { LoraMeshError } from '../shared/errors.ts';
 import { BACKENDS, type BackendName } from '../worker/backend.ts';
+import { AGGREGATIONS } from '../shared/train/robust.ts';
 import { defaultCacheDir } from '../worker/node.ts';
 import { int, modules, num, oneOf } from './options.ts';
 import { DEMO_MODEL_DIR } from './paths.ts';
@@ -67,6 +68,8 @@ function addTrainOptions(cmd: Command): Command {
     .option('--max-connections <n>', 'concurrent worker connections', int(1), 1024)
     .option('--max-messages-per-second <n>', 'per-connection message rate limit', int(1), 200)
     .option('--max-rejects <n>', 'rejected frames before a connection is quarantined', int(1), 50)
+    .option('--aggregation <rule>', `how micro-batch gradients combine: ${AGGREGATIONS.join(' | ')} (sum is exact; the others resist bad volunteers)`, oneOf(AGGREGATIONS), 'sum')
+    .option('--spot-check <fraction>', 'recompute this secret fraction of micro-batches on the coordinator; quarantine workers that disagree', num(0, 1), 0)
     .option('--tls-cert <pem>', 'serve https/wss with this certificate (with --tls-key)')
     .option('--tls-key <pem>', 'private key for --tls-cert')
     .option('--checkpoint-every <n>', 'save a resumable checkpoint every N steps (and on SIGINT/SIGTERM)', int(0), 25)
@@ -143,6 +146,7 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
       allowedOrigins: o.allowedOrigins?.split(',').map((x: string) => x.trim()), maxConnections: o.maxConnections,
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey } : undefined,
       security: { maxMessagesPerSecond: o.maxMessagesPerSecond, maxRejects: o.maxRejects },
+      aggregation: o.aggregation, spotCheck: o.spotCheck > 0 ? { fraction: o.spotCheck, tolerance: 1e-3 } : undefined,
       checkpointEvery: o.checkpointEvery, keepCheckpoints: o.keepCheckpoints, resume: !!o.resume, signal: stop.signal, dataSpec,
     });
     if (stop.signal.aborted) return;

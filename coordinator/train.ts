@@ -11,6 +11,7 @@ import { adapterParameterCount, adapterSpec, fanInFanOut, type AdapterState, typ
 import { FrozenBase } from '../shared/lora/params.ts';
 import { createModel, parameterShapes, type CausalLM } from '../shared/model/causal-lm.ts';
 import { computeGradientsAsync, evaluateLoss } from '../shared/train/gradients.ts';
+import type { Aggregation } from '../shared/train/robust.ts';
 import { randomInt } from 'node:crypto';
 import { packMicroBatch, type Example, type MicroBatch } from '../shared/train/micro-batch.ts';
 import type { RunManifest } from '../shared/protocol/messages.ts';
@@ -78,6 +79,7 @@ export interface RunOptions {
   security?: Partial<SecurityLimits>;
   /** recompute this fraction of micro-batches here and quarantine workers that disagree (relative L2 > tolerance) */
   spotCheck?: { fraction: number; tolerance: number };
+  aggregation?: Aggregation;
 }
 
 export interface EvalPoint {
@@ -131,7 +133,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     } : undefined;
     executor = new MeshExecutor({ manifest, spotCheck, log: (line) => log(line), schedule: opts.schedule, security: opts.security });
   }
-  const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter }, executor);
+  const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter, aggregation: opts.aggregation }, executor);
   if (opts.resume) {
     const checkpoint = loadLatestCheckpoint(runDir.path, log) ?? fail(ErrorCodes.STATE, `--resume ${runDir.path}: no valid checkpoint to resume from`);
     if (JSON.stringify(checkpoint.config) !== JSON.stringify(checkpointConfig)) {

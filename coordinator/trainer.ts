@@ -8,6 +8,7 @@ import type { LoraConfig, ModelConfig, TrainConfig } from '../shared/config.ts';
 import { adapterSpec, initAdapter, type AdapterState, type AdapterTensorSpec } from '../shared/lora/adapter.ts';
 import { mixSeed } from '../shared/rng.ts';
 import { aggregateInOrder } from '../shared/train/aggregate.ts';
+import { robustAggregate, type Aggregation } from '../shared/train/robust.ts';
 import type { GradientResult } from '../shared/train/gradients.ts';
 import { type Example, type MicroBatch, packMicroBatch } from '../shared/train/micro-batch.ts';
 import { adamwStep, clipGlobalNorm, initAdam, learningRate, type AdamState } from '../shared/train/optimizer.ts';
@@ -39,6 +40,8 @@ export interface TrainerOptions {
   padId: number;
   /** start from these A/B values (e.g. a PEFT adapter) instead of the fresh init */
   initialAdapter?: AdapterState;
+  /** 'sum' (default) is exact data parallelism; the others bound the influence of bad micro-batches */
+  aggregation?: Aggregation;
 }
 
 /** Everything needed to continue a run exactly where it stopped (the RNG is the sampler cursor:
@@ -118,7 +121,10 @@ export class Trainer {
     const started = performance.now();
     const t = this.options.train;
     const results = await this.executor.compute(this.step, this.paramVersion, this.nextMicroBatches());
-    const { lossSum, tokenCount, grads } = aggregateInOrder(results);
+    const exact = aggregateInOrder(results);
+    const { lossSum, tokenCount } = exact;
+    const how = this.options.aggregation ?? 'sum';
+    const grads = how === 'sum' ? exact.grads : robustAggregate(results, how);
     const gradNorm = clipGlobalNorm(grads, t.clipNorm);
     const lr = learningRate(this.step, t);
     adamwStep(this.adapter, grads, this.adam, lr, t);

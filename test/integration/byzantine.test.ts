@@ -15,7 +15,7 @@ import { openModelDir } from '../../coordinator/model-dir.ts';
 import { runTraining, type RunOptions } from '../../coordinator/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
-test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks quarantine it and keep eval loss within 5 %', async () => {
+test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks keep eval loss within 5 % (quarantine); trimmed mean beats undefended', async () => {
   const root = mkdtempSync(join(tmpdir(), 'loramesh-byz-'));
   writeTinyModelDir(join(root, 'model'), 14);
   const model = await openModelDir(join(root, 'model'));
@@ -32,12 +32,16 @@ test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks q
   const undefended = await runTraining({ ...options, runId: 'undefended', log: () => {} });
   const lines: string[] = [];
   const defended = await runTraining({ ...options, runId: 'defended', spotCheck: { fraction: 0.75, tolerance: 1e-3 }, log: (l) => lines.push(l) });
-  const [c, u, d] = [finalEval(clean), finalEval(undefended), finalEval(defended)];
-  console.log(`eval loss: start ${clean.evalLosses[0].loss.toFixed(4)}, clean ${c.toFixed(4)}, undefended ${u.toFixed(4)}, spot-checked ${d.toFixed(4)}`);
+  const robust = await runTraining({ ...options, runId: 'trimmed', aggregation: 'trimmed-mean', log: () => {} });
+  const [c, u, d, t] = [finalEval(clean), finalEval(undefended), finalEval(defended), finalEval(robust)];
+  console.log(`eval loss: start ${clean.evalLosses[0].loss.toFixed(4)}, clean ${c.toFixed(4)}, undefended ${u.toFixed(4)}, spot-checked ${d.toFixed(4)}, trimmed mean ${t.toFixed(4)}`);
   const start = clean.evalLosses[0].loss;
   // Harmed: training made the model worse than it started, while the clean run improved it.
   assert.ok(c < start && u > start && u > c * 1.1, `undefended eval loss ${u} vs start ${start} and clean ${c}`);
   assert.ok(Math.abs(d - c) <= 0.05 * c, `defended eval loss ${d} vs clean ${c}`);
+  // Trimmed mean resists too, but how much depends on how many micro-batches the liar grabbed in
+  // a step (pull scheduling); asserted: it beats the undefended run. (Measured: within 3.6 % of clean.)
+  assert.ok(t < u && t < start, `trimmed-mean eval loss ${t} vs undefended ${u}`);
   assert.ok(lines.some((l) => /failed a spot check/.test(l) && /quarantining/.test(l)), 'the liar was quarantined');
   rmSync(root, { recursive: true, force: true });
 });
