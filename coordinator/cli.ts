@@ -70,6 +70,7 @@ function addTrainOptions(cmd: Command): Command {
     .option('--max-rejects <n>', 'rejected frames before a connection is quarantined', int(1), 50)
     .option('--aggregation <rule>', `how micro-batch gradients combine: ${AGGREGATIONS.join(' | ')} (sum is exact; the others resist bad volunteers)`, oneOf(AGGREGATIONS), 'sum')
     .option('--spot-check <fraction>', 'recompute this secret fraction of micro-batches on the coordinator; quarantine workers that disagree', num(0, 1), 0)
+    .option('--admin-token <token>', 'enables POST /api/admin/{pause,resume,stop,kick?worker=ID} with Authorization: Bearer <token> (or LORAMESH_ADMIN_TOKEN)')
     .option('--tls-cert <pem>', 'serve https/wss with this certificate (with --tls-key)')
     .option('--tls-key <pem>', 'private key for --tls-cert')
     .option('--checkpoint-every <n>', 'save a resumable checkpoint every N steps (and on SIGINT/SIGTERM)', int(0), 25)
@@ -146,7 +147,7 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
       allowedOrigins: o.allowedOrigins?.split(',').map((x: string) => x.trim()), maxConnections: o.maxConnections,
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey } : undefined,
       security: { maxMessagesPerSecond: o.maxMessagesPerSecond, maxRejects: o.maxRejects },
-      aggregation: o.aggregation, spotCheck: o.spotCheck > 0 ? { fraction: o.spotCheck, tolerance: 1e-3 } : undefined,
+      aggregation: o.aggregation, adminToken: o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN, spotCheck: o.spotCheck > 0 ? { fraction: o.spotCheck, tolerance: 1e-3 } : undefined,
       checkpointEvery: o.checkpointEvery, keepCheckpoints: o.keepCheckpoints, resume: !!o.resume, signal: stop.signal, dataSpec,
     });
     if (stop.signal.aborted) return;

@@ -166,6 +166,14 @@ export class MeshExecutor implements GradientExecutor {
     clearInterval(this.deadlineTimer);
   }
 
+  /** Admin action: disconnect a worker (its micro-batch is reassigned); false if unknown. */
+  kick(workerId: string): boolean {
+    const w = this.workers.get(workerId);
+    if (!w) return false;
+    this.closeWith(w, ErrorCodes.QUARANTINED, 'removed by the admin');
+    return true;
+  }
+
   /** Tells every worker the run is over. */
   finish(reason: string): void {
     for (const w of this.workers.values()) this.send(w, { type: 'done', reason });

@@ -43,6 +43,17 @@ export interface ServerOptions {
   headersTimeoutMs?: number;
   /** https + wss with these PEM files */
   tls?: { cert: string; key: string };
+  /** control actions (POST /api/admin/{pause,resume,stop,kick}) need `Authorization: Bearer <adminToken>`; none: disabled */
+  adminToken?: string;
+  admin?: AdminActions;
+}
+
+export interface AdminActions {
+  pause(): void;
+  resume(): void;
+  stop(): void;
+  /** true when the worker existed */
+  kick(workerId: string): boolean;
 }
 
 /** Constant-time token comparison (hash first, so lengths do not leak either). */
@@ -98,7 +109,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   ensureWebBuild();
   const bySha = new Map(opts.files.map((f) => [f.sha256, f]));
   const sse = new Set<ServerResponse>();
-  const handler = (req: IncomingMessage, res: ServerResponse) => handleHttp(req, res, bySha, opts.monitor, sse);
+  const handler = (req: IncomingMessage, res: ServerResponse) => {
+    if (req.url?.startsWith('/api/admin/')) return handleAdmin(req, res, opts);
+    handleHttp(req, res, bySha, opts.monitor, sse);
+  };
   // Slow-loris: the request head (the upgrade included) must arrive within headersTimeout; Node
   // checks that every connectionsCheckingInterval, so keep the interval below the timeout.
   const headersTimeout = opts.headersTimeoutMs ?? 10_000;
@@ -164,6 +178,27 @@ function sendFile(req: IncomingMessage, res: ServerResponse, path: string, type:
   res.writeHead(200, { 'content-type': type, 'content-length': statSync(path).size, ...ISOLATION, ...extra });
   if (req.method === 'HEAD') res.end();
   else createReadStream(path).pipe(res);
+}
+
+function handleAdmin(req: IncomingMessage, res: ServerResponse, opts: ServerOptions): void {
+  const reply = (status: number, body: object): void => void res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
+  if (req.method !== 'POST') return void res.writeHead(405, { allow: 'POST' }).end();
+  if (!opts.adminToken || !opts.admin) return reply(404, { error: 'admin actions are disabled (start with --admin-token)' });
+  const auth = req.headers.authorization;
+  if (!tokenMatches(auth?.startsWith('Bearer ') ? auth.slice(7) : undefined, opts.adminToken)) return reply(401, { error: ErrorCodes.AUTH });
+  const url = new URL(req.url ?? '/', 'http://localhost');
+  const action = url.pathname.slice('/api/admin/'.length);
+  opts.monitor.log(`admin: ${action}${url.searchParams.get('worker') ? ` ${url.searchParams.get('worker')}` : ''}`);
+  switch (action) {
+    case 'pause': opts.admin.pause(); return reply(200, { ok: true });
+    case 'resume': opts.admin.resume(); return reply(200, { ok: true });
+    case 'stop': opts.admin.stop(); return reply(200, { ok: true });
+    case 'kick': {
+      const id = url.searchParams.get('worker') ?? '';
+      return opts.admin.kick(id) ? reply(200, { ok: true }) : reply(404, { error: `no worker ${JSON.stringify(id.slice(0, 40))}` });
+    }
+    default: return reply(404, { error: 'unknown admin action' });
+  }
 }
 
 function handleHttp(req: IncomingMessage, res: ServerResponse, bySha: Map<string, ModelFile>, monitor: RunMonitor, sse: Set<ServerResponse>): void {

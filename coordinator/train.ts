@@ -80,6 +80,8 @@ export interface RunOptions {
   /** recompute this fraction of micro-batches here and quarantine workers that disagree (relative L2 > tolerance) */
   spotCheck?: { fraction: number; tolerance: number };
   aggregation?: Aggregation;
+  /** enables POST /api/admin/{pause,resume,stop,kick} with this bearer token */
+  adminToken?: string;
 }
 
 export interface EvalPoint {
@@ -144,6 +146,9 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     runDir.writeLedger(Array.isArray(checkpoint.ledger) ? checkpoint.ledger : []);
     log(`resuming ${runId} at step ${trainer.step} from ${checkpoint.path}`);
   }
+  const control: { paused: { promise: Promise<void>; resolve: () => void } | null } = { paused: null };
+  const adminStop = new AbortController();
+  const stopRequested = () => !!opts.signal?.aborted || adminStop.signal.aborted;
   const checkpoint = () => log(`checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig, ledger: runDir.readLedger() }, opts.keepCheckpoints ?? 3)}`);
   const evaluate = makeEvaluator(opts, spec, local);
   const evalLosses: EvalPoint[] = [];
@@ -173,7 +178,13 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     server = await startServer({
       host: opts.host ?? '127.0.0.1', port: opts.port ?? 0, files: model.files, mesh, maxPayload,
       heartbeatMs: opts.heartbeatMs ?? 5000, token: opts.token, allowedOrigins: opts.allowedOrigins, maxConnections: opts.maxConnections, tls: opts.tls,
-      headersTimeoutMs: opts.security?.handshakeTimeoutMs,
+      headersTimeoutMs: opts.security?.handshakeTimeoutMs, adminToken: opts.adminToken,
+      admin: {
+        pause: () => { control.paused ??= deferred(); },
+        resume: () => { control.paused?.resolve(); control.paused = null; },
+        stop: () => { adminStop.abort(); control.paused?.resolve(); control.paused = null; },
+        kick: (id) => mesh.kick(id),
+      },
       monitor,
     });
     log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
@@ -210,7 +221,12 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       await opts.onStep?.(m);
       if (evaluate && opts.evalEvery && m.step % opts.evalEvery === 0 && m.step !== train.steps) runEval();
       if (opts.checkpointEvery && m.step % opts.checkpointEvery === 0) checkpoint();
-      if (opts.signal?.aborted && !trainer.done) {
+      if (control.paused) {
+        log(`paused after step ${m.step}`);
+        await control.paused.promise;
+        log('resumed');
+      }
+      if (stopRequested() && !trainer.done) {
         if (!opts.checkpointEvery || m.step % opts.checkpointEvery !== 0) checkpoint();
         log(`interrupted at step ${m.step}; continue with: loramesh train --resume ${runDir.path}`);
         break;
@@ -264,4 +280,10 @@ function makeEvaluator(opts: RunOptions, spec: AdapterTensorSpec[], local: () =>
     const { lossSum, tokenCount } = evaluateLoss(model, base, spec, adapter, opts.lora, microBatches);
     return lossSum / Math.max(1, tokenCount);
   };
+}
+
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
 }

@@ -39,7 +39,7 @@ before(async () => {
   const known = new Promise<void>((r) => (ready = r));
   attacked = runTraining({
     // The honest worker is slowed (50 ms per micro-batch) so the run outlasts the attacks.
-    ...options, runId: 'attacked', token: TOKEN, allowedOrigins: ['http://good.example'], workerEnv: () => ({ LORAMESH_FAULT: 'delay:50' }),
+    ...options, runId: 'attacked', token: TOKEN, adminToken: 'admin-secret', allowedOrigins: ['http://good.example'], workerEnv: () => ({ LORAMESH_FAULT: 'delay:50' }),
     security: { maxMessagesPerSecond: 100, maxRejects: 20, handshakeTimeoutMs: 800 },
     log: (line) => {
       const m = /listening on (ws:\/\/([^/]+)\/ws)/.exec(line);
@@ -159,4 +159,29 @@ test('path traversal on the HTTP endpoints gets 404', async () => {
     const res = await fetch(httpUrl + path);
     assert.equal(res.status, 404, path);
   }
+});
+
+test('admin actions need the admin token (the join token is not enough); pause holds the run, resume continues, kick removes a worker', async () => {
+  const post = (path: string, token?: string) => fetch(`${httpUrl}/api/admin/${path}`, { method: 'POST', headers: token ? { authorization: `Bearer ${token}` } : {} });
+  assert.equal((await post('pause')).status, 401);
+  assert.equal((await post('pause', TOKEN)).status, 401);
+  assert.equal((await fetch(`${httpUrl}/api/admin/pause`)).status, 405);
+  const stepOf = async () => (await (await fetch(`${httpUrl}/api/status`)).json()).step as number;
+  assert.equal((await post('pause', 'admin-secret')).status, 200);
+  await new Promise((r) => setTimeout(r, 600));
+  const held = await stepOf();
+  await new Promise((r) => setTimeout(r, 600));
+  assert.equal(await stepOf(), held, 'no step while paused');
+  assert.equal((await post('resume', 'admin-secret')).status, 200);
+  const c = await rawClient();
+  c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'kick-me' }));
+  await until(() => c.messages.some((m) => m.type === 'welcome'));
+  const id = (c.messages.find((m) => m.type === 'welcome') as Extract<Message, { type: 'welcome' }>).workerId;
+  assert.equal((await post(`kick?worker=${id}`, 'admin-secret')).status, 200);
+  assert.equal(await c.closed, 1008);
+  assert.deepEqual(rejects(c.messages), ['LM_ERR_QUARANTINED']);
+  assert.equal((await post('kick?worker=nobody', 'admin-secret')).status, 404);
+  const before = await stepOf();
+  await new Promise((r) => setTimeout(r, 800));
+  assert.ok((await stepOf()) > before, 'the run goes on after resume');
 });
