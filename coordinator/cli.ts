@@ -71,6 +71,7 @@ function addTrainOptions(cmd: Command): Command {
     .option('--aggregation <rule>', `how micro-batch gradients combine: ${AGGREGATIONS.join(' | ')} (sum is exact; the others resist bad volunteers)`, oneOf(AGGREGATIONS), 'sum')
     .option('--spot-check <fraction>', 'recompute this secret fraction of micro-batches on the coordinator; quarantine workers that disagree', num(0, 1), 0)
     .option('--admin-token <token>', 'enables POST /api/admin/{pause,resume,stop,kick?worker=ID} with Authorization: Bearer <token> (or LORAMESH_ADMIN_TOKEN)')
+    .option('--dashboard-access <who>', "public: anyone who reaches the port sees /api/status; admin: only with --admin-token (open /#admin=…)", oneOf(['public', 'admin'] as const), 'public')
     .option('--tls-cert <pem>', 'serve https/wss with this certificate (with --tls-key)')
     .option('--tls-key <pem>', 'private key for --tls-cert')
     .option('--checkpoint-every <n>', 'save a resumable checkpoint every N steps (and on SIGINT/SIGTERM)', int(0), 25)
@@ -137,6 +138,7 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
       console.log(`join token (give it to workers with --token, or open /join#token=…): ${token}`);
     }
     if (!!o.tlsCert !== !!o.tlsKey) fail(ErrorCodes.CONFIG, '--tls-cert and --tls-key go together');
+    if (o.dashboardAccess === 'admin' && !(o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN)) fail(ErrorCodes.CONFIG, '--dashboard-access admin needs --admin-token');
     // SIGINT / SIGTERM: finish the current step, checkpoint, stop the workers, exit.
     const stop = new AbortController();
     for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => { console.log(`${sig}: stopping after this step`); stop.abort(); });
@@ -147,7 +149,7 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
       allowedOrigins: o.allowedOrigins?.split(',').map((x: string) => x.trim()), maxConnections: o.maxConnections,
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey } : undefined,
       security: { maxMessagesPerSecond: o.maxMessagesPerSecond, maxRejects: o.maxRejects },
-      aggregation: o.aggregation, adminToken: o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN, spotCheck: o.spotCheck > 0 ? { fraction: o.spotCheck, tolerance: 1e-3 } : undefined,
+      aggregation: o.aggregation, adminToken: o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN, dashboardAccess: o.dashboardAccess, spotCheck: o.spotCheck > 0 ? { fraction: o.spotCheck, tolerance: 1e-3 } : undefined,
       checkpointEvery: o.checkpointEvery, keepCheckpoints: o.keepCheckpoints, resume: !!o.resume, signal: stop.signal, dataSpec,
     });
     if (stop.signal.aborted) return;
@@ -219,4 +221,5 @@ program.parseAsync().catch((err) => {
   }
   throw err;
 });
+
 

@@ -46,6 +46,8 @@ export interface ServerOptions {
   /** control actions (POST /api/admin/{pause,resume,stop,kick}) need `Authorization: Bearer <adminToken>`; none: disabled */
   adminToken?: string;
   admin?: AdminActions;
+  /** 'admin': /api/status and /api/events need the admin token too (the pages themselves hold no data) */
+  dashboardAccess?: 'public' | 'admin';
 }
 
 export interface AdminActions {
@@ -111,6 +113,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const sse = new Set<ServerResponse>();
   const handler = (req: IncomingMessage, res: ServerResponse) => {
     if (req.url?.startsWith('/api/admin/')) return handleAdmin(req, res, opts);
+    if (opts.dashboardAccess === 'admin' && req.url?.startsWith('/api/') && !tokenMatches(bearer(req), opts.adminToken ?? '')) {
+      res.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify({ error: ErrorCodes.AUTH }));
+      return;
+    }
     handleHttp(req, res, bySha, opts.monitor, sse);
   };
   // Slow-loris: the request head (the upgrade included) must arrive within headersTimeout; Node
@@ -180,12 +186,13 @@ function sendFile(req: IncomingMessage, res: ServerResponse, path: string, type:
   else createReadStream(path).pipe(res);
 }
 
+const bearer = (req: IncomingMessage) => (req.headers.authorization?.startsWith('Bearer ') ? req.headers.authorization.slice(7) : undefined);
+
 function handleAdmin(req: IncomingMessage, res: ServerResponse, opts: ServerOptions): void {
   const reply = (status: number, body: object): void => void res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
   if (req.method !== 'POST') return void res.writeHead(405, { allow: 'POST' }).end();
   if (!opts.adminToken || !opts.admin) return reply(404, { error: 'admin actions are disabled (start with --admin-token)' });
-  const auth = req.headers.authorization;
-  if (!tokenMatches(auth?.startsWith('Bearer ') ? auth.slice(7) : undefined, opts.adminToken)) return reply(401, { error: ErrorCodes.AUTH });
+  if (!tokenMatches(bearer(req), opts.adminToken)) return reply(401, { error: ErrorCodes.AUTH });
   const url = new URL(req.url ?? '/', 'http://localhost');
   const action = url.pathname.slice('/api/admin/'.length);
   opts.monitor.log(`admin: ${action}${url.searchParams.get('worker') ? ` ${url.searchParams.get('worker')}` : ''}`);

@@ -82,6 +82,7 @@ export interface RunOptions {
   aggregation?: Aggregation;
   /** enables POST /api/admin/{pause,resume,stop,kick} with this bearer token */
   adminToken?: string;
+  dashboardAccess?: 'public' | 'admin';
 }
 
 export interface EvalPoint {
@@ -178,7 +179,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     server = await startServer({
       host: opts.host ?? '127.0.0.1', port: opts.port ?? 0, files: model.files, mesh, maxPayload,
       heartbeatMs: opts.heartbeatMs ?? 5000, token: opts.token, allowedOrigins: opts.allowedOrigins, maxConnections: opts.maxConnections, tls: opts.tls,
-      headersTimeoutMs: opts.security?.handshakeTimeoutMs, adminToken: opts.adminToken,
+      headersTimeoutMs: opts.security?.handshakeTimeoutMs, adminToken: opts.adminToken, dashboardAccess: opts.dashboardAccess,
       admin: {
         pause: () => { control.paused ??= deferred(); },
         resume: () => { control.paused?.resolve(); control.paused = null; },

@@ -104,13 +104,19 @@ function renderWorkers(workers: WorkerRow[]): void {
   $('workers').replaceChildren(...rows);
 }
 
+// With --dashboard-access admin, open the dashboard as /#admin=<token>: the token stays in the
+// fragment (never sent in a URL) and goes to /api/status as a bearer header.
+const adminToken = new URLSearchParams(location.hash.slice(1)).get('admin');
+const headers: Record<string, string> = adminToken ? { authorization: `Bearer ${adminToken}` } : {};
+
 let pending = false;
 async function refresh(): Promise<void> {
   if (pending) return;
   pending = true;
   try {
-    const res = await fetch('/api/status', { cache: 'no-store' });
+    const res = await fetch('/api/status', { cache: 'no-store', headers });
     if (res.ok) render(await res.json());
+    else if (res.status === 401) setText('eta', 'this dashboard needs the admin token: open it as /#admin=…');
   } catch {
     setText('eta', 'coordinator unreachable');
   } finally {
@@ -119,6 +125,9 @@ async function refresh(): Promise<void> {
 }
 
 void refresh();
-setInterval(refresh, 2000);
-const events = new EventSource('/api/events');
-events.onmessage = () => void refresh();
+if (adminToken) setInterval(refresh, 1000); // EventSource cannot send headers: poll instead
+else {
+  setInterval(refresh, 2000);
+  const events = new EventSource('/api/events');
+  events.onmessage = () => void refresh();
+}

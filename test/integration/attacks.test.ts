@@ -185,3 +185,23 @@ test('admin actions need the admin token (the join token is not enough); pause h
   await new Promise((r) => setTimeout(r, 800));
   assert.ok((await stepOf()) > before, 'the run goes on after resume');
 });
+
+test('--dashboard-access admin: run status needs the admin token', async () => {
+  let url = '';
+  let status: number[] = [];
+  await runTraining({
+    ...options, runId: 'private', localWorkers: 1, train: checkTrainConfig({ steps: 3, globalBatch: 4, microBatch: 2, seed: 2 }),
+    adminToken: 'admin-secret', dashboardAccess: 'admin',
+    log: (line) => { url = /listening on ws:\/\/(\S+)\/ws/.exec(line)?.[1] ?? url; },
+    onStep: async (m) => {
+      if (m.step !== 1) return;
+      status = [
+        (await fetch(`http://${url}/api/status`)).status,
+        (await fetch(`http://${url}/api/status`, { headers: { authorization: `Bearer ${TOKEN}` } })).status,
+        (await fetch(`http://${url}/api/status`, { headers: { authorization: 'Bearer admin-secret' } })).status,
+        (await fetch(`http://${url}/`)).status,
+      ];
+    },
+  });
+  assert.deepEqual(status, [401, 401, 200, 200]);
+});
