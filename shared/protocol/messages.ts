@@ -54,7 +54,13 @@ export type Message = WorkerMessage | CoordinatorMessage;
 
 type Guard = (m: Record<string, unknown>) => void;
 
-const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v) && !ArrayBuffer.isView(v);
+// Plain objects only: msgpackr also decodes to Date, Set, RegExp, Error, ArrayBuffer and its 0xC1
+// marker, which are not messages (a frame of them is LM_ERR_DECODE, a field of them LM_ERR_FIELD).
+const isObject = (v: unknown): v is Record<string, unknown> => {
+  if (typeof v !== 'object' || v === null) return false;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+};
 
 function field(m: Record<string, unknown>, name: string, ok: (v: unknown) => boolean, expected: string, optional = false): void {
   const v = m[name];
@@ -70,7 +76,7 @@ function tensorMap(m: Record<string, unknown>, name: string): void {
   const v = m[name];
   if (!isObject(v)) fail(ErrorCodes.FIELD, `${m.type}.${name} should be a map of Float32Array, got ${describe(v)}`);
   for (const [key, t] of Object.entries(v)) {
-    if (!(t instanceof Float32Array)) fail(ErrorCodes.FIELD, `${m.type}.${name}[${JSON.stringify(key)}] should be a Float32Array, got ${describe(t)}`);
+    if (!(t instanceof Float32Array)) fail(ErrorCodes.FIELD, `${m.type}.${name}[${describe(key)}] should be a Float32Array, got ${describe(t)}`); // describe: a peer's key can be ~maxPayload long
   }
 }
 
@@ -135,7 +141,10 @@ const guards: Record<Message['type'], Guard> = {
 };
 
 export function parseMessage(raw: unknown): Message {
-  if (!isObject(raw)) fail(ErrorCodes.DECODE, `a frame should decode to an object, got ${describe(raw)}`);
+  if (!isObject(raw)) {
+    const kind = typeof raw === 'object' && raw !== null && !Array.isArray(raw) && !ArrayBuffer.isView(raw) ? `a ${raw.constructor?.name ?? 'non-plain'} object` : describe(raw);
+    fail(ErrorCodes.DECODE, `a frame should decode to an object (a msgpack map), got ${kind}`);
+  }
   const type = raw.type;
   if (typeof type !== 'string' || !Object.hasOwn(guards, type)) fail(ErrorCodes.UNKNOWN_TYPE, `unknown message type ${describe(type)}`);
   guards[type as Message['type']](raw);

@@ -1,0 +1,481 @@
+/**
+ * Frame generators for the protocol fuzz test (test/integration/fuzz.test.ts): valid messages of
+ * every type, the same with fields removed, retyped or set to NaN/±Inf, byte-level mutations,
+ * hand-built msgpack with huge declared lengths, msgpackr extension tricks, deep nesting, text
+ * frames and frames over the server's maxPayload.
+ *
+ * `predict` says what a coordinator must answer to a frame: a reference decode (msgpackr with the
+ * codec's options) and then RULES, a declarative copy of the protocol's field rules written apart
+ * from shared/protocol/messages.ts, so the guards and this spec check each other.
+ */
+import { Packr } from 'msgpackr';
+import { ErrorCodes, type ErrorCode } from '../../shared/errors.ts';
+import { CODEC_OPTIONS } from '../../shared/protocol/codec.ts';
+import { PROTOCOL_VERSION } from '../../shared/protocol/messages.ts';
+import type { Rng } from '../../shared/rng.ts';
+
+/** fresh: no hello yet. joined: hello accepted, never ready, so never assigned any work. */
+export type ConnState = 'fresh' | 'joined';
+
+export type Outcome =
+  | { kind: 'reject'; code: ErrorCode }
+  /** a valid heartbeat or worker-error: taken without a reply */
+  | { kind: 'none' }
+  /** the server closes the socket with closeCode, after a reject carrying `code` when not null */
+  | { kind: 'close'; code: ErrorCode | null; closeCode: number }
+  /** would change the connection's state (a real join, becoming ready): never sent */
+  | { kind: 'unwanted' };
+
+export interface Frame {
+  category: string;
+  data: Uint8Array | string;
+  /** false: sent as a WebSocket text frame */
+  binary: boolean;
+  outcome: Outcome;
+}
+
+export interface TensorSpec { name: string; shape: [number, number] }
+
+const reject = (code: ErrorCode): Outcome => ({ kind: 'reject', code });
+
+// ---- the protocol's rules, restated -------------------------------------------------------------
+
+type Rule = (v: unknown) => boolean;
+const plain = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null);
+const int = (min: number): Rule => (v) => typeof v === 'number' && Number.isSafeInteger(v) && v >= min;
+const str = (max: number): Rule => (v) => typeof v === 'string' && v.length <= max;
+const finite: Rule = (v) => typeof v === 'number' && Number.isFinite(v);
+const optional = (rule: Rule): Rule => (v) => v === undefined || rule(v);
+const float32Map: Rule = (v) => plain(v) && Object.values(v).every((t) => t instanceof Float32Array);
+const microBatch: Rule = (v) => {
+  if (!plain(v) || !int(1)(v.batch) || !int(1)(v.time) || !int(0)(v.dropoutSeed)) return false;
+  const n = (v.batch as number) * (v.time as number); // (batch·time) token positions
+  const sized = (t: unknown, kind: typeof Int32Array | typeof Float32Array) => t instanceof kind && t.length === n;
+  return sized(v.inputIds, Int32Array) && sized(v.targets, Int32Array) && sized(v.lossMask, Float32Array);
+};
+
+export const RULES: Record<string, Record<string, Rule>> = {
+  hello: {
+    protocol: int(0), token: optional(str(512)), name: optional(str(128)), backend: str(64),
+    platform: (v) => v === 'node' || v === 'browser', adapter: optional(str(128)), slow: optional((v) => typeof v === 'boolean'),
+  },
+  ready: { paramVersion: int(-1) },
+  result: { assignmentId: str(64), paramVersion: int(0), tokenCount: int(0), lossSum: finite, computeMs: (v) => finite(v) && (v as number) >= 0, grads: float32Map },
+  'worker-error': { assignmentId: optional(str(64)), code: str(64), message: str(4096) },
+  heartbeat: { sentAt: finite },
+  welcome: { workerId: str(64), manifest: plain },
+  params: { paramVersion: int(0), tensors: float32Map },
+  assign: { assignmentId: str(64), paramVersion: int(0), step: int(0), index: int(0), microBatch },
+  reject: { code: str(64), message: str(4096) },
+  done: { reason: str(1024) },
+};
+const TYPES = Object.keys(RULES);
+
+const reference = new Packr(CODEC_OPTIONS);
+
+/** What a coordinator answers to `bytes` on a connection in `state` that holds no assignment. */
+export function predict(bytes: Uint8Array, state: ConnState): Outcome {
+  if (bytes.length === 0) return reject(ErrorCodes.DECODE);
+  let raw: unknown;
+  try {
+    raw = reference.unpack(bytes);
+  } catch {
+    return reject(ErrorCodes.DECODE);
+  }
+  if (!plain(raw)) return reject(ErrorCodes.DECODE);
+  const type = raw.type;
+  if (typeof type !== 'string' || !Object.hasOwn(RULES, type)) return reject(ErrorCodes.UNKNOWN_TYPE);
+  for (const [name, ok] of Object.entries(RULES[type])) if (!ok(raw[name])) return reject(ErrorCodes.FIELD);
+  switch (type) {
+    case 'hello':
+      if (state === 'joined') return reject(ErrorCodes.STATE);
+      return raw.protocol === PROTOCOL_VERSION ? { kind: 'unwanted' } : { kind: 'close', code: ErrorCodes.PROTOCOL_VERSION, closeCode: 1002 };
+    case 'ready': return state === 'joined' ? { kind: 'unwanted' } : reject(ErrorCodes.STATE);
+    case 'result': return reject(ErrorCodes.ASSIGNMENT);
+    case 'worker-error': case 'heartbeat': return { kind: 'none' };
+    default: return reject(ErrorCodes.STATE); // coordinator → worker messages
+  }
+}
+
+// ---- raw msgpack building blocks ----------------------------------------------------------------
+
+const concat = (...parts: (Uint8Array | number[])[]): Uint8Array => {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+};
+/** A msgpack map whose values are already-encoded bytes. */
+function rawMap(entries: [string, Uint8Array][], encoder: Packr): Uint8Array {
+  const head = entries.length < 16 ? [0x80 | entries.length] : [0xde, entries.length >> 8, entries.length & 0xff];
+  return concat(head, ...entries.flatMap(([k, v]) => [encoder.pack(k), v]));
+}
+
+/** Headers that declare up to 2^32 − 1 elements or bytes (array, map, bin, str, ext of each width). */
+const HUGE_HEADERS = [
+  [0xdc, 0xff, 0xff], [0xdd, 0xff, 0xff, 0xff, 0xff], [0xdd, 0x80, 0, 0, 0], [0xde, 0xff, 0xff], [0xdf, 0xff, 0xff, 0xff, 0xff],
+  [0xc4, 0xff], [0xc5, 0xff, 0xff], [0xc6, 0xff, 0xff, 0xff, 0xff], [0xc6, 0x80, 0, 0, 0], [0xd9, 0xff], [0xda, 0xff, 0xff],
+  [0xdb, 0xff, 0xff, 0xff, 0xff], [0xc7, 0xff], [0xc8, 0xff, 0xff], [0xc9, 0xff, 0xff, 0xff, 0xff], [0xc9, 0x7f, 0xff, 0xff, 0xfc],
+];
+/** Extension types msgpackr knows (0x72 records, 0x74 typed arrays, 0x69/0x70 structured clone, 0x62 bundled strings…). */
+const KNOWN_EXT = [0x00, 0x42, 0x62, 0x65, 0x69, 0x70, 0x72, 0x73, 0x74, 0x78, 0xff];
+const INTERESTING_BYTES = [0x00, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc6, 0xc7, 0xc9, 0xca, 0xcb, 0xcf, 0xd3, 0xd4, 0xd8, 0xd9, 0xdb, 0xdc, 0xdd, 0xde, 0xdf, 0xe0, 0xff];
+const CHARS = ['a', 'b', 'z', '0', '-', '_', ' ', 'é', '中', '😀', '\u0000'];
+
+/** Weighted categories; the terminal ones (a close instead of a reply) are rare so batches stay long. */
+const CATEGORIES: [string, number][] = [
+  ['valid', 10], ['mutated', 30], ['truncated', 8], ['bitflip', 10], ['byte-splice', 6], ['trailing-bytes', 3],
+  ['huge-length', 5], ['ext-trick', 8], ['record', 3], ['deep-nesting', 1], ['clone-bomb', 0.5], ['text', 3],
+  ['random-bytes', 8], ['token-soup', 4], ['wrong-protocol', 0.1], ['oversized', 0.05], ['text-invalid-utf8', 0.05],
+];
+const TOTAL_WEIGHT = CATEGORIES.reduce((n, [, w]) => n + w, 0);
+
+export class FrameFactory {
+  private readonly encoder = new Packr({ useRecords: false, moreTypes: true });
+  private readonly recordEncoder = new Packr({ useRecords: true, moreTypes: true });
+
+  constructor(private readonly rng: Rng, private readonly adapter: TensorSpec[], private readonly maxFrameBytes: number, private readonly oversizedBytes: [number, number]) {}
+
+  /** The next frame for a connection in `state`; never one whose outcome is 'unwanted'. */
+  next(state: ConnState): Frame {
+    for (;;) {
+      let category = this.category();
+      if (category === 'wrong-protocol' && state !== 'fresh') category = 'valid';
+      const frame = this.build(category, state);
+      if (!frame || frame.outcome.kind === 'unwanted') continue;
+      if (frame.outcome.kind !== 'close' && frame.data.length > this.maxFrameBytes) continue; // keep under maxPayload
+      return frame;
+    }
+  }
+
+  private build(category: string, state: ConnState): Frame | null {
+    const r = this.rng;
+    const binary = (bytes: Uint8Array | null, name = category): Frame | null => (bytes ? { category: name, data: bytes, binary: true, outcome: predict(bytes, state) } : null);
+    switch (category) {
+      case 'valid': {
+        const type = this.pick(TYPES);
+        return binary(this.pack(this.valid(type)), `valid:${type}`);
+      }
+      case 'mutated': {
+        const message = this.valid(this.pick(TYPES));
+        const type = String(message.type);
+        for (let i = 1 + r.int(3); i > 0; i--) this.mutate(message);
+        return binary(this.pack(message), `mutated:${type}`);
+      }
+      case 'truncated': {
+        const bytes = this.someEncoded();
+        return bytes && binary(bytes.subarray(0, r.int(bytes.length)));
+      }
+      case 'bitflip': {
+        const bytes = this.someEncoded();
+        if (!bytes) return null;
+        for (let i = 1 + r.int(8); i > 0; i--) bytes[r.int(bytes.length)] ^= 1 << r.int(8);
+        return binary(bytes);
+      }
+      case 'byte-splice': {
+        const bytes = this.someEncoded();
+        if (!bytes) return null;
+        const at = r.int(bytes.length);
+        const cut = r.int(8);
+        const insert = Array.from({ length: r.int(8) }, () => (r.next() < 0.5 ? this.pick(INTERESTING_BYTES) : r.int(256)));
+        return binary(concat(bytes.subarray(0, at), insert, bytes.subarray(Math.min(bytes.length, at + cut))));
+      }
+      case 'trailing-bytes': {
+        const bytes = this.someEncoded();
+        return bytes && binary(concat(bytes, r.next() < 0.5 ? (this.someEncoded() ?? [0xc0]) : [r.int(256)]));
+      }
+      case 'huge-length': {
+        const header = [...this.pick(HUGE_HEADERS)];
+        if (header[0] >= 0xc7 && header[0] <= 0xc9) header.push(r.next() < 0.5 ? 0x74 : this.pick(KNOWN_EXT));
+        const value = concat(header, this.randomBytes(r.int(16)));
+        return binary(r.next() < 0.4 ? value : this.withRawField(value));
+      }
+      case 'ext-trick': {
+        const value = this.extTrick();
+        return binary(r.next() < 0.3 ? value : this.withRawField(value));
+      }
+      case 'record': {
+        // msgpackr decodes records even with useRecords off; each frame's record ids must not leak into the next
+        if (r.next() < 0.3) return binary(r.next() < 0.5 ? new Uint8Array([0x40 + r.int(0x40)]) : this.withRawField(new Uint8Array([0x40 + r.int(0x40)])));
+        const message = this.valid(this.pick(TYPES));
+        if (r.next() < 0.5) this.mutate(message);
+        try {
+          return binary(this.recordEncoder.pack(message));
+        } catch {
+          return null;
+        }
+      }
+      case 'deep-nesting': {
+        // far below or far above the depth where the decoder runs out of stack (a few thousand
+        // levels); the deep ones are few because a stack overflow costs milliseconds
+        const depth = r.next() < 0.8 ? 1 + r.int(500) : 15_000 + r.int(5000);
+        const level = r.next() < 0.5 ? [0x91] : [0x81, 0xa1, 0x61];
+        const value = concat(...new Array(depth).fill(level), [0xc0]);
+        return binary(r.next() < 0.5 ? value : this.withRawField(value));
+      }
+      case 'clone-bomb': return binary(this.cloneBomb());
+      case 'text': {
+        const text = r.next() < 0.5 ? JSON.stringify(this.valid(this.pick(TYPES)), (_, v) => (ArrayBuffer.isView(v) ? Array.from(v as Float32Array) : v)) : this.text(r.int(300));
+        return { category, data: text, binary: false, outcome: reject(ErrorCodes.DECODE) };
+      }
+      case 'random-bytes': return binary(this.randomBytes(1 + r.int(256)));
+      case 'token-soup': return binary(Uint8Array.from({ length: 1 + r.int(64) }, () => (r.next() < 0.7 ? this.pick(INTERESTING_BYTES) : r.int(256))));
+      case 'wrong-protocol': {
+        const protocol = this.pick([0, PROTOCOL_VERSION + 1, 2, 3, 999, 2 ** 31, Number.MAX_SAFE_INTEGER]);
+        return binary(this.pack({ ...this.valid('hello'), protocol }));
+      }
+      case 'oversized': {
+        const [min, max] = this.oversizedBytes;
+        const bytes = new Uint8Array(min + r.int(max - min));
+        bytes.set(this.pack(this.valid('result')) ?? []);
+        return { category, data: bytes, binary: true, outcome: { kind: 'close', code: null, closeCode: 1009 } };
+      }
+      case 'text-invalid-utf8': {
+        // a text frame whose bytes are not UTF-8: the WebSocket layer closes with 1007
+        const bytes = concat(this.pack(this.valid('heartbeat')) ?? [], [0xff, 0xfe, 0xc0, 0x80]);
+        return { category, data: bytes, binary: false, outcome: { kind: 'close', code: null, closeCode: 1007 } };
+      }
+      default: throw new Error(`unknown category ${category}`);
+    }
+  }
+
+  /** A message that passes the guards (the grads may still hold NaN: finiteness is checked later). */
+  valid(type: string): Record<string, unknown> {
+    const r = this.rng;
+    const maybe = (p: number, fields: Record<string, unknown>) => (r.next() < p ? fields : {});
+    switch (type) {
+      case 'hello': return {
+        type, protocol: PROTOCOL_VERSION, backend: this.pick(['wasm', 'cpu', 'webgpu', 'webgl', this.text(64)]), platform: this.pick(['node', 'browser']),
+        ...maybe(0.5, { name: this.text(128) }), ...maybe(0.3, { token: this.text(512) }), ...maybe(0.3, { adapter: this.text(128) }), ...maybe(0.3, { slow: r.next() < 0.5 }),
+      };
+      case 'ready': return { type, paramVersion: r.int(100) - 1 };
+      case 'result': return {
+        type, assignmentId: this.text(64), paramVersion: r.int(1000), tokenCount: r.int(100), lossSum: this.finite(), computeMs: Math.abs(this.finite()), grads: this.tensors(),
+      };
+      case 'worker-error': return { type, ...maybe(0.5, { assignmentId: this.text(64) }), code: this.text(64), message: this.text(4096) };
+      case 'heartbeat': return { type, sentAt: this.finite() };
+      case 'welcome': return { type, workerId: this.text(64), manifest: { runId: this.text(20), adapter: this.adapter } };
+      case 'params': return { type, paramVersion: r.int(1000), tensors: this.tensors() };
+      case 'assign': {
+        const batch = 1 + r.int(3);
+        const time = 1 + r.int(8);
+        const n = batch * time;
+        return {
+          type, assignmentId: this.text(64), paramVersion: r.int(1000), step: r.int(1000), index: r.int(8),
+          microBatch: { batch, time, dropoutSeed: r.int(2 ** 31), inputIds: Int32Array.from({ length: n }, () => r.int(40)), targets: Int32Array.from({ length: n }, () => r.int(40)), lossMask: Float32Array.from({ length: n }, () => r.int(2)) },
+        };
+      }
+      case 'reject': return { type, code: this.pick(Object.values(ErrorCodes)), message: this.text(4096) };
+      case 'done': return { type, reason: this.text(1024) };
+      default: throw new Error(`no generator for ${type}`);
+    }
+  }
+
+  /** One edit: a field removed, retyped, set to NaN/±Inf or made too long; the type swapped; tensors broken. */
+  private mutate(message: Record<string, unknown>): void {
+    const r = this.rng;
+    const keys = Object.keys(message);
+    const key = this.pick(keys);
+    switch (r.int(7)) {
+      case 0: delete message[key]; break;
+      case 1: message[key] = this.wild(0); break;
+      case 2: message[key] = this.pick([NaN, Infinity, -Infinity, -1, 0.5, -0.5, 2 ** 53, -(2 ** 53), 1e308, Number.MIN_VALUE]); break;
+      case 3: message[key] = this.text(this.pick([65, 129, 513, 1025, 4097, 5000])); break;
+      case 4: message.type = this.pick([...TYPES, '', 'HELLO', 'nope', '__proto__', 'constructor', 'toString', 'hasOwnProperty', 7, null, true, [], {}, this.text(100)]); break;
+      case 5: { // an extra field, maybe an own "__proto__"
+        const name = r.next() < 0.2 ? '__proto__' : this.text(20);
+        Object.defineProperty(message, name, { value: this.wild(0), enumerable: true, configurable: true, writable: true });
+        break;
+      }
+      default: this.breakTensors(message);
+    }
+  }
+
+  private breakTensors(message: Record<string, unknown>): void {
+    const r = this.rng;
+    const mb = message.microBatch;
+    if (plain(mb)) {
+      const key = this.pick(['inputIds', 'targets', 'lossMask', 'batch', 'time']);
+      mb[key] = r.next() < 0.5 ? this.wild(0) : new (this.pick([Int32Array, Float32Array, Float64Array, Uint8Array]))(r.int(30));
+      return;
+    }
+    const map = plain(message.grads) ? message.grads : plain(message.tensors) ? message.tensors : null;
+    if (!map) return;
+    const names = Object.keys(map);
+    const name = names.length > 0 ? this.pick(names) : 'x';
+    switch (r.int(6)) {
+      case 0: (map[name] as Float32Array)?.fill?.(this.pick([NaN, Infinity, -Infinity])); break;
+      case 1: map[name] = new Float32Array(r.int(600)); break;
+      case 2: map[name] = new (this.pick([Float64Array, Int32Array, Uint8Array, Uint16Array]))(r.int(40)); break;
+      case 3: map[name] = this.wild(0); break;
+      case 4: delete map[name]; map[this.text(r.next() < 0.3 ? 5000 : 40)] = r.next() < 0.5 ? new Float32Array(4) : 1; break; // renamed, maybe a very long key
+      default: map[this.text(30)] = new Float32Array([NaN]);
+    }
+  }
+
+  /** A value of any type msgpackr can carry, including typed arrays, dates, sets and nested junk. */
+  private wild(depth: number): unknown {
+    const r = this.rng;
+    switch (r.int(depth > 2 ? 12 : 16)) {
+      case 0: return undefined;
+      case 1: return this.pick([null, true, false]);
+      case 2: return this.pick([0, -0, 1, -1, 0.5, NaN, Infinity, -Infinity, 2 ** 31, 2 ** 32, 2 ** 53, -(2 ** 53), 1e308, Number.MIN_VALUE]);
+      case 3: return this.pick([2n ** 63n - 1n, -(2n ** 63n), 2n ** 53n + 1n]);
+      case 4: return this.text(this.pick([0, 1, 64, 65, 5000]));
+      case 5: return Float32Array.from({ length: r.int(40) }, () => this.pick([0, 1, NaN, Infinity, -Infinity, r.normal()]));
+      case 6: return new (this.pick([Int32Array, Float64Array, Uint8Array, Int8Array, Uint16Array, Uint32Array, BigInt64Array]))(r.int(20));
+      case 7: return this.pick([new Date(r.int(2 ** 31) * 1000), new Set([1, 'a']), /ab+c/gi, new Error('boom'), new Map([['k', 1]])]);
+      case 8: return r.int(1000) - 500;
+      case 9: return r.normal() * 10 ** r.int(40);
+      case 10: return this.text(8);
+      case 11: return nest(r.int(60));
+      default: return r.next() < 0.5 ? Array.from({ length: r.int(4) }, () => this.wild(depth + 1)) : { [this.text(6)]: this.wild(depth + 1), type: this.wild(depth + 1) };
+    }
+  }
+
+  /** Bytes built by hand around msgpackr's extensions: unknown types, typed arrays with odd lengths or codes, records, bundles, regexps, errors. */
+  private extTrick(): Uint8Array {
+    const r = this.rng;
+    const fixext = (type: number, payload: number[]) => {
+      const sizes: Record<number, number> = { 1: 0xd4, 2: 0xd5, 4: 0xd6, 8: 0xd7, 16: 0xd8 };
+      return sizes[payload.length] ? concat([sizes[payload.length], type], payload) : concat([0xc7, payload.length, type], payload);
+    };
+    const bytes = (n: number) => Array.from(this.randomBytes(n));
+    switch (r.int(10)) {
+      case 0: { // an extension type msgpackr does not know
+        let type = r.int(256);
+        while (KNOWN_EXT.includes(type)) type = r.int(256);
+        return fixext(type, bytes(this.pick([1, 2, 4, 8, 16, r.int(40)])));
+      }
+      case 1: return fixext(0x74, [r.next() < 0.7 ? 7 : r.int(20), ...bytes(r.int(34))]); // typed array: element code, then a payload of any length
+      case 2: { // a typed array ext claiming a length beyond the frame
+        const n = this.pick([0xffff, 0x7fffffff, 0xffffffff]);
+        return concat([0xc9, n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff, 0x74, 7], bytes(r.int(16)));
+      }
+      case 3: return fixext(0xff, bytes(this.pick([4, 8, 12, 3, 5, 0]))); // timestamps of valid and invalid sizes
+      case 4: { // a record definition (ext 0x72) with keys and values of any shape
+        const keys = r.next() < 0.8 ? ['type', this.pick(['sentAt', 'paramVersion', 'protocol'])] : [1, null, []];
+        return concat([0xd4, 0x72, 0x40 + r.int(0x40)], this.encoder.pack(keys), this.encoder.pack(this.pick(['heartbeat', 'ready', 'hello', 1])), this.encoder.pack(this.wild(1)));
+      }
+      case 5: return concat([0xd6, 0x62], bytes(4), this.randomBytes(r.int(20))); // bundled strings with a random offset
+      case 6: return concat(fixext(this.pick([0x69, 0x70]), bytes(4)), this.encoder.pack(this.wild(1))); // structured-clone id / pointer
+      case 7: { // a RegExp, sometimes an invalid or very long pattern
+        const pattern = this.pick(['a+', '(', '[', '(a+)+$', '('.repeat(3000), '\\', this.text(100)]);
+        return concat([0xd4, 0x78, 0x00], this.encoder.pack([pattern, this.pick(['g', 'gimsuy', 'zz', ''])]));
+      }
+      case 8: return concat([0xd4, 0x65, 0x00], this.encoder.pack(r.next() < 0.7 ? [this.pick(['Error', 'TypeError', 'AggregateError', 'Nope', 'constructor']), this.text(20), this.wild(1)] : this.wild(1)));
+      default: return concat(fixext(this.pick([0x42, 0x73, 0x00]), bytes(this.pick([1, 2, 4, 8]))), r.next() < 0.5 ? this.encoder.pack(this.wild(1)) : []);
+    }
+  }
+
+  /**
+   * A chain of structured-clone ids and pointers whose JSON view doubles tenfold per level: a
+   * decoder that builds it and then describes it spends seconds and gigabytes on ~1.4 KB.
+   */
+  private cloneBomb(): Uint8Array {
+    const levels = 4 + this.rng.int(3);
+    const id = (n: number) => [0xd6, 0x69, 0, 0, 0, n];
+    const ptr = (n: number) => [0xd6, 0x70, 0, 0, 0, n];
+    const parts: number[] = [0x90 + levels + 1, ...id(0), 0xda, 0x03, 0xe8, ...new Array(1000).fill(0x61)];
+    for (let l = 1; l <= levels; l++) parts.push(...id(l), 0x9a, ...Array.from({ length: 10 }, () => ptr(l - 1)).flat());
+    return Uint8Array.from([...parts, 0xc0]); // the trailing byte makes msgpackr print the value in its error
+  }
+
+  /** A valid message with one field's encoded value replaced by `value`. */
+  private withRawField(value: Uint8Array): Uint8Array | null {
+    const message = this.valid(this.pick(TYPES));
+    const target = this.pick(Object.keys(message));
+    try {
+      return rawMap(Object.entries(message).map(([k, v]) => [k, k === target ? value : this.encoder.pack(v)]), this.encoder);
+    } catch {
+      return null;
+    }
+  }
+
+  private someEncoded(): Uint8Array | null {
+    const message = this.valid(this.pick(TYPES));
+    if (this.rng.next() < 0.4) this.mutate(message);
+    const bytes = this.pack(message);
+    return bytes && new Uint8Array(bytes); // a copy: callers edit it in place
+  }
+
+  private pack(value: unknown): Uint8Array | null {
+    try {
+      return this.encoder.pack(value);
+    } catch {
+      return null; // a value msgpackr will not encode (e.g. an invalid Date)
+    }
+  }
+
+  private tensors(): Record<string, Float32Array> {
+    return Object.fromEntries(this.adapter.map((t) => {
+      const data = Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => this.rng.next() - 0.5);
+      if (this.rng.next() < 0.2) data[this.rng.int(data.length)] = this.pick([NaN, Infinity, -Infinity]);
+      return [t.name, data];
+    }));
+  }
+
+  private finite(): number {
+    return this.pick([0, -0, 1, 1e308, -1e-300, 2 ** 53 - 1, this.rng.normal() * 1e3, Date.now()]);
+  }
+
+  /** A string of at most `max` UTF-16 units (often exactly `max`): a random head with multi-byte and astral characters, ASCII padding. */
+  text(max: number): string {
+    const target = this.rng.next() < 0.3 ? max : this.rng.int(Math.min(max, 24) + 1);
+    let head = '';
+    for (let i = this.rng.int(Math.min(target, 24) + 1); i > 0; i--) head += this.pick(CHARS);
+    if (head.length > target) head = head.slice(0, target).replace(/[\ud800-\udbff]$/, '');
+    return head + 'x'.repeat(target - head.length);
+  }
+
+  private randomBytes(n: number): Uint8Array {
+    return Uint8Array.from({ length: n }, () => this.rng.int(256));
+  }
+
+  private category(): string {
+    let x = this.rng.next() * TOTAL_WEIGHT;
+    for (const [name, weight] of CATEGORIES) if ((x -= weight) < 0) return name;
+    return CATEGORIES[0][0];
+  }
+
+  pick<T>(items: readonly T[]): T {
+    return items[this.rng.int(items.length)];
+  }
+}
+
+function nest(depth: number): unknown {
+  let v: unknown = 0;
+  for (let i = 0; i < depth; i++) v = [v];
+  return v;
+}
+
+/**
+ * A result for an assignment the connection really holds, broken in one way whose code is known:
+ * a stale version (LM_ERR_STALE), a wrong token count (LM_ERR_FIELD), a missing, extra, renamed or
+ * resized tensor (LM_ERR_SHAPE), NaN or ±Inf inside a gradient (LM_ERR_NON_FINITE).
+ */
+export function badResult(rng: Rng, assign: { assignmentId: string; paramVersion: number }, adapter: TensorSpec[], tokenCount: number): { message: Record<string, unknown>; code: ErrorCode; category: string } {
+  const grads: Record<string, Float32Array> = Object.fromEntries(adapter.map((t) => [t.name, Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => rng.normal())]));
+  const message: Record<string, unknown> = { type: 'result', assignmentId: assign.assignmentId, paramVersion: assign.paramVersion, tokenCount, lossSum: 1, computeMs: 1, grads };
+  const victim = adapter[rng.int(adapter.length)];
+  const size = victim.shape[0] * victim.shape[1];
+  switch (rng.int(8)) {
+    case 0:
+      message.paramVersion = assign.paramVersion > 0 && rng.next() < 0.5 ? assign.paramVersion - 1 : assign.paramVersion + 1 + rng.int(3);
+      return { message, code: ErrorCodes.STALE, category: 'held:stale' };
+    case 1:
+      message.tokenCount = tokenCount + 1 + rng.int(5);
+      return { message, code: ErrorCodes.FIELD, category: 'held:token-count' };
+    case 2: delete grads[victim.name]; return { message, code: ErrorCodes.SHAPE, category: 'held:missing-tensor' };
+    case 3: grads[`${victim.name}.extra`] = new Float32Array(size); return { message, code: ErrorCodes.SHAPE, category: 'held:extra-tensor' };
+    case 4:
+      grads[`${victim.name.replace('lora_', 'lorA_')}`] = grads[victim.name];
+      delete grads[victim.name];
+      return { message, code: ErrorCodes.SHAPE, category: 'held:renamed-tensor' };
+    case 5: grads[victim.name] = new Float32Array(rng.next() < 0.5 ? size - 1 : size + 1 + rng.int(8)); return { message, code: ErrorCodes.SHAPE, category: 'held:wrong-length' };
+    default:
+      grads[victim.name][rng.int(size)] = [NaN, Infinity, -Infinity][rng.int(3)];
+      return { message, code: ErrorCodes.NON_FINITE, category: 'held:non-finite' };
+  }
+}
