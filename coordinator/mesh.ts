@@ -223,8 +223,12 @@ export class MeshExecutor implements GradientExecutor {
         case 'hello': return this.onHello(w, message);
         case 'ready': return this.onReady(w);
         case 'result': return this.onResult(w, message);
-        case 'worker-error': return this.onWorkerError(w, message.code, message.message, message.assignmentId);
-        case 'heartbeat': return;
+        case 'worker-error':
+          if (w.state === 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'worker-error before hello');
+          return this.onWorkerError(w, message.code, message.message, message.assignmentId);
+        case 'heartbeat':
+          if (w.state === 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'heartbeat before hello');
+          return;
         default: throw new LoraMeshError(ErrorCodes.STATE, `a coordinator does not accept ${message.type} messages`);
       }
     } catch (err) {
@@ -370,7 +374,9 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   private onWorkerError(w: WorkerConnection, code: string, message: string, assignmentId?: string): void {
-    this.log(`worker ${w.id} reported ${code}: ${message}`);
+    // A peer's text goes into the log and dashboard: one line, bounded, no control characters.
+    const clean = (text: string, max: number) => text.replace(/[\u0000-\u001f\u007f]+/g, ' ').slice(0, max);
+    this.log(`worker ${w.id} reported ${clean(code, 64)}: ${clean(message, 300)}`);
     if (w.holding && (assignmentId === undefined || assignmentId === w.holding.assignmentId)) this.release(w, 'lost');
     this.dispatch();
   }

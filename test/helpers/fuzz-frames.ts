@@ -19,7 +19,7 @@ export type ConnState = 'fresh' | 'joined';
 
 export type Outcome =
   | { kind: 'reject'; code: ErrorCode }
-  /** a valid heartbeat or worker-error: taken without a reply */
+  /** a valid heartbeat or worker-error after hello: taken without a reply */
   | { kind: 'none' }
   /** the server closes the socket with closeCode, after a reject carrying `code` when not null */
   | { kind: 'close'; code: ErrorCode | null; closeCode: number }
@@ -93,7 +93,7 @@ export function predict(bytes: Uint8Array, state: ConnState): Outcome {
       return raw.protocol === PROTOCOL_VERSION ? { kind: 'unwanted' } : { kind: 'close', code: ErrorCodes.PROTOCOL_VERSION, closeCode: 1002 };
     case 'ready': return state === 'joined' ? { kind: 'unwanted' } : reject(ErrorCodes.STATE);
     case 'result': return reject(ErrorCodes.ASSIGNMENT);
-    case 'worker-error': case 'heartbeat': return { kind: 'none' };
+    case 'worker-error': case 'heartbeat': return state === 'joined' ? { kind: 'none' } : reject(ErrorCodes.STATE); // before hello: refused
     default: return reject(ErrorCodes.STATE); // coordinator → worker messages
   }
 }
@@ -142,7 +142,12 @@ export class FrameFactory {
     for (;;) {
       let category = this.category();
       if (category === 'wrong-protocol' && state !== 'fresh') category = 'valid';
-      const frame = this.build(category, state);
+      let frame: Frame | null;
+      try {
+        frame = this.build(category, state);
+      } catch {
+        continue; // the generator itself tripped on an odd value (never sent): draw another frame
+      }
       if (!frame || frame.outcome.kind === 'unwanted') continue;
       if (frame.outcome.kind !== 'close' && frame.data.length > this.maxFrameBytes) continue; // keep under maxPayload
       return frame;
