@@ -1,22 +1,17 @@
 /** The single-process executor: computes every micro-batch here, in order. The reference for exactness tests. */
-import type * as tf from '@tensorflow/tfjs-core';
-import type { LoraConfig, ModelConfig } from '../shared/config.ts';
+import type { LoraConfig } from '../shared/config.ts';
 import type { AdapterState, AdapterTensorSpec } from '../shared/lora/adapter.ts';
-import { FrozenBase } from '../shared/lora/params.ts';
-import { createModel, type CausalLM } from '../shared/model/causal-lm.ts';
+import type { FrozenBase } from '../shared/lora/params.ts';
+import type { CausalLM } from '../shared/model/causal-lm.ts';
 import { computeGradients, type GradientResult } from '../shared/train/gradients.ts';
 import type { MicroBatch } from '../shared/train/micro-batch.ts';
 import type { GradientExecutor } from './trainer.ts';
 
 export class InProcessExecutor implements GradientExecutor {
-  private readonly model: CausalLM;
-  private readonly base: FrozenBase;
   private adapter: AdapterState = new Map();
 
-  constructor(config: ModelConfig, weights: Map<string, tf.Tensor>, private readonly spec: AdapterTensorSpec[], private readonly lora: LoraConfig) {
-    this.model = createModel(config);
-    this.base = new FrozenBase(config, weights);
-  }
+  /** model and base are shared with the coordinator's eval (one copy of the weights) */
+  constructor(private readonly model: CausalLM, private readonly base: FrozenBase, private readonly spec: AdapterTensorSpec[], private readonly lora: LoraConfig) {}
 
   publish(_paramVersion: number, adapter: AdapterState): void {
     this.adapter = new Map([...adapter].map(([k, v]) => [k, v.slice()]));

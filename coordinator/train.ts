@@ -121,7 +121,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   let server: Awaited<ReturnType<typeof startServer>> | null = null;
   let children: ReturnType<typeof spawnLocalWorkers> = [];
   if (opts.inProcess) {
-    executor = new InProcessExecutor(model.config, opts.weights ?? loadWeights(model).weights, spec, lora);
+    executor = new InProcessExecutor(local().model, local().base, spec, lora);
   } else {
     const manifest: RunManifest = {
       runId,
