@@ -11,7 +11,7 @@ import { FrozenBase } from './lora/params.ts';
 import { createModel, type CausalLM } from './model/causal-lm.ts';
 import { decodeMessage, encodeMessage } from './protocol/codec.ts';
 import { checkTensors, PROTOCOL_VERSION, type Assign, type Message, type RunManifest, type WorkerMessage } from './protocol/messages.ts';
-import { computeGradientsAsync } from './train/gradients.ts';
+import { computeGradientsAsync, type GradientResult } from './train/gradients.ts';
 
 export interface WorkerPlatform {
   backend: string;
@@ -33,6 +33,8 @@ export interface WorkerOptions {
 }
 
 export interface WorkerHooks {
+  /** replaces the gradient computation (simulated workers in benchmarks); the base model is then never loaded */
+  compute?(a: Assign, adapter: ReadonlyMap<string, Float32Array>): Promise<GradientResult>;
   afterParams?(paramVersion: number): void | Promise<void>;
   /** after computing, before the result is sent; may replace the result (fault injection) */
   beforeResult?(a: Assign, result: WorkerMessage): void | WorkerMessage | Promise<void | WorkerMessage>;
@@ -78,7 +80,7 @@ export class WorkerSession {
       case 'welcome': {
         this.workerId = message.workerId;
         this.manifest = message.manifest;
-        if (!this.base) {
+        if (!this.base && !this.options.hooks?.compute) {
           const config = checkModelConfig(message.manifest.model.config);
           const weights = await this.platform.loadBase(message.manifest);
           this.model = createModel(config);
@@ -116,12 +118,13 @@ export class WorkerSession {
   }
 
   private async compute(a: Assign): Promise<WorkerMessage> {
-    if (!this.model || !this.base || !this.manifest) throw new LoraMeshError(ErrorCodes.STATE, 'assignment before welcome');
+    const simulate = this.options.hooks?.compute;
+    if (!this.manifest || (!simulate && (!this.model || !this.base))) throw new LoraMeshError(ErrorCodes.STATE, 'assignment before welcome');
     if (a.paramVersion !== this.paramVersion) {
       return { type: 'worker-error', assignmentId: a.assignmentId, code: ErrorCodes.STALE, message: `assignment for version ${a.paramVersion}, I hold ${this.paramVersion}` };
     }
     const started = performance.now();
-    const r = await computeGradientsAsync(this.model, this.base, this.spec, this.adapter, this.manifest.lora, a.microBatch);
+    const r = simulate ? await simulate(a, this.adapter) : await computeGradientsAsync(this.model!, this.base!, this.spec, this.adapter, this.manifest.lora, a.microBatch);
     this.assignmentsDone++;
     return {
       type: 'result', assignmentId: a.assignmentId, paramVersion: a.paramVersion, tokenCount: r.tokenCount,
