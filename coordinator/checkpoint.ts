@@ -2,7 +2,7 @@
  * Resumable checkpoints: runs/<run-id>/checkpoints/step-<000123>.ckpt, one safetensors file per
  * saved step holding everything Trainer.importState needs plus the run config and the ledger.
  *
- *   tensors   adapter/<name>, adam.m/<name>, adam.v/<name>   F32, shape [length]
+ *   tensors   adapter/<name>, adam.m/<name>, adam.v/<name>, outer.m/<name> (local-steps mode)   F32, shape [length]
  *   metadata  format, step, paramVersion, cursor (JSON), adamStep, config (JSON), ledger (JSON),
  *             sha256 (hex, over everything else: see checkpointDigest)
  *
@@ -24,7 +24,7 @@ const FORMAT = 'loramesh-checkpoint/1';
 const CHECKPOINT_NAME = /^step-(\d+)\.ckpt$/;
 /** writeAtomic's temp name: `<final>.tmp-<pid>` */
 const TEMP_NAME = /^step-\d+\.ckpt\.tmp-(\d+)$/;
-const GROUPS = ['adapter', 'adam.m', 'adam.v'] as const;
+const GROUPS = ['adapter', 'adam.m', 'adam.v', 'outer.m'] as const;
 
 export interface LoadedCheckpoint {
   path: string;
@@ -70,6 +70,7 @@ export function saveCheckpoint(dir: string, state: TrainerState, extra: { config
   add('adapter', state.adapter);
   add('adam.m', state.adam.m);
   add('adam.v', state.adam.v);
+  if (state.outerMomentum) add('outer.m', state.outerMomentum);
   const metadata: Record<string, string> = {
     format: FORMAT,
     step: String(state.step),
@@ -194,8 +195,8 @@ function decodeCheckpoint(bytes: Uint8Array, fileStep: number): { state: Trainer
     const [begin, end] = entry.data_offsets;
     group.set(key.slice(slash + 1), decodeTensorData(key, entry, bytes.subarray(dataStart + begin, dataStart + end)).data as Float32Array);
   }
-  const [adapter, m, v] = GROUPS.map((g) => groups.get(g)!);
-  for (const [what, arrays] of [['adam.m', m], ['adam.v', v]] as const) {
+  const [adapter, m, v, outer] = GROUPS.map((g) => groups.get(g)!);
+  for (const [what, arrays] of [['adam.m', m], ['adam.v', v], ...(outer.size > 0 ? [['outer.m', outer] as const] : [])] as const) {
     const names = [...adapter.keys()];
     if (arrays.size !== adapter.size || names.some((n) => arrays.get(n)?.length !== adapter.get(n)!.length)) {
       fail(ErrorCodes.STATE, `${what} tensors do not match the adapter tensors one for one (${arrays.size} vs ${adapter.size})`);
@@ -207,6 +208,7 @@ function decodeCheckpoint(bytes: Uint8Array, fileStep: number): { state: Trainer
     cursor: { epoch: cursor.epoch as number, position: cursor.position as number },
     adapter,
     adam: { step: count('adamStep'), m, v },
+    ...(outer.size > 0 ? { outerMomentum: outer } : {}),
   };
   return { state, config: json('config'), ledger: meta.ledger === undefined ? null : json('ledger') };
 }

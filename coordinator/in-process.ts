@@ -4,14 +4,18 @@ import type { AdapterState, AdapterTensorSpec } from '../shared/lora/adapter.ts'
 import type { FrozenBase } from '../shared/lora/params.ts';
 import type { CausalLM } from '../shared/model/causal-lm.ts';
 import { computeGradients, type GradientResult } from '../shared/train/gradients.ts';
+import { runLocalJob, type InnerOptimizer } from '../shared/train/local-steps.ts';
 import type { MicroBatch } from '../shared/train/micro-batch.ts';
-import type { GradientExecutor } from './trainer.ts';
+import type { GradientExecutor, LocalJob } from './trainer.ts';
 
 export class InProcessExecutor implements GradientExecutor {
   private adapter: AdapterState = new Map();
 
   /** model and base are shared with the coordinator's eval (one copy of the weights) */
-  constructor(private readonly model: CausalLM, private readonly base: FrozenBase, private readonly spec: AdapterTensorSpec[], private readonly lora: LoraConfig) {}
+  constructor(
+    private readonly model: CausalLM, private readonly base: FrozenBase, private readonly spec: AdapterTensorSpec[], private readonly lora: LoraConfig,
+    private readonly inner?: InnerOptimizer,
+  ) {}
 
   publish(_paramVersion: number, adapter: AdapterState): void {
     this.adapter = new Map([...adapter].map(([k, v]) => [k, v.slice()]));
@@ -19,5 +23,11 @@ export class InProcessExecutor implements GradientExecutor {
 
   async compute(_step: number, _paramVersion: number, microBatches: MicroBatch[]): Promise<GradientResult[]> {
     return microBatches.map((mb) => computeGradients(this.model, this.base, this.spec, this.adapter, this.lora, mb));
+  }
+
+  async computeLocal(_step: number, _paramVersion: number, jobs: LocalJob[]): Promise<GradientResult[]> {
+    const results: GradientResult[] = [];
+    for (const job of jobs) results.push(await runLocalJob(this.model, this.base, this.spec, this.adapter, this.lora, job.microBatches, job.lr, this.inner!));
+    return results;
   }
 }

@@ -11,11 +11,16 @@ import type { AdapterState } from '../shared/lora/adapter.ts';
 import { mixSeed } from '../shared/rng.ts';
 import { ErrorCodes, LoraMeshError, type ErrorCode } from '../shared/errors.ts';
 import { decodeMessage, encodeMessage } from '../shared/protocol/codec.ts';
-import { checkTensors, PROTOCOL_VERSION, type CoordinatorMessage, type Hello, type Result, type RunManifest } from '../shared/protocol/messages.ts';
+import {
+  adapterLength, flattenTensors, PROTOCOL_VERSION, splitTensors, unpackFloats,
+  type CoordinatorMessage, type Hello, type Result, type RunManifest,
+} from '../shared/protocol/messages.ts';
+import { decodeFloats, describeCodec, encodeFloats, F32, payloadBytes } from '../shared/protocol/wire-codec.ts';
 import type { GradientResult } from '../shared/train/gradients.ts';
 import { type MicroBatch, tokenCount } from '../shared/train/micro-batch.ts';
 import { StepSchedule, type LedgerEntry, type ScheduleOptions } from './scheduler.ts';
-import type { GradientExecutor } from './trainer.ts';
+import type { GradientExecutor, LocalJob } from './trainer.ts';
+import { ByteCounter, wsFrameBytes } from './traffic.ts';
 
 /** The attempt a worker is computing; a worker holds at most one at a time. */
 interface Holding {
@@ -42,6 +47,7 @@ export interface WorkerInfo {
   tokensDone: number;
   /** tokens per second of compute, exponential moving average */
   throughput: number;
+  /** bytes on the socket, WebSocket frame headers included */
   bytesIn: number;
   bytesOut: number;
   rejected: number;
@@ -76,8 +82,14 @@ export interface SpotCheck {
   fraction: number;
   tolerance: number;
   secret: number;
-  recompute: (mb: MicroBatch, adapter: AdapterState) => Promise<GradientResult>;
+  /** the trusted result of a micro-batch (sync) or a local job, from the parameters the workers hold */
+  recompute: (work: WorkItem, adapter: AdapterState) => Promise<GradientResult>;
 }
+
+/** One unit of assignment: a micro-batch (synchronous mode) or a job of H micro-batches (local-steps mode). */
+export type WorkItem = { kind: 'grad'; microBatch: MicroBatch } | { kind: 'local'; job: LocalJob };
+
+const itemMicroBatches = (w: WorkItem) => (w.kind === 'grad' ? [w.microBatch] : w.job.microBatches);
 
 /** Per-connection limits, on by default. */
 export interface SecurityLimits {
@@ -96,17 +108,22 @@ export const DEFAULT_SECURITY: SecurityLimits = { maxMessagesPerSecond: 200, max
 interface StepInFlight {
   paramVersion: number;
   schedule: StepSchedule;
-  microBatches: MicroBatch[];
+  items: WorkItem[];
   results: (GradientResult | undefined)[];
   resolve: (results: GradientResult[]) => void;
 }
 
 export class MeshExecutor implements GradientExecutor {
   readonly workers = new Map<string, WorkerConnection>();
-  bytesIn = 0;
-  bytesOut = 0;
+  /** every frame by direction and kind; per worker in WorkerInfo */
+  readonly traffic = new ByteCounter();
   private paramsFrame: Uint8Array | null = null;
+  /** full f32 parameters for workers that join after a delta (built on demand) */
+  private keyframe: Uint8Array | null = null;
   private paramVersion = -1;
+  /** what workers hold: the exact adapter with f32, the sum of decoded deltas with a lossy down codec */
+  private shadow: Float32Array | null = null;
+  private readonly adapterValues: number;
   /** names of workers that failed a spot check: refused if they come back (names are self-chosen, so this stops careless or restarted liars; per-volunteer tokens would make it binding) */
   private readonly banned = new Set<string>();
   private adapter: AdapterState = new Map();
@@ -121,6 +138,15 @@ export class MeshExecutor implements GradientExecutor {
   constructor(private readonly options: MeshOptions) {
     this.log = options.log ?? (() => {});
     this.limits = { ...DEFAULT_SECURITY, ...options.security };
+    this.adapterValues = adapterLength(options.manifest.adapter);
+  }
+
+  get bytesIn(): number {
+    return this.traffic.inTotal;
+  }
+
+  get bytesOut(): number {
+    return this.traffic.outTotal;
   }
 
   /** Resolves once at least `count` workers are ready to compute. */
@@ -133,18 +159,55 @@ export class MeshExecutor implements GradientExecutor {
     return [...this.workers.values()].filter((w) => w.state === 'ready').length;
   }
 
+  /**
+   * Sends a new parameter version. With f32 down it is the full vector (exact). With a lossy down
+   * codec it is Q(exact − shadow), and the shadow (what workers hold) adds the decoded delta, so
+   * what one message could not carry is in the next (error feedback; the exact copy stays here).
+   */
   publish(paramVersion: number, adapter: AdapterState): void {
+    const exact = flattenTensors(adapter, this.options.manifest.adapter);
+    const down = this.options.manifest.wire.down;
+    const previous = this.paramVersion;
     this.paramVersion = paramVersion;
-    this.adapter = adapter;
-    this.paramsFrame = encodeMessage({ type: 'params', paramVersion, tensors: Object.fromEntries(adapter) });
-    for (const w of this.workers.values()) if (w.state !== 'handshake') this.sendFrame(w, this.paramsFrame);
+    this.keyframe = null;
+    if (down.name === 'f32' || !this.shadow) {
+      this.shadow = exact;
+      this.paramsFrame = this.encodeKeyframe();
+      this.keyframe = this.paramsFrame;
+    } else {
+      const delta = new Float32Array(exact.length);
+      for (let i = 0; i < delta.length; i++) delta[i] = exact[i] - this.shadow[i];
+      const tensors = encodeFloats(delta, down);
+      const decoded = decodeFloats(tensors);
+      for (let i = 0; i < decoded.length; i++) this.shadow[i] += decoded[i];
+      this.paramsFrame = encodeMessage({ type: 'params', paramVersion, deltaFrom: previous, tensors });
+      this.paramsPayload = payloadBytes(tensors);
+    }
+    this.adapter = splitTensors(this.shadow.slice(), this.options.manifest.adapter);
+    for (const w of this.workers.values()) if (w.state !== 'handshake') this.sendFrame(w, this.paramsFrame, 'params', this.paramsPayload);
+  }
+
+  private paramsPayload = 0;
+
+  private encodeKeyframe(): Uint8Array {
+    const tensors = encodeFloats(this.shadow!, F32);
+    this.paramsPayload = payloadBytes(tensors);
+    return encodeMessage({ type: 'params', paramVersion: this.paramVersion, tensors });
   }
 
   compute(step: number, paramVersion: number, microBatches: MicroBatch[]): Promise<GradientResult[]> {
+    return this.run(step, paramVersion, microBatches.map((microBatch) => ({ kind: 'grad', microBatch })));
+  }
+
+  computeLocal(step: number, paramVersion: number, jobs: LocalJob[]): Promise<GradientResult[]> {
+    return this.run(step, paramVersion, jobs.map((job) => ({ kind: 'local', job })));
+  }
+
+  private run(step: number, paramVersion: number, items: WorkItem[]): Promise<GradientResult[]> {
     return new Promise((resolve) => {
-      const positions = microBatches.map((mb) => mb.batch * mb.time);
+      const positions = items.map((item) => itemMicroBatches(item).reduce((n, mb) => n + mb.batch * mb.time, 0));
       this.inFlight = {
-        paramVersion, microBatches, resolve, results: new Array(microBatches.length),
+        paramVersion, items, resolve, results: new Array(items.length),
         schedule: new StepSchedule(step, positions, (id, n) => this.expectedMs(id, n), this.options.schedule),
       };
       this.dispatch();
@@ -210,8 +273,9 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   private onFrame(w: WorkerConnection, data: Buffer, isBinary: boolean): void {
-    w.bytesIn += data.length;
-    this.bytesIn += data.length;
+    const wire = wsFrameBytes(data.length, true);
+    w.bytesIn += wire;
+    this.traffic.countIn(wire);
     w.lastSeen = Date.now();
     w.alive = true;
     if (w.quarantined) return;
@@ -263,7 +327,7 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   /** The join token was already checked in the HTTP upgrade (server.ts); hello carries capabilities. */
-  private onHello(w: WorkerConnection, { protocol, name, backend, platform, adapter, slow }: Hello): void {
+  private onHello(w: WorkerConnection, { protocol, name, backend, platform, adapter, slow, codecs }: Hello): void {
     if (w.state !== 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'hello sent twice');
     if (name !== undefined && this.banned.has(name)) {
       this.closeWith(w, ErrorCodes.QUARANTINED, `worker ${name} failed a spot check earlier in this run`);
@@ -274,11 +338,17 @@ export class MeshExecutor implements GradientExecutor {
       w.ws.close(1002, ErrorCodes.PROTOCOL_VERSION);
       return;
     }
+    const { up, down } = this.options.manifest.wire;
+    const missing = [up, down].map((c) => c.name).filter((c) => c !== 'f32' && !(codecs ?? ['f32']).includes(c));
+    if (missing.length > 0) {
+      this.closeWith(w, ErrorCodes.CODEC, `this run sends ${describeCodec(up)} up and ${describeCodec(down)} down; the worker supports ${(codecs ?? ['f32']).join(', ')}`);
+      return;
+    }
     Object.assign(w, { name: name ?? w.id, backend, platform, adapter: adapter ?? '', slow: !!slow, state: 'loading' });
     this.log(`worker ${w.id} (${w.name}, ${platform}/${backend}${adapter ? ` on ${adapter}` : ''}) joined`);
     if (slow) this.log(`warning: worker ${w.id} runs on a slow fallback backend (${backend}${adapter ? `, ${adapter}` : ''})`);
     this.send(w, { type: 'welcome', workerId: w.id, manifest: this.options.manifest });
-    if (this.paramsFrame) this.sendFrame(w, this.paramsFrame);
+    if (this.shadow) this.sendFrame(w, (this.keyframe ??= this.encodeKeyframe()), 'params', 4 * this.adapterValues);
   }
 
   private onReady(w: WorkerConnection): void {
@@ -301,12 +371,13 @@ export class MeshExecutor implements GradientExecutor {
       this.dispatch();
       return;
     }
+    let grads: Map<string, Float32Array>;
     try {
       if (r.paramVersion !== step.paramVersion) throw new LoraMeshError(ErrorCodes.STALE, `result for version ${r.paramVersion}, current is ${step.paramVersion}`);
-      const mb = step.microBatches[held.index];
-      const expectedTokens = tokenCount(mb);
-      if (r.tokenCount !== expectedTokens) throw new LoraMeshError(ErrorCodes.FIELD, `result.tokenCount ${r.tokenCount} should be ${expectedTokens} for this micro-batch`);
-      checkTensors(r.grads, this.options.manifest.adapter, 'result.grads');
+      const expectedTokens = itemMicroBatches(step.items[held.index]).reduce((n, mb) => n + tokenCount(mb), 0);
+      if (r.tokenCount !== expectedTokens) throw new LoraMeshError(ErrorCodes.FIELD, `result.tokenCount ${r.tokenCount} should be ${expectedTokens} for this ${step.items[held.index].kind === 'grad' ? 'micro-batch' : 'job'}`);
+      grads = splitTensors(unpackFloats(r.grads, this.options.manifest.wire.up, this.adapterValues, 'result.grads'), this.options.manifest.adapter);
+      this.traffic.countPayloadIn(payloadBytes(r.grads));
     } catch (err) {
       step.schedule.lose(held.assignmentId, 'rejected', now);
       this.dispatch();
@@ -315,19 +386,19 @@ export class MeshExecutor implements GradientExecutor {
     const check = this.options.spotCheck;
     if (check && mixSeed(check.secret, held.step, held.index) / 2 ** 32 < check.fraction) {
       // Hold the worker's result until the trusted recomputation agrees.
-      void this.spotCheck(w, held, r, step, check);
+      void this.spotCheck(w, held, r, grads, step, check);
       return;
     }
-    this.accept(w, held, r, step, now);
+    this.accept(w, held, r, grads, step, now);
   }
 
-  private async spotCheck(w: WorkerConnection, held: Holding, r: Result, step: StepInFlight, check: SpotCheck): Promise<void> {
-    const trusted = await check.recompute(step.microBatches[held.index], this.adapter);
+  private async spotCheck(w: WorkerConnection, held: Holding, r: Result, grads: Map<string, Float32Array>, step: StepInFlight, check: SpotCheck): Promise<void> {
+    const trusted = await check.recompute(step.items[held.index], this.adapter);
     if (this.inFlight !== step) return; // the step ended meanwhile (a copy won)
     let diff = 0;
     let norm = 0;
     for (const [name, g] of trusted.grads) {
-      const theirs = r.grads[name];
+      const theirs = grads.get(name)!;
       for (let i = 0; i < g.length; i++) {
         diff += (g[i] - theirs[i]) ** 2;
         norm += g[i] ** 2;
@@ -336,7 +407,7 @@ export class MeshExecutor implements GradientExecutor {
     const relative = Math.sqrt(diff) / Math.max(1e-12, Math.sqrt(norm));
     const now = Date.now();
     if (relative <= check.tolerance) {
-      this.accept(w, held, r, step, now);
+      this.accept(w, held, r, grads, step, now);
       return;
     }
     this.log(`worker ${w.id} failed a spot check (step ${held.step}, micro-batch ${held.index}: relative L2 ${relative.toExponential(2)}); quarantining it`);
@@ -353,8 +424,8 @@ export class MeshExecutor implements GradientExecutor {
     this.dispatch();
   }
 
-  private accept(w: WorkerConnection, held: Holding, r: Result, step: StepInFlight, now: number): void {
-    const positions = step.microBatches[held.index].batch * step.microBatches[held.index].time;
+  private accept(w: WorkerConnection, held: Holding, r: Result, grads: Map<string, Float32Array>, step: StepInFlight, now: number): void {
+    const positions = itemMicroBatches(step.items[held.index]).reduce((n, mb) => n + mb.batch * mb.time, 0);
     const tps = positions / Math.max(1e-3, (now - held.sentAt) / 1000); // measured here: includes the network
     w.throughput = w.throughput === 0 ? tps : 0.7 * w.throughput + 0.3 * tps;
     w.microBatchesDone++;
@@ -363,7 +434,7 @@ export class MeshExecutor implements GradientExecutor {
     if (outcome === 'duplicate') w.discarded++;
     if (outcome === 'used') {
       w.used++;
-      step.results[held.index] = { lossSum: r.lossSum, tokenCount: r.tokenCount, grads: new Map(Object.entries(r.grads)) };
+      step.results[held.index] = { lossSum: r.lossSum, tokenCount: r.tokenCount, grads };
     }
     if (step.schedule.remaining === 0) {
       this.inFlight = null;
@@ -410,23 +481,28 @@ export class MeshExecutor implements GradientExecutor {
       if (!a) continue;
       if (a.reason === 'straggler') this.log(`micro-batch ${a.index} of step ${step.schedule.step} is slow; also giving it to worker ${w.id}`);
       w.holding = { assignmentId: a.assignmentId, step: step.schedule.step, index: a.index, sentAt: now };
-      this.send(w, { type: 'assign', assignmentId: a.assignmentId, paramVersion: step.paramVersion, step: step.schedule.step, index: a.index, microBatch: step.microBatches[a.index] });
+      const item = step.items[a.index];
+      const common = { assignmentId: a.assignmentId, paramVersion: step.paramVersion, step: step.schedule.step, index: a.index };
+      this.send(w, item.kind === 'grad'
+        ? { type: 'assign', ...common, microBatch: item.microBatch }
+        : { type: 'assign-local', ...common, lr: item.job.lr, microBatches: item.job.microBatches }, 'assign');
     }
   }
 
-  private send(w: WorkerConnection, message: CoordinatorMessage): void {
-    this.sendFrame(w, encodeMessage(message));
+  private send(w: WorkerConnection, message: CoordinatorMessage, kind: 'assign' | 'other' = 'other'): void {
+    this.sendFrame(w, encodeMessage(message), kind);
   }
 
-  private sendFrame(w: WorkerConnection, frame: Uint8Array): void {
+  private sendFrame(w: WorkerConnection, frame: Uint8Array, kind: 'params' | 'assign' | 'other', payload = 0): void {
     if (w.ws.readyState !== w.ws.OPEN) return;
     if (w.ws.bufferedAmount > 4 * this.limits.maxBufferedBytes) {
       this.log(`worker ${w.id}: ${w.ws.bufferedAmount} bytes unsent; dropping it`);
       w.ws.terminate();
       return;
     }
-    w.bytesOut += frame.length;
-    this.bytesOut += frame.length;
+    const wire = wsFrameBytes(frame.length, false);
+    w.bytesOut += wire;
+    this.traffic.countOut(wire, kind, payload);
     w.ws.send(frame);
   }
 

@@ -13,6 +13,11 @@ export interface StepRecord {
   stepMs: number;
   bytesUp: number;
   bytesDown: number;
+  /** what synchronous fp32 LoRA and full fine-tuning would move for the same samples */
+  fp32LoraBytes: number;
+  fullFineTuneBytes: number;
+  /** sequences this step consumed (× H in local-steps mode) */
+  samples: number;
 }
 
 export interface RunSummary {

@@ -15,10 +15,13 @@ import type { Aggregation } from '../shared/train/robust.ts';
 import { randomInt } from 'node:crypto';
 import { packMicroBatch, type Example, type MicroBatch } from '../shared/train/micro-batch.ts';
 import type { RunManifest } from '../shared/protocol/messages.ts';
+import { checkCodecSpec, describeCodec, F32, type CodecSpec } from '../shared/protocol/wire-codec.ts';
+import { runLocalJob, type OuterConfig } from '../shared/train/local-steps.ts';
+import { NO_TRAFFIC, trafficSince } from './traffic.ts';
 import { ErrorCodes, fail, LoraMeshError } from '../shared/errors.ts';
 import { InProcessExecutor } from './in-process.ts';
 import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
-import { MeshExecutor, type SecurityLimits } from './mesh.ts';
+import { MeshExecutor, type SecurityLimits, type WorkItem } from './mesh.ts';
 import { RunMonitor } from './monitor.ts';
 import { loadLatestCheckpoint, saveCheckpoint } from './checkpoint.ts';
 import type { ScheduleOptions } from './scheduler.ts';
@@ -83,6 +86,10 @@ export interface RunOptions {
   /** enables POST /api/admin/{pause,resume,stop,kick} with this bearer token */
   adminToken?: string;
   dashboardAccess?: 'public' | 'admin';
+  /** wire codecs: up = results, down = parameters (default f32 both ways: exact) */
+  wire?: { up: CodecSpec; down: CodecSpec };
+  /** local-steps (DiLoCo) mode; absent = synchronous */
+  local?: OuterConfig;
 }
 
 export interface EvalPoint {
@@ -114,29 +121,38 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   if (!opts.resume) runDir.writeConfig({ runId, ...checkpointConfig, modelConfig: model.config, data: opts.dataSpec ?? null, localWorkers: opts.localWorkers, inProcess: !!opts.inProcess });
 
   const spec = adapterSpec(model.config, lora);
+  const wire = { up: checkCodecSpec(opts.wire?.up ?? F32, 'wire up codec'), down: checkCodecSpec(opts.wire?.down ?? F32, 'wire down codec') };
+  const local = opts.local ? checkLocal(opts.local) : undefined;
+  const inner = { beta1: train.beta1, beta2: train.beta2, eps: train.eps, weightDecay: train.weightDecay, clipNorm: train.clipNorm };
   // The coordinator's own copy of the model, made on first use: eval loss and spot checks.
   let localModel: { model: CausalLM; base: FrozenBase } | null = null;
-  const local = () => (localModel ??= { model: createModel(model.config), base: new FrozenBase(model.config, opts.weights ?? loadWeights(model).weights) });
+  const localCopy = () => (localModel ??= { model: createModel(model.config), base: new FrozenBase(model.config, opts.weights ?? loadWeights(model).weights) });
   let executor: InProcessExecutor | MeshExecutor;
   let server: Awaited<ReturnType<typeof startServer>> | null = null;
   let children: ReturnType<typeof spawnLocalWorkers> = [];
   if (opts.inProcess) {
-    executor = new InProcessExecutor(local().model, local().base, spec, lora);
+    executor = new InProcessExecutor(localCopy().model, localCopy().base, spec, lora, inner);
   } else {
     const manifest: RunManifest = {
       runId,
       model: { config: model.config, files: model.files.map(({ name, sha256, bytes }) => ({ name, sha256, bytes })) },
       lora,
       adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
+      wire,
+      ...(local ? { local: { steps: local.steps, ...inner } } : {}),
     };
     const check = opts.spotCheck;
     const spotCheck = check && check.fraction > 0 ? {
       ...check, secret: randomInt(2 ** 31),
-      recompute: (mb: MicroBatch, adapter: AdapterState) => computeGradientsAsync(local().model, local().base, spec, adapter, lora, mb),
+      recompute: (work: WorkItem, adapter: AdapterState) => work.kind === 'grad'
+        ? computeGradientsAsync(localCopy().model, localCopy().base, spec, adapter, lora, work.microBatch)
+        : runLocalJob(localCopy().model, localCopy().base, spec, adapter, lora, work.job.microBatches, work.job.lr, inner),
     } : undefined;
     executor = new MeshExecutor({ manifest, spotCheck, log: (line) => log(line), schedule: opts.schedule, security: opts.security });
   }
-  const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter, aggregation: opts.aggregation }, executor);
+  const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter, aggregation: opts.aggregation, local }, executor);
+  if (!opts.inProcess) log(`wire: ${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down${local ? `; local steps: H=${local.steps}, inner lr ${local.innerLr}, outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}` : ''}`);
+  else if (local) log(`local steps: H=${local.steps}, inner lr ${local.innerLr}, outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}`);
   if (opts.resume) {
     const checkpoint = loadLatestCheckpoint(runDir.path, log) ?? fail(ErrorCodes.STATE, `--resume ${runDir.path}: no valid checkpoint to resume from`);
     if (JSON.stringify(checkpoint.config) !== JSON.stringify(checkpointConfig)) {
@@ -151,7 +167,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   const adminStop = new AbortController();
   const stopRequested = () => !!opts.signal?.aborted || adminStop.signal.aborted;
   const checkpoint = () => log(`checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig, ledger: runDir.readLedger() }, opts.keepCheckpoints ?? 3)}`);
-  const evaluate = makeEvaluator(opts, spec, local);
+  const evaluate = makeEvaluator(opts, spec, localCopy);
   const evalLosses: EvalPoint[] = [];
   const runEval = () => {
     if (!evaluate) return;
@@ -206,18 +222,30 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   try {
     runEval();
     trainer.start();
-    let lastIn = mesh?.bytesIn ?? 0;
-    let lastOut = mesh?.bytesOut ?? 0;
+    let lastTraffic = mesh?.traffic.snapshot() ?? NO_TRAFFIC;
+    const adapterParameters = adapterParameterCount(spec);
     while (!trainer.done) {
       const m = await trainer.runStep();
       metrics.push(m);
-      const bytesUp = (mesh?.bytesIn ?? 0) - lastIn;
-      const bytesDown = (mesh?.bytesOut ?? 0) - lastOut;
-      lastIn = mesh?.bytesIn ?? 0;
-      lastOut = mesh?.bytesOut ?? 0;
+      const now = mesh?.traffic.snapshot() ?? NO_TRAFFIC;
+      const traffic = trafficSince(lastTraffic, now);
+      lastTraffic = now;
+      const bytesUp = traffic.bytesIn;
+      const bytesDown = traffic.bytesOut;
+      // What synchronous fp32 training of the same samples would move: a gradient up per
+      // micro-batch, the parameters down to every worker after every (sync) step.
+      const workersNow = Math.max(1, mesh?.readyCount() ?? 1);
+      const baseline = (parameters: number) => 4 * parameters * (m.microBatches + (m.samples / train.globalBatch) * workersNow);
       runDir.appendLedger(m.step, mesh ? mesh.lastLedger : [{ step: m.step - 1, worker: 'in-process', microBatches: train.globalBatch / train.microBatch }]);
-      monitor.step({ step: m.step, loss: m.loss, lr: m.lr, tokens: m.tokens, tokensPerSecond: m.tokensPerSecond, stepMs: m.stepMs, bytesUp, bytesDown });
-      runDir.appendMetrics({ step: m.step, loss: m.loss, lr: m.lr, grad_norm: m.gradNorm, tokens: m.tokens, tokens_per_s: m.tokensPerSecond, step_ms: m.stepMs, bytes_up: bytesUp, bytes_down: bytesDown, workers: mesh?.readyCount() ?? 0 });
+      const fp32LoraBytes = baseline(adapterParameters);
+      const fullFineTuneBytes = baseline(modelParameters);
+      monitor.step({ step: m.step, loss: m.loss, lr: m.lr, tokens: m.tokens, tokensPerSecond: m.tokensPerSecond, stepMs: m.stepMs, bytesUp, bytesDown, fp32LoraBytes, fullFineTuneBytes, samples: m.samples });
+      runDir.appendMetrics({
+        step: m.step, loss: m.loss, lr: m.lr, grad_norm: m.gradNorm, tokens: m.tokens, samples: m.samples, tokens_per_s: m.tokensPerSecond, step_ms: m.stepMs,
+        bytes_up: bytesUp, bytes_down: bytesDown, payload_up: traffic.payloadIn, payload_down: traffic.payloadOut, data_down: traffic.outAssign,
+        frames_up: traffic.framesIn, frames_down: traffic.framesOut, fp32_lora_bytes: fp32LoraBytes, full_ft_bytes: fullFineTuneBytes,
+        ...(m.factorGap !== undefined ? { factor_gap: m.factorGap } : {}), workers: mesh?.readyCount() ?? 0,
+      });
       bar?.update(m.step, { loss: m.loss.toFixed(4), tps: m.tokensPerSecond.toFixed(0) });
       await opts.onStep?.(m);
       if (evaluate && opts.evalEvery && m.step % opts.evalEvery === 0 && m.step !== train.steps) runEval();
@@ -251,6 +279,14 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     fullFineTuneBytes: train.steps * monitor.summary.fullFineTuneBytesPerStep(workers),
     adapterParameters: adapterParameterCount(trainer.spec), modelParameters, evalLosses,
   };
+}
+
+function checkLocal(local: OuterConfig): OuterConfig {
+  if (!Number.isInteger(local.steps) || local.steps < 1) fail(ErrorCodes.CONFIG, `local steps H should be an integer ≥ 1, got ${local.steps}`);
+  for (const [name, v, max] of [['inner lr', local.innerLr, 10], ['outer lr', local.outerLr, 10], ['outer momentum', local.outerMomentum, 0.999]] as const) {
+    if (!Number.isFinite(v) || v < 0 || v > max) fail(ErrorCodes.CONFIG, `${name} should be a number in [0, ${max}], got ${v}`);
+  }
+  return local;
 }
 
 /** Rejects if local workers exit before enough of them are ready, instead of waiting forever. */

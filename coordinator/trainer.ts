@@ -13,11 +13,22 @@ import type { GradientResult } from '../shared/train/gradients.ts';
 import { type Example, type MicroBatch, packMicroBatch } from '../shared/train/micro-batch.ts';
 import { adamwStep, clipGlobalNorm, initAdam, learningRate, type AdamState } from '../shared/train/optimizer.ts';
 import { EpochSampler, type SamplerCursor } from '../shared/train/sampler.ts';
+import { outerStep, type OuterConfig, type OuterState } from '../shared/train/local-steps.ts';
+import { factorAveragingGap } from '../shared/lora/product-gap.ts';
+import { globalNorm } from '../shared/train/optimizer.ts';
 import { ErrorCodes, fail } from '../shared/errors.ts';
+
+/** Local-steps mode: H micro-batches with inner AdamW steps at `lr`, answered as start − end. */
+export interface LocalJob {
+  microBatches: MicroBatch[];
+  lr: number;
+}
 
 export interface GradientExecutor {
   /** Computes every micro-batch of a step against parameter version `paramVersion`; results in micro-batch order. */
   compute(step: number, paramVersion: number, microBatches: MicroBatch[]): Promise<GradientResult[]>;
+  /** Local-steps mode: every job's pseudo-gradient (grads = start − end), in job order. */
+  computeLocal(step: number, paramVersion: number, jobs: LocalJob[]): Promise<GradientResult[]>;
   /** Makes a new parameter version current everywhere. */
   publish(paramVersion: number, adapter: AdapterState): void;
 }
@@ -30,6 +41,12 @@ export interface StepMetrics {
   tokens: number;
   stepMs: number;
   tokensPerSecond: number;
+  /** sequences consumed by this step (global batch, × H in local-steps mode) */
+  samples: number;
+  /** micro-batches computed (× H in local-steps mode) */
+  microBatches: number;
+  /** local-steps mode: ‖mean(B_k A_k) − mean(B)·mean(A)‖ / ‖mean(B_k A_k) − B₀A₀‖ (product-gap.ts) */
+  factorGap?: number;
 }
 
 export interface TrainerOptions {
@@ -42,6 +59,8 @@ export interface TrainerOptions {
   initialAdapter?: AdapterState;
   /** 'sum' (default) is exact data parallelism; the others bound the influence of bad micro-batches */
   aggregation?: Aggregation;
+  /** local-steps (DiLoCo) mode; absent = synchronous data parallelism */
+  local?: OuterConfig;
 }
 
 /** Everything needed to continue a run exactly where it stopped (the RNG is the sampler cursor:
@@ -52,6 +71,8 @@ export interface TrainerState {
   cursor: SamplerCursor;
   adapter: AdapterState;
   adam: AdamState;
+  /** local-steps mode: the outer Nesterov momentum */
+  outerMomentum?: AdapterState;
 }
 
 export class Trainer {
@@ -61,8 +82,10 @@ export class Trainer {
   step = 0;
   readonly sampler: EpochSampler;
   readonly adam: AdamState;
+  readonly outer: OuterState = { momentum: new Map() };
 
   constructor(readonly options: TrainerOptions, private readonly executor: GradientExecutor) {
+    if (options.local && (options.aggregation ?? 'sum') !== 'sum') fail(ErrorCodes.CONFIG, `aggregation ${options.aggregation} cannot be combined with local steps (pseudo-gradients are averaged)`);
     this.spec = adapterSpec(options.model, options.lora);
     this.adapter = options.initialAdapter ? new Map([...options.initialAdapter].map(([k, v]) => [k, v.slice()])) : initAdapter(this.spec, options.lora, mixSeed(options.train.seed, 1));
     this.sampler = new EpochSampler(options.examples.length, mixSeed(options.train.seed, 2));
@@ -74,6 +97,7 @@ export class Trainer {
     return {
       step: this.step, paramVersion: this.paramVersion, cursor: { ...this.sampler.cursor }, adapter: copy(this.adapter),
       adam: { step: this.adam.step, m: copy(this.adam.m), v: copy(this.adam.v) },
+      ...(this.options.local ? { outerMomentum: copy(this.outer.momentum) } : {}),
     };
   }
 
@@ -95,16 +119,17 @@ export class Trainer {
       this.adam.m.set(t.name, state.adam.m.get(t.name)!.slice());
       this.adam.v.set(t.name, state.adam.v.get(t.name)!.slice());
     }
+    this.outer.momentum = new Map([...(state.outerMomentum ?? [])].map(([k, v]) => [k, v.slice()]));
   }
 
   get done(): boolean {
     return this.step >= this.options.train.steps;
   }
 
-  /** The micro-batches of the next step, from the sampler (advances its cursor). */
-  nextMicroBatches(): MicroBatch[] {
+  /** The micro-batches of the next step, from the sampler (advances its cursor); `rounds` global batches. */
+  nextMicroBatches(rounds = 1): MicroBatch[] {
     const t = this.options.train;
-    const indices = this.sampler.next(t.globalBatch);
+    const indices = this.sampler.next(t.globalBatch * rounds);
     const microBatches: MicroBatch[] = [];
     for (let i = 0; i < indices.length; i += t.microBatch) {
       const examples = indices.slice(i, i + t.microBatch).map((k) => this.options.examples[k]);
@@ -118,9 +143,14 @@ export class Trainer {
   }
 
   async runStep(): Promise<StepMetrics> {
+    return this.options.local ? this.runOuterStep(this.options.local) : this.runSyncStep();
+  }
+
+  private async runSyncStep(): Promise<StepMetrics> {
     const started = performance.now();
     const t = this.options.train;
-    const results = await this.executor.compute(this.step, this.paramVersion, this.nextMicroBatches());
+    const microBatches = this.nextMicroBatches();
+    const results = await this.executor.compute(this.step, this.paramVersion, microBatches);
     const exact = aggregateInOrder(results);
     const { lossSum, tokenCount } = exact;
     const how = this.options.aggregation ?? 'sum';
@@ -134,7 +164,38 @@ export class Trainer {
     const stepMs = performance.now() - started;
     return {
       step: this.step, loss: lossSum / Math.max(1, tokenCount), lr, gradNorm, tokens: tokenCount, stepMs,
-      tokensPerSecond: tokenCount / (stepMs / 1000),
+      tokensPerSecond: tokenCount / (stepMs / 1000), samples: t.globalBatch, microBatches: microBatches.length,
+    };
+  }
+
+  /**
+   * One outer step: K = globalBatch/microBatch jobs of H micro-batches each (H·globalBatch
+   * sequences), averaged pseudo-gradient, Nesterov step. The inner lr follows the schedule over
+   * outer steps.
+   */
+  private async runOuterStep(local: OuterConfig): Promise<StepMetrics> {
+    const started = performance.now();
+    const t = this.options.train;
+    const H = local.steps;
+    const microBatches = this.nextMicroBatches(H);
+    const lr = learningRate(this.step, { ...t, lr: local.innerLr });
+    const jobs: LocalJob[] = [];
+    for (let k = 0; k < microBatches.length; k += H) jobs.push({ microBatches: microBatches.slice(k, k + H), lr });
+    const results = await this.executor.computeLocal(this.step, this.paramVersion, jobs);
+    const lossSum = results.reduce((s, r) => s + r.lossSum, 0);
+    const tokenCount = results.reduce((s, r) => s + r.tokenCount, 0);
+    const start = new Map([...this.adapter].map(([k, v]) => [k, v.slice()]));
+    const pseudoGrads = results.map((r) => r.grads);
+    // Gram-matrix cost grows with jobs²; past 16 jobs the diagnostic is skipped.
+    const factorGap = jobs.length <= 16 ? factorAveragingGap(this.spec, start, pseudoGrads, this.options.lora.r) ?? undefined : undefined;
+    const mean = outerStep(this.adapter, pseudoGrads, this.outer, local);
+    this.step += 1;
+    this.paramVersion += 1;
+    this.executor.publish(this.paramVersion, this.adapter);
+    const stepMs = performance.now() - started;
+    return {
+      step: this.step, loss: lossSum / Math.max(1, tokenCount), lr, gradNorm: globalNorm(mean), tokens: tokenCount, stepMs,
+      tokensPerSecond: tokenCount / (stepMs / 1000), samples: t.globalBatch * H, microBatches: microBatches.length, factorGap,
     };
   }
 }

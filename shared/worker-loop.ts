@@ -10,8 +10,13 @@ import { type AdapterTensorSpec } from './lora/adapter.ts';
 import { FrozenBase } from './lora/params.ts';
 import { createModel, type CausalLM } from './model/causal-lm.ts';
 import { decodeMessage, encodeMessage } from './protocol/codec.ts';
-import { checkTensors, PROTOCOL_VERSION, type Assign, type Message, type RunManifest, type WorkerMessage } from './protocol/messages.ts';
+import {
+  adapterLength, flattenTensors, PROTOCOL_VERSION, splitTensors, unpackFloats,
+  type Assign, type AssignLocal, type Message, type Params, type RunManifest, type WorkerMessage,
+} from './protocol/messages.ts';
+import { CODECS, ErrorFeedback, F32 } from './protocol/wire-codec.ts';
 import { computeGradientsAsync, type GradientResult } from './train/gradients.ts';
+import { runLocalJob } from './train/local-steps.ts';
 
 export interface WorkerPlatform {
   backend: string;
@@ -34,12 +39,12 @@ export interface WorkerOptions {
 
 export interface WorkerHooks {
   /** replaces the gradient computation (simulated workers in benchmarks); the base model is then never loaded */
-  compute?(a: Assign, adapter: ReadonlyMap<string, Float32Array>): Promise<GradientResult>;
+  compute?(a: Assign | AssignLocal, adapter: ReadonlyMap<string, Float32Array>): Promise<GradientResult>;
   afterParams?(paramVersion: number): void | Promise<void>;
   /** after computing, before the result is sent; may replace the result (fault injection) */
-  beforeResult?(a: Assign, result: WorkerMessage): void | WorkerMessage | Promise<void | WorkerMessage>;
+  beforeResult?(a: Assign | AssignLocal, result: WorkerMessage): void | WorkerMessage | Promise<void | WorkerMessage>;
   /** right after the result was handed to the transport */
-  afterResult?(a: Assign): void | Promise<void>;
+  afterResult?(a: Assign | AssignLocal): void | Promise<void>;
 }
 
 export class WorkerSession {
@@ -51,7 +56,11 @@ export class WorkerSession {
   private model: CausalLM | null = null;
   private base: FrozenBase | null = null;
   private spec: AdapterTensorSpec[] = [];
+  /** the parameters as the coordinator sent them: flat in manifest order, and named views of it */
+  private flat: Float32Array = new Float32Array(0);
   private adapter = new Map<string, Float32Array>();
+  /** error feedback of the results' codec: what earlier results could not carry goes with the next */
+  private up: ErrorFeedback | null = null;
   private queue: Promise<void> = Promise.resolve();
 
   constructor(private readonly platform: WorkerPlatform, private readonly options: WorkerOptions = {}) {}
@@ -59,8 +68,13 @@ export class WorkerSession {
   hello(): Uint8Array {
     return encodeMessage({
       type: 'hello', protocol: PROTOCOL_VERSION, token: this.options.token, name: this.options.name,
-      backend: this.platform.backend, platform: this.platform.platform, adapter: this.platform.adapter, slow: this.platform.slow,
+      backend: this.platform.backend, platform: this.platform.platform, adapter: this.platform.adapter, slow: this.platform.slow, codecs: [...CODECS],
     });
+  }
+
+  /** A copy of the parameters held now, by tensor name (the browser page's debug record). */
+  heldParams(): Record<string, Float32Array> {
+    return Object.fromEntries([...this.adapter].map(([k, v]) => [k, v.slice()]));
   }
 
   /** Handles frames strictly in arrival order; `send` gets each reply. */
@@ -89,17 +103,17 @@ export class WorkerSession {
         this.spec = message.manifest.adapter.map((t) => ({
           ...t, modulePath: t.name.replace(/\.lora_[AB]$/, ''), which: t.name.endsWith('lora_A') ? 'A' : 'B',
         }));
+        this.up = new ErrorFeedback(message.manifest.wire.up);
         this.platform.log(`joined run ${message.manifest.runId} as ${message.workerId}`);
         reply({ type: 'ready', paramVersion: this.paramVersion });
         return;
       }
       case 'params':
-        if (this.manifest) checkTensors(message.tensors, this.manifest.adapter, 'params');
-        this.adapter = new Map(Object.entries(message.tensors));
-        this.paramVersion = message.paramVersion;
+        this.applyParams(message);
         await this.options.hooks?.afterParams?.(message.paramVersion);
         return;
-      case 'assign': {
+      case 'assign':
+      case 'assign-local': {
         const result = await this.compute(message);
         reply((await this.options.hooks?.beforeResult?.(message, result)) ?? result);
         await this.options.hooks?.afterResult?.(message);
@@ -117,18 +131,38 @@ export class WorkerSession {
     }
   }
 
-  private async compute(a: Assign): Promise<WorkerMessage> {
+  /** A full vector replaces the parameters; a delta (lossy down codecs) is added, in float32 like the coordinator's copy. */
+  private applyParams(message: Params): void {
+    if (!this.manifest) throw new LoraMeshError(ErrorCodes.STATE, 'params before welcome');
+    // Full vectors are always f32 (exact); deltas come in the run's down codec.
+    const codec = message.deltaFrom === undefined ? F32 : this.manifest.wire.down;
+    const values = unpackFloats(message.tensors, codec, adapterLength(this.manifest.adapter), 'params.tensors');
+    if (message.deltaFrom === undefined) {
+      this.flat = values;
+    } else {
+      if (message.deltaFrom !== this.paramVersion) throw new LoraMeshError(ErrorCodes.STALE, `params delta from version ${message.deltaFrom}, I hold ${this.paramVersion}`);
+      for (let i = 0; i < values.length; i++) this.flat[i] += values[i];
+    }
+    this.adapter = splitTensors(this.flat, this.manifest.adapter);
+    this.paramVersion = message.paramVersion;
+  }
+
+  private async compute(a: Assign | AssignLocal): Promise<WorkerMessage> {
     const simulate = this.options.hooks?.compute;
     if (!this.manifest || (!simulate && (!this.model || !this.base))) throw new LoraMeshError(ErrorCodes.STATE, 'assignment before welcome');
     if (a.paramVersion !== this.paramVersion) {
       return { type: 'worker-error', assignmentId: a.assignmentId, code: ErrorCodes.STALE, message: `assignment for version ${a.paramVersion}, I hold ${this.paramVersion}` };
     }
     const started = performance.now();
-    const r = simulate ? await simulate(a, this.adapter) : await computeGradientsAsync(this.model!, this.base!, this.spec, this.adapter, this.manifest.lora, a.microBatch);
+    let r: GradientResult;
+    if (simulate) r = await simulate(a, this.adapter);
+    else if (a.type === 'assign') r = await computeGradientsAsync(this.model!, this.base!, this.spec, this.adapter, this.manifest.lora, a.microBatch);
+    else if (!this.manifest.local) throw new LoraMeshError(ErrorCodes.STATE, 'assign-local in a run without local steps');
+    else r = await runLocalJob(this.model!, this.base!, this.spec, this.adapter, this.manifest.lora, a.microBatches, a.lr, this.manifest.local);
     this.assignmentsDone++;
     return {
       type: 'result', assignmentId: a.assignmentId, paramVersion: a.paramVersion, tokenCount: r.tokenCount,
-      lossSum: r.lossSum, computeMs: performance.now() - started, grads: Object.fromEntries(r.grads),
+      lossSum: r.lossSum, computeMs: performance.now() - started, grads: this.up!.encode(flattenTensors(r.grads, this.manifest.adapter)),
     };
   }
 }

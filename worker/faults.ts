@@ -9,6 +9,7 @@
  */
 import { ErrorCodes, fail } from '../shared/errors.ts';
 import type { WorkerHooks } from '../shared/worker-loop.ts';
+import { decodeFloats, encodeFloats } from '../shared/protocol/wire-codec.ts';
 
 const die = (why: string) => {
   console.error(`[fault] ${why}: SIGKILL`);
@@ -28,7 +29,7 @@ export function faultHooks(spec: string | undefined): WorkerHooks | undefined {
       case 'kill-after-send': hooks.afterResult = (a) => { if (a.step === n) die(`right after sending a result of step ${n}`); }; break;
       case 'byzantine': hooks.beforeResult = (_a, r) => {
         if (r.type !== 'result') return r;
-        const grads = Object.fromEntries(Object.entries(r.grads).map(([k, g]) => [k, g.map((x) => -n * x)]));
+        const grads = encodeFloats(decodeFloats(r.grads).map((x) => -n * x), { name: r.grads.codec, blockSize: r.grads.blockSize });
         return { ...r, grads };
       }; break;
       case 'kill-after-params': hooks.afterParams = (v) => { if (v === n) die(`right after parameter version ${n}`); }; break;

@@ -6,8 +6,10 @@
 import type { LoraConfig, ModelConfig } from '../config.ts';
 import { describe, ErrorCodes, fail, type ErrorCode } from '../errors.ts';
 import type { MicroBatch } from '../train/micro-batch.ts';
+import { CODECS, decodeFloats, MAX_BLOCK, type CodecName, type CodecSpec, type PackedFloats } from './wire-codec.ts';
 
-export const PROTOCOL_VERSION = 1;
+/** 2: float payloads are one flat vector in manifest order, in the run's wire codec */
+export const PROTOCOL_VERSION = 2;
 
 export interface BaseFile {
   /** file name inside the model directory, e.g. model.safetensors */
@@ -20,13 +22,29 @@ export interface RunManifest {
   runId: string;
   model: { config: ModelConfig; files: BaseFile[] };
   lora: LoraConfig;
+  /** the adapter tensors in wire order: every float payload is these, concatenated */
   adapter: { name: string; shape: [number, number] }[];
+  /** codec per direction: up = results, down = parameters (lossy down codecs send deltas) */
+  wire: { up: CodecSpec; down: CodecSpec };
+  /** local-steps mode (DiLoCo): jobs of `steps` micro-batches with inner AdamW; absent = synchronous */
+  local?: LocalStepsManifest;
+}
+
+/** The inner optimizer of a local job (lr comes with each assignment). */
+export interface LocalStepsManifest {
+  steps: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  clipNorm: number;
 }
 
 /** A micro-batch travels exactly as the trainer builds it (typed arrays stay typed). */
 export type WireMicroBatch = MicroBatch;
 
 export type TensorMap = Record<string, Float32Array>;
+export type { PackedFloats } from './wire-codec.ts';
 
 // worker → coordinator
 export interface Hello {
@@ -35,21 +53,27 @@ export interface Hello {
   adapter?: string;
   /** the worker fell back to a slow backend (cpu, software WebGPU) */
   slow?: boolean;
+  /** wire codecs the worker can encode and decode (absent: f32 only) */
+  codecs?: CodecName[];
 }
 /** base model loaded; paramVersion is the version held (-1: none yet) */
 export interface Ready { type: 'ready'; paramVersion: number }
-export interface Result { type: 'result'; assignmentId: string; paramVersion: number; tokenCount: number; lossSum: number; computeMs: number; grads: TensorMap }
+/** grads: summed gradients of the micro-batch (or a local job's start − end), flat in manifest order */
+export interface Result { type: 'result'; assignmentId: string; paramVersion: number; tokenCount: number; lossSum: number; computeMs: number; grads: PackedFloats }
 export interface WorkerError { type: 'worker-error'; assignmentId?: string; code: string; message: string }
 export interface Heartbeat { type: 'heartbeat'; sentAt: number }
 // coordinator → worker
 export interface Welcome { type: 'welcome'; workerId: string; manifest: RunManifest }
-export interface Params { type: 'params'; paramVersion: number; tensors: TensorMap }
+/** The adapter at paramVersion, flat in manifest order; with deltaFrom it is the change since that version. */
+export interface Params { type: 'params'; paramVersion: number; tensors: PackedFloats; deltaFrom?: number }
 export interface Assign { type: 'assign'; assignmentId: string; paramVersion: number; step: number; index: number; microBatch: WireMicroBatch }
+/** Local-steps mode: run one inner AdamW step per micro-batch from paramVersion at this lr, answer start − end. */
+export interface AssignLocal { type: 'assign-local'; assignmentId: string; paramVersion: number; step: number; index: number; lr: number; microBatches: WireMicroBatch[] }
 export interface Reject { type: 'reject'; code: ErrorCode; message: string; assignmentId?: string }
 export interface Done { type: 'done'; reason: string }
 
 export type WorkerMessage = Hello | Ready | Result | WorkerError | Heartbeat;
-export type CoordinatorMessage = Welcome | Params | Assign | Reject | Done;
+export type CoordinatorMessage = Welcome | Params | Assign | AssignLocal | Reject | Done;
 export type Message = WorkerMessage | CoordinatorMessage;
 
 type Guard = (m: Record<string, unknown>) => void;
@@ -72,26 +96,38 @@ const isString = (max: number) => (v: unknown) => typeof v === 'string' && v.len
 const isInt = (min: number) => (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= min;
 const isFiniteNumber = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
 
-function tensorMap(m: Record<string, unknown>, name: string): void {
+const PACKED_ARRAY: Record<CodecName, { type: new (n: number) => ArrayBufferView; name: string }> = {
+  f32: { type: Float32Array, name: 'Float32Array' }, f16: { type: Uint16Array, name: 'Uint16Array' },
+  bf16: { type: Uint16Array, name: 'Uint16Array' }, int8: { type: Int8Array, name: 'Int8Array' },
+};
+
+function packedFloats(m: Record<string, unknown>, name: string): void {
   const v = m[name];
-  if (!isObject(v)) fail(ErrorCodes.FIELD, `${m.type}.${name} should be a map of Float32Array, got ${describe(v)}`);
-  for (const [key, t] of Object.entries(v)) {
-    if (!(t instanceof Float32Array)) fail(ErrorCodes.FIELD, `${m.type}.${name}[${describe(key)}] should be a Float32Array, got ${describe(t)}`); // describe: a peer's key can be ~maxPayload long
-  }
+  if (!isObject(v)) fail(ErrorCodes.FIELD, `${m.type}.${name} should be packed floats {codec, values}, got ${describe(v)}`);
+  const where = { ...v, type: `${m.type}.${name}` };
+  field(where, 'codec', (c) => typeof c === 'string' && (CODECS as readonly string[]).includes(c), `one of ${CODECS.join(', ')}`);
+  const array = PACKED_ARRAY[v.codec as CodecName];
+  field(where, 'values', (x) => x instanceof array.type, `a ${array.name} for codec ${v.codec}`);
+  if (v.codec !== 'int8') return;
+  field(where, 'blockSize', isInt(1), 'an integer ≥ 1');
+  field(where, 'blockSize', (b) => (b as number) <= MAX_BLOCK, `at most ${MAX_BLOCK}`);
+  const blocks = Math.ceil((v.values as Int8Array).length / (v.blockSize as number));
+  field(where, 'scales', (x) => x instanceof Float32Array && x.length === blocks, `a Float32Array of ${blocks} block scales`);
 }
 
-function microBatch(m: Record<string, unknown>): void {
-  const mb = m.microBatch;
-  if (!isObject(mb)) fail(ErrorCodes.FIELD, `assign.microBatch should be an object, got ${describe(mb)}`);
-  const where = { ...mb, type: 'assign.microBatch' };
-  field(where, 'batch', isInt(1), 'an integer ≥ 1');
-  field(where, 'time', isInt(1), 'an integer ≥ 1');
-  field(where, 'dropoutSeed', isInt(0), 'an integer ≥ 0');
+function microBatchAt(mb: unknown, where: string): void {
+  if (!isObject(mb)) fail(ErrorCodes.FIELD, `${where} should be an object, got ${describe(mb)}`);
+  const at = { ...mb, type: where };
+  field(at, 'batch', isInt(1), 'an integer ≥ 1');
+  field(at, 'time', isInt(1), 'an integer ≥ 1');
+  field(at, 'dropoutSeed', isInt(0), 'an integer ≥ 0');
   const n = (mb.batch as number) * (mb.time as number);
-  field(where, 'inputIds', (v) => v instanceof Int32Array && v.length === n, `an Int32Array of batch·time = ${n}`);
-  field(where, 'targets', (v) => v instanceof Int32Array && v.length === n, `an Int32Array of batch·time = ${n}`);
-  field(where, 'lossMask', (v) => v instanceof Float32Array && v.length === n, `a Float32Array of batch·time = ${n}`);
+  field(at, 'inputIds', (v) => v instanceof Int32Array && v.length === n, `an Int32Array of batch·time = ${n}`);
+  field(at, 'targets', (v) => v instanceof Int32Array && v.length === n, `an Int32Array of batch·time = ${n}`);
+  field(at, 'lossMask', (v) => v instanceof Float32Array && v.length === n, `a Float32Array of batch·time = ${n}`);
 }
+
+const microBatch = (m: Record<string, unknown>) => microBatchAt(m.microBatch, 'assign.microBatch');
 
 const guards: Record<Message['type'], Guard> = {
   hello: (m) => {
@@ -102,6 +138,7 @@ const guards: Record<Message['type'], Guard> = {
     field(m, 'platform', (v) => v === 'node' || v === 'browser', '"node" or "browser"');
     field(m, 'adapter', isString(128), 'a string of ≤ 128 chars', true);
     field(m, 'slow', (v) => typeof v === 'boolean', 'a boolean', true);
+    field(m, 'codecs', (v) => Array.isArray(v) && v.length <= 16 && v.every((c) => typeof c === 'string' && c.length <= 16), 'a list of codec names', true);
   },
   ready: (m) => field(m, 'paramVersion', isInt(-1), 'an integer ≥ -1 (-1: no parameters yet)'),
   result: (m) => {
@@ -110,7 +147,7 @@ const guards: Record<Message['type'], Guard> = {
     field(m, 'tokenCount', isInt(0), 'an integer ≥ 0');
     field(m, 'lossSum', isFiniteNumber, 'a finite number');
     field(m, 'computeMs', (v) => isFiniteNumber(v) && (v as number) >= 0, 'a number ≥ 0');
-    tensorMap(m, 'grads');
+    packedFloats(m, 'grads');
   },
   'worker-error': (m) => {
     field(m, 'assignmentId', isString(64), 'an assignment id', true);
@@ -124,7 +161,8 @@ const guards: Record<Message['type'], Guard> = {
   },
   params: (m) => {
     field(m, 'paramVersion', isInt(0), 'an integer ≥ 0');
-    tensorMap(m, 'tensors');
+    field(m, 'deltaFrom', isInt(0), 'an integer ≥ 0', true);
+    packedFloats(m, 'tensors');
   },
   assign: (m) => {
     field(m, 'assignmentId', isString(64), 'an assignment id');
@@ -132,6 +170,15 @@ const guards: Record<Message['type'], Guard> = {
     field(m, 'step', isInt(0), 'an integer ≥ 0');
     field(m, 'index', isInt(0), 'an integer ≥ 0');
     microBatch(m);
+  },
+  'assign-local': (m) => {
+    field(m, 'assignmentId', isString(64), 'an assignment id');
+    field(m, 'paramVersion', isInt(0), 'an integer ≥ 0');
+    field(m, 'step', isInt(0), 'an integer ≥ 0');
+    field(m, 'index', isInt(0), 'an integer ≥ 0');
+    field(m, 'lr', (v) => isFiniteNumber(v) && (v as number) >= 0, 'a learning rate ≥ 0');
+    field(m, 'microBatches', (v) => Array.isArray(v) && v.length >= 1 && v.length <= 4096, 'a list of 1 to 4096 micro-batches');
+    (m.microBatches as unknown[]).forEach((mb, i) => microBatchAt(mb, `assign-local.microBatches[${i}]`));
   },
   reject: (m) => {
     field(m, 'code', isString(64), 'an error code');
@@ -151,17 +198,48 @@ export function parseMessage(raw: unknown): Message {
   return raw as unknown as Message;
 }
 
-/** Checks a tensor map against the run's adapter spec: same names, same lengths, all finite. */
-export function checkTensors(tensors: TensorMap, spec: { name: string; shape: [number, number] }[], what: string): void {
-  const names = Object.keys(tensors);
-  if (names.length !== spec.length) fail(ErrorCodes.SHAPE, `${what} has ${names.length} tensors, expected ${spec.length}`);
-  for (const t of spec) {
-    const data = tensors[t.name];
-    if (!data) fail(ErrorCodes.SHAPE, `${what} lacks tensor ${t.name}`);
-    const expected = t.shape[0] * t.shape[1];
-    if (data.length !== expected) fail(ErrorCodes.SHAPE, `${what}.${t.name} has ${data.length} values, expected ${expected} for shape [${t.shape}]`);
-    for (let i = 0; i < data.length; i++) {
-      if (!Number.isFinite(data[i])) fail(ErrorCodes.NON_FINITE, `${what}.${t.name}[${i}] is ${data[i]}`);
-    }
+/**
+ * Decodes a float payload of the run: the codec must be the run's for that direction and the
+ * length the manifest's adapter size; every decoded value must be finite.
+ */
+export function unpackFloats(p: PackedFloats, codec: CodecSpec, length: number, what: string): Float32Array {
+  if (p.codec !== codec.name || (p.codec === 'int8' && p.blockSize !== codec.blockSize)) {
+    fail(ErrorCodes.CODEC, `${what} is in ${p.codec}${p.blockSize ? `/${p.blockSize}` : ''}, this run sends ${codec.name}${codec.blockSize ? `/${codec.blockSize}` : ''}`);
   }
+  if (p.values.length !== length) fail(ErrorCodes.SHAPE, `${what} has ${p.values.length} values, expected ${length} (the manifest's adapter)`);
+  const values = decodeFloats(p);
+  for (let i = 0; i < values.length; i++) {
+    if (!Number.isFinite(values[i])) fail(ErrorCodes.NON_FINITE, `${what}[${i}] is ${values[i]}`);
+  }
+  return values;
+}
+
+/** Number of values in the manifest's adapter (the length of every float payload). */
+export function adapterLength(spec: { shape: [number, number] }[]): number {
+  return spec.reduce((n, t) => n + t.shape[0] * t.shape[1], 0);
+}
+
+/** Concatenates named tensors in manifest order (a missing tensor is a programming error). */
+export function flattenTensors(tensors: ReadonlyMap<string, Float32Array>, spec: { name: string; shape: [number, number] }[]): Float32Array {
+  const flat = new Float32Array(adapterLength(spec));
+  let offset = 0;
+  for (const t of spec) {
+    const data = tensors.get(t.name);
+    if (!data || data.length !== t.shape[0] * t.shape[1]) fail(ErrorCodes.SHAPE, `tensor ${t.name} is missing or has the wrong size`);
+    flat.set(data, offset);
+    offset += data.length;
+  }
+  return flat;
+}
+
+/** Views of a flat vector as named tensors in manifest order (no copy). */
+export function splitTensors(flat: Float32Array, spec: { name: string; shape: [number, number] }[]): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  let offset = 0;
+  for (const t of spec) {
+    const n = t.shape[0] * t.shape[1];
+    out.set(t.name, flat.subarray(offset, offset + n));
+    offset += n;
+  }
+  return out;
 }

@@ -108,7 +108,7 @@ test("a result for an old parameter version and one for someone else's assignmen
   await until(() => assigns().length > 0);
   const assign = assigns()[0];
   const welcome = c.messages.find((m): m is Extract<Message, { type: 'welcome' }> => m.type === 'welcome')!;
-  const grads = Object.fromEntries(welcome.manifest.adapter.map((t) => [t.name, new Float32Array(t.shape[0] * t.shape[1])]));
+  const grads = { codec: 'f32' as const, values: new Float32Array(welcome.manifest.adapter.reduce((n, t) => n + t.shape[0] * t.shape[1], 0)) };
   const result = { type: 'result' as const, assignmentId: 'someone-elses', paramVersion: assign.paramVersion, tokenCount: 1, lossSum: 0, computeMs: 1, grads };
   c.ws.send(encodeMessage(result));
   c.ws.send(encodeMessage({ ...result, assignmentId: assign.assignmentId, paramVersion: assign.paramVersion - 1 }));

@@ -38,7 +38,7 @@ async function probe(url: string): Promise<Message[]> {
     packr.pack({ type: 'nope' }),
     packr.pack({ type: 'result', assignmentId: 'x' }), // missing fields
     encodeMessage({ type: 'ready', paramVersion: 0 }), // before hello
-    encodeMessage({ type: 'result', assignmentId: 'stolen', paramVersion: 0, tokenCount: 1, lossSum: 1, computeMs: 1, grads: {} }),
+    encodeMessage({ type: 'result', assignmentId: 'stolen', paramVersion: 0, tokenCount: 1, lossSum: 1, computeMs: 1, grads: { codec: 'f32', values: new Float32Array(0) } }),
   ];
   for (const f of frames) ws.send(f);
   ws.send(encodeMessage({ type: 'hello', protocol: 999, backend: 'x', platform: 'node' }));

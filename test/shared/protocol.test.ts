@@ -3,18 +3,21 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
 import { decodeMessage, encodeMessage } from '../../shared/protocol/codec.ts';
-import { checkTensors, PROTOCOL_VERSION, type Message } from '../../shared/protocol/messages.ts';
+import { flattenTensors, PROTOCOL_VERSION, splitTensors, unpackFloats, type Message } from '../../shared/protocol/messages.ts';
+import { encodeFloats, F32 } from '../../shared/protocol/wire-codec.ts';
 import { LoraMeshError } from '../../shared/errors.ts';
 
 const microBatch = {
   batch: 2, time: 3, dropoutSeed: 5,
   inputIds: new Int32Array([1, 2, 3, 4, 5, 6]), targets: new Int32Array([2, 3, 4, 5, 6, 7]), lossMask: new Float32Array([0, 1, 1, 0, 1, 1]),
 };
-const grads = { 'model.layers.0.self_attn.q_proj.lora_A': new Float32Array([0.5, -1.25, 3e-8, 1e30]) };
+const grads = { codec: 'f32' as const, values: new Float32Array([0.5, -1.25, 3e-8, 1e30]) };
+const int8 = encodeFloats(new Float32Array([0.5, -1.25, 3e-8, 2, 7, -7, 1]), { name: 'int8', blockSize: 4 });
 const manifest = {
   runId: 'r1', lora: { r: 2, alpha: 4, dropout: 0, targetModules: ['q_proj'], init: 'kaiming', useRslora: false },
   model: { config: { model_type: 'llama', vocab_size: 10 }, files: [{ name: 'model.safetensors', sha256: 'a'.repeat(64), bytes: 100 }] },
   adapter: [{ name: 'model.layers.0.self_attn.q_proj.lora_A', shape: [2, 2] }],
+  wire: { up: { name: 'f32' }, down: { name: 'int8', blockSize: 4 } },
 };
 
 const samples: Message[] = [
@@ -25,7 +28,10 @@ const samples: Message[] = [
   { type: 'heartbeat', sentAt: 123 },
   { type: 'welcome', workerId: 'w1', manifest: manifest as never },
   { type: 'params', paramVersion: 4, tensors: grads },
+  { type: 'params', paramVersion: 5, deltaFrom: 4, tensors: int8 },
+  { type: 'params', paramVersion: 6, deltaFrom: 5, tensors: { codec: 'bf16', values: new Uint16Array([0x3f80, 0xbf80]) } },
   { type: 'assign', assignmentId: 'abc', paramVersion: 4, step: 1, index: 0, microBatch },
+  { type: 'assign-local', assignmentId: 'abd', paramVersion: 4, step: 1, index: 2, lr: 0.01, microBatches: [microBatch, microBatch] },
   { type: 'reject', code: 'LM_ERR_SHAPE', message: 'bad' },
   { type: 'done', reason: 'finished' },
 ];
@@ -36,15 +42,22 @@ test('every message type survives encode → decode with typed arrays intact', (
     assert.deepEqual(back, m, m.type);
   }
   const r = decodeMessage(encodeMessage(samples[2])) as Extract<Message, { type: 'result' }>;
-  assert.ok(r.grads['model.layers.0.self_attn.q_proj.lora_A'] instanceof Float32Array);
-  const a = decodeMessage(encodeMessage(samples[7])) as Extract<Message, { type: 'assign' }>;
+  assert.ok(r.grads.values instanceof Float32Array);
+  const p = decodeMessage(encodeMessage(samples[7])) as Extract<Message, { type: 'params' }>;
+  assert.ok(p.tensors.values instanceof Int8Array && p.tensors.scales instanceof Float32Array);
+  const a = decodeMessage(encodeMessage(samples[9])) as Extract<Message, { type: 'assign' }>;
   assert.ok(a.microBatch.inputIds instanceof Int32Array);
 });
 
-test('a float32 payload costs its raw bytes plus a small constant', () => {
+test('a float payload costs its raw bytes plus a small constant, in every codec', () => {
   const n = 10_000;
-  const frame = encodeMessage({ type: 'params', paramVersion: 1, tensors: { x: new Float32Array(n) } });
-  assert.ok(frame.length >= 4 * n && frame.length <= 4 * n + 64, `frame ${frame.length} bytes for ${4 * n} payload bytes`);
+  const x = Float32Array.from({ length: n }, (_, i) => Math.sin(i));
+  for (const spec of [F32, { name: 'f16' as const }, { name: 'bf16' as const }, { name: 'int8' as const, blockSize: 64 }]) {
+    const tensors = encodeFloats(x, spec);
+    const raw = tensors.values.byteLength + (tensors.scales?.byteLength ?? 0);
+    const frame = encodeMessage({ type: 'result', assignmentId: 'a'.repeat(21), paramVersion: 12345, tokenCount: 999, lossSum: 1.5, computeMs: 12.25, grads: tensors });
+    assert.ok(frame.length >= raw && frame.length <= raw + 200, `${spec.name}: frame ${frame.length} bytes for ${raw} payload bytes`);
+  }
 });
 
 function codeOf(fn: () => unknown): string {
@@ -70,7 +83,15 @@ test('malformed frames get stable error codes', () => {
   assert.equal(codeOf(() => decodeMessage(packr.pack({ type: 'ready', paramVersion: -2 }))), 'LM_ERR_FIELD');
   assert.equal(codeOf(() => decodeMessage(packr.pack({ ...samples[2], lossSum: NaN }))), 'LM_ERR_FIELD');
   assert.equal(codeOf(() => decodeMessage(packr.pack({ ...samples[2], grads: { x: [1, 2] } }))), 'LM_ERR_FIELD');
-  assert.equal(codeOf(() => decodeMessage(packr.pack({ ...samples[7], microBatch: { ...microBatch, inputIds: new Int32Array(5) } }))), 'LM_ERR_FIELD');
+  assert.equal(codeOf(() => decodeMessage(packr.pack({ ...samples[2], grads: { codec: 'f8', values: new Uint8Array(4) } }))), 'LM_ERR_FIELD');
+  assert.equal(codeOf(() => decodeMessage(packr.pack({ ...samples[2], grads: { codec: 'f16', values: new Float32Array(4) } }))), 'LM_ERR_FIELD');
+  assert.equal(codeOf(() => decodeMessage(packr.pack({ ...samples[7], tensors: { ...int8, scales: new Float32Array(1) } }))), 'LM_ERR_FIELD');
+  assert.equal(codeOf(() => decodeMessage(packr.pack({ ...samples[7], tensors: { ...int8, blockSize: 0 } }))), 'LM_ERR_FIELD');
+  assert.equal(codeOf(() => decodeMessage(packr.pack({ ...samples[7], deltaFrom: -1 }))), 'LM_ERR_FIELD');
+  assert.equal(codeOf(() => decodeMessage(packr.pack({ ...samples[9], microBatch: { ...microBatch, inputIds: new Int32Array(5) } }))), 'LM_ERR_FIELD');
+  assert.equal(codeOf(() => decodeMessage(packr.pack({ ...samples[10], microBatches: [] }))), 'LM_ERR_FIELD');
+  assert.equal(codeOf(() => decodeMessage(packr.pack({ ...samples[10], microBatches: [microBatch, { ...microBatch, lossMask: null }] }))), 'LM_ERR_FIELD');
+  assert.equal(codeOf(() => decodeMessage(packr.pack({ ...samples[10], lr: -1 }))), 'LM_ERR_FIELD');
   assert.equal(codeOf(() => decodeMessage(packr.pack({ ...samples[0], platform: 'toaster' }))), 'LM_ERR_FIELD');
 });
 
@@ -85,12 +106,20 @@ test('every single-byte truncation of a valid frame is rejected or decodes to a 
   }
 });
 
-test('tensors are checked against the manifest: names, lengths, finiteness', () => {
-  const spec = [{ name: 'a', shape: [2, 2] as [number, number] }];
-  checkTensors({ a: new Float32Array(4) }, spec, 'grads');
-  assert.equal(codeOf(() => checkTensors({ a: new Float32Array(3) }, spec, 'grads')), 'LM_ERR_SHAPE');
-  assert.equal(codeOf(() => checkTensors({ b: new Float32Array(4) }, spec, 'grads')), 'LM_ERR_SHAPE');
-  assert.equal(codeOf(() => checkTensors({ a: new Float32Array(4), b: new Float32Array(1) }, spec, 'grads')), 'LM_ERR_SHAPE');
-  assert.equal(codeOf(() => checkTensors({ a: new Float32Array([0, 1, Infinity, 0]) }, spec, 'grads')), 'LM_ERR_NON_FINITE');
-  assert.equal(codeOf(() => checkTensors({ a: new Float32Array([0, NaN, 0, 0]) }, spec, 'grads')), 'LM_ERR_NON_FINITE');
+test('payloads are checked against the run: codec, length, finiteness; flatten/split keep manifest order', () => {
+  const spec = [{ name: 'a', shape: [2, 2] as [number, number] }, { name: 'b', shape: [1, 3] as [number, number] }];
+  const named = new Map([['b', new Float32Array([5, 6, 7])], ['a', new Float32Array([1, 2, 3, 4])]]);
+  const flat = flattenTensors(named, spec);
+  assert.deepEqual([...flat], [1, 2, 3, 4, 5, 6, 7]);
+  assert.deepEqual([...splitTensors(flat, spec).get('b')!], [5, 6, 7]);
+  assert.equal(codeOf(() => flattenTensors(new Map([['a', new Float32Array(4)]]), spec)), 'LM_ERR_SHAPE');
+  assert.deepEqual([...unpackFloats(encodeFloats(flat, F32), F32, 7, 'grads')], [...flat]);
+  assert.equal(codeOf(() => unpackFloats(encodeFloats(flat, F32), F32, 8, 'grads')), 'LM_ERR_SHAPE');
+  assert.equal(codeOf(() => unpackFloats(encodeFloats(flat, { name: 'bf16' }), F32, 7, 'grads')), 'LM_ERR_CODEC');
+  assert.equal(codeOf(() => unpackFloats(encodeFloats(flat, { name: 'int8', blockSize: 4 }), { name: 'int8', blockSize: 8 }, 7, 'grads')), 'LM_ERR_CODEC');
+  assert.equal(codeOf(() => unpackFloats({ codec: 'f32', values: new Float32Array([0, 1, Infinity, 0, 0, 0, 0]) }, F32, 7, 'grads')), 'LM_ERR_NON_FINITE');
+  assert.equal(codeOf(() => unpackFloats({ codec: 'f16', values: new Uint16Array([0, 0x7e00, 0, 0, 0, 0, 0]) }, { name: 'f16' }, 7, 'grads')), 'LM_ERR_NON_FINITE');
+  const badScale = encodeFloats(flat, { name: 'int8', blockSize: 4 });
+  badScale.scales![1] = NaN;
+  assert.equal(codeOf(() => unpackFloats(badScale, { name: 'int8', blockSize: 4 }, 7, 'grads')), 'LM_ERR_NON_FINITE');
 });

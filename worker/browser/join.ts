@@ -8,7 +8,8 @@
  */
 import '@tensorflow/tfjs-core/dist/register_all_gradients';
 import { decodeMessage } from '../../shared/protocol/codec.ts';
-import type { Assign, Message, TensorMap } from '../../shared/protocol/messages.ts';
+import { splitTensors, type Assign, type Message, type RunManifest, type TensorMap } from '../../shared/protocol/messages.ts';
+import { decodeFloats } from '../../shared/protocol/wire-codec.ts';
 import type { MicroBatch } from '../../shared/train/micro-batch.ts';
 import { WorkerSession } from '../../shared/worker-loop.ts';
 import { initBrowserBackend } from './backend.ts';
@@ -84,17 +85,14 @@ async function main(): Promise<void> {
     }, { token: settings.token, name: settings.name });
 
     // Bookkeeping for the page, from the frames themselves (the session owns the protocol).
-    const paramsByVersion = new Map<number, TensorMap>();
+    let manifest: RunManifest | null = null;
     let pending: Assign | null = null;
     const observeIncoming = (message: Message) => {
       switch (message.type) {
         case 'welcome':
           vocabSize = message.manifest.model.config.vocab_size;
+          manifest = message.manifest;
           view.set({ state: 'joining', workerId: `${message.workerId}${settings.name ? ` · ${settings.name}` : ''}`, runId: message.manifest.runId, detail: `joined run ${message.manifest.runId}` });
-          return;
-        case 'params':
-          paramsByVersion.set(message.paramVersion, message.tensors);
-          for (const v of paramsByVersion.keys()) if (v < message.paramVersion - 1) paramsByVersion.delete(v);
           return;
         case 'assign': {
           pending = message;
@@ -106,6 +104,9 @@ async function main(): Promise<void> {
           }
           return;
         }
+        case 'assign-local':
+          view.set({ state: 'computing', detail: `step ${message.step}, local job ${message.index} (${message.microBatches.length} inner steps)` });
+          return;
         case 'done':
           view.set({ state: 'finished', detail: message.reason });
           return;
@@ -118,8 +119,8 @@ async function main(): Promise<void> {
       } else if (message.type === 'result' && pending && pending.assignmentId === message.assignmentId) {
         const entry: ComputedMicroBatch = {
           step: pending.step, index: pending.index, paramVersion: message.paramVersion, microBatch: pending.microBatch,
-          params: paramsByVersion.get(message.paramVersion) ?? {}, lossSum: message.lossSum, tokenCount: message.tokenCount,
-          computeMs: message.computeMs, grads: message.grads,
+          params: session.heldParams(), lossSum: message.lossSum, tokenCount: message.tokenCount,
+          computeMs: message.computeMs, grads: manifest ? Object.fromEntries(splitTensors(decodeFloats(message.grads), manifest.adapter)) : {},
         };
         debug.results.push(entry);
         if (debug.results.length > KEEP_RESULTS) debug.results.shift();
