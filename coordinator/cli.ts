@@ -9,6 +9,7 @@ import { BACKENDS, type BackendName } from '../worker/backend.ts';
 import { AGGREGATIONS } from '../shared/train/robust.ts';
 import { defaultCacheDir } from '../worker/node.ts';
 import { int, modules, num, oneOf } from './options.ts';
+import { registerAnalysisCommands } from './analysis-cli.ts';
 import { DEMO_MODEL_DIR } from './paths.ts';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -213,6 +214,8 @@ program.command('demo')
     const { runDemo } = await import('./demo.ts');
     await runDemo(o);
   });
+
+registerAnalysisCommands(program);
 
 program.parseAsync().catch((err) => {
   if (err instanceof LoraMeshError) {
