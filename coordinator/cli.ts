@@ -16,12 +16,14 @@ import { readFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ErrorCodes, fail } from '../shared/errors.ts';
 import type { LoraConfig, TrainConfig } from '../shared/config.ts';
+import { CODECS, DEFAULT_INT8_BLOCK, type CodecName, type CodecSpec } from '../shared/protocol/wire-codec.ts';
+import type { OuterConfig } from '../shared/train/local-steps.ts';
 
 type DataSpec =
   | { kind: 'jsonl'; path: string; maxTokens?: number; pack: boolean; evalFraction: number; seed: number }
   | { kind: 'demo'; trainSize: number; seed: number };
 
-function readRunConfig(dir: string): { model: string; lora: LoraConfig; train: TrainConfig; data: DataSpec } {
+function readRunConfig(dir: string): { model: string; lora: LoraConfig; train: TrainConfig; data: DataSpec; wire?: { up: CodecSpec; down: CodecSpec }; local?: OuterConfig } {
   try {
     return JSON.parse(readFileSync(join(dir, 'run_config.json'), 'utf8'));
   } catch (err) {
@@ -80,6 +82,14 @@ function addTrainOptions(cmd: Command): Command {
     .option('--resume <run-dir>', 'continue runs/<id> from its latest valid checkpoint (model, data and configs come from the run folder)')
     .option('--heartbeat-ms <n>', 'ping interval; a worker silent for 2 intervals is dropped and its work reassigned', int(100), 5000)
     .option('--backend <name>', `tfjs backend of local workers: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'auto')
+    .option('--codec <name>', `wire codec of gradients up and parameters down: ${CODECS.join(' | ')} (lossy ones use error feedback; f32 is exact)`, oneOf(CODECS), 'f32')
+    .option('--codec-up <name>', 'codec of results (gradients) only (default: --codec)', oneOf(CODECS))
+    .option('--codec-down <name>', 'codec of parameters only; lossy ones send deltas (default: --codec)', oneOf(CODECS))
+    .option('--codec-block <n>', 'int8: values per scale', int(1), DEFAULT_INT8_BLOCK)
+    .option('--local-steps <H>', 'DiLoCo mode: each job runs H inner AdamW steps and sends start − end; --steps counts outer steps of H × --global-batch sequences (0: synchronous)', int(0), 0)
+    .option('--inner-lr <x>', 'local steps: peak inner AdamW learning rate (default: --lr)', num(0, 10))
+    .option('--outer-lr <x>', 'local steps: outer Nesterov learning rate', num(0, 10), 0.7)
+    .option('--outer-momentum <x>', 'local steps: outer Nesterov momentum', num(0, 0.999), 0.9)
     .option('--out <dir>', 'where run folders go', 'runs')
     .option('--run-id <id>', 'name of the run folder (default: date + random id)');
 }
@@ -90,7 +100,10 @@ function configsFrom(o: Record<string, any>) {
     steps: o.steps, globalBatch: o.globalBatch, microBatch: o.microBatch, lr: o.lr, warmupSteps: o.warmup,
     weightDecay: o.weightDecay, clipNorm: o.clip, seed: o.seed,
   });
-  return { lora, train };
+  const codec = (name: CodecName): CodecSpec => (name === 'int8' ? { name, blockSize: o.codecBlock } : { name });
+  const wire = { up: codec(o.codecUp ?? o.codec), down: codec(o.codecDown ?? o.codec) };
+  const local: OuterConfig | undefined = o.localSteps > 0 ? { steps: o.localSteps, innerLr: o.innerLr ?? o.lr, outerLr: o.outerLr, outerMomentum: o.outerMomentum } : undefined;
+  return { lora, train, wire, local };
 }
 
 addTrainOptions(program.command('train').description('run a coordinator (and local workers) to fine-tune a LoRA adapter'))
@@ -101,14 +114,14 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
     const { toExample } = await import('../shared/data/demo-tasks.ts');
     const { readAdapterDir } = await import('./adapter-io.ts');
     const { runTraining } = await import('./train.ts');
-    let { lora, train } = configsFrom(o);
+    let { lora, train, wire, local } = configsFrom(o);
     let dataSpec: DataSpec = o.data
       ? { kind: 'jsonl', path: resolve(o.data), maxTokens: o.maxTokens, pack: o.pack, evalFraction: o.evalFraction, seed: o.seed }
       : { kind: 'demo', trainSize: o.trainSize, seed: o.seed };
     if (o.resume) {
       // Everything that shapes the result comes from the run folder; only where it runs is new.
       const stored = readRunConfig(o.resume);
-      ({ lora, train } = { lora: stored.lora, train: stored.train });
+      ({ lora, train, wire, local } = { lora: stored.lora, train: stored.train, wire: stored.wire ?? wire, local: stored.local });
       [o.model, dataSpec, o.runId, o.out] = [stored.model, stored.data, basename(resolve(o.resume)), dirname(resolve(o.resume))];
     }
     const model = await openModelDir(o.model);
@@ -151,7 +164,7 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey } : undefined,
       security: { maxMessagesPerSecond: o.maxMessagesPerSecond, maxRejects: o.maxRejects },
       aggregation: o.aggregation, adminToken: o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN, dashboardAccess: o.dashboardAccess, spotCheck: o.spotCheck > 0 ? { fraction: o.spotCheck, tolerance: 1e-3 } : undefined,
-      checkpointEvery: o.checkpointEvery, keepCheckpoints: o.keepCheckpoints, resume: !!o.resume, signal: stop.signal, dataSpec,
+      checkpointEvery: o.checkpointEvery, keepCheckpoints: o.keepCheckpoints, resume: !!o.resume, signal: stop.signal, dataSpec, wire, local,
     });
     if (stop.signal.aborted) return;
     const last = result.metrics[result.metrics.length - 1];

@@ -117,8 +117,9 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   const runId = opts.runId ?? `${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}-${nanoid(6)}`;
   const runDir = new RunDir(opts.outDir, runId);
   const { model, lora, train } = opts;
-  const checkpointConfig = { model: model.dir, lora, train };
-  if (!opts.resume) runDir.writeConfig({ runId, ...checkpointConfig, modelConfig: model.config, data: opts.dataSpec ?? null, localWorkers: opts.localWorkers, inProcess: !!opts.inProcess });
+  // local steps change what a step is, so a checkpoint only continues a run with the same ones
+  const checkpointConfig = { model: model.dir, lora, train, local: opts.local };
+  if (!opts.resume) runDir.writeConfig({ runId, ...checkpointConfig, wire: opts.wire, modelConfig: model.config, data: opts.dataSpec ?? null, localWorkers: opts.localWorkers, inProcess: !!opts.inProcess });
 
   const spec = adapterSpec(model.config, lora);
   const wire = { up: checkCodecSpec(opts.wire?.up ?? F32, 'wire up codec'), down: checkCodecSpec(opts.wire?.down ?? F32, 'wire down codec') };
