@@ -12,6 +12,7 @@ import { Packr } from 'msgpackr';
 import { ErrorCodes, type ErrorCode } from '../../shared/errors.ts';
 import { CODEC_OPTIONS } from '../../shared/protocol/codec.ts';
 import { PROTOCOL_VERSION } from '../../shared/protocol/messages.ts';
+import { encodeFloats, type CodecSpec } from '../../shared/protocol/wire-codec.ts';
 import type { Rng } from '../../shared/rng.ts';
 
 /** fresh: no hello yet. joined: hello accepted, never ready, so never assigned any work. */
@@ -47,7 +48,15 @@ const int = (min: number): Rule => (v) => typeof v === 'number' && Number.isSafe
 const str = (max: number): Rule => (v) => typeof v === 'string' && v.length <= max;
 const finite: Rule = (v) => typeof v === 'number' && Number.isFinite(v);
 const optional = (rule: Rule): Rule => (v) => v === undefined || rule(v);
-const float32Map: Rule = (v) => plain(v) && Object.values(v).every((t) => t instanceof Float32Array);
+/** Packed floats: codec name, values of that codec's array type; int8 adds blockSize (1..65536) and one float32 scale per block. */
+const packed: Rule = (v) => {
+  if (!plain(v)) return false;
+  const arrays: Record<string, unknown> = { f32: Float32Array, f16: Uint16Array, bf16: Uint16Array, int8: Int8Array };
+  if (typeof v.codec !== 'string' || !Object.hasOwn(arrays, v.codec) || !(v.values instanceof (arrays[v.codec] as typeof Float32Array))) return false;
+  if (v.codec !== 'int8') return true;
+  if (!int(1)(v.blockSize) || (v.blockSize as number) > 65536) return false;
+  return v.scales instanceof Float32Array && v.scales.length === Math.ceil((v.values as ArrayLike<number>).length / (v.blockSize as number));
+};
 const microBatch: Rule = (v) => {
   if (!plain(v) || !int(1)(v.batch) || !int(1)(v.time) || !int(0)(v.dropoutSeed)) return false;
   const n = (v.batch as number) * (v.time as number); // (batch·time) token positions
@@ -59,14 +68,19 @@ export const RULES: Record<string, Record<string, Rule>> = {
   hello: {
     protocol: int(0), token: optional(str(512)), name: optional(str(128)), backend: str(64),
     platform: (v) => v === 'node' || v === 'browser', adapter: optional(str(128)), slow: optional((v) => typeof v === 'boolean'),
+    codecs: optional((v) => Array.isArray(v) && v.length <= 16 && v.every(str(16))),
   },
   ready: { paramVersion: int(-1) },
-  result: { assignmentId: str(64), paramVersion: int(0), tokenCount: int(0), lossSum: finite, computeMs: (v) => finite(v) && (v as number) >= 0, grads: float32Map },
+  result: { assignmentId: str(64), paramVersion: int(0), tokenCount: int(0), lossSum: finite, computeMs: (v) => finite(v) && (v as number) >= 0, grads: packed },
   'worker-error': { assignmentId: optional(str(64)), code: str(64), message: str(4096) },
   heartbeat: { sentAt: finite },
   welcome: { workerId: str(64), manifest: plain },
-  params: { paramVersion: int(0), tensors: float32Map },
+  params: { paramVersion: int(0), deltaFrom: optional(int(0)), tensors: packed },
   assign: { assignmentId: str(64), paramVersion: int(0), step: int(0), index: int(0), microBatch },
+  'assign-local': {
+    assignmentId: str(64), paramVersion: int(0), step: int(0), index: int(0), lr: (v) => finite(v) && (v as number) >= 0,
+    microBatches: (v) => Array.isArray(v) && v.length >= 1 && v.length <= 4096 && v.every(microBatch),
+  },
   reject: { code: str(64), message: str(4096) },
   done: { reason: str(1024) },
 };
@@ -253,24 +267,21 @@ export class FrameFactory {
       case 'hello': return {
         type, protocol: PROTOCOL_VERSION, backend: this.pick(['wasm', 'cpu', 'webgpu', 'webgl', this.text(64)]), platform: this.pick(['node', 'browser']),
         ...maybe(0.5, { name: this.text(128) }), ...maybe(0.3, { token: this.text(512) }), ...maybe(0.3, { adapter: this.text(128) }), ...maybe(0.3, { slow: r.next() < 0.5 }),
+        ...maybe(0.3, { codecs: this.pick([['f32'], ['f32', 'f16', 'bf16', 'int8'], [this.text(16)]]) }),
       };
       case 'ready': return { type, paramVersion: r.int(100) - 1 };
       case 'result': return {
-        type, assignmentId: this.text(64), paramVersion: r.int(1000), tokenCount: r.int(100), lossSum: this.finite(), computeMs: Math.abs(this.finite()), grads: this.tensors(),
+        type, assignmentId: this.text(64), paramVersion: r.int(1000), tokenCount: r.int(100), lossSum: this.finite(), computeMs: Math.abs(this.finite()), grads: this.packed(),
       };
       case 'worker-error': return { type, ...maybe(0.5, { assignmentId: this.text(64) }), code: this.text(64), message: this.text(4096) };
       case 'heartbeat': return { type, sentAt: this.finite() };
       case 'welcome': return { type, workerId: this.text(64), manifest: { runId: this.text(20), adapter: this.adapter } };
-      case 'params': return { type, paramVersion: r.int(1000), tensors: this.tensors() };
-      case 'assign': {
-        const batch = 1 + r.int(3);
-        const time = 1 + r.int(8);
-        const n = batch * time;
-        return {
-          type, assignmentId: this.text(64), paramVersion: r.int(1000), step: r.int(1000), index: r.int(8),
-          microBatch: { batch, time, dropoutSeed: r.int(2 ** 31), inputIds: Int32Array.from({ length: n }, () => r.int(40)), targets: Int32Array.from({ length: n }, () => r.int(40)), lossMask: Float32Array.from({ length: n }, () => r.int(2)) },
-        };
-      }
+      case 'params': return { type, paramVersion: r.int(1000), ...maybe(0.5, { deltaFrom: r.int(1000) }), tensors: this.packed() };
+      case 'assign': return { type, assignmentId: this.text(64), paramVersion: r.int(1000), step: r.int(1000), index: r.int(8), microBatch: this.microBatch() };
+      case 'assign-local': return {
+        type, assignmentId: this.text(64), paramVersion: r.int(1000), step: r.int(1000), index: r.int(8), lr: Math.abs(this.finite()),
+        microBatches: Array.from({ length: 1 + r.int(4) }, () => this.microBatch()),
+      };
       case 'reject': return { type, code: this.pick(Object.values(ErrorCodes)), message: this.text(4096) };
       case 'done': return { type, reason: this.text(1024) };
       default: throw new Error(`no generator for ${type}`);
@@ -297,25 +308,32 @@ export class FrameFactory {
     }
   }
 
+  private microBatch(): Record<string, unknown> {
+    const r = this.rng;
+    const batch = 1 + r.int(3);
+    const time = 1 + r.int(8);
+    const n = batch * time;
+    return { batch, time, dropoutSeed: r.int(2 ** 31), inputIds: Int32Array.from({ length: n }, () => r.int(40)), targets: Int32Array.from({ length: n }, () => r.int(40)), lossMask: Float32Array.from({ length: n }, () => r.int(2)) };
+  }
+
   private breakTensors(message: Record<string, unknown>): void {
     const r = this.rng;
-    const mb = message.microBatch;
+    const mb = Array.isArray(message.microBatches) && message.microBatches.length > 0 ? this.pick(message.microBatches) : message.microBatch;
     if (plain(mb)) {
       const key = this.pick(['inputIds', 'targets', 'lossMask', 'batch', 'time']);
       mb[key] = r.next() < 0.5 ? this.wild(0) : new (this.pick([Int32Array, Float32Array, Float64Array, Uint8Array]))(r.int(30));
       return;
     }
-    const map = plain(message.grads) ? message.grads : plain(message.tensors) ? message.tensors : null;
-    if (!map) return;
-    const names = Object.keys(map);
-    const name = names.length > 0 ? this.pick(names) : 'x';
-    switch (r.int(6)) {
-      case 0: (map[name] as Float32Array)?.fill?.(this.pick([NaN, Infinity, -Infinity])); break;
-      case 1: map[name] = new Float32Array(r.int(600)); break;
-      case 2: map[name] = new (this.pick([Float64Array, Int32Array, Uint8Array, Uint16Array]))(r.int(40)); break;
-      case 3: map[name] = this.wild(0); break;
-      case 4: delete map[name]; map[this.text(r.next() < 0.3 ? 5000 : 40)] = r.next() < 0.5 ? new Float32Array(4) : 1; break; // renamed, maybe a very long key
-      default: map[this.text(30)] = new Float32Array([NaN]);
+    const p = plain(message.grads) ? message.grads : plain(message.tensors) ? message.tensors : null;
+    if (!p) return;
+    switch (r.int(7)) {
+      case 0: (p.values as Float32Array)?.fill?.(this.pick([NaN, Infinity, -Infinity])); break;
+      case 1: p.values = new (this.pick([Float32Array, Uint16Array, Int8Array]))(r.int(600)); break; // maybe not the codec's array type
+      case 2: p.values = new (this.pick([Float64Array, Int32Array, Uint8Array, Uint32Array]))(r.int(40)); break;
+      case 3: p[this.pick(['values', 'codec', 'scales', 'blockSize'])] = this.wild(0); break;
+      case 4: p.codec = this.pick(['f32', 'f16', 'bf16', 'int8', 'f8', '', this.text(5000)]); break;
+      case 5: p.blockSize = this.pick([0, 1, 3, 64, 65536, 65537, -1, 0.5]); break;
+      default: p.scales = Float32Array.from({ length: r.int(20) }, () => this.pick([1, NaN, 0]));
     }
   }
 
@@ -413,12 +431,13 @@ export class FrameFactory {
     }
   }
 
-  private tensors(): Record<string, Float32Array> {
-    return Object.fromEntries(this.adapter.map((t) => {
-      const data = Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => this.rng.next() - 0.5);
-      if (this.rng.next() < 0.2) data[this.rng.int(data.length)] = this.pick([NaN, Infinity, -Infinity]);
-      return [t.name, data];
-    }));
+  /** The adapter's values in a random codec (the run's is f32; others are LM_ERR_CODEC once a result is checked). */
+  private packed(): Record<string, unknown> {
+    const n = this.adapter.reduce((k, t) => k + t.shape[0] * t.shape[1], 0);
+    const data = Float32Array.from({ length: n }, () => this.rng.next() - 0.5);
+    if (this.rng.next() < 0.2) data[this.rng.int(data.length)] = this.pick([NaN, Infinity, -Infinity]);
+    const spec = this.pick<CodecSpec>([{ name: 'f32' }, { name: 'f32' }, { name: 'f16' }, { name: 'bf16' }, { name: 'int8', blockSize: 1 + this.rng.int(128) }]);
+    return { ...encodeFloats(data, spec) };
   }
 
   private finite(): number {
@@ -457,30 +476,30 @@ function nest(depth: number): unknown {
 
 /**
  * A result for an assignment the connection really holds, broken in one way whose code is known:
- * a stale version (LM_ERR_STALE), a wrong token count (LM_ERR_FIELD), a missing, extra, renamed or
- * resized tensor (LM_ERR_SHAPE), NaN or ±Inf inside a gradient (LM_ERR_NON_FINITE).
+ * a stale version (LM_ERR_STALE), a wrong token count (LM_ERR_FIELD), too few or too many values
+ * (LM_ERR_SHAPE), another codec than the run's f32 (LM_ERR_CODEC), NaN or ±Inf inside a gradient
+ * (LM_ERR_NON_FINITE).
  */
 export function badResult(rng: Rng, assign: { assignmentId: string; paramVersion: number }, adapter: TensorSpec[], tokenCount: number): { message: Record<string, unknown>; code: ErrorCode; category: string } {
-  const grads: Record<string, Float32Array> = Object.fromEntries(adapter.map((t) => [t.name, Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => rng.normal())]));
-  const message: Record<string, unknown> = { type: 'result', assignmentId: assign.assignmentId, paramVersion: assign.paramVersion, tokenCount, lossSum: 1, computeMs: 1, grads };
-  const victim = adapter[rng.int(adapter.length)];
-  const size = victim.shape[0] * victim.shape[1];
-  switch (rng.int(8)) {
+  const n = adapter.reduce((k, t) => k + t.shape[0] * t.shape[1], 0);
+  const values = Float32Array.from({ length: n }, () => rng.normal());
+  const message: Record<string, unknown> = { type: 'result', assignmentId: assign.assignmentId, paramVersion: assign.paramVersion, tokenCount, lossSum: 1, computeMs: 1, grads: { codec: 'f32', values } };
+  switch (rng.int(7)) {
     case 0:
       message.paramVersion = assign.paramVersion > 0 && rng.next() < 0.5 ? assign.paramVersion - 1 : assign.paramVersion + 1 + rng.int(3);
       return { message, code: ErrorCodes.STALE, category: 'held:stale' };
     case 1:
       message.tokenCount = tokenCount + 1 + rng.int(5);
       return { message, code: ErrorCodes.FIELD, category: 'held:token-count' };
-    case 2: delete grads[victim.name]; return { message, code: ErrorCodes.SHAPE, category: 'held:missing-tensor' };
-    case 3: grads[`${victim.name}.extra`] = new Float32Array(size); return { message, code: ErrorCodes.SHAPE, category: 'held:extra-tensor' };
-    case 4:
-      grads[`${victim.name.replace('lora_', 'lorA_')}`] = grads[victim.name];
-      delete grads[victim.name];
-      return { message, code: ErrorCodes.SHAPE, category: 'held:renamed-tensor' };
-    case 5: grads[victim.name] = new Float32Array(rng.next() < 0.5 ? size - 1 : size + 1 + rng.int(8)); return { message, code: ErrorCodes.SHAPE, category: 'held:wrong-length' };
+    case 2: message.grads = { codec: 'f32', values: values.subarray(0, n - 1 - rng.int(Math.min(n - 1, 50))) }; return { message, code: ErrorCodes.SHAPE, category: 'held:too-few-values' };
+    case 3: message.grads = { codec: 'f32', values: new Float32Array(n + 1 + rng.int(50)) }; return { message, code: ErrorCodes.SHAPE, category: 'held:too-many-values' };
+    case 4: {
+      const spec: CodecSpec = [{ name: 'f16' }, { name: 'bf16' }, { name: 'int8', blockSize: 64 }][rng.int(3)] as CodecSpec;
+      message.grads = encodeFloats(values, spec);
+      return { message, code: ErrorCodes.CODEC, category: 'held:wrong-codec' };
+    }
     default:
-      grads[victim.name][rng.int(size)] = [NaN, Infinity, -Infinity][rng.int(3)];
+      values[rng.int(n)] = [NaN, Infinity, -Infinity][rng.int(3)];
       return { message, code: ErrorCodes.NON_FINITE, category: 'held:non-finite' };
   }
 }
