@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { Matrix } from 'ml-matrix';
 import { encodeSafetensors } from '../../shared/formats/safetensors.ts';
 import { encodePeftAdapter, peftAdapterConfig } from '../../shared/formats/peft.ts';
-import { checkLoraConfig } from '../../shared/config.ts';
+import { checkLoraConfig, type LlamaConfig } from '../../shared/config.ts';
 import { randomOrthonormal } from '../../shared/analysis/svd.ts';
 import { Rng } from '../../shared/rng.ts';
 import { randomArrays, writeTinyModelDir } from '../helpers/tiny-model.ts';
@@ -21,7 +21,7 @@ import { randomArrays, writeTinyModelDir } from '../helpers/tiny-model.ts';
 const repo = fileURLToPath(new URL('../..', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'loramesh-analysis-'));
 const modelDir = join(root, 'model');
-const config = writeTinyModelDir(modelDir, 3);
+const config = writeTinyModelDir(modelDir, 3) as LlamaConfig;
 const sweepDir = join(root, 'sweep');
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
