@@ -361,6 +361,7 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   private onResult(w: WorkerConnection, r: Result): void {
+    this.traffic.countPayloadIn(payloadBytes(r.grads)); // duplicates and refused results moved their bytes too
     const held = w.holding;
     if (!held || held.assignmentId !== r.assignmentId) throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `assignment ${r.assignmentId} is not held by this worker`);
     const now = Date.now();
@@ -377,7 +378,6 @@ export class MeshExecutor implements GradientExecutor {
       const expectedTokens = itemMicroBatches(step.items[held.index]).reduce((n, mb) => n + tokenCount(mb), 0);
       if (r.tokenCount !== expectedTokens) throw new LoraMeshError(ErrorCodes.FIELD, `result.tokenCount ${r.tokenCount} should be ${expectedTokens} for this ${step.items[held.index].kind === 'grad' ? 'micro-batch' : 'job'}`);
       grads = splitTensors(unpackFloats(r.grads, this.options.manifest.wire.up, this.adapterValues, 'result.grads'), this.options.manifest.adapter);
-      this.traffic.countPayloadIn(payloadBytes(r.grads));
     } catch (err) {
       step.schedule.lose(held.assignmentId, 'rejected', now);
       this.dispatch();
