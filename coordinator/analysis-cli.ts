@@ -74,12 +74,14 @@ export function registerAnalysisCommands(program: Command): void {
     .option('--eval-size <n>', 'held-out strings for eval loss and exact match', int(1), 200)
     .option('--compare <r1,r2>', 'ranks whose A subspaces are compared (Figure 3), on the first target set with q and v', rankPair, [8, 64] as [number, number])
     .option('--no-seed-run', 'skip the extra run of the larger compared rank with seed + 1 (Figure 4)')
-    .option('--quick', 'a smoke test: ranks 2,4 × targets q, q+v, 4 steps of 8, 64 train / 16 eval strings', false)
+    .option('--quick', 'a smoke test: defaults become ranks 2,4 × targets q, q+v, 4 steps of 8, 64 train / 16 eval strings, --compare 2,4', false)
     .option('--out <dir>', 'results directory', 'runs/sweep')
     .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'wasm')
-    .action(async (o) => {
+    .action(async (o, cmd: Command) => {
       await useBackend(o.backend);
       const { QUICK, sweepCommand } = await import('./sweep-cmd.ts');
-      await sweepCommand({ ...o, ...(o.quick ? QUICK : {}) });
+      // --quick replaces defaults only: flags given on the command line still win.
+      const quick = o.quick ? Object.fromEntries(Object.entries(QUICK).filter(([name]) => cmd.getOptionValueSource(name) !== 'cli')) : {};
+      await sweepCommand({ ...o, ...quick });
     });
 }

@@ -7,14 +7,14 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { checkLoraConfig, checkTrainConfig, loraScaling, type LinearModule, type TrainConfig } from '../shared/config.ts';
+import { checkLoraConfig, checkTrainConfig, loraScaling, type LinearModule, type LoraConfig, type TrainConfig } from '../shared/config.ts';
 import { accuracy, predict } from '../shared/data/exact-match.ts';
-import { toExample } from '../shared/data/demo-tasks.ts';
+import { toExample, type TaskSample } from '../shared/data/demo-tasks.ts';
 import { ErrorCodes, fail } from '../shared/errors.ts';
-import { adapterSpec, type AdapterState } from '../shared/lora/adapter.ts';
+import { adaptedModules, adapterSpec, type AdapterState } from '../shared/lora/adapter.ts';
 import { FrozenBase, loraBranches, withLora } from '../shared/lora/params.ts';
 import { createModel, linearShape, type CausalLM } from '../shared/model/causal-lm.ts';
-import { adaptedModules } from '../shared/lora/adapter.ts';
+import type { Example } from '../shared/train/micro-batch.ts';
 import { baseMatrices } from './analysis-io.ts';
 import { demoExamples, demoTaskData } from './dataset.ts';
 import { loadWeights, openModelDir, type ModelDir } from './model-dir.ts';
@@ -89,9 +89,10 @@ export async function sweepCommand(o: SweepOptions, log: (line: string) => void 
   const train = checkTrainConfig({ steps: o.steps, globalBatch: o.globalBatch, microBatch: Math.min(8, o.globalBatch), lr: o.lr, warmupSteps: Math.min(10, Math.floor(o.steps / 10)), seed: o.seed });
   const jobs = o.targetSets.flatMap((targets) => o.ranks.map((rank) => ({ rank, targets, seed: o.seed })));
   if (o.seedRun) jobs.push({ rank: o.compare[1], targets: compareSet(o.targetSets), seed: o.seed + 1 });
+  const context: SweepContext = { o: { ...o, out }, model, weights, lm, base, train, examples, evalExamples, evalSamples: data.eval };
   const runs: SweepRun[] = [];
   for (const job of jobs) {
-    const run = await trainOne(job, { ...o, out }, model, weights, lm, base, { ...train, seed: job.seed }, examples, evalExamples, data.eval);
+    const run = await trainOne(job, context);
     runs.push(run);
     log(`  r=${String(run.rank).padEnd(2)} ${run.label.padEnd(8)} seed ${run.seed}: eval loss ${run.evalLoss.toFixed(4)}, exact match ${(100 * run.exactMatch).toFixed(1)}% (${run.trainSeconds.toFixed(1)} s)`);
   }
@@ -103,10 +104,22 @@ export async function sweepCommand(o: SweepOptions, log: (line: string) => void 
   return { out, runs };
 }
 
-async function trainOne(
-  job: { rank: number; targets: LinearModule[]; seed: number }, o: SweepOptions, model: ModelDir, weights: Map<string, tf.Tensor>, lm: CausalLM, base: FrozenBase,
-  train: TrainConfig, examples: ReturnType<typeof demoExamples>, evalExamples: ReturnType<typeof demoExamples>, evalSamples: Parameters<typeof predict>[3],
-): Promise<SweepRun> {
+/** What every run of a sweep shares: one copy of the base weights, the data, the training config. */
+interface SweepContext {
+  o: SweepOptions;
+  model: ModelDir;
+  weights: Map<string, tf.Tensor>;
+  lm: CausalLM;
+  base: FrozenBase;
+  train: TrainConfig;
+  examples: Example[];
+  evalExamples: Example[];
+  evalSamples: TaskSample[];
+}
+
+async function trainOne(job: { rank: number; targets: LinearModule[]; seed: number }, ctx: SweepContext): Promise<SweepRun> {
+  const { o, model, weights, lm, base, examples, evalExamples, evalSamples } = ctx;
+  const train = { ...ctx.train, seed: job.seed };
   const label = targetLabel(job.targets);
   const runId = `r${job.rank}-${label.replace(/\+/g, '-')}${job.seed === o.seed ? '' : `-seed${job.seed}`}`;
   const runDir = join(o.out, 'runs', runId);
@@ -133,7 +146,7 @@ async function trainOne(
 }
 
 /** Held-out exact match of base + LoRA branch (no merge, so the base tensors are shared by every run). */
-function exactMatchWith(lm: CausalLM, base: FrozenBase, model: ModelDir, adapter: AdapterState, lora: ReturnType<typeof checkLoraConfig>, samples: Parameters<typeof predict>[3]): number {
+function exactMatchWith(lm: CausalLM, base: FrozenBase, model: ModelDir, adapter: AdapterState, lora: LoraConfig, samples: TaskSample[]): number {
   const spec = adapterSpec(model.config, lora);
   const tensors = spec.map((t) => tf.tensor2d(adapter.get(t.name)!, t.shape));
   try {
