@@ -1,0 +1,370 @@
+/**
+ * `npm run bench:scale` (issue 9, item 2): how far one coordinator scales. N simulated workers
+ * (real sockets and messages, compute replaced by a sleep of known length, in a few child
+ * processes) train a GPT-2-small r=8 c_attn payload with one micro-batch per worker per step.
+ * Figures: coordination overhead per step (step time − sleep), coordinator CPU and RSS, the
+ * aggregation throughput (decode of real result frames + in-order sum, GB/s of float32 gradient
+ * on one core), and RSS over a long soak. Writes bench/results/scale.json, the scale section of
+ * bench/RESULTS.md and bench/results/scale-*.{svg,png} (quick mode: scale.quick.json only).
+ */
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { Gpt2Config } from '../shared/config.ts';
+import { adapterParameterCount, adapterSpec } from '../shared/lora/adapter.ts';
+import { decodeMessage } from '../shared/protocol/codec.ts';
+import { aggregateInOrder } from '../shared/train/aggregate.ts';
+import type { GradientResult } from '../shared/train/gradients.ts';
+import {
+  cliFlags, fmt, formatFigure, machine, provenance, replaceSection, RESULTS_DIR, rssBytes, stats, writeChart, writeJson,
+  type Figure, type Machine, type Stats,
+} from './lib/results.ts';
+import { SimWorkerPool } from './lib/sim-pool.ts';
+import { C_ATTN_R8, dummyExamples, GPT2_SMALL, runSimulated, simulatedModelDir } from './lib/sim-mesh.ts';
+
+export interface ScaleBenchOptions {
+  quick: boolean;
+  /** write bench/results and RESULTS.md (default true; the smoke test passes false) */
+  write?: boolean;
+  /** worker counts N (default full: 1…256 in powers of 2; quick: 1, 4, 16, 32) */
+  workers?: number[];
+  /** simulated compute per micro-batch, ms (full 1000: the target is for a 1 s step; quick 100) */
+  computeMs?: number;
+  /** steps not measured at the start of each run (≥ 1: the first measured period starts at the last of them) */
+  warmupSteps?: number;
+  /** measured steps per N */
+  steps?: number;
+  /** the memory soak; null skips it */
+  soak?: { workers: number; steps: number; computeMs: number; sampleEvery: number } | null;
+  /** repeats of the aggregation measurement per N */
+  aggregationRepeats?: number;
+  /** the payload: a GPT-2 config (LoRA r=8 on c_attn); default GPT-2 small */
+  model?: Gpt2Config;
+  /** tokens per sequence of the dummy micro-batches (1 sequence each) */
+  seqLen?: number;
+  /** child processes holding the simulated workers (default min(N, 4)) */
+  processes?: number;
+  /** the command recorded in RESULTS.md */
+  command?: string;
+  log?: (line: string) => void;
+}
+
+export interface ScalePoint {
+  workers: number;
+  computeMs: number;
+  /** wall time from one completed step to the next */
+  stepMs: Stats;
+  overheadMs: Stats;
+  /** overhead / computeMs × 100 */
+  overheadPercent: Stats;
+  /** coordinator process: CPU ms (user + system) per step, and that over wall time (cores busy) */
+  coordinatorCpuMsPerStep: number;
+  coordinatorCores: number;
+  coordinatorRssMB: { start: number; peak: number };
+  /** all simulated-worker processes together: CPU ms per step (on a real mesh it is spread over N machines) */
+  workersCpuMsPerStep: number;
+  /** micro-batches of the measured steps also sent to a second worker (the scheduler judged the first slow) */
+  stragglerCopies: number;
+  problems: string[];
+}
+
+export interface AggregationPoint {
+  workers: number;
+  /** float32 gradient bytes per result */
+  resultBytes: number;
+  frameBytes: number;
+  decodeGBps: Stats;
+  sumGBps: Stats;
+  /** decode and sum of N results, as the coordinator does per step: bytes per CPU-second of this process (one core) */
+  totalGBps: Stats;
+  /** the same over wall-clock time (lower when other work shares the cores) */
+  wallGBps: Stats;
+}
+
+export interface SoakResult {
+  workers: number;
+  steps: number;
+  computeMs: number;
+  samples: { step: number; rssMB: number; heapMB: number }[];
+  /** least-squares slope of RSS over the samples after the first quarter of the run */
+  slopeMBPer1000Steps: number;
+  stepMs: Stats;
+  problems: string[];
+}
+
+export interface ScaleResult {
+  name: 'scale';
+  date: string;
+  machine: Machine;
+  command: string;
+  quick: boolean;
+  payload: { model: string; lora: string; adapterParameters: number; resultBytes: number };
+  /** whether ws found the native bufferutil (frame unmasking in C, not a JS byte loop) */
+  wsNativeMasking: boolean;
+  points: ScalePoint[];
+  aggregation: AggregationPoint[];
+  soak: SoakResult | null;
+  figures: Figure[];
+  targets: { overheadAt64Percent: number | null; aggregationGBpsPerCore: number | null; soakSlopeMBPer1000Steps: number | null };
+}
+
+const MB = 2 ** 20;
+
+/** ws unmasks every client frame; with the optional bufferutil addon in C, else in a JS byte loop. */
+function wsNativeMasking(): boolean {
+  try {
+    createRequire(createRequire(import.meta.url).resolve('ws')).resolve('bufferutil');
+    return true;
+  } catch {
+    return false;
+  }
+}
+const POWERS = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResult> {
+  const quick = opts.quick;
+  const log = opts.log ?? ((line: string) => console.log(line));
+  const workers = opts.workers ?? (quick ? [1, 4, 16, 32] : POWERS);
+  const computeMs = opts.computeMs ?? (quick ? 100 : 1000);
+  const warmupSteps = Math.max(1, opts.warmupSteps ?? (quick ? 1 : 2));
+  const steps = opts.steps ?? (quick ? 3 : 5);
+  const soakOpts = opts.soak === undefined ? (quick ? { workers: 2, steps: 50, computeMs: 10, sampleEvery: 10 } : { workers: 4, steps: 1000, computeMs: 10, sampleEvery: 50 }) : opts.soak;
+  const config = opts.model ?? GPT2_SMALL;
+  const model = simulatedModelDir(config);
+  const spec = adapterSpec(config, C_ATTN_R8);
+  const resultBytes = 4 * adapterParameterCount(spec);
+  const examples = dummyExamples(config, 64, opts.seqLen ?? 1024);
+  const date = new Date().toISOString();
+  const host = machine();
+  const command = opts.command ?? `npm run bench:scale${quick ? ' -- --quick' : ''}`;
+  log(`scale: ${model.dir}, LoRA r=${C_ATTN_R8.r} on c_attn = ${adapterParameterCount(spec)} parameters (${fmt(resultBytes / MB)} MB per result); ` +
+    `N = ${workers.join(', ')}; ${computeMs} ms simulated compute; ${steps} measured steps after ${warmupSteps}`);
+
+  const pool = new SimWorkerPool(opts.processes ?? Math.min(4, Math.max(...workers, soakOpts?.workers ?? 1)));
+  const points: ScalePoint[] = [];
+  const captured: { frame?: Promise<Uint8Array> } = {};
+  let soak: SoakResult | null = null;
+  try {
+    for (const n of workers) {
+      const times: number[] = [];
+      const rss: number[] = [];
+      let cpuStart = process.cpuUsage();
+      let cpuEnd = cpuStart;
+      const poolUsage: { start?: Promise<{ cpuUs: number }>; end?: Promise<{ cpuUs: number }> } = {};
+      const rssStart = rssBytes();
+      const copies = { atStart: 0, atEnd: 0 };
+      const run = await runSimulated({
+        pool, model, examples, workers: n, computeMs, steps: warmupSteps + steps,
+        beforeConnect: () => { captured.frame ??= pool.captureResultFrame(); },
+        onStep: (m, at, stragglerCopies) => {
+          if (m.step < warmupSteps) return;
+          copies[m.step === warmupSteps ? 'atStart' : 'atEnd'] = stragglerCopies;
+          times.push(at);
+          rss.push(rssBytes());
+          if (m.step === warmupSteps) {
+            cpuStart = process.cpuUsage();
+            poolUsage.start = pool.usage(); // not awaited: waiting here would lengthen the next step
+          }
+          if (m.step === warmupSteps + steps) {
+            cpuEnd = process.cpuUsage(cpuStart);
+            poolUsage.end = pool.usage();
+          }
+        },
+      });
+      const periods = times.slice(1).map((t, i) => t - times[i]);
+      const wallMs = times[times.length - 1] - times[0];
+      const coordinatorCpuMs = (cpuEnd.user + cpuEnd.system) / 1000;
+      const poolCpuMs = poolUsage.start && poolUsage.end ? ((await poolUsage.end).cpuUs - (await poolUsage.start).cpuUs) / 1000 : NaN;
+      const point: ScalePoint = {
+        workers: n, computeMs, stepMs: stats(periods), overheadMs: stats(periods.map((p) => p - computeMs)),
+        overheadPercent: stats(periods.map((p) => (100 * (p - computeMs)) / computeMs)),
+        coordinatorCpuMsPerStep: coordinatorCpuMs / steps, coordinatorCores: coordinatorCpuMs / wallMs,
+        coordinatorRssMB: { start: rssStart / MB, peak: Math.max(...rss) / MB }, workersCpuMsPerStep: poolCpuMs / steps,
+        stragglerCopies: copies.atEnd - copies.atStart, problems: run.problems,
+      };
+      points.push(point);
+      log(`  N=${String(n).padStart(3)}: step ${fmt(point.stepMs.median)} ms (${fmt(point.stepMs.min)}–${fmt(point.stepMs.max)}), overhead ${fmt(point.overheadMs.median)} ms = ${fmt(point.overheadPercent.median)} %, ` +
+        `coordinator ${fmt(point.coordinatorCpuMsPerStep)} CPU-ms/step, RSS ${fmt(point.coordinatorRssMB.peak)} MB, sim workers ${fmt(point.workersCpuMsPerStep)} CPU-ms/step` +
+        (point.stragglerCopies ? `, ${point.stragglerCopies} straggler copies` : '') +
+        (run.problems.length ? `; ${run.problems.length} problem line(s), first: ${run.problems[0]}` : ''));
+    }
+    if (soakOpts) soak = await runSoak(pool, model, examples, soakOpts, log);
+  } finally {
+    await pool.close();
+  }
+  const aggregation = measureAggregation(await captured.frame!, resultBytes, workers, opts.aggregationRepeats ?? (quick ? 3 : 5), log);
+
+  const at64 = points.find((p) => p.workers === 64);
+  const big = aggregation[aggregation.length - 1];
+  const figures: Figure[] = [
+    ...points.map((p) => ({ ...p.overheadMs, label: `overhead per step, N=${p.workers} (${p.computeMs} ms compute)`, unit: 'ms' })),
+    ...aggregation.map((a) => ({ ...a.totalGBps, label: `aggregation (decode + sum) of ${a.workers} results, 1 core`, unit: 'GB/s' })),
+    ...(soak ? [{ ...soak.stepMs, label: `soak step time, N=${soak.workers} (${soak.computeMs} ms compute)`, unit: 'ms' }] : []),
+  ];
+  const result: ScaleResult = {
+    name: 'scale', date, machine: host, command, quick,
+    payload: { model: model.dir, lora: `r=${C_ATTN_R8.r} on c_attn`, adapterParameters: adapterParameterCount(spec), resultBytes },
+    wsNativeMasking: wsNativeMasking(), points, aggregation, soak, figures,
+    targets: {
+      overheadAt64Percent: at64 && at64.computeMs === 1000 ? at64.overheadPercent.median : null,
+      aggregationGBpsPerCore: big ? big.totalGBps.median : null,
+      soakSlopeMBPer1000Steps: soak && soak.steps >= 1000 ? soak.slopeMBPer1000Steps : null,
+    },
+  };
+  if (opts.write ?? true) writeScaleResults(result, log);
+  return result;
+}
+
+async function runSoak(pool: SimWorkerPool, model: ReturnType<typeof simulatedModelDir>, examples: ReturnType<typeof dummyExamples>,
+  o: { workers: number; steps: number; computeMs: number; sampleEvery: number }, log: (line: string) => void): Promise<SoakResult> {
+  const samples: SoakResult['samples'] = [];
+  const times: number[] = [];
+  const run = await runSimulated({
+    pool, model, examples, workers: o.workers, computeMs: o.computeMs, steps: o.steps,
+    onStep: (m, at) => {
+      times.push(at);
+      if (m.step % o.sampleEvery === 0) samples.push({ step: m.step, rssMB: rssBytes() / MB, heapMB: process.memoryUsage().heapUsed / MB });
+    },
+  });
+  const tail = samples.filter((s) => s.step > o.steps / 4);
+  const slope = leastSquaresSlope(tail.map((s) => s.step), tail.map((s) => s.rssMB)) * 1000;
+  const soak: SoakResult = { ...o, samples, slopeMBPer1000Steps: slope, stepMs: stats(times.slice(1).map((t, i) => t - times[i])), problems: run.problems };
+  delete (soak as Partial<typeof o>).sampleEvery;
+  log(`  soak N=${o.workers}, ${o.steps} steps of ${o.computeMs} ms: RSS ${fmt(samples[0]?.rssMB)} → ${fmt(samples[samples.length - 1]?.rssMB)} MB ` +
+    `(max ${fmt(Math.max(...samples.map((s) => s.rssMB)))}), slope ${fmt(slope)} MB per 1000 steps after the first quarter; step ${fmt(soak.stepMs.median)} ms`);
+  return soak;
+}
+
+function leastSquaresSlope(xs: number[], ys: number[]): number {
+  if (xs.length < 2) return NaN;
+  const mx = xs.reduce((a, b) => a + b, 0) / xs.length;
+  const my = ys.reduce((a, b) => a + b, 0) / ys.length;
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < xs.length; i++) {
+    num += (xs[i] - mx) * (ys[i] - my);
+    den += (xs[i] - mx) ** 2;
+  }
+  return num / den;
+}
+
+/**
+ * The coordinator's per-step work on results, on one core: decode N real result frames (codec)
+ * and add N gradients in micro-batch order (aggregate.ts). The sum reads distinct buffers (up to
+ * 64, reused round-robin beyond), so it runs from memory as on a coordinator, not from cache.
+ * Small N is repeated to ≥ 64 MB per measurement. GB/s per core is bytes over this process's CPU
+ * time, which other load on the machine does not inflate; wall-clock GB/s is kept beside it.
+ */
+function measureAggregation(frame: Uint8Array, resultBytes: number, workers: number[], repeats: number, log: (line: string) => void): AggregationPoint[] {
+  const floats = resultBytes / 4;
+  const distinct = Array.from({ length: Math.min(64, Math.max(...workers)) }, (_, k) => {
+    const g = new Float32Array(floats);
+    for (let i = 0; i < floats; i++) g[i] = ((i + k) % 97) * 1e-4;
+    return g;
+  });
+  const cpuMs = (u: NodeJS.CpuUsage) => (u.user + u.system) / 1000;
+  const out: AggregationPoint[] = [];
+  for (const n of workers) {
+    const rounds = Math.max(1, Math.ceil((64 * MB) / (n * resultBytes)));
+    const bytes = rounds * n * resultBytes;
+    const samples = { decode: [] as number[], sum: [] as number[], total: [] as number[], wall: [] as number[] };
+    const results: GradientResult[] = Array.from({ length: n }, (_, i) => ({ lossSum: 1, tokenCount: 1, grads: new Map([['all', distinct[i % distinct.length]]]) }));
+    for (let r = 0; r < repeats; r++) {
+      const wall0 = performance.now();
+      let cpu0 = process.cpuUsage();
+      for (let k = 0; k < rounds; k++) for (let i = 0; i < n; i++) decodeMessage(frame);
+      const decodeMs = cpuMs(process.cpuUsage(cpu0));
+      cpu0 = process.cpuUsage();
+      for (let k = 0; k < rounds; k++) aggregateInOrder(results);
+      const sumMs = cpuMs(process.cpuUsage(cpu0));
+      const wallMs = performance.now() - wall0;
+      samples.decode.push(bytes / 1e6 / decodeMs);
+      samples.sum.push(bytes / 1e6 / sumMs);
+      samples.total.push(bytes / 1e6 / (decodeMs + sumMs));
+      samples.wall.push(bytes / 1e6 / wallMs);
+    }
+    const point: AggregationPoint = {
+      workers: n, resultBytes, frameBytes: frame.length, decodeGBps: stats(samples.decode), sumGBps: stats(samples.sum), totalGBps: stats(samples.total), wallGBps: stats(samples.wall),
+    };
+    out.push(point);
+    log(`  aggregation of ${String(n).padStart(3)} results: decode ${fmt(point.decodeGBps.median)} GB/s, sum ${fmt(point.sumGBps.median)} GB/s, both ${fmt(point.totalGBps.median)} GB/s per core ` +
+      `(min ${fmt(point.totalGBps.min)}, max ${fmt(point.totalGBps.max)}); wall clock ${fmt(point.wallGBps.median)} GB/s`);
+  }
+  return out;
+}
+
+const range = (s: Stats, digits = 1) => `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`;
+const verdict = (value: number | null, ok: (v: number) => boolean, text: string) =>
+  value === null ? `${text}: not measured in this mode` : `${text}: **${fmt(value)}** — ${ok(value) ? 'met' : '**missed**'}`;
+
+function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
+  if (r.quick) {
+    log(`  wrote ${writeJson('scale.quick', r)} (quick mode leaves RESULTS.md and the plots alone)`);
+    return;
+  }
+  log(`  wrote ${writeJson('scale', r)}`);
+  const pct = (p: ScalePoint) => (100 * p.computeMs) / (p.computeMs + p.overheadMs.median);
+  writeChart(join(RESULTS_DIR, 'scale-overhead'), {
+    title: `Coordination overhead per step (${r.points[0]?.computeMs} ms compute, GPT-2 small r=8)`, xLabel: 'simulated workers N', yLabel: 'overhead, % of compute', log2X: true,
+    series: [
+      { name: 'median', points: r.points.map((p) => [p.workers, p.overheadPercent.median]) },
+      { name: 'max', points: r.points.map((p) => [p.workers, p.overheadPercent.max]), dashed: true },
+      { name: 'target 3 %', points: r.points.map((p) => [p.workers, 3]), dashed: true },
+    ],
+  });
+  if (r.soak) {
+    writeChart(join(RESULTS_DIR, 'scale-soak'), {
+      title: `Coordinator RSS over a ${r.soak.steps}-step soak (N=${r.soak.workers})`, xLabel: 'step', yLabel: 'MB',
+      series: [{ name: 'RSS', points: r.soak.samples.map((s) => [s.step, s.rssMB]) }, { name: 'V8 heap used', points: r.soak.samples.map((s) => [s.step, s.heapMB]) }],
+    });
+  }
+  const body = [
+    provenance(r.date, r.command, r.machine),
+    '',
+    `Payload: ${r.payload.model}, LoRA ${r.payload.lora} = ${r.payload.adapterParameters.toLocaleString('en-US')} parameters, ${fmt(r.payload.resultBytes / MB)} MB of float32 gradient per result. ` +
+      `One micro-batch (1 sequence) per worker per step; simulated workers sleep ${r.points[0]?.computeMs} ms and answer through the real WorkerSession, ` +
+      `in ${Math.min(4, Math.max(...r.points.map((p) => p.workers)))} child processes **on the same ${r.machine.cores} cores as the coordinator**. Median (min–max) over ${r.points[0]?.stepMs.n} steps. ` +
+      `WebSocket frame unmasking: ${r.wsNativeMasking ? 'native (bufferutil)' : 'JavaScript (the optional `bufferutil` addon is not installed)'}.`,
+    '',
+    '| N | step ms | overhead ms | overhead % | coordinator CPU ms/step | coordinator cores busy | coordinator peak RSS MB | sim-worker CPU ms/step (all N) |',
+    '|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...r.points.map((p) => `| ${p.workers} | ${range(p.stepMs, 0)} | ${range(p.overheadMs, 0)} | ${range(p.overheadPercent)} | ${p.coordinatorCpuMsPerStep.toFixed(0)} | ${p.coordinatorCores.toFixed(2)} | ${p.coordinatorRssMB.peak.toFixed(0)} | ${p.workersCpuMsPerStep.toFixed(0)} |`),
+    '',
+    `Scaling efficiency (compute / step time): ${r.points.map((p) => `N=${p.workers} ${pct(p).toFixed(0)} %`).join(', ')}.`,
+    '',
+    '![coordination overhead](results/scale-overhead.svg)',
+    '',
+    'Aggregation on one core: decode of N real result frames (the codec) + in-order float32 sum (aggregate.ts), GB of gradient per CPU-second of the process ' +
+      '(other load on the machine does not lower it; wall-clock figure beside it), median (min–max) of repeats.',
+    '',
+    '| N results | decode GB/s | sum GB/s | decode + sum GB/s per core | decode + sum GB/s wall clock |',
+    '|---:|---:|---:|---:|---:|',
+    ...r.aggregation.map((a) => `| ${a.workers} | ${range(a.decodeGBps, 2)} | ${range(a.sumGBps, 2)} | ${range(a.totalGBps, 2)} | ${range(a.wallGBps, 2)} |`),
+    '',
+    ...(r.soak ? [
+      `Soak: N=${r.soak.workers}, ${r.soak.steps} steps of ${r.soak.computeMs} ms compute (step ${fmt(r.soak.stepMs.median)} ms median): coordinator RSS ${fmt(r.soak.samples[0].rssMB)} MB at step ${r.soak.samples[0].step}, ` +
+        `${fmt(r.soak.samples[r.soak.samples.length - 1].rssMB)} MB at step ${r.soak.samples[r.soak.samples.length - 1].step}, max ${fmt(Math.max(...r.soak.samples.map((s) => s.rssMB)))} MB; ` +
+        `slope after the first quarter ${fmt(r.soak.slopeMBPer1000Steps)} MB per 1000 steps.`,
+      '',
+      '![soak](results/scale-soak.svg)',
+      '',
+    ] : []),
+    'Targets:',
+    `- ${verdict(r.targets.overheadAt64Percent, (v) => v <= 3, 'overhead at N=64 with a 1 s step, % (target ≤ 3 %)')}`,
+    `- ${verdict(r.targets.aggregationGBpsPerCore, (v) => v >= 1, `aggregation, GB/s per core at N=${r.aggregation[r.aggregation.length - 1]?.workers} (target ≥ 1)`)}`,
+    `- ${verdict(r.targets.soakSlopeMBPer1000Steps, (v) => Math.abs(v) <= 5, 'soak RSS slope, MB per 1000 steps (target: flat, |slope| ≤ 5)')}`,
+    ...[...r.points.flatMap((p) => p.problems.map((l) => `N=${p.workers}: ${l}`)), ...(r.soak?.problems ?? [])].slice(0, 5).map((l) => `- problem logged: ${l.replace(/\|/g, '\\|')}`),
+  ].join('\n');
+  replaceSection('scale-table', 'Coordinator scale (`npm run bench:scale`)', body);
+  log('  updated bench/RESULTS.md (scale-table) and bench/results/scale-*.svg/png');
+}
+
+export function printScaleFigures(r: ScaleResult, log = console.log): void {
+  for (const f of r.figures) log(formatFigure(f));
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  const flags = cliFlags();
+  const r = await runScaleBench(flags);
+  printScaleFigures(r);
+}
