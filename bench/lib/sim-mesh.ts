@@ -65,6 +65,12 @@ export interface SimRunResult {
   bytesDown: number;
 }
 
+/**
+ * Simulated workers share this machine's cores, so under load they answer pings late; with the
+ * default 5 s heartbeat the coordinator dropped some at N = 256 and the run lost its N.
+ */
+export const HEARTBEAT_MS = 30_000;
+
 const PROBLEM = /reject|error|left holding|missed a heartbeat|dropping|closed \(/i;
 
 /**
@@ -82,7 +88,7 @@ export async function runSimulated(o: SimRunOptions): Promise<SimRunResult> {
     const result = await runTraining({
       model: o.model, lora: o.lora ?? C_ATTN_R8, examples: o.examples, outDir, runId: `sim-${o.workers}`,
       train: checkTrainConfig({ steps: o.steps, globalBatch: o.workers, microBatch: 1, warmupSteps: 0, seed: 1 }),
-      localWorkers: 0, minWorkers: o.workers, progress: false,
+      localWorkers: 0, minWorkers: o.workers, progress: false, heartbeatMs: HEARTBEAT_MS,
       log: (line) => {
         const url = /listening on (wss?:\S+)/.exec(line)?.[1];
         if (url && !connected) {
