@@ -110,6 +110,23 @@ export interface RunResult {
   adapterParameters: number;
   modelParameters: number;
   evalLosses: EvalPoint[];
+  /** per step: bytes on the wire and what fp32 LoRA / full fine-tuning would have moved */
+  stepRecords: StepTraffic[];
+}
+
+export interface StepTraffic {
+  step: number;
+  bytesUp: number;
+  bytesDown: number;
+  payloadUp: number;
+  payloadDown: number;
+  /** coordinator → workers by kind: parameters, micro-batches (the data), the rest */
+  paramsDown: number;
+  dataDown: number;
+  otherDown: number;
+  fp32LoraBytes: number;
+  fullFineTuneBytes: number;
+  factorGap?: number;
 }
 
 export async function runTraining(opts: RunOptions): Promise<RunResult> {
@@ -217,6 +234,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   }
 
   const metrics: StepMetrics[] = [];
+  const stepRecords: StepTraffic[] = [];
   const showBar = opts.progress ?? process.stderr.isTTY;
   const bar = showBar ? new cliProgress.SingleBar({ format: 'train |{bar}| step {value}/{total} | loss {loss} | {tps} tok/s | ETA {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
   bar?.start(train.steps, 0, { loss: '-', tps: '-' });
@@ -240,6 +258,10 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       runDir.appendLedger(m.step, mesh ? mesh.lastLedger : [{ step: m.step - 1, worker: 'in-process', microBatches: train.globalBatch / train.microBatch }]);
       const fp32LoraBytes = baseline(adapterParameters);
       const fullFineTuneBytes = baseline(modelParameters);
+      stepRecords.push({
+        step: m.step, bytesUp, bytesDown, payloadUp: traffic.payloadIn, payloadDown: traffic.payloadOut, paramsDown: traffic.outParams, dataDown: traffic.outAssign,
+        otherDown: traffic.outOther, fp32LoraBytes, fullFineTuneBytes, factorGap: m.factorGap,
+      });
       monitor.step({ step: m.step, loss: m.loss, lr: m.lr, tokens: m.tokens, tokensPerSecond: m.tokensPerSecond, stepMs: m.stepMs, bytesUp, bytesDown, fp32LoraBytes, fullFineTuneBytes, samples: m.samples });
       runDir.appendMetrics({
         step: m.step, loss: m.loss, lr: m.lr, grad_norm: m.gradNorm, tokens: m.tokens, samples: m.samples, tokens_per_s: m.tokensPerSecond, step_ms: m.stepMs,
@@ -278,7 +300,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     runId, runDir: runDir.path, adapter: trainer.adapter, metrics,
     bytesUp: mesh?.bytesIn ?? 0, bytesDown: mesh?.bytesOut ?? 0, workers,
     fullFineTuneBytes: train.steps * monitor.summary.fullFineTuneBytesPerStep(workers),
-    adapterParameters: adapterParameterCount(trainer.spec), modelParameters, evalLosses,
+    adapterParameters: adapterParameterCount(trainer.spec), modelParameters, evalLosses, stepRecords,
   };
 }
 
