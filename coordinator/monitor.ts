@@ -29,8 +29,9 @@ export interface RunSummary {
   steps: number;
   lora: unknown;
   train: unknown;
-  /** bytes full fine-tuning would move per step over the same protocol, per worker count */
-  fullFineTuneBytesPerStep: (workers: number) => number;
+  /** "f32 up, int8/64 down"; null in-process (no wire) */
+  wire: string | null;
+  local: { steps: number; outerLr: number; outerMomentum: number } | null;
 }
 
 export type MonitorEvent =
@@ -87,12 +88,9 @@ export class RunMonitor {
     const elapsed = (Date.now() - this.startedAt) / 1000;
     const recent = this.steps.slice(-10);
     const secondsPerStep = recent.length ? recent.reduce((s, r) => s + r.stepMs, 0) / recent.length / 1000 : null;
-    const { fullFineTuneBytesPerStep, ...summary } = this.summary;
-    const active = Math.max(1, workers.filter((w) => w.state === 'ready').length);
     return {
-      summary, step: done, finished: this.finished, elapsedSeconds: elapsed,
+      summary: this.summary, step: done, finished: this.finished, elapsedSeconds: elapsed,
       etaSeconds: secondsPerStep === null ? null : secondsPerStep * (this.summary.steps - done),
-      fullFineTuneBytesPerStep: fullFineTuneBytesPerStep(active),
       steps: this.steps, evals: this.evals, workers, log: this.logLines.slice(-50),
     };
   }

@@ -197,10 +197,10 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   };
   const mesh = executor instanceof MeshExecutor ? executor : null;
   const modelParameters = [...parameterShapes(model.config).values()].reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
-  const microBatchesPerStep = train.globalBatch / train.microBatch;
   const monitor = new RunMonitor({
     runId, model: model.dir, modelType: model.config.model_type, modelParameters, adapterParameters: adapterParameterCount(spec),
-    steps: train.steps, lora, train, fullFineTuneBytesPerStep: (workers) => (microBatchesPerStep + workers) * 4 * modelParameters,
+    steps: train.steps, lora, train, wire: opts.inProcess ? null : `${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down`,
+    local: local ? { steps: local.steps, outerLr: local.outerLr, outerMomentum: local.outerMomentum } : null,
   }, () => mesh?.info() ?? []);
   const userLog = log;
   log = (line: string) => {
@@ -299,7 +299,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   return {
     runId, runDir: runDir.path, adapter: trainer.adapter, metrics,
     bytesUp: mesh?.bytesIn ?? 0, bytesDown: mesh?.bytesOut ?? 0, workers,
-    fullFineTuneBytes: train.steps * monitor.summary.fullFineTuneBytesPerStep(workers),
+    fullFineTuneBytes: stepRecords.reduce((n, r) => n + r.fullFineTuneBytes, 0),
     adapterParameters: adapterParameterCount(trainer.spec), modelParameters, evalLosses, stepRecords,
   };
 }

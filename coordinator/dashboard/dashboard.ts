@@ -4,14 +4,17 @@
  * so worker names and log lines cannot inject markup.
  */
 
-interface StepRecord { step: number; loss: number; tokensPerSecond: number; bytesUp: number; bytesDown: number }
+interface StepRecord { step: number; loss: number; tokensPerSecond: number; bytesUp: number; bytesDown: number; fp32LoraBytes: number; fullFineTuneBytes: number; samples: number }
 interface WorkerRow {
   id: string; name: string; platform: string; backend: string; adapter: string; slow: boolean; state: string;
   throughput: number; microBatchesDone: number; used: number; discarded: number; lastSeen: number;
 }
 interface Status {
-  summary: { runId: string; model: string; modelType: string; modelParameters: number; adapterParameters: number; steps: number; lora: Record<string, unknown>; train: Record<string, unknown> };
-  step: number; finished: boolean; etaSeconds: number | null; fullFineTuneBytesPerStep: number;
+  summary: {
+    runId: string; model: string; modelType: string; modelParameters: number; adapterParameters: number; steps: number; lora: Record<string, unknown>; train: Record<string, unknown>;
+    wire: string | null; local: { steps: number; outerLr: number; outerMomentum: number } | null;
+  };
+  step: number; finished: boolean; etaSeconds: number | null;
   steps: StepRecord[]; evals: { step: number; loss: number }[]; workers: WorkerRow[]; log: string[];
 }
 
@@ -24,7 +27,7 @@ function render(s: Status): void {
   const sum = s.summary;
   setText('run-id', sum.runId);
   const lora = sum.lora as { r: number; alpha: number; targetModules: string[] };
-  setText('run-config', `${sum.model} (${sum.modelType}, ${sum.modelParameters.toLocaleString()} params) · LoRA r=${lora.r} α=${lora.alpha} on ${lora.targetModules.join(', ')} (${sum.adapterParameters.toLocaleString()} trainable) · ${describeTrain(sum.train)}`);
+  setText('run-config', `${sum.model} (${sum.modelType}, ${sum.modelParameters.toLocaleString()} params) · LoRA r=${lora.r} α=${lora.alpha} on ${lora.targetModules.join(', ')} (${sum.adapterParameters.toLocaleString()} trainable) · ${describeTrain(sum.train)}${sum.wire ? ` · wire ${sum.wire}` : ''}${sum.local ? ` · local steps H=${sum.local.steps} (outer lr ${sum.local.outerLr}, momentum ${sum.local.outerMomentum})` : ''}`);
   setText('step', `${s.step} / ${sum.steps}${s.finished ? ' ✓' : ''}`);
   setText('eta', s.finished ? 'done' : s.etaSeconds === null ? '–' : fmtTime(s.etaSeconds));
   const last = s.steps[s.steps.length - 1];
@@ -35,7 +38,9 @@ function render(s: Status): void {
   if (last) {
     const moved = last.bytesUp + last.bytesDown;
     setText('bytes', `${fmtBytes(last.bytesUp)} + ${fmtBytes(last.bytesDown)}`);
-    setText('bytes-vs-full', `full fine-tuning: ${fmtBytes(s.fullFineTuneBytesPerStep)} (${(s.fullFineTuneBytesPerStep / Math.max(1, moved)).toFixed(1)}× more)`);
+    // Both baselines are synchronous fp32 training of the same samples (× H in local-steps mode).
+    const more = (b: number) => `${fmtBytes(b)} (${(b / Math.max(1, moved)).toFixed(1)}× more)`;
+    setText('bytes-vs-full', `fp32 LoRA: ${more(last.fp32LoraBytes)} · full fine-tuning: ${more(last.fullFineTuneBytes)}`);
   }
   renderChart(s.steps, s.evals);
   renderWorkers(s.workers);
