@@ -160,8 +160,12 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       ...(local ? { local: { steps: local.steps, ...inner } } : {}),
     };
     const check = opts.spotCheck;
+    // A lossy up codec with error feedback sends g + e_prev − e_new: an honest result differs from
+    // the trusted one by two messages' rounding, so the tolerance gets that codec's floor.
+    const codecFloor = { f32: 0, f16: 0.002, bf16: 0.02, int8: 0.05 }[wire.up.name];
+    if (check && check.fraction > 0 && check.tolerance < codecFloor) log(`spot checks: tolerance raised from ${check.tolerance} to ${codecFloor} for the ${describeCodec(wire.up)} up codec`);
     const spotCheck = check && check.fraction > 0 ? {
-      ...check, secret: randomInt(2 ** 31),
+      ...check, tolerance: Math.max(check.tolerance, codecFloor), secret: randomInt(2 ** 31),
       recompute: (work: WorkItem, adapter: AdapterState) => work.kind === 'grad'
         ? computeGradientsAsync(localCopy().model, localCopy().base, spec, adapter, lora, work.microBatch)
         : runLocalJob(localCopy().model, localCopy().base, spec, adapter, lora, work.job.microBatches, work.job.lr, inner),

@@ -51,7 +51,9 @@ test('int8 both ways with block 32: 3.8× fewer payload bytes, every result chec
   // the coordinator's shadow by even one delta would be quarantined and the run would stall.
   const checked = await runTraining({ ...base, runId: 'int8-down', wire: { up: { name: 'f32' }, down: int8 }, spotCheck: { fraction: 1, tolerance: 1e-6 } });
   assert.equal(checked.metrics.length, train.steps);
-  const run = await runTraining({ ...base, runId: 'int8', wire: { up: int8, down: int8 } });
+  // int8 up with every result spot-checked: honest workers pass at the codec's tolerance floor.
+  const run = await runTraining({ ...base, runId: 'int8', wire: { up: int8, down: int8 }, spotCheck: { fraction: 1, tolerance: 1e-3 } });
+  assert.equal(run.metrics.length, train.steps);
   const rows = metrics(run.runDir);
   for (const m of rows) assert.ok(m.payload_up >= 4 * codecBytes(P, int8) && m.payload_up % codecBytes(P, int8) === 0, 'four int8 results per step (and any copies)');
   // steps after the first send deltas: int8 values + scales to each of 2 workers
