@@ -9,6 +9,8 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs-core';
 import { fail, ErrorCodes } from '../shared/errors.ts';
+import { installWasmKernels } from './wasm-kernels.ts';
+import { MAX_WASM_THREADS, registerThreadedWasm } from './wasm-threads.ts';
 
 const require = createRequire(import.meta.url);
 // Registers tfjs-core's gradients on the shared engine (see scripts/build-gradients.mjs).
@@ -28,6 +30,8 @@ export interface BackendInfo {
   fellBack: boolean;
   /** true when the backend runs on a software renderer (WebGPU on SwiftShader or lavapipe): correct but slow */
   software: boolean;
+  /** wasm: the XNNPACK threads it runs */
+  threads?: number;
   /** the device behind the backend, when known: the WebGPU adapter as "vendor / architecture / description" */
   adapter?: string;
   note: string;
@@ -45,10 +49,28 @@ async function tryTensorflow(): Promise<string | null> {
   return null;
 }
 
-export async function initBackend(requested: BackendName, log: (line: string) => void = () => {}): Promise<BackendInfo> {
+export interface BackendOptions {
+  /**
+   * XNNPACK threads of the wasm backend in Node (default: env LORAMESH_WASM_THREADS, else 1).
+   * More than 1 starts tfjs's threaded build through the shim in wasm-threads.ts.
+   */
+  wasmThreads?: number;
+}
+
+/** LORAMESH_WASM_THREADS, checked: an integer in 1..MAX_WASM_THREADS, or unset. */
+export function wasmThreadsFromEnv(env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const raw = env.LORAMESH_WASM_THREADS;
+  if (raw === undefined || raw === '') return undefined;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_WASM_THREADS) fail(ErrorCodes.CONFIG, `LORAMESH_WASM_THREADS should be an integer in 1..${MAX_WASM_THREADS}, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
+export async function initBackend(requested: BackendName, log: (line: string) => void = () => {}, options: BackendOptions = {}): Promise<BackendInfo> {
   if (!(BACKENDS as readonly string[]).includes(requested)) {
     fail(ErrorCodes.CONFIG, `--backend should be one of ${BACKENDS.join(', ')}, got ${JSON.stringify(requested)}`);
   }
+  const wasmThreads = options.wasmThreads ?? wasmThreadsFromEnv() ?? 1;
   if (requested === 'webgpu') return initWebgpu(log);
   let fellBack = false;
   let note = '';
@@ -61,11 +83,17 @@ export async function initBackend(requested: BackendName, log: (line: string) =>
     note = 'tfjs-node(-gpu) not installed; using wasm';
   }
   if (requested !== 'cpu') {
-    await import('@tensorflow/tfjs-backend-wasm');
+    const wasmPkg = await import('@tensorflow/tfjs-backend-wasm');
+    if (wasmThreads > 1) await registerThreadedWasm(wasmThreads);
     if (await tf.setBackend('wasm')) {
       await tf.ready();
-      if (note) log(note);
-      return { name: 'wasm', fellBack, software: false, note };
+      installWasmKernels();
+      const threads = wasmPkg.getThreadsCount();
+      if (threads !== wasmThreads) {
+        note = [note, `wasm asked for ${wasmThreads} threads, runs ${threads}`].filter((s) => s).join('; ');
+        log(`warning: ${note}`);
+      } else if (note) log(note);
+      return { name: 'wasm', fellBack, software: false, threads, note };
     }
     fellBack = true;
     note = 'wasm backend failed to initialize; falling back to the slow cpu backend';

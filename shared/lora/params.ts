@@ -5,7 +5,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../config.ts';
 import { fail, ErrorCodes } from '../errors.ts';
-import { type FrozenLinear, frozenLinear, makeFrozenLinear, makeFrozenLinearFromTransposed, trainableEmbedding, trainableLinear } from '../model/linear-ops.ts';
+import { type FrozenLinear, frozenLinear, loraBranch, makeFrozenLinear, trainableEmbedding, trainableLinear } from '../model/linear-ops.ts';
 import { embeddingName, linearModulePaths, linearStorage, parameterShapes, type ParamSource } from '../model/causal-lm.ts';
 import { Rng } from '../rng.ts';
 
@@ -17,28 +17,43 @@ export function checkWeights(config: ModelConfig, weights: Map<string, tf.Tensor
   }
 }
 
-/** The frozen base model: every linear kept in both layouts for the fast custom gradient. */
+/**
+ * Up to this many bytes of linear weights, FrozenBase also keeps each weight's transposed copy
+ * (no transposes in either pass); above it, only the stored layout (half the memory: a 124M model
+ * fits wasm's 4 GB heap with room for activations).
+ */
+export const BOTH_LAYOUTS_MAX_BYTES = 64 * 2 ** 20;
+
+/** The frozen base model: every linear layer wrapped for the fast custom gradient. */
 export class FrozenBase implements ParamSource {
   readonly linears = new Map<string, FrozenLinear>();
+  /** the LoRA tensors are the only thing differentiated: ops may skip gradients for base tensors */
+  readonly frozen = true;
   private readonly biases = new Map<string, tf.Tensor1D>();
   private readonly embedding: tf.Tensor2D;
 
-  /** plain: use autodiff's own matMul gradient instead of the fast path (the reference in tests) */
-  constructor(readonly config: ModelConfig, readonly weights: Map<string, tf.Tensor>, readonly plain = false) {
+  /**
+   * plain: use autodiff's own gradients (matMul, LoRA branch) instead of the fast path (the
+   * reference in tests). layouts: keep both layouts of every linear weight, only the stored one,
+   * or decide by size (BOTH_LAYOUTS_MAX_BYTES).
+   */
+  constructor(readonly config: ModelConfig, readonly weights: Map<string, tf.Tensor>, readonly plain = false, layouts: 'auto' | 'both' | 'stored' = 'auto') {
     checkWeights(config, weights);
     this.embedding = weights.get(embeddingName(config)) as tf.Tensor2D;
-    for (const path of linearModulePaths(config)) {
+    const paths = linearModulePaths(config);
+    const linearBytes = paths.reduce((n, path) => n + 4 * weights.get(linearStorage(config, path).weight)!.size, 0);
+    const both = layouts === 'both' || (layouts === 'auto' && linearBytes <= BOTH_LAYOUTS_MAX_BYTES);
+    for (const path of paths) {
       const storage = linearStorage(config, path);
-      const stored = weights.get(storage.weight) as tf.Tensor2D;
-      // Conv1D weights are stored (d_in, d_out): already the forward layout.
-      this.linears.set(path, storage.transposed ? makeFrozenLinearFromTransposed(stored) : makeFrozenLinear(stored));
+      // Conv1D weights are stored (d_in, d_out), nn.Linear ones (d_out, d_in).
+      this.linears.set(path, makeFrozenLinear(weights.get(storage.weight) as tf.Tensor2D, storage.transposed, both && !plain));
       if (storage.bias) this.biases.set(path, weights.get(storage.bias) as tf.Tensor1D);
     }
   }
 
   linear(modulePath: string, x: tf.Tensor2D): tf.Tensor2D {
     const layer = this.linears.get(modulePath) ?? fail(ErrorCodes.MODEL, `no linear layer ${modulePath}`);
-    const y = (this.plain ? tf.matMul(x, layer.weight, false, true) : frozenLinear(x, layer)) as tf.Tensor2D;
+    const y = this.plain ? ((layer.inOut ? tf.matMul(x, layer.inOut) : tf.matMul(x, layer.outIn!, false, true)) as tf.Tensor2D) : frozenLinear(x, layer);
     const bias = this.biases.get(modulePath);
     return bias ? (tf.add(y, bias) as tf.Tensor2D) : y;
   }
@@ -83,6 +98,7 @@ export function loraBranches(spec: { modulePath: string; which: 'A' | 'B' }[], t
 export function withLora(base: FrozenBase, branches: Map<string, LoraBranch>, scaling: number, dropout?: LoraDropout): ParamSource {
   let calls = 0; // dropout masks differ per module call but repeat for the same (seed, call order)
   return {
+    frozen: true,
     param: (name) => base.param(name),
     embed: (ids) => base.embed(ids),
     linear(modulePath, x) {
@@ -91,6 +107,7 @@ export function withLora(base: FrozenBase, branches: Map<string, LoraBranch>, sc
       if (!branch) return y;
       let input = x;
       if (dropout && dropout.p > 0) input = tf.mul(x, dropoutMask(x.shape, dropout.p, dropout.seed + 7919 * calls++));
+      if (!base.plain) return tf.add(y, loraBranch(input, branch.A, branch.B, scaling));
       const down = tf.matMul(input, tf.transpose(branch.A)); // (N, r)
       const up = tf.matMul(down, tf.transpose(branch.B)); // (N, d_out)
       return tf.add(y, tf.mul(up, scaling));

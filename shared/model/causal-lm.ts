@@ -18,6 +18,11 @@ export interface ParamSource {
   embed(ids: tf.Tensor1D): tf.Tensor2D;
   /** any other parameter (norm weights, position embeddings) */
   param(name: string): tf.Tensor;
+  /**
+   * true when every tensor param() returns is a constant of the loss (LoRA fine-tuning, inference):
+   * ops may then skip those tensors' gradients. Unset when they are being trained.
+   */
+  readonly frozen?: boolean;
 }
 
 export interface CausalLM {

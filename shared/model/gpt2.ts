@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { Gpt2Config } from '../config.ts';
 import { attend, causalMask, type KvCache } from './attention.ts';
 import type { CausalLM, LinearStorage, ParamSource } from './causal-lm.ts';
+import { geluNew, layerNorm } from './norm-ops.ts';
 
 const block = (i: number) => `transformer.h.${i}`;
 
@@ -75,24 +76,13 @@ export class Gpt2Model implements CausalLM {
       const [q, k, v] = tf.split(qkv, [d, d, d], 1) as tf.Tensor2D[];
       h = tf.add(h, params.linear(`${p}.attn.c_proj`, attend(q, k, v, shape, mask, cache, i)));
       const fc = params.linear(`${p}.mlp.c_fc`, this.layerNorm(h, `${p}.ln_2`, params)); // (N, 4d)
-      h = tf.add(h, params.linear(`${p}.mlp.c_proj`, gelu(fc)));
+      h = tf.add(h, params.linear(`${p}.mlp.c_proj`, geluNew(fc)));
     }
     if (cache) cache.length += time;
     return params.linear('lm_head', this.layerNorm(h, 'transformer.ln_f', params)); // (N, V)
   }
 
   private layerNorm(x: tf.Tensor2D, prefix: string, params: ParamSource): tf.Tensor2D {
-    const { mean, variance } = tf.moments(x, -1, true); // (N, 1) each
-    const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.config.layer_norm_epsilon)));
-    return tf.add(tf.mul(normed, params.param(`${prefix}.weight`)), params.param(`${prefix}.bias`)) as tf.Tensor2D;
+    return layerNorm(x, params.param(`${prefix}.weight`), params.param(`${prefix}.bias`), this.config.layer_norm_epsilon, params.frozen ?? false);
   }
-}
-
-/**
- * gelu_new: 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), written as x·sigmoid(2·√(2/π)(x + 0.044715x³))
- * (the same function; tanh is ~7× slower than sigmoid on wasm, pow(x,3) slower than x·x·x).
- */
-function gelu(x: tf.Tensor2D): tf.Tensor2D {
-  const inner = tf.mul(tf.add(x, tf.mul(tf.mul(tf.mul(x, x), x), 0.044715)), 2 * Math.sqrt(2 / Math.PI));
-  return tf.mul(x, tf.sigmoid(inner)) as tf.Tensor2D;
 }

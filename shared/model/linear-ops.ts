@@ -5,46 +5,74 @@
  * gradient by hand. Numerics equal plain autodiff up to float summation order (tested).
  */
 import * as tf from '@tensorflow/tfjs-core';
+import { customOp } from './custom-op.ts';
 
-type GradFunc = (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor[];
-
-/** tf.customGrad with the save function split off from the tensor inputs (tfjs passes it last). */
-function customOp(f: (inputs: tf.Tensor[], save: tf.GradSaveFunc) => { value: tf.Tensor; gradFunc: GradFunc }) {
-  return tf.customGrad(((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
-    const save = args.pop() as tf.GradSaveFunc;
-    return f(args as tf.Tensor[], save);
-  }) as Parameters<typeof tf.customGrad>[0]);
-}
-
-/** A frozen linear layer in both layouts: forward needs Wᵀ, backward (dx only) needs W. */
+/**
+ * A frozen linear layer. The checkpoint's tensor is used as it is stored; the other layout is an
+ * optional copy that saves two transposes per pass (worth it for small models, where memory is no
+ * concern). Without the copy each weight lives twice (the tensor and XNNPACK's packed copy of it)
+ * instead of four times, which is what lets a 124M model train inside wasm's 4 GB heap.
+ */
 export interface FrozenLinear {
-  /** (d_out, d_in), Hugging Face layout */
-  weight: tf.Tensor2D;
-  /** (d_in, d_out) */
-  weightT: tf.Tensor2D;
+  /** (d_out, d_in), nn.Linear's layout: dx = dy·W is a plain matMul */
+  outIn?: tf.Tensor2D;
+  /** (d_in, d_out), Conv1D's layout: y = x·Wᵀ is a plain matMul */
+  inOut?: tf.Tensor2D;
   /** the layout this wrapper made (and must dispose); the other one belongs to the checkpoint */
   owned?: tf.Tensor2D;
 }
 
-/** From a (d_out, d_in) weight (nn.Linear). */
-export function makeFrozenLinear(weight: tf.Tensor2D): FrozenLinear {
-  const weightT = tf.keep(tf.transpose(weight));
-  return { weight, weightT, owned: weightT };
+/**
+ * Wraps a stored weight: (d_in, d_out) when storedInOut (GPT-2 Conv1D), else (d_out, d_in).
+ * bothLayouts also keeps the transposed copy.
+ */
+export function makeFrozenLinear(stored: tf.Tensor2D, storedInOut: boolean, bothLayouts: boolean): FrozenLinear {
+  const owned = bothLayouts ? tf.keep(tf.transpose(stored)) : undefined;
+  return storedInOut ? { inOut: stored, outIn: owned, owned } : { outIn: stored, inOut: owned, owned };
 }
 
-/** From a (d_in, d_out) weight (GPT-2 Conv1D). */
-export function makeFrozenLinearFromTransposed(weightT: tf.Tensor2D): FrozenLinear {
-  const weight = tf.keep(tf.transpose(weightT));
-  return { weight, weightT, owned: weight };
+/** a·b for 2-D a, b as a plain product, or as (bᵀ·aᵀ)ᵀ when only bᵀ is at hand (bT given instead of b). */
+function product(a: tf.Tensor2D, b: tf.Tensor2D | undefined, bT: tf.Tensor2D | undefined): tf.Tensor2D {
+  if (b) return tf.matMul(a, b);
+  return tf.transpose(tf.matMul(bT!, tf.transpose(a))) as tf.Tensor2D;
 }
 
-/** y = x Wᵀ with W frozen: the gradient flows to x only, never to W. */
+/**
+ * y = x Wᵀ with W frozen: the gradient flows to x only, never to W. Every product is a plain 2-D
+ * matMul, the only kind XNNPACK runs; a missing layout costs a transpose of x or dy (N × d), not of W.
+ */
 export function frozenLinear(x: tf.Tensor2D, layer: FrozenLinear): tf.Tensor2D {
   const op = customOp(([input]) => ({
-    value: tf.matMul(input as tf.Tensor2D, layer.weightT), // (N, d_out)
-    gradFunc: (dy) => [tf.matMul(dy as tf.Tensor2D, layer.weight)], // (N, d_in)
+    value: product(input as tf.Tensor2D, layer.inOut, layer.outIn), // (N, d_out)
+    gradFunc: (dy) => [product(dy as tf.Tensor2D, layer.outIn, layer.inOut)], // (N, d_in)
   }));
   return op(x) as tf.Tensor2D;
+}
+
+/**
+ * The LoRA branch scaling · (x Aᵀ) Bᵀ with gradients for x, A and B, all plain 2-D matMuls
+ * (autodiff would make them transposed ones, 7–12× slower on wasm). The transposes are of the
+ * thin (·, r) factors only. Shapes: x (N, d_in), A (r, d_in), B (d_out, r).
+ */
+export function loraBranch(x: tf.Tensor2D, loraA: tf.Tensor2D, loraB: tf.Tensor2D, scaling: number): tf.Tensor2D {
+  const op = customOp(([input, a, b], save) => {
+    const down = tf.matMul(input as tf.Tensor2D, tf.transpose(a as tf.Tensor2D)); // (N, r)
+    save([input, a, b, down]);
+    return {
+      value: tf.mul(tf.matMul(down, tf.transpose(b as tf.Tensor2D)), scaling), // (N, d_out)
+      gradFunc: (dy, [xs, as, bs, downs]) => {
+        const g = tf.mul(dy, scaling) as tf.Tensor2D; // (N, d_out)
+        const dDown = tf.matMul(g, bs as tf.Tensor2D); // (N, r)
+        const dDownT = tf.transpose(dDown); // (r, N)
+        return [
+          tf.matMul(dDown, as as tf.Tensor2D), // dx (N, d_in)
+          tf.matMul(dDownT, xs as tf.Tensor2D), // dA (r, d_in)
+          tf.transpose(tf.matMul(tf.transpose(downs as tf.Tensor2D), g)), // dB (d_out, r)
+        ];
+      },
+    };
+  });
+  return op(x, loraA, loraB) as tf.Tensor2D;
 }
 
 /** y = x Wᵀ with W trainable (full pretraining): dx = dy W, dW = dyᵀ x, all plain 2-D matmuls. */

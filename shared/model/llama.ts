@@ -9,6 +9,7 @@ import type { LlamaConfig } from '../config.ts';
 import { attend, causalMask, type KvCache } from './attention.ts';
 import type { CausalLM, LinearStorage, ParamSource } from './causal-lm.ts';
 import { constMatMul } from './linear-ops.ts';
+import { rmsNorm, swiglu } from './norm-ops.ts';
 
 export const layerPrefix = (i: number) => `model.layers.${i}`;
 
@@ -123,24 +124,23 @@ export class LlamaModel implements CausalLM {
     let h = params.embed(tf.reshape(inputIds, [-1])); // (N, d)
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const p = layerPrefix(i);
-      const x = this.rmsNorm(h, params.param(`${p}.input_layernorm.weight`));
+      const x = this.rmsNorm(h, params.param(`${p}.input_layernorm.weight`), params);
       const q = this.applyRope(params.linear(`${p}.self_attn.q_proj`, x), c.num_attention_heads, cos, sin); // (N, H·hs)
       const k = this.applyRope(params.linear(`${p}.self_attn.k_proj`, x), c.num_key_value_heads, cos, sin); // (N, Hkv·hs)
       const v = params.linear(`${p}.self_attn.v_proj`, x); // (N, Hkv·hs)
       h = tf.add(h, params.linear(`${p}.self_attn.o_proj`, attend(q, k, v, shape, mask, cache, i)));
-      const m = this.rmsNorm(h, params.param(`${p}.post_attention_layernorm.weight`));
+      const m = this.rmsNorm(h, params.param(`${p}.post_attention_layernorm.weight`), params);
       const gate = params.linear(`${p}.mlp.gate_proj`, m); // (N, I)
       const up = params.linear(`${p}.mlp.up_proj`, m); // (N, I)
-      h = tf.add(h, params.linear(`${p}.mlp.down_proj`, tf.mul(tf.mul(gate, tf.sigmoid(gate)), up) as tf.Tensor2D)); // SwiGLU
+      h = tf.add(h, params.linear(`${p}.mlp.down_proj`, swiglu(gate, up)));
     }
     if (cache) cache.length += time;
-    return params.linear('lm_head', this.rmsNorm(h, params.param('model.norm.weight'))); // (N, V)
+    return params.linear('lm_head', this.rmsNorm(h, params.param('model.norm.weight'), params)); // (N, V)
   }
 
   /** RMSNorm: x / sqrt(mean(x²) + eps) · w, over the hidden dimension. */
-  private rmsNorm(x: tf.Tensor2D, weight: tf.Tensor): tf.Tensor2D {
-    const meanSquare = tf.mean(tf.mul(x, x), -1, true); // (N, 1)
-    return tf.mul(tf.mul(x, tf.rsqrt(tf.add(meanSquare, this.config.rms_norm_eps))), weight) as tf.Tensor2D;
+  private rmsNorm(x: tf.Tensor2D, weight: tf.Tensor, params: ParamSource): tf.Tensor2D {
+    return rmsNorm(x, weight, this.config.rms_norm_eps, params.frozen ?? false);
   }
 
   /** HF rotary embedding per head: x·cos + rotate_half(x)·sin; x (N, heads·hs) → (N, heads·hs). */

@@ -10,6 +10,7 @@ import '@tensorflow/tfjs-backend-webgl';
 import '@tensorflow/tfjs-backend-webgpu';
 import { getThreadsCount, setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { ErrorCodes, fail } from '../../shared/errors.ts';
+import { installWasmKernels } from '../wasm-kernels.ts';
 import type { BrowserBackend } from './fragment.ts';
 
 export interface BrowserBackendInfo {
@@ -65,6 +66,7 @@ async function tryWasm(log: (line: string) => void): Promise<Omit<BrowserBackend
   setWasmPaths('/wasm/');
   if (!(await tf.setBackend('wasm'))) return 'the wasm backend failed to start';
   await tf.ready();
+  installWasmKernels();
   const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT');
   const threads = getThreadsCount();
   if (!(await tf.env().getAsync('WASM_HAS_MULTITHREAD_SUPPORT'))) {
