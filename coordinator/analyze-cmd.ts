@@ -45,8 +45,8 @@ export function spectrumTable(reports: ModuleReport[]): string {
 }
 
 export function subspaceTable(reports: SubspaceReport[]): string {
-  return markdownTable(['module', 'r₁', 'r₂', 'φ(1,1)', 'φ(1,r₂)', 'random', 'φ(r₁,r₂)', 'random'], reports.map((m) => [
-    m.module, m.r1, m.r2, f(m.summary.top1), f(m.summary.top1InAll), f(m.summary.top1InAllRandom), f(m.summary.all), f(m.summary.allRandom),
+  return markdownTable(['module', 'r₁', 'r₂', 'φ(1,1)', 'random', 'φ(1,r₂)', 'random', 'φ(r₁,r₂)', 'random'], reports.map((m) => [
+    m.module, m.r1, m.r2, f(m.summary.top1), f(m.summary.top1Random), f(m.summary.top1InAll), f(m.summary.top1InAllRandom), f(m.summary.all), f(m.summary.allRandom),
   ]));
 }
 
@@ -82,7 +82,9 @@ export function compareTwo(firstDir: string, secondDir: string, outDir: string, 
   const { modules, unmatched } = compareAdapters(first, second);
   const labels = names ?? [`${basename(resolve(firstDir))} (r=${first.r})`, `${basename(resolve(secondDir))} (r=${second.r})`];
   const files = [writeJson(outDir, 'subspace.json', { adapters: [resolve(firstDir), resolve(secondDir)], r: [first.r, second.r], unmatched, modules })];
-  files.push(...writeFigure(outDir, 'subspace', subspaceFigure(modules, `φ(A₁, A₂, i, j) = ‖U_iᵀU_j‖²_F / min(i, j) — ${labels[0]} vs ${labels[1]}`, labels)));
+  const title = `φ(A₁, A₂, i, j) = ‖U_iᵀU_j‖²_F / min(i, j) — ${labels[0]} vs ${labels[1]}`;
+  files.push(...writeFigure(outDir, 'subspace', subspaceFigure(modules, title, labels)));
+  if (second.r > first.r) files.push(...writeFigure(outDir, 'subspace-zoom', subspaceFigure(modules, `${title}, j ≤ ${first.r}`, labels, first.r)));
   return { modules, unmatched, files };
 }
 

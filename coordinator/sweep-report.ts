@@ -45,8 +45,10 @@ function amplificationRows(rank: number, modules: ModuleReport[]): (string | num
 /** Mean over layers per module kind of the φ summaries. */
 function subspaceRows(what: string, modules: SubspaceReport[]): (string | number)[][] {
   const mean = (value: (m: SubspaceReport) => number) => meanByKind(modules, value);
-  const [top1, top1InAll, random1, all, randomAll] = [mean((m) => m.summary.top1), mean((m) => m.summary.top1InAll), mean((m) => m.summary.top1InAllRandom), mean((m) => m.summary.all), mean((m) => m.summary.allRandom)];
-  return Object.keys(top1).map((kind) => [what, kind, p3(top1[kind]), p3(top1InAll[kind]), p3(random1[kind]), p3(all[kind]), p3(randomAll[kind])]);
+  const [top1, top1Random, top1InAll, random1, all, randomAll] = [
+    mean((m) => m.summary.top1), mean((m) => m.summary.top1Random), mean((m) => m.summary.top1InAll), mean((m) => m.summary.top1InAllRandom), mean((m) => m.summary.all), mean((m) => m.summary.allRandom),
+  ];
+  return Object.keys(top1).map((kind) => [what, kind, p3(top1[kind]), p3(top1Random[kind]), p3(top1InAll[kind]), p3(random1[kind]), p3(all[kind]), p3(randomAll[kind])]);
 }
 
 export function writeSweepReport(input: SweepReportInput, log: (line: string) => void): void {
@@ -101,7 +103,7 @@ export function writeSweepReport(input: SweepReportInput, log: (line: string) =>
   // Table 7: amplification per rank on the compared target set, mean over layers.
   const ampRows = main.filter((r) => r.label === setLabel).flatMap((r) => amplificationRows(r.rank, analyses.get(r.runId)!));
   const ampTable = markdownTable(['r', 'module', '‖W‖_F', '‖ΔW‖_F', '‖UᵀWV‖ ΔW dirs', 'W top dirs', 'random dirs', 'amplification'], ampRows);
-  const subspaceTable = markdownTable(['adapters', 'module', 'φ(1,1)', 'φ(1,r₂)', 'random', 'φ(r₁,r₂)', 'random'], subspaceSummary);
+  const subspaceTable = markdownTable(['adapters', 'module', 'φ(1,1)', 'random', 'φ(1,r₂)', 'random', 'φ(r₁,r₂)', 'random'], subspaceSummary);
   const effTable = markdownTable(['run', 'mean entropy rank (per kind)', 'mean top-1 share of ‖ΔW‖²'], runSummaries.map((r) => [
     r.runId, Object.entries(r.analysis.entropyRank).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', '), Object.entries(r.analysis.top1Share).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', '),
   ]));

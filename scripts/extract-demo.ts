@@ -106,8 +106,14 @@ console.log(markdownTable(['rank', 'exact match', 'relative error (all modules)'
 ])));
 writeJson(o.out, 'extract-demo.json', { steps: Number(o.steps), lr: Number(o.lr), fullFineTuneExactMatch: fullAccuracy, rows });
 writeFigure(o.out, 'extract-error', lineChartSvg({
-  title: 'LoRA extracted from a full fine-tune: relative error ‖ΔW − BA‖_F / ‖ΔW‖_F',
-  xAxis: 'rank k', yAxis: 'relative Frobenius error', columns: 1,
-  panels: [{ title: 'mean over layers', xLabels: ranks.map(String), series: kinds.map((k) => ({ name: k, values: rows.map((r) => r.relativeError[k]) })) }],
+  title: 'LoRA extracted from a full fine-tune: ‖ΔW − BA‖_F / ‖ΔW‖_F and exact match',
+  xAxis: 'rank k', yAxis: 'relative error  |  exact match', columns: 2,
+  panels: [
+    { title: 'relative error, mean over layers', xLabels: ranks.map(String), series: kinds.map((k) => ({ name: k, values: rows.map((r) => r.relativeError[k]) })) },
+    {
+      title: 'held-out exact match', xLabels: ranks.map(String),
+      series: [{ name: 'extracted LoRA', values: rows.map((r) => r.exactMatch) }, { name: 'full fine-tune', values: rows.map(() => fullAccuracy), dashed: true }],
+    },
+  ],
 }));
 console.log(`wrote ${o.out}`);

@@ -33,13 +33,14 @@ export function amplificationFigure(reports: ModuleReport[], title: string): str
 }
 
 /** φ(A₁, A₂, i, j) per module: one row of panels per module kind, one panel per layer; names say which adapter is which (with their r). */
-export function subspaceFigure(reports: SubspaceReport[], title: string, names: [string, string]): string {
+export function subspaceFigure(reports: SubspaceReport[], title: string, names: [string, string], maxJ = Infinity): string {
   const groups = [...byKind(reports)];
-  const panels = groups.flatMap(([kind, list]) => list.map((m) => ({ title: `${kind} ${layerName(m.layer)}`, values: m.phi })));
-  const first = reports[0];
+  // maxJ zooms in on j ≤ maxJ, as the paper's Figure 3 does next to the full grid.
+  const panels = groups.flatMap(([kind, list]) => list.map((m) => ({ title: `${kind} ${layerName(m.layer)}`, values: m.phi.map((row) => row.slice(0, maxJ)) })));
+  const [rows, cols] = [panels[0].values.length, panels[0].values[0].length];
   return heatmapSvg({
     title, panels, columns: Math.max(...groups.map(([, list]) => list.length)),
     rowAxis: `i: top-i of ${names[0]}`, colAxis: `j: top-j of ${names[1]}`,
-    panelWidth: first.r2 > 3 * first.r1 ? 240 : 160,
+    panelWidth: cols > 3 * rows ? 240 : 160,
   });
 }

@@ -30,9 +30,13 @@ export interface LineChartOptions {
 export function lineChartSvg(o: LineChartOptions): string {
   const columns = Math.max(1, Math.min(o.columns ?? o.panels.length, o.panels.length));
   const figureRows = Math.ceil(o.panels.length / columns);
-  const [plotW, plotH, left, top, gapX, gapY, legendW] = [300, 200, 70, 56, 90, 70, 130];
+  const [plotW, plotH, left, top, gapY, legendW] = [300, 200, 70, 56, 70, 130];
+  // Panels naming the same series share one legend at the end of each row; otherwise each panel has its own.
+  const names = (panel: LinePanel) => panel.series.map((s) => s.name).join('\n');
+  const ownLegends = o.panels.some((panel) => names(panel) !== names(o.panels[0]));
+  const gapX = ownLegends ? 90 + legendW : 90;
   // Wide enough for the title too (≈ 9 px per character at 16 px bold).
-  const width = Math.max(left + columns * (plotW + gapX) + legendW, 9 * o.title.length + 40);
+  const width = Math.max(left + columns * (plotW + gapX) + (ownLegends ? 0 : legendW), 9 * o.title.length + 40);
   const height = top + figureRows * (plotH + gapY);
   const body = [text(width / 2, 24, o.title, 'font-size="16" text-anchor="middle" font-weight="bold"')];
   o.panels.forEach((panel, p) => {
@@ -65,8 +69,7 @@ export function lineChartSvg(o: LineChartOptions): string {
       const d = points.map(([i, v], m) => `${m === 0 ? 'M' : 'L'}${xAt(i).toFixed(1)},${yAt(v).toFixed(1)}`).join(' ');
       body.push(`<path d="${d}" fill="none" stroke="${color}" stroke-width="1.6"${s.dashed ? ' stroke-dasharray="5,3"' : ''}/>`);
       for (const [i, v] of points.length <= 16 ? points : []) body.push(`<circle cx="${xAt(i).toFixed(1)}" cy="${yAt(v).toFixed(1)}" r="2.2" fill="${color}"/>`);
-      // One legend per figure row, beside the last panel of the row.
-      if (p % columns === columns - 1 || p === o.panels.length - 1) {
+      if (ownLegends || p % columns === columns - 1 || p === o.panels.length - 1) {
         const lx = x0 + plotW + 14;
         const ly = y0 + 10 + k * 16;
         body.push(`<line x1="${lx}" x2="${lx + 18}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="5,3"' : ''}/>`);

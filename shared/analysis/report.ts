@@ -54,6 +54,7 @@ export interface SubspaceReport {
   summary: {
     /** φ(1, 1): do the two strongest input directions coincide? */
     top1: number;
+    top1Random: number;
     /** φ(1, r₂): how much of A₁'s strongest direction lies in A₂'s whole subspace */
     top1InAll: number;
     top1InAllRandom: number;
@@ -106,7 +107,7 @@ export function compareAdapters(first: AdapterMatrices, second: AdapterMatrices)
     modules.push({
       module, layer, kind, dIn: d, r1, r2, phi,
       summary: {
-        top1: phi[0][0], top1InAll: phi[0][r2 - 1], top1InAllRandom: randomSubspaceSimilarity(1, r2, d),
+        top1: phi[0][0], top1Random: randomSubspaceSimilarity(1, 1, d), top1InAll: phi[0][r2 - 1], top1InAllRandom: randomSubspaceSimilarity(1, r2, d),
         all: phi[r1 - 1][r2 - 1], allRandom: randomSubspaceSimilarity(r1, r2, d),
       },
     });

@@ -100,6 +100,7 @@ test('analyze ADAPTER --model: spectra, effective ranks and amplification per mo
     for (const row of m.phi) for (const v of row) inRange(v, 0, 1, `${m.module} φ`);
   }
   assertFigure(pair, 'subspace');
+  assertFigure(pair, 'subspace-zoom');
   const self = join(root, 'self');
   ok('analyze', adapter, adapter, '--out', self);
   for (const m of json(join(self, 'subspace.json')).modules) m.phi.forEach((row: number[], i: number) => assert.ok(Math.abs(row[i] - 1) < 1e-6, `${m.module} φ(${i + 1}, ${i + 1}) = ${row[i]}`));
