@@ -84,7 +84,9 @@ export function compareTwo(firstDir: string, secondDir: string, outDir: string, 
   const files = [writeJson(outDir, 'subspace.json', { adapters: [resolve(firstDir), resolve(secondDir)], r: [first.r, second.r], unmatched, modules })];
   const title = `φ(A₁, A₂, i, j) = ‖U_iᵀU_j‖²_F / min(i, j) — ${labels[0]} vs ${labels[1]}`;
   files.push(...writeFigure(outDir, 'subspace', subspaceFigure(modules, title, labels)));
-  if (second.r > first.r) files.push(...writeFigure(outDir, 'subspace-zoom', subspaceFigure(modules, `${title}, j ≤ ${first.r}`, labels, first.r)));
+  // A zoom on the top directions: j ≤ r₁ when A₂ has the larger rank, else i, j ≤ 8.
+  const zoom = second.r > first.r ? first.r : first.r > 8 ? 8 : 0;
+  if (zoom > 0) files.push(...writeFigure(outDir, 'subspace-zoom', subspaceFigure(modules, `${title}, i, j ≤ ${zoom}`, labels, zoom, zoom)));
   return { modules, unmatched, files };
 }
 

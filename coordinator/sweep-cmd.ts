@@ -97,7 +97,8 @@ export async function sweepCommand(o: SweepOptions, log: (line: string) => void 
     log(`  r=${String(run.rank).padEnd(2)} ${run.label.padEnd(8)} seed ${run.seed}: eval loss ${run.evalLoss.toFixed(4)}, exact match ${(100 * run.exactMatch).toFixed(1)}% (${run.trainSeconds.toFixed(1)} s)`);
   }
   base.dispose();
-  const trainSeconds = (performance.now() - started) / 1000;
+  // Summed per run, so runs reused from an earlier invocation count with the time they took then.
+  const trainSeconds = runs.reduce((sum, run) => sum + run.trainSeconds, 0);
   const matrices = baseMatrices(model.config, weights, `--model ${o.model}`);
   writeSweepReport({ options: o, out, runs, baseline, base: { config: model.config, dir: model.dir, matrices }, trainSeconds }, log);
   log(`sweep done in ${((performance.now() - started) / 1000).toFixed(0)} s; results in ${out}`);

@@ -19,6 +19,7 @@ export interface SweepReportInput {
   /** exact match of the base model without an adapter */
   baseline: number;
   base: Base;
+  /** training time summed over runs (without the exact-match evaluation) */
   trainSeconds: number;
 }
 
@@ -109,7 +110,7 @@ export function writeSweepReport(input: SweepReportInput, log: (line: string) =>
   ]));
   const md = [
     `# LoRA sweep on the demo task (${o.steps} steps × ${o.globalBatch} sequences, lr ${o.lr}, α ${o.alpha}, seed ${o.seed})`,
-    '', `Base model exact match: ${pct(input.baseline)} on ${o.evalSize} held-out strings. Training time ${input.trainSeconds.toFixed(0)} s for ${runs.length} runs.`,
+    '', `Base model exact match: ${pct(input.baseline)} on ${o.evalSize} held-out strings. Training time ${input.trainSeconds.toFixed(0)} s for ${runs.length} runs (in-process, wasm, on a shared 2-core machine).`,
     '', '## Held-out exact match', '', accuracyTable, '', '## Held-out eval loss (mean token loss)', '', lossTable, '', '## Trainable parameters', '', paramsTable,
     '', `## Amplification (${setLabel}, mean over layers; k = r directions)`, '', ampTable,
     '', `## Subspace similarity (${setLabel}, mean over layers)`, '', subspaceTable,

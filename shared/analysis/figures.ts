@@ -33,10 +33,10 @@ export function amplificationFigure(reports: ModuleReport[], title: string): str
 }
 
 /** φ(A₁, A₂, i, j) per module: one row of panels per module kind, one panel per layer; names say which adapter is which (with their r). */
-export function subspaceFigure(reports: SubspaceReport[], title: string, names: [string, string], maxJ = Infinity): string {
+export function subspaceFigure(reports: SubspaceReport[], title: string, names: [string, string], maxI = Infinity, maxJ = Infinity): string {
   const groups = [...byKind(reports)];
-  // maxJ zooms in on j ≤ maxJ, as the paper's Figure 3 does next to the full grid.
-  const panels = groups.flatMap(([kind, list]) => list.map((m) => ({ title: `${kind} ${layerName(m.layer)}`, values: m.phi.map((row) => row.slice(0, maxJ)) })));
+  // maxI, maxJ zoom in on the top directions, as the paper's Figures 3 and 4 do next to the full grid.
+  const panels = groups.flatMap(([kind, list]) => list.map((m) => ({ title: `${kind} ${layerName(m.layer)}`, values: m.phi.slice(0, maxI).map((row) => row.slice(0, maxJ)) })));
   const [rows, cols] = [panels[0].values.length, panels[0].values[0].length];
   return heatmapSvg({
     title, panels, columns: Math.max(...groups.map(([, list]) => list.length)),

@@ -48,6 +48,7 @@ export function heatmapSvg(o: HeatmapOptions): string {
   // Wide enough for the title too (≈ 9 px per character at 16 px bold).
   const width = Math.max(left + columns * plotW + (columns - 1) * gapX + 90, 9 * o.title.length + 40);
   const height = top + figureRows * plotH + (figureRows - 1) * gapY + 60;
+  const tooltips = o.panels.reduce((n, panel) => n + panel.values.length * (panel.values[0]?.length ?? 0), 0) <= 4096;
   const body = [text(width / 2, 24, o.title, 'font-size="16" text-anchor="middle" font-weight="bold"')];
   o.panels.forEach((panel, p) => {
     const x0 = left + (p % columns) * (plotW + gapX);
@@ -60,7 +61,9 @@ export function heatmapSvg(o: HeatmapOptions): string {
       const { fill, darkText } = colorAt((v - min) / (max - min || 1));
       const [x, y] = [x0 + j * cw, y0 + i * ch];
       // Cells overlap by 0.5 px so renderers leave no hairline gaps between them.
-      body.push(`<rect x="${x.toFixed(2)}" y="${y.toFixed(2)}" width="${(cw + 0.5).toFixed(2)}" height="${(ch + 0.5).toFixed(2)}" fill="${fill}"><title>${i + 1},${j + 1}: ${formatNumber(v)}</title></rect>`);
+      // Hover tooltips only on small grids: on 12 panels of 64×64 they would triple the file size.
+      const tooltip = tooltips ? `<title>${i + 1},${j + 1}: ${formatNumber(v)}</title>` : '';
+      body.push(`<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(cw + 0.5).toFixed(1)}" height="${(ch + 0.5).toFixed(1)}" fill="${fill}">${tooltip}</rect>`);
       if (annotate) body.push(text(x + cw / 2, y + ch / 2 + 4, format(v), `font-size="11" text-anchor="middle" fill="${darkText ? 'black' : 'white'}"`));
     }));
     body.push(`<rect x="${x0}" y="${y0}" width="${plotW}" height="${plotH}" fill="none" stroke="#333" stroke-width="0.8"/>`);
