@@ -18,11 +18,10 @@ export function checkWeights(config: ModelConfig, weights: Map<string, tf.Tensor
 }
 
 /**
- * Up to this many bytes of linear weights, FrozenBase also keeps each weight's transposed copy
- * (no transposes in either pass); above it, only the stored layout (half the memory: a 124M model
- * fits wasm's 4 GB heap with room for activations).
+ * Above this many bytes of linear weights, FrozenBase multiplies with W as the left operand
+ * (FrozenLinear.weightRows): half the memory and faster for large layers, slower for small ones.
  */
-export const BOTH_LAYOUTS_MAX_BYTES = 64 * 2 ** 20;
+export const WEIGHT_ROWS_MIN_BYTES = 64 * 2 ** 20;
 
 /** The frozen base model: every linear layer wrapped for the fast custom gradient. */
 export class FrozenBase implements ParamSource {
@@ -34,28 +33,35 @@ export class FrozenBase implements ParamSource {
 
   /**
    * plain: use autodiff's own gradients (matMul, LoRA branch) instead of the fast path (the
-   * reference in tests). layouts: keep both layouts of every linear weight, only the stored one,
-   * or decide by size (BOTH_LAYOUTS_MAX_BYTES).
+   * reference in tests). weightRows: how the fast path multiplies (see FrozenLinear); by default
+   * decided by the size of the model's linear weights (WEIGHT_ROWS_MIN_BYTES).
    */
-  constructor(readonly config: ModelConfig, readonly weights: Map<string, tf.Tensor>, readonly plain = false, layouts: 'auto' | 'both' | 'stored' = 'auto') {
+  constructor(readonly config: ModelConfig, readonly weights: Map<string, tf.Tensor>, readonly plain = false, weightRows?: boolean) {
     checkWeights(config, weights);
     this.embedding = weights.get(embeddingName(config)) as tf.Tensor2D;
     const paths = linearModulePaths(config);
     const linearBytes = paths.reduce((n, path) => n + 4 * weights.get(linearStorage(config, path).weight)!.size, 0);
-    const both = layouts === 'both' || (layouts === 'auto' && linearBytes <= BOTH_LAYOUTS_MAX_BYTES);
+    const rows = weightRows ?? linearBytes > WEIGHT_ROWS_MIN_BYTES;
     for (const path of paths) {
       const storage = linearStorage(config, path);
-      // Conv1D weights are stored (d_in, d_out), nn.Linear ones (d_out, d_in).
-      this.linears.set(path, makeFrozenLinear(weights.get(storage.weight) as tf.Tensor2D, storage.transposed, both && !plain));
+      const stored = weights.get(storage.weight) as tf.Tensor2D;
+      // Conv1D weights are stored (d_in, d_out), nn.Linear ones (d_out, d_in); plain autodiff uses them as stored.
+      if (!plain) this.linears.set(path, makeFrozenLinear(stored, storage.transposed, rows));
       if (storage.bias) this.biases.set(path, weights.get(storage.bias) as tf.Tensor1D);
     }
   }
 
   linear(modulePath: string, x: tf.Tensor2D): tf.Tensor2D {
-    const layer = this.linears.get(modulePath) ?? fail(ErrorCodes.MODEL, `no linear layer ${modulePath}`);
-    const y = this.plain ? ((layer.inOut ? tf.matMul(x, layer.inOut) : tf.matMul(x, layer.outIn!, false, true)) as tf.Tensor2D) : frozenLinear(x, layer);
+    const y = this.plain ? this.plainLinear(modulePath, x) : frozenLinear(x, this.linears.get(modulePath) ?? fail(ErrorCodes.MODEL, `no linear layer ${modulePath}`));
     const bias = this.biases.get(modulePath);
     return bias ? (tf.add(y, bias) as tf.Tensor2D) : y;
+  }
+
+  /** x·Wᵀ through autodiff's own matMul gradient */
+  private plainLinear(modulePath: string, x: tf.Tensor2D): tf.Tensor2D {
+    const storage = linearStorage(this.config, modulePath);
+    const w = (this.weights.get(storage.weight) ?? fail(ErrorCodes.MODEL, `no linear layer ${modulePath}`)) as tf.Tensor2D;
+    return tf.matMul(x, w, false, !storage.transposed);
   }
 
   embed(ids: tf.Tensor1D): tf.Tensor2D {
@@ -67,7 +73,7 @@ export class FrozenBase implements ParamSource {
   }
 
   dispose(): void {
-    for (const l of this.linears.values()) l.owned?.dispose();
+    for (const l of this.linears.values()) l.owned.dispose();
   }
 }
 

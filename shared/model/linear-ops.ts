@@ -8,43 +8,46 @@ import * as tf from '@tensorflow/tfjs-core';
 import { customOp } from './custom-op.ts';
 
 /**
- * A frozen linear layer. The checkpoint's tensor is used as it is stored; the other layout is an
- * optional copy that saves two transposes per pass (worth it for small models, where memory is no
- * concern). Without the copy each weight lives twice (the tensor and XNNPACK's packed copy of it)
- * instead of four times, which is what lets a 124M model train inside wasm's 4 GB heap.
+ * A frozen linear layer in both layouts, so neither pass transposes W. XNNPACK packs the
+ * right-hand operand of a product into its own copy (cached per tensor), so how W enters the
+ * products decides the memory and the speed (bench/profile-step.ts, 2-core AMD EPYC, 1 thread):
+ *  - weightRows false: y = x·Wᵀ and dx = dy·W with W on the right. Fastest for small layers
+ *    (20 GFLOP/s at d = 128), but W is held four times (two layouts, two packed copies).
+ *  - weightRows true: yᵀ = W·xᵀ and dxᵀ = Wᵀ·dyᵀ with W on the left: only the activations (N × d)
+ *    are transposed and packed. For GPT-2-sized layers this is faster (15–17 vs 11–12 GFLOP/s for
+ *    d_out ≥ 2304: the packed activations stay in cache, a packed 9 MB W does not) and W is held
+ *    twice, which is what lets a 124M model train inside wasm's 4 GB heap.
  */
 export interface FrozenLinear {
-  /** (d_out, d_in), nn.Linear's layout: dx = dy·W is a plain matMul */
-  outIn?: tf.Tensor2D;
-  /** (d_in, d_out), Conv1D's layout: y = x·Wᵀ is a plain matMul */
-  inOut?: tf.Tensor2D;
+  /** (d_out, d_in), nn.Linear's layout */
+  outIn: tf.Tensor2D;
+  /** (d_in, d_out), Conv1D's layout */
+  inOut: tf.Tensor2D;
   /** the layout this wrapper made (and must dispose); the other one belongs to the checkpoint */
-  owned?: tf.Tensor2D;
+  owned: tf.Tensor2D;
+  /** W as the left operand of both products (see above) */
+  weightRows: boolean;
 }
 
-/**
- * Wraps a stored weight: (d_in, d_out) when storedInOut (GPT-2 Conv1D), else (d_out, d_in).
- * bothLayouts also keeps the transposed copy.
- */
-export function makeFrozenLinear(stored: tf.Tensor2D, storedInOut: boolean, bothLayouts: boolean): FrozenLinear {
-  const owned = bothLayouts ? tf.keep(tf.transpose(stored)) : undefined;
-  return storedInOut ? { inOut: stored, outIn: owned, owned } : { outIn: stored, inOut: owned, owned };
+/** Wraps a stored weight: (d_in, d_out) when storedInOut (GPT-2 Conv1D), else (d_out, d_in). */
+export function makeFrozenLinear(stored: tf.Tensor2D, storedInOut: boolean, weightRows: boolean): FrozenLinear {
+  const owned = tf.keep(tf.transpose(stored));
+  return storedInOut ? { inOut: stored, outIn: owned, owned, weightRows } : { outIn: stored, inOut: owned, owned, weightRows };
 }
 
-/** a·b for 2-D a, b as a plain product, or as (bᵀ·aᵀ)ᵀ when only bᵀ is at hand (bT given instead of b). */
-function product(a: tf.Tensor2D, b: tf.Tensor2D | undefined, bT: tf.Tensor2D | undefined): tf.Tensor2D {
-  if (b) return tf.matMul(a, b);
-  return tf.transpose(tf.matMul(bT!, tf.transpose(a))) as tf.Tensor2D;
+/** x·Mᵀ for M given in both layouts (m = M, mT = Mᵀ): x·mT, or (m·xᵀ)ᵀ with m on the left. */
+function timesTransposed(x: tf.Tensor2D, m: tf.Tensor2D, mT: tf.Tensor2D, mOnTheLeft: boolean): tf.Tensor2D {
+  return mOnTheLeft ? (tf.transpose(tf.matMul(m, tf.transpose(x))) as tf.Tensor2D) : tf.matMul(x, mT);
 }
 
 /**
  * y = x Wᵀ with W frozen: the gradient flows to x only, never to W. Every product is a plain 2-D
- * matMul, the only kind XNNPACK runs; a missing layout costs a transpose of x or dy (N × d), not of W.
+ * matMul, the only kind XNNPACK runs (autodiff would make the backward one a transposed matMul).
  */
 export function frozenLinear(x: tf.Tensor2D, layer: FrozenLinear): tf.Tensor2D {
   const op = customOp(([input]) => ({
-    value: product(input as tf.Tensor2D, layer.inOut, layer.outIn), // (N, d_out)
-    gradFunc: (dy) => [product(dy as tf.Tensor2D, layer.outIn, layer.inOut)], // (N, d_in)
+    value: timesTransposed(input as tf.Tensor2D, layer.outIn, layer.inOut, layer.weightRows), // (N, d_out)
+    gradFunc: (dy) => [timesTransposed(dy as tf.Tensor2D, layer.inOut, layer.outIn, layer.weightRows)], // (N, d_in)
   }));
   return op(x) as tf.Tensor2D;
 }

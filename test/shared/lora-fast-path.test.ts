@@ -44,15 +44,15 @@ function assertSameOp(what: string, inputs: tf.Tensor[], fast: (...xs: tf.Tensor
   });
 }
 
-test('frozenLinear: dx equals autodiff of x·Wᵀ for both storage layouts, with and without the transposed copy', () => {
+test('frozenLinear: value and dx equal autodiff of x·Wᵀ for both storage layouts, W on either side of the products', () => {
   const x = random([6, 5]);
   const w = random([4, 5]) as tf.Tensor2D; // (d_out, d_in)
   const reference = (xs: tf.Tensor) => tf.matMul(xs as tf.Tensor2D, w, false, true);
-  for (const both of [false, true]) {
-    const linear = makeFrozenLinear(w, false, both);
-    assertSameOp(`nn.Linear layout, both=${both}`, [x], (xs) => frozenLinear(xs as tf.Tensor2D, linear), reference);
-    const conv = makeFrozenLinear(tf.transpose(w) as tf.Tensor2D, true, both);
-    assertSameOp(`Conv1D layout, both=${both}`, [x], (xs) => frozenLinear(xs as tf.Tensor2D, conv), reference);
+  for (const weightRows of [false, true]) {
+    const linear = makeFrozenLinear(w, false, weightRows);
+    assertSameOp(`nn.Linear layout, weightRows=${weightRows}`, [x], (xs) => frozenLinear(xs as tf.Tensor2D, linear), reference);
+    const conv = makeFrozenLinear(tf.transpose(w) as tf.Tensor2D, true, weightRows);
+    assertSameOp(`Conv1D layout, weightRows=${weightRows}`, [x], (xs) => frozenLinear(xs as tf.Tensor2D, conv), reference);
   }
 });
 
