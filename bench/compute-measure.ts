@@ -1,0 +1,172 @@
+/**
+ * One row of the compute bench, run in its own process (a tfjs backend, and wasm's thread count,
+ * are fixed per process): the LoRA training step of one workload on one backend, alternated step
+ * by step with the same step in PyTorch (bench/torch_compute.py, same weights, adapter, batch and
+ * threads), so both sides see the same machine load and every ratio is a pair measured back to
+ * back. Also checks that both compute the same thing: loss and gradient norm agree.
+ * Run by bench/compute.ts as `tsx bench/compute-measure.ts '<MeasureConfig JSON>'`; prints one
+ * JSON line (MeasureResult) last.
+ */
+import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import * as tf from '@tensorflow/tfjs-core';
+import { FrozenBase } from '../shared/lora/params.ts';
+import { computeGradients, computeGradientsAsync, type GradientResult } from '../shared/train/gradients.ts';
+import { initBackend, type BackendName } from '../worker/backend.ts';
+import { demoWorkload, gpt2Workload, writeTorchInputs, type Workload } from './compute-workloads.ts';
+
+export interface MeasureConfig {
+  model: 'demo' | 'gpt2-small';
+  backend: BackendName;
+  /** wasm XNNPACK threads, and PyTorch's threads */
+  threads: number;
+  warmup: number;
+  repeats: number;
+  /** GPT-2 workload shape */
+  batch: number;
+  time: number;
+  /** 'cpu', 'cuda', or 'none' for no PyTorch column */
+  torchDevice: 'cpu' | 'cuda' | 'none';
+}
+
+export interface TorchInfo {
+  threads: number;
+  version: string;
+  blas: string;
+  device: string;
+}
+
+export interface MeasureResult {
+  config: MeasureConfig;
+  backend: { name: string; threads?: number; software: boolean; adapter?: string; note: string };
+  workload: { id: string; description: string; parameters: number; batch: number; time: number; tokens: number; flops: number; loraTargets: string[]; r: number };
+  /** wall and process-CPU milliseconds per step, one entry per repeat */
+  ms: number[];
+  cpuMs: number[];
+  torch: (TorchInfo & { ms: number[]; cpuMs: number[] }) | null;
+  /** why there is no PyTorch column, when there is none */
+  torchNote?: string;
+  /** loss and ‖gradient‖₂ of both sides, and their relative differences */
+  agreement: { loss: number; gradNorm: number; torchLoss?: number; torchGradNorm?: number; lossRelDiff?: number; gradNormRelDiff?: number };
+}
+
+/** Debian's python3-torch lives under /usr/bin/python3 (the pyenv python3 first on PATH has no torch); LORAMESH_BENCH_PYTHON overrides. */
+const PYTHON = process.env.LORAMESH_BENCH_PYTHON || '/usr/bin/python3';
+
+/** PyTorch as a line-based server: start, then one step per request. */
+class TorchServer {
+  private readonly lines: AsyncIterator<string>;
+
+  private constructor(private readonly child: ChildProcessWithoutNullStreams, readonly stderr: string[]) {
+    this.lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  }
+
+  static async start(dir: string, threads: number, device: string): Promise<{ server: TorchServer; info: TorchInfo }> {
+    const child = spawn(PYTHON, [join(import.meta.dirname, 'torch_compute.py'), dir, String(threads), device], {
+      env: { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads) },
+    });
+    const stderr: string[] = [];
+    child.stderr.on('data', (d: Buffer) => stderr.push(d.toString()));
+    const server = new TorchServer(child, stderr);
+    const info = (await server.next()) as unknown as TorchInfo;
+    return { server, info };
+  }
+
+  private async next(): Promise<Record<string, number>> {
+    const { value, done } = await this.lines.next();
+    if (done) throw new Error(`torch_compute.py exited: ${this.stderr.join('').slice(-1500)}`);
+    return JSON.parse(value);
+  }
+
+  async step(): Promise<{ ms: number; cpuMs: number; loss: number; gradNorm: number }> {
+    this.child.stdin.write('step\n');
+    return (await this.next()) as { ms: number; cpuMs: number; loss: number; gradNorm: number };
+  }
+
+  stop(): void {
+    this.child.stdin.end('quit\n');
+  }
+}
+
+const gradNorm = (r: GradientResult) => Math.sqrt([...r.grads.values()].reduce((s, g) => s + g.reduce((a, v) => a + v * v, 0), 0));
+const relDiff = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-30);
+
+export async function measure(config: MeasureConfig): Promise<MeasureResult> {
+  const info = await initBackend(config.backend, () => {}, { wasmThreads: config.backend === 'wasm' ? config.threads : undefined });
+  const w: Workload = config.model === 'demo' ? await demoWorkload() : gpt2Workload(config.batch, config.time);
+  const base = new FrozenBase(w.config, w.weights);
+  // WebGPU cannot read synchronously in Node; the async read is the step's end on every backend.
+  const step = () => computeGradientsAsync(w.model, base, w.spec, w.adapter, w.lora, w.mb);
+  const stepSync = () => computeGradients(w.model, base, w.spec, w.adapter, w.lora, w.mb);
+  const timed = async () => {
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    const r = config.backend === 'webgpu' ? await step() : stepSync();
+    const c = process.cpuUsage(c0);
+    return { r, ms: performance.now() - t0, cpuMs: (c.user + c.system) / 1000 };
+  };
+
+  let torch: { server: TorchServer; info: TorchInfo; dir: string } | null = null;
+  let torchNote: string | undefined;
+  if (config.torchDevice === 'none') torchNote = 'PyTorch column not asked for';
+  else if (!existsSync(PYTHON) || spawnSync(PYTHON, ['-c', 'import torch'], { stdio: 'ignore' }).status !== 0) {
+    torchNote = `no torch in ${PYTHON} (apt-get install python3-torch libopenblas0-openmp, or set LORAMESH_BENCH_PYTHON): no PyTorch column`;
+  } else if (config.torchDevice === 'cuda' && spawnSync(PYTHON, ['-c', 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'], { stdio: 'ignore' }).status !== 0) {
+    torchNote = `torch in ${PYTHON} has no CUDA device: no PyTorch column`;
+  } else {
+    const dir = mkdtempSync(join(tmpdir(), 'loramesh-compute-'));
+    writeTorchInputs(w, dir);
+    torch = { ...(await TorchServer.start(dir, config.threads, config.torchDevice)), dir };
+  }
+
+  try {
+    let last = await timed();
+    for (let i = 1; i < config.warmup; i++) last = await timed();
+    let torchLast = torch ? await torch.server.step() : null;
+    for (let i = 1; torch && i < config.warmup; i++) torchLast = await torch.server.step();
+    const ms: number[] = [];
+    const cpuMs: number[] = [];
+    const torchMs: number[] = [];
+    const torchCpuMs: number[] = [];
+    for (let i = 0; i < config.repeats; i++) {
+      last = await timed();
+      ms.push(last.ms);
+      cpuMs.push(last.cpuMs);
+      if (torch) {
+        torchLast = await torch.server.step();
+        torchMs.push(torchLast.ms);
+        torchCpuMs.push(torchLast.cpuMs);
+      }
+    }
+    const ours = { loss: last.r.lossSum, gradNorm: gradNorm(last.r) };
+    return {
+      config,
+      backend: { name: info.name, threads: info.threads, software: info.software, adapter: info.adapter, note: info.note },
+      workload: {
+        id: w.id, description: w.description, parameters: w.parameters, batch: w.mb.batch, time: w.mb.time, tokens: w.mb.batch * w.mb.time,
+        flops: w.flops, loraTargets: w.lora.targetModules, r: w.lora.r,
+      },
+      ms, cpuMs,
+      torch: torch ? { ...torch.info, ms: torchMs, cpuMs: torchCpuMs } : null,
+      torchNote,
+      agreement: torchLast
+        ? { ...ours, torchLoss: torchLast.loss, torchGradNorm: torchLast.gradNorm, lossRelDiff: relDiff(ours.loss, torchLast.loss), gradNormRelDiff: relDiff(ours.gradNorm, torchLast.gradNorm) }
+        : ours,
+    };
+  } finally {
+    if (torch) {
+      torch.server.stop();
+      rmSync(torch.dir, { recursive: true, force: true });
+    }
+    tf.disposeVariables();
+  }
+}
+
+if (import.meta.filename === process.argv[1]) {
+  const result = await measure(JSON.parse(process.argv[2]) as MeasureConfig);
+  console.log(JSON.stringify(result));
+  process.exit(0); // wasm pthreads and the GPU device would otherwise linger
+}

@@ -1,0 +1,180 @@
+/**
+ * `npm run bench:compute` (`-- --quick`: demo model only, ≲ 40 s): ms/step, tokens/s and achieved
+ * GFLOP/s of the LoRA training step per backend — wasm 1 thread, wasm 2 threads (LORAMESH_WASM_THREADS
+ * shim), cpu, WebGPU (software here: marked so), tfjs-node when installed — for the demo model and
+ * a GPT-2-small-shaped model, each next to PyTorch on the same model with the same threads,
+ * steps alternated so the ratio is measured under the same load (bench/compute-measure.ts, one
+ * process per row). Writes bench/results/compute.json (quick: compute.quick.json) and, in full
+ * mode, the compute-table section of bench/RESULTS.md. Also the `compute` step of `npm run bench`.
+ */
+import { spawnSync } from 'node:child_process';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { figure, fmt, machine, provenance, replaceSection, stats, writeJson, type Figure, type Stats } from './lib/results.ts';
+import type { MeasureConfig, MeasureResult } from './compute-measure.ts';
+
+export interface ComputeOptions {
+  quick: boolean;
+  /** a machine with a GPU (bench/device.sh): WebGPU (Dawn) against PyTorch CUDA, written as compute.device.json */
+  device?: boolean;
+  /** write results (default true; quick writes compute.quick.json and leaves RESULTS.md alone) */
+  write?: boolean;
+  command?: string;
+  log?: (line: string) => void;
+  /** rows to run instead of the default plan (tests use a tiny one) */
+  rows?: MeasureConfig[];
+}
+
+export interface ComputeRow {
+  model: string;
+  backend: string;
+  threads: number;
+  software: boolean;
+  description: string;
+  tokens: number;
+  gflopPerStep: number;
+  ms: Stats;
+  cpuMs: Stats;
+  tokensPerSecond: number;
+  gflops: number;
+  torch: { label: string; ms: Stats; cpuMs: Stats; gflops: number } | null;
+  /** ours / PyTorch per alternated pair of steps */
+  ratio: Stats | null;
+  /** the same ratio on process CPU time: less sensitive to other work on a shared machine */
+  cpuRatio: Stats | null;
+  agreement: MeasureResult['agreement'];
+  note?: string;
+  /** per repeat: our wall ms, and ours / PyTorch */
+  samples: { ms: number[]; ratio: number[] | null };
+}
+
+export interface ComputeResult {
+  date: string;
+  quick: boolean;
+  command: string;
+  machine: ReturnType<typeof machine>;
+  flopFormula: string;
+  rows: ComputeRow[];
+  /** rows that could not run here, with the reason */
+  unavailable: { model: string; backend: string; reason: string }[];
+  figures: Figure[];
+}
+
+export const FLOP_FORMULA =
+  'forward 2·N·P_lin + Σ_adapted 2·N·r·(d_in+d_out) + Σ_layers 4·B·T²·d; backward 2·N·P_lin (dx only, W frozen) + Σ_adapted 6·N·r·(d_in+d_out) + Σ_layers 8·B·T²·d ' +
+  '(N = B·T tokens, P_lin = weights of all linear layers incl. the LM head, d = attention width; elementwise work not counted)';
+
+const GPT2_SHAPE = { batch: 2, time: 128 };
+
+function devicePlan(): MeasureConfig[] {
+  const row = (model: MeasureConfig['model'], warmup: number, repeats: number): MeasureConfig =>
+    ({ model, backend: 'webgpu', threads: 1, warmup, repeats, ...GPT2_SHAPE, torchDevice: 'cuda' });
+  return [row('demo', 3, 20), row('gpt2-small', 3, 20)];
+}
+
+function plan(quick: boolean): MeasureConfig[] {
+  const cores = availableParallelism();
+  const row = (model: MeasureConfig['model'], backend: MeasureConfig['backend'], threads: number, warmup: number, repeats: number): MeasureConfig =>
+    ({ model, backend, threads, warmup, repeats, ...GPT2_SHAPE, torchDevice: 'cpu' });
+  const threaded = cores >= 2 ? [Math.min(cores, 8)] : [];
+  if (quick) return [row('demo', 'wasm', 1, 2, 5), ...threaded.map((t) => row('demo', 'wasm', t, 2, 5))];
+  return [
+    row('demo', 'wasm', 1, 3, 15), ...threaded.map((t) => row('demo', 'wasm', t, 3, 15)),
+    row('demo', 'cpu', 1, 1, 3), row('demo', 'webgpu', 1, 2, 5), row('demo', 'tensorflow', 1, 2, 10),
+    row('gpt2-small', 'wasm', 1, 1, 5), ...threaded.map((t) => row('gpt2-small', 'wasm', t, 1, 5)),
+  ];
+}
+
+function runRow(config: MeasureConfig): MeasureResult | { error: string } {
+  const out = spawnSync(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'compute-measure.ts'), JSON.stringify(config)], {
+    encoding: 'utf8', maxBuffer: 64 * 2 ** 20, env: { ...process.env, LORAMESH_WASM_THREADS: '' },
+  });
+  if (out.status === 0) return JSON.parse(out.stdout.trim().split('\n').pop()!) as MeasureResult;
+  const lines = out.stderr.split('\n').filter((l) => /error|Error|fail/i.test(l) && l.length < 400);
+  return { error: (lines.find((l) => /LM_ERR|Error:/.test(l)) ?? lines[0] ?? `exit ${out.status}`).trim() };
+}
+
+function toRow(r: MeasureResult): ComputeRow {
+  const gflopPerStep = r.workload.flops / 1e9;
+  const ms = stats(r.ms);
+  const pairs = r.torch ? r.ms.map((m, i) => m / r.torch!.ms[i]) : null;
+  const cpuPairs = r.torch ? r.cpuMs.map((m, i) => m / r.torch!.cpuMs[i]) : null;
+  return {
+    model: r.workload.id, backend: r.backend.name, threads: r.backend.threads ?? r.config.threads, software: r.backend.software,
+    description: r.workload.description, tokens: r.workload.tokens, gflopPerStep, ms, cpuMs: stats(r.cpuMs),
+    tokensPerSecond: r.workload.tokens / (ms.median / 1000), gflops: gflopPerStep / (ms.median / 1000),
+    torch: r.torch ? {
+      label: `PyTorch ${r.torch.version} ${r.torch.device} (${r.torch.threads} thread${r.torch.threads === 1 ? '' : 's'}, ${r.torch.blas})`,
+      ms: stats(r.torch.ms), cpuMs: stats(r.torch.cpuMs), gflops: gflopPerStep / (stats(r.torch.ms).median / 1000),
+    } : null,
+    ratio: pairs && stats(pairs), cpuRatio: cpuPairs && stats(cpuPairs), agreement: r.agreement, samples: { ms: r.ms, ratio: pairs },
+    note: [r.backend.software ? `software device (${r.backend.adapter}): correctness only, not a speed figure` : '', r.torchNote ?? ''].filter((s) => s).join('; ') || undefined,
+  };
+}
+
+const range = (s: Stats, digits = 0) => `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`;
+const backendLabel = (r: ComputeRow) => `${r.backend}${r.backend === 'wasm' ? ` ${r.threads} thread${r.threads === 1 ? '' : 's'}` : ''}${r.software ? ' (software)' : ''}`;
+
+function tableLines(result: ComputeResult): string[] {
+  const lines = [
+    '| model | backend | ms/step median (min–max) | tokens/s | GFLOP/s | PyTorch, same model and threads: ms/step | PyTorch GFLOP/s | ratio: wall (min–max) | ratio: CPU time | loss / ‖grad‖ vs PyTorch |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const r of result.rows) {
+    const agree = r.agreement.lossRelDiff === undefined ? '–' : `${r.agreement.lossRelDiff.toExponential(0)} / ${r.agreement.gradNormRelDiff!.toExponential(0)}`;
+    lines.push(`| ${r.model} (${r.tokens} tokens, ${fmt(r.gflopPerStep)} GFLOP) | ${backendLabel(r)} | ${range(r.ms)} | ${r.tokensPerSecond.toFixed(0)} | ${r.gflops.toFixed(1)} | ` +
+      `${r.torch ? range(r.torch.ms) : '–'} | ${r.torch ? r.torch.gflops.toFixed(1) : '–'} | ${r.ratio ? `**${r.ratio.median.toFixed(2)}×** (${r.ratio.min.toFixed(2)}–${r.ratio.max.toFixed(2)})` : '–'} | ` +
+      `${r.cpuRatio ? `${r.cpuRatio.median.toFixed(2)}×` : '–'} | ${agree} |`);
+  }
+  return lines;
+}
+
+export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResult> {
+  const log = opts.log ?? console.log;
+  const write = opts.write ?? true;
+  const command = opts.command ?? (opts.device ? 'bench/device.sh' : `npm run bench:compute${opts.quick ? ' -- --quick' : ''}`);
+  const date = new Date().toISOString();
+  const host = machine();
+  const rows: ComputeRow[] = [];
+  const unavailable: ComputeResult['unavailable'] = [];
+  for (const config of opts.rows ?? (opts.device ? devicePlan() : plan(opts.quick))) {
+    const what = `${config.model} on ${config.backend}${config.backend === 'wasm' ? ` (${config.threads} thread${config.threads === 1 ? '' : 's'})` : ''}`;
+    log(`${what}: ${config.warmup} warm-up + ${config.repeats} steps, each followed by the same step in PyTorch…`);
+    const r = runRow(config);
+    if ('error' in r) {
+      unavailable.push({ model: config.model, backend: config.backend, reason: r.error });
+      log(`  unavailable: ${r.error}`);
+      continue;
+    }
+    const row = toRow(r);
+    rows.push(row);
+    log(`  ${fmt(row.gflopPerStep)} GFLOP/step, ${row.tokens} tokens: ${range(row.ms, 1)} ms/step, ${row.tokensPerSecond.toFixed(0)} tokens/s, ${row.gflops.toFixed(1)} GFLOP/s` +
+      (row.torch ? `; ${row.torch.label} ${range(row.torch.ms, 1)} ms/step; ratio ${range(row.ratio!, 2)}× (CPU time ${range(row.cpuRatio!, 2)}×)` : '') +
+      (row.note ? `; ${row.note}` : ''));
+  }
+  const figures = rows.flatMap((r) => [
+    figure(`${r.model} ${backendLabel(r)} ms/step`, 'ms', r.samples.ms),
+    ...(r.samples.ratio ? [figure(`${r.model} ${backendLabel(r)} / PyTorch (same threads)`, '×', r.samples.ratio)] : []),
+  ]);
+  const result: ComputeResult = { date, quick: opts.quick, command, machine: host, flopFormula: FLOP_FORMULA, rows, unavailable, figures };
+  if (write) {
+    writeJson(opts.device ? 'compute.device' : opts.quick ? 'compute.quick' : 'compute', result);
+    if (!opts.quick) {
+      const [marker, heading] = opts.device ? ['compute-device-table', 'Compute on a GPU machine (`bench/device.sh`)'] : ['compute-table', 'Compute: the LoRA training step (`npm run bench:compute`)'];
+      replaceSection(marker, heading, [
+        provenance(date, command, host),
+        '',
+        ...tableLines(result),
+        ...(unavailable.length ? ['', 'Not measured here: ' + unavailable.map((u) => `${u.model} on ${u.backend} (${u.reason.replace(/\|/g, '\\|')})`).join('; ') + '.'] : []),
+      ].join('\n'));
+    }
+  }
+  return result;
+}
+
+if (import.meta.filename === process.argv[1]) {
+  const args = process.argv.slice(2);
+  const unknown = args.filter((a) => !['--quick', '--no-write', '--device'].includes(a));
+  if (unknown.length) throw new Error(`unknown argument ${JSON.stringify(unknown[0])}; expected --quick, --device or --no-write`);
+  await runComputeBench({ quick: args.includes('--quick'), device: args.includes('--device'), write: !args.includes('--no-write') });
+}
