@@ -96,7 +96,7 @@ export async function analyzeCommand(adapters: string[], o: AnalyzeOptions, log:
     const out = o.out ?? join(adapters[0], 'analysis');
     const { modules, summary, files } = analyzeOne(adapters[0], out, base, o.seed);
     log(spectrumTable(modules));
-    log(`mean per module kind: ${JSON.stringify(summary)}`);
+    log(`mean per module kind: ${JSON.stringify(summary, (_, v) => (typeof v === 'number' ? Number(v.toPrecision(3)) : v))}`);
     if (!base) log('(add --model DIR for the amplification of the base weights, LoRA paper Table 7)');
     log(`wrote ${files.join(', ')}`);
     return files;
