@@ -7,8 +7,10 @@
  *
  *   npm run bench:bandwidth [-- --quick]
  *
- * "Per step" is per synchronous-step equivalent: the samples of one global batch. A local-steps
- * run with H takes 1/H as many (outer) steps for the same samples.
+ * "Per step per worker" is per synchronous-step equivalent (the samples of one global batch) for
+ * a worker that computes one micro-batch per step (global batch = workers × micro-batch): one
+ * result up and one parameter version down. A local-steps run with H takes 1/H as many (outer)
+ * steps for the same samples, so each worker sends and receives 1/H as often.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,7 +30,7 @@ import { runTraining } from '../coordinator/train.ts';
 import { lineChartSvg } from '../shared/analysis/plot-lines.ts';
 import { writeFigure } from '../coordinator/analysis-io.ts';
 import { initBackend } from '../worker/backend.ts';
-import { cliFlags, machine, provenance, replaceSection, writeJson, type Machine } from './lib/results.ts';
+import { cliFlags, figure, machine, provenance, replaceSection, writeJson, type Figure, type Machine } from './lib/results.ts';
 
 export interface Setting {
   codec: CodecSpec;
@@ -43,6 +45,9 @@ export interface BandwidthOptions {
   /** sync-step equivalents of samples per run (default 96, quick 8) */
   samples?: number;
   settings?: Setting[];
+  /** how it was started, for RESULTS.md (default `npm run bench:bandwidth`) */
+  command?: string;
+  log?: (line: string) => void;
 }
 
 const F32: CodecSpec = { name: 'f32' };
@@ -88,8 +93,8 @@ interface MeasuredRow {
   /** frame bytes / encoded payload bytes, results and parameters */
   upOverhead: number;
   downOverhead: number;
-  fp32LoraBytes: number;
-  fullFineTuneBytes: number;
+  /** whole-run sums behind the per-step figures */
+  totals: Record<string, number>;
   evalLoss: number;
   exactMatch: number;
   factorGap: number | null;
@@ -97,7 +102,9 @@ interface MeasuredRow {
 }
 
 export async function runBandwidthBench(o: BandwidthOptions): Promise<Record<string, unknown>> {
+  const log = o.log ?? ((line: string) => console.log(line));
   await initBackend('wasm');
+  const figures: Figure[] = [];
   const samples = o.samples ?? (o.quick ? 8 : 96);
   const settings = o.settings ?? (o.quick ? QUICK_GRID : FULL_GRID);
   const model = await openModelDir(DEMO_MODEL_DIR);
@@ -120,21 +127,27 @@ export async function runBandwidthBench(o: BandwidthOptions): Promise<Record<str
     });
     const rows = result.stepRecords;
     const sum = (k: keyof (typeof rows)[number]) => rows.reduce((n, r) => n + (r[k] as number), 0);
-    const perStepPerWorker = (bytes: number) => bytes / samples / WORKERS;
+    // Results and micro-batches: per job slot (K per step); parameters: per receiving worker.
+    const K = DEMO_TRAIN.globalBatch / DEMO_TRAIN.microBatch;
+    const perSlot = (bytes: number) => bytes / samples / K;
+    const perReceiver = (bytes: number) => bytes / samples / WORKERS;
     const paramsBytes = sum('paramsDown');
     const merged = new FrozenBase(model.config, mergeAdapter(model.config, weights, spec, result.adapter, DEMO_LORA));
     const gaps = rows.map((r) => r.factorGap).filter((g): g is number => g !== undefined);
     const row: MeasuredRow = {
       setting: label(s), codec: describeCodec(s.codec), H: s.H, outerSteps: rows.length,
-      upBytes: perStepPerWorker(sum('bytesUp')), downBytes: perStepPerWorker(paramsBytes), dataBytes: perStepPerWorker(sum('dataDown')),
+      upBytes: perSlot(sum('bytesUp')), downBytes: perReceiver(paramsBytes), dataBytes: perSlot(sum('dataDown')),
       upOverhead: sum('bytesUp') / sum('payloadUp'), downOverhead: paramsBytes / sum('payloadDown'),
-      fp32LoraBytes: perStepPerWorker(sum('fp32LoraBytes')), fullFineTuneBytes: perStepPerWorker(sum('fullFineTuneBytes')),
+      totals: { bytesUp: sum('bytesUp'), payloadUp: sum('payloadUp'), paramsDown: paramsBytes, payloadDown: sum('payloadDown'), dataDown: sum('dataDown'), fp32LoraBytes: sum('fp32LoraBytes'), fullFineTuneBytes: sum('fullFineTuneBytes') },
       evalLoss: result.evalLosses.at(-1)!.loss, exactMatch: accuracy(predict(causalLm, merged, model.tokenizer, data.eval)),
       factorGap: gaps.length ? gaps.reduce((a, b) => a + b, 0) / gaps.length : null, wallSeconds: (performance.now() - started) / 1000,
     };
     merged.dispose();
     measured.push(row);
-    console.log(`${row.setting.padEnd(14)} up ${fmt(row.upBytes)} down ${fmt(row.downBytes)} (+ data ${fmt(row.dataBytes)}) per step per worker; overhead up ${pct(row.upOverhead - 1)} down ${pct(row.downOverhead - 1)}; eval loss ${row.evalLoss.toFixed(4)}, exact match ${pct(row.exactMatch)}${row.factorGap !== null ? `, factor gap ${row.factorGap.toFixed(3)}` : ''} (${row.wallSeconds.toFixed(0)} s)`);
+    const perStep = rows.map((r) => (r.bytesUp / K + r.paramsDown / WORKERS) / (s.H * 1000));
+    figures.push(figure(`bandwidth ${row.setting}: LoRA bytes per step per worker`, 'kB', perStep.length > 1 ? perStep.slice(1) : perStep));
+    figures.push(figure(`bandwidth ${row.setting}: eval loss after ${samples} steps' samples`, '', [row.evalLoss]));
+    log(`${row.setting.padEnd(14)} up ${fmt(row.upBytes)} down ${fmt(row.downBytes)} (+ data ${fmt(row.dataBytes)}) per step per worker; overhead up ${pct(row.upOverhead - 1)} down ${pct(row.downOverhead - 1)}; eval loss ${row.evalLoss.toFixed(4)}, exact match ${pct(row.exactMatch)}${row.factorGap !== null ? `, factor gap ${row.factorGap.toFixed(3)}` : ''} (${row.wallSeconds.toFixed(0)} s)`);
   }
   rmSync(scratch, { recursive: true, force: true });
 
@@ -170,8 +183,10 @@ export async function runBandwidthBench(o: BandwidthOptions): Promise<Record<str
     best16x: measured.filter((m) => lora(reference) / lora(m) >= 16).map((m) => ({ setting: m.setting, fewerBytes: lora(reference) / lora(m), evalLossChange: m.evalLoss / reference.evalLoss - 1 }))
       .sort((a, b) => a.evalLossChange - b.evalLossChange)[0] ?? null,
   } : null;
-  const result = { date: new Date().toISOString(), machine: machine(), command: `npm run bench:bandwidth${o.quick ? ' -- --quick' : ''}`, samples, workers: WORKERS, outer: OUTER, measured, computed, targets };
-  if (o.write ?? true) {
+  const command = o.command ?? `npm run bench:bandwidth${o.quick ? ' -- --quick' : ''}`;
+  const result = { date: new Date().toISOString(), machine: machine(), command, samples, workers: WORKERS, outer: OUTER, measured, computed, targets, figures };
+  if ((o.write ?? true) && o.quick) writeJson('bandwidth.quick', result);
+  if ((o.write ?? true) && !o.quick) {
     writeJson('bandwidth', result);
     writeFigures(measured, computed);
     replaceSection('bandwidth-table', 'Bytes on the wire: codecs and local steps (`npm run bench:bandwidth`)', table(result, measured, computed));
@@ -201,7 +216,7 @@ function writeFigures(measured: MeasuredRow[], computed: { model: string; rows: 
 function table(r: { date: string; machine: Machine; samples: number; command: string }, measured: MeasuredRow[], computed: { model: string; loraParameters: number; modelParameters: number; fp32LoraBytes: number; fullFineTuneBytes: number; rows: { setting: string; bytes: number; vsFp32Lora: number }[] }[]): string {
   const ref = measured.find((m) => m.codec === 'f32' && m.H === 1) ?? measured[0];
   const lines = [
-    `${provenance(r.date, r.command, r.machine)} Demo task, ${WORKERS} local workers, ${r.samples} × ${DEMO_TRAIN.globalBatch} samples per setting (H=1: ${r.samples} steps; H: ${r.samples}/H outer steps, outer lr ${OUTER.outerLr}, momentum ${OUTER.outerMomentum}). Bytes are per synchronous-step equivalent per worker, every WebSocket frame counted with its header.`,
+    `${provenance(r.date, r.command, r.machine)} Demo task, ${WORKERS} local workers, ${r.samples} × ${DEMO_TRAIN.globalBatch} samples per setting (H=1: ${r.samples} steps; H: ${r.samples}/H outer steps, outer lr ${OUTER.outerLr}, momentum ${OUTER.outerMomentum}). Bytes are per synchronous-step equivalent per worker when each worker computes one micro-batch per step (global batch = workers × micro-batch: one result up, one parameter version down), every WebSocket frame counted with its header; "data down" is the micro-batch frames (token ids and loss masks), which no codec touches.`,
     '',
     '| setting | up | params down | × fewer than f32 H=1 | overhead up / down | data down | eval loss | vs f32 | exact match | factor gap |',
     '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
@@ -220,6 +235,6 @@ function table(r: { date: string; machine: Machine; samples: number; command: st
 
 if (process.argv[1]?.endsWith('bandwidth.ts')) {
   const r = await runBandwidthBench(cliFlags());
-  console.log(JSON.stringify(r.targets, null, 2));
+  console.log(JSON.stringify((r as { targets: unknown }).targets, null, 2));
   process.exit(0);
 }
