@@ -1,6 +1,5 @@
 /**
- * Replacements for four tfjs-backend-wasm 4.22 kernels that copy more than they must; the numbers
- * they produce are the same bits, only the copies go. Installed by the Node and browser backend
+ * Replacements for five tfjs-backend-wasm 4.22 kernels. Installed by the Node and browser backend
  * pickers right after the wasm backend starts.
  *
  * - Identity copies its input. The engine clones every tensor it saves for the backward pass
@@ -10,9 +9,14 @@
  * - Slice, SplitV and Unpack read the WHOLE input into a fresh JS array (readSync) before copying
  *   the slice out, once per output: splitting a tensor into n parts copied it n times. These read
  *   a view of the wasm heap instead.
+ * These four give the same bits as before, only the copies go.
+ * - BatchMatMul: products that XNNPACK does not take (batched, or transposed) ran in tfjs's scalar
+ *   loop at ~1 GFLOP/s; they now run in a SIMD kernel (wasm-small-matmul.ts), after a transpose of
+ *   B when B is transposed. Plain 2-D products still go to XNNPACK.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import { instantiateSmallMatMul, type SmallMatMul } from './wasm-small-matmul.ts';
 
 type Info = tf.TensorInfo;
 type KernelArgs = { inputs: Record<string, Info>; backend: BackendWasm; attrs: Record<string, unknown> };
@@ -49,6 +53,42 @@ function replaceKernel(name: string, kernelFunc: (args: KernelArgs) => Info | In
   tf.registerKernel({ kernelName: name, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
 }
 
+/** The tfjs module's memory: exported by the single-threaded builds, created in JS by the threaded one. */
+function moduleMemory(backend: BackendWasm): WebAssembly.Memory | null {
+  const module = backend.wasm as unknown as { asm?: { memory?: WebAssembly.Memory }; wasmMemory?: WebAssembly.Memory };
+  return module.wasmMemory ?? module.asm?.memory ?? null;
+}
+
+/** out = A·B per batch with the SIMD kernel; null when the shapes are not ones it takes. */
+function batchMatMulSimd(kernel: SmallMatMul, args: KernelArgs, transpose: (x: Info, perm: number[]) => Info): Info | null {
+  const { a, b } = args.inputs;
+  const transposeA = Boolean(args.attrs.transposeA);
+  const transposeB = Boolean(args.attrs.transposeB);
+  const [ra, rb] = [a.shape.length, b.shape.length];
+  if (a.dtype !== 'float32' || b.dtype !== 'float32' || ra < 2 || rb < 2) return null;
+  const batchA = tf.util.sizeFromShape(a.shape.slice(0, -2));
+  const batchB = tf.util.sizeFromShape(b.shape.slice(0, -2));
+  // 2-D products are XNNPACK's; other broadcasts are left to tfjs
+  if ((batchA === 1 && batchB === 1 && !transposeA && !transposeB) || (batchA !== batchB && batchA !== 1 && batchB !== 1)) return null;
+  const m = transposeA ? a.shape[ra - 1] : a.shape[ra - 2];
+  const k = transposeA ? a.shape[ra - 2] : a.shape[ra - 1];
+  const n = transposeB ? b.shape[rb - 2] : b.shape[rb - 1];
+  const batch = Math.max(batchA, batchB);
+  const outShape = [...tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2)), m, n];
+  const out = args.backend.makeOutput(outShape, 'float32');
+  if (m * n * batch === 0) return out;
+  if (k === 0) {
+    args.backend.typedArrayFromHeap(out).fill(0);
+    return out;
+  }
+  const bRows = transposeB ? transpose({ ...b, shape: [batchB, n, k] }, [0, 2, 1]) : b; // (batchB, k, n)
+  const offset = (t: Info) => args.backend.dataIdMap.get(t.dataId)!.memoryOffset as number;
+  kernel(offset(a), offset(bRows), offset(out), batch, m, k, n,
+    batchA === 1 ? 0 : m * k, transposeA ? 1 : k, transposeA ? m : 1, batchB === 1 ? 0 : k * n);
+  if (bRows !== b) args.backend.disposeData(bRows.dataId);
+  return out;
+}
+
 let installed = false;
 
 /** Installs the replacements once; string tensors (never used by loramesh) keep the original kernels. */
@@ -56,13 +96,24 @@ export function installWasmKernels(): void {
   if (installed) return;
   installed = true;
   const original = (name: string) => tf.getKernel(name, 'wasm')!.kernelFunc as unknown as (args: KernelArgs) => Info | Info[];
-  const [identity, slice, splitV, unpack] = ['Identity', 'Slice', 'SplitV', 'Unpack'].map(original);
+  const [identity, slice, splitV, unpack, batchMatMul, transposeKernel] = ['Identity', 'Slice', 'SplitV', 'Unpack', 'BatchMatMul', 'Transpose'].map(original);
 
   replaceKernel('Identity', (args) => {
     const { x } = args.inputs;
     if (x.dtype === 'string') return identity(args);
     args.backend.incRef(x.dataId);
     return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+  });
+
+  const kernels = new WeakMap<BackendWasm, SmallMatMul | null>();
+  replaceKernel('BatchMatMul', (args) => {
+    if (!kernels.has(args.backend)) {
+      const memory = moduleMemory(args.backend);
+      kernels.set(args.backend, memory && instantiateSmallMatMul(memory));
+    }
+    const kernel = kernels.get(args.backend);
+    const transpose = (x: Info, perm: number[]) => transposeKernel({ inputs: { x }, backend: args.backend, attrs: { perm } }) as Info;
+    return (kernel && batchMatMulSimd(kernel, args, transpose)) ?? batchMatMul(args);
   });
 
   replaceKernel('Slice', (args) => {

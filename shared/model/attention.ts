@@ -47,51 +47,26 @@ export function attend(q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, s: Attent
 }
 
 /**
- * Above this many multiply-adds per head (M·S·hs), attention on wasm runs head by head as plain
- * 2-D matMuls (XNNPACK, ~10 GFLOP/s) instead of tfjs's batched matMul (a naive loop, ~1 GFLOP/s);
- * below it the per-call cost of splitting into heads outweighs the gain. Measured in bench/profile-step.ts.
- */
-export const PER_HEAD_MIN_WORK = 1 << 17;
-
-/** a_i · b_i for each head i (axis 0), as separate 2-D matMuls; a (H, m, k), b (H, k, n) → (H, m, n). */
-function headwiseMatMul(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D {
-  const as = tf.unstack(a) as tf.Tensor2D[];
-  const bs = tf.unstack(b) as tf.Tensor2D[];
-  return tf.stack(as.map((ai, i) => tf.matMul(ai, bs[i]))) as tf.Tensor3D;
-}
-
-const swapLast = (t: tf.Tensor3D) => tf.transpose(t, [0, 2, 1]) as tf.Tensor3D;
-
-/**
  * softmax(q kᵀ·scale + mask) v per head with a hand-written gradient; q (H, M, hs), k and v
  * (H, S, hs), mask (M, S) additive. With P the probabilities and dO the output's gradient:
  *   dV = Pᵀ dO,  dP = dO vᵀ,  dScores = P ⊙ (dP − rowsum(dP ⊙ P)),  dq = dScores k·scale,
  *   dk = dScoresᵀ q·scale.
- * On wasm with enough work per head every product is a plain 2-D matMul (see PER_HEAD_MIN_WORK);
- * `path` forces one way (tests run both).
+ * Autodiff gives the same products; written out, the backward pass needs no softmax replay and no
+ * extra transposes. On wasm these batched products run in worker/wasm-small-matmul.ts.
  */
-export function scaledDotProductAttention(
-  q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, mask: tf.Tensor2D, scale: number, path: 'auto' | 'batched' | 'per-head' = 'auto',
-): tf.Tensor3D {
-  const [, m, hs] = q.shape;
-  const perHead = path === 'auto' ? tf.getBackend() === 'wasm' && m * k.shape[1] * hs >= PER_HEAD_MIN_WORK : path === 'per-head';
-  // x·yᵀ, xᵀ·y and x·y over heads, each in the layout its path runs fastest
-  const mulT = (x: tf.Tensor3D, y: tf.Tensor3D) => (perHead ? headwiseMatMul(x, swapLast(y)) : tf.matMul(x, y, false, true));
-  const tMul = (x: tf.Tensor3D, y: tf.Tensor3D) => (perHead ? headwiseMatMul(swapLast(x), y) : tf.matMul(x, y, true, false));
-  const mul = (x: tf.Tensor3D, y: tf.Tensor3D) => (perHead ? headwiseMatMul(x, y) : tf.matMul(x, y));
+export function scaledDotProductAttention(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, mask: tf.Tensor2D, scale: number): tf.Tensor3D {
   const op = customOp(([qs, ks, vs], save) => {
-    const probs = tf.softmax(tf.add(tf.mul(mulT(qs as tf.Tensor3D, ks as tf.Tensor3D), scale), mask)) as tf.Tensor3D; // (H, M, S)
+    const probs = tf.softmax(tf.add(tf.mul(tf.matMul(qs as tf.Tensor3D, ks as tf.Tensor3D, false, true), scale), mask)) as tf.Tensor3D; // (H, M, S)
     save([qs, ks, vs, probs]);
     return {
-      value: mul(probs, vs as tf.Tensor3D), // (H, M, hs)
+      value: tf.matMul(probs, vs as tf.Tensor3D), // (H, M, hs)
       gradFunc: (dOut, [qSaved, kSaved, vSaved, p]) => {
-        const dO = dOut as tf.Tensor3D;
-        const dP = mulT(dO, vSaved as tf.Tensor3D); // (H, M, S)
+        const dP = tf.matMul(dOut as tf.Tensor3D, vSaved as tf.Tensor3D, false, true); // (H, M, S)
         const dScores = tf.mul(tf.mul(p, tf.sub(dP, tf.sum(tf.mul(dP, p), -1, true))), scale) as tf.Tensor3D;
         return [
-          mul(dScores, kSaved as tf.Tensor3D), // dq (H, M, hs)
-          tMul(dScores, qSaved as tf.Tensor3D), // dk (H, S, hs)
-          tMul(p as tf.Tensor3D, dO), // dv (H, S, hs)
+          tf.matMul(dScores, kSaved as tf.Tensor3D), // dq (H, M, hs)
+          tf.matMul(dScores, qSaved as tf.Tensor3D, true, false), // dk (H, S, hs)
+          tf.matMul(p as tf.Tensor3D, dOut as tf.Tensor3D, true, false), // dv (H, S, hs)
         ];
       },
     };
