@@ -18,10 +18,10 @@ export function checkWeights(config: ModelConfig, weights: Map<string, tf.Tensor
 }
 
 /**
- * Above this many bytes of linear weights, FrozenBase multiplies with W as the left operand
- * (FrozenLinear.weightRows): half the memory and faster for large layers, slower for small ones.
+ * Above this many bytes of linear weights, FrozenBase multiplies with W on the left (see
+ * FrozenLinear): half the memory and faster for large layers, slower for small ones.
  */
-export const WEIGHT_ROWS_MIN_BYTES = 64 * 2 ** 20;
+export const WEIGHT_ON_THE_LEFT_MIN_BYTES = 64 * 2 ** 20;
 
 /** The frozen base model: every linear layer wrapped for the fast custom gradient. */
 export class FrozenBase implements ParamSource {
@@ -33,20 +33,20 @@ export class FrozenBase implements ParamSource {
 
   /**
    * plain: use autodiff's own gradients (matMul, LoRA branch) instead of the fast path (the
-   * reference in tests). weightRows: how the fast path multiplies (see FrozenLinear); by default
-   * decided by the size of the model's linear weights (WEIGHT_ROWS_MIN_BYTES).
+   * reference in tests). weightOnTheLeft: how the fast path multiplies (see FrozenLinear); by
+   * default decided by the size of the model's linear weights (WEIGHT_ON_THE_LEFT_MIN_BYTES).
    */
-  constructor(readonly config: ModelConfig, readonly weights: Map<string, tf.Tensor>, readonly plain = false, weightRows?: boolean) {
+  constructor(readonly config: ModelConfig, readonly weights: Map<string, tf.Tensor>, readonly plain = false, weightOnTheLeft?: boolean) {
     checkWeights(config, weights);
     this.embedding = weights.get(embeddingName(config)) as tf.Tensor2D;
     const paths = linearModulePaths(config);
     const linearBytes = paths.reduce((n, path) => n + 4 * weights.get(linearStorage(config, path).weight)!.size, 0);
-    const rows = weightRows ?? linearBytes > WEIGHT_ROWS_MIN_BYTES;
+    const onTheLeft = weightOnTheLeft ?? linearBytes > WEIGHT_ON_THE_LEFT_MIN_BYTES;
     for (const path of paths) {
       const storage = linearStorage(config, path);
       const stored = weights.get(storage.weight) as tf.Tensor2D;
       // Conv1D weights are stored (d_in, d_out), nn.Linear ones (d_out, d_in); plain autodiff uses them as stored.
-      if (!plain) this.linears.set(path, makeFrozenLinear(stored, storage.transposed, rows));
+      if (!plain) this.linears.set(path, makeFrozenLinear(stored, storage.transposed, onTheLeft));
       if (storage.bias) this.biases.set(path, weights.get(storage.bias) as tf.Tensor1D);
     }
   }
@@ -73,7 +73,7 @@ export class FrozenBase implements ParamSource {
   }
 
   dispose(): void {
-    for (const l of this.linears.values()) l.owned.dispose();
+    for (const l of this.linears.values()) l.owned?.dispose();
   }
 }
 

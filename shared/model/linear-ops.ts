@@ -8,36 +8,52 @@ import * as tf from '@tensorflow/tfjs-core';
 import { customOp } from './custom-op.ts';
 
 /**
- * A frozen linear layer in both layouts, so neither pass transposes W. XNNPACK packs the
- * right-hand operand of a product into its own copy (cached per tensor), so how W enters the
- * products decides the memory and the speed (bench/profile-step.ts, 2-core AMD EPYC, 1 thread):
- *  - weightRows false: y = x·Wᵀ and dx = dy·W with W on the right. Fastest for small layers
- *    (20 GFLOP/s at d = 128), but W is held four times (two layouts, two packed copies).
- *  - weightRows true: yᵀ = W·xᵀ and dxᵀ = Wᵀ·dyᵀ with W on the left: only the activations (N × d)
- *    are transposed and packed. For GPT-2-sized layers this is faster (15–17 vs 11–12 GFLOP/s for
- *    d_out ≥ 2304: the packed activations stay in cache, a packed 9 MB W does not) and W is held
- *    twice, which is what lets a 124M model train inside wasm's 4 GB heap.
+ * A frozen linear layer. XNNPACK packs the right-hand operand of a product into its own copy
+ * (cached per tensor), so how W enters the two products decides memory and speed (measured with
+ * bench/profile-step.ts on a 2-core AMD EPYC, 1 thread):
+ *  - W on the right: y = x·Wᵀ, dx = dy·W. Fastest for small layers (20 GFLOP/s at d = 128), but W
+ *    is held four times (both layouts, and a packed copy of each).
+ *  - W on the left: yᵀ = W·xᵀ, dxᵀ = Wᵀ·dyᵀ; only activations (N × d) are transposed and packed.
+ *    For GPT-2-sized layers this is faster (15–17 vs 11–12 GFLOP/s for d_out ≥ 2304: packed
+ *    activations stay in cache, a packed 9 MB W does not) and W is held twice (both layouts).
+ *  - An LM head (d_out of a vocabulary) multiplies on the left forward (22 GFLOP/s) and on the
+ *    right backward, where the other way sums over the vocabulary through 51 MB of packed dyᵀ
+ *    (12.7 vs 10.1 GFLOP/s): again two copies, W and its packed copy.
  */
 export interface FrozenLinear {
-  /** (d_out, d_in), nn.Linear's layout */
-  outIn: tf.Tensor2D;
-  /** (d_in, d_out), Conv1D's layout */
-  inOut: tf.Tensor2D;
-  /** the layout this wrapper made (and must dispose); the other one belongs to the checkpoint */
-  owned: tf.Tensor2D;
-  /** W as the left operand of both products (see above) */
-  weightRows: boolean;
+  /** (d_out, d_in), nn.Linear's layout; present when a pass needs it */
+  outIn?: tf.Tensor2D;
+  /** (d_in, d_out), Conv1D's layout; present when a pass needs it */
+  inOut?: tf.Tensor2D;
+  /** the layout this wrapper made (and must dispose); the stored one belongs to the checkpoint */
+  owned?: tf.Tensor2D;
+  /** W on the left in the forward product, in the backward one */
+  forwardLeft: boolean;
+  backwardLeft: boolean;
 }
 
-/** Wraps a stored weight: (d_in, d_out) when storedInOut (GPT-2 Conv1D), else (d_out, d_in). */
-export function makeFrozenLinear(stored: tf.Tensor2D, storedInOut: boolean, weightRows: boolean): FrozenLinear {
-  const owned = tf.keep(tf.transpose(stored));
-  return storedInOut ? { inOut: stored, outIn: owned, owned, weightRows } : { outIn: stored, inOut: owned, owned, weightRows };
+/** From this many output features a layer is treated as an LM head (see FrozenLinear). */
+export const VOCABULARY_SIZED = 16384;
+
+/**
+ * Wraps a stored weight: (d_in, d_out) when storedInOut (GPT-2 Conv1D), else (d_out, d_in).
+ * weightOnTheLeft: the large-model way of multiplying (see FrozenLinear).
+ */
+export function makeFrozenLinear(stored: tf.Tensor2D, storedInOut: boolean, weightOnTheLeft: boolean): FrozenLinear {
+  const dOut = storedInOut ? stored.shape[1] : stored.shape[0];
+  const forwardLeft = weightOnTheLeft;
+  const backwardLeft = weightOnTheLeft && dOut < VOCABULARY_SIZED;
+  const needOutIn = forwardLeft || !backwardLeft;
+  const needInOut = !forwardLeft || backwardLeft;
+  const owned = (storedInOut ? needOutIn : needInOut) ? tf.keep(tf.transpose(stored)) : undefined;
+  return storedInOut
+    ? { inOut: stored, outIn: owned, owned, forwardLeft, backwardLeft }
+    : { outIn: stored, inOut: owned, owned, forwardLeft, backwardLeft };
 }
 
-/** x·Mᵀ for M given in both layouts (m = M, mT = Mᵀ): x·mT, or (m·xᵀ)ᵀ with m on the left. */
-function timesTransposed(x: tf.Tensor2D, m: tf.Tensor2D, mT: tf.Tensor2D, mOnTheLeft: boolean): tf.Tensor2D {
-  return mOnTheLeft ? (tf.transpose(tf.matMul(m, tf.transpose(x))) as tf.Tensor2D) : tf.matMul(x, mT);
+/** x·Mᵀ for M given as m = M or mT = Mᵀ: x·mT, or (m·xᵀ)ᵀ with m on the left. */
+function timesTransposed(x: tf.Tensor2D, m: tf.Tensor2D | undefined, mT: tf.Tensor2D | undefined, mOnTheLeft: boolean): tf.Tensor2D {
+  return mOnTheLeft ? (tf.transpose(tf.matMul(m!, tf.transpose(x))) as tf.Tensor2D) : tf.matMul(x, mT!);
 }
 
 /**
@@ -46,8 +62,8 @@ function timesTransposed(x: tf.Tensor2D, m: tf.Tensor2D, mT: tf.Tensor2D, mOnThe
  */
 export function frozenLinear(x: tf.Tensor2D, layer: FrozenLinear): tf.Tensor2D {
   const op = customOp(([input]) => ({
-    value: timesTransposed(input as tf.Tensor2D, layer.outIn, layer.inOut, layer.weightRows), // (N, d_out)
-    gradFunc: (dy) => [timesTransposed(dy as tf.Tensor2D, layer.inOut, layer.outIn, layer.weightRows)], // (N, d_in)
+    value: timesTransposed(input as tf.Tensor2D, layer.outIn, layer.inOut, layer.forwardLeft), // (N, d_out)
+    gradFunc: (dy) => [timesTransposed(dy as tf.Tensor2D, layer.inOut, layer.outIn, layer.backwardLeft)], // (N, d_in)
   }));
   return op(x) as tf.Tensor2D;
 }
