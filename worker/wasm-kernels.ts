@@ -47,10 +47,12 @@ function sliceFromHeap(backend: BackendWasm, x: Info, beginArg: number | number[
   return out;
 }
 
+/** Registers kernelFunc in place of tfjs's; the original's setup (its C++ bindings) stays, for a backend started later. */
 function replaceKernel(name: string, kernelFunc: (args: KernelArgs) => Info | Info[]): void {
-  if (!tf.getKernel(name, 'wasm')) throw new Error(`tfjs-backend-wasm has no ${name} kernel to replace`);
+  const original = tf.getKernel(name, 'wasm');
+  if (!original) throw new Error(`tfjs-backend-wasm has no ${name} kernel to replace`);
   tf.unregisterKernel(name, 'wasm');
-  tf.registerKernel({ kernelName: name, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc });
+  tf.registerKernel({ ...original, kernelFunc: kernelFunc as unknown as tf.KernelFunc });
 }
 
 /** The tfjs module's memory: exported by the single-threaded builds, created in JS by the threaded one. */
