@@ -16,6 +16,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { FrozenBase } from '../shared/lora/params.ts';
 import { computeGradients, computeGradientsAsync, type GradientResult } from '../shared/train/gradients.ts';
 import { initBackend, type BackendName } from '../worker/backend.ts';
+import { linearModulePaths, linearShape } from '../shared/model/causal-lm.ts';
 import { demoWorkload, gpt2Workload, writeTorchInputs, type Workload } from './compute-workloads.ts';
 
 export interface MeasureConfig {
@@ -49,6 +50,12 @@ export interface MeasureResult {
   torch: (TorchInfo & { ms: number[]; cpuMs: number[] }) | null;
   /** why there is no PyTorch column, when there is none */
   torchNote?: string;
+  /**
+   * The largest linear layer's forward product alone, (N, d_in)·(d_in, d_out), best of 10: the
+   * matmul roofline of each side on this workload (ours: the better of the two orientations
+   * FrozenLinear can use).
+   */
+  gemm: { shape: [number, number, number]; gflops: number; torchGflops?: number };
   /** loss and ‖gradient‖₂ of both sides, and their relative differences */
   agreement: { loss: number; gradNorm: number; torchLoss?: number; torchGradNorm?: number; lossRelDiff?: number; gradNormRelDiff?: number };
 }
@@ -81,6 +88,11 @@ class TorchServer {
     return JSON.parse(value);
   }
 
+  async gemm(m: number, k: number, n: number): Promise<number> {
+    this.child.stdin.write(`gemm ${m} ${k} ${n}\n`);
+    return (await this.next()).gflops;
+  }
+
   async step(): Promise<{ ms: number; cpuMs: number; loss: number; gradNorm: number }> {
     this.child.stdin.write('step\n');
     return (await this.next()) as { ms: number; cpuMs: number; loss: number; gradNorm: number };
@@ -89,6 +101,33 @@ class TorchServer {
   stop(): void {
     this.child.stdin.end('quit\n');
   }
+}
+
+/** (N, d_in, d_out) of the block linear with the most weights (the LM head excluded: it runs once). */
+function largestLinear(w: Workload): [number, number, number] {
+  let best: [number, number] = [0, 0];
+  for (const path of linearModulePaths(w.config)) {
+    const [dOut, dIn] = linearShape(w.config, path);
+    if (path !== 'lm_head' && dOut * dIn > best[0] * best[1]) best = [dOut, dIn];
+  }
+  return [w.mb.batch * w.mb.time, best[1], best[0]];
+}
+
+/** Best rate of x·W and of W·xᵀ on this backend (W cached, as for a frozen layer), over 10 repeats each. */
+async function gemmGflops(n: number, dIn: number, dOut: number): Promise<number> {
+  const [x, wT, w, xT] = [tf.randomNormal([n, dIn]), tf.randomNormal([dIn, dOut]), tf.randomNormal([dOut, dIn]), tf.randomNormal([dIn, n])];
+  let best = Infinity;
+  for (const [a, b] of [[x, wT], [w, xT]]) {
+    for (let i = 0; i < 12; i++) {
+      const t0 = performance.now();
+      const y = tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D);
+      await y.data();
+      y.dispose();
+      if (i >= 2) best = Math.min(best, performance.now() - t0);
+    }
+  }
+  tf.dispose([x, wT, w, xT]);
+  return (2 * n * dIn * dOut) / best / 1e6;
 }
 
 const gradNorm = (r: GradientResult) => Math.sqrt([...r.grads.values()].reduce((s, g) => s + g.reduce((a, v) => a + v * v, 0), 0));
@@ -118,7 +157,7 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
     torchNote = `torch in ${PYTHON} has no CUDA device: no PyTorch column`;
   } else {
     const dir = mkdtempSync(join(tmpdir(), 'loramesh-compute-'));
-    writeTorchInputs(w, dir);
+    await writeTorchInputs(w, dir);
     torch = { ...(await TorchServer.start(dir, config.threads, config.torchDevice)), dir };
   }
 
@@ -142,6 +181,8 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
       }
     }
     const ours = { loss: last.r.lossSum, gradNorm: gradNorm(last.r) };
+    const shape = largestLinear(w);
+    const gemm = { shape, gflops: await gemmGflops(...shape), torchGflops: torch ? await torch.server.gemm(...shape) : undefined };
     return {
       config,
       backend: { name: info.name, threads: info.threads, software: info.software, adapter: info.adapter, note: info.note },
@@ -149,7 +190,7 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
         id: w.id, description: w.description, parameters: w.parameters, batch: w.mb.batch, time: w.mb.time, tokens: w.mb.batch * w.mb.time,
         flops: w.flops, loraTargets: w.lora.targetModules, r: w.lora.r,
       },
-      ms, cpuMs,
+      ms, cpuMs, gemm,
       torch: torch ? { ...torch.info, ms: torchMs, cpuMs: torchCpuMs } : null,
       torchNote,
       agreement: torchLast

@@ -127,9 +127,10 @@ export function stepFlops(config: ModelConfig, lora: LoraConfig, batch: number, 
 }
 
 /** Writes config, weights, adapter, batch and LoRA settings for bench/torch_compute.py into dir. */
-export function writeTorchInputs(w: Workload, dir: string): void {
+export async function writeTorchInputs(w: Workload, dir: string): Promise<void> {
   const tensors: Record<string, { data: Float32Array; shape: number[] }> = {};
-  for (const [name, t] of w.weights) tensors[name] = { data: t.dataSync() as Float32Array, shape: t.shape };
+  // data(), not dataSync(): WebGPU in Node cannot read synchronously
+  for (const [name, t] of w.weights) tensors[name] = { data: (await t.data()) as Float32Array, shape: t.shape };
   writeFileSync(join(dir, 'model.safetensors'), encodeSafetensors(tensors));
   writeFileSync(join(dir, 'adapter.safetensors'), encodeSafetensors(Object.fromEntries(w.spec.map((t) => [t.name, { data: w.adapter.get(t.name)!, shape: t.shape }]))));
   const { mb } = w;

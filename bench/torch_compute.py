@@ -10,6 +10,7 @@ Protocol (so the bench can alternate loramesh and PyTorch steps under the same m
   prints one JSON line {"ready": true, "threads", "version", "blas", "device"}, then for each line
   "step" on stdin runs one step and prints {"ms": wall ms, "cpuMs": process CPU ms, "loss", "gradNorm"}
   (the loss sum and the L2 norm of all LoRA gradients, to check both sides compute the same step);
+  "gemm M K N" prints {"gflops"}: the best rate of a plain (M, K)·(K, N) product (the BLAS roofline);
   "quit" or end of input exits.
 """
 import json
@@ -144,8 +145,25 @@ with open("/proc/self/maps") as maps:
 if device == "cuda":
     blas = torch.cuda.get_device_name(0)
 print(json.dumps({"ready": True, "threads": torch.get_num_threads(), "version": torch.__version__, "blas": blas, "device": device}), flush=True)
+
+
+def gemm_gflops(m, k, n, repeats=10):
+    """The best rate of a plain (m, k)·(k, n) product over repeats: this BLAS's roofline on the shape."""
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    best = float("inf")
+    for _ in range(repeats + 2):
+        t0 = time.perf_counter()
+        (a @ b).sum().item()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * m * k * n / best / 1e9
+
+
 for line in sys.stdin:
-    if line.strip() != "step":
+    words = line.split()
+    if words[:1] == ["gemm"]:
+        print(json.dumps({"gflops": gemm_gflops(*map(int, words[1:4]))}), flush=True)
+        continue
+    if words != ["step"]:
         break
     t0, c0 = time.perf_counter(), time.process_time()
     value, grad_norm = step()  # .item() waits for the GPU
