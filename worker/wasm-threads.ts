@@ -2,7 +2,8 @@
  * Multi-threaded tfjs-backend-wasm in Node. tfjs ships the threaded SIMD build but turns threads
  * off in Node (tfjs issue #3830), for two reasons this shim works around:
  *  1. its pthread workers and main script are handed to Emscripten as blob: URLs, which Node's
- *     worker_threads cannot load: here both are written to files in a temp directory;
+ *     worker_threads cannot load: here both are written to files (one directory under the OS temp
+ *     directory per tfjs build, reused by every process);
  *  2. the C++ side caps the XNNPACK thread pool at emscripten_num_logical_cores() / 2, read from
  *     os.cpus() when the module starts (it assumes 2 hyper-threads per core): os.cpus() reports
  *     2 × the asked thread count while the module starts, then is restored.
@@ -10,13 +11,24 @@
  * is unchanged. Emscripten pre-starts 8 pthread workers whatever the count (its PTHREAD_POOL_SIZE);
  * the pool's running threads are unref'd so they never keep a finished process alive.
  */
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 
 const require = createRequire(import.meta.url);
+
+/** Writes text to path unless it is there (atomically: concurrent processes write the same bytes). */
+function writeOnce(path: string, text: string): string {
+  if (!existsSync(path)) {
+    const temp = `${path}.${process.pid}.tmp`;
+    writeFileSync(temp, text);
+    renameSync(temp, path);
+  }
+  return path;
+}
 
 /** The most threads the tfjs C++ side accepts (its pre-started pthread pool). */
 export const MAX_WASM_THREADS = 8;
@@ -40,12 +52,15 @@ export async function registerThreadedWasm(threads: number): Promise<void> {
   const outDir = join(dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'wasm-out');
   const factory = require(join(outDir, 'tfjs-backend-wasm-threaded-simd.js')) as (config: object) => Promise<EmscriptenModule>;
   const { wasmWorkerContents } = require(join(outDir, 'tfjs-backend-wasm-threaded-simd.worker.js')) as { wasmWorkerContents: string };
-  const dir = mkdtempSync(join(os.tmpdir(), 'loramesh-wasm-threads-'));
-  const workerFile = join(dir, 'pthread-worker.js');
-  const mainFile = join(dir, 'main.js');
   // tfjs escapes the newlines inside the worker's string literals the same way before making its blob.
-  writeFileSync(workerFile, wasmWorkerContents.replace(/\n/g, '\\n'));
-  writeFileSync(mainFile, `var WasmBackendModuleThreadedSimd = ${factory.toString()}`);
+  const workerSource = wasmWorkerContents.replace(/\n/g, '\\n');
+  const mainSource = `var WasmBackendModuleThreadedSimd = ${factory.toString()}`;
+  // One directory per content, shared by every process (no temp directory left behind per process).
+  const digest = createHash('sha256').update(workerSource).update(mainSource).digest('hex').slice(0, 16);
+  const dir = join(os.tmpdir(), `loramesh-wasm-threads-${digest}`);
+  mkdirSync(dir, { recursive: true });
+  const workerFile = writeOnce(join(dir, 'pthread-worker.js'), workerSource);
+  const mainFile = writeOnce(join(dir, 'main.js'), mainSource);
 
   tf.removeBackend('wasm');
   tf.registerBackend('wasm', async () => {
