@@ -31,7 +31,7 @@ export interface ParallelBenchOptions {
   quick: boolean;
   /** write bench/results and RESULTS.md (default true; the smoke test passes false) */
   write?: boolean;
-  /** steps per configuration (default full 48, quick 8) */
+  /** steps per configuration (default full 36, quick 8) */
   steps?: number;
   /** leading steps not measured (process start-up, JIT, first speed estimates) */
   skipSteps?: number;
@@ -94,8 +94,8 @@ export function wasmThreadsAvailable(): string | null {
 export async function runParallelBench(opts: ParallelBenchOptions): Promise<ParallelResult> {
   const quick = opts.quick;
   const log = opts.log ?? ((line: string) => console.log(line));
-  const steps = opts.steps ?? (quick ? 8 : 48);
-  const skipSteps = Math.max(1, opts.skipSteps ?? (quick ? 3 : 8));
+  const steps = opts.steps ?? (quick ? 8 : 36);
+  const skipSteps = Math.max(1, opts.skipSteps ?? (quick ? 3 : 6));
   if (steps - skipSteps < 2) throw new Error(`parallel bench: steps (${steps}) should exceed skipSteps (${skipSteps}) by at least 2`);
   const wanted = opts.configs ?? CONFIGS.map((c) => c.name);
   const date = new Date().toISOString();
@@ -193,12 +193,12 @@ function writeParallelResults(r: ParallelResult, log: (line: string) => void): v
   const oneWorker = r.rows.find((x) => x.name === '1-worker' && !x.unavailable);
   const measured = r.rows.filter((x) => !x.unavailable && (x.name === '1-worker' || x.name === '2-workers'))
     .map((x) => [x.name === '1-worker' ? 1 : 2, oneWorker ? x.sequencesPerSecond.median / oneWorker.sequencesPerSecond.median : NaN] as [number, number]);
-  const maxN = r.projection ? Math.max(...r.projection.points.map((p) => p.workers)) : 2;
+  const ns = r.projection ? r.projection.points.map((p) => p.workers) : [1, 2];
   writeChart(join(RESULTS_DIR, 'parallel-scaling'), {
-    title: 'Data-parallel speed-up over one worker', xLabel: 'workers', yLabel: 'speed-up', log2X: true,
+    title: 'Data-parallel speed-up over one worker', xLabel: 'workers', yLabel: 'speed-up (log)', xScale: 'log2', yScale: 'log2',
     series: [
-      { name: 'ideal (N)', points: [[1, 1], [maxN, maxN]], dashed: true },
-      ...(r.projection ? [{ name: `projected (${r.projection.computeMs} ms steps)`, points: r.projection.points.map((p) => [p.workers, p.speedup] as [number, number]) }] : []),
+      { name: 'ideal (N)', points: ns.map((n) => [n, n] as [number, number]), dashed: true },
+      ...(r.projection ? [{ name: `projected, ${r.projection.computeMs / 1000} s steps`, points: r.projection.points.map((p) => [p.workers, p.speedup] as [number, number]) }] : []),
       { name: 'measured here', points: measured },
     ],
   });

@@ -32,7 +32,7 @@ export interface ScaleBenchOptions {
   computeMs?: number;
   /** steps not measured at the start of each run (≥ 1: the first measured period starts at the last of them) */
   warmupSteps?: number;
-  /** measured steps per N */
+  /** measured steps per N (default quick 3; full 4, 3 from N = 128 on) */
   steps?: number;
   /** the memory soak; null skips it */
   soak?: { workers: number; steps: number; computeMs: number; sampleEvery: number } | null;
@@ -98,6 +98,7 @@ export interface ScaleResult {
   machine: Machine;
   command: string;
   quick: boolean;
+  warmupSteps: number;
   payload: { model: string; lora: string; adapterParameters: number; resultBytes: number };
   /** whether ws found the native bufferutil (frame unmasking in C, not a JS byte loop) */
   wsNativeMasking: boolean;
@@ -127,7 +128,6 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
   const workers = opts.workers ?? (quick ? [1, 4, 16, 32] : POWERS);
   const computeMs = opts.computeMs ?? (quick ? 100 : 1000);
   const warmupSteps = Math.max(1, opts.warmupSteps ?? (quick ? 1 : 2));
-  const steps = opts.steps ?? (quick ? 3 : 4);
   const soakOpts = opts.soak === undefined ? (quick ? { workers: 2, steps: 50, computeMs: 5, sampleEvery: 10 } : { workers: 2, steps: 1000, computeMs: 5, sampleEvery: 50 }) : opts.soak;
   const config = opts.model ?? GPT2_SMALL;
   const model = simulatedModelDir(config);
@@ -138,14 +138,18 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
   const host = machine();
   const command = opts.command ?? `npm run bench:scale${quick ? ' -- --quick' : ''}`;
   log(`scale: ${model.dir}, LoRA r=${C_ATTN_R8.r} on c_attn = ${adapterParameterCount(spec)} parameters (${fmt(resultBytes / MB)} MB per result); ` +
-    `N = ${workers.join(', ')}; ${computeMs} ms simulated compute; ${steps} measured steps after ${warmupSteps}`);
+    `N = ${workers.join(', ')}; ${computeMs} ms simulated compute; ${opts.steps ?? (quick ? 3 : '3–4')} measured steps after ${warmupSteps}`);
 
   const pool = new SimWorkerPool(opts.processes ?? Math.min(4, Math.max(...workers, soakOpts?.workers ?? 1)));
   const points: ScalePoint[] = [];
   const captured: { frame?: Promise<Uint8Array> } = {};
   let soak: SoakResult | null = null;
   try {
+    // The soak first, in a fresh process: its RSS is then not the high-water mark of N = 256.
+    if (soakOpts) soak = await runSoak(pool, model, examples, soakOpts, log);
     for (const n of workers) {
+      // Beyond 64 workers a step takes many seconds here: fewer of them keep `npm run bench` within 15 minutes.
+      const steps = opts.steps ?? (quick ? 3 : n >= 128 ? 3 : 4);
       const times: number[] = [];
       const rss: number[] = [];
       let cpuStart = process.cpuUsage();
@@ -188,7 +192,6 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
         (point.stragglerCopies ? `, ${point.stragglerCopies} straggler copies` : '') +
         (run.problems.length ? `; ${run.problems.length} problem line(s), first: ${run.problems[0]}` : ''));
     }
-    if (soakOpts) soak = await runSoak(pool, model, examples, soakOpts, log);
   } finally {
     await pool.close();
   }
@@ -202,7 +205,7 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
     ...(soak ? [{ ...soak.stepMs, label: `soak step time, N=${soak.workers} (${soak.computeMs} ms compute)`, unit: 'ms' }] : []),
   ];
   const result: ScaleResult = {
-    name: 'scale', date, machine: host, command, quick,
+    name: 'scale', date, machine: host, command, quick, warmupSteps,
     payload: { model: model.dir, lora: `r=${C_ATTN_R8.r} on c_attn`, adapterParameters: adapterParameterCount(spec), resultBytes },
     wsNativeMasking: wsNativeMasking(), points, aggregation, soak, figures,
     targets: {
@@ -305,7 +308,7 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
   log(`  wrote ${writeJson('scale', r)}`);
   const pct = (p: ScalePoint) => (100 * p.computeMs) / (p.computeMs + p.overheadMs.median);
   writeChart(join(RESULTS_DIR, 'scale-overhead'), {
-    title: `Coordination overhead per step (${r.points[0]?.computeMs} ms compute, GPT-2 small r=8)`, xLabel: 'simulated workers N', yLabel: 'overhead, % of compute', log2X: true,
+    title: `Coordination overhead per step (${r.points[0]?.computeMs} ms compute, GPT-2 small r=8)`, xLabel: 'simulated workers N', yLabel: 'overhead, % of compute (log)', xScale: 'log2', yScale: 'log10',
     series: [
       { name: 'median', points: r.points.map((p) => [p.workers, p.overheadPercent.median]) },
       { name: 'max', points: r.points.map((p) => [p.workers, p.overheadPercent.max]), dashed: true },
@@ -323,7 +326,7 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
     '',
     `Payload: ${r.payload.model}, LoRA ${r.payload.lora} = ${r.payload.adapterParameters.toLocaleString('en-US')} parameters, ${fmt(r.payload.resultBytes / MB)} MB of float32 gradient per result. ` +
       `One micro-batch (1 sequence) per worker per step; simulated workers sleep ${r.points[0]?.computeMs} ms and answer through the real WorkerSession, ` +
-      `in ${Math.min(4, Math.max(...r.points.map((p) => p.workers)))} child processes **on the same ${r.machine.cores} cores as the coordinator**. Median (min–max) over ${r.points[0]?.stepMs.n} steps. ` +
+      `in ${Math.min(4, Math.max(...r.points.map((p) => p.workers)))} child processes **on the same ${r.machine.cores} cores as the coordinator**. Median (min–max) over ${[...new Set(r.points.map((p) => p.stepMs.n))].join(' or ')} steps after ${r.warmupSteps} warm-up steps (the first steps carry the scheduler's speculative copies for still-unmeasured workers). ` +
       `WebSocket frame unmasking: ${r.wsNativeMasking ? 'native (bufferutil)' : 'JavaScript (the optional `bufferutil` addon is not installed)'}. ` +
       `Heartbeat ${HEARTBEAT_MS / 1000} s instead of 5 s: the co-located simulated workers answer pings late under load, and at N=256 the default dropped some.`,
     '',

@@ -25,13 +25,16 @@ test('replaceSection replaces only its marked body and appends a missing section
 
 test('line chart: one polyline per series with ≥ 2 points, log2 x ticks, PNG written', () => {
   const chart = {
-    title: 'overhead <N>', xLabel: 'workers', yLabel: '%', log2X: true,
+    title: 'overhead <N>', xLabel: 'workers', yLabel: '%', xScale: 'log2' as const, yScale: 'log10' as const,
     series: [{ name: 'median', points: [[1, 0.5], [4, 2], [16, 8]] as [number, number][] }, { name: 'target', points: [[1, 3], [16, 3]] as [number, number][], dashed: true }],
   };
   const svg = lineChartSvg(chart);
   assert.equal(svg.match(/<polyline/g)?.length, 2);
   assert.ok(svg.includes('overhead &lt;N&gt;'));
   for (const tick of ['>1<', '>2<', '>4<', '>8<', '>16<']) assert.ok(svg.includes(tick), tick);
+  // log10 y over 0.5…8: 1-2-5 ticks from 0.5 up to 10, nothing beyond
+  for (const tick of ['>0.500<', '>5<', '>10<']) assert.ok(svg.includes(tick), tick);
+  assert.ok(!svg.includes('>20<') && !svg.includes('>0.200<'));
   const { png } = writeChart(join(mkdtempSync(join(tmpdir(), 'loramesh-chart-')), 'c'), chart);
   assert.deepEqual([...readFileSync(png).subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 });
