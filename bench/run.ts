@@ -94,7 +94,10 @@ async function runAll(argv = process.argv.slice(2)): Promise<Outcome[]> {
     }
   }
   const totalSeconds = (performance.now() - started) / 1000;
-  console.log(`\n${outcomes.map((o) => `${o.name} ${o.status}${o.status === 'ok' ? ` ${o.seconds.toFixed(0)} s` : ''}`).join(', ')}; total ${totalSeconds.toFixed(0)} s`);
+  // Issue 9's acceptance: the full run within 15 minutes on this machine, --quick within 2.
+  const budgetSeconds = quick ? 120 : 900;
+  const budget = `${quick ? '≤ 2 minutes (--quick)' : '≤ 15 minutes'}: ${totalSeconds <= budgetSeconds ? 'met' : '**missed**'}`;
+  console.log(`\n${outcomes.map((o) => `${o.name} ${o.status}${o.status === 'ok' ? ` ${o.seconds.toFixed(0)} s` : ''}`).join(', ')}; total ${totalSeconds.toFixed(0)} s (target ${budget.replace(/\*/g, '')})`);
   if (write) {
     writeJson(quick ? 'run.quick' : 'run', { date, machine: host, command, totalSeconds, outcomes });
     if (!quick) {
@@ -104,6 +107,8 @@ async function runAll(argv = process.argv.slice(2)): Promise<Outcome[]> {
         '| benchmark | status | seconds |',
         '|---|---|---:|',
         ...outcomes.map((o) => `| ${o.name} | ${o.status}${o.note ? ` (${o.note.replace(/\|/g, '\\|').slice(0, 200)})` : ''} | ${o.seconds.toFixed(0)} |`),
+        '',
+        `Time budget ${budget}.`,
       ].join('\n'));
     }
   }
