@@ -46,6 +46,8 @@ export const DEFAULT_SCHEDULE: ScheduleOptions = { deadlineFactor: 3, deadlineSl
 
 export class StepSchedule {
   readonly attempts = new Map<string, Attempt>();
+  /** attempts per micro-batch (the scheduler asks per micro-batch: O(its attempts), not O(all)) */
+  private readonly byIndex: Attempt[][];
   private readonly queue: number[];
   private readonly done: boolean[];
   remaining: number;
@@ -56,6 +58,7 @@ export class StepSchedule {
   ) {
     this.queue = tokens.map((_, i) => i);
     this.done = tokens.map(() => false);
+    this.byIndex = tokens.map(() => []);
     this.remaining = tokens.length;
   }
 
@@ -64,7 +67,7 @@ export class StepSchedule {
   }
 
   private live(index: number): Attempt[] {
-    return [...this.attempts.values()].filter((a) => a.index === index && a.outcome === 'pending');
+    return this.byIndex[index].filter((a) => a.outcome === 'pending');
   }
 
   /** The next micro-batch for an idle worker, or null when there is nothing worth giving it. */
@@ -75,7 +78,7 @@ export class StepSchedule {
       const i = this.queue.shift()!;
       if (!this.done[i]) {
         index = i;
-        reason = [...this.attempts.values()].some((a) => a.index === i) ? 'retry' : 'first';
+        reason = this.byIndex[i].length > 0 ? 'retry' : 'first';
       }
     }
     if (index === undefined) {
@@ -88,6 +91,7 @@ export class StepSchedule {
       deadline: now + this.opts.deadlineFactor * this.expected(workerId, index) + this.opts.deadlineSlackMs,
     };
     this.attempts.set(attempt.assignmentId, attempt);
+    this.byIndex[index].push(attempt);
     return attempt;
   }
 
@@ -161,7 +165,7 @@ export class StepSchedule {
 
   ledger(): LedgerEntry[] {
     return this.tokens.map((_, index) => {
-      const attempts = [...this.attempts.values()].filter((a) => a.index === index);
+      const attempts = this.byIndex[index];
       const used = attempts.find((a) => a.outcome === 'used');
       return {
         step: this.step, index, usedAssignment: used?.assignmentId ?? null, usedWorker: used?.workerId ?? null,

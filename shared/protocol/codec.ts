@@ -3,7 +3,7 @@
  * arrays (its extension types), so a Float32Array of gradients crosses the wire as raw bytes plus
  * a few bytes of framing. Records (msgpackr's shared structures) are off: every frame stands alone.
  */
-import { Packr } from 'msgpackr';
+import { addExtension, Packr } from 'msgpackr';
 import { ErrorCodes, LoraMeshError } from '../errors.ts';
 import { parseMessage, type Message } from './messages.ts';
 
@@ -12,6 +12,43 @@ import { parseMessage, type Message } from './messages.ts';
 // error turns into a JSON view of ~10^9 characters (6 s and > 1 GB on the coordinator's thread).
 export const CODEC_OPTIONS = { useRecords: false, moreTypes: true, mapsAsObjects: true, int64AsType: 'number', structuredClone: false } as const;
 const packr = new Packr(CODEC_OPTIONS);
+
+/** msgpackr's type codes of its typed-array extension (0x74), by the first byte of the payload. */
+const TYPED_ARRAYS = [Int8Array, Uint8Array, Uint8ClampedArray, Int16Array, Uint16Array, Int32Array, Uint32Array, Float32Array, Float64Array, BigInt64Array, BigUint64Array];
+type Bytes = Uint8Array & { buffer: ArrayBuffer };
+/** Node's allocation without zero-fill; elsewhere (browsers) a plain ArrayBuffer. */
+const allocUninitialized: (n: number) => ArrayBuffer = (() => {
+  const B = (globalThis as { Buffer?: { allocUnsafeSlow(n: number): Uint8Array } }).Buffer;
+  return B ? (n: number) => B.allocUnsafeSlow(n).buffer as ArrayBuffer : (n: number) => new ArrayBuffer(n);
+})();
+
+/**
+ * Decodes msgpackr's typed-array extension like msgpackr does, without its copy into fresh zeroed
+ * memory: a payload aligned for its element type becomes a view of the frame (a received frame
+ * is never reused), anything else is copied into uninitialized memory. Measured on the
+ * coordinator with 64 workers of 1.13 MB results: msgpackr's slice into calloc'd memory cost
+ * ~0.8 ms of page faults per result (264 faults per MB), most of the coordinator's system time.
+ */
+addExtension({
+  type: 0x74,
+  unpack(data: Bytes) {
+    const code = data[0];
+    const Ctor = TYPED_ARRAYS[code];
+    if (!Ctor) {
+      const copy = data.slice(1).buffer; // ArrayBuffer (16) and DataView (17), as msgpackr does
+      if (code === 16) return copy;
+      if (code === 17) return new DataView(copy);
+      throw new Error(`unknown typed array code ${code}`);
+    }
+    const offset = data.byteOffset + 1;
+    const bytes = data.length - 1;
+    if (bytes % Ctor.BYTES_PER_ELEMENT !== 0) throw new RangeError(`${bytes} bytes is not a whole number of ${Ctor.name} elements`);
+    if (offset % Ctor.BYTES_PER_ELEMENT === 0) return new Ctor(data.buffer, offset, bytes / Ctor.BYTES_PER_ELEMENT);
+    const copy = allocUninitialized(bytes);
+    new Uint8Array(copy).set(data.subarray(1));
+    return new Ctor(copy);
+  },
+});
 
 /** msgpackr's messages can echo input (a RegExp extension's pattern): cut them so a reject stays within its 4096-char message limit. */
 const MAX_DECODE_DETAIL = 200;

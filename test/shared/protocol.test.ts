@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
 import { decodeMessage, encodeMessage } from '../../shared/protocol/codec.ts';
-import { flattenTensors, PROTOCOL_VERSION, splitTensors, unpackFloats, type Message } from '../../shared/protocol/messages.ts';
+import { firstNonFinite, flattenTensors, PROTOCOL_VERSION, splitTensors, unpackFloats, type Message } from '../../shared/protocol/messages.ts';
 import { encodeFloats, F32 } from '../../shared/protocol/wire-codec.ts';
 import { LoraMeshError } from '../../shared/errors.ts';
 
@@ -122,4 +122,53 @@ test('payloads are checked against the run: codec, length, finiteness; flatten/s
   const badScale = encodeFloats(flat, { name: 'int8', blockSize: 4 });
   badScale.scales![1] = NaN;
   assert.equal(codeOf(() => unpackFloats(badScale, { name: 'int8', blockSize: 4 }, 7, 'grads')), 'LM_ERR_NON_FINITE');
+});
+
+test('firstNonFinite finds the first NaN or ±Infinity at any position, lengths not a multiple of 4 included', () => {
+  for (const n of [0, 1, 3, 4, 5, 17, 1000]) {
+    const x = new Float32Array(n).map((_, i) => (i % 7) - 3 + 1e-40 * i); // subnormals and −0 are finite
+    if (n > 2) x[2] = -0;
+    assert.equal(firstNonFinite(x), -1, `all finite, n=${n}`);
+    for (const bad of [NaN, Infinity, -Infinity]) {
+      for (const at of [0, Math.floor(n / 2), n - 1].filter((i) => i >= 0 && i < n)) {
+        const y = x.slice();
+        y[at] = bad;
+        if (at + 1 < n) y[n - 1] = NaN; // a later one too: the first is reported
+        assert.equal(firstNonFinite(y), at, `${bad} at ${at} of ${n}`);
+      }
+    }
+  }
+  // the largest finite float32 stays finite (x − x = 0)
+  assert.equal(firstNonFinite(new Float32Array([3.4028234663852886e38, -3.4028234663852886e38, 0, 0, 1])), -1);
+});
+
+test('typed arrays decode as views of the frame when aligned, as copies otherwise, with the same values', () => {
+  const kinds = [Int8Array, Uint8Array, Int16Array, Uint16Array, Int32Array, Uint32Array, Float32Array, Float64Array] as const;
+  const seen = { view: 0, copy: 0 };
+  for (const Kind of kinds) {
+    const values = new Kind(37).map((_, i) => (i * 37) % 101 - 50);
+    // The payload's offset in the frame moves with the length of the string before it.
+    for (let pad = 0; pad < 8; pad++) {
+      const frame = encodeMessage({ type: 'heartbeat', sentAt: 1, pad: 'x'.repeat(pad), values } as never);
+      const bytes = new Uint8Array(frame.length);
+      bytes.set(frame); // a frame of its own, as ws hands over
+      const got = (decodeMessage(bytes) as unknown as { values: InstanceType<typeof Kind> }).values;
+      assert.ok(got instanceof Kind, `${Kind.name}, pad ${pad}`);
+      assert.deepEqual([...got], [...values], `${Kind.name}, pad ${pad}`);
+      if (got.buffer === bytes.buffer) {
+        seen.view++;
+        assert.equal(got.byteOffset % Kind.BYTES_PER_ELEMENT, 0);
+      } else {
+        seen.copy++;
+        bytes.fill(0); // a copy does not change with the frame
+        assert.deepEqual([...got], [...values]);
+      }
+    }
+  }
+  assert.ok(seen.view > 0 && seen.copy > 0, `both paths taken: ${JSON.stringify(seen)}`);
+  // A typed-array payload that is not a whole number of elements is a decode error, not a crash.
+  const odd = new Packr({ useRecords: false, moreTypes: true }).pack({ type: 'heartbeat', sentAt: 1, v: new Uint8Array(5) });
+  const at = odd.lastIndexOf(1, odd.length - 6); // the typed-array code (1 = Uint8Array) before the 5 bytes
+  odd[at] = 7; // Float32Array: 5 bytes is not whole elements
+  assert.equal(codeOf(() => decodeMessage(odd)), 'LM_ERR_DECODE');
 });

@@ -2,7 +2,7 @@
 // against values worked out by hand.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { aggregateInOrder } from '../../shared/train/aggregate.ts';
+import { addInto, aggregateInOrder } from '../../shared/train/aggregate.ts';
 import { adamwStep, clipGlobalNorm, initAdam, learningRate } from '../../shared/train/optimizer.ts';
 import { EpochSampler } from '../../shared/train/sampler.ts';
 import { packMicroBatch, tokenCount } from '../../shared/train/micro-batch.ts';
@@ -90,4 +90,20 @@ test('config errors name the field, the value and what was expected', () => {
   assert.throws(() => checkLoraConfig({ targetModules: ['qq_proj' as never] }), /qq_proj/);
   assert.throws(() => checkTrainConfig({ globalBatch: 30, microBatch: 8 }), /globalBatch 30 should be a multiple of train.microBatch 8/);
   assert.throws(() => checkTrainConfig({ lr: NaN }), /train\.lr/);
+});
+
+test('addInto (unrolled) gives the bits of the plain float32 loop, for every length mod 4', () => {
+  let seed = 7;
+  const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32 - 0.5) * 2 ** ((seed >>> 8) % 40 - 20);
+  for (const n of [0, 1, 2, 3, 4, 5, 1023]) {
+    const acc = new Float32Array(n).map(rand);
+    const plain = acc.slice();
+    for (let k = 0; k < 5; k++) {
+      const g = new Float32Array(n).map(rand);
+      addInto(acc, g);
+      for (let i = 0; i < n; i++) plain[i] += g[i];
+    }
+    assert.deepEqual(new Uint32Array(acc.buffer), new Uint32Array(plain.buffer), `n=${n}`);
+  }
+  assert.throws(() => addInto(new Float32Array(3), new Float32Array(4)), /LM_ERR_SHAPE|cannot add/);
 });
