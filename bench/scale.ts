@@ -13,6 +13,8 @@ import { pathToFileURL } from 'node:url';
 import type { Gpt2Config } from '../shared/config.ts';
 import { adapterParameterCount, adapterSpec } from '../shared/lora/adapter.ts';
 import { decodeMessage } from '../shared/protocol/codec.ts';
+import { unpackFloats, type Result } from '../shared/protocol/messages.ts';
+import { F32 } from '../shared/protocol/wire-codec.ts';
 import { aggregateInOrder } from '../shared/train/aggregate.ts';
 import type { GradientResult } from '../shared/train/gradients.ts';
 import {
@@ -252,7 +254,7 @@ function leastSquaresSlope(xs: number[], ys: number[]): number {
 }
 
 /**
- * The coordinator's per-step work on results, on one core: decode N real result frames (codec)
+ * The coordinator's per-step work on results, on one core: decode and check N real result frames
  * and add N gradients in micro-batch order (aggregate.ts). The sum reads distinct buffers (up to
  * 64, reused round-robin beyond), so it runs from memory as on a coordinator, not from cache.
  * Small N is repeated to ≥ 64 MB per measurement. GB/s per core is bytes over this process's CPU
@@ -266,6 +268,9 @@ function measureAggregation(frame: Uint8Array, resultBytes: number, workers: num
     return g;
   });
   const cpuMs = (u: NodeJS.CpuUsage) => (u.user + u.system) / 1000;
+  // Copies of the frame, each at offset 0 of its own buffer as ws hands a large message over (the
+  // codec then reads the aligned values in place), distinct so the checks read from memory.
+  const frames = Array.from({ length: Math.min(64, Math.max(...workers)) }, () => new Uint8Array(frame));
   const out: AggregationPoint[] = [];
   for (const n of workers) {
     const rounds = Math.max(1, Math.ceil((64 * MB) / (n * resultBytes)));
@@ -275,7 +280,9 @@ function measureAggregation(frame: Uint8Array, resultBytes: number, workers: num
     for (let r = 0; r < repeats; r++) {
       const wall0 = performance.now();
       let cpu0 = process.cpuUsage();
-      for (let k = 0; k < rounds; k++) for (let i = 0; i < n; i++) decodeMessage(frame);
+      for (let k = 0; k < rounds; k++) {
+        for (let i = 0; i < n; i++) unpackFloats((decodeMessage(frames[i % frames.length]) as Result).grads, F32, floats, 'result.grads');
+      }
       const decodeMs = cpuMs(process.cpuUsage(cpu0));
       cpu0 = process.cpuUsage();
       for (let k = 0; k < rounds; k++) aggregateInOrder(results);
@@ -338,10 +345,10 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
     '',
     '![coordination overhead](results/scale-overhead.svg)',
     '',
-    'Aggregation on one core: decode of N real result frames (the codec) + in-order float32 sum (aggregate.ts), GB of gradient per CPU-second of the process ' +
+    'Aggregation on one core: decode of N real result frames (msgpack; the float32 values are read in place) and their checks (length, finiteness) + in-order float32 sum (aggregate.ts), GB of gradient per CPU-second of the process ' +
       '(other load on the machine does not lower it; wall-clock figure beside it), median (min–max) of repeats.',
     '',
-    '| N results | decode GB/s | sum GB/s | decode + sum GB/s per core | decode + sum GB/s wall clock |',
+    '| N results | decode + check GB/s | sum GB/s | decode + sum GB/s per core | decode + sum GB/s wall clock |',
     '|---:|---:|---:|---:|---:|',
     ...r.aggregation.map((a) => `| ${a.workers} | ${range(a.decodeGBps, 2)} | ${range(a.sumGBps, 2)} | ${range(a.totalGBps, 2)} | ${range(a.wallGBps, 2)} |`),
     '',

@@ -195,6 +195,7 @@ export function parseMessage(raw: unknown): Message {
   const type = raw.type;
   if (typeof type !== 'string' || !Object.hasOwn(guards, type)) fail(ErrorCodes.UNKNOWN_TYPE, `unknown message type ${describe(type)}`);
   guards[type as Message['type']](raw);
+  delete raw.pad; // alignment filler of result and params frames (codec.ts), never part of a message
   return raw as unknown as Message;
 }
 
