@@ -8,6 +8,7 @@
  * bench/RESULTS.md and bench/results/scale-*.{svg,png} (quick mode: scale.quick.json only).
  */
 import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Gpt2Config } from '../shared/config.ts';
@@ -44,7 +45,7 @@ export interface ScaleBenchOptions {
   model?: Gpt2Config;
   /** tokens per sequence of the dummy micro-batches (1 sequence each) */
   seqLen?: number;
-  /** child processes holding the simulated workers (default min(N, 4)) */
+  /** child processes holding the simulated workers (default: one per core but the coordinator's, 1 to 4, at most N) */
   processes?: number;
   /** the command recorded in RESULTS.md */
   command?: string;
@@ -61,6 +62,10 @@ export interface ScalePoint {
   overheadPercent: Stats;
   /** coordinator process: CPU ms (user + system) per step, and that over wall time (cores busy) */
   coordinatorCpuMsPerStep: number;
+  /** of which in the kernel (socket copies, page faults) */
+  coordinatorSystemMsPerStep: number;
+  /** minor page faults per step (fresh memory touched for the first time) */
+  coordinatorPageFaultsPerStep: number;
   coordinatorCores: number;
   coordinatorRssMB: { start: number; peak: number };
   /** all simulated-worker processes together: CPU ms per step (on a real mesh it is spread over N machines) */
@@ -104,6 +109,8 @@ export interface ScaleResult {
   payload: { model: string; lora: string; adapterParameters: number; resultBytes: number };
   /** whether ws found the native bufferutil (frame unmasking in C, not a JS byte loop) */
   wsNativeMasking: boolean;
+  /** child processes that held the simulated workers */
+  simProcesses: number;
   points: ScalePoint[];
   aggregation: AggregationPoint[];
   soak: SoakResult | null;
@@ -142,7 +149,10 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
   log(`scale: ${model.dir}, LoRA r=${C_ATTN_R8.r} on c_attn = ${adapterParameterCount(spec)} parameters (${fmt(resultBytes / MB)} MB per result); ` +
     `N = ${workers.join(', ')}; ${computeMs} ms simulated compute; ${opts.steps ?? (quick ? 3 : '3–4')} measured steps after ${warmupSteps}`);
 
-  const pool = new SimWorkerPool(opts.processes ?? Math.min(4, Math.max(...workers, soakOpts?.workers ?? 1)));
+  // One core is left to the coordinator: on 2 cores, 4 simulated-worker processes cost 1.5× the
+  // CPU of 1 (context switches, 4 event loops) and raised the overhead at N=64 from 37 % to 48 %.
+  const processes = opts.processes ?? Math.max(1, Math.min(4, availableParallelism() - 1, Math.max(...workers, soakOpts?.workers ?? 1)));
+  const pool = new SimWorkerPool(processes);
   const points: ScalePoint[] = [];
   const captured: { frame?: Promise<Uint8Array> } = {};
   let soak: SoakResult | null = null;
@@ -154,8 +164,8 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
       const steps = opts.steps ?? (quick ? 3 : n >= 128 ? 3 : 4);
       const times: number[] = [];
       const rss: number[] = [];
-      let cpuStart = process.cpuUsage();
-      let cpuEnd = cpuStart;
+      let usageStart = process.resourceUsage();
+      let usageEnd = usageStart;
       const poolUsage: { start?: Promise<{ cpuUs: number }>; end?: Promise<{ cpuUs: number }> } = {};
       const rssStart = rssBytes();
       const copies = { atStart: 0, atEnd: 0 };
@@ -168,29 +178,31 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
           times.push(at);
           rss.push(rssBytes());
           if (m.step === warmupSteps) {
-            cpuStart = process.cpuUsage();
+            usageStart = process.resourceUsage();
             poolUsage.start = pool.usage(); // not awaited: waiting here would lengthen the next step
           }
           if (m.step === warmupSteps + steps) {
-            cpuEnd = process.cpuUsage(cpuStart);
+            usageEnd = process.resourceUsage();
             poolUsage.end = pool.usage();
           }
         },
       });
       const periods = times.slice(1).map((t, i) => t - times[i]);
       const wallMs = times[times.length - 1] - times[0];
-      const coordinatorCpuMs = (cpuEnd.user + cpuEnd.system) / 1000;
+      const systemMs = (usageEnd.systemCPUTime - usageStart.systemCPUTime) / 1000;
+      const coordinatorCpuMs = (usageEnd.userCPUTime - usageStart.userCPUTime) / 1000 + systemMs;
       const poolCpuMs = poolUsage.start && poolUsage.end ? ((await poolUsage.end).cpuUs - (await poolUsage.start).cpuUs) / 1000 : NaN;
       const point: ScalePoint = {
         workers: n, computeMs, stepMs: stats(periods), overheadMs: stats(periods.map((p) => p - computeMs)),
         overheadPercent: stats(periods.map((p) => (100 * (p - computeMs)) / computeMs)),
-        coordinatorCpuMsPerStep: coordinatorCpuMs / steps, coordinatorCores: coordinatorCpuMs / wallMs,
+        coordinatorCpuMsPerStep: coordinatorCpuMs / steps, coordinatorSystemMsPerStep: systemMs / steps,
+        coordinatorPageFaultsPerStep: (usageEnd.minorPageFault - usageStart.minorPageFault) / steps, coordinatorCores: coordinatorCpuMs / wallMs,
         coordinatorRssMB: { start: rssStart / MB, peak: Math.max(...rss) / MB }, workersCpuMsPerStep: poolCpuMs / steps,
         stragglerCopies: copies.atEnd - copies.atStart, problems: run.problems,
       };
       points.push(point);
       log(`  N=${String(n).padStart(3)}: step ${fmt(point.stepMs.median)} ms (${fmt(point.stepMs.min)}–${fmt(point.stepMs.max)}), overhead ${fmt(point.overheadMs.median)} ms = ${fmt(point.overheadPercent.median)} %, ` +
-        `coordinator ${fmt(point.coordinatorCpuMsPerStep)} CPU-ms/step, RSS ${fmt(point.coordinatorRssMB.peak)} MB, sim workers ${fmt(point.workersCpuMsPerStep)} CPU-ms/step` +
+        `coordinator ${fmt(point.coordinatorCpuMsPerStep)} CPU-ms/step (${fmt(point.coordinatorSystemMsPerStep)} system, ${fmt(point.coordinatorPageFaultsPerStep)} page faults), RSS ${fmt(point.coordinatorRssMB.peak)} MB, sim workers ${fmt(point.workersCpuMsPerStep)} CPU-ms/step` +
         (point.stragglerCopies ? `, ${point.stragglerCopies} straggler copies` : '') +
         (run.problems.length ? `; ${run.problems.length} problem line(s), first: ${run.problems[0]}` : ''));
     }
@@ -209,7 +221,7 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
   const result: ScaleResult = {
     name: 'scale', date, machine: host, command, quick, warmupSteps,
     payload: { model: model.dir, lora: `r=${C_ATTN_R8.r} on c_attn`, adapterParameters: adapterParameterCount(spec), resultBytes },
-    wsNativeMasking: wsNativeMasking(), points, aggregation, soak, figures,
+    wsNativeMasking: wsNativeMasking(), simProcesses: processes, points, aggregation, soak, figures,
     targets: {
       overheadAt64Percent: at64 && at64.computeMs === 1000 ? at64.overheadPercent.median : null,
       aggregationGBpsPerCore: big ? big.totalGBps.median : null,
@@ -333,13 +345,13 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
     '',
     `Payload: ${r.payload.model}, LoRA ${r.payload.lora} = ${r.payload.adapterParameters.toLocaleString('en-US')} parameters, ${fmt(r.payload.resultBytes / MB)} MB of float32 gradient per result. ` +
       `One micro-batch (1 sequence) per worker per step; simulated workers sleep ${r.points[0]?.computeMs} ms and answer through the real WorkerSession, ` +
-      `in ${Math.min(4, Math.max(...r.points.map((p) => p.workers)))} child processes **on the same ${r.machine.cores} cores as the coordinator**. Median (min–max) over ${[...new Set(r.points.map((p) => p.stepMs.n))].join(' or ')} steps after ${r.warmupSteps} warm-up steps (the first steps carry the scheduler's speculative copies for still-unmeasured workers). ` +
+      `in ${r.simProcesses} child process${r.simProcesses === 1 ? '' : 'es'} **on the same ${r.machine.cores} cores as the coordinator**. Median (min–max) over ${[...new Set(r.points.map((p) => p.stepMs.n))].join(' or ')} steps after ${r.warmupSteps} warm-up steps (the first steps carry the scheduler's speculative copies for still-unmeasured workers). ` +
       `WebSocket frame unmasking: ${r.wsNativeMasking ? 'native (bufferutil)' : 'JavaScript (the optional `bufferutil` addon is not installed)'}. ` +
       `Heartbeat ${HEARTBEAT_MS / 1000} s instead of 5 s: the co-located simulated workers answer pings late under load, and at N=256 the default dropped some.`,
     '',
-    '| N | step ms | overhead ms | overhead % | coordinator CPU ms/step | coordinator cores busy | coordinator peak RSS MB | sim-worker CPU ms/step (all N) | straggler copies |',
-    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
-    ...r.points.map((p) => `| ${p.workers} | ${range(p.stepMs, 0)} | ${range(p.overheadMs, 0)} | ${range(p.overheadPercent)} | ${p.coordinatorCpuMsPerStep.toFixed(0)} | ${p.coordinatorCores.toFixed(2)} | ${p.coordinatorRssMB.peak.toFixed(0)} | ${p.workersCpuMsPerStep.toFixed(0)} | ${p.stragglerCopies} |`),
+    '| N | step ms | overhead ms | overhead % | coordinator CPU ms/step (of it system) | coordinator page faults/step | coordinator cores busy | coordinator peak RSS MB | sim-worker CPU ms/step (all N) | straggler copies |',
+    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...r.points.map((p) => `| ${p.workers} | ${range(p.stepMs, 0)} | ${range(p.overheadMs, 0)} | ${range(p.overheadPercent)} | ${p.coordinatorCpuMsPerStep.toFixed(0)} (${p.coordinatorSystemMsPerStep.toFixed(0)}) | ${p.coordinatorPageFaultsPerStep.toFixed(0)} | ${p.coordinatorCores.toFixed(2)} | ${p.coordinatorRssMB.peak.toFixed(0)} | ${p.workersCpuMsPerStep.toFixed(0)} | ${p.stragglerCopies} |`),
     '',
     `Scaling efficiency (compute / step time): ${r.points.map((p) => `N=${p.workers} ${pct(p).toFixed(0)} %`).join(', ')}.`,
     '',
