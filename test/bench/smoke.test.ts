@@ -51,10 +51,11 @@ test('scale bench: N ∈ {1, 4} with a tiny payload gives one point per N, aggre
   assert.ok(scale.soak);
   assert.deepEqual(scale.soak.samples.map((s) => s.step), [3, 6, 9, 12]);
   assert.ok(Number.isFinite(scale.soak.slopeMBPer1000Steps));
+  assert.ok(Number.isFinite(scale.soak.heapSlopeMBPer1000Steps));
   assertStats(scale.soak.stepMs, 11, 'soak stepMs');
   assertFigures(scale.figures, 2 + 2 + 1);
   // quick settings: none of the targets is judged
-  assert.deepEqual(scale.targets, { overheadAt64Percent: null, aggregationGBpsPerCore: scale.aggregation[1].totalGBps.median, soakSlopeMBPer1000Steps: null });
+  assert.deepEqual(scale.targets, { overheadAt64Percent: null, aggregationGBpsPerCore: scale.aggregation[1].totalGBps.median, soakSlopeMBPer1000Steps: null, soakHeapSlopeMBPer1000Steps: null });
 });
 
 test('parallel bench: in-process and 2 local workers on the demo model, projected with the scale curve', { timeout: 90_000 }, async () => {
