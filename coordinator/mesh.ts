@@ -10,7 +10,7 @@ import type { WebSocket } from 'ws';
 import type { AdapterState } from '../shared/lora/adapter.ts';
 import { mixSeed } from '../shared/rng.ts';
 import { ErrorCodes, LoraMeshError, type ErrorCode } from '../shared/errors.ts';
-import { decodeMessage, encodeMessage } from '../shared/protocol/codec.ts';
+import { asBytes, decodeMessage, encodeMessage } from '../shared/protocol/codec.ts';
 import {
   adapterLength, flattenTensors, PROTOCOL_VERSION, splitTensors, unpackFloats,
   type CoordinatorMessage, type Hello, type Result, type RunManifest,
@@ -282,7 +282,7 @@ export class MeshExecutor implements GradientExecutor {
     try {
       if (!this.takeToken(w)) throw new LoraMeshError(ErrorCodes.RATE, `more than ${this.limits.maxMessagesPerSecond} messages per second`);
       if (!isBinary) throw new LoraMeshError(ErrorCodes.DECODE, 'text frames are not part of the protocol');
-      const message = decodeMessage(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      const message = decodeMessage(asBytes(data));
       switch (message.type) {
         case 'hello': return this.onHello(w, message);
         case 'ready': return this.onReady(w);

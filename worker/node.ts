@@ -15,6 +15,7 @@ import { ErrorCodes, fail } from '../shared/errors.ts';
 import { sha256File } from './hash.ts';
 import { loadSafetensorsFiles } from './load-weights.ts';
 import type { BaseFile, RunManifest } from '../shared/protocol/messages.ts';
+import { asBytes } from '../shared/protocol/codec.ts';
 import { WorkerSession } from '../shared/worker-loop.ts';
 import { initBackend, type BackendName } from './backend.ts';
 import { faultHooks } from './faults.ts';
@@ -107,7 +108,7 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
         ws.send(session.hello());
       });
       ws.on('message', (data) => {
-        session.receive(new Uint8Array(data as Buffer), (reply) => ws.readyState === ws.OPEN && ws.send(reply)).then(() => {
+        session.receive(asBytes(data as Buffer), (reply) => ws.readyState === ws.OPEN && ws.send(reply)).then(() => {
           if (session.finished) ws.close(1000, 'done');
         });
       });

@@ -6,7 +6,7 @@
  */
 import WebSocket from 'ws';
 import { WorkerSession, type WorkerHooks } from '../../shared/worker-loop.ts';
-import { decodeMessage } from '../../shared/protocol/codec.ts';
+import { asBytes, decodeMessage } from '../../shared/protocol/codec.ts';
 import { tokenCount, type MicroBatch } from '../../shared/train/micro-batch.ts';
 import type { GradientResult } from '../../shared/train/gradients.ts';
 
@@ -71,7 +71,7 @@ function startSession(url: string, name: string, computeMs: number): void {
   const ws = new WebSocket(url, { maxPayload: 1 << 30, perMessageDeflate: false });
   ws.on('open', () => ws.send(session.hello()));
   ws.on('message', (data) => {
-    void session.receive(new Uint8Array(data as Buffer), (frame) => {
+    void session.receive(asBytes(data as Buffer), (frame) => {
       if (captureNext && decodeMessage(frame).type === 'result') {
         captureNext = false;
         reply({ type: 'frame', bytes: frame });

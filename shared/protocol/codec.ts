@@ -82,6 +82,14 @@ export function encodeMessage(message: Message): Uint8Array {
   return packr.pack(ordered(misaligned === 0 ? null : 'x'.repeat((7 - misaligned) % 4), values));
 }
 
+/**
+ * A received frame (ws hands over a Buffer) as a plain Uint8Array over the same memory. Not a
+ * copy: `new Uint8Array(buffer)` would copy the whole frame, and the codec reads payloads in place.
+ */
+export function asBytes(frame: ArrayBufferView): Uint8Array {
+  return new Uint8Array(frame.buffer, frame.byteOffset, frame.byteLength);
+}
+
 /** Decodes and validates one frame; throws LoraMeshError with a stable code on anything bad. */
 export function decodeMessage(bytes: Uint8Array): Message {
   if (!(bytes instanceof Uint8Array) || bytes.length === 0) {
