@@ -6,7 +6,8 @@ import type { CausalLM } from '../shared/model/causal-lm.ts';
 import { computeGradients, type GradientResult } from '../shared/train/gradients.ts';
 import { runLocalJob, type InnerOptimizer } from '../shared/train/local-steps.ts';
 import type { MicroBatch } from '../shared/train/micro-batch.ts';
-import type { GradientExecutor, LocalJob } from './trainer.ts';
+import { aggregateInOrder } from '../shared/train/aggregate.ts';
+import type { GradientExecutor, LocalJob, StepResults } from './trainer.ts';
 
 export class InProcessExecutor implements GradientExecutor {
   private adapter: AdapterState = new Map();
@@ -21,8 +22,9 @@ export class InProcessExecutor implements GradientExecutor {
     this.adapter = new Map([...adapter].map(([k, v]) => [k, v.slice()]));
   }
 
-  async compute(_step: number, _paramVersion: number, microBatches: MicroBatch[]): Promise<GradientResult[]> {
-    return microBatches.map((mb) => computeGradients(this.model, this.base, this.spec, this.adapter, this.lora, mb));
+  async compute(_step: number, _paramVersion: number, microBatches: MicroBatch[]): Promise<StepResults> {
+    const results = microBatches.map((mb) => computeGradients(this.model, this.base, this.spec, this.adapter, this.lora, mb));
+    return { results, sum: aggregateInOrder(results) };
   }
 
   async computeLocal(_step: number, _paramVersion: number, jobs: LocalJob[]): Promise<GradientResult[]> {

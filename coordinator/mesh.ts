@@ -19,7 +19,8 @@ import { decodeFloats, describeCodec, encodeFloats, F32, payloadBytes } from '..
 import type { GradientResult } from '../shared/train/gradients.ts';
 import { type MicroBatch, tokenCount } from '../shared/train/micro-batch.ts';
 import { StepSchedule, type LedgerEntry, type ScheduleOptions } from './scheduler.ts';
-import type { GradientExecutor, LocalJob } from './trainer.ts';
+import { InOrderSum } from '../shared/train/aggregate.ts';
+import type { GradientExecutor, LocalJob, StepResults } from './trainer.ts';
 import { ByteCounter, wsFrameBytes } from './traffic.ts';
 
 /** The attempt a worker is computing; a worker holds at most one at a time. */
@@ -110,6 +111,8 @@ interface StepInFlight {
   schedule: StepSchedule;
   items: WorkItem[];
   results: (GradientResult | undefined)[];
+  /** gradient steps: the in-order sum, built as results arrive (local jobs are averaged by the trainer) */
+  sum: InOrderSum | null;
   resolve: (results: GradientResult[]) => void;
 }
 
@@ -195,19 +198,23 @@ export class MeshExecutor implements GradientExecutor {
     return encodeMessage({ type: 'params', paramVersion: this.paramVersion, tensors });
   }
 
-  compute(step: number, paramVersion: number, microBatches: MicroBatch[]): Promise<GradientResult[]> {
-    return this.run(step, paramVersion, microBatches.map((microBatch) => ({ kind: 'grad', microBatch })));
+  async compute(step: number, paramVersion: number, microBatches: MicroBatch[]): Promise<StepResults> {
+    const slots: (GradientResult | undefined)[] = new Array(microBatches.length);
+    const sum = new InOrderSum(slots);
+    const results = await this.run(step, paramVersion, microBatches.map((microBatch) => ({ kind: 'grad', microBatch })), slots, sum);
+    return { results, sum: sum.finish() };
   }
 
   computeLocal(step: number, paramVersion: number, jobs: LocalJob[]): Promise<GradientResult[]> {
-    return this.run(step, paramVersion, jobs.map((job) => ({ kind: 'local', job })));
+    return this.run(step, paramVersion, jobs.map((job) => ({ kind: 'local', job })), new Array(jobs.length), null);
   }
 
-  private run(step: number, paramVersion: number, items: WorkItem[]): Promise<GradientResult[]> {
+  /** Hands out the items; `results` are their slots, filled as results are accepted (and added to `sum`). */
+  private run(step: number, paramVersion: number, items: WorkItem[], results: (GradientResult | undefined)[], sum: InOrderSum | null): Promise<GradientResult[]> {
     return new Promise((resolve) => {
       const positions = items.map((item) => itemMicroBatches(item).reduce((n, mb) => n + mb.batch * mb.time, 0));
       this.inFlight = {
-        paramVersion, items, resolve, results: new Array(items.length),
+        paramVersion, items, resolve, results, sum,
         schedule: new StepSchedule(step, positions, (id, n) => this.expectedMs(id, n), this.options.schedule),
       };
       this.dispatch();
@@ -416,6 +423,7 @@ export class MeshExecutor implements GradientExecutor {
       if (a.workerId === w.id && a.outcome === 'used') {
         step.schedule.revoke(a.assignmentId, now);
         step.results[a.index] = undefined;
+        step.sum?.retract(a.index);
       }
     }
     this.send(w, { type: 'reject', code: ErrorCodes.SPOT_CHECK, message: `result of micro-batch ${held.index} disagrees with a trusted recomputation` });
@@ -435,6 +443,7 @@ export class MeshExecutor implements GradientExecutor {
     if (outcome === 'used') {
       w.used++;
       step.results[held.index] = { lossSum: r.lossSum, tokenCount: r.tokenCount, grads };
+      step.sum?.advance();
     }
     if (step.schedule.remaining === 0) {
       this.inFlight = null;

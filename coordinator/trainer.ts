@@ -7,7 +7,7 @@
 import type { LoraConfig, ModelConfig, TrainConfig } from '../shared/config.ts';
 import { adapterSpec, initAdapter, type AdapterState, type AdapterTensorSpec } from '../shared/lora/adapter.ts';
 import { mixSeed } from '../shared/rng.ts';
-import { aggregateInOrder } from '../shared/train/aggregate.ts';
+import type { StepGradient } from '../shared/train/aggregate.ts';
 import { robustAggregate, type Aggregation } from '../shared/train/robust.ts';
 import type { GradientResult } from '../shared/train/gradients.ts';
 import { type Example, type MicroBatch, packMicroBatch } from '../shared/train/micro-batch.ts';
@@ -25,12 +25,18 @@ export interface LocalJob {
 }
 
 export interface GradientExecutor {
-  /** Computes every micro-batch of a step against parameter version `paramVersion`; results in micro-batch order. */
-  compute(step: number, paramVersion: number, microBatches: MicroBatch[]): Promise<GradientResult[]>;
+  /** Computes every micro-batch of a step against parameter version `paramVersion`: results in micro-batch order and their in-order sum. */
+  compute(step: number, paramVersion: number, microBatches: MicroBatch[]): Promise<StepResults>;
   /** Local-steps mode: every job's pseudo-gradient (grads = start − end), in job order. */
   computeLocal(step: number, paramVersion: number, jobs: LocalJob[]): Promise<GradientResult[]>;
   /** Makes a new parameter version current everywhere. */
   publish(paramVersion: number, adapter: AdapterState): void;
+}
+
+export interface StepResults {
+  results: GradientResult[];
+  /** aggregateInOrder(results), bit for bit; the mesh adds results up as they arrive (InOrderSum) */
+  sum: StepGradient;
 }
 
 export interface StepMetrics {
@@ -150,8 +156,7 @@ export class Trainer {
     const started = performance.now();
     const t = this.options.train;
     const microBatches = this.nextMicroBatches();
-    const results = await this.executor.compute(this.step, this.paramVersion, microBatches);
-    const exact = aggregateInOrder(results);
+    const { results, sum: exact } = await this.executor.compute(this.step, this.paramVersion, microBatches);
     const { lossSum, tokenCount } = exact;
     const how = this.options.aggregation ?? 'sum';
     const grads = how === 'sum' ? exact.grads : robustAggregate(results, how);

@@ -15,21 +15,60 @@ export interface StepGradient {
 
 export function aggregateInOrder(results: GradientResult[]): StepGradient {
   if (results.length === 0) fail(ErrorCodes.STATE, 'no micro-batch results to aggregate');
-  let lossSum = 0;
-  let tokenCount = 0;
-  const grads: AdapterState = new Map();
-  for (const r of results) {
-    lossSum += r.lossSum;
-    tokenCount += r.tokenCount;
-    for (const [name, g] of r.grads) {
-      const acc = grads.get(name);
-      if (!acc) grads.set(name, new Float32Array(g));
-      else addInto(acc, g);
-    }
+  const sum = emptySum();
+  for (const r of results) addResult(sum, r);
+  return finishSum(sum);
+}
+
+/**
+ * The same sum built while a step's results arrive: result i is added as soon as results 0…i−1
+ * have been, so the bits equal aggregateInOrder's whatever the arrival order, and most of the
+ * adding happens while the step still waits for its last results (each result still in cache
+ * from its decode and check) instead of after them.
+ */
+export class InOrderSum {
+  private readonly sum = emptySum();
+  private next = 0;
+  private redo = false;
+
+  /** `results` is the step's result slots, filled by the caller (in any order). */
+  constructor(private readonly results: readonly (GradientResult | undefined)[]) {}
+
+  /** Call after filling a slot: adds every filled slot from the first not yet added. */
+  advance(): void {
+    while (!this.redo && this.next < this.results.length && this.results[this.next]) addResult(this.sum, this.results[this.next++]!);
   }
-  const scale = 1 / Math.max(1, tokenCount);
-  for (const g of grads.values()) for (let i = 0; i < g.length; i++) g[i] *= scale;
-  return { lossSum, tokenCount, grads };
+
+  /** Slot `index` was emptied again (its result revoked); if it was already added, finish() sums afresh. */
+  retract(index: number): void {
+    if (index < this.next) this.redo = true;
+  }
+
+  /** Once every slot is filled: the step's gradient, bit-identical to aggregateInOrder(results). */
+  finish(): StepGradient {
+    if (this.redo || this.next < this.results.length) return aggregateInOrder(this.results as GradientResult[]);
+    if (this.next === 0) fail(ErrorCodes.STATE, 'no micro-batch results to aggregate');
+    return finishSum(this.sum);
+  }
+}
+
+const emptySum = (): StepGradient => ({ lossSum: 0, tokenCount: 0, grads: new Map() });
+
+function addResult(sum: StepGradient, r: GradientResult): void {
+  sum.lossSum += r.lossSum;
+  sum.tokenCount += r.tokenCount;
+  for (const [name, g] of r.grads) {
+    const acc = sum.grads.get(name);
+    if (!acc) sum.grads.set(name, new Float32Array(g));
+    else addInto(acc, g);
+  }
+}
+
+/** Divides the summed gradients by the token count: the gradient of the mean token loss. */
+function finishSum(sum: StepGradient): StepGradient {
+  const scale = 1 / Math.max(1, sum.tokenCount);
+  for (const g of sum.grads.values()) for (let i = 0; i < g.length; i++) g[i] *= scale;
+  return sum;
 }
 
 /**
