@@ -208,8 +208,8 @@ export function unpackFloats(p: PackedFloats, codec: CodecSpec, length: number, 
     fail(ErrorCodes.CODEC, `${what} is in ${p.codec}${p.blockSize ? `/${p.blockSize}` : ''}, this run sends ${codec.name}${codec.blockSize ? `/${codec.blockSize}` : ''}`);
   }
   if (p.values.length !== length) fail(ErrorCodes.SHAPE, `${what} has ${p.values.length} values, expected ${length} (the manifest's adapter)`);
-  // A decoded frame owns its arrays (msgpackr copies typed arrays out of the frame), so f32
-  // values are used as they are: one copy of every gradient fewer on the coordinator.
+  // A decoded frame's arrays belong to that message alone (views of its own received buffer, or
+  // copies: codec.ts), so f32 values are used as they are: one copy of every gradient fewer.
   const values = p.codec === 'f32' ? (p.values as Float32Array) : decodeFloats(p);
   const bad = firstNonFinite(values);
   if (bad >= 0) fail(ErrorCodes.NON_FINITE, `${what}[${bad}] is ${values[bad]}`);

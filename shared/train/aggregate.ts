@@ -46,8 +46,9 @@ export class InOrderSum {
 
   /** Once every slot is filled: the step's gradient, bit-identical to aggregateInOrder(results). */
   finish(): StepGradient {
-    if (this.redo || this.next < this.results.length) return aggregateInOrder(this.results as GradientResult[]);
-    if (this.next === 0) fail(ErrorCodes.STATE, 'no micro-batch results to aggregate');
+    const missing = this.results.findIndex((r) => !r);
+    if (missing >= 0) fail(ErrorCodes.STATE, `result ${missing} of ${this.results.length} is missing`);
+    if (this.redo || this.next === 0) return aggregateInOrder(this.results as GradientResult[]); // (no results: its error)
     return finishSum(this.sum);
   }
 }

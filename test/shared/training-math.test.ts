@@ -137,4 +137,8 @@ test('InOrderSum built in any arrival order, with results revoked and replaced, 
     }
     assert.deepEqual(bits(sum.finish()), bits(aggregateInOrder(final)), `trial ${trial}, order ${order}, revoked ${revoked}`);
   }
+  const partial: ({ lossSum: number; tokenCount: number; grads: Map<string, Float32Array> } | undefined)[] = [result(0), undefined, result(2)];
+  const early = new InOrderSum(partial);
+  early.advance();
+  assert.throws(() => early.finish(), /LM_ERR_STATE.*result 1 of 3 is missing/);
 });
