@@ -26,6 +26,7 @@ const lora = checkLoraConfig({ r: 8, alpha: 16 });
 const train = checkTrainConfig({ steps: 10, globalBatch: 16, microBatch: 4, seed: 1 });
 const examples = demoExamples(model.tokenizer, demoTaskData(256, 8, 1));
 
+let trials = 0; // each trial gets its own run folder
 async function trial(signal: 'SIGKILL' | 'SIGSTOP', heartbeatMs: number, steps: number) {
   let url = '';
   let victim: ChildProcess | null = null;
@@ -33,7 +34,7 @@ async function trial(signal: 'SIGKILL' | 'SIGSTOP', heartbeatMs: number, steps: 
   let noticedAt = 0;
   let stepDoneAt = 0;
   await runTraining({
-    model, lora, train: { ...train, steps }, examples, outDir: join(root, 'runs'), runId: `${signal}-${heartbeatMs}`, localWorkers: 2, backend: 'wasm',
+    model, lora, train: { ...train, steps }, examples, outDir: join(root, 'runs'), runId: `${signal}-${heartbeatMs}-${++trials}`, localWorkers: 2, backend: 'wasm',
     cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, heartbeatMs,
     log: (line) => {
       url = /listening on (ws:\S+)/.exec(line)?.[1] ?? url;

@@ -2,28 +2,27 @@
  * loramesh command line: train (coordinator), worker, generate, demo.
  * Run `loramesh <command> --help` for every option and its default.
  */
-import { Command } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { checkLoraConfig, checkTrainConfig, contextLength, DEFAULT_LORA, DEFAULT_TRAIN } from '../shared/config.ts';
 import { LoraMeshError } from '../shared/errors.ts';
 import { BACKENDS, type BackendName } from '../worker/backend.ts';
-import { AGGREGATIONS } from '../shared/train/robust.ts';
+import { AGGREGATIONS, type Aggregation } from '../shared/train/robust.ts';
 import { defaultCacheDir } from '../worker/node.ts';
-import { int, modules, num, oneOf } from './options.ts';
+import { addresses, host, int, modules, num, oneOf, port } from './options.ts';
+import { DEFAULT_NET_LIMITS } from './net-limits.ts';
 import { registerAnalysisCommands } from './analysis-cli.ts';
 import { DEMO_MODEL_DIR } from './paths.ts';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ErrorCodes, fail } from '../shared/errors.ts';
-import type { LoraConfig, TrainConfig } from '../shared/config.ts';
 import { CODECS, DEFAULT_INT8_BLOCK, type CodecName, type CodecSpec } from '../shared/protocol/wire-codec.ts';
 import type { OuterConfig } from '../shared/train/local-steps.ts';
+import { DEFAULT_DEFENCE } from './defence.ts';
+import { checkListen, readFlagFile } from './preflight.ts';
+import { resumeShape, type DataSpec, type RunShape } from './resume-flags.ts';
 
-type DataSpec =
-  | { kind: 'jsonl'; path: string; maxTokens?: number; pack: boolean; evalFraction: number; seed: number }
-  | { kind: 'demo'; trainSize: number; seed: number };
-
-function readRunConfig(dir: string): { model: string; lora: LoraConfig; train: TrainConfig; data: DataSpec; wire?: { up: CodecSpec; down: CodecSpec }; local?: OuterConfig } {
+function readRunConfig(dir: string): RunShape {
   try {
     return JSON.parse(readFileSync(join(dir, 'run_config.json'), 'utf8'));
   } catch (err) {
@@ -31,10 +30,14 @@ function readRunConfig(dir: string): { model: string; lora: LoraConfig; train: T
   }
 }
 
+/** Exit codes: 0 done, 1 internal error, 2 a refused input or setting (one line with its code), 128+n stopped by signal n. */
+const EXIT = { internal: 1, usage: 2, SIGINT: 130, SIGTERM: 143 } as const;
 
+// A bad flag is one line with its code, not the error followed by the whole help.
 const program = new Command('loramesh')
   .description('Distributed LoRA fine-tuning over a WebSocket worker mesh')
-  .showHelpAfterError();
+  .exitOverride()
+  .configureOutput({ outputError: (text, write) => write(`loramesh: ${ErrorCodes.CONFIG}: ${text.replace(/^error: /, '')}`) });
 
 function addTrainOptions(cmd: Command): Command {
   return cmd
@@ -63,16 +66,25 @@ function addTrainOptions(cmd: Command): Command {
     .option('--local-workers <n>', 'worker processes to start on this machine', int(0), 2)
     .option('--min-workers <n>', 'start training once this many workers are ready (default: local workers, ≥ 1)', int(1))
     .option('--in-process', 'compute everything in this process, no sockets (the single-process reference)', false)
-    .option('--host <addr>', 'address to listen on (0.0.0.0 lets other machines join)', '127.0.0.1')
-    .option('--port <n>', 'port (0: pick a free one)', int(0), 0)
+    .option('--host <addr>', 'address to listen on (0.0.0.0 lets other machines join)', host, '127.0.0.1')
+    .option('--port <n>', 'port (0: pick a free one)', port, 0)
     .option('--token <token>', 'join token workers must present (or LORAMESH_TOKEN, or --token-file); generated and printed when --host is not loopback')
     .option('--token-file <path>', 'read the join token from this file')
     .option('--allowed-origins <list>', 'comma list of browser Origins allowed to join (default: any)')
-    .option('--max-connections <n>', 'concurrent worker connections', int(1), 1024)
+    .option('--max-connections <n>', `concurrent worker connections (default ${DEFAULT_NET_LIMITS.maxConnections})`, int(1))
+    .option('--max-connections-per-address <n>',
+      `concurrent TCP connections per client address, IPv6 per /64 (default ${DEFAULT_NET_LIMITS.maxConnectionsPerAddress})`, int(1))
+    .option('--max-workers-per-address <n>',
+      `concurrent worker connections per client address (default ${DEFAULT_NET_LIMITS.maxWorkersPerAddress})`, int(1))
+    .option('--max-event-streams <n>', 'concurrent dashboard event streams, /api/events ' +
+      `(default ${DEFAULT_NET_LIMITS.maxEventStreams}; ${DEFAULT_NET_LIMITS.maxEventStreamsPerAddress} per address)`, int(1))
+    .option('--trusted-proxy <list>',
+      'comma list of reverse-proxy addresses whose X-Forwarded-For names the client (default: none, the header is ignored)', addresses)
     .option('--max-messages-per-second <n>', 'per-connection message rate limit', int(1), 200)
     .option('--max-rejects <n>', 'rejected frames before a connection is quarantined', int(1), 50)
     .option('--aggregation <rule>', `how micro-batch gradients combine: ${AGGREGATIONS.join(' | ')} (sum is exact; the others resist bad volunteers)`, oneOf(AGGREGATIONS), 'sum')
-    .option('--spot-check <fraction>', 'recompute this secret fraction of micro-batches on the coordinator; quarantine workers that disagree', num(0, 1), 0)
+    .option('--spot-check <fraction>', `recompute this secret fraction of micro-batches on the coordinator; quarantine workers that disagree (default ${DEFAULT_DEFENCE.spotCheck})`, num(0, 1))
+    .option('--outlier-factor <K>', `recompute a result whose gradient norm is over K × its step's median before it counts; quarantine the sender if it disagrees (0: off; default ${DEFAULT_DEFENCE.outlierFactor})`, num(0))
     .option('--admin-token <token>', 'enables POST /api/admin/{pause,resume,stop,kick?worker=ID} with Authorization: Bearer <token> (or LORAMESH_ADMIN_TOKEN)')
     .option('--dashboard-access <who>', "public: anyone who reaches the port sees /api/status; admin: only with --admin-token (open /#admin=…)", oneOf(['public', 'admin'] as const), 'public')
     .option('--tls-cert <pem>', 'serve https/wss with this certificate (with --tls-key)')
@@ -106,27 +118,48 @@ function configsFrom(o: Record<string, any>) {
   return { lora, train, wire, local };
 }
 
+/** The run the flags define on their own (a new run), in run_config.json's shape. */
+function runShapeFrom(o: Record<string, any>): RunShape {
+  const data: DataSpec = o.data
+    ? { kind: 'jsonl', path: resolve(o.data), maxTokens: o.maxTokens, pack: o.pack, evalFraction: o.evalFraction, seed: o.seed }
+    : { kind: 'demo', trainSize: o.trainSize, seed: o.seed };
+  return { model: resolve(o.model), data, ...configsFrom(o), checkpointEvery: o.checkpointEvery, aggregation: o.aggregation };
+}
+
 addTrainOptions(program.command('train').description('run a coordinator (and local workers) to fine-tune a LoRA adapter'))
-  .action(async (o) => {
+  .action(async (o, cmd: Command) => {
+    // One SIGINT/SIGTERM stops the run at any point (waiting for workers or mid-step), with a
+    // checkpoint of the last whole step when there is one; a second signal ends the process at once.
+    const stop = new AbortController();
+    let stoppedBy: 'SIGINT' | 'SIGTERM' | null = null;
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+      process.once(sig, () => { console.log(`${sig}: stopping (a second ${sig} ends the process now)`); stoppedBy = sig; stop.abort(); });
+    }
+    // Everything that can fail without the model is checked before it loads.
+    let shape = runShapeFrom(o);
+    if (o.resume) {
+      const given = new Set(cmd.options.map((opt) => opt.attributeName()).filter((key) => cmd.getOptionValueSource(key) === 'cli'));
+      shape = resumeShape(readRunConfig(o.resume), shape, given, o.resume);
+      [o.runId, o.out] = [basename(resolve(o.resume)), dirname(resolve(o.resume))];
+    }
+    let token: string | undefined = o.token ?? process.env.LORAMESH_TOKEN ?? (o.tokenFile ? readFlagFile('--token-file', o.tokenFile).trim() : undefined);
+    if (token === '') fail(ErrorCodes.CONFIG, `--token-file ${o.tokenFile} is empty`);
+    if (!!o.tlsCert !== !!o.tlsKey) fail(ErrorCodes.CONFIG, '--tls-cert and --tls-key go together');
+    if (o.tlsCert) [readFlagFile('--tls-cert', o.tlsCert), readFlagFile('--tls-key', o.tlsKey)];
+    if (o.dashboardAccess === 'admin' && !(o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN)) fail(ErrorCodes.CONFIG, '--dashboard-access admin needs --admin-token');
+    if (!o.inProcess) await checkListen(o.host, o.port);
+
     const { initBackend } = await import('../worker/backend.ts');
     const { openModelDir } = await import('./model-dir.ts');
     const { demoExamples, demoTaskData, loadJsonlDataset } = await import('./dataset.ts');
     const { toExample } = await import('../shared/data/demo-tasks.ts');
     const { readAdapterDir } = await import('./adapter-io.ts');
     const { runTraining } = await import('./train.ts');
-    let { lora, train, wire, local } = configsFrom(o);
-    let dataSpec: DataSpec = o.data
-      ? { kind: 'jsonl', path: resolve(o.data), maxTokens: o.maxTokens, pack: o.pack, evalFraction: o.evalFraction, seed: o.seed }
-      : { kind: 'demo', trainSize: o.trainSize, seed: o.seed };
-    if (o.resume) {
-      // Everything that shapes the result comes from the run folder; only where it runs is new.
-      const stored = readRunConfig(o.resume);
-      ({ lora, train, wire, local } = { lora: stored.lora, train: stored.train, wire: stored.wire ?? wire, local: stored.local });
-      [o.model, dataSpec, o.runId, o.out] = [stored.model, stored.data, basename(resolve(o.resume)), dirname(resolve(o.resume))];
-    }
-    const model = await openModelDir(o.model);
-    // The coordinator itself computes only the eval loss (and everything with --in-process);
-    // --backend otherwise names the local workers' backend (WebGPU in Node may be software-only).
+    let { lora } = shape;
+    const { train, wire, local, data: dataSpec } = shape;
+    const model = await openModelDir(shape.model);
+    // The coordinator itself computes only the eval loss and result checks (and everything with
+    // --in-process); --backend otherwise names the local workers' backend (WebGPU in Node may be software-only).
     await initBackend((o.inProcess || o.backend !== 'webgpu' ? o.backend : 'auto') as BackendName, console.log);
     let initialAdapter;
     if (o.adapter && !o.resume) {
@@ -146,29 +179,36 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
       const demo = demoTaskData(dataSpec.trainSize, 200, dataSpec.seed);
       [examples, evalExamples] = [demoExamples(model.tokenizer, demo), demo.eval.map((s) => toExample(model.tokenizer, s))];
     }
-    let token: string | undefined = o.token ?? process.env.LORAMESH_TOKEN ?? (o.tokenFile ? readFileSync(o.tokenFile, 'utf8').trim() : undefined);
     if (token === undefined && !['127.0.0.1', 'localhost', '::1'].includes(o.host)) {
       token = randomBytes(18).toString('base64url');
       console.log(`join token (give it to workers with --token, or open /join#token=…): ${token}`);
     }
-    if (!!o.tlsCert !== !!o.tlsKey) fail(ErrorCodes.CONFIG, '--tls-cert and --tls-key go together');
-    if (o.dashboardAccess === 'admin' && !(o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN)) fail(ErrorCodes.CONFIG, '--dashboard-access admin needs --admin-token');
-    // SIGINT / SIGTERM: finish the current step, checkpoint, stop the workers, exit.
-    const stop = new AbortController();
-    for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => { console.log(`${sig}: stopping after this step`); stop.abort(); });
     const result = await runTraining({
       model, lora, train, examples, evalExamples, evalEvery: o.evalEvery, initialAdapter, outDir: o.out, runId: o.runId, inProcess: o.inProcess,
       localWorkers: o.inProcess ? 0 : o.localWorkers, minWorkers: o.minWorkers, host: o.host, port: o.port,
       token, backend: o.backend, heartbeatMs: o.heartbeatMs,
       allowedOrigins: o.allowedOrigins?.split(',').map((x: string) => x.trim()), maxConnections: o.maxConnections,
+      netLimits: {
+        maxConnectionsPerAddress: o.maxConnectionsPerAddress, maxWorkersPerAddress: o.maxWorkersPerAddress,
+        maxEventStreams: o.maxEventStreams, trustedProxies: o.trustedProxy,
+      },
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey } : undefined,
       security: { maxMessagesPerSecond: o.maxMessagesPerSecond, maxRejects: o.maxRejects },
-      aggregation: o.aggregation, adminToken: o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN, dashboardAccess: o.dashboardAccess, spotCheck: o.spotCheck > 0 ? { fraction: o.spotCheck, tolerance: 1e-3 } : undefined,
-      checkpointEvery: o.checkpointEvery, keepCheckpoints: o.keepCheckpoints, resume: !!o.resume, signal: stop.signal, dataSpec, wire, local,
+      aggregation: shape.aggregation as Aggregation, adminToken: o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN, dashboardAccess: o.dashboardAccess, spotCheck: o.spotCheck === undefined ? undefined : { fraction: o.spotCheck }, outlierFactor: o.outlierFactor,
+      checkpointEvery: shape.checkpointEvery, keepCheckpoints: o.keepCheckpoints, resume: !!o.resume, signal: stop.signal, dataSpec, wire, local,
     });
-    if (stop.signal.aborted) return;
+    if (result.alreadyFinished) return;
+    const rejected = Object.entries(result.rejections);
+    const refused = rejected.length === 0 ? 'no results or frames rejected'
+      : `${rejected.reduce((n, [, c]) => n + c, 0)} results or frames rejected (${rejected.map(([code, c]) => `${code} ${c}`).join(', ')})`;
+    const checks = `${refused}, ${result.quarantined} worker(s) quarantined`;
+    if (result.interrupted) {
+      console.log(`stopped at step ${result.step} of ${train.steps}; ${checks}`);
+      if (stoppedBy) process.exitCode = EXIT[stoppedBy];
+      return;
+    }
     const last = result.metrics[result.metrics.length - 1];
-    console.log(`done: ${train.steps} steps, final loss ${last.loss.toFixed(4)}; adapter written to ${result.runDir}`);
+    console.log(`done: ${train.steps} steps, final loss ${last ? last.loss.toFixed(4) : '-'}; ${checks}; adapter written to ${result.runDir}`);
   });
 
 program.command('worker')
@@ -230,12 +270,24 @@ program.command('demo')
 
 registerAnalysisCommands(program);
 
-program.parseAsync().catch((err) => {
+/**
+ * Every failure is one line: a refused input with its LM_ERR code (exit 2), anything else as an
+ * internal error (exit 1) with the stack only when LORAMESH_DEBUG is set. Handled here rather than
+ * left to Node, whose report of an error rethrown through tfjs-wasm's handler prints its minified source.
+ */
+function exitWith(err: unknown): never {
+  if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : EXIT.usage); // commander printed it
   if (err instanceof LoraMeshError) {
     console.error(`loramesh: ${err.message}`);
-    process.exit(2);
+    process.exit(EXIT.usage);
   }
-  throw err;
-});
+  const e = err instanceof Error ? err : new Error(String(err));
+  console.error(`loramesh: internal error: ${e.message.split('\n')[0]}${process.env.LORAMESH_DEBUG ? `\n${e.stack}` : ' (LORAMESH_DEBUG=1 shows the stack)'}`);
+  process.exit(EXIT.internal);
+}
+process.on('uncaughtException', exitWith);
+process.on('unhandledRejection', exitWith);
+program.parseAsync().catch(exitWith);
+
 
 

@@ -22,6 +22,8 @@ import { StepSchedule, type LedgerEntry, type ScheduleOptions } from './schedule
 import { InOrderSum } from '../shared/train/aggregate.ts';
 import type { GradientExecutor, LocalJob, StepResults } from './trainer.ts';
 import { ByteCounter, wsFrameBytes } from './traffic.ts';
+import { l2Norm, NormHistory, outliers, overflowBound, relativeL2, type ScreenedResult } from './defence.ts';
+import { cleanPeerText } from '../shared/protocol/peer-text.ts';
 
 /** The attempt a worker is computing; a worker holds at most one at a time. */
 interface Holding {
@@ -64,6 +66,8 @@ interface WorkerConnection extends WorkerInfo {
   bucketAt: number;
   /** closed for an offence; its frames are ignored */
   quarantined: boolean;
+  /** offences that are not rejected frames (worker-errors for held work); each used result takes one away */
+  strikes: number;
 }
 
 export interface MeshOptions {
@@ -71,16 +75,20 @@ export interface MeshOptions {
   log?: (line: string) => void;
   schedule?: ScheduleOptions;
   security?: Partial<SecurityLimits>;
-  spotCheck?: SpotCheck;
+  checks?: ResultChecks;
 }
 
 /**
- * Untrusted volunteers: a secret, seeded fraction of micro-batches is recomputed by a trusted
- * party (the coordinator). A worker whose result disagrees beyond `tolerance` (relative L2 over all
- * gradients) is quarantined and every result it gave in the current step is recomputed.
+ * Untrusted volunteers (defence.ts): a secret, seeded fraction of results, and every result whose
+ * norm is an outlier in its step, is recomputed by a trusted party (the coordinator). A worker whose
+ * result disagrees beyond `tolerance` (relative L2 over all gradients) is quarantined and every
+ * result it gave in the current step is recomputed.
  */
-export interface SpotCheck {
-  fraction: number;
+export interface ResultChecks {
+  /** share of results spot-checked (0: none) */
+  spotCheck: number;
+  /** norm > outlierFactor × the step's median norm: recomputed before it counts (0: off) */
+  outlierFactor: number;
   tolerance: number;
   secret: number;
   /** the trusted result of a micro-batch (sync) or a local job, from the parameters the workers hold */
@@ -100,11 +108,11 @@ export interface SecurityLimits {
   maxRejects: number;
   /** a connection must finish hello within this many ms */
   handshakeTimeoutMs: number;
-  /** no new work for a worker whose unsent output exceeds this many bytes; 4× this closes it */
-  maxBufferedBytes: number;
+  /** no new work for a worker whose unsent output exceeds this many bytes; 2× this closes it (default: 2 parameter frames, at least 8 MiB) */
+  maxBufferedBytes?: number;
 }
 
-export const DEFAULT_SECURITY: SecurityLimits = { maxMessagesPerSecond: 200, maxRejects: 50, handshakeTimeoutMs: 10_000, maxBufferedBytes: 64 * 1024 * 1024 };
+export const DEFAULT_SECURITY: SecurityLimits = { maxMessagesPerSecond: 200, maxRejects: 50, handshakeTimeoutMs: 10_000 };
 
 interface StepInFlight {
   paramVersion: number;
@@ -113,7 +121,12 @@ interface StepInFlight {
   results: (GradientResult | undefined)[];
   /** gradient steps: the in-order sum, built as results arrive (local jobs are averaged by the trainer) */
   sum: InOrderSum | null;
+  /** per slot: who sent the used result, its norm, whether a trusted recomputation confirmed it */
+  screened: (ScreenedResult | undefined)[];
+  /** outlier recomputations still running; the step ends only when none are */
+  verifying: number;
   resolve: (results: GradientResult[]) => void;
+  reject: (err: Error) => void;
 }
 
 export class MeshExecutor implements GradientExecutor {
@@ -136,12 +149,19 @@ export class MeshExecutor implements GradientExecutor {
   private readonly log: (line: string) => void;
   private readyWaiters: { count: number; resolve: () => void }[] = [];
 
-  private readonly limits: SecurityLimits;
+  private readonly limits: Required<SecurityLimits>;
+  /** refused frames and results by error code, over the whole run (the final summary) */
+  readonly rejections = new Map<string, number>();
+  /** workers closed for offences (failed checks, floods, admin kicks) */
+  quarantinedCount = 0;
+  /** recent trusted result norms, the outlier screen's memory across steps */
+  private readonly norms = new NormHistory();
 
   constructor(private readonly options: MeshOptions) {
     this.log = options.log ?? (() => {});
-    this.limits = { ...DEFAULT_SECURITY, ...options.security };
     this.adapterValues = adapterLength(options.manifest.adapter);
+    const paramsFrame = 4 * this.adapterValues + 4096;
+    this.limits = { maxBufferedBytes: Math.max(8 << 20, 2 * paramsFrame), ...DEFAULT_SECURITY, ...options.security } as Required<SecurityLimits>;
   }
 
   get bytesIn(): number {
@@ -211,10 +231,10 @@ export class MeshExecutor implements GradientExecutor {
 
   /** Hands out the items; `results` are their slots, filled as results are accepted (and added to `sum`). */
   private run(step: number, paramVersion: number, items: WorkItem[], results: (GradientResult | undefined)[], sum: InOrderSum | null): Promise<GradientResult[]> {
-    return new Promise((resolve) => {
+    return new Promise((resolve, reject) => {
       const positions = items.map((item) => itemMicroBatches(item).reduce((n, mb) => n + mb.batch * mb.time, 0));
       this.inFlight = {
-        paramVersion, items, resolve, results, sum,
+        paramVersion, items, resolve, reject, results, sum, screened: new Array(items.length), verifying: 0,
         schedule: new StepSchedule(step, positions, (id, n) => this.expectedMs(id, n), this.options.schedule),
       };
       this.dispatch();
@@ -236,6 +256,15 @@ export class MeshExecutor implements GradientExecutor {
     clearInterval(this.deadlineTimer);
   }
 
+  /** Gives up on the step in flight (SIGINT/SIGTERM, admin stop): its compute() rejects with `reason`. */
+  abort(reason: Error): void {
+    const step = this.inFlight;
+    if (!step) return;
+    this.inFlight = null;
+    for (const w of this.workers.values()) w.holding = null;
+    step.reject(reason);
+  }
+
   /** Admin action: disconnect a worker (its micro-batch is reassigned); false if unknown. */
   kick(workerId: string): boolean {
     const w = this.workers.get(workerId);
@@ -253,7 +282,7 @@ export class MeshExecutor implements GradientExecutor {
     const w: WorkerConnection = {
       id: nanoid(10), name: '', backend: '', platform: '', adapter: '', slow: false, state: 'handshake', microBatchesDone: 0, used: 0, discarded: 0, tokensDone: 0,
       throughput: 0, bytesIn: 0, bytesOut: 0, rejected: 0, lastSeen: Date.now(), ws, holding: null, alive: true,
-      bucket: 2 * this.limits.maxMessagesPerSecond, bucketAt: Date.now(), quarantined: false,
+      bucket: 2 * this.limits.maxMessagesPerSecond, bucketAt: Date.now(), quarantined: false, strikes: 0,
     };
     this.workers.set(w.id, w);
     const handshake = setTimeout(() => {
@@ -304,11 +333,18 @@ export class MeshExecutor implements GradientExecutor {
       }
     } catch (err) {
       const code: ErrorCode = err instanceof LoraMeshError ? err.code : ErrorCodes.DECODE;
+      // Messages may quote what the peer sent: cleaned before they reach the log.
+      const why = cleanPeerText((err as Error).message, 300);
       w.rejected++;
-      this.log(`worker ${w.id}: rejected frame (${(err as Error).message})`);
-      this.send(w, { type: 'reject', code, message: (err as Error).message });
-      if (w.rejected >= this.limits.maxRejects) this.closeWith(w, ErrorCodes.QUARANTINED, `${w.rejected} rejected frames`);
+      this.countRejection(code);
+      this.log(`worker ${w.id}: rejected frame (${why})`);
+      this.send(w, { type: 'reject', code, message: why });
+      if (w.rejected + w.strikes >= this.limits.maxRejects) this.closeWith(w, ErrorCodes.QUARANTINED, `${w.rejected} rejected frames, ${w.strikes} failed assignments`);
     }
+  }
+
+  private countRejection(code: string): void {
+    this.rejections.set(code, (this.rejections.get(code) ?? 0) + 1);
   }
 
   /** Token bucket per connection: refills at maxMessagesPerSecond, holds 2 s worth. */
@@ -327,6 +363,7 @@ export class MeshExecutor implements GradientExecutor {
   private closeWith(w: WorkerConnection, code: ErrorCode, why: string): void {
     if (w.quarantined) return;
     w.quarantined = true;
+    if (code === ErrorCodes.QUARANTINED) this.quarantinedCount++;
     this.log(`worker ${w.id}: closed (${code}: ${why})`);
     this.send(w, { type: 'reject', code, message: why });
     w.ws.close(1008, code);
@@ -334,8 +371,12 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   /** The join token was already checked in the HTTP upgrade (server.ts); hello carries capabilities. */
-  private onHello(w: WorkerConnection, { protocol, name, backend, platform, adapter, slow, codecs }: Hello): void {
+  private onHello(w: WorkerConnection, hello: Hello): void {
     if (w.state !== 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'hello sent twice');
+    // Every string here is the peer's choice: cleaned once, before a log line or the dashboard sees it.
+    const { protocol, slow, codecs } = hello;
+    const name = hello.name === undefined ? undefined : cleanPeerText(hello.name, 64);
+    const [backend, platform, adapter] = [cleanPeerText(hello.backend, 32), cleanPeerText(hello.platform, 16), cleanPeerText(hello.adapter ?? '', 120)];
     if (name !== undefined && this.banned.has(name)) {
       this.closeWith(w, ErrorCodes.QUARANTINED, `worker ${name} failed a spot check earlier in this run`);
       return;
@@ -348,7 +389,7 @@ export class MeshExecutor implements GradientExecutor {
     const { up, down } = this.options.manifest.wire;
     const missing = [up, down].map((c) => c.name).filter((c) => c !== 'f32' && !(codecs ?? ['f32']).includes(c));
     if (missing.length > 0) {
-      this.closeWith(w, ErrorCodes.CODEC, `this run sends ${describeCodec(up)} up and ${describeCodec(down)} down; the worker supports ${(codecs ?? ['f32']).join(', ')}`);
+      this.closeWith(w, ErrorCodes.CODEC, `this run sends ${describeCodec(up)} up and ${describeCodec(down)} down; the worker supports ${cleanPeerText((codecs ?? ['f32']).join(', '), 80)}`);
       return;
     }
     Object.assign(w, { name: name ?? w.id, backend, platform, adapter: adapter ?? '', slow: !!slow, state: 'loading' });
@@ -360,6 +401,7 @@ export class MeshExecutor implements GradientExecutor {
 
   private onReady(w: WorkerConnection): void {
     if (w.state === 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'ready before hello');
+    if (w.state === 'ready') throw new LoraMeshError(ErrorCodes.STATE, 'ready sent twice');
     w.state = 'ready';
     this.log(`worker ${w.id} ready`);
     const ready = this.readyCount();
@@ -380,59 +422,75 @@ export class MeshExecutor implements GradientExecutor {
       return;
     }
     let grads: Map<string, Float32Array>;
+    let norm: number;
     try {
       if (r.paramVersion !== step.paramVersion) throw new LoraMeshError(ErrorCodes.STALE, `result for version ${r.paramVersion}, current is ${step.paramVersion}`);
       const expectedTokens = itemMicroBatches(step.items[held.index]).reduce((n, mb) => n + tokenCount(mb), 0);
       if (r.tokenCount !== expectedTokens) throw new LoraMeshError(ErrorCodes.FIELD, `result.tokenCount ${r.tokenCount} should be ${expectedTokens} for this ${step.items[held.index].kind === 'grad' ? 'micro-batch' : 'job'}`);
-      grads = splitTensors(unpackFloats(r.grads, this.options.manifest.wire.up, this.adapterValues, 'result.grads'), this.options.manifest.adapter);
+      if (!Number.isFinite(r.lossSum)) throw new LoraMeshError(ErrorCodes.NON_FINITE, `result.lossSum is ${r.lossSum}`);
+      const flat = unpackFloats(r.grads, this.options.manifest.wire.up, this.adapterValues, 'result.grads');
+      // Finite values can still overflow the float32 sum (3e38 + 3e38 = Infinity): refused here.
+      norm = l2Norm(flat);
+      const bound = overflowBound(step.items.length);
+      if (!(norm <= bound)) throw new LoraMeshError(ErrorCodes.NON_FINITE, `result norm ${norm.toExponential(2)} could overflow the step's float32 sum (at most ${bound.toExponential(2)})`);
+      grads = splitTensors(flat, this.options.manifest.adapter);
     } catch (err) {
       step.schedule.lose(held.assignmentId, 'rejected', now);
       this.dispatch();
       throw err;
     }
-    const check = this.options.spotCheck;
-    if (check && mixSeed(check.secret, held.step, held.index) / 2 ** 32 < check.fraction) {
+    const checks = this.options.checks;
+    if (checks && checks.spotCheck > 0 && mixSeed(checks.secret, held.step, held.index) / 2 ** 32 < checks.spotCheck) {
       // Hold the worker's result until the trusted recomputation agrees.
-      void this.spotCheck(w, held, r, grads, step, check);
+      void this.spotCheck(w, held, r, grads, norm, step, checks);
       return;
     }
-    this.accept(w, held, r, grads, step, now);
+    this.accept(w, held, r, grads, norm, false, step, now);
   }
 
-  private async spotCheck(w: WorkerConnection, held: Holding, r: Result, grads: Map<string, Float32Array>, step: StepInFlight, check: SpotCheck): Promise<void> {
-    const trusted = await check.recompute(step.items[held.index], this.adapter);
+  /** The trusted recomputation of a slot's work, and how far `grads` is from it (relative L2). */
+  private async disagreement(step: StepInFlight, index: number, grads: Map<string, Float32Array>, checks: ResultChecks): Promise<number> {
+    const trusted = await checks.recompute(step.items[index], this.adapter);
+    return relativeL2(trusted.grads, grads);
+  }
+
+  private async spotCheck(w: WorkerConnection, held: Holding, r: Result, grads: Map<string, Float32Array>, norm: number, step: StepInFlight, checks: ResultChecks): Promise<void> {
+    const relative = await this.disagreement(step, held.index, grads, checks);
     if (this.inFlight !== step) return; // the step ended meanwhile (a copy won)
-    let diff = 0;
-    let norm = 0;
-    for (const [name, g] of trusted.grads) {
-      const theirs = grads.get(name)!;
-      for (let i = 0; i < g.length; i++) {
-        diff += (g[i] - theirs[i]) ** 2;
-        norm += g[i] ** 2;
-      }
-    }
-    const relative = Math.sqrt(diff) / Math.max(1e-12, Math.sqrt(norm));
     const now = Date.now();
-    if (relative <= check.tolerance) {
-      this.accept(w, held, r, grads, step, now);
+    if (relative <= checks.tolerance) {
+      this.norms.trusted(norm);
+      this.accept(w, held, r, grads, norm, true, step, now);
       return;
     }
-    this.log(`worker ${w.id} failed a spot check (step ${held.step}, micro-batch ${held.index}: relative L2 ${relative.toExponential(2)}); quarantining it`);
     step.schedule.lose(held.assignmentId, 'rejected', now);
+    this.convict(w, step, ErrorCodes.SPOT_CHECK, `result of micro-batch ${held.index} of step ${held.step} disagrees with a trusted recomputation (relative L2 ${relative.toExponential(2)})`);
+  }
+
+  /**
+   * A worker's result was refuted by a trusted recomputation: count it, quarantine the worker (and
+   * its name), take back every result it gave in this step and hand those micro-batches out again.
+   */
+  private convict(w: WorkerConnection, step: StepInFlight, code: ErrorCode, why: string): void {
+    const now = Date.now();
+    this.countRejection(code);
+    this.log(`worker ${w.id} (${w.name}): ${code}: ${why}; quarantining it`);
     for (const a of step.schedule.attempts.values()) {
       if (a.workerId === w.id && a.outcome === 'used') {
         step.schedule.revoke(a.assignmentId, now);
         step.results[a.index] = undefined;
+        step.screened[a.index] = undefined;
         step.sum?.retract(a.index);
       }
     }
-    this.send(w, { type: 'reject', code: ErrorCodes.SPOT_CHECK, message: `result of micro-batch ${held.index} disagrees with a trusted recomputation` });
+    if (w.holding?.step === step.schedule.step) this.release(w, 'lost');
+    this.send(w, { type: 'reject', code, message: why });
     this.banned.add(w.name);
-    this.closeWith(w, ErrorCodes.QUARANTINED, 'failed a spot check');
+    this.closeWith(w, ErrorCodes.QUARANTINED, code === ErrorCodes.SPOT_CHECK ? 'failed a spot check' : 'failed an outlier check');
     this.dispatch();
   }
 
-  private accept(w: WorkerConnection, held: Holding, r: Result, grads: Map<string, Float32Array>, step: StepInFlight, now: number): void {
+  private accept(w: WorkerConnection, held: Holding, r: Result, grads: Map<string, Float32Array>, norm: number, verified: boolean, step: StepInFlight, now: number): void {
     const positions = itemMicroBatches(step.items[held.index]).reduce((n, mb) => n + mb.batch * mb.time, 0);
     const tps = positions / Math.max(1e-3, (now - held.sentAt) / 1000); // measured here: includes the network
     w.throughput = w.throughput === 0 ? tps : 0.7 * w.throughput + 0.3 * tps;
@@ -442,22 +500,91 @@ export class MeshExecutor implements GradientExecutor {
     if (outcome === 'duplicate') w.discarded++;
     if (outcome === 'used') {
       w.used++;
+      w.strikes = Math.max(0, w.strikes - 1);
       step.results[held.index] = { lossSum: r.lossSum, tokenCount: r.tokenCount, grads };
+      step.screened[held.index] = { index: held.index, workerId: w.id, norm, verified };
       step.sum?.advance();
     }
-    if (step.schedule.remaining === 0) {
+    this.closeStepIfComplete(step);
+    this.dispatch();
+  }
+
+  /**
+   * Once every slot holds a result: the outlier screen (defence.ts). Flagged results are recomputed
+   * by the trusted party; the step ends when none is flagged or being recomputed.
+   */
+  private closeStepIfComplete(step: StepInFlight): void {
+    if (this.inFlight !== step || step.schedule.remaining > 0 || step.verifying > 0) return;
+    const checks = this.options.checks;
+    const screened = step.screened.filter((s): s is ScreenedResult => !!s);
+    const flagged = checks ? outliers(screened, checks.outlierFactor, this.norms) : [];
+    if (flagged.length === 0) {
+      this.norms.step(screened);
       this.inFlight = null;
-      this.lastLedger = step.schedule.finish(now);
+      this.lastLedger = step.schedule.finish(Date.now());
       step.resolve(step.results as GradientResult[]);
+      return;
+    }
+    // One at a time, largest first: a conviction takes back the liar's other results with it.
+    const largest = flagged.reduce((a, b) => (step.screened[b]!.norm > step.screened[a]!.norm ? b : a));
+    void this.screenOutlier(step, largest, checks!);
+  }
+
+  private async screenOutlier(step: StepInFlight, index: number, checks: ResultChecks): Promise<void> {
+    const screened = step.screened[index]!;
+    const grads = step.results[index]!.grads;
+    step.verifying++;
+    this.log(`step ${step.schedule.step}: micro-batch ${index} from worker ${screened.workerId} has norm ${screened.norm.toExponential(2)}, over ${checks.outlierFactor}× the step's median; recomputing it`);
+    let relative: number;
+    try {
+      relative = await this.disagreement(step, index, grads, checks);
+    } finally {
+      step.verifying--;
+    }
+    if (this.inFlight !== step) return;
+    if (step.screened[index] !== screened) {
+      // taken back meanwhile (its worker was convicted elsewhere): nothing left to decide
+    } else if (relative <= checks.tolerance) {
+      screened.verified = true;
+      this.norms.trusted(screened.norm);
+    } else {
+      const w = this.workers.get(screened.workerId);
+      const why = `result of micro-batch ${index} of step ${step.schedule.step} has norm ${screened.norm.toExponential(2)} and disagrees with a trusted recomputation (relative L2 ${relative.toExponential(2)})`;
+      if (w) this.convict(w, step, ErrorCodes.OUTLIER, why);
+      else this.revokeAbsent(step, screened.workerId, why);
+    }
+    this.closeStepIfComplete(step);
+  }
+
+  /** A refuted worker that already left: its results of the step are taken back all the same. */
+  private revokeAbsent(step: StepInFlight, workerId: string, why: string): void {
+    this.countRejection(ErrorCodes.OUTLIER);
+    this.log(`worker ${workerId} (gone): ${ErrorCodes.OUTLIER}: ${why}; its results are recomputed`);
+    const now = Date.now();
+    for (const a of step.schedule.attempts.values()) {
+      if (a.workerId === workerId && a.outcome === 'used') {
+        step.schedule.revoke(a.assignmentId, now);
+        step.results[a.index] = undefined;
+        step.screened[a.index] = undefined;
+        step.sum?.retract(a.index);
+      }
     }
     this.dispatch();
   }
 
+  /**
+   * A worker says it cannot deliver. Naming the assignment it holds releases it (a strike: too
+   * many and it is quarantined); naming anything else is a rejected frame, so a flood of them
+   * quarantines the sender instead of filling the ledger with lost attempts.
+   */
   private onWorkerError(w: WorkerConnection, code: string, message: string, assignmentId?: string): void {
-    // A peer's text goes into the log and dashboard: one line, bounded, no control characters.
-    const clean = (text: string, max: number) => text.replace(/[\u0000-\u001f\u007f]+/g, ' ').slice(0, max);
-    this.log(`worker ${w.id} reported ${clean(code, 64)}: ${clean(message, 300)}`);
-    if (w.holding && (assignmentId === undefined || assignmentId === w.holding.assignmentId)) this.release(w, 'lost');
+    if (!w.holding || assignmentId !== w.holding.assignmentId) {
+      throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `worker-error for ${assignmentId === undefined ? 'no assignment' : `assignment ${cleanPeerText(assignmentId, 40)}`}, which this worker does not hold`);
+    }
+    this.log(`worker ${w.id} reported ${cleanPeerText(code, 64)}: ${cleanPeerText(message, 300)}`);
+    this.release(w, 'lost');
+    w.strikes++;
+    if (w.rejected + w.strikes >= this.limits.maxRejects) this.closeWith(w, ErrorCodes.QUARANTINED, `${w.strikes} failed assignments`);
     this.dispatch();
   }
 
@@ -504,7 +631,7 @@ export class MeshExecutor implements GradientExecutor {
 
   private sendFrame(w: WorkerConnection, frame: Uint8Array, kind: 'params' | 'assign' | 'other', payload = 0): void {
     if (w.ws.readyState !== w.ws.OPEN) return;
-    if (w.ws.bufferedAmount > 4 * this.limits.maxBufferedBytes) {
+    if (w.ws.bufferedAmount > 2 * this.limits.maxBufferedBytes) {
       this.log(`worker ${w.id}: ${w.ws.bufferedAmount} bytes unsent; dropping it`);
       w.ws.terminate();
       return;
@@ -516,6 +643,6 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   info(): WorkerInfo[] {
-    return [...this.workers.values()].map(({ ws: _ws, holding: _h, alive: _alive, bucket: _b, bucketAt: _ba, quarantined: _q, ...info }) => info);
+    return [...this.workers.values()].map(({ ws: _ws, holding: _h, alive: _alive, bucket: _b, bucketAt: _ba, quarantined: _q, strikes: _s, ...info }) => info);
   }
 }

@@ -1,6 +1,8 @@
 /** CLI flag parsing with errors that name the flag, the value and what was expected. */
+import { isIP } from 'node:net';
 import { InvalidArgumentError } from 'commander';
 import { LINEAR_MODULES, type LinearModule } from '../shared/config.ts';
+import { canonicalAddress } from './net-limits.ts';
 
 export function int(min: number) {
   return (value: string): number => {
@@ -31,4 +33,31 @@ export function oneOf<T extends string>(choices: readonly T[]) {
     if (!(choices as readonly string[]).includes(value)) throw new InvalidArgumentError(`expected one of ${choices.join(', ')}, got ${JSON.stringify(value)}`);
     return value as T;
   };
+}
+
+/** A comma list of IP addresses (IPv4 or IPv6). */
+export function addresses(value: string): string[] {
+  const list = value.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const a of list) {
+    if (canonicalAddress(a) === null) {
+      throw new InvalidArgumentError(`${JSON.stringify(a)} is not an IP address; expected a comma list of addresses`);
+    }
+  }
+  return list;
+}
+
+/** A TCP port: 0 (pick a free one) to 65535. */
+export function port(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || n > 65535) throw new InvalidArgumentError(`expected a port from 0 to 65535 (0: a free one), got ${JSON.stringify(value)}`);
+  return n;
+}
+
+/** An address to listen on: an IPv4 or IPv6 address, or a host name (all-numeric names must be valid IPv4). */
+export function host(value: string): string {
+  const v = value.trim();
+  if (isIP(v)) return v;
+  const hostname = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i;
+  if (/^[\d.]+$/.test(v) || !hostname.test(v)) throw new InvalidArgumentError(`expected an IP address or a host name, got ${JSON.stringify(value)}`);
+  return v;
 }

@@ -1,12 +1,22 @@
 /**
  * runs/<run-id>/: the run's config, metrics.jsonl (one line per step) and the adapter in PEFT
  * layout. Files are written to a temp name, fsynced and renamed, so a crash never leaves half a file.
+ * A training process opens the folder with RunDir.open, which holds run.lock until close().
  */
 import { appendFileSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { LoraConfig } from '../shared/config.ts';
+import { ErrorCodes, fail } from '../shared/errors.ts';
 import type { AdapterState, AdapterTensorSpec } from '../shared/lora/adapter.ts';
 import { encodePeftAdapter, peftAdapterConfig } from '../shared/formats/peft.ts';
+import { acquireRunLock, displayPath, type RunLock } from './run-lock.ts';
+
+export interface OpenRunDirOptions {
+  /** 'new': the folder must not hold a run yet; 'resume': it must hold run_config.json */
+  mode: 'new' | 'resume';
+  /** where a takeover of a dead process's lock is reported */
+  log?: (line: string) => void;
+}
 
 export function writeAtomic(path: string, data: Uint8Array | string): void {
   const tmp = `${path}.tmp-${process.pid}`;
@@ -28,14 +38,47 @@ export function writeAtomic(path: string, data: Uint8Array | string): void {
 
 export class RunDir {
   readonly path: string;
+  private lock: RunLock | null = null;
 
+  /** A folder without a lock: for writing an adapter somewhere (extract). Training uses RunDir.open. */
   constructor(root: string, readonly runId: string) {
     this.path = resolve(root, runId);
     mkdirSync(this.path, { recursive: true });
   }
 
+  /** Opens runs/<run-id>/ for training, holding its run.lock (LM_ERR_LOCKED if another process holds it). */
+  static open(root: string, runId: string, opts: OpenRunDirOptions): RunDir {
+    const path = resolve(root, runId);
+    if (opts.mode === 'new') refuseExistingRun(path);
+    else if (!existsSync(join(path, 'run_config.json'))) {
+      fail(ErrorCodes.CONFIG, `--resume ${displayPath(path)}: there is no run_config.json, so it is not a run folder`);
+    }
+    const runDir = new RunDir(root, runId);
+    runDir.lock = acquireRunLock(path, opts.log);
+    // Checked again under the lock: another process may have started this run meanwhile.
+    try {
+      if (opts.mode === 'new') refuseExistingRun(path);
+    } catch (err) {
+      runDir.close();
+      throw err;
+    }
+    return runDir;
+  }
+
+  /** Releases the run folder's lock (if this RunDir holds one). */
+  close(): void {
+    this.lock?.release();
+    this.lock = null;
+  }
+
   writeConfig(config: unknown): void {
     writeAtomic(join(this.path, 'run_config.json'), JSON.stringify(config, null, 2) + '\n');
+  }
+
+  /** Changes fields of run_config.json (a resume that raised --steps records the new total). */
+  patchConfig(fields: Record<string, unknown>): void {
+    const current = JSON.parse(readFileSync(join(this.path, 'run_config.json'), 'utf8')) as Record<string, unknown>;
+    this.writeConfig({ ...current, ...fields });
   }
 
   appendMetrics(line: Record<string, unknown>): void {
@@ -44,21 +87,19 @@ export class RunDir {
 
   /** On resume: drop metrics lines of steps after the checkpoint (they are redone). */
   truncateMetricsAfter(step: number): void {
-    const path = join(this.path, 'metrics.jsonl');
+    this.truncateAfter('metrics.jsonl', step);
+  }
+
+  /** On resume: drop ledger lines of steps after the checkpoint, like the metrics. */
+  truncateLedgerAfter(step: number): void {
+    this.truncateAfter('ledger.jsonl', step);
+  }
+
+  private truncateAfter(file: string, step: number): void {
+    const path = join(this.path, file);
     if (!existsSync(path)) return;
     const kept = readFileSync(path, 'utf8').split('\n').filter((l) => l.trim() !== '' && (JSON.parse(l) as { step: number }).step <= step);
     writeAtomic(path, kept.map((l) => l + '\n').join(''));
-  }
-
-  /** The ledger so far (one entry per step), for checkpoints. */
-  readLedger(): unknown[] {
-    const path = join(this.path, 'ledger.jsonl');
-    return existsSync(path) ? readFileSync(path, 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l)) : [];
-  }
-
-  /** On resume: the checkpoint's ledger replaces the file (steps after it are redone). */
-  writeLedger(entries: unknown[]): void {
-    writeAtomic(join(this.path, 'ledger.jsonl'), entries.map((e) => JSON.stringify(e) + '\n').join(''));
   }
 
   /** One line per step: which micro-batch was computed by whom, how many times, which result was used. */
@@ -79,5 +120,14 @@ export class RunDir {
     writeAtomic(join(dir, 'adapter_model.safetensors'), encodePeftAdapter(modules));
     writeAtomic(join(dir, 'adapter_config.json'), JSON.stringify(peftAdapterConfig(lora, baseModel, fanInFanOut), null, 2) + '\n');
     return dir;
+  }
+}
+
+function refuseExistingRun(path: string): void {
+  const existing = ['run_config.json', 'metrics.jsonl'].find((name) => existsSync(join(path, name)));
+  if (existing) {
+    const shown = displayPath(path);
+    fail(ErrorCodes.CONFIG,
+      `run folder ${shown} already exists (it has ${existing}); pick another --run-id or continue it with --resume ${shown}`);
   }
 }

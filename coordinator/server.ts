@@ -3,7 +3,8 @@
  * by sha256 (/files/<sha256>: content-addressed, so workers cache and verify them), the dashboard
  * (/) and join page (/join) with their bundles (/assets/) and tfjs's wasm binaries (/wasm/), and
  * the run's state as JSON (/api/status) and a live stream (/api/events, Server-Sent Events).
- * Only these paths exist: no request maps onto the file system beyond fixed names.
+ * Only these paths exist: no request maps onto the file system beyond fixed names. Connections are
+ * capped in total and per client address (net-limits.ts) before any of them costs more than a socket.
  */
 import { spawnSync } from 'node:child_process';
 import { createHash, timingSafeEqual } from 'node:crypto';
@@ -12,13 +13,17 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import { ErrorCodes } from '../shared/errors.ts';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WebSocketServer } from 'ws';
+import { EventStreams } from './event-streams.ts';
 import type { MeshExecutor } from './mesh.ts';
 import type { ModelFile } from './model-dir.ts';
 import type { RunMonitor } from './monitor.ts';
+import {
+  AddressCounter, canonicalAddress, clientAddress, clientKey, resolveNetLimits, type NetLimits,
+} from './net-limits.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const webDir = join(root, 'build', 'web');
@@ -37,8 +42,10 @@ export interface ServerOptions {
   token?: string;
   /** Origin values allowed to open the WebSocket (browser pages); undefined: any */
   allowedOrigins?: string[];
-  /** concurrent WebSocket connections (default 1024) */
+  /** concurrent WebSocket connections; the same as limits.maxConnections (defaults: DEFAULT_NET_LIMITS) */
   maxConnections?: number;
+  /** connection caps, total and per client address, and trusted reverse proxies (defaults: DEFAULT_NET_LIMITS) */
+  limits?: Partial<NetLimits>;
   /** the HTTP request (incl. the upgrade) must arrive within this many ms (slow-loris) */
   headersTimeoutMs?: number;
   /** https + wss with these PEM files */
@@ -84,6 +91,8 @@ function refuseUpgrade(socket: Duplex, status: number, reason: string, code: str
 export interface RunningServer {
   url: string;
   wsUrl: string;
+  /** open now: TCP connections counted per address (a trusted proxy's are not), worker WebSockets, event streams */
+  openConnections(): { tcp: number; workers: number; eventStreams: number };
   close(): Promise<void>;
 }
 
@@ -110,14 +119,20 @@ const ISOLATION = { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-e
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   ensureWebBuild();
   const bySha = new Map(opts.files.map((f) => [f.sha256, f]));
-  const sse = new Set<ServerResponse>();
+  const limits = resolveNetLimits({ maxConnections: opts.maxConnections, ...opts.limits });
+  const trusted = new Set(limits.trustedProxies);
+  const clientOf = (req: IncomingMessage) =>
+    clientKey(clientAddress(req.socket.remoteAddress, req.headers['x-forwarded-for'], trusted));
+  const tcp = new AddressCounter(limits.maxConnectionsPerAddress);
+  const workers = new AddressCounter(limits.maxWorkersPerAddress);
+  const streams = new EventStreams(limits, (line) => opts.monitor.log(line));
   const handler = (req: IncomingMessage, res: ServerResponse) => {
     if (req.url?.startsWith('/api/admin/')) return handleAdmin(req, res, opts);
     if (opts.dashboardAccess === 'admin' && req.url?.startsWith('/api/') && !tokenMatches(bearer(req), opts.adminToken ?? '')) {
       res.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify({ error: ErrorCodes.AUTH }));
       return;
     }
-    handleHttp(req, res, bySha, opts.monitor, sse);
+    handleHttp(req, res, bySha, opts.monitor, (headers) => streams.open(req, res, clientOf(req), headers));
   };
   // Slow-loris: the request head (the upgrade included) must arrive within headersTimeout; Node
   // checks that every connectionsCheckingInterval, so keep the interval below the timeout.
@@ -126,6 +141,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const http: Server = opts.tls
     ? createHttpsServer({ cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key), ...timeouts }, handler)
     : createServer(timeouts, handler);
+  // Per-address TCP cap, before a single byte is parsed. A trusted proxy carries many clients.
+  http.on('connection', (socket: Socket) => {
+    if (trusted.has(canonicalAddress(socket.remoteAddress ?? '') ?? '')) return;
+    const client = clientKey(socket.remoteAddress ?? '');
+    if (tcp.atLimit(client)) return void socket.destroy();
+    tcp.add(client);
+    socket.once('close', () => tcp.remove(client));
+  });
   const wss = new WebSocketServer({
     noServer: true, maxPayload: opts.maxPayload,
     handleProtocols: (protocols) => (protocols.has('loramesh') ? 'loramesh' : false),
@@ -137,7 +160,13 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     if (new URL(req.url ?? '/', 'http://x').pathname !== '/ws') return refuseUpgrade(socket, 404, 'Not Found', 'LM_ERR_STATE');
     const origin = req.headers.origin;
     if (origin && opts.allowedOrigins && !opts.allowedOrigins.includes(origin)) return refuseUpgrade(socket, 403, 'Forbidden origin', ErrorCodes.ORIGIN);
-    if (wss.clients.size >= (opts.maxConnections ?? 1024)) return refuseUpgrade(socket, 503, 'Too many connections', ErrorCodes.LIMIT);
+    if (wss.clients.size >= limits.maxConnections) {
+      return refuseUpgrade(socket, 503, 'Too many connections', ErrorCodes.LIMIT);
+    }
+    const client = clientOf(req);
+    if (workers.atLimit(client)) {
+      return refuseUpgrade(socket, 503, 'Too many connections from this address', ErrorCodes.LIMIT);
+    }
     if (opts.token !== undefined && !tokenMatches(tokenFromUpgrade(req), opts.token)) {
       // Browsers cannot read the status of a refused upgrade, only a close code: a page that
       // offered a token subprotocol gets the socket closed at once with 1008 and the reason,
@@ -146,14 +175,16 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       wss.handleUpgrade(req, socket, head, (ws) => ws.close(1008, ErrorCodes.AUTH));
       return;
     }
-    wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
+    // ws completes the upgrade synchronously here, so the check above still holds when counting.
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      workers.add(client);
+      ws.once('close', () => workers.remove(client));
+      wss.emit('connection', ws, req);
+    });
   });
   const heartbeat = setInterval(() => opts.mesh.heartbeat(), opts.heartbeatMs);
   heartbeat.unref();
-  const unsubscribe = opts.monitor.subscribe((event) => {
-    const data = `data: ${JSON.stringify(event)}\n\n`;
-    for (const res of sse) res.write(data);
-  });
+  const unsubscribe = opts.monitor.subscribe((event) => streams.publish(event));
   await new Promise<void>((resolve, reject) => {
     http.once('error', reject);
     http.listen(opts.port, opts.host, () => resolve());
@@ -164,10 +195,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   return {
     url: `http${secure}://${host}:${port}`,
     wsUrl: `ws${secure}://${host}:${port}/ws`,
+    openConnections: () => ({ tcp: tcp.total, workers: workers.total, eventStreams: streams.size }),
     close: () => new Promise((resolve) => {
       clearInterval(heartbeat);
       unsubscribe();
-      for (const res of sse) res.end();
+      streams.closeAll();
       for (const client of wss.clients) client.terminate();
       wss.close();
       http.close(() => resolve());
@@ -208,7 +240,10 @@ function handleAdmin(req: IncomingMessage, res: ServerResponse, opts: ServerOpti
   }
 }
 
-function handleHttp(req: IncomingMessage, res: ServerResponse, bySha: Map<string, ModelFile>, monitor: RunMonitor, sse: Set<ServerResponse>): void {
+function handleHttp(
+  req: IncomingMessage, res: ServerResponse, bySha: Map<string, ModelFile>, monitor: RunMonitor,
+  openEventStream: (headers: Record<string, string>) => void,
+): void {
   const url = new URL(req.url ?? '/', 'http://localhost');
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.writeHead(405, { allow: 'GET, HEAD' }).end();
@@ -229,12 +264,6 @@ function handleHttp(req: IncomingMessage, res: ServerResponse, bySha: Map<string
     res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store', ...ISOLATION }).end(JSON.stringify(monitor.snapshot()));
     return;
   }
-  if (url.pathname === '/api/events') {
-    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', ...ISOLATION });
-    res.write(': connected\n\n');
-    sse.add(res);
-    req.on('close', () => sse.delete(res));
-    return;
-  }
+  if (url.pathname === '/api/events') return openEventStream(ISOLATION);
   res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
 }

@@ -4,7 +4,7 @@
  * the analyses on the adapters (sweep-report.ts). Each run's folder keeps a result.json, so an
  * interrupted sweep started again with the same settings skips the runs it already finished.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { checkLoraConfig, checkTrainConfig, loraScaling, type LinearModule, type LoraConfig, type TrainConfig } from '../shared/config.ts';
@@ -19,6 +19,7 @@ import { baseMatrices } from './analysis-io.ts';
 import { demoExamples, demoTaskData } from './dataset.ts';
 import { loadWeights, openModelDir, type ModelDir } from './model-dir.ts';
 import { writeAtomic } from './run-dir.ts';
+import { acquireRunLock } from './run-lock.ts';
 import { runTraining } from './train.ts';
 import { compareSet, targetLabel, writeSweepReport } from './sweep-report.ts';
 
@@ -130,6 +131,13 @@ async function trainOne(job: { rank: number; targets: LinearModule[]; seed: numb
   if (existsSync(resultPath)) {
     const saved = JSON.parse(readFileSync(resultPath, 'utf8')) as { settings: unknown; run: SweepRun };
     if (JSON.stringify(saved.settings) === JSON.stringify(settings)) return saved.run;
+  }
+  if (existsSync(runDir)) {
+    // A run of an older sweep (other settings) or one cut off before result.json: redone from
+    // scratch, since training refuses a folder that already holds a run. The lock proves no
+    // other process is training in it.
+    acquireRunLock(runDir).release();
+    rmSync(runDir, { recursive: true, force: true });
   }
   const t0 = performance.now();
   const result = await runTraining({

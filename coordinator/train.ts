@@ -14,20 +14,22 @@ import { computeGradientsAsync, evaluateLoss } from '../shared/train/gradients.t
 import type { Aggregation } from '../shared/train/robust.ts';
 import { randomInt } from 'node:crypto';
 import { packMicroBatch, type Example, type MicroBatch } from '../shared/train/micro-batch.ts';
-import type { RunManifest } from '../shared/protocol/messages.ts';
+import { firstNonFinite, type RunManifest } from '../shared/protocol/messages.ts';
 import { checkCodecSpec, describeCodec, F32, type CodecSpec } from '../shared/protocol/wire-codec.ts';
 import { runLocalJob, type OuterConfig } from '../shared/train/local-steps.ts';
 import { NO_TRAFFIC, trafficSince } from './traffic.ts';
 import { ErrorCodes, fail, LoraMeshError } from '../shared/errors.ts';
 import { InProcessExecutor } from './in-process.ts';
 import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
-import { MeshExecutor, type SecurityLimits, type WorkItem } from './mesh.ts';
+import { MeshExecutor, type ResultChecks, type SecurityLimits, type WorkItem } from './mesh.ts';
+import { CODEC_TOLERANCE_FLOOR, DEFAULT_DEFENCE } from './defence.ts';
 import { RunMonitor } from './monitor.ts';
 import { loadLatestCheckpoint, saveCheckpoint } from './checkpoint.ts';
 import type { ScheduleOptions } from './scheduler.ts';
 import { loadWeights, type ModelDir } from './model-dir.ts';
 import { RunDir } from './run-dir.ts';
 import { startServer } from './server.ts';
+import type { NetLimits } from './net-limits.ts';
 import { Trainer, type StepMetrics } from './trainer.ts';
 
 export interface RunOptions {
@@ -77,11 +79,15 @@ export interface RunOptions {
   /** Origins allowed to open the worker WebSocket from a browser page (default: any) */
   allowedOrigins?: string[];
   maxConnections?: number;
+  /** per-address connection caps, event-stream caps, trusted reverse proxies (defaults: DEFAULT_NET_LIMITS) */
+  netLimits?: Partial<NetLimits>;
   tls?: { cert: string; key: string };
   /** per-connection limits (rate, quarantine, handshake timeout, send buffer) */
   security?: Partial<SecurityLimits>;
-  /** recompute this fraction of micro-batches here and quarantine workers that disagree (relative L2 > tolerance) */
-  spotCheck?: { fraction: number; tolerance: number };
+  /** recompute this secret fraction of micro-batches here and quarantine workers that disagree (relative L2 > tolerance); default DEFAULT_DEFENCE */
+  spotCheck?: { fraction: number; tolerance?: number };
+  /** recompute results whose norm is over this many times their step's median before they count (0: off); default DEFAULT_DEFENCE */
+  outlierFactor?: number;
   aggregation?: Aggregation;
   /** enables POST /api/admin/{pause,resume,stop,kick} with this bearer token */
   adminToken?: string;
@@ -112,6 +118,15 @@ export interface RunResult {
   evalLosses: EvalPoint[];
   /** per step: bytes on the wire and what fp32 LoRA / full fine-tuning would have moved */
   stepRecords: StepTraffic[];
+  /** the step the run stopped at */
+  step: number;
+  /** stopped by a signal or the admin before its last step (a checkpoint holds where it stopped) */
+  interrupted: boolean;
+  /** --resume of a run that had already done all its steps: nothing was trained */
+  alreadyFinished: boolean;
+  /** refused frames and results by error code, and workers quarantined */
+  rejections: Record<string, number>;
+  quarantined: number;
 }
 
 export interface StepTraffic {
@@ -130,13 +145,27 @@ export interface StepTraffic {
 }
 
 export async function runTraining(opts: RunOptions): Promise<RunResult> {
-  let log = opts.log ?? ((line: string) => console.log(line));
   const runId = opts.runId ?? `${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}-${nanoid(6)}`;
-  const runDir = new RunDir(opts.outDir, runId);
+  // The folder's run.lock is held for the whole run, whichever way it ends.
+  const runDir = RunDir.open(opts.outDir, runId, { mode: opts.resume ? 'resume' : 'new', log: opts.log });
+  try {
+    return await trainInRunDir(opts, runId, runDir);
+  } finally {
+    runDir.close();
+  }
+}
+
+async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): Promise<RunResult> {
+  let log = opts.log ?? ((line: string) => console.log(line));
   const { model, lora, train } = opts;
   // local steps change what a step is, so a checkpoint only continues a run with the same ones
   const checkpointConfig = { model: model.dir, lora, train, local: opts.local };
-  if (!opts.resume) runDir.writeConfig({ runId, ...checkpointConfig, wire: opts.wire, modelConfig: model.config, data: opts.dataSpec ?? null, localWorkers: opts.localWorkers, inProcess: !!opts.inProcess });
+  if (!opts.resume) {
+    runDir.writeConfig({
+      runId, ...checkpointConfig, wire: opts.wire, modelConfig: model.config, data: opts.dataSpec ?? null, localWorkers: opts.localWorkers, inProcess: !!opts.inProcess,
+      checkpointEvery: opts.checkpointEvery ?? 0, aggregation: opts.aggregation ?? 'sum',
+    });
+  }
 
   const spec = adapterSpec(model.config, lora);
   const wire = { up: checkCodecSpec(opts.wire?.up ?? F32, 'wire up codec'), down: checkCodecSpec(opts.wire?.down ?? F32, 'wire down codec') };
@@ -159,36 +188,58 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       wire,
       ...(local ? { local: { steps: local.steps, ...inner } } : {}),
     };
-    const check = opts.spotCheck;
-    // A lossy up codec with error feedback sends g + e_prev − e_new: an honest result differs from
-    // the trusted one by two messages' rounding, so the tolerance gets that codec's floor.
-    const codecFloor = { f32: 0, f16: 0.002, bf16: 0.02, int8: 0.05 }[wire.up.name];
-    if (check && check.fraction > 0 && check.tolerance < codecFloor) log(`spot checks: tolerance raised from ${check.tolerance} to ${codecFloor} for the ${describeCodec(wire.up)} up codec`);
-    const spotCheck = check && check.fraction > 0 ? {
-      ...check, tolerance: Math.max(check.tolerance, codecFloor), secret: randomInt(2 ** 31),
+    const fraction = opts.spotCheck?.fraction ?? DEFAULT_DEFENCE.spotCheck;
+    const outlierFactor = opts.outlierFactor ?? DEFAULT_DEFENCE.outlierFactor;
+    const asked = opts.spotCheck?.tolerance ?? DEFAULT_DEFENCE.tolerance;
+    const tolerance = Math.max(asked, CODEC_TOLERANCE_FLOOR[wire.up.name]);
+    if (tolerance > asked && (fraction > 0 || outlierFactor > 0)) log(`result checks: tolerance raised from ${asked} to ${tolerance} for the ${describeCodec(wire.up)} up codec`);
+    const checks: ResultChecks | undefined = fraction > 0 || outlierFactor > 0 ? {
+      spotCheck: fraction, outlierFactor, tolerance, secret: randomInt(2 ** 31),
       recompute: (work: WorkItem, adapter: AdapterState) => work.kind === 'grad'
         ? computeGradientsAsync(localCopy().model, localCopy().base, spec, adapter, lora, work.microBatch)
         : runLocalJob(localCopy().model, localCopy().base, spec, adapter, lora, work.job.microBatches, work.job.lr, inner),
     } : undefined;
-    executor = new MeshExecutor({ manifest, spotCheck, log: (line) => log(line), schedule: opts.schedule, security: opts.security });
+    log(checks
+      ? `defence: spot checks on ${(100 * fraction).toFixed(1)} % of results, outlier screen at ${outlierFactor}× the step's median norm (0: off), tolerance ${tolerance}`
+      : 'defence: off (no spot checks, no outlier screen): a lying worker can bias this run');
+    executor = new MeshExecutor({ manifest, checks, log: (line) => log(line), schedule: opts.schedule, security: opts.security });
   }
   const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter, aggregation: opts.aggregation, local }, executor);
   if (!opts.inProcess) log(`wire: ${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down${local ? `; local steps: H=${local.steps}, inner lr ${local.innerLr}, outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}` : ''}`);
   else if (local) log(`local steps: H=${local.steps}, inner lr ${local.innerLr}, outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}`);
+  let checkpointedStep = -1;
   if (opts.resume) {
     const checkpoint = loadLatestCheckpoint(runDir.path, log) ?? fail(ErrorCodes.STATE, `--resume ${runDir.path}: no valid checkpoint to resume from`);
-    if (JSON.stringify(checkpoint.config) !== JSON.stringify(checkpointConfig)) {
+    // --steps may grow (extending a run); everything else that shapes the result must match.
+    const shape = (c: unknown) => JSON.stringify({ ...(c as object), train: { ...(c as { train: object }).train, steps: undefined } });
+    if (shape(checkpoint.config) !== shape(checkpointConfig)) {
       fail(ErrorCodes.CONFIG, `--resume ${runDir.path}: the checkpoint was made with another model, LoRA or training config`);
     }
     trainer.importState(checkpoint.state);
+    checkpointedStep = trainer.step;
     runDir.truncateMetricsAfter(trainer.step);
-    runDir.writeLedger(Array.isArray(checkpoint.ledger) ? checkpoint.ledger : []);
-    log(`resuming ${runId} at step ${trainer.step} from ${checkpoint.path}`);
+    runDir.truncateLedgerAfter(trainer.step);
+    runDir.patchConfig({ train }); // --steps may have been raised
+    if (trainer.done) {
+      if (executor instanceof MeshExecutor) executor.close();
+      log(`run ${runId} already finished: step ${trainer.step} of ${train.steps}; nothing to do (raise --steps to train further)`);
+      return {
+        runId, runDir: runDir.path, adapter: trainer.adapter, metrics: [], bytesUp: 0, bytesDown: 0, workers: 0, fullFineTuneBytes: 0,
+        adapterParameters: adapterParameterCount(spec), modelParameters: 0, evalLosses: [], stepRecords: [], step: trainer.step,
+        interrupted: false, alreadyFinished: true, rejections: {}, quarantined: 0,
+      };
+    }
+    log(`resuming ${runId} at step ${trainer.step} of ${train.steps} from ${checkpoint.path}`);
   }
   const control: { paused: { promise: Promise<void>; resolve: () => void } | null } = { paused: null };
   const adminStop = new AbortController();
   const stopRequested = () => !!opts.signal?.aborted || adminStop.signal.aborted;
-  const checkpoint = () => log(`checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig, ledger: runDir.readLedger() }, opts.keepCheckpoints ?? 3)}`);
+  // Checkpoints hold what resume needs (state + config); the ledger stays in ledger.jsonl, truncated on resume.
+  const checkpoint = () => {
+    if (checkpointedStep === trainer.step) return;
+    log(`checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig }, opts.keepCheckpoints ?? 3)}`);
+    checkpointedStep = trainer.step;
+  };
   const evaluate = makeEvaluator(opts, spec, localCopy);
   const evalLosses: EvalPoint[] = [];
   const runEval = () => {
@@ -217,6 +268,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     server = await startServer({
       host: opts.host ?? '127.0.0.1', port: opts.port ?? 0, files: model.files, mesh, maxPayload,
       heartbeatMs: opts.heartbeatMs ?? 5000, token: opts.token, allowedOrigins: opts.allowedOrigins, maxConnections: opts.maxConnections, tls: opts.tls,
+      limits: opts.netLimits,
       headersTimeoutMs: opts.security?.handshakeTimeoutMs, adminToken: opts.adminToken, dashboardAccess: opts.dashboardAccess,
       admin: {
         pause: () => { control.paused ??= deferred(); },
@@ -227,28 +279,54 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       monitor,
     });
     log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
-    if (opts.localWorkers > 0) {
-      children = spawnLocalWorkers(opts.localWorkers, server.wsUrl, { backend: opts.backend ?? 'auto', cacheDir: opts.cacheDir, token: opts.token, stdio: opts.workerOutput ?? 'inherit', env: opts.workerEnv });
-    }
-    const minWorkers = opts.minWorkers ?? Math.max(1, opts.localWorkers);
-    if (opts.localWorkers === 0) log(`waiting for ${minWorkers} worker(s): loramesh worker ${server.wsUrl}`);
-    const childrenGone = failWhenChildrenExit(children, minWorkers);
-    childrenGone.catch(() => {}); // only matters while waiting; workers exit normally at the end
-    await Promise.race([mesh.waitForWorkers(minWorkers), childrenGone]);
   }
 
+  // One SIGINT/SIGTERM (opts.signal) or an admin stop ends the run at any point: while waiting for
+  // workers, or mid-step (the step in flight is dropped; the checkpoint holds the last whole one).
+  const stopped = new Promise<void>((resolve) => {
+    for (const signal of [opts.signal, adminStop.signal]) {
+      if (signal?.aborted) resolve();
+      signal?.addEventListener('abort', () => {
+        mesh?.abort(new LoraMeshError(ErrorCodes.STATE, 'the run was stopped'));
+        resolve();
+      }, { once: true });
+    }
+  });
   const metrics: StepMetrics[] = [];
   const stepRecords: StepTraffic[] = [];
   const showBar = opts.progress ?? process.stderr.isTTY;
   const bar = showBar ? new cliProgress.SingleBar({ format: 'train |{bar}| step {value}/{total} | loss {loss} | {tps} tok/s | ETA {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
-  bar?.start(train.steps, 0, { loss: '-', tps: '-' });
   try {
-    runEval();
-    trainer.start();
+    if (mesh && server) {
+      if (opts.localWorkers > 0) {
+        children = spawnLocalWorkers(opts.localWorkers, server.wsUrl, { backend: opts.backend ?? 'auto', cacheDir: opts.cacheDir, token: opts.token, stdio: opts.workerOutput ?? 'inherit', env: opts.workerEnv });
+      }
+      const minWorkers = opts.minWorkers ?? Math.max(1, opts.localWorkers);
+      if (opts.localWorkers === 0) log(`waiting for ${minWorkers} worker(s): loramesh worker ${server.wsUrl}`);
+      const childrenGone = failWhenChildrenExit(children, minWorkers);
+      childrenGone.catch(() => {}); // only matters while waiting; workers exit normally at the end
+      await Promise.race([mesh.waitForWorkers(minWorkers), childrenGone, stopped]);
+    }
+    bar?.start(train.steps, trainer.step, { loss: '-', tps: '-' });
+    if (!stopRequested()) {
+      runEval();
+      trainer.start();
+    }
     let lastTraffic = mesh?.traffic.snapshot() ?? NO_TRAFFIC;
     const adapterParameters = adapterParameterCount(spec);
-    while (!trainer.done) {
-      const m = await trainer.runStep();
+    while (!trainer.done && !stopRequested()) {
+      let m: StepMetrics;
+      try {
+        m = await trainer.runStep();
+      } catch (err) {
+        if (stopRequested()) break;
+        if (err instanceof LoraMeshError && err.code === ErrorCodes.NON_FINITE) {
+          // Nothing non-finite was applied: keep the last good state, then stop with the error.
+          log(`stopping: ${err.message}`);
+          checkpoint();
+        }
+        throw err;
+      }
       metrics.push(m);
       const now = mesh?.traffic.snapshot() ?? NO_TRAFFIC;
       const traffic = trafficSince(lastTraffic, now);
@@ -279,24 +357,29 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
       if (opts.checkpointEvery && m.step % opts.checkpointEvery === 0) checkpoint();
       if (control.paused) {
         log(`paused after step ${m.step}`);
-        await control.paused.promise;
-        log('resumed');
-      }
-      if (stopRequested() && !trainer.done) {
-        if (!opts.checkpointEvery || m.step % opts.checkpointEvery !== 0) checkpoint();
-        log(`interrupted at step ${m.step}; continue with: loramesh train --resume ${runDir.path}`);
-        break;
+        await Promise.race([control.paused.promise, stopped]);
+        if (!stopRequested()) log('resumed');
       }
       if (!bar && (m.step % 10 === 0 || m.step === train.steps)) log(`step ${m.step}/${train.steps} loss ${m.loss.toFixed(4)} lr ${m.lr.toExponential(2)} ${m.tokensPerSecond.toFixed(0)} tok/s`);
     }
-    if (trainer.done) runEval();
+    if (trainer.done) {
+      runEval();
+      checkpoint(); // the last step always has a checkpoint, so a resume knows the run is finished
+    } else {
+      if (trainer.step > 0) checkpoint();
+      log(`interrupted at step ${trainer.step} of ${train.steps}; ${trainer.step > 0 ? `continue with: loramesh train --resume ${runDir.path}` : 'nothing to save yet'}`);
+    }
   } finally {
     bar?.stop();
     monitor.done();
-    mesh?.finish('training complete');
+    mesh?.finish(trainer.done ? 'training complete' : 'the run was stopped');
     mesh?.close();
     await stopLocalWorkers(children);
     await server?.close();
+  }
+  // Defence in depth: an adapter with a NaN or ±Inf in it is never written as a result.
+  for (const [name, values] of trainer.adapter) {
+    if (firstNonFinite(values) >= 0) fail(ErrorCodes.NON_FINITE, `the adapter tensor ${name} is not finite at step ${trainer.step}; not writing it`);
   }
   runDir.writeAdapter(trainer.spec, trainer.adapter, lora, model.dir, fanInFanOut(model.config, lora));
   const workers = Math.max(1, opts.localWorkers);
@@ -305,6 +388,8 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     bytesUp: mesh?.bytesIn ?? 0, bytesDown: mesh?.bytesOut ?? 0, workers,
     fullFineTuneBytes: stepRecords.reduce((n, r) => n + r.fullFineTuneBytes, 0),
     adapterParameters: adapterParameterCount(trainer.spec), modelParameters, evalLosses, stepRecords,
+    step: trainer.step, interrupted: !trainer.done, alreadyFinished: false,
+    rejections: Object.fromEntries(mesh?.rejections ?? []), quarantined: mesh?.quarantinedCount ?? 0,
   };
 }
 

@@ -17,6 +17,7 @@ import { outerStep, type OuterConfig, type OuterState } from '../shared/train/lo
 import { factorAveragingGap } from '../shared/lora/product-gap.ts';
 import { globalNorm } from '../shared/train/optimizer.ts';
 import { ErrorCodes, fail } from '../shared/errors.ts';
+import { firstNonFinite } from '../shared/protocol/messages.ts';
 
 /** Local-steps mode: H micro-batches with inner AdamW steps at `lr`, answered as start − end. */
 export interface LocalJob {
@@ -148,8 +149,36 @@ export class Trainer {
     this.executor.publish(this.paramVersion, this.adapter);
   }
 
+  /**
+   * One step. If it fails (interrupted, or refused as non-finite) the sampler is put back, so the
+   * state is exactly the last completed step's and a checkpoint of it resumes with the same batch.
+   */
   async runStep(): Promise<StepMetrics> {
-    return this.options.local ? this.runOuterStep(this.options.local) : this.runSyncStep();
+    const cursor = { ...this.sampler.cursor };
+    try {
+      return await (this.options.local ? this.runOuterStep(this.options.local) : this.runSyncStep());
+    } catch (err) {
+      this.sampler.cursor = cursor;
+      throw err;
+    }
+  }
+
+  /**
+   * Applies an update only if it leaves every parameter and optimizer moment finite; otherwise
+   * restores them and refuses the step (LM_ERR_NON_FINITE): nothing non-finite is ever published.
+   */
+  private applyFinite(what: string, arrays: Map<string, Float32Array>[], update: () => void): void {
+    const saved = arrays.map((m) => new Map([...m].map(([k, v]) => [k, v.slice()])));
+    const adamStep = this.adam.step;
+    update();
+    for (const m of arrays) {
+      for (const [name, v] of m) {
+        if (firstNonFinite(v) < 0) continue;
+        arrays.forEach((target, i) => { for (const [k, x] of saved[i]) target.get(k)!.set(x); });
+        this.adam.step = adamStep;
+        fail(ErrorCodes.NON_FINITE, `step ${this.step + 1}: ${what} would make ${name} non-finite; the update was not applied`);
+      }
+    }
   }
 
   private async runSyncStep(): Promise<StepMetrics> {
@@ -160,9 +189,13 @@ export class Trainer {
     const { lossSum, tokenCount } = exact;
     const how = this.options.aggregation ?? 'sum';
     const grads = how === 'sum' ? exact.grads : robustAggregate(results, how);
+    for (const [name, g] of grads) {
+      if (firstNonFinite(g) >= 0) fail(ErrorCodes.NON_FINITE, `step ${this.step + 1}: the summed gradient of ${name} is not finite; nothing was applied`);
+    }
+    if (!Number.isFinite(lossSum)) fail(ErrorCodes.NON_FINITE, `step ${this.step + 1}: the summed loss is ${lossSum}; nothing was applied`);
     const gradNorm = clipGlobalNorm(grads, t.clipNorm);
     const lr = learningRate(this.step, t);
-    adamwStep(this.adapter, grads, this.adam, lr, t);
+    this.applyFinite('the AdamW step', [this.adapter, this.adam.m, this.adam.v], () => adamwStep(this.adapter, grads, this.adam, lr, t));
     this.step += 1;
     this.paramVersion += 1;
     this.executor.publish(this.paramVersion, this.adapter);
@@ -193,7 +226,12 @@ export class Trainer {
     const pseudoGrads = results.map((r) => r.grads);
     // Gram-matrix cost grows with jobs²; past 16 jobs the diagnostic is skipped.
     const factorGap = jobs.length <= 16 ? factorAveragingGap(this.spec, start, pseudoGrads, this.options.lora.r) ?? undefined : undefined;
-    const mean = outerStep(this.adapter, pseudoGrads, this.outer, local);
+    let mean!: Map<string, Float32Array>;
+    for (const r of results) {
+      for (const [name, g] of r.grads) if (firstNonFinite(g) >= 0) fail(ErrorCodes.NON_FINITE, `step ${this.step + 1}: a pseudo-gradient of ${name} is not finite; nothing was applied`);
+    }
+    if (this.outer.momentum.size === 0) for (const [k, v] of this.adapter) this.outer.momentum.set(k, new Float32Array(v.length));
+    this.applyFinite('the outer Nesterov step', [this.adapter, this.outer.momentum], () => { mean = outerStep(this.adapter, pseudoGrads, this.outer, local); });
     this.step += 1;
     this.paramVersion += 1;
     this.executor.publish(this.paramVersion, this.adapter);

@@ -48,6 +48,10 @@ export const ErrorCodes = {
   CODEC: 'LM_ERR_CODEC',
   /** a server limit reached (connections, handshake time, send buffer) */
   LIMIT: 'LM_ERR_LIMIT',
+  /** a run folder already in use by another live process */
+  LOCKED: 'LM_ERR_LOCKED',
+  /** a result whose size (gradient norm) is far outside its step's and that a trusted recomputation refutes */
+  OUTLIER: 'LM_ERR_OUTLIER',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

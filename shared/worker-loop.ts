@@ -14,6 +14,8 @@ import {
   adapterLength, flattenTensors, PROTOCOL_VERSION, splitTensors, unpackFloats,
   type Assign, type AssignLocal, type Message, type Params, type RunManifest, type WorkerMessage,
 } from './protocol/messages.ts';
+import { cleanPeerText } from './protocol/peer-text.ts';
+import { isPermanentCode, MAX_PEER_TEXT, refusalFromReject, type Refusal } from './protocol/refusal.ts';
 import { CODECS, ErrorFeedback, F32 } from './protocol/wire-codec.ts';
 import { computeGradientsAsync, type GradientResult } from './train/gradients.ts';
 import { runLocalJob } from './train/local-steps.ts';
@@ -53,6 +55,11 @@ export class WorkerSession {
   paramVersion = -1;
   assignmentsDone = 0;
   finished = false;
+  /**
+   * The first refusal that retrying cannot change (quarantine, protocol version, codec…), from a
+   * reject frame; the entry point stops reconnecting and reports it, so the session does not log it.
+   */
+  refused: Refusal | null = null;
   private model: CausalLM | null = null;
   private base: FrozenBase | null = null;
   private spec: AdapterTensorSpec[] = [];
@@ -79,7 +86,22 @@ export class WorkerSession {
 
   /** Handles frames strictly in arrival order; `send` gets each reply. */
   receive(bytes: Uint8Array, send: (bytes: Uint8Array) => void): Promise<void> {
-    this.queue = this.queue.then(() => this.handle(bytes, send)).catch((err) => {
+    let decoded: { message: Message } | { error: unknown };
+    try {
+      decoded = { message: decodeMessage(bytes) };
+    } catch (error) {
+      decoded = { error };
+    }
+    // A refusal is noted at once, not behind a computation still in the queue: the entry point
+    // checks it when the socket closes, which follows the reject frame right away.
+    if ('message' in decoded && decoded.message.type === 'reject') {
+      this.refused ??= refusalFromReject(decoded.message.code, decoded.message.message);
+    }
+    const next = () => {
+      if ('error' in decoded) throw decoded.error;
+      return this.handle(decoded.message, send);
+    };
+    this.queue = this.queue.then(next).catch((err) => {
       const code = err instanceof LoraMeshError ? err.code : 'LM_ERR_INTERNAL';
       this.platform.log(`error: ${(err as Error).message}`);
       send(encodeMessage({ type: 'worker-error', code, message: (err as Error).message }));
@@ -87,8 +109,7 @@ export class WorkerSession {
     return this.queue;
   }
 
-  private async handle(bytes: Uint8Array, send: (bytes: Uint8Array) => void): Promise<void> {
-    const message: Message = decodeMessage(bytes);
+  private async handle(message: Message, send: (bytes: Uint8Array) => void): Promise<void> {
     const reply = (m: WorkerMessage) => send(encodeMessage(m));
     switch (message.type) {
       case 'welcome': {
@@ -120,7 +141,11 @@ export class WorkerSession {
         return;
       }
       case 'reject':
-        this.platform.log(`coordinator rejected a message: ${message.code} ${message.message}`);
+        // a permanent one was noted in receive(); the entry point reports it
+        if (isPermanentCode(message.code)) return;
+        this.platform.log(
+          `coordinator rejected a message: ${message.code} ${cleanPeerText(message.message, MAX_PEER_TEXT)}`,
+        );
         return;
       case 'done':
         this.finished = true;

@@ -6,10 +6,13 @@
  *   kill-after-send:STEP      SIGKILL right after handing a result of STEP to the socket (mid-send)
  *   kill-after-params:VERSION SIGKILL right after receiving parameter version VERSION
  *   byzantine:SCALE           send every gradient multiplied by −SCALE (a lying volunteer)
+ *   huge:VALUE                answer every assignment at once, computing nothing, with every gradient
+ *                             value = VALUE (finite, e.g. 1e30 or 3e38: values whose sum overflows float32)
  */
 import { ErrorCodes, fail } from '../shared/errors.ts';
 import type { WorkerHooks } from '../shared/worker-loop.ts';
 import { decodeFloats, encodeFloats } from '../shared/protocol/wire-codec.ts';
+import { tokenCount } from '../shared/train/micro-batch.ts';
 
 const die = (why: string) => {
   console.error(`[fault] ${why}: SIGKILL`);
@@ -33,7 +36,11 @@ export function faultHooks(spec: string | undefined): WorkerHooks | undefined {
         return { ...r, grads };
       }; break;
       case 'kill-after-params': hooks.afterParams = (v) => { if (v === n) die(`right after parameter version ${n}`); }; break;
-      default: fail(ErrorCodes.CONFIG, `LORAMESH_FAULT rule ${JSON.stringify(kind)} is not one of delay, kill-before-result, kill-after-send, kill-after-params, byzantine`);
+      case 'huge': hooks.compute = async (a, adapter) => {
+        const tokens = (a.type === 'assign' ? [a.microBatch] : a.microBatches).reduce((t, mb) => t + tokenCount(mb), 0);
+        return { lossSum: tokens, tokenCount: tokens, grads: new Map([...adapter].map(([name, p]) => [name, new Float32Array(p.length).fill(n)])) };
+      }; break;
+      default: fail(ErrorCodes.CONFIG, `LORAMESH_FAULT rule ${JSON.stringify(kind)} is not one of delay, kill-before-result, kill-after-send, kill-after-params, byzantine, huge`);
     }
   }
   return hooks;

@@ -1,6 +1,7 @@
 /**
  * The Node worker: picks a tfjs backend, connects to a coordinator over WebSocket (reconnecting
- * with exponential backoff), fetches the base model over HTTP once (sha256-verified, cached on
+ * with exponential backoff; a refusal that cannot change ends it with LoraMeshError instead, see
+ * shared/protocol/refusal.ts), fetches the base model over HTTP once (sha256-verified, cached on
  * disk by content hash) and runs the neutral worker loop from shared/.
  */
 import { createHash } from 'node:crypto';
@@ -11,11 +12,13 @@ import { join } from 'node:path';
 import WebSocket from 'ws';
 import type * as tf from '@tensorflow/tfjs-core';
 import { checkModelConfig } from '../shared/config.ts';
-import { ErrorCodes, fail } from '../shared/errors.ts';
+import { ErrorCodes, fail, LoraMeshError } from '../shared/errors.ts';
 import { sha256File } from './hash.ts';
 import { loadSafetensorsFiles } from './load-weights.ts';
 import type { BaseFile, RunManifest } from '../shared/protocol/messages.ts';
 import { asBytes } from '../shared/protocol/codec.ts';
+import { cleanPeerText } from '../shared/protocol/peer-text.ts';
+import { refusalFromClose, refusalFromHttp, type Refusal } from '../shared/protocol/refusal.ts';
 import { WorkerSession } from '../shared/worker-loop.ts';
 import { initBackend, type BackendName } from './backend.ts';
 import { faultHooks } from './faults.ts';
@@ -32,6 +35,8 @@ export interface NodeWorkerOptions {
 }
 
 export const defaultCacheDir = () => process.env.LORAMESH_CACHE ?? join(homedir(), '.cache', 'loramesh');
+
+const headerValue = (h: string | string[] | undefined) => (Array.isArray(h) ? h[0] : h);
 
 /** http(s) origin of the coordinator that serves ws(s)://host/ws */
 const httpOrigin = (wsUrl: string) => new URL(wsUrl.replace(/^ws/, 'http')).origin;
@@ -99,28 +104,58 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
 
   let failures = 0;
   while (!session.finished) {
-    const opened = await new Promise<boolean>((resolve) => {
-      const ws = new WebSocket(opts.url, { maxPayload: 1 << 30, headers: opts.token ? { authorization: `Bearer ${opts.token}` } : {} });
-      let wasOpen = false;
-      ws.on('open', () => {
-        wasOpen = true;
-        failures = 0;
-        ws.send(session.hello());
-      });
-      ws.on('message', (data) => {
-        session.receive(asBytes(data as Buffer), (reply) => ws.readyState === ws.OPEN && ws.send(reply)).then(() => {
-          if (session.finished) ws.close(1000, 'done');
-        });
-      });
-      ws.on('error', (err) => log(`connection error: ${err.message}`));
-      ws.on('close', () => resolve(wasOpen));
-    });
+    const attempt = await connectOnce(opts, session, log);
     if (session.finished) break;
-    failures = opened ? 0 : failures + 1;
+    if (attempt.refusal) throw new LoraMeshError(attempt.refusal.code, attempt.refusal.reason);
+    failures = attempt.opened ? 0 : failures + 1;
     if (opts.maxRetries !== undefined && failures > opts.maxRetries) fail(ErrorCodes.STATE, `could not reach ${opts.url} after ${failures} attempts`);
     const delay = Math.min(10_000, 250 * 2 ** Math.min(failures, 6)) * (0.5 + Math.random() / 2);
     log(`disconnected; reconnecting in ${(delay / 1000).toFixed(1)} s`);
     await new Promise((r) => setTimeout(r, delay));
   }
   return session;
+}
+
+interface Attempt {
+  opened: boolean;
+  /** why the coordinator will never accept this worker, or null when retrying may help */
+  refusal: Refusal | null;
+}
+
+/**
+ * One connection, from the upgrade to the close: whether it opened, and the refusal that ended it
+ * if retrying cannot change it (a refused upgrade's status and X-Loramesh-Error, a reject frame the
+ * session noted, or the close reason).
+ */
+function connectOnce(opts: NodeWorkerOptions, session: WorkerSession, log: (line: string) => void): Promise<Attempt> {
+  return new Promise((resolve) => {
+    const headers = opts.token ? { authorization: `Bearer ${opts.token}` } : {};
+    const ws = new WebSocket(opts.url, { maxPayload: 1 << 30, headers });
+    let opened = false;
+    let refusal: Refusal | null = null;
+    /** set when we ended a refused upgrade ourselves: the error terminate() raises says nothing new */
+    let answered = false;
+    ws.on('open', () => {
+      opened = true;
+      ws.send(session.hello());
+    });
+    ws.on('unexpected-response', (_req, res) => {
+      const errorCode = headerValue(res.headers['x-loramesh-error']);
+      refusal = refusalFromHttp(res.statusCode ?? 0, errorCode);
+      if (!refusal) log(`connection refused: HTTP ${res.statusCode}${errorCode ? ` ${cleanPeerText(errorCode)}` : ''}`);
+      answered = true;
+      ws.terminate();
+    });
+    ws.on('message', (data) => {
+      session.receive(asBytes(data as Buffer), (reply) => ws.readyState === ws.OPEN && ws.send(reply)).then(() => {
+        if (session.finished) ws.close(1000, 'done');
+      });
+    });
+    ws.on('error', (err) => {
+      if (!answered) log(`connection error: ${err.message}`);
+    });
+    ws.on('close', (code, reason) => {
+      resolve({ opened, refusal: refusal ?? session.refused ?? refusalFromClose(code, reason.toString()) });
+    });
+  });
 }

@@ -42,7 +42,7 @@ test('fragment settings: bad #backend errors, wrong #token is refused once, auto
     const wrongToken = await browser.context.newPage();
     await wrongToken.goto(`${httpUrl}/join#backend=wasm&token=wrong`);
     await waitForState(wrongToken, 'error');
-    assert.match((await wrongToken.textContent('#state-detail'))!, /refused this worker \(close 1008/);
+    assert.match((await wrongToken.textContent('#state-detail'))!, /LM_ERR_AUTH: the coordinator refused the join token \(close 1008\)/);
     await new Promise((r) => setTimeout(r, 1500));
     const log = await wrongToken.evaluate(() => window.loramesh.log);
     assert.equal(log.filter((l) => l.includes('connected to ws://')).length, 1, `one attempt, no reconnect loop:\n${log.join('\n')}`);

@@ -29,10 +29,12 @@ test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks k
   };
   const finalEval = (r: { evalLosses: { loss: number }[] }) => r.evalLosses[r.evalLosses.length - 1].loss;
   const clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0, log: () => {} });
-  const undefended = await runTraining({ ...options, runId: 'undefended', log: () => {} });
+  // The default defence (spot checks + outlier screen) is switched off to see the harm, and the trimmed mean alone.
+  const off = { spotCheck: { fraction: 0 }, outlierFactor: 0 };
+  const undefended = await runTraining({ ...options, ...off, runId: 'undefended', log: () => {} });
   const lines: string[] = [];
   const defended = await runTraining({ ...options, runId: 'defended', spotCheck: { fraction: 0.75, tolerance: 1e-3 }, log: (l) => lines.push(l) });
-  const robust = await runTraining({ ...options, runId: 'trimmed', aggregation: 'trimmed-mean', log: () => {} });
+  const robust = await runTraining({ ...options, ...off, runId: 'trimmed', aggregation: 'trimmed-mean', log: () => {} });
   const [c, u, d, t] = [finalEval(clean), finalEval(undefended), finalEval(defended), finalEval(robust)];
   console.log(`eval loss: start ${clean.evalLosses[0].loss.toFixed(4)}, clean ${c.toFixed(4)}, undefended ${u.toFixed(4)}, spot-checked ${d.toFixed(4)}, trimmed mean ${t.toFixed(4)}`);
   const start = clean.evalLosses[0].loss;

@@ -2,10 +2,11 @@
  * The tab's WebSocket to the coordinator: binary frames into the neutral WorkerSession and its
  * replies back out, an app-level heartbeat (browsers cannot send ws pings; they do answer the
  * coordinator's pings on their own), a clean close (1000) when the tab goes away, and reconnection
- * with jittered exponential backoff. A coordinator that refuses us (wrong token, other protocol)
- * is not retried: that would only hammer it.
+ * with jittered exponential backoff. A refusal that cannot change (wrong token, other protocol,
+ * missing codec, quarantine: shared/protocol/refusal.ts) is not retried: that would only hammer it.
  */
 import { encodeMessage } from '../../shared/protocol/codec.ts';
+import { refusalFromClose } from '../../shared/protocol/refusal.ts';
 import type { WorkerSession } from '../../shared/worker-loop.ts';
 
 export interface ConnectionHooks {
@@ -23,13 +24,13 @@ export interface ConnectionHooks {
 
 export const HEARTBEAT_MS = 3000;
 const MAX_BACKOFF_MS = 15_000;
-/** close codes after which retrying cannot help: 1002 protocol version, 1008 policy (join token) */
-const FATAL_CLOSE_CODES = new Set([1002, 1008]);
 
 export class Connection {
   private ws: WebSocket | null = null;
   private failures = 0;
   private stopped = false;
+  /** refused for good: not even a tab restored from the back/forward cache reconnects */
+  private refused = false;
   private heartbeat: ReturnType<typeof setInterval> | undefined;
 
   constructor(private readonly url: string, private readonly session: WorkerSession, private readonly hooks: ConnectionHooks, private readonly token?: string) {}
@@ -38,7 +39,7 @@ export class Connection {
     // pagehide (not unload/beforeunload) fires on close, reload and navigation, and on bfcache entry.
     addEventListener('pagehide', () => this.leave('tab closed'));
     addEventListener('pageshow', (event) => {
-      if (event.persisted && this.stopped && !this.session.finished) {
+      if (event.persisted && this.stopped && !this.refused && !this.session.finished) {
         this.stopped = false;
         this.open();
       }
@@ -92,9 +93,11 @@ export class Connection {
     ws.onclose = (event: CloseEvent) => {
       if (this.ws === ws) clearInterval(this.heartbeat);
       if (this.stopped) return;
-      if (FATAL_CLOSE_CODES.has(event.code)) {
-        this.stopped = true;
-        this.hooks.ended('refused', `the coordinator refused this worker (close ${event.code}${event.reason ? `: ${event.reason}` : ''})`);
+      // A browser never sees a refused upgrade's HTTP status, only the close and any reject frame.
+      const refusal = this.session.refused ?? refusalFromClose(event.code, event.reason);
+      if (refusal) {
+        this.stopped = this.refused = true;
+        this.hooks.ended('refused', `${refusal.code}: ${refusal.reason}`);
         return;
       }
       this.failures = wasOpen ? 0 : this.failures + 1;

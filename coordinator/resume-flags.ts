@@ -1,0 +1,101 @@
+/**
+ * `train --resume`: the run folder's run_config.json defines the run; flags given on the command
+ * line may only repeat it. Run-defining settings (model, data, LoRA, optimizer, seed, codecs, local
+ * steps, checkpoint interval, aggregation) are kept and a flag that contradicts one is refused,
+ * naming each; `--steps` may be raised to extend a run. Deployment settings (host, port, tokens,
+ * workers, limits, heartbeat, spot checks) are not stored and may change freely.
+ */
+import type { LoraConfig, TrainConfig } from '../shared/config.ts';
+import { ErrorCodes, fail } from '../shared/errors.ts';
+import type { CodecSpec } from '../shared/protocol/wire-codec.ts';
+import type { OuterConfig } from '../shared/train/local-steps.ts';
+
+export type DataSpec =
+  | { kind: 'jsonl'; path: string; maxTokens?: number; pack: boolean; evalFraction: number; seed: number }
+  | { kind: 'demo'; trainSize: number; seed: number };
+
+/** What defines a run: stored in run_config.json, rebuilt from flags for a new run. */
+export interface RunShape {
+  model: string;
+  data: DataSpec;
+  lora: LoraConfig;
+  train: TrainConfig;
+  wire?: { up: CodecSpec; down: CodecSpec };
+  local?: OuterConfig;
+  checkpointEvery?: number;
+  aggregation?: string;
+}
+
+type Pick = (s: RunShape) => unknown;
+const data = (key: string): Pick => (s) => (s.data as Record<string, unknown>)[key];
+
+/** commander's option key → the part of the run it sets. */
+const RUN_DEFINING: Record<string, { flag: string; pick: Pick }> = {
+  model: { flag: '--model', pick: (s) => s.model },
+  data: { flag: '--data', pick: (s) => (s.data.kind === 'jsonl' ? s.data.path : null) },
+  maxTokens: { flag: '--max-tokens', pick: data('maxTokens') },
+  pack: { flag: '--pack', pick: data('pack') },
+  evalFraction: { flag: '--eval-fraction', pick: data('evalFraction') },
+  trainSize: { flag: '--train-size', pick: data('trainSize') },
+  globalBatch: { flag: '--global-batch', pick: (s) => s.train.globalBatch },
+  microBatch: { flag: '--micro-batch', pick: (s) => s.train.microBatch },
+  lr: { flag: '--lr', pick: (s) => s.train.lr },
+  warmup: { flag: '--warmup', pick: (s) => s.train.warmupSteps },
+  weightDecay: { flag: '--weight-decay', pick: (s) => s.train.weightDecay },
+  clip: { flag: '--clip', pick: (s) => s.train.clipNorm },
+  seed: { flag: '--seed', pick: (s) => s.train.seed },
+  rank: { flag: '--rank', pick: (s) => s.lora.r },
+  alpha: { flag: '--alpha', pick: (s) => s.lora.alpha },
+  dropout: { flag: '--dropout', pick: (s) => s.lora.dropout },
+  targets: { flag: '--targets', pick: (s) => s.lora.targetModules },
+  init: { flag: '--init', pick: (s) => s.lora.init },
+  rslora: { flag: '--rslora', pick: (s) => s.lora.useRslora },
+  codec: { flag: '--codec', pick: (s) => s.wire },
+  codecUp: { flag: '--codec-up', pick: (s) => s.wire?.up },
+  codecDown: { flag: '--codec-down', pick: (s) => s.wire?.down },
+  codecBlock: { flag: '--codec-block', pick: (s) => s.wire },
+  localSteps: { flag: '--local-steps', pick: (s) => s.local?.steps ?? 0 },
+  innerLr: { flag: '--inner-lr', pick: (s) => s.local?.innerLr },
+  outerLr: { flag: '--outer-lr', pick: (s) => s.local?.outerLr },
+  outerMomentum: { flag: '--outer-momentum', pick: (s) => s.local?.outerMomentum },
+  checkpointEvery: { flag: '--checkpoint-every', pick: (s) => s.checkpointEvery },
+  aggregation: { flag: '--aggregation', pick: (s) => s.aggregation },
+};
+
+/** Flags that make no sense with --resume at all. */
+const NOT_WITH_RESUME: Record<string, string> = {
+  adapter: '--adapter (the checkpoint already holds the adapter)',
+  runId: '--run-id (the run folder given to --resume names the run)',
+  out: '--out (the run folder given to --resume says where it is)',
+};
+
+const show = (v: unknown) => (v === undefined ? 'unset' : JSON.stringify(v));
+
+/**
+ * The run to continue: `stored` (run_config.json) with `--steps` raised if asked. `fromFlags` is
+ * the run the command line would define on its own; `given` names the option keys the user typed.
+ */
+export function resumeShape(stored: RunShape, fromFlags: RunShape, given: ReadonlySet<string>, runDir: string): RunShape {
+  const problems: string[] = [];
+  for (const key of given) {
+    if (NOT_WITH_RESUME[key]) problems.push(`${NOT_WITH_RESUME[key]} cannot be combined with --resume`);
+    const setting = RUN_DEFINING[key];
+    if (!setting) continue;
+    const [theirs, ours] = [setting.pick(fromFlags), setting.pick(stored)];
+    // Settings an older run_config.json did not record are taken from the flag.
+    if (ours === undefined && (key === 'checkpointEvery' || key === 'aggregation')) continue;
+    if (JSON.stringify(theirs) !== JSON.stringify(ours)) problems.push(`${setting.flag} ${show(theirs)} contradicts the run's ${show(ours)}`);
+  }
+  let steps = stored.train.steps;
+  if (given.has('steps')) {
+    if (fromFlags.train.steps < stored.train.steps) problems.push(`--steps ${fromFlags.train.steps} is below the run's ${stored.train.steps} (steps may only be raised)`);
+    else steps = fromFlags.train.steps;
+  }
+  if (problems.length > 0) {
+    fail(ErrorCodes.CONFIG, `--resume ${runDir}: ${problems.join('; ')}. Run-defining settings come from run_config.json; leave these flags out`);
+  }
+  return {
+    ...stored, train: { ...stored.train, steps },
+    checkpointEvery: stored.checkpointEvery ?? fromFlags.checkpointEvery, aggregation: stored.aggregation ?? fromFlags.aggregation,
+  };
+}

@@ -1,0 +1,60 @@
+// A token holder that lies, against the default defence (spot checks on 5 % of results, the outlier
+// screen at 10× the step's median norm, the overflow bound, finite-only updates): 3 workers, one of
+// them the attacker. Finite-but-huge gradients (every value 1e30, or 3e38 whose float32 sum
+// overflows) answered instantly, and sign-flipped gradients of normal size. Each run ends with a
+// finite adapter, eval loss within 5 % of the clean run, the attacker quarantined and the
+// rejections counted. (bench/attacks.ts measures the same on the demo task.)
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import '../helpers/backend.ts';
+import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
+import { toExample } from '../../shared/data/demo-tasks.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
+import { openModelDir } from '../../coordinator/model-dir.ts';
+import { runTraining, type RunOptions, type RunResult } from '../../coordinator/train.ts';
+import { writeTinyModelDir } from '../helpers/tiny-model.ts';
+
+const root = mkdtempSync(join(tmpdir(), 'loramesh-hardening-'));
+writeTinyModelDir(join(root, 'model'), 21);
+const model = await openModelDir(join(root, 'model'));
+const data = demoTaskData(96, 32, 21);
+const options: RunOptions = {
+  model, lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] }),
+  train: checkTrainConfig({ steps: 16, globalBatch: 8, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 21 }),
+  examples: demoExamples(model.tokenizer, data), evalExamples: data.eval.map((s) => toExample(model.tokenizer, s)), evalEvery: 1000,
+  outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, localWorkers: 3, log: () => {},
+};
+const finalEval = (r: RunResult) => r.evalLosses[r.evalLosses.length - 1].loss;
+const clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0 });
+
+async function attacked(fault: string, extra: Partial<RunOptions> = {}): Promise<{ run: RunResult; lines: string[] }> {
+  const lines: string[] = [];
+  const run = await runTraining({ ...options, ...extra, runId: fault.replace(/[^a-z0-9]/gi, '-'), workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: fault } : {}), log: (l) => lines.push(l) });
+  return { run, lines };
+}
+
+function assertSurvived(name: string, { run, lines }: { run: RunResult; lines: string[] }, codes: string[]): void {
+  for (const [tensor, v] of run.adapter) assert.ok(v.every(Number.isFinite), `${name}: ${tensor} is not finite`);
+  const [c, a] = [finalEval(clean), finalEval(run)];
+  console.log(`${name}: eval loss clean ${c.toFixed(4)}, attacked ${a.toFixed(4)}; rejections ${JSON.stringify(run.rejections)}, quarantined ${run.quarantined}`);
+  assert.ok(Math.abs(a - c) <= 0.05 * c, `${name}: eval loss ${a} vs clean ${c}`);
+  assert.equal(run.step, options.train.steps, `${name}: the run completed`);
+  assert.ok(run.quarantined >= 1 && lines.some((l) => /quarantin/i.test(l)), `${name}: the attacker was quarantined`);
+  assert.ok(codes.some((code) => (run.rejections[code] ?? 0) > 0), `${name}: rejections ${JSON.stringify(run.rejections)} name one of ${codes}`);
+}
+
+test('finite-huge gradients (every value 1e30, answered instantly): screened as outliers, refuted, attacker quarantined', async () => {
+  assertSurvived('huge 1e30', await attacked('huge:1e30'), ['LM_ERR_OUTLIER', 'LM_ERR_SPOT_CHECK']);
+});
+
+test('every value 3e38 (a float32 sum of two overflows): refused by the overflow bound, never added', async () => {
+  assertSurvived('huge 3e38', await attacked('huge:3e38'), ['LM_ERR_NON_FINITE']);
+});
+
+test('sign-flipped gradients of normal size: caught by spot checks (a larger fraction here so a short run catches it surely)', async () => {
+  assertSurvived('negated', await attacked('byzantine:1', { spotCheck: { fraction: 0.3 } }), ['LM_ERR_SPOT_CHECK']);
+  rmSync(root, { recursive: true, force: true });
+});
