@@ -84,6 +84,7 @@ function addTrainOptions(cmd: Command): Command {
     .option('--max-rejects <n>', 'rejected frames before a connection is quarantined', int(1), 50)
     .option('--aggregation <rule>', `how micro-batch gradients combine: ${AGGREGATIONS.join(' | ')} (sum is exact; the others resist bad volunteers)`, oneOf(AGGREGATIONS), 'sum')
     .option('--spot-check <fraction>', `recompute this secret fraction of micro-batches on the coordinator; quarantine workers that disagree (default ${DEFAULT_DEFENCE.spotCheck})`, num(0, 1))
+    .option('--probation <n>', `recompute the first n results of every worker connection, so one that always lies is caught at once (0: off; default ${DEFAULT_DEFENCE.probation})`, int(0))
     .option('--outlier-factor <K>', `recompute a result whose gradient norm is over K × its step's median before it counts; quarantine the sender if it disagrees (0: off; default ${DEFAULT_DEFENCE.outlierFactor})`, num(0))
     .option('--admin-token <token>', 'enables POST /api/admin/{pause,resume,stop,kick?worker=ID} with Authorization: Bearer <token> (or LORAMESH_ADMIN_TOKEN)')
     .option('--dashboard-access <who>', "public: anyone who reaches the port sees /api/status; admin: only with --admin-token (open /#admin=…)", oneOf(['public', 'admin'] as const), 'public')
@@ -194,7 +195,7 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
       },
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey } : undefined,
       security: { maxMessagesPerSecond: o.maxMessagesPerSecond, maxRejects: o.maxRejects },
-      aggregation: shape.aggregation as Aggregation, adminToken: o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN, dashboardAccess: o.dashboardAccess, spotCheck: o.spotCheck === undefined ? undefined : { fraction: o.spotCheck }, outlierFactor: o.outlierFactor,
+      aggregation: shape.aggregation as Aggregation, adminToken: o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN, dashboardAccess: o.dashboardAccess, spotCheck: o.spotCheck === undefined ? undefined : { fraction: o.spotCheck }, outlierFactor: o.outlierFactor, probation: o.probation,
       checkpointEvery: shape.checkpointEvery, keepCheckpoints: o.keepCheckpoints, resume: !!o.resume, signal: stop.signal, dataSpec, wire, local,
     });
     if (result.alreadyFinished) return;

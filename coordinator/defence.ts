@@ -3,7 +3,9 @@
  *
  * - every result's L2 norm is measured on arrival; one whose values could overflow the step's
  *   float32 sum is refused outright (LM_ERR_NON_FINITE), so the running sum stays finite;
- * - a secret, seeded fraction of results is recomputed by a trusted party (spot checks);
+ * - a secret, seeded fraction of results is recomputed by a trusted party (spot checks), and so are
+ *   the first results of every new connection (probation), so a worker that always lies is caught
+ *   on its first step;
  * - when a step's results are all in, a result whose norm is more than `outlierFactor` × the
  *   step's median norm is recomputed before it counts (the outlier screen). The median is taken
  *   over workers (each worker's median first; the lower middle for an even count), so a fast liar
@@ -18,13 +20,15 @@ import type { CodecName } from '../shared/protocol/wire-codec.ts';
 export interface DefenceConfig {
   /** share of results recomputed by the coordinator, chosen by a secret seed (0: none) */
   spotCheck: number;
+  /** the first this-many results of every connection are recomputed too (0: none) */
+  probation: number;
   /** a result with norm > outlierFactor × its step's median norm is recomputed before it counts (0: off) */
   outlierFactor: number;
   /** relative L2 distance within which a worker's result agrees with the trusted one */
   tolerance: number;
 }
 
-export const DEFAULT_DEFENCE: DefenceConfig = { spotCheck: 0.05, outlierFactor: 10, tolerance: 1e-3 };
+export const DEFAULT_DEFENCE: DefenceConfig = { spotCheck: 0.05, probation: 2, outlierFactor: 10, tolerance: 1e-3 };
 
 /**
  * With a lossy up codec and error feedback a worker sends g + e_prev − e_new: an honest result

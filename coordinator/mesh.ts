@@ -68,6 +68,9 @@ interface WorkerConnection extends WorkerInfo {
   quarantined: boolean;
   /** offences that are not rejected frames (worker-errors for held work); each used result takes one away */
   strikes: number;
+  /** results of this connection confirmed by a trusted recomputation, and those being recomputed now */
+  checksPassed: number;
+  checksPending: number;
 }
 
 export interface MeshOptions {
@@ -87,6 +90,8 @@ export interface MeshOptions {
 export interface ResultChecks {
   /** share of results spot-checked (0: none) */
   spotCheck: number;
+  /** the first this-many results of every connection are spot-checked too */
+  probation: number;
   /** norm > outlierFactor × the step's median norm: recomputed before it counts (0: off) */
   outlierFactor: number;
   tolerance: number;
@@ -282,7 +287,7 @@ export class MeshExecutor implements GradientExecutor {
     const w: WorkerConnection = {
       id: nanoid(10), name: '', backend: '', platform: '', adapter: '', slow: false, state: 'handshake', microBatchesDone: 0, used: 0, discarded: 0, tokensDone: 0,
       throughput: 0, bytesIn: 0, bytesOut: 0, rejected: 0, lastSeen: Date.now(), ws, holding: null, alive: true,
-      bucket: 2 * this.limits.maxMessagesPerSecond, bucketAt: Date.now(), quarantined: false, strikes: 0,
+      bucket: 2 * this.limits.maxMessagesPerSecond, bucketAt: Date.now(), quarantined: false, strikes: 0, checksPassed: 0, checksPending: 0,
     };
     this.workers.set(w.id, w);
     const handshake = setTimeout(() => {
@@ -440,7 +445,8 @@ export class MeshExecutor implements GradientExecutor {
       throw err;
     }
     const checks = this.options.checks;
-    if (checks && checks.spotCheck > 0 && mixSeed(checks.secret, held.step, held.index) / 2 ** 32 < checks.spotCheck) {
+    const onProbation = checks && w.checksPassed + w.checksPending < checks.probation;
+    if (checks && (onProbation || (checks.spotCheck > 0 && mixSeed(checks.secret, held.step, held.index) / 2 ** 32 < checks.spotCheck))) {
       // Hold the worker's result until the trusted recomputation agrees.
       void this.spotCheck(w, held, r, grads, norm, step, checks);
       return;
@@ -455,10 +461,17 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   private async spotCheck(w: WorkerConnection, held: Holding, r: Result, grads: Map<string, Float32Array>, norm: number, step: StepInFlight, checks: ResultChecks): Promise<void> {
-    const relative = await this.disagreement(step, held.index, grads, checks);
+    w.checksPending++;
+    let relative: number;
+    try {
+      relative = await this.disagreement(step, held.index, grads, checks);
+    } finally {
+      w.checksPending--;
+    }
     if (this.inFlight !== step) return; // the step ended meanwhile (a copy won)
     const now = Date.now();
     if (relative <= checks.tolerance) {
+      w.checksPassed++;
       this.norms.trusted(norm);
       this.accept(w, held, r, grads, norm, true, step, now);
       return;
@@ -474,7 +487,8 @@ export class MeshExecutor implements GradientExecutor {
   private convict(w: WorkerConnection, step: StepInFlight, code: ErrorCode, why: string): void {
     const now = Date.now();
     this.countRejection(code);
-    this.log(`worker ${w.id} (${w.name}): ${code}: ${why}; quarantining it`);
+    const check = code === ErrorCodes.SPOT_CHECK ? 'a spot check' : 'an outlier check';
+    this.log(`worker ${w.id} (${w.name}) failed ${check} (${code}): ${why}; quarantining it`);
     for (const a of step.schedule.attempts.values()) {
       if (a.workerId === w.id && a.outcome === 'used') {
         step.schedule.revoke(a.assignmentId, now);
@@ -486,7 +500,7 @@ export class MeshExecutor implements GradientExecutor {
     if (w.holding?.step === step.schedule.step) this.release(w, 'lost');
     this.send(w, { type: 'reject', code, message: why });
     this.banned.add(w.name);
-    this.closeWith(w, ErrorCodes.QUARANTINED, code === ErrorCodes.SPOT_CHECK ? 'failed a spot check' : 'failed an outlier check');
+    this.closeWith(w, ErrorCodes.QUARANTINED, `failed ${check}`);
     this.dispatch();
   }
 
@@ -643,6 +657,6 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   info(): WorkerInfo[] {
-    return [...this.workers.values()].map(({ ws: _ws, holding: _h, alive: _alive, bucket: _b, bucketAt: _ba, quarantined: _q, strikes: _s, ...info }) => info);
+    return [...this.workers.values()].map(({ ws: _ws, holding: _h, alive: _alive, bucket: _b, bucketAt: _ba, quarantined: _q, strikes: _s, checksPassed: _cp, checksPending: _cq, ...info }) => info);
   }
 }

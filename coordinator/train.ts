@@ -88,6 +88,8 @@ export interface RunOptions {
   spotCheck?: { fraction: number; tolerance?: number };
   /** recompute results whose norm is over this many times their step's median before they count (0: off); default DEFAULT_DEFENCE */
   outlierFactor?: number;
+  /** recompute the first this-many results of every worker connection (0: off); default DEFAULT_DEFENCE */
+  probation?: number;
   aggregation?: Aggregation;
   /** enables POST /api/admin/{pause,resume,stop,kick} with this bearer token */
   adminToken?: string;
@@ -190,18 +192,19 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
     };
     const fraction = opts.spotCheck?.fraction ?? DEFAULT_DEFENCE.spotCheck;
     const outlierFactor = opts.outlierFactor ?? DEFAULT_DEFENCE.outlierFactor;
+    const probation = opts.probation ?? DEFAULT_DEFENCE.probation;
     const asked = opts.spotCheck?.tolerance ?? DEFAULT_DEFENCE.tolerance;
     const tolerance = Math.max(asked, CODEC_TOLERANCE_FLOOR[wire.up.name]);
-    if (tolerance > asked && (fraction > 0 || outlierFactor > 0)) log(`result checks: tolerance raised from ${asked} to ${tolerance} for the ${describeCodec(wire.up)} up codec`);
-    const checks: ResultChecks | undefined = fraction > 0 || outlierFactor > 0 ? {
-      spotCheck: fraction, outlierFactor, tolerance, secret: randomInt(2 ** 31),
+    if (tolerance > asked && (fraction > 0 || outlierFactor > 0 || probation > 0)) log(`result checks: tolerance raised from ${asked} to ${tolerance} for the ${describeCodec(wire.up)} up codec`);
+    const checks: ResultChecks | undefined = fraction > 0 || outlierFactor > 0 || probation > 0 ? {
+      spotCheck: fraction, probation, outlierFactor, tolerance, secret: randomInt(2 ** 31),
       recompute: (work: WorkItem, adapter: AdapterState) => work.kind === 'grad'
         ? computeGradientsAsync(localCopy().model, localCopy().base, spec, adapter, lora, work.microBatch)
         : runLocalJob(localCopy().model, localCopy().base, spec, adapter, lora, work.job.microBatches, work.job.lr, inner),
     } : undefined;
     log(checks
-      ? `defence: spot checks on ${(100 * fraction).toFixed(1)} % of results, outlier screen at ${outlierFactor}× the step's median norm (0: off), tolerance ${tolerance}`
-      : 'defence: off (no spot checks, no outlier screen): a lying worker can bias this run');
+      ? `defence: spot checks on ${(100 * fraction).toFixed(1)} % of results and the first ${probation} of each worker, outlier screen at ${outlierFactor}× the step's median norm (0: off), tolerance ${tolerance}`
+      : 'defence: off (no spot checks, no probation, no outlier screen): a lying worker can bias this run');
     executor = new MeshExecutor({ manifest, checks, log: (line) => log(line), schedule: opts.schedule, security: opts.security });
   }
   const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter, aggregation: opts.aggregation, local }, executor);

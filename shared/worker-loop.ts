@@ -104,7 +104,10 @@ export class WorkerSession {
     this.queue = this.queue.then(next).catch((err) => {
       const code = err instanceof LoraMeshError ? err.code : 'LM_ERR_INTERNAL';
       this.platform.log(`error: ${(err as Error).message}`);
-      send(encodeMessage({ type: 'worker-error', code, message: (err as Error).message }));
+      // Failing an assignment names it: the coordinator then hands it to someone else at once; a
+      // worker-error that names nothing this worker holds counts against it as a bad frame.
+      const failed = 'message' in decoded && (decoded.message.type === 'assign' || decoded.message.type === 'assign-local') ? decoded.message.assignmentId : undefined;
+      send(encodeMessage({ type: 'worker-error', code, message: (err as Error).message, ...(failed ? { assignmentId: failed } : {}) }));
     });
     return this.queue;
   }

@@ -32,6 +32,8 @@ let clean: RunResult;
 let attacked: Promise<RunResult>;
 let wsUrl = '';
 let httpUrl = '';
+/** every line the attacked coordinator logged */
+const logged: string[] = [];
 
 before(async () => {
   clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0 });
@@ -42,6 +44,7 @@ before(async () => {
     ...options, runId: 'attacked', token: TOKEN, adminToken: 'admin-secret', allowedOrigins: ['http://good.example'], workerEnv: () => ({ LORAMESH_FAULT: 'delay:50' }),
     security: { maxMessagesPerSecond: 100, maxRejects: 20, handshakeTimeoutMs: 800 },
     log: (line) => {
+      logged.push(line);
       const m = /listening on (ws:\/\/([^/]+)\/ws)/.exec(line);
       if (m) { wsUrl = m[1]; httpUrl = `http://${m[2]}`; ready(); }
     },
@@ -204,4 +207,31 @@ test('--dashboard-access admin: run status needs the admin token', async () => {
     },
   });
   assert.deepEqual(status, [401, 401, 200, 200]);
+});
+
+test('log and terminal injection: control characters in hello fields never reach a log line or the dashboard', async () => {
+  const c = await rawClient();
+  const forged = 'mallory\nstep 300/300 loss 0.0000\u001b[2J\u001b]0;pwned\u0007\u009b1m\u202e';
+  c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: `wasm\r\n${forged}`, platform: 'node', name: forged, adapter: `\u001b[31m${forged}` }));
+  const welcome = () => c.messages.find((m): m is Extract<Message, { type: 'welcome' }> => m.type === 'welcome');
+  await until(() => welcome() !== undefined);
+  const id = welcome()!.workerId;
+  const mine = logged.filter((l) => l.includes(id));
+  assert.ok(mine.some((l) => l.includes('mallory step 300/300 loss 0.0000')), mine.join('\n'));
+  for (const line of logged) assert.doesNotMatch(line, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/, JSON.stringify(line));
+  const status = await (await fetch(`${httpUrl}/api/status`)).json() as { workers: { id: string; name: string; backend: string; adapter: string }[] };
+  const shown = status.workers.find((w) => w.id === id)!;
+  for (const text of [shown.name, shown.backend, shown.adapter]) assert.doesNotMatch(text, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/);
+  c.ws.close();
+});
+
+test('a worker-error flood naming no held assignment counts as rejected frames: the sender is quarantined after --max-rejects of them', async () => {
+  const c = await rawClient();
+  c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'error-flood' }));
+  await until(() => c.messages.some((m) => m.type === 'welcome'));
+  for (let i = 0; i < 40; i++) c.ws.send(encodeMessage({ type: 'worker-error', code: 'LM_ERR_STALE', message: 'nope', ...(i % 2 ? { assignmentId: `fake-${i}` } : {}) }));
+  assert.equal(await c.closed, 1008);
+  const codes = rejects(c.messages);
+  assert.equal(codes.filter((x) => x === 'LM_ERR_ASSIGNMENT').length, 20, codes.join()); // --max-rejects 20 in this run
+  assert.equal(codes[codes.length - 1], 'LM_ERR_QUARANTINED');
 });

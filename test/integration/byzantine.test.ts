@@ -30,7 +30,7 @@ test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks k
   const finalEval = (r: { evalLosses: { loss: number }[] }) => r.evalLosses[r.evalLosses.length - 1].loss;
   const clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0, log: () => {} });
   // The default defence (spot checks + outlier screen) is switched off to see the harm, and the trimmed mean alone.
-  const off = { spotCheck: { fraction: 0 }, outlierFactor: 0 };
+  const off = { spotCheck: { fraction: 0 }, outlierFactor: 0, probation: 0 };
   const undefended = await runTraining({ ...options, ...off, runId: 'undefended', log: () => {} });
   const lines: string[] = [];
   const defended = await runTraining({ ...options, runId: 'defended', spotCheck: { fraction: 0.75, tolerance: 1e-3 }, log: (l) => lines.push(l) });
