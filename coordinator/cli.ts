@@ -20,7 +20,7 @@ import { CODECS, DEFAULT_INT8_BLOCK, type CodecName, type CodecSpec } from '../s
 import type { OuterConfig } from '../shared/train/local-steps.ts';
 import { DEFAULT_DEFENCE } from './defence.ts';
 import { checkListen, readFlagFile } from './preflight.ts';
-import { resumeShape, type DataSpec, type RunShape } from './resume-flags.ts';
+import { resumeShape, runShapeFrom, type RunShape } from './resume-flags.ts';
 
 function readRunConfig(dir: string): RunShape {
   try {
@@ -107,26 +107,6 @@ function addTrainOptions(cmd: Command): Command {
     .option('--run-id <id>', 'name of the run folder (default: date + random id)');
 }
 
-function configsFrom(o: Record<string, any>) {
-  const lora = checkLoraConfig({ r: o.rank, alpha: o.alpha, dropout: o.dropout, targetModules: o.targets, init: o.init, useRslora: o.rslora });
-  const train = checkTrainConfig({
-    steps: o.steps, globalBatch: o.globalBatch, microBatch: o.microBatch, lr: o.lr, warmupSteps: o.warmup,
-    weightDecay: o.weightDecay, clipNorm: o.clip, seed: o.seed,
-  });
-  const codec = (name: CodecName): CodecSpec => (name === 'int8' ? { name, blockSize: o.codecBlock } : { name });
-  const wire = { up: codec(o.codecUp ?? o.codec), down: codec(o.codecDown ?? o.codec) };
-  const local: OuterConfig | undefined = o.localSteps > 0 ? { steps: o.localSteps, innerLr: o.innerLr ?? o.lr, outerLr: o.outerLr, outerMomentum: o.outerMomentum } : undefined;
-  return { lora, train, wire, local };
-}
-
-/** The run the flags define on their own (a new run), in run_config.json's shape. */
-function runShapeFrom(o: Record<string, any>): RunShape {
-  const data: DataSpec = o.data
-    ? { kind: 'jsonl', path: resolve(o.data), maxTokens: o.maxTokens, pack: o.pack, evalFraction: o.evalFraction, seed: o.seed }
-    : { kind: 'demo', trainSize: o.trainSize, seed: o.seed };
-  return { model: resolve(o.model), data, ...configsFrom(o), checkpointEvery: o.checkpointEvery, aggregation: o.aggregation };
-}
-
 addTrainOptions(program.command('train').description('run a coordinator (and local workers) to fine-tune a LoRA adapter'))
   .action(async (o, cmd: Command) => {
     // One SIGINT/SIGTERM stops the run at any point (waiting for workers or mid-step), with a
@@ -140,7 +120,7 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
     let shape = runShapeFrom(o);
     if (o.resume) {
       const given = new Set(cmd.options.map((opt) => opt.attributeName()).filter((key) => cmd.getOptionValueSource(key) === 'cli'));
-      shape = resumeShape(readRunConfig(o.resume), shape, given, o.resume);
+      shape = resumeShape(readRunConfig(o.resume), o, given, o.resume);
       [o.runId, o.out] = [basename(resolve(o.resume)), dirname(resolve(o.resume))];
     }
     let token: string | undefined = o.token ?? process.env.LORAMESH_TOKEN ?? (o.tokenFile ? readFlagFile('--token-file', o.tokenFile).trim() : undefined);

@@ -5,10 +5,14 @@
  * naming each; `--steps` may be raised to extend a run. Deployment settings (host, port, tokens,
  * workers, limits, heartbeat, spot checks) are not stored and may change freely.
  */
-import type { LoraConfig, TrainConfig } from '../shared/config.ts';
+import { resolve } from 'node:path';
+import { checkLoraConfig, checkTrainConfig, type LoraConfig, type TrainConfig } from '../shared/config.ts';
 import { ErrorCodes, fail } from '../shared/errors.ts';
-import type { CodecSpec } from '../shared/protocol/wire-codec.ts';
+import type { CodecName, CodecSpec } from '../shared/protocol/wire-codec.ts';
 import type { OuterConfig } from '../shared/train/local-steps.ts';
+
+/** commander's parsed `train` options (flag values after parsing, defaults filled in). */
+export type TrainFlags = Record<string, any>;
 
 export type DataSpec =
   | { kind: 'jsonl'; path: string; maxTokens?: number; pack: boolean; evalFraction: number; seed: number }
@@ -24,6 +28,44 @@ export interface RunShape {
   local?: OuterConfig;
   checkpointEvery?: number;
   aggregation?: string;
+}
+
+/** The run the flags define on their own (a new run), in run_config.json's shape. */
+export function runShapeFrom(o: TrainFlags): RunShape {
+  const data: DataSpec = o.data
+    ? { kind: 'jsonl', path: resolve(o.data), maxTokens: o.maxTokens, pack: o.pack, evalFraction: o.evalFraction, seed: o.seed }
+    : { kind: 'demo', trainSize: o.trainSize, seed: o.seed };
+  const lora = checkLoraConfig({ r: o.rank, alpha: o.alpha, dropout: o.dropout, targetModules: o.targets, init: o.init, useRslora: o.rslora });
+  const train = checkTrainConfig({
+    steps: o.steps, globalBatch: o.globalBatch, microBatch: o.microBatch, lr: o.lr, warmupSteps: o.warmup,
+    weightDecay: o.weightDecay, clipNorm: o.clip, seed: o.seed,
+  });
+  const codec = (name: CodecName): CodecSpec => (name === 'int8' ? { name, blockSize: o.codecBlock } : { name });
+  const wire = { up: codec(o.codecUp ?? o.codec), down: codec(o.codecDown ?? o.codec) };
+  const local: OuterConfig | undefined = o.localSteps > 0
+    ? { steps: o.localSteps, innerLr: o.innerLr ?? o.lr, outerLr: o.outerLr, outerMomentum: o.outerMomentum } : undefined;
+  return { model: resolve(o.model), data, lora, train, wire, ...(local ? { local } : {}), checkpointEvery: o.checkpointEvery, aggregation: o.aggregation };
+}
+
+/** The flags that define `shape` (runShapeFrom's inverse), so a typed flag is read against the run's own others. */
+export function flagsOf(shape: RunShape): TrainFlags {
+  const { data, lora, train, wire, local } = shape;
+  const sameCodec = !wire || wire.up.name === wire.down.name;
+  return {
+    model: shape.model,
+    ...(data.kind === 'jsonl'
+      ? { data: data.path, maxTokens: data.maxTokens, pack: data.pack, evalFraction: data.evalFraction }
+      : { data: undefined, trainSize: data.trainSize }),
+    steps: train.steps, globalBatch: train.globalBatch, microBatch: train.microBatch, lr: train.lr, warmup: train.warmupSteps,
+    weightDecay: train.weightDecay, clip: train.clipNorm, seed: train.seed,
+    rank: lora.r, alpha: lora.alpha, dropout: lora.dropout, targets: lora.targetModules, init: lora.init, rslora: lora.useRslora,
+    codec: wire?.up.name ?? 'f32', codecUp: sameCodec ? undefined : wire!.up.name, codecDown: sameCodec ? undefined : wire!.down.name,
+    codecBlock: [wire?.up, wire?.down].find((c) => c?.name === 'int8')?.blockSize,
+    localSteps: local?.steps ?? 0, innerLr: local?.innerLr, outerLr: local?.outerLr, outerMomentum: local?.outerMomentum,
+    // an older run_config.json lacks these: the flags' own values stand
+    ...(shape.checkpointEvery === undefined ? {} : { checkpointEvery: shape.checkpointEvery }),
+    ...(shape.aggregation === undefined ? {} : { aggregation: shape.aggregation }),
+  };
 }
 
 type Pick = (s: RunShape) => unknown;
@@ -53,7 +95,7 @@ const RUN_DEFINING: Record<string, { flag: string; pick: Pick }> = {
   codec: { flag: '--codec', pick: (s) => s.wire },
   codecUp: { flag: '--codec-up', pick: (s) => s.wire?.up },
   codecDown: { flag: '--codec-down', pick: (s) => s.wire?.down },
-  codecBlock: { flag: '--codec-block', pick: (s) => s.wire },
+  codecBlock: { flag: '--codec-block', pick: (s) => [s.wire?.up, s.wire?.down].find((c) => c?.name === 'int8')?.blockSize },
   localSteps: { flag: '--local-steps', pick: (s) => s.local?.steps ?? 0 },
   innerLr: { flag: '--inner-lr', pick: (s) => s.local?.innerLr },
   outerLr: { flag: '--outer-lr', pick: (s) => s.local?.outerLr },
@@ -72,16 +114,21 @@ const NOT_WITH_RESUME: Record<string, string> = {
 const show = (v: unknown) => (v === undefined ? 'unset' : JSON.stringify(v));
 
 /**
- * The run to continue: `stored` (run_config.json) with `--steps` raised if asked. `fromFlags` is
- * the run the command line would define on its own; `given` names the option keys the user typed.
+ * The run to continue: `stored` (run_config.json) with `--steps` raised if asked. `flags` are the
+ * parsed options; `given` names the option keys the user typed. Each typed flag is read together
+ * with the run's own values for the others (`--codec-block 32` against the run's int8 codec, not
+ * against the f32 default), and refused when the run it then describes differs from the stored one.
  */
-export function resumeShape(stored: RunShape, fromFlags: RunShape, given: ReadonlySet<string>, runDir: string): RunShape {
+export function resumeShape(stored: RunShape, flags: TrainFlags, given: ReadonlySet<string>, runDir: string): RunShape {
+  const typed = Object.fromEntries([...given].filter((k) => k in flags).map((k) => [k, flags[k]]));
+  const fromFlags = runShapeFrom({ ...flags, ...flagsOf(stored), ...typed });
   const problems: string[] = [];
   for (const key of given) {
     if (NOT_WITH_RESUME[key]) problems.push(`${NOT_WITH_RESUME[key]} cannot be combined with --resume`);
     const setting = RUN_DEFINING[key];
     if (!setting) continue;
-    const [theirs, ours] = [setting.pick(fromFlags), setting.pick(stored)];
+    // A flag that does not apply to the run it describes (--inner-lr without local steps) shows as typed.
+    const [theirs, ours] = [setting.pick(fromFlags) ?? typed[key], setting.pick(stored)];
     // Settings an older run_config.json did not record are taken from the flag.
     if (ours === undefined && (key === 'checkpointEvery' || key === 'aggregation')) continue;
     if (JSON.stringify(theirs) !== JSON.stringify(ours)) problems.push(`${setting.flag} ${show(theirs)} contradicts the run's ${show(ours)}`);
@@ -94,8 +141,5 @@ export function resumeShape(stored: RunShape, fromFlags: RunShape, given: Readon
   if (problems.length > 0) {
     fail(ErrorCodes.CONFIG, `--resume ${runDir}: ${problems.join('; ')}. Run-defining settings come from run_config.json; leave these flags out`);
   }
-  return {
-    ...stored, train: { ...stored.train, steps },
-    checkpointEvery: stored.checkpointEvery ?? fromFlags.checkpointEvery, aggregation: stored.aggregation ?? fromFlags.aggregation,
-  };
+  return { ...stored, train: { ...stored.train, steps }, checkpointEvery: fromFlags.checkpointEvery, aggregation: fromFlags.aggregation };
 }

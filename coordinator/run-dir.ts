@@ -85,9 +85,12 @@ export class RunDir {
     appendFileSync(join(this.path, 'metrics.jsonl'), JSON.stringify(line) + '\n');
   }
 
-  /** On resume: drop metrics lines of steps after the checkpoint (they are redone). */
+  /**
+   * On resume: drop metrics lines of steps after the checkpoint (they are redone), and the eval
+   * line of the checkpoint's own step, which the resumed run logs again before it trains.
+   */
   truncateMetricsAfter(step: number): void {
-    this.truncateAfter('metrics.jsonl', step);
+    this.truncateAfter('metrics.jsonl', step, (line) => !(line.step === step && 'eval_loss' in line));
   }
 
   /** On resume: drop ledger lines of steps after the checkpoint, like the metrics. */
@@ -95,10 +98,14 @@ export class RunDir {
     this.truncateAfter('ledger.jsonl', step);
   }
 
-  private truncateAfter(file: string, step: number): void {
+  private truncateAfter(file: string, step: number, keep: (line: { step: number }) => boolean = () => true): void {
     const path = join(this.path, file);
     if (!existsSync(path)) return;
-    const kept = readFileSync(path, 'utf8').split('\n').filter((l) => l.trim() !== '' && (JSON.parse(l) as { step: number }).step <= step);
+    const kept = readFileSync(path, 'utf8').split('\n').filter((l) => {
+      if (l.trim() === '') return false;
+      const line = JSON.parse(l) as { step: number };
+      return line.step <= step && keep(line);
+    });
     writeAtomic(path, kept.map((l) => l + '\n').join(''));
   }
 

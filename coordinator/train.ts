@@ -220,9 +220,6 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
     }
     trainer.importState(checkpoint.state);
     checkpointedStep = trainer.step;
-    runDir.truncateMetricsAfter(trainer.step);
-    runDir.truncateLedgerAfter(trainer.step);
-    runDir.patchConfig({ train }); // --steps may have been raised
     if (trainer.done) {
       if (executor instanceof MeshExecutor) executor.close();
       log(`run ${runId} already finished: step ${trainer.step} of ${train.steps}; nothing to do (raise --steps to train further)`);
@@ -232,6 +229,10 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
         interrupted: false, alreadyFinished: true, rejections: {}, quarantined: 0,
       };
     }
+    // Steps after the checkpoint are redone: their lines go (a finished run's files stay as they are).
+    runDir.truncateMetricsAfter(trainer.step);
+    runDir.truncateLedgerAfter(trainer.step);
+    runDir.patchConfig({ train }); // --steps may have been raised
     log(`resuming ${runId} at step ${trainer.step} of ${train.steps} from ${checkpoint.path}`);
   }
   const control: { paused: { promise: Promise<void>; resolve: () => void } | null } = { paused: null };
