@@ -79,12 +79,19 @@ test('a worker 10× slower than its peers: steps keep completing, its work is co
 test('a worker joining at step 10 and leaving at step 20: same adapter', async () => {
   let url = '';
   let joiner: ChildProcess | null = null;
+  let joinerId = '';
+  let joinerReady!: () => void;
+  const ready = new Promise<void>((r) => (joinerReady = r));
   const run = await runTraining({
     ...base, runId: 'join-leave', localWorkers: 2,
-    log: (line) => { url = /listening on (ws:\S+)/.exec(line)?.[1] ?? url; },
+    log: (line) => {
+      url = /listening on (ws:\S+)/.exec(line)?.[1] ?? url;
+      joinerId = /^worker (\S+) \(joiner,/.exec(line)?.[1] ?? joinerId;
+      if (joinerId && line === `worker ${joinerId} ready`) joinerReady();
+    },
     onStep: async (m) => {
       if (m.step === 10) joiner = spawn(process.execPath, ['--import', 'tsx', cli, 'worker', url, '--backend', 'wasm', '--cache-dir', join(root, 'cache'), '--name', 'joiner'], { stdio: 'ignore' });
-      if (m.step === 12) await new Promise((r) => setTimeout(r, 1500)); // let it load and take work
+      if (m.step === 12) await ready; // it has loaded and takes work from step 13 on, however slow the machine
       if (m.step === 20) joiner?.kill('SIGTERM');
     },
   });
