@@ -227,7 +227,7 @@ program.command('generate')
 
 program.command('merge')
   .description('merge a PEFT adapter into its base model: W + (alpha/r)·B·A, written as a HF model directory')
-  .requiredOption('--model <dir>', 'base model directory')
+  .option('--model <dir>', 'base model directory', DEMO_MODEL_DIR)
   .requiredOption('--adapter <dir>', 'PEFT adapter directory')
   .requiredOption('--out <dir>', 'output directory (base tensor names and dtypes; config and tokenizer copied)')
   .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'auto')
@@ -265,6 +265,13 @@ function exitWith(err: unknown): never {
   const e = err instanceof Error ? err : new Error(String(err));
   console.error(`loramesh: internal error: ${e.message.split('\n')[0]}${process.env.LORAMESH_DEBUG ? `\n${e.stack}` : ' (LORAMESH_DEBUG=1 shows the stack)'}`);
   process.exit(EXIT.internal);
+}
+// commander answers `loramesh frobnicate --help` with the main help and exit 0: an unknown command
+// is named and refused first, whatever follows it.
+const command = process.argv[2];
+const commands = [...program.commands.flatMap((c) => [c.name(), ...c.aliases()]), 'help'];
+if (command !== undefined && !command.startsWith('-') && !commands.includes(command)) {
+  exitWith(new LoraMeshError(ErrorCodes.CONFIG, `unknown command ${JSON.stringify(command)}; expected one of ${commands.join(', ')}`));
 }
 process.on('uncaughtException', exitWith);
 process.on('unhandledRejection', exitWith);

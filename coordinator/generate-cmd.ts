@@ -5,6 +5,7 @@ import { mergeAdapter } from '../shared/lora/adapter.ts';
 import { FrozenBase } from '../shared/lora/params.ts';
 import { createModel } from '../shared/model/causal-lm.ts';
 import { contextLength } from '../shared/config.ts';
+import { ErrorCodes, fail } from '../shared/errors.ts';
 import { initBackend, type BackendName } from '../worker/backend.ts';
 import { readAdapterDir } from './adapter-io.ts';
 import { loadWeights, openModelDir } from './model-dir.ts';
@@ -33,7 +34,10 @@ export async function generateCommand(o: GenerateOptions): Promise<void> {
   const tok = dir.tokenizer;
   for (const prompt of o.prompt) {
     const ids = withBos(tok, tok.encode(prompt));
-    const maxNewTokens = Math.min(o.maxNewTokens, contextLength(dir.config) - ids.length);
+    const room = contextLength(dir.config) - ids.length;
+    if (room <= 0) fail(ErrorCodes.CONFIG, `--prompt ${JSON.stringify(prompt.slice(0, 40))} is ${ids.length} tokens; the model's context is ${contextLength(dir.config)}, so nothing is left to generate`);
+    if (room < o.maxNewTokens) console.error(`note: generating ${room} tokens, not ${o.maxNewTokens}: the model's context (${contextLength(dir.config)}) ends there`);
+    const maxNewTokens = Math.min(o.maxNewTokens, room);
     const [out] = generate(model, base, [ids], { maxNewTokens, temperature: o.temperature, topP: o.topP, eosId: tok.eosId ?? undefined, seed: o.seed });
     console.log(`${prompt}${tok.decode(out)}`);
   }

@@ -70,6 +70,9 @@ export async function initBackend(requested: BackendName, log: (line: string) =>
   if (!(BACKENDS as readonly string[]).includes(requested)) {
     fail(ErrorCodes.CONFIG, `--backend should be one of ${BACKENDS.join(', ')}, got ${JSON.stringify(requested)}`);
   }
+  // tfjs's own console banners (e.g. "install tfjs-node" on first use of the cpu backend) are off:
+  // which backend runs, and whether it is a slow fallback, is said once in our own log line.
+  tf.env().set('PROD', true);
   const wasmThreads = options.wasmThreads ?? wasmThreadsFromEnv() ?? 1;
   if (requested === 'webgpu') return initWebgpu(log);
   let fellBack = false;
