@@ -12,6 +12,8 @@ import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import { ErrorCodes } from '../shared/errors.ts';
+import { cleanPeerText } from '../shared/protocol/peer-text.ts';
+import { listenError } from './preflight.ts';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -186,7 +188,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   heartbeat.unref();
   const unsubscribe = opts.monitor.subscribe((event) => streams.publish(event));
   await new Promise<void>((resolve, reject) => {
-    http.once('error', reject);
+    http.once('error', (err: NodeJS.ErrnoException) => reject(listenError(opts.host, opts.port, err)));
     http.listen(opts.port, opts.host, () => resolve());
   });
   const { port } = http.address() as AddressInfo;
@@ -201,8 +203,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       unsubscribe();
       streams.closeAll();
       for (const client of wss.clients) client.terminate();
-      wss.close();
-      http.close(() => resolve());
+      // wss.close calls back once every worker socket has closed: the mesh logs "worker … left" before this resolves.
+      Promise.all([new Promise((r) => wss.close(r)), new Promise((r) => http.close(r))]).then(() => resolve());
       http.closeAllConnections();
     }),
   };
@@ -227,7 +229,8 @@ function handleAdmin(req: IncomingMessage, res: ServerResponse, opts: ServerOpti
   if (!tokenMatches(bearer(req), opts.adminToken)) return reply(401, { error: ErrorCodes.AUTH });
   const url = new URL(req.url ?? '/', 'http://localhost');
   const action = url.pathname.slice('/api/admin/'.length);
-  opts.monitor.log(`admin: ${action}${url.searchParams.get('worker') ? ` ${url.searchParams.get('worker')}` : ''}`);
+  const worker = url.searchParams.get('worker');
+  opts.monitor.log(`admin: ${cleanPeerText(action, 40)}${worker ? ` ${cleanPeerText(worker, 40)}` : ''}`);
   switch (action) {
     case 'pause': opts.admin.pause(); return reply(200, { ok: true });
     case 'resume': opts.admin.resume(); return reply(200, { ok: true });

@@ -29,7 +29,7 @@ import type { ScheduleOptions } from './scheduler.ts';
 import { loadWeights, type ModelDir } from './model-dir.ts';
 import { RunDir } from './run-dir.ts';
 import { startServer } from './server.ts';
-import type { NetLimits } from './net-limits.ts';
+import { resolveNetLimits, type NetLimits } from './net-limits.ts';
 import { Trainer, type StepMetrics } from './trainer.ts';
 
 export interface RunOptions {
@@ -272,7 +272,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
     server = await startServer({
       host: opts.host ?? '127.0.0.1', port: opts.port ?? 0, files: model.files, mesh, maxPayload,
       heartbeatMs: opts.heartbeatMs ?? 5000, token: opts.token, allowedOrigins: opts.allowedOrigins, maxConnections: opts.maxConnections, tls: opts.tls,
-      limits: opts.netLimits,
+      limits: roomForLocalWorkers(opts.netLimits, opts.localWorkers),
       headersTimeoutMs: opts.security?.handshakeTimeoutMs, adminToken: opts.adminToken, dashboardAccess: opts.dashboardAccess,
       admin: {
         pause: () => { control.paused ??= deferred(); },
@@ -394,6 +394,16 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
     adapterParameters: adapterParameterCount(trainer.spec), modelParameters, evalLosses, stepRecords,
     step: trainer.step, interrupted: !trainer.done, alreadyFinished: false,
     rejections: Object.fromEntries(mesh?.rejections ?? []), quarantined: mesh?.quarantinedCount ?? 0,
+  };
+}
+
+/** Local workers all connect from loopback: the per-address caps make room for them (and one more). */
+function roomForLocalWorkers(limits: Partial<NetLimits> | undefined, localWorkers: number): Partial<NetLimits> {
+  const resolved = resolveNetLimits(limits);
+  return {
+    ...limits,
+    maxWorkersPerAddress: Math.max(resolved.maxWorkersPerAddress, localWorkers + 1),
+    maxConnectionsPerAddress: Math.max(resolved.maxConnectionsPerAddress, 2 * localWorkers + 8),
   };
 }
 

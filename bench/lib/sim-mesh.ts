@@ -74,6 +74,12 @@ export const HEARTBEAT_MS = 30_000;
 const PROBLEM = /reject|error|left holding|missed a heartbeat|dropping|closed \(/i;
 
 /**
+ * Every simulated worker connects from 127.0.0.1, which the default per-address caps
+ * (DEFAULT_NET_LIMITS: 32 workers, 64 TCP connections) would refuse past N = 32.
+ */
+const ONE_ADDRESS_FOR_ALL = (workers: number) => ({ maxWorkersPerAddress: workers + 16, maxConnectionsPerAddress: workers + 64 });
+
+/**
  * One run: N micro-batches of 1 sequence per step (one per worker), the coordinator listening on
  * an ephemeral loopback port, the pool's sessions joining as soon as it listens.
  */
@@ -88,7 +94,9 @@ export async function runSimulated(o: SimRunOptions): Promise<SimRunResult> {
     const result = await runTraining({
       model: o.model, lora: o.lora ?? C_ATTN_R8, examples: o.examples, outDir, runId: `sim-${o.workers}`,
       train: checkTrainConfig({ steps: o.steps, globalBatch: o.workers, microBatch: 1, warmupSteps: 0, seed: 1 }),
-      localWorkers: 0, minWorkers: o.workers, progress: false, heartbeatMs: HEARTBEAT_MS,
+      localWorkers: 0, minWorkers: o.workers, progress: false, heartbeatMs: HEARTBEAT_MS, netLimits: ONE_ADDRESS_FOR_ALL(o.workers),
+      // Simulated workers send made-up gradients of a model that has no weights: nothing to recompute.
+      spotCheck: { fraction: 0 }, outlierFactor: 0, probation: 0,
       log: (line) => {
         const url = /listening on (wss?:\S+)/.exec(line)?.[1];
         if (url && !connected) {
