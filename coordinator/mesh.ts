@@ -485,18 +485,10 @@ export class MeshExecutor implements GradientExecutor {
    * its name), take back every result it gave in this step and hand those micro-batches out again.
    */
   private convict(w: WorkerConnection, step: StepInFlight, code: ErrorCode, why: string): void {
-    const now = Date.now();
     this.countRejection(code);
     const check = code === ErrorCodes.SPOT_CHECK ? 'a spot check' : 'an outlier check';
     this.log(`worker ${w.id} (${w.name}) failed ${check} (${code}): ${why}; quarantining it`);
-    for (const a of step.schedule.attempts.values()) {
-      if (a.workerId === w.id && a.outcome === 'used') {
-        step.schedule.revoke(a.assignmentId, now);
-        step.results[a.index] = undefined;
-        step.screened[a.index] = undefined;
-        step.sum?.retract(a.index);
-      }
-    }
+    this.takeBack(step, w.id);
     if (w.holding?.step === step.schedule.step) this.release(w, 'lost');
     this.send(w, { type: 'reject', code, message: why });
     this.banned.add(w.name);
@@ -574,16 +566,20 @@ export class MeshExecutor implements GradientExecutor {
   private revokeAbsent(step: StepInFlight, workerId: string, why: string): void {
     this.countRejection(ErrorCodes.OUTLIER);
     this.log(`worker ${workerId} (gone): ${ErrorCodes.OUTLIER}: ${why}; its results are recomputed`);
+    this.takeBack(step, workerId);
+    this.dispatch();
+  }
+
+  /** Every result `workerId` gave in the step is revoked: out of the sum, its micro-batch handed out again. */
+  private takeBack(step: StepInFlight, workerId: string): void {
     const now = Date.now();
     for (const a of step.schedule.attempts.values()) {
-      if (a.workerId === workerId && a.outcome === 'used') {
-        step.schedule.revoke(a.assignmentId, now);
-        step.results[a.index] = undefined;
-        step.screened[a.index] = undefined;
-        step.sum?.retract(a.index);
-      }
+      if (a.workerId !== workerId || a.outcome !== 'used') continue;
+      step.schedule.revoke(a.assignmentId, now);
+      step.results[a.index] = undefined;
+      step.screened[a.index] = undefined;
+      step.sum?.retract(a.index);
     }
-    this.dispatch();
   }
 
   /**

@@ -20,7 +20,7 @@ export type ConnState = 'fresh' | 'joined';
 
 export type Outcome =
   | { kind: 'reject'; code: ErrorCode }
-  /** a valid heartbeat or worker-error after hello: taken without a reply */
+  /** a valid heartbeat after hello: taken without a reply */
   | { kind: 'none' }
   /** the server closes the socket with closeCode, after a reject carrying `code` when not null */
   | { kind: 'close'; code: ErrorCode | null; closeCode: number }
@@ -107,7 +107,9 @@ export function predict(bytes: Uint8Array, state: ConnState): Outcome {
       return raw.protocol === PROTOCOL_VERSION ? { kind: 'unwanted' } : { kind: 'close', code: ErrorCodes.PROTOCOL_VERSION, closeCode: 1002 };
     case 'ready': return state === 'joined' ? { kind: 'unwanted' } : reject(ErrorCodes.STATE);
     case 'result': return reject(ErrorCodes.ASSIGNMENT);
-    case 'worker-error': case 'heartbeat': return state === 'joined' ? { kind: 'none' } : reject(ErrorCodes.STATE); // before hello: refused
+    // A joined peer holds no assignment, so every worker-error it sends names nothing it holds.
+    case 'worker-error': return state === 'joined' ? reject(ErrorCodes.ASSIGNMENT) : reject(ErrorCodes.STATE); // before hello: refused
+    case 'heartbeat': return state === 'joined' ? { kind: 'none' } : reject(ErrorCodes.STATE);
     default: return reject(ErrorCodes.STATE); // coordinator → worker messages
   }
 }

@@ -31,9 +31,10 @@ const options: RunOptions = {
 const finalEval = (r: RunResult) => r.evalLosses[r.evalLosses.length - 1].loss;
 const clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0 });
 
+let runs = 0;
 async function attacked(fault: string, extra: Partial<RunOptions> = {}): Promise<{ run: RunResult; lines: string[] }> {
   const lines: string[] = [];
-  const run = await runTraining({ ...options, ...extra, runId: fault.replace(/[^a-z0-9]/gi, '-'), workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: fault } : {}), log: (l) => lines.push(l) });
+  const run = await runTraining({ ...options, ...extra, runId: `${fault.replace(/[^a-z0-9]/gi, '-')}-${++runs}`, workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: fault } : {}), log: (l) => lines.push(l) });
   return { run, lines };
 }
 
@@ -47,8 +48,12 @@ function assertSurvived(name: string, { run, lines }: { run: RunResult; lines: s
   assert.ok(codes.some((code) => (run.rejections[code] ?? 0) > 0), `${name}: rejections ${JSON.stringify(run.rejections)} name one of ${codes}`);
 }
 
-test('finite-huge gradients (every value 1e30, answered instantly): screened as outliers, refuted, attacker quarantined', async () => {
-  assertSurvived('huge 1e30', await attacked('huge:1e30'), ['LM_ERR_OUTLIER', 'LM_ERR_SPOT_CHECK']);
+test('finite-huge gradients (every value 1e30, answered instantly): refuted on the first results, attacker quarantined', async () => {
+  assertSurvived('huge 1e30', await attacked('huge:1e30'), ['LM_ERR_SPOT_CHECK', 'LM_ERR_OUTLIER']);
+});
+
+test('the outlier screen alone (no spot checks, no probation) catches every value 1e30: recomputed, refuted, taken back', async () => {
+  assertSurvived('huge 1e30, screen only', await attacked('huge:1e30', { spotCheck: { fraction: 0 }, probation: 0 }), ['LM_ERR_OUTLIER']);
 });
 
 test('every value 3e38 (a float32 sum of two overflows): refused by the overflow bound, never added', async () => {
