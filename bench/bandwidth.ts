@@ -126,7 +126,7 @@ export async function runBandwidthBench(o: BandwidthOptions): Promise<Record<str
       localWorkers: WORKERS, backend: 'wasm', workerOutput: 'ignore', progress: false, log: () => {},
       wire: { up: s.codec, down: s.codec }, local: s.H > 1 ? { steps: s.H, innerLr: DEMO_TRAIN.lr, ...OUTER } : undefined,
     });
-    const rows = result.stepRecords;
+    const rows = result.metrics;
     const sum = (k: keyof (typeof rows)[number]) => rows.reduce((n, r) => n + (r[k] as number), 0);
     // Results and micro-batches: per job slot (K per step); parameters: per receiving worker.
     const K = DEMO_TRAIN.globalBatch / DEMO_TRAIN.microBatch;

@@ -3,22 +3,7 @@
  * kept in memory and pushed to subscribers (Server-Sent Events) as they change. No tensors here.
  */
 import type { WorkerInfo } from './mesh.ts';
-
-export interface StepRecord {
-  step: number;
-  loss: number;
-  lr: number;
-  tokens: number;
-  tokensPerSecond: number;
-  stepMs: number;
-  bytesUp: number;
-  bytesDown: number;
-  /** what synchronous fp32 LoRA and full fine-tuning would move for the same samples */
-  fp32LoraBytes: number;
-  fullFineTuneBytes: number;
-  /** sequences this step consumed (× H in local-steps mode) */
-  samples: number;
-}
+import type { StepRecord } from './step-record.ts';
 
 export interface RunSummary {
   runId: string;

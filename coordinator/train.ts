@@ -31,6 +31,7 @@ import { RunDir } from './run-dir.ts';
 import { startServer } from './server.ts';
 import { resolveNetLimits, type NetLimits } from './net-limits.ts';
 import { Trainer, type StepMetrics } from './trainer.ts';
+import { metricsLine, stepRecord, type StepRecord } from './step-record.ts';
 
 export interface RunOptions {
   model: ModelDir;
@@ -64,7 +65,7 @@ export interface RunOptions {
   /** extra environment per local worker (fault injection in tests) */
   workerEnv?: (index: number) => Record<string, string>;
   /** called after every step (tests use it to add or remove workers mid-run) */
-  onStep?: (metrics: StepMetrics) => void | Promise<void>;
+  onStep?: (record: StepRecord) => void | Promise<void>;
   schedule?: ScheduleOptions;
   /** save a checkpoint every N steps (0: only when interrupted) */
   checkpointEvery?: number;
@@ -109,7 +110,8 @@ export interface RunResult {
   runId: string;
   runDir: string;
   adapter: AdapterState;
-  metrics: StepMetrics[];
+  /** one record per step this process ran: loss, timing, bytes on the wire and the fp32-LoRA / full fine-tuning baselines */
+  metrics: StepRecord[];
   bytesUp: number;
   bytesDown: number;
   workers: number;
@@ -118,8 +120,6 @@ export interface RunResult {
   adapterParameters: number;
   modelParameters: number;
   evalLosses: EvalPoint[];
-  /** per step: bytes on the wire and what fp32 LoRA / full fine-tuning would have moved */
-  stepRecords: StepTraffic[];
   /** the step the run stopped at */
   step: number;
   /** stopped by a signal or the admin before its last step (a checkpoint holds where it stopped) */
@@ -129,21 +129,6 @@ export interface RunResult {
   /** refused frames and results by error code, and workers quarantined */
   rejections: Record<string, number>;
   quarantined: number;
-}
-
-export interface StepTraffic {
-  step: number;
-  bytesUp: number;
-  bytesDown: number;
-  payloadUp: number;
-  payloadDown: number;
-  /** coordinator → workers by kind: parameters, micro-batches (the data), the rest */
-  paramsDown: number;
-  dataDown: number;
-  otherDown: number;
-  fp32LoraBytes: number;
-  fullFineTuneBytes: number;
-  factorGap?: number;
 }
 
 export async function runTraining(opts: RunOptions): Promise<RunResult> {
@@ -225,7 +210,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
       log(`run ${runId} already finished: step ${trainer.step} of ${train.steps}; nothing to do (raise --steps to train further)`);
       return {
         runId, runDir: runDir.path, adapter: trainer.adapter, metrics: [], bytesUp: 0, bytesDown: 0, workers: 0, fullFineTuneBytes: 0,
-        adapterParameters: adapterParameterCount(spec), modelParameters: 0, evalLosses: [], stepRecords: [], step: trainer.step,
+        adapterParameters: adapterParameterCount(spec), modelParameters: 0, evalLosses: [], step: trainer.step,
         interrupted: false, alreadyFinished: true, rejections: {}, quarantined: 0,
       };
     }
@@ -296,8 +281,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
       }, { once: true });
     }
   });
-  const metrics: StepMetrics[] = [];
-  const stepRecords: StepTraffic[] = [];
+  const metrics: StepRecord[] = [];
   const showBar = opts.progress ?? process.stderr.isTTY;
   const bar = showBar ? new cliProgress.SingleBar({ format: 'train |{bar}| step {value}/{total} | loss {loss} | {tps} tok/s | ETA {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
   try {
@@ -317,7 +301,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
       trainer.start();
     }
     let lastTraffic = mesh?.traffic.snapshot() ?? NO_TRAFFIC;
-    const adapterParameters = adapterParameterCount(spec);
+    const sizes = { adapterParameters: adapterParameterCount(spec), modelParameters, globalBatch: train.globalBatch };
     while (!trainer.done && !stopRequested()) {
       let m: StepMetrics;
       try {
@@ -331,32 +315,15 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
         }
         throw err;
       }
-      metrics.push(m);
       const now = mesh?.traffic.snapshot() ?? NO_TRAFFIC;
-      const traffic = trafficSince(lastTraffic, now);
+      const record = stepRecord(m, trafficSince(lastTraffic, now), mesh?.readyCount() ?? 0, sizes);
       lastTraffic = now;
-      const bytesUp = traffic.bytesIn;
-      const bytesDown = traffic.bytesOut;
-      // What synchronous fp32 training of the same samples would move: a gradient up per
-      // micro-batch, the parameters down to every worker after every (sync) step.
-      const workersNow = Math.max(1, mesh?.readyCount() ?? 1);
-      const baseline = (parameters: number) => 4 * parameters * (m.microBatches + (m.samples / train.globalBatch) * workersNow);
+      metrics.push(record);
       runDir.appendLedger(m.step, mesh ? mesh.lastLedger : [{ step: m.step - 1, worker: 'in-process', microBatches: train.globalBatch / train.microBatch }]);
-      const fp32LoraBytes = baseline(adapterParameters);
-      const fullFineTuneBytes = baseline(modelParameters);
-      stepRecords.push({
-        step: m.step, bytesUp, bytesDown, payloadUp: traffic.payloadIn, payloadDown: traffic.payloadOut, paramsDown: traffic.outParams, dataDown: traffic.outAssign,
-        otherDown: traffic.outOther, fp32LoraBytes, fullFineTuneBytes, factorGap: m.factorGap,
-      });
-      monitor.step({ step: m.step, loss: m.loss, lr: m.lr, tokens: m.tokens, tokensPerSecond: m.tokensPerSecond, stepMs: m.stepMs, bytesUp, bytesDown, fp32LoraBytes, fullFineTuneBytes, samples: m.samples });
-      runDir.appendMetrics({
-        step: m.step, loss: m.loss, lr: m.lr, grad_norm: m.gradNorm, tokens: m.tokens, samples: m.samples, tokens_per_s: m.tokensPerSecond, step_ms: m.stepMs,
-        bytes_up: bytesUp, bytes_down: bytesDown, payload_up: traffic.payloadIn, payload_down: traffic.payloadOut, data_down: traffic.outAssign,
-        frames_up: traffic.framesIn, frames_down: traffic.framesOut, fp32_lora_bytes: fp32LoraBytes, full_ft_bytes: fullFineTuneBytes,
-        ...(m.factorGap !== undefined ? { factor_gap: m.factorGap } : {}), workers: mesh?.readyCount() ?? 0,
-      });
+      monitor.step(record);
+      runDir.appendMetrics(metricsLine(record));
       bar?.update(m.step, { loss: m.loss.toFixed(4), tps: m.tokensPerSecond.toFixed(0) });
-      await opts.onStep?.(m);
+      await opts.onStep?.(record);
       if (evaluate && opts.evalEvery && m.step % opts.evalEvery === 0 && m.step !== train.steps) runEval();
       if (opts.checkpointEvery && m.step % opts.checkpointEvery === 0) checkpoint();
       if (control.paused) {
@@ -390,8 +357,8 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
   return {
     runId, runDir: runDir.path, adapter: trainer.adapter, metrics,
     bytesUp: mesh?.bytesIn ?? 0, bytesDown: mesh?.bytesOut ?? 0, workers,
-    fullFineTuneBytes: stepRecords.reduce((n, r) => n + r.fullFineTuneBytes, 0),
-    adapterParameters: adapterParameterCount(trainer.spec), modelParameters, evalLosses, stepRecords,
+    fullFineTuneBytes: metrics.reduce((n, r) => n + r.fullFineTuneBytes, 0),
+    adapterParameters: adapterParameterCount(trainer.spec), modelParameters, evalLosses,
     step: trainer.step, interrupted: !trainer.done, alreadyFinished: false,
     rejections: Object.fromEntries(mesh?.rejections ?? []), quarantined: mesh?.quarantinedCount ?? 0,
   };
