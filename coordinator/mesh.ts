@@ -12,16 +12,18 @@ import { mixSeed } from '../shared/rng.ts';
 import { ErrorCodes, LoraMeshError, type ErrorCode } from '../shared/errors.ts';
 import { asBytes, decodeMessage, encodeMessage } from '../shared/protocol/codec.ts';
 import {
-  adapterLength, flattenTensors, PROTOCOL_VERSION, splitTensors, unpackFloats,
+  adapterLength, PROTOCOL_VERSION, splitTensors, unpackFloats,
   type CoordinatorMessage, type Hello, type Result, type RunManifest,
 } from '../shared/protocol/messages.ts';
-import { decodeFloats, describeCodec, encodeFloats, F32, payloadBytes } from '../shared/protocol/wire-codec.ts';
+import { describeCodec, payloadBytes } from '../shared/protocol/wire-codec.ts';
 import type { GradientResult } from '../shared/train/gradients.ts';
 import { type MicroBatch, tokenCount } from '../shared/train/micro-batch.ts';
 import { StepSchedule, type LedgerEntry, type ScheduleOptions } from './scheduler.ts';
 import { InOrderSum } from '../shared/train/aggregate.ts';
 import type { GradientExecutor, LocalJob, StepResults } from './trainer.ts';
 import { ByteCounter, wsFrameBytes } from './traffic.ts';
+import { ParamsPublisher } from './params-publisher.ts';
+import { TokenBucket } from './token-bucket.ts';
 import { l2Norm, NormHistory, outliers, overflowBound, relativeL2, type ScreenedResult } from './defence.ts';
 import { cleanPeerText } from '../shared/protocol/peer-text.ts';
 
@@ -62,8 +64,7 @@ interface WorkerConnection extends WorkerInfo {
   holding: Holding | null;
   alive: boolean;
   /** rate limiter state */
-  bucket: number;
-  bucketAt: number;
+  bucket: TokenBucket;
   /** closed for an offence; its frames are ignored */
   quarantined: boolean;
   /** offences that are not rejected frames (worker-errors for held work); each used result takes one away */
@@ -138,15 +139,12 @@ export class MeshExecutor implements GradientExecutor {
   readonly workers = new Map<string, WorkerConnection>();
   /** every frame by direction and kind; per worker in WorkerInfo */
   readonly traffic = new ByteCounter();
-  private paramsFrame: Uint8Array | null = null;
-  /** full f32 parameters for workers that join after a delta (built on demand) */
-  private keyframe: Uint8Array | null = null;
-  private paramVersion = -1;
-  /** what workers hold: the exact adapter with f32, the sum of decoded deltas with a lossy down codec */
-  private shadow: Float32Array | null = null;
+  /** the parameter versions workers hold, and the frames that bring them there */
+  private readonly params: ParamsPublisher;
   private readonly adapterValues: number;
   /** names of workers that failed a spot check: refused if they come back (names are self-chosen, so this stops careless or restarted liars; per-volunteer tokens would make it binding) */
   private readonly banned = new Set<string>();
+  /** what workers hold, by name: what trusted recomputations use */
   private adapter: AdapterState = new Map();
   private inFlight: StepInFlight | null = null;
   /** who computed what in the last completed step */
@@ -165,6 +163,7 @@ export class MeshExecutor implements GradientExecutor {
   constructor(private readonly options: MeshOptions) {
     this.log = options.log ?? (() => {});
     this.adapterValues = adapterLength(options.manifest.adapter);
+    this.params = new ParamsPublisher(options.manifest);
     const paramsFrame = 4 * this.adapterValues + 4096;
     this.limits = { maxBufferedBytes: Math.max(8 << 20, 2 * paramsFrame), ...DEFAULT_SECURITY, ...options.security } as Required<SecurityLimits>;
   }
@@ -187,40 +186,11 @@ export class MeshExecutor implements GradientExecutor {
     return [...this.workers.values()].filter((w) => w.state === 'ready').length;
   }
 
-  /**
-   * Sends a new parameter version. With f32 down it is the full vector (exact). With a lossy down
-   * codec it is Q(exact − shadow), and the shadow (what workers hold) adds the decoded delta, so
-   * what one message could not carry is in the next (error feedback; the exact copy stays here).
-   */
+  /** Makes a new parameter version current on every worker that has joined (params-publisher.ts). */
   publish(paramVersion: number, adapter: AdapterState): void {
-    const exact = flattenTensors(adapter, this.options.manifest.adapter);
-    const down = this.options.manifest.wire.down;
-    const previous = this.paramVersion;
-    this.paramVersion = paramVersion;
-    this.keyframe = null;
-    if (down.name === 'f32' || !this.shadow) {
-      this.shadow = exact;
-      this.paramsFrame = this.encodeKeyframe();
-      this.keyframe = this.paramsFrame;
-    } else {
-      const delta = new Float32Array(exact.length);
-      for (let i = 0; i < delta.length; i++) delta[i] = exact[i] - this.shadow[i];
-      const tensors = encodeFloats(delta, down);
-      const decoded = decodeFloats(tensors);
-      for (let i = 0; i < decoded.length; i++) this.shadow[i] += decoded[i];
-      this.paramsFrame = encodeMessage({ type: 'params', paramVersion, deltaFrom: previous, tensors });
-      this.paramsPayload = payloadBytes(tensors);
-    }
-    this.adapter = splitTensors(this.shadow.slice(), this.options.manifest.adapter);
-    for (const w of this.workers.values()) if (w.state !== 'handshake') this.sendFrame(w, this.paramsFrame, 'params', this.paramsPayload);
-  }
-
-  private paramsPayload = 0;
-
-  private encodeKeyframe(): Uint8Array {
-    const tensors = encodeFloats(this.shadow!, F32);
-    this.paramsPayload = payloadBytes(tensors);
-    return encodeMessage({ type: 'params', paramVersion: this.paramVersion, tensors });
+    const { frame, payload } = this.params.publish(paramVersion, adapter);
+    this.adapter = this.params.held();
+    for (const w of this.workers.values()) if (w.state !== 'handshake') this.sendFrame(w, frame, 'params', payload);
   }
 
   async compute(step: number, paramVersion: number, microBatches: MicroBatch[]): Promise<StepResults> {
@@ -287,7 +257,7 @@ export class MeshExecutor implements GradientExecutor {
     const w: WorkerConnection = {
       id: nanoid(10), name: '', backend: '', platform: '', adapter: '', slow: false, state: 'handshake', microBatchesDone: 0, used: 0, discarded: 0, tokensDone: 0,
       throughput: 0, bytesIn: 0, bytesOut: 0, rejected: 0, lastSeen: Date.now(), ws, holding: null, alive: true,
-      bucket: 2 * this.limits.maxMessagesPerSecond, bucketAt: Date.now(), quarantined: false, strikes: 0, checksPassed: 0, checksPending: 0,
+      bucket: new TokenBucket(this.limits.maxMessagesPerSecond), quarantined: false, strikes: 0, checksPassed: 0, checksPending: 0,
     };
     this.workers.set(w.id, w);
     const handshake = setTimeout(() => {
@@ -321,7 +291,7 @@ export class MeshExecutor implements GradientExecutor {
     w.alive = true;
     if (w.quarantined) return;
     try {
-      if (!this.takeToken(w)) throw new LoraMeshError(ErrorCodes.RATE, `more than ${this.limits.maxMessagesPerSecond} messages per second`);
+      if (!w.bucket.take()) throw new LoraMeshError(ErrorCodes.RATE, `more than ${this.limits.maxMessagesPerSecond} messages per second`);
       if (!isBinary) throw new LoraMeshError(ErrorCodes.DECODE, 'text frames are not part of the protocol');
       const message = decodeMessage(asBytes(data));
       switch (message.type) {
@@ -350,18 +320,6 @@ export class MeshExecutor implements GradientExecutor {
 
   private countRejection(code: string): void {
     this.rejections.set(code, (this.rejections.get(code) ?? 0) + 1);
-  }
-
-  /** Token bucket per connection: refills at maxMessagesPerSecond, holds 2 s worth. */
-  private takeToken(w: WorkerConnection): boolean {
-    const rate = this.limits.maxMessagesPerSecond;
-    if (!Number.isFinite(rate)) return true;
-    const now = Date.now();
-    w.bucket = Math.min(2 * rate, w.bucket + ((now - w.bucketAt) / 1000) * rate);
-    w.bucketAt = now;
-    if (w.bucket < 1) return false;
-    w.bucket -= 1;
-    return true;
   }
 
   /** Tells the peer why (reject frame), closes with policy-violation 1008, and stops listening to it. */
@@ -401,7 +359,8 @@ export class MeshExecutor implements GradientExecutor {
     this.log(`worker ${w.id} (${w.name}, ${platform}/${backend}${adapter ? ` on ${adapter}` : ''}) joined`);
     if (slow) this.log(`warning: worker ${w.id} runs on a slow fallback backend (${backend}${adapter ? `, ${adapter}` : ''})`);
     this.send(w, { type: 'welcome', workerId: w.id, manifest: this.options.manifest });
-    if (this.shadow) this.sendFrame(w, (this.keyframe ??= this.encodeKeyframe()), 'params', 4 * this.adapterValues);
+    const keyframe = this.params.keyframe();
+    if (keyframe) this.sendFrame(w, keyframe.frame, 'params', keyframe.payload);
   }
 
   private onReady(w: WorkerConnection): void {
@@ -621,7 +580,7 @@ export class MeshExecutor implements GradientExecutor {
     if (!step) return;
     const now = Date.now();
     for (const w of this.workers.values()) {
-      if (w.state !== 'ready' || w.holding || this.paramVersion !== step.paramVersion || w.quarantined) continue;
+      if (w.state !== 'ready' || w.holding || this.params.version !== step.paramVersion || w.quarantined) continue;
       if (w.ws.bufferedAmount > this.limits.maxBufferedBytes) continue; // backpressure: it has not taken what we sent
       const a = step.schedule.next(w.id, now);
       if (!a) continue;
@@ -653,6 +612,6 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   info(): WorkerInfo[] {
-    return [...this.workers.values()].map(({ ws: _ws, holding: _h, alive: _alive, bucket: _b, bucketAt: _ba, quarantined: _q, strikes: _s, checksPassed: _cp, checksPending: _cq, ...info }) => info);
+    return [...this.workers.values()].map(({ ws: _ws, holding: _h, alive: _alive, bucket: _b, quarantined: _q, strikes: _s, checksPassed: _cp, checksPending: _cq, ...info }) => info);
   }
 }
