@@ -2,8 +2,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-const cliPath = fileURLToPath(new URL('./cli.ts', import.meta.url));
-const tsxLoader = import.meta.resolve('tsx');
+// A child runs the CLI the way this process does: the TypeScript source through tsx's loader, or in
+// the npm package the single-file bundle this module was built into (dist/cli.js, scripts/build-dist.mjs).
+const thisFile = fileURLToPath(import.meta.url);
+const cliArgs = thisFile.endsWith('.ts')
+  ? ['--import', import.meta.resolve('tsx'), fileURLToPath(new URL('./cli.ts', import.meta.url))]
+  : [thisFile];
 
 export interface LocalWorkerOptions {
   backend: string;
@@ -17,7 +21,7 @@ export interface LocalWorkerOptions {
 
 export function spawnLocalWorkers(count: number, url: string, opts: LocalWorkerOptions): ChildProcess[] {
   return Array.from({ length: count }, (_, i) => {
-    const args = ['--import', tsxLoader, cliPath, 'worker', url, '--backend', opts.backend, '--name', `local-${i + 1}`];
+    const args = [...cliArgs, 'worker', url, '--backend', opts.backend, '--name', `local-${i + 1}`];
     if (opts.cacheDir) args.push('--cache-dir', opts.cacheDir);
     const env = { ...process.env, ...(opts.token ? { LORAMESH_TOKEN: opts.token } : {}), ...(opts.env?.(i) ?? {}) };
     // The IPC channel closes when this process dies (even by SIGKILL): the worker exits with it.

@@ -3,12 +3,16 @@
 // build/tfjs-gradients.cjs once at install time; the bundle registers the gradients on the shared
 // global engine used by the tfjs-core that every backend imports. Browsers bundle the entry directly.
 import { build } from 'esbuild';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 await build({
-  stdin: { contents: "import '@tensorflow/tfjs-core/dist/register_all_gradients';", resolveDir: process.cwd() },
+  stdin: { contents: "import '@tensorflow/tfjs-core/dist/register_all_gradients';", resolveDir: root },
   bundle: true,
   platform: 'node',
   format: 'cjs',
-  outfile: 'build/tfjs-gradients.cjs',
+  outfile: join(root, 'build', 'tfjs-gradients.cjs'),
   mainFields: ['module', 'main'],
   logLevel: 'warning',
 });

@@ -1,5 +1,6 @@
 // Bundles the browser code (join page + browser worker, dashboard) with esbuild into build/web/.
-// Runs at `npm install` (postinstall) and whenever the coordinator finds the bundle missing.
+// Runs at `npm install` in the repo (prepare), in `npm pack` (scripts/build-dist.mjs) and whenever the
+// coordinator finds the bundle missing.
 // No CDN: tfjs, its backends and the wasm binaries are served by the coordinator itself.
 import { build } from 'esbuild';
 import { copyFileSync, mkdirSync } from 'node:fs';
