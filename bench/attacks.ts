@@ -88,8 +88,8 @@ if (write && !quick) {
     provenance(date, 'npm run bench:attacks'),
     '',
     `Demo task and LoRA, seed 0, ${train.steps} steps × ${train.globalBatch} sequences, 3 local workers of which one is the attacker; `
-      + `clean run (no attacker) eval loss ${cleanLoss.toFixed(4)}. Default defence: spot checks on 5 % of results, outlier screen at 10× the step's median norm, `
-      + 'overflow bound on result norms, finite-only updates. "off": `--spot-check 0 --outlier-factor 0` (the overflow bound and finite-only updates stay).',
+      + `clean run (no attacker) eval loss ${cleanLoss.toFixed(4)}. Default defence: spot checks on 5 % of results and the first 2 of every connection, outlier screen at 10× the step's median norm, `
+      + 'overflow bound on result norms, finite-only updates. "off": `--spot-check 0 --probation 0 --outlier-factor 0` (the overflow bound and finite-only updates stay).',
     '',
     '| attack | defence | final eval loss | vs clean | adapter | rejected (by code) | quarantined | time |',
     '|---|---|---:|---:|---|---|---:|---:|',
