@@ -19,6 +19,8 @@ import { ErrorCodes, fail } from '../shared/errors.ts';
 import { CODECS, DEFAULT_INT8_BLOCK, type CodecName, type CodecSpec } from '../shared/protocol/wire-codec.ts';
 import type { OuterConfig } from '../shared/train/local-steps.ts';
 import { DEFAULT_DEFENCE } from './defence.ts';
+import { DEFAULT_SECURITY } from './mesh.ts';
+import { DEFAULT_DEPLOYMENT } from './run-defaults.ts';
 import { checkListen, readFlagFile } from './preflight.ts';
 import { resumeShape, runShapeFrom, type RunShape } from './resume-flags.ts';
 
@@ -63,11 +65,11 @@ function addTrainOptions(cmd: Command): Command {
     .option('--targets <list>', 'comma list of modules to adapt', modules, DEFAULT_LORA.targetModules)
     .option('--init <kind>', 'LoRA A init: kaiming | gaussian', oneOf(['kaiming', 'gaussian'] as const), DEFAULT_LORA.init)
     .option('--rslora', 'scale by alpha/sqrt(r) instead of alpha/r', false)
-    .option('--local-workers <n>', 'worker processes to start on this machine', int(0), 2)
+    .option('--local-workers <n>', 'worker processes to start on this machine', int(0), DEFAULT_DEPLOYMENT.localWorkers)
     .option('--min-workers <n>', 'start training once this many workers are ready (default: local workers, ≥ 1)', int(1))
     .option('--in-process', 'compute everything in this process, no sockets (the single-process reference)', false)
-    .option('--host <addr>', 'address to listen on (0.0.0.0 lets other machines join)', host, '127.0.0.1')
-    .option('--port <n>', 'port (0: pick a free one)', port, 0)
+    .option('--host <addr>', 'address to listen on (0.0.0.0 lets other machines join)', host, DEFAULT_DEPLOYMENT.host)
+    .option('--port <n>', 'port (0: pick a free one)', port, DEFAULT_DEPLOYMENT.port)
     .option('--token <token>', 'join token workers must present (or LORAMESH_TOKEN, or --token-file); generated and printed when --host is not loopback')
     .option('--token-file <path>', 'read the join token from this file')
     .option('--allowed-origins <list>', 'comma list of browser Origins allowed to join (default: any)')
@@ -80,8 +82,8 @@ function addTrainOptions(cmd: Command): Command {
       `(default ${DEFAULT_NET_LIMITS.maxEventStreams}; ${DEFAULT_NET_LIMITS.maxEventStreamsPerAddress} per address)`, int(1))
     .option('--trusted-proxy <list>',
       'comma list of reverse-proxy addresses whose X-Forwarded-For names the client (default: none, the header is ignored)', addresses)
-    .option('--max-messages-per-second <n>', 'per-connection message rate limit', int(1), 200)
-    .option('--max-rejects <n>', 'rejected frames before a connection is quarantined', int(1), 50)
+    .option('--max-messages-per-second <n>', 'per-connection message rate limit', int(1), DEFAULT_SECURITY.maxMessagesPerSecond)
+    .option('--max-rejects <n>', 'rejected frames and failed assignments before a connection is quarantined', int(1), DEFAULT_SECURITY.maxRejects)
     .option('--aggregation <rule>', `how micro-batch gradients combine: ${AGGREGATIONS.join(' | ')} (sum is exact; the others resist bad volunteers)`, oneOf(AGGREGATIONS), 'sum')
     .option('--spot-check <fraction>', `recompute this secret fraction of micro-batches on the coordinator; quarantine workers that disagree (default ${DEFAULT_DEFENCE.spotCheck})`, num(0, 1))
     .option('--probation <n>', `recompute the first n results of every worker connection, so one that always lies is caught at once (0: off; default ${DEFAULT_DEFENCE.probation})`, int(0))
@@ -90,11 +92,11 @@ function addTrainOptions(cmd: Command): Command {
     .option('--dashboard-access <who>', "public: anyone who reaches the port sees /api/status; admin: only with --admin-token (open /#admin=…)", oneOf(['public', 'admin'] as const), 'public')
     .option('--tls-cert <pem>', 'serve https/wss with this certificate (with --tls-key)')
     .option('--tls-key <pem>', 'private key for --tls-cert')
-    .option('--checkpoint-every <n>', 'save a resumable checkpoint every N steps (and on SIGINT/SIGTERM)', int(0), 25)
-    .option('--keep-checkpoints <n>', 'how many checkpoints to keep', int(1), 3)
+    .option('--checkpoint-every <n>', 'save a resumable checkpoint every N steps (and on SIGINT/SIGTERM)', int(0), DEFAULT_DEPLOYMENT.checkpointEvery)
+    .option('--keep-checkpoints <n>', 'how many checkpoints to keep', int(1), DEFAULT_DEPLOYMENT.keepCheckpoints)
     .option('--resume <run-dir>', 'continue runs/<id> from its latest valid checkpoint (model, data and configs come from the run folder)')
-    .option('--heartbeat-ms <n>', 'ping interval; a worker silent for 2 intervals is dropped and its work reassigned', int(100), 5000)
-    .option('--backend <name>', `tfjs backend of local workers: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'auto')
+    .option('--heartbeat-ms <n>', 'ping interval; a worker silent for 2 intervals is dropped and its work reassigned', int(100), DEFAULT_DEPLOYMENT.heartbeatMs)
+    .option('--backend <name>', `tfjs backend of local workers: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEFAULT_DEPLOYMENT.backend)
     .option('--codec <name>', `wire codec of gradients up and parameters down: ${CODECS.join(' | ')} (lossy ones use error feedback; f32 is exact)`, oneOf(CODECS), 'f32')
     .option('--codec-up <name>', 'codec of results (gradients) only (default: --codec)', oneOf(CODECS))
     .option('--codec-down <name>', 'codec of parameters only; lossy ones send deltas (default: --codec)', oneOf(CODECS))
@@ -195,7 +197,7 @@ addTrainOptions(program.command('train').description('run a coordinator (and loc
 program.command('worker')
   .description('join a run as a worker')
   .argument('<url>', 'coordinator WebSocket URL, e.g. ws://host:port/ws')
-  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'auto')
+  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEFAULT_DEPLOYMENT.backend)
   .option('--cache-dir <dir>', 'where verified base-model files are cached', defaultCacheDir())
   .option('--name <name>', 'a name shown in the coordinator log')
   .option('--token <token>', 'join token (or LORAMESH_TOKEN)')
@@ -219,7 +221,7 @@ program.command('generate')
   .option('--temperature <x>', '0 = greedy', num(0, 100), 0)
   .option('--top-p <x>', 'nucleus sampling mass', num(0, 1), 1)
   .option('--seed <n>', 'sampling seed', int(0), 0)
-  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'auto')
+  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEFAULT_DEPLOYMENT.backend)
   .action(async (o) => {
     const { generateCommand } = await import('./generate-cmd.ts');
     await generateCommand(o);
@@ -230,7 +232,7 @@ program.command('merge')
   .option('--model <dir>', 'base model directory', DEMO_MODEL_DIR)
   .requiredOption('--adapter <dir>', 'PEFT adapter directory')
   .requiredOption('--out <dir>', 'output directory (base tensor names and dtypes; config and tokenizer copied)')
-  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'auto')
+  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEFAULT_DEPLOYMENT.backend)
   .action(async (o) => {
     const { initBackend } = await import('../worker/backend.ts');
     const { mergeCommand } = await import('./merge-cmd.ts');
@@ -240,7 +242,7 @@ program.command('merge')
 
 program.command('demo')
   .description('the built-in demo: LoRA-teach the demo model a new skill with 2 local workers')
-  .option('--local-workers <n>', 'worker processes', int(1), 2)
+  .option('--local-workers <n>', 'worker processes', int(1), DEFAULT_DEPLOYMENT.localWorkers)
   .option('--steps <n>', 'optimizer steps', int(1))
   .option('--out <dir>', 'where run folders go', 'runs')
   .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'wasm')

@@ -14,12 +14,20 @@ import { DEMO_MODEL_DIR } from './paths.ts';
 import { demoExamples, demoTaskData } from './dataset.ts';
 import { loadWeights, openModelDir } from './model-dir.ts';
 import { runTraining } from './train.ts';
+import { isAbsolute, relative } from 'node:path';
 
 export interface DemoOptions {
   localWorkers: number;
   steps?: number;
   out: string;
   backend: BackendName;
+  /**
+   * compute every micro-batch in this process instead of on the local workers: the same adapter bit for bit,
+   * so the same report except the traffic lines (0 bytes moved). test/coordinator/demo-readme.test.ts uses it.
+   */
+  inProcess?: boolean;
+  /** where the report goes, a line at a time (default console.log) */
+  print?: (line: string) => void;
 }
 
 export const DEMO_LORA = checkLoraConfig({ r: 8, alpha: 16, targetModules: ['q_proj', 'v_proj'] });
@@ -29,8 +37,15 @@ const EVAL_SIZE = 200;
 const mb = (bytes: number) => `${(bytes / 1e6).toFixed(2)} MB`;
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 
+/** A path as the user can type it from here: relative when under the working directory, else absolute. */
+function shown(path: string): string {
+  const fromHere = relative(process.cwd(), path);
+  return fromHere.startsWith('..') || isAbsolute(fromHere) ? path : fromHere;
+}
+
 export async function runDemo(o: DemoOptions): Promise<void> {
   const started = performance.now();
+  const print = o.print ?? console.log;
   await initBackend(o.backend, console.log);
   const dir = await openModelDir(DEMO_MODEL_DIR);
   const weights = loadWeights(dir).weights;
@@ -40,35 +55,35 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   const data = demoTaskData(2000, EVAL_SIZE, train.seed);
   const modelParams = [...weights.values()].reduce((n, t) => n + t.size, 0);
 
-  console.log(`loramesh demo: teach a pretrained ${(modelParams / 1e6).toFixed(2)}M-parameter Llama-style model a new skill with LoRA on ${o.localWorkers} workers`);
-  console.log(`  base model  ${dir.dir} (pretrained on copy C, reverse R, uppercase U)`);
-  console.log(`  new skill   ${promptText(FINETUNE_TAG, 'hello')} → ${'hello'.split('').reverse().join('').toUpperCase()}  (reverse + uppercase; never seen in pretraining)`);
+  print(`loramesh demo: teach a pretrained ${(modelParams / 1e6).toFixed(2)}M-parameter Llama-style model a new skill with LoRA on ${o.localWorkers} workers`);
+  print(`  base model  ${shown(dir.dir)} (pretrained on copy C, reverse R, uppercase U)`);
+  print(`  new skill   ${promptText(FINETUNE_TAG, 'hello')} → ${'hello'.split('').reverse().join('').toUpperCase()}  (reverse + uppercase; never seen in pretraining)`);
   const baseParams = new FrozenBase(dir.config, weights);
   const before = predict(model, baseParams, tok, data.eval);
-  console.log(`  held-out exact match BEFORE: ${pct(accuracy(before))} (${before.filter((p) => p.correct).length}/${EVAL_SIZE})`);
+  print(`  held-out exact match BEFORE: ${pct(accuracy(before))} (${before.filter((p) => p.correct).length}/${EVAL_SIZE})`);
 
   const result = await runTraining({
-    model: dir, lora: DEMO_LORA, train, examples: demoExamples(tok, data), outDir: o.out,
-    localWorkers: o.localWorkers, backend: o.backend, workerOutput: 'ignore', log: () => {},
+    model: dir, lora: DEMO_LORA, train, examples: demoExamples(tok, data), outDir: o.out, inProcess: o.inProcess,
+    localWorkers: o.inProcess ? 0 : o.localWorkers, backend: o.backend, workerOutput: 'ignore', log: () => {},
   });
 
   const merged = new FrozenBase(dir.config, mergeAdapter(dir.config, weights, adapterSpec(dir.config, DEMO_LORA), result.adapter, DEMO_LORA));
   const after = predict(model, merged, tok, data.eval);
   const last = result.metrics[result.metrics.length - 1];
-  console.log(`  trained ${train.steps} steps × ${train.globalBatch} sequences, final loss ${last.loss.toFixed(4)}`);
-  console.log(`  held-out exact match AFTER:  ${pct(accuracy(after))} (${after.filter((p) => p.correct).length}/${EVAL_SIZE})`);
-  console.log('  samples (held-out):');
-  for (let i = 0; i < 5; i++) showSample(before[i], after[i]);
+  print(`  trained ${train.steps} steps × ${train.globalBatch} sequences, final loss ${last.loss.toFixed(4)}`);
+  print(`  held-out exact match AFTER:  ${pct(accuracy(after))} (${after.filter((p) => p.correct).length}/${EVAL_SIZE})`);
+  print('  samples (held-out):');
+  for (let i = 0; i < 5; i++) showSample(print, before[i], after[i]);
   const moved = result.bytesUp + result.bytesDown;
-  console.log(`  bytes moved: ${mb(result.bytesUp)} up + ${mb(result.bytesDown)} down = ${mb(moved)} for ${result.adapterParameters} LoRA parameters`);
+  print(`  bytes moved: ${mb(result.bytesUp)} up + ${mb(result.bytesDown)} down = ${mb(moved)} for ${result.adapterParameters} LoRA parameters`);
   const perStep = moved / train.steps;
-  console.log(`  per step: ${mb(perStep)} (${train.globalBatch / train.microBatch} micro-batch gradients up, new A/B down to each worker)`);
-  console.log(`  full fine-tuning of all ${modelParams} parameters would move ${mb(result.fullFineTuneBytes)} (${(result.fullFineTuneBytes / moved).toFixed(1)}× more)`);
-  console.log(`  adapter (PEFT layout): ${result.runDir}/adapter_model.safetensors + adapter_config.json; metrics: ${result.runDir}/metrics.jsonl`);
-  console.log(`  done in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  print(`  per step: ${mb(perStep)} (${train.globalBatch / train.microBatch} micro-batch gradients up, new A/B down to each worker)`);
+  print(`  full fine-tuning of all ${modelParams} parameters would move ${mb(result.fullFineTuneBytes)} (${(result.fullFineTuneBytes / moved).toFixed(1)}× more)`);
+  print(`  adapter (PEFT layout): ${shown(result.runDir)}/adapter_model.safetensors + adapter_config.json; metrics: ${shown(result.runDir)}/metrics.jsonl`);
+  print(`  done in ${((performance.now() - started) / 1000).toFixed(1)} s`);
 }
 
-function showSample(before: Prediction, after: Prediction): void {
+function showSample(print: (line: string) => void, before: Prediction, after: Prediction): void {
   const s = before.sample;
-  console.log(`    ${promptText(s.tag, s.input).padEnd(12)} expected ${s.output.padEnd(9)} base: ${JSON.stringify(before.predicted).padEnd(12)} adapted: ${JSON.stringify(after.predicted)} ${after.correct ? '✓' : '✗'}`);
+  print(`    ${promptText(s.tag, s.input).padEnd(12)} expected ${s.output.padEnd(9)} base: ${JSON.stringify(before.predicted).padEnd(12)} adapted: ${JSON.stringify(after.predicted)} ${after.correct ? '✓' : '✗'}`);
 }

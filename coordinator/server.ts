@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WebSocketServer } from 'ws';
 import { EventStreams } from './event-streams.ts';
-import type { MeshExecutor } from './mesh.ts';
+import { DEFAULT_SECURITY, type MeshExecutor } from './mesh.ts';
 import type { ModelFile } from './model-dir.ts';
 import type { RunMonitor } from './monitor.ts';
 import {
@@ -138,7 +138,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   };
   // Slow-loris: the request head (the upgrade included) must arrive within headersTimeout; Node
   // checks that every connectionsCheckingInterval, so keep the interval below the timeout.
-  const headersTimeout = opts.headersTimeoutMs ?? 10_000;
+  const headersTimeout = opts.headersTimeoutMs ?? DEFAULT_SECURITY.handshakeTimeoutMs;
   const timeouts = { headersTimeout, requestTimeout: Math.max(60_000, headersTimeout), connectionsCheckingInterval: Math.max(100, Math.min(5000, headersTimeout / 2)) };
   const http: Server = opts.tls
     ? createHttpsServer({ cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key), ...timeouts }, handler)

@@ -23,6 +23,7 @@ import { InProcessExecutor } from './in-process.ts';
 import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
 import { MeshExecutor, type ResultChecks, type SecurityLimits, type WorkItem } from './mesh.ts';
 import { CODEC_TOLERANCE_FLOOR, DEFAULT_DEFENCE } from './defence.ts';
+import { DEFAULT_DEPLOYMENT } from './run-defaults.ts';
 import { RunMonitor } from './monitor.ts';
 import { loadLatestCheckpoint, saveCheckpoint } from './checkpoint.ts';
 import type { ScheduleOptions } from './scheduler.ts';
@@ -226,7 +227,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
   // Checkpoints hold what resume needs (state + config); the ledger stays in ledger.jsonl, truncated on resume.
   const checkpoint = () => {
     if (checkpointedStep === trainer.step) return;
-    log(`checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig }, opts.keepCheckpoints ?? 3)}`);
+    log(`checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig }, opts.keepCheckpoints ?? DEFAULT_DEPLOYMENT.keepCheckpoints)}`);
     checkpointedStep = trainer.step;
   };
   const evaluate = makeEvaluator(opts, spec, localCopy);
@@ -255,8 +256,8 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
     // The largest legitimate frame is a result: 4 bytes per adapter value plus framing.
     const maxPayload = 4 * adapterParameterCount(spec) + 64 * 1024 + 16 * spec.length * 64;
     server = await startServer({
-      host: opts.host ?? '127.0.0.1', port: opts.port ?? 0, files: model.files, mesh, maxPayload,
-      heartbeatMs: opts.heartbeatMs ?? 5000, token: opts.token, allowedOrigins: opts.allowedOrigins, maxConnections: opts.maxConnections, tls: opts.tls,
+      host: opts.host ?? DEFAULT_DEPLOYMENT.host, port: opts.port ?? DEFAULT_DEPLOYMENT.port, files: model.files, mesh, maxPayload,
+      heartbeatMs: opts.heartbeatMs ?? DEFAULT_DEPLOYMENT.heartbeatMs, token: opts.token, allowedOrigins: opts.allowedOrigins, maxConnections: opts.maxConnections, tls: opts.tls,
       limits: roomForLocalWorkers(opts.netLimits, opts.localWorkers),
       headersTimeoutMs: opts.security?.handshakeTimeoutMs, adminToken: opts.adminToken, dashboardAccess: opts.dashboardAccess,
       admin: {
@@ -287,7 +288,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
   try {
     if (mesh && server) {
       if (opts.localWorkers > 0) {
-        children = spawnLocalWorkers(opts.localWorkers, server.wsUrl, { backend: opts.backend ?? 'auto', cacheDir: opts.cacheDir, token: opts.token, stdio: opts.workerOutput ?? 'inherit', env: opts.workerEnv });
+        children = spawnLocalWorkers(opts.localWorkers, server.wsUrl, { backend: opts.backend ?? DEFAULT_DEPLOYMENT.backend, cacheDir: opts.cacheDir, token: opts.token, stdio: opts.workerOutput ?? 'inherit', env: opts.workerEnv });
       }
       const minWorkers = opts.minWorkers ?? Math.max(1, opts.localWorkers);
       if (opts.localWorkers === 0) log(`waiting for ${minWorkers} worker(s): loramesh worker ${server.wsUrl}`);
