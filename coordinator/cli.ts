@@ -22,14 +22,17 @@ import { DEFAULT_DEFENCE } from './defence.ts';
 import { DEFAULT_SECURITY } from './mesh.ts';
 import { DEFAULT_DEPLOYMENT } from './run-defaults.ts';
 import { checkListen, readFlagFile } from './preflight.ts';
-import { resumeShape, runShapeFrom, type RunShape } from './resume-flags.ts';
+import { checkRunShape, resumeShape, runShapeFrom, type RunShape } from './resume-flags.ts';
 
 function readRunConfig(dir: string): RunShape {
+  const file = join(dir, 'run_config.json');
+  let raw: unknown;
   try {
-    return JSON.parse(readFileSync(join(dir, 'run_config.json'), 'utf8'));
+    raw = JSON.parse(readFileSync(file, 'utf8'));
   } catch (err) {
     fail(ErrorCodes.CONFIG, `--resume ${dir}: cannot read run_config.json (${(err as Error).message})`);
   }
+  return checkRunShape(raw, file);
 }
 
 /** Exit codes: 0 done, 1 internal error, 2 a refused input or setting (one line with its code), 128+n stopped by signal n. */

@@ -4,7 +4,7 @@
 // run_config.json lacks (checkpointEvery, aggregation) come from the flags.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { flagsOf, resumeShape, runShapeFrom, type RunShape } from '../../coordinator/resume-flags.ts';
+import { checkRunShape, flagsOf, resumeShape, runShapeFrom, type RunShape } from '../../coordinator/resume-flags.ts';
 import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { ErrorCodes, LoraMeshError } from '../../shared/errors.ts';
 
@@ -203,4 +203,23 @@ test('a dependent flag repeating the run is read with the run\'s own parent flag
 
 test('flagsOf is runShapeFrom\'s inverse for stored runs', () => {
   for (const run of [demoRun(), fullRun()]) assert.deepEqual(runShapeFrom(flagsOf(run)), run);
+});
+
+test('run_config.json is checked field by field on --resume: a valid one comes back as it is, a damaged field is named', () => {
+  for (const run of [demoRun(), fullRun()]) assert.deepEqual(checkRunShape(JSON.parse(JSON.stringify(run)), 'run_config.json'), run);
+  const damaged: [string, (r: any) => void, RegExp][] = [
+    ['lora.r', (r) => (r.lora.r = 0), /run_config\.json: lora: .*r/],
+    ['train.lr', (r) => (r.train.lr = 'fast'), /run_config\.json: train: .*lr/],
+    ['wire.up', (r) => (r.wire.up = { name: 'int4' }), /run_config\.json: wire\.up: .*int4/],
+    ['data.kind', (r) => (r.data = { kind: 'csv' }), /run_config\.json: data\.kind should be "jsonl" or "demo", got "csv"/],
+    ['local.steps', (r) => (r.local = { steps: 0, innerLr: 1, outerLr: 1, outerMomentum: 0 }), /run_config\.json: local\.steps should be an integer ≥ 1, got 0/],
+    ['aggregation', (r) => (r.aggregation = 'mean'), /run_config\.json: aggregation should be one of sum, /],
+    ['model', (r) => delete r.model, /run_config\.json: model should be a model directory, got undefined/],
+  ];
+  for (const [what, damage, message] of damaged) {
+    const raw = JSON.parse(JSON.stringify(demoRun()));
+    damage(raw);
+    assert.throws(() => checkRunShape(raw, 'run_config.json'), (err: LoraMeshError) => err.code === ErrorCodes.CONFIG && message.test(err.message), what);
+  }
+  assert.throws(() => checkRunShape([], 'run_config.json'), /the file should be a JSON object|model should be/);
 });
