@@ -65,6 +65,8 @@ export interface RunOptions {
   evalEvery?: number;
   /** extra environment per local worker (fault injection in tests) */
   workerEnv?: (index: number) => Record<string, string>;
+  /** called once the server listens (before workers are awaited), with its WebSocket and HTTP URLs */
+  onListening?: (urls: { wsUrl: string; url: string }) => void | Promise<void>;
   /** called after every step (tests use it to add or remove workers mid-run) */
   onStep?: (record: StepRecord) => void | Promise<void>;
   schedule?: ScheduleOptions;
@@ -269,6 +271,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
       monitor,
     });
     log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
+    await opts.onListening?.({ wsUrl: server.wsUrl, url: server.url });
   }
 
   // One SIGINT/SIGTERM (opts.signal) or an admin stop ends the run at any point: while waiting for
