@@ -7,32 +7,32 @@ import { nanoid } from 'nanoid';
 import cliProgress from 'cli-progress';
 import type * as tf from '@tensorflow/tfjs-core';
 import type { LoraConfig, TrainConfig } from '../shared/config.ts';
-import { adapterParameterCount, adapterSpec, fanInFanOut, type AdapterState, type AdapterTensorSpec } from '../shared/lora/adapter.ts';
-import { FrozenBase } from '../shared/lora/params.ts';
-import { createModel, parameterShapes, type CausalLM } from '../shared/model/causal-lm.ts';
-import { computeGradientsAsync, evaluateLoss } from '../shared/train/gradients.ts';
-import type { Aggregation } from '../shared/train/robust.ts';
-import { randomInt } from 'node:crypto';
-import { packMicroBatch, type Example, type MicroBatch } from '../shared/train/micro-batch.ts';
-import { firstNonFinite, type RunManifest } from '../shared/protocol/messages.ts';
-import { checkCodecSpec, describeCodec, F32, type CodecSpec } from '../shared/protocol/wire-codec.ts';
-import { runLocalJob, type OuterConfig } from '../shared/train/local-steps.ts';
-import { NO_TRAFFIC, trafficSince } from './traffic.ts';
 import { ErrorCodes, fail, LoraMeshError } from '../shared/errors.ts';
+import { adapterParameterCount, adapterSpec, fanInFanOut, type AdapterState } from '../shared/lora/adapter.ts';
+import { parameterShapes } from '../shared/model/causal-lm.ts';
+import { firstNonFinite } from '../shared/protocol/messages.ts';
+import { checkCodecSpec, describeCodec, F32, type CodecSpec } from '../shared/protocol/wire-codec.ts';
+import type { OuterConfig } from '../shared/train/local-steps.ts';
+import type { Example } from '../shared/train/micro-batch.ts';
+import type { Aggregation } from '../shared/train/robust.ts';
+import { saveCheckpoint } from './checkpoint.ts';
 import { InProcessExecutor } from './in-process.ts';
 import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
-import { MeshExecutor, type ResultChecks, type SecurityLimits, type WorkItem } from './mesh.ts';
-import { CODEC_TOLERANCE_FLOOR, DEFAULT_DEFENCE } from './defence.ts';
-import { DEFAULT_DEPLOYMENT } from './run-defaults.ts';
-import { RunMonitor } from './monitor.ts';
-import { loadLatestCheckpoint, saveCheckpoint } from './checkpoint.ts';
-import type { ScheduleOptions } from './scheduler.ts';
+import { MeshExecutor, type SecurityLimits } from './mesh.ts';
 import { loadWeights, type ModelDir } from './model-dir.ts';
-import { RunDir } from './run-dir.ts';
-import { startServer } from './server.ts';
+import { RunMonitor } from './monitor.ts';
 import { resolveNetLimits, type NetLimits } from './net-limits.ts';
-import { Trainer, type StepMetrics } from './trainer.ts';
+import { resultChecks } from './result-checks.ts';
+import { resumeFromCheckpoint, type CheckpointConfig } from './resume.ts';
+import { RunControl } from './run-control.ts';
+import { DEFAULT_DEPLOYMENT } from './run-defaults.ts';
+import { RunDir } from './run-dir.ts';
+import type { ScheduleOptions } from './scheduler.ts';
+import { startServer, type RunningServer } from './server.ts';
 import { metricsLine, stepRecord, type StepRecord } from './step-record.ts';
+import { NO_TRAFFIC, trafficSince } from './traffic.ts';
+import { Trainer, type StepMetrics } from './trainer.ts';
+import { TrustedModel } from './trusted-model.ts';
 
 export interface RunOptions {
   model: ModelDir;
@@ -146,10 +146,10 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
 }
 
 async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): Promise<RunResult> {
-  let log = opts.log ?? ((line: string) => console.log(line));
+  const userLog = opts.log ?? ((line: string) => console.log(line));
+  let log = userLog;
   const { model, lora, train } = opts;
-  // local steps change what a step is, so a checkpoint only continues a run with the same ones
-  const checkpointConfig = { model: model.dir, lora, train, local: opts.local };
+  const checkpointConfig: CheckpointConfig = { model: model.dir, lora, train, local: opts.local };
   if (!opts.resume) {
     runDir.writeConfig({
       runId, ...checkpointConfig, wire: opts.wire, modelConfig: model.config, data: opts.dataSpec ?? null, localWorkers: opts.localWorkers, inProcess: !!opts.inProcess,
@@ -157,59 +157,34 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
     });
   }
 
+  // 1. The executor: this process, or the worker mesh with its result checks.
   const spec = adapterSpec(model.config, lora);
   const wire = { up: checkCodecSpec(opts.wire?.up ?? F32, 'wire up codec'), down: checkCodecSpec(opts.wire?.down ?? F32, 'wire down codec') };
   const local = opts.local ? checkLocal(opts.local) : undefined;
   const inner = { beta1: train.beta1, beta2: train.beta2, eps: train.eps, weightDecay: train.weightDecay, clipNorm: train.clipNorm };
-  // The coordinator's own copy of the model, made on first use: eval loss and spot checks.
-  let localModel: { model: CausalLM; base: FrozenBase } | null = null;
-  const localCopy = () => (localModel ??= { model: createModel(model.config), base: new FrozenBase(model.config, opts.weights ?? loadWeights(model).weights) });
-  let executor: InProcessExecutor | MeshExecutor;
-  let server: Awaited<ReturnType<typeof startServer>> | null = null;
-  let children: ReturnType<typeof spawnLocalWorkers> = [];
-  if (opts.inProcess) {
-    executor = new InProcessExecutor(localCopy().model, localCopy().base, spec, lora, inner);
-  } else {
-    const manifest: RunManifest = {
-      runId,
-      model: { config: model.config, files: model.files.map(({ name, sha256, bytes }) => ({ name, sha256, bytes })) },
-      lora,
-      adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
-      wire,
-      ...(local ? { local: { steps: local.steps, ...inner } } : {}),
-    };
-    const fraction = opts.spotCheck?.fraction ?? DEFAULT_DEFENCE.spotCheck;
-    const outlierFactor = opts.outlierFactor ?? DEFAULT_DEFENCE.outlierFactor;
-    const probation = opts.probation ?? DEFAULT_DEFENCE.probation;
-    const asked = opts.spotCheck?.tolerance ?? DEFAULT_DEFENCE.tolerance;
-    const tolerance = Math.max(asked, CODEC_TOLERANCE_FLOOR[wire.up.name]);
-    if (tolerance > asked && (fraction > 0 || outlierFactor > 0 || probation > 0)) log(`result checks: tolerance raised from ${asked} to ${tolerance} for the ${describeCodec(wire.up)} up codec`);
-    const checks: ResultChecks | undefined = fraction > 0 || outlierFactor > 0 || probation > 0 ? {
-      spotCheck: fraction, probation, outlierFactor, tolerance, secret: randomInt(2 ** 31),
-      recompute: (work: WorkItem, adapter: AdapterState) => work.kind === 'grad'
-        ? computeGradientsAsync(localCopy().model, localCopy().base, spec, adapter, lora, work.microBatch)
-        : runLocalJob(localCopy().model, localCopy().base, spec, adapter, lora, work.job.microBatches, work.job.lr, inner),
-    } : undefined;
-    log(checks
-      ? `defence: spot checks on ${(100 * fraction).toFixed(1)} % of results and the first ${probation} of each worker, outlier screen at ${outlierFactor}× the step's median norm (0: off), tolerance ${tolerance}`
-      : 'defence: off (no spot checks, no probation, no outlier screen): a lying worker can bias this run');
-    executor = new MeshExecutor({ manifest, checks, log: (line) => log(line), schedule: opts.schedule, security: opts.security });
-  }
-  const trainer = new Trainer({ model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter, aggregation: opts.aggregation, local }, executor);
-  if (!opts.inProcess) log(`wire: ${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down${local ? `; local steps: H=${local.steps}, inner lr ${local.innerLr}, outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}` : ''}`);
-  else if (local) log(`local steps: H=${local.steps}, inner lr ${local.innerLr}, outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}`);
+  const trusted = new TrustedModel(model.config, lora, spec, inner, () => opts.weights ?? loadWeights(model).weights);
+  const mesh = opts.inProcess ? null : new MeshExecutor({
+    manifest: {
+      runId, model: { config: model.config, files: model.files.map(({ name, sha256, bytes }) => ({ name, sha256, bytes })) }, lora,
+      adapter: spec.map((t) => ({ name: t.name, shape: t.shape })), wire, ...(local ? { local: { steps: local.steps, ...inner } } : {}),
+    },
+    checks: resultChecks(opts, wire.up, trusted, (line) => log(line)), log: (line) => log(line), schedule: opts.schedule, security: opts.security,
+  });
+  const executor = mesh ?? new InProcessExecutor(trusted.get().model, trusted.get().base, spec, lora, inner);
+  const trainer = new Trainer({
+    model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter, aggregation: opts.aggregation, local,
+  }, executor);
+  const localSteps = local ? `local steps: H=${local.steps}, inner lr ${local.innerLr}, outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}` : '';
+  if (mesh) log(`wire: ${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down${local ? `; ${localSteps}` : ''}`);
+  else if (local) log(localSteps);
+
+  // 2. Resume, if asked; a finished run has nothing to do.
   let checkpointedStep = -1;
   if (opts.resume) {
-    const checkpoint = loadLatestCheckpoint(runDir.path, log) ?? fail(ErrorCodes.STATE, `--resume ${runDir.path}: no valid checkpoint to resume from`);
-    // --steps may grow (extending a run); everything else that shapes the result must match.
-    const shape = (c: unknown) => JSON.stringify({ ...(c as object), train: { ...(c as { train: object }).train, steps: undefined } });
-    if (shape(checkpoint.config) !== shape(checkpointConfig)) {
-      fail(ErrorCodes.CONFIG, `--resume ${runDir.path}: the checkpoint was made with another model, LoRA or training config`);
-    }
-    trainer.importState(checkpoint.state);
+    const path = resumeFromCheckpoint(trainer, runDir, checkpointConfig, log);
     checkpointedStep = trainer.step;
     if (trainer.done) {
-      if (executor instanceof MeshExecutor) executor.close();
+      mesh?.close();
       log(`run ${runId} already finished: step ${trainer.step} of ${train.steps}; nothing to do (raise --steps to train further)`);
       return {
         runId, runDir: runDir.path, adapter: trainer.adapter, metrics: [], bytesUp: 0, bytesDown: 0, workers: 0, fullFineTuneBytes: 0,
@@ -217,22 +192,27 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
         interrupted: false, alreadyFinished: true, rejections: {}, quarantined: 0,
       };
     }
-    // Steps after the checkpoint are redone: their lines go (a finished run's files stay as they are).
-    runDir.truncateMetricsAfter(trainer.step);
-    runDir.truncateLedgerAfter(trainer.step);
-    runDir.patchConfig({ train }); // --steps may have been raised
-    log(`resuming ${runId} at step ${trainer.step} of ${train.steps} from ${checkpoint.path}`);
+    log(`resuming ${runId} at step ${trainer.step} of ${train.steps} from ${path}`);
   }
-  const control: { paused: { promise: Promise<void>; resolve: () => void } | null } = { paused: null };
-  const adminStop = new AbortController();
-  const stopRequested = () => !!opts.signal?.aborted || adminStop.signal.aborted;
   // Checkpoints hold what resume needs (state + config); the ledger stays in ledger.jsonl, truncated on resume.
   const checkpoint = () => {
     if (checkpointedStep === trainer.step) return;
     log(`checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig }, opts.keepCheckpoints ?? DEFAULT_DEPLOYMENT.keepCheckpoints)}`);
     checkpointedStep = trainer.step;
   };
-  const evaluate = makeEvaluator(opts, spec, localCopy);
+
+  // 3. What the run shows: the dashboard's monitor (every log line goes there too) and the eval loss.
+  const modelParameters = [...parameterShapes(model.config).values()].reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
+  const monitor = new RunMonitor({
+    runId, model: model.dir, modelType: model.config.model_type, modelParameters, adapterParameters: adapterParameterCount(spec),
+    steps: train.steps, lora, train, wire: mesh ? `${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down` : null,
+    local: local ? { steps: local.steps, outerLr: local.outerLr, outerMomentum: local.outerMomentum } : null,
+  }, () => mesh?.info() ?? []);
+  log = (line: string) => {
+    monitor.log(line);
+    userLog(line);
+  };
+  const evaluate = trusted.evaluator(opts.evalExamples, train.microBatch, model.tokenizer.padId);
   const evalLosses: EvalPoint[] = [];
   const runEval = () => {
     if (!evaluate) return;
@@ -242,18 +222,11 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
     runDir.appendMetrics({ step: trainer.step, eval_loss: loss });
     log(`step ${trainer.step}: eval loss ${loss.toFixed(4)}`);
   };
-  const mesh = executor instanceof MeshExecutor ? executor : null;
-  const modelParameters = [...parameterShapes(model.config).values()].reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
-  const monitor = new RunMonitor({
-    runId, model: model.dir, modelType: model.config.model_type, modelParameters, adapterParameters: adapterParameterCount(spec),
-    steps: train.steps, lora, train, wire: opts.inProcess ? null : `${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down`,
-    local: local ? { steps: local.steps, outerLr: local.outerLr, outerMomentum: local.outerMomentum } : null,
-  }, () => mesh?.info() ?? []);
-  const userLog = log;
-  log = (line: string) => {
-    monitor.log(line);
-    userLog(line);
-  };
+
+  // 4. Control (signals, admin) and the network edge.
+  const control = new RunControl(opts.signal, () => mesh?.abort(new LoraMeshError(ErrorCodes.STATE, 'the run was stopped')));
+  let server: RunningServer | null = null;
+  let children: ReturnType<typeof spawnLocalWorkers> = [];
   if (mesh) {
     // The largest legitimate frame is a result: 4 bytes per adapter value plus framing.
     const maxPayload = 4 * adapterParameterCount(spec) + 64 * 1024 + 16 * spec.length * 64;
@@ -262,29 +235,14 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
       heartbeatMs: opts.heartbeatMs ?? DEFAULT_DEPLOYMENT.heartbeatMs, token: opts.token, allowedOrigins: opts.allowedOrigins, maxConnections: opts.maxConnections, tls: opts.tls,
       limits: roomForLocalWorkers(opts.netLimits, opts.localWorkers),
       headersTimeoutMs: opts.security?.handshakeTimeoutMs, adminToken: opts.adminToken, dashboardAccess: opts.dashboardAccess,
-      admin: {
-        pause: () => { control.paused ??= deferred(); },
-        resume: () => { control.paused?.resolve(); control.paused = null; },
-        stop: () => { adminStop.abort(); control.paused?.resolve(); control.paused = null; },
-        kick: (id) => mesh.kick(id),
-      },
+      admin: { pause: () => control.pause(), resume: () => control.resume(), stop: () => control.stop(), kick: (id) => mesh.kick(id) },
       monitor,
     });
     log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
     await opts.onListening?.({ wsUrl: server.wsUrl, url: server.url });
   }
 
-  // One SIGINT/SIGTERM (opts.signal) or an admin stop ends the run at any point: while waiting for
-  // workers, or mid-step (the step in flight is dropped; the checkpoint holds the last whole one).
-  const stopped = new Promise<void>((resolve) => {
-    for (const signal of [opts.signal, adminStop.signal]) {
-      if (signal?.aborted) resolve();
-      signal?.addEventListener('abort', () => {
-        mesh?.abort(new LoraMeshError(ErrorCodes.STATE, 'the run was stopped'));
-        resolve();
-      }, { once: true });
-    }
-  });
+  // 5. Workers, then the steps.
   const metrics: StepRecord[] = [];
   const showBar = opts.progress ?? process.stderr.isTTY;
   const bar = showBar ? new cliProgress.SingleBar({ format: 'train |{bar}| step {value}/{total} | loss {loss} | {tps} tok/s | ETA {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
@@ -297,21 +255,21 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
       if (opts.localWorkers === 0) log(`waiting for ${minWorkers} worker(s): loramesh worker ${server.wsUrl}`);
       const childrenGone = failWhenChildrenExit(children, minWorkers);
       childrenGone.catch(() => {}); // only matters while waiting; workers exit normally at the end
-      await Promise.race([mesh.waitForWorkers(minWorkers), childrenGone, stopped]);
+      await Promise.race([mesh.waitForWorkers(minWorkers), childrenGone, control.stopped]);
     }
     bar?.start(train.steps, trainer.step, { loss: '-', tps: '-' });
-    if (!stopRequested()) {
+    if (!control.stopRequested) {
       runEval();
       trainer.start();
     }
     let lastTraffic = mesh?.traffic.snapshot() ?? NO_TRAFFIC;
     const sizes = { adapterParameters: adapterParameterCount(spec), modelParameters, globalBatch: train.globalBatch };
-    while (!trainer.done && !stopRequested()) {
+    while (!trainer.done && !control.stopRequested) {
       let m: StepMetrics;
       try {
         m = await trainer.runStep();
       } catch (err) {
-        if (stopRequested()) break;
+        if (control.stopRequested) break;
         if (err instanceof LoraMeshError && err.code === ErrorCodes.NON_FINITE) {
           // Nothing non-finite was applied: keep the last good state, then stop with the error.
           log(`stopping: ${err.message}`);
@@ -330,11 +288,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
       await opts.onStep?.(record);
       if (evaluate && opts.evalEvery && m.step % opts.evalEvery === 0 && m.step !== train.steps) runEval();
       if (opts.checkpointEvery && m.step % opts.checkpointEvery === 0) checkpoint();
-      if (control.paused) {
-        log(`paused after step ${m.step}`);
-        await Promise.race([control.paused.promise, stopped]);
-        if (!stopRequested()) log('resumed');
-      }
+      await control.holdIfPaused(log, m.step);
       if (!bar && (m.step % 10 === 0 || m.step === train.steps)) log(`step ${m.step}/${train.steps} loss ${m.loss.toFixed(4)} lr ${m.lr.toExponential(2)} ${m.tokensPerSecond.toFixed(0)} tok/s`);
     }
     if (trainer.done) {
@@ -352,15 +306,15 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
     await stopLocalWorkers(children);
     await server?.close();
   }
-  // Defence in depth: an adapter with a NaN or ±Inf in it is never written as a result.
+
+  // 6. The adapter (never a non-finite one) and the run's summary.
   for (const [name, values] of trainer.adapter) {
     if (firstNonFinite(values) >= 0) fail(ErrorCodes.NON_FINITE, `the adapter tensor ${name} is not finite at step ${trainer.step}; not writing it`);
   }
   runDir.writeAdapter(trainer.spec, trainer.adapter, lora, model.dir, fanInFanOut(model.config, lora));
-  const workers = Math.max(1, opts.localWorkers);
   return {
     runId, runDir: runDir.path, adapter: trainer.adapter, metrics,
-    bytesUp: mesh?.bytesIn ?? 0, bytesDown: mesh?.bytesOut ?? 0, workers,
+    bytesUp: mesh?.bytesIn ?? 0, bytesDown: mesh?.bytesOut ?? 0, workers: Math.max(1, opts.localWorkers),
     fullFineTuneBytes: metrics.reduce((n, r) => n + r.fullFineTuneBytes, 0),
     adapterParameters: adapterParameterCount(trainer.spec), modelParameters, evalLosses,
     step: trainer.step, interrupted: !trainer.done, alreadyFinished: false,
@@ -400,24 +354,4 @@ function failWhenChildrenExit(children: ReturnType<typeof spawnLocalWorkers>, ne
       });
     }
   });
-}
-
-/** Mean token loss of the eval set under an adapter, computed in this process (forward only). */
-function makeEvaluator(opts: RunOptions, spec: AdapterTensorSpec[], local: () => { model: CausalLM; base: FrozenBase }): ((adapter: AdapterState) => number) | null {
-  if (!opts.evalExamples || opts.evalExamples.length === 0) return null;
-  const { model, base } = local();
-  const microBatches: MicroBatch[] = [];
-  for (let i = 0; i < opts.evalExamples.length; i += opts.train.microBatch) {
-    microBatches.push(packMicroBatch(opts.evalExamples.slice(i, i + opts.train.microBatch), opts.model.tokenizer.padId, 0));
-  }
-  return (adapter) => {
-    const { lossSum, tokenCount } = evaluateLoss(model, base, spec, adapter, opts.lora, microBatches);
-    return lossSum / Math.max(1, tokenCount);
-  };
-}
-
-function deferred(): { promise: Promise<void>; resolve: () => void } {
-  let resolve!: () => void;
-  const promise = new Promise<void>((r) => (resolve = r));
-  return { promise, resolve };
 }
