@@ -12,14 +12,16 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { writeFigure } from '../coordinator/analysis-io.ts';
 import { DEMO_LORA, DEMO_TRAIN } from '../coordinator/demo.ts';
 import { demoExamples, demoTaskData } from '../coordinator/dataset.ts';
 import { openModelDir } from '../coordinator/model-dir.ts';
 import { DEMO_MODEL_DIR } from '../coordinator/paths.ts';
 import { runTraining } from '../coordinator/train.ts';
+import { lineChartSvg } from '../shared/analysis/plot-lines.ts';
 import { initBackend } from '../worker/backend.ts';
 import {
-  BENCH_DIR, cliFlags, fmt, formatFigure, machine, provenance, replaceSection, RESULTS_DIR, stats, writeChart, writeJson,
+  BENCH_DIR, cliFlags, fmt, formatFigure, machine, provenance, replaceSection, RESULTS_DIR, stats, writeJson,
   type Figure, type Machine, type Stats,
 } from './lib/results.ts';
 import type { ScaleResult } from './scale.ts';
@@ -191,17 +193,25 @@ function writeParallelResults(r: ParallelResult, log: (line: string) => void): v
   }
   log(`  wrote ${writeJson('parallel', r)}`);
   const oneWorker = r.rows.find((x) => x.name === '1-worker' && !x.unavailable);
-  const measured = r.rows.filter((x) => !x.unavailable && (x.name === '1-worker' || x.name === '2-workers'))
-    .map((x) => [x.name === '1-worker' ? 1 : 2, oneWorker ? x.sequencesPerSecond.median / oneWorker.sequencesPerSecond.median : NaN] as [number, number]);
+  const measured = r.rows.filter((x) => !x.unavailable && (x.name === '1-worker' || x.name === '2-workers'));
+  const speedup = (x: ParallelRow) => (oneWorker ? x.sequencesPerSecond.median / oneWorker.sequencesPerSecond.median : NaN);
   const ns = r.projection ? r.projection.points.map((p) => p.workers) : [1, 2];
-  writeChart(join(RESULTS_DIR, 'parallel-scaling'), {
-    title: 'Data-parallel speed-up over one worker', xLabel: 'workers', yLabel: 'speed-up (log)', xScale: 'log2', yScale: 'log2',
-    series: [
-      { name: 'ideal (N)', points: ns.map((n) => [n, n] as [number, number]), dashed: true },
-      ...(r.projection ? [{ name: `projected, ${r.projection.computeMs / 1000} s steps`, points: r.projection.points.map((p) => [p.workers, p.speedup] as [number, number]) }] : []),
-      { name: 'measured here', points: measured },
-    ],
-  });
+  const projected = r.projection && {
+    name: `projected, ${r.projection.computeMs / 1000} s steps`,
+    x: r.projection.points.map((p) => p.workers), values: r.projection.points.map((p) => p.speedup),
+  };
+  writeFigure(RESULTS_DIR, 'parallel-scaling', lineChartSvg({
+    title: 'Data-parallel speed-up over one worker',
+    xAxis: 'workers', yAxis: 'speed-up (log)', xScale: 'log2', logY: true,
+    panels: [{
+      title: '',
+      series: [
+        { name: 'ideal (N)', x: ns, values: ns, dashed: true },
+        ...(projected ? [projected] : []),
+        { name: 'measured here', x: measured.map((x) => (x.name === '1-worker' ? 1 : 2)), values: measured.map(speedup) },
+      ],
+    }],
+  }));
   const cell = (s: Stats, d = 1) => `${s.median.toFixed(d)} (${s.min.toFixed(d)}–${s.max.toFixed(d)})`;
   const x = (v: number | null) => (v === null ? '–' : `${v.toFixed(2)}×`);
   const bothCores = r.rows.find((row) => row.name === '1-worker-2-threads');

@@ -9,8 +9,9 @@
  */
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { writeFigure } from '../coordinator/analysis-io.ts';
+import { lineChartSvg } from '../shared/analysis/plot-lines.ts';
 import type { Gpt2Config } from '../shared/config.ts';
 import { adapterParameterCount, adapterSpec } from '../shared/lora/adapter.ts';
 import { decodeMessage } from '../shared/protocol/codec.ts';
@@ -19,7 +20,7 @@ import { F32 } from '../shared/protocol/wire-codec.ts';
 import { aggregateInOrder, InOrderSum } from '../shared/train/aggregate.ts';
 import type { GradientResult } from '../shared/train/gradients.ts';
 import {
-  cliFlags, fmt, formatFigure, machine, provenance, replaceSection, RESULTS_DIR, rssBytes, stats, writeChart, writeJson,
+  cliFlags, fmt, formatFigure, machine, provenance, replaceSection, RESULTS_DIR, rssBytes, stats, writeJson,
   type Figure, type Machine, type Stats,
 } from './lib/results.ts';
 import { SimWorkerPool } from './lib/sim-pool.ts';
@@ -338,19 +339,31 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
   }
   log(`  wrote ${writeJson('scale', r)}`);
   const pct = (p: ScalePoint) => (100 * p.computeMs) / (p.computeMs + p.overheadMs.median);
-  writeChart(join(RESULTS_DIR, 'scale-overhead'), {
-    title: `Coordination overhead per step (${r.points[0]?.computeMs} ms compute, GPT-2 small r=8)`, xLabel: 'simulated workers N', yLabel: 'overhead, % of compute (log)', xScale: 'log2', yScale: 'log10',
-    series: [
-      { name: 'median', points: r.points.map((p) => [p.workers, p.overheadPercent.median]) },
-      { name: 'max', points: r.points.map((p) => [p.workers, p.overheadPercent.max]), dashed: true },
-      { name: 'target 3 %', points: r.points.map((p) => [p.workers, 3]), dashed: true },
-    ],
-  });
+  const workers = r.points.map((p) => p.workers);
+  writeFigure(RESULTS_DIR, 'scale-overhead', lineChartSvg({
+    title: `Coordination overhead per step (${r.points[0]?.computeMs} ms compute, GPT-2 small r=8)`,
+    xAxis: 'simulated workers N', yAxis: 'overhead, % of compute (log)', xScale: 'log2', logY: true,
+    panels: [{
+      title: '',
+      series: [
+        { name: 'median', x: workers, values: r.points.map((p) => p.overheadPercent.median) },
+        { name: 'max', x: workers, values: r.points.map((p) => p.overheadPercent.max), dashed: true },
+        { name: 'target 3 %', x: workers, values: r.points.map(() => 3), dashed: true },
+      ],
+    }],
+  }));
   if (r.soak) {
-    writeChart(join(RESULTS_DIR, 'scale-soak'), {
-      title: `Coordinator RSS over a ${r.soak.steps}-step soak (N=${r.soak.workers})`, xLabel: 'step', yLabel: 'MB',
-      series: [{ name: 'RSS', points: r.soak.samples.map((s) => [s.step, s.rssMB]) }, { name: 'V8 heap used', points: r.soak.samples.map((s) => [s.step, s.heapMB]) }],
-    });
+    const steps = r.soak.samples.map((s) => s.step);
+    writeFigure(RESULTS_DIR, 'scale-soak', lineChartSvg({
+      title: `Coordinator RSS over a ${r.soak.steps}-step soak (N=${r.soak.workers})`, xAxis: 'step', yAxis: 'MB',
+      panels: [{
+        title: '',
+        series: [
+          { name: 'RSS', x: steps, values: r.soak.samples.map((s) => s.rssMB) },
+          { name: 'V8 heap used', x: steps, values: r.soak.samples.map((s) => s.heapMB) },
+        ],
+      }],
+    }));
   }
   const body = [
     provenance(r.date, r.command, r.machine),

@@ -23,7 +23,7 @@ export interface Base {
   matrices: BaseMatrices;
 }
 
-export async function openBase(dir: string): Promise<Base> {
+async function openBase(dir: string): Promise<Base> {
   const model = await openModelDir(dir);
   return { config: model.config, dir: model.dir, matrices: baseMatrices(model.config, loadWeights(model).weights, `--model ${dir}`) };
 }
@@ -35,7 +35,7 @@ export function markdownTable(headers: string[], rows: (string | number)[][]): s
 
 const f = (x: number, digits = 3) => (Number.isFinite(x) ? x.toPrecision(digits) : String(x));
 
-export function spectrumTable(reports: ModuleReport[]): string {
+function spectrumTable(reports: ModuleReport[]): string {
   const withBase = reports.some((m) => m.amplification);
   const headers = ['module', 'r', 'σ₁', '‖ΔW‖_F', 'entropy rank', 'rank 90%', 'top-1 share', ...(withBase ? ['‖UᵀWV‖ ΔW', 'W top', 'random', 'amplification'] : [])];
   return markdownTable(headers, reports.map((m) => [

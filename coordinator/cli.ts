@@ -3,7 +3,7 @@
  * Run `loramesh <command> --help` for every option and its default.
  */
 import { Command, CommanderError } from 'commander';
-import { checkLoraConfig, checkTrainConfig, contextLength, DEFAULT_LORA, DEFAULT_TRAIN } from '../shared/config.ts';
+import { contextLength, DEFAULT_LORA, DEFAULT_TRAIN } from '../shared/config.ts';
 import { LoraMeshError } from '../shared/errors.ts';
 import { BACKENDS, type BackendName } from '../worker/backend.ts';
 import { AGGREGATIONS, type Aggregation } from '../shared/train/robust.ts';
@@ -16,8 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ErrorCodes, fail } from '../shared/errors.ts';
-import { CODECS, DEFAULT_INT8_BLOCK, type CodecName, type CodecSpec } from '../shared/protocol/wire-codec.ts';
-import type { OuterConfig } from '../shared/train/local-steps.ts';
+import { CODECS, DEFAULT_INT8_BLOCK } from '../shared/protocol/wire-codec.ts';
 import { DEFAULT_DEFENCE } from './defence.ts';
 import { DEFAULT_SECURITY } from './mesh.ts';
 import { DEFAULT_DEPLOYMENT } from './run-defaults.ts';

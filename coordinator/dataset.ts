@@ -95,14 +95,6 @@ export function loadJsonlDataset(path: string, tok: TextTokenizer, opts: Dataset
   return { train: train.filter(counts), eval: evalExamples.filter(counts), format, skippedLines };
 }
 
-/**
- * The CLI's entry point until it passes DatasetOptions: every record for training, each cut to
- * maxTokens.
- */
-export function jsonlExamples(path: string, tok: TextTokenizer, maxTokens: number): Example[] {
-  return loadJsonlDataset(path, tok, { maxTokens, mode: 'truncate', evalFraction: 0, seed: 0 }).train;
-}
-
 function checkOptions(opts: DatasetOptions): void {
   if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 2) fail(ErrorCodes.CONFIG, `dataset maxTokens is ${describe(opts.maxTokens)}; expected an integer ≥ 2`);
   if (opts.mode !== 'truncate' && opts.mode !== 'pack') fail(ErrorCodes.CONFIG, `dataset mode is ${describe(opts.mode)}; expected "truncate" or "pack"`);

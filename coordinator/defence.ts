@@ -16,6 +16,7 @@
  * stay bit-identical to an undefended run; one that disagrees quarantines the sender.
  */
 import type { CodecName } from '../shared/protocol/wire-codec.ts';
+import { relativeL2Distance } from '../shared/train/relative-l2.ts';
 
 export interface DefenceConfig {
   /** share of results recomputed by the coordinator, chosen by a secret seed (0: none) */
@@ -58,19 +59,9 @@ export function l2Norm(x: Float32Array): number {
   return Math.sqrt(s0 + s1 + s2 + s3);
 }
 
-/** ‖theirs − trusted‖ / ‖trusted‖ over every tensor, in float64. */
+/** ‖theirs − trusted‖ / ‖trusted‖ over every tensor of `trusted` (by name), in float64. */
 export function relativeL2(trusted: ReadonlyMap<string, Float32Array>, theirs: ReadonlyMap<string, Float32Array>): number {
-  let diff = 0;
-  let norm = 0;
-  for (const [name, g] of trusted) {
-    const h = theirs.get(name);
-    if (!h || h.length !== g.length) return Infinity;
-    for (let i = 0; i < g.length; i++) {
-      diff += (g[i] - h[i]) ** 2;
-      norm += g[i] ** 2;
-    }
-  }
-  return Math.sqrt(diff) / Math.max(1e-12, Math.sqrt(norm));
+  return relativeL2Distance([...trusted].map(([name, g]) => [g, theirs.get(name)] as const));
 }
 
 const median = (xs: number[]): number => {

@@ -1,6 +1,6 @@
 /** The single-process executor: computes every micro-batch here, in order. The reference for exactness tests. */
 import type { LoraConfig } from '../shared/config.ts';
-import type { AdapterState, AdapterTensorSpec } from '../shared/lora/adapter.ts';
+import { cloneAdapter, type AdapterState, type AdapterTensorSpec } from '../shared/lora/adapter.ts';
 import type { FrozenBase } from '../shared/lora/params.ts';
 import type { CausalLM } from '../shared/model/causal-lm.ts';
 import { computeGradients, type GradientResult } from '../shared/train/gradients.ts';
@@ -19,7 +19,7 @@ export class InProcessExecutor implements GradientExecutor {
   ) {}
 
   publish(_paramVersion: number, adapter: AdapterState): void {
-    this.adapter = new Map([...adapter].map(([k, v]) => [k, v.slice()]));
+    this.adapter = cloneAdapter(adapter);
   }
 
   async compute(_step: number, _paramVersion: number, microBatches: MicroBatch[]): Promise<StepResults> {

@@ -6,13 +6,12 @@
  * error code and never reaches the aggregator.
  */
 import { nanoid } from 'nanoid';
-import type { WebSocket } from 'ws';
-import type { AdapterState } from '../shared/lora/adapter.ts';
+import { adapterParameterCount, type AdapterState } from '../shared/lora/adapter.ts';
 import { mixSeed } from '../shared/rng.ts';
-import { ErrorCodes, LoraMeshError, type ErrorCode } from '../shared/errors.ts';
+import { closeCodeFor, ErrorCodes, LoraMeshError, type ErrorCode } from '../shared/errors.ts';
 import { asBytes, decodeMessage, encodeMessage } from '../shared/protocol/codec.ts';
 import {
-  adapterLength, PROTOCOL_VERSION, splitTensors, unpackFloats,
+  PROTOCOL_VERSION, splitTensors, unpackFloats,
   type CoordinatorMessage, type Hello, type Result, type RunManifest,
 } from '../shared/protocol/messages.ts';
 import { describeCodec, payloadBytes } from '../shared/protocol/wire-codec.ts';
@@ -24,6 +23,7 @@ import type { GradientExecutor, LocalJob, StepResults } from './trainer.ts';
 import { ByteCounter, wsFrameBytes } from './traffic.ts';
 import { ParamsPublisher } from './params-publisher.ts';
 import { TokenBucket } from './token-bucket.ts';
+import type { Peer, PeerEvents } from './peer.ts';
 import { l2Norm, NormHistory, outliers, overflowBound, relativeL2, type ScreenedResult } from './defence.ts';
 import { cleanPeerText } from '../shared/protocol/peer-text.ts';
 
@@ -60,7 +60,7 @@ export interface WorkerInfo {
 }
 
 interface WorkerConnection extends WorkerInfo {
-  ws: WebSocket;
+  ws: Peer;
   holding: Holding | null;
   alive: boolean;
   /** rate limiter state */
@@ -162,7 +162,7 @@ export class MeshExecutor implements GradientExecutor {
 
   constructor(private readonly options: MeshOptions) {
     this.log = options.log ?? (() => {});
-    this.adapterValues = adapterLength(options.manifest.adapter);
+    this.adapterValues = adapterParameterCount(options.manifest.adapter);
     this.params = new ParamsPublisher(options.manifest);
     const paramsFrame = 4 * this.adapterValues + 4096;
     this.limits = { maxBufferedBytes: Math.max(8 << 20, 2 * paramsFrame), ...DEFAULT_SECURITY, ...options.security } as Required<SecurityLimits>;
@@ -253,7 +253,8 @@ export class MeshExecutor implements GradientExecutor {
     for (const w of this.workers.values()) this.send(w, { type: 'done', reason });
   }
 
-  attach(ws: WebSocket): void {
+  /** A new connection (not yet said hello); returns the handlers of its events. */
+  attach(ws: Peer): PeerEvents {
     const w: WorkerConnection = {
       id: nanoid(10), name: '', backend: '', platform: '', adapter: '', slow: false, state: 'handshake', microBatchesDone: 0, used: 0, discarded: 0, tokensDone: 0,
       throughput: 0, bytesIn: 0, bytesOut: 0, rejected: 0, lastSeen: Date.now(), ws, holding: null, alive: true,
@@ -264,10 +265,12 @@ export class MeshExecutor implements GradientExecutor {
       if (w.state === 'handshake') this.closeWith(w, ErrorCodes.LIMIT, `no hello within ${this.limits.handshakeTimeoutMs} ms`);
     }, this.limits.handshakeTimeoutMs);
     handshake.unref();
-    ws.on('message', (data, isBinary) => this.onFrame(w, data as Buffer, isBinary));
-    ws.on('pong', () => { w.alive = true; w.lastSeen = Date.now(); });
-    ws.on('close', () => { clearTimeout(handshake); this.onClose(w); });
-    ws.on('error', (err) => this.log(`worker ${w.id}: socket error ${err.message}`));
+    return {
+      frame: (data, isBinary) => this.onFrame(w, data, isBinary),
+      pong: () => { w.alive = true; w.lastSeen = Date.now(); },
+      close: () => { clearTimeout(handshake); this.onClose(w); },
+      error: (err) => this.log(`worker ${w.id}: socket error ${cleanPeerText(err.message, 200)}`),
+    };
   }
 
   /** Pings every worker; one that did not answer the previous ping is dropped (its work requeued). */
@@ -283,7 +286,7 @@ export class MeshExecutor implements GradientExecutor {
     }
   }
 
-  private onFrame(w: WorkerConnection, data: Buffer, isBinary: boolean): void {
+  private onFrame(w: WorkerConnection, data: Uint8Array, isBinary: boolean): void {
     const wire = wsFrameBytes(data.length, true);
     w.bytesIn += wire;
     this.traffic.countIn(wire);
@@ -322,14 +325,14 @@ export class MeshExecutor implements GradientExecutor {
     this.rejections.set(code, (this.rejections.get(code) ?? 0) + 1);
   }
 
-  /** Tells the peer why (reject frame), closes with policy-violation 1008, and stops listening to it. */
+  /** Tells the peer why (reject frame), closes with closeCodeFor(code) (1008, policy violation), and stops listening to it. */
   private closeWith(w: WorkerConnection, code: ErrorCode, why: string): void {
     if (w.quarantined) return;
     w.quarantined = true;
     if (code === ErrorCodes.QUARANTINED) this.quarantinedCount++;
     this.log(`worker ${w.id}: closed (${code}: ${why})`);
     this.send(w, { type: 'reject', code, message: why });
-    w.ws.close(1008, code);
+    w.ws.close(closeCodeFor(code), code);
     setTimeout(() => w.ws.terminate(), 1000).unref();
   }
 
@@ -346,7 +349,7 @@ export class MeshExecutor implements GradientExecutor {
     }
     if (protocol !== PROTOCOL_VERSION) {
       this.send(w, { type: 'reject', code: ErrorCodes.PROTOCOL_VERSION, message: `protocol ${protocol} is not supported; this coordinator speaks ${PROTOCOL_VERSION}` });
-      w.ws.close(1002, ErrorCodes.PROTOCOL_VERSION);
+      w.ws.close(closeCodeFor(ErrorCodes.PROTOCOL_VERSION), ErrorCodes.PROTOCOL_VERSION);
       return;
     }
     const { up, down } = this.options.manifest.wire;
@@ -599,7 +602,7 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   private sendFrame(w: WorkerConnection, frame: Uint8Array, kind: 'params' | 'assign' | 'other', payload = 0): void {
-    if (w.ws.readyState !== w.ws.OPEN) return;
+    if (!w.ws.open) return;
     if (w.ws.bufferedAmount > 2 * this.limits.maxBufferedBytes) {
       this.log(`worker ${w.id}: ${w.ws.bufferedAmount} bytes unsent; dropping it`);
       w.ws.terminate();

@@ -11,7 +11,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
-import { ErrorCodes } from '../shared/errors.ts';
+import { closeCodeFor, ErrorCodes } from '../shared/errors.ts';
 import { cleanPeerText } from '../shared/protocol/peer-text.ts';
 import { listenError } from './preflight.ts';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -21,6 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { WebSocketServer } from 'ws';
 import { EventStreams } from './event-streams.ts';
 import { DEFAULT_SECURITY, type MeshExecutor } from './mesh.ts';
+import { attachWebSocket } from './peer.ts';
 import type { ModelFile } from './model-dir.ts';
 import type { RunMonitor } from './monitor.ts';
 import {
@@ -155,7 +156,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     noServer: true, maxPayload: opts.maxPayload,
     handleProtocols: (protocols) => (protocols.has('loramesh') ? 'loramesh' : false),
   });
-  wss.on('connection', (ws) => opts.mesh.attach(ws));
+  wss.on('connection', (ws) => attachWebSocket(opts.mesh, ws));
   // Every check happens here, before a WebSocket exists: a refused peer costs one HTTP response.
   http.on('upgrade', (req, socket, head) => {
     socket.on('error', () => socket.destroy());
@@ -171,10 +172,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     }
     if (opts.token !== undefined && !tokenMatches(tokenFromUpgrade(req), opts.token)) {
       // Browsers cannot read the status of a refused upgrade, only a close code: a page that
-      // offered a token subprotocol gets the socket closed at once with 1008 and the reason,
+      // offered a token subprotocol gets the socket closed at once (1008, closeCodeFor) and the reason,
       // so it stops instead of retrying. It never reaches the mesh. Anyone else gets 401.
       if (!(req.headers['sec-websocket-protocol'] ?? '').includes('loramesh.token.')) return refuseUpgrade(socket, 401, 'Unauthorized', ErrorCodes.AUTH);
-      wss.handleUpgrade(req, socket, head, (ws) => ws.close(1008, ErrorCodes.AUTH));
+      wss.handleUpgrade(req, socket, head, (ws) => ws.close(closeCodeFor(ErrorCodes.AUTH), ErrorCodes.AUTH));
       return;
     }
     // ws completes the upgrade synchronously here, so the check above still holds when counting.

@@ -5,7 +5,7 @@
  * here: the same Trainer drives the single-process reference and the distributed run.
  */
 import type { LoraConfig, ModelConfig, TrainConfig } from '../shared/config.ts';
-import { adapterSpec, initAdapter, type AdapterState, type AdapterTensorSpec } from '../shared/lora/adapter.ts';
+import { adapterSpec, cloneAdapter, initAdapter, type AdapterState, type AdapterTensorSpec } from '../shared/lora/adapter.ts';
 import { mixSeed } from '../shared/rng.ts';
 import type { StepGradient } from '../shared/train/aggregate.ts';
 import { robustAggregate, type Aggregation } from '../shared/train/robust.ts';
@@ -94,17 +94,16 @@ export class Trainer {
   constructor(readonly options: TrainerOptions, private readonly executor: GradientExecutor) {
     if (options.local && (options.aggregation ?? 'sum') !== 'sum') fail(ErrorCodes.CONFIG, `aggregation ${options.aggregation} cannot be combined with local steps (pseudo-gradients are averaged)`);
     this.spec = adapterSpec(options.model, options.lora);
-    this.adapter = options.initialAdapter ? new Map([...options.initialAdapter].map(([k, v]) => [k, v.slice()])) : initAdapter(this.spec, options.lora, mixSeed(options.train.seed, 1));
+    this.adapter = options.initialAdapter ? cloneAdapter(options.initialAdapter) : initAdapter(this.spec, options.lora, mixSeed(options.train.seed, 1));
     this.sampler = new EpochSampler(options.examples.length, mixSeed(options.train.seed, 2));
     this.adam = initAdam(this.adapter);
   }
 
   exportState(): TrainerState {
-    const copy = (m: AdapterState) => new Map([...m].map(([k, v]) => [k, v.slice()]));
     return {
-      step: this.step, paramVersion: this.paramVersion, cursor: { ...this.sampler.cursor }, adapter: copy(this.adapter),
-      adam: { step: this.adam.step, m: copy(this.adam.m), v: copy(this.adam.v) },
-      ...(this.options.local ? { outerMomentum: copy(this.outer.momentum) } : {}),
+      step: this.step, paramVersion: this.paramVersion, cursor: { ...this.sampler.cursor }, adapter: cloneAdapter(this.adapter),
+      adam: { step: this.adam.step, m: cloneAdapter(this.adam.m), v: cloneAdapter(this.adam.v) },
+      ...(this.options.local ? { outerMomentum: cloneAdapter(this.outer.momentum) } : {}),
     };
   }
 
@@ -126,7 +125,7 @@ export class Trainer {
       this.adam.m.set(t.name, state.adam.m.get(t.name)!.slice());
       this.adam.v.set(t.name, state.adam.v.get(t.name)!.slice());
     }
-    this.outer.momentum = new Map([...(state.outerMomentum ?? [])].map(([k, v]) => [k, v.slice()]));
+    this.outer.momentum = cloneAdapter(state.outerMomentum ?? new Map());
   }
 
   get done(): boolean {
@@ -168,7 +167,7 @@ export class Trainer {
    * restores them and refuses the step (LM_ERR_NON_FINITE): nothing non-finite is ever published.
    */
   private applyFinite(what: string, arrays: Map<string, Float32Array>[], update: () => void): void {
-    const saved = arrays.map((m) => new Map([...m].map(([k, v]) => [k, v.slice()])));
+    const saved = arrays.map((m) => cloneAdapter(m));
     const adamStep = this.adam.step;
     update();
     for (const m of arrays) {
@@ -222,7 +221,7 @@ export class Trainer {
     const results = await this.executor.computeLocal(this.step, this.paramVersion, jobs);
     const lossSum = results.reduce((s, r) => s + r.lossSum, 0);
     const tokenCount = results.reduce((s, r) => s + r.tokenCount, 0);
-    const start = new Map([...this.adapter].map(([k, v]) => [k, v.slice()]));
+    const start = cloneAdapter(this.adapter);
     const pseudoGrads = results.map((r) => r.grads);
     // Gram-matrix cost grows with jobs²; past 16 jobs the diagnostic is skipped.
     const factorGap = jobs.length <= 16 ? factorAveragingGap(this.spec, start, pseudoGrads, this.options.lora.r) ?? undefined : undefined;

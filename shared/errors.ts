@@ -56,6 +56,16 @@ export const ErrorCodes = {
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 
+/**
+ * The WebSocket close code a coordinator closes a peer's socket with, for the error that caused it
+ * (RFC 6455 §7.4.1): 1002 protocol error for another protocol version, 1008 policy violation for every
+ * other refusal. The only place that decides it; workers read it back (shared/protocol/refusal.ts).
+ * An oversized frame gets 1009 from ws's maxPayload itself, before any loramesh code sees it.
+ */
+export function closeCodeFor(code: ErrorCode): 1002 | 1008 {
+  return code === ErrorCodes.PROTOCOL_VERSION ? 1002 : 1008;
+}
+
 export class LoraMeshError extends Error {
   readonly code: ErrorCode;
   constructor(code: ErrorCode, message: string) {

@@ -6,12 +6,12 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { checkModelConfig } from './config.ts';
 import { ErrorCodes, LoraMeshError } from './errors.ts';
-import { type AdapterTensorSpec } from './lora/adapter.ts';
+import { adapterParameterCount, cloneAdapter, type AdapterTensorSpec } from './lora/adapter.ts';
 import { FrozenBase } from './lora/params.ts';
 import { createModel, type CausalLM } from './model/causal-lm.ts';
 import { decodeMessage, encodeMessage } from './protocol/codec.ts';
 import {
-  adapterLength, flattenTensors, PROTOCOL_VERSION, splitTensors, unpackFloats,
+  flattenTensors, PROTOCOL_VERSION, splitTensors, unpackFloats,
   type Assign, type AssignLocal, type Message, type Params, type RunManifest, type WorkerMessage,
 } from './protocol/messages.ts';
 import { cleanPeerText } from './protocol/peer-text.ts';
@@ -81,7 +81,7 @@ export class WorkerSession {
 
   /** A copy of the parameters held now, by tensor name (the browser page's debug record). */
   heldParams(): Record<string, Float32Array> {
-    return Object.fromEntries([...this.adapter].map(([k, v]) => [k, v.slice()]));
+    return Object.fromEntries(cloneAdapter(this.adapter));
   }
 
   /** Handles frames strictly in arrival order; `send` gets each reply. */
@@ -164,7 +164,7 @@ export class WorkerSession {
     if (!this.manifest) throw new LoraMeshError(ErrorCodes.STATE, 'params before welcome');
     // Full vectors are always f32 (exact); deltas come in the run's down codec.
     const codec = message.deltaFrom === undefined ? F32 : this.manifest.wire.down;
-    const values = unpackFloats(message.tensors, codec, adapterLength(this.manifest.adapter), 'params.tensors');
+    const values = unpackFloats(message.tensors, codec, adapterParameterCount(this.manifest.adapter), 'params.tensors');
     if (message.deltaFrom === undefined) {
       this.flat = values;
     } else {

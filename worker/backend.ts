@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs-core';
 import { fail, ErrorCodes } from '../shared/errors.ts';
+import { isSoftwareAdapter } from './software-device.ts';
 import { installWasmKernels } from './wasm-kernels.ts';
 import { MAX_WASM_THREADS, registerThreadedWasm } from './wasm-threads.ts';
 
@@ -58,7 +59,7 @@ export interface BackendOptions {
 }
 
 /** LORAMESH_WASM_THREADS, checked: an integer in 1..MAX_WASM_THREADS, or unset. */
-export function wasmThreadsFromEnv(env: NodeJS.ProcessEnv = process.env): number | undefined {
+function wasmThreadsFromEnv(env: NodeJS.ProcessEnv = process.env): number | undefined {
   const raw = env.LORAMESH_WASM_THREADS;
   if (raw === undefined || raw === '') return undefined;
   const n = Number(raw);
@@ -113,11 +114,6 @@ const SWIFTSHADER_ICD = '/usr/lib/chromium/vk_swiftshader_icd.json';
 
 const describeAdapter = (info: GPUAdapterInfo) =>
   [info.vendor, info.architecture, info.description].filter((s) => s).join(' / ') || 'unnamed adapter';
-
-/** Software Vulkan/WebGPU implementations report themselves as a fallback adapter or by name. */
-const isSoftwareAdapter = (adapter: GPUAdapter) =>
-  Boolean((adapter.info as { isFallbackAdapter?: boolean }).isFallbackAdapter) ||
-  /swiftshader|llvmpipe|lavapipe/i.test(`${adapter.info.architecture} ${adapter.info.device} ${adapter.info.description}`);
 
 /**
  * WebGPU in Node: Dawn from the `webgpu` package provides navigator.gpu, then tfjs-backend-webgpu

@@ -1,7 +1,7 @@
 /**
  * The Node worker: picks a tfjs backend, connects to a coordinator over WebSocket (reconnecting
- * with exponential backoff; a refusal that cannot change ends it with LoraMeshError instead, see
- * shared/protocol/refusal.ts), fetches the base model over HTTP once (sha256-verified, cached on
+ * with jittered exponential backoff, shared/protocol/reconnect.ts; a refusal that cannot change
+ * ends it with LoraMeshError instead, see shared/protocol/refusal.ts), fetches the base model over HTTP once (sha256-verified, cached on
  * disk by content hash) and runs the neutral worker loop from shared/.
  */
 import { createHash } from 'node:crypto';
@@ -18,6 +18,7 @@ import { loadSafetensorsFiles } from './load-weights.ts';
 import type { BaseFile, RunManifest } from '../shared/protocol/messages.ts';
 import { asBytes } from '../shared/protocol/codec.ts';
 import { cleanPeerText } from '../shared/protocol/peer-text.ts';
+import { reconnectDelayMs } from '../shared/protocol/reconnect.ts';
 import { refusalFromClose, refusalFromHttp, type Refusal } from '../shared/protocol/refusal.ts';
 import { WorkerSession } from '../shared/worker-loop.ts';
 import { initBackend, type BackendName } from './backend.ts';
@@ -109,7 +110,7 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
     if (attempt.refusal) throw new LoraMeshError(attempt.refusal.code, attempt.refusal.reason);
     failures = attempt.opened ? 0 : failures + 1;
     if (opts.maxRetries !== undefined && failures > opts.maxRetries) fail(ErrorCodes.STATE, `could not reach ${opts.url} after ${failures} attempts`);
-    const delay = Math.min(10_000, 250 * 2 ** Math.min(failures, 6)) * (0.5 + Math.random() / 2);
+    const delay = reconnectDelayMs(failures, Math.random());
     log(`disconnected; reconnecting in ${(delay / 1000).toFixed(1)} s`);
     await new Promise((r) => setTimeout(r, delay));
   }

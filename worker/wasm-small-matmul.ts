@@ -94,7 +94,7 @@ const body = [
 ];
 
 /** The module's bytes; `shared` must match the imported memory (tfjs's threaded build shares it). */
-export function smallMatMulModule(shared: boolean): Uint8Array<ArrayBuffer> {
+function smallMatMulModule(shared: boolean): Uint8Array<ArrayBuffer> {
   const locals = [[...uleb(9), I32], [...uleb(1), F32], [...uleb(1), V128]];
   const code = [...vec(locals), ...body];
   const memoryLimits = shared ? [0x03, ...uleb(1), ...uleb(65536)] : [0x00, ...uleb(1)];

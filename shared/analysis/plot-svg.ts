@@ -4,12 +4,12 @@
  * viewer and through resvg to PNG; fonts fall back to whatever sans-serif the renderer has.
  */
 
-export const FONT = 'DejaVu Sans, Liberation Sans, Arial, Helvetica, sans-serif';
+const FONT = 'DejaVu Sans, Liberation Sans, Arial, Helvetica, sans-serif';
 
 /** Distinguishable line colours (Tableau 10 order). */
 export const PALETTE = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
 
-export function escapeXml(text: string): string {
+function escapeXml(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 }
 

@@ -23,7 +23,7 @@ export function entropyEffectiveRank(values: number[]): number {
  * Cumulative energy: share[k−1] = Σ_{i≤k} σ_i² / Σσ², the part of ‖ΔW‖²_F in the top-k directions.
  * All zeros for an all-zero spectrum.
  */
-export function energyShares(values: number[]): number[] {
+function energyShares(values: number[]): number[] {
   const total = values.reduce((s, v) => s + v * v, 0);
   let running = 0;
   return values.map((v) => {

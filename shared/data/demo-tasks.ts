@@ -20,8 +20,8 @@ export const TASKS: Record<string, (s: string) => string> = {
 };
 export const PRETRAIN_TAGS = ['C', 'R', 'U'];
 export const FINETUNE_TAG = 'V';
-export const MIN_LEN = 3;
-export const MAX_LEN = 8;
+const MIN_LEN = 3;
+const MAX_LEN = 8;
 
 export interface TaskSample {
   tag: string;

@@ -44,7 +44,8 @@ export function adapterSpec(config: ModelConfig, lora: LoraConfig): AdapterTenso
   return spec;
 }
 
-export function adapterParameterCount(spec: AdapterTensorSpec[]): number {
+/** Number of values in an adapter: the length of every flat float payload on the wire. */
+export function adapterParameterCount(spec: readonly { shape: readonly [number, number] }[]): number {
   return spec.reduce((n, t) => n + t.shape[0] * t.shape[1], 0);
 }
 
@@ -67,7 +68,8 @@ export function initAdapter(spec: AdapterTensorSpec[], lora: LoraConfig, seed: n
   return state;
 }
 
-export function cloneAdapter(state: AdapterState): AdapterState {
+/** A deep copy: the same names in the same order, each tensor a new Float32Array. */
+export function cloneAdapter(state: ReadonlyMap<string, Float32Array>): AdapterState {
   return new Map([...state].map(([k, v]) => [k, v.slice()]));
 }
 

@@ -21,7 +21,7 @@ export function checkWeights(config: ModelConfig, weights: Map<string, tf.Tensor
  * Above this many bytes of linear weights, FrozenBase multiplies with W on the left (see
  * FrozenLinear): half the memory and faster for large layers, slower for small ones.
  */
-export const WEIGHT_ON_THE_LEFT_MIN_BYTES = 64 * 2 ** 20;
+const WEIGHT_ON_THE_LEFT_MIN_BYTES = 64 * 2 ** 20;
 
 /** The frozen base model: every linear layer wrapped for the fast custom gradient. */
 export class FrozenBase implements ParamSource {

@@ -4,7 +4,6 @@
  */
 import type * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../config.ts';
-import { fail, ErrorCodes } from '../errors.ts';
 import type { KvCache } from './attention.ts';
 import * as gpt2 from './gpt2.ts';
 import * as llama from './llama.ts';
@@ -85,6 +84,3 @@ export function moduleKind(modulePath: string): string {
   return modulePath.slice(modulePath.lastIndexOf('.') + 1);
 }
 
-export function checkKnownTensor(config: ModelConfig, name: string, shapes: Map<string, number[]>): void {
-  if (!shapes.has(name)) fail(ErrorCodes.MODEL, `checkpoint tensor ${name} is not part of a ${config.model_type} model with this config.json`);
-}

@@ -11,7 +11,7 @@ import type { CausalLM, LinearStorage, ParamSource } from './causal-lm.ts';
 import { constMatMul } from './linear-ops.ts';
 import { rmsNorm, swiglu } from './norm-ops.ts';
 
-export const layerPrefix = (i: number) => `model.layers.${i}`;
+const layerPrefix = (i: number) => `model.layers.${i}`;
 
 export function linearModulePaths(config: LlamaConfig): string[] {
   const paths: string[] = [];
@@ -70,7 +70,7 @@ export function parameterShapes(config: LlamaConfig): Map<string, number[]> {
 }
 
 /** Inverse frequencies of RoPE, with HF's "linear" (positions / factor) or "llama3" scaling. */
-export function ropeInverseFrequencies(config: LlamaConfig, headSize: number): Float64Array {
+function ropeInverseFrequencies(config: LlamaConfig, headSize: number): Float64Array {
   const inv = new Float64Array(headSize / 2);
   for (let j = 0; j < inv.length; j++) inv[j] = 1 / Math.pow(config.rope_theta, (2 * j) / headSize);
   const s = config.rope_scaling;

@@ -5,6 +5,7 @@
  */
 import type { LoraConfig, ModelConfig } from '../config.ts';
 import { describe, ErrorCodes, fail, type ErrorCode } from '../errors.ts';
+import { adapterParameterCount } from '../lora/adapter.ts';
 import type { MicroBatch } from '../train/micro-batch.ts';
 import { CODECS, decodeFloats, MAX_BLOCK, type CodecName, type CodecSpec, type PackedFloats } from './wire-codec.ts';
 
@@ -239,14 +240,9 @@ export function firstNonFinite(x: Float32Array): number {
   return -1;
 }
 
-/** Number of values in the manifest's adapter (the length of every float payload). */
-export function adapterLength(spec: { shape: [number, number] }[]): number {
-  return spec.reduce((n, t) => n + t.shape[0] * t.shape[1], 0);
-}
-
 /** Concatenates named tensors in manifest order (a missing tensor is a programming error). */
 export function flattenTensors(tensors: ReadonlyMap<string, Float32Array>, spec: { name: string; shape: [number, number] }[]): Float32Array {
-  const flat = new Float32Array(adapterLength(spec));
+  const flat = new Float32Array(adapterParameterCount(spec));
   let offset = 0;
   for (const t of spec) {
     const data = tensors.get(t.name);

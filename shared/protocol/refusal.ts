@@ -5,7 +5,7 @@
  * missing codec or a quarantine would be refused the same way forever: it stops and says why.
  * Platform-neutral: no sockets here, only the status, codes and text a socket reported.
  */
-import { ErrorCodes, type ErrorCode } from '../errors.ts';
+import { closeCodeFor, ErrorCodes, type ErrorCode } from '../errors.ts';
 import { cleanPeerText } from './peer-text.ts';
 
 /** A refusal that retrying cannot change: the code and a sentence for the person running the worker. */
@@ -37,11 +37,11 @@ const PERMANENT: Partial<Record<ErrorCode, (how: string, detail: string) => stri
     `this worker failed the coordinator's spot check and is barred from the run${how}: ${detail || 'no detail given'}`,
 };
 
-/** Close codes a coordinator refuses with (mesh.ts, server.ts): 1008 policy violation, 1002 protocol error. */
-const REFUSING_CLOSE_CODES = new Set([1002, 1008]);
-
 /** True for the codes retrying cannot change. */
 export const isPermanentCode = (code: string): code is ErrorCode => Object.hasOwn(PERMANENT, code);
+
+/** Close codes a coordinator refuses with: those closeCodeFor gives the permanent codes (1002, 1008). */
+const REFUSING_CLOSE_CODES = new Set<number>(Object.keys(PERMANENT).filter(isPermanentCode).map(closeCodeFor));
 
 const permanentCode = (code: string | undefined): ErrorCode | null =>
   code !== undefined && isPermanentCode(code) ? code : null;

@@ -117,21 +117,3 @@ export function evaluateLoss(
   }
   return { lossSum, tokenCount: count };
 }
-
-/** evaluateLoss with asynchronous reads: works on every backend, WebGPU in Node included (see computeGradientsAsync). */
-export async function evaluateLossAsync(
-  model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, microBatches: MicroBatch[],
-): Promise<{ lossSum: number; tokenCount: number }> {
-  let lossSum = 0;
-  let count = 0;
-  for (const mb of microBatches) {
-    const loss = evalLossTensor(model, base, spec, adapter, lora, mb);
-    try {
-      lossSum += (await loss.data())[0];
-    } finally {
-      loss.dispose();
-    }
-    count += tokenCount(mb);
-  }
-  return { lossSum, tokenCount: count };
-}

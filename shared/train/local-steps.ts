@@ -8,7 +8,7 @@
  * reassignment, straggler copies and spot checks rely on.
  */
 import type { LoraConfig, TrainConfig } from '../config.ts';
-import type { AdapterState, AdapterTensorSpec } from '../lora/adapter.ts';
+import { cloneAdapter, type AdapterState, type AdapterTensorSpec } from '../lora/adapter.ts';
 import type { FrozenBase } from '../lora/params.ts';
 import type { CausalLM } from '../model/causal-lm.ts';
 import { computeGradientsAsync, type GradientResult } from './gradients.ts';
@@ -33,7 +33,7 @@ export async function runLocalJob(
   model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], start: ReadonlyMap<string, Float32Array>, lora: LoraConfig,
   microBatches: MicroBatch[], lr: number, inner: InnerOptimizer,
 ): Promise<GradientResult> {
-  const adapter: AdapterState = new Map([...start].map(([k, v]) => [k, v.slice()]));
+  const adapter = cloneAdapter(start);
   const adam = initAdam(adapter);
   let lossSum = 0;
   let tokenCount = 0;

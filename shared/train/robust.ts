@@ -8,7 +8,7 @@
  *   norm-clip      m_i clipped to `clip` × the median of the ‖m_i‖, then token-weighted mean
  *   centered-clip  v ← v + mean_i clip(m_i − v, τ) from v = median, τ = median ‖m_i − v‖ (3 rounds)
  */
-import type { AdapterState } from '../lora/adapter.ts';
+import { cloneAdapter, type AdapterState } from '../lora/adapter.ts';
 import type { GradientResult } from './gradients.ts';
 
 export const AGGREGATIONS = ['sum', 'median', 'trimmed-mean', 'norm-clip', 'centered-clip'] as const;
@@ -66,7 +66,7 @@ export function robustAggregate(results: GradientResult[], how: Exclude<Aggregat
   for (let round = 0; round < 3; round++) {
     const deltas = means.map((m) => new Map(names.map((name) => [name, m.get(name)!.map((x, i) => x - center.get(name)![i])])));
     const tau = median(deltas.map(norm));
-    const next: AdapterState = new Map(names.map((name) => [name, center.get(name)!.slice()]));
+    const next = cloneAdapter(center); // center holds exactly `names`, in that order
     for (const d of deltas) {
       const scale = Math.min(1, tau / Math.max(1e-12, norm(d))) / deltas.length;
       for (const name of names) next.get(name)!.forEach((_, i, a) => (a[i] += scale * d.get(name)![i]));

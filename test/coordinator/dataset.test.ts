@@ -1,17 +1,19 @@
 // JSONL datasets: each record format's tokens and loss weights, truncation, packing, the seeded
 // train/eval split, and bad records refused with LM_ERR_DATA naming path:line.
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { jsonlExamples, loadJsonlDataset, type DatasetOptions } from '../../coordinator/dataset.ts';
+import { loadJsonlDataset, type DatasetOptions } from '../../coordinator/dataset.ts';
 import { CharTokenizer } from '../../shared/data/char-tokenizer.ts';
 import { loadHfTokenizer } from '../../shared/data/tokenizer.ts';
 import { ErrorCodes, LoraMeshError } from '../../shared/errors.ts';
 import { Rng } from '../../shared/rng.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'loramesh-dataset-'));
+let dir = '';
+before(() => { dir = mkdtempSync(join(tmpdir(), 'loramesh-dataset-')); });
+after(() => rmSync(dir, { recursive: true, force: true }));
 let fileCount = 0;
 /** Writes lines (objects are JSON-encoded, strings written as they are) to a fresh .jsonl file. */
 function jsonl(lines: unknown[]): string {
@@ -152,14 +154,6 @@ test('the train/eval split takes the first ceil(evalFraction·n) of a seeded shu
   assert.deepEqual(split(7, 0.25), a);
   assert.notDeepEqual(split(8, 0.25).eval, a.eval);
   assert.deepEqual(split(7, 0), { train: letters, eval: [] });
-});
-
-test('jsonlExamples keeps the CLI working: every record, truncated, no eval split', () => {
-  const examples = jsonlExamples(jsonl([{ text: 'abcdef' }, { text: 'a' }]), char, 4);
-  assert.deepEqual(examples, [
-    { tokens: [1, 3, 4, 5], lossWeights: [0, 1, 1, 1] },
-    { tokens: [1, 3, 2], lossWeights: [0, 1, 1] },
-  ]);
 });
 
 test('bad records are refused with LM_ERR_DATA naming path:line and what is wrong', () => {

@@ -10,6 +10,7 @@ import '@tensorflow/tfjs-backend-webgl';
 import '@tensorflow/tfjs-backend-webgpu';
 import { getThreadsCount, setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { ErrorCodes, fail } from '../../shared/errors.ts';
+import { isSoftwareAdapter, isSoftwareRenderer } from '../software-device.ts';
 import { installWasmKernels } from '../wasm-kernels.ts';
 import type { BrowserBackend } from './fragment.ts';
 
@@ -27,17 +28,13 @@ export interface BrowserBackendInfo {
   notes: string[];
 }
 
-const SOFTWARE_DEVICE = /swiftshader|llvmpipe|lavapipe|softpipe|software|basic render/i;
-
 async function webgpuAdapterInfo(): Promise<{ description: string; software: boolean } | null> {
   if (!('gpu' in navigator)) return null;
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
   if (!adapter) return null;
   const info = adapter.info;
   const description = [info.vendor, info.architecture, info.device, info.description].filter((s) => s).join(' ') || 'unknown WebGPU adapter';
-  // isFallbackAdapter moved from the adapter to its info in newer Chromium; read either.
-  const fallback = (info as { isFallbackAdapter?: boolean }).isFallbackAdapter ?? (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter ?? false;
-  return { description: description.slice(0, 128), software: fallback || SOFTWARE_DEVICE.test(description) };
+  return { description: description.slice(0, 128), software: isSoftwareAdapter(adapter) };
 }
 
 async function tryWebgpu(): Promise<Omit<BrowserBackendInfo, 'notes'> | string> {
@@ -58,7 +55,7 @@ async function tryWebgl(): Promise<Omit<BrowserBackendInfo, 'notes'> | string> {
   const gl = (tf.backend() as unknown as { gpgpu: { gl: WebGLRenderingContext } }).gpgpu.gl;
   const debug = gl.getExtension('WEBGL_debug_renderer_info');
   const renderer = String((debug && gl.getParameter(debug.UNMASKED_RENDERER_WEBGL)) || gl.getParameter(gl.RENDERER) || 'unknown WebGL renderer').slice(0, 128);
-  return { name: 'webgl', adapter: renderer, slow: SOFTWARE_DEVICE.test(renderer) };
+  return { name: 'webgl', adapter: renderer, slow: isSoftwareRenderer(renderer) };
 }
 
 async function tryWasm(log: (line: string) => void): Promise<Omit<BrowserBackendInfo, 'notes'> | string> {

@@ -2,10 +2,12 @@
  * The tab's WebSocket to the coordinator: binary frames into the neutral WorkerSession and its
  * replies back out, an app-level heartbeat (browsers cannot send ws pings; they do answer the
  * coordinator's pings on their own), a clean close (1000) when the tab goes away, and reconnection
- * with jittered exponential backoff. A refusal that cannot change (wrong token, other protocol,
- * missing codec, quarantine: shared/protocol/refusal.ts) is not retried: that would only hammer it.
+ * with jittered exponential backoff (shared/protocol/reconnect.ts, the same as the Node worker's).
+ * A refusal that cannot change (wrong token, other protocol, missing codec, quarantine:
+ * shared/protocol/refusal.ts) is not retried: that would only hammer it.
  */
 import { encodeMessage } from '../../shared/protocol/codec.ts';
+import { reconnectDelayMs } from '../../shared/protocol/reconnect.ts';
 import { refusalFromClose } from '../../shared/protocol/refusal.ts';
 import type { WorkerSession } from '../../shared/worker-loop.ts';
 
@@ -23,7 +25,6 @@ export interface ConnectionHooks {
 }
 
 export const HEARTBEAT_MS = 3000;
-const MAX_BACKOFF_MS = 15_000;
 
 export class Connection {
   private ws: WebSocket | null = null;
@@ -101,7 +102,7 @@ export class Connection {
         return;
       }
       this.failures = wasOpen ? 0 : this.failures + 1;
-      const delay = Math.min(MAX_BACKOFF_MS, 500 * 2 ** Math.min(this.failures, 5)) * (0.5 + Math.random() / 2);
+      const delay = reconnectDelayMs(this.failures, Math.random());
       this.hooks.reconnecting(delay, wasOpen ? `connection closed (${event.code})` : 'could not connect');
       setTimeout(() => this.open(), delay);
     };

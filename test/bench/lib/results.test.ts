@@ -1,10 +1,11 @@
-// The benchmarks' shared helpers: statistics, RESULTS.md sections, charts.
+// The benchmarks' shared helpers: statistics, RESULTS.md sections, the machine. (Their charts are
+// shared/analysis/plot-lines.ts's: test/shared/analysis/plot-lines.test.ts.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { figure, lineChartSvg, machine, replaceSection, stats, writeChart } from '../../../bench/lib/results.ts';
+import { figure, machine, replaceSection, stats } from '../../../bench/lib/results.ts';
 
 test('stats: min, median (mean of the middle two for even n), max', () => {
   assert.deepEqual(stats([3, 1, 2]), { min: 1, median: 2, max: 3, n: 3 });
@@ -21,22 +22,6 @@ test('replaceSection replaces only its marked body and appends a missing section
   assert.equal(readFileSync(path, 'utf8'), before.replace('old a', () => 'new a with $& and $1'));
   replaceSection('c-table', 'C (`npm run c`)', 'new c', path);
   assert.ok(readFileSync(path, 'utf8').endsWith('old b $& $1\n<!-- b-table:end -->\n\n## C (`npm run c`)\n\n<!-- c-table:start -->\nnew c\n<!-- c-table:end -->\n'));
-});
-
-test('line chart: one polyline per series with ≥ 2 points, log2 x ticks, PNG written', () => {
-  const chart = {
-    title: 'overhead <N>', xLabel: 'workers', yLabel: '%', xScale: 'log2' as const, yScale: 'log10' as const,
-    series: [{ name: 'median', points: [[1, 0.5], [4, 2], [16, 8]] as [number, number][] }, { name: 'target', points: [[1, 3], [16, 3]] as [number, number][], dashed: true }],
-  };
-  const svg = lineChartSvg(chart);
-  assert.equal(svg.match(/<polyline/g)?.length, 2);
-  assert.ok(svg.includes('overhead &lt;N&gt;'));
-  for (const tick of ['>1<', '>2<', '>4<', '>8<', '>16<']) assert.ok(svg.includes(tick), tick);
-  // log10 y over 0.5…8: 1-2-5 ticks from 0.5 up to 10, nothing beyond
-  for (const tick of ['>0.500<', '>5<', '>10<']) assert.ok(svg.includes(tick), tick);
-  assert.ok(!svg.includes('>20<') && !svg.includes('>0.200<'));
-  const { png } = writeChart(join(mkdtempSync(join(tmpdir(), 'loramesh-chart-')), 'c'), chart);
-  assert.deepEqual([...readFileSync(png).subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 });
 
 test('machine description names cores, CPU and Node', () => {

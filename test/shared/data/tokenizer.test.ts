@@ -18,7 +18,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { CharTokenizer } from '../../../shared/data/char-tokenizer.ts';
 import { loadHfTokenizer, type TextTokenizer } from '../../../shared/data/tokenizer.ts';
-import { ErrorCodes, LoraMeshError } from '../../../shared/errors.ts';
+import { ErrorCodes } from '../../../shared/errors.ts';
 import { throwsCode } from '../../helpers/assert.ts';
 
 const FIXTURES = new URL('../../fixtures/tokenizers/', import.meta.url);

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { checkLoraConfig } from '../../../shared/config.ts';
-import { ErrorCodes, LoraMeshError } from '../../../shared/errors.ts';
+import { ErrorCodes } from '../../../shared/errors.ts';
 import { decodePeftAdapter, encodePeftAdapter, loraConfigFromPeft, parsePeftKey, peftAdapterConfig, peftKey, type PeftModule } from '../../../shared/formats/peft.ts';
 import { decodeSafetensors, encodeSafetensors } from '../../../shared/formats/safetensors.ts';
 import { Rng } from '../../../shared/rng.ts';
