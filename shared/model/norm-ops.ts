@@ -1,7 +1,7 @@
 /**
  * Normalizations and activations with hand-written gradients. Autodiff of their textbook formulas
  * records 10–20 small kernels per call and replays each backward; the closed forms below need a
- * few. Each equals the textbook formula (tested against autodiff in test/shared/fused-ops.test.ts).
+ * few. Each equals the textbook formula (tested against autodiff in test/shared/lora-fast-path.test.ts).
  * Shapes: x (N, d); weights and biases (d).
  */
 import * as tf from '@tensorflow/tfjs-core';

@@ -1,6 +1,6 @@
 // The live dashboard in a real (headless) Chromium: it lists both workers with their backends and
 // its loss curve grows while the run trains. A screenshot is saved to test/artifacts/.
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,28 +10,23 @@ import '../helpers/backend.ts';
 import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
 import { openModelDir } from '../../coordinator/model-dir.ts';
-import { runTraining } from '../../coordinator/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
+import { startRun, within } from '../helpers/browser.ts';
 
-const root = mkdtempSync(join(tmpdir(), 'loramesh-dash-'));
 const artifacts = join(import.meta.dirname, '..', 'artifacts');
+let root = '';
+before(() => { root = mkdtempSync(join(tmpdir(), 'loramesh-dash-')); });
+after(() => rmSync(root, { recursive: true, force: true }));
 
 test('dashboard shows both workers with their backends and a loss curve that updates', async () => {
   writeTinyModelDir(join(root, 'model'), 2);
   const model = await openModelDir(join(root, 'model'));
-  let url = '';
-  let resolveUrl: () => void;
-  const urlKnown = new Promise<void>((r) => (resolveUrl = r));
-  const run = runTraining({
+  const run = startRun({
     model, lora: checkLoraConfig({ r: 2, alpha: 4 }), train: checkTrainConfig({ steps: 60, globalBatch: 8, microBatch: 2, seed: 1 }),
     examples: demoExamples(model.tokenizer, demoTaskData(64, 8, 1)), outDir: join(root, 'runs'), runId: 'dash',
     localWorkers: 2, backend: 'wasm', cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false,
-    log: (line) => {
-      const m = /listening on ws:\/\/(\S+)\/ws/.exec(line);
-      if (m) { url = `http://${m[1]}`; resolveUrl(); }
-    },
   });
-  await urlKnown;
+  const url = await within(30_000, 'coordinator start', run.httpUrl);
   const browser = await chromium.launch({
     executablePath: '/usr/bin/chromium', headless: true,
     args: ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
@@ -57,7 +52,6 @@ test('dashboard shows both workers with their backends and a loss curve that upd
     await page.screenshot({ path: join(artifacts, 'dashboard.png'), fullPage: true });
   } finally {
     await browser.close();
-    await run;
-    rmSync(root, { recursive: true, force: true });
+    await run.result;
   }
 });

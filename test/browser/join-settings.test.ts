@@ -43,9 +43,11 @@ test('fragment settings: bad #backend errors, wrong #token is refused once, auto
     await wrongToken.goto(`${httpUrl}/join#backend=wasm&token=wrong`);
     await waitForState(wrongToken, 'error');
     assert.match((await wrongToken.textContent('#state-detail'))!, /LM_ERR_AUTH: the coordinator refused the join token \(close 1008\)/);
-    await new Promise((r) => setTimeout(r, 1500));
+    // No time window needed: the tab decides in the socket's close handler either to end ('error',
+    // awaited above) or to log "reconnecting in …" and retry; there is no other way back in.
     const log = await wrongToken.evaluate(() => window.loramesh.log);
     assert.equal(log.filter((l) => l.includes('connected to ws://')).length, 1, `one attempt, no reconnect loop:\n${log.join('\n')}`);
+    assert.ok(!log.some((l) => l.includes('reconnecting in')), `no reconnect scheduled:\n${log.join('\n')}`);
     assert.ok(log.some((l) => l.includes('LM_ERR_AUTH')), log.join('\n'));
     assert.equal(await wrongToken.evaluate(() => window.loramesh.status.state), 'error');
     assert.deepEqual(await workers(), []);

@@ -1,7 +1,7 @@
 /**
  * Browser tests' plumbing: a headless Debian Chromium driven by playwright-core (DESIGN.md §6:
  * /usr/bin/chromium, no sandbox, no background traffic, WebGPU on SwiftShader, a fresh profile per
- * launch), and a coordinator run started in this process whose URL is read from its log.
+ * launch), and a coordinator run started in this process whose URL comes from its onListening hook.
  */
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -73,25 +73,24 @@ export interface BackgroundRun {
 export function startRun(opts: RunOptions): BackgroundRun {
   const log: string[] = [];
   let resolveUrl!: (url: string) => void;
-  const httpUrl = new Promise<string>((resolve) => { resolveUrl = resolve; });
+  let rejectUrl!: (err: Error) => void;
+  const httpUrl = new Promise<string>((resolve, reject) => { resolveUrl = resolve; rejectUrl = reject; });
   const result = runTraining({
     ...opts,
-    log: (line) => {
-      log.push(line);
-      const m = /coordinator listening on ws:\/\/([^/\s]+)\/ws/.exec(line);
-      if (m) resolveUrl(`http://${m[1]}`);
+    log: (line) => log.push(line),
+    onListening: async (urls) => {
+      resolveUrl(urls.url);
+      await opts.onListening?.(urls);
     },
   });
+  // A run that fails (or ends) before it listens fails the URL at once; once resolved, the URL stays.
+  result.then(() => rejectUrl(new Error('the run ended before its coordinator listened')), rejectUrl);
+  httpUrl.catch(() => {});
   result.catch(() => {}); // awaited by the test; this only keeps a failure from being unhandled first
   return { httpUrl, result, log };
 }
 
-/** Rejects after `ms` with `what` in the message, so a stuck run fails the test instead of hanging it. */
-export function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: ReturnType<typeof setTimeout>;
-  const timeout = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out after ${ms / 1000} s: ${what}`)), ms); });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
+export { within } from './wait.ts';
 
 /** Waits until the join page reports `state` on window.loramesh. */
 export async function waitForState(page: Page, state: string, timeoutMs = 60_000): Promise<void> {

@@ -3,10 +3,10 @@
 // analyze reads one adapter (with the base model) and a pair, extract recovers a known low-rank
 // difference; every JSON number is in range, every figure is an SVG plus a real PNG, and bad input
 // exits non-zero with its error code.
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,10 +19,17 @@ import { Rng } from '../../shared/rng.ts';
 import { randomArrays, writeTinyModelDir } from '../helpers/tiny-model.ts';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
-const root = mkdtempSync(join(tmpdir(), 'loramesh-analysis-'));
-const modelDir = join(root, 'model');
-const config = writeTinyModelDir(modelDir, 3) as LlamaConfig;
-const sweepDir = join(root, 'sweep');
+let root = '';
+let modelDir = '';
+let sweepDir = '';
+let config: LlamaConfig;
+before(() => {
+  root = mkdtempSync(join(tmpdir(), 'loramesh-analysis-'));
+  modelDir = join(root, 'model');
+  sweepDir = join(root, 'sweep');
+  config = writeTinyModelDir(modelDir, 3) as LlamaConfig;
+});
+after(() => rmSync(root, { recursive: true, force: true }));
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
 function cli(...args: string[]) {

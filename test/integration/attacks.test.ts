@@ -18,6 +18,7 @@ import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
 import { openModelDir } from '../../coordinator/model-dir.ts';
 import { runTraining, type RunOptions, type RunResult } from '../../coordinator/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
+import { observeFor, signal, until } from '../helpers/wait.ts';
 
 const TOKEN = 'correct horse battery staple';
 const root = mkdtempSync(join(tmpdir(), 'loramesh-attacks-'));
@@ -34,22 +35,22 @@ let wsUrl = '';
 let httpUrl = '';
 /** every line the attacked coordinator logged */
 const logged: string[] = [];
+/** the attacked run's last finished step */
+let attackedStep = 0;
 
 before(async () => {
   clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0 });
-  let ready: () => void;
-  const known = new Promise<void>((r) => (ready = r));
+  const listening = signal<{ wsUrl: string; url: string }>();
   attacked = runTraining({
     // The honest worker is slowed (50 ms per micro-batch) so the run outlasts the attacks.
     ...options, runId: 'attacked', token: TOKEN, adminToken: 'admin-secret', allowedOrigins: ['http://good.example'], workerEnv: () => ({ LORAMESH_FAULT: 'delay:50' }),
     security: { maxMessagesPerSecond: 100, maxRejects: 20, handshakeTimeoutMs: 800 },
-    log: (line) => {
-      logged.push(line);
-      const m = /listening on (ws:\/\/([^/]+)\/ws)/.exec(line);
-      if (m) { wsUrl = m[1]; httpUrl = `http://${m[2]}`; ready(); }
-    },
+    log: (line) => logged.push(line),
+    onListening: (urls) => listening.resolve(urls),
+    onStep: (m) => { attackedStep = m.step; },
   });
-  await known;
+  const endedFirst = attacked.then(() => { throw new Error('the run ended before it listened'); });
+  ({ wsUrl, url: httpUrl } = await Promise.race([listening.promise, endedFirst]));
 });
 
 after(async () => {
@@ -79,13 +80,6 @@ async function rawClient(): Promise<{ ws: WebSocket; messages: Message[]; closed
   return { ws, messages, closed };
 }
 
-const until = async (cond: () => boolean, ms = 15_000) => {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-};
 const rejects = (messages: Message[]) => messages.filter((m): m is Extract<Message, { type: 'reject' }> => m.type === 'reject').map((m) => m.code);
 
 test('no token: 401 LM_ERR_AUTH before any WebSocket exists', async () => {
@@ -102,20 +96,20 @@ test('wrong origin: 403 LM_ERR_ORIGIN even with the right token', async () => {
 
 test("a result for an old parameter version and one for someone else's assignment are refused; the micro-batch goes elsewhere", async () => {
   // Join after a few steps, so an "old" parameter version exists.
-  for (let step = 0; step < 3; step = (await (await fetch(`${httpUrl}/api/status`)).json()).step) await new Promise((r) => setTimeout(r, 50));
+  await until(() => attackedStep >= 3, 'the attacked run to reach step 3', 60_000);
   const c = await rawClient();
   c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'mallory' }));
-  await until(() => c.messages.some((m) => m.type === 'welcome'));
+  await until(() => c.messages.some((m) => m.type === 'welcome'), 'welcome');
   c.ws.send(encodeMessage({ type: 'ready', paramVersion: 0 }));
   const assigns = () => c.messages.filter((m): m is Extract<Message, { type: 'assign' }> => m.type === 'assign' && m.paramVersion > 0);
-  await until(() => assigns().length > 0);
+  await until(() => assigns().length > 0, 'an assignment for a newer parameter version');
   const assign = assigns()[0];
   const welcome = c.messages.find((m): m is Extract<Message, { type: 'welcome' }> => m.type === 'welcome')!;
   const grads = { codec: 'f32' as const, values: new Float32Array(welcome.manifest.adapter.reduce((n, t) => n + t.shape[0] * t.shape[1], 0)) };
   const result = { type: 'result' as const, assignmentId: 'someone-elses', paramVersion: assign.paramVersion, tokenCount: 1, lossSum: 0, computeMs: 1, grads };
   c.ws.send(encodeMessage(result));
   c.ws.send(encodeMessage({ ...result, assignmentId: assign.assignmentId, paramVersion: assign.paramVersion - 1 }));
-  await until(() => rejects(c.messages).length >= 2);
+  await until(() => rejects(c.messages).length >= 2, 'two rejects');
   assert.deepEqual(rejects(c.messages).slice(0, 2), ['LM_ERR_ASSIGNMENT', 'LM_ERR_STALE']);
   c.ws.close();
 });
@@ -170,22 +164,27 @@ test('admin actions need the admin token (the join token is not enough); pause h
   assert.equal((await post('pause', TOKEN)).status, 401);
   assert.equal((await fetch(`${httpUrl}/api/admin/pause`)).status, 405);
   const stepOf = async () => (await (await fetch(`${httpUrl}/api/status`)).json()).step as number;
+  const pausedLine = () => logged.find((l) => /^paused after step \d+$/.test(l));
   assert.equal((await post('pause', 'admin-secret')).status, 200);
-  await new Promise((r) => setTimeout(r, 600));
+  await until(() => pausedLine() !== undefined, 'the run to pause after its step in flight');
   const held = await stepOf();
-  await new Promise((r) => setTimeout(r, 600));
+  assert.equal(pausedLine(), `paused after step ${held}`);
+  // "No step while paused" is a claim about a stretch of time, so it is watched over a bounded
+  // window (several step times of this run) rather than waited for as an event.
+  await observeFor(600);
   assert.equal(await stepOf(), held, 'no step while paused');
   assert.equal((await post('resume', 'admin-secret')).status, 200);
+  await until(() => logged.includes('resumed'), 'the run to resume');
   const c = await rawClient();
   c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'kick-me' }));
-  await until(() => c.messages.some((m) => m.type === 'welcome'));
+  await until(() => c.messages.some((m) => m.type === 'welcome'), 'welcome');
   const id = (c.messages.find((m) => m.type === 'welcome') as Extract<Message, { type: 'welcome' }>).workerId;
   assert.equal((await post(`kick?worker=${id}`, 'admin-secret')).status, 200);
   assert.equal(await c.closed, 1008);
   assert.deepEqual(rejects(c.messages), ['LM_ERR_QUARANTINED']);
   assert.equal((await post('kick?worker=nobody', 'admin-secret')).status, 404);
   const before = await stepOf();
-  await new Promise((r) => setTimeout(r, 800));
+  await until(async () => (await stepOf()) > before, `a step after ${before} (the run goes on)`, 30_000, 50);
   assert.ok((await stepOf()) > before, 'the run goes on after resume');
 });
 
@@ -195,14 +194,14 @@ test('--dashboard-access admin: run status needs the admin token', async () => {
   await runTraining({
     ...options, runId: 'private', localWorkers: 1, train: checkTrainConfig({ steps: 3, globalBatch: 4, microBatch: 2, seed: 2 }),
     adminToken: 'admin-secret', dashboardAccess: 'admin',
-    log: (line) => { url = /listening on ws:\/\/(\S+)\/ws/.exec(line)?.[1] ?? url; },
+    onListening: (urls) => { url = urls.url; },
     onStep: async (m) => {
       if (m.step !== 1) return;
       status = [
-        (await fetch(`http://${url}/api/status`)).status,
-        (await fetch(`http://${url}/api/status`, { headers: { authorization: `Bearer ${TOKEN}` } })).status,
-        (await fetch(`http://${url}/api/status`, { headers: { authorization: 'Bearer admin-secret' } })).status,
-        (await fetch(`http://${url}/`)).status,
+        (await fetch(`${url}/api/status`)).status,
+        (await fetch(`${url}/api/status`, { headers: { authorization: `Bearer ${TOKEN}` } })).status,
+        (await fetch(`${url}/api/status`, { headers: { authorization: 'Bearer admin-secret' } })).status,
+        (await fetch(`${url}/`)).status,
       ];
     },
   });
@@ -214,7 +213,7 @@ test('log and terminal injection: control characters in hello fields never reach
   const forged = 'mallory\nstep 300/300 loss 0.0000\u001b[2J\u001b]0;pwned\u0007\u009b1m\u202e';
   c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: `wasm\r\n${forged}`, platform: 'node', name: forged, adapter: `\u001b[31m${forged}` }));
   const welcome = () => c.messages.find((m): m is Extract<Message, { type: 'welcome' }> => m.type === 'welcome');
-  await until(() => welcome() !== undefined);
+  await until(() => welcome() !== undefined, 'welcome');
   const id = welcome()!.workerId;
   const mine = logged.filter((l) => l.includes(id));
   assert.ok(mine.some((l) => l.includes('mallory step 300/300 loss 0.0000')), mine.join('\n'));
@@ -228,7 +227,7 @@ test('log and terminal injection: control characters in hello fields never reach
 test('a worker-error flood naming no held assignment counts as rejected frames: the sender is quarantined after --max-rejects of them', async () => {
   const c = await rawClient();
   c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'error-flood' }));
-  await until(() => c.messages.some((m) => m.type === 'welcome'));
+  await until(() => c.messages.some((m) => m.type === 'welcome'), 'welcome');
   for (let i = 0; i < 40; i++) c.ws.send(encodeMessage({ type: 'worker-error', code: 'LM_ERR_STALE', message: 'nope', ...(i % 2 ? { assignmentId: `fake-${i}` } : {}) }));
   assert.equal(await c.closed, 1008);
   const codes = rejects(c.messages);

@@ -1,6 +1,6 @@
 // A live coordinator answers bad frames with stable error codes, keeps the offender's work safe
 // and finishes the run with the same adapter as a clean run.
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,16 +14,23 @@ import { decodeMessage, encodeMessage } from '../../shared/protocol/codec.ts';
 import type { Message } from '../../shared/protocol/messages.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
 import { openModelDir } from '../../coordinator/model-dir.ts';
-import { runTraining } from '../../coordinator/train.ts';
+import { runTraining, type RunOptions } from '../../coordinator/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
-const root = mkdtempSync(join(tmpdir(), 'loramesh-bad-'));
-writeTinyModelDir(join(root, 'model'), 4);
-const model = await openModelDir(join(root, 'model'));
 const lora = checkLoraConfig({ r: 2, alpha: 4 });
 const train = checkTrainConfig({ steps: 8, globalBatch: 4, microBatch: 2, seed: 9 });
-const examples = demoExamples(model.tokenizer, demoTaskData(32, 4, 9));
-const base = { model, lora, train, examples, outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), workerOutput: 'ignore' as const, progress: false };
+let root = '';
+let base: Omit<RunOptions, 'localWorkers'>;
+before(async () => {
+  root = mkdtempSync(join(tmpdir(), 'loramesh-bad-'));
+  writeTinyModelDir(join(root, 'model'), 4);
+  const model = await openModelDir(join(root, 'model'));
+  const examples = demoExamples(model.tokenizer, demoTaskData(32, 4, 9));
+  base = {
+    model, lora, train, examples, outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false,
+  };
+});
+after(() => rmSync(root, { recursive: true, force: true }));
 
 /** Sends frames over a raw socket and collects the coordinator's answers. */
 async function probe(url: string): Promise<Message[]> {
@@ -51,14 +58,11 @@ test('bad frames get error codes, the run completes unchanged', async () => {
   const probes: Promise<Message[]>[] = [];
   const noisy = await runTraining({
     ...base, runId: 'noisy', localWorkers: 1,
-    log: (line) => {
-      const m = /listening on (ws:\/\/\S+)/.exec(line);
-      if (m) probes.push(probe(m[1]));
-    },
+    log: () => {},
+    onListening: ({ wsUrl }) => { probes.push(probe(wsUrl)); },
   });
-  assert.equal(probes.length, 1, 'the coordinator should log its URL once');
+  assert.equal(probes.length, 1, 'the coordinator should announce its URL once');
   const codes = (await probes[0]).map((m) => (m.type === 'reject' ? m.code : m.type));
   assert.deepEqual(codes, ['LM_ERR_DECODE', 'LM_ERR_DECODE', 'LM_ERR_UNKNOWN_TYPE', 'LM_ERR_FIELD', 'LM_ERR_STATE', 'LM_ERR_ASSIGNMENT', 'LM_ERR_PROTOCOL_VERSION']);
   assert.equal(maxAbsDiff(noisy.adapter, clean.adapter), 0);
-  rmSync(root, { recursive: true, force: true });
 });

@@ -2,7 +2,7 @@
 // micro-batch. Undefended, the run is visibly harmed; with spot checks (a secret 75 % of the
 // micro-batches recomputed by the coordinator) the liar is quarantined, its results of the step
 // are recomputed, and the final eval loss is within 5 % of the clean run.
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,8 +15,11 @@ import { openModelDir } from '../../coordinator/model-dir.ts';
 import { runTraining, type RunOptions } from '../../coordinator/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
+let root = '';
+before(() => { root = mkdtempSync(join(tmpdir(), 'loramesh-byz-')); });
+after(() => rmSync(root, { recursive: true, force: true }));
+
 test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks keep eval loss within 5 % (quarantine); trimmed mean beats undefended', async () => {
-  const root = mkdtempSync(join(tmpdir(), 'loramesh-byz-'));
   writeTinyModelDir(join(root, 'model'), 14);
   const model = await openModelDir(join(root, 'model'));
   const data = demoTaskData(160, 32, 14);
@@ -45,5 +48,4 @@ test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks k
   // a step (pull scheduling); asserted: it beats the undefended run. (Measured: within 3.6 % of clean.)
   assert.ok(t < u && t < start, `trimmed-mean eval loss ${t} vs undefended ${u}`);
   assert.ok(lines.some((l) => /failed a spot check/.test(l) && /quarantining/.test(l)), 'the liar was quarantined');
-  rmSync(root, { recursive: true, force: true });
 });

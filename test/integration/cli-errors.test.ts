@@ -1,7 +1,7 @@
 // Every user-facing error of `train` is one line with its code and exit code 2, found before the
 // model loads where possible (no 39 KB tfjs-wasm dump): bad port and host values, a missing token
 // file or TLS file, a taken port. Checkpoints hold no ledger (it stays in ledger.jsonl).
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -13,8 +13,12 @@ import { readSafetensorsHeader } from '../../shared/formats/safetensors.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
 const cli = fileURLToPath(new URL('../../coordinator/cli.ts', import.meta.url));
-const root = mkdtempSync(join(tmpdir(), 'loramesh-cli-errors-'));
-writeTinyModelDir(join(root, 'model'), 4);
+let root = '';
+before(() => {
+  root = mkdtempSync(join(tmpdir(), 'loramesh-cli-errors-'));
+  writeTinyModelDir(join(root, 'model'), 4);
+});
+after(() => rmSync(root, { recursive: true, force: true }));
 
 function train(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -62,5 +66,4 @@ test('a checkpoint holds the state and config, not the ledger', async () => {
   assert.ok(header.metadata.config, 'config stored');
   assert.equal(header.metadata.ledger, undefined, 'no ledger in the checkpoint');
   assert.equal(readFileSync(join(root, 'runs', 'small', 'ledger.jsonl'), 'utf8').trim().split('\n').length, 2);
-  rmSync(root, { recursive: true, force: true });
 });

@@ -1,6 +1,6 @@
 // Distributed == single process: a coordinator with 1, 2 and 3 worker processes over loopback
 // WebSockets ends 20 steps with the same adapter as the in-process reference (max abs diff ≤ 1e-6).
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { decodeSafetensors } from '../../shared/formats/safetensors.ts';
@@ -11,20 +11,26 @@ import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { maxAbsDiff } from '../../shared/lora/adapter.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
 import { openModelDir } from '../../coordinator/model-dir.ts';
-import { runTraining, type RunResult } from '../../coordinator/train.ts';
+import { runTraining, type RunOptions, type RunResult } from '../../coordinator/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
-const root = mkdtempSync(join(tmpdir(), 'loramesh-dist-'));
-writeTinyModelDir(join(root, 'model'), 3);
-const model = await openModelDir(join(root, 'model'));
 const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] });
 const train = checkTrainConfig({ steps: 20, globalBatch: 8, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 5 });
-const examples = demoExamples(model.tokenizer, demoTaskData(64, 8, 5));
-
-const run = (name: string, extra: { inProcess?: boolean; localWorkers: number }) => runTraining({
-  model, lora, train, examples, outDir: join(root, 'runs'), runId: name, backend: 'wasm',
-  cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, log: () => {}, ...extra,
+let root = '';
+let base: Omit<RunOptions, 'localWorkers'>;
+before(async () => {
+  root = mkdtempSync(join(tmpdir(), 'loramesh-dist-'));
+  writeTinyModelDir(join(root, 'model'), 3);
+  const model = await openModelDir(join(root, 'model'));
+  base = {
+    model, lora, train, examples: demoExamples(model.tokenizer, demoTaskData(64, 8, 5)), outDir: join(root, 'runs'), backend: 'wasm',
+    cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, log: () => {},
+  };
 });
+after(() => rmSync(root, { recursive: true, force: true }));
+
+const run = (name: string, extra: { inProcess?: boolean; localWorkers: number }) =>
+  runTraining({ ...base, runId: name, ...extra });
 
 let reference: RunResult;
 
@@ -62,5 +68,3 @@ for (const workers of [2, 1, 3]) {
     assert.deepEqual(config.target_modules, ['q_proj', 'v_proj']);
   });
 }
-
-test('cleanup', () => rmSync(root, { recursive: true, force: true }));

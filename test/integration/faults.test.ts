@@ -2,7 +2,7 @@
 // mid-send and right after a parameter broadcast; a worker 10× slower than its peers; a worker
 // joining at step 10 and leaving at step 20. Every run must end with the fault-free adapter
 // (max abs diff ≤ 1e-6) and a ledger in which each micro-batch of each step was used exactly once.
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -17,19 +17,43 @@ import { openModelDir } from '../../coordinator/model-dir.ts';
 import { runTraining, type RunOptions, type RunResult } from '../../coordinator/train.ts';
 import type { LedgerEntry } from '../../coordinator/scheduler.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
+import { signal, within } from '../helpers/wait.ts';
 
-const root = mkdtempSync(join(tmpdir(), 'loramesh-faults-'));
-writeTinyModelDir(join(root, 'model'), 6);
-const model = await openModelDir(join(root, 'model'));
 const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] });
 const train = checkTrainConfig({ steps: 30, globalBatch: 12, microBatch: 2, lr: 1e-2, warmupSteps: 3, seed: 11 });
-const examples = demoExamples(model.tokenizer, demoTaskData(96, 8, 11));
 const cli = fileURLToPath(new URL('../../coordinator/cli.ts', import.meta.url));
 
-const base: RunOptions = {
-  model, lora, train, examples, outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'),
-  workerOutput: 'ignore', progress: false, log: () => {}, localWorkers: 3,
-};
+let root = '';
+let base: RunOptions;
+before(async () => {
+  root = mkdtempSync(join(tmpdir(), 'loramesh-faults-'));
+  writeTinyModelDir(join(root, 'model'), 6);
+  const model = await openModelDir(join(root, 'model'));
+  base = {
+    model, lora, train, examples: demoExamples(model.tokenizer, demoTaskData(96, 8, 11)), outDir: join(root, 'runs'), backend: 'wasm',
+    cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, log: () => {}, localWorkers: 3,
+  };
+});
+after(() => rmSync(root, { recursive: true, force: true }));
+
+/** A worker process joining the run at `wsUrl` as `name`; silent (the coordinator's log says what it did). */
+function spawnWorker(wsUrl: string, name: string): ChildProcess {
+  const args = ['--import', 'tsx', cli, 'worker', wsUrl, '--backend', 'wasm', '--cache-dir', join(root, 'cache'), '--name', name];
+  return spawn(process.execPath, args, { stdio: 'ignore' });
+}
+
+/** Follows the coordinator's log for the worker called `name`: `ready()` resolves once it has joined and loaded. */
+function readyWatch(name: string): { observe(line: string): void; ready(): Promise<void> } {
+  let id = '';
+  const ready = signal();
+  return {
+    ready: () => within(120_000, `worker ${name} to be ready`, ready.promise),
+    observe(line) {
+      id ||= new RegExp(`^worker (\\S+) \\(${name},`).exec(line)?.[1] ?? '';
+      if (id && line === `worker ${id} ready`) ready.resolve();
+    },
+  };
+}
 
 function ledgerOf(run: RunResult): { step: number; microBatches: LedgerEntry[] }[] {
   return readFileSync(join(run.runDir, 'ledger.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
@@ -79,19 +103,14 @@ test('a worker 10× slower than its peers: steps keep completing, its work is co
 test('a worker joining at step 10 and leaving at step 20: same adapter', async () => {
   let url = '';
   let joiner: ChildProcess | null = null;
-  let joinerId = '';
-  let joinerReady!: () => void;
-  const ready = new Promise<void>((r) => (joinerReady = r));
+  const joinerWatch = readyWatch('joiner');
   const run = await runTraining({
     ...base, runId: 'join-leave', localWorkers: 2,
-    log: (line) => {
-      url = /listening on (ws:\S+)/.exec(line)?.[1] ?? url;
-      joinerId = /^worker (\S+) \(joiner,/.exec(line)?.[1] ?? joinerId;
-      if (joinerId && line === `worker ${joinerId} ready`) joinerReady();
-    },
+    onListening: ({ wsUrl }) => { url = wsUrl; },
+    log: (line) => joinerWatch.observe(line),
     onStep: async (m) => {
-      if (m.step === 10) joiner = spawn(process.execPath, ['--import', 'tsx', cli, 'worker', url, '--backend', 'wasm', '--cache-dir', join(root, 'cache'), '--name', 'joiner'], { stdio: 'ignore' });
-      if (m.step === 12) await ready; // it has loaded and takes work from step 13 on, however slow the machine
+      if (m.step === 10) joiner = spawnWorker(url, 'joiner');
+      if (m.step === 12) await joinerWatch.ready(); // loaded: it takes work from step 13 on, however slow the machine
       if (m.step === 20) joiner?.kill('SIGTERM');
     },
   });
@@ -109,16 +128,18 @@ test('a silent (SIGSTOPped) worker is dropped within 2 heartbeat intervals and i
   let stoppedAt = 0;
   let droppedAt = 0;
   const heartbeatMs = 400;
+  const frozenWatch = readyWatch('frozen');
   const run = await runTraining({
     ...base, runId: 'silent', localWorkers: 2, heartbeatMs,
+    onListening: ({ wsUrl }) => { url = wsUrl; },
     log: (line) => {
-      url = /listening on (ws:\S+)/.exec(line)?.[1] ?? url;
+      frozenWatch.observe(line);
       if (/missed a heartbeat/.test(line) && stoppedAt && !droppedAt) droppedAt = Date.now();
     },
     onStep: async (m) => {
       if (m.step === 3) {
-        frozen = spawn(process.execPath, ['--import', 'tsx', cli, 'worker', url, '--backend', 'wasm', '--cache-dir', join(root, 'cache'), '--name', 'frozen'], { stdio: 'ignore' });
-        await new Promise((r) => setTimeout(r, 2500)); // joined and computing
+        frozen = spawnWorker(url, 'frozen');
+        await frozenWatch.ready(); // joined and loaded: it takes work from step 4 on, so it computes until step 8
       }
       if (m.step === 8) {
         frozen!.kill('SIGSTOP');
@@ -132,5 +153,3 @@ test('a silent (SIGSTOPped) worker is dropped within 2 heartbeat intervals and i
   assert.ok(maxAbsDiff(run.adapter, reference.adapter) <= 1e-6);
   checkLedger(run);
 });
-
-test('cleanup', () => rmSync(root, { recursive: true, force: true }));

@@ -7,7 +7,7 @@
 // result for a step that a copy already finished is dropped unchecked, without a reply (tallied as
 // "no reply (its step was over)"). The seed is printed; LORAMESH_FUZZ_SEED replays it
 // (LORAMESH_FUZZ_FRAMES changes the count).
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -44,16 +44,22 @@ const faults: string[] = [];
 process.on('uncaughtException', (err) => faults.push(`uncaughtException: ${err?.stack ?? err}`));
 process.on('unhandledRejection', (err) => faults.push(`unhandledRejection: ${(err as Error)?.stack ?? err}`));
 
-const root = mkdtempSync(join(tmpdir(), 'loramesh-fuzz-'));
-writeTinyModelDir(join(root, 'model'), 5);
-const model = await openModelDir(join(root, 'model'));
 const lora = checkLoraConfig({ r: 2, alpha: 4 });
 const train = checkTrainConfig({ steps: 30, globalBatch: 8, microBatch: 2, seed: 5 });
-const base: RunOptions = {
-  model, lora, train, examples: demoExamples(model.tokenizer, demoTaskData(32, 4, 5)), outDir: join(root, 'runs'), backend: 'wasm',
-  cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, log: () => {}, localWorkers: 1,
-};
-const adapter: TensorSpec[] = adapterSpec(model.config, lora).map((t) => ({ name: t.name, shape: t.shape }));
+let root = '';
+let base: RunOptions;
+let adapter: TensorSpec[];
+before(async () => {
+  root = mkdtempSync(join(tmpdir(), 'loramesh-fuzz-'));
+  writeTinyModelDir(join(root, 'model'), 5);
+  const model = await openModelDir(join(root, 'model'));
+  base = {
+    model, lora, train, examples: demoExamples(model.tokenizer, demoTaskData(32, 4, 5)), outDir: join(root, 'runs'), backend: 'wasm',
+    cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, log: () => {}, localWorkers: 1,
+  };
+  adapter = adapterSpec(model.config, lora).map((t) => ({ name: t.name, shape: t.shape }));
+});
+after(() => rmSync(root, { recursive: true, force: true }));
 
 /** What was sent, what came back, and what went wrong, across all connections. */
 class Report {
@@ -300,7 +306,7 @@ test(`${FRAMES} fuzzed frames at a live coordinator: one reject with the deserve
     ...base, runId: 'fuzzed', workerEnv: () => ({ LORAMESH_FAULT: 'delay:100' }),
     // No quarantine and no rate limit: every frame must be read and answered on its own merits.
     security: { maxRejects: Infinity, maxMessagesPerSecond: Infinity, handshakeTimeoutMs: 600_000 },
-    log: (line) => { url = /listening on (ws:\/\/\S+)/.exec(line)?.[1] ?? url; },
+    onListening: ({ wsUrl }) => { url = wsUrl; },
     onStep: async (m) => {
       step = m.step;
       if (m.step === 1) fuzzing();
@@ -337,7 +343,6 @@ test(`${FRAMES} fuzzed frames at a live coordinator: one reject with the deserve
   assert.ok(held >= 10, `mallory should have broken results for ${held} ≥ 10 held assignments`);
   assert.equal(fuzzed.metrics.length, train.steps);
   assert.equal(maxAbsDiff(fuzzed.adapter, clean.adapter), 0, 'the fuzzed run must end with the clean adapter');
-  rmSync(root, { recursive: true, force: true });
 });
 
 test('crafted frames that once cost seconds or broke the reject limit are refused quickly and briefly', () => {

@@ -5,7 +5,7 @@
 // overflows) answered instantly, and sign-flipped gradients of normal size. Each run ends with a
 // finite adapter, eval loss within 5 % of the clean run, the attacker quarantined and the
 // rejections counted. (bench/attacks.ts measures the same on the demo task.)
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -18,18 +18,25 @@ import { openModelDir } from '../../coordinator/model-dir.ts';
 import { runTraining, type RunOptions, type RunResult } from '../../coordinator/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
-const root = mkdtempSync(join(tmpdir(), 'loramesh-hardening-'));
-writeTinyModelDir(join(root, 'model'), 21);
-const model = await openModelDir(join(root, 'model'));
-const data = demoTaskData(96, 32, 21);
-const options: RunOptions = {
-  model, lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] }),
-  train: checkTrainConfig({ steps: 16, globalBatch: 8, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 21 }),
-  examples: demoExamples(model.tokenizer, data), evalExamples: data.eval.map((s) => toExample(model.tokenizer, s)), evalEvery: 1000,
-  outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, localWorkers: 3, log: () => {},
-};
+let root = '';
+let options: RunOptions;
+/** the same run with no attacker, in process: the eval loss every attacked run is held to */
+let clean: RunResult;
+before(async () => {
+  root = mkdtempSync(join(tmpdir(), 'loramesh-hardening-'));
+  writeTinyModelDir(join(root, 'model'), 21);
+  const model = await openModelDir(join(root, 'model'));
+  const data = demoTaskData(96, 32, 21);
+  options = {
+    model, lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] }),
+    train: checkTrainConfig({ steps: 16, globalBatch: 8, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 21 }),
+    examples: demoExamples(model.tokenizer, data), evalExamples: data.eval.map((s) => toExample(model.tokenizer, s)), evalEvery: 1000,
+    outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, localWorkers: 3, log: () => {},
+  };
+  clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0 });
+});
+after(() => rmSync(root, { recursive: true, force: true }));
 const finalEval = (r: RunResult) => r.evalLosses[r.evalLosses.length - 1].loss;
-const clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0 });
 
 let runs = 0;
 async function attacked(fault: string, extra: Partial<RunOptions> = {}): Promise<{ run: RunResult; lines: string[] }> {
@@ -62,5 +69,4 @@ test('every value 3e38 (a float32 sum of two overflows): refused by the overflow
 
 test('sign-flipped gradients of normal size: caught on the attacker\'s first results (probation)', async () => {
   assertSurvived('negated', await attacked('byzantine:1'), ['LM_ERR_SPOT_CHECK']);
-  rmSync(root, { recursive: true, force: true });
 });

@@ -2,7 +2,7 @@
 // tokenizer.json) and a prompt/completion JSONL file: workers fetch the base over HTTP and verify
 // its sha256, eval loss goes down, PEFT files come out; the adapter merges into an HF directory
 // that loads back with equal logits; a corrupted download is refused.
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -27,18 +27,25 @@ import { fetchVerified } from '../../worker/node.ts';
 import { sha256File } from '../../worker/hash.ts';
 import { randomArrays, tinyConfig } from '../helpers/tiny-model.ts';
 
-const root = mkdtempSync(join(tmpdir(), 'loramesh-hf-'));
-const modelDir = join(root, 'model');
 const tokenizerFixture = fileURLToPath(new URL('../fixtures/tokenizers/sentencepiece-bpe/', import.meta.url));
-mkdirSync(modelDir);
 const config = { ...tinyConfig({ vocab_size: 280, hidden_size: 32, intermediate_size: 64, max_position_embeddings: 64 }), bos_token_id: 1, eos_token_id: 2 };
-writeFileSync(join(modelDir, 'config.json'), JSON.stringify({ architectures: ['LlamaForCausalLM'], ...config, torch_dtype: 'bfloat16' }));
 const arrays = randomArrays(config, 8, 0.2);
-writeFileSync(join(modelDir, 'model.safetensors'), encodeSafetensors(Object.fromEntries([...arrays].map(([n, a]) => [n, { ...a, dtype: 'BF16' as const }])), { format: 'pt' }));
-for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(tokenizerFixture, f), join(modelDir, f));
 const words = ['hello', 'world', 'the', 'cat', 'sat', 'on', 'mat', 'a', 'dog', 'ran'];
 const records = Array.from({ length: 60 }, (_, i) => ({ prompt: `${words[i % 10]} ${words[(3 * i) % 10]} ->`, completion: ` ${words[(3 * i) % 10]} ${words[i % 10]}` }));
-writeFileSync(join(root, 'data.jsonl'), records.map((r) => JSON.stringify(r)).join('\n') + '\n');
+
+let root = '';
+let modelDir = '';
+/** An HF-layout model folder (BF16 weights, the SentencePiece-style tokenizer fixture) and data.jsonl next to it. */
+before(() => {
+  root = mkdtempSync(join(tmpdir(), 'loramesh-hf-'));
+  modelDir = join(root, 'model');
+  mkdirSync(modelDir);
+  writeFileSync(join(modelDir, 'config.json'), JSON.stringify({ architectures: ['LlamaForCausalLM'], ...config, torch_dtype: 'bfloat16' }));
+  writeFileSync(join(modelDir, 'model.safetensors'), encodeSafetensors(Object.fromEntries([...arrays].map(([n, a]) => [n, { ...a, dtype: 'BF16' as const }])), { format: 'pt' }));
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(tokenizerFixture, f), join(modelDir, f));
+  writeFileSync(join(root, 'data.jsonl'), records.map((r) => JSON.stringify(r)).join('\n') + '\n');
+});
+after(() => rmSync(root, { recursive: true, force: true }));
 
 test('HF model + JSONL prompt/completion: 2 workers download and verify the base, eval loss decreases, PEFT files are written, merge loads back', async () => {
   const model = await openModelDir(modelDir);
@@ -131,5 +138,4 @@ test('a download whose sha256 does not match the manifest is refused with LM_ERR
   assert.deepEqual(new Uint8Array(readFileSync(path)), good);
   assert.ok(lines.some((l) => /corrupt/.test(l)));
   server.close();
-  rmSync(root, { recursive: true, force: true });
 });

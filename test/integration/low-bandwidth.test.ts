@@ -2,34 +2,41 @@
 // codecs move fewer bytes with every frame counted and workers holding exactly the coordinator's
 // shadow of the parameters (a spot check of every result proves it); local-steps mode over the
 // mesh equals its single-process run bit for bit.
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import '../helpers/backend.ts';
 import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
-import { adapterParameterCount, maxAbsDiff } from '../../shared/lora/adapter.ts';
+import { adapterParameterCount, adapterSpec, maxAbsDiff } from '../../shared/lora/adapter.ts';
 import { codecBytes, type CodecSpec } from '../../shared/protocol/wire-codec.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
 import { openModelDir } from '../../coordinator/model-dir.ts';
 import { runTraining, type RunOptions } from '../../coordinator/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
-const root = mkdtempSync(join(tmpdir(), 'loramesh-lowbw-'));
-writeTinyModelDir(join(root, 'model'), 6);
-const model = await openModelDir(join(root, 'model'));
 const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] });
 const train = checkTrainConfig({ steps: 8, globalBatch: 8, microBatch: 2, lr: 5e-3, seed: 4 });
 const data = demoTaskData(64, 16, 4);
-const examples = demoExamples(model.tokenizer, data);
-const evalExamples = demoExamples(model.tokenizer, { train: data.eval, eval: [] });
-const base: RunOptions = {
-  model, lora, train, examples, evalExamples, evalEvery: 100, outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'),
-  workerOutput: 'ignore', progress: false, log: () => {}, localWorkers: 2,
-};
+let root = '';
+let base: RunOptions;
+/** adapter parameters (values per full result frame) */
+let P = 0;
+before(async () => {
+  root = mkdtempSync(join(tmpdir(), 'loramesh-lowbw-'));
+  writeTinyModelDir(join(root, 'model'), 6);
+  const model = await openModelDir(join(root, 'model'));
+  const examples = demoExamples(model.tokenizer, data);
+  const evalExamples = demoExamples(model.tokenizer, { train: data.eval, eval: [] });
+  base = {
+    model, lora, train, examples, evalExamples, evalEvery: 100, outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'),
+    workerOutput: 'ignore', progress: false, log: () => {}, localWorkers: 2,
+  };
+  P = adapterParameterCount(adapterSpec(model.config, lora));
+});
+after(() => rmSync(root, { recursive: true, force: true }));
 const metrics = (runDir: string) => readFileSync(join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((m) => m.loss !== undefined);
-const P = adapterParameterCount((await import('../../shared/lora/adapter.ts')).adapterSpec(model.config, lora));
 
 test('codec f32 over the mesh equals the single-process run bit for bit', async () => {
   const reference = await runTraining({ ...base, runId: 'ref', inProcess: true, localWorkers: 0 });

@@ -11,6 +11,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { relativeL2Distance } from '../../shared/train/relative-l2.ts';
 import type { GradProbeResult } from '../helpers/grad-probe.ts';
 
 const PROBE = fileURLToPath(new URL('../helpers/grad-probe.ts', import.meta.url));
@@ -32,17 +33,6 @@ function probe(backend: string, dir: string): Promise<GradProbeResult> {
   });
 }
 
-/** ‖a − b‖₂ / ‖b‖₂ */
-function relativeL2(a: number[], b: number[]): number {
-  let diff = 0;
-  let norm = 0;
-  for (let i = 0; i < b.length; i++) {
-    diff += (a[i] - b[i]) ** 2;
-    norm += b[i] ** 2;
-  }
-  return Math.sqrt(diff / norm);
-}
-
 test('webgpu gradients and loss equal wasm within 1e-4 relative L2 (demo model, LoRA q,v, one micro-batch)', { timeout: 180_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'loramesh-webgpu-'));
   try {
@@ -61,7 +51,7 @@ test('webgpu gradients and loss equal wasm within 1e-4 relative L2 (demo model, 
     let worst = { name: '', error: 0 };
     for (const [name, expected] of Object.entries(wasm.grads)) {
       assert.ok(expected.some((g) => g !== 0), `${name}: the wasm gradient is all zero, so the comparison would prove nothing`);
-      const error = relativeL2(webgpu.grads[name], expected);
+      const error = relativeL2Distance([[expected, webgpu.grads[name]]]);
       assert.ok(error <= TOLERANCE, `${name}: ‖g_webgpu − g_wasm‖₂ / ‖g_wasm‖₂ = ${error}, expected ≤ ${TOLERANCE}`);
       if (error > worst.error) worst = { name, error };
     }

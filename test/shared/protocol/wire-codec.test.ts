@@ -2,8 +2,8 @@
 // decoded messages within one message's error of the true sum over 1,000 messages.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { codecBytes, decodeFloats, encodeFloats, ErrorFeedback, payloadBytes, type CodecSpec } from '../../shared/protocol/wire-codec.ts';
-import { Rng } from '../../shared/rng.ts';
+import { codecBytes, decodeFloats, encodeFloats, ErrorFeedback, payloadBytes, type CodecSpec } from '../../../shared/protocol/wire-codec.ts';
+import { Rng } from '../../../shared/rng.ts';
 
 /** Values over many magnitudes, with zeros, signs, subnormal-range and a few large ones. */
 function sample(n: number, seed: number): Float32Array {

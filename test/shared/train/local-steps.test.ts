@@ -2,17 +2,17 @@
 // worked by hand, and the factor-averaging gap against dense d_out×d_in products.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import '../helpers/backend.ts';
-import { checkLoraConfig } from '../../shared/config.ts';
-import { adapterSpec, initAdapter, type AdapterState } from '../../shared/lora/adapter.ts';
-import { FrozenBase } from '../../shared/lora/params.ts';
-import { factorAveragingGap, productSumNormSq } from '../../shared/lora/product-gap.ts';
-import { createModel } from '../../shared/model/causal-lm.ts';
-import { Rng } from '../../shared/rng.ts';
-import { computeGradients } from '../../shared/train/gradients.ts';
-import { outerStep, runLocalJob } from '../../shared/train/local-steps.ts';
-import { packMicroBatch } from '../../shared/train/micro-batch.ts';
-import { randomWeights, tinyConfig } from '../helpers/tiny-model.ts';
+import '../../helpers/backend.ts';
+import { checkLoraConfig } from '../../../shared/config.ts';
+import { adapterSpec, initAdapter, type AdapterState } from '../../../shared/lora/adapter.ts';
+import { FrozenBase } from '../../../shared/lora/params.ts';
+import { factorAveragingGap, productSumNormSq } from '../../../shared/lora/product-gap.ts';
+import { createModel } from '../../../shared/model/causal-lm.ts';
+import { Rng } from '../../../shared/rng.ts';
+import { computeGradients } from '../../../shared/train/gradients.ts';
+import { outerStep, runLocalJob } from '../../../shared/train/local-steps.ts';
+import { packMicroBatch } from '../../../shared/train/micro-batch.ts';
+import { randomWeights, tinyConfig } from '../../helpers/tiny-model.ts';
 
 const config = tinyConfig();
 const lora = checkLoraConfig({ r: 2, alpha: 4, targetModules: ['q_proj', 'v_proj'] });

@@ -1,7 +1,7 @@
 // Peer-chosen text reaches logs and terminals only as one bounded line without control characters.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cleanPeerText } from '../../shared/protocol/peer-text.ts';
+import { cleanPeerText } from '../../../shared/protocol/peer-text.ts';
 
 test('newlines, escape sequences, C1 controls and bidi overrides are replaced; length is bounded', () => {
   const forged = 'mallory\nstep 30/30 loss 0.0000\r\u001b[2J\u001b]0;pwned\u0007\u009b31m\u202eevil';
