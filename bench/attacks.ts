@@ -28,9 +28,19 @@ const model = await openModelDir(DEMO_MODEL_DIR);
 const train = { ...DEMO_TRAIN, seed: 0, steps: quick ? 40 : DEMO_TRAIN.steps };
 const data = demoTaskData(2000, 200, train.seed);
 const base: RunOptions = {
-  model, lora: DEMO_LORA, train, examples: demoExamples(model.tokenizer, data), evalExamples: data.eval.map((s) => toExample(model.tokenizer, s)),
-  evalEvery: 100_000, outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false,
-  localWorkers: 3, log: () => {},
+  model,
+  lora: DEMO_LORA,
+  train,
+  examples: demoExamples(model.tokenizer, data),
+  evalExamples: data.eval.map((s) => toExample(model.tokenizer, s)),
+  evalEvery: 100_000,
+  outDir: join(root, 'runs'),
+  backend: 'wasm',
+  cacheDir: join(root, 'cache'),
+  workerOutput: 'ignore',
+  progress: false,
+  localWorkers: 3,
+  log: () => {},
 };
 
 interface Row {
@@ -48,9 +58,16 @@ interface Row {
 const finalEval = (r: RunResult) => r.evalLosses[r.evalLosses.length - 1].loss;
 const OFF: Partial<RunOptions> = { spotCheck: { fraction: 0 }, outlierFactor: 0, probation: 0 };
 
-async function run(attack: string | null, defence: 'default' | 'off', extra: Partial<RunOptions> = {}): Promise<RunResult> {
+async function run(
+  attack: string | null,
+  defence: 'default' | 'off',
+  extra: Partial<RunOptions> = {},
+): Promise<RunResult> {
   return runTraining({
-    ...base, ...(defence === 'off' ? OFF : {}), ...extra, runId: `${attack ?? 'clean'}-${defence}`.replace(/[^a-z0-9-]/gi, '_'),
+    ...base,
+    ...(defence === 'off' ? OFF : {}),
+    ...extra,
+    runId: `${attack ?? 'clean'}-${defence}`.replace(/[^a-z0-9-]/gi, '_'),
     workerEnv: (i): Record<string, string> => (attack && i === 0 ? { LORAMESH_FAULT: attack } : {}),
   });
 }
@@ -58,24 +75,50 @@ async function run(attack: string | null, defence: 'default' | 'off', extra: Par
 let started = performance.now();
 const clean = await run(null, 'default', { inProcess: true, localWorkers: 0 });
 const cleanLoss = finalEval(clean);
-console.log(`clean (in-process, = the mesh without attacker): eval loss ${cleanLoss.toFixed(4)} (start ${clean.evalLosses[0].loss.toFixed(4)}), ${((performance.now() - started) / 1000).toFixed(0)} s`);
+console.log(
+  `clean (in-process, = the mesh without attacker): eval loss ${cleanLoss.toFixed(4)} (start ${clean.evalLosses[0].loss.toFixed(4)}), ${((performance.now() - started) / 1000).toFixed(0)} s`,
+);
 
 const rows: Row[] = [];
-for (const [attack, defence] of [['huge:1e30', 'default'], ['huge:3e38', 'default'], ['byzantine:1', 'default'], ['huge:1e30', 'off'], ['byzantine:1', 'off']] as const) {
+for (const [attack, defence] of [
+  ['huge:1e30', 'default'],
+  ['huge:3e38', 'default'],
+  ['byzantine:1', 'default'],
+  ['huge:1e30', 'off'],
+  ['byzantine:1', 'off'],
+] as const) {
   started = performance.now();
   let row: Row;
   try {
     const r = await run(attack, defence);
     const loss = finalEval(r);
     row = {
-      attack, defence, evalLoss: loss, vsClean: loss / cleanLoss - 1, finite: [...r.adapter.values()].every((v) => v.every(Number.isFinite)),
-      rejections: r.rejections, quarantined: r.quarantined, seconds: (performance.now() - started) / 1000,
+      attack,
+      defence,
+      evalLoss: loss,
+      vsClean: loss / cleanLoss - 1,
+      finite: [...r.adapter.values()].every((v) => v.every(Number.isFinite)),
+      rejections: r.rejections,
+      quarantined: r.quarantined,
+      seconds: (performance.now() - started) / 1000,
     };
   } catch (err) {
-    row = { attack, defence, evalLoss: NaN, vsClean: NaN, finite: false, rejections: {}, quarantined: 0, seconds: (performance.now() - started) / 1000, error: (err as Error).message };
+    row = {
+      attack,
+      defence,
+      evalLoss: NaN,
+      vsClean: NaN,
+      finite: false,
+      rejections: {},
+      quarantined: 0,
+      seconds: (performance.now() - started) / 1000,
+      error: (err as Error).message,
+    };
   }
   rows.push(row);
-  console.log(`${attack.padEnd(12)} defence ${defence.padEnd(7)}: eval loss ${row.evalLoss.toFixed(4)} (${(100 * row.vsClean).toFixed(2)} % vs clean), adapter ${row.finite ? 'finite' : 'NOT finite'}, rejections ${JSON.stringify(row.rejections)}, quarantined ${row.quarantined}, ${row.seconds.toFixed(0)} s${row.error ? `, error ${row.error}` : ''}`);
+  console.log(
+    `${attack.padEnd(12)} defence ${defence.padEnd(7)}: eval loss ${row.evalLoss.toFixed(4)} (${(100 * row.vsClean).toFixed(2)} % vs clean), adapter ${row.finite ? 'finite' : 'NOT finite'}, rejections ${JSON.stringify(row.rejections)}, quarantined ${row.quarantined}, ${row.seconds.toFixed(0)} s${row.error ? `, error ${row.error}` : ''}`,
+  );
 }
 rmSync(root, { recursive: true, force: true });
 
@@ -84,15 +127,26 @@ const result = { date, quick, steps: train.steps, seed: train.seed, workers: 3, 
 writeJson(quick ? 'attacks.quick' : 'attacks', result);
 if (write && !quick) {
   const pct = (x: number) => (Number.isFinite(x) ? `${x >= 0 ? '+' : ''}${(100 * x).toFixed(2)} %` : '–');
-  replaceSection('attacks-table', 'A lying worker (`npm run bench:attacks`)', [
-    provenance(date, 'npm run bench:attacks'),
-    '',
-    `Demo task and LoRA, seed 0, ${train.steps} steps × ${train.globalBatch} sequences, 3 local workers of which one is the attacker; `
-      + `clean run (no attacker) eval loss ${cleanLoss.toFixed(4)}. Default defence: spot checks on 5 % of results and the first 2 of every connection, outlier screen at 10× the step's median norm, `
-      + 'overflow bound on result norms, finite-only updates. "off": `--spot-check 0 --probation 0 --outlier-factor 0` (the overflow bound and finite-only updates stay).',
-    '',
-    '| attack | defence | final eval loss | vs clean | adapter | rejected (by code) | quarantined | time |',
-    '|---|---|---:|---:|---|---|---:|---:|',
-    ...rows.map((r) => `| \`${r.attack}\` | ${r.defence} | ${r.evalLoss.toFixed(4)} | ${pct(r.vsClean)} | ${r.finite ? 'finite' : `**not finite**${r.error ? ` (${r.error.slice(0, 80)})` : ''}`} | ${Object.entries(r.rejections).map(([c, n]) => `${c} ${n}`).join(', ') || '–'} | ${r.quarantined} | ${r.seconds.toFixed(0)} s |`),
-  ].join('\n'));
+  replaceSection(
+    'attacks-table',
+    'A lying worker (`npm run bench:attacks`)',
+    [
+      provenance(date, 'npm run bench:attacks'),
+      '',
+      `Demo task and LoRA, seed 0, ${train.steps} steps × ${train.globalBatch} sequences, 3 local workers of which one is the attacker; ` +
+        `clean run (no attacker) eval loss ${cleanLoss.toFixed(4)}. Default defence: spot checks on 5 % of results and the first 2 of every connection, outlier screen at 10× the step's median norm, ` +
+        'overflow bound on result norms, finite-only updates. "off": `--spot-check 0 --probation 0 --outlier-factor 0` (the overflow bound and finite-only updates stay).',
+      '',
+      '| attack | defence | final eval loss | vs clean | adapter | rejected (by code) | quarantined | time |',
+      '|---|---|---:|---:|---|---|---:|---:|',
+      ...rows.map(
+        (r) =>
+          `| \`${r.attack}\` | ${r.defence} | ${r.evalLoss.toFixed(4)} | ${pct(r.vsClean)} | ${r.finite ? 'finite' : `**not finite**${r.error ? ` (${r.error.slice(0, 80)})` : ''}`} | ${
+            Object.entries(r.rejections)
+              .map(([c, n]) => `${c} ${n}`)
+              .join(', ') || '–'
+          } | ${r.quarantined} | ${r.seconds.toFixed(0)} s |`,
+      ),
+    ].join('\n'),
+  );
 }

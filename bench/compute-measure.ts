@@ -43,7 +43,17 @@ export interface TorchInfo {
 export interface MeasureResult {
   config: MeasureConfig;
   backend: { name: string; threads?: number; software: boolean; adapter?: string; note: string };
-  workload: { id: string; description: string; parameters: number; batch: number; time: number; tokens: number; flops: number; loraTargets: string[]; r: number };
+  workload: {
+    id: string;
+    description: string;
+    parameters: number;
+    batch: number;
+    time: number;
+    tokens: number;
+    flops: number;
+    loraTargets: string[];
+    r: number;
+  };
   /** wall and process-CPU milliseconds per step, one entry per repeat */
   ms: number[];
   cpuMs: number[];
@@ -57,7 +67,14 @@ export interface MeasureResult {
    */
   gemm: { shape: [number, number, number]; gflops: number; torchGflops?: number };
   /** loss and ‖gradient‖₂ of both sides, and their relative differences */
-  agreement: { loss: number; gradNorm: number; torchLoss?: number; torchGradNorm?: number; lossRelDiff?: number; gradNormRelDiff?: number };
+  agreement: {
+    loss: number;
+    gradNorm: number;
+    torchLoss?: number;
+    torchGradNorm?: number;
+    lossRelDiff?: number;
+    gradNormRelDiff?: number;
+  };
 }
 
 /** Debian's python3-torch lives under /usr/bin/python3 (the pyenv python3 first on PATH has no torch); LORAMESH_BENCH_PYTHON overrides. */
@@ -67,7 +84,10 @@ const PYTHON = process.env.LORAMESH_BENCH_PYTHON || '/usr/bin/python3';
 class TorchServer {
   private readonly lines: AsyncIterator<string>;
 
-  private constructor(private readonly child: ChildProcessWithoutNullStreams, readonly stderr: string[]) {
+  private constructor(
+    private readonly child: ChildProcessWithoutNullStreams,
+    readonly stderr: string[],
+  ) {
     this.lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
   }
 
@@ -115,9 +135,17 @@ function largestLinear(w: Workload): [number, number, number] {
 
 /** Best rate of x·W and of W·xᵀ on this backend (W cached, as for a frozen layer), over 10 repeats each. */
 async function gemmGflops(n: number, dIn: number, dOut: number): Promise<number> {
-  const [x, wT, w, xT] = [tf.randomNormal([n, dIn]), tf.randomNormal([dIn, dOut]), tf.randomNormal([dOut, dIn]), tf.randomNormal([dIn, n])];
+  const [x, wT, w, xT] = [
+    tf.randomNormal([n, dIn]),
+    tf.randomNormal([dIn, dOut]),
+    tf.randomNormal([dOut, dIn]),
+    tf.randomNormal([dIn, n]),
+  ];
   let best = Infinity;
-  for (const [a, b] of [[x, wT], [w, xT]]) {
+  for (const [a, b] of [
+    [x, wT],
+    [w, xT],
+  ]) {
     for (let i = 0; i < 12; i++) {
       const t0 = performance.now();
       const y = tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D);
@@ -130,11 +158,14 @@ async function gemmGflops(n: number, dIn: number, dOut: number): Promise<number>
   return (2 * n * dIn * dOut) / best / 1e6;
 }
 
-const gradNorm = (r: GradientResult) => Math.sqrt([...r.grads.values()].reduce((s, g) => s + g.reduce((a, v) => a + v * v, 0), 0));
+const gradNorm = (r: GradientResult) =>
+  Math.sqrt([...r.grads.values()].reduce((s, g) => s + g.reduce((a, v) => a + v * v, 0), 0));
 const relDiff = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-30);
 
 export async function measure(config: MeasureConfig): Promise<MeasureResult> {
-  const info = await initBackend(config.backend, () => {}, { wasmThreads: config.backend === 'wasm' ? config.threads : undefined });
+  const info = await initBackend(config.backend, () => {}, {
+    wasmThreads: config.backend === 'wasm' ? config.threads : undefined,
+  });
   const w: Workload = config.model === 'demo' ? await demoWorkload() : gpt2Workload(config.batch, config.time);
   const base = new FrozenBase(w.config, w.weights);
   // WebGPU cannot read synchronously in Node; the async read is the step's end on every backend.
@@ -153,7 +184,11 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
   if (config.torchDevice === 'none') torchNote = 'PyTorch column not asked for';
   else if (!existsSync(PYTHON) || spawnSync(PYTHON, ['-c', 'import torch'], { stdio: 'ignore' }).status !== 0) {
     torchNote = `no torch in ${PYTHON} (apt-get install python3-torch libopenblas0-openmp, or set LORAMESH_BENCH_PYTHON): no PyTorch column`;
-  } else if (config.torchDevice === 'cuda' && spawnSync(PYTHON, ['-c', 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'], { stdio: 'ignore' }).status !== 0) {
+  } else if (
+    config.torchDevice === 'cuda' &&
+    spawnSync(PYTHON, ['-c', 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'], { stdio: 'ignore' })
+      .status !== 0
+  ) {
     torchNote = `torch in ${PYTHON} has no CUDA device: no PyTorch column`;
   } else {
     const dir = mkdtempSync(join(tmpdir(), 'loramesh-compute-'));
@@ -182,19 +217,44 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
     }
     const ours = { loss: last.r.lossSum, gradNorm: gradNorm(last.r) };
     const shape = largestLinear(w);
-    const gemm = { shape, gflops: await gemmGflops(...shape), torchGflops: torch ? await torch.server.gemm(...shape) : undefined };
+    const gemm = {
+      shape,
+      gflops: await gemmGflops(...shape),
+      torchGflops: torch ? await torch.server.gemm(...shape) : undefined,
+    };
     return {
       config,
-      backend: { name: info.name, threads: info.threads, software: info.software, adapter: info.adapter, note: info.note },
-      workload: {
-        id: w.id, description: w.description, parameters: w.parameters, batch: w.mb.batch, time: w.mb.time, tokens: w.mb.batch * w.mb.time,
-        flops: w.flops, loraTargets: w.lora.targetModules, r: w.lora.r,
+      backend: {
+        name: info.name,
+        threads: info.threads,
+        software: info.software,
+        adapter: info.adapter,
+        note: info.note,
       },
-      ms, cpuMs, gemm,
+      workload: {
+        id: w.id,
+        description: w.description,
+        parameters: w.parameters,
+        batch: w.mb.batch,
+        time: w.mb.time,
+        tokens: w.mb.batch * w.mb.time,
+        flops: w.flops,
+        loraTargets: w.lora.targetModules,
+        r: w.lora.r,
+      },
+      ms,
+      cpuMs,
+      gemm,
       torch: torch ? { ...torch.info, ms: torchMs, cpuMs: torchCpuMs } : null,
       torchNote,
       agreement: torchLast
-        ? { ...ours, torchLoss: torchLast.loss, torchGradNorm: torchLast.gradNorm, lossRelDiff: relDiff(ours.loss, torchLast.loss), gradNormRelDiff: relDiff(ours.gradNorm, torchLast.gradNorm) }
+        ? {
+            ...ours,
+            torchLoss: torchLast.loss,
+            torchGradNorm: torchLast.gradNorm,
+            lossRelDiff: relDiff(ours.loss, torchLast.loss),
+            gradNormRelDiff: relDiff(ours.gradNorm, torchLast.gradNorm),
+          }
         : ours,
     };
   } finally {

@@ -12,8 +12,20 @@ import { loadWeights, openModelDir } from '../coordinator/model-dir.ts';
 import { DEMO_MODEL_DIR } from '../coordinator/paths.ts';
 import { checkLoraConfig, type Gpt2Config, type LoraConfig, type ModelConfig } from '../shared/config.ts';
 import { encodeSafetensors } from '../shared/formats/safetensors.ts';
-import { adaptedModules, adapterSpec, initAdapter, type AdapterState, type AdapterTensorSpec } from '../shared/lora/adapter.ts';
-import { createModel, linearModulePaths, linearShape, parameterShapes, type CausalLM } from '../shared/model/causal-lm.ts';
+import {
+  adaptedModules,
+  adapterSpec,
+  initAdapter,
+  type AdapterState,
+  type AdapterTensorSpec,
+} from '../shared/lora/adapter.ts';
+import {
+  createModel,
+  linearModulePaths,
+  linearShape,
+  parameterShapes,
+  type CausalLM,
+} from '../shared/model/causal-lm.ts';
 import { Rng } from '../shared/rng.ts';
 import { packMicroBatch, type MicroBatch } from '../shared/train/micro-batch.ts';
 
@@ -25,8 +37,15 @@ export const DEMO_LORA = checkLoraConfig({ r: 8, alpha: 16, targetModules: ['q_p
 const DEMO_GLOBAL_BATCH = 32;
 
 export const GPT2_SMALL: Gpt2Config = {
-  model_type: 'gpt2', vocab_size: 50257, n_positions: 1024, n_embd: 768, n_layer: 12, n_head: 12,
-  layer_norm_epsilon: 1e-5, activation_function: 'gelu_new', tie_word_embeddings: true,
+  model_type: 'gpt2',
+  vocab_size: 50257,
+  n_positions: 1024,
+  n_embd: 768,
+  n_layer: 12,
+  n_head: 12,
+  layer_norm_epsilon: 1e-5,
+  activation_function: 'gelu_new',
+  tie_word_embeddings: true,
 };
 
 /** LoRA r=8 on the attention input projections: q,v for Llama, the fused q/k/v c_attn for GPT-2. */
@@ -60,8 +79,12 @@ function trainedAdapter(spec: AdapterTensorSpec[], lora: LoraConfig): AdapterSta
 function finish(w: Omit<Workload, 'model' | 'spec' | 'adapter' | 'parameters' | 'flops'>): Workload {
   const spec = adapterSpec(w.config, w.lora);
   return {
-    ...w, model: createModel(w.config), spec, adapter: trainedAdapter(spec, w.lora),
-    parameters: [...w.weights.values()].reduce((n, t) => n + t.size, 0), flops: stepFlops(w.config, w.lora, w.mb.batch, w.mb.time),
+    ...w,
+    model: createModel(w.config),
+    spec,
+    adapter: trainedAdapter(spec, w.lora),
+    parameters: [...w.weights.values()].reduce((n, t) => n + t.size, 0),
+    flops: stepFlops(w.config, w.lora, w.mb.batch, w.mb.time),
   };
 }
 
@@ -70,7 +93,14 @@ export async function demoWorkload(): Promise<Workload> {
   const dir = await openModelDir(DEMO_MODEL_DIR);
   const examples = demoExamples(dir.tokenizer, demoTaskData(DEMO_GLOBAL_BATCH, 1, 3));
   const mb = packMicroBatch(examples, dir.tokenizer.padId, 0);
-  return finish({ id: 'demo', description: 'demo model (Llama-style, d=128, 6 layers)', config: dir.config, weights: loadWeights(dir).weights, lora: DEMO_LORA, mb });
+  return finish({
+    id: 'demo',
+    description: 'demo model (Llama-style, d=128, 6 layers)',
+    config: dir.config,
+    weights: loadWeights(dir).weights,
+    lora: DEMO_LORA,
+    mb,
+  });
 }
 
 /**
@@ -93,8 +123,22 @@ export function gpt2Workload(batch: number, time: number): Workload {
     inputIds[i] = Math.floor(rng.next() * config.vocab_size);
     targets[i] = Math.floor(rng.next() * config.vocab_size);
   }
-  const mb: MicroBatch = { batch, time, inputIds, targets, lossMask: new Float32Array(batch * time).fill(1), dropoutSeed: 0 };
-  return finish({ id: 'gpt2-small', description: `GPT-2 small shape (124M, random weights), ${batch}×${time} tokens`, config, weights, lora: GPT2_LORA, mb });
+  const mb: MicroBatch = {
+    batch,
+    time,
+    inputIds,
+    targets,
+    lossMask: new Float32Array(batch * time).fill(1),
+    dropoutSeed: 0,
+  };
+  return finish({
+    id: 'gpt2-small',
+    description: `GPT-2 small shape (124M, random weights), ${batch}×${time} tokens`,
+    config,
+    weights,
+    lora: GPT2_LORA,
+    mb,
+  });
 }
 
 /**
@@ -132,12 +176,24 @@ export async function writeTorchInputs(w: Workload, dir: string): Promise<void> 
   // data(), not dataSync(): WebGPU in Node cannot read synchronously
   for (const [name, t] of w.weights) tensors[name] = { data: (await t.data()) as Float32Array, shape: t.shape };
   writeFileSync(join(dir, 'model.safetensors'), encodeSafetensors(tensors));
-  writeFileSync(join(dir, 'adapter.safetensors'), encodeSafetensors(Object.fromEntries(w.spec.map((t) => [t.name, { data: w.adapter.get(t.name)!, shape: t.shape }]))));
+  writeFileSync(
+    join(dir, 'adapter.safetensors'),
+    encodeSafetensors(
+      Object.fromEntries(w.spec.map((t) => [t.name, { data: w.adapter.get(t.name)!, shape: t.shape }])),
+    ),
+  );
   const { mb } = w;
-  writeFileSync(join(dir, 'batch.safetensors'), encodeSafetensors({
-    input_ids: { data: mb.inputIds, shape: [mb.batch, mb.time] }, targets: { data: mb.targets, shape: [mb.batch, mb.time] },
-    loss_mask: { data: mb.lossMask, shape: [mb.batch, mb.time] },
-  }));
+  writeFileSync(
+    join(dir, 'batch.safetensors'),
+    encodeSafetensors({
+      input_ids: { data: mb.inputIds, shape: [mb.batch, mb.time] },
+      targets: { data: mb.targets, shape: [mb.batch, mb.time] },
+      loss_mask: { data: mb.lossMask, shape: [mb.batch, mb.time] },
+    }),
+  );
   writeFileSync(join(dir, 'config.json'), JSON.stringify(w.config));
-  writeFileSync(join(dir, 'lora.json'), JSON.stringify({ r: w.lora.r, alpha: w.lora.alpha, target_modules: w.lora.targetModules }));
+  writeFileSync(
+    join(dir, 'lora.json'),
+    JSON.stringify({ r: w.lora.r, alpha: w.lora.alpha, target_modules: w.lora.targetModules }),
+  );
 }

@@ -10,7 +10,17 @@
 import { spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { figure, fmt, machine, provenance, replaceSection, stats, writeJson, type Figure, type Stats } from './lib/results.ts';
+import {
+  figure,
+  fmt,
+  machine,
+  provenance,
+  replaceSection,
+  stats,
+  writeJson,
+  type Figure,
+  type Stats,
+} from './lib/results.ts';
 import type { MeasureConfig, MeasureResult } from './compute-measure.ts';
 
 export interface ComputeOptions {
@@ -68,30 +78,52 @@ export const FLOP_FORMULA =
 const GPT2_SHAPE = { batch: 2, time: 128 };
 
 function devicePlan(): MeasureConfig[] {
-  const row = (model: MeasureConfig['model'], warmup: number, repeats: number): MeasureConfig =>
-    ({ model, backend: 'webgpu', threads: 1, warmup, repeats, ...GPT2_SHAPE, torchDevice: 'cuda' });
+  const row = (model: MeasureConfig['model'], warmup: number, repeats: number): MeasureConfig => ({
+    model,
+    backend: 'webgpu',
+    threads: 1,
+    warmup,
+    repeats,
+    ...GPT2_SHAPE,
+    torchDevice: 'cuda',
+  });
   return [row('demo', 3, 20), row('gpt2-small', 3, 20)];
 }
 
 function plan(quick: boolean): MeasureConfig[] {
   const cores = availableParallelism();
-  const row = (model: MeasureConfig['model'], backend: MeasureConfig['backend'], threads: number, warmup: number, repeats: number): MeasureConfig =>
-    ({ model, backend, threads, warmup, repeats, ...GPT2_SHAPE, torchDevice: 'cpu' });
+  const row = (
+    model: MeasureConfig['model'],
+    backend: MeasureConfig['backend'],
+    threads: number,
+    warmup: number,
+    repeats: number,
+  ): MeasureConfig => ({ model, backend, threads, warmup, repeats, ...GPT2_SHAPE, torchDevice: 'cpu' });
   const threaded = cores >= 2 ? [Math.min(cores, 8)] : [];
   if (quick) return [row('demo', 'wasm', 1, 2, 5), ...threaded.map((t) => row('demo', 'wasm', t, 2, 5))];
   // Repeats are sized so `npm run bench` stays within 15 minutes here: the cpu backend takes ~8 s
   // per demo step and software WebGPU ~30 s (that row shows the step computes, not its speed).
   return [
-    row('demo', 'wasm', 1, 3, 15), ...threaded.map((t) => row('demo', 'wasm', t, 3, 15)),
-    row('demo', 'cpu', 1, 1, 2), row('demo', 'webgpu', 1, 1, 1), row('demo', 'tensorflow', 1, 2, 10),
-    row('gpt2-small', 'wasm', 1, 1, 3), ...threaded.map((t) => row('gpt2-small', 'wasm', t, 1, 3)),
+    row('demo', 'wasm', 1, 3, 15),
+    ...threaded.map((t) => row('demo', 'wasm', t, 3, 15)),
+    row('demo', 'cpu', 1, 1, 2),
+    row('demo', 'webgpu', 1, 1, 1),
+    row('demo', 'tensorflow', 1, 2, 10),
+    row('gpt2-small', 'wasm', 1, 1, 3),
+    ...threaded.map((t) => row('gpt2-small', 'wasm', t, 1, 3)),
   ];
 }
 
 function runRow(config: MeasureConfig): MeasureResult | { error: string } {
-  const out = spawnSync(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'compute-measure.ts'), JSON.stringify(config)], {
-    encoding: 'utf8', maxBuffer: 64 * 2 ** 20, env: { ...process.env, LORAMESH_WASM_THREADS: '' },
-  });
+  const out = spawnSync(
+    process.execPath,
+    ['--import', 'tsx', join(import.meta.dirname, 'compute-measure.ts'), JSON.stringify(config)],
+    {
+      encoding: 'utf8',
+      maxBuffer: 64 * 2 ** 20,
+      env: { ...process.env, LORAMESH_WASM_THREADS: '' },
+    },
+  );
   if (out.status === 0) return JSON.parse(out.stdout.trim().split('\n').pop()!) as MeasureResult;
   const lines = out.stderr.split('\n').filter((l) => /error|Error|fail/i.test(l) && l.length < 400);
   return { error: (lines.find((l) => /LM_ERR|Error:/.test(l)) ?? lines[0] ?? `exit ${out.status}`).trim() };
@@ -103,26 +135,52 @@ function toRow(r: MeasureResult): ComputeRow {
   const pairs = r.torch ? r.ms.map((m, i) => m / r.torch!.ms[i]) : null;
   const cpuPairs = r.torch ? r.cpuMs.map((m, i) => m / r.torch!.cpuMs[i]) : null;
   return {
-    model: r.workload.id, backend: r.backend.name, threads: r.backend.threads ?? r.config.threads, software: r.backend.software,
-    description: r.workload.description, tokens: r.workload.tokens, gflopPerStep, ms, cpuMs: stats(r.cpuMs),
-    tokensPerSecond: r.workload.tokens / (ms.median / 1000), gflops: gflopPerStep / (ms.median / 1000),
-    torch: r.torch ? {
-      label: `PyTorch ${r.torch.version} ${r.torch.device} (${r.torch.threads} thread${r.torch.threads === 1 ? '' : 's'}, ${r.torch.blas})`,
-      ms: stats(r.torch.ms), cpuMs: stats(r.torch.cpuMs), gflops: gflopPerStep / (stats(r.torch.ms).median / 1000),
-    } : null,
-    ratio: pairs && stats(pairs), cpuRatio: cpuPairs && stats(cpuPairs), agreement: r.agreement, gemm: r.gemm, samples: { ms: r.ms, ratio: pairs },
-    note: [r.backend.software ? `software device (${r.backend.adapter}): correctness only, not a speed figure` : '', r.torchNote ?? ''].filter((s) => s).join('; ') || undefined,
+    model: r.workload.id,
+    backend: r.backend.name,
+    threads: r.backend.threads ?? r.config.threads,
+    software: r.backend.software,
+    description: r.workload.description,
+    tokens: r.workload.tokens,
+    gflopPerStep,
+    ms,
+    cpuMs: stats(r.cpuMs),
+    tokensPerSecond: r.workload.tokens / (ms.median / 1000),
+    gflops: gflopPerStep / (ms.median / 1000),
+    torch: r.torch
+      ? {
+          label: `PyTorch ${r.torch.version} ${r.torch.device} (${r.torch.threads} thread${r.torch.threads === 1 ? '' : 's'}, ${r.torch.blas})`,
+          ms: stats(r.torch.ms),
+          cpuMs: stats(r.torch.cpuMs),
+          gflops: gflopPerStep / (stats(r.torch.ms).median / 1000),
+        }
+      : null,
+    ratio: pairs && stats(pairs),
+    cpuRatio: cpuPairs && stats(cpuPairs),
+    agreement: r.agreement,
+    gemm: r.gemm,
+    samples: { ms: r.ms, ratio: pairs },
+    note:
+      [
+        r.backend.software ? `software device (${r.backend.adapter}): correctness only, not a speed figure` : '',
+        r.torchNote ?? '',
+      ]
+        .filter((s) => s)
+        .join('; ') || undefined,
   };
 }
 
-const range = (s: Stats, digits = 0) => `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`;
-const backendLabel = (r: ComputeRow) => `${r.backend}${r.backend === 'wasm' ? ` ${r.threads} thread${r.threads === 1 ? '' : 's'}` : ''}${r.software ? ' (software)' : ''}`;
+const range = (s: Stats, digits = 0) =>
+  `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`;
+const backendLabel = (r: ComputeRow) =>
+  `${r.backend}${r.backend === 'wasm' ? ` ${r.threads} thread${r.threads === 1 ? '' : 's'}` : ''}${r.software ? ' (software)' : ''}`;
 
 /** Bold median ratio with its range; a software device's ratio is shown but is no speed figure. */
 function ratioCell(r: ComputeRow): string {
   if (!r.ratio) return '–';
   const text = `${r.ratio.median.toFixed(2)}×`;
-  return r.software ? `${text} (software device: correctness only)` : `**${text}** (${r.ratio.min.toFixed(2)}–${r.ratio.max.toFixed(2)})`;
+  return r.software
+    ? `${text} (software device: correctness only)`
+    : `**${text}** (${r.ratio.min.toFixed(2)}–${r.ratio.max.toFixed(2)})`;
 }
 
 function tableLines(result: ComputeResult): string[] {
@@ -131,10 +189,15 @@ function tableLines(result: ComputeResult): string[] {
     '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const r of result.rows) {
-    const agree = r.agreement.lossRelDiff === undefined ? '–' : `${r.agreement.lossRelDiff.toExponential(0)} / ${r.agreement.gradNormRelDiff!.toExponential(0)}`;
-    lines.push(`| ${r.model} (${r.tokens} tokens, ${fmt(r.gflopPerStep)} GFLOP) | ${backendLabel(r)} | ${range(r.ms)} | ${r.tokensPerSecond.toFixed(0)} | ${r.gflops.toFixed(1)} | ` +
-      `${r.torch ? range(r.torch.ms) : '–'} | ${r.torch ? r.torch.gflops.toFixed(1) : '–'} | ${ratioCell(r)} | ` +
-      `${r.cpuRatio ? `${r.cpuRatio.median.toFixed(2)}×` : '–'} | ${r.gemm.gflops.toFixed(1)} / ${r.gemm.torchGflops?.toFixed(1) ?? '–'} (${r.gemm.shape.join('×')}) | ${agree} |`);
+    const agree =
+      r.agreement.lossRelDiff === undefined
+        ? '–'
+        : `${r.agreement.lossRelDiff.toExponential(0)} / ${r.agreement.gradNormRelDiff!.toExponential(0)}`;
+    lines.push(
+      `| ${r.model} (${r.tokens} tokens, ${fmt(r.gflopPerStep)} GFLOP) | ${backendLabel(r)} | ${range(r.ms)} | ${r.tokensPerSecond.toFixed(0)} | ${r.gflops.toFixed(1)} | ` +
+        `${r.torch ? range(r.torch.ms) : '–'} | ${r.torch ? r.torch.gflops.toFixed(1) : '–'} | ${ratioCell(r)} | ` +
+        `${r.cpuRatio ? `${r.cpuRatio.median.toFixed(2)}×` : '–'} | ${r.gemm.gflops.toFixed(1)} / ${r.gemm.torchGflops?.toFixed(1) ?? '–'} (${r.gemm.shape.join('×')}) | ${agree} |`,
+    );
   }
   return lines;
 }
@@ -142,7 +205,8 @@ function tableLines(result: ComputeResult): string[] {
 export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResult> {
   const log = opts.log ?? console.log;
   const write = opts.write ?? true;
-  const command = opts.command ?? (opts.device ? 'bench/device.sh' : `npm run bench:compute${opts.quick ? ' -- --quick' : ''}`);
+  const command =
+    opts.command ?? (opts.device ? 'bench/device.sh' : `npm run bench:compute${opts.quick ? ' -- --quick' : ''}`);
   const date = new Date().toISOString();
   const host = machine();
   const rows: ComputeRow[] = [];
@@ -160,25 +224,55 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
     }
     const row = toRow(r);
     rows.push(row);
-    log(`  ${fmt(row.gflopPerStep)} GFLOP/step, ${row.tokens} tokens: ${range(row.ms, 1)} ms/step, ${row.tokensPerSecond.toFixed(0)} tokens/s, ${row.gflops.toFixed(1)} GFLOP/s` +
-      (row.torch ? `; ${row.torch.label} ${range(row.torch.ms, 1)} ms/step; ratio ${range(row.ratio!, 2)}× (CPU time ${range(row.cpuRatio!, 2)}×)` : '') +
-      `; largest matmul alone ${row.gemm.gflops.toFixed(1)}${row.gemm.torchGflops ? ` vs ${row.gemm.torchGflops.toFixed(1)}` : ''} GFLOP/s` + (row.note ? `; ${row.note}` : '') + ` (${seconds} s)`);
+    log(
+      `  ${fmt(row.gflopPerStep)} GFLOP/step, ${row.tokens} tokens: ${range(row.ms, 1)} ms/step, ${row.tokensPerSecond.toFixed(0)} tokens/s, ${row.gflops.toFixed(1)} GFLOP/s` +
+        (row.torch
+          ? `; ${row.torch.label} ${range(row.torch.ms, 1)} ms/step; ratio ${range(row.ratio!, 2)}× (CPU time ${range(row.cpuRatio!, 2)}×)`
+          : '') +
+        `; largest matmul alone ${row.gemm.gflops.toFixed(1)}${row.gemm.torchGflops ? ` vs ${row.gemm.torchGflops.toFixed(1)}` : ''} GFLOP/s` +
+        (row.note ? `; ${row.note}` : '') +
+        ` (${seconds} s)`,
+    );
   }
   const figures = rows.flatMap((r) => [
     figure(`${r.model} ${backendLabel(r)} ms/step`, 'ms', r.samples.ms),
-    ...(r.samples.ratio ? [figure(`${r.model} ${backendLabel(r)} / PyTorch (same threads)`, '×', r.samples.ratio)] : []),
+    ...(r.samples.ratio
+      ? [figure(`${r.model} ${backendLabel(r)} / PyTorch (same threads)`, '×', r.samples.ratio)]
+      : []),
   ]);
-  const result: ComputeResult = { date, quick: opts.quick, command, machine: host, flopFormula: FLOP_FORMULA, rows, unavailable, figures };
+  const result: ComputeResult = {
+    date,
+    quick: opts.quick,
+    command,
+    machine: host,
+    flopFormula: FLOP_FORMULA,
+    rows,
+    unavailable,
+    figures,
+  };
   if (write) {
     writeJson(opts.device ? 'compute.device' : opts.quick ? 'compute.quick' : 'compute', result);
     if (!opts.quick) {
-      const [marker, heading] = opts.device ? ['compute-device-table', 'Compute on a GPU machine (`bench/device.sh`)'] : ['compute-table', 'Compute: the LoRA training step (`npm run bench:compute`)'];
-      replaceSection(marker, heading, [
-        provenance(date, command, host),
-        '',
-        ...tableLines(result),
-        ...(unavailable.length ? ['', 'Not measured here: ' + unavailable.map((u) => `${u.model} on ${u.backend} (${u.reason.replace(/\|/g, '\\|')})`).join('; ') + '.'] : []),
-      ].join('\n'));
+      const [marker, heading] = opts.device
+        ? ['compute-device-table', 'Compute on a GPU machine (`bench/device.sh`)']
+        : ['compute-table', 'Compute: the LoRA training step (`npm run bench:compute`)'];
+      replaceSection(
+        marker,
+        heading,
+        [
+          provenance(date, command, host),
+          '',
+          ...tableLines(result),
+          ...(unavailable.length
+            ? [
+                '',
+                'Not measured here: ' +
+                  unavailable.map((u) => `${u.model} on ${u.backend} (${u.reason.replace(/\|/g, '\\|')})`).join('; ') +
+                  '.',
+              ]
+            : []),
+        ].join('\n'),
+      );
     }
   }
   return result;
@@ -187,6 +281,11 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
 if (import.meta.filename === process.argv[1]) {
   const args = process.argv.slice(2);
   const unknown = args.filter((a) => !['--quick', '--no-write', '--device'].includes(a));
-  if (unknown.length) throw new Error(`unknown argument ${JSON.stringify(unknown[0])}; expected --quick, --device or --no-write`);
-  await runComputeBench({ quick: args.includes('--quick'), device: args.includes('--device'), write: !args.includes('--no-write') });
+  if (unknown.length)
+    throw new Error(`unknown argument ${JSON.stringify(unknown[0])}; expected --quick, --device or --no-write`);
+  await runComputeBench({
+    quick: args.includes('--quick'),
+    device: args.includes('--device'),
+    write: !args.includes('--no-write'),
+  });
 }

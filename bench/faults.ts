@@ -34,8 +34,18 @@ async function trial(signal: 'SIGKILL' | 'SIGSTOP', heartbeatMs: number, steps: 
   let noticedAt = 0;
   let stepDoneAt = 0;
   await runTraining({
-    model, lora, train: { ...train, steps }, examples, outDir: join(root, 'runs'), runId: `${signal}-${heartbeatMs}-${++trials}`, localWorkers: 2, backend: 'wasm',
-    cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, heartbeatMs,
+    model,
+    lora,
+    train: { ...train, steps },
+    examples,
+    outDir: join(root, 'runs'),
+    runId: `${signal}-${heartbeatMs}-${++trials}`,
+    localWorkers: 2,
+    backend: 'wasm',
+    cacheDir: join(root, 'cache'),
+    workerOutput: 'ignore',
+    progress: false,
+    heartbeatMs,
     log: (line) => {
       url = /listening on (ws:\S+)/.exec(line)?.[1] ?? url;
       if (hitAt && !noticedAt && /(left holding|missed a heartbeat)/.test(line)) noticedAt = performance.now();
@@ -43,10 +53,18 @@ async function trial(signal: 'SIGKILL' | 'SIGSTOP', heartbeatMs: number, steps: 
     onStep: async (m) => {
       if (m.step === 2) {
         // A slow victim (2 s per micro-batch) so it is sure to hold work when it is hit.
-        victim = spawn(process.execPath, ['--import', 'tsx', cli, 'worker', url, '--backend', 'wasm', '--cache-dir', join(root, 'cache')], { stdio: 'ignore', env: { ...process.env, LORAMESH_FAULT: 'delay:2000' } });
+        victim = spawn(
+          process.execPath,
+          ['--import', 'tsx', cli, 'worker', url, '--backend', 'wasm', '--cache-dir', join(root, 'cache')],
+          { stdio: 'ignore', env: { ...process.env, LORAMESH_FAULT: 'delay:2000' } },
+        );
         await new Promise((r) => setTimeout(r, 3000));
       }
-      if (m.step === 4) setTimeout(() => { victim!.kill(signal); hitAt = performance.now(); }, 300);
+      if (m.step === 4)
+        setTimeout(() => {
+          victim!.kill(signal);
+          hitAt = performance.now();
+        }, 300);
       if (hitAt && !stepDoneAt && noticedAt) stepDoneAt = performance.now();
     },
   });
@@ -62,14 +80,55 @@ const stops = [await trial('SIGSTOP', 5000, 80)];
 /** Coordinator restart: kill a CLI run after step 7 (checkpoint at 5), time `train --resume` until its first new step. */
 async function restart(): Promise<{ toNextStepMs: number; resumedAt: number }> {
   const runDir = join(root, 'runs', 'restart');
-  const args = ['--import', 'tsx', cli, 'train', '--backend', 'wasm', '--local-workers', '2', '--checkpoint-every', '5', '--eval-every', '1000'];
+  const args = [
+    '--import',
+    'tsx',
+    cli,
+    'train',
+    '--backend',
+    'wasm',
+    '--local-workers',
+    '2',
+    '--checkpoint-every',
+    '5',
+    '--eval-every',
+    '1000',
+  ];
   const env = { ...process.env, LORAMESH_CACHE: join(root, 'cache') };
-  const steps = () => (existsSync(join(runDir, 'metrics.jsonl')) ? readFileSync(join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').filter((l) => l.includes('"loss"')).length : 0);
-  const waitFor = (child: ChildProcess, cond: () => boolean) => new Promise<void>((resolve) => {
-    const timer = setInterval(() => { if (cond()) { clearInterval(timer); resolve(); } }, 10);
-    child.once('exit', () => clearInterval(timer));
-  });
-  const first = spawn(process.execPath, [...args, '--steps', '60', '--global-batch', '16', '--micro-batch', '4', '--out', join(root, 'runs'), '--run-id', 'restart'], { stdio: 'ignore', env });
+  const steps = () =>
+    existsSync(join(runDir, 'metrics.jsonl'))
+      ? readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
+          .trim()
+          .split('\n')
+          .filter((l) => l.includes('"loss"')).length
+      : 0;
+  const waitFor = (child: ChildProcess, cond: () => boolean) =>
+    new Promise<void>((resolve) => {
+      const timer = setInterval(() => {
+        if (cond()) {
+          clearInterval(timer);
+          resolve();
+        }
+      }, 10);
+      child.once('exit', () => clearInterval(timer));
+    });
+  const first = spawn(
+    process.execPath,
+    [
+      ...args,
+      '--steps',
+      '60',
+      '--global-batch',
+      '16',
+      '--micro-batch',
+      '4',
+      '--out',
+      join(root, 'runs'),
+      '--run-id',
+      'restart',
+    ],
+    { stdio: 'ignore', env },
+  );
   await waitFor(first, () => steps() >= 7);
   first.kill('SIGKILL');
   await new Promise((r) => first.once('exit', r));
@@ -85,13 +144,23 @@ const restarts = [await restart()];
 rmSync(root, { recursive: true, force: true });
 const result = {
   date: new Date().toISOString(),
-  killedWorker: { noticedMs: median(kills.map((k) => k.noticedMs)), stepDoneMs: median(kills.map((k) => k.stepDoneMs)), trials: kills },
+  killedWorker: {
+    noticedMs: median(kills.map((k) => k.noticedMs)),
+    stepDoneMs: median(kills.map((k) => k.stepDoneMs)),
+    trials: kills,
+  },
   silentWorker: { heartbeatMs: 5000, noticedMs: stops[0].noticedMs, stepDoneMs: stops[0].stepDoneMs },
   coordinatorRestart: restarts[0],
 };
-console.log(`SIGKILLed worker holding a micro-batch: reassigned after ${result.killedWorker.noticedMs.toFixed(0)} ms (median of 3), its step done ${result.killedWorker.stepDoneMs.toFixed(0)} ms after the kill`);
-console.log(`silent (SIGSTOP) worker, 5 s heartbeat: dropped after ${result.silentWorker.noticedMs.toFixed(0)} ms (bound: 2 intervals); its micro-batch was copied to a peer past its deadline, so steps did not wait`);
-console.log(`coordinator SIGKILLed, \`train --resume\` started: next step completed after ${result.coordinatorRestart.toNextStepMs.toFixed(0)} ms (process start, model load, workers rejoin)`);
+console.log(
+  `SIGKILLed worker holding a micro-batch: reassigned after ${result.killedWorker.noticedMs.toFixed(0)} ms (median of 3), its step done ${result.killedWorker.stepDoneMs.toFixed(0)} ms after the kill`,
+);
+console.log(
+  `silent (SIGSTOP) worker, 5 s heartbeat: dropped after ${result.silentWorker.noticedMs.toFixed(0)} ms (bound: 2 intervals); its micro-batch was copied to a peer past its deadline, so steps did not wait`,
+);
+console.log(
+  `coordinator SIGKILLed, \`train --resume\` started: next step completed after ${result.coordinatorRestart.toNextStepMs.toFixed(0)} ms (process start, model load, workers rejoin)`,
+);
 writeFileSync(join(import.meta.dirname, 'results', 'faults.json'), JSON.stringify(result, null, 2) + '\n');
 const table = [
   '<!-- faults-table:start -->',
@@ -106,5 +175,7 @@ const table = [
 ].join('\n');
 const resultsPath = join(import.meta.dirname, 'RESULTS.md');
 let md = existsSync(resultsPath) ? readFileSync(resultsPath, 'utf8') : '# Benchmark results\n';
-if (!md.includes('<!-- faults-table:start -->')) md += '\n## Recovery from faults (`npm run bench:faults`)\n\n<!-- faults-table:start -->\n<!-- faults-table:end -->\n';
+if (!md.includes('<!-- faults-table:start -->'))
+  md +=
+    '\n## Recovery from faults (`npm run bench:faults`)\n\n<!-- faults-table:start -->\n<!-- faults-table:end -->\n';
 writeFileSync(resultsPath, md.replace(/<!-- faults-table:start -->[\s\S]*<!-- faults-table:end -->/, table));

@@ -14,8 +14,15 @@ import { parameterShapes } from '../shared/model/causal-lm.ts';
 import { Rng } from '../shared/rng.ts';
 
 const GPT2_SMALL: Gpt2Config = {
-  model_type: 'gpt2', vocab_size: 50257, n_positions: 1024, n_embd: 768, n_layer: 12, n_head: 12,
-  layer_norm_epsilon: 1e-5, activation_function: 'gelu_new', tie_word_embeddings: true,
+  model_type: 'gpt2',
+  vocab_size: 50257,
+  n_positions: 1024,
+  n_embd: 768,
+  n_layer: 12,
+  n_head: 12,
+  layer_norm_epsilon: 1e-5,
+  activation_function: 'gelu_new',
+  tie_word_embeddings: true,
 };
 
 /**
@@ -37,7 +44,15 @@ if (process.argv[2] === 'load') {
   const { weights } = loadSafetensorsFiles(GPT2_SMALL, [process.argv[3]]);
   const ms = performance.now() - t0;
   const params = [...weights.values()].reduce((n, t) => n + t.size, 0);
-  console.log(JSON.stringify({ params, rssBeforeLoad: before, rssAfterLoad: process.memoryUsage().rss, peakRss: peakRss(), loadMs: ms }));
+  console.log(
+    JSON.stringify({
+      params,
+      rssBeforeLoad: before,
+      rssAfterLoad: process.memoryUsage().rss,
+      peakRss: peakRss(),
+      loadMs: ms,
+    }),
+  );
   process.exit(0);
 }
 
@@ -52,18 +67,31 @@ for (const [name, shape] of parameterShapes(GPT2_SMALL)) {
 }
 writeFileSync(file, encodeSafetensors(tensors, { format: 'pt' }));
 const fileBytes = statSync(file).size;
-const child = spawnSync(process.execPath, ['--import', 'tsx', import.meta.filename, 'load', file], { encoding: 'utf8' });
+const child = spawnSync(process.execPath, ['--import', 'tsx', import.meta.filename, 'load', file], {
+  encoding: 'utf8',
+});
 rmSync(dir, { recursive: true, force: true });
 if (child.status !== 0) throw new Error(child.stderr.slice(-2000));
 const r = JSON.parse(child.stdout.trim().split('\n').pop()!);
 const weightBytes = 4 * r.params;
 const result = {
-  date: new Date().toISOString(), model: 'GPT-2 small shape (random weights)', params: r.params, fileBytes, weightBytes,
-  peakRss: r.peakRss, rssBeforeLoad: r.rssBeforeLoad, peakOverWeights: r.peakRss / weightBytes, loadMs: r.loadMs,
+  date: new Date().toISOString(),
+  model: 'GPT-2 small shape (random weights)',
+  params: r.params,
+  fileBytes,
+  weightBytes,
+  peakRss: r.peakRss,
+  rssBeforeLoad: r.rssBeforeLoad,
+  peakOverWeights: r.peakRss / weightBytes,
+  loadMs: r.loadMs,
 };
 const mb = (b: number) => `${(b / 1e6).toFixed(0)} MB`;
-console.log(`loaded ${r.params.toLocaleString()} parameters (${mb(weightBytes)} float32) from a ${mb(fileBytes)} file in ${(r.loadMs / 1000).toFixed(1)} s`);
-console.log(`peak RSS ${mb(r.peakRss)} (${mb(r.rssBeforeLoad)} before the load) = ${result.peakOverWeights.toFixed(2)}× the weight bytes (target < 2×)`);
+console.log(
+  `loaded ${r.params.toLocaleString()} parameters (${mb(weightBytes)} float32) from a ${mb(fileBytes)} file in ${(r.loadMs / 1000).toFixed(1)} s`,
+);
+console.log(
+  `peak RSS ${mb(r.peakRss)} (${mb(r.rssBeforeLoad)} before the load) = ${result.peakOverWeights.toFixed(2)}× the weight bytes (target < 2×)`,
+);
 writeFileSync(join(import.meta.dirname, 'results', 'load-memory.json'), JSON.stringify(result, null, 2) + '\n');
 const table = [
   '<!-- load-table:start -->',
@@ -76,5 +104,6 @@ const table = [
 ].join('\n');
 const resultsPath = join(import.meta.dirname, 'RESULTS.md');
 let md = existsSync(resultsPath) ? readFileSync(resultsPath, 'utf8') : '# Benchmark results\n';
-if (!md.includes('<!-- load-table:start -->')) md += '\n## Loading a 124M checkpoint (`npm run bench:load`)\n\n<!-- load-table:start -->\n<!-- load-table:end -->\n';
+if (!md.includes('<!-- load-table:start -->'))
+  md += '\n## Loading a 124M checkpoint (`npm run bench:load`)\n\n<!-- load-table:start -->\n<!-- load-table:end -->\n';
 writeFileSync(resultsPath, md.replace(/<!-- load-table:start -->[\s\S]*<!-- load-table:end -->/, table));

@@ -38,14 +38,17 @@ interface Scenario {
 }
 
 const RAISED: Partial<NetLimits> = {
-  maxEventStreams: EVENT_CLIENTS, maxEventStreamsPerAddress: EVENT_CLIENTS, maxConnectionsPerAddress: 1024,
+  maxEventStreams: EVENT_CLIENTS,
+  maxEventStreamsPerAddress: EVENT_CLIENTS,
+  maxConnectionsPerAddress: 1024,
 };
 const SCENARIOS: Scenario[] = [
   { name: 'defaults', what: 'default limits (DEFAULT_NET_LIMITS)', limits: {} },
   { name: 'all-admitted', what: `stream caps raised to ${EVENT_CLIENTS}: the per-stream bound holds`, limits: RAISED },
   { name: 'all-admitted-reopening', what: 'as all-admitted, re-opened every 5 s', limits: RAISED, reopenMs: 5000 },
   {
-    name: 'unbounded', what: 'as all-admitted without the per-stream bound (1 TiB): the behaviour before it',
+    name: 'unbounded',
+    what: 'as all-admitted without the per-stream bound (1 TiB): the behaviour before it',
     limits: { ...RAISED, maxEventStreamBufferBytes: 2 ** 40 },
   },
 ];
@@ -65,16 +68,28 @@ async function coordinator(limits: Partial<NetLimits>): Promise<void> {
   const manifest = {
     runId: 'memory-attack',
     model: { config: model.config, files: model.files.map(({ name, sha256, bytes }) => ({ name, sha256, bytes })) },
-    lora: DEMO_LORA, adapter: spec.map((t) => ({ name: t.name, shape: t.shape })), wire: { up: F32, down: F32 },
+    lora: DEMO_LORA,
+    adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
+    wire: { up: F32, down: F32 },
   };
   const counts = { rejectedFrames: 0, droppedStreams: 0 };
   let log = (_line: string) => {};
   const mesh = new MeshExecutor({ manifest, log: (line) => log(line) });
-  const monitor = new RunMonitor({
-    runId: 'memory-attack', model: model.dir, modelType: model.config.model_type,
-    modelParameters: 0, adapterParameters: 0, steps: DEMO_TRAIN.steps, lora: DEMO_LORA, train: DEMO_TRAIN,
-    wire: 'f32 up, f32 down', local: null,
-  }, () => mesh.info());
+  const monitor = new RunMonitor(
+    {
+      runId: 'memory-attack',
+      model: model.dir,
+      modelType: model.config.model_type,
+      modelParameters: 0,
+      adapterParameters: 0,
+      steps: DEMO_TRAIN.steps,
+      lora: DEMO_LORA,
+      train: DEMO_TRAIN,
+      wire: 'f32 up, f32 down',
+      local: null,
+    },
+    () => mesh.info(),
+  );
   log = (line) => monitor.log(line);
   monitor.subscribe((e) => {
     if (e.kind !== 'log') return;
@@ -82,8 +97,15 @@ async function coordinator(limits: Partial<NetLimits>): Promise<void> {
     if (/^event stream .* dropped/.test(e.line)) counts.droppedStreams++;
   });
   const server = await startServer({
-    host: '127.0.0.1', port: 0, files: model.files, mesh, monitor, maxPayload: 4 * MB, heartbeatMs: 5000,
-    token: TOKEN, limits,
+    host: '127.0.0.1',
+    port: 0,
+    files: model.files,
+    mesh,
+    monitor,
+    maxPayload: 4 * MB,
+    heartbeatMs: 5000,
+    token: TOKEN,
+    limits,
   });
   console.log(JSON.stringify({ url: server.url }));
   setInterval(() => console.log(JSON.stringify({ ...counts, ...server.openConnections() })), 1000);
@@ -117,13 +139,18 @@ class StalledReader {
       if (this.admitted && this.reopenMs) this.retry(this.reopenMs);
     });
     // A refused request (429/503, or the TCP cap) is closed by the server: try again.
-    socket.on('close', () => { if (!this.admitted) this.retry(1000); });
+    socket.on('close', () => {
+      if (!this.admitted) this.retry(1000);
+    });
     socket.write('GET /api/events HTTP/1.1\r\nHost: loramesh\r\n\r\n');
   }
 
   private retry(ms: number): void {
     if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => { this.socket?.destroy(); this.open(); }, ms);
+    this.timer = setTimeout(() => {
+      this.socket?.destroy();
+      this.open();
+    }, ms);
   }
 
   stop(): void {
@@ -175,7 +202,10 @@ async function runScenario(s: Scenario, seconds: number) {
     lines.on('line', (line) => {
       const msg = JSON.parse(line);
       if (msg.url) resolve(msg.url);
-      else { stats = msg; maxStreams = Math.max(maxStreams, msg.eventStreams); }
+      else {
+        stats = msg;
+        maxStreams = Math.max(maxStreams, msg.eventStreams);
+      }
     });
   });
   const pid = child.pid!;
@@ -194,7 +224,10 @@ async function runScenario(s: Scenario, seconds: number) {
   for (let t = 1; t <= seconds; t++) {
     await sleep(1000);
     samples.push(sample(t));
-    if (samples[samples.length - 1].rssMB > SAFETY_STOP_MB) { safetyStop = true; break; }
+    if (samples[samples.length - 1].rssMB > SAFETY_STOP_MB) {
+      safetyStop = true;
+      break;
+    }
   }
   const peakHwmMB = rssMB(pid, 'VmHWM');
   stopped = true;
@@ -209,12 +242,25 @@ async function runScenario(s: Scenario, seconds: number) {
   const tenBefore = samples[Math.max(0, samples.length - 11)];
   const endSlope = (attackEndMB - tenBefore.rssMB) / Math.max(1, samples.length - 1 - tenBefore.t);
   return {
-    name: s.name, what: s.what, limits: s.limits, reopenMs: s.reopenMs ?? null, seconds: samples.length - 1, safetyStop,
-    baselineMB: round(baselineMB), peakMB: round(peakMB), attackEndMB: round(attackEndMB),
-    afterAttackMB: round(afterMB), endSlopeMBPerSecond: round(endSlope),
-    growthMB: round(peakMB - baselineMB), targetMB: TARGET_MB, withinTarget: peakMB - baselineMB <= TARGET_MB,
-    streamResponses: tally, maxConcurrentStreams: maxStreams, droppedStreams: stats.droppedStreams,
-    framesSent: sent.frames, rejectedFrames: stats.rejectedFrames,
+    name: s.name,
+    what: s.what,
+    limits: s.limits,
+    reopenMs: s.reopenMs ?? null,
+    seconds: samples.length - 1,
+    safetyStop,
+    baselineMB: round(baselineMB),
+    peakMB: round(peakMB),
+    attackEndMB: round(attackEndMB),
+    afterAttackMB: round(afterMB),
+    endSlopeMBPerSecond: round(endSlope),
+    growthMB: round(peakMB - baselineMB),
+    targetMB: TARGET_MB,
+    withinTarget: peakMB - baselineMB <= TARGET_MB,
+    streamResponses: tally,
+    maxConcurrentStreams: maxStreams,
+    droppedStreams: stats.droppedStreams,
+    framesSent: sent.frames,
+    rejectedFrames: stats.rejectedFrames,
     peakSocketsKernelMB: round(Math.max(...samples.map((x) => x.socketsKernelMB))),
     samples: samples.map((x) => ({ t: x.t, rssMB: round(x.rssMB), socketsKernelMB: round(x.socketsKernelMB) })),
   };
@@ -229,41 +275,59 @@ async function main(): Promise<void> {
     throw new Error(`--seconds should be an integer ≥ 1, got ${JSON.stringify(process.argv[at + 1])}`);
   }
   const started = new Date().toISOString();
-  console.log(`memory attack: ${EVENT_CLIENTS} non-reading /api/events clients + ` +
-    `${FLOOD_CLIENTS} garbage-frame floods, ` +
-    `${seconds} s per scenario`);
+  console.log(
+    `memory attack: ${EVENT_CLIENTS} non-reading /api/events clients + ` +
+      `${FLOOD_CLIENTS} garbage-frame floods, ` +
+      `${seconds} s per scenario`,
+  );
   const results = [];
   const only = process.argv.indexOf('--only');
   for (const s of SCENARIOS.filter((x) => only < 0 || process.argv[only + 1].split(',').includes(x.name))) {
     const r = await runScenario(s, seconds);
     results.push(r);
     const stop = r.safetyStop ? ` (stopped at ${SAFETY_STOP_MB} MB)` : '';
-    console.log(`${r.name.padEnd(24)} baseline ${r.baselineMB} MB, peak ${r.peakMB} MB, end ${r.attackEndMB} MB ` +
-      `(after ${r.afterAttackMB} MB): peak − baseline ${r.growthMB} MB ` +
-      `${r.withinTarget ? '≤' : '>'} ${TARGET_MB} MB target${stop}; last 10 s ${r.endSlopeMBPerSecond} MB/s`);
+    console.log(
+      `${r.name.padEnd(24)} baseline ${r.baselineMB} MB, peak ${r.peakMB} MB, end ${r.attackEndMB} MB ` +
+        `(after ${r.afterAttackMB} MB): peak − baseline ${r.growthMB} MB ` +
+        `${r.withinTarget ? '≤' : '>'} ${TARGET_MB} MB target${stop}; last 10 s ${r.endSlopeMBPerSecond} MB/s`,
+    );
     const { admitted, refused } = r.streamResponses;
-    console.log(`${''.padEnd(24)} streams: ${admitted} admitted, ${refused} refused, ` +
-      `at most ${r.maxConcurrentStreams} open, ${r.droppedStreams} dropped; ` +
-      `${r.framesSent} garbage frames sent, ${r.rejectedFrames} rejected; ` +
-      `its sockets' kernel buffers peak ${r.peakSocketsKernelMB} MB`);
+    console.log(
+      `${''.padEnd(24)} streams: ${admitted} admitted, ${refused} refused, ` +
+        `at most ${r.maxConcurrentStreams} open, ${r.droppedStreams} dropped; ` +
+        `${r.framesSent} garbage frames sent, ${r.rejectedFrames} rejected; ` +
+        `its sockets' kernel buffers peak ${r.peakSocketsKernelMB} MB`,
+    );
   }
   const path = writeJson(only < 0 ? 'memory-attack' : 'memory-attack.partial', {
-    date: started, command: 'npm run bench:memory-attack', machine: machine(),
-    eventClients: EVENT_CLIENTS, floodClients: FLOOD_CLIENTS, targetMB: TARGET_MB, scenarios: results,
+    date: started,
+    command: 'npm run bench:memory-attack',
+    machine: machine(),
+    eventClients: EVENT_CLIENTS,
+    floodClients: FLOOD_CLIENTS,
+    targetMB: TARGET_MB,
+    scenarios: results,
   });
   console.log(`wrote ${path}`);
   if (only >= 0) return;
-  replaceSection('memory-attack-table', 'Memory under a stream and frame attack (`npm run bench:memory-attack`)', [
-    provenance(started, 'npm run bench:memory-attack'),
-    '',
-    `${EVENT_CLIENTS} \`/api/events\` clients that never read, plus ${FLOOD_CLIENTS} authenticated sockets flooding garbage frames, `
-      + `${seconds} s per scenario; coordinator RSS from /proc (target: peak ≤ baseline + ${TARGET_MB} MB).`,
-    '',
-    '| scenario | baseline | peak | end | peak − baseline | within target | streams admitted / refused / dropped | frames rejected |',
-    '|---|---:|---:|---:|---:|---|---|---:|',
-    ...results.map((r) => `| ${r.name} | ${r.baselineMB} MB | ${r.peakMB} MB | ${r.attackEndMB} MB | ${r.growthMB} MB | ${r.withinTarget ? 'yes' : '**no**'} `
-      + `| ${r.streamResponses.admitted} / ${r.streamResponses.refused} / ${r.droppedStreams} | ${r.rejectedFrames} |`),
-  ].join('\n'));
+  replaceSection(
+    'memory-attack-table',
+    'Memory under a stream and frame attack (`npm run bench:memory-attack`)',
+    [
+      provenance(started, 'npm run bench:memory-attack'),
+      '',
+      `${EVENT_CLIENTS} \`/api/events\` clients that never read, plus ${FLOOD_CLIENTS} authenticated sockets flooding garbage frames, ` +
+        `${seconds} s per scenario; coordinator RSS from /proc (target: peak ≤ baseline + ${TARGET_MB} MB).`,
+      '',
+      '| scenario | baseline | peak | end | peak − baseline | within target | streams admitted / refused / dropped | frames rejected |',
+      '|---|---:|---:|---:|---:|---|---|---:|',
+      ...results.map(
+        (r) =>
+          `| ${r.name} | ${r.baselineMB} MB | ${r.peakMB} MB | ${r.attackEndMB} MB | ${r.growthMB} MB | ${r.withinTarget ? 'yes' : '**no**'} ` +
+          `| ${r.streamResponses.admitted} / ${r.streamResponses.refused} / ${r.droppedStreams} | ${r.rejectedFrames} |`,
+      ),
+    ].join('\n'),
+  );
 }
 
 if (process.argv[2] === 'coordinator') await coordinator(JSON.parse(process.argv[3]));

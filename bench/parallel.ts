@@ -21,8 +21,19 @@ import { runTraining } from '../coordinator/train.ts';
 import { lineChartSvg } from '../shared/analysis/plot-lines.ts';
 import { initBackend } from '../worker/backend.ts';
 import {
-  BENCH_DIR, cliFlags, fmt, formatFigure, machine, provenance, replaceSection, RESULTS_DIR, stats, writeJson,
-  type Figure, type Machine, type Stats,
+  BENCH_DIR,
+  cliFlags,
+  fmt,
+  formatFigure,
+  machine,
+  provenance,
+  replaceSection,
+  RESULTS_DIR,
+  stats,
+  writeJson,
+  type Figure,
+  type Machine,
+  type Stats,
 } from './lib/results.ts';
 import type { ScaleResult } from './scale.ts';
 
@@ -55,10 +66,20 @@ interface ConfigSpec {
 }
 
 const CONFIGS: ConfigSpec[] = [
-  { name: 'in-process', label: 'one process, coordinator computes (1 thread)', processesComputing: 1, threadsPerProcess: 1 },
+  {
+    name: 'in-process',
+    label: 'one process, coordinator computes (1 thread)',
+    processesComputing: 1,
+    threadsPerProcess: 1,
+  },
   { name: '1-worker', label: '1 local worker process (1 thread)', processesComputing: 1, threadsPerProcess: 1 },
   { name: '2-workers', label: '2 local worker processes (1 thread each)', processesComputing: 2, threadsPerProcess: 1 },
-  { name: '1-worker-2-threads', label: '1 local worker process using both cores (2 wasm threads)', processesComputing: 1, threadsPerProcess: 2 },
+  {
+    name: '1-worker-2-threads',
+    label: '1 local worker process using both cores (2 wasm threads)',
+    processesComputing: 1,
+    threadsPerProcess: 2,
+  },
 ];
 
 export interface ParallelRow {
@@ -81,7 +102,13 @@ export interface ParallelResult {
   setup: { model: string; globalBatch: number; microBatch: number; steps: number; skipSteps: number; lora: string };
   rows: ParallelRow[];
   /** 2 workers' median sequences/s over each single-process row's, and over the best of them */
-  ratios: { vsInProcess: number | null; vsOneWorker: number | null; vsBothCoresProcess: number | null; vsBestSingleProcess: number | null; best: ParallelConfigName | null };
+  ratios: {
+    vsInProcess: number | null;
+    vsOneWorker: number | null;
+    vsBothCoresProcess: number | null;
+    vsBestSingleProcess: number | null;
+    best: ParallelConfigName | null;
+  };
   /** speed-up over one worker for N workers: N·T / (T + overhead(N)) with the scale benchmark's overhead at compute T */
   projection: { source: string; computeMs: number; points: { workers: number; speedup: number }[] } | null;
   figures: Figure[];
@@ -90,7 +117,9 @@ export interface ParallelResult {
 /** Whether the worker backend reads WASM_THREADS_ENV; without it a "2 threads" row would silently be 1 thread. */
 export function wasmThreadsAvailable(): string | null {
   const source = readFileSync(join(BENCH_DIR, '..', 'worker', 'backend.ts'), 'utf8');
-  return source.includes(WASM_THREADS_ENV) ? null : `worker/backend.ts has no multi-threaded wasm option (${WASM_THREADS_ENV}); tfjs runs wasm single-threaded in Node`;
+  return source.includes(WASM_THREADS_ENV)
+    ? null
+    : `worker/backend.ts has no multi-threaded wasm option (${WASM_THREADS_ENV}); tfjs runs wasm single-threaded in Node`;
 }
 
 export async function runParallelBench(opts: ParallelBenchOptions): Promise<ParallelResult> {
@@ -98,7 +127,8 @@ export async function runParallelBench(opts: ParallelBenchOptions): Promise<Para
   const log = opts.log ?? ((line: string) => console.log(line));
   const steps = opts.steps ?? (quick ? 8 : 36);
   const skipSteps = Math.max(1, opts.skipSteps ?? (quick ? 3 : 6));
-  if (steps - skipSteps < 2) throw new Error(`parallel bench: steps (${steps}) should exceed skipSteps (${skipSteps}) by at least 2`);
+  if (steps - skipSteps < 2)
+    throw new Error(`parallel bench: steps (${steps}) should exceed skipSteps (${skipSteps}) by at least 2`);
   const wanted = opts.configs ?? CONFIGS.map((c) => c.name);
   const date = new Date().toISOString();
   const host = machine();
@@ -108,13 +138,22 @@ export async function runParallelBench(opts: ParallelBenchOptions): Promise<Para
   const train = { ...DEMO_TRAIN, steps };
   const examples = demoExamples(model.tokenizer, demoTaskData(2000, 0, train.seed));
   const root = mkdtempSync(join(tmpdir(), 'loramesh-bench-parallel-'));
-  log(`parallel: demo model, global batch ${train.globalBatch} in micro-batches of ${train.microBatch}, ${steps} steps (first ${skipSteps} not measured)`);
+  log(
+    `parallel: demo model, global batch ${train.globalBatch} in micro-batches of ${train.microBatch}, ${steps} steps (first ${skipSteps} not measured)`,
+  );
   const rows: ParallelRow[] = [];
   try {
     for (const spec of CONFIGS.filter((c) => wanted.includes(c.name))) {
       const unavailable = spec.threadsPerProcess > 1 ? wasmThreadsAvailable() : null;
       if (unavailable) {
-        rows.push({ name: spec.name, label: spec.label, unavailable, stepMs: stats([]), sequencesPerSecond: stats([]), tokensPerSecond: stats([]) });
+        rows.push({
+          name: spec.name,
+          label: spec.label,
+          unavailable,
+          stepMs: stats([]),
+          sequencesPerSecond: stats([]),
+          tokensPerSecond: stats([]),
+        });
         log(`  ${spec.label}: unavailable (${unavailable})`);
         continue;
       }
@@ -122,10 +161,21 @@ export async function runParallelBench(opts: ParallelBenchOptions): Promise<Para
       const tokens: number[] = [];
       let last = 0;
       await runTraining({
-        model, lora: DEMO_LORA, train, examples, outDir: join(root, 'runs'), runId: spec.name, backend: 'wasm', cacheDir: join(root, 'cache'),
-        inProcess: spec.name === 'in-process', localWorkers: spec.name === 'in-process' ? 0 : spec.processesComputing,
-        workerEnv: spec.threadsPerProcess > 1 ? () => ({ [WASM_THREADS_ENV]: String(spec.threadsPerProcess) }) : undefined,
-        workerOutput: 'ignore', progress: false, log: () => {},
+        model,
+        lora: DEMO_LORA,
+        train,
+        examples,
+        outDir: join(root, 'runs'),
+        runId: spec.name,
+        backend: 'wasm',
+        cacheDir: join(root, 'cache'),
+        inProcess: spec.name === 'in-process',
+        localWorkers: spec.name === 'in-process' ? 0 : spec.processesComputing,
+        workerEnv:
+          spec.threadsPerProcess > 1 ? () => ({ [WASM_THREADS_ENV]: String(spec.threadsPerProcess) }) : undefined,
+        workerOutput: 'ignore',
+        progress: false,
+        log: () => {},
         onStep: (m) => {
           const now = performance.now();
           if (m.step > skipSteps) {
@@ -136,12 +186,17 @@ export async function runParallelBench(opts: ParallelBenchOptions): Promise<Para
         },
       });
       const row: ParallelRow = {
-        name: spec.name, label: spec.label, unavailable: null, stepMs: stats(periods),
+        name: spec.name,
+        label: spec.label,
+        unavailable: null,
+        stepMs: stats(periods),
         sequencesPerSecond: stats(periods.map((p) => (1000 * train.globalBatch) / p)),
         tokensPerSecond: stats(periods.map((p, i) => (1000 * tokens[i]) / p)),
       };
       rows.push(row);
-      log(`  ${spec.label.padEnd(58)} ${fmt(row.stepMs.median).padStart(6)} ms/step  ${fmt(row.sequencesPerSecond.median).padStart(6)} seq/s (${fmt(row.sequencesPerSecond.min)}–${fmt(row.sequencesPerSecond.max)})  ${fmt(row.tokensPerSecond.median)} tokens/s`);
+      log(
+        `  ${spec.label.padEnd(58)} ${fmt(row.stepMs.median).padStart(6)} ms/step  ${fmt(row.sequencesPerSecond.median).padStart(6)} seq/s (${fmt(row.sequencesPerSecond.min)}–${fmt(row.sequencesPerSecond.max)})  ${fmt(row.tokensPerSecond.median)} tokens/s`,
+      );
     }
   } finally {
     rmSync(root, { recursive: true, force: true });
@@ -157,14 +212,35 @@ export async function runParallelBench(opts: ParallelBenchOptions): Promise<Para
   const ratio = (name: ParallelConfigName | null) => (two !== null && name && speed(name) ? two / speed(name)! : null);
   const scale = opts.scale === undefined ? readScale() : opts.scale;
   const result: ParallelResult = {
-    name: 'parallel', date, machine: host, command, quick,
-    setup: { model: 'demo-base', globalBatch: train.globalBatch, microBatch: train.microBatch, steps, skipSteps, lora: `r=${DEMO_LORA.r} on ${DEMO_LORA.targetModules.join(',')}` },
+    name: 'parallel',
+    date,
+    machine: host,
+    command,
+    quick,
+    setup: {
+      model: 'demo-base',
+      globalBatch: train.globalBatch,
+      microBatch: train.microBatch,
+      steps,
+      skipSteps,
+      lora: `r=${DEMO_LORA.r} on ${DEMO_LORA.targetModules.join(',')}`,
+    },
     rows,
-    ratios: { vsInProcess: ratio('in-process'), vsOneWorker: ratio('1-worker'), vsBothCoresProcess: ratio('1-worker-2-threads'), vsBestSingleProcess: ratio(best), best },
+    ratios: {
+      vsInProcess: ratio('in-process'),
+      vsOneWorker: ratio('1-worker'),
+      vsBothCoresProcess: ratio('1-worker-2-threads'),
+      vsBestSingleProcess: ratio(best),
+      best,
+    },
     projection: scale ? project(scale) : null,
-    figures: rows.filter((r) => !r.unavailable).map((r) => ({ ...r.sequencesPerSecond, label: `${r.label}`, unit: 'seq/s' })),
+    figures: rows
+      .filter((r) => !r.unavailable)
+      .map((r) => ({ ...r.sequencesPerSecond, label: `${r.label}`, unit: 'seq/s' })),
   };
-  log(`  2 workers vs best single process (${best ?? '–'}): ${fmt(result.ratios.vsBestSingleProcess ?? NaN)}× (target ≥ 0.9× of the best single process using both cores)`);
+  log(
+    `  2 workers vs best single process (${best ?? '–'}): ${fmt(result.ratios.vsBestSingleProcess ?? NaN)}× (target ≥ 0.9× of the best single process using both cores)`,
+  );
   if (opts.write ?? true) writeParallelResults(result, log);
   return result;
 }
@@ -181,8 +257,12 @@ function project(scale: ScaleResult): ParallelResult['projection'] {
   const T = one.computeMs;
   const perStep = (overhead: number) => T + Math.max(0, overhead);
   return {
-    source: `bench/results/scale.json of ${scale.date.slice(0, 10)}${scale.quick ? ' (quick mode)' : ''}`, computeMs: T,
-    points: scale.points.map((p) => ({ workers: p.workers, speedup: (p.workers * perStep(one.overheadMs.median)) / perStep(p.overheadMs.median) })),
+    source: `bench/results/scale.json of ${scale.date.slice(0, 10)}${scale.quick ? ' (quick mode)' : ''}`,
+    computeMs: T,
+    points: scale.points.map((p) => ({
+      workers: p.workers,
+      speedup: (p.workers * perStep(one.overheadMs.median)) / perStep(p.overheadMs.median),
+    })),
   };
 }
 
@@ -194,24 +274,39 @@ function writeParallelResults(r: ParallelResult, log: (line: string) => void): v
   log(`  wrote ${writeJson('parallel', r)}`);
   const oneWorker = r.rows.find((x) => x.name === '1-worker' && !x.unavailable);
   const measured = r.rows.filter((x) => !x.unavailable && (x.name === '1-worker' || x.name === '2-workers'));
-  const speedup = (x: ParallelRow) => (oneWorker ? x.sequencesPerSecond.median / oneWorker.sequencesPerSecond.median : NaN);
+  const speedup = (x: ParallelRow) =>
+    oneWorker ? x.sequencesPerSecond.median / oneWorker.sequencesPerSecond.median : NaN;
   const ns = r.projection ? r.projection.points.map((p) => p.workers) : [1, 2];
   const projected = r.projection && {
     name: `projected, ${r.projection.computeMs / 1000} s steps`,
-    x: r.projection.points.map((p) => p.workers), values: r.projection.points.map((p) => p.speedup),
+    x: r.projection.points.map((p) => p.workers),
+    values: r.projection.points.map((p) => p.speedup),
   };
-  writeFigure(RESULTS_DIR, 'parallel-scaling', lineChartSvg({
-    title: 'Data-parallel speed-up over one worker',
-    xAxis: 'workers', yAxis: 'speed-up (log)', xScale: 'log2', logY: true,
-    panels: [{
-      title: '',
-      series: [
-        { name: 'ideal (N)', x: ns, values: ns, dashed: true },
-        ...(projected ? [projected] : []),
-        { name: 'measured here', x: measured.map((x) => (x.name === '1-worker' ? 1 : 2)), values: measured.map(speedup) },
+  writeFigure(
+    RESULTS_DIR,
+    'parallel-scaling',
+    lineChartSvg({
+      title: 'Data-parallel speed-up over one worker',
+      xAxis: 'workers',
+      yAxis: 'speed-up (log)',
+      xScale: 'log2',
+      logY: true,
+      panels: [
+        {
+          title: '',
+          series: [
+            { name: 'ideal (N)', x: ns, values: ns, dashed: true },
+            ...(projected ? [projected] : []),
+            {
+              name: 'measured here',
+              x: measured.map((x) => (x.name === '1-worker' ? 1 : 2)),
+              values: measured.map(speedup),
+            },
+          ],
+        },
       ],
-    }],
-  }));
+    }),
+  );
   const cell = (s: Stats, d = 1) => `${s.median.toFixed(d)} (${s.min.toFixed(d)}–${s.max.toFixed(d)})`;
   const x = (v: number | null) => (v === null ? '–' : `${v.toFixed(2)}×`);
   const bothCores = r.rows.find((row) => row.name === '1-worker-2-threads');
@@ -223,18 +318,26 @@ function writeParallelResults(r: ParallelResult, log: (line: string) => void): v
     '',
     '| configuration | ms/step | sequences/s | tokens/s |',
     '|---|---:|---:|---:|',
-    ...r.rows.map((row) => row.unavailable ? `| ${row.label} | unavailable: ${row.unavailable} | | |` : `| ${row.label} | ${cell(row.stepMs, 0)} | ${cell(row.sequencesPerSecond)} | ${cell(row.tokensPerSecond, 0)} |`),
+    ...r.rows.map((row) =>
+      row.unavailable
+        ? `| ${row.label} | unavailable: ${row.unavailable} | | |`
+        : `| ${row.label} | ${cell(row.stepMs, 0)} | ${cell(row.sequencesPerSecond)} | ${cell(row.tokensPerSecond, 0)} |`,
+    ),
     '',
     `2 workers vs in-process: ${x(r.ratios.vsInProcess)}; vs 1 worker process: ${x(r.ratios.vsOneWorker)}; vs one process using both cores: ${x(r.ratios.vsBothCoresProcess)}.`,
-    `Target ≥ 0.9× of the best single process using both cores: ` + (r.ratios.vsBothCoresProcess !== null
-      ? `**${x(r.ratios.vsBothCoresProcess)}** — ${r.ratios.vsBothCoresProcess >= 0.9 ? 'met' : '**missed**'}.`
-      : `not measurable (${bothCores?.unavailable ?? 'row not run'}); against the best single-threaded process (${r.ratios.best ?? '–'}) 2 workers reach **${x(r.ratios.vsBestSingleProcess)}**.`),
+    `Target ≥ 0.9× of the best single process using both cores: ` +
+      (r.ratios.vsBothCoresProcess !== null
+        ? `**${x(r.ratios.vsBothCoresProcess)}** — ${r.ratios.vsBothCoresProcess >= 0.9 ? 'met' : '**missed**'}.`
+        : `not measurable (${bothCores?.unavailable ?? 'row not run'}); against the best single-threaded process (${r.ratios.best ?? '–'}) 2 workers reach **${x(r.ratios.vsBestSingleProcess)}**.`),
     '',
-    ...(r.projection ? [
-      `Projection beyond this machine (${r.projection.source}): speed-up = N·(T + o₁)/(T + o_N) with T = ${r.projection.computeMs} ms of compute per step and o_N the coordination overhead measured with N simulated workers (GPT-2 small r=8 payload, all on this machine, so pessimistic): ` +
-        r.projection.points.map((p) => `N=${p.workers} ${p.speedup.toFixed(1)}×`).join(', ') + '.',
-      '',
-    ] : ['No scale result to project from (run `npm run bench:scale`).', '']),
+    ...(r.projection
+      ? [
+          `Projection beyond this machine (${r.projection.source}): speed-up = N·(T + o₁)/(T + o_N) with T = ${r.projection.computeMs} ms of compute per step and o_N the coordination overhead measured with N simulated workers (GPT-2 small r=8 payload, all on this machine, so pessimistic): ` +
+            r.projection.points.map((p) => `N=${p.workers} ${p.speedup.toFixed(1)}×`).join(', ') +
+            '.',
+          '',
+        ]
+      : ['No scale result to project from (run `npm run bench:scale`).', '']),
     '![data-parallel speed-up](results/parallel-scaling.svg)',
   ].join('\n');
   replaceSection('parallel-table', 'Data parallelism on this machine (`npm run bench:parallel`)', body);

@@ -12,7 +12,12 @@ import { demoWorkload, gpt2Workload } from './compute-workloads.ts';
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
-  options: { backend: { type: 'string', default: 'wasm' }, batch: { type: 'string', default: '2' }, time: { type: 'string', default: '128' }, top: { type: 'string', default: '25' } },
+  options: {
+    backend: { type: 'string', default: 'wasm' },
+    batch: { type: 'string', default: '2' },
+    time: { type: 'string', default: '128' },
+    top: { type: 'string', default: '25' },
+  },
 });
 await initBackend(values.backend as BackendName, console.log);
 const w = positionals[0] === 'gpt2' ? gpt2Workload(Number(values.batch), Number(values.time)) : await demoWorkload();
@@ -42,8 +47,12 @@ for (const k of profile.kernels) {
 // customGrad ops show up as 'forward' around the kernels they run: counted once, not twice
 const total = [...byKernel].filter(([name]) => name !== 'forward').reduce((s, [, e]) => s + e.ms, 0);
 const top = Number(values.top);
-console.log(`${w.description}: step ${wall.toFixed(0)} ms wall, ${total.toFixed(0)} ms in ${profile.kernels.length} kernels, ${(w.flops / 1e9).toFixed(2)} GFLOP`);
+console.log(
+  `${w.description}: step ${wall.toFixed(0)} ms wall, ${total.toFixed(0)} ms in ${profile.kernels.length} kernels, ${(w.flops / 1e9).toFixed(2)} GFLOP`,
+);
 console.log('by kernel:');
-for (const [name, e] of [...byKernel].sort((a, b) => b[1].ms - a[1].ms).slice(0, top)) console.log(`  ${e.ms.toFixed(1).padStart(8)} ms ${String(e.calls).padStart(5)}×  ${name}`);
+for (const [name, e] of [...byKernel].sort((a, b) => b[1].ms - a[1].ms).slice(0, top))
+  console.log(`  ${e.ms.toFixed(1).padStart(8)} ms ${String(e.calls).padStart(5)}×  ${name}`);
 console.log('by kernel and shape:');
-for (const [name, e] of [...byShape].sort((a, b) => b[1].ms - a[1].ms).slice(0, top)) console.log(`  ${e.ms.toFixed(1).padStart(8)} ms ${String(e.calls).padStart(5)}×  ${name.slice(0, 160)}`);
+for (const [name, e] of [...byShape].sort((a, b) => b[1].ms - a[1].ms).slice(0, top))
+  console.log(`  ${e.ms.toFixed(1).padStart(8)} ms ${String(e.calls).padStart(5)}×  ${name.slice(0, 160)}`);

@@ -13,7 +13,15 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { BENCH_DIR, describeMachine, formatFigure, machine, replaceSection, writeJson, type Figure } from './lib/results.ts';
+import {
+  BENCH_DIR,
+  describeMachine,
+  formatFigure,
+  machine,
+  replaceSection,
+  writeJson,
+  type Figure,
+} from './lib/results.ts';
 
 interface BenchModule {
   name: string;
@@ -44,7 +52,10 @@ function parseArgs(argv: string[]): { quick: boolean; write: boolean; only: stri
     if (a === '--only' && argv[i + 1]) {
       only = argv[++i].split(',');
       const unknown = only.filter((n) => !MODULES.some((m) => m.name === n));
-      if (unknown.length) throw new Error(`--only: unknown benchmark ${unknown.join(', ')}; expected some of ${MODULES.map((m) => m.name).join(', ')}`);
+      if (unknown.length)
+        throw new Error(
+          `--only: unknown benchmark ${unknown.join(', ')}; expected some of ${MODULES.map((m) => m.name).join(', ')}`,
+        );
       continue;
     }
     throw new Error(`unknown argument ${JSON.stringify(a)}; expected --quick, --no-write or --only NAME[,NAME]`);
@@ -53,7 +64,10 @@ function parseArgs(argv: string[]): { quick: boolean; write: boolean; only: stri
 }
 
 const isFigure = (f: unknown): f is Figure =>
-  typeof f === 'object' && f !== null && typeof (f as Figure).label === 'string' && typeof (f as Figure).median === 'number';
+  typeof f === 'object' &&
+  f !== null &&
+  typeof (f as Figure).label === 'string' &&
+  typeof (f as Figure).median === 'number';
 
 async function runAll(argv = process.argv.slice(2)): Promise<Outcome[]> {
   const { quick, write, only } = parseArgs(argv);
@@ -78,7 +92,12 @@ async function runAll(argv = process.argv.slice(2)): Promise<Outcome[]> {
       const entry = mod[m.entry];
       if (typeof entry !== 'function') throw new Error(`bench/${m.file} does not export ${m.entry}`);
       // parallel projects its 2-worker point with this run's scale curve
-      const opts = { quick, write, command, ...(m.name === 'parallel' && results.scale ? { scale: results.scale } : {}) };
+      const opts = {
+        quick,
+        write,
+        command,
+        ...(m.name === 'parallel' && results.scale ? { scale: results.scale } : {}),
+      };
       const result = (await entry(opts)) as { figures?: unknown };
       results[m.name] = result;
       const figures = Array.isArray(result?.figures) ? result.figures.filter(isFigure) : [];
@@ -97,19 +116,28 @@ async function runAll(argv = process.argv.slice(2)): Promise<Outcome[]> {
   // Issue 9's acceptance: the full run within 15 minutes on this machine, --quick within 2.
   const budgetSeconds = quick ? 120 : 900;
   const budget = `${quick ? '≤ 2 minutes (--quick)' : '≤ 15 minutes'}: ${totalSeconds <= budgetSeconds ? 'met' : '**missed**'}`;
-  console.log(`\n${outcomes.map((o) => `${o.name} ${o.status}${o.status === 'ok' ? ` ${o.seconds.toFixed(0)} s` : ''}`).join(', ')}; total ${totalSeconds.toFixed(0)} s (target ${budget.replace(/\*/g, '')})`);
+  console.log(
+    `\n${outcomes.map((o) => `${o.name} ${o.status}${o.status === 'ok' ? ` ${o.seconds.toFixed(0)} s` : ''}`).join(', ')}; total ${totalSeconds.toFixed(0)} s (target ${budget.replace(/\*/g, '')})`,
+  );
   if (write) {
     writeJson(quick ? 'run.quick' : 'run', { date, machine: host, command, totalSeconds, outcomes });
     if (!quick) {
-      replaceSection('bench-run', 'Latest full run (`npm run bench`)', [
-        `${date.slice(0, 16).replace('T', ' ')} UTC, \`${command}\`, ${describeMachine(host)}: ${totalSeconds.toFixed(0)} s in all.`,
-        '',
-        '| benchmark | status | seconds |',
-        '|---|---|---:|',
-        ...outcomes.map((o) => `| ${o.name} | ${o.status}${o.note ? ` (${o.note.replace(/\|/g, '\\|').slice(0, 200)})` : ''} | ${o.seconds.toFixed(0)} |`),
-        '',
-        `Time budget ${budget}.`,
-      ].join('\n'));
+      replaceSection(
+        'bench-run',
+        'Latest full run (`npm run bench`)',
+        [
+          `${date.slice(0, 16).replace('T', ' ')} UTC, \`${command}\`, ${describeMachine(host)}: ${totalSeconds.toFixed(0)} s in all.`,
+          '',
+          '| benchmark | status | seconds |',
+          '|---|---|---:|',
+          ...outcomes.map(
+            (o) =>
+              `| ${o.name} | ${o.status}${o.note ? ` (${o.note.replace(/\|/g, '\\|').slice(0, 200)})` : ''} | ${o.seconds.toFixed(0)} |`,
+          ),
+          '',
+          `Time budget ${budget}.`,
+        ].join('\n'),
+      );
     }
   }
   return outcomes;

@@ -20,8 +20,19 @@ import { F32 } from '../shared/protocol/wire-codec.ts';
 import { aggregateInOrder, InOrderSum } from '../shared/train/aggregate.ts';
 import type { GradientResult } from '../shared/train/gradients.ts';
 import {
-  cliFlags, fmt, formatFigure, machine, provenance, replaceSection, RESULTS_DIR, rssBytes, stats, writeJson,
-  type Figure, type Machine, type Stats,
+  cliFlags,
+  fmt,
+  formatFigure,
+  machine,
+  provenance,
+  replaceSection,
+  RESULTS_DIR,
+  rssBytes,
+  stats,
+  writeJson,
+  type Figure,
+  type Machine,
+  type Stats,
 } from './lib/results.ts';
 import { SimWorkerPool } from './lib/sim-pool.ts';
 import { C_ATTN_R8, dummyExamples, GPT2_SMALL, HEARTBEAT_MS, runSimulated, simulatedModelDir } from './lib/sim-mesh.ts';
@@ -118,7 +129,12 @@ export interface ScaleResult {
   aggregation: AggregationPoint[];
   soak: SoakResult | null;
   figures: Figure[];
-  targets: { overheadAt64Percent: number | null; aggregationGBpsPerCore: number | null; soakSlopeMBPer1000Steps: number | null; soakHeapSlopeMBPer1000Steps: number | null };
+  targets: {
+    overheadAt64Percent: number | null;
+    aggregationGBpsPerCore: number | null;
+    soakSlopeMBPer1000Steps: number | null;
+    soakHeapSlopeMBPer1000Steps: number | null;
+  };
 }
 
 const MB = 2 ** 20;
@@ -140,7 +156,12 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
   const workers = opts.workers ?? (quick ? [1, 4, 16, 32] : POWERS);
   const computeMs = opts.computeMs ?? (quick ? 100 : 1000);
   const warmupSteps = Math.max(1, opts.warmupSteps ?? (quick ? 1 : 2));
-  const soakOpts = opts.soak === undefined ? (quick ? { workers: 2, steps: 50, computeMs: 5, sampleEvery: 10 } : { workers: 2, steps: 1000, computeMs: 5, sampleEvery: 50 }) : opts.soak;
+  const soakOpts =
+    opts.soak === undefined
+      ? quick
+        ? { workers: 2, steps: 50, computeMs: 5, sampleEvery: 10 }
+        : { workers: 2, steps: 1000, computeMs: 5, sampleEvery: 50 }
+      : opts.soak;
   const config = opts.model ?? GPT2_SMALL;
   const model = simulatedModelDir(config);
   const spec = adapterSpec(config, C_ATTN_R8);
@@ -149,12 +170,16 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
   const date = new Date().toISOString();
   const host = machine();
   const command = opts.command ?? `npm run bench:scale${quick ? ' -- --quick' : ''}`;
-  log(`scale: ${model.dir}, LoRA r=${C_ATTN_R8.r} on c_attn = ${adapterParameterCount(spec)} parameters (${fmt(resultBytes / MB)} MB per result); ` +
-    `N = ${workers.join(', ')}; ${computeMs} ms simulated compute; ${opts.steps ?? (quick ? 3 : '3–4')} measured steps after ${warmupSteps}`);
+  log(
+    `scale: ${model.dir}, LoRA r=${C_ATTN_R8.r} on c_attn = ${adapterParameterCount(spec)} parameters (${fmt(resultBytes / MB)} MB per result); ` +
+      `N = ${workers.join(', ')}; ${computeMs} ms simulated compute; ${opts.steps ?? (quick ? 3 : '3–4')} measured steps after ${warmupSteps}`,
+  );
 
   // One core is left to the coordinator: on 2 cores, 4 simulated-worker processes cost 1.5× the
   // CPU of 1 (context switches, 4 event loops) and raised the overhead at N=64 from 37 % to 48 %.
-  const processes = opts.processes ?? Math.max(1, Math.min(4, availableParallelism() - 1, Math.max(...workers, soakOpts?.workers ?? 1)));
+  const processes =
+    opts.processes ??
+    Math.max(1, Math.min(4, availableParallelism() - 1, Math.max(...workers, soakOpts?.workers ?? 1)));
   const pool = new SimWorkerPool(processes);
   const points: ScalePoint[] = [];
   const captured: { frame?: Promise<Uint8Array> } = {};
@@ -173,8 +198,15 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
       const rssStart = rssBytes();
       const copies = { atStart: 0, atEnd: 0 };
       const run = await runSimulated({
-        pool, model, examples, workers: n, computeMs, steps: warmupSteps + steps,
-        beforeConnect: () => { captured.frame ??= pool.captureResultFrame(); },
+        pool,
+        model,
+        examples,
+        workers: n,
+        computeMs,
+        steps: warmupSteps + steps,
+        beforeConnect: () => {
+          captured.frame ??= pool.captureResultFrame();
+        },
         onStep: (m, at, stragglerCopies) => {
           if (m.step < warmupSteps) return;
           copies[m.step === warmupSteps ? 'atStart' : 'atEnd'] = stragglerCopies;
@@ -194,37 +226,78 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
       const wallMs = times[times.length - 1] - times[0];
       const systemMs = (usageEnd.systemCPUTime - usageStart.systemCPUTime) / 1000;
       const coordinatorCpuMs = (usageEnd.userCPUTime - usageStart.userCPUTime) / 1000 + systemMs;
-      const poolCpuMs = poolUsage.start && poolUsage.end ? ((await poolUsage.end).cpuUs - (await poolUsage.start).cpuUs) / 1000 : NaN;
+      const poolCpuMs =
+        poolUsage.start && poolUsage.end ? ((await poolUsage.end).cpuUs - (await poolUsage.start).cpuUs) / 1000 : NaN;
       const point: ScalePoint = {
-        workers: n, computeMs, stepMs: stats(periods), overheadMs: stats(periods.map((p) => p - computeMs)),
+        workers: n,
+        computeMs,
+        stepMs: stats(periods),
+        overheadMs: stats(periods.map((p) => p - computeMs)),
         overheadPercent: stats(periods.map((p) => (100 * (p - computeMs)) / computeMs)),
-        coordinatorCpuMsPerStep: coordinatorCpuMs / steps, coordinatorSystemMsPerStep: systemMs / steps,
-        coordinatorPageFaultsPerStep: (usageEnd.minorPageFault - usageStart.minorPageFault) / steps, coordinatorCores: coordinatorCpuMs / wallMs,
-        coordinatorRssMB: { start: rssStart / MB, peak: Math.max(...rss) / MB }, workersCpuMsPerStep: poolCpuMs / steps,
-        stragglerCopies: copies.atEnd - copies.atStart, problems: run.problems,
+        coordinatorCpuMsPerStep: coordinatorCpuMs / steps,
+        coordinatorSystemMsPerStep: systemMs / steps,
+        coordinatorPageFaultsPerStep: (usageEnd.minorPageFault - usageStart.minorPageFault) / steps,
+        coordinatorCores: coordinatorCpuMs / wallMs,
+        coordinatorRssMB: { start: rssStart / MB, peak: Math.max(...rss) / MB },
+        workersCpuMsPerStep: poolCpuMs / steps,
+        stragglerCopies: copies.atEnd - copies.atStart,
+        problems: run.problems,
       };
       points.push(point);
-      log(`  N=${String(n).padStart(3)}: step ${fmt(point.stepMs.median)} ms (${fmt(point.stepMs.min)}–${fmt(point.stepMs.max)}), overhead ${fmt(point.overheadMs.median)} ms = ${fmt(point.overheadPercent.median)} %, ` +
-        `coordinator ${fmt(point.coordinatorCpuMsPerStep)} CPU-ms/step (${fmt(point.coordinatorSystemMsPerStep)} system, ${fmt(point.coordinatorPageFaultsPerStep)} page faults), RSS ${fmt(point.coordinatorRssMB.peak)} MB, sim workers ${fmt(point.workersCpuMsPerStep)} CPU-ms/step` +
-        (point.stragglerCopies ? `, ${point.stragglerCopies} straggler copies` : '') +
-        (run.problems.length ? `; ${run.problems.length} problem line(s), first: ${run.problems[0]}` : ''));
+      log(
+        `  N=${String(n).padStart(3)}: step ${fmt(point.stepMs.median)} ms (${fmt(point.stepMs.min)}–${fmt(point.stepMs.max)}), overhead ${fmt(point.overheadMs.median)} ms = ${fmt(point.overheadPercent.median)} %, ` +
+          `coordinator ${fmt(point.coordinatorCpuMsPerStep)} CPU-ms/step (${fmt(point.coordinatorSystemMsPerStep)} system, ${fmt(point.coordinatorPageFaultsPerStep)} page faults), RSS ${fmt(point.coordinatorRssMB.peak)} MB, sim workers ${fmt(point.workersCpuMsPerStep)} CPU-ms/step` +
+          (point.stragglerCopies ? `, ${point.stragglerCopies} straggler copies` : '') +
+          (run.problems.length ? `; ${run.problems.length} problem line(s), first: ${run.problems[0]}` : ''),
+      );
     }
   } finally {
     await pool.close();
   }
-  const aggregation = measureAggregation(await captured.frame!, resultBytes, workers, opts.aggregationRepeats ?? (quick ? 3 : 5), log);
+  const aggregation = measureAggregation(
+    await captured.frame!,
+    resultBytes,
+    workers,
+    opts.aggregationRepeats ?? (quick ? 3 : 5),
+    log,
+  );
 
   const at64 = points.find((p) => p.workers === 64);
   const big = aggregation[aggregation.length - 1];
   const figures: Figure[] = [
-    ...points.map((p) => ({ ...p.overheadMs, label: `overhead per step, N=${p.workers} (${p.computeMs} ms compute)`, unit: 'ms' })),
-    ...aggregation.map((a) => ({ ...a.totalGBps, label: `aggregation (decode + check + sum as results arrive) of ${a.workers} results, 1 core`, unit: 'GB/s' })),
-    ...(soak ? [{ ...soak.stepMs, label: `soak step time, N=${soak.workers} (${soak.computeMs} ms compute)`, unit: 'ms' }] : []),
+    ...points.map((p) => ({
+      ...p.overheadMs,
+      label: `overhead per step, N=${p.workers} (${p.computeMs} ms compute)`,
+      unit: 'ms',
+    })),
+    ...aggregation.map((a) => ({
+      ...a.totalGBps,
+      label: `aggregation (decode + check + sum as results arrive) of ${a.workers} results, 1 core`,
+      unit: 'GB/s',
+    })),
+    ...(soak
+      ? [{ ...soak.stepMs, label: `soak step time, N=${soak.workers} (${soak.computeMs} ms compute)`, unit: 'ms' }]
+      : []),
   ];
   const result: ScaleResult = {
-    name: 'scale', date, machine: host, command, quick, warmupSteps,
-    payload: { model: model.dir, lora: `r=${C_ATTN_R8.r} on c_attn`, adapterParameters: adapterParameterCount(spec), resultBytes },
-    wsNativeMasking: wsNativeMasking(), simProcesses: processes, points, aggregation, soak, figures,
+    name: 'scale',
+    date,
+    machine: host,
+    command,
+    quick,
+    warmupSteps,
+    payload: {
+      model: model.dir,
+      lora: `r=${C_ATTN_R8.r} on c_attn`,
+      adapterParameters: adapterParameterCount(spec),
+      resultBytes,
+    },
+    wsNativeMasking: wsNativeMasking(),
+    simProcesses: processes,
+    points,
+    aggregation,
+    soak,
+    figures,
     targets: {
       overheadAt64Percent: at64 && at64.computeMs === 1000 ? at64.overheadPercent.median : null,
       aggregationGBpsPerCore: big ? big.totalGBps.median : null,
@@ -236,24 +309,52 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
   return result;
 }
 
-async function runSoak(pool: SimWorkerPool, model: ReturnType<typeof simulatedModelDir>, examples: ReturnType<typeof dummyExamples>,
-  o: { workers: number; steps: number; computeMs: number; sampleEvery: number }, log: (line: string) => void): Promise<SoakResult> {
+async function runSoak(
+  pool: SimWorkerPool,
+  model: ReturnType<typeof simulatedModelDir>,
+  examples: ReturnType<typeof dummyExamples>,
+  o: { workers: number; steps: number; computeMs: number; sampleEvery: number },
+  log: (line: string) => void,
+): Promise<SoakResult> {
   const samples: SoakResult['samples'] = [];
   const times: number[] = [];
   const run = await runSimulated({
-    pool, model, examples, workers: o.workers, computeMs: o.computeMs, steps: o.steps,
+    pool,
+    model,
+    examples,
+    workers: o.workers,
+    computeMs: o.computeMs,
+    steps: o.steps,
     onStep: (m, at) => {
       times.push(at);
-      if (m.step % o.sampleEvery === 0) samples.push({ step: m.step, rssMB: rssBytes() / MB, heapMB: process.memoryUsage().heapUsed / MB });
+      if (m.step % o.sampleEvery === 0)
+        samples.push({ step: m.step, rssMB: rssBytes() / MB, heapMB: process.memoryUsage().heapUsed / MB });
     },
   });
   const tail = samples.filter((s) => s.step > o.steps / 4);
-  const slope = leastSquaresSlope(tail.map((s) => s.step), tail.map((s) => s.rssMB)) * 1000;
-  const heapSlope = leastSquaresSlope(tail.map((s) => s.step), tail.map((s) => s.heapMB)) * 1000;
-  const soak: SoakResult = { ...o, samples, slopeMBPer1000Steps: slope, heapSlopeMBPer1000Steps: heapSlope, stepMs: stats(times.slice(1).map((t, i) => t - times[i])), problems: run.problems };
+  const slope =
+    leastSquaresSlope(
+      tail.map((s) => s.step),
+      tail.map((s) => s.rssMB),
+    ) * 1000;
+  const heapSlope =
+    leastSquaresSlope(
+      tail.map((s) => s.step),
+      tail.map((s) => s.heapMB),
+    ) * 1000;
+  const soak: SoakResult = {
+    ...o,
+    samples,
+    slopeMBPer1000Steps: slope,
+    heapSlopeMBPer1000Steps: heapSlope,
+    stepMs: stats(times.slice(1).map((t, i) => t - times[i])),
+    problems: run.problems,
+  };
   delete (soak as Partial<typeof o>).sampleEvery;
-  log(`  soak N=${o.workers}, ${o.steps} steps of ${o.computeMs} ms: RSS ${fmt(samples[0]?.rssMB)} → ${fmt(samples[samples.length - 1]?.rssMB)} MB ` +
-    `(max ${fmt(Math.max(...samples.map((s) => s.rssMB)))}), slope ${fmt(slope)} MB per 1000 steps after the first quarter; V8 heap slope ${fmt(heapSlope)}; step ${fmt(soak.stepMs.median)} ms`);
+  log(
+    `  soak N=${o.workers}, ${o.steps} steps of ${o.computeMs} ms: RSS ${fmt(samples[0]?.rssMB)} → ${fmt(samples[samples.length - 1]?.rssMB)} MB ` +
+      `(max ${fmt(Math.max(...samples.map((s) => s.rssMB)))}), slope ${fmt(slope)} MB per 1000 steps after the first quarter; V8 heap slope ${fmt(heapSlope)}; step ${fmt(soak.stepMs.median)} ms`,
+  );
   return soak;
 }
 
@@ -279,7 +380,13 @@ function leastSquaresSlope(xs: number[], ys: number[]): number {
  * is bytes over this process's CPU time, which other load on the machine does not inflate;
  * wall-clock GB/s of the third is kept beside it.
  */
-function measureAggregation(frame: Uint8Array, resultBytes: number, workers: number[], repeats: number, log: (line: string) => void): AggregationPoint[] {
+function measureAggregation(
+  frame: Uint8Array,
+  resultBytes: number,
+  workers: number[],
+  repeats: number,
+  log: (line: string) => void,
+): AggregationPoint[] {
   const floats = resultBytes / 4;
   const distinct = Array.from({ length: Math.min(64, Math.max(...workers)) }, (_, k) => {
     const g = new Float32Array(floats);
@@ -290,13 +397,18 @@ function measureAggregation(frame: Uint8Array, resultBytes: number, workers: num
   // Copies of the frame, each at offset 0 of its own buffer as ws hands a large message over (the
   // codec then reads the aligned values in place), distinct so the checks read from memory.
   const frames = Array.from({ length: Math.min(64, Math.max(...workers)) }, () => new Uint8Array(frame));
-  const decoded = (i: number) => unpackFloats((decodeMessage(frames[i % frames.length]) as Result).grads, F32, floats, 'result.grads');
+  const decoded = (i: number) =>
+    unpackFloats((decodeMessage(frames[i % frames.length]) as Result).grads, F32, floats, 'result.grads');
   const out: AggregationPoint[] = [];
   for (const n of workers) {
     const rounds = Math.max(1, Math.ceil((64 * MB) / (n * resultBytes)));
     const bytes = rounds * n * resultBytes;
     const samples = { decode: [] as number[], sum: [] as number[], total: [] as number[], wall: [] as number[] };
-    const results: GradientResult[] = Array.from({ length: n }, (_, i) => ({ lossSum: 1, tokenCount: 1, grads: new Map([['all', distinct[i % distinct.length]]]) }));
+    const results: GradientResult[] = Array.from({ length: n }, (_, i) => ({
+      lossSum: 1,
+      tokenCount: 1,
+      grads: new Map([['all', distinct[i % distinct.length]]]),
+    }));
     for (let r = 0; r < repeats; r++) {
       let cpu0 = process.cpuUsage();
       for (let k = 0; k < rounds; k++) for (let i = 0; i < n; i++) decoded(i);
@@ -319,18 +431,29 @@ function measureAggregation(frame: Uint8Array, resultBytes: number, workers: num
       samples.wall.push(bytes / 1e6 / (performance.now() - wall0));
     }
     const point: AggregationPoint = {
-      workers: n, resultBytes, frameBytes: frame.length, decodeGBps: stats(samples.decode), sumGBps: stats(samples.sum), totalGBps: stats(samples.total), wallGBps: stats(samples.wall),
+      workers: n,
+      resultBytes,
+      frameBytes: frame.length,
+      decodeGBps: stats(samples.decode),
+      sumGBps: stats(samples.sum),
+      totalGBps: stats(samples.total),
+      wallGBps: stats(samples.wall),
     };
     out.push(point);
-    log(`  aggregation of ${String(n).padStart(3)} results: decode + check ${fmt(point.decodeGBps.median)} GB/s, sum after the fact ${fmt(point.sumGBps.median)} GB/s; ` +
-      `as results arrive ${fmt(point.totalGBps.median)} GB/s per core (min ${fmt(point.totalGBps.min)}, max ${fmt(point.totalGBps.max)}); wall clock ${fmt(point.wallGBps.median)} GB/s`);
+    log(
+      `  aggregation of ${String(n).padStart(3)} results: decode + check ${fmt(point.decodeGBps.median)} GB/s, sum after the fact ${fmt(point.sumGBps.median)} GB/s; ` +
+        `as results arrive ${fmt(point.totalGBps.median)} GB/s per core (min ${fmt(point.totalGBps.min)}, max ${fmt(point.totalGBps.max)}); wall clock ${fmt(point.wallGBps.median)} GB/s`,
+    );
   }
   return out;
 }
 
-const range = (s: Stats, digits = 1) => `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`;
+const range = (s: Stats, digits = 1) =>
+  `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`;
 const verdict = (value: number | null, ok: (v: number) => boolean, text: string) =>
-  value === null ? `${text}: not measured in this mode` : `${text}: **${fmt(value)}** — ${ok(value) ? 'met' : '**missed**'}`;
+  value === null
+    ? `${text}: not measured in this mode`
+    : `${text}: **${fmt(value)}** — ${ok(value) ? 'met' : '**missed**'}`;
 
 function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
   if (r.quick) {
@@ -340,30 +463,47 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
   log(`  wrote ${writeJson('scale', r)}`);
   const pct = (p: ScalePoint) => (100 * p.computeMs) / (p.computeMs + p.overheadMs.median);
   const workers = r.points.map((p) => p.workers);
-  writeFigure(RESULTS_DIR, 'scale-overhead', lineChartSvg({
-    title: `Coordination overhead per step (${r.points[0]?.computeMs} ms compute, GPT-2 small r=8)`,
-    xAxis: 'simulated workers N', yAxis: 'overhead, % of compute (log)', xScale: 'log2', logY: true,
-    panels: [{
-      title: '',
-      series: [
-        { name: 'median', x: workers, values: r.points.map((p) => p.overheadPercent.median) },
-        { name: 'max', x: workers, values: r.points.map((p) => p.overheadPercent.max), dashed: true },
-        { name: 'target 3 %', x: workers, values: r.points.map(() => 3), dashed: true },
+  writeFigure(
+    RESULTS_DIR,
+    'scale-overhead',
+    lineChartSvg({
+      title: `Coordination overhead per step (${r.points[0]?.computeMs} ms compute, GPT-2 small r=8)`,
+      xAxis: 'simulated workers N',
+      yAxis: 'overhead, % of compute (log)',
+      xScale: 'log2',
+      logY: true,
+      panels: [
+        {
+          title: '',
+          series: [
+            { name: 'median', x: workers, values: r.points.map((p) => p.overheadPercent.median) },
+            { name: 'max', x: workers, values: r.points.map((p) => p.overheadPercent.max), dashed: true },
+            { name: 'target 3 %', x: workers, values: r.points.map(() => 3), dashed: true },
+          ],
+        },
       ],
-    }],
-  }));
+    }),
+  );
   if (r.soak) {
     const steps = r.soak.samples.map((s) => s.step);
-    writeFigure(RESULTS_DIR, 'scale-soak', lineChartSvg({
-      title: `Coordinator RSS over a ${r.soak.steps}-step soak (N=${r.soak.workers})`, xAxis: 'step', yAxis: 'MB',
-      panels: [{
-        title: '',
-        series: [
-          { name: 'RSS', x: steps, values: r.soak.samples.map((s) => s.rssMB) },
-          { name: 'V8 heap used', x: steps, values: r.soak.samples.map((s) => s.heapMB) },
+    writeFigure(
+      RESULTS_DIR,
+      'scale-soak',
+      lineChartSvg({
+        title: `Coordinator RSS over a ${r.soak.steps}-step soak (N=${r.soak.workers})`,
+        xAxis: 'step',
+        yAxis: 'MB',
+        panels: [
+          {
+            title: '',
+            series: [
+              { name: 'RSS', x: steps, values: r.soak.samples.map((s) => s.rssMB) },
+              { name: 'V8 heap used', x: steps, values: r.soak.samples.map((s) => s.heapMB) },
+            ],
+          },
         ],
-      }],
-    }));
+      }),
+    );
   }
   const body = [
     provenance(r.date, r.command, r.machine),
@@ -376,7 +516,10 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
     '',
     '| N | step ms | overhead ms | overhead % | coordinator CPU ms/step (of it system) | coordinator page faults/step | coordinator cores busy | coordinator peak RSS MB | sim-worker CPU ms/step (all N) | straggler copies |',
     '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
-    ...r.points.map((p) => `| ${p.workers} | ${range(p.stepMs, 0)} | ${range(p.overheadMs, 0)} | ${range(p.overheadPercent)} | ${p.coordinatorCpuMsPerStep.toFixed(0)} (${p.coordinatorSystemMsPerStep.toFixed(0)}) | ${p.coordinatorPageFaultsPerStep.toFixed(0)} | ${p.coordinatorCores.toFixed(2)} | ${p.coordinatorRssMB.peak.toFixed(0)} | ${p.workersCpuMsPerStep.toFixed(0)} | ${p.stragglerCopies} |`),
+    ...r.points.map(
+      (p) =>
+        `| ${p.workers} | ${range(p.stepMs, 0)} | ${range(p.overheadMs, 0)} | ${range(p.overheadPercent)} | ${p.coordinatorCpuMsPerStep.toFixed(0)} (${p.coordinatorSystemMsPerStep.toFixed(0)}) | ${p.coordinatorPageFaultsPerStep.toFixed(0)} | ${p.coordinatorCores.toFixed(2)} | ${p.coordinatorRssMB.peak.toFixed(0)} | ${p.workersCpuMsPerStep.toFixed(0)} | ${p.stragglerCopies} |`,
+    ),
     '',
     `Scaling efficiency (compute / step time): ${r.points.map((p) => `N=${p.workers} ${pct(p).toFixed(0)} %`).join(', ')}.`,
     '',
@@ -388,23 +531,30 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
     '',
     '| N results | decode + check GB/s | sum after the fact GB/s | decode + check + sum as results arrive, GB/s per core | the same, wall clock |',
     '|---:|---:|---:|---:|---:|',
-    ...r.aggregation.map((a) => `| ${a.workers} | ${range(a.decodeGBps, 2)} | ${range(a.sumGBps, 2)} | ${range(a.totalGBps, 2)} | ${range(a.wallGBps, 2)} |`),
+    ...r.aggregation.map(
+      (a) =>
+        `| ${a.workers} | ${range(a.decodeGBps, 2)} | ${range(a.sumGBps, 2)} | ${range(a.totalGBps, 2)} | ${range(a.wallGBps, 2)} |`,
+    ),
     '',
-    ...(r.soak ? [
-      `Soak: N=${r.soak.workers}, ${r.soak.steps} steps of ${r.soak.computeMs} ms compute (step ${fmt(r.soak.stepMs.median)} ms median): coordinator RSS ${fmt(r.soak.samples[0].rssMB)} MB at step ${r.soak.samples[0].step}, ` +
-        `${fmt(r.soak.samples[r.soak.samples.length - 1].rssMB)} MB at step ${r.soak.samples[r.soak.samples.length - 1].step}, max ${fmt(Math.max(...r.soak.samples.map((s) => s.rssMB)))} MB; ` +
-        `slope after the first quarter ${fmt(r.soak.slopeMBPer1000Steps)} MB per 1000 steps. V8 heap in use ${fmt(r.soak.samples[0].heapMB)} → ${fmt(r.soak.samples[r.soak.samples.length - 1].heapMB)} MB, slope ${fmt(r.soak.heapSlopeMBPer1000Steps)} MB per 1000 steps ` +
-        '(a run keeps its per-step records in memory: metrics, traffic, dashboard history, ~0.5 KB per step).',
-      '',
-      '![soak](results/scale-soak.svg)',
-      '',
-    ] : []),
+    ...(r.soak
+      ? [
+          `Soak: N=${r.soak.workers}, ${r.soak.steps} steps of ${r.soak.computeMs} ms compute (step ${fmt(r.soak.stepMs.median)} ms median): coordinator RSS ${fmt(r.soak.samples[0].rssMB)} MB at step ${r.soak.samples[0].step}, ` +
+            `${fmt(r.soak.samples[r.soak.samples.length - 1].rssMB)} MB at step ${r.soak.samples[r.soak.samples.length - 1].step}, max ${fmt(Math.max(...r.soak.samples.map((s) => s.rssMB)))} MB; ` +
+            `slope after the first quarter ${fmt(r.soak.slopeMBPer1000Steps)} MB per 1000 steps. V8 heap in use ${fmt(r.soak.samples[0].heapMB)} → ${fmt(r.soak.samples[r.soak.samples.length - 1].heapMB)} MB, slope ${fmt(r.soak.heapSlopeMBPer1000Steps)} MB per 1000 steps ` +
+            '(a run keeps its per-step records in memory: metrics, traffic, dashboard history, ~0.5 KB per step).',
+          '',
+          '![soak](results/scale-soak.svg)',
+          '',
+        ]
+      : []),
     'Targets:',
     `- ${verdict(r.targets.overheadAt64Percent, (v) => v <= 3, 'overhead at N=64 with a 1 s step, % (target ≤ 3 %)')}`,
     `- ${verdict(r.targets.aggregationGBpsPerCore, (v) => v >= 1, `aggregation, GB/s per core at N=${r.aggregation[r.aggregation.length - 1]?.workers} (target ≥ 1)`)}`,
     `- ${verdict(r.targets.soakHeapSlopeMBPer1000Steps, (v) => Math.abs(v) <= 1, 'soak V8 heap slope, MB per 1000 steps (target: flat, |slope| ≤ 1; the leak signal)')}`,
-    `- ${verdict(r.targets.soakSlopeMBPer1000Steps, (v) => Math.abs(v) <= 10, 'soak RSS slope, MB per 1000 steps (|slope| ≤ 10: RSS also moves with the allocator\'s cache of freed frame buffers)')}`,
-    ...[...r.points.flatMap((p) => p.problems.map((l) => `N=${p.workers}: ${l}`)), ...(r.soak?.problems ?? [])].slice(0, 5).map((l) => `- problem logged: ${l.replace(/\|/g, '\\|')}`),
+    `- ${verdict(r.targets.soakSlopeMBPer1000Steps, (v) => Math.abs(v) <= 10, "soak RSS slope, MB per 1000 steps (|slope| ≤ 10: RSS also moves with the allocator's cache of freed frame buffers)")}`,
+    ...[...r.points.flatMap((p) => p.problems.map((l) => `N=${p.workers}: ${l}`)), ...(r.soak?.problems ?? [])]
+      .slice(0, 5)
+      .map((l) => `- problem logged: ${l.replace(/\|/g, '\\|')}`),
   ].join('\n');
   replaceSection('scale-table', 'Coordinator scale (`npm run bench:scale`)', body);
   log('  updated bench/RESULTS.md (scale-table) and bench/results/scale-*.svg/png');

@@ -23,7 +23,9 @@ if (tsx) {
 } else if (existsSync(built)) {
   await import(built.href);
 } else {
-  console.error('loramesh: neither tsx (to run coordinator/cli.ts) nor dist/cli.js is here: ' +
-    'run `npm install`, or build with `node scripts/build-dist.mjs`');
+  console.error(
+    'loramesh: neither tsx (to run coordinator/cli.ts) nor dist/cli.js is here: ' +
+      'run `npm install`, or build with `node scripts/build-dist.mjs`',
+  );
   process.exit(1);
 }

@@ -33,15 +33,24 @@ export function loadAdapterMatrices(dir: string, model?: ModelConfig): LoadedAda
   requireDir(dir, 'adapter');
   const configPath = join(dir, 'adapter_config.json');
   const weightsPath = join(dir, 'adapter_model.safetensors');
-  if (!existsSync(configPath) || !existsSync(weightsPath)) fail(ErrorCodes.MODEL, `adapter ${dir}: expected adapter_config.json and adapter_model.safetensors`);
+  if (!existsSync(configPath) || !existsSync(weightsPath))
+    fail(ErrorCodes.MODEL, `adapter ${dir}: expected adapter_config.json and adapter_model.safetensors`);
   let lora: LoraConfig;
-  const raw = new Map<string, { A: Float32Array; B: Float32Array; aShape: [number, number]; bShape: [number, number] }>();
+  const raw = new Map<
+    string,
+    { A: Float32Array; B: Float32Array; aShape: [number, number]; bShape: [number, number] }
+  >();
   if (model) {
     const loaded = readAdapterDir(dir, model);
     lora = loaded.lora;
     for (const t of loaded.spec.filter((s) => s.which === 'A')) {
       const b = loaded.spec.find((s) => s.modulePath === t.modulePath && s.which === 'B')!;
-      raw.set(t.modulePath, { A: loaded.state.get(t.name)!, B: loaded.state.get(b.name)!, aShape: t.shape, bShape: b.shape });
+      raw.set(t.modulePath, {
+        A: loaded.state.get(t.name)!,
+        B: loaded.state.get(b.name)!,
+        aShape: t.shape,
+        bShape: b.shape,
+      });
     }
   } else {
     let json: unknown;
@@ -55,7 +64,11 @@ export function loadAdapterMatrices(dir: string, model?: ModelConfig): LoadedAda
   }
   const modules = new Map<string, { A: Matrix; B: Matrix }>();
   for (const [path, m] of raw) {
-    if (m.aShape[0] !== lora.r) fail(ErrorCodes.SHAPE, `adapter ${dir}: ${path}.lora_A has ${m.aShape[0]} rows but adapter_config.r is ${lora.r}`);
+    if (m.aShape[0] !== lora.r)
+      fail(
+        ErrorCodes.SHAPE,
+        `adapter ${dir}: ${path}.lora_A has ${m.aShape[0]} rows but adapter_config.r is ${lora.r}`,
+      );
     modules.set(path, {
       A: matrixFrom(m.A, m.aShape[0], m.aShape[1], `${dir}: ${path}.lora_A`),
       B: matrixFrom(m.B, m.bShape[0], m.bShape[1], `${dir}: ${path}.lora_B`),
@@ -76,7 +89,9 @@ export function baseMatrices(config: ModelConfig, weights: Map<string, tf.Tensor
     const { weight: key, transposed } = linearStorage(config, modulePath);
     const t = weights.get(key) ?? fail(ErrorCodes.MODEL, `${what} has no weight ${key} for ${modulePath}`);
     const data = t.dataSync() as Float32Array;
-    const m = transposed ? matrixFrom(data, dIn, dOut, `${what}: ${key}`).transpose() : matrixFrom(data, dOut, dIn, `${what}: ${key}`);
+    const m = transposed
+      ? matrixFrom(data, dIn, dOut, `${what}: ${key}`).transpose()
+      : matrixFrom(data, dOut, dIn, `${what}: ${key}`);
     matrices.set(modulePath, m);
     return m;
   };
@@ -94,7 +109,11 @@ export function writeJson(dir: string, name: string, value: unknown): string {
   mkdirSync(dir, { recursive: true });
   const path = join(dir, name);
   // 6 significant digits keep the files readable; the analysis is not more precise than that.
-  writeAtomic(path, JSON.stringify(value, (_, v) => (typeof v === 'number' && !Number.isInteger(v) ? Number(v.toPrecision(6)) : v), 2) + '\n');
+  writeAtomic(
+    path,
+    JSON.stringify(value, (_, v) => (typeof v === 'number' && !Number.isInteger(v) ? Number(v.toPrecision(6)) : v), 2) +
+      '\n',
+  );
   return path;
 }
 
@@ -104,7 +123,13 @@ export function writeFigure(dir: string, name: string, svg: string): string[] {
   const svgPath = join(dir, `${name}.svg`);
   const pngPath = join(dir, `${name}.png`);
   writeAtomic(svgPath, svg);
-  const png = new Resvg(svg, { fitTo: { mode: 'zoom', value: 2 }, background: 'white', font: { loadSystemFonts: true, defaultFontFamily: 'DejaVu Sans' } }).render().asPng();
+  const png = new Resvg(svg, {
+    fitTo: { mode: 'zoom', value: 2 },
+    background: 'white',
+    font: { loadSystemFonts: true, defaultFontFamily: 'DejaVu Sans' },
+  })
+    .render()
+    .asPng();
   writeAtomic(pngPath, png);
   return [svgPath, pngPath];
 }

@@ -15,7 +15,13 @@ import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ErrorCodes, fail } from '../shared/errors.ts';
-import { decodeTensorData, encodeSafetensors, readSafetensorsHeader, type SafetensorsHeader, type TensorInput } from '../shared/formats/safetensors.ts';
+import {
+  decodeTensorData,
+  encodeSafetensors,
+  readSafetensorsHeader,
+  type SafetensorsHeader,
+  type TensorInput,
+} from '../shared/formats/safetensors.ts';
 import type { AdapterState } from '../shared/lora/adapter.ts';
 import { writeAtomic } from './run-dir.ts';
 import type { TrainerState } from './trainer.ts';
@@ -42,7 +48,10 @@ export const checkpointName = (step: number) => `step-${String(step).padStart(6,
  * dtypes, shapes, offsets) and the data section. Header padding is the only part left out.
  */
 function checkpointDigest(header: SafetensorsHeader, bytes: Uint8Array): string {
-  const metadata = Object.keys(header.metadata).filter((k) => k !== 'sha256').sort().map((k) => [k, header.metadata[k]]);
+  const metadata = Object.keys(header.metadata)
+    .filter((k) => k !== 'sha256')
+    .sort()
+    .map((k) => [k, header.metadata[k]]);
   const hash = createHash('sha256');
   hash.update(JSON.stringify({ metadata, tensors: [...header.entries] }));
   hash.update(bytes.subarray(header.dataStart));
@@ -57,11 +66,19 @@ function checkpointDigest(header: SafetensorsHeader, bytes: Uint8Array): string 
  * the checkpoint just written. A checkpoint whose header would go over the safetensors header cap
  * (a huge ledger) fails here rather than becoming unloadable.
  */
-export function saveCheckpoint(dir: string, state: TrainerState, extra: { config: unknown; ledger?: unknown }, keep: number): string {
-  if (!Number.isSafeInteger(keep) || keep < 1) fail(ErrorCodes.CONFIG, `checkpoint keep should be a positive integer, got ${keep}`);
-  if (!Number.isSafeInteger(state.step) || state.step < 0) fail(ErrorCodes.STATE, `checkpoint step should be a non-negative integer, got ${state.step}`);
+export function saveCheckpoint(
+  dir: string,
+  state: TrainerState,
+  extra: { config: unknown; ledger?: unknown },
+  keep: number,
+): string {
+  if (!Number.isSafeInteger(keep) || keep < 1)
+    fail(ErrorCodes.CONFIG, `checkpoint keep should be a positive integer, got ${keep}`);
+  if (!Number.isSafeInteger(state.step) || state.step < 0)
+    fail(ErrorCodes.STATE, `checkpoint step should be a non-negative integer, got ${state.step}`);
   const configJson = JSON.stringify(extra.config);
-  if (configJson === undefined) fail(ErrorCodes.CONFIG, `checkpoint config should be JSON-serialisable, got ${typeof extra.config}`);
+  if (configJson === undefined)
+    fail(ErrorCodes.CONFIG, `checkpoint config should be JSON-serialisable, got ${typeof extra.config}`);
 
   const tensors: Record<string, TensorInput> = {};
   const add = (group: string, arrays: AdapterState) => {
@@ -92,8 +109,10 @@ export function saveCheckpoint(dir: string, state: TrainerState, extra: { config
   const path = join(folder, checkpointName(state.step));
   writeAtomic(path, bytes);
   const existing = listCheckpoints(folder);
-  for (const later of existing.filter((c) => c.step > state.step)) renameSync(join(folder, later.file), join(folder, `${later.file}.superseded`));
-  for (const old of existing.filter((c) => c.step <= state.step).slice(keep)) rmSync(join(folder, old.file), { force: true });
+  for (const later of existing.filter((c) => c.step > state.step))
+    renameSync(join(folder, later.file), join(folder, `${later.file}.superseded`));
+  for (const old of existing.filter((c) => c.step <= state.step).slice(keep))
+    rmSync(join(folder, old.file), { force: true });
   return path;
 }
 
@@ -145,10 +164,18 @@ function removeStaleTemps(folder: string, log: (line: string) => void): void {
 const withoutCode = (err: unknown) => (err as Error).message.replace(/^LM_ERR_\w+: /, '');
 
 /** Decodes and checks one checkpoint; throws LM_ERR_SAFETENSORS (damaged file) or LM_ERR_STATE (wrong contents) saying why it cannot be used. */
-function decodeCheckpoint(bytes: Uint8Array, fileStep: number): { state: TrainerState; config: unknown; ledger: unknown } {
-  if (bytes.length < 8) fail(ErrorCodes.SAFETENSORS, `truncated: ${bytes.length} bytes, less than the 8-byte header length`);
+function decodeCheckpoint(
+  bytes: Uint8Array,
+  fileStep: number,
+): { state: TrainerState; config: unknown; ledger: unknown } {
+  if (bytes.length < 8)
+    fail(ErrorCodes.SAFETENSORS, `truncated: ${bytes.length} bytes, less than the 8-byte header length`);
   const headerLength = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
-  if (headerLength > BigInt(bytes.length - 8)) fail(ErrorCodes.SAFETENSORS, `truncated (or bad header length): header length ${headerLength} but only ${bytes.length - 8} bytes follow`);
+  if (headerLength > BigInt(bytes.length - 8))
+    fail(
+      ErrorCodes.SAFETENSORS,
+      `truncated (or bad header length): header length ${headerLength} but only ${bytes.length - 8} bytes follow`,
+    );
   // Parse the header as if the file were long enough, then compare the length it describes.
   const dataStart = 8 + Number(headerLength);
   let header: SafetensorsHeader;
@@ -158,20 +185,28 @@ function decodeCheckpoint(bytes: Uint8Array, fileStep: number): { state: Trainer
     fail(ErrorCodes.SAFETENSORS, `bad header: ${withoutCode(err)}`);
   }
   const dataEnd = dataStart + Math.max(0, ...[...header.entries.values()].map((e) => e.data_offsets[1]));
-  if (dataEnd > bytes.length) fail(ErrorCodes.SAFETENSORS, `truncated: ${bytes.length} bytes, the header describes ${dataEnd}`);
-  if (dataEnd < bytes.length) fail(ErrorCodes.SAFETENSORS, `bad length: ${bytes.length} bytes, the header describes ${dataEnd}`);
+  if (dataEnd > bytes.length)
+    fail(ErrorCodes.SAFETENSORS, `truncated: ${bytes.length} bytes, the header describes ${dataEnd}`);
+  if (dataEnd < bytes.length)
+    fail(ErrorCodes.SAFETENSORS, `bad length: ${bytes.length} bytes, the header describes ${dataEnd}`);
 
   const meta = header.metadata;
-  if (meta.format !== FORMAT) fail(ErrorCodes.SAFETENSORS, `bad header: format ${JSON.stringify(meta.format)}, expected ${JSON.stringify(FORMAT)}`);
+  if (meta.format !== FORMAT)
+    fail(
+      ErrorCodes.SAFETENSORS,
+      `bad header: format ${JSON.stringify(meta.format)}, expected ${JSON.stringify(FORMAT)}`,
+    );
   if (typeof meta.sha256 !== 'string') fail(ErrorCodes.SAFETENSORS, 'bad header: no sha256 in the metadata');
   const digest = checkpointDigest(header, bytes);
-  if (digest !== meta.sha256) fail(ErrorCodes.SAFETENSORS, `checksum mismatch: sha256 ${digest}, the metadata says ${meta.sha256}`);
+  if (digest !== meta.sha256)
+    fail(ErrorCodes.SAFETENSORS, `checksum mismatch: sha256 ${digest}, the metadata says ${meta.sha256}`);
 
   // The checksum matched, so what follows is what saveCheckpoint wrote; these guard against a
   // file from another writer that happens to carry a valid digest.
   const count = (key: string) => {
     const value = Number(meta[key]);
-    if (meta[key] === undefined || !Number.isSafeInteger(value) || value < 0) fail(ErrorCodes.STATE, `metadata ${key} should be a non-negative integer, got ${JSON.stringify(meta[key])}`);
+    if (meta[key] === undefined || !Number.isSafeInteger(value) || value < 0)
+      fail(ErrorCodes.STATE, `metadata ${key} should be a non-negative integer, got ${JSON.stringify(meta[key])}`);
     return value;
   };
   const json = (key: string) => {
@@ -182,24 +217,37 @@ function decodeCheckpoint(bytes: Uint8Array, fileStep: number): { state: Trainer
     }
   };
   const step = count('step');
-  if (step !== fileStep) fail(ErrorCodes.STATE, `metadata step ${step} does not match the file name's step ${fileStep}`);
+  if (step !== fileStep)
+    fail(ErrorCodes.STATE, `metadata step ${step} does not match the file name's step ${fileStep}`);
   const cursor = json('cursor') as { epoch?: unknown; position?: unknown };
-  if (!Number.isSafeInteger(cursor?.epoch) || !Number.isSafeInteger(cursor?.position)) fail(ErrorCodes.STATE, `metadata cursor should be {epoch, position} integers, got ${meta.cursor}`);
+  if (!Number.isSafeInteger(cursor?.epoch) || !Number.isSafeInteger(cursor?.position))
+    fail(ErrorCodes.STATE, `metadata cursor should be {epoch, position} integers, got ${meta.cursor}`);
 
   const groups = new Map<string, AdapterState>(GROUPS.map((g) => [g, new Map()]));
   for (const [key, entry] of header.entries) {
     const slash = key.indexOf('/');
     const group = groups.get(key.slice(0, slash));
-    if (slash < 0 || !group) fail(ErrorCodes.STATE, `tensor ${key}: expected a name starting with ${GROUPS.map((g) => `${g}/`).join(', ')}`);
+    if (slash < 0 || !group)
+      fail(ErrorCodes.STATE, `tensor ${key}: expected a name starting with ${GROUPS.map((g) => `${g}/`).join(', ')}`);
     if (entry.dtype !== 'F32') fail(ErrorCodes.STATE, `tensor ${key}: dtype ${entry.dtype}, expected F32`);
     const [begin, end] = entry.data_offsets;
-    group.set(key.slice(slash + 1), decodeTensorData(key, entry, bytes.subarray(dataStart + begin, dataStart + end)).data as Float32Array);
+    group.set(
+      key.slice(slash + 1),
+      decodeTensorData(key, entry, bytes.subarray(dataStart + begin, dataStart + end)).data as Float32Array,
+    );
   }
   const [adapter, m, v, outer] = GROUPS.map((g) => groups.get(g)!);
-  for (const [what, arrays] of [['adam.m', m], ['adam.v', v], ...(outer.size > 0 ? [['outer.m', outer] as const] : [])] as const) {
+  for (const [what, arrays] of [
+    ['adam.m', m],
+    ['adam.v', v],
+    ...(outer.size > 0 ? [['outer.m', outer] as const] : []),
+  ] as const) {
     const names = [...adapter.keys()];
     if (arrays.size !== adapter.size || names.some((n) => arrays.get(n)?.length !== adapter.get(n)!.length)) {
-      fail(ErrorCodes.STATE, `${what} tensors do not match the adapter tensors one for one (${arrays.size} vs ${adapter.size})`);
+      fail(
+        ErrorCodes.STATE,
+        `${what} tensors do not match the adapter tensors one for one (${arrays.size} vs ${adapter.size})`,
+      );
     }
   }
   const state: TrainerState = {

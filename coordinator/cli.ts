@@ -4,6 +4,8 @@
  */
 import { Command, CommanderError } from 'commander';
 import { contextLength, DEFAULT_LORA, DEFAULT_TRAIN } from '../shared/config.ts';
+import type { AdapterState } from '../shared/lora/adapter.ts';
+import type { Example } from '../shared/train/micro-batch.ts';
 import { LoraMeshError } from '../shared/errors.ts';
 import { BACKENDS, type BackendName } from '../worker/backend.ts';
 import { AGGREGATIONS, type Aggregation } from '../shared/train/robust.ts';
@@ -41,12 +43,17 @@ const EXIT = { internal: 1, usage: 2, SIGINT: 130, SIGTERM: 143 } as const;
 const program = new Command('loramesh')
   .description('Distributed LoRA fine-tuning over a WebSocket worker mesh')
   .exitOverride()
-  .configureOutput({ outputError: (text, write) => write(`loramesh: ${ErrorCodes.CONFIG}: ${text.replace(/^error: /, '')}`) });
+  .configureOutput({
+    outputError: (text, write) => write(`loramesh: ${ErrorCodes.CONFIG}: ${text.replace(/^error: /, '')}`),
+  });
 
 function addTrainOptions(cmd: Command): Command {
   return cmd
     .option('--model <dir>', 'base model directory (config.json, *.safetensors, vocab.json)', DEMO_MODEL_DIR)
-    .option('--data <file.jsonl>', 'training data, one record per line: {"text"}, {"prompt","completion"} or {"messages":[...]} (default: the demo task)')
+    .option(
+      '--data <file.jsonl>',
+      'training data, one record per line: {"text"}, {"prompt","completion"} or {"messages":[...]} (default: the demo task)',
+    )
     .option('--max-tokens <n>', 'sequence length for --data (default: the model context, at most 1024)', int(2))
     .option('--pack', 'pack --data records into full sequences instead of truncating each', false)
     .option('--eval-fraction <x>', 'share of --data records held out for eval loss', num(0, 0.99), 0.05)
@@ -65,45 +72,137 @@ function addTrainOptions(cmd: Command): Command {
     .option('--alpha <x>', 'LoRA alpha (scaling alpha/r)', num(0), DEFAULT_LORA.alpha)
     .option('--dropout <x>', 'dropout on the LoRA branch input', num(0, 0.999), DEFAULT_LORA.dropout)
     .option('--targets <list>', 'comma list of modules to adapt', modules, DEFAULT_LORA.targetModules)
-    .option('--init <kind>', 'LoRA A init: kaiming | gaussian', oneOf(['kaiming', 'gaussian'] as const), DEFAULT_LORA.init)
+    .option(
+      '--init <kind>',
+      'LoRA A init: kaiming | gaussian',
+      oneOf(['kaiming', 'gaussian'] as const),
+      DEFAULT_LORA.init,
+    )
     .option('--rslora', 'scale by alpha/sqrt(r) instead of alpha/r', false)
     .option('--local-workers <n>', 'worker processes to start on this machine', int(0), DEFAULT_DEPLOYMENT.localWorkers)
-    .option('--min-workers <n>', 'start training once this many workers are ready (default: local workers, ≥ 1)', int(1))
+    .option(
+      '--min-workers <n>',
+      'start training once this many workers are ready (default: local workers, ≥ 1)',
+      int(1),
+    )
     .option('--in-process', 'compute everything in this process, no sockets (the single-process reference)', false)
     .option('--host <addr>', 'address to listen on (0.0.0.0 lets other machines join)', host, DEFAULT_DEPLOYMENT.host)
     .option('--port <n>', 'port (0: pick a free one)', port, DEFAULT_DEPLOYMENT.port)
-    .option('--token <token>', 'join token workers must present (or LORAMESH_TOKEN, or --token-file); generated and printed when --host is not loopback')
+    .option(
+      '--token <token>',
+      'join token workers must present (or LORAMESH_TOKEN, or --token-file); generated and printed when --host is not loopback',
+    )
     .option('--token-file <path>', 'read the join token from this file')
     .option('--allowed-origins <list>', 'comma list of browser Origins allowed to join (default: any)')
-    .option('--max-connections <n>', `concurrent worker connections (default ${DEFAULT_NET_LIMITS.maxConnections})`, int(1))
-    .option('--max-connections-per-address <n>',
-      `concurrent TCP connections per client address, IPv6 per /64 (default ${DEFAULT_NET_LIMITS.maxConnectionsPerAddress})`, int(1))
-    .option('--max-workers-per-address <n>',
-      `concurrent worker connections per client address (default ${DEFAULT_NET_LIMITS.maxWorkersPerAddress})`, int(1))
-    .option('--max-event-streams <n>', 'concurrent dashboard event streams, /api/events ' +
-      `(default ${DEFAULT_NET_LIMITS.maxEventStreams}; ${DEFAULT_NET_LIMITS.maxEventStreamsPerAddress} per address)`, int(1))
-    .option('--trusted-proxy <list>',
-      'comma list of reverse-proxy addresses whose X-Forwarded-For names the client (default: none, the header is ignored)', addresses)
-    .option('--max-messages-per-second <n>', 'per-connection message rate limit', int(1), DEFAULT_SECURITY.maxMessagesPerSecond)
-    .option('--max-rejects <n>', 'rejected frames and failed assignments before a connection is quarantined', int(1), DEFAULT_SECURITY.maxRejects)
-    .option('--aggregation <rule>', `how micro-batch gradients combine: ${AGGREGATIONS.join(' | ')} (sum is exact; the others resist bad volunteers)`, oneOf(AGGREGATIONS), 'sum')
-    .option('--spot-check <fraction>', `recompute this secret fraction of micro-batches on the coordinator; quarantine workers that disagree (default ${DEFAULT_DEFENCE.spotCheck})`, num(0, 1))
-    .option('--probation <n>', `recompute the first n results of every worker connection, so one that always lies is caught at once (0: off; default ${DEFAULT_DEFENCE.probation})`, int(0))
-    .option('--outlier-factor <K>', `recompute a result whose gradient norm is over K × its step's median before it counts; quarantine the sender if it disagrees (0: off; default ${DEFAULT_DEFENCE.outlierFactor})`, num(0))
-    .option('--admin-token <token>', 'enables POST /api/admin/{pause,resume,stop,kick?worker=ID} with Authorization: Bearer <token> (or LORAMESH_ADMIN_TOKEN)')
-    .option('--dashboard-access <who>', "public: anyone who reaches the port sees /api/status; admin: only with --admin-token (open /#admin=…)", oneOf(['public', 'admin'] as const), 'public')
+    .option(
+      '--max-connections <n>',
+      `concurrent worker connections (default ${DEFAULT_NET_LIMITS.maxConnections})`,
+      int(1),
+    )
+    .option(
+      '--max-connections-per-address <n>',
+      `concurrent TCP connections per client address, IPv6 per /64 (default ${DEFAULT_NET_LIMITS.maxConnectionsPerAddress})`,
+      int(1),
+    )
+    .option(
+      '--max-workers-per-address <n>',
+      `concurrent worker connections per client address (default ${DEFAULT_NET_LIMITS.maxWorkersPerAddress})`,
+      int(1),
+    )
+    .option(
+      '--max-event-streams <n>',
+      'concurrent dashboard event streams, /api/events ' +
+        `(default ${DEFAULT_NET_LIMITS.maxEventStreams}; ${DEFAULT_NET_LIMITS.maxEventStreamsPerAddress} per address)`,
+      int(1),
+    )
+    .option(
+      '--trusted-proxy <list>',
+      'comma list of reverse-proxy addresses whose X-Forwarded-For names the client (default: none, the header is ignored)',
+      addresses,
+    )
+    .option(
+      '--max-messages-per-second <n>',
+      'per-connection message rate limit',
+      int(1),
+      DEFAULT_SECURITY.maxMessagesPerSecond,
+    )
+    .option(
+      '--max-rejects <n>',
+      'rejected frames and failed assignments before a connection is quarantined',
+      int(1),
+      DEFAULT_SECURITY.maxRejects,
+    )
+    .option(
+      '--aggregation <rule>',
+      `how micro-batch gradients combine: ${AGGREGATIONS.join(' | ')} (sum is exact; the others resist bad volunteers)`,
+      oneOf(AGGREGATIONS),
+      'sum',
+    )
+    .option(
+      '--spot-check <fraction>',
+      `recompute this secret fraction of micro-batches on the coordinator; quarantine workers that disagree (default ${DEFAULT_DEFENCE.spotCheck})`,
+      num(0, 1),
+    )
+    .option(
+      '--probation <n>',
+      `recompute the first n results of every worker connection, so one that always lies is caught at once (0: off; default ${DEFAULT_DEFENCE.probation})`,
+      int(0),
+    )
+    .option(
+      '--outlier-factor <K>',
+      `recompute a result whose gradient norm is over K × its step's median before it counts; quarantine the sender if it disagrees (0: off; default ${DEFAULT_DEFENCE.outlierFactor})`,
+      num(0),
+    )
+    .option(
+      '--admin-token <token>',
+      'enables POST /api/admin/{pause,resume,stop,kick?worker=ID} with Authorization: Bearer <token> (or LORAMESH_ADMIN_TOKEN)',
+    )
+    .option(
+      '--dashboard-access <who>',
+      'public: anyone who reaches the port sees /api/status; admin: only with --admin-token (open /#admin=…)',
+      oneOf(['public', 'admin'] as const),
+      'public',
+    )
     .option('--tls-cert <pem>', 'serve https/wss with this certificate (with --tls-key)')
     .option('--tls-key <pem>', 'private key for --tls-cert')
-    .option('--checkpoint-every <n>', 'save a resumable checkpoint every N steps (and on SIGINT/SIGTERM)', int(0), DEFAULT_DEPLOYMENT.checkpointEvery)
+    .option(
+      '--checkpoint-every <n>',
+      'save a resumable checkpoint every N steps (and on SIGINT/SIGTERM)',
+      int(0),
+      DEFAULT_DEPLOYMENT.checkpointEvery,
+    )
     .option('--keep-checkpoints <n>', 'how many checkpoints to keep', int(1), DEFAULT_DEPLOYMENT.keepCheckpoints)
-    .option('--resume <run-dir>', 'continue runs/<id> from its latest valid checkpoint (model, data and configs come from the run folder)')
-    .option('--heartbeat-ms <n>', 'ping interval; a worker silent for 2 intervals is dropped and its work reassigned', int(100), DEFAULT_DEPLOYMENT.heartbeatMs)
-    .option('--backend <name>', `tfjs backend of local workers: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEFAULT_DEPLOYMENT.backend)
-    .option('--codec <name>', `wire codec of gradients up and parameters down: ${CODECS.join(' | ')} (lossy ones use error feedback; f32 is exact)`, oneOf(CODECS), 'f32')
+    .option(
+      '--resume <run-dir>',
+      'continue runs/<id> from its latest valid checkpoint (model, data and configs come from the run folder)',
+    )
+    .option(
+      '--heartbeat-ms <n>',
+      'ping interval; a worker silent for 2 intervals is dropped and its work reassigned',
+      int(100),
+      DEFAULT_DEPLOYMENT.heartbeatMs,
+    )
+    .option(
+      '--backend <name>',
+      `tfjs backend of local workers: ${BACKENDS.join(' | ')}`,
+      oneOf(BACKENDS),
+      DEFAULT_DEPLOYMENT.backend,
+    )
+    .option(
+      '--codec <name>',
+      `wire codec of gradients up and parameters down: ${CODECS.join(' | ')} (lossy ones use error feedback; f32 is exact)`,
+      oneOf(CODECS),
+      'f32',
+    )
     .option('--codec-up <name>', 'codec of results (gradients) only (default: --codec)', oneOf(CODECS))
     .option('--codec-down <name>', 'codec of parameters only; lossy ones send deltas (default: --codec)', oneOf(CODECS))
     .option('--codec-block <n>', 'int8: values per scale', int(1), DEFAULT_INT8_BLOCK)
-    .option('--local-steps <H>', 'DiLoCo mode: each job runs H inner AdamW steps and sends start − end; --steps counts outer steps of H × --global-batch sequences (0: synchronous)', int(0), 0)
+    .option(
+      '--local-steps <H>',
+      'DiLoCo mode: each job runs H inner AdamW steps and sends start − end; --steps counts outer steps of H × --global-batch sequences (0: synchronous)',
+      int(0),
+      0,
+    )
     .option('--inner-lr <x>', 'local steps: peak inner AdamW learning rate (default: --lr)', num(0, 10))
     .option('--outer-lr <x>', 'local steps: outer Nesterov learning rate', num(0, 10), 0.7)
     .option('--outer-momentum <x>', 'local steps: outer Nesterov momentum', num(0, 0.999), 0.9)
@@ -111,92 +210,148 @@ function addTrainOptions(cmd: Command): Command {
     .option('--run-id <id>', 'name of the run folder (default: date + random id)');
 }
 
-addTrainOptions(program.command('train').description('run a coordinator (and local workers) to fine-tune a LoRA adapter'))
-  .action(async (o, cmd: Command) => {
-    // One SIGINT/SIGTERM stops the run at any point (waiting for workers or mid-step), with a
-    // checkpoint of the last whole step when there is one; a second signal ends the process at once.
-    const stop = new AbortController();
-    let stoppedBy: 'SIGINT' | 'SIGTERM' | null = null;
-    for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-      process.once(sig, () => { console.log(`${sig}: stopping (a second ${sig} ends the process now)`); stoppedBy = sig; stop.abort(); });
-    }
-    // Everything that can fail without the model is checked before it loads.
-    let shape = runShapeFrom(o);
-    if (o.resume) {
-      const given = new Set(cmd.options.map((opt) => opt.attributeName()).filter((key) => cmd.getOptionValueSource(key) === 'cli'));
-      shape = resumeShape(readRunConfig(o.resume), o, given, o.resume);
-      [o.runId, o.out] = [basename(resolve(o.resume)), dirname(resolve(o.resume))];
-    }
-    let token: string | undefined = o.token ?? process.env.LORAMESH_TOKEN ?? (o.tokenFile ? readFlagFile('--token-file', o.tokenFile).trim() : undefined);
-    if (token === '') fail(ErrorCodes.CONFIG, `--token-file ${o.tokenFile} is empty`);
-    if (!!o.tlsCert !== !!o.tlsKey) fail(ErrorCodes.CONFIG, '--tls-cert and --tls-key go together');
-    if (o.tlsCert) [readFlagFile('--tls-cert', o.tlsCert), readFlagFile('--tls-key', o.tlsKey)];
-    if (o.dashboardAccess === 'admin' && !(o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN)) fail(ErrorCodes.CONFIG, '--dashboard-access admin needs --admin-token');
-    if (!o.inProcess) await checkListen(o.host, o.port);
-
-    const { initBackend } = await import('../worker/backend.ts');
-    const { openModelDir } = await import('./model-dir.ts');
-    const { demoExamples, demoTaskData, loadJsonlDataset } = await import('./dataset.ts');
-    const { toExample } = await import('../shared/data/demo-tasks.ts');
-    const { readAdapterDir } = await import('./adapter-io.ts');
-    const { runTraining } = await import('./train.ts');
-    let { lora } = shape;
-    const { train, wire, local, data: dataSpec } = shape;
-    const model = await openModelDir(shape.model);
-    // The coordinator itself computes only the eval loss and result checks (and everything with
-    // --in-process); --backend otherwise names the local workers' backend (WebGPU in Node may be software-only).
-    await initBackend((o.inProcess || o.backend !== 'webgpu' ? o.backend : 'auto') as BackendName, console.log);
-    let initialAdapter;
-    if (o.adapter && !o.resume) {
-      const loaded = readAdapterDir(o.adapter, model.config);
-      lora = loaded.lora;
-      initialAdapter = loaded.state;
-      console.log(`continuing from ${o.adapter} (r=${lora.r}, alpha=${lora.alpha}, targets ${lora.targetModules.join(',')})`);
-    }
-    let examples;
-    let evalExamples;
-    if (dataSpec.kind === 'jsonl') {
-      const maxTokens = dataSpec.maxTokens ?? Math.min(1024, contextLength(model.config));
-      const data = loadJsonlDataset(dataSpec.path, model.tokenizer, { maxTokens, mode: dataSpec.pack ? 'pack' : 'truncate', evalFraction: dataSpec.evalFraction, seed: dataSpec.seed });
-      console.log(`${dataSpec.path}: ${data.format} records → ${data.train.length} train / ${data.eval.length} eval sequences of ≤ ${maxTokens} tokens${data.skippedLines ? `, ${data.skippedLines} skipped (nothing left to learn after truncation)` : ''}`);
-      [examples, evalExamples] = [data.train, data.eval];
-    } else {
-      const demo = demoTaskData(dataSpec.trainSize, 200, dataSpec.seed);
-      [examples, evalExamples] = [demoExamples(model.tokenizer, demo), demo.eval.map((s) => toExample(model.tokenizer, s))];
-    }
-    if (token === undefined && !['127.0.0.1', 'localhost', '::1'].includes(o.host)) {
-      token = randomBytes(18).toString('base64url');
-      console.log(`join token (give it to workers with --token, or open /join#token=…): ${token}`);
-    }
-    const result = await runTraining({
-      model, lora, train, examples, evalExamples, evalEvery: o.evalEvery, initialAdapter, outDir: o.out, runId: o.runId, inProcess: o.inProcess,
-      localWorkers: o.inProcess ? 0 : o.localWorkers, minWorkers: o.minWorkers, host: o.host, port: o.port,
-      token, backend: o.backend, heartbeatMs: o.heartbeatMs,
-      allowedOrigins: o.allowedOrigins?.split(',').map((x: string) => x.trim()), maxConnections: o.maxConnections,
-      netLimits: {
-        maxConnectionsPerAddress: o.maxConnectionsPerAddress, maxWorkersPerAddress: o.maxWorkersPerAddress,
-        maxEventStreams: o.maxEventStreams, trustedProxies: o.trustedProxy,
-      },
-      tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey } : undefined,
-      security: { maxMessagesPerSecond: o.maxMessagesPerSecond, maxRejects: o.maxRejects },
-      aggregation: shape.aggregation as Aggregation, adminToken: o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN, dashboardAccess: o.dashboardAccess, spotCheck: o.spotCheck === undefined ? undefined : { fraction: o.spotCheck }, outlierFactor: o.outlierFactor, probation: o.probation,
-      checkpointEvery: shape.checkpointEvery, keepCheckpoints: o.keepCheckpoints, resume: !!o.resume, signal: stop.signal, dataSpec, wire, local,
+addTrainOptions(
+  program.command('train').description('run a coordinator (and local workers) to fine-tune a LoRA adapter'),
+).action(async (o, cmd: Command) => {
+  // One SIGINT/SIGTERM stops the run at any point (waiting for workers or mid-step), with a
+  // checkpoint of the last whole step when there is one; a second signal ends the process at once.
+  const stop = new AbortController();
+  let stoppedBy: 'SIGINT' | 'SIGTERM' | null = null;
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      console.log(`${sig}: stopping (a second ${sig} ends the process now)`);
+      stoppedBy = sig;
+      stop.abort();
     });
-    if (result.alreadyFinished) return;
-    const rejected = Object.entries(result.rejections);
-    const refused = rejected.length === 0 ? 'no results or frames rejected'
-      : `${rejected.reduce((n, [, c]) => n + c, 0)} results or frames rejected (${rejected.map(([code, c]) => `${code} ${c}`).join(', ')})`;
-    const checks = `${refused}, ${result.quarantined} worker(s) quarantined`;
-    if (result.interrupted) {
-      console.log(`stopped at step ${result.step} of ${train.steps}; ${checks}`);
-      if (stoppedBy) process.exitCode = EXIT[stoppedBy];
-      return;
-    }
-    const last = result.metrics[result.metrics.length - 1];
-    console.log(`done: ${train.steps} steps, final loss ${last ? last.loss.toFixed(4) : '-'}; ${checks}; adapter written to ${result.runDir}`);
-  });
+  }
+  // Everything that can fail without the model is checked before it loads.
+  let shape = runShapeFrom(o);
+  if (o.resume) {
+    const given = new Set(
+      cmd.options.map((opt) => opt.attributeName()).filter((key) => cmd.getOptionValueSource(key) === 'cli'),
+    );
+    shape = resumeShape(readRunConfig(o.resume), o, given, o.resume);
+    [o.runId, o.out] = [basename(resolve(o.resume)), dirname(resolve(o.resume))];
+  }
+  let token: string | undefined =
+    o.token ??
+    process.env.LORAMESH_TOKEN ??
+    (o.tokenFile ? readFlagFile('--token-file', o.tokenFile).trim() : undefined);
+  if (token === '') fail(ErrorCodes.CONFIG, `--token-file ${o.tokenFile} is empty`);
+  if (!!o.tlsCert !== !!o.tlsKey) fail(ErrorCodes.CONFIG, '--tls-cert and --tls-key go together');
+  if (o.tlsCert) [readFlagFile('--tls-cert', o.tlsCert), readFlagFile('--tls-key', o.tlsKey)];
+  if (o.dashboardAccess === 'admin' && !(o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN))
+    fail(ErrorCodes.CONFIG, '--dashboard-access admin needs --admin-token');
+  if (!o.inProcess) await checkListen(o.host, o.port);
 
-program.command('worker')
+  const { initBackend } = await import('../worker/backend.ts');
+  const { openModelDir } = await import('./model-dir.ts');
+  const { demoExamples, demoTaskData, loadJsonlDataset } = await import('./dataset.ts');
+  const { toExample } = await import('../shared/data/demo-tasks.ts');
+  const { readAdapterDir } = await import('./adapter-io.ts');
+  const { runTraining } = await import('./train.ts');
+  let { lora } = shape;
+  const { train, wire, local, data: dataSpec } = shape;
+  const model = await openModelDir(shape.model);
+  // The coordinator itself computes only the eval loss and result checks (and everything with
+  // --in-process); --backend otherwise names the local workers' backend (WebGPU in Node may be software-only).
+  await initBackend((o.inProcess || o.backend !== 'webgpu' ? o.backend : 'auto') as BackendName, console.log);
+  let initialAdapter: AdapterState | undefined;
+  if (o.adapter && !o.resume) {
+    const loaded = readAdapterDir(o.adapter, model.config);
+    lora = loaded.lora;
+    initialAdapter = loaded.state;
+    console.log(
+      `continuing from ${o.adapter} (r=${lora.r}, alpha=${lora.alpha}, targets ${lora.targetModules.join(',')})`,
+    );
+  }
+  let examples: Example[];
+  let evalExamples: Example[];
+  if (dataSpec.kind === 'jsonl') {
+    const maxTokens = dataSpec.maxTokens ?? Math.min(1024, contextLength(model.config));
+    const data = loadJsonlDataset(dataSpec.path, model.tokenizer, {
+      maxTokens,
+      mode: dataSpec.pack ? 'pack' : 'truncate',
+      evalFraction: dataSpec.evalFraction,
+      seed: dataSpec.seed,
+    });
+    console.log(
+      `${dataSpec.path}: ${data.format} records → ${data.train.length} train / ${data.eval.length} eval sequences of ≤ ${maxTokens} tokens${data.skippedLines ? `, ${data.skippedLines} skipped (nothing left to learn after truncation)` : ''}`,
+    );
+    [examples, evalExamples] = [data.train, data.eval];
+  } else {
+    const demo = demoTaskData(dataSpec.trainSize, 200, dataSpec.seed);
+    [examples, evalExamples] = [
+      demoExamples(model.tokenizer, demo),
+      demo.eval.map((s) => toExample(model.tokenizer, s)),
+    ];
+  }
+  if (token === undefined && !['127.0.0.1', 'localhost', '::1'].includes(o.host)) {
+    token = randomBytes(18).toString('base64url');
+    console.log(`join token (give it to workers with --token, or open /join#token=…): ${token}`);
+  }
+  const result = await runTraining({
+    model,
+    lora,
+    train,
+    examples,
+    evalExamples,
+    evalEvery: o.evalEvery,
+    initialAdapter,
+    outDir: o.out,
+    runId: o.runId,
+    inProcess: o.inProcess,
+    localWorkers: o.inProcess ? 0 : o.localWorkers,
+    minWorkers: o.minWorkers,
+    host: o.host,
+    port: o.port,
+    token,
+    backend: o.backend,
+    heartbeatMs: o.heartbeatMs,
+    allowedOrigins: o.allowedOrigins?.split(',').map((x: string) => x.trim()),
+    maxConnections: o.maxConnections,
+    netLimits: {
+      maxConnectionsPerAddress: o.maxConnectionsPerAddress,
+      maxWorkersPerAddress: o.maxWorkersPerAddress,
+      maxEventStreams: o.maxEventStreams,
+      trustedProxies: o.trustedProxy,
+    },
+    tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey } : undefined,
+    security: { maxMessagesPerSecond: o.maxMessagesPerSecond, maxRejects: o.maxRejects },
+    aggregation: shape.aggregation as Aggregation,
+    adminToken: o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN,
+    dashboardAccess: o.dashboardAccess,
+    spotCheck: o.spotCheck === undefined ? undefined : { fraction: o.spotCheck },
+    outlierFactor: o.outlierFactor,
+    probation: o.probation,
+    checkpointEvery: shape.checkpointEvery,
+    keepCheckpoints: o.keepCheckpoints,
+    resume: !!o.resume,
+    signal: stop.signal,
+    dataSpec,
+    wire,
+    local,
+  });
+  if (result.alreadyFinished) return;
+  const rejected = Object.entries(result.rejections);
+  const refused =
+    rejected.length === 0
+      ? 'no results or frames rejected'
+      : `${rejected.reduce((n, [, c]) => n + c, 0)} results or frames rejected (${rejected.map(([code, c]) => `${code} ${c}`).join(', ')})`;
+  const checks = `${refused}, ${result.quarantined} worker(s) quarantined`;
+  if (result.interrupted) {
+    console.log(`stopped at step ${result.step} of ${train.steps}; ${checks}`);
+    if (stoppedBy) process.exitCode = EXIT[stoppedBy];
+    return;
+  }
+  const last = result.metrics[result.metrics.length - 1];
+  console.log(
+    `done: ${train.steps} steps, final loss ${last ? last.loss.toFixed(4) : '-'}; ${checks}; adapter written to ${result.runDir}`,
+  );
+});
+
+program
+  .command('worker')
   .description('join a run as a worker')
   .argument('<url>', 'coordinator WebSocket URL, e.g. ws://host:port/ws')
   .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEFAULT_DEPLOYMENT.backend)
@@ -207,18 +362,33 @@ program.command('worker')
   .option('--exit-with-parent', 'exit when the process that started this worker dies (used by --local-workers)', false)
   .action(async (url: string, o) => {
     if (o.exitWithParent && process.send) process.on('disconnect', () => process.exit(0));
-    if (!/^wss?:\/\//.test(url)) throw new LoraMeshError('LM_ERR_CONFIG', `worker url should start with ws:// or wss://, got ${JSON.stringify(url)}`);
+    if (!/^wss?:\/\//.test(url))
+      throw new LoraMeshError(
+        'LM_ERR_CONFIG',
+        `worker url should start with ws:// or wss://, got ${JSON.stringify(url)}`,
+      );
     const { runNodeWorker } = await import('../worker/node.ts');
-    const session = await runNodeWorker({ url, backend: o.backend, cacheDir: o.cacheDir, name: o.name, token: o.token ?? process.env.LORAMESH_TOKEN, maxRetries: o.maxRetries });
+    const session = await runNodeWorker({
+      url,
+      backend: o.backend,
+      cacheDir: o.cacheDir,
+      name: o.name,
+      token: o.token ?? process.env.LORAMESH_TOKEN,
+      maxRetries: o.maxRetries,
+    });
     console.log(`[worker${o.name ? ' ' + o.name : ''}] finished after ${session.assignmentsDone} micro-batches`);
     process.exit(0);
   });
 
-program.command('generate')
+program
+  .command('generate')
   .description('generate text with a base model plus an optional adapter (KV cache)')
   .option('--model <dir>', 'base model directory', DEMO_MODEL_DIR)
   .option('--adapter <dir>', 'PEFT adapter directory (adapter_config.json + adapter_model.safetensors)')
-  .requiredOption('--prompt <text>', 'prompt text (repeat the flag for several)', (v: string, prev: string[] = []) => [...prev, v])
+  .requiredOption('--prompt <text>', 'prompt text (repeat the flag for several)', (v: string, prev: string[] = []) => [
+    ...prev,
+    v,
+  ])
   .option('--max-new-tokens <n>', 'tokens to generate', int(1), 16)
   .option('--temperature <x>', '0 = greedy', num(0, 100), 0)
   .option('--top-p <x>', 'nucleus sampling mass', num(0, 1), 1)
@@ -229,7 +399,8 @@ program.command('generate')
     await generateCommand(o);
   });
 
-program.command('merge')
+program
+  .command('merge')
   .description('merge a PEFT adapter into its base model: W + (alpha/r)·B·A, written as a HF model directory')
   .option('--model <dir>', 'base model directory', DEMO_MODEL_DIR)
   .requiredOption('--adapter <dir>', 'PEFT adapter directory')
@@ -242,7 +413,8 @@ program.command('merge')
     await mergeCommand(o);
   });
 
-program.command('demo')
+program
+  .command('demo')
   .description('the built-in demo: LoRA-teach the demo model a new skill with 2 local workers')
   .option('--local-workers <n>', 'worker processes', int(1), DEFAULT_DEPLOYMENT.localWorkers)
   .option('--steps <n>', 'optimizer steps', int(1))
@@ -267,7 +439,9 @@ function exitWith(err: unknown): never {
     process.exit(EXIT.usage);
   }
   const e = err instanceof Error ? err : new Error(String(err));
-  console.error(`loramesh: internal error: ${e.message.split('\n')[0]}${process.env.LORAMESH_DEBUG ? `\n${e.stack}` : ' (LORAMESH_DEBUG=1 shows the stack)'}`);
+  console.error(
+    `loramesh: internal error: ${e.message.split('\n')[0]}${process.env.LORAMESH_DEBUG ? `\n${e.stack}` : ' (LORAMESH_DEBUG=1 shows the stack)'}`,
+  );
   process.exit(EXIT.internal);
 }
 // commander answers `loramesh frobnicate --help` with the main help and exit 0: an unknown command
@@ -275,11 +449,13 @@ function exitWith(err: unknown): never {
 const command = process.argv[2];
 const commands = [...program.commands.flatMap((c) => [c.name(), ...c.aliases()]), 'help'];
 if (command !== undefined && !command.startsWith('-') && !commands.includes(command)) {
-  exitWith(new LoraMeshError(ErrorCodes.CONFIG, `unknown command ${JSON.stringify(command)}; expected one of ${commands.join(', ')}`));
+  exitWith(
+    new LoraMeshError(
+      ErrorCodes.CONFIG,
+      `unknown command ${JSON.stringify(command)}; expected one of ${commands.join(', ')}`,
+    ),
+  );
 }
 process.on('uncaughtException', exitWith);
 process.on('unhandledRejection', exitWith);
 program.parseAsync().catch(exitWith);
-
-
-

@@ -70,14 +70,22 @@ export function loadJsonlDataset(path: string, tok: TextTokenizer, opts: Dataset
       const record = parseRecord(line);
       const recordFormat = formatOf(record);
       if (format === null) [format, formatLine] = [recordFormat, i + 1];
-      else if (recordFormat !== format) fail(ErrorCodes.DATA, `a ${recordFormat} record, but line ${formatLine} made this a ${format} file; expected one format per file`);
+      else if (recordFormat !== format)
+        fail(
+          ErrorCodes.DATA,
+          `a ${recordFormat} record, but line ${formatLine} made this a ${format} file; expected one format per file`,
+        );
       examples.push(toTokens(record, recordFormat, tok));
     } catch (err) {
       if (err instanceof LoraMeshError) fail(err.code, `${where}: ${err.message.slice(err.code.length + 2)}`);
       throw err;
     }
   }
-  if (format === null) return fail(ErrorCodes.DATA, `${path}: no records (the file is empty or has only blank lines); expected one JSON object per line`);
+  if (format === null)
+    return fail(
+      ErrorCodes.DATA,
+      `${path}: no records (the file is empty or has only blank lines); expected one JSON object per line`,
+    );
 
   // Shuffle record indices; the first ceil(evalFraction·n) go to eval. Both splits keep file order.
   const order = new Rng(opts.seed).shuffle(examples.map((_, k) => k));
@@ -85,21 +93,33 @@ export function loadJsonlDataset(path: string, tok: TextTokenizer, opts: Dataset
   const evalSet = new Set(order.slice(0, evalCount));
   const trainRecords = examples.filter((_, k) => !evalSet.has(k));
   const evalRecords = examples.filter((_, k) => evalSet.has(k));
-  if (trainRecords.length === 0) fail(ErrorCodes.DATA, `${path}: ${examples.length} records leave none for training after evalFraction ${opts.evalFraction}`);
+  if (trainRecords.length === 0)
+    fail(
+      ErrorCodes.DATA,
+      `${path}: ${examples.length} records leave none for training after evalFraction ${opts.evalFraction}`,
+    );
 
-  const shape = (records: Example[]) => (opts.mode === 'pack' ? pack(records, opts.maxTokens, tok.eosId) : records.map((e) => truncate(e, opts.maxTokens)));
+  const shape = (records: Example[]) =>
+    opts.mode === 'pack' ? pack(records, opts.maxTokens, tok.eosId) : records.map((e) => truncate(e, opts.maxTokens));
   const counts = (e: Example) => e.lossWeights.some((w, t) => t > 0 && w > 0);
   const train = shape(trainRecords);
   const evalExamples = shape(evalRecords);
-  const skippedLines = opts.mode === 'truncate' ? train.length + evalExamples.length - train.filter(counts).length - evalExamples.filter(counts).length : 0;
+  const skippedLines =
+    opts.mode === 'truncate'
+      ? train.length + evalExamples.length - train.filter(counts).length - evalExamples.filter(counts).length
+      : 0;
   return { train: train.filter(counts), eval: evalExamples.filter(counts), format, skippedLines };
 }
 
 function checkOptions(opts: DatasetOptions): void {
-  if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 2) fail(ErrorCodes.CONFIG, `dataset maxTokens is ${describe(opts.maxTokens)}; expected an integer ≥ 2`);
-  if (opts.mode !== 'truncate' && opts.mode !== 'pack') fail(ErrorCodes.CONFIG, `dataset mode is ${describe(opts.mode)}; expected "truncate" or "pack"`);
-  if (!(opts.evalFraction >= 0 && opts.evalFraction < 1)) fail(ErrorCodes.CONFIG, `dataset evalFraction is ${describe(opts.evalFraction)}; expected a number in [0, 1)`);
-  if (!Number.isInteger(opts.seed)) fail(ErrorCodes.CONFIG, `dataset seed is ${describe(opts.seed)}; expected an integer`);
+  if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 2)
+    fail(ErrorCodes.CONFIG, `dataset maxTokens is ${describe(opts.maxTokens)}; expected an integer ≥ 2`);
+  if (opts.mode !== 'truncate' && opts.mode !== 'pack')
+    fail(ErrorCodes.CONFIG, `dataset mode is ${describe(opts.mode)}; expected "truncate" or "pack"`);
+  if (!(opts.evalFraction >= 0 && opts.evalFraction < 1))
+    fail(ErrorCodes.CONFIG, `dataset evalFraction is ${describe(opts.evalFraction)}; expected a number in [0, 1)`);
+  if (!Number.isInteger(opts.seed))
+    fail(ErrorCodes.CONFIG, `dataset seed is ${describe(opts.seed)}; expected an integer`);
 }
 
 type JsonRecord = Record<string, unknown>;
@@ -111,22 +131,30 @@ function parseRecord(line: string): JsonRecord {
   } catch (err) {
     fail(ErrorCodes.DATA, `not valid JSON (${(err as Error).message})`);
   }
-  if (typeof record !== 'object' || record === null || Array.isArray(record)) fail(ErrorCodes.DATA, `the line is ${describe(record)}; expected a JSON object`);
+  if (typeof record !== 'object' || record === null || Array.isArray(record))
+    fail(ErrorCodes.DATA, `the line is ${describe(record)}; expected a JSON object`);
   return record as JsonRecord;
 }
 
 function formatOf(record: JsonRecord): DatasetFormat {
   const stringField = (field: string) => {
-    if (typeof record[field] !== 'string') fail(ErrorCodes.DATA, `"${field}" is ${describe(record[field])}; expected a string`);
+    if (typeof record[field] !== 'string')
+      fail(ErrorCodes.DATA, `"${field}" is ${describe(record[field])}; expected a string`);
   };
   if ('messages' in record) {
     const messages = record.messages;
-    if (!Array.isArray(messages) || messages.length === 0) fail(ErrorCodes.DATA, `"messages" is ${describe(messages)}; expected a non-empty array of {"role", "content"}`);
+    if (!Array.isArray(messages) || messages.length === 0)
+      fail(ErrorCodes.DATA, `"messages" is ${describe(messages)}; expected a non-empty array of {"role", "content"}`);
     messages.forEach((m: unknown, k) => {
-      const ok = typeof m === 'object' && m !== null && typeof (m as JsonRecord).role === 'string' && typeof (m as JsonRecord).content === 'string';
+      const ok =
+        typeof m === 'object' &&
+        m !== null &&
+        typeof (m as JsonRecord).role === 'string' &&
+        typeof (m as JsonRecord).content === 'string';
       if (!ok) fail(ErrorCodes.DATA, `messages[${k}] is ${describe(m)}; expected {"role": string, "content": string}`);
     });
-    if (!messages.some((m: ChatMessage) => m.role === 'assistant')) fail(ErrorCodes.DATA, `"messages" has no "assistant" turn, so nothing would count toward the loss`);
+    if (!messages.some((m: ChatMessage) => m.role === 'assistant'))
+      fail(ErrorCodes.DATA, `"messages" has no "assistant" turn, so nothing would count toward the loss`);
     return 'messages';
   }
   if ('prompt' in record || 'completion' in record) {
@@ -138,11 +166,17 @@ function formatOf(record: JsonRecord): DatasetFormat {
     stringField('text');
     return 'text';
   }
-  return fail(ErrorCodes.DATA, `fields ${JSON.stringify(Object.keys(record))}; expected {"text"}, {"prompt", "completion"} or {"messages"}`);
+  return fail(
+    ErrorCodes.DATA,
+    `fields ${JSON.stringify(Object.keys(record))}; expected {"text"}, {"prompt", "completion"} or {"messages"}`,
+  );
 }
 
 function eosOf(tok: TextTokenizer): number {
-  return tok.eosId ?? fail(ErrorCodes.MODEL, 'the tokenizer has no EOS token, which text and prompt/completion records end with');
+  return (
+    tok.eosId ??
+    fail(ErrorCodes.MODEL, 'the tokenizer has no EOS token, which text and prompt/completion records end with')
+  );
 }
 
 /** One record as tokens and loss weights, BOS first when the tokenizer wants it. */
@@ -188,7 +222,10 @@ function chatExample(messages: ChatMessage[], tok: TextTokenizer): Example {
   const boundary = (prefix: ChatMessage[], addGenerationPrompt: boolean, turn: number) => {
     const prefixText = tok.renderChat(prefix, addGenerationPrompt);
     if (!text.startsWith(prefixText)) {
-      fail(ErrorCodes.DATA, `the chat template renders messages[0..${prefix.length}) differently from the start of the whole conversation, so the assistant turn messages[${turn}] cannot be located`);
+      fail(
+        ErrorCodes.DATA,
+        `the chat template renders messages[0..${prefix.length}) differently from the start of the whole conversation, so the assistant turn messages[${turn}] cannot be located`,
+      );
     }
     return tokenBoundary(tokens, tok.encode(prefixText));
   };
@@ -226,7 +263,9 @@ function pack(examples: Example[], maxTokens: number, eosId: number | null): Exa
     tokens.push(...e.tokens);
     lossWeights.push(...e.lossWeights);
     if (e.tokens[e.tokens.length - 1] !== eosId) {
-      tokens.push(eosId ?? fail(ErrorCodes.MODEL, 'packing needs an EOS token between examples, and the tokenizer has none'));
+      tokens.push(
+        eosId ?? fail(ErrorCodes.MODEL, 'packing needs an EOS token between examples, and the tokenizer has none'),
+      );
       lossWeights.push(0);
     }
   }

@@ -47,7 +47,10 @@ export const overflowBound = (slots: number): number => FLOAT32_MAX / (2 * Math.
 
 /** L2 norm of a flat vector, accumulated in float64 (finite for any finite float32 input). */
 export function l2Norm(x: Float32Array): number {
-  let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  let s0 = 0,
+    s1 = 0,
+    s2 = 0,
+    s3 = 0;
   const n = x.length - (x.length % 4);
   for (let i = 0; i < n; i += 4) {
     s0 += x[i] * x[i];
@@ -60,7 +63,10 @@ export function l2Norm(x: Float32Array): number {
 }
 
 /** ‖theirs − trusted‖ / ‖trusted‖ over every tensor of `trusted` (by name), in float64. */
-export function relativeL2(trusted: ReadonlyMap<string, Float32Array>, theirs: ReadonlyMap<string, Float32Array>): number {
+export function relativeL2(
+  trusted: ReadonlyMap<string, Float32Array>,
+  theirs: ReadonlyMap<string, Float32Array>,
+): number {
   return relativeL2Distance([...trusted].map(([name, g]) => [g, theirs.get(name)] as const));
 }
 
@@ -100,7 +106,11 @@ function workerMedians(results: readonly ScreenedResult[]): number[] {
  * recent history's median when that is lower. The history matters when one fast worker computed
  * a whole step (honest workers still busy with late copies): its own median is then the liar's.
  */
-export function outliers(results: readonly ScreenedResult[], factor: number, history: NormHistory | null = null): number[] {
+export function outliers(
+  results: readonly ScreenedResult[],
+  factor: number,
+  history: NormHistory | null = null,
+): number[] {
   if (!(factor > 0) || results.length === 0) return [];
   const medians = workerMedians(results);
   const recent = history?.reference() ?? null;

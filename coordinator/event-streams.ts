@@ -24,7 +24,10 @@ export class EventStreams {
   private readonly maxBatchBytes: number;
 
   /** `log` gets one line per dropped stream; it may publish (the monitor turns log lines into events) */
-  constructor(private readonly limits: StreamLimits, private readonly log: (line: string) => void) {
+  constructor(
+    private readonly limits: StreamLimits,
+    private readonly log: (line: string) => void,
+  ) {
     this.perAddress = new AddressCounter(limits.maxEventStreamsPerAddress);
     this.maxBatchBytes = Math.min(64 * 1024, Math.floor(limits.maxEventStreamBufferBytes / 4));
   }

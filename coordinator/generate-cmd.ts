@@ -35,10 +35,23 @@ export async function generateCommand(o: GenerateOptions): Promise<void> {
   for (const prompt of o.prompt) {
     const ids = withBos(tok, tok.encode(prompt));
     const room = contextLength(dir.config) - ids.length;
-    if (room <= 0) fail(ErrorCodes.CONFIG, `--prompt ${JSON.stringify(prompt.slice(0, 40))} is ${ids.length} tokens; the model's context is ${contextLength(dir.config)}, so nothing is left to generate`);
-    if (room < o.maxNewTokens) console.error(`note: generating ${room} tokens, not ${o.maxNewTokens}: the model's context (${contextLength(dir.config)}) ends there`);
+    if (room <= 0)
+      fail(
+        ErrorCodes.CONFIG,
+        `--prompt ${JSON.stringify(prompt.slice(0, 40))} is ${ids.length} tokens; the model's context is ${contextLength(dir.config)}, so nothing is left to generate`,
+      );
+    if (room < o.maxNewTokens)
+      console.error(
+        `note: generating ${room} tokens, not ${o.maxNewTokens}: the model's context (${contextLength(dir.config)}) ends there`,
+      );
     const maxNewTokens = Math.min(o.maxNewTokens, room);
-    const [out] = generate(model, base, [ids], { maxNewTokens, temperature: o.temperature, topP: o.topP, eosId: tok.eosId ?? undefined, seed: o.seed });
+    const [out] = generate(model, base, [ids], {
+      maxNewTokens,
+      temperature: o.temperature,
+      topP: o.topP,
+      eosId: tok.eosId ?? undefined,
+      seed: o.seed,
+    });
     console.log(`${prompt}${tok.decode(out)}`);
   }
 }

@@ -14,7 +14,10 @@ export class InProcessExecutor implements GradientExecutor {
 
   /** model and base are shared with the coordinator's eval (one copy of the weights) */
   constructor(
-    private readonly model: CausalLM, private readonly base: FrozenBase, private readonly spec: AdapterTensorSpec[], private readonly lora: LoraConfig,
+    private readonly model: CausalLM,
+    private readonly base: FrozenBase,
+    private readonly spec: AdapterTensorSpec[],
+    private readonly lora: LoraConfig,
     private readonly inner?: InnerOptimizer,
   ) {}
 
@@ -23,13 +26,27 @@ export class InProcessExecutor implements GradientExecutor {
   }
 
   async compute(_step: number, _paramVersion: number, microBatches: MicroBatch[]): Promise<StepResults> {
-    const results = microBatches.map((mb) => computeGradients(this.model, this.base, this.spec, this.adapter, this.lora, mb));
+    const results = microBatches.map((mb) =>
+      computeGradients(this.model, this.base, this.spec, this.adapter, this.lora, mb),
+    );
     return { results, sum: aggregateInOrder(results) };
   }
 
   async computeLocal(_step: number, _paramVersion: number, jobs: LocalJob[]): Promise<GradientResult[]> {
     const results: GradientResult[] = [];
-    for (const job of jobs) results.push(await runLocalJob(this.model, this.base, this.spec, this.adapter, this.lora, job.microBatches, job.lr, this.inner!));
+    for (const job of jobs)
+      results.push(
+        await runLocalJob(
+          this.model,
+          this.base,
+          this.spec,
+          this.adapter,
+          this.lora,
+          job.microBatches,
+          job.lr,
+          this.inner!,
+        ),
+      );
     return results;
   }
 }

@@ -25,15 +25,26 @@ export function spawnLocalWorkers(count: number, url: string, opts: LocalWorkerO
     if (opts.cacheDir) args.push('--cache-dir', opts.cacheDir);
     const env = { ...process.env, ...(opts.token ? { LORAMESH_TOKEN: opts.token } : {}), ...(opts.env?.(i) ?? {}) };
     // The IPC channel closes when this process dies (even by SIGKILL): the worker exits with it.
-    return spawn(process.execPath, [...args, '--exit-with-parent'], { stdio: ['ignore', opts.stdio ?? 'inherit', opts.stdio ?? 'inherit', 'ipc'], env });
+    return spawn(process.execPath, [...args, '--exit-with-parent'], {
+      stdio: ['ignore', opts.stdio ?? 'inherit', opts.stdio ?? 'inherit', 'ipc'],
+      env,
+    });
   });
 }
 
 export async function stopLocalWorkers(children: ChildProcess[], graceMs = 5000): Promise<void> {
-  await Promise.all(children.map((c) => new Promise<void>((resolve) => {
-    if (c.exitCode !== null || c.signalCode !== null) return resolve();
-    const timer = setTimeout(() => c.kill('SIGKILL'), graceMs);
-    c.once('exit', () => { clearTimeout(timer); resolve(); });
-    c.kill('SIGTERM');
-  })));
+  await Promise.all(
+    children.map(
+      (c) =>
+        new Promise<void>((resolve) => {
+          if (c.exitCode !== null || c.signalCode !== null) return resolve();
+          const timer = setTimeout(() => c.kill('SIGKILL'), graceMs);
+          c.once('exit', () => {
+            clearTimeout(timer);
+            resolve();
+          });
+          c.kill('SIGTERM');
+        }),
+    ),
+  );
 }

@@ -29,12 +29,18 @@ export async function mergeCommand(o: MergeOptions, log: (line: string) => void 
   for (const [name, t] of merged) {
     const s = stored.get(name)!;
     // F16/BF16 bases stay F16/BF16: the merged float32 values round to nearest even.
-    tensors[s.fileName] = { data: t.dataSync() as Float32Array, shape: t.shape, dtype: s.dtype === 'F16' || s.dtype === 'BF16' ? s.dtype : 'F32' };
+    tensors[s.fileName] = {
+      data: t.dataSync() as Float32Array,
+      shape: t.shape,
+      dtype: s.dtype === 'F16' || s.dtype === 'BF16' ? s.dtype : 'F32',
+    };
   }
   mkdirSync(out, { recursive: true });
   writeAtomic(join(out, 'model.safetensors'), encodeSafetensors(tensors, { format: 'pt' }));
   writeAtomic(join(out, 'config.json'), JSON.stringify(dir.rawConfig, null, 2) + '\n');
   for (const f of dir.extraFiles) copyFileSync(join(dir.dir, f), join(out, f));
-  log(`merged ${adapter.spec.length / 2} LoRA modules (r=${adapter.lora.r}, α=${adapter.lora.alpha}) into ${out}/model.safetensors`);
+  log(
+    `merged ${adapter.spec.length / 2} LoRA modules (r=${adapter.lora.r}, α=${adapter.lora.alpha}) into ${out}/model.safetensors`,
+  );
   return out;
 }

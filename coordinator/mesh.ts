@@ -11,8 +11,13 @@ import { mixSeed } from '../shared/rng.ts';
 import { closeCodeFor, ErrorCodes, LoraMeshError, type ErrorCode } from '../shared/errors.ts';
 import { asBytes, decodeMessage, encodeMessage } from '../shared/protocol/codec.ts';
 import {
-  PROTOCOL_VERSION, splitTensors, unpackFloats,
-  type CoordinatorMessage, type Hello, type Result, type RunManifest,
+  PROTOCOL_VERSION,
+  splitTensors,
+  unpackFloats,
+  type CoordinatorMessage,
+  type Hello,
+  type Result,
+  type RunManifest,
 } from '../shared/protocol/messages.ts';
 import { describeCodec, payloadBytes } from '../shared/protocol/wire-codec.ts';
 import type { GradientResult } from '../shared/train/gradients.ts';
@@ -118,7 +123,11 @@ export interface SecurityLimits {
   maxBufferedBytes?: number;
 }
 
-export const DEFAULT_SECURITY: SecurityLimits = { maxMessagesPerSecond: 200, maxRejects: 50, handshakeTimeoutMs: 10_000 };
+export const DEFAULT_SECURITY: SecurityLimits = {
+  maxMessagesPerSecond: 200,
+  maxRejects: 50,
+  handshakeTimeoutMs: 10_000,
+};
 
 interface StepInFlight {
   paramVersion: number;
@@ -165,7 +174,11 @@ export class MeshExecutor implements GradientExecutor {
     this.adapterValues = adapterParameterCount(options.manifest.adapter);
     this.params = new ParamsPublisher(options.manifest);
     const paramsFrame = 4 * this.adapterValues + 4096;
-    this.limits = { maxBufferedBytes: Math.max(8 << 20, 2 * paramsFrame), ...DEFAULT_SECURITY, ...options.security } as Required<SecurityLimits>;
+    this.limits = {
+      maxBufferedBytes: Math.max(8 << 20, 2 * paramsFrame),
+      ...DEFAULT_SECURITY,
+      ...options.security,
+    } as Required<SecurityLimits>;
   }
 
   get bytesIn(): number {
@@ -196,20 +209,45 @@ export class MeshExecutor implements GradientExecutor {
   async compute(step: number, paramVersion: number, microBatches: MicroBatch[]): Promise<StepResults> {
     const slots: (GradientResult | undefined)[] = new Array(microBatches.length);
     const sum = new InOrderSum(slots);
-    const results = await this.run(step, paramVersion, microBatches.map((microBatch) => ({ kind: 'grad', microBatch })), slots, sum);
+    const results = await this.run(
+      step,
+      paramVersion,
+      microBatches.map((microBatch) => ({ kind: 'grad', microBatch })),
+      slots,
+      sum,
+    );
     return { results, sum: sum.finish() };
   }
 
   computeLocal(step: number, paramVersion: number, jobs: LocalJob[]): Promise<GradientResult[]> {
-    return this.run(step, paramVersion, jobs.map((job) => ({ kind: 'local', job })), new Array(jobs.length), null);
+    return this.run(
+      step,
+      paramVersion,
+      jobs.map((job) => ({ kind: 'local', job })),
+      new Array(jobs.length),
+      null,
+    );
   }
 
   /** Hands out the items; `results` are their slots, filled as results are accepted (and added to `sum`). */
-  private run(step: number, paramVersion: number, items: WorkItem[], results: (GradientResult | undefined)[], sum: InOrderSum | null): Promise<GradientResult[]> {
+  private run(
+    step: number,
+    paramVersion: number,
+    items: WorkItem[],
+    results: (GradientResult | undefined)[],
+    sum: InOrderSum | null,
+  ): Promise<GradientResult[]> {
     return new Promise((resolve, reject) => {
       const positions = items.map((item) => itemMicroBatches(item).reduce((n, mb) => n + mb.batch * mb.time, 0));
       this.inFlight = {
-        paramVersion, items, resolve, reject, results, sum, screened: new Array(items.length), verifying: 0,
+        paramVersion,
+        items,
+        resolve,
+        reject,
+        results,
+        sum,
+        screened: new Array(items.length),
+        verifying: 0,
         schedule: new StepSchedule(step, positions, (id, n) => this.expectedMs(id, n), this.options.schedule),
       };
       this.dispatch();
@@ -256,19 +294,47 @@ export class MeshExecutor implements GradientExecutor {
   /** A new connection (not yet said hello); returns the handlers of its events. */
   attach(ws: Peer): PeerEvents {
     const w: WorkerConnection = {
-      id: nanoid(10), name: '', backend: '', platform: '', adapter: '', slow: false, state: 'handshake', microBatchesDone: 0, used: 0, discarded: 0, tokensDone: 0,
-      throughput: 0, bytesIn: 0, bytesOut: 0, rejected: 0, lastSeen: Date.now(), ws, holding: null, alive: true,
-      bucket: new TokenBucket(this.limits.maxMessagesPerSecond), quarantined: false, strikes: 0, checksPassed: 0, checksPending: 0,
+      id: nanoid(10),
+      name: '',
+      backend: '',
+      platform: '',
+      adapter: '',
+      slow: false,
+      state: 'handshake',
+      microBatchesDone: 0,
+      used: 0,
+      discarded: 0,
+      tokensDone: 0,
+      throughput: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+      rejected: 0,
+      lastSeen: Date.now(),
+      ws,
+      holding: null,
+      alive: true,
+      bucket: new TokenBucket(this.limits.maxMessagesPerSecond),
+      quarantined: false,
+      strikes: 0,
+      checksPassed: 0,
+      checksPending: 0,
     };
     this.workers.set(w.id, w);
     const handshake = setTimeout(() => {
-      if (w.state === 'handshake') this.closeWith(w, ErrorCodes.LIMIT, `no hello within ${this.limits.handshakeTimeoutMs} ms`);
+      if (w.state === 'handshake')
+        this.closeWith(w, ErrorCodes.LIMIT, `no hello within ${this.limits.handshakeTimeoutMs} ms`);
     }, this.limits.handshakeTimeoutMs);
     handshake.unref();
     return {
       frame: (data, isBinary) => this.onFrame(w, data, isBinary),
-      pong: () => { w.alive = true; w.lastSeen = Date.now(); },
-      close: () => { clearTimeout(handshake); this.onClose(w); },
+      pong: () => {
+        w.alive = true;
+        w.lastSeen = Date.now();
+      },
+      close: () => {
+        clearTimeout(handshake);
+        this.onClose(w);
+      },
       error: (err) => this.log(`worker ${w.id}: socket error ${cleanPeerText(err.message, 200)}`),
     };
   }
@@ -294,20 +360,25 @@ export class MeshExecutor implements GradientExecutor {
     w.alive = true;
     if (w.quarantined) return;
     try {
-      if (!w.bucket.take()) throw new LoraMeshError(ErrorCodes.RATE, `more than ${this.limits.maxMessagesPerSecond} messages per second`);
+      if (!w.bucket.take())
+        throw new LoraMeshError(ErrorCodes.RATE, `more than ${this.limits.maxMessagesPerSecond} messages per second`);
       if (!isBinary) throw new LoraMeshError(ErrorCodes.DECODE, 'text frames are not part of the protocol');
       const message = decodeMessage(asBytes(data));
       switch (message.type) {
-        case 'hello': return this.onHello(w, message);
-        case 'ready': return this.onReady(w);
-        case 'result': return this.onResult(w, message);
+        case 'hello':
+          return this.onHello(w, message);
+        case 'ready':
+          return this.onReady(w);
+        case 'result':
+          return this.onResult(w, message);
         case 'worker-error':
           if (w.state === 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'worker-error before hello');
           return this.onWorkerError(w, message.code, message.message, message.assignmentId);
         case 'heartbeat':
           if (w.state === 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'heartbeat before hello');
           return;
-        default: throw new LoraMeshError(ErrorCodes.STATE, `a coordinator does not accept ${message.type} messages`);
+        default:
+          throw new LoraMeshError(ErrorCodes.STATE, `a coordinator does not accept ${message.type} messages`);
       }
     } catch (err) {
       const code: ErrorCode = err instanceof LoraMeshError ? err.code : ErrorCodes.DECODE;
@@ -317,7 +388,8 @@ export class MeshExecutor implements GradientExecutor {
       this.countRejection(code);
       this.log(`worker ${w.id}: rejected frame (${why})`);
       this.send(w, { type: 'reject', code, message: why });
-      if (w.rejected + w.strikes >= this.limits.maxRejects) this.closeWith(w, ErrorCodes.QUARANTINED, `${w.rejected} rejected frames, ${w.strikes} failed assignments`);
+      if (w.rejected + w.strikes >= this.limits.maxRejects)
+        this.closeWith(w, ErrorCodes.QUARANTINED, `${w.rejected} rejected frames, ${w.strikes} failed assignments`);
     }
   }
 
@@ -342,25 +414,38 @@ export class MeshExecutor implements GradientExecutor {
     // Every string here is the peer's choice: cleaned once, before a log line or the dashboard sees it.
     const { protocol, slow, codecs } = hello;
     const name = hello.name === undefined ? undefined : cleanPeerText(hello.name, 64);
-    const [backend, platform, adapter] = [cleanPeerText(hello.backend, 32), cleanPeerText(hello.platform, 16), cleanPeerText(hello.adapter ?? '', 120)];
+    const [backend, platform, adapter] = [
+      cleanPeerText(hello.backend, 32),
+      cleanPeerText(hello.platform, 16),
+      cleanPeerText(hello.adapter ?? '', 120),
+    ];
     if (name !== undefined && this.banned.has(name)) {
       this.closeWith(w, ErrorCodes.QUARANTINED, `worker ${name} failed a spot check earlier in this run`);
       return;
     }
     if (protocol !== PROTOCOL_VERSION) {
-      this.send(w, { type: 'reject', code: ErrorCodes.PROTOCOL_VERSION, message: `protocol ${protocol} is not supported; this coordinator speaks ${PROTOCOL_VERSION}` });
+      this.send(w, {
+        type: 'reject',
+        code: ErrorCodes.PROTOCOL_VERSION,
+        message: `protocol ${protocol} is not supported; this coordinator speaks ${PROTOCOL_VERSION}`,
+      });
       w.ws.close(closeCodeFor(ErrorCodes.PROTOCOL_VERSION), ErrorCodes.PROTOCOL_VERSION);
       return;
     }
     const { up, down } = this.options.manifest.wire;
     const missing = [up, down].map((c) => c.name).filter((c) => c !== 'f32' && !(codecs ?? ['f32']).includes(c));
     if (missing.length > 0) {
-      this.closeWith(w, ErrorCodes.CODEC, `this run sends ${describeCodec(up)} up and ${describeCodec(down)} down; the worker supports ${cleanPeerText((codecs ?? ['f32']).join(', '), 80)}`);
+      this.closeWith(
+        w,
+        ErrorCodes.CODEC,
+        `this run sends ${describeCodec(up)} up and ${describeCodec(down)} down; the worker supports ${cleanPeerText((codecs ?? ['f32']).join(', '), 80)}`,
+      );
       return;
     }
     Object.assign(w, { name: name ?? w.id, backend, platform, adapter: adapter ?? '', slow: !!slow, state: 'loading' });
     this.log(`worker ${w.id} (${w.name}, ${platform}/${backend}${adapter ? ` on ${adapter}` : ''}) joined`);
-    if (slow) this.log(`warning: worker ${w.id} runs on a slow fallback backend (${backend}${adapter ? `, ${adapter}` : ''})`);
+    if (slow)
+      this.log(`warning: worker ${w.id} runs on a slow fallback backend (${backend}${adapter ? `, ${adapter}` : ''})`);
     this.send(w, { type: 'welcome', workerId: w.id, manifest: this.options.manifest });
     const keyframe = this.params.keyframe();
     if (keyframe) this.sendFrame(w, keyframe.frame, 'params', keyframe.payload);
@@ -372,14 +457,17 @@ export class MeshExecutor implements GradientExecutor {
     w.state = 'ready';
     this.log(`worker ${w.id} ready`);
     const ready = this.readyCount();
-    this.readyWaiters = this.readyWaiters.filter((waiter) => (ready >= waiter.count ? (waiter.resolve(), false) : true));
+    this.readyWaiters = this.readyWaiters.filter((waiter) =>
+      ready >= waiter.count ? (waiter.resolve(), false) : true,
+    );
     this.dispatch();
   }
 
   private onResult(w: WorkerConnection, r: Result): void {
     this.traffic.countPayloadIn(payloadBytes(r.grads)); // duplicates and refused results moved their bytes too
     const held = w.holding;
-    if (!held || held.assignmentId !== r.assignmentId) throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `assignment ${r.assignmentId} is not held by this worker`);
+    if (!held || held.assignmentId !== r.assignmentId)
+      throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `assignment ${r.assignmentId} is not held by this worker`);
     const now = Date.now();
     w.holding = null;
     const step = this.inFlight;
@@ -391,15 +479,27 @@ export class MeshExecutor implements GradientExecutor {
     let grads: Map<string, Float32Array>;
     let norm: number;
     try {
-      if (r.paramVersion !== step.paramVersion) throw new LoraMeshError(ErrorCodes.STALE, `result for version ${r.paramVersion}, current is ${step.paramVersion}`);
+      if (r.paramVersion !== step.paramVersion)
+        throw new LoraMeshError(
+          ErrorCodes.STALE,
+          `result for version ${r.paramVersion}, current is ${step.paramVersion}`,
+        );
       const expectedTokens = itemMicroBatches(step.items[held.index]).reduce((n, mb) => n + tokenCount(mb), 0);
-      if (r.tokenCount !== expectedTokens) throw new LoraMeshError(ErrorCodes.FIELD, `result.tokenCount ${r.tokenCount} should be ${expectedTokens} for this ${step.items[held.index].kind === 'grad' ? 'micro-batch' : 'job'}`);
+      if (r.tokenCount !== expectedTokens)
+        throw new LoraMeshError(
+          ErrorCodes.FIELD,
+          `result.tokenCount ${r.tokenCount} should be ${expectedTokens} for this ${step.items[held.index].kind === 'grad' ? 'micro-batch' : 'job'}`,
+        );
       if (!Number.isFinite(r.lossSum)) throw new LoraMeshError(ErrorCodes.NON_FINITE, `result.lossSum is ${r.lossSum}`);
       const flat = unpackFloats(r.grads, this.options.manifest.wire.up, this.adapterValues, 'result.grads');
       // Finite values can still overflow the float32 sum (3e38 + 3e38 = Infinity): refused here.
       norm = l2Norm(flat);
       const bound = overflowBound(step.items.length);
-      if (!(norm <= bound)) throw new LoraMeshError(ErrorCodes.NON_FINITE, `result norm ${norm.toExponential(2)} could overflow the step's float32 sum (at most ${bound.toExponential(2)})`);
+      if (!(norm <= bound))
+        throw new LoraMeshError(
+          ErrorCodes.NON_FINITE,
+          `result norm ${norm.toExponential(2)} could overflow the step's float32 sum (at most ${bound.toExponential(2)})`,
+        );
       grads = splitTensors(flat, this.options.manifest.adapter);
     } catch (err) {
       step.schedule.lose(held.assignmentId, 'rejected', now);
@@ -408,7 +508,11 @@ export class MeshExecutor implements GradientExecutor {
     }
     const checks = this.options.checks;
     const onProbation = checks && w.checksPassed + w.checksPending < checks.probation;
-    if (checks && (onProbation || (checks.spotCheck > 0 && mixSeed(checks.secret, held.step, held.index) / 2 ** 32 < checks.spotCheck))) {
+    if (
+      checks &&
+      (onProbation ||
+        (checks.spotCheck > 0 && mixSeed(checks.secret, held.step, held.index) / 2 ** 32 < checks.spotCheck))
+    ) {
       // Hold the worker's result until the trusted recomputation agrees.
       void this.spotCheck(w, held, r, grads, norm, step, checks);
       return;
@@ -417,12 +521,25 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   /** The trusted recomputation of a slot's work, and how far `grads` is from it (relative L2). */
-  private async disagreement(step: StepInFlight, index: number, grads: Map<string, Float32Array>, checks: ResultChecks): Promise<number> {
+  private async disagreement(
+    step: StepInFlight,
+    index: number,
+    grads: Map<string, Float32Array>,
+    checks: ResultChecks,
+  ): Promise<number> {
     const trusted = await checks.recompute(step.items[index], this.adapter);
     return relativeL2(trusted.grads, grads);
   }
 
-  private async spotCheck(w: WorkerConnection, held: Holding, r: Result, grads: Map<string, Float32Array>, norm: number, step: StepInFlight, checks: ResultChecks): Promise<void> {
+  private async spotCheck(
+    w: WorkerConnection,
+    held: Holding,
+    r: Result,
+    grads: Map<string, Float32Array>,
+    norm: number,
+    step: StepInFlight,
+    checks: ResultChecks,
+  ): Promise<void> {
     w.checksPending++;
     let relative: number;
     try {
@@ -439,7 +556,12 @@ export class MeshExecutor implements GradientExecutor {
       return;
     }
     step.schedule.lose(held.assignmentId, 'rejected', now);
-    this.convict(w, step, ErrorCodes.SPOT_CHECK, `result of micro-batch ${held.index} of step ${held.step} disagrees with a trusted recomputation (relative L2 ${relative.toExponential(2)})`);
+    this.convict(
+      w,
+      step,
+      ErrorCodes.SPOT_CHECK,
+      `result of micro-batch ${held.index} of step ${held.step} disagrees with a trusted recomputation (relative L2 ${relative.toExponential(2)})`,
+    );
   }
 
   /**
@@ -458,7 +580,16 @@ export class MeshExecutor implements GradientExecutor {
     this.dispatch();
   }
 
-  private accept(w: WorkerConnection, held: Holding, r: Result, grads: Map<string, Float32Array>, norm: number, verified: boolean, step: StepInFlight, now: number): void {
+  private accept(
+    w: WorkerConnection,
+    held: Holding,
+    r: Result,
+    grads: Map<string, Float32Array>,
+    norm: number,
+    verified: boolean,
+    step: StepInFlight,
+    now: number,
+  ): void {
     const positions = itemMicroBatches(step.items[held.index]).reduce((n, mb) => n + mb.batch * mb.time, 0);
     const tps = positions / Math.max(1e-3, (now - held.sentAt) / 1000); // measured here: includes the network
     w.throughput = w.throughput === 0 ? tps : 0.7 * w.throughput + 0.3 * tps;
@@ -502,7 +633,9 @@ export class MeshExecutor implements GradientExecutor {
     const screened = step.screened[index]!;
     const grads = step.results[index]!.grads;
     step.verifying++;
-    this.log(`step ${step.schedule.step}: micro-batch ${index} from worker ${screened.workerId} has norm ${screened.norm.toExponential(2)}, over ${checks.outlierFactor}× the step's median; recomputing it`);
+    this.log(
+      `step ${step.schedule.step}: micro-batch ${index} from worker ${screened.workerId} has norm ${screened.norm.toExponential(2)}, over ${checks.outlierFactor}× the step's median; recomputing it`,
+    );
     let relative: number;
     try {
       relative = await this.disagreement(step, index, grads, checks);
@@ -551,12 +684,16 @@ export class MeshExecutor implements GradientExecutor {
    */
   private onWorkerError(w: WorkerConnection, code: string, message: string, assignmentId?: string): void {
     if (!w.holding || assignmentId !== w.holding.assignmentId) {
-      throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `worker-error for ${assignmentId === undefined ? 'no assignment' : `assignment ${cleanPeerText(assignmentId, 40)}`}, which this worker does not hold`);
+      throw new LoraMeshError(
+        ErrorCodes.ASSIGNMENT,
+        `worker-error for ${assignmentId === undefined ? 'no assignment' : `assignment ${cleanPeerText(assignmentId, 40)}`}, which this worker does not hold`,
+      );
     }
     this.log(`worker ${w.id} reported ${cleanPeerText(code, 64)}: ${cleanPeerText(message, 300)}`);
     this.release(w, 'lost');
     w.strikes++;
-    if (w.rejected + w.strikes >= this.limits.maxRejects) this.closeWith(w, ErrorCodes.QUARANTINED, `${w.strikes} failed assignments`);
+    if (w.rejected + w.strikes >= this.limits.maxRejects)
+      this.closeWith(w, ErrorCodes.QUARANTINED, `${w.strikes} failed assignments`);
     this.dispatch();
   }
 
@@ -575,7 +712,8 @@ export class MeshExecutor implements GradientExecutor {
   private release(w: WorkerConnection, outcome: 'lost' | 'rejected'): void {
     const held = w.holding!;
     w.holding = null;
-    if (this.inFlight && this.inFlight.schedule.step === held.step) this.inFlight.schedule.lose(held.assignmentId, outcome, Date.now());
+    if (this.inFlight && this.inFlight.schedule.step === held.step)
+      this.inFlight.schedule.lose(held.assignmentId, outcome, Date.now());
   }
 
   private dispatch(): void {
@@ -587,13 +725,23 @@ export class MeshExecutor implements GradientExecutor {
       if (w.ws.bufferedAmount > this.limits.maxBufferedBytes) continue; // backpressure: it has not taken what we sent
       const a = step.schedule.next(w.id, now);
       if (!a) continue;
-      if (a.reason === 'straggler') this.log(`micro-batch ${a.index} of step ${step.schedule.step} is slow; also giving it to worker ${w.id}`);
+      if (a.reason === 'straggler')
+        this.log(`micro-batch ${a.index} of step ${step.schedule.step} is slow; also giving it to worker ${w.id}`);
       w.holding = { assignmentId: a.assignmentId, step: step.schedule.step, index: a.index, sentAt: now };
       const item = step.items[a.index];
-      const common = { assignmentId: a.assignmentId, paramVersion: step.paramVersion, step: step.schedule.step, index: a.index };
-      this.send(w, item.kind === 'grad'
-        ? { type: 'assign', ...common, microBatch: item.microBatch }
-        : { type: 'assign-local', ...common, lr: item.job.lr, microBatches: item.job.microBatches }, 'assign');
+      const common = {
+        assignmentId: a.assignmentId,
+        paramVersion: step.paramVersion,
+        step: step.schedule.step,
+        index: a.index,
+      };
+      this.send(
+        w,
+        item.kind === 'grad'
+          ? { type: 'assign', ...common, microBatch: item.microBatch }
+          : { type: 'assign-local', ...common, lr: item.job.lr, microBatches: item.job.microBatches },
+        'assign',
+      );
     }
   }
 
@@ -615,6 +763,18 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   info(): WorkerInfo[] {
-    return [...this.workers.values()].map(({ ws: _ws, holding: _h, alive: _alive, bucket: _b, quarantined: _q, strikes: _s, checksPassed: _cp, checksPending: _cq, ...info }) => info);
+    return [...this.workers.values()].map(
+      ({
+        ws: _ws,
+        holding: _h,
+        alive: _alive,
+        bucket: _b,
+        quarantined: _q,
+        strikes: _s,
+        checksPassed: _cp,
+        checksPending: _cq,
+        ...info
+      }) => info,
+    );
   }
 }

@@ -30,7 +30,6 @@ export interface ModelDir {
   extraFiles: string[];
 }
 
-
 function readJson(path: string, what: string): Record<string, unknown> {
   try {
     return JSON.parse(readFileSync(path, 'utf8'));
@@ -44,23 +43,34 @@ function weightFileNames(dir: string, dirArg: string): string[] {
   const index = join(dir, 'model.safetensors.index.json');
   if (existsSync(index)) {
     const map = readJson(index, 'shard index').weight_map;
-    if (typeof map !== 'object' || map === null) fail(ErrorCodes.MODEL, `${index}: weight_map should be an object of tensor → file`);
+    if (typeof map !== 'object' || map === null)
+      fail(ErrorCodes.MODEL, `${index}: weight_map should be an object of tensor → file`);
     const names = [...new Set(Object.values(map as Record<string, string>))].sort();
     for (const n of names) {
-      if (typeof n !== 'string' || n.includes('/') || n.includes('\\') || !n.endsWith('.safetensors')) fail(ErrorCodes.MODEL, `${index}: shard name ${JSON.stringify(n)} should be a *.safetensors file in the same directory`);
+      if (typeof n !== 'string' || n.includes('/') || n.includes('\\') || !n.endsWith('.safetensors'))
+        fail(
+          ErrorCodes.MODEL,
+          `${index}: shard name ${JSON.stringify(n)} should be a *.safetensors file in the same directory`,
+        );
       if (!existsSync(join(dir, n))) fail(ErrorCodes.MODEL, `${index} names shard ${n}, which is missing`);
     }
     return names;
   }
   if (existsSync(join(dir, 'model.safetensors'))) return ['model.safetensors'];
-  if (existsSync(join(dir, 'pytorch_model.bin'))) fail(ErrorCodes.MODEL, `--model ${dirArg} has only pytorch_model.bin; convert it to safetensors (pickle files are not loaded)`);
+  if (existsSync(join(dir, 'pytorch_model.bin')))
+    fail(
+      ErrorCodes.MODEL,
+      `--model ${dirArg} has only pytorch_model.bin; convert it to safetensors (pickle files are not loaded)`,
+    );
   fail(ErrorCodes.MODEL, `--model ${dirArg}: no model.safetensors or model.safetensors.index.json`);
 }
 
 function loadTokenizer(dir: string, dirArg: string, config: ModelConfig): TextTokenizer {
   const tokenizerPath = join(dir, 'tokenizer.json');
   if (existsSync(tokenizerPath)) {
-    const tokenizerConfig = existsSync(join(dir, 'tokenizer_config.json')) ? readJson(join(dir, 'tokenizer_config.json'), 'tokenizer config') : {};
+    const tokenizerConfig = existsSync(join(dir, 'tokenizer_config.json'))
+      ? readJson(join(dir, 'tokenizer_config.json'), 'tokenizer config')
+      : {};
     return loadHfTokenizer(readJson(tokenizerPath, 'tokenizer'), tokenizerConfig, config);
   }
   const vocabPath = join(dir, 'vocab.json');
@@ -79,17 +89,29 @@ export async function openModelDir(dirArg: string): Promise<ModelDir> {
   const rawConfig = readJson(configPath, 'model config');
   const config = checkModelConfig(rawConfig);
   const tokenizer = loadTokenizer(dir, dirArg, config);
-  if (tokenizer.vocabSize > config.vocab_size) fail(ErrorCodes.MODEL, `the tokenizer has ${tokenizer.vocabSize} tokens but config.vocab_size is ${config.vocab_size}`);
+  if (tokenizer.vocabSize > config.vocab_size)
+    fail(
+      ErrorCodes.MODEL,
+      `the tokenizer has ${tokenizer.vocabSize} tokens but config.vocab_size is ${config.vocab_size}`,
+    );
   const files: ModelFile[] = [];
   for (const name of ['config.json', ...weightFileNames(dir, dirArg)]) {
     const path = join(dir, name);
     files.push({ name, path, sha256: await sha256File(path), bytes: statSync(path).size });
   }
-  const extraFiles = ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'special_tokens_map.json', 'vocab.json']
-    .filter((f) => existsSync(join(dir, f)));
+  const extraFiles = [
+    'tokenizer.json',
+    'tokenizer_config.json',
+    'generation_config.json',
+    'special_tokens_map.json',
+    'vocab.json',
+  ].filter((f) => existsSync(join(dir, f)));
   return { dir, config, rawConfig, tokenizer, files, extraFiles };
 }
 
 export function loadWeights(model: ModelDir): LoadedWeights {
-  return loadSafetensorsFiles(model.config, model.files.filter((f) => f.name.endsWith('.safetensors')).map((f) => f.path));
+  return loadSafetensorsFiles(
+    model.config,
+    model.files.filter((f) => f.name.endsWith('.safetensors')).map((f) => f.path),
+  );
 }

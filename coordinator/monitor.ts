@@ -33,7 +33,10 @@ export class RunMonitor {
   finished = false;
   private readonly subscribers = new Set<(e: MonitorEvent) => void>();
 
-  constructor(readonly summary: RunSummary, private readonly workers: () => WorkerInfo[]) {}
+  constructor(
+    readonly summary: RunSummary,
+    private readonly workers: () => WorkerInfo[],
+  ) {}
 
   subscribe(fn: (e: MonitorEvent) => void): () => void {
     this.subscribers.add(fn);
@@ -74,9 +77,15 @@ export class RunMonitor {
     const recent = this.steps.slice(-10);
     const secondsPerStep = recent.length ? recent.reduce((s, r) => s + r.stepMs, 0) / recent.length / 1000 : null;
     return {
-      summary: this.summary, step: done, finished: this.finished, elapsedSeconds: elapsed,
+      summary: this.summary,
+      step: done,
+      finished: this.finished,
+      elapsedSeconds: elapsed,
       etaSeconds: secondsPerStep === null ? null : secondsPerStep * (this.summary.steps - done),
-      steps: this.steps, evals: this.evals, workers, log: this.logLines.slice(-50),
+      steps: this.steps,
+      evals: this.evals,
+      workers,
+      log: this.logLines.slice(-50),
     };
   }
 }

@@ -36,8 +36,12 @@ export const DEFAULT_NET_LIMITS: Readonly<NetLimits> = Object.freeze({
 });
 
 const COUNTS = [
-  'maxConnections', 'maxConnectionsPerAddress', 'maxWorkersPerAddress',
-  'maxEventStreams', 'maxEventStreamsPerAddress', 'maxEventStreamBufferBytes',
+  'maxConnections',
+  'maxConnectionsPerAddress',
+  'maxWorkersPerAddress',
+  'maxEventStreams',
+  'maxEventStreamsPerAddress',
+  'maxEventStreamBufferBytes',
 ] as const;
 
 /**
@@ -56,8 +60,11 @@ export function resolveNetLimits(options: Partial<NetLimits> = {}): NetLimits {
   if (!Array.isArray(limits.trustedProxies)) {
     fail(ErrorCodes.CONFIG, `limits.trustedProxies should be a list, got ${describe(limits.trustedProxies)}`);
   }
-  limits.trustedProxies = limits.trustedProxies.map((proxy) => canonicalAddress(String(proxy))
-    ?? fail(ErrorCodes.CONFIG, `limits.trustedProxies: ${describe(proxy)} is not an IP address`));
+  limits.trustedProxies = limits.trustedProxies.map(
+    (proxy) =>
+      canonicalAddress(String(proxy)) ??
+      fail(ErrorCodes.CONFIG, `limits.trustedProxies: ${describe(proxy)} is not an IP address`),
+  );
   return limits;
 }
 
@@ -115,7 +122,9 @@ function hopAddress(hop: string): string | null {
  * is never read, so a client cannot choose the address it is counted under.
  */
 export function clientAddress(
-  peer: string | undefined, forwardedFor: string | string[] | undefined, trustedProxies: ReadonlySet<string>,
+  peer: string | undefined,
+  forwardedFor: string | string[] | undefined,
+  trustedProxies: ReadonlySet<string>,
 ): string {
   let client = canonicalAddress(peer ?? '') ?? 'unknown';
   if (!trustedProxies.has(client) || forwardedFor === undefined) return client;

@@ -7,7 +7,8 @@ import { canonicalAddress } from './net-limits.ts';
 export function int(min: number) {
   return (value: string): number => {
     const n = Number(value);
-    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`expected an integer ≥ ${min}, got ${JSON.stringify(value)}`);
+    if (!Number.isInteger(n) || n < min)
+      throw new InvalidArgumentError(`expected an integer ≥ ${min}, got ${JSON.stringify(value)}`);
     return n;
   };
 }
@@ -15,29 +16,40 @@ export function int(min: number) {
 export function num(min: number, max = Infinity) {
   return (value: string): number => {
     const n = Number(value);
-    if (value.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`expected a number in [${min}, ${max}], got ${JSON.stringify(value)}`);
+    if (value.trim() === '' || !Number.isFinite(n) || n < min || n > max)
+      throw new InvalidArgumentError(`expected a number in [${min}, ${max}], got ${JSON.stringify(value)}`);
     return n;
   };
 }
 
 export function modules(value: string): LinearModule[] {
-  const list = value.split(',').map((s) => s.trim()).filter(Boolean);
+  const list = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const m of list) {
-    if (!(LINEAR_MODULES as readonly string[]).includes(m)) throw new InvalidArgumentError(`unknown module ${JSON.stringify(m)}; expected a comma list of ${LINEAR_MODULES.join(', ')}`);
+    if (!(LINEAR_MODULES as readonly string[]).includes(m))
+      throw new InvalidArgumentError(
+        `unknown module ${JSON.stringify(m)}; expected a comma list of ${LINEAR_MODULES.join(', ')}`,
+      );
   }
   return list as LinearModule[];
 }
 
 export function oneOf<T extends string>(choices: readonly T[]) {
   return (value: string): T => {
-    if (!(choices as readonly string[]).includes(value)) throw new InvalidArgumentError(`expected one of ${choices.join(', ')}, got ${JSON.stringify(value)}`);
+    if (!(choices as readonly string[]).includes(value))
+      throw new InvalidArgumentError(`expected one of ${choices.join(', ')}, got ${JSON.stringify(value)}`);
     return value as T;
   };
 }
 
 /** A comma list of IP addresses (IPv4 or IPv6). */
 export function addresses(value: string): string[] {
-  const list = value.split(',').map((s) => s.trim()).filter(Boolean);
+  const list = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const a of list) {
     if (canonicalAddress(a) === null) {
       throw new InvalidArgumentError(`${JSON.stringify(a)} is not an IP address; expected a comma list of addresses`);
@@ -49,7 +61,8 @@ export function addresses(value: string): string[] {
 /** A TCP port: 0 (pick a free one) to 65535. */
 export function port(value: string): number {
   const n = Number(value);
-  if (!/^\d+$/.test(value.trim()) || n > 65535) throw new InvalidArgumentError(`expected a port from 0 to 65535 (0: a free one), got ${JSON.stringify(value)}`);
+  if (!/^\d+$/.test(value.trim()) || n > 65535)
+    throw new InvalidArgumentError(`expected a port from 0 to 65535 (0: a free one), got ${JSON.stringify(value)}`);
   return n;
 }
 
@@ -58,6 +71,7 @@ export function host(value: string): string {
   const v = value.trim();
   if (isIP(v)) return v;
   const hostname = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i;
-  if (/^[\d.]+$/.test(v) || !hostname.test(v)) throw new InvalidArgumentError(`expected an IP address or a host name, got ${JSON.stringify(value)}`);
+  if (/^[\d.]+$/.test(v) || !hostname.test(v))
+    throw new InvalidArgumentError(`expected an IP address or a host name, got ${JSON.stringify(value)}`);
   return v;
 }

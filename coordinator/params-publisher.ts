@@ -42,7 +42,10 @@ export class ParamsPublisher {
       const tensors = encodeFloats(delta, down);
       const decoded = decodeFloats(tensors);
       for (let i = 0; i < decoded.length; i++) this.shadow[i] += decoded[i];
-      this.current = { frame: encodeMessage({ type: 'params', paramVersion: version, deltaFrom: previous, tensors }), payload: payloadBytes(tensors) };
+      this.current = {
+        frame: encodeMessage({ type: 'params', paramVersion: version, deltaFrom: previous, tensors }),
+        payload: payloadBytes(tensors),
+      };
     }
     return this.current;
   }
@@ -52,7 +55,10 @@ export class ParamsPublisher {
     if (!this.shadow) return null;
     if (!this.keyframeOfVersion) {
       const tensors = encodeFloats(this.shadow, F32);
-      this.keyframeOfVersion = { frame: encodeMessage({ type: 'params', paramVersion: this.version, tensors }), payload: payloadBytes(tensors) };
+      this.keyframeOfVersion = {
+        frame: encodeMessage({ type: 'params', paramVersion: this.version, tensors }),
+        payload: payloadBytes(tensors),
+      };
     }
     return this.keyframeOfVersion;
   }

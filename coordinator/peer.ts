@@ -27,8 +27,12 @@ export interface PeerEvents {
 /** Hands a WebSocket to `mesh` as a Peer and forwards its events. */
 export function attachWebSocket(mesh: { attach(peer: Peer): PeerEvents }, ws: WebSocket): void {
   const events = mesh.attach({
-    get bufferedAmount() { return ws.bufferedAmount; },
-    get open() { return ws.readyState === ws.OPEN; },
+    get bufferedAmount() {
+      return ws.bufferedAmount;
+    },
+    get open() {
+      return ws.readyState === ws.OPEN;
+    },
     send: (frame) => ws.send(frame),
     close: (code, reason) => ws.close(code, reason),
     terminate: () => ws.terminate(),

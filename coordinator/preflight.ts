@@ -12,7 +12,10 @@ export function readFlagFile(flag: string, path: string): string {
   try {
     return readFileSync(path, 'utf8');
   } catch (err) {
-    fail(ErrorCodes.CONFIG, `${flag} ${path}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    fail(
+      ErrorCodes.CONFIG,
+      `${flag} ${path}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+    );
   }
 }
 
@@ -25,7 +28,10 @@ export function listenError(host: string, port: number, err: NodeJS.ErrnoExcepti
     ENOTFOUND: `--host ${host} does not resolve to an address`,
     EAI_AGAIN: `--host ${host} could not be resolved right now`,
   };
-  return new LoraMeshError(ErrorCodes.CONFIG, why[err.code ?? ''] ?? `cannot listen on ${host}:${port} (${err.code ?? err.message})`);
+  return new LoraMeshError(
+    ErrorCodes.CONFIG,
+    why[err.code ?? ''] ?? `cannot listen on ${host}:${port} (${err.code ?? err.message})`,
+  );
 }
 
 /** Listens on host:port and closes again, so a taken port or a foreign address fails before the model loads. */

@@ -15,7 +15,12 @@ export interface DefenceOptions {
   probation?: number;
 }
 
-export function resultChecks(opts: DefenceOptions, up: CodecSpec, trusted: TrustedModel, log: (line: string) => void): ResultChecks | undefined {
+export function resultChecks(
+  opts: DefenceOptions,
+  up: CodecSpec,
+  trusted: TrustedModel,
+  log: (line: string) => void,
+): ResultChecks | undefined {
   const spotCheck = opts.spotCheck?.fraction ?? DEFAULT_DEFENCE.spotCheck;
   const outlierFactor = opts.outlierFactor ?? DEFAULT_DEFENCE.outlierFactor;
   const probation = opts.probation ?? DEFAULT_DEFENCE.probation;
@@ -25,8 +30,18 @@ export function resultChecks(opts: DefenceOptions, up: CodecSpec, trusted: Trust
   }
   const asked = opts.spotCheck?.tolerance ?? DEFAULT_DEFENCE.tolerance;
   const tolerance = Math.max(asked, CODEC_TOLERANCE_FLOOR[up.name]);
-  if (tolerance > asked) log(`result checks: tolerance raised from ${asked} to ${tolerance} for the ${describeCodec(up)} up codec`);
-  log(`defence: spot checks on ${(100 * spotCheck).toFixed(1)} % of results and the first ${probation} of each worker, `
-    + `outlier screen at ${outlierFactor}× the step's median norm (0: off), tolerance ${tolerance}`);
-  return { spotCheck, probation, outlierFactor, tolerance, secret: randomInt(2 ** 31), recompute: (work, adapter) => trusted.recompute(work, adapter) };
+  if (tolerance > asked)
+    log(`result checks: tolerance raised from ${asked} to ${tolerance} for the ${describeCodec(up)} up codec`);
+  log(
+    `defence: spot checks on ${(100 * spotCheck).toFixed(1)} % of results and the first ${probation} of each worker, ` +
+      `outlier screen at ${outlierFactor}× the step's median norm (0: off), tolerance ${tolerance}`,
+  );
+  return {
+    spotCheck,
+    probation,
+    outlierFactor,
+    tolerance,
+    secret: randomInt(2 ** 31),
+    recompute: (work, adapter) => trusted.recompute(work, adapter),
+  };
 }

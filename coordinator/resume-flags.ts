@@ -34,18 +34,49 @@ export interface RunShape {
 /** The run the flags define on their own (a new run), in run_config.json's shape. */
 export function runShapeFrom(o: TrainFlags): RunShape {
   const data: DataSpec = o.data
-    ? { kind: 'jsonl', path: resolve(o.data), maxTokens: o.maxTokens, pack: o.pack, evalFraction: o.evalFraction, seed: o.seed }
+    ? {
+        kind: 'jsonl',
+        path: resolve(o.data),
+        maxTokens: o.maxTokens,
+        pack: o.pack,
+        evalFraction: o.evalFraction,
+        seed: o.seed,
+      }
     : { kind: 'demo', trainSize: o.trainSize, seed: o.seed };
-  const lora = checkLoraConfig({ r: o.rank, alpha: o.alpha, dropout: o.dropout, targetModules: o.targets, init: o.init, useRslora: o.rslora });
+  const lora = checkLoraConfig({
+    r: o.rank,
+    alpha: o.alpha,
+    dropout: o.dropout,
+    targetModules: o.targets,
+    init: o.init,
+    useRslora: o.rslora,
+  });
   const train = checkTrainConfig({
-    steps: o.steps, globalBatch: o.globalBatch, microBatch: o.microBatch, lr: o.lr, warmupSteps: o.warmup,
-    weightDecay: o.weightDecay, clipNorm: o.clip, seed: o.seed,
+    steps: o.steps,
+    globalBatch: o.globalBatch,
+    microBatch: o.microBatch,
+    lr: o.lr,
+    warmupSteps: o.warmup,
+    weightDecay: o.weightDecay,
+    clipNorm: o.clip,
+    seed: o.seed,
   });
   const codec = (name: CodecName): CodecSpec => (name === 'int8' ? { name, blockSize: o.codecBlock } : { name });
   const wire = { up: codec(o.codecUp ?? o.codec), down: codec(o.codecDown ?? o.codec) };
-  const local: OuterConfig | undefined = o.localSteps > 0
-    ? { steps: o.localSteps, innerLr: o.innerLr ?? o.lr, outerLr: o.outerLr, outerMomentum: o.outerMomentum } : undefined;
-  return { model: resolve(o.model), data, lora, train, wire, ...(local ? { local } : {}), checkpointEvery: o.checkpointEvery, aggregation: o.aggregation };
+  const local: OuterConfig | undefined =
+    o.localSteps > 0
+      ? { steps: o.localSteps, innerLr: o.innerLr ?? o.lr, outerLr: o.outerLr, outerMomentum: o.outerMomentum }
+      : undefined;
+  return {
+    model: resolve(o.model),
+    data,
+    lora,
+    train,
+    wire,
+    ...(local ? { local } : {}),
+    checkpointEvery: o.checkpointEvery,
+    aggregation: o.aggregation,
+  };
 }
 
 /** The flags that define `shape` (runShapeFrom's inverse), so a typed flag is read against the run's own others. */
@@ -57,12 +88,28 @@ export function flagsOf(shape: RunShape): TrainFlags {
     ...(data.kind === 'jsonl'
       ? { data: data.path, maxTokens: data.maxTokens, pack: data.pack, evalFraction: data.evalFraction }
       : { data: undefined, trainSize: data.trainSize }),
-    steps: train.steps, globalBatch: train.globalBatch, microBatch: train.microBatch, lr: train.lr, warmup: train.warmupSteps,
-    weightDecay: train.weightDecay, clip: train.clipNorm, seed: train.seed,
-    rank: lora.r, alpha: lora.alpha, dropout: lora.dropout, targets: lora.targetModules, init: lora.init, rslora: lora.useRslora,
-    codec: wire?.up.name ?? 'f32', codecUp: sameCodec ? undefined : wire!.up.name, codecDown: sameCodec ? undefined : wire!.down.name,
+    steps: train.steps,
+    globalBatch: train.globalBatch,
+    microBatch: train.microBatch,
+    lr: train.lr,
+    warmup: train.warmupSteps,
+    weightDecay: train.weightDecay,
+    clip: train.clipNorm,
+    seed: train.seed,
+    rank: lora.r,
+    alpha: lora.alpha,
+    dropout: lora.dropout,
+    targets: lora.targetModules,
+    init: lora.init,
+    rslora: lora.useRslora,
+    codec: wire?.up.name ?? 'f32',
+    codecUp: sameCodec ? undefined : wire!.up.name,
+    codecDown: sameCodec ? undefined : wire!.down.name,
     codecBlock: [wire?.up, wire?.down].find((c) => c?.name === 'int8')?.blockSize,
-    localSteps: local?.steps ?? 0, innerLr: local?.innerLr, outerLr: local?.outerLr, outerMomentum: local?.outerMomentum,
+    localSteps: local?.steps ?? 0,
+    innerLr: local?.innerLr,
+    outerLr: local?.outerLr,
+    outerMomentum: local?.outerMomentum,
     // an older run_config.json lacks these: the flags' own values stand
     ...(shape.checkpointEvery === undefined ? {} : { checkpointEvery: shape.checkpointEvery }),
     ...(shape.aggregation === undefined ? {} : { aggregation: shape.aggregation }),
@@ -74,17 +121,24 @@ export function flagsOf(shape: RunShape): TrainFlags {
  * run's flags go through (a hand-edited or damaged file fails here, naming the field, not later).
  */
 export function checkRunShape(raw: unknown, file: string): RunShape {
-  const bad = (field: string, value: unknown, expected: string): never => fail(ErrorCodes.CONFIG, `${file}: ${field} should be ${expected}, got ${describe(value)}`);
-  const o = (typeof raw === 'object' && raw !== null ? raw : bad('the file', raw, 'a JSON object')) as Record<string, any>;
+  const bad = (field: string, value: unknown, expected: string): never =>
+    fail(ErrorCodes.CONFIG, `${file}: ${field} should be ${expected}, got ${describe(value)}`);
+  const o = (typeof raw === 'object' && raw !== null ? raw : bad('the file', raw, 'a JSON object')) as Record<
+    string,
+    any
+  >;
   if (typeof o.model !== 'string' || o.model === '') bad('model', o.model, 'a model directory');
   const d = o.data as Record<string, unknown> | undefined;
   if (d?.kind === 'jsonl') {
     if (typeof d.path !== 'string') bad('data.path', d.path, 'a file path');
-    if (d.maxTokens !== undefined && !(Number.isInteger(d.maxTokens) && (d.maxTokens as number) >= 2)) bad('data.maxTokens', d.maxTokens, 'an integer ≥ 2');
+    if (d.maxTokens !== undefined && !(Number.isInteger(d.maxTokens) && (d.maxTokens as number) >= 2))
+      bad('data.maxTokens', d.maxTokens, 'an integer ≥ 2');
     if (typeof d.pack !== 'boolean') bad('data.pack', d.pack, 'true or false');
-    if (typeof d.evalFraction !== 'number' || d.evalFraction < 0 || d.evalFraction >= 1) bad('data.evalFraction', d.evalFraction, 'a number in [0, 1)');
+    if (typeof d.evalFraction !== 'number' || d.evalFraction < 0 || d.evalFraction >= 1)
+      bad('data.evalFraction', d.evalFraction, 'a number in [0, 1)');
   } else if (d?.kind === 'demo') {
-    if (!Number.isInteger(d.trainSize) || (d.trainSize as number) < 1) bad('data.trainSize', d.trainSize, 'an integer ≥ 1');
+    if (!Number.isInteger(d.trainSize) || (d.trainSize as number) < 1)
+      bad('data.trainSize', d.trainSize, 'an integer ≥ 1');
   } else {
     bad('data.kind', d?.kind, '"jsonl" or "demo"');
   }
@@ -93,30 +147,50 @@ export function checkRunShape(raw: unknown, file: string): RunShape {
     try {
       return check();
     } catch (err) {
-      throw err instanceof LoraMeshError ? new LoraMeshError(ErrorCodes.CONFIG, `${file}: ${field}: ${err.message.replace(/^LM_ERR_\w+: /, '')}`) : err;
+      throw err instanceof LoraMeshError
+        ? new LoraMeshError(ErrorCodes.CONFIG, `${file}: ${field}: ${err.message.replace(/^LM_ERR_\w+: /, '')}`)
+        : err;
     }
   };
   const lora = checked('lora', () => checkLoraConfig(o.lora ?? bad('lora', o.lora, 'an object')));
   const train = checked('train', () => checkTrainConfig(o.train ?? bad('train', o.train, 'an object')));
-  const wire = o.wire === undefined ? undefined
-    : { up: checked('wire.up', () => checkCodecSpec(o.wire.up, 'codec')), down: checked('wire.down', () => checkCodecSpec(o.wire.down, 'codec')) };
+  const wire =
+    o.wire === undefined
+      ? undefined
+      : {
+          up: checked('wire.up', () => checkCodecSpec(o.wire.up, 'codec')),
+          down: checked('wire.down', () => checkCodecSpec(o.wire.down, 'codec')),
+        };
   let local: OuterConfig | undefined;
   if (o.local != null) {
     const l = o.local as Record<string, unknown>;
     if (!Number.isInteger(l.steps) || (l.steps as number) < 1) bad('local.steps', l.steps, 'an integer ≥ 1');
-    for (const k of ['innerLr', 'outerLr', 'outerMomentum'] as const) if (typeof l[k] !== 'number' || !Number.isFinite(l[k]) || (l[k] as number) < 0) bad(`local.${k}`, l[k], 'a number ≥ 0');
+    for (const k of ['innerLr', 'outerLr', 'outerMomentum'] as const)
+      if (typeof l[k] !== 'number' || !Number.isFinite(l[k]) || (l[k] as number) < 0)
+        bad(`local.${k}`, l[k], 'a number ≥ 0');
     local = l as unknown as OuterConfig;
   }
-  if (o.checkpointEvery !== undefined && !(Number.isInteger(o.checkpointEvery) && o.checkpointEvery >= 0)) bad('checkpointEvery', o.checkpointEvery, 'an integer ≥ 0');
-  if (o.aggregation !== undefined && !(AGGREGATIONS as readonly string[]).includes(o.aggregation)) bad('aggregation', o.aggregation, `one of ${AGGREGATIONS.join(', ')}`);
+  if (o.checkpointEvery !== undefined && !(Number.isInteger(o.checkpointEvery) && o.checkpointEvery >= 0))
+    bad('checkpointEvery', o.checkpointEvery, 'an integer ≥ 0');
+  if (o.aggregation !== undefined && !(AGGREGATIONS as readonly string[]).includes(o.aggregation))
+    bad('aggregation', o.aggregation, `one of ${AGGREGATIONS.join(', ')}`);
   return {
-    model: o.model, data: d as DataSpec, lora, train, ...(wire ? { wire } : {}), ...(local ? { local } : {}),
-    ...(o.checkpointEvery !== undefined ? { checkpointEvery: o.checkpointEvery } : {}), ...(o.aggregation !== undefined ? { aggregation: o.aggregation } : {}),
+    model: o.model,
+    data: d as DataSpec,
+    lora,
+    train,
+    ...(wire ? { wire } : {}),
+    ...(local ? { local } : {}),
+    ...(o.checkpointEvery !== undefined ? { checkpointEvery: o.checkpointEvery } : {}),
+    ...(o.aggregation !== undefined ? { aggregation: o.aggregation } : {}),
   };
 }
 
 type Pick = (s: RunShape) => unknown;
-const data = (key: string): Pick => (s) => (s.data as Record<string, unknown>)[key];
+const data =
+  (key: string): Pick =>
+  (s) =>
+    (s.data as Record<string, unknown>)[key];
 
 /** commander's option key → the part of the run it sets. */
 const RUN_DEFINING: Record<string, { flag: string; pick: Pick }> = {
@@ -142,7 +216,10 @@ const RUN_DEFINING: Record<string, { flag: string; pick: Pick }> = {
   codec: { flag: '--codec', pick: (s) => s.wire },
   codecUp: { flag: '--codec-up', pick: (s) => s.wire?.up },
   codecDown: { flag: '--codec-down', pick: (s) => s.wire?.down },
-  codecBlock: { flag: '--codec-block', pick: (s) => [s.wire?.up, s.wire?.down].find((c) => c?.name === 'int8')?.blockSize },
+  codecBlock: {
+    flag: '--codec-block',
+    pick: (s) => [s.wire?.up, s.wire?.down].find((c) => c?.name === 'int8')?.blockSize,
+  },
   localSteps: { flag: '--local-steps', pick: (s) => s.local?.steps ?? 0 },
   innerLr: { flag: '--inner-lr', pick: (s) => s.local?.innerLr },
   outerLr: { flag: '--outer-lr', pick: (s) => s.local?.outerLr },
@@ -178,15 +255,27 @@ export function resumeShape(stored: RunShape, flags: TrainFlags, given: Readonly
     const [theirs, ours] = [setting.pick(fromFlags) ?? typed[key], setting.pick(stored)];
     // Settings an older run_config.json did not record are taken from the flag.
     if (ours === undefined && (key === 'checkpointEvery' || key === 'aggregation')) continue;
-    if (JSON.stringify(theirs) !== JSON.stringify(ours)) problems.push(`${setting.flag} ${show(theirs)} contradicts the run's ${show(ours)}`);
+    if (JSON.stringify(theirs) !== JSON.stringify(ours))
+      problems.push(`${setting.flag} ${show(theirs)} contradicts the run's ${show(ours)}`);
   }
   let steps = stored.train.steps;
   if (given.has('steps')) {
-    if (fromFlags.train.steps < stored.train.steps) problems.push(`--steps ${fromFlags.train.steps} is below the run's ${stored.train.steps} (steps may only be raised)`);
+    if (fromFlags.train.steps < stored.train.steps)
+      problems.push(
+        `--steps ${fromFlags.train.steps} is below the run's ${stored.train.steps} (steps may only be raised)`,
+      );
     else steps = fromFlags.train.steps;
   }
   if (problems.length > 0) {
-    fail(ErrorCodes.CONFIG, `--resume ${runDir}: ${problems.join('; ')}. Run-defining settings come from run_config.json; leave these flags out`);
+    fail(
+      ErrorCodes.CONFIG,
+      `--resume ${runDir}: ${problems.join('; ')}. Run-defining settings come from run_config.json; leave these flags out`,
+    );
   }
-  return { ...stored, train: { ...stored.train, steps }, checkpointEvery: fromFlags.checkpointEvery, aggregation: fromFlags.aggregation };
+  return {
+    ...stored,
+    train: { ...stored.train, steps },
+    checkpointEvery: fromFlags.checkpointEvery,
+    aggregation: fromFlags.aggregation,
+  };
 }

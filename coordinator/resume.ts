@@ -13,13 +13,24 @@ import type { Trainer } from './trainer.ts';
 /** What a checkpoint must agree with: the run-defining config (local steps change what a step is). */
 export type CheckpointConfig = { model: string; lora: unknown; train: TrainConfig; local: unknown };
 
-const withoutSteps = (c: unknown) => JSON.stringify({ ...(c as object), train: { ...(c as { train: object }).train, steps: undefined } });
+const withoutSteps = (c: unknown) =>
+  JSON.stringify({ ...(c as object), train: { ...(c as { train: object }).train, steps: undefined } });
 
 /** Imports the newest valid checkpoint into `trainer`; returns its path. */
-export function resumeFromCheckpoint(trainer: Trainer, runDir: RunDir, config: CheckpointConfig, log: (line: string) => void): string {
-  const checkpoint = loadLatestCheckpoint(runDir.path, log) ?? fail(ErrorCodes.STATE, `--resume ${runDir.path}: no valid checkpoint to resume from`);
+export function resumeFromCheckpoint(
+  trainer: Trainer,
+  runDir: RunDir,
+  config: CheckpointConfig,
+  log: (line: string) => void,
+): string {
+  const checkpoint =
+    loadLatestCheckpoint(runDir.path, log) ??
+    fail(ErrorCodes.STATE, `--resume ${runDir.path}: no valid checkpoint to resume from`);
   if (withoutSteps(checkpoint.config) !== withoutSteps(config)) {
-    fail(ErrorCodes.CONFIG, `--resume ${runDir.path}: the checkpoint was made with another model, LoRA or training config`);
+    fail(
+      ErrorCodes.CONFIG,
+      `--resume ${runDir.path}: the checkpoint was made with another model, LoRA or training config`,
+    );
   }
   trainer.importState(checkpoint.state);
   if (!trainer.done) {

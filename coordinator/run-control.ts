@@ -8,11 +8,21 @@ export class RunControl {
   private paused: { promise: Promise<void>; resolve: () => void } | null = null;
   private readonly admin = new AbortController();
 
-  constructor(private readonly signal: AbortSignal | undefined, onStop: () => void) {
+  constructor(
+    private readonly signal: AbortSignal | undefined,
+    onStop: () => void,
+  ) {
     this.stopped = new Promise<void>((resolve) => {
       for (const s of [signal, this.admin.signal]) {
         if (s?.aborted) resolve();
-        s?.addEventListener('abort', () => { onStop(); resolve(); }, { once: true });
+        s?.addEventListener(
+          'abort',
+          () => {
+            onStop();
+            resolve();
+          },
+          { once: true },
+        );
       }
     });
   }

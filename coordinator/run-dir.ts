@@ -3,7 +3,17 @@
  * layout. Files are written to a temp name, fsynced and renamed, so a crash never leaves half a file.
  * A training process opens the folder with RunDir.open, which holds run.lock until close().
  */
-import { appendFileSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import {
+  appendFileSync,
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  writeSync,
+} from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { LoraConfig } from '../shared/config.ts';
 import { ErrorCodes, fail } from '../shared/errors.ts';
@@ -41,7 +51,10 @@ export class RunDir {
   private lock: RunLock | null = null;
 
   /** A folder without a lock: for writing an adapter somewhere (extract). Training uses RunDir.open. */
-  constructor(root: string, readonly runId: string) {
+  constructor(
+    root: string,
+    readonly runId: string,
+  ) {
     this.path = resolve(root, runId);
     mkdirSync(this.path, { recursive: true });
   }
@@ -101,11 +114,13 @@ export class RunDir {
   private truncateAfter(file: string, step: number, keep: (line: { step: number }) => boolean = () => true): void {
     const path = join(this.path, file);
     if (!existsSync(path)) return;
-    const kept = readFileSync(path, 'utf8').split('\n').filter((l) => {
-      if (l.trim() === '') return false;
-      const line = JSON.parse(l) as { step: number };
-      return line.step <= step && keep(line);
-    });
+    const kept = readFileSync(path, 'utf8')
+      .split('\n')
+      .filter((l) => {
+        if (l.trim() === '') return false;
+        const line = JSON.parse(l) as { step: number };
+        return line.step <= step && keep(line);
+      });
     writeAtomic(path, kept.map((l) => l + '\n').join(''));
   }
 
@@ -115,17 +130,32 @@ export class RunDir {
   }
 
   /** Writes adapter_config.json + adapter_model.safetensors into dir (default: the run folder). */
-  writeAdapter(spec: AdapterTensorSpec[], state: AdapterState, lora: LoraConfig, baseModel: string, fanInFanOut: boolean, dir = this.path): string {
+  writeAdapter(
+    spec: AdapterTensorSpec[],
+    state: AdapterState,
+    lora: LoraConfig,
+    baseModel: string,
+    fanInFanOut: boolean,
+    dir = this.path,
+  ): string {
     mkdirSync(dir, { recursive: true });
-    const modules = new Map<string, { A: Float32Array; B: Float32Array; aShape: [number, number]; bShape: [number, number] }>();
+    const modules = new Map<
+      string,
+      { A: Float32Array; B: Float32Array; aShape: [number, number]; bShape: [number, number] }
+    >();
     for (const t of spec) {
-      const m = modules.get(t.modulePath) ?? ({} as { A: Float32Array; B: Float32Array; aShape: [number, number]; bShape: [number, number] });
+      const m =
+        modules.get(t.modulePath) ??
+        ({} as { A: Float32Array; B: Float32Array; aShape: [number, number]; bShape: [number, number] });
       if (t.which === 'A') Object.assign(m, { A: state.get(t.name)!, aShape: t.shape });
       else Object.assign(m, { B: state.get(t.name)!, bShape: t.shape });
       modules.set(t.modulePath, m);
     }
     writeAtomic(join(dir, 'adapter_model.safetensors'), encodePeftAdapter(modules));
-    writeAtomic(join(dir, 'adapter_config.json'), JSON.stringify(peftAdapterConfig(lora, baseModel, fanInFanOut), null, 2) + '\n');
+    writeAtomic(
+      join(dir, 'adapter_config.json'),
+      JSON.stringify(peftAdapterConfig(lora, baseModel, fanInFanOut), null, 2) + '\n',
+    );
     return dir;
   }
 }
@@ -134,7 +164,9 @@ function refuseExistingRun(path: string): void {
   const existing = ['run_config.json', 'metrics.jsonl'].find((name) => existsSync(join(path, name)));
   if (existing) {
     const shown = displayPath(path);
-    fail(ErrorCodes.CONFIG,
-      `run folder ${shown} already exists (it has ${existing}); pick another --run-id or continue it with --resume ${shown}`);
+    fail(
+      ErrorCodes.CONFIG,
+      `run folder ${shown} already exists (it has ${existing}); pick another --run-id or continue it with --resume ${shown}`,
+    );
   }
 }

@@ -51,7 +51,10 @@ export function acquireRunLock(dir: string, log: (line: string) => void = (line)
   const path = join(dir, LOCK_FILE);
   const shown = displayPath(dir);
   const self: LockHolder = {
-    pid: process.pid, host: hostname(), startedAt: new Date().toISOString(), processStart: processStartTime('self'),
+    pid: process.pid,
+    host: hostname(),
+    startedAt: new Date().toISOString(),
+    processStart: processStartTime('self'),
   };
   const content = JSON.stringify(self) + '\n';
   for (let attempt = 0; attempt < 3; attempt++) {
@@ -130,8 +133,12 @@ function readOrNull(path: string): string | null {
 function parseHolder(raw: string): LockHolder | null {
   try {
     const h = JSON.parse(raw) as Partial<LockHolder>;
-    const ok = Number.isInteger(h.pid) && (h.pid as number) > 0 && typeof h.host === 'string'
-      && typeof h.startedAt === 'string' && (h.processStart === null || typeof h.processStart === 'number');
+    const ok =
+      Number.isInteger(h.pid) &&
+      (h.pid as number) > 0 &&
+      typeof h.host === 'string' &&
+      typeof h.startedAt === 'string' &&
+      (h.processStart === null || typeof h.processStart === 'number');
     return ok ? (h as LockHolder) : null;
   } catch {
     return null;
@@ -167,12 +174,16 @@ function unreadableStaleReason(path: string): string | null {
 
 function lockedError(shown: string, holder: LockHolder | null): LoraMeshError {
   if (!holder) {
-    return new LoraMeshError(ErrorCodes.LOCKED, `${shown} is locked: its run.lock is being written or unreadable; `
-      + `if no process uses the folder, remove ${join(shown, LOCK_FILE)} by hand`);
+    return new LoraMeshError(
+      ErrorCodes.LOCKED,
+      `${shown} is locked: its run.lock is being written or unreadable; ` +
+        `if no process uses the folder, remove ${join(shown, LOCK_FILE)} by hand`,
+    );
   }
-  const remote = holder.host !== hostname()
-    ? `; a lock from another host is never taken over: if that host is gone, remove ${join(shown, LOCK_FILE)} by hand`
-    : '; stop that process or wait for it';
+  const remote =
+    holder.host !== hostname()
+      ? `; a lock from another host is never taken over: if that host is gone, remove ${join(shown, LOCK_FILE)} by hand`
+      : '; stop that process or wait for it';
   return new LoraMeshError(ErrorCodes.LOCKED, `${shown} is in use by ${describeHolder(holder)}${remote}`);
 }
 

@@ -53,7 +53,9 @@ export class StepSchedule {
   remaining: number;
 
   constructor(
-    readonly step: number, readonly tokens: number[], private readonly estimate: Estimate,
+    readonly step: number,
+    readonly tokens: number[],
+    private readonly estimate: Estimate,
     private readonly opts: ScheduleOptions = DEFAULT_SCHEDULE,
   ) {
     this.queue = tokens.map((_, i) => i);
@@ -87,7 +89,12 @@ export class StepSchedule {
     }
     if (index === undefined) return null;
     const attempt: Attempt = {
-      assignmentId: nanoid(12), index, workerId, sentAt: now, reason, outcome: 'pending',
+      assignmentId: nanoid(12),
+      index,
+      workerId,
+      sentAt: now,
+      reason,
+      outcome: 'pending',
       deadline: now + this.opts.deadlineFactor * this.expected(workerId, index) + this.opts.deadlineSlackMs,
     };
     this.attempts.set(attempt.assignmentId, attempt);
@@ -133,7 +140,8 @@ export class StepSchedule {
     if (!a || a.outcome !== 'pending') return;
     a.outcome = outcome;
     a.finishedAt = now;
-    if (!this.done[a.index] && this.live(a.index).length === 0 && !this.queue.includes(a.index)) this.queue.unshift(a.index);
+    if (!this.done[a.index] && this.live(a.index).length === 0 && !this.queue.includes(a.index))
+      this.queue.unshift(a.index);
   }
 
   /** A used result turned out untrustworthy (its worker failed a spot check): compute it again. */
@@ -168,7 +176,10 @@ export class StepSchedule {
       const attempts = this.byIndex[index];
       const used = attempts.find((a) => a.outcome === 'used');
       return {
-        step: this.step, index, usedAssignment: used?.assignmentId ?? null, usedWorker: used?.workerId ?? null,
+        step: this.step,
+        index,
+        usedAssignment: used?.assignmentId ?? null,
+        usedWorker: used?.workerId ?? null,
         attempts: attempts.map(({ index: _i, ...rest }) => rest),
       };
     });

@@ -25,7 +25,12 @@ import { attachWebSocket } from './peer.ts';
 import type { ModelFile } from './model-dir.ts';
 import type { RunMonitor } from './monitor.ts';
 import {
-  AddressCounter, canonicalAddress, clientAddress, clientKey, resolveNetLimits, type NetLimits,
+  AddressCounter,
+  canonicalAddress,
+  clientAddress,
+  clientKey,
+  resolveNetLimits,
+  type NetLimits,
 } from './net-limits.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -81,13 +86,16 @@ export function tokenFromUpgrade(req: IncomingMessage): string | undefined {
   const auth = req.headers.authorization;
   if (auth?.startsWith('Bearer ')) return auth.slice(7);
   for (const p of (req.headers['sec-websocket-protocol'] ?? '').split(',').map((x) => x.trim())) {
-    if (p.startsWith('loramesh.token.')) return Buffer.from(p.slice('loramesh.token.'.length), 'base64url').toString('utf8');
+    if (p.startsWith('loramesh.token.'))
+      return Buffer.from(p.slice('loramesh.token.'.length), 'base64url').toString('utf8');
   }
   return undefined;
 }
 
 function refuseUpgrade(socket: Duplex, status: number, reason: string, code: string): void {
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\nX-Loramesh-Error: ${code}\r\n\r\n${code}: ${reason}\n`);
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\nX-Loramesh-Error: ${code}\r\n\r\n${code}: ${reason}\n`,
+  );
   socket.destroy();
 }
 
@@ -117,7 +125,11 @@ const STATIC: Record<string, { file: string; type: string }> = {
 const WASM = ['tfjs-backend-wasm.wasm', 'tfjs-backend-wasm-simd.wasm', 'tfjs-backend-wasm-threaded-simd.wasm'];
 
 // Cross-origin isolation lets browsers run the wasm backend multi-threaded (SharedArrayBuffer).
-const ISOLATION = { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp', 'cross-origin-resource-policy': 'same-origin' };
+const ISOLATION = {
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-embedder-policy': 'require-corp',
+  'cross-origin-resource-policy': 'same-origin',
+};
 
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   ensureWebBuild();
@@ -131,7 +143,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const streams = new EventStreams(limits, (line) => opts.monitor.log(line));
   const handler = (req: IncomingMessage, res: ServerResponse) => {
     if (req.url?.startsWith('/api/admin/')) return handleAdmin(req, res, opts);
-    if (opts.dashboardAccess === 'admin' && req.url?.startsWith('/api/') && !tokenMatches(bearer(req), opts.adminToken ?? '')) {
+    if (
+      opts.dashboardAccess === 'admin' &&
+      req.url?.startsWith('/api/') &&
+      !tokenMatches(bearer(req), opts.adminToken ?? '')
+    ) {
       res.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify({ error: ErrorCodes.AUTH }));
       return;
     }
@@ -140,7 +156,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   // Slow-loris: the request head (the upgrade included) must arrive within headersTimeout; Node
   // checks that every connectionsCheckingInterval, so keep the interval below the timeout.
   const headersTimeout = opts.headersTimeoutMs ?? DEFAULT_SECURITY.handshakeTimeoutMs;
-  const timeouts = { headersTimeout, requestTimeout: Math.max(60_000, headersTimeout), connectionsCheckingInterval: Math.max(100, Math.min(5000, headersTimeout / 2)) };
+  const timeouts = {
+    headersTimeout,
+    requestTimeout: Math.max(60_000, headersTimeout),
+    connectionsCheckingInterval: Math.max(100, Math.min(5000, headersTimeout / 2)),
+  };
   const http: Server = opts.tls
     ? createHttpsServer({ cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key), ...timeouts }, handler)
     : createServer(timeouts, handler);
@@ -153,16 +173,19 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     socket.once('close', () => tcp.remove(client));
   });
   const wss = new WebSocketServer({
-    noServer: true, maxPayload: opts.maxPayload,
+    noServer: true,
+    maxPayload: opts.maxPayload,
     handleProtocols: (protocols) => (protocols.has('loramesh') ? 'loramesh' : false),
   });
   wss.on('connection', (ws) => attachWebSocket(opts.mesh, ws));
   // Every check happens here, before a WebSocket exists: a refused peer costs one HTTP response.
   http.on('upgrade', (req, socket, head) => {
     socket.on('error', () => socket.destroy());
-    if (new URL(req.url ?? '/', 'http://x').pathname !== '/ws') return refuseUpgrade(socket, 404, 'Not Found', 'LM_ERR_STATE');
+    if (new URL(req.url ?? '/', 'http://x').pathname !== '/ws')
+      return refuseUpgrade(socket, 404, 'Not Found', 'LM_ERR_STATE');
     const origin = req.headers.origin;
-    if (origin && opts.allowedOrigins && !opts.allowedOrigins.includes(origin)) return refuseUpgrade(socket, 403, 'Forbidden origin', ErrorCodes.ORIGIN);
+    if (origin && opts.allowedOrigins && !opts.allowedOrigins.includes(origin))
+      return refuseUpgrade(socket, 403, 'Forbidden origin', ErrorCodes.ORIGIN);
     if (wss.clients.size >= limits.maxConnections) {
       return refuseUpgrade(socket, 503, 'Too many connections', ErrorCodes.LIMIT);
     }
@@ -174,7 +197,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       // Browsers cannot read the status of a refused upgrade, only a close code: a page that
       // offered a token subprotocol gets the socket closed at once (1008, closeCodeFor) and the reason,
       // so it stops instead of retrying. It never reaches the mesh. Anyone else gets 401.
-      if (!(req.headers['sec-websocket-protocol'] ?? '').includes('loramesh.token.')) return refuseUpgrade(socket, 401, 'Unauthorized', ErrorCodes.AUTH);
+      if (!(req.headers['sec-websocket-protocol'] ?? '').includes('loramesh.token.'))
+        return refuseUpgrade(socket, 401, 'Unauthorized', ErrorCodes.AUTH);
       wss.handleUpgrade(req, socket, head, (ws) => ws.close(closeCodeFor(ErrorCodes.AUTH), ErrorCodes.AUTH));
       return;
     }
@@ -199,19 +223,26 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     url: `http${secure}://${host}:${port}`,
     wsUrl: `ws${secure}://${host}:${port}/ws`,
     openConnections: () => ({ tcp: tcp.total, workers: workers.total, eventStreams: streams.size }),
-    close: () => new Promise((resolve) => {
-      clearInterval(heartbeat);
-      unsubscribe();
-      streams.closeAll();
-      for (const client of wss.clients) client.terminate();
-      // wss.close calls back once every worker socket has closed: the mesh logs "worker … left" before this resolves.
-      Promise.all([new Promise((r) => wss.close(r)), new Promise((r) => http.close(r))]).then(() => resolve());
-      http.closeAllConnections();
-    }),
+    close: () =>
+      new Promise((resolve) => {
+        clearInterval(heartbeat);
+        unsubscribe();
+        streams.closeAll();
+        for (const client of wss.clients) client.terminate();
+        // wss.close calls back once every worker socket has closed: the mesh logs "worker … left" before this resolves.
+        Promise.all([new Promise((r) => wss.close(r)), new Promise((r) => http.close(r))]).then(() => resolve());
+        http.closeAllConnections();
+      }),
   };
 }
 
-function sendFile(req: IncomingMessage, res: ServerResponse, path: string, type: string, extra: Record<string, string | number> = {}): void {
+function sendFile(
+  req: IncomingMessage,
+  res: ServerResponse,
+  path: string,
+  type: string,
+  extra: Record<string, string | number> = {},
+): void {
   if (!existsSync(path)) {
     res.writeHead(404, { 'content-type': 'text/plain' }).end('not built: run npm install\n');
     return;
@@ -221,31 +252,46 @@ function sendFile(req: IncomingMessage, res: ServerResponse, path: string, type:
   else createReadStream(path).pipe(res);
 }
 
-const bearer = (req: IncomingMessage) => (req.headers.authorization?.startsWith('Bearer ') ? req.headers.authorization.slice(7) : undefined);
+const bearer = (req: IncomingMessage) =>
+  req.headers.authorization?.startsWith('Bearer ') ? req.headers.authorization.slice(7) : undefined;
 
 function handleAdmin(req: IncomingMessage, res: ServerResponse, opts: ServerOptions): void {
-  const reply = (status: number, body: object): void => void res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
+  const reply = (status: number, body: object): void =>
+    void res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
   if (req.method !== 'POST') return void res.writeHead(405, { allow: 'POST' }).end();
-  if (!opts.adminToken || !opts.admin) return reply(404, { error: 'admin actions are disabled (start with --admin-token)' });
+  if (!opts.adminToken || !opts.admin)
+    return reply(404, { error: 'admin actions are disabled (start with --admin-token)' });
   if (!tokenMatches(bearer(req), opts.adminToken)) return reply(401, { error: ErrorCodes.AUTH });
   const url = new URL(req.url ?? '/', 'http://localhost');
   const action = url.pathname.slice('/api/admin/'.length);
   const worker = url.searchParams.get('worker');
   opts.monitor.log(`admin: ${cleanPeerText(action, 40)}${worker ? ` ${cleanPeerText(worker, 40)}` : ''}`);
   switch (action) {
-    case 'pause': opts.admin.pause(); return reply(200, { ok: true });
-    case 'resume': opts.admin.resume(); return reply(200, { ok: true });
-    case 'stop': opts.admin.stop(); return reply(200, { ok: true });
+    case 'pause':
+      opts.admin.pause();
+      return reply(200, { ok: true });
+    case 'resume':
+      opts.admin.resume();
+      return reply(200, { ok: true });
+    case 'stop':
+      opts.admin.stop();
+      return reply(200, { ok: true });
     case 'kick': {
       const id = url.searchParams.get('worker') ?? '';
-      return opts.admin.kick(id) ? reply(200, { ok: true }) : reply(404, { error: `no worker ${JSON.stringify(id.slice(0, 40))}` });
+      return opts.admin.kick(id)
+        ? reply(200, { ok: true })
+        : reply(404, { error: `no worker ${JSON.stringify(id.slice(0, 40))}` });
     }
-    default: return reply(404, { error: 'unknown admin action' });
+    default:
+      return reply(404, { error: 'unknown admin action' });
   }
 }
 
 function handleHttp(
-  req: IncomingMessage, res: ServerResponse, bySha: Map<string, ModelFile>, monitor: RunMonitor,
+  req: IncomingMessage,
+  res: ServerResponse,
+  bySha: Map<string, ModelFile>,
+  monitor: RunMonitor,
   openEventStream: (headers: Record<string, string>) => void,
 ): void {
   const url = new URL(req.url ?? '/', 'http://localhost');
@@ -257,15 +303,22 @@ function handleHttp(
   if (file) {
     const f = bySha.get(file[1]);
     if (!f) res.writeHead(404, { 'content-type': 'text/plain' }).end('no such file in this run\n');
-    else sendFile(req, res, f.path, 'application/octet-stream', { 'cache-control': 'public, max-age=31536000, immutable', etag: `"${f.sha256}"` });
+    else
+      sendFile(req, res, f.path, 'application/octet-stream', {
+        'cache-control': 'public, max-age=31536000, immutable',
+        etag: `"${f.sha256}"`,
+      });
     return;
   }
   const page = STATIC[url.pathname];
   if (page) return sendFile(req, res, join(webDir, page.file), page.type, { 'cache-control': 'no-cache' });
   const wasm = /^\/wasm\/([a-z-]+\.wasm)$/.exec(url.pathname);
-  if (wasm && WASM.includes(wasm[1])) return sendFile(req, res, join(wasmDir, wasm[1]), 'application/wasm', { 'cache-control': 'public, max-age=86400' });
+  if (wasm && WASM.includes(wasm[1]))
+    return sendFile(req, res, join(wasmDir, wasm[1]), 'application/wasm', { 'cache-control': 'public, max-age=86400' });
   if (url.pathname === '/api/status') {
-    res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store', ...ISOLATION }).end(JSON.stringify(monitor.snapshot()));
+    res
+      .writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store', ...ISOLATION })
+      .end(JSON.stringify(monitor.snapshot()));
     return;
   }
   if (url.pathname === '/api/events') return openEventStream(ISOLATION);

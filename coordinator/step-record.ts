@@ -39,21 +39,46 @@ export interface RunSizes {
  */
 export function stepRecord(m: StepMetrics, traffic: Traffic, workers: number, sizes: RunSizes): StepRecord {
   const receivers = Math.max(1, workers);
-  const baseline = (parameters: number) => 4 * parameters * (m.microBatches + (m.samples / sizes.globalBatch) * receivers);
+  const baseline = (parameters: number) =>
+    4 * parameters * (m.microBatches + (m.samples / sizes.globalBatch) * receivers);
   return {
     ...m,
-    bytesUp: traffic.bytesIn, bytesDown: traffic.bytesOut, payloadUp: traffic.payloadIn, payloadDown: traffic.payloadOut,
-    paramsDown: traffic.outParams, dataDown: traffic.outAssign, otherDown: traffic.outOther, framesUp: traffic.framesIn, framesDown: traffic.framesOut,
-    fp32LoraBytes: baseline(sizes.adapterParameters), fullFineTuneBytes: baseline(sizes.modelParameters), workers,
+    bytesUp: traffic.bytesIn,
+    bytesDown: traffic.bytesOut,
+    payloadUp: traffic.payloadIn,
+    payloadDown: traffic.payloadOut,
+    paramsDown: traffic.outParams,
+    dataDown: traffic.outAssign,
+    otherDown: traffic.outOther,
+    framesUp: traffic.framesIn,
+    framesDown: traffic.framesOut,
+    fp32LoraBytes: baseline(sizes.adapterParameters),
+    fullFineTuneBytes: baseline(sizes.modelParameters),
+    workers,
   };
 }
 
 /** The record as one metrics.jsonl line (the file's field names, unchanged since protocol 2). */
 export function metricsLine(r: StepRecord): Record<string, unknown> {
   return {
-    step: r.step, loss: r.loss, lr: r.lr, grad_norm: r.gradNorm, tokens: r.tokens, samples: r.samples, tokens_per_s: r.tokensPerSecond, step_ms: r.stepMs,
-    bytes_up: r.bytesUp, bytes_down: r.bytesDown, payload_up: r.payloadUp, payload_down: r.payloadDown, data_down: r.dataDown,
-    frames_up: r.framesUp, frames_down: r.framesDown, fp32_lora_bytes: r.fp32LoraBytes, full_ft_bytes: r.fullFineTuneBytes,
-    ...(r.factorGap !== undefined ? { factor_gap: r.factorGap } : {}), workers: r.workers,
+    step: r.step,
+    loss: r.loss,
+    lr: r.lr,
+    grad_norm: r.gradNorm,
+    tokens: r.tokens,
+    samples: r.samples,
+    tokens_per_s: r.tokensPerSecond,
+    step_ms: r.stepMs,
+    bytes_up: r.bytesUp,
+    bytes_down: r.bytesDown,
+    payload_up: r.payloadUp,
+    payload_down: r.payloadDown,
+    data_down: r.dataDown,
+    frames_up: r.framesUp,
+    frames_down: r.framesDown,
+    fp32_lora_bytes: r.fp32LoraBytes,
+    full_ft_bytes: r.fullFineTuneBytes,
+    ...(r.factorGap !== undefined ? { factor_gap: r.factorGap } : {}),
+    workers: r.workers,
   };
 }

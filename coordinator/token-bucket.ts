@@ -3,7 +3,11 @@ export class TokenBucket {
   private tokens: number;
   private at: number;
 
-  constructor(private readonly rate: number, private readonly burstSeconds = 2, now = Date.now()) {
+  constructor(
+    private readonly rate: number,
+    private readonly burstSeconds = 2,
+    now = Date.now(),
+  ) {
     this.tokens = rate * burstSeconds;
     this.at = now;
   }

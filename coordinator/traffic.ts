@@ -29,7 +29,17 @@ export interface Traffic {
   framesOut: number;
 }
 
-const ZERO: Traffic = { bytesIn: 0, bytesOut: 0, payloadIn: 0, payloadOut: 0, outParams: 0, outAssign: 0, outOther: 0, framesIn: 0, framesOut: 0 };
+const ZERO: Traffic = {
+  bytesIn: 0,
+  bytesOut: 0,
+  payloadIn: 0,
+  payloadOut: 0,
+  outParams: 0,
+  outAssign: 0,
+  outOther: 0,
+  framesIn: 0,
+  framesOut: 0,
+};
 
 export class ByteCounter {
   private readonly t: Traffic = { ...ZERO };

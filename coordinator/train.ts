@@ -135,7 +135,8 @@ export interface RunResult {
 }
 
 export async function runTraining(opts: RunOptions): Promise<RunResult> {
-  const runId = opts.runId ?? `${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}-${nanoid(6)}`;
+  const runId =
+    opts.runId ?? `${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}-${nanoid(6)}`;
   // The folder's run.lock is held for the whole run, whichever way it ends.
   const runDir = RunDir.open(opts.outDir, runId, { mode: opts.resume ? 'resume' : 'new', log: opts.log });
   try {
@@ -152,30 +153,71 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
   const checkpointConfig: CheckpointConfig = { model: model.dir, lora, train, local: opts.local };
   if (!opts.resume) {
     runDir.writeConfig({
-      runId, ...checkpointConfig, wire: opts.wire, modelConfig: model.config, data: opts.dataSpec ?? null, localWorkers: opts.localWorkers, inProcess: !!opts.inProcess,
-      checkpointEvery: opts.checkpointEvery ?? 0, aggregation: opts.aggregation ?? 'sum',
+      runId,
+      ...checkpointConfig,
+      wire: opts.wire,
+      modelConfig: model.config,
+      data: opts.dataSpec ?? null,
+      localWorkers: opts.localWorkers,
+      inProcess: !!opts.inProcess,
+      checkpointEvery: opts.checkpointEvery ?? 0,
+      aggregation: opts.aggregation ?? 'sum',
     });
   }
 
   // 1. The executor: this process, or the worker mesh with its result checks.
   const spec = adapterSpec(model.config, lora);
-  const wire = { up: checkCodecSpec(opts.wire?.up ?? F32, 'wire up codec'), down: checkCodecSpec(opts.wire?.down ?? F32, 'wire down codec') };
+  const wire = {
+    up: checkCodecSpec(opts.wire?.up ?? F32, 'wire up codec'),
+    down: checkCodecSpec(opts.wire?.down ?? F32, 'wire down codec'),
+  };
   const local = opts.local ? checkLocal(opts.local) : undefined;
-  const inner = { beta1: train.beta1, beta2: train.beta2, eps: train.eps, weightDecay: train.weightDecay, clipNorm: train.clipNorm };
+  const inner = {
+    beta1: train.beta1,
+    beta2: train.beta2,
+    eps: train.eps,
+    weightDecay: train.weightDecay,
+    clipNorm: train.clipNorm,
+  };
   const trusted = new TrustedModel(model.config, lora, spec, inner, () => opts.weights ?? loadWeights(model).weights);
-  const mesh = opts.inProcess ? null : new MeshExecutor({
-    manifest: {
-      runId, model: { config: model.config, files: model.files.map(({ name, sha256, bytes }) => ({ name, sha256, bytes })) }, lora,
-      adapter: spec.map((t) => ({ name: t.name, shape: t.shape })), wire, ...(local ? { local: { steps: local.steps, ...inner } } : {}),
-    },
-    checks: resultChecks(opts, wire.up, trusted, (line) => log(line)), log: (line) => log(line), schedule: opts.schedule, security: opts.security,
-  });
+  const mesh = opts.inProcess
+    ? null
+    : new MeshExecutor({
+        manifest: {
+          runId,
+          model: {
+            config: model.config,
+            files: model.files.map(({ name, sha256, bytes }) => ({ name, sha256, bytes })),
+          },
+          lora,
+          adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
+          wire,
+          ...(local ? { local: { steps: local.steps, ...inner } } : {}),
+        },
+        checks: resultChecks(opts, wire.up, trusted, (line) => log(line)),
+        log: (line) => log(line),
+        schedule: opts.schedule,
+        security: opts.security,
+      });
   const executor = mesh ?? new InProcessExecutor(trusted.get().model, trusted.get().base, spec, lora, inner);
-  const trainer = new Trainer({
-    model: model.config, lora, train, examples: opts.examples, padId: model.tokenizer.padId, initialAdapter: opts.initialAdapter, aggregation: opts.aggregation, local,
-  }, executor);
-  const localSteps = local ? `local steps: H=${local.steps}, inner lr ${local.innerLr}, outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}` : '';
-  if (mesh) log(`wire: ${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down${local ? `; ${localSteps}` : ''}`);
+  const trainer = new Trainer(
+    {
+      model: model.config,
+      lora,
+      train,
+      examples: opts.examples,
+      padId: model.tokenizer.padId,
+      initialAdapter: opts.initialAdapter,
+      aggregation: opts.aggregation,
+      local,
+    },
+    executor,
+  );
+  const localSteps = local
+    ? `local steps: H=${local.steps}, inner lr ${local.innerLr}, outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}`
+    : '';
+  if (mesh)
+    log(`wire: ${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down${local ? `; ${localSteps}` : ''}`);
   else if (local) log(localSteps);
 
   // 2. Resume, if asked; a finished run has nothing to do.
@@ -185,11 +227,26 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
     checkpointedStep = trainer.step;
     if (trainer.done) {
       mesh?.close();
-      log(`run ${runId} already finished: step ${trainer.step} of ${train.steps}; nothing to do (raise --steps to train further)`);
+      log(
+        `run ${runId} already finished: step ${trainer.step} of ${train.steps}; nothing to do (raise --steps to train further)`,
+      );
       return {
-        runId, runDir: runDir.path, adapter: trainer.adapter, metrics: [], bytesUp: 0, bytesDown: 0, workers: 0, fullFineTuneBytes: 0,
-        adapterParameters: adapterParameterCount(spec), modelParameters: 0, evalLosses: [], step: trainer.step,
-        interrupted: false, alreadyFinished: true, rejections: {}, quarantined: 0,
+        runId,
+        runDir: runDir.path,
+        adapter: trainer.adapter,
+        metrics: [],
+        bytesUp: 0,
+        bytesDown: 0,
+        workers: 0,
+        fullFineTuneBytes: 0,
+        adapterParameters: adapterParameterCount(spec),
+        modelParameters: 0,
+        evalLosses: [],
+        step: trainer.step,
+        interrupted: false,
+        alreadyFinished: true,
+        rejections: {},
+        quarantined: 0,
       };
     }
     log(`resuming ${runId} at step ${trainer.step} of ${train.steps} from ${path}`);
@@ -197,17 +254,32 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
   // Checkpoints hold what resume needs (state + config); the ledger stays in ledger.jsonl, truncated on resume.
   const checkpoint = () => {
     if (checkpointedStep === trainer.step) return;
-    log(`checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig }, opts.keepCheckpoints ?? DEFAULT_DEPLOYMENT.keepCheckpoints)}`);
+    log(
+      `checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig }, opts.keepCheckpoints ?? DEFAULT_DEPLOYMENT.keepCheckpoints)}`,
+    );
     checkpointedStep = trainer.step;
   };
 
   // 3. What the run shows: the dashboard's monitor (every log line goes there too) and the eval loss.
-  const modelParameters = [...parameterShapes(model.config).values()].reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
-  const monitor = new RunMonitor({
-    runId, model: model.dir, modelType: model.config.model_type, modelParameters, adapterParameters: adapterParameterCount(spec),
-    steps: train.steps, lora, train, wire: mesh ? `${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down` : null,
-    local: local ? { steps: local.steps, outerLr: local.outerLr, outerMomentum: local.outerMomentum } : null,
-  }, () => mesh?.info() ?? []);
+  const modelParameters = [...parameterShapes(model.config).values()].reduce(
+    (n, s) => n + s.reduce((a, b) => a * b, 1),
+    0,
+  );
+  const monitor = new RunMonitor(
+    {
+      runId,
+      model: model.dir,
+      modelType: model.config.model_type,
+      modelParameters,
+      adapterParameters: adapterParameterCount(spec),
+      steps: train.steps,
+      lora,
+      train,
+      wire: mesh ? `${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down` : null,
+      local: local ? { steps: local.steps, outerLr: local.outerLr, outerMomentum: local.outerMomentum } : null,
+    },
+    () => mesh?.info() ?? [],
+  );
   log = (line: string) => {
     monitor.log(line);
     userLog(line);
@@ -224,18 +296,35 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
   };
 
   // 4. Control (signals, admin) and the network edge.
-  const control = new RunControl(opts.signal, () => mesh?.abort(new LoraMeshError(ErrorCodes.STATE, 'the run was stopped')));
+  const control = new RunControl(opts.signal, () =>
+    mesh?.abort(new LoraMeshError(ErrorCodes.STATE, 'the run was stopped')),
+  );
   let server: RunningServer | null = null;
   let children: ReturnType<typeof spawnLocalWorkers> = [];
   if (mesh) {
     // The largest legitimate frame is a result: 4 bytes per adapter value plus framing.
     const maxPayload = 4 * adapterParameterCount(spec) + 64 * 1024 + 16 * spec.length * 64;
     server = await startServer({
-      host: opts.host ?? DEFAULT_DEPLOYMENT.host, port: opts.port ?? DEFAULT_DEPLOYMENT.port, files: model.files, mesh, maxPayload,
-      heartbeatMs: opts.heartbeatMs ?? DEFAULT_DEPLOYMENT.heartbeatMs, token: opts.token, allowedOrigins: opts.allowedOrigins, maxConnections: opts.maxConnections, tls: opts.tls,
+      host: opts.host ?? DEFAULT_DEPLOYMENT.host,
+      port: opts.port ?? DEFAULT_DEPLOYMENT.port,
+      files: model.files,
+      mesh,
+      maxPayload,
+      heartbeatMs: opts.heartbeatMs ?? DEFAULT_DEPLOYMENT.heartbeatMs,
+      token: opts.token,
+      allowedOrigins: opts.allowedOrigins,
+      maxConnections: opts.maxConnections,
+      tls: opts.tls,
       limits: roomForLocalWorkers(opts.netLimits, opts.localWorkers),
-      headersTimeoutMs: opts.security?.handshakeTimeoutMs, adminToken: opts.adminToken, dashboardAccess: opts.dashboardAccess,
-      admin: { pause: () => control.pause(), resume: () => control.resume(), stop: () => control.stop(), kick: (id) => mesh.kick(id) },
+      headersTimeoutMs: opts.security?.handshakeTimeoutMs,
+      adminToken: opts.adminToken,
+      dashboardAccess: opts.dashboardAccess,
+      admin: {
+        pause: () => control.pause(),
+        resume: () => control.resume(),
+        stop: () => control.stop(),
+        kick: (id) => mesh.kick(id),
+      },
       monitor,
     });
     log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
@@ -245,11 +334,25 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
   // 5. Workers, then the steps.
   const metrics: StepRecord[] = [];
   const showBar = opts.progress ?? process.stderr.isTTY;
-  const bar = showBar ? new cliProgress.SingleBar({ format: 'train |{bar}| step {value}/{total} | loss {loss} | {tps} tok/s | ETA {eta_formatted}', hideCursor: true }, cliProgress.Presets.shades_classic) : null;
+  const bar = showBar
+    ? new cliProgress.SingleBar(
+        {
+          format: 'train |{bar}| step {value}/{total} | loss {loss} | {tps} tok/s | ETA {eta_formatted}',
+          hideCursor: true,
+        },
+        cliProgress.Presets.shades_classic,
+      )
+    : null;
   try {
     if (mesh && server) {
       if (opts.localWorkers > 0) {
-        children = spawnLocalWorkers(opts.localWorkers, server.wsUrl, { backend: opts.backend ?? DEFAULT_DEPLOYMENT.backend, cacheDir: opts.cacheDir, token: opts.token, stdio: opts.workerOutput ?? 'inherit', env: opts.workerEnv });
+        children = spawnLocalWorkers(opts.localWorkers, server.wsUrl, {
+          backend: opts.backend ?? DEFAULT_DEPLOYMENT.backend,
+          cacheDir: opts.cacheDir,
+          token: opts.token,
+          stdio: opts.workerOutput ?? 'inherit',
+          env: opts.workerEnv,
+        });
       }
       const minWorkers = opts.minWorkers ?? Math.max(1, opts.localWorkers);
       if (opts.localWorkers === 0) log(`waiting for ${minWorkers} worker(s): loramesh worker ${server.wsUrl}`);
@@ -281,7 +384,12 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
       const record = stepRecord(m, trafficSince(lastTraffic, now), mesh?.readyCount() ?? 0, sizes);
       lastTraffic = now;
       metrics.push(record);
-      runDir.appendLedger(m.step, mesh ? mesh.lastLedger : [{ step: m.step - 1, worker: 'in-process', microBatches: train.globalBatch / train.microBatch }]);
+      runDir.appendLedger(
+        m.step,
+        mesh
+          ? mesh.lastLedger
+          : [{ step: m.step - 1, worker: 'in-process', microBatches: train.globalBatch / train.microBatch }],
+      );
       monitor.step(record);
       runDir.appendMetrics(metricsLine(record));
       bar?.update(m.step, { loss: m.loss.toFixed(4), tps: m.tokensPerSecond.toFixed(0) });
@@ -289,14 +397,19 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
       if (evaluate && opts.evalEvery && m.step % opts.evalEvery === 0 && m.step !== train.steps) runEval();
       if (opts.checkpointEvery && m.step % opts.checkpointEvery === 0) checkpoint();
       await control.holdIfPaused(log, m.step);
-      if (!bar && (m.step % 10 === 0 || m.step === train.steps)) log(`step ${m.step}/${train.steps} loss ${m.loss.toFixed(4)} lr ${m.lr.toExponential(2)} ${m.tokensPerSecond.toFixed(0)} tok/s`);
+      if (!bar && (m.step % 10 === 0 || m.step === train.steps))
+        log(
+          `step ${m.step}/${train.steps} loss ${m.loss.toFixed(4)} lr ${m.lr.toExponential(2)} ${m.tokensPerSecond.toFixed(0)} tok/s`,
+        );
     }
     if (trainer.done) {
       runEval();
       checkpoint(); // the last step always has a checkpoint, so a resume knows the run is finished
     } else {
       if (trainer.step > 0) checkpoint();
-      log(`interrupted at step ${trainer.step} of ${train.steps}; ${trainer.step > 0 ? `continue with: loramesh train --resume ${runDir.path}` : 'nothing to save yet'}`);
+      log(
+        `interrupted at step ${trainer.step} of ${train.steps}; ${trainer.step > 0 ? `continue with: loramesh train --resume ${runDir.path}` : 'nothing to save yet'}`,
+      );
     }
   } finally {
     bar?.stop();
@@ -309,16 +422,27 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
 
   // 6. The adapter (never a non-finite one) and the run's summary.
   for (const [name, values] of trainer.adapter) {
-    if (firstNonFinite(values) >= 0) fail(ErrorCodes.NON_FINITE, `the adapter tensor ${name} is not finite at step ${trainer.step}; not writing it`);
+    if (firstNonFinite(values) >= 0)
+      fail(ErrorCodes.NON_FINITE, `the adapter tensor ${name} is not finite at step ${trainer.step}; not writing it`);
   }
   runDir.writeAdapter(trainer.spec, trainer.adapter, lora, model.dir, fanInFanOut(model.config, lora));
   return {
-    runId, runDir: runDir.path, adapter: trainer.adapter, metrics,
-    bytesUp: mesh?.bytesIn ?? 0, bytesDown: mesh?.bytesOut ?? 0, workers: Math.max(1, opts.localWorkers),
+    runId,
+    runDir: runDir.path,
+    adapter: trainer.adapter,
+    metrics,
+    bytesUp: mesh?.bytesIn ?? 0,
+    bytesDown: mesh?.bytesOut ?? 0,
+    workers: Math.max(1, opts.localWorkers),
     fullFineTuneBytes: metrics.reduce((n, r) => n + r.fullFineTuneBytes, 0),
-    adapterParameters: adapterParameterCount(trainer.spec), modelParameters, evalLosses,
-    step: trainer.step, interrupted: !trainer.done, alreadyFinished: false,
-    rejections: Object.fromEntries(mesh?.rejections ?? []), quarantined: mesh?.quarantinedCount ?? 0,
+    adapterParameters: adapterParameterCount(trainer.spec),
+    modelParameters,
+    evalLosses,
+    step: trainer.step,
+    interrupted: !trainer.done,
+    alreadyFinished: false,
+    rejections: Object.fromEntries(mesh?.rejections ?? []),
+    quarantined: mesh?.quarantinedCount ?? 0,
   };
 }
 
@@ -333,9 +457,15 @@ function roomForLocalWorkers(limits: Partial<NetLimits> | undefined, localWorker
 }
 
 function checkLocal(local: OuterConfig): OuterConfig {
-  if (!Number.isInteger(local.steps) || local.steps < 1) fail(ErrorCodes.CONFIG, `local steps H should be an integer ≥ 1, got ${local.steps}`);
-  for (const [name, v, max] of [['inner lr', local.innerLr, 10], ['outer lr', local.outerLr, 10], ['outer momentum', local.outerMomentum, 0.999]] as const) {
-    if (!Number.isFinite(v) || v < 0 || v > max) fail(ErrorCodes.CONFIG, `${name} should be a number in [0, ${max}], got ${v}`);
+  if (!Number.isInteger(local.steps) || local.steps < 1)
+    fail(ErrorCodes.CONFIG, `local steps H should be an integer ≥ 1, got ${local.steps}`);
+  for (const [name, v, max] of [
+    ['inner lr', local.innerLr, 10],
+    ['outer lr', local.outerLr, 10],
+    ['outer momentum', local.outerMomentum, 0.999],
+  ] as const) {
+    if (!Number.isFinite(v) || v < 0 || v > max)
+      fail(ErrorCodes.CONFIG, `${name} should be a number in [0, ${max}], got ${v}`);
   }
   return local;
 }
@@ -349,7 +479,12 @@ function failWhenChildrenExit(children: ReturnType<typeof spawnLocalWorkers>, ne
       child.once('exit', (code, signal) => {
         exited++;
         if (children.length - exited < needed) {
-          reject(new LoraMeshError(ErrorCodes.STATE, `${exited} local worker(s) exited (last: code ${code}, signal ${signal}) before ${needed} were ready; run \`loramesh worker\` by hand to see why`));
+          reject(
+            new LoraMeshError(
+              ErrorCodes.STATE,
+              `${exited} local worker(s) exited (last: code ${code}, signal ${signal}) before ${needed} were ready; run \`loramesh worker\` by hand to see why`,
+            ),
+          );
         }
       });
     }

@@ -5,7 +5,13 @@
  * here: the same Trainer drives the single-process reference and the distributed run.
  */
 import type { LoraConfig, ModelConfig, TrainConfig } from '../shared/config.ts';
-import { adapterSpec, cloneAdapter, initAdapter, type AdapterState, type AdapterTensorSpec } from '../shared/lora/adapter.ts';
+import {
+  adapterSpec,
+  cloneAdapter,
+  initAdapter,
+  type AdapterState,
+  type AdapterTensorSpec,
+} from '../shared/lora/adapter.ts';
 import { mixSeed } from '../shared/rng.ts';
 import type { StepGradient } from '../shared/train/aggregate.ts';
 import { robustAggregate, type Aggregation } from '../shared/train/robust.ts';
@@ -91,17 +97,29 @@ export class Trainer {
   readonly adam: AdamState;
   readonly outer: OuterState = { momentum: new Map() };
 
-  constructor(readonly options: TrainerOptions, private readonly executor: GradientExecutor) {
-    if (options.local && (options.aggregation ?? 'sum') !== 'sum') fail(ErrorCodes.CONFIG, `aggregation ${options.aggregation} cannot be combined with local steps (pseudo-gradients are averaged)`);
+  constructor(
+    readonly options: TrainerOptions,
+    private readonly executor: GradientExecutor,
+  ) {
+    if (options.local && (options.aggregation ?? 'sum') !== 'sum')
+      fail(
+        ErrorCodes.CONFIG,
+        `aggregation ${options.aggregation} cannot be combined with local steps (pseudo-gradients are averaged)`,
+      );
     this.spec = adapterSpec(options.model, options.lora);
-    this.adapter = options.initialAdapter ? cloneAdapter(options.initialAdapter) : initAdapter(this.spec, options.lora, mixSeed(options.train.seed, 1));
+    this.adapter = options.initialAdapter
+      ? cloneAdapter(options.initialAdapter)
+      : initAdapter(this.spec, options.lora, mixSeed(options.train.seed, 1));
     this.sampler = new EpochSampler(options.examples.length, mixSeed(options.train.seed, 2));
     this.adam = initAdam(this.adapter);
   }
 
   exportState(): TrainerState {
     return {
-      step: this.step, paramVersion: this.paramVersion, cursor: { ...this.sampler.cursor }, adapter: cloneAdapter(this.adapter),
+      step: this.step,
+      paramVersion: this.paramVersion,
+      cursor: { ...this.sampler.cursor },
+      adapter: cloneAdapter(this.adapter),
       adam: { step: this.adam.step, m: cloneAdapter(this.adam.m), v: cloneAdapter(this.adam.v) },
       ...(this.options.local ? { outerMomentum: cloneAdapter(this.outer.momentum) } : {}),
     };
@@ -111,9 +129,14 @@ export class Trainer {
   importState(state: TrainerState): void {
     for (const t of this.spec) {
       const n = t.shape[0] * t.shape[1];
-      for (const [what, m] of [['adapter', state.adapter], ['adam.m', state.adam.m], ['adam.v', state.adam.v]] as const) {
+      for (const [what, m] of [
+        ['adapter', state.adapter],
+        ['adam.m', state.adam.m],
+        ['adam.v', state.adam.v],
+      ] as const) {
         const data = m.get(t.name);
-        if (!data || data.length !== n) fail(ErrorCodes.SHAPE, `checkpoint ${what} tensor ${t.name} is missing or has the wrong size`);
+        if (!data || data.length !== n)
+          fail(ErrorCodes.SHAPE, `checkpoint ${what} tensor ${t.name} is missing or has the wrong size`);
       }
     }
     this.step = state.step;
@@ -173,9 +196,14 @@ export class Trainer {
     for (const m of arrays) {
       for (const [name, v] of m) {
         if (firstNonFinite(v) < 0) continue;
-        arrays.forEach((target, i) => { for (const [k, x] of saved[i]) target.get(k)!.set(x); });
+        arrays.forEach((target, i) => {
+          for (const [k, x] of saved[i]) target.get(k)!.set(x);
+        });
         this.adam.step = adamStep;
-        fail(ErrorCodes.NON_FINITE, `step ${this.step + 1}: ${what} would make ${name} non-finite; the update was not applied`);
+        fail(
+          ErrorCodes.NON_FINITE,
+          `step ${this.step + 1}: ${what} would make ${name} non-finite; the update was not applied`,
+        );
       }
     }
   }
@@ -189,19 +217,33 @@ export class Trainer {
     const how = this.options.aggregation ?? 'sum';
     const grads = how === 'sum' ? exact.grads : robustAggregate(results, how);
     for (const [name, g] of grads) {
-      if (firstNonFinite(g) >= 0) fail(ErrorCodes.NON_FINITE, `step ${this.step + 1}: the summed gradient of ${name} is not finite; nothing was applied`);
+      if (firstNonFinite(g) >= 0)
+        fail(
+          ErrorCodes.NON_FINITE,
+          `step ${this.step + 1}: the summed gradient of ${name} is not finite; nothing was applied`,
+        );
     }
-    if (!Number.isFinite(lossSum)) fail(ErrorCodes.NON_FINITE, `step ${this.step + 1}: the summed loss is ${lossSum}; nothing was applied`);
+    if (!Number.isFinite(lossSum))
+      fail(ErrorCodes.NON_FINITE, `step ${this.step + 1}: the summed loss is ${lossSum}; nothing was applied`);
     const gradNorm = clipGlobalNorm(grads, t.clipNorm);
     const lr = learningRate(this.step, t);
-    this.applyFinite('the AdamW step', [this.adapter, this.adam.m, this.adam.v], () => adamwStep(this.adapter, grads, this.adam, lr, t));
+    this.applyFinite('the AdamW step', [this.adapter, this.adam.m, this.adam.v], () =>
+      adamwStep(this.adapter, grads, this.adam, lr, t),
+    );
     this.step += 1;
     this.paramVersion += 1;
     this.executor.publish(this.paramVersion, this.adapter);
     const stepMs = performance.now() - started;
     return {
-      step: this.step, loss: lossSum / Math.max(1, tokenCount), lr, gradNorm, tokens: tokenCount, stepMs,
-      tokensPerSecond: tokenCount / (stepMs / 1000), samples: t.globalBatch, microBatches: microBatches.length,
+      step: this.step,
+      loss: lossSum / Math.max(1, tokenCount),
+      lr,
+      gradNorm,
+      tokens: tokenCount,
+      stepMs,
+      tokensPerSecond: tokenCount / (stepMs / 1000),
+      samples: t.globalBatch,
+      microBatches: microBatches.length,
     };
   }
 
@@ -224,20 +266,39 @@ export class Trainer {
     const start = cloneAdapter(this.adapter);
     const pseudoGrads = results.map((r) => r.grads);
     // Gram-matrix cost grows with jobs²; past 16 jobs the diagnostic is skipped.
-    const factorGap = jobs.length <= 16 ? factorAveragingGap(this.spec, start, pseudoGrads, this.options.lora.r) ?? undefined : undefined;
+    const factorGap =
+      jobs.length <= 16
+        ? (factorAveragingGap(this.spec, start, pseudoGrads, this.options.lora.r) ?? undefined)
+        : undefined;
     let mean!: Map<string, Float32Array>;
     for (const r of results) {
-      for (const [name, g] of r.grads) if (firstNonFinite(g) >= 0) fail(ErrorCodes.NON_FINITE, `step ${this.step + 1}: a pseudo-gradient of ${name} is not finite; nothing was applied`);
+      for (const [name, g] of r.grads)
+        if (firstNonFinite(g) >= 0)
+          fail(
+            ErrorCodes.NON_FINITE,
+            `step ${this.step + 1}: a pseudo-gradient of ${name} is not finite; nothing was applied`,
+          );
     }
-    if (this.outer.momentum.size === 0) for (const [k, v] of this.adapter) this.outer.momentum.set(k, new Float32Array(v.length));
-    this.applyFinite('the outer Nesterov step', [this.adapter, this.outer.momentum], () => { mean = outerStep(this.adapter, pseudoGrads, this.outer, local); });
+    if (this.outer.momentum.size === 0)
+      for (const [k, v] of this.adapter) this.outer.momentum.set(k, new Float32Array(v.length));
+    this.applyFinite('the outer Nesterov step', [this.adapter, this.outer.momentum], () => {
+      mean = outerStep(this.adapter, pseudoGrads, this.outer, local);
+    });
     this.step += 1;
     this.paramVersion += 1;
     this.executor.publish(this.paramVersion, this.adapter);
     const stepMs = performance.now() - started;
     return {
-      step: this.step, loss: lossSum / Math.max(1, tokenCount), lr, gradNorm: globalNorm(mean), tokens: tokenCount, stepMs,
-      tokensPerSecond: tokenCount / (stepMs / 1000), samples: t.globalBatch * H, microBatches: microBatches.length, factorGap,
+      step: this.step,
+      loss: lossSum / Math.max(1, tokenCount),
+      lr,
+      gradNorm: globalNorm(mean),
+      tokens: tokenCount,
+      stepMs,
+      tokensPerSecond: tokenCount / (stepMs / 1000),
+      samples: t.globalBatch * H,
+      microBatches: microBatches.length,
+      factorGap,
     };
   }
 }

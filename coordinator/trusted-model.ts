@@ -17,8 +17,11 @@ export class TrustedModel {
   private built: { model: CausalLM; base: FrozenBase } | null = null;
 
   constructor(
-    private readonly config: ModelConfig, private readonly lora: LoraConfig, private readonly spec: AdapterTensorSpec[],
-    private readonly inner: InnerOptimizer, private readonly loadWeights: () => Map<string, tf.Tensor>,
+    private readonly config: ModelConfig,
+    private readonly lora: LoraConfig,
+    private readonly spec: AdapterTensorSpec[],
+    private readonly inner: InnerOptimizer,
+    private readonly loadWeights: () => Map<string, tf.Tensor>,
   ) {}
 
   get(): { model: CausalLM; base: FrozenBase } {
@@ -34,10 +37,15 @@ export class TrustedModel {
   }
 
   /** Mean token loss of `examples` under an adapter (forward only), or null without examples. */
-  evaluator(examples: Example[] | undefined, microBatch: number, padId: number): ((adapter: AdapterState) => number) | null {
+  evaluator(
+    examples: Example[] | undefined,
+    microBatch: number,
+    padId: number,
+  ): ((adapter: AdapterState) => number) | null {
     if (!examples || examples.length === 0) return null;
     const microBatches: MicroBatch[] = [];
-    for (let i = 0; i < examples.length; i += microBatch) microBatches.push(packMicroBatch(examples.slice(i, i + microBatch), padId, 0));
+    for (let i = 0; i < examples.length; i += microBatch)
+      microBatches.push(packMicroBatch(examples.slice(i, i + microBatch), padId, 0));
     return (adapter) => {
       const { model, base } = this.get();
       const { lossSum, tokenCount } = evaluateLoss(model, base, this.spec, adapter, this.lora, microBatches);

@@ -49,8 +49,10 @@ export function checkRootRelativePaths(metafile) {
     if (input.startsWith('node_modules/')) continue;
     const depth = input.split(/[\\/]/).length - 1;
     if (depth !== 1 && /import\.meta\.url/.test(readFileSync(join(ROOT, input), 'utf8'))) {
-      throw new Error(`${input} builds a path from import.meta.url but is ${depth} folders deep; ` +
-        `from ${join('dist', 'cli.js')} that path would name another file (keep such modules one folder below the root)`);
+      throw new Error(
+        `${input} builds a path from import.meta.url but is ${depth} folders deep; ` +
+          `from ${join('dist', 'cli.js')} that path would name another file (keep such modules one folder below the root)`,
+      );
     }
   }
 }
@@ -62,7 +64,9 @@ export async function buildDist() {
   const result = await build(cliBuildOptions());
   checkRootRelativePaths(result.metafile);
   const bytes = Object.values(result.metafile.outputs).reduce((n, o) => n + o.bytes, 0);
-  console.log(`dist${sep}cli.js: ${Object.keys(result.metafile.inputs).length} modules, ${(bytes / 1e6).toFixed(2)} MB`);
+  console.log(
+    `dist${sep}cli.js: ${Object.keys(result.metafile.inputs).length} modules, ${(bytes / 1e6).toFixed(2)} MB`,
+  );
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) await buildDist();

@@ -11,7 +11,10 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const out = join(root, 'build', 'web');
 mkdirSync(out, { recursive: true });
 await build({
-  entryPoints: { join: join(root, 'worker/browser/join.ts'), dashboard: join(root, 'coordinator/dashboard/dashboard.ts') },
+  entryPoints: {
+    join: join(root, 'worker/browser/join.ts'),
+    dashboard: join(root, 'coordinator/dashboard/dashboard.ts'),
+  },
   bundle: true,
   format: 'esm',
   platform: 'browser',

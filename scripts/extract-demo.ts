@@ -59,24 +59,46 @@ if (!existsSync(join(tunedDir, 'model.safetensors'))) {
   const rng = new Rng(DEMO_TRAIN.seed);
   const examples = data.train.map((s) => toExample(tok, s));
   for (let step = 0; step < schedule.steps; step++) {
-    const mb = packMicroBatch(Array.from({ length: DEMO_TRAIN.globalBatch }, () => examples[rng.int(examples.length)]), tok.padId, 0);
+    const mb = packMicroBatch(
+      Array.from({ length: DEMO_TRAIN.globalBatch }, () => examples[rng.int(examples.length)]),
+      tok.padId,
+      0,
+    );
     const { loss, grads } = tf.tidy(() => {
       const inputIds = tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32');
-      const f = (...ps: tf.Tensor[]) => tokenLossSum(lm.forward(trainableParams(base.config, new Map(names.map((n, i) => [n, ps[i]]))), inputIds), tf.tensor1d(mb.targets, 'int32'), tf.tensor1d(mb.lossMask));
+      const f = (...ps: tf.Tensor[]) =>
+        tokenLossSum(
+          lm.forward(trainableParams(base.config, new Map(names.map((n, i) => [n, ps[i]]))), inputIds),
+          tf.tensor1d(mb.targets, 'int32'),
+          tf.tensor1d(mb.lossMask),
+        );
       const { value, grads } = tf.valueAndGrads(f)(names.map((n) => tf.tensor(params.get(n)!, shapes.get(n)!)));
       return { loss: value, grads };
     });
     const tokens = mb.lossMask.reduce((a, b) => a + b, 0);
     const gradArrays = new Map(names.map((n, i) => [n, (grads[i].dataSync() as Float32Array).map((g) => g / tokens)]));
-    if ((step + 1) % 10 === 0) console.log(`full fine-tune step ${step + 1}/${schedule.steps}: loss ${(loss.dataSync()[0] / tokens).toFixed(4)}`);
+    if ((step + 1) % 10 === 0)
+      console.log(
+        `full fine-tune step ${step + 1}/${schedule.steps}: loss ${(loss.dataSync()[0] / tokens).toFixed(4)}`,
+      );
     tf.dispose([loss, ...grads]);
     clipGlobalNorm(gradArrays, 1);
-    adamwStep(params, gradArrays, adam, learningRate(step, schedule), { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 });
+    adamwStep(params, gradArrays, adam, learningRate(step, schedule), {
+      beta1: 0.9,
+      beta2: 0.999,
+      eps: 1e-8,
+      weightDecay: 0,
+    });
   }
   mkdirSync(tunedDir, { recursive: true });
   writeFileSync(join(tunedDir, 'config.json'), JSON.stringify(base.rawConfig, null, 2) + '\n');
   for (const f of base.extraFiles) copyFileSync(join(base.dir, f), join(tunedDir, f));
-  writeFileSync(join(tunedDir, 'model.safetensors'), encodeSafetensors(Object.fromEntries(names.map((n) => [n, { data: params.get(n)!, shape: shapes.get(n)! }])), { format: 'pt' }));
+  writeFileSync(
+    join(tunedDir, 'model.safetensors'),
+    encodeSafetensors(Object.fromEntries(names.map((n) => [n, { data: params.get(n)!, shape: shapes.get(n)! }])), {
+      format: 'pt',
+    }),
+  );
 }
 
 const baseWeights = loadWeights(base).weights;
@@ -86,34 +108,77 @@ const tunedBase = new FrozenBase(tuned.config, loadWeights(tuned).weights);
 const fullAccuracy = accuracy(predict(lm, tunedBase, tok, data.eval));
 console.log(`full fine-tune: held-out exact match ${(100 * fullAccuracy).toFixed(1)}%`);
 
-const rows: { rank: number; relativeError: Record<string, number>; totalRelativeError: number; exactMatch: number }[] = [];
+const rows: { rank: number; relativeError: Record<string, number>; totalRelativeError: number; exactMatch: number }[] =
+  [];
 for (const rank of ranks) {
   const out = join(o.out, `extracted-r${rank}`);
   const { modules } = await extractCommand({ base: DEMO_MODEL_DIR, tuned: tunedDir, rank, out }, () => {});
   const adapter = readAdapterDir(out, base.config);
   const tensors = adapter.spec.map((t) => tf.tensor2d(adapter.state.get(t.name)!, t.shape));
-  const exactMatch = accuracy(predict(lm, withLora(frozen, loraBranches(adapter.spec, (i) => tensors[i]), loraScaling(adapter.lora)), tok, data.eval));
+  const exactMatch = accuracy(
+    predict(
+      lm,
+      withLora(
+        frozen,
+        loraBranches(adapter.spec, (i) => tensors[i]),
+        loraScaling(adapter.lora),
+      ),
+      tok,
+      data.eval,
+    ),
+  );
   tf.dispose(tensors);
   const kinds = modules.map((m) => ({ ...m, kind: describeModule(m.module).kind }));
-  const totalRelativeError = Math.sqrt(modules.reduce((s, m) => s + m.error ** 2, 0) / modules.reduce((s, m) => s + m.deltaNorm ** 2, 0));
+  const totalRelativeError = Math.sqrt(
+    modules.reduce((s, m) => s + m.error ** 2, 0) / modules.reduce((s, m) => s + m.deltaNorm ** 2, 0),
+  );
   rows.push({ rank, relativeError: meanByKind(kinds, (m) => m.relativeError), totalRelativeError, exactMatch });
-  console.log(`rank ${rank}: relative error ${totalRelativeError.toFixed(3)}, exact match ${(100 * exactMatch).toFixed(1)}%`);
+  console.log(
+    `rank ${rank}: relative error ${totalRelativeError.toFixed(3)}, exact match ${(100 * exactMatch).toFixed(1)}%`,
+  );
 }
 
 const kinds = Object.keys(rows[0].relativeError);
-console.log(markdownTable(['rank', 'exact match', 'relative error (all modules)', ...kinds], rows.map((r) => [
-  r.rank, `${(100 * r.exactMatch).toFixed(1)}%`, r.totalRelativeError.toFixed(3), ...kinds.map((k) => r.relativeError[k].toFixed(3)),
-])));
-writeJson(o.out, 'extract-demo.json', { steps: Number(o.steps), lr: Number(o.lr), fullFineTuneExactMatch: fullAccuracy, rows });
-writeFigure(o.out, 'extract-error', lineChartSvg({
-  title: 'LoRA extracted from a full fine-tune: ‖ΔW − BA‖_F / ‖ΔW‖_F and exact match',
-  xAxis: 'rank k', yAxis: 'relative error  |  exact match', columns: 2,
-  panels: [
-    { title: 'relative error, mean over layers', xLabels: ranks.map(String), series: kinds.map((k) => ({ name: k, values: rows.map((r) => r.relativeError[k]) })) },
-    {
-      title: 'held-out exact match', xLabels: ranks.map(String),
-      series: [{ name: 'extracted LoRA', values: rows.map((r) => r.exactMatch) }, { name: 'full fine-tune', values: rows.map(() => fullAccuracy), dashed: true }],
-    },
-  ],
-}));
+console.log(
+  markdownTable(
+    ['rank', 'exact match', 'relative error (all modules)', ...kinds],
+    rows.map((r) => [
+      r.rank,
+      `${(100 * r.exactMatch).toFixed(1)}%`,
+      r.totalRelativeError.toFixed(3),
+      ...kinds.map((k) => r.relativeError[k].toFixed(3)),
+    ]),
+  ),
+);
+writeJson(o.out, 'extract-demo.json', {
+  steps: Number(o.steps),
+  lr: Number(o.lr),
+  fullFineTuneExactMatch: fullAccuracy,
+  rows,
+});
+writeFigure(
+  o.out,
+  'extract-error',
+  lineChartSvg({
+    title: 'LoRA extracted from a full fine-tune: ‖ΔW − BA‖_F / ‖ΔW‖_F and exact match',
+    xAxis: 'rank k',
+    yAxis: 'relative error  |  exact match',
+    columns: 2,
+    panels: [
+      {
+        title: 'relative error, mean over layers',
+        xLabels: ranks.map(String),
+        series: kinds.map((k) => ({ name: k, values: rows.map((r) => r.relativeError[k]) })),
+      },
+      {
+        title: 'held-out exact match',
+        xLabels: ranks.map(String),
+        series: [
+          { name: 'extracted LoRA', values: rows.map((r) => r.exactMatch) },
+          { name: 'full fine-tune', values: rows.map(() => fullAccuracy), dashed: true },
+        ],
+      },
+    ],
+  }),
+);
 console.log(`wrote ${o.out}`);

@@ -40,9 +40,20 @@ const seed = Number(opts.seed);
 const backend = await initBackend('wasm');
 const tok = CharTokenizer.fromAlphabet(DEMO_ALPHABET);
 const config: ModelConfig = {
-  model_type: 'llama', vocab_size: tok.size, hidden_size: 128, intermediate_size: 256, num_hidden_layers: 6,
-  num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 32, rms_norm_eps: 1e-5, rope_theta: 10000,
-  tie_word_embeddings: true, bos_token_id: tok.bosId, eos_token_id: tok.eosId, pad_token_id: tok.padId,
+  model_type: 'llama',
+  vocab_size: tok.size,
+  hidden_size: 128,
+  intermediate_size: 256,
+  num_hidden_layers: 6,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  max_position_embeddings: 32,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000,
+  tie_word_embeddings: true,
+  bos_token_id: tok.bosId,
+  eos_token_id: tok.eosId,
+  pad_token_id: tok.padId,
 };
 const model = new LlamaModel(config);
 
@@ -74,8 +85,13 @@ function evaluate(): Record<string, number> {
   return Object.fromEntries(PRETRAIN_TAGS.map((tag) => [tag, accuracy(preds.filter((p) => p.sample.tag === tag))]));
 }
 
-console.log(`pretraining ${names.length} tensors, ${[...params.values()].reduce((n, p) => n + p.length, 0)} parameters on ${backend.name}`);
-const bar = new cliProgress.SingleBar({ format: 'pretrain |{bar}| {value}/{total} steps | loss {loss} | {eta_formatted} left' }, cliProgress.Presets.shades_classic);
+console.log(
+  `pretraining ${names.length} tensors, ${[...params.values()].reduce((n, p) => n + p.length, 0)} parameters on ${backend.name}`,
+);
+const bar = new cliProgress.SingleBar(
+  { format: 'pretrain |{bar}| {value}/{total} steps | loss {loss} | {eta_formatted} left' },
+  cliProgress.Presets.shades_classic,
+);
 bar.start(steps, 0, { loss: '-' });
 let lastAcc: Record<string, number> = {};
 let step = 0;
@@ -91,7 +107,12 @@ for (; step < steps; step++) {
     const targets = tf.tensor1d(mb.targets, 'int32');
     const mask = tf.tensor1d(mb.lossMask);
     const tensors = names.map((n) => tf.tensor(params.get(n)!, shapes.get(n)!));
-    const f = (...ps: tf.Tensor[]) => tokenLossSum(model.forward(trainableParams(config, new Map(names.map((n, i) => [n, ps[i]]))), inputIds), targets, mask);
+    const f = (...ps: tf.Tensor[]) =>
+      tokenLossSum(
+        model.forward(trainableParams(config, new Map(names.map((n, i) => [n, ps[i]]))), inputIds),
+        targets,
+        mask,
+      );
     const { value, grads } = tf.valueAndGrads(f)(tensors);
     return { loss: value, grads };
   });
@@ -106,7 +127,10 @@ for (; step < steps; step++) {
     lastAcc = evaluate();
     bar.stop();
     console.log(`step ${step + 1}: exact match ${JSON.stringify(lastAcc)}`);
-    if (Object.values(lastAcc).every((a) => a >= Number(opts.target))) { step++; break; }
+    if (Object.values(lastAcc).every((a) => a >= Number(opts.target))) {
+      step++;
+      break;
+    }
     bar.start(steps, step + 1, { loss: meanLoss.toFixed(4) });
   }
 }
@@ -115,10 +139,18 @@ lastAcc = evaluate();
 console.log(`final exact match after ${step} steps: ${JSON.stringify(lastAcc)}`);
 
 mkdirSync(opts.out, { recursive: true });
-writeFileSync(join(opts.out, 'config.json'), JSON.stringify({ architectures: ['LlamaForCausalLM'], ...config, torch_dtype: 'float32' }, null, 2) + '\n');
+writeFileSync(
+  join(opts.out, 'config.json'),
+  JSON.stringify({ architectures: ['LlamaForCausalLM'], ...config, torch_dtype: 'float32' }, null, 2) + '\n',
+);
 writeFileSync(join(opts.out, 'vocab.json'), JSON.stringify(tok.vocab) + '\n');
 writeFileSync(
   join(opts.out, 'model.safetensors'),
-  encodeSafetensors(Object.fromEntries(names.map((n) => [n, { data: params.get(n)!, shape: shapes.get(n)! }])), { format: 'pt', pretrain_steps: String(step), pretrain_seed: String(seed), exact_match: JSON.stringify(lastAcc) }),
+  encodeSafetensors(Object.fromEntries(names.map((n) => [n, { data: params.get(n)!, shape: shapes.get(n)! }])), {
+    format: 'pt',
+    pretrain_steps: String(step),
+    pretrain_seed: String(seed),
+    exact_match: JSON.stringify(lastAcc),
+  }),
 );
 console.log(`wrote ${opts.out}`);

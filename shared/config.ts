@@ -55,7 +55,18 @@ export interface Gpt2Config {
 export type ModelConfig = LlamaConfig | Gpt2Config;
 
 /** The modules a LoRA can wrap, by their Hugging Face names (Llama family, then GPT-2). */
-export const LINEAR_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj', 'c_attn', 'c_proj', 'c_fc'] as const;
+export const LINEAR_MODULES = [
+  'q_proj',
+  'k_proj',
+  'v_proj',
+  'o_proj',
+  'gate_proj',
+  'up_proj',
+  'down_proj',
+  'c_attn',
+  'c_proj',
+  'c_fc',
+] as const;
 export type LinearModule = (typeof LINEAR_MODULES)[number];
 
 export interface LoraConfig {
@@ -125,20 +136,36 @@ function expectInt(where: string, field: string, value: unknown, min: number): v
 }
 
 function expectNumber(where: string, field: string, value: unknown, min: number, max: number, maxOpen = false): void {
-  const ok = typeof value === 'number' && Number.isFinite(value) && value >= min && (maxOpen ? value < max : value <= max);
-  if (!ok) fail(ErrorCodes.CONFIG, `${where}.${field} should be a number in [${min}, ${max}${maxOpen ? ')' : ']'}, got ${describe(value)}`);
+  const ok =
+    typeof value === 'number' && Number.isFinite(value) && value >= min && (maxOpen ? value < max : value <= max);
+  if (!ok)
+    fail(
+      ErrorCodes.CONFIG,
+      `${where}.${field} should be a number in [${min}, ${max}${maxOpen ? ')' : ']'}, got ${describe(value)}`,
+    );
 }
 
 const LLAMA_FAMILY = ['llama', 'qwen2', 'mistral'];
 
 export function checkModelConfig(raw: unknown): ModelConfig {
-  if (typeof raw !== 'object' || raw === null) fail(ErrorCodes.CONFIG, `model config should be an object, got ${describe(raw)}`);
+  if (typeof raw !== 'object' || raw === null)
+    fail(ErrorCodes.CONFIG, `model config should be an object, got ${describe(raw)}`);
   const c = raw as Record<string, unknown>;
   if (c.model_type === 'gpt2') return checkGpt2Config(c);
   if (!LLAMA_FAMILY.includes(c.model_type as string)) {
-    fail(ErrorCodes.MODEL, `config.model_type ${describe(c.model_type)} is not supported; expected one of ${[...LLAMA_FAMILY, 'gpt2'].join(', ')}`);
+    fail(
+      ErrorCodes.MODEL,
+      `config.model_type ${describe(c.model_type)} is not supported; expected one of ${[...LLAMA_FAMILY, 'gpt2'].join(', ')}`,
+    );
   }
-  for (const f of ['vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'max_position_embeddings']) {
+  for (const f of [
+    'vocab_size',
+    'hidden_size',
+    'intermediate_size',
+    'num_hidden_layers',
+    'num_attention_heads',
+    'max_position_embeddings',
+  ]) {
     expectInt('config', f, c[f], 1);
   }
   const config: LlamaConfig = {
@@ -155,7 +182,7 @@ export function checkModelConfig(raw: unknown): ModelConfig {
     tie_word_embeddings: (c.tie_word_embeddings ?? false) as boolean,
     attention_bias: (c.attention_bias ?? false) as boolean,
     rope_scaling: checkRopeScaling(c.rope_scaling),
-    sliding_window: (c.use_sliding_window === false ? null : c.sliding_window ?? null) as number | null,
+    sliding_window: (c.use_sliding_window === false ? null : (c.sliding_window ?? null)) as number | null,
     bos_token_id: c.bos_token_id as number | undefined,
     eos_token_id: firstId(c.eos_token_id),
     pad_token_id: c.pad_token_id as number | undefined,
@@ -166,17 +193,27 @@ export function checkModelConfig(raw: unknown): ModelConfig {
     fail(ErrorCodes.MODEL, `config.head_dim ${c.head_dim} ≠ hidden_size / num_attention_heads is not supported`);
   }
   if (config.hidden_size % config.num_attention_heads !== 0) {
-    fail(ErrorCodes.CONFIG, `config.hidden_size ${config.hidden_size} should be divisible by num_attention_heads ${config.num_attention_heads}`);
+    fail(
+      ErrorCodes.CONFIG,
+      `config.hidden_size ${config.hidden_size} should be divisible by num_attention_heads ${config.num_attention_heads}`,
+    );
   }
   if (config.num_attention_heads % config.num_key_value_heads !== 0) {
-    fail(ErrorCodes.CONFIG, `config.num_attention_heads ${config.num_attention_heads} should be divisible by num_key_value_heads ${config.num_key_value_heads}`);
+    fail(
+      ErrorCodes.CONFIG,
+      `config.num_attention_heads ${config.num_attention_heads} should be divisible by num_key_value_heads ${config.num_key_value_heads}`,
+    );
   }
   if ((config.hidden_size / config.num_attention_heads) % 2 !== 0) {
     fail(ErrorCodes.CONFIG, `head dim ${config.hidden_size / config.num_attention_heads} should be even for RoPE`);
   }
   expectNumber('config', 'rms_norm_eps', config.rms_norm_eps, 0, 1);
   expectNumber('config', 'rope_theta', config.rope_theta, 1, 1e12);
-  if (typeof config.tie_word_embeddings !== 'boolean') fail(ErrorCodes.CONFIG, `config.tie_word_embeddings should be a boolean, got ${describe(config.tie_word_embeddings)}`);
+  if (typeof config.tie_word_embeddings !== 'boolean')
+    fail(
+      ErrorCodes.CONFIG,
+      `config.tie_word_embeddings should be a boolean, got ${describe(config.tie_word_embeddings)}`,
+    );
   return config;
 }
 
@@ -191,7 +228,11 @@ function checkRopeScaling(raw: unknown): RopeScaling | null {
   const r = raw as Record<string, unknown>;
   const type = (r.rope_type ?? r.type) as string;
   if (type === 'default') return null;
-  if (type !== 'linear' && type !== 'llama3') fail(ErrorCodes.MODEL, `config.rope_scaling type ${describe(type)} is not supported; expected "linear" or "llama3"`);
+  if (type !== 'linear' && type !== 'llama3')
+    fail(
+      ErrorCodes.MODEL,
+      `config.rope_scaling type ${describe(type)} is not supported; expected "linear" or "llama3"`,
+    );
   expectNumber('config', 'rope_scaling.factor', r.factor, 1e-6, 1e6);
   if (type === 'llama3') {
     expectNumber('config', 'rope_scaling.low_freq_factor', r.low_freq_factor, 1e-6, 1e6);
@@ -204,14 +245,24 @@ function checkRopeScaling(raw: unknown): RopeScaling | null {
 function checkGpt2Config(c: Record<string, unknown>): Gpt2Config {
   for (const f of ['vocab_size', 'n_positions', 'n_embd', 'n_layer', 'n_head']) expectInt('config', f, c[f], 1);
   const activation = (c.activation_function ?? 'gelu_new') as string;
-  if (activation !== 'gelu_new' && activation !== 'gelu_pytorch_tanh') fail(ErrorCodes.MODEL, `config.activation_function ${describe(activation)} is not supported; expected "gelu_new"`);
+  if (activation !== 'gelu_new' && activation !== 'gelu_pytorch_tanh')
+    fail(ErrorCodes.MODEL, `config.activation_function ${describe(activation)} is not supported; expected "gelu_new"`);
   if (c.tie_word_embeddings === false) fail(ErrorCodes.MODEL, 'GPT-2 with untied embeddings is not supported');
-  if ((c.n_embd as number) % (c.n_head as number) !== 0) fail(ErrorCodes.CONFIG, `config.n_embd ${c.n_embd} should be divisible by n_head ${c.n_head}`);
+  if ((c.n_embd as number) % (c.n_head as number) !== 0)
+    fail(ErrorCodes.CONFIG, `config.n_embd ${c.n_embd} should be divisible by n_head ${c.n_head}`);
   const config: Gpt2Config = {
-    model_type: 'gpt2', vocab_size: c.vocab_size as number, n_positions: c.n_positions as number, n_embd: c.n_embd as number,
-    n_layer: c.n_layer as number, n_head: c.n_head as number, layer_norm_epsilon: (c.layer_norm_epsilon ?? 1e-5) as number,
-    activation_function: activation as Gpt2Config['activation_function'], tie_word_embeddings: true,
-    bos_token_id: c.bos_token_id as number | undefined, eos_token_id: firstId(c.eos_token_id), pad_token_id: c.pad_token_id as number | undefined,
+    model_type: 'gpt2',
+    vocab_size: c.vocab_size as number,
+    n_positions: c.n_positions as number,
+    n_embd: c.n_embd as number,
+    n_layer: c.n_layer as number,
+    n_head: c.n_head as number,
+    layer_norm_epsilon: (c.layer_norm_epsilon ?? 1e-5) as number,
+    activation_function: activation as Gpt2Config['activation_function'],
+    tie_word_embeddings: true,
+    bos_token_id: c.bos_token_id as number | undefined,
+    eos_token_id: firstId(c.eos_token_id),
+    pad_token_id: c.pad_token_id as number | undefined,
   };
   expectNumber('config', 'layer_norm_epsilon', config.layer_norm_epsilon, 0, 1);
   return config;
@@ -226,16 +277,22 @@ export function checkLoraConfig(partial: Partial<LoraConfig>): LoraConfig {
   expectNumber('lora', 'alpha', lora.alpha, Number.MIN_VALUE, 1e6);
   expectNumber('lora', 'dropout', lora.dropout, 0, 1, true);
   if (!Array.isArray(lora.targetModules) || lora.targetModules.length === 0) {
-    fail(ErrorCodes.CONFIG, `lora.targetModules should be a non-empty list of ${LINEAR_MODULES.join(', ')}, got ${describe(lora.targetModules)}`);
+    fail(
+      ErrorCodes.CONFIG,
+      `lora.targetModules should be a non-empty list of ${LINEAR_MODULES.join(', ')}, got ${describe(lora.targetModules)}`,
+    );
   }
   for (const m of lora.targetModules) {
     if (!(LINEAR_MODULES as readonly string[]).includes(m)) {
       fail(ErrorCodes.CONFIG, `lora.targetModules has ${describe(m)}; expected one of ${LINEAR_MODULES.join(', ')}`);
     }
   }
-  if (new Set(lora.targetModules).size !== lora.targetModules.length) fail(ErrorCodes.CONFIG, `lora.targetModules lists a module twice: ${lora.targetModules.join(',')}`);
-  if (lora.init !== 'kaiming' && lora.init !== 'gaussian') fail(ErrorCodes.CONFIG, `lora.init should be "kaiming" or "gaussian", got ${describe(lora.init)}`);
-  if (typeof lora.useRslora !== 'boolean') fail(ErrorCodes.CONFIG, `lora.useRslora should be a boolean, got ${describe(lora.useRslora)}`);
+  if (new Set(lora.targetModules).size !== lora.targetModules.length)
+    fail(ErrorCodes.CONFIG, `lora.targetModules lists a module twice: ${lora.targetModules.join(',')}`);
+  if (lora.init !== 'kaiming' && lora.init !== 'gaussian')
+    fail(ErrorCodes.CONFIG, `lora.init should be "kaiming" or "gaussian", got ${describe(lora.init)}`);
+  if (typeof lora.useRslora !== 'boolean')
+    fail(ErrorCodes.CONFIG, `lora.useRslora should be a boolean, got ${describe(lora.useRslora)}`);
   return lora;
 }
 
@@ -245,7 +302,10 @@ export function checkTrainConfig(partial: Partial<TrainConfig>): TrainConfig {
   expectInt('train', 'globalBatch', t.globalBatch, 1);
   expectInt('train', 'microBatch', t.microBatch, 1);
   if (t.globalBatch % t.microBatch !== 0) {
-    fail(ErrorCodes.CONFIG, `train.globalBatch ${t.globalBatch} should be a multiple of train.microBatch ${t.microBatch}`);
+    fail(
+      ErrorCodes.CONFIG,
+      `train.globalBatch ${t.globalBatch} should be a multiple of train.microBatch ${t.microBatch}`,
+    );
   }
   expectNumber('train', 'lr', t.lr, 0, 10);
   expectInt('train', 'warmupSteps', t.warmupSteps, 0);

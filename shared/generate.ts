@@ -21,9 +21,12 @@ export interface SamplingOptions {
 export function generate(model: CausalLM, params: ParamSource, prompts: number[][], opts: SamplingOptions): number[][] {
   const batch = prompts.length;
   const promptLength = prompts[0].length;
-  if (prompts.some((p) => p.length !== promptLength)) throw new Error('generate: prompts in one call must have the same length');
+  if (prompts.some((p) => p.length !== promptLength))
+    throw new Error('generate: prompts in one call must have the same length');
   if (promptLength + opts.maxNewTokens > contextLength(model.config)) {
-    throw new Error(`generate: ${promptLength} + ${opts.maxNewTokens} tokens exceed the context length ${contextLength(model.config)}`);
+    throw new Error(
+      `generate: ${promptLength} + ${opts.maxNewTokens} tokens exceed the context length ${contextLength(model.config)}`,
+    );
   }
   const rng = new Rng(opts.seed ?? 0);
   const cache: KvCache = { keys: [], values: [], length: 0 };
@@ -36,7 +39,10 @@ export function generate(model: CausalLM, params: ParamSource, prompts: number[]
       const lastLogits = tf.tidy(() => {
         const ids = tf.tensor2d(input.flat(), [batch, time], 'int32');
         const logits = model.forward(params, ids, cache); // (B·T, V)
-        const lastRows = tf.tensor1d(Array.from({ length: batch }, (_, b) => b * time + time - 1), 'int32');
+        const lastRows = tf.tensor1d(
+          Array.from({ length: batch }, (_, b) => b * time + time - 1),
+          'int32',
+        );
         return tf.gather(logits, lastRows); // (B, V)
       });
       const vocab = lastLogits.shape[1];

@@ -3,7 +3,7 @@
  * loop. It answers coordinator messages with messages; the entry point owns the socket, the tfjs
  * backend and how base-model files are fetched and cached.
  */
-import * as tf from '@tensorflow/tfjs-core';
+import type * as tf from '@tensorflow/tfjs-core';
 import { checkModelConfig } from './config.ts';
 import { ErrorCodes, LoraMeshError } from './errors.ts';
 import { adapterParameterCount, cloneAdapter, type AdapterTensorSpec } from './lora/adapter.ts';
@@ -11,8 +11,16 @@ import { FrozenBase } from './lora/params.ts';
 import { createModel, type CausalLM } from './model/causal-lm.ts';
 import { decodeMessage, encodeMessage } from './protocol/codec.ts';
 import {
-  flattenTensors, PROTOCOL_VERSION, splitTensors, unpackFloats,
-  type Assign, type AssignLocal, type Message, type Params, type RunManifest, type WorkerMessage,
+  flattenTensors,
+  PROTOCOL_VERSION,
+  splitTensors,
+  unpackFloats,
+  type Assign,
+  type AssignLocal,
+  type Message,
+  type Params,
+  type RunManifest,
+  type WorkerMessage,
 } from './protocol/messages.ts';
 import { cleanPeerText } from './protocol/peer-text.ts';
 import { isPermanentCode, MAX_PEER_TEXT, refusalFromReject, type Refusal } from './protocol/refusal.ts';
@@ -70,12 +78,22 @@ export class WorkerSession {
   private up: ErrorFeedback | null = null;
   private queue: Promise<void> = Promise.resolve();
 
-  constructor(private readonly platform: WorkerPlatform, private readonly options: WorkerOptions = {}) {}
+  constructor(
+    private readonly platform: WorkerPlatform,
+    private readonly options: WorkerOptions = {},
+  ) {}
 
   hello(): Uint8Array {
     return encodeMessage({
-      type: 'hello', protocol: PROTOCOL_VERSION, token: this.options.token, name: this.options.name,
-      backend: this.platform.backend, platform: this.platform.platform, adapter: this.platform.adapter, slow: this.platform.slow, codecs: [...CODECS],
+      type: 'hello',
+      protocol: PROTOCOL_VERSION,
+      token: this.options.token,
+      name: this.options.name,
+      backend: this.platform.backend,
+      platform: this.platform.platform,
+      adapter: this.platform.adapter,
+      slow: this.platform.slow,
+      codecs: [...CODECS],
     });
   }
 
@@ -106,8 +124,18 @@ export class WorkerSession {
       this.platform.log(`error: ${(err as Error).message}`);
       // Failing an assignment names it: the coordinator then hands it to someone else at once; a
       // worker-error that names nothing this worker holds counts against it as a bad frame.
-      const failed = 'message' in decoded && (decoded.message.type === 'assign' || decoded.message.type === 'assign-local') ? decoded.message.assignmentId : undefined;
-      send(encodeMessage({ type: 'worker-error', code, message: (err as Error).message, ...(failed ? { assignmentId: failed } : {}) }));
+      const failed =
+        'message' in decoded && (decoded.message.type === 'assign' || decoded.message.type === 'assign-local')
+          ? decoded.message.assignmentId
+          : undefined;
+      send(
+        encodeMessage({
+          type: 'worker-error',
+          code,
+          message: (err as Error).message,
+          ...(failed ? { assignmentId: failed } : {}),
+        }),
+      );
     });
     return this.queue;
   }
@@ -125,7 +153,9 @@ export class WorkerSession {
           this.base = new FrozenBase(config, weights);
         }
         this.spec = message.manifest.adapter.map((t) => ({
-          ...t, modulePath: t.name.replace(/\.lora_[AB]$/, ''), which: t.name.endsWith('lora_A') ? 'A' : 'B',
+          ...t,
+          modulePath: t.name.replace(/\.lora_[AB]$/, ''),
+          which: t.name.endsWith('lora_A') ? 'A' : 'B',
         }));
         this.up = new ErrorFeedback(message.manifest.wire.up);
         this.platform.log(`joined run ${message.manifest.runId} as ${message.workerId}`);
@@ -168,7 +198,11 @@ export class WorkerSession {
     if (message.deltaFrom === undefined) {
       this.flat = values;
     } else {
-      if (message.deltaFrom !== this.paramVersion) throw new LoraMeshError(ErrorCodes.STALE, `params delta from version ${message.deltaFrom}, I hold ${this.paramVersion}`);
+      if (message.deltaFrom !== this.paramVersion)
+        throw new LoraMeshError(
+          ErrorCodes.STALE,
+          `params delta from version ${message.deltaFrom}, I hold ${this.paramVersion}`,
+        );
       for (let i = 0; i < values.length; i++) this.flat[i] += values[i];
     }
     this.adapter = splitTensors(this.flat, this.manifest.adapter);
@@ -177,20 +211,50 @@ export class WorkerSession {
 
   private async compute(a: Assign | AssignLocal): Promise<WorkerMessage> {
     const simulate = this.options.hooks?.compute;
-    if (!this.manifest || (!simulate && (!this.model || !this.base))) throw new LoraMeshError(ErrorCodes.STATE, 'assignment before welcome');
+    if (!this.manifest || (!simulate && (!this.model || !this.base)))
+      throw new LoraMeshError(ErrorCodes.STATE, 'assignment before welcome');
     if (a.paramVersion !== this.paramVersion) {
-      return { type: 'worker-error', assignmentId: a.assignmentId, code: ErrorCodes.STALE, message: `assignment for version ${a.paramVersion}, I hold ${this.paramVersion}` };
+      return {
+        type: 'worker-error',
+        assignmentId: a.assignmentId,
+        code: ErrorCodes.STALE,
+        message: `assignment for version ${a.paramVersion}, I hold ${this.paramVersion}`,
+      };
     }
     const started = performance.now();
     let r: GradientResult;
     if (simulate) r = await simulate(a, this.adapter);
-    else if (a.type === 'assign') r = await computeGradientsAsync(this.model!, this.base!, this.spec, this.adapter, this.manifest.lora, a.microBatch);
-    else if (!this.manifest.local) throw new LoraMeshError(ErrorCodes.STATE, 'assign-local in a run without local steps');
-    else r = await runLocalJob(this.model!, this.base!, this.spec, this.adapter, this.manifest.lora, a.microBatches, a.lr, this.manifest.local);
+    else if (a.type === 'assign')
+      r = await computeGradientsAsync(
+        this.model!,
+        this.base!,
+        this.spec,
+        this.adapter,
+        this.manifest.lora,
+        a.microBatch,
+      );
+    else if (!this.manifest.local)
+      throw new LoraMeshError(ErrorCodes.STATE, 'assign-local in a run without local steps');
+    else
+      r = await runLocalJob(
+        this.model!,
+        this.base!,
+        this.spec,
+        this.adapter,
+        this.manifest.lora,
+        a.microBatches,
+        a.lr,
+        this.manifest.local,
+      );
     this.assignmentsDone++;
     return {
-      type: 'result', assignmentId: a.assignmentId, paramVersion: a.paramVersion, tokenCount: r.tokenCount,
-      lossSum: r.lossSum, computeMs: performance.now() - started, grads: this.up!.encode(flattenTensors(r.grads, this.manifest.adapter)),
+      type: 'result',
+      assignmentId: a.assignmentId,
+      paramVersion: a.paramVersion,
+      tokenCount: r.tokenCount,
+      lossSum: r.lossSum,
+      computeMs: performance.now() - started,
+      grads: this.up!.encode(flattenTensors(r.grads, this.manifest.adapter)),
     };
   }
 }

@@ -18,7 +18,10 @@ const require = createRequire(import.meta.url);
 try {
   require('../build/tfjs-gradients.cjs');
 } catch {
-  fail(ErrorCodes.BACKEND, 'build/tfjs-gradients.cjs is missing: run `npm install` (or `node scripts/build-gradients.mjs`)');
+  fail(
+    ErrorCodes.BACKEND,
+    'build/tfjs-gradients.cjs is missing: run `npm install` (or `node scripts/build-gradients.mjs`)',
+  );
 }
 
 export const BACKENDS = ['auto', 'wasm', 'webgpu', 'cpu', 'tensorflow'] as const;
@@ -63,11 +66,19 @@ function wasmThreadsFromEnv(env: NodeJS.ProcessEnv = process.env): number | unde
   const raw = env.LORAMESH_WASM_THREADS;
   if (raw === undefined || raw === '') return undefined;
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < 1 || n > MAX_WASM_THREADS) fail(ErrorCodes.CONFIG, `LORAMESH_WASM_THREADS should be an integer in 1..${MAX_WASM_THREADS}, got ${JSON.stringify(raw)}`);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_WASM_THREADS)
+    fail(
+      ErrorCodes.CONFIG,
+      `LORAMESH_WASM_THREADS should be an integer in 1..${MAX_WASM_THREADS}, got ${JSON.stringify(raw)}`,
+    );
   return n;
 }
 
-export async function initBackend(requested: BackendName, log: (line: string) => void = () => {}, options: BackendOptions = {}): Promise<BackendInfo> {
+export async function initBackend(
+  requested: BackendName,
+  log: (line: string) => void = () => {},
+  options: BackendOptions = {},
+): Promise<BackendInfo> {
   if (!(BACKENDS as readonly string[]).includes(requested)) {
     fail(ErrorCodes.CONFIG, `--backend should be one of ${BACKENDS.join(', ')}, got ${JSON.stringify(requested)}`);
   }
@@ -83,7 +94,11 @@ export async function initBackend(requested: BackendName, log: (line: string) =>
     if (pkg && (await tf.setBackend('tensorflow'))) {
       return { name: 'tensorflow', fellBack: false, software: false, note: `using ${pkg}` };
     }
-    if (requested === 'tensorflow') fail(ErrorCodes.BACKEND, 'backend "tensorflow" needs @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node installed (see README)');
+    if (requested === 'tensorflow')
+      fail(
+        ErrorCodes.BACKEND,
+        'backend "tensorflow" needs @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node installed (see README)',
+      );
     note = 'tfjs-node(-gpu) not installed; using wasm';
   }
   if (requested !== 'cpu') {
@@ -126,7 +141,10 @@ async function initWebgpu(log: (line: string) => void): Promise<BackendInfo> {
   try {
     dawn = await import('webgpu');
   } catch (err) {
-    return fail(ErrorCodes.BACKEND, `backend "webgpu" needs the \`webgpu\` npm package (Dawn for Node): ${(err as Error).message}`);
+    return fail(
+      ErrorCodes.BACKEND,
+      `backend "webgpu" needs the \`webgpu\` npm package (Dawn for Node): ${(err as Error).message}`,
+    );
   }
   Object.assign(globalThis, dawn.globals);
   // Vulkan is Dawn's WebGPU backend on Linux; also probing its OpenGL ES backend only prints EGL
@@ -134,7 +152,9 @@ async function initWebgpu(log: (line: string) => void): Promise<BackendInfo> {
   const flags = process.platform === 'linux' ? ['backend=vulkan'] : [];
   let gpu = dawn.create(flags);
   let adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
-  let why = process.env.VK_ICD_FILENAMES ? `VK_ICD_FILENAMES=${process.env.VK_ICD_FILENAMES} offers none` : `no Vulkan driver offers one and ${SWIFTSHADER_ICD} is missing`;
+  let why = process.env.VK_ICD_FILENAMES
+    ? `VK_ICD_FILENAMES=${process.env.VK_ICD_FILENAMES} offers none`
+    : `no Vulkan driver offers one and ${SWIFTSHADER_ICD} is missing`;
   let pickedSwiftShader = false;
   if (!adapter && process.platform === 'linux' && !process.env.VK_ICD_FILENAMES && existsSync(SWIFTSHADER_ICD)) {
     // The Vulkan loader reads VK_ICD_FILENAMES when Dawn creates its instance, so a new one sees it.
@@ -145,27 +165,41 @@ async function initWebgpu(log: (line: string) => void): Promise<BackendInfo> {
     why = `neither the system's Vulkan drivers nor SwiftShader (${SWIFTSHADER_ICD}) offer one: is the Vulkan loader libvulkan.so.1 installed?`;
   }
   if (!adapter) {
-    return fail(ErrorCodes.BACKEND, `backend "webgpu": no WebGPU adapter (${why}). Without a GPU, install the Vulkan loader and ` +
-      `Chromium's SwiftShader (apt-get install libvulkan1 chromium) or set VK_ICD_FILENAMES to a Vulkan driver's ICD json`);
+    return fail(
+      ErrorCodes.BACKEND,
+      `backend "webgpu": no WebGPU adapter (${why}). Without a GPU, install the Vulkan loader and ` +
+        `Chromium's SwiftShader (apt-get install libvulkan1 chromium) or set VK_ICD_FILENAMES to a Vulkan driver's ICD json`,
+    );
   }
   const software = isSoftwareAdapter(adapter);
   const adapterName = describeAdapter(adapter.info);
   // Node 20 has no navigator; later versions have one without gpu.
-  if (typeof globalThis.navigator === 'undefined') Object.defineProperty(globalThis, 'navigator', { value: {}, configurable: true, writable: true });
+  if (typeof globalThis.navigator === 'undefined')
+    Object.defineProperty(globalThis, 'navigator', { value: {}, configurable: true, writable: true });
   Object.defineProperty(globalThis.navigator, 'gpu', { value: gpu, configurable: true, writable: true });
   try {
     await import('@tensorflow/tfjs-backend-webgpu');
   } catch (err) {
-    return fail(ErrorCodes.BACKEND, `backend "webgpu" needs @tensorflow/tfjs-backend-webgpu: ${(err as Error).message}`);
+    return fail(
+      ErrorCodes.BACKEND,
+      `backend "webgpu" needs @tensorflow/tfjs-backend-webgpu: ${(err as Error).message}`,
+    );
   }
   if (!tf.findBackendFactory('webgpu')) {
-    return fail(ErrorCodes.BACKEND, 'backend "webgpu": @tensorflow/tfjs-backend-webgpu was imported before navigator.gpu existed, so it did not register');
+    return fail(
+      ErrorCodes.BACKEND,
+      'backend "webgpu": @tensorflow/tfjs-backend-webgpu was imported before navigator.gpu existed, so it did not register',
+    );
   }
-  if (!(await tf.setBackend('webgpu'))) return fail(ErrorCodes.BACKEND, `backend "webgpu": tfjs could not create a device on ${adapterName}`);
+  if (!(await tf.setBackend('webgpu')))
+    return fail(ErrorCodes.BACKEND, `backend "webgpu": tfjs could not create a device on ${adapterName}`);
   await tf.ready();
   const note = `WebGPU adapter: ${adapterName}` + (pickedSwiftShader ? ` (VK_ICD_FILENAMES=${SWIFTSHADER_ICD})` : '');
   log(note);
-  if (software) log(`warning: slow fallback: WebGPU runs on a software renderer (${adapterName}), on the CPU; fine for correctness checks, use wasm or a real GPU for speed`);
+  if (software)
+    log(
+      `warning: slow fallback: WebGPU runs on a software renderer (${adapterName}), on the CPU; fine for correctness checks, use wasm or a real GPU for speed`,
+    );
   // A GPU was asked for and only a CPU implementation of one is here: that is a fallback (see fellBack).
   return { name: 'webgpu', fellBack: software, software, adapter: adapterName, note };
 }

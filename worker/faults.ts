@@ -25,22 +25,55 @@ export function faultHooks(spec: string | undefined): WorkerHooks | undefined {
   for (const rule of spec.split(',')) {
     const [kind, value] = rule.split(':');
     const n = Number(value);
-    if (!Number.isInteger(n) || n < 0) fail(ErrorCodes.CONFIG, `LORAMESH_FAULT rule ${JSON.stringify(rule)} needs a non-negative integer after ':'`);
+    if (!Number.isInteger(n) || n < 0)
+      fail(ErrorCodes.CONFIG, `LORAMESH_FAULT rule ${JSON.stringify(rule)} needs a non-negative integer after ':'`);
     switch (kind) {
-      case 'delay': hooks.beforeResult = () => new Promise((r) => setTimeout(r, n)); break;
-      case 'kill-before-result': hooks.beforeResult = (a) => { if (a.step === n) die(`before answering step ${n}`); }; break;
-      case 'kill-after-send': hooks.afterResult = (a) => { if (a.step === n) die(`right after sending a result of step ${n}`); }; break;
-      case 'byzantine': hooks.beforeResult = (_a, r) => {
-        if (r.type !== 'result') return r;
-        const grads = encodeFloats(decodeFloats(r.grads).map((x) => -n * x), { name: r.grads.codec, blockSize: r.grads.blockSize });
-        return { ...r, grads };
-      }; break;
-      case 'kill-after-params': hooks.afterParams = (v) => { if (v === n) die(`right after parameter version ${n}`); }; break;
-      case 'huge': hooks.compute = async (a, adapter) => {
-        const tokens = (a.type === 'assign' ? [a.microBatch] : a.microBatches).reduce((t, mb) => t + tokenCount(mb), 0);
-        return { lossSum: tokens, tokenCount: tokens, grads: new Map([...adapter].map(([name, p]) => [name, new Float32Array(p.length).fill(n)])) };
-      }; break;
-      default: fail(ErrorCodes.CONFIG, `LORAMESH_FAULT rule ${JSON.stringify(kind)} is not one of delay, kill-before-result, kill-after-send, kill-after-params, byzantine, huge`);
+      case 'delay':
+        hooks.beforeResult = () => new Promise((r) => setTimeout(r, n));
+        break;
+      case 'kill-before-result':
+        hooks.beforeResult = (a) => {
+          if (a.step === n) die(`before answering step ${n}`);
+        };
+        break;
+      case 'kill-after-send':
+        hooks.afterResult = (a) => {
+          if (a.step === n) die(`right after sending a result of step ${n}`);
+        };
+        break;
+      case 'byzantine':
+        hooks.beforeResult = (_a, r) => {
+          if (r.type !== 'result') return r;
+          const grads = encodeFloats(
+            decodeFloats(r.grads).map((x) => -n * x),
+            { name: r.grads.codec, blockSize: r.grads.blockSize },
+          );
+          return { ...r, grads };
+        };
+        break;
+      case 'kill-after-params':
+        hooks.afterParams = (v) => {
+          if (v === n) die(`right after parameter version ${n}`);
+        };
+        break;
+      case 'huge':
+        hooks.compute = async (a, adapter) => {
+          const tokens = (a.type === 'assign' ? [a.microBatch] : a.microBatches).reduce(
+            (t, mb) => t + tokenCount(mb),
+            0,
+          );
+          return {
+            lossSum: tokens,
+            tokenCount: tokens,
+            grads: new Map([...adapter].map(([name, p]) => [name, new Float32Array(p.length).fill(n)])),
+          };
+        };
+        break;
+      default:
+        fail(
+          ErrorCodes.CONFIG,
+          `LORAMESH_FAULT rule ${JSON.stringify(kind)} is not one of delay, kill-before-result, kill-after-send, kill-after-params, byzantine, huge`,
+        );
     }
   }
   return hooks;

@@ -3,7 +3,7 @@
  * near one copy of the weights plus the largest tensor: the file is never held whole.
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import * as tf from '@tensorflow/tfjs-core';
+import type * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../shared/config.ts';
 import { ErrorCodes, fail } from '../shared/errors.ts';
 import { decodeTensorData, readSafetensorsHeader } from '../shared/formats/safetensors.ts';
@@ -29,7 +29,8 @@ function readHeader(fd: number, path: string) {
   const size = fstatSync(fd).size;
   if (size < 8) fail(ErrorCodes.SAFETENSORS, `${path}: ${size} bytes is too short for a safetensors file`);
   const headerLength = Number(new DataView(readExactly(fd, 8, 0).buffer).getBigUint64(0, true));
-  if (headerLength > size - 8) fail(ErrorCodes.SAFETENSORS, `${path}: header length ${headerLength} exceeds the file (${size} bytes)`);
+  if (headerLength > size - 8)
+    fail(ErrorCodes.SAFETENSORS, `${path}: header length ${headerLength} exceeds the file (${size} bytes)`);
   return readSafetensorsHeader(readExactly(fd, 8 + headerLength, 0), size);
 }
 
@@ -45,7 +46,9 @@ export function loadSafetensorsFiles(config: ModelConfig, paths: string[]): Load
       const scratch = new Uint8Array(largest);
       for (const [fileName, entry] of entries) {
         const [begin, end] = entry.data_offsets;
-        collector.add(path, fileName, entry, () => decodeTensorData(fileName, entry, readExactly(fd, end - begin, dataStart + begin, scratch)));
+        collector.add(path, fileName, entry, () =>
+          decodeTensorData(fileName, entry, readExactly(fd, end - begin, dataStart + begin, scratch)),
+        );
       }
     } finally {
       closeSync(fd);

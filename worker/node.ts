@@ -47,7 +47,12 @@ const httpOrigin = (wsUrl: string) => new URL(wsUrl.replace(/^ws/, 'http')).orig
  * download streamed to disk while hashing (never held in memory whole), renamed into the cache
  * only when the hash matches the manifest.
  */
-export async function fetchVerified(origin: string, file: BaseFile, cacheDir: string, log: (l: string) => void): Promise<string> {
+export async function fetchVerified(
+  origin: string,
+  file: BaseFile,
+  cacheDir: string,
+  log: (l: string) => void,
+): Promise<string> {
   const cached = join(cacheDir, file.sha256);
   if (existsSync(cached)) {
     if ((await sha256File(cached)) === file.sha256) return cached;
@@ -76,7 +81,10 @@ export async function fetchVerified(origin: string, file: BaseFile, cacheDir: st
   const digest = hash.digest('hex');
   if (digest !== file.sha256) {
     rmSync(partial, { force: true });
-    fail(ErrorCodes.HASH, `${file.name}: downloaded sha256 ${digest} does not match the manifest's ${file.sha256}; refusing it`);
+    fail(
+      ErrorCodes.HASH,
+      `${file.name}: downloaded sha256 ${digest} does not match the manifest's ${file.sha256}; refusing it`,
+    );
   }
   renameSync(partial, cached);
   log(`downloaded ${file.name} (${(bytes / 1e6).toFixed(1)} MB), sha256 verified`);
@@ -88,20 +96,23 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
   const backend = await initBackend(opts.backend, log);
   if (backend.fellBack) log(`warning: running on the slow ${backend.name} backend`);
   const origin = httpOrigin(opts.url);
-  const session = new WorkerSession({
-    backend: backend.name,
-    platform: 'node',
-    slow: backend.fellBack,
-    adapter: backend.adapter,
-    log,
-    async loadBase(manifest: RunManifest): Promise<Map<string, tf.Tensor>> {
-      const config = checkModelConfig(manifest.model.config);
-      const weightFiles = manifest.model.files.filter((f) => f.name.endsWith('.safetensors'));
-      const paths: string[] = [];
-      for (const f of weightFiles) paths.push(await fetchVerified(origin, f, opts.cacheDir, log));
-      return loadSafetensorsFiles(config, paths).weights;
+  const session = new WorkerSession(
+    {
+      backend: backend.name,
+      platform: 'node',
+      slow: backend.fellBack,
+      adapter: backend.adapter,
+      log,
+      async loadBase(manifest: RunManifest): Promise<Map<string, tf.Tensor>> {
+        const config = checkModelConfig(manifest.model.config);
+        const weightFiles = manifest.model.files.filter((f) => f.name.endsWith('.safetensors'));
+        const paths: string[] = [];
+        for (const f of weightFiles) paths.push(await fetchVerified(origin, f, opts.cacheDir, log));
+        return loadSafetensorsFiles(config, paths).weights;
+      },
     },
-  }, { name: opts.name, token: opts.token, hooks: faultHooks(process.env.LORAMESH_FAULT) });
+    { name: opts.name, token: opts.token, hooks: faultHooks(process.env.LORAMESH_FAULT) },
+  );
 
   let failures = 0;
   while (!session.finished) {
@@ -109,7 +120,8 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
     if (session.finished) break;
     if (attempt.refusal) throw new LoraMeshError(attempt.refusal.code, attempt.refusal.reason);
     failures = attempt.opened ? 0 : failures + 1;
-    if (opts.maxRetries !== undefined && failures > opts.maxRetries) fail(ErrorCodes.STATE, `could not reach ${opts.url} after ${failures} attempts`);
+    if (opts.maxRetries !== undefined && failures > opts.maxRetries)
+      fail(ErrorCodes.STATE, `could not reach ${opts.url} after ${failures} attempts`);
     const delay = reconnectDelayMs(failures, Math.random());
     log(`disconnected; reconnecting in ${(delay / 1000).toFixed(1)} s`);
     await new Promise((r) => setTimeout(r, delay));
@@ -148,9 +160,11 @@ function connectOnce(opts: NodeWorkerOptions, session: WorkerSession, log: (line
       ws.terminate();
     });
     ws.on('message', (data) => {
-      session.receive(asBytes(data as Buffer), (reply) => ws.readyState === ws.OPEN && ws.send(reply)).then(() => {
-        if (session.finished) ws.close(1000, 'done');
-      });
+      session
+        .receive(asBytes(data as Buffer), (reply) => ws.readyState === ws.OPEN && ws.send(reply))
+        .then(() => {
+          if (session.finished) ws.close(1000, 'done');
+        });
     });
     ws.on('error', (err) => {
       if (!answered) log(`connection error: ${err.message}`);

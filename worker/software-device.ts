@@ -19,7 +19,9 @@ export function isSoftwareRenderer(name: string): boolean {
 export function isSoftwareAdapter(adapter: GPUAdapter): boolean {
   const info = adapter.info;
   // isFallbackAdapter moved from the adapter to its info in newer Chromium; read either.
-  const fallback = (info as { isFallbackAdapter?: boolean }).isFallbackAdapter
-    ?? (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter ?? false;
+  const fallback =
+    (info as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
+    (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
+    false;
   return fallback || isSoftwareRenderer([info.vendor, info.architecture, info.device, info.description].join(' '));
 }

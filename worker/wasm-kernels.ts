@@ -62,7 +62,11 @@ function moduleMemory(backend: BackendWasm): WebAssembly.Memory | null {
 }
 
 /** out = A·B per batch with the SIMD kernel; null when the shapes are not ones it takes. */
-function batchMatMulSimd(kernel: SmallMatMul, args: KernelArgs, transpose: (x: Info, perm: number[]) => Info): Info | null {
+function batchMatMulSimd(
+  kernel: SmallMatMul,
+  args: KernelArgs,
+  transpose: (x: Info, perm: number[]) => Info,
+): Info | null {
   const { a, b } = args.inputs;
   const transposeA = Boolean(args.attrs.transposeA);
   const transposeB = Boolean(args.attrs.transposeB);
@@ -71,7 +75,11 @@ function batchMatMulSimd(kernel: SmallMatMul, args: KernelArgs, transpose: (x: I
   const batchA = tf.util.sizeFromShape(a.shape.slice(0, -2));
   const batchB = tf.util.sizeFromShape(b.shape.slice(0, -2));
   // 2-D products are XNNPACK's; other broadcasts are left to tfjs
-  if ((batchA === 1 && batchB === 1 && !transposeA && !transposeB) || (batchA !== batchB && batchA !== 1 && batchB !== 1)) return null;
+  if (
+    (batchA === 1 && batchB === 1 && !transposeA && !transposeB) ||
+    (batchA !== batchB && batchA !== 1 && batchB !== 1)
+  )
+    return null;
   const m = transposeA ? a.shape[ra - 1] : a.shape[ra - 2];
   const k = transposeA ? a.shape[ra - 2] : a.shape[ra - 1];
   const n = transposeB ? b.shape[rb - 2] : b.shape[rb - 1];
@@ -85,8 +93,19 @@ function batchMatMulSimd(kernel: SmallMatMul, args: KernelArgs, transpose: (x: I
   }
   const bRows = transposeB ? transpose({ ...b, shape: [batchB, n, k] }, [0, 2, 1]) : b; // (batchB, k, n)
   const offset = (t: Info) => args.backend.dataIdMap.get(t.dataId)!.memoryOffset as number;
-  kernel(offset(a), offset(bRows), offset(out), batch, m, k, n,
-    batchA === 1 ? 0 : m * k, transposeA ? 1 : k, transposeA ? m : 1, batchB === 1 ? 0 : k * n);
+  kernel(
+    offset(a),
+    offset(bRows),
+    offset(out),
+    batch,
+    m,
+    k,
+    n,
+    batchA === 1 ? 0 : m * k,
+    transposeA ? 1 : k,
+    transposeA ? m : 1,
+    batchB === 1 ? 0 : k * n,
+  );
   if (bRows !== b) args.backend.disposeData(bRows.dataId);
   return out;
 }
@@ -97,8 +116,16 @@ let installed = false;
 export function installWasmKernels(): void {
   if (installed) return;
   installed = true;
-  const original = (name: string) => tf.getKernel(name, 'wasm')!.kernelFunc as unknown as (args: KernelArgs) => Info | Info[];
-  const [identity, slice, splitV, unpack, batchMatMul, transposeKernel] = ['Identity', 'Slice', 'SplitV', 'Unpack', 'BatchMatMul', 'Transpose'].map(original);
+  const original = (name: string) =>
+    tf.getKernel(name, 'wasm')!.kernelFunc as unknown as (args: KernelArgs) => Info | Info[];
+  const [identity, slice, splitV, unpack, batchMatMul, transposeKernel] = [
+    'Identity',
+    'Slice',
+    'SplitV',
+    'Unpack',
+    'BatchMatMul',
+    'Transpose',
+  ].map(original);
 
   replaceKernel('Identity', (args) => {
     const { x } = args.inputs;
@@ -114,7 +141,8 @@ export function installWasmKernels(): void {
       kernels.set(args.backend, memory && instantiateSmallMatMul(memory));
     }
     const kernel = kernels.get(args.backend);
-    const transpose = (x: Info, perm: number[]) => transposeKernel({ inputs: { x }, backend: args.backend, attrs: { perm } }) as Info;
+    const transpose = (x: Info, perm: number[]) =>
+      transposeKernel({ inputs: { x }, backend: args.backend, attrs: { perm } }) as Info;
     return (kernel && batchMatMulSimd(kernel, args, transpose)) ?? batchMatMul(args);
   });
 

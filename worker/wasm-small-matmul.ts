@@ -64,29 +64,124 @@ const increment = (l: number, by = 1) => [...get(l), ...i32(by), ...ADD, ...set(
 /** byte address base + (index << 2) */
 const addr = (base: number, index: number) => [...get(base), ...get(index), ...i32(2), ...SHL, ...ADD];
 /** do { body; l++ } while (l < limit) */
-const doLoop = (l: number, limit: number, body: number[]) => [...i32(0), ...set(l), ...LOOP, ...body, ...increment(l), ...get(l), ...get(limit), ...LT_S, ...BR_IF, 0, ...END];
+const doLoop = (l: number, limit: number, body: number[]) => [
+  ...i32(0),
+  ...set(l),
+  ...LOOP,
+  ...body,
+  ...increment(l),
+  ...get(l),
+  ...get(limit),
+  ...LT_S,
+  ...BR_IF,
+  0,
+  ...END,
+];
 /** while (j < limit) { body; j += step } */
-const whileLoop = (limit: number, step: number, body: number[]) =>
-  [...BLOCK, ...LOOP, ...get(J), ...get(limit), ...GE_S, ...BR_IF, 1, ...body, ...increment(J, step), ...BR, 0, ...END, ...END];
+const whileLoop = (limit: number, step: number, body: number[]) => [
+  ...BLOCK,
+  ...LOOP,
+  ...get(J),
+  ...get(limit),
+  ...GE_S,
+  ...BR_IF,
+  1,
+  ...body,
+  ...increment(J, step),
+  ...BR,
+  0,
+  ...END,
+  ...END,
+];
 
 const body = [
-  ...get(N), ...i32(-4), ...AND, ...set(N4),
+  ...get(N),
+  ...i32(-4),
+  ...AND,
+  ...set(N4),
   ...doLoop(T, BATCH, [
-    ...get(A), ...get(T), ...get(A_BATCH), ...MUL, ...i32(2), ...SHL, ...ADD, ...set(A_BASE),
-    ...get(B), ...get(T), ...get(B_BATCH), ...MUL, ...i32(2), ...SHL, ...ADD, ...set(B_BASE),
+    ...get(A),
+    ...get(T),
+    ...get(A_BATCH),
+    ...MUL,
+    ...i32(2),
+    ...SHL,
+    ...ADD,
+    ...set(A_BASE),
+    ...get(B),
+    ...get(T),
+    ...get(B_BATCH),
+    ...MUL,
+    ...i32(2),
+    ...SHL,
+    ...ADD,
+    ...set(B_BASE),
     ...doLoop(I, M, [
       // out row (t, i) = 0
-      ...get(OUT), ...get(T), ...get(M), ...MUL, ...get(I), ...ADD, ...get(N), ...MUL, ...i32(2), ...SHL, ...ADD, ...set(O_ROW),
+      ...get(OUT),
+      ...get(T),
+      ...get(M),
+      ...MUL,
+      ...get(I),
+      ...ADD,
+      ...get(N),
+      ...MUL,
+      ...i32(2),
+      ...SHL,
+      ...ADD,
+      ...set(O_ROW),
       ...doLoop(J, N, [...addr(O_ROW, J), 0x43, 0, 0, 0, 0, ...F32_STORE]),
       ...doLoop(P, K, [
         // a(i, p) as a scalar and in all 4 lanes
-        ...get(A_BASE), ...get(I), ...get(A_ROW), ...MUL, ...get(P), ...get(A_COL), ...MUL, ...ADD, ...i32(2), ...SHL, ...ADD, ...F32_LOAD, ...set(A_VAL),
-        ...get(A_VAL), ...F32X4_SPLAT, ...set(A_VEC),
-        ...get(B_BASE), ...get(P), ...get(N), ...MUL, ...i32(2), ...SHL, ...ADD, ...set(B_ROW),
-        ...i32(0), ...set(J),
+        ...get(A_BASE),
+        ...get(I),
+        ...get(A_ROW),
+        ...MUL,
+        ...get(P),
+        ...get(A_COL),
+        ...MUL,
+        ...ADD,
+        ...i32(2),
+        ...SHL,
+        ...ADD,
+        ...F32_LOAD,
+        ...set(A_VAL),
+        ...get(A_VAL),
+        ...F32X4_SPLAT,
+        ...set(A_VEC),
+        ...get(B_BASE),
+        ...get(P),
+        ...get(N),
+        ...MUL,
+        ...i32(2),
+        ...SHL,
+        ...ADD,
+        ...set(B_ROW),
+        ...i32(0),
+        ...set(J),
         // out[j..j+3] += a(i, p) · b[p, j..j+3]
-        ...whileLoop(N4, 4, [...addr(O_ROW, J), ...addr(O_ROW, J), ...V128_LOAD, ...get(A_VEC), ...addr(B_ROW, J), ...V128_LOAD, ...F32X4_MUL, ...F32X4_ADD, ...V128_STORE]),
-        ...whileLoop(N, 1, [...addr(O_ROW, J), ...addr(O_ROW, J), ...F32_LOAD, ...get(A_VAL), ...addr(B_ROW, J), ...F32_LOAD, ...F32_MUL, ...F32_ADD, ...F32_STORE]),
+        ...whileLoop(N4, 4, [
+          ...addr(O_ROW, J),
+          ...addr(O_ROW, J),
+          ...V128_LOAD,
+          ...get(A_VEC),
+          ...addr(B_ROW, J),
+          ...V128_LOAD,
+          ...F32X4_MUL,
+          ...F32X4_ADD,
+          ...V128_STORE,
+        ]),
+        ...whileLoop(N, 1, [
+          ...addr(O_ROW, J),
+          ...addr(O_ROW, J),
+          ...F32_LOAD,
+          ...get(A_VAL),
+          ...addr(B_ROW, J),
+          ...F32_LOAD,
+          ...F32_MUL,
+          ...F32_ADD,
+          ...F32_STORE,
+        ]),
       ]),
     ]),
   ]),
@@ -95,11 +190,22 @@ const body = [
 
 /** The module's bytes; `shared` must match the imported memory (tfjs's threaded build shares it). */
 function smallMatMulModule(shared: boolean): Uint8Array<ArrayBuffer> {
-  const locals = [[...uleb(9), I32], [...uleb(1), F32], [...uleb(1), V128]];
+  const locals = [
+    [...uleb(9), I32],
+    [...uleb(1), F32],
+    [...uleb(1), V128],
+  ];
   const code = [...vec(locals), ...body];
   const memoryLimits = shared ? [0x03, ...uleb(1), ...uleb(65536)] : [0x00, ...uleb(1)];
   return new Uint8Array([
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    0x00,
+    0x61,
+    0x73,
+    0x6d,
+    0x01,
+    0x00,
+    0x00,
+    0x00,
     ...section(1, vec([[0x60, ...vec(Array.from({ length: 11 }, () => [I32])), ...vec([])]])), // (i32 × 11) → ()
     ...section(2, vec([[...name('env'), ...name('memory'), 0x02, ...memoryLimits]])),
     ...section(3, vec([uleb(0)])),
@@ -108,7 +214,19 @@ function smallMatMulModule(shared: boolean): Uint8Array<ArrayBuffer> {
   ]);
 }
 
-export type SmallMatMul = (a: number, b: number, out: number, batch: number, m: number, k: number, n: number, aBatch: number, aRow: number, aCol: number, bBatch: number) => void;
+export type SmallMatMul = (
+  a: number,
+  b: number,
+  out: number,
+  batch: number,
+  m: number,
+  k: number,
+  n: number,
+  aBatch: number,
+  aRow: number,
+  aCol: number,
+  bBatch: number,
+) => void;
 
 /** The kernel bound to `memory`, or null where the engine lacks wasm SIMD. */
 export function instantiateSmallMatMul(memory: WebAssembly.Memory): SmallMatMul | null {

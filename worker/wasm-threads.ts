@@ -50,8 +50,12 @@ export async function registerThreadedWasm(threads: number): Promise<void> {
   }
   const wasmPkg = await import('@tensorflow/tfjs-backend-wasm');
   const outDir = join(dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'wasm-out');
-  const factory = require(join(outDir, 'tfjs-backend-wasm-threaded-simd.js')) as (config: object) => Promise<EmscriptenModule>;
-  const { wasmWorkerContents } = require(join(outDir, 'tfjs-backend-wasm-threaded-simd.worker.js')) as { wasmWorkerContents: string };
+  const factory = require(join(outDir, 'tfjs-backend-wasm-threaded-simd.js')) as (
+    config: object,
+  ) => Promise<EmscriptenModule>;
+  const { wasmWorkerContents } = require(join(outDir, 'tfjs-backend-wasm-threaded-simd.worker.js')) as {
+    wasmWorkerContents: string;
+  };
   // tfjs escapes the newlines inside the worker's string literals the same way before making its blob.
   const workerSource = wasmWorkerContents.replace(/\n/g, '\\n');
   const mainSource = `var WasmBackendModuleThreadedSimd = ${factory.toString()}`;
@@ -63,32 +67,42 @@ export async function registerThreadedWasm(threads: number): Promise<void> {
   const mainFile = writeOnce(join(dir, 'main.js'), mainSource);
 
   tf.removeBackend('wasm');
-  tf.registerBackend('wasm', async () => {
-    const realCpus = os.cpus;
-    os.cpus = () => Array.from({ length: 2 * threads }, () => realCpus()[0]);
-    try {
-      const module = await factory({
-        locateFile: (path: string, prefix: string) =>
-          path.endsWith('.worker.js') ? workerFile : path.endsWith('.wasm') ? join(outDir, 'tfjs-backend-wasm-threaded-simd.wasm') : prefix + path,
-        mainScriptUrlOrBlob: mainFile,
-      });
-      // The same bridge tfjs-backend-wasm's init() builds.
-      module.tfjs = {
-        init: module.cwrap('init', null, []),
-        initWithThreadsCount: module.cwrap('init_with_threads_count', null, ['number']),
-        getThreadsCount: module.cwrap('get_threads_count', 'number', []),
-        registerTensor: module.cwrap('register_tensor', null, ['number', 'number', 'number']),
-        disposeData: module.cwrap('dispose_data', null, ['number']),
-        dispose: module.cwrap('dispose', null, []),
-      };
-      wasmPkg.setThreadsCount(threads);
-      const backend = new wasmPkg.BackendWasm(module as unknown as ConstructorParameters<typeof wasmPkg.BackendWasm>[0]);
-      // The thread pool's pthreads run for the life of the process; Emscripten refs the Node
-      // worker of every running pthread, so without this a finished CLI would never exit.
-      for (const worker of module.PThread?.runningWorkers ?? []) worker.unref();
-      return backend;
-    } finally {
-      os.cpus = realCpus;
-    }
-  }, 2);
+  tf.registerBackend(
+    'wasm',
+    async () => {
+      const realCpus = os.cpus;
+      os.cpus = () => Array.from({ length: 2 * threads }, () => realCpus()[0]);
+      try {
+        const module = await factory({
+          locateFile: (path: string, prefix: string) =>
+            path.endsWith('.worker.js')
+              ? workerFile
+              : path.endsWith('.wasm')
+                ? join(outDir, 'tfjs-backend-wasm-threaded-simd.wasm')
+                : prefix + path,
+          mainScriptUrlOrBlob: mainFile,
+        });
+        // The same bridge tfjs-backend-wasm's init() builds.
+        module.tfjs = {
+          init: module.cwrap('init', null, []),
+          initWithThreadsCount: module.cwrap('init_with_threads_count', null, ['number']),
+          getThreadsCount: module.cwrap('get_threads_count', 'number', []),
+          registerTensor: module.cwrap('register_tensor', null, ['number', 'number', 'number']),
+          disposeData: module.cwrap('dispose_data', null, ['number']),
+          dispose: module.cwrap('dispose', null, []),
+        };
+        wasmPkg.setThreadsCount(threads);
+        const backend = new wasmPkg.BackendWasm(
+          module as unknown as ConstructorParameters<typeof wasmPkg.BackendWasm>[0],
+        );
+        // The thread pool's pthreads run for the life of the process; Emscripten refs the Node
+        // worker of every running pthread, so without this a finished CLI would never exit.
+        for (const worker of module.PThread?.runningWorkers ?? []) worker.unref();
+        return backend;
+      } finally {
+        os.cpus = realCpus;
+      }
+    },
+    2,
+  );
 }

@@ -33,13 +33,25 @@ export interface Figure extends Stats {
   unit: string;
 }
 
-export const figure = (label: string, unit: string, samples: readonly number[]): Figure => ({ label, unit, ...stats(samples) });
+export const figure = (label: string, unit: string, samples: readonly number[]): Figure => ({
+  label,
+  unit,
+  ...stats(samples),
+});
 
 /** Fixed-width number: 3 significant digits, no exponent for the ranges benchmarks print. */
 export function fmt(x: number): string {
   if (!Number.isFinite(x) || Number.isInteger(x)) return String(x);
   const a = Math.abs(x);
-  return a >= 100 ? x.toFixed(0) : a >= 10 ? x.toFixed(1) : a >= 1 ? x.toFixed(2) : a >= 0.01 ? x.toFixed(3) : x.toPrecision(2);
+  return a >= 100
+    ? x.toFixed(0)
+    : a >= 10
+      ? x.toFixed(1)
+      : a >= 1
+        ? x.toFixed(2)
+        : a >= 0.01
+          ? x.toFixed(3)
+          : x.toPrecision(2);
 }
 
 export function formatFigure(f: Figure): string {
@@ -58,12 +70,17 @@ export interface Machine {
 
 export function machine(): Machine {
   return {
-    cores: availableParallelism(), cpu: cpus()[0]?.model.trim() ?? 'unknown', memoryGB: Math.round(totalmem() / 2 ** 30),
-    node: process.version, platform: `${process.platform} ${process.arch}`, loadAverage: Number(loadavg()[0].toFixed(2)),
+    cores: availableParallelism(),
+    cpu: cpus()[0]?.model.trim() ?? 'unknown',
+    memoryGB: Math.round(totalmem() / 2 ** 30),
+    node: process.version,
+    platform: `${process.platform} ${process.arch}`,
+    loadAverage: Number(loadavg()[0].toFixed(2)),
   };
 }
 
-export const describeMachine = (m: Machine = machine()) => `${m.cores} × ${m.cpu}, ${m.memoryGB} GB RAM, Node ${m.node}, ${m.platform}, load average ${m.loadAverage} at the start`;
+export const describeMachine = (m: Machine = machine()) =>
+  `${m.cores} × ${m.cpu}, ${m.memoryGB} GB RAM, Node ${m.node}, ${m.platform}, load average ${m.loadAverage} at the start`;
 
 /** Resident set size of this process in bytes (VmRSS; the kernel's figure, not V8's). */
 export function rssBytes(): number {
@@ -101,6 +118,8 @@ export const provenance = (date: string, command: string, m: Machine = machine()
 
 /** Parses `--quick` and `--no-write` for a benchmark's own npm script. */
 export function cliFlags(argv = process.argv.slice(2)): { quick: boolean; write: boolean } {
-  for (const a of argv) if (a !== '--quick' && a !== '--no-write') throw new Error(`unknown argument ${JSON.stringify(a)}; expected --quick or --no-write`);
+  for (const a of argv)
+    if (a !== '--quick' && a !== '--no-write')
+      throw new Error(`unknown argument ${JSON.stringify(a)}; expected --quick or --no-write`);
   return { quick: argv.includes('--quick'), write: !argv.includes('--no-write') };
 }

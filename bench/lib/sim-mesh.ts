@@ -6,7 +6,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { checkLoraConfig, checkModelConfig, checkTrainConfig, type Gpt2Config, type LoraConfig } from '../../shared/config.ts';
+import {
+  checkLoraConfig,
+  checkModelConfig,
+  checkTrainConfig,
+  type Gpt2Config,
+  type LoraConfig,
+} from '../../shared/config.ts';
 import type { TextTokenizer } from '../../shared/data/tokenizer.ts';
 import { Rng } from '../../shared/rng.ts';
 import type { Example } from '../../shared/train/micro-batch.ts';
@@ -16,20 +22,52 @@ import type { StepMetrics } from '../../coordinator/trainer.ts';
 import type { SimWorkerPool } from './sim-pool.ts';
 
 /** GPT-2 small (124M): 12 layers, d = 768. */
-export const GPT2_SMALL = checkModelConfig({ model_type: 'gpt2', vocab_size: 50257, n_positions: 1024, n_embd: 768, n_layer: 12, n_head: 12 }) as Gpt2Config;
+export const GPT2_SMALL = checkModelConfig({
+  model_type: 'gpt2',
+  vocab_size: 50257,
+  n_positions: 1024,
+  n_embd: 768,
+  n_layer: 12,
+  n_head: 12,
+}) as Gpt2Config;
 /** A 2-layer, d = 32 GPT-2 for smoke tests (the shape of test/fixtures/hf/gpt2). */
-export const GPT2_TINY = checkModelConfig({ model_type: 'gpt2', vocab_size: 64, n_positions: 64, n_embd: 32, n_layer: 2, n_head: 4 }) as Gpt2Config;
+export const GPT2_TINY = checkModelConfig({
+  model_type: 'gpt2',
+  vocab_size: 64,
+  n_positions: 64,
+  n_embd: 32,
+  n_layer: 2,
+  n_head: 4,
+}) as Gpt2Config;
 /** r = 8 on the fused q/k/v projection: per layer A 8×768 + B 2304×8 for GPT-2 small. */
 export const C_ATTN_R8 = checkLoraConfig({ r: 8, alpha: 16, targetModules: ['c_attn'] });
 
 /** Only padId is read by a run; the rest would mean a mistake in the benchmark. */
 function idsOnlyTokenizer(config: Gpt2Config): TextTokenizer {
-  const unused = (): never => { throw new Error('the simulated model has no tokenizer'); };
-  return { vocabSize: config.vocab_size, bosId: null, eosId: null, padId: 0, addBos: false, encode: unused, decode: unused, renderChat: unused };
+  const unused = (): never => {
+    throw new Error('the simulated model has no tokenizer');
+  };
+  return {
+    vocabSize: config.vocab_size,
+    bosId: null,
+    eosId: null,
+    padId: 0,
+    addBos: false,
+    encode: unused,
+    decode: unused,
+    renderChat: unused,
+  };
 }
 
 export function simulatedModelDir(config: Gpt2Config): ModelDir {
-  return { dir: `simulated-${config.model_type}-${config.n_layer}x${config.n_embd}`, config, rawConfig: { ...config }, tokenizer: idsOnlyTokenizer(config), files: [], extraFiles: [] };
+  return {
+    dir: `simulated-${config.model_type}-${config.n_layer}x${config.n_embd}`,
+    config,
+    rawConfig: { ...config },
+    tokenizer: idsOnlyTokenizer(config),
+    files: [],
+    extraFiles: [],
+  };
 }
 
 /** Random token sequences of `seqLen` + 1 tokens (inputs and shifted targets), every target counted. */
@@ -77,7 +115,10 @@ const PROBLEM = /reject|error|left holding|missed a heartbeat|dropping|closed \(
  * Every simulated worker connects from 127.0.0.1, which the default per-address caps
  * (DEFAULT_NET_LIMITS: 32 workers, 64 TCP connections) would refuse past N = 32.
  */
-const ONE_ADDRESS_FOR_ALL = (workers: number) => ({ maxWorkersPerAddress: workers + 16, maxConnectionsPerAddress: workers + 64 });
+const ONE_ADDRESS_FOR_ALL = (workers: number) => ({
+  maxWorkersPerAddress: workers + 16,
+  maxConnectionsPerAddress: workers + 64,
+});
 
 /**
  * One run: N micro-batches of 1 sequence per step (one per worker), the coordinator listening on
@@ -92,11 +133,21 @@ export async function runSimulated(o: SimRunOptions): Promise<SimRunResult> {
   let finished = false;
   try {
     const result = await runTraining({
-      model: o.model, lora: o.lora ?? C_ATTN_R8, examples: o.examples, outDir, runId: `sim-${o.workers}`,
+      model: o.model,
+      lora: o.lora ?? C_ATTN_R8,
+      examples: o.examples,
+      outDir,
+      runId: `sim-${o.workers}`,
       train: checkTrainConfig({ steps: o.steps, globalBatch: o.workers, microBatch: 1, warmupSteps: 0, seed: 1 }),
-      localWorkers: 0, minWorkers: o.workers, progress: false, heartbeatMs: HEARTBEAT_MS, netLimits: ONE_ADDRESS_FOR_ALL(o.workers),
+      localWorkers: 0,
+      minWorkers: o.workers,
+      progress: false,
+      heartbeatMs: HEARTBEAT_MS,
+      netLimits: ONE_ADDRESS_FOR_ALL(o.workers),
       // Simulated workers send made-up gradients of a model that has no weights: nothing to recompute.
-      spotCheck: { fraction: 0 }, outlierFactor: 0, probation: 0,
+      spotCheck: { fraction: 0 },
+      outlierFactor: 0,
+      probation: 0,
       log: (line) => {
         const url = /listening on (wss?:\S+)/.exec(line)?.[1];
         if (url && !connected) {

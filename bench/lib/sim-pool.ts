@@ -17,7 +17,11 @@ export class SimWorkerPool {
   constructor(processes: number) {
     this.children = Array.from({ length: processes }, () => {
       // advanced serialization: typed arrays cross the IPC channel as bytes, not JSON
-      const child = fork(childPath, [], { execArgv: ['--import', tsxLoader], serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      const child = fork(childPath, [], {
+        execArgv: ['--import', tsxLoader],
+        serialization: 'advanced',
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      });
       child.on('message', (m: SimReply) => {
         if (m.type === 'error' && this.errors.length < 20) this.errors.push(m.message);
       });
@@ -58,21 +62,27 @@ export class SimWorkerPool {
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.children.map(async (child) => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = once(child, 'exit');
-      child.disconnect();
-      const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
-      await exited;
-      clearTimeout(timer);
-    }));
+    await Promise.all(
+      this.children.map(async (child) => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        const exited = once(child, 'exit');
+        child.disconnect();
+        const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
+        await exited;
+        clearTimeout(timer);
+      }),
+    );
   }
 
   private send(child: ChildProcess, cmd: SimCommand): void {
     child.send(cmd);
   }
 
-  private request<T extends SimReply['type']>(child: ChildProcess, cmd: SimCommand, type: T): Promise<Extract<SimReply, { type: T }>> {
+  private request<T extends SimReply['type']>(
+    child: ChildProcess,
+    cmd: SimCommand,
+    type: T,
+  ): Promise<Extract<SimReply, { type: T }>> {
     return new Promise((resolve, reject) => {
       const onMessage = (m: SimReply) => {
         if (m.type !== type) return;

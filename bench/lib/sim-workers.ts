@@ -37,7 +37,7 @@ function gradientsLike(adapter: ReadonlyMap<string, Float32Array>): Map<string, 
     if (!g || g.length !== values.length) {
       // Small finite values of both signs: the coordinator refuses non-finite gradients.
       g = new Float32Array(values.length);
-      for (let i = 0; i < g.length; i++) g[i] = ((Math.imul(i, 2654435761) >>> 0) % 2001 - 1000) * 1e-6;
+      for (let i = 0; i < g.length; i++) g[i] = (((Math.imul(i, 2654435761) >>> 0) % 2001) - 1000) * 1e-6;
       gradientBuffers.set(name, g);
     }
     grads.set(name, g);
@@ -48,38 +48,45 @@ function gradientsLike(adapter: ReadonlyMap<string, Float32Array>): Map<string, 
 /** Token count of an assignment, whatever its kind: the coordinator checks it. */
 function assignmentTokens(a: Assignment): number {
   // local-steps jobs carry several micro-batches
-  const batches: MicroBatch[] = 'microBatches' in a ? (a as { microBatches: MicroBatch[] }).microBatches : [a.microBatch];
+  const batches: MicroBatch[] =
+    'microBatches' in a ? (a as { microBatches: MicroBatch[] }).microBatches : [a.microBatch];
   return batches.reduce((n, mb) => n + tokenCount(mb), 0);
 }
 
 let captureNext = false;
 
 function startSession(url: string, name: string, computeMs: number): void {
-  const session = new WorkerSession({
-    backend: 'simulated', platform: 'node',
-    loadBase: () => Promise.reject(new Error('simulated workers never load the base model')),
-    log: () => {},
-  }, {
-    name,
-    hooks: {
-      compute: async (a, adapter): Promise<GradientResult> => {
-        await sleep(computeMs);
-        return { lossSum: 1, tokenCount: assignmentTokens(a), grads: gradientsLike(adapter) };
+  const session = new WorkerSession(
+    {
+      backend: 'simulated',
+      platform: 'node',
+      loadBase: () => Promise.reject(new Error('simulated workers never load the base model')),
+      log: () => {},
+    },
+    {
+      name,
+      hooks: {
+        compute: async (a, adapter): Promise<GradientResult> => {
+          await sleep(computeMs);
+          return { lossSum: 1, tokenCount: assignmentTokens(a), grads: gradientsLike(adapter) };
+        },
       },
     },
-  });
+  );
   const ws = new WebSocket(url, { maxPayload: 1 << 30, perMessageDeflate: false });
   ws.on('open', () => ws.send(session.hello()));
   ws.on('message', (data) => {
-    void session.receive(asBytes(data as Buffer), (frame) => {
-      if (captureNext && decodeMessage(frame).type === 'result') {
-        captureNext = false;
-        reply({ type: 'frame', bytes: frame });
-      }
-      if (ws.readyState === ws.OPEN) ws.send(frame);
-    }).then(() => {
-      if (session.finished) ws.close(1000, 'done');
-    });
+    void session
+      .receive(asBytes(data as Buffer), (frame) => {
+        if (captureNext && decodeMessage(frame).type === 'result') {
+          captureNext = false;
+          reply({ type: 'frame', bytes: frame });
+        }
+        if (ws.readyState === ws.OPEN) ws.send(frame);
+      })
+      .then(() => {
+        if (session.finished) ws.close(1000, 'done');
+      });
   });
   ws.on('error', (err) => reply({ type: 'error', message: `${name}: ${err.message}` }));
 }

@@ -4,30 +4,73 @@
  * so worker names and log lines cannot inject markup.
  */
 
-interface StepRecord { step: number; loss: number; tokensPerSecond: number; bytesUp: number; bytesDown: number; fp32LoraBytes: number; fullFineTuneBytes: number; samples: number }
+interface StepRecord {
+  step: number;
+  loss: number;
+  tokensPerSecond: number;
+  bytesUp: number;
+  bytesDown: number;
+  fp32LoraBytes: number;
+  fullFineTuneBytes: number;
+  samples: number;
+}
 interface WorkerRow {
-  id: string; name: string; platform: string; backend: string; adapter: string; slow: boolean; state: string;
-  throughput: number; microBatchesDone: number; used: number; discarded: number; lastSeen: number;
+  id: string;
+  name: string;
+  platform: string;
+  backend: string;
+  adapter: string;
+  slow: boolean;
+  state: string;
+  throughput: number;
+  microBatchesDone: number;
+  used: number;
+  discarded: number;
+  lastSeen: number;
 }
 interface Status {
   summary: {
-    runId: string; model: string; modelType: string; modelParameters: number; adapterParameters: number; steps: number; lora: Record<string, unknown>; train: Record<string, unknown>;
-    wire: string | null; local: { steps: number; outerLr: number; outerMomentum: number } | null;
+    runId: string;
+    model: string;
+    modelType: string;
+    modelParameters: number;
+    adapterParameters: number;
+    steps: number;
+    lora: Record<string, unknown>;
+    train: Record<string, unknown>;
+    wire: string | null;
+    local: { steps: number; outerLr: number; outerMomentum: number } | null;
   };
-  step: number; finished: boolean; etaSeconds: number | null;
-  steps: StepRecord[]; evals: { step: number; loss: number }[]; workers: WorkerRow[]; log: string[];
+  step: number;
+  finished: boolean;
+  etaSeconds: number | null;
+  steps: StepRecord[];
+  evals: { step: number; loss: number }[];
+  workers: WorkerRow[];
+  log: string[];
 }
 
 const $ = (id: string) => document.getElementById(id)!;
-const setText = (id: string, text: string) => { $(id).textContent = text; };
-const fmtBytes = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : b >= 1e6 ? `${(b / 1e6).toFixed(2)} MB` : `${(b / 1e3).toFixed(1)} kB`);
-const fmtTime = (s: number) => (s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min` : s >= 60 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${Math.round(s)} s`);
+const setText = (id: string, text: string) => {
+  $(id).textContent = text;
+};
+const fmtBytes = (b: number) =>
+  b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : b >= 1e6 ? `${(b / 1e6).toFixed(2)} MB` : `${(b / 1e3).toFixed(1)} kB`;
+const fmtTime = (s: number) =>
+  s >= 3600
+    ? `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`
+    : s >= 60
+      ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`
+      : `${Math.round(s)} s`;
 
 function render(s: Status): void {
   const sum = s.summary;
   setText('run-id', sum.runId);
   const lora = sum.lora as { r: number; alpha: number; targetModules: string[] };
-  setText('run-config', `${sum.model} (${sum.modelType}, ${sum.modelParameters.toLocaleString()} params) · LoRA r=${lora.r} α=${lora.alpha} on ${lora.targetModules.join(', ')} (${sum.adapterParameters.toLocaleString()} trainable) · ${describeTrain(sum.train)}${sum.wire ? ` · wire ${sum.wire}` : ''}${sum.local ? ` · local steps H=${sum.local.steps} (outer lr ${sum.local.outerLr}, momentum ${sum.local.outerMomentum})` : ''}`);
+  setText(
+    'run-config',
+    `${sum.model} (${sum.modelType}, ${sum.modelParameters.toLocaleString()} params) · LoRA r=${lora.r} α=${lora.alpha} on ${lora.targetModules.join(', ')} (${sum.adapterParameters.toLocaleString()} trainable) · ${describeTrain(sum.train)}${sum.wire ? ` · wire ${sum.wire}` : ''}${sum.local ? ` · local steps H=${sum.local.steps} (outer lr ${sum.local.outerLr}, momentum ${sum.local.outerMomentum})` : ''}`,
+  );
   setText('step', `${s.step} / ${sum.steps}${s.finished ? ' ✓' : ''}`);
   setText('eta', s.finished ? 'done' : s.etaSeconds === null ? '–' : fmtTime(s.etaSeconds));
   const last = s.steps[s.steps.length - 1];
@@ -40,7 +83,10 @@ function render(s: Status): void {
     setText('bytes', `${fmtBytes(last.bytesUp)} + ${fmtBytes(last.bytesDown)}`);
     // Both baselines are synchronous fp32 training of the same samples (× H in local-steps mode).
     const more = (b: number) => `${fmtBytes(b)} (${(b / Math.max(1, moved)).toFixed(1)}× more)`;
-    setText('bytes-vs-full', `fp32 LoRA: ${more(last.fp32LoraBytes)} · full fine-tuning: ${more(last.fullFineTuneBytes)}`);
+    setText(
+      'bytes-vs-full',
+      `fp32 LoRA: ${more(last.fp32LoraBytes)} · full fine-tuning: ${more(last.fullFineTuneBytes)}`,
+    );
   }
   renderChart(s.steps, s.evals);
   renderWorkers(s.workers);
@@ -95,8 +141,15 @@ function renderWorkers(workers: WorkerRow[]): void {
     const tr = document.createElement('tr');
     tr.dataset.workerId = w.id;
     const cells = [
-      w.id, w.name, w.platform, w.backend + (w.slow ? ' (slow fallback)' : ''), w.adapter || '–', w.throughput.toFixed(0),
-      `${w.microBatchesDone} (${w.used} used, ${w.discarded} discarded)`, `${Math.max(0, Math.round((Date.now() - w.lastSeen) / 1000))} s ago`, w.state,
+      w.id,
+      w.name,
+      w.platform,
+      w.backend + (w.slow ? ' (slow fallback)' : ''),
+      w.adapter || '–',
+      w.throughput.toFixed(0),
+      `${w.microBatchesDone} (${w.used} used, ${w.discarded} discarded)`,
+      `${Math.max(0, Math.round((Date.now() - w.lastSeen) / 1000))} s ago`,
+      w.state,
     ];
     for (const [i, text] of cells.entries()) {
       const td = document.createElement('td');
@@ -130,7 +183,8 @@ async function refresh(): Promise<void> {
 }
 
 void refresh();
-if (adminToken) setInterval(refresh, 1000); // EventSource cannot send headers: poll instead
+if (adminToken)
+  setInterval(refresh, 1000); // EventSource cannot send headers: poll instead
 else {
   setInterval(refresh, 2000);
   const events = new EventSource('/api/events');

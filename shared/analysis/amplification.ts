@@ -33,11 +33,22 @@ export interface Amplification {
  * W is (d_out, d_in); delta is the SVD of ΔW; weightValues are W's singular values (descending),
  * computed once per base module by the caller since they do not depend on the adapter.
  */
-export function amplification(W: Matrix, delta: ThinSvd, weightValues: number[], k: number, seed = 0, draws = 8): Amplification {
+export function amplification(
+  W: Matrix,
+  delta: ThinSvd,
+  weightValues: number[],
+  k: number,
+  seed = 0,
+  draws = 8,
+): Amplification {
   if (delta.left.rows !== W.rows || delta.right.rows !== W.columns) {
-    fail(ErrorCodes.SHAPE, `ΔW is ${delta.left.rows}×${delta.right.rows} but W is ${W.rows}×${W.columns}; expected the same (d_out, d_in)`);
+    fail(
+      ErrorCodes.SHAPE,
+      `ΔW is ${delta.left.rows}×${delta.right.rows} but W is ${W.rows}×${W.columns}; expected the same (d_out, d_in)`,
+    );
   }
-  if (!Number.isInteger(k) || k < 1 || k > delta.values.length) fail(ErrorCodes.CONFIG, `amplification k=${k}: expected an integer in [1, ${delta.values.length}]`);
+  if (!Number.isInteger(k) || k < 1 || k > delta.values.length)
+    fail(ErrorCodes.CONFIG, `amplification k=${k}: expected an integer in [1, ${delta.values.length}]`);
   const U = delta.left.subMatrix(0, W.rows - 1, 0, k - 1);
   const V = delta.right.subMatrix(0, W.columns - 1, 0, k - 1);
   const projectedOnDelta = U.transpose().mmul(W).mmul(V).norm('frobenius'); // (k, k)
@@ -51,7 +62,11 @@ export function amplification(W: Matrix, delta: ThinSvd, weightValues: number[],
   }
   const deltaNorm = Math.sqrt(delta.values.reduce((s, v) => s + v * v, 0));
   return {
-    k, weightNorm: W.norm('frobenius'), deltaNorm, projectedOnDelta, projectedOnWeight,
+    k,
+    weightNorm: W.norm('frobenius'),
+    deltaNorm,
+    projectedOnDelta,
+    projectedOnWeight,
     projectedOnRandom: randomSum / draws,
     factor: deltaNorm > 0 ? deltaNorm / projectedOnDelta : 0,
   };

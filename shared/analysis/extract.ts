@@ -29,9 +29,13 @@ export interface ExtractedModule {
 export function extractLowRank(delta: Matrix, rank: number, scale: number, name = 'module'): ExtractedModule {
   const [dOut, dIn] = [delta.rows, delta.columns];
   if (!Number.isInteger(rank) || rank < 1 || rank > Math.min(dOut, dIn)) {
-    fail(ErrorCodes.CONFIG, `--rank ${rank} for ${name} (${dOut}×${dIn}): expected an integer in [1, ${Math.min(dOut, dIn)}]`);
+    fail(
+      ErrorCodes.CONFIG,
+      `--rank ${rank} for ${name} (${dOut}×${dIn}): expected an integer in [1, ${Math.min(dOut, dIn)}]`,
+    );
   }
-  if (!(scale > 0) || !Number.isFinite(scale)) fail(ErrorCodes.CONFIG, `scaling ${scale} for ${name}: expected a finite number > 0`);
+  if (!(scale > 0) || !Number.isFinite(scale))
+    fail(ErrorCodes.CONFIG, `scaling ${scale} for ${name}: expected a finite number > 0`);
   const svd = denseSvd(delta);
   const left = svd.left.subMatrix(0, dOut - 1, 0, rank - 1).clone(); // (d_out, k)
   const right = svd.right.subMatrix(0, dIn - 1, 0, rank - 1).clone(); // (d_in, k)
@@ -45,7 +49,11 @@ export function extractLowRank(delta: Matrix, rank: number, scale: number, name 
   const deltaNorm = Math.sqrt(svd.values.reduce((s, v) => s + v * v, 0));
   const error = residualNorm(delta, B, A, rank, scale);
   return {
-    A, B, singularValues: svd.values, deltaNorm, error,
+    A,
+    B,
+    singularValues: svd.values,
+    deltaNorm,
+    error,
     relativeError: deltaNorm > 0 ? error / deltaNorm : 0,
     optimalError: Math.sqrt(svd.values.slice(rank).reduce((s, v) => s + v * v, 0)),
   };

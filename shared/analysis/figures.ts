@@ -11,7 +11,14 @@ export function spectraFigure(reports: ModuleReport[], title: string): string {
     title: `ΔW ${kind} (r=${list[0].r})`,
     series: list.map((m) => ({ name: layerName(m.layer), values: m.spectrum.singularValues })),
   }));
-  return lineChartSvg({ title, panels, xAxis: 'index i', yAxis: 'σᵢ(ΔW)', logY: true, columns: Math.min(2, panels.length) });
+  return lineChartSvg({
+    title,
+    panels,
+    xAxis: 'index i',
+    yAxis: 'σᵢ(ΔW)',
+    logY: true,
+    columns: Math.min(2, panels.length),
+  });
 }
 
 /**
@@ -29,18 +36,39 @@ export function amplificationFigure(reports: ModuleReport[], title: string): str
       { name: '‖ΔW‖_F', values: list.map((m) => m.amplification!.deltaNorm), dashed: true },
     ],
   }));
-  return lineChartSvg({ title, panels, xAxis: 'layer', yAxis: '‖UᵀWV‖_F', logY: true, columns: Math.min(2, panels.length) });
+  return lineChartSvg({
+    title,
+    panels,
+    xAxis: 'layer',
+    yAxis: '‖UᵀWV‖_F',
+    logY: true,
+    columns: Math.min(2, panels.length),
+  });
 }
 
 /** φ(A₁, A₂, i, j) per module: one row of panels per module kind, one panel per layer; names say which adapter is which (with their r). */
-export function subspaceFigure(reports: SubspaceReport[], title: string, names: [string, string], maxI = Infinity, maxJ = Infinity): string {
+export function subspaceFigure(
+  reports: SubspaceReport[],
+  title: string,
+  names: [string, string],
+  maxI = Infinity,
+  maxJ = Infinity,
+): string {
   const groups = [...byKind(reports)];
   // maxI, maxJ zoom in on the top directions, as the paper's Figures 3 and 4 do next to the full grid.
-  const panels = groups.flatMap(([kind, list]) => list.map((m) => ({ title: `${kind} ${layerName(m.layer)}`, values: m.phi.slice(0, maxI).map((row) => row.slice(0, maxJ)) })));
+  const panels = groups.flatMap(([kind, list]) =>
+    list.map((m) => ({
+      title: `${kind} ${layerName(m.layer)}`,
+      values: m.phi.slice(0, maxI).map((row) => row.slice(0, maxJ)),
+    })),
+  );
   const [rows, cols] = [panels[0].values.length, panels[0].values[0].length];
   return heatmapSvg({
-    title, panels, columns: Math.max(...groups.map(([, list]) => list.length)),
-    rowAxis: `i: top-i of ${names[0]}`, colAxis: `j: top-j of ${names[1]}`,
+    title,
+    panels,
+    columns: Math.max(...groups.map(([, list]) => list.length)),
+    rowAxis: `i: top-i of ${names[0]}`,
+    colAxis: `j: top-j of ${names[1]}`,
     panelWidth: cols > 3 * rows ? 240 : 160,
   });
 }

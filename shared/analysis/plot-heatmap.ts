@@ -57,16 +57,30 @@ export function heatmapSvg(o: HeatmapOptions): string {
     const rows = panel.values.length;
     const cols = panel.values[0]?.length ?? 0;
     const [cw, ch] = [plotW / Math.max(1, cols), plotH / Math.max(1, rows)];
-    panel.values.forEach((row, i) => row.forEach((v, j) => {
-      const { fill, darkText } = colorAt((v - min) / (max - min || 1));
-      const [x, y] = [x0 + j * cw, y0 + i * ch];
-      // Cells overlap by 0.5 px so renderers leave no hairline gaps between them.
-      // Hover tooltips only on small grids: on 12 panels of 64×64 they would triple the file size.
-      const tooltip = tooltips ? `<title>${i + 1},${j + 1}: ${formatNumber(v)}</title>` : '';
-      body.push(`<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(cw + 0.5).toFixed(1)}" height="${(ch + 0.5).toFixed(1)}" fill="${fill}">${tooltip}</rect>`);
-      if (annotate) body.push(text(x + cw / 2, y + ch / 2 + 4, format(v), `font-size="11" text-anchor="middle" fill="${darkText ? 'black' : 'white'}"`));
-    }));
-    body.push(`<rect x="${x0}" y="${y0}" width="${plotW}" height="${plotH}" fill="none" stroke="#333" stroke-width="0.8"/>`);
+    panel.values.forEach((row, i) =>
+      row.forEach((v, j) => {
+        const { fill, darkText } = colorAt((v - min) / (max - min || 1));
+        const [x, y] = [x0 + j * cw, y0 + i * ch];
+        // Cells overlap by 0.5 px so renderers leave no hairline gaps between them.
+        // Hover tooltips only on small grids: on 12 panels of 64×64 they would triple the file size.
+        const tooltip = tooltips ? `<title>${i + 1},${j + 1}: ${formatNumber(v)}</title>` : '';
+        body.push(
+          `<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(cw + 0.5).toFixed(1)}" height="${(ch + 0.5).toFixed(1)}" fill="${fill}">${tooltip}</rect>`,
+        );
+        if (annotate)
+          body.push(
+            text(
+              x + cw / 2,
+              y + ch / 2 + 4,
+              format(v),
+              `font-size="11" text-anchor="middle" fill="${darkText ? 'black' : 'white'}"`,
+            ),
+          );
+      }),
+    );
+    body.push(
+      `<rect x="${x0}" y="${y0}" width="${plotW}" height="${plotH}" fill="none" stroke="#333" stroke-width="0.8"/>`,
+    );
     const rowLabels = panel.rowLabels ?? Array.from({ length: rows }, (_, i) => String(i + 1));
     const colLabels = panel.colLabels ?? Array.from({ length: cols }, (_, j) => String(j + 1));
     for (const t of panel.rowLabels ? rowLabels.map((_, i) => i + 1) : ticks(rows)) {
@@ -76,7 +90,15 @@ export function heatmapSvg(o: HeatmapOptions): string {
       body.push(text(x0 + (t - 0.5) * cw, y0 + plotH + 14, colLabels[t - 1], 'font-size="10" text-anchor="middle"'));
     }
     body.push(text(x0 + plotW / 2, y0 + plotH + 30, o.colAxis, 'font-size="11" text-anchor="middle"'));
-    if (p % columns === 0) body.push(text(x0 - 40, y0 + plotH / 2, o.rowAxis, `font-size="11" text-anchor="middle" transform="rotate(-90 ${x0 - 40} ${y0 + plotH / 2})"`));
+    if (p % columns === 0)
+      body.push(
+        text(
+          x0 - 40,
+          y0 + plotH / 2,
+          o.rowAxis,
+          `font-size="11" text-anchor="middle" transform="rotate(-90 ${x0 - 40} ${y0 + plotH / 2})"`,
+        ),
+      );
   });
   body.push(...colorBar(width - 70, top, Math.min(220, figureRows * plotH + (figureRows - 1) * gapY), min, max));
   return svgDocument(width, height, body);
@@ -87,9 +109,12 @@ function colorBar(x: number, y: number, h: number, min: number, max: number): st
   const out: string[] = [];
   for (let s = 0; s < steps; s++) {
     // Top of the bar is the maximum.
-    out.push(`<rect x="${x}" y="${(y + (s * h) / steps).toFixed(2)}" width="14" height="${(h / steps + 0.5).toFixed(2)}" fill="${colorAt(1 - s / (steps - 1)).fill}"/>`);
+    out.push(
+      `<rect x="${x}" y="${(y + (s * h) / steps).toFixed(2)}" width="14" height="${(h / steps + 0.5).toFixed(2)}" fill="${colorAt(1 - s / (steps - 1)).fill}"/>`,
+    );
   }
   out.push(`<rect x="${x}" y="${y}" width="14" height="${h}" fill="none" stroke="#333" stroke-width="0.8"/>`);
-  for (const f of [0, 0.5, 1]) out.push(text(x + 18, y + (1 - f) * h + 4, formatNumber(min + f * (max - min)), 'font-size="10"'));
+  for (const f of [0, 0.5, 1])
+    out.push(text(x + 18, y + (1 - f) * h + 4, formatNumber(min + f * (max - min)), 'font-size="10"'));
   return out;
 }

@@ -81,9 +81,8 @@ function logTicks(lo: number, hi: number, scale: 'log2' | 'log10'): number[] {
 function valueAxis(xs: number[], scale: AxisScale): XAxis {
   const lo = xs.length ? Math.min(...xs) : 1;
   const hi = xs.length ? Math.max(...xs) : 1;
-  const values = scale === 'linear'
-    ? linearTicks(lo, hi === lo ? lo + 1 : hi)
-    : logTicks(lo, hi === lo ? lo * 2 : hi, scale);
+  const values =
+    scale === 'linear' ? linearTicks(lo, hi === lo ? lo + 1 : hi) : logTicks(lo, hi === lo ? lo * 2 : hi, scale);
   const f = scale === 'linear' ? (v: number) => v : Math.log;
   const [a, b] = [f(values[0]), f(values[values.length - 1])];
   return { at: (x) => (f(x) - a) / (b - a), ticks: values.map((x) => ({ x, label: formatNumber(x) })) };
@@ -112,7 +111,10 @@ export function lineChartSvg(o: LineChartOptions): string {
     const pointsOf = (s: LineSeries) =>
       s.values.map((v, k) => [xOf(s, k), v] as const).filter(([x, v]) => xOk(x) && yOk(v));
     const xAxis = panel.series.some((s) => s.x)
-      ? valueAxis(panel.series.flatMap((s) => pointsOf(s).map(([x]) => x)), xScale)
+      ? valueAxis(
+          panel.series.flatMap((s) => pointsOf(s).map(([x]) => x)),
+          xScale,
+        )
       : indexAxis(n, panel.xLabels);
     const shown = panel.series.flatMap((s) => pointsOf(s).map(([, v]) => v));
     let [lo, hi] = shown.length ? [Math.min(...shown), Math.max(...shown)] : [0, 1];
@@ -122,28 +124,44 @@ export function lineChartSvg(o: LineChartOptions): string {
     const xAt = (x: number) => x0 + xAxis.at(x) * plotW;
     const yAt = (v: number) => y0 + plotH - (((o.logY ? Math.log10(v) : v) - lo) / (hi - lo)) * plotH;
     body.push(text(x0 + plotW / 2, y0 - 10, panel.title, 'font-size="13" text-anchor="middle"'));
-    body.push(`<rect x="${x0}" y="${y0}" width="${plotW}" height="${plotH}" fill="none" stroke="#333" stroke-width="0.8"/>`);
+    body.push(
+      `<rect x="${x0}" y="${y0}" width="${plotW}" height="${plotH}" fill="none" stroke="#333" stroke-width="0.8"/>`,
+    );
     for (let t = 0; t <= 4; t++) {
       const y = y0 + plotH - (t / 4) * plotH;
       const value = o.logY ? 10 ** (lo + (t / 4) * (hi - lo)) : lo + (t / 4) * (hi - lo);
-      body.push(`<line x1="${x0}" x2="${x0 + plotW}" y1="${y.toFixed(1)}" y2="${y.toFixed(1)}" stroke="#ddd" stroke-width="0.6"/>`);
+      body.push(
+        `<line x1="${x0}" x2="${x0 + plotW}" y1="${y.toFixed(1)}" y2="${y.toFixed(1)}" stroke="#ddd" stroke-width="0.6"/>`,
+      );
       body.push(text(x0 - 5, y + 4, formatNumber(value), 'font-size="10" text-anchor="end"'));
     }
     for (const tick of xAxis.ticks) {
       body.push(text(xAt(tick.x), y0 + plotH + 14, tick.label, 'font-size="10" text-anchor="middle"'));
     }
     body.push(text(x0 + plotW / 2, y0 + plotH + 32, o.xAxis, 'font-size="11" text-anchor="middle"'));
-    body.push(text(x0 - 55, y0 + plotH / 2, o.yAxis, `font-size="11" text-anchor="middle" transform="rotate(-90 ${x0 - 55} ${y0 + plotH / 2})"`));
+    body.push(
+      text(
+        x0 - 55,
+        y0 + plotH / 2,
+        o.yAxis,
+        `font-size="11" text-anchor="middle" transform="rotate(-90 ${x0 - 55} ${y0 + plotH / 2})"`,
+      ),
+    );
     panel.series.forEach((s, k) => {
       const color = PALETTE[k % PALETTE.length];
       const points = pointsOf(s);
       const d = points.map(([x, v], m) => `${m === 0 ? 'M' : 'L'}${xAt(x).toFixed(1)},${yAt(v).toFixed(1)}`).join(' ');
-      body.push(`<path d="${d}" fill="none" stroke="${color}" stroke-width="1.6"${s.dashed ? ' stroke-dasharray="5,3"' : ''}/>`);
-      for (const [x, v] of points.length <= 16 ? points : []) body.push(`<circle cx="${xAt(x).toFixed(1)}" cy="${yAt(v).toFixed(1)}" r="2.2" fill="${color}"/>`);
+      body.push(
+        `<path d="${d}" fill="none" stroke="${color}" stroke-width="1.6"${s.dashed ? ' stroke-dasharray="5,3"' : ''}/>`,
+      );
+      for (const [x, v] of points.length <= 16 ? points : [])
+        body.push(`<circle cx="${xAt(x).toFixed(1)}" cy="${yAt(v).toFixed(1)}" r="2.2" fill="${color}"/>`);
       if (ownLegends || p % columns === columns - 1 || p === o.panels.length - 1) {
         const lx = x0 + plotW + 14;
         const ly = y0 + 10 + k * 16;
-        body.push(`<line x1="${lx}" x2="${lx + 18}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="5,3"' : ''}/>`);
+        body.push(
+          `<line x1="${lx}" x2="${lx + 18}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="5,3"' : ''}/>`,
+        );
         body.push(text(lx + 22, ly + 4, s.name, 'font-size="10"'));
       }
     });

@@ -77,10 +77,22 @@ export function analyzeAdapter(adapter: AdapterMatrices, base?: BaseMatrices, se
     const name = `${adapter.source}: ${module}`;
     const svd = lowRankSvd(B, A, adapter.scale, name);
     const { layer, kind } = describeModule(module);
-    const report: ModuleReport = { module, layer, kind, dOut: B.rows, dIn: A.columns, r: A.rows, spectrum: summarizeSpectrum(svd.values) };
+    const report: ModuleReport = {
+      module,
+      layer,
+      kind,
+      dOut: B.rows,
+      dIn: A.columns,
+      r: A.rows,
+      spectrum: summarizeSpectrum(svd.values),
+    };
     if (base) {
       const W = base.weight(module);
-      if (W.rows !== B.rows || W.columns !== A.columns) fail(ErrorCodes.SHAPE, `${name}: ΔW is ${B.rows}×${A.columns} but the base weight is ${W.rows}×${W.columns}; is this the adapter's base model?`);
+      if (W.rows !== B.rows || W.columns !== A.columns)
+        fail(
+          ErrorCodes.SHAPE,
+          `${name}: ΔW is ${B.rows}×${A.columns} but the base weight is ${W.rows}×${W.columns}; is this the adapter's base model?`,
+        );
       report.amplification = amplification(W, svd, base.weightValues(module), A.rows, seed);
     }
     reports.push(report);
@@ -92,27 +104,53 @@ export function analyzeAdapter(adapter: AdapterMatrices, base?: BaseMatrices, se
  * φ per module both adapters adapt; modules only one of them has are listed in `unmatched`.
  * Shapes must agree (same base model): a mismatch is an error, not a skipped module.
  */
-export function compareAdapters(first: AdapterMatrices, second: AdapterMatrices): { modules: SubspaceReport[]; unmatched: string[] } {
+export function compareAdapters(
+  first: AdapterMatrices,
+  second: AdapterMatrices,
+): { modules: SubspaceReport[]; unmatched: string[] } {
   const modules: SubspaceReport[] = [];
-  const unmatched = [...first.modules.keys(), ...second.modules.keys()].filter((m) => !(first.modules.has(m) && second.modules.has(m)));
+  const unmatched = [...first.modules.keys(), ...second.modules.keys()].filter(
+    (m) => !(first.modules.has(m) && second.modules.has(m)),
+  );
   for (const [module, one] of first.modules) {
     const two = second.modules.get(module);
     if (!two) continue;
     if (one.A.columns !== two.A.columns || one.B.rows !== two.B.rows) {
-      fail(ErrorCodes.SHAPE, `${module}: ${first.source} has ΔW ${one.B.rows}×${one.A.columns} but ${second.source} has ${two.B.rows}×${two.A.columns}; expected adapters of the same base model`);
+      fail(
+        ErrorCodes.SHAPE,
+        `${module}: ${first.source} has ΔW ${one.B.rows}×${one.A.columns} but ${second.source} has ${two.B.rows}×${two.A.columns}; expected adapters of the same base model`,
+      );
     }
-    const phi = subspaceSimilarity(rightSingularVectors(one.A, `${first.source}: ${module}.lora_A`), rightSingularVectors(two.A, `${second.source}: ${module}.lora_A`), module);
+    const phi = subspaceSimilarity(
+      rightSingularVectors(one.A, `${first.source}: ${module}.lora_A`),
+      rightSingularVectors(two.A, `${second.source}: ${module}.lora_A`),
+      module,
+    );
     const [r1, r2, d] = [one.A.rows, two.A.rows, one.A.columns];
     const { layer, kind } = describeModule(module);
     modules.push({
-      module, layer, kind, dIn: d, r1, r2, phi,
+      module,
+      layer,
+      kind,
+      dIn: d,
+      r1,
+      r2,
+      phi,
       summary: {
-        top1: phi[0][0], top1Random: randomSubspaceSimilarity(1, 1, d), top1InAll: phi[0][r2 - 1], top1InAllRandom: randomSubspaceSimilarity(1, r2, d),
-        all: phi[r1 - 1][r2 - 1], allRandom: randomSubspaceSimilarity(r1, r2, d),
+        top1: phi[0][0],
+        top1Random: randomSubspaceSimilarity(1, 1, d),
+        top1InAll: phi[0][r2 - 1],
+        top1InAllRandom: randomSubspaceSimilarity(1, r2, d),
+        all: phi[r1 - 1][r2 - 1],
+        allRandom: randomSubspaceSimilarity(r1, r2, d),
       },
     });
   }
-  if (modules.length === 0) fail(ErrorCodes.SHAPE, `${first.source} and ${second.source} adapt no module in common (${[...first.modules.keys()][0]} vs ${[...second.modules.keys()][0]})`);
+  if (modules.length === 0)
+    fail(
+      ErrorCodes.SHAPE,
+      `${first.source} and ${second.source} adapt no module in common (${[...first.modules.keys()][0]} vs ${[...second.modules.keys()][0]})`,
+    );
   return { modules, unmatched };
 }
 

@@ -15,7 +15,11 @@ import { ErrorCodes, fail } from '../errors.ts';
  * whole grid costs one (r₁, r₂) product.
  */
 export function subspaceSimilarity(U1: Matrix, U2: Matrix, name = 'adapter'): number[][] {
-  if (U1.rows !== U2.rows) fail(ErrorCodes.SHAPE, `${name}: the two adapters' A matrices read ${U1.rows} and ${U2.rows} input dimensions; expected the same d_in`);
+  if (U1.rows !== U2.rows)
+    fail(
+      ErrorCodes.SHAPE,
+      `${name}: the two adapters' A matrices read ${U1.rows} and ${U2.rows} input dimensions; expected the same d_in`,
+    );
   const gram = U1.transpose().mmul(U2); // (r₁, r₂)
   const [r1, r2] = [gram.rows, gram.columns];
   const prefix = Array.from({ length: r1 + 1 }, () => new Float64Array(r2 + 1));

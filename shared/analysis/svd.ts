@@ -23,7 +23,8 @@ export interface ThinSvd {
  * analysis, so wrong lengths and non-finite values are refused here, naming the tensor.
  */
 export function matrixFrom(data: ArrayLike<number>, rows: number, cols: number, name: string): Matrix {
-  if (data.length !== rows * cols) fail(ErrorCodes.SHAPE, `${name} has ${data.length} values, expected ${rows}×${cols} = ${rows * cols}`);
+  if (data.length !== rows * cols)
+    fail(ErrorCodes.SHAPE, `${name} has ${data.length} values, expected ${rows}×${cols} = ${rows * cols}`);
   const m = new Matrix(rows, cols);
   for (let i = 0; i < rows; i++) {
     for (let j = 0; j < cols; j++) {
@@ -51,7 +52,11 @@ function thinQr(m: Matrix): { Q: Matrix; R: Matrix } {
 /** Dense thin SVD of any (rows, cols) matrix, k = min(rows, cols) triples; vectors optional for speed. */
 export function denseSvd(m: Matrix, vectors = true): ThinSvd {
   const k = Math.min(m.rows, m.columns);
-  const svd = new SingularValueDecomposition(m, { autoTranspose: true, computeLeftSingularVectors: vectors, computeRightSingularVectors: vectors });
+  const svd = new SingularValueDecomposition(m, {
+    autoTranspose: true,
+    computeLeftSingularVectors: vectors,
+    computeRightSingularVectors: vectors,
+  });
   const values = svd.diagonal.slice(0, k).map((s) => Math.max(0, s));
   if (!vectors) return { values, left: new Matrix(m.rows, 0), right: new Matrix(m.columns, 0) };
   return {
@@ -67,8 +72,16 @@ export function denseSvd(m: Matrix, vectors = true): ThinSvd {
  */
 export function lowRankSvd(B: Matrix, A: Matrix, scale: number, name = 'adapter'): ThinSvd {
   const r = A.rows;
-  if (B.columns !== r) fail(ErrorCodes.SHAPE, `${name}: lora_B has ${B.columns} columns but lora_A has ${r} rows; both should be the rank r`);
-  if (r > B.rows || r > A.columns) fail(ErrorCodes.SHAPE, `${name}: rank r=${r} exceeds min(d_out=${B.rows}, d_in=${A.columns}); expected r ≤ ${Math.min(B.rows, A.columns)}`);
+  if (B.columns !== r)
+    fail(
+      ErrorCodes.SHAPE,
+      `${name}: lora_B has ${B.columns} columns but lora_A has ${r} rows; both should be the rank r`,
+    );
+  if (r > B.rows || r > A.columns)
+    fail(
+      ErrorCodes.SHAPE,
+      `${name}: rank r=${r} exceeds min(d_out=${B.rows}, d_in=${A.columns}); expected r ≤ ${Math.min(B.rows, A.columns)}`,
+    );
   if (!Number.isFinite(scale)) fail(ErrorCodes.NON_FINITE, `${name}: scaling is ${scale}; expected a finite number`);
   const b = thinQr(B); // Q (d_out, r), R (r, r)
   const a = thinQr(A.transpose()); // Q (d_in, r), R (r, r)

@@ -19,7 +19,8 @@ export class CharTokenizer implements TextTokenizer {
   private readonly ids = new Map<string, number>();
 
   constructor(readonly vocab: CharVocab) {
-    if (vocab.type !== 'char' || !Array.isArray(vocab.tokens)) fail(ErrorCodes.MODEL, 'vocab.json should be {"type":"char","tokens":[...]}');
+    if (vocab.type !== 'char' || !Array.isArray(vocab.tokens))
+      fail(ErrorCodes.MODEL, 'vocab.json should be {"type":"char","tokens":[...]}');
     vocab.tokens.forEach((t, i) => this.ids.set(t, i));
   }
 
@@ -36,7 +37,10 @@ export class CharTokenizer implements TextTokenizer {
   }
 
   encode(text: string): number[] {
-    return Array.from(text, (ch) => this.ids.get(ch) ?? fail(ErrorCodes.DATA, `character ${JSON.stringify(ch)} is not in the vocabulary`));
+    return Array.from(
+      text,
+      (ch) => this.ids.get(ch) ?? fail(ErrorCodes.DATA, `character ${JSON.stringify(ch)} is not in the vocabulary`),
+    );
   }
 
   /** Decodes up to (not including) the first <eos>; drops <pad> and <bos>. */

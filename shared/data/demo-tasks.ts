@@ -41,7 +41,10 @@ export const promptText = (tag: string, input: string) => `${tag}:${input}=`;
 /** Tokens with loss on the answer and <eos> only. */
 export function toExample(tok: TextTokenizer, s: TaskSample): Example {
   const prompt = withBos(tok, tok.encode(promptText(s.tag, s.input)));
-  const answer = [...tok.encode(s.output), tok.eosId ?? fail(ErrorCodes.DATA, 'the demo task needs a tokenizer with an EOS token')];
+  const answer = [
+    ...tok.encode(s.output),
+    tok.eosId ?? fail(ErrorCodes.DATA, 'the demo task needs a tokenizer with an EOS token'),
+  ];
   return { tokens: [...prompt, ...answer], lossWeights: [...prompt.map(() => 0), ...answer.map(() => 1)] };
 }
 
@@ -49,7 +52,12 @@ export function toExample(tok: TextTokenizer, s: TaskSample): Example {
  * Train and eval sets for one tag, disjoint in their input strings; seeded so every run and
  * every process builds the same sets.
  */
-export function taskSplits(tag: string, trainSize: number, evalSize: number, seed: number): { train: TaskSample[]; eval: TaskSample[] } {
+export function taskSplits(
+  tag: string,
+  trainSize: number,
+  evalSize: number,
+  seed: number,
+): { train: TaskSample[]; eval: TaskSample[] } {
   const rng = new Rng(mixSeed(seed, tag.charCodeAt(0)));
   const seen = new Set<string>();
   const draw = (n: number) => {

@@ -10,7 +10,13 @@ export interface Prediction {
   correct: boolean;
 }
 
-export function predict(model: CausalLM, params: ParamSource, tok: TextTokenizer, samples: TaskSample[], batchSize = 64): Prediction[] {
+export function predict(
+  model: CausalLM,
+  params: ParamSource,
+  tok: TextTokenizer,
+  samples: TaskSample[],
+  batchSize = 64,
+): Prediction[] {
   const byLength = new Map<number, TaskSample[]>();
   for (const s of samples) byLength.set(s.input.length, [...(byLength.get(s.input.length) ?? []), s]);
   const predictions = new Map<TaskSample, Prediction>();
@@ -21,7 +27,11 @@ export function predict(model: CausalLM, params: ParamSource, tok: TextTokenizer
       const outputs = generate(model, params, prompts, { maxNewTokens: length + 1, eosId: tok.eosId ?? undefined });
       chunk.forEach((s, j) => {
         const predicted = tok.decode(outputs[j]);
-        predictions.set(s, { sample: s, predicted, correct: predicted === s.output && tok.eosId !== null && outputs[j].includes(tok.eosId) });
+        predictions.set(s, {
+          sample: s,
+          predicted,
+          correct: predicted === s.output && tok.eosId !== null && outputs[j].includes(tok.eosId),
+        });
       });
     }
   }

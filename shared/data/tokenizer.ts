@@ -37,7 +37,8 @@ export interface ModelTokenIds {
 
 type Json = Record<string, unknown>;
 
-const isObject = (value: unknown): value is Json => typeof value === 'object' && value !== null && !Array.isArray(value);
+const isObject = (value: unknown): value is Json =>
+  typeof value === 'object' && value !== null && !Array.isArray(value);
 
 /**
  * tokenizer_config.json names special tokens either as a string or, in older files, as
@@ -48,7 +49,10 @@ function specialTokenText(config: Json, field: string): string | null {
   if (value === undefined || value === null) return null;
   if (typeof value === 'string') return value;
   if (isObject(value) && typeof value.content === 'string') return value.content;
-  return fail(ErrorCodes.MODEL, `tokenizer_config.json ${field} is ${describe(value)}; expected a string or {"content": string}`);
+  return fail(
+    ErrorCodes.MODEL,
+    `tokenizer_config.json ${field} is ${describe(value)}; expected a string or {"content": string}`,
+  );
 }
 
 /** The config's pick of the chat template: a string, or the "default" of a list of named templates. */
@@ -60,7 +64,10 @@ function chatTemplateText(config: Json): string | null {
     const named = value.find((t) => isObject(t) && t.name === 'default');
     if (isObject(named) && typeof named.template === 'string') return named.template;
   }
-  return fail(ErrorCodes.MODEL, `tokenizer_config.json chat_template is ${describe(value)}; expected a string or a list with a {"name": "default", "template": string}`);
+  return fail(
+    ErrorCodes.MODEL,
+    `tokenizer_config.json chat_template is ${describe(value)}; expected a string or a list with a {"name": "default", "template": string}`,
+  );
 }
 
 /** Whether the tokenizer.json post-processor's single-sequence template starts with the BOS token (Llama-2/3 style). */
@@ -100,7 +107,13 @@ class HfTokenizer implements TextTokenizer {
     const idOf = (field: string): number | null => {
       const text = specialTokenText(config, field);
       if (text === null) return null;
-      return tokenizer.token_to_id(text) ?? fail(ErrorCodes.MODEL, `tokenizer_config.json ${field} ${JSON.stringify(text)} is not in the tokenizer's vocabulary`);
+      return (
+        tokenizer.token_to_id(text) ??
+        fail(
+          ErrorCodes.MODEL,
+          `tokenizer_config.json ${field} ${JSON.stringify(text)} is not in the tokenizer's vocabulary`,
+        )
+      );
     };
     // A list of EOS ids in config.json (Llama-3 instruct) means "stop at any"; the first is the one appended to examples.
     const modelEos = Array.isArray(modelConfig.eos_token_id) ? modelConfig.eos_token_id[0] : modelConfig.eos_token_id;
@@ -141,7 +154,8 @@ class HfTokenizer implements TextTokenizer {
   }
 
   renderChat(messages: ChatMessage[], addGenerationPrompt: boolean): string {
-    if (this.template === null) return fail(ErrorCodes.DATA, 'this tokenizer has no chat template (tokenizer_config.json chat_template)');
+    if (this.template === null)
+      return fail(ErrorCodes.DATA, 'this tokenizer has no chat template (tokenizer_config.json chat_template)');
     try {
       return this.template.render({ ...this.templateTokens, messages, add_generation_prompt: addGenerationPrompt });
     } catch (err) {
@@ -154,13 +168,25 @@ class HfTokenizer implements TextTokenizer {
  * Builds a tokenizer from a model's tokenizer.json and tokenizer_config.json (both parsed JSON)
  * and, for BOS/EOS/pad ids the tokenizer config does not name, the model's config.json.
  */
-export function loadHfTokenizer(tokenizerJson: unknown, tokenizerConfig: unknown = {}, modelConfig: ModelTokenIds = {}): TextTokenizer {
+export function loadHfTokenizer(
+  tokenizerJson: unknown,
+  tokenizerConfig: unknown = {},
+  modelConfig: ModelTokenIds = {},
+): TextTokenizer {
   if (!isObject(tokenizerJson) || !isObject(tokenizerJson.model)) {
     fail(ErrorCodes.MODEL, `tokenizer.json is ${describe(tokenizerJson)}; expected an object with a "model" field`);
   }
-  if (!isObject(tokenizerConfig)) fail(ErrorCodes.MODEL, `tokenizer_config.json is ${describe(tokenizerConfig)}; expected an object`);
+  if (!isObject(tokenizerConfig))
+    fail(ErrorCodes.MODEL, `tokenizer_config.json is ${describe(tokenizerConfig)}; expected an object`);
   // The library expects every component field to be present (null where unused), as tokenizer.json files written by `tokenizers` have.
-  const complete: Json = { added_tokens: [], normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null, ...tokenizerJson };
+  const complete: Json = {
+    added_tokens: [],
+    normalizer: null,
+    pre_tokenizer: null,
+    post_processor: null,
+    decoder: null,
+    ...tokenizerJson,
+  };
   let tokenizer: Tokenizer;
   try {
     tokenizer = new Tokenizer(complete, tokenizerConfig);

@@ -58,8 +58,10 @@ export function f16ToF32(halves: Uint16Array): Float32Array {
     const sign = (h & 0x8000) << 16;
     const exponent = (h >>> 10) & 0x1f;
     const mantissa = h & 0x3ff;
-    if (exponent === 0) out[i] = (sign ? -mantissa : mantissa) * 2 ** -24; // ±0 and subnormals, exact
-    else if (exponent === 0x1f) outBits[i] = sign | 0x7f800000 | (mantissa << 13); // Inf or NaN (payload kept)
+    if (exponent === 0)
+      out[i] = (sign ? -mantissa : mantissa) * 2 ** -24; // ±0 and subnormals, exact
+    else if (exponent === 0x1f)
+      outBits[i] = sign | 0x7f800000 | (mantissa << 13); // Inf or NaN (payload kept)
     else outBits[i] = sign | ((exponent - 15 + 127) << 23) | (mantissa << 13);
   }
   return out;

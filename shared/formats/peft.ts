@@ -49,7 +49,11 @@ export function parsePeftKey(key: string): { modulePath: string; which: 'A' | 'B
   return match ? { modulePath: match[1], which: match[2] as 'A' | 'B' } : null;
 }
 
-export function peftAdapterConfig(lora: LoraConfig, baseModelNameOrPath: string, fanInFanOut = false): PeftAdapterConfig {
+export function peftAdapterConfig(
+  lora: LoraConfig,
+  baseModelNameOrPath: string,
+  fanInFanOut = false,
+): PeftAdapterConfig {
   return {
     peft_type: 'LORA',
     task_type: 'CAUSAL_LM',
@@ -69,7 +73,10 @@ export function peftAdapterConfig(lora: LoraConfig, baseModelNameOrPath: string,
 }
 
 const isEmpty = (value: unknown) =>
-  value === undefined || value === null || (Array.isArray(value) && value.length === 0) || (typeof value === 'object' && Object.keys(value as object).length === 0);
+  value === undefined ||
+  value === null ||
+  (Array.isArray(value) && value.length === 0) ||
+  (typeof value === 'object' && Object.keys(value as object).length === 0);
 
 /**
  * Parses adapter_config.json into a LoraConfig. Missing fields take PEFT's defaults (r 8,
@@ -78,9 +85,14 @@ const isEmpty = (value: unknown) =>
  * other initialisations) are refused rather than silently dropped.
  */
 export function loraConfigFromPeft(json: unknown): LoraConfig {
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) fail(ErrorCodes.CONFIG, `adapter_config.json should be an object, got ${describe(json)}`);
+  if (typeof json !== 'object' || json === null || Array.isArray(json))
+    fail(ErrorCodes.CONFIG, `adapter_config.json should be an object, got ${describe(json)}`);
   const c = json as Record<string, unknown>;
-  const refuse = (field: string, expected: string) => fail(ErrorCodes.CONFIG, `adapter_config.${field} is ${JSON.stringify(c[field])}; loramesh supports only ${expected}`);
+  const refuse = (field: string, expected: string) =>
+    fail(
+      ErrorCodes.CONFIG,
+      `adapter_config.${field} is ${JSON.stringify(c[field])}; loramesh supports only ${expected}`,
+    );
   if (c.peft_type !== 'LORA') refuse('peft_type', '"LORA"');
   if ((c.bias ?? 'none') !== 'none') refuse('bias', '"none"');
   // fan_in_fan_out only says how the BASE weight is stored (GPT-2 Conv1D); loramesh knows that from the architecture.
@@ -90,7 +102,10 @@ export function loraConfigFromPeft(json: unknown): LoraConfig {
     if (!isEmpty(c[field])) refuse(field, 'null or empty');
   }
   if (!Array.isArray(c.target_modules)) {
-    fail(ErrorCodes.CONFIG, `adapter_config.target_modules should be a list of module names, got ${JSON.stringify(c.target_modules)}`);
+    fail(
+      ErrorCodes.CONFIG,
+      `adapter_config.target_modules should be a list of module names, got ${JSON.stringify(c.target_modules)}`,
+    );
   }
   const init = c.init_lora_weights ?? true;
   if (init !== true && init !== 'gaussian') refuse('init_lora_weights', 'true or "gaussian"');
@@ -108,7 +123,11 @@ export function loraConfigFromPeft(json: unknown): LoraConfig {
 export function encodePeftAdapter(modules: Map<string, PeftModule>, dtype: 'F32' | 'F16' | 'BF16' = 'F32'): Uint8Array {
   const tensors: Record<string, { data: Float32Array; shape: number[]; dtype: 'F32' | 'F16' | 'BF16' }> = {};
   for (const [modulePath, m] of modules) {
-    if (m.aShape[0] !== m.bShape[1]) fail(ErrorCodes.SHAPE, `${modulePath}: lora_A shape [${m.aShape}] has rank ${m.aShape[0]} but lora_B shape [${m.bShape}] has rank ${m.bShape[1]}`);
+    if (m.aShape[0] !== m.bShape[1])
+      fail(
+        ErrorCodes.SHAPE,
+        `${modulePath}: lora_A shape [${m.aShape}] has rank ${m.aShape[0]} but lora_B shape [${m.bShape}] has rank ${m.bShape[1]}`,
+      );
     tensors[peftKey(modulePath, 'A')] = { data: m.A, shape: m.aShape, dtype };
     tensors[peftKey(modulePath, 'B')] = { data: m.B, shape: m.bShape, dtype };
   }
@@ -117,12 +136,21 @@ export function encodePeftAdapter(modules: Map<string, PeftModule>, dtype: 'F32'
 
 /** Reads adapter_model.safetensors back into modules by path; every tensor must be a LoRA A or B. */
 export function decodePeftAdapter(bytes: Uint8Array): Map<string, PeftModule> {
-  const halves = new Map<string, { A?: Float32Array; B?: Float32Array; aShape?: [number, number]; bShape?: [number, number] }>();
+  const halves = new Map<
+    string,
+    { A?: Float32Array; B?: Float32Array; aShape?: [number, number]; bShape?: [number, number] }
+  >();
   for (const [key, tensor] of decodeSafetensors(bytes).tensors) {
     const parsed = parsePeftKey(key);
-    if (!parsed) fail(ErrorCodes.SAFETENSORS, `tensor ${key} is not a LoRA weight; expected ${KEY_PREFIX}<module>.lora_A.weight or .lora_B.weight`);
-    if (!(tensor.data instanceof Float32Array)) fail(ErrorCodes.SAFETENSORS, `tensor ${key} has dtype ${tensor.dtype}; expected F32, F16 or BF16`);
-    if (tensor.shape.length !== 2) fail(ErrorCodes.SHAPE, `tensor ${key} has shape [${tensor.shape}]; expected 2 dimensions`);
+    if (!parsed)
+      fail(
+        ErrorCodes.SAFETENSORS,
+        `tensor ${key} is not a LoRA weight; expected ${KEY_PREFIX}<module>.lora_A.weight or .lora_B.weight`,
+      );
+    if (!(tensor.data instanceof Float32Array))
+      fail(ErrorCodes.SAFETENSORS, `tensor ${key} has dtype ${tensor.dtype}; expected F32, F16 or BF16`);
+    if (tensor.shape.length !== 2)
+      fail(ErrorCodes.SHAPE, `tensor ${key} has shape [${tensor.shape}]; expected 2 dimensions`);
     const shape = tensor.shape as [number, number];
     const half = halves.get(parsed.modulePath) ?? {};
     if (parsed.which === 'A') Object.assign(half, { A: tensor.data, aShape: shape });
@@ -131,8 +159,13 @@ export function decodePeftAdapter(bytes: Uint8Array): Map<string, PeftModule> {
   }
   const modules = new Map<string, PeftModule>();
   for (const [modulePath, { A, B, aShape, bShape }] of halves) {
-    if (!A || !B || !aShape || !bShape) fail(ErrorCodes.SHAPE, `${modulePath} has lora_${A ? 'A' : 'B'} but no lora_${A ? 'B' : 'A'}`);
-    if (aShape[0] !== bShape[1]) fail(ErrorCodes.SHAPE, `${modulePath}: lora_A shape [${aShape}] has rank ${aShape[0]} but lora_B shape [${bShape}] has rank ${bShape[1]}`);
+    if (!A || !B || !aShape || !bShape)
+      fail(ErrorCodes.SHAPE, `${modulePath} has lora_${A ? 'A' : 'B'} but no lora_${A ? 'B' : 'A'}`);
+    if (aShape[0] !== bShape[1])
+      fail(
+        ErrorCodes.SHAPE,
+        `${modulePath}: lora_A shape [${aShape}] has rank ${aShape[0]} but lora_B shape [${bShape}] has rank ${bShape[1]}`,
+      );
     modules.set(modulePath, { A, B, aShape, bShape });
   }
   return modules;

@@ -55,7 +55,8 @@ export const MAX_HEADER_BYTES = 100_000_000;
 const METADATA_KEY = '__metadata__';
 
 const numel = (shape: number[]) => shape.reduce((n, d) => n * d, 1);
-const isShape = (shape: unknown): shape is number[] => Array.isArray(shape) && shape.every((d) => Number.isSafeInteger(d) && d >= 0);
+const isShape = (shape: unknown): shape is number[] =>
+  Array.isArray(shape) && shape.every((d) => Number.isSafeInteger(d) && d >= 0);
 
 /** A header value for an error message: JSON, cut short. */
 function show(value: unknown): string {
@@ -82,7 +83,10 @@ function tensorBytes(name: string, tensor: TensorInput, dtype: SafetensorsDType)
     }
   }
   const kind = (data as object)?.constructor?.name ?? typeof data;
-  return fail(ErrorCodes.SAFETENSORS, `tensor ${name}: dtype ${show(dtype)} cannot be written from a ${kind}; expected F32/F16/BF16 from a Float32Array or I32/I64 from an Int32Array`);
+  return fail(
+    ErrorCodes.SAFETENSORS,
+    `tensor ${name}: dtype ${show(dtype)} cannot be written from a ${kind}; expected F32/F16/BF16 from a Float32Array or I32/I64 from an Int32Array`,
+  );
 }
 
 /**
@@ -98,9 +102,12 @@ export function encodeSafetensors(tensors: Record<string, TensorInput>, metadata
   if (metadata) {
     const keys = Object.keys(metadata).sort();
     for (const key of keys) {
-      if (typeof metadata[key] !== 'string') fail(ErrorCodes.SAFETENSORS, `metadata.${key} should be a string, got ${show(metadata[key])}`);
+      if (typeof metadata[key] !== 'string')
+        fail(ErrorCodes.SAFETENSORS, `metadata.${key} should be a string, got ${show(metadata[key])}`);
     }
-    headerParts.push(`${JSON.stringify(METADATA_KEY)}:{${keys.map((k) => `${JSON.stringify(k)}:${JSON.stringify(metadata[k])}`).join(',')}}`);
+    headerParts.push(
+      `${JSON.stringify(METADATA_KEY)}:{${keys.map((k) => `${JSON.stringify(k)}:${JSON.stringify(metadata[k])}`).join(',')}}`,
+    );
   }
   const payloads: Uint8Array[] = [];
   let dataBytes = 0;
@@ -108,9 +115,16 @@ export function encodeSafetensors(tensors: Record<string, TensorInput>, metadata
     if (name === METADATA_KEY) fail(ErrorCodes.SAFETENSORS, `a tensor cannot be named ${METADATA_KEY}`);
     const tensor = tensors[name];
     const dtype = tensor.dtype ?? (tensor.data instanceof Int32Array ? 'I32' : 'F32');
-    if (!isShape(tensor.shape)) fail(ErrorCodes.SAFETENSORS, `tensor ${name}: shape ${show(tensor.shape)} should be a list of non-negative integers`);
+    if (!isShape(tensor.shape))
+      fail(
+        ErrorCodes.SAFETENSORS,
+        `tensor ${name}: shape ${show(tensor.shape)} should be a list of non-negative integers`,
+      );
     if (tensor.data.length !== numel(tensor.shape)) {
-      fail(ErrorCodes.SAFETENSORS, `tensor ${name}: ${tensor.data.length} values do not fill shape [${tensor.shape}] (${numel(tensor.shape)} values)`);
+      fail(
+        ErrorCodes.SAFETENSORS,
+        `tensor ${name}: ${tensor.data.length} values do not fill shape [${tensor.shape}] (${numel(tensor.shape)} values)`,
+      );
     }
     const bytes = tensorBytes(name, tensor, dtype);
     const entry = { dtype, shape: tensor.shape, data_offsets: [dataBytes, dataBytes + bytes.length] };
@@ -138,21 +152,28 @@ export function encodeSafetensors(tensors: Record<string, TensorInput>, metadata
  * span (relative to dataStart) and hands it to decodeTensorData.
  */
 export function readSafetensorsHeader(bytes: Uint8Array, fileLength = bytes.length): SafetensorsHeader {
-  if (bytes.length < 8) fail(ErrorCodes.SAFETENSORS, `file is ${bytes.length} bytes; expected at least the 8-byte header length`);
+  if (bytes.length < 8)
+    fail(ErrorCodes.SAFETENSORS, `file is ${bytes.length} bytes; expected at least the 8-byte header length`);
   const headerLength = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true);
-  if (headerLength > BigInt(MAX_HEADER_BYTES)) fail(ErrorCodes.SAFETENSORS, `header length ${headerLength} is over the ${MAX_HEADER_BYTES}-byte cap`);
+  if (headerLength > BigInt(MAX_HEADER_BYTES))
+    fail(ErrorCodes.SAFETENSORS, `header length ${headerLength} is over the ${MAX_HEADER_BYTES}-byte cap`);
   if (headerLength > BigInt(fileLength - 8)) {
-    fail(ErrorCodes.SAFETENSORS, `header length ${headerLength} runs past the end of the file (${fileLength} bytes, so at most ${fileLength - 8})`);
+    fail(
+      ErrorCodes.SAFETENSORS,
+      `header length ${headerLength} runs past the end of the file (${fileLength} bytes, so at most ${fileLength - 8})`,
+    );
   }
   const dataStart = 8 + Number(headerLength);
-  if (bytes.length < dataStart) fail(ErrorCodes.SAFETENSORS, `got ${bytes.length} bytes; expected the whole header, ${dataStart} bytes`);
+  if (bytes.length < dataStart)
+    fail(ErrorCodes.SAFETENSORS, `got ${bytes.length} bytes; expected the whole header, ${dataStart} bytes`);
   let header: unknown;
   try {
     header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, dataStart)));
   } catch (err) {
     fail(ErrorCodes.SAFETENSORS, `header (${headerLength} bytes) is not UTF-8 JSON: ${(err as Error).message}`);
   }
-  if (typeof header !== 'object' || header === null || Array.isArray(header)) fail(ErrorCodes.SAFETENSORS, `header should be a JSON object, got ${show(header)}`);
+  if (typeof header !== 'object' || header === null || Array.isArray(header))
+    fail(ErrorCodes.SAFETENSORS, `header should be a JSON object, got ${show(header)}`);
 
   const dataLength = fileLength - dataStart;
   const metadata: Record<string, string> = {};
@@ -160,37 +181,61 @@ export function readSafetensorsHeader(bytes: Uint8Array, fileLength = bytes.leng
   for (const [name, raw] of Object.entries(header)) {
     if (name === METADATA_KEY) {
       if (raw === null) continue; // the reference writer may emit null for "no metadata"
-      if (typeof raw !== 'object' || Array.isArray(raw)) fail(ErrorCodes.SAFETENSORS, `${METADATA_KEY} should be an object of strings, got ${show(raw)}`);
+      if (typeof raw !== 'object' || Array.isArray(raw))
+        fail(ErrorCodes.SAFETENSORS, `${METADATA_KEY} should be an object of strings, got ${show(raw)}`);
       for (const [key, value] of Object.entries(raw)) {
-        if (typeof value !== 'string') fail(ErrorCodes.SAFETENSORS, `${METADATA_KEY}.${key} should be a string, got ${show(value)}`);
+        if (typeof value !== 'string')
+          fail(ErrorCodes.SAFETENSORS, `${METADATA_KEY}.${key} should be a string, got ${show(value)}`);
         Object.defineProperty(metadata, key, { value, enumerable: true, writable: true, configurable: true }); // safe for "__proto__"
       }
       continue;
     }
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) fail(ErrorCodes.SAFETENSORS, `tensor ${name}: entry should be an object, got ${show(raw)}`);
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+      fail(ErrorCodes.SAFETENSORS, `tensor ${name}: entry should be an object, got ${show(raw)}`);
     const { dtype, shape, data_offsets: offsets } = raw as Record<string, unknown>;
     if (typeof dtype !== 'string' || !Object.hasOwn(ITEM_BYTES, dtype)) {
-      fail(ErrorCodes.SAFETENSORS, `tensor ${name}: dtype ${show(dtype)} is not supported; expected one of ${Object.keys(ITEM_BYTES).join(', ')}`);
+      fail(
+        ErrorCodes.SAFETENSORS,
+        `tensor ${name}: dtype ${show(dtype)} is not supported; expected one of ${Object.keys(ITEM_BYTES).join(', ')}`,
+      );
     }
-    if (!isShape(shape)) fail(ErrorCodes.SAFETENSORS, `tensor ${name}: shape ${show(shape)} should be a list of non-negative integers`);
-    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) || offsets[0] > offsets[1] || offsets[1] > dataLength) {
-      fail(ErrorCodes.SAFETENSORS, `tensor ${name}: data_offsets ${show(offsets)} should be [begin, end] with 0 ≤ begin ≤ end ≤ ${dataLength} (the data section's length)`);
+    if (!isShape(shape))
+      fail(ErrorCodes.SAFETENSORS, `tensor ${name}: shape ${show(shape)} should be a list of non-negative integers`);
+    if (
+      !Array.isArray(offsets) ||
+      offsets.length !== 2 ||
+      !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) ||
+      offsets[0] > offsets[1] ||
+      offsets[1] > dataLength
+    ) {
+      fail(
+        ErrorCodes.SAFETENSORS,
+        `tensor ${name}: data_offsets ${show(offsets)} should be [begin, end] with 0 ≤ begin ≤ end ≤ ${dataLength} (the data section's length)`,
+      );
     }
     const [begin, end] = offsets as [number, number];
     const expected = numel(shape) * ITEM_BYTES[dtype as SafetensorsDType];
     if (end - begin !== expected) {
-      fail(ErrorCodes.SAFETENSORS, `tensor ${name}: data_offsets ${show(offsets)} span ${end - begin} bytes; expected ${expected} for ${dtype} of shape [${shape}]`);
+      fail(
+        ErrorCodes.SAFETENSORS,
+        `tensor ${name}: data_offsets ${show(offsets)} span ${end - begin} bytes; expected ${expected} for ${dtype} of shape [${shape}]`,
+      );
     }
     entries.set(name, { dtype: dtype as SafetensorsDType, shape, data_offsets: [begin, end] });
   }
 
   // No two tensors may share bytes. Empty tensors own no bytes, so they are left out.
-  const spans = [...entries].filter(([, e]) => e.data_offsets[1] > e.data_offsets[0]).sort(([, a], [, b]) => a.data_offsets[0] - b.data_offsets[0]);
+  const spans = [...entries]
+    .filter(([, e]) => e.data_offsets[1] > e.data_offsets[0])
+    .sort(([, a], [, b]) => a.data_offsets[0] - b.data_offsets[0]);
   for (let i = 1; i < spans.length; i++) {
     const [prevName, prev] = spans[i - 1];
     const [name, entry] = spans[i];
     if (entry.data_offsets[0] < prev.data_offsets[1]) {
-      fail(ErrorCodes.SAFETENSORS, `tensor ${name}: data_offsets ${show(entry.data_offsets)} overlap tensor ${prevName}'s ${show(prev.data_offsets)}`);
+      fail(
+        ErrorCodes.SAFETENSORS,
+        `tensor ${name}: data_offsets ${show(entry.data_offsets)} overlap tensor ${prevName}'s ${show(prev.data_offsets)}`,
+      );
     }
   }
   return { metadata, entries, dataStart };
@@ -203,7 +248,11 @@ export function readSafetensorsHeader(bytes: Uint8Array, fileLength = bytes.leng
 export function decodeTensorData(name: string, entry: HeaderEntry, span: Uint8Array): TensorEntry {
   const { dtype, shape } = entry;
   const expected = numel(shape) * ITEM_BYTES[dtype];
-  if (span.length !== expected) fail(ErrorCodes.SAFETENSORS, `tensor ${name}: got ${span.length} bytes; expected ${expected} for ${dtype} of shape [${shape}]`);
+  if (span.length !== expected)
+    fail(
+      ErrorCodes.SAFETENSORS,
+      `tensor ${name}: got ${span.length} bytes; expected ${expected} for ${dtype} of shape [${shape}]`,
+    );
   const alignment = Math.min(ITEM_BYTES[dtype], 4); // I64 is read as 32-bit word pairs
   const aligned = span.byteOffset % alignment === 0 ? span : span.slice();
   const { buffer, byteOffset } = aligned;
@@ -234,7 +283,10 @@ export function decodeTensorData(name: string, entry: HeaderEntry, span: Uint8Ar
   }
 }
 
-export function decodeSafetensors(bytes: Uint8Array): { metadata: Record<string, string>; tensors: Map<string, TensorEntry> } {
+export function decodeSafetensors(bytes: Uint8Array): {
+  metadata: Record<string, string>;
+  tensors: Map<string, TensorEntry>;
+} {
   const { metadata, entries, dataStart } = readSafetensorsHeader(bytes);
   const tensors = new Map<string, TensorEntry>();
   for (const [name, entry] of entries) {

@@ -28,7 +28,10 @@ export function adaptedModules(config: ModelConfig, lora: LoraConfig): string[] 
   for (const target of lora.targetModules) {
     if (!paths.some((p) => moduleKind(p) === target)) {
       const kinds = [...new Set(paths.map(moduleKind))].join(', ');
-      fail(ErrorCodes.CONFIG, `lora.targetModules has ${target}, which a ${config.model_type} model does not have; expected some of ${kinds}`);
+      fail(
+        ErrorCodes.CONFIG,
+        `lora.targetModules has ${target}, which a ${config.model_type} model does not have; expected some of ${kinds}`,
+      );
     }
   }
   return paths.filter((p) => (lora.targetModules as string[]).includes(moduleKind(p)));
@@ -61,7 +64,8 @@ export function initAdapter(spec: AdapterTensorSpec[], lora: LoraConfig, seed: n
     const data = new Float32Array(t.shape[0] * t.shape[1]);
     if (t.which === 'A') {
       const bound = 1 / Math.sqrt(t.shape[1]);
-      for (let i = 0; i < data.length; i++) data[i] = lora.init === 'kaiming' ? rng.uniform(-bound, bound) : rng.normal() / lora.r;
+      for (let i = 0; i < data.length; i++)
+        data[i] = lora.init === 'kaiming' ? rng.uniform(-bound, bound) : rng.normal() / lora.r;
     }
     state.set(t.name, data);
   }
@@ -89,7 +93,12 @@ export function maxAbsDiff(a: AdapterState, b: AdapterState): number {
  * inverse (sign −1). Returns new weight tensors; refuses a non-finite result (PEFT's safe_merge).
  */
 export function mergeAdapter(
-  config: ModelConfig, weights: Map<string, tf.Tensor>, spec: AdapterTensorSpec[], state: AdapterState, lora: LoraConfig, sign: 1 | -1 = 1,
+  config: ModelConfig,
+  weights: Map<string, tf.Tensor>,
+  spec: AdapterTensorSpec[],
+  state: AdapterState,
+  lora: LoraConfig,
+  sign: 1 | -1 = 1,
 ): Map<string, tf.Tensor> {
   const merged = new Map(weights);
   const scaling = sign * loraScaling(lora);

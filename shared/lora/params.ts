@@ -5,15 +5,29 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../config.ts';
 import { fail, ErrorCodes } from '../errors.ts';
-import { type FrozenLinear, frozenLinear, loraBranch, makeFrozenLinear, trainableEmbedding, trainableLinear } from '../model/linear-ops.ts';
-import { embeddingName, linearModulePaths, linearStorage, parameterShapes, type ParamSource } from '../model/causal-lm.ts';
+import {
+  type FrozenLinear,
+  frozenLinear,
+  loraBranch,
+  makeFrozenLinear,
+  trainableEmbedding,
+  trainableLinear,
+} from '../model/linear-ops.ts';
+import {
+  embeddingName,
+  linearModulePaths,
+  linearStorage,
+  parameterShapes,
+  type ParamSource,
+} from '../model/causal-lm.ts';
 import { Rng } from '../rng.ts';
 
 /** Checks that weights has every tensor of the config with the right shape. */
 export function checkWeights(config: ModelConfig, weights: Map<string, tf.Tensor>): void {
   for (const [name, shape] of parameterShapes(config)) {
     const t = weights.get(name) ?? fail(ErrorCodes.MODEL, `missing tensor ${name} (expected shape [${shape}])`);
-    if (t.shape.join(',') !== shape.join(',')) fail(ErrorCodes.MODEL, `tensor ${name} has shape [${t.shape}], expected [${shape}] from config.json`);
+    if (t.shape.join(',') !== shape.join(','))
+      fail(ErrorCodes.MODEL, `tensor ${name} has shape [${t.shape}], expected [${shape}] from config.json`);
   }
 }
 
@@ -36,7 +50,12 @@ export class FrozenBase implements ParamSource {
    * reference in tests). weightOnTheLeft: how the fast path multiplies (see FrozenLinear); by
    * default decided by the size of the model's linear weights (WEIGHT_ON_THE_LEFT_MIN_BYTES).
    */
-  constructor(readonly config: ModelConfig, readonly weights: Map<string, tf.Tensor>, readonly plain = false, weightOnTheLeft?: boolean) {
+  constructor(
+    readonly config: ModelConfig,
+    readonly weights: Map<string, tf.Tensor>,
+    readonly plain = false,
+    weightOnTheLeft?: boolean,
+  ) {
     checkWeights(config, weights);
     this.embedding = weights.get(embeddingName(config)) as tf.Tensor2D;
     const paths = linearModulePaths(config);
@@ -52,7 +71,9 @@ export class FrozenBase implements ParamSource {
   }
 
   linear(modulePath: string, x: tf.Tensor2D): tf.Tensor2D {
-    const y = this.plain ? this.plainLinear(modulePath, x) : frozenLinear(x, this.linears.get(modulePath) ?? fail(ErrorCodes.MODEL, `no linear layer ${modulePath}`));
+    const y = this.plain
+      ? this.plainLinear(modulePath, x)
+      : frozenLinear(x, this.linears.get(modulePath) ?? fail(ErrorCodes.MODEL, `no linear layer ${modulePath}`));
     const bias = this.biases.get(modulePath);
     return bias ? (tf.add(y, bias) as tf.Tensor2D) : y;
   }
@@ -60,7 +81,8 @@ export class FrozenBase implements ParamSource {
   /** x·Wᵀ through autodiff's own matMul gradient */
   private plainLinear(modulePath: string, x: tf.Tensor2D): tf.Tensor2D {
     const storage = linearStorage(this.config, modulePath);
-    const w = (this.weights.get(storage.weight) ?? fail(ErrorCodes.MODEL, `no linear layer ${modulePath}`)) as tf.Tensor2D;
+    const w = (this.weights.get(storage.weight) ??
+      fail(ErrorCodes.MODEL, `no linear layer ${modulePath}`)) as tf.Tensor2D;
     return tf.matMul(x, w, false, !storage.transposed);
   }
 
@@ -90,7 +112,10 @@ export interface LoraDropout {
 }
 
 /** Groups per-tensor A/B values (in spec order) into one branch per adapted module. */
-export function loraBranches(spec: { modulePath: string; which: 'A' | 'B' }[], tensorAt: (i: number) => tf.Tensor2D): Map<string, LoraBranch> {
+export function loraBranches(
+  spec: { modulePath: string; which: 'A' | 'B' }[],
+  tensorAt: (i: number) => tf.Tensor2D,
+): Map<string, LoraBranch> {
   const branches = new Map<string, LoraBranch>();
   spec.forEach((t, i) => {
     const entry = branches.get(t.modulePath) ?? ({} as LoraBranch);
@@ -101,7 +126,12 @@ export function loraBranches(spec: { modulePath: string; which: 'A' | 'B' }[], t
 }
 
 /** The base model with LoRA branches on some modules. */
-export function withLora(base: FrozenBase, branches: Map<string, LoraBranch>, scaling: number, dropout?: LoraDropout): ParamSource {
+export function withLora(
+  base: FrozenBase,
+  branches: Map<string, LoraBranch>,
+  scaling: number,
+  dropout?: LoraDropout,
+): ParamSource {
   let calls = 0; // dropout masks differ per module call but repeat for the same (seed, call order)
   return {
     frozen: true,

@@ -46,7 +46,12 @@ export function productSumNormSq(terms: Term[], r: number): number {
  * The gap above, over all adapted modules together. `start` is A₀/B₀; `pseudoGrads[k]` is job k's
  * start − end (so its end is start − pseudoGrad). Returns null when there is nothing to compare.
  */
-export function factorAveragingGap(spec: AdapterTensorSpec[], start: AdapterState, pseudoGrads: AdapterState[], r: number): number | null {
+export function factorAveragingGap(
+  spec: AdapterTensorSpec[],
+  start: AdapterState,
+  pseudoGrads: AdapterState[],
+  r: number,
+): number | null {
   const K = pseudoGrads.length;
   if (K < 2) return null;
   let gapSq = 0;

@@ -27,12 +27,32 @@ export interface AttentionShape {
  * softmax(q kᵀ / √hs + mask) v for q (B·T, H·hs), k and v (B·T, Hkv·hs); returns (B·T, H·hs).
  * With a cache, k and v are appended to layer `layer`'s entry and attention covers all of it.
  */
-export function attend(q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, s: AttentionShape, mask: tf.Tensor2D, cache: KvCache | undefined, layer: number): tf.Tensor2D {
+export function attend(
+  q: tf.Tensor2D,
+  k: tf.Tensor2D,
+  v: tf.Tensor2D,
+  s: AttentionShape,
+  mask: tf.Tensor2D,
+  cache: KvCache | undefined,
+  layer: number,
+): tf.Tensor2D {
   const { batch, time, heads, kvHeads, headSize: hs } = s;
   const groups = heads / kvHeads;
-  const qh = tf.reshape(tf.transpose(tf.reshape(q, [batch, time, heads, hs]), [0, 2, 1, 3]), [batch * kvHeads, groups * time, hs]);
-  let kh = tf.reshape(tf.transpose(tf.reshape(k, [batch, time, kvHeads, hs]), [0, 2, 1, 3]), [batch * kvHeads, time, hs]) as tf.Tensor3D;
-  let vh = tf.reshape(tf.transpose(tf.reshape(v, [batch, time, kvHeads, hs]), [0, 2, 1, 3]), [batch * kvHeads, time, hs]) as tf.Tensor3D;
+  const qh = tf.reshape(tf.transpose(tf.reshape(q, [batch, time, heads, hs]), [0, 2, 1, 3]), [
+    batch * kvHeads,
+    groups * time,
+    hs,
+  ]);
+  let kh = tf.reshape(tf.transpose(tf.reshape(k, [batch, time, kvHeads, hs]), [0, 2, 1, 3]), [
+    batch * kvHeads,
+    time,
+    hs,
+  ]) as tf.Tensor3D;
+  let vh = tf.reshape(tf.transpose(tf.reshape(v, [batch, time, kvHeads, hs]), [0, 2, 1, 3]), [
+    batch * kvHeads,
+    time,
+    hs,
+  ]) as tf.Tensor3D;
   if (cache) {
     if (cache.keys[layer]) {
       kh = tf.concat([cache.keys[layer], kh], 1);
@@ -43,7 +63,10 @@ export function attend(q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, s: Attent
     cache.values[layer] = tf.keep(vh);
   }
   const out = scaledDotProductAttention(qh as tf.Tensor3D, kh, vh, mask, 1 / Math.sqrt(hs)); // (B·Hkv, G·T, hs)
-  return tf.reshape(tf.transpose(tf.reshape(out, [batch, heads, time, hs]), [0, 2, 1, 3]), [batch * time, heads * hs]) as tf.Tensor2D;
+  return tf.reshape(tf.transpose(tf.reshape(out, [batch, heads, time, hs]), [0, 2, 1, 3]), [
+    batch * time,
+    heads * hs,
+  ]) as tf.Tensor2D;
 }
 
 /**
@@ -54,9 +77,17 @@ export function attend(q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, s: Attent
  * Autodiff gives the same products; written out, the backward pass needs no softmax replay and no
  * extra transposes. On wasm these batched products run in worker/wasm-small-matmul.ts.
  */
-export function scaledDotProductAttention(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, mask: tf.Tensor2D, scale: number): tf.Tensor3D {
+export function scaledDotProductAttention(
+  q: tf.Tensor3D,
+  k: tf.Tensor3D,
+  v: tf.Tensor3D,
+  mask: tf.Tensor2D,
+  scale: number,
+): tf.Tensor3D {
   const op = customOp(([qs, ks, vs], save) => {
-    const probs = tf.softmax(tf.add(tf.mul(tf.matMul(qs as tf.Tensor3D, ks as tf.Tensor3D, false, true), scale), mask)) as tf.Tensor3D; // (H, M, S)
+    const probs = tf.softmax(
+      tf.add(tf.mul(tf.matMul(qs as tf.Tensor3D, ks as tf.Tensor3D, false, true), scale), mask),
+    ) as tf.Tensor3D; // (H, M, S)
     save([qs, ks, vs, probs]);
     return {
       value: tf.matMul(probs, vs as tf.Tensor3D), // (H, M, hs)

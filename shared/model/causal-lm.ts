@@ -78,9 +78,9 @@ export function canonicalName(config: ModelConfig, name: string): string | null 
 }
 
 /** The token-embedding table's name. */
-export const embeddingName = (config: ModelConfig) => (config.model_type === 'gpt2' ? 'transformer.wte.weight' : 'model.embed_tokens.weight');
+export const embeddingName = (config: ModelConfig) =>
+  config.model_type === 'gpt2' ? 'transformer.wte.weight' : 'model.embed_tokens.weight';
 
 export function moduleKind(modulePath: string): string {
   return modulePath.slice(modulePath.lastIndexOf('.') + 1);
 }
-

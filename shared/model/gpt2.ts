@@ -14,7 +14,8 @@ const block = (i: number) => `transformer.h.${i}`;
 
 export function linearModulePaths(config: Gpt2Config): string[] {
   const paths: string[] = [];
-  for (let i = 0; i < config.n_layer; i++) paths.push(`${block(i)}.attn.c_attn`, `${block(i)}.attn.c_proj`, `${block(i)}.mlp.c_fc`, `${block(i)}.mlp.c_proj`);
+  for (let i = 0; i < config.n_layer; i++)
+    paths.push(`${block(i)}.attn.c_attn`, `${block(i)}.attn.c_proj`, `${block(i)}.mlp.c_fc`, `${block(i)}.mlp.c_proj`);
   paths.push('lm_head');
   return paths;
 }
@@ -36,7 +37,10 @@ export function linearStorage(modulePath: string): LinearStorage {
 
 export function parameterShapes(config: Gpt2Config): Map<string, number[]> {
   const d = config.n_embd;
-  const shapes = new Map<string, number[]>([['transformer.wte.weight', [config.vocab_size, d]], ['transformer.wpe.weight', [config.n_positions, d]]]);
+  const shapes = new Map<string, number[]>([
+    ['transformer.wte.weight', [config.vocab_size, d]],
+    ['transformer.wpe.weight', [config.n_positions, d]],
+  ]);
   for (let i = 0; i < config.n_layer; i++) {
     for (const ln of ['ln_1', 'ln_2']) {
       shapes.set(`${block(i)}.${ln}.weight`, [d]);
@@ -66,8 +70,14 @@ export class Gpt2Model implements CausalLM {
     const c = this.config;
     const d = c.n_embd;
     const offset = cache?.length ?? 0;
-    const positions = tf.tensor1d(Array.from({ length: batch * time }, (_, r) => offset + (r % time)), 'int32');
-    let h = tf.add(params.embed(tf.reshape(inputIds, [-1])), tf.gather(params.param('transformer.wpe.weight'), positions)) as tf.Tensor2D; // (N, d)
+    const positions = tf.tensor1d(
+      Array.from({ length: batch * time }, (_, r) => offset + (r % time)),
+      'int32',
+    );
+    let h = tf.add(
+      params.embed(tf.reshape(inputIds, [-1])),
+      tf.gather(params.param('transformer.wpe.weight'), positions),
+    ) as tf.Tensor2D; // (N, d)
     const mask = causalMask(1, time, offset);
     const shape = { batch, time, heads: c.n_head, kvHeads: c.n_head, headSize: this.headSize };
     for (let i = 0; i < c.n_layer; i++) {
@@ -83,6 +93,12 @@ export class Gpt2Model implements CausalLM {
   }
 
   private layerNorm(x: tf.Tensor2D, prefix: string, params: ParamSource): tf.Tensor2D {
-    return layerNorm(x, params.param(`${prefix}.weight`), params.param(`${prefix}.bias`), this.config.layer_norm_epsilon, params.frozen ?? false);
+    return layerNorm(
+      x,
+      params.param(`${prefix}.weight`),
+      params.param(`${prefix}.bias`),
+      this.config.layer_norm_epsilon,
+      params.frozen ?? false,
+    );
   }
 }

@@ -52,7 +52,12 @@ export function makeFrozenLinear(stored: tf.Tensor2D, storedInOut: boolean, weig
 }
 
 /** x·Mᵀ for M given as m = M or mT = Mᵀ: x·mT, or (m·xᵀ)ᵀ with m on the left. */
-function timesTransposed(x: tf.Tensor2D, m: tf.Tensor2D | undefined, mT: tf.Tensor2D | undefined, mOnTheLeft: boolean): tf.Tensor2D {
+function timesTransposed(
+  x: tf.Tensor2D,
+  m: tf.Tensor2D | undefined,
+  mT: tf.Tensor2D | undefined,
+  mOnTheLeft: boolean,
+): tf.Tensor2D {
   return mOnTheLeft ? (tf.transpose(tf.matMul(m!, tf.transpose(x))) as tf.Tensor2D) : tf.matMul(x, mT!);
 }
 
@@ -129,7 +134,9 @@ export function trainableEmbedding(ids: tf.Tensor1D, table: tf.Tensor2D): tf.Ten
     save([ids]);
     return {
       value: tf.gather(t, ids), // (N, d)
-      gradFunc: (dy, [savedIds]) => [tf.matMul(tf.transpose(tf.oneHot(savedIds as tf.Tensor1D, vocab)), dy as tf.Tensor2D)], // (V, d)
+      gradFunc: (dy, [savedIds]) => [
+        tf.matMul(tf.transpose(tf.oneHot(savedIds as tf.Tensor1D, vocab)), dy as tf.Tensor2D),
+      ], // (V, d)
     };
   });
   return op(table) as tf.Tensor2D;

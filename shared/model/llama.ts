@@ -29,13 +29,22 @@ export function linearShape(config: LlamaConfig, modulePath: string): [number, n
   const hs = d / config.num_attention_heads;
   const kv = config.num_key_value_heads * hs;
   switch (modulePath.slice(modulePath.lastIndexOf('.') + 1)) {
-    case 'q_proj': return [config.num_attention_heads * hs, d];
-    case 'k_proj': case 'v_proj': return [kv, d];
-    case 'o_proj': return [d, config.num_attention_heads * hs];
-    case 'gate_proj': case 'up_proj': return [config.intermediate_size, d];
-    case 'down_proj': return [d, config.intermediate_size];
-    case 'lm_head': return [config.vocab_size, d];
-    default: throw new Error(`not a linear module: ${modulePath}`);
+    case 'q_proj':
+      return [config.num_attention_heads * hs, d];
+    case 'k_proj':
+    case 'v_proj':
+      return [kv, d];
+    case 'o_proj':
+      return [d, config.num_attention_heads * hs];
+    case 'gate_proj':
+    case 'up_proj':
+      return [config.intermediate_size, d];
+    case 'down_proj':
+      return [d, config.intermediate_size];
+    case 'lm_head':
+      return [config.vocab_size, d];
+    default:
+      throw new Error(`not a linear module: ${modulePath}`);
   }
 }
 
@@ -46,8 +55,13 @@ function hasBias(config: LlamaConfig, modulePath: string): boolean {
 }
 
 export function linearStorage(config: LlamaConfig, modulePath: string): LinearStorage {
-  if (modulePath === 'lm_head' && config.tie_word_embeddings) return { weight: 'model.embed_tokens.weight', transposed: false };
-  return { weight: `${modulePath}.weight`, transposed: false, bias: hasBias(config, modulePath) ? `${modulePath}.bias` : undefined };
+  if (modulePath === 'lm_head' && config.tie_word_embeddings)
+    return { weight: 'model.embed_tokens.weight', transposed: false };
+  return {
+    weight: `${modulePath}.weight`,
+    transposed: false,
+    bias: hasBias(config, modulePath) ? `${modulePath}.bias` : undefined,
+  };
 }
 
 export function parameterShapes(config: LlamaConfig): Map<string, number[]> {
@@ -120,7 +134,13 @@ export class LlamaModel implements CausalLM {
     const offset = cache?.length ?? 0;
     const { cos, sin } = this.ropeTables(batch, offset, time);
     const mask = causalMask(this.groups, time, offset, c.sliding_window ?? Infinity);
-    const shape = { batch, time, heads: c.num_attention_heads, kvHeads: c.num_key_value_heads, headSize: this.headSize };
+    const shape = {
+      batch,
+      time,
+      heads: c.num_attention_heads,
+      kvHeads: c.num_key_value_heads,
+      headSize: this.headSize,
+    };
     let h = params.embed(tf.reshape(inputIds, [-1])); // (N, d)
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const p = layerPrefix(i);
@@ -148,8 +168,15 @@ export class LlamaModel implements CausalLM {
     const hs = this.headSize;
     const rows = x.shape[0];
     const perHead = tf.reshape(x, [rows, heads, hs]);
-    const rotated = tf.reshape(constMatMul(tf.reshape(x, [rows * heads, hs]), this.rotate, this.rotateT), [rows, heads, hs]);
-    const out = tf.add(tf.mul(perHead, tf.reshape(cos, [rows, 1, hs])), tf.mul(rotated, tf.reshape(sin, [rows, 1, hs])));
+    const rotated = tf.reshape(constMatMul(tf.reshape(x, [rows * heads, hs]), this.rotate, this.rotateT), [
+      rows,
+      heads,
+      hs,
+    ]);
+    const out = tf.add(
+      tf.mul(perHead, tf.reshape(cos, [rows, 1, hs])),
+      tf.mul(rotated, tf.reshape(sin, [rows, 1, hs])),
+    );
     return tf.reshape(out, [rows, heads * hs]);
   }
 

@@ -6,7 +6,13 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../config.ts';
 import { ErrorCodes, fail } from '../errors.ts';
-import { decodeTensorData, readSafetensorsHeader, type HeaderEntry, type SafetensorsDType, type TensorEntry } from '../formats/safetensors.ts';
+import {
+  decodeTensorData,
+  readSafetensorsHeader,
+  type HeaderEntry,
+  type SafetensorsDType,
+  type TensorEntry,
+} from '../formats/safetensors.ts';
 import { checkWeights } from '../lora/params.ts';
 import { canonicalName, parameterShapes } from './causal-lm.ts';
 
@@ -31,7 +37,11 @@ export class WeightCollector {
   add(file: string, fileName: string, entry: HeaderEntry, read: () => TensorEntry): void {
     const name = canonicalName(this.config, fileName);
     if (name === null) return;
-    if (!this.shapes.has(name)) fail(ErrorCodes.MODEL, `${file}: tensor ${fileName} is not part of a ${this.config.model_type} model with this config.json`);
+    if (!this.shapes.has(name))
+      fail(
+        ErrorCodes.MODEL,
+        `${file}: tensor ${fileName} is not part of a ${this.config.model_type} model with this config.json`,
+      );
     if (this.weights.has(name)) fail(ErrorCodes.MODEL, `tensor ${name} appears twice (second time in ${file})`);
     const t = read();
     // `read` may return a view of a buffer the loader reuses for the next tensor (worker/load-weights.ts).
@@ -48,7 +58,9 @@ export class WeightCollector {
     const { entries, dataStart } = readSafetensorsHeader(bytes);
     for (const [fileName, entry] of entries) {
       const [begin, end] = entry.data_offsets;
-      this.add(file, fileName, entry, () => decodeTensorData(fileName, entry, bytes.subarray(dataStart + begin, dataStart + end)));
+      this.add(file, fileName, entry, () =>
+        decodeTensorData(fileName, entry, bytes.subarray(dataStart + begin, dataStart + end)),
+      );
     }
   }
 

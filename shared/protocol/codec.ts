@@ -10,11 +10,29 @@ import { parseMessage, type Message } from './messages.ts';
 // structuredClone: false turns off msgpackr's id/pointer extensions (0x69, 0x70), which no peer
 // needs: with them a 1.4 KB frame decodes to a DAG that msgpackr's "end of buffer not reached"
 // error turns into a JSON view of ~10^9 characters (6 s and > 1 GB on the coordinator's thread).
-export const CODEC_OPTIONS = { useRecords: false, moreTypes: true, mapsAsObjects: true, int64AsType: 'number', structuredClone: false } as const;
+export const CODEC_OPTIONS = {
+  useRecords: false,
+  moreTypes: true,
+  mapsAsObjects: true,
+  int64AsType: 'number',
+  structuredClone: false,
+} as const;
 const packr = new Packr(CODEC_OPTIONS);
 
 /** msgpackr's type codes of its typed-array extension (0x74), by the first byte of the payload. */
-const TYPED_ARRAYS = [Int8Array, Uint8Array, Uint8ClampedArray, Int16Array, Uint16Array, Int32Array, Uint32Array, Float32Array, Float64Array, BigInt64Array, BigUint64Array];
+const TYPED_ARRAYS = [
+  Int8Array,
+  Uint8Array,
+  Uint8ClampedArray,
+  Int16Array,
+  Uint16Array,
+  Int32Array,
+  Uint32Array,
+  Float32Array,
+  Float64Array,
+  BigInt64Array,
+  BigUint64Array,
+];
 type Bytes = Uint8Array & { buffer: ArrayBuffer };
 /** Node's allocation without zero-fill; elsewhere (browsers) a plain ArrayBuffer. */
 const allocUninitialized: (n: number) => ArrayBuffer = (() => {
@@ -42,7 +60,8 @@ addExtension({
     }
     const offset = data.byteOffset + 1;
     const bytes = data.length - 1;
-    if (bytes % Ctor.BYTES_PER_ELEMENT !== 0) throw new RangeError(`${bytes} bytes is not a whole number of ${Ctor.name} elements`);
+    if (bytes % Ctor.BYTES_PER_ELEMENT !== 0)
+      throw new RangeError(`${bytes} bytes is not a whole number of ${Ctor.name} elements`);
     if (offset % Ctor.BYTES_PER_ELEMENT === 0) return new Ctor(data.buffer, offset, bytes / Ctor.BYTES_PER_ELEMENT);
     const copy = allocUninitialized(bytes);
     new Uint8Array(copy).set(data.subarray(1));
@@ -72,9 +91,14 @@ export function encodeMessage(message: Message): Uint8Array {
   type Packed = { values: ArrayBufferView & { constructor: new (n: number) => ArrayBufferView } };
   const { [field ?? '']: packed, ...rest } = message as unknown as Record<string, Packed | undefined>;
   // anything else as it is (tests also pack malformed messages on purpose)
-  if (!field || typeof packed !== 'object' || packed === null || !ArrayBuffer.isView(packed.values)) return packr.pack(message);
+  if (!field || typeof packed !== 'object' || packed === null || !ArrayBuffer.isView(packed.values))
+    return packr.pack(message);
   const { values, ...meta } = packed;
-  const ordered = (pad: string | null, v: ArrayBufferView) => ({ ...(pad === null ? {} : { pad }), ...rest, [field]: { ...meta, values: v } });
+  const ordered = (pad: string | null, v: ArrayBufferView) => ({
+    ...(pad === null ? {} : { pad }),
+    ...rest,
+    [field]: { ...meta, values: v },
+  });
   // Where the values would start: a pack with no values gives everything before their header.
   const before = packr.pack(ordered(null, new values.constructor(0))).length - typedArrayHeader(0);
   const misaligned = (before + typedArrayHeader(values.byteLength)) % 4;
@@ -100,7 +124,10 @@ export function decodeMessage(bytes: Uint8Array): Message {
     raw = packr.unpack(bytes);
   } catch (err) {
     const detail = String((err as Error)?.message ?? err);
-    throw new LoraMeshError(ErrorCodes.DECODE, `frame is not valid msgpack (${detail.length > MAX_DECODE_DETAIL ? detail.slice(0, MAX_DECODE_DETAIL) + '…' : detail})`);
+    throw new LoraMeshError(
+      ErrorCodes.DECODE,
+      `frame is not valid msgpack (${detail.length > MAX_DECODE_DETAIL ? detail.slice(0, MAX_DECODE_DETAIL) + '…' : detail})`,
+    );
   }
   return parseMessage(raw);
 }

@@ -49,7 +49,12 @@ export type { PackedFloats } from './wire-codec.ts';
 
 // worker → coordinator
 export interface Hello {
-  type: 'hello'; protocol: number; token?: string; name?: string; backend: string; platform: 'node' | 'browser';
+  type: 'hello';
+  protocol: number;
+  token?: string;
+  name?: string;
+  backend: string;
+  platform: 'node' | 'browser';
   /** the device behind the backend, e.g. a WebGPU adapter ("SwiftShader", "NVIDIA H200") */
   adapter?: string;
   /** the worker fell back to a slow backend (cpu, software WebGPU) */
@@ -58,20 +63,71 @@ export interface Hello {
   codecs?: CodecName[];
 }
 /** base model loaded; paramVersion is the version held (-1: none yet) */
-export interface Ready { type: 'ready'; paramVersion: number }
+export interface Ready {
+  type: 'ready';
+  paramVersion: number;
+}
 /** grads: summed gradients of the micro-batch (or a local job's start − end), flat in manifest order */
-export interface Result { type: 'result'; assignmentId: string; paramVersion: number; tokenCount: number; lossSum: number; computeMs: number; grads: PackedFloats }
-export interface WorkerError { type: 'worker-error'; assignmentId?: string; code: string; message: string }
-export interface Heartbeat { type: 'heartbeat'; sentAt: number }
+export interface Result {
+  type: 'result';
+  assignmentId: string;
+  paramVersion: number;
+  tokenCount: number;
+  lossSum: number;
+  computeMs: number;
+  grads: PackedFloats;
+}
+export interface WorkerError {
+  type: 'worker-error';
+  assignmentId?: string;
+  code: string;
+  message: string;
+}
+export interface Heartbeat {
+  type: 'heartbeat';
+  sentAt: number;
+}
 // coordinator → worker
-export interface Welcome { type: 'welcome'; workerId: string; manifest: RunManifest }
+export interface Welcome {
+  type: 'welcome';
+  workerId: string;
+  manifest: RunManifest;
+}
 /** The adapter at paramVersion, flat in manifest order; with deltaFrom it is the change since that version. */
-export interface Params { type: 'params'; paramVersion: number; tensors: PackedFloats; deltaFrom?: number }
-export interface Assign { type: 'assign'; assignmentId: string; paramVersion: number; step: number; index: number; microBatch: WireMicroBatch }
+export interface Params {
+  type: 'params';
+  paramVersion: number;
+  tensors: PackedFloats;
+  deltaFrom?: number;
+}
+export interface Assign {
+  type: 'assign';
+  assignmentId: string;
+  paramVersion: number;
+  step: number;
+  index: number;
+  microBatch: WireMicroBatch;
+}
 /** Local-steps mode: run one inner AdamW step per micro-batch from paramVersion at this lr, answer start − end. */
-export interface AssignLocal { type: 'assign-local'; assignmentId: string; paramVersion: number; step: number; index: number; lr: number; microBatches: WireMicroBatch[] }
-export interface Reject { type: 'reject'; code: ErrorCode; message: string; assignmentId?: string }
-export interface Done { type: 'done'; reason: string }
+export interface AssignLocal {
+  type: 'assign-local';
+  assignmentId: string;
+  paramVersion: number;
+  step: number;
+  index: number;
+  lr: number;
+  microBatches: WireMicroBatch[];
+}
+export interface Reject {
+  type: 'reject';
+  code: ErrorCode;
+  message: string;
+  assignmentId?: string;
+}
+export interface Done {
+  type: 'done';
+  reason: string;
+}
 
 export type WorkerMessage = Hello | Ready | Result | WorkerError | Heartbeat;
 export type CoordinatorMessage = Welcome | Params | Assign | AssignLocal | Reject | Done;
@@ -87,7 +143,13 @@ const isObject = (v: unknown): v is Record<string, unknown> => {
   return proto === Object.prototype || proto === null;
 };
 
-function field(m: Record<string, unknown>, name: string, ok: (v: unknown) => boolean, expected: string, optional = false): void {
+function field(
+  m: Record<string, unknown>,
+  name: string,
+  ok: (v: unknown) => boolean,
+  expected: string,
+  optional = false,
+): void {
   const v = m[name];
   if (v === undefined && optional) return;
   if (!ok(v)) fail(ErrorCodes.FIELD, `${m.type}.${name} should be ${expected}, got ${describe(v)}`);
@@ -98,22 +160,35 @@ const isInt = (min: number) => (v: unknown) => typeof v === 'number' && Number.i
 const isFiniteNumber = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
 
 const PACKED_ARRAY: Record<CodecName, { type: new (n: number) => ArrayBufferView; name: string }> = {
-  f32: { type: Float32Array, name: 'Float32Array' }, f16: { type: Uint16Array, name: 'Uint16Array' },
-  bf16: { type: Uint16Array, name: 'Uint16Array' }, int8: { type: Int8Array, name: 'Int8Array' },
+  f32: { type: Float32Array, name: 'Float32Array' },
+  f16: { type: Uint16Array, name: 'Uint16Array' },
+  bf16: { type: Uint16Array, name: 'Uint16Array' },
+  int8: { type: Int8Array, name: 'Int8Array' },
 };
 
 function packedFloats(m: Record<string, unknown>, name: string): void {
   const v = m[name];
-  if (!isObject(v)) fail(ErrorCodes.FIELD, `${m.type}.${name} should be packed floats {codec, values}, got ${describe(v)}`);
+  if (!isObject(v))
+    fail(ErrorCodes.FIELD, `${m.type}.${name} should be packed floats {codec, values}, got ${describe(v)}`);
   const where = { ...v, type: `${m.type}.${name}` };
-  field(where, 'codec', (c) => typeof c === 'string' && (CODECS as readonly string[]).includes(c), `one of ${CODECS.join(', ')}`);
+  field(
+    where,
+    'codec',
+    (c) => typeof c === 'string' && (CODECS as readonly string[]).includes(c),
+    `one of ${CODECS.join(', ')}`,
+  );
   const array = PACKED_ARRAY[v.codec as CodecName];
   field(where, 'values', (x) => x instanceof array.type, `a ${array.name} for codec ${v.codec}`);
   if (v.codec !== 'int8') return;
   field(where, 'blockSize', isInt(1), 'an integer ≥ 1');
   field(where, 'blockSize', (b) => (b as number) <= MAX_BLOCK, `at most ${MAX_BLOCK}`);
   const blocks = Math.ceil((v.values as Int8Array).length / (v.blockSize as number));
-  field(where, 'scales', (x) => x instanceof Float32Array && x.length === blocks, `a Float32Array of ${blocks} block scales`);
+  field(
+    where,
+    'scales',
+    (x) => x instanceof Float32Array && x.length === blocks,
+    `a Float32Array of ${blocks} block scales`,
+  );
 }
 
 function microBatchAt(mb: unknown, where: string): void {
@@ -139,7 +214,13 @@ const guards: Record<Message['type'], Guard> = {
     field(m, 'platform', (v) => v === 'node' || v === 'browser', '"node" or "browser"');
     field(m, 'adapter', isString(128), 'a string of ≤ 128 chars', true);
     field(m, 'slow', (v) => typeof v === 'boolean', 'a boolean', true);
-    field(m, 'codecs', (v) => Array.isArray(v) && v.length <= 16 && v.every((c) => typeof c === 'string' && c.length <= 16), 'a list of codec names', true);
+    field(
+      m,
+      'codecs',
+      (v) => Array.isArray(v) && v.length <= 16 && v.every((c) => typeof c === 'string' && c.length <= 16),
+      'a list of codec names',
+      true,
+    );
   },
   ready: (m) => field(m, 'paramVersion', isInt(-1), 'an integer ≥ -1 (-1: no parameters yet)'),
   result: (m) => {
@@ -178,7 +259,12 @@ const guards: Record<Message['type'], Guard> = {
     field(m, 'step', isInt(0), 'an integer ≥ 0');
     field(m, 'index', isInt(0), 'an integer ≥ 0');
     field(m, 'lr', (v) => isFiniteNumber(v) && (v as number) >= 0, 'a learning rate ≥ 0');
-    field(m, 'microBatches', (v) => Array.isArray(v) && v.length >= 1 && v.length <= 4096, 'a list of 1 to 4096 micro-batches');
+    field(
+      m,
+      'microBatches',
+      (v) => Array.isArray(v) && v.length >= 1 && v.length <= 4096,
+      'a list of 1 to 4096 micro-batches',
+    );
     (m.microBatches as unknown[]).forEach((mb, i) => microBatchAt(mb, `assign-local.microBatches[${i}]`));
   },
   reject: (m) => {
@@ -190,11 +276,15 @@ const guards: Record<Message['type'], Guard> = {
 
 export function parseMessage(raw: unknown): Message {
   if (!isObject(raw)) {
-    const kind = typeof raw === 'object' && raw !== null && !Array.isArray(raw) && !ArrayBuffer.isView(raw) ? `a ${raw.constructor?.name ?? 'non-plain'} object` : describe(raw);
+    const kind =
+      typeof raw === 'object' && raw !== null && !Array.isArray(raw) && !ArrayBuffer.isView(raw)
+        ? `a ${raw.constructor?.name ?? 'non-plain'} object`
+        : describe(raw);
     fail(ErrorCodes.DECODE, `a frame should decode to an object (a msgpack map), got ${kind}`);
   }
   const type = raw.type;
-  if (typeof type !== 'string' || !Object.hasOwn(guards, type)) fail(ErrorCodes.UNKNOWN_TYPE, `unknown message type ${describe(type)}`);
+  if (typeof type !== 'string' || !Object.hasOwn(guards, type))
+    fail(ErrorCodes.UNKNOWN_TYPE, `unknown message type ${describe(type)}`);
   guards[type as Message['type']](raw);
   delete raw.pad; // alignment filler of result and params frames (codec.ts), never part of a message
   return raw as unknown as Message;
@@ -206,9 +296,13 @@ export function parseMessage(raw: unknown): Message {
  */
 export function unpackFloats(p: PackedFloats, codec: CodecSpec, length: number, what: string): Float32Array {
   if (p.codec !== codec.name || (p.codec === 'int8' && p.blockSize !== codec.blockSize)) {
-    fail(ErrorCodes.CODEC, `${what} is in ${p.codec}${p.blockSize ? `/${p.blockSize}` : ''}, this run sends ${codec.name}${codec.blockSize ? `/${codec.blockSize}` : ''}`);
+    fail(
+      ErrorCodes.CODEC,
+      `${what} is in ${p.codec}${p.blockSize ? `/${p.blockSize}` : ''}, this run sends ${codec.name}${codec.blockSize ? `/${codec.blockSize}` : ''}`,
+    );
   }
-  if (p.values.length !== length) fail(ErrorCodes.SHAPE, `${what} has ${p.values.length} values, expected ${length} (the manifest's adapter)`);
+  if (p.values.length !== length)
+    fail(ErrorCodes.SHAPE, `${what} has ${p.values.length} values, expected ${length} (the manifest's adapter)`);
   // A decoded frame's arrays belong to that message alone (views of its own received buffer, or
   // copies: codec.ts), so f32 values are used as they are: one copy of every gradient fewer.
   const values = p.codec === 'f32' ? (p.values as Float32Array) : decodeFloats(p);
@@ -241,12 +335,16 @@ export function firstNonFinite(x: Float32Array): number {
 }
 
 /** Concatenates named tensors in manifest order (a missing tensor is a programming error). */
-export function flattenTensors(tensors: ReadonlyMap<string, Float32Array>, spec: { name: string; shape: [number, number] }[]): Float32Array {
+export function flattenTensors(
+  tensors: ReadonlyMap<string, Float32Array>,
+  spec: { name: string; shape: [number, number] }[],
+): Float32Array {
   const flat = new Float32Array(adapterParameterCount(spec));
   let offset = 0;
   for (const t of spec) {
     const data = tensors.get(t.name);
-    if (!data || data.length !== t.shape[0] * t.shape[1]) fail(ErrorCodes.SHAPE, `tensor ${t.name} is missing or has the wrong size`);
+    if (!data || data.length !== t.shape[0] * t.shape[1])
+      fail(ErrorCodes.SHAPE, `tensor ${t.name} is missing or has the wrong size`);
     flat.set(data, offset);
     offset += data.length;
   }
@@ -254,7 +352,10 @@ export function flattenTensors(tensors: ReadonlyMap<string, Float32Array>, spec:
 }
 
 /** Views of a flat vector as named tensors in manifest order (no copy). */
-export function splitTensors(flat: Float32Array, spec: { name: string; shape: [number, number] }[]): Map<string, Float32Array> {
+export function splitTensors(
+  flat: Float32Array,
+  spec: { name: string; shape: [number, number] }[],
+): Map<string, Float32Array> {
   const out = new Map<string, Float32Array>();
   let offset = 0;
   for (const t of spec) {

@@ -52,8 +52,9 @@ const permanentCode = (code: string | undefined): ErrorCode | null =>
  * names a permanent code. 503 LM_ERR_LIMIT and the rest are transient (null).
  */
 export function refusalFromHttp(status: number, errorHeader: string | undefined): Refusal | null {
-  const code = permanentCode(errorHeader?.trim())
-    ?? (status === 401 ? ErrorCodes.AUTH : status === 403 ? ErrorCodes.ORIGIN : null);
+  const code =
+    permanentCode(errorHeader?.trim()) ??
+    (status === 401 ? ErrorCodes.AUTH : status === 403 ? ErrorCodes.ORIGIN : null);
   return code && { code, reason: PERMANENT[code]!(` (HTTP ${status})`, '') };
 }
 

@@ -41,10 +41,12 @@ export interface PackedFloats {
 const F16_MAX = 65504;
 
 export function checkCodecSpec(spec: CodecSpec, what: string): CodecSpec {
-  if (!(CODECS as readonly string[]).includes(spec.name)) fail(ErrorCodes.CONFIG, `${what} should be one of ${CODECS.join(', ')}, got ${JSON.stringify(spec.name)}`);
+  if (!(CODECS as readonly string[]).includes(spec.name))
+    fail(ErrorCodes.CONFIG, `${what} should be one of ${CODECS.join(', ')}, got ${JSON.stringify(spec.name)}`);
   if (spec.name !== 'int8') return { name: spec.name };
   const blockSize = spec.blockSize ?? DEFAULT_INT8_BLOCK;
-  if (!Number.isInteger(blockSize) || blockSize < 1 || blockSize > MAX_BLOCK) fail(ErrorCodes.CONFIG, `${what} block size should be an integer in [1, ${MAX_BLOCK}], got ${blockSize}`);
+  if (!Number.isInteger(blockSize) || blockSize < 1 || blockSize > MAX_BLOCK)
+    fail(ErrorCodes.CONFIG, `${what} block size should be an integer in [1, ${MAX_BLOCK}], got ${blockSize}`);
   return { name: 'int8', blockSize };
 }
 
@@ -55,13 +57,16 @@ export function describeCodec(spec: CodecSpec): string {
 /** Encodes x (which must be finite). */
 export function encodeFloats(x: Float32Array, spec: CodecSpec): PackedFloats {
   switch (spec.name) {
-    case 'f32': return { codec: 'f32', values: x };
+    case 'f32':
+      return { codec: 'f32', values: x };
     case 'f16': {
       const clamped = Float32Array.from(x, (v) => Math.max(-F16_MAX, Math.min(F16_MAX, v)));
       return { codec: 'f16', values: f32ToF16(clamped) };
     }
-    case 'bf16': return { codec: 'bf16', values: f32ToBf16(x) };
-    case 'int8': return encodeInt8(x, spec.blockSize ?? DEFAULT_INT8_BLOCK);
+    case 'bf16':
+      return { codec: 'bf16', values: f32ToBf16(x) };
+    case 'int8':
+      return encodeInt8(x, spec.blockSize ?? DEFAULT_INT8_BLOCK);
   }
 }
 
@@ -85,9 +90,15 @@ function encodeInt8(x: Float32Array, blockSize: number): PackedFloats {
 /** Decodes into `out` (a fresh array when omitted); float32 arithmetic, identical on every peer. */
 export function decodeFloats(p: PackedFloats, out = new Float32Array(p.values.length)): Float32Array {
   switch (p.codec) {
-    case 'f32': out.set(p.values as Float32Array); return out;
-    case 'f16': out.set(f16ToF32(p.values as Uint16Array)); return out;
-    case 'bf16': out.set(bf16ToF32(p.values as Uint16Array)); return out;
+    case 'f32':
+      out.set(p.values as Float32Array);
+      return out;
+    case 'f16':
+      out.set(f16ToF32(p.values as Uint16Array));
+      return out;
+    case 'bf16':
+      out.set(bf16ToF32(p.values as Uint16Array));
+      return out;
     case 'int8': {
       const q = p.values as Int8Array;
       const scales = p.scales!;
@@ -106,10 +117,13 @@ export function payloadBytes(p: PackedFloats): number {
 /** Bytes a vector of n values takes in a codec. */
 export function codecBytes(n: number, spec: CodecSpec): number {
   switch (spec.name) {
-    case 'f32': return 4 * n;
+    case 'f32':
+      return 4 * n;
     case 'f16':
-    case 'bf16': return 2 * n;
-    case 'int8': return n + 4 * Math.ceil(n / (spec.blockSize ?? DEFAULT_INT8_BLOCK));
+    case 'bf16':
+      return 2 * n;
+    case 'int8':
+      return n + 4 * Math.ceil(n / (spec.blockSize ?? DEFAULT_INT8_BLOCK));
   }
 }
 

@@ -36,7 +36,8 @@ export class InOrderSum {
 
   /** Call after filling a slot: adds every filled slot from the first not yet added. */
   advance(): void {
-    while (!this.redo && this.next < this.results.length && this.results[this.next]) addResult(this.sum, this.results[this.next++]!);
+    while (!this.redo && this.next < this.results.length && this.results[this.next])
+      addResult(this.sum, this.results[this.next++]!);
   }
 
   /** Slot `index` was emptied again (its result revoked); if it was already added, finish() sums afresh. */

@@ -5,7 +5,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { type LoraConfig, loraScaling } from '../config.ts';
-import { type AdapterState, type AdapterTensorSpec } from '../lora/adapter.ts';
+import type { AdapterState, AdapterTensorSpec } from '../lora/adapter.ts';
 import { type FrozenBase, loraBranches, withLora } from '../lora/params.ts';
 import type { CausalLM, ParamSource } from '../model/causal-lm.ts';
 import { customOp } from '../model/custom-op.ts';
@@ -46,7 +46,12 @@ export function tokenLossSum(logits: tf.Tensor2D, targets: tf.Tensor1D, mask: tf
 
 /** Forward and backward pass of one micro-batch; the caller reads and disposes the tensors. */
 function gradientTensors(
-  model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, mb: MicroBatch,
+  model: CausalLM,
+  base: FrozenBase,
+  spec: AdapterTensorSpec[],
+  adapter: AdapterState,
+  lora: LoraConfig,
+  mb: MicroBatch,
 ): { value: tf.Scalar; grads: tf.Tensor[] } {
   const scaling = loraScaling(lora);
   return tf.tidy(() => {
@@ -66,7 +71,12 @@ function gradientTensors(
 
 /** Reads synchronously: fine on wasm, cpu and tfjs-node; WebGPU in Node needs computeGradientsAsync. */
 export function computeGradients(
-  model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, mb: MicroBatch,
+  model: CausalLM,
+  base: FrozenBase,
+  spec: AdapterTensorSpec[],
+  adapter: AdapterState,
+  lora: LoraConfig,
+  mb: MicroBatch,
 ): GradientResult {
   const out = gradientTensors(model, base, spec, adapter, lora, mb);
   const grads: AdapterState = new Map();
@@ -82,7 +92,12 @@ export function computeGradients(
  * throws there), and in browsers a synchronous GPU read stalls the page.
  */
 export async function computeGradientsAsync(
-  model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, mb: MicroBatch,
+  model: CausalLM,
+  base: FrozenBase,
+  spec: AdapterTensorSpec[],
+  adapter: AdapterState,
+  lora: LoraConfig,
+  mb: MicroBatch,
 ): Promise<GradientResult> {
   const out = gradientTensors(model, base, spec, adapter, lora, mb);
   try {
@@ -95,17 +110,32 @@ export async function computeGradientsAsync(
 }
 
 /** Σ token losses of one micro-batch, forward only; the caller reads and disposes it. */
-function evalLossTensor(model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, mb: MicroBatch): tf.Scalar {
+function evalLossTensor(
+  model: CausalLM,
+  base: FrozenBase,
+  spec: AdapterTensorSpec[],
+  adapter: AdapterState,
+  lora: LoraConfig,
+  mb: MicroBatch,
+): tf.Scalar {
   return tf.tidy(() => {
     const branches = loraBranches(spec, (i) => tf.tensor2d(adapter.get(spec[i].name)!, spec[i].shape));
-    const logits = model.forward(withLora(base, branches, loraScaling(lora)), tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32'));
+    const logits = model.forward(
+      withLora(base, branches, loraScaling(lora)),
+      tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32'),
+    );
     return tokenLossSum(logits, tf.tensor1d(mb.targets, 'int32'), tf.tensor1d(mb.lossMask));
   });
 }
 
 /** Σ token losses and token count over micro-batches, forward only (evaluation). Reads synchronously, see computeGradients. */
 export function evaluateLoss(
-  model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], adapter: AdapterState, lora: LoraConfig, microBatches: MicroBatch[],
+  model: CausalLM,
+  base: FrozenBase,
+  spec: AdapterTensorSpec[],
+  adapter: AdapterState,
+  lora: LoraConfig,
+  microBatches: MicroBatch[],
 ): { lossSum: number; tokenCount: number } {
   let lossSum = 0;
   let count = 0;

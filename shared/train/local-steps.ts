@@ -30,8 +30,14 @@ export interface OuterConfig {
 
 /** Runs one job from `start`; grads of the result = start − end, lossSum/tokenCount over all micro-batches (each before its step). */
 export async function runLocalJob(
-  model: CausalLM, base: FrozenBase, spec: AdapterTensorSpec[], start: ReadonlyMap<string, Float32Array>, lora: LoraConfig,
-  microBatches: MicroBatch[], lr: number, inner: InnerOptimizer,
+  model: CausalLM,
+  base: FrozenBase,
+  spec: AdapterTensorSpec[],
+  start: ReadonlyMap<string, Float32Array>,
+  lora: LoraConfig,
+  microBatches: MicroBatch[],
+  lr: number,
+  inner: InnerOptimizer,
 ): Promise<GradientResult> {
   const adapter = cloneAdapter(start);
   const adam = initAdam(adapter);
@@ -46,10 +52,12 @@ export async function runLocalJob(
     clipGlobalNorm(r.grads, inner.clipNorm);
     adamwStep(adapter, r.grads, adam, lr, inner);
   }
-  const grads = new Map([...start].map(([k, s]) => {
-    const end = adapter.get(k)!;
-    return [k, Float32Array.from(s, (v, i) => v - end[i])];
-  }));
+  const grads = new Map(
+    [...start].map(([k, s]) => {
+      const end = adapter.get(k)!;
+      return [k, Float32Array.from(s, (v, i) => v - end[i])];
+    }),
+  );
   return { lossSum, tokenCount, grads };
 }
 
@@ -61,7 +69,12 @@ export interface OuterState {
  * θ ← θ − lr·(Δ + μ·m) with m ← μ·m + Δ (Nesterov), Δ = mean of the jobs' pseudo-gradients, summed
  * in job order in float32 so the result does not depend on who computed what.
  */
-export function outerStep(adapter: AdapterState, pseudoGrads: AdapterState[], state: OuterState, config: Pick<OuterConfig, 'outerLr' | 'outerMomentum'>): AdapterState {
+export function outerStep(
+  adapter: AdapterState,
+  pseudoGrads: AdapterState[],
+  state: OuterState,
+  config: Pick<OuterConfig, 'outerLr' | 'outerMomentum'>,
+): AdapterState {
   const mean: AdapterState = new Map();
   for (const [name, theta] of adapter) {
     const d = new Float32Array(theta.length);

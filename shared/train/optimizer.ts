@@ -19,7 +19,10 @@ export function initAdam(params: NamedArrays): AdamState {
 }
 
 /** Linear warm-up to lr over warmupSteps, then cosine decay to lr·minLrRatio at the last step. step counts from 0. */
-export function learningRate(step: number, t: Pick<TrainConfig, 'lr' | 'warmupSteps' | 'steps' | 'minLrRatio'>): number {
+export function learningRate(
+  step: number,
+  t: Pick<TrainConfig, 'lr' | 'warmupSteps' | 'steps' | 'minLrRatio'>,
+): number {
   if (step < t.warmupSteps) return (t.lr * (step + 1)) / t.warmupSteps;
   const decaySteps = Math.max(1, t.steps - t.warmupSteps - 1);
   const progress = Math.min(1, (step - t.warmupSteps) / decaySteps);
@@ -46,7 +49,10 @@ export function clipGlobalNorm(grads: NamedArrays, maxNorm: number): number {
 
 /** One AdamW step in place: p ← p − lr·(m̂ / (√v̂ + eps) + wd·p), with m̂, v̂ bias-corrected. */
 export function adamwStep(
-  params: NamedArrays, grads: NamedArrays, state: AdamState, lr: number,
+  params: NamedArrays,
+  grads: NamedArrays,
+  state: AdamState,
+  lr: number,
   t: Pick<TrainConfig, 'beta1' | 'beta2' | 'eps' | 'weightDecay'>,
 ): void {
   state.step += 1;

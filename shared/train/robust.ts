@@ -28,8 +28,14 @@ const median = (xs: number[]) => {
 };
 
 /** The step's gradient (of the mean token loss) from micro-batch results, by the chosen rule. */
-export function robustAggregate(results: GradientResult[], how: Exclude<Aggregation, 'sum'>, opts: RobustOptions = DEFAULT_ROBUST): AdapterState {
-  const means = results.map((r) => new Map([...r.grads].map(([k, g]) => [k, g.map((x) => x / Math.max(1, r.tokenCount))])));
+export function robustAggregate(
+  results: GradientResult[],
+  how: Exclude<Aggregation, 'sum'>,
+  opts: RobustOptions = DEFAULT_ROBUST,
+): AdapterState {
+  const means = results.map(
+    (r) => new Map([...r.grads].map(([k, g]) => [k, g.map((x) => x / Math.max(1, r.tokenCount))])),
+  );
   const names = [...results[0].grads.keys()];
   const out: AdapterState = new Map();
   if (how === 'median' || how === 'trimmed-mean') {
@@ -50,7 +56,8 @@ export function robustAggregate(results: GradientResult[], how: Exclude<Aggregat
     }
     return out;
   }
-  const norm = (m: AdapterState) => Math.sqrt([...m.values()].reduce((s, g) => s + g.reduce((t, x) => t + x * x, 0), 0));
+  const norm = (m: AdapterState) =>
+    Math.sqrt([...m.values()].reduce((s, g) => s + g.reduce((t, x) => t + x * x, 0), 0));
   if (how === 'norm-clip') {
     const bound = opts.clip * median(means.map(norm));
     const tokens = results.reduce((s, r) => s + r.tokenCount, 0);
@@ -64,7 +71,9 @@ export function robustAggregate(results: GradientResult[], how: Exclude<Aggregat
   // centered clipping
   let center = robustAggregate(results, 'median', opts);
   for (let round = 0; round < 3; round++) {
-    const deltas = means.map((m) => new Map(names.map((name) => [name, m.get(name)!.map((x, i) => x - center.get(name)![i])])));
+    const deltas = means.map(
+      (m) => new Map(names.map((name) => [name, m.get(name)!.map((x, i) => x - center.get(name)![i])])),
+    );
     const tau = median(deltas.map(norm));
     const next = cloneAdapter(center); // center holds exactly `names`, in that order
     for (const d of deltas) {

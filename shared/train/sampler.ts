@@ -14,7 +14,11 @@ export class EpochSampler {
   private order: number[] = [];
   private orderEpoch = -1;
 
-  constructor(readonly size: number, readonly seed: number, public cursor: SamplerCursor = { epoch: 0, position: 0 }) {
+  constructor(
+    readonly size: number,
+    readonly seed: number,
+    public cursor: SamplerCursor = { epoch: 0, position: 0 },
+  ) {
     if (!Number.isInteger(size) || size < 1) throw new Error(`sampler needs a non-empty dataset, got size ${size}`);
   }
 
@@ -32,9 +36,10 @@ export class EpochSampler {
     while (out.length < n) {
       const order = this.permutation(this.cursor.epoch);
       out.push(order[this.cursor.position]);
-      this.cursor = this.cursor.position + 1 < this.size
-        ? { epoch: this.cursor.epoch, position: this.cursor.position + 1 }
-        : { epoch: this.cursor.epoch + 1, position: 0 };
+      this.cursor =
+        this.cursor.position + 1 < this.size
+          ? { epoch: this.cursor.epoch, position: this.cursor.position + 1 }
+          : { epoch: this.cursor.epoch + 1, position: 0 };
     }
     return out;
   }

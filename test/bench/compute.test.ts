@@ -8,8 +8,12 @@ import { runComputeBench } from '../../bench/compute.ts';
 
 test('compute bench: one demo row on wasm, alternated with PyTorch, agrees with it', { timeout: 120_000 }, async () => {
   const r = await runComputeBench({
-    quick: true, write: false, log: () => {},
-    rows: [{ model: 'demo', backend: 'wasm', threads: 1, warmup: 1, repeats: 2, batch: 1, time: 8, torchDevice: 'cpu' }],
+    quick: true,
+    write: false,
+    log: () => {},
+    rows: [
+      { model: 'demo', backend: 'wasm', threads: 1, warmup: 1, repeats: 2, batch: 1, time: 8, torchDevice: 'cpu' },
+    ],
   });
   assert.deepEqual(r.unavailable, []);
   assert.equal(r.rows.length, 1);
@@ -23,7 +27,10 @@ test('compute bench: one demo row on wasm, alternated with PyTorch, agrees with 
   if (row.torch) {
     assert.equal(row.ratio!.n, 2);
     assert.ok(row.agreement.lossRelDiff! < 1e-4, `loss differs from PyTorch by ${row.agreement.lossRelDiff}`);
-    assert.ok(row.agreement.gradNormRelDiff! < 1e-4, `gradient norm differs from PyTorch by ${row.agreement.gradNormRelDiff}`);
+    assert.ok(
+      row.agreement.gradNormRelDiff! < 1e-4,
+      `gradient norm differs from PyTorch by ${row.agreement.gradNormRelDiff}`,
+    );
   }
   assert.equal(r.figures.length, row.torch ? 2 : 1);
 });

@@ -14,12 +14,24 @@ import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
 import type { WorkerInfo } from '../../coordinator/mesh.ts';
 import { openModelDir } from '../../coordinator/model-dir.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
-import { browserSkipReason, exitIfStuckAfterTests, launchBrowser, startRun, tail, waitForState, within, type Browser } from '../helpers/browser.ts';
+import {
+  browserSkipReason,
+  exitIfStuckAfterTests,
+  launchBrowser,
+  startRun,
+  tail,
+  waitForState,
+  within,
+  type Browser,
+} from '../helpers/browser.ts';
 
 const skip = browserSkipReason() ?? false;
 exitIfStuckAfterTests();
 
-test('a reload joins from the browser cache (0 /files/ requests); a corrupt entry is fetched again', { skip, timeout: 120_000 }, async () => {
+test('a reload joins from the browser cache (0 /files/ requests); a corrupt entry is fetched again', {
+  skip,
+  timeout: 120_000,
+}, async () => {
   const root = mkdtempSync(join(tmpdir(), 'loramesh-browser-cache-'));
   let browser: Browser | null = null;
   try {
@@ -30,18 +42,35 @@ test('a reload joins from the browser cache (0 /files/ requests); a corrupt entr
     const lora = checkLoraConfig({ r: 2, alpha: 4, targetModules: ['q_proj', 'v_proj'] });
     const train = checkTrainConfig({ steps: 2, globalBatch: 4, microBatch: 2, lr: 1e-2, warmupSteps: 0, seed: 2 });
     const examples = demoExamples(model.tokenizer, demoTaskData(16, 8, 2));
-    const run = startRun({ model, lora, train, examples, outDir: join(root, 'runs'), runId: 'cache', localWorkers: 0, minWorkers: 2, progress: false });
+    const run = startRun({
+      model,
+      lora,
+      train,
+      examples,
+      outDir: join(root, 'runs'),
+      runId: 'cache',
+      localWorkers: 0,
+      minWorkers: 2,
+      progress: false,
+    });
     const httpUrl = await within(30_000, 'coordinator start', run.httpUrl);
-    const workers = async () => ((await (await fetch(`${httpUrl}/api/status`)).json()) as { workers: WorkerInfo[] }).workers;
+    const workers = async () =>
+      ((await (await fetch(`${httpUrl}/api/status`)).json()) as { workers: WorkerInfo[] }).workers;
 
     const fileRequests: string[] = [];
-    browser.context.on('request', (req) => { if (new URL(req.url()).pathname.startsWith('/files/')) fileRequests.push(req.url()); });
+    browser.context.on('request', (req) => {
+      if (new URL(req.url()).pathname.startsWith('/files/')) fileRequests.push(req.url());
+    });
     const page = await browser.context.newPage();
     const joinUrl = `${httpUrl}/join#backend=wasm`;
 
     await page.goto(joinUrl);
     await waitForState(page, 'ready').catch((err) => assert.fail(`${err.message}${tail(browser!.console)}`));
-    assert.equal(fileRequests.length, weightFiles.length, `first visit downloads each weight file once: ${fileRequests.join(', ')}`);
+    assert.equal(
+      fileRequests.length,
+      weightFiles.length,
+      `first visit downloads each weight file once: ${fileRequests.join(', ')}`,
+    );
     assert.equal((await workers()).length, 1);
 
     fileRequests.length = 0;
@@ -50,7 +79,10 @@ test('a reload joins from the browser cache (0 /files/ requests); a corrupt entr
     assert.deepEqual(fileRequests, [], 'a reload reads the weights from Cache Storage');
     assert.ok((await page.textContent('#base'))!.includes('from the browser cache'));
     const logLines = await page.evaluate(() => window.loramesh.log);
-    assert.ok(logLines.some((l) => /read from the browser cache, sha256 verified/.test(l)), logLines.join('\n'));
+    assert.ok(
+      logLines.some((l) => /read from the browser cache, sha256 verified/.test(l)),
+      logLines.join('\n'),
+    );
     // The old page closed its socket on pagehide: one worker, not a stale one plus the new one.
     const afterReload = await workers();
     assert.equal(afterReload.length, 1, JSON.stringify(afterReload));
@@ -69,7 +101,10 @@ test('a reload joins from the browser cache (0 /files/ requests); a corrupt entr
     await waitForState(page, 'ready');
     assert.deepEqual(fileRequests, [key], 'the corrupt entry is downloaded again, nothing else');
     const corruptLog = await page.evaluate(() => window.loramesh.log);
-    assert.ok(corruptLog.some((l) => /cached copy of model\.safetensors is corrupt/.test(l)), corruptLog.join('\n'));
+    assert.ok(
+      corruptLog.some((l) => /cached copy of model\.safetensors is corrupt/.test(l)),
+      corruptLog.join('\n'),
+    );
 
     // A second tab joins from the repaired cache; with 2 workers the run starts and finishes.
     fileRequests.length = 0;
@@ -80,7 +115,11 @@ test('a reload joins from the browser cache (0 /files/ requests); a corrupt entr
     assert.equal(result.metrics.length, train.steps);
     // Every micro-batch was computed by one of the tabs (the coordinator may also hand a slow one
     // to a second worker, so the count can exceed steps × micro-batches).
-    const computed = (await Promise.all([page, second].map((p) => p.evaluate(() => window.loramesh.results.map((r) => `${r.step}/${r.index}`))))).flat();
+    const computed = (
+      await Promise.all(
+        [page, second].map((p) => p.evaluate(() => window.loramesh.results.map((r) => `${r.step}/${r.index}`))),
+      )
+    ).flat();
     assert.equal(new Set(computed).size, train.steps * 2, `computed: ${computed.join(', ')}`);
   } finally {
     await browser?.close();

@@ -11,15 +11,27 @@ import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { maxAbsDiff } from '../../shared/lora/adapter.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
 import type { WorkerInfo } from '../../coordinator/mesh.ts';
+import type { RunResult } from '../../coordinator/train.ts';
 import { openModelDir } from '../../coordinator/model-dir.ts';
 import { runTraining } from '../../coordinator/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
-import { browserSkipReason, exitIfStuckAfterTests, launchBrowser, screenshotPath, startRun, tail, within } from '../helpers/browser.ts';
+import {
+  browserSkipReason,
+  exitIfStuckAfterTests,
+  launchBrowser,
+  screenshotPath,
+  startRun,
+  tail,
+  within,
+} from '../helpers/browser.ts';
 
 const skip = browserSkipReason() ?? false;
 exitIfStuckAfterTests();
 
-test('a browser tab (wasm) and a Node worker train together and equal the single-process run (≤ 1e-4)', { skip, timeout: 150_000 }, async () => {
+test('a browser tab (wasm) and a Node worker train together and equal the single-process run (≤ 1e-4)', {
+  skip,
+  timeout: 150_000,
+}, async () => {
   const root = mkdtempSync(join(tmpdir(), 'loramesh-browser-join-'));
   const browser = await launchBrowser();
   try {
@@ -28,9 +40,25 @@ test('a browser tab (wasm) and a Node worker train together and equal the single
     const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] });
     const train = checkTrainConfig({ steps: 8, globalBatch: 8, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 5 });
     const examples = demoExamples(model.tokenizer, demoTaskData(64, 8, 5));
-    const common = { model, lora, train, examples, outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), workerOutput: 'ignore' as const, progress: false };
+    const common = {
+      model,
+      lora,
+      train,
+      examples,
+      outDir: join(root, 'runs'),
+      backend: 'wasm',
+      cacheDir: join(root, 'cache'),
+      workerOutput: 'ignore' as const,
+      progress: false,
+    };
 
-    const reference = await runTraining({ ...common, runId: 'reference', inProcess: true, localWorkers: 0, log: () => {} });
+    const reference = await runTraining({
+      ...common,
+      runId: 'reference',
+      inProcess: true,
+      localWorkers: 0,
+      log: () => {},
+    });
 
     const started = Date.now();
     const run = startRun({ ...common, runId: 'browser-and-node', localWorkers: 1, minWorkers: 2 });
@@ -40,13 +68,20 @@ test('a browser tab (wasm) and a Node worker train together and equal the single
     // Watch the coordinator's worker table while the run goes (the server closes when it ends).
     const seen = new Map<string, WorkerInfo>();
     const poll = setInterval(() => {
-      fetch(`${httpUrl}/api/status`).then((r) => r.json()).then((s: { workers: WorkerInfo[] }) => {
-        for (const w of s.workers) seen.set(w.id, w);
-      }).catch(() => {});
+      fetch(`${httpUrl}/api/status`)
+        .then((r) => r.json())
+        .then((s: { workers: WorkerInfo[] }) => {
+          for (const w of s.workers) seen.set(w.id, w);
+        })
+        .catch(() => {});
     }, 200);
-    let result;
+    let result: RunResult;
     try {
-      result = await within(120_000, `the mesh run with a browser tab${tail(browser.console)}\n${run.log.slice(-10).join('\n')}`, run.result);
+      result = await within(
+        120_000,
+        `the mesh run with a browser tab${tail(browser.console)}\n${run.log.slice(-10).join('\n')}`,
+        run.result,
+      );
     } finally {
       clearInterval(poll);
     }
@@ -69,10 +104,17 @@ test('a browser tab (wasm) and a Node worker train together and equal the single
     const diff = maxAbsDiff(result.adapter, reference.adapter);
     assert.ok(diff <= 1e-4, `max abs diff ${diff}`);
     assert.equal(result.metrics.length, train.steps);
-    result.metrics.forEach((m, i) => assert.ok(Math.abs(m.loss - reference.metrics[i].loss) <= 1e-4, `step ${i + 1} loss ${m.loss} vs ${reference.metrics[i].loss}`));
+    result.metrics.forEach((m, i) =>
+      assert.ok(
+        Math.abs(m.loss - reference.metrics[i].loss) <= 1e-4,
+        `step ${i + 1} loss ${m.loss} vs ${reference.metrics[i].loss}`,
+      ),
+    );
 
     await page.screenshot({ path: screenshotPath('join-wasm.png'), fullPage: true });
-    console.log(`# browser + node worker: ${train.steps} steps in ${seconds.toFixed(1)} s, tab did ${status.done} of ${train.steps * 4} micro-batches, max abs diff ${diff.toExponential(2)}`);
+    console.log(
+      `# browser + node worker: ${train.steps} steps in ${seconds.toFixed(1)} s, tab did ${status.done} of ${train.steps * 4} micro-batches, max abs diff ${diff.toExponential(2)}`,
+    );
   } finally {
     await browser.close();
     rmSync(root, { recursive: true, force: true });

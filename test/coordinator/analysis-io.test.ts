@@ -11,7 +11,11 @@ const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
 test('writeFigure writes the SVG unchanged and a PNG at 2× its size', () => {
   const svg = lineChartSvg({
-    title: 'speed-up', xAxis: 'workers', yAxis: 'speed-up', xScale: 'log2', logY: true,
+    title: 'speed-up',
+    xAxis: 'workers',
+    yAxis: 'speed-up',
+    xScale: 'log2',
+    logY: true,
     panels: [{ title: '', series: [{ name: 'ideal', x: [1, 2, 4], values: [1, 2, 4], dashed: true }] }],
   });
   const dir = mkdtempSync(join(tmpdir(), 'loramesh-figure-'));

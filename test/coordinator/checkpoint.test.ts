@@ -5,11 +5,30 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { checkpointName, checkpointsDir, loadLatestCheckpoint, saveCheckpoint, type LoadedCheckpoint } from '../../coordinator/checkpoint.ts';
+import {
+  checkpointName,
+  checkpointsDir,
+  loadLatestCheckpoint,
+  saveCheckpoint,
+  type LoadedCheckpoint,
+} from '../../coordinator/checkpoint.ts';
 import type { TrainerState } from '../../coordinator/trainer.ts';
 import { ErrorCodes } from '../../shared/errors.ts';
 import { Rng } from '../../shared/rng.ts';
@@ -31,9 +50,14 @@ function assertSameState(actual: TrainerState, expected: TrainerState, where: st
     { step: expected.step, paramVersion: expected.paramVersion, cursor: expected.cursor, adamStep: expected.adam.step },
     where,
   );
-  for (const [what, a, e] of [['adapter', actual.adapter, expected.adapter], ['adam.m', actual.adam.m, expected.adam.m], ['adam.v', actual.adam.v, expected.adam.v]] as const) {
+  for (const [what, a, e] of [
+    ['adapter', actual.adapter, expected.adapter],
+    ['adam.m', actual.adam.m, expected.adam.m],
+    ['adam.v', actual.adam.v, expected.adam.v],
+  ] as const) {
     assert.deepEqual([...a.keys()].sort(), [...e.keys()].sort(), `${where}: ${what} tensor names`);
-    for (const [name, data] of e) assert.ok(bytesOf(a.get(name)!).equals(bytesOf(data)), `${where}: ${what}/${name} differs`);
+    for (const [name, data] of e)
+      assert.ok(bytesOf(a.get(name)!).equals(bytesOf(data)), `${where}: ${what}/${name} differs`);
   }
 }
 
@@ -41,12 +65,27 @@ function assertSameState(actual: TrainerState, expected: TrainerState, where: st
 function smallState(step: number): TrainerState {
   const special = new Float32Array([0, -0, 1.5, -3.25e-38, 1e-45, 3.4e38, Infinity, -Infinity, NaN]);
   new Uint32Array(special.buffer)[8] = 0x7fc0_1234; // a NaN with a payload
-  const tensor = (k: number) => Float32Array.from({ length: 24 }, (_, i) => Math.fround(Math.sin(step * 31 + k * 7 + i)));
-  const group = (k: number) => new Map([['q.lora_A', tensor(k)], ['q.lora_B', special.slice()], ['v.lora_A', tensor(k + 1)]]);
-  return { step, paramVersion: step + 1, cursor: { epoch: 2, position: step }, adapter: group(0), adam: { step: step * 3, m: group(10), v: group(20) } };
+  const tensor = (k: number) =>
+    Float32Array.from({ length: 24 }, (_, i) => Math.fround(Math.sin(step * 31 + k * 7 + i)));
+  const group = (k: number) =>
+    new Map([
+      ['q.lora_A', tensor(k)],
+      ['q.lora_B', special.slice()],
+      ['v.lora_A', tensor(k + 1)],
+    ]);
+  return {
+    step,
+    paramVersion: step + 1,
+    cursor: { epoch: 2, position: step },
+    adapter: group(0),
+    adam: { step: step * 3, m: group(10), v: group(20) },
+  };
 }
 
-const ckptFiles = (dir: string) => readdirSync(checkpointsDir(dir)).filter((f) => f.endsWith('.ckpt')).sort();
+const ckptFiles = (dir: string) =>
+  readdirSync(checkpointsDir(dir))
+    .filter((f) => f.endsWith('.ckpt'))
+    .sort();
 
 test('a checkpoint round-trips bit for bit, with its config and ledger', () => {
   const dir = freshDir();
@@ -83,7 +122,12 @@ test('only the newest `keep` checkpoints are kept; keep must be a positive integ
   saveCheckpoint(dir, smallState(1_000_000), { config: {} }, 2);
   assert.deepEqual(ckptFiles(dir), ['step-1000000.ckpt', 'step-999999.ckpt']);
   assert.equal(loadLatestCheckpoint(dir, () => {})!.state.step, 1_000_000);
-  for (const keep of [0, -1, 1.5, NaN]) throwsCode(() => saveCheckpoint(dir, smallState(1), { config: {} }, keep), ErrorCodes.CONFIG, /keep should be a positive integer/);
+  for (const keep of [0, -1, 1.5, NaN])
+    throwsCode(
+      () => saveCheckpoint(dir, smallState(1), { config: {} }, keep),
+      ErrorCodes.CONFIG,
+      /keep should be a positive integer/,
+    );
 });
 
 test('a truncated newest checkpoint and a bit-flipped one are skipped, named in the log, and the older valid one loads', () => {
@@ -109,9 +153,15 @@ test('a truncated newest checkpoint and a bit-flipped one are skipped, named in 
   // a file cut inside its header, an empty file and one that is not a checkpoint at all
   truncateSync(join(folder, checkpointName(1)), 20);
   writeFileSync(join(folder, checkpointName(4)), '');
-  writeFileSync(join(folder, checkpointName(5)), Buffer.concat([Buffer.from([2, 0, 0, 0, 0, 0, 0, 0]), Buffer.from('{]')]));
+  writeFileSync(
+    join(folder, checkpointName(5)),
+    Buffer.concat([Buffer.from([2, 0, 0, 0, 0, 0, 0, 0]), Buffer.from('{]')]),
+  );
   logs.length = 0;
-  assert.equal(loadLatestCheckpoint(dir, (l) => logs.push(l)), null);
+  assert.equal(
+    loadLatestCheckpoint(dir, (l) => logs.push(l)),
+    null,
+  );
   assert.equal(logs.length, 5, logs.join('\n'));
   assert.match(logs[0], /step-000005\.ckpt: .*bad header: .*not UTF-8 JSON/);
   assert.match(logs[1], /step-000004\.ckpt: .*truncated: 0 bytes/);
@@ -137,7 +187,10 @@ test('a single-bit flip anywhere in the header (one per byte) and 300 in the dat
   const original = readFileSync(path);
   const dataStart = 8 + Number(original.readBigUInt64LE(0));
   const rng = new Rng(7);
-  const bits = [...Array.from({ length: dataStart }, (_, byte) => byte * 8 + Math.floor(rng.next() * 8)), ...Array.from({ length: 300 }, () => dataStart * 8 + Math.floor(rng.next() * (original.length - dataStart) * 8))];
+  const bits = [
+    ...Array.from({ length: dataStart }, (_, byte) => byte * 8 + Math.floor(rng.next() * 8)),
+    ...Array.from({ length: 300 }, () => dataStart * 8 + Math.floor(rng.next() * (original.length - dataStart) * 8)),
+  ];
   let caught = 0;
   const fd = openSync(path, 'r+'); // flipped in place: rewriting the whole file costs ext4 a flush each time
   try {
@@ -170,9 +223,15 @@ test('temp files of interrupted writes are ignored; those of dead writers are re
   assert.equal(existsSync(deadTemp), false);
   assert.equal(existsSync(liveTemp), true);
   assert.deepEqual(logs, [`checkpoint: removed ${deadTemp}, a temp file left by an interrupted write`]);
-  assert.equal(loadLatestCheckpoint(freshDir(), () => {}), null); // no checkpoints folder at all
+  assert.equal(
+    loadLatestCheckpoint(freshDir(), () => {}),
+    null,
+  ); // no checkpoints folder at all
   mkdirSync(checkpointsDir(join(root, 'empty')), { recursive: true });
-  assert.equal(loadLatestCheckpoint(join(root, 'empty'), () => {}), null);
+  assert.equal(
+    loadLatestCheckpoint(join(root, 'empty'), () => {}),
+    null,
+  );
 });
 
 interface KillOutcome {
@@ -205,24 +264,37 @@ function killWriter(dir: string, delayMs: number, afterReady: boolean): Promise<
     if (!afterReady) kill();
     child.on('error', reject);
     child.on('close', (code, signal) => {
-      if (signal !== 'SIGKILL') return reject(new Error(`writer exited with ${code ?? signal} before the kill:\n${stderr}`));
+      if (signal !== 'SIGKILL')
+        return reject(new Error(`writer exited with ${code ?? signal} before the kill:\n${stderr}`));
       const last = (what: string) => {
         const steps = [...stdout.matchAll(new RegExp(`^${what} (\\d+)$`, 'gm'))].map((m) => Number(m[1]));
         return steps.length ? steps[steps.length - 1] : undefined;
       };
-      const tempLeft = readdirSync(checkpointsDir(dir), { withFileTypes: true }).some((e) => e.name.endsWith(`.tmp-${child.pid}`));
+      const tempLeft = readdirSync(checkpointsDir(dir), { withFileTypes: true }).some((e) =>
+        e.name.endsWith(`.tmp-${child.pid}`),
+      );
       resolve({ firstStep: last('ready'), lastBegun: last('begin'), lastDone: last('done'), tempLeft, readyMs });
     });
   });
 }
 
-test('SIGKILL at random moments while writing never leaves a checkpoint that loads wrong', { timeout: 180_000 }, async (t) => {
+test('SIGKILL at random moments while writing never leaves a checkpoint that loads wrong', {
+  timeout: 180_000,
+}, async (t) => {
   const lanes = 2; // writers running at once
   const trialsPerLane = 55; // every 11th killed 0–1000 ms after spawn (startup, resume, first saves), the rest 0–150 ms after `ready`
   const trialsPerDir = 11; // then a fresh run folder, so "nothing saved yet" comes up too
   const seed = Number(process.env.CHECKPOINT_KILL_SEED ?? Date.now() % 1_000_000);
   const rng = new Rng(seed);
-  const counts = { kills: 0, afterReady: 0, inSave: 0, tempLeft: 0, renamedNotDone: 0, nullLoads: 0, readyMs: [] as number[] };
+  const counts = {
+    kills: 0,
+    afterReady: 0,
+    inSave: 0,
+    tempLeft: 0,
+    renamedNotDone: 0,
+    nullLoads: 0,
+    readyMs: [] as number[],
+  };
   const started = performance.now();
 
   async function lane(laneIndex: number): Promise<void> {
@@ -242,19 +314,29 @@ test('SIGKILL at random moments while writing never leaves a checkpoint that loa
       const loaded: LoadedCheckpoint | null = loadLatestCheckpoint(dir, (l) => logs.push(l));
 
       // A checkpoint file is either whole or absent: nothing is ever skipped as damaged.
-      assert.deepEqual(logs.filter((l) => l.includes('skipped')), [], where);
+      assert.deepEqual(
+        logs.filter((l) => l.includes('skipped')),
+        [],
+        where,
+      );
       const interrupted = outcome.lastBegun !== undefined && outcome.lastBegun !== outcome.lastDone;
       const done = outcome.lastDone ?? committed;
       // The newest file is the last completed save, or the interrupted one if its rename landed.
       const allowed = interrupted ? [done, outcome.lastBegun!] : [done];
-      assert.ok(allowed.includes(loaded?.state.step ?? null), `${where}: loaded step ${loaded?.state.step ?? null}, expected one of ${allowed}`);
+      assert.ok(
+        allowed.includes(loaded?.state.step ?? null),
+        `${where}: loaded step ${loaded?.state.step ?? null}, expected one of ${allowed}`,
+      );
       if (loaded) {
         assertSameState(loaded.state, writerState(loaded.state.step), where);
         assert.deepEqual(loaded.config, WRITER_CONFIG, where);
         assert.deepEqual(loaded.ledger, writerLedger(loaded.state.step), where);
       }
       assert.ok(ckptFiles(dir).length <= WRITER_KEEP + 1, `${where}: ${ckptFiles(dir).length} checkpoints left`); // + 1 if killed before pruning
-      assert.ok(!readdirSync(checkpointsDir(dir)).some((f) => f.includes('.tmp-')), `${where}: a temp file survived loading`);
+      assert.ok(
+        !readdirSync(checkpointsDir(dir)).some((f) => f.includes('.tmp-')),
+        `${where}: a temp file survived loading`,
+      );
 
       committed = loaded?.state.step ?? null;
       counts.kills++;

@@ -3,7 +3,15 @@
 // micro-batches cannot move it), outliers are the unverified results over K × the reference.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { l2Norm, NormHistory, outliers, overflowBound, referenceNorm, relativeL2, type ScreenedResult } from '../../coordinator/defence.ts';
+import {
+  l2Norm,
+  NormHistory,
+  outliers,
+  overflowBound,
+  referenceNorm,
+  relativeL2,
+  type ScreenedResult,
+} from '../../coordinator/defence.ts';
 
 test('results within the overflow bound add up to a finite float32 sum, at the bound and for any order', () => {
   for (const slots of [1, 2, 3, 16, 1000]) {
@@ -28,13 +36,21 @@ test('l2Norm is finite and exact in float64 for values near FLT_MAX, for every l
   }
 });
 
-const r = (index: number, workerId: string, norm: number, verified = false): ScreenedResult => ({ index, workerId, norm, verified });
+const r = (index: number, workerId: string, norm: number, verified = false): ScreenedResult => ({
+  index,
+  workerId,
+  norm,
+  verified,
+});
 
 test('reference norm: the lower median over workers of each worker’s median', () => {
   // a liar that won 14 of 16 micro-batches with huge norms, 2 honest workers with one each
   const step = [...Array.from({ length: 14 }, (_, i) => r(i, 'liar', 1e31)), r(14, 'a', 2), r(15, 'b', 3)];
   assert.equal(referenceNorm(step), 3);
-  assert.deepEqual(outliers(step, 10), Array.from({ length: 14 }, (_, i) => i));
+  assert.deepEqual(
+    outliers(step, 10),
+    Array.from({ length: 14 }, (_, i) => i),
+  );
   // one honest and one lying worker: the lower of the two
   assert.equal(referenceNorm([r(0, 'liar', 1e31), r(1, 'liar', 1e31), r(2, 'a', 2)]), 2);
   assert.equal(referenceNorm([]), null);
@@ -62,7 +78,14 @@ test('history: a step one worker computed alone is judged against recent trusted
   // nothing known yet: the largest result is recomputed before the step counts
   const history = new NormHistory(4);
   assert.deepEqual(outliers(alone, 10, history), [1]);
-  assert.deepEqual(outliers(alone.map((x) => ({ ...x, verified: x.index === 1 })), 10, history), []);
+  assert.deepEqual(
+    outliers(
+      alone.map((x) => ({ ...x, verified: x.index === 1 })),
+      10,
+      history,
+    ),
+    [],
+  );
   // after a step two honest workers computed, the same lone step is flagged whole
   history.step([r(0, 'a', 2), r(1, 'b', 4), r(2, 'b', 4)]);
   assert.equal(history.reference(), 2);

@@ -16,13 +16,21 @@ import { MeshExecutor, type ResultChecks, type WorkItem } from '../../coordinato
 import type { Peer, PeerEvents } from '../../coordinator/peer.ts';
 import { tinyConfig } from '../helpers/tiny-model.ts';
 
-const SHAPES: [string, [number, number]][] = [['m.lora_A', [2, 3]], ['m.lora_B', [3, 2]]];
+const SHAPES: [string, [number, number]][] = [
+  ['m.lora_A', [2, 3]],
+  ['m.lora_B', [3, 2]],
+];
 const VALUES = 12;
 const manifest: RunManifest = {
-  runId: 'mesh-test', model: { config: tinyConfig(), files: [] }, lora: DEFAULT_LORA,
-  adapter: SHAPES.map(([name, shape]) => ({ name, shape })), wire: { up: F32, down: F32 },
+  runId: 'mesh-test',
+  model: { config: tinyConfig(), files: [] },
+  lora: DEFAULT_LORA,
+  adapter: SHAPES.map(([name, shape]) => ({ name, shape })),
+  wire: { up: F32, down: F32 },
 };
-const microBatches: MicroBatch[] = Array.from({ length: 6 }, (_, i) => packMicroBatch([{ tokens: [1, 2, 3, 4 + i], lossWeights: [0, 1, 1, 1] }], 0, i));
+const microBatches: MicroBatch[] = Array.from({ length: 6 }, (_, i) =>
+  packMicroBatch([{ tokens: [1, 2, 3, 4 + i], lossWeights: [0, 1, 1, 1] }], 0, i),
+);
 const adapter = new Map(SHAPES.map(([name, [r, c]]) => [name, new Float32Array(r * c).fill(0.5)]));
 
 /** The honest gradient of micro-batch i: a fixed, distinct vector. */
@@ -42,10 +50,17 @@ class FakePeer implements Peer {
     if (m.type === 'assign') {
       const values = this.answer(m.index);
       if (values) {
-        queueMicrotask(() => this.say({
-          type: 'result', assignmentId: m.assignmentId, paramVersion: m.paramVersion, tokenCount: tokenCount(m.microBatch),
-          lossSum: 1, computeMs: 1, grads: encodeFloats(values, F32),
-        }));
+        queueMicrotask(() =>
+          this.say({
+            type: 'result',
+            assignmentId: m.assignmentId,
+            paramVersion: m.paramVersion,
+            tokenCount: tokenCount(m.microBatch),
+            lossSum: 1,
+            computeMs: 1,
+            grads: encodeFloats(values, F32),
+          }),
+        );
       }
     }
   }
@@ -74,12 +89,23 @@ class FakePeer implements Peer {
 
 function mesh(checks?: Partial<ResultChecks>, recomputed: number[] = []): MeshExecutor {
   const full: ResultChecks | undefined = checks && {
-    spotCheck: 0, probation: 0, outlierFactor: 10, tolerance: 1e-6, secret: 1,
+    spotCheck: 0,
+    probation: 0,
+    outlierFactor: 10,
+    tolerance: 1e-6,
+    secret: 1,
     recompute: async (work: WorkItem): Promise<GradientResult> => {
       const index = microBatches.indexOf((work as { microBatch: MicroBatch }).microBatch);
       recomputed.push(index);
       const g = honest(index);
-      return { lossSum: 1, tokenCount: 3, grads: new Map([['m.lora_A', g.slice(0, 6)], ['m.lora_B', g.slice(6)]]) };
+      return {
+        lossSum: 1,
+        tokenCount: 3,
+        grads: new Map([
+          ['m.lora_A', g.slice(0, 6)],
+          ['m.lora_B', g.slice(6)],
+        ]),
+      };
     },
     ...checks,
   };
@@ -88,9 +114,17 @@ function mesh(checks?: Partial<ResultChecks>, recomputed: number[] = []): MeshEx
   return m;
 }
 
-const expectedSum = () => aggregateInOrder(microBatches.map((mb, i) => ({
-  lossSum: 1, tokenCount: tokenCount(mb), grads: new Map([['m.lora_A', honest(i).slice(0, 6)], ['m.lora_B', honest(i).slice(6)]]),
-})));
+const expectedSum = () =>
+  aggregateInOrder(
+    microBatches.map((mb, i) => ({
+      lossSum: 1,
+      tokenCount: tokenCount(mb),
+      grads: new Map([
+        ['m.lora_A', honest(i).slice(0, 6)],
+        ['m.lora_B', honest(i).slice(6)],
+      ]),
+    })),
+  );
 
 test('two honest peers: welcome, params, assignments; the step sums in micro-batch order, bit for bit', async () => {
   const m = mesh();
@@ -99,8 +133,15 @@ test('two honest peers: welcome, params, assignments; the step sums in micro-bat
   assert.equal(results.length, 6);
   assert.deepEqual([...sum.grads.get('m.lora_A')!], [...expectedSum().grads.get('m.lora_A')!]);
   assert.deepEqual([...sum.grads.get('m.lora_B')!], [...expectedSum().grads.get('m.lora_B')!]);
-  for (const p of peers) assert.deepEqual(p.received.slice(0, 2).map((x) => x.type), ['welcome', 'params']);
-  assert.equal(m.lastLedger.every((e) => e.usedWorker !== null), true);
+  for (const p of peers)
+    assert.deepEqual(
+      p.received.slice(0, 2).map((x) => x.type),
+      ['welcome', 'params'],
+    );
+  assert.equal(
+    m.lastLedger.every((e) => e.usedWorker !== null),
+    true,
+  );
   m.close();
 });
 
@@ -118,9 +159,17 @@ test('a result whose values could overflow the float32 sum is refused (LM_ERR_NO
 test('worker-errors naming no held assignment are rejected frames: maxRejects of them quarantine the peer (1008)', async () => {
   const m = mesh();
   const p = new FakePeer(() => null).join(m, 'flood');
-  for (let i = 0; i < 5; i++) p.say({ type: 'worker-error', code: 'LM_ERR_STALE', message: 'x', assignmentId: `nope-${i}` });
+  for (let i = 0; i < 5; i++)
+    p.say({ type: 'worker-error', code: 'LM_ERR_STALE', message: 'x', assignmentId: `nope-${i}` });
   await new Promise((r) => setImmediate(r));
-  assert.deepEqual(p.rejects(), ['LM_ERR_ASSIGNMENT', 'LM_ERR_ASSIGNMENT', 'LM_ERR_ASSIGNMENT', 'LM_ERR_ASSIGNMENT', 'LM_ERR_ASSIGNMENT', 'LM_ERR_QUARANTINED']);
+  assert.deepEqual(p.rejects(), [
+    'LM_ERR_ASSIGNMENT',
+    'LM_ERR_ASSIGNMENT',
+    'LM_ERR_ASSIGNMENT',
+    'LM_ERR_ASSIGNMENT',
+    'LM_ERR_ASSIGNMENT',
+    'LM_ERR_QUARANTINED',
+  ]);
   assert.equal(p.closedWith, 1008);
   m.close();
 });
@@ -132,9 +181,16 @@ test('outlier screen: a huge result is recomputed, refuted (LM_ERR_OUTLIER), its
   new FakePeer(honest).join(m, 'a');
   new FakePeer(honest).join(m, 'b');
   const { sum } = await m.compute(0, 0, microBatches);
-  assert.deepEqual([...sum.grads.get('m.lora_A')!], [...expectedSum().grads.get('m.lora_A')!], 'the sum is the honest one');
-  assert.ok(liar.rejects().includes('LM_ERR_OUTLIER') && liar.rejects().at(-1) === 'LM_ERR_QUARANTINED', liar.rejects().join());
-  assert.equal(recomputed.length, 1, 'one recomputation convicts; the liar\'s other results go with it');
+  assert.deepEqual(
+    [...sum.grads.get('m.lora_A')!],
+    [...expectedSum().grads.get('m.lora_A')!],
+    'the sum is the honest one',
+  );
+  assert.ok(
+    liar.rejects().includes('LM_ERR_OUTLIER') && liar.rejects().at(-1) === 'LM_ERR_QUARANTINED',
+    liar.rejects().join(),
+  );
+  assert.equal(recomputed.length, 1, "one recomputation convicts; the liar's other results go with it");
   assert.equal(m.quarantinedCount, 1);
   m.close();
 });

@@ -14,7 +14,13 @@ import { F32 } from '../../shared/protocol/wire-codec.ts';
 import { MeshExecutor } from '../../coordinator/mesh.ts';
 import { RunMonitor, type MonitorEvent } from '../../coordinator/monitor.ts';
 import {
-  AddressCounter, canonicalAddress, clientAddress, clientKey, DEFAULT_NET_LIMITS, resolveNetLimits, type NetLimits,
+  AddressCounter,
+  canonicalAddress,
+  clientAddress,
+  clientKey,
+  DEFAULT_NET_LIMITS,
+  resolveNetLimits,
+  type NetLimits,
 } from '../../coordinator/net-limits.ts';
 import { startServer, type RunningServer } from '../../coordinator/server.ts';
 import { throwsCode } from '../helpers/assert.ts';
@@ -31,15 +37,37 @@ after(async () => {
 async function startEdge(limits: Partial<NetLimits>) {
   const lora = checkLoraConfig({ r: 2, alpha: 4 });
   const manifest = {
-    runId: 'net-limits', model: { config: tinyConfig(), files: [] }, lora, adapter: [], wire: { up: F32, down: F32 },
+    runId: 'net-limits',
+    model: { config: tinyConfig(), files: [] },
+    lora,
+    adapter: [],
+    wire: { up: F32, down: F32 },
   };
   const mesh = new MeshExecutor({ manifest, security: { handshakeTimeoutMs: 60_000 } });
-  const monitor = new RunMonitor({
-    runId: 'net-limits', model: 'none', modelType: 'llama', modelParameters: 0, adapterParameters: 0, steps: 1,
-    lora, train: checkTrainConfig({ steps: 1 }), wire: null, local: null,
-  }, () => []);
+  const monitor = new RunMonitor(
+    {
+      runId: 'net-limits',
+      model: 'none',
+      modelType: 'llama',
+      modelParameters: 0,
+      adapterParameters: 0,
+      steps: 1,
+      lora,
+      train: checkTrainConfig({ steps: 1 }),
+      wire: null,
+      local: null,
+    },
+    () => [],
+  );
   const server = await startServer({
-    host: '127.0.0.1', port: 0, files: [], mesh, monitor, maxPayload: 1 << 20, heartbeatMs: 60_000, limits,
+    host: '127.0.0.1',
+    port: 0,
+    files: [],
+    mesh,
+    monitor,
+    maxPayload: 1 << 20,
+    heartbeatMs: 60_000,
+    limits,
   });
   servers.push(server);
   return { server, monitor, port: Number(new URL(server.url).port) };
@@ -84,7 +112,10 @@ function openWorker(port: number, localAddress: string, headers: Record<string, 
   return new Promise<{ ws: WebSocket } | { status: number; code: string | undefined }>((resolve) => {
     const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, 'loramesh', { localAddress, headers });
     ws.on('error', () => {});
-    ws.on('open', () => { sockets.push({ destroy: () => ws.terminate() }); resolve({ ws }); });
+    ws.on('open', () => {
+      sockets.push({ destroy: () => ws.terminate() });
+      resolve({ ws });
+    });
     ws.on('unexpected-response', (_req, res) => {
       resolve({ status: res.statusCode ?? 0, code: res.headers['x-loramesh-error'] as string | undefined });
     });
@@ -118,9 +149,10 @@ test('an event stream that does not read is dropped at its buffer bound; a readi
     pushed += 8 * line.length;
     await tick();
   }
-  assert.deepEqual(drops.map((l) => l.replace(/\(\d+ bytes/, '(N bytes')), [
-    `event stream of 127.0.0.1 dropped: it does not read (N bytes unsent, limit ${bound})`,
-  ]);
+  assert.deepEqual(
+    drops.map((l) => l.replace(/\(\d+ bytes/, '(N bytes')),
+    [`event stream of 127.0.0.1 dropped: it does not read (N bytes unsent, limit ${bound})`],
+  );
   assert.ok(pushed > bound, `dropped after ${pushed} bytes, more than the ${bound}-byte bound`);
   assert.equal(server.openConnections().eventStreams, 1, 'the dropped stream is no longer counted');
 
@@ -200,7 +232,10 @@ test('X-Forwarded-For: ignored without trusted proxies (a spoofed header escapes
 
 test('X-Forwarded-For via a trusted proxy: clients counted apart (IPv6 per /64); no TCP cap on the proxy', async () => {
   const { server, port } = await startEdge({
-    trustedProxies: ['127.0.0.1'], maxWorkersPerAddress: 1, maxConnectionsPerAddress: 2, maxEventStreamsPerAddress: 1,
+    trustedProxies: ['127.0.0.1'],
+    maxWorkersPerAddress: 1,
+    maxConnectionsPerAddress: 2,
+    maxEventStreamsPerAddress: 1,
   });
   const via = (xff: string) => openWorker(port, '127.0.0.1', { 'x-forwarded-for': xff });
   assert.equal(opened(await via('10.0.0.1')), 'open');
@@ -258,7 +293,9 @@ test('clientAddress: the peer unless it is a trusted proxy; then the right-most 
 test('limits: defaults merged once, undefined keeps the default, bad values named', () => {
   assert.deepEqual(resolveNetLimits(), { ...DEFAULT_NET_LIMITS, trustedProxies: [] });
   const merged = resolveNetLimits({
-    maxWorkersPerAddress: 8, maxEventStreams: undefined, trustedProxies: ['::ffff:10.0.0.1', '2001:DB8::1'],
+    maxWorkersPerAddress: 8,
+    maxEventStreams: undefined,
+    trustedProxies: ['::ffff:10.0.0.1', '2001:DB8::1'],
   });
   assert.equal(merged.maxWorkersPerAddress, 8);
   assert.equal(merged.maxEventStreams, DEFAULT_NET_LIMITS.maxEventStreams);

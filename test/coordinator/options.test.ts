@@ -7,16 +7,24 @@ import { InvalidArgumentError } from 'commander';
 import { host, port } from '../../coordinator/options.ts';
 
 function refuses(parse: (value: string) => unknown, value: string, expected: RegExp): void {
-  assert.throws(() => parse(value), (err: unknown) => {
-    assert.ok(err instanceof InvalidArgumentError, `${JSON.stringify(value)}: got ${err}`);
-    assert.match(err.message, expected);
-    assert.ok(err.message.endsWith(`got ${JSON.stringify(value)}`), `names the value: ${err.message}`);
-    return true;
-  });
+  assert.throws(
+    () => parse(value),
+    (err: unknown) => {
+      assert.ok(err instanceof InvalidArgumentError, `${JSON.stringify(value)}: got ${err}`);
+      assert.match(err.message, expected);
+      assert.ok(err.message.endsWith(`got ${JSON.stringify(value)}`), `names the value: ${err.message}`);
+      return true;
+    },
+  );
 }
 
 test('port: 0 to 65535 as numbers', () => {
-  for (const [value, expected] of [['0', 0], ['1', 1], ['8080', 8080], ['65535', 65535]] as const) {
+  for (const [value, expected] of [
+    ['0', 0],
+    ['1', 1],
+    ['8080', 8080],
+    ['65535', 65535],
+  ] as const) {
     assert.equal(port(value), expected, value);
   }
 });
@@ -28,16 +36,36 @@ test('port: out of range, negative, fractional, empty or not a number is refused
 });
 
 test('host: IPv4, IPv6, localhost and dotted host names', () => {
-  const accepted = ['127.0.0.1', '0.0.0.0', '::1', '::', 'fe80::1', 'localhost', 'my-host.example', 'a.b-c.example.org',
-    'host1'];
+  const accepted = [
+    '127.0.0.1',
+    '0.0.0.0',
+    '::1',
+    '::',
+    'fe80::1',
+    'localhost',
+    'my-host.example',
+    'a.b-c.example.org',
+    'host1',
+  ];
   for (const value of accepted) {
     assert.equal(host(value), value);
   }
 });
 
 test('host: invalid IPv4, spaces, empty and malformed names are refused', () => {
-  const refused = ['256.1.1.1', '1.2.3', '1.2.3.4.5', 'a b', '', ' ', '-leading.example', 'trailing-.example',
-    'dots..example', 'under_score', 'http://x'];
+  const refused = [
+    '256.1.1.1',
+    '1.2.3',
+    '1.2.3.4.5',
+    'a b',
+    '',
+    ' ',
+    '-leading.example',
+    'trailing-.example',
+    'dots..example',
+    'under_score',
+    'http://x',
+  ];
   for (const value of refused) {
     refuses(host, value, /^expected an IP address or a host name, got /);
   }

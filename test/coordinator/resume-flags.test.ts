@@ -34,8 +34,10 @@ function fullRun(): RunShape {
   });
 }
 
-const withSteps = (run: RunShape, steps: number, lr = run.train.lr): RunShape =>
-  ({ ...run, train: { ...run.train, steps, lr } });
+const withSteps = (run: RunShape, steps: number, lr = run.train.lr): RunShape => ({
+  ...run,
+  train: { ...run.train, steps, lr },
+});
 
 /** resumeShape with `typed` as the option keys given on the command line. */
 const resume = (stored: RunShape, fromFlags: RunShape, ...typed: string[]) =>
@@ -58,13 +60,39 @@ function refusal(stored: RunShape, fromFlags: RunShape, ...typed: string[]): str
 
 /** Every option key that sets a run-defining part of a demo run (jsonl-only keys left out). */
 const DEMO_RUN_KEYS = [
-  'model', 'trainSize', 'globalBatch', 'microBatch', 'lr', 'warmup', 'weightDecay', 'clip', 'seed', 'rank', 'alpha',
-  'dropout', 'targets', 'init', 'rslora', 'codec', 'codecUp', 'codecDown', 'localSteps', 'checkpointEvery',
-  'aggregation', 'steps',
+  'model',
+  'trainSize',
+  'globalBatch',
+  'microBatch',
+  'lr',
+  'warmup',
+  'weightDecay',
+  'clip',
+  'seed',
+  'rank',
+  'alpha',
+  'dropout',
+  'targets',
+  'init',
+  'rslora',
+  'codec',
+  'codecUp',
+  'codecDown',
+  'localSteps',
+  'checkpointEvery',
+  'aggregation',
+  'steps',
 ];
 const FULL_RUN_KEYS = [
   ...DEMO_RUN_KEYS.filter((k) => k !== 'trainSize'),
-  'data', 'maxTokens', 'pack', 'evalFraction', 'codecBlock', 'innerLr', 'outerLr', 'outerMomentum',
+  'data',
+  'maxTokens',
+  'pack',
+  'evalFraction',
+  'codecBlock',
+  'innerLr',
+  'outerLr',
+  'outerMomentum',
 ];
 
 test('flags repeating the run are accepted and the stored run comes back unchanged', () => {
@@ -80,15 +108,32 @@ test('flags not typed are ignored, whatever their defaults say', () => {
   const stored = fullRun();
   // The CLI's defaults for a new run differ from the stored run in almost every part.
   const defaults = demoRun({
-    lora: checkLoraConfig({}), train: checkTrainConfig({}), checkpointEvery: 25, aggregation: 'sum',
+    lora: checkLoraConfig({}),
+    train: checkTrainConfig({}),
+    checkpointEvery: 25,
+    aggregation: 'sum',
   });
   assert.deepEqual(resume(stored, defaults), stored);
 });
 
 test('deployment flags may change freely', () => {
   const stored = demoRun();
-  const deployment = ['host', 'port', 'token', 'localWorkers', 'minWorkers', 'maxConnections', 'heartbeatMs',
-    'spotCheck', 'outlierFactor', 'maxRejects', 'backend', 'keepCheckpoints', 'evalEvery', 'resume'];
+  const deployment = [
+    'host',
+    'port',
+    'token',
+    'localWorkers',
+    'minWorkers',
+    'maxConnections',
+    'heartbeatMs',
+    'spotCheck',
+    'outlierFactor',
+    'maxRejects',
+    'backend',
+    'keepCheckpoints',
+    'evalEvery',
+    'resume',
+  ];
   assert.deepEqual(resume(stored, structuredClone(stored), ...deployment), stored);
 });
 
@@ -109,7 +154,8 @@ test('every contradicting flag is named, with both values, in one LM_ERR_CONFIG 
     `--targets ["q_proj","k_proj"] contradicts the run's ["q_proj","v_proj"]`,
     `--aggregation "median" contradicts the run's "sum"`,
     "--checkpoint-every 10 contradicts the run's 4",
-  ]) assert.ok(message.includes(part), `names ${JSON.stringify(part)}: ${message}`);
+  ])
+    assert.ok(message.includes(part), `names ${JSON.stringify(part)}: ${message}`);
   // --alpha and --micro-batch repeat the run: not named.
   assert.doesNotMatch(message, /--alpha|--micro-batch/);
 });
@@ -130,7 +176,8 @@ test('contradicting data, codec and local-steps flags are named', () => {
     `--codec-up {"name":"f32"} contradicts the run's {"name":"int8","blockSize":32}`,
     "--local-steps 2 contradicts the run's 4",
     "--outer-lr 0.5 contradicts the run's 0.7",
-  ]) assert.ok(message.includes(part), `names ${JSON.stringify(part)}: ${message}`);
+  ])
+    assert.ok(message.includes(part), `names ${JSON.stringify(part)}: ${message}`);
   // --local-steps 0 on a run with local steps, and --local-steps on a synchronous run, both contradict.
   assert.match(refusal(fullRun(), demoRun(), 'localSteps'), /--local-steps 0 contradicts the run's 4/);
   assert.match(refusal(demoRun(), fullRun(), 'localSteps'), /--local-steps 4 contradicts the run's 0/);
@@ -147,22 +194,32 @@ test('--steps may be raised (extending the run) or repeated, not lowered', () =>
   // An untyped --steps (the CLI default of 100) changes nothing.
   assert.equal(resume(stored, withSteps(stored, 100)).train.steps, 6);
 
-  assert.match(refusal(stored, withSteps(stored, 3), 'steps'),
-    /: --steps 3 is below the run's 6 \(steps may only be raised\)\./);
+  assert.match(
+    refusal(stored, withSteps(stored, 3), 'steps'),
+    /: --steps 3 is below the run's 6 \(steps may only be raised\)\./,
+  );
   // A lowered --steps is reported beside the other contradictions, in the same error.
-  assert.match(refusal(stored, withSteps(stored, 3, 1), 'steps', 'lr'),
-    /--lr 1 contradicts the run's 0\.01; --steps 3 is below the run's 6/);
+  assert.match(
+    refusal(stored, withSteps(stored, 3, 1), 'steps', 'lr'),
+    /--lr 1 contradicts the run's 0\.01; --steps 3 is below the run's 6/,
+  );
 });
 
 test('--adapter, --run-id and --out are refused with --resume, each named', () => {
   const stored = demoRun();
-  for (const [key, flag] of [['adapter', '--adapter'], ['runId', '--run-id'], ['out', '--out']]) {
+  for (const [key, flag] of [
+    ['adapter', '--adapter'],
+    ['runId', '--run-id'],
+    ['out', '--out'],
+  ]) {
     const alone = refusal(stored, structuredClone(stored), key);
     assert.match(alone, new RegExp(`: ${flag} \\(.*\\) cannot be combined with --resume\\.`));
   }
   const all = refusal(stored, structuredClone(stored), 'adapter', 'runId', 'out');
-  assert.match(all,
-    /--adapter .* cannot be combined with --resume; --run-id .* cannot be combined with --resume; --out .* cannot/);
+  assert.match(
+    all,
+    /--adapter .* cannot be combined with --resume; --run-id .* cannot be combined with --resume; --out .* cannot/,
+  );
 });
 
 test('an older run_config.json without checkpointEvery or aggregation takes them from the flags', () => {
@@ -182,16 +239,29 @@ test('an older run_config.json without checkpointEvery or aggregation takes them
   assert.match(refusal(older, fullRun(), 'innerLr'), /--inner-lr 0\.02 contradicts the run's unset/);
 });
 
-test('a dependent flag repeating the run is read with the run\'s own parent flags (the CLI defaults say f32, no local steps, demo data)', () => {
+test("a dependent flag repeating the run is read with the run's own parent flags (the CLI defaults say f32, no local steps, demo data)", () => {
   const stored = fullRun();
   const cliDefaults = flagsOf(demoRun()); // --data, --codec, --local-steps not typed
-  const repeat = { codecBlock: 32, innerLr: 0.02, outerLr: 0.7, outerMomentum: 0.9, maxTokens: 64, pack: true, evalFraction: 0.1 };
+  const repeat = {
+    codecBlock: 32,
+    innerLr: 0.02,
+    outerLr: 0.7,
+    outerMomentum: 0.9,
+    maxTokens: 64,
+    pack: true,
+    evalFraction: 0.1,
+  };
   for (const [key, value] of Object.entries(repeat)) {
     assert.deepEqual(resumeShape(stored, { ...cliDefaults, [key]: value }, new Set([key]), RUN_DIR), stored, key);
   }
   const message = (() => {
     try {
-      resumeShape(stored, { ...cliDefaults, codecBlock: 16, innerLr: 0.5 }, new Set(['codecBlock', 'innerLr']), RUN_DIR);
+      resumeShape(
+        stored,
+        { ...cliDefaults, codecBlock: 16, innerLr: 0.5 },
+        new Set(['codecBlock', 'innerLr']),
+        RUN_DIR,
+      );
     } catch (err) {
       return (err as Error).message;
     }
@@ -201,25 +271,38 @@ test('a dependent flag repeating the run is read with the run\'s own parent flag
   assert.match(message, /--inner-lr .*0\.5.* contradicts/);
 });
 
-test('flagsOf is runShapeFrom\'s inverse for stored runs', () => {
+test("flagsOf is runShapeFrom's inverse for stored runs", () => {
   for (const run of [demoRun(), fullRun()]) assert.deepEqual(runShapeFrom(flagsOf(run)), run);
 });
 
 test('run_config.json is checked field by field on --resume: a valid one comes back as it is, a damaged field is named', () => {
-  for (const run of [demoRun(), fullRun()]) assert.deepEqual(checkRunShape(JSON.parse(JSON.stringify(run)), 'run_config.json'), run);
+  for (const run of [demoRun(), fullRun()])
+    assert.deepEqual(checkRunShape(JSON.parse(JSON.stringify(run)), 'run_config.json'), run);
   const damaged: [string, (r: any) => void, RegExp][] = [
     ['lora.r', (r) => (r.lora.r = 0), /run_config\.json: lora: .*r/],
     ['train.lr', (r) => (r.train.lr = 'fast'), /run_config\.json: train: .*lr/],
     ['wire.up', (r) => (r.wire.up = { name: 'int4' }), /run_config\.json: wire\.up: .*int4/],
-    ['data.kind', (r) => (r.data = { kind: 'csv' }), /run_config\.json: data\.kind should be "jsonl" or "demo", got "csv"/],
-    ['local.steps', (r) => (r.local = { steps: 0, innerLr: 1, outerLr: 1, outerMomentum: 0 }), /run_config\.json: local\.steps should be an integer ≥ 1, got 0/],
+    [
+      'data.kind',
+      (r) => (r.data = { kind: 'csv' }),
+      /run_config\.json: data\.kind should be "jsonl" or "demo", got "csv"/,
+    ],
+    [
+      'local.steps',
+      (r) => (r.local = { steps: 0, innerLr: 1, outerLr: 1, outerMomentum: 0 }),
+      /run_config\.json: local\.steps should be an integer ≥ 1, got 0/,
+    ],
     ['aggregation', (r) => (r.aggregation = 'mean'), /run_config\.json: aggregation should be one of sum, /],
     ['model', (r) => delete r.model, /run_config\.json: model should be a model directory, got undefined/],
   ];
   for (const [what, damage, message] of damaged) {
     const raw = JSON.parse(JSON.stringify(demoRun()));
     damage(raw);
-    assert.throws(() => checkRunShape(raw, 'run_config.json'), (err: LoraMeshError) => err.code === ErrorCodes.CONFIG && message.test(err.message), what);
+    assert.throws(
+      () => checkRunShape(raw, 'run_config.json'),
+      (err: LoraMeshError) => err.code === ErrorCodes.CONFIG && message.test(err.message),
+      what,
+    );
   }
   assert.throws(() => checkRunShape([], 'run_config.json'), /the file should be a JSON object|model should be/);
 });

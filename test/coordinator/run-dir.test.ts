@@ -16,9 +16,17 @@ test.after(() => rmSync(root, { recursive: true, force: true }));
 test('mode new: creates and locks the folder; a second open is LM_ERR_LOCKED; close releases', () => {
   const runDir = RunDir.open(root, 'fresh', { mode: 'new' });
   assert.ok(existsSync(join(root, 'fresh', LOCK_FILE)));
-  throwsCode(() => RunDir.open(root, 'fresh', { mode: 'new' }), ErrorCodes.LOCKED, new RegExp(`in use by pid ${process.pid}`));
+  throwsCode(
+    () => RunDir.open(root, 'fresh', { mode: 'new' }),
+    ErrorCodes.LOCKED,
+    new RegExp(`in use by pid ${process.pid}`),
+  );
   runDir.writeConfig({ runId: 'fresh' });
-  throwsCode(() => RunDir.open(root, 'fresh', { mode: 'resume' }), ErrorCodes.LOCKED, new RegExp(`in use by pid ${process.pid}`));
+  throwsCode(
+    () => RunDir.open(root, 'fresh', { mode: 'resume' }),
+    ErrorCodes.LOCKED,
+    new RegExp(`in use by pid ${process.pid}`),
+  );
   runDir.close();
   assert.ok(!existsSync(join(root, 'fresh', LOCK_FILE)));
   runDir.close(); // idempotent
@@ -30,14 +38,23 @@ test('mode new refuses a folder holding run_config.json or metrics.jsonl, naming
     mkdirSync(join(root, runId));
     writeFileSync(join(root, runId, file), '{}\n');
     const shown = join(root, runId);
-    throwsCode(() => RunDir.open(root, runId, { mode: 'new' }), ErrorCodes.CONFIG,
-      new RegExp(`run folder ${shown} already exists \\(it has ${file}\\); pick another --run-id or continue it with --resume ${shown}`));
+    throwsCode(
+      () => RunDir.open(root, runId, { mode: 'new' }),
+      ErrorCodes.CONFIG,
+      new RegExp(
+        `run folder ${shown} already exists \\(it has ${file}\\); pick another --run-id or continue it with --resume ${shown}`,
+      ),
+    );
     assert.ok(!existsSync(join(root, runId, LOCK_FILE)));
   }
 });
 
 test('mode resume needs run_config.json and locks the folder', () => {
-  throwsCode(() => RunDir.open(root, 'missing', { mode: 'resume' }), ErrorCodes.CONFIG, /--resume .*missing: there is no run_config\.json/);
+  throwsCode(
+    () => RunDir.open(root, 'missing', { mode: 'resume' }),
+    ErrorCodes.CONFIG,
+    /--resume .*missing: there is no run_config\.json/,
+  );
   assert.ok(!existsSync(join(root, 'missing')), 'a refused resume creates nothing');
   mkdirSync(join(root, 'stopped'));
   writeFileSync(join(root, 'stopped', 'run_config.json'), '{}\n');

@@ -23,7 +23,11 @@ const freshDir = () => {
 const readLock = (dir: string): LockHolder => JSON.parse(readFileSync(join(dir, LOCK_FILE), 'utf8'));
 const writeLock = (dir: string, holder: LockHolder) => writeFileSync(join(dir, LOCK_FILE), JSON.stringify(holder));
 const holder = (over: Partial<LockHolder>): LockHolder => ({
-  pid: process.pid, host: hostname(), startedAt: '2024-01-02T03:04:05.000Z', processStart: processStartTime('self'), ...over,
+  pid: process.pid,
+  host: hostname(),
+  startedAt: '2024-01-02T03:04:05.000Z',
+  processStart: processStartTime('self'),
+  ...over,
 });
 
 /** The PID of a process that has exited (and been reaped). */
@@ -40,7 +44,11 @@ test('a second acquire gets LM_ERR_LOCKED naming pid, host and start; after rele
   assert.equal(onDisk.host, hostname());
   assert.equal(onDisk.startedAt, lock.holder.startedAt);
   if (process.platform === 'linux') assert.equal(typeof onDisk.processStart, 'number');
-  throwsCode(() => acquireRunLock(dir), ErrorCodes.LOCKED, new RegExp(`in use by pid ${process.pid} on host ${hostname()} since ${lock.holder.startedAt}; stop that process`));
+  throwsCode(
+    () => acquireRunLock(dir),
+    ErrorCodes.LOCKED,
+    new RegExp(`in use by pid ${process.pid} on host ${hostname()} since ${lock.holder.startedAt}; stop that process`),
+  );
   lock.release();
   assert.ok(!existsSync(join(dir, LOCK_FILE)));
   acquireRunLock(dir).release();
@@ -76,7 +84,11 @@ test('a lock from another host is refused and left alone, even when its PID is d
   const dir = freshDir();
   const theirs = holder({ pid: deadPid(), host: `not-${hostname()}` });
   writeLock(dir, theirs);
-  throwsCode(() => acquireRunLock(dir), ErrorCodes.LOCKED, /on host not-.* another host is never taken over: if that host is gone, remove .*run\.lock by hand/);
+  throwsCode(
+    () => acquireRunLock(dir),
+    ErrorCodes.LOCKED,
+    /on host not-.* another host is never taken over: if that host is gone, remove .*run\.lock by hand/,
+  );
   assert.deepEqual(readLock(dir), theirs);
 });
 
@@ -110,7 +122,11 @@ test('an unreadable lock file is held while young (a writer may be mid-write) an
   const path = join(dir, LOCK_FILE);
   for (const content of ['', '{"pid": 12', '{"pid": "x", "host": 1}']) {
     writeFileSync(path, content);
-    throwsCode(() => acquireRunLock(dir), ErrorCodes.LOCKED, /run\.lock is being written or unreadable; if no process uses the folder, remove .*run\.lock by hand/);
+    throwsCode(
+      () => acquireRunLock(dir),
+      ErrorCodes.LOCKED,
+      /run\.lock is being written or unreadable; if no process uses the folder, remove .*run\.lock by hand/,
+    );
     assert.equal(readFileSync(path, 'utf8'), content);
     const old = new Date(Date.now() - 60_000);
     utimesSync(path, old, old);
@@ -126,7 +142,9 @@ test('a process that exits without release() leaves no lock behind (exit fallbac
   const dir = freshDir();
   const lockModule = fileURLToPath(new URL('../../coordinator/run-lock.ts', import.meta.url));
   const script = `import { acquireRunLock } from ${JSON.stringify(lockModule)}; acquireRunLock(${JSON.stringify(dir)}); process.exit(0);`;
-  const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' });
+  const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    encoding: 'utf8',
+  });
   assert.equal(child.status, 0, child.stderr);
   assert.ok(!existsSync(join(dir, LOCK_FILE)));
 });
@@ -142,7 +160,11 @@ test('processes racing to take over one stale lock: exactly one wins, the others
     while (!existsSync(${JSON.stringify(go)})) Atomics.wait(nap, 0, 0, 1);
     try { const lock = acquireRunLock(${JSON.stringify(dir)}, () => {}); console.log('won'); setTimeout(() => lock.release(), 1500); }
     catch (err) { console.log(err.code); }`;
-  const racers = Array.from({ length: 4 }, () => spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] }));
+  const racers = Array.from({ length: 4 }, () =>
+    spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    }),
+  );
   const outputs = racers.map((child) => {
     let out = '';
     child.stdout!.on('data', (chunk) => (out += chunk));

@@ -30,9 +30,15 @@ test('a lost attempt is requeued and retried; its ledger shows both attempts', (
   assert.equal(s.complete(b.assignmentId, 100), 'used');
   assert.equal(s.remaining, 0);
   const ledger = s.finish(100);
-  assert.deepEqual(ledger[0].attempts.map((x) => x.outcome), ['lost', 'used']);
+  assert.deepEqual(
+    ledger[0].attempts.map((x) => x.outcome),
+    ['lost', 'used'],
+  );
   assert.equal(ledger[0].usedWorker, 'fast');
-  assert.equal(ledger.every((e) => e.attempts.filter((x) => x.outcome === 'used').length === 1), true);
+  assert.equal(
+    ledger.every((e) => e.attempts.filter((x) => x.outcome === 'used').length === 1),
+    true,
+  );
 });
 
 test('an idle fast worker copies a slow attempt it would finish sooner; first result wins, the other is a duplicate', () => {
@@ -46,7 +52,10 @@ test('an idle fast worker copies a slow attempt it would finish sooner; first re
   assert.equal(s.next('fast', 10), null, 'at most one copy of a micro-batch at a time');
   assert.equal(s.complete(copy.assignmentId, 20), 'used');
   assert.equal(s.complete(slowFirst.assignmentId, 100), 'duplicate');
-  assert.deepEqual(s.finish(100)[1].attempts.map((x) => x.outcome), ['duplicate', 'used']);
+  assert.deepEqual(
+    s.finish(100)[1].attempts.map((x) => x.outcome),
+    ['duplicate', 'used'],
+  );
 });
 
 test('an attempt past its deadline is copied even to a worker of unknown speed; a copy still out at the end is cancelled', () => {
@@ -57,5 +66,8 @@ test('an attempt past its deadline is copied even to a worker of unknown speed; 
   const copy = s.next('newcomer', 81)!;
   assert.equal(copy.index, 0);
   assert.equal(s.complete(a.assignmentId, 90), 'used');
-  assert.deepEqual(s.finish(90)[0].attempts.map((x) => x.outcome), ['used', 'cancelled']);
+  assert.deepEqual(
+    s.finish(90)[0].attempts.map((x) => x.outcome),
+    ['used', 'cancelled'],
+  );
 });

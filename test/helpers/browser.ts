@@ -13,8 +13,13 @@ import { runTraining, type RunOptions, type RunResult } from '../../coordinator/
 
 export const CHROMIUM = process.env.LORAMESH_CHROMIUM ?? '/usr/bin/chromium';
 export const CHROMIUM_ARGS = [
-  '--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run',
-  '--disable-quic', '--enable-unsafe-webgpu',
+  '--no-sandbox',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--disable-quic',
+  '--enable-unsafe-webgpu',
 ];
 /** test/artifacts/ (gitignored): screenshots for people to look at */
 export const ARTIFACTS = fileURLToPath(new URL('../artifacts/', import.meta.url));
@@ -39,7 +44,11 @@ export interface Browser {
 
 export async function launchBrowser(): Promise<Browser> {
   const profile = mkdtempSync(join(tmpdir(), 'loramesh-chromium-'));
-  const context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_ARGS,
+  });
   const lines: string[] = [];
   context.on('page', (page) => watchPage(page, lines));
   for (const page of context.pages()) watchPage(page, lines);
@@ -74,7 +83,10 @@ export function startRun(opts: RunOptions): BackgroundRun {
   const log: string[] = [];
   let resolveUrl!: (url: string) => void;
   let rejectUrl!: (err: Error) => void;
-  const httpUrl = new Promise<string>((resolve, reject) => { resolveUrl = resolve; rejectUrl = reject; });
+  const httpUrl = new Promise<string>((resolve, reject) => {
+    resolveUrl = resolve;
+    rejectUrl = reject;
+  });
   const result = runTraining({
     ...opts,
     log: (line) => log.push(line),
@@ -108,5 +120,7 @@ export function screenshotPath(name: string): string {
  * file exits on its own before the timer fires (it does not hold the process open).
  */
 export function exitIfStuckAfterTests(): void {
-  after(() => { setTimeout(() => process.exit(process.exitCode ?? 1), 3000).unref(); });
+  after(() => {
+    setTimeout(() => process.exit(process.exitCode ?? 1), 3000).unref();
+  });
 }

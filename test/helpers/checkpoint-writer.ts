@@ -29,19 +29,28 @@ function fill(step: number, group: number, tensor: number): Float32Array {
 
 export function writerState(step: number): TrainerState {
   const group = (g: number) => new Map(WRITER_TENSORS.map((name, t) => [name, fill(step, g, t)]));
-  return { step, paramVersion: step, cursor: { epoch: Math.floor(step / 7), position: step % 7 }, adapter: group(0), adam: { step, m: group(1), v: group(2) } };
+  return {
+    step,
+    paramVersion: step,
+    cursor: { epoch: Math.floor(step / 7), position: step % 7 },
+    adapter: group(0),
+    adam: { step, m: group(1), v: group(2) },
+  };
 }
 
 /** A ledger the size a real one reaches after a few hundred steps (~40 kB of JSON). */
 export function writerLedger(step: number): unknown {
-  return Array.from({ length: 200 }, (_, i) => ({ step: step - i, microBatches: [{ index: 0, usedWorker: `w${i % 5}`, attempts: 1 }] }));
+  return Array.from({ length: 200 }, (_, i) => ({
+    step: step - i,
+    microBatches: [{ index: 0, usedWorker: `w${i % 5}`, attempts: 1 }],
+  }));
 }
 
 function main(dir: string): void {
   const resumed = loadLatestCheckpoint(dir, (line) => process.stderr.write(`${line}\n`));
   let step = resumed ? resumed.state.step + 1 : 1;
   process.stdout.write(`ready ${step}\n`);
-  for (;; step++) {
+  for (; ; step++) {
     const state = writerState(step);
     const ledger = writerLedger(step);
     process.stdout.write(`begin ${step}\n`);

@@ -35,7 +35,10 @@ export interface Frame {
   outcome: Outcome;
 }
 
-export interface TensorSpec { name: string; shape: [number, number] }
+export interface TensorSpec {
+  name: string;
+  shape: [number, number];
+}
 
 const reject = (code: ErrorCode): Outcome => ({ kind: 'reject', code });
 
@@ -43,19 +46,38 @@ const reject = (code: ErrorCode): Outcome => ({ kind: 'reject', code });
 
 type Rule = (v: unknown) => boolean;
 const plain = (v: unknown): v is Record<string, unknown> =>
-  typeof v === 'object' && v !== null && (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null);
-const int = (min: number): Rule => (v) => typeof v === 'number' && Number.isSafeInteger(v) && v >= min;
-const str = (max: number): Rule => (v) => typeof v === 'string' && v.length <= max;
+  typeof v === 'object' &&
+  v !== null &&
+  (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null);
+const int =
+  (min: number): Rule =>
+  (v) =>
+    typeof v === 'number' && Number.isSafeInteger(v) && v >= min;
+const str =
+  (max: number): Rule =>
+  (v) =>
+    typeof v === 'string' && v.length <= max;
 const finite: Rule = (v) => typeof v === 'number' && Number.isFinite(v);
-const optional = (rule: Rule): Rule => (v) => v === undefined || rule(v);
+const optional =
+  (rule: Rule): Rule =>
+  (v) =>
+    v === undefined || rule(v);
 /** Packed floats: codec name, values of that codec's array type; int8 adds blockSize (1..65536) and one float32 scale per block. */
 const packed: Rule = (v) => {
   if (!plain(v)) return false;
   const arrays: Record<string, unknown> = { f32: Float32Array, f16: Uint16Array, bf16: Uint16Array, int8: Int8Array };
-  if (typeof v.codec !== 'string' || !Object.hasOwn(arrays, v.codec) || !(v.values instanceof (arrays[v.codec] as typeof Float32Array))) return false;
+  if (
+    typeof v.codec !== 'string' ||
+    !Object.hasOwn(arrays, v.codec) ||
+    !(v.values instanceof (arrays[v.codec] as typeof Float32Array))
+  )
+    return false;
   if (v.codec !== 'int8') return true;
   if (!int(1)(v.blockSize) || (v.blockSize as number) > 65536) return false;
-  return v.scales instanceof Float32Array && v.scales.length === Math.ceil((v.values as ArrayLike<number>).length / (v.blockSize as number));
+  return (
+    v.scales instanceof Float32Array &&
+    v.scales.length === Math.ceil((v.values as ArrayLike<number>).length / (v.blockSize as number))
+  );
 };
 const microBatch: Rule = (v) => {
   if (!plain(v) || !int(1)(v.batch) || !int(1)(v.time) || !int(0)(v.dropoutSeed)) return false;
@@ -66,19 +88,35 @@ const microBatch: Rule = (v) => {
 
 export const RULES: Record<string, Record<string, Rule>> = {
   hello: {
-    protocol: int(0), token: optional(str(512)), name: optional(str(128)), backend: str(64),
-    platform: (v) => v === 'node' || v === 'browser', adapter: optional(str(128)), slow: optional((v) => typeof v === 'boolean'),
+    protocol: int(0),
+    token: optional(str(512)),
+    name: optional(str(128)),
+    backend: str(64),
+    platform: (v) => v === 'node' || v === 'browser',
+    adapter: optional(str(128)),
+    slow: optional((v) => typeof v === 'boolean'),
     codecs: optional((v) => Array.isArray(v) && v.length <= 16 && v.every(str(16))),
   },
   ready: { paramVersion: int(-1) },
-  result: { assignmentId: str(64), paramVersion: int(0), tokenCount: int(0), lossSum: finite, computeMs: (v) => finite(v) && (v as number) >= 0, grads: packed },
+  result: {
+    assignmentId: str(64),
+    paramVersion: int(0),
+    tokenCount: int(0),
+    lossSum: finite,
+    computeMs: (v) => finite(v) && (v as number) >= 0,
+    grads: packed,
+  },
   'worker-error': { assignmentId: optional(str(64)), code: str(64), message: str(4096) },
   heartbeat: { sentAt: finite },
   welcome: { workerId: str(64), manifest: plain },
   params: { paramVersion: int(0), deltaFrom: optional(int(0)), tensors: packed },
   assign: { assignmentId: str(64), paramVersion: int(0), step: int(0), index: int(0), microBatch },
   'assign-local': {
-    assignmentId: str(64), paramVersion: int(0), step: int(0), index: int(0), lr: (v) => finite(v) && (v as number) >= 0,
+    assignmentId: str(64),
+    paramVersion: int(0),
+    step: int(0),
+    index: int(0),
+    lr: (v) => finite(v) && (v as number) >= 0,
     microBatches: (v) => Array.isArray(v) && v.length >= 1 && v.length <= 4096 && v.every(microBatch),
   },
   reject: { code: str(64), message: str(4096) },
@@ -104,13 +142,20 @@ export function predict(bytes: Uint8Array, state: ConnState): Outcome {
   switch (type) {
     case 'hello':
       if (state === 'joined') return reject(ErrorCodes.STATE);
-      return raw.protocol === PROTOCOL_VERSION ? { kind: 'unwanted' } : { kind: 'close', code: ErrorCodes.PROTOCOL_VERSION, closeCode: 1002 };
-    case 'ready': return state === 'joined' ? { kind: 'unwanted' } : reject(ErrorCodes.STATE);
-    case 'result': return reject(ErrorCodes.ASSIGNMENT);
+      return raw.protocol === PROTOCOL_VERSION
+        ? { kind: 'unwanted' }
+        : { kind: 'close', code: ErrorCodes.PROTOCOL_VERSION, closeCode: 1002 };
+    case 'ready':
+      return state === 'joined' ? { kind: 'unwanted' } : reject(ErrorCodes.STATE);
+    case 'result':
+      return reject(ErrorCodes.ASSIGNMENT);
     // A joined peer holds no assignment, so every worker-error it sends names nothing it holds.
-    case 'worker-error': return state === 'joined' ? reject(ErrorCodes.ASSIGNMENT) : reject(ErrorCodes.STATE); // before hello: refused
-    case 'heartbeat': return state === 'joined' ? { kind: 'none' } : reject(ErrorCodes.STATE);
-    default: return reject(ErrorCodes.STATE); // coordinator → worker messages
+    case 'worker-error':
+      return state === 'joined' ? reject(ErrorCodes.ASSIGNMENT) : reject(ErrorCodes.STATE); // before hello: refused
+    case 'heartbeat':
+      return state === 'joined' ? { kind: 'none' } : reject(ErrorCodes.STATE);
+    default:
+      return reject(ErrorCodes.STATE); // coordinator → worker messages
   }
 }
 
@@ -119,7 +164,10 @@ export function predict(bytes: Uint8Array, state: ConnState): Outcome {
 const concat = (...parts: (Uint8Array | number[])[]): Uint8Array => {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
-  for (const p of parts) { out.set(p, at); at += p.length; }
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
   return out;
 };
 /** A msgpack map whose values are already-encoded bytes. */
@@ -130,20 +178,50 @@ function rawMap(entries: [string, Uint8Array][], encoder: Packr): Uint8Array {
 
 /** Headers that declare up to 2^32 − 1 elements or bytes (array, map, bin, str, ext of each width). */
 const HUGE_HEADERS = [
-  [0xdc, 0xff, 0xff], [0xdd, 0xff, 0xff, 0xff, 0xff], [0xdd, 0x80, 0, 0, 0], [0xde, 0xff, 0xff], [0xdf, 0xff, 0xff, 0xff, 0xff],
-  [0xc4, 0xff], [0xc5, 0xff, 0xff], [0xc6, 0xff, 0xff, 0xff, 0xff], [0xc6, 0x80, 0, 0, 0], [0xd9, 0xff], [0xda, 0xff, 0xff],
-  [0xdb, 0xff, 0xff, 0xff, 0xff], [0xc7, 0xff], [0xc8, 0xff, 0xff], [0xc9, 0xff, 0xff, 0xff, 0xff], [0xc9, 0x7f, 0xff, 0xff, 0xfc],
+  [0xdc, 0xff, 0xff],
+  [0xdd, 0xff, 0xff, 0xff, 0xff],
+  [0xdd, 0x80, 0, 0, 0],
+  [0xde, 0xff, 0xff],
+  [0xdf, 0xff, 0xff, 0xff, 0xff],
+  [0xc4, 0xff],
+  [0xc5, 0xff, 0xff],
+  [0xc6, 0xff, 0xff, 0xff, 0xff],
+  [0xc6, 0x80, 0, 0, 0],
+  [0xd9, 0xff],
+  [0xda, 0xff, 0xff],
+  [0xdb, 0xff, 0xff, 0xff, 0xff],
+  [0xc7, 0xff],
+  [0xc8, 0xff, 0xff],
+  [0xc9, 0xff, 0xff, 0xff, 0xff],
+  [0xc9, 0x7f, 0xff, 0xff, 0xfc],
 ];
 /** Extension types msgpackr knows (0x72 records, 0x74 typed arrays, 0x69/0x70 structured clone, 0x62 bundled strings…). */
 const KNOWN_EXT = [0x00, 0x42, 0x62, 0x65, 0x69, 0x70, 0x72, 0x73, 0x74, 0x78, 0xff];
-const INTERESTING_BYTES = [0x00, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc6, 0xc7, 0xc9, 0xca, 0xcb, 0xcf, 0xd3, 0xd4, 0xd8, 0xd9, 0xdb, 0xdc, 0xdd, 0xde, 0xdf, 0xe0, 0xff];
+const INTERESTING_BYTES = [
+  0x00, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc6, 0xc7, 0xc9, 0xca, 0xcb, 0xcf,
+  0xd3, 0xd4, 0xd8, 0xd9, 0xdb, 0xdc, 0xdd, 0xde, 0xdf, 0xe0, 0xff,
+];
 const CHARS = ['a', 'b', 'z', '0', '-', '_', ' ', 'é', '中', '😀', '\u0000'];
 
 /** Weighted categories; the terminal ones (a close instead of a reply) are rare so batches stay long. */
 const CATEGORIES: [string, number][] = [
-  ['valid', 10], ['mutated', 30], ['truncated', 8], ['bitflip', 10], ['byte-splice', 6], ['trailing-bytes', 3],
-  ['huge-length', 5], ['ext-trick', 8], ['record', 3], ['deep-nesting', 1], ['clone-bomb', 0.5], ['text', 3],
-  ['random-bytes', 8], ['token-soup', 4], ['wrong-protocol', 0.1], ['oversized', 0.05], ['text-invalid-utf8', 0.05],
+  ['valid', 10],
+  ['mutated', 30],
+  ['truncated', 8],
+  ['bitflip', 10],
+  ['byte-splice', 6],
+  ['trailing-bytes', 3],
+  ['huge-length', 5],
+  ['ext-trick', 8],
+  ['record', 3],
+  ['deep-nesting', 1],
+  ['clone-bomb', 0.5],
+  ['text', 3],
+  ['random-bytes', 8],
+  ['token-soup', 4],
+  ['wrong-protocol', 0.1],
+  ['oversized', 0.05],
+  ['text-invalid-utf8', 0.05],
 ];
 const TOTAL_WEIGHT = CATEGORIES.reduce((n, [, w]) => n + w, 0);
 
@@ -151,7 +229,12 @@ export class FrameFactory {
   private readonly encoder = new Packr({ useRecords: false, moreTypes: true });
   private readonly recordEncoder = new Packr({ useRecords: true, moreTypes: true });
 
-  constructor(private readonly rng: Rng, private readonly adapter: TensorSpec[], private readonly maxFrameBytes: number, private readonly oversizedBytes: [number, number]) {}
+  constructor(
+    private readonly rng: Rng,
+    private readonly adapter: TensorSpec[],
+    private readonly maxFrameBytes: number,
+    private readonly oversizedBytes: [number, number],
+  ) {}
 
   /** The next frame for a connection in `state`; never one whose outcome is 'unwanted'. */
   next(state: ConnState): Frame {
@@ -172,7 +255,8 @@ export class FrameFactory {
 
   private build(category: string, state: ConnState): Frame | null {
     const r = this.rng;
-    const binary = (bytes: Uint8Array | null, name = category): Frame | null => (bytes ? { category: name, data: bytes, binary: true, outcome: predict(bytes, state) } : null);
+    const binary = (bytes: Uint8Array | null, name = category): Frame | null =>
+      bytes ? { category: name, data: bytes, binary: true, outcome: predict(bytes, state) } : null;
     switch (category) {
       case 'valid': {
         const type = this.pick(TYPES);
@@ -199,7 +283,9 @@ export class FrameFactory {
         if (!bytes) return null;
         const at = r.int(bytes.length);
         const cut = r.int(8);
-        const insert = Array.from({ length: r.int(8) }, () => (r.next() < 0.5 ? this.pick(INTERESTING_BYTES) : r.int(256)));
+        const insert = Array.from({ length: r.int(8) }, () =>
+          r.next() < 0.5 ? this.pick(INTERESTING_BYTES) : r.int(256),
+        );
         return binary(concat(bytes.subarray(0, at), insert, bytes.subarray(Math.min(bytes.length, at + cut))));
       }
       case 'trailing-bytes': {
@@ -218,7 +304,12 @@ export class FrameFactory {
       }
       case 'record': {
         // msgpackr decodes records even with useRecords off; each frame's record ids must not leak into the next
-        if (r.next() < 0.3) return binary(r.next() < 0.5 ? new Uint8Array([0x40 + r.int(0x40)]) : this.withRawField(new Uint8Array([0x40 + r.int(0x40)])));
+        if (r.next() < 0.3)
+          return binary(
+            r.next() < 0.5
+              ? new Uint8Array([0x40 + r.int(0x40)])
+              : this.withRawField(new Uint8Array([0x40 + r.int(0x40)])),
+          );
         const message = this.valid(this.pick(TYPES));
         if (r.next() < 0.5) this.mutate(message);
         try {
@@ -235,13 +326,25 @@ export class FrameFactory {
         const value = concat(...new Array(depth).fill(level), [0xc0]);
         return binary(r.next() < 0.5 ? value : this.withRawField(value));
       }
-      case 'clone-bomb': return binary(this.cloneBomb());
+      case 'clone-bomb':
+        return binary(this.cloneBomb());
       case 'text': {
-        const text = r.next() < 0.5 ? JSON.stringify(this.valid(this.pick(TYPES)), (_, v) => (ArrayBuffer.isView(v) ? Array.from(v as Float32Array) : v)) : this.text(r.int(300));
+        const text =
+          r.next() < 0.5
+            ? JSON.stringify(this.valid(this.pick(TYPES)), (_, v) =>
+                ArrayBuffer.isView(v) ? Array.from(v as Float32Array) : v,
+              )
+            : this.text(r.int(300));
         return { category, data: text, binary: false, outcome: reject(ErrorCodes.DECODE) };
       }
-      case 'random-bytes': return binary(this.randomBytes(1 + r.int(256)));
-      case 'token-soup': return binary(Uint8Array.from({ length: 1 + r.int(64) }, () => (r.next() < 0.7 ? this.pick(INTERESTING_BYTES) : r.int(256))));
+      case 'random-bytes':
+        return binary(this.randomBytes(1 + r.int(256)));
+      case 'token-soup':
+        return binary(
+          Uint8Array.from({ length: 1 + r.int(64) }, () =>
+            r.next() < 0.7 ? this.pick(INTERESTING_BYTES) : r.int(256),
+          ),
+        );
       case 'wrong-protocol': {
         const protocol = this.pick([0, PROTOCOL_VERSION + 1, 2, 3, 999, 2 ** 31, Number.MAX_SAFE_INTEGER]);
         return binary(this.pack({ ...this.valid('hello'), protocol }));
@@ -257,7 +360,8 @@ export class FrameFactory {
         const bytes = concat(this.pack(this.valid('heartbeat')) ?? [], [0xff, 0xfe, 0xc0, 0x80]);
         return { category, data: bytes, binary: false, outcome: { kind: 'close', code: null, closeCode: 1007 } };
       }
-      default: throw new Error(`unknown category ${category}`);
+      default:
+        throw new Error(`unknown category ${category}`);
     }
   }
 
@@ -266,27 +370,63 @@ export class FrameFactory {
     const r = this.rng;
     const maybe = (p: number, fields: Record<string, unknown>) => (r.next() < p ? fields : {});
     switch (type) {
-      case 'hello': return {
-        type, protocol: PROTOCOL_VERSION, backend: this.pick(['wasm', 'cpu', 'webgpu', 'webgl', this.text(64)]), platform: this.pick(['node', 'browser']),
-        ...maybe(0.5, { name: this.text(128) }), ...maybe(0.3, { token: this.text(512) }), ...maybe(0.3, { adapter: this.text(128) }), ...maybe(0.3, { slow: r.next() < 0.5 }),
-        ...maybe(0.3, { codecs: this.pick([['f32'], ['f32', 'f16', 'bf16', 'int8'], [this.text(16)]]) }),
-      };
-      case 'ready': return { type, paramVersion: r.int(100) - 1 };
-      case 'result': return {
-        type, assignmentId: this.text(64), paramVersion: r.int(1000), tokenCount: r.int(100), lossSum: this.finite(), computeMs: Math.abs(this.finite()), grads: this.packed(),
-      };
-      case 'worker-error': return { type, ...maybe(0.5, { assignmentId: this.text(64) }), code: this.text(64), message: this.text(4096) };
-      case 'heartbeat': return { type, sentAt: this.finite() };
-      case 'welcome': return { type, workerId: this.text(64), manifest: { runId: this.text(20), adapter: this.adapter } };
-      case 'params': return { type, paramVersion: r.int(1000), ...maybe(0.5, { deltaFrom: r.int(1000) }), tensors: this.packed() };
-      case 'assign': return { type, assignmentId: this.text(64), paramVersion: r.int(1000), step: r.int(1000), index: r.int(8), microBatch: this.microBatch() };
-      case 'assign-local': return {
-        type, assignmentId: this.text(64), paramVersion: r.int(1000), step: r.int(1000), index: r.int(8), lr: Math.abs(this.finite()),
-        microBatches: Array.from({ length: 1 + r.int(4) }, () => this.microBatch()),
-      };
-      case 'reject': return { type, code: this.pick(Object.values(ErrorCodes)), message: this.text(4096) };
-      case 'done': return { type, reason: this.text(1024) };
-      default: throw new Error(`no generator for ${type}`);
+      case 'hello':
+        return {
+          type,
+          protocol: PROTOCOL_VERSION,
+          backend: this.pick(['wasm', 'cpu', 'webgpu', 'webgl', this.text(64)]),
+          platform: this.pick(['node', 'browser']),
+          ...maybe(0.5, { name: this.text(128) }),
+          ...maybe(0.3, { token: this.text(512) }),
+          ...maybe(0.3, { adapter: this.text(128) }),
+          ...maybe(0.3, { slow: r.next() < 0.5 }),
+          ...maybe(0.3, { codecs: this.pick([['f32'], ['f32', 'f16', 'bf16', 'int8'], [this.text(16)]]) }),
+        };
+      case 'ready':
+        return { type, paramVersion: r.int(100) - 1 };
+      case 'result':
+        return {
+          type,
+          assignmentId: this.text(64),
+          paramVersion: r.int(1000),
+          tokenCount: r.int(100),
+          lossSum: this.finite(),
+          computeMs: Math.abs(this.finite()),
+          grads: this.packed(),
+        };
+      case 'worker-error':
+        return { type, ...maybe(0.5, { assignmentId: this.text(64) }), code: this.text(64), message: this.text(4096) };
+      case 'heartbeat':
+        return { type, sentAt: this.finite() };
+      case 'welcome':
+        return { type, workerId: this.text(64), manifest: { runId: this.text(20), adapter: this.adapter } };
+      case 'params':
+        return { type, paramVersion: r.int(1000), ...maybe(0.5, { deltaFrom: r.int(1000) }), tensors: this.packed() };
+      case 'assign':
+        return {
+          type,
+          assignmentId: this.text(64),
+          paramVersion: r.int(1000),
+          step: r.int(1000),
+          index: r.int(8),
+          microBatch: this.microBatch(),
+        };
+      case 'assign-local':
+        return {
+          type,
+          assignmentId: this.text(64),
+          paramVersion: r.int(1000),
+          step: r.int(1000),
+          index: r.int(8),
+          lr: Math.abs(this.finite()),
+          microBatches: Array.from({ length: 1 + r.int(4) }, () => this.microBatch()),
+        };
+      case 'reject':
+        return { type, code: this.pick(Object.values(ErrorCodes)), message: this.text(4096) };
+      case 'done':
+        return { type, reason: this.text(1024) };
+      default:
+        throw new Error(`no generator for ${type}`);
     }
   }
 
@@ -296,17 +436,60 @@ export class FrameFactory {
     const keys = Object.keys(message);
     const key = this.pick(keys);
     switch (r.int(7)) {
-      case 0: delete message[key]; break;
-      case 1: message[key] = this.wild(0); break;
-      case 2: message[key] = this.pick([NaN, Infinity, -Infinity, -1, 0.5, -0.5, 2 ** 53, -(2 ** 53), 1e308, Number.MIN_VALUE]); break;
-      case 3: message[key] = this.text(this.pick([65, 129, 513, 1025, 4097, 5000])); break;
-      case 4: message.type = this.pick([...TYPES, '', 'HELLO', 'nope', '__proto__', 'constructor', 'toString', 'hasOwnProperty', 7, null, true, [], {}, this.text(100)]); break;
-      case 5: { // an extra field, maybe an own "__proto__"
+      case 0:
+        delete message[key];
+        break;
+      case 1:
+        message[key] = this.wild(0);
+        break;
+      case 2:
+        message[key] = this.pick([
+          NaN,
+          Infinity,
+          -Infinity,
+          -1,
+          0.5,
+          -0.5,
+          2 ** 53,
+          -(2 ** 53),
+          1e308,
+          Number.MIN_VALUE,
+        ]);
+        break;
+      case 3:
+        message[key] = this.text(this.pick([65, 129, 513, 1025, 4097, 5000]));
+        break;
+      case 4:
+        message.type = this.pick([
+          ...TYPES,
+          '',
+          'HELLO',
+          'nope',
+          '__proto__',
+          'constructor',
+          'toString',
+          'hasOwnProperty',
+          7,
+          null,
+          true,
+          [],
+          {},
+          this.text(100),
+        ]);
+        break;
+      case 5: {
+        // an extra field, maybe an own "__proto__"
         const name = r.next() < 0.2 ? '__proto__' : this.text(20);
-        Object.defineProperty(message, name, { value: this.wild(0), enumerable: true, configurable: true, writable: true });
+        Object.defineProperty(message, name, {
+          value: this.wild(0),
+          enumerable: true,
+          configurable: true,
+          writable: true,
+        });
         break;
       }
-      default: this.breakTensors(message);
+      default:
+        this.breakTensors(message);
     }
   }
 
@@ -315,27 +498,53 @@ export class FrameFactory {
     const batch = 1 + r.int(3);
     const time = 1 + r.int(8);
     const n = batch * time;
-    return { batch, time, dropoutSeed: r.int(2 ** 31), inputIds: Int32Array.from({ length: n }, () => r.int(40)), targets: Int32Array.from({ length: n }, () => r.int(40)), lossMask: Float32Array.from({ length: n }, () => r.int(2)) };
+    return {
+      batch,
+      time,
+      dropoutSeed: r.int(2 ** 31),
+      inputIds: Int32Array.from({ length: n }, () => r.int(40)),
+      targets: Int32Array.from({ length: n }, () => r.int(40)),
+      lossMask: Float32Array.from({ length: n }, () => r.int(2)),
+    };
   }
 
   private breakTensors(message: Record<string, unknown>): void {
     const r = this.rng;
-    const mb = Array.isArray(message.microBatches) && message.microBatches.length > 0 ? this.pick(message.microBatches) : message.microBatch;
+    const mb =
+      Array.isArray(message.microBatches) && message.microBatches.length > 0
+        ? this.pick(message.microBatches)
+        : message.microBatch;
     if (plain(mb)) {
       const key = this.pick(['inputIds', 'targets', 'lossMask', 'batch', 'time']);
-      mb[key] = r.next() < 0.5 ? this.wild(0) : new (this.pick([Int32Array, Float32Array, Float64Array, Uint8Array]))(r.int(30));
+      mb[key] =
+        r.next() < 0.5
+          ? this.wild(0)
+          : new (this.pick([Int32Array, Float32Array, Float64Array, Uint8Array]))(r.int(30));
       return;
     }
     const p = plain(message.grads) ? message.grads : plain(message.tensors) ? message.tensors : null;
     if (!p) return;
     switch (r.int(7)) {
-      case 0: (p.values as Float32Array)?.fill?.(this.pick([NaN, Infinity, -Infinity])); break;
-      case 1: p.values = new (this.pick([Float32Array, Uint16Array, Int8Array]))(r.int(600)); break; // maybe not the codec's array type
-      case 2: p.values = new (this.pick([Float64Array, Int32Array, Uint8Array, Uint32Array]))(r.int(40)); break;
-      case 3: p[this.pick(['values', 'codec', 'scales', 'blockSize'])] = this.wild(0); break;
-      case 4: p.codec = this.pick(['f32', 'f16', 'bf16', 'int8', 'f8', '', this.text(5000)]); break;
-      case 5: p.blockSize = this.pick([0, 1, 3, 64, 65536, 65537, -1, 0.5]); break;
-      default: p.scales = Float32Array.from({ length: r.int(20) }, () => this.pick([1, NaN, 0]));
+      case 0:
+        (p.values as Float32Array)?.fill?.(this.pick([NaN, Infinity, -Infinity]));
+        break;
+      case 1:
+        p.values = new (this.pick([Float32Array, Uint16Array, Int8Array]))(r.int(600));
+        break; // maybe not the codec's array type
+      case 2:
+        p.values = new (this.pick([Float64Array, Int32Array, Uint8Array, Uint32Array]))(r.int(40));
+        break;
+      case 3:
+        p[this.pick(['values', 'codec', 'scales', 'blockSize'])] = this.wild(0);
+        break;
+      case 4:
+        p.codec = this.pick(['f32', 'f16', 'bf16', 'int8', 'f8', '', this.text(5000)]);
+        break;
+      case 5:
+        p.blockSize = this.pick([0, 1, 3, 64, 65536, 65537, -1, 0.5]);
+        break;
+      default:
+        p.scales = Float32Array.from({ length: r.int(20) }, () => this.pick([1, NaN, 0]));
     }
   }
 
@@ -343,19 +552,63 @@ export class FrameFactory {
   private wild(depth: number): unknown {
     const r = this.rng;
     switch (r.int(depth > 2 ? 12 : 16)) {
-      case 0: return undefined;
-      case 1: return this.pick([null, true, false]);
-      case 2: return this.pick([0, -0, 1, -1, 0.5, NaN, Infinity, -Infinity, 2 ** 31, 2 ** 32, 2 ** 53, -(2 ** 53), 1e308, Number.MIN_VALUE]);
-      case 3: return this.pick([2n ** 63n - 1n, -(2n ** 63n), 2n ** 53n + 1n]);
-      case 4: return this.text(this.pick([0, 1, 64, 65, 5000]));
-      case 5: return Float32Array.from({ length: r.int(40) }, () => this.pick([0, 1, NaN, Infinity, -Infinity, r.normal()]));
-      case 6: return new (this.pick([Int32Array, Float64Array, Uint8Array, Int8Array, Uint16Array, Uint32Array, BigInt64Array]))(r.int(20));
-      case 7: return this.pick([new Date(r.int(2 ** 31) * 1000), new Set([1, 'a']), /ab+c/gi, new Error('boom'), new Map([['k', 1]])]);
-      case 8: return r.int(1000) - 500;
-      case 9: return r.normal() * 10 ** r.int(40);
-      case 10: return this.text(8);
-      case 11: return nest(r.int(60));
-      default: return r.next() < 0.5 ? Array.from({ length: r.int(4) }, () => this.wild(depth + 1)) : { [this.text(6)]: this.wild(depth + 1), type: this.wild(depth + 1) };
+      case 0:
+        return undefined;
+      case 1:
+        return this.pick([null, true, false]);
+      case 2:
+        return this.pick([
+          0,
+          -0,
+          1,
+          -1,
+          0.5,
+          NaN,
+          Infinity,
+          -Infinity,
+          2 ** 31,
+          2 ** 32,
+          2 ** 53,
+          -(2 ** 53),
+          1e308,
+          Number.MIN_VALUE,
+        ]);
+      case 3:
+        return this.pick([2n ** 63n - 1n, -(2n ** 63n), 2n ** 53n + 1n]);
+      case 4:
+        return this.text(this.pick([0, 1, 64, 65, 5000]));
+      case 5:
+        return Float32Array.from({ length: r.int(40) }, () => this.pick([0, 1, NaN, Infinity, -Infinity, r.normal()]));
+      case 6:
+        return new (this.pick([
+          Int32Array,
+          Float64Array,
+          Uint8Array,
+          Int8Array,
+          Uint16Array,
+          Uint32Array,
+          BigInt64Array,
+        ]))(r.int(20));
+      case 7:
+        return this.pick([
+          new Date(r.int(2 ** 31) * 1000),
+          new Set([1, 'a']),
+          /ab+c/gi,
+          new Error('boom'),
+          new Map([['k', 1]]),
+        ]);
+      case 8:
+        return r.int(1000) - 500;
+      case 9:
+        return r.normal() * 10 ** r.int(40);
+      case 10:
+        return this.text(8);
+      case 11:
+        return nest(r.int(60));
+      default:
+        return r.next() < 0.5
+          ? Array.from({ length: r.int(4) }, () => this.wild(depth + 1))
+          : { [this.text(6)]: this.wild(depth + 1), type: this.wild(depth + 1) };
     }
   }
 
@@ -364,33 +617,64 @@ export class FrameFactory {
     const r = this.rng;
     const fixext = (type: number, payload: number[]) => {
       const sizes: Record<number, number> = { 1: 0xd4, 2: 0xd5, 4: 0xd6, 8: 0xd7, 16: 0xd8 };
-      return sizes[payload.length] ? concat([sizes[payload.length], type], payload) : concat([0xc7, payload.length, type], payload);
+      return sizes[payload.length]
+        ? concat([sizes[payload.length], type], payload)
+        : concat([0xc7, payload.length, type], payload);
     };
     const bytes = (n: number) => Array.from(this.randomBytes(n));
     switch (r.int(10)) {
-      case 0: { // an extension type msgpackr does not know
+      case 0: {
+        // an extension type msgpackr does not know
         let type = r.int(256);
         while (KNOWN_EXT.includes(type)) type = r.int(256);
         return fixext(type, bytes(this.pick([1, 2, 4, 8, 16, r.int(40)])));
       }
-      case 1: return fixext(0x74, [r.next() < 0.7 ? 7 : r.int(20), ...bytes(r.int(34))]); // typed array: element code, then a payload of any length
-      case 2: { // a typed array ext claiming a length beyond the frame
+      case 1:
+        return fixext(0x74, [r.next() < 0.7 ? 7 : r.int(20), ...bytes(r.int(34))]); // typed array: element code, then a payload of any length
+      case 2: {
+        // a typed array ext claiming a length beyond the frame
         const n = this.pick([0xffff, 0x7fffffff, 0xffffffff]);
         return concat([0xc9, n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff, 0x74, 7], bytes(r.int(16)));
       }
-      case 3: return fixext(0xff, bytes(this.pick([4, 8, 12, 3, 5, 0]))); // timestamps of valid and invalid sizes
-      case 4: { // a record definition (ext 0x72) with keys and values of any shape
+      case 3:
+        return fixext(0xff, bytes(this.pick([4, 8, 12, 3, 5, 0]))); // timestamps of valid and invalid sizes
+      case 4: {
+        // a record definition (ext 0x72) with keys and values of any shape
         const keys = r.next() < 0.8 ? ['type', this.pick(['sentAt', 'paramVersion', 'protocol'])] : [1, null, []];
-        return concat([0xd4, 0x72, 0x40 + r.int(0x40)], this.encoder.pack(keys), this.encoder.pack(this.pick(['heartbeat', 'ready', 'hello', 1])), this.encoder.pack(this.wild(1)));
+        return concat(
+          [0xd4, 0x72, 0x40 + r.int(0x40)],
+          this.encoder.pack(keys),
+          this.encoder.pack(this.pick(['heartbeat', 'ready', 'hello', 1])),
+          this.encoder.pack(this.wild(1)),
+        );
       }
-      case 5: return concat([0xd6, 0x62], bytes(4), this.randomBytes(r.int(20))); // bundled strings with a random offset
-      case 6: return concat(fixext(this.pick([0x69, 0x70]), bytes(4)), this.encoder.pack(this.wild(1))); // structured-clone id / pointer
-      case 7: { // a RegExp, sometimes an invalid or very long pattern
+      case 5:
+        return concat([0xd6, 0x62], bytes(4), this.randomBytes(r.int(20))); // bundled strings with a random offset
+      case 6:
+        return concat(fixext(this.pick([0x69, 0x70]), bytes(4)), this.encoder.pack(this.wild(1))); // structured-clone id / pointer
+      case 7: {
+        // a RegExp, sometimes an invalid or very long pattern
         const pattern = this.pick(['a+', '(', '[', '(a+)+$', '('.repeat(3000), '\\', this.text(100)]);
         return concat([0xd4, 0x78, 0x00], this.encoder.pack([pattern, this.pick(['g', 'gimsuy', 'zz', ''])]));
       }
-      case 8: return concat([0xd4, 0x65, 0x00], this.encoder.pack(r.next() < 0.7 ? [this.pick(['Error', 'TypeError', 'AggregateError', 'Nope', 'constructor']), this.text(20), this.wild(1)] : this.wild(1)));
-      default: return concat(fixext(this.pick([0x42, 0x73, 0x00]), bytes(this.pick([1, 2, 4, 8]))), r.next() < 0.5 ? this.encoder.pack(this.wild(1)) : []);
+      case 8:
+        return concat(
+          [0xd4, 0x65, 0x00],
+          this.encoder.pack(
+            r.next() < 0.7
+              ? [
+                  this.pick(['Error', 'TypeError', 'AggregateError', 'Nope', 'constructor']),
+                  this.text(20),
+                  this.wild(1),
+                ]
+              : this.wild(1),
+          ),
+        );
+      default:
+        return concat(
+          fixext(this.pick([0x42, 0x73, 0x00]), bytes(this.pick([1, 2, 4, 8]))),
+          r.next() < 0.5 ? this.encoder.pack(this.wild(1)) : [],
+        );
     }
   }
 
@@ -403,7 +687,8 @@ export class FrameFactory {
     const id = (n: number) => [0xd6, 0x69, 0, 0, 0, n];
     const ptr = (n: number) => [0xd6, 0x70, 0, 0, 0, n];
     const parts: number[] = [0x90 + levels + 1, ...id(0), 0xda, 0x03, 0xe8, ...new Array(1000).fill(0x61)];
-    for (let l = 1; l <= levels; l++) parts.push(...id(l), 0x9a, ...Array.from({ length: 10 }, () => ptr(l - 1)).flat());
+    for (let l = 1; l <= levels; l++)
+      parts.push(...id(l), 0x9a, ...Array.from({ length: 10 }, () => ptr(l - 1)).flat());
     return Uint8Array.from([...parts, 0xc0]); // the trailing byte makes msgpackr print the value in its error
   }
 
@@ -412,7 +697,10 @@ export class FrameFactory {
     const message = this.valid(this.pick(TYPES));
     const target = this.pick(Object.keys(message));
     try {
-      return rawMap(Object.entries(message).map(([k, v]) => [k, k === target ? value : this.encoder.pack(v)]), this.encoder);
+      return rawMap(
+        Object.entries(message).map(([k, v]) => [k, k === target ? value : this.encoder.pack(v)]),
+        this.encoder,
+      );
     } catch {
       return null;
     }
@@ -438,7 +726,13 @@ export class FrameFactory {
     const n = this.adapter.reduce((k, t) => k + t.shape[0] * t.shape[1], 0);
     const data = Float32Array.from({ length: n }, () => this.rng.next() - 0.5);
     if (this.rng.next() < 0.2) data[this.rng.int(data.length)] = this.pick([NaN, Infinity, -Infinity]);
-    const spec = this.pick<CodecSpec>([{ name: 'f32' }, { name: 'f32' }, { name: 'f16' }, { name: 'bf16' }, { name: 'int8', blockSize: 1 + this.rng.int(128) }]);
+    const spec = this.pick<CodecSpec>([
+      { name: 'f32' },
+      { name: 'f32' },
+      { name: 'f16' },
+      { name: 'bf16' },
+      { name: 'int8', blockSize: 1 + this.rng.int(128) },
+    ]);
     return { ...encodeFloats(data, spec) };
   }
 
@@ -482,21 +776,41 @@ function nest(depth: number): unknown {
  * (LM_ERR_SHAPE), another codec than the run's f32 (LM_ERR_CODEC), NaN or ±Inf inside a gradient
  * (LM_ERR_NON_FINITE).
  */
-export function badResult(rng: Rng, assign: { assignmentId: string; paramVersion: number }, adapter: TensorSpec[], tokenCount: number): { message: Record<string, unknown>; code: ErrorCode; category: string } {
+export function badResult(
+  rng: Rng,
+  assign: { assignmentId: string; paramVersion: number },
+  adapter: TensorSpec[],
+  tokenCount: number,
+): { message: Record<string, unknown>; code: ErrorCode; category: string } {
   const n = adapter.reduce((k, t) => k + t.shape[0] * t.shape[1], 0);
   const values = Float32Array.from({ length: n }, () => rng.normal());
-  const message: Record<string, unknown> = { type: 'result', assignmentId: assign.assignmentId, paramVersion: assign.paramVersion, tokenCount, lossSum: 1, computeMs: 1, grads: { codec: 'f32', values } };
+  const message: Record<string, unknown> = {
+    type: 'result',
+    assignmentId: assign.assignmentId,
+    paramVersion: assign.paramVersion,
+    tokenCount,
+    lossSum: 1,
+    computeMs: 1,
+    grads: { codec: 'f32', values },
+  };
   switch (rng.int(7)) {
     case 0:
-      message.paramVersion = assign.paramVersion > 0 && rng.next() < 0.5 ? assign.paramVersion - 1 : assign.paramVersion + 1 + rng.int(3);
+      message.paramVersion =
+        assign.paramVersion > 0 && rng.next() < 0.5 ? assign.paramVersion - 1 : assign.paramVersion + 1 + rng.int(3);
       return { message, code: ErrorCodes.STALE, category: 'held:stale' };
     case 1:
       message.tokenCount = tokenCount + 1 + rng.int(5);
       return { message, code: ErrorCodes.FIELD, category: 'held:token-count' };
-    case 2: message.grads = { codec: 'f32', values: values.subarray(0, n - 1 - rng.int(Math.min(n - 1, 50))) }; return { message, code: ErrorCodes.SHAPE, category: 'held:too-few-values' };
-    case 3: message.grads = { codec: 'f32', values: new Float32Array(n + 1 + rng.int(50)) }; return { message, code: ErrorCodes.SHAPE, category: 'held:too-many-values' };
+    case 2:
+      message.grads = { codec: 'f32', values: values.subarray(0, n - 1 - rng.int(Math.min(n - 1, 50))) };
+      return { message, code: ErrorCodes.SHAPE, category: 'held:too-few-values' };
+    case 3:
+      message.grads = { codec: 'f32', values: new Float32Array(n + 1 + rng.int(50)) };
+      return { message, code: ErrorCodes.SHAPE, category: 'held:too-many-values' };
     case 4: {
-      const spec: CodecSpec = [{ name: 'f16' }, { name: 'bf16' }, { name: 'int8', blockSize: 64 }][rng.int(3)] as CodecSpec;
+      const spec: CodecSpec = [{ name: 'f16' }, { name: 'bf16' }, { name: 'int8', blockSize: 64 }][
+        rng.int(3)
+      ] as CodecSpec;
       message.grads = encodeFloats(values, spec);
       return { message, code: ErrorCodes.CODEC, category: 'held:wrong-codec' };
     }

@@ -45,8 +45,17 @@ const model = createModel(config);
 const spec = adapterSpec(config, DEMO_LORA);
 const adapter = initAdapter(spec, DEMO_LORA, SEED);
 const rng = new Rng(SEED + 1);
-for (const t of spec) if (t.which === 'B') adapter.set(t.name, Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => 0.05 * rng.normal()));
-const microBatch = packMicroBatch(demoExamples(modelDir.tokenizer, demoTaskData(MICRO_BATCH, 0, SEED)), modelDir.tokenizer.padId, 0);
+for (const t of spec)
+  if (t.which === 'B')
+    adapter.set(
+      t.name,
+      Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => 0.05 * rng.normal()),
+    );
+const microBatch = packMicroBatch(
+  demoExamples(modelDir.tokenizer, demoTaskData(MICRO_BATCH, 0, SEED)),
+  modelDir.tokenizer.padId,
+  0,
+);
 
 await computeGradientsAsync(model, base, spec, adapter, DEMO_LORA, microBatch); // warm-up: shader compilation on WebGPU
 const started = performance.now();
@@ -54,7 +63,12 @@ const result = await computeGradientsAsync(model, base, spec, adapter, DEMO_LORA
 const stepMs = performance.now() - started;
 
 const out: GradProbeResult = {
-  backend: tf.getBackend(), software: info.software, note: info.note, lossSum: result.lossSum, tokenCount: result.tokenCount, stepMs,
+  backend: tf.getBackend(),
+  software: info.software,
+  note: info.note,
+  lossSum: result.lossSum,
+  tokenCount: result.tokenCount,
+  stepMs,
   grads: Object.fromEntries([...result.grads].map(([name, g]) => [name, Array.from(g)])),
 };
 writeFileSync(outPath, JSON.stringify(out));

@@ -11,13 +11,26 @@ import { Rng } from '../../shared/rng.ts';
 
 export function tinyConfig(overrides: Partial<LlamaConfig> = {}): LlamaConfig {
   return {
-    model_type: 'llama', vocab_size: 20, hidden_size: 16, intermediate_size: 32, num_hidden_layers: 2,
-    num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 32, rms_norm_eps: 1e-5,
-    rope_theta: 10000, tie_word_embeddings: false, ...overrides,
+    model_type: 'llama',
+    vocab_size: 20,
+    hidden_size: 16,
+    intermediate_size: 32,
+    num_hidden_layers: 2,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    max_position_embeddings: 32,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    tie_word_embeddings: false,
+    ...overrides,
   };
 }
 
-export function randomArrays(config: ModelConfig, seed: number, std = 0.3): Map<string, { data: Float32Array; shape: number[] }> {
+export function randomArrays(
+  config: ModelConfig,
+  seed: number,
+  std = 0.3,
+): Map<string, { data: Float32Array; shape: number[] }> {
   const rng = new Rng(seed);
   const out = new Map<string, { data: Float32Array; shape: number[] }>();
   for (const [name, shape] of parameterShapes(config)) {

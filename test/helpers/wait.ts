@@ -16,7 +16,10 @@ export function within<T>(ms: number, what: string, promise: Promise<T>): Promis
 
 /** Polls `condition` every `everyMs` until it holds; rejects naming `what` after `ms`. */
 export async function until(
-  condition: () => boolean | Promise<boolean>, what: string, ms = 15_000, everyMs = 10,
+  condition: () => boolean | Promise<boolean>,
+  what: string,
+  ms = 15_000,
+  everyMs = 10,
 ): Promise<void> {
   const deadline = Date.now() + ms;
   while (!(await condition())) {

@@ -33,7 +33,11 @@ after(() => rmSync(root, { recursive: true, force: true }));
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
 function cli(...args: string[]) {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'coordinator/cli.ts', ...args], { cwd: repo, encoding: 'utf8', timeout: 120_000 });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'coordinator/cli.ts', ...args], {
+    cwd: repo,
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -52,13 +56,17 @@ function assertFigure(dir: string, name: string): void {
   assert.ok(png.length > 2000, `${name}.png is ${png.length} bytes`);
 }
 
-const inRange = (x: unknown, lo: number, hi: number, what: string) => assert.ok(typeof x === 'number' && x >= lo && x <= hi, `${what} = ${x}, expected a number in [${lo}, ${hi}]`);
+const inRange = (x: unknown, lo: number, hi: number, what: string) =>
+  assert.ok(typeof x === 'number' && x >= lo && x <= hi, `${what} = ${x}, expected a number in [${lo}, ${hi}]`);
 
 test('sweep --quick trains 2 ranks × 2 target sets (+ a second seed) and writes sweep.json, table.md and figures', () => {
   const started = performance.now();
   ok('sweep', '--quick', '--model', modelDir, '--out', sweepDir);
   const sweep = json(join(sweepDir, 'sweep.json'));
-  assert.deepEqual(sweep.runs.map((r: { runId: string }) => r.runId), ['r2-q', 'r4-q', 'r2-q-v', 'r4-q-v', 'r4-q-v-seed8']);
+  assert.deepEqual(
+    sweep.runs.map((r: { runId: string }) => r.runId),
+    ['r2-q', 'r4-q', 'r2-q-v', 'r4-q-v', 'r4-q-v-seed8'],
+  );
   for (const run of sweep.runs) {
     inRange(run.exactMatch, 0, 1, `${run.runId} exact match`);
     inRange(run.evalLoss, 1e-6, 100, `${run.runId} eval loss`);
@@ -92,7 +100,12 @@ test('analyze ADAPTER --model: spectra, effective ranks and amplification per mo
     inRange(m.spectrum.energyRank90, 1, 4, `${m.module} 90% energy rank`);
     inRange(m.spectrum.topShares.top1, 0.25, 1, `${m.module} top-1 share`);
     inRange(m.amplification.factor, 1e-6, 1e6, `${m.module} amplification`);
-    inRange(m.amplification.projectedOnWeight, m.amplification.projectedOnRandom, m.amplification.weightNorm, `${m.module} ‖UᵀWV‖ on W's top directions`);
+    inRange(
+      m.amplification.projectedOnWeight,
+      m.amplification.projectedOnRandom,
+      m.amplification.weightNorm,
+      `${m.module} ‖UᵀWV‖ on W's top directions`,
+    );
   }
   assertFigure(out, 'spectra');
   assertFigure(out, 'amplification');
@@ -110,7 +123,10 @@ test('analyze ADAPTER --model: spectra, effective ranks and amplification per mo
   assertFigure(pair, 'subspace-zoom');
   const self = join(root, 'self');
   ok('analyze', adapter, adapter, '--out', self);
-  for (const m of json(join(self, 'subspace.json')).modules) m.phi.forEach((row: number[], i: number) => assert.ok(Math.abs(row[i] - 1) < 1e-6, `${m.module} φ(${i + 1}, ${i + 1}) = ${row[i]}`));
+  for (const m of json(join(self, 'subspace.json')).modules)
+    m.phi.forEach((row: number[], i: number) =>
+      assert.ok(Math.abs(row[i] - 1) < 1e-6, `${m.module} φ(${i + 1}, ${i + 1}) = ${row[i]}`),
+    );
 });
 
 test('extract recovers a rank-2 difference exactly at rank 2, with error σ₂ at rank 1, and names what LoRA cannot carry', () => {
@@ -122,24 +138,47 @@ test('extract recovers a rank-2 difference exactly at rank 2, with error σ₂ a
   for (const f of ['config.json', 'vocab.json']) writeFileSync(join(tunedDir, f), readFileSync(join(modelDir, f)));
   const d = config.hidden_size;
   for (let layer = 0; layer < config.num_hidden_layers; layer++) {
-    const delta = randomOrthonormal(d, 2, () => rng.normal()).mmul(Matrix.diag([3, 1.5])).mmul(randomOrthonormal(d, 2, () => rng.normal()).transpose());
+    const delta = randomOrthonormal(d, 2, () => rng.normal())
+      .mmul(Matrix.diag([3, 1.5]))
+      .mmul(randomOrthonormal(d, 2, () => rng.normal()).transpose());
     const w = arrays.get(`model.layers.${layer}.self_attn.q_proj.weight`)!;
     w.data = w.data.map((x, i) => x + delta.get(Math.floor(i / d), i % d));
   }
   arrays.get('model.norm.weight')!.data[0] += 0.5;
   writeFileSync(join(tunedDir, 'model.safetensors'), encodeSafetensors(Object.fromEntries(arrays)));
-  for (const [rank, expectedError] of [[2, 0], [1, 1.5]] as const) {
+  for (const [rank, expectedError] of [
+    [2, 0],
+    [1, 1.5],
+  ] as const) {
     const out = join(root, `extracted-r${rank}`);
-    const stdout = ok('extract', '--base', modelDir, '--tuned', tunedDir, '--rank', String(rank), '--targets', 'q_proj', '--out', out);
+    const stdout = ok(
+      'extract',
+      '--base',
+      modelDir,
+      '--tuned',
+      tunedDir,
+      '--rank',
+      String(rank),
+      '--targets',
+      'q_proj',
+      '--out',
+      out,
+    );
     assert.match(stdout, /model\.norm\.weight/);
     const report = json(join(out, 'extract_report.json'));
     assert.equal(report.modules.length, config.num_hidden_layers);
     for (const m of report.modules) {
       assert.ok(Math.abs(m.deltaNorm - Math.hypot(3, 1.5)) < 1e-4, `${m.module} ‖ΔW‖ ${m.deltaNorm}`);
       // The base weights are float32, so W_tuned − W_base carries ~1e-7 of rounding.
-      assert.ok(Math.abs(m.error - expectedError) < 1e-4 * Math.hypot(3, 1.5), `${m.module} rank ${rank}: error ${m.error}, expected ${expectedError}`);
+      assert.ok(
+        Math.abs(m.error - expectedError) < 1e-4 * Math.hypot(3, 1.5),
+        `${m.module} rank ${rank}: error ${m.error}, expected ${expectedError}`,
+      );
     }
-    assert.deepEqual(report.notCarried.map((n: { tensor: string }) => n.tensor), ['model.norm.weight']);
+    assert.deepEqual(
+      report.notCarried.map((n: { tensor: string }) => n.tensor),
+      ['model.norm.weight'],
+    );
     assert.equal(json(join(out, 'adapter_config.json')).r, rank);
     // The extracted adapter is an ordinary adapter: analyze reads it back with the same singular values.
     ok('analyze', out, '--model', modelDir, '--out', join(out, 'analysis'));
@@ -157,20 +196,46 @@ test('bad input exits non-zero with a coded error naming the problem', () => {
   const lora = checkLoraConfig({ r: 2, targetModules: ['q_proj'] });
   const odd = join(root, 'odd-adapter');
   mkdirSync(odd);
-  const module = { A: new Float32Array(2 * 24), B: new Float32Array(16 * 2).fill(1), aShape: [2, 24] as [number, number], bShape: [16, 2] as [number, number] };
-  writeFileSync(join(odd, 'adapter_model.safetensors'), encodePeftAdapter(new Map([['model.layers.0.self_attn.q_proj', module]])));
+  const module = {
+    A: new Float32Array(2 * 24),
+    B: new Float32Array(16 * 2).fill(1),
+    aShape: [2, 24] as [number, number],
+    bShape: [16, 2] as [number, number],
+  };
+  writeFileSync(
+    join(odd, 'adapter_model.safetensors'),
+    encodePeftAdapter(new Map([['model.layers.0.self_attn.q_proj', module]])),
+  );
   writeFileSync(join(odd, 'adapter_config.json'), JSON.stringify(peftAdapterConfig(lora, 'x')));
   const mismatch = cli('analyze', join(sweepDir, 'runs', 'r2-q'), odd, '--out', join(root, 'mismatch'));
   assert.equal(mismatch.status, 2);
   assert.match(mismatch.stderr, /LM_ERR_SHAPE: model\.layers\.0\.self_attn\.q_proj: .* has ΔW 16×16 but .* has 16×24/);
 
   module.A[5] = NaN;
-  writeFileSync(join(odd, 'adapter_model.safetensors'), encodePeftAdapter(new Map([['model.layers.0.self_attn.q_proj', module]])));
+  writeFileSync(
+    join(odd, 'adapter_model.safetensors'),
+    encodePeftAdapter(new Map([['model.layers.0.self_attn.q_proj', module]])),
+  );
   const nonFinite = cli('analyze', odd);
   assert.equal(nonFinite.status, 2);
   assert.match(nonFinite.stderr, /LM_ERR_NON_FINITE: .*q_proj\.lora_A\[0, 5\] is NaN/);
 
-  const tooHigh = cli('extract', '--base', modelDir, '--tuned', join(root, 'tuned'), '--rank', '17', '--targets', 'q_proj', '--out', join(root, 'never'));
+  const tooHigh = cli(
+    'extract',
+    '--base',
+    modelDir,
+    '--tuned',
+    join(root, 'tuned'),
+    '--rank',
+    '17',
+    '--targets',
+    'q_proj',
+    '--out',
+    join(root, 'never'),
+  );
   assert.equal(tooHigh.status, 2);
-  assert.match(tooHigh.stderr, /LM_ERR_CONFIG: --rank 17 for model\.layers\.0\.self_attn\.q_proj \(16×16\): expected an integer in \[1, 16\]/);
+  assert.match(
+    tooHigh.stderr,
+    /LM_ERR_CONFIG: --rank 17 for model\.layers\.0\.self_attn\.q_proj \(16×16\): expected an integer in \[1, 16\]/,
+  );
 });

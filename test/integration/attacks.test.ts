@@ -25,9 +25,17 @@ const root = mkdtempSync(join(tmpdir(), 'loramesh-attacks-'));
 writeTinyModelDir(join(root, 'model'), 12);
 const model = await openModelDir(join(root, 'model'));
 const options: RunOptions = {
-  model, lora: checkLoraConfig({ r: 2, alpha: 4 }), train: checkTrainConfig({ steps: 300, globalBatch: 4, microBatch: 2, seed: 2 }),
-  examples: demoExamples(model.tokenizer, demoTaskData(32, 4, 2)), outDir: join(root, 'runs'), backend: 'wasm',
-  cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, log: () => {}, localWorkers: 1,
+  model,
+  lora: checkLoraConfig({ r: 2, alpha: 4 }),
+  train: checkTrainConfig({ steps: 300, globalBatch: 4, microBatch: 2, seed: 2 }),
+  examples: demoExamples(model.tokenizer, demoTaskData(32, 4, 2)),
+  outDir: join(root, 'runs'),
+  backend: 'wasm',
+  cacheDir: join(root, 'cache'),
+  workerOutput: 'ignore',
+  progress: false,
+  log: () => {},
+  localWorkers: 1,
 };
 let clean: RunResult;
 let attacked: Promise<RunResult>;
@@ -43,13 +51,22 @@ before(async () => {
   const listening = signal<{ wsUrl: string; url: string }>();
   attacked = runTraining({
     // The honest worker is slowed (50 ms per micro-batch) so the run outlasts the attacks.
-    ...options, runId: 'attacked', token: TOKEN, adminToken: 'admin-secret', allowedOrigins: ['http://good.example'], workerEnv: () => ({ LORAMESH_FAULT: 'delay:50' }),
+    ...options,
+    runId: 'attacked',
+    token: TOKEN,
+    adminToken: 'admin-secret',
+    allowedOrigins: ['http://good.example'],
+    workerEnv: () => ({ LORAMESH_FAULT: 'delay:50' }),
     security: { maxMessagesPerSecond: 100, maxRejects: 20, handshakeTimeoutMs: 800 },
     log: (line) => logged.push(line),
     onListening: (urls) => listening.resolve(urls),
-    onStep: (m) => { attackedStep = m.step; },
+    onStep: (m) => {
+      attackedStep = m.step;
+    },
   });
-  const endedFirst = attacked.then(() => { throw new Error('the run ended before it listened'); });
+  const endedFirst = attacked.then(() => {
+    throw new Error('the run ended before it listened');
+  });
   ({ wsUrl, url: httpUrl } = await Promise.race([listening.promise, endedFirst]));
 });
 
@@ -63,7 +80,9 @@ after(async () => {
 function refused(headers: Record<string, string>): Promise<{ status: number; code: string | undefined }> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(wsUrl, { headers });
-    ws.on('unexpected-response', (_req, res) => resolve({ status: res.statusCode ?? 0, code: res.headers['x-loramesh-error'] as string | undefined }));
+    ws.on('unexpected-response', (_req, res) =>
+      resolve({ status: res.statusCode ?? 0, code: res.headers['x-loramesh-error'] as string | undefined }),
+    );
     ws.on('open', () => reject(new Error('the upgrade was accepted')));
     ws.on('error', () => {});
   });
@@ -76,11 +95,15 @@ async function rawClient(): Promise<{ ws: WebSocket; messages: Message[]; closed
   ws.on('message', (data) => messages.push(decodeMessage(new Uint8Array(data as Buffer))));
   const closed = new Promise<number>((r) => ws.on('close', (code) => r(code)));
   ws.on('error', () => {});
-  await new Promise((r, j) => { ws.once('open', r); ws.once('error', j); });
+  await new Promise((r, j) => {
+    ws.once('open', r);
+    ws.once('error', j);
+  });
   return { ws, messages, closed };
 }
 
-const rejects = (messages: Message[]) => messages.filter((m): m is Extract<Message, { type: 'reject' }> => m.type === 'reject').map((m) => m.code);
+const rejects = (messages: Message[]) =>
+  messages.filter((m): m is Extract<Message, { type: 'reject' }> => m.type === 'reject').map((m) => m.code);
 
 test('no token: 401 LM_ERR_AUTH before any WebSocket exists', async () => {
   assert.deepEqual(await refused({}), { status: 401, code: 'LM_ERR_AUTH' });
@@ -91,22 +114,39 @@ test('wrong token: 401 LM_ERR_AUTH', async () => {
 });
 
 test('wrong origin: 403 LM_ERR_ORIGIN even with the right token', async () => {
-  assert.deepEqual(await refused({ authorization: `Bearer ${TOKEN}`, origin: 'http://evil.example' }), { status: 403, code: 'LM_ERR_ORIGIN' });
+  assert.deepEqual(await refused({ authorization: `Bearer ${TOKEN}`, origin: 'http://evil.example' }), {
+    status: 403,
+    code: 'LM_ERR_ORIGIN',
+  });
 });
 
 test("a result for an old parameter version and one for someone else's assignment are refused; the micro-batch goes elsewhere", async () => {
   // Join after a few steps, so an "old" parameter version exists.
   await until(() => attackedStep >= 3, 'the attacked run to reach step 3', 60_000);
   const c = await rawClient();
-  c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'mallory' }));
+  c.ws.send(
+    encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'mallory' }),
+  );
   await until(() => c.messages.some((m) => m.type === 'welcome'), 'welcome');
   c.ws.send(encodeMessage({ type: 'ready', paramVersion: 0 }));
-  const assigns = () => c.messages.filter((m): m is Extract<Message, { type: 'assign' }> => m.type === 'assign' && m.paramVersion > 0);
+  const assigns = () =>
+    c.messages.filter((m): m is Extract<Message, { type: 'assign' }> => m.type === 'assign' && m.paramVersion > 0);
   await until(() => assigns().length > 0, 'an assignment for a newer parameter version');
   const assign = assigns()[0];
   const welcome = c.messages.find((m): m is Extract<Message, { type: 'welcome' }> => m.type === 'welcome')!;
-  const grads = { codec: 'f32' as const, values: new Float32Array(welcome.manifest.adapter.reduce((n, t) => n + t.shape[0] * t.shape[1], 0)) };
-  const result = { type: 'result' as const, assignmentId: 'someone-elses', paramVersion: assign.paramVersion, tokenCount: 1, lossSum: 0, computeMs: 1, grads };
+  const grads = {
+    codec: 'f32' as const,
+    values: new Float32Array(welcome.manifest.adapter.reduce((n, t) => n + t.shape[0] * t.shape[1], 0)),
+  };
+  const result = {
+    type: 'result' as const,
+    assignmentId: 'someone-elses',
+    paramVersion: assign.paramVersion,
+    tokenCount: 1,
+    lossSum: 0,
+    computeMs: 1,
+    grads,
+  };
   c.ws.send(encodeMessage(result));
   c.ws.send(encodeMessage({ ...result, assignmentId: assign.assignmentId, paramVersion: assign.paramVersion - 1 }));
   await until(() => rejects(c.messages).length >= 2, 'two rejects');
@@ -127,7 +167,9 @@ test('slow-loris: a request head dribbled byte by byte is cut off by the headers
   const started = Date.now();
   const head = `GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`;
   let i = 0;
-  const drip = setInterval(() => { if (i < head.length && !socket.destroyed) socket.write(head[i++]); }, 200);
+  const drip = setInterval(() => {
+    if (i < head.length && !socket.destroyed) socket.write(head[i++]);
+  }, 200);
   await new Promise((r) => socket.on('close', r));
   clearInterval(drip);
   assert.ok(Date.now() - started < 5000, `held open ${Date.now() - started} ms with an 800 ms limit`);
@@ -142,7 +184,9 @@ test('a socket that never says hello is closed with LM_ERR_LIMIT', async () => {
 
 test('a message flood is rate-limited (LM_ERR_RATE) and the connection quarantined (LM_ERR_QUARANTINED)', async () => {
   const c = await rawClient();
-  c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'flood' }));
+  c.ws.send(
+    encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'flood' }),
+  );
   const beat = encodeMessage({ type: 'heartbeat', sentAt: 0 });
   for (let i = 0; i < 2000; i++) c.ws.send(beat);
   assert.equal(await c.closed, 1008);
@@ -152,14 +196,25 @@ test('a message flood is rate-limited (LM_ERR_RATE) and the connection quarantin
 });
 
 test('path traversal on the HTTP endpoints gets 404', async () => {
-  for (const path of ['/files/../../../etc/passwd', '/files/..%2f..%2fetc%2fpasswd', '/assets/../../package.json', '/wasm/../../package.json', `/files/${'0'.repeat(64)}`, '/%2e%2e/%2e%2e/etc/passwd']) {
+  for (const path of [
+    '/files/../../../etc/passwd',
+    '/files/..%2f..%2fetc%2fpasswd',
+    '/assets/../../package.json',
+    '/wasm/../../package.json',
+    `/files/${'0'.repeat(64)}`,
+    '/%2e%2e/%2e%2e/etc/passwd',
+  ]) {
     const res = await fetch(httpUrl + path);
     assert.equal(res.status, 404, path);
   }
 });
 
 test('admin actions need the admin token (the join token is not enough); pause holds the run, resume continues, kick removes a worker', async () => {
-  const post = (path: string, token?: string) => fetch(`${httpUrl}/api/admin/${path}`, { method: 'POST', headers: token ? { authorization: `Bearer ${token}` } : {} });
+  const post = (path: string, token?: string) =>
+    fetch(`${httpUrl}/api/admin/${path}`, {
+      method: 'POST',
+      headers: token ? { authorization: `Bearer ${token}` } : {},
+    });
   assert.equal((await post('pause')).status, 401);
   assert.equal((await post('pause', TOKEN)).status, 401);
   assert.equal((await fetch(`${httpUrl}/api/admin/pause`)).status, 405);
@@ -176,7 +231,9 @@ test('admin actions need the admin token (the join token is not enough); pause h
   assert.equal((await post('resume', 'admin-secret')).status, 200);
   await until(() => logged.includes('resumed'), 'the run to resume');
   const c = await rawClient();
-  c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'kick-me' }));
+  c.ws.send(
+    encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'kick-me' }),
+  );
   await until(() => c.messages.some((m) => m.type === 'welcome'), 'welcome');
   const id = (c.messages.find((m) => m.type === 'welcome') as Extract<Message, { type: 'welcome' }>).workerId;
   assert.equal((await post(`kick?worker=${id}`, 'admin-secret')).status, 200);
@@ -192,9 +249,15 @@ test('--dashboard-access admin: run status needs the admin token', async () => {
   let url = '';
   let status: number[] = [];
   await runTraining({
-    ...options, runId: 'private', localWorkers: 1, train: checkTrainConfig({ steps: 3, globalBatch: 4, microBatch: 2, seed: 2 }),
-    adminToken: 'admin-secret', dashboardAccess: 'admin',
-    onListening: (urls) => { url = urls.url; },
+    ...options,
+    runId: 'private',
+    localWorkers: 1,
+    train: checkTrainConfig({ steps: 3, globalBatch: 4, microBatch: 2, seed: 2 }),
+    adminToken: 'admin-secret',
+    dashboardAccess: 'admin',
+    onListening: (urls) => {
+      url = urls.url;
+    },
     onStep: async (m) => {
       if (m.step !== 1) return;
       status = [
@@ -211,24 +274,56 @@ test('--dashboard-access admin: run status needs the admin token', async () => {
 test('log and terminal injection: control characters in hello fields never reach a log line or the dashboard', async () => {
   const c = await rawClient();
   const forged = 'mallory\nstep 300/300 loss 0.0000\u001b[2J\u001b]0;pwned\u0007\u009b1m\u202e';
-  c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: `wasm\r\n${forged}`, platform: 'node', name: forged, adapter: `\u001b[31m${forged}` }));
+  c.ws.send(
+    encodeMessage({
+      type: 'hello',
+      protocol: PROTOCOL_VERSION,
+      backend: `wasm\r\n${forged}`,
+      platform: 'node',
+      name: forged,
+      adapter: `\u001b[31m${forged}`,
+    }),
+  );
   const welcome = () => c.messages.find((m): m is Extract<Message, { type: 'welcome' }> => m.type === 'welcome');
   await until(() => welcome() !== undefined, 'welcome');
   const id = welcome()!.workerId;
   const mine = logged.filter((l) => l.includes(id));
-  assert.ok(mine.some((l) => l.includes('mallory step 300/300 loss 0.0000')), mine.join('\n'));
-  for (const line of logged) assert.doesNotMatch(line, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/, JSON.stringify(line));
-  const status = await (await fetch(`${httpUrl}/api/status`)).json() as { workers: { id: string; name: string; backend: string; adapter: string }[] };
+  assert.ok(
+    mine.some((l) => l.includes('mallory step 300/300 loss 0.0000')),
+    mine.join('\n'),
+  );
+  for (const line of logged)
+    assert.doesNotMatch(line, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/, JSON.stringify(line));
+  const status = (await (await fetch(`${httpUrl}/api/status`)).json()) as {
+    workers: { id: string; name: string; backend: string; adapter: string }[];
+  };
   const shown = status.workers.find((w) => w.id === id)!;
-  for (const text of [shown.name, shown.backend, shown.adapter]) assert.doesNotMatch(text, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/);
+  for (const text of [shown.name, shown.backend, shown.adapter])
+    assert.doesNotMatch(text, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/);
   c.ws.close();
 });
 
 test('a worker-error flood naming no held assignment counts as rejected frames: the sender is quarantined after --max-rejects of them', async () => {
   const c = await rawClient();
-  c.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'error-flood' }));
+  c.ws.send(
+    encodeMessage({
+      type: 'hello',
+      protocol: PROTOCOL_VERSION,
+      backend: 'wasm',
+      platform: 'node',
+      name: 'error-flood',
+    }),
+  );
   await until(() => c.messages.some((m) => m.type === 'welcome'), 'welcome');
-  for (let i = 0; i < 40; i++) c.ws.send(encodeMessage({ type: 'worker-error', code: 'LM_ERR_STALE', message: 'nope', ...(i % 2 ? { assignmentId: `fake-${i}` } : {}) }));
+  for (let i = 0; i < 40; i++)
+    c.ws.send(
+      encodeMessage({
+        type: 'worker-error',
+        code: 'LM_ERR_STALE',
+        message: 'nope',
+        ...(i % 2 ? { assignmentId: `fake-${i}` } : {}),
+      }),
+    );
   assert.equal(await c.closed, 1008);
   const codes = rejects(c.messages);
   assert.equal(codes.filter((x) => x === 'LM_ERR_ASSIGNMENT').length, 20, codes.join()); // --max-rejects 20 in this run

@@ -27,7 +27,15 @@ before(async () => {
   const model = await openModelDir(join(root, 'model'));
   const examples = demoExamples(model.tokenizer, demoTaskData(32, 4, 9));
   base = {
-    model, lora, train, examples, outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false,
+    model,
+    lora,
+    train,
+    examples,
+    outDir: join(root, 'runs'),
+    backend: 'wasm',
+    cacheDir: join(root, 'cache'),
+    workerOutput: 'ignore',
+    progress: false,
   };
 });
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -45,7 +53,15 @@ async function probe(url: string): Promise<Message[]> {
     packr.pack({ type: 'nope' }),
     packr.pack({ type: 'result', assignmentId: 'x' }), // missing fields
     encodeMessage({ type: 'ready', paramVersion: 0 }), // before hello
-    encodeMessage({ type: 'result', assignmentId: 'stolen', paramVersion: 0, tokenCount: 1, lossSum: 1, computeMs: 1, grads: { codec: 'f32', values: new Float32Array(0) } }),
+    encodeMessage({
+      type: 'result',
+      assignmentId: 'stolen',
+      paramVersion: 0,
+      tokenCount: 1,
+      lossSum: 1,
+      computeMs: 1,
+      grads: { codec: 'f32', values: new Float32Array(0) },
+    }),
   ];
   for (const f of frames) ws.send(f);
   ws.send(encodeMessage({ type: 'hello', protocol: 999, backend: 'x', platform: 'node' }));
@@ -57,12 +73,24 @@ test('bad frames get error codes, the run completes unchanged', async () => {
   const clean = await runTraining({ ...base, runId: 'clean', localWorkers: 1, log: () => {} });
   const probes: Promise<Message[]>[] = [];
   const noisy = await runTraining({
-    ...base, runId: 'noisy', localWorkers: 1,
+    ...base,
+    runId: 'noisy',
+    localWorkers: 1,
     log: () => {},
-    onListening: ({ wsUrl }) => { probes.push(probe(wsUrl)); },
+    onListening: ({ wsUrl }) => {
+      probes.push(probe(wsUrl));
+    },
   });
   assert.equal(probes.length, 1, 'the coordinator should announce its URL once');
   const codes = (await probes[0]).map((m) => (m.type === 'reject' ? m.code : m.type));
-  assert.deepEqual(codes, ['LM_ERR_DECODE', 'LM_ERR_DECODE', 'LM_ERR_UNKNOWN_TYPE', 'LM_ERR_FIELD', 'LM_ERR_STATE', 'LM_ERR_ASSIGNMENT', 'LM_ERR_PROTOCOL_VERSION']);
+  assert.deepEqual(codes, [
+    'LM_ERR_DECODE',
+    'LM_ERR_DECODE',
+    'LM_ERR_UNKNOWN_TYPE',
+    'LM_ERR_FIELD',
+    'LM_ERR_STATE',
+    'LM_ERR_ASSIGNMENT',
+    'LM_ERR_PROTOCOL_VERSION',
+  ]);
   assert.equal(maxAbsDiff(noisy.adapter, clean.adapter), 0);
 });

@@ -16,7 +16,9 @@ import { runTraining, type RunOptions } from '../../coordinator/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
 let root = '';
-before(() => { root = mkdtempSync(join(tmpdir(), 'loramesh-byz-')); });
+before(() => {
+  root = mkdtempSync(join(tmpdir(), 'loramesh-byz-'));
+});
 after(() => rmSync(root, { recursive: true, force: true }));
 
 test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks keep eval loss within 5 % (quarantine); trimmed mean beats undefended', async () => {
@@ -24,10 +26,18 @@ test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks k
   const model = await openModelDir(join(root, 'model'));
   const data = demoTaskData(160, 32, 14);
   const options: RunOptions = {
-    model, lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] }),
+    model,
+    lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] }),
     train: checkTrainConfig({ steps: 25, globalBatch: 20, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 14 }),
-    examples: demoExamples(model.tokenizer, data), evalExamples: data.eval.map((s) => toExample(model.tokenizer, s)), evalEvery: 1000,
-    outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, localWorkers: 5,
+    examples: demoExamples(model.tokenizer, data),
+    evalExamples: data.eval.map((s) => toExample(model.tokenizer, s)),
+    evalEvery: 1000,
+    outDir: join(root, 'runs'),
+    backend: 'wasm',
+    cacheDir: join(root, 'cache'),
+    workerOutput: 'ignore',
+    progress: false,
+    localWorkers: 5,
     workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: 'byzantine:10' } : {}),
   };
   const finalEval = (r: { evalLosses: { loss: number }[] }) => r.evalLosses[r.evalLosses.length - 1].loss;
@@ -36,10 +46,23 @@ test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks k
   const off = { spotCheck: { fraction: 0 }, outlierFactor: 0, probation: 0 };
   const undefended = await runTraining({ ...options, ...off, runId: 'undefended', log: () => {} });
   const lines: string[] = [];
-  const defended = await runTraining({ ...options, runId: 'defended', spotCheck: { fraction: 0.75, tolerance: 1e-3 }, log: (l) => lines.push(l) });
-  const robust = await runTraining({ ...options, ...off, runId: 'trimmed', aggregation: 'trimmed-mean', log: () => {} });
+  const defended = await runTraining({
+    ...options,
+    runId: 'defended',
+    spotCheck: { fraction: 0.75, tolerance: 1e-3 },
+    log: (l) => lines.push(l),
+  });
+  const robust = await runTraining({
+    ...options,
+    ...off,
+    runId: 'trimmed',
+    aggregation: 'trimmed-mean',
+    log: () => {},
+  });
   const [c, u, d, t] = [finalEval(clean), finalEval(undefended), finalEval(defended), finalEval(robust)];
-  console.log(`eval loss: start ${clean.evalLosses[0].loss.toFixed(4)}, clean ${c.toFixed(4)}, undefended ${u.toFixed(4)}, spot-checked ${d.toFixed(4)}, trimmed mean ${t.toFixed(4)}`);
+  console.log(
+    `eval loss: start ${clean.evalLosses[0].loss.toFixed(4)}, clean ${c.toFixed(4)}, undefended ${u.toFixed(4)}, spot-checked ${d.toFixed(4)}, trimmed mean ${t.toFixed(4)}`,
+  );
   const start = clean.evalLosses[0].loss;
   // Harmed: training made the model worse than it started, while the clean run improved it.
   assert.ok(c < start && u > start && u > c * 1.1, `undefended eval loss ${u} vs start ${start} and clean ${c}`);
@@ -47,5 +70,8 @@ test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks k
   // Trimmed mean resists too, but how much depends on how many micro-batches the liar grabbed in
   // a step (pull scheduling); asserted: it beats the undefended run. (Measured: within 3.6 % of clean.)
   assert.ok(t < u && t < start, `trimmed-mean eval loss ${t} vs undefended ${u}`);
-  assert.ok(lines.some((l) => /failed a spot check/.test(l) && /quarantining/.test(l)), 'the liar was quarantined');
+  assert.ok(
+    lines.some((l) => /failed a spot check/.test(l) && /quarantining/.test(l)),
+    'the liar was quarantined',
+  );
 });

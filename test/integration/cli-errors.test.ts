@@ -22,7 +22,11 @@ after(() => rmSync(root, { recursive: true, force: true }));
 
 function train(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', cli, 'train', '--model', join(root, 'model'), '--out', join(root, 'runs'), ...args], { env: { ...process.env, LORAMESH_CACHE: join(root, 'cache') } });
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', cli, 'train', '--model', join(root, 'model'), '--out', join(root, 'runs'), ...args],
+      { env: { ...process.env, LORAMESH_CACHE: join(root, 'cache') } },
+    );
     let [stdout, stderr] = ['', ''];
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
@@ -39,10 +43,22 @@ function assertOneLine(r: { code: number | null; stdout: string; stderr: string 
 }
 
 test('bad values: --port 99999, --host 256.1.1.1, a missing --token-file and --tls-cert are one coded line each', async () => {
-  assertOneLine(await train(['--port', '99999']), /^loramesh: LM_ERR_CONFIG: option '--port <n>' argument '99999' is invalid/);
-  assertOneLine(await train(['--host', '256.1.1.1']), /^loramesh: LM_ERR_CONFIG: option '--host <addr>' argument '256\.1\.1\.1' is invalid/);
-  assertOneLine(await train(['--token-file', join(root, 'nope')]), /^loramesh: LM_ERR_CONFIG: --token-file .*nope: cannot read it \(ENOENT\)$/);
-  assertOneLine(await train(['--tls-cert', join(root, 'c.pem'), '--tls-key', join(root, 'k.pem')]), /^loramesh: LM_ERR_CONFIG: --tls-cert .*c\.pem: cannot read it/);
+  assertOneLine(
+    await train(['--port', '99999']),
+    /^loramesh: LM_ERR_CONFIG: option '--port <n>' argument '99999' is invalid/,
+  );
+  assertOneLine(
+    await train(['--host', '256.1.1.1']),
+    /^loramesh: LM_ERR_CONFIG: option '--host <addr>' argument '256\.1\.1\.1' is invalid/,
+  );
+  assertOneLine(
+    await train(['--token-file', join(root, 'nope')]),
+    /^loramesh: LM_ERR_CONFIG: --token-file .*nope: cannot read it \(ENOENT\)$/,
+  );
+  assertOneLine(
+    await train(['--tls-cert', join(root, 'c.pem'), '--tls-key', join(root, 'k.pem')]),
+    /^loramesh: LM_ERR_CONFIG: --tls-cert .*c\.pem: cannot read it/,
+  );
 });
 
 test('a taken port is found before the model loads', async () => {
@@ -50,14 +66,34 @@ test('a taken port is found before the model loads', async () => {
   await new Promise((r) => holder.once('listening', r));
   const { port } = holder.address() as { port: number };
   try {
-    assertOneLine(await train(['--port', String(port)]), new RegExp(`^loramesh: LM_ERR_CONFIG: --port ${port} is already in use on 127\\.0\\.0\\.1`));
+    assertOneLine(
+      await train(['--port', String(port)]),
+      new RegExp(`^loramesh: LM_ERR_CONFIG: --port ${port} is already in use on 127\\.0\\.0\\.1`),
+    );
   } finally {
     holder.close();
   }
 });
 
 test('a checkpoint holds the state and config, not the ledger', async () => {
-  const r = await train(['--backend', 'wasm', '--local-workers', '1', '--steps', '2', '--global-batch', '4', '--micro-batch', '2', '--train-size', '16', '--run-id', 'small', '--eval-every', '1000']);
+  const r = await train([
+    '--backend',
+    'wasm',
+    '--local-workers',
+    '1',
+    '--steps',
+    '2',
+    '--global-batch',
+    '4',
+    '--micro-batch',
+    '2',
+    '--train-size',
+    '16',
+    '--run-id',
+    'small',
+    '--eval-every',
+    '1000',
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const dir = join(root, 'runs', 'small', 'checkpoints');
   const [file] = readdirSync(dir);
@@ -65,5 +101,10 @@ test('a checkpoint holds the state and config, not the ledger', async () => {
   assert.equal(header.metadata.step, '2');
   assert.ok(header.metadata.config, 'config stored');
   assert.equal(header.metadata.ledger, undefined, 'no ledger in the checkpoint');
-  assert.equal(readFileSync(join(root, 'runs', 'small', 'ledger.jsonl'), 'utf8').trim().split('\n').length, 2);
+  assert.equal(
+    readFileSync(join(root, 'runs', 'small', 'ledger.jsonl'), 'utf8')
+      .trim()
+      .split('\n').length,
+    2,
+  );
 });

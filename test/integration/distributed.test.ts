@@ -23,8 +23,16 @@ before(async () => {
   writeTinyModelDir(join(root, 'model'), 3);
   const model = await openModelDir(join(root, 'model'));
   base = {
-    model, lora, train, examples: demoExamples(model.tokenizer, demoTaskData(64, 8, 5)), outDir: join(root, 'runs'), backend: 'wasm',
-    cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, log: () => {},
+    model,
+    lora,
+    train,
+    examples: demoExamples(model.tokenizer, demoTaskData(64, 8, 5)),
+    outDir: join(root, 'runs'),
+    backend: 'wasm',
+    cacheDir: join(root, 'cache'),
+    workerOutput: 'ignore',
+    progress: false,
+    log: () => {},
   };
 });
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -47,16 +55,26 @@ for (const workers of [2, 1, 3]) {
     const diff = maxAbsDiff(result.adapter, reference.adapter);
     assert.ok(diff <= 1e-6, `max abs diff ${diff}`);
     assert.equal(result.metrics.length, 20);
-    result.metrics.forEach((m, i) => assert.ok(Math.abs(m.loss - reference.metrics[i].loss) <= 1e-6, `step ${i + 1} loss ${m.loss} vs ${reference.metrics[i].loss}`));
+    result.metrics.forEach((m, i) =>
+      assert.ok(
+        Math.abs(m.loss - reference.metrics[i].loss) <= 1e-6,
+        `step ${i + 1} loss ${m.loss} vs ${reference.metrics[i].loss}`,
+      ),
+    );
     // Only LoRA tensors moved: per step roughly one gradient set up per micro-batch and one parameter set down per worker.
     const loraBytes = 4 * result.adapterParameters;
     assert.ok(result.bytesUp >= 20 * 4 * loraBytes, `bytes up ${result.bytesUp}`);
     assert.ok(result.bytesUp < 20 * 4 * loraBytes * 1.5 + 200_000, `bytes up ${result.bytesUp}`);
-    const lines = readFileSync(join(result.runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const lines = readFileSync(join(result.runDir, 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     assert.equal(lines.length, 20);
     assert.ok(lines.every((l) => l.bytes_up > 0 && l.bytes_down > 0 && Number.isFinite(l.loss)));
     // The adapter on disk is in PEFT layout and holds exactly the trained values.
-    const { tensors } = decodeSafetensors(new Uint8Array(readFileSync(join(result.runDir, 'adapter_model.safetensors'))));
+    const { tensors } = decodeSafetensors(
+      new Uint8Array(readFileSync(join(result.runDir, 'adapter_model.safetensors'))),
+    );
     const a = tensors.get('base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight');
     const b = tensors.get('base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight');
     assert.deepEqual(a?.shape, [4, 16]);

@@ -30,15 +30,36 @@ before(async () => {
   writeTinyModelDir(join(root, 'model'), 6);
   const model = await openModelDir(join(root, 'model'));
   base = {
-    model, lora, train, examples: demoExamples(model.tokenizer, demoTaskData(96, 8, 11)), outDir: join(root, 'runs'), backend: 'wasm',
-    cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, log: () => {}, localWorkers: 3,
+    model,
+    lora,
+    train,
+    examples: demoExamples(model.tokenizer, demoTaskData(96, 8, 11)),
+    outDir: join(root, 'runs'),
+    backend: 'wasm',
+    cacheDir: join(root, 'cache'),
+    workerOutput: 'ignore',
+    progress: false,
+    log: () => {},
+    localWorkers: 3,
   };
 });
 after(() => rmSync(root, { recursive: true, force: true }));
 
 /** A worker process joining the run at `wsUrl` as `name`; silent (the coordinator's log says what it did). */
 function spawnWorker(wsUrl: string, name: string): ChildProcess {
-  const args = ['--import', 'tsx', cli, 'worker', wsUrl, '--backend', 'wasm', '--cache-dir', join(root, 'cache'), '--name', name];
+  const args = [
+    '--import',
+    'tsx',
+    cli,
+    'worker',
+    wsUrl,
+    '--backend',
+    'wasm',
+    '--cache-dir',
+    join(root, 'cache'),
+    '--name',
+    name,
+  ];
   return spawn(process.execPath, args, { stdio: 'ignore' });
 }
 
@@ -56,7 +77,10 @@ function readyWatch(name: string): { observe(line: string): void; ready(): Promi
 }
 
 function ledgerOf(run: RunResult): { step: number; microBatches: LedgerEntry[] }[] {
-  return readFileSync(join(run.runDir, 'ledger.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  return readFileSync(join(run.runDir, 'ledger.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
 }
 
 function checkLedger(run: RunResult): LedgerEntry[] {
@@ -67,7 +91,11 @@ function checkLedger(run: RunResult): LedgerEntry[] {
   for (const line of lines) {
     assert.equal(line.microBatches.length, perStep, `step ${line.step}`);
     for (const mb of line.microBatches) {
-      assert.equal(mb.attempts.filter((a) => a.outcome === 'used').length, 1, `step ${line.step} micro-batch ${mb.index} used ${JSON.stringify(mb.attempts)}`);
+      assert.equal(
+        mb.attempts.filter((a) => a.outcome === 'used').length,
+        1,
+        `step ${line.step} micro-batch ${mb.index} used ${JSON.stringify(mb.attempts)}`,
+      );
       assert.ok(mb.usedWorker);
     }
   }
@@ -81,22 +109,42 @@ test('fault-free reference (in process)', async () => {
 
 for (const fault of ['kill-before-result:5', 'kill-after-send:12', 'kill-after-params:20']) {
   test(`SIGKILL of a worker (${fault}) over a 30-step run with 3 workers: same adapter, every micro-batch used once`, async () => {
-    const run = await runTraining({ ...base, runId: fault.replace(':', '-'), workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: fault } : {}) });
-    assert.ok(maxAbsDiff(run.adapter, reference.adapter) <= 1e-6, `max abs diff ${maxAbsDiff(run.adapter, reference.adapter)}`);
+    const run = await runTraining({
+      ...base,
+      runId: fault.replace(':', '-'),
+      workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: fault } : {}),
+    });
+    assert.ok(
+      maxAbsDiff(run.adapter, reference.adapter) <= 1e-6,
+      `max abs diff ${maxAbsDiff(run.adapter, reference.adapter)}`,
+    );
     const entries = checkLedger(run);
     const workersAtEnd = new Set(entries.filter((e) => e.step >= 25).map((e) => e.usedWorker));
     assert.equal(workersAtEnd.size, 2, 'the killed worker should be gone at the end');
     // Mid-send the result may or may not have left the socket; before answering it never did.
-    if (fault.startsWith('kill-before-result')) assert.ok(entries.some((e) => e.attempts.some((a) => a.outcome === 'lost')), 'the killed worker held a micro-batch that was reassigned');
+    if (fault.startsWith('kill-before-result'))
+      assert.ok(
+        entries.some((e) => e.attempts.some((a) => a.outcome === 'lost')),
+        'the killed worker held a micro-batch that was reassigned',
+      );
   });
 }
 
 test('a worker 10× slower than its peers: steps keep completing, its work is copied to others, same adapter', async () => {
-  const run = await runTraining({ ...base, runId: 'slow', workerEnv: (i) => (i === 0 ? { LORAMESH_FAULT: 'delay:400' } : { LORAMESH_FAULT: 'delay:40' }) });
+  const run = await runTraining({
+    ...base,
+    runId: 'slow',
+    workerEnv: (i) => (i === 0 ? { LORAMESH_FAULT: 'delay:400' } : { LORAMESH_FAULT: 'delay:40' }),
+  });
   assert.ok(maxAbsDiff(run.adapter, reference.adapter) <= 1e-6);
   const entries = checkLedger(run);
-  assert.ok(entries.some((e) => e.attempts.some((a) => a.reason === 'straggler')), 'straggler copies were made');
-  const slowUsed = entries.filter((e) => e.attempts.some((a) => a.reason === 'straggler' && a.outcome === 'used')).length;
+  assert.ok(
+    entries.some((e) => e.attempts.some((a) => a.reason === 'straggler')),
+    'straggler copies were made',
+  );
+  const slowUsed = entries.filter((e) =>
+    e.attempts.some((a) => a.reason === 'straggler' && a.outcome === 'used'),
+  ).length;
   assert.ok(slowUsed > 0, 'some straggler copies won');
 });
 
@@ -105,8 +153,12 @@ test('a worker joining at step 10 and leaving at step 20: same adapter', async (
   let joiner: ChildProcess | null = null;
   const joinerWatch = readyWatch('joiner');
   const run = await runTraining({
-    ...base, runId: 'join-leave', localWorkers: 2,
-    onListening: ({ wsUrl }) => { url = wsUrl; },
+    ...base,
+    runId: 'join-leave',
+    localWorkers: 2,
+    onListening: ({ wsUrl }) => {
+      url = wsUrl;
+    },
     log: (line) => joinerWatch.observe(line),
     onStep: async (m) => {
       if (m.step === 10) joiner = spawnWorker(url, 'joiner');
@@ -116,7 +168,8 @@ test('a worker joining at step 10 and leaving at step 20: same adapter', async (
   });
   assert.ok(maxAbsDiff(run.adapter, reference.adapter) <= 1e-6);
   const entries = checkLedger(run);
-  const workersByStep = (lo: number, hi: number) => new Set(entries.filter((e) => e.step >= lo && e.step < hi).flatMap((e) => e.attempts.map((a) => a.workerId)));
+  const workersByStep = (lo: number, hi: number) =>
+    new Set(entries.filter((e) => e.step >= lo && e.step < hi).flatMap((e) => e.attempts.map((a) => a.workerId)));
   assert.equal(workersByStep(0, 10).size, 2);
   assert.equal(workersByStep(13, 20).size, 3, 'the joiner computed between steps 13 and 20');
   assert.equal(workersByStep(22, 30).size, 2);
@@ -130,8 +183,13 @@ test('a silent (SIGSTOPped) worker is dropped within 2 heartbeat intervals and i
   const heartbeatMs = 400;
   const frozenWatch = readyWatch('frozen');
   const run = await runTraining({
-    ...base, runId: 'silent', localWorkers: 2, heartbeatMs,
-    onListening: ({ wsUrl }) => { url = wsUrl; },
+    ...base,
+    runId: 'silent',
+    localWorkers: 2,
+    heartbeatMs,
+    onListening: ({ wsUrl }) => {
+      url = wsUrl;
+    },
     log: (line) => {
       frozenWatch.observe(line);
       if (/missed a heartbeat/.test(line) && stoppedAt && !droppedAt) droppedAt = Date.now();
@@ -149,7 +207,10 @@ test('a silent (SIGSTOPped) worker is dropped within 2 heartbeat intervals and i
   });
   frozen!.kill('SIGKILL');
   assert.ok(droppedAt > 0, 'the frozen worker was never dropped');
-  assert.ok(droppedAt - stoppedAt <= 2 * heartbeatMs + 250, `dropped after ${droppedAt - stoppedAt} ms with a ${heartbeatMs} ms heartbeat`);
+  assert.ok(
+    droppedAt - stoppedAt <= 2 * heartbeatMs + 250,
+    `dropped after ${droppedAt - stoppedAt} ms with a ${heartbeatMs} ms heartbeat`,
+  );
   assert.ok(maxAbsDiff(run.adapter, reference.adapter) <= 1e-6);
   checkLedger(run);
 });

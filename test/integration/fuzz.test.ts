@@ -54,8 +54,17 @@ before(async () => {
   writeTinyModelDir(join(root, 'model'), 5);
   const model = await openModelDir(join(root, 'model'));
   base = {
-    model, lora, train, examples: demoExamples(model.tokenizer, demoTaskData(32, 4, 5)), outDir: join(root, 'runs'), backend: 'wasm',
-    cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, log: () => {}, localWorkers: 1,
+    model,
+    lora,
+    train,
+    examples: demoExamples(model.tokenizer, demoTaskData(32, 4, 5)),
+    outDir: join(root, 'runs'),
+    backend: 'wasm',
+    cacheDir: join(root, 'cache'),
+    workerOutput: 'ignore',
+    progress: false,
+    log: () => {},
+    localWorkers: 1,
   };
   adapter = adapterSpec(model.config, lora).map((t) => ({ name: t.name, shape: t.shape }));
 });
@@ -85,14 +94,30 @@ class Report {
   }
 
   summary(): string {
-    return [...this.outcomes].sort(([a], [b]) => a.localeCompare(b))
-      .map(([category, byOutcome]) => `  ${category.padEnd(26)} ${[...byOutcome].sort((a, b) => b[1] - a[1]).map(([o, n]) => `${o.replace('LM_ERR_', '')}×${n}`).join(' ')}`).join('\n');
+    return [...this.outcomes]
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(
+        ([category, byOutcome]) =>
+          `  ${category.padEnd(26)} ${[...byOutcome]
+            .sort((a, b) => b[1] - a[1])
+            .map(([o, n]) => `${o.replace('LM_ERR_', '')}×${n}`)
+            .join(' ')}`,
+      )
+      .join('\n');
   }
 }
 
-const hex = (data: Uint8Array | string) => (typeof data === 'string' ? JSON.stringify(data.slice(0, 40)) : Buffer.from(data.subarray(0, 40)).toString('hex') + (data.length > 40 ? `… (${data.length} bytes)` : ''));
+const hex = (data: Uint8Array | string) =>
+  typeof data === 'string'
+    ? JSON.stringify(data.slice(0, 40))
+    : Buffer.from(data.subarray(0, 40)).toString('hex') + (data.length > 40 ? `… (${data.length} bytes)` : '');
 
-interface Expected { code: ErrorCode; category: string; frame: Uint8Array | string; optional?: boolean }
+interface Expected {
+  code: ErrorCode;
+  category: string;
+  frame: Uint8Array | string;
+  optional?: boolean;
+}
 
 /** A raw client that matches the coordinator's rejects, in order, against the codes its frames deserve. */
 class Peer {
@@ -104,23 +129,35 @@ class Peer {
   private next = 0;
   private wake: (() => void) | null = null;
 
-  constructor(url: string, readonly label: string, private readonly report: Report) {
+  constructor(
+    url: string,
+    readonly label: string,
+    private readonly report: Report,
+  ) {
     this.ws = new WebSocket(url);
     this.ws.on('message', (data, isBinary) => this.onReply(data as Buffer, isBinary));
     this.ws.on('error', () => {}); // a reset after the server closed the socket is expected
-    this.closed = new Promise((resolve) => this.ws.on('close', (code) => {
-      this.closeCode = code;
-      resolve(code);
-      this.wake?.();
-    }));
+    this.closed = new Promise((resolve) =>
+      this.ws.on('close', (code) => {
+        this.closeCode = code;
+        resolve(code);
+        this.wake?.();
+      }),
+    );
   }
 
   static async open(url: string, label: string, report: Report, state: ConnState): Promise<Peer> {
     const peer = new Peer(url, label, report);
-    await new Promise((resolve, reject) => { peer.ws.once('open', resolve); peer.ws.once('error', reject); });
+    await new Promise((resolve, reject) => {
+      peer.ws.once('open', resolve);
+      peer.ws.once('error', reject);
+    });
     if (state === 'joined') {
-      peer.ws.send(encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'fuzz', platform: 'node', name: label }));
-      if (!(await peer.until(() => peer.messages.some((m) => m.type === 'welcome'), 15_000))) throw new Error(`${label}: no welcome after hello`);
+      peer.ws.send(
+        encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'fuzz', platform: 'node', name: label }),
+      );
+      if (!(await peer.until(() => peer.messages.some((m) => m.type === 'welcome'), 15_000)))
+        throw new Error(`${label}: no welcome after hello`);
     }
     return peer;
   }
@@ -141,7 +178,10 @@ class Peer {
 
   /** The expectations not met yet, for the failure message. */
   pending(): string {
-    return this.expected.slice(this.next, this.next + 3).map((e) => `${e.category} → ${e.code} [${hex(e.frame)}]`).join('; ');
+    return this.expected
+      .slice(this.next, this.next + 3)
+      .map((e) => `${e.category} → ${e.code} [${hex(e.frame)}]`)
+      .join('; ');
   }
 
   /** Forgets met expectations (they hold the frames). */
@@ -157,7 +197,10 @@ class Peer {
       if (this.closeCode !== null || Date.now() > end) return condition();
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, 100);
-        this.wake = () => { clearTimeout(timer); resolve(); };
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
       });
     }
     return true;
@@ -169,7 +212,9 @@ class Peer {
       if (!isBinary) throw new Error('text frame');
       message = decodeMessage(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     } catch (err) {
-      this.report.fail(`${this.label}: the coordinator sent a frame its own protocol refuses (${(err as Error).message.slice(0, 200)})`);
+      this.report.fail(
+        `${this.label}: the coordinator sent a frame its own protocol refuses (${(err as Error).message.slice(0, 200)})`,
+      );
       return;
     }
     if (message.type === 'reject') this.match(message.code, message.message);
@@ -187,7 +232,9 @@ class Peer {
         this.report.tally(e.category, 'no reply (its step was over)');
         continue;
       }
-      return this.report.fail(`${this.label}: ${e.category} [${hex(e.frame)}] deserves ${e.code}, got ${code} (${why.slice(0, 200)})`);
+      return this.report.fail(
+        `${this.label}: ${e.category} [${hex(e.frame)}] deserves ${e.code}, got ${code} (${why.slice(0, 200)})`,
+      );
     }
   }
 }
@@ -202,7 +249,7 @@ async function fuzzPeer(url: string, index: number, budget: number, report: Repo
   const state: ConnState = index === 0 ? 'joined' : 'fresh';
   const factory = new FrameFactory(new Rng(mixSeed(SEED, index)), adapter, MAX_FRAME, OVERSIZED);
   let peer = await Peer.open(url, label, report, state);
-  for (let sent = 0; sent < budget;) {
+  for (let sent = 0; sent < budget; ) {
     const batch: Frame[] = [];
     while (batch.length < BATCH && sent + batch.length < budget) {
       const frame = factory.next(state);
@@ -211,7 +258,9 @@ async function fuzzPeer(url: string, index: number, budget: number, report: Repo
     }
     // Backpressure: at most one earlier batch still unanswered, and nothing left in our send buffer.
     if (!(await peer.until(() => peer.outstanding <= BATCH, 20_000))) {
-      report.fail(`${label}: replies missing (socket ${peer.closeCode === null ? 'open' : `closed ${peer.closeCode}`}): ${peer.pending()}`);
+      report.fail(
+        `${label}: replies missing (socket ${peer.closeCode === null ? 'open' : `closed ${peer.closeCode}`}): ${peer.pending()}`,
+      );
       return;
     }
     peer.reset();
@@ -229,14 +278,18 @@ async function fuzzPeer(url: string, index: number, budget: number, report: Repo
     const last = batch[batch.length - 1];
     if (last.outcome.kind === 'close') {
       const code = await Promise.race([peer.closed, sleep(15_000, -1, { ref: false })]);
-      if (code !== last.outcome.closeCode) report.fail(`${label}: ${last.category} [${hex(last.data)}] should close with ${last.outcome.closeCode}, got ${code}`);
+      if (code !== last.outcome.closeCode)
+        report.fail(
+          `${label}: ${last.category} [${hex(last.data)}] should close with ${last.outcome.closeCode}, got ${code}`,
+        );
       else report.tally(last.category, `close ${code}`);
       if (!peer.settled) report.fail(`${label}: replies missing before the close: ${peer.pending()}`);
       peer = await Peer.open(url, label, report, state);
       report.reconnects++;
     }
   }
-  if (!(await peer.until(() => peer.settled, 20_000))) report.fail(`${label}: replies missing at the end: ${peer.pending()}`);
+  if (!(await peer.until(() => peer.settled, 20_000)))
+    report.fail(`${label}: replies missing at the end: ${peer.pending()}`);
   peer.ws.close();
 }
 
@@ -252,7 +305,8 @@ async function mallory(url: string, report: Report, stop: () => boolean): Promis
   const spec = welcome.manifest.adapter;
   let seen = 0;
   const nextAssign = (): Assign | undefined => {
-    for (; seen < peer.messages.length; seen++) if (peer.messages[seen].type === 'assign') return peer.messages[seen++] as Assign;
+    for (; seen < peer.messages.length; seen++)
+      if (peer.messages[seen].type === 'assign') return peer.messages[seen++] as Assign;
     return undefined;
   };
   peer.ws.send(encodeMessage({ type: 'ready', paramVersion: -1 }));
@@ -267,11 +321,18 @@ async function mallory(url: string, report: Report, stop: () => boolean): Promis
     const bad = badResult(rng, assign, spec, tokenCount(assign.microBatch));
     const frames: { message: Record<string, unknown>; expected: Omit<Expected, 'frame'> }[] = [];
     if (rng.next() < 0.3) {
-      const notMine = previous.length > 0 && rng.next() < 0.5 ? previous[rng.int(previous.length)] : `not-yours-${rng.int(1e6)}`;
-      frames.push({ message: { ...bad.message, assignmentId: notMine }, expected: { code: ErrorCodes.ASSIGNMENT, category: 'held:not-your-assignment' } });
+      const notMine =
+        previous.length > 0 && rng.next() < 0.5 ? previous[rng.int(previous.length)] : `not-yours-${rng.int(1e6)}`;
+      frames.push({
+        message: { ...bad.message, assignmentId: notMine },
+        expected: { code: ErrorCodes.ASSIGNMENT, category: 'held:not-your-assignment' },
+      });
     }
     frames.push({ message: bad.message, expected: { code: bad.code, category: bad.category, optional: true } });
-    frames.push({ message: { type: 'mallory-sentinel' }, expected: { code: ErrorCodes.UNKNOWN_TYPE, category: 'held:sentinel' } });
+    frames.push({
+      message: { type: 'mallory-sentinel' },
+      expected: { code: ErrorCodes.UNKNOWN_TYPE, category: 'held:sentinel' },
+    });
     for (const f of frames) {
       const bytes = encodeMessage(f.message as never);
       peer.expect({ ...f.expected, frame: bytes });
@@ -290,7 +351,9 @@ async function mallory(url: string, report: Report, stop: () => boolean): Promis
   return held;
 }
 
-test(`${FRAMES} fuzzed frames at a live coordinator: one reject with the deserved code each, no crash, same adapter`, { timeout: 300_000 }, async () => {
+test(`${FRAMES} fuzzed frames at a live coordinator: one reject with the deserved code each, no crash, same adapter`, {
+  timeout: 300_000,
+}, async () => {
   const started = performance.now();
   const clean = await runTraining({ ...base, runId: 'clean', inProcess: true, localWorkers: 0 });
   let url = '';
@@ -303,10 +366,14 @@ test(`${FRAMES} fuzzed frames at a live coordinator: one reject with the deserve
   const report = new Report();
   const running = runTraining({
     // The honest worker takes 100 ms per micro-batch; meanwhile mallory is handed the others, again and again.
-    ...base, runId: 'fuzzed', workerEnv: () => ({ LORAMESH_FAULT: 'delay:100' }),
+    ...base,
+    runId: 'fuzzed',
+    workerEnv: () => ({ LORAMESH_FAULT: 'delay:100' }),
     // No quarantine and no rate limit: every frame must be read and answered on its own merits.
     security: { maxRejects: Infinity, maxMessagesPerSecond: Infinity, handshakeTimeoutMs: 600_000 },
-    onListening: ({ wsUrl }) => { url = wsUrl; },
+    onListening: ({ wsUrl }) => {
+      url = wsUrl;
+    },
     onStep: async (m) => {
       step = m.step;
       if (m.step === 1) fuzzing();
@@ -317,7 +384,12 @@ test(`${FRAMES} fuzzed frames at a live coordinator: one reject with the deserve
       if (m.step === train.steps - 1) await fuzzFinished;
     },
   });
-  await Promise.race([firstStep, running.then(() => { throw new Error('the run ended before its first step'); })]);
+  await Promise.race([
+    firstStep,
+    running.then(() => {
+      throw new Error('the run ended before its first step');
+    }),
+  ]);
 
   const fuzzStart = performance.now();
   const stepAtStart = step;
@@ -333,8 +405,10 @@ test(`${FRAMES} fuzzed frames at a live coordinator: one reject with the deserve
   finishFuzz();
   const fuzzed = await running;
 
-  console.log(`fuzz seed ${SEED}: ${report.sent} frames (${held} broken results for held assignments) in ${fuzzSeconds.toFixed(1)} s `
-    + `during steps ${stepAtStart}–${stepAtEnd}; ${report.replies} rejects, ${report.reconnects} reconnects; whole test ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  console.log(
+    `fuzz seed ${SEED}: ${report.sent} frames (${held} broken results for held assignments) in ${fuzzSeconds.toFixed(1)} s ` +
+      `during steps ${stepAtStart}–${stepAtEnd}; ${report.replies} rejects, ${report.reconnects} reconnects; whole test ${((performance.now() - started) / 1000).toFixed(1)} s`,
+  );
   console.log(`outcomes by category:\n${report.summary()}`);
   assert.deepEqual(faults, [], 'nothing may escape the coordinator');
   assert.equal(report.failed, 0, `${report.failed} failures (seed ${SEED}):\n${report.failures.join('\n')}`);
@@ -355,16 +429,45 @@ test('crafted frames that once cost seconds or broke the reject limit are refuse
   // A RegExp extension with a 5,000-char invalid pattern (its SyntaxError echoes the pattern).
   const regexp = [0xd4, 0x78, 0x00, ...encodeMessage(['('.repeat(5000), 'g'] as never)];
   // A tensor map keyed by a 5,000-char name.
-  const longKey = encodeMessage({ type: 'result', assignmentId: 'a', paramVersion: 0, tokenCount: 0, lossSum: 0, computeMs: 0, grads: { ['k'.repeat(5000)]: 1 } } as unknown as Message);
+  const longKey = encodeMessage({
+    type: 'result',
+    assignmentId: 'a',
+    paramVersion: 0,
+    tokenCount: 0,
+    lossSum: 0,
+    computeMs: 0,
+    grads: { ['k'.repeat(5000)]: 1 },
+  } as unknown as Message);
   const cases: [string, Uint8Array, ErrorCode][] = [
-    ['clone bomb', Uint8Array.from(bomb), ErrorCodes.DECODE], ['long regexp', Uint8Array.from(regexp), ErrorCodes.DECODE],
-    ['long key', longKey, ErrorCodes.FIELD], ['0xC1 alone', Uint8Array.of(0xc1), ErrorCodes.DECODE],
-    ['a Date', Uint8Array.of(0xd6, 0xff, 0, 0, 0, 1), ErrorCodes.DECODE], ['a Set', Uint8Array.of(0xd4, 0x73, 0x00, 0x90), ErrorCodes.DECODE],
-    ['grads as a Set', encodeMessage({ type: 'result', assignmentId: 'a', paramVersion: 0, tokenCount: 0, lossSum: 0, computeMs: 0, grads: new Set() } as unknown as Message), ErrorCodes.FIELD],
+    ['clone bomb', Uint8Array.from(bomb), ErrorCodes.DECODE],
+    ['long regexp', Uint8Array.from(regexp), ErrorCodes.DECODE],
+    ['long key', longKey, ErrorCodes.FIELD],
+    ['0xC1 alone', Uint8Array.of(0xc1), ErrorCodes.DECODE],
+    ['a Date', Uint8Array.of(0xd6, 0xff, 0, 0, 0, 1), ErrorCodes.DECODE],
+    ['a Set', Uint8Array.of(0xd4, 0x73, 0x00, 0x90), ErrorCodes.DECODE],
+    [
+      'grads as a Set',
+      encodeMessage({
+        type: 'result',
+        assignmentId: 'a',
+        paramVersion: 0,
+        tokenCount: 0,
+        lossSum: 0,
+        computeMs: 0,
+        grads: new Set(),
+      } as unknown as Message),
+      ErrorCodes.FIELD,
+    ],
   ];
   for (const [name, bytes, code] of cases) {
     const t = performance.now();
-    const err = (() => { try { decodeMessage(bytes); } catch (e) { return e; } })();
+    const err = (() => {
+      try {
+        decodeMessage(bytes);
+      } catch (e) {
+        return e;
+      }
+    })();
     const ms = performance.now() - t;
     assert.ok(err instanceof LoraMeshError, name);
     assert.equal(err.code, code, `${name}: ${err.message.slice(0, 120)}`);

@@ -28,10 +28,19 @@ before(async () => {
   const model = await openModelDir(join(root, 'model'));
   const data = demoTaskData(96, 32, 21);
   options = {
-    model, lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] }),
+    model,
+    lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] }),
     train: checkTrainConfig({ steps: 16, globalBatch: 8, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 21 }),
-    examples: demoExamples(model.tokenizer, data), evalExamples: data.eval.map((s) => toExample(model.tokenizer, s)), evalEvery: 1000,
-    outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), workerOutput: 'ignore', progress: false, localWorkers: 3, log: () => {},
+    examples: demoExamples(model.tokenizer, data),
+    evalExamples: data.eval.map((s) => toExample(model.tokenizer, s)),
+    evalEvery: 1000,
+    outDir: join(root, 'runs'),
+    backend: 'wasm',
+    cacheDir: join(root, 'cache'),
+    workerOutput: 'ignore',
+    progress: false,
+    localWorkers: 3,
+    log: () => {},
   };
   clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0 });
 });
@@ -41,18 +50,29 @@ const finalEval = (r: RunResult) => r.evalLosses[r.evalLosses.length - 1].loss;
 let runs = 0;
 async function attacked(fault: string, extra: Partial<RunOptions> = {}): Promise<{ run: RunResult; lines: string[] }> {
   const lines: string[] = [];
-  const run = await runTraining({ ...options, ...extra, runId: `${fault.replace(/[^a-z0-9]/gi, '-')}-${++runs}`, workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: fault } : {}), log: (l) => lines.push(l) });
+  const run = await runTraining({
+    ...options,
+    ...extra,
+    runId: `${fault.replace(/[^a-z0-9]/gi, '-')}-${++runs}`,
+    workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: fault } : {}),
+    log: (l) => lines.push(l),
+  });
   return { run, lines };
 }
 
 function assertSurvived(name: string, { run, lines }: { run: RunResult; lines: string[] }, codes: string[]): void {
   for (const [tensor, v] of run.adapter) assert.ok(v.every(Number.isFinite), `${name}: ${tensor} is not finite`);
   const [c, a] = [finalEval(clean), finalEval(run)];
-  console.log(`${name}: eval loss clean ${c.toFixed(4)}, attacked ${a.toFixed(4)}; rejections ${JSON.stringify(run.rejections)}, quarantined ${run.quarantined}`);
+  console.log(
+    `${name}: eval loss clean ${c.toFixed(4)}, attacked ${a.toFixed(4)}; rejections ${JSON.stringify(run.rejections)}, quarantined ${run.quarantined}`,
+  );
   assert.ok(Math.abs(a - c) <= 0.05 * c, `${name}: eval loss ${a} vs clean ${c}`);
   assert.equal(run.step, options.train.steps, `${name}: the run completed`);
   assert.ok(run.quarantined >= 1 && lines.some((l) => /quarantin/i.test(l)), `${name}: the attacker was quarantined`);
-  assert.ok(codes.some((code) => (run.rejections[code] ?? 0) > 0), `${name}: rejections ${JSON.stringify(run.rejections)} name one of ${codes}`);
+  assert.ok(
+    codes.some((code) => (run.rejections[code] ?? 0) > 0),
+    `${name}: rejections ${JSON.stringify(run.rejections)} name one of ${codes}`,
+  );
 }
 
 test('finite-huge gradients (every value 1e30, answered instantly): refuted on the first results, attacker quarantined', async () => {
@@ -60,13 +80,15 @@ test('finite-huge gradients (every value 1e30, answered instantly): refuted on t
 });
 
 test('the outlier screen alone (no spot checks, no probation) catches every value 1e30: recomputed, refuted, taken back', async () => {
-  assertSurvived('huge 1e30, screen only', await attacked('huge:1e30', { spotCheck: { fraction: 0 }, probation: 0 }), ['LM_ERR_OUTLIER']);
+  assertSurvived('huge 1e30, screen only', await attacked('huge:1e30', { spotCheck: { fraction: 0 }, probation: 0 }), [
+    'LM_ERR_OUTLIER',
+  ]);
 });
 
 test('every value 3e38 (a float32 sum of two overflows): refused by the overflow bound, never added', async () => {
   assertSurvived('huge 3e38', await attacked('huge:3e38'), ['LM_ERR_NON_FINITE']);
 });
 
-test('sign-flipped gradients of normal size: caught on the attacker\'s first results (probation)', async () => {
+test("sign-flipped gradients of normal size: caught on the attacker's first results (probation)", async () => {
   assertSurvived('negated', await attacked('byzantine:1'), ['LM_ERR_SPOT_CHECK']);
 });

@@ -30,13 +30,29 @@ before(async () => {
   const examples = demoExamples(model.tokenizer, data);
   const evalExamples = demoExamples(model.tokenizer, { train: data.eval, eval: [] });
   base = {
-    model, lora, train, examples, evalExamples, evalEvery: 100, outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'),
-    workerOutput: 'ignore', progress: false, log: () => {}, localWorkers: 2,
+    model,
+    lora,
+    train,
+    examples,
+    evalExamples,
+    evalEvery: 100,
+    outDir: join(root, 'runs'),
+    backend: 'wasm',
+    cacheDir: join(root, 'cache'),
+    workerOutput: 'ignore',
+    progress: false,
+    log: () => {},
+    localWorkers: 2,
   };
   P = adapterParameterCount(adapterSpec(model.config, lora));
 });
 after(() => rmSync(root, { recursive: true, force: true }));
-const metrics = (runDir: string) => readFileSync(join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((m) => m.loss !== undefined);
+const metrics = (runDir: string) =>
+  readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l))
+    .filter((m) => m.loss !== undefined);
 
 test('codec f32 over the mesh equals the single-process run bit for bit', async () => {
   const reference = await runTraining({ ...base, runId: 'ref', inProcess: true, localWorkers: 0 });
@@ -44,9 +60,15 @@ test('codec f32 over the mesh equals the single-process run bit for bit', async 
   assert.equal(maxAbsDiff(reference.adapter, mesh.adapter), 0);
   // every result frame: 4 bytes per value plus the message fields and WebSocket header
   for (const m of metrics(mesh.runDir)) {
-    assert.ok(m.payload_up >= 4 * P * 4 && m.payload_up % (4 * P) === 0, 'four f32 results per step (and any straggler copies)');
+    assert.ok(
+      m.payload_up >= 4 * P * 4 && m.payload_up % (4 * P) === 0,
+      'four f32 results per step (and any straggler copies)',
+    );
     // this tiny adapter (P = 448) makes the fixed cost visible: ≤ 200 bytes per frame (the demo's is < 1 %, bench:bandwidth)
-    assert.ok(m.bytes_up > m.payload_up && m.bytes_up - m.payload_up <= 200 * m.frames_up, `up ${m.bytes_up} for payload ${m.payload_up} in ${m.frames_up} frames`);
+    assert.ok(
+      m.bytes_up > m.payload_up && m.bytes_up - m.payload_up <= 200 * m.frames_up,
+      `up ${m.bytes_up} for payload ${m.payload_up} in ${m.frames_up} frames`,
+    );
     assert.equal(m.fp32_lora_bytes, 4 * P * (4 + 2), 'fp32 LoRA: 4 results up + params to 2 workers');
   }
 });
@@ -56,16 +78,34 @@ test('int8 both ways with block 32: 3.8× fewer payload bytes, every result chec
   const f32 = await runTraining({ ...base, runId: 'f32-again', inProcess: true, localWorkers: 0 });
   // Spot-checking every result at tolerance 1e-6 (f32 up): a worker whose parameters differed from
   // the coordinator's shadow by even one delta would be quarantined and the run would stall.
-  const checked = await runTraining({ ...base, runId: 'int8-down', wire: { up: { name: 'f32' }, down: int8 }, spotCheck: { fraction: 1, tolerance: 1e-6 } });
+  const checked = await runTraining({
+    ...base,
+    runId: 'int8-down',
+    wire: { up: { name: 'f32' }, down: int8 },
+    spotCheck: { fraction: 1, tolerance: 1e-6 },
+  });
   assert.equal(checked.metrics.length, train.steps);
   // int8 up with every result spot-checked: honest workers pass at the codec's tolerance floor.
-  const run = await runTraining({ ...base, runId: 'int8', wire: { up: int8, down: int8 }, spotCheck: { fraction: 1, tolerance: 1e-3 } });
+  const run = await runTraining({
+    ...base,
+    runId: 'int8',
+    wire: { up: int8, down: int8 },
+    spotCheck: { fraction: 1, tolerance: 1e-3 },
+  });
   assert.equal(run.metrics.length, train.steps);
   const rows = metrics(run.runDir);
-  for (const m of rows) assert.ok(m.payload_up >= 4 * codecBytes(P, int8) && m.payload_up % codecBytes(P, int8) === 0, 'four int8 results per step (and any copies)');
+  for (const m of rows)
+    assert.ok(
+      m.payload_up >= 4 * codecBytes(P, int8) && m.payload_up % codecBytes(P, int8) === 0,
+      'four int8 results per step (and any copies)',
+    );
   // steps after the first send deltas: int8 values + scales to each of 2 workers
   for (const m of rows.slice(1)) assert.equal(m.payload_down, 2 * codecBytes(P, int8));
-  for (const m of rows) assert.ok(m.bytes_up - m.payload_up <= 200 * m.frames_up, `up ${m.bytes_up} for payload ${m.payload_up} in ${m.frames_up} frames`);
+  for (const m of rows)
+    assert.ok(
+      m.bytes_up - m.payload_up <= 200 * m.frames_up,
+      `up ${m.bytes_up} for payload ${m.payload_up} in ${m.frames_up} frames`,
+    );
   const f32Loss = f32.evalLosses.at(-1)!.loss;
   const int8Loss = run.evalLosses.at(-1)!.loss;
   assert.ok(Math.abs(int8Loss - f32Loss) <= 0.02 * f32Loss, `eval loss int8 ${int8Loss} vs f32 ${f32Loss}`);
@@ -74,15 +114,29 @@ test('int8 both ways with block 32: 3.8× fewer payload bytes, every result chec
 test('local steps (H=3) over the mesh equal the single-process run bit for bit; the factor-averaging gap is logged', async () => {
   const local = { steps: 3, innerLr: 5e-3, outerLr: 0.7, outerMomentum: 0.9 };
   const short = { ...train, steps: 3 };
-  const reference = await runTraining({ ...base, train: short, runId: 'local-ref', inProcess: true, localWorkers: 0, local });
+  const reference = await runTraining({
+    ...base,
+    train: short,
+    runId: 'local-ref',
+    inProcess: true,
+    localWorkers: 0,
+    local,
+  });
   const mesh = await runTraining({ ...base, train: short, runId: 'local-mesh', local });
   assert.equal(maxAbsDiff(reference.adapter, mesh.adapter), 0);
   const rows = metrics(mesh.runDir);
   for (const m of rows) {
     assert.equal(m.samples, 3 * train.globalBatch);
     assert.ok(m.factor_gap > 0 && m.factor_gap < 1, `gap ${m.factor_gap}`);
-    assert.ok(m.payload_up >= 4 * 4 * P && m.payload_up % (4 * P) === 0, 'one pseudo-gradient per job, 4 jobs (and any copies)');
-    assert.equal(m.fp32_lora_bytes, 4 * P * (12 + 3 * 2), 'sync fp32 for the same samples: 12 results + 3 steps × 2 workers of params');
+    assert.ok(
+      m.payload_up >= 4 * 4 * P && m.payload_up % (4 * P) === 0,
+      'one pseudo-gradient per job, 4 jobs (and any copies)',
+    );
+    assert.equal(
+      m.fp32_lora_bytes,
+      4 * P * (12 + 3 * 2),
+      'sync fp32 for the same samples: 12 results + 3 steps × 2 workers of params',
+    );
   }
   assert.ok(reference.evalLosses.at(-1)!.loss < reference.evalLosses[0].loss, 'local steps train');
 });

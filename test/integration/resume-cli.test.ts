@@ -26,9 +26,30 @@ const modelDir = join(root, 'model');
 const runs = join(root, 'runs');
 const train = ['--import', 'tsx', cli, 'train', '--backend', 'wasm', '--eval-every', '1000'];
 const runFlags = (steps: number) => [
-  '--rank', '4', '--alpha', '8', '--targets', 'q_proj,v_proj', '--steps', String(steps),
-  '--global-batch', '8', '--micro-batch', '2', '--lr', '0.01', '--warmup', '3', '--seed', '5', '--train-size', '64',
-  '--model', modelDir, '--out', runs,
+  '--rank',
+  '4',
+  '--alpha',
+  '8',
+  '--targets',
+  'q_proj,v_proj',
+  '--steps',
+  String(steps),
+  '--global-batch',
+  '8',
+  '--micro-batch',
+  '2',
+  '--lr',
+  '0.01',
+  '--warmup',
+  '3',
+  '--seed',
+  '5',
+  '--train-size',
+  '64',
+  '--model',
+  modelDir,
+  '--out',
+  runs,
 ];
 const cliEnv = (extra: Record<string, string> = {}): NodeJS.ProcessEnv => {
   const env: NodeJS.ProcessEnv = { ...process.env, LORAMESH_CACHE: join(root, 'cache'), ...extra };
@@ -43,7 +64,11 @@ after(() => {
   rmSync(root, { recursive: true, force: true });
 });
 
-interface Finished { code: number | null; stdout: string; stderr: string }
+interface Finished {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 /** Starts the CLI; `finished` resolves when it exits (or after 120 s, killed). `stdout` grows as it prints. */
 function start(args: string[], env = cliEnv()) {
@@ -81,7 +106,12 @@ function when(child: ChildProcess, check: () => boolean, what: string): Promise<
 }
 
 const jsonLines = (path: string) =>
-  (existsSync(path) ? readFileSync(path, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l)) : []);
+  existsSync(path)
+    ? readFileSync(path, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l))
+    : [];
 const lossLines = (dir: string) => jsonLines(join(dir, 'metrics.jsonl')).filter((l) => l.loss !== undefined);
 const lossSteps = (dir: string) => lossLines(dir).map((l) => l.step as number);
 const ledgerSteps = (dir: string) => jsonLines(join(dir, 'ledger.jsonl')).map((l) => l.step as number);
@@ -92,7 +122,10 @@ const lastLine = (text: string) => text.trim().split('\n').at(-1) ?? '';
 function maxAbsDiff(runDir: string, reference: RunResult): number {
   let diff = 0;
   for (const [path, m] of decodePeftAdapter(new Uint8Array(readFileSync(join(runDir, 'adapter_model.safetensors'))))) {
-    for (const [which, data] of [['A', m.A], ['B', m.B]] as const) {
+    for (const [which, data] of [
+      ['A', m.A],
+      ['B', m.B],
+    ] as const) {
       const ref = reference.adapter.get(`${path}.lora_${which}`)!;
       assert.equal(data.length, ref.length, `${path}.lora_${which} length`);
       for (let i = 0; i < ref.length; i++) diff = Math.max(diff, Math.abs(ref[i] - data[i]));
@@ -107,8 +140,10 @@ test('a complete run checkpoints its last step and ends with done:; --resume of 
   const run = await runCli([...runFlags(6), '--local-workers', '2', '--checkpoint-every', '4', '--run-id', 'complete']);
   assert.equal(run.code, 0, run.stderr);
   assert.deepEqual(readdirSync(join(complete, 'checkpoints')).sort(), [checkpointName(4), checkpointName(6)]);
-  const done = new RegExp('^done: 6 steps, final loss \\d+\\.\\d{4}; '
-    + 'no results or frames rejected, 0 worker\\(s\\) quarantined; adapter written to (.+)$');
+  const done = new RegExp(
+    '^done: 6 steps, final loss \\d+\\.\\d{4}; ' +
+      'no results or frames rejected, 0 worker\\(s\\) quarantined; adapter written to (.+)$',
+  );
   assert.match(lastLine(run.stdout), done, run.stdout.slice(-600));
   assert.equal(done.exec(lastLine(run.stdout))![1], complete);
   assert.ok(!existsSync(join(complete, LOCK_FILE)));
@@ -116,8 +151,10 @@ test('a complete run checkpoints its last step and ends with done:; --resume of 
   const metricsBefore = readFileSync(join(complete, 'metrics.jsonl'), 'utf8');
   const again = await runCli(['--resume', complete, '--local-workers', '0']);
   assert.equal(again.code, 0, again.stderr);
-  assert.match(again.stdout,
-    /^run complete already finished: step 6 of 6; nothing to do \(raise --steps to train further\)$/m);
+  assert.match(
+    again.stdout,
+    /^run complete already finished: step 6 of 6; nothing to do \(raise --steps to train further\)$/m,
+  );
   assert.doesNotMatch(again.stdout, /^done:/m);
   assert.equal(readFileSync(join(complete, 'metrics.jsonl'), 'utf8'), metricsBefore);
   assert.deepEqual(readdirSync(join(complete, 'checkpoints')).sort(), [checkpointName(4), checkpointName(6)]);
@@ -134,13 +171,22 @@ test('--resume refuses contradicting flags in one line (exit 2) and a lowered --
 
   const lowered = await runCli(['--resume', complete, '--steps', '3']);
   assert.equal(lowered.code, 2);
-  assert.match(lowered.stderr.trim(),
-    /^loramesh: LM_ERR_CONFIG: .*--steps 3 is below the run's 6 \(steps may only be raised\)[^\n]*$/);
+  assert.match(
+    lowered.stderr.trim(),
+    /^loramesh: LM_ERR_CONFIG: .*--steps 3 is below the run's 6 \(steps may only be raised\)[^\n]*$/,
+  );
 
   // Repeating the run's own values (all but --out), and changing deployment flags, is fine.
   const repeated = await runCli([
-    '--resume', complete, ...runFlags(6).slice(0, -2), '--checkpoint-every', '4',
-    '--local-workers', '3', '--heartbeat-ms', '1000',
+    '--resume',
+    complete,
+    ...runFlags(6).slice(0, -2),
+    '--checkpoint-every',
+    '4',
+    '--local-workers',
+    '3',
+    '--heartbeat-ms',
+    '1000',
   ]);
   assert.equal(repeated.code, 0, repeated.stderr);
   assert.match(repeated.stdout, /already finished: step 6 of 6/);
@@ -191,18 +237,25 @@ test('SIGTERM mid-training checkpoints the last whole step (exit 143); --resume 
   const steps = 30;
   const model = await openModelDir(modelDir);
   const reference = await runTraining({
-    model, lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] }),
+    model,
+    lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] }),
     train: checkTrainConfig({ steps, globalBatch: 8, microBatch: 2, lr: 0.01, warmupSteps: 3, seed: 5 }),
     examples: demoExamples(model.tokenizer, demoTaskData(64, 200, 5)),
-    outDir: join(root, 'reference'), runId: 'reference',
-    inProcess: true, localWorkers: 0, progress: false, log: () => {},
+    outDir: join(root, 'reference'),
+    runId: 'reference',
+    inProcess: true,
+    localWorkers: 0,
+    progress: false,
+    log: () => {},
   });
 
   const dir = join(runs, 'stopped');
   // Local workers inherit the coordinator's environment: each result is held back 100 ms.
   const slowWorkers = cliEnv({ LORAMESH_FAULT: 'delay:100' });
   const run = start(
-    [...runFlags(steps), '--local-workers', '3', '--checkpoint-every', '100', '--run-id', 'stopped'], slowWorkers);
+    [...runFlags(steps), '--local-workers', '3', '--checkpoint-every', '100', '--run-id', 'stopped'],
+    slowWorkers,
+  );
   await when(run.child, () => lossSteps(dir).length >= 5, '5 steps were done');
   run.child.kill('SIGTERM');
   const stopped = await run.finished;
@@ -221,7 +274,10 @@ test('SIGTERM mid-training checkpoints the last whole step (exit 143); --resume 
   assert.equal(maxAbsDiff(dir, reference), 0, `stopped at step ${stoppedAt}, resumed: max abs diff to the reference`);
   assert.deepEqual(lossSteps(dir), oneTo(steps));
   const ledger = jsonLines(join(dir, 'ledger.jsonl'));
-  assert.deepEqual(ledger.map((l) => l.step), oneTo(steps));
+  assert.deepEqual(
+    ledger.map((l) => l.step),
+    oneTo(steps),
+  );
   for (const l of ledger) {
     assert.equal(l.microBatches.length, 4, `step ${l.step}: micro-batches`);
     for (const mb of l.microBatches) {

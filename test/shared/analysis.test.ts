@@ -8,15 +8,30 @@ import { amplification } from '../../shared/analysis/amplification.ts';
 import { extractLowRank } from '../../shared/analysis/extract.ts';
 import { energyRank, entropyEffectiveRank, summarizeSpectrum } from '../../shared/analysis/spectrum.ts';
 import { randomSubspaceSimilarity, subspaceSimilarity } from '../../shared/analysis/subspace.ts';
-import { denseSvd, lowRankSvd, matrixFrom, randomOrthonormal, rightSingularVectors, toFloat32 } from '../../shared/analysis/svd.ts';
+import {
+  denseSvd,
+  lowRankSvd,
+  matrixFrom,
+  randomOrthonormal,
+  rightSingularVectors,
+  toFloat32,
+} from '../../shared/analysis/svd.ts';
 import { ErrorCodes } from '../../shared/errors.ts';
 import { Rng } from '../../shared/rng.ts';
 import { throwsCode } from '../helpers/assert.ts';
 
 const rng = new Rng(42);
-const gaussian = (rows: number, cols: number) => Matrix.from1DArray(rows, cols, Array.from({ length: rows * cols }, () => rng.normal()));
+const gaussian = (rows: number, cols: number) =>
+  Matrix.from1DArray(
+    rows,
+    cols,
+    Array.from({ length: rows * cols }, () => rng.normal()),
+  );
 const relClose = (actual: number, expected: number, tol: number, what: string) =>
-  assert.ok(Math.abs(actual - expected) <= tol * Math.max(Math.abs(expected), 1e-30), `${what}: ${actual} vs ${expected}`);
+  assert.ok(
+    Math.abs(actual - expected) <= tol * Math.max(Math.abs(expected), 1e-30),
+    `${what}: ${actual} vs ${expected}`,
+  );
 /** A float32 round trip, as adapters are stored. */
 const f32 = (m: Matrix, name = 'm') => matrixFrom(toFloat32(m), m.rows, m.columns, name);
 /** (rows, k) columns of an orthonormal basis, from column `from` on. */
@@ -84,9 +99,21 @@ test('the QR route handles 768×8 · 8×768 in well under a second (a dense 768�
 });
 
 test('bad inputs raise coded errors naming the value: rank > min(d_in, d_out), mismatched r, non-finite, wrong length', () => {
-  throwsCode(() => lowRankSvd(gaussian(4, 6), gaussian(6, 10), 1, 'q_proj'), ErrorCodes.SHAPE, /rank r=6 exceeds min\(d_out=4, d_in=10\)/);
-  throwsCode(() => lowRankSvd(gaussian(10, 3), gaussian(4, 10), 1), ErrorCodes.SHAPE, /3 columns but lora_A has 4 rows/);
-  throwsCode(() => matrixFrom(Float32Array.from([1, NaN, 0, 1]), 2, 2, 'lora_A'), ErrorCodes.NON_FINITE, /lora_A\[0, 1\] is NaN/);
+  throwsCode(
+    () => lowRankSvd(gaussian(4, 6), gaussian(6, 10), 1, 'q_proj'),
+    ErrorCodes.SHAPE,
+    /rank r=6 exceeds min\(d_out=4, d_in=10\)/,
+  );
+  throwsCode(
+    () => lowRankSvd(gaussian(10, 3), gaussian(4, 10), 1),
+    ErrorCodes.SHAPE,
+    /3 columns but lora_A has 4 rows/,
+  );
+  throwsCode(
+    () => matrixFrom(Float32Array.from([1, NaN, 0, 1]), 2, 2, 'lora_A'),
+    ErrorCodes.NON_FINITE,
+    /lora_A\[0, 1\] is NaN/,
+  );
   throwsCode(() => matrixFrom(new Float32Array(5), 2, 2, 'lora_B'), ErrorCodes.SHAPE, /5 values, expected 2×2/);
   throwsCode(() => extractLowRank(gaussian(4, 6), 5, 1, 'v_proj'), ErrorCodes.CONFIG, /--rank 5 .*\[1, 4\]/);
   throwsCode(() => subspaceSimilarity(gaussian(8, 2), gaussian(9, 2)), ErrorCodes.SHAPE, /8 and 9 input dimensions/);
@@ -110,7 +137,10 @@ test('φ: adapters sharing exactly m directions give m / min(i, j); an adapter w
     for (let j = 1; j <= r2; j++) {
       // Top-i of A₁ and top-j of A₂ share min(i, j, m) directions.
       const expected = Math.min(i, j, m) / Math.min(i, j);
-      assert.ok(Math.abs(phi[i - 1][j - 1] - expected) < 1e-5, `φ(${i}, ${j}) = ${phi[i - 1][j - 1]}, expected ${expected}`);
+      assert.ok(
+        Math.abs(phi[i - 1][j - 1] - expected) < 1e-5,
+        `φ(${i}, ${j}) = ${phi[i - 1][j - 1]}, expected ${expected}`,
+      );
     }
   }
   const self = subspaceSimilarity(rightSingularVectors(A2), rightSingularVectors(A2));
@@ -136,7 +166,7 @@ test('extraction of a rank-k difference is exact at rank k and has error σ_k at
   relClose(truncated.relativeError, values[k - 1] / norm, 1e-5, 'relative error');
 });
 
-test('amplification equals a direct dense computation; ΔW along W\'s own top directions is not amplified', () => {
+test("amplification equals a direct dense computation; ΔW along W's own top directions is not amplified", () => {
   const [dOut, dIn, r, k] = [24, 20, 4, 4];
   const W = gaussian(dOut, dIn);
   const B = f32(gaussian(dOut, r));
@@ -155,7 +185,10 @@ test('amplification equals a direct dense computation; ΔW along W\'s own top di
   const onWeight = top(weightSvd.left).transpose().mmul(W).mmul(top(weightSvd.right)).norm('frobenius');
   relClose(amp.projectedOnWeight, onWeight, 1e-10, '‖UᵀWV‖_F (W directions)');
   relClose(amp.weightNorm, W.norm('frobenius'), 1e-12, '‖W‖_F');
-  assert.ok(amp.projectedOnRandom > 0 && amp.projectedOnRandom < amp.projectedOnWeight, `random ${amp.projectedOnRandom}`);
+  assert.ok(
+    amp.projectedOnRandom > 0 && amp.projectedOnRandom < amp.projectedOnWeight,
+    `random ${amp.projectedOnRandom}`,
+  );
   // A ΔW that boosts exactly W's top-k directions: the projection is W's best, no amplification beyond ‖ΔW‖/that.
   const aligned = builtAdapter(top(weightSvd.left), top(weightSvd.right), [1, 1, 1, 1], 1);
   const alignedAmp = amplification(W, lowRankSvd(aligned.B, aligned.A, 1), weightSvd.values, k);

@@ -26,7 +26,10 @@ function greedyNoCache(prompt: number[], steps: number): number[] {
 }
 
 test('greedy generation with the KV cache equals recomputation without it', () => {
-  const prompts = [[1, 5, 7, 3], [2, 9, 4, 4]];
+  const prompts = [
+    [1, 5, 7, 3],
+    [2, 9, 4, 4],
+  ];
   const cached = generate(model, base, prompts, { maxNewTokens: 10 });
   prompts.forEach((p, b) => assert.deepEqual(cached[b], greedyNoCache(p, 10)));
 });
@@ -42,14 +45,24 @@ test('temperature sampling is reproducible per seed and top-p = tiny collapses t
   const a = generate(model, base, prompt, { maxNewTokens: 8, temperature: 1.5, seed: 1 });
   const b = generate(model, base, prompt, { maxNewTokens: 8, temperature: 1.5, seed: 1 });
   assert.deepEqual(a, b);
-  const outs = new Set([1, 2, 3, 4, 5].map((seed) => generate(model, base, prompt, { maxNewTokens: 8, temperature: 1.5, seed })[0].join(',')));
+  const outs = new Set(
+    [1, 2, 3, 4, 5].map((seed) =>
+      generate(model, base, prompt, { maxNewTokens: 8, temperature: 1.5, seed })[0].join(','),
+    ),
+  );
   assert.ok(outs.size > 1, 'different seeds should give different samples at temperature 1.5');
   const nucleus = generate(model, base, prompt, { maxNewTokens: 8, temperature: 1.5, topP: 1e-6, seed: 3 });
   assert.deepEqual(nucleus, generate(model, base, prompt, { maxNewTokens: 8 }));
 });
 
 test('generation stops a sequence at <eos> and refuses to run past the context', () => {
-  const [out] = generate(model, base, [[1, 2]], { maxNewTokens: 12, eosId: generate(model, base, [[1, 2]], { maxNewTokens: 1 })[0][0] });
+  const [out] = generate(model, base, [[1, 2]], {
+    maxNewTokens: 12,
+    eosId: generate(model, base, [[1, 2]], { maxNewTokens: 1 })[0][0],
+  });
   assert.equal(out.length, 1);
-  assert.throws(() => generate(model, base, [[1, 2]], { maxNewTokens: config.max_position_embeddings }), /context length/);
+  assert.throws(
+    () => generate(model, base, [[1, 2]], { maxNewTokens: config.max_position_embeddings }),
+    /context length/,
+  );
 });

@@ -33,20 +33,41 @@ for (const name of ['llama-tied-gqa', 'qwen2', 'gpt2']) {
   const get = (key: string) => golden.get(key)?.data ?? assert.fail(`${name}: golden lacks ${key}`);
   const load = (variant: string, files = ['model.safetensors']) => {
     const config = checkModelConfig(JSON.parse(readFileSync(join(dir, variant, 'config.json'), 'utf8')));
-    return { config, weights: loadSafetensorsFiles(config, files.map((f) => join(dir, variant, f))).weights };
+    return {
+      config,
+      weights: loadSafetensorsFiles(
+        config,
+        files.map((f) => join(dir, variant, f)),
+      ).weights,
+    };
   };
   const { config, weights } = load('f32');
   const model = createModel(config);
-  const lora = checkLoraConfig({ r: meta.lora.r, alpha: meta.lora.alpha, targetModules: meta.lora.target_modules as LinearModule[] });
+  const lora = checkLoraConfig({
+    r: meta.lora.r,
+    alpha: meta.lora.alpha,
+    targetModules: meta.lora.target_modules as LinearModule[],
+  });
   const spec = adapterSpec(config, lora);
-  const adapter: AdapterState = new Map(spec.map((t) => [t.name, get(`lora.${t.modulePath}.${t.which}`) as Float32Array]));
+  const adapter: AdapterState = new Map(
+    spec.map((t) => [t.name, get(`lora.${t.modulePath}.${t.which}`) as Float32Array]),
+  );
   const mb = {
-    batch: meta.batch, time: meta.seq_len, dropoutSeed: 0,
-    inputIds: get('input_ids') as Int32Array, targets: get('targets') as Int32Array, lossMask: get('loss_mask') as Float32Array,
+    batch: meta.batch,
+    time: meta.seq_len,
+    dropoutSeed: 0,
+    inputIds: get('input_ids') as Int32Array,
+    targets: get('targets') as Int32Array,
+    lossMask: get('loss_mask') as Float32Array,
   };
-  const logitsOf = (params: ParamSource) => tf.tidy(() => model.forward(params, tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32')).dataSync());
+  const logitsOf = (params: ParamSource) =>
+    tf.tidy(() => model.forward(params, tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32')).dataSync());
   const withAdapter = (base: FrozenBase) =>
-    withLora(base, loraBranches(spec, (i) => tf.tensor2d(adapter.get(spec[i].name)!, spec[i].shape)), loraScaling(lora));
+    withLora(
+      base,
+      loraBranches(spec, (i) => tf.tensor2d(adapter.get(spec[i].name)!, spec[i].shape)),
+      loraScaling(lora),
+    );
 
   test(`${name}: F32 checkpoint logits match PyTorch (≤ 1e-4)`, () => {
     const d = maxDiff(logitsOf(new FrozenBase(config, weights)), get('logits_f32'));
@@ -66,7 +87,10 @@ for (const name of ['llama-tied-gqa', 'qwen2', 'gpt2']) {
     const d = maxDiff(logitsOf(withAdapter(base)), get('logits_lora'));
     assert.ok(d <= 1e-4, `logits differ by ${d}`);
     const result = computeGradients(model, base, spec, adapter, lora, mb);
-    assert.ok(Math.abs(result.lossSum - meta.loss_sum) <= 1e-4 * Math.abs(meta.loss_sum), `loss ${result.lossSum} vs ${meta.loss_sum}`);
+    assert.ok(
+      Math.abs(result.lossSum - meta.loss_sum) <= 1e-4 * Math.abs(meta.loss_sum),
+      `loss ${result.lossSum} vs ${meta.loss_sum}`,
+    );
     assert.equal(result.grads.size, 2 * meta.lora_modules.length);
     for (const t of spec) {
       const reference = get(`grad.${t.modulePath}.${t.which}`);
@@ -84,11 +108,14 @@ for (const name of ['llama-tied-gqa', 'qwen2', 'gpt2']) {
   });
 
   test(`${name}: PEFT keys, shapes and config fields match what PEFT writes`, () => {
-    const keys = spec.map((t) => ({ key: peftKey(t.modulePath, t.which), shape: t.shape })).sort((a, b) => a.key.localeCompare(b.key));
+    const keys = spec
+      .map((t) => ({ key: peftKey(t.modulePath, t.which), shape: t.shape }))
+      .sort((a, b) => a.key.localeCompare(b.key));
     const expected = [...meta.peft_keys].sort((a: { key: string }, b: { key: string }) => a.key.localeCompare(b.key));
     assert.deepEqual(keys, expected);
     const written = peftAdapterConfig(lora, 'base', fanInFanOut(config, lora)) as unknown as Record<string, unknown>;
-    for (const [field, value] of Object.entries(meta.peft_config)) assert.deepEqual(written[field], value, `adapter_config.${field}`);
+    for (const [field, value] of Object.entries(meta.peft_config))
+      assert.deepEqual(written[field], value, `adapter_config.${field}`);
   });
 }
 
@@ -97,7 +124,10 @@ test('llama-tied-gqa: a sharded checkpoint (index + 2 files) loads the same tens
   const config = checkModelConfig(JSON.parse(readFileSync(join(dir, 'sharded', 'config.json'), 'utf8')));
   const index = JSON.parse(readFileSync(join(dir, 'sharded', 'model.safetensors.index.json'), 'utf8'));
   const files = [...new Set(Object.values(index.weight_map) as string[])].sort();
-  const sharded = loadSafetensorsFiles(config, files.map((f) => join(dir, 'sharded', f)));
+  const sharded = loadSafetensorsFiles(
+    config,
+    files.map((f) => join(dir, 'sharded', f)),
+  );
   const single = loadSafetensorsFiles(config, [join(dir, 'f32', 'model.safetensors')]);
   assert.equal(sharded.weights.size, single.weights.size);
   for (const [n, t] of single.weights) assert.equal(maxDiff(sharded.weights.get(n)!.dataSync(), t.dataSync()), 0, n);

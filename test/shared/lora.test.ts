@@ -17,19 +17,27 @@ const config = tinyConfig();
 const model = createModel(config);
 const weights = randomWeights(config, 11);
 const base = new FrozenBase(config, weights);
-const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] });
+const lora = checkLoraConfig({
+  r: 4,
+  alpha: 8,
+  targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
+});
 const spec = adapterSpec(config, lora);
 
 function randomAdapter(seed: number): AdapterState {
   const rng = new Rng(seed);
-  return new Map(spec.map((t) => [t.name, Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => 0.3 * rng.normal())]));
+  return new Map(
+    spec.map((t) => [t.name, Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => 0.3 * rng.normal())]),
+  );
 }
 
 function microBatch(seed: number, batch = 2, time = 7): MicroBatch {
   const rng = new Rng(seed);
   const n = batch * time;
   return {
-    batch, time, dropoutSeed: 0,
+    batch,
+    time,
+    dropoutSeed: 0,
     inputIds: Int32Array.from({ length: n }, () => rng.int(config.vocab_size)),
     targets: Int32Array.from({ length: n }, () => rng.int(config.vocab_size)),
     lossMask: Float32Array.from({ length: n }, (_, i) => (i % 5 === 0 ? 0 : 1)),
@@ -41,7 +49,9 @@ function branches(state: AdapterState): Map<string, LoraBranch> {
 }
 
 function logits(params: Parameters<CausalLM['forward']>[0], mb: MicroBatch): Float32Array {
-  return tf.tidy(() => model.forward(params, tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32')).dataSync() as Float32Array);
+  return tf.tidy(
+    () => model.forward(params, tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32')).dataSync() as Float32Array,
+  );
 }
 
 function lossOf(state: AdapterState, mb: MicroBatch, source: FrozenBase = base): number {
@@ -71,7 +81,10 @@ test('Kaiming-uniform(a=√5) init keeps A within ±1/√d_in', () => {
   for (const t of spec.filter((s) => s.which === 'A')) {
     const bound = 1 / Math.sqrt(t.shape[1]);
     const a = state.get(t.name)!;
-    assert.ok(a.every((v) => Math.abs(v) <= bound), `${t.name} out of bound`);
+    assert.ok(
+      a.every((v) => Math.abs(v) <= bound),
+      `${t.name} out of bound`,
+    );
     assert.ok(Math.max(...a.map(Math.abs)) > 0.8 * bound, `${t.name} does not use its range`);
   }
 });
@@ -109,7 +122,10 @@ test('A/B gradients match central finite differences (relative error ≤ 1e-3 pe
     assert.ok(norm > 1e-3, `${t.name}: gradient is ~0, the check would be vacuous`);
     const shifted = (step: number) => {
       const s = new Map(state);
-      s.set(t.name, state.get(t.name)!.map((v, i) => v + (step * g[i]) / norm));
+      s.set(
+        t.name,
+        state.get(t.name)!.map((v, i) => v + (step * g[i]) / norm),
+      );
       return lossOf(s, mb);
     };
     const central = (h: number) => (shifted(h) - shifted(-h)) / (2 * h);

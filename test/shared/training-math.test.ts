@@ -18,7 +18,9 @@ test('AdamW first step moves each parameter by lr·(sign(g) + wd·p), bias-corre
   adamwStep(params, grads, state, 0.01, hyper);
   // step 1: m̂ = g, v̂ = g², so m̂/(√v̂+eps) = sign(g) (0 for g = 0)
   const expected = [1 - 0.01 * (1 + 0.1 * 1), -2 - 0.01 * (-1 + 0.1 * -2), 0.5 - 0.01 * (0 + 0.1 * 0.5)];
-  params.get('w')!.forEach((v, i) => assert.ok(Math.abs(v - expected[i]) < 1e-6, `w[${i}] = ${v}, expected ${expected[i]}`));
+  params
+    .get('w')!
+    .forEach((v, i) => assert.ok(Math.abs(v - expected[i]) < 1e-6, `w[${i}] = ${v}, expected ${expected[i]}`));
   assert.equal(state.step, 1);
 });
 
@@ -44,7 +46,10 @@ test('warm-up is linear, then cosine decays to lr·minLrRatio at the last step',
 });
 
 test('global-norm clipping scales all tensors together', () => {
-  const g = new Map([['a', new Float32Array([3])], ['b', new Float32Array([4])]]);
+  const g = new Map([
+    ['a', new Float32Array([3])],
+    ['b', new Float32Array([4])],
+  ]);
   assert.equal(clipGlobalNorm(g, 1), 5);
   assert.ok(Math.abs(g.get('a')![0] - 0.6) < 1e-6 && Math.abs(g.get('b')![0] - 0.8) < 1e-6);
   const small = new Map([['a', new Float32Array([0.3])]]);
@@ -55,7 +60,10 @@ test('global-norm clipping scales all tensors together', () => {
 test('sampler: each epoch is a permutation, deterministic per (seed, epoch), resumable from its cursor', () => {
   const a = new EpochSampler(10, 42);
   const epoch0 = a.next(10);
-  assert.deepEqual([...epoch0].sort((x, y) => x - y), [...Array(10).keys()]);
+  assert.deepEqual(
+    [...epoch0].sort((x, y) => x - y),
+    [...Array(10).keys()],
+  );
   const epoch1 = a.next(10);
   assert.notDeepEqual(epoch0, epoch1);
   assert.deepEqual(new EpochSampler(10, 42).next(20), [...epoch0, ...epoch1]);
@@ -66,7 +74,11 @@ test('sampler: each epoch is a permutation, deterministic per (seed, epoch), res
 });
 
 test('aggregation adds in micro-batch order and divides by the total token count', () => {
-  const r = (loss: number, tokens: number, g: number[]) => ({ lossSum: loss, tokenCount: tokens, grads: new Map([['x', new Float32Array(g)]]) });
+  const r = (loss: number, tokens: number, g: number[]) => ({
+    lossSum: loss,
+    tokenCount: tokens,
+    grads: new Map([['x', new Float32Array(g)]]),
+  });
   const agg = aggregateInOrder([r(2, 2, [1, 2]), r(4, 6, [3, -2])]);
   assert.equal(agg.lossSum, 6);
   assert.equal(agg.tokenCount, 8);
@@ -74,10 +86,14 @@ test('aggregation adds in micro-batch order and divides by the total token count
 });
 
 test('packing right-pads, shifts targets by one and masks padding', () => {
-  const mb = packMicroBatch([
-    { tokens: [1, 5, 6, 2], lossWeights: [0, 0, 1, 1] },
-    { tokens: [1, 7, 2], lossWeights: [0, 1, 1] },
-  ], 0, 3);
+  const mb = packMicroBatch(
+    [
+      { tokens: [1, 5, 6, 2], lossWeights: [0, 0, 1, 1] },
+      { tokens: [1, 7, 2], lossWeights: [0, 1, 1] },
+    ],
+    0,
+    3,
+  );
   assert.equal(mb.time, 3);
   assert.deepEqual([...mb.inputIds], [1, 5, 6, 1, 7, 0]);
   assert.deepEqual([...mb.targets], [5, 6, 2, 7, 2, 0]);
@@ -86,15 +102,21 @@ test('packing right-pads, shifts targets by one and masks padding', () => {
 });
 
 test('config errors name the field, the value and what was expected', () => {
-  assert.throws(() => checkLoraConfig({ r: 0 }), (e: unknown) => e instanceof LoraMeshError && e.code === 'LM_ERR_CONFIG' && /lora\.r .*got 0/.test(e.message));
+  assert.throws(
+    () => checkLoraConfig({ r: 0 }),
+    (e: unknown) => e instanceof LoraMeshError && e.code === 'LM_ERR_CONFIG' && /lora\.r .*got 0/.test(e.message),
+  );
   assert.throws(() => checkLoraConfig({ targetModules: ['qq_proj' as never] }), /qq_proj/);
-  assert.throws(() => checkTrainConfig({ globalBatch: 30, microBatch: 8 }), /globalBatch 30 should be a multiple of train.microBatch 8/);
+  assert.throws(
+    () => checkTrainConfig({ globalBatch: 30, microBatch: 8 }),
+    /globalBatch 30 should be a multiple of train.microBatch 8/,
+  );
   assert.throws(() => checkTrainConfig({ lr: NaN }), /train\.lr/);
 });
 
 test('addInto (unrolled) gives the bits of the plain float32 loop, for every length mod 4', () => {
   let seed = 7;
-  const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32 - 0.5) * 2 ** ((seed >>> 8) % 40 - 20);
+  const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32 - 0.5) * 2 ** (((seed >>> 8) % 40) - 20);
   for (const n of [0, 1, 2, 3, 4, 5, 1023]) {
     const acc = new Float32Array(n).map(rand);
     const plain = acc.slice();
@@ -112,11 +134,18 @@ test('InOrderSum built in any arrival order, with results revoked and replaced, 
   let seed = 3;
   const rand = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
   const result = (k: number) => ({
-    lossSum: rand() * 10, tokenCount: 1 + Math.floor(rand() * 20),
-    grads: new Map([['a', new Float32Array(37).map(() => (rand() - 0.5) * 10 ** (k % 5))], ['b', new Float32Array(5).map(() => rand() - 0.5)]]),
+    lossSum: rand() * 10,
+    tokenCount: 1 + Math.floor(rand() * 20),
+    grads: new Map([
+      ['a', new Float32Array(37).map(() => (rand() - 0.5) * 10 ** (k % 5))],
+      ['b', new Float32Array(5).map(() => rand() - 0.5)],
+    ]),
   });
-  const bits = (g: { lossSum: number; tokenCount: number; grads: Map<string, Float32Array> }) =>
-    [g.lossSum, g.tokenCount, ...[...g.grads].flatMap(([name, v]) => [name, ...new Uint32Array(v.buffer, v.byteOffset, v.length)])];
+  const bits = (g: { lossSum: number; tokenCount: number; grads: Map<string, Float32Array> }) => [
+    g.lossSum,
+    g.tokenCount,
+    ...[...g.grads].flatMap(([name, v]) => [name, ...new Uint32Array(v.buffer, v.byteOffset, v.length)]),
+  ];
   for (let trial = 0; trial < 20; trial++) {
     const n = 1 + (trial % 9);
     const final = Array.from({ length: n }, (_, k) => result(k));
@@ -135,9 +164,17 @@ test('InOrderSum built in any arrival order, with results revoked and replaced, 
       slots[i] = final[i];
       sum.advance();
     }
-    assert.deepEqual(bits(sum.finish()), bits(aggregateInOrder(final)), `trial ${trial}, order ${order}, revoked ${revoked}`);
+    assert.deepEqual(
+      bits(sum.finish()),
+      bits(aggregateInOrder(final)),
+      `trial ${trial}, order ${order}, revoked ${revoked}`,
+    );
   }
-  const partial: ({ lossSum: number; tokenCount: number; grads: Map<string, Float32Array> } | undefined)[] = [result(0), undefined, result(2)];
+  const partial: ({ lossSum: number; tokenCount: number; grads: Map<string, Float32Array> } | undefined)[] = [
+    result(0),
+    undefined,
+    result(2),
+  ];
   const early = new InOrderSum(partial);
   early.advance();
   assert.throws(() => early.finish(), /LM_ERR_STATE.*result 1 of 3 is missing/);

@@ -50,7 +50,10 @@ async function fakeCoordinator(answer: (n: number) => Verdict, onHello: OnHello 
     wss.handleUpgrade(req, socket, head, (ws) => {
       ws.once('message', (data) => {
         assert.equal(decodeMessage(new Uint8Array(data as Buffer)).type, 'hello');
-        onHello((m) => ws.send(encodeMessage(m)), (code, reason) => ws.close(code, reason));
+        onHello(
+          (m) => ws.send(encodeMessage(m)),
+          (code, reason) => ws.close(code, reason),
+        );
       });
     });
   });
@@ -68,7 +71,10 @@ async function fakeCoordinator(answer: (n: number) => Verdict, onHello: OnHello 
 async function workerFails(url: string, lines: string[] = []): Promise<LoraMeshError> {
   const log = (line: string) => lines.push(line);
   const worker = runNodeWorker({ url, backend: 'cpu', cacheDir, token: 'wrong', maxRetries: 3, log });
-  const err = await worker.then(() => assert.fail('the worker should have stopped with an error'), (e: unknown) => e);
+  const err = await worker.then(
+    () => assert.fail('the worker should have stopped with an error'),
+    (e: unknown) => e,
+  );
   assert.ok(err instanceof LoraMeshError, `expected a LoraMeshError, got ${err}`);
   return err;
 }
@@ -85,7 +91,10 @@ test('wrong token: the CLI worker exits 2 after one attempt and says why in a li
     // A worker that retries forever never exits: give up on it after 30 s (it starts in ~2 s).
     const exitCode = await new Promise<number | null | 'still running'>((resolve) => {
       const timer = setTimeout(() => resolve('still running'), 30_000);
-      child.on('exit', (code) => { clearTimeout(timer); resolve(code); });
+      child.on('exit', (code) => {
+        clearTimeout(timer);
+        resolve(code);
+      });
     });
     const output = `stdout:\n${stdout}\nstderr:\n${stderr}`;
     assert.equal(exitCode, 2, output);
@@ -116,25 +125,34 @@ test('forbidden origin (403 LM_ERR_ORIGIN) stops the worker after one attempt', 
 
 const refusedAfterHello: { code: ErrorCode; closeCode: number; message: string; expect: RegExp }[] = [
   {
-    code: 'LM_ERR_QUARANTINED', closeCode: 1008, message: 'failed a spot check',
+    code: 'LM_ERR_QUARANTINED',
+    closeCode: 1008,
+    message: 'failed a spot check',
     expect: /quarantined by the coordinator: failed a spot check$/,
   },
   {
-    code: 'LM_ERR_PROTOCOL_VERSION', closeCode: 1002, message: 'protocol 1 is not supported; this coordinator speaks 2',
+    code: 'LM_ERR_PROTOCOL_VERSION',
+    closeCode: 1002,
+    message: 'protocol 1 is not supported; this coordinator speaks 2',
     expect: /another protocol version \(protocol 1 is not supported; this coordinator speaks 2\): update loramesh$/,
   },
   {
-    code: 'LM_ERR_CODEC', closeCode: 1008, message: 'this run sends int8 up; the worker supports f32',
+    code: 'LM_ERR_CODEC',
+    closeCode: 1008,
+    message: 'this run sends int8 up; the worker supports f32',
     expect: /lacks the run's wire codec \(this run sends int8 up/,
   },
 ];
 
 for (const { code, closeCode, message, expect } of refusedAfterHello) {
   test(`${code}: a reject frame and a close ${closeCode} stop the worker after one connection`, async () => {
-    const coordinator = await fakeCoordinator(() => 'accept', (send, close) => {
-      send({ type: 'reject', code, message });
-      close(closeCode, code);
-    });
+    const coordinator = await fakeCoordinator(
+      () => 'accept',
+      (send, close) => {
+        send({ type: 'reject', code, message });
+        close(closeCode, code);
+      },
+    );
     try {
       const err = await workerFails(coordinator.url);
       assert.equal(err.code, code);
@@ -147,7 +165,10 @@ for (const { code, closeCode, message, expect } of refusedAfterHello) {
 }
 
 test('a close reason alone (no reject frame, as browsers with a bad token get) is enough', async () => {
-  const coordinator = await fakeCoordinator(() => 'accept', (_send, close) => close(1008, 'LM_ERR_AUTH'));
+  const coordinator = await fakeCoordinator(
+    () => 'accept',
+    (_send, close) => close(1008, 'LM_ERR_AUTH'),
+  );
   try {
     const err = await workerFails(coordinator.url);
     assert.equal(err.code, 'LM_ERR_AUTH');
@@ -159,15 +180,18 @@ test('a close reason alone (no reject frame, as browsers with a bad token get) i
 });
 
 test('transient refusals are retried: 503 LM_ERR_LIMIT twice, a 1008 LM_ERR_LIMIT close, then the run', async () => {
-  const coordinator = await fakeCoordinator((n) => (n <= 2 ? [503, 'LM_ERR_LIMIT'] : 'accept'), (send, close) => {
-    if (coordinator.attempts === 3) {
-      // the coordinator's handshake timeout: a refusal that may pass on the next try
-      send({ type: 'reject', code: 'LM_ERR_LIMIT', message: 'no hello within 800 ms' });
-      close(1008, 'LM_ERR_LIMIT');
-    } else {
-      send({ type: 'done', reason: 'test over' });
-    }
-  });
+  const coordinator = await fakeCoordinator(
+    (n) => (n <= 2 ? [503, 'LM_ERR_LIMIT'] : 'accept'),
+    (send, close) => {
+      if (coordinator.attempts === 3) {
+        // the coordinator's handshake timeout: a refusal that may pass on the next try
+        send({ type: 'reject', code: 'LM_ERR_LIMIT', message: 'no hello within 800 ms' });
+        close(1008, 'LM_ERR_LIMIT');
+      } else {
+        send({ type: 'done', reason: 'test over' });
+      }
+    },
+  );
   try {
     const lines: string[] = [];
     const log = (line: string) => lines.push(line);

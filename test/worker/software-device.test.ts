@@ -12,8 +12,13 @@ const adapter = (info: Partial<GPUAdapterInfo> & { isFallbackAdapter?: boolean }
 test('renderer names: SwiftShader, llvmpipe, lavapipe, softpipe, Basic Render are software; real GPUs are not', () => {
   for (const name of [
     'ANGLE (Google, Vulkan 1.3.0 (SwiftShader Device (Subzero) (0x0000C0DE)), SwiftShader driver)',
-    'llvmpipe (LLVM 15.0.7, 256 bits)', 'lavapipe', 'softpipe', 'Microsoft Basic Render Driver', 'Software Adapter',
-  ]) assert.equal(isSoftwareRenderer(name), true, name);
+    'llvmpipe (LLVM 15.0.7, 256 bits)',
+    'lavapipe',
+    'softpipe',
+    'Microsoft Basic Render Driver',
+    'Software Adapter',
+  ])
+    assert.equal(isSoftwareRenderer(name), true, name);
   const real = ['ANGLE (NVIDIA, NVIDIA GeForce RTX 4090 Direct3D11 vs_5_0 ps_5_0)', 'Apple M2', 'AMD Radeon Pro', ''];
   for (const name of real) {
     assert.equal(isSoftwareRenderer(name), false, name);

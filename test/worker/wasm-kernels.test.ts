@@ -31,13 +31,34 @@ test('Slice, SplitV and Unpack on wasm equal slicing by index (contiguous and st
     const x = tf.tensor(values, shape);
     const begin = shape.map((d) => Math.floor(d / 3));
     const size = shape.map((d, i) => d - begin[i] - (i % 2));
-    assert.deepEqual([...tf.slice(x, begin, size).dataSync()], sliceByIndex(values, shape, begin, size), `slice of [${shape}]`);
+    assert.deepEqual(
+      [...tf.slice(x, begin, size).dataSync()],
+      sliceByIndex(values, shape, begin, size),
+      `slice of [${shape}]`,
+    );
     const axis = shape.length - 1;
     const parts = tf.split(x, [1, shape[axis] - 1], axis);
-    assert.deepEqual([...parts[1].dataSync()], sliceByIndex(values, shape, shape.map((_, i) => (i === axis ? 1 : 0)), shape.map((d, i) => (i === axis ? d - 1 : d))), `split of [${shape}]`);
+    assert.deepEqual(
+      [...parts[1].dataSync()],
+      sliceByIndex(
+        values,
+        shape,
+        shape.map((_, i) => (i === axis ? 1 : 0)),
+        shape.map((d, i) => (i === axis ? d - 1 : d)),
+      ),
+      `split of [${shape}]`,
+    );
     tf.unstack(x, 0).forEach((part, i) => {
       assert.deepEqual(part.shape, shape.slice(1));
-      assert.deepEqual([...part.dataSync()], sliceByIndex(values, shape, shape.map((_, a) => (a === 0 ? i : 0)), shape.map((d, a) => (a === 0 ? 1 : d))));
+      assert.deepEqual(
+        [...part.dataSync()],
+        sliceByIndex(
+          values,
+          shape,
+          shape.map((_, a) => (a === 0 ? i : 0)),
+          shape.map((d, a) => (a === 0 ? 1 : d)),
+        ),
+      );
     });
     tf.dispose([x, ...parts]);
   }
@@ -45,7 +66,28 @@ test('Slice, SplitV and Unpack on wasm equal slicing by index (contiguous and st
 
 test('BatchMatMul on wasm equals the product by index, every transpose combination, batched and broadcast (≤ 1e-5 relative)', () => {
   const values = (n: number, seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(seed + 1.7 * i));
-  const cases: [number[], number[]][] = [[[3, 5, 7], [3, 7, 6]], [[1, 5, 7], [4, 7, 6]], [[2, 2, 5, 7], [2, 2, 7, 9]], [[5, 7], [7, 6]], [[6, 1, 4], [6, 4, 3]]];
+  const cases: [number[], number[]][] = [
+    [
+      [3, 5, 7],
+      [3, 7, 6],
+    ],
+    [
+      [1, 5, 7],
+      [4, 7, 6],
+    ],
+    [
+      [2, 2, 5, 7],
+      [2, 2, 7, 9],
+    ],
+    [
+      [5, 7],
+      [7, 6],
+    ],
+    [
+      [6, 1, 4],
+      [6, 4, 3],
+    ],
+  ];
   for (const [aShape, bShape] of cases) {
     for (const transposeA of [false, true]) {
       for (const transposeB of [false, true]) {
@@ -54,8 +96,14 @@ test('BatchMatMul on wasm equals the product by index, every transpose combinati
         const sa = transposeA ? [...aShape.slice(0, -2), aShape[ra - 1], aShape[ra - 2]] : aShape;
         const sb = transposeB ? [...bShape.slice(0, -2), bShape[rb - 1], bShape[rb - 2]] : bShape;
         const [m, k, n] = [aShape[ra - 2], aShape[ra - 1], bShape[rb - 1]];
-        const av = values(sa.reduce((x, y) => x * y, 1), 1);
-        const bv = values(sb.reduce((x, y) => x * y, 1), 2);
+        const av = values(
+          sa.reduce((x, y) => x * y, 1),
+          1,
+        );
+        const bv = values(
+          sb.reduce((x, y) => x * y, 1),
+          2,
+        );
         const got = tf.matMul(tf.tensor(av, sa), tf.tensor(bv, sb), transposeA, transposeB);
         const batch = Math.max(av.length / (m * k), bv.length / (k * n));
         assert.deepEqual(got.shape, [...aShape.slice(0, -2).map((d, i) => Math.max(d, bShape[i])), m, n]); // same ranks here
@@ -72,7 +120,10 @@ test('BatchMatMul on wasm equals the product by index, every transpose combinati
                 s += x * y;
               }
               const v = out[(t * m + i) * n + j];
-              assert.ok(Math.abs(v - s) <= 1e-5 * Math.max(1, Math.abs(s)), `[${aShape}]·[${bShape}] tA=${transposeA} tB=${transposeB} at (${t}, ${i}, ${j}): ${v} vs ${s}`);
+              assert.ok(
+                Math.abs(v - s) <= 1e-5 * Math.max(1, Math.abs(s)),
+                `[${aShape}]·[${bShape}] tA=${transposeA} tB=${transposeB} at (${t}, ${i}, ${j}): ${v} vs ${s}`,
+              );
             }
           }
         }
@@ -94,7 +145,10 @@ test('Identity shares the buffer: a clone outlives its disposed source', () => {
 test('LORAMESH_WASM_THREADS=2 starts the threaded build with 2 threads and the same matmul result', () => {
   assert.equal(info.threads, 1);
   const run = (threads: string) => {
-    const out = spawnSync(process.execPath, ['--import', 'tsx', probe], { encoding: 'utf8', env: { ...process.env, LORAMESH_WASM_THREADS: threads } });
+    const out = spawnSync(process.execPath, ['--import', 'tsx', probe], {
+      encoding: 'utf8',
+      env: { ...process.env, LORAMESH_WASM_THREADS: threads },
+    });
     assert.equal(out.status, 0, out.stderr.slice(-1000));
     return JSON.parse(out.stdout.trim().split('\n').pop()!) as { threads: number; checksum: number };
   };
@@ -102,5 +156,8 @@ test('LORAMESH_WASM_THREADS=2 starts the threaded build with 2 threads and the s
   const two = run('2');
   assert.equal(one.threads, 1);
   assert.equal(two.threads, 2);
-  assert.ok(Math.abs(one.checksum - two.checksum) <= 1e-6 * Math.abs(one.checksum), `1 thread ${one.checksum}, 2 threads ${two.checksum}`);
+  assert.ok(
+    Math.abs(one.checksum - two.checksum) <= 1e-6 * Math.abs(one.checksum),
+    `1 thread ${one.checksum}, 2 threads ${two.checksum}`,
+  );
 });

@@ -33,7 +33,9 @@ async function webgpuAdapterInfo(): Promise<{ description: string; software: boo
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
   if (!adapter) return null;
   const info = adapter.info;
-  const description = [info.vendor, info.architecture, info.device, info.description].filter((s) => s).join(' ') || 'unknown WebGPU adapter';
+  const description =
+    [info.vendor, info.architecture, info.device, info.description].filter((s) => s).join(' ') ||
+    'unknown WebGPU adapter';
   return { description: description.slice(0, 128), software: isSoftwareAdapter(adapter) };
 }
 
@@ -43,7 +45,10 @@ async function tryWebgpu(): Promise<Omit<BrowserBackendInfo, 'notes'> | string> 
   if (!(await tf.setBackend('webgpu'))) return `the WebGPU backend failed to start on ${info.description}`;
   await tf.ready();
   const device = (tf.backend() as unknown as { device: GPUDevice }).device;
-  const limits = { maxBufferSize: device.limits.maxBufferSize, maxStorageBufferBindingSize: device.limits.maxStorageBufferBindingSize };
+  const limits = {
+    maxBufferSize: device.limits.maxBufferSize,
+    maxStorageBufferBindingSize: device.limits.maxStorageBufferBindingSize,
+  };
   return { name: 'webgpu', adapter: info.description, slow: info.software, limits };
 }
 
@@ -51,10 +56,15 @@ async function tryWebgl(): Promise<Omit<BrowserBackendInfo, 'notes'> | string> {
   if (!(await tf.setBackend('webgl'))) return 'WebGL is not available in this browser';
   await tf.ready();
   // Half-float textures would round every activation to 11 bits: gradients would be wrong, not slow.
-  if (!tf.env().getBool('WEBGL_RENDER_FLOAT32_ENABLED')) return 'WebGL cannot render float32 textures here (float16 would corrupt the gradients)';
+  if (!tf.env().getBool('WEBGL_RENDER_FLOAT32_ENABLED'))
+    return 'WebGL cannot render float32 textures here (float16 would corrupt the gradients)';
   const gl = (tf.backend() as unknown as { gpgpu: { gl: WebGLRenderingContext } }).gpgpu.gl;
   const debug = gl.getExtension('WEBGL_debug_renderer_info');
-  const renderer = String((debug && gl.getParameter(debug.UNMASKED_RENDERER_WEBGL)) || gl.getParameter(gl.RENDERER) || 'unknown WebGL renderer').slice(0, 128);
+  const renderer = String(
+    (debug && gl.getParameter(debug.UNMASKED_RENDERER_WEBGL)) ||
+      gl.getParameter(gl.RENDERER) ||
+      'unknown WebGL renderer',
+  ).slice(0, 128);
   return { name: 'webgl', adapter: renderer, slow: isSoftwareRenderer(renderer) };
 }
 
@@ -67,14 +77,26 @@ async function tryWasm(log: (line: string) => void): Promise<Omit<BrowserBackend
   const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT');
   const threads = getThreadsCount();
   if (!(await tf.env().getAsync('WASM_HAS_MULTITHREAD_SUPPORT'))) {
-    log(`wasm runs single-threaded: ${crossOriginIsolated ? 'this browser lacks wasm threads' : 'the page is not cross-origin isolated (COOP/COEP headers missing)'}`);
+    log(
+      `wasm runs single-threaded: ${crossOriginIsolated ? 'this browser lacks wasm threads' : 'the page is not cross-origin isolated (COOP/COEP headers missing)'}`,
+    );
   }
-  return { name: 'wasm', adapter: `cpu${simd ? ', simd' : ''}, ${threads} thread${threads === 1 ? '' : 's'}`, slow: false };
+  return {
+    name: 'wasm',
+    adapter: `cpu${simd ? ', simd' : ''}, ${threads} thread${threads === 1 ? '' : 's'}`,
+    slow: false,
+  };
 }
 
-const ATTEMPTS: Record<BrowserBackend, (log: (line: string) => void) => Promise<Omit<BrowserBackendInfo, 'notes'> | string>> = { webgpu: tryWebgpu, webgl: tryWebgl, wasm: tryWasm };
+const ATTEMPTS: Record<
+  BrowserBackend,
+  (log: (line: string) => void) => Promise<Omit<BrowserBackendInfo, 'notes'> | string>
+> = { webgpu: tryWebgpu, webgl: tryWebgl, wasm: tryWasm };
 
-export async function initBrowserBackend(forced: BrowserBackend | undefined, log: (line: string) => void): Promise<BrowserBackendInfo> {
+export async function initBrowserBackend(
+  forced: BrowserBackend | undefined,
+  log: (line: string) => void,
+): Promise<BrowserBackendInfo> {
   const order: BrowserBackend[] = forced ? [forced] : ['webgpu', 'webgl', 'wasm'];
   const notes: string[] = [];
   for (const name of order) {
@@ -86,12 +108,18 @@ export async function initBrowserBackend(forced: BrowserBackend | undefined, log
     }
     if (typeof outcome !== 'string') {
       const skipped = order.slice(0, order.indexOf(name));
-      const reasons = [...(outcome.slow ? ['software device'] : []), ...(skipped.length ? [`fell back from ${skipped.join(', ')}`] : [])];
+      const reasons = [
+        ...(outcome.slow ? ['software device'] : []),
+        ...(skipped.length ? [`fell back from ${skipped.join(', ')}`] : []),
+      ];
       if (outcome.slow) log(`warning: ${name} runs on a software device (${outcome.adapter}): correct but slow`);
       return { ...outcome, slow: reasons.length > 0, slowReason: reasons.join(', ') || undefined, notes };
     }
     notes.push(outcome);
     log(`${outcome}${forced ? '' : '; trying the next backend'}`);
   }
-  return fail(ErrorCodes.BACKEND, forced ? `#backend=${forced} was asked for but ${notes[0]}` : `no tfjs backend could start: ${notes.join('; ')}`);
+  return fail(
+    ErrorCodes.BACKEND,
+    forced ? `#backend=${forced} was asked for but ${notes[0]}` : `no tfjs backend could start: ${notes.join('; ')}`,
+  );
 }

@@ -32,7 +32,9 @@ async function sha256Hex(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
 
 async function openCache(log: (line: string) => void): Promise<Cache | null> {
   if (typeof caches === 'undefined') {
-    log('warning: Cache Storage is unavailable (the page is not a secure context): base files will be downloaded on every visit');
+    log(
+      'warning: Cache Storage is unavailable (the page is not a secure context): base files will be downloaded on every visit',
+    );
     return null;
   }
   try {
@@ -44,7 +46,11 @@ async function openCache(log: (line: string) => void): Promise<Cache | null> {
 }
 
 /** Reads a response body into one buffer of the manifest's size, reporting progress as it goes. */
-async function readBody(res: Response, file: BaseFile, onProgress: (received: number) => void): Promise<Uint8Array<ArrayBuffer>> {
+async function readBody(
+  res: Response,
+  file: BaseFile,
+  onProgress: (received: number) => void,
+): Promise<Uint8Array<ArrayBuffer>> {
   if (!res.body) return new Uint8Array(await res.arrayBuffer());
   const out = new Uint8Array(file.bytes);
   const reader = res.body.getReader();
@@ -68,8 +74,16 @@ async function readBody(res: Response, file: BaseFile, onProgress: (received: nu
 }
 
 /** The verified bytes of one base file: from the cache when its entry is intact, else downloaded. */
-async function verifiedBytes(file: BaseFile, cache: Cache | null, hooks: BaseFileHooks): Promise<Uint8Array<ArrayBuffer>> {
-  if (!/^[0-9a-f]{64}$/.test(file.sha256)) fail(ErrorCodes.FIELD, `manifest file ${JSON.stringify(file.name)} has sha256 ${JSON.stringify(file.sha256)}, expected 64 hex digits`);
+async function verifiedBytes(
+  file: BaseFile,
+  cache: Cache | null,
+  hooks: BaseFileHooks,
+): Promise<Uint8Array<ArrayBuffer>> {
+  if (!/^[0-9a-f]{64}$/.test(file.sha256))
+    fail(
+      ErrorCodes.FIELD,
+      `manifest file ${JSON.stringify(file.name)} has sha256 ${JSON.stringify(file.sha256)}, expected 64 hex digits`,
+    );
   const url = new URL(`/files/${file.sha256}`, location.origin).href;
   const cached = await cache?.match(url);
   if (cached) {
@@ -85,15 +99,28 @@ async function verifiedBytes(file: BaseFile, cache: Cache | null, hooks: BaseFil
   // no-store: Cache Storage keeps the one copy; the HTTP cache need not hold a second.
   const res = await fetch(url, { cache: 'no-store' });
   if (!res.ok) fail(ErrorCodes.HASH, `download of ${file.name} failed: HTTP ${res.status}`);
-  const bytes = await readBody(res, file, (received) => hooks.progress({ file: file.name, received, total: file.bytes, source: 'network' }));
+  const bytes = await readBody(res, file, (received) =>
+    hooks.progress({ file: file.name, received, total: file.bytes, source: 'network' }),
+  );
   const digest = await sha256Hex(bytes);
-  if (digest !== file.sha256) fail(ErrorCodes.HASH, `${file.name}: downloaded sha256 ${digest} does not match the manifest's ${file.sha256}; refusing it`);
+  if (digest !== file.sha256)
+    fail(
+      ErrorCodes.HASH,
+      `${file.name}: downloaded sha256 ${digest} does not match the manifest's ${file.sha256}; refusing it`,
+    );
   hooks.log(`${file.name}: downloaded ${bytes.length.toLocaleString('en')} bytes, sha256 verified`);
   if (cache) {
     try {
-      await cache.put(url, new Response(bytes, { headers: { 'content-type': 'application/octet-stream', 'content-length': String(bytes.length) } }));
+      await cache.put(
+        url,
+        new Response(bytes, {
+          headers: { 'content-type': 'application/octet-stream', 'content-length': String(bytes.length) },
+        }),
+      );
     } catch (err) {
-      hooks.log(`warning: could not cache ${file.name} (${(err as Error).message}); it will be downloaded again next time`);
+      hooks.log(
+        `warning: could not cache ${file.name} (${(err as Error).message}); it will be downloaded again next time`,
+      );
     }
   }
   return bytes;
@@ -102,7 +129,10 @@ async function verifiedBytes(file: BaseFile, cache: Cache | null, hooks: BaseFil
 /** Fetches (or reads from cache) and verifies the run's weight files, returns the model's weights. */
 export async function loadBaseWeights(manifest: RunManifest, hooks: BaseFileHooks): Promise<Map<string, tf.Tensor>> {
   if (typeof crypto === 'undefined' || !crypto.subtle) {
-    fail(ErrorCodes.HASH, 'WebCrypto is unavailable (the page is not a secure context: open it over https or on localhost), so base files cannot be verified');
+    fail(
+      ErrorCodes.HASH,
+      'WebCrypto is unavailable (the page is not a secure context: open it over https or on localhost), so base files cannot be verified',
+    );
   }
   const config = checkModelConfig(manifest.model.config);
   const collector = new WeightCollector(config);

@@ -34,7 +34,12 @@ export class Connection {
   private refused = false;
   private heartbeat: ReturnType<typeof setInterval> | undefined;
 
-  constructor(private readonly url: string, private readonly session: WorkerSession, private readonly hooks: ConnectionHooks, private readonly token?: string) {}
+  constructor(
+    private readonly url: string,
+    private readonly session: WorkerSession,
+    private readonly hooks: ConnectionHooks,
+    private readonly token?: string,
+  ) {}
 
   start(): void {
     // pagehide (not unload/beforeunload) fires on close, reload and navigation, and on bfcache entry.
@@ -65,7 +70,10 @@ export class Connection {
   private open(): void {
     this.hooks.connecting(this.failures + 1);
     // The join token rides in a subprotocol: the coordinator checks it in the HTTP upgrade.
-    const ws = new WebSocket(this.url, this.token ? ['loramesh', `loramesh.token.${base64url(this.token)}`] : undefined);
+    const ws = new WebSocket(
+      this.url,
+      this.token ? ['loramesh', `loramesh.token.${base64url(this.token)}`] : undefined,
+    );
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
     let wasOpen = false;
@@ -74,7 +82,10 @@ export class Connection {
       this.hooks.open();
       this.send(ws, this.session.hello());
       clearInterval(this.heartbeat);
-      this.heartbeat = setInterval(() => this.send(ws, encodeMessage({ type: 'heartbeat', sentAt: Date.now() })), HEARTBEAT_MS);
+      this.heartbeat = setInterval(
+        () => this.send(ws, encodeMessage({ type: 'heartbeat', sentAt: Date.now() })),
+        HEARTBEAT_MS,
+      );
     };
     ws.onmessage = (event: MessageEvent) => {
       if (!(event.data instanceof ArrayBuffer)) {

@@ -20,19 +20,24 @@ export function parseFragment(hash: string): JoinSettings {
   const settings: JoinSettings = {};
   const token = params.get('token');
   if (token !== null) {
-    if (token.length === 0 || token.length > 512) fail(ErrorCodes.CONFIG, `#token should be 1–512 characters, got ${token.length}`);
+    if (token.length === 0 || token.length > 512)
+      fail(ErrorCodes.CONFIG, `#token should be 1–512 characters, got ${token.length}`);
     settings.token = token;
   }
   const backend = params.get('backend');
   if (backend !== null) {
     if (!(BROWSER_BACKENDS as readonly string[]).includes(backend)) {
-      fail(ErrorCodes.CONFIG, `#backend should be one of ${BROWSER_BACKENDS.join(', ')}, got ${JSON.stringify(backend.slice(0, 40))}`);
+      fail(
+        ErrorCodes.CONFIG,
+        `#backend should be one of ${BROWSER_BACKENDS.join(', ')}, got ${JSON.stringify(backend.slice(0, 40))}`,
+      );
     }
     settings.backend = backend as BrowserBackend;
   }
   const name = params.get('name');
   if (name !== null) {
-    if (name.length === 0 || name.length > 128) fail(ErrorCodes.CONFIG, `#name should be 1–128 characters, got ${name.length}`);
+    if (name.length === 0 || name.length > 128)
+      fail(ErrorCodes.CONFIG, `#name should be 1–128 characters, got ${name.length}`);
     settings.name = name;
   }
   return settings;

@@ -8,7 +8,13 @@
  */
 import '@tensorflow/tfjs-core/dist/register_all_gradients';
 import { decodeMessage } from '../../shared/protocol/codec.ts';
-import { splitTensors, type Assign, type Message, type RunManifest, type TensorMap } from '../../shared/protocol/messages.ts';
+import {
+  splitTensors,
+  type Assign,
+  type Message,
+  type RunManifest,
+  type TensorMap,
+} from '../../shared/protocol/messages.ts';
 import { decodeFloats } from '../../shared/protocol/wire-codec.ts';
 import type { MicroBatch } from '../../shared/train/micro-batch.ts';
 import { WorkerSession } from '../../shared/worker-loop.ts';
@@ -47,7 +53,8 @@ declare global {
 }
 
 const KEEP_RESULTS = 8;
-const fmtBytes = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : b >= 1e6 ? `${(b / 1e6).toFixed(1)} MB` : `${(b / 1e3).toFixed(1)} kB`);
+const fmtBytes = (b: number) =>
+  b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : b >= 1e6 ? `${(b / 1e6).toFixed(1)} MB` : `${(b / 1e3).toFixed(1)} kB`;
 
 async function main(): Promise<void> {
   const view = new JoinView(document);
@@ -61,28 +68,37 @@ async function main(): Promise<void> {
     const limits = backend.limits
       ? `maxBufferSize ${fmtBytes(backend.limits.maxBufferSize)} · maxStorageBufferBindingSize ${fmtBytes(backend.limits.maxStorageBufferBindingSize)}`
       : '';
-    view.set({ backend: backend.name, adapter: backend.adapter, slow: backend.slow, slowReason: backend.slowReason ?? '', limits });
+    view.set({
+      backend: backend.name,
+      adapter: backend.adapter,
+      slow: backend.slow,
+      slowReason: backend.slowReason ?? '',
+      limits,
+    });
     log(`backend ${backend.name} on ${backend.adapter}${backend.slow ? ` (slow: ${backend.slowReason})` : ''}`);
     if (limits) log(`WebGPU limits: ${limits} (the coordinator sets the micro-batch size)`);
 
     let vocabSize = 0;
-    const session = new WorkerSession({
-      backend: backend.name,
-      platform: 'browser',
-      adapter: backend.adapter,
-      slow: backend.slow,
-      log,
-      loadBase: (manifest) => {
-        view.set({ state: 'loading', detail: 'loading the base model' });
-        return loadBaseWeights(manifest, {
-          log,
-          progress: (p) => {
-            const text = `${p.file}: ${fmtBytes(p.received)} / ${fmtBytes(p.total)} from ${p.source === 'cache' ? 'the browser cache' : 'the coordinator'}`;
-            view.set({ base: text, detail: text });
-          },
-        });
+    const session = new WorkerSession(
+      {
+        backend: backend.name,
+        platform: 'browser',
+        adapter: backend.adapter,
+        slow: backend.slow,
+        log,
+        loadBase: (manifest) => {
+          view.set({ state: 'loading', detail: 'loading the base model' });
+          return loadBaseWeights(manifest, {
+            log,
+            progress: (p) => {
+              const text = `${p.file}: ${fmtBytes(p.received)} / ${fmtBytes(p.total)} from ${p.source === 'cache' ? 'the browser cache' : 'the coordinator'}`;
+              view.set({ base: text, detail: text });
+            },
+          });
+        },
       },
-    }, { token: settings.token, name: settings.name });
+      { token: settings.token, name: settings.name },
+    );
 
     // Bookkeeping for the page, from the frames themselves (the session owns the protocol).
     let manifest: RunManifest | null = null;
@@ -92,20 +108,33 @@ async function main(): Promise<void> {
         case 'welcome':
           vocabSize = message.manifest.model.config.vocab_size;
           manifest = message.manifest;
-          view.set({ state: 'joining', workerId: `${message.workerId}${settings.name ? ` · ${settings.name}` : ''}`, runId: message.manifest.runId, detail: `joined run ${message.manifest.runId}` });
+          view.set({
+            state: 'joining',
+            workerId: `${message.workerId}${settings.name ? ` · ${settings.name}` : ''}`,
+            runId: message.manifest.runId,
+            detail: `joined run ${message.manifest.runId}`,
+          });
           return;
         case 'assign': {
           pending = message;
           const mb = message.microBatch;
-          view.set({ state: 'computing', detail: `step ${message.step}, micro-batch ${message.index} (${mb.batch}×${mb.time} tokens)` });
+          view.set({
+            state: 'computing',
+            detail: `step ${message.step}, micro-batch ${message.index} (${mb.batch}×${mb.time} tokens)`,
+          });
           const logitsBytes = 4 * mb.batch * mb.time * vocabSize;
           if (backend.limits && logitsBytes > backend.limits.maxStorageBufferBindingSize) {
-            log(`warning: this micro-batch's logits need ${fmtBytes(logitsBytes)}, more than the adapter's maxStorageBufferBindingSize ${fmtBytes(backend.limits.maxStorageBufferBindingSize)}; ask the coordinator for a smaller --micro-batch`);
+            log(
+              `warning: this micro-batch's logits need ${fmtBytes(logitsBytes)}, more than the adapter's maxStorageBufferBindingSize ${fmtBytes(backend.limits.maxStorageBufferBindingSize)}; ask the coordinator for a smaller --micro-batch`,
+            );
           }
           return;
         }
         case 'assign-local':
-          view.set({ state: 'computing', detail: `step ${message.step}, local job ${message.index} (${message.microBatches.length} inner steps)` });
+          view.set({
+            state: 'computing',
+            detail: `step ${message.step}, local job ${message.index} (${message.microBatches.length} inner steps)`,
+          });
           return;
         case 'done':
           view.set({ state: 'finished', detail: message.reason });
@@ -118,17 +147,26 @@ async function main(): Promise<void> {
         view.set({ state: 'ready', detail: 'waiting for work' });
       } else if (message.type === 'result' && pending && pending.assignmentId === message.assignmentId) {
         const entry: ComputedMicroBatch = {
-          step: pending.step, index: pending.index, paramVersion: message.paramVersion, microBatch: pending.microBatch,
-          params: session.heldParams(), lossSum: message.lossSum, tokenCount: message.tokenCount,
-          computeMs: message.computeMs, grads: manifest ? Object.fromEntries(splitTensors(decodeFloats(message.grads), manifest.adapter)) : {},
+          step: pending.step,
+          index: pending.index,
+          paramVersion: message.paramVersion,
+          microBatch: pending.microBatch,
+          params: session.heldParams(),
+          lossSum: message.lossSum,
+          tokenCount: message.tokenCount,
+          computeMs: message.computeMs,
+          grads: manifest ? Object.fromEntries(splitTensors(decodeFloats(message.grads), manifest.adapter)) : {},
         };
         debug.results.push(entry);
         if (debug.results.length > KEEP_RESULTS) debug.results.shift();
         debug.lastResult = entry;
         pending = null;
         view.set({
-          state: 'ready', detail: 'waiting for work', done: view.status.done + 1,
-          lastLoss: message.tokenCount > 0 ? message.lossSum / message.tokenCount : 0, lastComputeMs: message.computeMs,
+          state: 'ready',
+          detail: 'waiting for work',
+          done: view.status.done + 1,
+          lastLoss: message.tokenCount > 0 ? message.lossSum / message.tokenCount : 0,
+          lastComputeMs: message.computeMs,
         });
       } else if (message.type === 'worker-error') {
         pending = null;
@@ -144,21 +182,30 @@ async function main(): Promise<void> {
     };
 
     const url = socketUrl(location);
-    const connection = new Connection(url, session, {
-      log,
-      incoming: (bytes) => observe(bytes, observeIncoming),
-      outgoing: (bytes) => observe(bytes, observeOutgoing),
-      connecting: (attempt) => view.set({ state: 'connecting', detail: `connecting to ${url}${attempt > 1 ? ` (attempt ${attempt})` : ''}` }),
-      open: () => log(`connected to ${url}`),
-      reconnecting: (delayMs, why) => {
-        log(`${why}; reconnecting in ${(delayMs / 1000).toFixed(1)} s`);
-        view.set({ state: 'reconnecting', detail: `${why}; retrying in ${(delayMs / 1000).toFixed(1)} s` });
+    const connection = new Connection(
+      url,
+      session,
+      {
+        log,
+        incoming: (bytes) => observe(bytes, observeIncoming),
+        outgoing: (bytes) => observe(bytes, observeOutgoing),
+        connecting: (attempt) =>
+          view.set({
+            state: 'connecting',
+            detail: `connecting to ${url}${attempt > 1 ? ` (attempt ${attempt})` : ''}`,
+          }),
+        open: () => log(`connected to ${url}`),
+        reconnecting: (delayMs, why) => {
+          log(`${why}; reconnecting in ${(delayMs / 1000).toFixed(1)} s`);
+          view.set({ state: 'reconnecting', detail: `${why}; retrying in ${(delayMs / 1000).toFixed(1)} s` });
+        },
+        ended: (why, detail) => {
+          log(why === 'refused' ? `error: ${detail}` : `connection closed: ${detail}`);
+          view.set({ state: why === 'refused' ? 'error' : why, detail });
+        },
       },
-      ended: (why, detail) => {
-        log(why === 'refused' ? `error: ${detail}` : `connection closed: ${detail}`);
-        view.set({ state: why === 'refused' ? 'error' : why, detail });
-      },
-    }, settings.token);
+      settings.token,
+    );
     connection.start();
   } catch (err) {
     log(`error: ${(err as Error).message}`);

@@ -5,7 +5,16 @@
  */
 
 export type JoinState =
-  | 'starting' | 'connecting' | 'joining' | 'loading' | 'ready' | 'computing' | 'reconnecting' | 'finished' | 'left' | 'error';
+  | 'starting'
+  | 'connecting'
+  | 'joining'
+  | 'loading'
+  | 'ready'
+  | 'computing'
+  | 'reconnecting'
+  | 'finished'
+  | 'left'
+  | 'error';
 
 export interface JoinStatus {
   state: JoinState;
@@ -30,8 +39,19 @@ const MAX_LOG_LINES = 200;
 
 export class JoinView {
   readonly status: JoinStatus = {
-    state: 'starting', detail: '', backend: '', adapter: '', slow: false, slowReason: '', limits: '', workerId: '', runId: '',
-    done: 0, lastLoss: null, lastComputeMs: null, base: '',
+    state: 'starting',
+    detail: '',
+    backend: '',
+    adapter: '',
+    slow: false,
+    slowReason: '',
+    limits: '',
+    workerId: '',
+    runId: '',
+    done: 0,
+    lastLoss: null,
+    lastComputeMs: null,
+    base: '',
   };
   readonly logLines: string[] = [];
 
@@ -69,7 +89,10 @@ export class JoinView {
     this.doc.body.dataset.state = s.state;
     this.text('backend', s.backend || '–');
     this.text('adapter', s.adapter || '–');
-    this.text('slow', s.backend ? (s.slow ? `slow (${s.slowReason}): correct, but expect little throughput` : 'full speed') : '–');
+    this.text(
+      'slow',
+      s.backend ? (s.slow ? `slow (${s.slowReason}): correct, but expect little throughput` : 'full speed') : '–',
+    );
     this.text('limits', s.limits || '–');
     this.text('worker-id', s.workerId || '–');
     this.text('run-id', s.runId || '–');

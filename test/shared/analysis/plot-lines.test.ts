@@ -12,10 +12,13 @@ const tickLabels = (svg: string) =>
   [...svg.matchAll(/<text [^>]*font-size="10" text-anchor="middle">([^<]*)<\/text>/g)].map((m) => m[1]);
 
 test('log2 x: powers of 2 as ticks, 4 halfway between 1 and 16; one line per series', () => {
-  const svg = chart([
-    { name: 'median', x: [1, 4, 16], values: [0.5, 2, 8] },
-    { name: 'target', x: [1, 16], values: [3, 3], dashed: true },
-  ], { xScale: 'log2', logY: true });
+  const svg = chart(
+    [
+      { name: 'median', x: [1, 4, 16], values: [0.5, 2, 8] },
+      { name: 'target', x: [1, 16], values: [3, 3], dashed: true },
+    ],
+    { xScale: 'log2', logY: true },
+  );
   assert.equal(svg.match(/<path /g)?.length, 2);
   assert.ok(svg.includes('overhead &lt;N&gt;'));
   assert.deepEqual(tickLabels(svg), ['1', '2', '4', '8', '16']);
@@ -41,7 +44,9 @@ test('linear x: round ticks spanning the data; non-finite points and, on log axe
 
 test('index x (no `x` given): values at 1…n evenly spaced, labelled by xLabels', () => {
   const svg = lineChartSvg({
-    title: 't', xAxis: 'layer', yAxis: 'y',
+    title: 't',
+    xAxis: 'layer',
+    yAxis: 'y',
     panels: [{ title: 'p', xLabels: ['a', 'b', 'c'], series: [{ name: 's', values: [1, 2, 3] }] }],
   });
   assert.deepEqual(tickLabels(svg), ['a', 'b', 'c']);

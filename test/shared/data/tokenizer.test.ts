@@ -22,14 +22,14 @@ import { ErrorCodes } from '../../../shared/errors.ts';
 import { throwsCode } from '../../helpers/assert.ts';
 
 const FIXTURES = new URL('../../fixtures/tokenizers/', import.meta.url);
-const readJson = (dir: string, file: string): Record<string, unknown> => JSON.parse(readFileSync(new URL(`${dir}/${file}`, FIXTURES), 'utf8'));
+const readJson = (dir: string, file: string): Record<string, unknown> =>
+  JSON.parse(readFileSync(new URL(`${dir}/${file}`, FIXTURES), 'utf8'));
 const byteJson = readJson('byte-bpe', 'tokenizer.json');
 const byteConfig = readJson('byte-bpe', 'tokenizer_config.json');
 const spJson = readJson('sentencepiece-bpe', 'tokenizer.json');
 const spConfig = readJson('sentencepiece-bpe', 'tokenizer_config.json');
 const byteBpe = loadHfTokenizer(byteJson, byteConfig);
 const sentencePiece = loadHfTokenizer(spJson, spConfig);
-
 
 test('byte-level BPE encodes known strings to hand-derived ids', () => {
   // "hello world": the regex pre-tokenizer splits "hello" | " world" → symbols "hello", "Ġworld".
@@ -56,7 +56,13 @@ test('byte-level BPE decodes ids, skipping special tokens, and round trips text'
   assert.equal(byteBpe.decode([104, 263, 257, 111]), 'h\u00e9llo');
   assert.equal(byteBpe.decode([265, 259, 266, 264]), 'hello');
   assert.equal(byteBpe.decode([]), '');
-  for (const text of ['hello world', 'h\u00e9llo \u20ac!', ' two  spaces\tand\nnewlines ', 'caf\u00e9 na\u00efve 日本 🙂', 'end .']) {
+  for (const text of [
+    'hello world',
+    'h\u00e9llo \u20ac!',
+    ' two  spaces\tand\nnewlines ',
+    'caf\u00e9 na\u00efve 日本 🙂',
+    'end .',
+  ]) {
     assert.equal(byteBpe.decode(byteBpe.encode(text)), text, JSON.stringify(text));
   }
 });
@@ -84,13 +90,37 @@ test('the chat template renders messages to the exact expected string', () => {
     byteBpe.renderChat(messages, false),
     '<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n',
   );
-  assert.equal(byteBpe.renderChat(messages.slice(0, 2), true), '<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n');
+  assert.equal(
+    byteBpe.renderChat(messages.slice(0, 2), true),
+    '<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n',
+  );
   // bos_token and eos_token are template variables, as in transformers.
-  const llama2Style = loadHfTokenizer(spJson, { ...spConfig, chat_template: "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}" });
-  assert.equal(llama2Style.renderChat([{ role: 'user', content: 'hi' }, { role: 'assistant', content: 'there' }], false), '<s>[INST] hi [/INST] there</s>');
+  const llama2Style = loadHfTokenizer(spJson, {
+    ...spConfig,
+    chat_template:
+      "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}",
+  });
+  assert.equal(
+    llama2Style.renderChat(
+      [
+        { role: 'user', content: 'hi' },
+        { role: 'assistant', content: 'there' },
+      ],
+      false,
+    ),
+    '<s>[INST] hi [/INST] there</s>',
+  );
   // raise_exception in a template surfaces as LM_ERR_DATA.
-  const strict = loadHfTokenizer(byteJson, { ...byteConfig, chat_template: "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}ok" });
-  throwsCode(() => strict.renderChat([{ role: 'assistant', content: 'x' }], false), ErrorCodes.DATA, /first message must be from the user/);
+  const strict = loadHfTokenizer(byteJson, {
+    ...byteConfig,
+    chat_template:
+      "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first message must be from the user') }}{% endif %}ok",
+  });
+  throwsCode(
+    () => strict.renderChat([{ role: 'assistant', content: 'x' }], false),
+    ErrorCodes.DATA,
+    /first message must be from the user/,
+  );
 });
 
 test('SentencePiece-style BPE encodes known strings to hand-derived ids, with byte fallback', () => {
@@ -122,7 +152,11 @@ test('SentencePiece-style BPE special ids: {"content"} token objects, pad from e
   assert.equal(sentencePiece.eosId, 2);
   assert.equal(sentencePiece.padId, 2); // pad_token null → eos
   assert.equal(sentencePiece.addBos, true); // TemplateProcessing single = [<s>, A]
-  throwsCode(() => sentencePiece.renderChat([{ role: 'user', content: 'hi' }], true), ErrorCodes.DATA, /no chat template/);
+  throwsCode(
+    () => sentencePiece.renderChat([{ role: 'user', content: 'hi' }], true),
+    ErrorCodes.DATA,
+    /no chat template/,
+  );
 
   // Without names in tokenizer_config.json the ids come from the model's config.json; a list of EOS ids gives its first.
   const bare = loadHfTokenizer(spJson, {}, { bos_token_id: 1, eos_token_id: [2, 0], pad_token_id: 0 });
@@ -130,7 +164,15 @@ test('SentencePiece-style BPE special ids: {"content"} token objects, pad from e
   const none = loadHfTokenizer(spJson);
   assert.deepEqual([none.bosId, none.eosId, none.padId, none.addBos], [null, null, 0, false]);
   // A post-processor that does not start with BOS means no BOS.
-  const noBosTemplate = { ...spJson, post_processor: { type: 'TemplateProcessing', single: [{ Sequence: { id: 'A', type_id: 0 } }], pair: [], special_tokens: {} } };
+  const noBosTemplate = {
+    ...spJson,
+    post_processor: {
+      type: 'TemplateProcessing',
+      single: [{ Sequence: { id: 'A', type_id: 0 } }],
+      pair: [],
+      special_tokens: {},
+    },
+  };
   assert.equal(loadHfTokenizer(noBosTemplate, spConfig).addBos, false);
 });
 
@@ -138,7 +180,11 @@ test('bad tokenizer files are refused with LM_ERR_MODEL naming the field', () =>
   throwsCode(() => loadHfTokenizer([1, 2]), ErrorCodes.MODEL, /tokenizer\.json/);
   throwsCode(() => loadHfTokenizer({ version: '1.0' }), ErrorCodes.MODEL, /"model"/);
   throwsCode(() => loadHfTokenizer(spJson, 'config'), ErrorCodes.MODEL, /tokenizer_config\.json/);
-  throwsCode(() => loadHfTokenizer(spJson, { bos_token: '<bos>' }), ErrorCodes.MODEL, /bos_token "<bos>" is not in the tokenizer's vocabulary/);
+  throwsCode(
+    () => loadHfTokenizer(spJson, { bos_token: '<bos>' }),
+    ErrorCodes.MODEL,
+    /bos_token "<bos>" is not in the tokenizer's vocabulary/,
+  );
   throwsCode(() => loadHfTokenizer(spJson, { eos_token: 7 }), ErrorCodes.MODEL, /eos_token is 7/);
   throwsCode(() => loadHfTokenizer(spJson, { chat_template: '{% for %}' }), ErrorCodes.MODEL, /chat_template/);
 });
@@ -151,5 +197,9 @@ test('CharTokenizer is a TextTokenizer and keeps its own API', () => {
   assert.deepEqual([tok.bosId, tok.eosId, tok.padId, tok.addBos], [1, 2, 0, true]);
   assert.deepEqual(tok.encode('ba'), [4, 3]);
   assert.equal(tok.decode([1, 4, 3, 2, 3]), 'ba');
-  throwsCode(() => tok.renderChat([{ role: 'user', content: 'a' }], true), ErrorCodes.DATA, /this tokenizer has no chat template/);
+  throwsCode(
+    () => tok.renderChat([{ role: 'user', content: 'a' }], true),
+    ErrorCodes.DATA,
+    /this tokenizer has no chat template/,
+  );
 });

@@ -39,7 +39,10 @@ test('every bfloat16 pattern survives bf16 → f32 → bf16 unchanged (NaNs stay
 test('float16 relative error ≤ 2^-11 over the normal range', () => {
   const rng = new Rng(1);
   // log-uniform magnitudes from the smallest normal 2^-14 to the largest finite 65504, both signs
-  const values = Float32Array.from({ length: 100_000 }, () => (rng.next() < 0.5 ? -1 : 1) * 2 ** rng.uniform(-14, Math.log2(65504)));
+  const values = Float32Array.from(
+    { length: 100_000 },
+    () => (rng.next() < 0.5 ? -1 : 1) * 2 ** rng.uniform(-14, Math.log2(65504)),
+  );
   const back = f16ToF32(f32ToF16(values));
   let worst = 0;
   for (let i = 0; i < values.length; i++) worst = Math.max(worst, Math.abs(back[i] - values[i]) / Math.abs(values[i]));
@@ -49,7 +52,10 @@ test('float16 relative error ≤ 2^-11 over the normal range', () => {
 
 test('bfloat16 relative error ≤ 2^-8 over float32 normal magnitudes', () => {
   const rng = new Rng(2);
-  const values = Float32Array.from({ length: 100_000 }, () => (rng.next() < 0.5 ? -1 : 1) * 2 ** rng.uniform(-126, 127));
+  const values = Float32Array.from(
+    { length: 100_000 },
+    () => (rng.next() < 0.5 ? -1 : 1) * 2 ** rng.uniform(-126, 127),
+  );
   const back = bf16ToF32(f32ToBf16(values));
   let worst = 0;
   for (let i = 0; i < values.length; i++) worst = Math.max(worst, Math.abs(back[i] - values[i]) / Math.abs(values[i]));
@@ -76,7 +82,9 @@ test('float16 special values', () => {
   assert.equal(f16Bits(-1e-10), 0x8000); // ... keeping the sign
   assert.equal(f16Bits(fromBits(0x00000001)), 0x0000); // float32 subnormals are far below float16's
 
-  const decoded = f16ToF32(new Uint16Array([0x0000, 0x8000, 0x7c00, 0xfc00, 0x7e00, 0x7bff, 0x0001, 0x03ff, 0x0400, 0x8001]));
+  const decoded = f16ToF32(
+    new Uint16Array([0x0000, 0x8000, 0x7c00, 0xfc00, 0x7e00, 0x7bff, 0x0001, 0x03ff, 0x0400, 0x8001]),
+  );
   assert.ok(Object.is(decoded[0], 0) && Object.is(decoded[1], -0));
   assert.deepEqual([...decoded.slice(2, 4)], [Infinity, -Infinity]);
   assert.ok(Number.isNaN(decoded[4]));

@@ -5,7 +5,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ErrorCodes } from '../../../shared/errors.ts';
 import {
-  MAX_PEER_TEXT, refusalFromClose, refusalFromHttp, refusalFromReject,
+  MAX_PEER_TEXT,
+  refusalFromClose,
+  refusalFromHttp,
+  refusalFromReject,
 } from '../../../shared/protocol/refusal.ts';
 
 test('refused upgrades: 401 and 403 are permanent with a sentence naming the fix; 503 and 404 are not', () => {
@@ -25,8 +28,12 @@ test('refused upgrades: 401 and 403 are permanent with a sentence naming the fix
 
 test('closes: a permanent code in a 1008/1002 reason is final; 1006, 1000 and LM_ERR_LIMIT/RATE are not', () => {
   const final = [
-    [1008, 'LM_ERR_AUTH'], [1008, 'LM_ERR_ORIGIN'], [1002, 'LM_ERR_PROTOCOL_VERSION'], [1008, 'LM_ERR_CODEC'],
-    [1008, 'LM_ERR_QUARANTINED'], [1008, 'LM_ERR_SPOT_CHECK'],
+    [1008, 'LM_ERR_AUTH'],
+    [1008, 'LM_ERR_ORIGIN'],
+    [1002, 'LM_ERR_PROTOCOL_VERSION'],
+    [1008, 'LM_ERR_CODEC'],
+    [1008, 'LM_ERR_QUARANTINED'],
+    [1008, 'LM_ERR_SPOT_CHECK'],
   ] as const;
   for (const [closeCode, code] of final) {
     const refusal = refusalFromClose(closeCode, code);
@@ -43,7 +50,8 @@ test('closes: a permanent code in a 1008/1002 reason is final; 1006, 1000 and LM
 test('reject frames: permanent codes keep the coordinator’s words; per-frame codes are not refusals', () => {
   const quarantined = refusalFromReject('LM_ERR_QUARANTINED', 'failed a spot check');
   assert.deepEqual(quarantined, {
-    code: 'LM_ERR_QUARANTINED', reason: 'this worker was quarantined by the coordinator: failed a spot check',
+    code: 'LM_ERR_QUARANTINED',
+    reason: 'this worker was quarantined by the coordinator: failed a spot check',
   });
   const words = 'protocol 1 is not supported; this coordinator speaks 2';
   const protocol = refusalFromReject('LM_ERR_PROTOCOL_VERSION', words);

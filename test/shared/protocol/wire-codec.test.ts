@@ -2,7 +2,14 @@
 // decoded messages within one message's error of the true sum over 1,000 messages.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { codecBytes, decodeFloats, encodeFloats, ErrorFeedback, payloadBytes, type CodecSpec } from '../../../shared/protocol/wire-codec.ts';
+import {
+  codecBytes,
+  decodeFloats,
+  encodeFloats,
+  ErrorFeedback,
+  payloadBytes,
+  type CodecSpec,
+} from '../../../shared/protocol/wire-codec.ts';
 import { Rng } from '../../../shared/rng.ts';
 
 /** Values over many magnitudes, with zeros, signs, subnormal-range and a few large ones. */
@@ -29,7 +36,8 @@ test('f16: |err| ≤ 2^-11·|x| in the normal range, ≤ 2^-25 below it; beyond 
 test('bf16: |err| ≤ 2^-8·|x| at every magnitude', () => {
   const x = Float32Array.from([...sample(5000, 3), 3e38, -1e-38]);
   const y = decodeFloats(encodeFloats(x, { name: 'bf16' }));
-  for (let i = 0; i < x.length; i++) assert.ok(Math.abs(y[i] - x[i]) <= 2 ** -8 * Math.abs(x[i]), `x=${x[i]} → ${y[i]}`);
+  for (let i = 0; i < x.length; i++)
+    assert.ok(Math.abs(y[i] - x[i]) <= 2 ** -8 * Math.abs(x[i]), `x=${x[i]} → ${y[i]}`);
 });
 
 test('int8: |err| ≤ scale/2 per block (scale = max|x|/127), for several block sizes and a ragged last block', () => {
@@ -41,15 +49,26 @@ test('int8: |err| ≤ scale/2 per block (scale = max|x|/127), for several block 
     const y = decodeFloats(p);
     for (let i = 0; i < x.length; i++) {
       const scale = p.scales![Math.floor(i / blockSize)];
-      assert.ok(Math.abs(y[i] - x[i]) <= scale / 2 + 1e-6 * scale + 1e-45, `block ${blockSize}, x=${x[i]} → ${y[i]} (scale ${scale})`);
+      assert.ok(
+        Math.abs(y[i] - x[i]) <= scale / 2 + 1e-6 * scale + 1e-45,
+        `block ${blockSize}, x=${x[i]} → ${y[i]} (scale ${scale})`,
+      );
     }
   }
-  assert.deepEqual([...decodeFloats(encodeFloats(new Float32Array(5), { name: 'int8', blockSize: 2 }))], [0, 0, 0, 0, 0]);
+  assert.deepEqual(
+    [...decodeFloats(encodeFloats(new Float32Array(5), { name: 'int8', blockSize: 2 }))],
+    [0, 0, 0, 0, 0],
+  );
 });
 
 test('payload sizes: 4, 2, 2 and 1 + 4/block bytes per value', () => {
   const x = sample(1000, 5);
-  for (const [spec, bytes] of [[{ name: 'f32' }, 4000], [{ name: 'f16' }, 2000], [{ name: 'bf16' }, 2000], [{ name: 'int8', blockSize: 64 }, 1000 + 4 * 16]] as [CodecSpec, number][]) {
+  for (const [spec, bytes] of [
+    [{ name: 'f32' }, 4000],
+    [{ name: 'f16' }, 2000],
+    [{ name: 'bf16' }, 2000],
+    [{ name: 'int8', blockSize: 64 }, 1000 + 4 * 16],
+  ] as [CodecSpec, number][]) {
     assert.equal(payloadBytes(encodeFloats(x, spec)), bytes, spec.name);
     assert.equal(codecBytes(x.length, spec), bytes, spec.name);
   }
@@ -59,7 +78,8 @@ test('payload sizes: 4, 2, 2 and 1 + 4/block bytes per value', () => {
 // large entries, so it would vanish every time) plus noise.
 function stream(seed: number, n: number) {
   const rng = new Rng(seed);
-  return () => Float32Array.from({ length: n }, (_, i) => (i % 16 === 0 ? 50 * rng.normal() : 0.02 + 0.01 * rng.normal()));
+  return () =>
+    Float32Array.from({ length: n }, (_, i) => (i % 16 === 0 ? 50 * rng.normal() : 0.02 + 0.01 * rng.normal()));
 }
 
 for (const spec of [{ name: 'int8', blockSize: 64 }, { name: 'bf16' }, { name: 'f16' }] as CodecSpec[]) {
@@ -86,10 +106,18 @@ for (const spec of [{ name: 'int8', blockSize: 64 }, { name: 'bf16' }, { name: '
     // (of the value plus the previous residual, hence the factor 2 and float32 accumulation slack).
     const drift = Math.max(...trueSum.map((t, i) => Math.abs(fedSum[i] - t)));
     const plainDrift = Math.max(...trueSum.map((t, i) => Math.abs(plainSum[i] - t)));
-    assert.ok(drift <= 2 * worstOneMessage + 1e-3, `${spec.name}: drift ${drift} vs one message's error ${worstOneMessage}`);
+    assert.ok(
+      drift <= 2 * worstOneMessage + 1e-3,
+      `${spec.name}: drift ${drift} vs one message's error ${worstOneMessage}`,
+    );
     const pending = withFeedback.pending;
-    for (let i = 0; i < n; i++) assert.ok(Math.abs(trueSum[i] - fedSum[i] - pending[i]) <= 1e-3 + 1e-6 * Math.abs(trueSum[i]), 'Σ true − Σ decoded = residual');
-    if (spec.name === 'int8') assert.ok(plainDrift > 20 * drift, `without feedback the int8 drift grows: ${plainDrift} vs ${drift}`);
+    for (let i = 0; i < n; i++)
+      assert.ok(
+        Math.abs(trueSum[i] - fedSum[i] - pending[i]) <= 1e-3 + 1e-6 * Math.abs(trueSum[i]),
+        'Σ true − Σ decoded = residual',
+      );
+    if (spec.name === 'int8')
+      assert.ok(plainDrift > 20 * drift, `without feedback the int8 drift grows: ${plainDrift} vs ${drift}`);
   });
 }
 

@@ -5,7 +5,11 @@ import assert from 'node:assert/strict';
 import { aggregateInOrder } from '../../../shared/train/aggregate.ts';
 import { robustAggregate } from '../../../shared/train/robust.ts';
 
-const r = (g: number[], tokens = 1) => ({ lossSum: 0, tokenCount: tokens, grads: new Map([['w', Float32Array.from(g.map((x) => x * tokens))]]) });
+const r = (g: number[], tokens = 1) => ({
+  lossSum: 0,
+  tokenCount: tokens,
+  grads: new Map([['w', Float32Array.from(g.map((x) => x * tokens))]]),
+});
 const honest = [r([1, 2]), r([1.1, 2.1]), r([0.9, 1.9]), r([1.05, 2]), r([0.95, 2])];
 const liar = r([-10, -20]);
 
@@ -16,7 +20,10 @@ for (const how of ['median', 'trimmed-mean', 'norm-clip', 'centered-clip'] as co
     const clean = robustAggregate(honest, how).get('w')!;
     assert.ok(Math.abs(clean[0] - 1) < 0.06 && Math.abs(clean[1] - 2) < 0.06, `${how}: ${clean}`);
     const attacked = robustAggregate([...honest, liar], how).get('w')!;
-    assert.ok(Math.abs(attacked[0] - 1) < bound[how] && Math.abs(attacked[1] - 2) < 2 * bound[how], `${how} under attack: ${attacked}`);
+    assert.ok(
+      Math.abs(attacked[0] - 1) < bound[how] && Math.abs(attacked[1] - 2) < 2 * bound[how],
+      `${how} under attack: ${attacked}`,
+    );
   });
 }
 
