@@ -10,7 +10,7 @@ import { writeAtomic } from './run-dir.ts';
 import { writeFigure, writeJson } from './analysis-io.ts';
 import { analyzeOne, compareTwo, markdownTable, meanByKind, type Base } from './analyze-cmd.ts';
 import type { LinearModule } from '../shared/config.ts';
-import type { SweepOptions, SweepRun } from './sweep-cmd.ts';
+import type { SweepOptions, SweepRun } from './sweep-types.ts';
 
 export interface SweepReportInput {
   options: SweepOptions;

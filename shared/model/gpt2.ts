@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Gpt2Config } from '../config.ts';
 import { attend, causalMask, type KvCache } from './attention.ts';
-import type { CausalLM, LinearStorage, ParamSource } from './causal-lm.ts';
+import type { CausalLM, LinearStorage, ParamSource } from './types.ts';
 import { geluNew, layerNorm } from './norm-ops.ts';
 
 const block = (i: number) => `transformer.h.${i}`;

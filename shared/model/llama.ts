@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { LlamaConfig } from '../config.ts';
 import { attend, causalMask, type KvCache } from './attention.ts';
-import type { CausalLM, LinearStorage, ParamSource } from './causal-lm.ts';
+import type { CausalLM, LinearStorage, ParamSource } from './types.ts';
 import { constMatMul } from './linear-ops.ts';
 import { rmsNorm, swiglu } from './norm-ops.ts';
 

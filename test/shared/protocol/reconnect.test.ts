@@ -2,6 +2,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { reconnectDelayMs, RECONNECT_BASE_MS, RECONNECT_MAX_MS } from '../../../shared/protocol/reconnect.ts';
+import { Rng } from '../../../shared/rng.ts';
+
+const rng = new Rng(7); // seeded: a failure replays
 
 test('doubles from 250 ms per failure in a row and stops at 10 s', () => {
   const top = (failures: number) => reconnectDelayMs(failures, 1); // random → 1: the jitter factor's upper end
@@ -19,7 +22,7 @@ test('jitter scales the delay to between 50 % and 100 %, linearly in random', ()
     assert.equal(reconnectDelayMs(failures, 0.5), full * 0.75, `failures=${failures}`);
     const low = reconnectDelayMs(failures, 0);
     for (let i = 0; i < 100; i++) {
-      const d = reconnectDelayMs(failures, Math.random());
+      const d = reconnectDelayMs(failures, rng.next());
       assert.ok(d >= low && d < full, `${d} outside [${low}, ${full})`);
     }
   }

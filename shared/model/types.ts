@@ -1,0 +1,36 @@
+/**
+ * The interfaces every architecture implements and every caller uses: a forward pass over a
+ * ParamSource, and how a linear layer is stored. Their own file, so the architectures (llama.ts,
+ * gpt2.ts) and the dispatcher over them (causal-lm.ts) import it without importing each other.
+ */
+import type * as tf from '@tensorflow/tfjs-core';
+import type { ModelConfig } from '../config.ts';
+import type { KvCache } from './attention.ts';
+
+export interface ParamSource {
+  /** y = x·Wᵀ (+ bias) for the linear layer at modulePath, plus its LoRA branch when it has one */
+  linear(modulePath: string, x: tf.Tensor2D): tf.Tensor2D;
+  /** rows of the token embedding for ids (N) → (N, d) */
+  embed(ids: tf.Tensor1D): tf.Tensor2D;
+  /** any other parameter (norm weights, position embeddings) */
+  param(name: string): tf.Tensor;
+  /**
+   * true when every tensor param() returns is a constant of the loss (LoRA fine-tuning, inference):
+   * ops may then skip those tensors' gradients. Unset when they are being trained.
+   */
+  readonly frozen?: boolean;
+}
+
+export interface CausalLM {
+  readonly config: ModelConfig;
+  /** logits (B·T, V) for inputIds (B, T); with a cache, positions continue after cache.length */
+  forward(params: ParamSource, inputIds: tf.Tensor2D, cache?: KvCache): tf.Tensor2D;
+}
+
+/** How a linear layer's weight is stored in the checkpoint. */
+export interface LinearStorage {
+  weight: string;
+  /** GPT-2's Conv1D stores (d_in, d_out) instead of (d_out, d_in) */
+  transposed: boolean;
+  bias?: string;
+}
