@@ -10,7 +10,7 @@ import { LoraMeshError } from '../shared/errors.ts';
 import { BACKENDS, type BackendName } from '../worker/backend.ts';
 import { AGGREGATIONS, type Aggregation } from '../shared/train/robust.ts';
 import { defaultCacheDir } from '../worker/node.ts';
-import { addresses, host, int, modules, num, oneOf, port } from './options.ts';
+import { addresses, host, int, modules, num, oneOf, outlierFactor, port } from './options.ts';
 import { DEFAULT_NET_LIMITS } from './net-limits.ts';
 import { registerAnalysisCommands } from './analysis-cli.ts';
 import { DEMO_MODEL_DIR } from './paths.ts';
@@ -150,8 +150,8 @@ function addTrainOptions(cmd: Command): Command {
     )
     .option(
       '--outlier-factor <K>',
-      `recompute a result whose gradient norm is over K × its step's median before it counts; quarantine the sender if it disagrees (0: off; default ${DEFAULT_DEFENCE.outlierFactor})`,
-      num(0),
+      `recompute a result whose gradient norm is over K × its step's median before it counts; quarantine the sender if it disagrees (0: off, else ≥ 1; default ${DEFAULT_DEFENCE.outlierFactor})`,
+      outlierFactor,
     )
     .option(
       '--admin-token <token>',
@@ -225,13 +225,16 @@ addTrainOptions(
     });
   }
   // Everything that can fail without the model is checked before it loads.
-  let shape = runShapeFrom(o);
+  // On --resume each typed flag is read against the run's own settings, never against the defaults.
+  let shape: RunShape;
   if (o.resume) {
     const given = new Set(
       cmd.options.map((opt) => opt.attributeName()).filter((key) => cmd.getOptionValueSource(key) === 'cli'),
     );
     shape = resumeShape(readRunConfig(o.resume), o, given, o.resume);
     [o.runId, o.out] = [basename(resolve(o.resume)), dirname(resolve(o.resume))];
+  } else {
+    shape = runShapeFrom(o);
   }
   let token: string | undefined =
     o.token ??

@@ -9,7 +9,8 @@
  * - when a step's results are all in, a result whose norm is more than `outlierFactor` × the
  *   step's median norm is recomputed before it counts (the outlier screen). The median is taken
  *   over workers (each worker's median first; the lower middle for an even count), so a fast liar
- *   that won most micro-batches cannot move it while it is at most half of the step's workers.
+ *   that won most micro-batches cannot move it while it is at most half of the step's workers;
+ *   once trusted norms are known (probation, spot checks) their recent median is the reference.
  *   Flagged results are recomputed one at a time, largest first.
  *
  * A recomputation that agrees changes nothing (the worker's own bits are used), so honest runs
@@ -120,14 +121,15 @@ export function outliers(
     if (results.some((r) => r.verified)) return [];
     return [results.reduce((a, b) => (b.norm > a.norm ? b : a)).index];
   }
-  const reference = Math.min(lowerMedian(medians), recent ?? Infinity);
+  // The recent trusted norms when there are any (no worker of this step can move them), else the step's own.
+  const reference = recent ?? lowerMedian(medians);
   return results.filter((r) => !r.verified && r.norm > factor * reference).map((r) => r.index);
 }
 
 /**
  * Recent norms a liar cannot set alone: results a trusted recomputation confirmed, and the
- * reference of every step that at least two workers computed (the lower median then belongs to
- * the smaller of any two, so a worker sending huge results cannot raise it).
+ * reference of every step that at least three workers computed (the lower median of three or more
+ * is an honest worker's while at most one lies, whether it sends huge results or near-zero ones).
  */
 export class NormHistory {
   private readonly norms: number[] = [];
@@ -139,10 +141,10 @@ export class NormHistory {
     this.push(norm);
   }
 
-  /** A finished step's results: its reference joins the history when two or more workers computed it. */
+  /** A finished step's results: its reference joins the history when three or more workers computed it. */
   step(results: readonly ScreenedResult[]): void {
     const medians = workerMedians(results);
-    if (medians.length >= 2) this.push(lowerMedian(medians));
+    if (medians.length >= 3) this.push(lowerMedian(medians));
   }
 
   /** Median of the recent norms; null before any. */

@@ -123,6 +123,9 @@ export interface SecurityLimits {
   maxBufferedBytes?: number;
 }
 
+/** Upper bound of one token's loss in a result (a cross-entropy in nats; ln of any vocabulary is far below). */
+const MAX_TOKEN_LOSS = 1e4;
+
 export const DEFAULT_SECURITY: SecurityLimits = {
   maxMessagesPerSecond: 200,
   maxRejects: 50,
@@ -262,8 +265,16 @@ export class MeshExecutor implements GradientExecutor {
 
   /** Re-runs the dispatcher while a step is in flight, so overdue attempts get copied to idle workers. */
   private readonly deadlineTimer = setInterval(() => {
-    if (this.inFlight?.schedule.hasOverdue(Date.now())) this.dispatch();
+    const now = Date.now();
+    if (this.inFlight?.schedule.hasOverdue(now)) this.dispatch();
+    // A step with no worker left to compute it says so (every minute) instead of waiting in silence.
+    if (this.inFlight && this.readyCount() === 0 && now - this.lastIdleNote > 60_000) {
+      if (this.lastIdleNote > 0)
+        this.log(`step ${this.inFlight.schedule.step} waits: no worker is connected (loramesh worker … joins)`);
+      this.lastIdleNote = now;
+    } else if (!this.inFlight || this.readyCount() > 0) this.lastIdleNote = 0;
   }, 100).unref();
+  private lastIdleNote = 0;
 
   close(): void {
     clearInterval(this.deadlineTimer);
@@ -273,8 +284,8 @@ export class MeshExecutor implements GradientExecutor {
   abort(reason: Error): void {
     const step = this.inFlight;
     if (!step) return;
+    // Holdings stay: results still on their way are then late, not foreign (no reject, no count).
     this.inFlight = null;
-    for (const w of this.workers.values()) w.holding = null;
     step.reject(reason);
   }
 
@@ -339,9 +350,19 @@ export class MeshExecutor implements GradientExecutor {
     };
   }
 
-  /** Pings every worker; one that did not answer the previous ping is dropped (its work requeued). */
-  heartbeat(): void {
+  private lastHeartbeat = 0;
+
+  /**
+   * Pings every worker; one that did not answer the previous ping is dropped (its work requeued).
+   * If this process itself was busy past the interval (a long trusted recomputation or eval), the
+   * pongs may be waiting unread: that round drops no one and starts afresh.
+   */
+  heartbeat(intervalMs = Infinity): void {
+    const now = Date.now();
+    const lagged = this.lastHeartbeat > 0 && now - this.lastHeartbeat > 1.5 * intervalMs;
+    this.lastHeartbeat = now;
     for (const w of this.workers.values()) {
+      if (lagged) w.alive = true;
       if (!w.alive) {
         this.log(`worker ${w.id} missed a heartbeat; dropping it`);
         w.ws.terminate();
@@ -490,7 +511,13 @@ export class MeshExecutor implements GradientExecutor {
           ErrorCodes.FIELD,
           `result.tokenCount ${r.tokenCount} should be ${expectedTokens} for this ${step.items[held.index].kind === 'grad' ? 'micro-batch' : 'job'}`,
         );
-      if (!Number.isFinite(r.lossSum)) throw new LoraMeshError(ErrorCodes.NON_FINITE, `result.lossSum is ${r.lossSum}`);
+      // A token's loss is a cross-entropy: ≥ 0, and far below 1e4 for any model worth training.
+      if (!(r.lossSum >= 0 && r.lossSum <= MAX_TOKEN_LOSS * Math.max(1, r.tokenCount))) {
+        throw new LoraMeshError(
+          ErrorCodes.NON_FINITE,
+          `result.lossSum ${r.lossSum} is not a sum of ${r.tokenCount} token losses (each in [0, ${MAX_TOKEN_LOSS}])`,
+        );
+      }
       const flat = unpackFloats(r.grads, this.options.manifest.wire.up, this.adapterValues, 'result.grads');
       // Finite values can still overflow the float32 sum (3e38 + 3e38 = Infinity): refused here.
       norm = l2Norm(flat);
@@ -513,22 +540,32 @@ export class MeshExecutor implements GradientExecutor {
       (onProbation ||
         (checks.spotCheck > 0 && mixSeed(checks.secret, held.step, held.index) / 2 ** 32 < checks.spotCheck))
     ) {
-      // Hold the worker's result until the trusted recomputation agrees.
-      void this.spotCheck(w, held, r, grads, norm, step, checks);
+      // Hold the worker's result until the trusted recomputation agrees; meanwhile it may take more work.
+      void this.spotCheck(w, held, r, grads, norm, step, checks).catch((err) => this.failStep(step, err));
+      this.dispatch();
       return;
     }
     this.accept(w, held, r, grads, norm, false, step, now);
   }
 
-  /** The trusted recomputation of a slot's work, and how far `grads` is from it (relative L2). */
+  /** The trusted recomputation of a slot's work, and how far the result is from it (relative L2 of the gradients, relative loss). */
   private async disagreement(
     step: StepInFlight,
     index: number,
     grads: Map<string, Float32Array>,
+    lossSum: number,
     checks: ResultChecks,
   ): Promise<number> {
     const trusted = await checks.recompute(step.items[index], this.adapter);
-    return relativeL2(trusted.grads, grads);
+    const loss = Math.abs(trusted.lossSum - lossSum) / Math.max(1, Math.abs(trusted.lossSum));
+    return Math.max(relativeL2(trusted.grads, grads), loss);
+  }
+
+  /** A trusted recomputation itself failed (weights unloadable, out of memory): the step fails with it. */
+  private failStep(step: StepInFlight, err: unknown): void {
+    if (this.inFlight !== step) return;
+    this.log(`a trusted recomputation failed: ${(err as Error).message}`);
+    this.abort(err instanceof Error ? err : new Error(String(err)));
   }
 
   private async spotCheck(
@@ -543,11 +580,19 @@ export class MeshExecutor implements GradientExecutor {
     w.checksPending++;
     let relative: number;
     try {
-      relative = await this.disagreement(step, held.index, grads, checks);
+      relative = await this.disagreement(step, held.index, grads, r.lossSum, checks);
     } finally {
       w.checksPending--;
     }
-    if (this.inFlight !== step) return; // the step ended meanwhile (a copy won)
+    if (this.inFlight !== step) {
+      // The step ended meanwhile (a copy won): nothing to take back, but a proven liar still goes.
+      if (relative > checks.tolerance) {
+        this.countRejection(ErrorCodes.SPOT_CHECK);
+        this.banned.add(w.name);
+        this.closeWith(w, ErrorCodes.QUARANTINED, 'failed a spot check');
+      }
+      return;
+    }
     const now = Date.now();
     if (relative <= checks.tolerance) {
       w.checksPassed++;
@@ -626,7 +671,7 @@ export class MeshExecutor implements GradientExecutor {
     }
     // One at a time, largest first: a conviction takes back the liar's other results with it.
     const largest = flagged.reduce((a, b) => (step.screened[b]!.norm > step.screened[a]!.norm ? b : a));
-    void this.screenOutlier(step, largest, checks!);
+    void this.screenOutlier(step, largest, checks!).catch((err) => this.failStep(step, err));
   }
 
   private async screenOutlier(step: StepInFlight, index: number, checks: ResultChecks): Promise<void> {
@@ -638,7 +683,7 @@ export class MeshExecutor implements GradientExecutor {
     );
     let relative: number;
     try {
-      relative = await this.disagreement(step, index, grads, checks);
+      relative = await this.disagreement(step, index, grads, step.results[index]!.lossSum, checks);
     } finally {
       step.verifying--;
     }

@@ -75,3 +75,10 @@ export function host(value: string): string {
     throw new InvalidArgumentError(`expected an IP address or a host name, got ${JSON.stringify(value)}`);
   return v;
 }
+
+/** The outlier screen's factor: 0 (off) or at least 1 (below 1 every honest result would be recomputed). */
+export function outlierFactor(value: string): number {
+  const n = num(0)(value);
+  if (n > 0 && n < 1) throw new InvalidArgumentError(`expected 0 (off) or a number ≥ 1, got ${JSON.stringify(value)}`);
+  return n;
+}

@@ -16,13 +16,41 @@ export type CheckpointConfig = { model: string; lora: unknown; train: TrainConfi
 const withoutSteps = (c: unknown) =>
   JSON.stringify({ ...(c as object), train: { ...(c as { train: object }).train, steps: undefined } });
 
+/** What a run was made from, by content (run_config.json; older files lack it). */
+export interface RunInputs {
+  modelFiles: { name: string; sha256: string }[];
+  /** training examples after tokenization and the eval split */
+  examples: number;
+}
+
+/** Refuses a model file or a data set that changed since the run began (names the first difference). */
+function checkInputs(stored: Partial<RunInputs>, now: RunInputs, runDir: string): void {
+  for (const file of stored.modelFiles ?? []) {
+    const current = now.modelFiles.find((f) => f.name === file.name);
+    if (current?.sha256 !== file.sha256) {
+      fail(
+        ErrorCodes.CONFIG,
+        `--resume ${runDir}: the model's ${file.name} ${current ? 'changed since the run began (sha256 differs)' : 'is missing'}`,
+      );
+    }
+  }
+  if (stored.examples !== undefined && stored.examples !== now.examples) {
+    fail(
+      ErrorCodes.CONFIG,
+      `--resume ${runDir}: the data now gives ${now.examples} training examples, the run began with ${stored.examples}`,
+    );
+  }
+}
+
 /** Imports the newest valid checkpoint into `trainer`; returns its path. */
 export function resumeFromCheckpoint(
   trainer: Trainer,
   runDir: RunDir,
   config: CheckpointConfig,
+  inputs: RunInputs,
   log: (line: string) => void,
 ): string {
+  checkInputs(runDir.readConfig() as Partial<RunInputs>, inputs, runDir.path);
   const checkpoint =
     loadLatestCheckpoint(runDir.path, log) ??
     fail(ErrorCodes.STATE, `--resume ${runDir.path}: no valid checkpoint to resume from`);

@@ -88,10 +88,14 @@ export class RunDir {
     writeAtomic(join(this.path, 'run_config.json'), JSON.stringify(config, null, 2) + '\n');
   }
 
+  /** run_config.json as written (the CLI reads it through checkRunShape; this is for the run's own fields). */
+  readConfig(): Record<string, unknown> {
+    return JSON.parse(readFileSync(join(this.path, 'run_config.json'), 'utf8')) as Record<string, unknown>;
+  }
+
   /** Changes fields of run_config.json (a resume that raised --steps records the new total). */
   patchConfig(fields: Record<string, unknown>): void {
-    const current = JSON.parse(readFileSync(join(this.path, 'run_config.json'), 'utf8')) as Record<string, unknown>;
-    this.writeConfig({ ...current, ...fields });
+    this.writeConfig({ ...this.readConfig(), ...fields });
   }
 
   appendMetrics(line: Record<string, unknown>): void {

@@ -5,7 +5,7 @@
  * `train --resume` after a crash needs no manual step. A lock from another host is never taken
  * over: this host cannot tell whether that process still runs.
  */
-import { closeSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, linkSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { isAbsolute, join, relative } from 'node:path';
 import { ErrorCodes, LoraMeshError } from '../shared/errors.ts';
@@ -13,8 +13,6 @@ import { ErrorCodes, LoraMeshError } from '../shared/errors.ts';
 export const LOCK_FILE = 'run.lock';
 /** A lock file that does not parse is being written (held) until it is this old, then stale. */
 const UNREADABLE_GRACE_MS = 5000;
-/** After renaming over a stale lock, wait this long before checking that no other taker won. */
-const TAKEOVER_SETTLE_MS = 50;
 
 export interface LockHolder {
   pid: number;
@@ -64,17 +62,27 @@ export function acquireRunLock(dir: string, log: (line: string) => void = (line)
     const holder = parseHolder(raw);
     const stale = holder ? staleReason(holder, self.host) : unreadableStaleReason(path);
     if (!stale) throw lockedError(shown, holder);
-    // Take over: write our own lock to a temp name and rename it over the stale one (atomic), then
-    // check after a moment that another process taking over the same lock did not rename over ours.
-    const tmp = `${path}.tmp-${process.pid}`;
-    writeFileSync(tmp, content);
-    if (readOrNull(path) !== raw) {
-      unlinkSync(tmp);
+    // Take over: move the stale lock aside under a name of our own (of several processes trying,
+    // exactly one rename succeeds), check that what moved is the stale lock we judged, drop it and
+    // create ours with O_EXCL, which decides any remaining race.
+    const aside = `${path}.stale-${process.pid}-${attempt}`;
+    try {
+      renameSync(path, aside);
+    } catch {
+      continue; // another process moved it first
+    }
+    if (readOrNull(aside) !== raw) {
+      // a live lock replaced the stale one between our read and the move: put it back
+      try {
+        linkSync(aside, path);
+        unlinkSync(aside);
+      } catch {
+        // the path was taken again meanwhile; the moved file stays for a person to look at
+      }
       continue;
     }
-    renameSync(tmp, path);
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, TAKEOVER_SETTLE_MS);
-    if (readOrNull(path) === content) {
+    unlinkSync(aside);
+    if (createExclusive(path, content)) {
       log(`${shown}: took over run.lock of ${holder ? describeHolder(holder) : 'an unknown process'} (${stale})`);
       return holdLock(path, self);
     }

@@ -209,7 +209,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       wss.emit('connection', ws, req);
     });
   });
-  const heartbeat = setInterval(() => opts.mesh.heartbeat(), opts.heartbeatMs);
+  const heartbeat = setInterval(() => opts.mesh.heartbeat(opts.heartbeatMs), opts.heartbeatMs);
   heartbeat.unref();
   const unsubscribe = opts.monitor.subscribe((event) => streams.publish(event));
   await new Promise<void>((resolve, reject) => {

@@ -23,7 +23,7 @@ import { loadWeights, type ModelDir } from './model-dir.ts';
 import { RunMonitor } from './monitor.ts';
 import { resolveNetLimits, type NetLimits } from './net-limits.ts';
 import { resultChecks } from './result-checks.ts';
-import { resumeFromCheckpoint, type CheckpointConfig } from './resume.ts';
+import { resumeFromCheckpoint, type CheckpointConfig, type RunInputs } from './resume.ts';
 import { RunControl } from './run-control.ts';
 import { DEFAULT_DEPLOYMENT } from './run-defaults.ts';
 import { RunDir } from './run-dir.ts';
@@ -151,6 +151,11 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
   let log = userLog;
   const { model, lora, train } = opts;
   const checkpointConfig: CheckpointConfig = { model: model.dir, lora, train, local: opts.local };
+  // What the run was made from, by content: a resume refuses a model or data set that changed in place.
+  const inputs: RunInputs = {
+    modelFiles: model.files.map(({ name, sha256 }) => ({ name, sha256 })),
+    examples: opts.examples.length,
+  };
   if (!opts.resume) {
     runDir.writeConfig({
       runId,
@@ -162,6 +167,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
       inProcess: !!opts.inProcess,
       checkpointEvery: opts.checkpointEvery ?? 0,
       aggregation: opts.aggregation ?? 'sum',
+      ...inputs,
     });
   }
 
@@ -223,7 +229,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
   // 2. Resume, if asked; a finished run has nothing to do.
   let checkpointedStep = -1;
   if (opts.resume) {
-    const path = resumeFromCheckpoint(trainer, runDir, checkpointConfig, log);
+    const path = resumeFromCheckpoint(trainer, runDir, checkpointConfig, inputs, log);
     checkpointedStep = trainer.step;
     if (trainer.done) {
       mesh?.close();
@@ -373,11 +379,9 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
         m = await trainer.runStep();
       } catch (err) {
         if (control.stopRequested) break;
-        if (err instanceof LoraMeshError && err.code === ErrorCodes.NON_FINITE) {
-          // Nothing non-finite was applied: keep the last good state, then stop with the error.
-          log(`stopping: ${err.message}`);
-          checkpoint();
-        }
+        // A failed step left the trainer at the last whole step (nothing non-finite is ever applied):
+        // keep that state, then stop with the error.
+        if (trainer.step > 0) checkpoint();
         throw err;
       }
       const now = mesh?.traffic.snapshot() ?? NO_TRAFFIC;

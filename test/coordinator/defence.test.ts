@@ -74,6 +74,7 @@ test('relativeL2: 0 for equal gradients, Infinity for a missing or resized tenso
 });
 
 test('history: a step one worker computed alone is judged against recent trusted norms, or has its largest result confirmed', () => {
+  // (and once a history exists it is the reference: a near-zero liar among two workers cannot lower it)
   const alone = [r(0, 'liar', 1e31), r(1, 'liar', 2e31), r(2, 'liar', 1e31)];
   // nothing known yet: the largest result is recomputed before the step counts
   const history = new NormHistory(4);
@@ -86,8 +87,11 @@ test('history: a step one worker computed alone is judged against recent trusted
     ),
     [],
   );
-  // after a step two honest workers computed, the same lone step is flagged whole
+  // a step two workers computed does not enter it (one of two could be a near-zero liar)…
   history.step([r(0, 'a', 2), r(1, 'b', 4), r(2, 'b', 4)]);
+  assert.equal(history.reference(), null);
+  // …one three workers computed does: its lower median, 2
+  history.step([r(0, 'a', 2), r(1, 'b', 4), r(2, 'c', 0)]);
   assert.equal(history.reference(), 2);
   assert.deepEqual(outliers(alone, 10, history), [0, 1, 2]);
   // a lone liar cannot raise the history: steps of one worker do not enter it
@@ -98,4 +102,11 @@ test('history: a step one worker computed alone is judged against recent trusted
   assert.equal(history.reference(), 3);
   // an honest lone step near the history passes
   assert.deepEqual(outliers([r(0, 'a', 5), r(1, 'a', 25)], 10, history), []);
+});
+
+test('a near-zero liar cannot drag the reference down once trusted norms exist: honest results are not flagged', () => {
+  const history = new NormHistory(4);
+  for (const n of [3, 4, 5]) history.trusted(n);
+  assert.deepEqual(outliers([r(0, 'zero', 0), r(1, 'zero', 0), r(2, 'a', 4), r(3, 'a', 6)], 10, history), []);
+  assert.deepEqual(outliers([r(0, 'huge', 400), r(1, 'a', 4)], 10, history), [0]);
 });

@@ -43,7 +43,10 @@ class FakePeer implements Peer {
   closedWith: number | null = null;
   events!: PeerEvents;
   /** answers an assignment of micro-batch `index` with these values (null: does not answer) */
-  constructor(private readonly answer: (index: number) => Float32Array | null) {}
+  constructor(
+    private readonly answer: (index: number) => Float32Array | null,
+    private readonly lossSum = 1,
+  ) {}
   send(frame: Uint8Array): void {
     const m = decodeMessage(frame);
     this.received.push(m);
@@ -56,7 +59,7 @@ class FakePeer implements Peer {
             assignmentId: m.assignmentId,
             paramVersion: m.paramVersion,
             tokenCount: tokenCount(m.microBatch),
-            lossSum: 1,
+            lossSum: this.lossSum,
             computeMs: 1,
             grads: encodeFloats(values, F32),
           }),
@@ -201,5 +204,17 @@ test('abort() rejects the step in flight', async () => {
   const step = m.compute(0, 0, microBatches);
   m.abort(new Error('stopped'));
   await assert.rejects(step, /stopped/);
+  m.close();
+});
+
+test('a lie in lossSum alone: 1e308 is refused outright; a plausible wrong loss fails its probation check', async () => {
+  const m = mesh({ probation: 1, outlierFactor: 0 });
+  const overflow = new FakePeer(honest, 1e308).join(m, 'overflow');
+  const wrongLoss = new FakePeer(honest, 50).join(m, 'wrong-loss');
+  new FakePeer(honest).join(m, 'honest');
+  const { sum } = await m.compute(0, 0, microBatches);
+  assert.ok(overflow.rejects().includes('LM_ERR_NON_FINITE'), overflow.rejects().join());
+  assert.ok(wrongLoss.rejects().includes('LM_ERR_SPOT_CHECK'), wrongLoss.rejects().join());
+  assert.equal(sum.lossSum, 6, 'every used result carries the honest loss');
   m.close();
 });

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { InvalidArgumentError } from 'commander';
-import { host, port } from '../../coordinator/options.ts';
+import { host, outlierFactor, port } from '../../coordinator/options.ts';
 
 function refuses(parse: (value: string) => unknown, value: string, expected: RegExp): void {
   assert.throws(
@@ -69,4 +69,11 @@ test('host: invalid IPv4, spaces, empty and malformed names are refused', () => 
   for (const value of refused) {
     refuses(host, value, /^expected an IP address or a host name, got /);
   }
+});
+
+test('outlierFactor: 0 (off) or ≥ 1', () => {
+  assert.equal(outlierFactor('0'), 0);
+  assert.equal(outlierFactor('1'), 1);
+  assert.equal(outlierFactor('10'), 10);
+  for (const bad of ['0.5', '-1', 'x', '']) assert.throws(() => outlierFactor(bad), InvalidArgumentError, bad);
 });

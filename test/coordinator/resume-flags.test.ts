@@ -306,3 +306,14 @@ test('run_config.json is checked field by field on --resume: a valid one comes b
   }
   assert.throws(() => checkRunShape([], 'run_config.json'), /the file should be a JSON object|model should be/);
 });
+
+test('a typed batch flag that repeats the run is read against the run, not the CLI defaults (global 12, micro 4)', () => {
+  const stored = demoRun({
+    train: checkTrainConfig({ steps: 6, globalBatch: 12, microBatch: 4, lr: 0.01, warmupSteps: 3, seed: 5 }),
+  });
+  const cliDefaults = flagsOf(demoRun()); // micro-batch 2 there; the CLI's own default is 8
+  assert.deepEqual(
+    resumeShape(stored, { ...cliDefaults, microBatch: 8, globalBatch: 12 }, new Set(['globalBatch']), RUN_DIR),
+    stored,
+  );
+});

@@ -12,3 +12,10 @@ test('newlines, escape sequences, C1 controls and bidi overrides are replaced; l
   assert.equal(cleanPeerText(undefined), '');
   assert.equal(cleanPeerText('GPU: NVIDIA H200 (ünïcödé ok)'), 'GPU: NVIDIA H200 (ünïcödé ok)');
 });
+
+test('invisible characters are replaced, so local\u200b-1 cannot pass for local-1', () => {
+  for (const hidden of ['\u200b', '\u200c', '\u200d', '\u2060', '\ufeff', '\u2028', '\u2029']) {
+    assert.notEqual(cleanPeerText(`local${hidden}-1`), 'local-1');
+    assert.doesNotMatch(cleanPeerText(`local${hidden}-1`), /[\u200b-\u200d\u2060\ufeff\u2028\u2029]/);
+  }
+});
