@@ -12,13 +12,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { initBackend } from '../worker/backend.ts';
+import { initBackend } from '../node/backend.ts';
 import { toExample } from '../shared/data/demo-tasks.ts';
-import { demoExamples, demoTaskData } from '../coordinator/dataset.ts';
-import { DEMO_LORA, DEMO_TRAIN } from '../coordinator/demo.ts';
-import { openModelDir } from '../coordinator/model-dir.ts';
-import { DEMO_MODEL_DIR } from '../coordinator/paths.ts';
-import { runTraining, type RunOptions, type RunResult } from '../coordinator/train.ts';
+import { demoExamples, demoTaskData } from '../coordinator/io/dataset.ts';
+import { DEMO_LORA, DEMO_TRAIN } from '../coordinator/commands/demo.ts';
+import { openModelDir } from '../coordinator/io/model-dir.ts';
+import { DEMO_MODEL_DIR } from '../coordinator/io/paths.ts';
+import { runTraining, type RunOptions, type RunResult } from '../coordinator/run/train.ts';
 import { cliFlags, provenance, replaceSection, writeJson } from './lib/results.ts';
 
 const { quick, write } = cliFlags();

@@ -22,14 +22,14 @@ import { adapterParameterCount, adapterSpec, mergeAdapter } from '../shared/lora
 import { FrozenBase } from '../shared/lora/params.ts';
 import { createModel, parameterShapes } from '../shared/model/causal-lm.ts';
 import { codecBytes, describeCodec, type CodecSpec } from '../shared/protocol/wire-codec.ts';
-import { DEMO_LORA, DEMO_TRAIN } from '../coordinator/demo.ts';
-import { demoExamples, demoTaskData } from '../coordinator/dataset.ts';
-import { loadWeights, openModelDir } from '../coordinator/model-dir.ts';
-import { DEMO_MODEL_DIR } from '../coordinator/paths.ts';
-import { runTraining } from '../coordinator/train.ts';
+import { DEMO_LORA, DEMO_TRAIN } from '../coordinator/commands/demo.ts';
+import { demoExamples, demoTaskData } from '../coordinator/io/dataset.ts';
+import { loadWeights, openModelDir } from '../coordinator/io/model-dir.ts';
+import { DEMO_MODEL_DIR } from '../coordinator/io/paths.ts';
+import { runTraining } from '../coordinator/run/train.ts';
 import { lineChartSvg } from '../shared/analysis/plot-lines.ts';
-import { writeFigure } from '../coordinator/analysis-io.ts';
-import { initBackend } from '../worker/backend.ts';
+import { writeFigure } from '../coordinator/io/analysis-io.ts';
+import { initBackend } from '../node/backend.ts';
 import {
   cliFlags,
   figure,

@@ -15,7 +15,7 @@ import { createInterface } from 'node:readline';
 import * as tf from '@tensorflow/tfjs-core';
 import { FrozenBase } from '../shared/lora/params.ts';
 import { computeGradients, computeGradientsAsync, type GradientResult } from '../shared/train/gradients.ts';
-import { initBackend, type BackendName } from '../worker/backend.ts';
+import { initBackend, type BackendName } from '../node/backend.ts';
 import { linearModulePaths, linearShape } from '../shared/model/causal-lm.ts';
 import { demoWorkload, gpt2Workload, writeTorchInputs, type Workload } from './compute-workloads.ts';
 

@@ -7,9 +7,9 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { demoExamples, demoTaskData } from '../coordinator/dataset.ts';
-import { loadWeights, openModelDir } from '../coordinator/model-dir.ts';
-import { DEMO_MODEL_DIR } from '../coordinator/paths.ts';
+import { demoExamples, demoTaskData } from '../coordinator/io/dataset.ts';
+import { loadWeights, openModelDir } from '../coordinator/io/model-dir.ts';
+import { DEMO_MODEL_DIR } from '../coordinator/io/paths.ts';
 import { checkLoraConfig, type Gpt2Config, type LoraConfig, type ModelConfig } from '../shared/config.ts';
 import { encodeSafetensors } from '../shared/formats/safetensors.ts';
 import {
@@ -30,7 +30,7 @@ import { Rng } from '../shared/rng.ts';
 import { packMicroBatch, type MicroBatch } from '../shared/train/micro-batch.ts';
 
 /**
- * The demo run's LoRA and global batch (coordinator/demo.ts DEMO_LORA, DEMO_TRAIN.globalBatch),
+ * The demo run's LoRA and global batch (coordinator/commands/demo.ts DEMO_LORA, DEMO_TRAIN.globalBatch),
  * repeated here: importing demo.ts would load the whole coordinator into the bench.
  */
 export const DEMO_LORA = checkLoraConfig({ r: 8, alpha: 16, targetModules: ['q_proj', 'v_proj'] });

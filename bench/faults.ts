@@ -11,12 +11,12 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { initBackend } from '../worker/backend.ts';
+import { initBackend } from '../node/backend.ts';
 import { checkLoraConfig, checkTrainConfig } from '../shared/config.ts';
-import { demoExamples, demoTaskData } from '../coordinator/dataset.ts';
-import { openModelDir } from '../coordinator/model-dir.ts';
-import { DEMO_MODEL_DIR } from '../coordinator/paths.ts';
-import { runTraining } from '../coordinator/train.ts';
+import { demoExamples, demoTaskData } from '../coordinator/io/dataset.ts';
+import { openModelDir } from '../coordinator/io/model-dir.ts';
+import { DEMO_MODEL_DIR } from '../coordinator/io/paths.ts';
+import { runTraining } from '../coordinator/run/train.ts';
 
 await initBackend('wasm');
 const root = mkdtempSync(join(tmpdir(), 'loramesh-bench-faults-'));

@@ -36,8 +36,8 @@ function peakRss(): number {
 
 if (process.argv[2] === 'load') {
   // Child: load and report.
-  const { initBackend } = await import('../worker/backend.ts');
-  const { loadSafetensorsFiles } = await import('../worker/load-weights.ts');
+  const { initBackend } = await import('../node/backend.ts');
+  const { loadSafetensorsFiles } = await import('../node/load-weights.ts');
   await initBackend('wasm');
   const before = process.memoryUsage().rss;
   const t0 = performance.now();

@@ -18,7 +18,7 @@ import { connect, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
-import type { NetLimits } from '../coordinator/net-limits.ts';
+import type { NetLimits } from '../coordinator/net/net-limits.ts';
 import { machine, provenance, replaceSection, writeJson } from './lib/results.ts';
 
 const TOKEN = 'memory-attack-token';
@@ -55,12 +55,12 @@ const SCENARIOS: Scenario[] = [
 
 /** The child: a coordinator's network edge as runTraining builds it (mesh log → monitor → streams), no training. */
 async function coordinator(limits: Partial<NetLimits>): Promise<void> {
-  const { openModelDir } = await import('../coordinator/model-dir.ts');
-  const { MeshExecutor } = await import('../coordinator/mesh.ts');
-  const { RunMonitor } = await import('../coordinator/monitor.ts');
-  const { startServer } = await import('../coordinator/server.ts');
-  const { DEMO_MODEL_DIR } = await import('../coordinator/paths.ts');
-  const { DEMO_LORA, DEMO_TRAIN } = await import('../coordinator/demo.ts');
+  const { openModelDir } = await import('../coordinator/io/model-dir.ts');
+  const { MeshExecutor } = await import('../coordinator/engine/mesh.ts');
+  const { RunMonitor } = await import('../coordinator/net/monitor.ts');
+  const { startServer } = await import('../coordinator/net/server.ts');
+  const { DEMO_MODEL_DIR } = await import('../coordinator/io/paths.ts');
+  const { DEMO_LORA, DEMO_TRAIN } = await import('../coordinator/commands/demo.ts');
   const { adapterSpec } = await import('../shared/lora/adapter.ts');
   const { F32 } = await import('../shared/protocol/wire-codec.ts');
   const model = await openModelDir(DEMO_MODEL_DIR);

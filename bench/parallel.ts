@@ -1,6 +1,6 @@
 /**
  * `npm run bench:parallel` (issue 9, item 3): real data parallelism on this machine. The demo
- * model's LoRA training (coordinator/train.ts, global batch 32 in 4 micro-batches) run as one
+ * model's LoRA training (coordinator/run/train.ts, global batch 32 in 4 micro-batches) run as one
  * process computing everything itself, as 1 local worker process, as 2 single-threaded local
  * worker processes, and as 1 worker process using both cores (multi-threaded wasm) where the
  * backend offers it. Steady-state throughput: the first steps are skipped. With the scale
@@ -12,14 +12,14 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { writeFigure } from '../coordinator/analysis-io.ts';
-import { DEMO_LORA, DEMO_TRAIN } from '../coordinator/demo.ts';
-import { demoExamples, demoTaskData } from '../coordinator/dataset.ts';
-import { openModelDir } from '../coordinator/model-dir.ts';
-import { DEMO_MODEL_DIR } from '../coordinator/paths.ts';
-import { runTraining } from '../coordinator/train.ts';
+import { writeFigure } from '../coordinator/io/analysis-io.ts';
+import { DEMO_LORA, DEMO_TRAIN } from '../coordinator/commands/demo.ts';
+import { demoExamples, demoTaskData } from '../coordinator/io/dataset.ts';
+import { openModelDir } from '../coordinator/io/model-dir.ts';
+import { DEMO_MODEL_DIR } from '../coordinator/io/paths.ts';
+import { runTraining } from '../coordinator/run/train.ts';
 import { lineChartSvg } from '../shared/analysis/plot-lines.ts';
-import { initBackend } from '../worker/backend.ts';
+import { initBackend } from '../node/backend.ts';
 import {
   BENCH_DIR,
   cliFlags,
@@ -37,7 +37,7 @@ import {
 } from './lib/results.ts';
 import type { ScaleResult } from './scale.ts';
 
-/** The environment variable a multi-threaded wasm backend reads in worker processes (worker/backend.ts). */
+/** The environment variable a multi-threaded wasm backend reads in worker processes (node/backend.ts). */
 export const WASM_THREADS_ENV = 'LORAMESH_WASM_THREADS';
 
 export interface ParallelBenchOptions {
@@ -119,7 +119,7 @@ export function wasmThreadsAvailable(): string | null {
   const source = readFileSync(join(BENCH_DIR, '..', 'worker', 'backend.ts'), 'utf8');
   return source.includes(WASM_THREADS_ENV)
     ? null
-    : `worker/backend.ts has no multi-threaded wasm option (${WASM_THREADS_ENV}); tfjs runs wasm single-threaded in Node`;
+    : `node/backend.ts has no multi-threaded wasm option (${WASM_THREADS_ENV}); tfjs runs wasm single-threaded in Node`;
 }
 
 export async function runParallelBench(opts: ParallelBenchOptions): Promise<ParallelResult> {

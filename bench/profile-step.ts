@@ -5,7 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend, type BackendName } from '../worker/backend.ts';
+import { initBackend, type BackendName } from '../node/backend.ts';
 import { FrozenBase } from '../shared/lora/params.ts';
 import { computeGradients } from '../shared/train/gradients.ts';
 import { demoWorkload, gpt2Workload } from './compute-workloads.ts';

@@ -10,7 +10,7 @@
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { pathToFileURL } from 'node:url';
-import { writeFigure } from '../coordinator/analysis-io.ts';
+import { writeFigure } from '../coordinator/io/analysis-io.ts';
 import { lineChartSvg } from '../shared/analysis/plot-lines.ts';
 import type { Gpt2Config } from '../shared/config.ts';
 import { adapterParameterCount, adapterSpec } from '../shared/lora/adapter.ts';

@@ -7,23 +7,24 @@ import { contextLength, DEFAULT_LORA, DEFAULT_TRAIN } from '../shared/config.ts'
 import type { AdapterState } from '../shared/lora/adapter.ts';
 import type { Example } from '../shared/train/micro-batch.ts';
 import { LoraMeshError } from '../shared/errors.ts';
-import { BACKENDS, type BackendName } from '../worker/backend.ts';
+import { BACKENDS, type BackendName } from '../node/backend.ts';
 import { AGGREGATIONS, type Aggregation } from '../shared/train/robust.ts';
-import { defaultCacheDir } from '../worker/node.ts';
-import { addresses, host, int, modules, num, oneOf, outlierFactor, port } from './options.ts';
-import { DEFAULT_NET_LIMITS } from './net-limits.ts';
-import { registerAnalysisCommands } from './analysis-cli.ts';
-import { DEMO_MODEL_DIR } from './paths.ts';
+import { defaultCacheDir } from '../node/cache-dir.ts';
+import { addresses, host, int, modules, num, oneOf, outlierFactor, port } from './cli/options.ts';
+import { DEFAULT_NET_LIMITS } from './net/net-limits.ts';
+import { registerAnalysisCommands } from './cli/analysis-cli.ts';
+import { DEMO_MODEL_DIR } from './io/paths.ts';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ErrorCodes, fail } from '../shared/errors.ts';
 import { CODECS, DEFAULT_INT8_BLOCK } from '../shared/protocol/wire-codec.ts';
-import { DEFAULT_DEFENCE } from './defence.ts';
-import { DEFAULT_SECURITY } from './mesh.ts';
-import { DEFAULT_DEPLOYMENT } from './run-defaults.ts';
-import { checkListen, readFlagFile } from './preflight.ts';
-import { checkRunShape, resumeShape, runShapeFrom, type RunShape } from './resume-flags.ts';
+import { DEFAULT_DEFENCE } from './engine/defence.ts';
+import { DEFAULT_SECURITY } from './engine/mesh.ts';
+import { DEFAULT_DEPLOYMENT } from './run/run-defaults.ts';
+import { readFlagFile } from './cli/preflight.ts';
+import { checkListen } from './net/listen.ts';
+import { checkRunShape, resumeShape, runShapeFrom, type RunShape } from './cli/resume-flags.ts';
 
 function readRunConfig(dir: string): RunShape {
   const file = join(dir, 'run_config.json');
@@ -247,12 +248,12 @@ addTrainOptions(
     fail(ErrorCodes.CONFIG, '--dashboard-access admin needs --admin-token');
   if (!o.inProcess) await checkListen(o.host, o.port);
 
-  const { initBackend } = await import('../worker/backend.ts');
-  const { openModelDir } = await import('./model-dir.ts');
-  const { demoExamples, demoTaskData, loadJsonlDataset } = await import('./dataset.ts');
+  const { initBackend } = await import('../node/backend.ts');
+  const { openModelDir } = await import('./io/model-dir.ts');
+  const { demoExamples, demoTaskData, loadJsonlDataset } = await import('./io/dataset.ts');
   const { toExample } = await import('../shared/data/demo-tasks.ts');
-  const { readAdapterDir } = await import('./adapter-io.ts');
-  const { runTraining } = await import('./train.ts');
+  const { readAdapterDir } = await import('./io/adapter-io.ts');
+  const { runTraining } = await import('./run/train.ts');
   let { lora } = shape;
   const { train, wire, local, data: dataSpec } = shape;
   const model = await openModelDir(shape.model);
@@ -398,7 +399,7 @@ program
   .option('--seed <n>', 'sampling seed', int(0), 0)
   .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEFAULT_DEPLOYMENT.backend)
   .action(async (o) => {
-    const { generateCommand } = await import('./generate-cmd.ts');
+    const { generateCommand } = await import('./commands/generate.ts');
     await generateCommand(o);
   });
 
@@ -410,8 +411,8 @@ program
   .requiredOption('--out <dir>', 'output directory (base tensor names and dtypes; config and tokenizer copied)')
   .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEFAULT_DEPLOYMENT.backend)
   .action(async (o) => {
-    const { initBackend } = await import('../worker/backend.ts');
-    const { mergeCommand } = await import('./merge-cmd.ts');
+    const { initBackend } = await import('../node/backend.ts');
+    const { mergeCommand } = await import('./commands/merge.ts');
     await initBackend(o.backend, (l) => console.error(l));
     await mergeCommand(o);
   });
@@ -424,7 +425,7 @@ program
   .option('--out <dir>', 'where run folders go', 'runs')
   .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'wasm')
   .action(async (o) => {
-    const { runDemo } = await import('./demo.ts');
+    const { runDemo } = await import('./commands/demo.ts');
     await runDemo(o);
   });
 

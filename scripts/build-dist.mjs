@@ -8,9 +8,9 @@
 // files, the native binaries of webgpu, @resvg/resvg-js and bufferutil). A later bundle can reuse the
 // same options with fewer externals: `cliBuildOptions({ packages: undefined, ... })`.
 //
-// dist/ sits one folder below the package root, like coordinator/ and worker/, so the paths those
-// modules build from import.meta.url ('../build/web', '../models/demo-base', '../build/tfjs-gradients.cjs')
-// mean the same from dist/cli.js. checkRootRelativePaths() refuses a build where that stops being true.
+// dist/ sits one folder below the package root, like node/package-root.ts, the one module that
+// builds paths from import.meta.url (PACKAGE_ROOT = '..'): the package's files are found the same from
+// dist/cli.js. checkRootRelativePaths() refuses a build where a module deeper down reads import.meta.url.
 import { build } from 'esbuild';
 import { readFileSync, rmSync } from 'node:fs';
 import { dirname, join, sep } from 'node:path';

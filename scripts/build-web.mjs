@@ -13,7 +13,7 @@ mkdirSync(out, { recursive: true });
 await build({
   entryPoints: {
     join: join(root, 'worker/browser/join.ts'),
-    dashboard: join(root, 'coordinator/dashboard/dashboard.ts'),
+    dashboard: join(root, 'coordinator/net/dashboard/dashboard.ts'),
   },
   bundle: true,
   format: 'esm',
@@ -27,4 +27,4 @@ await build({
   external: ['fs', 'path', 'os', 'crypto', 'worker_threads', 'perf_hooks'],
 });
 copyFileSync(join(root, 'worker/browser/join.html'), join(out, 'join.html'));
-copyFileSync(join(root, 'coordinator/dashboard/index.html'), join(out, 'index.html'));
+copyFileSync(join(root, 'coordinator/net/dashboard/index.html'), join(out, 'index.html'));

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend } from '../worker/backend.ts';
+import { initBackend } from '../node/backend.ts';
 import type { ModelConfig } from '../shared/config.ts';
 import { CharTokenizer } from '../shared/data/char-tokenizer.ts';
 import { DEMO_ALPHABET, PRETRAIN_TAGS, randomWord, TASKS, toExample, taskSplits } from '../shared/data/demo-tasks.ts';

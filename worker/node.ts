@@ -7,21 +7,20 @@
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import type * as tf from '@tensorflow/tfjs-core';
 import { checkModelConfig } from '../shared/config.ts';
 import { ErrorCodes, fail, LoraMeshError } from '../shared/errors.ts';
-import { sha256File } from './hash.ts';
-import { loadSafetensorsFiles } from './load-weights.ts';
+import { sha256File } from '../node/hash.ts';
+import { loadSafetensorsFiles } from '../node/load-weights.ts';
 import type { BaseFile, RunManifest } from '../shared/protocol/messages.ts';
 import { asBytes } from '../shared/protocol/codec.ts';
 import { cleanPeerText } from '../shared/protocol/peer-text.ts';
 import { reconnectDelayMs } from '../shared/protocol/reconnect.ts';
 import { refusalFromClose, refusalFromHttp, type Refusal } from '../shared/protocol/refusal.ts';
 import { WorkerSession } from '../shared/worker-loop.ts';
-import { initBackend, type BackendName } from './backend.ts';
+import { initBackend, type BackendName } from '../node/backend.ts';
 import { faultHooks } from './faults.ts';
 
 export interface NodeWorkerOptions {
@@ -34,8 +33,6 @@ export interface NodeWorkerOptions {
   maxRetries?: number;
   log?: (line: string) => void;
 }
-
-export const defaultCacheDir = () => process.env.LORAMESH_CACHE ?? join(homedir(), '.cache', 'loramesh');
 
 const headerValue = (h: string | string[] | undefined) => (Array.isArray(h) ? h[0] : h);
 

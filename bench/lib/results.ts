@@ -2,7 +2,7 @@
  * What every benchmark shares: min/median/max of repeated measurements, a description of the
  * machine, bench/results/<name>.json, marker-delimited sections of bench/RESULTS.md
  * (`<!-- name:start -->` … `<!-- name:end -->`). Charts are shared/analysis/plot-lines.ts's, written
- * as SVG + PNG by coordinator/analysis-io.ts's writeFigure.
+ * as SVG + PNG by coordinator/io/analysis-io.ts's writeFigure.
  */
 import { mkdirSync, readFileSync, existsSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, totalmem } from 'node:os';

@@ -16,9 +16,9 @@ import {
 import type { TextTokenizer } from '../../shared/data/tokenizer.ts';
 import { Rng } from '../../shared/rng.ts';
 import type { Example } from '../../shared/train/micro-batch.ts';
-import type { ModelDir } from '../../coordinator/model-dir.ts';
-import { runTraining } from '../../coordinator/train.ts';
-import type { StepMetrics } from '../../coordinator/trainer.ts';
+import type { ModelDir } from '../../coordinator/io/model-dir.ts';
+import { runTraining } from '../../coordinator/run/train.ts';
+import type { StepMetrics } from '../../coordinator/engine/trainer.ts';
 import type { SimWorkerPool } from './sim-pool.ts';
 
 /** GPT-2 small (124M): 12 layers, d = 768. */

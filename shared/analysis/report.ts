@@ -1,7 +1,7 @@
 /**
  * Per-module reports over whole adapters, I/O-free: the spectrum of every ΔW = scale·B·A, its
  * amplification of the base W when the base is given, and φ between two adapters' A matrices.
- * Callers load the matrices (coordinator/analysis-io.ts) and write the results.
+ * Callers load the matrices (coordinator/io/analysis-io.ts) and write the results.
  */
 import type { Matrix } from 'ml-matrix';
 import { ErrorCodes, fail } from '../errors.ts';

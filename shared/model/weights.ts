@@ -44,7 +44,7 @@ export class WeightCollector {
       );
     if (this.weights.has(name)) fail(ErrorCodes.MODEL, `tensor ${name} appears twice (second time in ${file})`);
     const t = read();
-    // `read` may return a view of a buffer the loader reuses for the next tensor (worker/load-weights.ts).
+    // `read` may return a view of a buffer the loader reuses for the next tensor (node/load-weights.ts).
     // Only wasm copies the values into its own heap inside tf.tensor; cpu, tfjs-node, webgl and webgpu
     // keep this very array (the GPU backends upload it on first use), so without a copy every weight
     // would end up holding the last tensor read. wasm keeps the single copy (bench:load's peak RSS).

@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import '../helpers/backend.ts';
 import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
-import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
-import { openModelDir } from '../../coordinator/model-dir.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
+import { openModelDir } from '../../coordinator/io/model-dir.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 import { startRun, within } from '../helpers/browser.ts';
 

@@ -20,8 +20,8 @@ import { Rng } from '../../shared/rng.ts';
 import { computeGradients } from '../../shared/train/gradients.ts';
 import type { MicroBatch } from '../../shared/train/micro-batch.ts';
 import { relativeL2Distance } from '../../shared/train/relative-l2.ts';
-import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
-import { loadWeights, openModelDir } from '../../coordinator/model-dir.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
+import { loadWeights, openModelDir } from '../../coordinator/io/model-dir.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 import {
   browserSkipReason,

@@ -10,9 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import '../helpers/backend.ts';
 import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
-import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
-import type { WorkerInfo } from '../../coordinator/mesh.ts';
-import { openModelDir } from '../../coordinator/model-dir.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
+import type { WorkerInfo } from '../../coordinator/engine/mesh.ts';
+import { openModelDir } from '../../coordinator/io/model-dir.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 import {
   browserSkipReason,

@@ -9,11 +9,11 @@ import { join } from 'node:path';
 import '../helpers/backend.ts';
 import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { maxAbsDiff } from '../../shared/lora/adapter.ts';
-import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
-import type { WorkerInfo } from '../../coordinator/mesh.ts';
-import type { RunResult } from '../../coordinator/train.ts';
-import { openModelDir } from '../../coordinator/model-dir.ts';
-import { runTraining } from '../../coordinator/train.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
+import type { WorkerInfo } from '../../coordinator/engine/mesh.ts';
+import type { RunResult } from '../../coordinator/run/train.ts';
+import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import { runTraining } from '../../coordinator/run/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 import {
   browserSkipReason,

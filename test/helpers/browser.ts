@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after } from 'node:test';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
-import { runTraining, type RunOptions, type RunResult } from '../../coordinator/train.ts';
+import { runTraining, type RunOptions, type RunResult } from '../../coordinator/run/train.ts';
 
 export const CHROMIUM = process.env.LORAMESH_CHROMIUM ?? '/usr/bin/chromium';
 export const CHROMIUM_ARGS = [

@@ -1,5 +1,5 @@
 /**
- * The child process of the checkpoint kill test (test/coordinator/checkpoint.test.ts):
+ * The child process of the checkpoint kill test (test/coordinator/io/checkpoint.test.ts):
  *
  *   node --import tsx test/helpers/checkpoint-writer.ts <run-dir>
  *
@@ -10,8 +10,8 @@
  * writerState(step), so the parent can check a loaded checkpoint bit for bit.
  */
 import { pathToFileURL } from 'node:url';
-import { loadLatestCheckpoint, saveCheckpoint } from '../../coordinator/checkpoint.ts';
-import type { TrainerState } from '../../coordinator/trainer.ts';
+import { loadLatestCheckpoint, saveCheckpoint } from '../../coordinator/io/checkpoint.ts';
+import type { TrainerState } from '../../coordinator/engine/trainer.ts';
 
 /** 4 tensors × 80k floats × (adapter, m, v) ≈ 3.8 MB per checkpoint. */
 export const WRITER_TENSORS = ['layers.0.q.lora_A', 'layers.0.q.lora_B', 'layers.1.v.lora_A', 'layers.1.v.lora_B'];

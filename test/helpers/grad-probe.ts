@@ -9,17 +9,17 @@
  */
 import { writeFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs-core';
-import { DEMO_LORA } from '../../coordinator/demo.ts';
-import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
-import { loadWeights, openModelDir } from '../../coordinator/model-dir.ts';
-import { DEMO_MODEL_DIR } from '../../coordinator/paths.ts';
+import { DEMO_LORA } from '../../coordinator/commands/demo.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
+import { loadWeights, openModelDir } from '../../coordinator/io/model-dir.ts';
+import { DEMO_MODEL_DIR } from '../../coordinator/io/paths.ts';
 import { adapterSpec, initAdapter } from '../../shared/lora/adapter.ts';
 import { FrozenBase } from '../../shared/lora/params.ts';
 import { createModel } from '../../shared/model/causal-lm.ts';
 import { Rng } from '../../shared/rng.ts';
 import { computeGradientsAsync } from '../../shared/train/gradients.ts';
 import { packMicroBatch } from '../../shared/train/micro-batch.ts';
-import { initBackend, type BackendName } from '../../worker/backend.ts';
+import { initBackend, type BackendName } from '../../node/backend.ts';
 
 export interface GradProbeResult {
   backend: string;

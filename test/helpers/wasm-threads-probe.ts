@@ -1,7 +1,7 @@
-// Child process of test/worker/wasm-kernels.test.ts: starts wasm (thread count from
+// Child process of test/kernels/wasm-kernels.test.ts: starts wasm (thread count from
 // LORAMESH_WASM_THREADS) and prints the thread count and a checksum of one matmul.
 import * as tf from '@tensorflow/tfjs-core';
-import { initBackend } from '../../worker/backend.ts';
+import { initBackend } from '../../node/backend.ts';
 
 const info = await initBackend('wasm');
 const a = tf.tensor2d(

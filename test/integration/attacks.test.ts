@@ -14,9 +14,9 @@ import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { maxAbsDiff } from '../../shared/lora/adapter.ts';
 import { decodeMessage, encodeMessage } from '../../shared/protocol/codec.ts';
 import { PROTOCOL_VERSION, type Message } from '../../shared/protocol/messages.ts';
-import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
-import { openModelDir } from '../../coordinator/model-dir.ts';
-import { runTraining, type RunOptions, type RunResult } from '../../coordinator/train.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
+import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import { runTraining, type RunOptions, type RunResult } from '../../coordinator/run/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 import { observeFor, signal, until } from '../helpers/wait.ts';
 

@@ -10,9 +10,9 @@ import { join } from 'node:path';
 import '../helpers/backend.ts';
 import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { toExample } from '../../shared/data/demo-tasks.ts';
-import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
-import { openModelDir } from '../../coordinator/model-dir.ts';
-import { runTraining, type RunOptions } from '../../coordinator/train.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
+import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import { runTraining, type RunOptions } from '../../coordinator/run/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
 let root = '';

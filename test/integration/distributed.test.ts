@@ -9,9 +9,9 @@ import { join } from 'node:path';
 import '../helpers/backend.ts';
 import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { maxAbsDiff } from '../../shared/lora/adapter.ts';
-import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
-import { openModelDir } from '../../coordinator/model-dir.ts';
-import { runTraining, type RunOptions, type RunResult } from '../../coordinator/train.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
+import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import { runTraining, type RunOptions, type RunResult } from '../../coordinator/run/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
 const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] });

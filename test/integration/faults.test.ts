@@ -12,10 +12,10 @@ import { fileURLToPath } from 'node:url';
 import '../helpers/backend.ts';
 import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { maxAbsDiff } from '../../shared/lora/adapter.ts';
-import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
-import { openModelDir } from '../../coordinator/model-dir.ts';
-import { runTraining, type RunOptions, type RunResult } from '../../coordinator/train.ts';
-import type { LedgerEntry } from '../../coordinator/scheduler.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
+import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import { runTraining, type RunOptions, type RunResult } from '../../coordinator/run/train.ts';
+import type { LedgerEntry } from '../../coordinator/engine/scheduler.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 import { signal, within } from '../helpers/wait.ts';
 

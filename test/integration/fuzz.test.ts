@@ -23,9 +23,9 @@ import { decodeMessage, encodeMessage } from '../../shared/protocol/codec.ts';
 import { PROTOCOL_VERSION, type Assign, type Message } from '../../shared/protocol/messages.ts';
 import { mixSeed, Rng } from '../../shared/rng.ts';
 import { tokenCount } from '../../shared/train/micro-batch.ts';
-import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
-import { openModelDir } from '../../coordinator/model-dir.ts';
-import { runTraining, type RunOptions } from '../../coordinator/train.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
+import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import { runTraining, type RunOptions } from '../../coordinator/run/train.ts';
 import { badResult, FrameFactory, type ConnState, type Frame, type TensorSpec } from '../helpers/fuzz-frames.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 

@@ -17,14 +17,14 @@ import { encodeSafetensors, readSafetensorsHeader } from '../../shared/formats/s
 import { FrozenBase, loraBranches, withLora } from '../../shared/lora/params.ts';
 import { createModel } from '../../shared/model/causal-lm.ts';
 import { LoraMeshError } from '../../shared/errors.ts';
-import { loadJsonlDataset } from '../../coordinator/dataset.ts';
-import { mergeCommand } from '../../coordinator/merge-cmd.ts';
-import { loadWeights, openModelDir } from '../../coordinator/model-dir.ts';
-import { runTraining } from '../../coordinator/train.ts';
-import { readAdapterDir } from '../../coordinator/adapter-io.ts';
+import { loadJsonlDataset } from '../../coordinator/io/dataset.ts';
+import { mergeCommand } from '../../coordinator/commands/merge.ts';
+import { loadWeights, openModelDir } from '../../coordinator/io/model-dir.ts';
+import { runTraining } from '../../coordinator/run/train.ts';
+import { readAdapterDir } from '../../coordinator/io/adapter-io.ts';
 import { maxAbsDiff } from '../../shared/lora/adapter.ts';
 import { fetchVerified } from '../../worker/node.ts';
-import { sha256File } from '../../worker/hash.ts';
+import { sha256File } from '../../node/hash.ts';
 import { randomArrays, tinyConfig } from '../helpers/tiny-model.ts';
 
 const tokenizerFixture = fileURLToPath(new URL('../fixtures/tokenizers/sentencepiece-bpe/', import.meta.url));

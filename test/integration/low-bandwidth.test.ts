@@ -11,9 +11,9 @@ import '../helpers/backend.ts';
 import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { adapterParameterCount, adapterSpec, maxAbsDiff } from '../../shared/lora/adapter.ts';
 import { codecBytes, type CodecSpec } from '../../shared/protocol/wire-codec.ts';
-import { demoExamples, demoTaskData } from '../../coordinator/dataset.ts';
-import { openModelDir } from '../../coordinator/model-dir.ts';
-import { runTraining, type RunOptions } from '../../coordinator/train.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
+import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import { runTraining, type RunOptions } from '../../coordinator/run/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
 const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] });

@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { LOCK_FILE } from '../../coordinator/run-lock.ts';
+import { LOCK_FILE } from '../../coordinator/io/run-lock.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'loramesh-run-lock-cli-'));

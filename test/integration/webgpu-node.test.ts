@@ -3,7 +3,7 @@
 // (a tfjs backend is process-global), agreeing within 1e-4 relative L2 per tensor and in the loss.
 // Without a WebGPU adapter this test FAILS, never skips: CI needs `apt-get install -y libvulkan1
 // chromium` (the Vulkan loader and Chromium's SwiftShader driver, found at
-// /usr/lib/chromium/vk_swiftshader_icd.json; worker/backend.ts sets VK_ICD_FILENAMES to it).
+// /usr/lib/chromium/vk_swiftshader_icd.json; node/backend.ts sets VK_ICD_FILENAMES to it).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';

@@ -15,7 +15,7 @@ import { adapterSpec, fanInFanOut, mergeAdapter, type AdapterState } from '../..
 import { FrozenBase, loraBranches, withLora } from '../../shared/lora/params.ts';
 import { createModel, type ParamSource } from '../../shared/model/causal-lm.ts';
 import { computeGradients } from '../../shared/train/gradients.ts';
-import { loadSafetensorsFiles } from '../../worker/load-weights.ts';
+import { loadSafetensorsFiles } from '../../node/load-weights.ts';
 
 const root = fileURLToPath(new URL('../fixtures/hf/', import.meta.url));
 

@@ -10,8 +10,8 @@ import '@tensorflow/tfjs-backend-webgl';
 import '@tensorflow/tfjs-backend-webgpu';
 import { getThreadsCount, setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { ErrorCodes, fail } from '../../shared/errors.ts';
-import { isSoftwareAdapter, isSoftwareRenderer } from '../software-device.ts';
-import { installWasmKernels } from '../wasm-kernels.ts';
+import { isSoftwareAdapter, isSoftwareRenderer } from '../../kernels/software-device.ts';
+import { installWasmKernels } from '../../kernels/wasm-kernels.ts';
 import type { BrowserBackend } from './fragment.ts';
 
 export interface BrowserBackendInfo {

@@ -1,0 +1,277 @@
+/**
+ * Training data for a run: the built-in demo task, or a JSONL file with one record per line.
+ *
+ *   {"text": "..."}                          loss on every token after BOS, EOS appended
+ *   {"prompt": "...", "completion": "..."}   loss on the completion and the appended EOS only
+ *   {"messages": [{"role", "content"}, ...]} rendered with the chat template; loss on the
+ *                                            assistant turns only (see assistantSpans)
+ *
+ * All records of a file share one format. Errors name `path:line`.
+ */
+import { readFileSync } from 'node:fs';
+import { FINETUNE_TAG, taskSplits, toExample, type TaskSample } from '../../shared/data/demo-tasks.ts';
+import type { ChatMessage, TextTokenizer } from '../../shared/data/tokenizer.ts';
+import { describe, ErrorCodes, fail, LoraMeshError } from '../../shared/errors.ts';
+import { Rng } from '../../shared/rng.ts';
+import type { Example } from '../../shared/train/micro-batch.ts';
+
+export interface DemoData {
+  train: TaskSample[];
+  eval: TaskSample[];
+}
+
+/** The demo fine-tuning task (reverse + uppercase): disjoint train and held-out eval strings. */
+export function demoTaskData(trainSize: number, evalSize: number, seed: number): DemoData {
+  return taskSplits(FINETUNE_TAG, trainSize, evalSize, seed);
+}
+
+export const demoExamples = (tok: TextTokenizer, data: DemoData) => data.train.map((s) => toExample(tok, s));
+
+export type DatasetFormat = 'text' | 'prompt-completion' | 'messages';
+
+export interface DatasetOptions {
+  /** sequence length in tokens (BOS and EOS included), at least 2 */
+  maxTokens: number;
+  /** truncate: one example per record, cut to maxTokens; pack: records concatenated and cut into maxTokens pieces */
+  mode: 'truncate' | 'pack';
+  /** share of records held out for eval, in [0, 1); 0 gives an empty eval set */
+  evalFraction: number;
+  /** seeds the train/eval split */
+  seed: number;
+}
+
+export interface JsonlDataset {
+  train: Example[];
+  eval: Example[];
+  format: DatasetFormat;
+  /**
+   * truncate: records dropped because none of their targets counts toward the loss once cut
+   * (e.g. a prompt longer than maxTokens). pack keeps every record's tokens and reports 0.
+   */
+  skippedLines: number;
+}
+
+/** Reads, tokenizes, splits and shapes a JSONL dataset. The split depends only on the records, evalFraction and seed. */
+export function loadJsonlDataset(path: string, tok: TextTokenizer, opts: DatasetOptions): JsonlDataset {
+  checkOptions(opts);
+  let source: string;
+  try {
+    source = readFileSync(path, 'utf8');
+  } catch (err) {
+    fail(ErrorCodes.DATA, `${path}: cannot be read (${(err as Error).message})`);
+  }
+  let format: DatasetFormat | null = null;
+  let formatLine = 0;
+  const examples: Example[] = [];
+  for (const [i, line] of source.split('\n').entries()) {
+    if (line.trim() === '') continue;
+    const where = `${path}:${i + 1}`;
+    try {
+      const record = parseRecord(line);
+      const recordFormat = formatOf(record);
+      if (format === null) [format, formatLine] = [recordFormat, i + 1];
+      else if (recordFormat !== format)
+        fail(
+          ErrorCodes.DATA,
+          `a ${recordFormat} record, but line ${formatLine} made this a ${format} file; expected one format per file`,
+        );
+      examples.push(toTokens(record, recordFormat, tok));
+    } catch (err) {
+      if (err instanceof LoraMeshError) fail(err.code, `${where}: ${err.message.slice(err.code.length + 2)}`);
+      throw err;
+    }
+  }
+  if (format === null)
+    return fail(
+      ErrorCodes.DATA,
+      `${path}: no records (the file is empty or has only blank lines); expected one JSON object per line`,
+    );
+
+  // Shuffle record indices; the first ceil(evalFraction·n) go to eval. Both splits keep file order.
+  const order = new Rng(opts.seed).shuffle(examples.map((_, k) => k));
+  const evalCount = Math.ceil(opts.evalFraction * examples.length);
+  const evalSet = new Set(order.slice(0, evalCount));
+  const trainRecords = examples.filter((_, k) => !evalSet.has(k));
+  const evalRecords = examples.filter((_, k) => evalSet.has(k));
+  if (trainRecords.length === 0)
+    fail(
+      ErrorCodes.DATA,
+      `${path}: ${examples.length} records leave none for training after evalFraction ${opts.evalFraction}`,
+    );
+
+  const shape = (records: Example[]) =>
+    opts.mode === 'pack' ? pack(records, opts.maxTokens, tok.eosId) : records.map((e) => truncate(e, opts.maxTokens));
+  const counts = (e: Example) => e.lossWeights.some((w, t) => t > 0 && w > 0);
+  const train = shape(trainRecords);
+  const evalExamples = shape(evalRecords);
+  const skippedLines =
+    opts.mode === 'truncate'
+      ? train.length + evalExamples.length - train.filter(counts).length - evalExamples.filter(counts).length
+      : 0;
+  return { train: train.filter(counts), eval: evalExamples.filter(counts), format, skippedLines };
+}
+
+function checkOptions(opts: DatasetOptions): void {
+  if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 2)
+    fail(ErrorCodes.CONFIG, `dataset maxTokens is ${describe(opts.maxTokens)}; expected an integer ≥ 2`);
+  if (opts.mode !== 'truncate' && opts.mode !== 'pack')
+    fail(ErrorCodes.CONFIG, `dataset mode is ${describe(opts.mode)}; expected "truncate" or "pack"`);
+  if (!(opts.evalFraction >= 0 && opts.evalFraction < 1))
+    fail(ErrorCodes.CONFIG, `dataset evalFraction is ${describe(opts.evalFraction)}; expected a number in [0, 1)`);
+  if (!Number.isInteger(opts.seed))
+    fail(ErrorCodes.CONFIG, `dataset seed is ${describe(opts.seed)}; expected an integer`);
+}
+
+type JsonRecord = Record<string, unknown>;
+
+function parseRecord(line: string): JsonRecord {
+  let record: unknown;
+  try {
+    record = JSON.parse(line);
+  } catch (err) {
+    fail(ErrorCodes.DATA, `not valid JSON (${(err as Error).message})`);
+  }
+  if (typeof record !== 'object' || record === null || Array.isArray(record))
+    fail(ErrorCodes.DATA, `the line is ${describe(record)}; expected a JSON object`);
+  return record as JsonRecord;
+}
+
+function formatOf(record: JsonRecord): DatasetFormat {
+  const stringField = (field: string) => {
+    if (typeof record[field] !== 'string')
+      fail(ErrorCodes.DATA, `"${field}" is ${describe(record[field])}; expected a string`);
+  };
+  if ('messages' in record) {
+    const messages = record.messages;
+    if (!Array.isArray(messages) || messages.length === 0)
+      fail(ErrorCodes.DATA, `"messages" is ${describe(messages)}; expected a non-empty array of {"role", "content"}`);
+    messages.forEach((m: unknown, k) => {
+      const ok =
+        typeof m === 'object' &&
+        m !== null &&
+        typeof (m as JsonRecord).role === 'string' &&
+        typeof (m as JsonRecord).content === 'string';
+      if (!ok) fail(ErrorCodes.DATA, `messages[${k}] is ${describe(m)}; expected {"role": string, "content": string}`);
+    });
+    if (!messages.some((m: ChatMessage) => m.role === 'assistant'))
+      fail(ErrorCodes.DATA, `"messages" has no "assistant" turn, so nothing would count toward the loss`);
+    return 'messages';
+  }
+  if ('prompt' in record || 'completion' in record) {
+    stringField('prompt');
+    stringField('completion');
+    return 'prompt-completion';
+  }
+  if ('text' in record) {
+    stringField('text');
+    return 'text';
+  }
+  return fail(
+    ErrorCodes.DATA,
+    `fields ${JSON.stringify(Object.keys(record))}; expected {"text"}, {"prompt", "completion"} or {"messages"}`,
+  );
+}
+
+function eosOf(tok: TextTokenizer): number {
+  return (
+    tok.eosId ??
+    fail(ErrorCodes.MODEL, 'the tokenizer has no EOS token, which text and prompt/completion records end with')
+  );
+}
+
+/** One record as tokens and loss weights, BOS first when the tokenizer wants it. */
+function toTokens(record: JsonRecord, format: DatasetFormat, tok: TextTokenizer): Example {
+  let tokens: number[];
+  let lossWeights: number[];
+  if (format === 'text') {
+    tokens = [...tok.encode(record.text as string), eosOf(tok)];
+    lossWeights = tokens.map(() => 1);
+  } else if (format === 'prompt-completion') {
+    // Encoded as one string so BPE merges across the seam are the ones inference will see.
+    const prompt = record.prompt as string;
+    tokens = [...tok.encode(prompt + (record.completion as string)), eosOf(tok)];
+    const start = tokenBoundary(tokens, tok.encode(prompt));
+    lossWeights = tokens.map((_, t) => (t >= start ? 1 : 0));
+  } else {
+    ({ tokens, lossWeights } = chatExample(record.messages as ChatMessage[], tok));
+  }
+  // Chat templates often write the BOS text themselves; it is not doubled.
+  if (tok.addBos && tok.bosId !== null && tokens[0] !== tok.bosId) {
+    tokens.unshift(tok.bosId);
+    lossWeights.unshift(0);
+  }
+  return { tokens, lossWeights };
+}
+
+/**
+ * Assistant spans. The template renders the whole conversation once; for the assistant turn
+ * at index i it also renders messages[0..i) with the generation prompt (the text just before
+ * the assistant starts) and messages[0..i] without it (the text just after the turn, end-of-turn
+ * marker included). Both must be character prefixes of the whole rendering, else the template
+ * rewrites earlier turns and the record is refused. Each prefix is then encoded on its own, and
+ * its token boundary in the whole encoding is the length of the common prefix of the two token
+ * lists. Where a BPE merge straddles a boundary the common prefix stops before that token, so a
+ * straddling token counts at a turn's start and does not at its end. The loss covers tokens
+ * [start, end): the assistant's content and whatever end-of-turn text the template adds.
+ * No EOS is appended: the template ends the turn.
+ */
+function chatExample(messages: ChatMessage[], tok: TextTokenizer): Example {
+  const text = tok.renderChat(messages, false);
+  const tokens = tok.encode(text);
+  const lossWeights = tokens.map(() => 0);
+  const boundary = (prefix: ChatMessage[], addGenerationPrompt: boolean, turn: number) => {
+    const prefixText = tok.renderChat(prefix, addGenerationPrompt);
+    if (!text.startsWith(prefixText)) {
+      fail(
+        ErrorCodes.DATA,
+        `the chat template renders messages[0..${prefix.length}) differently from the start of the whole conversation, so the assistant turn messages[${turn}] cannot be located`,
+      );
+    }
+    return tokenBoundary(tokens, tok.encode(prefixText));
+  };
+  messages.forEach((m, i) => {
+    if (m.role !== 'assistant') return;
+    const start = boundary(messages.slice(0, i), true, i);
+    const end = boundary(messages.slice(0, i + 1), false, i);
+    for (let t = start; t < end; t++) lossWeights[t] = 1;
+  });
+  return { tokens, lossWeights };
+}
+
+/** Length of the common prefix of a whole encoding and the encoding of a text prefix. */
+function tokenBoundary(whole: number[], prefix: number[]): number {
+  let n = 0;
+  while (n < prefix.length && n < whole.length && prefix[n] === whole[n]) n++;
+  return n;
+}
+
+function truncate(e: Example, maxTokens: number): Example {
+  return { tokens: e.tokens.slice(0, maxTokens), lossWeights: e.lossWeights.slice(0, maxTokens) };
+}
+
+/**
+ * Concatenates examples, each ending in EOS (appended with weight 0 if its format does not end
+ * in one), and cuts the stream into sequences of exactly maxTokens (the last may be shorter).
+ * Each token keeps its weight. Packed examples attend across their boundaries: there is no
+ * block-diagonal mask, so a sequence sees the tail of the example before it as context.
+ * The caller drops a sequence none of whose targets counts (e.g. a lone trailing token).
+ */
+function pack(examples: Example[], maxTokens: number, eosId: number | null): Example[] {
+  const tokens: number[] = [];
+  const lossWeights: number[] = [];
+  for (const e of examples) {
+    tokens.push(...e.tokens);
+    lossWeights.push(...e.lossWeights);
+    if (e.tokens[e.tokens.length - 1] !== eosId) {
+      tokens.push(
+        eosId ?? fail(ErrorCodes.MODEL, 'packing needs an EOS token between examples, and the tokenizer has none'),
+      );
+      lossWeights.push(0);
+    }
+  }
+  const sequences: Example[] = [];
+  for (let s = 0; s < tokens.length; s += maxTokens) {
+    sequences.push({ tokens: tokens.slice(s, s + maxTokens), lossWeights: lossWeights.slice(s, s + maxTokens) });
+  }
+  return sequences;
+}

@@ -1,0 +1,22 @@
+import type { WebSocket } from 'ws';
+import type { Peer, PeerEvents } from '../engine/peer.ts';
+
+/** Hands a WebSocket to `mesh` as a Peer and forwards its events. */
+export function attachWebSocket(mesh: { attach(peer: Peer): PeerEvents }, ws: WebSocket): void {
+  const events = mesh.attach({
+    get bufferedAmount() {
+      return ws.bufferedAmount;
+    },
+    get open() {
+      return ws.readyState === ws.OPEN;
+    },
+    send: (frame) => ws.send(frame),
+    close: (code, reason) => ws.close(code, reason),
+    terminate: () => ws.terminate(),
+    ping: () => ws.ping(),
+  });
+  ws.on('message', (data, isBinary) => events.frame(data as Buffer, isBinary));
+  ws.on('pong', () => events.pong());
+  ws.on('close', () => events.close());
+  ws.on('error', (err) => events.error(err));
+}

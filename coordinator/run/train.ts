@@ -1,0 +1,496 @@
+/**
+ * A whole training run: model directory in, adapter in PEFT layout out. With localWorkers ≥ 0 (or
+ * remote workers joining) it runs the mesh over real WebSockets; with inProcess it computes every
+ * micro-batch in this process, which is the reference the distributed run must equal.
+ */
+import { nanoid } from 'nanoid';
+import cliProgress from 'cli-progress';
+import type * as tf from '@tensorflow/tfjs-core';
+import type { LoraConfig, TrainConfig } from '../../shared/config.ts';
+import { ErrorCodes, fail, LoraMeshError } from '../../shared/errors.ts';
+import { adapterParameterCount, adapterSpec, fanInFanOut, type AdapterState } from '../../shared/lora/adapter.ts';
+import { parameterShapes } from '../../shared/model/causal-lm.ts';
+import { firstNonFinite } from '../../shared/protocol/messages.ts';
+import { checkCodecSpec, describeCodec, F32, type CodecSpec } from '../../shared/protocol/wire-codec.ts';
+import type { OuterConfig } from '../../shared/train/local-steps.ts';
+import type { Example } from '../../shared/train/micro-batch.ts';
+import type { Aggregation } from '../../shared/train/robust.ts';
+import { saveCheckpoint } from '../io/checkpoint.ts';
+import { InProcessExecutor } from '../engine/in-process.ts';
+import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
+import { MeshExecutor, type SecurityLimits } from '../engine/mesh.ts';
+import { loadWeights, type ModelDir } from '../io/model-dir.ts';
+import { RunMonitor } from '../net/monitor.ts';
+import { resolveNetLimits, type NetLimits } from '../net/net-limits.ts';
+import { resultChecks } from './result-checks.ts';
+import { resumeFromCheckpoint, type CheckpointConfig, type RunInputs } from './resume.ts';
+import { RunControl } from './run-control.ts';
+import { DEFAULT_DEPLOYMENT } from './run-defaults.ts';
+import { RunDir } from '../io/run-dir.ts';
+import type { ScheduleOptions } from '../engine/scheduler.ts';
+import { startServer, type RunningServer } from '../net/server.ts';
+import { metricsLine, stepRecord, type StepRecord } from '../engine/step-record.ts';
+import { NO_TRAFFIC, trafficSince } from '../engine/traffic.ts';
+import { Trainer, type StepMetrics } from '../engine/trainer.ts';
+import { TrustedModel } from './trusted-model.ts';
+
+export interface RunOptions {
+  model: ModelDir;
+  lora: LoraConfig;
+  train: TrainConfig;
+  examples: Example[];
+  outDir: string;
+  runId?: string;
+  /** compute in this process, no sockets (the single-process reference) */
+  inProcess?: boolean;
+  localWorkers: number;
+  /** start once this many workers are ready (default: localWorkers, at least 1) */
+  minWorkers?: number;
+  host?: string;
+  port?: number;
+  token?: string;
+  backend?: string;
+  cacheDir?: string;
+  heartbeatMs?: number;
+  /** show a progress bar (default: when stderr is a terminal) */
+  progress?: boolean;
+  workerOutput?: 'inherit' | 'ignore';
+  log?: (line: string) => void;
+  /** weights already loaded by the caller (for evaluation), reused for the in-process executor */
+  weights?: Map<string, tf.Tensor>;
+  /** start from this adapter (e.g. a PEFT adapter being continued) */
+  initialAdapter?: AdapterState;
+  /** held-out examples: their mean token loss is computed here, before training, every evalEvery steps and at the end */
+  evalExamples?: Example[];
+  evalEvery?: number;
+  /** extra environment per local worker (fault injection in tests) */
+  workerEnv?: (index: number) => Record<string, string>;
+  /** called once the server listens (before workers are awaited), with its WebSocket and HTTP URLs */
+  onListening?: (urls: { wsUrl: string; url: string }) => void | Promise<void>;
+  /** called after every step (tests use it to add or remove workers mid-run) */
+  onStep?: (record: StepRecord) => void | Promise<void>;
+  schedule?: ScheduleOptions;
+  /** save a checkpoint every N steps (0: only when interrupted) */
+  checkpointEvery?: number;
+  /** how many checkpoints to keep (default 3) */
+  keepCheckpoints?: number;
+  /** continue the run in outDir/runId from its latest valid checkpoint */
+  resume?: boolean;
+  /** stop after the current step, checkpoint and return (SIGINT/SIGTERM) */
+  signal?: AbortSignal;
+  /** how the data was made, stored in run_config.json so `--resume` can rebuild it */
+  dataSpec?: unknown;
+  /** Origins allowed to open the worker WebSocket from a browser page (default: any) */
+  allowedOrigins?: string[];
+  maxConnections?: number;
+  /** per-address connection caps, event-stream caps, trusted reverse proxies (defaults: DEFAULT_NET_LIMITS) */
+  netLimits?: Partial<NetLimits>;
+  tls?: { cert: string; key: string };
+  /** per-connection limits (rate, quarantine, handshake timeout, send buffer) */
+  security?: Partial<SecurityLimits>;
+  /** recompute this secret fraction of micro-batches here and quarantine workers that disagree (relative L2 > tolerance); default DEFAULT_DEFENCE */
+  spotCheck?: { fraction: number; tolerance?: number };
+  /** recompute results whose norm is over this many times their step's median before they count (0: off); default DEFAULT_DEFENCE */
+  outlierFactor?: number;
+  /** recompute the first this-many results of every worker connection (0: off); default DEFAULT_DEFENCE */
+  probation?: number;
+  aggregation?: Aggregation;
+  /** enables POST /api/admin/{pause,resume,stop,kick} with this bearer token */
+  adminToken?: string;
+  dashboardAccess?: 'public' | 'admin';
+  /** wire codecs: up = results, down = parameters (default f32 both ways: exact) */
+  wire?: { up: CodecSpec; down: CodecSpec };
+  /** local-steps (DiLoCo) mode; absent = synchronous */
+  local?: OuterConfig;
+}
+
+export interface EvalPoint {
+  step: number;
+  loss: number;
+}
+
+export interface RunResult {
+  runId: string;
+  runDir: string;
+  adapter: AdapterState;
+  /** one record per step this process ran: loss, timing, bytes on the wire and the fp32-LoRA / full fine-tuning baselines */
+  metrics: StepRecord[];
+  bytesUp: number;
+  bytesDown: number;
+  workers: number;
+  /** what full fine-tuning would move over the same protocol: fp32 gradients of every weight up per micro-batch, all weights down per worker */
+  fullFineTuneBytes: number;
+  adapterParameters: number;
+  modelParameters: number;
+  evalLosses: EvalPoint[];
+  /** the step the run stopped at */
+  step: number;
+  /** stopped by a signal or the admin before its last step (a checkpoint holds where it stopped) */
+  interrupted: boolean;
+  /** --resume of a run that had already done all its steps: nothing was trained */
+  alreadyFinished: boolean;
+  /** refused frames and results by error code, and workers quarantined */
+  rejections: Record<string, number>;
+  quarantined: number;
+}
+
+export async function runTraining(opts: RunOptions): Promise<RunResult> {
+  const runId =
+    opts.runId ?? `${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}-${nanoid(6)}`;
+  // The folder's run.lock is held for the whole run, whichever way it ends.
+  const runDir = RunDir.open(opts.outDir, runId, { mode: opts.resume ? 'resume' : 'new', log: opts.log });
+  try {
+    return await trainInRunDir(opts, runId, runDir);
+  } finally {
+    runDir.close();
+  }
+}
+
+async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): Promise<RunResult> {
+  const userLog = opts.log ?? ((line: string) => console.log(line));
+  let log = userLog;
+  const { model, lora, train } = opts;
+  const checkpointConfig: CheckpointConfig = { model: model.dir, lora, train, local: opts.local };
+  // What the run was made from, by content: a resume refuses a model or data set that changed in place.
+  const inputs: RunInputs = {
+    modelFiles: model.files.map(({ name, sha256 }) => ({ name, sha256 })),
+    examples: opts.examples.length,
+  };
+  if (!opts.resume) {
+    runDir.writeConfig({
+      runId,
+      ...checkpointConfig,
+      wire: opts.wire,
+      modelConfig: model.config,
+      data: opts.dataSpec ?? null,
+      localWorkers: opts.localWorkers,
+      inProcess: !!opts.inProcess,
+      checkpointEvery: opts.checkpointEvery ?? 0,
+      aggregation: opts.aggregation ?? 'sum',
+      ...inputs,
+    });
+  }
+
+  // 1. The executor: this process, or the worker mesh with its result checks.
+  const spec = adapterSpec(model.config, lora);
+  const wire = {
+    up: checkCodecSpec(opts.wire?.up ?? F32, 'wire up codec'),
+    down: checkCodecSpec(opts.wire?.down ?? F32, 'wire down codec'),
+  };
+  const local = opts.local ? checkLocal(opts.local) : undefined;
+  const inner = {
+    beta1: train.beta1,
+    beta2: train.beta2,
+    eps: train.eps,
+    weightDecay: train.weightDecay,
+    clipNorm: train.clipNorm,
+  };
+  const trusted = new TrustedModel(model.config, lora, spec, inner, () => opts.weights ?? loadWeights(model).weights);
+  const mesh = opts.inProcess
+    ? null
+    : new MeshExecutor({
+        manifest: {
+          runId,
+          model: {
+            config: model.config,
+            files: model.files.map(({ name, sha256, bytes }) => ({ name, sha256, bytes })),
+          },
+          lora,
+          adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
+          wire,
+          ...(local ? { local: { steps: local.steps, ...inner } } : {}),
+        },
+        checks: resultChecks(opts, wire.up, trusted, (line) => log(line)),
+        log: (line) => log(line),
+        schedule: opts.schedule,
+        security: opts.security,
+      });
+  const executor = mesh ?? new InProcessExecutor(trusted.get().model, trusted.get().base, spec, lora, inner);
+  const trainer = new Trainer(
+    {
+      model: model.config,
+      lora,
+      train,
+      examples: opts.examples,
+      padId: model.tokenizer.padId,
+      initialAdapter: opts.initialAdapter,
+      aggregation: opts.aggregation,
+      local,
+    },
+    executor,
+  );
+  const localSteps = local
+    ? `local steps: H=${local.steps}, inner lr ${local.innerLr}, outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}`
+    : '';
+  if (mesh)
+    log(`wire: ${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down${local ? `; ${localSteps}` : ''}`);
+  else if (local) log(localSteps);
+
+  // 2. Resume, if asked; a finished run has nothing to do.
+  let checkpointedStep = -1;
+  if (opts.resume) {
+    const path = resumeFromCheckpoint(trainer, runDir, checkpointConfig, inputs, log);
+    checkpointedStep = trainer.step;
+    if (trainer.done) {
+      mesh?.close();
+      log(
+        `run ${runId} already finished: step ${trainer.step} of ${train.steps}; nothing to do (raise --steps to train further)`,
+      );
+      return {
+        runId,
+        runDir: runDir.path,
+        adapter: trainer.adapter,
+        metrics: [],
+        bytesUp: 0,
+        bytesDown: 0,
+        workers: 0,
+        fullFineTuneBytes: 0,
+        adapterParameters: adapterParameterCount(spec),
+        modelParameters: 0,
+        evalLosses: [],
+        step: trainer.step,
+        interrupted: false,
+        alreadyFinished: true,
+        rejections: {},
+        quarantined: 0,
+      };
+    }
+    log(`resuming ${runId} at step ${trainer.step} of ${train.steps} from ${path}`);
+  }
+  // Checkpoints hold what resume needs (state + config); the ledger stays in ledger.jsonl, truncated on resume.
+  const checkpoint = () => {
+    if (checkpointedStep === trainer.step) return;
+    log(
+      `checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig }, opts.keepCheckpoints ?? DEFAULT_DEPLOYMENT.keepCheckpoints)}`,
+    );
+    checkpointedStep = trainer.step;
+  };
+
+  // 3. What the run shows: the dashboard's monitor (every log line goes there too) and the eval loss.
+  const modelParameters = [...parameterShapes(model.config).values()].reduce(
+    (n, s) => n + s.reduce((a, b) => a * b, 1),
+    0,
+  );
+  const monitor = new RunMonitor(
+    {
+      runId,
+      model: model.dir,
+      modelType: model.config.model_type,
+      modelParameters,
+      adapterParameters: adapterParameterCount(spec),
+      steps: train.steps,
+      lora,
+      train,
+      wire: mesh ? `${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down` : null,
+      local: local ? { steps: local.steps, outerLr: local.outerLr, outerMomentum: local.outerMomentum } : null,
+    },
+    () => mesh?.info() ?? [],
+  );
+  log = (line: string) => {
+    monitor.log(line);
+    userLog(line);
+  };
+  const evaluate = trusted.evaluator(opts.evalExamples, train.microBatch, model.tokenizer.padId);
+  const evalLosses: EvalPoint[] = [];
+  const runEval = () => {
+    if (!evaluate) return;
+    const loss = evaluate(trainer.adapter);
+    evalLosses.push({ step: trainer.step, loss });
+    monitor.evalPoint(trainer.step, loss);
+    runDir.appendMetrics({ step: trainer.step, eval_loss: loss });
+    log(`step ${trainer.step}: eval loss ${loss.toFixed(4)}`);
+  };
+
+  // 4. Control (signals, admin) and the network edge.
+  const control = new RunControl(opts.signal, () =>
+    mesh?.abort(new LoraMeshError(ErrorCodes.STATE, 'the run was stopped')),
+  );
+  let server: RunningServer | null = null;
+  let children: ReturnType<typeof spawnLocalWorkers> = [];
+  if (mesh) {
+    // The largest legitimate frame is a result: 4 bytes per adapter value plus framing.
+    const maxPayload = 4 * adapterParameterCount(spec) + 64 * 1024 + 16 * spec.length * 64;
+    server = await startServer({
+      host: opts.host ?? DEFAULT_DEPLOYMENT.host,
+      port: opts.port ?? DEFAULT_DEPLOYMENT.port,
+      files: model.files,
+      mesh,
+      maxPayload,
+      heartbeatMs: opts.heartbeatMs ?? DEFAULT_DEPLOYMENT.heartbeatMs,
+      token: opts.token,
+      allowedOrigins: opts.allowedOrigins,
+      maxConnections: opts.maxConnections,
+      tls: opts.tls,
+      limits: roomForLocalWorkers(opts.netLimits, opts.localWorkers),
+      headersTimeoutMs: opts.security?.handshakeTimeoutMs,
+      adminToken: opts.adminToken,
+      dashboardAccess: opts.dashboardAccess,
+      admin: {
+        pause: () => control.pause(),
+        resume: () => control.resume(),
+        stop: () => control.stop(),
+        kick: (id) => mesh.kick(id),
+      },
+      monitor,
+    });
+    log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
+    await opts.onListening?.({ wsUrl: server.wsUrl, url: server.url });
+  }
+
+  // 5. Workers, then the steps.
+  const metrics: StepRecord[] = [];
+  const showBar = opts.progress ?? process.stderr.isTTY;
+  const bar = showBar
+    ? new cliProgress.SingleBar(
+        {
+          format: 'train |{bar}| step {value}/{total} | loss {loss} | {tps} tok/s | ETA {eta_formatted}',
+          hideCursor: true,
+        },
+        cliProgress.Presets.shades_classic,
+      )
+    : null;
+  try {
+    if (mesh && server) {
+      if (opts.localWorkers > 0) {
+        children = spawnLocalWorkers(opts.localWorkers, server.wsUrl, {
+          backend: opts.backend ?? DEFAULT_DEPLOYMENT.backend,
+          cacheDir: opts.cacheDir,
+          token: opts.token,
+          stdio: opts.workerOutput ?? 'inherit',
+          env: opts.workerEnv,
+        });
+      }
+      const minWorkers = opts.minWorkers ?? Math.max(1, opts.localWorkers);
+      if (opts.localWorkers === 0) log(`waiting for ${minWorkers} worker(s): loramesh worker ${server.wsUrl}`);
+      const childrenGone = failWhenChildrenExit(children, minWorkers);
+      childrenGone.catch(() => {}); // only matters while waiting; workers exit normally at the end
+      await Promise.race([mesh.waitForWorkers(minWorkers), childrenGone, control.stopped]);
+    }
+    bar?.start(train.steps, trainer.step, { loss: '-', tps: '-' });
+    if (!control.stopRequested) {
+      runEval();
+      trainer.start();
+    }
+    let lastTraffic = mesh?.traffic.snapshot() ?? NO_TRAFFIC;
+    const sizes = { adapterParameters: adapterParameterCount(spec), modelParameters, globalBatch: train.globalBatch };
+    while (!trainer.done && !control.stopRequested) {
+      let m: StepMetrics;
+      try {
+        m = await trainer.runStep();
+      } catch (err) {
+        if (control.stopRequested) break;
+        // A failed step left the trainer at the last whole step (nothing non-finite is ever applied):
+        // keep that state, then stop with the error.
+        if (trainer.step > 0) checkpoint();
+        throw err;
+      }
+      const now = mesh?.traffic.snapshot() ?? NO_TRAFFIC;
+      const record = stepRecord(m, trafficSince(lastTraffic, now), mesh?.readyCount() ?? 0, sizes);
+      lastTraffic = now;
+      metrics.push(record);
+      runDir.appendLedger(
+        m.step,
+        mesh
+          ? mesh.lastLedger
+          : [{ step: m.step - 1, worker: 'in-process', microBatches: train.globalBatch / train.microBatch }],
+      );
+      monitor.step(record);
+      runDir.appendMetrics(metricsLine(record));
+      bar?.update(m.step, { loss: m.loss.toFixed(4), tps: m.tokensPerSecond.toFixed(0) });
+      await opts.onStep?.(record);
+      if (evaluate && opts.evalEvery && m.step % opts.evalEvery === 0 && m.step !== train.steps) runEval();
+      if (opts.checkpointEvery && m.step % opts.checkpointEvery === 0) checkpoint();
+      await control.holdIfPaused(log, m.step);
+      if (!bar && (m.step % 10 === 0 || m.step === train.steps))
+        log(
+          `step ${m.step}/${train.steps} loss ${m.loss.toFixed(4)} lr ${m.lr.toExponential(2)} ${m.tokensPerSecond.toFixed(0)} tok/s`,
+        );
+    }
+    if (trainer.done) {
+      runEval();
+      checkpoint(); // the last step always has a checkpoint, so a resume knows the run is finished
+    } else {
+      if (trainer.step > 0) checkpoint();
+      log(
+        `interrupted at step ${trainer.step} of ${train.steps}; ${trainer.step > 0 ? `continue with: loramesh train --resume ${runDir.path}` : 'nothing to save yet'}`,
+      );
+    }
+  } finally {
+    bar?.stop();
+    monitor.done();
+    mesh?.finish(trainer.done ? 'training complete' : 'the run was stopped');
+    mesh?.close();
+    await stopLocalWorkers(children);
+    await server?.close();
+  }
+
+  // 6. The adapter (never a non-finite one) and the run's summary.
+  for (const [name, values] of trainer.adapter) {
+    if (firstNonFinite(values) >= 0)
+      fail(ErrorCodes.NON_FINITE, `the adapter tensor ${name} is not finite at step ${trainer.step}; not writing it`);
+  }
+  runDir.writeAdapter(trainer.spec, trainer.adapter, lora, model.dir, fanInFanOut(model.config, lora));
+  return {
+    runId,
+    runDir: runDir.path,
+    adapter: trainer.adapter,
+    metrics,
+    bytesUp: mesh?.bytesIn ?? 0,
+    bytesDown: mesh?.bytesOut ?? 0,
+    workers: Math.max(1, opts.localWorkers),
+    fullFineTuneBytes: metrics.reduce((n, r) => n + r.fullFineTuneBytes, 0),
+    adapterParameters: adapterParameterCount(trainer.spec),
+    modelParameters,
+    evalLosses,
+    step: trainer.step,
+    interrupted: !trainer.done,
+    alreadyFinished: false,
+    rejections: Object.fromEntries(mesh?.rejections ?? []),
+    quarantined: mesh?.quarantinedCount ?? 0,
+  };
+}
+
+/** Local workers all connect from loopback: the per-address caps make room for them (and one more). */
+function roomForLocalWorkers(limits: Partial<NetLimits> | undefined, localWorkers: number): Partial<NetLimits> {
+  const resolved = resolveNetLimits(limits);
+  return {
+    ...limits,
+    maxWorkersPerAddress: Math.max(resolved.maxWorkersPerAddress, localWorkers + 1),
+    maxConnectionsPerAddress: Math.max(resolved.maxConnectionsPerAddress, 2 * localWorkers + 8),
+  };
+}
+
+function checkLocal(local: OuterConfig): OuterConfig {
+  if (!Number.isInteger(local.steps) || local.steps < 1)
+    fail(ErrorCodes.CONFIG, `local steps H should be an integer ≥ 1, got ${local.steps}`);
+  for (const [name, v, max] of [
+    ['inner lr', local.innerLr, 10],
+    ['outer lr', local.outerLr, 10],
+    ['outer momentum', local.outerMomentum, 0.999],
+  ] as const) {
+    if (!Number.isFinite(v) || v < 0 || v > max)
+      fail(ErrorCodes.CONFIG, `${name} should be a number in [0, ${max}], got ${v}`);
+  }
+  return local;
+}
+
+/** Rejects if local workers exit before enough of them are ready, instead of waiting forever. */
+function failWhenChildrenExit(children: ReturnType<typeof spawnLocalWorkers>, needed: number): Promise<never> {
+  if (children.length === 0) return new Promise(() => {});
+  return new Promise((_, reject) => {
+    let exited = 0;
+    for (const child of children) {
+      child.once('exit', (code, signal) => {
+        exited++;
+        if (children.length - exited < needed) {
+          reject(
+            new LoraMeshError(
+              ErrorCodes.STATE,
+              `${exited} local worker(s) exited (last: code ${code}, signal ${signal}) before ${needed} were ready; run \`loramesh worker\` by hand to see why`,
+            ),
+          );
+        }
+      });
+    }
+  });
+}

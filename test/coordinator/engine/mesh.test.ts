@@ -1,0 +1,220 @@
+// The mesh without sockets: in-memory peers speak the protocol to a MeshExecutor. A step's results
+// come back summed in micro-batch order (the same bits as aggregateInOrder); a result that could
+// overflow the sum is refused; worker-errors for nothing held count toward quarantine; the outlier
+// screen recomputes a huge result, convicts its sender and hands its micro-batches to others; an
+// aborted step rejects.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { DEFAULT_LORA } from '../../../shared/config.ts';
+import { decodeMessage, encodeMessage } from '../../../shared/protocol/codec.ts';
+import { PROTOCOL_VERSION, type Message, type RunManifest } from '../../../shared/protocol/messages.ts';
+import { encodeFloats, F32 } from '../../../shared/protocol/wire-codec.ts';
+import { aggregateInOrder } from '../../../shared/train/aggregate.ts';
+import type { GradientResult } from '../../../shared/train/gradients.ts';
+import { packMicroBatch, tokenCount, type MicroBatch } from '../../../shared/train/micro-batch.ts';
+import { MeshExecutor, type ResultChecks, type WorkItem } from '../../../coordinator/engine/mesh.ts';
+import type { Peer, PeerEvents } from '../../../coordinator/engine/peer.ts';
+import { tinyConfig } from '../../helpers/tiny-model.ts';
+
+const SHAPES: [string, [number, number]][] = [
+  ['m.lora_A', [2, 3]],
+  ['m.lora_B', [3, 2]],
+];
+const VALUES = 12;
+const manifest: RunManifest = {
+  runId: 'mesh-test',
+  model: { config: tinyConfig(), files: [] },
+  lora: DEFAULT_LORA,
+  adapter: SHAPES.map(([name, shape]) => ({ name, shape })),
+  wire: { up: F32, down: F32 },
+};
+const microBatches: MicroBatch[] = Array.from({ length: 6 }, (_, i) =>
+  packMicroBatch([{ tokens: [1, 2, 3, 4 + i], lossWeights: [0, 1, 1, 1] }], 0, i),
+);
+const adapter = new Map(SHAPES.map(([name, [r, c]]) => [name, new Float32Array(r * c).fill(0.5)]));
+
+/** The honest gradient of micro-batch i: a fixed, distinct vector. */
+const honest = (i: number) => Float32Array.from({ length: VALUES }, (_, k) => Math.sin(i * 13 + k) * 0.1);
+
+class FakePeer implements Peer {
+  bufferedAmount = 0;
+  open = true;
+  received: Message[] = [];
+  closedWith: number | null = null;
+  events!: PeerEvents;
+  /** answers an assignment of micro-batch `index` with these values (null: does not answer) */
+  constructor(
+    private readonly answer: (index: number) => Float32Array | null,
+    private readonly lossSum = 1,
+  ) {}
+  send(frame: Uint8Array): void {
+    const m = decodeMessage(frame);
+    this.received.push(m);
+    if (m.type === 'assign') {
+      const values = this.answer(m.index);
+      if (values) {
+        queueMicrotask(() =>
+          this.say({
+            type: 'result',
+            assignmentId: m.assignmentId,
+            paramVersion: m.paramVersion,
+            tokenCount: tokenCount(m.microBatch),
+            lossSum: this.lossSum,
+            computeMs: 1,
+            grads: encodeFloats(values, F32),
+          }),
+        );
+      }
+    }
+  }
+  close(code: number): void {
+    this.closedWith = code;
+    this.open = false;
+    queueMicrotask(() => this.events.close());
+  }
+  terminate(): void {
+    if (this.open) this.close(1006);
+  }
+  ping(): void {}
+  say(m: Message): void {
+    if (this.open) this.events.frame(encodeMessage(m), true);
+  }
+  join(mesh: MeshExecutor, name: string): this {
+    this.events = mesh.attach(this);
+    this.say({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name });
+    this.say({ type: 'ready', paramVersion: -1 });
+    return this;
+  }
+  rejects(): string[] {
+    return this.received.flatMap((m) => (m.type === 'reject' ? [m.code] : []));
+  }
+}
+
+function mesh(checks?: Partial<ResultChecks>, recomputed: number[] = []): MeshExecutor {
+  const full: ResultChecks | undefined = checks && {
+    spotCheck: 0,
+    probation: 0,
+    outlierFactor: 10,
+    tolerance: 1e-6,
+    secret: 1,
+    recompute: async (work: WorkItem): Promise<GradientResult> => {
+      const index = microBatches.indexOf((work as { microBatch: MicroBatch }).microBatch);
+      recomputed.push(index);
+      const g = honest(index);
+      return {
+        lossSum: 1,
+        tokenCount: 3,
+        grads: new Map([
+          ['m.lora_A', g.slice(0, 6)],
+          ['m.lora_B', g.slice(6)],
+        ]),
+      };
+    },
+    ...checks,
+  };
+  const m = new MeshExecutor({ manifest, checks: full, security: { handshakeTimeoutMs: 60_000, maxRejects: 5 } });
+  m.publish(0, adapter);
+  return m;
+}
+
+const expectedSum = () =>
+  aggregateInOrder(
+    microBatches.map((mb, i) => ({
+      lossSum: 1,
+      tokenCount: tokenCount(mb),
+      grads: new Map([
+        ['m.lora_A', honest(i).slice(0, 6)],
+        ['m.lora_B', honest(i).slice(6)],
+      ]),
+    })),
+  );
+
+test('two honest peers: welcome, params, assignments; the step sums in micro-batch order, bit for bit', async () => {
+  const m = mesh();
+  const peers = [new FakePeer(honest).join(m, 'a'), new FakePeer(honest).join(m, 'b')];
+  const { results, sum } = await m.compute(0, 0, microBatches);
+  assert.equal(results.length, 6);
+  assert.deepEqual([...sum.grads.get('m.lora_A')!], [...expectedSum().grads.get('m.lora_A')!]);
+  assert.deepEqual([...sum.grads.get('m.lora_B')!], [...expectedSum().grads.get('m.lora_B')!]);
+  for (const p of peers)
+    assert.deepEqual(
+      p.received.slice(0, 2).map((x) => x.type),
+      ['welcome', 'params'],
+    );
+  assert.equal(
+    m.lastLedger.every((e) => e.usedWorker !== null),
+    true,
+  );
+  m.close();
+});
+
+test('a result whose values could overflow the float32 sum is refused (LM_ERR_NON_FINITE) and its micro-batch recomputed elsewhere', async () => {
+  const m = mesh();
+  const liar = new FakePeer(() => new Float32Array(VALUES).fill(3e38)).join(m, 'liar');
+  new FakePeer(honest).join(m, 'honest');
+  const { sum } = await m.compute(0, 0, microBatches);
+  assert.ok(liar.rejects().includes('LM_ERR_NON_FINITE'));
+  assert.deepEqual([...sum.grads.get('m.lora_A')!], [...expectedSum().grads.get('m.lora_A')!]);
+  assert.ok((m.rejections.get('LM_ERR_NON_FINITE') ?? 0) >= 1);
+  m.close();
+});
+
+test('worker-errors naming no held assignment are rejected frames: maxRejects of them quarantine the peer (1008)', async () => {
+  const m = mesh();
+  const p = new FakePeer(() => null).join(m, 'flood');
+  for (let i = 0; i < 5; i++)
+    p.say({ type: 'worker-error', code: 'LM_ERR_STALE', message: 'x', assignmentId: `nope-${i}` });
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(p.rejects(), [
+    'LM_ERR_ASSIGNMENT',
+    'LM_ERR_ASSIGNMENT',
+    'LM_ERR_ASSIGNMENT',
+    'LM_ERR_ASSIGNMENT',
+    'LM_ERR_ASSIGNMENT',
+    'LM_ERR_QUARANTINED',
+  ]);
+  assert.equal(p.closedWith, 1008);
+  m.close();
+});
+
+test('outlier screen: a huge result is recomputed, refuted (LM_ERR_OUTLIER), its sender quarantined and its results taken back', async () => {
+  const recomputed: number[] = [];
+  const m = mesh({}, recomputed);
+  const liar = new FakePeer((i) => honest(i).map((x) => x * 1e6)).join(m, 'liar');
+  new FakePeer(honest).join(m, 'a');
+  new FakePeer(honest).join(m, 'b');
+  const { sum } = await m.compute(0, 0, microBatches);
+  assert.deepEqual(
+    [...sum.grads.get('m.lora_A')!],
+    [...expectedSum().grads.get('m.lora_A')!],
+    'the sum is the honest one',
+  );
+  assert.ok(
+    liar.rejects().includes('LM_ERR_OUTLIER') && liar.rejects().at(-1) === 'LM_ERR_QUARANTINED',
+    liar.rejects().join(),
+  );
+  assert.equal(recomputed.length, 1, "one recomputation convicts; the liar's other results go with it");
+  assert.equal(m.quarantinedCount, 1);
+  m.close();
+});
+
+test('abort() rejects the step in flight', async () => {
+  const m = mesh();
+  new FakePeer(() => null).join(m, 'silent');
+  const step = m.compute(0, 0, microBatches);
+  m.abort(new Error('stopped'));
+  await assert.rejects(step, /stopped/);
+  m.close();
+});
+
+test('a lie in lossSum alone: 1e308 is refused outright; a plausible wrong loss fails its probation check', async () => {
+  const m = mesh({ probation: 1, outlierFactor: 0 });
+  const overflow = new FakePeer(honest, 1e308).join(m, 'overflow');
+  const wrongLoss = new FakePeer(honest, 50).join(m, 'wrong-loss');
+  new FakePeer(honest).join(m, 'honest');
+  const { sum } = await m.compute(0, 0, microBatches);
+  assert.ok(overflow.rejects().includes('LM_ERR_NON_FINITE'), overflow.rejects().join());
+  assert.ok(wrongLoss.rejects().includes('LM_ERR_SPOT_CHECK'), wrongLoss.rejects().join());
+  assert.equal(sum.lossSum, 6, 'every used result carries the honest loss');
+  m.close();
+});

@@ -1,0 +1,73 @@
+// The step scheduler with a fake clock: pull order, requeue on loss, deadlines derived from the
+// worker's measured speed, straggler copies, first result wins, and the ledger.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { StepSchedule, type Estimate } from '../../../coordinator/engine/scheduler.ts';
+
+const speeds: Record<string, number> = { fast: 1, slow: 10 }; // ms per position
+const estimate: Estimate = (id, n) => (id in speeds ? speeds[id] * n : null);
+const opts = { deadlineFactor: 3, deadlineSlackMs: 50, unknownExpectedMs: 5000 };
+
+test('idle workers pull micro-batches in order; nothing is handed out twice while work is queued', () => {
+  const s = new StepSchedule(0, [10, 10, 10], estimate, opts);
+  const a = s.next('fast', 0)!;
+  const b = s.next('slow', 0)!;
+  const c = s.next('fast', 0)!;
+  assert.deepEqual([a.index, b.index, c.index], [0, 1, 2]);
+  assert.equal(a.deadline, 0 + 3 * 10 + 50); // 3 × expected + slack, from the worker's own speed
+  assert.equal(b.deadline, 0 + 3 * 100 + 50);
+});
+
+test('a lost attempt is requeued and retried; its ledger shows both attempts', () => {
+  const s = new StepSchedule(4, [10, 10], estimate, opts);
+  const a = s.next('fast', 0)!;
+  const b = s.next('slow', 0)!;
+  s.lose(a.assignmentId, 'lost', 5);
+  const retry = s.next('fast', 6)!;
+  assert.equal(retry.index, a.index);
+  assert.equal(retry.reason, 'retry');
+  assert.equal(s.complete(retry.assignmentId, 20), 'used');
+  assert.equal(s.complete(b.assignmentId, 100), 'used');
+  assert.equal(s.remaining, 0);
+  const ledger = s.finish(100);
+  assert.deepEqual(
+    ledger[0].attempts.map((x) => x.outcome),
+    ['lost', 'used'],
+  );
+  assert.equal(ledger[0].usedWorker, 'fast');
+  assert.equal(
+    ledger.every((e) => e.attempts.filter((x) => x.outcome === 'used').length === 1),
+    true,
+  );
+});
+
+test('an idle fast worker copies a slow attempt it would finish sooner; first result wins, the other is a duplicate', () => {
+  const s = new StepSchedule(0, [10, 10], estimate, opts);
+  const fastFirst = s.next('fast', 0)!;
+  const slowFirst = s.next('slow', 0)!; // expected 100 ms
+  s.complete(fastFirst.assignmentId, 10);
+  const copy = s.next('fast', 10)!; // the fast worker would finish at 20 < 100
+  assert.equal(copy.index, slowFirst.index);
+  assert.equal(copy.reason, 'straggler');
+  assert.equal(s.next('fast', 10), null, 'at most one copy of a micro-batch at a time');
+  assert.equal(s.complete(copy.assignmentId, 20), 'used');
+  assert.equal(s.complete(slowFirst.assignmentId, 100), 'duplicate');
+  assert.deepEqual(
+    s.finish(100)[1].attempts.map((x) => x.outcome),
+    ['duplicate', 'used'],
+  );
+});
+
+test('an attempt past its deadline is copied even to a worker of unknown speed; a copy still out at the end is cancelled', () => {
+  const s = new StepSchedule(0, [10], estimate, opts);
+  const a = s.next('fast', 0)!; // deadline 80
+  assert.equal(s.next('newcomer', 50), null, 'not overdue, and the newcomer is not known to be faster');
+  assert.equal(s.hasOverdue(81), true);
+  const copy = s.next('newcomer', 81)!;
+  assert.equal(copy.index, 0);
+  assert.equal(s.complete(a.assignmentId, 90), 'used');
+  assert.deepEqual(
+    s.finish(90)[0].attempts.map((x) => x.outcome),
+    ['used', 'cancelled'],
+  );
+});
