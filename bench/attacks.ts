@@ -18,6 +18,8 @@ import { demoExamples, demoTaskData } from '../coordinator/io/dataset.ts';
 import { DEMO_LORA, DEMO_TRAIN } from '../coordinator/commands/demo.ts';
 import { openModelDir } from '../coordinator/io/model-dir.ts';
 import { DEMO_MODEL_DIR } from '../coordinator/io/paths.ts';
+import type { DefenceConfig } from '../coordinator/engine/defence.ts';
+import type { Deployment, RunConfigInput } from '../coordinator/run/run-config.ts';
 import { runTraining, type RunOptions, type RunResult } from '../coordinator/run/train.ts';
 import { cliFlags, provenance, replaceSection, writeJson } from './lib/results.ts';
 
@@ -27,20 +29,23 @@ const root = mkdtempSync(join(tmpdir(), 'loramesh-bench-attacks-'));
 const model = await openModelDir(DEMO_MODEL_DIR);
 const train = { ...DEMO_TRAIN, seed: 0, steps: quick ? 40 : DEMO_TRAIN.steps };
 const data = demoTaskData(2000, 200, train.seed);
-const base: RunOptions = {
+const base: Omit<RunOptions, 'config'> = {
   model,
-  lora: DEMO_LORA,
-  train,
   examples: demoExamples(model.tokenizer, data),
   evalExamples: data.eval.map((s) => toExample(model.tokenizer, s)),
-  evalEvery: 100_000,
-  outDir: join(root, 'runs'),
-  backend: 'wasm',
-  cacheDir: join(root, 'cache'),
   workerOutput: 'ignore',
   progress: false,
-  localWorkers: 3,
   log: () => {},
+};
+const config: RunConfigInput = {
+  run: { lora: DEMO_LORA, train },
+  deployment: {
+    evalEvery: 100_000,
+    outDir: join(root, 'runs'),
+    backend: 'wasm',
+    cacheDir: join(root, 'cache'),
+    localWorkers: 3,
+  },
 };
 
 interface Row {
@@ -56,18 +61,24 @@ interface Row {
 }
 
 const finalEval = (r: RunResult) => r.evalLosses[r.evalLosses.length - 1].loss;
-const OFF: Partial<RunOptions> = { spotCheck: { fraction: 0 }, outlierFactor: 0, probation: 0 };
+const OFF: Partial<DefenceConfig> = { spotCheck: 0, outlierFactor: 0, probation: 0 };
 
 async function run(
   attack: string | null,
   defence: 'default' | 'off',
-  extra: Partial<RunOptions> = {},
+  deployment: Partial<Deployment> = {},
 ): Promise<RunResult> {
   return runTraining({
     ...base,
-    ...(defence === 'off' ? OFF : {}),
-    ...extra,
-    runId: `${attack ?? 'clean'}-${defence}`.replace(/[^a-z0-9-]/gi, '_'),
+    config: {
+      ...config,
+      deployment: {
+        ...config.deployment,
+        ...deployment,
+        runId: `${attack ?? 'clean'}-${defence}`.replace(/[^a-z0-9-]/gi, '_'),
+      },
+      limits: defence === 'off' ? { defence: OFF } : {},
+    },
     workerEnv: (i): Record<string, string> => (attack && i === 0 ? { LORAMESH_FAULT: attack } : {}),
   });
 }

@@ -160,25 +160,31 @@ export async function runBandwidthBench(o: BandwidthOptions): Promise<Record<str
     const started = performance.now();
     const result = await runTraining({
       model,
-      lora: DEMO_LORA,
-      train: {
-        ...DEMO_TRAIN,
-        steps: samples / s.H,
-        warmupSteps: Math.max(1, Math.round(DEMO_TRAIN.warmupSteps / s.H)),
-      },
       examples,
       evalExamples,
-      evalEvery: 1_000_000,
-      outDir: scratch,
-      runId: label(s).replace(/[^a-z0-9]+/gi, '-'),
       weights,
-      localWorkers: WORKERS,
-      backend: 'wasm',
+      config: {
+        run: {
+          lora: DEMO_LORA,
+          train: {
+            ...DEMO_TRAIN,
+            steps: samples / s.H,
+            warmupSteps: Math.max(1, Math.round(DEMO_TRAIN.warmupSteps / s.H)),
+          },
+          wire: { up: s.codec, down: s.codec },
+          local: s.H > 1 ? { steps: s.H, innerLr: DEMO_TRAIN.lr, ...OUTER } : null,
+        },
+        deployment: {
+          evalEvery: 1_000_000,
+          outDir: scratch,
+          runId: label(s).replace(/[^a-z0-9]+/gi, '-'),
+          localWorkers: WORKERS,
+          backend: 'wasm',
+        },
+      },
       workerOutput: 'ignore',
       progress: false,
       log: () => {},
-      wire: { up: s.codec, down: s.codec },
-      local: s.H > 1 ? { steps: s.H, innerLr: DEMO_TRAIN.lr, ...OUTER } : undefined,
     });
     const rows = result.metrics;
     const sum = (k: keyof (typeof rows)[number]) => rows.reduce((n, r) => n + (r[k] as number), 0);

@@ -77,7 +77,10 @@ export interface MeasureResult {
   };
 }
 
-/** Debian's python3-torch lives under /usr/bin/python3 (the pyenv python3 first on PATH has no torch); LORAMESH_BENCH_PYTHON overrides. */
+/**
+ * Debian's python3-torch lives under /usr/bin/python3 (the pyenv python3 first on PATH has no torch);
+ * LORAMESH_BENCH_PYTHON overrides.
+ */
 const PYTHON = process.env.LORAMESH_BENCH_PYTHON || '/usr/bin/python3';
 
 /** PyTorch as a line-based server: start, then one step per request. */
@@ -183,7 +186,9 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
   let torchNote: string | undefined;
   if (config.torchDevice === 'none') torchNote = 'PyTorch column not asked for';
   else if (!existsSync(PYTHON) || spawnSync(PYTHON, ['-c', 'import torch'], { stdio: 'ignore' }).status !== 0) {
-    torchNote = `no torch in ${PYTHON} (apt-get install python3-torch libopenblas0-openmp, or set LORAMESH_BENCH_PYTHON): no PyTorch column`;
+    torchNote =
+      `no torch in ${PYTHON} (apt-get install python3-torch libopenblas0-openmp, ` +
+      'or set LORAMESH_BENCH_PYTHON): no PyTorch column';
   } else if (
     config.torchDevice === 'cuda' &&
     spawnSync(PYTHON, ['-c', 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'], { stdio: 'ignore' })

@@ -149,7 +149,8 @@ export function gpt2Workload(batch: number, time: number): Workload {
  *   backward  2·N·P_lin              dx = dy·W only (W frozen, no dW)
  *           + 3·2·N·r·(d_in+d_out)   per adapted module: dA, dB and the branch's dx
  *           + 8·B·T²·d_attn per layer  (d scores, d att, dq, dk, dv: two matmuls' worth each way)
- * Elementwise work (norms, softmax, GELU, loss) is left out: it is memory-bound and < 2% here.
+ * Elementwise work (norms, softmax, GELU, loss) is left out: it is memory-bound and a small share of
+ * the step (bench/RESULTS.md, Compute, gives the figure).
  * The same formula is written in bench/RESULTS.md.
  */
 export function stepFlops(config: ModelConfig, lora: LoraConfig, batch: number, time: number): number {

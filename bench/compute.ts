@@ -1,11 +1,12 @@
 /**
- * `npm run bench:compute` (`-- --quick`: demo model only, ≲ 40 s): ms/step, tokens/s and achieved
- * GFLOP/s of the LoRA training step per backend — wasm 1 thread, wasm 2 threads (LORAMESH_WASM_THREADS
- * shim), cpu, WebGPU (software here: marked so), tfjs-node when installed — for the demo model and
- * a GPT-2-small-shaped model, each next to PyTorch on the same model with the same threads,
- * steps alternated so the ratio is measured under the same load (bench/compute-measure.ts, one
- * process per row). Writes bench/results/compute.json (quick: compute.quick.json) and, in full
- * mode, the compute-table section of bench/RESULTS.md. Also the `compute` step of `npm run bench`.
+ * `npm run bench:compute` (`-- --quick`: demo model only, for `npm run bench -- --quick`'s 2-minute
+ * budget): ms/step, tokens/s and achieved GFLOP/s of the LoRA training step per backend — wasm
+ * 1 thread, wasm 2 threads (LORAMESH_WASM_THREADS shim), cpu, WebGPU (software here: marked so),
+ * tfjs-node when installed — for the demo model and a GPT-2-small-shaped model, each next to
+ * PyTorch on the same model with the same threads, steps alternated so the ratio is measured under
+ * the same load (bench/compute-measure.ts, one process per row). Writes bench/results/compute.json
+ * (quick: compute.quick.json) and, in full mode, the compute-table section of bench/RESULTS.md.
+ * Also the `compute` step of `npm run bench`.
  */
 import { spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
@@ -72,8 +73,10 @@ export interface ComputeResult {
 }
 
 export const FLOP_FORMULA =
-  'forward 2·N·P_lin + Σ_adapted 2·N·r·(d_in+d_out) + Σ_layers 4·B·T²·d; backward 2·N·P_lin (dx only, W frozen) + Σ_adapted 6·N·r·(d_in+d_out) + Σ_layers 8·B·T²·d ' +
-  '(N = B·T tokens, P_lin = weights of all linear layers incl. the LM head, d = attention width; elementwise work not counted)';
+  'forward 2·N·P_lin + Σ_adapted 2·N·r·(d_in+d_out) + Σ_layers 4·B·T²·d; ' +
+  'backward 2·N·P_lin (dx only, W frozen) + Σ_adapted 6·N·r·(d_in+d_out) + Σ_layers 8·B·T²·d ' +
+  '(N = B·T tokens, P_lin = weights of all linear layers incl. the LM head, d = attention width; ' +
+  'elementwise work not counted)';
 
 const GPT2_SHAPE = { batch: 2, time: 128 };
 
@@ -101,8 +104,9 @@ function plan(quick: boolean): MeasureConfig[] {
   ): MeasureConfig => ({ model, backend, threads, warmup, repeats, ...GPT2_SHAPE, torchDevice: 'cpu' });
   const threaded = cores >= 2 ? [Math.min(cores, 8)] : [];
   if (quick) return [row('demo', 'wasm', 1, 2, 5), ...threaded.map((t) => row('demo', 'wasm', t, 2, 5))];
-  // Repeats are sized so `npm run bench` stays within 15 minutes here: the cpu backend takes ~8 s
-  // per demo step and software WebGPU ~30 s (that row shows the step computes, not its speed).
+  // Repeats are sized so `npm run bench` stays within 15 minutes here: the cpu backend and software
+  // WebGPU take seconds per demo step (their rows in bench/RESULTS.md, Compute), so they get one or
+  // two; the software WebGPU row shows the step computes, not its speed.
   return [
     row('demo', 'wasm', 1, 3, 15),
     ...threaded.map((t) => row('demo', 'wasm', t, 3, 15)),
@@ -148,7 +152,9 @@ function toRow(r: MeasureResult): ComputeRow {
     gflops: gflopPerStep / (ms.median / 1000),
     torch: r.torch
       ? {
-          label: `PyTorch ${r.torch.version} ${r.torch.device} (${r.torch.threads} thread${r.torch.threads === 1 ? '' : 's'}, ${r.torch.blas})`,
+          label:
+            `PyTorch ${r.torch.version} ${r.torch.device} ` +
+            `(${r.torch.threads} thread${r.torch.threads === 1 ? '' : 's'}, ${r.torch.blas})`,
           ms: stats(r.torch.ms),
           cpuMs: stats(r.torch.cpuMs),
           gflops: gflopPerStep / (stats(r.torch.ms).median / 1000),
@@ -172,7 +178,8 @@ function toRow(r: MeasureResult): ComputeRow {
 const range = (s: Stats, digits = 0) =>
   `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`;
 const backendLabel = (r: ComputeRow) =>
-  `${r.backend}${r.backend === 'wasm' ? ` ${r.threads} thread${r.threads === 1 ? '' : 's'}` : ''}${r.software ? ' (software)' : ''}`;
+  `${r.backend}${r.backend === 'wasm' ? ` ${r.threads} thread${r.threads === 1 ? '' : 's'}` : ''}` +
+  `${r.software ? ' (software)' : ''}`;
 
 /** Bold median ratio with its range; a software device's ratio is shown but is no speed figure. */
 function ratioCell(r: ComputeRow): string {
@@ -185,7 +192,9 @@ function ratioCell(r: ComputeRow): string {
 
 function tableLines(result: ComputeResult): string[] {
   const lines = [
-    '| model | backend | ms/step median (min–max) | tokens/s | GFLOP/s | PyTorch, same model and threads: ms/step | PyTorch GFLOP/s | ratio: wall (min–max) | ratio: CPU time | largest matmul alone, GFLOP/s: ours / PyTorch | loss / ‖grad‖ vs PyTorch |',
+    '| model | backend | ms/step median (min–max) | tokens/s | GFLOP/s | ' +
+      'PyTorch, same model and threads: ms/step | PyTorch GFLOP/s | ratio: wall (min–max) | ratio: CPU time | ' +
+      'largest matmul alone, GFLOP/s: ours / PyTorch | loss / ‖grad‖ vs PyTorch |',
     '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const r of result.rows) {
@@ -194,9 +203,12 @@ function tableLines(result: ComputeResult): string[] {
         ? '–'
         : `${r.agreement.lossRelDiff.toExponential(0)} / ${r.agreement.gradNormRelDiff!.toExponential(0)}`;
     lines.push(
-      `| ${r.model} (${r.tokens} tokens, ${fmt(r.gflopPerStep)} GFLOP) | ${backendLabel(r)} | ${range(r.ms)} | ${r.tokensPerSecond.toFixed(0)} | ${r.gflops.toFixed(1)} | ` +
+      `| ${r.model} (${r.tokens} tokens, ${fmt(r.gflopPerStep)} GFLOP) | ${backendLabel(r)} | ${range(r.ms)} | ` +
+        `${r.tokensPerSecond.toFixed(0)} | ${r.gflops.toFixed(1)} | ` +
         `${r.torch ? range(r.torch.ms) : '–'} | ${r.torch ? r.torch.gflops.toFixed(1) : '–'} | ${ratioCell(r)} | ` +
-        `${r.cpuRatio ? `${r.cpuRatio.median.toFixed(2)}×` : '–'} | ${r.gemm.gflops.toFixed(1)} / ${r.gemm.torchGflops?.toFixed(1) ?? '–'} (${r.gemm.shape.join('×')}) | ${agree} |`,
+        `${r.cpuRatio ? `${r.cpuRatio.median.toFixed(2)}×` : '–'} | ` +
+        `${r.gemm.gflops.toFixed(1)} / ${r.gemm.torchGflops?.toFixed(1) ?? '–'} ` +
+        `(${r.gemm.shape.join('×')}) | ${agree} |`,
     );
   }
   return lines;
@@ -212,7 +224,9 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
   const rows: ComputeRow[] = [];
   const unavailable: ComputeResult['unavailable'] = [];
   for (const config of opts.rows ?? (opts.device ? devicePlan() : plan(opts.quick))) {
-    const what = `${config.model} on ${config.backend}${config.backend === 'wasm' ? ` (${config.threads} thread${config.threads === 1 ? '' : 's'})` : ''}`;
+    const what =
+      `${config.model} on ${config.backend}` +
+      `${config.backend === 'wasm' ? ` (${config.threads} thread${config.threads === 1 ? '' : 's'})` : ''}`;
     log(`${what}: ${config.warmup} warm-up + ${config.repeats} steps, each followed by the same step in PyTorch…`);
     const t0 = performance.now();
     const r = runRow(config);
@@ -225,11 +239,14 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
     const row = toRow(r);
     rows.push(row);
     log(
-      `  ${fmt(row.gflopPerStep)} GFLOP/step, ${row.tokens} tokens: ${range(row.ms, 1)} ms/step, ${row.tokensPerSecond.toFixed(0)} tokens/s, ${row.gflops.toFixed(1)} GFLOP/s` +
+      `  ${fmt(row.gflopPerStep)} GFLOP/step, ${row.tokens} tokens: ${range(row.ms, 1)} ms/step, ` +
+        `${row.tokensPerSecond.toFixed(0)} tokens/s, ${row.gflops.toFixed(1)} GFLOP/s` +
         (row.torch
-          ? `; ${row.torch.label} ${range(row.torch.ms, 1)} ms/step; ratio ${range(row.ratio!, 2)}× (CPU time ${range(row.cpuRatio!, 2)}×)`
+          ? `; ${row.torch.label} ${range(row.torch.ms, 1)} ms/step; ` +
+            `ratio ${range(row.ratio!, 2)}× (CPU time ${range(row.cpuRatio!, 2)}×)`
           : '') +
-        `; largest matmul alone ${row.gemm.gflops.toFixed(1)}${row.gemm.torchGflops ? ` vs ${row.gemm.torchGflops.toFixed(1)}` : ''} GFLOP/s` +
+        `; largest matmul alone ${row.gemm.gflops.toFixed(1)}` +
+        `${row.gemm.torchGflops ? ` vs ${row.gemm.torchGflops.toFixed(1)}` : ''} GFLOP/s` +
         (row.note ? `; ${row.note}` : '') +
         ` (${seconds} s)`,
     );

@@ -35,17 +35,20 @@ async function trial(signal: 'SIGKILL' | 'SIGSTOP', heartbeatMs: number, steps: 
   let stepDoneAt = 0;
   await runTraining({
     model,
-    lora,
-    train: { ...train, steps },
     examples,
-    outDir: join(root, 'runs'),
-    runId: `${signal}-${heartbeatMs}-${++trials}`,
-    localWorkers: 2,
-    backend: 'wasm',
-    cacheDir: join(root, 'cache'),
+    config: {
+      run: { lora, train: { ...train, steps } },
+      deployment: {
+        outDir: join(root, 'runs'),
+        runId: `${signal}-${heartbeatMs}-${++trials}`,
+        localWorkers: 2,
+        backend: 'wasm',
+        cacheDir: join(root, 'cache'),
+        heartbeatMs,
+      },
+    },
     workerOutput: 'ignore',
     progress: false,
-    heartbeatMs,
     log: (line) => {
       url = /listening on (ws:\S+)/.exec(line)?.[1] ?? url;
       if (hitAt && !noticedAt && /(left holding|missed a heartbeat)/.test(line)) noticedAt = performance.now();

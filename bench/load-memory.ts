@@ -87,19 +87,23 @@ const result = {
 };
 const mb = (b: number) => `${(b / 1e6).toFixed(0)} MB`;
 console.log(
-  `loaded ${r.params.toLocaleString()} parameters (${mb(weightBytes)} float32) from a ${mb(fileBytes)} file in ${(r.loadMs / 1000).toFixed(1)} s`,
+  `loaded ${r.params.toLocaleString()} parameters (${mb(weightBytes)} float32) ` +
+    `from a ${mb(fileBytes)} file in ${(r.loadMs / 1000).toFixed(1)} s`,
 );
 console.log(
-  `peak RSS ${mb(r.peakRss)} (${mb(r.rssBeforeLoad)} before the load) = ${result.peakOverWeights.toFixed(2)}× the weight bytes (target < 2×)`,
+  `peak RSS ${mb(r.peakRss)} (${mb(r.rssBeforeLoad)} before the load) = ` +
+    `${result.peakOverWeights.toFixed(2)}× the weight bytes (target < 2×)`,
 );
 writeFileSync(join(import.meta.dirname, 'results', 'load-memory.json'), JSON.stringify(result, null, 2) + '\n');
 const table = [
   '<!-- load-table:start -->',
-  `Measured ${result.date.slice(0, 10)}: ${r.params.toLocaleString()}-parameter GPT-2-small-shaped checkpoint (random F32 weights, ${mb(fileBytes)}), wasm backend, streaming per-tensor loader, fresh process.`,
+  `Measured ${result.date.slice(0, 10)}: ${r.params.toLocaleString()}-parameter GPT-2-small-shaped checkpoint ` +
+    `(random F32 weights, ${mb(fileBytes)}), wasm backend, streaming per-tensor loader, fresh process.`,
   '',
   '| weight bytes | RSS before load | peak RSS | peak / weights | load time |',
   '|---:|---:|---:|---:|---:|',
-  `| ${mb(weightBytes)} | ${mb(r.rssBeforeLoad)} | ${mb(r.peakRss)} | **${result.peakOverWeights.toFixed(2)}×** | ${(r.loadMs / 1000).toFixed(1)} s |`,
+  `| ${mb(weightBytes)} | ${mb(r.rssBeforeLoad)} | ${mb(r.peakRss)} | ` +
+    `**${result.peakOverWeights.toFixed(2)}×** | ${(r.loadMs / 1000).toFixed(1)} s |`,
   '<!-- load-table:end -->',
 ].join('\n');
 const resultsPath = join(import.meta.dirname, 'RESULTS.md');

@@ -116,7 +116,7 @@ export interface ParallelResult {
 
 /** Whether the worker backend reads WASM_THREADS_ENV; without it a "2 threads" row would silently be 1 thread. */
 export function wasmThreadsAvailable(): string | null {
-  const source = readFileSync(join(BENCH_DIR, '..', 'worker', 'backend.ts'), 'utf8');
+  const source = readFileSync(join(BENCH_DIR, '..', 'node', 'backend.ts'), 'utf8');
   return source.includes(WASM_THREADS_ENV)
     ? null
     : `node/backend.ts has no multi-threaded wasm option (${WASM_THREADS_ENV}); tfjs runs wasm single-threaded in Node`;
@@ -162,15 +162,18 @@ export async function runParallelBench(opts: ParallelBenchOptions): Promise<Para
       let last = 0;
       await runTraining({
         model,
-        lora: DEMO_LORA,
-        train,
         examples,
-        outDir: join(root, 'runs'),
-        runId: spec.name,
-        backend: 'wasm',
-        cacheDir: join(root, 'cache'),
-        inProcess: spec.name === 'in-process',
-        localWorkers: spec.name === 'in-process' ? 0 : spec.processesComputing,
+        config: {
+          run: { lora: DEMO_LORA, train },
+          deployment: {
+            outDir: join(root, 'runs'),
+            runId: spec.name,
+            backend: 'wasm',
+            cacheDir: join(root, 'cache'),
+            inProcess: spec.name === 'in-process',
+            localWorkers: spec.name === 'in-process' ? 0 : spec.processesComputing,
+          },
+        },
         workerEnv:
           spec.threadsPerProcess > 1 ? () => ({ [WASM_THREADS_ENV]: String(spec.threadsPerProcess) }) : undefined,
         workerOutput: 'ignore',

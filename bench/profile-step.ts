@@ -48,7 +48,8 @@ for (const k of profile.kernels) {
 const total = [...byKernel].filter(([name]) => name !== 'forward').reduce((s, [, e]) => s + e.ms, 0);
 const top = Number(values.top);
 console.log(
-  `${w.description}: step ${wall.toFixed(0)} ms wall, ${total.toFixed(0)} ms in ${profile.kernels.length} kernels, ${(w.flops / 1e9).toFixed(2)} GFLOP`,
+  `${w.description}: step ${wall.toFixed(0)} ms wall, ` +
+    `${total.toFixed(0)} ms in ${profile.kernels.length} kernels, ${(w.flops / 1e9).toFixed(2)} GFLOP`,
 );
 console.log('by kernel:');
 for (const [name, e] of [...byKernel].sort((a, b) => b[1].ms - a[1].ms).slice(0, top))

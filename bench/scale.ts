@@ -107,7 +107,10 @@ export interface SoakResult {
   samples: { step: number; rssMB: number; heapMB: number }[];
   /** least-squares slope of RSS over the samples after the first quarter of the run */
   slopeMBPer1000Steps: number;
-  /** the same for V8's heap in use: the leak signal (RSS also moves as the allocator keeps or returns freed frame buffers) */
+  /**
+   * the same for V8's heap in use: the leak signal (RSS also moves as the allocator keeps or returns freed frame
+   * buffers)
+   */
   heapSlopeMBPer1000Steps: number;
   stepMs: Stats;
   problems: string[];
@@ -171,12 +174,15 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
   const host = machine();
   const command = opts.command ?? `npm run bench:scale${quick ? ' -- --quick' : ''}`;
   log(
-    `scale: ${model.dir}, LoRA r=${C_ATTN_R8.r} on c_attn = ${adapterParameterCount(spec)} parameters (${fmt(resultBytes / MB)} MB per result); ` +
-      `N = ${workers.join(', ')}; ${computeMs} ms simulated compute; ${opts.steps ?? (quick ? 3 : '3–4')} measured steps after ${warmupSteps}`,
+    `scale: ${model.dir}, LoRA r=${C_ATTN_R8.r} on c_attn = ${adapterParameterCount(spec)} parameters ` +
+      `(${fmt(resultBytes / MB)} MB per result); ` +
+      `N = ${workers.join(', ')}; ${computeMs} ms simulated compute; ` +
+      `${opts.steps ?? (quick ? 3 : '3–4')} measured steps after ${warmupSteps}`,
   );
 
-  // One core is left to the coordinator: on 2 cores, 4 simulated-worker processes cost 1.5× the
-  // CPU of 1 (context switches, 4 event loops) and raised the overhead at N=64 from 37 % to 48 %.
+  // One core is left to the coordinator: more simulated-worker processes than spare cores cost more
+  // CPU than one (context switches, an event loop each) and raise the coordinator's overhead (the
+  // figures are in bench/RESULTS.md, Coordinator scale, "What changed").
   const processes =
     opts.processes ??
     Math.max(1, Math.min(4, availableParallelism() - 1, Math.max(...workers, soakOpts?.workers ?? 1)));
@@ -245,8 +251,13 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
       };
       points.push(point);
       log(
-        `  N=${String(n).padStart(3)}: step ${fmt(point.stepMs.median)} ms (${fmt(point.stepMs.min)}–${fmt(point.stepMs.max)}), overhead ${fmt(point.overheadMs.median)} ms = ${fmt(point.overheadPercent.median)} %, ` +
-          `coordinator ${fmt(point.coordinatorCpuMsPerStep)} CPU-ms/step (${fmt(point.coordinatorSystemMsPerStep)} system, ${fmt(point.coordinatorPageFaultsPerStep)} page faults), RSS ${fmt(point.coordinatorRssMB.peak)} MB, sim workers ${fmt(point.workersCpuMsPerStep)} CPU-ms/step` +
+        `  N=${String(n).padStart(3)}: step ${fmt(point.stepMs.median)} ms ` +
+          `(${fmt(point.stepMs.min)}–${fmt(point.stepMs.max)}), ` +
+          `overhead ${fmt(point.overheadMs.median)} ms = ${fmt(point.overheadPercent.median)} %, ` +
+          `coordinator ${fmt(point.coordinatorCpuMsPerStep)} CPU-ms/step ` +
+          `(${fmt(point.coordinatorSystemMsPerStep)} system, ` +
+          `${fmt(point.coordinatorPageFaultsPerStep)} page faults), ` +
+          `RSS ${fmt(point.coordinatorRssMB.peak)} MB, sim workers ${fmt(point.workersCpuMsPerStep)} CPU-ms/step` +
           (point.stragglerCopies ? `, ${point.stragglerCopies} straggler copies` : '') +
           (run.problems.length ? `; ${run.problems.length} problem line(s), first: ${run.problems[0]}` : ''),
       );
@@ -352,8 +363,11 @@ async function runSoak(
   };
   delete (soak as Partial<typeof o>).sampleEvery;
   log(
-    `  soak N=${o.workers}, ${o.steps} steps of ${o.computeMs} ms: RSS ${fmt(samples[0]?.rssMB)} → ${fmt(samples[samples.length - 1]?.rssMB)} MB ` +
-      `(max ${fmt(Math.max(...samples.map((s) => s.rssMB)))}), slope ${fmt(slope)} MB per 1000 steps after the first quarter; V8 heap slope ${fmt(heapSlope)}; step ${fmt(soak.stepMs.median)} ms`,
+    `  soak N=${o.workers}, ${o.steps} steps of ${o.computeMs} ms: ` +
+      `RSS ${fmt(samples[0]?.rssMB)} → ${fmt(samples[samples.length - 1]?.rssMB)} MB ` +
+      `(max ${fmt(Math.max(...samples.map((s) => s.rssMB)))}), ` +
+      `slope ${fmt(slope)} MB per 1000 steps after the first quarter; ` +
+      `V8 heap slope ${fmt(heapSlope)}; step ${fmt(soak.stepMs.median)} ms`,
   );
   return soak;
 }
@@ -441,8 +455,11 @@ function measureAggregation(
     };
     out.push(point);
     log(
-      `  aggregation of ${String(n).padStart(3)} results: decode + check ${fmt(point.decodeGBps.median)} GB/s, sum after the fact ${fmt(point.sumGBps.median)} GB/s; ` +
-        `as results arrive ${fmt(point.totalGBps.median)} GB/s per core (min ${fmt(point.totalGBps.min)}, max ${fmt(point.totalGBps.max)}); wall clock ${fmt(point.wallGBps.median)} GB/s`,
+      `  aggregation of ${String(n).padStart(3)} results: decode + check ${fmt(point.decodeGBps.median)} GB/s, ` +
+        `sum after the fact ${fmt(point.sumGBps.median)} GB/s; ` +
+        `as results arrive ${fmt(point.totalGBps.median)} GB/s per core ` +
+        `(min ${fmt(point.totalGBps.min)}, max ${fmt(point.totalGBps.max)}); ` +
+        `wall clock ${fmt(point.wallGBps.median)} GB/s`,
     );
   }
   return out;
@@ -505,42 +522,71 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
       }),
     );
   }
+  const unmasking = r.wsNativeMasking
+    ? 'native (bufferutil)'
+    : 'JavaScript (the optional `bufferutil` addon is not installed)';
   const body = [
     provenance(r.date, r.command, r.machine),
     '',
-    `Payload: ${r.payload.model}, LoRA ${r.payload.lora} = ${r.payload.adapterParameters.toLocaleString('en-US')} parameters, ${fmt(r.payload.resultBytes / MB)} MB of float32 gradient per result. ` +
-      `One micro-batch (1 sequence) per worker per step; simulated workers sleep ${r.points[0]?.computeMs} ms and answer through the real WorkerSession, ` +
-      `in ${r.simProcesses} child process${r.simProcesses === 1 ? '' : 'es'} **on the same ${r.machine.cores} cores as the coordinator**. Median (min–max) over ${[...new Set(r.points.map((p) => p.stepMs.n))].join(' or ')} steps after ${r.warmupSteps} warm-up steps (the first steps carry the scheduler's speculative copies for still-unmeasured workers). ` +
-      `WebSocket frame unmasking: ${r.wsNativeMasking ? 'native (bufferutil)' : 'JavaScript (the optional `bufferutil` addon is not installed)'}. ` +
-      `Heartbeat ${HEARTBEAT_MS / 1000} s instead of 5 s: the co-located simulated workers answer pings late under load, and at N=256 the default dropped some.`,
+    `Payload: ${r.payload.model}, LoRA ${r.payload.lora} = ` +
+      `${r.payload.adapterParameters.toLocaleString('en-US')} parameters, ` +
+      `${fmt(r.payload.resultBytes / MB)} MB of float32 gradient per result. ` +
+      `One micro-batch (1 sequence) per worker per step; simulated workers sleep ${r.points[0]?.computeMs} ms ` +
+      'and answer through the real WorkerSession, ' +
+      `in ${r.simProcesses} child process${r.simProcesses === 1 ? '' : 'es'} ` +
+      `**on the same ${r.machine.cores} cores as the coordinator**. ` +
+      `Median (min–max) over ${[...new Set(r.points.map((p) => p.stepMs.n))].join(' or ')} steps ` +
+      `after ${r.warmupSteps} warm-up steps ` +
+      "(the first steps carry the scheduler's speculative copies for still-unmeasured workers). " +
+      `WebSocket frame unmasking: ${unmasking}. ` +
+      `Heartbeat ${HEARTBEAT_MS / 1000} s instead of 5 s: ` +
+      'the co-located simulated workers answer pings late under load, and at N=256 the default dropped some.',
     '',
-    '| N | step ms | overhead ms | overhead % | coordinator CPU ms/step (of it system) | coordinator page faults/step | coordinator cores busy | coordinator peak RSS MB | sim-worker CPU ms/step (all N) | straggler copies |',
+    '| N | step ms | overhead ms | overhead % | coordinator CPU ms/step (of it system) | ' +
+      'coordinator page faults/step | coordinator cores busy | coordinator peak RSS MB | ' +
+      'sim-worker CPU ms/step (all N) | straggler copies |',
     '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...r.points.map(
       (p) =>
-        `| ${p.workers} | ${range(p.stepMs, 0)} | ${range(p.overheadMs, 0)} | ${range(p.overheadPercent)} | ${p.coordinatorCpuMsPerStep.toFixed(0)} (${p.coordinatorSystemMsPerStep.toFixed(0)}) | ${p.coordinatorPageFaultsPerStep.toFixed(0)} | ${p.coordinatorCores.toFixed(2)} | ${p.coordinatorRssMB.peak.toFixed(0)} | ${p.workersCpuMsPerStep.toFixed(0)} | ${p.stragglerCopies} |`,
+        `| ${p.workers} | ${range(p.stepMs, 0)} | ${range(p.overheadMs, 0)} | ${range(p.overheadPercent)} | ` +
+        `${p.coordinatorCpuMsPerStep.toFixed(0)} (${p.coordinatorSystemMsPerStep.toFixed(0)}) | ` +
+        `${p.coordinatorPageFaultsPerStep.toFixed(0)} | ${p.coordinatorCores.toFixed(2)} | ` +
+        `${p.coordinatorRssMB.peak.toFixed(0)} | ${p.workersCpuMsPerStep.toFixed(0)} | ${p.stragglerCopies} |`,
     ),
     '',
-    `Scaling efficiency (compute / step time): ${r.points.map((p) => `N=${p.workers} ${pct(p).toFixed(0)} %`).join(', ')}.`,
+    'Scaling efficiency (compute / step time): ' +
+      `${r.points.map((p) => `N=${p.workers} ${pct(p).toFixed(0)} %`).join(', ')}.`,
     '',
     '![coordination overhead](results/scale-overhead.svg)',
     '',
-    'Aggregation on one core: decode of N real result frames (msgpack; the float32 values are read in place) and their checks (length, finiteness), and the in-order float32 sum (aggregate.ts): ' +
-      'each alone, and both as the mesh does them (every result added right after its check, in micro-batch order: InOrderSum). GB of gradient per CPU-second of the process ' +
+    'Aggregation on one core: decode of N real result frames (msgpack; the float32 values are read in place) ' +
+      'and their checks (length, finiteness), and the in-order float32 sum (aggregate.ts): ' +
+      'each alone, and both as the mesh does them ' +
+      '(every result added right after its check, in micro-batch order: InOrderSum). ' +
+      'GB of gradient per CPU-second of the process ' +
       '(other load on the machine does not lower it; wall-clock figure beside it), median (min–max) of repeats.',
     '',
-    '| N results | decode + check GB/s | sum after the fact GB/s | decode + check + sum as results arrive, GB/s per core | the same, wall clock |',
+    '| N results | decode + check GB/s | sum after the fact GB/s | ' +
+      'decode + check + sum as results arrive, GB/s per core | the same, wall clock |',
     '|---:|---:|---:|---:|---:|',
     ...r.aggregation.map(
       (a) =>
-        `| ${a.workers} | ${range(a.decodeGBps, 2)} | ${range(a.sumGBps, 2)} | ${range(a.totalGBps, 2)} | ${range(a.wallGBps, 2)} |`,
+        `| ${a.workers} | ${range(a.decodeGBps, 2)} | ${range(a.sumGBps, 2)} | ` +
+        `${range(a.totalGBps, 2)} | ${range(a.wallGBps, 2)} |`,
     ),
     '',
     ...(r.soak
       ? [
-          `Soak: N=${r.soak.workers}, ${r.soak.steps} steps of ${r.soak.computeMs} ms compute (step ${fmt(r.soak.stepMs.median)} ms median): coordinator RSS ${fmt(r.soak.samples[0].rssMB)} MB at step ${r.soak.samples[0].step}, ` +
-            `${fmt(r.soak.samples[r.soak.samples.length - 1].rssMB)} MB at step ${r.soak.samples[r.soak.samples.length - 1].step}, max ${fmt(Math.max(...r.soak.samples.map((s) => s.rssMB)))} MB; ` +
-            `slope after the first quarter ${fmt(r.soak.slopeMBPer1000Steps)} MB per 1000 steps. V8 heap in use ${fmt(r.soak.samples[0].heapMB)} → ${fmt(r.soak.samples[r.soak.samples.length - 1].heapMB)} MB, slope ${fmt(r.soak.heapSlopeMBPer1000Steps)} MB per 1000 steps ` +
+          `Soak: N=${r.soak.workers}, ${r.soak.steps} steps of ${r.soak.computeMs} ms compute ` +
+            `(step ${fmt(r.soak.stepMs.median)} ms median): ` +
+            `coordinator RSS ${fmt(r.soak.samples[0].rssMB)} MB at step ${r.soak.samples[0].step}, ` +
+            `${fmt(r.soak.samples[r.soak.samples.length - 1].rssMB)} MB ` +
+            `at step ${r.soak.samples[r.soak.samples.length - 1].step}, ` +
+            `max ${fmt(Math.max(...r.soak.samples.map((s) => s.rssMB)))} MB; ` +
+            `slope after the first quarter ${fmt(r.soak.slopeMBPer1000Steps)} MB per 1000 steps. ` +
+            `V8 heap in use ${fmt(r.soak.samples[0].heapMB)} → ` +
+            `${fmt(r.soak.samples[r.soak.samples.length - 1].heapMB)} MB, ` +
+            `slope ${fmt(r.soak.heapSlopeMBPer1000Steps)} MB per 1000 steps ` +
             '(a run keeps its per-step records in memory: metrics, traffic, dashboard history, ~0.5 KB per step).',
           '',
           '![soak](results/scale-soak.svg)',
@@ -548,10 +594,31 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
         ]
       : []),
     'Targets:',
-    `- ${verdict(r.targets.overheadAt64Percent, (v) => v <= 3, 'overhead at N=64 with a 1 s step, % (target ≤ 3 %)')}`,
-    `- ${verdict(r.targets.aggregationGBpsPerCore, (v) => v >= 1, `aggregation, GB/s per core at N=${r.aggregation[r.aggregation.length - 1]?.workers} (target ≥ 1)`)}`,
-    `- ${verdict(r.targets.soakHeapSlopeMBPer1000Steps, (v) => Math.abs(v) <= 1, 'soak V8 heap slope, MB per 1000 steps (target: flat, |slope| ≤ 1; the leak signal)')}`,
-    `- ${verdict(r.targets.soakSlopeMBPer1000Steps, (v) => Math.abs(v) <= 10, "soak RSS slope, MB per 1000 steps (|slope| ≤ 10: RSS also moves with the allocator's cache of freed frame buffers)")}`,
+    '- ' +
+      verdict(
+        r.targets.overheadAt64Percent,
+        (v) => v <= 3,
+        'overhead at N=64 ' + 'with a 1 s step, % ' + '(target ≤ 3 %)',
+      ),
+    '- ' +
+      verdict(
+        r.targets.aggregationGBpsPerCore,
+        (v) => v >= 1,
+        `aggregation, GB/s per core at N=${r.aggregation[r.aggregation.length - 1]?.workers} (target ≥ 1)`,
+      ),
+    '- ' +
+      verdict(
+        r.targets.soakHeapSlopeMBPer1000Steps,
+        (v) => Math.abs(v) <= 1,
+        'soak V8 heap slope, MB per 1000 steps (target: flat, |slope| ≤ 1; the leak signal)',
+      ),
+    '- ' +
+      verdict(
+        r.targets.soakSlopeMBPer1000Steps,
+        (v) => Math.abs(v) <= 10,
+        'soak RSS slope, MB per 1000 steps ' +
+          "(|slope| ≤ 10: RSS also moves with the allocator's cache of freed frame buffers)",
+      ),
     ...[...r.points.flatMap((p) => p.problems.map((l) => `N=${p.workers}: ${l}`)), ...(r.soak?.problems ?? [])]
       .slice(0, 5)
       .map((l) => `- problem logged: ${l.replace(/\|/g, '\\|')}`),

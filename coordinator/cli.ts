@@ -3,12 +3,11 @@
  * Run `loramesh <command> --help` for every option and its default.
  */
 import { Command, CommanderError } from 'commander';
-import { contextLength, DEFAULT_LORA, DEFAULT_TRAIN } from '../shared/config.ts';
+import { DEFAULT_LORA, DEFAULT_TRAIN } from '../shared/config.ts';
 import type { AdapterState } from '../shared/lora/adapter.ts';
-import type { Example } from '../shared/train/micro-batch.ts';
 import { LoraMeshError } from '../shared/errors.ts';
-import { BACKENDS, type BackendName } from '../node/backend.ts';
-import { AGGREGATIONS, type Aggregation } from '../shared/train/robust.ts';
+import { BACKENDS } from '../node/backend-names.ts';
+import { AGGREGATIONS } from '../shared/train/robust.ts';
 import { defaultCacheDir } from '../node/cache-dir.ts';
 import { addresses, host, int, modules, num, oneOf, outlierFactor, port } from './cli/options.ts';
 import { DEFAULT_NET_LIMITS } from './net/net-limits.ts';
@@ -19,9 +18,9 @@ import { readFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ErrorCodes, fail } from '../shared/errors.ts';
 import { CODECS, DEFAULT_INT8_BLOCK } from '../shared/protocol/wire-codec.ts';
-import { DEFAULT_DEFENCE } from './engine/defence.ts';
 import { DEFAULT_SECURITY } from './engine/mesh.ts';
-import { DEFAULT_DEPLOYMENT } from './run/run-defaults.ts';
+import { CLI_DEFAULTS, type DataSpec, DEFAULT_RUN_CONFIG, resolveRunConfig } from './run/run-config.ts';
+import { configFromFlags } from './cli/config-flags.ts';
 import { readFlagFile } from './cli/preflight.ts';
 import { checkListen } from './net/listen.ts';
 import { checkRunShape, resumeShape, runShapeFrom, type RunShape } from './cli/resume-flags.ts';
@@ -38,6 +37,10 @@ function readRunConfig(dir: string): RunShape {
 }
 
 /** Exit codes: 0 done, 1 internal error, 2 a refused input or setting (one line with its code), 128+n stopped by signal n. */
+const DEPLOY = DEFAULT_RUN_CONFIG.deployment;
+const DEFENCE = DEFAULT_RUN_CONFIG.limits.defence;
+const OUTER = DEFAULT_RUN_CONFIG.run.outer;
+const LOOPBACK = ['127.0.0.1', 'localhost', '::1'];
 const EXIT = { internal: 1, usage: 2, SIGINT: 130, SIGTERM: 143 } as const;
 
 // A bad flag is one line with its code, not the error followed by the whole help.
@@ -57,10 +60,20 @@ function addTrainOptions(cmd: Command): Command {
     )
     .option('--max-tokens <n>', 'sequence length for --data (default: the model context, at most 1024)', int(2))
     .option('--pack', 'pack --data records into full sequences instead of truncating each', false)
-    .option('--eval-fraction <x>', 'share of --data records held out for eval loss', num(0, 0.99), 0.05)
-    .option('--eval-every <n>', 'steps between eval-loss checks (also before and after training)', int(1), 50)
+    .option(
+      '--eval-fraction <x>',
+      'share of --data records held out for eval loss',
+      num(0, 0.99),
+      CLI_DEFAULTS.evalFraction,
+    )
+    .option(
+      '--eval-every <n>',
+      'steps between eval-loss checks (also before and after training)',
+      int(1),
+      DEPLOY.evalEvery,
+    )
     .option('--adapter <dir>', 'continue training from a PEFT adapter (its r, alpha, targets and values)')
-    .option('--train-size <n>', 'demo task: number of training examples', int(1), 2000)
+    .option('--train-size <n>', 'demo task: number of training examples', int(1), CLI_DEFAULTS.trainSize)
     .option('--steps <n>', 'optimizer steps', int(1), DEFAULT_TRAIN.steps)
     .option('--global-batch <n>', 'sequences per step over all workers', int(1), DEFAULT_TRAIN.globalBatch)
     .option('--micro-batch <n>', 'sequences per assignment', int(1), DEFAULT_TRAIN.microBatch)
@@ -80,15 +93,15 @@ function addTrainOptions(cmd: Command): Command {
       DEFAULT_LORA.init,
     )
     .option('--rslora', 'scale by alpha/sqrt(r) instead of alpha/r', false)
-    .option('--local-workers <n>', 'worker processes to start on this machine', int(0), DEFAULT_DEPLOYMENT.localWorkers)
+    .option('--local-workers <n>', 'worker processes to start on this machine', int(0), DEPLOY.localWorkers)
     .option(
       '--min-workers <n>',
       'start training once this many workers are ready (default: local workers, ≥ 1)',
       int(1),
     )
     .option('--in-process', 'compute everything in this process, no sockets (the single-process reference)', false)
-    .option('--host <addr>', 'address to listen on (0.0.0.0 lets other machines join)', host, DEFAULT_DEPLOYMENT.host)
-    .option('--port <n>', 'port (0: pick a free one)', port, DEFAULT_DEPLOYMENT.port)
+    .option('--host <addr>', 'address to listen on (0.0.0.0 lets other machines join)', host, DEPLOY.host)
+    .option('--port <n>', 'port (0: pick a free one)', port, DEPLOY.port)
     .option(
       '--token <token>',
       'join token workers must present (or LORAMESH_TOKEN, or --token-file); generated and printed when --host is not loopback',
@@ -137,21 +150,21 @@ function addTrainOptions(cmd: Command): Command {
       '--aggregation <rule>',
       `how micro-batch gradients combine: ${AGGREGATIONS.join(' | ')} (sum is exact; the others resist bad volunteers)`,
       oneOf(AGGREGATIONS),
-      'sum',
+      DEFAULT_RUN_CONFIG.run.aggregation,
     )
     .option(
       '--spot-check <fraction>',
-      `recompute this secret fraction of micro-batches on the coordinator; quarantine workers that disagree (default ${DEFAULT_DEFENCE.spotCheck})`,
+      `recompute this secret fraction of micro-batches on the coordinator; quarantine workers that disagree (default ${DEFENCE.spotCheck})`,
       num(0, 1),
     )
     .option(
       '--probation <n>',
-      `recompute the first n results of every worker connection, so one that always lies is caught at once (0: off; default ${DEFAULT_DEFENCE.probation})`,
+      `recompute the first n results of every worker connection, so one that always lies is caught at once (0: off; default ${DEFENCE.probation})`,
       int(0),
     )
     .option(
       '--outlier-factor <K>',
-      `recompute a result whose gradient norm is over K × its step's median before it counts; quarantine the sender if it disagrees (0: off, else ≥ 1; default ${DEFAULT_DEFENCE.outlierFactor})`,
+      `recompute a result whose gradient norm is over K × its step's median before it counts; quarantine the sender if it disagrees (0: off, else ≥ 1; default ${DEFENCE.outlierFactor})`,
       outlierFactor,
     )
     .option(
@@ -162,7 +175,7 @@ function addTrainOptions(cmd: Command): Command {
       '--dashboard-access <who>',
       'public: anyone who reaches the port sees /api/status; admin: only with --admin-token (open /#admin=…)',
       oneOf(['public', 'admin'] as const),
-      'public',
+      DEPLOY.dashboardAccess,
     )
     .option('--tls-cert <pem>', 'serve https/wss with this certificate (with --tls-key)')
     .option('--tls-key <pem>', 'private key for --tls-cert')
@@ -170,9 +183,9 @@ function addTrainOptions(cmd: Command): Command {
       '--checkpoint-every <n>',
       'save a resumable checkpoint every N steps (and on SIGINT/SIGTERM)',
       int(0),
-      DEFAULT_DEPLOYMENT.checkpointEvery,
+      CLI_DEFAULTS.checkpointEvery,
     )
-    .option('--keep-checkpoints <n>', 'how many checkpoints to keep', int(1), DEFAULT_DEPLOYMENT.keepCheckpoints)
+    .option('--keep-checkpoints <n>', 'how many checkpoints to keep', int(1), DEPLOY.keepCheckpoints)
     .option(
       '--resume <run-dir>',
       'continue runs/<id> from its latest valid checkpoint (model, data and configs come from the run folder)',
@@ -181,19 +194,19 @@ function addTrainOptions(cmd: Command): Command {
       '--heartbeat-ms <n>',
       'ping interval; a worker silent for 2 intervals is dropped and its work reassigned',
       int(100),
-      DEFAULT_DEPLOYMENT.heartbeatMs,
+      DEPLOY.heartbeatMs,
     )
     .option(
       '--backend <name>',
       `tfjs backend of local workers: ${BACKENDS.join(' | ')}`,
       oneOf(BACKENDS),
-      DEFAULT_DEPLOYMENT.backend,
+      DEPLOY.backend,
     )
     .option(
       '--codec <name>',
       `wire codec of gradients up and parameters down: ${CODECS.join(' | ')} (lossy ones use error feedback; f32 is exact)`,
       oneOf(CODECS),
-      'f32',
+      DEFAULT_RUN_CONFIG.run.wire.up.name,
     )
     .option('--codec-up <name>', 'codec of results (gradients) only (default: --codec)', oneOf(CODECS))
     .option('--codec-down <name>', 'codec of parameters only; lossy ones send deltas (default: --codec)', oneOf(CODECS))
@@ -205,9 +218,9 @@ function addTrainOptions(cmd: Command): Command {
       0,
     )
     .option('--inner-lr <x>', 'local steps: peak inner AdamW learning rate (default: --lr)', num(0, 10))
-    .option('--outer-lr <x>', 'local steps: outer Nesterov learning rate', num(0, 10), 0.7)
-    .option('--outer-momentum <x>', 'local steps: outer Nesterov momentum', num(0, 0.999), 0.9)
-    .option('--out <dir>', 'where run folders go', 'runs')
+    .option('--outer-lr <x>', 'local steps: outer Nesterov learning rate', num(0, 10), OUTER.outerLr)
+    .option('--outer-momentum <x>', 'local steps: outer Nesterov momentum', num(0, 0.999), OUTER.outerMomentum)
+    .option('--out <dir>', 'where run folders go', DEPLOY.outDir)
     .option('--run-id <id>', 'name of the run folder (default: date + random id)');
 }
 
@@ -237,29 +250,36 @@ addTrainOptions(
   } else {
     shape = runShapeFrom(o);
   }
-  let token: string | undefined =
+  const token =
     o.token ??
     process.env.LORAMESH_TOKEN ??
     (o.tokenFile ? readFlagFile('--token-file', o.tokenFile).trim() : undefined);
   if (token === '') fail(ErrorCodes.CONFIG, `--token-file ${o.tokenFile} is empty`);
   if (!!o.tlsCert !== !!o.tlsKey) fail(ErrorCodes.CONFIG, '--tls-cert and --tls-key go together');
   if (o.tlsCert) [readFlagFile('--tls-cert', o.tlsCert), readFlagFile('--tls-key', o.tlsKey)];
-  if (o.dashboardAccess === 'admin' && !(o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN))
-    fail(ErrorCodes.CONFIG, '--dashboard-access admin needs --admin-token');
-  if (!o.inProcess) await checkListen(o.host, o.port);
+  const config = resolveRunConfig(
+    configFromFlags(o, shape, {
+      // a coordinator others can reach gets a join token, printed below, unless one was given
+      token: token ?? (LOOPBACK.includes(o.host) ? undefined : randomBytes(18).toString('base64url')),
+      adminToken: o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN,
+      tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey } : undefined,
+    }),
+  );
+  const { deployment } = config;
+  if (!deployment.inProcess) await checkListen(deployment.host, deployment.port);
 
   const { initBackend } = await import('../node/backend.ts');
   const { openModelDir } = await import('./io/model-dir.ts');
-  const { demoExamples, demoTaskData, loadJsonlDataset } = await import('./io/dataset.ts');
-  const { toExample } = await import('../shared/data/demo-tasks.ts');
+  const { examplesFor } = await import('./io/dataset.ts');
   const { readAdapterDir } = await import('./io/adapter-io.ts');
   const { runTraining } = await import('./run/train.ts');
-  let { lora } = shape;
-  const { train, wire, local, data: dataSpec } = shape;
-  const model = await openModelDir(shape.model);
+  let { lora } = config.run;
+  const { train, data: dataSpec } = config.run;
+  const model = await openModelDir(config.run.model);
   // The coordinator itself computes only the eval loss and result checks (and everything with
   // --in-process); --backend otherwise names the local workers' backend (WebGPU in Node may be software-only).
-  await initBackend((o.inProcess || o.backend !== 'webgpu' ? o.backend : 'auto') as BackendName, console.log);
+  const backend = deployment.inProcess || deployment.backend !== 'webgpu' ? deployment.backend : 'auto';
+  await initBackend(backend, console.log);
   let initialAdapter: AdapterState | undefined;
   if (o.adapter && !o.resume) {
     const loaded = readAdapterDir(o.adapter, model.config);
@@ -269,72 +289,17 @@ addTrainOptions(
       `continuing from ${o.adapter} (r=${lora.r}, alpha=${lora.alpha}, targets ${lora.targetModules.join(',')})`,
     );
   }
-  let examples: Example[];
-  let evalExamples: Example[];
-  if (dataSpec.kind === 'jsonl') {
-    const maxTokens = dataSpec.maxTokens ?? Math.min(1024, contextLength(model.config));
-    const data = loadJsonlDataset(dataSpec.path, model.tokenizer, {
-      maxTokens,
-      mode: dataSpec.pack ? 'pack' : 'truncate',
-      evalFraction: dataSpec.evalFraction,
-      seed: dataSpec.seed,
-    });
-    console.log(
-      `${dataSpec.path}: ${data.format} records → ${data.train.length} train / ${data.eval.length} eval sequences of ≤ ${maxTokens} tokens${data.skippedLines ? `, ${data.skippedLines} skipped (nothing left to learn after truncation)` : ''}`,
-    );
-    [examples, evalExamples] = [data.train, data.eval];
-  } else {
-    const demo = demoTaskData(dataSpec.trainSize, 200, dataSpec.seed);
-    [examples, evalExamples] = [
-      demoExamples(model.tokenizer, demo),
-      demo.eval.map((s) => toExample(model.tokenizer, s)),
-    ];
-  }
-  if (token === undefined && !['127.0.0.1', 'localhost', '::1'].includes(o.host)) {
-    token = randomBytes(18).toString('base64url');
-    console.log(`join token (give it to workers with --token, or open /join#token=…): ${token}`);
-  }
+  // runShapeFrom always describes the data (the demo task without --data)
+  const data = examplesFor(dataSpec as DataSpec, model, console.log);
+  if (token === undefined && deployment.token)
+    console.log(`join token (give it to workers with --token, or open /join#token=…): ${deployment.token}`);
   const result = await runTraining({
     model,
-    lora,
-    train,
-    examples,
-    evalExamples,
-    evalEvery: o.evalEvery,
+    examples: data.train,
+    evalExamples: data.eval,
     initialAdapter,
-    outDir: o.out,
-    runId: o.runId,
-    inProcess: o.inProcess,
-    localWorkers: o.inProcess ? 0 : o.localWorkers,
-    minWorkers: o.minWorkers,
-    host: o.host,
-    port: o.port,
-    token,
-    backend: o.backend,
-    heartbeatMs: o.heartbeatMs,
-    allowedOrigins: o.allowedOrigins?.split(',').map((x: string) => x.trim()),
-    maxConnections: o.maxConnections,
-    netLimits: {
-      maxConnectionsPerAddress: o.maxConnectionsPerAddress,
-      maxWorkersPerAddress: o.maxWorkersPerAddress,
-      maxEventStreams: o.maxEventStreams,
-      trustedProxies: o.trustedProxy,
-    },
-    tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey } : undefined,
-    security: { maxMessagesPerSecond: o.maxMessagesPerSecond, maxRejects: o.maxRejects },
-    aggregation: shape.aggregation as Aggregation,
-    adminToken: o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN,
-    dashboardAccess: o.dashboardAccess,
-    spotCheck: o.spotCheck === undefined ? undefined : { fraction: o.spotCheck },
-    outlierFactor: o.outlierFactor,
-    probation: o.probation,
-    checkpointEvery: shape.checkpointEvery,
-    keepCheckpoints: o.keepCheckpoints,
-    resume: !!o.resume,
+    config: { ...config, run: { ...config.run, lora } },
     signal: stop.signal,
-    dataSpec,
-    wire,
-    local,
   });
   if (result.alreadyFinished) return;
   const rejected = Object.entries(result.rejections);
@@ -358,7 +323,7 @@ program
   .command('worker')
   .description('join a run as a worker')
   .argument('<url>', 'coordinator WebSocket URL, e.g. ws://host:port/ws')
-  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEFAULT_DEPLOYMENT.backend)
+  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEPLOY.backend)
   .option('--cache-dir <dir>', 'where verified base-model files are cached', defaultCacheDir())
   .option('--name <name>', 'a name shown in the coordinator log')
   .option('--token <token>', 'join token (or LORAMESH_TOKEN)')
@@ -397,7 +362,7 @@ program
   .option('--temperature <x>', '0 = greedy', num(0, 100), 0)
   .option('--top-p <x>', 'nucleus sampling mass', num(0, 1), 1)
   .option('--seed <n>', 'sampling seed', int(0), 0)
-  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEFAULT_DEPLOYMENT.backend)
+  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEPLOY.backend)
   .action(async (o) => {
     const { generateCommand } = await import('./commands/generate.ts');
     await generateCommand(o);
@@ -409,7 +374,7 @@ program
   .option('--model <dir>', 'base model directory', DEMO_MODEL_DIR)
   .requiredOption('--adapter <dir>', 'PEFT adapter directory')
   .requiredOption('--out <dir>', 'output directory (base tensor names and dtypes; config and tokenizer copied)')
-  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEFAULT_DEPLOYMENT.backend)
+  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEPLOY.backend)
   .action(async (o) => {
     const { initBackend } = await import('../node/backend.ts');
     const { mergeCommand } = await import('./commands/merge.ts');
@@ -420,7 +385,7 @@ program
 program
   .command('demo')
   .description('the built-in demo: LoRA-teach the demo model a new skill with 2 local workers')
-  .option('--local-workers <n>', 'worker processes', int(1), DEFAULT_DEPLOYMENT.localWorkers)
+  .option('--local-workers <n>', 'worker processes', int(1), DEPLOY.localWorkers)
   .option('--steps <n>', 'optimizer steps', int(1))
   .option('--out <dir>', 'where run folders go', 'runs')
   .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'wasm')

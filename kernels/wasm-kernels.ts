@@ -3,16 +3,17 @@
  * pickers right after the wasm backend starts.
  *
  * - Identity copies its input. The engine clones every tensor it saves for the backward pass
- *   with Identity, so a training step copied each saved activation once more (4% of a GPT-2 step).
- *   Tensors are immutable, so sharing the buffer (a reference count, as the cpu backend does) is
- *   enough.
+ *   with Identity, so a training step copied each saved activation once more (a few % of a GPT-2
+ *   step: bench/RESULTS.md, Compute, "Where the time went"). Tensors are immutable, so sharing the
+ *   buffer (a reference count, as the cpu backend does) is enough.
  * - Slice, SplitV and Unpack read the WHOLE input into a fresh JS array (readSync) before copying
  *   the slice out, once per output: splitting a tensor into n parts copied it n times. These read
  *   a view of the wasm heap instead.
  * These four give the same bits as before, only the copies go.
  * - BatchMatMul: products that XNNPACK does not take (batched, or transposed) ran in tfjs's scalar
- *   loop at ~1 GFLOP/s; they now run in a SIMD kernel (wasm-small-matmul.ts), after a transpose of
- *   B when B is transposed. Plain 2-D products still go to XNNPACK.
+ *   loop (its rate: bench/RESULTS.md, Compute, "Where the time went"); they now run in a SIMD kernel
+ *   (wasm-small-matmul.ts), after a transpose of B when B is transposed. Plain 2-D products still go
+ *   to XNNPACK.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
@@ -47,7 +48,10 @@ function sliceFromHeap(backend: BackendWasm, x: Info, beginArg: number | number[
   return out;
 }
 
-/** Registers kernelFunc in place of tfjs's; the original's setup (its C++ bindings) stays, for a backend started later. */
+/**
+ * Registers kernelFunc in place of tfjs's; the original's setup (its C++ bindings) stays, for a backend started
+ * later.
+ */
 function replaceKernel(name: string, kernelFunc: (args: KernelArgs) => Info | Info[]): void {
   const original = tf.getKernel(name, 'wasm');
   if (!original) throw new Error(`tfjs-backend-wasm has no ${name} kernel to replace`);

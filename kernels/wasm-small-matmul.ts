@@ -1,9 +1,10 @@
 /**
  * A WebAssembly SIMD kernel for the small batched matmuls of attention (per head: (T × hs)·(hs × T)
- * and back), which tfjs-backend-wasm runs in a scalar loop at ~1 GFLOP/s (XNNPACK only takes plain
- * 2-D products). It runs in the tfjs module's own memory (imported), so it reads and writes tensors
- * in place. The module is 200-odd bytes, encoded below rather than shipped as a binary: one
- * function, three nested loops and a 4-wide inner loop.
+ * and back), which tfjs-backend-wasm runs in a scalar loop (XNNPACK only takes plain 2-D products;
+ * both rates are in bench/RESULTS.md, Compute, "Where the time went"). It runs in the tfjs module's
+ * own memory (imported), so it reads and writes tensors in place. The module is 200-odd bytes,
+ * encoded below rather than shipped as a binary: one function, three nested loops and a 4-wide
+ * inner loop.
  *
  *   smallMatMul(a, b, out, batch, m, k, n, aBatch, aRow, aCol, bBatch)
  *     out[t, i, j] = Σ_p a[t·aBatch + i·aRow + p·aCol] · b[t·bBatch + p·n + j]   (t < batch, i < m, j < n)

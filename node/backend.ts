@@ -10,6 +10,7 @@ import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs-core';
 import { fail, ErrorCodes } from '../shared/errors.ts';
 import { packagePath } from './package-root.ts';
+import { BACKENDS, type BackendName } from './backend-names.ts';
 import { isSoftwareAdapter } from '../kernels/software-device.ts';
 import { installWasmKernels } from '../kernels/wasm-kernels.ts';
 import { MAX_WASM_THREADS, registerThreadedWasm } from './wasm-threads.ts';
@@ -25,8 +26,7 @@ try {
   );
 }
 
-export const BACKENDS = ['auto', 'wasm', 'webgpu', 'cpu', 'tensorflow'] as const;
-export type BackendName = (typeof BACKENDS)[number];
+export { BACKENDS, type BackendName };
 
 export interface BackendInfo {
   /** the tfjs backend actually running */
@@ -163,13 +163,16 @@ async function initWebgpu(log: (line: string) => void): Promise<BackendInfo> {
     gpu = dawn.create(flags);
     adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
     pickedSwiftShader = adapter !== null;
-    why = `neither the system's Vulkan drivers nor SwiftShader (${SWIFTSHADER_ICD}) offer one: is the Vulkan loader libvulkan.so.1 installed?`;
+    why =
+      `neither the system's Vulkan drivers nor SwiftShader (${SWIFTSHADER_ICD}) offer one: ` +
+      'is the Vulkan loader libvulkan.so.1 installed?';
   }
   if (!adapter) {
     return fail(
       ErrorCodes.BACKEND,
       `backend "webgpu": no WebGPU adapter (${why}). Without a GPU, install the Vulkan loader and ` +
-        `Chromium's SwiftShader (apt-get install libvulkan1 chromium) or set VK_ICD_FILENAMES to a Vulkan driver's ICD json`,
+        "Chromium's SwiftShader (apt-get install libvulkan1 chromium) " +
+        "or set VK_ICD_FILENAMES to a Vulkan driver's ICD json",
     );
   }
   const software = isSoftwareAdapter(adapter);
@@ -189,7 +192,8 @@ async function initWebgpu(log: (line: string) => void): Promise<BackendInfo> {
   if (!tf.findBackendFactory('webgpu')) {
     return fail(
       ErrorCodes.BACKEND,
-      'backend "webgpu": @tensorflow/tfjs-backend-webgpu was imported before navigator.gpu existed, so it did not register',
+      'backend "webgpu": @tensorflow/tfjs-backend-webgpu was imported before navigator.gpu existed, ' +
+        'so it did not register',
     );
   }
   if (!(await tf.setBackend('webgpu')))
@@ -199,7 +203,8 @@ async function initWebgpu(log: (line: string) => void): Promise<BackendInfo> {
   log(note);
   if (software)
     log(
-      `warning: slow fallback: WebGPU runs on a software renderer (${adapterName}), on the CPU; fine for correctness checks, use wasm or a real GPU for speed`,
+      `warning: slow fallback: WebGPU runs on a software renderer (${adapterName}), on the CPU; ` +
+        'fine for correctness checks, use wasm or a real GPU for speed',
     );
   // A GPU was asked for and only a CPU implementation of one is here: that is a fallback (see fellBack).
   return { name: 'webgpu', fellBack: software, software, adapter: adapterName, note };

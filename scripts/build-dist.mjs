@@ -51,7 +51,8 @@ export function checkRootRelativePaths(metafile) {
     if (depth !== 1 && /import\.meta\.url/.test(readFileSync(join(ROOT, input), 'utf8'))) {
       throw new Error(
         `${input} builds a path from import.meta.url but is ${depth} folders deep; ` +
-          `from ${join('dist', 'cli.js')} that path would name another file (keep such modules one folder below the root)`,
+          `from ${join('dist', 'cli.js')} that path would name another file ` +
+          '(keep such modules one folder below the root)',
       );
     }
   }

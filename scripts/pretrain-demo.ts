@@ -86,7 +86,8 @@ function evaluate(): Record<string, number> {
 }
 
 console.log(
-  `pretraining ${names.length} tensors, ${[...params.values()].reduce((n, p) => n + p.length, 0)} parameters on ${backend.name}`,
+  `pretraining ${names.length} tensors, ` +
+    `${[...params.values()].reduce((n, p) => n + p.length, 0)} parameters on ${backend.name}`,
 );
 const bar = new cliProgress.SingleBar(
   { format: 'pretrain |{bar}| {value}/{total} steps | loss {loss} | {eta_formatted} left' },

@@ -32,7 +32,8 @@ const browserReady =
 const skipped = browserReady ? [] : files.filter(needsBrowser);
 if (skipped.length > 0 && process.env.LORAMESH_REQUIRE_BROWSER === '1') {
   console.error(
-    `LORAMESH_REQUIRE_BROWSER=1 but chromium, its SwiftShader driver or libvulkan1 is missing; ${skipped.length} browser suites cannot run. Enable them with: ${ENABLE}`,
+    'LORAMESH_REQUIRE_BROWSER=1 but chromium, its SwiftShader driver or libvulkan1 is missing; ' +
+      `${skipped.length} browser suites cannot run. Enable them with: ${ENABLE}`,
   );
   process.exit(1);
 }
@@ -42,7 +43,8 @@ const { status } = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--
 });
 if (skipped.length > 0) {
   console.log(
-    `skipped ${skipped.length} browser suites (no chromium/libvulkan1 here): ${skipped.join(', ')}. Enable them with: ${ENABLE}`,
+    `skipped ${skipped.length} browser suites (no chromium/libvulkan1 here): ${skipped.join(', ')}. ` +
+      `Enable them with: ${ENABLE}`,
   );
 }
 process.exit(status ?? 1);

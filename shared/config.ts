@@ -155,7 +155,8 @@ export function checkModelConfig(raw: unknown): ModelConfig {
   if (!LLAMA_FAMILY.includes(c.model_type as string)) {
     fail(
       ErrorCodes.MODEL,
-      `config.model_type ${describe(c.model_type)} is not supported; expected one of ${[...LLAMA_FAMILY, 'gpt2'].join(', ')}`,
+      `config.model_type ${describe(c.model_type)} is not supported; ` +
+        `expected one of ${[...LLAMA_FAMILY, 'gpt2'].join(', ')}`,
     );
   }
   for (const f of [
@@ -195,13 +196,15 @@ export function checkModelConfig(raw: unknown): ModelConfig {
   if (config.hidden_size % config.num_attention_heads !== 0) {
     fail(
       ErrorCodes.CONFIG,
-      `config.hidden_size ${config.hidden_size} should be divisible by num_attention_heads ${config.num_attention_heads}`,
+      `config.hidden_size ${config.hidden_size} ` +
+        `should be divisible by num_attention_heads ${config.num_attention_heads}`,
     );
   }
   if (config.num_attention_heads % config.num_key_value_heads !== 0) {
     fail(
       ErrorCodes.CONFIG,
-      `config.num_attention_heads ${config.num_attention_heads} should be divisible by num_key_value_heads ${config.num_key_value_heads}`,
+      `config.num_attention_heads ${config.num_attention_heads} ` +
+        `should be divisible by num_key_value_heads ${config.num_key_value_heads}`,
     );
   }
   if ((config.hidden_size / config.num_attention_heads) % 2 !== 0) {
@@ -279,7 +282,8 @@ export function checkLoraConfig(partial: Partial<LoraConfig>): LoraConfig {
   if (!Array.isArray(lora.targetModules) || lora.targetModules.length === 0) {
     fail(
       ErrorCodes.CONFIG,
-      `lora.targetModules should be a non-empty list of ${LINEAR_MODULES.join(', ')}, got ${describe(lora.targetModules)}`,
+      `lora.targetModules should be a non-empty list of ${LINEAR_MODULES.join(', ')}, ` +
+        `got ${describe(lora.targetModules)}`,
     );
   }
   for (const m of lora.targetModules) {

@@ -25,7 +25,8 @@ export function generate(model: CausalLM, params: ParamSource, prompts: number[]
     throw new Error('generate: prompts in one call must have the same length');
   if (promptLength + opts.maxNewTokens > contextLength(model.config)) {
     throw new Error(
-      `generate: ${promptLength} + ${opts.maxNewTokens} tokens exceed the context length ${contextLength(model.config)}`,
+      `generate: ${promptLength} + ${opts.maxNewTokens} tokens ` +
+        `exceed the context length ${contextLength(model.config)}`,
     );
   }
   const rng = new Rng(opts.seed ?? 0);

@@ -189,7 +189,10 @@ export class WorkerSession {
     }
   }
 
-  /** A full vector replaces the parameters; a delta (lossy down codecs) is added, in float32 like the coordinator's copy. */
+  /**
+   * A full vector replaces the parameters; a delta (lossy down codecs) is added, in float32 like the coordinator's
+   * copy.
+   */
   private applyParams(message: Params): void {
     if (!this.manifest) throw new LoraMeshError(ErrorCodes.STATE, 'params before welcome');
     // Full vectors are always f32 (exact); deltas come in the run's down codec.

@@ -72,7 +72,8 @@ export function faultHooks(spec: string | undefined): WorkerHooks | undefined {
       default:
         fail(
           ErrorCodes.CONFIG,
-          `LORAMESH_FAULT rule ${JSON.stringify(kind)} is not one of delay, kill-before-result, kill-after-send, kill-after-params, byzantine, huge`,
+          `LORAMESH_FAULT rule ${JSON.stringify(kind)} is not one of ` +
+            'delay, kill-before-result, kill-after-send, kill-after-params, byzantine, huge',
         );
     }
   }

@@ -1,8 +1,9 @@
 /**
  * The Node worker: picks a tfjs backend, connects to a coordinator over WebSocket (reconnecting
  * with jittered exponential backoff, shared/protocol/reconnect.ts; a refusal that cannot change
- * ends it with LoraMeshError instead, see shared/protocol/refusal.ts), fetches the base model over HTTP once (sha256-verified, cached on
- * disk by content hash) and runs the neutral worker loop from shared/.
+ * ends it with LoraMeshError instead, see shared/protocol/refusal.ts), fetches the base model over
+ * HTTP once (sha256-verified, cached on disk by content hash) and runs the neutral worker loop from
+ * shared/.
  */
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';

@@ -55,7 +55,10 @@ export function fmt(x: number): string {
 }
 
 export function formatFigure(f: Figure): string {
-  return `${f.label.padEnd(56)} ${fmt(f.median).padStart(9)} ${f.unit.padEnd(9)} (min ${fmt(f.min)}, max ${fmt(f.max)}, n=${f.n})`;
+  return (
+    `${f.label.padEnd(56)} ${fmt(f.median).padStart(9)} ${f.unit.padEnd(9)} ` +
+    `(min ${fmt(f.min)}, max ${fmt(f.max)}, n=${f.n})`
+  );
 }
 
 export interface Machine {
@@ -80,7 +83,8 @@ export function machine(): Machine {
 }
 
 export const describeMachine = (m: Machine = machine()) =>
-  `${m.cores} × ${m.cpu}, ${m.memoryGB} GB RAM, Node ${m.node}, ${m.platform}, load average ${m.loadAverage} at the start`;
+  `${m.cores} × ${m.cpu}, ${m.memoryGB} GB RAM, Node ${m.node}, ${m.platform}, ` +
+  `load average ${m.loadAverage} at the start`;
 
 /** Resident set size of this process in bytes (VmRSS; the kernel's figure, not V8's). */
 export function rssBytes(): number {

@@ -134,20 +134,26 @@ export async function runSimulated(o: SimRunOptions): Promise<SimRunResult> {
   try {
     const result = await runTraining({
       model: o.model,
-      lora: o.lora ?? C_ATTN_R8,
       examples: o.examples,
-      outDir,
-      runId: `sim-${o.workers}`,
-      train: checkTrainConfig({ steps: o.steps, globalBatch: o.workers, microBatch: 1, warmupSteps: 0, seed: 1 }),
-      localWorkers: 0,
-      minWorkers: o.workers,
+      config: {
+        run: {
+          lora: o.lora ?? C_ATTN_R8,
+          train: checkTrainConfig({ steps: o.steps, globalBatch: o.workers, microBatch: 1, warmupSteps: 0, seed: 1 }),
+        },
+        deployment: {
+          outDir,
+          runId: `sim-${o.workers}`,
+          localWorkers: 0,
+          minWorkers: o.workers,
+          heartbeatMs: HEARTBEAT_MS,
+        },
+        limits: {
+          net: ONE_ADDRESS_FOR_ALL(o.workers),
+          // Simulated workers send made-up gradients of a model that has no weights: nothing to recompute.
+          defence: { spotCheck: 0, outlierFactor: 0, probation: 0 },
+        },
+      },
       progress: false,
-      heartbeatMs: HEARTBEAT_MS,
-      netLimits: ONE_ADDRESS_FOR_ALL(o.workers),
-      // Simulated workers send made-up gradients of a model that has no weights: nothing to recompute.
-      spotCheck: { fraction: 0 },
-      outlierFactor: 0,
-      probation: 0,
       log: (line) => {
         const url = /listening on (wss?:\S+)/.exec(line)?.[1];
         if (url && !connected) {

@@ -4,7 +4,7 @@
  */
 import { InvalidArgumentError, type Command } from 'commander';
 import type { LinearModule } from '../../shared/config.ts';
-import { BACKENDS, type BackendName } from '../../node/backend.ts';
+import { BACKENDS, type BackendName } from '../../node/backend-names.ts';
 import { int, modules, num, oneOf } from './options.ts';
 import { DEMO_MODEL_DIR } from '../io/paths.ts';
 

@@ -7,17 +7,14 @@
  */
 import { resolve } from 'node:path';
 import { checkLoraConfig, checkTrainConfig, type LoraConfig, type TrainConfig } from '../../shared/config.ts';
-import { describe, ErrorCodes, fail, LoraMeshError } from '../../shared/errors.ts';
+import { describe, ErrorCodes, fail } from '../../shared/errors.ts';
+import { checkDataSpec, checkLocal, type DataSpec, within } from '../run/run-config.ts';
 import { checkCodecSpec, type CodecName, type CodecSpec } from '../../shared/protocol/wire-codec.ts';
 import { AGGREGATIONS } from '../../shared/train/robust.ts';
 import type { OuterConfig } from '../../shared/train/local-steps.ts';
 
 /** commander's parsed `train` options (flag values after parsing, defaults filled in). */
 export type TrainFlags = Record<string, any>;
-
-export type DataSpec =
-  | { kind: 'jsonl'; path: string; maxTokens?: number; pack: boolean; evalFraction: number; seed: number }
-  | { kind: 'demo'; trainSize: number; seed: number };
 
 /** What defines a run: stored in run_config.json, rebuilt from flags for a new run. */
 export interface RunShape {
@@ -128,55 +125,25 @@ export function checkRunShape(raw: unknown, file: string): RunShape {
     any
   >;
   if (typeof o.model !== 'string' || o.model === '') bad('model', o.model, 'a model directory');
-  const d = o.data as Record<string, unknown> | undefined;
-  if (d?.kind === 'jsonl') {
-    if (typeof d.path !== 'string') bad('data.path', d.path, 'a file path');
-    if (d.maxTokens !== undefined && !(Number.isInteger(d.maxTokens) && (d.maxTokens as number) >= 2))
-      bad('data.maxTokens', d.maxTokens, 'an integer ≥ 2');
-    if (typeof d.pack !== 'boolean') bad('data.pack', d.pack, 'true or false');
-    if (typeof d.evalFraction !== 'number' || d.evalFraction < 0 || d.evalFraction >= 1)
-      bad('data.evalFraction', d.evalFraction, 'a number in [0, 1)');
-  } else if (d?.kind === 'demo') {
-    if (!Number.isInteger(d.trainSize) || (d.trainSize as number) < 1)
-      bad('data.trainSize', d.trainSize, 'an integer ≥ 1');
-  } else {
-    bad('data.kind', d?.kind, '"jsonl" or "demo"');
-  }
-  if (!Number.isInteger(d!.seed)) bad('data.seed', d!.seed, 'an integer');
-  const checked = <T>(field: string, check: () => T): T => {
-    try {
-      return check();
-    } catch (err) {
-      throw err instanceof LoraMeshError
-        ? new LoraMeshError(ErrorCodes.CONFIG, `${file}: ${field}: ${err.message.replace(/^LM_ERR_\w+: /, '')}`)
-        : err;
-    }
-  };
-  const lora = checked('lora', () => checkLoraConfig(o.lora ?? bad('lora', o.lora, 'an object')));
-  const train = checked('train', () => checkTrainConfig(o.train ?? bad('train', o.train, 'an object')));
+  const data = within(file, () => checkDataSpec('data', o.data ?? bad('data', o.data, 'an object')));
+  const lora = within(`${file}: lora`, () => checkLoraConfig(o.lora ?? bad('lora', o.lora, 'an object')));
+  const train = within(`${file}: train`, () => checkTrainConfig(o.train ?? bad('train', o.train, 'an object')));
   const wire =
     o.wire === undefined
       ? undefined
       : {
-          up: checked('wire.up', () => checkCodecSpec(o.wire.up, 'codec')),
-          down: checked('wire.down', () => checkCodecSpec(o.wire.down, 'codec')),
+          up: within(`${file}: wire.up`, () => checkCodecSpec(o.wire.up, 'codec')),
+          down: within(`${file}: wire.down`, () => checkCodecSpec(o.wire.down, 'codec')),
         };
-  let local: OuterConfig | undefined;
-  if (o.local != null) {
-    const l = o.local as Record<string, unknown>;
-    if (!Number.isInteger(l.steps) || (l.steps as number) < 1) bad('local.steps', l.steps, 'an integer ≥ 1');
-    for (const k of ['innerLr', 'outerLr', 'outerMomentum'] as const)
-      if (typeof l[k] !== 'number' || !Number.isFinite(l[k]) || (l[k] as number) < 0)
-        bad(`local.${k}`, l[k], 'a number ≥ 0');
-    local = l as unknown as OuterConfig;
-  }
+  const local = o.local == null ? undefined : within(file, () => checkLocal('local', o.local));
+  // an older run_config.json may lack these two: the flags' values stand (resumeShape)
   if (o.checkpointEvery !== undefined && !(Number.isInteger(o.checkpointEvery) && o.checkpointEvery >= 0))
     bad('checkpointEvery', o.checkpointEvery, 'an integer ≥ 0');
   if (o.aggregation !== undefined && !(AGGREGATIONS as readonly string[]).includes(o.aggregation))
     bad('aggregation', o.aggregation, `one of ${AGGREGATIONS.join(', ')}`);
   return {
     model: o.model,
-    data: d as DataSpec,
+    data: data as DataSpec,
     lora,
     train,
     ...(wire ? { wire } : {}),

@@ -11,7 +11,7 @@ import { FrozenBase } from '../../shared/lora/params.ts';
 import { createModel } from '../../shared/model/causal-lm.ts';
 import { initBackend, type BackendName } from '../../node/backend.ts';
 import { DEMO_MODEL_DIR } from '../io/paths.ts';
-import { demoExamples, demoTaskData } from '../io/dataset.ts';
+import { DEMO_EVAL_SIZE, demoExamples, demoTaskData } from '../io/dataset.ts';
 import { loadWeights, openModelDir } from '../io/model-dir.ts';
 import { runTraining } from '../run/train.ts';
 import { isAbsolute, relative } from 'node:path';
@@ -40,7 +40,6 @@ export const DEMO_TRAIN = checkTrainConfig({
   minLrRatio: 0.1,
   seed: 7,
 });
-const EVAL_SIZE = 200;
 
 const mb = (bytes: number) => `${(bytes / 1e6).toFixed(2)} MB`;
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
@@ -60,7 +59,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   const model = createModel(dir.config);
   const tok = dir.tokenizer;
   const train = { ...DEMO_TRAIN, steps: o.steps ?? DEMO_TRAIN.steps };
-  const data = demoTaskData(2000, EVAL_SIZE, train.seed);
+  const data = demoTaskData(2000, DEMO_EVAL_SIZE, train.seed);
   const modelParams = [...weights.values()].reduce((n, t) => n + t.size, 0);
 
   print(
@@ -73,18 +72,21 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   const baseParams = new FrozenBase(dir.config, weights);
   const before = predict(model, baseParams, tok, data.eval);
   print(
-    `  held-out exact match BEFORE: ${pct(accuracy(before))} (${before.filter((p) => p.correct).length}/${EVAL_SIZE})`,
+    `  held-out exact match BEFORE: ${pct(accuracy(before))} (${before.filter((p) => p.correct).length}/${DEMO_EVAL_SIZE})`,
   );
 
   const result = await runTraining({
     model: dir,
-    lora: DEMO_LORA,
-    train,
     examples: demoExamples(tok, data),
-    outDir: o.out,
-    inProcess: o.inProcess,
-    localWorkers: o.inProcess ? 0 : o.localWorkers,
-    backend: o.backend,
+    config: {
+      run: { lora: DEMO_LORA, train },
+      deployment: {
+        outDir: o.out,
+        inProcess: !!o.inProcess,
+        localWorkers: o.inProcess ? 0 : o.localWorkers,
+        backend: o.backend,
+      },
+    },
     workerOutput: 'ignore',
     log: () => {},
   });
@@ -97,7 +99,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   const last = result.metrics[result.metrics.length - 1];
   print(`  trained ${train.steps} steps × ${train.globalBatch} sequences, final loss ${last.loss.toFixed(4)}`);
   print(
-    `  held-out exact match AFTER:  ${pct(accuracy(after))} (${after.filter((p) => p.correct).length}/${EVAL_SIZE})`,
+    `  held-out exact match AFTER:  ${pct(accuracy(after))} (${after.filter((p) => p.correct).length}/${DEMO_EVAL_SIZE})`,
   );
   print('  samples (held-out):');
   for (let i = 0; i < 5; i++) showSample(print, before[i], after[i]);

@@ -162,15 +162,12 @@ async function trainOne(
   const t0 = performance.now();
   const result = await runTraining({
     model,
-    lora,
-    train,
     examples,
     evalExamples,
-    evalEvery: train.steps,
-    outDir: join(o.out, 'runs'),
-    runId,
-    inProcess: true,
-    localWorkers: 0,
+    config: {
+      run: { lora, train },
+      deployment: { evalEvery: train.steps, outDir: join(o.out, 'runs'), runId, inProcess: true, localWorkers: 0 },
+    },
     weights,
     progress: false,
     log: () => {},

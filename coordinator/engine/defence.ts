@@ -16,7 +16,6 @@
  * A recomputation that agrees changes nothing (the worker's own bits are used), so honest runs
  * stay bit-identical to an undefended run; one that disagrees quarantines the sender.
  */
-import type { CodecName } from '../../shared/protocol/wire-codec.ts';
 import { relativeL2Distance } from '../../shared/train/relative-l2.ts';
 
 export interface DefenceConfig {
@@ -26,17 +25,14 @@ export interface DefenceConfig {
   probation: number;
   /** a result with norm > outlierFactor × its step's median norm is recomputed before it counts (0: off) */
   outlierFactor: number;
-  /** relative L2 distance within which a worker's result agrees with the trusted one */
+  /**
+   * relative L2 distance within which a worker's result agrees with the trusted one (a run raises it
+   * to its up codec's CODEC_TOLERANCE_FLOOR, wire-codec.ts)
+   */
   tolerance: number;
 }
 
 export const DEFAULT_DEFENCE: DefenceConfig = { spotCheck: 0.05, probation: 2, outlierFactor: 10, tolerance: 1e-3 };
-
-/**
- * With a lossy up codec and error feedback a worker sends g + e_prev − e_new: an honest result
- * differs from the trusted one by two messages' rounding, so tolerances get the codec's floor.
- */
-export const CODEC_TOLERANCE_FLOOR: Record<CodecName, number> = { f32: 0, f16: 0.002, bf16: 0.02, int8: 0.05 };
 
 const FLOAT32_MAX = 3.4028234663852886e38;
 

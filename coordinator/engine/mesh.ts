@@ -4,16 +4,16 @@
  * lost. Idle workers pull the next micro-batch, so each gets work in proportion to its speed.
  * Every incoming frame is decoded and checked; a bad one is answered with a reject carrying its
  * error code and never reaches the aggregator.
+ *
+ * This file is the connection side: handshake, frames, dispatch, heartbeats, traffic. What a
+ * result goes through before it counts is result-gate.ts's, the step's slots and how it ends
+ * step-in-flight.ts's, and what is kept per connection worker-connection.ts's.
  */
-import { nanoid } from 'nanoid';
 import { adapterParameterCount, type AdapterState } from '../../shared/lora/adapter.ts';
-import { mixSeed } from '../../shared/rng.ts';
 import { closeCodeFor, ErrorCodes, LoraMeshError, type ErrorCode } from '../../shared/errors.ts';
 import { asBytes, decodeMessage, encodeMessage } from '../../shared/protocol/codec.ts';
 import {
   PROTOCOL_VERSION,
-  splitTensors,
-  unpackFloats,
   type CoordinatorMessage,
   type Hello,
   type Result,
@@ -21,63 +21,21 @@ import {
 } from '../../shared/protocol/messages.ts';
 import { describeCodec, payloadBytes } from '../../shared/protocol/wire-codec.ts';
 import type { GradientResult } from '../../shared/train/gradients.ts';
-import { type MicroBatch, tokenCount } from '../../shared/train/micro-batch.ts';
+import type { MicroBatch } from '../../shared/train/micro-batch.ts';
 import { StepSchedule, type LedgerEntry, type ScheduleOptions } from './scheduler.ts';
 import { InOrderSum } from '../../shared/train/aggregate.ts';
 import type { GradientExecutor, LocalJob, StepResults } from './trainer.ts';
 import { ByteCounter, wsFrameBytes } from './traffic.ts';
 import { ParamsPublisher } from './params-publisher.ts';
-import { TokenBucket } from './token-bucket.ts';
 import type { Peer, PeerEvents } from './peer.ts';
-import { l2Norm, NormHistory, outliers, overflowBound, relativeL2, type ScreenedResult } from './defence.ts';
 import { cleanPeerText } from '../../shared/protocol/peer-text.ts';
+import { admitResult, ResultGate, type Admitted, type GateHost, type ResultChecks } from './result-gate.ts';
+import { itemPositions, StepInFlight, type Holding, type WorkItem } from './step-in-flight.ts';
+import { newConnection, workerInfo, type WorkerConnection, type WorkerInfo } from './worker-connection.ts';
 
-/** The attempt a worker is computing; a worker holds at most one at a time. */
-interface Holding {
-  assignmentId: string;
-  step: number;
-  index: number;
-  sentAt: number;
-}
-
-export interface WorkerInfo {
-  id: string;
-  name: string;
-  backend: string;
-  platform: string;
-  /** device behind the backend, when the worker reports it */
-  adapter: string;
-  /** running on a slow fallback backend */
-  slow: boolean;
-  state: 'handshake' | 'loading' | 'ready';
-  microBatchesDone: number;
-  /** ledger counts: results used in a step, and results discarded because a copy won */
-  used: number;
-  discarded: number;
-  tokensDone: number;
-  /** tokens per second of compute, exponential moving average */
-  throughput: number;
-  /** bytes on the socket, WebSocket frame headers included */
-  bytesIn: number;
-  bytesOut: number;
-  rejected: number;
-  lastSeen: number;
-}
-
-interface WorkerConnection extends WorkerInfo {
-  ws: Peer;
-  holding: Holding | null;
-  alive: boolean;
-  /** rate limiter state */
-  bucket: TokenBucket;
-  /** closed for an offence; its frames are ignored */
-  quarantined: boolean;
-  /** offences that are not rejected frames (worker-errors for held work); each used result takes one away */
-  strikes: number;
-  /** results of this connection confirmed by a trusted recomputation, and those being recomputed now */
-  checksPassed: number;
-  checksPending: number;
-}
+export type { ResultChecks } from './result-gate.ts';
+export type { WorkItem } from './step-in-flight.ts';
+export type { WorkerInfo } from './worker-connection.ts';
 
 export interface MeshOptions {
   manifest: RunManifest;
@@ -87,30 +45,6 @@ export interface MeshOptions {
   checks?: ResultChecks;
 }
 
-/**
- * Untrusted volunteers (defence.ts): a secret, seeded fraction of results, and every result whose
- * norm is an outlier in its step, is recomputed by a trusted party (the coordinator). A worker whose
- * result disagrees beyond `tolerance` (relative L2 over all gradients) is quarantined and every
- * result it gave in the current step is recomputed.
- */
-export interface ResultChecks {
-  /** share of results spot-checked (0: none) */
-  spotCheck: number;
-  /** the first this-many results of every connection are spot-checked too */
-  probation: number;
-  /** norm > outlierFactor × the step's median norm: recomputed before it counts (0: off) */
-  outlierFactor: number;
-  tolerance: number;
-  secret: number;
-  /** the trusted result of a micro-batch (sync) or a local job, from the parameters the workers hold */
-  recompute: (work: WorkItem, adapter: AdapterState) => Promise<GradientResult>;
-}
-
-/** One unit of assignment: a micro-batch (synchronous mode) or a job of H micro-batches (local-steps mode). */
-export type WorkItem = { kind: 'grad'; microBatch: MicroBatch } | { kind: 'local'; job: LocalJob };
-
-const itemMicroBatches = (w: WorkItem) => (w.kind === 'grad' ? [w.microBatch] : w.job.microBatches);
-
 /** Per-connection limits, on by default. */
 export interface SecurityLimits {
   /** frames per second a connection may send (token bucket, burst = 2 s worth) */
@@ -119,33 +53,18 @@ export interface SecurityLimits {
   maxRejects: number;
   /** a connection must finish hello within this many ms */
   handshakeTimeoutMs: number;
-  /** no new work for a worker whose unsent output exceeds this many bytes; 2× this closes it (default: 2 parameter frames, at least 8 MiB) */
+  /**
+   * no new work for a worker whose unsent output exceeds this many bytes; 2× this closes it
+   * (default: 2 parameter frames, at least 8 MiB)
+   */
   maxBufferedBytes?: number;
 }
-
-/** Upper bound of one token's loss in a result (a cross-entropy in nats; ln of any vocabulary is far below). */
-const MAX_TOKEN_LOSS = 1e4;
 
 export const DEFAULT_SECURITY: SecurityLimits = {
   maxMessagesPerSecond: 200,
   maxRejects: 50,
   handshakeTimeoutMs: 10_000,
 };
-
-interface StepInFlight {
-  paramVersion: number;
-  schedule: StepSchedule;
-  items: WorkItem[];
-  results: (GradientResult | undefined)[];
-  /** gradient steps: the in-order sum, built as results arrive (local jobs are averaged by the trainer) */
-  sum: InOrderSum | null;
-  /** per slot: who sent the used result, its norm, whether a trusted recomputation confirmed it */
-  screened: (ScreenedResult | undefined)[];
-  /** outlier recomputations still running; the step ends only when none are */
-  verifying: number;
-  resolve: (results: GradientResult[]) => void;
-  reject: (err: Error) => void;
-}
 
 export class MeshExecutor implements GradientExecutor {
   readonly workers = new Map<string, WorkerConnection>();
@@ -154,8 +73,8 @@ export class MeshExecutor implements GradientExecutor {
   /** the parameter versions workers hold, and the frames that bring them there */
   private readonly params: ParamsPublisher;
   private readonly adapterValues: number;
-  /** names of workers that failed a spot check: refused if they come back (names are self-chosen, so this stops careless or restarted liars; per-volunteer tokens would make it binding) */
-  private readonly banned = new Set<string>();
+  /** the result checks (result-gate.ts): what an admitted result goes through before it counts */
+  private readonly gate: ResultGate<WorkerConnection>;
   /** what workers hold, by name: what trusted recomputations use */
   private adapter: AdapterState = new Map();
   private inFlight: StepInFlight | null = null;
@@ -169,8 +88,6 @@ export class MeshExecutor implements GradientExecutor {
   readonly rejections = new Map<string, number>();
   /** workers closed for offences (failed checks, floods, admin kicks) */
   quarantinedCount = 0;
-  /** recent trusted result norms, the outlier screen's memory across steps */
-  private readonly norms = new NormHistory();
 
   constructor(private readonly options: MeshOptions) {
     this.log = options.log ?? (() => {});
@@ -182,6 +99,23 @@ export class MeshExecutor implements GradientExecutor {
       ...DEFAULT_SECURITY,
       ...options.security,
     } as Required<SecurityLimits>;
+    const host: GateHost<WorkerConnection> = {
+      log: this.log,
+      countRejection: (code) => this.countRejection(code),
+      dispatch: () => this.dispatch(),
+      adapter: () => this.adapter,
+      workers: this.workers,
+      accept: (...result) => this.accept(...result),
+      expel: (w, closing, refusal) => {
+        if (refusal) {
+          if (w.holding?.step === refusal.step.schedule.step) this.release(w, 'lost');
+          this.send(w, { type: 'reject', code: refusal.code, message: refusal.why });
+        }
+        this.closeWith(w, ErrorCodes.QUARANTINED, closing);
+      },
+      abort: (err) => this.abort(err),
+    };
+    this.gate = new ResultGate(options.checks, host);
   }
 
   get bytesIn(): number {
@@ -241,18 +175,17 @@ export class MeshExecutor implements GradientExecutor {
     sum: InOrderSum | null,
   ): Promise<GradientResult[]> {
     return new Promise((resolve, reject) => {
-      const positions = items.map((item) => itemMicroBatches(item).reduce((n, mb) => n + mb.batch * mb.time, 0));
-      this.inFlight = {
-        paramVersion,
-        items,
-        resolve,
+      const positions = items.map(itemPositions);
+      const schedule = new StepSchedule(step, positions, (id, n) => this.expectedMs(id, n), this.options.schedule);
+      const settlement = {
+        resolve: (slots: GradientResult[], ledger: LedgerEntry[]) => {
+          this.inFlight = null;
+          this.lastLedger = ledger;
+          resolve(slots);
+        },
         reject,
-        results,
-        sum,
-        screened: new Array(items.length),
-        verifying: 0,
-        schedule: new StepSchedule(step, positions, (id, n) => this.expectedMs(id, n), this.options.schedule),
       };
+      this.inFlight = new StepInFlight(paramVersion, schedule, items, results, sum, settlement);
       this.dispatch();
     });
   }
@@ -286,7 +219,7 @@ export class MeshExecutor implements GradientExecutor {
     if (!step) return;
     // Holdings stay: results still on their way are then late, not foreign (no reject, no count).
     this.inFlight = null;
-    step.reject(reason);
+    step.fail(reason);
   }
 
   /** Admin action: disconnect a worker (its micro-batch is reassigned); false if unknown. */
@@ -304,32 +237,7 @@ export class MeshExecutor implements GradientExecutor {
 
   /** A new connection (not yet said hello); returns the handlers of its events. */
   attach(ws: Peer): PeerEvents {
-    const w: WorkerConnection = {
-      id: nanoid(10),
-      name: '',
-      backend: '',
-      platform: '',
-      adapter: '',
-      slow: false,
-      state: 'handshake',
-      microBatchesDone: 0,
-      used: 0,
-      discarded: 0,
-      tokensDone: 0,
-      throughput: 0,
-      bytesIn: 0,
-      bytesOut: 0,
-      rejected: 0,
-      lastSeen: Date.now(),
-      ws,
-      holding: null,
-      alive: true,
-      bucket: new TokenBucket(this.limits.maxMessagesPerSecond),
-      quarantined: false,
-      strikes: 0,
-      checksPassed: 0,
-      checksPending: 0,
-    };
+    const w = newConnection(ws, this.limits.maxMessagesPerSecond);
     this.workers.set(w.id, w);
     const handshake = setTimeout(() => {
       if (w.state === 'handshake')
@@ -418,7 +326,10 @@ export class MeshExecutor implements GradientExecutor {
     this.rejections.set(code, (this.rejections.get(code) ?? 0) + 1);
   }
 
-  /** Tells the peer why (reject frame), closes with closeCodeFor(code) (1008, policy violation), and stops listening to it. */
+  /**
+   * Tells the peer why (reject frame), closes with closeCodeFor(code) (1008, policy violation), and
+   * stops listening to it.
+   */
   private closeWith(w: WorkerConnection, code: ErrorCode, why: string): void {
     if (w.quarantined) return;
     w.quarantined = true;
@@ -440,7 +351,7 @@ export class MeshExecutor implements GradientExecutor {
       cleanPeerText(hello.platform, 16),
       cleanPeerText(hello.adapter ?? '', 120),
     ];
-    if (name !== undefined && this.banned.has(name)) {
+    if (name !== undefined && this.gate.isBanned(name)) {
       this.closeWith(w, ErrorCodes.QUARANTINED, `worker ${name} failed a spot check earlier in this run`);
       return;
     }
@@ -459,7 +370,8 @@ export class MeshExecutor implements GradientExecutor {
       this.closeWith(
         w,
         ErrorCodes.CODEC,
-        `this run sends ${describeCodec(up)} up and ${describeCodec(down)} down; the worker supports ${cleanPeerText((codecs ?? ['f32']).join(', '), 80)}`,
+        `this run sends ${describeCodec(up)} up and ${describeCodec(down)} down; ` +
+          `the worker supports ${cleanPeerText((codecs ?? ['f32']).join(', '), 80)}`,
       );
       return;
     }
@@ -497,145 +409,39 @@ export class MeshExecutor implements GradientExecutor {
       this.dispatch();
       return;
     }
-    let grads: Map<string, Float32Array>;
-    let norm: number;
+    let admitted: Admitted;
     try {
-      if (r.paramVersion !== step.paramVersion)
-        throw new LoraMeshError(
-          ErrorCodes.STALE,
-          `result for version ${r.paramVersion}, current is ${step.paramVersion}`,
-        );
-      const expectedTokens = itemMicroBatches(step.items[held.index]).reduce((n, mb) => n + tokenCount(mb), 0);
-      if (r.tokenCount !== expectedTokens)
-        throw new LoraMeshError(
-          ErrorCodes.FIELD,
-          `result.tokenCount ${r.tokenCount} should be ${expectedTokens} for this ${step.items[held.index].kind === 'grad' ? 'micro-batch' : 'job'}`,
-        );
-      // A token's loss is a cross-entropy: ≥ 0, and far below 1e4 for any model worth training.
-      if (!(r.lossSum >= 0 && r.lossSum <= MAX_TOKEN_LOSS * Math.max(1, r.tokenCount))) {
-        throw new LoraMeshError(
-          ErrorCodes.NON_FINITE,
-          `result.lossSum ${r.lossSum} is not a sum of ${r.tokenCount} token losses (each in [0, ${MAX_TOKEN_LOSS}])`,
-        );
-      }
-      const flat = unpackFloats(r.grads, this.options.manifest.wire.up, this.adapterValues, 'result.grads');
-      // Finite values can still overflow the float32 sum (3e38 + 3e38 = Infinity): refused here.
-      norm = l2Norm(flat);
-      const bound = overflowBound(step.items.length);
-      if (!(norm <= bound))
-        throw new LoraMeshError(
-          ErrorCodes.NON_FINITE,
-          `result norm ${norm.toExponential(2)} could overflow the step's float32 sum (at most ${bound.toExponential(2)})`,
-        );
-      grads = splitTensors(flat, this.options.manifest.adapter);
+      const item = step.items[held.index];
+      admitted = admitResult(
+        r,
+        { paramVersion: step.paramVersion, item, slots: step.items.length },
+        this.options.manifest,
+        this.adapterValues,
+      );
     } catch (err) {
       step.schedule.lose(held.assignmentId, 'rejected', now);
       this.dispatch();
       throw err;
     }
-    const checks = this.options.checks;
-    const onProbation = checks && w.checksPassed + w.checksPending < checks.probation;
-    if (
-      checks &&
-      (onProbation ||
-        (checks.spotCheck > 0 && mixSeed(checks.secret, held.step, held.index) / 2 ** 32 < checks.spotCheck))
-    ) {
-      // Hold the worker's result until the trusted recomputation agrees; meanwhile it may take more work.
-      void this.spotCheck(w, held, r, grads, norm, step, checks).catch((err) => this.failStep(step, err));
+    if (this.gate.holdForCheck(w, held, r, admitted, step)) {
+      // Held until the trusted recomputation agrees; meanwhile the worker may take more work.
       this.dispatch();
       return;
     }
-    this.accept(w, held, r, grads, norm, false, step, now);
+    this.accept(w, held, r, admitted, false, step, now);
   }
 
-  /** The trusted recomputation of a slot's work, and how far the result is from it (relative L2 of the gradients, relative loss). */
-  private async disagreement(
-    step: StepInFlight,
-    index: number,
-    grads: Map<string, Float32Array>,
-    lossSum: number,
-    checks: ResultChecks,
-  ): Promise<number> {
-    const trusted = await checks.recompute(step.items[index], this.adapter);
-    const loss = Math.abs(trusted.lossSum - lossSum) / Math.max(1, Math.abs(trusted.lossSum));
-    return Math.max(relativeL2(trusted.grads, grads), loss);
-  }
-
-  /** A trusted recomputation itself failed (weights unloadable, out of memory): the step fails with it. */
-  private failStep(step: StepInFlight, err: unknown): void {
-    if (this.inFlight !== step) return;
-    this.log(`a trusted recomputation failed: ${(err as Error).message}`);
-    this.abort(err instanceof Error ? err : new Error(String(err)));
-  }
-
-  private async spotCheck(
-    w: WorkerConnection,
-    held: Holding,
-    r: Result,
-    grads: Map<string, Float32Array>,
-    norm: number,
-    step: StepInFlight,
-    checks: ResultChecks,
-  ): Promise<void> {
-    w.checksPending++;
-    let relative: number;
-    try {
-      relative = await this.disagreement(step, held.index, grads, r.lossSum, checks);
-    } finally {
-      w.checksPending--;
-    }
-    if (this.inFlight !== step) {
-      // The step ended meanwhile (a copy won): nothing to take back, but a proven liar still goes.
-      if (relative > checks.tolerance) {
-        this.countRejection(ErrorCodes.SPOT_CHECK);
-        this.banned.add(w.name);
-        this.closeWith(w, ErrorCodes.QUARANTINED, 'failed a spot check');
-      }
-      return;
-    }
-    const now = Date.now();
-    if (relative <= checks.tolerance) {
-      w.checksPassed++;
-      this.norms.trusted(norm);
-      this.accept(w, held, r, grads, norm, true, step, now);
-      return;
-    }
-    step.schedule.lose(held.assignmentId, 'rejected', now);
-    this.convict(
-      w,
-      step,
-      ErrorCodes.SPOT_CHECK,
-      `result of micro-batch ${held.index} of step ${held.step} disagrees with a trusted recomputation (relative L2 ${relative.toExponential(2)})`,
-    );
-  }
-
-  /**
-   * A worker's result was refuted by a trusted recomputation: count it, quarantine the worker (and
-   * its name), take back every result it gave in this step and hand those micro-batches out again.
-   */
-  private convict(w: WorkerConnection, step: StepInFlight, code: ErrorCode, why: string): void {
-    this.countRejection(code);
-    const check = code === ErrorCodes.SPOT_CHECK ? 'a spot check' : 'an outlier check';
-    this.log(`worker ${w.id} (${w.name}) failed ${check} (${code}): ${why}; quarantining it`);
-    this.takeBack(step, w.id);
-    if (w.holding?.step === step.schedule.step) this.release(w, 'lost');
-    this.send(w, { type: 'reject', code, message: why });
-    this.banned.add(w.name);
-    this.closeWith(w, ErrorCodes.QUARANTINED, `failed ${check}`);
-    this.dispatch();
-  }
-
+  /** A result that passed its checks: its worker is credited, and the first for its slot is used. */
   private accept(
     w: WorkerConnection,
     held: Holding,
     r: Result,
-    grads: Map<string, Float32Array>,
-    norm: number,
+    { grads, norm }: Admitted,
     verified: boolean,
     step: StepInFlight,
     now: number,
   ): void {
-    const positions = itemMicroBatches(step.items[held.index]).reduce((n, mb) => n + mb.batch * mb.time, 0);
+    const positions = itemPositions(step.items[held.index]);
     const tps = positions / Math.max(1e-3, (now - held.sentAt) / 1000); // measured here: includes the network
     w.throughput = w.throughput === 0 ? tps : 0.7 * w.throughput + 0.3 * tps;
     w.microBatchesDone++;
@@ -645,81 +451,13 @@ export class MeshExecutor implements GradientExecutor {
     if (outcome === 'used') {
       w.used++;
       w.strikes = Math.max(0, w.strikes - 1);
-      step.results[held.index] = { lossSum: r.lossSum, tokenCount: r.tokenCount, grads };
-      step.screened[held.index] = { index: held.index, workerId: w.id, norm, verified };
-      step.sum?.advance();
+      step.use(
+        { lossSum: r.lossSum, tokenCount: r.tokenCount, grads },
+        { index: held.index, workerId: w.id, norm, verified },
+      );
     }
-    this.closeStepIfComplete(step);
+    this.gate.closeIfComplete(step);
     this.dispatch();
-  }
-
-  /**
-   * Once every slot holds a result: the outlier screen (defence.ts). Flagged results are recomputed
-   * by the trusted party; the step ends when none is flagged or being recomputed.
-   */
-  private closeStepIfComplete(step: StepInFlight): void {
-    if (this.inFlight !== step || step.schedule.remaining > 0 || step.verifying > 0) return;
-    const checks = this.options.checks;
-    const screened = step.screened.filter((s): s is ScreenedResult => !!s);
-    const flagged = checks ? outliers(screened, checks.outlierFactor, this.norms) : [];
-    if (flagged.length === 0) {
-      this.norms.step(screened);
-      this.inFlight = null;
-      this.lastLedger = step.schedule.finish(Date.now());
-      step.resolve(step.results as GradientResult[]);
-      return;
-    }
-    // One at a time, largest first: a conviction takes back the liar's other results with it.
-    const largest = flagged.reduce((a, b) => (step.screened[b]!.norm > step.screened[a]!.norm ? b : a));
-    void this.screenOutlier(step, largest, checks!).catch((err) => this.failStep(step, err));
-  }
-
-  private async screenOutlier(step: StepInFlight, index: number, checks: ResultChecks): Promise<void> {
-    const screened = step.screened[index]!;
-    const grads = step.results[index]!.grads;
-    step.verifying++;
-    this.log(
-      `step ${step.schedule.step}: micro-batch ${index} from worker ${screened.workerId} has norm ${screened.norm.toExponential(2)}, over ${checks.outlierFactor}× the step's median; recomputing it`,
-    );
-    let relative: number;
-    try {
-      relative = await this.disagreement(step, index, grads, step.results[index]!.lossSum, checks);
-    } finally {
-      step.verifying--;
-    }
-    if (this.inFlight !== step) return;
-    if (step.screened[index] !== screened) {
-      // taken back meanwhile (its worker was convicted elsewhere): nothing left to decide
-    } else if (relative <= checks.tolerance) {
-      screened.verified = true;
-      this.norms.trusted(screened.norm);
-    } else {
-      const w = this.workers.get(screened.workerId);
-      const why = `result of micro-batch ${index} of step ${step.schedule.step} has norm ${screened.norm.toExponential(2)} and disagrees with a trusted recomputation (relative L2 ${relative.toExponential(2)})`;
-      if (w) this.convict(w, step, ErrorCodes.OUTLIER, why);
-      else this.revokeAbsent(step, screened.workerId, why);
-    }
-    this.closeStepIfComplete(step);
-  }
-
-  /** A refuted worker that already left: its results of the step are taken back all the same. */
-  private revokeAbsent(step: StepInFlight, workerId: string, why: string): void {
-    this.countRejection(ErrorCodes.OUTLIER);
-    this.log(`worker ${workerId} (gone): ${ErrorCodes.OUTLIER}: ${why}; its results are recomputed`);
-    this.takeBack(step, workerId);
-    this.dispatch();
-  }
-
-  /** Every result `workerId` gave in the step is revoked: out of the sum, its micro-batch handed out again. */
-  private takeBack(step: StepInFlight, workerId: string): void {
-    const now = Date.now();
-    for (const a of step.schedule.attempts.values()) {
-      if (a.workerId !== workerId || a.outcome !== 'used') continue;
-      step.schedule.revoke(a.assignmentId, now);
-      step.results[a.index] = undefined;
-      step.screened[a.index] = undefined;
-      step.sum?.retract(a.index);
-    }
   }
 
   /**
@@ -729,10 +467,8 @@ export class MeshExecutor implements GradientExecutor {
    */
   private onWorkerError(w: WorkerConnection, code: string, message: string, assignmentId?: string): void {
     if (!w.holding || assignmentId !== w.holding.assignmentId) {
-      throw new LoraMeshError(
-        ErrorCodes.ASSIGNMENT,
-        `worker-error for ${assignmentId === undefined ? 'no assignment' : `assignment ${cleanPeerText(assignmentId, 40)}`}, which this worker does not hold`,
-      );
+      const named = assignmentId === undefined ? 'no assignment' : `assignment ${cleanPeerText(assignmentId, 40)}`;
+      throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `worker-error for ${named}, which this worker does not hold`);
     }
     this.log(`worker ${w.id} reported ${cleanPeerText(code, 64)}: ${cleanPeerText(message, 300)}`);
     this.release(w, 'lost');
@@ -808,18 +544,6 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   info(): WorkerInfo[] {
-    return [...this.workers.values()].map(
-      ({
-        ws: _ws,
-        holding: _h,
-        alive: _alive,
-        bucket: _b,
-        quarantined: _q,
-        strikes: _s,
-        checksPassed: _cp,
-        checksPending: _cq,
-        ...info
-      }) => info,
-    );
+    return [...this.workers.values()].map(workerInfo);
   }
 }

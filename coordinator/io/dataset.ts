@@ -14,6 +14,7 @@ import type { ChatMessage, TextTokenizer } from '../../shared/data/tokenizer.ts'
 import { describe, ErrorCodes, fail, LoraMeshError } from '../../shared/errors.ts';
 import { Rng } from '../../shared/rng.ts';
 import type { Example } from '../../shared/train/micro-batch.ts';
+import { contextLength, type ModelConfig } from '../../shared/config.ts';
 
 export interface DemoData {
   train: TaskSample[];
@@ -274,4 +275,40 @@ function pack(examples: Example[], maxTokens: number, eosId: number | null): Exa
     sequences.push({ tokens: tokens.slice(s, s + maxTokens), lossWeights: lossWeights.slice(s, s + maxTokens) });
   }
   return sequences;
+}
+
+/** How a run's examples are made: stored in run_config.json so `--resume` rebuilds them. */
+export type DataSpec =
+  | { kind: 'jsonl'; path: string; maxTokens?: number; pack: boolean; evalFraction: number; seed: number }
+  | { kind: 'demo'; trainSize: number; seed: number };
+
+/** The demo task's held-out set size (eval loss and exact match). */
+export const DEMO_EVAL_SIZE = 200;
+
+/**
+ * A run's train and eval examples from its data spec: the JSONL file (sequences of at most
+ * maxTokens, default the model's context up to 1024) or the demo task. Says what it read in one line.
+ */
+export function examplesFor(
+  spec: DataSpec,
+  model: { config: ModelConfig; tokenizer: TextTokenizer },
+  log: (line: string) => void,
+): { train: Example[]; eval: Example[] } {
+  if (spec.kind === 'demo') {
+    const demo = demoTaskData(spec.trainSize, DEMO_EVAL_SIZE, spec.seed);
+    return { train: demoExamples(model.tokenizer, demo), eval: demo.eval.map((s) => toExample(model.tokenizer, s)) };
+  }
+  const maxTokens = spec.maxTokens ?? Math.min(1024, contextLength(model.config));
+  const data = loadJsonlDataset(spec.path, model.tokenizer, {
+    maxTokens,
+    mode: spec.pack ? 'pack' : 'truncate',
+    evalFraction: spec.evalFraction,
+    seed: spec.seed,
+  });
+  const skipped = data.skippedLines ? `, ${data.skippedLines} skipped (nothing left to learn after truncation)` : '';
+  log(
+    `${spec.path}: ${data.format} records → ${data.train.length} train / ${data.eval.length} eval ` +
+      `sequences of ≤ ${maxTokens} tokens${skipped}`,
+  );
+  return { train: data.train, eval: data.eval };
 }

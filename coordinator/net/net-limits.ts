@@ -54,16 +54,16 @@ export function resolveNetLimits(options: Partial<NetLimits> = {}): NetLimits {
   for (const field of COUNTS) {
     const value = limits[field];
     if (!Number.isInteger(value) || value < 1) {
-      fail(ErrorCodes.CONFIG, `limits.${field} should be an integer ≥ 1, got ${describe(value)}`);
+      fail(ErrorCodes.CONFIG, `limits.net.${field} should be an integer ≥ 1, got ${describe(value)}`);
     }
   }
   if (!Array.isArray(limits.trustedProxies)) {
-    fail(ErrorCodes.CONFIG, `limits.trustedProxies should be a list, got ${describe(limits.trustedProxies)}`);
+    fail(ErrorCodes.CONFIG, `limits.net.trustedProxies should be a list, got ${describe(limits.trustedProxies)}`);
   }
   limits.trustedProxies = limits.trustedProxies.map(
     (proxy) =>
       canonicalAddress(String(proxy)) ??
-      fail(ErrorCodes.CONFIG, `limits.trustedProxies: ${describe(proxy)} is not an IP address`),
+      fail(ErrorCodes.CONFIG, `limits.net.trustedProxies: ${describe(proxy)} is not an IP address`),
   );
   return limits;
 }

@@ -1,34 +1,26 @@
 /**
- * The run's result checks (defence.ts) from its options: each setting or its default, the codec's
+ * The run's result checks (defence.ts) from its config (limits.defence), the codec's
  * tolerance floor, a fresh secret for which results are spot-checked, and one log line that says
  * what is on — or that nothing is.
  */
 import { randomInt } from 'node:crypto';
-import { describeCodec, type CodecSpec } from '../../shared/protocol/wire-codec.ts';
-import { CODEC_TOLERANCE_FLOOR, DEFAULT_DEFENCE } from '../engine/defence.ts';
+import { CODEC_TOLERANCE_FLOOR, describeCodec, type CodecSpec } from '../../shared/protocol/wire-codec.ts';
+import type { DefenceConfig } from '../engine/defence.ts';
 import type { ResultChecks } from '../engine/mesh.ts';
 import type { TrustedModel } from './trusted-model.ts';
 
-export interface DefenceOptions {
-  spotCheck?: { fraction: number; tolerance?: number };
-  outlierFactor?: number;
-  probation?: number;
-}
-
 export function resultChecks(
-  opts: DefenceOptions,
+  defence: DefenceConfig,
   up: CodecSpec,
   trusted: TrustedModel,
   log: (line: string) => void,
 ): ResultChecks | undefined {
-  const spotCheck = opts.spotCheck?.fraction ?? DEFAULT_DEFENCE.spotCheck;
-  const outlierFactor = opts.outlierFactor ?? DEFAULT_DEFENCE.outlierFactor;
-  const probation = opts.probation ?? DEFAULT_DEFENCE.probation;
+  const { spotCheck, outlierFactor, probation } = defence;
   if (spotCheck === 0 && outlierFactor === 0 && probation === 0) {
     log('defence: off (no spot checks, no probation, no outlier screen): a lying worker can bias this run');
     return undefined;
   }
-  const asked = opts.spotCheck?.tolerance ?? DEFAULT_DEFENCE.tolerance;
+  const asked = defence.tolerance;
   const tolerance = Math.max(asked, CODEC_TOLERANCE_FLOOR[up.name]);
   if (tolerance > asked)
     log(`result checks: tolerance raised from ${asked} to ${tolerance} for the ${describeCodec(up)} up codec`);

@@ -6,102 +6,55 @@
 import { nanoid } from 'nanoid';
 import cliProgress from 'cli-progress';
 import type * as tf from '@tensorflow/tfjs-core';
-import type { LoraConfig, TrainConfig } from '../../shared/config.ts';
 import { ErrorCodes, fail, LoraMeshError } from '../../shared/errors.ts';
 import { adapterParameterCount, adapterSpec, fanInFanOut, type AdapterState } from '../../shared/lora/adapter.ts';
 import { parameterShapes } from '../../shared/model/causal-lm.ts';
 import { firstNonFinite } from '../../shared/protocol/messages.ts';
-import { checkCodecSpec, describeCodec, F32, type CodecSpec } from '../../shared/protocol/wire-codec.ts';
-import type { OuterConfig } from '../../shared/train/local-steps.ts';
+import { describeCodec } from '../../shared/protocol/wire-codec.ts';
 import type { Example } from '../../shared/train/micro-batch.ts';
-import type { Aggregation } from '../../shared/train/robust.ts';
 import { saveCheckpoint } from '../io/checkpoint.ts';
 import { InProcessExecutor } from '../engine/in-process.ts';
 import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
-import { MeshExecutor, type SecurityLimits } from '../engine/mesh.ts';
+import { MeshExecutor } from '../engine/mesh.ts';
 import { loadWeights, type ModelDir } from '../io/model-dir.ts';
 import { RunMonitor } from '../net/monitor.ts';
-import { resolveNetLimits, type NetLimits } from '../net/net-limits.ts';
+import type { NetLimits } from '../net/net-limits.ts';
 import { resultChecks } from './result-checks.ts';
 import { resumeFromCheckpoint, type CheckpointConfig, type RunInputs } from './resume.ts';
 import { RunControl } from './run-control.ts';
-import { DEFAULT_DEPLOYMENT } from './run-defaults.ts';
+import { resolveRunConfig, type RunConfig, type RunConfigInput } from './run-config.ts';
 import { RunDir } from '../io/run-dir.ts';
-import type { ScheduleOptions } from '../engine/scheduler.ts';
 import { startServer, type RunningServer } from '../net/server.ts';
 import { metricsLine, stepRecord, type StepRecord } from '../engine/step-record.ts';
 import { NO_TRAFFIC, trafficSince } from '../engine/traffic.ts';
 import { Trainer, type StepMetrics } from '../engine/trainer.ts';
 import { TrustedModel } from './trusted-model.ts';
 
+/** A run: the inputs the caller loaded, its config, and hooks into its progress. */
 export interface RunOptions {
+  /** the base model, opened by the caller (the config's run.model defaults to its folder) */
   model: ModelDir;
-  lora: LoraConfig;
-  train: TrainConfig;
   examples: Example[];
-  outDir: string;
-  runId?: string;
-  /** compute in this process, no sockets (the single-process reference) */
-  inProcess?: boolean;
-  localWorkers: number;
-  /** start once this many workers are ready (default: localWorkers, at least 1) */
-  minWorkers?: number;
-  host?: string;
-  port?: number;
-  token?: string;
-  backend?: string;
-  cacheDir?: string;
-  heartbeatMs?: number;
+  /** held-out examples: their mean token loss is computed before training, every evalEvery steps and at the end */
+  evalExamples?: Example[];
+  /** start from this adapter (e.g. a PEFT adapter being continued) */
+  initialAdapter?: AdapterState;
+  /** weights already loaded by the caller (for evaluation), reused for the coordinator's own computations */
+  weights?: Map<string, tf.Tensor>;
+  /** the run's settings; what is left out comes from DEFAULT_RUN_CONFIG (run-config.ts), all checked */
+  config: RunConfigInput;
   /** show a progress bar (default: when stderr is a terminal) */
   progress?: boolean;
   workerOutput?: 'inherit' | 'ignore';
   log?: (line: string) => void;
-  /** weights already loaded by the caller (for evaluation), reused for the in-process executor */
-  weights?: Map<string, tf.Tensor>;
-  /** start from this adapter (e.g. a PEFT adapter being continued) */
-  initialAdapter?: AdapterState;
-  /** held-out examples: their mean token loss is computed here, before training, every evalEvery steps and at the end */
-  evalExamples?: Example[];
-  evalEvery?: number;
   /** extra environment per local worker (fault injection in tests) */
   workerEnv?: (index: number) => Record<string, string>;
   /** called once the server listens (before workers are awaited), with its WebSocket and HTTP URLs */
   onListening?: (urls: { wsUrl: string; url: string }) => void | Promise<void>;
   /** called after every step (tests use it to add or remove workers mid-run) */
   onStep?: (record: StepRecord) => void | Promise<void>;
-  schedule?: ScheduleOptions;
-  /** save a checkpoint every N steps (0: only when interrupted) */
-  checkpointEvery?: number;
-  /** how many checkpoints to keep (default 3) */
-  keepCheckpoints?: number;
-  /** continue the run in outDir/runId from its latest valid checkpoint */
-  resume?: boolean;
   /** stop after the current step, checkpoint and return (SIGINT/SIGTERM) */
   signal?: AbortSignal;
-  /** how the data was made, stored in run_config.json so `--resume` can rebuild it */
-  dataSpec?: unknown;
-  /** Origins allowed to open the worker WebSocket from a browser page (default: any) */
-  allowedOrigins?: string[];
-  maxConnections?: number;
-  /** per-address connection caps, event-stream caps, trusted reverse proxies (defaults: DEFAULT_NET_LIMITS) */
-  netLimits?: Partial<NetLimits>;
-  tls?: { cert: string; key: string };
-  /** per-connection limits (rate, quarantine, handshake timeout, send buffer) */
-  security?: Partial<SecurityLimits>;
-  /** recompute this secret fraction of micro-batches here and quarantine workers that disagree (relative L2 > tolerance); default DEFAULT_DEFENCE */
-  spotCheck?: { fraction: number; tolerance?: number };
-  /** recompute results whose norm is over this many times their step's median before they count (0: off); default DEFAULT_DEFENCE */
-  outlierFactor?: number;
-  /** recompute the first this-many results of every worker connection (0: off); default DEFAULT_DEFENCE */
-  probation?: number;
-  aggregation?: Aggregation;
-  /** enables POST /api/admin/{pause,resume,stop,kick} with this bearer token */
-  adminToken?: string;
-  dashboardAccess?: 'public' | 'admin';
-  /** wire codecs: up = results, down = parameters (default f32 both ways: exact) */
-  wire?: { up: CodecSpec; down: CodecSpec };
-  /** local-steps (DiLoCo) mode; absent = synchronous */
-  local?: OuterConfig;
 }
 
 export interface EvalPoint {
@@ -135,49 +88,51 @@ export interface RunResult {
 }
 
 export async function runTraining(opts: RunOptions): Promise<RunResult> {
+  const config = resolveRunConfig(opts.config, opts.model.dir);
+  const { deployment } = config;
   const runId =
-    opts.runId ?? `${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}-${nanoid(6)}`;
+    deployment.runId ?? `${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}-${nanoid(6)}`;
   // The folder's run.lock is held for the whole run, whichever way it ends.
-  const runDir = RunDir.open(opts.outDir, runId, { mode: opts.resume ? 'resume' : 'new', log: opts.log });
+  const runDir = RunDir.open(deployment.outDir, runId, {
+    mode: deployment.resume ? 'resume' : 'new',
+    log: opts.log,
+  });
   try {
-    return await trainInRunDir(opts, runId, runDir);
+    return await trainInRunDir(opts, config, runId, runDir);
   } finally {
     runDir.close();
   }
 }
 
-async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): Promise<RunResult> {
+async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string, runDir: RunDir): Promise<RunResult> {
   const userLog = opts.log ?? ((line: string) => console.log(line));
   let log = userLog;
-  const { model, lora, train } = opts;
-  const checkpointConfig: CheckpointConfig = { model: model.dir, lora, train, local: opts.local };
+  const { run, deployment, limits } = config;
+  const { model } = opts;
+  const { lora, train, wire, local } = run;
+  const checkpointConfig: CheckpointConfig = { model: model.dir, lora, train, local: local ?? undefined };
   // What the run was made from, by content: a resume refuses a model or data set that changed in place.
   const inputs: RunInputs = {
     modelFiles: model.files.map(({ name, sha256 }) => ({ name, sha256 })),
     examples: opts.examples.length,
   };
-  if (!opts.resume) {
+  if (!deployment.resume) {
     runDir.writeConfig({
       runId,
       ...checkpointConfig,
-      wire: opts.wire,
+      wire,
       modelConfig: model.config,
-      data: opts.dataSpec ?? null,
-      localWorkers: opts.localWorkers,
-      inProcess: !!opts.inProcess,
-      checkpointEvery: opts.checkpointEvery ?? 0,
-      aggregation: opts.aggregation ?? 'sum',
+      data: run.data,
+      localWorkers: deployment.localWorkers,
+      inProcess: deployment.inProcess,
+      checkpointEvery: run.checkpointEvery,
+      aggregation: run.aggregation,
       ...inputs,
     });
   }
 
   // 1. The executor: this process, or the worker mesh with its result checks.
   const spec = adapterSpec(model.config, lora);
-  const wire = {
-    up: checkCodecSpec(opts.wire?.up ?? F32, 'wire up codec'),
-    down: checkCodecSpec(opts.wire?.down ?? F32, 'wire down codec'),
-  };
-  const local = opts.local ? checkLocal(opts.local) : undefined;
   const inner = {
     beta1: train.beta1,
     beta2: train.beta2,
@@ -186,7 +141,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
     clipNorm: train.clipNorm,
   };
   const trusted = new TrustedModel(model.config, lora, spec, inner, () => opts.weights ?? loadWeights(model).weights);
-  const mesh = opts.inProcess
+  const mesh = deployment.inProcess
     ? null
     : new MeshExecutor({
         manifest: {
@@ -200,10 +155,10 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
           wire,
           ...(local ? { local: { steps: local.steps, ...inner } } : {}),
         },
-        checks: resultChecks(opts, wire.up, trusted, (line) => log(line)),
+        checks: resultChecks(limits.defence, wire.up, trusted, (line) => log(line)),
         log: (line) => log(line),
-        schedule: opts.schedule,
-        security: opts.security,
+        schedule: limits.schedule,
+        security: limits.security,
       });
   const executor = mesh ?? new InProcessExecutor(trusted.get().model, trusted.get().base, spec, lora, inner);
   const trainer = new Trainer(
@@ -214,8 +169,8 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
       examples: opts.examples,
       padId: model.tokenizer.padId,
       initialAdapter: opts.initialAdapter,
-      aggregation: opts.aggregation,
-      local,
+      aggregation: run.aggregation,
+      local: local ?? undefined,
     },
     executor,
   );
@@ -228,7 +183,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
 
   // 2. Resume, if asked; a finished run has nothing to do.
   let checkpointedStep = -1;
-  if (opts.resume) {
+  if (deployment.resume) {
     const path = resumeFromCheckpoint(trainer, runDir, checkpointConfig, inputs, log);
     checkpointedStep = trainer.step;
     if (trainer.done) {
@@ -261,7 +216,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
   const checkpoint = () => {
     if (checkpointedStep === trainer.step) return;
     log(
-      `checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig }, opts.keepCheckpoints ?? DEFAULT_DEPLOYMENT.keepCheckpoints)}`,
+      `checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig }, deployment.keepCheckpoints)}`,
     );
     checkpointedStep = trainer.step;
   };
@@ -311,20 +266,19 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
     // The largest legitimate frame is a result: 4 bytes per adapter value plus framing.
     const maxPayload = 4 * adapterParameterCount(spec) + 64 * 1024 + 16 * spec.length * 64;
     server = await startServer({
-      host: opts.host ?? DEFAULT_DEPLOYMENT.host,
-      port: opts.port ?? DEFAULT_DEPLOYMENT.port,
+      host: deployment.host,
+      port: deployment.port,
       files: model.files,
       mesh,
       maxPayload,
-      heartbeatMs: opts.heartbeatMs ?? DEFAULT_DEPLOYMENT.heartbeatMs,
-      token: opts.token,
-      allowedOrigins: opts.allowedOrigins,
-      maxConnections: opts.maxConnections,
-      tls: opts.tls,
-      limits: roomForLocalWorkers(opts.netLimits, opts.localWorkers),
-      headersTimeoutMs: opts.security?.handshakeTimeoutMs,
-      adminToken: opts.adminToken,
-      dashboardAccess: opts.dashboardAccess,
+      heartbeatMs: deployment.heartbeatMs,
+      token: deployment.token ?? undefined,
+      allowedOrigins: deployment.allowedOrigins ?? undefined,
+      tls: deployment.tls ?? undefined,
+      limits: roomForLocalWorkers(limits.net, deployment.localWorkers),
+      headersTimeoutMs: limits.security.handshakeTimeoutMs,
+      adminToken: deployment.adminToken ?? undefined,
+      dashboardAccess: deployment.dashboardAccess,
       admin: {
         pause: () => control.pause(),
         resume: () => control.resume(),
@@ -351,17 +305,17 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
     : null;
   try {
     if (mesh && server) {
-      if (opts.localWorkers > 0) {
-        children = spawnLocalWorkers(opts.localWorkers, server.wsUrl, {
-          backend: opts.backend ?? DEFAULT_DEPLOYMENT.backend,
-          cacheDir: opts.cacheDir,
-          token: opts.token,
+      if (deployment.localWorkers > 0) {
+        children = spawnLocalWorkers(deployment.localWorkers, server.wsUrl, {
+          backend: deployment.backend,
+          cacheDir: deployment.cacheDir ?? undefined,
+          token: deployment.token ?? undefined,
           stdio: opts.workerOutput ?? 'inherit',
           env: opts.workerEnv,
         });
       }
-      const minWorkers = opts.minWorkers ?? Math.max(1, opts.localWorkers);
-      if (opts.localWorkers === 0) log(`waiting for ${minWorkers} worker(s): loramesh worker ${server.wsUrl}`);
+      const minWorkers = deployment.minWorkers ?? Math.max(1, deployment.localWorkers);
+      if (deployment.localWorkers === 0) log(`waiting for ${minWorkers} worker(s): loramesh worker ${server.wsUrl}`);
       const childrenGone = failWhenChildrenExit(children, minWorkers);
       childrenGone.catch(() => {}); // only matters while waiting; workers exit normally at the end
       await Promise.race([mesh.waitForWorkers(minWorkers), childrenGone, control.stopped]);
@@ -398,8 +352,8 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
       runDir.appendMetrics(metricsLine(record));
       bar?.update(m.step, { loss: m.loss.toFixed(4), tps: m.tokensPerSecond.toFixed(0) });
       await opts.onStep?.(record);
-      if (evaluate && opts.evalEvery && m.step % opts.evalEvery === 0 && m.step !== train.steps) runEval();
-      if (opts.checkpointEvery && m.step % opts.checkpointEvery === 0) checkpoint();
+      if (evaluate && m.step % deployment.evalEvery === 0 && m.step !== train.steps) runEval();
+      if (run.checkpointEvery && m.step % run.checkpointEvery === 0) checkpoint();
       await control.holdIfPaused(log, m.step);
       if (!bar && (m.step % 10 === 0 || m.step === train.steps))
         log(
@@ -437,7 +391,7 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
     metrics,
     bytesUp: mesh?.bytesIn ?? 0,
     bytesDown: mesh?.bytesOut ?? 0,
-    workers: Math.max(1, opts.localWorkers),
+    workers: Math.max(1, deployment.localWorkers),
     fullFineTuneBytes: metrics.reduce((n, r) => n + r.fullFineTuneBytes, 0),
     adapterParameters: adapterParameterCount(trainer.spec),
     modelParameters,
@@ -451,27 +405,12 @@ async function trainInRunDir(opts: RunOptions, runId: string, runDir: RunDir): P
 }
 
 /** Local workers all connect from loopback: the per-address caps make room for them (and one more). */
-function roomForLocalWorkers(limits: Partial<NetLimits> | undefined, localWorkers: number): Partial<NetLimits> {
-  const resolved = resolveNetLimits(limits);
+function roomForLocalWorkers(limits: NetLimits, localWorkers: number): NetLimits {
   return {
     ...limits,
-    maxWorkersPerAddress: Math.max(resolved.maxWorkersPerAddress, localWorkers + 1),
-    maxConnectionsPerAddress: Math.max(resolved.maxConnectionsPerAddress, 2 * localWorkers + 8),
+    maxWorkersPerAddress: Math.max(limits.maxWorkersPerAddress, localWorkers + 1),
+    maxConnectionsPerAddress: Math.max(limits.maxConnectionsPerAddress, 2 * localWorkers + 8),
   };
-}
-
-function checkLocal(local: OuterConfig): OuterConfig {
-  if (!Number.isInteger(local.steps) || local.steps < 1)
-    fail(ErrorCodes.CONFIG, `local steps H should be an integer ≥ 1, got ${local.steps}`);
-  for (const [name, v, max] of [
-    ['inner lr', local.innerLr, 10],
-    ['outer lr', local.outerLr, 10],
-    ['outer momentum', local.outerMomentum, 0.999],
-  ] as const) {
-    if (!Number.isFinite(v) || v < 0 || v > max)
-      fail(ErrorCodes.CONFIG, `${name} should be a number in [0, ${max}], got ${v}`);
-  }
-  return local;
 }
 
 /** Rejects if local workers exit before enough of them are ready, instead of waiting forever. */

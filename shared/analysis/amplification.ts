@@ -44,7 +44,8 @@ export function amplification(
   if (delta.left.rows !== W.rows || delta.right.rows !== W.columns) {
     fail(
       ErrorCodes.SHAPE,
-      `ΔW is ${delta.left.rows}×${delta.right.rows} but W is ${W.rows}×${W.columns}; expected the same (d_out, d_in)`,
+      `ΔW is ${delta.left.rows}×${delta.right.rows} but W is ${W.rows}×${W.columns}; ` +
+        'expected the same (d_out, d_in)',
     );
   }
   if (!Number.isInteger(k) || k < 1 || k > delta.values.length)

@@ -46,7 +46,10 @@ export function amplificationFigure(reports: ModuleReport[], title: string): str
   });
 }
 
-/** φ(A₁, A₂, i, j) per module: one row of panels per module kind, one panel per layer; names say which adapter is which (with their r). */
+/**
+ * φ(A₁, A₂, i, j) per module: one row of panels per module kind, one panel per layer; names say which adapter is
+ * which (with their r).
+ */
 export function subspaceFigure(
   reports: SubspaceReport[],
   title: string,

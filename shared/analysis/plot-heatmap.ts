@@ -65,7 +65,8 @@ export function heatmapSvg(o: HeatmapOptions): string {
         // Hover tooltips only on small grids: on 12 panels of 64×64 they would triple the file size.
         const tooltip = tooltips ? `<title>${i + 1},${j + 1}: ${formatNumber(v)}</title>` : '';
         body.push(
-          `<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(cw + 0.5).toFixed(1)}" height="${(ch + 0.5).toFixed(1)}" fill="${fill}">${tooltip}</rect>`,
+          `<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" ` +
+            `width="${(cw + 0.5).toFixed(1)}" height="${(ch + 0.5).toFixed(1)}" fill="${fill}">${tooltip}</rect>`,
         );
         if (annotate)
           body.push(
@@ -110,7 +111,8 @@ function colorBar(x: number, y: number, h: number, min: number, max: number): st
   for (let s = 0; s < steps; s++) {
     // Top of the bar is the maximum.
     out.push(
-      `<rect x="${x}" y="${(y + (s * h) / steps).toFixed(2)}" width="14" height="${(h / steps + 0.5).toFixed(2)}" fill="${colorAt(1 - s / (steps - 1)).fill}"/>`,
+      `<rect x="${x}" y="${(y + (s * h) / steps).toFixed(2)}" width="14" height="${(h / steps + 0.5).toFixed(2)}" ` +
+        `fill="${colorAt(1 - s / (steps - 1)).fill}"/>`,
     );
   }
   out.push(`<rect x="${x}" y="${y}" width="14" height="${h}" fill="none" stroke="#333" stroke-width="0.8"/>`);

@@ -131,7 +131,8 @@ export function lineChartSvg(o: LineChartOptions): string {
       const y = y0 + plotH - (t / 4) * plotH;
       const value = o.logY ? 10 ** (lo + (t / 4) * (hi - lo)) : lo + (t / 4) * (hi - lo);
       body.push(
-        `<line x1="${x0}" x2="${x0 + plotW}" y1="${y.toFixed(1)}" y2="${y.toFixed(1)}" stroke="#ddd" stroke-width="0.6"/>`,
+        `<line x1="${x0}" x2="${x0 + plotW}" y1="${y.toFixed(1)}" y2="${y.toFixed(1)}" ` +
+          'stroke="#ddd" stroke-width="0.6"/>',
       );
       body.push(text(x0 - 5, y + 4, formatNumber(value), 'font-size="10" text-anchor="end"'));
     }
@@ -160,7 +161,8 @@ export function lineChartSvg(o: LineChartOptions): string {
         const lx = x0 + plotW + 14;
         const ly = y0 + 10 + k * 16;
         body.push(
-          `<line x1="${lx}" x2="${lx + 18}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="5,3"' : ''}/>`,
+          `<line x1="${lx}" x2="${lx + 18}" y1="${ly}" y2="${ly}" stroke="${color}" stroke-width="2"` +
+            `${s.dashed ? ' stroke-dasharray="5,3"' : ''}/>`,
         );
         body.push(text(lx + 22, ly + 4, s.name, 'font-size="10"'));
       }

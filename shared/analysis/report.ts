@@ -91,7 +91,8 @@ export function analyzeAdapter(adapter: AdapterMatrices, base?: BaseMatrices, se
       if (W.rows !== B.rows || W.columns !== A.columns)
         fail(
           ErrorCodes.SHAPE,
-          `${name}: ΔW is ${B.rows}×${A.columns} but the base weight is ${W.rows}×${W.columns}; is this the adapter's base model?`,
+          `${name}: ΔW is ${B.rows}×${A.columns} but the base weight is ${W.rows}×${W.columns}; ` +
+            "is this the adapter's base model?",
         );
       report.amplification = amplification(W, svd, base.weightValues(module), A.rows, seed);
     }
@@ -118,7 +119,8 @@ export function compareAdapters(
     if (one.A.columns !== two.A.columns || one.B.rows !== two.B.rows) {
       fail(
         ErrorCodes.SHAPE,
-        `${module}: ${first.source} has ΔW ${one.B.rows}×${one.A.columns} but ${second.source} has ${two.B.rows}×${two.A.columns}; expected adapters of the same base model`,
+        `${module}: ${first.source} has ΔW ${one.B.rows}×${one.A.columns} ` +
+          `but ${second.source} has ${two.B.rows}×${two.A.columns}; expected adapters of the same base model`,
       );
     }
     const phi = subspaceSimilarity(
@@ -149,7 +151,8 @@ export function compareAdapters(
   if (modules.length === 0)
     fail(
       ErrorCodes.SHAPE,
-      `${first.source} and ${second.source} adapt no module in common (${[...first.modules.keys()][0]} vs ${[...second.modules.keys()][0]})`,
+      `${first.source} and ${second.source} adapt no module in common ` +
+        `(${[...first.modules.keys()][0]} vs ${[...second.modules.keys()][0]})`,
     );
   return { modules, unmatched };
 }

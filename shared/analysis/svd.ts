@@ -80,7 +80,8 @@ export function lowRankSvd(B: Matrix, A: Matrix, scale: number, name = 'adapter'
   if (r > B.rows || r > A.columns)
     fail(
       ErrorCodes.SHAPE,
-      `${name}: rank r=${r} exceeds min(d_out=${B.rows}, d_in=${A.columns}); expected r ≤ ${Math.min(B.rows, A.columns)}`,
+      `${name}: rank r=${r} exceeds min(d_out=${B.rows}, d_in=${A.columns}); ` +
+        `expected r ≤ ${Math.min(B.rows, A.columns)}`,
     );
   if (!Number.isFinite(scale)) fail(ErrorCodes.NON_FINITE, `${name}: scaling is ${scale}; expected a finite number`);
   const b = thinQr(B); // Q (d_out, r), R (r, r)

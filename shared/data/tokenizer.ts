@@ -66,7 +66,8 @@ function chatTemplateText(config: Json): string | null {
   }
   return fail(
     ErrorCodes.MODEL,
-    `tokenizer_config.json chat_template is ${describe(value)}; expected a string or a list with a {"name": "default", "template": string}`,
+    `tokenizer_config.json chat_template is ${describe(value)}; ` +
+      'expected a string or a list with a {"name": "default", "template": string}',
   );
 }
 
@@ -115,7 +116,8 @@ class HfTokenizer implements TextTokenizer {
         )
       );
     };
-    // A list of EOS ids in config.json (Llama-3 instruct) means "stop at any"; the first is the one appended to examples.
+    // A list of EOS ids in config.json (Llama-3 instruct) means "stop at any"; the first is the one appended to
+    // examples.
     const modelEos = Array.isArray(modelConfig.eos_token_id) ? modelConfig.eos_token_id[0] : modelConfig.eos_token_id;
     this.bosId = idOf('bos_token') ?? modelConfig.bos_token_id ?? null;
     this.eosId = idOf('eos_token') ?? modelEos ?? null;
@@ -178,7 +180,8 @@ export function loadHfTokenizer(
   }
   if (!isObject(tokenizerConfig))
     fail(ErrorCodes.MODEL, `tokenizer_config.json is ${describe(tokenizerConfig)}; expected an object`);
-  // The library expects every component field to be present (null where unused), as tokenizer.json files written by `tokenizers` have.
+  // The library expects every component field to be present (null where unused), as tokenizer.json files written
+  // by `tokenizers` have.
   const complete: Json = {
     added_tokens: [],
     normalizer: null,

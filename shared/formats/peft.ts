@@ -126,7 +126,8 @@ export function encodePeftAdapter(modules: Map<string, PeftModule>, dtype: 'F32'
     if (m.aShape[0] !== m.bShape[1])
       fail(
         ErrorCodes.SHAPE,
-        `${modulePath}: lora_A shape [${m.aShape}] has rank ${m.aShape[0]} but lora_B shape [${m.bShape}] has rank ${m.bShape[1]}`,
+        `${modulePath}: lora_A shape [${m.aShape}] has rank ${m.aShape[0]} ` +
+          `but lora_B shape [${m.bShape}] has rank ${m.bShape[1]}`,
       );
     tensors[peftKey(modulePath, 'A')] = { data: m.A, shape: m.aShape, dtype };
     tensors[peftKey(modulePath, 'B')] = { data: m.B, shape: m.bShape, dtype };
@@ -164,7 +165,8 @@ export function decodePeftAdapter(bytes: Uint8Array): Map<string, PeftModule> {
     if (aShape[0] !== bShape[1])
       fail(
         ErrorCodes.SHAPE,
-        `${modulePath}: lora_A shape [${aShape}] has rank ${aShape[0]} but lora_B shape [${bShape}] has rank ${bShape[1]}`,
+        `${modulePath}: lora_A shape [${aShape}] has rank ${aShape[0]} ` +
+          `but lora_B shape [${bShape}] has rank ${bShape[1]}`,
       );
     modules.set(modulePath, { A, B, aShape, bShape });
   }

@@ -85,7 +85,8 @@ function tensorBytes(name: string, tensor: TensorInput, dtype: SafetensorsDType)
   const kind = (data as object)?.constructor?.name ?? typeof data;
   return fail(
     ErrorCodes.SAFETENSORS,
-    `tensor ${name}: dtype ${show(dtype)} cannot be written from a ${kind}; expected F32/F16/BF16 from a Float32Array or I32/I64 from an Int32Array`,
+    `tensor ${name}: dtype ${show(dtype)} cannot be written from a ${kind}; ` +
+      'expected F32/F16/BF16 from a Float32Array or I32/I64 from an Int32Array',
   );
 }
 
@@ -106,7 +107,8 @@ export function encodeSafetensors(tensors: Record<string, TensorInput>, metadata
         fail(ErrorCodes.SAFETENSORS, `metadata.${key} should be a string, got ${show(metadata[key])}`);
     }
     headerParts.push(
-      `${JSON.stringify(METADATA_KEY)}:{${keys.map((k) => `${JSON.stringify(k)}:${JSON.stringify(metadata[k])}`).join(',')}}`,
+      `${JSON.stringify(METADATA_KEY)}:` +
+        `{${keys.map((k) => `${JSON.stringify(k)}:${JSON.stringify(metadata[k])}`).join(',')}}`,
     );
   }
   const payloads: Uint8Array[] = [];
@@ -123,7 +125,8 @@ export function encodeSafetensors(tensors: Record<string, TensorInput>, metadata
     if (tensor.data.length !== numel(tensor.shape)) {
       fail(
         ErrorCodes.SAFETENSORS,
-        `tensor ${name}: ${tensor.data.length} values do not fill shape [${tensor.shape}] (${numel(tensor.shape)} values)`,
+        `tensor ${name}: ${tensor.data.length} values do not fill shape [${tensor.shape}] ` +
+          `(${numel(tensor.shape)} values)`,
       );
     }
     const bytes = tensorBytes(name, tensor, dtype);
@@ -186,7 +189,8 @@ export function readSafetensorsHeader(bytes: Uint8Array, fileLength = bytes.leng
       for (const [key, value] of Object.entries(raw)) {
         if (typeof value !== 'string')
           fail(ErrorCodes.SAFETENSORS, `${METADATA_KEY}.${key} should be a string, got ${show(value)}`);
-        Object.defineProperty(metadata, key, { value, enumerable: true, writable: true, configurable: true }); // safe for "__proto__"
+        // safe for "__proto__"
+        Object.defineProperty(metadata, key, { value, enumerable: true, writable: true, configurable: true });
       }
       continue;
     }
@@ -210,7 +214,8 @@ export function readSafetensorsHeader(bytes: Uint8Array, fileLength = bytes.leng
     ) {
       fail(
         ErrorCodes.SAFETENSORS,
-        `tensor ${name}: data_offsets ${show(offsets)} should be [begin, end] with 0 ≤ begin ≤ end ≤ ${dataLength} (the data section's length)`,
+        `tensor ${name}: data_offsets ${show(offsets)} should be [begin, end] ` +
+          `with 0 ≤ begin ≤ end ≤ ${dataLength} (the data section's length)`,
       );
     }
     const [begin, end] = offsets as [number, number];
@@ -218,7 +223,8 @@ export function readSafetensorsHeader(bytes: Uint8Array, fileLength = bytes.leng
     if (end - begin !== expected) {
       fail(
         ErrorCodes.SAFETENSORS,
-        `tensor ${name}: data_offsets ${show(offsets)} span ${end - begin} bytes; expected ${expected} for ${dtype} of shape [${shape}]`,
+        `tensor ${name}: data_offsets ${show(offsets)} span ${end - begin} bytes; ` +
+          `expected ${expected} for ${dtype} of shape [${shape}]`,
       );
     }
     entries.set(name, { dtype: dtype as SafetensorsDType, shape, data_offsets: [begin, end] });
@@ -234,7 +240,8 @@ export function readSafetensorsHeader(bytes: Uint8Array, fileLength = bytes.leng
     if (entry.data_offsets[0] < prev.data_offsets[1]) {
       fail(
         ErrorCodes.SAFETENSORS,
-        `tensor ${name}: data_offsets ${show(entry.data_offsets)} overlap tensor ${prevName}'s ${show(prev.data_offsets)}`,
+        `tensor ${name}: data_offsets ${show(entry.data_offsets)} ` +
+          `overlap tensor ${prevName}'s ${show(prev.data_offsets)}`,
       );
     }
   }

@@ -1,21 +1,23 @@
 /**
  * Matmuls shaped for the wasm backend. Its fast XNNPACK path runs only plain 2-D non-transposed
- * matMul; autodiff's transposed and batched matmuls run 7–12× slower (DESIGN.md §7). Each op here
- * keeps the layout its passes need so every large product is a plain 2-D matMul, and defines its
- * gradient by hand. Numerics equal plain autodiff up to float summation order (tested).
+ * matMul; autodiff's transposed and batched matmuls take a several times slower path (rates in
+ * bench/RESULTS.md, Compute, "Where the time went"). Each op here keeps the layout its passes need
+ * so every large product is a plain 2-D matMul, and defines its gradient by hand. Numerics equal
+ * plain autodiff up to float summation order (tested).
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { customOp } from './custom-op.ts';
 
 /**
  * A frozen linear layer. XNNPACK packs the right-hand operand of a product into its own copy
- * (cached per tensor), so how W enters the two products decides memory and speed (measured with
- * bench/profile-step.ts on a 2-core AMD EPYC, 1 thread):
+ * (cached per tensor), so how W enters the two products decides memory and speed (GFLOP/s below
+ * measured with bench/profile-step.ts on a 2-core AMD EPYC, 1 thread):
  *  - W on the right: y = x·Wᵀ, dx = dy·W. Fastest for small layers (20 GFLOP/s at d = 128), but W
  *    is held four times (both layouts, and a packed copy of each).
  *  - W on the left: yᵀ = W·xᵀ, dxᵀ = Wᵀ·dyᵀ; only activations (N × d) are transposed and packed.
- *    For GPT-2-sized layers this is faster (15–17 vs 11–12 GFLOP/s for d_out ≥ 2304: packed
- *    activations stay in cache, a packed 9 MB W does not) and W is held twice (both layouts).
+ *    For GPT-2-sized layers (d_out ≥ 2304) this is faster (packed activations stay in cache, a
+ *    packed 9 MB W does not; the rates are in bench/RESULTS.md, Compute, "Where the time went") and
+ *    W is held twice (both layouts).
  *  - An LM head (d_out of a vocabulary) multiplies on the left forward (22 GFLOP/s) and on the
  *    right backward, where the other way sums over the vocabulary through 51 MB of packed dyᵀ
  *    (12.7 vs 10.1 GFLOP/s): again two copies, W and its packed copy.
@@ -75,7 +77,7 @@ export function frozenLinear(x: tf.Tensor2D, layer: FrozenLinear): tf.Tensor2D {
 
 /**
  * The LoRA branch scaling · (x Aᵀ) Bᵀ with gradients for x, A and B, all plain 2-D matMuls
- * (autodiff would make them transposed ones, 7–12× slower on wasm). The transposes are of the
+ * (autodiff would make them transposed ones, several times slower on wasm). The transposes are of the
  * thin (·, r) factors only. Shapes: x (N, d_in), A (r, d_in), B (d_out, r).
  */
 export function loraBranch(x: tf.Tensor2D, loraA: tf.Tensor2D, loraB: tf.Tensor2D, scaling: number): tf.Tensor2D {

@@ -145,8 +145,9 @@ export class LlamaModel implements CausalLM {
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const p = layerPrefix(i);
       const x = this.rmsNorm(h, params.param(`${p}.input_layernorm.weight`), params);
-      const q = this.applyRope(params.linear(`${p}.self_attn.q_proj`, x), c.num_attention_heads, cos, sin); // (N, H·hs)
-      const k = this.applyRope(params.linear(`${p}.self_attn.k_proj`, x), c.num_key_value_heads, cos, sin); // (N, Hkv·hs)
+      // q: (N, H·hs), k: (N, Hkv·hs)
+      const q = this.applyRope(params.linear(`${p}.self_attn.q_proj`, x), c.num_attention_heads, cos, sin);
+      const k = this.applyRope(params.linear(`${p}.self_attn.k_proj`, x), c.num_key_value_heads, cos, sin);
       const v = params.linear(`${p}.self_attn.v_proj`, x); // (N, Hkv·hs)
       h = tf.add(h, params.linear(`${p}.self_attn.o_proj`, attend(q, k, v, shape, mask, cache, i)));
       const m = this.rmsNorm(h, params.param(`${p}.post_attention_layernorm.weight`), params);

@@ -66,7 +66,7 @@ const GELU_C = 2 * Math.sqrt(2 / Math.PI);
 
 /**
  * gelu_new: 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), written as x·σ(u), u = 2√(2/π)(x + 0.044715x³)
- * (the same function; tanh is ~7× slower than sigmoid on wasm, pow(x,3) slower than x·x·x).
+ * (the same function; tanh is several times slower than sigmoid on wasm, pow(x,3) slower than x·x·x).
  * d/dx = σ + x·σ(1 − σ)·(c + 3ac·x²).
  */
 export function geluNew(x: tf.Tensor2D): tf.Tensor2D {

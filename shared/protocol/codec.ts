@@ -9,7 +9,8 @@ import { parseMessage, type Message } from './messages.ts';
 
 // structuredClone: false turns off msgpackr's id/pointer extensions (0x69, 0x70), which no peer
 // needs: with them a 1.4 KB frame decodes to a DAG that msgpackr's "end of buffer not reached"
-// error turns into a JSON view of ~10^9 characters (6 s and > 1 GB on the coordinator's thread).
+// error turns into a JSON view of ~10^9 characters (seconds and gigabytes on the coordinator's
+// thread).
 export const CODEC_OPTIONS = {
   useRecords: false,
   moreTypes: true,
@@ -43,9 +44,10 @@ const allocUninitialized: (n: number) => ArrayBuffer = (() => {
 /**
  * Decodes msgpackr's typed-array extension like msgpackr does, without its copy into fresh zeroed
  * memory: a payload aligned for its element type becomes a view of the frame (a received frame
- * is never reused), anything else is copied into uninitialized memory. Measured on the
- * coordinator with 64 workers of 1.13 MB results: msgpackr's slice into calloc'd memory cost
- * ~0.8 ms of page faults per result (264 faults per 1.13 MB), most of the coordinator's system time.
+ * is never reused), anything else is copied into uninitialized memory. msgpackr's slice into
+ * calloc'd memory made the first touch of every result a run of page faults, most of the
+ * coordinator's system time (measured by bench:scale; figures in bench/RESULTS.md, Coordinator
+ * scale, "What changed").
  */
 addExtension({
   type: 0x74,
@@ -69,7 +71,10 @@ addExtension({
   },
 });
 
-/** msgpackr's messages can echo input (a RegExp extension's pattern): cut them so a reject stays within its 4096-char message limit. */
+/**
+ * msgpackr's messages can echo input (a RegExp extension's pattern): cut them so a reject stays within its
+ * 4096-char message limit.
+ */
 const MAX_DECODE_DETAIL = 200;
 
 /** The float payload of a message type, if it has one. */
@@ -126,7 +131,8 @@ export function decodeMessage(bytes: Uint8Array): Message {
     const detail = String((err as Error)?.message ?? err);
     throw new LoraMeshError(
       ErrorCodes.DECODE,
-      `frame is not valid msgpack (${detail.length > MAX_DECODE_DETAIL ? detail.slice(0, MAX_DECODE_DETAIL) + '…' : detail})`,
+      'frame is not valid msgpack ' +
+        `(${detail.length > MAX_DECODE_DETAIL ? detail.slice(0, MAX_DECODE_DETAIL) + '…' : detail})`,
     );
   }
   return parseMessage(raw);

@@ -298,7 +298,8 @@ export function unpackFloats(p: PackedFloats, codec: CodecSpec, length: number, 
   if (p.codec !== codec.name || (p.codec === 'int8' && p.blockSize !== codec.blockSize)) {
     fail(
       ErrorCodes.CODEC,
-      `${what} is in ${p.codec}${p.blockSize ? `/${p.blockSize}` : ''}, this run sends ${codec.name}${codec.blockSize ? `/${codec.blockSize}` : ''}`,
+      `${what} is in ${p.codec}${p.blockSize ? `/${p.blockSize}` : ''}, ` +
+        `this run sends ${codec.name}${codec.blockSize ? `/${codec.blockSize}` : ''}`,
     );
   }
   if (p.values.length !== length)
@@ -313,8 +314,10 @@ export function unpackFloats(p: PackedFloats, codec: CodecSpec, length: number, 
 
 /**
  * Index of the first NaN or ±Infinity in x, or −1. The common case (all finite) is one pass of
- * x − x, which is 0 for finite x and NaN otherwise, summed in 4 lanes: ~3.5× a Number.isFinite
- * loop in V8 (1.4 → 4.9 GB/s); the exact index is searched only when something was found.
+ * x − x, which is 0 for finite x and NaN otherwise, summed in 4 lanes: several times faster than a
+ * Number.isFinite loop in V8 (bench/RESULTS.md, Coordinator scale, "What changed"; the check's rate
+ * is bench:scale's "decode + check" column); the exact index is searched only when something was
+ * found.
  */
 export function firstNonFinite(x: Float32Array): number {
   let a = 0;

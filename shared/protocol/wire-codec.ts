@@ -8,9 +8,10 @@
  *   bf16  |err| ≤ 2^-8·|x|                              2 bytes/value
  *   int8  per block of `blockSize` values: scale = max|x|/127, |err| ≤ scale/2   1 byte/value + 4/blockSize
  *
- * Lossy codecs are used with error feedback (ErrorFeedback): the sender adds what the last
- * message failed to carry to the next one, so the sum of decoded messages tracks the sum of the
- * true values within one message's error, however many messages are sent.
+ * Lossy codecs are used with error feedback (`sendCarrying`, the end of this file): what one
+ * message failed to carry goes with the next, so what the receiver has tracks what was meant within
+ * one message's error, however many messages are sent. Workers send gradients that way
+ * (ErrorFeedback), the coordinator parameter deltas (HeldCopy).
  */
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../formats/half.ts';
 import { ErrorCodes, fail } from '../errors.ts';
@@ -25,8 +26,27 @@ export interface CodecSpec {
 }
 
 export const F32: CodecSpec = { name: 'f32' };
+
 export const DEFAULT_INT8_BLOCK = 64;
 export const MAX_BLOCK = 1 << 16;
+
+/**
+ * The least tolerance (relative L2 distance) a trusted recomputation must allow an honest result
+ * sent up in each codec. With error feedback a worker sends Q(g + e_prev) = g + e_prev − e_new, so
+ * an honest result differs from the trusted g by two messages' rounding, e_prev − e_new.
+ */
+export const CODEC_TOLERANCE_FLOOR: Record<CodecName, number> = {
+  // exact: the codec adds nothing (the tolerance asked for covers the backends' own differences)
+  f32: 0,
+  // |err| ≤ 2^-11·|x| per value: one rounding is ≤ 4.9e-4 of the norm, two ≤ 9.8e-4; twice that
+  f16: 0.002,
+  // |err| ≤ 2^-8·|x| per value: one rounding is ≤ 3.9e-3 of the norm, two ≤ 7.8e-3; 2.5× that
+  bf16: 0.02,
+  // |err| ≤ scale/2 = max/254 per value in its block, max/440 rms (uniform rounding): one rounding is
+  // about (max/rms)/440 of the norm, under 1 % for gradient-like blocks (max ≈ 3× rms); two stay under
+  // the floor while a block's max is up to 11× its rms
+  int8: 0.05,
+};
 
 /** One flat float vector as it crosses the wire. */
 export interface PackedFloats {
@@ -128,8 +148,21 @@ export function codecBytes(n: number, spec: CodecSpec): number {
 }
 
 /**
- * Sender-side error feedback: encode(x) sends Q(x + e) and keeps e ← (x + e) − D(Q(x + e)).
- * With f32 it is the identity and keeps no state (so an f32 run is bit-identical to no codec).
+ * Error feedback's one step, in both of its forms: sends Q(target) and hands `settle` what the
+ * receiver will decode, so the caller keeps what this message could not carry for the next one.
+ * Decoding here is the receiver's own float32 arithmetic (decodeFloats), so the sender's state
+ * matches the receiver's bits.
+ */
+function sendCarrying(target: Float32Array, spec: CodecSpec, settle: (decoded: Float32Array) => void): PackedFloats {
+  const packed = encodeFloats(target, spec);
+  settle(decodeFloats(packed));
+  return packed;
+}
+
+/**
+ * Error feedback in residual form (gradients up: each message is a new value to add): encode(x)
+ * sends Q(x + e) and keeps e ← (x + e) − D(Q(x + e)). With f32 it is the identity and keeps no
+ * state (so an f32 run is bit-identical to no codec).
  */
 export class ErrorFeedback {
   private residual: Float32Array | null = null;
@@ -139,12 +172,12 @@ export class ErrorFeedback {
   encode(x: Float32Array): PackedFloats {
     if (this.spec.name === 'f32') return encodeFloats(x, this.spec);
     if (!this.residual || this.residual.length !== x.length) this.residual = new Float32Array(x.length);
+    const residual = this.residual;
     const target = new Float32Array(x.length);
-    for (let i = 0; i < x.length; i++) target[i] = x[i] + this.residual[i];
-    const packed = encodeFloats(target, this.spec);
-    const decoded = decodeFloats(packed);
-    for (let i = 0; i < x.length; i++) this.residual[i] = target[i] - decoded[i];
-    return packed;
+    for (let i = 0; i < x.length; i++) target[i] = x[i] + residual[i];
+    return sendCarrying(target, this.spec, (decoded) => {
+      for (let i = 0; i < x.length; i++) residual[i] = target[i] - decoded[i];
+    });
   }
 
   /** What has not been delivered yet (zeros before the first message). */
@@ -154,5 +187,40 @@ export class ErrorFeedback {
 
   reset(): void {
     this.residual = null;
+  }
+}
+
+/**
+ * Error feedback in held form (parameters down: each message moves the receiver's copy towards a
+ * new exact vector): the sender keeps the receiver's copy h, sends Q(exact − h) and adds
+ * D(Q(exact − h)) to h, in float32 like the receiver. The first message, and every one with f32,
+ * is the exact vector itself, sent whole: update() then returns null and h becomes `exact`.
+ */
+export class HeldCopy {
+  private copy: Float32Array | null = null;
+
+  constructor(readonly spec: CodecSpec) {}
+
+  /** What the receiver holds (null before the first message): the sender's own array, not to be changed. */
+  get held(): Float32Array | null {
+    return this.copy;
+  }
+
+  /**
+   * The next message towards `exact`: Q(exact − held), the held copy moved by its decoding; or null,
+   * meaning send `exact` whole, which then becomes the held copy itself (not a copy: later deltas
+   * change it in place, so the caller hands it over).
+   */
+  update(exact: Float32Array): PackedFloats | null {
+    if (this.spec.name === 'f32' || !this.copy) {
+      this.copy = exact;
+      return null;
+    }
+    const held = this.copy;
+    const delta = new Float32Array(exact.length);
+    for (let i = 0; i < delta.length; i++) delta[i] = exact[i] - held[i];
+    return sendCarrying(delta, this.spec, (decoded) => {
+      for (let i = 0; i < decoded.length; i++) held[i] += decoded[i];
+    });
   }
 }

@@ -49,7 +49,8 @@ export class InOrderSum {
   finish(): StepGradient {
     const missing = this.results.findIndex((r) => !r);
     if (missing >= 0) fail(ErrorCodes.STATE, `result ${missing} of ${this.results.length} is missing`);
-    if (this.redo || this.next === 0) return aggregateInOrder(this.results as GradientResult[]); // (no results: its error)
+    // (no results: its error)
+    if (this.redo || this.next === 0) return aggregateInOrder(this.results as GradientResult[]);
     return finishSum(this.sum);
   }
 }
@@ -74,8 +75,10 @@ function finishSum(sum: StepGradient): StepGradient {
 }
 
 /**
- * acc += g elementwise. Unrolled by 4, which V8 runs ~1.5× faster than the plain loop; each
- * element is still one float32 addition, so the bits are the same.
+ * acc += g elementwise. Unrolled by 4, which V8 runs faster than the plain loop (~1.5× in a
+ * one-off measurement when it was written; the sum's current rate is bench:scale's "sum after the
+ * fact" column in bench/RESULTS.md); each element is still one float32 addition, so the bits are
+ * the same.
  */
 export function addInto(acc: Float32Array, g: Float32Array): void {
   if (acc.length !== g.length) fail(ErrorCodes.SHAPE, `cannot add ${g.length} values into ${acc.length}`);

@@ -30,7 +30,8 @@ export function tokenLossSum(logits: tf.Tensor2D, targets: tf.Tensor1D, mask: tf
     const shifted = tf.sub(z, tf.max(z, -1, true)); // (N, V), max 0 per row
     const exps = tf.exp(shifted);
     const sums = tf.sum(exps, -1, true); // (N, 1)
-    const flatTargets = tf.add(tf.mul(tf.range(0, rows, 1, 'int32'), tf.scalar(vocab, 'int32')), targets); // row·V + target
+    // row·V + target
+    const flatTargets = tf.add(tf.mul(tf.range(0, rows, 1, 'int32'), tf.scalar(vocab, 'int32')), targets);
     const picked = tf.reshape(tf.gather(tf.reshape(shifted, [-1]), flatTargets), [rows, 1]); // z[target]
     save([exps, sums]);
     return {
@@ -128,7 +129,10 @@ function evalLossTensor(
   });
 }
 
-/** Σ token losses and token count over micro-batches, forward only (evaluation). Reads synchronously, see computeGradients. */
+/**
+ * Σ token losses and token count over micro-batches, forward only (evaluation). Reads synchronously, see
+ * computeGradients.
+ */
 export function evaluateLoss(
   model: CausalLM,
   base: FrozenBase,

@@ -28,7 +28,10 @@ export interface OuterConfig {
   innerLr: number;
 }
 
-/** Runs one job from `start`; grads of the result = start − end, lossSum/tokenCount over all micro-batches (each before its step). */
+/**
+ * Runs one job from `start`; grads of the result = start − end, lossSum/tokenCount over all micro-batches (each
+ * before its step).
+ */
 export async function runLocalJob(
   model: CausalLM,
   base: FrozenBase,

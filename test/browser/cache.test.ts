@@ -44,14 +44,12 @@ test('a reload joins from the browser cache (0 /files/ requests); a corrupt entr
     const examples = demoExamples(model.tokenizer, demoTaskData(16, 8, 2));
     const run = startRun({
       model,
-      lora,
-      train,
       examples,
-      outDir: join(root, 'runs'),
-      runId: 'cache',
-      localWorkers: 0,
-      minWorkers: 2,
       progress: false,
+      config: {
+        run: { lora, train },
+        deployment: { outDir: join(root, 'runs'), runId: 'cache', localWorkers: 0, minWorkers: 2 },
+      },
     });
     const httpUrl = await within(30_000, 'coordinator start', run.httpUrl);
     const workers = async () =>

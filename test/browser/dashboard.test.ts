@@ -25,16 +25,22 @@ test('dashboard shows both workers with their backends and a loss curve that upd
   const model = await openModelDir(join(root, 'model'));
   const run = startRun({
     model,
-    lora: checkLoraConfig({ r: 2, alpha: 4 }),
-    train: checkTrainConfig({ steps: 60, globalBatch: 8, microBatch: 2, seed: 1 }),
     examples: demoExamples(model.tokenizer, demoTaskData(64, 8, 1)),
-    outDir: join(root, 'runs'),
-    runId: 'dash',
-    localWorkers: 2,
-    backend: 'wasm',
-    cacheDir: join(root, 'cache'),
     workerOutput: 'ignore',
     progress: false,
+    config: {
+      run: {
+        lora: checkLoraConfig({ r: 2, alpha: 4 }),
+        train: checkTrainConfig({ steps: 60, globalBatch: 8, microBatch: 2, seed: 1 }),
+      },
+      deployment: {
+        outDir: join(root, 'runs'),
+        runId: 'dash',
+        localWorkers: 2,
+        backend: 'wasm',
+        cacheDir: join(root, 'cache'),
+      },
+    },
   });
   const url = await within(30_000, 'coordinator start', run.httpUrl);
   const browser = await chromium.launch({

@@ -58,7 +58,8 @@ interface PlainResult {
   grads: Record<string, number[]>;
 }
 
-test('gradients from browser WebGPU and WebGL (SwiftShader), browser wasm and Node wasm agree (≤ 1e-4 relative L2 per tensor)', {
+test('gradients from browser WebGPU and WebGL (SwiftShader), browser wasm and Node wasm agree ' +
+  '(≤ 1e-4 relative L2 per tensor)', {
   skip,
   timeout: 150_000,
 }, async () => {
@@ -86,15 +87,13 @@ test('gradients from browser WebGPU and WebGL (SwiftShader), browser wasm and No
       const started = Date.now();
       const run = startRun({
         model,
-        lora,
-        train,
         examples,
         initialAdapter,
-        outDir: join(root, 'runs'),
-        runId: backend,
-        localWorkers: 0,
-        minWorkers: 1,
         progress: false,
+        config: {
+          run: { lora, train },
+          deployment: { outDir: join(root, 'runs'), runId: backend, localWorkers: 0, minWorkers: 1 },
+        },
       });
       const httpUrl = await within(30_000, 'coordinator start', run.httpUrl);
       const page = await browser.context.newPage();
@@ -143,7 +142,8 @@ test('gradients from browser WebGPU and WebGL (SwiftShader), browser wasm and No
       );
       perBackend.set(backend, results);
       console.log(
-        `# ${backend} on ${status.adapter}: run ${((Date.now() - started) / 1000).toFixed(1)} s, compute ${results.map((r) => `${r.computeMs.toFixed(0)} ms`).join(' + ')}`,
+        `# ${backend} on ${status.adapter}: run ${((Date.now() - started) / 1000).toFixed(1)} s, ` +
+          `compute ${results.map((r) => `${r.computeMs.toFixed(0)} ms`).join(' + ')}`,
       );
       await page.close();
     }
@@ -194,7 +194,8 @@ test('gradients from browser WebGPU and WebGL (SwiftShader), browser wasm and No
       }
     }
     console.log(
-      `# worst relative L2 vs Node wasm over ${spec.length} tensors × 2 micro-batches × ${perBackend.size} backends: ${worst.toExponential(2)}`,
+      `# worst relative L2 vs Node wasm over ${spec.length} tensors × 2 micro-batches × ` +
+        `${perBackend.size} backends: ${worst.toExponential(2)}`,
     );
   } finally {
     await browser?.close();

@@ -44,15 +44,12 @@ test('fragment settings: bad #backend errors, wrong #token is refused once, auto
     const token = 'join-token-42';
     const run = startRun({
       model,
-      lora,
-      train,
       examples,
-      token,
-      outDir: join(root, 'runs'),
-      runId: 'settings',
-      localWorkers: 0,
-      minWorkers: 1,
       progress: false,
+      config: {
+        run: { lora, train },
+        deployment: { token, outDir: join(root, 'runs'), runId: 'settings', localWorkers: 0, minWorkers: 1 },
+      },
     });
     const httpUrl = await within(30_000, 'coordinator start', run.httpUrl);
     const workers = async () =>

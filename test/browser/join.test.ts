@@ -13,6 +13,7 @@ import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
 import type { WorkerInfo } from '../../coordinator/engine/mesh.ts';
 import type { RunResult } from '../../coordinator/run/train.ts';
 import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import type { Deployment, RunConfigInput } from '../../coordinator/run/run-config.ts';
 import { runTraining } from '../../coordinator/run/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 import {
@@ -40,28 +41,20 @@ test('a browser tab (wasm) and a Node worker train together and equal the single
     const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] });
     const train = checkTrainConfig({ steps: 8, globalBatch: 8, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 5 });
     const examples = demoExamples(model.tokenizer, demoTaskData(64, 8, 5));
-    const common = {
-      model,
-      lora,
-      train,
-      examples,
-      outDir: join(root, 'runs'),
-      backend: 'wasm',
-      cacheDir: join(root, 'cache'),
-      workerOutput: 'ignore' as const,
-      progress: false,
-    };
+    const common = { model, examples, workerOutput: 'ignore' as const, progress: false };
+    const config = (deployment: Partial<Deployment>): RunConfigInput => ({
+      run: { lora, train },
+      deployment: { outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), ...deployment },
+    });
 
     const reference = await runTraining({
       ...common,
-      runId: 'reference',
-      inProcess: true,
-      localWorkers: 0,
+      config: config({ runId: 'reference', inProcess: true, localWorkers: 0 }),
       log: () => {},
     });
 
     const started = Date.now();
-    const run = startRun({ ...common, runId: 'browser-and-node', localWorkers: 1, minWorkers: 2 });
+    const run = startRun({ ...common, config: config({ runId: 'browser-and-node', localWorkers: 1, minWorkers: 2 }) });
     const httpUrl = await within(30_000, 'coordinator start', run.httpUrl);
     const page = await browser.context.newPage();
     await page.goto(`${httpUrl}/join#backend=wasm&name=${encodeURIComponent('tab <b>1</b>')}`);

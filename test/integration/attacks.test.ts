@@ -16,6 +16,7 @@ import { decodeMessage, encodeMessage } from '../../shared/protocol/codec.ts';
 import { PROTOCOL_VERSION, type Message } from '../../shared/protocol/messages.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
 import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import type { Deployment, RunConfigInput } from '../../coordinator/run/run-config.ts';
 import { runTraining, type RunOptions, type RunResult } from '../../coordinator/run/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 import { observeFor, signal, until } from '../helpers/wait.ts';
@@ -24,19 +25,27 @@ const TOKEN = 'correct horse battery staple';
 const root = mkdtempSync(join(tmpdir(), 'loramesh-attacks-'));
 writeTinyModelDir(join(root, 'model'), 12);
 const model = await openModelDir(join(root, 'model'));
-const options: RunOptions = {
+const options: Omit<RunOptions, 'config'> = {
   model,
-  lora: checkLoraConfig({ r: 2, alpha: 4 }),
-  train: checkTrainConfig({ steps: 300, globalBatch: 4, microBatch: 2, seed: 2 }),
   examples: demoExamples(model.tokenizer, demoTaskData(32, 4, 2)),
-  outDir: join(root, 'runs'),
-  backend: 'wasm',
-  cacheDir: join(root, 'cache'),
   workerOutput: 'ignore',
   progress: false,
   log: () => {},
-  localWorkers: 1,
 };
+const lora = checkLoraConfig({ r: 2, alpha: 4 });
+const train = checkTrainConfig({ steps: 300, globalBatch: 4, microBatch: 2, seed: 2 });
+/** The run's config: this file's settings (one local worker), with these deployment fields and limits over them. */
+const config = (deployment: Partial<Deployment>, limits?: RunConfigInput['limits']): RunConfigInput => ({
+  run: { lora, train },
+  deployment: {
+    outDir: join(root, 'runs'),
+    backend: 'wasm',
+    cacheDir: join(root, 'cache'),
+    localWorkers: 1,
+    ...deployment,
+  },
+  limits,
+});
 let clean: RunResult;
 let attacked: Promise<RunResult>;
 let wsUrl = '';
@@ -47,17 +56,16 @@ const logged: string[] = [];
 let attackedStep = 0;
 
 before(async () => {
-  clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0 });
+  clean = await runTraining({ ...options, config: config({ runId: 'clean', inProcess: true, localWorkers: 0 }) });
   const listening = signal<{ wsUrl: string; url: string }>();
   attacked = runTraining({
     // The honest worker is slowed (50 ms per micro-batch) so the run outlasts the attacks.
     ...options,
-    runId: 'attacked',
-    token: TOKEN,
-    adminToken: 'admin-secret',
-    allowedOrigins: ['http://good.example'],
+    config: config(
+      { runId: 'attacked', token: TOKEN, adminToken: 'admin-secret', allowedOrigins: ['http://good.example'] },
+      { security: { maxMessagesPerSecond: 100, maxRejects: 20, handshakeTimeoutMs: 800 } },
+    ),
     workerEnv: () => ({ LORAMESH_FAULT: 'delay:50' }),
-    security: { maxMessagesPerSecond: 100, maxRejects: 20, handshakeTimeoutMs: 800 },
     log: (line) => logged.push(line),
     onListening: (urls) => listening.resolve(urls),
     onStep: (m) => {
@@ -250,11 +258,10 @@ test('--dashboard-access admin: run status needs the admin token', async () => {
   let status: number[] = [];
   await runTraining({
     ...options,
-    runId: 'private',
-    localWorkers: 1,
-    train: checkTrainConfig({ steps: 3, globalBatch: 4, microBatch: 2, seed: 2 }),
-    adminToken: 'admin-secret',
-    dashboardAccess: 'admin',
+    config: {
+      ...config({ runId: 'private', localWorkers: 1, adminToken: 'admin-secret', dashboardAccess: 'admin' }),
+      run: { lora, train: checkTrainConfig({ steps: 3, globalBatch: 4, microBatch: 2, seed: 2 }) },
+    },
     onListening: (urls) => {
       url = urls.url;
     },

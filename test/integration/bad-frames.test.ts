@@ -14,13 +14,14 @@ import { decodeMessage, encodeMessage } from '../../shared/protocol/codec.ts';
 import type { Message } from '../../shared/protocol/messages.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
 import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import type { Deployment, RunConfigInput } from '../../coordinator/run/run-config.ts';
 import { runTraining, type RunOptions } from '../../coordinator/run/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
 const lora = checkLoraConfig({ r: 2, alpha: 4 });
 const train = checkTrainConfig({ steps: 8, globalBatch: 4, microBatch: 2, seed: 9 });
 let root = '';
-let base: Omit<RunOptions, 'localWorkers'>;
+let base: Omit<RunOptions, 'config'>;
 before(async () => {
   root = mkdtempSync(join(tmpdir(), 'loramesh-bad-'));
   writeTinyModelDir(join(root, 'model'), 4);
@@ -28,17 +29,18 @@ before(async () => {
   const examples = demoExamples(model.tokenizer, demoTaskData(32, 4, 9));
   base = {
     model,
-    lora,
-    train,
     examples,
-    outDir: join(root, 'runs'),
-    backend: 'wasm',
-    cacheDir: join(root, 'cache'),
     workerOutput: 'ignore',
     progress: false,
   };
 });
 after(() => rmSync(root, { recursive: true, force: true }));
+
+/** The run's config: this file's settings, with the given deployment fields. */
+const config = (deployment: Partial<Deployment>): RunConfigInput => ({
+  run: { lora, train },
+  deployment: { outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), ...deployment },
+});
 
 /** Sends frames over a raw socket and collects the coordinator's answers. */
 async function probe(url: string): Promise<Message[]> {
@@ -70,12 +72,11 @@ async function probe(url: string): Promise<Message[]> {
 }
 
 test('bad frames get error codes, the run completes unchanged', async () => {
-  const clean = await runTraining({ ...base, runId: 'clean', localWorkers: 1, log: () => {} });
+  const clean = await runTraining({ ...base, config: config({ runId: 'clean', localWorkers: 1 }), log: () => {} });
   const probes: Promise<Message[]>[] = [];
   const noisy = await runTraining({
     ...base,
-    runId: 'noisy',
-    localWorkers: 1,
+    config: config({ runId: 'noisy', localWorkers: 1 }),
     log: () => {},
     onListening: ({ wsUrl }) => {
       probes.push(probe(wsUrl));

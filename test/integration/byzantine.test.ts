@@ -12,6 +12,8 @@ import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { toExample } from '../../shared/data/demo-tasks.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
 import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import type { DefenceConfig } from '../../coordinator/engine/defence.ts';
+import type { Deployment, RunConfigInput, RunSettings } from '../../coordinator/run/run-config.ts';
 import { runTraining, type RunOptions } from '../../coordinator/run/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
@@ -25,38 +27,53 @@ test('1 of 5 workers lies (×−10 gradients): harmful undefended; spot checks k
   writeTinyModelDir(join(root, 'model'), 14);
   const model = await openModelDir(join(root, 'model'));
   const data = demoTaskData(160, 32, 14);
-  const options: RunOptions = {
+  const options: Omit<RunOptions, 'config'> = {
     model,
-    lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] }),
-    train: checkTrainConfig({ steps: 25, globalBatch: 20, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 14 }),
     examples: demoExamples(model.tokenizer, data),
     evalExamples: data.eval.map((s) => toExample(model.tokenizer, s)),
-    evalEvery: 1000,
-    outDir: join(root, 'runs'),
-    backend: 'wasm',
-    cacheDir: join(root, 'cache'),
     workerOutput: 'ignore',
     progress: false,
-    localWorkers: 5,
     workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: 'byzantine:10' } : {}),
   };
+  /** The run's config: this test's settings, with these deployment fields, defence settings and run settings over them. */
+  const config = (
+    deployment: Partial<Deployment>,
+    defence?: Partial<DefenceConfig>,
+    run?: Partial<RunSettings>,
+  ): RunConfigInput => ({
+    run: {
+      lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] }),
+      train: checkTrainConfig({ steps: 25, globalBatch: 20, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 14 }),
+      ...run,
+    },
+    deployment: {
+      evalEvery: 1000,
+      outDir: join(root, 'runs'),
+      backend: 'wasm',
+      cacheDir: join(root, 'cache'),
+      localWorkers: 5,
+      ...deployment,
+    },
+    limits: { defence },
+  });
   const finalEval = (r: { evalLosses: { loss: number }[] }) => r.evalLosses[r.evalLosses.length - 1].loss;
-  const clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0, log: () => {} });
+  const clean = await runTraining({
+    ...options,
+    config: config({ runId: 'clean', inProcess: true, localWorkers: 0 }),
+    log: () => {},
+  });
   // The default defence (spot checks + outlier screen) is switched off to see the harm, and the trimmed mean alone.
-  const off = { spotCheck: { fraction: 0 }, outlierFactor: 0, probation: 0 };
-  const undefended = await runTraining({ ...options, ...off, runId: 'undefended', log: () => {} });
+  const off = { spotCheck: 0, outlierFactor: 0, probation: 0 };
+  const undefended = await runTraining({ ...options, config: config({ runId: 'undefended' }, off), log: () => {} });
   const lines: string[] = [];
   const defended = await runTraining({
     ...options,
-    runId: 'defended',
-    spotCheck: { fraction: 0.75, tolerance: 1e-3 },
+    config: config({ runId: 'defended' }, { spotCheck: 0.75, tolerance: 1e-3 }),
     log: (l) => lines.push(l),
   });
   const robust = await runTraining({
     ...options,
-    ...off,
-    runId: 'trimmed',
-    aggregation: 'trimmed-mean',
+    config: config({ runId: 'trimmed' }, off, { aggregation: 'trimmed-mean' }),
     log: () => {},
   });
   const [c, u, d, t] = [finalEval(clean), finalEval(undefended), finalEval(defended), finalEval(robust)];

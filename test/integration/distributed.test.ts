@@ -11,25 +11,21 @@ import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { maxAbsDiff } from '../../shared/lora/adapter.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
 import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import type { Deployment } from '../../coordinator/run/run-config.ts';
 import { runTraining, type RunOptions, type RunResult } from '../../coordinator/run/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
 const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] });
 const train = checkTrainConfig({ steps: 20, globalBatch: 8, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 5 });
 let root = '';
-let base: Omit<RunOptions, 'localWorkers'>;
+let base: Omit<RunOptions, 'config'>;
 before(async () => {
   root = mkdtempSync(join(tmpdir(), 'loramesh-dist-'));
   writeTinyModelDir(join(root, 'model'), 3);
   const model = await openModelDir(join(root, 'model'));
   base = {
     model,
-    lora,
-    train,
     examples: demoExamples(model.tokenizer, demoTaskData(64, 8, 5)),
-    outDir: join(root, 'runs'),
-    backend: 'wasm',
-    cacheDir: join(root, 'cache'),
     workerOutput: 'ignore',
     progress: false,
     log: () => {},
@@ -37,8 +33,14 @@ before(async () => {
 });
 after(() => rmSync(root, { recursive: true, force: true }));
 
-const run = (name: string, extra: { inProcess?: boolean; localWorkers: number }) =>
-  runTraining({ ...base, runId: name, ...extra });
+const run = (name: string, extra: Pick<Partial<Deployment>, 'inProcess'> & { localWorkers: number }) =>
+  runTraining({
+    ...base,
+    config: {
+      run: { lora, train },
+      deployment: { outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), runId: name, ...extra },
+    },
+  });
 
 let reference: RunResult;
 

@@ -14,6 +14,7 @@ import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { maxAbsDiff } from '../../shared/lora/adapter.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
 import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import type { Deployment, RunConfigInput } from '../../coordinator/run/run-config.ts';
 import { runTraining, type RunOptions, type RunResult } from '../../coordinator/run/train.ts';
 import type { LedgerEntry } from '../../coordinator/engine/scheduler.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
@@ -24,26 +25,32 @@ const train = checkTrainConfig({ steps: 30, globalBatch: 12, microBatch: 2, lr: 
 const cli = fileURLToPath(new URL('../../coordinator/cli.ts', import.meta.url));
 
 let root = '';
-let base: RunOptions;
+let base: Omit<RunOptions, 'config'>;
 before(async () => {
   root = mkdtempSync(join(tmpdir(), 'loramesh-faults-'));
   writeTinyModelDir(join(root, 'model'), 6);
   const model = await openModelDir(join(root, 'model'));
   base = {
     model,
-    lora,
-    train,
     examples: demoExamples(model.tokenizer, demoTaskData(96, 8, 11)),
-    outDir: join(root, 'runs'),
-    backend: 'wasm',
-    cacheDir: join(root, 'cache'),
     workerOutput: 'ignore',
     progress: false,
     log: () => {},
-    localWorkers: 3,
   };
 });
 after(() => rmSync(root, { recursive: true, force: true }));
+
+/** The run's config: this file's settings (three local workers), with the given deployment fields. */
+const config = (deployment: Partial<Deployment>): RunConfigInput => ({
+  run: { lora, train },
+  deployment: {
+    outDir: join(root, 'runs'),
+    backend: 'wasm',
+    cacheDir: join(root, 'cache'),
+    localWorkers: 3,
+    ...deployment,
+  },
+});
 
 /** A worker process joining the run at `wsUrl` as `name`; silent (the coordinator's log says what it did). */
 function spawnWorker(wsUrl: string, name: string): ChildProcess {
@@ -104,14 +111,14 @@ function checkLedger(run: RunResult): LedgerEntry[] {
 
 let reference: RunResult;
 test('fault-free reference (in process)', async () => {
-  reference = await runTraining({ ...base, runId: 'reference', inProcess: true, localWorkers: 0 });
+  reference = await runTraining({ ...base, config: config({ runId: 'reference', inProcess: true, localWorkers: 0 }) });
 });
 
 for (const fault of ['kill-before-result:5', 'kill-after-send:12', 'kill-after-params:20']) {
   test(`SIGKILL of a worker (${fault}) over a 30-step run with 3 workers: same adapter, every micro-batch used once`, async () => {
     const run = await runTraining({
       ...base,
-      runId: fault.replace(':', '-'),
+      config: config({ runId: fault.replace(':', '-') }),
       workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: fault } : {}),
     });
     assert.ok(
@@ -133,7 +140,7 @@ for (const fault of ['kill-before-result:5', 'kill-after-send:12', 'kill-after-p
 test('a worker 10× slower than its peers: steps keep completing, its work is copied to others, same adapter', async () => {
   const run = await runTraining({
     ...base,
-    runId: 'slow',
+    config: config({ runId: 'slow' }),
     workerEnv: (i) => (i === 0 ? { LORAMESH_FAULT: 'delay:400' } : { LORAMESH_FAULT: 'delay:40' }),
   });
   assert.ok(maxAbsDiff(run.adapter, reference.adapter) <= 1e-6);
@@ -154,8 +161,7 @@ test('a worker joining at step 10 and leaving at step 20: same adapter', async (
   const joinerWatch = readyWatch('joiner');
   const run = await runTraining({
     ...base,
-    runId: 'join-leave',
-    localWorkers: 2,
+    config: config({ runId: 'join-leave', localWorkers: 2 }),
     onListening: ({ wsUrl }) => {
       url = wsUrl;
     },
@@ -184,9 +190,7 @@ test('a silent (SIGSTOPped) worker is dropped within 2 heartbeat intervals and i
   const frozenWatch = readyWatch('frozen');
   const run = await runTraining({
     ...base,
-    runId: 'silent',
-    localWorkers: 2,
-    heartbeatMs,
+    config: config({ runId: 'silent', localWorkers: 2, heartbeatMs }),
     onListening: ({ wsUrl }) => {
       url = wsUrl;
     },

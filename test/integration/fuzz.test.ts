@@ -25,6 +25,7 @@ import { mixSeed, Rng } from '../../shared/rng.ts';
 import { tokenCount } from '../../shared/train/micro-batch.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
 import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import type { Deployment, RunConfigInput } from '../../coordinator/run/run-config.ts';
 import { runTraining, type RunOptions } from '../../coordinator/run/train.ts';
 import { badResult, FrameFactory, type ConnState, type Frame, type TensorSpec } from '../helpers/fuzz-frames.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
@@ -47,7 +48,7 @@ process.on('unhandledRejection', (err) => faults.push(`unhandledRejection: ${(er
 const lora = checkLoraConfig({ r: 2, alpha: 4 });
 const train = checkTrainConfig({ steps: 30, globalBatch: 8, microBatch: 2, seed: 5 });
 let root = '';
-let base: RunOptions;
+let base: Omit<RunOptions, 'config'>;
 let adapter: TensorSpec[];
 before(async () => {
   root = mkdtempSync(join(tmpdir(), 'loramesh-fuzz-'));
@@ -55,20 +56,27 @@ before(async () => {
   const model = await openModelDir(join(root, 'model'));
   base = {
     model,
-    lora,
-    train,
     examples: demoExamples(model.tokenizer, demoTaskData(32, 4, 5)),
-    outDir: join(root, 'runs'),
-    backend: 'wasm',
-    cacheDir: join(root, 'cache'),
     workerOutput: 'ignore',
     progress: false,
     log: () => {},
-    localWorkers: 1,
   };
   adapter = adapterSpec(model.config, lora).map((t) => ({ name: t.name, shape: t.shape }));
 });
 after(() => rmSync(root, { recursive: true, force: true }));
+
+/** The run's config: this file's settings (one local worker), with the given deployment fields and limits. */
+const config = (deployment: Partial<Deployment>, limits?: RunConfigInput['limits']): RunConfigInput => ({
+  run: { lora, train },
+  deployment: {
+    outDir: join(root, 'runs'),
+    backend: 'wasm',
+    cacheDir: join(root, 'cache'),
+    localWorkers: 1,
+    ...deployment,
+  },
+  limits,
+});
 
 /** What was sent, what came back, and what went wrong, across all connections. */
 class Report {
@@ -355,7 +363,7 @@ test(`${FRAMES} fuzzed frames at a live coordinator: one reject with the deserve
   timeout: 300_000,
 }, async () => {
   const started = performance.now();
-  const clean = await runTraining({ ...base, runId: 'clean', inProcess: true, localWorkers: 0 });
+  const clean = await runTraining({ ...base, config: config({ runId: 'clean', inProcess: true, localWorkers: 0 }) });
   let url = '';
   let step = 0;
   let fuzzOver = false;
@@ -367,10 +375,12 @@ test(`${FRAMES} fuzzed frames at a live coordinator: one reject with the deserve
   const running = runTraining({
     // The honest worker takes 100 ms per micro-batch; meanwhile mallory is handed the others, again and again.
     ...base,
-    runId: 'fuzzed',
     workerEnv: () => ({ LORAMESH_FAULT: 'delay:100' }),
-    // No quarantine and no rate limit: every frame must be read and answered on its own merits.
-    security: { maxRejects: Infinity, maxMessagesPerSecond: Infinity, handshakeTimeoutMs: 600_000 },
+    config: config(
+      { runId: 'fuzzed' },
+      // No quarantine and no rate limit: every frame must be read and answered on its own merits.
+      { security: { maxRejects: Infinity, maxMessagesPerSecond: Infinity, handshakeTimeoutMs: 600_000 } },
+    ),
     onListening: ({ wsUrl }) => {
       url = wsUrl;
     },

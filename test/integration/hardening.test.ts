@@ -15,6 +15,8 @@ import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { toExample } from '../../shared/data/demo-tasks.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
 import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import type { DefenceConfig } from '../../coordinator/engine/defence.ts';
+import type { Deployment, RunConfigInput } from '../../coordinator/run/run-config.ts';
 import { runTraining, type RunOptions, type RunResult } from '../../coordinator/run/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
@@ -29,31 +31,46 @@ before(async () => {
   const data = demoTaskData(96, 32, 21);
   options = {
     model,
-    lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] }),
-    train: checkTrainConfig({ steps: 16, globalBatch: 8, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 21 }),
     examples: demoExamples(model.tokenizer, data),
     evalExamples: data.eval.map((s) => toExample(model.tokenizer, s)),
-    evalEvery: 1000,
-    outDir: join(root, 'runs'),
-    backend: 'wasm',
-    cacheDir: join(root, 'cache'),
     workerOutput: 'ignore',
     progress: false,
-    localWorkers: 3,
     log: () => {},
+    config: {
+      run: {
+        lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] }),
+        train: checkTrainConfig({ steps: 16, globalBatch: 8, microBatch: 2, lr: 1e-2, warmupSteps: 2, seed: 21 }),
+      },
+      deployment: {
+        evalEvery: 1000,
+        outDir: join(root, 'runs'),
+        backend: 'wasm',
+        cacheDir: join(root, 'cache'),
+        localWorkers: 3,
+      },
+    },
   };
-  clean = await runTraining({ ...options, runId: 'clean', inProcess: true, localWorkers: 0 });
+  clean = await runTraining({ ...options, config: configWith({ runId: 'clean', inProcess: true, localWorkers: 0 }) });
 });
 after(() => rmSync(root, { recursive: true, force: true }));
 const finalEval = (r: RunResult) => r.evalLosses[r.evalLosses.length - 1].loss;
 
+/** options' config with these deployment fields and defence settings over it */
+const configWith = (deployment: Partial<Deployment>, defence?: Partial<DefenceConfig>): RunConfigInput => ({
+  ...options.config,
+  deployment: { ...options.config.deployment, ...deployment },
+  limits: { defence },
+});
+
 let runs = 0;
-async function attacked(fault: string, extra: Partial<RunOptions> = {}): Promise<{ run: RunResult; lines: string[] }> {
+async function attacked(
+  fault: string,
+  defence: Partial<DefenceConfig> = {},
+): Promise<{ run: RunResult; lines: string[] }> {
   const lines: string[] = [];
   const run = await runTraining({
     ...options,
-    ...extra,
-    runId: `${fault.replace(/[^a-z0-9]/gi, '-')}-${++runs}`,
+    config: configWith({ runId: `${fault.replace(/[^a-z0-9]/gi, '-')}-${++runs}` }, defence),
     workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: fault } : {}),
     log: (l) => lines.push(l),
   });
@@ -67,7 +84,7 @@ function assertSurvived(name: string, { run, lines }: { run: RunResult; lines: s
     `${name}: eval loss clean ${c.toFixed(4)}, attacked ${a.toFixed(4)}; rejections ${JSON.stringify(run.rejections)}, quarantined ${run.quarantined}`,
   );
   assert.ok(Math.abs(a - c) <= 0.05 * c, `${name}: eval loss ${a} vs clean ${c}`);
-  assert.equal(run.step, options.train.steps, `${name}: the run completed`);
+  assert.equal(run.step, options.config.run.train.steps, `${name}: the run completed`);
   assert.ok(run.quarantined >= 1 && lines.some((l) => /quarantin/i.test(l)), `${name}: the attacker was quarantined`);
   assert.ok(
     codes.some((code) => (run.rejections[code] ?? 0) > 0),
@@ -80,7 +97,7 @@ test('finite-huge gradients (every value 1e30, answered instantly): refuted on t
 });
 
 test('the outlier screen alone (no spot checks, no probation) catches every value 1e30: recomputed, refuted, taken back', async () => {
-  assertSurvived('huge 1e30, screen only', await attacked('huge:1e30', { spotCheck: { fraction: 0 }, probation: 0 }), [
+  assertSurvived('huge 1e30, screen only', await attacked('huge:1e30', { spotCheck: 0, probation: 0 }), [
     'LM_ERR_OUTLIER',
   ]);
 });

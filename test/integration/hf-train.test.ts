@@ -78,16 +78,12 @@ test('HF model + JSONL prompt/completion: 2 workers download and verify the base
   const cacheDir = join(root, 'cache');
   const result = await runTraining({
     model,
-    lora,
-    train,
     examples: data.train,
     evalExamples: data.eval,
-    evalEvery: 8,
-    outDir: join(root, 'runs'),
-    runId: 'hf',
-    localWorkers: 2,
-    backend: 'wasm',
-    cacheDir,
+    config: {
+      run: { lora, train },
+      deployment: { evalEvery: 8, outDir: join(root, 'runs'), runId: 'hf', localWorkers: 2, backend: 'wasm', cacheDir },
+    },
     workerOutput: 'ignore',
     progress: false,
     log: () => {},
@@ -119,15 +115,13 @@ test('HF model + JSONL prompt/completion: 2 workers download and verify the base
   assert.deepEqual(reread.lora.targetModules, lora.targetModules);
   const continued = await runTraining({
     model,
-    lora: reread.lora,
-    train: { ...train, steps: 2 },
     examples: data.train,
     evalExamples: data.eval,
     initialAdapter: reread.state,
-    outDir: join(root, 'runs'),
-    runId: 'continued',
-    inProcess: true,
-    localWorkers: 0,
+    config: {
+      run: { lora: reread.lora, train: { ...train, steps: 2 } },
+      deployment: { outDir: join(root, 'runs'), runId: 'continued', inProcess: true, localWorkers: 0 },
+    },
     progress: false,
     log: () => {},
   });

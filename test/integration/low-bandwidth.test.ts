@@ -13,6 +13,7 @@ import { adapterParameterCount, adapterSpec, maxAbsDiff } from '../../shared/lor
 import { codecBytes, type CodecSpec } from '../../shared/protocol/wire-codec.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
 import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import type { Deployment, RunConfigInput, RunSettings } from '../../coordinator/run/run-config.ts';
 import { runTraining, type RunOptions } from '../../coordinator/run/train.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
@@ -20,7 +21,7 @@ const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj
 const train = checkTrainConfig({ steps: 8, globalBatch: 8, microBatch: 2, lr: 5e-3, seed: 4 });
 const data = demoTaskData(64, 16, 4);
 let root = '';
-let base: RunOptions;
+let base: Omit<RunOptions, 'config'>;
 /** adapter parameters (values per full result frame) */
 let P = 0;
 before(async () => {
@@ -31,22 +32,32 @@ before(async () => {
   const evalExamples = demoExamples(model.tokenizer, { train: data.eval, eval: [] });
   base = {
     model,
-    lora,
-    train,
     examples,
     evalExamples,
-    evalEvery: 100,
-    outDir: join(root, 'runs'),
-    backend: 'wasm',
-    cacheDir: join(root, 'cache'),
     workerOutput: 'ignore',
     progress: false,
     log: () => {},
-    localWorkers: 2,
   };
   P = adapterParameterCount(adapterSpec(model.config, lora));
 });
 after(() => rmSync(root, { recursive: true, force: true }));
+/** The run's config: this file's settings (two local workers), with these run settings, deployment fields and limits over them. */
+const config = (
+  run: Partial<RunSettings>,
+  deployment: Partial<Deployment>,
+  limits?: RunConfigInput['limits'],
+): RunConfigInput => ({
+  run: { lora, train, ...run },
+  deployment: {
+    evalEvery: 100,
+    outDir: join(root, 'runs'),
+    backend: 'wasm',
+    cacheDir: join(root, 'cache'),
+    localWorkers: 2,
+    ...deployment,
+  },
+  limits,
+});
 const metrics = (runDir: string) =>
   readFileSync(join(runDir, 'metrics.jsonl'), 'utf8')
     .trim()
@@ -55,8 +66,14 @@ const metrics = (runDir: string) =>
     .filter((m) => m.loss !== undefined);
 
 test('codec f32 over the mesh equals the single-process run bit for bit', async () => {
-  const reference = await runTraining({ ...base, runId: 'ref', inProcess: true, localWorkers: 0 });
-  const mesh = await runTraining({ ...base, runId: 'f32', wire: { up: { name: 'f32' }, down: { name: 'f32' } } });
+  const reference = await runTraining({
+    ...base,
+    config: config({}, { runId: 'ref', inProcess: true, localWorkers: 0 }),
+  });
+  const mesh = await runTraining({
+    ...base,
+    config: config({ wire: { up: { name: 'f32' }, down: { name: 'f32' } } }, { runId: 'f32' }),
+  });
   assert.equal(maxAbsDiff(reference.adapter, mesh.adapter), 0);
   // every result frame: 4 bytes per value plus the message fields and WebSocket header
   for (const m of metrics(mesh.runDir)) {
@@ -75,22 +92,29 @@ test('codec f32 over the mesh equals the single-process run bit for bit', async 
 
 test('int8 both ways with block 32: 3.8× fewer payload bytes, every result checked against the coordinator’s shadow, close to f32', async () => {
   const int8: CodecSpec = { name: 'int8', blockSize: 32 };
-  const f32 = await runTraining({ ...base, runId: 'f32-again', inProcess: true, localWorkers: 0 });
+  const f32 = await runTraining({
+    ...base,
+    config: config({}, { runId: 'f32-again', inProcess: true, localWorkers: 0 }),
+  });
   // Spot-checking every result at tolerance 1e-6 (f32 up): a worker whose parameters differed from
   // the coordinator's shadow by even one delta would be quarantined and the run would stall.
   const checked = await runTraining({
     ...base,
-    runId: 'int8-down',
-    wire: { up: { name: 'f32' }, down: int8 },
-    spotCheck: { fraction: 1, tolerance: 1e-6 },
+    config: config(
+      { wire: { up: { name: 'f32' }, down: int8 } },
+      { runId: 'int8-down' },
+      { defence: { spotCheck: 1, tolerance: 1e-6 } },
+    ),
   });
   assert.equal(checked.metrics.length, train.steps);
   // int8 up with every result spot-checked: honest workers pass at the codec's tolerance floor.
   const run = await runTraining({
     ...base,
-    runId: 'int8',
-    wire: { up: int8, down: int8 },
-    spotCheck: { fraction: 1, tolerance: 1e-3 },
+    config: config(
+      { wire: { up: int8, down: int8 } },
+      { runId: 'int8' },
+      { defence: { spotCheck: 1, tolerance: 1e-3 } },
+    ),
   });
   assert.equal(run.metrics.length, train.steps);
   const rows = metrics(run.runDir);
@@ -116,13 +140,9 @@ test('local steps (H=3) over the mesh equal the single-process run bit for bit; 
   const short = { ...train, steps: 3 };
   const reference = await runTraining({
     ...base,
-    train: short,
-    runId: 'local-ref',
-    inProcess: true,
-    localWorkers: 0,
-    local,
+    config: config({ train: short, local }, { runId: 'local-ref', inProcess: true, localWorkers: 0 }),
   });
-  const mesh = await runTraining({ ...base, train: short, runId: 'local-mesh', local });
+  const mesh = await runTraining({ ...base, config: config({ train: short, local }, { runId: 'local-mesh' }) });
   assert.equal(maxAbsDiff(reference.adapter, mesh.adapter), 0);
   const rows = metrics(mesh.runDir);
   for (const m of rows) {

@@ -238,13 +238,14 @@ test('SIGTERM mid-training checkpoints the last whole step (exit 143); --resume 
   const model = await openModelDir(modelDir);
   const reference = await runTraining({
     model,
-    lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] }),
-    train: checkTrainConfig({ steps, globalBatch: 8, microBatch: 2, lr: 0.01, warmupSteps: 3, seed: 5 }),
     examples: demoExamples(model.tokenizer, demoTaskData(64, 200, 5)),
-    outDir: join(root, 'reference'),
-    runId: 'reference',
-    inProcess: true,
-    localWorkers: 0,
+    config: {
+      run: {
+        lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] }),
+        train: checkTrainConfig({ steps, globalBatch: 8, microBatch: 2, lr: 0.01, warmupSteps: 3, seed: 5 }),
+      },
+      deployment: { outDir: join(root, 'reference'), runId: 'reference', inProcess: true, localWorkers: 0 },
+    },
     progress: false,
     log: () => {},
   });

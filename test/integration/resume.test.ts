@@ -68,13 +68,14 @@ test('coordinator SIGKILLed mid-run, then --resume: same adapter as an uninterru
   const model = await openModelDir(join(root, 'model'));
   const reference = await runTraining({
     model,
-    lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] }),
-    train: checkTrainConfig({ steps: 30, globalBatch: 8, microBatch: 2, lr: 0.01, warmupSteps: 3, seed: 5 }),
     examples: demoExamples(model.tokenizer, demoTaskData(64, 200, 5)),
-    outDir: join(root, 'runs'),
-    runId: 'reference',
-    inProcess: true,
-    localWorkers: 0,
+    config: {
+      run: {
+        lora: checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] }),
+        train: checkTrainConfig({ steps: 30, globalBatch: 8, microBatch: 2, lr: 0.01, warmupSteps: 3, seed: 5 }),
+      },
+      deployment: { outDir: join(root, 'runs'), runId: 'reference', inProcess: true, localWorkers: 0 },
+    },
     progress: false,
     log: () => {},
   });

@@ -64,73 +64,78 @@ test('Slice, SplitV and Unpack on wasm equal slicing by index (contiguous and st
   }
 });
 
-test('BatchMatMul on wasm equals the product by index, every transpose combination, batched and broadcast (≤ 1e-5 relative)', () => {
-  const values = (n: number, seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(seed + 1.7 * i));
-  const cases: [number[], number[]][] = [
-    [
-      [3, 5, 7],
-      [3, 7, 6],
-    ],
-    [
-      [1, 5, 7],
-      [4, 7, 6],
-    ],
-    [
-      [2, 2, 5, 7],
-      [2, 2, 7, 9],
-    ],
-    [
-      [5, 7],
-      [7, 6],
-    ],
-    [
-      [6, 1, 4],
-      [6, 4, 3],
-    ],
-  ];
-  for (const [aShape, bShape] of cases) {
-    for (const transposeA of [false, true]) {
-      for (const transposeB of [false, true]) {
-        const ra = aShape.length;
-        const rb = bShape.length;
-        const sa = transposeA ? [...aShape.slice(0, -2), aShape[ra - 1], aShape[ra - 2]] : aShape;
-        const sb = transposeB ? [...bShape.slice(0, -2), bShape[rb - 1], bShape[rb - 2]] : bShape;
-        const [m, k, n] = [aShape[ra - 2], aShape[ra - 1], bShape[rb - 1]];
-        const av = values(
-          sa.reduce((x, y) => x * y, 1),
-          1,
-        );
-        const bv = values(
-          sb.reduce((x, y) => x * y, 1),
-          2,
-        );
-        const got = tf.matMul(tf.tensor(av, sa), tf.tensor(bv, sb), transposeA, transposeB);
-        const batch = Math.max(av.length / (m * k), bv.length / (k * n));
-        assert.deepEqual(got.shape, [...aShape.slice(0, -2).map((d, i) => Math.max(d, bShape[i])), m, n]); // same ranks here
-        const out = got.dataSync();
-        for (let t = 0; t < batch; t++) {
-          const ta = av.length === m * k ? 0 : t;
-          const tb = bv.length === k * n ? 0 : t;
-          for (let i = 0; i < m; i++) {
-            for (let j = 0; j < n; j++) {
-              let s = 0;
-              for (let p = 0; p < k; p++) {
-                const x = av[ta * m * k + (transposeA ? p * m + i : i * k + p)];
-                const y = bv[tb * k * n + (transposeB ? j * k + p : p * n + j)];
-                s += x * y;
+test(
+  'BatchMatMul on wasm equals the product by index, every transpose combination, batched and broadcast ' +
+    '(≤ 1e-5 relative)',
+  () => {
+    const values = (n: number, seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(seed + 1.7 * i));
+    const cases: [number[], number[]][] = [
+      [
+        [3, 5, 7],
+        [3, 7, 6],
+      ],
+      [
+        [1, 5, 7],
+        [4, 7, 6],
+      ],
+      [
+        [2, 2, 5, 7],
+        [2, 2, 7, 9],
+      ],
+      [
+        [5, 7],
+        [7, 6],
+      ],
+      [
+        [6, 1, 4],
+        [6, 4, 3],
+      ],
+    ];
+    for (const [aShape, bShape] of cases) {
+      for (const transposeA of [false, true]) {
+        for (const transposeB of [false, true]) {
+          const ra = aShape.length;
+          const rb = bShape.length;
+          const sa = transposeA ? [...aShape.slice(0, -2), aShape[ra - 1], aShape[ra - 2]] : aShape;
+          const sb = transposeB ? [...bShape.slice(0, -2), bShape[rb - 1], bShape[rb - 2]] : bShape;
+          const [m, k, n] = [aShape[ra - 2], aShape[ra - 1], bShape[rb - 1]];
+          const av = values(
+            sa.reduce((x, y) => x * y, 1),
+            1,
+          );
+          const bv = values(
+            sb.reduce((x, y) => x * y, 1),
+            2,
+          );
+          const got = tf.matMul(tf.tensor(av, sa), tf.tensor(bv, sb), transposeA, transposeB);
+          const batch = Math.max(av.length / (m * k), bv.length / (k * n));
+          // same ranks here
+          assert.deepEqual(got.shape, [...aShape.slice(0, -2).map((d, i) => Math.max(d, bShape[i])), m, n]);
+          const out = got.dataSync();
+          for (let t = 0; t < batch; t++) {
+            const ta = av.length === m * k ? 0 : t;
+            const tb = bv.length === k * n ? 0 : t;
+            for (let i = 0; i < m; i++) {
+              for (let j = 0; j < n; j++) {
+                let s = 0;
+                for (let p = 0; p < k; p++) {
+                  const x = av[ta * m * k + (transposeA ? p * m + i : i * k + p)];
+                  const y = bv[tb * k * n + (transposeB ? j * k + p : p * n + j)];
+                  s += x * y;
+                }
+                const v = out[(t * m + i) * n + j];
+                assert.ok(
+                  Math.abs(v - s) <= 1e-5 * Math.max(1, Math.abs(s)),
+                  `[${aShape}]·[${bShape}] tA=${transposeA} tB=${transposeB} at (${t}, ${i}, ${j}): ${v} vs ${s}`,
+                );
               }
-              const v = out[(t * m + i) * n + j];
-              assert.ok(
-                Math.abs(v - s) <= 1e-5 * Math.max(1, Math.abs(s)),
-                `[${aShape}]·[${bShape}] tA=${transposeA} tB=${transposeB} at (${t}, ${i}, ${j}): ${v} vs ${s}`,
-              );
             }
           }
         }
       }
     }
-  }
-});
+  },
+);
 
 test('Identity shares the buffer: a clone outlives its disposed source', () => {
   const x = tf.tensor1d([1, 2, 3]);

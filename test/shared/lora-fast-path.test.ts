@@ -56,40 +56,44 @@ function assertSameOp(
   });
 }
 
-test('frozenLinear: value and dx equal autodiff of x·Wᵀ for both storage layouts and an LM head, W on either side of the products', () => {
-  const x = random([6, 5]);
-  const w = random([4, 5]) as tf.Tensor2D; // (d_out, d_in)
-  const reference = (xs: tf.Tensor) => tf.matMul(xs as tf.Tensor2D, w, false, true);
-  for (const onTheLeft of [false, true]) {
-    const linear = makeFrozenLinear(w, false, onTheLeft);
-    assertSameOp(
-      `nn.Linear layout, W on the left: ${onTheLeft}`,
-      [x],
-      (xs) => frozenLinear(xs as tf.Tensor2D, linear),
-      reference,
-    );
-    const conv = makeFrozenLinear(tf.transpose(w) as tf.Tensor2D, true, onTheLeft);
-    assertSameOp(
-      `Conv1D layout, W on the left: ${onTheLeft}`,
-      [x],
-      (xs) => frozenLinear(xs as tf.Tensor2D, conv),
-      reference,
-    );
-  }
-  // a vocabulary-sized head: W on the left forward, on the right backward
-  const head = random([VOCABULARY_SIZED, 3], 0.1) as tf.Tensor2D;
-  const h = random([4, 3]);
-  for (const onTheLeft of [false, true]) {
-    const layer = makeFrozenLinear(head, false, onTheLeft);
-    assert.equal(layer.owned === undefined, onTheLeft, 'an LM head multiplied on the left needs no transposed copy');
-    assertSameOp(
-      `LM head, W on the left: ${onTheLeft}`,
-      [h],
-      (xs) => frozenLinear(xs as tf.Tensor2D, layer),
-      (xs) => tf.matMul(xs as tf.Tensor2D, head, false, true),
-    );
-  }
-});
+test(
+  'frozenLinear: value and dx equal autodiff of x·Wᵀ for both storage layouts and an LM head, ' +
+    'W on either side of the products',
+  () => {
+    const x = random([6, 5]);
+    const w = random([4, 5]) as tf.Tensor2D; // (d_out, d_in)
+    const reference = (xs: tf.Tensor) => tf.matMul(xs as tf.Tensor2D, w, false, true);
+    for (const onTheLeft of [false, true]) {
+      const linear = makeFrozenLinear(w, false, onTheLeft);
+      assertSameOp(
+        `nn.Linear layout, W on the left: ${onTheLeft}`,
+        [x],
+        (xs) => frozenLinear(xs as tf.Tensor2D, linear),
+        reference,
+      );
+      const conv = makeFrozenLinear(tf.transpose(w) as tf.Tensor2D, true, onTheLeft);
+      assertSameOp(
+        `Conv1D layout, W on the left: ${onTheLeft}`,
+        [x],
+        (xs) => frozenLinear(xs as tf.Tensor2D, conv),
+        reference,
+      );
+    }
+    // a vocabulary-sized head: W on the left forward, on the right backward
+    const head = random([VOCABULARY_SIZED, 3], 0.1) as tf.Tensor2D;
+    const h = random([4, 3]);
+    for (const onTheLeft of [false, true]) {
+      const layer = makeFrozenLinear(head, false, onTheLeft);
+      assert.equal(layer.owned === undefined, onTheLeft, 'an LM head multiplied on the left needs no transposed copy');
+      assertSameOp(
+        `LM head, W on the left: ${onTheLeft}`,
+        [h],
+        (xs) => frozenLinear(xs as tf.Tensor2D, layer),
+        (xs) => tf.matMul(xs as tf.Tensor2D, head, false, true),
+      );
+    }
+  },
+);
 
 test('loraBranch: value and dx, dA, dB equal autodiff of scaling·(x Aᵀ) Bᵀ', () => {
   const scaling = 1.7;

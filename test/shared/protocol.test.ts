@@ -330,39 +330,42 @@ test('typed arrays decode as views of the frame when aligned, as copies otherwis
   );
 });
 
-test('result and params frames put their float values at a multiple of 4 bytes, so the receiver reads them in place', () => {
-  let aligned = 0;
-  for (const n of [1, 3, 60, 63, 64, 65, 1000, 16383, 16384, 70001]) {
-    for (const id of ['a', 'ab', 'abc', 'abcd']) {
-      const x = new Float32Array(n).map((_, i) => Math.sin(i));
-      for (const packed of [
-        encodeFloats(x, F32),
-        encodeFloats(x, { name: 'bf16' }),
-        encodeFloats(x, { name: 'int8', blockSize: 7 }),
-      ]) {
-        for (const m of [
-          {
-            type: 'result',
-            assignmentId: id,
-            paramVersion: n,
-            tokenCount: 3,
-            lossSum: 0.1 * n,
-            computeMs: 12.25,
-            grads: packed,
-          },
-          { type: 'params', paramVersion: n * 1000, ...(id.length > 2 ? { deltaFrom: 7 } : {}), tensors: packed },
-        ] as Message[]) {
-          const frame = encodeMessage(m);
-          assert.equal((frame.length - packed.values.byteLength) % 4, 0, `${m.type} ${packed.codec} n=${n} id=${id}`);
-          const own = new Uint8Array(frame); // offset 0, as ws and browsers hand a large message over
-          const back = decodeMessage(own) as Message & { grads?: typeof packed; tensors?: typeof packed };
-          const got = (back.grads ?? back.tensors)!;
-          assert.deepEqual([...got.values], [...packed.values]);
-          assert.equal(got.values.buffer, own.buffer, 'read in place');
-          aligned++;
+test(
+  'result and params frames put their float values at a multiple of 4 bytes, ' + 'so the receiver reads them in place',
+  () => {
+    let aligned = 0;
+    for (const n of [1, 3, 60, 63, 64, 65, 1000, 16383, 16384, 70001]) {
+      for (const id of ['a', 'ab', 'abc', 'abcd']) {
+        const x = new Float32Array(n).map((_, i) => Math.sin(i));
+        for (const packed of [
+          encodeFloats(x, F32),
+          encodeFloats(x, { name: 'bf16' }),
+          encodeFloats(x, { name: 'int8', blockSize: 7 }),
+        ]) {
+          for (const m of [
+            {
+              type: 'result',
+              assignmentId: id,
+              paramVersion: n,
+              tokenCount: 3,
+              lossSum: 0.1 * n,
+              computeMs: 12.25,
+              grads: packed,
+            },
+            { type: 'params', paramVersion: n * 1000, ...(id.length > 2 ? { deltaFrom: 7 } : {}), tensors: packed },
+          ] as Message[]) {
+            const frame = encodeMessage(m);
+            assert.equal((frame.length - packed.values.byteLength) % 4, 0, `${m.type} ${packed.codec} n=${n} id=${id}`);
+            const own = new Uint8Array(frame); // offset 0, as ws and browsers hand a large message over
+            const back = decodeMessage(own) as Message & { grads?: typeof packed; tensors?: typeof packed };
+            const got = (back.grads ?? back.tensors)!;
+            assert.deepEqual([...got.values], [...packed.values]);
+            assert.equal(got.values.buffer, own.buffer, 'read in place');
+            aligned++;
+          }
         }
       }
     }
-  }
-  assert.equal(aligned, 10 * 4 * 3 * 2);
-});
+    assert.equal(aligned, 10 * 4 * 3 * 2);
+  },
+);

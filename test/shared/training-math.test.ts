@@ -130,52 +130,55 @@ test('addInto (unrolled) gives the bits of the plain float32 loop, for every len
   assert.throws(() => addInto(new Float32Array(3), new Float32Array(4)), /LM_ERR_SHAPE|cannot add/);
 });
 
-test('InOrderSum built in any arrival order, with results revoked and replaced, equals aggregateInOrder bit for bit', () => {
-  let seed = 3;
-  const rand = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
-  const result = (k: number) => ({
-    lossSum: rand() * 10,
-    tokenCount: 1 + Math.floor(rand() * 20),
-    grads: new Map([
-      ['a', new Float32Array(37).map(() => (rand() - 0.5) * 10 ** (k % 5))],
-      ['b', new Float32Array(5).map(() => rand() - 0.5)],
-    ]),
-  });
-  const bits = (g: { lossSum: number; tokenCount: number; grads: Map<string, Float32Array> }) => [
-    g.lossSum,
-    g.tokenCount,
-    ...[...g.grads].flatMap(([name, v]) => [name, ...new Uint32Array(v.buffer, v.byteOffset, v.length)]),
-  ];
-  for (let trial = 0; trial < 20; trial++) {
-    const n = 1 + (trial % 9);
-    const final = Array.from({ length: n }, (_, k) => result(k));
-    const slots: (ReturnType<typeof result> | undefined)[] = new Array(n);
-    const sum = new InOrderSum(slots);
-    const order = final.map((_, i) => i).sort(() => rand() - 0.5);
-    // trials ≥ 10: one result first arrives wrong, is revoked, and arrives again (as a spot check does)
-    const revoked = trial >= 10 ? order[Math.floor(rand() * n)] : -1;
-    for (const i of order) {
-      if (i === revoked) {
-        slots[i] = result(99);
+test(
+  'InOrderSum built in any arrival order, with results revoked and replaced, ' + 'equals aggregateInOrder bit for bit',
+  () => {
+    let seed = 3;
+    const rand = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
+    const result = (k: number) => ({
+      lossSum: rand() * 10,
+      tokenCount: 1 + Math.floor(rand() * 20),
+      grads: new Map([
+        ['a', new Float32Array(37).map(() => (rand() - 0.5) * 10 ** (k % 5))],
+        ['b', new Float32Array(5).map(() => rand() - 0.5)],
+      ]),
+    });
+    const bits = (g: { lossSum: number; tokenCount: number; grads: Map<string, Float32Array> }) => [
+      g.lossSum,
+      g.tokenCount,
+      ...[...g.grads].flatMap(([name, v]) => [name, ...new Uint32Array(v.buffer, v.byteOffset, v.length)]),
+    ];
+    for (let trial = 0; trial < 20; trial++) {
+      const n = 1 + (trial % 9);
+      const final = Array.from({ length: n }, (_, k) => result(k));
+      const slots: (ReturnType<typeof result> | undefined)[] = new Array(n);
+      const sum = new InOrderSum(slots);
+      const order = final.map((_, i) => i).sort(() => rand() - 0.5);
+      // trials ≥ 10: one result first arrives wrong, is revoked, and arrives again (as a spot check does)
+      const revoked = trial >= 10 ? order[Math.floor(rand() * n)] : -1;
+      for (const i of order) {
+        if (i === revoked) {
+          slots[i] = result(99);
+          sum.advance();
+          slots[i] = undefined;
+          sum.retract(i);
+        }
+        slots[i] = final[i];
         sum.advance();
-        slots[i] = undefined;
-        sum.retract(i);
       }
-      slots[i] = final[i];
-      sum.advance();
+      assert.deepEqual(
+        bits(sum.finish()),
+        bits(aggregateInOrder(final)),
+        `trial ${trial}, order ${order}, revoked ${revoked}`,
+      );
     }
-    assert.deepEqual(
-      bits(sum.finish()),
-      bits(aggregateInOrder(final)),
-      `trial ${trial}, order ${order}, revoked ${revoked}`,
-    );
-  }
-  const partial: ({ lossSum: number; tokenCount: number; grads: Map<string, Float32Array> } | undefined)[] = [
-    result(0),
-    undefined,
-    result(2),
-  ];
-  const early = new InOrderSum(partial);
-  early.advance();
-  assert.throws(() => early.finish(), /LM_ERR_STATE.*result 1 of 3 is missing/);
-});
+    const partial: ({ lossSum: number; tokenCount: number; grads: Map<string, Float32Array> } | undefined)[] = [
+      result(0),
+      undefined,
+      result(2),
+    ];
+    const early = new InOrderSum(partial);
+    early.advance();
+    assert.throws(() => early.finish(), /LM_ERR_STATE.*result 1 of 3 is missing/);
+  },
+);

@@ -88,7 +88,7 @@ test('wrong token: the CLI worker exits 2 after one attempt and says why in a li
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
-    // A worker that retries forever never exits: give up on it after 30 s (it starts in ~2 s).
+    // A worker that retries forever never exits: give up on it after 30 s (it starts within seconds).
     const exitCode = await new Promise<number | null | 'still running'>((resolve) => {
       const timer = setTimeout(() => resolve('still running'), 30_000);
       child.on('exit', (code) => {

@@ -78,7 +78,10 @@ async function tryWasm(log: (line: string) => void): Promise<Omit<BrowserBackend
   const threads = getThreadsCount();
   if (!(await tf.env().getAsync('WASM_HAS_MULTITHREAD_SUPPORT'))) {
     log(
-      `wasm runs single-threaded: ${crossOriginIsolated ? 'this browser lacks wasm threads' : 'the page is not cross-origin isolated (COOP/COEP headers missing)'}`,
+      'wasm runs single-threaded: ' +
+        (crossOriginIsolated
+          ? 'this browser lacks wasm threads'
+          : 'the page is not cross-origin isolated (COOP/COEP headers missing)'),
     );
   }
   return {

@@ -33,7 +33,8 @@ async function sha256Hex(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
 async function openCache(log: (line: string) => void): Promise<Cache | null> {
   if (typeof caches === 'undefined') {
     log(
-      'warning: Cache Storage is unavailable (the page is not a secure context): base files will be downloaded on every visit',
+      'warning: Cache Storage is unavailable (the page is not a secure context): ' +
+        'base files will be downloaded on every visit',
     );
     return null;
   }
@@ -131,7 +132,8 @@ export async function loadBaseWeights(manifest: RunManifest, hooks: BaseFileHook
   if (typeof crypto === 'undefined' || !crypto.subtle) {
     fail(
       ErrorCodes.HASH,
-      'WebCrypto is unavailable (the page is not a secure context: open it over https or on localhost), so base files cannot be verified',
+      'WebCrypto is unavailable (the page is not a secure context: open it over https or on localhost), ' +
+        'so base files cannot be verified',
     );
   }
   const config = checkModelConfig(manifest.model.config);

@@ -66,7 +66,8 @@ async function main(): Promise<void> {
     view.set({ detail: `starting the ${settings.backend ?? 'best available'} backend` });
     const backend = await initBrowserBackend(settings.backend, log);
     const limits = backend.limits
-      ? `maxBufferSize ${fmtBytes(backend.limits.maxBufferSize)} · maxStorageBufferBindingSize ${fmtBytes(backend.limits.maxStorageBufferBindingSize)}`
+      ? `maxBufferSize ${fmtBytes(backend.limits.maxBufferSize)} · ` +
+        `maxStorageBufferBindingSize ${fmtBytes(backend.limits.maxStorageBufferBindingSize)}`
       : '';
     view.set({
       backend: backend.name,
@@ -91,7 +92,8 @@ async function main(): Promise<void> {
           return loadBaseWeights(manifest, {
             log,
             progress: (p) => {
-              const text = `${p.file}: ${fmtBytes(p.received)} / ${fmtBytes(p.total)} from ${p.source === 'cache' ? 'the browser cache' : 'the coordinator'}`;
+              const from = p.source === 'cache' ? 'the browser cache' : 'the coordinator';
+              const text = `${p.file}: ${fmtBytes(p.received)} / ${fmtBytes(p.total)} from ${from}`;
               view.set({ base: text, detail: text });
             },
           });
@@ -125,7 +127,10 @@ async function main(): Promise<void> {
           const logitsBytes = 4 * mb.batch * mb.time * vocabSize;
           if (backend.limits && logitsBytes > backend.limits.maxStorageBufferBindingSize) {
             log(
-              `warning: this micro-batch's logits need ${fmtBytes(logitsBytes)}, more than the adapter's maxStorageBufferBindingSize ${fmtBytes(backend.limits.maxStorageBufferBindingSize)}; ask the coordinator for a smaller --micro-batch`,
+              `warning: this micro-batch's logits need ${fmtBytes(logitsBytes)}, ` +
+                "more than the adapter's maxStorageBufferBindingSize " +
+                `${fmtBytes(backend.limits.maxStorageBufferBindingSize)}; ` +
+                'ask the coordinator for a smaller --micro-batch',
             );
           }
           return;

@@ -5,36 +5,18 @@
 // aborted step rejects.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DEFAULT_LORA } from '../../../shared/config.ts';
 import { decodeMessage, encodeMessage } from '../../../shared/protocol/codec.ts';
-import { PROTOCOL_VERSION, type Message, type RunManifest } from '../../../shared/protocol/messages.ts';
+import { PROTOCOL_VERSION, type Message } from '../../../shared/protocol/messages.ts';
 import { encodeFloats, F32 } from '../../../shared/protocol/wire-codec.ts';
 import { aggregateInOrder } from '../../../shared/train/aggregate.ts';
 import type { GradientResult } from '../../../shared/train/gradients.ts';
-import { packMicroBatch, tokenCount, type MicroBatch } from '../../../shared/train/micro-batch.ts';
+import { tokenCount, type MicroBatch } from '../../../shared/train/micro-batch.ts';
 import { MeshExecutor, type ResultChecks, type WorkItem } from '../../../coordinator/engine/mesh.ts';
 import type { Peer, PeerEvents } from '../../../coordinator/engine/peer.ts';
-import { tinyConfig } from '../../helpers/tiny-model.ts';
+import { honest, microBatches, SHAPES, tinyManifest, VALUES } from '../../helpers/tiny-mesh.ts';
 
-const SHAPES: [string, [number, number]][] = [
-  ['m.lora_A', [2, 3]],
-  ['m.lora_B', [3, 2]],
-];
-const VALUES = 12;
-const manifest: RunManifest = {
-  runId: 'mesh-test',
-  model: { config: tinyConfig(), files: [] },
-  lora: DEFAULT_LORA,
-  adapter: SHAPES.map(([name, shape]) => ({ name, shape })),
-  wire: { up: F32, down: F32 },
-};
-const microBatches: MicroBatch[] = Array.from({ length: 6 }, (_, i) =>
-  packMicroBatch([{ tokens: [1, 2, 3, 4 + i], lossWeights: [0, 1, 1, 1] }], 0, i),
-);
+const manifest = tinyManifest('mesh-test');
 const adapter = new Map(SHAPES.map(([name, [r, c]]) => [name, new Float32Array(r * c).fill(0.5)]));
-
-/** The honest gradient of micro-batch i: a fixed, distinct vector. */
-const honest = (i: number) => Float32Array.from({ length: VALUES }, (_, k) => Math.sin(i * 13 + k) * 0.1);
 
 class FakePeer implements Peer {
   bufferedAmount = 0;

@@ -5,7 +5,8 @@
 // Ids 0..255 are the 256 byte symbols with id = byte value (GPT-2's table of symbols: printable
 // bytes stand for themselves, the others are U+0100 + n, so ' ' is 'Ġ', '\n' is 'Ċ', 0x82 is 'Ĥ').
 // Merges, lowest rank first, create ids 256..263:
-//   256 h+e=he  257 l+l=ll  258 he+ll=hell  259 hell+o=hello  260 Ġ+w=Ġw  261 o+r=or  262 Ġw+or=Ġwor  263 Ã+©=Ã© ("é" = C3 A9)
+//   256 h+e=he  257 l+l=ll  258 he+ll=hell  259 hell+o=hello  260 Ġ+w=Ġw  261 o+r=or  262 Ġw+or=Ġwor
+//   263 Ã+©=Ã© ("é" = C3 A9)
 // Added special tokens: 264 <|endoftext|>, 265 <|im_start|>, 266 <|im_end|>.
 //
 // test/fixtures/tokenizers/sentencepiece-bpe (Llama-2 style): normalizer Prepend "▁" then
@@ -98,7 +99,8 @@ test('the chat template renders messages to the exact expected string', () => {
   const llama2Style = loadHfTokenizer(spJson, {
     ...spConfig,
     chat_template:
-      "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}",
+      "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]" +
+      "{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}",
   });
   assert.equal(
     llama2Style.renderChat(
@@ -146,35 +148,39 @@ test('SentencePiece-style BPE decodes bytes back to characters and round trips t
   }
 });
 
-test('SentencePiece-style BPE special ids: {"content"} token objects, pad from eos, BOS from the post-processor', () => {
-  assert.equal(sentencePiece.vocabSize, 276);
-  assert.equal(sentencePiece.bosId, 1);
-  assert.equal(sentencePiece.eosId, 2);
-  assert.equal(sentencePiece.padId, 2); // pad_token null → eos
-  assert.equal(sentencePiece.addBos, true); // TemplateProcessing single = [<s>, A]
-  throwsCode(
-    () => sentencePiece.renderChat([{ role: 'user', content: 'hi' }], true),
-    ErrorCodes.DATA,
-    /no chat template/,
-  );
+test(
+  'SentencePiece-style BPE special ids: {"content"} token objects, pad from eos, ' + 'BOS from the post-processor',
+  () => {
+    assert.equal(sentencePiece.vocabSize, 276);
+    assert.equal(sentencePiece.bosId, 1);
+    assert.equal(sentencePiece.eosId, 2);
+    assert.equal(sentencePiece.padId, 2); // pad_token null → eos
+    assert.equal(sentencePiece.addBos, true); // TemplateProcessing single = [<s>, A]
+    throwsCode(
+      () => sentencePiece.renderChat([{ role: 'user', content: 'hi' }], true),
+      ErrorCodes.DATA,
+      /no chat template/,
+    );
 
-  // Without names in tokenizer_config.json the ids come from the model's config.json; a list of EOS ids gives its first.
-  const bare = loadHfTokenizer(spJson, {}, { bos_token_id: 1, eos_token_id: [2, 0], pad_token_id: 0 });
-  assert.deepEqual([bare.bosId, bare.eosId, bare.padId], [1, 2, 0]);
-  const none = loadHfTokenizer(spJson);
-  assert.deepEqual([none.bosId, none.eosId, none.padId, none.addBos], [null, null, 0, false]);
-  // A post-processor that does not start with BOS means no BOS.
-  const noBosTemplate = {
-    ...spJson,
-    post_processor: {
-      type: 'TemplateProcessing',
-      single: [{ Sequence: { id: 'A', type_id: 0 } }],
-      pair: [],
-      special_tokens: {},
-    },
-  };
-  assert.equal(loadHfTokenizer(noBosTemplate, spConfig).addBos, false);
-});
+    // Without names in tokenizer_config.json the ids come from the model's config.json; a list of EOS ids gives its
+    // first.
+    const bare = loadHfTokenizer(spJson, {}, { bos_token_id: 1, eos_token_id: [2, 0], pad_token_id: 0 });
+    assert.deepEqual([bare.bosId, bare.eosId, bare.padId], [1, 2, 0]);
+    const none = loadHfTokenizer(spJson);
+    assert.deepEqual([none.bosId, none.eosId, none.padId, none.addBos], [null, null, 0, false]);
+    // A post-processor that does not start with BOS means no BOS.
+    const noBosTemplate = {
+      ...spJson,
+      post_processor: {
+        type: 'TemplateProcessing',
+        single: [{ Sequence: { id: 'A', type_id: 0 } }],
+        pair: [],
+        special_tokens: {},
+      },
+    };
+    assert.equal(loadHfTokenizer(noBosTemplate, spConfig).addBos, false);
+  },
+);
 
 test('bad tokenizer files are refused with LM_ERR_MODEL naming the field', () => {
   throwsCode(() => loadHfTokenizer([1, 2]), ErrorCodes.MODEL, /tokenizer\.json/);

@@ -223,7 +223,8 @@ test('a header-only prefix plus the file length is enough to read the header, th
   const entry = entries.get('w')!;
   const span = file.slice(dataStart + entry.data_offsets[0], dataStart + entry.data_offsets[1]);
   assert.deepEqual(decodeTensorData('w', entry, span).data, weight);
-  throwsCode(() => readSafetensorsHeader(prefix), ErrorCodes.SAFETENSORS, /data_offsets/); // without the length, offsets run past the end
+  // without the length, offsets run past the end
+  throwsCode(() => readSafetensorsHeader(prefix), ErrorCodes.SAFETENSORS, /data_offsets/);
   throwsCode(() => decodeTensorData('w', entry, span.subarray(4)), ErrorCodes.SAFETENSORS, /got 28 bytes; expected 32/);
 });
 

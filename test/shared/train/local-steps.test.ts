@@ -54,7 +54,8 @@ test('H inner steps are deterministic and each step sees the updated adapter', a
   const a = await runLocalJob(model, base, spec, start, lora, mbs, 0.02, inner);
   const b = await runLocalJob(model, base, spec, start, lora, mbs, 0.02, inner);
   for (const t of spec) assert.deepEqual(a.grads.get(t.name), b.grads.get(t.name));
-  // The loss of the second micro-batch is taken after the first step: equals a fresh forward at the adapter after step 1.
+  // The loss of the second micro-batch is taken after the first step: equals a fresh forward at the adapter after
+  // step 1.
   const first = await runLocalJob(model, base, spec, start, lora, mbs.slice(0, 1), 0.02, inner);
   const after1: AdapterState = new Map(
     [...start].map(([k, s]) => [k, Float32Array.from(s, (v, i) => v - first.grads.get(k)![i])]),

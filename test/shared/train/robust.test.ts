@@ -27,10 +27,14 @@ for (const how of ['median', 'trimmed-mean', 'norm-clip', 'centered-clip'] as co
   });
 }
 
-test("the default 'sum' rule (the exact mean, aggregateInOrder) under the same attack is dragged far away (why the rules exist)", () => {
-  const mean = aggregateInOrder([...honest, liar]).grads.get('w')!;
-  assert.ok(mean[0] < -0.5, `mean ${mean}`);
-});
+test(
+  "the default 'sum' rule (the exact mean, aggregateInOrder) under the same attack is dragged far away " +
+    '(why the rules exist)',
+  () => {
+    const mean = aggregateInOrder([...honest, liar]).grads.get('w')!;
+    assert.ok(mean[0] < -0.5, `mean ${mean}`);
+  },
+);
 
 test('per-micro-batch token counts are divided out before comparing', () => {
   const agg = robustAggregate([r([1, 2], 3), r([1, 2], 7), r([1, 2], 1)], 'median').get('w')!;

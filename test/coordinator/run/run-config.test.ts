@@ -1,0 +1,85 @@
+// The run config: defaults filled from one place, every field checked with an error naming it, and
+// the CLI's flag table pointing only at fields that exist.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { DEFAULT_LORA, DEFAULT_TRAIN } from '../../../shared/config.ts';
+import { CONFIG_FLAGS, configFromFlags } from '../../../coordinator/cli/config-flags.ts';
+import { DEFAULT_RUN_CONFIG, resolveRunConfig, type RunConfigInput } from '../../../coordinator/run/run-config.ts';
+
+const base = (extra: Partial<RunConfigInput> = {}): RunConfigInput => ({
+  run: { lora: DEFAULT_LORA, train: DEFAULT_TRAIN },
+  ...extra,
+});
+
+const refused = (input: RunConfigInput, pattern: RegExp) =>
+  assert.throws(
+    () => resolveRunConfig(input, '/models/m'),
+    (err: Error) => /^LM_ERR_CONFIG: /.test(err.message) && pattern.test(err.message),
+  );
+
+test('fields left out take DEFAULT_RUN_CONFIG; given ones win; the model comes from the caller', () => {
+  const c = resolveRunConfig(base({ deployment: { port: 8080 }, limits: { defence: { probation: 0 } } }), '/m');
+  assert.equal(c.run.model, '/m');
+  assert.equal(c.run.aggregation, 'sum');
+  assert.deepEqual(c.run.wire, DEFAULT_RUN_CONFIG.run.wire);
+  assert.equal(c.deployment.port, 8080);
+  assert.equal(c.deployment.host, DEFAULT_RUN_CONFIG.deployment.host);
+  assert.equal(c.deployment.heartbeatMs, 5000);
+  assert.equal(c.limits.defence.probation, 0);
+  assert.equal(c.limits.defence.spotCheck, DEFAULT_RUN_CONFIG.limits.defence.spotCheck);
+  assert.equal(c.limits.net.maxConnections, DEFAULT_RUN_CONFIG.limits.net.maxConnections);
+  // a resolved config is a valid input and resolves to itself
+  assert.deepEqual(resolveRunConfig(c), c);
+});
+
+test('each bad field is refused with a one-line error naming it, the value and what was expected', () => {
+  refused(base({ deployment: { port: 70000 } }), /deployment\.port should be an integer in \[0, 65535\], got 70000/);
+  refused(base({ deployment: { host: '1.2.3' } }), /deployment\.host should be an IP address or a host name/);
+  refused(base({ deployment: { runId: '../escape' } }), /deployment\.runId should be a folder name/);
+  refused(base({ deployment: { runId: '..' } }), /deployment\.runId/);
+  refused(base({ deployment: { localWorkers: -1 } }), /deployment\.localWorkers should be an integer ≥ 0/);
+  refused(base({ deployment: { dashboardAccess: 'admin' } }), /needs an admin token/);
+  refused(
+    base({ limits: { defence: { outlierFactor: 0.5 } } }),
+    /limits\.defence\.outlierFactor .*0 \(off\) or a number ≥ 1/,
+  );
+  refused(base({ limits: { defence: { spotCheck: 2 } } }), /limits\.defence\.spotCheck should be a number in \[0, 1\]/);
+  refused(base({ limits: { net: { trustedProxies: ['not-an-ip'] } } }), /limits\.net\.trustedProxies/);
+  refused(base({ run: { lora: { ...DEFAULT_LORA, r: 0 }, train: DEFAULT_TRAIN } }), /run\.lora: /);
+  refused(
+    base({
+      run: { lora: DEFAULT_LORA, train: DEFAULT_TRAIN, local: { steps: 0, innerLr: 1, outerLr: 1, outerMomentum: 0 } },
+    }),
+    /run\.local\.steps should be an integer ≥ 1, got 0/,
+  );
+  refused(
+    base({ run: { lora: DEFAULT_LORA, train: DEFAULT_TRAIN, aggregation: 'mean' as never } }),
+    /run\.aggregation should be one of/,
+  );
+});
+
+test("every CLI flag in CONFIG_FLAGS lands on a field the config has, with the flag's value", () => {
+  const defaults = DEFAULT_RUN_CONFIG as unknown as Record<string, Record<string, Record<string, unknown>>>;
+  for (const [key, path] of Object.entries(CONFIG_FLAGS)) {
+    const [part, group, field] = path.split('.');
+    const exists = part === 'deployment' ? group in defaults.deployment : field in defaults.limits[group];
+    assert.ok(exists, `${key} → ${path}: no such field`);
+  }
+  const shape = { model: '/m', data: null as never, lora: DEFAULT_LORA, train: DEFAULT_TRAIN };
+  const flags = {
+    host: '0.0.0.0',
+    port: 9000,
+    trustedProxy: ['10.0.0.1'],
+    spotCheck: 0.5,
+    inProcess: true,
+    localWorkers: 3,
+  };
+  const c = resolveRunConfig(configFromFlags(flags, shape, { token: 't' }));
+  assert.equal(c.deployment.host, '0.0.0.0');
+  assert.equal(c.deployment.port, 9000);
+  assert.equal(c.deployment.token, 't');
+  assert.equal(c.deployment.localWorkers, 0, '--in-process starts no local workers');
+  assert.deepEqual(c.limits.net.trustedProxies, ['10.0.0.1']);
+  assert.equal(c.limits.defence.spotCheck, 0.5);
+  assert.equal(c.run.checkpointEvery, 25, "train's own checkpoint interval when the run has none");
+});
