@@ -87,7 +87,8 @@ let started = performance.now();
 const clean = await run(null, 'default', { inProcess: true, localWorkers: 0 });
 const cleanLoss = finalEval(clean);
 console.log(
-  `clean (in-process, = the mesh without attacker): eval loss ${cleanLoss.toFixed(4)} (start ${clean.evalLosses[0].loss.toFixed(4)}), ${((performance.now() - started) / 1000).toFixed(0)} s`,
+  `clean (in-process, = the mesh without attacker): eval loss ${cleanLoss.toFixed(4)} ` +
+    `(start ${clean.evalLosses[0].loss.toFixed(4)}), ${((performance.now() - started) / 1000).toFixed(0)} s`,
 );
 
 const rows: Row[] = [];
@@ -128,7 +129,10 @@ for (const [attack, defence] of [
   }
   rows.push(row);
   console.log(
-    `${attack.padEnd(12)} defence ${defence.padEnd(7)}: eval loss ${row.evalLoss.toFixed(4)} (${(100 * row.vsClean).toFixed(2)} % vs clean), adapter ${row.finite ? 'finite' : 'NOT finite'}, rejections ${JSON.stringify(row.rejections)}, quarantined ${row.quarantined}, ${row.seconds.toFixed(0)} s${row.error ? `, error ${row.error}` : ''}`,
+    `${attack.padEnd(12)} defence ${defence.padEnd(7)}: eval loss ${row.evalLoss.toFixed(4)} ` +
+      `(${(100 * row.vsClean).toFixed(2)} % vs clean), adapter ${row.finite ? 'finite' : 'NOT finite'}, ` +
+      `rejections ${JSON.stringify(row.rejections)}, quarantined ${row.quarantined}, ${row.seconds.toFixed(0)} s` +
+      `${row.error ? `, error ${row.error}` : ''}`,
   );
 }
 rmSync(root, { recursive: true, force: true });
@@ -144,15 +148,20 @@ if (write && !quick) {
     [
       provenance(date, 'npm run bench:attacks'),
       '',
-      `Demo task and LoRA, seed 0, ${train.steps} steps × ${train.globalBatch} sequences, 3 local workers of which one is the attacker; ` +
-        `clean run (no attacker) eval loss ${cleanLoss.toFixed(4)}. Default defence: spot checks on 5 % of results and the first 2 of every connection, outlier screen at 10× the step's median norm, ` +
-        'overflow bound on result norms, finite-only updates. "off": `--spot-check 0 --probation 0 --outlier-factor 0` (the overflow bound and finite-only updates stay).',
+      `Demo task and LoRA, seed 0, ${train.steps} steps × ${train.globalBatch} sequences, ` +
+        '3 local workers of which one is the attacker; ' +
+        `clean run (no attacker) eval loss ${cleanLoss.toFixed(4)}. ` +
+        'Default defence: spot checks on 5 % of results and the first 2 of every connection, ' +
+        "outlier screen at 10× the step's median norm, " +
+        'overflow bound on result norms, finite-only updates. ' +
+        '"off": `--spot-check 0 --probation 0 --outlier-factor 0` (the overflow bound and finite-only updates stay).',
       '',
       '| attack | defence | final eval loss | vs clean | adapter | rejected (by code) | quarantined | time |',
       '|---|---|---:|---:|---|---|---:|---:|',
       ...rows.map(
         (r) =>
-          `| \`${r.attack}\` | ${r.defence} | ${r.evalLoss.toFixed(4)} | ${pct(r.vsClean)} | ${r.finite ? 'finite' : `**not finite**${r.error ? ` (${r.error.slice(0, 80)})` : ''}`} | ${
+          `| \`${r.attack}\` | ${r.defence} | ${r.evalLoss.toFixed(4)} | ${pct(r.vsClean)} | ` +
+          `${r.finite ? 'finite' : `**not finite**${r.error ? ` (${r.error.slice(0, 80)})` : ''}`} | ${
             Object.entries(r.rejections)
               .map(([c, n]) => `${c} ${n}`)
               .join(', ') || '–'

@@ -62,7 +62,10 @@ export interface BandwidthOptions {
 const F32: CodecSpec = { name: 'f32' };
 const BF16: CodecSpec = { name: 'bf16' };
 const INT8: CodecSpec = { name: 'int8', blockSize: 64 };
-/** f32 and int8 at H = 1, 4, 16, int8 at H = 8, bf16 at H = 1: eight runs of ~20 s keep `npm run bench` within 15 minutes. */
+/**
+ * f32 and int8 at H = 1, 4, 16, int8 at H = 8, bf16 at H = 1: eight short runs, few enough to keep `npm run bench`
+ * within its 15-minute budget (per-benchmark times: bench/RESULTS.md).
+ */
 const FULL_GRID: Setting[] = [1, 4, 16]
   .flatMap((H) => [F32, INT8].map((codec) => ({ codec, H })))
   .concat([
@@ -74,7 +77,10 @@ const QUICK_GRID: Setting[] = [
   { codec: INT8, H: 1 },
   { codec: INT8, H: 4 },
 ];
-/** Outer step of local-steps runs: picked on the demo task at H=8 (0.9/0.7 beat DiLoCo's 0.7/0.9 there); the same for every H. */
+/**
+ * Outer step of local-steps runs: picked on the demo task at H=8 (0.9/0.7 beat DiLoCo's 0.7/0.9 there);
+ * the same for every H.
+ */
 const OUTER = { outerLr: 0.9, outerMomentum: 0.7 };
 const WORKERS = 2;
 
@@ -231,7 +237,11 @@ export async function runBandwidthBench(o: BandwidthOptions): Promise<Record<str
     );
     figures.push(figure(`bandwidth ${row.setting}: eval loss after ${samples} steps' samples`, '', [row.evalLoss]));
     log(
-      `${row.setting.padEnd(14)} up ${fmt(row.upBytes)} down ${fmt(row.downBytes)} (+ data ${fmt(row.dataBytes)}) per step per worker; overhead up ${pct(row.upOverhead - 1)} down ${pct(row.downOverhead - 1)}; eval loss ${row.evalLoss.toFixed(4)}, exact match ${pct(row.exactMatch)}${row.factorGap !== null ? `, factor gap ${row.factorGap.toFixed(3)}` : ''} (${row.wallSeconds.toFixed(0)} s)`,
+      `${row.setting.padEnd(14)} up ${fmt(row.upBytes)} down ${fmt(row.downBytes)} ` +
+        `(+ data ${fmt(row.dataBytes)}) per step per worker; ` +
+        `overhead up ${pct(row.upOverhead - 1)} down ${pct(row.downOverhead - 1)}; ` +
+        `eval loss ${row.evalLoss.toFixed(4)}, exact match ${pct(row.exactMatch)}` +
+        `${row.factorGap !== null ? `, factor gap ${row.factorGap.toFixed(3)}` : ''} (${row.wallSeconds.toFixed(0)} s)`,
     );
   }
   rmSync(scratch, { recursive: true, force: true });
@@ -377,22 +387,36 @@ function table(
 ): string {
   const ref = measured.find((m) => m.codec === 'f32' && m.H === 1) ?? measured[0];
   const lines = [
-    `${provenance(r.date, r.command, r.machine)} Demo task, ${WORKERS} local workers, ${r.samples} × ${DEMO_TRAIN.globalBatch} samples per setting (H=1: ${r.samples} steps; H: ${r.samples}/H outer steps, outer lr ${OUTER.outerLr}, momentum ${OUTER.outerMomentum}). Bytes are per synchronous-step equivalent per worker when each worker computes one micro-batch per step (global batch = workers × micro-batch: one result up, one parameter version down), every WebSocket frame counted with its header; "data down" is the micro-batch frames (token ids and loss masks), which no codec touches.`,
+    `${provenance(r.date, r.command, r.machine)} Demo task, ${WORKERS} local workers, ` +
+      `${r.samples} × ${DEMO_TRAIN.globalBatch} samples per setting ` +
+      `(H=1: ${r.samples} steps; H: ${r.samples}/H outer steps, ` +
+      `outer lr ${OUTER.outerLr}, momentum ${OUTER.outerMomentum}). ` +
+      'Bytes are per synchronous-step equivalent per worker when each worker computes one micro-batch per step ' +
+      '(global batch = workers × micro-batch: one result up, one parameter version down), ' +
+      'every WebSocket frame counted with its header; ' +
+      '"data down" is the micro-batch frames (token ids and loss masks), which no codec touches.',
     '',
-    '| setting | up | params down | × fewer than f32 H=1 | overhead up / down | data down | eval loss | vs f32 | exact match | factor gap |',
+    '| setting | up | params down | × fewer than f32 H=1 | overhead up / down | data down | eval loss | vs f32 ' +
+      '| exact match | factor gap |',
     '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...measured.map(
       (m) =>
-        `| ${m.setting} | ${fmt(m.upBytes)} | ${fmt(m.downBytes)} | ${((ref.upBytes + ref.downBytes) / (m.upBytes + m.downBytes)).toFixed(1)}× | ${pct(m.upOverhead - 1)} / ${pct(m.downOverhead - 1)} | ${fmt(m.dataBytes)} | ${m.evalLoss.toFixed(4)} | ${m.evalLoss >= ref.evalLoss ? '+' : ''}${pct(m.evalLoss / ref.evalLoss - 1)} | ${pct(m.exactMatch)} | ${m.factorGap === null ? '–' : m.factorGap.toFixed(3)} |`,
+        `| ${m.setting} | ${fmt(m.upBytes)} | ${fmt(m.downBytes)} ` +
+        `| ${((ref.upBytes + ref.downBytes) / (m.upBytes + m.downBytes)).toFixed(1)}× ` +
+        `| ${pct(m.upOverhead - 1)} / ${pct(m.downOverhead - 1)} | ${fmt(m.dataBytes)} | ${m.evalLoss.toFixed(4)} ` +
+        `| ${m.evalLoss >= ref.evalLoss ? '+' : ''}${pct(m.evalLoss / ref.evalLoss - 1)} | ${pct(m.exactMatch)} ` +
+        `| ${m.factorGap === null ? '–' : m.factorGap.toFixed(3)} |`,
     ),
     '',
-    'Computed from real adapter shapes (payload by codec + the per-frame overhead measured above), LoRA bytes up + down per step per worker:',
+    'Computed from real adapter shapes (payload by codec + the per-frame overhead measured above), ' +
+      'LoRA bytes up + down per step per worker:',
     '',
     `| model | LoRA params | ${computed[0].rows.map((x) => x.setting).join(' | ')} | full fine-tuning |`,
     `|---|---:|${computed[0].rows.map(() => '---:').join('|')}|---:|`,
     ...computed.map(
       (c) =>
-        `| ${c.model} | ${c.loraParameters.toLocaleString('en-US')} | ${c.rows.map((x) => fmt(x.bytes)).join(' | ')} | ${fmt(c.fullFineTuneBytes)} |`,
+        `| ${c.model} | ${c.loraParameters.toLocaleString('en-US')} ` +
+        `| ${c.rows.map((x) => fmt(x.bytes)).join(' | ')} | ${fmt(c.fullFineTuneBytes)} |`,
     ),
     '',
     '![bytes](results/bandwidth-bytes.png) ![quality](results/bandwidth-quality.png)',

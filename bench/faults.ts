@@ -80,7 +80,9 @@ const kills = [await trial('SIGKILL', 5000, 10), await trial('SIGKILL', 5000, 10
 // Long enough that the run is still going when the heartbeat drops the frozen worker.
 const stops = [await trial('SIGSTOP', 5000, 80)];
 
-/** Coordinator restart: kill a CLI run after step 7 (checkpoint at 5), time `train --resume` until its first new step. */
+/**
+ * Coordinator restart: kill a CLI run after step 7 (checkpoint at 5), time `train --resume` until its first new step.
+ */
 async function restart(): Promise<{ toNextStepMs: number; resumedAt: number }> {
   const runDir = join(root, 'runs', 'restart');
   const args = [
@@ -156,24 +158,32 @@ const result = {
   coordinatorRestart: restarts[0],
 };
 console.log(
-  `SIGKILLed worker holding a micro-batch: reassigned after ${result.killedWorker.noticedMs.toFixed(0)} ms (median of 3), its step done ${result.killedWorker.stepDoneMs.toFixed(0)} ms after the kill`,
+  `SIGKILLed worker holding a micro-batch: reassigned after ${result.killedWorker.noticedMs.toFixed(0)} ms ` +
+    `(median of 3), its step done ${result.killedWorker.stepDoneMs.toFixed(0)} ms after the kill`,
 );
 console.log(
-  `silent (SIGSTOP) worker, 5 s heartbeat: dropped after ${result.silentWorker.noticedMs.toFixed(0)} ms (bound: 2 intervals); its micro-batch was copied to a peer past its deadline, so steps did not wait`,
+  `silent (SIGSTOP) worker, 5 s heartbeat: dropped after ${result.silentWorker.noticedMs.toFixed(0)} ms ` +
+    '(bound: 2 intervals); its micro-batch was copied to a peer past its deadline, so steps did not wait',
 );
 console.log(
-  `coordinator SIGKILLed, \`train --resume\` started: next step completed after ${result.coordinatorRestart.toNextStepMs.toFixed(0)} ms (process start, model load, workers rejoin)`,
+  'coordinator SIGKILLed, `train --resume` started: ' +
+    `next step completed after ${result.coordinatorRestart.toNextStepMs.toFixed(0)} ms ` +
+    '(process start, model load, workers rejoin)',
 );
 writeFileSync(join(import.meta.dirname, 'results', 'faults.json'), JSON.stringify(result, null, 2) + '\n');
 const table = [
   '<!-- faults-table:start -->',
-  `Measured ${result.date.slice(0, 10)} on this 2-core machine, demo model, 2 local workers + a victim worker (2 s per micro-batch).`,
+  `Measured ${result.date.slice(0, 10)} on this 2-core machine, demo model, ` +
+    '2 local workers + a victim worker (2 s per micro-batch).',
   '',
   '| event | noticed after | step completed after |',
   '|---|---:|---:|',
-  `| worker SIGKILLed while holding a micro-batch (median of 3) | ${result.killedWorker.noticedMs.toFixed(0)} ms | ${result.killedWorker.stepDoneMs.toFixed(0)} ms |`,
-  `| worker frozen (SIGSTOP), heartbeat 5 s (bound 10 s) | ${result.silentWorker.noticedMs.toFixed(0)} ms | – (its work was copied past its deadline) |`,
-  `| coordinator SIGKILLed, then \`train --resume\` (2 local workers) | – | ${result.coordinatorRestart.toNextStepMs.toFixed(0)} ms from restart to the next completed step |`,
+  '| worker SIGKILLed while holding a micro-batch (median of 3) ' +
+    `| ${result.killedWorker.noticedMs.toFixed(0)} ms | ${result.killedWorker.stepDoneMs.toFixed(0)} ms |`,
+  '| worker frozen (SIGSTOP), heartbeat 5 s (bound 10 s) ' +
+    `| ${result.silentWorker.noticedMs.toFixed(0)} ms | – (its work was copied past its deadline) |`,
+  '| coordinator SIGKILLed, then `train --resume` (2 local workers) | – ' +
+    `| ${result.coordinatorRestart.toNextStepMs.toFixed(0)} ms from restart to the next completed step |`,
   '<!-- faults-table:end -->',
 ].join('\n');
 const resultsPath = join(import.meta.dirname, 'RESULTS.md');

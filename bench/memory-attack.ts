@@ -316,15 +316,19 @@ async function main(): Promise<void> {
     [
       provenance(started, 'npm run bench:memory-attack'),
       '',
-      `${EVENT_CLIENTS} \`/api/events\` clients that never read, plus ${FLOOD_CLIENTS} authenticated sockets flooding garbage frames, ` +
+      `${EVENT_CLIENTS} \`/api/events\` clients that never read, ` +
+        `plus ${FLOOD_CLIENTS} authenticated sockets flooding garbage frames, ` +
         `${seconds} s per scenario; coordinator RSS from /proc (target: peak ≤ baseline + ${TARGET_MB} MB).`,
       '',
-      '| scenario | baseline | peak | end | peak − baseline | within target | streams admitted / refused / dropped | frames rejected |',
+      '| scenario | baseline | peak | end | peak − baseline | within target ' +
+        '| streams admitted / refused / dropped | frames rejected |',
       '|---|---:|---:|---:|---:|---|---|---:|',
       ...results.map(
         (r) =>
-          `| ${r.name} | ${r.baselineMB} MB | ${r.peakMB} MB | ${r.attackEndMB} MB | ${r.growthMB} MB | ${r.withinTarget ? 'yes' : '**no**'} ` +
-          `| ${r.streamResponses.admitted} / ${r.streamResponses.refused} / ${r.droppedStreams} | ${r.rejectedFrames} |`,
+          `| ${r.name} | ${r.baselineMB} MB | ${r.peakMB} MB | ${r.attackEndMB} MB | ${r.growthMB} MB ` +
+          `| ${r.withinTarget ? 'yes' : '**no**'} ` +
+          `| ${r.streamResponses.admitted} / ${r.streamResponses.refused} / ${r.droppedStreams} ` +
+          `| ${r.rejectedFrames} |`,
       ),
     ].join('\n'),
   );

@@ -109,7 +109,9 @@ export interface ParallelResult {
     vsBestSingleProcess: number | null;
     best: ParallelConfigName | null;
   };
-  /** speed-up over one worker for N workers: N·T / (T + overhead(N)) with the scale benchmark's overhead at compute T */
+  /**
+   * speed-up over one worker for N workers: N·T / (T + overhead(N)) with the scale benchmark's overhead at compute T
+   */
   projection: { source: string; computeMs: number; points: { workers: number; speedup: number }[] } | null;
   figures: Figure[];
 }
@@ -139,7 +141,8 @@ export async function runParallelBench(opts: ParallelBenchOptions): Promise<Para
   const examples = demoExamples(model.tokenizer, demoTaskData(2000, 0, train.seed));
   const root = mkdtempSync(join(tmpdir(), 'loramesh-bench-parallel-'));
   log(
-    `parallel: demo model, global batch ${train.globalBatch} in micro-batches of ${train.microBatch}, ${steps} steps (first ${skipSteps} not measured)`,
+    `parallel: demo model, global batch ${train.globalBatch} in micro-batches of ${train.microBatch}, ` +
+      `${steps} steps (first ${skipSteps} not measured)`,
   );
   const rows: ParallelRow[] = [];
   try {
@@ -198,7 +201,10 @@ export async function runParallelBench(opts: ParallelBenchOptions): Promise<Para
       };
       rows.push(row);
       log(
-        `  ${spec.label.padEnd(58)} ${fmt(row.stepMs.median).padStart(6)} ms/step  ${fmt(row.sequencesPerSecond.median).padStart(6)} seq/s (${fmt(row.sequencesPerSecond.min)}–${fmt(row.sequencesPerSecond.max)})  ${fmt(row.tokensPerSecond.median)} tokens/s`,
+        `  ${spec.label.padEnd(58)} ${fmt(row.stepMs.median).padStart(6)} ms/step  ` +
+          `${fmt(row.sequencesPerSecond.median).padStart(6)} seq/s ` +
+          `(${fmt(row.sequencesPerSecond.min)}–${fmt(row.sequencesPerSecond.max)})  ` +
+          `${fmt(row.tokensPerSecond.median)} tokens/s`,
       );
     }
   } finally {
@@ -242,7 +248,8 @@ export async function runParallelBench(opts: ParallelBenchOptions): Promise<Para
       .map((r) => ({ ...r.sequencesPerSecond, label: `${r.label}`, unit: 'seq/s' })),
   };
   log(
-    `  2 workers vs best single process (${best ?? '–'}): ${fmt(result.ratios.vsBestSingleProcess ?? NaN)}× (target ≥ 0.9× of the best single process using both cores)`,
+    `  2 workers vs best single process (${best ?? '–'}): ${fmt(result.ratios.vsBestSingleProcess ?? NaN)}× ` +
+      '(target ≥ 0.9× of the best single process using both cores)',
   );
   if (opts.write ?? true) writeParallelResults(result, log);
   return result;
@@ -316,7 +323,10 @@ function writeParallelResults(r: ParallelResult, log: (line: string) => void): v
   const body = [
     provenance(r.date, r.command, r.machine),
     '',
-    `Demo model, LoRA ${r.setup.lora}, global batch ${r.setup.globalBatch} in micro-batches of ${r.setup.microBatch}, wasm backend; ${r.setup.steps} steps, the first ${r.setup.skipSteps} not measured; median (min–max) over the measured steps. ` +
+    `Demo model, LoRA ${r.setup.lora}, ` +
+      `global batch ${r.setup.globalBatch} in micro-batches of ${r.setup.microBatch}, ` +
+      `wasm backend; ${r.setup.steps} steps, the first ${r.setup.skipSteps} not measured; ` +
+      'median (min–max) over the measured steps. ' +
       'Local workers are `loramesh worker` processes on this machine; the coordinator process runs beside them.',
     '',
     '| configuration | ms/step | sequences/s | tokens/s |',
@@ -324,18 +334,25 @@ function writeParallelResults(r: ParallelResult, log: (line: string) => void): v
     ...r.rows.map((row) =>
       row.unavailable
         ? `| ${row.label} | unavailable: ${row.unavailable} | | |`
-        : `| ${row.label} | ${cell(row.stepMs, 0)} | ${cell(row.sequencesPerSecond)} | ${cell(row.tokensPerSecond, 0)} |`,
+        : `| ${row.label} | ${cell(row.stepMs, 0)} | ${cell(row.sequencesPerSecond)} ` +
+          `| ${cell(row.tokensPerSecond, 0)} |`,
     ),
     '',
-    `2 workers vs in-process: ${x(r.ratios.vsInProcess)}; vs 1 worker process: ${x(r.ratios.vsOneWorker)}; vs one process using both cores: ${x(r.ratios.vsBothCoresProcess)}.`,
+    `2 workers vs in-process: ${x(r.ratios.vsInProcess)}; vs 1 worker process: ${x(r.ratios.vsOneWorker)}; ` +
+      `vs one process using both cores: ${x(r.ratios.vsBothCoresProcess)}.`,
     `Target ≥ 0.9× of the best single process using both cores: ` +
       (r.ratios.vsBothCoresProcess !== null
         ? `**${x(r.ratios.vsBothCoresProcess)}** — ${r.ratios.vsBothCoresProcess >= 0.9 ? 'met' : '**missed**'}.`
-        : `not measurable (${bothCores?.unavailable ?? 'row not run'}); against the best single-threaded process (${r.ratios.best ?? '–'}) 2 workers reach **${x(r.ratios.vsBestSingleProcess)}**.`),
+        : `not measurable (${bothCores?.unavailable ?? 'row not run'}); ` +
+          `against the best single-threaded process (${r.ratios.best ?? '–'}) ` +
+          `2 workers reach **${x(r.ratios.vsBestSingleProcess)}**.`),
     '',
     ...(r.projection
       ? [
-          `Projection beyond this machine (${r.projection.source}): speed-up = N·(T + o₁)/(T + o_N) with T = ${r.projection.computeMs} ms of compute per step and o_N the coordination overhead measured with N simulated workers (GPT-2 small r=8 payload, all on this machine, so pessimistic): ` +
+          `Projection beyond this machine (${r.projection.source}): speed-up = N·(T + o₁)/(T + o_N) ` +
+            `with T = ${r.projection.computeMs} ms of compute per step ` +
+            'and o_N the coordination overhead measured with N simulated workers ' +
+            '(GPT-2 small r=8 payload, all on this machine, so pessimistic): ' +
             r.projection.points.map((p) => `N=${p.workers} ${p.speedup.toFixed(1)}×`).join(', ') +
             '.',
           '',

@@ -36,7 +36,10 @@ function readRunConfig(dir: string): RunShape {
   return checkRunShape(raw, file);
 }
 
-/** Exit codes: 0 done, 1 internal error, 2 a refused input or setting (one line with its code), 128+n stopped by signal n. */
+/**
+ * Exit codes: 0 done, 1 internal error, 2 a refused input or setting (one line with its code),
+ * 128+n stopped by signal n.
+ */
 const DEPLOY = DEFAULT_RUN_CONFIG.deployment;
 const DEFENCE = DEFAULT_RUN_CONFIG.limits.defence;
 const OUTER = DEFAULT_RUN_CONFIG.run.outer;
@@ -56,7 +59,8 @@ function addTrainOptions(cmd: Command): Command {
     .option('--model <dir>', 'base model directory (config.json, *.safetensors, vocab.json)', DEMO_MODEL_DIR)
     .option(
       '--data <file.jsonl>',
-      'training data, one record per line: {"text"}, {"prompt","completion"} or {"messages":[...]} (default: the demo task)',
+      'training data, one record per line: {"text"}, {"prompt","completion"} or {"messages":[...]} ' +
+        '(default: the demo task)',
     )
     .option('--max-tokens <n>', 'sequence length for --data (default: the model context, at most 1024)', int(2))
     .option('--pack', 'pack --data records into full sequences instead of truncating each', false)
@@ -104,7 +108,8 @@ function addTrainOptions(cmd: Command): Command {
     .option('--port <n>', 'port (0: pick a free one)', port, DEPLOY.port)
     .option(
       '--token <token>',
-      'join token workers must present (or LORAMESH_TOKEN, or --token-file); generated and printed when --host is not loopback',
+      'join token workers must present (or LORAMESH_TOKEN, or --token-file); ' +
+        'generated and printed when --host is not loopback',
     )
     .option('--token-file <path>', 'read the join token from this file')
     .option('--allowed-origins <list>', 'comma list of browser Origins allowed to join (default: any)')
@@ -115,7 +120,8 @@ function addTrainOptions(cmd: Command): Command {
     )
     .option(
       '--max-connections-per-address <n>',
-      `concurrent TCP connections per client address, IPv6 per /64 (default ${DEFAULT_NET_LIMITS.maxConnectionsPerAddress})`,
+      'concurrent TCP connections per client address, IPv6 per /64 ' +
+        `(default ${DEFAULT_NET_LIMITS.maxConnectionsPerAddress})`,
       int(1),
     )
     .option(
@@ -131,7 +137,8 @@ function addTrainOptions(cmd: Command): Command {
     )
     .option(
       '--trusted-proxy <list>',
-      'comma list of reverse-proxy addresses whose X-Forwarded-For names the client (default: none, the header is ignored)',
+      'comma list of reverse-proxy addresses whose X-Forwarded-For names the client ' +
+        '(default: none, the header is ignored)',
       addresses,
     )
     .option(
@@ -154,22 +161,27 @@ function addTrainOptions(cmd: Command): Command {
     )
     .option(
       '--spot-check <fraction>',
-      `recompute this secret fraction of micro-batches on the coordinator; quarantine workers that disagree (default ${DEFENCE.spotCheck})`,
+      'recompute this secret fraction of micro-batches on the coordinator; ' +
+        `quarantine workers that disagree (default ${DEFENCE.spotCheck})`,
       num(0, 1),
     )
     .option(
       '--probation <n>',
-      `recompute the first n results of every worker connection, so one that always lies is caught at once (0: off; default ${DEFENCE.probation})`,
+      'recompute the first n results of every worker connection, so one that always lies is caught at once ' +
+        `(0: off; default ${DEFENCE.probation})`,
       int(0),
     )
     .option(
       '--outlier-factor <K>',
-      `recompute a result whose gradient norm is over K × its step's median before it counts; quarantine the sender if it disagrees (0: off, else ≥ 1; default ${DEFENCE.outlierFactor})`,
+      "recompute a result whose gradient norm is over K × its step's median before it counts; " +
+        'quarantine the sender if it disagrees ' +
+        `(0: off, else ≥ 1; default ${DEFENCE.outlierFactor})`,
       outlierFactor,
     )
     .option(
       '--admin-token <token>',
-      'enables POST /api/admin/{pause,resume,stop,kick?worker=ID} with Authorization: Bearer <token> (or LORAMESH_ADMIN_TOKEN)',
+      'enables POST /api/admin/{pause,resume,stop,kick?worker=ID} with Authorization: Bearer <token> ' +
+        '(or LORAMESH_ADMIN_TOKEN)',
     )
     .option(
       '--dashboard-access <who>',
@@ -204,7 +216,8 @@ function addTrainOptions(cmd: Command): Command {
     )
     .option(
       '--codec <name>',
-      `wire codec of gradients up and parameters down: ${CODECS.join(' | ')} (lossy ones use error feedback; f32 is exact)`,
+      `wire codec of gradients up and parameters down: ${CODECS.join(' | ')} ` +
+        '(lossy ones use error feedback; f32 is exact)',
       oneOf(CODECS),
       DEFAULT_RUN_CONFIG.run.wire.up.name,
     )
@@ -213,7 +226,8 @@ function addTrainOptions(cmd: Command): Command {
     .option('--codec-block <n>', 'int8: values per scale', int(1), DEFAULT_INT8_BLOCK)
     .option(
       '--local-steps <H>',
-      'DiLoCo mode: each job runs H inner AdamW steps and sends start − end; --steps counts outer steps of H × --global-batch sequences (0: synchronous)',
+      'DiLoCo mode: each job runs H inner AdamW steps and sends start − end; ' +
+        '--steps counts outer steps of H × --global-batch sequences (0: synchronous)',
       int(0),
       0,
     )
@@ -306,7 +320,8 @@ addTrainOptions(
   const refused =
     rejected.length === 0
       ? 'no results or frames rejected'
-      : `${rejected.reduce((n, [, c]) => n + c, 0)} results or frames rejected (${rejected.map(([code, c]) => `${code} ${c}`).join(', ')})`;
+      : `${rejected.reduce((n, [, c]) => n + c, 0)} results or frames rejected ` +
+        `(${rejected.map(([code, c]) => `${code} ${c}`).join(', ')})`;
   const checks = `${refused}, ${result.quarantined} worker(s) quarantined`;
   if (result.interrupted) {
     console.log(`stopped at step ${result.step} of ${train.steps}; ${checks}`);
@@ -315,7 +330,8 @@ addTrainOptions(
   }
   const last = result.metrics[result.metrics.length - 1];
   console.log(
-    `done: ${train.steps} steps, final loss ${last ? last.loss.toFixed(4) : '-'}; ${checks}; adapter written to ${result.runDir}`,
+    `done: ${train.steps} steps, final loss ${last ? last.loss.toFixed(4) : '-'}; ${checks}; ` +
+      `adapter written to ${result.runDir}`,
   );
 });
 
@@ -409,7 +425,8 @@ function exitWith(err: unknown): never {
   }
   const e = err instanceof Error ? err : new Error(String(err));
   console.error(
-    `loramesh: internal error: ${e.message.split('\n')[0]}${process.env.LORAMESH_DEBUG ? `\n${e.stack}` : ' (LORAMESH_DEBUG=1 shows the stack)'}`,
+    `loramesh: internal error: ${e.message.split('\n')[0]}` +
+      `${process.env.LORAMESH_DEBUG ? `\n${e.stack}` : ' (LORAMESH_DEBUG=1 shows the stack)'}`,
   );
   process.exit(EXIT.internal);
 }

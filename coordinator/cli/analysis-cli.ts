@@ -46,7 +46,8 @@ export function registerAnalysisCommands(program: Command): void {
   program
     .command('analyze')
     .description(
-      'LoRA analysis: spectrum, effective rank and (with --model) amplification of one adapter; subspace similarity φ of two',
+      'LoRA analysis: spectrum, effective rank and (with --model) amplification of one adapter; ' +
+        'subspace similarity φ of two',
     )
     .argument('<adapter>', 'PEFT adapter directory')
     .argument('[other]', 'a second adapter: compare the subspaces of their A matrices (LoRA paper Figures 3 and 4)')
@@ -108,7 +109,8 @@ export function registerAnalysisCommands(program: Command): void {
     .option('--no-seed-run', 'skip the extra run of the larger compared rank with seed + 1 (Figure 4)')
     .option(
       '--quick',
-      'a smoke test: defaults become ranks 2,4 × targets q, q+v, 4 steps of 8, 64 train / 16 eval strings, --compare 2,4',
+      'a smoke test: defaults become ranks 2,4 × targets q, q+v, 4 steps of 8, ' +
+        '64 train / 16 eval strings, --compare 2,4',
       false,
     )
     .option('--out <dir>', 'results directory', 'runs/sweep')

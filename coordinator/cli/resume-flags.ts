@@ -236,7 +236,8 @@ export function resumeShape(stored: RunShape, flags: TrainFlags, given: Readonly
   if (problems.length > 0) {
     fail(
       ErrorCodes.CONFIG,
-      `--resume ${runDir}: ${problems.join('; ')}. Run-defining settings come from run_config.json; leave these flags out`,
+      `--resume ${runDir}: ${problems.join('; ')}. ` +
+        'Run-defining settings come from run_config.json; leave these flags out',
     );
   }
   return {

@@ -191,7 +191,8 @@ export async function analyzeCommand(
     const { modules, summary, files } = analyzeOne(adapters[0], out, base, o.seed);
     log(spectrumTable(modules));
     log(
-      `mean per module kind: ${JSON.stringify(summary, (_, v) => (typeof v === 'number' ? Number(v.toPrecision(3)) : v))}`,
+      'mean per module kind: ' +
+        `${JSON.stringify(summary, (_, v) => (typeof v === 'number' ? Number(v.toPrecision(3)) : v))}`,
     );
     if (!base) log('(add --model DIR for the amplification of the base weights, LoRA paper Table 7)');
     log(`wrote ${files.join(', ')}`);

@@ -63,16 +63,19 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   const modelParams = [...weights.values()].reduce((n, t) => n + t.size, 0);
 
   print(
-    `loramesh demo: teach a pretrained ${(modelParams / 1e6).toFixed(2)}M-parameter Llama-style model a new skill with LoRA on ${o.localWorkers} workers`,
+    `loramesh demo: teach a pretrained ${(modelParams / 1e6).toFixed(2)}M-parameter Llama-style model ` +
+      `a new skill with LoRA on ${o.localWorkers} workers`,
   );
   print(`  base model  ${shown(dir.dir)} (pretrained on copy C, reverse R, uppercase U)`);
   print(
-    `  new skill   ${promptText(FINETUNE_TAG, 'hello')} → ${'hello'.split('').reverse().join('').toUpperCase()}  (reverse + uppercase; never seen in pretraining)`,
+    `  new skill   ${promptText(FINETUNE_TAG, 'hello')} → ${'hello'.split('').reverse().join('').toUpperCase()}  ` +
+      '(reverse + uppercase; never seen in pretraining)',
   );
   const baseParams = new FrozenBase(dir.config, weights);
   const before = predict(model, baseParams, tok, data.eval);
   print(
-    `  held-out exact match BEFORE: ${pct(accuracy(before))} (${before.filter((p) => p.correct).length}/${DEMO_EVAL_SIZE})`,
+    `  held-out exact match BEFORE: ${pct(accuracy(before))} ` +
+      `(${before.filter((p) => p.correct).length}/${DEMO_EVAL_SIZE})`,
   );
 
   const result = await runTraining({
@@ -99,23 +102,28 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   const last = result.metrics[result.metrics.length - 1];
   print(`  trained ${train.steps} steps × ${train.globalBatch} sequences, final loss ${last.loss.toFixed(4)}`);
   print(
-    `  held-out exact match AFTER:  ${pct(accuracy(after))} (${after.filter((p) => p.correct).length}/${DEMO_EVAL_SIZE})`,
+    `  held-out exact match AFTER:  ${pct(accuracy(after))} ` +
+      `(${after.filter((p) => p.correct).length}/${DEMO_EVAL_SIZE})`,
   );
   print('  samples (held-out):');
   for (let i = 0; i < 5; i++) showSample(print, before[i], after[i]);
   const moved = result.bytesUp + result.bytesDown;
   print(
-    `  bytes moved: ${mb(result.bytesUp)} up + ${mb(result.bytesDown)} down = ${mb(moved)} for ${result.adapterParameters} LoRA parameters`,
+    `  bytes moved: ${mb(result.bytesUp)} up + ${mb(result.bytesDown)} down = ${mb(moved)} ` +
+      `for ${result.adapterParameters} LoRA parameters`,
   );
   const perStep = moved / train.steps;
   print(
-    `  per step: ${mb(perStep)} (${train.globalBatch / train.microBatch} micro-batch gradients up, new A/B down to each worker)`,
+    `  per step: ${mb(perStep)} ` +
+      `(${train.globalBatch / train.microBatch} micro-batch gradients up, new A/B down to each worker)`,
   );
   print(
-    `  full fine-tuning of all ${modelParams} parameters would move ${mb(result.fullFineTuneBytes)} (${(result.fullFineTuneBytes / moved).toFixed(1)}× more)`,
+    `  full fine-tuning of all ${modelParams} parameters would move ${mb(result.fullFineTuneBytes)} ` +
+      `(${(result.fullFineTuneBytes / moved).toFixed(1)}× more)`,
   );
   print(
-    `  adapter (PEFT layout): ${shown(result.runDir)}/adapter_model.safetensors + adapter_config.json; metrics: ${shown(result.runDir)}/metrics.jsonl`,
+    `  adapter (PEFT layout): ${shown(result.runDir)}/adapter_model.safetensors + adapter_config.json; ` +
+      `metrics: ${shown(result.runDir)}/metrics.jsonl`,
   );
   print(`  done in ${((performance.now() - started) / 1000).toFixed(1)} s`);
 }
@@ -123,6 +131,8 @@ export async function runDemo(o: DemoOptions): Promise<void> {
 function showSample(print: (line: string) => void, before: Prediction, after: Prediction): void {
   const s = before.sample;
   print(
-    `    ${promptText(s.tag, s.input).padEnd(12)} expected ${s.output.padEnd(9)} base: ${JSON.stringify(before.predicted).padEnd(12)} adapted: ${JSON.stringify(after.predicted)} ${after.correct ? '✓' : '✗'}`,
+    `    ${promptText(s.tag, s.input).padEnd(12)} expected ${s.output.padEnd(9)} ` +
+      `base: ${JSON.stringify(before.predicted).padEnd(12)} ` +
+      `adapted: ${JSON.stringify(after.predicted)} ${after.correct ? '✓' : '✗'}`,
   );
 }

@@ -143,7 +143,8 @@ export async function extractCommand(
   log(`rank ${o.rank}: relative Frobenius error over all ${modules.length} modules ${total.toPrecision(3)}`);
   if (notCarried.length > 0)
     log(
-      `not carried by a LoRA adapter (changed outside the target modules): ${notCarried.map((d) => `${d.tensor} (‖Δ‖_F ${d.differenceNorm.toPrecision(3)})`).join(', ')}`,
+      'not carried by a LoRA adapter (changed outside the target modules): ' +
+        `${notCarried.map((d) => `${d.tensor} (‖Δ‖_F ${d.differenceNorm.toPrecision(3)})`).join(', ')}`,
     );
   log(`wrote ${join(out, 'adapter_config.json')}, adapter_model.safetensors and ${report}`);
   return { out, modules };

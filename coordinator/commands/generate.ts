@@ -38,11 +38,13 @@ export async function generateCommand(o: GenerateOptions): Promise<void> {
     if (room <= 0)
       fail(
         ErrorCodes.CONFIG,
-        `--prompt ${JSON.stringify(prompt.slice(0, 40))} is ${ids.length} tokens; the model's context is ${contextLength(dir.config)}, so nothing is left to generate`,
+        `--prompt ${JSON.stringify(prompt.slice(0, 40))} is ${ids.length} tokens; ` +
+          `the model's context is ${contextLength(dir.config)}, so nothing is left to generate`,
       );
     if (room < o.maxNewTokens)
       console.error(
-        `note: generating ${room} tokens, not ${o.maxNewTokens}: the model's context (${contextLength(dir.config)}) ends there`,
+        `note: generating ${room} tokens, not ${o.maxNewTokens}: ` +
+          `the model's context (${contextLength(dir.config)}) ends there`,
       );
     const maxNewTokens = Math.min(o.maxNewTokens, room);
     const [out] = generate(model, base, [ids], {

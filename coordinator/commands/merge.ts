@@ -40,7 +40,8 @@ export async function mergeCommand(o: MergeOptions, log: (line: string) => void 
   writeAtomic(join(out, 'config.json'), JSON.stringify(dir.rawConfig, null, 2) + '\n');
   for (const f of dir.extraFiles) copyFileSync(join(dir.dir, f), join(out, f));
   log(
-    `merged ${adapter.spec.length / 2} LoRA modules (r=${adapter.lora.r}, α=${adapter.lora.alpha}) into ${out}/model.safetensors`,
+    `merged ${adapter.spec.length / 2} LoRA modules (r=${adapter.lora.r}, α=${adapter.lora.alpha}) ` +
+      `into ${out}/model.safetensors`,
   );
   return out;
 }

@@ -189,9 +189,12 @@ export function writeSweepReport(input: SweepReportInput, log: (line: string) =>
     ]),
   );
   const md = [
-    `# LoRA sweep on the demo task (${o.steps} steps × ${o.globalBatch} sequences, lr ${o.lr}, α ${o.alpha}, seed ${o.seed})`,
+    `# LoRA sweep on the demo task ` +
+      `(${o.steps} steps × ${o.globalBatch} sequences, lr ${o.lr}, α ${o.alpha}, seed ${o.seed})`,
     '',
-    `Base model exact match: ${pct(input.baseline)} on ${o.evalSize} held-out strings. Training time ${input.trainSeconds.toFixed(0)} s for ${runs.length} runs (in-process, wasm, on a shared 2-core machine).`,
+    `Base model exact match: ${pct(input.baseline)} on ${o.evalSize} held-out strings. ` +
+      `Training time ${input.trainSeconds.toFixed(0)} s for ${runs.length} runs ` +
+      '(in-process, wasm, on a shared 2-core machine).',
     '',
     '## Held-out exact match',
     '',

@@ -80,7 +80,9 @@ export async function sweepCommand(
   const evalExamples = data.eval.map((s) => toExample(model.tokenizer, s));
   const baseline = accuracy(predict(lm, base, model.tokenizer, data.eval));
   log(
-    `sweep: ${o.ranks.length} ranks × ${o.targetSets.length} target sets, ${o.steps} steps × ${o.globalBatch} sequences each; base model exact match ${(100 * baseline).toFixed(1)}%`,
+    `sweep: ${o.ranks.length} ranks × ${o.targetSets.length} target sets, ` +
+      `${o.steps} steps × ${o.globalBatch} sequences each; ` +
+      `base model exact match ${(100 * baseline).toFixed(1)}%`,
   );
   const train = checkTrainConfig({
     steps: o.steps,
@@ -108,7 +110,9 @@ export async function sweepCommand(
     const run = await trainOne(job, context);
     runs.push(run);
     log(
-      `  r=${String(run.rank).padEnd(2)} ${run.label.padEnd(8)} seed ${run.seed}: eval loss ${run.evalLoss.toFixed(4)}, exact match ${(100 * run.exactMatch).toFixed(1)}% (${run.trainSeconds.toFixed(1)} s)`,
+      `  r=${String(run.rank).padEnd(2)} ${run.label.padEnd(8)} seed ${run.seed}: ` +
+        `eval loss ${run.evalLoss.toFixed(4)}, exact match ${(100 * run.exactMatch).toFixed(1)}% ` +
+        `(${run.trainSeconds.toFixed(1)} s)`,
     );
   }
   base.dispose();

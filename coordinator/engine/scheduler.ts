@@ -134,7 +134,9 @@ export class StepSchedule {
     return 'used';
   }
 
-  /** The attempt will not deliver (worker left, failed, or sent a rejected result): requeue if nothing else covers it. */
+  /**
+   * The attempt will not deliver (worker left, failed, or sent a rejected result): requeue if nothing else covers it.
+   */
   lose(assignmentId: string, outcome: 'lost' | 'rejected', now: number): void {
     const a = this.attempts.get(assignmentId);
     if (!a || a.outcome !== 'pending') return;

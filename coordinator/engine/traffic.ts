@@ -4,7 +4,10 @@
  * measured, not estimated. TCP/IP and TLS framing below the WebSocket are not counted.
  */
 
-/** Bytes a WebSocket binary frame of `payload` bytes takes (RFC 6455 §5.2; clients mask, servers do not; no compression). */
+/**
+ * Bytes a WebSocket binary frame of `payload` bytes takes
+ * (RFC 6455 §5.2; clients mask, servers do not; no compression).
+ */
 export function wsFrameBytes(payload: number, masked: boolean): number {
   const length = payload > 0xffff ? 8 : payload > 125 ? 2 : 0;
   return 2 + length + (masked ? 4 : 0) + payload;

@@ -32,7 +32,10 @@ export interface LocalJob {
 }
 
 export interface GradientExecutor {
-  /** Computes every micro-batch of a step against parameter version `paramVersion`: results in micro-batch order and their in-order sum. */
+  /**
+   * Computes every micro-batch of a step against parameter version `paramVersion`:
+   * results in micro-batch order and their in-order sum.
+   */
   compute(step: number, paramVersion: number, microBatches: MicroBatch[]): Promise<StepResults>;
   /** Local-steps mode: every job's pseudo-gradient (grads = start − end), in job order. */
   computeLocal(step: number, paramVersion: number, jobs: LocalJob[]): Promise<GradientResult[]>;

@@ -163,7 +163,10 @@ function removeStaleTemps(folder: string, log: (line: string) => void): void {
 
 const withoutCode = (err: unknown) => (err as Error).message.replace(/^LM_ERR_\w+: /, '');
 
-/** Decodes and checks one checkpoint; throws LM_ERR_SAFETENSORS (damaged file) or LM_ERR_STATE (wrong contents) saying why it cannot be used. */
+/**
+ * Decodes and checks one checkpoint; throws LM_ERR_SAFETENSORS (damaged file) or LM_ERR_STATE (wrong contents)
+ * saying why it cannot be used.
+ */
 function decodeCheckpoint(
   bytes: Uint8Array,
   fileStep: number,

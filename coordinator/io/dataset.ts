@@ -52,7 +52,9 @@ export interface JsonlDataset {
   skippedLines: number;
 }
 
-/** Reads, tokenizes, splits and shapes a JSONL dataset. The split depends only on the records, evalFraction and seed. */
+/**
+ * Reads, tokenizes, splits and shapes a JSONL dataset. The split depends only on the records, evalFraction and seed.
+ */
 export function loadJsonlDataset(path: string, tok: TextTokenizer, opts: DatasetOptions): JsonlDataset {
   checkOptions(opts);
   let source: string;
@@ -225,7 +227,9 @@ function chatExample(messages: ChatMessage[], tok: TextTokenizer): Example {
     if (!text.startsWith(prefixText)) {
       fail(
         ErrorCodes.DATA,
-        `the chat template renders messages[0..${prefix.length}) differently from the start of the whole conversation, so the assistant turn messages[${turn}] cannot be located`,
+        `the chat template renders messages[0..${prefix.length}) ` +
+          'differently from the start of the whole conversation, ' +
+          `so the assistant turn messages[${turn}] cannot be located`,
       );
     }
     return tokenBoundary(tokens, tok.encode(prefixText));

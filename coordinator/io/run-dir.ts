@@ -170,7 +170,8 @@ function refuseExistingRun(path: string): void {
     const shown = displayPath(path);
     fail(
       ErrorCodes.CONFIG,
-      `run folder ${shown} already exists (it has ${existing}); pick another --run-id or continue it with --resume ${shown}`,
+      `run folder ${shown} already exists (it has ${existing}); ` +
+        `pick another --run-id or continue it with --resume ${shown}`,
     );
   }
 }

@@ -58,7 +58,10 @@ export interface ServerOptions {
   headersTimeoutMs?: number;
   /** https + wss with these PEM files */
   tls?: { cert: string; key: string };
-  /** control actions (POST /api/admin/{pause,resume,stop,kick}) need `Authorization: Bearer <adminToken>`; none: disabled */
+  /**
+   * control actions (POST /api/admin/{pause,resume,stop,kick}) need `Authorization: Bearer <adminToken>`;
+   * none: disabled
+   */
   adminToken?: string;
   admin?: AdminActions;
   /** 'admin': /api/status and /api/events need the admin token too (the pages themselves hold no data) */
@@ -81,7 +84,10 @@ export function tokenMatches(given: string | undefined, expected: string): boole
   return timingSafeEqual(a, b);
 }
 
-/** The join token from `Authorization: Bearer …` (Node workers) or a `loramesh.token.<base64url>` subprotocol (browsers cannot set headers). */
+/**
+ * The join token from `Authorization: Bearer …` (Node workers) or a `loramesh.token.<base64url>` subprotocol
+ * (browsers cannot set headers).
+ */
 export function tokenFromUpgrade(req: IncomingMessage): string | undefined {
   const auth = req.headers.authorization;
   if (auth?.startsWith('Bearer ')) return auth.slice(7);
@@ -94,7 +100,8 @@ export function tokenFromUpgrade(req: IncomingMessage): string | undefined {
 
 function refuseUpgrade(socket: Duplex, status: number, reason: string, code: string): void {
   socket.end(
-    `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\nX-Loramesh-Error: ${code}\r\n\r\n${code}: ${reason}\n`,
+    `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\n` +
+      `X-Loramesh-Error: ${code}\r\n\r\n${code}: ${reason}\n`,
   );
   socket.destroy();
 }

@@ -30,7 +30,8 @@ function checkInputs(stored: Partial<RunInputs>, now: RunInputs, runDir: string)
     if (current?.sha256 !== file.sha256) {
       fail(
         ErrorCodes.CONFIG,
-        `--resume ${runDir}: the model's ${file.name} ${current ? 'changed since the run began (sha256 differs)' : 'is missing'}`,
+        `--resume ${runDir}: the model's ${file.name} ` +
+          `${current ? 'changed since the run began (sha256 differs)' : 'is missing'}`,
       );
     }
   }

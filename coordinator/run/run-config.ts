@@ -210,7 +210,10 @@ export function checkDataSpec(field: string, v: unknown): DataSpec | null {
   return d as DataSpec;
 }
 
-/** Runs `check`, re-raising a config error with `field` in front (errors of shared/ checkers name only their own field). */
+/**
+ * Runs `check`, re-raising a config error with `field` in front
+ * (errors of shared/ checkers name only their own field).
+ */
 export function within<T>(field: string, check: () => T): T {
   try {
     return check();

@@ -66,12 +66,18 @@ export interface RunResult {
   runId: string;
   runDir: string;
   adapter: AdapterState;
-  /** one record per step this process ran: loss, timing, bytes on the wire and the fp32-LoRA / full fine-tuning baselines */
+  /**
+   * one record per step this process ran: loss, timing, bytes on the wire
+   * and the fp32-LoRA / full fine-tuning baselines
+   */
   metrics: StepRecord[];
   bytesUp: number;
   bytesDown: number;
   workers: number;
-  /** what full fine-tuning would move over the same protocol: fp32 gradients of every weight up per micro-batch, all weights down per worker */
+  /**
+   * what full fine-tuning would move over the same protocol:
+   * fp32 gradients of every weight up per micro-batch, all weights down per worker
+   */
   fullFineTuneBytes: number;
   adapterParameters: number;
   modelParameters: number;
@@ -175,7 +181,8 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
     executor,
   );
   const localSteps = local
-    ? `local steps: H=${local.steps}, inner lr ${local.innerLr}, outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}`
+    ? `local steps: H=${local.steps}, inner lr ${local.innerLr}, ` +
+      `outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}`
     : '';
   if (mesh)
     log(`wire: ${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down${local ? `; ${localSteps}` : ''}`);
@@ -189,7 +196,8 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
     if (trainer.done) {
       mesh?.close();
       log(
-        `run ${runId} already finished: step ${trainer.step} of ${train.steps}; nothing to do (raise --steps to train further)`,
+        `run ${runId} already finished: step ${trainer.step} of ${train.steps}; ` +
+          'nothing to do (raise --steps to train further)',
       );
       return {
         runId,
@@ -216,7 +224,12 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
   const checkpoint = () => {
     if (checkpointedStep === trainer.step) return;
     log(
-      `checkpoint: ${saveCheckpoint(runDir.path, trainer.exportState(), { config: checkpointConfig }, deployment.keepCheckpoints)}`,
+      `checkpoint: ${saveCheckpoint(
+        runDir.path,
+        trainer.exportState(),
+        { config: checkpointConfig },
+        deployment.keepCheckpoints,
+      )}`,
     );
     checkpointedStep = trainer.step;
   };
@@ -357,7 +370,8 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
       await control.holdIfPaused(log, m.step);
       if (!bar && (m.step % 10 === 0 || m.step === train.steps))
         log(
-          `step ${m.step}/${train.steps} loss ${m.loss.toFixed(4)} lr ${m.lr.toExponential(2)} ${m.tokensPerSecond.toFixed(0)} tok/s`,
+          `step ${m.step}/${train.steps} loss ${m.loss.toFixed(4)} lr ${m.lr.toExponential(2)} ` +
+            `${m.tokensPerSecond.toFixed(0)} tok/s`,
         );
     }
     if (trainer.done) {
@@ -366,7 +380,8 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
     } else {
       if (trainer.step > 0) checkpoint();
       log(
-        `interrupted at step ${trainer.step} of ${train.steps}; ${trainer.step > 0 ? `continue with: loramesh train --resume ${runDir.path}` : 'nothing to save yet'}`,
+        `interrupted at step ${trainer.step} of ${train.steps}; ` +
+          `${trainer.step > 0 ? `continue with: loramesh train --resume ${runDir.path}` : 'nothing to save yet'}`,
       );
     }
   } finally {
@@ -425,7 +440,8 @@ function failWhenChildrenExit(children: ReturnType<typeof spawnLocalWorkers>, ne
           reject(
             new LoraMeshError(
               ErrorCodes.STATE,
-              `${exited} local worker(s) exited (last: code ${code}, signal ${signal}) before ${needed} were ready; run \`loramesh worker\` by hand to see why`,
+              `${exited} local worker(s) exited (last: code ${code}, signal ${signal}) before ${needed} were ready; ` +
+                'run `loramesh worker` by hand to see why',
             ),
           );
         }

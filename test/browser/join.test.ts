@@ -106,7 +106,8 @@ test('a browser tab (wasm) and a Node worker train together and equal the single
 
     await page.screenshot({ path: screenshotPath('join-wasm.png'), fullPage: true });
     console.log(
-      `# browser + node worker: ${train.steps} steps in ${seconds.toFixed(1)} s, tab did ${status.done} of ${train.steps * 4} micro-batches, max abs diff ${diff.toExponential(2)}`,
+      `# browser + node worker: ${train.steps} steps in ${seconds.toFixed(1)} s, ` +
+        `tab did ${status.done} of ${train.steps * 4} micro-batches, max abs diff ${diff.toExponential(2)}`,
     );
   } finally {
     await browser.close();

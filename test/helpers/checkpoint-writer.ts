@@ -19,7 +19,10 @@ export const WRITER_TENSOR_LENGTH = 80_000;
 export const WRITER_KEEP = 3;
 export const WRITER_CONFIG = { model: 'kill-test', lora: { r: 8, alpha: 16 }, train: { steps: 1_000_000 } };
 
-/** Every bit pattern comes from (step, group, tensor, index), NaN payloads and -0 included, so a stale or mixed-up tensor shows. */
+/**
+ * Every bit pattern comes from (step, group, tensor, index), NaN payloads and -0 included,
+ * so a stale or mixed-up tensor shows.
+ */
 function fill(step: number, group: number, tensor: number): Float32Array {
   const bits = new Uint32Array(WRITER_TENSOR_LENGTH);
   const base = Math.imul(step, 0x9e3779b1) ^ Math.imul(group * 16 + tensor + 1, 0x85ebca6b);

@@ -62,7 +62,10 @@ const optional =
   (rule: Rule): Rule =>
   (v) =>
     v === undefined || rule(v);
-/** Packed floats: codec name, values of that codec's array type; int8 adds blockSize (1..65536) and one float32 scale per block. */
+/**
+ * Packed floats: codec name, values of that codec's array type;
+ * int8 adds blockSize (1..65536) and one float32 scale per block.
+ */
 const packed: Rule = (v) => {
   if (!plain(v)) return false;
   const arrays: Record<string, unknown> = { f32: Float32Array, f16: Uint16Array, bf16: Uint16Array, int8: Int8Array };
@@ -195,7 +198,10 @@ const HUGE_HEADERS = [
   [0xc9, 0xff, 0xff, 0xff, 0xff],
   [0xc9, 0x7f, 0xff, 0xff, 0xfc],
 ];
-/** Extension types msgpackr knows (0x72 records, 0x74 typed arrays, 0x69/0x70 structured clone, 0x62 bundled strings…). */
+/**
+ * Extension types msgpackr knows
+ * (0x72 records, 0x74 typed arrays, 0x69/0x70 structured clone, 0x62 bundled strings…).
+ */
 const KNOWN_EXT = [0x00, 0x42, 0x62, 0x65, 0x69, 0x70, 0x72, 0x73, 0x74, 0x78, 0xff];
 const INTERESTING_BYTES = [
   0x00, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc6, 0xc7, 0xc9, 0xca, 0xcb, 0xcf,
@@ -612,7 +618,10 @@ export class FrameFactory {
     }
   }
 
-  /** Bytes built by hand around msgpackr's extensions: unknown types, typed arrays with odd lengths or codes, records, bundles, regexps, errors. */
+  /**
+   * Bytes built by hand around msgpackr's extensions:
+   * unknown types, typed arrays with odd lengths or codes, records, bundles, regexps, errors.
+   */
   private extTrick(): Uint8Array {
     const r = this.rng;
     const fixext = (type: number, payload: number[]) => {
@@ -630,7 +639,8 @@ export class FrameFactory {
         return fixext(type, bytes(this.pick([1, 2, 4, 8, 16, r.int(40)])));
       }
       case 1:
-        return fixext(0x74, [r.next() < 0.7 ? 7 : r.int(20), ...bytes(r.int(34))]); // typed array: element code, then a payload of any length
+        // typed array: element code, then a payload of any length
+        return fixext(0x74, [r.next() < 0.7 ? 7 : r.int(20), ...bytes(r.int(34))]);
       case 2: {
         // a typed array ext claiming a length beyond the frame
         const n = this.pick([0xffff, 0x7fffffff, 0xffffffff]);
@@ -651,7 +661,8 @@ export class FrameFactory {
       case 5:
         return concat([0xd6, 0x62], bytes(4), this.randomBytes(r.int(20))); // bundled strings with a random offset
       case 6:
-        return concat(fixext(this.pick([0x69, 0x70]), bytes(4)), this.encoder.pack(this.wild(1))); // structured-clone id / pointer
+        // structured-clone id / pointer
+        return concat(fixext(this.pick([0x69, 0x70]), bytes(4)), this.encoder.pack(this.wild(1)));
       case 7: {
         // a RegExp, sometimes an invalid or very long pattern
         const pattern = this.pick(['a+', '(', '[', '(a+)+$', '('.repeat(3000), '\\', this.text(100)]);
@@ -740,7 +751,10 @@ export class FrameFactory {
     return this.pick([0, -0, 1, 1e308, -1e-300, 2 ** 53 - 1, this.rng.normal() * 1e3, Date.now()]);
   }
 
-  /** A string of at most `max` UTF-16 units (often exactly `max`): a random head with multi-byte and astral characters, ASCII padding. */
+  /**
+   * A string of at most `max` UTF-16 units (often exactly `max`):
+   * a random head with multi-byte and astral characters, ASCII padding.
+   */
   text(max: number): string {
     const target = this.rng.next() < 0.3 ? max : this.rng.int(Math.min(max, 24) + 1);
     let head = '';

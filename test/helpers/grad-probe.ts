@@ -27,7 +27,10 @@ export interface GradProbeResult {
   note: string;
   lossSum: number;
   tokenCount: number;
-  /** milliseconds of one computeGradientsAsync call (the worker path), timed after a warm-up call that compiles the kernels */
+  /**
+   * milliseconds of one computeGradientsAsync call (the worker path),
+   * timed after a warm-up call that compiles the kernels
+   */
   stepMs: number;
   grads: Record<string, number[]>;
 }

@@ -128,39 +128,43 @@ test('wrong origin: 403 LM_ERR_ORIGIN even with the right token', async () => {
   });
 });
 
-test("a result for an old parameter version and one for someone else's assignment are refused; the micro-batch goes elsewhere", async () => {
-  // Join after a few steps, so an "old" parameter version exists.
-  await until(() => attackedStep >= 3, 'the attacked run to reach step 3', 60_000);
-  const c = await rawClient();
-  c.ws.send(
-    encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'mallory' }),
-  );
-  await until(() => c.messages.some((m) => m.type === 'welcome'), 'welcome');
-  c.ws.send(encodeMessage({ type: 'ready', paramVersion: 0 }));
-  const assigns = () =>
-    c.messages.filter((m): m is Extract<Message, { type: 'assign' }> => m.type === 'assign' && m.paramVersion > 0);
-  await until(() => assigns().length > 0, 'an assignment for a newer parameter version');
-  const assign = assigns()[0];
-  const welcome = c.messages.find((m): m is Extract<Message, { type: 'welcome' }> => m.type === 'welcome')!;
-  const grads = {
-    codec: 'f32' as const,
-    values: new Float32Array(welcome.manifest.adapter.reduce((n, t) => n + t.shape[0] * t.shape[1], 0)),
-  };
-  const result = {
-    type: 'result' as const,
-    assignmentId: 'someone-elses',
-    paramVersion: assign.paramVersion,
-    tokenCount: 1,
-    lossSum: 0,
-    computeMs: 1,
-    grads,
-  };
-  c.ws.send(encodeMessage(result));
-  c.ws.send(encodeMessage({ ...result, assignmentId: assign.assignmentId, paramVersion: assign.paramVersion - 1 }));
-  await until(() => rejects(c.messages).length >= 2, 'two rejects');
-  assert.deepEqual(rejects(c.messages).slice(0, 2), ['LM_ERR_ASSIGNMENT', 'LM_ERR_STALE']);
-  c.ws.close();
-});
+test(
+  "a result for an old parameter version and one for someone else's assignment are refused; " +
+    'the micro-batch goes elsewhere',
+  async () => {
+    // Join after a few steps, so an "old" parameter version exists.
+    await until(() => attackedStep >= 3, 'the attacked run to reach step 3', 60_000);
+    const c = await rawClient();
+    c.ws.send(
+      encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'mallory' }),
+    );
+    await until(() => c.messages.some((m) => m.type === 'welcome'), 'welcome');
+    c.ws.send(encodeMessage({ type: 'ready', paramVersion: 0 }));
+    const assigns = () =>
+      c.messages.filter((m): m is Extract<Message, { type: 'assign' }> => m.type === 'assign' && m.paramVersion > 0);
+    await until(() => assigns().length > 0, 'an assignment for a newer parameter version');
+    const assign = assigns()[0];
+    const welcome = c.messages.find((m): m is Extract<Message, { type: 'welcome' }> => m.type === 'welcome')!;
+    const grads = {
+      codec: 'f32' as const,
+      values: new Float32Array(welcome.manifest.adapter.reduce((n, t) => n + t.shape[0] * t.shape[1], 0)),
+    };
+    const result = {
+      type: 'result' as const,
+      assignmentId: 'someone-elses',
+      paramVersion: assign.paramVersion,
+      tokenCount: 1,
+      lossSum: 0,
+      computeMs: 1,
+      grads,
+    };
+    c.ws.send(encodeMessage(result));
+    c.ws.send(encodeMessage({ ...result, assignmentId: assign.assignmentId, paramVersion: assign.paramVersion - 1 }));
+    await until(() => rejects(c.messages).length >= 2, 'two rejects');
+    assert.deepEqual(rejects(c.messages).slice(0, 2), ['LM_ERR_ASSIGNMENT', 'LM_ERR_STALE']);
+    c.ws.close();
+  },
+);
 
 test('an oversized frame closes the socket with 1009', async () => {
   const c = await rawClient();
@@ -217,41 +221,45 @@ test('path traversal on the HTTP endpoints gets 404', async () => {
   }
 });
 
-test('admin actions need the admin token (the join token is not enough); pause holds the run, resume continues, kick removes a worker', async () => {
-  const post = (path: string, token?: string) =>
-    fetch(`${httpUrl}/api/admin/${path}`, {
-      method: 'POST',
-      headers: token ? { authorization: `Bearer ${token}` } : {},
-    });
-  assert.equal((await post('pause')).status, 401);
-  assert.equal((await post('pause', TOKEN)).status, 401);
-  assert.equal((await fetch(`${httpUrl}/api/admin/pause`)).status, 405);
-  const stepOf = async () => (await (await fetch(`${httpUrl}/api/status`)).json()).step as number;
-  const pausedLine = () => logged.find((l) => /^paused after step \d+$/.test(l));
-  assert.equal((await post('pause', 'admin-secret')).status, 200);
-  await until(() => pausedLine() !== undefined, 'the run to pause after its step in flight');
-  const held = await stepOf();
-  assert.equal(pausedLine(), `paused after step ${held}`);
-  // "No step while paused" is a claim about a stretch of time, so it is watched over a bounded
-  // window (several step times of this run) rather than waited for as an event.
-  await observeFor(600);
-  assert.equal(await stepOf(), held, 'no step while paused');
-  assert.equal((await post('resume', 'admin-secret')).status, 200);
-  await until(() => logged.includes('resumed'), 'the run to resume');
-  const c = await rawClient();
-  c.ws.send(
-    encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'kick-me' }),
-  );
-  await until(() => c.messages.some((m) => m.type === 'welcome'), 'welcome');
-  const id = (c.messages.find((m) => m.type === 'welcome') as Extract<Message, { type: 'welcome' }>).workerId;
-  assert.equal((await post(`kick?worker=${id}`, 'admin-secret')).status, 200);
-  assert.equal(await c.closed, 1008);
-  assert.deepEqual(rejects(c.messages), ['LM_ERR_QUARANTINED']);
-  assert.equal((await post('kick?worker=nobody', 'admin-secret')).status, 404);
-  const before = await stepOf();
-  await until(async () => (await stepOf()) > before, `a step after ${before} (the run goes on)`, 30_000, 50);
-  assert.ok((await stepOf()) > before, 'the run goes on after resume');
-});
+test(
+  'admin actions need the admin token (the join token is not enough); ' +
+    'pause holds the run, resume continues, kick removes a worker',
+  async () => {
+    const post = (path: string, token?: string) =>
+      fetch(`${httpUrl}/api/admin/${path}`, {
+        method: 'POST',
+        headers: token ? { authorization: `Bearer ${token}` } : {},
+      });
+    assert.equal((await post('pause')).status, 401);
+    assert.equal((await post('pause', TOKEN)).status, 401);
+    assert.equal((await fetch(`${httpUrl}/api/admin/pause`)).status, 405);
+    const stepOf = async () => (await (await fetch(`${httpUrl}/api/status`)).json()).step as number;
+    const pausedLine = () => logged.find((l) => /^paused after step \d+$/.test(l));
+    assert.equal((await post('pause', 'admin-secret')).status, 200);
+    await until(() => pausedLine() !== undefined, 'the run to pause after its step in flight');
+    const held = await stepOf();
+    assert.equal(pausedLine(), `paused after step ${held}`);
+    // "No step while paused" is a claim about a stretch of time, so it is watched over a bounded
+    // window (several step times of this run) rather than waited for as an event.
+    await observeFor(600);
+    assert.equal(await stepOf(), held, 'no step while paused');
+    assert.equal((await post('resume', 'admin-secret')).status, 200);
+    await until(() => logged.includes('resumed'), 'the run to resume');
+    const c = await rawClient();
+    c.ws.send(
+      encodeMessage({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'kick-me' }),
+    );
+    await until(() => c.messages.some((m) => m.type === 'welcome'), 'welcome');
+    const id = (c.messages.find((m) => m.type === 'welcome') as Extract<Message, { type: 'welcome' }>).workerId;
+    assert.equal((await post(`kick?worker=${id}`, 'admin-secret')).status, 200);
+    assert.equal(await c.closed, 1008);
+    assert.deepEqual(rejects(c.messages), ['LM_ERR_QUARANTINED']);
+    assert.equal((await post('kick?worker=nobody', 'admin-secret')).status, 404);
+    const before = await stepOf();
+    await until(async () => (await stepOf()) > before, `a step after ${before} (the run goes on)`, 30_000, 50);
+    assert.ok((await stepOf()) > before, 'the run goes on after resume');
+  },
+);
 
 test('--dashboard-access admin: run status needs the admin token', async () => {
   let url = '';
@@ -278,61 +286,69 @@ test('--dashboard-access admin: run status needs the admin token', async () => {
   assert.deepEqual(status, [401, 401, 200, 200]);
 });
 
-test('log and terminal injection: control characters in hello fields never reach a log line or the dashboard', async () => {
-  const c = await rawClient();
-  const forged = 'mallory\nstep 300/300 loss 0.0000\u001b[2J\u001b]0;pwned\u0007\u009b1m\u202e';
-  c.ws.send(
-    encodeMessage({
-      type: 'hello',
-      protocol: PROTOCOL_VERSION,
-      backend: `wasm\r\n${forged}`,
-      platform: 'node',
-      name: forged,
-      adapter: `\u001b[31m${forged}`,
-    }),
-  );
-  const welcome = () => c.messages.find((m): m is Extract<Message, { type: 'welcome' }> => m.type === 'welcome');
-  await until(() => welcome() !== undefined, 'welcome');
-  const id = welcome()!.workerId;
-  const mine = logged.filter((l) => l.includes(id));
-  assert.ok(
-    mine.some((l) => l.includes('mallory step 300/300 loss 0.0000')),
-    mine.join('\n'),
-  );
-  for (const line of logged)
-    assert.doesNotMatch(line, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/, JSON.stringify(line));
-  const status = (await (await fetch(`${httpUrl}/api/status`)).json()) as {
-    workers: { id: string; name: string; backend: string; adapter: string }[];
-  };
-  const shown = status.workers.find((w) => w.id === id)!;
-  for (const text of [shown.name, shown.backend, shown.adapter])
-    assert.doesNotMatch(text, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/);
-  c.ws.close();
-});
-
-test('a worker-error flood naming no held assignment counts as rejected frames: the sender is quarantined after --max-rejects of them', async () => {
-  const c = await rawClient();
-  c.ws.send(
-    encodeMessage({
-      type: 'hello',
-      protocol: PROTOCOL_VERSION,
-      backend: 'wasm',
-      platform: 'node',
-      name: 'error-flood',
-    }),
-  );
-  await until(() => c.messages.some((m) => m.type === 'welcome'), 'welcome');
-  for (let i = 0; i < 40; i++)
+test(
+  'log and terminal injection: ' + 'control characters in hello fields never reach a log line or the dashboard',
+  async () => {
+    const c = await rawClient();
+    const forged = 'mallory\nstep 300/300 loss 0.0000\u001b[2J\u001b]0;pwned\u0007\u009b1m\u202e';
     c.ws.send(
       encodeMessage({
-        type: 'worker-error',
-        code: 'LM_ERR_STALE',
-        message: 'nope',
-        ...(i % 2 ? { assignmentId: `fake-${i}` } : {}),
+        type: 'hello',
+        protocol: PROTOCOL_VERSION,
+        backend: `wasm\r\n${forged}`,
+        platform: 'node',
+        name: forged,
+        adapter: `\u001b[31m${forged}`,
       }),
     );
-  assert.equal(await c.closed, 1008);
-  const codes = rejects(c.messages);
-  assert.equal(codes.filter((x) => x === 'LM_ERR_ASSIGNMENT').length, 20, codes.join()); // --max-rejects 20 in this run
-  assert.equal(codes[codes.length - 1], 'LM_ERR_QUARANTINED');
-});
+    const welcome = () => c.messages.find((m): m is Extract<Message, { type: 'welcome' }> => m.type === 'welcome');
+    await until(() => welcome() !== undefined, 'welcome');
+    const id = welcome()!.workerId;
+    const mine = logged.filter((l) => l.includes(id));
+    assert.ok(
+      mine.some((l) => l.includes('mallory step 300/300 loss 0.0000')),
+      mine.join('\n'),
+    );
+    for (const line of logged)
+      assert.doesNotMatch(line, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/, JSON.stringify(line));
+    const status = (await (await fetch(`${httpUrl}/api/status`)).json()) as {
+      workers: { id: string; name: string; backend: string; adapter: string }[];
+    };
+    const shown = status.workers.find((w) => w.id === id)!;
+    for (const text of [shown.name, shown.backend, shown.adapter])
+      assert.doesNotMatch(text, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/);
+    c.ws.close();
+  },
+);
+
+test(
+  'a worker-error flood naming no held assignment counts as rejected frames: ' +
+    'the sender is quarantined after --max-rejects of them',
+  async () => {
+    const c = await rawClient();
+    c.ws.send(
+      encodeMessage({
+        type: 'hello',
+        protocol: PROTOCOL_VERSION,
+        backend: 'wasm',
+        platform: 'node',
+        name: 'error-flood',
+      }),
+    );
+    await until(() => c.messages.some((m) => m.type === 'welcome'), 'welcome');
+    for (let i = 0; i < 40; i++)
+      c.ws.send(
+        encodeMessage({
+          type: 'worker-error',
+          code: 'LM_ERR_STALE',
+          message: 'nope',
+          ...(i % 2 ? { assignmentId: `fake-${i}` } : {}),
+        }),
+      );
+    assert.equal(await c.closed, 1008);
+    const codes = rejects(c.messages);
+    // --max-rejects 20 in this run
+    assert.equal(codes.filter((x) => x === 'LM_ERR_ASSIGNMENT').length, 20, codes.join());
+    assert.equal(codes[codes.length - 1], 'LM_ERR_QUARANTINED');
+  },
+);

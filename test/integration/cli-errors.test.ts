@@ -42,24 +42,27 @@ function assertOneLine(r: { code: number | null; stdout: string; stderr: string 
   assert.doesNotMatch(r.stdout, /tfjs|Usage:/, 'no model load, no help');
 }
 
-test('bad values: --port 99999, --host 256.1.1.1, a missing --token-file and --tls-cert are one coded line each', async () => {
-  assertOneLine(
-    await train(['--port', '99999']),
-    /^loramesh: LM_ERR_CONFIG: option '--port <n>' argument '99999' is invalid/,
-  );
-  assertOneLine(
-    await train(['--host', '256.1.1.1']),
-    /^loramesh: LM_ERR_CONFIG: option '--host <addr>' argument '256\.1\.1\.1' is invalid/,
-  );
-  assertOneLine(
-    await train(['--token-file', join(root, 'nope')]),
-    /^loramesh: LM_ERR_CONFIG: --token-file .*nope: cannot read it \(ENOENT\)$/,
-  );
-  assertOneLine(
-    await train(['--tls-cert', join(root, 'c.pem'), '--tls-key', join(root, 'k.pem')]),
-    /^loramesh: LM_ERR_CONFIG: --tls-cert .*c\.pem: cannot read it/,
-  );
-});
+test(
+  'bad values: --port 99999, --host 256.1.1.1, ' + 'a missing --token-file and --tls-cert are one coded line each',
+  async () => {
+    assertOneLine(
+      await train(['--port', '99999']),
+      /^loramesh: LM_ERR_CONFIG: option '--port <n>' argument '99999' is invalid/,
+    );
+    assertOneLine(
+      await train(['--host', '256.1.1.1']),
+      /^loramesh: LM_ERR_CONFIG: option '--host <addr>' argument '256\.1\.1\.1' is invalid/,
+    );
+    assertOneLine(
+      await train(['--token-file', join(root, 'nope')]),
+      /^loramesh: LM_ERR_CONFIG: --token-file .*nope: cannot read it \(ENOENT\)$/,
+    );
+    assertOneLine(
+      await train(['--tls-cert', join(root, 'c.pem'), '--tls-key', join(root, 'k.pem')]),
+      /^loramesh: LM_ERR_CONFIG: --tls-cert .*c\.pem: cannot read it/,
+    );
+  },
+);
 
 test('a taken port is found before the model loads', async () => {
   const holder = createServer().listen(0, '127.0.0.1');

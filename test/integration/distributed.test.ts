@@ -63,7 +63,8 @@ for (const workers of [2, 1, 3]) {
         `step ${i + 1} loss ${m.loss} vs ${reference.metrics[i].loss}`,
       ),
     );
-    // Only LoRA tensors moved: per step roughly one gradient set up per micro-batch and one parameter set down per worker.
+    // Only LoRA tensors moved: per step roughly one gradient set up per micro-batch
+    // and one parameter set down per worker.
     const loraBytes = 4 * result.adapterParameters;
     assert.ok(result.bytesUp >= 20 * 4 * loraBytes, `bytes up ${result.bytesUp}`);
     assert.ok(result.bytesUp < 20 * 4 * loraBytes * 1.5 + 200_000, `bytes up ${result.bytesUp}`);

@@ -115,45 +115,51 @@ test('fault-free reference (in process)', async () => {
 });
 
 for (const fault of ['kill-before-result:5', 'kill-after-send:12', 'kill-after-params:20']) {
-  test(`SIGKILL of a worker (${fault}) over a 30-step run with 3 workers: same adapter, every micro-batch used once`, async () => {
-    const run = await runTraining({
-      ...base,
-      config: config({ runId: fault.replace(':', '-') }),
-      workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: fault } : {}),
-    });
-    assert.ok(
-      maxAbsDiff(run.adapter, reference.adapter) <= 1e-6,
-      `max abs diff ${maxAbsDiff(run.adapter, reference.adapter)}`,
-    );
-    const entries = checkLedger(run);
-    const workersAtEnd = new Set(entries.filter((e) => e.step >= 25).map((e) => e.usedWorker));
-    assert.equal(workersAtEnd.size, 2, 'the killed worker should be gone at the end');
-    // Mid-send the result may or may not have left the socket; before answering it never did.
-    if (fault.startsWith('kill-before-result'))
+  test(
+    `SIGKILL of a worker (${fault}) over a 30-step run with 3 workers: ` + 'same adapter, every micro-batch used once',
+    async () => {
+      const run = await runTraining({
+        ...base,
+        config: config({ runId: fault.replace(':', '-') }),
+        workerEnv: (i): Record<string, string> => (i === 0 ? { LORAMESH_FAULT: fault } : {}),
+      });
       assert.ok(
-        entries.some((e) => e.attempts.some((a) => a.outcome === 'lost')),
-        'the killed worker held a micro-batch that was reassigned',
+        maxAbsDiff(run.adapter, reference.adapter) <= 1e-6,
+        `max abs diff ${maxAbsDiff(run.adapter, reference.adapter)}`,
       );
-  });
+      const entries = checkLedger(run);
+      const workersAtEnd = new Set(entries.filter((e) => e.step >= 25).map((e) => e.usedWorker));
+      assert.equal(workersAtEnd.size, 2, 'the killed worker should be gone at the end');
+      // Mid-send the result may or may not have left the socket; before answering it never did.
+      if (fault.startsWith('kill-before-result'))
+        assert.ok(
+          entries.some((e) => e.attempts.some((a) => a.outcome === 'lost')),
+          'the killed worker held a micro-batch that was reassigned',
+        );
+    },
+  );
 }
 
-test('a worker 10× slower than its peers: steps keep completing, its work is copied to others, same adapter', async () => {
-  const run = await runTraining({
-    ...base,
-    config: config({ runId: 'slow' }),
-    workerEnv: (i) => (i === 0 ? { LORAMESH_FAULT: 'delay:400' } : { LORAMESH_FAULT: 'delay:40' }),
-  });
-  assert.ok(maxAbsDiff(run.adapter, reference.adapter) <= 1e-6);
-  const entries = checkLedger(run);
-  assert.ok(
-    entries.some((e) => e.attempts.some((a) => a.reason === 'straggler')),
-    'straggler copies were made',
-  );
-  const slowUsed = entries.filter((e) =>
-    e.attempts.some((a) => a.reason === 'straggler' && a.outcome === 'used'),
-  ).length;
-  assert.ok(slowUsed > 0, 'some straggler copies won');
-});
+test(
+  'a worker 10× slower than its peers: steps keep completing, ' + 'its work is copied to others, same adapter',
+  async () => {
+    const run = await runTraining({
+      ...base,
+      config: config({ runId: 'slow' }),
+      workerEnv: (i) => (i === 0 ? { LORAMESH_FAULT: 'delay:400' } : { LORAMESH_FAULT: 'delay:40' }),
+    });
+    assert.ok(maxAbsDiff(run.adapter, reference.adapter) <= 1e-6);
+    const entries = checkLedger(run);
+    assert.ok(
+      entries.some((e) => e.attempts.some((a) => a.reason === 'straggler')),
+      'straggler copies were made',
+    );
+    const slowUsed = entries.filter((e) =>
+      e.attempts.some((a) => a.reason === 'straggler' && a.outcome === 'used'),
+    ).length;
+    assert.ok(slowUsed > 0, 'some straggler copies won');
+  },
+);
 
 test('a worker joining at step 10 and leaving at step 20: same adapter', async () => {
   let url = '';

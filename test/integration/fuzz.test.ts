@@ -221,7 +221,8 @@ class Peer {
       message = decodeMessage(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     } catch (err) {
       this.report.fail(
-        `${this.label}: the coordinator sent a frame its own protocol refuses (${(err as Error).message.slice(0, 200)})`,
+        `${this.label}: the coordinator sent a frame its own protocol refuses ` +
+          `(${(err as Error).message.slice(0, 200)})`,
       );
       return;
     }
@@ -267,7 +268,8 @@ async function fuzzPeer(url: string, index: number, budget: number, report: Repo
     // Backpressure: at most one earlier batch still unanswered, and nothing left in our send buffer.
     if (!(await peer.until(() => peer.outstanding <= BATCH, 20_000))) {
       report.fail(
-        `${label}: replies missing (socket ${peer.closeCode === null ? 'open' : `closed ${peer.closeCode}`}): ${peer.pending()}`,
+        `${label}: replies missing ` +
+          `(socket ${peer.closeCode === null ? 'open' : `closed ${peer.closeCode}`}): ${peer.pending()}`,
       );
       return;
     }
@@ -416,8 +418,10 @@ test(`${FRAMES} fuzzed frames at a live coordinator: one reject with the deserve
   const fuzzed = await running;
 
   console.log(
-    `fuzz seed ${SEED}: ${report.sent} frames (${held} broken results for held assignments) in ${fuzzSeconds.toFixed(1)} s ` +
-      `during steps ${stepAtStart}–${stepAtEnd}; ${report.replies} rejects, ${report.reconnects} reconnects; whole test ${((performance.now() - started) / 1000).toFixed(1)} s`,
+    `fuzz seed ${SEED}: ${report.sent} frames (${held} broken results for held assignments) ` +
+      `in ${fuzzSeconds.toFixed(1)} s ` +
+      `during steps ${stepAtStart}–${stepAtEnd}; ${report.replies} rejects, ${report.reconnects} reconnects; ` +
+      `whole test ${((performance.now() - started) / 1000).toFixed(1)} s`,
   );
   console.log(`outcomes by category:\n${report.summary()}`);
   assert.deepEqual(faults, [], 'nothing may escape the coordinator');
@@ -430,7 +434,8 @@ test(`${FRAMES} fuzzed frames at a live coordinator: one reject with the deserve
 });
 
 test('crafted frames that once cost seconds or broke the reject limit are refused quickly and briefly', () => {
-  // A structured-clone DAG (ids 0x69, pointers 0x70) doubling tenfold per level: 1.4 KB whose JSON view would be ~10^9 chars.
+  // A structured-clone DAG (ids 0x69, pointers 0x70) doubling tenfold per level:
+  // 1.4 KB whose JSON view would be ~10^9 chars.
   const id = (n: number) => [0xd6, 0x69, 0, 0, 0, n];
   const ptr = (n: number) => [0xd6, 0x70, 0, 0, 0, n];
   const bomb: number[] = [0x97, ...id(0), 0xda, 0x03, 0xe8, ...new Array(1000).fill(0x61)];

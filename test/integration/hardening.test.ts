@@ -81,7 +81,8 @@ function assertSurvived(name: string, { run, lines }: { run: RunResult; lines: s
   for (const [tensor, v] of run.adapter) assert.ok(v.every(Number.isFinite), `${name}: ${tensor} is not finite`);
   const [c, a] = [finalEval(clean), finalEval(run)];
   console.log(
-    `${name}: eval loss clean ${c.toFixed(4)}, attacked ${a.toFixed(4)}; rejections ${JSON.stringify(run.rejections)}, quarantined ${run.quarantined}`,
+    `${name}: eval loss clean ${c.toFixed(4)}, attacked ${a.toFixed(4)}; ` +
+      `rejections ${JSON.stringify(run.rejections)}, quarantined ${run.quarantined}`,
   );
   assert.ok(Math.abs(a - c) <= 0.05 * c, `${name}: eval loss ${a} vs clean ${c}`);
   assert.equal(run.step, options.config.run.train.steps, `${name}: the run completed`);
@@ -92,15 +93,23 @@ function assertSurvived(name: string, { run, lines }: { run: RunResult; lines: s
   );
 }
 
-test('finite-huge gradients (every value 1e30, answered instantly): refuted on the first results, attacker quarantined', async () => {
-  assertSurvived('huge 1e30', await attacked('huge:1e30'), ['LM_ERR_SPOT_CHECK', 'LM_ERR_OUTLIER']);
-});
+test(
+  'finite-huge gradients (every value 1e30, answered instantly): ' +
+    'refuted on the first results, attacker quarantined',
+  async () => {
+    assertSurvived('huge 1e30', await attacked('huge:1e30'), ['LM_ERR_SPOT_CHECK', 'LM_ERR_OUTLIER']);
+  },
+);
 
-test('the outlier screen alone (no spot checks, no probation) catches every value 1e30: recomputed, refuted, taken back', async () => {
-  assertSurvived('huge 1e30, screen only', await attacked('huge:1e30', { spotCheck: 0, probation: 0 }), [
-    'LM_ERR_OUTLIER',
-  ]);
-});
+test(
+  'the outlier screen alone (no spot checks, no probation) ' +
+    'catches every value 1e30: recomputed, refuted, taken back',
+  async () => {
+    assertSurvived('huge 1e30, screen only', await attacked('huge:1e30', { spotCheck: 0, probation: 0 }), [
+      'LM_ERR_OUTLIER',
+    ]);
+  },
+);
 
 test('every value 3e38 (a float32 sum of two overflows): refused by the overflow bound, never added', async () => {
   assertSurvived('huge 3e38', await attacked('huge:3e38'), ['LM_ERR_NON_FINITE']);

@@ -41,7 +41,10 @@ before(async () => {
   P = adapterParameterCount(adapterSpec(model.config, lora));
 });
 after(() => rmSync(root, { recursive: true, force: true }));
-/** The run's config: this file's settings (two local workers), with these run settings, deployment fields and limits over them. */
+/**
+ * The run's config: this file's settings (two local workers),
+ * with these run settings, deployment fields and limits over them.
+ */
 const config = (
   run: Partial<RunSettings>,
   deployment: Partial<Deployment>,
@@ -81,7 +84,8 @@ test('codec f32 over the mesh equals the single-process run bit for bit', async 
       m.payload_up >= 4 * P * 4 && m.payload_up % (4 * P) === 0,
       'four f32 results per step (and any straggler copies)',
     );
-    // this tiny adapter (P = 448) makes the fixed cost visible: ≤ 200 bytes per frame (the demo's is < 1 %, bench:bandwidth)
+    // this tiny adapter (P = 448) makes the fixed cost visible: ≤ 200 bytes per frame
+    // (on the demo adapter it is small next to the payload: bench/RESULTS.md, `npm run bench:bandwidth`)
     assert.ok(
       m.bytes_up > m.payload_up && m.bytes_up - m.payload_up <= 200 * m.frames_up,
       `up ${m.bytes_up} for payload ${m.payload_up} in ${m.frames_up} frames`,
@@ -90,73 +94,80 @@ test('codec f32 over the mesh equals the single-process run bit for bit', async 
   }
 });
 
-test('int8 both ways with block 32: 3.8× fewer payload bytes, every result checked against the coordinator’s shadow, close to f32', async () => {
-  const int8: CodecSpec = { name: 'int8', blockSize: 32 };
-  const f32 = await runTraining({
-    ...base,
-    config: config({}, { runId: 'f32-again', inProcess: true, localWorkers: 0 }),
-  });
-  // Spot-checking every result at tolerance 1e-6 (f32 up): a worker whose parameters differed from
-  // the coordinator's shadow by even one delta would be quarantined and the run would stall.
-  const checked = await runTraining({
-    ...base,
-    config: config(
-      { wire: { up: { name: 'f32' }, down: int8 } },
-      { runId: 'int8-down' },
-      { defence: { spotCheck: 1, tolerance: 1e-6 } },
-    ),
-  });
-  assert.equal(checked.metrics.length, train.steps);
-  // int8 up with every result spot-checked: honest workers pass at the codec's tolerance floor.
-  const run = await runTraining({
-    ...base,
-    config: config(
-      { wire: { up: int8, down: int8 } },
-      { runId: 'int8' },
-      { defence: { spotCheck: 1, tolerance: 1e-3 } },
-    ),
-  });
-  assert.equal(run.metrics.length, train.steps);
-  const rows = metrics(run.runDir);
-  for (const m of rows)
-    assert.ok(
-      m.payload_up >= 4 * codecBytes(P, int8) && m.payload_up % codecBytes(P, int8) === 0,
-      'four int8 results per step (and any copies)',
-    );
-  // steps after the first send deltas: int8 values + scales to each of 2 workers
-  for (const m of rows.slice(1)) assert.equal(m.payload_down, 2 * codecBytes(P, int8));
-  for (const m of rows)
-    assert.ok(
-      m.bytes_up - m.payload_up <= 200 * m.frames_up,
-      `up ${m.bytes_up} for payload ${m.payload_up} in ${m.frames_up} frames`,
-    );
-  const f32Loss = f32.evalLosses.at(-1)!.loss;
-  const int8Loss = run.evalLosses.at(-1)!.loss;
-  assert.ok(Math.abs(int8Loss - f32Loss) <= 0.02 * f32Loss, `eval loss int8 ${int8Loss} vs f32 ${f32Loss}`);
-});
+test(
+  'int8 both ways with block 32: 3.8× fewer payload bytes, ' +
+    'every result checked against the coordinator’s shadow, close to f32',
+  async () => {
+    const int8: CodecSpec = { name: 'int8', blockSize: 32 };
+    const f32 = await runTraining({
+      ...base,
+      config: config({}, { runId: 'f32-again', inProcess: true, localWorkers: 0 }),
+    });
+    // Spot-checking every result at tolerance 1e-6 (f32 up): a worker whose parameters differed from
+    // the coordinator's shadow by even one delta would be quarantined and the run would stall.
+    const checked = await runTraining({
+      ...base,
+      config: config(
+        { wire: { up: { name: 'f32' }, down: int8 } },
+        { runId: 'int8-down' },
+        { defence: { spotCheck: 1, tolerance: 1e-6 } },
+      ),
+    });
+    assert.equal(checked.metrics.length, train.steps);
+    // int8 up with every result spot-checked: honest workers pass at the codec's tolerance floor.
+    const run = await runTraining({
+      ...base,
+      config: config(
+        { wire: { up: int8, down: int8 } },
+        { runId: 'int8' },
+        { defence: { spotCheck: 1, tolerance: 1e-3 } },
+      ),
+    });
+    assert.equal(run.metrics.length, train.steps);
+    const rows = metrics(run.runDir);
+    for (const m of rows)
+      assert.ok(
+        m.payload_up >= 4 * codecBytes(P, int8) && m.payload_up % codecBytes(P, int8) === 0,
+        'four int8 results per step (and any copies)',
+      );
+    // steps after the first send deltas: int8 values + scales to each of 2 workers
+    for (const m of rows.slice(1)) assert.equal(m.payload_down, 2 * codecBytes(P, int8));
+    for (const m of rows)
+      assert.ok(
+        m.bytes_up - m.payload_up <= 200 * m.frames_up,
+        `up ${m.bytes_up} for payload ${m.payload_up} in ${m.frames_up} frames`,
+      );
+    const f32Loss = f32.evalLosses.at(-1)!.loss;
+    const int8Loss = run.evalLosses.at(-1)!.loss;
+    assert.ok(Math.abs(int8Loss - f32Loss) <= 0.02 * f32Loss, `eval loss int8 ${int8Loss} vs f32 ${f32Loss}`);
+  },
+);
 
-test('local steps (H=3) over the mesh equal the single-process run bit for bit; the factor-averaging gap is logged', async () => {
-  const local = { steps: 3, innerLr: 5e-3, outerLr: 0.7, outerMomentum: 0.9 };
-  const short = { ...train, steps: 3 };
-  const reference = await runTraining({
-    ...base,
-    config: config({ train: short, local }, { runId: 'local-ref', inProcess: true, localWorkers: 0 }),
-  });
-  const mesh = await runTraining({ ...base, config: config({ train: short, local }, { runId: 'local-mesh' }) });
-  assert.equal(maxAbsDiff(reference.adapter, mesh.adapter), 0);
-  const rows = metrics(mesh.runDir);
-  for (const m of rows) {
-    assert.equal(m.samples, 3 * train.globalBatch);
-    assert.ok(m.factor_gap > 0 && m.factor_gap < 1, `gap ${m.factor_gap}`);
-    assert.ok(
-      m.payload_up >= 4 * 4 * P && m.payload_up % (4 * P) === 0,
-      'one pseudo-gradient per job, 4 jobs (and any copies)',
-    );
-    assert.equal(
-      m.fp32_lora_bytes,
-      4 * P * (12 + 3 * 2),
-      'sync fp32 for the same samples: 12 results + 3 steps × 2 workers of params',
-    );
-  }
-  assert.ok(reference.evalLosses.at(-1)!.loss < reference.evalLosses[0].loss, 'local steps train');
-});
+test(
+  'local steps (H=3) over the mesh equal the single-process run bit for bit; ' + 'the factor-averaging gap is logged',
+  async () => {
+    const local = { steps: 3, innerLr: 5e-3, outerLr: 0.7, outerMomentum: 0.9 };
+    const short = { ...train, steps: 3 };
+    const reference = await runTraining({
+      ...base,
+      config: config({ train: short, local }, { runId: 'local-ref', inProcess: true, localWorkers: 0 }),
+    });
+    const mesh = await runTraining({ ...base, config: config({ train: short, local }, { runId: 'local-mesh' }) });
+    assert.equal(maxAbsDiff(reference.adapter, mesh.adapter), 0);
+    const rows = metrics(mesh.runDir);
+    for (const m of rows) {
+      assert.equal(m.samples, 3 * train.globalBatch);
+      assert.ok(m.factor_gap > 0 && m.factor_gap < 1, `gap ${m.factor_gap}`);
+      assert.ok(
+        m.payload_up >= 4 * 4 * P && m.payload_up % (4 * P) === 0,
+        'one pseudo-gradient per job, 4 jobs (and any copies)',
+      );
+      assert.equal(
+        m.fp32_lora_bytes,
+        4 * P * (12 + 3 * 2),
+        'sync fp32 for the same samples: 12 results + 3 steps × 2 workers of params',
+      );
+    }
+    assert.ok(reference.evalLosses.at(-1)!.loss < reference.evalLosses[0].loss, 'local steps train');
+  },
+);

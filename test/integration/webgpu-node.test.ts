@@ -32,7 +32,8 @@ function probe(backend: string, dir: string): Promise<GradProbeResult> {
       if (code === 0) return resolve(JSON.parse(readFileSync(outPath, 'utf8')));
       const hint =
         backend === 'webgpu'
-          ? '\nWebGPU in Node needs a Vulkan driver; without a GPU: apt-get install -y libvulkan1 chromium (SwiftShader).'
+          ? '\nWebGPU in Node needs a Vulkan driver; ' +
+            'without a GPU: apt-get install -y libvulkan1 chromium (SwiftShader).'
           : '';
       reject(new Error(`grad probe on ${backend} exited with ${signal ?? code}:\n${stderr.slice(-3000)}${hint}`));
     });
@@ -74,7 +75,8 @@ test('webgpu gradients and loss equal wasm within 1e-4 relative L2 (demo model, 
       if (error > worst.error) worst = { name, error };
     }
     t.diagnostic(
-      `worst gradient relative L2 error ${worst.error.toExponential(2)} (${worst.name}) over ${Object.keys(wasm.grads).length} tensors`,
+      `worst gradient relative L2 error ${worst.error.toExponential(2)} (${worst.name}) ` +
+        `over ${Object.keys(wasm.grads).length} tensors`,
     );
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -69,7 +69,15 @@ function render(s: Status): void {
   const lora = sum.lora as { r: number; alpha: number; targetModules: string[] };
   setText(
     'run-config',
-    `${sum.model} (${sum.modelType}, ${sum.modelParameters.toLocaleString()} params) · LoRA r=${lora.r} α=${lora.alpha} on ${lora.targetModules.join(', ')} (${sum.adapterParameters.toLocaleString()} trainable) · ${describeTrain(sum.train)}${sum.wire ? ` · wire ${sum.wire}` : ''}${sum.local ? ` · local steps H=${sum.local.steps} (outer lr ${sum.local.outerLr}, momentum ${sum.local.outerMomentum})` : ''}`,
+    `${sum.model} (${sum.modelType}, ${sum.modelParameters.toLocaleString()} params) · ` +
+      `LoRA r=${lora.r} α=${lora.alpha} on ${lora.targetModules.join(', ')} ` +
+      `(${sum.adapterParameters.toLocaleString()} trainable) · ${describeTrain(sum.train)}` +
+      `${sum.wire ? ` · wire ${sum.wire}` : ''}` +
+      `${
+        sum.local
+          ? ` · local steps H=${sum.local.steps} (outer lr ${sum.local.outerLr}, momentum ${sum.local.outerMomentum})`
+          : ''
+      }`,
   );
   setText('step', `${s.step} / ${sum.steps}${s.finished ? ' ✓' : ''}`);
   setText('eta', s.finished ? 'done' : s.etaSeconds === null ? '–' : fmtTime(s.etaSeconds));
@@ -95,7 +103,10 @@ function render(s: Status): void {
 }
 
 function describeTrain(t: Record<string, unknown>): string {
-  return `${t.steps} steps × ${t.globalBatch} sequences (micro-batch ${t.microBatch}), lr ${t.lr}, warm-up ${t.warmupSteps}, clip ${t.clipNorm}, seed ${t.seed}`;
+  return (
+    `${t.steps} steps × ${t.globalBatch} sequences (micro-batch ${t.microBatch}), ` +
+    `lr ${t.lr}, warm-up ${t.warmupSteps}, clip ${t.clipNorm}, seed ${t.seed}`
+  );
 }
 
 function renderChart(steps: StepRecord[], evals: { step: number; loss: number }[]): void {

@@ -17,7 +17,8 @@ test('stats: min, median (mean of the middle two for even n), max', () => {
 test('replaceSection replaces only its marked body and appends a missing section', () => {
   const path = join(mkdtempSync(join(tmpdir(), 'loramesh-results-')), 'RESULTS.md');
   const before =
-    '# Benchmark results\n\n## A\n\n<!-- a-table:start -->\nold a\n<!-- a-table:end -->\n\n## B\n\n<!-- b-table:start -->\nold b $& $1\n<!-- b-table:end -->\n';
+    '# Benchmark results\n\n## A\n\n<!-- a-table:start -->\nold a\n<!-- a-table:end -->\n\n' +
+    '## B\n\n<!-- b-table:start -->\nold b $& $1\n<!-- b-table:end -->\n';
   writeFileSync(path, before);
   replaceSection('a-table', 'A', 'new a with $& and $1', path);
   assert.equal(
@@ -27,7 +28,8 @@ test('replaceSection replaces only its marked body and appends a missing section
   replaceSection('c-table', 'C (`npm run c`)', 'new c', path);
   assert.ok(
     readFileSync(path, 'utf8').endsWith(
-      'old b $& $1\n<!-- b-table:end -->\n\n## C (`npm run c`)\n\n<!-- c-table:start -->\nnew c\n<!-- c-table:end -->\n',
+      'old b $& $1\n<!-- b-table:end -->\n\n' +
+        '## C (`npm run c`)\n\n<!-- c-table:start -->\nnew c\n<!-- c-table:end -->\n',
     ),
   );
 });

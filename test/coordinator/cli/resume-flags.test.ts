@@ -245,81 +245,92 @@ test('an older run_config.json without checkpointEvery or aggregation takes them
   assert.match(refusal(older, fullRun(), 'innerLr'), /--inner-lr 0\.02 contradicts the run's unset/);
 });
 
-test("a dependent flag repeating the run is read with the run's own parent flags (the CLI defaults say f32, no local steps, demo data)", () => {
-  const stored = fullRun();
-  const cliDefaults = flagsOf(demoRun()); // --data, --codec, --local-steps not typed
-  const repeat = {
-    codecBlock: 32,
-    innerLr: 0.02,
-    outerLr: 0.7,
-    outerMomentum: 0.9,
-    maxTokens: 64,
-    pack: true,
-    evalFraction: 0.1,
-  };
-  for (const [key, value] of Object.entries(repeat)) {
-    assert.deepEqual(resumeShape(stored, { ...cliDefaults, [key]: value }, new Set([key]), RUN_DIR), stored, key);
-  }
-  const message = (() => {
-    try {
-      resumeShape(
-        stored,
-        { ...cliDefaults, codecBlock: 16, innerLr: 0.5 },
-        new Set(['codecBlock', 'innerLr']),
-        RUN_DIR,
-      );
-    } catch (err) {
-      return (err as Error).message;
+test(
+  "a dependent flag repeating the run is read with the run's own parent flags " +
+    '(the CLI defaults say f32, no local steps, demo data)',
+  () => {
+    const stored = fullRun();
+    const cliDefaults = flagsOf(demoRun()); // --data, --codec, --local-steps not typed
+    const repeat = {
+      codecBlock: 32,
+      innerLr: 0.02,
+      outerLr: 0.7,
+      outerMomentum: 0.9,
+      maxTokens: 64,
+      pack: true,
+      evalFraction: 0.1,
+    };
+    for (const [key, value] of Object.entries(repeat)) {
+      assert.deepEqual(resumeShape(stored, { ...cliDefaults, [key]: value }, new Set([key]), RUN_DIR), stored, key);
     }
-    return '';
-  })();
-  assert.match(message, /--codec-block .*16.* contradicts/);
-  assert.match(message, /--inner-lr .*0\.5.* contradicts/);
-});
+    const message = (() => {
+      try {
+        resumeShape(
+          stored,
+          { ...cliDefaults, codecBlock: 16, innerLr: 0.5 },
+          new Set(['codecBlock', 'innerLr']),
+          RUN_DIR,
+        );
+      } catch (err) {
+        return (err as Error).message;
+      }
+      return '';
+    })();
+    assert.match(message, /--codec-block .*16.* contradicts/);
+    assert.match(message, /--inner-lr .*0\.5.* contradicts/);
+  },
+);
 
 test("flagsOf is runShapeFrom's inverse for stored runs", () => {
   for (const run of [demoRun(), fullRun()]) assert.deepEqual(runShapeFrom(flagsOf(run)), run);
 });
 
-test('run_config.json is checked field by field on --resume: a valid one comes back as it is, a damaged field is named', () => {
-  for (const run of [demoRun(), fullRun()])
-    assert.deepEqual(checkRunShape(JSON.parse(JSON.stringify(run)), 'run_config.json'), run);
-  const damaged: [string, (r: any) => void, RegExp][] = [
-    ['lora.r', (r) => (r.lora.r = 0), /run_config\.json: lora: .*r/],
-    ['train.lr', (r) => (r.train.lr = 'fast'), /run_config\.json: train: .*lr/],
-    ['wire.up', (r) => (r.wire.up = { name: 'int4' }), /run_config\.json: wire\.up: .*int4/],
-    [
-      'data.kind',
-      (r) => (r.data = { kind: 'csv' }),
-      /run_config\.json: data\.kind should be "jsonl" or "demo", got "csv"/,
-    ],
-    [
-      'local.steps',
-      (r) => (r.local = { steps: 0, innerLr: 1, outerLr: 1, outerMomentum: 0 }),
-      /run_config\.json: local\.steps should be an integer ≥ 1, got 0/,
-    ],
-    ['aggregation', (r) => (r.aggregation = 'mean'), /run_config\.json: aggregation should be one of sum, /],
-    ['model', (r) => delete r.model, /run_config\.json: model should be a model directory, got undefined/],
-  ];
-  for (const [what, damage, message] of damaged) {
-    const raw = JSON.parse(JSON.stringify(demoRun()));
-    damage(raw);
-    assert.throws(
-      () => checkRunShape(raw, 'run_config.json'),
-      (err: LoraMeshError) => err.code === ErrorCodes.CONFIG && message.test(err.message),
-      what,
-    );
-  }
-  assert.throws(() => checkRunShape([], 'run_config.json'), /the file should be a JSON object|model should be/);
-});
+test(
+  'run_config.json is checked field by field on --resume: ' +
+    'a valid one comes back as it is, a damaged field is named',
+  () => {
+    for (const run of [demoRun(), fullRun()])
+      assert.deepEqual(checkRunShape(JSON.parse(JSON.stringify(run)), 'run_config.json'), run);
+    const damaged: [string, (r: any) => void, RegExp][] = [
+      ['lora.r', (r) => (r.lora.r = 0), /run_config\.json: lora: .*r/],
+      ['train.lr', (r) => (r.train.lr = 'fast'), /run_config\.json: train: .*lr/],
+      ['wire.up', (r) => (r.wire.up = { name: 'int4' }), /run_config\.json: wire\.up: .*int4/],
+      [
+        'data.kind',
+        (r) => (r.data = { kind: 'csv' }),
+        /run_config\.json: data\.kind should be "jsonl" or "demo", got "csv"/,
+      ],
+      [
+        'local.steps',
+        (r) => (r.local = { steps: 0, innerLr: 1, outerLr: 1, outerMomentum: 0 }),
+        /run_config\.json: local\.steps should be an integer ≥ 1, got 0/,
+      ],
+      ['aggregation', (r) => (r.aggregation = 'mean'), /run_config\.json: aggregation should be one of sum, /],
+      ['model', (r) => delete r.model, /run_config\.json: model should be a model directory, got undefined/],
+    ];
+    for (const [what, damage, message] of damaged) {
+      const raw = JSON.parse(JSON.stringify(demoRun()));
+      damage(raw);
+      assert.throws(
+        () => checkRunShape(raw, 'run_config.json'),
+        (err: LoraMeshError) => err.code === ErrorCodes.CONFIG && message.test(err.message),
+        what,
+      );
+    }
+    assert.throws(() => checkRunShape([], 'run_config.json'), /the file should be a JSON object|model should be/);
+  },
+);
 
-test('a typed batch flag that repeats the run is read against the run, not the CLI defaults (global 12, micro 4)', () => {
-  const stored = demoRun({
-    train: checkTrainConfig({ steps: 6, globalBatch: 12, microBatch: 4, lr: 0.01, warmupSteps: 3, seed: 5 }),
-  });
-  const cliDefaults = flagsOf(demoRun()); // micro-batch 2 there; the CLI's own default is 8
-  assert.deepEqual(
-    resumeShape(stored, { ...cliDefaults, microBatch: 8, globalBatch: 12 }, new Set(['globalBatch']), RUN_DIR),
-    stored,
-  );
-});
+test(
+  'a typed batch flag that repeats the run is read against the run, ' + 'not the CLI defaults (global 12, micro 4)',
+  () => {
+    const stored = demoRun({
+      train: checkTrainConfig({ steps: 6, globalBatch: 12, microBatch: 4, lr: 0.01, warmupSteps: 3, seed: 5 }),
+    });
+    const cliDefaults = flagsOf(demoRun()); // micro-batch 2 there; the CLI's own default is 8
+    assert.deepEqual(
+      resumeShape(stored, { ...cliDefaults, microBatch: 8, globalBatch: 12 }, new Set(['globalBatch']), RUN_DIR),
+      stored,
+    );
+  },
+);

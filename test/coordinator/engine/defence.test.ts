@@ -73,36 +73,40 @@ test('relativeL2: 0 for equal gradients, Infinity for a missing or resized tenso
   assert.equal(relativeL2(a, new Map([['x', new Float32Array(3)]])), Infinity);
 });
 
-test('history: a step one worker computed alone is judged against recent trusted norms, or has its largest result confirmed', () => {
-  // (and once a history exists it is the reference: a near-zero liar among two workers cannot lower it)
-  const alone = [r(0, 'liar', 1e31), r(1, 'liar', 2e31), r(2, 'liar', 1e31)];
-  // nothing known yet: the largest result is recomputed before the step counts
-  const history = new NormHistory(4);
-  assert.deepEqual(outliers(alone, 10, history), [1]);
-  assert.deepEqual(
-    outliers(
-      alone.map((x) => ({ ...x, verified: x.index === 1 })),
-      10,
-      history,
-    ),
-    [],
-  );
-  // a step two workers computed does not enter it (one of two could be a near-zero liar)…
-  history.step([r(0, 'a', 2), r(1, 'b', 4), r(2, 'b', 4)]);
-  assert.equal(history.reference(), null);
-  // …one three workers computed does: its lower median, 2
-  history.step([r(0, 'a', 2), r(1, 'b', 4), r(2, 'c', 0)]);
-  assert.equal(history.reference(), 2);
-  assert.deepEqual(outliers(alone, 10, history), [0, 1, 2]);
-  // a lone liar cannot raise the history: steps of one worker do not enter it
-  history.step(alone);
-  assert.equal(history.reference(), 2);
-  // trusted norms enter it; the window keeps the last 4
-  for (const n of [3, 3, 3, 3]) history.trusted(n);
-  assert.equal(history.reference(), 3);
-  // an honest lone step near the history passes
-  assert.deepEqual(outliers([r(0, 'a', 5), r(1, 'a', 25)], 10, history), []);
-});
+test(
+  'history: a step one worker computed alone is judged against recent trusted norms, ' +
+    'or has its largest result confirmed',
+  () => {
+    // (and once a history exists it is the reference: a near-zero liar among two workers cannot lower it)
+    const alone = [r(0, 'liar', 1e31), r(1, 'liar', 2e31), r(2, 'liar', 1e31)];
+    // nothing known yet: the largest result is recomputed before the step counts
+    const history = new NormHistory(4);
+    assert.deepEqual(outliers(alone, 10, history), [1]);
+    assert.deepEqual(
+      outliers(
+        alone.map((x) => ({ ...x, verified: x.index === 1 })),
+        10,
+        history,
+      ),
+      [],
+    );
+    // a step two workers computed does not enter it (one of two could be a near-zero liar)…
+    history.step([r(0, 'a', 2), r(1, 'b', 4), r(2, 'b', 4)]);
+    assert.equal(history.reference(), null);
+    // …one three workers computed does: its lower median, 2
+    history.step([r(0, 'a', 2), r(1, 'b', 4), r(2, 'c', 0)]);
+    assert.equal(history.reference(), 2);
+    assert.deepEqual(outliers(alone, 10, history), [0, 1, 2]);
+    // a lone liar cannot raise the history: steps of one worker do not enter it
+    history.step(alone);
+    assert.equal(history.reference(), 2);
+    // trusted norms enter it; the window keeps the last 4
+    for (const n of [3, 3, 3, 3]) history.trusted(n);
+    assert.equal(history.reference(), 3);
+    // an honest lone step near the history passes
+    assert.deepEqual(outliers([r(0, 'a', 5), r(1, 'a', 25)], 10, history), []);
+  },
+);
 
 test('a near-zero liar cannot drag the reference down once trusted norms exist: honest results are not flagged', () => {
   const history = new NormHistory(4);

@@ -130,55 +130,66 @@ test('two honest peers: welcome, params, assignments; the step sums in micro-bat
   m.close();
 });
 
-test('a result whose values could overflow the float32 sum is refused (LM_ERR_NON_FINITE) and its micro-batch recomputed elsewhere', async () => {
-  const m = mesh();
-  const liar = new FakePeer(() => new Float32Array(VALUES).fill(3e38)).join(m, 'liar');
-  new FakePeer(honest).join(m, 'honest');
-  const { sum } = await m.compute(0, 0, microBatches);
-  assert.ok(liar.rejects().includes('LM_ERR_NON_FINITE'));
-  assert.deepEqual([...sum.grads.get('m.lora_A')!], [...expectedSum().grads.get('m.lora_A')!]);
-  assert.ok((m.rejections.get('LM_ERR_NON_FINITE') ?? 0) >= 1);
-  m.close();
-});
+test(
+  'a result whose values could overflow the float32 sum is refused (LM_ERR_NON_FINITE) ' +
+    'and its micro-batch recomputed elsewhere',
+  async () => {
+    const m = mesh();
+    const liar = new FakePeer(() => new Float32Array(VALUES).fill(3e38)).join(m, 'liar');
+    new FakePeer(honest).join(m, 'honest');
+    const { sum } = await m.compute(0, 0, microBatches);
+    assert.ok(liar.rejects().includes('LM_ERR_NON_FINITE'));
+    assert.deepEqual([...sum.grads.get('m.lora_A')!], [...expectedSum().grads.get('m.lora_A')!]);
+    assert.ok((m.rejections.get('LM_ERR_NON_FINITE') ?? 0) >= 1);
+    m.close();
+  },
+);
 
-test('worker-errors naming no held assignment are rejected frames: maxRejects of them quarantine the peer (1008)', async () => {
-  const m = mesh();
-  const p = new FakePeer(() => null).join(m, 'flood');
-  for (let i = 0; i < 5; i++)
-    p.say({ type: 'worker-error', code: 'LM_ERR_STALE', message: 'x', assignmentId: `nope-${i}` });
-  await new Promise((r) => setImmediate(r));
-  assert.deepEqual(p.rejects(), [
-    'LM_ERR_ASSIGNMENT',
-    'LM_ERR_ASSIGNMENT',
-    'LM_ERR_ASSIGNMENT',
-    'LM_ERR_ASSIGNMENT',
-    'LM_ERR_ASSIGNMENT',
-    'LM_ERR_QUARANTINED',
-  ]);
-  assert.equal(p.closedWith, 1008);
-  m.close();
-});
+test(
+  'worker-errors naming no held assignment are rejected frames: ' + 'maxRejects of them quarantine the peer (1008)',
+  async () => {
+    const m = mesh();
+    const p = new FakePeer(() => null).join(m, 'flood');
+    for (let i = 0; i < 5; i++)
+      p.say({ type: 'worker-error', code: 'LM_ERR_STALE', message: 'x', assignmentId: `nope-${i}` });
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(p.rejects(), [
+      'LM_ERR_ASSIGNMENT',
+      'LM_ERR_ASSIGNMENT',
+      'LM_ERR_ASSIGNMENT',
+      'LM_ERR_ASSIGNMENT',
+      'LM_ERR_ASSIGNMENT',
+      'LM_ERR_QUARANTINED',
+    ]);
+    assert.equal(p.closedWith, 1008);
+    m.close();
+  },
+);
 
-test('outlier screen: a huge result is recomputed, refuted (LM_ERR_OUTLIER), its sender quarantined and its results taken back', async () => {
-  const recomputed: number[] = [];
-  const m = mesh({}, recomputed);
-  const liar = new FakePeer((i) => honest(i).map((x) => x * 1e6)).join(m, 'liar');
-  new FakePeer(honest).join(m, 'a');
-  new FakePeer(honest).join(m, 'b');
-  const { sum } = await m.compute(0, 0, microBatches);
-  assert.deepEqual(
-    [...sum.grads.get('m.lora_A')!],
-    [...expectedSum().grads.get('m.lora_A')!],
-    'the sum is the honest one',
-  );
-  assert.ok(
-    liar.rejects().includes('LM_ERR_OUTLIER') && liar.rejects().at(-1) === 'LM_ERR_QUARANTINED',
-    liar.rejects().join(),
-  );
-  assert.equal(recomputed.length, 1, "one recomputation convicts; the liar's other results go with it");
-  assert.equal(m.quarantinedCount, 1);
-  m.close();
-});
+test(
+  'outlier screen: a huge result is recomputed, refuted (LM_ERR_OUTLIER), ' +
+    'its sender quarantined and its results taken back',
+  async () => {
+    const recomputed: number[] = [];
+    const m = mesh({}, recomputed);
+    const liar = new FakePeer((i) => honest(i).map((x) => x * 1e6)).join(m, 'liar');
+    new FakePeer(honest).join(m, 'a');
+    new FakePeer(honest).join(m, 'b');
+    const { sum } = await m.compute(0, 0, microBatches);
+    assert.deepEqual(
+      [...sum.grads.get('m.lora_A')!],
+      [...expectedSum().grads.get('m.lora_A')!],
+      'the sum is the honest one',
+    );
+    assert.ok(
+      liar.rejects().includes('LM_ERR_OUTLIER') && liar.rejects().at(-1) === 'LM_ERR_QUARANTINED',
+      liar.rejects().join(),
+    );
+    assert.equal(recomputed.length, 1, "one recomputation convicts; the liar's other results go with it");
+    assert.equal(m.quarantinedCount, 1);
+    m.close();
+  },
+);
 
 test('abort() rejects the step in flight', async () => {
   const m = mesh();
@@ -189,14 +200,17 @@ test('abort() rejects the step in flight', async () => {
   m.close();
 });
 
-test('a lie in lossSum alone: 1e308 is refused outright; a plausible wrong loss fails its probation check', async () => {
-  const m = mesh({ probation: 1, outlierFactor: 0 });
-  const overflow = new FakePeer(honest, 1e308).join(m, 'overflow');
-  const wrongLoss = new FakePeer(honest, 50).join(m, 'wrong-loss');
-  new FakePeer(honest).join(m, 'honest');
-  const { sum } = await m.compute(0, 0, microBatches);
-  assert.ok(overflow.rejects().includes('LM_ERR_NON_FINITE'), overflow.rejects().join());
-  assert.ok(wrongLoss.rejects().includes('LM_ERR_SPOT_CHECK'), wrongLoss.rejects().join());
-  assert.equal(sum.lossSum, 6, 'every used result carries the honest loss');
-  m.close();
-});
+test(
+  'a lie in lossSum alone: 1e308 is refused outright; ' + 'a plausible wrong loss fails its probation check',
+  async () => {
+    const m = mesh({ probation: 1, outlierFactor: 0 });
+    const overflow = new FakePeer(honest, 1e308).join(m, 'overflow');
+    const wrongLoss = new FakePeer(honest, 50).join(m, 'wrong-loss');
+    new FakePeer(honest).join(m, 'honest');
+    const { sum } = await m.compute(0, 0, microBatches);
+    assert.ok(overflow.rejects().includes('LM_ERR_NON_FINITE'), overflow.rejects().join());
+    assert.ok(wrongLoss.rejects().includes('LM_ERR_SPOT_CHECK'), wrongLoss.rejects().join());
+    assert.equal(sum.lossSum, 6, 'every used result carries the honest loss');
+    m.close();
+  },
+);

@@ -41,33 +41,40 @@ test('a lost attempt is requeued and retried; its ledger shows both attempts', (
   );
 });
 
-test('an idle fast worker copies a slow attempt it would finish sooner; first result wins, the other is a duplicate', () => {
-  const s = new StepSchedule(0, [10, 10], estimate, opts);
-  const fastFirst = s.next('fast', 0)!;
-  const slowFirst = s.next('slow', 0)!; // expected 100 ms
-  s.complete(fastFirst.assignmentId, 10);
-  const copy = s.next('fast', 10)!; // the fast worker would finish at 20 < 100
-  assert.equal(copy.index, slowFirst.index);
-  assert.equal(copy.reason, 'straggler');
-  assert.equal(s.next('fast', 10), null, 'at most one copy of a micro-batch at a time');
-  assert.equal(s.complete(copy.assignmentId, 20), 'used');
-  assert.equal(s.complete(slowFirst.assignmentId, 100), 'duplicate');
-  assert.deepEqual(
-    s.finish(100)[1].attempts.map((x) => x.outcome),
-    ['duplicate', 'used'],
-  );
-});
+test(
+  'an idle fast worker copies a slow attempt it would finish sooner; ' + 'first result wins, the other is a duplicate',
+  () => {
+    const s = new StepSchedule(0, [10, 10], estimate, opts);
+    const fastFirst = s.next('fast', 0)!;
+    const slowFirst = s.next('slow', 0)!; // expected 100 ms
+    s.complete(fastFirst.assignmentId, 10);
+    const copy = s.next('fast', 10)!; // the fast worker would finish at 20 < 100
+    assert.equal(copy.index, slowFirst.index);
+    assert.equal(copy.reason, 'straggler');
+    assert.equal(s.next('fast', 10), null, 'at most one copy of a micro-batch at a time');
+    assert.equal(s.complete(copy.assignmentId, 20), 'used');
+    assert.equal(s.complete(slowFirst.assignmentId, 100), 'duplicate');
+    assert.deepEqual(
+      s.finish(100)[1].attempts.map((x) => x.outcome),
+      ['duplicate', 'used'],
+    );
+  },
+);
 
-test('an attempt past its deadline is copied even to a worker of unknown speed; a copy still out at the end is cancelled', () => {
-  const s = new StepSchedule(0, [10], estimate, opts);
-  const a = s.next('fast', 0)!; // deadline 80
-  assert.equal(s.next('newcomer', 50), null, 'not overdue, and the newcomer is not known to be faster');
-  assert.equal(s.hasOverdue(81), true);
-  const copy = s.next('newcomer', 81)!;
-  assert.equal(copy.index, 0);
-  assert.equal(s.complete(a.assignmentId, 90), 'used');
-  assert.deepEqual(
-    s.finish(90)[0].attempts.map((x) => x.outcome),
-    ['used', 'cancelled'],
-  );
-});
+test(
+  'an attempt past its deadline is copied even to a worker of unknown speed; ' +
+    'a copy still out at the end is cancelled',
+  () => {
+    const s = new StepSchedule(0, [10], estimate, opts);
+    const a = s.next('fast', 0)!; // deadline 80
+    assert.equal(s.next('newcomer', 50), null, 'not overdue, and the newcomer is not known to be faster');
+    assert.equal(s.hasOverdue(81), true);
+    const copy = s.next('newcomer', 81)!;
+    assert.equal(copy.index, 0);
+    assert.equal(s.complete(a.assignmentId, 90), 'used');
+    assert.deepEqual(
+      s.finish(90)[0].attempts.map((x) => x.outcome),
+      ['used', 'cancelled'],
+    );
+  },
+);

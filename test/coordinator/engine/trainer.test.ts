@@ -82,20 +82,24 @@ const same = (a: TrainerState, b: TrainerState) => {
   }
 };
 
-test('finite gradients whose squares overflow (clip off): the AdamW step is refused with LM_ERR_NON_FINITE and nothing changes', async () => {
-  const published: number[] = [];
-  const t = trainer((step) => (step === 1 ? 1e30 : 0.01), 0, published);
-  t.start();
-  await t.runStep();
-  const before = t.exportState();
-  await assert.rejects(
-    t.runStep(),
-    (err: LoraMeshError) => err.code === 'LM_ERR_NON_FINITE' && /not applied/.test(err.message),
-  );
-  same(t.exportState(), before);
-  assert.deepEqual(published, [0, 1], 'no version after the refused step is published');
-  for (const v of t.adapter.values()) assert.ok(v.every(Number.isFinite));
-});
+test(
+  'finite gradients whose squares overflow (clip off): ' +
+    'the AdamW step is refused with LM_ERR_NON_FINITE and nothing changes',
+  async () => {
+    const published: number[] = [];
+    const t = trainer((step) => (step === 1 ? 1e30 : 0.01), 0, published);
+    t.start();
+    await t.runStep();
+    const before = t.exportState();
+    await assert.rejects(
+      t.runStep(),
+      (err: LoraMeshError) => err.code === 'LM_ERR_NON_FINITE' && /not applied/.test(err.message),
+    );
+    same(t.exportState(), before);
+    assert.deepEqual(published, [0, 1], 'no version after the refused step is published');
+    for (const v of t.adapter.values()) assert.ok(v.every(Number.isFinite));
+  },
+);
 
 test('a summed gradient with Infinity in it is refused before any update (clip on)', async () => {
   const published: number[] = [];
@@ -110,15 +114,18 @@ test('a summed gradient with Infinity in it is refused before any update (clip o
   assert.deepEqual(published, [0]);
 });
 
-test('a step whose compute fails (interrupted) rewinds the sampler: the next try takes the same micro-batches', async () => {
-  const published: number[] = [];
-  let fail = true;
-  const t = trainer(() => (fail ? new Error('interrupted') : 0.01), 1, published);
-  t.start();
-  const before = t.exportState();
-  const expected = trainer(() => 0.01, 1, []).nextMicroBatches();
-  await assert.rejects(t.runStep(), /interrupted/);
-  same(t.exportState(), before);
-  fail = false;
-  assert.deepEqual(t.nextMicroBatches(), expected);
-});
+test(
+  'a step whose compute fails (interrupted) ' + 'rewinds the sampler: the next try takes the same micro-batches',
+  async () => {
+    const published: number[] = [];
+    let fail = true;
+    const t = trainer(() => (fail ? new Error('interrupted') : 0.01), 1, published);
+    t.start();
+    const before = t.exportState();
+    const expected = trainer(() => 0.01, 1, []).nextMicroBatches();
+    await assert.rejects(t.runStep(), /interrupted/);
+    same(t.exportState(), before);
+    fail = false;
+    assert.deepEqual(t.nextMicroBatches(), expected);
+  },
+);

@@ -130,43 +130,47 @@ test('only the newest `keep` checkpoints are kept; keep must be a positive integ
     );
 });
 
-test('a truncated newest checkpoint and a bit-flipped one are skipped, named in the log, and the older valid one loads', () => {
-  const dir = freshDir();
-  for (const step of [1, 2, 3]) saveCheckpoint(dir, smallState(step), { config: { step } }, 5);
-  const folder = checkpointsDir(dir);
-  const third = join(folder, checkpointName(3));
-  truncateSync(third, statSync(third).size - 100);
-  const second = join(folder, checkpointName(2));
-  const bytes = readFileSync(second);
-  bytes[bytes.length - 40] ^= 0x08; // one bit in the data section
-  writeFileSync(second, bytes);
+test(
+  'a truncated newest checkpoint and a bit-flipped one are skipped, ' +
+    'named in the log, and the older valid one loads',
+  () => {
+    const dir = freshDir();
+    for (const step of [1, 2, 3]) saveCheckpoint(dir, smallState(step), { config: { step } }, 5);
+    const folder = checkpointsDir(dir);
+    const third = join(folder, checkpointName(3));
+    truncateSync(third, statSync(third).size - 100);
+    const second = join(folder, checkpointName(2));
+    const bytes = readFileSync(second);
+    bytes[bytes.length - 40] ^= 0x08; // one bit in the data section
+    writeFileSync(second, bytes);
 
-  const logs: string[] = [];
-  const loaded = loadLatestCheckpoint(dir, (l) => logs.push(l))!;
-  assert.equal(loaded.path, join(folder, checkpointName(1)));
-  assertSameState(loaded.state, smallState(1), 'fallback');
-  assert.deepEqual(loaded.config, { step: 1 });
-  assert.equal(logs.length, 2, logs.join('\n'));
-  assert.match(logs[0], /step-000003\.ckpt: .*truncated: \d+ bytes, the header describes \d+/);
-  assert.match(logs[1], /step-000002\.ckpt: .*checksum mismatch/);
+    const logs: string[] = [];
+    const loaded = loadLatestCheckpoint(dir, (l) => logs.push(l))!;
+    assert.equal(loaded.path, join(folder, checkpointName(1)));
+    assertSameState(loaded.state, smallState(1), 'fallback');
+    assert.deepEqual(loaded.config, { step: 1 });
+    assert.equal(logs.length, 2, logs.join('\n'));
+    assert.match(logs[0], /step-000003\.ckpt: .*truncated: \d+ bytes, the header describes \d+/);
+    assert.match(logs[1], /step-000002\.ckpt: .*checksum mismatch/);
 
-  // a file cut inside its header, an empty file and one that is not a checkpoint at all
-  truncateSync(join(folder, checkpointName(1)), 20);
-  writeFileSync(join(folder, checkpointName(4)), '');
-  writeFileSync(
-    join(folder, checkpointName(5)),
-    Buffer.concat([Buffer.from([2, 0, 0, 0, 0, 0, 0, 0]), Buffer.from('{]')]),
-  );
-  logs.length = 0;
-  assert.equal(
-    loadLatestCheckpoint(dir, (l) => logs.push(l)),
-    null,
-  );
-  assert.equal(logs.length, 5, logs.join('\n'));
-  assert.match(logs[0], /step-000005\.ckpt: .*bad header: .*not UTF-8 JSON/);
-  assert.match(logs[1], /step-000004\.ckpt: .*truncated: 0 bytes/);
-  assert.match(logs[4], /step-000001\.ckpt: .*truncated \(or bad header length\)/);
-});
+    // a file cut inside its header, an empty file and one that is not a checkpoint at all
+    truncateSync(join(folder, checkpointName(1)), 20);
+    writeFileSync(join(folder, checkpointName(4)), '');
+    writeFileSync(
+      join(folder, checkpointName(5)),
+      Buffer.concat([Buffer.from([2, 0, 0, 0, 0, 0, 0, 0]), Buffer.from('{]')]),
+    );
+    logs.length = 0;
+    assert.equal(
+      loadLatestCheckpoint(dir, (l) => logs.push(l)),
+      null,
+    );
+    assert.equal(logs.length, 5, logs.join('\n'));
+    assert.match(logs[0], /step-000005\.ckpt: .*bad header: .*not UTF-8 JSON/);
+    assert.match(logs[1], /step-000004\.ckpt: .*truncated: 0 bytes/);
+    assert.match(logs[4], /step-000001\.ckpt: .*truncated \(or bad header length\)/);
+  },
+);
 
 test('after resuming past a damaged checkpoint, saving sets the later one aside instead of pruning the new one', () => {
   const dir = freshDir();
@@ -199,8 +203,9 @@ test('a single-bit flip anywhere in the header (one per byte) and 300 in the dat
       writeSync(fd, Uint8Array.of(original[at] ^ (1 << (bit & 7))), 0, 1, at);
       const logs: string[] = [];
       const loaded = loadLatestCheckpoint(dir, (l) => logs.push(l));
+      // caught: refused and named in the log; a flip that still loads fails loudly if it changed what loads
       if (loaded === null && logs.length === 1 && logs[0].includes('step-000002.ckpt')) caught++;
-      else if (loaded) assertSameState(loaded.state, smallState(2), `bit ${bit} flipped`); // fails loudly if a flip changed what loads
+      else if (loaded) assertSameState(loaded.state, smallState(2), `bit ${bit} flipped`);
       writeSync(fd, original, at, 1, at);
     }
   } finally {
@@ -282,7 +287,8 @@ test('SIGKILL at random moments while writing never leaves a checkpoint that loa
   timeout: 180_000,
 }, async (t) => {
   const lanes = 2; // writers running at once
-  const trialsPerLane = 55; // every 11th killed 0–1000 ms after spawn (startup, resume, first saves), the rest 0–150 ms after `ready`
+  // every 11th killed 0–1000 ms after spawn (startup, resume, first saves), the rest 0–150 ms after `ready`
+  const trialsPerLane = 55;
   const trialsPerDir = 11; // then a fresh run folder, so "nothing saved yet" comes up too
   const seed = Number(process.env.CHECKPOINT_KILL_SEED ?? Date.now() % 1_000_000);
   const rng = new Rng(seed);
@@ -308,7 +314,9 @@ test('SIGKILL at random moments while writing never leaves a checkpoint that loa
       }
       const afterReady = trial % 11 !== 10;
       const delayMs = afterReady ? rng.next() * 150 : rng.next() * 1000;
-      const where = `seed ${seed}, lane ${laneIndex}, trial ${trial} (${afterReady ? `${delayMs.toFixed(0)} ms after ready` : `${delayMs.toFixed(0)} ms after spawn`})`;
+      const where =
+        `seed ${seed}, lane ${laneIndex}, trial ${trial} ` +
+        `(${afterReady ? `${delayMs.toFixed(0)} ms after ready` : `${delayMs.toFixed(0)} ms after spawn`})`;
       const outcome = await killWriter(dir, delayMs, afterReady);
       const logs: string[] = [];
       const loaded: LoadedCheckpoint | null = loadLatestCheckpoint(dir, (l) => logs.push(l));
@@ -332,7 +340,8 @@ test('SIGKILL at random moments while writing never leaves a checkpoint that loa
         assert.deepEqual(loaded.config, WRITER_CONFIG, where);
         assert.deepEqual(loaded.ledger, writerLedger(loaded.state.step), where);
       }
-      assert.ok(ckptFiles(dir).length <= WRITER_KEEP + 1, `${where}: ${ckptFiles(dir).length} checkpoints left`); // + 1 if killed before pruning
+      // + 1 if killed before pruning
+      assert.ok(ckptFiles(dir).length <= WRITER_KEEP + 1, `${where}: ${ckptFiles(dir).length} checkpoints left`);
       assert.ok(
         !readdirSync(checkpointsDir(dir)).some((f) => f.includes('.tmp-')),
         `${where}: a temp file survived loading`,
@@ -355,7 +364,8 @@ test('SIGKILL at random moments while writing never leaves a checkpoint that loa
   t.diagnostic(
     `seed ${seed}: ${counts.kills} kills (${counts.afterReady} after ready) in ${seconds.toFixed(1)} s; ` +
       `${counts.inSave} inside saveCheckpoint, ${counts.tempLeft} between the temp file's open and its rename, ` +
-      `${counts.renamedNotDone} after the rename but before 'done'; ${counts.nullLoads} with no checkpoint yet; writer ready after ${meanReady.toFixed(0)} ms on average`,
+      `${counts.renamedNotDone} after the rename but before 'done'; ${counts.nullLoads} with no checkpoint yet; ` +
+      `writer ready after ${meanReady.toFixed(0)} ms on average`,
   );
   assert.ok(counts.afterReady >= 100);
   assert.ok(counts.tempLeft > 0, 'no kill landed mid-write: the test does not exercise what it claims');

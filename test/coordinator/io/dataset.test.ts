@@ -36,7 +36,8 @@ const opts = (o: Partial<DatasetOptions> = {}): DatasetOptions => ({
 
 const fixtureJson = (file: string) =>
   JSON.parse(readFileSync(new URL(`../../fixtures/tokenizers/byte-bpe/${file}`, import.meta.url), 'utf8'));
-// ids as worked out in test/shared/data/tokenizer.test.ts: 265 <|im_start|>, 266 <|im_end|> (= EOS), 264 <|endoftext|> (= BOS), 259 "hello"
+// ids as worked out in test/shared/data/tokenizer.test.ts:
+// 265 <|im_start|>, 266 <|im_end|> (= EOS), 264 <|endoftext|> (= BOS), 259 "hello"
 const chatml = loadHfTokenizer(fixtureJson('tokenizer.json'), fixtureJson('tokenizer_config.json'));
 
 function throwsData(fn: () => unknown, messagePart: RegExp): void {

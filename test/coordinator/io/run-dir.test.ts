@@ -42,7 +42,8 @@ test('mode new refuses a folder holding run_config.json or metrics.jsonl, naming
       () => RunDir.open(root, runId, { mode: 'new' }),
       ErrorCodes.CONFIG,
       new RegExp(
-        `run folder ${shown} already exists \\(it has ${file}\\); pick another --run-id or continue it with --resume ${shown}`,
+        `run folder ${shown} already exists \\(it has ${file}\\); ` +
+          `pick another --run-id or continue it with --resume ${shown}`,
       ),
     );
     assert.ok(!existsSync(join(root, runId, LOCK_FILE)));

@@ -141,7 +141,9 @@ test('an unreadable lock file is held while young (a writer may be mid-write) an
 test('a process that exits without release() leaves no lock behind (exit fallback)', () => {
   const dir = freshDir();
   const lockModule = fileURLToPath(new URL('../../../coordinator/io/run-lock.ts', import.meta.url));
-  const script = `import { acquireRunLock } from ${JSON.stringify(lockModule)}; acquireRunLock(${JSON.stringify(dir)}); process.exit(0);`;
+  const script =
+    `import { acquireRunLock } from ${JSON.stringify(lockModule)}; ` +
+    `acquireRunLock(${JSON.stringify(dir)}); process.exit(0);`;
   const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
     encoding: 'utf8',
   });
@@ -155,10 +157,12 @@ test('processes racing to take over one stale lock: exactly one wins, the others
   const go = join(dir, 'go');
   const lockModule = fileURLToPath(new URL('../../../coordinator/io/run-lock.ts', import.meta.url));
   // Each racer waits for the go file so that all of them try within a few ms of each other.
-  const script = `import { existsSync } from 'node:fs'; import { acquireRunLock } from ${JSON.stringify(lockModule)};
+  const script =
+    `import { existsSync } from 'node:fs'; import { acquireRunLock } from ${JSON.stringify(lockModule)};
     const nap = new Int32Array(new SharedArrayBuffer(4)); console.log('ready');
     while (!existsSync(${JSON.stringify(go)})) Atomics.wait(nap, 0, 0, 1);
-    try { const lock = acquireRunLock(${JSON.stringify(dir)}, () => {}); console.log('won'); setTimeout(() => lock.release(), 1500); }
+    try { const lock = acquireRunLock(${JSON.stringify(dir)}, () => {}); console.log('won'); ` +
+    `setTimeout(() => lock.release(), 1500); }
     catch (err) { console.log(err.code); }`;
   const racers = Array.from({ length: 4 }, () =>
     spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
