@@ -7,28 +7,26 @@ import { nanoid } from 'nanoid';
 import cliProgress from 'cli-progress';
 import type * as tf from '@tensorflow/tfjs-core';
 import { ErrorCodes, fail, LoraMeshError } from '../../shared/errors.ts';
-import { adapterParameterCount, adapterSpec, fanInFanOut, type AdapterState } from '../../shared/lora/adapter.ts';
-import { parameterShapes } from '../../shared/model/causal-lm.ts';
+import {
+  adapterParameterCount,
+  type AdapterState,
+  type AdapterTensorSpec,
+  fanInFanOut,
+} from '../../shared/lora/adapter.ts';
 import { firstNonFinite } from '../../shared/protocol/messages.ts';
-import { describeCodec } from '../../shared/protocol/wire-codec.ts';
 import type { Example } from '../../shared/train/micro-batch.ts';
 import { saveCheckpoint } from '../io/checkpoint.ts';
-import { InProcessExecutor } from '../engine/in-process.ts';
-import { spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
-import { MeshExecutor } from '../engine/mesh.ts';
-import { loadWeights, type ModelDir } from '../io/model-dir.ts';
-import { RunMonitor } from '../net/monitor.ts';
-import type { NetLimits } from '../net/net-limits.ts';
-import { resultChecks } from './result-checks.ts';
+import { type spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
+import type { ModelDir } from '../io/model-dir.ts';
 import { resumeFromCheckpoint, type CheckpointConfig, type RunInputs } from './resume.ts';
 import { RunControl } from './run-control.ts';
+import { buildEngine, buildMonitor, startEdge, startWorkers } from './run-builder.ts';
 import { resolveRunConfig, type RunConfig, type RunConfigInput } from './run-config.ts';
 import { RunDir } from '../io/run-dir.ts';
-import { startServer, type RunningServer } from '../net/server.ts';
+import type { RunningServer } from '../net/server.ts';
 import { metricsLine, stepRecord, type StepRecord } from '../engine/step-record.ts';
 import { NO_TRAFFIC, trafficSince } from '../engine/traffic.ts';
-import { Trainer, type StepMetrics } from '../engine/trainer.ts';
-import { TrustedModel } from './trusted-model.ts';
+import type { StepMetrics, Trainer } from '../engine/trainer.ts';
 
 /** A run: the inputs the caller loaded, its config, and hooks into its progress. */
 export interface RunOptions {
@@ -113,7 +111,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
 async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string, runDir: RunDir): Promise<RunResult> {
   const userLog = opts.log ?? ((line: string) => console.log(line));
   let log = userLog;
-  const { run, deployment, limits } = config;
+  const { run, deployment } = config;
   const { model } = opts;
   const { lora, train, wire, local } = run;
   const checkpointConfig: CheckpointConfig = { model: model.dir, lora, train, local: local ?? undefined };
@@ -137,56 +135,9 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
     });
   }
 
-  // 1. The executor: this process, or the worker mesh with its result checks.
-  const spec = adapterSpec(model.config, lora);
-  const inner = {
-    beta1: train.beta1,
-    beta2: train.beta2,
-    eps: train.eps,
-    weightDecay: train.weightDecay,
-    clipNorm: train.clipNorm,
-  };
-  const trusted = new TrustedModel(model.config, lora, spec, inner, () => opts.weights ?? loadWeights(model).weights);
-  const mesh = deployment.inProcess
-    ? null
-    : new MeshExecutor({
-        manifest: {
-          runId,
-          model: {
-            config: model.config,
-            files: model.files.map(({ name, sha256, bytes }) => ({ name, sha256, bytes })),
-          },
-          lora,
-          adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
-          wire,
-          ...(local ? { local: { steps: local.steps, ...inner } } : {}),
-        },
-        checks: resultChecks(limits.defence, wire.up, trusted, (line) => log(line)),
-        log: (line) => log(line),
-        schedule: limits.schedule,
-        security: limits.security,
-      });
-  const executor = mesh ?? new InProcessExecutor(trusted.get().model, trusted.get().base, spec, lora, inner);
-  const trainer = new Trainer(
-    {
-      model: model.config,
-      lora,
-      train,
-      examples: opts.examples,
-      padId: model.tokenizer.padId,
-      initialAdapter: opts.initialAdapter,
-      aggregation: run.aggregation,
-      local: local ?? undefined,
-    },
-    executor,
-  );
-  const localSteps = local
-    ? `local steps: H=${local.steps}, inner lr ${local.innerLr}, ` +
-      `outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}`
-    : '';
-  if (mesh)
-    log(`wire: ${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down${local ? `; ${localSteps}` : ''}`);
-  else if (local) log(localSteps);
+  // 1. The engine: the trainer over the worker mesh (with its result checks) or this process.
+  const engine = buildEngine(config, opts, runId, (line) => log(line));
+  const { spec, trusted, mesh, trainer } = engine;
 
   // 2. Resume, if asked; a finished run has nothing to do.
   let checkpointedStep = -1;
@@ -199,24 +150,7 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
         `run ${runId} already finished: step ${trainer.step} of ${train.steps}; ` +
           'nothing to do (raise --steps to train further)',
       );
-      return {
-        runId,
-        runDir: runDir.path,
-        adapter: trainer.adapter,
-        metrics: [],
-        bytesUp: 0,
-        bytesDown: 0,
-        workers: 0,
-        fullFineTuneBytes: 0,
-        adapterParameters: adapterParameterCount(spec),
-        modelParameters: 0,
-        evalLosses: [],
-        step: trainer.step,
-        interrupted: false,
-        alreadyFinished: true,
-        rejections: {},
-        quarantined: 0,
-      };
+      return finishedResult(runId, runDir.path, trainer, spec);
     }
     log(`resuming ${runId} at step ${trainer.step} of ${train.steps} from ${path}`);
   }
@@ -235,25 +169,7 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
   };
 
   // 3. What the run shows: the dashboard's monitor (every log line goes there too) and the eval loss.
-  const modelParameters = [...parameterShapes(model.config).values()].reduce(
-    (n, s) => n + s.reduce((a, b) => a * b, 1),
-    0,
-  );
-  const monitor = new RunMonitor(
-    {
-      runId,
-      model: model.dir,
-      modelType: model.config.model_type,
-      modelParameters,
-      adapterParameters: adapterParameterCount(spec),
-      steps: train.steps,
-      lora,
-      train,
-      wire: mesh ? `${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down` : null,
-      local: local ? { steps: local.steps, outerLr: local.outerLr, outerMomentum: local.outerMomentum } : null,
-    },
-    () => mesh?.info() ?? [],
-  );
+  const { monitor, modelParameters } = buildMonitor(config, model, engine, runId);
   log = (line: string) => {
     monitor.log(line);
     userLog(line);
@@ -276,30 +192,7 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
   let server: RunningServer | null = null;
   let children: ReturnType<typeof spawnLocalWorkers> = [];
   if (mesh) {
-    // The largest legitimate frame is a result: 4 bytes per adapter value plus framing.
-    const maxPayload = 4 * adapterParameterCount(spec) + 64 * 1024 + 16 * spec.length * 64;
-    server = await startServer({
-      host: deployment.host,
-      port: deployment.port,
-      files: model.files,
-      mesh,
-      maxPayload,
-      heartbeatMs: deployment.heartbeatMs,
-      token: deployment.token ?? undefined,
-      allowedOrigins: deployment.allowedOrigins ?? undefined,
-      tls: deployment.tls ?? undefined,
-      limits: roomForLocalWorkers(limits.net, deployment.localWorkers),
-      headersTimeoutMs: limits.security.handshakeTimeoutMs,
-      adminToken: deployment.adminToken ?? undefined,
-      dashboardAccess: deployment.dashboardAccess,
-      admin: {
-        pause: () => control.pause(),
-        resume: () => control.resume(),
-        stop: () => control.stop(),
-        kick: (id) => mesh.kick(id),
-      },
-      monitor,
-    });
+    server = await startEdge(config, model, { ...engine, mesh }, control, monitor);
     log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
     await opts.onListening?.({ wsUrl: server.wsUrl, url: server.url });
   }
@@ -318,20 +211,12 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
     : null;
   try {
     if (mesh && server) {
-      if (deployment.localWorkers > 0) {
-        children = spawnLocalWorkers(deployment.localWorkers, server.wsUrl, {
-          backend: deployment.backend,
-          cacheDir: deployment.cacheDir ?? undefined,
-          token: deployment.token ?? undefined,
-          stdio: opts.workerOutput ?? 'inherit',
-          env: opts.workerEnv,
-        });
-      }
-      const minWorkers = deployment.minWorkers ?? Math.max(1, deployment.localWorkers);
-      if (deployment.localWorkers === 0) log(`waiting for ${minWorkers} worker(s): loramesh worker ${server.wsUrl}`);
-      const childrenGone = failWhenChildrenExit(children, minWorkers);
-      childrenGone.catch(() => {}); // only matters while waiting; workers exit normally at the end
-      await Promise.race([mesh.waitForWorkers(minWorkers), childrenGone, control.stopped]);
+      const workers = startWorkers(config, mesh, server.wsUrl, control, log, {
+        stdio: opts.workerOutput,
+        env: opts.workerEnv,
+      });
+      children = workers.children;
+      await workers.ready;
     }
     bar?.start(train.steps, trainer.step, { loss: '-', tps: '-' });
     if (!control.stopRequested) {
@@ -419,33 +304,24 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
   };
 }
 
-/** Local workers all connect from loopback: the per-address caps make room for them (and one more). */
-function roomForLocalWorkers(limits: NetLimits, localWorkers: number): NetLimits {
+/** The result of a resumed run that had already done all its steps: nothing was trained. */
+function finishedResult(runId: string, runDir: string, trainer: Trainer, spec: AdapterTensorSpec[]): RunResult {
   return {
-    ...limits,
-    maxWorkersPerAddress: Math.max(limits.maxWorkersPerAddress, localWorkers + 1),
-    maxConnectionsPerAddress: Math.max(limits.maxConnectionsPerAddress, 2 * localWorkers + 8),
+    runId,
+    runDir,
+    adapter: trainer.adapter,
+    metrics: [],
+    bytesUp: 0,
+    bytesDown: 0,
+    workers: 0,
+    fullFineTuneBytes: 0,
+    adapterParameters: adapterParameterCount(spec),
+    modelParameters: 0,
+    evalLosses: [],
+    step: trainer.step,
+    interrupted: false,
+    alreadyFinished: true,
+    rejections: {},
+    quarantined: 0,
   };
-}
-
-/** Rejects if local workers exit before enough of them are ready, instead of waiting forever. */
-function failWhenChildrenExit(children: ReturnType<typeof spawnLocalWorkers>, needed: number): Promise<never> {
-  if (children.length === 0) return new Promise(() => {});
-  return new Promise((_, reject) => {
-    let exited = 0;
-    for (const child of children) {
-      child.once('exit', (code, signal) => {
-        exited++;
-        if (children.length - exited < needed) {
-          reject(
-            new LoraMeshError(
-              ErrorCodes.STATE,
-              `${exited} local worker(s) exited (last: code ${code}, signal ${signal}) before ${needed} were ready; ` +
-                'run `loramesh worker` by hand to see why',
-            ),
-          );
-        }
-      });
-    }
-  });
 }

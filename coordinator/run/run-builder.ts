@@ -1,0 +1,240 @@
+/**
+ * Assembles a run's parts from its config: the engine (trusted model copy, executor — the worker
+ * mesh with its result checks, or this process — and the trainer), the network edge (server with
+ * admin hooks and the dashboard's monitor) and the workers (local processes, then waiting for
+ * enough of them). train.ts runs the steps over what these build.
+ */
+import { ErrorCodes, LoraMeshError } from '../../shared/errors.ts';
+import {
+  adapterParameterCount,
+  adapterSpec,
+  type AdapterState,
+  type AdapterTensorSpec,
+} from '../../shared/lora/adapter.ts';
+import { describeCodec } from '../../shared/protocol/wire-codec.ts';
+import type { Example } from '../../shared/train/micro-batch.ts';
+import type { GradientExecutor } from '../engine/trainer.ts';
+import { InProcessExecutor } from '../engine/in-process.ts';
+import { MeshExecutor } from '../engine/mesh.ts';
+import { Trainer } from '../engine/trainer.ts';
+import { loadWeights, type ModelDir } from '../io/model-dir.ts';
+import { RunMonitor } from '../net/monitor.ts';
+import { parameterShapes } from '../../shared/model/causal-lm.ts';
+import type { NetLimits } from '../net/net-limits.ts';
+import { startServer, type RunningServer } from '../net/server.ts';
+import { spawnLocalWorkers } from './local-workers.ts';
+import { resultChecks } from './result-checks.ts';
+import type { RunControl } from './run-control.ts';
+import type { RunConfig } from './run-config.ts';
+import { TrustedModel } from './trusted-model.ts';
+import type * as tf from '@tensorflow/tfjs-core';
+
+export interface Engine {
+  spec: AdapterTensorSpec[];
+  /** the coordinator's own model copy: eval loss and result recomputations */
+  trusted: TrustedModel;
+  /** the worker mesh; null when every micro-batch is computed in this process */
+  mesh: MeshExecutor | null;
+  trainer: Trainer;
+}
+
+export interface EngineInputs {
+  model: ModelDir;
+  examples: Example[];
+  initialAdapter?: AdapterState;
+  weights?: Map<string, tf.Tensor>;
+}
+
+/** The trainer over its executor; `log` is read at each call, so it may be rebound later (the monitor). */
+export function buildEngine(
+  config: RunConfig,
+  inputs: EngineInputs,
+  runId: string,
+  log: (line: string) => void,
+): Engine {
+  const { model } = inputs;
+  const { lora, train, wire, local, aggregation } = config.run;
+  const spec = adapterSpec(model.config, lora);
+  const inner = {
+    beta1: train.beta1,
+    beta2: train.beta2,
+    eps: train.eps,
+    weightDecay: train.weightDecay,
+    clipNorm: train.clipNorm,
+  };
+  const trusted = new TrustedModel(model.config, lora, spec, inner, () => inputs.weights ?? loadWeights(model).weights);
+  const mesh = config.deployment.inProcess
+    ? null
+    : new MeshExecutor({
+        manifest: {
+          runId,
+          model: {
+            config: model.config,
+            files: model.files.map(({ name, sha256, bytes }) => ({ name, sha256, bytes })),
+          },
+          lora,
+          adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
+          wire,
+          ...(local ? { local: { steps: local.steps, ...inner } } : {}),
+        },
+        checks: resultChecks(config.limits.defence, wire.up, trusted, log),
+        log,
+        schedule: config.limits.schedule,
+        security: config.limits.security,
+      });
+  const executor: GradientExecutor =
+    mesh ?? new InProcessExecutor(trusted.get().model, trusted.get().base, spec, lora, inner);
+  const trainer = new Trainer(
+    {
+      model: model.config,
+      lora,
+      train,
+      examples: inputs.examples,
+      padId: model.tokenizer.padId,
+      initialAdapter: inputs.initialAdapter,
+      aggregation,
+      local: local ?? undefined,
+    },
+    executor,
+  );
+  const localSteps = local
+    ? `local steps: H=${local.steps}, inner lr ${local.innerLr}, ` +
+      `outer lr ${local.outerLr}, outer momentum ${local.outerMomentum}`
+    : '';
+  if (mesh)
+    log(`wire: ${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down${local ? `; ${localSteps}` : ''}`);
+  else if (local) log(localSteps);
+  return { spec, trusted, mesh, trainer };
+}
+
+/** The server for `mesh`: base files, the worker socket, the dashboard and the admin hooks into `control`. */
+export async function startEdge(
+  config: RunConfig,
+  model: ModelDir,
+  engine: Engine & { mesh: MeshExecutor },
+  control: RunControl,
+  monitor: RunMonitor,
+): Promise<RunningServer> {
+  const { deployment, limits } = config;
+  const { mesh, spec } = engine;
+  // The largest legitimate frame is a result: 4 bytes per adapter value plus framing.
+  const maxPayload = 4 * adapterParameterCount(spec) + 64 * 1024 + 16 * spec.length * 64;
+  return startServer({
+    host: deployment.host,
+    port: deployment.port,
+    files: model.files,
+    mesh,
+    maxPayload,
+    heartbeatMs: deployment.heartbeatMs,
+    token: deployment.token ?? undefined,
+    allowedOrigins: deployment.allowedOrigins ?? undefined,
+    tls: deployment.tls ?? undefined,
+    limits: roomForLocalWorkers(limits.net, deployment.localWorkers),
+    headersTimeoutMs: limits.security.handshakeTimeoutMs,
+    adminToken: deployment.adminToken ?? undefined,
+    dashboardAccess: deployment.dashboardAccess,
+    admin: {
+      pause: () => control.pause(),
+      resume: () => control.resume(),
+      stop: () => control.stop(),
+      kick: (id) => mesh.kick(id),
+    },
+    monitor,
+  });
+}
+
+/** What the dashboard shows of the run (every log line goes there too), and the model's parameter count. */
+export function buildMonitor(
+  config: RunConfig,
+  model: ModelDir,
+  engine: Engine,
+  runId: string,
+): { monitor: RunMonitor; modelParameters: number } {
+  const { lora, train, wire, local } = config.run;
+  const { mesh, spec } = engine;
+  const modelParameters = [...parameterShapes(model.config).values()].reduce(
+    (n, s) => n + s.reduce((a, b) => a * b, 1),
+    0,
+  );
+  const monitor = new RunMonitor(
+    {
+      runId,
+      model: model.dir,
+      modelType: model.config.model_type,
+      modelParameters,
+      adapterParameters: adapterParameterCount(spec),
+      steps: train.steps,
+      lora,
+      train,
+      wire: mesh ? `${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down` : null,
+      local: local ? { steps: local.steps, outerLr: local.outerLr, outerMomentum: local.outerMomentum } : null,
+    },
+    () => mesh?.info() ?? [],
+  );
+  return { monitor, modelParameters };
+}
+
+export interface WorkerStart {
+  /** the local worker processes (stop them with stopLocalWorkers) */
+  children: ReturnType<typeof spawnLocalWorkers>;
+  /** resolves once enough workers are ready, or the run is stopped; rejects if local workers die first */
+  ready: Promise<unknown>;
+}
+
+/** Starts the deployment's local workers and waits for minWorkers (default: the local ones, at least 1). */
+export function startWorkers(
+  config: RunConfig,
+  mesh: MeshExecutor,
+  wsUrl: string,
+  control: RunControl,
+  log: (line: string) => void,
+  child: { stdio?: 'inherit' | 'ignore'; env?: (index: number) => Record<string, string> },
+): WorkerStart {
+  const { deployment } = config;
+  const children =
+    deployment.localWorkers > 0
+      ? spawnLocalWorkers(deployment.localWorkers, wsUrl, {
+          backend: deployment.backend,
+          cacheDir: deployment.cacheDir ?? undefined,
+          token: deployment.token ?? undefined,
+          stdio: child.stdio ?? 'inherit',
+          env: child.env,
+        })
+      : [];
+  const minWorkers = deployment.minWorkers ?? Math.max(1, deployment.localWorkers);
+  if (deployment.localWorkers === 0) log(`waiting for ${minWorkers} worker(s): loramesh worker ${wsUrl}`);
+  const childrenGone = failWhenChildrenExit(children, minWorkers);
+  childrenGone.catch(() => {}); // only matters while waiting; workers exit normally at the end
+  return { children, ready: Promise.race([mesh.waitForWorkers(minWorkers), childrenGone, control.stopped]) };
+}
+
+/** Local workers all connect from loopback: the per-address caps make room for them (and one more). */
+function roomForLocalWorkers(limits: NetLimits, localWorkers: number): NetLimits {
+  return {
+    ...limits,
+    maxWorkersPerAddress: Math.max(limits.maxWorkersPerAddress, localWorkers + 1),
+    maxConnectionsPerAddress: Math.max(limits.maxConnectionsPerAddress, 2 * localWorkers + 8),
+  };
+}
+
+/** Rejects if local workers exit before enough of them are ready, instead of waiting forever. */
+function failWhenChildrenExit(children: ReturnType<typeof spawnLocalWorkers>, needed: number): Promise<never> {
+  if (children.length === 0) return new Promise(() => {});
+  return new Promise((_, reject) => {
+    let exited = 0;
+    for (const child of children) {
+      child.once('exit', (code, signal) => {
+        exited++;
+        if (children.length - exited < needed) {
+          reject(
+            new LoraMeshError(
+              ErrorCodes.STATE,
+              `${exited} local worker(s) exited (last: code ${code}, signal ${signal}) before ${needed} were ready; ` +
+                'run `loramesh worker` by hand to see why',
+            ),
+          );
+        }
+      });
+    }
+  });
+}
