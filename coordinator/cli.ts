@@ -58,9 +58,11 @@ function addTrainOptions(cmd: Command): Command {
   return cmd
     .option('--model <dir>', 'base model directory (config.json, *.safetensors, vocab.json)', DEMO_MODEL_DIR)
     .option(
-      '--data <file.jsonl>',
-      'training data, one record per line: {"text"}, {"prompt","completion"} or {"messages":[...]} ' +
-        '(default: the demo task)',
+      '--data <file>',
+      'training data (default: the demo task): .jsonl (one JSON object per line), .parquet or .csv ' +
+        '(one record per row, header row in CSV); records are {"text"}, {"prompt","completion"} or ' +
+        '{"messages":[{"role","content"},...]}, in Parquet/CSV columns of those names (messages: a list of ' +
+        'structs or a JSON string in Parquet, a JSON string in CSV; other columns are ignored)',
     )
     .option('--max-tokens <n>', 'sequence length for --data (default: the model context, at most 1024)', int(2))
     .option('--pack', 'pack --data records into full sequences instead of truncating each', false)
@@ -284,11 +286,13 @@ addTrainOptions(
 
   const { initBackend } = await import('../node/backend.ts');
   const { openModelDir } = await import('./io/model-dir.ts');
-  const { examplesFor } = await import('./io/dataset.ts');
+  const { dataFileFormat, examplesFor } = await import('./io/dataset.ts');
   const { readAdapterDir } = await import('./io/adapter-io.ts');
   const { runTraining } = await import('./run/train.ts');
   let { lora } = config.run;
   const { train, data: dataSpec } = config.run;
+  // a data file of an unsupported format is refused before the model loads (minutes at real sizes)
+  if (dataSpec?.kind === 'jsonl') dataFileFormat(dataSpec.path);
   const model = await openModelDir(config.run.model);
   // The coordinator itself computes only the eval loss and result checks (and everything with
   // --in-process); --backend otherwise names the local workers' backend (WebGPU in Node may be software-only).
@@ -304,7 +308,7 @@ addTrainOptions(
     );
   }
   // runShapeFrom always describes the data (the demo task without --data)
-  const data = examplesFor(dataSpec as DataSpec, model, console.log);
+  const data = await examplesFor(dataSpec as DataSpec, model, console.log);
   if (token === undefined && deployment.token)
     console.log(`join token (give it to workers with --token, or open /join#token=…): ${deployment.token}`);
   const result = await runTraining({

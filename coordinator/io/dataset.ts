@@ -1,20 +1,28 @@
 /**
- * Training data for a run: the built-in demo task, or a JSONL file with one record per line.
+ * Training data for a run: the built-in demo task, or a data file of records. A record is one
+ * line of a JSONL file (a JSON object), or one row of a Parquet or CSV file (its fields are the
+ * columns; other columns are ignored, as other keys are in JSONL):
  *
- *   {"text": "..."}                          loss on every token after BOS, EOS appended
- *   {"prompt": "...", "completion": "..."}   loss on the completion and the appended EOS only
- *   {"messages": [{"role", "content"}, ...]} rendered with the chat template; loss on the
- *                                            assistant turns only (see assistantSpans)
+ *   text                   loss on every token after BOS, EOS appended
+ *   prompt, completion     loss on the completion and the appended EOS only
+ *   messages               [{role, content}, ...] rendered with the chat template; loss on the
+ *                          assistant turns only (see chatExample). Parquet: a list of structs
+ *                          or a JSON string; CSV: a JSON string.
  *
- * All records of a file share one format. Errors name `path:line`.
+ * A record's kind is the first of messages, prompt/completion, text whose field it has; all
+ * records of a file share one kind. The same records give the same examples in every format:
+ * each format only reads records, and one function per kind makes the tokens. Errors name
+ * `path:line` (JSONL), `path: row N` (Parquet) or `path: row N (line L)` (CSV) and the field.
  */
 import { readFileSync } from 'node:fs';
+import { extname } from 'node:path';
 import { FINETUNE_TAG, taskSplits, toExample, type TaskSample } from '../../shared/data/demo-tasks.ts';
 import type { ChatMessage, TextTokenizer } from '../../shared/data/tokenizer.ts';
 import { describe, ErrorCodes, fail, LoraMeshError } from '../../shared/errors.ts';
 import { Rng } from '../../shared/rng.ts';
 import type { Example } from '../../shared/train/micro-batch.ts';
 import { contextLength, type ModelConfig } from '../../shared/config.ts';
+import type { DataTable } from './data-tables.ts';
 
 export interface DemoData {
   train: TaskSample[];
@@ -41,7 +49,7 @@ export interface DatasetOptions {
   seed: number;
 }
 
-export interface JsonlDataset {
+export interface Dataset {
   train: Example[];
   eval: Example[];
   format: DatasetFormat;
@@ -52,10 +60,44 @@ export interface JsonlDataset {
   skippedLines: number;
 }
 
+/** The name this type had when JSONL was the only format. */
+export type JsonlDataset = Dataset;
+
+/** The data file formats `--data` takes, by extension. */
+export const DATA_FILE_FORMATS = { '.jsonl': 'jsonl', '.parquet': 'parquet', '.csv': 'csv' } as const;
+export type DataFileFormat = (typeof DATA_FILE_FORMATS)[keyof typeof DATA_FILE_FORMATS];
+
+/** A data file's format from its extension (any case), or an error naming the ones there are. */
+export function dataFileFormat(path: string): DataFileFormat {
+  const ext = extname(path).toLowerCase();
+  const format = DATA_FILE_FORMATS[ext as keyof typeof DATA_FILE_FORMATS];
+  if (format) return format;
+  const known = Object.keys(DATA_FILE_FORMATS);
+  return fail(
+    ErrorCodes.DATA,
+    `${path}: ${ext ? `"${ext}" files are` : 'a file without an extension is'} not supported; ` +
+      `expected ${known.slice(0, -1).join(', ')} or ${known.at(-1)}`,
+  );
+}
+
 /**
- * Reads, tokenizes, splits and shapes a JSONL dataset. The split depends only on the records, evalFraction and seed.
+ * Reads, tokenizes, splits and shapes a data file, by its extension: .jsonl, .parquet or .csv
+ * (Parquet and CSV are streamed, tokenized as they are read).
  */
-export function loadJsonlDataset(path: string, tok: TextTokenizer, opts: DatasetOptions): JsonlDataset {
+export async function loadDataset(path: string, tok: TextTokenizer, opts: DatasetOptions): Promise<Dataset> {
+  const format = dataFileFormat(path);
+  if (format === 'jsonl') return loadJsonlDataset(path, tok, opts);
+  checkOptions(opts);
+  // the Parquet and CSV libraries load only when a run reads such a file
+  const { openCsv, openParquet } = await import('./data-tables.ts');
+  return loadTable(path, format === 'parquet' ? await openParquet(path) : await openCsv(path), tok, opts);
+}
+
+/**
+ * Reads, tokenizes, splits and shapes a JSONL dataset (any extension). The split depends only on
+ * the records, evalFraction and seed.
+ */
+export function loadJsonlDataset(path: string, tok: TextTokenizer, opts: DatasetOptions): Dataset {
   checkOptions(opts);
   let source: string;
   try {
@@ -63,34 +105,53 @@ export function loadJsonlDataset(path: string, tok: TextTokenizer, opts: Dataset
   } catch (err) {
     fail(ErrorCodes.DATA, `${path}: cannot be read (${(err as Error).message})`);
   }
-  let format: DatasetFormat | null = null;
-  let formatLine = 0;
-  const examples: Example[] = [];
+  const records = new Records(tok, KEYS);
   for (const [i, line] of source.split('\n').entries()) {
     if (line.trim() === '') continue;
-    const where = `${path}:${i + 1}`;
-    try {
-      const record = parseRecord(line);
-      const recordFormat = formatOf(record);
-      if (format === null) [format, formatLine] = [recordFormat, i + 1];
-      else if (recordFormat !== format)
-        fail(
-          ErrorCodes.DATA,
-          `a ${recordFormat} record, but line ${formatLine} made this a ${format} file; expected one format per file`,
-        );
-      examples.push(toTokens(record, recordFormat, tok));
-    } catch (err) {
-      if (err instanceof LoraMeshError) fail(err.code, `${where}: ${err.message.slice(err.code.length + 2)}`);
-      throw err;
-    }
+    located(`${path}:${i + 1}`, () => records.add(parseRecord(line), `line ${i + 1}`));
   }
-  if (format === null)
-    return fail(
-      ErrorCodes.DATA,
-      `${path}: no records (the file is empty or has only blank lines); expected one JSON object per line`,
-    );
+  return shapeDataset(
+    path,
+    records.examples,
+    records.format ??
+      fail(
+        ErrorCodes.DATA,
+        `${path}: no records (the file is empty or has only blank lines); expected one JSON object per line`,
+      ),
+    tok,
+    opts,
+  );
+}
 
-  // Shuffle record indices; the first ceil(evalFraction·n) go to eval. Both splits keep file order.
+/** A Parquet or CSV file's records: the columns of the kind the header names, one row at a time. */
+async function loadTable(path: string, table: DataTable, tok: TextTokenizer, opts: DatasetOptions): Promise<Dataset> {
+  const records = new Records(tok, COLUMNS);
+  try {
+    const fields = tableFields(path, table.columns);
+    for await (const { cells, row, where } of table.rows(fields)) {
+      located(where, () => records.add(tableRecord(cells), `row ${row}`));
+    }
+  } finally {
+    table.close();
+  }
+  const format =
+    records.format ??
+    fail(ErrorCodes.DATA, `${path}: no rows (columns ${JSON.stringify(table.columns)}); expected one record per row`);
+  return shapeDataset(path, records.examples, format, tok, opts);
+}
+
+/**
+ * Splits records into train and eval and shapes them. The split depends only on the records,
+ * evalFraction and seed: the first ceil(evalFraction·n) of a seeded shuffle of record indices go to eval.
+ */
+function shapeDataset(
+  path: string,
+  examples: Example[],
+  format: DatasetFormat,
+  tok: TextTokenizer,
+  opts: DatasetOptions,
+): Dataset {
+  // Both splits keep file order.
   const order = new Rng(opts.seed).shuffle(examples.map((_, k) => k));
   const evalCount = Math.ceil(opts.evalFraction * examples.length);
   const evalSet = new Set(order.slice(0, evalCount));
@@ -127,6 +188,54 @@ function checkOptions(opts: DatasetOptions): void {
 
 type JsonRecord = Record<string, unknown>;
 
+/** How errors name a record's fields: JSONL keys or Parquet/CSV columns. */
+interface FieldNames {
+  field(name: string): string;
+  turn(k: number): string;
+}
+const KEYS: FieldNames = { field: (f) => `"${f}"`, turn: (k) => `messages[${k}]` };
+const COLUMNS: FieldNames = { field: (f) => `column "${f}"`, turn: (k) => `column "messages": messages[${k}]` };
+
+/** The fields of each record kind, in the order a record's kind is decided: the first whose field it has. */
+const KINDS: readonly [DatasetFormat, readonly string[]][] = [
+  ['messages', ['messages']],
+  ['prompt-completion', ['prompt', 'completion']],
+  ['text', ['text']],
+];
+const kindOf = (has: (field: string) => boolean) => KINDS.find(([, fields]) => fields.some(has));
+
+/** Re-raises a LoraMeshError from `fn` with `where` in front of its message. */
+function located<T>(where: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    if (err instanceof LoraMeshError) fail(err.code, `${where}: ${err.message.slice(err.code.length + 2)}`);
+    throw err;
+  }
+}
+
+/** A file's records as examples, all of one kind; `at` names the record that set the kind ("line 3", "row 3"). */
+class Records {
+  format: DatasetFormat | null = null;
+  private formatAt = '';
+  readonly examples: Example[] = [];
+  constructor(
+    private readonly tok: TextTokenizer,
+    private readonly names: FieldNames,
+  ) {}
+
+  add(record: JsonRecord, at: string): void {
+    const recordFormat = formatOf(record, this.names);
+    if (this.format === null) [this.format, this.formatAt] = [recordFormat, at];
+    else if (recordFormat !== this.format)
+      fail(
+        ErrorCodes.DATA,
+        `a ${recordFormat} record, but ${this.formatAt} made this a ${this.format} file; expected one format per file`,
+      );
+    this.examples.push(toTokens(record, recordFormat, this.tok));
+  }
+}
+
 function parseRecord(line: string): JsonRecord {
   let record: unknown;
   try {
@@ -139,40 +248,75 @@ function parseRecord(line: string): JsonRecord {
   return record as JsonRecord;
 }
 
-function formatOf(record: JsonRecord): DatasetFormat {
+/** The columns a table's records are read from: those of the kind its columns name, each required. */
+function tableFields(path: string, columns: string[]): readonly string[] {
+  const kind = kindOf((f) => columns.includes(f));
+  if (!kind)
+    fail(
+      ErrorCodes.DATA,
+      `${path}: columns ${JSON.stringify(columns)}; ` +
+        'expected a "text" column, "prompt" and "completion" columns, or a "messages" column',
+    );
+  const missing = kind[1].find((f) => !columns.includes(f));
+  if (missing !== undefined)
+    fail(
+      ErrorCodes.DATA,
+      `${path}: no "${missing}" column (columns ${JSON.stringify(columns)}); ` +
+        `${kind[0]} records need ${kind[1].map((f) => `"${f}"`).join(' and ')}`,
+    );
+  return kind[1];
+}
+
+/** A row as a record; a messages cell that is a string is the conversation as JSON. */
+function tableRecord(cells: JsonRecord): JsonRecord {
+  if (typeof cells.messages !== 'string') return cells;
+  try {
+    return { ...cells, messages: JSON.parse(cells.messages) };
+  } catch (err) {
+    return fail(ErrorCodes.DATA, `column "messages" is not valid JSON (${(err as Error).message})`);
+  }
+}
+
+/** The record's kind, once its fields are checked. */
+function formatOf(record: JsonRecord, names: FieldNames): DatasetFormat {
   const stringField = (field: string) => {
     if (typeof record[field] !== 'string')
-      fail(ErrorCodes.DATA, `"${field}" is ${describe(record[field])}; expected a string`);
+      fail(ErrorCodes.DATA, `${names.field(field)} is ${describe(record[field])}; expected a string`);
   };
-  if ('messages' in record) {
+  const kind = kindOf((f) => f in record)?.[0];
+  if (kind === 'messages') {
     const messages = record.messages;
     if (!Array.isArray(messages) || messages.length === 0)
-      fail(ErrorCodes.DATA, `"messages" is ${describe(messages)}; expected a non-empty array of {"role", "content"}`);
+      fail(
+        ErrorCodes.DATA,
+        `${names.field('messages')} is ${describe(messages)}; expected a non-empty array of {"role", "content"}`,
+      );
     messages.forEach((m: unknown, k) => {
       const ok =
         typeof m === 'object' &&
         m !== null &&
         typeof (m as JsonRecord).role === 'string' &&
         typeof (m as JsonRecord).content === 'string';
-      if (!ok) fail(ErrorCodes.DATA, `messages[${k}] is ${describe(m)}; expected {"role": string, "content": string}`);
+      if (!ok)
+        fail(ErrorCodes.DATA, `${names.turn(k)} is ${describe(m)}; expected {"role": string, "content": string}`);
     });
     if (!messages.some((m: ChatMessage) => m.role === 'assistant'))
-      fail(ErrorCodes.DATA, `"messages" has no "assistant" turn, so nothing would count toward the loss`);
-    return 'messages';
-  }
-  if ('prompt' in record || 'completion' in record) {
+      fail(
+        ErrorCodes.DATA,
+        `${names.field('messages')} has no "assistant" turn, so nothing would count toward the loss`,
+      );
+  } else if (kind === 'prompt-completion') {
     stringField('prompt');
     stringField('completion');
-    return 'prompt-completion';
-  }
-  if ('text' in record) {
+  } else if (kind === 'text') {
     stringField('text');
-    return 'text';
+  } else {
+    fail(
+      ErrorCodes.DATA,
+      `fields ${JSON.stringify(Object.keys(record))}; expected {"text"}, {"prompt", "completion"} or {"messages"}`,
+    );
   }
-  return fail(
-    ErrorCodes.DATA,
-    `fields ${JSON.stringify(Object.keys(record))}; expected {"text"}, {"prompt", "completion"} or {"messages"}`,
-  );
+  return kind;
 }
 
 function eosOf(tok: TextTokenizer): number {
@@ -184,26 +328,32 @@ function eosOf(tok: TextTokenizer): number {
 
 /** One record as tokens and loss weights, BOS first when the tokenizer wants it. */
 function toTokens(record: JsonRecord, format: DatasetFormat, tok: TextTokenizer): Example {
-  let tokens: number[];
-  let lossWeights: number[];
-  if (format === 'text') {
-    tokens = [...tok.encode(record.text as string), eosOf(tok)];
-    lossWeights = tokens.map(() => 1);
-  } else if (format === 'prompt-completion') {
-    // Encoded as one string so BPE merges across the seam are the ones inference will see.
-    const prompt = record.prompt as string;
-    tokens = [...tok.encode(prompt + (record.completion as string)), eosOf(tok)];
-    const start = tokenBoundary(tokens, tok.encode(prompt));
-    lossWeights = tokens.map((_, t) => (t >= start ? 1 : 0));
-  } else {
-    ({ tokens, lossWeights } = chatExample(record.messages as ChatMessage[], tok));
-  }
+  const { tokens, lossWeights } =
+    format === 'text'
+      ? textExample(record.text as string, tok)
+      : format === 'prompt-completion'
+        ? promptCompletionExample(record.prompt as string, record.completion as string, tok)
+        : chatExample(record.messages as ChatMessage[], tok);
   // Chat templates often write the BOS text themselves; it is not doubled.
   if (tok.addBos && tok.bosId !== null && tokens[0] !== tok.bosId) {
     tokens.unshift(tok.bosId);
     lossWeights.unshift(0);
   }
   return { tokens, lossWeights };
+}
+
+/** A text record: the text and EOS, every token counts. */
+function textExample(text: string, tok: TextTokenizer): Example {
+  const tokens = [...tok.encode(text), eosOf(tok)];
+  return { tokens, lossWeights: tokens.map(() => 1) };
+}
+
+/** A prompt/completion record: loss on the completion's tokens and the appended EOS. */
+function promptCompletionExample(prompt: string, completion: string, tok: TextTokenizer): Example {
+  // Encoded as one string so BPE merges across the seam are the ones inference will see.
+  const tokens = [...tok.encode(prompt + completion), eosOf(tok)];
+  const start = tokenBoundary(tokens, tok.encode(prompt));
+  return { tokens, lossWeights: tokens.map((_, t) => (t >= start ? 1 : 0)) };
 }
 
 /**
@@ -281,7 +431,11 @@ function pack(examples: Example[], maxTokens: number, eosId: number | null): Exa
   return sequences;
 }
 
-/** How a run's examples are made: stored in run_config.json so `--resume` rebuilds them. */
+/**
+ * How a run's examples are made: stored in run_config.json so `--resume` rebuilds them. Kind
+ * "jsonl" is any data file (.jsonl, .parquet or .csv, by extension): the name dates from when JSONL
+ * was the only format and stays, so run folders written before still resume.
+ */
 export type DataSpec =
   | { kind: 'jsonl'; path: string; maxTokens?: number; pack: boolean; evalFraction: number; seed: number }
   | { kind: 'demo'; trainSize: number; seed: number };
@@ -290,20 +444,20 @@ export type DataSpec =
 export const DEMO_EVAL_SIZE = 200;
 
 /**
- * A run's train and eval examples from its data spec: the JSONL file (sequences of at most
+ * A run's train and eval examples from its data spec: the data file (sequences of at most
  * maxTokens, default the model's context up to 1024) or the demo task. Says what it read in one line.
  */
-export function examplesFor(
+export async function examplesFor(
   spec: DataSpec,
   model: { config: ModelConfig; tokenizer: TextTokenizer },
   log: (line: string) => void,
-): { train: Example[]; eval: Example[] } {
+): Promise<{ train: Example[]; eval: Example[] }> {
   if (spec.kind === 'demo') {
     const demo = demoTaskData(spec.trainSize, DEMO_EVAL_SIZE, spec.seed);
     return { train: demoExamples(model.tokenizer, demo), eval: demo.eval.map((s) => toExample(model.tokenizer, s)) };
   }
   const maxTokens = spec.maxTokens ?? Math.min(1024, contextLength(model.config));
-  const data = loadJsonlDataset(spec.path, model.tokenizer, {
+  const data = await loadDataset(spec.path, model.tokenizer, {
     maxTokens,
     mode: spec.pack ? 'pack' : 'truncate',
     evalFraction: spec.evalFraction,
