@@ -64,7 +64,12 @@ export interface Dataset {
 export type JsonlDataset = Dataset;
 
 /** The data file formats `--data` takes, by extension. */
-export const DATA_FILE_FORMATS = { '.jsonl': 'jsonl', '.parquet': 'parquet', '.csv': 'csv' } as const;
+export const DATA_FILE_FORMATS = {
+  '.jsonl': 'jsonl',
+  '.ndjson': 'jsonl',
+  '.parquet': 'parquet',
+  '.csv': 'csv',
+} as const;
 export type DataFileFormat = (typeof DATA_FILE_FORMATS)[keyof typeof DATA_FILE_FORMATS];
 
 /** A data file's format from its extension (any case), or an error naming the ones there are. */

@@ -155,7 +155,7 @@ test('the format comes from the extension; others are refused naming the support
   for (const name of ['data.txt', 'data.json', 'data']) {
     await rejectsData(
       loadDataset(join(dir, name), char, opts()),
-      new RegExp(`${escapeRegExp(name)}: .* not supported; expected \\.jsonl, \\.parquet or \\.csv$`),
+      new RegExp(`${escapeRegExp(name)}: .* not supported; expected \\.jsonl, \\.ndjson, \\.parquet or \\.csv$`),
     );
   }
 });
