@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { DEFAULT_LORA, DEFAULT_TRAIN } from '../shared/config.ts';
+import { contextLength } from '../shared/config.ts';
 import type { AdapterState } from '../shared/lora/adapter.ts';
 import { LoraMeshError } from '../shared/errors.ts';
 import { BACKENDS } from '../node/backend-names.ts';
@@ -297,7 +298,17 @@ addTrainOptions(
   // The coordinator itself computes only the eval loss and result checks (and everything with
   // --in-process); --backend otherwise names the local workers' backend (WebGPU in Node may be software-only).
   const backend = deployment.inProcess || deployment.backend !== 'webgpu' ? deployment.backend : 'auto';
-  await initBackend(backend, console.log);
+  const running = await initBackend(backend, console.log);
+  // This process computes steps itself (--in-process, or a spot check's recomputation): on wasm the
+  // model and one micro-batch must fit the heap, said now rather than as a raw Aborted() later.
+  if (running.name === 'wasm') {
+    const { planMemory, wasmHeapRefusal } = await import('../shared/model/memory-plan.ts');
+    const sequenceLength =
+      dataSpec?.kind === 'jsonl' ? (dataSpec.maxTokens ?? Math.min(1024, contextLength(model.config))) : 32;
+    const plan = planMemory({ config: model.config, lora, microBatch: train.microBatch, sequenceLength });
+    const refusal = wasmHeapRefusal(plan, 'the coordinator');
+    if (refusal) fail(ErrorCodes.MEMORY, refusal);
+  }
   let initialAdapter: AdapterState | undefined;
   if (o.adapter && !o.resume) {
     const loaded = readAdapterDir(o.adapter, model.config);

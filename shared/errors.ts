@@ -32,6 +32,8 @@ export const ErrorCodes = {
   HASH: 'LM_ERR_HASH',
   /** a model file or tensor that is missing or does not fit the config */
   MODEL: 'LM_ERR_MODEL',
+  /** the model (and a micro-batch of it) does not fit the memory this process can use */
+  MEMORY: 'LM_ERR_MEMORY',
   /** a dataset record that cannot be used */
   DATA: 'LM_ERR_DATA',
   /** the tfjs backend asked for cannot be loaded */

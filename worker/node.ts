@@ -21,6 +21,7 @@ import { cleanPeerText } from '../shared/protocol/peer-text.ts';
 import { reconnectDelayMs } from '../shared/protocol/reconnect.ts';
 import { refusalFromClose, refusalFromHttp, type Refusal } from '../shared/protocol/refusal.ts';
 import { WorkerSession } from '../shared/worker-loop.ts';
+import { planMemory, wasmHeapRefusal } from '../shared/model/memory-plan.ts';
 import { initBackend, type BackendName } from '../node/backend.ts';
 import { faultHooks } from './faults.ts';
 
@@ -103,6 +104,17 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
       log,
       async loadBase(manifest: RunManifest): Promise<Map<string, tf.Tensor>> {
         const config = checkModelConfig(manifest.model.config);
+        if (backend.name === 'wasm') {
+          // The micro-batch shape comes later, with each assignment, so only the weights are checked here:
+          // a model whose weights overflow the heap would load silently corrupted (tfjs-wasm does not
+          // check allocations). Planning each worker's micro-batches against its memory is not done yet.
+          const plan = planMemory({ config, lora: manifest.lora, microBatch: 1, sequenceLength: 1 });
+          const refusal = wasmHeapRefusal(plan, 'this worker');
+          if (refusal) {
+            log(`${ErrorCodes.MEMORY}: ${refusal}`);
+            process.exit(2);
+          }
+        }
         const weightFiles = manifest.model.files.filter((f) => f.name.endsWith('.safetensors'));
         const paths: string[] = [];
         for (const f of weightFiles) paths.push(await fetchVerified(origin, f, opts.cacheDir, log));

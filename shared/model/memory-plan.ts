@@ -343,3 +343,16 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
     (overWasmHeap ? ` (over the ${gb(WASM_HEAP_MAX_BYTES)} GB wasm heap)` : '');
   return { parts, total, weightOnTheLeft: onTheLeft, overWasmHeap, summary };
 }
+
+/**
+ * Why `plan` cannot run on the wasm backend, in one line with the numbers and what would fit, or
+ * null when it fits. Checked before weights load: tfjs-backend-wasm does not check a failed
+ * allocation (a full heap shows up later as a raw `Aborted()`, or as corrupted weights).
+ */
+export function wasmHeapRefusal(plan: MemoryPlan, who: string): string | null {
+  if (!plan.overWasmHeap) return null;
+  return (
+    `${who} cannot train this model on wasm: ${plan.summary}. Use a smaller --micro-batch or ` +
+    '--max-tokens, or a backend without this limit (--backend cpu, tensorflow or webgpu)'
+  );
+}

@@ -11,6 +11,7 @@ import {
   type MemoryPlanInput,
   planMemory,
   WEIGHT_FORMATS,
+  wasmHeapRefusal,
 } from '../../../shared/model/memory-plan.ts';
 import { throwsCode } from '../../helpers/assert.ts';
 import { tinyConfig } from '../../helpers/tiny-model.ts';
@@ -174,4 +175,27 @@ test('refuses sizes that are not positive integers and targets the model lacks',
   throwsCode(() => planMemory({ ...INPUT, sequenceLength: 1.5 }), ErrorCodes.CONFIG, /sequenceLength/);
   throwsCode(() => planMemory({ ...INPUT, lora: { r: 0, targetModules: ['q_proj'] } }), ErrorCodes.CONFIG, /lora\.r/);
   throwsCode(() => planMemory({ ...INPUT, lora: { r: 2, targetModules: ['c_attn'] } }), ErrorCodes.CONFIG, /c_attn/);
+});
+
+test('a model whose weights overflow the wasm heap is refused in one line with its numbers; one that fits is not', () => {
+  // Qwen2.5-0.5B's shapes (scripts/make-checkpoint.ts): 494M parameters, 1.98 GB as float32 weights
+  const qwen = checkModelConfig(shapeConfig('qwen2.5-0.5b', 'f32'));
+  const lora = { r: 8, targetModules: ['q_proj', 'v_proj'] as LinearModule[] };
+  const big = planMemory({ config: qwen, lora, microBatch: 1, sequenceLength: 128 });
+  assert.equal(big.overWasmHeap, true);
+  const refusal = wasmHeapRefusal(big, 'this worker');
+  assert.match(refusal ?? '', /^this worker cannot train this model on wasm: \d+\.\d\d GB peak for 1×128 tokens/);
+  assert.match(refusal ?? '', /\(over the 4\.29 GB wasm heap\)\. Use a smaller --micro-batch/);
+  assert.ok(big.parts.frozenWeights > 1.9e9 && big.parts.frozenWeights < 2.1e9, `${big.parts.frozenWeights}`);
+  assert.equal(wasmHeapRefusal(planMemory({ ...INPUT, backend: 'wasm' }), 'x'), null);
+  // a worker checks the weights alone (1×1) before loading: Qwen-0.5B's fit, Llama-3.2-1B's (4.9 GB) do not
+  const weightsOnly = (shape: 'qwen2.5-0.5b' | 'llama-3.2-1b') =>
+    planMemory({ config: checkModelConfig(shapeConfig(shape, 'f32')), lora, microBatch: 1, sequenceLength: 1 });
+  assert.equal(weightsOnly('qwen2.5-0.5b').overWasmHeap, false);
+  assert.equal(weightsOnly('llama-3.2-1b').overWasmHeap, true);
+  // the same model on cpu has no wasm heap to overflow
+  assert.equal(
+    wasmHeapRefusal(planMemory({ config: qwen, lora, microBatch: 1, sequenceLength: 128, backend: 'cpu' }), 'x'),
+    null,
+  );
 });
