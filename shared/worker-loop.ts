@@ -35,6 +35,8 @@ export interface WorkerPlatform {
   adapter?: string;
   /** true when running on a slow fallback (cpu, software WebGPU) */
   slow?: boolean;
+  /** bytes its tensors can use at most, when the backend has a hard limit (the wasm heap) */
+  memoryLimit?: number;
   /** fetches (or reads from cache) the base-model files, verifies their sha256, returns the weights */
   loadBase(manifest: RunManifest): Promise<Map<string, tf.Tensor>>;
   log(line: string): void;
@@ -94,6 +96,7 @@ export class WorkerSession {
       adapter: this.platform.adapter,
       slow: this.platform.slow,
       codecs: [...CODECS],
+      ...(this.platform.memoryLimit ? { memoryLimit: this.platform.memoryLimit } : {}),
     });
   }
 

@@ -21,7 +21,7 @@ import { cleanPeerText } from '../shared/protocol/peer-text.ts';
 import { reconnectDelayMs } from '../shared/protocol/reconnect.ts';
 import { refusalFromClose, refusalFromHttp, type Refusal } from '../shared/protocol/refusal.ts';
 import { WorkerSession } from '../shared/worker-loop.ts';
-import { planMemory, wasmHeapRefusal } from '../shared/model/memory-plan.ts';
+import { planMemory, WASM_HEAP_MAX_BYTES, wasmHeapRefusal } from '../shared/model/memory-plan.ts';
 import { initBackend, type BackendName } from '../node/backend.ts';
 import { faultHooks } from './faults.ts';
 
@@ -101,6 +101,7 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
       platform: 'node',
       slow: backend.fellBack,
       adapter: backend.adapter,
+      ...(backend.name === 'wasm' ? { memoryLimit: WASM_HEAP_MAX_BYTES } : {}),
       log,
       async loadBase(manifest: RunManifest): Promise<Map<string, tf.Tensor>> {
         const config = checkModelConfig(manifest.model.config);

@@ -43,6 +43,11 @@ export interface MeshOptions {
   schedule?: ScheduleOptions;
   security?: Partial<SecurityLimits>;
   checks?: ResultChecks;
+  /**
+   * Why a worker with this backend and memory limit (hello.memoryLimit, bytes) cannot hold the run's
+   * model and micro-batches, or null when it can; workers that state no limit are not checked.
+   */
+  memoryRefusal?: (backend: string, limitBytes: number) => string | null;
 }
 
 /** Per-connection limits, on by default. */
@@ -373,6 +378,11 @@ export class MeshExecutor implements GradientExecutor {
         `this run sends ${describeCodec(up)} up and ${describeCodec(down)} down; ` +
           `the worker supports ${cleanPeerText((codecs ?? ['f32']).join(', '), 80)}`,
       );
+      return;
+    }
+    const tooSmall = hello.memoryLimit === undefined ? null : this.options.memoryRefusal?.(backend, hello.memoryLimit);
+    if (tooSmall) {
+      this.closeWith(w, ErrorCodes.MEMORY, tooSmall);
       return;
     }
     Object.assign(w, { name: name ?? w.id, backend, platform, adapter: adapter ?? '', slow: !!slow, state: 'loading' });

@@ -20,6 +20,7 @@ import { Trainer } from '../engine/trainer.ts';
 import { loadWeights, type ModelDir } from '../io/model-dir.ts';
 import { RunMonitor } from '../net/monitor.ts';
 import { parameterShapes } from '../../shared/model/causal-lm.ts';
+import { type KernelBackend, planMemory } from '../../shared/model/memory-plan.ts';
 import type { NetLimits } from '../net/net-limits.ts';
 import { startServer, type RunningServer } from '../net/server.ts';
 import { spawnLocalWorkers } from './local-workers.ts';
@@ -81,6 +82,7 @@ export function buildEngine(
         log,
         schedule: config.limits.schedule,
         security: config.limits.security,
+        memoryRefusal: memoryRefusalFor(config, inputs),
       });
   const executor: GradientExecutor =
     mesh ?? new InProcessExecutor(trusted.get().model, trusted.get().base, spec, lora, inner);
@@ -206,6 +208,34 @@ export function startWorkers(
   const childrenGone = failWhenChildrenExit(children, minWorkers);
   childrenGone.catch(() => {}); // only matters while waiting; workers exit normally at the end
   return { children, ready: Promise.race([mesh.waitForWorkers(minWorkers), childrenGone, control.stopped]) };
+}
+
+/**
+ * The mesh's check of a joining worker's stated memory: the model and one micro-batch of the run's
+ * longest sequence, planned for the worker's backend (shared/model/memory-plan.ts), must fit its
+ * limit. Refused in one line with the plan's numbers.
+ */
+function memoryRefusalFor(config: RunConfig, inputs: EngineInputs) {
+  const { model, examples } = inputs;
+  const { lora, train } = config.run;
+  const sequenceLength = Math.max(1, ...examples.map((e) => e.tokens.length));
+  return (backend: string, limitBytes: number): string | null => {
+    const kernels: KernelBackend =
+      backend === 'wasm' || backend === 'webgpu' || backend === 'tensorflow' ? backend : 'cpu';
+    const plan = planMemory({
+      config: model.config,
+      lora,
+      microBatch: train.microBatch,
+      sequenceLength,
+      backend: kernels,
+    });
+    const needed = plan.total - plan.parts.runtime;
+    if (needed <= limitBytes) return null;
+    return (
+      `the run needs ${(needed / 1e9).toFixed(2)} GB (${plan.summary}); ` +
+      `this ${backend} worker can hold ${(limitBytes / 1e9).toFixed(2)} GB`
+    );
+  };
 }
 
 /** Local workers all connect from loopback: the per-address caps make room for them (and one more). */

@@ -61,6 +61,8 @@ export interface Hello {
   slow?: boolean;
   /** wire codecs the worker can encode and decode (absent: f32 only) */
   codecs?: CodecName[];
+  /** bytes the worker's tensors can use at most (wasm: its heap's limit); absent: not known */
+  memoryLimit?: number;
 }
 /** base model loaded; paramVersion is the version held (-1: none yet) */
 export interface Ready {
@@ -221,6 +223,7 @@ const guards: Record<Message['type'], Guard> = {
       'a list of codec names',
       true,
     );
+    field(m, 'memoryLimit', (v) => isFiniteNumber(v) && (v as number) > 0, 'a number of bytes > 0', true);
   },
   ready: (m) => field(m, 'paramVersion', isInt(-1), 'an integer ≥ -1 (-1: no parameters yet)'),
   result: (m) => {

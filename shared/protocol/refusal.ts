@@ -33,6 +33,8 @@ const PERMANENT: Partial<Record<ErrorCode, (how: string, detail: string) => stri
     `this worker lacks the run's wire codec${how}${detail ? ` (${detail})` : ''}: update loramesh`,
   [ErrorCodes.QUARANTINED]: (how, detail) =>
     `this worker was quarantined by the coordinator${how}: ${detail || 'no reason given'}`,
+  [ErrorCodes.MEMORY]: (how, detail) =>
+    `this worker cannot hold the run's model and micro-batches${how}: ${detail || 'no detail given'}`,
   [ErrorCodes.SPOT_CHECK]: (how, detail) =>
     `this worker failed the coordinator's spot check and is barred from the run${how}: ${detail || 'no detail given'}`,
 };

@@ -99,6 +99,7 @@ export const RULES: Record<string, Record<string, Rule>> = {
     adapter: optional(str(128)),
     slow: optional((v) => typeof v === 'boolean'),
     codecs: optional((v) => Array.isArray(v) && v.length <= 16 && v.every(str(16))),
+    memoryLimit: optional((v) => finite(v) && (v as number) > 0),
   },
   ready: { paramVersion: int(-1) },
   result: {

@@ -214,3 +214,37 @@ test(
     m.close();
   },
 );
+
+test('a worker whose stated memory cannot hold the run is refused with LM_ERR_MEMORY; one that can, or says nothing, joins', async () => {
+  const asked: [string, number][] = [];
+  const m = new MeshExecutor({
+    manifest,
+    memoryRefusal: (backend, limit) => {
+      asked.push([backend, limit]);
+      return limit < 1000 ? `the run needs 0.00 GB; this ${backend} worker can hold ${limit} bytes` : null;
+    },
+  });
+  const join = (name: string, memoryLimit?: number) => {
+    const p = new FakePeer(() => null);
+    p.events = m.attach(p);
+    p.say({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name, memoryLimit });
+    return p;
+  };
+  const small = join('small', 999);
+  const big = join('big', 4e9);
+  const silent = join('silent');
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(small.rejects(), ['LM_ERR_MEMORY']);
+  const reject = small.received.find((x) => x.type === 'reject');
+  assert.match(reject?.type === 'reject' ? reject.message : '', /this wasm worker can hold 999 bytes/);
+  assert.equal(small.closedWith, 1008);
+  for (const p of [big, silent]) {
+    assert.deepEqual(p.rejects(), []);
+    assert.ok(p.received.some((x) => x.type === 'welcome'));
+  }
+  assert.deepEqual(asked, [
+    ['wasm', 999],
+    ['wasm', 4e9],
+  ]);
+  m.close();
+});
