@@ -20,7 +20,7 @@ import { Trainer } from '../engine/trainer.ts';
 import { loadWeights, type ModelDir } from '../io/model-dir.ts';
 import { RunMonitor } from '../net/monitor.ts';
 import { parameterShapes } from '../../shared/model/causal-lm.ts';
-import { type KernelBackend, planMemory } from '../../shared/model/memory-plan.ts';
+import { type KernelBackend, type MemoryPlan, planMemory } from '../../shared/model/memory-plan.ts';
 import type { NetLimits } from '../net/net-limits.ts';
 import { startServer, type RunningServer } from '../net/server.ts';
 import { spawnLocalWorkers } from './local-workers.ts';
@@ -218,17 +218,23 @@ export function startWorkers(
 function memoryRefusalFor(config: RunConfig, inputs: EngineInputs) {
   const { model, examples } = inputs;
   const { lora, train } = config.run;
-  const sequenceLength = Math.max(1, ...examples.map((e) => e.tokens.length));
+  // a loop, not Math.max(...spread): a real data set has more examples than a call has arguments
+  let sequenceLength = 1;
+  for (const e of examples) sequenceLength = Math.max(sequenceLength, e.tokens.length);
+  // one plan per kernel backend, made on first use: a flood of hellos costs a lookup each
+  const plans = new Map<KernelBackend, MemoryPlan>();
+  const planFor = (backend: KernelBackend): MemoryPlan => {
+    let plan = plans.get(backend);
+    if (!plan) {
+      plan = planMemory({ config: model.config, lora, microBatch: train.microBatch, sequenceLength, backend });
+      plans.set(backend, plan);
+    }
+    return plan;
+  };
   return (backend: string, limitBytes: number): string | null => {
     const kernels: KernelBackend =
       backend === 'wasm' || backend === 'webgpu' || backend === 'tensorflow' ? backend : 'cpu';
-    const plan = planMemory({
-      config: model.config,
-      lora,
-      microBatch: train.microBatch,
-      sequenceLength,
-      backend: kernels,
-    });
+    const plan = planFor(kernels);
     const needed = plan.total - plan.parts.runtime;
     if (needed <= limitBytes) return null;
     return (
