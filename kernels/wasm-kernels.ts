@@ -10,6 +10,9 @@
  *   the slice out, once per output: splitting a tensor into n parts copied it n times. These read
  *   a view of the wasm heap instead.
  * These four give the same bits as before, only the copies go.
+ * - The compact-base kernels (shared/model/compact-linear.ts) are added: products with a frozen
+ *   matrix held as f16/bf16/int8/nf4 (or f32, held once), dequantized a tile at a time into tfjs's
+ *   own memory and multiplied by a SIMD micro-kernel (wasm-panel-matmul.ts).
  * - BatchMatMul: products that XNNPACK does not take (batched, or transposed) ran in tfjs's scalar
  *   loop (its rate: bench/RESULTS.md, Compute, "Where the time went"); they now run in a SIMD kernel
  *   (wasm-small-matmul.ts), after a transpose of B when B is transposed. Plain 2-D products still go
@@ -17,6 +20,15 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import {
+  COMPACT_GATHER,
+  COMPACT_MATMUL,
+  type CompactAttrs,
+  compactView,
+  productShape,
+} from '../shared/model/compact-linear.ts';
+import { compactGather, compactProduct, scratchFloats, TAIL_OFFSET } from '../shared/quant/compact-matmul.ts';
+import { instantiatePanelMatMul, type PanelMatMul } from './wasm-panel-matmul.ts';
 import { instantiateSmallMatMul, type SmallMatMul } from './wasm-small-matmul.ts';
 
 type Info = tf.TensorInfo;
@@ -114,12 +126,75 @@ function batchMatMulSimd(
   return out;
 }
 
+/** The compact-base kernels for the wasm backend, on views of its heap. */
+function registerCompactKernels(): void {
+  const kernels = new WeakMap<BackendWasm, PanelMatMul | null>();
+  const panelKernel = (backend: BackendWasm) => {
+    if (!kernels.has(backend)) {
+      const memory = moduleMemory(backend);
+      kernels.set(backend, memory && instantiatePanelMatMul(memory));
+    }
+    return kernels.get(backend) ?? null;
+  };
+  const heapView = (backend: BackendWasm, args: KernelArgs) => {
+    const attrs = args.attrs as unknown as CompactAttrs;
+    const { codes, scales } = args.inputs;
+    return compactView(
+      attrs,
+      backend.typedArrayFromHeap(codes) as Int32Array,
+      backend.typedArrayFromHeap(scales) as Float32Array,
+    );
+  };
+  tf.registerKernel({
+    kernelName: COMPACT_MATMUL,
+    backendName: 'wasm',
+    kernelFunc: ((args: KernelArgs) => {
+      const { backend } = args;
+      const attrs = args.attrs as unknown as CompactAttrs;
+      const kernel = panelKernel(backend);
+      if (!kernel) throw new Error('the compact-base kernels need WebAssembly SIMD, which this engine lacks');
+      const { x } = args.inputs;
+      const [n, outer] = productShape(x, attrs);
+      const out = backend.makeOutput([n, outer], 'float32');
+      const scratch = backend.makeOutput([scratchFloats(n)], 'float32');
+      // Views only after the allocations: growing the heap detaches earlier ones.
+      const offset = (t: Info) => (backend.dataIdMap.get(t.dataId)!.memoryOffset as number) / 4;
+      const f = backend.typedArrayFromHeap(out) as Float32Array;
+      const heap = new Float32Array(f.buffer);
+      const panel = offset(scratch);
+      compactProduct(
+        heapView(backend, args),
+        attrs.transposed ?? false,
+        n,
+        { f: heap, x: offset(x), out: offset(out), panel, tail: panel + TAIL_OFFSET },
+        (a, bp, c, m, k, lda, ldc, accumulate) => kernel(4 * a, 4 * bp, 4 * c, m, k, lda, ldc, accumulate ? 1 : 0),
+      );
+      backend.disposeData(scratch.dataId);
+      return out;
+    }) as unknown as tf.KernelFunc,
+  });
+  tf.registerKernel({
+    kernelName: COMPACT_GATHER,
+    backendName: 'wasm',
+    kernelFunc: ((args: KernelArgs) => {
+      const { backend } = args;
+      const attrs = args.attrs as unknown as CompactAttrs;
+      const { ids } = args.inputs;
+      const out = backend.makeOutput([ids.shape[0], attrs.layout.cols], 'float32');
+      const idValues = backend.typedArrayFromHeap(ids) as Int32Array;
+      compactGather(heapView(backend, args), idValues, backend.typedArrayFromHeap(out) as Float32Array, 0);
+      return out;
+    }) as unknown as tf.KernelFunc,
+  });
+}
+
 let installed = false;
 
 /** Installs the replacements once; string tensors (never used by loramesh) keep the original kernels. */
 export function installWasmKernels(): void {
   if (installed) return;
   installed = true;
+  registerCompactKernels();
   const original = (name: string) =>
     tf.getKernel(name, 'wasm')!.kernelFunc as unknown as (args: KernelArgs) => Info | Info[];
   const [identity, slice, splitV, unpack, batchMatMul, transposeKernel] = [
