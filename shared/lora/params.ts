@@ -13,6 +13,8 @@ import {
   trainableEmbedding,
   trainableLinear,
 } from '../model/linear-ops.ts';
+import type { BaseWeights } from '../model/compact-base.ts';
+import { CompactWeight, compactEmbed, compactLinear } from '../model/compact-linear.ts';
 import {
   embeddingName,
   linearModulePaths,
@@ -22,8 +24,8 @@ import {
 } from '../model/causal-lm.ts';
 import { Rng } from '../rng.ts';
 
-/** Checks that weights has every tensor of the config with the right shape. */
-export function checkWeights(config: ModelConfig, weights: Map<string, tf.Tensor>): void {
+/** Checks that weights has every tensor of the config with the right shape (as stored in the checkpoint). */
+export function checkWeights(config: ModelConfig, weights: Map<string, { shape: number[] }>): void {
   for (const [name, shape] of parameterShapes(config)) {
     const t = weights.get(name) ?? fail(ErrorCodes.MODEL, `missing tensor ${name} (expected shape [${shape}])`);
     if (t.shape.join(',') !== shape.join(','))
@@ -37,13 +39,17 @@ export function checkWeights(config: ModelConfig, weights: Map<string, tf.Tensor
  */
 const WEIGHT_ON_THE_LEFT_MIN_BYTES = 64 * 2 ** 20;
 
-/** The frozen base model: every linear layer wrapped for the fast custom gradient. */
+/**
+ * The frozen base model: every linear layer wrapped for the fast custom gradient, or held compact
+ * (CompactWeight: f16/bf16/int8/nf4, or f32 held once) and multiplied by the compact kernels.
+ */
 export class FrozenBase implements ParamSource {
   readonly linears = new Map<string, FrozenLinear>();
+  readonly compact = new Map<string, CompactWeight>();
   /** the LoRA tensors are the only thing differentiated: ops may skip gradients for base tensors */
   readonly frozen = true;
   private readonly biases = new Map<string, tf.Tensor1D>();
-  private readonly embedding: tf.Tensor2D;
+  private readonly embedding: tf.Tensor2D | CompactWeight;
 
   /**
    * plain: use autodiff's own gradients (matMul, LoRA branch) instead of the fast path (the
@@ -52,28 +58,40 @@ export class FrozenBase implements ParamSource {
    */
   constructor(
     readonly config: ModelConfig,
-    readonly weights: Map<string, tf.Tensor>,
+    readonly weights: BaseWeights,
     readonly plain = false,
     weightOnTheLeft?: boolean,
   ) {
     checkWeights(config, weights);
-    this.embedding = weights.get(embeddingName(config)) as tf.Tensor2D;
+    this.embedding = weights.get(embeddingName(config)) as tf.Tensor2D | CompactWeight;
     const paths = linearModulePaths(config);
-    const linearBytes = paths.reduce((n, path) => n + 4 * weights.get(linearStorage(config, path).weight)!.size, 0);
+    const floatWeight = (path: string) => {
+      const w = weights.get(linearStorage(config, path).weight)!;
+      return w instanceof CompactWeight ? 0 : 4 * w.size;
+    };
+    const linearBytes = paths.reduce((n, path) => n + floatWeight(path), 0);
     const onTheLeft = weightOnTheLeft ?? linearBytes > WEIGHT_ON_THE_LEFT_MIN_BYTES;
     for (const path of paths) {
       const storage = linearStorage(config, path);
-      const stored = weights.get(storage.weight) as tf.Tensor2D;
+      const stored = weights.get(storage.weight)!;
+      if (stored instanceof CompactWeight) {
+        if (plain)
+          fail(ErrorCodes.MODEL, `plain autodiff needs float32 weights; ${storage.weight} is ${stored.describe()}`);
+        this.compact.set(path, stored);
+      }
       // Conv1D weights are stored (d_in, d_out), nn.Linear ones (d_out, d_in); plain autodiff uses them as stored.
-      if (!plain) this.linears.set(path, makeFrozenLinear(stored, storage.transposed, onTheLeft));
+      else if (!plain) this.linears.set(path, makeFrozenLinear(stored as tf.Tensor2D, storage.transposed, onTheLeft));
       if (storage.bias) this.biases.set(path, weights.get(storage.bias) as tf.Tensor1D);
     }
   }
 
   linear(modulePath: string, x: tf.Tensor2D): tf.Tensor2D {
-    const y = this.plain
-      ? this.plainLinear(modulePath, x)
-      : frozenLinear(x, this.linears.get(modulePath) ?? fail(ErrorCodes.MODEL, `no linear layer ${modulePath}`));
+    const compact = this.compact.get(modulePath);
+    const y = compact
+      ? compactLinear(x, compact)
+      : this.plain
+        ? this.plainLinear(modulePath, x)
+        : frozenLinear(x, this.linears.get(modulePath) ?? fail(ErrorCodes.MODEL, `no linear layer ${modulePath}`));
     const bias = this.biases.get(modulePath);
     return bias ? (tf.add(y, bias) as tf.Tensor2D) : y;
   }
@@ -87,11 +105,14 @@ export class FrozenBase implements ParamSource {
   }
 
   embed(ids: tf.Tensor1D): tf.Tensor2D {
+    if (this.embedding instanceof CompactWeight) return compactEmbed(ids, this.embedding);
     return tf.gather(this.embedding, ids) as tf.Tensor2D;
   }
 
   param(name: string): tf.Tensor {
-    return this.weights.get(name) ?? fail(ErrorCodes.MODEL, `missing tensor ${name}`);
+    const t = this.weights.get(name) ?? fail(ErrorCodes.MODEL, `missing tensor ${name}`);
+    if (t instanceof CompactWeight) fail(ErrorCodes.MODEL, `${name} is held as ${t.describe()}, not float32`);
+    return t;
   }
 
   dispose(): void {

@@ -1,0 +1,81 @@
+/**
+ * Which tensors of a model a compact base format covers, and the conversion: every linear layer's
+ * weight and the token embedding (with a tied LM head, the same matrix) become CompactWeights; norms,
+ * biases and GPT-2's position embeddings stay float32 tensors. GPT-2's Conv1D weights, stored
+ * (d_in, d_out), are transposed first, so every compact matrix is (d_out, d_in) with its blocks along
+ * d_in, as bitsandbytes stores an nn.Linear.
+ */
+import type * as tf from '@tensorflow/tfjs-core';
+import type { ModelConfig } from '../config.ts';
+import { type BaseFormatSpec, describeBaseSpec, type ResolvedBaseSpec, resolveBaseSpec } from '../quant/formats.ts';
+import { quantizeMatrix } from '../quant/quantize.ts';
+import { embeddingName, linearModulePaths, linearStorage } from './causal-lm.ts';
+import { CompactWeight } from './compact-linear.ts';
+
+/** A frozen base as FrozenBase takes it: float32 tensors and compact matrices by canonical name. */
+export type BaseWeights = Map<string, tf.Tensor | CompactWeight>;
+
+/** Canonical names of the tensors a compact format stores compactly, with whether each is stored (d_in, d_out). */
+export function compactTensorNames(config: ModelConfig): Map<string, { transposed: boolean }> {
+  const names = new Map<string, { transposed: boolean }>();
+  names.set(embeddingName(config), { transposed: false });
+  for (const path of linearModulePaths(config)) {
+    const storage = linearStorage(config, path);
+    if (!names.has(storage.weight)) names.set(storage.weight, { transposed: storage.transposed });
+  }
+  return names;
+}
+
+/** The stored values of a (d_in, d_out) matrix as (d_out, d_in). */
+function transposeValues(values: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(values.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = values[r * cols + c];
+  return out;
+}
+
+/**
+ * The compact form of one checkpoint tensor, or null for one that stays float32. values are the
+ * tensor as stored (shape storedShape).
+ */
+export function compactTensor(
+  config: ModelConfig,
+  name: string,
+  values: Float32Array,
+  storedShape: readonly number[],
+  spec: BaseFormatSpec | ResolvedBaseSpec,
+): CompactWeight | null {
+  const how = compactTensorNames(config).get(name);
+  if (!how) return null;
+  const [a, b] = storedShape;
+  const [rows, cols] = how.transposed ? [b, a] : [a, b];
+  const matrix = how.transposed ? transposeValues(values, a, b) : values;
+  return new CompactWeight(quantizeMatrix(matrix, rows, cols, spec), storedShape);
+}
+
+/**
+ * A float32 base converted: compact matrices replace the tensors they cover (read with dataSync);
+ * the float32 ones are kept as they are. The caller still owns (and may dispose) the originals.
+ */
+export function compactBase(config: ModelConfig, weights: Map<string, tf.Tensor>, spec: BaseFormatSpec): BaseWeights {
+  const resolved = resolveBaseSpec(spec);
+  const out: BaseWeights = new Map();
+  for (const [name, t] of weights) {
+    const compact = compactTensor(config, name, t.dataSync() as Float32Array, t.shape, resolved);
+    out.set(name, compact ?? t);
+  }
+  return out;
+}
+
+/** "nf4/64 (197 matrices, 312.4 MB)" for logs. */
+export function describeCompactBase(weights: BaseWeights): string {
+  let count = 0;
+  let bytes = 0;
+  let spec = '';
+  for (const w of weights.values())
+    if (w instanceof CompactWeight) {
+      count++;
+      bytes += w.heldBytes;
+      spec = describeBaseSpec(w.spec);
+    }
+  return count === 0 ? 'f32' : `${spec} (${count} matrices, ${(bytes / 1e6).toFixed(1)} MB)`;
+}

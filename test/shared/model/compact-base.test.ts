@@ -1,0 +1,127 @@
+// A frozen base held compact (shared/model/compact-base.ts) trains like the float32 base it
+// dequantizes to: loss and every LoRA gradient of the compact path (compact kernels, custom
+// gradients) equal plain autodiff on the dequantized float32 weights within 1e-5 relative
+// (‖Δ‖_F / ‖ref‖_F), for Llama (untied), Qwen2 (q/k/v biases, tied) and GPT-2 (Conv1D weights
+// stored (d_in, d_out), tied) in every format.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import * as tf from '@tensorflow/tfjs-core';
+import '../../helpers/backend.ts';
+import { checkLoraConfig, type ModelConfig } from '../../../shared/config.ts';
+import { adapterSpec, type AdapterState } from '../../../shared/lora/adapter.ts';
+import { FrozenBase } from '../../../shared/lora/params.ts';
+import { createModel } from '../../../shared/model/causal-lm.ts';
+import { compactBase, compactTensorNames } from '../../../shared/model/compact-base.ts';
+import { CompactWeight } from '../../../shared/model/compact-linear.ts';
+import type { BaseFormatSpec } from '../../../shared/quant/formats.ts';
+import { dequantizeMatrix, quantizeMatrix } from '../../../shared/quant/quantize.ts';
+import { Rng } from '../../../shared/rng.ts';
+import { computeGradients } from '../../../shared/train/gradients.ts';
+import type { MicroBatch } from '../../../shared/train/micro-batch.ts';
+import { randomWeights, tinyConfig } from '../../helpers/tiny-model.ts';
+
+const GPT2: ModelConfig = {
+  model_type: 'gpt2',
+  vocab_size: 27,
+  n_positions: 16,
+  n_embd: 16,
+  n_layer: 2,
+  n_head: 2,
+  layer_norm_epsilon: 1e-5,
+  activation_function: 'gelu_new',
+  tie_word_embeddings: true,
+};
+const CONFIGS: [string, ModelConfig, string[]][] = [
+  ['llama', tinyConfig(), ['q_proj', 'v_proj', 'down_proj']],
+  ['qwen2', tinyConfig({ model_type: 'qwen2', tie_word_embeddings: true }), ['q_proj', 'k_proj', 'up_proj']],
+  ['gpt2', GPT2, ['c_attn', 'c_proj', 'c_fc']],
+];
+const SPECS: BaseFormatSpec[] = [
+  { format: 'f32' },
+  { format: 'bf16' },
+  { format: 'f16' },
+  { format: 'int8', blockSize: 8 },
+  { format: 'nf4', blockSize: 8 },
+  { format: 'nf4', blockSize: 8, doubleQuant: true, doubleQuantBlockSize: 4 },
+];
+
+/** The float32 weights the compact ones dequantize to, computed here from quantize/dequantize. */
+function dequantizedWeights(config: ModelConfig, weights: Map<string, tf.Tensor>, spec: BaseFormatSpec) {
+  const names = compactTensorNames(config);
+  return new Map(
+    [...weights].map(([name, t]) => {
+      const how = names.get(name);
+      if (!how) return [name, t];
+      const [a, b] = t.shape;
+      const values = tf.tidy(() => (how.transposed ? tf.transpose(t) : t).dataSync() as Float32Array);
+      const [rows, cols] = how.transposed ? [b, a] : [a, b];
+      const dense = tf.tensor2d(dequantizeMatrix(quantizeMatrix(values, rows, cols, spec)), [rows, cols]);
+      return [name, how.transposed ? tf.transpose(dense) : dense];
+    }),
+  );
+}
+
+function microBatch(vocab: number, seed: number, batch = 2, time = 6): MicroBatch {
+  const rng = new Rng(seed);
+  const n = batch * time;
+  const ids = Int32Array.from({ length: n }, () => Math.floor(rng.next() * vocab));
+  return {
+    batch,
+    time,
+    dropoutSeed: 0,
+    inputIds: ids,
+    targets: Int32Array.from({ length: n }, (_, i) => ids[(i + 1) % n]),
+    lossMask: Float32Array.from({ length: n }, (_, i) => (i % time === time - 1 ? 0 : 1)),
+  } as MicroBatch;
+}
+
+const relative = (a: Float32Array, b: Float32Array) => {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i] - b[i]) ** 2;
+    den += b[i] ** 2;
+  }
+  return Math.sqrt(num / den);
+};
+
+test('compact base: loss and LoRA gradients equal autodiff on the dequantized weights (≤ 1e-5 relative)', () => {
+  let seed = 1;
+  for (const [label, config, targets] of CONFIGS) {
+    const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: targets });
+    const spec = adapterSpec(config, lora);
+    const rng = new Rng(seed++);
+    const adapter: AdapterState = new Map(
+      spec.map((t) => [t.name, Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => 0.3 * rng.normal())]),
+    );
+    const weights = randomWeights(config, seed++);
+    const model = createModel(config);
+    const mb = microBatch(config.vocab_size, seed++);
+    for (const format of SPECS) {
+      const what = `${label} ${JSON.stringify(format)}`;
+      const compact = compactBase(config, weights, format);
+      const compactCount = [...compact.values()].filter((w) => w instanceof CompactWeight).length;
+      assert.equal(
+        compactCount,
+        compactTensorNames(config).size,
+        `${what}: every linear and the embedding are compact`,
+      );
+      const fast = computeGradients(model, new FrozenBase(config, compact), spec, adapter, lora, mb);
+      const plain = computeGradients(
+        model,
+        new FrozenBase(config, dequantizedWeights(config, weights, format), true),
+        spec,
+        adapter,
+        lora,
+        mb,
+      );
+      const lossGap = Math.abs(fast.lossSum - plain.lossSum) / Math.abs(plain.lossSum);
+      assert.ok(lossGap <= 1e-5, `${what}: loss ${fast.lossSum} vs ${plain.lossSum}`);
+      for (const t of spec) {
+        const gap = relative(fast.grads.get(t.name)!, plain.grads.get(t.name)!);
+        assert.ok(gap <= 1e-5, `${what} ${t.name}: gradient relative gap ${gap}`);
+      }
+      for (const w of compact.values()) if (w instanceof CompactWeight) w.dispose();
+    }
+  }
+});
