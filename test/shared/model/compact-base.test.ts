@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import '../../helpers/backend.ts';
-import { checkLoraConfig, type ModelConfig } from '../../../shared/config.ts';
+import { checkLoraConfig, type LinearModule, type ModelConfig } from '../../../shared/config.ts';
 import { adapterSpec, type AdapterState } from '../../../shared/lora/adapter.ts';
 import { FrozenBase } from '../../../shared/lora/params.ts';
 import { createModel } from '../../../shared/model/causal-lm.ts';
@@ -31,7 +31,7 @@ const GPT2: ModelConfig = {
   activation_function: 'gelu_new',
   tie_word_embeddings: true,
 };
-const CONFIGS: [string, ModelConfig, string[]][] = [
+const CONFIGS: [string, ModelConfig, LinearModule[]][] = [
   ['llama', tinyConfig(), ['q_proj', 'v_proj', 'down_proj']],
   ['qwen2', tinyConfig({ model_type: 'qwen2', tie_word_embeddings: true }), ['q_proj', 'k_proj', 'up_proj']],
   ['gpt2', GPT2, ['c_attn', 'c_proj', 'c_fc']],
