@@ -8,18 +8,20 @@ import { fail, ErrorCodes } from '../errors.ts';
 import {
   type FrozenLinear,
   frozenLinear,
+  frozenProducts,
   loraBranch,
   makeFrozenLinear,
   trainableEmbedding,
   trainableLinear,
 } from '../model/linear-ops.ts';
 import type { BaseWeights } from '../model/compact-base.ts';
-import { CompactWeight, compactEmbed, compactLinear } from '../model/compact-linear.ts';
+import { CompactWeight, compactEmbed, compactLinear, compactProducts } from '../model/compact-linear.ts';
 import {
   embeddingName,
   linearModulePaths,
   linearStorage,
   parameterShapes,
+  type FrozenProducts,
   type ParamSource,
 } from '../model/causal-lm.ts';
 import { Rng } from '../rng.ts';
@@ -104,6 +106,15 @@ export class FrozenBase implements ParamSource {
     return tf.matMul(x, w, false, !storage.transposed);
   }
 
+  /** The products of the linear at modulePath outside autodiff (for the fused head + loss); none for plain. */
+  products(modulePath: string): FrozenProducts | undefined {
+    if (this.plain || this.biases.has(modulePath)) return undefined;
+    const compact = this.compact.get(modulePath);
+    if (compact) return compactProducts(compact);
+    const layer = this.linears.get(modulePath);
+    return layer && frozenProducts(layer);
+  }
+
   embed(ids: tf.Tensor1D): tf.Tensor2D {
     if (this.embedding instanceof CompactWeight) return compactEmbed(ids, this.embedding);
     return tf.gather(this.embedding, ids) as tf.Tensor2D;
@@ -152,10 +163,22 @@ export function withLora(
   branches: Map<string, LoraBranch>,
   scaling: number,
   dropout?: LoraDropout,
+  options: { recompute?: boolean } = {},
 ): ParamSource {
-  let calls = 0; // dropout masks differ per module call but repeat for the same (seed, call order)
+  // Dropout masks differ per module but repeat for the same (seed, order of first calls); a module
+  // called again (its block's forward recomputed in the backward pass) draws the same mask.
+  let calls = 0;
+  const maskSeeds = new Map<string, number>();
+  const maskSeed = (modulePath: string, seed: number) => {
+    if (!maskSeeds.has(modulePath)) maskSeeds.set(modulePath, seed + 7919 * calls++);
+    return maskSeeds.get(modulePath)!;
+  };
   return {
     frozen: true,
+    head: branches.has('lm_head') ? undefined : base.products('lm_head'),
+    recompute: options.recompute,
+    blockTensors: (prefix) =>
+      [...branches].filter(([path]) => path.startsWith(`${prefix}.`)).flatMap(([, b]) => [b.A, b.B]),
     param: (name) => base.param(name),
     embed: (ids) => base.embed(ids),
     linear(modulePath, x) {
@@ -163,7 +186,8 @@ export function withLora(
       const branch = branches.get(modulePath);
       if (!branch) return y;
       let input = x;
-      if (dropout && dropout.p > 0) input = tf.mul(x, dropoutMask(x.shape, dropout.p, dropout.seed + 7919 * calls++));
+      if (dropout && dropout.p > 0)
+        input = tf.mul(x, dropoutMask(x.shape, dropout.p, maskSeed(modulePath, dropout.seed)));
       if (!base.plain) return tf.add(y, loraBranch(input, branch.A, branch.B, scaling));
       const down = tf.matMul(input, tf.transpose(branch.A)); // (N, r)
       const up = tf.matMul(down, tf.transpose(branch.B)); // (N, d_out)

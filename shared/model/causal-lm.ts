@@ -8,7 +8,7 @@ import * as llama from './llama.ts';
 import type { CausalLM, LinearStorage } from './types.ts';
 
 export type { KvCache } from './attention.ts';
-export type { CausalLM, LinearStorage, ParamSource } from './types.ts';
+export type { CausalLM, FrozenProducts, LinearStorage, ParamSource } from './types.ts';
 
 export function createModel(config: ModelConfig): CausalLM {
   return config.model_type === 'gpt2' ? new gpt2.Gpt2Model(config) : new llama.LlamaModel(config);

@@ -26,6 +26,7 @@ import {
 } from '../quant/compact-matmul.ts';
 import { blockScales, dequantizeMatrix, dequantizeRows } from '../quant/quantize.ts';
 import { customOp } from './custom-op.ts';
+import type { FrozenProducts } from './types.ts';
 
 /** y = x·Wᵀ (n, rows), or with attrs.transposed dx = dy·W (n, cols). Inputs x, codes, scales. */
 export const COMPACT_MATMUL = 'LoraMeshCompactMatMul';
@@ -129,6 +130,11 @@ export function compactLinear(x: tf.Tensor2D, w: CompactWeight): tf.Tensor2D {
     gradFunc: (dy) => [product(dy as tf.Tensor2D, w, true)],
   }));
   return op(x) as tf.Tensor2D;
+}
+
+/** The two products of compactLinear, outside autodiff. */
+export function compactProducts(w: CompactWeight): FrozenProducts {
+  return { forward: (x) => product(x, w, false), backward: (dy) => product(dy, w, true) };
 }
 
 /** Rows ids of W, dequantized: (n, cols). No gradient (the table is frozen). */

@@ -7,6 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Gpt2Config } from '../config.ts';
 import { attend, causalMask, type KvCache } from './attention.ts';
+import { recomputeInBackward } from './recompute.ts';
 import type { CausalLM, LinearStorage, ParamSource } from './types.ts';
 import { geluNew, layerNorm } from './norm-ops.ts';
 
@@ -66,6 +67,10 @@ export class Gpt2Model implements CausalLM {
   }
 
   forward(params: ParamSource, inputIds: tf.Tensor2D, cache?: KvCache): tf.Tensor2D {
+    return params.linear('lm_head', this.hidden(params, inputIds, cache)); // (N, V)
+  }
+
+  hidden(params: ParamSource, inputIds: tf.Tensor2D, cache?: KvCache): tf.Tensor2D {
     const [batch, time] = inputIds.shape;
     const c = this.config;
     const d = c.n_embd;
@@ -82,14 +87,23 @@ export class Gpt2Model implements CausalLM {
     const shape = { batch, time, heads: c.n_head, kvHeads: c.n_head, headSize: this.headSize };
     for (let i = 0; i < c.n_layer; i++) {
       const p = block(i);
-      const qkv = params.linear(`${p}.attn.c_attn`, this.layerNorm(h, `${p}.ln_1`, params)); // (N, 3d)
-      const [q, k, v] = tf.split(qkv, [d, d, d], 1) as tf.Tensor2D[];
-      h = tf.add(h, params.linear(`${p}.attn.c_proj`, attend(q, k, v, shape, mask, cache, i)));
-      const fc = params.linear(`${p}.mlp.c_fc`, this.layerNorm(h, `${p}.ln_2`, params)); // (N, 4d)
-      h = tf.add(h, params.linear(`${p}.mlp.c_proj`, geluNew(fc)));
+      const run = (hIn: tf.Tensor2D, [mask]: tf.Tensor2D[]) => {
+        const qkv = params.linear(`${p}.attn.c_attn`, this.layerNorm(hIn, `${p}.ln_1`, params)); // (N, 3d)
+        const [q, k, v] = tf.split(qkv, [d, d, d], 1) as tf.Tensor2D[];
+        const h1 = tf.add(
+          hIn,
+          params.linear(`${p}.attn.c_proj`, attend(q, k, v, shape, mask, cache, i)),
+        ) as tf.Tensor2D;
+        const fc = params.linear(`${p}.mlp.c_fc`, this.layerNorm(h1, `${p}.ln_2`, params)); // (N, 4d)
+        return tf.add(h1, params.linear(`${p}.mlp.c_proj`, geluNew(fc))) as tf.Tensor2D;
+      };
+      h =
+        params.recompute && !cache
+          ? recomputeInBackward(run, h, params.blockTensors?.(p) ?? [], [mask])
+          : run(h, [mask]);
     }
     if (cache) cache.length += time;
-    return params.linear('lm_head', this.layerNorm(h, 'transformer.ln_f', params)); // (N, V)
+    return this.layerNorm(h, 'transformer.ln_f', params); // (N, d)
   }
 
   private layerNorm(x: tf.Tensor2D, prefix: string, params: ParamSource): tf.Tensor2D {

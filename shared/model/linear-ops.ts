@@ -7,6 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { customOp } from './custom-op.ts';
+import type { FrozenProducts } from './types.ts';
 
 /**
  * A frozen linear layer. XNNPACK packs the right-hand operand of a product into its own copy
@@ -68,11 +69,20 @@ function timesTransposed(
  * matMul, the only kind XNNPACK runs (autodiff would make the backward one a transposed matMul).
  */
 export function frozenLinear(x: tf.Tensor2D, layer: FrozenLinear): tf.Tensor2D {
+  const products = frozenProducts(layer);
   const op = customOp(([input]) => ({
-    value: timesTransposed(input as tf.Tensor2D, layer.outIn, layer.inOut, layer.forwardLeft), // (N, d_out)
-    gradFunc: (dy) => [timesTransposed(dy as tf.Tensor2D, layer.inOut, layer.outIn, layer.backwardLeft)], // (N, d_in)
+    value: products.forward(input as tf.Tensor2D),
+    gradFunc: (dy) => [products.backward(dy as tf.Tensor2D)],
   }));
   return op(x) as tf.Tensor2D;
+}
+
+/** The layer's two products as frozenLinear computes them: x (N, d_in) → (N, d_out) and back. */
+export function frozenProducts(layer: FrozenLinear): FrozenProducts {
+  return {
+    forward: (x) => timesTransposed(x, layer.outIn, layer.inOut, layer.forwardLeft),
+    backward: (dy) => timesTransposed(dy, layer.inOut, layer.outIn, layer.backwardLeft),
+  };
 }
 
 /**

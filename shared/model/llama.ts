@@ -10,6 +10,7 @@ import { attend, causalMask, type KvCache } from './attention.ts';
 import type { CausalLM, LinearStorage, ParamSource } from './types.ts';
 import { constMatMul } from './linear-ops.ts';
 import { rmsNorm, swiglu } from './norm-ops.ts';
+import { recomputeInBackward } from './recompute.ts';
 
 const layerPrefix = (i: number) => `model.layers.${i}`;
 
@@ -129,6 +130,10 @@ export class LlamaModel implements CausalLM {
   }
 
   forward(params: ParamSource, inputIds: tf.Tensor2D, cache?: KvCache): tf.Tensor2D {
+    return params.linear('lm_head', this.hidden(params, inputIds, cache)); // (N, V)
+  }
+
+  hidden(params: ParamSource, inputIds: tf.Tensor2D, cache?: KvCache): tf.Tensor2D {
     const [batch, time] = inputIds.shape;
     const c = this.config;
     const offset = cache?.length ?? 0;
@@ -144,19 +149,29 @@ export class LlamaModel implements CausalLM {
     let h = params.embed(tf.reshape(inputIds, [-1])); // (N, d)
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const p = layerPrefix(i);
-      const x = this.rmsNorm(h, params.param(`${p}.input_layernorm.weight`), params);
-      // q: (N, H·hs), k: (N, Hkv·hs)
-      const q = this.applyRope(params.linear(`${p}.self_attn.q_proj`, x), c.num_attention_heads, cos, sin);
-      const k = this.applyRope(params.linear(`${p}.self_attn.k_proj`, x), c.num_key_value_heads, cos, sin);
-      const v = params.linear(`${p}.self_attn.v_proj`, x); // (N, Hkv·hs)
-      h = tf.add(h, params.linear(`${p}.self_attn.o_proj`, attend(q, k, v, shape, mask, cache, i)));
-      const m = this.rmsNorm(h, params.param(`${p}.post_attention_layernorm.weight`), params);
-      const gate = params.linear(`${p}.mlp.gate_proj`, m); // (N, I)
-      const up = params.linear(`${p}.mlp.up_proj`, m); // (N, I)
-      h = tf.add(h, params.linear(`${p}.mlp.down_proj`, swiglu(gate, up)));
+      const block = (hIn: tf.Tensor2D, [cos, sin, mask]: tf.Tensor2D[]) => {
+        const x = this.rmsNorm(hIn, params.param(`${p}.input_layernorm.weight`), params);
+        // q: (N, H·hs), k: (N, Hkv·hs)
+        const q = this.applyRope(params.linear(`${p}.self_attn.q_proj`, x), c.num_attention_heads, cos, sin);
+        const k = this.applyRope(params.linear(`${p}.self_attn.k_proj`, x), c.num_key_value_heads, cos, sin);
+        const v = params.linear(`${p}.self_attn.v_proj`, x); // (N, Hkv·hs)
+        const h1 = tf.add(
+          hIn,
+          params.linear(`${p}.self_attn.o_proj`, attend(q, k, v, shape, mask, cache, i)),
+        ) as tf.Tensor2D;
+        const m = this.rmsNorm(h1, params.param(`${p}.post_attention_layernorm.weight`), params);
+        const gate = params.linear(`${p}.mlp.gate_proj`, m); // (N, I)
+        const up = params.linear(`${p}.mlp.up_proj`, m); // (N, I)
+        return tf.add(h1, params.linear(`${p}.mlp.down_proj`, swiglu(gate, up))) as tf.Tensor2D;
+      };
+      const constants = [cos, sin, mask];
+      h =
+        params.recompute && !cache
+          ? recomputeInBackward(block, h, params.blockTensors?.(p) ?? [], constants)
+          : block(h, constants);
     }
     if (cache) cache.length += time;
-    return params.linear('lm_head', this.rmsNorm(h, params.param('model.norm.weight'), params)); // (N, V)
+    return this.rmsNorm(h, params.param('model.norm.weight'), params); // (N, d)
   }
 
   /** RMSNorm: x / sqrt(mean(x²) + eps) · w, over the hidden dimension. */

@@ -19,12 +19,29 @@ export interface ParamSource {
    * ops may then skip those tensors' gradients. Unset when they are being trained.
    */
   readonly frozen?: boolean;
+  /**
+   * The LM head's two products without autodiff, where the head is frozen and has no LoRA branch:
+   * the fused head + loss (shared/train/gradients.ts) then never holds the whole (N, V) logits.
+   */
+  readonly head?: FrozenProducts;
+  /** recompute each block's forward in the backward pass (shared/model/recompute.ts) */
+  readonly recompute?: boolean;
+  /** the tensors being differentiated that the block at this module prefix reads (its LoRA A and B) */
+  blockTensors?(prefix: string): tf.Tensor[];
+}
+
+/** A frozen linear layer's products, outside autodiff: y = x·Wᵀ and dx = dy·W. */
+export interface FrozenProducts {
+  forward(x: tf.Tensor2D): tf.Tensor2D;
+  backward(dy: tf.Tensor2D): tf.Tensor2D;
 }
 
 export interface CausalLM {
   readonly config: ModelConfig;
   /** logits (B·T, V) for inputIds (B, T); with a cache, positions continue after cache.length */
   forward(params: ParamSource, inputIds: tf.Tensor2D, cache?: KvCache): tf.Tensor2D;
+  /** the final normalized hidden states (B·T, d) that the LM head (params.linear('lm_head')) maps to logits */
+  hidden(params: ParamSource, inputIds: tf.Tensor2D, cache?: KvCache): tf.Tensor2D;
 }
 
 /** How a linear layer's weight is stored in the checkpoint. */

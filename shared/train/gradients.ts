@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { type LoraConfig, loraScaling } from '../config.ts';
 import type { AdapterState, AdapterTensorSpec } from '../lora/adapter.ts';
 import { type FrozenBase, loraBranches, withLora } from '../lora/params.ts';
-import type { CausalLM, ParamSource } from '../model/causal-lm.ts';
+import type { CausalLM, FrozenProducts, ParamSource } from '../model/causal-lm.ts';
 import { customOp } from '../model/custom-op.ts';
 import { type MicroBatch, tokenCount } from './micro-batch.ts';
 
@@ -45,6 +45,85 @@ export function tokenLossSum(logits: tf.Tensor2D, targets: tf.Tensor1D, mask: tf
   return op(logits) as tf.Scalar;
 }
 
+/**
+ * Logits held at once by the fused head + loss: rows per chunk = this / (4·V) (at least 1). 64 MiB is
+ * 110 rows of a 152k vocabulary (Qwen2.5), 333 of GPT-2's 50k, every row of a small one.
+ */
+export const LOGITS_CHUNK_BYTES = 64 * 2 ** 20;
+
+/** Rows of (rows, vocab) logits the fused head + loss computes at once. */
+export const headChunkRows = (rows: number, vocab: number, budget = LOGITS_CHUNK_BYTES) =>
+  Math.max(1, Math.min(rows, Math.floor(budget / (4 * vocab))));
+
+/**
+ * tokenLossSum(hidden·Wᵀ, …) for a frozen head W without ever holding the (N, V) logits: a chunk of
+ * rows at a time computes its logits, their loss terms and their gradient dhidden = dlogits·W, then
+ * drops the logits (as fused linear cross-entropy does; Liger-Kernel). Every row goes through the
+ * same operations as in tokenLossSum and the head's own custom gradient, and these kernels treat rows
+ * independently, so the loss and dhidden are the same bits whatever the chunk size (tested). The
+ * gradient is formed for an upstream gradient of 1 (the loss is the root) and scaled by dy after.
+ */
+export function fusedHeadLoss(
+  hidden: tf.Tensor2D,
+  head: FrozenProducts,
+  vocab: number,
+  targets: tf.Tensor1D,
+  mask: tf.Tensor1D,
+  chunkRows = headChunkRows(hidden.shape[0], vocab),
+  withGradient = true,
+): tf.Scalar {
+  const rows = hidden.shape[0];
+  const op = customOp(([h], save) => {
+    const terms: tf.Tensor[] = [];
+    const grads: tf.Tensor[] = [];
+    for (let start = 0; start < rows; start += chunkRows) {
+      const size = Math.min(chunkRows, rows - start);
+      const [term, grad] = tf.tidy(() => {
+        const z = head.forward(tf.slice(h as tf.Tensor2D, [start, 0], [size, -1])); // (n, V)
+        const t = tf.slice(targets, [start], [size]);
+        const w = tf.reshape(tf.slice(mask, [start], [size]), [size, 1]);
+        const shifted = tf.sub(z, tf.max(z, -1, true));
+        const exps = tf.exp(shifted);
+        const sums = tf.sum(exps, -1, true); // (n, 1)
+        const flatTargets = tf.add(tf.mul(tf.range(0, size, 1, 'int32'), tf.scalar(vocab, 'int32')), t);
+        const picked = tf.reshape(tf.gather(tf.reshape(shifted, [-1]), flatTargets), [size, 1]);
+        const term = tf.mul(tf.sub(tf.log(sums), picked), w); // (n, 1)
+        if (!withGradient) return [term];
+        const dz = tf.sub(tf.mul(exps, tf.div(w, sums)), tf.mul(tf.oneHot(t, vocab), w)) as tf.Tensor2D;
+        return [term, head.backward(dz)];
+      });
+      terms.push(term);
+      if (grad) grads.push(grad);
+    }
+    const value = tf.sum(terms.length === 1 ? terms[0] : tf.concat(terms, 0));
+    const dh = withGradient ? (grads.length === 1 ? grads[0] : tf.concat(grads, 0)) : tf.zerosLike(h);
+    save([dh]);
+    return { value, gradFunc: (dy, [saved]) => [tf.mul(saved, dy)] };
+  });
+  return op(hidden) as tf.Scalar;
+}
+
+/** Σ token losses of a forward pass: the fused head + loss where the head is frozen, else through the full logits. */
+function lossOf(
+  model: CausalLM,
+  params: ParamSource,
+  inputIds: tf.Tensor2D,
+  targets: tf.Tensor1D,
+  mask: tf.Tensor1D,
+  withGradient: boolean,
+): tf.Scalar {
+  if (!params.head) return tokenLossSum(model.forward(params, inputIds), targets, mask);
+  const vocab = model.config.vocab_size;
+  const hidden = model.hidden(params, inputIds);
+  return fusedHeadLoss(hidden, params.head, vocab, targets, mask, undefined, withGradient);
+}
+
+/** How a step computes, without changing its result: memory against time. */
+export interface StepOptions {
+  /** recompute each block's forward in the backward pass (shared/model/recompute.ts): same bits, ~1/3 more compute */
+  recompute?: boolean;
+}
+
 /** Forward and backward pass of one micro-batch; the caller reads and disposes the tensors. */
 function gradientTensors(
   model: CausalLM,
@@ -53,6 +132,7 @@ function gradientTensors(
   adapter: AdapterState,
   lora: LoraConfig,
   mb: MicroBatch,
+  options: StepOptions = {},
 ): { value: tf.Scalar; grads: tf.Tensor[] } {
   const scaling = loraScaling(lora);
   return tf.tidy(() => {
@@ -62,8 +142,9 @@ function gradientTensors(
     const tensors = spec.map((t) => tf.tensor2d(adapter.get(t.name)!, t.shape));
     const loss = (...ab: tf.Tensor[]) => {
       const branches = loraBranches(spec, (i) => ab[i] as tf.Tensor2D);
-      const params: ParamSource = withLora(base, branches, scaling, { p: lora.dropout, seed: mb.dropoutSeed });
-      return tokenLossSum(model.forward(params, inputIds), targets, mask);
+      const dropout = { p: lora.dropout, seed: mb.dropoutSeed };
+      const params: ParamSource = withLora(base, branches, scaling, dropout, options);
+      return lossOf(model, params, inputIds, targets, mask, true);
     };
     const { value, grads } = tf.valueAndGrads(loss)(tensors);
     return { value, grads };
@@ -78,8 +159,9 @@ export function computeGradients(
   adapter: AdapterState,
   lora: LoraConfig,
   mb: MicroBatch,
+  options: StepOptions = {},
 ): GradientResult {
-  const out = gradientTensors(model, base, spec, adapter, lora, mb);
+  const out = gradientTensors(model, base, spec, adapter, lora, mb, options);
   const grads: AdapterState = new Map();
   spec.forEach((t, i) => grads.set(t.name, out.grads[i].dataSync() as Float32Array));
   const lossSum = out.value.dataSync()[0];
@@ -99,8 +181,9 @@ export async function computeGradientsAsync(
   adapter: AdapterState,
   lora: LoraConfig,
   mb: MicroBatch,
+  options: StepOptions = {},
 ): Promise<GradientResult> {
-  const out = gradientTensors(model, base, spec, adapter, lora, mb);
+  const out = gradientTensors(model, base, spec, adapter, lora, mb, options);
   try {
     const values = await Promise.all(out.grads.map((g) => g.data() as Promise<Float32Array>));
     const lossSum = (await out.value.data())[0];
@@ -121,11 +204,9 @@ function evalLossTensor(
 ): tf.Scalar {
   return tf.tidy(() => {
     const branches = loraBranches(spec, (i) => tf.tensor2d(adapter.get(spec[i].name)!, spec[i].shape));
-    const logits = model.forward(
-      withLora(base, branches, loraScaling(lora)),
-      tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32'),
-    );
-    return tokenLossSum(logits, tf.tensor1d(mb.targets, 'int32'), tf.tensor1d(mb.lossMask));
+    const params = withLora(base, branches, loraScaling(lora));
+    const inputIds = tf.tensor2d(mb.inputIds, [mb.batch, mb.time], 'int32');
+    return lossOf(model, params, inputIds, tf.tensor1d(mb.targets, 'int32'), tf.tensor1d(mb.lossMask), false);
   });
 }
 
