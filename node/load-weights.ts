@@ -7,7 +7,9 @@ import type * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../shared/config.ts';
 import { ErrorCodes, fail } from '../shared/errors.ts';
 import { decodeTensorData, readSafetensorsHeader } from '../shared/formats/safetensors.ts';
+import { type BaseWeights, compactTensor } from '../shared/model/compact-base.ts';
 import { WeightCollector, type StoredTensor } from '../shared/model/weights.ts';
+import { type BaseFormatSpec, resolveBaseSpec } from '../shared/quant/formats.ts';
 
 export interface LoadedWeights {
   weights: Map<string, tf.Tensor>;
@@ -34,8 +36,8 @@ function readHeader(fd: number, path: string) {
   return readSafetensorsHeader(readExactly(fd, 8 + headerLength, 0), size);
 }
 
-export function loadSafetensorsFiles(config: ModelConfig, paths: string[]): LoadedWeights {
-  const collector = new WeightCollector(config);
+/** Reads every tensor of the files into the collector, one at a time. */
+function readFiles(collector: WeightCollector, paths: string[]): void {
   for (const path of paths) {
     const fd = openSync(path, 'r');
     try {
@@ -54,5 +56,23 @@ export function loadSafetensorsFiles(config: ModelConfig, paths: string[]): Load
       closeSync(fd);
     }
   }
+}
+
+export function loadSafetensorsFiles(config: ModelConfig, paths: string[]): LoadedWeights {
+  const collector = new WeightCollector(config);
+  readFiles(collector, paths);
   return { weights: collector.finish(), stored: collector.stored };
+}
+
+/**
+ * The checkpoint as a compact base in `spec`, each matrix quantized as it is read: the float32
+ * model is never in memory whole (peak: the compact base plus the largest tensor, widened).
+ */
+export function loadCompactBase(config: ModelConfig, paths: string[], spec: BaseFormatSpec): BaseWeights {
+  const resolved = resolveBaseSpec(spec);
+  const collector = new WeightCollector(config, (name, values, shape) =>
+    compactTensor(config, name, values, shape, resolved),
+  );
+  readFiles(collector, paths);
+  return collector.finishBase();
 }

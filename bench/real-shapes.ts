@@ -1,0 +1,130 @@
+/**
+ * `npm run bench:real -- --model DIR [--formats dense,f32,bf16,int8,nf4] [--tokens 32] [--steps 3]
+ * [--recompute] [--rank 8] [--no-write]`: one worker's LoRA training step on a real-shaped checkpoint
+ * (scripts/make-checkpoint.ts writes random-weight ones at Qwen2.5-0.5B, SmolLM2-360M and
+ * Llama-3.2-1B shapes), per base format, each in a fresh child process on the wasm backend so its
+ * peak RSS (VmHWM) is its own: load time, bytes held, median step time, peak RSS and the wasm heap.
+ * "dense" is the float32 path without the compact kernels (W in two layouts plus XNNPACK's packed
+ * copies); the wasm worker's memory plan refuses it where it cannot fit, as a worker would.
+ * Writes bench/results/real-shapes-<model>.json and a section of bench/RESULTS.md.
+ */
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { basename } from 'node:path';
+import { parseArgs } from 'node:util';
+import { describeMachine, fmt, provenance, replaceSection, stats, writeJson } from './lib/results.ts';
+
+const { values } = parseArgs({
+  options: {
+    model: { type: 'string' },
+    formats: { type: 'string', default: 'dense,f32,bf16,int8,nf4' },
+    tokens: { type: 'string', default: '32' },
+    steps: { type: 'string', default: '3' },
+    rank: { type: 'string', default: '8' },
+    recompute: { type: 'boolean', default: false },
+    'no-write': { type: 'boolean', default: false },
+    child: { type: 'string' },
+  },
+});
+
+function peakRss(): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
+  return m ? Number(m[1]) * 1024 : process.resourceUsage().maxRSS * 1024;
+}
+
+if (values.child) {
+  const tf = await import('@tensorflow/tfjs-core');
+  const { initBackend } = await import('../node/backend.ts');
+  const { loadCompactBase, loadSafetensorsFiles } = await import('../node/load-weights.ts');
+  const { openModelDir } = await import('../coordinator/io/model-dir.ts');
+  const { checkLoraConfig } = await import('../shared/config.ts');
+  const { adapterSpec, initAdapter } = await import('../shared/lora/adapter.ts');
+  const { FrozenBase } = await import('../shared/lora/params.ts');
+  const { createModel } = await import('../shared/model/causal-lm.ts');
+  const { CompactWeight } = await import('../shared/model/compact-linear.ts');
+  const { computeGradients } = await import('../shared/train/gradients.ts');
+  const { Rng } = await import('../shared/rng.ts');
+  await initBackend('wasm');
+  const format = values.child;
+  const dir = await openModelDir(values.model!);
+  const paths = dir.files.filter((f) => f.name.endsWith('.safetensors')).map((f) => f.path);
+  const t0 = performance.now();
+  const weights =
+    format === 'dense'
+      ? loadSafetensorsFiles(dir.config, paths).weights
+      : loadCompactBase(dir.config, paths, { format: format as 'nf4' });
+  const loadMs = performance.now() - t0;
+  let heldBytes = 0;
+  for (const w of weights.values()) heldBytes += w instanceof CompactWeight ? w.heldBytes : 4 * w.size;
+  const base = new FrozenBase(dir.config, weights);
+  const model = createModel(dir.config);
+  const targets = dir.config.model_type === 'gpt2' ? (['c_attn'] as const) : (['q_proj', 'v_proj'] as const);
+  const lora = checkLoraConfig({ r: Number(values.rank), alpha: 2 * Number(values.rank), targetModules: [...targets] });
+  const spec = adapterSpec(dir.config, lora);
+  const adapter = initAdapter(spec, lora, 1);
+  const time = Number(values.tokens);
+  const rng = new Rng(7);
+  const ids = Int32Array.from({ length: time }, () => Math.floor(rng.next() * dir.config.vocab_size));
+  const mb = {
+    batch: 1,
+    time,
+    dropoutSeed: 0,
+    inputIds: ids,
+    targets: Int32Array.from({ length: time }, (_, i) => ids[(i + 1) % time]),
+    lossMask: new Float32Array(time).fill(1),
+  };
+  const stepMs: number[] = [];
+  let loss = Number.NaN;
+  for (let s = 0; s < Number(values.steps); s++) {
+    const t = performance.now();
+    const r = computeGradients(model, base, spec, adapter, lora, mb as never, { recompute: values.recompute });
+    stepMs.push(performance.now() - t);
+    loss = r.lossSum / r.tokenCount;
+  }
+  const heap = (tf.backend() as unknown as { wasm: { HEAPU8: Uint8Array } }).wasm.HEAPU8.byteLength;
+  console.log(JSON.stringify({ format, loadMs, heldBytes, stepMs, loss, peakRss: peakRss(), wasmHeap: heap }));
+  process.exit(0);
+}
+
+if (!values.model)
+  throw new Error('--model DIR is required (npm run make-checkpoint -- --shape qwen2.5-0.5b --out DIR)');
+const rows: Record<string, unknown>[] = [];
+for (const format of values.formats!.split(',')) {
+  const args = ['--import', 'tsx', import.meta.filename, '--child', format, '--model', values.model];
+  args.push('--tokens', values.tokens!, '--steps', values.steps!, '--rank', values.rank!);
+  if (values.recompute) args.push('--recompute');
+  const child = spawnSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 26 });
+  const last = child.stdout.trim().split('\n').pop() ?? '';
+  if (child.status !== 0 || !last.startsWith('{')) {
+    const why =
+      (child.stderr || child.stdout).split('\n').filter((l) => /LM_ERR|Error|Aborted/.test(l))[0] ??
+      `exit ${child.status}`;
+    console.log(`${format}: failed: ${why.slice(0, 300)}`);
+    rows.push({ format, error: why.slice(0, 300) });
+    continue;
+  }
+  const r = JSON.parse(last);
+  const step = stats(r.stepMs.slice(1).length ? r.stepMs.slice(1) : r.stepMs);
+  rows.push({ ...r, stepMedianMs: step.median });
+  console.log(
+    `${format}: load ${fmt(r.loadMs / 1000)} s, held ${fmt(r.heldBytes / 1e6)} MB, step ${fmt(step.median)} ms ` +
+      `(${values.tokens} tokens), peak RSS ${fmt(r.peakRss / 1e6)} MB, wasm heap ${fmt(r.wasmHeap / 1e6)} MB, loss ${fmt(r.loss)}`,
+  );
+}
+const name = basename(values.model.replace(/\/$/, ''));
+const date = new Date().toISOString();
+const command = `npm run bench:real -- ${process.argv.slice(2).join(' ')}`;
+if (!values['no-write']) {
+  writeJson(`real-shapes-${name}`, { date, machine: describeMachine(), command, rows });
+  const table = [
+    '| base format | load (s) | weights held (MB) | step, median (ms) | peak RSS (MB) | wasm heap (MB) |',
+    '|---|---|---|---|---|---|',
+    ...rows.map((r) =>
+      r.error
+        ? `| ${r.format} | refused: ${String(r.error).replace(/\|/g, '/')} | | | | |`
+        : `| ${r.format} | ${fmt(Number(r.loadMs) / 1000)} | ${fmt(Number(r.heldBytes) / 1e6)} | ${fmt(Number(r.stepMedianMs))} | ${fmt(Number(r.peakRss) / 1e6)} | ${fmt(Number(r.wasmHeap) / 1e6)} |`,
+    ),
+  ].join('\n');
+  const what = `one worker, one LoRA step (r ${values.rank}, 1 × ${values.tokens} tokens${values.recompute ? ', recompute' : ''})`;
+  replaceSection(`real-shapes-${name}`, `Real shapes: ${name}, ${what}`, `${provenance(date, command)}\n\n${table}`);
+}
