@@ -50,6 +50,7 @@ import { ErrorCodes, fail } from '../errors.ts';
 import { adaptedModules } from '../lora/adapter.ts';
 import { DEFAULT_BASE_BLOCK } from '../quant/formats.ts';
 import { linearModulePaths, linearShape, linearStorage, parameterShapes } from './causal-lm.ts';
+import { headChunkRows } from '../train/gradients.ts';
 import { VOCABULARY_SIZED } from './linear-ops.ts';
 
 /** How frozen weights are stored: bits per weight of a matrix, plus one scale per group of weights. */
@@ -112,6 +113,13 @@ export interface MemoryPlanInput {
   optimizerOnWorker?: boolean;
   /** the process's own memory besides tensors (JS engine, tfjs, wasm module); default 0 */
   runtimeBytes?: number;
+  /**
+   * the base is held compact (shared/model/compact-linear.ts: W once, in `format`, multiplied by the
+   * compact kernels): no kernel copies, no transposed or packed activations for the frozen products
+   */
+  compact?: boolean;
+  /** each block's forward is recomputed in the backward pass (shared/model/recompute.ts) */
+  recompute?: boolean;
 }
 
 export const MEMORY_PARTS = [
@@ -184,8 +192,11 @@ const LORA_PER_RANK = 4;
 /** The final norm's x̂ and backward (6 N·d, 2 N), the LM head's dx (N·d). */
 const HEAD_HIDDEN = 7;
 const HEAD_ROWS = 2;
-/** exp(z − max), softmax·w, one-hot, one-hot·w, dlogits (see the file comment). */
-const LOGIT_COPIES = 5;
+/**
+ * The fused head + loss (shared/train/gradients.ts fusedHeadLoss) holds one chunk of rows' logits at a
+ * time, briefly: z, z − max, exp, softmax·w, one-hot·w and dlogits (a transient; counted as if at the peak).
+ */
+const LOGIT_COPIES = 6;
 
 const F32 = 4;
 const GB = 1e9;
@@ -258,7 +269,8 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
 
   const paths = linearModulePaths(config);
   const linearValues = paths.reduce((n, path) => n + linearShape(config, path).reduce((a, b) => a * b), 0);
-  const onTheLeft = input.weightOnTheLeft ?? F32 * linearValues > WEIGHT_ON_THE_LEFT_MIN_BYTES;
+  const compact = input.compact ?? false;
+  const onTheLeft = !compact && (input.weightOnTheLeft ?? F32 * linearValues > WEIGHT_ON_THE_LEFT_MIN_BYTES);
   const headBackwardLeft = onTheLeft && vocab < VOCABULARY_SIZED;
   const wasm = backend === 'wasm';
 
@@ -272,7 +284,8 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
     const [dOut, dIn] = linearShape(config, path);
     const size = dOut * dIn;
     const head = path === 'lm_head';
-    if (!onTheLeft) weightCopies += F32 * size * (wasm ? 3 : 1);
+    if (compact) weightCopies += 0;
+    else if (!onTheLeft) weightCopies += F32 * size * (wasm ? 3 : 1);
     else if (!head || dOut < VOCABULARY_SIZED) weightCopies += F32 * size;
     else if (wasm) weightCopies += F32 * size;
     if (!head) {
@@ -284,8 +297,13 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
 
   const c = gpt2 ? GPT2_LAYER : LLAMA_LAYER;
   const attentionScores = batch * heads * time * time;
+  // With recomputation only each block's input stays from the forward pass, and one block's
+  // activations (and its LoRA branches' share) live at a time.
+  const recompute = input.recompute ?? false;
+  const liveLayers = recompute ? 1 : layers;
   let activationValues =
-    layers *
+    (recompute ? layers * rows * d : 0) +
+    liveLayers *
       (c.hidden * rows * d +
         c.kv * rows * kv +
         c.mlp * rows * mlp +
@@ -302,6 +320,7 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
   activationValues += 3 * rows;
   activationValues += gpt2 ? rows + 2 * rows * d + time * time : 2 * rows * headSize + groups * time * time;
 
+  const loraStart = activationValues;
   let packedValues = wasm && onTheLeft ? rows * layerLeftOut + (headBackwardLeft ? rows * vocab : 0) : 0;
   let adapterValues = 0;
   let dBPending = 0;
@@ -320,6 +339,8 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
     adapterValues += lora.r * (dIn + dOut);
     dBPending += lora.r * dOut;
   }
+  // recomputing: one block's LoRA branches live at a time too
+  if (recompute) activationValues -= Math.round(((layers - 1) / layers) * (activationValues - loraStart));
   const optimizer = input.optimizerOnWorker ?? true;
   const loraBytes = F32 * (adapterValues * (2 + 2 + (optimizer ? 3 : 0)) + dBPending);
 
@@ -328,7 +349,7 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
     weightCopies,
     activations: F32 * activationValues,
     packedActivations: F32 * packedValues,
-    logits: F32 * (LOGIT_COPIES + (headBackwardLeft ? 1 : 0)) * rows * vocab,
+    logits: F32 * (LOGIT_COPIES + (headBackwardLeft ? 1 : 0)) * headChunkRows(rows, vocab) * vocab,
     lora: loraBytes,
     runtime: input.runtimeBytes ?? 0,
   };
@@ -337,7 +358,7 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
   const gb = (n: number) => (n / GB).toFixed(2);
   const summary =
     `${gb(total)} GB peak for ${batch}×${time} tokens, LoRA r=${lora.r} on ${lora.targetModules.join(',')}, ` +
-    `${format.name} weights on ${backend}: weights ${gb(frozenWeights)} + kernel copies ${gb(weightCopies)} + ` +
+    `${format.name}${compact ? ' compact' : ''} weights on ${backend}${recompute ? ', recomputing' : ''}: weights ${gb(frozenWeights)} + kernel copies ${gb(weightCopies)} + ` +
     `activations ${gb(parts.activations + parts.packedActivations)} + logits ${gb(parts.logits)} + ` +
     `LoRA ${gb(loraBytes)}${parts.runtime ? ` + runtime ${gb(parts.runtime)}` : ''} GB` +
     (overWasmHeap ? ` (over the ${gb(WASM_HEAP_MAX_BYTES)} GB wasm heap)` : '');

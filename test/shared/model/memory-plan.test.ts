@@ -67,7 +67,7 @@ test('every part of a tiny Llama plan, counted by hand (cpu, f32, W on the right
   assert.equal(plan.parts.activations, 4 * (2 * (layer + loraQ + loraV) + head + fixed)); // 4 · 8664 = 34656
   assert.equal(plan.parts.packedActivations, 0); // only wasm packs
 
-  assert.equal(plan.parts.logits, 4 * 5 * N * 32); // five N·V copies: 3840
+  assert.equal(plan.parts.logits, 4 * 6 * N * 32); // six N·V copies in the fused head + loss: 4608
 
   // Adapter per layer: q A 2·8 + B 8·2 = 32, v A 2·8 + B 4·2 = 24; two layers: 112 values, each held as
   // values ×2, gradients ×2, AdamW m and v, the job's start copy (7 copies), plus dB before its
@@ -75,7 +75,7 @@ test('every part of a tiny Llama plan, counted by hand (cpu, f32, W on the right
   assert.equal(plan.parts.lora, 4 * (112 * 7 + 2 * (16 + 8))); // 3328
   assert.equal(plan.parts.runtime, 0);
 
-  assert.equal(plan.total, 6816 + 5632 + 34656 + 3840 + 3328); // 54272
+  assert.equal(plan.total, 6816 + 5632 + 34656 + 4608 + 3328); // 55040
   assert.match(plan.summary, /^0\.00 GB peak for 2×3 tokens, LoRA r=2 on q_proj,v_proj, f32 weights on cpu: /);
 });
 
@@ -96,7 +96,7 @@ test('wasm adds XNNPACK packed copies; W on the left changes copies and activati
   // dyᵀ and dxᵀ of every layer linear (Σ d_out = 8+4+4+8+16+16+8 = 64, Σ d_in = 6·8 + 16 = 64), the head's
   // dlogitsᵀ (in logits) and its dxᵀ (N·d)
   assert.equal(left.parts.activations - cpu.parts.activations, 4 * (2 * N * (64 + 64) + N * 8));
-  assert.equal(left.parts.logits, 4 * 6 * N * 32);
+  assert.equal(left.parts.logits, 4 * 7 * N * 32);
 
   // GPT-2 small: 124M weights put W on the left; its 50257-row head keeps one layout, packed only on wasm
   const gpt2 = { config: GPT2_SMALL, lora: { r: 8, targetModules: ['c_attn'] as LinearModule[] } };
@@ -168,6 +168,17 @@ test('a float32 Qwen2.5-0.5B does not fit the wasm heap; the summary says so', (
   assert.match(wasm.summary, /\(over the 4\.29 GB wasm heap\)$/);
   assert.equal(planMemory({ config, lora, microBatch: 1, sequenceLength: 32, backend: 'cpu' }).overWasmHeap, false);
   assert.match(wasm.summary, /^\d+\.\d\d GB peak .* weights \d+\.\d\d \+ kernel copies \d+\.\d\d \+/);
+});
+
+test('a compact base has no kernel copies; recomputation keeps one block of activations', () => {
+  const f32 = planMemory({ ...INPUT, backend: 'wasm' });
+  const compact = planMemory({ ...INPUT, backend: 'wasm', compact: true, format: WEIGHT_FORMATS.nf4 });
+  assert.equal(compact.parts.weightCopies, 0);
+  assert.ok(compact.parts.frozenWeights < f32.parts.frozenWeights);
+  assert.match(compact.summary, /nf4 compact weights on wasm/);
+  const recomputed = planMemory({ ...INPUT, backend: 'wasm', compact: true, recompute: true });
+  assert.ok(recomputed.parts.activations < compact.parts.activations, 'fewer activations');
+  assert.match(recomputed.summary, /on wasm, recomputing/);
 });
 
 test('refuses sizes that are not positive integers and targets the model lacks', () => {
