@@ -24,7 +24,7 @@ import {
   scratchFloats,
   TAIL_OFFSET,
 } from '../quant/compact-matmul.ts';
-import { blockScales, dequantizeMatrix, dequantizeRows } from '../quant/quantize.ts';
+import { blockScales, dequantizeMatrix } from '../quant/quantize.ts';
 import { customOp } from './custom-op.ts';
 import type { FrozenProducts } from './types.ts';
 
@@ -147,7 +147,8 @@ export function compactEmbed(ids: tf.Tensor1D, w: CompactWeight): tf.Tensor2D {
         { ids, codes: w.codes, scales: w.scales },
         w.attrs() as unknown as tf.NamedAttrMap,
       ) as tf.Tensor2D;
-  return tf.tensor2d(dequantizeRows(w.host!, ids.dataSync()), [ids.shape[0], w.cols]);
+  // No synchronous read of ids (WebGPU in Node cannot): the table is widened for this lookup only.
+  return tf.tidy(() => tf.gather(tf.tensor2d(dequantizeMatrix(w.host!), [w.rows, w.cols]), ids));
 }
 
 /** A kernel's view of W from its packed words and block scales, wherever those live. */

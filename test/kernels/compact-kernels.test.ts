@@ -9,7 +9,14 @@ import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { initBackend } from '../../node/backend.ts';
-import { CompactWeight, compactEmbed, compactLinear, hasCompactKernels } from '../../shared/model/compact-linear.ts';
+import {
+  COMPACT_GATHER,
+  COMPACT_MATMUL,
+  CompactWeight,
+  compactEmbed,
+  compactLinear,
+  hasCompactKernels,
+} from '../../shared/model/compact-linear.ts';
 import type { BaseFormatSpec } from '../../shared/quant/formats.ts';
 import { dequantizeMatrix, quantizeMatrix } from '../../shared/quant/quantize.ts';
 import { Rng } from '../../shared/rng.ts';
@@ -99,4 +106,22 @@ test('an embedding index out of range is refused with a SHAPE error, not read ou
   const weight = new CompactWeight(quantizeMatrix(gaussian(8 * 16, 5), 8, 16, { format: 'nf4', blockSize: 8 }));
   assert.throws(() => compactEmbed(tf.tensor1d([1, 8], 'int32'), weight), /LM_ERR_SHAPE|embedding index 1 is 8/);
   weight.dispose();
+});
+
+test('a backend without the kernels dequantizes per product from a host copy: same values within 1e-5, same rows', async () => {
+  await tf.setBackend('cpu');
+  const packed = quantizeMatrix(gaussian(40 * 24, 9, 0.3), 40, 24, { format: 'nf4', blockSize: 8 });
+  const x = tf.tensor2d(gaussian(3 * 24, 10), [3, 24]);
+  const ids = tf.tensor1d([1, 39, 5], 'int32');
+  const withKernels = new CompactWeight(packed);
+  const y = compactLinear(x, withKernels).dataSync() as Float32Array;
+  const rows = compactEmbed(ids, withKernels).dataSync();
+  // Last in this file: the cpu kernels are gone from here on.
+  tf.unregisterKernel(COMPACT_MATMUL, 'cpu');
+  tf.unregisterKernel(COMPACT_GATHER, 'cpu');
+  const fallback = new CompactWeight(packed);
+  assert.ok(fallback.host && !fallback.codes, 'no kernels: a host copy, nothing on the backend');
+  assert.ok(relative(compactLinear(x, fallback).dataSync() as Float32Array, y) <= 1e-5);
+  assert.deepEqual(compactEmbed(ids, fallback).dataSync(), rows);
+  await tf.setBackend('wasm');
 });
