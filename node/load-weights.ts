@@ -6,7 +6,7 @@ import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import type * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../shared/config.ts';
 import { ErrorCodes, fail } from '../shared/errors.ts';
-import { decodeTensorData, readSafetensorsHeader } from '../shared/formats/safetensors.ts';
+import { decodeTensorData, readSafetensorsHeader, type SafetensorsHeader } from '../shared/formats/safetensors.ts';
 import { WeightCollector, type StoredTensor } from '../shared/model/weights.ts';
 
 export interface LoadedWeights {
@@ -14,7 +14,8 @@ export interface LoadedWeights {
   stored: Map<string, StoredTensor>;
 }
 
-function readExactly(fd: number, length: number, position: number, into?: Uint8Array): Uint8Array {
+/** length bytes at position, into `into` (a scratch buffer) when given, else a fresh array. */
+export function readExactly(fd: number, length: number, position: number, into?: Uint8Array): Uint8Array {
   const out = into ? into.subarray(0, length) : new Uint8Array(length);
   let done = 0;
   while (done < length) {
@@ -25,7 +26,8 @@ function readExactly(fd: number, length: number, position: number, into?: Uint8A
   return out;
 }
 
-function readHeader(fd: number, path: string) {
+/** The checked header of an open safetensors file. */
+export function readHeader(fd: number, path: string): SafetensorsHeader {
   const size = fstatSync(fd).size;
   if (size < 8) fail(ErrorCodes.SAFETENSORS, `${path}: ${size} bytes is too short for a safetensors file`);
   const headerLength = Number(new DataView(readExactly(fd, 8, 0).buffer).getBigUint64(0, true));
