@@ -3,14 +3,16 @@
  * [--recompute] [--rank 8] [--no-write]`: one worker's LoRA training step on a real-shaped checkpoint
  * (scripts/make-checkpoint.ts writes random-weight ones at Qwen2.5-0.5B, SmolLM2-360M and
  * Llama-3.2-1B shapes), per base format, each in a fresh child process on the wasm backend so its
- * peak RSS (VmHWM) is its own: load time, bytes held, median step time, peak RSS and the wasm heap.
+ * peak RSS (VmHWM) is its own: quantizing into a compact base file (node/compact-file.ts, as a
+ * coordinator does), loading it (as a worker does), bytes held, median step time, peak RSS, wasm heap.
  * "dense" is the float32 path without the compact kernels (W in two layouts plus XNNPACK's packed
  * copies); the wasm worker's memory plan refuses it where it cannot fit, as a worker would.
  * Writes bench/results/real-shapes-<model>.json and a section of bench/RESULTS.md.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { basename } from 'node:path';
+import { readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { describeMachine, fmt, provenance, replaceSection, stats, writeJson } from './lib/results.ts';
 
@@ -35,7 +37,8 @@ function peakRss(): number {
 if (values.child) {
   const tf = await import('@tensorflow/tfjs-core');
   const { initBackend } = await import('../node/backend.ts');
-  const { loadCompactBase, loadSafetensorsFiles } = await import('../node/load-weights.ts');
+  const { loadSafetensorsFiles } = await import('../node/load-weights.ts');
+  const { loadCompactBaseFile, writeCompactBaseFile } = await import('../node/compact-file.ts');
   const { openModelDir } = await import('../coordinator/io/model-dir.ts');
   const { checkLoraConfig } = await import('../shared/config.ts');
   const { adapterSpec, initAdapter } = await import('../shared/lora/adapter.ts');
@@ -48,12 +51,19 @@ if (values.child) {
   const format = values.child;
   const dir = await openModelDir(values.model!);
   const paths = dir.files.filter((f) => f.name.endsWith('.safetensors')).map((f) => f.path);
+  // A compact base is quantized into a compact base file first (as a coordinator does), then loaded (as a worker does).
+  const compactFile = join(tmpdir(), `loramesh-bench-${process.pid}.safetensors`);
+  let quantizeMs = 0;
+  if (format !== 'dense') {
+    const q0 = performance.now();
+    writeCompactBaseFile(dir.config, paths, { format: format as 'nf4' }, {}, compactFile);
+    quantizeMs = performance.now() - q0;
+  }
   const t0 = performance.now();
   const weights =
-    format === 'dense'
-      ? loadSafetensorsFiles(dir.config, paths).weights
-      : loadCompactBase(dir.config, paths, { format: format as 'nf4' });
+    format === 'dense' ? loadSafetensorsFiles(dir.config, paths).weights : loadCompactBaseFile(dir.config, compactFile);
   const loadMs = performance.now() - t0;
+  if (format !== 'dense') rmSync(compactFile, { force: true });
   let heldBytes = 0;
   for (const w of weights.values()) heldBytes += w instanceof CompactWeight ? w.heldBytes : 4 * w.size;
   const base = new FrozenBase(dir.config, weights);
@@ -82,7 +92,9 @@ if (values.child) {
     loss = r.lossSum / r.tokenCount;
   }
   const heap = (tf.backend() as unknown as { wasm: { HEAPU8: Uint8Array } }).wasm.HEAPU8.byteLength;
-  console.log(JSON.stringify({ format, loadMs, heldBytes, stepMs, loss, peakRss: peakRss(), wasmHeap: heap }));
+  console.log(
+    JSON.stringify({ format, quantizeMs, loadMs, heldBytes, stepMs, loss, peakRss: peakRss(), wasmHeap: heap }),
+  );
   process.exit(0);
 }
 
@@ -107,7 +119,7 @@ for (const format of values.formats!.split(',')) {
   const step = stats(r.stepMs.slice(1).length ? r.stepMs.slice(1) : r.stepMs);
   rows.push({ ...r, stepMedianMs: step.median });
   console.log(
-    `${format}: load ${fmt(r.loadMs / 1000)} s, held ${fmt(r.heldBytes / 1e6)} MB, step ${fmt(step.median)} ms ` +
+    `${format}: quantize ${fmt(r.quantizeMs / 1000)} s, load ${fmt(r.loadMs / 1000)} s, held ${fmt(r.heldBytes / 1e6)} MB, step ${fmt(step.median)} ms ` +
       `(${values.tokens} tokens), peak RSS ${fmt(r.peakRss / 1e6)} MB, wasm heap ${fmt(r.wasmHeap / 1e6)} MB, loss ${fmt(r.loss)}`,
   );
 }
@@ -117,12 +129,12 @@ const command = `npm run bench:real -- ${process.argv.slice(2).join(' ')}`;
 if (!values['no-write']) {
   writeJson(`real-shapes-${name}`, { date, machine: describeMachine(), command, rows });
   const table = [
-    '| base format | load (s) | weights held (MB) | step, median (ms) | peak RSS (MB) | wasm heap (MB) |',
-    '|---|---|---|---|---|---|',
+    '| base format | quantize (s) | load (s) | weights held (MB) | step, median (ms) | peak RSS (MB) | wasm heap (MB) |',
+    '|---|---|---|---|---|---|---|',
     ...rows.map((r) =>
       r.error
-        ? `| ${r.format} | refused: ${String(r.error).replace(/\|/g, '/')} | | | | |`
-        : `| ${r.format} | ${fmt(Number(r.loadMs) / 1000)} | ${fmt(Number(r.heldBytes) / 1e6)} | ${fmt(Number(r.stepMedianMs))} | ${fmt(Number(r.peakRss) / 1e6)} | ${fmt(Number(r.wasmHeap) / 1e6)} |`,
+        ? `| ${r.format} | refused: ${String(r.error).replace(/\|/g, '/')} | | | | | |`
+        : `| ${r.format} | ${fmt(Number(r.quantizeMs) / 1000)} | ${fmt(Number(r.loadMs) / 1000)} | ${fmt(Number(r.heldBytes) / 1e6)} | ${fmt(Number(r.stepMedianMs))} | ${fmt(Number(r.peakRss) / 1e6)} | ${fmt(Number(r.wasmHeap) / 1e6)} |`,
     ),
   ].join('\n');
   const what = `one worker, one LoRA step (r ${values.rank}, 1 × ${values.tokens} tokens${values.recompute ? ', recompute' : ''})`;

@@ -19,6 +19,7 @@ import { readFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ErrorCodes, fail } from '../shared/errors.ts';
 import { CODECS, DEFAULT_INT8_BLOCK } from '../shared/protocol/wire-codec.ts';
+import { BASE_FORMATS, DEFAULT_BASE_BLOCK } from '../shared/quant/formats.ts';
 import { DEFAULT_SECURITY } from './engine/mesh.ts';
 import { CLI_DEFAULTS, type DataSpec, DEFAULT_RUN_CONFIG, resolveRunConfig } from './run/run-config.ts';
 import { configFromFlags } from './cli/config-flags.ts';
@@ -228,6 +229,20 @@ function addTrainOptions(cmd: Command): Command {
     .option('--codec-down <name>', 'codec of parameters only; lossy ones send deltas (default: --codec)', oneOf(CODECS))
     .option('--codec-block <n>', 'int8: values per scale', int(1), DEFAULT_INT8_BLOCK)
     .option(
+      '--base-format <format>',
+      `hold the frozen base compact: ${BASE_FORMATS.join(' | ')}; the coordinator quantizes it once ` +
+        '(cached by the source files’ sha256 and the format) and serves that one file to every worker ' +
+        '(default: float32 tensors as loaded)',
+      oneOf(BASE_FORMATS),
+    )
+    .option('--base-block <n>', `int8 and nf4: values per block scale (default ${DEFAULT_BASE_BLOCK})`, int(1))
+    .option('--base-double-quant', 'nf4: quantize the block scales too (QLoRA double quantization)')
+    .option(
+      '--cache-dir <dir>',
+      'where the coordinator keeps quantized bases and local workers keep verified base files ' +
+        '(default: LORAMESH_CACHE, else ~/.cache/loramesh)',
+    )
+    .option(
       '--local-steps <H>',
       'DiLoCo mode: each job runs H inner AdamW steps and sends start − end; ' +
         '--steps counts outer steps of H × --global-batch sequences (0: synchronous)',
@@ -302,11 +317,15 @@ addTrainOptions(
   // This process computes steps itself (--in-process, or a spot check's recomputation): on wasm the
   // model and one micro-batch must fit the heap, said now rather than as a raw Aborted() later.
   if (running.name === 'wasm') {
-    const { planMemory, wasmHeapRefusal } = await import('../shared/model/memory-plan.ts');
+    const { wasmHeapRefusal } = await import('../shared/model/memory-plan.ts');
     const sequenceLength =
       dataSpec?.kind === 'jsonl' ? (dataSpec.maxTokens ?? Math.min(1024, contextLength(model.config))) : 32;
-    const plan = planMemory({ config: model.config, lora, microBatch: train.microBatch, sequenceLength });
-    const refusal = wasmHeapRefusal(plan, 'the coordinator');
+    const { microBatch } = train;
+    const baseFormat = config.run.baseFormat ?? undefined;
+    const refusal = wasmHeapRefusal(
+      { config: model.config, lora, microBatch, sequenceLength, baseFormat },
+      'the coordinator',
+    );
     if (refusal) fail(ErrorCodes.MEMORY, refusal);
   }
   let initialAdapter: AdapterState | undefined;

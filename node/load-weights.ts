@@ -6,17 +6,16 @@ import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import type * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../shared/config.ts';
 import { ErrorCodes, fail } from '../shared/errors.ts';
-import { decodeTensorData, readSafetensorsHeader } from '../shared/formats/safetensors.ts';
-import { type BaseWeights, compactTensor } from '../shared/model/compact-base.ts';
+import { decodeTensorData, readSafetensorsHeader, type SafetensorsHeader } from '../shared/formats/safetensors.ts';
 import { WeightCollector, type StoredTensor } from '../shared/model/weights.ts';
-import { type BaseFormatSpec, resolveBaseSpec } from '../shared/quant/formats.ts';
 
 export interface LoadedWeights {
   weights: Map<string, tf.Tensor>;
   stored: Map<string, StoredTensor>;
 }
 
-function readExactly(fd: number, length: number, position: number, into?: Uint8Array): Uint8Array {
+/** length bytes at position, into `into` (a scratch buffer) when given, else a fresh array. */
+export function readExactly(fd: number, length: number, position: number, into?: Uint8Array): Uint8Array {
   const out = into ? into.subarray(0, length) : new Uint8Array(length);
   let done = 0;
   while (done < length) {
@@ -27,7 +26,8 @@ function readExactly(fd: number, length: number, position: number, into?: Uint8A
   return out;
 }
 
-function readHeader(fd: number, path: string) {
+/** The checked header of an open safetensors file. */
+export function readHeader(fd: number, path: string): SafetensorsHeader {
   const size = fstatSync(fd).size;
   if (size < 8) fail(ErrorCodes.SAFETENSORS, `${path}: ${size} bytes is too short for a safetensors file`);
   const headerLength = Number(new DataView(readExactly(fd, 8, 0).buffer).getBigUint64(0, true));
@@ -36,8 +36,8 @@ function readHeader(fd: number, path: string) {
   return readSafetensorsHeader(readExactly(fd, 8 + headerLength, 0), size);
 }
 
-/** Reads every tensor of the files into the collector, one at a time. */
-function readFiles(collector: WeightCollector, paths: string[]): void {
+export function loadSafetensorsFiles(config: ModelConfig, paths: string[]): LoadedWeights {
+  const collector = new WeightCollector(config);
   for (const path of paths) {
     const fd = openSync(path, 'r');
     try {
@@ -56,23 +56,5 @@ function readFiles(collector: WeightCollector, paths: string[]): void {
       closeSync(fd);
     }
   }
-}
-
-export function loadSafetensorsFiles(config: ModelConfig, paths: string[]): LoadedWeights {
-  const collector = new WeightCollector(config);
-  readFiles(collector, paths);
   return { weights: collector.finish(), stored: collector.stored };
-}
-
-/**
- * The checkpoint as a compact base in `spec`, each matrix quantized as it is read: the float32
- * model is never in memory whole (peak: the compact base plus the largest tensor, widened).
- */
-export function loadCompactBase(config: ModelConfig, paths: string[], spec: BaseFormatSpec): BaseWeights {
-  const resolved = resolveBaseSpec(spec);
-  const collector = new WeightCollector(config, (name, values, shape) =>
-    compactTensor(config, name, values, shape, resolved),
-  );
-  readFiles(collector, paths);
-  return collector.finishBase();
 }

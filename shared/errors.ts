@@ -46,7 +46,7 @@ export const ErrorCodes = {
   QUARANTINED: 'LM_ERR_QUARANTINED',
   /** a result that disagrees with the trusted recomputation of the same micro-batch */
   SPOT_CHECK: 'LM_ERR_SPOT_CHECK',
-  /** a float payload in a codec other than the run's, or a peer lacking the run's codec */
+  /** a float payload in a codec other than the run's, or a peer lacking the run's codec or base format */
   CODEC: 'LM_ERR_CODEC',
   /** a server limit reached (connections, handshake time, send buffer) */
   LIMIT: 'LM_ERR_LIMIT',

@@ -3,11 +3,11 @@
  * loop. It answers coordinator messages with messages; the entry point owns the socket, the tfjs
  * backend and how base-model files are fetched and cached.
  */
-import type * as tf from '@tensorflow/tfjs-core';
 import { checkModelConfig } from './config.ts';
 import { ErrorCodes, LoraMeshError } from './errors.ts';
 import { adapterParameterCount, cloneAdapter, type AdapterTensorSpec } from './lora/adapter.ts';
 import { FrozenBase } from './lora/params.ts';
+import type { BaseWeights } from './model/compact-base.ts';
 import { createModel, type CausalLM } from './model/causal-lm.ts';
 import { decodeMessage, encodeMessage } from './protocol/codec.ts';
 import {
@@ -25,6 +25,7 @@ import {
 import { cleanPeerText } from './protocol/peer-text.ts';
 import { isPermanentCode, MAX_PEER_TEXT, refusalFromReject, type Refusal } from './protocol/refusal.ts';
 import { CODECS, ErrorFeedback, F32 } from './protocol/wire-codec.ts';
+import { BASE_FORMATS } from './quant/formats.ts';
 import { computeGradientsAsync, type GradientResult } from './train/gradients.ts';
 import { runLocalJob } from './train/local-steps.ts';
 
@@ -37,8 +38,11 @@ export interface WorkerPlatform {
   slow?: boolean;
   /** bytes its tensors can use at most, when the backend has a hard limit (the wasm heap) */
   memoryLimit?: number;
-  /** fetches (or reads from cache) the base-model files, verifies their sha256, returns the weights */
-  loadBase(manifest: RunManifest): Promise<Map<string, tf.Tensor>>;
+  /**
+   * fetches (or reads from cache) the base-model files, verifies their sha256, returns the weights:
+   * float32 tensors, or CompactWeights when the manifest names a base format
+   */
+  loadBase(manifest: RunManifest): Promise<BaseWeights>;
   log(line: string): void;
 }
 
@@ -96,6 +100,7 @@ export class WorkerSession {
       adapter: this.platform.adapter,
       slow: this.platform.slow,
       codecs: [...CODECS],
+      baseFormats: [...BASE_FORMATS],
       ...(this.platform.memoryLimit ? { memoryLimit: this.platform.memoryLimit } : {}),
     });
   }

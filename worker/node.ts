@@ -10,18 +10,19 @@ import { once } from 'node:events';
 import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import WebSocket from 'ws';
-import type * as tf from '@tensorflow/tfjs-core';
 import { checkModelConfig } from '../shared/config.ts';
 import { ErrorCodes, fail, LoraMeshError } from '../shared/errors.ts';
 import { sha256File } from '../node/hash.ts';
+import { loadCompactBaseFile } from '../node/compact-file.ts';
 import { loadSafetensorsFiles } from '../node/load-weights.ts';
-import type { BaseFile, RunManifest } from '../shared/protocol/messages.ts';
+import type { BaseWeights } from '../shared/model/compact-base.ts';
+import { type BaseFile, type RunManifest, weightFiles } from '../shared/protocol/messages.ts';
 import { asBytes } from '../shared/protocol/codec.ts';
 import { cleanPeerText } from '../shared/protocol/peer-text.ts';
 import { reconnectDelayMs } from '../shared/protocol/reconnect.ts';
 import { refusalFromClose, refusalFromHttp, type Refusal } from '../shared/protocol/refusal.ts';
 import { WorkerSession } from '../shared/worker-loop.ts';
-import { planMemory, WASM_HEAP_MAX_BYTES, wasmHeapRefusal } from '../shared/model/memory-plan.ts';
+import { WASM_HEAP_MAX_BYTES, wasmHeapRefusal } from '../shared/model/memory-plan.ts';
 import { initBackend, type BackendName } from '../node/backend.ts';
 import { faultHooks } from './faults.ts';
 
@@ -103,23 +104,25 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
       adapter: backend.adapter,
       ...(backend.name === 'wasm' ? { memoryLimit: WASM_HEAP_MAX_BYTES } : {}),
       log,
-      async loadBase(manifest: RunManifest): Promise<Map<string, tf.Tensor>> {
+      async loadBase(manifest: RunManifest): Promise<BaseWeights> {
         const config = checkModelConfig(manifest.model.config);
+        const { baseFormat } = manifest.model;
         if (backend.name === 'wasm') {
           // The micro-batch shape comes later, with each assignment, so only the weights are checked here:
           // a model whose weights overflow the heap would load silently corrupted (tfjs-wasm does not
           // check allocations). Planning each worker's micro-batches against its memory is not done yet.
-          const plan = planMemory({ config, lora: manifest.lora, microBatch: 1, sequenceLength: 1 });
-          const refusal = wasmHeapRefusal(plan, 'this worker');
+          const input = { config, lora: manifest.lora, microBatch: 1, sequenceLength: 1, baseFormat };
+          const refusal = wasmHeapRefusal(input, 'this worker');
           if (refusal) {
             log(`${ErrorCodes.MEMORY}: ${refusal}`);
             process.exit(2);
           }
         }
-        const weightFiles = manifest.model.files.filter((f) => f.name.endsWith('.safetensors'));
         const paths: string[] = [];
-        for (const f of weightFiles) paths.push(await fetchVerified(origin, f, opts.cacheDir, log));
-        return loadSafetensorsFiles(config, paths).weights;
+        for (const f of weightFiles(manifest.model)) paths.push(await fetchVerified(origin, f, opts.cacheDir, log));
+        return baseFormat
+          ? loadCompactBaseFile(config, paths[0], baseFormat)
+          : loadSafetensorsFiles(config, paths).weights;
       },
     },
     { name: opts.name, token: opts.token, hooks: faultHooks(process.env.LORAMESH_FAULT) },

@@ -27,6 +27,7 @@ export const CONFIG_FLAGS: Record<string, `deployment.${keyof Deployment}` | Lim
   host: 'deployment.host',
   port: 'deployment.port',
   backend: 'deployment.backend',
+  cacheDir: 'deployment.cacheDir',
   heartbeatMs: 'deployment.heartbeatMs',
   keepCheckpoints: 'deployment.keepCheckpoints',
   evalEvery: 'deployment.evalEvery',
@@ -61,6 +62,7 @@ export function configFromFlags(o: TrainFlags, shape: RunShape, extras: FlagExtr
     local: shape.local ?? null,
     checkpointEvery: shape.checkpointEvery ?? CLI_DEFAULTS.checkpointEvery,
     aggregation: (shape.aggregation ?? o.aggregation) as Aggregation,
+    baseFormat: shape.baseFormat ?? null,
   };
   const config = { run, deployment: {} as Record<string, unknown>, limits: {} as Record<string, any> };
   for (const [key, path] of Object.entries(CONFIG_FLAGS)) {

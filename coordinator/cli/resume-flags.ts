@@ -1,15 +1,16 @@
 /**
  * `train --resume`: the run folder's run_config.json defines the run; flags given on the command
  * line may only repeat it. Run-defining settings (model, data, LoRA, optimizer, seed, codecs, local
- * steps, checkpoint interval, aggregation) are kept and a flag that contradicts one is refused,
+ * steps, checkpoint interval, aggregation, base format) are kept and a flag that contradicts one is refused,
  * naming each; `--steps` may be raised to extend a run. Deployment settings (host, port, tokens,
  * workers, limits, heartbeat, spot checks) are not stored and may change freely.
  */
 import { resolve } from 'node:path';
 import { checkLoraConfig, checkTrainConfig, type LoraConfig, type TrainConfig } from '../../shared/config.ts';
-import { describe, ErrorCodes, fail } from '../../shared/errors.ts';
+import { describe, ErrorCodes, fail, LoraMeshError } from '../../shared/errors.ts';
 import { checkDataSpec, checkLocal, type DataSpec, within } from '../run/run-config.ts';
 import { checkCodecSpec, type CodecName, type CodecSpec } from '../../shared/protocol/wire-codec.ts';
+import { type ResolvedBaseSpec, resolveBaseSpec } from '../../shared/quant/formats.ts';
 import { AGGREGATIONS } from '../../shared/train/robust.ts';
 import type { OuterConfig } from '../../shared/train/local-steps.ts';
 
@@ -26,6 +27,8 @@ export interface RunShape {
   local?: OuterConfig;
   checkpointEvery?: number;
   aggregation?: string;
+  /** absent: a float32 base (and every run_config.json written before compact bases) */
+  baseFormat?: ResolvedBaseSpec;
 }
 
 /** The run the flags define on their own (a new run), in run_config.json's shape. */
@@ -64,6 +67,7 @@ export function runShapeFrom(o: TrainFlags): RunShape {
     o.localSteps > 0
       ? { steps: o.localSteps, innerLr: o.innerLr ?? o.lr, outerLr: o.outerLr, outerMomentum: o.outerMomentum }
       : undefined;
+  const baseFormat = baseFormatFrom(o);
   return {
     model: resolve(o.model),
     data,
@@ -73,7 +77,40 @@ export function runShapeFrom(o: TrainFlags): RunShape {
     ...(local ? { local } : {}),
     checkpointEvery: o.checkpointEvery,
     aggregation: o.aggregation,
+    ...(baseFormat ? { baseFormat } : {}),
   };
+}
+
+/** The flag each field of a base format spec comes from. */
+const BASE_FLAGS: Record<string, string> = {
+  '--base-format.format': '--base-format',
+  '--base-format.blockSize': '--base-block',
+  '--base-format.doubleQuant': '--base-double-quant',
+};
+
+/**
+ * --base-format with --base-block and --base-double-quant as a checked spec (undefined: none asked).
+ * An option that does not apply (--base-block with f16, --base-double-quant with int8 or alone) is
+ * refused, naming the flag, rather than silently doing nothing.
+ */
+function baseFormatFrom(o: TrainFlags): ResolvedBaseSpec | undefined {
+  if (o.baseFormat === undefined) {
+    const stray = o.baseBlock !== undefined ? '--base-block' : o.baseDoubleQuant ? '--base-double-quant' : null;
+    if (stray) fail(ErrorCodes.CONFIG, `${stray} needs --base-format int8 or nf4`);
+    return undefined;
+  }
+  const spec = {
+    format: o.baseFormat,
+    ...(o.baseBlock === undefined ? {} : { blockSize: o.baseBlock }),
+    ...(o.baseDoubleQuant ? { doubleQuant: true } : {}),
+  };
+  try {
+    return resolveBaseSpec(spec, '--base-format');
+  } catch (err) {
+    if (!(err instanceof LoraMeshError)) throw err;
+    const message = err.message.replace(/^LM_ERR_\w+: /, '').replace(/--base-format\.\w+/, (f) => BASE_FLAGS[f] ?? f);
+    throw new LoraMeshError(ErrorCodes.CONFIG, message);
+  }
 }
 
 /** The flags that define `shape` (runShapeFrom's inverse), so a typed flag is read against the run's own others. */
@@ -110,6 +147,16 @@ export function flagsOf(shape: RunShape): TrainFlags {
     // an older run_config.json lacks these: the flags' own values stand
     ...(shape.checkpointEvery === undefined ? {} : { checkpointEvery: shape.checkpointEvery }),
     ...(shape.aggregation === undefined ? {} : { aggregation: shape.aggregation }),
+    ...baseFlagsOf(shape.baseFormat),
+  };
+}
+
+/** The --base-* flags that give this spec (baseFormatFrom's inverse; the CLI's dq block is the default). */
+function baseFlagsOf(spec: ResolvedBaseSpec | undefined): TrainFlags {
+  return {
+    baseFormat: spec?.format,
+    baseBlock: spec && 'blockSize' in spec ? spec.blockSize : undefined,
+    baseDoubleQuant: spec?.format === 'nf4' && spec.doubleQuant ? true : undefined,
   };
 }
 
@@ -136,6 +183,7 @@ export function checkRunShape(raw: unknown, file: string): RunShape {
           down: within(`${file}: wire.down`, () => checkCodecSpec(o.wire.down, 'codec')),
         };
   const local = o.local == null ? undefined : within(file, () => checkLocal('local', o.local));
+  const baseFormat = o.baseFormat == null ? undefined : resolveBaseSpec(o.baseFormat, `${file}: baseFormat`);
   // an older run_config.json may lack these two: the flags' values stand (resumeShape)
   if (o.checkpointEvery !== undefined && !(Number.isInteger(o.checkpointEvery) && o.checkpointEvery >= 0))
     bad('checkpointEvery', o.checkpointEvery, 'an integer ≥ 0');
@@ -150,6 +198,7 @@ export function checkRunShape(raw: unknown, file: string): RunShape {
     ...(local ? { local } : {}),
     ...(o.checkpointEvery !== undefined ? { checkpointEvery: o.checkpointEvery } : {}),
     ...(o.aggregation !== undefined ? { aggregation: o.aggregation } : {}),
+    ...(baseFormat ? { baseFormat } : {}),
   };
 }
 
@@ -193,6 +242,9 @@ const RUN_DEFINING: Record<string, { flag: string; pick: Pick }> = {
   outerMomentum: { flag: '--outer-momentum', pick: (s) => s.local?.outerMomentum },
   checkpointEvery: { flag: '--checkpoint-every', pick: (s) => s.checkpointEvery },
   aggregation: { flag: '--aggregation', pick: (s) => s.aggregation },
+  baseFormat: { flag: '--base-format', pick: (s) => s.baseFormat?.format },
+  baseBlock: { flag: '--base-block', pick: (s) => baseFlagsOf(s.baseFormat).baseBlock },
+  baseDoubleQuant: { flag: '--base-double-quant', pick: (s) => baseFlagsOf(s.baseFormat).baseDoubleQuant },
 };
 
 /** Flags that make no sense with --resume at all. */

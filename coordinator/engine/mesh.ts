@@ -20,6 +20,7 @@ import {
   type RunManifest,
 } from '../../shared/protocol/messages.ts';
 import { describeCodec, payloadBytes } from '../../shared/protocol/wire-codec.ts';
+import { describeBaseSpec } from '../../shared/quant/formats.ts';
 import type { GradientResult } from '../../shared/train/gradients.ts';
 import type { MicroBatch } from '../../shared/train/micro-batch.ts';
 import { StepSchedule, type LedgerEntry, type ScheduleOptions } from './scheduler.ts';
@@ -377,6 +378,16 @@ export class MeshExecutor implements GradientExecutor {
         ErrorCodes.CODEC,
         `this run sends ${describeCodec(up)} up and ${describeCodec(down)} down; ` +
           `the worker supports ${cleanPeerText((codecs ?? ['f32']).join(', '), 80)}`,
+      );
+      return;
+    }
+    const baseFormat = this.options.manifest.model.baseFormat;
+    if (baseFormat && !(hello.baseFormats ?? []).includes(baseFormat.format)) {
+      this.closeWith(
+        w,
+        ErrorCodes.CODEC,
+        `this run's base is ${describeBaseSpec(baseFormat)}; the worker loads ` +
+          `${cleanPeerText((hello.baseFormats ?? []).join(', ') || 'float32 checkpoints only', 80)}`,
       );
       return;
     }

@@ -11,7 +11,13 @@ import type { RunDir } from '../io/run-dir.ts';
 import type { Trainer } from '../engine/trainer.ts';
 
 /** What a checkpoint must agree with: the run-defining config (local steps change what a step is). */
-export type CheckpointConfig = { model: string; lora: unknown; train: TrainConfig; local: unknown };
+export type CheckpointConfig = {
+  model: string;
+  lora: unknown;
+  train: TrainConfig;
+  local: unknown;
+  baseFormat?: unknown;
+};
 
 const withoutSteps = (c: unknown) =>
   JSON.stringify({ ...(c as object), train: { ...(c as { train: object }).train, steps: undefined } });

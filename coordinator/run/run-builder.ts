@@ -17,21 +17,30 @@ import type { GradientExecutor } from '../engine/trainer.ts';
 import { InProcessExecutor } from '../engine/in-process.ts';
 import { MeshExecutor } from '../engine/mesh.ts';
 import { Trainer } from '../engine/trainer.ts';
-import { loadWeights, type ModelDir } from '../io/model-dir.ts';
+import type { ModelDir } from '../io/model-dir.ts';
 import { RunMonitor } from '../net/monitor.ts';
 import { parameterShapes } from '../../shared/model/causal-lm.ts';
-import { type KernelBackend, type MemoryPlan, planMemory } from '../../shared/model/memory-plan.ts';
+import {
+  type BaseFormatOption,
+  baseFormatHint,
+  type KernelBackend,
+  type MemoryPlan,
+  planMemory,
+  smallerBaseFormats,
+} from '../../shared/model/memory-plan.ts';
 import type { NetLimits } from '../net/net-limits.ts';
 import { startServer, type RunningServer } from '../net/server.ts';
 import { spawnLocalWorkers } from './local-workers.ts';
 import { resultChecks } from './result-checks.ts';
 import type { RunControl } from './run-control.ts';
 import type { RunConfig } from './run-config.ts';
+import type { RunBase } from './run-base.ts';
 import { TrustedModel } from './trusted-model.ts';
-import type * as tf from '@tensorflow/tfjs-core';
 
 export interface Engine {
   spec: AdapterTensorSpec[];
+  /** the frozen base: what workers fetch and the trusted copy loads */
+  base: RunBase;
   /** the coordinator's own model copy: eval loss and result recomputations */
   trusted: TrustedModel;
   /** the worker mesh; null when every micro-batch is computed in this process */
@@ -41,9 +50,9 @@ export interface Engine {
 
 export interface EngineInputs {
   model: ModelDir;
+  base: RunBase;
   examples: Example[];
   initialAdapter?: AdapterState;
-  weights?: Map<string, tf.Tensor>;
 }
 
 /** The trainer over its executor; `log` is read at each call, so it may be rebound later (the monitor). */
@@ -53,7 +62,7 @@ export function buildEngine(
   runId: string,
   log: (line: string) => void,
 ): Engine {
-  const { model } = inputs;
+  const { model, base } = inputs;
   const { lora, train, wire, local, aggregation } = config.run;
   const spec = adapterSpec(model.config, lora);
   const inner = {
@@ -63,7 +72,7 @@ export function buildEngine(
     weightDecay: train.weightDecay,
     clipNorm: train.clipNorm,
   };
-  const trusted = new TrustedModel(model.config, lora, spec, inner, () => inputs.weights ?? loadWeights(model).weights);
+  const trusted = new TrustedModel(model.config, lora, spec, inner, () => base.load());
   const mesh = config.deployment.inProcess
     ? null
     : new MeshExecutor({
@@ -71,7 +80,8 @@ export function buildEngine(
           runId,
           model: {
             config: model.config,
-            files: model.files.map(({ name, sha256, bytes }) => ({ name, sha256, bytes })),
+            files: base.files.map(({ name, sha256, bytes }) => ({ name, sha256, bytes })),
+            ...(base.format ? { baseFormat: base.format } : {}),
           },
           lora,
           adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
@@ -106,25 +116,24 @@ export function buildEngine(
   if (mesh)
     log(`wire: ${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down${local ? `; ${localSteps}` : ''}`);
   else if (local) log(localSteps);
-  return { spec, trusted, mesh, trainer };
+  return { spec, base, trusted, mesh, trainer };
 }
 
-/** The server for `mesh`: base files, the worker socket, the dashboard and the admin hooks into `control`. */
+/** The server for `mesh`: the base's files, the worker socket, the dashboard and the admin hooks into `control`. */
 export async function startEdge(
   config: RunConfig,
-  model: ModelDir,
   engine: Engine & { mesh: MeshExecutor },
   control: RunControl,
   monitor: RunMonitor,
 ): Promise<RunningServer> {
   const { deployment, limits } = config;
-  const { mesh, spec } = engine;
+  const { mesh, spec, base } = engine;
   // The largest legitimate frame is a result: 4 bytes per adapter value plus framing.
   const maxPayload = 4 * adapterParameterCount(spec) + 64 * 1024 + 16 * spec.length * 64;
   return startServer({
     host: deployment.host,
     port: deployment.port,
-    files: model.files,
+    files: base.files,
     mesh,
     maxPayload,
     heartbeatMs: deployment.heartbeatMs,
@@ -217,29 +226,39 @@ export function startWorkers(
  */
 function memoryRefusalFor(config: RunConfig, inputs: EngineInputs) {
   const { model, examples } = inputs;
-  const { lora, train } = config.run;
+  const { lora, train, baseFormat } = config.run;
   // a loop, not Math.max(...spread): a real data set has more examples than a call has arguments
   let sequenceLength = 1;
   for (const e of examples) sequenceLength = Math.max(sequenceLength, e.tokens.length);
-  // one plan per kernel backend, made on first use: a flood of hellos costs a lookup each
-  const plans = new Map<KernelBackend, MemoryPlan>();
-  const planFor = (backend: KernelBackend): MemoryPlan => {
-    let plan = plans.get(backend);
-    if (!plan) {
-      plan = planMemory({ config: model.config, lora, microBatch: train.microBatch, sequenceLength, backend });
-      plans.set(backend, plan);
+  // one plan per kernel backend (and the smaller base formats' plans), made on first use: a flood of
+  // hellos costs a lookup each
+  const plans = new Map<KernelBackend, { plan: MemoryPlan; smaller: BaseFormatOption[] }>();
+  const planFor = (backend: KernelBackend) => {
+    let planned = plans.get(backend);
+    if (!planned) {
+      const input = {
+        config: model.config,
+        lora,
+        microBatch: train.microBatch,
+        sequenceLength,
+        backend,
+        baseFormat: baseFormat ?? undefined,
+      };
+      planned = { plan: planMemory(input), smaller: smallerBaseFormats(input) };
+      plans.set(backend, planned);
     }
-    return plan;
+    return planned;
   };
   return (backend: string, limitBytes: number): string | null => {
     const kernels: KernelBackend =
       backend === 'wasm' || backend === 'webgpu' || backend === 'tensorflow' ? backend : 'cpu';
-    const plan = planFor(kernels);
+    const { plan, smaller } = planFor(kernels);
     const needed = plan.total - plan.parts.runtime;
     if (needed <= limitBytes) return null;
+    const hint = baseFormatHint(smaller, limitBytes);
     return (
       `the run needs ${(needed / 1e9).toFixed(2)} GB (${plan.summary}); ` +
-      `this ${backend} worker can hold ${(limitBytes / 1e9).toFixed(2)} GB`
+      `this ${backend} worker can hold ${(limitBytes / 1e9).toFixed(2)} GB${hint ? `; ${hint}` : ''}`
     );
   };
 }

@@ -1,7 +1,7 @@
 /**
  * A run's configuration, typed and checked in one place, in three parts:
  *  - `run`: what defines the run and its adapter's bits (model, data, LoRA, optimizer, codecs, local
- *    steps, aggregation, checkpoint interval). Stored in run_config.json; `--resume` keeps it and
+ *    steps, aggregation, checkpoint interval, the base's compact format). Stored in run_config.json; `--resume` keeps it and
  *    refuses flags that contradict it (cli/resume-flags.ts).
  *  - `deployment`: where and how this process serves it (address, token, TLS, workers, backend,
  *    run folder, eval cadence, admin). May change freely on resume.
@@ -14,6 +14,7 @@ import { isIP } from 'node:net';
 import { checkLoraConfig, checkTrainConfig, type LoraConfig, type TrainConfig } from '../../shared/config.ts';
 import { describe, ErrorCodes, fail, LoraMeshError } from '../../shared/errors.ts';
 import { checkCodecSpec, type CodecSpec, F32 } from '../../shared/protocol/wire-codec.ts';
+import { type ResolvedBaseSpec, resolveBaseSpec } from '../../shared/quant/formats.ts';
 import type { OuterConfig } from '../../shared/train/local-steps.ts';
 import { AGGREGATIONS, type Aggregation } from '../../shared/train/robust.ts';
 import { BACKENDS, type BackendName } from '../../node/backend-names.ts';
@@ -40,6 +41,11 @@ export interface RunSettings {
   /** save a checkpoint every N steps (0: only at the end and when stopped) */
   checkpointEvery: number;
   aggregation: Aggregation;
+  /**
+   * the frozen base held compact (shared/quant/formats.ts), quantized once by the coordinator and
+   * served to every worker as one file; null: float32 tensors as loaded (the fast float32 kernels)
+   */
+  baseFormat: ResolvedBaseSpec | null;
 }
 
 /** Where and how this process serves the run. */
@@ -64,7 +70,10 @@ export interface Deployment {
   tls: { cert: string; key: string } | null;
   /** tfjs backend of local workers (and of this process with inProcess) */
   backend: BackendName;
-  /** local workers' cache of verified base files (null: their default) */
+  /**
+   * the coordinator's cache of quantized compact bases and local workers' cache of verified base
+   * files (null: LORAMESH_CACHE, else ~/.cache/loramesh)
+   */
   cacheDir: string | null;
   /** ping interval; a worker silent for 2 intervals is dropped */
   heartbeatMs: number;
@@ -106,6 +115,7 @@ export const DEFAULT_RUN_CONFIG = {
     local: null,
     checkpointEvery: 0,
     aggregation: 'sum',
+    baseFormat: null,
     /** the CLI's local-steps settings, used when --local-steps > 0 */
     outer: { outerLr: 0.7, outerMomentum: 0.9 },
   },
@@ -241,6 +251,7 @@ export function checkRunSettings(v: Partial<RunSettings> & Record<string, unknow
     local: v.local == null ? null : checkLocal(`${prefix}local`, v.local),
     checkpointEvery: checkInt(`${prefix}checkpointEvery`, v.checkpointEvery ?? 0, 0),
     aggregation: checkOneOf(`${prefix}aggregation`, aggregation, AGGREGATIONS),
+    baseFormat: v.baseFormat == null ? null : resolveBaseSpec(v.baseFormat, `${prefix}baseFormat`),
   };
 }
 

@@ -20,6 +20,7 @@ import { type spawnLocalWorkers, stopLocalWorkers } from './local-workers.ts';
 import type { ModelDir } from '../io/model-dir.ts';
 import { resumeFromCheckpoint, type CheckpointConfig, type RunInputs } from './resume.ts';
 import { RunControl } from './run-control.ts';
+import { prepareBase } from './run-base.ts';
 import { buildEngine, buildMonitor, startEdge, startWorkers } from './run-builder.ts';
 import { resolveRunConfig, type RunConfig, type RunConfigInput } from './run-config.ts';
 import { RunDir } from '../io/run-dir.ts';
@@ -37,7 +38,10 @@ export interface RunOptions {
   evalExamples?: Example[];
   /** start from this adapter (e.g. a PEFT adapter being continued) */
   initialAdapter?: AdapterState;
-  /** weights already loaded by the caller (for evaluation), reused for the coordinator's own computations */
+  /**
+   * float32 weights already loaded by the caller (for evaluation), reused for the coordinator's own
+   * computations (not by a run with a compact base format: it loads the compact file)
+   */
   weights?: Map<string, tf.Tensor>;
   /** the run's settings; what is left out comes from DEFAULT_RUN_CONFIG (run-config.ts), all checked */
   config: RunConfigInput;
@@ -114,7 +118,14 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
   const { run, deployment } = config;
   const { model } = opts;
   const { lora, train, wire, local } = run;
-  const checkpointConfig: CheckpointConfig = { model: model.dir, lora, train, local: local ?? undefined };
+  const checkpointConfig: CheckpointConfig = {
+    model: model.dir,
+    lora,
+    train,
+    local: local ?? undefined,
+    // only when set: a float32 run's checkpoints read as they did before compact bases
+    ...(run.baseFormat ? { baseFormat: run.baseFormat } : {}),
+  };
   // What the run was made from, by content: a resume refuses a model or data set that changed in place.
   const inputs: RunInputs = {
     modelFiles: model.files.map(({ name, sha256 }) => ({ name, sha256 })),
@@ -135,8 +146,10 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
     });
   }
 
-  // 1. The engine: the trainer over the worker mesh (with its result checks) or this process.
-  const engine = buildEngine(config, opts, runId, (line) => log(line));
+  // 1. The engine: the trainer over the worker mesh (with its result checks) or this process, on the
+  //    run's base (with --base-format, one compact file quantized once and cached).
+  const base = await prepareBase(config, model, (line) => log(line), opts.weights);
+  const engine = buildEngine(config, { ...opts, base }, runId, (line) => log(line));
   const { spec, trusted, mesh, trainer } = engine;
 
   // 2. Resume, if asked; a finished run has nothing to do.
@@ -192,7 +205,7 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
   let server: RunningServer | null = null;
   let children: ReturnType<typeof spawnLocalWorkers> = [];
   if (mesh) {
-    server = await startEdge(config, model, { ...engine, mesh }, control, monitor);
+    server = await startEdge(config, { ...engine, mesh }, control, monitor);
     log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
     await opts.onListening?.({ wsUrl: server.wsUrl, url: server.url });
   }

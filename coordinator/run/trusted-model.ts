@@ -3,10 +3,10 @@
  * it computes the eval loss, recomputes results for the result checks, and does every micro-batch
  * of an --in-process run. One copy of the weights serves all three.
  */
-import type * as tf from '@tensorflow/tfjs-core';
 import type { LoraConfig, ModelConfig } from '../../shared/config.ts';
 import type { AdapterState, AdapterTensorSpec } from '../../shared/lora/adapter.ts';
 import { FrozenBase } from '../../shared/lora/params.ts';
+import type { BaseWeights } from '../../shared/model/compact-base.ts';
 import { createModel, type CausalLM } from '../../shared/model/causal-lm.ts';
 import { computeGradientsAsync, evaluateLoss, type GradientResult } from '../../shared/train/gradients.ts';
 import { runLocalJob, type InnerOptimizer } from '../../shared/train/local-steps.ts';
@@ -21,7 +21,8 @@ export class TrustedModel {
     private readonly lora: LoraConfig,
     private readonly spec: AdapterTensorSpec[],
     private readonly inner: InnerOptimizer,
-    private readonly loadWeights: () => Map<string, tf.Tensor>,
+    /** the run's frozen base: float32 tensors, or compact ones (the file workers fetch) */
+    private readonly loadWeights: () => BaseWeights,
   ) {}
 
   get(): { model: CausalLM; base: FrozenBase } {

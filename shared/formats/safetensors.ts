@@ -12,23 +12,24 @@
 import { ErrorCodes, fail } from '../errors.ts';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './half.ts';
 
-export type SafetensorsDType = 'F32' | 'F16' | 'BF16' | 'I32' | 'I64';
+export type SafetensorsDType = 'F32' | 'F16' | 'BF16' | 'I32' | 'I64' | 'U8';
 
 export interface TensorEntry {
   /** the dtype stored in the file */
   dtype: SafetensorsDType;
   shape: number[];
   /**
-   * F32/F16/BF16 → Float32Array, I32/I64 → Int32Array. F32 and I32 data is a view into the
-   * input bytes (no copy) when it is aligned there; copy it before reusing the input buffer.
+   * F32/F16/BF16 → Float32Array, I32/I64 → Int32Array, U8 → Uint8Array (raw bytes: the packed codes
+   * of a compact base, shared/quant/compact-file.ts). F32, I32 and U8 data is a view into the input
+   * bytes (no copy) when it is aligned there; copy it before reusing the input buffer.
    */
-  data: Float32Array | Int32Array;
+  data: Float32Array | Int32Array | Uint8Array;
 }
 
 export interface TensorInput {
-  data: Float32Array | Int32Array;
+  data: Float32Array | Int32Array | Uint8Array;
   shape: number[];
-  /** default: F32 for a Float32Array, I32 for an Int32Array */
+  /** default: F32 for a Float32Array, I32 for an Int32Array, U8 for a Uint8Array */
   dtype?: SafetensorsDType;
 }
 
@@ -48,7 +49,7 @@ export interface SafetensorsHeader {
   dataStart: number;
 }
 
-const ITEM_BYTES: Record<SafetensorsDType, number> = { F32: 4, F16: 2, BF16: 2, I32: 4, I64: 8 };
+const ITEM_BYTES: Record<SafetensorsDType, number> = { F32: 4, F16: 2, BF16: 2, I32: 4, I64: 8, U8: 1 };
 /** The reference implementation refuses headers over 100 MB too. */
 export const MAX_HEADER_BYTES = 100_000_000;
 
@@ -81,24 +82,26 @@ function tensorBytes(name: string, tensor: TensorInput, dtype: SafetensorsDType)
       }
       return asBytes(wide);
     }
-  }
+  } else if (data instanceof Uint8Array && dtype === 'U8') return data;
   const kind = (data as object)?.constructor?.name ?? typeof data;
   return fail(
     ErrorCodes.SAFETENSORS,
     `tensor ${name}: dtype ${show(dtype)} cannot be written from a ${kind}; ` +
-      'expected F32/F16/BF16 from a Float32Array or I32/I64 from an Int32Array',
+      'expected F32/F16/BF16 from a Float32Array, I32/I64 from an Int32Array or U8 from a Uint8Array',
   );
 }
 
 /**
- * Encodes tensors (written in sorted name order, so equal inputs give equal bytes) and optional
- * string metadata. F16 and BF16 are rounded to nearest even from the float32 values.
+ * The first 8 + N bytes of a file: the header length and the JSON header, entries in sorted name
+ * order, padded with spaces so the data section starts 8-byte aligned. Each entry's data_offsets
+ * are the caller's: a streaming writer knows every tensor's size before it has any of the bytes.
  */
-export function encodeSafetensors(tensors: Record<string, TensorInput>, metadata?: Record<string, string>): Uint8Array {
-  const encoder = new TextEncoder();
-  const names = Object.keys(tensors).sort();
-  // Header built entry by entry (not JSON.stringify of one object) so key order is exactly this
-  // order even for names like "0", and a name like "__proto__" stays an ordinary key.
+export function encodeSafetensorsHeader(
+  entries: Map<string, HeaderEntry>,
+  metadata?: Record<string, string>,
+): Uint8Array {
+  // Built entry by entry (not JSON.stringify of one object) so key order is exactly this order even
+  // for names like "0", and a name like "__proto__" stays an ordinary key.
   const headerParts: string[] = [];
   if (metadata) {
     const keys = Object.keys(metadata).sort();
@@ -111,12 +114,37 @@ export function encodeSafetensors(tensors: Record<string, TensorInput>, metadata
         `{${keys.map((k) => `${JSON.stringify(k)}:${JSON.stringify(metadata[k])}`).join(',')}}`,
     );
   }
+  for (const name of [...entries.keys()].sort()) {
+    if (name === METADATA_KEY) fail(ErrorCodes.SAFETENSORS, `a tensor cannot be named ${METADATA_KEY}`);
+    const { dtype, shape, data_offsets } = entries.get(name)!;
+    if (!isShape(shape))
+      fail(ErrorCodes.SAFETENSORS, `tensor ${name}: shape ${show(shape)} should be a list of non-negative integers`);
+    headerParts.push(`${JSON.stringify(name)}:${JSON.stringify({ dtype, shape, data_offsets })}`);
+  }
+  const json = new TextEncoder().encode(`{${headerParts.join(',')}}`);
+  const headerLength = Math.ceil(json.length / 8) * 8; // 8 + N is then a multiple of 8
+  const out = new Uint8Array(8 + headerLength);
+  new DataView(out.buffer).setBigUint64(0, BigInt(headerLength), true);
+  out.set(json, 8);
+  out.fill(0x20, 8 + json.length); // space padding
+  return out;
+}
+
+/** The dtype a tensor is written as: its own, else the natural one of its array. */
+const dtypeOf = (tensor: TensorInput): SafetensorsDType =>
+  tensor.dtype ?? (tensor.data instanceof Int32Array ? 'I32' : tensor.data instanceof Uint8Array ? 'U8' : 'F32');
+
+/**
+ * Encodes tensors (written in sorted name order, so equal inputs give equal bytes) and optional
+ * string metadata. F16 and BF16 are rounded to nearest even from the float32 values.
+ */
+export function encodeSafetensors(tensors: Record<string, TensorInput>, metadata?: Record<string, string>): Uint8Array {
+  const entries = new Map<string, HeaderEntry>();
   const payloads: Uint8Array[] = [];
   let dataBytes = 0;
-  for (const name of names) {
-    if (name === METADATA_KEY) fail(ErrorCodes.SAFETENSORS, `a tensor cannot be named ${METADATA_KEY}`);
+  for (const name of Object.keys(tensors).sort()) {
     const tensor = tensors[name];
-    const dtype = tensor.dtype ?? (tensor.data instanceof Int32Array ? 'I32' : 'F32');
+    const dtype = dtypeOf(tensor);
     if (!isShape(tensor.shape))
       fail(
         ErrorCodes.SAFETENSORS,
@@ -130,18 +158,14 @@ export function encodeSafetensors(tensors: Record<string, TensorInput>, metadata
       );
     }
     const bytes = tensorBytes(name, tensor, dtype);
-    const entry = { dtype, shape: tensor.shape, data_offsets: [dataBytes, dataBytes + bytes.length] };
-    headerParts.push(`${JSON.stringify(name)}:${JSON.stringify(entry)}`);
+    entries.set(name, { dtype, shape: tensor.shape, data_offsets: [dataBytes, dataBytes + bytes.length] });
     payloads.push(bytes);
     dataBytes += bytes.length;
   }
-  const json = encoder.encode(`{${headerParts.join(',')}}`);
-  const headerLength = Math.ceil(json.length / 8) * 8; // 8 + N is then a multiple of 8
-  const out = new Uint8Array(8 + headerLength + dataBytes);
-  new DataView(out.buffer).setBigUint64(0, BigInt(headerLength), true);
-  out.set(json, 8);
-  out.fill(0x20, 8 + json.length, 8 + headerLength); // space padding
-  let at = 8 + headerLength;
+  const header = encodeSafetensorsHeader(entries, metadata);
+  const out = new Uint8Array(header.length + dataBytes);
+  out.set(header);
+  let at = header.length;
   for (const bytes of payloads) {
     out.set(bytes, at);
     at += bytes.length;
@@ -269,6 +293,8 @@ export function decodeTensorData(name: string, entry: HeaderEntry, span: Uint8Ar
       return { dtype, shape, data: new Float32Array(buffer, byteOffset, count) };
     case 'I32':
       return { dtype, shape, data: new Int32Array(buffer, byteOffset, count) };
+    case 'U8':
+      return { dtype, shape, data: new Uint8Array(buffer, byteOffset, count) };
     case 'F16':
       return { dtype, shape, data: f16ToF32(new Uint16Array(buffer, byteOffset, count)) };
     case 'BF16':

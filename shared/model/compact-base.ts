@@ -7,7 +7,13 @@
  */
 import type * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../config.ts';
-import { type BaseFormatSpec, describeBaseSpec, type ResolvedBaseSpec, resolveBaseSpec } from '../quant/formats.ts';
+import {
+  type BaseFormatSpec,
+  describeBaseSpec,
+  type PackedMatrix,
+  type ResolvedBaseSpec,
+  resolveBaseSpec,
+} from '../quant/formats.ts';
 import { quantizeMatrix } from '../quant/quantize.ts';
 import { embeddingName, linearModulePaths, linearStorage } from './causal-lm.ts';
 import { CompactWeight } from './compact-linear.ts';
@@ -34,9 +40,25 @@ function transposeValues(values: Float32Array, rows: number, cols: number): Floa
 }
 
 /**
- * The compact form of one checkpoint tensor, or null for one that stays float32. values are the
- * tensor as stored (shape storedShape).
+ * The packed matrix of one checkpoint tensor, or null for one that stays float32. values are the
+ * tensor as stored (shape storedShape); a Conv1D weight is transposed to (d_out, d_in) first.
  */
+export function packTensor(
+  config: ModelConfig,
+  name: string,
+  values: Float32Array,
+  storedShape: readonly number[],
+  spec: BaseFormatSpec | ResolvedBaseSpec,
+): PackedMatrix | null {
+  const how = compactTensorNames(config).get(name);
+  if (!how) return null;
+  const [a, b] = storedShape;
+  const [rows, cols] = how.transposed ? [b, a] : [a, b];
+  const matrix = how.transposed ? transposeValues(values, a, b) : values;
+  return quantizeMatrix(matrix, rows, cols, spec);
+}
+
+/** The compact form of one checkpoint tensor (see packTensor), or null for one that stays float32. */
 export function compactTensor(
   config: ModelConfig,
   name: string,
@@ -44,12 +66,8 @@ export function compactTensor(
   storedShape: readonly number[],
   spec: BaseFormatSpec | ResolvedBaseSpec,
 ): CompactWeight | null {
-  const how = compactTensorNames(config).get(name);
-  if (!how) return null;
-  const [a, b] = storedShape;
-  const [rows, cols] = how.transposed ? [b, a] : [a, b];
-  const matrix = how.transposed ? transposeValues(values, a, b) : values;
-  return new CompactWeight(quantizeMatrix(matrix, rows, cols, spec), storedShape);
+  const packed = packTensor(config, name, values, storedShape, spec);
+  return packed && new CompactWeight(packed, storedShape);
 }
 
 /**

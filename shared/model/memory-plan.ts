@@ -7,16 +7,18 @@
  * disposes nothing before it returns), so what the forward saved and the whole backward pile up.
  *
  * Parts (bytes):
- *  - frozenWeights: every base parameter in its storage format (WeightFormat): matrices at the
- *    format's bits per weight plus its group scales, vectors (norms, biases) as float32. Today's
- *    loader widens every tensor to float32 (shared/model/weights.ts), so `f32` is what runs now;
- *    the others are for formats that keep weights narrow.
+ *  - frozenWeights: every base parameter as held. A run's compact base (`baseFormat`, the run's
+ *    --base-format: shared/model/compact-base.ts) holds each linear weight and the embedding packed
+ *    with float32 block scales (CompactWeight.heldBytes) and the rest as float32; without one the
+ *    loader widens every tensor to float32. `format` (a WeightFormat: bits per weight plus group
+ *    scales) estimates other storage formats, for comparison.
  *  - weightCopies: the extra float32 layouts the frozen-linear kernels keep (shared/model/linear-ops.ts,
  *    makeFrozenLinear and FrozenLinear): with W on the right (models with ≤ 64 MiB of linear
  *    weights) both W and Wᵀ, and on wasm XNNPACK's packed copy of each (3 extra copies); with W on the
  *    left Wᵀ beside every layer's W (1 extra), while a vocabulary-sized LM head keeps one layout,
- *    packed on wasm (1 extra there, 0 elsewhere). Counted in float32 whatever the storage format:
- *    that is what the kernels hold today.
+ *    packed on wasm (1 extra there, 0 elsewhere). Counted in float32 whatever `format` says. A
+ *    compact base keeps none: its kernels (wasm, cpu) read W as packed; other backends widen one
+ *    matrix at a time (the largest counted once). Its products count as W on the right.
  *  - activations: the float32 tensors alive at the peak that scale with N, except the logits:
  *    per layer a fixed set of multiples of N·d, N·d_kv, N·I and B·H·T² (counted from the ops of
  *    llama.ts / gpt2.ts, attention.ts, norm-ops.ts and linear-ops.ts, see LLAMA_LAYER), per adapted
@@ -48,9 +50,16 @@
 import { DEFAULT_LORA, type LoraConfig, type ModelConfig } from '../config.ts';
 import { ErrorCodes, fail } from '../errors.ts';
 import { adaptedModules } from '../lora/adapter.ts';
-import { DEFAULT_BASE_BLOCK } from '../quant/formats.ts';
+import {
+  DEFAULT_BASE_BLOCK,
+  describeBaseSpec,
+  type MatrixLayout,
+  matrixLayout,
+  type ResolvedBaseSpec,
+} from '../quant/formats.ts';
 import { linearModulePaths, linearShape, linearStorage, parameterShapes } from './causal-lm.ts';
 import { headChunkRows } from '../train/gradients.ts';
+import { compactTensorNames } from './compact-base.ts';
 import { VOCABULARY_SIZED } from './linear-ops.ts';
 
 /** How frozen weights are stored: bits per weight of a matrix, plus one scale per group of weights. */
@@ -64,10 +73,10 @@ export interface WeightFormat {
 }
 
 /**
- * f32 is what the loader keeps today; bf16/f16 keep the checkpoint's 16 bits; int8 and nf4 are the
- * compact formats of shared/quant/formats.ts at their default block (a float32 scale per
- * DEFAULT_BASE_BLOCK weights: ≈ 1.06 and ≈ 0.56 bytes per weight; nf4 without double quantization).
- * The runtime does not hold them yet; their plans are for comparison and planning.
+ * Estimates by bits per weight: f32 is what the loader keeps without a compact base; bf16/f16 keep
+ * the checkpoint's 16 bits; int8 and nf4 are the compact formats of shared/quant/formats.ts at their
+ * default block (a float32 scale per DEFAULT_BASE_BLOCK weights: ≈ 1.06 and ≈ 0.56 bytes per weight;
+ * nf4 without double quantization). A run's own compact base is planned exactly (`baseFormat`).
  */
 export const WEIGHT_FORMATS = {
   f32: { name: 'f32', bitsPerWeight: 32 },
@@ -103,7 +112,9 @@ export interface MemoryPlanInput {
   microBatch: number;
   /** tokens per sequence (T) */
   sequenceLength: number;
-  /** default WEIGHT_FORMATS.f32, what the loader keeps today */
+  /** the run's compact base format (planned exactly, with no float32 kernel copies); absent: float32 */
+  baseFormat?: ResolvedBaseSpec;
+  /** without baseFormat: an estimate of another storage format; default WEIGHT_FORMATS.f32 */
   format?: WeightFormat;
   /** default wasm */
   backend?: KernelBackend;
@@ -261,15 +272,24 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
   const gpt2 = config.model_type === 'gpt2';
   const vocab = config.vocab_size;
 
+  if (input.baseFormat && input.format)
+    fail(ErrorCodes.CONFIG, 'memory plan: give baseFormat (a compact base) or format (an estimate), not both');
+  const compactNames = input.baseFormat ? compactTensorNames(config) : new Map<string, { transposed: boolean }>();
   let frozenWeights = 0;
-  for (const shape of parameterShapes(config).values()) {
+  let largestCompact = 0; // float32 values of the largest compact matrix
+  for (const [name, shape] of parameterShapes(config)) {
     const count = shape.reduce((a, b) => a * b, 1);
-    frozenWeights += shape.length === 2 ? formatBytes(format, count) : F32 * count;
+    const how = compactNames.get(name);
+    if (input.baseFormat && how) {
+      const [rows, cols] = how.transposed ? [shape[1], shape[0]] : shape; // blocks run along d_in
+      frozenWeights += heldBytes(matrixLayout(input.baseFormat, rows, cols));
+      largestCompact = Math.max(largestCompact, count);
+    } else frozenWeights += shape.length === 2 ? formatBytes(format, count) : F32 * count;
   }
 
   const paths = linearModulePaths(config);
   const linearValues = paths.reduce((n, path) => n + linearShape(config, path).reduce((a, b) => a * b), 0);
-  const compact = input.compact ?? false;
+  const compact = input.compact ?? !!input.baseFormat;
   const onTheLeft = !compact && (input.weightOnTheLeft ?? F32 * linearValues > WEIGHT_ON_THE_LEFT_MIN_BYTES);
   const headBackwardLeft = onTheLeft && vocab < VOCABULARY_SIZED;
   const wasm = backend === 'wasm';
@@ -280,12 +300,15 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
   let layerLeftRows = 0; // Σ over the layers' linears of (d_out + d_in): dyᵀ and dxᵀ made when W is on the left
   let layerLeftOut = 0; // Σ d_out of the same: the dyᵀ XNNPACK packs
   let biasedOut = 0; // Σ d_out of Llama linears with a bias (GPT-2's are in GPT2_LAYER)
+  // a compact base: the compact kernels run on wasm and cpu; elsewhere one matrix is widened at a time
+  if (input.baseFormat && backend !== 'wasm' && backend !== 'cpu') weightCopies += F32 * largestCompact;
   for (const path of paths) {
     const [dOut, dIn] = linearShape(config, path);
     const size = dOut * dIn;
     const head = path === 'lm_head';
-    if (compact) weightCopies += 0;
-    else if (!onTheLeft) weightCopies += F32 * size * (wasm ? 3 : 1);
+    if (compact) {
+      // compact weights keep no float32 layouts
+    } else if (!onTheLeft) weightCopies += F32 * size * (wasm ? 3 : 1);
     else if (!head || dOut < VOCABULARY_SIZED) weightCopies += F32 * size;
     else if (wasm) weightCopies += F32 * size;
     if (!head) {
@@ -358,22 +381,62 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
   const gb = (n: number) => (n / GB).toFixed(2);
   const summary =
     `${gb(total)} GB peak for ${batch}×${time} tokens, LoRA r=${lora.r} on ${lora.targetModules.join(',')}, ` +
-    `${format.name}${compact ? ' compact' : ''} weights on ${backend}${recompute ? ', recomputing' : ''}: weights ${gb(frozenWeights)} + kernel copies ${gb(weightCopies)} + ` +
+    `${input.baseFormat ? describeBaseSpec(input.baseFormat) : `${format.name}${compact ? ' compact' : ''}`} weights on ${backend}${recompute ? ', recomputing' : ''}: ` +
+    `weights ${gb(frozenWeights)} + kernel copies ${gb(weightCopies)} + ` +
     `activations ${gb(parts.activations + parts.packedActivations)} + logits ${gb(parts.logits)} + ` +
     `LoRA ${gb(loraBytes)}${parts.runtime ? ` + runtime ${gb(parts.runtime)}` : ''} GB` +
     (overWasmHeap ? ` (over the ${gb(WASM_HEAP_MAX_BYTES)} GB wasm heap)` : '');
   return { parts, total, weightOnTheLeft: onTheLeft, overWasmHeap, summary };
 }
 
+/** What a CompactWeight holds: the packed words and a float32 scale per block (CompactWeight.heldBytes). */
+function heldBytes(layout: MatrixLayout): number {
+  return layout.dataBytes + 4 * layout.rows * layout.blocksPerRow;
+}
+
+/** A base format the run could use instead of its own, with the run's plan in it. */
+export interface BaseFormatOption {
+  spec: ResolvedBaseSpec;
+  plan: MemoryPlan;
+}
+
+/** The compact formats a refusal may suggest, widest first (f32 held once, without kernel copies; defaults). */
+const SUGGESTED_FORMATS: ResolvedBaseSpec[] = [
+  { format: 'f32' },
+  { format: 'bf16' },
+  { format: 'int8', blockSize: DEFAULT_BASE_BLOCK },
+  { format: 'nf4', blockSize: DEFAULT_BASE_BLOCK, doubleQuant: false },
+];
+
+/** The run planned in each suggested base format that needs less memory than its own, widest first. */
+export function smallerBaseFormats(input: MemoryPlanInput): BaseFormatOption[] {
+  const own = planMemory(input).total;
+  return SUGGESTED_FORMATS.map((spec) => ({
+    spec,
+    plan: planMemory({ ...input, format: undefined, baseFormat: spec }),
+  })).filter((o) => o.plan.total < own);
+}
+
+/** "--base-format int8 needs 1.20 GB": the widest option whose tensors fit `limitBytes`, or null. */
+export function baseFormatHint(options: BaseFormatOption[], limitBytes: number): string | null {
+  const fits = options.find((o) => o.plan.total - o.plan.parts.runtime <= limitBytes);
+  if (!fits) return null;
+  return `--base-format ${fits.spec.format} needs ${((fits.plan.total - fits.plan.parts.runtime) / GB).toFixed(2)} GB`;
+}
+
 /**
- * Why `plan` cannot run on the wasm backend, in one line with the numbers and what would fit, or
- * null when it fits. Checked before weights load: tfjs-backend-wasm does not check a failed
- * allocation (a full heap shows up later as a raw `Aborted()`, or as corrupted weights).
+ * Why the run cannot train on the wasm backend, in one line with the numbers and what would fit (a
+ * compact base format first), or null when it fits. Checked before weights load: tfjs-backend-wasm
+ * does not check a failed allocation (a full heap shows up later as a raw `Aborted()`, or as
+ * corrupted weights).
  */
-export function wasmHeapRefusal(plan: MemoryPlan, who: string): string | null {
+export function wasmHeapRefusal(input: MemoryPlanInput, who: string): string | null {
+  const wasm = { ...input, backend: 'wasm' as const };
+  const plan = planMemory(wasm);
   if (!plan.overWasmHeap) return null;
+  const hint = baseFormatHint(smallerBaseFormats(wasm), WASM_HEAP_MAX_BYTES);
   return (
-    `${who} cannot train this model on wasm: ${plan.summary}. Use a smaller --micro-batch or ` +
-    '--max-tokens, or a backend without this limit (--backend cpu, tensorflow or webgpu)'
+    `${who} cannot train this model on wasm: ${plan.summary}. ${hint ? `${hint}; or use` : 'Use'} a smaller ` +
+    '--micro-batch or --max-tokens, or a backend without this limit (--backend cpu, tensorflow or webgpu)'
   );
 }

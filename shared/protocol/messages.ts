@@ -6,6 +6,7 @@
 import type { LoraConfig, ModelConfig } from '../config.ts';
 import { describe, ErrorCodes, fail, type ErrorCode } from '../errors.ts';
 import { adapterParameterCount } from '../lora/adapter.ts';
+import { type BaseFormat, describeBaseSpec, type ResolvedBaseSpec } from '../quant/formats.ts';
 import type { MicroBatch } from '../train/micro-batch.ts';
 import { CODECS, decodeFloats, MAX_BLOCK, type CodecName, type CodecSpec, type PackedFloats } from './wire-codec.ts';
 
@@ -21,7 +22,11 @@ export interface BaseFile {
 
 export interface RunManifest {
   runId: string;
-  model: { config: ModelConfig; files: BaseFile[] };
+  /**
+   * files: what a worker fetches by sha256; with baseFormat the weights are one compact base file
+   * (shared/quant/compact-file.ts) in that format, else the checkpoint's own *.safetensors
+   */
+  model: { config: ModelConfig; files: BaseFile[]; baseFormat?: ResolvedBaseSpec };
   lora: LoraConfig;
   /** the adapter tensors in wire order: every float payload is these, concatenated */
   adapter: { name: string; shape: [number, number] }[];
@@ -29,6 +34,17 @@ export interface RunManifest {
   wire: { up: CodecSpec; down: CodecSpec };
   /** local-steps mode (DiLoCo): jobs of `steps` micro-batches with inner AdamW; absent = synchronous */
   local?: LocalStepsManifest;
+}
+
+/** The weight files a worker loads: the manifest's *.safetensors; with a baseFormat exactly one, the compact base. */
+export function weightFiles(model: RunManifest['model']): BaseFile[] {
+  const files = model.files.filter((f) => f.name.endsWith('.safetensors'));
+  if (model.baseFormat && files.length !== 1)
+    fail(
+      ErrorCodes.MODEL,
+      `a ${describeBaseSpec(model.baseFormat)} base is one compact file; the manifest lists ${files.length}`,
+    );
+  return files;
 }
 
 /** The inner optimizer of a local job (lr comes with each assignment). */
@@ -61,6 +77,8 @@ export interface Hello {
   slow?: boolean;
   /** wire codecs the worker can encode and decode (absent: f32 only) */
   codecs?: CodecName[];
+  /** compact base formats the worker can load (absent: none, only a float32 checkpoint) */
+  baseFormats?: BaseFormat[];
   /** bytes the worker's tensors can use at most (wasm: its heap's limit); absent: not known */
   memoryLimit?: number;
 }
@@ -221,6 +239,13 @@ const guards: Record<Message['type'], Guard> = {
       'codecs',
       (v) => Array.isArray(v) && v.length <= 16 && v.every((c) => typeof c === 'string' && c.length <= 16),
       'a list of codec names',
+      true,
+    );
+    field(
+      m,
+      'baseFormats',
+      (v) => Array.isArray(v) && v.length <= 16 && v.every((c) => typeof c === 'string' && c.length <= 16),
+      'a list of base format names',
       true,
     );
     field(m, 'memoryLimit', (v) => isFiniteNumber(v) && (v as number) > 0, 'a number of bytes > 0', true);

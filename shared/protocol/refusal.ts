@@ -30,7 +30,7 @@ const PERMANENT: Partial<Record<ErrorCode, (how: string, detail: string) => stri
   [ErrorCodes.PROTOCOL_VERSION]: (how, detail) =>
     `the coordinator speaks another protocol version${how}${detail ? ` (${detail})` : ''}: update loramesh`,
   [ErrorCodes.CODEC]: (how, detail) =>
-    `this worker lacks the run's wire codec${how}${detail ? ` (${detail})` : ''}: update loramesh`,
+    `this worker lacks the run's wire codec or base format${how}${detail ? ` (${detail})` : ''}: update loramesh`,
   [ErrorCodes.QUARANTINED]: (how, detail) =>
     `this worker was quarantined by the coordinator${how}: ${detail || 'no reason given'}`,
   [ErrorCodes.MEMORY]: (how, detail) =>

@@ -99,6 +99,7 @@ export const RULES: Record<string, Record<string, Rule>> = {
     adapter: optional(str(128)),
     slow: optional((v) => typeof v === 'boolean'),
     codecs: optional((v) => Array.isArray(v) && v.length <= 16 && v.every(str(16))),
+    baseFormats: optional((v) => Array.isArray(v) && v.length <= 16 && v.every(str(16))),
     memoryLimit: optional((v) => finite(v) && (v as number) > 0),
   },
   ready: { paramVersion: int(-1) },
@@ -388,6 +389,7 @@ export class FrameFactory {
           ...maybe(0.3, { adapter: this.text(128) }),
           ...maybe(0.3, { slow: r.next() < 0.5 }),
           ...maybe(0.3, { codecs: this.pick([['f32'], ['f32', 'f16', 'bf16', 'int8'], [this.text(16)]]) }),
+          ...maybe(0.3, { baseFormats: this.pick([['nf4'], ['f32', 'f16', 'bf16', 'int8', 'nf4'], [this.text(16)]]) }),
         };
       case 'ready':
         return { type, paramVersion: r.int(100) - 1 };

@@ -2,7 +2,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import type { LlamaConfig, ModelConfig } from '../../shared/config.ts';
+import type { Gpt2Config, LlamaConfig, ModelConfig } from '../../shared/config.ts';
 import { CharTokenizer } from '../../shared/data/char-tokenizer.ts';
 import { DEMO_ALPHABET } from '../../shared/data/demo-tasks.ts';
 import { encodeSafetensors } from '../../shared/formats/safetensors.ts';
@@ -22,6 +22,22 @@ export function tinyConfig(overrides: Partial<LlamaConfig> = {}): LlamaConfig {
     rms_norm_eps: 1e-5,
     rope_theta: 10000,
     tie_word_embeddings: false,
+    ...overrides,
+  };
+}
+
+/** A tiny GPT-2 (Conv1D weights stored (d_in, d_out), tied embedding). */
+export function tinyGpt2Config(overrides: Partial<Gpt2Config> = {}): Gpt2Config {
+  return {
+    model_type: 'gpt2',
+    vocab_size: 27,
+    n_positions: 16,
+    n_embd: 16,
+    n_layer: 2,
+    n_head: 2,
+    layer_norm_epsilon: 1e-5,
+    activation_function: 'gelu_new',
+    tie_word_embeddings: true,
     ...overrides,
   };
 }

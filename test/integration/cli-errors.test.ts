@@ -111,3 +111,25 @@ test('a checkpoint holds the state and config, not the ledger', async () => {
     2,
   );
 });
+
+test('--base-format: a bad value or an option that does not apply is one coded line naming the flag', async () => {
+  assertOneLine(
+    await train(['--base-format', 'int4']),
+    /^loramesh: LM_ERR_CONFIG: option '--base-format <format>' argument 'int4' is invalid\. expected one of f32, f16/,
+  );
+  assertOneLine(
+    await train(['--base-format', 'f16', '--base-block', '32']),
+    /^loramesh: LM_ERR_CONFIG: --base-block applies only to int8 and nf4, got 32 for f16$/,
+  );
+});
+
+test('--base-format nf4 --base-double-quant: quantized once (one log line), recorded in run_config.json', async () => {
+  const r = await train([
+    ...['--in-process', '--backend', 'wasm', '--steps', '1', '--global-batch', '2', '--micro-batch', '2'],
+    ...['--train-size', '8', '--run-id', 'nf4', '--base-format', 'nf4', '--base-block', '8', '--base-double-quant'],
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^base: nf4\/8\+dq256, [\d.]+ MB \(float32 [\d.]+ MB\), cache miss, quantized in/m);
+  const stored = JSON.parse(readFileSync(join(root, 'runs', 'nf4', 'run_config.json'), 'utf8'));
+  assert.deepEqual(stored.baseFormat, { format: 'nf4', blockSize: 8, doubleQuant: true, doubleQuantBlockSize: 256 });
+});

@@ -140,7 +140,7 @@ const refusedAfterHello: { code: ErrorCode; closeCode: number; message: string; 
     code: 'LM_ERR_CODEC',
     closeCode: 1008,
     message: 'this run sends int8 up; the worker supports f32',
-    expect: /lacks the run's wire codec \(this run sends int8 up/,
+    expect: /lacks the run's wire codec or base format \(this run sends int8 up/,
   },
 ];
 

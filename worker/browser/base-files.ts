@@ -1,14 +1,16 @@
 /**
- * The base model in a browser tab: each weight file is fetched from the coordinator by sha256
+ * The base model in a browser tab: each weight file (or the run's one compact base file) is fetched
+ * from the coordinator by sha256
  * (/files/<sha256>), verified with WebCrypto, and kept in Cache Storage under that URL, so a reload
  * or a later run on the same model reads it locally. Cached bytes are verified too: a corrupt or
  * truncated entry is dropped and fetched again, never used.
  */
-import type * as tf from '@tensorflow/tfjs-core';
 import { checkModelConfig } from '../../shared/config.ts';
 import { ErrorCodes, fail } from '../../shared/errors.ts';
+import type { BaseWeights } from '../../shared/model/compact-base.ts';
 import { WeightCollector } from '../../shared/model/weights.ts';
-import type { BaseFile, RunManifest } from '../../shared/protocol/messages.ts';
+import { decodeCompactBase } from '../../shared/quant/compact-file.ts';
+import { type BaseFile, type RunManifest, weightFiles } from '../../shared/protocol/messages.ts';
 
 const CACHE_NAME = 'loramesh-base-files-v1';
 
@@ -127,8 +129,11 @@ async function verifiedBytes(
   return bytes;
 }
 
-/** Fetches (or reads from cache) and verifies the run's weight files, returns the model's weights. */
-export async function loadBaseWeights(manifest: RunManifest, hooks: BaseFileHooks): Promise<Map<string, tf.Tensor>> {
+/**
+ * Fetches (or reads from cache) and verifies the run's weight files, returns the model's weights:
+ * float32 tensors, or with the manifest's baseFormat the compact base file's CompactWeights.
+ */
+export async function loadBaseWeights(manifest: RunManifest, hooks: BaseFileHooks): Promise<BaseWeights> {
   if (typeof crypto === 'undefined' || !crypto.subtle) {
     fail(
       ErrorCodes.HASH,
@@ -137,10 +142,12 @@ export async function loadBaseWeights(manifest: RunManifest, hooks: BaseFileHook
     );
   }
   const config = checkModelConfig(manifest.model.config);
-  const collector = new WeightCollector(config);
+  const { baseFormat } = manifest.model;
   const cache = await openCache(hooks.log);
-  for (const file of manifest.model.files.filter((f) => f.name.endsWith('.safetensors'))) {
-    collector.addFile(file.name, await verifiedBytes(file, cache, hooks));
-  }
+  const files = weightFiles(manifest.model);
+  if (baseFormat)
+    return decodeCompactBase(config, await verifiedBytes(files[0], cache, hooks), baseFormat, files[0].name);
+  const collector = new WeightCollector(config);
+  for (const file of files) collector.addFile(file.name, await verifiedBytes(file, cache, hooks));
   return collector.finish();
 }

@@ -37,6 +37,7 @@ function fullRun(): RunShape {
     wire: { up: { name: 'int8', blockSize: 32 }, down: { name: 'int8', blockSize: 32 } },
     local: { steps: 4, innerLr: 0.02, outerLr: 0.7, outerMomentum: 0.9 },
     aggregation: 'median',
+    baseFormat: { format: 'nf4', blockSize: 32, doubleQuant: true, doubleQuantBlockSize: 256 },
   });
 }
 
@@ -99,6 +100,9 @@ const FULL_RUN_KEYS = [
   'innerLr',
   'outerLr',
   'outerMomentum',
+  'baseFormat',
+  'baseBlock',
+  'baseDoubleQuant',
 ];
 
 test('flags repeating the run are accepted and the stored run comes back unchanged', () => {
@@ -187,6 +191,51 @@ test('contradicting data, codec and local-steps flags are named', () => {
   // --local-steps 0 on a run with local steps, and --local-steps on a synchronous run, both contradict.
   assert.match(refusal(fullRun(), demoRun(), 'localSteps'), /--local-steps 0 contradicts the run's 4/);
   assert.match(refusal(demoRun(), fullRun(), 'localSteps'), /--local-steps 4 contradicts the run's 0/);
+});
+
+test('a contradicting base format flag is named (a run without one is float32, as older runs are)', () => {
+  const int8 = demoRun({ baseFormat: { format: 'int8', blockSize: 64 } });
+  assert.deepEqual(resume(int8, structuredClone(int8), 'baseFormat', 'baseBlock'), int8);
+  assert.match(
+    refusal(int8, demoRun({ baseFormat: { format: 'int8', blockSize: 32 } }), 'baseBlock'),
+    /--base-block 32 contradicts the run's 64/,
+  );
+  assert.match(
+    refusal(int8, demoRun({ baseFormat: { format: 'nf4', blockSize: 64, doubleQuant: false } }), 'baseFormat'),
+    /--base-format "nf4" contradicts the run's "int8"/,
+  );
+  assert.match(refusal(demoRun(), fullRun(), 'baseFormat'), /--base-format "nf4" contradicts the run's unset/);
+  const nf4 = demoRun({ baseFormat: { format: 'nf4', blockSize: 32, doubleQuant: false } });
+  assert.match(refusal(nf4, fullRun(), 'baseDoubleQuant'), /--base-double-quant true contradicts the run's unset/);
+});
+
+test('--base-format and its options become one checked spec; an option that does not apply is refused by name', () => {
+  const flags = flagsOf(demoRun());
+  assert.deepEqual(runShapeFrom({ ...flags, baseFormat: 'int8' }).baseFormat, { format: 'int8', blockSize: 64 });
+  assert.deepEqual(runShapeFrom({ ...flags, baseFormat: 'nf4', baseBlock: 128, baseDoubleQuant: true }).baseFormat, {
+    format: 'nf4',
+    blockSize: 128,
+    doubleQuant: true,
+    doubleQuantBlockSize: 256,
+  });
+  assert.equal(runShapeFrom(flags).baseFormat, undefined, 'no --base-format: float32');
+  const refused = (extra: Record<string, unknown>, message: RegExp) =>
+    assert.throws(
+      () => runShapeFrom({ ...flags, ...extra }),
+      (err: LoraMeshError) => err.code === ErrorCodes.CONFIG && message.test(err.message),
+      JSON.stringify(extra),
+    );
+  refused(
+    { baseFormat: 'f16', baseBlock: 32 },
+    /^LM_ERR_CONFIG: --base-block applies only to int8 and nf4, got 32 for f16$/,
+  );
+  refused({ baseFormat: 'int8', baseDoubleQuant: true }, /--base-double-quant applies only to nf4, got true for int8/);
+  refused(
+    { baseFormat: 'int8', baseBlock: 6 },
+    /--base-block should be a multiple of 4 in \[4, 65536\] for int8, got 6/,
+  );
+  refused({ baseBlock: 32 }, /--base-block needs --base-format int8 or nf4/);
+  refused({ baseDoubleQuant: true }, /--base-double-quant needs --base-format int8 or nf4/);
 });
 
 test('--steps may be raised (extending the run) or repeated, not lowered', () => {
@@ -306,6 +355,11 @@ test(
         /run_config\.json: local\.steps should be an integer ≥ 1, got 0/,
       ],
       ['aggregation', (r) => (r.aggregation = 'mean'), /run_config\.json: aggregation should be one of sum, /],
+      [
+        'baseFormat',
+        (r) => (r.baseFormat = { format: 'int8', blockSize: 3 }),
+        /run_config\.json: baseFormat\.blockSize should be a multiple of 4/,
+      ],
       ['model', (r) => delete r.model, /run_config\.json: model should be a model directory, got undefined/],
     ];
     for (const [what, damage, message] of damaged) {

@@ -248,3 +248,32 @@ test('a worker whose stated memory cannot hold the run is refused with LM_ERR_ME
   ]);
   m.close();
 });
+
+test('a compact-base run refuses a worker that cannot load its format with LM_ERR_CODEC; one that can joins', async () => {
+  const compact = tinyManifest('compact');
+  compact.model.baseFormat = { format: 'nf4', blockSize: 64, doubleQuant: false };
+  const m = new MeshExecutor({ manifest: compact });
+  const join = (baseFormats?: string[]) => {
+    const p = new FakePeer(() => null);
+    p.events = m.attach(p);
+    p.say({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', baseFormats } as Message);
+    return p;
+  };
+  const old = join();
+  const int8Only = join(['int8']);
+  const able = join(['f32', 'int8', 'nf4']);
+  await new Promise((r) => setImmediate(r));
+  for (const p of [old, int8Only]) {
+    assert.deepEqual(p.rejects(), ['LM_ERR_CODEC']);
+    assert.equal(p.closedWith, 1008);
+  }
+  const reject = old.received.find((x) => x.type === 'reject');
+  assert.match(
+    reject?.type === 'reject' ? reject.message : '',
+    /base is nf4\/64; the worker loads float32 checkpoints only/,
+  );
+  assert.deepEqual(able.rejects(), []);
+  const welcome = able.received.find((x) => x.type === 'welcome');
+  assert.deepEqual(welcome?.type === 'welcome' ? welcome.manifest.model.baseFormat : null, compact.model.baseFormat);
+  m.close();
+});

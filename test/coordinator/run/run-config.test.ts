@@ -56,6 +56,25 @@ test('each bad field is refused with a one-line error naming it, the value and w
     base({ run: { lora: DEFAULT_LORA, train: DEFAULT_TRAIN, aggregation: 'mean' as never } }),
     /run\.aggregation should be one of/,
   );
+  const withBase = (baseFormat: unknown) =>
+    base({ run: { lora: DEFAULT_LORA, train: DEFAULT_TRAIN, baseFormat: baseFormat as never } });
+  refused(
+    withBase({ format: 'int4' }),
+    /run\.baseFormat\.format should be one of f32, f16, bf16, int8, nf4, got "int4"/,
+  );
+  refused(withBase({ format: 'f16', blockSize: 64 }), /run\.baseFormat\.blockSize applies only to int8 and nf4/);
+  refused(withBase('nf4'), /run\.baseFormat should be an object like/);
+});
+
+test('the base format: absent is float32 (null); a given one is resolved with its defaults', () => {
+  assert.equal(resolveRunConfig(base(), '/m').run.baseFormat, null);
+  const run = { lora: DEFAULT_LORA, train: DEFAULT_TRAIN, baseFormat: { format: 'nf4', doubleQuant: true } as never };
+  assert.deepEqual(resolveRunConfig(base({ run }), '/m').run.baseFormat, {
+    format: 'nf4',
+    blockSize: 64,
+    doubleQuant: true,
+    doubleQuantBlockSize: 256,
+  });
 });
 
 test("every CLI flag in CONFIG_FLAGS lands on a field the config has, with the flag's value", () => {

@@ -18,19 +18,9 @@ import { dequantizeMatrix, quantizeMatrix } from '../../../shared/quant/quantize
 import { Rng } from '../../../shared/rng.ts';
 import { computeGradients } from '../../../shared/train/gradients.ts';
 import type { MicroBatch } from '../../../shared/train/micro-batch.ts';
-import { randomWeights, tinyConfig } from '../../helpers/tiny-model.ts';
+import { randomWeights, tinyConfig, tinyGpt2Config } from '../../helpers/tiny-model.ts';
 
-const GPT2: ModelConfig = {
-  model_type: 'gpt2',
-  vocab_size: 27,
-  n_positions: 16,
-  n_embd: 16,
-  n_layer: 2,
-  n_head: 2,
-  layer_norm_epsilon: 1e-5,
-  activation_function: 'gelu_new',
-  tie_word_embeddings: true,
-};
+const GPT2 = tinyGpt2Config();
 const CONFIGS: [string, ModelConfig, LinearModule[]][] = [
   ['llama', tinyConfig(), ['q_proj', 'v_proj', 'down_proj']],
   ['qwen2', tinyConfig({ model_type: 'qwen2', tie_word_embeddings: true }), ['q_proj', 'k_proj', 'up_proj']],

@@ -194,19 +194,61 @@ test('a model whose weights overflow the wasm heap is refused in one line with i
   const lora = { r: 8, targetModules: ['q_proj', 'v_proj'] as LinearModule[] };
   const big = planMemory({ config: qwen, lora, microBatch: 1, sequenceLength: 128 });
   assert.equal(big.overWasmHeap, true);
-  const refusal = wasmHeapRefusal(big, 'this worker');
+  const refusal = wasmHeapRefusal({ config: qwen, lora, microBatch: 1, sequenceLength: 128 }, 'this worker');
   assert.match(refusal ?? '', /^this worker cannot train this model on wasm: \d+\.\d\d GB peak for 1×128 tokens/);
-  assert.match(refusal ?? '', /\(over the 4\.29 GB wasm heap\)\. Use a smaller --micro-batch/);
+  // the widest compact base that fits is named first: float32 held once, without the kernels' copies
+  assert.match(refusal ?? '', /\(over the 4\.29 GB wasm heap\)\. --base-format f32 needs 3\.81 GB; or use a smaller/);
   assert.ok(big.parts.frozenWeights > 1.9e9 && big.parts.frozenWeights < 2.1e9, `${big.parts.frozenWeights}`);
-  assert.equal(wasmHeapRefusal(planMemory({ ...INPUT, backend: 'wasm' }), 'x'), null);
+  assert.equal(wasmHeapRefusal({ ...INPUT, backend: 'wasm' }, 'x'), null);
   // a worker checks the weights alone (1×1) before loading: Qwen-0.5B's fit, Llama-3.2-1B's (4.9 GB) do not
   const weightsOnly = (shape: 'qwen2.5-0.5b' | 'llama-3.2-1b') =>
     planMemory({ config: checkModelConfig(shapeConfig(shape, 'f32')), lora, microBatch: 1, sequenceLength: 1 });
   assert.equal(weightsOnly('qwen2.5-0.5b').overWasmHeap, false);
   assert.equal(weightsOnly('llama-3.2-1b').overWasmHeap, true);
-  // the same model on cpu has no wasm heap to overflow
+  // Llama-3.2-1B: neither float32 nor bf16 fits with 1×128 tokens; int8 does
+  const llama = checkModelConfig(shapeConfig('llama-3.2-1b', 'f32'));
+  assert.match(
+    wasmHeapRefusal({ config: llama, lora, microBatch: 1, sequenceLength: 128 }, 'x') ?? '',
+    /--base-format int8 needs 3\.62 GB; or use/,
+  );
+  // the run's own compact base is what is planned: nf4 fits
+  const nf4 = { format: 'nf4', blockSize: 64, doubleQuant: false } as const;
   assert.equal(
-    wasmHeapRefusal(planMemory({ config: qwen, lora, microBatch: 1, sequenceLength: 128, backend: 'cpu' }), 'x'),
+    wasmHeapRefusal({ config: llama, lora, microBatch: 1, sequenceLength: 128, baseFormat: nf4 }, 'x'),
     null,
+  );
+});
+
+test('a compact base is planned exactly: packed words and float32 block scales, no float32 kernel copies', () => {
+  const nf4 = { format: 'nf4', blockSize: 8, doubleQuant: true, doubleQuantBlockSize: 4 } as const;
+  const plan = planMemory({ ...INPUT, baseFormat: nf4 });
+  // per matrix (rows, cols): rows·cols/2 code bytes + 4 bytes per block of 8 (the double quantization is
+  // decoded at load): embedding and head (32, 8) 128 + 128; q, o (8, 8) 32 + 32; k, v (4, 8) 16 + 16;
+  // gate, up (16, 8) 64 + 64; down (8, 16) 64 + 64
+  const perLayer = 2 * 64 + 2 * 32 + 3 * 128;
+  const vectors = 2 * 16 + 8;
+  assert.equal(plan.parts.frozenWeights, 2 * 256 + 2 * perLayer + 4 * vectors);
+  assert.equal(plan.weightOnTheLeft, false);
+  for (const backend of ['cpu', 'wasm'] as const)
+    assert.equal(planMemory({ ...INPUT, backend, baseFormat: nf4 }).parts.weightCopies, 0, backend);
+  // backends without the compact kernels widen one matrix at a time: the largest, (32, 8)
+  assert.equal(planMemory({ ...INPUT, backend: 'webgpu', baseFormat: nf4 }).parts.weightCopies, 4 * 256);
+  assert.match(plan.summary, /nf4\/8\+dq4 weights on cpu/);
+  // GPT-2's Conv1D weights are stored (d_in, d_out): blocks run along d_in all the same
+  const gpt2 = planMemory({
+    config: GPT2_SMALL,
+    lora: { r: 8, targetModules: ['c_attn'] },
+    microBatch: 1,
+    sequenceLength: 1,
+    baseFormat: { format: 'int8', blockSize: 64 },
+  });
+  const matrix = (rows: number, cols: number) => rows * cols + (4 * rows * cols) / 64;
+  const layer = matrix(2304, 768) + matrix(768, 768) + matrix(3072, 768) + matrix(768, 3072);
+  const floats = 1024 * 768 + 12 * (4 * 768 + 2304 + 768 + 3072 + 768) + 2 * 768;
+  assert.equal(gpt2.parts.frozenWeights, matrix(50257, 768) + 12 * layer + 4 * floats);
+  throwsCode(
+    () => planMemory({ ...INPUT, baseFormat: nf4, format: WEIGHT_FORMATS.nf4 }),
+    ErrorCodes.CONFIG,
+    /baseFormat .* or format .*, not both/,
   );
 });
