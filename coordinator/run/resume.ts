@@ -64,7 +64,7 @@ export function resumeFromCheckpoint(
   if (withoutSteps(checkpoint.config) !== withoutSteps(config)) {
     fail(
       ErrorCodes.CONFIG,
-      `--resume ${runDir.path}: the checkpoint was made with another model, LoRA or training config`,
+      `--resume ${runDir.path}: the checkpoint was made with another model, LoRA, training config or base format`,
     );
   }
   trainer.importState(checkpoint.state);
