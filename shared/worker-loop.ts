@@ -26,7 +26,7 @@ import { cleanPeerText } from './protocol/peer-text.ts';
 import { isPermanentCode, MAX_PEER_TEXT, refusalFromReject, type Refusal } from './protocol/refusal.ts';
 import { CODECS, ErrorFeedback, F32 } from './protocol/wire-codec.ts';
 import { BASE_FORMATS } from './quant/formats.ts';
-import { computeGradientsAsync, type GradientResult } from './train/gradients.ts';
+import { computeGradientsAsync, type GradientResult, type StepOptions } from './train/gradients.ts';
 import { runLocalJob } from './train/local-steps.ts';
 
 export interface WorkerPlatform {
@@ -77,6 +77,8 @@ export class WorkerSession {
   private model: CausalLM | null = null;
   private base: FrozenBase | null = null;
   private spec: AdapterTensorSpec[] = [];
+  /** how this worker computes a step (welcome.recompute) */
+  private step: StepOptions = {};
   /** the parameters as the coordinator sent them: flat in manifest order, and named views of it */
   private flat: Float32Array = new Float32Array(0);
   private adapter = new Map<string, Float32Array>();
@@ -154,6 +156,8 @@ export class WorkerSession {
       case 'welcome': {
         this.workerId = message.workerId;
         this.manifest = message.manifest;
+        this.step = { recompute: message.recompute === true };
+        if (this.step.recompute) this.platform.log('recomputing activations in the backward pass (less memory)');
         if (!this.base && !this.options.hooks?.compute) {
           const config = checkModelConfig(message.manifest.model.config);
           const weights = await this.platform.loadBase(message.manifest);
@@ -243,6 +247,7 @@ export class WorkerSession {
         this.adapter,
         this.manifest.lora,
         a.microBatch,
+        this.step,
       );
     else if (!this.manifest.local)
       throw new LoraMeshError(ErrorCodes.STATE, 'assign-local in a run without local steps');
@@ -256,6 +261,7 @@ export class WorkerSession {
         a.microBatches,
         a.lr,
         this.manifest.local,
+        this.step,
       );
     this.assignmentsDone++;
     return {

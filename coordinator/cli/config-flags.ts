@@ -28,6 +28,7 @@ export const CONFIG_FLAGS: Record<string, `deployment.${keyof Deployment}` | Lim
   port: 'deployment.port',
   backend: 'deployment.backend',
   cacheDir: 'deployment.cacheDir',
+  recompute: 'deployment.recompute',
   heartbeatMs: 'deployment.heartbeatMs',
   keepCheckpoints: 'deployment.keepCheckpoints',
   evalEvery: 'deployment.evalEvery',

@@ -3,7 +3,7 @@ import type { LoraConfig } from '../../shared/config.ts';
 import { cloneAdapter, type AdapterState, type AdapterTensorSpec } from '../../shared/lora/adapter.ts';
 import type { FrozenBase } from '../../shared/lora/params.ts';
 import type { CausalLM } from '../../shared/model/causal-lm.ts';
-import { computeGradients, type GradientResult } from '../../shared/train/gradients.ts';
+import { computeGradients, type GradientResult, type StepOptions } from '../../shared/train/gradients.ts';
 import { runLocalJob, type InnerOptimizer } from '../../shared/train/local-steps.ts';
 import type { MicroBatch } from '../../shared/train/micro-batch.ts';
 import { aggregateInOrder } from '../../shared/train/aggregate.ts';
@@ -19,6 +19,7 @@ export class InProcessExecutor implements GradientExecutor {
     private readonly spec: AdapterTensorSpec[],
     private readonly lora: LoraConfig,
     private readonly inner?: InnerOptimizer,
+    private readonly step: StepOptions = {},
   ) {}
 
   publish(_paramVersion: number, adapter: AdapterState): void {
@@ -27,7 +28,7 @@ export class InProcessExecutor implements GradientExecutor {
 
   async compute(_step: number, _paramVersion: number, microBatches: MicroBatch[]): Promise<StepResults> {
     const results = microBatches.map((mb) =>
-      computeGradients(this.model, this.base, this.spec, this.adapter, this.lora, mb),
+      computeGradients(this.model, this.base, this.spec, this.adapter, this.lora, mb, this.step),
     );
     return { results, sum: aggregateInOrder(results) };
   }
@@ -45,6 +46,7 @@ export class InProcessExecutor implements GradientExecutor {
           job.microBatches,
           job.lr,
           this.inner!,
+          this.step,
         ),
       );
     return results;

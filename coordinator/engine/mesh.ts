@@ -45,11 +45,17 @@ export interface MeshOptions {
   security?: Partial<SecurityLimits>;
   checks?: ResultChecks;
   /**
-   * Why a worker with this backend and memory limit (hello.memoryLimit, bytes) cannot hold the run's
-   * model and micro-batches, or null when it can; workers that state no limit are not checked.
+   * Whether a worker with this backend and memory limit (hello.memoryLimit, bytes) can hold the run's
+   * model and micro-batches, and whether only by recomputing activations; workers that state no limit
+   * are not checked.
    */
-  memoryRefusal?: (backend: string, limitBytes: number) => string | null;
+  memoryCheck?: (backend: string, limitBytes: number) => MemoryVerdict;
+  /** every worker recomputes each block in the backward pass (welcome.recompute) */
+  recompute?: boolean;
 }
+
+/** A worker's memory against the run: fits (perhaps only recomputing), or refused with the numbers. */
+export type MemoryVerdict = { fits: true; recompute: boolean } | { fits: false; why: string };
 
 /** Per-connection limits, on by default. */
 export interface SecurityLimits {
@@ -391,16 +397,24 @@ export class MeshExecutor implements GradientExecutor {
       );
       return;
     }
-    const tooSmall = hello.memoryLimit === undefined ? null : this.options.memoryRefusal?.(backend, hello.memoryLimit);
-    if (tooSmall) {
-      this.closeWith(w, ErrorCodes.MEMORY, tooSmall);
+    const memory = hello.memoryLimit === undefined ? undefined : this.options.memoryCheck?.(backend, hello.memoryLimit);
+    if (memory && !memory.fits) {
+      this.closeWith(w, ErrorCodes.MEMORY, memory.why);
       return;
     }
+    const recompute = !!this.options.recompute || (memory?.fits === true && memory.recompute);
     Object.assign(w, { name: name ?? w.id, backend, platform, adapter: adapter ?? '', slow: !!slow, state: 'loading' });
     this.log(`worker ${w.id} (${w.name}, ${platform}/${backend}${adapter ? ` on ${adapter}` : ''}) joined`);
     if (slow)
       this.log(`warning: worker ${w.id} runs on a slow fallback backend (${backend}${adapter ? `, ${adapter}` : ''})`);
-    this.send(w, { type: 'welcome', workerId: w.id, manifest: this.options.manifest });
+    if (recompute && !this.options.recompute)
+      this.log(`worker ${w.id} holds the run's micro-batches only by recomputing activations: told to`);
+    this.send(w, {
+      type: 'welcome',
+      workerId: w.id,
+      manifest: this.options.manifest,
+      ...(recompute ? { recompute } : {}),
+    });
     const keyframe = this.params.keyframe();
     if (keyframe) this.sendFrame(w, keyframe.frame, 'params', keyframe.payload);
   }

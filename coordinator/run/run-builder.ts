@@ -15,7 +15,7 @@ import { describeCodec } from '../../shared/protocol/wire-codec.ts';
 import type { Example } from '../../shared/train/micro-batch.ts';
 import type { GradientExecutor } from '../engine/trainer.ts';
 import { InProcessExecutor } from '../engine/in-process.ts';
-import { MeshExecutor } from '../engine/mesh.ts';
+import { type MemoryVerdict, MeshExecutor } from '../engine/mesh.ts';
 import { Trainer } from '../engine/trainer.ts';
 import type { ModelDir } from '../io/model-dir.ts';
 import { RunMonitor } from '../net/monitor.ts';
@@ -72,7 +72,8 @@ export function buildEngine(
     weightDecay: train.weightDecay,
     clipNorm: train.clipNorm,
   };
-  const trusted = new TrustedModel(model.config, lora, spec, inner, () => base.load());
+  const step = { recompute: config.deployment.recompute };
+  const trusted = new TrustedModel(model.config, lora, spec, inner, () => base.load(), step);
   const mesh = config.deployment.inProcess
     ? null
     : new MeshExecutor({
@@ -92,10 +93,11 @@ export function buildEngine(
         log,
         schedule: config.limits.schedule,
         security: config.limits.security,
-        memoryRefusal: memoryRefusalFor(config, inputs),
+        memoryCheck: memoryCheckFor(config, inputs),
+        recompute: config.deployment.recompute,
       });
   const executor: GradientExecutor =
-    mesh ?? new InProcessExecutor(trusted.get().model, trusted.get().base, spec, lora, inner);
+    mesh ?? new InProcessExecutor(trusted.get().model, trusted.get().base, spec, lora, inner, step);
   const trainer = new Trainer(
     {
       model: model.config,
@@ -222,9 +224,10 @@ export function startWorkers(
 /**
  * The mesh's check of a joining worker's stated memory: the model and one micro-batch of the run's
  * longest sequence, planned for the worker's backend (shared/model/memory-plan.ts), must fit its
- * limit. Refused in one line with the plan's numbers.
+ * limit, if need be with activations recomputed (the worker is then told to). Refused in one line
+ * with the plan's numbers.
  */
-function memoryRefusalFor(config: RunConfig, inputs: EngineInputs) {
+function memoryCheckFor(config: RunConfig, inputs: EngineInputs) {
   const { model, examples } = inputs;
   const { lora, train, baseFormat } = config.run;
   // a loop, not Math.max(...spread): a real data set has more examples than a call has arguments
@@ -232,7 +235,7 @@ function memoryRefusalFor(config: RunConfig, inputs: EngineInputs) {
   for (const e of examples) sequenceLength = Math.max(sequenceLength, e.tokens.length);
   // one plan per kernel backend (and the smaller base formats' plans), made on first use: a flood of
   // hellos costs a lookup each
-  const plans = new Map<KernelBackend, { plan: MemoryPlan; smaller: BaseFormatOption[] }>();
+  const plans = new Map<KernelBackend, { plan: MemoryPlan; recomputing: MemoryPlan; smaller: BaseFormatOption[] }>();
   const planFor = (backend: KernelBackend) => {
     let planned = plans.get(backend);
     if (!planned) {
@@ -243,23 +246,31 @@ function memoryRefusalFor(config: RunConfig, inputs: EngineInputs) {
         sequenceLength,
         backend,
         baseFormat: baseFormat ?? undefined,
+        recompute: config.deployment.recompute,
       };
-      planned = { plan: planMemory(input), smaller: smallerBaseFormats(input) };
+      planned = {
+        plan: planMemory(input),
+        recomputing: planMemory({ ...input, recompute: true }),
+        smaller: smallerBaseFormats(input),
+      };
       plans.set(backend, planned);
     }
     return planned;
   };
-  return (backend: string, limitBytes: number): string | null => {
+  const bytesOf = (plan: MemoryPlan) => plan.total - plan.parts.runtime;
+  return (backend: string, limitBytes: number): MemoryVerdict => {
     const kernels: KernelBackend =
       backend === 'wasm' || backend === 'webgpu' || backend === 'tensorflow' ? backend : 'cpu';
-    const { plan, smaller } = planFor(kernels);
-    const needed = plan.total - plan.parts.runtime;
-    if (needed <= limitBytes) return null;
+    const { plan, recomputing, smaller } = planFor(kernels);
+    if (bytesOf(plan) <= limitBytes) return { fits: true, recompute: false };
+    if (bytesOf(recomputing) <= limitBytes) return { fits: true, recompute: true };
     const hint = baseFormatHint(smaller, limitBytes);
-    return (
-      `the run needs ${(needed / 1e9).toFixed(2)} GB (${plan.summary}); ` +
-      `this ${backend} worker can hold ${(limitBytes / 1e9).toFixed(2)} GB${hint ? `; ${hint}` : ''}`
-    );
+    return {
+      fits: false,
+      why:
+        `the run needs ${(bytesOf(recomputing) / 1e9).toFixed(2)} GB even recomputing activations (${recomputing.summary}); ` +
+        `this ${backend} worker can hold ${(limitBytes / 1e9).toFixed(2)} GB${hint ? `; ${hint}` : ''}`,
+    };
   };
 }
 

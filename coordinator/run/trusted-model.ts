@@ -8,7 +8,12 @@ import type { AdapterState, AdapterTensorSpec } from '../../shared/lora/adapter.
 import { FrozenBase } from '../../shared/lora/params.ts';
 import type { BaseWeights } from '../../shared/model/compact-base.ts';
 import { createModel, type CausalLM } from '../../shared/model/causal-lm.ts';
-import { computeGradientsAsync, evaluateLoss, type GradientResult } from '../../shared/train/gradients.ts';
+import {
+  computeGradientsAsync,
+  evaluateLoss,
+  type GradientResult,
+  type StepOptions,
+} from '../../shared/train/gradients.ts';
 import { runLocalJob, type InnerOptimizer } from '../../shared/train/local-steps.ts';
 import { packMicroBatch, type Example, type MicroBatch } from '../../shared/train/micro-batch.ts';
 import type { WorkItem } from '../engine/mesh.ts';
@@ -23,6 +28,7 @@ export class TrustedModel {
     private readonly inner: InnerOptimizer,
     /** the run's frozen base: float32 tensors, or compact ones (the file workers fetch) */
     private readonly loadWeights: () => BaseWeights,
+    private readonly step: StepOptions = {},
   ) {}
 
   get(): { model: CausalLM; base: FrozenBase } {
@@ -33,8 +39,18 @@ export class TrustedModel {
   recompute(work: WorkItem, adapter: AdapterState): Promise<GradientResult> {
     const { model, base } = this.get();
     return work.kind === 'grad'
-      ? computeGradientsAsync(model, base, this.spec, adapter, this.lora, work.microBatch)
-      : runLocalJob(model, base, this.spec, adapter, this.lora, work.job.microBatches, work.job.lr, this.inner);
+      ? computeGradientsAsync(model, base, this.spec, adapter, this.lora, work.microBatch, this.step)
+      : runLocalJob(
+          model,
+          base,
+          this.spec,
+          adapter,
+          this.lora,
+          work.job.microBatches,
+          work.job.lr,
+          this.inner,
+          this.step,
+        );
   }
 
   /** Mean token loss of `examples` under an adapter (forward only), or null without examples. */

@@ -112,6 +112,11 @@ export interface Welcome {
   type: 'welcome';
   workerId: string;
   manifest: RunManifest;
+  /**
+   * recompute each block's forward in the backward pass (the same results, less memory): the run
+   * asks it of every worker, or the coordinator of one whose memory limit needs it
+   */
+  recompute?: boolean;
 }
 /** The adapter at paramVersion, flat in manifest order; with deltaFrom it is the change since that version. */
 export interface Params {
@@ -268,6 +273,7 @@ const guards: Record<Message['type'], Guard> = {
   welcome: (m) => {
     field(m, 'workerId', isString(64), 'a worker id');
     field(m, 'manifest', isObject, 'a run manifest');
+    field(m, 'recompute', (v) => typeof v === 'boolean', 'true or false', true);
   },
   params: (m) => {
     field(m, 'paramVersion', isInt(0), 'an integer ≥ 0');

@@ -11,7 +11,7 @@ import type { LoraConfig, TrainConfig } from '../config.ts';
 import { cloneAdapter, type AdapterState, type AdapterTensorSpec } from '../lora/adapter.ts';
 import type { FrozenBase } from '../lora/params.ts';
 import type { CausalLM } from '../model/causal-lm.ts';
-import { computeGradientsAsync, type GradientResult } from './gradients.ts';
+import { computeGradientsAsync, type GradientResult, type StepOptions } from './gradients.ts';
 import type { MicroBatch } from './micro-batch.ts';
 import { adamwStep, clipGlobalNorm, initAdam } from './optimizer.ts';
 
@@ -41,13 +41,14 @@ export async function runLocalJob(
   microBatches: MicroBatch[],
   lr: number,
   inner: InnerOptimizer,
+  step: StepOptions = {},
 ): Promise<GradientResult> {
   const adapter = cloneAdapter(start);
   const adam = initAdam(adapter);
   let lossSum = 0;
   let tokenCount = 0;
   for (const mb of microBatches) {
-    const r = await computeGradientsAsync(model, base, spec, adapter, lora, mb);
+    const r = await computeGradientsAsync(model, base, spec, adapter, lora, mb, step);
     lossSum += r.lossSum;
     tokenCount += r.tokenCount;
     const scale = 1 / Math.max(1, r.tokenCount); // summed token-loss gradients → mean

@@ -95,6 +95,11 @@ for (const [label, format] of FORMATS) {
     // run_config.json records the base format; resume keeps it
     const stored = JSON.parse(readFileSync(join(mesh.result.runDir, 'run_config.json'), 'utf8'));
     assert.equal(stored.baseFormat.format, format.format);
+    if (label === 'int8') {
+      // --recompute: every worker recomputes its blocks in the backward pass; the adapter is the same
+      const recomputed = await run(`${label}-recompute`, format, { localWorkers: 2, recompute: true });
+      assert.equal(maxAbsDiff(recomputed.result.adapter, reference.result.adapter), 0);
+    }
   });
 }
 

@@ -215,13 +215,15 @@ test(
   },
 );
 
-test('a worker whose stated memory cannot hold the run is refused with LM_ERR_MEMORY; one that can, or says nothing, joins', async () => {
+test('a worker whose stated memory cannot hold the run is refused with LM_ERR_MEMORY; one that fits only recomputing is told to; the rest join as they are', async () => {
   const asked: [string, number][] = [];
   const m = new MeshExecutor({
     manifest,
-    memoryRefusal: (backend, limit) => {
+    memoryCheck: (backend, limit) => {
       asked.push([backend, limit]);
-      return limit < 1000 ? `the run needs 0.00 GB; this ${backend} worker can hold ${limit} bytes` : null;
+      if (limit < 1000)
+        return { fits: false, why: `the run needs 0.00 GB; this ${backend} worker can hold ${limit} bytes` };
+      return { fits: true, recompute: limit < 2000 };
     },
   });
   const join = (name: string, memoryLimit?: number) => {
@@ -231,6 +233,7 @@ test('a worker whose stated memory cannot hold the run is refused with LM_ERR_ME
     return p;
   };
   const small = join('small', 999);
+  const middle = join('middle', 1500);
   const big = join('big', 4e9);
   const silent = join('silent');
   await new Promise((r) => setImmediate(r));
@@ -238,14 +241,32 @@ test('a worker whose stated memory cannot hold the run is refused with LM_ERR_ME
   const reject = small.received.find((x) => x.type === 'reject');
   assert.match(reject?.type === 'reject' ? reject.message : '', /this wasm worker can hold 999 bytes/);
   assert.equal(small.closedWith, 1008);
-  for (const p of [big, silent]) {
+  const welcomeOf = (p: FakePeer) => p.received.find((x) => x.type === 'welcome');
+  for (const p of [middle, big, silent]) {
     assert.deepEqual(p.rejects(), []);
-    assert.ok(p.received.some((x) => x.type === 'welcome'));
+    assert.ok(welcomeOf(p));
   }
+  const recompute = (p: FakePeer) => {
+    const w = welcomeOf(p);
+    return w?.type === 'welcome' ? w.recompute === true : undefined;
+  };
+  assert.deepEqual([recompute(middle), recompute(big), recompute(silent)], [true, false, false]);
   assert.deepEqual(asked, [
     ['wasm', 999],
+    ['wasm', 1500],
     ['wasm', 4e9],
   ]);
+  m.close();
+});
+
+test('a run with recompute asks it of every worker in the welcome', async () => {
+  const m = new MeshExecutor({ manifest, recompute: true });
+  const p = new FakePeer(() => null);
+  p.events = m.attach(p);
+  p.say({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: 'w' });
+  await new Promise((r) => setImmediate(r));
+  const w = p.received.find((x) => x.type === 'welcome');
+  assert.equal(w?.type === 'welcome' && w.recompute, true);
   m.close();
 });
 
