@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import * as tf from '@tensorflow/tfjs-core';
 import { FrozenBase } from '../shared/lora/params.ts';
+import { compactBase, dequantizedWeights } from '../shared/model/compact-base.ts';
 import { computeGradients, computeGradientsAsync, type GradientResult } from '../shared/train/gradients.ts';
 import { initBackend, type BackendName } from '../node/backend.ts';
 import { linearModulePaths, linearShape } from '../shared/model/causal-lm.ts';
@@ -31,6 +32,11 @@ export interface MeasureConfig {
   time: number;
   /** 'cpu', 'cuda', or 'none' for no PyTorch column */
   torchDevice: 'cpu' | 'cuda' | 'none';
+  /**
+   * hold the base compact in this format (shared/model/compact-linear.ts); PyTorch then computes in
+   * float32 on the dequantized weights, the same numbers. Absent: the float32 path.
+   */
+  baseFormat?: 'f32' | 'bf16' | 'int8' | 'nf4';
 }
 
 export interface TorchInfo {
@@ -169,8 +175,13 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
   const info = await initBackend(config.backend, () => {}, {
     wasmThreads: config.backend === 'wasm' ? config.threads : undefined,
   });
-  const w: Workload = config.model === 'demo' ? await demoWorkload() : gpt2Workload(config.batch, config.time);
-  const base = new FrozenBase(w.config, w.weights);
+  const plain: Workload = config.model === 'demo' ? await demoWorkload() : gpt2Workload(config.batch, config.time);
+  const format = config.baseFormat && { format: config.baseFormat };
+  const base = new FrozenBase(plain.config, format ? compactBase(plain.config, plain.weights, format) : plain.weights);
+  // PyTorch (and the float32 matmul column) get the weights the compact base dequantizes to
+  const w: Workload = format
+    ? { ...plain, id: `${plain.id} ${format.format}`, weights: dequantizedWeights(plain.config, plain.weights, format) }
+    : plain;
   // WebGPU cannot read synchronously in Node; the async read is the step's end on every backend.
   const step = () => computeGradientsAsync(w.model, base, w.spec, w.adapter, w.lora, w.mb);
   const stepSync = () => computeGradients(w.model, base, w.spec, w.adapter, w.lora, w.mb);

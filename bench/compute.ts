@@ -115,6 +115,11 @@ function plan(quick: boolean): MeasureConfig[] {
     row('demo', 'tensorflow', 1, 2, 10),
     row('gpt2-small', 'wasm', 1, 1, 3),
     ...threaded.map((t) => row('gpt2-small', 'wasm', t, 1, 3)),
+    // a compact frozen base (--base-format), next to PyTorch float32 on the dequantized weights
+    ...(['int8', 'nf4'] as const).flatMap((baseFormat) => [
+      { ...row('demo', 'wasm', 1, 3, 10), baseFormat },
+      { ...row('gpt2-small', 'wasm', 1, 1, 3), baseFormat },
+    ]),
   ];
 }
 
@@ -225,7 +230,7 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
   const unavailable: ComputeResult['unavailable'] = [];
   for (const config of opts.rows ?? (opts.device ? devicePlan() : plan(opts.quick))) {
     const what =
-      `${config.model} on ${config.backend}` +
+      `${config.model}${config.baseFormat ? ` (${config.baseFormat} base)` : ''} on ${config.backend}` +
       `${config.backend === 'wasm' ? ` (${config.threads} thread${config.threads === 1 ? '' : 's'})` : ''}`;
     log(`${what}: ${config.warmup} warm-up + ${config.repeats} steps, each followed by the same step in PyTorch…`);
     const t0 = performance.now();

@@ -5,7 +5,7 @@
  * (d_in, d_out), are transposed first, so every compact matrix is (d_out, d_in) with its blocks along
  * d_in, as bitsandbytes stores an nn.Linear.
  */
-import type * as tf from '@tensorflow/tfjs-core';
+import * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../config.ts';
 import {
   type BaseFormatSpec,
@@ -14,7 +14,7 @@ import {
   type ResolvedBaseSpec,
   resolveBaseSpec,
 } from '../quant/formats.ts';
-import { quantizeMatrix } from '../quant/quantize.ts';
+import { dequantizeMatrix, quantizeMatrix } from '../quant/quantize.ts';
 import { embeddingName, linearModulePaths, linearStorage } from './causal-lm.ts';
 import { CompactWeight } from './compact-linear.ts';
 
@@ -80,6 +80,33 @@ export function compactBase(config: ModelConfig, weights: Map<string, tf.Tensor>
   for (const [name, t] of weights) {
     const compact = compactTensor(config, name, t.dataSync() as Float32Array, t.shape, resolved);
     out.set(name, compact ?? t);
+  }
+  return out;
+}
+
+/**
+ * The float32 weights a compact base in `spec` dequantizes to, as tensors in the stored layout: what
+ * a float32 reference (autodiff, PyTorch) computes with to match the compact path.
+ */
+export function dequantizedWeights(
+  config: ModelConfig,
+  weights: Map<string, tf.Tensor>,
+  spec: BaseFormatSpec,
+): Map<string, tf.Tensor> {
+  const names = compactTensorNames(config);
+  const out = new Map<string, tf.Tensor>();
+  for (const [name, t] of weights) {
+    const how = names.get(name);
+    if (!how) {
+      out.set(name, t);
+      continue;
+    }
+    const [a, b] = t.shape;
+    const [rows, cols] = how.transposed ? [b, a] : [a, b];
+    const stored = t.dataSync() as Float32Array;
+    const values = how.transposed ? transposeValues(stored, a, b) : stored;
+    const dense = dequantizeMatrix(quantizeMatrix(values, rows, cols, spec));
+    out.set(name, tf.tensor(how.transposed ? transposeValues(dense, rows, cols) : dense, t.shape));
   }
   return out;
 }

@@ -5,16 +5,14 @@
 // stored (d_in, d_out), tied) in every format.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import * as tf from '@tensorflow/tfjs-core';
 import '../../helpers/backend.ts';
 import { checkLoraConfig, type LinearModule, type ModelConfig } from '../../../shared/config.ts';
 import { adapterSpec, type AdapterState } from '../../../shared/lora/adapter.ts';
 import { FrozenBase } from '../../../shared/lora/params.ts';
 import { createModel } from '../../../shared/model/causal-lm.ts';
-import { compactBase, compactTensorNames } from '../../../shared/model/compact-base.ts';
+import { compactBase, compactTensorNames, dequantizedWeights } from '../../../shared/model/compact-base.ts';
 import { CompactWeight } from '../../../shared/model/compact-linear.ts';
 import type { BaseFormatSpec } from '../../../shared/quant/formats.ts';
-import { dequantizeMatrix, quantizeMatrix } from '../../../shared/quant/quantize.ts';
 import { Rng } from '../../../shared/rng.ts';
 import { computeGradients } from '../../../shared/train/gradients.ts';
 import type { MicroBatch } from '../../../shared/train/micro-batch.ts';
@@ -34,22 +32,6 @@ const SPECS: BaseFormatSpec[] = [
   { format: 'nf4', blockSize: 8 },
   { format: 'nf4', blockSize: 8, doubleQuant: true, doubleQuantBlockSize: 4 },
 ];
-
-/** The float32 weights the compact ones dequantize to, computed here from quantize/dequantize. */
-function dequantizedWeights(config: ModelConfig, weights: Map<string, tf.Tensor>, spec: BaseFormatSpec) {
-  const names = compactTensorNames(config);
-  return new Map(
-    [...weights].map(([name, t]) => {
-      const how = names.get(name);
-      if (!how) return [name, t];
-      const [a, b] = t.shape;
-      const values = tf.tidy(() => (how.transposed ? tf.transpose(t) : t).dataSync() as Float32Array);
-      const [rows, cols] = how.transposed ? [b, a] : [a, b];
-      const dense = tf.tensor2d(dequantizeMatrix(quantizeMatrix(values, rows, cols, spec)), [rows, cols]);
-      return [name, how.transposed ? tf.transpose(dense) : dense];
-    }),
-  );
-}
 
 function microBatch(vocab: number, seed: number, batch = 2, time = 6): MicroBatch {
   const rng = new Rng(seed);
