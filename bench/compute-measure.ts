@@ -18,10 +18,11 @@ import { compactBase, dequantizedWeights } from '../shared/model/compact-base.ts
 import { computeGradients, computeGradientsAsync, type GradientResult } from '../shared/train/gradients.ts';
 import { initBackend, type BackendName } from '../node/backend.ts';
 import { linearModulePaths, linearShape } from '../shared/model/causal-lm.ts';
-import { demoWorkload, gpt2Workload, writeTorchInputs, type Workload } from './compute-workloads.ts';
+import { demoWorkload, gpt2Workload, qwenWorkload, writeTorchInputs, type Workload } from './compute-workloads.ts';
 
 export interface MeasureConfig {
-  model: 'demo' | 'gpt2-small';
+  /** qwen2.5-0.5b: `npm run bench:compute -- --large`, with a baseFormat */
+  model: 'demo' | 'gpt2-small' | 'qwen2.5-0.5b';
   backend: BackendName;
   /** wasm XNNPACK threads, and PyTorch's threads */
   threads: number;
@@ -167,6 +168,12 @@ async function gemmGflops(n: number, dIn: number, dOut: number): Promise<number>
   return (2 * n * dIn * dOut) / best / 1e6;
 }
 
+/** Frees a float32 tensor the compact base does not use itself (norms and biases it shares). */
+function disposeUnlessBase(t: tf.Tensor, base: Map<string, unknown>): void {
+  for (const v of base.values()) if (v === t) return;
+  t.dispose();
+}
+
 const gradNorm = (r: GradientResult) =>
   Math.sqrt([...r.grads.values()].reduce((s, g) => s + g.reduce((a, v) => a + v * v, 0), 0));
 const relDiff = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-30);
@@ -175,13 +182,27 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
   const info = await initBackend(config.backend, () => {}, {
     wasmThreads: config.backend === 'wasm' ? config.threads : undefined,
   });
-  const plain: Workload = config.model === 'demo' ? await demoWorkload() : gpt2Workload(config.batch, config.time);
   const format = config.baseFormat && { format: config.baseFormat };
-  const base = new FrozenBase(plain.config, format ? compactBase(plain.config, plain.weights, format) : plain.weights);
-  // PyTorch (and the float32 matmul column) get the weights the compact base dequantizes to
-  const w: Workload = format
-    ? { ...plain, id: `${plain.id} ${format.format}`, weights: dequantizedWeights(plain.config, plain.weights, format) }
-    : plain;
+  if (config.model === 'qwen2.5-0.5b' && !format) throw new Error('the qwen2.5-0.5b row needs a baseFormat');
+  const plain: Workload =
+    config.model === 'demo'
+      ? await demoWorkload()
+      : config.model === 'gpt2-small'
+        ? gpt2Workload(config.batch, config.time)
+        : qwenWorkload(config.batch, config.time, format!);
+  const base = new FrozenBase(
+    plain.config,
+    plain.base ?? (format ? compactBase(plain.config, plain.weights, format) : plain.weights),
+  );
+  // PyTorch gets the weights the compact base dequantizes to
+  const w: Workload =
+    format && !plain.base
+      ? {
+          ...plain,
+          id: `${plain.id} ${format.format}`,
+          weights: dequantizedWeights(plain.config, plain.weights, format),
+        }
+      : plain;
   // WebGPU cannot read synchronously in Node; the async read is the step's end on every backend.
   const step = () => computeGradientsAsync(w.model, base, w.spec, w.adapter, w.lora, w.mb);
   const stepSync = () => computeGradients(w.model, base, w.spec, w.adapter, w.lora, w.mb);
@@ -211,6 +232,8 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
     await writeTorchInputs(w, dir);
     torch = { ...(await TorchServer.start(dir, config.threads, config.torchDevice)), dir };
   }
+  // a large workload's dequantized float32 weights were for PyTorch only: free them before the steps
+  if (plain.base) for (const t of w.weights.values()) disposeUnlessBase(t, plain.base);
 
   try {
     let last = await timed();

@@ -10,7 +10,18 @@ import * as tf from '@tensorflow/tfjs-core';
 import { demoExamples, demoTaskData } from '../coordinator/io/dataset.ts';
 import { loadWeights, openModelDir } from '../coordinator/io/model-dir.ts';
 import { DEMO_MODEL_DIR } from '../coordinator/io/paths.ts';
-import { checkLoraConfig, type Gpt2Config, type LoraConfig, type ModelConfig } from '../shared/config.ts';
+import {
+  checkLoraConfig,
+  checkModelConfig,
+  type Gpt2Config,
+  type LoraConfig,
+  type ModelConfig,
+} from '../shared/config.ts';
+import { type BaseWeights, compactTensorNames } from '../shared/model/compact-base.ts';
+import { CompactWeight } from '../shared/model/compact-linear.ts';
+import { type BaseFormatSpec, describeBaseSpec } from '../shared/quant/formats.ts';
+import { dequantizeMatrix, quantizeMatrix } from '../shared/quant/quantize.ts';
+import { SHAPES } from '../scripts/make-checkpoint.ts';
 import { encodeSafetensors } from '../shared/formats/safetensors.ts';
 import {
   adaptedModules,
@@ -66,6 +77,11 @@ export interface Workload {
   mb: MicroBatch;
   /** FLOPs of one training step (forward + backward to the LoRA tensors), see stepFlops */
   flops: number;
+  /**
+   * the compact base the step runs on, when the workload made it itself (a large model: `weights`
+   * are then its dequantized values, for PyTorch only, and may be freed once written)
+   */
+  base?: BaseWeights;
 }
 
 /** B ≠ 0 (a trained-looking adapter) so no gradient path is trivially zero. */
@@ -139,6 +155,55 @@ export function gpt2Workload(batch: number, time: number): Workload {
     lora: GPT2_LORA,
     mb,
   });
+}
+
+/**
+ * Qwen2.5-0.5B's exact shape (494M parameters; scripts/make-checkpoint.ts SHAPES) with random
+ * weights, N(0, 0.02) (norm weights 1, biases 0), held as a compact base in `format`; `weights` are
+ * the dequantized values (what PyTorch computes with), made one tensor at a time so the float32
+ * model and its compact form never need two float32 copies at once. LoRA r=8 on q_proj, v_proj.
+ */
+export function qwenWorkload(batch: number, time: number, format: BaseFormatSpec): Workload {
+  const config = checkModelConfig(SHAPES['qwen2.5-0.5b']);
+  const rng = new Rng(13);
+  const weights = new Map<string, tf.Tensor>();
+  const base: BaseWeights = new Map();
+  const compactNames = compactTensorNames(config);
+  for (const [name, shape] of parameterShapes(config)) {
+    const values = new Float32Array(shape.reduce((a, b) => a * b, 1));
+    if (/norm\.weight$/.test(name)) values.fill(1);
+    else if (!/\.bias$/.test(name)) for (let i = 0; i < values.length; i++) values[i] = 0.02 * rng.normal();
+    if (!compactNames.has(name)) {
+      const t = tf.tensor(values, shape);
+      weights.set(name, t);
+      base.set(name, t);
+      continue;
+    }
+    const packed = quantizeMatrix(values, shape[0], shape[1], format);
+    base.set(name, new CompactWeight(packed, shape));
+    weights.set(name, tf.tensor(dequantizeMatrix(packed), shape));
+  }
+  const inputIds = Int32Array.from({ length: batch * time }, () => Math.floor(rng.next() * config.vocab_size));
+  const mb: MicroBatch = {
+    batch,
+    time,
+    inputIds,
+    targets: Int32Array.from({ length: batch * time }, () => Math.floor(rng.next() * config.vocab_size)),
+    lossMask: new Float32Array(batch * time).fill(1),
+    dropoutSeed: 0,
+  };
+  const lora = checkLoraConfig({ r: 8, alpha: 16, targetModules: ['q_proj', 'v_proj'] });
+  return {
+    ...finish({
+      id: `qwen2.5-0.5b ${describeBaseSpec(format)}`,
+      description: `Qwen2.5-0.5B shape (494M, random weights, ${describeBaseSpec(format)} base), ${batch}×${time} tokens`,
+      config,
+      weights,
+      lora,
+      mb,
+    }),
+    base,
+  };
 }
 
 /**

@@ -32,6 +32,8 @@ export interface ComputeOptions {
   write?: boolean;
   command?: string;
   log?: (line: string) => void;
+  /** the real-shape rows (largePlan) instead of the default plan; written as compute.large.json */
+  large?: boolean;
   /** rows to run instead of the default plan (tests use a tiny one) */
   rows?: MeasureConfig[];
 }
@@ -121,6 +123,27 @@ function plan(quick: boolean): MeasureConfig[] {
       { ...row('gpt2-small', 'wasm', 1, 1, 3), baseFormat },
     ]),
   ];
+}
+
+/**
+ * `--large` (outside `npm run bench`'s 15 minutes): Qwen2.5-0.5B's shape held as int8 and as nf4 on
+ * wasm, 1 × 128 tokens, next to PyTorch float32 on the dequantized weights (a float32 base does not
+ * fit the wasm heap: bench:real, README "Model sizes").
+ */
+function largePlan(): MeasureConfig[] {
+  const row = (baseFormat: 'int8' | 'nf4', threads: number): MeasureConfig => ({
+    model: 'qwen2.5-0.5b',
+    backend: 'wasm',
+    threads,
+    warmup: 1,
+    repeats: 3,
+    batch: 1,
+    time: 128,
+    torchDevice: 'cpu',
+    baseFormat,
+  });
+  const threads = Math.min(availableParallelism(), 8);
+  return [row('int8', 1), row('nf4', 1), ...(threads > 1 ? [row('nf4', threads)] : [])];
 }
 
 function runRow(config: MeasureConfig): MeasureResult | { error: string } {
@@ -223,12 +246,16 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
   const log = opts.log ?? console.log;
   const write = opts.write ?? true;
   const command =
-    opts.command ?? (opts.device ? 'bench/device.sh' : `npm run bench:compute${opts.quick ? ' -- --quick' : ''}`);
+    opts.command ??
+    (opts.device
+      ? 'bench/device.sh'
+      : `npm run bench:compute${opts.quick ? ' -- --quick' : opts.large ? ' -- --large' : ''}`);
   const date = new Date().toISOString();
   const host = machine();
   const rows: ComputeRow[] = [];
   const unavailable: ComputeResult['unavailable'] = [];
-  for (const config of opts.rows ?? (opts.device ? devicePlan() : plan(opts.quick))) {
+  const rowsToRun = opts.rows ?? (opts.device ? devicePlan() : opts.large ? largePlan() : plan(opts.quick));
+  for (const config of rowsToRun) {
     const what =
       `${config.model}${config.baseFormat ? ` (${config.baseFormat} base)` : ''} on ${config.backend}` +
       `${config.backend === 'wasm' ? ` (${config.threads} thread${config.threads === 1 ? '' : 's'})` : ''}`;
@@ -273,11 +300,19 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
     figures,
   };
   if (write) {
-    writeJson(opts.device ? 'compute.device' : opts.quick ? 'compute.quick' : 'compute', result);
+    writeJson(
+      opts.device ? 'compute.device' : opts.large ? 'compute.large' : opts.quick ? 'compute.quick' : 'compute',
+      result,
+    );
     if (!opts.quick) {
       const [marker, heading] = opts.device
         ? ['compute-device-table', 'Compute on a GPU machine (`bench/device.sh`)']
-        : ['compute-table', 'Compute: the LoRA training step (`npm run bench:compute`)'];
+        : opts.large
+          ? [
+              'compute-large-table',
+              'Compute at a real shape: Qwen2.5-0.5B, compact base (`npm run bench:compute -- --large`)',
+            ]
+          : ['compute-table', 'Compute: the LoRA training step (`npm run bench:compute`)'];
       replaceSection(
         marker,
         heading,
@@ -302,11 +337,14 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
 
 if (import.meta.filename === process.argv[1]) {
   const args = process.argv.slice(2);
-  const unknown = args.filter((a) => !['--quick', '--no-write', '--device'].includes(a));
+  const unknown = args.filter((a) => !['--quick', '--no-write', '--device', '--large'].includes(a));
   if (unknown.length)
-    throw new Error(`unknown argument ${JSON.stringify(unknown[0])}; expected --quick, --device or --no-write`);
+    throw new Error(
+      `unknown argument ${JSON.stringify(unknown[0])}; expected --quick, --device, --large or --no-write`,
+    );
   await runComputeBench({
     quick: args.includes('--quick'),
+    large: args.includes('--large'),
     device: args.includes('--device'),
     write: !args.includes('--no-write'),
   });
