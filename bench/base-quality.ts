@@ -31,6 +31,7 @@ import { createModel } from '../shared/model/causal-lm.ts';
 import { type BaseFormatSpec, describeBaseSpec, resolveBaseSpec } from '../shared/quant/formats.ts';
 import { cliFlags, machine, type Machine, provenance, replaceSection, writeJson } from './lib/results.ts';
 import {
+  GOAL_BASE,
   GOAL_POINTS,
   type QualityGoal,
   qualityGoal,
@@ -247,19 +248,22 @@ export function summaryLines(r: QualityResult): string[] {
       `base alone ${meanSd(s.exactMatchBefore)} %`
     );
   });
-  return [...lines, goalLine(r.goal)];
+  return [...lines, goalLine(r)];
 }
 
-function goalLine(goal: QualityGoal | null): string {
-  if (!goal) return `goal (NF4 within ${GOAL_POINTS} points of float32): not judged, nf4 or float32 did not run`;
+function goalLine(r: QualityResult): string {
+  const paired = r.summaries.find((s) => s.base === GOAL_BASE)?.vsFloat32?.sameBase;
+  if (!r.goal || !paired)
+    return `goal (NF4 within ${GOAL_POINTS} points of float32): not judged, nf4 or float32 did not run`;
   return (
     `goal (NF4 within ${GOAL_POINTS} points of float32, adapter on the base it trained on): ` +
-    `${goal.met ? 'met' : 'MISSED'}, nf4 − float32 = ${signed(goal.sameBase)} points ` +
-    `(merged into float32: ${signed(goal.merged)})`
+    `${r.goal.met ? 'met' : 'MISSED'} on the mean, nf4 − float32 = ${signed(r.goal.sameBase)} points ` +
+    `(per seed ${signed(paired.min)} to ${signed(paired.max)}, sd ${paired.sd.toFixed(1)} over ${paired.n} ` +
+    `seed${paired.n === 1 ? '' : 's'}; merged into float32: ${signed(r.goal.merged)})`
   );
 }
 
-function writeQualityResults(r: QualityResult, log: (line: string) => void): void {
+export function writeQualityResults(r: QualityResult, log: (line: string) => void): void {
   if (r.quick) {
     log(`  wrote ${writeJson('base-quality.quick', r)} (quick mode leaves RESULTS.md alone)`);
     return;
@@ -300,7 +304,7 @@ function writeQualityResults(r: QualityResult, log: (line: string) => void): voi
       );
     }),
     '',
-    `${goalLine(r.goal).replace(/^goal/, 'Goal')}.`,
+    `${goalLine(r).replace(/^goal/, 'Goal')}.`,
   ].join('\n');
   replaceSection('base-quality', 'Quality on a compact base (`npm run bench:quality`)', body);
   log('  updated bench/RESULTS.md (base-quality)');
