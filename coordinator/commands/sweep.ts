@@ -6,11 +6,10 @@
  */
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import * as tf from '@tensorflow/tfjs-core';
+import type * as tf from '@tensorflow/tfjs-core';
 import {
   checkLoraConfig,
   checkTrainConfig,
-  loraScaling,
   type LinearModule,
   type LoraConfig,
   type TrainConfig,
@@ -18,8 +17,8 @@ import {
 import { accuracy, predict } from '../../shared/data/exact-match.ts';
 import { toExample, type TaskSample } from '../../shared/data/demo-tasks.ts';
 import { ErrorCodes, fail } from '../../shared/errors.ts';
-import { adaptedModules, adapterSpec, type AdapterState } from '../../shared/lora/adapter.ts';
-import { FrozenBase, loraBranches, withLora } from '../../shared/lora/params.ts';
+import { adaptedModules, type AdapterState } from '../../shared/lora/adapter.ts';
+import { FrozenBase, withAdapter } from '../../shared/lora/params.ts';
 import { createModel, linearShape, type CausalLM } from '../../shared/model/causal-lm.ts';
 import type { Example } from '../../shared/train/micro-batch.ts';
 import { baseMatrices } from '../io/analysis-io.ts';
@@ -204,16 +203,5 @@ function exactMatchWith(
   lora: LoraConfig,
   samples: TaskSample[],
 ): number {
-  const spec = adapterSpec(model.config, lora);
-  const tensors = spec.map((t) => tf.tensor2d(adapter.get(t.name)!, t.shape));
-  try {
-    const params = withLora(
-      base,
-      loraBranches(spec, (i) => tensors[i]),
-      loraScaling(lora),
-    );
-    return accuracy(predict(lm, params, model.tokenizer, samples));
-  } finally {
-    for (const t of tensors) t.dispose();
-  }
+  return withAdapter(base, adapter, lora, (params) => accuracy(predict(lm, params, model.tokenizer, samples)));
 }

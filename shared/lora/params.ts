@@ -3,7 +3,7 @@
  * wrapper around a frozen linear: h = W x + scaling · B (A dropout(x)), W never gets a gradient.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { ModelConfig } from '../config.ts';
+import { type LoraConfig, type ModelConfig, loraScaling } from '../config.ts';
 import { fail, ErrorCodes } from '../errors.ts';
 import {
   type FrozenLinear,
@@ -14,6 +14,7 @@ import {
   trainableEmbedding,
   trainableLinear,
 } from '../model/linear-ops.ts';
+import { type AdapterState, adapterSpec } from './adapter.ts';
 import type { BaseWeights } from '../model/compact-base.ts';
 import { CompactWeight, compactEmbed, compactLinear, compactProducts } from '../model/compact-linear.ts';
 import {
@@ -194,6 +195,32 @@ export function withLora(
       return tf.add(y, tf.mul(up, scaling));
     },
   };
+}
+
+/**
+ * `use` on the base with a trained adapter's branches beside it, unmerged: the adapter served on the
+ * very base it was trained on (a compact base stays compact, where merging needs float32 weights).
+ * The branch tensors live only for the call.
+ */
+export function withAdapter<T>(
+  base: FrozenBase,
+  adapter: AdapterState,
+  lora: LoraConfig,
+  use: (params: ParamSource) => T,
+): T {
+  const spec = adapterSpec(base.config, lora);
+  const tensors = spec.map((t) => tf.tensor2d(adapter.get(t.name)!, t.shape));
+  try {
+    return use(
+      withLora(
+        base,
+        loraBranches(spec, (i) => tensors[i]),
+        loraScaling(lora),
+      ),
+    );
+  } finally {
+    tf.dispose(tensors);
+  }
 }
 
 /** Inverted-dropout mask from the shared RNG, so every backend and process draws the same mask. */

@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import '../helpers/backend.ts';
 import { checkLoraConfig, loraScaling } from '../../shared/config.ts';
 import { adapterSpec, initAdapter, mergeAdapter, type AdapterState } from '../../shared/lora/adapter.ts';
-import { FrozenBase, loraBranches, withLora, type LoraBranch } from '../../shared/lora/params.ts';
+import { FrozenBase, loraBranches, withAdapter, withLora, type LoraBranch } from '../../shared/lora/params.ts';
 import { createModel, type CausalLM } from '../../shared/model/causal-lm.ts';
 import { Rng } from '../../shared/rng.ts';
 import { computeGradients, tokenLossSum } from '../../shared/train/gradients.ts';
@@ -101,6 +101,24 @@ test('merged forward W + (α/r)BA equals the unmerged forward (≤ 1e-5), and un
     const key = `${t.modulePath}.weight`;
     assert.ok(maxAbs(restored.get(key)!.dataSync(), weights.get(key)!.dataSync()) <= 1e-6, `${key} not restored`);
   }
+});
+
+test('withAdapter serves an adapter unmerged: equals the merged forward (≤ 1e-5), keeps no tensor after', () => {
+  const state = randomAdapter(4);
+  const mb = microBatch(3);
+  const merged = logits(new FrozenBase(config, mergeAdapter(config, weights, spec, state, lora)), mb);
+  const tensorsBefore = tf.memory().numTensors;
+  const served = withAdapter(base, state, lora, (params) => logits(params, mb));
+  assert.ok(maxAbs(served, merged) <= 1e-5, `max diff ${maxAbs(served, merged)}`);
+  assert.equal(tf.memory().numTensors, tensorsBefore);
+  assert.throws(
+    () =>
+      withAdapter(base, state, lora, () => {
+        throw new Error('use failed');
+      }),
+    /use failed/,
+  );
+  assert.equal(tf.memory().numTensors, tensorsBefore, 'the branch tensors are freed when use throws');
 });
 
 test('rsLoRA scales by α/√r', () => {
