@@ -17,7 +17,7 @@ import type { BaseFormatSpec } from '../../../shared/quant/formats.ts';
 import { dequantizeMatrix, quantizeMatrix } from '../../../shared/quant/quantize.ts';
 import { Rng } from '../../../shared/rng.ts';
 import { computeGradients } from '../../../shared/train/gradients.ts';
-import type { MicroBatch } from '../../../shared/train/micro-batch.ts';
+import { randomMicroBatch } from '../../helpers/compact.ts';
 import { randomWeights, tinyConfig, tinyGpt2Config } from '../../helpers/tiny-model.ts';
 
 const GPT2 = tinyGpt2Config();
@@ -51,20 +51,6 @@ function dequantizedWeights(config: ModelConfig, weights: Map<string, tf.Tensor>
   );
 }
 
-function microBatch(vocab: number, seed: number, batch = 2, time = 6): MicroBatch {
-  const rng = new Rng(seed);
-  const n = batch * time;
-  const ids = Int32Array.from({ length: n }, () => Math.floor(rng.next() * vocab));
-  return {
-    batch,
-    time,
-    dropoutSeed: 0,
-    inputIds: ids,
-    targets: Int32Array.from({ length: n }, (_, i) => ids[(i + 1) % n]),
-    lossMask: Float32Array.from({ length: n }, (_, i) => (i % time === time - 1 ? 0 : 1)),
-  } as MicroBatch;
-}
-
 const relative = (a: Float32Array, b: Float32Array) => {
   let num = 0;
   let den = 0;
@@ -86,7 +72,7 @@ test('compact base: loss and LoRA gradients equal autodiff on the dequantized we
     );
     const weights = randomWeights(config, seed++);
     const model = createModel(config);
-    const mb = microBatch(config.vocab_size, seed++);
+    const mb = randomMicroBatch(config.vocab_size, seed++);
     for (const format of SPECS) {
       const what = `${label} ${JSON.stringify(format)}`;
       const compact = compactBase(config, weights, format);
