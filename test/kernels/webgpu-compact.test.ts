@@ -1,8 +1,9 @@
 // The compact-base kernels on tfjs-backend-webgpu (kernels/webgpu-compact.ts, WGSL), in Node through
 // Dawn (on SwiftShader where there is no GPU): both products and the embedding gather for every
-// format and ragged shapes, against tf.matMul with the dequantized float32 matrix on webgpu and
+// format and ragged shapes, against tf.matMul with the dequantized float32 matrix (on cpu) and
 // against the cpu kernel, within 1e-5 relative (‖Δ‖_F / ‖ref‖_F); the gather equals the dequantized
-// rows exactly; and a LoRA step on a compact base gives the cpu backend's loss and gradients.
+// rows exactly; a dispatch split over y and z stays whole; and a LoRA step on a compact base gives
+// the cpu backend's loss and gradients.
 // Without a WebGPU adapter the suite is skipped with the reason (a failure under CI or
 // LORAMESH_REQUIRE_BROWSER=1, which install SwiftShader: apt-get install libvulkan1 chromium).
 import assert from 'node:assert/strict';
