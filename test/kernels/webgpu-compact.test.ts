@@ -2,8 +2,8 @@
 // Dawn (on SwiftShader where there is no GPU): both products and the embedding gather for every
 // format and ragged shapes, against tf.matMul with the dequantized float32 matrix (on cpu) and
 // against the cpu kernel, within 1e-5 relative (‖Δ‖_F / ‖ref‖_F); the gather equals the dequantized
-// rows exactly; a dispatch split over y and z stays whole; and a LoRA step on a compact base gives
-// the cpu backend's loss and gradients.
+// rows exactly, and f16/bf16 widen every finite 16-bit pattern to the same bits; a dispatch split over
+// y and z stays whole; and a LoRA step on a compact base gives the cpu backend's loss and gradients.
 // Without a WebGPU adapter the suite is skipped with the reason (a failure under CI or
 // LORAMESH_REQUIRE_BROWSER=1, which install SwiftShader: apt-get install libvulkan1 chromium).
 import assert from 'node:assert/strict';
@@ -169,6 +169,42 @@ test('a product of more output tiles than one dispatch dimension allows is split
   await tf.setBackend('webgpu');
   assert.ok(relative(gpu.y, ref.y) <= 1e-5, `forward: relative error ${relative(gpu.y, ref.y)}`);
   assert.ok(relative(gpu.dx, ref.dx) <= 1e-5, `backward: relative error ${relative(gpu.dx, ref.dx)}`);
+});
+
+test('f16 and bf16 widen every finite 16-bit pattern to the same float32 bits as dequantizeMatrix (±0, subnormals)', {
+  skip,
+}, async () => {
+  await tf.setBackend('webgpu');
+  for (const [format, exponentMask] of [
+    ['f16', 0x7c00],
+    ['bf16', 0x7f80],
+  ] as const) {
+    const patterns = Uint16Array.from({ length: 65536 }, (_, i) => i).filter(
+      (h) => (h & exponentMask) !== exponentMask,
+    );
+    const cols = 256;
+    const rows = patterns.length / cols;
+    const packed: PackedMatrix = {
+      spec: { format },
+      rows,
+      cols,
+      data: new Uint8Array(patterns.buffer),
+      scales: new Float32Array(0),
+    };
+    const weight = new CompactWeight(packed);
+    const gathered = compactEmbed(
+      tf.tensor1d(
+        Int32Array.from({ length: rows }, (_, i) => i),
+        'int32',
+      ),
+      weight,
+    );
+    const values = (await gathered.data()) as Float32Array;
+    const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+    assert.deepEqual(bits, new Uint32Array(dequantizeMatrix(packed).buffer), `${format}: every pattern's bits`);
+    tf.dispose(gathered);
+    weight.dispose();
+  }
 });
 
 test('an embedding index out of range gives a row of zeros on webgpu (as tfjs gather; cpu and wasm refuse it)', {
