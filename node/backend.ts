@@ -13,6 +13,7 @@ import { packagePath } from './package-root.ts';
 import { BACKENDS, type BackendName } from './backend-names.ts';
 import { isSoftwareAdapter } from '../kernels/software-device.ts';
 import { installWasmKernels } from '../kernels/wasm-kernels.ts';
+import { installWebgpuCompactKernels } from '../kernels/webgpu-compact.ts';
 import { MAX_WASM_THREADS, registerThreadedWasm } from './wasm-threads.ts';
 
 const require = createRequire(import.meta.url);
@@ -199,6 +200,7 @@ async function initWebgpu(log: (line: string) => void): Promise<BackendInfo> {
   if (!(await tf.setBackend('webgpu')))
     return fail(ErrorCodes.BACKEND, `backend "webgpu": tfjs could not create a device on ${adapterName}`);
   await tf.ready();
+  installWebgpuCompactKernels();
   const note = `WebGPU adapter: ${adapterName}` + (pickedSwiftShader ? ` (VK_ICD_FILENAMES=${SWIFTSHADER_ICD})` : '');
   log(note);
   if (software)

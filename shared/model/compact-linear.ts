@@ -5,7 +5,8 @@
  * matrix: its packed words (an int32 tensor; tfjs has no uint8 dtype) and its float32 block scales.
  *
  * The kernels exist for the cpu backend (here, JavaScript) and wasm (kernels/wasm-kernels.ts,
- * WebAssembly SIMD), and give the same bits on both. A backend without them (webgl, webgpu,
+ * WebAssembly SIMD), which give the same bits, and for webgpu (kernels/webgpu-compact.ts, WGSL), which
+ * sums in another order and agrees within float32 rounding. A backend without them (webgl,
  * tensorflow) dequantizes one layer at a time from a host copy, for that product only.
  */
 import * as tf from '@tensorflow/tfjs-core';

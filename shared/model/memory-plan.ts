@@ -17,8 +17,8 @@
  *    weights) both W and Wᵀ, and on wasm XNNPACK's packed copy of each (3 extra copies); with W on the
  *    left Wᵀ beside every layer's W (1 extra), while a vocabulary-sized LM head keeps one layout,
  *    packed on wasm (1 extra there, 0 elsewhere). Counted in float32 whatever `format` says. A
- *    compact base keeps none: its kernels (wasm, cpu) read W as packed; other backends widen one
- *    matrix at a time (the largest counted once). Its products count as W on the right.
+ *    compact base keeps none: its kernels (wasm, cpu, webgpu) read W as packed; tensorflow widens
+ *    one matrix at a time (the largest counted once). Its products count as W on the right.
  *  - activations: the float32 tensors alive at the peak that scale with N, except the logits:
  *    per layer a fixed set of multiples of N·d, N·d_kv, N·I and B·H·T² (counted from the ops of
  *    llama.ts / gpt2.ts, attention.ts, norm-ops.ts and linear-ops.ts, see LLAMA_LAYER), per adapted
@@ -300,8 +300,8 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
   let layerLeftRows = 0; // Σ over the layers' linears of (d_out + d_in): dyᵀ and dxᵀ made when W is on the left
   let layerLeftOut = 0; // Σ d_out of the same: the dyᵀ XNNPACK packs
   let biasedOut = 0; // Σ d_out of Llama linears with a bias (GPT-2's are in GPT2_LAYER)
-  // a compact base: the compact kernels run on wasm and cpu; elsewhere one matrix is widened at a time
-  if (input.baseFormat && backend !== 'wasm' && backend !== 'cpu') weightCopies += F32 * largestCompact;
+  // a compact base: the compact kernels run on wasm, cpu and webgpu; tensorflow widens one matrix at a time
+  if (input.baseFormat && backend === 'tensorflow') weightCopies += F32 * largestCompact;
   for (const path of paths) {
     const [dOut, dIn] = linearShape(config, path);
     const size = dOut * dIn;

@@ -19,30 +19,16 @@ import {
 } from '../../shared/model/compact-linear.ts';
 import type { BaseFormatSpec } from '../../shared/quant/formats.ts';
 import { dequantizeMatrix, quantizeMatrix } from '../../shared/quant/quantize.ts';
-import { Rng } from '../../shared/rng.ts';
+import { COMPACT_SPECS, gaussian } from '../helpers/compact.ts';
 
 await initBackend('wasm');
 
-const SPECS: BaseFormatSpec[] = [
-  { format: 'f32' },
-  { format: 'f16' },
-  { format: 'bf16' },
-  { format: 'int8' },
-  { format: 'nf4' },
-  { format: 'nf4', doubleQuant: true, doubleQuantBlockSize: 16 },
-  { format: 'int8', blockSize: 12 },
-];
 // (rows = d_out, cols = d_in, n)
 const SHAPES: [number, number, number][] = [
   [13, 70, 5],
   [64, 600, 9],
   [8, 8, 1],
 ];
-
-function gaussian(n: number, seed: number, scale = 1): Float32Array {
-  const rng = new Rng(seed);
-  return Float32Array.from({ length: n }, () => scale * (rng.next() + rng.next() + rng.next() - 1.5));
-}
 
 const relative = (a: Float32Array, b: Float32Array) => {
   let num = 0;
@@ -84,7 +70,7 @@ async function run(backend: string, spec: BaseFormatSpec, [rows, cols, n]: [numb
 test('compact products and gather equal the dequantized float32 matrix (1e-5 relative) on wasm and cpu, bit-identical between them', async () => {
   assert.ok(hasCompactKernels('wasm') && hasCompactKernels('cpu'));
   let seed = 100;
-  for (const spec of SPECS)
+  for (const spec of COMPACT_SPECS)
     for (const shape of SHAPES) {
       const what = `${JSON.stringify(spec)} [${shape}]`;
       const wasm = await run('wasm', spec, shape, seed);

@@ -12,6 +12,7 @@ import { getThreadsCount, setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { ErrorCodes, fail } from '../../shared/errors.ts';
 import { isSoftwareAdapter, isSoftwareRenderer } from '../../kernels/software-device.ts';
 import { installWasmKernels } from '../../kernels/wasm-kernels.ts';
+import { installWebgpuCompactKernels } from '../../kernels/webgpu-compact.ts';
 import type { BrowserBackend } from './fragment.ts';
 
 export interface BrowserBackendInfo {
@@ -44,6 +45,7 @@ async function tryWebgpu(): Promise<Omit<BrowserBackendInfo, 'notes'> | string> 
   if (!info) return 'WebGPU is not available in this browser (no navigator.gpu adapter)';
   if (!(await tf.setBackend('webgpu'))) return `the WebGPU backend failed to start on ${info.description}`;
   await tf.ready();
+  installWebgpuCompactKernels();
   const device = (tf.backend() as unknown as { device: GPUDevice }).device;
   const limits = {
     maxBufferSize: device.limits.maxBufferSize,

@@ -15,7 +15,7 @@ import { CompactWeight } from '../../../shared/model/compact-linear.ts';
 import type { BaseFormatSpec } from '../../../shared/quant/formats.ts';
 import { Rng } from '../../../shared/rng.ts';
 import { computeGradients } from '../../../shared/train/gradients.ts';
-import type { MicroBatch } from '../../../shared/train/micro-batch.ts';
+import { randomMicroBatch } from '../../helpers/compact.ts';
 import { randomWeights, tinyConfig, tinyGpt2Config } from '../../helpers/tiny-model.ts';
 
 const GPT2 = tinyGpt2Config();
@@ -32,20 +32,6 @@ const SPECS: BaseFormatSpec[] = [
   { format: 'nf4', blockSize: 8 },
   { format: 'nf4', blockSize: 8, doubleQuant: true, doubleQuantBlockSize: 4 },
 ];
-
-function microBatch(vocab: number, seed: number, batch = 2, time = 6): MicroBatch {
-  const rng = new Rng(seed);
-  const n = batch * time;
-  const ids = Int32Array.from({ length: n }, () => Math.floor(rng.next() * vocab));
-  return {
-    batch,
-    time,
-    dropoutSeed: 0,
-    inputIds: ids,
-    targets: Int32Array.from({ length: n }, (_, i) => ids[(i + 1) % n]),
-    lossMask: Float32Array.from({ length: n }, (_, i) => (i % time === time - 1 ? 0 : 1)),
-  } as MicroBatch;
-}
 
 const relative = (a: Float32Array, b: Float32Array) => {
   let num = 0;
@@ -68,7 +54,7 @@ test('compact base: loss and LoRA gradients equal autodiff on the dequantized we
     );
     const weights = randomWeights(config, seed++);
     const model = createModel(config);
-    const mb = microBatch(config.vocab_size, seed++);
+    const mb = randomMicroBatch(config.vocab_size, seed++);
     for (const format of SPECS) {
       const what = `${label} ${JSON.stringify(format)}`;
       const compact = compactBase(config, weights, format);

@@ -229,10 +229,10 @@ test('a compact base is planned exactly: packed words and float32 block scales, 
   const vectors = 2 * 16 + 8;
   assert.equal(plan.parts.frozenWeights, 2 * 256 + 2 * perLayer + 4 * vectors);
   assert.equal(plan.weightOnTheLeft, false);
-  for (const backend of ['cpu', 'wasm'] as const)
+  for (const backend of ['cpu', 'wasm', 'webgpu'] as const)
     assert.equal(planMemory({ ...INPUT, backend, baseFormat: nf4 }).parts.weightCopies, 0, backend);
-  // backends without the compact kernels widen one matrix at a time: the largest, (32, 8)
-  assert.equal(planMemory({ ...INPUT, backend: 'webgpu', baseFormat: nf4 }).parts.weightCopies, 4 * 256);
+  // a backend without the compact kernels widens one matrix at a time: the largest, (32, 8)
+  assert.equal(planMemory({ ...INPUT, backend: 'tensorflow', baseFormat: nf4 }).parts.weightCopies, 4 * 256);
   assert.match(plan.summary, /nf4\/8\+dq4 weights on cpu/);
   // GPT-2's Conv1D weights are stored (d_in, d_out): blocks run along d_in all the same
   const gpt2 = planMemory({

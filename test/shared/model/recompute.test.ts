@@ -12,7 +12,7 @@ import { createModel } from '../../../shared/model/causal-lm.ts';
 import { compactBase } from '../../../shared/model/compact-base.ts';
 import { Rng } from '../../../shared/rng.ts';
 import { computeGradients } from '../../../shared/train/gradients.ts';
-import type { MicroBatch } from '../../../shared/train/micro-batch.ts';
+import { randomMicroBatch } from '../../helpers/compact.ts';
 import { randomWeights, tinyConfig } from '../../helpers/tiny-model.ts';
 
 const GPT2: ModelConfig = {
@@ -26,20 +26,6 @@ const GPT2: ModelConfig = {
   activation_function: 'gelu_new',
   tie_word_embeddings: true,
 };
-
-function microBatch(vocab: number, seed: number, batch = 2, time = 6): MicroBatch {
-  const rng = new Rng(seed);
-  const n = batch * time;
-  const ids = Int32Array.from({ length: n }, () => Math.floor(rng.next() * vocab));
-  return {
-    batch,
-    time,
-    dropoutSeed: 5,
-    inputIds: ids,
-    targets: Int32Array.from({ length: n }, (_, i) => ids[(i + 1) % n]),
-    lossMask: Float32Array.from({ length: n }, () => 1),
-  } as MicroBatch;
-}
 
 test('recomputing each block in the backward pass gives the same loss and gradients, bit for bit', () => {
   const cases: [string, ModelConfig, LinearModule[], boolean][] = [
@@ -61,7 +47,7 @@ test('recomputing each block in the backward pass gives the same loss and gradie
       compact ? compactBase(config, weights, { format: 'nf4', blockSize: 8 }) : weights,
     );
     const model = createModel(config);
-    const mb = microBatch(config.vocab_size, seed++);
+    const mb = randomMicroBatch(config.vocab_size, seed++, { dropoutSeed: 5, maskLast: false });
     const plain = computeGradients(model, base, spec, adapter, lora, mb);
     const before = tf.memory().numTensors;
     const recomputed = computeGradients(model, base, spec, adapter, lora, mb, { recompute: true });
