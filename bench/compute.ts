@@ -130,6 +130,12 @@ function plan(quick: boolean): MeasureConfig[] {
  * wasm, 1 × 128 tokens, next to PyTorch float32 on the dequantized weights (a float32 base does not
  * fit the wasm heap: bench:real, README "Model sizes").
  */
+const LARGE_NOTE =
+  'A float32 base of this size does not fit the wasm heap (bench:real), so PyTorch float32 runs on the ' +
+  "weights the compact base dequantizes to: the loss / ‖grad‖ column checks both compute the same step. " +
+  'The compact kernels (shared/quant/compact-matmul.ts) run on one thread: the 2-thread row speeds up only ' +
+  'the other products. "Largest matmul alone" is the float32 XNNPACK product, not the compact kernel.';
+
 function largePlan(): MeasureConfig[] {
   const row = (baseFormat: 'int8' | 'nf4', threads: number): MeasureConfig => ({
     model: 'qwen2.5-0.5b',
@@ -320,6 +326,7 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
           provenance(date, command, host),
           '',
           ...tableLines(result),
+          ...(opts.large ? ['', LARGE_NOTE] : []),
           ...(unavailable.length
             ? [
                 '',
