@@ -20,6 +20,7 @@ import {
 import type { BaseFormatSpec } from '../../shared/quant/formats.ts';
 import { dequantizeMatrix, quantizeMatrix } from '../../shared/quant/quantize.ts';
 import { COMPACT_SPECS, gaussian } from '../helpers/compact.ts';
+import { relativeL2Distance } from '../../shared/train/relative-l2.ts';
 
 await initBackend('wasm');
 
@@ -30,15 +31,8 @@ const SHAPES: [number, number, number][] = [
   [8, 8, 1],
 ];
 
-const relative = (a: Float32Array, b: Float32Array) => {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / den);
-};
+/** ‖a − b‖_F / ‖b‖_F */
+const relative = (a: Float32Array, b: Float32Array) => relativeL2Distance([[b, a]]);
 
 /** Forward y = x·Wᵀ, backward dx = dy·W (through the gradient), and the gather, on one backend. */
 async function run(backend: string, spec: BaseFormatSpec, [rows, cols, n]: [number, number, number], seed: number) {

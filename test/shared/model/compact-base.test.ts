@@ -17,6 +17,7 @@ import { Rng } from '../../../shared/rng.ts';
 import { computeGradients } from '../../../shared/train/gradients.ts';
 import { randomMicroBatch } from '../../helpers/compact.ts';
 import { randomWeights, tinyConfig, tinyGpt2Config } from '../../helpers/tiny-model.ts';
+import { relativeL2Distance } from '../../../shared/train/relative-l2.ts';
 
 const GPT2 = tinyGpt2Config();
 const CONFIGS: [string, ModelConfig, LinearModule[]][] = [
@@ -33,15 +34,8 @@ const SPECS: BaseFormatSpec[] = [
   { format: 'nf4', blockSize: 8, doubleQuant: true, doubleQuantBlockSize: 4 },
 ];
 
-const relative = (a: Float32Array, b: Float32Array) => {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return Math.sqrt(num / den);
-};
+/** ‖a − b‖_F / ‖b‖_F */
+const relative = (a: Float32Array, b: Float32Array) => relativeL2Distance([[b, a]]);
 
 test('compact base: loss and LoRA gradients equal autodiff on the dequantized weights (≤ 1e-5 relative)', () => {
   let seed = 1;

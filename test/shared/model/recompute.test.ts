@@ -13,19 +13,9 @@ import { compactBase } from '../../../shared/model/compact-base.ts';
 import { Rng } from '../../../shared/rng.ts';
 import { computeGradients } from '../../../shared/train/gradients.ts';
 import { randomMicroBatch } from '../../helpers/compact.ts';
-import { randomWeights, tinyConfig } from '../../helpers/tiny-model.ts';
+import { randomWeights, tinyConfig, tinyGpt2Config } from '../../helpers/tiny-model.ts';
 
-const GPT2: ModelConfig = {
-  model_type: 'gpt2',
-  vocab_size: 27,
-  n_positions: 16,
-  n_embd: 16,
-  n_layer: 2,
-  n_head: 2,
-  layer_norm_epsilon: 1e-5,
-  activation_function: 'gelu_new',
-  tie_word_embeddings: true,
-};
+const GPT2 = tinyGpt2Config();
 
 test('recomputing each block in the backward pass gives the same loss and gradients, bit for bit', () => {
   const cases: [string, ModelConfig, LinearModule[], boolean][] = [
