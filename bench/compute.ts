@@ -132,7 +132,7 @@ function plan(quick: boolean): MeasureConfig[] {
  */
 const LARGE_NOTE =
   'A float32 base of this size does not fit the wasm heap (bench:real), so PyTorch float32 runs on the ' +
-  "weights the compact base dequantizes to: the loss / ‖grad‖ column checks both compute the same step. " +
+  'weights the compact base dequantizes to: the loss / ‖grad‖ column checks both compute the same step. ' +
   'The compact kernels (shared/quant/compact-matmul.ts) run on one thread: the 2-thread row speeds up only ' +
   'the other products. "Largest matmul alone" is the float32 XNNPACK product, not the compact kernel.';
 
