@@ -168,12 +168,6 @@ async function gemmGflops(n: number, dIn: number, dOut: number): Promise<number>
   return (2 * n * dIn * dOut) / best / 1e6;
 }
 
-/** Frees a float32 tensor the compact base does not use itself (norms and biases it shares). */
-function disposeUnlessBase(t: tf.Tensor, base: Map<string, unknown>): void {
-  for (const v of base.values()) if (v === t) return;
-  t.dispose();
-}
-
 const gradNorm = (r: GradientResult) =>
   Math.sqrt([...r.grads.values()].reduce((s, g) => s + g.reduce((a, v) => a + v * v, 0), 0));
 const relDiff = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-30);
@@ -233,7 +227,10 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
     torch = { ...(await TorchServer.start(dir, config.threads, config.torchDevice)), dir };
   }
   // a large workload's dequantized float32 weights were for PyTorch only: free them before the steps
-  if (plain.base) for (const t of w.weights.values()) disposeUnlessBase(t, plain.base);
+  if (plain.base) {
+    const kept = new Set(plain.base.values());
+    for (const t of w.weights.values()) if (!kept.has(t)) t.dispose();
+  }
 
   try {
     let last = await timed();

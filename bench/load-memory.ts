@@ -12,6 +12,7 @@ import type { Gpt2Config } from '../shared/config.ts';
 import { encodeSafetensors } from '../shared/formats/safetensors.ts';
 import { parameterShapes } from '../shared/model/causal-lm.ts';
 import { Rng } from '../shared/rng.ts';
+import { peakRssBytes } from './lib/results.ts';
 
 const GPT2_SMALL: Gpt2Config = {
   model_type: 'gpt2',
@@ -24,15 +25,6 @@ const GPT2_SMALL: Gpt2Config = {
   activation_function: 'gelu_new',
   tie_word_embeddings: true,
 };
-
-/**
- * VmHWM (peak resident set) of this process. Not getrusage's maxRSS: on Linux that survives
- * fork + exec, so a child would report its parent's peak (here: the ~1 GB generator).
- */
-function peakRss(): number {
-  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
-  return m ? Number(m[1]) * 1024 : process.resourceUsage().maxRSS * 1024;
-}
 
 if (process.argv[2] === 'load') {
   // Child: load and report.
@@ -49,7 +41,7 @@ if (process.argv[2] === 'load') {
       params,
       rssBeforeLoad: before,
       rssAfterLoad: process.memoryUsage().rss,
-      peakRss: peakRss(),
+      peakRss: peakRssBytes(),
       loadMs: ms,
     }),
   );

@@ -10,11 +10,11 @@
  * Writes bench/results/real-shapes-<model>.json and a section of bench/RESULTS.md.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { describeMachine, fmt, provenance, replaceSection, stats, writeJson } from './lib/results.ts';
+import { describeMachine, fmt, peakRssBytes, provenance, replaceSection, stats, writeJson } from './lib/results.ts';
 
 const { values } = parseArgs({
   options: {
@@ -28,11 +28,6 @@ const { values } = parseArgs({
     child: { type: 'string' },
   },
 });
-
-function peakRss(): number {
-  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
-  return m ? Number(m[1]) * 1024 : process.resourceUsage().maxRSS * 1024;
-}
 
 if (values.child) {
   const tf = await import('@tensorflow/tfjs-core');
@@ -93,7 +88,7 @@ if (values.child) {
   }
   const heap = (tf.backend() as unknown as { wasm: { HEAPU8: Uint8Array } }).wasm.HEAPU8.byteLength;
   console.log(
-    JSON.stringify({ format, quantizeMs, loadMs, heldBytes, stepMs, loss, peakRss: peakRss(), wasmHeap: heap }),
+    JSON.stringify({ format, quantizeMs, loadMs, heldBytes, stepMs, loss, peakRss: peakRssBytes(), wasmHeap: heap }),
   );
   process.exit(0);
 }

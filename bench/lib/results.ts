@@ -95,6 +95,15 @@ export function rssBytes(): number {
   return process.memoryUsage.rss();
 }
 
+/**
+ * VmHWM (peak resident set) of this process. Not getrusage's maxRSS: on Linux that survives
+ * fork + exec, so a child would report its parent's peak.
+ */
+export function peakRssBytes(): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
+  return m ? Number(m[1]) * 1024 : process.resourceUsage().maxRSS * 1024;
+}
+
 export function writeJson(name: string, data: unknown, dir = RESULTS_DIR): string {
   mkdirSync(dir, { recursive: true });
   const path = join(dir, `${name}.json`);

@@ -124,11 +124,6 @@ export interface MemoryPlanInput {
   optimizerOnWorker?: boolean;
   /** the process's own memory besides tensors (JS engine, tfjs, wasm module); default 0 */
   runtimeBytes?: number;
-  /**
-   * the base is held compact (shared/model/compact-linear.ts: W once, in `format`, multiplied by the
-   * compact kernels): no kernel copies, no transposed or packed activations for the frozen products
-   */
-  compact?: boolean;
   /** each block's forward is recomputed in the backward pass (shared/model/recompute.ts) */
   recompute?: boolean;
 }
@@ -289,7 +284,7 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
 
   const paths = linearModulePaths(config);
   const linearValues = paths.reduce((n, path) => n + linearShape(config, path).reduce((a, b) => a * b), 0);
-  const compact = input.compact ?? !!input.baseFormat;
+  const compact = input.baseFormat !== undefined;
   const onTheLeft = !compact && (input.weightOnTheLeft ?? F32 * linearValues > WEIGHT_ON_THE_LEFT_MIN_BYTES);
   const headBackwardLeft = onTheLeft && vocab < VOCABULARY_SIZED;
   const wasm = backend === 'wasm';
@@ -381,7 +376,7 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
   const gb = (n: number) => (n / GB).toFixed(2);
   const summary =
     `${gb(total)} GB peak for ${batch}×${time} tokens, LoRA r=${lora.r} on ${lora.targetModules.join(',')}, ` +
-    `${input.baseFormat ? describeBaseSpec(input.baseFormat) : `${format.name}${compact ? ' compact' : ''}`} weights on ${backend}${recompute ? ', recomputing' : ''}: ` +
+    `${input.baseFormat ? describeBaseSpec(input.baseFormat) : format.name} weights on ${backend}${recompute ? ', recomputing' : ''}: ` +
     `weights ${gb(frozenWeights)} + kernel copies ${gb(weightCopies)} + ` +
     `activations ${gb(parts.activations + parts.packedActivations)} + logits ${gb(parts.logits)} + ` +
     `LoRA ${gb(loraBytes)}${parts.runtime ? ` + runtime ${gb(parts.runtime)}` : ''} GB` +

@@ -73,31 +73,37 @@ export function fusedHeadLoss(
   withGradient = true,
 ): tf.Scalar {
   const rows = hidden.shape[0];
+  /** The loss terms (n, 1) of a chunk of rows and, with the gradient, their dhidden (n, d). */
+  const chunk = (h: tf.Tensor2D, start: number, size: number) =>
+    tf.tidy(() => {
+      const z = head.forward(tf.slice(h, [start, 0], [size, -1])); // (n, V)
+      const t = tf.slice(targets, [start], [size]);
+      const w = tf.reshape(tf.slice(mask, [start], [size]), [size, 1]);
+      const shifted = tf.sub(z, tf.max(z, -1, true));
+      const exps = tf.exp(shifted);
+      const sums = tf.sum(exps, -1, true); // (n, 1)
+      const flatTargets = tf.add(tf.mul(tf.range(0, size, 1, 'int32'), tf.scalar(vocab, 'int32')), t);
+      const picked = tf.reshape(tf.gather(tf.reshape(shifted, [-1]), flatTargets), [size, 1]);
+      const term = tf.mul(tf.sub(tf.log(sums), picked), w); // (n, 1)
+      if (!withGradient) return [term];
+      const dz = tf.sub(tf.mul(exps, tf.div(w, sums)), tf.mul(tf.oneHot(t, vocab), w)) as tf.Tensor2D;
+      return [term, head.backward(dz)];
+    });
+  const run = (h: tf.Tensor2D) => {
+    const parts = Array.from({ length: Math.ceil(rows / chunkRows) }, (_, c) =>
+      chunk(h, c * chunkRows, Math.min(chunkRows, rows - c * chunkRows)),
+    );
+    const join = (ts: tf.Tensor[]) => (ts.length === 1 ? ts[0] : tf.concat(ts, 0));
+    return {
+      value: tf.sum(join(parts.map((p) => p[0]))) as tf.Scalar,
+      grad: withGradient ? join(parts.map((p) => p[1])) : null,
+    };
+  };
+  // Evaluation needs no gradient: no custom op, no dhidden.
+  if (!withGradient) return run(hidden).value;
   const op = customOp(([h], save) => {
-    const terms: tf.Tensor[] = [];
-    const grads: tf.Tensor[] = [];
-    for (let start = 0; start < rows; start += chunkRows) {
-      const size = Math.min(chunkRows, rows - start);
-      const [term, grad] = tf.tidy(() => {
-        const z = head.forward(tf.slice(h as tf.Tensor2D, [start, 0], [size, -1])); // (n, V)
-        const t = tf.slice(targets, [start], [size]);
-        const w = tf.reshape(tf.slice(mask, [start], [size]), [size, 1]);
-        const shifted = tf.sub(z, tf.max(z, -1, true));
-        const exps = tf.exp(shifted);
-        const sums = tf.sum(exps, -1, true); // (n, 1)
-        const flatTargets = tf.add(tf.mul(tf.range(0, size, 1, 'int32'), tf.scalar(vocab, 'int32')), t);
-        const picked = tf.reshape(tf.gather(tf.reshape(shifted, [-1]), flatTargets), [size, 1]);
-        const term = tf.mul(tf.sub(tf.log(sums), picked), w); // (n, 1)
-        if (!withGradient) return [term];
-        const dz = tf.sub(tf.mul(exps, tf.div(w, sums)), tf.mul(tf.oneHot(t, vocab), w)) as tf.Tensor2D;
-        return [term, head.backward(dz)];
-      });
-      terms.push(term);
-      if (grad) grads.push(grad);
-    }
-    const value = tf.sum(terms.length === 1 ? terms[0] : tf.concat(terms, 0));
-    const dh = withGradient ? (grads.length === 1 ? grads[0] : tf.concat(grads, 0)) : tf.zerosLike(h);
-    save([dh]);
+    const { value, grad } = run(h as tf.Tensor2D);
+    save([grad!]);
     return { value, gradFunc: (dy, [saved]) => [tf.mul(saved, dy)] };
   });
   return op(hidden) as tf.Scalar;

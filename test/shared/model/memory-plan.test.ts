@@ -13,6 +13,7 @@ import {
   WEIGHT_FORMATS,
   wasmHeapRefusal,
 } from '../../../shared/model/memory-plan.ts';
+import { resolveBaseSpec } from '../../../shared/quant/formats.ts';
 import { throwsCode } from '../../helpers/assert.ts';
 import { tinyConfig } from '../../helpers/tiny-model.ts';
 
@@ -171,12 +172,13 @@ test('a float32 Qwen2.5-0.5B does not fit the wasm heap; the summary says so', (
 });
 
 test('a compact base has no kernel copies; recomputation keeps one block of activations', () => {
+  const NF4 = resolveBaseSpec({ format: 'nf4', blockSize: 8 }); // the tiny model's rows are 16 wide
   const f32 = planMemory({ ...INPUT, backend: 'wasm' });
-  const compact = planMemory({ ...INPUT, backend: 'wasm', compact: true, format: WEIGHT_FORMATS.nf4 });
+  const compact = planMemory({ ...INPUT, backend: 'wasm', baseFormat: NF4 });
   assert.equal(compact.parts.weightCopies, 0);
   assert.ok(compact.parts.frozenWeights < f32.parts.frozenWeights);
-  assert.match(compact.summary, /nf4 compact weights on wasm/);
-  const recomputed = planMemory({ ...INPUT, backend: 'wasm', compact: true, recompute: true });
+  assert.match(compact.summary, /nf4\/8 weights on wasm/);
+  const recomputed = planMemory({ ...INPUT, backend: 'wasm', baseFormat: NF4, recompute: true });
   assert.ok(recomputed.parts.activations < compact.parts.activations, 'fewer activations');
   assert.match(recomputed.summary, /on wasm, recomputing/);
 });

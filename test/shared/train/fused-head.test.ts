@@ -34,6 +34,8 @@ function check(label: string, linear: (h: tf.Tensor2D) => tf.Tensor2D, head: Fro
     );
     assert.equal(fused.value.dataSync()[0], loss, `${label}, ${chunk} rows per chunk: loss bits`);
     assert.deepEqual(fused.grad.dataSync(), grad, `${label}, ${chunk} rows per chunk: dhidden bits`);
+    const evalOnly = fusedHeadLoss(hidden, head, vocab, targets, mask, chunk, false);
+    assert.equal(evalOnly.dataSync()[0], loss, `${label}, ${chunk} rows per chunk: the forward-only loss bits`);
   }
 }
 
