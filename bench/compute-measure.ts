@@ -17,6 +17,7 @@ import { FrozenBase } from '../shared/lora/params.ts';
 import { compactBase, dequantizedWeights } from '../shared/model/compact-base.ts';
 import { computeGradients, computeGradientsAsync, type GradientResult } from '../shared/train/gradients.ts';
 import { initBackend, type BackendName } from '../node/backend.ts';
+import { packagePath } from '../node/package-root.ts';
 import { linearModulePaths, linearShape } from '../shared/model/causal-lm.ts';
 import { demoWorkload, gpt2Workload, qwenWorkload, writeTorchInputs, type Workload } from './compute-workloads.ts';
 
@@ -102,7 +103,7 @@ class TorchServer {
   }
 
   static async start(dir: string, threads: number, device: string): Promise<{ server: TorchServer; info: TorchInfo }> {
-    const child = spawn(PYTHON, [join(import.meta.dirname, 'torch_compute.py'), dir, String(threads), device], {
+    const child = spawn(PYTHON, [packagePath('bench', 'torch_compute.py'), dir, String(threads), device], {
       env: { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads) },
     });
     const stderr: string[] = [];
@@ -233,10 +234,12 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
   }
 
   try {
-    let last = await timed();
-    for (let i = 1; i < config.warmup; i++) last = await timed();
-    let torchLast = torch ? await torch.server.step() : null;
-    for (let i = 1; torch && i < config.warmup; i++) torchLast = await torch.server.step();
+    // warmup 0 is allowed (a software GPU's step takes seconds): the first measured step then
+    // includes shader compilation
+    let last: Awaited<ReturnType<typeof timed>> | undefined;
+    for (let i = 0; i < config.warmup; i++) last = await timed();
+    let torchLast: Awaited<ReturnType<TorchServer['step']>> | null = null;
+    for (let i = 0; torch && i < config.warmup; i++) torchLast = await torch.server.step();
     const ms: number[] = [];
     const cpuMs: number[] = [];
     const torchMs: number[] = [];
@@ -251,6 +254,7 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
         torchCpuMs.push(torchLast.cpuMs);
       }
     }
+    if (!last) throw new Error('a row needs at least one step (repeats ≥ 1)');
     const ours = { loss: last.r.lossSum, gradNorm: gradNorm(last.r) };
     const shape = largestLinear(w);
     const gemm = {
@@ -302,7 +306,8 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
   }
 }
 
-if (import.meta.filename === process.argv[1]) {
+// Run as a script from source only (the offline bundle starts rows through bench/gpu-bench.ts --measure).
+if (import.meta.filename === process.argv[1] && import.meta.filename.endsWith('.ts')) {
   const result = await measure(JSON.parse(process.argv[2]) as MeasureConfig);
   console.log(JSON.stringify(result));
   process.exit(0); // wasm pthreads and the GPU device would otherwise linger

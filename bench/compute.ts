@@ -26,7 +26,10 @@ import type { MeasureConfig, MeasureResult } from './compute-measure.ts';
 
 export interface ComputeOptions {
   quick: boolean;
-  /** a machine with a GPU (bench/device.sh): WebGPU (Dawn) against PyTorch CUDA, written as compute.device.json */
+  /**
+   * a machine with a GPU (bench/gpu-bench.ts, the bundle's loramesh-bench-gpu): WebGPU (Dawn)
+   * against PyTorch CUDA, written as compute.device.json
+   */
   device?: boolean;
   /** write results (default true; quick writes compute.quick.json and leaves RESULTS.md alone) */
   write?: boolean;
@@ -36,6 +39,19 @@ export interface ComputeOptions {
   large?: boolean;
   /** rows to run instead of the default plan (tests use a tiny one) */
   rows?: MeasureConfig[];
+  /**
+   * How a row's process starts: the Node arguments before the row's JSON. Default: the TypeScript
+   * source through tsx (bench/compute-measure.ts); the offline bundle runs its own built file.
+   */
+  measureArgv?: string[];
+  /** where the JSON goes (default bench/results/) */
+  resultsDir?: string;
+  /** the Markdown file whose section the table replaces (default bench/RESULTS.md) */
+  resultsMd?: string;
+  /** a row's process is stopped after this long and the row reported unavailable (default: no limit) */
+  rowTimeoutMs?: number;
+  /** lines under the table's provenance line (the GPU bench names the GPU, adapter and PyTorch) */
+  notes?: string[];
 }
 
 export interface ComputeRow {
@@ -43,6 +59,8 @@ export interface ComputeRow {
   backend: string;
   threads: number;
   software: boolean;
+  /** the GPU adapter a WebGPU row ran on */
+  adapter?: string;
   description: string;
   tokens: number;
   gflopPerStep: number;
@@ -81,19 +99,6 @@ export const FLOP_FORMULA =
   'elementwise work not counted)';
 
 const GPT2_SHAPE = { batch: 2, time: 128 };
-
-function devicePlan(): MeasureConfig[] {
-  const row = (model: MeasureConfig['model'], warmup: number, repeats: number): MeasureConfig => ({
-    model,
-    backend: 'webgpu',
-    threads: 1,
-    warmup,
-    repeats,
-    ...GPT2_SHAPE,
-    torchDevice: 'cuda',
-  });
-  return [row('demo', 3, 20), row('gpt2-small', 3, 20)];
-}
 
 function plan(quick: boolean): MeasureConfig[] {
   const cores = availableParallelism();
@@ -152,16 +157,22 @@ function largePlan(): MeasureConfig[] {
   return [row('int8', 1), row('nf4', 1), ...(threads > 1 ? [row('nf4', threads)] : [])];
 }
 
-function runRow(config: MeasureConfig): MeasureResult | { error: string } {
-  const out = spawnSync(
-    process.execPath,
-    ['--import', 'tsx', join(import.meta.dirname, 'compute-measure.ts'), JSON.stringify(config)],
-    {
-      encoding: 'utf8',
-      maxBuffer: 64 * 2 ** 20,
-      env: { ...process.env, LORAMESH_WASM_THREADS: '' },
-    },
-  );
+const SOURCE_MEASURE_ARGV = ['--import', 'tsx', join(import.meta.dirname, 'compute-measure.ts')];
+
+function runRow(
+  config: MeasureConfig,
+  measureArgv = SOURCE_MEASURE_ARGV,
+  timeoutMs?: number,
+): MeasureResult | { error: string } {
+  const out = spawnSync(process.execPath, [...measureArgv, JSON.stringify(config)], {
+    encoding: 'utf8',
+    maxBuffer: 64 * 2 ** 20,
+    env: { ...process.env, LORAMESH_WASM_THREADS: '' },
+    timeout: timeoutMs,
+    killSignal: 'SIGKILL',
+  });
+  if (out.error && (out.error as NodeJS.ErrnoException).code === 'ETIMEDOUT')
+    return { error: `stopped after the row limit of ${Math.round(timeoutMs! / 1000)} s` };
   if (out.status === 0) return JSON.parse(out.stdout.trim().split('\n').pop()!) as MeasureResult;
   const lines = out.stderr.split('\n').filter((l) => /error|Error|fail/i.test(l) && l.length < 400);
   return { error: (lines.find((l) => /LM_ERR|Error:/.test(l)) ?? lines[0] ?? `exit ${out.status}`).trim() };
@@ -177,6 +188,7 @@ function toRow(r: MeasureResult): ComputeRow {
     backend: r.backend.name,
     threads: r.backend.threads ?? r.config.threads,
     software: r.backend.software,
+    adapter: r.backend.adapter,
     description: r.workload.description,
     tokens: r.workload.tokens,
     gflopPerStep,
@@ -213,7 +225,8 @@ const range = (s: Stats, digits = 0) =>
   `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`;
 const backendLabel = (r: ComputeRow) =>
   `${r.backend}${r.backend === 'wasm' ? ` ${r.threads} thread${r.threads === 1 ? '' : 's'}` : ''}` +
-  `${r.software ? ' (software)' : ''}`;
+  `${r.backend === 'webgpu' && r.adapter ? ` on ${r.adapter}` : ''}` +
+  `${r.software ? ' (software device)' : ''}`;
 
 /** Bold median ratio with its range; a software device's ratio is shown but is no speed figure. */
 function ratioCell(r: ComputeRow): string {
@@ -254,20 +267,21 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
   const command =
     opts.command ??
     (opts.device
-      ? 'bench/device.sh'
+      ? 'npm run bench:gpu'
       : `npm run bench:compute${opts.quick ? ' -- --quick' : opts.large ? ' -- --large' : ''}`);
   const date = new Date().toISOString();
   const host = machine();
   const rows: ComputeRow[] = [];
   const unavailable: ComputeResult['unavailable'] = [];
-  const rowsToRun = opts.rows ?? (opts.device ? devicePlan() : opts.large ? largePlan() : plan(opts.quick));
+  if (opts.device && !opts.rows) throw new Error('the GPU bench names its rows (bench/gpu-bench.ts)');
+  const rowsToRun = opts.rows ?? (opts.large ? largePlan() : plan(opts.quick));
   for (const config of rowsToRun) {
     const what =
       `${config.model}${config.baseFormat ? ` (${config.baseFormat} base)` : ''} on ${config.backend}` +
       `${config.backend === 'wasm' ? ` (${config.threads} thread${config.threads === 1 ? '' : 's'})` : ''}`;
     log(`${what}: ${config.warmup} warm-up + ${config.repeats} steps, each followed by the same step in PyTorch…`);
     const t0 = performance.now();
-    const r = runRow(config);
+    const r = runRow(config, opts.measureArgv, opts.rowTimeoutMs);
     const seconds = ((performance.now() - t0) / 1000).toFixed(0);
     if ('error' in r) {
       unavailable.push({ model: config.model, backend: config.backend, reason: r.error });
@@ -309,10 +323,11 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
     writeJson(
       opts.device ? 'compute.device' : opts.large ? 'compute.large' : opts.quick ? 'compute.quick' : 'compute',
       result,
+      opts.resultsDir,
     );
     if (!opts.quick) {
       const [marker, heading] = opts.device
-        ? ['compute-device-table', 'Compute on a GPU machine (`bench/device.sh`)']
+        ? ['compute-device-table', 'Compute on a GPU machine (`loramesh-bench-gpu`, `npm run bench:gpu`)']
         : opts.large
           ? [
               'compute-large-table',
@@ -324,6 +339,7 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
         heading,
         [
           provenance(date, command, host),
+          ...(opts.notes ?? []),
           '',
           ...tableLines(result),
           ...(opts.large ? ['', LARGE_NOTE] : []),
@@ -336,23 +352,25 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
               ]
             : []),
         ].join('\n'),
+        opts.resultsMd,
       );
     }
   }
   return result;
 }
 
-if (import.meta.filename === process.argv[1]) {
+// Run as a script from source only: in the offline bundle this module is part of bench/gpu-bench.ts.
+if (import.meta.filename === process.argv[1] && import.meta.filename.endsWith('.ts')) {
   const args = process.argv.slice(2);
-  const unknown = args.filter((a) => !['--quick', '--no-write', '--device', '--large'].includes(a));
+  const unknown = args.filter((a) => !['--quick', '--no-write', '--large'].includes(a));
   if (unknown.length)
     throw new Error(
-      `unknown argument ${JSON.stringify(unknown[0])}; expected --quick, --device, --large or --no-write`,
+      `unknown argument ${JSON.stringify(unknown[0])}; expected --quick, --large or --no-write ` +
+        '(the GPU rows: npm run bench:gpu)',
     );
   await runComputeBench({
     quick: args.includes('--quick'),
     large: args.includes('--large'),
-    device: args.includes('--device'),
     write: !args.includes('--no-write'),
   });
 }

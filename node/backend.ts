@@ -15,6 +15,7 @@ import { isSoftwareAdapter } from '../kernels/software-device.ts';
 import { installWasmKernels } from '../kernels/wasm-kernels.ts';
 import { installWebgpuCompactKernels } from '../kernels/webgpu-compact.ts';
 import { MAX_WASM_THREADS, registerThreadedWasm } from './wasm-threads.ts';
+import { missingVulkan, probeVulkan, useNvidiaIcd } from './vulkan.ts';
 
 const require = createRequire(import.meta.url);
 // Registers tfjs-core's gradients on the shared engine (see scripts/build-gradients.mjs).
@@ -152,13 +153,17 @@ async function initWebgpu(log: (line: string) => void): Promise<BackendInfo> {
   // Vulkan is Dawn's WebGPU backend on Linux; also probing its OpenGL ES backend only prints EGL
   // (XDG_RUNTIME_DIR) errors on headless machines.
   const flags = process.platform === 'linux' ? ['backend=vulkan'] : [];
+  const probe = process.platform === 'linux' ? probeVulkan() : null;
+  const nvidiaIcd = probe && useNvidiaIcd(probe);
+  if (nvidiaIcd) log(`NVIDIA's Vulkan driver has no manifest here: wrote ${nvidiaIcd} and set VK_DRIVER_FILES to it`);
   let gpu = dawn.create(flags);
   let adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
-  let why = process.env.VK_ICD_FILENAMES
-    ? `VK_ICD_FILENAMES=${process.env.VK_ICD_FILENAMES} offers none`
+  const listed = process.env.VK_DRIVER_FILES || process.env.VK_ICD_FILENAMES;
+  let why = listed
+    ? `VK_DRIVER_FILES/VK_ICD_FILENAMES=${listed} offers none`
     : `no Vulkan driver offers one and ${SWIFTSHADER_ICD} is missing`;
   let pickedSwiftShader = false;
-  if (!adapter && process.platform === 'linux' && !process.env.VK_ICD_FILENAMES && existsSync(SWIFTSHADER_ICD)) {
+  if (!adapter && process.platform === 'linux' && !listed && existsSync(SWIFTSHADER_ICD)) {
     // The Vulkan loader reads VK_ICD_FILENAMES when Dawn creates its instance, so a new one sees it.
     process.env.VK_ICD_FILENAMES = SWIFTSHADER_ICD;
     gpu = dawn.create(flags);
@@ -169,11 +174,14 @@ async function initWebgpu(log: (line: string) => void): Promise<BackendInfo> {
       'is the Vulkan loader libvulkan.so.1 installed?';
   }
   if (!adapter) {
+    const missing = probe ? missingVulkan(probe) : [];
     return fail(
       ErrorCodes.BACKEND,
-      `backend "webgpu": no WebGPU adapter (${why}). Without a GPU, install the Vulkan loader and ` +
-        "Chromium's SwiftShader (apt-get install libvulkan1 chromium) " +
-        "or set VK_ICD_FILENAMES to a Vulkan driver's ICD json",
+      `backend "webgpu": no WebGPU adapter (${why}). ` +
+        (missing.length ? `Missing: ${missing.join('; ')}. ` : '') +
+        'On a GPU machine, install its Vulkan driver or set VK_DRIVER_FILES to its ICD json ' +
+        "(e.g. nvidia_icd.json); without a GPU, install the Vulkan loader and Chromium's SwiftShader " +
+        '(apt-get install libvulkan1 chromium)',
     );
   }
   const software = isSoftwareAdapter(adapter);

@@ -401,4 +401,7 @@ function main(): void {
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) main();
+// Run as a script from source only: bundled into another entry (the offline bundle), import.meta.url is
+// that entry's, which would otherwise match.
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href && import.meta.url.endsWith('.ts'))
+  main();

@@ -5,7 +5,6 @@
  */
 import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { Resvg } from '@resvg/resvg-js';
 import type * as tf from '@tensorflow/tfjs-core';
 import { loraScaling, type LoraConfig, type ModelConfig } from '../../shared/config.ts';
 import { ErrorCodes, fail } from '../../shared/errors.ts';
@@ -16,6 +15,7 @@ import { denseSvd, matrixFrom } from '../../shared/analysis/svd.ts';
 import type { Matrix } from 'ml-matrix';
 import { readAdapterDir } from './adapter-io.ts';
 import { writeAtomic } from './run-dir.ts';
+import { optionalPackage } from '../../node/optional-package.ts';
 
 export interface LoadedAdapterMatrices extends AdapterMatrices {
   lora: LoraConfig;
@@ -117,13 +117,24 @@ export function writeJson(dir: string, name: string, value: unknown): string {
   return path;
 }
 
-/** name.svg and name.png (2× scale, white background) in dir; returns both paths. */
+let pngSkipNoted = false;
+
+/**
+ * name.svg and name.png (2× scale, white background) in dir; returns the paths written. Without
+ * @resvg/resvg-js (the offline bundle leaves it out) only the SVG is written, and that is said once.
+ */
 export function writeFigure(dir: string, name: string, svg: string): string[] {
   mkdirSync(dir, { recursive: true });
   const svgPath = join(dir, `${name}.svg`);
   const pngPath = join(dir, `${name}.png`);
   writeAtomic(svgPath, svg);
-  const png = new Resvg(svg, {
+  const resvg = optionalPackage<typeof import('@resvg/resvg-js')>('@resvg/resvg-js');
+  if (!resvg) {
+    if (!pngSkipNoted) console.error('note: @resvg/resvg-js is not installed here: figures are written as SVG only');
+    pngSkipNoted = true;
+    return [svgPath];
+  }
+  const png = new resvg.Resvg(svg, {
     fitTo: { mode: 'zoom', value: 2 },
     background: 'white',
     font: { loadSystemFonts: true, defaultFontFamily: 'DejaVu Sans' },
