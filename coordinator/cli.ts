@@ -1,5 +1,5 @@
 /**
- * loramesh command line: train (coordinator), worker, generate, demo.
+ * loramesh command line: train (coordinator), worker, generate, merge, logits, demo.
  * Run `loramesh <command> --help` for every option and its default.
  */
 import { Command, CommanderError } from 'commander';
@@ -10,7 +10,7 @@ import { LoraMeshError } from '../shared/errors.ts';
 import { BACKENDS } from '../node/backend-names.ts';
 import { AGGREGATIONS } from '../shared/train/robust.ts';
 import { defaultCacheDir } from '../node/cache-dir.ts';
-import { addresses, host, int, modules, num, oneOf, outlierFactor, port } from './cli/options.ts';
+import { addresses, host, int, modules, num, oneOf, outlierFactor, port, tokenIds } from './cli/options.ts';
 import { DEFAULT_NET_LIMITS } from './net/net-limits.ts';
 import { registerAnalysisCommands } from './cli/analysis-cli.ts';
 import { DEMO_MODEL_DIR } from './io/paths.ts';
@@ -435,6 +435,35 @@ program
     const { mergeCommand } = await import('./commands/merge.ts');
     await initBackend(o.backend, (l) => console.error(l));
     await mergeCommand(o);
+  });
+
+program
+  .command('logits')
+  .description(
+    'write the logits and greedy tokens of token-id prompts (base + unmerged adapter) to a safetensors file, ' +
+      'for scripts/interop/peft_check.py',
+  )
+  .option('--model <dir>', 'base model directory', DEMO_MODEL_DIR)
+  .option('--adapter <dir>', 'PEFT adapter directory (a run folder: its run_config.json gives the base format)')
+  .requiredOption(
+    '--prompt-ids <ids>',
+    'a prompt as comma-separated token ids (repeat the flag for several)',
+    (v: string, prev: number[][] = []) => [...prev, tokenIds(v)],
+  )
+  .option('--greedy-tokens <n>', 'greedy tokens per prompt (no EOS stop)', int(1), 32)
+  .option(
+    '--base-format <format>',
+    `the compact base the adapter was trained on when no run_config.json says it: ${BASE_FORMATS.join(' | ')}; ` +
+      'int8/nf4/f16/bf16 add logits_compact.k',
+    oneOf(BASE_FORMATS),
+  )
+  .requiredOption('--out <file>', 'the safetensors file to write')
+  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), DEPLOY.backend)
+  .action(async (o) => {
+    const { initBackend } = await import('../node/backend.ts');
+    const { logitsCommand } = await import('./commands/logits.ts');
+    await initBackend(o.backend, (l) => console.error(l));
+    await logitsCommand(o);
   });
 
 program

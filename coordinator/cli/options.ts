@@ -22,6 +22,14 @@ export function num(min: number, max = Infinity) {
   };
 }
 
+/** A comma list of token ids (non-negative integers), e.g. `1,5,9`; the vocabulary is checked by the command. */
+export function tokenIds(value: string): number[] {
+  const parts = value.split(',').map((s) => s.trim());
+  if (parts.some((s) => !/^\d+$/.test(s)))
+    throw new InvalidArgumentError(`expected a comma list of token ids (integers ≥ 0), got ${JSON.stringify(value)}`);
+  return parts.map(Number);
+}
+
 export function modules(value: string): LinearModule[] {
   const list = value
     .split(',')

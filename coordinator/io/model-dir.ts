@@ -23,7 +23,11 @@ export interface ModelDir {
   config: ModelConfig;
   /** config.json as written, kept for copying into merged models */
   rawConfig: Record<string, unknown>;
-  tokenizer: TextTokenizer;
+  /**
+   * Read on first use, so commands that take token ids (merge, logits) open a folder without one;
+   * a missing or oversized tokenizer fails there.
+   */
+  readonly tokenizer: TextTokenizer;
   /** the files a worker needs: config.json and the weight files */
   files: ModelFile[];
   /** tokenizer and generation files to copy alongside a merged model */
@@ -88,12 +92,6 @@ export async function openModelDir(dirArg: string): Promise<ModelDir> {
   if (!existsSync(configPath)) fail(ErrorCodes.MODEL, `--model ${dirArg}: no config.json`);
   const rawConfig = readJson(configPath, 'model config');
   const config = checkModelConfig(rawConfig);
-  const tokenizer = loadTokenizer(dir, dirArg, config);
-  if (tokenizer.vocabSize > config.vocab_size)
-    fail(
-      ErrorCodes.MODEL,
-      `the tokenizer has ${tokenizer.vocabSize} tokens but config.vocab_size is ${config.vocab_size}`,
-    );
   const files: ModelFile[] = [];
   for (const name of ['config.json', ...weightFileNames(dir, dirArg)]) {
     const path = join(dir, name);
@@ -106,7 +104,27 @@ export async function openModelDir(dirArg: string): Promise<ModelDir> {
     'special_tokens_map.json',
     'vocab.json',
   ].filter((f) => existsSync(join(dir, f)));
-  return { dir, config, rawConfig, tokenizer, files, extraFiles };
+  let tokenizer: TextTokenizer | undefined;
+  return {
+    dir,
+    config,
+    rawConfig,
+    files,
+    extraFiles,
+    get tokenizer() {
+      return (tokenizer ??= checkedTokenizer(dir, dirArg, config));
+    },
+  };
+}
+
+function checkedTokenizer(dir: string, dirArg: string, config: ModelConfig): TextTokenizer {
+  const tokenizer = loadTokenizer(dir, dirArg, config);
+  if (tokenizer.vocabSize > config.vocab_size)
+    fail(
+      ErrorCodes.MODEL,
+      `the tokenizer has ${tokenizer.vocabSize} tokens but config.vocab_size is ${config.vocab_size}`,
+    );
+  return tokenizer;
 }
 
 export function loadWeights(model: ModelDir): LoadedWeights {

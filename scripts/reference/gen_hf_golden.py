@@ -1,10 +1,10 @@
-"""Golden fixtures for three tiny models in Hugging Face checkpoint layout, from the independent PyTorch
-references (llama_torch.py for Llama / Qwen2, gpt2_torch.py for GPT-2).
+"""Golden fixtures for four tiny models in Hugging Face checkpoint layout, from the independent PyTorch
+references (llama_torch.py for Llama / Qwen2 / Mistral, gpt2_torch.py for GPT-2).
 
 Rerun: /usr/bin/python3 scripts/reference/gen_hf_golden.py   (Debian python3-torch; no transformers,
 no safetensors package needed). Output is deterministic (seeded); rerunning rewrites identical files.
 
-For each model <name> in llama-tied-gqa, qwen2, gpt2 it writes test/fixtures/hf/<name>/:
+For each model <name> in llama-tied-gqa, qwen2, gpt2, mistral it writes test/fixtures/hf/<name>/:
   f32/config.json, f32/model.safetensors     random weights stored as F32 (HF names, metadata format=pt)
   bf16/config.json, bf16/model.safetensors   the same weights rounded to BF16 by torch
   sharded/ (llama-tied-gqa only)             the F32 weights over model-0000{1,2}-of-00002.safetensors
@@ -16,7 +16,8 @@ For each model <name> in llama-tied-gqa, qwen2, gpt2 it writes test/fixtures/hf/
   golden.json                                config, LoRA config, loss_sum, token_count, the PEFT adapter
                                              keys/shapes and adapter_config fields PEFT would write
 GPT-2: f32/ names carry the "transformer." prefix (GPT2LMHeadModel.save_pretrained); bf16/ names do not
-(the original hub gpt2 checkpoint). Tied models store no lm_head.weight.
+(the original hub gpt2 checkpoint). Tied models store no lm_head.weight. mistral has sliding_window 4 < T = 8,
+so the window changes the logits (asserted, as rope_scaling's effect is for qwen2).
 
 Everything is computed in float64 from the stored (float32- or bfloat16-rounded) values:
 logits_f32 from the F32 weights, logits_bf16 from the BF16 weights read back from the file and upcast,
@@ -60,6 +61,13 @@ QWEN2_CONFIG = {
     "rope_scaling": {"rope_type": "linear", "factor": 2.0}, "use_sliding_window": False, "sliding_window": 64,
     "max_window_layers": 2, "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True,
     "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+}
+MISTRAL_CONFIG = {
+    "architectures": ["MistralForCausalLM"], "model_type": "mistral", "vocab_size": 64, "hidden_size": 32,
+    "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "head_dim": 8, "hidden_act": "silu", "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0, "sliding_window": 4, "attention_dropout": 0.0, "initializer_range": 0.02,
+    "use_cache": True, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
 }
 GPT2_CONFIG = {
     "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 64, "n_positions": 64, "n_ctx": 64,
@@ -307,6 +315,13 @@ def build(name, config, seed):
         rope_effect = (unscaled - logits_f32).abs().max().item()
         assert rope_effect > 1e-3, "rope_scaling had no effect"
         extra = f", rope_scaling effect {rope_effect:.2e}"
+    if config.get("sliding_window") and config.get("use_sliding_window") is not False:
+        assert config["sliding_window"] < T, "the window must be shorter than the sequence to matter"
+        with torch.no_grad():
+            full = Model({**config, "sliding_window": None}, weights).forward(ids.long())
+        window_effect = (full - logits_f32).abs().max().item()
+        assert window_effect > 1e-3, "sliding_window had no effect"
+        extra += f", sliding_window effect {window_effect:.2e}"
     print(f"[{name}] finite differences vs autograd ({fd_n} entries, float64): max relative error {fd_err:.2e}; "
           f"merged vs LoRA logits: max abs diff {merge_diff:.2e}; LoRA effect {lora_effect:.2e}; "
           f"BF16 effect {bf16_effect:.2e}{extra}")
@@ -345,8 +360,9 @@ def folder_size(path):
 
 
 def main():
+    # Appended models take the next seed, so the earlier fixtures stay byte-identical.
     for seed, (name, config) in enumerate([("llama-tied-gqa", LLAMA_CONFIG), ("qwen2", QWEN2_CONFIG),
-                                           ("gpt2", GPT2_CONFIG)]):
+                                           ("gpt2", GPT2_CONFIG), ("mistral", MISTRAL_CONFIG)]):
         build(name, config, 4321 + 100 * seed)
     for d, _, fs in sorted(os.walk(OUT)):
         for f in sorted(fs):

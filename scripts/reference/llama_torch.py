@@ -2,8 +2,9 @@
 (RMSNorm, rotary embeddings with rotate_half, SwiGLU, grouped-query attention, tied or untied
 embeddings) with LoRA branches y = x W^T + (alpha/r) (x A^T) B^T. Written from the HF/LoRA
 papers' definitions, not from loramesh's TypeScript, so agreement between the two means something.
-Optional linear biases (`<path>.bias`, e.g. Qwen2's q/k/v) are added when present, and
-`rope_scaling` of type "linear" divides positions by its factor (HF's linear RoPE scaling).
+Optional linear biases (`<path>.bias`, e.g. Qwen2's q/k/v) are added when present,
+`rope_scaling` of type "linear" divides positions by its factor (HF's linear RoPE scaling), and a
+`sliding_window` w (Mistral) lets the query at position i attend only to keys j with i - w < j <= i.
 
 Also a minimal safetensors reader/writer (the `safetensors` package is not in Debian).
 Run with Debian's /usr/bin/python3 (python3-torch).
@@ -77,6 +78,22 @@ def rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def sliding_window(config):
+    """Mistral's sliding_window (None: full causal attention). Qwen2 writes a sliding_window too but
+    uses it only with use_sliding_window: true."""
+    if config.get("use_sliding_window") is False:
+        return None
+    return config.get("sliding_window")
+
+
+def attention_mask(t, window, dtype):
+    """(t, t) additive mask: 0 where query i may see key j (j <= i and i - j < window), -inf elsewhere."""
+    mask = torch.full((t, t), float("-inf"), dtype=dtype).triu(1)
+    if window is not None:
+        mask = mask + torch.full((t, t), float("-inf"), dtype=dtype).tril(-window)
+    return mask
+
+
 def rope_position_divisor(config):
     """HF's linear RoPE scaling (LlamaLinearScalingRotaryEmbedding / rope_type "linear") divides positions by
     `factor` (equivalently inv_freq / factor). No rope_scaling or rope_type "default" leaves them as is."""
@@ -124,7 +141,7 @@ class LlamaLora:
         freqs = torch.outer(torch.arange(t, dtype=torch.float64) / rope_position_divisor(c), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-        mask = torch.full((t, t), float("-inf"), dtype=dtype).triu(1)
+        mask = attention_mask(t, sliding_window(c), dtype)
         h = self.w["model.embed_tokens.weight"][ids]
         for i in range(c["num_hidden_layers"]):
             p = f"model.layers.{i}"

@@ -1,6 +1,7 @@
 // Hugging Face checkpoints against independent PyTorch references (scripts/reference/
 // gen_hf_golden.py, float64): a tied GQA Llama, a Qwen2 with q/k/v biases and linear RoPE
-// scaling, and a GPT-2 with Conv1D weights, loaded from F32, BF16 and sharded files.
+// scaling, a GPT-2 with Conv1D weights and a Mistral with a sliding window (4 < T = 8), loaded
+// from F32, BF16 and sharded files.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -26,7 +27,7 @@ function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return m;
 }
 
-for (const name of ['llama-tied-gqa', 'qwen2', 'gpt2']) {
+for (const name of ['llama-tied-gqa', 'qwen2', 'gpt2', 'mistral']) {
   const dir = join(root, name);
   const meta = JSON.parse(readFileSync(join(dir, 'golden.json'), 'utf8'));
   const golden = decodeSafetensors(new Uint8Array(readFileSync(join(dir, 'golden.safetensors')))).tensors;
@@ -118,6 +119,28 @@ for (const name of ['llama-tied-gqa', 'qwen2', 'gpt2']) {
       assert.deepEqual(written[field], value, `adapter_config.${field}`);
   });
 }
+
+// The window must be what makes mistral match: without it the same weights give other logits.
+test('mistral: the sliding window is applied (ignoring it moves the logits by > 1e-2)', () => {
+  const dir = join(root, 'mistral');
+  const raw = JSON.parse(readFileSync(join(dir, 'f32', 'config.json'), 'utf8'));
+  assert.equal(raw.sliding_window, 4);
+  const golden = decodeSafetensors(new Uint8Array(readFileSync(join(dir, 'golden.safetensors')))).tensors;
+  const ids = golden.get('input_ids')!;
+  const logitsWith = (sliding_window: number | null) => {
+    const config = checkModelConfig({ ...raw, sliding_window });
+    const { weights } = loadSafetensorsFiles(config, [join(dir, 'f32', 'model.safetensors')]);
+    return tf.tidy(() =>
+      createModel(config)
+        .forward(new FrozenBase(config, weights), tf.tensor2d(ids.data as Int32Array, ids.shape as [number, number]))
+        .dataSync(),
+    );
+  };
+  const reference = golden.get('logits_f32')!.data;
+  assert.ok(maxDiff(logitsWith(4), reference) <= 1e-4);
+  const withoutWindow = maxDiff(logitsWith(null), reference);
+  assert.ok(withoutWindow > 1e-2, `ignoring the window changes the logits by only ${withoutWindow}`);
+});
 
 test('llama-tied-gqa: a sharded checkpoint (index + 2 files) loads the same tensors as the single file', () => {
   const dir = join(root, 'llama-tied-gqa');
