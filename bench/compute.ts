@@ -275,41 +275,14 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
   const unavailable: ComputeResult['unavailable'] = [];
   if (opts.device && !opts.rows) throw new Error('the GPU bench names its rows (bench/gpu-bench.ts)');
   const rowsToRun = opts.rows ?? (opts.large ? largePlan() : plan(opts.quick));
-  for (const config of rowsToRun) {
-    const what =
-      `${config.model}${config.baseFormat ? ` (${config.baseFormat} base)` : ''} on ${config.backend}` +
-      `${config.backend === 'wasm' ? ` (${config.threads} thread${config.threads === 1 ? '' : 's'})` : ''}`;
-    log(`${what}: ${config.warmup} warm-up + ${config.repeats} steps, each followed by the same step in PyTorch…`);
-    const t0 = performance.now();
-    const r = runRow(config, opts.measureArgv, opts.rowTimeoutMs);
-    const seconds = ((performance.now() - t0) / 1000).toFixed(0);
-    if ('error' in r) {
-      unavailable.push({ model: config.model, backend: config.backend, reason: r.error });
-      log(`  unavailable (${seconds} s): ${r.error}`);
-      continue;
-    }
-    const row = toRow(r);
-    rows.push(row);
-    log(
-      `  ${fmt(row.gflopPerStep)} GFLOP/step, ${row.tokens} tokens: ${range(row.ms, 1)} ms/step, ` +
-        `${row.tokensPerSecond.toFixed(0)} tokens/s, ${row.gflops.toFixed(1)} GFLOP/s` +
-        (row.torch
-          ? `; ${row.torch.label} ${range(row.torch.ms, 1)} ms/step; ` +
-            `ratio ${range(row.ratio!, 2)}× (CPU time ${range(row.cpuRatio!, 2)}×)`
-          : '') +
-        `; largest matmul alone ${row.gemm.gflops.toFixed(1)}` +
-        `${row.gemm.torchGflops ? ` vs ${row.gemm.torchGflops.toFixed(1)}` : ''} GFLOP/s` +
-        (row.note ? `; ${row.note}` : '') +
-        ` (${seconds} s)`,
-    );
-  }
-  const figures = rows.flatMap((r) => [
-    figure(`${r.model} ${backendLabel(r)} ms/step`, 'ms', r.samples.ms),
-    ...(r.samples.ratio
-      ? [figure(`${r.model} ${backendLabel(r)} / PyTorch (same threads)`, '×', r.samples.ratio)]
-      : []),
-  ]);
-  const result: ComputeResult = {
+  const figures = () =>
+    rows.flatMap((r) => [
+      figure(`${r.model} ${backendLabel(r)} ms/step`, 'ms', r.samples.ms),
+      ...(r.samples.ratio
+        ? [figure(`${r.model} ${backendLabel(r)} / PyTorch (same threads)`, '×', r.samples.ratio)]
+        : []),
+    ]);
+  const current = (): ComputeResult => ({
     date,
     quick: opts.quick,
     command,
@@ -317,9 +290,9 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
     flopFormula: FLOP_FORMULA,
     rows,
     unavailable,
-    figures,
-  };
-  if (write) {
+    figures: figures(),
+  });
+  const save = (result: ComputeResult) => {
     writeJson(
       opts.device ? 'compute.device' : opts.large ? 'compute.large' : opts.quick ? 'compute.quick' : 'compute',
       result,
@@ -355,7 +328,39 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
         opts.resultsMd,
       );
     }
+  };
+  for (const config of rowsToRun) {
+    const what =
+      `${config.model}${config.baseFormat ? ` (${config.baseFormat} base)` : ''} on ${config.backend}` +
+      `${config.backend === 'wasm' ? ` (${config.threads} thread${config.threads === 1 ? '' : 's'})` : ''}`;
+    log(`${what}: ${config.warmup} warm-up + ${config.repeats} steps, each followed by the same step in PyTorch…`);
+    const t0 = performance.now();
+    const r = runRow(config, opts.measureArgv, opts.rowTimeoutMs);
+    const seconds = ((performance.now() - t0) / 1000).toFixed(0);
+    if ('error' in r) {
+      unavailable.push({ model: config.model, backend: config.backend, reason: r.error });
+      log(`  unavailable (${seconds} s): ${r.error}`);
+      continue;
+    }
+    const row = toRow(r);
+    rows.push(row);
+    log(
+      `  ${fmt(row.gflopPerStep)} GFLOP/step, ${row.tokens} tokens: ${range(row.ms, 1)} ms/step, ` +
+        `${row.tokensPerSecond.toFixed(0)} tokens/s, ${row.gflops.toFixed(1)} GFLOP/s` +
+        (row.torch
+          ? `; ${row.torch.label} ${range(row.torch.ms, 1)} ms/step; ` +
+            `ratio ${range(row.ratio!, 2)}× (CPU time ${range(row.cpuRatio!, 2)}×)`
+          : '') +
+        `; largest matmul alone ${row.gemm.gflops.toFixed(1)}` +
+        `${row.gemm.torchGflops ? ` vs ${row.gemm.torchGflops.toFixed(1)}` : ''} GFLOP/s` +
+        (row.note ? `; ${row.note}` : '') +
+        ` (${seconds} s)`,
+    );
+    // the GPU bench keeps what it has so far: a script's time limit can stop it between rows
+    if (write && opts.device) save(current());
   }
+  const result = current();
+  if (write) save(result);
   return result;
 }
 

@@ -132,14 +132,20 @@ export async function runGpuBench(o: GpuBenchOptions, log: (l: string) => void =
     process.env.LORAMESH_BENCH_PYTHON = python.path;
   }
 
-  const quickSoftware = software && !o.models && o.repeats === undefined;
+  // A software device takes seconds to minutes a step: one step per row, and only the demo row,
+  // unless asked otherwise.
+  const quickSoftware = software && o.repeats === undefined;
   if (quickSoftware)
-    log('software device: only the demo row, one step, no warm-up (pass --models / --repeats for more)');
-  const models = o.models ?? (quickSoftware ? ['demo'] : [...MODELS]);
-  const formats = o.formats ?? (quickSoftware ? ['f32'] : ['f32', 'nf4']);
+    log(
+      `software device: one step per row, no warm-up${o.models ? '' : ', the demo row only'} ` +
+        '(--models / --repeats ask for more)',
+    );
+  const models = o.models ?? (software ? ['demo'] : [...MODELS]);
+  const formats = o.formats ?? (software && !o.models ? ['f32'] : ['f32', 'nf4']);
   const rows: MeasureConfig[] = [];
-  for (const model of models) {
-    for (const format of formats) {
+  // every model on the float base first: if a time limit stops the bench, the main rows are in
+  for (const format of formats) {
+    for (const model of models) {
       const large = model === 'qwen2.5-0.5b';
       rows.push({
         model,

@@ -289,22 +289,23 @@ export async function buildBundle(opts) {
   checkRootRelativePaths(result.metafile);
   const inputs = Object.keys(result.metafile.inputs);
 
-  // tfjs-backend-wasm: its .wasm files where its code looks (__dirname: app/), and the threaded
-  // build's files where node/wasm-threads.ts resolves them (the package folder).
+  // tfjs-backend-wasm: its .wasm files where its code looks (__dirname: app/), and wasm-out/ where
+  // node/wasm-threads.ts (the threaded build) and the coordinator's server (browser workers) find it
+  // from the package's package.json; the .d.ts files stay out.
   const wasmPkg = join(ROOT, 'node_modules', '@tensorflow', 'tfjs-backend-wasm');
   for (const f of readdirSync(join(wasmPkg, 'dist')).filter((f) => f.endsWith('.wasm')))
     copyFileSync(join(wasmPkg, 'dist', f), join(stage, 'app', f));
-  for (const f of [
-    'package.json',
-    'wasm-out/tfjs-backend-wasm-threaded-simd.js',
-    'wasm-out/tfjs-backend-wasm-threaded-simd.worker.js',
-    'wasm-out/tfjs-backend-wasm-threaded-simd.wasm',
-  ])
-    copyInto(stage, join(wasmPkg, f));
+  copyInto(stage, join(wasmPkg, 'package.json'));
+  for (const f of readdirSync(join(wasmPkg, 'wasm-out')).filter((f) => !f.endsWith('.d.ts')))
+    copyInto(stage, join(wasmPkg, 'wasm-out', f));
   // webgpu: its loader and only this platform's Dawn.
   for (const f of ['package.json', 'index.js', 'LICENSE.md']) copyInto(stage, join(ROOT, 'node_modules', 'webgpu', f));
   copyInto(stage, join(dawnDir, 'dawn.node'));
   copyInto(stage, join(ROOT, 'build', 'tfjs-gradients.cjs'));
+  // the pages a coordinator run from the bundle serves (the join page, the dashboard); no source maps
+  await import('./build-web.mjs');
+  for (const f of readdirSync(join(ROOT, 'build', 'web')).filter((f) => !f.endsWith('.map')))
+    copyInto(stage, join(ROOT, 'build', 'web', f));
   copyInto(stage, join(ROOT, 'models', 'demo-base'));
   copyInto(stage, join(ROOT, 'bench', 'torch_compute.py'));
   copyInto(stage, join(ROOT, 'scripts', 'reference', 'llama_torch.py'));

@@ -35,7 +35,12 @@ import {
 } from './net-limits.ts';
 
 const webDir = packagePath('build', 'web');
-const wasmDir = join(dirname(fileURLToPath(import.meta.resolve('@tensorflow/tfjs-backend-wasm'))), '..', 'wasm-out');
+// from the package's folder (its package.json), not its main file: the offline bundle ships the folder
+// without the package's JavaScript (scripts/bundle.mjs)
+const wasmDir = join(
+  dirname(fileURLToPath(import.meta.resolve('@tensorflow/tfjs-backend-wasm/package.json'))),
+  'wasm-out',
+);
 
 export interface ServerOptions {
   host: string;

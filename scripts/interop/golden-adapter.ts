@@ -8,7 +8,7 @@
  * --perturb x adds x to every lora_B value: an adapter that must FAIL the check (the self-test's negative run).
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { checkLoraConfig, checkModelConfig, type LinearModule } from '../../shared/config.ts';
 import { ErrorCodes, fail } from '../../shared/errors.ts';
 import { encodePeftAdapter, type PeftModule, peftAdapterConfig } from '../../shared/formats/peft.ts';
@@ -39,7 +39,9 @@ export function writeGoldenAdapter(fixtureDir: string, outDir: string, perturbB 
   }
   mkdirSync(outDir, { recursive: true });
   writeFileSync(join(outDir, 'adapter_model.safetensors'), encodePeftAdapter(modules));
-  const peftConfig = peftAdapterConfig(lora, resolve(fixtureDir, 'f32'), fanInFanOut(config, lora));
+  // the base named relative to the repository, so the committed adapters (test/fixtures/interop/) hold no machine's path
+  const base = relative(join(import.meta.dirname, '..', '..'), resolve(fixtureDir, 'f32'));
+  const peftConfig = peftAdapterConfig(lora, base, fanInFanOut(config, lora));
   writeFileSync(join(outDir, 'adapter_config.json'), JSON.stringify(peftConfig, null, 2) + '\n');
   return outDir;
 }
