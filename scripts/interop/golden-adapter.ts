@@ -1,9 +1,13 @@
 /**
  * Writes the LoRA weights of a golden fixture (test/fixtures/hf/<name>/golden.safetensors, made by
  * scripts/reference/gen_hf_golden.py) as a PEFT adapter folder, with loramesh's own PEFT writer
- * (shared/formats/peft.ts): the adapter the interoperability self-test and the logits tests load.
+ * (shared/formats/peft.ts): the adapter the interoperability self-test and the logits tests load, and
+ * the committed test/fixtures/interop/<name>/adapter/ the GPU machine's check loads (scripts/gpu-machine.sh;
+ * test/scripts/interop-fixtures.test.ts keeps them equal to this script's output).
  *
  *   npx tsx scripts/interop/golden-adapter.ts test/fixtures/hf/qwen2 /tmp/qwen2-adapter [--perturb 1e-2]
+ *   for m in llama-tied-gqa qwen2 gpt2 mistral; do
+ *     npx tsx scripts/interop/golden-adapter.ts test/fixtures/hf/$m test/fixtures/interop/$m/adapter; done
  *
  * --perturb x adds x to every lora_B value: an adapter that must FAIL the check (the self-test's negative run).
  */
