@@ -142,24 +142,29 @@ export async function runGpuBench(o: GpuBenchOptions, log: (l: string) => void =
     );
   const models = o.models ?? (software ? ['demo'] : [...MODELS]);
   const formats = o.formats ?? (software && !o.models ? ['f32'] : ['f32', 'nf4']);
+  // Order: the small models first, then Qwen with its compact bases before float32 (making Qwen's
+  // weights takes about a minute a row): a time limit that stops the bench cuts the least useful rows.
+  const order = [
+    ...models.filter((m) => m !== 'qwen2.5-0.5b').flatMap((model) => formats.map((format) => ({ model, format }))),
+    ...models
+      .filter((m) => m === 'qwen2.5-0.5b')
+      .flatMap((model) => [...formats].reverse().map((format) => ({ model, format }))),
+  ];
   const rows: MeasureConfig[] = [];
-  // every model on the float base first: if a time limit stops the bench, the main rows are in
-  for (const format of formats) {
-    for (const model of models) {
-      const large = model === 'qwen2.5-0.5b';
-      rows.push({
-        model,
-        backend: 'webgpu',
-        threads: 1,
-        warmup: o.warmup ?? (quickSoftware ? 0 : large ? 1 : 3),
-        repeats: o.repeats ?? (quickSoftware ? 1 : large ? 5 : 10),
-        batch: large ? 1 : 2,
-        time: 128,
-        torchDevice: torchDevice as MeasureConfig['torchDevice'],
-        // a float32 Qwen base is held as one compact float32 copy (the --large rows' convention)
-        ...(format !== 'f32' || large ? { baseFormat: format } : {}),
-      });
-    }
+  for (const { model, format } of order) {
+    const large = model === 'qwen2.5-0.5b';
+    rows.push({
+      model,
+      backend: 'webgpu',
+      threads: 1,
+      warmup: o.warmup ?? (quickSoftware ? 0 : large ? 1 : 3),
+      repeats: o.repeats ?? (quickSoftware ? 1 : large ? 5 : 10),
+      batch: large ? 1 : 2,
+      time: 128,
+      torchDevice: torchDevice as MeasureConfig['torchDevice'],
+      // a float32 Qwen base is held as one compact float32 copy (the --large rows' convention)
+      ...(format !== 'f32' || large ? { baseFormat: format } : {}),
+    });
   }
   const command = BUILT
     ? `./loramesh-bench-gpu ${process.argv.slice(2).join(' ')}`

@@ -15,8 +15,14 @@
 #   INTEROP_ENGINE=…   transformers (default) | reference (the project's float64 references: how this
 #                      script is tried where transformers is missing)
 #   BENCH_MODELS=…, BENCH_FORMATS=…, BENCH_ARGS=…   passed to loramesh-bench-gpu (defaults below)
-#   BENCH_LIMIT_S=210, INTEROP_LIMIT_S=120          time limits of the two parts
+#   BENCH_LIMIT_S=190, INTEROP_LIMIT_S=90           time limits of the two parts (with unpacking: under 5 minutes)
 # Exit status: 0 when the bench wrote rows and every interoperability case ended as expected.
+#
+# With the project's device tool (64 MiB travel with the working tree: the archive, ~32 MiB, plus the
+# checkout, ~10 MiB): `npm run bundle` here, then run
+#   bash scripts/gpu-machine.sh build/bundle/loramesh-0.1.0-linux-x64.tar.xz "$OUT/gpu"
+# with carry = the .tar.xz and its .sha256 and a timeout of about 330 s; OUT/gpu comes back. Its
+# bench/compute.device.md is the compute-device-table section of bench/RESULTS.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ $# -eq 2 ] || { echo "usage: scripts/gpu-machine.sh BUNDLE.tar.xz OUTDIR" >&2; exit 2; }
@@ -74,7 +80,7 @@ stamp "bundle at $B ($(du -sh "$B" | cut -f1) unpacked)"
 # --- the GPU bench ------------------------------------------------------------------------------------
 stamp "GPU bench"
 # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
-timeout --kill-after=10 "${BENCH_LIMIT_S:-210}" "$B/loramesh-bench-gpu" "$OUT/bench" --python "$PYTHON" \
+timeout --kill-after=5 "${BENCH_LIMIT_S:-190}" "$B/loramesh-bench-gpu" "$OUT/bench" --python "$PYTHON" \
   --models "${BENCH_MODELS:-demo,gpt2-small,qwen2.5-0.5b}" --formats "${BENCH_FORMATS:-f32,nf4}" \
   --row-timeout-s 100 ${BENCH_ARGS:-}
 bench_status=$?
@@ -120,7 +126,7 @@ interop() {
   done
   return $failed
 }
-timeout --kill-after=10 "${INTEROP_LIMIT_S:-120}" bash -c "$(declare -f interop); B='$B' OUT='$OUT' PYTHON='$PYTHON' ENGINE='$ENGINE' interop"
+timeout --kill-after=5 "${INTEROP_LIMIT_S:-90}" bash -c "$(declare -f interop); B='$B' OUT='$OUT' PYTHON='$PYTHON' ENGINE='$ENGINE' interop"
 interop_status=$?
 [ $interop_status -eq 0 ] || { echo "gpu-machine: the interoperability check ended with status $interop_status (124: its time limit)"; STATUS=1; }
 
