@@ -72,7 +72,13 @@ test('NVIDIA’s manifest is written when libGLX_nvidia.so.0 is present and no m
 });
 
 test('what is missing is named: the loader, the manifests, and the container capability NVIDIA needs', () => {
-  const none = missingVulkan({ loader: null, bundledLoader: false, driverFilesEnv: null, icds: [], nvidiaLibrary: null });
+  const none = missingVulkan({
+    loader: null,
+    bundledLoader: false,
+    driverFilesEnv: null,
+    icds: [],
+    nvidiaLibrary: null,
+  });
   assert.equal(none.length, 2);
   assert.match(none[0], /libvulkan\.so\.1 .*apt-get install libvulkan1/);
   assert.match(none[1], /ICD json.*libGLX_nvidia\.so\.0 is also absent.*NVIDIA_DRIVER_CAPABILITIES/);
