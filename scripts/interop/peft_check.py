@@ -399,6 +399,7 @@ def main(argv=None):
         verdict(name, "merge_rel", merge_rel, f"worst tensor {worst}"),
     ]
     for problem in getattr(engine, "problems", []):  # the model or adapter did not load as written: fails the run
+        problem = " ".join(problem.split())  # one line, whatever a library's message holds
         print(f"INFO {name}.{problem}")
         print(f"peft_check: {name}: {problem}", file=sys.stderr)
     qlora_note(name, prompts, meta)
