@@ -8,7 +8,10 @@ Run it wherever torch + transformers + peft are installed (never part of `npm te
   python3 scripts/interop/peft_check.py --model MODEL --adapter ADAPTER --reference ref.safetensors \\
       --merged merged/ [--name NAME] [--engine transformers|reference] [--device cpu]
 
-Needs: Python 3.9+, torch; engine `transformers` (default) also transformers (5.x; 4.4x works) and peft.
+Needs: Python 3.9+, torch; engine `transformers` (default) also transformers and peft. Run and passing on all six
+cases of scripts/gpu-machine.sh (four fixtures, demo, demo-nf4) with transformers 5.18.0 + peft 0.21.0 + torch 2.13
+(CPU). 4.x was read, not run: 4.57's generate, masking_utils and dtype handling match what this script relies on;
+before 4.53 (no masking_utils) Mistral's sliding window and before ~4.45 Qwen2's rope_scaling may differ.
 Engine `reference` needs only torch: the project's independent float64 references in scripts/reference/
 (llama_torch.py: Llama, Qwen2, Mistral; gpt2_torch.py: GPT-2) load the same model folder and PEFT files
 and stand in for transformers + PEFT (how the check itself is tested where transformers is missing:
@@ -16,7 +19,10 @@ scripts/interop/selftest.sh). The safetensors package is not needed (scripts/ref
 
 Engine transformers: AutoModelForCausalLM.from_pretrained(MODEL, float32, eager attention) wrapped by
 PeftModel.from_pretrained(model, ADAPTER); logits of each prompt; model.generate of the same number of greedy
-tokens with EOS disabled (do_sample=False, eos_token_id=None); then merge_and_unload() and its parameters.
+tokens with EOS disabled (do_sample=False, eos_token_id=None, also in the model's generation_config, from which
+generate fills every unset field); then merge_and_unload() and its parameters. HF_HUB_OFFLINE=1 unless set.
+Loading is checked too: transformers' loading info (missing, unexpected, mismatched keys), PEFT's warnings, and
+every LoRA layer PEFT built against the adapter file (same modules, exactly the file's A and B, same scaling).
 Engine reference: W + scaling * B A merged in float64 (Conv1D: (B A)^T), greedy by full recompute per token.
 
 Both engines feed the same comparison. The engine is the reference, loramesh's files are compared with it:
@@ -28,12 +34,15 @@ Both engines feed the same comparison. The engine is the reference, loramesh's f
                   GPT-2's "transformer." prefix). Meant for F32 checkpoints: `loramesh merge` keeps a BF16
                   base's dtype, and BF16 rounding alone exceeds 1e-6.
 
-Output (fixed format, one line each; INFO lines only add detail to a FAIL):
+Output (fixed format, one line each; INFO lines add detail to a FAIL or say what did not load):
   ENGINE <engine> torch=<v> transformers=<v|-> peft=<v|-> device=<d> reference=<file> loramesh=<v> base=<fmt>
   CHECK <name>.<check>: PASS|FAIL <value> <tolerance>
+  INFO <name>.base_load|adapter_load: ...  engine transformers: the model or adapter did not load as written
+                              (after the CHECK lines; the exit status is then 1 whatever the CHECKs say)
   NOTE <name>.qlora: ...      when loramesh's metadata says the adapter was trained on a compact base
                               (int8, nf4, f16, bf16): the gap to the float base is stated, never a FAIL.
-Exit status: 0 iff every CHECK passes, 1 if one fails, 2 for unusable input (message on stderr).
+Exit status: 0 iff every CHECK passes and all loaded as written, 1 otherwise, 2 for unusable input (message on
+stderr).
 """
 import argparse
 import json
@@ -184,18 +193,70 @@ class TransformersEngine:
     """transformers' AutoModelForCausalLM + peft's PeftModel, float32."""
 
     def __init__(self, model_dir, adapter_dir, device):
+        # Everything is local: never let huggingface_hub try the network (an offline machine would wait on it).
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+        import warnings
+
         import peft
         import transformers
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
+        torch.set_float32_matmul_precision("highest")  # no TF32 on a GPU: the tolerances are float32's
+        if hasattr(transformers.utils.logging, "disable_progress_bar"):
+            transformers.utils.logging.disable_progress_bar()
         self.versions = {"torch": torch.__version__, "transformers": transformers.__version__,
                          "peft": peft.__version__}
-        major = int(transformers.__version__.split(".")[0])
+        # transformers 5 renamed torch_dtype to dtype (4.56+ take both; 5.x still takes torch_dtype, with a warning).
+        major = int(re.match(r"\d+", transformers.__version__).group())
         dtype = {"dtype": torch.float32} if major >= 5 else {"torch_dtype": torch.float32}
-        base = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", **dtype)
-        self.model = PeftModel.from_pretrained(base, adapter_dir).to(device).eval()
+        base, info = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager",
+                                                          output_loading_info=True, **dtype)
+        # What did not load as written; any entry is reported after the CHECK lines and fails the run.
+        self.problems = [f"base_load: transformers reported {k} {sorted(map(str, info[k]))}"
+                         for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs") if info.get(k)]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = PeftModel.from_pretrained(base, adapter_dir)
+        for w in caught:
+            print(f"peft_check: warning while PEFT loaded the adapter: {w.message}", file=sys.stderr)
+            if "adapter keys" in str(w.message):  # peft: "Found missing adapter keys while loading the checkpoint"
+                self.problems.append(f"adapter_load: peft warned: {w.message}")
+        self.problems += self.loaded_adapter_problems(model, adapter_dir)
+        self.model = model.to(device).eval()
         self.device = device
+
+    @staticmethod
+    def loaded_adapter_problems(model, adapter_dir):
+        """PEFT's LoRA layers against the files: every module of the file has a layer holding exactly its A and B
+        and the file's scaling, and no LoRA layer lacks a module in the file (it would keep its initial weights).
+        Covers what peft reports as missing or unexpected keys, whatever the peft version says."""
+        scaling, lora = read_peft_adapter(adapter_dir)
+        layers = {}
+        for name, module in model.named_modules():
+            halves = getattr(module, "lora_A", None)
+            if isinstance(halves, torch.nn.ModuleDict) and "default" in halves:
+                layers[name.removeprefix("base_model.model.")] = module
+        problems = []
+        if sorted(layers) != sorted(lora):
+            unloaded = sorted(set(lora) - set(layers))
+            untouched = sorted(set(layers) - set(lora))
+            problems.append(f"adapter_load: modules of the file without a PEFT LoRA layer {unloaded[:4]} "
+                            f"({len(unloaded)}); PEFT LoRA layers without weights in the file {untouched[:4]} "
+                            f"({len(untouched)})")
+        for path in sorted(set(layers) & set(lora)):
+            layer, (a, b) = layers[path], lora[path]
+            for side, want, got in (("A", a, layer.lora_A["default"].weight), ("B", b, layer.lora_B["default"].weight)):
+                got = got.detach().to("cpu", torch.float64)
+                if got.shape != want.shape or not torch.equal(got, want):
+                    problems.append(f"adapter_load: {path}.lora_{side} holds other values than the file "
+                                    f"(shape {tuple(got.shape)} vs {tuple(want.shape)})")
+            theirs = float(layer.scaling["default"])
+            if abs(theirs - scaling) > 1e-12 * max(1.0, abs(scaling)):
+                problems.append(f"adapter_load: {path} scaling {theirs} in PEFT, {scaling} from adapter_config.json")
+        return problems
 
     def logits(self, ids):
         ids = ids.reshape(1, -1).to(self.device)
@@ -206,13 +267,22 @@ class TransformersEngine:
     def greedy(self, ids, n):
         import copy
 
-        config = copy.deepcopy(self.model.generation_config)
+        # generate fills every field left None in the config it is given from the model's own generation_config
+        # (transformers 5; 4.50+ likewise for fields at their global default), which would bring the checkpoint's
+        # EOS back and stop early: EOS is removed from the model's generation_config too.
+        own = self.model.get_base_model().generation_config
+        own.eos_token_id = None
+        own.forced_eos_token_id = None
+        config = copy.deepcopy(own)
         config.eos_token_id = None  # exactly n tokens, as loramesh logits writes them
         config.do_sample, config.max_new_tokens, config.min_new_tokens = False, n, None
         config.num_beams, config.temperature, config.top_k, config.top_p = 1, None, None, None
         ids = ids.reshape(1, -1).to(self.device)
         with torch.no_grad():
             out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        # a decoder-only model's generate returns the prompt, then the new tokens
+        if not torch.equal(out[0, :ids.shape[1]], ids[0]):
+            raise InputError("model.generate did not return the prompt ahead of the new tokens")
         return out[0, ids.shape[1]:].tolist()
 
     def merged(self):
@@ -328,8 +398,12 @@ def main(argv=None):
         verdict(name, "greedy", differing, f"{differing} of {sum(len(p['greedy']) for p in prompts)} tokens differ"),
         verdict(name, "merge_rel", merge_rel, f"worst tensor {worst}"),
     ]
+    for problem in getattr(engine, "problems", []):  # the model or adapter did not load as written: fails the run
+        problem = " ".join(problem.split())  # one line, whatever a library's message holds
+        print(f"INFO {name}.{problem}")
+        print(f"peft_check: {name}: {problem}", file=sys.stderr)
     qlora_note(name, prompts, meta)
-    return 0 if all(results) else 1
+    return 0 if all(results) and not getattr(engine, "problems", []) else 1
 
 
 if __name__ == "__main__":
