@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Everything a borrowed GPU machine is for, in one run of at most about 5 minutes: unpack the offline
-# bundle (`npm run bundle`; no Node or npm needed there), run the GPU bench rows (WebGPU through Dawn
-# next to the machine's PyTorch CUDA: the demo model, GPT-2 small's and Qwen2.5-0.5B's shapes, each on
-# a float32 and an nf4 base; Qwen's weights are made on the machine), and the transformers + PEFT
-# interoperability check (scripts/interop/peft_check.py) on the Llama, Qwen2, GPT-2 and Mistral fixtures
-# and on adapters trained there by the bundle (the demo, and the demo on an nf4 base: the QLoRA note).
+# bundle (`npm run bundle`; no Node or npm needed there); run the transformers + PEFT interoperability
+# check (scripts/interop/peft_check.py) on the Llama, Qwen2, GPT-2 and Mistral fixtures and on adapters
+# the bundle trains there (the demo, and the demo on an nf4 base: the QLoRA note); then the GPU bench
+# rows (WebGPU through Dawn next to the machine's PyTorch CUDA: the demo model, GPT-2 small's and
+# Qwen2.5-0.5B's shapes, each on a float32 and an nf4 base; Qwen's weights are made on the machine).
 # Results, logs and a summary go to one folder.
 #
 #   scripts/gpu-machine.sh BUNDLE.tar.xz OUTDIR     (or an unpacked bundle's folder instead of the archive)
@@ -15,7 +15,8 @@
 #   INTEROP_ENGINE=…   transformers (default) | reference (the project's float64 references: how this
 #                      script is tried where transformers is missing)
 #   BENCH_MODELS=…, BENCH_FORMATS=…, BENCH_ARGS=…   passed to loramesh-bench-gpu (defaults below)
-#   BENCH_LIMIT_S=190, INTEROP_LIMIT_S=90           time limits of the two parts (with unpacking: under 5 minutes)
+#   INTEROP_LIMIT_S=120, BENCH_LIMIT_S=…           time limits: the check runs first (its verdicts are the surer
+#                                                   result), the bench gets what is left of 295 s (at least 60)
 # Exit status: 0 when the bench wrote rows and every interoperability case ended as expected.
 #
 # With the project's device tool (64 MiB travel with the working tree: the archive, ~32 MiB, plus the
@@ -77,15 +78,6 @@ fi
 export LORAMESH_CACHE="$WORK/cache"
 stamp "bundle at $B ($(du -sh "$B" | cut -f1) unpacked)"
 
-# --- the GPU bench ------------------------------------------------------------------------------------
-stamp "GPU bench"
-# shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
-timeout --kill-after=5 "${BENCH_LIMIT_S:-190}" "$B/loramesh-bench-gpu" "$OUT/bench" --python "$PYTHON" \
-  --models "${BENCH_MODELS:-demo,gpt2-small,qwen2.5-0.5b}" --formats "${BENCH_FORMATS:-f32,nf4}" \
-  --row-timeout-s 100 ${BENCH_ARGS:-}
-bench_status=$?
-[ $bench_status -eq 0 ] || { echo "gpu-machine: the bench ended with status $bench_status (124: its time limit)"; STATUS=1; }
-
 # --- interoperability ---------------------------------------------------------------------------------
 ENGINE=${INTEROP_ENGINE:-transformers}
 stamp "interoperability check (engine $ENGINE)"
@@ -107,8 +99,10 @@ interop() {
       echo "CASE $name: loramesh logits/merge failed: $(tail -n1 "$OUT/interop/$name/loramesh.log")" | tee -a "$verdicts"
       return 1
     fi
+    # stderr too (an unusable input exits 2 with its reason there); the case's status is peft_check's
     "$PYTHON" scripts/interop/peft_check.py --engine "$ENGINE" --name "$name" --model "$model" --adapter "$adapter" \
-      --reference "$OUT/interop/$name/ref.safetensors" --merged "$OUT/interop/$name/merged" | tee -a "$verdicts"
+      --reference "$OUT/interop/$name/ref.safetensors" --merged "$OUT/interop/$name/merged" 2>&1 | tee -a "$verdicts"
+    return "${PIPESTATUS[0]}"
   }
   local failed=0 m
   for m in llama-tied-gqa qwen2 gpt2 mistral; do
@@ -126,9 +120,22 @@ interop() {
   done
   return $failed
 }
-timeout --kill-after=5 "${INTEROP_LIMIT_S:-90}" bash -c "$(declare -f interop); B='$B' OUT='$OUT' PYTHON='$PYTHON' ENGINE='$ENGINE' interop"
+timeout --kill-after=5 "${INTEROP_LIMIT_S:-120}" bash -o pipefail -c "$(declare -f interop); B='$B' OUT='$OUT' PYTHON='$PYTHON' ENGINE='$ENGINE' interop"
 interop_status=$?
 [ $interop_status -eq 0 ] || { echo "gpu-machine: the interoperability check ended with status $interop_status (124: its time limit)"; STATUS=1; }
+
+
+# --- the GPU bench ------------------------------------------------------------------------------------
+# whatever is left of the 5 minutes (at least a minute): rows are kept as they finish
+BENCH_LIMIT_S=${BENCH_LIMIT_S:-$((295 - (SECONDS - START)))}
+[ "$BENCH_LIMIT_S" -ge 60 ] || BENCH_LIMIT_S=60
+stamp "GPU bench (limit $BENCH_LIMIT_S s)"
+# shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
+timeout --kill-after=5 "$BENCH_LIMIT_S" "$B/loramesh-bench-gpu" "$OUT/bench" --python "$PYTHON" \
+  --models "${BENCH_MODELS:-demo,gpt2-small,qwen2.5-0.5b}" --formats "${BENCH_FORMATS:-f32,nf4}" \
+  --row-timeout-s 100 ${BENCH_ARGS:-}
+bench_status=$?
+[ $bench_status -eq 0 ] || { echo "gpu-machine: the bench ended with status $bench_status (124: its time limit)"; STATUS=1; }
 
 # --- summary ------------------------------------------------------------------------------------------
 {
