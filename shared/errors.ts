@@ -48,6 +48,8 @@ export const ErrorCodes = {
   SPOT_CHECK: 'LM_ERR_SPOT_CHECK',
   /** a float payload in a codec other than the run's, or a peer lacking the run's codec or base format */
   CODEC: 'LM_ERR_CODEC',
+  /** a peer (or this process) that cannot compute with the run's arithmetic variant (shared/arithmetic.ts) */
+  ARITHMETIC: 'LM_ERR_ARITHMETIC',
   /** a server limit reached (connections, handshake time, send buffer) */
   LIMIT: 'LM_ERR_LIMIT',
   /** a run folder already in use by another live process */

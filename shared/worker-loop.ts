@@ -3,6 +3,7 @@
  * loop. It answers coordinator messages with messages; the entry point owns the socket, the tfjs
  * backend and how base-model files are fetched and cached.
  */
+import { type ArithmeticKernels, DEFAULT_ARITHMETIC, useArithmetic } from './arithmetic.ts';
 import { checkModelConfig } from './config.ts';
 import { ErrorCodes, LoraMeshError } from './errors.ts';
 import { adapterParameterCount, cloneAdapter, type AdapterTensorSpec } from './lora/adapter.ts';
@@ -38,6 +39,11 @@ export interface WorkerPlatform {
   slow?: boolean;
   /** bytes its tensors can use at most, when the backend has a hard limit (the wasm heap) */
   memoryLimit?: number;
+  /**
+   * its wasm kernels' arithmetic variants (kernels/arithmetic.ts): what hello offers and what the run's manifest
+   * selects before the first assignment. Absent (simulated workers, which compute nothing): simd128 only.
+   */
+  arithmetic?: ArithmeticKernels;
   /**
    * fetches (or reads from cache) the base-model files, verifies their sha256, returns the weights:
    * float32 tensors, or CompactWeights when the manifest names a base format
@@ -103,8 +109,20 @@ export class WorkerSession {
       slow: this.platform.slow,
       codecs: [...CODECS],
       baseFormats: [...BASE_FORMATS],
+      arithmetic: [...(this.platform.arithmetic?.supported() ?? [DEFAULT_ARITHMETIC])],
       ...(this.platform.memoryLimit ? { memoryLimit: this.platform.memoryLimit } : {}),
     });
+  }
+
+  /**
+   * The run's arithmetic, before anything is computed: the kernels use it from now on. A coordinator refuses a
+   * hello without it, so failing here means the manifest asks what hello did not offer.
+   */
+  private selectArithmetic(manifest: RunManifest): void {
+    const variant = manifest.arithmetic ?? DEFAULT_ARITHMETIC;
+    const kernels = this.platform.arithmetic ?? { supported: () => [DEFAULT_ARITHMETIC], select: () => {} };
+    useArithmetic(variant, kernels, 'this worker');
+    if (variant !== DEFAULT_ARITHMETIC) this.platform.log(`computing with arithmetic ${variant}`);
   }
 
   /** A copy of the parameters held now, by tensor name (the browser page's debug record). */
@@ -156,6 +174,7 @@ export class WorkerSession {
       case 'welcome': {
         this.workerId = message.workerId;
         this.manifest = message.manifest;
+        this.selectArithmetic(message.manifest);
         this.step = { recompute: message.recompute === true };
         if (this.step.recompute) this.platform.log('recomputing activations in the backward pass (less memory)');
         if (!this.base && !this.options.hooks?.compute) {

@@ -24,6 +24,7 @@ import { refusalFromClose, refusalFromHttp, type Refusal } from '../shared/proto
 import { WorkerSession } from '../shared/worker-loop.ts';
 import { WASM_HEAP_MAX_BYTES, wasmHeapRefusal } from '../shared/model/memory-plan.ts';
 import { initBackend, type BackendName } from '../node/backend.ts';
+import { selectArithmetic, supportedArithmetic } from '../kernels/arithmetic.ts';
 import { faultHooks } from './faults.ts';
 
 export interface NodeWorkerOptions {
@@ -103,6 +104,8 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
       slow: backend.fellBack,
       adapter: backend.adapter,
       ...(backend.name === 'wasm' ? { memoryLimit: WASM_HEAP_MAX_BYTES } : {}),
+      // read after initBackend, which turns on relaxed SIMD where Node needs a V8 flag for it
+      arithmetic: { supported: supportedArithmetic, select: selectArithmetic },
       log,
       async loadBase(manifest: RunManifest): Promise<BaseWeights> {
         const config = checkModelConfig(manifest.model.config);

@@ -9,6 +9,7 @@
  * result goes through before it counts is result-gate.ts's, the step's slots and how it ends
  * step-in-flight.ts's, and what is kept per connection worker-connection.ts's.
  */
+import { DEFAULT_ARITHMETIC } from '../../shared/arithmetic.ts';
 import { adapterParameterCount, type AdapterState } from '../../shared/lora/adapter.ts';
 import { closeCodeFor, ErrorCodes, LoraMeshError, type ErrorCode } from '../../shared/errors.ts';
 import { asBytes, decodeMessage, encodeMessage } from '../../shared/protocol/codec.ts';
@@ -394,6 +395,18 @@ export class MeshExecutor implements GradientExecutor {
         ErrorCodes.CODEC,
         `this run's base is ${describeBaseSpec(baseFormat)}; the worker loads ` +
           `${cleanPeerText((hello.baseFormats ?? []).join(', ') || 'float32 checkpoints only', 80)}`,
+      );
+      return;
+    }
+    // An older worker's hello has no list: its kernels are simd128's.
+    const arithmetic = this.options.manifest.arithmetic ?? DEFAULT_ARITHMETIC;
+    const offered = hello.arithmetic ?? [DEFAULT_ARITHMETIC];
+    if (!offered.includes(arithmetic)) {
+      this.closeWith(
+        w,
+        ErrorCodes.ARITHMETIC,
+        `this run computes with arithmetic ${arithmetic}; ` +
+          `the worker supports ${cleanPeerText(offered.join(', ') || 'none', 80)}`,
       );
       return;
     }

@@ -3,6 +3,7 @@
  * peer sends passes parseMessage before any code looks at it; a bad field fails with a stable
  * code naming the field, the value and what was expected.
  */
+import { ARITHMETIC_VARIANTS, type ArithmeticVariant } from '../arithmetic.ts';
 import type { LoraConfig, ModelConfig } from '../config.ts';
 import { describe, ErrorCodes, fail, type ErrorCode } from '../errors.ts';
 import { adapterParameterCount } from '../lora/adapter.ts';
@@ -34,6 +35,8 @@ export interface RunManifest {
   wire: { up: CodecSpec; down: CodecSpec };
   /** local-steps mode (DiLoCo): jobs of `steps` micro-batches with inner AdamW; absent = synchronous */
   local?: LocalStepsManifest;
+  /** the wasm kernels' arithmetic every worker computes with (shared/arithmetic.ts); absent = simd128 */
+  arithmetic?: ArithmeticVariant;
 }
 
 /** The weight files a worker loads: the manifest's *.safetensors; with a baseFormat exactly one, the compact base. */
@@ -81,6 +84,11 @@ export interface Hello {
   baseFormats?: BaseFormat[];
   /** bytes the worker's tensors can use at most (wasm: its heap's limit); absent: not known */
   memoryLimit?: number;
+  /**
+   * arithmetic variants its wasm kernels can run (shared/arithmetic.ts; absent: simd128 only). Names this
+   * coordinator does not know are kept, like codecs: a newer worker may offer more.
+   */
+  arithmetic?: ArithmeticVariant[];
 }
 /** base model loaded; paramVersion is the version held (-1: none yet) */
 export interface Ready {
@@ -254,6 +262,13 @@ const guards: Record<Message['type'], Guard> = {
       true,
     );
     field(m, 'memoryLimit', (v) => isFiniteNumber(v) && (v as number) > 0, 'a number of bytes > 0', true);
+    field(
+      m,
+      'arithmetic',
+      (v) => Array.isArray(v) && v.length <= 8 && v.every((c) => typeof c === 'string' && c.length <= 32),
+      'a list of arithmetic variant names',
+      true,
+    );
   },
   ready: (m) => field(m, 'paramVersion', isInt(-1), 'an integer ≥ -1 (-1: no parameters yet)'),
   result: (m) => {
@@ -273,6 +288,13 @@ const guards: Record<Message['type'], Guard> = {
   welcome: (m) => {
     field(m, 'workerId', isString(64), 'a worker id');
     field(m, 'manifest', isObject, 'a run manifest');
+    field(
+      { ...(m.manifest as Record<string, unknown>), type: 'welcome.manifest' },
+      'arithmetic',
+      (v) => (ARITHMETIC_VARIANTS as readonly unknown[]).includes(v),
+      `one of ${ARITHMETIC_VARIANTS.join(', ')}`,
+      true,
+    );
     field(m, 'recompute', (v) => typeof v === 'boolean', 'true or false', true);
   },
   params: (m) => {

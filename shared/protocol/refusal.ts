@@ -2,7 +2,7 @@
  * Which of a coordinator's refusals cannot change on retry, and how to say them in words. A worker
  * (Node or browser) retries transient failures (network errors, 1006 closes, 503 LM_ERR_LIMIT,
  * LM_ERR_RATE) with backoff, but a wrong token, a forbidden origin, another protocol version, a
- * missing codec or a quarantine would be refused the same way forever: it stops and says why.
+ * missing codec or arithmetic variant, or a quarantine would be refused the same way forever: it stops and says why.
  * Platform-neutral: no sockets here, only the status, codes and text a socket reported.
  */
 import { closeCodeFor, ErrorCodes, type ErrorCode } from '../errors.ts';
@@ -31,6 +31,9 @@ const PERMANENT: Partial<Record<ErrorCode, (how: string, detail: string) => stri
     `the coordinator speaks another protocol version${how}${detail ? ` (${detail})` : ''}: update loramesh`,
   [ErrorCodes.CODEC]: (how, detail) =>
     `this worker lacks the run's wire codec or base format${how}${detail ? ` (${detail})` : ''}: update loramesh`,
+  [ErrorCodes.ARITHMETIC]: (how, detail) =>
+    `this worker cannot compute with the run's arithmetic variant${how}${detail ? ` (${detail})` : ''}: ` +
+    'relaxed-fma needs WebAssembly relaxed SIMD (Chrome 114+, or a Node worker of a loramesh that enables it)',
   [ErrorCodes.QUARANTINED]: (how, detail) =>
     `this worker was quarantined by the coordinator${how}: ${detail || 'no reason given'}`,
   [ErrorCodes.MEMORY]: (how, detail) =>

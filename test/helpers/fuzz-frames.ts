@@ -9,6 +9,7 @@
  * from shared/protocol/messages.ts, so the guards and this spec check each other.
  */
 import { Packr } from 'msgpackr';
+import { ARITHMETIC_VARIANTS } from '../../shared/arithmetic.ts';
 import { ErrorCodes, type ErrorCode } from '../../shared/errors.ts';
 import { CODEC_OPTIONS } from '../../shared/protocol/codec.ts';
 import { PROTOCOL_VERSION } from '../../shared/protocol/messages.ts';
@@ -101,6 +102,7 @@ export const RULES: Record<string, Record<string, Rule>> = {
     codecs: optional((v) => Array.isArray(v) && v.length <= 16 && v.every(str(16))),
     baseFormats: optional((v) => Array.isArray(v) && v.length <= 16 && v.every(str(16))),
     memoryLimit: optional((v) => finite(v) && (v as number) > 0),
+    arithmetic: optional((v) => Array.isArray(v) && v.length <= 8 && v.every(str(32))),
   },
   ready: { paramVersion: int(-1) },
   result: {
@@ -113,7 +115,11 @@ export const RULES: Record<string, Record<string, Rule>> = {
   },
   'worker-error': { assignmentId: optional(str(64)), code: str(64), message: str(4096) },
   heartbeat: { sentAt: finite },
-  welcome: { workerId: str(64), manifest: plain },
+  welcome: {
+    workerId: str(64),
+    manifest: (v) =>
+      plain(v) && (v.arithmetic === undefined || (ARITHMETIC_VARIANTS as readonly unknown[]).includes(v.arithmetic)),
+  },
   params: { paramVersion: int(0), deltaFrom: optional(int(0)), tensors: packed },
   assign: { assignmentId: str(64), paramVersion: int(0), step: int(0), index: int(0), microBatch },
   'assign-local': {
@@ -390,6 +396,10 @@ export class FrameFactory {
           ...maybe(0.3, { slow: r.next() < 0.5 }),
           ...maybe(0.3, { codecs: this.pick([['f32'], ['f32', 'f16', 'bf16', 'int8'], [this.text(16)]]) }),
           ...maybe(0.3, { baseFormats: this.pick([['nf4'], ['f32', 'f16', 'bf16', 'int8', 'nf4'], [this.text(16)]]) }),
+          // always with simd128, the fuzzed run's variant: a list without it is refused (LM_ERR_ARITHMETIC)
+          ...maybe(0.3, {
+            arithmetic: this.pick([['simd128'], ['simd128', 'relaxed-fma'], ['simd128', this.text(32)]]),
+          }),
         };
       case 'ready':
         return { type, paramVersion: r.int(100) - 1 };

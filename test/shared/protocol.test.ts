@@ -369,3 +369,39 @@ test(
     assert.equal(aligned, 10 * 4 * 3 * 2);
   },
 );
+
+test('hello.arithmetic: absent (an older worker: simd128 only) or a list of names; anything else is refused', () => {
+  const hello = samples[0];
+  const old = decodeMessage(encodeMessage(hello));
+  assert.equal(old.type === 'hello' && old.arithmetic, undefined);
+  const offered = decodeMessage(encodeMessage({ ...hello, arithmetic: ['simd128', 'relaxed-fma'] } as Message));
+  assert.deepEqual(offered.type === 'hello' && offered.arithmetic, ['simd128', 'relaxed-fma']);
+  for (const arithmetic of ['simd128', [1], ['x'.repeat(33)], new Array(9).fill('simd128'), null]) {
+    assert.throws(
+      () => decodeMessage(packr.pack({ ...hello, arithmetic })),
+      (err: LoraMeshError) =>
+        err.code === 'LM_ERR_FIELD' &&
+        /hello\.arithmetic should be a list of arithmetic variant names/.test(err.message),
+      JSON.stringify(arithmetic),
+    );
+  }
+});
+
+test("welcome.manifest.arithmetic: absent (an older coordinator's run: simd128) or a known variant", () => {
+  const welcome = (arithmetic: unknown) => ({ type: 'welcome', workerId: 'w1', manifest: { ...manifest, arithmetic } });
+  const old = decodeMessage(encodeMessage(samples[5]));
+  assert.equal(old.type === 'welcome' && old.manifest.arithmetic, undefined);
+  for (const variant of ['simd128', 'relaxed-fma']) {
+    const m = decodeMessage(packr.pack(welcome(variant)));
+    assert.equal(m.type === 'welcome' && m.manifest.arithmetic, variant);
+  }
+  for (const bad of ['fma', '', 3, ['simd128']]) {
+    assert.throws(
+      () => decodeMessage(packr.pack(welcome(bad))),
+      (err: LoraMeshError) =>
+        err.code === 'LM_ERR_FIELD' &&
+        err.message.includes('welcome.manifest.arithmetic should be one of simd128, relaxed-fma'),
+      JSON.stringify(bad),
+    );
+  }
+});

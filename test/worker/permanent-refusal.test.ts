@@ -142,6 +142,13 @@ const refusedAfterHello: { code: ErrorCode; closeCode: number; message: string; 
     message: 'this run sends int8 up; the worker supports f32',
     expect: /lacks the run's wire codec or base format \(this run sends int8 up/,
   },
+  {
+    code: 'LM_ERR_ARITHMETIC',
+    closeCode: 1008,
+    message: 'this run computes with arithmetic relaxed-fma; the worker supports simd128',
+    expect:
+      /cannot compute with the run's arithmetic variant \(this run computes with arithmetic relaxed-fma; .*relaxed SIMD/,
+  },
 ];
 
 for (const { code, closeCode, message, expect } of refusedAfterHello) {

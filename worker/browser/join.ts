@@ -18,6 +18,7 @@ import {
 import { decodeFloats } from '../../shared/protocol/wire-codec.ts';
 import type { MicroBatch } from '../../shared/train/micro-batch.ts';
 import { WorkerSession } from '../../shared/worker-loop.ts';
+import { selectArithmetic, supportedArithmetic } from '../../kernels/arithmetic.ts';
 import { initBrowserBackend } from './backend.ts';
 import { loadBaseWeights } from './base-files.ts';
 import { Connection } from './connection.ts';
@@ -86,6 +87,8 @@ async function main(): Promise<void> {
         platform: 'browser',
         adapter: backend.adapter,
         slow: backend.slow,
+        // relaxed-fma where the browser has relaxed SIMD (Chrome 114+), else simd128 only
+        arithmetic: { supported: supportedArithmetic, select: selectArithmetic },
         log,
         loadBase: (manifest) => {
           view.set({ state: 'loading', detail: 'loading the base model' });

@@ -298,3 +298,55 @@ test('a compact-base run refuses a worker that cannot load its format with LM_ER
   assert.deepEqual(welcome?.type === 'welcome' ? welcome.manifest.model.baseFormat : null, compact.model.baseFormat);
   m.close();
 });
+
+test('a relaxed-fma run refuses a worker whose hello lacks it with LM_ERR_ARITHMETIC; one that offers it joins', async () => {
+  const relaxed = { ...tinyManifest('relaxed'), arithmetic: 'relaxed-fma' as const };
+  const m = new MeshExecutor({ manifest: relaxed });
+  const join = (arithmetic?: string[]) => {
+    const p = new FakePeer(() => null);
+    p.events = m.attach(p);
+    p.say({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', arithmetic } as Message);
+    return p;
+  };
+  const old = join(); // a hello from before arithmetic variants: simd128 only
+  const plain = join(['simd128']);
+  const able = join(['simd128', 'relaxed-fma']);
+  await new Promise((r) => setImmediate(r));
+  for (const p of [old, plain]) {
+    assert.deepEqual(p.rejects(), ['LM_ERR_ARITHMETIC']);
+    assert.equal(p.closedWith, 1008);
+    const reject = p.received.find((x) => x.type === 'reject');
+    assert.match(
+      reject?.type === 'reject' ? reject.message : '',
+      /computes with arithmetic relaxed-fma; the worker supports simd128$/,
+    );
+  }
+  assert.deepEqual(able.rejects(), []);
+  const welcome = able.received.find((x) => x.type === 'welcome');
+  assert.equal(welcome?.type === 'welcome' ? welcome.manifest.arithmetic : null, 'relaxed-fma');
+  m.close();
+});
+
+test('a simd128 run (or a manifest without arithmetic) admits old hellos and relaxed-fma-capable ones', async () => {
+  for (const arithmetic of [undefined, 'simd128'] as const) {
+    const m = new MeshExecutor({ manifest: { ...tinyManifest('plain'), arithmetic } });
+    const peers = [undefined, ['simd128'], ['simd128', 'relaxed-fma']].map((offered) => {
+      const p = new FakePeer(() => null);
+      p.events = m.attach(p);
+      p.say({
+        type: 'hello',
+        protocol: PROTOCOL_VERSION,
+        backend: 'wasm',
+        platform: 'node',
+        arithmetic: offered,
+      } as Message);
+      return p;
+    });
+    await new Promise((r) => setImmediate(r));
+    for (const p of peers) {
+      assert.deepEqual(p.rejects(), []);
+      assert.ok(p.received.some((x) => x.type === 'welcome'));
+    }
+    m.close();
+  }
+});

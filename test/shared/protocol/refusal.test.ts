@@ -58,6 +58,10 @@ test('reject frames: permanent codes keep the coordinator’s words; per-frame c
   assert.equal(protocol?.reason, `the coordinator speaks another protocol version (${words}): update loramesh`);
   assert.equal(refusalFromReject('LM_ERR_CODEC', 'no int8')?.code, ErrorCodes.CODEC);
   assert.equal(refusalFromReject('LM_ERR_SPOT_CHECK', 'micro-batch 3 disagrees')?.code, ErrorCodes.SPOT_CHECK);
+  const arithmetic = refusalFromReject('LM_ERR_ARITHMETIC', 'this run computes with arithmetic relaxed-fma');
+  assert.equal(arithmetic?.code, ErrorCodes.ARITHMETIC);
+  assert.match(arithmetic?.reason ?? '', /arithmetic variant \(this run computes with arithmetic relaxed-fma\)/);
+  assert.equal(refusalFromClose(1008, 'LM_ERR_ARITHMETIC')?.code, ErrorCodes.ARITHMETIC);
   for (const code of ['LM_ERR_STALE', 'LM_ERR_SHAPE', 'LM_ERR_RATE', 'LM_ERR_LIMIT', 'toString', '__proto__']) {
     assert.equal(refusalFromReject(code, 'x'), null, code);
   }
