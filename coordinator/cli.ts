@@ -9,6 +9,7 @@ import type { AdapterState } from '../shared/lora/adapter.ts';
 import { LoraMeshError } from '../shared/errors.ts';
 import { BACKENDS } from '../node/backend-names.ts';
 import { AGGREGATIONS } from '../shared/train/robust.ts';
+import { ARITHMETIC_VARIANTS } from '../shared/arithmetic.ts';
 import { defaultCacheDir } from '../node/cache-dir.ts';
 import { addresses, host, int, modules, num, oneOf, outlierFactor, port, tokenIds } from './cli/options.ts';
 import { DEFAULT_NET_LIMITS } from './net/net-limits.ts';
@@ -242,6 +243,14 @@ function addTrainOptions(cmd: Command): Command {
     )
     .option('--base-block <n>', `int8 and nf4: values per block scale (default ${DEFAULT_BASE_BLOCK})`, int(1))
     .option('--base-double-quant', 'nf4: quantize the block scales too (QLoRA double quantization)')
+    .option(
+      '--arithmetic <variant>',
+      `the wasm kernels' arithmetic: ${ARITHMETIC_VARIANTS.join(' | ')}; relaxed-fma (WebAssembly relaxed SIMD's ` +
+        'fused multiply-add) is faster, but its last bits may differ between CPUs, and workers without relaxed SIMD ' +
+        'are refused (LM_ERR_ARITHMETIC)',
+      oneOf(ARITHMETIC_VARIANTS),
+      DEFAULT_RUN_CONFIG.run.arithmetic,
+    )
     .option(
       '--cache-dir <dir>',
       'where the coordinator keeps quantized bases and local workers keep verified base files ' +

@@ -7,6 +7,7 @@ import { F32 } from '../../shared/protocol/wire-codec.ts';
 import type { Aggregation } from '../../shared/train/robust.ts';
 import {
   CLI_DEFAULTS,
+  DEFAULT_RUN_CONFIG,
   type Deployment,
   type Limits,
   type RunConfigInput,
@@ -64,6 +65,8 @@ export function configFromFlags(o: TrainFlags, shape: RunShape, extras: FlagExtr
     checkpointEvery: shape.checkpointEvery ?? CLI_DEFAULTS.checkpointEvery,
     aggregation: (shape.aggregation ?? o.aggregation) as Aggregation,
     baseFormat: shape.baseFormat ?? null,
+    // a run_config.json from before arithmetic variants: its runs computed with the default
+    arithmetic: shape.arithmetic ?? DEFAULT_RUN_CONFIG.run.arithmetic,
   };
   const config = { run, deployment: {} as Record<string, unknown>, limits: {} as Record<string, any> };
   for (const [key, path] of Object.entries(CONFIG_FLAGS)) {

@@ -1,11 +1,12 @@
 /**
  * `train --resume`: the run folder's run_config.json defines the run; flags given on the command
  * line may only repeat it. Run-defining settings (model, data, LoRA, optimizer, seed, codecs, local
- * steps, checkpoint interval, aggregation, base format) are kept and a flag that contradicts one is refused,
+ * steps, checkpoint interval, aggregation, base format, arithmetic variant) are kept and a flag that contradicts one is refused,
  * naming each; `--steps` may be raised to extend a run. Deployment settings (host, port, tokens,
  * workers, limits, heartbeat, spot checks) are not stored and may change freely.
  */
 import { resolve } from 'node:path';
+import { ARITHMETIC_VARIANTS, type ArithmeticVariant, DEFAULT_ARITHMETIC } from '../../shared/arithmetic.ts';
 import { checkLoraConfig, checkTrainConfig, type LoraConfig, type TrainConfig } from '../../shared/config.ts';
 import { describe, ErrorCodes, fail, LoraMeshError } from '../../shared/errors.ts';
 import { checkDataSpec, checkLocal, type DataSpec, within } from '../run/run-config.ts';
@@ -29,6 +30,8 @@ export interface RunShape {
   aggregation?: string;
   /** absent: a float32 base (and every run_config.json written before compact bases) */
   baseFormat?: ResolvedBaseSpec;
+  /** absent: simd128, the only arithmetic before variants (every run_config.json written before them) */
+  arithmetic?: ArithmeticVariant;
 }
 
 /** The run the flags define on their own (a new run), in run_config.json's shape. */
@@ -78,6 +81,7 @@ export function runShapeFrom(o: TrainFlags): RunShape {
     checkpointEvery: o.checkpointEvery,
     aggregation: o.aggregation,
     ...(baseFormat ? { baseFormat } : {}),
+    arithmetic: o.arithmetic,
   };
 }
 
@@ -148,6 +152,7 @@ export function flagsOf(shape: RunShape): TrainFlags {
     ...(shape.checkpointEvery === undefined ? {} : { checkpointEvery: shape.checkpointEvery }),
     ...(shape.aggregation === undefined ? {} : { aggregation: shape.aggregation }),
     ...baseFlagsOf(shape.baseFormat),
+    arithmetic: shape.arithmetic ?? DEFAULT_ARITHMETIC,
   };
 }
 
@@ -189,6 +194,8 @@ export function checkRunShape(raw: unknown, file: string): RunShape {
     bad('checkpointEvery', o.checkpointEvery, 'an integer ≥ 0');
   if (o.aggregation !== undefined && !(AGGREGATIONS as readonly string[]).includes(o.aggregation))
     bad('aggregation', o.aggregation, `one of ${AGGREGATIONS.join(', ')}`);
+  if (o.arithmetic !== undefined && !(ARITHMETIC_VARIANTS as readonly string[]).includes(o.arithmetic))
+    bad('arithmetic', o.arithmetic, `one of ${ARITHMETIC_VARIANTS.join(', ')}`);
   return {
     model: o.model,
     data: data as DataSpec,
@@ -199,6 +206,7 @@ export function checkRunShape(raw: unknown, file: string): RunShape {
     ...(o.checkpointEvery !== undefined ? { checkpointEvery: o.checkpointEvery } : {}),
     ...(o.aggregation !== undefined ? { aggregation: o.aggregation } : {}),
     ...(baseFormat ? { baseFormat } : {}),
+    ...(o.arithmetic !== undefined ? { arithmetic: o.arithmetic } : {}),
   };
 }
 
@@ -245,6 +253,8 @@ const RUN_DEFINING: Record<string, { flag: string; pick: Pick }> = {
   baseFormat: { flag: '--base-format', pick: (s) => s.baseFormat?.format },
   baseBlock: { flag: '--base-block', pick: (s) => baseFlagsOf(s.baseFormat).baseBlock },
   baseDoubleQuant: { flag: '--base-double-quant', pick: (s) => baseFlagsOf(s.baseFormat).baseDoubleQuant },
+  // an older run_config.json has none: it computed with simd128, so another flag contradicts it
+  arithmetic: { flag: '--arithmetic', pick: (s) => s.arithmetic ?? DEFAULT_ARITHMETIC },
 };
 
 /** Flags that make no sense with --resume at all. */

@@ -63,7 +63,7 @@ export function buildEngine(
   log: (line: string) => void,
 ): Engine {
   const { model, base } = inputs;
-  const { lora, train, wire, local, aggregation } = config.run;
+  const { lora, train, wire, local, aggregation, arithmetic } = config.run;
   const spec = adapterSpec(model.config, lora);
   const inner = {
     beta1: train.beta1,
@@ -88,6 +88,7 @@ export function buildEngine(
           adapter: spec.map((t) => ({ name: t.name, shape: t.shape })),
           wire,
           ...(local ? { local: { steps: local.steps, ...inner } } : {}),
+          arithmetic,
         },
         checks: resultChecks(config.limits.defence, wire.up, trusted, log),
         log,

@@ -1,7 +1,7 @@
 /**
  * A run's configuration, typed and checked in one place, in three parts:
  *  - `run`: what defines the run and its adapter's bits (model, data, LoRA, optimizer, codecs, local
- *    steps, aggregation, checkpoint interval, the base's compact format). Stored in run_config.json; `--resume` keeps it and
+ *    steps, aggregation, checkpoint interval, the base's compact format, the kernels' arithmetic variant). Stored in run_config.json; `--resume` keeps it and
  *    refuses flags that contradict it (cli/resume-flags.ts).
  *  - `deployment`: where and how this process serves it (address, token, TLS, workers, backend,
  *    run folder, eval cadence, admin). May change freely on resume.
@@ -11,6 +11,7 @@
  * field from DEFAULT_RUN_CONFIG and checks every field, naming it, before anything loads.
  */
 import { isIP } from 'node:net';
+import { ARITHMETIC_VARIANTS, type ArithmeticVariant, DEFAULT_ARITHMETIC } from '../../shared/arithmetic.ts';
 import { checkLoraConfig, checkTrainConfig, type LoraConfig, type TrainConfig } from '../../shared/config.ts';
 import { describe, ErrorCodes, fail, LoraMeshError } from '../../shared/errors.ts';
 import { checkCodecSpec, type CodecSpec, F32 } from '../../shared/protocol/wire-codec.ts';
@@ -46,6 +47,12 @@ export interface RunSettings {
    * served to every worker as one file; null: float32 tensors as loaded (the fast float32 kernels)
    */
   baseFormat: ResolvedBaseSpec | null;
+  /**
+   * the wasm kernels' arithmetic (shared/arithmetic.ts): simd128 (the default, every engine) or relaxed-fma
+   * (relaxed SIMD's fused multiply-add: faster, its last bits may differ between CPUs). Every worker and this
+   * process's own copy compute with it; a worker that cannot is refused.
+   */
+  arithmetic: ArithmeticVariant;
 }
 
 /** Where and how this process serves the run. */
@@ -122,6 +129,7 @@ export const DEFAULT_RUN_CONFIG = {
     checkpointEvery: 0,
     aggregation: 'sum',
     baseFormat: null,
+    arithmetic: DEFAULT_ARITHMETIC,
     /** the CLI's local-steps settings, used when --local-steps > 0 */
     outer: { outerLr: 0.7, outerMomentum: 0.9 },
   },
@@ -259,6 +267,11 @@ export function checkRunSettings(v: Partial<RunSettings> & Record<string, unknow
     checkpointEvery: checkInt(`${prefix}checkpointEvery`, v.checkpointEvery ?? 0, 0),
     aggregation: checkOneOf(`${prefix}aggregation`, aggregation, AGGREGATIONS),
     baseFormat: v.baseFormat == null ? null : resolveBaseSpec(v.baseFormat, `${prefix}baseFormat`),
+    arithmetic: checkOneOf(
+      `${prefix}arithmetic`,
+      v.arithmetic ?? DEFAULT_RUN_CONFIG.run.arithmetic,
+      ARITHMETIC_VARIANTS,
+    ),
   };
 }
 

@@ -6,6 +6,8 @@
 import { nanoid } from 'nanoid';
 import cliProgress from 'cli-progress';
 import type * as tf from '@tensorflow/tfjs-core';
+import { type ArithmeticKernels, DEFAULT_ARITHMETIC, useArithmetic } from '../../shared/arithmetic.ts';
+import { selectArithmetic, supportedArithmetic } from '../../kernels/arithmetic.ts';
 import { ErrorCodes, fail, LoraMeshError } from '../../shared/errors.ts';
 import {
   adapterParameterCount,
@@ -57,6 +59,8 @@ export interface RunOptions {
   onStep?: (record: StepRecord) => void | Promise<void>;
   /** stop after the current step, checkpoint and return (SIGINT/SIGTERM) */
   signal?: AbortSignal;
+  /** this process's wasm kernels, made to use the run's arithmetic variant (default: kernels/arithmetic.ts; tests fake it) */
+  arithmetic?: ArithmeticKernels;
 }
 
 export interface EvalPoint {
@@ -95,9 +99,17 @@ export interface RunResult {
   quarantined: number;
 }
 
+const PROCESS_KERNELS: ArithmeticKernels = { supported: supportedArithmetic, select: selectArithmetic };
+
 export async function runTraining(opts: RunOptions): Promise<RunResult> {
   const config = resolveRunConfig(opts.config, opts.model.dir);
   const { deployment } = config;
+  // This process's own copy (eval loss, result checks, every step with --in-process) computes with the run's
+  // variant like its workers, or the run stops here, before its folder exists: a spot check in other arithmetic
+  // would convict honest workers, and an --in-process run would not be this run.
+  useArithmetic(config.run.arithmetic, opts.arithmetic ?? PROCESS_KERNELS, 'the coordinator');
+  if (config.run.arithmetic !== DEFAULT_ARITHMETIC)
+    (opts.log ?? console.log)(`arithmetic: ${config.run.arithmetic} (workers without it are refused)`);
   const runId =
     deployment.runId ?? `${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}-${nanoid(6)}`;
   // The folder's run.lock is held for the whole run, whichever way it ends.
@@ -142,6 +154,7 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
       inProcess: deployment.inProcess,
       checkpointEvery: run.checkpointEvery,
       aggregation: run.aggregation,
+      arithmetic: run.arithmetic,
       ...inputs,
     });
   }

@@ -26,6 +26,7 @@ function demoRun(overrides: Partial<RunShape> = {}): RunShape {
     wire: { up: { name: 'f32' }, down: { name: 'f32' } },
     checkpointEvery: 4,
     aggregation: 'sum',
+    arithmetic: 'simd128',
     ...overrides,
   };
 }
@@ -38,6 +39,7 @@ function fullRun(): RunShape {
     local: { steps: 4, innerLr: 0.02, outerLr: 0.7, outerMomentum: 0.9 },
     aggregation: 'median',
     baseFormat: { format: 'nf4', blockSize: 32, doubleQuant: true, doubleQuantBlockSize: 256 },
+    arithmetic: 'relaxed-fma',
   });
 }
 
@@ -88,6 +90,7 @@ const DEMO_RUN_KEYS = [
   'localSteps',
   'checkpointEvery',
   'aggregation',
+  'arithmetic',
   'steps',
 ];
 const FULL_RUN_KEYS = [
@@ -207,6 +210,17 @@ test('a contradicting base format flag is named (a run without one is float32, a
   assert.match(refusal(demoRun(), fullRun(), 'baseFormat'), /--base-format "nf4" contradicts the run's unset/);
   const nf4 = demoRun({ baseFormat: { format: 'nf4', blockSize: 32, doubleQuant: false } });
   assert.match(refusal(nf4, fullRun(), 'baseDoubleQuant'), /--base-double-quant true contradicts the run's unset/);
+});
+
+test('--arithmetic is kept on resume: a contradicting one is named; an older run_config.json without it is simd128', () => {
+  const relaxed = demoRun({ arithmetic: 'relaxed-fma' });
+  assert.deepEqual(resume(relaxed, structuredClone(relaxed), 'arithmetic'), relaxed);
+  assert.match(refusal(relaxed, demoRun(), 'arithmetic'), /--arithmetic "simd128" contradicts the run's "relaxed-fma"/);
+  const older = demoRun();
+  delete older.arithmetic;
+  assert.equal(resume(older, demoRun(), 'arithmetic').arithmetic, undefined); // simd128 typed: the same run
+  assert.match(refusal(older, relaxed, 'arithmetic'), /--arithmetic "relaxed-fma" contradicts the run's "simd128"/);
+  assert.equal(checkRunShape(JSON.parse(JSON.stringify(older)), 'run_config.json').arithmetic, undefined);
 });
 
 test('--base-format and its options become one checked spec; an option that does not apply is refused by name', () => {
@@ -355,6 +369,11 @@ test(
         /run_config\.json: local\.steps should be an integer ≥ 1, got 0/,
       ],
       ['aggregation', (r) => (r.aggregation = 'mean'), /run_config\.json: aggregation should be one of sum, /],
+      [
+        'arithmetic',
+        (r) => (r.arithmetic = 'fma'),
+        /run_config\.json: arithmetic should be one of simd128, relaxed-fma, got "fma"/,
+      ],
       [
         'baseFormat',
         (r) => (r.baseFormat = { format: 'int8', blockSize: 3 }),

@@ -66,6 +66,24 @@ test('each bad field is refused with a one-line error naming it, the value and w
   refused(withBase('nf4'), /run\.baseFormat should be an object like/);
 });
 
+test('the arithmetic variant: absent is simd128 (the bits of every earlier run); relaxed-fma is kept; others refused', () => {
+  assert.equal(resolveRunConfig(base(), '/m').run.arithmetic, 'simd128');
+  assert.equal(DEFAULT_RUN_CONFIG.run.arithmetic, 'simd128');
+  const run = (arithmetic: unknown) => ({ lora: DEFAULT_LORA, train: DEFAULT_TRAIN, arithmetic: arithmetic as never });
+  assert.equal(resolveRunConfig(base({ run: run('relaxed-fma') }), '/m').run.arithmetic, 'relaxed-fma');
+  assert.equal(resolveRunConfig(base({ run: run('simd128') }), '/m').run.arithmetic, 'simd128');
+  for (const [bad, shown] of [
+    ['fma', '"fma"'],
+    ['SIMD128', '"SIMD128"'],
+    ['', '""'],
+    [3, '3'],
+  ] as const)
+    refused(
+      base({ run: run(bad) }),
+      new RegExp(`run\\.arithmetic should be one of simd128, relaxed-fma, got ${shown}$`),
+    );
+});
+
 test('the base format: absent is float32 (null); a given one is resolved with its defaults', () => {
   assert.equal(resolveRunConfig(base(), '/m').run.baseFormat, null);
   const run = { lora: DEFAULT_LORA, train: DEFAULT_TRAIN, baseFormat: { format: 'nf4', doubleQuant: true } as never };
