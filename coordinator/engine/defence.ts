@@ -32,6 +32,13 @@ export interface DefenceConfig {
   tolerance: number;
 }
 
+/**
+ * tolerance 1e-3 (relative L2) already covers the arithmetic variants (shared/arithmetic.ts): a relaxed-fma run's
+ * worker whose engine or CPU does not fuse relaxed_madd (or fuses where the coordinator's does not) differs from
+ * the trusted recomputation by one rounding per multiply-add, 2^-24 relative each, which through a step's
+ * forward and backward stays near float32 noise (~1e-6 to 1e-5 of the gradients' norm), the same order as the
+ * differences between backends this tolerance is set to accept: two orders of magnitude below it.
+ */
 export const DEFAULT_DEFENCE: DefenceConfig = { spotCheck: 0.05, probation: 2, outlierFactor: 10, tolerance: 1e-3 };
 
 const FLOAT32_MAX = 3.4028234663852886e38;
