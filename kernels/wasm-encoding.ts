@@ -44,6 +44,8 @@ export const F32_LOAD = [0x2a, ...memarg()];
 export const F32_STORE = [0x38, ...memarg()];
 export const v128Load = (offset = 0) => [0xfd, 0x00, ...memarg(offset)];
 export const v128Store = (offset = 0) => [0xfd, 0x0b, ...memarg(offset)];
+/** one float32 from memory into all 4 lanes (the same value f32.load then f32x4.splat gives) */
+export const v128Load32Splat = (offset = 0) => [0xfd, 0x09, ...memarg(offset)];
 export const V128_LOAD = v128Load();
 export const V128_STORE = v128Store();
 export const V128_ZERO = [0xfd, 0x0c, ...new Array<number>(16).fill(0)];
