@@ -52,6 +52,7 @@ test('relaxed-fma base: float32 matrices held as compact f32; loss and LoRA grad
 
     const handed = new Map([...weights].map(([name, t]) => [name, tf.clone(t as tf.Tensor)]));
     const relaxed = baseForArithmetic(config, handed, 'relaxed-fma');
+    assert.equal(baseForArithmetic(config, handed, 'relaxed-fma'), relaxed, `${label}: a shared base converts once`);
     const compact = [...relaxed].filter(([, w]) => w instanceof CompactWeight);
     assert.deepEqual(compact.map(([name]) => name).sort(), [...compactTensorNames(config).keys()].sort(), label);
     assert.ok(
