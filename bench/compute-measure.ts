@@ -14,7 +14,11 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import * as tf from '@tensorflow/tfjs-core';
 import { FrozenBase } from '../shared/lora/params.ts';
-import { compactBase, dequantizedWeights } from '../shared/model/compact-base.ts';
+import { baseForArithmetic, compactBase, dequantizedWeights } from '../shared/model/compact-base.ts';
+import { CompactWeight, compactProducts } from '../shared/model/compact-linear.ts';
+import type { ArithmeticVariant } from '../shared/arithmetic.ts';
+import { quantizeMatrix } from '../shared/quant/quantize.ts';
+import { selectArithmetic, selectedArithmetic } from '../kernels/arithmetic.ts';
 import { computeGradients, computeGradientsAsync, type GradientResult } from '../shared/train/gradients.ts';
 import { initBackend, type BackendName } from '../node/backend.ts';
 import { packagePath } from '../node/package-root.ts';
@@ -39,6 +43,11 @@ export interface MeasureConfig {
    * float32 on the dequantized weights, the same numbers. Absent: the float32 path.
    */
   baseFormat?: 'f32' | 'bf16' | 'int8' | 'nf4';
+  /**
+   * the wasm kernels' arithmetic (shared/arithmetic.ts; absent: simd128). relaxed-fma also holds a
+   * float32 base as compact f32 (baseForArithmetic), so its frozen products run the panel kernel.
+   */
+  arithmetic?: ArithmeticVariant;
 }
 
 export interface TorchInfo {
@@ -73,7 +82,15 @@ export interface MeasureResult {
    * matmul roofline of each side on this workload (ours: the better of the two orientations
    * FrozenLinear can use).
    */
-  gemm: { shape: [number, number, number]; gflops: number; torchGflops?: number };
+  gemm: {
+    shape: [number, number, number];
+    gflops: number;
+    torchGflops?: number;
+    /** wasm: the same product through the compact-base panel kernel (W as compact f32), in the row's arithmetic */
+    panelGflops?: number;
+  };
+  /** the wasm kernels' arithmetic the row ran */
+  arithmetic: ArithmeticVariant;
   /** loss and ‖gradient‖₂ of both sides, and their relative differences */
   agreement: {
     loss: number;
@@ -169,6 +186,30 @@ async function gemmGflops(n: number, dIn: number, dOut: number): Promise<number>
   return (2 * n * dIn * dOut) / best / 1e6;
 }
 
+/**
+ * Best rate of the same product through the compact-base panel kernel (W held as compact f32, so no
+ * dequantization: the micro-kernel and its tile loops alone), forward x·Wᵀ and backward dy·W, 10 repeats each.
+ */
+async function panelGflops(n: number, dIn: number, dOut: number): Promise<number> {
+  const values = tf.tidy(() => tf.randomNormal([dOut * dIn]).dataSync() as Float32Array);
+  const w = new CompactWeight(quantizeMatrix(values, dOut, dIn, { format: 'f32' }));
+  const products = compactProducts(w);
+  const [x, dy] = [tf.randomNormal([n, dIn]) as tf.Tensor2D, tf.randomNormal([n, dOut]) as tf.Tensor2D];
+  let best = Infinity;
+  for (const run of [() => products.forward(x), () => products.backward(dy)]) {
+    for (let i = 0; i < 12; i++) {
+      const t0 = performance.now();
+      const y = run();
+      await y.data();
+      y.dispose();
+      if (i >= 2) best = Math.min(best, performance.now() - t0);
+    }
+  }
+  tf.dispose([x, dy]);
+  w.dispose();
+  return (2 * n * dIn * dOut) / best / 1e6;
+}
+
 const gradNorm = (r: GradientResult) =>
   Math.sqrt([...r.grads.values()].reduce((s, g) => s + g.reduce((a, v) => a + v * v, 0), 0));
 const relDiff = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-30);
@@ -177,6 +218,7 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
   const info = await initBackend(config.backend, () => {}, {
     wasmThreads: config.backend === 'wasm' ? config.threads : undefined,
   });
+  if (config.arithmetic) selectArithmetic(config.arithmetic);
   const format = config.baseFormat && { format: config.baseFormat };
   if (config.model === 'qwen2.5-0.5b' && !format) throw new Error('the qwen2.5-0.5b row needs a baseFormat');
   const plain: Workload =
@@ -185,9 +227,17 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
       : config.model === 'gpt2-small'
         ? gpt2Workload(config.batch, config.time)
         : qwenWorkload(config.batch, config.time, format!);
+  // baseForArithmetic takes over the tensors it converts: it gets clones (on wasm, shared buffers), so
+  // PyTorch's inputs below still read the float32 originals
+  const clones = () => new Map([...plain.weights].map(([name, t]) => [name, tf.clone(t)]));
   const base = new FrozenBase(
     plain.config,
-    plain.base ?? (format ? compactBase(plain.config, plain.weights, format) : plain.weights),
+    plain.base ??
+      (format
+        ? compactBase(plain.config, plain.weights, format)
+        : selectedArithmetic() === 'simd128'
+          ? plain.weights
+          : baseForArithmetic(plain.config, clones(), selectedArithmetic())),
   );
   // PyTorch gets the weights the compact base dequantizes to
   const w: Workload =
@@ -261,6 +311,7 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
       shape,
       gflops: await gemmGflops(...shape),
       torchGflops: torch ? await torch.server.gemm(...shape) : undefined,
+      panelGflops: info.name === 'wasm' ? await panelGflops(...shape) : undefined,
     };
     return {
       config,
@@ -285,6 +336,7 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
       ms,
       cpuMs,
       gemm,
+      arithmetic: selectedArithmetic(),
       torch: torch ? { ...torch.info, ms: torchMs, cpuMs: torchCpuMs } : null,
       torchNote,
       agreement: torchLast

@@ -75,6 +75,8 @@ export interface ComputeRow {
   cpuRatio: Stats | null;
   agreement: MeasureResult['agreement'];
   gemm: MeasureResult['gemm'];
+  /** the wasm kernels' arithmetic (absent in results written before it was recorded: simd128) */
+  arithmetic?: MeasureResult['arithmetic'];
   note?: string;
   /** per repeat: our wall ms, and ours / PyTorch */
   samples: { ms: number[]; ratio: number[] | null };
@@ -114,13 +116,17 @@ function plan(quick: boolean): MeasureConfig[] {
   // Repeats are sized so `npm run bench` stays within 15 minutes here: the cpu backend and software
   // WebGPU take seconds per demo step (their rows in bench/RESULTS.md, Compute), so they get one or
   // two; the software WebGPU row shows the step computes, not its speed.
+  // relaxed SIMD's fused multiply-add (shared/arithmetic.ts): its float32 frozen products run the panel kernel
+  const relaxed = (config: MeasureConfig): MeasureConfig => ({ ...config, arithmetic: 'relaxed-fma' });
   return [
     row('demo', 'wasm', 1, 3, 15),
+    relaxed(row('demo', 'wasm', 1, 3, 15)),
     ...threaded.map((t) => row('demo', 'wasm', t, 3, 15)),
     row('demo', 'cpu', 1, 1, 2),
     row('demo', 'webgpu', 1, 1, 1),
     row('demo', 'tensorflow', 1, 2, 10),
     row('gpt2-small', 'wasm', 1, 1, 3),
+    relaxed(row('gpt2-small', 'wasm', 1, 1, 3)),
     ...threaded.map((t) => row('gpt2-small', 'wasm', t, 1, 3)),
     // a compact frozen base (--base-format), next to PyTorch float32 on the dequantized weights
     ...(['int8', 'nf4'] as const).flatMap((baseFormat) => [
@@ -210,6 +216,7 @@ function toRow(r: MeasureResult): ComputeRow {
     cpuRatio: cpuPairs && stats(cpuPairs),
     agreement: r.agreement,
     gemm: r.gemm,
+    arithmetic: r.arithmetic,
     samples: { ms: r.ms, ratio: pairs },
     note:
       [
@@ -225,6 +232,7 @@ const range = (s: Stats, digits = 0) =>
   `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})`;
 const backendLabel = (r: ComputeRow) =>
   `${r.backend}${r.backend === 'wasm' ? ` ${r.threads} thread${r.threads === 1 ? '' : 's'}` : ''}` +
+  `${r.arithmetic && r.arithmetic !== 'simd128' ? ` ${r.arithmetic}` : ''}` +
   `${r.backend === 'webgpu' && r.adapter ? ` on ${r.adapter}` : ''}` +
   `${r.software ? ' (software device)' : ''}`;
 
@@ -255,7 +263,8 @@ function tableLines(result: ComputeResult): string[] {
         `${r.torch ? range(r.torch.ms) : '–'} | ${r.torch ? r.torch.gflops.toFixed(1) : '–'} | ${ratioCell(r)} | ` +
         `${r.cpuRatio ? `${r.cpuRatio.median.toFixed(2)}×` : '–'} | ` +
         `${r.gemm.gflops.toFixed(1)} / ${r.gemm.torchGflops?.toFixed(1) ?? '–'} ` +
-        `(${r.gemm.shape.join('×')}) | ${agree} |`,
+        `(${r.gemm.shape.join('×')})` +
+        `${r.gemm.panelGflops ? `; panel kernel ${r.gemm.panelGflops.toFixed(1)}` : ''} | ${agree} |`,
     );
   }
   return lines;

@@ -44,12 +44,19 @@ export const F32_LOAD = [0x2a, ...memarg()];
 export const F32_STORE = [0x38, ...memarg()];
 export const v128Load = (offset = 0) => [0xfd, 0x00, ...memarg(offset)];
 export const v128Store = (offset = 0) => [0xfd, 0x0b, ...memarg(offset)];
+/** one float32 from memory into all 4 lanes (the same value f32.load then f32x4.splat gives) */
+export const v128Load32Splat = (offset = 0) => [0xfd, 0x09, ...memarg(offset)];
 export const V128_LOAD = v128Load();
 export const V128_STORE = v128Store();
 export const V128_ZERO = [0xfd, 0x0c, ...new Array<number>(16).fill(0)];
 export const F32X4_SPLAT = [0xfd, 0x13];
 export const F32X4_ADD = [0xfd, ...uleb(0xe4)];
 export const F32X4_MUL = [0xfd, ...uleb(0xe6)];
+/**
+ * Relaxed SIMD (not in 2.0; Chrome 114+, Node 20 behind --experimental-wasm-relaxed-simd):
+ * (a, b, c) → a·b + c, fused or not as the engine and CPU choose.
+ */
+export const F32X4_RELAXED_MADD = [0xfd, ...uleb(0x105)];
 export const [F32_ADD, F32_MUL] = [[0x92], [0x94]];
 export const [BLOCK, LOOP, IF, ELSE, END, BR, BR_IF] = [
   [0x02, 0x40],

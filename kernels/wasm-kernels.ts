@@ -17,6 +17,8 @@
  *   loop (its rate: bench/RESULTS.md, Compute, "Where the time went"); they now run in a SIMD kernel
  *   (wasm-small-matmul.ts), after a transpose of B when B is transposed. Plain 2-D products still go
  *   to XNNPACK.
+ * The two matmul kernels come in both arithmetic variants (shared/arithmetic.ts), each module
+ * instantiated once per backend on first use; every call runs the one kernels/arithmetic.ts has selected.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
@@ -28,6 +30,8 @@ import {
   productShape,
 } from '../shared/model/compact-linear.ts';
 import { compactGather, compactProduct, scratchFloats, TAIL_OFFSET } from '../shared/quant/compact-matmul.ts';
+import type { ArithmeticVariant } from '../shared/arithmetic.ts';
+import { selectedArithmetic } from './arithmetic.ts';
 import { instantiatePanelMatMul, type PanelMatMul } from './wasm-panel-matmul.ts';
 import { instantiateSmallMatMul, type SmallMatMul } from './wasm-small-matmul.ts';
 
@@ -75,6 +79,26 @@ function replaceKernel(name: string, kernelFunc: (args: KernelArgs) => Info | In
 function moduleMemory(backend: BackendWasm): WebAssembly.Memory | null {
   const module = backend.wasm as unknown as { asm?: { memory?: WebAssembly.Memory }; wasmMemory?: WebAssembly.Memory };
   return module.wasmMemory ?? module.asm?.memory ?? null;
+}
+
+/**
+ * The kernel of the selected arithmetic variant bound to the backend's memory, made once per (backend,
+ * variant); null where the engine cannot run it (no SIMD).
+ */
+function perVariant<F>(
+  instantiate: (memory: WebAssembly.Memory, variant: ArithmeticVariant) => F | null,
+): (backend: BackendWasm) => F | null {
+  const made = new WeakMap<BackendWasm, Map<ArithmeticVariant, F | null>>();
+  return (backend) => {
+    const variant = selectedArithmetic();
+    let byVariant = made.get(backend);
+    if (!byVariant) made.set(backend, (byVariant = new Map()));
+    if (!byVariant.has(variant)) {
+      const memory = moduleMemory(backend);
+      byVariant.set(variant, memory && instantiate(memory, variant));
+    }
+    return byVariant.get(variant) ?? null;
+  };
 }
 
 /** out = A·B per batch with the SIMD kernel; null when the shapes are not ones it takes. */
@@ -128,14 +152,7 @@ function batchMatMulSimd(
 
 /** The compact-base kernels for the wasm backend, on views of its heap. */
 function registerCompactKernels(): void {
-  const kernels = new WeakMap<BackendWasm, PanelMatMul | null>();
-  const panelKernel = (backend: BackendWasm) => {
-    if (!kernels.has(backend)) {
-      const memory = moduleMemory(backend);
-      kernels.set(backend, memory && instantiatePanelMatMul(memory));
-    }
-    return kernels.get(backend) ?? null;
-  };
+  const panelKernel = perVariant<PanelMatMul>(instantiatePanelMatMul);
   const heapView = (backend: BackendWasm, args: KernelArgs) => {
     const attrs = args.attrs as unknown as CompactAttrs;
     const { codes, scales } = args.inputs;
@@ -213,13 +230,9 @@ export function installWasmKernels(): void {
     return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
   });
 
-  const kernels = new WeakMap<BackendWasm, SmallMatMul | null>();
+  const smallKernel = perVariant<SmallMatMul>(instantiateSmallMatMul);
   replaceKernel('BatchMatMul', (args) => {
-    if (!kernels.has(args.backend)) {
-      const memory = moduleMemory(args.backend);
-      kernels.set(args.backend, memory && instantiateSmallMatMul(memory));
-    }
-    const kernel = kernels.get(args.backend);
+    const kernel = smallKernel(args.backend);
     const transpose = (x: Info, perm: number[]) =>
       transposeKernel({ inputs: { x }, backend: args.backend, attrs: { perm } }) as Info;
     return (kernel && batchMatMulSimd(kernel, args, transpose)) ?? batchMatMul(args);

@@ -9,16 +9,23 @@
  * vector accumulators: a 4 × 8 register block), the rest one at a time. Each sum runs over p in order
  * with a separate multiply and add (no FMA), exactly as the JavaScript kernel of compact-matmul.ts,
  * so every engine and both kernels give the same bits, whatever m.
+ *
+ * The relaxed-fma variant (shared/arithmetic.ts) is the same module with each multiply and add
+ * replaced by one f32x4.relaxed_madd: fused where the CPU has FMA (one rounding per term), so its bits
+ * differ from the JavaScript kernel's in the last places. The sum order is unchanged, and every row
+ * goes through the same instruction whether it falls in a 4-row block or the rest, so a row's result
+ * still does not depend on m or on the other rows.
  */
+import type { ArithmeticVariant } from '../shared/arithmetic.ts';
 import {
   ADD,
   AND,
   ELSE,
   END,
-  F32_LOAD,
   F32X4_ADD,
   F32X4_MUL,
-  F32X4_SPLAT,
+  F32X4_RELAXED_MADD,
+  v128Load32Splat,
   get,
   I32,
   i32,
@@ -50,14 +57,11 @@ const [B0, B1, S] = [29, 30, 31];
 const I32_LOCALS = 13;
 const V128_LOCALS = 11;
 
-const F32X4_ADD_MUL = (acc: number, b: number) => [
-  ...get(acc),
-  ...get(S),
-  ...get(b),
-  ...F32X4_MUL,
-  ...F32X4_ADD,
-  ...set(acc),
-];
+/** acc += s · b: a multiply then an add (simd128), or one relaxed multiply-add (relaxed-fma) */
+const multiplyAdd = (variant: ArithmeticVariant, acc: number, b: number) =>
+  variant === 'simd128'
+    ? [...get(acc), ...get(S), ...get(b), ...F32X4_MUL, ...F32X4_ADD, ...set(acc)]
+    : [...get(S), ...get(b), ...get(acc), ...F32X4_RELAXED_MADD, ...set(acc)];
 
 /** The row addresses of `rows` rows from row I: base + (I + r) · stride · 4. */
 function rowAddresses(base: number, stride: number, targets: number[]): number[] {
@@ -76,7 +80,7 @@ function rowAddresses(base: number, stride: number, targets: number[]): number[]
 }
 
 /** The register block of `rows` rows: C rows (+)= A rows · panel. */
-function block(rows: number): number[] {
+function block(variant: ArithmeticVariant, rows: number): number[] {
   const accs = ACC.slice(0, 2 * rows);
   const init = [
     ...get(ACCUMULATE),
@@ -97,11 +101,10 @@ function block(rows: number): number[] {
       ...get(ROW_A[r]),
       ...get(P),
       ...ADD,
-      ...F32_LOAD,
-      ...F32X4_SPLAT,
+      ...v128Load32Splat(),
       ...set(S),
-      ...F32X4_ADD_MUL(ACC[2 * r], B0),
-      ...F32X4_ADD_MUL(ACC[2 * r + 1], B1),
+      ...multiplyAdd(variant, ACC[2 * r], B0),
+      ...multiplyAdd(variant, ACC[2 * r + 1], B1),
     ]).flat(),
     ...increment(BPTR, 32),
     ...increment(P, 4),
@@ -127,7 +130,7 @@ function block(rows: number): number[] {
   ];
 }
 
-const body = [
+const body = (variant: ArithmeticVariant) => [
   ...get(K),
   ...i32(2),
   ...SHL,
@@ -138,11 +141,11 @@ const body = [
   ...set(M4),
   ...i32(0),
   ...set(I),
-  ...whileLoop(I, M4, 4, block(4)),
-  ...whileLoop(I, M, 1, block(1)),
+  ...whileLoop(I, M4, 4, block(variant, 4)),
+  ...whileLoop(I, M, 1, block(variant, 1)),
 ];
 
-const panelMatMulModule = (shared: boolean) =>
+const panelMatMulModule = (shared: boolean, variant: ArithmeticVariant) =>
   kernelModule(
     'panelMatMul',
     8,
@@ -150,7 +153,7 @@ const panelMatMulModule = (shared: boolean) =>
       [I32_LOCALS, I32],
       [V128_LOCALS, V128],
     ],
-    body,
+    body(variant),
     shared,
   );
 
@@ -165,7 +168,13 @@ export type PanelMatMul = (
   accumulate: number,
 ) => void;
 
-/** The kernel bound to `memory`, or null where the engine lacks wasm SIMD. */
-export function instantiatePanelMatMul(memory: WebAssembly.Memory): PanelMatMul | null {
-  return instantiateKernel<PanelMatMul>(panelMatMulModule(isShared(memory)), 'panelMatMul', memory);
+/**
+ * The kernel bound to `memory`, or null where the engine lacks wasm SIMD (or, for relaxed-fma, relaxed
+ * SIMD).
+ */
+export function instantiatePanelMatMul(
+  memory: WebAssembly.Memory,
+  variant: ArithmeticVariant = 'simd128',
+): PanelMatMul | null {
+  return instantiateKernel<PanelMatMul>(panelMatMulModule(isShared(memory), variant), 'panelMatMul', memory);
 }

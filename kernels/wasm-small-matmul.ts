@@ -11,8 +11,11 @@
  * a, b, out are byte offsets; strides count floats (aCol ≠ 1 reads A transposed, a zero batch
  * stride broadcasts). out is contiguous (batch, m, n); b is contiguous (k, n) per batch. Sums run
  * over p in order with separate multiply and add (no FMA), so every platform gets the same bits.
- * All sizes must be ≥ 1.
+ * All sizes must be ≥ 1. The relaxed-fma variant (shared/arithmetic.ts) does the 4-wide part with one
+ * f32x4.relaxed_madd (fused where the CPU has FMA); the last n mod 4 columns stay a scalar multiply
+ * then add (wasm has no scalar FMA). Same order, so its bits are the same from call to call.
  */
+import type { ArithmeticVariant } from '../shared/arithmetic.ts';
 
 import {
   ADD,
@@ -25,6 +28,7 @@ import {
   F32_STORE,
   F32X4_ADD,
   F32X4_MUL,
+  F32X4_RELAXED_MADD,
   F32X4_SPLAT,
   F32,
   get,
@@ -50,7 +54,30 @@ const addr = (base: number, index: number) => [...get(base), ...get(index), ...i
 /** while (j < limit) { body; j += step } */
 const whileJ = (limit: number, step: number, body: number[]) => whileLoop(J, limit, step, body);
 
-const body = [
+/** the 4 lanes on the stack (the address, then out[j..j+3] + a(i, p) · b[p, j..j+3]), by variant */
+const multiplyAdd4 = (variant: ArithmeticVariant) =>
+  variant === 'simd128'
+    ? [
+        ...addr(O_ROW, J),
+        ...addr(O_ROW, J),
+        ...V128_LOAD,
+        ...get(A_VEC),
+        ...addr(B_ROW, J),
+        ...V128_LOAD,
+        ...F32X4_MUL,
+        ...F32X4_ADD,
+      ]
+    : [
+        ...addr(O_ROW, J),
+        ...get(A_VEC),
+        ...addr(B_ROW, J),
+        ...V128_LOAD,
+        ...addr(O_ROW, J),
+        ...V128_LOAD,
+        ...F32X4_RELAXED_MADD,
+      ];
+
+const body = (variant: ArithmeticVariant) => [
   ...get(N),
   ...i32(-4),
   ...AND,
@@ -116,17 +143,7 @@ const body = [
         ...i32(0),
         ...set(J),
         // out[j..j+3] += a(i, p) · b[p, j..j+3]
-        ...whileJ(N4, 4, [
-          ...addr(O_ROW, J),
-          ...addr(O_ROW, J),
-          ...V128_LOAD,
-          ...get(A_VEC),
-          ...addr(B_ROW, J),
-          ...V128_LOAD,
-          ...F32X4_MUL,
-          ...F32X4_ADD,
-          ...V128_STORE,
-        ]),
+        ...whileJ(N4, 4, [...multiplyAdd4(variant), ...V128_STORE]),
         ...whileJ(N, 1, [
           ...addr(O_ROW, J),
           ...addr(O_ROW, J),
@@ -144,7 +161,7 @@ const body = [
 ];
 
 /** The module's bytes; `shared` must match the imported memory (tfjs's threaded build shares it). */
-const smallMatMulModule = (shared: boolean) =>
+const smallMatMulModule = (shared: boolean, variant: ArithmeticVariant) =>
   kernelModule(
     'smallMatMul',
     11,
@@ -153,7 +170,7 @@ const smallMatMulModule = (shared: boolean) =>
       [1, F32],
       [1, V128],
     ],
-    body,
+    body(variant),
     shared,
   );
 
@@ -171,7 +188,13 @@ export type SmallMatMul = (
   bBatch: number,
 ) => void;
 
-/** The kernel bound to `memory`, or null where the engine lacks wasm SIMD. */
-export function instantiateSmallMatMul(memory: WebAssembly.Memory): SmallMatMul | null {
-  return instantiateKernel<SmallMatMul>(smallMatMulModule(isShared(memory)), 'smallMatMul', memory);
+/**
+ * The kernel bound to `memory`, or null where the engine lacks wasm SIMD (or, for relaxed-fma, relaxed
+ * SIMD).
+ */
+export function instantiateSmallMatMul(
+  memory: WebAssembly.Memory,
+  variant: ArithmeticVariant = 'simd128',
+): SmallMatMul | null {
+  return instantiateKernel<SmallMatMul>(smallMatMulModule(isShared(memory), variant), 'smallMatMul', memory);
 }

@@ -7,6 +7,7 @@
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { setFlagsFromString } from 'node:v8';
 import * as tf from '@tensorflow/tfjs-core';
 import { fail, ErrorCodes } from '../shared/errors.ts';
 import { packagePath } from './package-root.ts';
@@ -18,6 +19,10 @@ import { MAX_WASM_THREADS, registerThreadedWasm } from './wasm-threads.ts';
 import { missingVulkan, probeVulkan, useNvidiaIcd } from './vulkan.ts';
 
 const require = createRequire(import.meta.url);
+// WebAssembly relaxed SIMD (the relaxed-fma arithmetic, kernels/arithmetic.ts) is behind this V8 flag
+// in Node 20 (on by default in Chrome 114+ and in later V8). Set when this module loads, before any
+// wasm module compiles: V8 reads it when it validates a module. Harmless where it is already on.
+setFlagsFromString('--experimental-wasm-relaxed-simd');
 // Registers tfjs-core's gradients on the shared engine (see scripts/build-gradients.mjs).
 try {
   require(packagePath('build', 'tfjs-gradients.cjs'));

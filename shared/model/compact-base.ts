@@ -6,6 +6,7 @@
  * d_in, as bitsandbytes stores an nn.Linear.
  */
 import * as tf from '@tensorflow/tfjs-core';
+import type { ArithmeticVariant } from '../arithmetic.ts';
 import type { ModelConfig } from '../config.ts';
 import {
   type BaseFormatSpec,
@@ -80,6 +81,40 @@ export function compactBase(config: ModelConfig, weights: Map<string, tf.Tensor>
   for (const [name, t] of weights) {
     const compact = compactTensor(config, name, t.dataSync() as Float32Array, t.shape, resolved);
     out.set(name, compact ?? t);
+  }
+  return out;
+}
+
+/** baseForArithmetic's conversions, by the map it was given */
+const heldOnce = new WeakMap<BaseWeights, BaseWeights>();
+
+/**
+ * The base a FrozenBase runs with under the run's arithmetic variant (shared/arithmetic.ts). The
+ * variant is the wasm kernels' arithmetic, and XNNPACK's float32 GEMM (what tf.matMul runs) has no
+ * relaxed-fma form: so on wasm with relaxed-fma, every float32 matrix a compact format covers (linear
+ * weights, the token embedding and with it a tied LM head) becomes a compact `f32` matrix (the same
+ * values, held once), whose products run the compact kernels in the selected variant. The float32
+ * tensors it replaces are disposed: the caller hands them over (use the returned map from here on).
+ * The same map given again (several in-process workers and the trusted model sharing one loaded base)
+ * returns the same converted map, converted once. simd128, other backends, and matrices already
+ * compact are left as they are (today's bits).
+ */
+export function baseForArithmetic(
+  config: ModelConfig,
+  weights: BaseWeights,
+  arithmetic: ArithmeticVariant,
+): BaseWeights {
+  if (arithmetic === 'simd128' || tf.getBackend() !== 'wasm') return weights;
+  const converted = heldOnce.get(weights);
+  if (converted) return converted;
+  const f32 = resolveBaseSpec({ format: 'f32' });
+  const out: BaseWeights = new Map();
+  heldOnce.set(weights, out);
+  for (const [name, w] of weights) {
+    const compact =
+      w instanceof CompactWeight ? null : compactTensor(config, name, w.dataSync() as Float32Array, w.shape, f32);
+    if (compact) (w as tf.Tensor).dispose();
+    out.set(name, compact ?? w);
   }
   return out;
 }
