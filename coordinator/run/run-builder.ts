@@ -4,6 +4,7 @@
  * admin hooks and the dashboard's monitor) and the workers (local processes, then waiting for
  * enough of them). train.ts runs the steps over what these build.
  */
+import { baseForArithmetic } from '../../shared/model/compact-base.ts';
 import { ErrorCodes, LoraMeshError } from '../../shared/errors.ts';
 import {
   adapterParameterCount,
@@ -73,7 +74,16 @@ export function buildEngine(
     clipNorm: train.clipNorm,
   };
   const step = { recompute: config.deployment.recompute };
-  const trusted = new TrustedModel(model.config, lora, spec, inner, () => base.load(), step);
+  // the base in the run's arithmetic (relaxed-fma on wasm holds float32 matrices for the fma kernels),
+  // as every worker builds it from the manifest (shared/worker-loop.ts)
+  const trusted = new TrustedModel(
+    model.config,
+    lora,
+    spec,
+    inner,
+    () => baseForArithmetic(model.config, base.load(), arithmetic),
+    step,
+  );
   const mesh = config.deployment.inProcess
     ? null
     : new MeshExecutor({
