@@ -1,6 +1,6 @@
 // `train --arithmetic relaxed-fma` end to end on a tiny model: a run over the mesh (2 local worker
 // processes) ends with the same adapter bytes as the same run in-process (both hold the base for the
-// fma kernels and compute in the run's variant), its run_config.json records the variant, and its
+// fma kernels and compute in the run's variant) and as in-process with 2 wasm threads, its run_config.json records the variant, and its
 // adapter stays within 1e-4 relative L2 of the simd128 run's (fused or not, the same math).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,13 +18,13 @@ const modelDir = join(root, 'model');
 before(() => writeTinyModelDir(modelDir, 5));
 after(() => rmSync(root, { recursive: true, force: true }));
 
-function train(runId: string, extra: string[]): Buffer {
+function train(runId: string, extra: string[], env: NodeJS.ProcessEnv = {}): Buffer {
   const args = ['--import', 'tsx', cli, 'train', '--model', modelDir, '--backend', 'wasm', '--rank', '4'];
   args.push('--targets', 'q_proj,v_proj', '--steps', '3', '--global-batch', '8', '--micro-batch', '4');
   args.push('--train-size', '48', '--eval-every', '1000', '--seed', '11', '--out', join(root, 'runs'));
   const run = spawnSync(process.execPath, [...args, '--run-id', runId, ...extra], {
     encoding: 'utf8',
-    env: { ...process.env, LORAMESH_CACHE: join(root, 'cache') },
+    env: { ...process.env, LORAMESH_CACHE: join(root, 'cache'), ...env },
     timeout: 180_000,
   });
   assert.equal(run.status, 0, `${run.stdout}\n${run.stderr}`);
@@ -38,6 +38,11 @@ test('relaxed-fma: the mesh run equals the in-process run bit for bit, and stays
   const mesh = train('fma-mesh', ['--arithmetic', 'relaxed-fma', '--local-workers', '2']);
   const inProcess = train('fma-in-process', ['--arithmetic', 'relaxed-fma', '--in-process']);
   assert.ok(mesh.equals(inProcess), 'relaxed-fma mesh and in-process adapters differ');
+  // XNNPACK's threads (the products still outside the panel kernel) leave the bits alone
+  const threaded = train('fma-2-threads', ['--arithmetic', 'relaxed-fma', '--in-process'], {
+    LORAMESH_WASM_THREADS: '2',
+  });
+  assert.ok(threaded.equals(inProcess), 'relaxed-fma with 2 wasm threads differs from 1 thread');
   const config = JSON.parse(readFileSync(join(root, 'runs', 'fma-mesh', 'run_config.json'), 'utf8'));
   assert.equal(JSON.stringify(config).includes('"arithmetic":"relaxed-fma"'), true);
 
