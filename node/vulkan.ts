@@ -140,7 +140,8 @@ const namesNvidia = (m: IcdManifest) => /nvidia/i.test(m.file) || /nvidia/i.test
  */
 export function useNvidiaIcd(probe: VulkanProbe, env: NodeJS.ProcessEnv = process.env): string | null {
   if (probe.driverFilesEnv || !probe.nvidiaLibrary || probe.icds.some(namesNvidia)) return null;
-  const dir = join(tmpdir(), 'loramesh-vulkan-icd');
+  // one folder per user: another user's copy of it would not be writable
+  const dir = join(tmpdir(), `loramesh-vulkan-icd-${process.getuid?.() ?? 'user'}`);
   mkdirSync(dir, { recursive: true });
   const file = join(dir, 'nvidia_icd.json');
   // The manifest NVIDIA's installer writes: the loader dlopens library_path (a bare name: ld.so finds it).

@@ -5,7 +5,7 @@
  * file instead of the checkpoint, and the coordinator's eval, spot checks and --in-process steps
  * run on the very same bits.
  */
-import type * as tf from '@tensorflow/tfjs-core';
+import * as tf from '@tensorflow/tfjs-core';
 import { defaultCacheDir } from '../../node/cache-dir.ts';
 import { loadCompactBaseFile } from '../../node/compact-file.ts';
 import type { BaseWeights } from '../../shared/model/compact-base.ts';
@@ -34,7 +34,11 @@ export async function prepareBase(
   weights?: Map<string, tf.Tensor>,
 ): Promise<RunBase> {
   const format = config.run.baseFormat;
-  if (!format) return { files: model.files, format, load: () => weights ?? loadWeights(model).weights };
+  // The caller's tensors stay the caller's: the run gets clones (tfjs shares the data, nothing is
+  // copied), which it may dispose, as baseForArithmetic does when it re-holds a base for relaxed-fma.
+  const handOver = (w: Map<string, tf.Tensor>) => new Map([...w].map(([name, t]) => [name, tf.clone(t)]));
+  if (!format)
+    return { files: model.files, format, load: () => (weights ? handOver(weights) : loadWeights(model).weights) };
   const file = await compactBaseFile(model, format, config.deployment.cacheDir ?? defaultCacheDir(), log);
   return {
     files: [...model.files.filter((f) => !f.name.endsWith('.safetensors')), file],

@@ -38,3 +38,13 @@ export function randomMicroBatch(vocab: number, seed: number, { dropoutSeed = 0,
     lossMask: Float32Array.from({ length: n }, (_, i) => (maskLast && i % time === time - 1 ? 0 : 1)),
   } as MicroBatch;
 }
+
+/** A LoRA state for `spec` with N(0, 0.3²) entries from rng: B non-zero, so the branch shows in every output. */
+export function randomAdapter(
+  spec: readonly { name: string; shape: readonly number[] }[],
+  rng: Rng,
+): Map<string, Float32Array> {
+  return new Map(
+    spec.map((t) => [t.name, Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => 0.3 * rng.normal())]),
+  );
+}

@@ -22,7 +22,7 @@ import { dequantizeMatrix, quantizeMatrix } from '../../shared/quant/quantize.ts
 import { Rng } from '../../shared/rng.ts';
 import { computeGradientsAsync } from '../../shared/train/gradients.ts';
 import { relativeL2Distance } from '../../shared/train/relative-l2.ts';
-import { COMPACT_SPECS, gaussian, randomMicroBatch } from '../helpers/compact.ts';
+import { COMPACT_SPECS, gaussian, randomAdapter, randomMicroBatch } from '../helpers/compact.ts';
 import { randomArrays, tinyConfig } from '../helpers/tiny-model.ts';
 
 /** Why this suite cannot run here (no WebGPU adapter), or false; any other start failure throws. */
@@ -243,9 +243,7 @@ test('a LoRA step on a compact base: webgpu loss and gradients equal the cpu bac
   const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: GRADIENT_TARGETS });
   const spec = adapterSpec(config, lora);
   const rng = new Rng(40);
-  const adapter: AdapterState = new Map(
-    spec.map((s) => [s.name, Float32Array.from({ length: s.shape[0] * s.shape[1] }, () => 0.3 * rng.normal())]),
-  );
+  const adapter: AdapterState = randomAdapter(spec, rng);
   const mb = randomMicroBatch(config.vocab_size, 41);
   const step = async (backend: string) => {
     await tf.setBackend(backend);

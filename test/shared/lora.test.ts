@@ -12,6 +12,7 @@ import { Rng } from '../../shared/rng.ts';
 import { computeGradients, tokenLossSum } from '../../shared/train/gradients.ts';
 import type { MicroBatch } from '../../shared/train/micro-batch.ts';
 import { randomWeights, tinyConfig } from '../helpers/tiny-model.ts';
+import { randomAdapter as randomState } from '../helpers/compact.ts';
 
 const config = tinyConfig();
 const model = createModel(config);
@@ -26,9 +27,7 @@ const spec = adapterSpec(config, lora);
 
 function randomAdapter(seed: number): AdapterState {
   const rng = new Rng(seed);
-  return new Map(
-    spec.map((t) => [t.name, Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => 0.3 * rng.normal())]),
-  );
+  return randomState(spec, rng);
 }
 
 function microBatch(seed: number, batch = 2, time = 7): MicroBatch {

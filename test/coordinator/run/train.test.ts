@@ -75,3 +75,29 @@ test('the default run selects simd128', async () => {
   await run('plain', 'simd128', kernels);
   assert.deepEqual(kernels.selected, ['simd128']);
 });
+
+test('a relaxed-fma run re-holds its base for the fma kernels without disposing the weights its caller passed', async () => {
+  const { loadWeights } = await import('../../../coordinator/io/model-dir.ts');
+  const weights = loadWeights(model).weights;
+  const before = new Map([...weights].map(([name, t]) => [name, t.dataSync().slice()]));
+  await runTraining({
+    model,
+    weights,
+    examples: demoExamples(model.tokenizer, demoTaskData(16, 200, 5)),
+    config: {
+      run: {
+        lora: checkLoraConfig({ r: 2, alpha: 4, targetModules: ['q_proj'] }),
+        train: checkTrainConfig({ steps: 1, globalBatch: 4, microBatch: 2, lr: 0.01, warmupSteps: 0, seed: 5 }),
+        arithmetic: 'relaxed-fma',
+      },
+      deployment: { outDir: join(root, 'runs'), runId: 'caller-weights', inProcess: true, localWorkers: 0 },
+    },
+    arithmetic: fakeKernels(['simd128', 'relaxed-fma']),
+    progress: false,
+    log: () => {},
+  });
+  for (const [name, t] of weights) {
+    assert.equal(t.isDisposed, false, `${name} was disposed`);
+    assert.deepEqual(t.dataSync(), before.get(name), `${name} changed`);
+  }
+});

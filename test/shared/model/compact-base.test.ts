@@ -15,7 +15,7 @@ import { CompactWeight } from '../../../shared/model/compact-linear.ts';
 import type { BaseFormatSpec } from '../../../shared/quant/formats.ts';
 import { Rng } from '../../../shared/rng.ts';
 import { computeGradients } from '../../../shared/train/gradients.ts';
-import { randomMicroBatch } from '../../helpers/compact.ts';
+import { randomAdapter, randomMicroBatch } from '../../helpers/compact.ts';
 import { randomWeights, tinyConfig, tinyGpt2Config } from '../../helpers/tiny-model.ts';
 import { relativeL2Distance } from '../../../shared/train/relative-l2.ts';
 
@@ -43,9 +43,7 @@ test('compact base: loss and LoRA gradients equal autodiff on the dequantized we
     const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: targets });
     const spec = adapterSpec(config, lora);
     const rng = new Rng(seed++);
-    const adapter: AdapterState = new Map(
-      spec.map((t) => [t.name, Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => 0.3 * rng.normal())]),
-    );
+    const adapter: AdapterState = randomAdapter(spec, rng);
     const weights = randomWeights(config, seed++);
     const model = createModel(config);
     const mb = randomMicroBatch(config.vocab_size, seed++);

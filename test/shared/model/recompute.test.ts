@@ -12,7 +12,7 @@ import { createModel } from '../../../shared/model/causal-lm.ts';
 import { compactBase } from '../../../shared/model/compact-base.ts';
 import { Rng } from '../../../shared/rng.ts';
 import { computeGradients } from '../../../shared/train/gradients.ts';
-import { randomMicroBatch } from '../../helpers/compact.ts';
+import { randomAdapter, randomMicroBatch } from '../../helpers/compact.ts';
 import { randomWeights, tinyConfig, tinyGpt2Config } from '../../helpers/tiny-model.ts';
 
 const GPT2 = tinyGpt2Config();
@@ -28,9 +28,7 @@ test('recomputing each block in the backward pass gives the same loss and gradie
     const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules, dropout: 0.2 });
     const spec = adapterSpec(config, lora);
     const rng = new Rng(seed++);
-    const adapter: AdapterState = new Map(
-      spec.map((t) => [t.name, Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => 0.3 * rng.normal())]),
-    );
+    const adapter: AdapterState = randomAdapter(spec, rng);
     const weights = randomWeights(config, seed++);
     const base = new FrozenBase(
       config,
