@@ -45,7 +45,7 @@ export interface MeasureConfig {
   baseFormat?: 'f32' | 'bf16' | 'int8' | 'nf4';
   /**
    * the wasm kernels' arithmetic (shared/arithmetic.ts; absent: simd128). relaxed-fma also holds a
-   * float32 base as compact f32 (baseForArithmetic), so its frozen products run the panel kernel.
+   * float32 base as compact f32 (baseForArithmetic), so its frozen products run the compact GEMM (kernels/c/compact-gemm.c).
    */
   arithmetic?: ArithmeticVariant;
 }

@@ -1,7 +1,7 @@
 /**
- * The few pieces of the WebAssembly binary format the hand-encoded kernels need (wasm-small-matmul.ts,
- * wasm-panel-matmul.ts): LEB128 numbers, sections, the instructions they use, and a module that
- * imports tfjs's memory and exports one function. Opcodes are those of the WebAssembly 2.0 spec
+ * The few pieces of the WebAssembly binary format the hand-encoded kernel needs (wasm-small-matmul.ts):
+ * LEB128 numbers, sections, the instructions it uses, and a module that imports tfjs's memory and
+ * exports one function; and withMemoryImport for the modules built from C (compact-gemm.ts). Opcodes are those of the WebAssembly 2.0 spec
  * (SIMD128 included).
  */
 
@@ -139,4 +139,28 @@ export function instantiateKernel<F>(
   if (!WebAssembly.validate(bytes)) return null;
   const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } });
   return instance.exports[exportName] as F;
+}
+
+/**
+ * A module whose one import is env.memory, with that import redeclared shared (the threaded tfjs
+ * build's memory) or not: a module that uses no atomics is otherwise the same for both.
+ */
+export function withMemoryImport(bytes: Uint8Array, shared: boolean): Uint8Array<ArrayBuffer> {
+  const readUleb = (at: number): [value: number, next: number] => {
+    let value = 0;
+    for (let shift = 0; ; shift += 7) {
+      const byte = bytes[at++];
+      value += (byte & 0x7f) * 2 ** shift;
+      if (byte < 0x80) return [value, at];
+    }
+  };
+  const memoryLimits = shared ? [0x03, ...uleb(1), ...uleb(65536)] : [0x00, ...uleb(1)];
+  const imports = section(2, vec([[...name('env'), ...name('memory'), 0x02, ...memoryLimits]]));
+  const parts: number[][] = [[...bytes.subarray(0, 8)]];
+  for (let at = 8; at < bytes.length; ) {
+    const [size, body] = readUleb(at + 1);
+    parts.push(bytes[at] === 2 ? imports : [...bytes.subarray(at, body + size)]);
+    at = body + size;
+  }
+  return new Uint8Array(parts.flat());
 }

@@ -12,7 +12,7 @@
  * These four give the same bits as before, only the copies go.
  * - The compact-base kernels (shared/model/compact-linear.ts) are added: products with a frozen
  *   matrix held as f16/bf16/int8/nf4 (or f32, held once), dequantized a tile at a time into tfjs's
- *   own memory and multiplied by a SIMD micro-kernel (wasm-panel-matmul.ts).
+ *   own memory and multiplied by a SIMD micro-kernel, all in kernels/c/compact-gemm.c (compact-gemm.ts).
  * - BatchMatMul: products that XNNPACK does not take (batched, or transposed) ran in tfjs's scalar
  *   loop (its rate: bench/RESULTS.md, Compute, "Where the time went"); they now run in a SIMD kernel
  *   (wasm-small-matmul.ts), after a transpose of B when B is transposed. Plain 2-D products still go
@@ -29,10 +29,10 @@ import {
   compactView,
   productShape,
 } from '../shared/model/compact-linear.ts';
-import { compactGather, compactProduct, scratchFloats, TAIL_OFFSET } from '../shared/quant/compact-matmul.ts';
+import { compactGather } from '../shared/quant/compact-matmul.ts';
 import type { ArithmeticVariant } from '../shared/arithmetic.ts';
 import { selectedArithmetic } from './arithmetic.ts';
-import { instantiatePanelMatMul, type PanelMatMul } from './wasm-panel-matmul.ts';
+import { type CompactGemm, instantiateCompactGemm } from './compact-gemm.ts';
 import { instantiateSmallMatMul, type SmallMatMul } from './wasm-small-matmul.ts';
 
 type Info = tf.TensorInfo;
@@ -152,7 +152,7 @@ function batchMatMulSimd(
 
 /** The compact-base kernels for the wasm backend, on views of its heap. */
 function registerCompactKernels(): void {
-  const panelKernel = perVariant<PanelMatMul>(instantiatePanelMatMul);
+  const compactGemm = perVariant<CompactGemm>(instantiateCompactGemm);
   const heapView = (backend: BackendWasm, args: KernelArgs) => {
     const attrs = args.attrs as unknown as CompactAttrs;
     const { codes, scales } = args.inputs;
@@ -168,24 +168,22 @@ function registerCompactKernels(): void {
     kernelFunc: ((args: KernelArgs) => {
       const { backend } = args;
       const attrs = args.attrs as unknown as CompactAttrs;
-      const kernel = panelKernel(backend);
-      if (!kernel) throw new Error('the compact-base kernels need WebAssembly SIMD, which this engine lacks');
-      const { x } = args.inputs;
+      const gemm = compactGemm(backend);
+      if (!gemm) throw new Error('the compact-base kernels need WebAssembly SIMD, which this engine lacks');
+      const { x, codes, scales } = args.inputs;
       const [n, outer] = productShape(x, attrs);
       const out = backend.makeOutput([n, outer], 'float32');
-      const scratch = backend.makeOutput([scratchFloats(n)], 'float32');
-      // Views only after the allocations: growing the heap detaches earlier ones.
-      const offset = (t: Info) => (backend.dataIdMap.get(t.dataId)!.memoryOffset as number) / 4;
-      const f = backend.typedArrayFromHeap(out) as Float32Array;
-      const heap = new Float32Array(f.buffer);
-      const panel = offset(scratch);
-      compactProduct(
-        heapView(backend, args),
-        attrs.transposed ?? false,
-        n,
-        { f: heap, x: offset(x), out: offset(out), panel, tail: panel + TAIL_OFFSET },
-        (a, bp, c, m, k, lda, ldc, accumulate) => kernel(4 * a, 4 * bp, 4 * c, m, k, lda, ldc, accumulate ? 1 : 0),
-      );
+      const scratch = backend.makeOutput([gemm.scratchFloats(n)], 'float32');
+      // Offsets only after the allocations: growing the heap moves nothing, but views detach.
+      const offset = (t: Info) => (t.shape.includes(0) ? 0 : (backend.dataIdMap.get(t.dataId)!.memoryOffset as number));
+      const at = {
+        data: offset(codes),
+        scales: offset(scales),
+        x: offset(x),
+        out: offset(out),
+        scratch: offset(scratch),
+      };
+      gemm.product(attrs, attrs.transposed ?? false, at, n, 0, outer);
       backend.disposeData(scratch.dataId);
       return out;
     }) as unknown as tf.KernelFunc,

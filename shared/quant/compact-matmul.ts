@@ -11,7 +11,7 @@
  *
  * Summation order is fixed: each output element is a sum over the inner dimension in index order,
  * one float32 multiply and one float32 add per term (no FMA), whatever the tile sizes, the number of
- * rows n, and the kernel (the WebAssembly SIMD one, kernels/wasm-panel-matmul.ts, or the JavaScript
+ * rows n, and the kernel (the WebAssembly SIMD one, kernels/c/compact-gemm.c, or the JavaScript
  * one here): every backend that runs these kernels gives the same bits, and a row's result never
  * depends on the other rows.
  */

@@ -1,4 +1,4 @@
-// The compact-base kernels (shared/model/compact-linear.ts): on wasm (WebAssembly SIMD micro-kernel)
+// The compact-base kernels (shared/model/compact-linear.ts): on wasm (the C GEMM, kernels/c/compact-gemm.c)
 // and cpu (JavaScript), both products and the embedding gather, for every format, against the
 // product with the dequantized float32 matrix (an independent tf.matMul): within 1e-5 relative
 // (‖Δ‖_F / ‖ref‖_F), and bit-identical between the two backends and between a row computed alone and
@@ -15,11 +15,13 @@ import {
   CompactWeight,
   compactEmbed,
   compactLinear,
+  compactProducts,
   hasCompactKernels,
 } from '../../shared/model/compact-linear.ts';
 import type { BaseFormatSpec } from '../../shared/quant/formats.ts';
 import { dequantizeMatrix, quantizeMatrix } from '../../shared/quant/quantize.ts';
 import { COMPACT_SPECS, gaussian } from '../helpers/compact.ts';
+import { f16ToF32 } from '../../shared/formats/half.ts';
 import { relativeL2Distance } from '../../shared/train/relative-l2.ts';
 
 await initBackend('wasm');
@@ -29,6 +31,7 @@ const SHAPES: [number, number, number][] = [
   [13, 70, 5],
   [64, 600, 9],
   [8, 8, 1],
+  [40, 1101, 13], // 4-row blocks and a rest, an inner size that is not a multiple of 4, a 5-column last panel
 ];
 
 /** ‖a − b‖_F / ‖b‖_F */
@@ -104,4 +107,19 @@ test('a backend without the kernels dequantizes per product from a host copy: sa
   assert.ok(relative(compactLinear(x, fallback).dataSync() as Float32Array, y) <= 1e-5);
   assert.deepEqual(compactEmbed(ids, fallback).dataSync(), rows);
   await tf.setBackend('wasm');
+});
+
+test('f16 on wasm: every finite bit pattern (normals, subnormals, ±0) decodes exactly in the SIMD path', async () => {
+  await tf.setBackend('wasm');
+  const patterns = Uint16Array.from({ length: 65536 }, (_, i) => i).filter((h) => (h & 0x7c00) !== 0x7c00);
+  const values = f16ToF32(patterns);
+  const weight = new CompactWeight(quantizeMatrix(values, 1, values.length, { format: 'f16' }));
+  // dx = dy·W with dy = [[1]]: out[j] = 0 + 1 · W[0, j], read 8 values a step along W's row.
+  const out = compactProducts(weight)
+    .backward(tf.tensor2d([1], [1, 1]))
+    .dataSync();
+  weight.dispose();
+  let wrong = 0;
+  for (let i = 0; i < values.length; i++) if (out[i] !== values[i]) wrong++; // -0 becomes +0: equal under !==
+  assert.equal(wrong, 0, `${wrong} of ${values.length} patterns decoded differently`);
 });
