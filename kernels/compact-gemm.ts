@@ -7,27 +7,26 @@
  * relaxed-fma build differs only where the CPU fuses the multiply-add.
  */
 import type { ArithmeticVariant } from '../shared/arithmetic.ts';
-import type { CompactView } from '../shared/quant/compact-matmul.ts';
+import { type CompactView, PANEL_WIDTH } from '../shared/quant/compact-matmul.ts';
 import { NF4_LEVELS } from '../shared/quant/nf4.ts';
 import { COMPACT_GEMM_WASM } from './compact-gemm.wasm.ts';
+import { type GemmThreads, startGemmThreads } from './gemm-threads.ts';
 import { isShared, withMemoryImport } from './wasm-encoding.ts';
 
 const FORMAT_CODES = { f32: 0, f16: 1, bf16: 2, int8: 3, nf4: 4 } as const;
 
 export interface CompactGemm {
-  /** floats of scratch one call of product needs for n rows */
+  /** floats of scratch one product of n rows needs (one share per thread) */
   scratchFloats(n: number): number;
   /**
-   * out (n, outer) = x·Wᵀ (transposed false) or x·W, for output columns [jBegin, jEnd) (jBegin a
-   * multiple of 8); x, out, scratch, data and scales are byte offsets into the memory.
+   * out (n, outer) = x·Wᵀ (transposed false) or x·W; x, out, scratch, data and scales are byte offsets
+   * into the memory. Split over the threads by output columns when the product is large enough.
    */
   product(
     view: Pick<CompactView, 'spec' | 'layout'>,
     transposed: boolean,
     at: { data: number; scales: number; x: number; out: number; scratch: number },
     n: number,
-    jBegin: number,
-    jEnd: number,
   ): void;
 }
 
@@ -41,38 +40,59 @@ const fromBase64 = (text: string): Uint8Array =>
     ? new Uint8Array(Buffer.from(text, 'base64'))
     : Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
 
-/** The kernel bound to `memory`, or null where the engine cannot run the variant (no SIMD, no relaxed SIMD). */
-export function instantiateCompactGemm(memory: WebAssembly.Memory, variant: ArithmeticVariant): CompactGemm | null {
+/** Below this many multiply-adds a product stays on one thread (waking helpers costs tens of µs). */
+const THREADED_MIN_MADDS = 1 << 20;
+
+/**
+ * The kernel bound to `memory`, using up to `threads` threads (gemm-threads.ts), or null where the
+ * engine cannot run the variant (no SIMD, no relaxed SIMD).
+ */
+export function instantiateCompactGemm(
+  memory: WebAssembly.Memory,
+  variant: ArithmeticVariant,
+  threads = 1,
+): CompactGemm | null {
   const bytes = withMemoryImport(fromBase64(COMPACT_GEMM_WASM[variant]), isShared(memory));
   if (!WebAssembly.validate(bytes)) return null;
-  const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } });
-  const exports = instance.exports as unknown as Exports;
+  const module = new WebAssembly.Module(bytes);
+  const exports = new WebAssembly.Instance(module, { env: { memory } }).exports as unknown as Exports;
+  let pool: GemmThreads | null | undefined; // started on the first product large enough
+  const parts = () => (pool ??= startGemmThreads(memory, module, threads))?.count ?? 1;
   return {
-    scratchFloats: (n) => exports.lm_scratch_floats(n),
-    product(view, transposed, at, n, jBegin, jEnd) {
+    scratchFloats: (n) => (threads > 1 ? threads : 1) * exports.lm_scratch_floats(n),
+    product(view, transposed, at, n) {
       const { spec, layout } = view;
-      if (spec.format === 'nf4') {
-        // The module has no data: NF4's levels travel in the scratch's last 16 floats.
-        const levelsAt = at.scratch + 4 * (exports.lm_scratch_floats(n) - 16);
-        new Float32Array(memory.buffer, levelsAt, 16).set(NF4_LEVELS);
-      }
-      exports.lm_product(
-        FORMAT_CODES[spec.format],
-        transposed ? 1 : 0,
-        at.data,
-        at.scales,
-        layout.rows,
-        layout.cols,
-        layout.rowStride,
-        layout.blocksPerRow,
-        'blockSize' in spec ? spec.blockSize : 0,
-        at.x,
-        at.out,
-        n,
-        jBegin,
-        jEnd,
-        at.scratch,
-      );
+      const [inner, outer] = transposed ? [layout.rows, layout.cols] : [layout.cols, layout.rows];
+      const share = 4 * exports.lm_scratch_floats(n);
+      const panels = Math.ceil(outer / PANEL_WIDTH);
+      const count = n * inner * outer >= THREADED_MIN_MADDS ? Math.min(parts(), panels) : 1;
+      const jobs = Array.from({ length: count }, (_, t) => {
+        const scratch = at.scratch + t * share;
+        // The module has no data: NF4's levels travel in each share's last 16 floats.
+        if (spec.format === 'nf4') new Float32Array(memory.buffer, scratch + share - 64, 16).set(NF4_LEVELS);
+        // whole panels per thread; only the last share can end in a narrower one
+        const [jBegin, jEnd] = [t, t + 1].map((e) => Math.min(outer, Math.floor((e * panels) / count) * PANEL_WIDTH));
+        return [
+          FORMAT_CODES[spec.format],
+          transposed ? 1 : 0,
+          at.data,
+          at.scales,
+          layout.rows,
+          layout.cols,
+          layout.rowStride,
+          layout.blocksPerRow,
+          'blockSize' in spec ? spec.blockSize : 0,
+          at.x,
+          at.out,
+          n,
+          jBegin,
+          jEnd,
+          scratch,
+        ];
+      });
+      const here = () => exports.lm_product(...jobs[0]);
+      if (count === 1) here();
+      else pool!.run(jobs, here);
     },
   };
 }

@@ -21,7 +21,7 @@
  * instantiated once per backend on first use; every call runs the one kernels/arithmetic.ts has selected.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import { type BackendWasm, getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 import {
   COMPACT_GATHER,
   COMPACT_MATMUL,
@@ -86,7 +86,7 @@ function moduleMemory(backend: BackendWasm): WebAssembly.Memory | null {
  * variant); null where the engine cannot run it (no SIMD).
  */
 function perVariant<F>(
-  instantiate: (memory: WebAssembly.Memory, variant: ArithmeticVariant) => F | null,
+  instantiate: (memory: WebAssembly.Memory, variant: ArithmeticVariant, threads: number) => F | null,
 ): (backend: BackendWasm) => F | null {
   const made = new WeakMap<BackendWasm, Map<ArithmeticVariant, F | null>>();
   return (backend) => {
@@ -95,7 +95,7 @@ function perVariant<F>(
     if (!byVariant) made.set(backend, (byVariant = new Map()));
     if (!byVariant.has(variant)) {
       const memory = moduleMemory(backend);
-      byVariant.set(variant, memory && instantiate(memory, variant));
+      byVariant.set(variant, memory && instantiate(memory, variant, getThreadsCount()));
     }
     return byVariant.get(variant) ?? null;
   };
@@ -183,7 +183,7 @@ function registerCompactKernels(): void {
         out: offset(out),
         scratch: offset(scratch),
       };
-      gemm.product(attrs, attrs.transposed ?? false, at, n, 0, outer);
+      gemm.product(attrs, attrs.transposed ?? false, at, n);
       backend.disposeData(scratch.dataId);
       return out;
     }) as unknown as tf.KernelFunc,

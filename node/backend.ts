@@ -8,11 +8,13 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { setFlagsFromString } from 'node:v8';
+import { Worker } from 'node:worker_threads';
 import * as tf from '@tensorflow/tfjs-core';
 import { fail, ErrorCodes } from '../shared/errors.ts';
 import { packagePath } from './package-root.ts';
 import { BACKENDS, type BackendName } from './backend-names.ts';
 import { isSoftwareAdapter } from '../kernels/software-device.ts';
+import { setGemmHelperSpawner, type SpawnHelper } from '../kernels/gemm-threads.ts';
 import { installWasmKernels } from '../kernels/wasm-kernels.ts';
 import { installWebgpuCompactKernels } from '../kernels/webgpu-compact.ts';
 import { MAX_WASM_THREADS, registerThreadedWasm } from './wasm-threads.ts';
@@ -70,6 +72,16 @@ export interface BackendOptions {
 }
 
 /** LORAMESH_WASM_THREADS, checked: an integer in 1..MAX_WASM_THREADS, or unset. */
+/** A compact-GEMM helper thread (kernels/gemm-threads.ts) as a worker_thread that never keeps the process alive. */
+const spawnGemmHelper: SpawnHelper = (source, init) => {
+  const helper = new Worker(`${source}\nrequire('node:worker_threads').parentPort.once('message', run);`, {
+    eval: true,
+  });
+  helper.postMessage(init);
+  helper.unref();
+  return helper;
+};
+
 function wasmThreadsFromEnv(env: NodeJS.ProcessEnv = process.env): number | undefined {
   const raw = env.LORAMESH_WASM_THREADS;
   if (raw === undefined || raw === '') return undefined;
@@ -115,6 +127,7 @@ export async function initBackend(
     if (await tf.setBackend('wasm')) {
       await tf.ready();
       installWasmKernels();
+      setGemmHelperSpawner(spawnGemmHelper);
       const threads = wasmPkg.getThreadsCount();
       if (threads !== wasmThreads) {
         note = [note, `wasm asked for ${wasmThreads} threads, runs ${threads}`].filter((s) => s).join('; ');
