@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import * as tf from '@tensorflow/tfjs-core';
 import { FrozenBase } from '../shared/lora/params.ts';
-import { baseForArithmetic, compactBase, dequantizedWeights } from '../shared/model/compact-base.ts';
+import { baseForKernels, compactBase, dequantizedWeights } from '../shared/model/compact-base.ts';
 import { CompactWeight, compactProducts } from '../shared/model/compact-linear.ts';
 import type { ArithmeticVariant } from '../shared/arithmetic.ts';
 import { quantizeMatrix } from '../shared/quant/quantize.ts';
@@ -45,7 +45,7 @@ export interface MeasureConfig {
   baseFormat?: 'f32' | 'bf16' | 'int8' | 'nf4';
   /**
    * the wasm kernels' arithmetic (shared/arithmetic.ts; absent: simd128). relaxed-fma also holds a
-   * float32 base as compact f32 (baseForArithmetic), so its frozen products run the compact GEMM (kernels/c/compact-gemm.c).
+   * float32 base as compact f32 (baseForKernels), so its frozen products run the compact GEMM (kernels/c/compact-gemm.c).
    */
   arithmetic?: ArithmeticVariant;
 }
@@ -227,7 +227,7 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
       : config.model === 'gpt2-small'
         ? gpt2Workload(config.batch, config.time)
         : qwenWorkload(config.batch, config.time, format!);
-  // baseForArithmetic takes over the tensors it converts: it gets clones (on wasm, shared buffers), so
+  // baseForKernels takes over the tensors it converts: it gets clones (on wasm, shared buffers), so
   // PyTorch's inputs below still read the float32 originals
   const clones = () => new Map([...plain.weights].map(([name, t]) => [name, tf.clone(t)]));
   const base = new FrozenBase(
@@ -237,7 +237,7 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
         ? compactBase(plain.config, plain.weights, format)
         : selectedArithmetic() === 'simd128'
           ? plain.weights
-          : baseForArithmetic(plain.config, clones(), selectedArithmetic())),
+          : baseForKernels(plain.config, clones())),
   );
   // PyTorch gets the weights the compact base dequantizes to
   const w: Workload =

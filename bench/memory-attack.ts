@@ -87,6 +87,7 @@ async function coordinator(limits: Partial<NetLimits>): Promise<void> {
       train: DEMO_TRAIN,
       wire: 'f32 up, f32 down',
       local: null,
+      arithmetic: 'simd128',
     },
     () => mesh.info(),
   );

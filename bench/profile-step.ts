@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs-core';
 import { initBackend, type BackendName } from '../node/backend.ts';
 import { FrozenBase } from '../shared/lora/params.ts';
+import { baseForKernels } from '../shared/model/compact-base.ts';
 import { computeGradients } from '../shared/train/gradients.ts';
 import { demoWorkload, gpt2Workload } from './compute-workloads.ts';
 
@@ -21,7 +22,8 @@ const { values, positionals } = parseArgs({
 });
 await initBackend(values.backend as BackendName, console.log);
 const w = positionals[0] === 'gpt2' ? gpt2Workload(Number(values.batch), Number(values.time)) : await demoWorkload();
-const base = new FrozenBase(w.config, w.weights);
+// the base as a worker holds it (on wasm: compact f32 through kernels/c/compact-gemm.c)
+const base = new FrozenBase(w.config, baseForKernels(w.config, w.weights));
 const step = () => computeGradients(w.model, base, w.spec, w.adapter, w.lora, w.mb);
 step();
 step();

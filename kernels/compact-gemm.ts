@@ -59,7 +59,7 @@ export function instantiateCompactGemm(
   let pool: GemmThreads | null | undefined; // started on the first product large enough
   const parts = () => (pool ??= startGemmThreads(memory, module, threads))?.count ?? 1;
   return {
-    scratchFloats: (n) => (threads > 1 ? threads : 1) * exports.lm_scratch_floats(n),
+    scratchFloats: (n) => Math.max(threads, 1) * exports.lm_scratch_floats(n),
     product(view, transposed, at, n) {
       const { spec, layout } = view;
       const [inner, outer] = transposed ? [layout.rows, layout.cols] : [layout.cols, layout.rows];

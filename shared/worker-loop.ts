@@ -3,7 +3,7 @@
  * loop. It answers coordinator messages with messages; the entry point owns the socket, the tfjs
  * backend and how base-model files are fetched and cached.
  */
-import { baseForArithmetic } from './model/compact-base.ts';
+import { baseForKernels } from './model/compact-base.ts';
 import { type ArithmeticKernels, DEFAULT_ARITHMETIC, useArithmetic } from './arithmetic.ts';
 import { checkModelConfig } from './config.ts';
 import { ErrorCodes, LoraMeshError } from './errors.ts';
@@ -182,10 +182,9 @@ export class WorkerSession {
           const config = checkModelConfig(message.manifest.model.config);
           const weights = await this.platform.loadBase(message.manifest);
           this.model = createModel(config);
-          // the run's arithmetic decides how the float32 matrices are held (relaxed-fma on wasm: for the
-          // fma kernels), the same as the coordinator's trusted copy (coordinator/run/run-builder.ts)
-          const arithmetic = message.manifest.arithmetic ?? DEFAULT_ARITHMETIC;
-          this.base = new FrozenBase(config, baseForArithmetic(config, weights, arithmetic));
+          // the base as the kernels hold it (on wasm: float32 matrices as compact f32), the same as the
+          // coordinator's trusted copy (coordinator/run/run-builder.ts)
+          this.base = new FrozenBase(config, baseForKernels(config, weights));
         }
         this.spec = message.manifest.adapter.map((t) => ({
           ...t,

@@ -416,7 +416,15 @@ export class MeshExecutor implements GradientExecutor {
       return;
     }
     const recompute = !!this.options.recompute || (memory?.fits === true && memory.recompute);
-    Object.assign(w, { name: name ?? w.id, backend, platform, adapter: adapter ?? '', slow: !!slow, state: 'loading' });
+    Object.assign(w, {
+      name: name ?? w.id,
+      backend,
+      platform,
+      adapter: adapter ?? '',
+      slow: !!slow,
+      arithmetic: offered.map((v) => cleanPeerText(v, 20)),
+      state: 'loading',
+    });
     this.log(`worker ${w.id} (${w.name}, ${platform}/${backend}${adapter ? ` on ${adapter}` : ''}) joined`);
     if (slow)
       this.log(`warning: worker ${w.id} runs on a slow fallback backend (${backend}${adapter ? `, ${adapter}` : ''})`);

@@ -18,6 +18,8 @@ export interface WorkerInfo {
   adapter: string;
   /** running on a slow fallback backend */
   slow: boolean;
+  /** the arithmetic variants the worker's kernels can run, from its hello (shared/arithmetic.ts) */
+  arithmetic: string[];
   state: 'handshake' | 'loading' | 'ready';
   microBatchesDone: number;
   /** ledger counts: results used in a step, and results discarded because a copy won */
@@ -54,6 +56,7 @@ export function newConnection(ws: Peer, messagesPerSecond: number): WorkerConnec
     platform: '',
     adapter: '',
     slow: false,
+    arithmetic: [],
     state: 'handshake',
     microBatchesDone: 0,
     used: 0,

@@ -17,6 +17,8 @@ export interface RunSummary {
   /** "f32 up, int8/64 down"; null in-process (no wire) */
   wire: string | null;
   local: { steps: number; outerLr: number; outerMomentum: number } | null;
+  /** the wasm kernels' arithmetic variant every worker computes with (shared/arithmetic.ts) */
+  arithmetic: string;
 }
 
 export type MonitorEvent =

@@ -35,7 +35,7 @@ export async function prepareBase(
 ): Promise<RunBase> {
   const format = config.run.baseFormat;
   // The caller's tensors stay the caller's: the run gets clones (tfjs shares the data, nothing is
-  // copied), which it may dispose, as baseForArithmetic does when it re-holds a base for relaxed-fma.
+  // copied), which it may dispose, as baseForKernels does when it re-holds a base for relaxed-fma.
   const handOver = (w: Map<string, tf.Tensor>) => new Map([...w].map(([name, t]) => [name, tf.clone(t)]));
   if (!format)
     return { files: model.files, format, load: () => (weights ? handOver(weights) : loadWeights(model).weights) };

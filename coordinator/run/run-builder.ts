@@ -4,7 +4,7 @@
  * admin hooks and the dashboard's monitor) and the workers (local processes, then waiting for
  * enough of them). train.ts runs the steps over what these build.
  */
-import { baseForArithmetic } from '../../shared/model/compact-base.ts';
+import { baseForKernels } from '../../shared/model/compact-base.ts';
 import { ErrorCodes, LoraMeshError } from '../../shared/errors.ts';
 import {
   adapterParameterCount,
@@ -74,14 +74,14 @@ export function buildEngine(
     clipNorm: train.clipNorm,
   };
   const step = { recompute: config.deployment.recompute };
-  // the base in the run's arithmetic (relaxed-fma on wasm holds float32 matrices for the fma kernels),
-  // as every worker builds it from the manifest (shared/worker-loop.ts)
+  // the base as the kernels hold it (on wasm float32 matrices become compact f32 for the run's arithmetic
+  // variant), as every worker builds it from the manifest (shared/worker-loop.ts)
   const trusted = new TrustedModel(
     model.config,
     lora,
     spec,
     inner,
-    () => baseForArithmetic(model.config, base.load(), arithmetic),
+    () => baseForKernels(model.config, base.load()),
     step,
   );
   const mesh = config.deployment.inProcess
@@ -174,7 +174,7 @@ export function buildMonitor(
   engine: Engine,
   runId: string,
 ): { monitor: RunMonitor; modelParameters: number } {
-  const { lora, train, wire, local } = config.run;
+  const { lora, train, wire, local, arithmetic } = config.run;
   const { mesh, spec } = engine;
   const modelParameters = [...parameterShapes(model.config).values()].reduce(
     (n, s) => n + s.reduce((a, b) => a * b, 1),
@@ -192,6 +192,7 @@ export function buildMonitor(
       train,
       wire: mesh ? `${describeCodec(wire.up)} up, ${describeCodec(wire.down)} down` : null,
       local: local ? { steps: local.steps, outerLr: local.outerLr, outerMomentum: local.outerMomentum } : null,
+      arithmetic,
     },
     () => mesh?.info() ?? [],
   );

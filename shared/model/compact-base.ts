@@ -6,7 +6,6 @@
  * d_in, as bitsandbytes stores an nn.Linear.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import type { ArithmeticVariant } from '../arithmetic.ts';
 import type { ModelConfig } from '../config.ts';
 import {
   type BaseFormatSpec,
@@ -85,26 +84,22 @@ export function compactBase(config: ModelConfig, weights: Map<string, tf.Tensor>
   return out;
 }
 
-/** baseForArithmetic's conversions, by the map it was given */
+/** baseForKernels' conversions, by the map it was given */
 const heldOnce = new WeakMap<BaseWeights, BaseWeights>();
 
 /**
- * The base a FrozenBase runs with under the run's arithmetic variant (shared/arithmetic.ts). The
- * variant is the wasm kernels' arithmetic, and XNNPACK's float32 GEMM (what tf.matMul runs) has no
- * relaxed-fma form: so on wasm with relaxed-fma, every float32 matrix a compact format covers (linear
- * weights, the token embedding and with it a tied LM head) becomes a compact `f32` matrix (the same
- * values, held once), whose products run the compact kernels in the selected variant. The float32
- * tensors it replaces are disposed: the caller hands them over (use the returned map from here on).
- * The same map given again (several in-process workers and the trusted model sharing one loaded base)
- * returns the same converted map, converted once. simd128, other backends, and matrices already
- * compact are left as they are (today's bits).
+ * The base a FrozenBase runs with on the backend in use. On wasm every float32 matrix a compact format
+ * covers (linear weights, the token embedding and with it a tied LM head) becomes a compact `f32`
+ * matrix (the same values, held once), whose products run kernels/c/compact-gemm.c in the run's
+ * arithmetic variant (shared/arithmetic.ts): 1.3–1.4× XNNPACK's rate per thread at GPT-2's shapes and
+ * 2–4× its rate for x·Wᵀ, with none of the three extra float32 layouts XNNPACK's path keeps (W, Wᵀ and
+ * their packed copies; shared/model/memory-plan.ts). The float32 tensors it replaces are disposed: the
+ * caller hands them over (use the returned map from here on). The same map given again (several
+ * in-process workers and the trusted model sharing one loaded base) returns the same converted map,
+ * converted once. Other backends, and matrices already compact, are left as they are.
  */
-export function baseForArithmetic(
-  config: ModelConfig,
-  weights: BaseWeights,
-  arithmetic: ArithmeticVariant,
-): BaseWeights {
-  if (arithmetic === 'simd128' || tf.getBackend() !== 'wasm') return weights;
+export function baseForKernels(config: ModelConfig, weights: BaseWeights): BaseWeights {
+  if (tf.getBackend() !== 'wasm') return weights;
   const converted = heldOnce.get(weights);
   if (converted) return converted;
   const f32 = resolveBaseSpec({ format: 'f32' });

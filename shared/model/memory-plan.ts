@@ -10,7 +10,8 @@
  *  - frozenWeights: every base parameter as held. A run's compact base (`baseFormat`, the run's
  *    --base-format: shared/model/compact-base.ts) holds each linear weight and the embedding packed
  *    with float32 block scales (CompactWeight.heldBytes) and the rest as float32; without one the
- *    loader widens every tensor to float32. `format` (a WeightFormat: bits per weight plus group
+ *    loader widens every tensor to float32, and on wasm the worker then holds its matrices once as
+ *    compact f32 (baseForKernels), which is how wasm is planned unless `format` asks for an estimate. `format` (a WeightFormat: bits per weight plus group
  *    scales) estimates other storage formats, for comparison.
  *  - weightCopies: the extra float32 layouts the frozen-linear kernels keep (shared/model/linear-ops.ts,
  *    makeFrozenLinear and FrozenLinear): with W on the right (models with ≤ 64 MiB of linear
@@ -56,6 +57,7 @@ import {
   type MatrixLayout,
   matrixLayout,
   type ResolvedBaseSpec,
+  resolveBaseSpec,
 } from '../quant/formats.ts';
 import { linearModulePaths, linearShape, linearStorage, parameterShapes } from './causal-lm.ts';
 import { headChunkRows } from '../train/gradients.ts';
@@ -257,6 +259,9 @@ export function planMemory(input: MemoryPlanInput): MemoryPlan {
   const { config, lora, microBatch: batch, sequenceLength: time } = input;
   const format = input.format ?? WEIGHT_FORMATS.f32;
   const backend = input.backend ?? 'wasm';
+  // On wasm a float32 base is held once as compact f32 (baseForKernels, shared/model/compact-base.ts).
+  if (backend === 'wasm' && !input.baseFormat && !input.format)
+    return planMemory({ ...input, baseFormat: resolveBaseSpec({ format: 'f32' }) });
   positiveInt('microBatch', batch);
   positiveInt('sequenceLength', time);
   positiveInt('lora.r', lora.r);

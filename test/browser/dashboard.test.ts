@@ -66,6 +66,8 @@ test('dashboard shows both workers with their backends and a loss curve that upd
     for (const r of rows) {
       assert.equal(r[2], 'node');
       assert.equal(r[3], 'wasm');
+      // Node turns relaxed SIMD on (node/backend.ts): both variants are offered
+      assert.equal(r[4], 'simd128, relaxed-fma');
       assert.match(r[1] ?? '', /^local-[12]$/);
     }
     const points = async () => Number((await page.getAttribute('#train-line', 'data-points')) ?? 0);

@@ -21,6 +21,7 @@ interface WorkerRow {
   backend: string;
   adapter: string;
   slow: boolean;
+  arithmetic: string[];
   state: string;
   throughput: number;
   microBatchesDone: number;
@@ -40,6 +41,7 @@ interface Status {
     train: Record<string, unknown>;
     wire: string | null;
     local: { steps: number; outerLr: number; outerMomentum: number } | null;
+    arithmetic?: string;
   };
   step: number;
   finished: boolean;
@@ -73,6 +75,7 @@ function render(s: Status): void {
       `LoRA r=${lora.r} α=${lora.alpha} on ${lora.targetModules.join(', ')} ` +
       `(${sum.adapterParameters.toLocaleString()} trainable) · ${describeTrain(sum.train)}` +
       `${sum.wire ? ` · wire ${sum.wire}` : ''}` +
+      `${sum.arithmetic ? ` · arithmetic ${sum.arithmetic}` : ''}` +
       `${
         sum.local
           ? ` · local steps H=${sum.local.steps} (outer lr ${sum.local.outerLr}, momentum ${sum.local.outerMomentum})`
@@ -156,6 +159,7 @@ function renderWorkers(workers: WorkerRow[]): void {
       w.name,
       w.platform,
       w.backend + (w.slow ? ' (slow fallback)' : ''),
+      w.arithmetic.join(', ') || '–',
       w.adapter || '–',
       w.throughput.toFixed(0),
       `${w.microBatchesDone} (${w.used} used, ${w.discarded} discarded)`,

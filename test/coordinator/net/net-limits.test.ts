@@ -56,6 +56,7 @@ async function startEdge(limits: Partial<NetLimits>) {
       train: checkTrainConfig({ steps: 1 }),
       wire: null,
       local: null,
+      arithmetic: 'simd128',
     },
     () => [],
   );

@@ -80,16 +80,17 @@ test('every part of a tiny Llama plan, counted by hand (cpu, f32, W on the right
   assert.match(plan.summary, /^0\.00 GB peak for 2×3 tokens, LoRA r=2 on q_proj,v_proj, f32 weights on cpu: /);
 });
 
-test('wasm adds XNNPACK packed copies; W on the left changes copies and activations', () => {
+test('wasm holds a float32 base once (compact f32, no kernel copies); W on the left changes copies and activations', () => {
   const cpu = planMemory(INPUT);
   const wasm = planMemory({ ...INPUT, backend: 'wasm' });
-  // W on the right: packed copies of W and Wᵀ beside the two layouts
-  assert.equal(wasm.parts.weightCopies, 3 * 4 * LINEAR_VALUES);
+  // baseForKernels: every matrix held once as compact f32 (4 bytes a weight, no scales), no float32 layouts
+  assert.equal(wasm.parts.weightCopies, 0);
+  assert.equal(wasm.parts.frozenWeights, cpu.parts.frozenWeights);
+  assert.match(wasm.summary, / f32 weights on wasm: .* kernel copies 0\.00 /);
   // LoRA backward products with an activation on the right: x once per input (q and v share it, N·8)
   // and each module's scaled dy (q N·8, v N·4), in both layers
   assert.equal(wasm.parts.packedActivations, 4 * 2 * (N * 8 + N * 8 + N * 4)); // 960
-  for (const part of ['frozenWeights', 'activations', 'logits', 'lora'] as const)
-    assert.equal(wasm.parts[part], cpu.parts[part]);
+  for (const part of ['activations', 'logits', 'lora'] as const) assert.equal(wasm.parts[part], cpu.parts[part]);
 
   const left = planMemory({ ...INPUT, weightOnTheLeft: true });
   // one copy per linear as on the right (the head is not vocabulary-sized)
@@ -99,14 +100,16 @@ test('wasm adds XNNPACK packed copies; W on the left changes copies and activati
   assert.equal(left.parts.activations - cpu.parts.activations, 4 * (2 * N * (64 + 64) + N * 8));
   assert.equal(left.parts.logits, 4 * 7 * N * 32);
 
-  // GPT-2 small: 124M weights put W on the left; its 50257-row head keeps one layout, packed only on wasm
+  // GPT-2 small: 124M weights put W on the left on cpu (one layout beside W, the head none); wasm holds it once
   const gpt2 = { config: GPT2_SMALL, lora: { r: 8, targetModules: ['c_attn'] as LinearModule[] } };
   const gpt2Cpu = planMemory({ ...gpt2, microBatch: 1, sequenceLength: 8, backend: 'cpu' });
   const gpt2Wasm = planMemory({ ...gpt2, microBatch: 1, sequenceLength: 8, backend: 'wasm' });
   const layerLinears = 12 * (768 * 2304 + 768 * 768 + 2 * 768 * 3072);
   assert.equal(gpt2Cpu.weightOnTheLeft, true);
   assert.equal(gpt2Cpu.parts.weightCopies, 4 * layerLinears);
-  assert.equal(gpt2Wasm.parts.weightCopies, 4 * (layerLinears + 50257 * 768));
+  assert.equal(gpt2Wasm.weightOnTheLeft, false);
+  assert.equal(gpt2Wasm.parts.weightCopies, 0);
+  assert.ok(gpt2Wasm.total < gpt2Cpu.total - 4 * layerLinears + 1, 'wasm needs less than cpu by the copies');
 });
 
 test('the storage format sets the frozen weights: matrices in the format, vectors in float32', () => {
@@ -161,14 +164,16 @@ test('the total grows with the micro-batch and the sequence length, and is the s
   }
 });
 
-test('a float32 Qwen2.5-0.5B does not fit the wasm heap; the summary says so', () => {
-  const config = checkModelConfig(shapeConfig('qwen2.5-0.5b'));
+test('a float32 Qwen2.5-0.5B fits the wasm heap held once; a float32 Llama-3.2-1B does not, and the summary says so', () => {
   const lora = { r: 8, targetModules: ['q_proj', 'v_proj'] as LinearModule[] };
-  const wasm = planMemory({ config, lora, microBatch: 1, sequenceLength: 32 });
-  assert.equal(wasm.overWasmHeap, true);
-  assert.match(wasm.summary, /\(over the 4\.29 GB wasm heap\)$/);
-  assert.equal(planMemory({ config, lora, microBatch: 1, sequenceLength: 32, backend: 'cpu' }).overWasmHeap, false);
-  assert.match(wasm.summary, /^\d+\.\d\d GB peak .* weights \d+\.\d\d \+ kernel copies \d+\.\d\d \+/);
+  const plan = (shape: 'qwen2.5-0.5b' | 'llama-3.2-1b', backend?: 'cpu') =>
+    planMemory({ config: checkModelConfig(shapeConfig(shape)), lora, microBatch: 1, sequenceLength: 32, backend });
+  assert.equal(plan('qwen2.5-0.5b').overWasmHeap, false);
+  const llama = plan('llama-3.2-1b');
+  assert.equal(llama.overWasmHeap, true);
+  assert.match(llama.summary, /\(over the 4\.29 GB wasm heap\)$/);
+  assert.equal(plan('llama-3.2-1b', 'cpu').overWasmHeap, false);
+  assert.match(llama.summary, /^\d+\.\d\d GB peak .* weights \d+\.\d\d \+ kernel copies 0\.00 \+/);
 });
 
 test('a compact base has no kernel copies; recomputation keeps one block of activations', () => {
@@ -191,16 +196,22 @@ test('refuses sizes that are not positive integers and targets the model lacks',
 });
 
 test('a model whose weights overflow the wasm heap is refused in one line with its numbers; one that fits is not', () => {
-  // Qwen2.5-0.5B's shapes (scripts/make-checkpoint.ts): 494M parameters, 1.98 GB as float32 weights
+  // Qwen2.5-0.5B's shapes (scripts/make-checkpoint.ts): 494M parameters, 1.98 GB as float32 weights,
+  // held once on wasm: 3.81 GB with 1×128 tokens, within the heap
   const qwen = checkModelConfig(shapeConfig('qwen2.5-0.5b', 'f32'));
   const lora = { r: 8, targetModules: ['q_proj', 'v_proj'] as LinearModule[] };
-  const big = planMemory({ config: qwen, lora, microBatch: 1, sequenceLength: 128 });
-  assert.equal(big.overWasmHeap, true);
-  const refusal = wasmHeapRefusal({ config: qwen, lora, microBatch: 1, sequenceLength: 128 }, 'this worker');
-  assert.match(refusal ?? '', /^this worker cannot train this model on wasm: \d+\.\d\d GB peak for 1×128 tokens/);
-  // the widest compact base that fits is named first: float32 held once, without the kernels' copies
-  assert.match(refusal ?? '', /\(over the 4\.29 GB wasm heap\)\. --base-format f32 needs 3\.81 GB; or use a smaller/);
-  assert.ok(big.parts.frozenWeights > 1.9e9 && big.parts.frozenWeights < 2.1e9, `${big.parts.frozenWeights}`);
+  const fits = planMemory({ config: qwen, lora, microBatch: 1, sequenceLength: 128 });
+  assert.equal(fits.overWasmHeap, false);
+  assert.equal(wasmHeapRefusal({ config: qwen, lora, microBatch: 1, sequenceLength: 128 }, 'x'), null);
+  assert.match(fits.summary, /^3\.81 GB peak for 1×128 tokens/);
+  assert.ok(fits.parts.frozenWeights > 1.9e9 && fits.parts.frozenWeights < 2.1e9, `${fits.parts.frozenWeights}`);
+  // at 2×128 tokens it does not: the refusal names the widest base that fits
+  const refusal = wasmHeapRefusal({ config: qwen, lora, microBatch: 2, sequenceLength: 128 }, 'this worker');
+  assert.match(refusal ?? '', /^this worker cannot train this model on wasm: \d+\.\d\d GB peak for 2×128 tokens/);
+  assert.match(
+    refusal ?? '',
+    /\(over the 4\.29 GB wasm heap\)\. --base-format (bf16|int8|nf4) needs \d\.\d\d GB; or use a smaller/,
+  );
   assert.equal(wasmHeapRefusal({ ...INPUT, backend: 'wasm' }, 'x'), null);
   // a worker checks the weights alone (1×1) before loading: Qwen-0.5B's fit, Llama-3.2-1B's (4.9 GB) do not
   const weightsOnly = (shape: 'qwen2.5-0.5b' | 'llama-3.2-1b') =>
