@@ -235,9 +235,7 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
     plain.base ??
       (format
         ? compactBase(plain.config, plain.weights, format)
-        : selectedArithmetic() === 'simd128'
-          ? plain.weights
-          : baseForKernels(plain.config, clones())),
+        : baseForKernels(plain.config, config.backend === 'wasm' ? clones() : plain.weights)),
   );
   // PyTorch gets the weights the compact base dequantizes to
   const w: Workload =

@@ -28,11 +28,26 @@ export interface CompactGemm {
     at: { data: number; scales: number; x: number; out: number; scratch: number },
     n: number,
   ): void;
+  /** floats of scratch gemm needs for m rows */
+  gemmScratchFloats(m: number): number;
+  /**
+   * c[t][i][j] = Σ_p a[t·aBatch + i·aRow + p·aCol] · b[t·bBatch + p·bRow + j·bCol] (float32 tensors,
+   * byte offsets; strides in floats; c contiguous (batch, m, n)); all sizes ≥ 1. One thread.
+   */
+  gemm(
+    a: { at: number; row: number; col: number; batch: number },
+    b: { at: number; row: number; col: number; batch: number },
+    c: number,
+    shape: { batch: number; m: number; k: number; n: number },
+    scratch: number,
+  ): void;
 }
 
 type Exports = {
   lm_scratch_floats(n: number): number;
   lm_product(...args: number[]): void;
+  lm_gemm_scratch_floats(m: number): number;
+  lm_gemm(...args: number[]): void;
 };
 
 const fromBase64 = (text: string): Uint8Array =>
@@ -60,6 +75,10 @@ export function instantiateCompactGemm(
   const parts = () => (pool ??= startGemmThreads(memory, module, threads))?.count ?? 1;
   return {
     scratchFloats: (n) => Math.max(threads, 1) * exports.lm_scratch_floats(n),
+    gemmScratchFloats: (m) => exports.lm_gemm_scratch_floats(m),
+    gemm(a, b, c, { batch, m, k, n }, scratch) {
+      exports.lm_gemm(a.at, a.row, a.col, a.batch, b.at, b.row, b.col, b.batch, c, batch, m, k, n, scratch);
+    },
     product(view, transposed, at, n) {
       const { spec, layout } = view;
       const [inner, outer] = transposed ? [layout.rows, layout.cols] : [layout.cols, layout.rows];

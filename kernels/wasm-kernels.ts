@@ -14,11 +14,11 @@
  *   matrix held as f16/bf16/int8/nf4 (or f32, held once), dequantized a tile at a time into tfjs's
  *   own memory and multiplied by a SIMD micro-kernel, all in kernels/c/compact-gemm.c (compact-gemm.ts).
  * - BatchMatMul: products that XNNPACK does not take (batched, or transposed) ran in tfjs's scalar
- *   loop (its rate: bench/RESULTS.md, Compute, "Where the time went"); they now run in a SIMD kernel
- *   (wasm-small-matmul.ts), after a transpose of B when B is transposed. Plain 2-D products still go
- *   to XNNPACK.
- * The two matmul kernels come in both arithmetic variants (shared/arithmetic.ts), each module
- * instantiated once per backend on first use; every call runs the one kernels/arithmetic.ts has selected.
+ *   loop (its rate: bench/RESULTS.md, Compute, "Where the time went"); they now run in the same C
+ *   module's lm_gemm, which reads A and B through strides (no transpose first). Plain 2-D products
+ *   still go to XNNPACK.
+ * The module comes in both arithmetic variants (shared/arithmetic.ts), instantiated once per backend
+ * and variant on first use; every call runs the one kernels/arithmetic.ts has selected.
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { type BackendWasm, getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
@@ -33,7 +33,6 @@ import { compactGather } from '../shared/quant/compact-matmul.ts';
 import type { ArithmeticVariant } from '../shared/arithmetic.ts';
 import { selectedArithmetic } from './arithmetic.ts';
 import { type CompactGemm, instantiateCompactGemm } from './compact-gemm.ts';
-import { instantiateSmallMatMul, type SmallMatMul } from './wasm-small-matmul.ts';
 
 type Info = tf.TensorInfo;
 type KernelArgs = { inputs: Record<string, Info>; backend: BackendWasm; attrs: Record<string, unknown> };
@@ -101,12 +100,11 @@ function perVariant<F>(
   };
 }
 
-/** out = A·B per batch with the SIMD kernel; null when the shapes are not ones it takes. */
-function batchMatMulSimd(
-  kernel: SmallMatMul,
-  args: KernelArgs,
-  transpose: (x: Info, perm: number[]) => Info,
-): Info | null {
+/** The C GEMM (compact-gemm.ts) of the selected variant, one per backend and variant. */
+const compactGemmFor = perVariant<CompactGemm>(instantiateCompactGemm);
+
+/** out = A·B per batch with the C GEMM (lm_gemm); null when the shapes are not ones it takes. */
+function batchMatMulGemm(gemm: CompactGemm, args: KernelArgs): Info | null {
   const { a, b } = args.inputs;
   const transposeA = Boolean(args.attrs.transposeA);
   const transposeB = Boolean(args.attrs.transposeB);
@@ -114,7 +112,7 @@ function batchMatMulSimd(
   if (a.dtype !== 'float32' || b.dtype !== 'float32' || ra < 2 || rb < 2) return null;
   const batchA = tf.util.sizeFromShape(a.shape.slice(0, -2));
   const batchB = tf.util.sizeFromShape(b.shape.slice(0, -2));
-  // 2-D products are XNNPACK's; other broadcasts are left to tfjs
+  // plain 2-D products are XNNPACK's; other broadcasts are left to tfjs
   if (
     (batchA === 1 && batchB === 1 && !transposeA && !transposeB) ||
     (batchA !== batchB && batchA !== 1 && batchB !== 1)
@@ -131,28 +129,21 @@ function batchMatMulSimd(
     args.backend.typedArrayFromHeap(out).fill(0);
     return out;
   }
-  const bRows = transposeB ? transpose({ ...b, shape: [batchB, n, k] }, [0, 2, 1]) : b; // (batchB, k, n)
+  const scratch = args.backend.makeOutput([gemm.gemmScratchFloats(m)], 'float32');
   const offset = (t: Info) => args.backend.dataIdMap.get(t.dataId)!.memoryOffset as number;
-  kernel(
-    offset(a),
-    offset(bRows),
+  gemm.gemm(
+    { at: offset(a), row: transposeA ? 1 : k, col: transposeA ? m : 1, batch: batchA === 1 ? 0 : m * k },
+    { at: offset(b), row: transposeB ? 1 : n, col: transposeB ? k : 1, batch: batchB === 1 ? 0 : k * n },
     offset(out),
-    batch,
-    m,
-    k,
-    n,
-    batchA === 1 ? 0 : m * k,
-    transposeA ? 1 : k,
-    transposeA ? m : 1,
-    batchB === 1 ? 0 : k * n,
+    { batch, m, k, n },
+    offset(scratch),
   );
-  if (bRows !== b) args.backend.disposeData(bRows.dataId);
+  args.backend.disposeData(scratch.dataId);
   return out;
 }
 
 /** The compact-base kernels for the wasm backend, on views of its heap. */
 function registerCompactKernels(): void {
-  const compactGemm = perVariant<CompactGemm>(instantiateCompactGemm);
   const heapView = (backend: BackendWasm, args: KernelArgs) => {
     const attrs = args.attrs as unknown as CompactAttrs;
     const { codes, scales } = args.inputs;
@@ -168,7 +159,7 @@ function registerCompactKernels(): void {
     kernelFunc: ((args: KernelArgs) => {
       const { backend } = args;
       const attrs = args.attrs as unknown as CompactAttrs;
-      const gemm = compactGemm(backend);
+      const gemm = compactGemmFor(backend);
       if (!gemm) throw new Error('the compact-base kernels need WebAssembly SIMD, which this engine lacks');
       const { x, codes, scales } = args.inputs;
       const [n, outer] = productShape(x, attrs);
@@ -212,14 +203,9 @@ export function installWasmKernels(): void {
   registerCompactKernels();
   const original = (name: string) =>
     tf.getKernel(name, 'wasm')!.kernelFunc as unknown as (args: KernelArgs) => Info | Info[];
-  const [identity, slice, splitV, unpack, batchMatMul, transposeKernel] = [
-    'Identity',
-    'Slice',
-    'SplitV',
-    'Unpack',
-    'BatchMatMul',
-    'Transpose',
-  ].map(original);
+  const [identity, slice, splitV, unpack, batchMatMul] = ['Identity', 'Slice', 'SplitV', 'Unpack', 'BatchMatMul'].map(
+    original,
+  );
 
   replaceKernel('Identity', (args) => {
     const { x } = args.inputs;
@@ -228,12 +214,9 @@ export function installWasmKernels(): void {
     return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
   });
 
-  const smallKernel = perVariant<SmallMatMul>(instantiateSmallMatMul);
   replaceKernel('BatchMatMul', (args) => {
-    const kernel = smallKernel(args.backend);
-    const transpose = (x: Info, perm: number[]) =>
-      transposeKernel({ inputs: { x }, backend: args.backend, attrs: { perm } }) as Info;
-    return (kernel && batchMatMulSimd(kernel, args, transpose)) ?? batchMatMul(args);
+    const gemm = compactGemmFor(args.backend);
+    return (gemm && batchMatMulGemm(gemm, args)) ?? batchMatMul(args);
   });
 
   replaceKernel('Slice', (args) => {

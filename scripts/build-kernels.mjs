@@ -5,7 +5,7 @@
 //   node scripts/build-kernels.mjs [--out FILE] [--check]
 //
 // Needs clang and wasm-ld from LLVM 16 (Debian: apt-get install clang-16 lld-16; or CLANG=… WASM_LD=…).
-// KERNEL_CFLAGS adds compiler flags, for experiments (e.g. -DBLOCK_ROWS=6; the committed build uses none).
+// KERNEL_CFLAGS adds compiler flags, for experiments (the committed build uses none).
 // --check rebuilds into memory and exits 1 if the committed file differs (test/kernels/compact-gemm-build.test.ts).
 //
 // The modules import tfjs's memory and must own nothing in it: no data, no stack. The linker still
@@ -92,7 +92,7 @@ function build(variant) {
     if (!WebAssembly.validate(module))
       throw new Error(`${variant}: the module uses its stack or a table (invalid without them); simplify the C`);
     const exports = WebAssembly.Module.exports(new WebAssembly.Module(module)).map((e) => e.name);
-    if (exports.join() !== 'lm_scratch_floats,lm_product') throw new Error(`${variant}: unexpected exports ${exports}`);
+    if (exports.join() !== 'lm_scratch_floats,lm_product,lm_gemm_scratch_floats,lm_gemm') throw new Error(`${variant}: unexpected exports ${exports}`);
     return module;
   } finally {
     rmSync(dir, { recursive: true, force: true });

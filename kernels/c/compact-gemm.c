@@ -23,9 +23,6 @@
 #define INLINE static inline __attribute__((always_inline))
 #define PANEL_DEPTH 256
 #define PANEL_WIDTH 8
-#ifndef BLOCK_ROWS
-#define BLOCK_ROWS 4
-#endif
 
 #ifdef RELAXED
 #define MADD(acc, s, b) acc = __builtin_wasm_relaxed_madd_f32x4(s, b, acc)
@@ -36,9 +33,9 @@
 enum { F32 = 0, F16 = 1, BF16 = 2, INT8 = 3, NF4 = 4 };
 
 /* ---------------------------------------------------------------------------------------------- */
-/* The micro-kernel: c[i·ldc + j] (+)= Σ_p a[i·lda + p] · b[p·8 + j], i < m, j < 8.                 */
+/* The micro-kernel: c[i·ldc + j] (+)= Σ_p a[i·rs + p·cs] · b[p·8 + j], i < m, j < 8.               */
 
-#define ROW_DECLARE(r) v128_t c##r##0, c##r##1; const float *a##r = a + (i + r) * lda; float *o##r = c + (i + r) * ldc;
+#define ROW_DECLARE(r) v128_t c##r##0, c##r##1; const float *a##r = a + (i + r) * rs; float *o##r = c + (i + r) * ldc;
 #define ROW_INIT(r)                                                                                  \
   if (accumulate) {                                                                                  \
     c##r##0 = wasm_v128_load(o##r);                                                                  \
@@ -49,7 +46,7 @@ enum { F32 = 0, F16 = 1, BF16 = 2, INT8 = 3, NF4 = 4 };
   }
 #define ROW_STEP(r)                                                                                  \
   {                                                                                                  \
-    v128_t s = wasm_v128_load32_splat(a##r + p);                                                     \
+    v128_t s = wasm_v128_load32_splat(a##r + p * cs);                                                \
     MADD(c##r##0, s, b0);                                                                            \
     MADD(c##r##1, s, b1);                                                                            \
   }
@@ -57,22 +54,10 @@ enum { F32 = 0, F16 = 1, BF16 = 2, INT8 = 3, NF4 = 4 };
   wasm_v128_store(o##r, c##r##0);                                                                    \
   wasm_v128_store(o##r + 4, c##r##1);
 
-static void micro_kernel(const float *a, int lda, const float *b, float *c, int ldc, int m, int k,
-                         int accumulate) {
+/* 4 rows × 8 columns: 8 accumulators, 2 panel vectors and a splat (6 rows, 12 accumulators, spill in V8). */
+INLINE void micro_kernel_body(const float *a, int rs, int cs, const float *b, float *c, int ldc, int m, int k,
+                              int accumulate) {
   int i = 0;
-#if BLOCK_ROWS == 6
-  /* 6 rows × 8 columns: 12 accumulators, 2 panel vectors and a splat, within x64's 16 vector registers. */
-  for (; i + 6 <= m; i += 6) {
-    ROW_DECLARE(0) ROW_DECLARE(1) ROW_DECLARE(2) ROW_DECLARE(3) ROW_DECLARE(4) ROW_DECLARE(5)
-    ROW_INIT(0) ROW_INIT(1) ROW_INIT(2) ROW_INIT(3) ROW_INIT(4) ROW_INIT(5)
-    const float *bp = b;
-    for (int p = 0; p < k; p++, bp += PANEL_WIDTH) {
-      v128_t b0 = wasm_v128_load(bp), b1 = wasm_v128_load(bp + 4);
-      ROW_STEP(0) ROW_STEP(1) ROW_STEP(2) ROW_STEP(3) ROW_STEP(4) ROW_STEP(5)
-    }
-    ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)
-  }
-#else
   for (; i + 4 <= m; i += 4) {
     ROW_DECLARE(0) ROW_DECLARE(1) ROW_DECLARE(2) ROW_DECLARE(3)
     ROW_INIT(0) ROW_INIT(1) ROW_INIT(2) ROW_INIT(3)
@@ -83,7 +68,6 @@ static void micro_kernel(const float *a, int lda, const float *b, float *c, int 
     }
     ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3)
   }
-#endif
   for (; i < m; i++) {
     ROW_DECLARE(0)
     ROW_INIT(0)
@@ -94,6 +78,15 @@ static void micro_kernel(const float *a, int lda, const float *b, float *c, int 
     }
     ROW_STORE(0)
   }
+}
+
+/* A's rows contiguous (cs = 1, the compact products and most others), or any strides (A transposed). */
+static void micro_kernel(const float *a, int rs, const float *b, float *c, int ldc, int m, int k, int accumulate) {
+  micro_kernel_body(a, rs, 1, b, c, ldc, m, k, accumulate);
+}
+static void micro_kernel_strided(const float *a, int rs, int cs, const float *b, float *c, int ldc, int m, int k,
+                                 int accumulate) {
+  micro_kernel_body(a, rs, cs, b, c, ldc, m, k, accumulate);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -364,6 +357,62 @@ __attribute__((export_name("lm_product"))) void lm_product(int format, int trans
       micro_kernel(x + k0, inner, panel, tail, PANEL_WIDTH, n, depth, accumulate);
       for (int i = 0; i < n; i++)
         for (int j = 0; j < width; j++) out[i * outer + j0 + j] = tail[i * PANEL_WIDTH + j];
+    }
+  }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Float32 products of tensors (tfjs's BatchMatMul where XNNPACK does not take it).                  */
+
+/* Floats of scratch lm_gemm needs for m rows: a panel and the tail block. */
+__attribute__((export_name("lm_gemm_scratch_floats"))) int lm_gemm_scratch_floats(int m) {
+  return PANEL_DEPTH * PANEL_WIDTH + m * PANEL_WIDTH;
+}
+
+/*
+ * c[t][i][j] = Σ_p a[t·a_bs + i·a_rs + p·a_cs] · b[t·b_bs + p·b_rs + j·b_cs], for t < batch, i < m,
+ * j < n, p < k (all ≥ 1); c is (batch, m, n) contiguous. Strides count floats (a zero batch stride
+ * broadcasts; a_cs ≠ 1 reads A transposed, b_cs ≠ 1 B). Same order and panels as lm_product.
+ */
+__attribute__((export_name("lm_gemm"))) void lm_gemm(const float *a, int a_rs, int a_cs, int a_bs, const float *b,
+                                                     int b_rs, int b_cs, int b_bs, float *c, int batch, int m,
+                                                     int k, int n, float *scratch) {
+  float *panel = scratch;
+  float *tail = panel + PANEL_DEPTH * PANEL_WIDTH;
+  for (int t = 0; t < batch; t++) {
+    const float *at = a + t * a_bs, *bt = b + t * b_bs;
+    float *ct = c + t * m * n;
+    for (int k0 = 0; k0 < k; k0 += PANEL_DEPTH) {
+      int depth = k - k0 < PANEL_DEPTH ? k - k0 : PANEL_DEPTH;
+      int accumulate = k0 > 0;
+      for (int j0 = 0; j0 < n; j0 += PANEL_WIDTH) {
+        int width = n - j0 < PANEL_WIDTH ? n - j0 : PANEL_WIDTH;
+        const float *src = bt + k0 * b_rs + j0 * b_cs;
+        if (b_rs == 1 && width == PANEL_WIDTH) {
+          transpose_rows(src, b_cs, panel, depth);
+        } else {
+          for (int p = 0; p < depth; p++) {
+            float *d = panel + p * PANEL_WIDTH;
+            const float *row = src + p * b_rs;
+            if (b_cs == 1)
+              for (int j = 0; j < width; j++) d[j] = row[j];
+            else
+              for (int j = 0; j < width; j++) d[j] = row[j * b_cs];
+            for (int j = width; j < PANEL_WIDTH; j++) d[j] = 0.0f;
+          }
+        }
+        const float *x = at + k0 * a_cs;
+        float *out = width == PANEL_WIDTH ? ct + j0 : tail;
+        int ldc = width == PANEL_WIDTH ? n : PANEL_WIDTH;
+        if (width < PANEL_WIDTH && accumulate)
+          for (int i = 0; i < m; i++)
+            for (int j = 0; j < width; j++) tail[i * PANEL_WIDTH + j] = ct[i * n + j0 + j];
+        if (a_cs == 1) micro_kernel(x, a_rs, panel, out, ldc, m, depth, accumulate);
+        else micro_kernel_strided(x, a_rs, a_cs, panel, out, ldc, m, depth, accumulate);
+        if (width < PANEL_WIDTH)
+          for (int i = 0; i < m; i++)
+            for (int j = 0; j < width; j++) ct[i * n + j0 + j] = tail[i * PANEL_WIDTH + j];
+      }
     }
   }
 }

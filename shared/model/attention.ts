@@ -75,7 +75,7 @@ export function attend(
  *   dV = Pᵀ dO,  dP = dO vᵀ,  dScores = P ⊙ (dP − rowsum(dP ⊙ P)),  dq = dScores k·scale,
  *   dk = dScoresᵀ q·scale.
  * Autodiff gives the same products; written out, the backward pass needs no softmax replay and no
- * extra transposes. On wasm these batched products run in kernels/wasm-small-matmul.ts.
+ * extra transposes. On wasm these batched products run in kernels/c/compact-gemm.c (lm_gemm).
  */
 export function scaledDotProductAttention(
   q: tf.Tensor3D,
