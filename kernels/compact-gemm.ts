@@ -41,9 +41,62 @@ export interface CompactGemm {
     shape: { batch: number; m: number; k: number; n: number },
     scratch: number,
   ): void;
+  /** the fused row-wise kernels of kernels/c/fused.c (byte offsets; one thread) */
+  readonly fused: FusedKernels;
 }
 
-type Exports = {
+/** kernels/c/fused.c's exports, by name: pointers are byte offsets, then sizes and constants. */
+export interface FusedKernels {
+  lm_rms_norm(x: number, w: number, y: number, rstd: number, rows: number, d: number, eps: number): void;
+  lm_rms_norm_grad(
+    dy: number,
+    x: number,
+    w: number,
+    rstd: number,
+    dx: number,
+    rows: number,
+    d: number,
+    scratch: number,
+  ): void;
+  lm_layer_norm(
+    x: number,
+    w: number,
+    b: number,
+    y: number,
+    mean: number,
+    rstd: number,
+    rows: number,
+    d: number,
+    eps: number,
+  ): void;
+  lm_layer_norm_grad(
+    dy: number,
+    x: number,
+    w: number,
+    mean: number,
+    rstd: number,
+    dx: number,
+    rows: number,
+    d: number,
+    scratch: number,
+  ): void;
+  lm_swiglu(g: number, u: number, out: number, count: number): void;
+  lm_swiglu_grad(dy: number, g: number, u: number, dg: number, du: number, count: number): void;
+  lm_gelu(x: number, out: number, count: number): void;
+  lm_gelu_grad(dy: number, x: number, dx: number, count: number): void;
+  lm_rope(
+    x: number,
+    cos: number,
+    sin: number,
+    out: number,
+    rows: number,
+    heads: number,
+    hs: number,
+    backward: number,
+  ): void;
+}
+
+type Exports = FusedKernels & {
   lm_scratch_floats(n: number): number;
   lm_product(...args: number[]): void;
   lm_gemm_scratch_floats(m: number): number;
@@ -76,6 +129,7 @@ export function instantiateCompactGemm(
   return {
     scratchFloats: (n) => Math.max(threads, 1) * exports.lm_scratch_floats(n),
     gemmScratchFloats: (m) => exports.lm_gemm_scratch_floats(m),
+    fused: exports,
     gemm(a, b, c, { batch, m, k, n }, scratch) {
       exports.lm_gemm(a.at, a.row, a.col, a.batch, b.at, b.row, b.col, b.batch, c, batch, m, k, n, scratch);
     },

@@ -32,7 +32,19 @@ import {
 import { compactGather } from '../shared/quant/compact-matmul.ts';
 import type { ArithmeticVariant } from '../shared/arithmetic.ts';
 import { selectedArithmetic } from './arithmetic.ts';
-import { type CompactGemm, instantiateCompactGemm } from './compact-gemm.ts';
+import {
+  FUSED_GELU,
+  FUSED_GELU_GRAD,
+  FUSED_LAYER_NORM,
+  FUSED_LAYER_NORM_GRAD,
+  FUSED_RMS_NORM,
+  FUSED_RMS_NORM_GRAD,
+  FUSED_ROPE,
+  FUSED_ROPE_GRAD,
+  FUSED_SWIGLU,
+  FUSED_SWIGLU_GRAD,
+} from '../shared/model/norm-ops.ts';
+import { type CompactGemm, type FusedKernels, instantiateCompactGemm } from './compact-gemm.ts';
 
 type Info = tf.TensorInfo;
 type KernelArgs = { inputs: Record<string, Info>; backend: BackendWasm; attrs: Record<string, unknown> };
@@ -129,15 +141,29 @@ function batchMatMulGemm(gemm: CompactGemm, args: KernelArgs): Info | null {
     args.backend.typedArrayFromHeap(out).fill(0);
     return out;
   }
-  const scratch = args.backend.makeOutput([gemm.gemmScratchFloats(m)], 'float32');
   const offset = (t: Info) => args.backend.dataIdMap.get(t.dataId)!.memoryOffset as number;
+  const left = { at: offset(a), row: transposeA ? 1 : k, col: transposeA ? m : 1, batch: batchA === 1 ? 0 : m * k };
+  const right = { at: offset(b), row: transposeB ? 1 : n, col: transposeB ? k : 1, batch: batchB === 1 ? 0 : k * n };
+  // Few rows and many columns (LoRA's dA, dB: r × d): the panels would be re-packed for a handful of rows.
+  // Cᵀ = Bᵀ·Aᵀ instead, then transposed: each element is the same products summed in the same order.
+  const flip = m < 8 && n >= 4 * m;
+  const rows = flip ? n : m;
+  const target = flip ? args.backend.makeOutput([batch, n, m], 'float32') : out;
+  const scratch = args.backend.makeOutput([gemm.gemmScratchFloats(rows)], 'float32');
   gemm.gemm(
-    { at: offset(a), row: transposeA ? 1 : k, col: transposeA ? m : 1, batch: batchA === 1 ? 0 : m * k },
-    { at: offset(b), row: transposeB ? 1 : n, col: transposeB ? k : 1, batch: batchB === 1 ? 0 : k * n },
-    offset(out),
-    { batch, m, k, n },
+    flip ? { at: right.at, row: right.col, col: right.row, batch: right.batch } : left,
+    flip ? { at: left.at, row: left.col, col: left.row, batch: left.batch } : right,
+    offset(target),
+    flip ? { batch, m: n, k, n: m } : { batch, m, k, n },
     offset(scratch),
   );
+  if (flip) {
+    const [from, to] = [target, out].map((t) => args.backend.typedArrayFromHeap(t) as Float32Array);
+    for (let t = 0; t < batch; t++)
+      for (let j = 0; j < n; j++)
+        for (let i = 0; i < m; i++) to[t * m * n + i * n + j] = from[t * m * n + j * m + i];
+    args.backend.disposeData(target.dataId);
+  }
   args.backend.disposeData(scratch.dataId);
   return out;
 }
@@ -194,6 +220,98 @@ function registerCompactKernels(): void {
   });
 }
 
+/**
+ * The fused row-wise kernels (shared/model/norm-ops.ts names them; kernels/c/fused.c computes them):
+ * x (rows, d) and per-row statistics (rows), weights (d), all float32 on the heap.
+ */
+function registerFusedKernels(): void {
+  const register = (name: string, kernelFunc: (args: KernelArgs, fused: FusedKernels) => Info | Info[]) =>
+    tf.registerKernel({
+      kernelName: name,
+      backendName: 'wasm',
+      kernelFunc: ((args: KernelArgs) => {
+        const gemm = compactGemmFor(args.backend);
+        if (!gemm) throw new Error(`${name} needs WebAssembly SIMD, which this engine lacks`);
+        return kernelFunc(args, gemm.fused);
+      }) as unknown as tf.KernelFunc,
+    });
+  const at = (backend: BackendWasm, t: Info) => backend.dataIdMap.get(t.dataId)!.memoryOffset as number;
+  const rowsOf = (x: Info) => {
+    const d = x.shape[x.shape.length - 1];
+    return [tf.util.sizeFromShape(x.shape) / d, d];
+  };
+  register(FUSED_RMS_NORM, ({ inputs: { x, w }, backend, attrs }, f) => {
+    const [rows, d] = rowsOf(x);
+    const [y, rstd] = [backend.makeOutput(x.shape, 'float32'), backend.makeOutput([rows], 'float32')];
+    f.lm_rms_norm(at(backend, x), at(backend, w), at(backend, y), at(backend, rstd), rows, d, attrs.eps as number);
+    return [y, rstd];
+  });
+  register(FUSED_RMS_NORM_GRAD, ({ inputs: { dy, x, w, rstd }, backend }, f) => {
+    const [rows, d] = rowsOf(x);
+    const [dx, scratch] = [backend.makeOutput(x.shape, 'float32'), backend.makeOutput([d], 'float32')];
+    const ats = [dy, x, w, rstd, dx].map((t) => at(backend, t)) as [number, number, number, number, number];
+    f.lm_rms_norm_grad(...ats, rows, d, at(backend, scratch));
+    backend.disposeData(scratch.dataId);
+    return dx;
+  });
+  register(FUSED_LAYER_NORM, ({ inputs: { x, w, b }, backend, attrs }, f) => {
+    const [rows, d] = rowsOf(x);
+    const outs = [backend.makeOutput(x.shape, 'float32'), ...[0, 1].map(() => backend.makeOutput([rows], 'float32'))];
+    const ats = [x, w, b, ...outs].map((t) => at(backend, t)) as [number, number, number, number, number, number];
+    f.lm_layer_norm(...ats, rows, d, attrs.eps as number);
+    return outs;
+  });
+  register(FUSED_LAYER_NORM_GRAD, ({ inputs: { dy, x, w, mean, rstd }, backend }, f) => {
+    const [rows, d] = rowsOf(x);
+    const [dx, scratch] = [backend.makeOutput(x.shape, 'float32'), backend.makeOutput([d], 'float32')];
+    const ats = [dy, x, w, mean, rstd, dx].map((t) => at(backend, t)) as [
+      number,
+      number,
+      number,
+      number,
+      number,
+      number,
+    ];
+    f.lm_layer_norm_grad(...ats, rows, d, at(backend, scratch));
+    backend.disposeData(scratch.dataId);
+    return dx;
+  });
+  register(FUSED_SWIGLU, ({ inputs: { g, u }, backend }, f) => {
+    const out = backend.makeOutput(g.shape, 'float32');
+    f.lm_swiglu(at(backend, g), at(backend, u), at(backend, out), tf.util.sizeFromShape(g.shape));
+    return out;
+  });
+  register(FUSED_SWIGLU_GRAD, ({ inputs: { dy, g, u }, backend }, f) => {
+    const [dg, du] = [backend.makeOutput(g.shape, 'float32'), backend.makeOutput(g.shape, 'float32')];
+    const ats = [dy, g, u, dg, du].map((t) => at(backend, t)) as [number, number, number, number, number];
+    f.lm_swiglu_grad(...ats, tf.util.sizeFromShape(g.shape));
+    return [dg, du];
+  });
+  register(FUSED_GELU, ({ inputs: { x }, backend }, f) => {
+    const out = backend.makeOutput(x.shape, 'float32');
+    f.lm_gelu(at(backend, x), at(backend, out), tf.util.sizeFromShape(x.shape));
+    return out;
+  });
+  const rope =
+    (backward: number) =>
+    ({ inputs, backend }: KernelArgs, f: FusedKernels) => {
+      const x = backward ? inputs.dy : inputs.x;
+      const { cos, sin } = inputs;
+      const [rows, hs] = cos.shape;
+      const out = backend.makeOutput(x.shape, 'float32');
+      const ats = [x, cos, sin, out].map((t) => at(backend, t)) as [number, number, number, number];
+      f.lm_rope(...ats, rows, x.shape[1] / hs, hs, backward);
+      return out;
+    };
+  register(FUSED_ROPE, rope(0));
+  register(FUSED_ROPE_GRAD, rope(1));
+  register(FUSED_GELU_GRAD, ({ inputs: { dy, x }, backend }, f) => {
+    const dx = backend.makeOutput(x.shape, 'float32');
+    f.lm_gelu_grad(at(backend, dy), at(backend, x), at(backend, dx), tf.util.sizeFromShape(x.shape));
+    return dx;
+  });
+}
+
 let installed = false;
 
 /** Installs the replacements once; string tensors (never used by loramesh) keep the original kernels. */
@@ -201,6 +319,7 @@ export function installWasmKernels(): void {
   if (installed) return;
   installed = true;
   registerCompactKernels();
+  registerFusedKernels();
   const original = (name: string) =>
     tf.getKernel(name, 'wasm')!.kernelFunc as unknown as (args: KernelArgs) => Info | Info[];
   const [identity, slice, splitV, unpack, batchMatMul] = ['Identity', 'Slice', 'SplitV', 'Unpack', 'BatchMatMul'].map(

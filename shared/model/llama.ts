@@ -9,7 +9,7 @@ import type { LlamaConfig } from '../config.ts';
 import { attend, causalMask, type KvCache } from './attention.ts';
 import type { CausalLM, LinearStorage, ParamSource } from './types.ts';
 import { constMatMul } from './linear-ops.ts';
-import { rmsNorm, swiglu } from './norm-ops.ts';
+import { fusedRope, rmsNorm, swiglu } from './norm-ops.ts';
 import { recomputeInBackward } from './recompute.ts';
 
 const layerPrefix = (i: number) => `model.layers.${i}`;
@@ -181,6 +181,8 @@ export class LlamaModel implements CausalLM {
 
   /** HF rotary embedding per head: x·cos + rotate_half(x)·sin; x (N, heads·hs) → (N, heads·hs). */
   private applyRope(x: tf.Tensor2D, heads: number, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor2D {
+    const fused = fusedRope(x, cos, sin);
+    if (fused) return fused;
     const hs = this.headSize;
     const rows = x.shape[0];
     const perHead = tf.reshape(x, [rows, heads, hs]);

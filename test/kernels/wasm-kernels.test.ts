@@ -65,7 +65,7 @@ test('Slice, SplitV and Unpack on wasm equal slicing by index (contiguous and st
 });
 
 test(
-  'BatchMatMul on wasm equals the product by index, every transpose combination, batched and broadcast ' +
+  'BatchMatMul on wasm equals the product by index, every transpose combination, batched and broadcast, few rows ' +
     '(≤ 1e-5 relative)',
   () => {
     const values = (n: number, seed: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(seed + 1.7 * i));
@@ -89,6 +89,15 @@ test(
       [
         [6, 1, 4],
         [6, 4, 3],
+      ],
+      // few rows, many columns (computed as Cᵀ = Bᵀ·Aᵀ), an inner size over one 256-deep panel, ragged columns
+      [
+        [3, 300],
+        [300, 45],
+      ],
+      [
+        [2, 7, 260],
+        [2, 260, 30],
       ],
     ];
     for (const [aShape, bShape] of cases) {

@@ -1,0 +1,279 @@
+/*
+ * Fused row-wise kernels of a transformer block on wasm (built with compact-gemm.c into one module by
+ * scripts/build-kernels.mjs): the normalizations and gated activations that autodiff of their
+ * formulas runs as 6–10 tfjs kernels each way, here one pass forward and one backward. Shapes:
+ * x (rows, d) row-major, weights and biases (d). Frozen affine parameters (LoRA): only dx is computed.
+ * No fused multiply-add anywhere, so both arithmetic builds give the same bits; row sums go 4 lanes at
+ * a time, then the lanes in order, then the tail: a fixed order, independent of rows and threads.
+ * The formulas are shared/model/norm-ops.ts's (tested against its tf-op forms and autodiff).
+ */
+#include <stdint.h>
+#include <wasm_simd128.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE v128_t splat(float v) { return wasm_f32x4_splat(v); }
+
+/* Σ a[e] over e < d (4 lanes, then lanes 0..3, then the tail). */
+INLINE float row_sum(const float *a, int d) {
+  v128_t acc = splat(0.0f);
+  int e = 0;
+  for (; e + 4 <= d; e += 4) acc = wasm_f32x4_add(acc, wasm_v128_load(a + e));
+  float s = ((wasm_f32x4_extract_lane(acc, 0) + wasm_f32x4_extract_lane(acc, 1)) + wasm_f32x4_extract_lane(acc, 2)) +
+            wasm_f32x4_extract_lane(acc, 3);
+  for (; e < d; e++) s += a[e];
+  return s;
+}
+
+/* Σ a[e]·b[e] over e < d, in row_sum's order. */
+INLINE float row_dot(const float *a, const float *b, int d) {
+  v128_t acc = splat(0.0f);
+  int e = 0;
+  for (; e + 4 <= d; e += 4) acc = wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_v128_load(a + e), wasm_v128_load(b + e)));
+  float s = ((wasm_f32x4_extract_lane(acc, 0) + wasm_f32x4_extract_lane(acc, 1)) + wasm_f32x4_extract_lane(acc, 2)) +
+            wasm_f32x4_extract_lane(acc, 3);
+  for (; e < d; e++) s += a[e] * b[e];
+  return s;
+}
+
+/* Σ (a[e] − c)² over e < d, in row_sum's order. */
+INLINE float row_centered_squares(const float *a, float c, int d) {
+  v128_t acc = splat(0.0f), cv = splat(c);
+  int e = 0;
+  for (; e + 4 <= d; e += 4) {
+    v128_t t = wasm_f32x4_sub(wasm_v128_load(a + e), cv);
+    acc = wasm_f32x4_add(acc, wasm_f32x4_mul(t, t));
+  }
+  float s = ((wasm_f32x4_extract_lane(acc, 0) + wasm_f32x4_extract_lane(acc, 1)) + wasm_f32x4_extract_lane(acc, 2)) +
+            wasm_f32x4_extract_lane(acc, 3);
+  for (; e < d; e++) s += (a[e] - c) * (a[e] - c);
+  return s;
+}
+
+/*
+ * exp(x) for 4 lanes: x = n·ln2 + r, |r| ≤ ln2/2 (ln2 in two parts), e^r by a degree-7 polynomial
+ * (Cephes' expf coefficients), times 2^n through the exponent bits. x is clamped to [−87.3, 88.0]:
+ * 2^n stays a normal float (the sigmoids below saturate long before).
+ */
+INLINE v128_t exp4(v128_t x) {
+  x = wasm_f32x4_max(wasm_f32x4_min(x, splat(88.0f)), splat(-87.33654f));
+  v128_t n = wasm_f32x4_nearest(wasm_f32x4_mul(x, splat(1.44269504088896341f)));
+  v128_t r = wasm_f32x4_sub(x, wasm_f32x4_mul(n, splat(0.693359375f)));
+  r = wasm_f32x4_sub(r, wasm_f32x4_mul(n, splat(-2.12194440e-4f)));
+  v128_t p = splat(1.9875691500e-4f);
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), splat(1.3981999507e-3f));
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), splat(8.3334519073e-3f));
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), splat(4.1665795894e-2f));
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), splat(1.6666665459e-1f));
+  p = wasm_f32x4_add(wasm_f32x4_mul(p, r), splat(5.0000001201e-1f));
+  p = wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_mul(wasm_f32x4_mul(p, r), r), r), splat(1.0f));
+  v128_t scale = wasm_i32x4_shl(wasm_i32x4_add(wasm_i32x4_trunc_sat_f32x4(n), wasm_i32x4_splat(127)), 23);
+  return wasm_f32x4_mul(p, scale);
+}
+
+/* σ(x) = 1 / (1 + e^−x) */
+INLINE v128_t sigmoid4(v128_t x) { return wasm_f32x4_div(splat(1.0f), wasm_f32x4_add(splat(1.0f), exp4(wasm_f32x4_neg(x)))); }
+
+/* Elementwise loops: 4 lanes at a time, the tail through a zero-padded vector (no scalar math to keep in step). */
+#define ELEMENTWISE(count, ...)                                                                      \
+  for (int e = 0; e < (count); e += 4) {                                                             \
+    int lanes = (count) - e < 4 ? (count) - e : 4;                                                   \
+    __VA_ARGS__                                                                                      \
+  }
+
+INLINE v128_t load_n(const float *p, int lanes) {
+  if (lanes == 4) return wasm_v128_load(p);
+  v128_t v = splat(0.0f);
+  if (lanes > 0) v = wasm_f32x4_replace_lane(v, 0, p[0]);
+  if (lanes > 1) v = wasm_f32x4_replace_lane(v, 1, p[1]);
+  if (lanes > 2) v = wasm_f32x4_replace_lane(v, 2, p[2]);
+  return v;
+}
+INLINE void store_n(float *p, v128_t v, int lanes) {
+  if (lanes == 4) {
+    wasm_v128_store(p, v);
+    return;
+  }
+  if (lanes > 0) p[0] = wasm_f32x4_extract_lane(v, 0);
+  if (lanes > 1) p[1] = wasm_f32x4_extract_lane(v, 1);
+  if (lanes > 2) p[2] = wasm_f32x4_extract_lane(v, 2);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+
+/* RMSNorm: rstd = 1/√(Σx²/d + eps), y = (x·rstd)·w. */
+__attribute__((export_name("lm_rms_norm"))) void lm_rms_norm(const float *x, const float *w, float *y, float *rstd,
+                                                           int rows, int d, float eps) {
+  for (int i = 0; i < rows; i++) {
+    const float *xi = x + i * d;
+    float *yi = y + i * d;
+    float r = 1.0f / __builtin_sqrtf(row_dot(xi, xi, d) / (float)d + eps);
+    rstd[i] = r;
+    v128_t rv = splat(r);
+    ELEMENTWISE(d, store_n(yi + e, wasm_f32x4_mul(wasm_f32x4_mul(load_n(xi + e, lanes), rv), load_n(w + e, lanes)),
+                           lanes);)
+  }
+}
+
+/* RMSNorm's dx = rstd·(g − x̂·Σ(g·x̂)/d), g = dy·w, x̂ = x·rstd; `scratch` holds d floats. */
+__attribute__((export_name("lm_rms_norm_grad"))) void lm_rms_norm_grad(const float *dy, const float *x, const float *w,
+                                                                     const float *rstd, float *dx, int rows, int d,
+                                                                     float *scratch) {
+  for (int i = 0; i < rows; i++) {
+    const float *xi = x + i * d, *dyi = dy + i * d;
+    float *dxi = dx + i * d;
+    v128_t rv = splat(rstd[i]);
+    /* g·x̂ into dx (scratch for it), g into scratch */
+    ELEMENTWISE(d, {
+      v128_t g = wasm_f32x4_mul(load_n(dyi + e, lanes), load_n(w + e, lanes));
+      store_n(scratch + e, g, lanes);
+      store_n(dxi + e, wasm_f32x4_mul(g, wasm_f32x4_mul(load_n(xi + e, lanes), rv)), lanes);
+    })
+    v128_t mv = splat(row_sum(dxi, d) / (float)d);
+    ELEMENTWISE(d, {
+      v128_t xhat = wasm_f32x4_mul(load_n(xi + e, lanes), rv);
+      v128_t inner = wasm_f32x4_sub(load_n(scratch + e, lanes), wasm_f32x4_mul(xhat, mv));
+      store_n(dxi + e, wasm_f32x4_mul(inner, rv), lanes);
+    })
+  }
+}
+
+/* LayerNorm (biased variance): mean, rstd = 1/√(Σ(x − mean)²/d + eps), y = ((x − mean)·rstd)·w + b. */
+__attribute__((export_name("lm_layer_norm"))) void lm_layer_norm(const float *x, const float *w, const float *b,
+                                                               float *y, float *mean, float *rstd, int rows, int d,
+                                                               float eps) {
+  for (int i = 0; i < rows; i++) {
+    const float *xi = x + i * d;
+    float *yi = y + i * d;
+    float m = row_sum(xi, d) / (float)d;
+    float r = 1.0f / __builtin_sqrtf(row_centered_squares(xi, m, d) / (float)d + eps);
+    mean[i] = m;
+    rstd[i] = r;
+    v128_t mv = splat(m), rv = splat(r);
+    ELEMENTWISE(d, {
+      v128_t xhat = wasm_f32x4_mul(wasm_f32x4_sub(load_n(xi + e, lanes), mv), rv);
+      store_n(yi + e, wasm_f32x4_add(wasm_f32x4_mul(xhat, load_n(w + e, lanes)), load_n(b + e, lanes)), lanes);
+    })
+  }
+}
+
+/* LayerNorm's dx = rstd·(g − Σg/d − x̂·Σ(g·x̂)/d), g = dy·w, x̂ = (x − mean)·rstd; `scratch` holds d floats. */
+__attribute__((export_name("lm_layer_norm_grad"))) void lm_layer_norm_grad(const float *dy, const float *x,
+                                                                         const float *w, const float *mean,
+                                                                         const float *rstd, float *dx, int rows, int d,
+                                                                         float *scratch) {
+  for (int i = 0; i < rows; i++) {
+    const float *xi = x + i * d, *dyi = dy + i * d;
+    float *dxi = dx + i * d;
+    v128_t mv = splat(mean[i]), rv = splat(rstd[i]);
+    ELEMENTWISE(d, {
+      v128_t g = wasm_f32x4_mul(load_n(dyi + e, lanes), load_n(w + e, lanes));
+      store_n(scratch + e, g, lanes);
+      v128_t xhat = wasm_f32x4_mul(wasm_f32x4_sub(load_n(xi + e, lanes), mv), rv);
+      store_n(dxi + e, wasm_f32x4_mul(g, xhat), lanes);
+    })
+    v128_t gm = splat(row_sum(scratch, d) / (float)d);
+    v128_t gx = splat(row_sum(dxi, d) / (float)d);
+    ELEMENTWISE(d, {
+      v128_t xhat = wasm_f32x4_mul(wasm_f32x4_sub(load_n(xi + e, lanes), mv), rv);
+      v128_t inner = wasm_f32x4_sub(wasm_f32x4_sub(load_n(scratch + e, lanes), gm), wasm_f32x4_mul(xhat, gx));
+      store_n(dxi + e, wasm_f32x4_mul(inner, rv), lanes);
+    })
+  }
+}
+
+/* SwiGLU: out = (g·σ(g))·u. */
+__attribute__((export_name("lm_swiglu"))) void lm_swiglu(const float *g, const float *u, float *out, int count) {
+  ELEMENTWISE(count, {
+    v128_t gv = load_n(g + e, lanes);
+    store_n(out + e, wasm_f32x4_mul(wasm_f32x4_mul(gv, sigmoid4(gv)), load_n(u + e, lanes)), lanes);
+  })
+}
+
+/* SwiGLU's dg = dy·u·σ·(1 + g·(1 − σ)), du = dy·(g·σ), σ = σ(g) recomputed. */
+__attribute__((export_name("lm_swiglu_grad"))) void lm_swiglu_grad(const float *dy, const float *g, const float *u,
+                                                                 float *dg, float *du, int count) {
+  v128_t one = splat(1.0f);
+  ELEMENTWISE(count, {
+    v128_t gv = load_n(g + e, lanes), dyv = load_n(dy + e, lanes);
+    v128_t s = sigmoid4(gv);
+    v128_t slope = wasm_f32x4_mul(s, wasm_f32x4_add(one, wasm_f32x4_mul(gv, wasm_f32x4_sub(one, s))));
+    store_n(dg + e, wasm_f32x4_mul(wasm_f32x4_mul(dyv, load_n(u + e, lanes)), slope), lanes);
+    store_n(du + e, wasm_f32x4_mul(dyv, wasm_f32x4_mul(gv, s)), lanes);
+  })
+}
+
+#define GELU_A 0.044715f
+#define GELU_C 1.5957691216057308f /* 2·√(2/π) */
+
+/* gelu_new as x·σ(u), u = C·x·(1 + a·x²) (norm-ops.ts geluNew). */
+__attribute__((export_name("lm_gelu"))) void lm_gelu(const float *x, float *out, int count) {
+  ELEMENTWISE(count, {
+    v128_t xv = load_n(x + e, lanes);
+    v128_t u = wasm_f32x4_mul(
+        wasm_f32x4_mul(xv, wasm_f32x4_add(wasm_f32x4_mul(wasm_f32x4_mul(xv, xv), splat(GELU_A)), splat(1.0f))),
+        splat(GELU_C));
+    store_n(out + e, wasm_f32x4_mul(xv, sigmoid4(u)), lanes);
+  })
+}
+
+/* gelu_new's dx = dy·(σ + x·σ(1 − σ)·(C + 3aC·x²)). */
+__attribute__((export_name("lm_gelu_grad"))) void lm_gelu_grad(const float *dy, const float *x, float *dx, int count) {
+  v128_t one = splat(1.0f);
+  ELEMENTWISE(count, {
+    v128_t xv = load_n(x + e, lanes);
+    v128_t square = wasm_f32x4_mul(xv, xv);
+    v128_t u = wasm_f32x4_mul(wasm_f32x4_mul(xv, wasm_f32x4_add(wasm_f32x4_mul(square, splat(GELU_A)), one)),
+                              splat(GELU_C));
+    v128_t s = sigmoid4(u);
+    v128_t slope = wasm_f32x4_add(wasm_f32x4_mul(square, splat(3.0f * GELU_A * GELU_C)), splat(GELU_C));
+    v128_t dsdx = wasm_f32x4_mul(wasm_f32x4_mul(s, wasm_f32x4_sub(one, s)), slope);
+    store_n(dx + e, wasm_f32x4_mul(load_n(dy + e, lanes), wasm_f32x4_add(s, wasm_f32x4_mul(xv, dsdx))), lanes);
+  })
+}
+
+/*
+ * Rotary position embedding per head (HF's rotate_half form), x (rows, heads·hs), cos and sin (rows, hs):
+ *   forward  out[j] = x[j]·cos[j] + r[j]·sin[j],   r[j] = −x[j + hs/2] (j < hs/2), x[j − hs/2] (j ≥ hs/2);
+ *   backward dx[j]  = dy[j]·cos[j] + t[j],          t[j] = (dy·sin)[j + hs/2] (j < hs/2), −(dy·sin)[j − hs/2].
+ * Each is one multiply per term and one add, as the tf-op form (llama.ts applyRope) computes them, whose
+ * rotation (a ±1 permutation matmul) is exact: the same bits.
+ */
+__attribute__((export_name("lm_rope"))) void lm_rope(const float *x, const float *cs, const float *sn, float *out,
+                                                     int rows, int heads, int hs, int backward) {
+  int half = hs / 2;
+  for (int n = 0; n < rows; n++) {
+    const float *c = cs + n * hs, *s = sn + n * hs;
+    for (int h = 0; h < heads; h++) {
+      const float *xa = x + (n * heads + h) * hs, *xb = xa + half;
+      float *oa = out + (n * heads + h) * hs, *ob = oa + half;
+      int j = 0;
+      if (!backward) {
+        for (; j + 4 <= half; j += 4) {
+          v128_t a = wasm_v128_load(xa + j), b = wasm_v128_load(xb + j);
+          wasm_v128_store(oa + j, wasm_f32x4_add(wasm_f32x4_mul(a, wasm_v128_load(c + j)),
+                                                 wasm_f32x4_mul(wasm_f32x4_neg(b), wasm_v128_load(s + j))));
+          wasm_v128_store(ob + j, wasm_f32x4_add(wasm_f32x4_mul(b, wasm_v128_load(c + half + j)),
+                                                 wasm_f32x4_mul(a, wasm_v128_load(s + half + j))));
+        }
+        for (; j < half; j++) {
+          float a = xa[j], b = xb[j];
+          oa[j] = a * c[j] + (-b) * s[j];
+          ob[j] = b * c[half + j] + a * s[half + j];
+        }
+      } else {
+        for (; j + 4 <= half; j += 4) {
+          v128_t a = wasm_v128_load(xa + j), b = wasm_v128_load(xb + j);
+          v128_t sa = wasm_f32x4_mul(a, wasm_v128_load(s + j)), sb = wasm_f32x4_mul(b, wasm_v128_load(s + half + j));
+          wasm_v128_store(oa + j, wasm_f32x4_add(wasm_f32x4_mul(a, wasm_v128_load(c + j)), sb));
+          wasm_v128_store(ob + j, wasm_f32x4_add(wasm_f32x4_mul(b, wasm_v128_load(c + half + j)), wasm_f32x4_neg(sa)));
+        }
+        for (; j < half; j++) {
+          float a = xa[j], b = xb[j];
+          oa[j] = a * c[j] + b * s[half + j];
+          ob[j] = b * c[half + j] + -(a * s[j]);
+        }
+      }
+    }
+  }
+}
