@@ -15,6 +15,14 @@ import { isShared, withMemoryImport } from './wasm-encoding.ts';
 
 const FORMAT_CODES = { f32: 0, f16: 1, bf16: 2, int8: 3, nf4: 4 } as const;
 
+/** A float32 operand on the heap: its byte offset and its strides in floats. */
+export interface Strided {
+  at: number;
+  row: number;
+  col: number;
+  batch: number;
+}
+
 export interface CompactGemm {
   /** floats of scratch one product of n rows needs (one share per thread) */
   scratchFloats(n: number): number;
@@ -31,13 +39,13 @@ export interface CompactGemm {
   /** floats of scratch gemm needs for m rows */
   gemmScratchFloats(m: number): number;
   /**
-   * c[t][i][j] = Σ_p a[t·aBatch + i·aRow + p·aCol] · b[t·bBatch + p·bRow + j·bCol] (float32 tensors,
-   * byte offsets; strides in floats; c contiguous (batch, m, n)); all sizes ≥ 1. One thread.
+   * c[t·cBatch + i·cRow + j·cCol] = Σ_p a[t·aBatch + i·aRow + p·aCol] · b[t·bBatch + p·bRow + j·bCol]
+   * (float32 tensors, byte offsets; strides in floats); all sizes ≥ 1. One thread.
    */
   gemm(
-    a: { at: number; row: number; col: number; batch: number },
-    b: { at: number; row: number; col: number; batch: number },
-    c: number,
+    a: Strided,
+    b: Strided,
+    c: Strided,
     shape: { batch: number; m: number; k: number; n: number },
     scratch: number,
   ): void;
@@ -131,7 +139,8 @@ export function instantiateCompactGemm(
     gemmScratchFloats: (m) => exports.lm_gemm_scratch_floats(m),
     fused: exports,
     gemm(a, b, c, { batch, m, k, n }, scratch) {
-      exports.lm_gemm(a.at, a.row, a.col, a.batch, b.at, b.row, b.col, b.batch, c, batch, m, k, n, scratch);
+      const args = [a, b, c].flatMap((o) => [o.at, o.row, o.col, o.batch]);
+      exports.lm_gemm(...args, batch, m, k, n, scratch);
     },
     product(view, transposed, at, n) {
       const { spec, layout } = view;

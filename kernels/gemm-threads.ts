@@ -6,9 +6,10 @@
  * (node/backend.ts calls setGemmHelperSpawner); without a spawner, or with unshared memory, products
  * stay on the calling thread.
  *
- * Never more threads than the backend was started with: a product runs on the caller plus threads − 1
- * helpers, and XNNPACK's pool (the same count) is idle while it does, so the two never oversubscribe
- * the cores together. Idle helpers block in Atomics.wait and cost nothing.
+ * Never more threads than the worker was given: in Node the threaded tfjs build runs XNNPACK on the
+ * calling thread alone (node/wasm-threads.ts) and the threads go to these products, which are most of
+ * a step's work, so XNNPACK's pool and these helpers never compete for the cores. An idle helper polls
+ * for a millisecond (products come in quick succession), then blocks in Atomics.wait.
  *
  * Splitting by output columns leaves every output element's sum as it is: the bits do not depend on
  * the thread count.
@@ -25,11 +26,19 @@ export interface HelperInit {
 }
 
 let spawnHelper: SpawnHelper | null = null;
+let platformThreads: number | null = null;
 
-/** Lets compact products use helper threads from now on (null: none). */
-export function setGemmHelperSpawner(spawn: SpawnHelper | null): void {
+/**
+ * Lets products split over `threads` threads (the caller and threads − 1 helpers from `spawn`) from
+ * now on; null: none (each product on the calling thread).
+ */
+export function setGemmHelperSpawner(spawn: SpawnHelper | null, threads = 1): void {
   spawnHelper = spawn;
+  platformThreads = spawn ? threads : null;
 }
+
+/** The threads products split over, where the platform set them (else the backend's own count). */
+export const gemmThreadCount = (): number | null => platformThreads;
 
 /** lm_product's argument count; a helper's slot is its job's arguments. */
 export const PRODUCT_ARGS = 15;
@@ -42,6 +51,12 @@ const [GENERATION, DONE, QUIT, FAILED] = [0, 1, 2, 3];
  * and in the offline bundle): instantiate the module on the shared memory, then run each generation's
  * job from its slot.
  */
+/**
+ * How long an idle helper polls before it sleeps: a step's products come a fraction of a millisecond
+ * apart, and waking a sleeping thread (a futex) took 0.05–2 ms on this machine's VM.
+ */
+const SPIN_MS = 1;
+
 const HELPER_SOURCE = `
 function run({ memory, module, control, index }) {
   const c = new Int32Array(control);
@@ -49,6 +64,8 @@ function run({ memory, module, control, index }) {
   const slot = ${HEADER} + index * ${PRODUCT_ARGS};
   let seen = 0; // generation 0 has no job; one posted before this thread started is run at once
   for (;;) {
+    // Products come in quick succession: spin a moment before sleeping (a futex wake can take 100 µs).
+    for (const until = performance.now() + ${SPIN_MS}; Atomics.load(c, ${GENERATION}) === seen && performance.now() < until; );
     Atomics.wait(c, ${GENERATION}, seen);
     seen = Atomics.load(c, ${GENERATION});
     if (Atomics.load(c, ${QUIT})) return;
@@ -107,6 +124,7 @@ export function startGemmThreads(
       Atomics.add(c, GENERATION, 1);
       Atomics.notify(c, GENERATION);
       here();
+      for (const until = performance.now() + SPIN_MS; Atomics.load(c, DONE) < helpers && performance.now() < until; );
       const deadline = performance.now() + HELPER_TIMEOUT_MS;
       for (let done = Atomics.load(c, DONE); done < helpers; done = Atomics.load(c, DONE)) {
         if (performance.now() > deadline)

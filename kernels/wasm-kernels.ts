@@ -45,6 +45,8 @@ import {
   FUSED_SWIGLU_GRAD,
 } from '../shared/model/norm-ops.ts';
 import { type CompactGemm, type FusedKernels, instantiateCompactGemm } from './compact-gemm.ts';
+import { gemmThreadCount } from './gemm-threads.ts';
+import { isShared } from './wasm-encoding.ts';
 
 type Info = tf.TensorInfo;
 type KernelArgs = { inputs: Record<string, Info>; backend: BackendWasm; attrs: Record<string, unknown> };
@@ -86,6 +88,12 @@ function replaceKernel(name: string, kernelFunc: (args: KernelArgs) => Info | In
   tf.registerKernel({ ...original, kernelFunc: kernelFunc as unknown as tf.KernelFunc });
 }
 
+/** Whether the wasm backend in use runs on shared memory (tfjs's threaded build): helper threads can join it. */
+export function wasmMemoryShared(): boolean {
+  const memory = moduleMemory(tf.backend() as BackendWasm);
+  return memory !== null && isShared(memory);
+}
+
 /** The tfjs module's memory: exported by the single-threaded builds, created in JS by the threaded one. */
 function moduleMemory(backend: BackendWasm): WebAssembly.Memory | null {
   const module = backend.wasm as unknown as { asm?: { memory?: WebAssembly.Memory }; wasmMemory?: WebAssembly.Memory };
@@ -106,7 +114,7 @@ function perVariant<F>(
     if (!byVariant) made.set(backend, (byVariant = new Map()));
     if (!byVariant.has(variant)) {
       const memory = moduleMemory(backend);
-      byVariant.set(variant, memory && instantiate(memory, variant, getThreadsCount()));
+      byVariant.set(variant, memory && instantiate(memory, variant, gemmThreadCount() ?? getThreadsCount()));
     }
     return byVariant.get(variant) ?? null;
   };
@@ -145,25 +153,13 @@ function batchMatMulGemm(gemm: CompactGemm, args: KernelArgs): Info | null {
   const left = { at: offset(a), row: transposeA ? 1 : k, col: transposeA ? m : 1, batch: batchA === 1 ? 0 : m * k };
   const right = { at: offset(b), row: transposeB ? 1 : n, col: transposeB ? k : 1, batch: batchB === 1 ? 0 : k * n };
   // Few rows and many columns (LoRA's dA, dB: r × d): the panels would be re-packed for a handful of rows.
-  // Cᵀ = Bᵀ·Aᵀ instead, then transposed: each element is the same products summed in the same order.
-  const flip = m < 8 && n >= 4 * m;
-  const rows = flip ? n : m;
-  const target = flip ? args.backend.makeOutput([batch, n, m], 'float32') : out;
-  const scratch = args.backend.makeOutput([gemm.gemmScratchFloats(rows)], 'float32');
-  gemm.gemm(
-    flip ? { at: right.at, row: right.col, col: right.row, batch: right.batch } : left,
-    flip ? { at: left.at, row: left.col, col: left.row, batch: left.batch } : right,
-    offset(target),
-    flip ? { batch, m: n, k, n: m } : { batch, m, k, n },
-    offset(scratch),
-  );
-  if (flip) {
-    const [from, to] = [target, out].map((t) => args.backend.typedArrayFromHeap(t) as Float32Array);
-    for (let t = 0; t < batch; t++)
-      for (let j = 0; j < n; j++)
-        for (let i = 0; i < m; i++) to[t * m * n + i * n + j] = from[t * m * n + j * m + i];
-    args.backend.disposeData(target.dataId);
-  }
+  // Cᵀ = Bᵀ·Aᵀ instead, written transposed: each element is the same products summed in the same order.
+  const flip = m <= 16 && n >= 2 * m;
+  const scratch = args.backend.makeOutput([gemm.gemmScratchFloats(flip ? n : m)], 'float32');
+  const swap = (o: typeof left) => ({ at: o.at, row: o.col, col: o.row, batch: o.batch });
+  const c = { at: offset(out), row: n, col: 1, batch: m * n };
+  if (flip) gemm.gemm(swap(right), swap(left), swap(c), { batch, m: n, k, n: m }, offset(scratch));
+  else gemm.gemm(left, right, c, { batch, m, k, n }, offset(scratch));
   args.backend.disposeData(scratch.dataId);
   return out;
 }

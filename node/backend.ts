@@ -15,7 +15,7 @@ import { packagePath } from './package-root.ts';
 import { BACKENDS, type BackendName } from './backend-names.ts';
 import { isSoftwareAdapter } from '../kernels/software-device.ts';
 import { setGemmHelperSpawner, type SpawnHelper } from '../kernels/gemm-threads.ts';
-import { installWasmKernels } from '../kernels/wasm-kernels.ts';
+import { installWasmKernels, wasmMemoryShared } from '../kernels/wasm-kernels.ts';
 import { installWebgpuCompactKernels } from '../kernels/webgpu-compact.ts';
 import { MAX_WASM_THREADS, registerThreadedWasm } from './wasm-threads.ts';
 import { missingVulkan, probeVulkan, useNvidiaIcd } from './vulkan.ts';
@@ -123,12 +123,13 @@ export async function initBackend(
   }
   if (requested !== 'cpu') {
     const wasmPkg = await import('@tensorflow/tfjs-backend-wasm');
-    if (wasmThreads > 1) await registerThreadedWasm(wasmThreads);
+    // Threads go to the project's GEMM; XNNPACK runs on the calling thread (node/wasm-threads.ts).
+    if (wasmThreads > 1) await registerThreadedWasm(1);
     if (await tf.setBackend('wasm')) {
       await tf.ready();
       installWasmKernels();
-      setGemmHelperSpawner(spawnGemmHelper);
-      const threads = wasmPkg.getThreadsCount();
+      const threads = wasmThreads > 1 && wasmMemoryShared() && wasmPkg.getThreadsCount() === 1 ? wasmThreads : 1;
+      setGemmHelperSpawner(threads > 1 ? spawnGemmHelper : null, threads);
       if (threads !== wasmThreads) {
         note = [note, `wasm asked for ${wasmThreads} threads, runs ${threads}`].filter((s) => s).join('; ');
         log(`warning: ${note}`);

@@ -40,11 +40,16 @@ interface EmscriptenModule {
 }
 
 /**
- * Replaces the registered 'wasm' backend factory with one that starts the threaded build with
- * `threads` XNNPACK threads. Call before tf.setBackend('wasm'); once it runs, getThreadsCount()
- * from tfjs-backend-wasm says how many threads it really got.
+ * Replaces the registered 'wasm' backend factory with one that starts the threaded build (its memory is
+ * shared) with `xnnpackThreads` XNNPACK threads. node/backend.ts starts it with one: the worker's threads
+ * go to the project's own GEMM (kernels/gemm-threads.ts), which runs most of a step, rather than to
+ * XNNPACK's pool, whose threads poll after each of its ops and would contend with the GEMM's for the
+ * cores (measured: the demo step 85–102 ms with both pools at 2 threads, 68–75 with the GEMM's alone).
+ * Call before tf.setBackend('wasm'); once it runs, getThreadsCount() from tfjs-backend-wasm says how
+ * many XNNPACK threads it really got.
  */
-export async function registerThreadedWasm(threads: number): Promise<void> {
+export async function registerThreadedWasm(xnnpackThreads: number): Promise<void> {
+  const threads = xnnpackThreads;
   if (!Number.isInteger(threads) || threads < 1 || threads > MAX_WASM_THREADS) {
     throw new Error(`wasm threads should be an integer in 1..${MAX_WASM_THREADS}, got ${threads}`);
   }

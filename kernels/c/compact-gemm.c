@@ -370,18 +370,19 @@ __attribute__((export_name("lm_gemm_scratch_floats"))) int lm_gemm_scratch_float
 }
 
 /*
- * c[t][i][j] = Σ_p a[t·a_bs + i·a_rs + p·a_cs] · b[t·b_bs + p·b_rs + j·b_cs], for t < batch, i < m,
- * j < n, p < k (all ≥ 1); c is (batch, m, n) contiguous. Strides count floats (a zero batch stride
- * broadcasts; a_cs ≠ 1 reads A transposed, b_cs ≠ 1 B). Same order and panels as lm_product.
+ * c[t·c_bs + i·c_rs + j·c_cs] = Σ_p a[t·a_bs + i·a_rs + p·a_cs] · b[t·b_bs + p·b_rs + j·b_cs], for
+ * t < batch, i < m, j < n, p < k (all ≥ 1). Strides count floats (a zero batch stride broadcasts;
+ * a_cs ≠ 1 reads A transposed, b_cs ≠ 1 B, c_cs ≠ 1 writes C transposed). Same order and panels as
+ * lm_product: each element a sum over p in order.
  */
 __attribute__((export_name("lm_gemm"))) void lm_gemm(const float *a, int a_rs, int a_cs, int a_bs, const float *b,
-                                                     int b_rs, int b_cs, int b_bs, float *c, int batch, int m,
-                                                     int k, int n, float *scratch) {
+                                                     int b_rs, int b_cs, int b_bs, float *c, int c_rs, int c_cs,
+                                                     int c_bs, int batch, int m, int k, int n, float *scratch) {
   float *panel = scratch;
   float *tail = panel + PANEL_DEPTH * PANEL_WIDTH;
   for (int t = 0; t < batch; t++) {
     const float *at = a + t * a_bs, *bt = b + t * b_bs;
-    float *ct = c + t * m * n;
+    float *ct = c + t * c_bs;
     for (int k0 = 0; k0 < k; k0 += PANEL_DEPTH) {
       int depth = k - k0 < PANEL_DEPTH ? k - k0 : PANEL_DEPTH;
       int accumulate = k0 > 0;
@@ -394,24 +395,28 @@ __attribute__((export_name("lm_gemm"))) void lm_gemm(const float *a, int a_rs, i
           for (int p = 0; p < depth; p++) {
             float *d = panel + p * PANEL_WIDTH;
             const float *row = src + p * b_rs;
-            if (b_cs == 1)
-              for (int j = 0; j < width; j++) d[j] = row[j];
-            else
-              for (int j = 0; j < width; j++) d[j] = row[j * b_cs];
+            if (b_cs == 1 && width == PANEL_WIDTH) {
+              wasm_v128_store(d, wasm_v128_load(row));
+              wasm_v128_store(d + 4, wasm_v128_load(row + 4));
+              continue;
+            }
+            for (int j = 0; j < width; j++) d[j] = row[j * b_cs];
             for (int j = width; j < PANEL_WIDTH; j++) d[j] = 0.0f;
           }
         }
         const float *x = at + k0 * a_cs;
-        float *out = width == PANEL_WIDTH ? ct + j0 : tail;
-        int ldc = width == PANEL_WIDTH ? n : PANEL_WIDTH;
-        if (width < PANEL_WIDTH && accumulate)
+        /* whole panels of a row-major C in place; others through the tail block */
+        int direct = width == PANEL_WIDTH && c_cs == 1;
+        float *out = direct ? ct + j0 * c_cs : tail;
+        int ldc = direct ? c_rs : PANEL_WIDTH;
+        if (!direct && accumulate)
           for (int i = 0; i < m; i++)
-            for (int j = 0; j < width; j++) tail[i * PANEL_WIDTH + j] = ct[i * n + j0 + j];
+            for (int j = 0; j < width; j++) tail[i * PANEL_WIDTH + j] = ct[i * c_rs + (j0 + j) * c_cs];
         if (a_cs == 1) micro_kernel(x, a_rs, panel, out, ldc, m, depth, accumulate);
         else micro_kernel_strided(x, a_rs, a_cs, panel, out, ldc, m, depth, accumulate);
-        if (width < PANEL_WIDTH)
+        if (!direct)
           for (int i = 0; i < m; i++)
-            for (int j = 0; j < width; j++) ct[i * n + j0 + j] = tail[i * PANEL_WIDTH + j];
+            for (int j = 0; j < width; j++) ct[i * c_rs + (j0 + j) * c_cs] = tail[i * PANEL_WIDTH + j];
       }
     }
   }

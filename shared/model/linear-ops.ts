@@ -91,19 +91,20 @@ export function frozenProducts(layer: FrozenLinear): FrozenProducts {
  * thin (·, r) factors only. Shapes: x (N, d_in), A (r, d_in), B (d_out, r).
  */
 export function loraBranch(x: tf.Tensor2D, loraA: tf.Tensor2D, loraB: tf.Tensor2D, scaling: number): tf.Tensor2D {
+  // Transposes as matMul flags, not Transpose kernels: on wasm every product with a flag runs the C GEMM,
+  // which reads its operands through strides (kernels/c/compact-gemm.c, lm_gemm).
   const op = customOp(([input, a, b], save) => {
-    const down = tf.matMul(input as tf.Tensor2D, tf.transpose(a as tf.Tensor2D)); // (N, r)
+    const down = tf.matMul(input as tf.Tensor2D, a as tf.Tensor2D, false, true); // (N, r)
     save([input, a, b, down]);
     return {
-      value: tf.mul(tf.matMul(down, tf.transpose(b as tf.Tensor2D)), scaling), // (N, d_out)
+      value: tf.mul(tf.matMul(down, b as tf.Tensor2D, false, true), scaling), // (N, d_out)
       gradFunc: (dy, [xs, as, bs, downs]) => {
         const g = tf.mul(dy, scaling) as tf.Tensor2D; // (N, d_out)
         const dDown = tf.matMul(g, bs as tf.Tensor2D); // (N, r)
-        const dDownT = tf.transpose(dDown); // (r, N)
         return [
           tf.matMul(dDown, as as tf.Tensor2D), // dx (N, d_in)
-          tf.matMul(dDownT, xs as tf.Tensor2D), // dA (r, d_in)
-          tf.transpose(tf.matMul(tf.transpose(downs as tf.Tensor2D), g)), // dB (d_out, r)
+          tf.matMul(dDown, xs as tf.Tensor2D, true, false), // dA (r, d_in)
+          tf.matMul(g, downs as tf.Tensor2D, true, false), // dB (d_out, r)
         ];
       },
     };

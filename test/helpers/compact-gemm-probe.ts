@@ -4,7 +4,6 @@
 // were split over helper threads, and a sha256 of every output's bytes.
 import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs-core';
-import { getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 import { initBackend } from '../../node/backend.ts';
 import { selectArithmetic } from '../../kernels/arithmetic.ts';
 import { gemmSplitProducts } from '../../kernels/gemm-threads.ts';
@@ -13,7 +12,7 @@ import { CompactWeight, compactProducts } from '../../shared/model/compact-linea
 import { quantizeMatrix } from '../../shared/quant/quantize.ts';
 import { COMPACT_SPECS, gaussian } from './compact.ts';
 
-await initBackend('wasm', () => {});
+const info = await initBackend('wasm', () => {});
 selectArithmetic((process.argv[2] ?? 'simd128') as ArithmeticVariant);
 const hash = createHash('sha256');
 // (rows = d_out, cols = d_in, n): ≥ 2^20 multiply-adds each, a narrow last panel, 1–7 rows past a 4-row block
@@ -35,4 +34,4 @@ for (const spec of COMPACT_SPECS)
     tf.dispose([x, dy]);
     weight.dispose();
   }
-console.log(JSON.stringify({ threads: getThreadsCount(), split: gemmSplitProducts(), sha256: hash.digest('hex') }));
+console.log(JSON.stringify({ threads: info.threads, split: gemmSplitProducts(), sha256: hash.digest('hex') }));
