@@ -21,6 +21,7 @@ import { quantizeMatrix } from '../shared/quant/quantize.ts';
 import { selectArithmetic, selectedArithmetic } from '../kernels/arithmetic.ts';
 import { computeGradients, computeGradientsAsync, type GradientResult } from '../shared/train/gradients.ts';
 import { initBackend, type BackendName } from '../node/backend.ts';
+import { wasmPeakGflops } from '../kernels/wasm-kernels.ts';
 import { packagePath } from '../node/package-root.ts';
 import { linearModulePaths, linearShape } from '../shared/model/causal-lm.ts';
 import { demoWorkload, gpt2Workload, qwenWorkload, writeTorchInputs, type Workload } from './compute-workloads.ts';
@@ -86,8 +87,13 @@ export interface MeasureResult {
     shape: [number, number, number];
     gflops: number;
     torchGflops?: number;
-    /** wasm: the same product through the compact-base panel kernel (W as compact f32), in the row's arithmetic */
+    /**
+     * wasm: the same product through the project's GEMM (kernels/c/compact-gemm.c, W held as compact
+     * f32, as a worker holds it), in the row's arithmetic and threads: what the step's frozen products run
+     */
     panelGflops?: number;
+    /** wasm: this CPU's register-only multiply-add rate in the row's arithmetic, one thread (lm_peak) */
+    peakGflops?: number;
   };
   /** the wasm kernels' arithmetic the row ran */
   arithmetic: ArithmeticVariant;
@@ -187,8 +193,8 @@ async function gemmGflops(n: number, dIn: number, dOut: number): Promise<number>
 }
 
 /**
- * Best rate of the same product through the compact-base panel kernel (W held as compact f32, so no
- * dequantization: the micro-kernel and its tile loops alone), forward x·Wᵀ and backward dy·W, 10 repeats each.
+ * Best rate of the same product through the project's GEMM (W held as compact f32, as workers hold a
+ * float32 base: the micro-kernel, packing and tile loops), forward x·Wᵀ and backward dy·W, 10 repeats each.
  */
 async function panelGflops(n: number, dIn: number, dOut: number): Promise<number> {
   const values = tf.tidy(() => tf.randomNormal([dOut * dIn]).dataSync() as Float32Array);
@@ -310,6 +316,7 @@ export async function measure(config: MeasureConfig): Promise<MeasureResult> {
       gflops: await gemmGflops(...shape),
       torchGflops: torch ? await torch.server.gemm(...shape) : undefined,
       panelGflops: info.name === 'wasm' ? await panelGflops(...shape) : undefined,
+      peakGflops: info.name === 'wasm' ? (wasmPeakGflops() ?? undefined) : undefined,
     };
     return {
       config,

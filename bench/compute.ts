@@ -116,7 +116,7 @@ function plan(quick: boolean): MeasureConfig[] {
   // Repeats are sized so `npm run bench` stays within 15 minutes here: the cpu backend and software
   // WebGPU take seconds per demo step (their rows in bench/RESULTS.md, Compute), so they get one or
   // two; the software WebGPU row shows the step computes, not its speed.
-  // relaxed SIMD's fused multiply-add (shared/arithmetic.ts): its float32 frozen products run the panel kernel
+  // relaxed SIMD's fused multiply-add (shared/arithmetic.ts)
   const relaxed = (config: MeasureConfig): MeasureConfig => ({ ...config, arithmetic: 'relaxed-fma' });
   return [
     row('demo', 'wasm', 1, 3, 15),
@@ -245,11 +245,23 @@ function ratioCell(r: ComputeRow): string {
     : `**${text}** (${r.ratio.min.toFixed(2)}–${r.ratio.max.toFixed(2)})`;
 }
 
+/** Ours (÷ threads), XNNPACK's tf.matMul, PyTorch; the register-only peak: wasm rows; others their tf.matMul. */
+function gemmCell(r: ComputeRow): string {
+  const g = r.gemm;
+  const torch = g.torchGflops?.toFixed(1) ?? '–';
+  const shape = `(${g.shape.join('×')})`;
+  if (!g.panelGflops) return `${g.gflops.toFixed(1)} / – / ${torch} ${shape}`;
+  const threads = r.threads ?? 1;
+  const ours = `**${g.panelGflops.toFixed(1)}**${threads > 1 ? ` (${(g.panelGflops / threads).toFixed(1)})` : ''}`;
+  return `${ours} / ${g.gflops.toFixed(1)} / ${torch} ${shape}${g.peakGflops ? `; peak ${g.peakGflops.toFixed(1)}` : ''}`;
+}
+
 function tableLines(result: ComputeResult): string[] {
   const lines = [
     '| model | backend | ms/step median (min–max) | tokens/s | GFLOP/s | ' +
       'PyTorch, same model and threads: ms/step | PyTorch GFLOP/s | ratio: wall (min–max) | ratio: CPU time | ' +
-      'largest matmul alone, GFLOP/s: ours / PyTorch | loss / ‖grad‖ vs PyTorch |',
+      'largest matmul alone, GFLOP/s: ours (per thread) / XNNPACK / PyTorch; register-only peak per thread | ' +
+      'loss / ‖grad‖ vs PyTorch |',
     '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const r of result.rows) {
@@ -262,9 +274,7 @@ function tableLines(result: ComputeResult): string[] {
         `${r.tokensPerSecond.toFixed(0)} | ${r.gflops.toFixed(1)} | ` +
         `${r.torch ? range(r.torch.ms) : '–'} | ${r.torch ? r.torch.gflops.toFixed(1) : '–'} | ${ratioCell(r)} | ` +
         `${r.cpuRatio ? `${r.cpuRatio.median.toFixed(2)}×` : '–'} | ` +
-        `${r.gemm.gflops.toFixed(1)} / ${r.gemm.torchGflops?.toFixed(1) ?? '–'} ` +
-        `(${r.gemm.shape.join('×')})` +
-        `${r.gemm.panelGflops ? `; panel kernel ${r.gemm.panelGflops.toFixed(1)}` : ''} | ${agree} |`,
+        `${gemmCell(r)} | ${agree} |`,
     );
   }
   return lines;

@@ -49,6 +49,8 @@ export interface CompactGemm {
     shape: { batch: number; m: number; k: number; n: number },
     scratch: number,
   ): void;
+  /** this variant's register-only multiply-add rate on this thread, GFLOP/s (best of a few 10⁷-flop runs) */
+  peakGflops(): number;
   /** the fused row-wise kernels of kernels/c/fused.c (byte offsets; one thread) */
   readonly fused: FusedKernels;
 }
@@ -105,6 +107,7 @@ export interface FusedKernels {
 }
 
 type Exports = FusedKernels & {
+  lm_peak(iterations: number, seed: number): number;
   lm_scratch_floats(n: number): number;
   lm_product(...args: number[]): void;
   lm_gemm_scratch_floats(m: number): number;
@@ -138,6 +141,16 @@ export function instantiateCompactGemm(
     scratchFloats: (n) => Math.max(threads, 1) * exports.lm_scratch_floats(n),
     gemmScratchFloats: (m) => exports.lm_gemm_scratch_floats(m),
     fused: exports,
+    peakGflops() {
+      const iterations = 1 << 17; // 96 flops each: 12.6 MFLOP a run
+      let best = Infinity;
+      for (let run = 0; run < 12; run++) {
+        const t0 = performance.now();
+        exports.lm_peak(iterations, 1 + run);
+        best = Math.min(best, performance.now() - t0);
+      }
+      return (96 * iterations) / best / 1e6;
+    },
     gemm(a, b, c, { batch, m, k, n }, scratch) {
       const args = [a, b, c].flatMap((o) => [o.at, o.row, o.col, o.batch]);
       exports.lm_gemm(...args, batch, m, k, n, scratch);

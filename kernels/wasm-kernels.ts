@@ -88,6 +88,11 @@ function replaceKernel(name: string, kernelFunc: (args: KernelArgs) => Info | In
   tf.registerKernel({ ...original, kernelFunc: kernelFunc as unknown as tf.KernelFunc });
 }
 
+/** The selected variant's register-only multiply-add rate on this thread (GFLOP/s), or null without the module. */
+export function wasmPeakGflops(): number | null {
+  return compactGemmFor(tf.backend() as BackendWasm)?.peakGflops() ?? null;
+}
+
 /** Whether the wasm backend in use runs on shared memory (tfjs's threaded build): helper threads can join it. */
 export function wasmMemoryShared(): boolean {
   const memory = moduleMemory(tf.backend() as BackendWasm);

@@ -41,6 +41,7 @@ const EXPORTS = [
   'lm_gelu',
   'lm_gelu_grad',
   'lm_rope',
+  'lm_peak',
 ];
 
 function tool(envName, candidates) {

@@ -421,3 +421,21 @@ __attribute__((export_name("lm_gemm"))) void lm_gemm(const float *a, int a_rs, i
     }
   }
 }
+
+/*
+ * The CPU's peak for this variant's multiply-add, registers only: 12 independent 4-lane accumulators,
+ * `iterations` rounds of 12 four-lane multiply-adds (96 flops a round). The result keeps the
+ * work from being optimized away. For the bench's "largest matmul alone" column (bench/compute-measure.ts).
+ */
+__attribute__((export_name("lm_peak"))) float lm_peak(int iterations, float seed) {
+  v128_t s = wasm_f32x4_splat(seed), b = wasm_f32x4_splat(0.999f);
+  v128_t c0 = s, c1 = s, c2 = s, c3 = s, c4 = s, c5 = s, c6 = s, c7 = s, c8 = s, c9 = s, c10 = s, c11 = s;
+  for (int i = 0; i < iterations; i++) {
+    MADD(c0, s, b); MADD(c1, s, b); MADD(c2, s, b); MADD(c3, s, b); MADD(c4, s, b); MADD(c5, s, b);
+    MADD(c6, s, b); MADD(c7, s, b); MADD(c8, s, b); MADD(c9, s, b); MADD(c10, s, b); MADD(c11, s, b);
+  }
+  v128_t t = wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_add(c0, c1), wasm_f32x4_add(c2, c3)),
+                            wasm_f32x4_add(wasm_f32x4_add(c4, c5), wasm_f32x4_add(c6, c7)));
+  t = wasm_f32x4_add(t, wasm_f32x4_add(wasm_f32x4_add(c8, c9), wasm_f32x4_add(c10, c11)));
+  return wasm_f32x4_extract_lane(t, 0);
+}
