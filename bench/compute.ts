@@ -370,7 +370,7 @@ export async function runComputeBench(opts: ComputeOptions): Promise<ComputeResu
           ? `; ${row.torch.label} ${range(row.torch.ms, 1)} ms/step; ` +
             `ratio ${range(row.ratio!, 2)}× (CPU time ${range(row.cpuRatio!, 2)}×)`
           : '') +
-        `; largest matmul alone ${row.gemm.gflops.toFixed(1)}` +
+        `; largest matmul alone ${(row.gemm.panelGflops ?? row.gemm.gflops).toFixed(1)}` +
         `${row.gemm.torchGflops ? ` vs ${row.gemm.torchGflops.toFixed(1)}` : ''} GFLOP/s` +
         (row.note ? `; ${row.note}` : '') +
         ` (${seconds} s)`,
