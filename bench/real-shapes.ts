@@ -5,8 +5,8 @@
  * Llama-3.2-1B shapes), per base format, each in a fresh child process on the wasm backend so its
  * peak RSS (VmHWM) is its own: quantizing into a compact base file (node/compact-file.ts, as a
  * coordinator does), loading it (as a worker does), bytes held, median step time, peak RSS, wasm heap.
- * "dense" is the float32 path without the compact kernels (W in two layouts plus XNNPACK's packed
- * copies); the wasm worker's memory plan refuses it where it cannot fit, as a worker would.
+ * "dense" is a checkpoint loaded as float32 tensors without --base-format, then held as a worker holds
+ * it on wasm (baseForKernels: each matrix once, as compact f32, converted one at a time).
  * Writes bench/results/real-shapes-<model>.json and a section of bench/RESULTS.md.
  */
 import { spawnSync } from 'node:child_process';
@@ -40,6 +40,7 @@ if (values.child) {
   const { FrozenBase } = await import('../shared/lora/params.ts');
   const { createModel } = await import('../shared/model/causal-lm.ts');
   const { CompactWeight } = await import('../shared/model/compact-linear.ts');
+  const { baseForKernels } = await import('../shared/model/compact-base.ts');
   const { computeGradients } = await import('../shared/train/gradients.ts');
   const { Rng } = await import('../shared/rng.ts');
   await initBackend('wasm');
@@ -61,7 +62,7 @@ if (values.child) {
   if (format !== 'dense') rmSync(compactFile, { force: true });
   let heldBytes = 0;
   for (const w of weights.values()) heldBytes += w instanceof CompactWeight ? w.heldBytes : 4 * w.size;
-  const base = new FrozenBase(dir.config, weights);
+  const base = new FrozenBase(dir.config, format === 'dense' ? baseForKernels(dir.config, weights) : weights);
   const model = createModel(dir.config);
   const targets = dir.config.model_type === 'gpt2' ? (['c_attn'] as const) : (['q_proj', 'v_proj'] as const);
   const lora = checkLoraConfig({ r: Number(values.rank), alpha: 2 * Number(values.rank), targetModules: [...targets] });
