@@ -185,9 +185,9 @@ export function instantiateCompactGemm(
           scratch,
         ];
       });
-      const here = () => exports.lm_product(...jobs[0]);
-      if (count === 1) here();
-      else pool!.run(jobs, here);
+      const exec = (job: number[]) => exports.lm_product(...job);
+      if (count === 1) exec(jobs[0]);
+      else pool!.run(jobs, exec);
     },
   };
 }

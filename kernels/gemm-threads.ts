@@ -47,20 +47,24 @@ const HEADER = 4;
 const [GENERATION, DONE, QUIT, FAILED] = [0, 1, 2, 3];
 
 /**
- * The helper's code, plain JavaScript (no imports: it runs the same from tsx, from the bundled CLI
- * and in the offline bundle): instantiate the module on the shared memory, then run each generation's
- * job from its slot.
- */
-/**
  * How long an idle helper polls before it sleeps: a step's products come a fraction of a millisecond
  * apart, and waking a sleeping thread (a futex) took 0.05–2 ms on this machine's VM.
  */
 const SPIN_MS = 1;
 
+/**
+ * The helper's code, plain JavaScript (no imports: it runs the same from tsx, from the bundled CLI
+ * and in the offline bundle): instantiate the module on the shared memory, then run each generation's
+ * job from its slot. A helper that cannot instantiate or run a job counts a failure and stays, so the
+ * caller never waits for a thread that died: it computes the helpers' shares itself.
+ */
 const HELPER_SOURCE = `
 function run({ memory, module, control, index }) {
   const c = new Int32Array(control);
-  const { lm_product } = new WebAssembly.Instance(module, { env: { memory } }).exports;
+  let lm_product = null;
+  try {
+    lm_product = new WebAssembly.Instance(module, { env: { memory } }).exports.lm_product;
+  } catch {}
   const slot = ${HEADER} + index * ${PRODUCT_ARGS};
   let seen = 0; // generation 0 has no job; one posted before this thread started is run at once
   for (;;) {
@@ -71,7 +75,7 @@ function run({ memory, module, control, index }) {
     if (Atomics.load(c, ${QUIT})) return;
     try {
       lm_product(...c.subarray(slot, slot + ${PRODUCT_ARGS}));
-    } catch (error) {
+    } catch {
       Atomics.add(c, ${FAILED}, 1);
     }
     Atomics.add(c, ${DONE}, 1);
@@ -88,10 +92,14 @@ export const gemmSplitProducts = () => splitProducts;
 const HELPER_TIMEOUT_MS = 60_000;
 
 export interface GemmThreads {
-  /** threads a product is split over: the caller plus its helpers */
+  /** threads a product is split over: the caller plus its helpers (1 once a helper has failed) */
   readonly count: number;
-  /** Runs jobs[0] here and jobs[1..] on the helpers; returns when all are done. */
-  run(jobs: number[][], here: () => void): void;
+  /**
+   * Runs jobs[0] here (`exec`) and jobs[1..] on the helpers; returns when all are done. If a helper
+   * failed, the helpers' jobs run here too (a job writes its own output columns from scratch, so the
+   * bits are the same) and later products stay on this thread.
+   */
+  run(jobs: number[][], exec: (job: number[]) => void): void;
 }
 
 /**
@@ -109,9 +117,12 @@ export function startGemmThreads(
   const control = new SharedArrayBuffer(4 * (HEADER + helpers * PRODUCT_ARGS));
   const c = new Int32Array(control);
   for (let index = 0; index < helpers; index++) spawn(HELPER_SOURCE, { memory, module, control, index });
+  let failed = false;
   return {
-    count: threads,
-    run(jobs, here) {
+    get count() {
+      return failed ? 1 : threads;
+    },
+    run(jobs, exec) {
       const busy = jobs.length - 1;
       if (busy > helpers) throw new Error(`${busy} helper jobs for ${helpers} helpers`);
       for (let h = 0; h < helpers; h++) {
@@ -123,7 +134,7 @@ export function startGemmThreads(
       Atomics.store(c, DONE, 0);
       Atomics.add(c, GENERATION, 1);
       Atomics.notify(c, GENERATION);
-      here();
+      exec(jobs[0]);
       for (const until = performance.now() + SPIN_MS; Atomics.load(c, DONE) < helpers && performance.now() < until; );
       const deadline = performance.now() + HELPER_TIMEOUT_MS;
       for (let done = Atomics.load(c, DONE); done < helpers; done = Atomics.load(c, DONE)) {
@@ -132,8 +143,8 @@ export function startGemmThreads(
         Atomics.wait(c, DONE, done, 100);
       }
       if (Atomics.load(c, FAILED) > 0) {
-        Atomics.store(c, FAILED, 0);
-        throw new Error('compact GEMM: a helper thread failed');
+        failed = true;
+        for (const job of jobs.slice(1)) exec(job);
       }
     },
   };

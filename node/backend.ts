@@ -79,6 +79,9 @@ const spawnGemmHelper: SpawnHelper = (source, init) => {
   });
   helper.postMessage(init);
   helper.unref();
+  // Failures inside are counted by the helper itself (kernels/gemm-threads.ts); an error event must
+  // not become the process's uncaught exception.
+  helper.on('error', () => {});
   return helper;
 };
 

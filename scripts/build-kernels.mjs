@@ -108,7 +108,8 @@ function build(variant) {
     if (!WebAssembly.validate(module))
       throw new Error(`${variant}: the module uses its stack or a table (invalid without them); simplify the C`);
     const exports = WebAssembly.Module.exports(new WebAssembly.Module(module)).map((e) => e.name);
-    if ([...exports].sort().join() !== [...EXPORTS].sort().join()) throw new Error(`${variant}: unexpected exports ${exports}`);
+    if ([...exports].sort().join() !== [...EXPORTS].sort().join())
+      throw new Error(`${variant}: unexpected exports ${exports}`);
     return module;
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -8,10 +8,10 @@ import { test } from 'node:test';
 
 const probe = new URL('../helpers/compact-gemm-probe.ts', import.meta.url).pathname;
 
-function run(threads: number, variant: string): { threads: number; split: number; sha256: string } {
+function run(threads: number, variant: string, broken = false): { threads: number; split: number; sha256: string } {
   const out = spawnSync(process.execPath, ['--import', 'tsx', probe, variant], {
     encoding: 'utf8',
-    env: { ...process.env, LORAMESH_WASM_THREADS: String(threads) },
+    env: { ...process.env, LORAMESH_WASM_THREADS: String(threads), BREAK_HELPERS: broken ? '1' : '0' },
   });
   assert.equal(out.status, 0, out.stderr.slice(-2000));
   return JSON.parse(out.stdout.trim().split('\n').pop()!);
@@ -29,3 +29,10 @@ for (const variant of ['simd128', 'relaxed-fma'])
       assert.equal(many.sha256, one.sha256, `${threads} threads`);
     }
   });
+
+test('a helper thread that fails (here: cannot link its module) changes nothing: the caller computes its share', () => {
+  const one = run(1, 'simd128');
+  const broken = run(2, 'simd128', true);
+  assert.equal(broken.sha256, one.sha256);
+  assert.equal(broken.split, 1, 'the first product was split, found the failure, and later ones stayed on one thread');
+});
