@@ -24,7 +24,9 @@ const require = createRequire(import.meta.url);
 // WebAssembly relaxed SIMD (the relaxed-fma arithmetic, kernels/arithmetic.ts) is behind this V8 flag
 // in Node 20 (on by default in Chrome 114+ and in later V8). Set when this module loads, before any
 // wasm module compiles: V8 reads it when it validates a module. Harmless where it is already on.
-setFlagsFromString('--experimental-wasm-relaxed-simd');
+// LORAMESH_RELAXED_SIMD=0 leaves it off: the process then offers simd128 only (as a browser without
+// relaxed SIMD does), and a relaxed-fma run refuses it with LM_ERR_ARITHMETIC.
+if (process.env.LORAMESH_RELAXED_SIMD !== '0') setFlagsFromString('--experimental-wasm-relaxed-simd');
 // Registers tfjs-core's gradients on the shared engine (see scripts/build-gradients.mjs).
 try {
   require(packagePath('build', 'tfjs-gradients.cjs'));
