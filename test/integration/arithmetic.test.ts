@@ -38,7 +38,7 @@ test('relaxed-fma: the mesh run equals the in-process run bit for bit, and stays
   const mesh = train('fma-mesh', ['--arithmetic', 'relaxed-fma', '--local-workers', '2']);
   const inProcess = train('fma-in-process', ['--arithmetic', 'relaxed-fma', '--in-process']);
   assert.ok(mesh.equals(inProcess), 'relaxed-fma mesh and in-process adapters differ');
-  // XNNPACK's threads (the products still outside the panel kernel) leave the bits alone
+  // the GEMM split over 2 threads (kernels/gemm-threads.ts: by output columns) leaves the bits alone
   const threaded = train('fma-2-threads', ['--arithmetic', 'relaxed-fma', '--in-process'], {
     LORAMESH_WASM_THREADS: '2',
   });

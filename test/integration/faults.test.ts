@@ -213,6 +213,11 @@ test('a silent (SIGSTOPped) worker is dropped within 2 heartbeat intervals and i
         frozen!.kill('SIGSTOP');
         stoppedAt = Date.now();
       }
+      // Steps can be faster than 2 heartbeats: hold the run here until the drop (or 10 s), so the
+      // run cannot end before the silence is noticed.
+      if (m.step === 9)
+        for (const until = Date.now() + 10_000; !droppedAt && Date.now() < until; )
+          await new Promise((resolve) => setTimeout(resolve, 20));
     },
   });
   frozen!.kill('SIGKILL');
