@@ -104,6 +104,17 @@ export interface FusedKernels {
     hs: number,
     backward: number,
   ): void;
+  lm_swap_axes(input: number, out: number, outer: number, b: number, c: number, inner: number): void;
+  lm_masked_softmax(
+    scores: number,
+    mask: number,
+    p: number,
+    rows: number,
+    maskRows: number,
+    s: number,
+    scale: number,
+  ): void;
+  lm_softmax_grad(dp: number, p: number, ds: number, rows: number, s: number, scale: number): void;
 }
 
 type Exports = FusedKernels & {

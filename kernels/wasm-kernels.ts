@@ -1,5 +1,5 @@
 /**
- * Replacements for five tfjs-backend-wasm 4.22 kernels. Installed by the Node and browser backend
+ * Replacements for seven tfjs-backend-wasm 4.22 kernels. Installed by the Node and browser backend
  * pickers right after the wasm backend starts.
  *
  * - Identity copies its input. The engine clones every tensor it saves for the backward pass
@@ -9,8 +9,12 @@
  * - Slice, SplitV and Unpack read the WHOLE input into a fresh JS array (readSync) before copying
  *   the slice out, once per output: splitting a tensor into n parts copied it n times. These read
  *   a view of the wasm heap instead.
- * These four give the same bits as before, only the copies go.
- * - The compact-base kernels (shared/model/compact-linear.ts) are added: products with a frozen
+ * - Transpose: attention's head transposes ((B, T, H, hs) ↔ (B, H, T, hs)) are one copy of hs-float
+ *   runs (kernels/c/fused.c lm_swap_axes); tfjs's general index loop was ~5× slower. Other
+ *   permutations keep tfjs's kernel.
+ * These five give the same bits as before, only the copies go (or get faster).
+ * - The compact-base kernels (shared/model/compact-linear.ts) and the fused kernels of norm-ops.ts and
+ *   attention.ts are added: products with a frozen
  *   matrix held as f16/bf16/int8/nf4 (or f32, held once), dequantized a tile at a time into tfjs's
  *   own memory and multiplied by a SIMD micro-kernel, all in kernels/c/compact-gemm.c (compact-gemm.ts).
  * - BatchMatMul: products that XNNPACK does not take (batched, or transposed) ran in tfjs's scalar
@@ -44,6 +48,7 @@ import {
   FUSED_SWIGLU,
   FUSED_SWIGLU_GRAD,
 } from '../shared/model/norm-ops.ts';
+import { FUSED_MASKED_SOFTMAX, FUSED_SOFTMAX_GRAD } from '../shared/model/attention.ts';
 import { type CompactGemm, type FusedKernels, instantiateCompactGemm } from './compact-gemm.ts';
 import { gemmThreadCount } from './gemm-threads.ts';
 import { isShared } from './wasm-encoding.ts';
@@ -306,6 +311,34 @@ function registerFusedKernels(): void {
     };
   register(FUSED_ROPE, rope(0));
   register(FUSED_ROPE_GRAD, rope(1));
+  register(FUSED_MASKED_SOFTMAX, ({ inputs: { scores, mask }, backend, attrs }, f) => {
+    const s = scores.shape[scores.shape.length - 1];
+    const p = backend.makeOutput(scores.shape, 'float32');
+    const rows = tf.util.sizeFromShape(scores.shape) / s;
+    f.lm_masked_softmax(
+      at(backend, scores),
+      at(backend, mask),
+      at(backend, p),
+      rows,
+      mask.shape[0],
+      s,
+      attrs.scale as number,
+    );
+    return p;
+  });
+  register(FUSED_SOFTMAX_GRAD, ({ inputs: { dp, p }, backend, attrs }, f) => {
+    const s = p.shape[p.shape.length - 1];
+    const ds = backend.makeOutput(p.shape, 'float32');
+    f.lm_softmax_grad(
+      at(backend, dp),
+      at(backend, p),
+      at(backend, ds),
+      tf.util.sizeFromShape(p.shape) / s,
+      s,
+      attrs.scale as number,
+    );
+    return ds;
+  });
   register(FUSED_GELU_GRAD, ({ inputs: { dy, x }, backend }, f) => {
     const dx = backend.makeOutput(x.shape, 'float32');
     f.lm_gelu_grad(at(backend, dy), at(backend, x), at(backend, dx), tf.util.sizeFromShape(x.shape));
@@ -323,9 +356,14 @@ export function installWasmKernels(): void {
   registerFusedKernels();
   const original = (name: string) =>
     tf.getKernel(name, 'wasm')!.kernelFunc as unknown as (args: KernelArgs) => Info | Info[];
-  const [identity, slice, splitV, unpack, batchMatMul] = ['Identity', 'Slice', 'SplitV', 'Unpack', 'BatchMatMul'].map(
-    original,
-  );
+  const [identity, slice, splitV, unpack, batchMatMul, transpose] = [
+    'Identity',
+    'Slice',
+    'SplitV',
+    'Unpack',
+    'BatchMatMul',
+    'Transpose',
+  ].map(original);
 
   replaceKernel('Identity', (args) => {
     const { x } = args.inputs;
@@ -337,6 +375,29 @@ export function installWasmKernels(): void {
   replaceKernel('BatchMatMul', (args) => {
     const gemm = compactGemmFor(args.backend);
     return (gemm && batchMatMulGemm(gemm, args)) ?? batchMatMul(args);
+  });
+
+  // Attention's head transposes, (B, T, H, hs) ↔ (B, H, T, hs): tfjs's general loop took ~50 µs each for the
+  // demo's 40,960 floats. A copy of hs-float runs, so the same bits.
+  replaceKernel('Transpose', (args) => {
+    const { x } = args.inputs;
+    const perm = args.attrs.perm as number[];
+    const fused = compactGemmFor(args.backend)?.fused;
+    const swap =
+      perm.length === 4 && perm[0] === 0 && perm[1] === 2 && perm[2] === 1 && perm[3] === 3
+        ? x.shape
+        : perm.length === 3 && perm[0] === 1 && perm[1] === 0 && perm[2] === 2
+          ? [1, ...x.shape]
+          : null;
+    if (!fused || !swap || x.dtype !== 'float32') return transpose(args);
+    const out = args.backend.makeOutput(
+      perm.map((axis) => x.shape[axis]),
+      'float32',
+    );
+    if (out.shape.includes(0)) return out;
+    const offset = (t: Info) => args.backend.dataIdMap.get(t.dataId)!.memoryOffset as number;
+    fused.lm_swap_axes(offset(x), offset(out), swap[0], swap[1], swap[2], swap[3]);
+    return out;
   });
 
   replaceKernel('Slice', (args) => {

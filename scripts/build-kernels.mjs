@@ -28,6 +28,9 @@ const { values } = parseArgs({
 const target = join(root, 'kernels', 'compact-gemm.wasm.ts');
 const sources = ['compact-gemm.c', 'fused.c'].map((file) => join(root, 'kernels', 'c', file));
 const EXPORTS = [
+  'lm_swap_axes',
+  'lm_masked_softmax',
+  'lm_softmax_grad',
   'lm_scratch_floats',
   'lm_product',
   'lm_gemm_scratch_floats',

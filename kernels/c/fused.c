@@ -54,9 +54,12 @@ INLINE float row_centered_squares(const float *a, float c, int d) {
  * exp(x) for 4 lanes: x = n·ln2 + r, |r| ≤ ln2/2 (ln2 in two parts), e^r by a degree-7 polynomial
  * (Cephes' expf coefficients), times 2^n through the exponent bits. x is clamped to [−87.3, 88.0]:
  * 2^n stays a normal float (the sigmoids below saturate long before).
+ * Cheap forms of the same results (V8 emits one instruction for each, where f32x4.min/max need a
+ * NaN-and-signed-zero sequence and i32x4.trunc_sat a saturation one): the clamp uses pmin/pmax, which
+ * keep a NaN x as x does; 2^n's bits come from n + 1.5·2²³, whose low bits hold the integer n.
  */
 INLINE v128_t exp4(v128_t x) {
-  x = wasm_f32x4_max(wasm_f32x4_min(x, splat(88.0f)), splat(-87.33654f));
+  x = wasm_f32x4_pmax(wasm_f32x4_pmin(x, splat(88.0f)), splat(-87.33654f));
   v128_t n = wasm_f32x4_nearest(wasm_f32x4_mul(x, splat(1.44269504088896341f)));
   v128_t r = wasm_f32x4_sub(x, wasm_f32x4_mul(n, splat(0.693359375f)));
   r = wasm_f32x4_sub(r, wasm_f32x4_mul(n, splat(-2.12194440e-4f)));
@@ -67,7 +70,8 @@ INLINE v128_t exp4(v128_t x) {
   p = wasm_f32x4_add(wasm_f32x4_mul(p, r), splat(1.6666665459e-1f));
   p = wasm_f32x4_add(wasm_f32x4_mul(p, r), splat(5.0000001201e-1f));
   p = wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_mul(wasm_f32x4_mul(p, r), r), r), splat(1.0f));
-  v128_t scale = wasm_i32x4_shl(wasm_i32x4_add(wasm_i32x4_trunc_sat_f32x4(n), wasm_i32x4_splat(127)), 23);
+  /* |n| ≤ 127: bits(n + 1.5·2²³) = 0x4B400000 + n, and the shift drops everything above n + 127 */
+  v128_t scale = wasm_i32x4_shl(wasm_i32x4_add(wasm_f32x4_add(n, splat(12582912.0f)), wasm_i32x4_splat(127)), 23);
   return wasm_f32x4_mul(p, scale);
 }
 
@@ -275,5 +279,81 @@ __attribute__((export_name("lm_rope"))) void lm_rope(const float *x, const float
         }
       }
     }
+  }
+}
+
+/*
+ * out (outer, c, b, inner) = in (outer, b, c, inner) with axes 1 and 2 swapped: attention's head
+ * transposes (B, T, H, hs) ↔ (B, H, T, hs). A copy, so exact.
+ */
+__attribute__((export_name("lm_swap_axes"))) void lm_swap_axes(const float *in, float *out, int outer, int b, int c,
+                                                               int inner) {
+  for (int o = 0; o < outer; o++) {
+    const float *src = in + o * b * c * inner;
+    float *dst = out + o * b * c * inner;
+    for (int j = 0; j < b; j++) {
+      for (int k = 0; k < c; k++) {
+        const float *s = src + (j * c + k) * inner;
+        float *d = dst + (k * b + j) * inner;
+        int e = 0;
+        for (; e + 4 <= inner; e += 4) wasm_v128_store(d + e, wasm_v128_load(s + e));
+        for (; e < inner; e++) d[e] = s[e];
+      }
+    }
+  }
+}
+
+/*
+ * Attention's probabilities P = softmax(scores·scale + mask) row by row, scores (rows, s) and the additive
+ * mask (mask_rows, s) repeating every mask_rows rows: t = scores·scale + mask, P = e^(t − max t) / Σ. Where
+ * t − max t < −87.3 (a masked key) P is exactly 0, as e^t underflows in the tf-op form.
+ */
+__attribute__((export_name("lm_masked_softmax"))) void lm_masked_softmax(const float *scores, const float *mask,
+                                                                         float *p, int rows, int mask_rows, int s,
+                                                                         float scale) {
+  v128_t floor = splat(-87.33654f);
+  for (int i = 0; i < rows; i++) {
+    const float *x = scores + i * s, *m = mask + (i % mask_rows) * s;
+    float *pi = p + i * s;
+    /* t and its maximum: 4 lanes (pmax, as t > max ? t : max per lane), then the lanes and the tail */
+    v128_t sv = splat(scale), mv = splat(-__builtin_inff());
+    int e = 0;
+    for (; e + 4 <= s; e += 4) {
+      v128_t t = wasm_f32x4_add(wasm_f32x4_mul(wasm_v128_load(x + e), sv), wasm_v128_load(m + e));
+      wasm_v128_store(pi + e, t);
+      mv = wasm_f32x4_pmax(mv, t);
+    }
+    float mx = wasm_f32x4_extract_lane(mv, 0), l1 = wasm_f32x4_extract_lane(mv, 1),
+          l2 = wasm_f32x4_extract_lane(mv, 2), l3 = wasm_f32x4_extract_lane(mv, 3);
+    mx = l1 > mx ? l1 : mx;
+    mx = l2 > mx ? l2 : mx;
+    mx = l3 > mx ? l3 : mx;
+    for (; e < s; e++) {
+      float t = x[e] * scale + m[e];
+      pi[e] = t;
+      mx = t > mx ? t : mx;
+    }
+    mv = splat(mx);
+    ELEMENTWISE(s, {
+      v128_t t = wasm_f32x4_sub(load_n(pi + e, lanes), mv);
+      store_n(pi + e, wasm_v128_and(exp4(t), wasm_f32x4_ge(t, floor)), lanes);
+    })
+    v128_t sum = splat(row_sum(pi, s));
+    ELEMENTWISE(s, { store_n(pi + e, wasm_f32x4_div(load_n(pi + e, lanes), sum), lanes); })
+  }
+}
+
+/* Its gradient: dScores = P ⊙ (dP − Σ(dP ⊙ P)) · scale per row (attention.ts's tf-op form). */
+__attribute__((export_name("lm_softmax_grad"))) void lm_softmax_grad(const float *dp, const float *p, float *ds,
+                                                                     int rows, int s, float scale) {
+  v128_t sv = splat(scale);
+  for (int i = 0; i < rows; i++) {
+    const float *dpi = dp + i * s, *pi = p + i * s;
+    float *dsi = ds + i * s;
+    v128_t dot = splat(row_dot(dpi, pi, s));
+    ELEMENTWISE(s, {
+      v128_t pv = load_n(pi + e, lanes);
+      store_n(dsi + e, wasm_f32x4_mul(wasm_f32x4_mul(pv, wasm_f32x4_sub(load_n(dpi + e, lanes), dot)), sv), lanes);
+    })
   }
 }

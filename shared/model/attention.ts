@@ -6,7 +6,12 @@
  * H query heads, Hkv key/value heads, G = H / Hkv, hs head size.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { customOp } from './custom-op.ts';
+import { customOp, hasKernel, runKernel } from './custom-op.ts';
+
+/** Fused kernels (wasm: kernels/c/fused.c): scores (R, S), mask (M, S) repeating every M rows; scale → P */
+export const FUSED_MASKED_SOFTMAX = 'LoraMeshMaskedSoftmax';
+/** dp, p (R, S); scale → dScores = P ⊙ (dP − Σ(dP ⊙ P))·scale */
+export const FUSED_SOFTMAX_GRAD = 'LoraMeshSoftmaxGrad';
 
 /** Keys and values of the positions seen so far, one entry per layer: (B·Hkv, S, hs). */
 export interface KvCache {
@@ -75,7 +80,8 @@ export function attend(
  *   dV = Pᵀ dO,  dP = dO vᵀ,  dScores = P ⊙ (dP − rowsum(dP ⊙ P)),  dq = dScores k·scale,
  *   dk = dScoresᵀ q·scale.
  * Autodiff gives the same products; written out, the backward pass needs no softmax replay and no
- * extra transposes. On wasm these batched products run in kernels/c/compact-gemm.c (lm_gemm).
+ * extra transposes. On wasm these batched products run in kernels/c/compact-gemm.c (lm_gemm), and the
+ * softmax with its scale and mask, and its gradient, are one kernel each (kernels/c/fused.c).
  */
 export function scaledDotProductAttention(
   q: tf.Tensor3D,
@@ -84,16 +90,24 @@ export function scaledDotProductAttention(
   mask: tf.Tensor2D,
   scale: number,
 ): tf.Tensor3D {
+  const fusedSoftmax = hasKernel(FUSED_MASKED_SOFTMAX);
   const op = customOp(([qs, ks, vs], save) => {
-    const probs = tf.softmax(
-      tf.add(tf.mul(tf.matMul(qs as tf.Tensor3D, ks as tf.Tensor3D, false, true), scale), mask),
-    ) as tf.Tensor3D; // (H, M, S)
+    const scores = tf.matMul(qs as tf.Tensor3D, ks as tf.Tensor3D, false, true); // (H, M, S)
+    const probs = (
+      fusedSoftmax
+        ? runKernel(FUSED_MASKED_SOFTMAX, { scores, mask }, { scale })
+        : tf.softmax(tf.add(tf.mul(scores, scale), mask))
+    ) as tf.Tensor3D;
     save([qs, ks, vs, probs]);
     return {
       value: tf.matMul(probs, vs as tf.Tensor3D), // (H, M, hs)
       gradFunc: (dOut, [qSaved, kSaved, vSaved, p]) => {
         const dP = tf.matMul(dOut as tf.Tensor3D, vSaved as tf.Tensor3D, false, true); // (H, M, S)
-        const dScores = tf.mul(tf.mul(p, tf.sub(dP, tf.sum(tf.mul(dP, p), -1, true))), scale) as tf.Tensor3D;
+        const dScores = (
+          fusedSoftmax
+            ? runKernel(FUSED_SOFTMAX_GRAD, { dp: dP, p }, { scale })
+            : tf.mul(tf.mul(p, tf.sub(dP, tf.sum(tf.mul(dP, p), -1, true))), scale)
+        ) as tf.Tensor3D;
         return [
           tf.matMul(dScores, kSaved as tf.Tensor3D), // dq (H, M, hs)
           tf.matMul(dScores, qSaved as tf.Tensor3D, true, false), // dk (H, S, hs)

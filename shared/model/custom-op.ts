@@ -14,3 +14,10 @@ export function customOp(f: (inputs: tf.Tensor[], save: tf.GradSaveFunc) => { va
     return f(args as tf.Tensor[], save);
   }) as Parameters<typeof tf.customGrad>[0]);
 }
+
+/** Whether the current backend registers kernel `name` (the fused kernels of kernels/wasm-kernels.ts). */
+export const hasKernel = (name: string): boolean => tf.getKernel(name, tf.getBackend()) !== undefined;
+
+/** Runs a registered kernel by name (no gradient of its own: callers wrap it in customOp). */
+export const runKernel = (name: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap = {}) =>
+  tf.engine().runKernel(name, inputs, attrs);

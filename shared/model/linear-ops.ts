@@ -88,23 +88,25 @@ export function frozenProducts(layer: FrozenLinear): FrozenProducts {
 /**
  * The LoRA branch scaling · (x Aᵀ) Bᵀ with gradients for x, A and B, all plain 2-D matMuls
  * (autodiff would make them transposed ones, several times slower on wasm). The transposes are of the
- * thin (·, r) factors only. Shapes: x (N, d_in), A (r, d_in), B (d_out, r).
+ * thin (·, r) factors only, and so is the scaling: u = scaling·(x Aᵀ) is (N, r), where scaling the
+ * (N, d_out) output (PEFT's order, the plain path's) is an extra pass over d_out/r times more numbers,
+ * forward and backward. Same math, rounding differs in the last bits (tested against autodiff).
+ * Shapes: x (N, d_in), A (r, d_in), B (d_out, r).
  */
 export function loraBranch(x: tf.Tensor2D, loraA: tf.Tensor2D, loraB: tf.Tensor2D, scaling: number): tf.Tensor2D {
   // Transposes as matMul flags, not Transpose kernels: on wasm every product with a flag runs the C GEMM,
   // which reads its operands through strides (kernels/c/compact-gemm.c, lm_gemm).
   const op = customOp(([input, a, b], save) => {
-    const down = tf.matMul(input as tf.Tensor2D, a as tf.Tensor2D, false, true); // (N, r)
-    save([input, a, b, down]);
+    const u = tf.mul(tf.matMul(input as tf.Tensor2D, a as tf.Tensor2D, false, true), scaling); // (N, r)
+    save([input, a, b, u]);
     return {
-      value: tf.mul(tf.matMul(down, b as tf.Tensor2D, false, true), scaling), // (N, d_out)
-      gradFunc: (dy, [xs, as, bs, downs]) => {
-        const g = tf.mul(dy, scaling) as tf.Tensor2D; // (N, d_out)
-        const dDown = tf.matMul(g, bs as tf.Tensor2D); // (N, r)
+      value: tf.matMul(u, b as tf.Tensor2D, false, true), // (N, d_out)
+      gradFunc: (dy, [xs, as, bs, us]) => {
+        const du = tf.mul(tf.matMul(dy as tf.Tensor2D, bs as tf.Tensor2D), scaling) as tf.Tensor2D; // (N, r)
         return [
-          tf.matMul(dDown, as as tf.Tensor2D), // dx (N, d_in)
-          tf.matMul(dDown, xs as tf.Tensor2D, true, false), // dA (r, d_in)
-          tf.matMul(g, downs as tf.Tensor2D, true, false), // dB (d_out, r)
+          tf.matMul(du, as as tf.Tensor2D), // dx (N, d_in)
+          tf.matMul(du, xs as tf.Tensor2D, true, false), // dA (r, d_in)
+          tf.matMul(dy as tf.Tensor2D, us as tf.Tensor2D, true, false), // dB (d_out, r)
         ];
       },
     };

@@ -8,7 +8,7 @@
  * their sigmoid). Shapes: x (N, d); weights and biases (d).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { customOp } from './custom-op.ts';
+import { customOp, hasKernel, runKernel } from './custom-op.ts';
 
 /** Fused kernels (inputs → outputs): x, w; eps → y, rstd (N) */
 export const FUSED_RMS_NORM = 'LoraMeshRmsNorm';
@@ -32,10 +32,6 @@ export const FUSED_ROPE = 'LoraMeshRope';
 /** dy, cos, sin → dx */
 export const FUSED_ROPE_GRAD = 'LoraMeshRopeGrad';
 
-const fused = (name: string) => tf.getKernel(name, tf.getBackend()) !== undefined;
-const run = (name: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap = {}) =>
-  tf.engine().runKernel(name, inputs, attrs);
-
 /**
  * LayerNorm (biased variance, as torch.nn.LayerNorm): (x − mean) / √(var + eps) · w + b.
  * frozenAffine: w and b are constants (LoRA), so only dx is computed:
@@ -48,13 +44,15 @@ export function layerNorm(x: tf.Tensor2D, w: tf.Tensor, b: tf.Tensor, eps: numbe
     const normed = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
     return tf.add(tf.mul(normed, w), b) as tf.Tensor2D;
   }
-  if (fused(FUSED_LAYER_NORM)) {
+  if (hasKernel(FUSED_LAYER_NORM)) {
     const op = customOp(([input], save) => {
-      const [y, mean, rstd] = run(FUSED_LAYER_NORM, { x: input, w, b }, { eps }) as tf.Tensor[];
+      const [y, mean, rstd] = runKernel(FUSED_LAYER_NORM, { x: input, w, b }, { eps }) as tf.Tensor[];
       save([input, mean, rstd]);
       return {
         value: y,
-        gradFunc: (dy, [xs, m, r]) => [run(FUSED_LAYER_NORM_GRAD, { dy, x: xs, w, mean: m, rstd: r }) as tf.Tensor],
+        gradFunc: (dy, [xs, m, r]) => [
+          runKernel(FUSED_LAYER_NORM_GRAD, { dy, x: xs, w, mean: m, rstd: r }) as tf.Tensor,
+        ],
       };
     });
     return op(x) as tf.Tensor2D;
@@ -86,13 +84,13 @@ export function rmsNorm(x: tf.Tensor2D, w: tf.Tensor, eps: number, frozenWeight:
     const meanSquare = tf.mean(tf.mul(x, x), -1, true); // (N, 1)
     return tf.mul(tf.mul(x, tf.rsqrt(tf.add(meanSquare, eps))), w) as tf.Tensor2D;
   }
-  if (fused(FUSED_RMS_NORM)) {
+  if (hasKernel(FUSED_RMS_NORM)) {
     const op = customOp(([input], save) => {
-      const [y, rstd] = run(FUSED_RMS_NORM, { x: input, w }, { eps }) as tf.Tensor[];
+      const [y, rstd] = runKernel(FUSED_RMS_NORM, { x: input, w }, { eps }) as tf.Tensor[];
       save([input, rstd]);
       return {
         value: y,
-        gradFunc: (dy, [xs, r]) => [run(FUSED_RMS_NORM_GRAD, { dy, x: xs, w, rstd: r }) as tf.Tensor],
+        gradFunc: (dy, [xs, r]) => [runKernel(FUSED_RMS_NORM_GRAD, { dy, x: xs, w, rstd: r }) as tf.Tensor],
       };
     });
     return op(x) as tf.Tensor2D;
@@ -121,12 +119,12 @@ const GELU_C = 2 * Math.sqrt(2 / Math.PI);
  * d/dx = σ + x·σ(1 − σ)·(c + 3ac·x²).
  */
 export function geluNew(x: tf.Tensor2D): tf.Tensor2D {
-  if (fused(FUSED_GELU)) {
+  if (hasKernel(FUSED_GELU)) {
     const op = customOp(([input], save) => {
       save([input]);
       return {
-        value: run(FUSED_GELU, { x: input }) as tf.Tensor,
-        gradFunc: (dy, [xs]) => [run(FUSED_GELU_GRAD, { dy, x: xs }) as tf.Tensor],
+        value: runKernel(FUSED_GELU, { x: input }) as tf.Tensor,
+        gradFunc: (dy, [xs]) => [runKernel(FUSED_GELU_GRAD, { dy, x: xs }) as tf.Tensor],
       };
     });
     return op(x) as tf.Tensor2D;
@@ -149,12 +147,12 @@ export function geluNew(x: tf.Tensor2D): tf.Tensor2D {
 
 /** SwiGLU: silu(gate)·up; d gate = dy·up·σ·(1 + gate·(1 − σ)), d up = dy·silu(gate). Shapes (N, I). */
 export function swiglu(gate: tf.Tensor2D, up: tf.Tensor2D): tf.Tensor2D {
-  if (fused(FUSED_SWIGLU)) {
+  if (hasKernel(FUSED_SWIGLU)) {
     const op = customOp(([g, u], save) => {
       save([g, u]);
       return {
-        value: run(FUSED_SWIGLU, { g, u }) as tf.Tensor,
-        gradFunc: (dy, [gs, us]) => run(FUSED_SWIGLU_GRAD, { dy, g: gs, u: us }) as tf.Tensor[],
+        value: runKernel(FUSED_SWIGLU, { g, u }) as tf.Tensor,
+        gradFunc: (dy, [gs, us]) => runKernel(FUSED_SWIGLU_GRAD, { dy, g: gs, u: us }) as tf.Tensor[],
       };
     });
     return op(gate, up) as tf.Tensor2D;
@@ -179,12 +177,12 @@ export function swiglu(gate: tf.Tensor2D, up: tf.Tensor2D): tf.Tensor2D {
  * where the backend has it (the same bits as llama.ts's tf-op form); null where it does not.
  */
 export function fusedRope(x: tf.Tensor2D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor2D | null {
-  if (!fused(FUSED_ROPE)) return null;
+  if (!hasKernel(FUSED_ROPE)) return null;
   const op = customOp(([input], save) => {
     save([cos, sin]);
     return {
-      value: run(FUSED_ROPE, { x: input, cos, sin }) as tf.Tensor,
-      gradFunc: (dy, [c, s]) => [run(FUSED_ROPE_GRAD, { dy, cos: c, sin: s }) as tf.Tensor],
+      value: runKernel(FUSED_ROPE, { x: input, cos, sin }) as tf.Tensor,
+      gradFunc: (dy, [c, s]) => [runKernel(FUSED_ROPE_GRAD, { dy, cos: c, sin: s }) as tf.Tensor],
     };
   });
   return op(x) as tf.Tensor2D;

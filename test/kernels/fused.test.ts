@@ -2,7 +2,8 @@
 // as one kernel each way (tf.profile names them), and their values and input gradients equal the
 // cpu backend's tf-op forms of the same formulas within 2e-6 relative to the largest entry, on shapes
 // with vector tails (d and counts not multiples of 4) and inputs out to ±90 (the sigmoid saturates,
-// nothing overflows into NaN). RoPE equals its tf-op form bit for bit.
+// nothing overflows into NaN). RoPE equals its tf-op form bit for bit. Attention's masked softmax and
+// its gradient likewise (grouped-query and sliding-window masks; masked keys get exactly 0).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
@@ -24,6 +25,12 @@ import {
   rmsNorm,
   swiglu,
 } from '../../shared/model/norm-ops.ts';
+import {
+  causalMask,
+  FUSED_MASKED_SOFTMAX,
+  FUSED_SOFTMAX_GRAD,
+  scaledDotProductAttention,
+} from '../../shared/model/attention.ts';
 import { Rng } from '../../shared/rng.ts';
 import type { LlamaConfig } from '../../shared/config.ts';
 import { LlamaModel } from '../../shared/model/llama.ts';
@@ -178,4 +185,69 @@ test('RoPE: one fused kernel each way on wasm, the same bits as the tf-op form (
   const profile = await tf.profile(() => rope('wasm', true));
   const ran = new Set(profile.kernels.map((k) => k.name));
   assert.ok(ran.has(FUSED_ROPE) && ran.has(FUSED_ROPE_GRAD), 'the fused kernels ran');
+});
+
+test('attention softmax (scale, causal mask, softmax) and its gradient: one kernel each way on wasm, equal to the tf-op form', async () => {
+  // grouped-query shapes: G query heads per key head fold into the rows, so the mask repeats every G·T rows;
+  // S = 7 and 9 leave vector tails; a sliding window masks keys on both sides of each row's band
+  for (const [heads, groups, time, hs, window] of [
+    [3, 2, 7, 5, Infinity],
+    [2, 1, 9, 8, 3],
+  ]) {
+    const m = groups * time;
+    const q = values(heads * m * hs, 3);
+    const k = values(heads * time * hs, 3);
+    const v = values(heads * time * hs, 1);
+    const weights = values(heads * m * hs, 1);
+    const run = async (backend: string) => {
+      await tf.setBackend(backend);
+      return tf.tidy(() => {
+        const mask = causalMask(groups, time, 0, window);
+        const inputs = [
+          tf.tensor3d(q, [heads, m, hs]),
+          tf.tensor3d(k, [heads, time, hs]),
+          tf.tensor3d(v, [heads, time, hs]),
+        ];
+        const op = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
+          scaledDotProductAttention(a as tf.Tensor3D, b as tf.Tensor3D, c as tf.Tensor3D, mask, 1 / Math.sqrt(hs));
+        const value = op(inputs[0], inputs[1], inputs[2]).dataSync() as Float32Array;
+        const grads = tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
+          tf.sum(tf.mul(op(a, b, c), tf.tensor3d(weights, [heads, m, hs]))),
+        )(inputs);
+        return { value, grads: grads.map((g) => g.dataSync() as Float32Array) };
+      });
+    };
+    const fused = await run('wasm');
+    const reference = await run('cpu');
+    const what = `attention H ${heads} G ${groups} T ${time} hs ${hs} window ${window}`;
+    assertClose(fused.value, reference.value, `${what} value`);
+    ['dq', 'dk', 'dv'].forEach((name, i) => assertClose(fused.grads[i], reference.grads[i], `${what} ${name}`));
+    await tf.setBackend('wasm');
+    const profile = await tf.profile(() => run('wasm'));
+    const ran = new Set(profile.kernels.map((kernel) => kernel.name));
+    assert.ok(ran.has(FUSED_MASKED_SOFTMAX) && ran.has(FUSED_SOFTMAX_GRAD), `${what}: the fused kernels ran`);
+    // masked keys get exactly 0, as e^(−1e9) does in the tf-op form
+    const p = tf.tidy(() => {
+      const scores = tf.tensor3d(values(heads * m * time, 50), [heads, m, time]);
+      const out = tf
+        .engine()
+        .runKernel(
+          FUSED_MASKED_SOFTMAX,
+          { scores, mask: causalMask(groups, time, 0, window) },
+          { scale: 1 },
+        ) as tf.Tensor;
+      return out.dataSync() as Float32Array;
+    });
+    for (let h = 0; h < heads; h++)
+      for (let row = 0; row < m; row++) {
+        const t = row % time;
+        let sum = 0;
+        for (let s = 0; s < time; s++) {
+          const value = p[(h * m + row) * time + s];
+          if (s > t || t - s >= window) assert.equal(value, 0, `${what}: P[${h}, ${row}, ${s}] of a masked key`);
+          sum += value;
+        }
+        assert.ok(Math.abs(sum - 1) < 1e-6, `${what}: row ${h}, ${row} sums to ${sum}`);
+      }
+  }
 });

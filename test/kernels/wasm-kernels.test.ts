@@ -146,6 +146,66 @@ test(
   },
 );
 
+test('Transpose on wasm equals permuting by index: the head swaps (C kernel) and other permutations (tfjs)', () => {
+  const cases: [number[], number[]][] = [
+    [
+      [3, 5, 2, 7],
+      [0, 2, 1, 3],
+    ], // the attention head swap (hs = 7: a vector tail)
+    [
+      [2, 4, 3, 32],
+      [0, 2, 1, 3],
+    ],
+    [
+      [1, 6, 4, 4],
+      [0, 2, 1, 3],
+    ],
+    [
+      [5, 3, 6],
+      [1, 0, 2],
+    ], // rank 3: the same swap without a leading axis
+    [
+      [3, 5, 2, 7],
+      [0, 1, 3, 2],
+    ], // others keep tfjs's kernel
+    [
+      [4, 6],
+      [1, 0],
+    ],
+    [
+      [2, 3, 4],
+      [2, 0, 1],
+    ],
+    [
+      [0, 3, 2, 4],
+      [0, 2, 1, 3],
+    ], // empty
+  ];
+  for (const [shape, perm] of cases) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const values = Float32Array.from({ length: n }, (_, i) => Math.sin(i) * 100);
+    const strides = shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1));
+    const outShape = perm.map((axis) => shape[axis]);
+    const expected: number[] = [];
+    const index = new Array<number>(shape.length).fill(0);
+    const visit = (axis: number) => {
+      if (axis === outShape.length) {
+        expected.push(values[perm.reduce((o, source, i) => o + index[i] * strides[source], 0)]);
+        return;
+      }
+      for (let i = 0; i < outShape[axis]; i++) {
+        index[axis] = i;
+        visit(axis + 1);
+      }
+    };
+    visit(0);
+    const out = tf.tidy(() => tf.transpose(tf.tensor(values, shape), perm));
+    assert.deepEqual(out.shape, outShape, `${shape} by ${perm}: shape`);
+    assert.deepEqual(Array.from(out.dataSync()), expected, `${shape} by ${perm}: values`);
+    out.dispose();
+  }
+});
+
 test('Identity shares the buffer: a clone outlives its disposed source', () => {
   const x = tf.tensor1d([1, 2, 3]);
   const before = tf.backend().numDataIds();
