@@ -114,6 +114,34 @@ export interface FusedKernels {
     s: number,
     scale: number,
   ): void;
+  lm_lora_forward(
+    x: number,
+    a: number,
+    b: number,
+    y: number,
+    out: number,
+    u: number,
+    n: number,
+    dIn: number,
+    dOut: number,
+    r: number,
+    scale: number,
+    scratch: number,
+  ): void;
+  lm_lora_backward(
+    dy: number,
+    a: number,
+    b: number,
+    dxFrozen: number,
+    dx: number,
+    du: number,
+    n: number,
+    dIn: number,
+    dOut: number,
+    r: number,
+    scale: number,
+    scratch: number,
+  ): void;
   lm_softmax_grad(dp: number, p: number, ds: number, rows: number, s: number, scale: number): void;
 }
 

@@ -49,6 +49,7 @@ import {
   FUSED_SWIGLU_GRAD,
 } from '../shared/model/norm-ops.ts';
 import { FUSED_MASKED_SOFTMAX, FUSED_SOFTMAX_GRAD } from '../shared/model/attention.ts';
+import { FUSED_LORA, FUSED_LORA_GRAD } from '../shared/model/linear-ops.ts';
 import { type CompactGemm, type FusedKernels, instantiateCompactGemm } from './compact-gemm.ts';
 import { gemmThreadCount } from './gemm-threads.ts';
 import { isShared } from './wasm-encoding.ts';
@@ -346,6 +347,56 @@ function registerFusedKernels(): void {
   });
 }
 
+/**
+ * The adapted-linear kernels (shared/model/linear-ops.ts fusedLoraLinear): kernels/c/fused.c's row passes,
+ * and dA = duᵀ x, dB = dyᵀ u through lm_gemm as BatchMatMul runs them.
+ */
+function registerLoraKernels(): void {
+  const register = (name: string, kernelFunc: (args: KernelArgs, gemm: CompactGemm) => Info[]) =>
+    tf.registerKernel({
+      kernelName: name,
+      backendName: 'wasm',
+      kernelFunc: ((args: KernelArgs) => {
+        const gemm = compactGemmFor(args.backend);
+        if (!gemm) throw new Error(`${name} needs WebAssembly SIMD, which this engine lacks`);
+        return kernelFunc(args, gemm);
+      }) as unknown as tf.KernelFunc,
+    });
+  const at = (backend: BackendWasm, t: Info) => backend.dataIdMap.get(t.dataId)!.memoryOffset as number;
+  register(FUSED_LORA, ({ inputs: { y, x, a, b }, backend, attrs }, gemm) => {
+    const [n, dIn] = x.shape;
+    const [dOut, r] = b.shape;
+    const out = backend.makeOutput([n, dOut], 'float32');
+    const u = backend.makeOutput([n, r], 'float32');
+    const scratch = backend.makeOutput([r * dOut], 'float32');
+    const [xa, aa, ba, ya, oa, ua, sa] = [x, a, b, y, out, u, scratch].map((t) => at(backend, t));
+    gemm.fused.lm_lora_forward(xa, aa, ba, ya, oa, ua, n, dIn, dOut, r, attrs.scale as number, sa);
+    backend.disposeData(scratch.dataId);
+    return [out, u];
+  });
+  register(FUSED_LORA_GRAD, ({ inputs: { dy, x, a, b, u, dxFrozen }, backend, attrs }, gemm) => {
+    const [n, dIn] = x.shape;
+    const [dOut, r] = b.shape;
+    const dx = backend.makeOutput([n, dIn], 'float32');
+    const du = backend.makeOutput([n, r], 'float32');
+    const scratch = backend.makeOutput([r * dOut], 'float32');
+    const frozen = dxFrozen ? at(backend, dxFrozen) : 0;
+    const [dya, aa, ba, dxa, dua, sa] = [dy, a, b, dx, du, scratch].map((t) => at(backend, t));
+    gemm.fused.lm_lora_backward(dya, aa, ba, frozen, dxa, dua, n, dIn, dOut, r, attrs.scale as number, sa);
+    backend.disposeData(scratch.dataId);
+    const product = (left: Info, right: Info) =>
+      batchMatMulGemm(gemm, {
+        inputs: { a: left, b: right },
+        backend,
+        attrs: { transposeA: true, transposeB: false },
+      })!;
+    const dA = product(du, x); // (r, d_in)
+    const dB = product(dy, u); // (d_out, r)
+    backend.disposeData(du.dataId);
+    return [dx, dA, dB];
+  });
+}
+
 let installed = false;
 
 /** Installs the replacements once; string tensors (never used by loramesh) keep the original kernels. */
@@ -354,6 +405,7 @@ export function installWasmKernels(): void {
   installed = true;
   registerCompactKernels();
   registerFusedKernels();
+  registerLoraKernels();
   const original = (name: string) =>
     tf.getKernel(name, 'wasm')!.kernelFunc as unknown as (args: KernelArgs) => Info | Info[];
   const [identity, slice, splitV, unpack, batchMatMul, transpose] = [

@@ -28,6 +28,8 @@ const { values } = parseArgs({
 const target = join(root, 'kernels', 'compact-gemm.wasm.ts');
 const sources = ['compact-gemm.c', 'fused.c'].map((file) => join(root, 'kernels', 'c', file));
 const EXPORTS = [
+  'lm_lora_forward',
+  'lm_lora_backward',
   'lm_swap_axes',
   'lm_masked_softmax',
   'lm_softmax_grad',

@@ -357,3 +357,110 @@ __attribute__((export_name("lm_softmax_grad"))) void lm_softmax_grad(const float
     })
   }
 }
+
+/*
+ * The LoRA branch of an adapted linear, row by row, next to its frozen product y (rows of n, r ≤ 64 factors):
+ *   forward   u = scale·(x Aᵀ) (n, r),  out = y + u Bᵀ
+ *   backward  du = scale·(dy B) (n, r), dx = dx_frozen + du A   (dx_frozen 0: dx = du A)
+ * dA = duᵀ x and dB = dyᵀ u are products over the rows: lm_gemm computes them (kernels/wasm-kernels.ts).
+ * x (n, d_in), A (r, d_in), B (d_out, r); `scratch` holds Bᵀ (r·d_out floats). Dots in row_dot's order;
+ * the r terms of a sum in order j = 0 … r−1.
+ */
+INLINE void transpose_small(const float *b, float *bt, int d_out, int r) {
+  for (int k = 0; k < d_out; k++)
+    for (int j = 0; j < r; j++) bt[j * d_out + k] = b[k * r + j];
+}
+
+/*
+ * row[e] = base[e] + Σ_j coef[j]·m[j·d + e] for e < d (base 0: no base), the sum over j in order: four
+ * terms per pass (their splats held in registers), the partial sum kept in row between passes.
+ */
+INLINE void combine_rows(const float *base, const float *coef, const float *m, float *row, int r, int d) {
+  int j = 0;
+  for (; j + 4 <= r; j += 4) {
+    v128_t c0 = splat(coef[j]), c1 = splat(coef[j + 1]), c2 = splat(coef[j + 2]), c3 = splat(coef[j + 3]);
+    const float *m0 = m + j * d, *m1 = m0 + d, *m2 = m1 + d, *m3 = m2 + d;
+    int e = 0;
+    for (; e + 4 <= d; e += 4) {
+      v128_t acc = j ? wasm_v128_load(row + e) : splat(0.0f);
+      acc = wasm_f32x4_add(acc, wasm_f32x4_mul(c0, wasm_v128_load(m0 + e)));
+      acc = wasm_f32x4_add(acc, wasm_f32x4_mul(c1, wasm_v128_load(m1 + e)));
+      acc = wasm_f32x4_add(acc, wasm_f32x4_mul(c2, wasm_v128_load(m2 + e)));
+      acc = wasm_f32x4_add(acc, wasm_f32x4_mul(c3, wasm_v128_load(m3 + e)));
+      wasm_v128_store(row + e, acc);
+    }
+    for (; e < d; e++) {
+      float acc = j ? row[e] : 0.0f;
+      acc += coef[j] * m0[e];
+      acc += coef[j + 1] * m1[e];
+      acc += coef[j + 2] * m2[e];
+      acc += coef[j + 3] * m3[e];
+      row[e] = acc;
+    }
+  }
+  for (; j < r; j++) {
+    v128_t c = splat(coef[j]);
+    const float *mj = m + j * d;
+    int e = 0;
+    for (; e + 4 <= d; e += 4)
+      wasm_v128_store(row + e, wasm_f32x4_add(j ? wasm_v128_load(row + e) : splat(0.0f), wasm_f32x4_mul(c, wasm_v128_load(mj + e))));
+    for (; e < d; e++) row[e] = (j ? row[e] : 0.0f) + coef[j] * mj[e];
+  }
+  if (!base) return;
+  int e = 0;
+  for (; e + 4 <= d; e += 4) wasm_v128_store(row + e, wasm_f32x4_add(wasm_v128_load(base + e), wasm_v128_load(row + e)));
+  for (; e < d; e++) row[e] = base[e] + row[e];
+}
+
+/* out[j] = scale·(Σ_e x[e]·m[j·d + e]) for j < r, each in row_dot's order; four rows of m per pass over x */
+INLINE void dots(const float *x, const float *m, float *out, int r, int d, float scale) {
+  int j = 0;
+  for (; j + 4 <= r; j += 4) {
+    const float *m0 = m + j * d, *m1 = m0 + d, *m2 = m1 + d, *m3 = m2 + d;
+    v128_t a0 = splat(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    int e = 0;
+    for (; e + 4 <= d; e += 4) {
+      v128_t xv = wasm_v128_load(x + e);
+      a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(xv, wasm_v128_load(m0 + e)));
+      a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(xv, wasm_v128_load(m1 + e)));
+      a2 = wasm_f32x4_add(a2, wasm_f32x4_mul(xv, wasm_v128_load(m2 + e)));
+      a3 = wasm_f32x4_add(a3, wasm_f32x4_mul(xv, wasm_v128_load(m3 + e)));
+    }
+    v128_t acc[4] = {a0, a1, a2, a3};
+    const float *rows[4] = {m0, m1, m2, m3};
+    for (int q = 0; q < 4; q++) {
+      float s = ((wasm_f32x4_extract_lane(acc[q], 0) + wasm_f32x4_extract_lane(acc[q], 1)) +
+                 wasm_f32x4_extract_lane(acc[q], 2)) +
+                wasm_f32x4_extract_lane(acc[q], 3);
+      for (int t = e; t < d; t++) s += x[t] * rows[q][t];
+      out[j + q] = scale * s;
+    }
+  }
+  for (; j < r; j++) out[j] = scale * row_dot(x, m + j * d, d);
+}
+
+__attribute__((export_name("lm_lora_forward"))) void lm_lora_forward(const float *x, const float *a, const float *b,
+                                                                     const float *y, float *out, float *u, int n,
+                                                                     int d_in, int d_out, int r, float scale,
+                                                                     float *scratch) {
+  transpose_small(b, scratch, d_out, r);
+  for (int i = 0; i < n; i++) {
+    const float *xi = x + i * d_in;
+    float *ui = u + i * r;
+    dots(xi, a, ui, r, d_in, scale);
+    combine_rows(y + i * d_out, ui, scratch, out + i * d_out, r, d_out);
+  }
+}
+
+__attribute__((export_name("lm_lora_backward"))) void lm_lora_backward(const float *dy, const float *a, const float *b,
+                                                                       const float *dx_frozen, float *dx, float *du,
+                                                                       int n, int d_in, int d_out, int r, float scale,
+                                                                       float *scratch) {
+  transpose_small(b, scratch, d_out, r);
+  for (int i = 0; i < n; i++) {
+    const float *dyi = dy + i * d_out;
+    float *dui = du + i * r;
+    dots(dyi, scratch, dui, r, d_out, scale);
+    combine_rows(dx_frozen ? dx_frozen + i * d_in : 0, dui, a, dx + i * d_in, r, d_in);
+  }
+}

@@ -9,6 +9,7 @@ import {
   type FrozenLinear,
   frozenLinear,
   frozenProducts,
+  fusedLoraLinear,
   loraBranch,
   makeFrozenLinear,
   trainableEmbedding,
@@ -183,12 +184,16 @@ export function withLora(
     param: (name) => base.param(name),
     embed: (ids) => base.embed(ids),
     linear(modulePath, x) {
-      const y = base.linear(modulePath, x);
       const branch = branches.get(modulePath);
-      if (!branch) return y;
+      if (!branch) return base.linear(modulePath, x);
+      const dropped = dropout !== undefined && dropout.p > 0;
+      // without dropout (the branch sees x itself), one fused op where the backend has it
+      const products = dropped || base.plain ? undefined : base.products(modulePath);
+      const fused = products && fusedLoraLinear(x, products, branch.A, branch.B, scaling);
+      if (fused) return fused;
+      const y = base.linear(modulePath, x);
       let input = x;
-      if (dropout && dropout.p > 0)
-        input = tf.mul(x, dropoutMask(x.shape, dropout.p, maskSeed(modulePath, dropout.seed)));
+      if (dropped) input = tf.mul(x, dropoutMask(x.shape, dropout.p, maskSeed(modulePath, dropout.seed)));
       if (!base.plain) return tf.add(y, loraBranch(input, branch.A, branch.B, scaling));
       const down = tf.matMul(input, tf.transpose(branch.A)); // (N, r)
       const up = tf.matMul(down, tf.transpose(branch.B)); // (N, d_out)

@@ -6,7 +6,7 @@
  * plain autodiff up to float summation order (tested).
  */
 import * as tf from '@tensorflow/tfjs-core';
-import { customOp } from './custom-op.ts';
+import { customOp, hasKernel, runKernel } from './custom-op.ts';
 import type { FrozenProducts } from './types.ts';
 
 /**
@@ -109,6 +109,46 @@ export function loraBranch(x: tf.Tensor2D, loraA: tf.Tensor2D, loraB: tf.Tensor2
           tf.matMul(dy as tf.Tensor2D, us as tf.Tensor2D, true, false), // dB (d_out, r)
         ];
       },
+    };
+  });
+  return op(x, loraA, loraB) as tf.Tensor2D;
+}
+
+/** Fused kernels (wasm: kernels/c/fused.c + lm_gemm): y, x, a, b; scale → out = y + scale·(x Aᵀ)Bᵀ, u = scale·(x Aᵀ) */
+export const FUSED_LORA = 'LoraMeshLora';
+/** dy, x, a, b, u, dxFrozen; scale → dx = dxFrozen + scale·(dy B)A, dA, dB (loraBranch's gradients) */
+export const FUSED_LORA_GRAD = 'LoraMeshLoraGrad';
+
+/**
+ * An adapted frozen linear, frozen(x) + scaling·(x Aᵀ)Bᵀ, as one op where the backend has the fused
+ * kernels: the frozen product, then the branch added to it in one pass over the rows forward, and dx
+ * (frozen + branch) in one pass backward with dA and dB as two products. On wasm that is 2 kernels
+ * each way where frozenLinear + loraBranch + add run 5 forward and 7 backward, each a pass over
+ * (N, d) tensors. loraBranch's math and order of the r-wide scaling; null without the kernels.
+ */
+export function fusedLoraLinear(
+  x: tf.Tensor2D,
+  products: FrozenProducts,
+  loraA: tf.Tensor2D,
+  loraB: tf.Tensor2D,
+  scaling: number,
+): tf.Tensor2D | null {
+  if (!hasKernel(FUSED_LORA)) return null;
+  const attrs = { scale: scaling };
+  const op = customOp(([input, a, b], save) => {
+    const [out, u] = runKernel(FUSED_LORA, { y: products.forward(input as tf.Tensor2D), x: input, a, b }, attrs) as [
+      tf.Tensor,
+      tf.Tensor,
+    ];
+    save([input, a, b, u]);
+    return {
+      value: out,
+      gradFunc: (dy, [xs, as, bs, us]) =>
+        runKernel(
+          FUSED_LORA_GRAD,
+          { dy, x: xs, a: as, b: bs, u: us, dxFrozen: products.backward(dy as tf.Tensor2D) },
+          attrs,
+        ) as tf.Tensor[],
     };
   });
   return op(x, loraA, loraB) as tf.Tensor2D;

@@ -3,7 +3,8 @@
 // cpu backend's tf-op forms of the same formulas within 2e-6 relative to the largest entry, on shapes
 // with vector tails (d and counts not multiples of 4) and inputs out to ±90 (the sigmoid saturates,
 // nothing overflows into NaN). RoPE equals its tf-op form bit for bit. Attention's masked softmax and
-// its gradient likewise (grouped-query and sliding-window masks; masked keys get exactly 0).
+// its gradient likewise (grouped-query and sliding-window masks; masked keys get exactly 0), and an adapted
+// linear (frozen product + LoRA branch) against frozen + loraBranch.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as tf from '@tensorflow/tfjs-core';
@@ -31,6 +32,14 @@ import {
   FUSED_SOFTMAX_GRAD,
   scaledDotProductAttention,
 } from '../../shared/model/attention.ts';
+import {
+  FUSED_LORA,
+  FUSED_LORA_GRAD,
+  frozenProducts,
+  fusedLoraLinear,
+  loraBranch,
+  makeFrozenLinear,
+} from '../../shared/model/linear-ops.ts';
 import { Rng } from '../../shared/rng.ts';
 import type { LlamaConfig } from '../../shared/config.ts';
 import { LlamaModel } from '../../shared/model/llama.ts';
@@ -250,4 +259,63 @@ test('attention softmax (scale, causal mask, softmax) and its gradient: one kern
         assert.ok(Math.abs(sum - 1) < 1e-6, `${what}: row ${h}, ${row} sums to ${sum}`);
       }
   }
+});
+
+test('an adapted linear (frozen product + LoRA branch): one kernel each way on wasm, equal to frozen + loraBranch on cpu', async () => {
+  // r = 5 and 8 (a remainder past groups of 4 terms, and none), d not multiples of 4 (vector tails)
+  for (const [n, dIn, dOut, r] of [
+    [7, 13, 10, 5],
+    [9, 64, 32, 8],
+  ]) {
+    const w = values(dOut * dIn, 0.5);
+    const x = values(n * dIn, 2);
+    const a = values(r * dIn, 0.3);
+    const b = values(dOut * r, 0.3);
+    const weights = values(n * dOut, 1);
+    const scaling = 16 / r;
+    const run = async (backend: string, fused: boolean) => {
+      await tf.setBackend(backend);
+      return tf.tidy(() => {
+        const layer = makeFrozenLinear(tf.tensor2d(w, [dOut, dIn]), false, false);
+        const op = (xs: tf.Tensor, as: tf.Tensor, bs: tf.Tensor) => {
+          const [x2, a2, b2] = [xs, as, bs] as tf.Tensor2D[];
+          if (fused) return fusedLoraLinear(x2, frozenProducts(layer), a2, b2, scaling)!;
+          return tf.add(tf.matMul(x2, tf.tensor2d(w, [dOut, dIn]), false, true), loraBranch(x2, a2, b2, scaling));
+        };
+        const inputs = [tf.tensor2d(x, [n, dIn]), tf.tensor2d(a, [r, dIn]), tf.tensor2d(b, [dOut, r])];
+        const value = op(inputs[0], inputs[1], inputs[2]).dataSync() as Float32Array;
+        const grads = tf.grads((p: tf.Tensor, q: tf.Tensor, t: tf.Tensor) =>
+          tf.sum(tf.mul(op(p, q, t), tf.tensor2d(weights, [n, dOut]))),
+        )(inputs);
+        return { value, grads: grads.map((g) => g.dataSync() as Float32Array) };
+      });
+    };
+    const fused = await run('wasm', true);
+    const reference = await run('cpu', false);
+    const what = `adapted linear n ${n} d_in ${dIn} d_out ${dOut} r ${r}`;
+    assertClose(fused.value, reference.value, `${what} value`);
+    ['dx', 'dA', 'dB'].forEach((name, i) => assertClose(fused.grads[i], reference.grads[i], `${what} ${name}`));
+    await tf.setBackend('wasm');
+    const profile = await tf.profile(() => run('wasm', true));
+    const ran = new Set(profile.kernels.map((kernel) => kernel.name));
+    assert.ok(ran.has(FUSED_LORA) && ran.has(FUSED_LORA_GRAD), `${what}: the fused kernels ran`);
+  }
+  await tf.setBackend('wasm');
+  assert.equal(
+    fusedLoraLinear(
+      tf.zeros([1, 1]),
+      { forward: (t) => t, backward: (t) => t },
+      tf.zeros([1, 1]),
+      tf.zeros([1, 1]),
+      1,
+    ) !== null,
+    true,
+  );
+  await tf.setBackend('cpu');
+  assert.equal(
+    fusedLoraLinear(tf.zeros([1, 1]), { forward: (t) => t, backward: (t) => t }, tf.zeros([1, 1]), tf.zeros([1, 1]), 1),
+    null,
+    'cpu has no fused kernel: callers fall back',
+  );
+  await tf.setBackend('wasm');
 });
