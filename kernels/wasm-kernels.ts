@@ -227,22 +227,29 @@ function registerCompactKernels(): void {
   });
 }
 
+/** Registers a wasm kernel that runs the selected variant's C module (kernels/compact-gemm.ts). */
+function registerWithModule(name: string, kernelFunc: (args: KernelArgs, gemm: CompactGemm) => Info | Info[]): void {
+  tf.registerKernel({
+    kernelName: name,
+    backendName: 'wasm',
+    kernelFunc: ((args: KernelArgs) => {
+      const gemm = compactGemmFor(args.backend);
+      if (!gemm) throw new Error(`${name} needs WebAssembly SIMD, which this engine lacks`);
+      return kernelFunc(args, gemm);
+    }) as unknown as tf.KernelFunc,
+  });
+}
+
+/** A tensor's byte offset in the wasm heap. */
+const at = (backend: BackendWasm, t: Info) => backend.dataIdMap.get(t.dataId)!.memoryOffset as number;
+
 /**
  * The fused row-wise kernels (shared/model/norm-ops.ts names them; kernels/c/fused.c computes them):
  * x (rows, d) and per-row statistics (rows), weights (d), all float32 on the heap.
  */
 function registerFusedKernels(): void {
   const register = (name: string, kernelFunc: (args: KernelArgs, fused: FusedKernels) => Info | Info[]) =>
-    tf.registerKernel({
-      kernelName: name,
-      backendName: 'wasm',
-      kernelFunc: ((args: KernelArgs) => {
-        const gemm = compactGemmFor(args.backend);
-        if (!gemm) throw new Error(`${name} needs WebAssembly SIMD, which this engine lacks`);
-        return kernelFunc(args, gemm.fused);
-      }) as unknown as tf.KernelFunc,
-    });
-  const at = (backend: BackendWasm, t: Info) => backend.dataIdMap.get(t.dataId)!.memoryOffset as number;
+    registerWithModule(name, (args, gemm) => kernelFunc(args, gemm.fused));
   const rowsOf = (x: Info) => {
     const d = x.shape[x.shape.length - 1];
     return [tf.util.sizeFromShape(x.shape) / d, d];
@@ -352,17 +359,7 @@ function registerFusedKernels(): void {
  * and dA = duᵀ x, dB = dyᵀ u through lm_gemm as BatchMatMul runs them.
  */
 function registerLoraKernels(): void {
-  const register = (name: string, kernelFunc: (args: KernelArgs, gemm: CompactGemm) => Info[]) =>
-    tf.registerKernel({
-      kernelName: name,
-      backendName: 'wasm',
-      kernelFunc: ((args: KernelArgs) => {
-        const gemm = compactGemmFor(args.backend);
-        if (!gemm) throw new Error(`${name} needs WebAssembly SIMD, which this engine lacks`);
-        return kernelFunc(args, gemm);
-      }) as unknown as tf.KernelFunc,
-    });
-  const at = (backend: BackendWasm, t: Info) => backend.dataIdMap.get(t.dataId)!.memoryOffset as number;
+  const register = registerWithModule;
   register(FUSED_LORA, ({ inputs: { y, x, a, b }, backend, attrs }, gemm) => {
     const [n, dIn] = x.shape;
     const [dOut, r] = b.shape;
