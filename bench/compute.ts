@@ -112,16 +112,20 @@ function plan(quick: boolean): MeasureConfig[] {
     repeats: number,
   ): MeasureConfig => ({ model, backend, threads, warmup, repeats, ...GPT2_SHAPE, torchDevice: 'cpu' });
   const threaded = cores >= 2 ? [Math.min(cores, 8)] : [];
-  if (quick) return [row('demo', 'wasm', 1, 2, 5), ...threaded.map((t) => row('demo', 'wasm', t, 2, 5))];
+  // Warm-up: a process's first ~10 demo steps run 10–20 ms slower while V8 optimizes tfjs's JavaScript
+  // (measured: steps 4–10 at 80–90 ms, then 65–67; the same with wasm tiering flags, no GC or heap growth
+  // behind it), so the fast rows warm up 10 steps on both sides and measure the steady state a run's
+  // hundreds of steps see.
+  if (quick) return [row('demo', 'wasm', 1, 10, 5), ...threaded.map((t) => row('demo', 'wasm', t, 10, 5))];
   // Repeats are sized so `npm run bench` stays within 15 minutes here: the cpu backend and software
   // WebGPU take seconds per demo step (their rows in bench/RESULTS.md, Compute), so they get one or
   // two; the software WebGPU row shows the step computes, not its speed.
   // relaxed SIMD's fused multiply-add (shared/arithmetic.ts)
   const relaxed = (config: MeasureConfig): MeasureConfig => ({ ...config, arithmetic: 'relaxed-fma' });
   return [
-    row('demo', 'wasm', 1, 3, 15),
-    relaxed(row('demo', 'wasm', 1, 3, 15)),
-    ...threaded.map((t) => row('demo', 'wasm', t, 3, 15)),
+    row('demo', 'wasm', 1, 10, 15),
+    relaxed(row('demo', 'wasm', 1, 10, 15)),
+    ...threaded.map((t) => row('demo', 'wasm', t, 10, 15)),
     row('demo', 'cpu', 1, 1, 2),
     row('demo', 'webgpu', 1, 1, 1),
     row('demo', 'tensorflow', 1, 2, 10),
@@ -130,7 +134,7 @@ function plan(quick: boolean): MeasureConfig[] {
     ...threaded.map((t) => row('gpt2-small', 'wasm', t, 1, 3)),
     // a compact frozen base (--base-format), next to PyTorch float32 on the dequantized weights
     ...(['int8', 'nf4'] as const).flatMap((baseFormat) => [
-      { ...row('demo', 'wasm', 1, 3, 10), baseFormat },
+      { ...row('demo', 'wasm', 1, 10, 10), baseFormat },
       { ...row('gpt2-small', 'wasm', 1, 1, 3), baseFormat },
     ]),
   ];
