@@ -1,5 +1,5 @@
 /**
- * Replacements for seven tfjs-backend-wasm 4.22 kernels. Installed by the Node and browser backend
+ * Replacements for six tfjs-backend-wasm 4.22 kernels. Installed by the Node and browser backend
  * pickers right after the wasm backend starts.
  *
  * - Identity copies its input. The engine clones every tensor it saves for the backward pass
@@ -13,10 +13,11 @@
  *   runs (kernels/c/fused.c lm_swap_axes); tfjs's general index loop was ~5× slower. Other
  *   permutations keep tfjs's kernel.
  * These five give the same bits as before, only the copies go (or get faster).
- * - The compact-base kernels (shared/model/compact-linear.ts) and the fused kernels of norm-ops.ts and
- *   attention.ts are added: products with a frozen
+ * - The compact-base kernels (shared/model/compact-linear.ts) are added: products with a frozen
  *   matrix held as f16/bf16/int8/nf4 (or f32, held once), dequantized a tile at a time into tfjs's
  *   own memory and multiplied by a SIMD micro-kernel, all in kernels/c/compact-gemm.c (compact-gemm.ts).
+ * - The fused kernels are added (kernels/c/fused.c): norm-ops.ts's norms and activations, attention.ts's
+ *   masked softmax, and linear-ops.ts's adapted linear (its dA and dB through lm_gemm).
  * - BatchMatMul: products that XNNPACK does not take (batched, or transposed) ran in tfjs's scalar
  *   loop (its rate: bench/RESULTS.md, Compute, "Where the time went"); they now run in the same C
  *   module's lm_gemm, which reads A and B through strides (no transpose first). Plain 2-D products
