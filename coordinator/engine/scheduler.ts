@@ -64,6 +64,13 @@ export class StepSchedule {
     this.remaining = tokens.length;
   }
 
+  /** Micro-batches waiting for a first attempt or a retry (not counting straggler copies it could hand out). */
+  get unassigned(): number {
+    let count = 0;
+    for (const i of this.queue) if (!this.done[i]) count++;
+    return count;
+  }
+
   private expected(workerId: string, index: number): number {
     return this.estimate(workerId, this.tokens[index]) ?? this.opts.unknownExpectedMs;
   }
