@@ -56,6 +56,10 @@ export const ErrorCodes = {
   LOCKED: 'LM_ERR_LOCKED',
   /** a result whose size (gradient norm) is far outside its step's and that a trusted recomputation refutes */
   OUTLIER: 'LM_ERR_OUTLIER',
+  /** a pool tenant's quota (concurrent runs, steps, upload bytes) would be exceeded */
+  QUOTA: 'LM_ERR_QUOTA',
+  /** no such run, upload or tenant for this caller (another tenant's look the same as none) */
+  NOT_FOUND: 'LM_ERR_NOT_FOUND',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -13,6 +13,11 @@ import {
   type AdapterTensorSpec,
 } from '../../shared/lora/adapter.ts';
 import { describeCodec } from '../../shared/protocol/wire-codec.ts';
+import type { LoraConfig } from '../../shared/config.ts';
+import type { FrozenBase } from '../../shared/lora/params.ts';
+import type { CausalLM } from '../../shared/model/causal-lm.ts';
+import type { StepOptions } from '../../shared/train/gradients.ts';
+import type { InnerOptimizer } from '../../shared/train/local-steps.ts';
 import type { Example } from '../../shared/train/micro-batch.ts';
 import type { GradientExecutor } from '../engine/trainer.ts';
 import { InProcessExecutor } from '../engine/in-process.ts';
@@ -54,6 +59,21 @@ export interface EngineInputs {
   base: RunBase;
   examples: Example[];
   initialAdapter?: AdapterState;
+  /**
+   * With deployment.inProcess: who computes the run's micro-batches in this process (default: an
+   * InProcessExecutor over `parts`). The standing pool passes its lanes (coordinator/pool/lanes.ts).
+   */
+  executor?: (parts: ExecutorParts) => GradientExecutor;
+}
+
+/** What computing a run's micro-batches in this process takes: the trusted copy's model and base, the run's LoRA. */
+export interface ExecutorParts {
+  model: CausalLM;
+  base: FrozenBase;
+  spec: AdapterTensorSpec[];
+  lora: LoraConfig;
+  inner: InnerOptimizer;
+  step: StepOptions;
 }
 
 /** The trainer over its executor; `log` is read at each call, so it may be rebound later (the monitor). */
@@ -107,8 +127,18 @@ export function buildEngine(
         memoryCheck: memoryCheckFor(config, inputs),
         recompute: config.deployment.recompute,
       });
+  const parts = (): ExecutorParts => ({
+    model: trusted.get().model,
+    base: trusted.get().base,
+    spec,
+    lora,
+    inner,
+    step,
+  });
   const executor: GradientExecutor =
-    mesh ?? new InProcessExecutor(trusted.get().model, trusted.get().base, spec, lora, inner, step);
+    mesh ??
+    inputs.executor?.(parts()) ??
+    new InProcessExecutor(trusted.get().model, trusted.get().base, spec, lora, inner, step);
   const trainer = new Trainer(
     {
       model: model.config,

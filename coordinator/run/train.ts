@@ -23,7 +23,7 @@ import type { ModelDir } from '../io/model-dir.ts';
 import { resumeFromCheckpoint, type CheckpointConfig, type RunInputs } from './resume.ts';
 import { RunControl } from './run-control.ts';
 import { prepareBase } from './run-base.ts';
-import { buildEngine, buildMonitor, startEdge, startWorkers } from './run-builder.ts';
+import { buildEngine, buildMonitor, type EngineInputs, startEdge, startWorkers } from './run-builder.ts';
 import { resolveRunConfig, type RunConfig, type RunConfigInput } from './run-config.ts';
 import { RunDir } from '../io/run-dir.ts';
 import type { RunningServer } from '../net/server.ts';
@@ -59,6 +59,8 @@ export interface RunOptions {
   onStep?: (record: StepRecord) => void | Promise<void>;
   /** stop after the current step, checkpoint and return (SIGINT/SIGTERM) */
   signal?: AbortSignal;
+  /** with deployment.inProcess: who computes the micro-batches here (run-builder.ts EngineInputs.executor) */
+  executor?: EngineInputs['executor'];
   /** this process's wasm kernels, made to use the run's arithmetic variant (default: kernels/arithmetic.ts; tests fake it) */
   arithmetic?: ArithmeticKernels;
 }
