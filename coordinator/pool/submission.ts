@@ -10,7 +10,7 @@ import { describe, ErrorCodes, fail } from '../../shared/errors.ts';
 import { adapterSpec } from '../../shared/lora/adapter.ts';
 import { linearShape } from '../../shared/model/causal-lm.ts';
 import type { ResolvedBaseSpec } from '../../shared/quant/formats.ts';
-import { checkRunSettings, type RunSettings, within } from '../run/run-config.ts';
+import { checkDataSpec, checkRunSettings, type RunSettings, within } from '../run/run-config.ts';
 import { checkShareSettings, type ShareSettings } from './fair-share.ts';
 
 /** What a client sends (JSON): `run` as in run_config.json's "run", minus what the pool fixes. */
@@ -25,6 +25,40 @@ export interface Submission {
   name: string;
   settings: RunSettings;
   share: ShareSettings;
+  /** how the upload becomes examples (as `train --data`'s flags): the pool adds the file */
+  data: PoolDataOptions;
+}
+
+/** `run.data` of a submission: train's data options; the file is the run's upload. */
+export interface PoolDataOptions {
+  maxTokens?: number;
+  pack: boolean;
+  evalFraction: number;
+  /** seeds the train/eval split (default: the run's train.seed) */
+  seed?: number;
+}
+
+const DATA_FIELDS = ['maxTokens', 'pack', 'evalFraction', 'seed'];
+
+function checkData(raw: unknown): PoolDataOptions {
+  if (raw === undefined) return { pack: false, evalFraction: 0 };
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    fail(ErrorCodes.CONFIG, `run.data: expected an object of ${DATA_FIELDS.join(', ')}, got ${describe(raw)}`);
+  const d = raw as Record<string, unknown>;
+  for (const field of Object.keys(d))
+    if (!DATA_FIELDS.includes(field))
+      fail(
+        ErrorCodes.CONFIG,
+        `run.data has "${field}"; expected some of ${DATA_FIELDS.join(', ')} (the file is the upload)`,
+      );
+  // train's own check of a data spec, on a stand-in for the upload's path
+  checkDataSpec('run.data', { kind: 'jsonl', path: 'upload', pack: false, evalFraction: 0, seed: 0, ...d });
+  return {
+    ...(d.maxTokens !== undefined ? { maxTokens: d.maxTokens as number } : {}),
+    pack: (d.pack as boolean | undefined) ?? false,
+    evalFraction: (d.evalFraction as number | undefined) ?? 0,
+    ...(d.seed !== undefined ? { seed: d.seed as number } : {}),
+  };
 }
 
 /** The pool's base, which every run trains on. */
@@ -36,8 +70,8 @@ export interface PoolBase {
 }
 
 const TOP_FIELDS = ['name', 'run', 'weight', 'priority'];
-/** run settings a submission may give (model, data and baseFormat are the pool's) */
-const RUN_FIELDS = ['lora', 'train', 'wire', 'local', 'checkpointEvery', 'aggregation', 'arithmetic'];
+/** run settings a submission may give (model and baseFormat are the pool's; data's file is the upload) */
+const RUN_FIELDS = ['lora', 'train', 'wire', 'local', 'checkpointEvery', 'aggregation', 'arithmetic', 'data'];
 
 export function checkSubmission(raw: unknown, base: PoolBase): Submission {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
@@ -53,15 +87,14 @@ export function checkSubmission(raw: unknown, base: PoolBase): Submission {
   if (typeof run !== 'object' || run === null || Array.isArray(run))
     fail(ErrorCodes.CONFIG, `run: expected an object of run settings, got ${describe(run)}`);
   for (const field of Object.keys(run)) {
-    if (field === 'model' || field === 'baseFormat' || field === 'data')
-      fail(
-        ErrorCodes.CONFIG,
-        `run.${field}: the pool fixes it (its base model and format; the data is the upload), leave it out`,
-      );
+    if (field === 'model' || field === 'baseFormat')
+      fail(ErrorCodes.CONFIG, `run.${field}: the pool fixes it (its base model and format), leave it out`);
     if (!RUN_FIELDS.includes(field))
       fail(ErrorCodes.CONFIG, `run has an unknown field "${field}"; expected some of ${RUN_FIELDS.join(', ')}`);
   }
-  const settings = checkRunSettings({ ...run, model: base.model, data: null, baseFormat: base.baseFormat });
+  const { data: rawData, ...rest } = run as Record<string, unknown>;
+  const data = checkData(rawData);
+  const settings = checkRunSettings({ ...rest, model: base.model, data: null, baseFormat: base.baseFormat });
   const spec = within('run.lora', () => adapterSpec(base.config, settings.lora));
   for (const t of spec) {
     if (t.which !== 'A') continue;
@@ -74,5 +107,5 @@ export function checkSubmission(raw: unknown, base: PoolBase): Submission {
       );
   }
   const share = checkShareSettings({ weight: input.weight as number, priority: input.priority as number });
-  return { name, settings, share };
+  return { name, settings, share, data };
 }
