@@ -1,5 +1,6 @@
 /**
- * loramesh command line: train (coordinator), worker, generate, merge, logits, demo.
+ * loramesh command line: train (coordinator), worker, generate, merge, logits, demo; the standing pool:
+ * pool, tenant, submit, runs, fetch, cancel.
  * Run `loramesh <command> --help` for every option and its default.
  */
 import { Command, CommanderError } from 'commander';
@@ -57,16 +58,9 @@ const program = new Command('loramesh')
     outputError: (text, write) => write(`loramesh: ${ErrorCodes.CONFIG}: ${text.replace(/^error: /, '')}`),
   });
 
-function addTrainOptions(cmd: Command): Command {
+/** The flags that define a run's settings (train's and a pool submission's; run-config.ts RunSettings). */
+function addRunSettingOptions(cmd: Command): Command {
   return cmd
-    .option('--model <dir>', 'base model directory (config.json, *.safetensors, vocab.json)', DEMO_MODEL_DIR)
-    .option(
-      '--data <file>',
-      'training data (default: the demo task): .jsonl (one JSON object per line), .parquet or .csv ' +
-        '(one record per row, header row in CSV); records are {"text"}, {"prompt","completion"} or ' +
-        '{"messages":[{"role","content"},...]}, in Parquet/CSV columns of those names (messages: a list of ' +
-        'structs or a JSON string in Parquet, a JSON string in CSV; other columns are ignored)',
-    )
     .option('--max-tokens <n>', 'sequence length for --data (default: the model context, at most 1024)', int(2))
     .option('--pack', 'pack --data records into full sequences instead of truncating each', false)
     .option(
@@ -75,14 +69,6 @@ function addTrainOptions(cmd: Command): Command {
       num(0, 0.99),
       CLI_DEFAULTS.evalFraction,
     )
-    .option(
-      '--eval-every <n>',
-      'steps between eval-loss checks (also before and after training)',
-      int(1),
-      DEPLOY.evalEvery,
-    )
-    .option('--adapter <dir>', 'continue training from a PEFT adapter (its r, alpha, targets and values)')
-    .option('--train-size <n>', 'demo task: number of training examples', int(1), CLI_DEFAULTS.trainSize)
     .option('--steps <n>', 'optimizer steps', int(1), DEFAULT_TRAIN.steps)
     .option('--global-batch <n>', 'sequences per step over all workers', int(1), DEFAULT_TRAIN.globalBatch)
     .option('--micro-batch <n>', 'sequences per assignment', int(1), DEFAULT_TRAIN.microBatch)
@@ -102,6 +88,68 @@ function addTrainOptions(cmd: Command): Command {
       DEFAULT_LORA.init,
     )
     .option('--rslora', 'scale by alpha/sqrt(r) instead of alpha/r', false)
+    .option(
+      '--aggregation <rule>',
+      `how micro-batch gradients combine: ${AGGREGATIONS.join(' | ')} (sum is exact; the others resist bad volunteers)`,
+      oneOf(AGGREGATIONS),
+      DEFAULT_RUN_CONFIG.run.aggregation,
+    )
+    .option(
+      '--checkpoint-every <n>',
+      'save a resumable checkpoint every N steps (and on SIGINT/SIGTERM)',
+      int(0),
+      CLI_DEFAULTS.checkpointEvery,
+    )
+    .option(
+      '--codec <name>',
+      `wire codec of gradients up and parameters down: ${CODECS.join(' | ')} ` +
+        '(lossy ones use error feedback; f32 is exact)',
+      oneOf(CODECS),
+      DEFAULT_RUN_CONFIG.run.wire.up.name,
+    )
+    .option('--codec-up <name>', 'codec of results (gradients) only (default: --codec)', oneOf(CODECS))
+    .option('--codec-down <name>', 'codec of parameters only; lossy ones send deltas (default: --codec)', oneOf(CODECS))
+    .option('--codec-block <n>', 'int8: values per scale', int(1), DEFAULT_INT8_BLOCK)
+    .option(
+      '--arithmetic <variant>',
+      `the wasm kernels' arithmetic: ${ARITHMETIC_VARIANTS.join(' | ')}; relaxed-fma (WebAssembly relaxed SIMD's ` +
+        'fused multiply-add) is faster, but its last bits may differ between CPUs, and workers without relaxed SIMD ' +
+        'are refused (LM_ERR_ARITHMETIC)',
+      oneOf(ARITHMETIC_VARIANTS),
+      DEFAULT_RUN_CONFIG.run.arithmetic,
+    )
+    .option(
+      '--local-steps <H>',
+      'DiLoCo mode: each job runs H inner AdamW steps and sends start − end; ' +
+        '--steps counts outer steps of H × --global-batch sequences (0: synchronous)',
+      int(0),
+      0,
+    )
+    .option('--inner-lr <x>', 'local steps: peak inner AdamW learning rate (default: --lr)', num(0, 10))
+    .option('--outer-lr <x>', 'local steps: outer Nesterov learning rate', num(0, 10), OUTER.outerLr)
+    .option('--outer-momentum <x>', 'local steps: outer Nesterov momentum', num(0, 0.999), OUTER.outerMomentum);
+}
+
+function addTrainOptions(cmd: Command): Command {
+  return addRunSettingOptions(
+    cmd
+      .option('--model <dir>', 'base model directory (config.json, *.safetensors, vocab.json)', DEMO_MODEL_DIR)
+      .option(
+        '--data <file>',
+        'training data (default: the demo task): .jsonl (one JSON object per line), .parquet or .csv ' +
+          '(one record per row, header row in CSV); records are {"text"}, {"prompt","completion"} or ' +
+          '{"messages":[{"role","content"},...]}, in Parquet/CSV columns of those names (messages: a list of ' +
+          'structs or a JSON string in Parquet, a JSON string in CSV; other columns are ignored)',
+      ),
+  )
+    .option(
+      '--eval-every <n>',
+      'steps between eval-loss checks (also before and after training)',
+      int(1),
+      DEPLOY.evalEvery,
+    )
+    .option('--adapter <dir>', 'continue training from a PEFT adapter (its r, alpha, targets and values)')
+    .option('--train-size <n>', 'demo task: number of training examples', int(1), CLI_DEFAULTS.trainSize)
     .option('--local-workers <n>', 'worker processes to start on this machine', int(0), DEPLOY.localWorkers)
     .option(
       '--min-workers <n>',
@@ -159,12 +207,6 @@ function addTrainOptions(cmd: Command): Command {
       DEFAULT_SECURITY.maxRejects,
     )
     .option(
-      '--aggregation <rule>',
-      `how micro-batch gradients combine: ${AGGREGATIONS.join(' | ')} (sum is exact; the others resist bad volunteers)`,
-      oneOf(AGGREGATIONS),
-      DEFAULT_RUN_CONFIG.run.aggregation,
-    )
-    .option(
       '--spot-check <fraction>',
       'recompute this secret fraction of micro-batches on the coordinator; ' +
         `quarantine workers that disagree (default ${DEFENCE.spotCheck})`,
@@ -196,12 +238,6 @@ function addTrainOptions(cmd: Command): Command {
     )
     .option('--tls-cert <pem>', 'serve https/wss with this certificate (with --tls-key)')
     .option('--tls-key <pem>', 'private key for --tls-cert')
-    .option(
-      '--checkpoint-every <n>',
-      'save a resumable checkpoint every N steps (and on SIGINT/SIGTERM)',
-      int(0),
-      CLI_DEFAULTS.checkpointEvery,
-    )
     .option('--keep-checkpoints <n>', 'how many checkpoints to keep', int(1), DEPLOY.keepCheckpoints)
     .option(
       '--resume <run-dir>',
@@ -225,16 +261,6 @@ function addTrainOptions(cmd: Command): Command {
       DEPLOY.backend,
     )
     .option(
-      '--codec <name>',
-      `wire codec of gradients up and parameters down: ${CODECS.join(' | ')} ` +
-        '(lossy ones use error feedback; f32 is exact)',
-      oneOf(CODECS),
-      DEFAULT_RUN_CONFIG.run.wire.up.name,
-    )
-    .option('--codec-up <name>', 'codec of results (gradients) only (default: --codec)', oneOf(CODECS))
-    .option('--codec-down <name>', 'codec of parameters only; lossy ones send deltas (default: --codec)', oneOf(CODECS))
-    .option('--codec-block <n>', 'int8: values per scale', int(1), DEFAULT_INT8_BLOCK)
-    .option(
       '--base-format <format>',
       `hold the frozen base compact: ${BASE_FORMATS.join(' | ')}; the coordinator quantizes it once ` +
         '(cached by the source files’ sha256 and the format) and serves that one file to every worker ' +
@@ -244,28 +270,10 @@ function addTrainOptions(cmd: Command): Command {
     .option('--base-block <n>', `int8 and nf4: values per block scale (default ${DEFAULT_BASE_BLOCK})`, int(1))
     .option('--base-double-quant', 'nf4: quantize the block scales too (QLoRA double quantization)')
     .option(
-      '--arithmetic <variant>',
-      `the wasm kernels' arithmetic: ${ARITHMETIC_VARIANTS.join(' | ')}; relaxed-fma (WebAssembly relaxed SIMD's ` +
-        'fused multiply-add) is faster, but its last bits may differ between CPUs, and workers without relaxed SIMD ' +
-        'are refused (LM_ERR_ARITHMETIC)',
-      oneOf(ARITHMETIC_VARIANTS),
-      DEFAULT_RUN_CONFIG.run.arithmetic,
-    )
-    .option(
       '--cache-dir <dir>',
       'where the coordinator keeps quantized bases and local workers keep verified base files ' +
         '(default: LORAMESH_CACHE, else ~/.cache/loramesh)',
     )
-    .option(
-      '--local-steps <H>',
-      'DiLoCo mode: each job runs H inner AdamW steps and sends start − end; ' +
-        '--steps counts outer steps of H × --global-batch sequences (0: synchronous)',
-      int(0),
-      0,
-    )
-    .option('--inner-lr <x>', 'local steps: peak inner AdamW learning rate (default: --lr)', num(0, 10))
-    .option('--outer-lr <x>', 'local steps: outer Nesterov learning rate', num(0, 10), OUTER.outerLr)
-    .option('--outer-momentum <x>', 'local steps: outer Nesterov momentum', num(0, 0.999), OUTER.outerMomentum)
     .option('--out <dir>', 'where run folders go', DEPLOY.outDir)
     .option('--run-id <id>', 'name of the run folder (default: date + random id)');
 }
@@ -486,6 +494,138 @@ program
     const { runDemo } = await import('./commands/demo.ts');
     await runDemo(o);
   });
+
+// ---- the standing pool (issue 18) ----
+const poolFlags = (cmd: Command) =>
+  cmd
+    .option('--pool <url>', 'the pool (or LORAMESH_POOL)')
+    .option('--token <token>', 'your tenant token (or LORAMESH_POOL_TOKEN)');
+
+program
+  .command('pool')
+  .description(
+    'a standing pool for one base model: tenants upload data and submit runs over HTTP, each trained as `train` ' +
+      'would (for now the pool process computes the runs itself; workers joining the pool come next)',
+  )
+  .requiredOption('--dir <folder>', 'the pool folder: its registry (pool.sqlite), uploads and run folders')
+  .option('--model <dir>', 'the base model every run trains on', DEMO_MODEL_DIR)
+  .option('--host <addr>', 'address to listen on', host, '127.0.0.1')
+  .option('--port <n>', 'port (0: pick a free one)', port, 8790)
+  .option(
+    '--admin-token <token>',
+    'the admin token for tenant management (or LORAMESH_POOL_ADMIN_TOKEN; generated and printed if neither)',
+  )
+  .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'wasm')
+  .action(async (o) => {
+    const { initBackend } = await import('../node/backend.ts');
+    const { openModelDir } = await import('./io/model-dir.ts');
+    const { Pool } = await import('./pool/pool.ts');
+    const adminToken = o.adminToken ?? process.env.LORAMESH_POOL_ADMIN_TOKEN ?? randomBytes(18).toString('base64url');
+    await checkListen(o.host, o.port);
+    await initBackend(o.backend, console.log);
+    const pool = await Pool.start({
+      dir: resolve(o.dir),
+      model: await openModelDir(o.model),
+      host: o.host,
+      port: o.port,
+      adminToken,
+      backend: o.backend,
+    });
+    if (!o.adminToken && !process.env.LORAMESH_POOL_ADMIN_TOKEN) console.log(`admin token: ${adminToken}`);
+    console.log(`add a tenant: loramesh tenant add NAME --pool ${pool.url} --admin-token …`);
+    await new Promise<void>((done) => {
+      for (const sig of ['SIGINT', 'SIGTERM'] as const)
+        process.once(sig, () => {
+          console.log(`${sig}: stopping; runs checkpoint and resume when the pool starts again`);
+          done();
+        });
+    });
+    await pool.close();
+    process.exit(0); // wasm threads would otherwise keep the process
+  });
+
+const tenant = program.command('tenant').description("manage a pool's tenants (admin)");
+tenant
+  .command('add <name>')
+  .description('a new tenant and its token (shown once)')
+  .option('--pool <url>', 'the pool (or LORAMESH_POOL)')
+  .option('--admin-token <token>', 'the pool admin token (or LORAMESH_POOL_ADMIN_TOKEN)')
+  .option('--max-runs <n>', 'runs queued or running at once (default 4)', int(0))
+  .option('--max-steps <n>', 'steps one run may ask for (default 10000)', int(0))
+  .option('--max-upload-bytes <n>', 'bytes of uploads kept (default 256 MiB)', int(0))
+  .action(async (name, o) => {
+    const { poolClient, tenantAdd } = await import('./commands/pool-client.ts');
+    const quotas = Object.fromEntries(
+      [
+        ['maxConcurrentRuns', o.maxRuns],
+        ['maxSteps', o.maxSteps],
+        ['maxUploadBytes', o.maxUploadBytes],
+      ].filter(([, v]) => v !== undefined),
+    );
+    console.log(await tenantAdd(poolClient({ ...o, token: o.adminToken }, 'LORAMESH_POOL_ADMIN_TOKEN'), name, quotas));
+  });
+tenant
+  .command('revoke <id>')
+  .description("revoke a tenant's token")
+  .option('--pool <url>', 'the pool (or LORAMESH_POOL)')
+  .option('--admin-token <token>', 'the pool admin token (or LORAMESH_POOL_ADMIN_TOKEN)')
+  .action(async (id, o) => {
+    const { poolClient, tenantRevoke } = await import('./commands/pool-client.ts');
+    console.log(await tenantRevoke(poolClient({ ...o, token: o.adminToken }, 'LORAMESH_POOL_ADMIN_TOKEN'), id));
+  });
+
+addRunSettingOptions(
+  poolFlags(
+    program
+      .command('submit')
+      .description("upload a data file and submit a run to a pool (train's run flags; the pool fixes the model)")
+      .requiredOption('--data <file>', 'training data: .jsonl, .parquet or .csv, validated by the pool on upload')
+      .option('--name <text>', 'a name for the run', 'run')
+      .option('--weight <x>', 'share of the pool within its priority level, relative to other runs', num(0), 1)
+      .option('--priority <n>', 'strict priority level (higher first)', int(-1000), 0),
+  ),
+).action(async (o) => {
+  const { poolClient, submit } = await import('./commands/pool-client.ts');
+  const shape = runShapeFrom({ ...o, data: o.data, model: DEMO_MODEL_DIR });
+  const run = {
+    lora: shape.lora,
+    train: shape.train,
+    ...(shape.wire ? { wire: shape.wire } : {}),
+    ...(shape.local ? { local: shape.local } : {}),
+    ...(shape.checkpointEvery !== undefined ? { checkpointEvery: shape.checkpointEvery } : {}),
+    ...(shape.aggregation ? { aggregation: shape.aggregation } : {}),
+    ...(shape.arithmetic ? { arithmetic: shape.arithmetic } : {}),
+    data: {
+      ...(o.maxTokens !== undefined ? { maxTokens: o.maxTokens } : {}),
+      pack: o.pack,
+      evalFraction: o.evalFraction,
+    },
+  };
+  const client = poolClient(o, 'LORAMESH_POOL_TOKEN');
+  console.log(await submit(client, o.data, { name: o.name, run, weight: o.weight, priority: o.priority }, console.log));
+});
+
+poolFlags(program.command('runs').description("your runs in a pool (the admin's token: every run)")).action(
+  async (o) => {
+    const { listRuns, poolClient } = await import('./commands/pool-client.ts');
+    console.log(await listRuns(poolClient(o, 'LORAMESH_POOL_TOKEN')));
+  },
+);
+
+poolFlags(
+  program
+    .command('fetch <run>')
+    .description("a finished run's PEFT adapter (adapter_config.json, adapter_model.safetensors)")
+    .requiredOption('--out <dir>', 'where the files go'),
+).action(async (run, o) => {
+  const { fetchRun, poolClient } = await import('./commands/pool-client.ts');
+  console.log(await fetchRun(poolClient(o, 'LORAMESH_POOL_TOKEN'), run, o.out));
+});
+
+poolFlags(program.command('cancel <run>').description('cancel a queued or running run')).action(async (run, o) => {
+  const { cancelRun, poolClient } = await import('./commands/pool-client.ts');
+  console.log(await cancelRun(poolClient(o, 'LORAMESH_POOL_TOKEN'), run));
+});
 
 registerAnalysisCommands(program);
 

@@ -10,7 +10,9 @@
  *   DELETE /pool/api/tenants/:id           admin: revoke the tenant's token
  *   PUT    /pool/api/uploads?name=f.jsonl  a data file as the body (Content-Length required): the quota is
  *                                          checked on the declared length before a byte is stored, the file
- *                                          then validated as `train --data` does (errors name f.jsonl:line)
+ *                                          then validated as `train --data` does (errors name f.jsonl:line);
+ *                                          the same file (name and sha256) again reuses the stored one
+ *   POST   /pool/api/runs/check            { name?, run, weight?, priority? }: checked, nothing stored
  *   POST   /pool/api/runs                  { uploadId, name?, run, weight?, priority? } → 201 { run }
  *   GET    /pool/api/runs                  the caller's runs (admin: all)
  *   GET    /pool/api/runs/:id              one run
@@ -180,6 +182,16 @@ export function poolApi(opts: PoolApiOptions): (req: IncomingMessage, res: Serve
         out.on('error', reject);
       });
       if (bytes !== declared) fail(ErrorCodes.LIMIT, `upload ended after ${bytes} of ${declared} bytes`);
+      const sha256 = hash.digest('hex');
+      // the same file again (a resubmission): the stored one is reused, nothing new is kept
+      const same = opts.registry.findUpload(tenant.id, name, sha256);
+      if (same) {
+        rmSync(folder, { recursive: true, force: true });
+        return reply(res, 200, {
+          upload: { id: same.id, name, bytes, sha256, examples: same.examples },
+          reused: true,
+        });
+      }
       let examples: number;
       try {
         examples = await opts.validateUpload(path);
@@ -197,7 +209,7 @@ export function poolApi(opts: PoolApiOptions): (req: IncomingMessage, res: Serve
       }
       const stored = opts.registry.addUpload(tenant.id, {
         name,
-        sha256: hash.digest('hex'),
+        sha256,
         bytes,
         examples,
         path: join('uploads', id, name),
@@ -231,6 +243,11 @@ export function poolApi(opts: PoolApiOptions): (req: IncomingMessage, res: Serve
       return upload(req, res, tenant, url);
     }
     if (parts[0] === 'runs') {
+      if (parts.length === 2 && parts[1] === 'check' && method === 'POST') {
+        // a submission checked before its data is uploaded (the CLI asks first)
+        checkSubmission(await readJson(req, maxJson), opts.base);
+        return reply(res, 200, { ok: true });
+      }
       if (parts.length === 1 && method === 'GET')
         return reply(res, 200, { runs: opts.registry.runs(tenant?.id ?? null).map(publicRun) });
       if (parts.length === 1 && method === 'POST') {

@@ -322,6 +322,15 @@ export class PoolRegistry {
     });
   }
 
+  /** The tenant's upload of this name and content, if it has one. */
+  findUpload(tenantId: string, name: string, sha256: string): Upload | null {
+    const r = this.db.get(
+      'SELECT * FROM uploads WHERE tenant_id = ? AND name = ? AND sha256 = ? ORDER BY created_at LIMIT 1',
+      [tenantId, name, sha256],
+    );
+    return r ? uploadOf(r) : null;
+  }
+
   /** The tenant's upload; null if there is none by that id for this tenant (another tenant's included). */
   upload(tenantId: string, id: string): Upload | null {
     const r = this.db.get('SELECT * FROM uploads WHERE id = ? AND tenant_id = ?', [id, tenantId]);
