@@ -59,6 +59,7 @@ const hostPlatform = `${process.platform}-${process.arch}`;
 const EXTERNAL = [
   'webgpu', // a native addon: node_modules/webgpu with this platform's Dawn
   '@resvg/resvg-js', // PNG figures of `analyze`: a native addon, not needed by workers (SVG still written)
+  'node-sqlite3-wasm', // the pool's registry (loads its .wasm beside itself): the bundle is no pool host
   '@tensorflow/tfjs-node', // optional, never in the bundle (needs libtensorflow)
   '@tensorflow/tfjs-node-gpu',
   'bufferutil', // optional speedups of ws

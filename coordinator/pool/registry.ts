@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { nanoid } from 'nanoid';
-import sqlite from 'node-sqlite3-wasm';
+import { optionalPackage } from '../../node/optional-package.ts';
 import { ErrorCodes, fail } from '../../shared/errors.ts';
 
 export type RunState = 'queued' | 'running' | 'done' | 'failed' | 'cancelled';
@@ -195,7 +195,11 @@ export class PoolRegistry {
    * it is removed. Without it a held file is refused with LM_ERR_LOCKED.
    */
   static open(file: string, options: { now?: () => number; ownsFolder?: boolean } = {}): PoolRegistry {
-    const { Database } = sqlite as unknown as { Database: new (file: string) => SqliteDatabase };
+    // loaded on first use: the offline worker bundle leaves the pool's database out (scripts/bundle.mjs)
+    const sqlite = optionalPackage<{ Database: new (file: string) => SqliteDatabase }>('node-sqlite3-wasm');
+    if (!sqlite)
+      fail(ErrorCodes.BACKEND, 'the pool needs node-sqlite3-wasm (npm install; the offline worker bundle has no pool)');
+    const { Database } = sqlite;
     const lock = `${file}.lock`;
     if (existsSync(lock)) {
       if (!options.ownsFolder)
