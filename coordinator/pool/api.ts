@@ -178,6 +178,11 @@ export function poolApi(opts: PoolApiOptions): (req: IncomingMessage, res: Serve
         });
         req.on('end', () => out.end());
         req.on('error', reject);
+        req.on('close', () => {
+          if (req.complete) return;
+          out.destroy();
+          reject(new LoraMeshError(ErrorCodes.LIMIT, `upload cut off after ${bytes} bytes`));
+        });
         out.on('finish', resolve);
         out.on('error', reject);
       });
@@ -258,7 +263,6 @@ export function poolApi(opts: PoolApiOptions): (req: IncomingMessage, res: Serve
           unknown
         >;
         if (typeof uploadId !== 'string') fail(ErrorCodes.CONFIG, 'uploadId: expected the id an upload returned');
-        opts.registry.upload(tenant.id, uploadId) ?? fail(ErrorCodes.NOT_FOUND, `no upload ${uploadId.slice(0, 40)}`);
         const submission = checkSubmission(rest, opts.base);
         const run = opts.registry.submitRun(tenant.id, {
           name: submission.name,

@@ -123,7 +123,8 @@ export class PoolLanes {
       const { model, base, spec, lora, step } = lane.parts;
       p.results[index] = computeGradients(model, base, spec, lane.adapter, lora, mb, step);
       this.onServe?.({ run: id, step: p.step, index, tokens });
-      if (p.results.length === p.microBatches.length && p.results.every((r) => r !== undefined)) {
+      if (p.next === p.microBatches.length) {
+        // served in index order, one at a time: the last one served completes the step
         lane.pending = null;
         p.resolve({ results: p.results, sum: aggregateInOrder(p.results) });
       }

@@ -95,10 +95,18 @@ export class Pool {
       // a restart: every unfinished run continues from its latest checkpoint
       for (const run of registry.unfinished()) {
         const stored = run.config as { run: Record<string, unknown> };
-        const submission = checkSubmission(
-          { name: run.name, run: stored.run, weight: run.weight, priority: run.priority },
-          base,
-        );
+        let submission: Submission;
+        try {
+          submission = checkSubmission(
+            { name: run.name, run: stored.run, weight: run.weight, priority: run.priority },
+            base,
+          );
+        } catch (err) {
+          // one run this pool can no longer read fails; the others still resume
+          registry.update(run.id, { state: 'failed', error: (err as Error).message });
+          log(`[${run.id}] failed on restart: ${(err as Error).message}`);
+          continue;
+        }
         pool.launch(run, submission, existsSync(join(opts.dir, 'runs', run.id)));
       }
       return pool;
@@ -124,6 +132,7 @@ export class Pool {
       evalFraction: data.evalFraction,
       seed: data.seed ?? submission.settings.train.seed,
     };
+    let lastWrite = -Infinity;
     const done = (async () => {
       try {
         const examples = await examplesFor(spec, this.opts.model, (line) => log(`[${run.id}] ${line}`));
@@ -147,7 +156,13 @@ export class Pool {
           progress: false,
           log: (line) => log(`[${run.id}] ${line}`),
           onStep: (record) => {
-            if (!this.closing) this.registry.update(run.id, { step: record.step });
+            // the registry's step is for `runs` and the API (resuming reads the checkpoint): written at each
+            // checkpoint and otherwise once a second at most, not an fsync every step on the lanes' thread
+            const every = submission.settings.checkpointEvery;
+            const checkpointed = every > 0 && record.step % every === 0;
+            if (this.closing || (!checkpointed && performance.now() - lastWrite < 1000)) return;
+            lastWrite = performance.now();
+            this.registry.update(run.id, { step: record.step });
           },
           executor: (parts) => this.lanes.lane(run.id, submission.share, parts),
         });

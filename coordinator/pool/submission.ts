@@ -95,6 +95,8 @@ export function checkSubmission(raw: unknown, base: PoolBase): Submission {
   const { data: rawData, ...rest } = run as Record<string, unknown>;
   const data = checkData(rawData);
   const settings = checkRunSettings({ ...rest, model: base.model, data: null, baseFormat: base.baseFormat });
+  if (settings.local)
+    fail(ErrorCodes.CONFIG, 'run.local: local steps (DiLoCo) are not served by the pool yet; submit a synchronous run');
   const spec = within('run.lora', () => adapterSpec(base.config, settings.lora));
   for (const t of spec) {
     if (t.which !== 'A') continue;

@@ -46,3 +46,14 @@ test('refused with the field named: unknown target, rank larger than the layer, 
   refuse([], /submission: expected a JSON object/);
   refuse({ run: 'q_proj' }, /run: expected an object of run settings/);
 });
+
+test('a local-steps run is refused at submit time (the pool does not serve it yet)', () => {
+  assert.throws(
+    () =>
+      checkSubmission(
+        { run: { lora, train, local: { steps: 4, innerLr: 1e-3, outerLr: 0.7, outerMomentum: 0.9 } } },
+        base,
+      ),
+    /LM_ERR_CONFIG: run\.local: local steps \(DiLoCo\) are not served by the pool yet/,
+  );
+});
