@@ -504,8 +504,8 @@ const poolFlags = (cmd: Command) =>
 program
   .command('pool')
   .description(
-    'a standing pool for one base model: tenants upload data and submit runs over HTTP, each trained as `train` ' +
-      'would (for now the pool process computes the runs itself; workers joining the pool come next)',
+    'a standing pool for one base model: workers join once (loramesh worker ws://HOST:PORT/ws) and serve every ' +
+      'run; tenants upload data and submit runs over HTTP, each trained exactly as `train` would train it alone',
   )
   .requiredOption('--dir <folder>', 'the pool folder: its registry (pool.sqlite), uploads and run folders')
   .option('--model <dir>', 'the base model every run trains on', DEMO_MODEL_DIR)
@@ -515,11 +515,14 @@ program
     '--admin-token <token>',
     'the admin token for tenant management (or LORAMESH_POOL_ADMIN_TOKEN; generated and printed if neither)',
   )
+  .option('--token <token>', 'join token workers must present (or LORAMESH_TOKEN); none: any worker may join')
+  .option('--in-process', 'compute every run in this process instead of on workers (a pool on one machine)')
   .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'wasm')
   .action(async (o) => {
     const { initBackend } = await import('../node/backend.ts');
     const { openModelDir } = await import('./io/model-dir.ts');
     const { Pool } = await import('./pool/pool.ts');
+    const joinToken: string | undefined = o.token ?? process.env.LORAMESH_TOKEN;
     const adminToken = o.adminToken ?? process.env.LORAMESH_POOL_ADMIN_TOKEN ?? randomBytes(18).toString('base64url');
     await checkListen(o.host, o.port);
     await initBackend(o.backend, console.log);
@@ -530,6 +533,8 @@ program
       port: o.port,
       adminToken,
       backend: o.backend,
+      inProcess: !!o.inProcess,
+      ...(joinToken ? { joinToken } : {}),
     });
     if (!o.adminToken && !process.env.LORAMESH_POOL_ADMIN_TOKEN) console.log(`admin token: ${adminToken}`);
     console.log(`add a tenant: loramesh tenant add NAME --pool ${pool.url} --admin-token …`);

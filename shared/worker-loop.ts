@@ -70,6 +70,19 @@ export interface WorkerHooks {
   afterResult?(a: Assign | AssignLocal): void | Promise<void>;
 }
 
+/**
+ * A pool's base, loaded once for every run the worker computes there: each run's session uses it instead of
+ * loading its own. `files` identifies it (what a run's manifest must name).
+ */
+interface SharedBase {
+  model: CausalLM;
+  base: FrozenBase;
+  files: string;
+}
+
+const baseKey = (model: RunManifest['model']) =>
+  JSON.stringify([model.files.map((f) => f.sha256), model.baseFormat ?? null]);
+
 export class WorkerSession {
   workerId: string | null = null;
   manifest: RunManifest | null = null;
@@ -92,11 +105,22 @@ export class WorkerSession {
   /** error feedback of the results' codec: what earlier results could not carry goes with the next */
   private up: ErrorFeedback | null = null;
   private queue: Promise<void> = Promise.resolve();
+  /** In a standing pool: each open run's own session, speaking the run's protocol in its channel. */
+  private readonly runs = new Map<string, WorkerSession>();
+  /** this connection is a pool's (pool-welcome), not one run's */
+  private poolBase: SharedBase | null = null;
 
+  /** `shared`: this session is one run of a pool, computing on the pool's base. */
   constructor(
     private readonly platform: WorkerPlatform,
     private readonly options: WorkerOptions = {},
+    private readonly shared: SharedBase | null = null,
   ) {}
+
+  /** The runs a pool has open on this worker now. */
+  get openRuns(): string[] {
+    return [...this.runs.keys()];
+  }
 
   hello(): Uint8Array {
     return encodeMessage({
@@ -119,11 +143,20 @@ export class WorkerSession {
    * The run's arithmetic, before anything is computed: the kernels use it from now on. A coordinator refuses a
    * hello without it, so failing here means the manifest asks what hello did not offer.
    */
-  private selectArithmetic(manifest: RunManifest): void {
+  private selectArithmetic(manifest: RunManifest, quiet = false): void {
     const variant = manifest.arithmetic ?? DEFAULT_ARITHMETIC;
     const kernels = this.platform.arithmetic ?? { supported: () => [DEFAULT_ARITHMETIC], select: () => {} };
     useArithmetic(variant, kernels, 'this worker');
-    if (variant !== DEFAULT_ARITHMETIC) this.platform.log(`computing with arithmetic ${variant}`);
+    if (variant !== DEFAULT_ARITHMETIC && !quiet) this.platform.log(`computing with arithmetic ${variant}`);
+  }
+
+  /** The base as the kernels hold it, built once from the weights the platform loads for `manifest`. */
+  private async loadBase(manifest: RunManifest): Promise<{ model: CausalLM; base: FrozenBase }> {
+    const config = checkModelConfig(manifest.model.config);
+    const weights = await this.platform.loadBase(manifest);
+    // the base as the kernels hold it (on wasm: float32 matrices as compact f32), the same as the
+    // coordinator's trusted copy (coordinator/run/run-builder.ts)
+    return { model: createModel(config), base: new FrozenBase(config, baseForKernels(config, weights)) };
   }
 
   /** A copy of the parameters held now, by tensor name (the browser page's debug record). */
@@ -178,13 +211,14 @@ export class WorkerSession {
         this.selectArithmetic(message.manifest);
         this.step = { recompute: message.recompute === true };
         if (this.step.recompute) this.platform.log('recomputing activations in the backward pass (less memory)');
-        if (!this.base && !this.options.hooks?.compute) {
-          const config = checkModelConfig(message.manifest.model.config);
-          const weights = await this.platform.loadBase(message.manifest);
-          this.model = createModel(config);
-          // the base as the kernels hold it (on wasm: float32 matrices as compact f32), the same as the
-          // coordinator's trusted copy (coordinator/run/run-builder.ts)
-          this.base = new FrozenBase(config, baseForKernels(config, weights));
+        if (this.shared) {
+          // one run of a pool: it computes on the pool's base, which its manifest must name
+          if (baseKey(message.manifest.model) !== this.shared.files)
+            throw new LoraMeshError(ErrorCodes.MODEL, `run ${message.manifest.runId} names a base this pool did not load`);
+          this.model = this.shared.model;
+          this.base = this.shared.base;
+        } else if (!this.base && !this.options.hooks?.compute) {
+          ({ model: this.model, base: this.base } = await this.loadBase(message.manifest));
         }
         this.spec = message.manifest.adapter.map((t) => ({
           ...t,
@@ -196,6 +230,45 @@ export class WorkerSession {
         reply({ type: 'ready', paramVersion: this.paramVersion });
         return;
       }
+      case 'pool-welcome': {
+        if (this.shared || this.manifest) throw new LoraMeshError(ErrorCodes.STATE, 'pool-welcome after a welcome');
+        this.workerId = message.workerId;
+        if (!this.poolBase) {
+          const loaded = this.options.hooks?.compute
+            ? { model: null as unknown as CausalLM, base: null as unknown as FrozenBase }
+            : await this.loadBase(message.manifest);
+          this.poolBase = { ...loaded, files: baseKey(message.manifest.model) };
+        } else if (this.poolBase.files !== baseKey(message.manifest.model)) {
+          throw new LoraMeshError(ErrorCodes.MODEL, 'the pool now serves another base; restart this worker');
+        }
+        this.platform.log(`joined the pool as ${message.workerId}: base loaded once for every run`);
+        reply({ type: 'ready', paramVersion: -1 });
+        return;
+      }
+      case 'run-open': {
+        if (!this.poolBase) throw new LoraMeshError(ErrorCodes.STATE, 'run-open before pool-welcome');
+        const { runId } = message;
+        if (this.runs.has(runId)) return;
+        const run = new WorkerSession(this.platform, { name: this.options.name, hooks: this.options.hooks }, this.poolBase);
+        this.runs.set(runId, run);
+        reply({ type: 'channel', runId, frame: run.hello() });
+        return;
+      }
+      case 'channel': {
+        const run = this.runs.get(message.runId);
+        if (!run) return; // a frame of a run closed here: nothing to do
+        // not awaited: the run's session keeps its own order, and another run's frames need not wait for it
+        void run
+          .receive(message.frame, (frame) => reply({ type: 'channel', runId: message.runId, frame }))
+          .then(() => {
+            if (run.finished) this.runs.delete(message.runId);
+          });
+        return;
+      }
+      case 'run-close':
+        if (this.runs.delete(message.runId))
+          this.platform.log(`run ${message.runId} closed: ${cleanPeerText(message.reason, MAX_PEER_TEXT)}`);
+        return;
       case 'params':
         this.applyParams(message);
         await this.options.hooks?.afterParams?.(message.paramVersion);
@@ -258,6 +331,8 @@ export class WorkerSession {
         message: `assignment for version ${a.paramVersion}, I hold ${this.paramVersion}`,
       };
     }
+    // a pool's runs may differ in arithmetic: each selects its own before it computes
+    if (this.shared) this.selectArithmetic(this.manifest, true);
     const started = performance.now();
     let r: GradientResult;
     if (simulate) r = await simulate(a, this.adapter);

@@ -53,6 +53,21 @@ export interface MeshOptions {
   memoryCheck?: (backend: string, limitBytes: number) => MemoryVerdict;
   /** every worker recomputes each block in the backward pass (welcome.recompute) */
   recompute?: boolean;
+  /**
+   * Someone else decides which idle worker computes for this run (the standing pool, across its runs): the
+   * mesh then assigns only when offer() asks it to, and says when a worker takes or gives back an attempt.
+   */
+  arbiter?: DispatchArbiter;
+}
+
+/** The pool's side of a run's dispatch (coordinator/pool/pool-mesh.ts). */
+export interface DispatchArbiter {
+  /** the run may have something new to hand out: a step began, an attempt came back, a worker became ready */
+  wake(): void;
+  /** `peer` took an attempt of `positions` token positions; `first`: its micro-batch's first attempt */
+  took(peer: Peer, positions: number, first: boolean): void;
+  /** `peer` no longer holds an attempt of this run */
+  released(peer: Peer): void;
 }
 
 /** A worker's memory against the run: fits (perhaps only recomputing), or refused with the numbers. */
@@ -81,6 +96,8 @@ export const DEFAULT_SECURITY: SecurityLimits = {
 
 export class MeshExecutor implements GradientExecutor {
   readonly workers = new Map<string, WorkerConnection>();
+  /** the same connections by their peer (an arbiter names workers by peer) */
+  private readonly byPeer = new Map<Peer, WorkerConnection>();
   /** every frame by direction and kind; per worker in WorkerInfo */
   readonly traffic = new ByteCounter();
   /** the parameter versions workers hold, and the frames that bring them there */
@@ -252,6 +269,7 @@ export class MeshExecutor implements GradientExecutor {
   attach(ws: Peer): PeerEvents {
     const w = newConnection(ws, this.limits.maxMessagesPerSecond);
     this.workers.set(w.id, w);
+    this.byPeer.set(ws, w);
     const handshake = setTimeout(() => {
       if (w.state === 'handshake')
         this.closeWith(w, ErrorCodes.LIMIT, `no hello within ${this.limits.handshakeTimeoutMs} ms`);
@@ -458,7 +476,7 @@ export class MeshExecutor implements GradientExecutor {
     if (!held || held.assignmentId !== r.assignmentId)
       throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `assignment ${r.assignmentId} is not held by this worker`);
     const now = Date.now();
-    w.holding = null;
+    this.dropHolding(w);
     const step = this.inFlight;
     if (!step || held.step !== step.schedule.step) {
       // The step finished without this attempt (a copy won): the late result is simply not needed.
@@ -536,6 +554,7 @@ export class MeshExecutor implements GradientExecutor {
 
   private onClose(w: WorkerConnection): void {
     this.workers.delete(w.id);
+    this.byPeer.delete(w.ws);
     if (w.holding) {
       this.log(`worker ${w.id} left holding micro-batch ${w.holding.index} of step ${w.holding.step}; reassigning it`);
       this.release(w, 'lost');
@@ -548,38 +567,74 @@ export class MeshExecutor implements GradientExecutor {
   /** The worker will not deliver its attempt: the schedule requeues the micro-batch if needed. */
   private release(w: WorkerConnection, outcome: 'lost' | 'rejected'): void {
     const held = w.holding!;
-    w.holding = null;
+    this.dropHolding(w);
     if (this.inFlight && this.inFlight.schedule.step === held.step)
       this.inFlight.schedule.lose(held.assignmentId, outcome, Date.now());
   }
 
+  private dropHolding(w: WorkerConnection): void {
+    w.holding = null;
+    this.options.arbiter?.released(w.ws);
+  }
+
   private dispatch(): void {
+    if (this.options.arbiter) return this.options.arbiter.wake();
     const step = this.inFlight;
     if (!step) return;
     const now = Date.now();
-    for (const w of this.workers.values()) {
-      if (w.state !== 'ready' || w.holding || this.params.version !== step.paramVersion || w.quarantined) continue;
-      if (w.ws.bufferedAmount > this.limits.maxBufferedBytes) continue; // backpressure: it has not taken what we sent
-      const a = step.schedule.next(w.id, now);
-      if (!a) continue;
-      if (a.reason === 'straggler')
-        this.log(`micro-batch ${a.index} of step ${step.schedule.step} is slow; also giving it to worker ${w.id}`);
-      w.holding = { assignmentId: a.assignmentId, step: step.schedule.step, index: a.index, sentAt: now };
-      const item = step.items[a.index];
-      const common = {
-        assignmentId: a.assignmentId,
-        paramVersion: step.paramVersion,
-        step: step.schedule.step,
-        index: a.index,
-      };
-      this.send(
-        w,
-        item.kind === 'grad'
-          ? { type: 'assign', ...common, microBatch: item.microBatch }
-          : { type: 'assign-local', ...common, lr: item.job.lr, microBatches: item.job.microBatches },
-        'assign',
-      );
-    }
+    for (const w of this.workers.values()) if (this.mayAssign(w, step)) this.assign(w, step, now);
+  }
+
+  /** Whether worker `w` may take an attempt of `step` now (it need not have one to take). */
+  private mayAssign(w: WorkerConnection, step: StepInFlight): boolean {
+    if (w.state !== 'ready' || w.holding || this.params.version !== step.paramVersion || w.quarantined) return false;
+    return w.ws.bufferedAmount <= this.limits.maxBufferedBytes; // backpressure: it has not taken what we sent
+  }
+
+  /**
+   * With an arbiter: whether the worker on `peer` could take a micro-batch's first attempt or a retry now (not
+   * a straggler copy), which is what offer(peer, false) would hand it.
+   */
+  wants(peer: Peer): boolean {
+    const step = this.inFlight;
+    const w = this.byPeer.get(peer);
+    return !!step && !!w && step.schedule.unassigned > 0 && this.mayAssign(w, step);
+  }
+
+  /**
+   * With an arbiter: hands the worker on `peer` an attempt of the step in flight, if there is one for it;
+   * `copies`: a straggler copy will do. Whether it assigned.
+   */
+  offer(peer: Peer, copies: boolean): boolean {
+    const step = this.inFlight;
+    const w = this.byPeer.get(peer);
+    if (!step || !w || !this.mayAssign(w, step)) return false;
+    if (!copies && step.schedule.unassigned === 0) return false;
+    return this.assign(w, step, Date.now());
+  }
+
+  private assign(w: WorkerConnection, step: StepInFlight, now: number): boolean {
+    const a = step.schedule.next(w.id, now);
+    if (!a) return false;
+    if (a.reason === 'straggler')
+      this.log(`micro-batch ${a.index} of step ${step.schedule.step} is slow; also giving it to worker ${w.id}`);
+    w.holding = { assignmentId: a.assignmentId, step: step.schedule.step, index: a.index, sentAt: now };
+    const item = step.items[a.index];
+    const common = {
+      assignmentId: a.assignmentId,
+      paramVersion: step.paramVersion,
+      step: step.schedule.step,
+      index: a.index,
+    };
+    this.options.arbiter?.took(w.ws, itemPositions(item), a.reason === 'first');
+    this.send(
+      w,
+      item.kind === 'grad'
+        ? { type: 'assign', ...common, microBatch: item.microBatch }
+        : { type: 'assign-local', ...common, lr: item.job.lr, microBatches: item.job.microBatches },
+      'assign',
+    );
+    return true;
   }
 
   private send(w: WorkerConnection, message: CoordinatorMessage, kind: 'assign' | 'other' = 'other'): void {

@@ -21,7 +21,8 @@ import { fileURLToPath } from 'node:url';
 import { packagePath } from '../../node/package-root.ts';
 import { WebSocketServer } from 'ws';
 import { EventStreams } from './event-streams.ts';
-import { DEFAULT_SECURITY, type MeshExecutor } from '../engine/mesh.ts';
+import { DEFAULT_SECURITY } from '../engine/mesh.ts';
+import type { Peer, PeerEvents } from '../engine/peer.ts';
 import { attachWebSocket } from './ws-peer.ts';
 import type { ModelFile } from '../io/model-dir.ts';
 import type { RunMonitor } from './monitor.ts';
@@ -42,12 +43,25 @@ const wasmDir = join(
   'wasm-out',
 );
 
+/** Who takes the worker connections: a run's mesh, or the standing pool's (coordinator/pool/pool-mesh.ts). */
+export interface WorkerEdge {
+  attach(peer: Peer): PeerEvents;
+  heartbeat(intervalMs: number): void;
+}
+
+/** What the dashboard reads: a run's monitor, or the pool's. */
+export interface EdgeMonitor extends Pick<RunMonitor, 'log' | 'subscribe'> {
+  snapshot(): object;
+}
+
 export interface ServerOptions {
   host: string;
   port: number;
   files: ModelFile[];
-  mesh: MeshExecutor;
-  monitor: RunMonitor;
+  mesh: WorkerEdge;
+  monitor: EdgeMonitor;
+  /** more routes, asked first (the pool's API): true when it answered the request */
+  routes?: (req: IncomingMessage, res: ServerResponse) => boolean;
   /** largest frame a worker may send, in bytes */
   maxPayload: number;
   heartbeatMs: number;
@@ -154,6 +168,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const workers = new AddressCounter(limits.maxWorkersPerAddress);
   const streams = new EventStreams(limits, (line) => opts.monitor.log(line));
   const handler = (req: IncomingMessage, res: ServerResponse) => {
+    if (opts.routes?.(req, res)) return;
     if (req.url?.startsWith('/api/admin/')) return handleAdmin(req, res, opts);
     if (
       opts.dashboardAccess === 'admin' &&
@@ -303,7 +318,7 @@ function handleHttp(
   req: IncomingMessage,
   res: ServerResponse,
   bySha: Map<string, ModelFile>,
-  monitor: RunMonitor,
+  monitor: EdgeMonitor,
   openEventStream: (headers: Record<string, string>) => void,
 ): void {
   const url = new URL(req.url ?? '/', 'http://localhost');

@@ -17,6 +17,8 @@
  *   GET    /pool/api/runs                  the caller's runs (admin: all)
  *   GET    /pool/api/runs/:id              one run
  *   POST   /pool/api/runs/:id/cancel       cancel an unfinished run
+ *   GET    /pool/api/status                the dashboard's view: the caller's runs with loss curves (admin:
+ *                                          all), and the workers without run names
  *   GET    /pool/api/runs/:id/files/:name  a finished run's adapter file (PEFT's adapter_model.safetensors,
  *                                          adapter_config.json)
  */
@@ -28,6 +30,7 @@ import { nanoid } from 'nanoid';
 import { ErrorCodes, LoraMeshError, fail, type ErrorCode } from '../../shared/errors.ts';
 import { dataFileFormat } from '../io/dataset.ts';
 import type { PoolRegistry, PoolRun, Tenant } from './registry.ts';
+import type { PoolMonitor } from './pool-monitor.ts';
 import { checkSubmission, type PoolBase, type Submission } from './submission.ts';
 
 export interface PoolApiOptions {
@@ -50,6 +53,8 @@ export interface PoolApiOptions {
   runFile?: (run: PoolRun, name: string) => string | null;
   /** largest JSON body accepted (default 1 MiB) */
   maxJsonBytes?: number;
+  /** the dashboard's view (GET /pool/api/status) */
+  monitor?: PoolMonitor;
 }
 
 /** HTTP status per error code: the code is the contract, the status says the same for HTTP tools. */
@@ -243,6 +248,8 @@ export function poolApi(opts: PoolApiOptions): (req: IncomingMessage, res: Serve
       }
     }
     const { tenant } = caller(req);
+    if (parts[0] === 'status' && parts.length === 1 && method === 'GET' && opts.monitor)
+      return reply(res, 200, opts.monitor.status(tenant?.id ?? null));
     if (parts[0] === 'uploads' && parts.length === 1 && method === 'PUT') {
       if (!tenant) fail(ErrorCodes.CONFIG, 'uploads belong to a tenant: use a tenant token');
       return upload(req, res, tenant, url);

@@ -6,18 +6,26 @@
  * (lanes.ts) in fair-share order. A pool restarted after a kill resumes every unfinished run from its
  * latest checkpoint; each still ends bit-identical to the run trained alone.
  *
- * Stage: the pool process computes the micro-batches itself. Workers joining the pool over its mesh
- * (and staying across runs) is the next step; the lanes are where they plug in.
+ * Workers join the pool's mesh (pool-mesh.ts) at /ws, as they join a run, load the base once and stay
+ * across runs; each run is a MeshExecutor with its own checks, its workers chosen in fair-share order.
+ * With `inProcess` the pool process computes every micro-batch itself instead (lanes.ts): a pool on one
+ * machine, and what the pool's own tests use.
  *
  * Pool folder: pool.lock (one live process), pool.sqlite, uploads/<id>/<file>, runs/<run id>/.
  */
 import { existsSync, mkdirSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { DEFAULT_LORA } from '../../shared/config.ts';
 import { ErrorCodes, fail } from '../../shared/errors.ts';
+import type { RunManifest } from '../../shared/protocol/messages.ts';
+import { F32 } from '../../shared/protocol/wire-codec.ts';
+import { defaultCacheDir } from '../../node/cache-dir.ts';
+import { compactBaseFile } from '../io/compact-cache.ts';
 import { examplesFor } from '../io/dataset.ts';
-import type { ModelDir } from '../io/model-dir.ts';
+import type { ModelDir, ModelFile } from '../io/model-dir.ts';
+import { startServer, type RunningServer } from '../net/server.ts';
+import { PoolMesh, type PoolServed } from './pool-mesh.ts';
+import { PoolMonitor } from './pool-monitor.ts';
 import { acquireRunLock, type RunLock } from '../io/run-lock.ts';
 import type { ResolvedBaseSpec } from '../../shared/quant/formats.ts';
 import type { BackendName } from '../../node/backend-names.ts';
@@ -35,11 +43,25 @@ export interface PoolOptions {
   /** 0: pick a free one */
   port?: number;
   adminToken: string | null;
+  /** join token workers present at the upgrade (undefined: any worker may join) */
+  joinToken?: string;
   backend?: BackendName;
+  /** the pool process computes every micro-batch itself (lanes.ts); default: its workers do */
+  inProcess?: boolean;
+  /** ms between worker pings (default 10 s) */
+  heartbeatMs?: number;
+  /** largest result frame a worker may send, in bytes (default 256 MiB); submissions whose result is larger are refused */
+  maxResultBytes?: number;
+  /** where the compact base file is cached (default: the user cache) */
+  cacheDir?: string;
   log?: (line: string) => void;
-  /** every micro-batch as it is computed (tests; the pool's fairness figures) */
+  /** every micro-batch as it is computed in-process (tests; the pool's fairness figures) */
   onServe?: (s: Served) => void;
+  /** every attempt handed to a worker (tests; the pool's fairness figures) */
+  onAssign?: (s: PoolServed) => void;
 }
+
+export const DEFAULT_MAX_RESULT_BYTES = 256 << 20;
 
 export class Pool {
   private readonly running = new Map<string, { abort: AbortController; done: Promise<void> }>();
@@ -49,9 +71,11 @@ export class Pool {
     readonly dir: string,
     readonly url: string,
     readonly registry: PoolRegistry,
-    private readonly server: Server,
+    private readonly server: RunningServer,
     private readonly lock: RunLock,
     private readonly lanes: PoolLanes,
+    readonly mesh: PoolMesh,
+    readonly monitor: PoolMonitor,
     private readonly opts: PoolOptions,
     private readonly base: PoolBase,
   ) {}
@@ -63,9 +87,22 @@ export class Pool {
     let registry: PoolRegistry | null = null;
     try {
       registry = PoolRegistry.open(join(opts.dir, 'pool.sqlite'), { ownsFolder: true });
-      const base: PoolBase = { model: opts.model.dir, config: opts.model.config, baseFormat: opts.baseFormat ?? null };
+      const maxResultBytes = opts.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES;
+      const base: PoolBase = {
+        model: opts.model.dir,
+        config: opts.model.config,
+        baseFormat: opts.baseFormat ?? null,
+        maxResultBytes,
+      };
       const lanes = new PoolLanes(opts.onServe);
+      const files = await baseFiles(opts, log);
+      const mesh = new PoolMesh({ manifest: baseManifest(opts, files), log, onServe: opts.onAssign });
       let pool: Pool | null = null;
+      const monitor = new PoolMonitor(registry, () => mesh.info(), {
+        model: opts.model.dir,
+        baseFormat: opts.baseFormat ?? null,
+        inProcess: !!opts.inProcess,
+      });
       const handle = poolApi({
         registry,
         base,
@@ -80,18 +117,26 @@ export class Pool {
           const path = join(opts.dir, 'runs', run.id, name);
           return existsSync(path) ? path : null;
         },
+        monitor,
       });
-      const server = createServer((req, res) => {
-        if (!handle(req, res)) res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+      const server = await startServer({
+        host: opts.host ?? '127.0.0.1',
+        port: opts.port ?? 0,
+        files,
+        mesh,
+        monitor,
+        routes: handle,
+        // a result frame, and the largest upload a quota allows travels over HTTP, not here
+        maxPayload: maxResultBytes + (1 << 20),
+        heartbeatMs: opts.heartbeatMs ?? 10_000,
+        token: opts.joinToken,
       });
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', resolve);
-      });
-      const address = server.address() as AddressInfo;
-      const url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
-      pool = new Pool(opts.dir, url, registry, server, lock, lanes, opts, base);
-      log(`pool: ${opts.model.dir} at ${url} (folder ${opts.dir})`);
+      const url = server.url;
+      pool = new Pool(opts.dir, url, registry, server, lock, lanes, mesh, monitor, opts, base);
+      log(
+        `pool: ${opts.model.dir} at ${url} (folder ${opts.dir}); ` +
+          (opts.inProcess ? 'computing every run in this process' : `workers join with: loramesh worker ${server.wsUrl}`),
+      );
       // a restart: every unfinished run continues from its latest checkpoint
       for (const run of registry.unfinished()) {
         const stored = run.config as { run: Record<string, unknown> };
@@ -133,6 +178,13 @@ export class Pool {
       seed: data.seed ?? submission.settings.train.seed,
     };
     let lastWrite = -Infinity;
+    const host = this.opts.inProcess
+      ? undefined
+      : {
+          arbiter: this.mesh.arbiter(run.id, submission.share),
+          open: (mesh: import('../engine/mesh.ts').MeshExecutor) => this.mesh.open(run.id, mesh),
+          close: (_mesh: unknown, reason: string) => this.mesh.close(run.id, reason),
+        };
     const done = (async () => {
       try {
         const examples = await examplesFor(spec, this.opts.model, (line) => log(`[${run.id}] ${line}`));
@@ -147,8 +199,9 @@ export class Pool {
               outDir: join(this.dir, 'runs'),
               runId: run.id,
               resume,
-              inProcess: true,
+              inProcess: !!this.opts.inProcess,
               localWorkers: 0,
+              ...(this.opts.cacheDir ? { cacheDir: this.opts.cacheDir } : {}),
               backend: this.opts.backend ?? 'wasm',
             },
           },
@@ -156,6 +209,7 @@ export class Pool {
           progress: false,
           log: (line) => log(`[${run.id}] ${line}`),
           onStep: (record) => {
+            this.monitor.step(run.id, record.step, record.loss);
             // the registry's step is for `runs` and the API (resuming reads the checkpoint): written at each
             // checkpoint and otherwise once a second at most, not an fsync every step on the lanes' thread
             const every = submission.settings.checkpointEvery;
@@ -165,6 +219,7 @@ export class Pool {
             this.registry.update(run.id, { step: record.step });
           },
           executor: (parts) => this.lanes.lane(run.id, submission.share, parts),
+          host,
         });
         const now = this.registry.runById(run.id)!;
         if (now.state === 'cancelled' || this.closing) return; // a restart resumes an unfinished run
@@ -178,6 +233,7 @@ export class Pool {
         log(`[${run.id}] failed: ${(err as Error).message}`);
       } finally {
         this.lanes.close(run.id);
+        this.mesh.close(run.id, 'the run stopped');
         this.running.delete(run.id);
       }
     })();
@@ -195,8 +251,31 @@ export class Pool {
     this.closing = true;
     for (const { abort } of this.running.values()) abort.abort();
     await Promise.all([...this.running.values()].map((r) => r.done));
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await this.server.close();
     this.registry.close();
     this.lock.release();
   }
+}
+
+/** The files workers fetch: the checkpoint's, or config.json and the compact base file made once (cached). */
+async function baseFiles(opts: PoolOptions, log: (line: string) => void): Promise<ModelFile[]> {
+  const { model, baseFormat } = opts;
+  if (!baseFormat) return model.files;
+  const file = await compactBaseFile(model, baseFormat, opts.cacheDir ?? defaultCacheDir(), log);
+  return [...model.files.filter((f) => !f.name.endsWith('.safetensors')), file];
+}
+
+/** What pool-welcome tells a worker: the base alone (no adapter: each run's welcome brings its own). */
+function baseManifest(opts: PoolOptions, files: ModelFile[]): RunManifest {
+  return {
+    runId: 'pool',
+    model: {
+      config: opts.model.config,
+      files: files.map(({ name, sha256, bytes }) => ({ name, sha256, bytes })),
+      ...(opts.baseFormat ? { baseFormat: opts.baseFormat } : {}),
+    },
+    lora: DEFAULT_LORA,
+    adapter: [],
+    wire: { up: F32, down: F32 },
+  };
 }

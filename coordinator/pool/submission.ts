@@ -7,7 +7,7 @@
  */
 import type { ModelConfig } from '../../shared/config.ts';
 import { describe, ErrorCodes, fail } from '../../shared/errors.ts';
-import { adapterSpec } from '../../shared/lora/adapter.ts';
+import { adapterParameterCount, adapterSpec } from '../../shared/lora/adapter.ts';
 import { linearShape } from '../../shared/model/causal-lm.ts';
 import type { ResolvedBaseSpec } from '../../shared/quant/formats.ts';
 import { checkDataSpec, checkRunSettings, type RunSettings, within } from '../run/run-config.ts';
@@ -67,6 +67,8 @@ export interface PoolBase {
   model: string;
   config: ModelConfig;
   baseFormat: ResolvedBaseSpec | null;
+  /** the largest result frame the pool's workers may send (bytes); absent: not limited */
+  maxResultBytes?: number;
 }
 
 const TOP_FIELDS = ['name', 'run', 'weight', 'priority'];
@@ -108,6 +110,14 @@ export function checkSubmission(raw: unknown, base: PoolBase): Submission {
           `expected r ≤ ${Math.min(dOut, dIn)}`,
       );
   }
+  // a result carries 4 bytes per adapter value; the pool's socket takes frames up to maxResultBytes
+  const resultBytes = 4 * adapterParameterCount(spec) + 64 * 1024;
+  if (base.maxResultBytes !== undefined && resultBytes > base.maxResultBytes)
+    fail(
+      ErrorCodes.CONFIG,
+      `run.lora: this adapter's results are ${(resultBytes / 2 ** 20).toFixed(1)} MiB; the pool takes at most ` +
+        `${(base.maxResultBytes / 2 ** 20).toFixed(1)} MiB (a smaller lora.r or fewer targets)`,
+    );
   const share = checkShareSettings({ weight: input.weight as number, priority: input.priority as number });
   return { name, settings, share, data };
 }

@@ -21,7 +21,7 @@ import type { InnerOptimizer } from '../../shared/train/local-steps.ts';
 import type { Example } from '../../shared/train/micro-batch.ts';
 import type { GradientExecutor } from '../engine/trainer.ts';
 import { InProcessExecutor } from '../engine/in-process.ts';
-import { type MemoryVerdict, MeshExecutor } from '../engine/mesh.ts';
+import { type DispatchArbiter, type MemoryVerdict, MeshExecutor } from '../engine/mesh.ts';
 import { Trainer } from '../engine/trainer.ts';
 import type { ModelDir } from '../io/model-dir.ts';
 import { RunMonitor } from '../net/monitor.ts';
@@ -64,6 +64,20 @@ export interface EngineInputs {
    * InProcessExecutor over `parts`). The standing pool passes its lanes (coordinator/pool/lanes.ts).
    */
   executor?: (parts: ExecutorParts) => GradientExecutor;
+  /** A host serves the run's workers (the standing pool): its arbiter chooses which worker computes what. */
+  host?: RunHost;
+}
+
+/**
+ * Who serves a run's workers instead of the run's own server and local workers: the standing pool
+ * (coordinator/pool/pool-mesh.ts), whose workers serve several runs, one attempt at a time.
+ */
+export interface RunHost {
+  arbiter: DispatchArbiter;
+  /** the run's mesh is built: the host's workers are offered the run */
+  open(mesh: MeshExecutor): void;
+  /** the run is over: its workers are told so */
+  close(mesh: MeshExecutor, reason: string): void;
 }
 
 /** What computing a run's micro-batches in this process takes: the trusted copy's model and base, the run's LoRA. */
@@ -126,6 +140,7 @@ export function buildEngine(
         security: config.limits.security,
         memoryCheck: memoryCheckFor(config, inputs),
         recompute: config.deployment.recompute,
+        ...(inputs.host ? { arbiter: inputs.host.arbiter } : {}),
       });
   const parts = (): ExecutorParts => ({
     model: trusted.get().model,

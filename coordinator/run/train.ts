@@ -61,6 +61,8 @@ export interface RunOptions {
   signal?: AbortSignal;
   /** with deployment.inProcess: who computes the micro-batches here (run-builder.ts EngineInputs.executor) */
   executor?: EngineInputs['executor'];
+  /** who serves the run's workers instead of its own server and local workers (the standing pool) */
+  host?: EngineInputs['host'];
   /** this process's wasm kernels, made to use the run's arithmetic variant (default: kernels/arithmetic.ts; tests fake it) */
   arithmetic?: ArithmeticKernels;
 }
@@ -219,7 +221,9 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
   );
   let server: RunningServer | null = null;
   let children: ReturnType<typeof spawnLocalWorkers> = [];
-  if (mesh) {
+  if (mesh && opts.host) {
+    opts.host.open(mesh);
+  } else if (mesh) {
     server = await startEdge(config, { ...engine, mesh }, control, monitor);
     log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
     await opts.onListening?.({ wsUrl: server.wsUrl, url: server.url });
@@ -300,7 +304,9 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
   } finally {
     bar?.stop();
     monitor.done();
-    mesh?.finish(trainer.done ? 'training complete' : 'the run was stopped');
+    const ending = trainer.done ? 'training complete' : 'the run was stopped';
+    mesh?.finish(ending);
+    if (mesh) opts.host?.close(mesh, ending);
     mesh?.close();
     await stopLocalWorkers(children);
     await server?.close();

@@ -162,8 +162,46 @@ export interface Done {
   reason: string;
 }
 
-export type WorkerMessage = Hello | Ready | Result | WorkerError | Heartbeat;
-export type CoordinatorMessage = Welcome | Params | Assign | AssignLocal | Reject | Done;
+
+// The standing pool (coordinator/pool/): one connection serves several runs. The pool's welcome names only
+// the base; each run is a channel on the connection, speaking the single-run protocol above inside it.
+
+/** A pool took the worker: load this base (manifest.adapter is empty: no run yet) and answer ready. */
+export interface PoolWelcome {
+  type: 'pool-welcome';
+  workerId: string;
+  manifest: RunManifest;
+}
+/** The pool opens run `runId` on this connection: the worker answers with that run's hello, in a channel. */
+export interface RunOpen {
+  type: 'run-open';
+  runId: string;
+}
+/** Run `runId` is over on this connection (finished, cancelled, or the worker declined or was refused). */
+export interface RunClose {
+  type: 'run-close';
+  runId: string;
+  reason: string;
+}
+/** One frame of run `runId`'s own protocol (hello, welcome, params, assign, result…), either way. */
+export interface Channel {
+  type: 'channel';
+  runId: string;
+  frame: Uint8Array;
+}
+
+export type WorkerMessage = Hello | Ready | Result | WorkerError | Heartbeat | Channel;
+export type CoordinatorMessage =
+  | Welcome
+  | Params
+  | Assign
+  | AssignLocal
+  | Reject
+  | Done
+  | PoolWelcome
+  | RunOpen
+  | RunClose
+  | Channel;
 export type Message = WorkerMessage | CoordinatorMessage;
 
 type Guard = (m: Record<string, unknown>) => void;
@@ -328,6 +366,19 @@ const guards: Record<Message['type'], Guard> = {
     field(m, 'message', isString(4096), 'a message');
   },
   done: (m) => field(m, 'reason', isString(1024), 'a reason'),
+  'pool-welcome': (m) => {
+    field(m, 'workerId', isString(64), 'a worker id');
+    field(m, 'manifest', isObject, 'the base manifest');
+  },
+  'run-open': (m) => field(m, 'runId', isString(64), 'a run id'),
+  'run-close': (m) => {
+    field(m, 'runId', isString(64), 'a run id');
+    field(m, 'reason', isString(1024), 'a reason');
+  },
+  channel: (m) => {
+    field(m, 'runId', isString(64), 'a run id');
+    field(m, 'frame', (v) => v instanceof Uint8Array, 'the bytes of one frame (Uint8Array)');
+  },
 };
 
 export function parseMessage(raw: unknown): Message {

@@ -41,6 +41,7 @@ function startPool(): Promise<{ child: ChildProcess; url: string }> {
       '0',
       '--admin-token',
       'ADM',
+      '--in-process',
     ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );

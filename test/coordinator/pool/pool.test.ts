@@ -91,7 +91,7 @@ async function alone(name: string, run: typeof RUN_A | typeof RUN_B | typeof RUN
 
 test('runs submitted at different times end byte-identical to each run alone; a restarted pool resumes', async () => {
   const dir = join(root, 'pool');
-  let pool = await Pool.start({ dir, model, adminToken: ADMIN, log: () => {} });
+  let pool = await Pool.start({ dir, model, adminToken: ADMIN, inProcess: true, log: () => {} });
   let closed = false;
   try {
     const tenant = await api(pool, 'POST', '/pool/api/tenants', ADMIN, { name: 'lab' });
@@ -132,7 +132,7 @@ test('runs submitted at different times end byte-identical to each run alone; a 
     const stoppedAt = stopped.step;
     assert.equal(stopped.state, 'running', 'a run stopped by the pool closing stays unfinished');
     assert.ok(stoppedAt >= 4 && stoppedAt < RUN_C.train.steps, `stopped mid-run at step ${stoppedAt}`);
-    pool = await Pool.start({ dir, model, adminToken: ADMIN, log: () => {} });
+    pool = await Pool.start({ dir, model, adminToken: ADMIN, inProcess: true, log: () => {} });
     closed = false;
     assert.equal((await pool.settled(c))?.state, 'done');
     const fetched = await api(pool, 'GET', `/pool/api/runs/${c}/files/adapter_model.safetensors`, token);

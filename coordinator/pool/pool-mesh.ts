@@ -1,0 +1,459 @@
+/**
+ * The standing pool's worker mesh: one set of worker connections shared by every open run (issue 18).
+ *
+ * A worker joins the pool as it joins a run (hello with the join token checked at the upgrade), is told the
+ * pool's base (pool-welcome), loads it once and answers ready. Each open run is then a channel on its
+ * connection (run-open, then frames of that run's own protocol wrapped in `channel` messages), and each run
+ * keeps its own MeshExecutor: its hello checks (codecs, arithmetic, memory), parameter versions, result gates
+ * (bounds, non-finite, spot checks, outlier screen), ledger and stragglers, exactly as a run alone has them.
+ * A worker that one run refuses (a codec it lacks) still serves the others; one that a run quarantines leaves
+ * the pool.
+ *
+ * What the pool adds is the choice of work: a worker holds at most one attempt of any run at a time, and
+ * when it is idle the fair share (fair-share.ts) picks among the runs that have a micro-batch waiting for it.
+ * Straggler copies go out only when no run has fresh work for the worker, and they are never charged. Who
+ * computes what never enters a run's sum (its Trainer adds results in micro-batch order), so each run's
+ * adapter is bit-identical to the run trained alone.
+ */
+import { nanoid } from 'nanoid';
+import { DEFAULT_ARITHMETIC } from '../../shared/arithmetic.ts';
+import { closeCodeFor, ErrorCodes, LoraMeshError, type ErrorCode } from '../../shared/errors.ts';
+import { asBytes, decodeMessage, encodeMessage } from '../../shared/protocol/codec.ts';
+import {
+  PROTOCOL_VERSION,
+  type CoordinatorMessage,
+  type Hello,
+  type RunManifest,
+} from '../../shared/protocol/messages.ts';
+import { cleanPeerText } from '../../shared/protocol/peer-text.ts';
+import { describeBaseSpec } from '../../shared/quant/formats.ts';
+import { DEFAULT_SECURITY, type DispatchArbiter, type MeshExecutor, type SecurityLimits } from '../engine/mesh.ts';
+import type { Peer, PeerEvents } from '../engine/peer.ts';
+import { TokenBucket } from '../engine/token-bucket.ts';
+import { ByteCounter, wsFrameBytes } from '../engine/traffic.ts';
+import { FairShare, type ShareSettings } from './fair-share.ts';
+
+/** One attempt handed to a pool worker: what the pool's ledger and its fairness figures read. */
+export interface PoolServed {
+  run: string;
+  worker: string;
+  /** token positions of the micro-batch (padding included: the work, not the loss tokens) */
+  positions: number;
+  /** a micro-batch's first attempt (charged to the run's share); false: a retry or a straggler copy */
+  first: boolean;
+}
+
+/** A pool worker as the dashboard shows it: no run names (tenants see workers, not each other's runs). */
+export interface PoolWorkerInfo {
+  id: string;
+  name: string;
+  backend: string;
+  platform: string;
+  adapter: string;
+  slow: boolean;
+  arithmetic: string[];
+  state: 'handshake' | 'loading' | 'ready';
+  /** runs open on it now, and whether it is computing */
+  runs: number;
+  busy: boolean;
+  microBatches: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+interface RunChannel {
+  lane: Lane;
+  peer: Peer;
+  events: PeerEvents;
+  open: boolean;
+}
+
+interface PoolWorker {
+  id: string;
+  name: string;
+  backend: string;
+  platform: string;
+  adapter: string;
+  slow: boolean;
+  arithmetic: string[];
+  state: 'handshake' | 'loading' | 'ready';
+  peer: Peer;
+  alive: boolean;
+  bucket: TokenBucket;
+  rejected: number;
+  closed: boolean;
+  channels: Map<string, RunChannel>;
+  /** runs that closed their channel on this connection (declined, refused): not opened again */
+  closedRuns: Set<string>;
+  /** the run whose attempt it holds, or null when idle */
+  busy: string | null;
+  microBatches: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+interface Lane {
+  id: string;
+  mesh: MeshExecutor | null;
+  priority: number;
+}
+
+export interface PoolMeshOptions {
+  /** the pool's base: model config and files; adapter empty (no run) */
+  manifest: RunManifest;
+  log?: (line: string) => void;
+  security?: Partial<SecurityLimits>;
+  /** every attempt as it is handed out (the pool's fairness figures, tests) */
+  onServe?: (s: PoolServed) => void;
+}
+
+export class PoolMesh {
+  private readonly workers = new Map<string, PoolWorker>();
+  private readonly lanes = new Map<string, Lane>();
+  /** which worker and run each run's view of a connection belongs to */
+  private readonly channelOf = new Map<Peer, { worker: PoolWorker; runId: string }>();
+  private readonly share = new FairShare();
+  /** names quarantined by any run: a worker one run convicted leaves the pool and is not let back */
+  private readonly banned = new Set<string>();
+  private readonly limits: SecurityLimits;
+  private readonly log: (line: string) => void;
+  readonly traffic = new ByteCounter();
+  private scheduled = false;
+  private lastHeartbeat = 0;
+
+  constructor(private readonly options: PoolMeshOptions) {
+    this.log = options.log ?? (() => {});
+    this.limits = { ...DEFAULT_SECURITY, ...options.security };
+  }
+
+  /** The run's dispatch arbiter, for its MeshExecutor (MeshOptions.arbiter); then open() the run. */
+  arbiter(runId: string, settings: ShareSettings): DispatchArbiter {
+    if (this.lanes.has(runId)) throw new LoraMeshError(ErrorCodes.STATE, `run ${runId} is already open`);
+    this.lanes.set(runId, { id: runId, mesh: null, priority: settings.priority });
+    this.share.add(runId, settings);
+    return {
+      wake: () => this.wake(),
+      took: (peer, positions, first) => {
+        const at = this.channelOf.get(peer);
+        if (!at) return;
+        at.worker.busy = runId;
+        at.worker.microBatches++;
+        if (first) this.share.charge(runId, positions);
+        this.options.onServe?.({ run: runId, worker: at.worker.id, positions, first });
+      },
+      released: (peer) => {
+        const at = this.channelOf.get(peer);
+        if (at && at.worker.busy === runId) at.worker.busy = null;
+        this.wake();
+      },
+    };
+  }
+
+  /** The run's mesh is built: every ready worker is offered the run (its own hello checks follow). */
+  open(runId: string, mesh: MeshExecutor): void {
+    const lane = this.lanes.get(runId);
+    if (!lane) throw new LoraMeshError(ErrorCodes.STATE, `run ${runId} has no arbiter`);
+    lane.mesh = mesh;
+    for (const w of this.workers.values()) if (w.state === 'ready') this.openChannel(w, lane);
+  }
+
+  /** The run is over (finished, cancelled, failed): its channels close on every worker. */
+  close(runId: string, reason: string): void {
+    const lane = this.lanes.get(runId);
+    if (!lane) return;
+    for (const w of this.workers.values()) this.closeChannel(w, runId, reason, false);
+    this.lanes.delete(runId);
+    this.share.remove(runId);
+    this.wake();
+  }
+
+  /** Tokens charged to a run so far (first attempts only). */
+  charged(runId: string): number {
+    return this.share.charged(runId);
+  }
+
+  readyCount(): number {
+    return [...this.workers.values()].filter((w) => w.state === 'ready').length;
+  }
+
+  info(): PoolWorkerInfo[] {
+    return [...this.workers.values()].map((w) => ({
+      id: w.id,
+      name: w.name,
+      backend: w.backend,
+      platform: w.platform,
+      adapter: w.adapter,
+      slow: w.slow,
+      arithmetic: w.arithmetic,
+      state: w.state,
+      runs: w.channels.size,
+      busy: w.busy !== null,
+      microBatches: w.microBatches,
+      bytesIn: w.bytesIn,
+      bytesOut: w.bytesOut,
+    }));
+  }
+
+  /** A new connection (the join token was checked at the upgrade); returns the handlers of its events. */
+  attach(peer: Peer): PeerEvents {
+    const w: PoolWorker = {
+      id: nanoid(10),
+      name: '',
+      backend: '',
+      platform: '',
+      adapter: '',
+      slow: false,
+      arithmetic: [],
+      state: 'handshake',
+      peer,
+      alive: true,
+      bucket: new TokenBucket(this.limits.maxMessagesPerSecond),
+      rejected: 0,
+      closed: false,
+      channels: new Map(),
+      closedRuns: new Set(),
+      busy: null,
+      microBatches: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+    };
+    this.workers.set(w.id, w);
+    const handshake = setTimeout(() => {
+      if (w.state === 'handshake') this.expel(w, ErrorCodes.LIMIT, `no hello within ${this.limits.handshakeTimeoutMs} ms`);
+    }, this.limits.handshakeTimeoutMs);
+    handshake.unref();
+    return {
+      frame: (data, isBinary) => this.onFrame(w, data, isBinary),
+      pong: () => {
+        w.alive = true;
+      },
+      close: () => {
+        clearTimeout(handshake);
+        this.onClose(w);
+      },
+      error: (err) => this.log(`pool worker ${w.id}: socket error ${cleanPeerText(err.message, 200)}`),
+    };
+  }
+
+  /** Pings every worker; one that did not answer the previous ping is dropped (each run requeues its work). */
+  heartbeat(intervalMs = Infinity): void {
+    const now = Date.now();
+    const lagged = this.lastHeartbeat > 0 && now - this.lastHeartbeat > 1.5 * intervalMs;
+    this.lastHeartbeat = now;
+    for (const w of this.workers.values()) {
+      if (lagged) w.alive = true;
+      if (!w.alive) {
+        this.log(`pool worker ${w.id} missed a heartbeat; dropping it`);
+        w.peer.terminate();
+        continue;
+      }
+      w.alive = false;
+      w.peer.ping();
+    }
+  }
+
+  /** Drops every connection (the pool is closing; workers reconnect to a restarted pool). */
+  terminateAll(): void {
+    for (const w of this.workers.values()) w.peer.terminate();
+  }
+
+  private onFrame(w: PoolWorker, data: Uint8Array, isBinary: boolean): void {
+    const wire = wsFrameBytes(data.length, true);
+    w.bytesIn += wire;
+    this.traffic.countIn(wire);
+    w.alive = true;
+    if (w.closed) return;
+    try {
+      if (!w.bucket.take())
+        throw new LoraMeshError(ErrorCodes.RATE, `more than ${this.limits.maxMessagesPerSecond} messages per second`);
+      if (!isBinary) throw new LoraMeshError(ErrorCodes.DECODE, 'text frames are not part of the protocol');
+      const message = decodeMessage(asBytes(data));
+      if (w.state === 'handshake' && message.type !== 'hello')
+        throw new LoraMeshError(ErrorCodes.STATE, `${message.type} before hello`);
+      switch (message.type) {
+        case 'hello':
+          return this.onHello(w, message);
+        case 'ready':
+          if (w.state === 'ready') throw new LoraMeshError(ErrorCodes.STATE, 'ready sent twice');
+          w.state = 'ready';
+          this.log(`pool worker ${w.id} ready`);
+          for (const lane of this.lanes.values()) this.openChannel(w, lane);
+          return;
+        case 'channel': {
+          const channel = w.channels.get(message.runId);
+          if (channel) return channel.events.frame(message.frame, true);
+          // a frame of a run that just closed here crossed the run-close: nothing to do
+          if (w.closedRuns.has(message.runId)) return;
+          throw new LoraMeshError(ErrorCodes.STATE, `a frame for run ${cleanPeerText(message.runId, 64)}, not open here`);
+        }
+        case 'worker-error':
+          // outside a run's channel, only the pool's base can fail (a download, memory): the worker cannot serve
+          this.expel(
+            w,
+            ErrorCodes.STATE,
+            `the worker reported ${cleanPeerText(message.code, 64)}: ${cleanPeerText(message.message, 300)}`,
+          );
+          return;
+        case 'heartbeat':
+          return;
+        default:
+          throw new LoraMeshError(ErrorCodes.STATE, `a pool does not accept ${message.type} messages`);
+      }
+    } catch (err) {
+      const code: ErrorCode = err instanceof LoraMeshError ? err.code : ErrorCodes.DECODE;
+      const why = cleanPeerText((err as Error).message, 300);
+      w.rejected++;
+      this.log(`pool worker ${w.id}: rejected frame (${why})`);
+      this.send(w, { type: 'reject', code, message: why });
+      if (w.rejected >= this.limits.maxRejects) this.expel(w, ErrorCodes.QUARANTINED, `${w.rejected} rejected frames`);
+    }
+  }
+
+  /** The pool checks what every run needs (protocol, the base's format); each run checks the rest itself. */
+  private onHello(w: PoolWorker, hello: Hello): void {
+    if (w.state !== 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'hello sent twice');
+    const name = hello.name === undefined ? w.id : cleanPeerText(hello.name, 64);
+    if (this.banned.has(name)) {
+      this.expel(w, ErrorCodes.QUARANTINED, `worker ${name} was quarantined by a run of this pool`);
+      return;
+    }
+    if (hello.protocol !== PROTOCOL_VERSION) {
+      this.expel(
+        w,
+        ErrorCodes.PROTOCOL_VERSION,
+        `protocol ${hello.protocol} is not supported; this pool speaks ${PROTOCOL_VERSION}`,
+      );
+      return;
+    }
+    const baseFormat = this.options.manifest.model.baseFormat;
+    if (baseFormat && !(hello.baseFormats ?? []).includes(baseFormat.format)) {
+      this.expel(
+        w,
+        ErrorCodes.CODEC,
+        `this pool's base is ${describeBaseSpec(baseFormat)}; the worker loads ` +
+          `${cleanPeerText((hello.baseFormats ?? []).join(', ') || 'float32 checkpoints only', 80)}`,
+      );
+      return;
+    }
+    Object.assign(w, {
+      name,
+      backend: cleanPeerText(hello.backend, 32),
+      platform: cleanPeerText(hello.platform, 16),
+      adapter: cleanPeerText(hello.adapter ?? '', 120),
+      slow: !!hello.slow,
+      arithmetic: (hello.arithmetic ?? [DEFAULT_ARITHMETIC]).map((v) => cleanPeerText(v, 20)),
+      state: 'loading',
+    });
+    this.log(`pool worker ${w.id} (${w.name}, ${w.platform}/${w.backend}) joined; loading the base`);
+    this.send(w, { type: 'pool-welcome', workerId: w.id, manifest: this.options.manifest });
+  }
+
+  /** Offers run `lane` to worker `w`: the run's mesh sees a new connection, whose hello the worker sends. */
+  private openChannel(w: PoolWorker, lane: Lane): void {
+    if (!lane.mesh || w.closed || w.channels.has(lane.id) || w.closedRuns.has(lane.id)) return;
+    const runId = lane.id;
+    const channel: RunChannel = { lane, open: true } as RunChannel;
+    channel.peer = {
+      get bufferedAmount() {
+        return w.peer.bufferedAmount;
+      },
+      get open() {
+        return channel.open && w.peer.open;
+      },
+      send: (frame) => {
+        if (channel.open) this.send(w, { type: 'channel', runId, frame });
+      },
+      // the run closes its connection: a quarantine leaves the pool, anything else (a decline) only this run
+      close: (_code, reason) => this.closeChannel(w, runId, reason, reason === ErrorCodes.QUARANTINED),
+      terminate: () => this.closeChannel(w, runId, 'dropped by the run', false),
+      ping: () => {},
+    };
+    this.channelOf.set(channel.peer, { worker: w, runId });
+    w.channels.set(runId, channel);
+    channel.events = lane.mesh.attach(channel.peer);
+    this.send(w, { type: 'run-open', runId });
+  }
+
+  private closeChannel(w: PoolWorker, runId: string, reason: string, quarantined: boolean): void {
+    const channel = w.channels.get(runId);
+    if (!channel?.open) return;
+    channel.open = false;
+    w.channels.delete(runId);
+    w.closedRuns.add(runId);
+    if (w.busy === runId) w.busy = null;
+    this.send(w, { type: 'run-close', runId, reason: cleanPeerText(reason, 200) });
+    if (quarantined) {
+      this.banned.add(w.name);
+      this.expel(w, ErrorCodes.QUARANTINED, `quarantined by run ${runId}`);
+    }
+    // after the caller is done with the connection (as a socket's close event would come)
+    queueMicrotask(() => {
+      channel.events.close();
+      this.channelOf.delete(channel.peer);
+      this.wake();
+    });
+  }
+
+  /** Tells the worker why (reject frame) and closes its connection: every run requeues what it held. */
+  private expel(w: PoolWorker, code: ErrorCode, why: string): void {
+    if (w.closed) return;
+    w.closed = true;
+    this.log(`pool worker ${w.id}: closed (${code}: ${why})`);
+    this.send(w, { type: 'reject', code, message: why });
+    w.peer.close(closeCodeFor(code), code);
+    setTimeout(() => w.peer.terminate(), 1000).unref();
+  }
+
+  private onClose(w: PoolWorker): void {
+    this.workers.delete(w.id);
+    w.closed = true;
+    for (const channel of w.channels.values()) {
+      channel.open = false;
+      channel.events.close();
+      this.channelOf.delete(channel.peer);
+    }
+    w.channels.clear();
+    this.log(`pool worker ${w.id} left`);
+    this.wake();
+  }
+
+  private wake(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.dispatch();
+    });
+  }
+
+  /**
+   * Each idle worker gets the next micro-batch of the run the fair share picks among those with fresh work
+   * for it (first attempts, retries); failing that, a straggler copy of the highest-priority run that has one.
+   */
+  private dispatch(): void {
+    for (const w of this.workers.values()) {
+      if (w.state !== 'ready' || w.closed || w.busy !== null) continue;
+      const fresh = new Map<string, RunChannel>();
+      for (const [runId, channel] of w.channels) if (channel.lane.mesh?.wants(channel.peer)) fresh.set(runId, channel);
+      let given = false;
+      while (!given && fresh.size > 0) {
+        const runId = this.share.pick(fresh.keys())!;
+        const channel = fresh.get(runId)!;
+        given = channel.lane.mesh!.offer(channel.peer, false);
+        fresh.delete(runId);
+      }
+      if (given) continue;
+      const byPriority = [...w.channels.values()].sort((a, b) => b.lane.priority - a.lane.priority);
+      for (const channel of byPriority) if (channel.lane.mesh?.offer(channel.peer, true)) break;
+    }
+  }
+
+  private send(w: PoolWorker, message: CoordinatorMessage): void {
+    if (!w.peer.open) return;
+    const frame = encodeMessage(message);
+    const wire = wsFrameBytes(frame.length, false);
+    w.bytesOut += wire;
+    this.traffic.countOut(wire, 'other');
+    w.peer.send(frame);
+  }
+}
