@@ -214,7 +214,10 @@ export class WorkerSession {
         if (this.shared) {
           // one run of a pool: it computes on the pool's base, which its manifest must name
           if (baseKey(message.manifest.model) !== this.shared.files)
-            throw new LoraMeshError(ErrorCodes.MODEL, `run ${message.manifest.runId} names a base this pool did not load`);
+            throw new LoraMeshError(
+              ErrorCodes.MODEL,
+              `run ${message.manifest.runId} names a base this pool did not load`,
+            );
           this.model = this.shared.model;
           this.base = this.shared.base;
         } else if (!this.base && !this.options.hooks?.compute) {
@@ -249,7 +252,11 @@ export class WorkerSession {
         if (!this.poolBase) throw new LoraMeshError(ErrorCodes.STATE, 'run-open before pool-welcome');
         const { runId } = message;
         if (this.runs.has(runId)) return;
-        const run = new WorkerSession(this.platform, { name: this.options.name, hooks: this.options.hooks }, this.poolBase);
+        const run = new WorkerSession(
+          this.platform,
+          { name: this.options.name, hooks: this.options.hooks },
+          this.poolBase,
+        );
         this.runs.set(runId, run);
         reply({ type: 'channel', runId, frame: run.hello() });
         return;

@@ -219,7 +219,8 @@ export class PoolMesh {
     };
     this.workers.set(w.id, w);
     const handshake = setTimeout(() => {
-      if (w.state === 'handshake') this.expel(w, ErrorCodes.LIMIT, `no hello within ${this.limits.handshakeTimeoutMs} ms`);
+      if (w.state === 'handshake')
+        this.expel(w, ErrorCodes.LIMIT, `no hello within ${this.limits.handshakeTimeoutMs} ms`);
     }, this.limits.handshakeTimeoutMs);
     handshake.unref();
     return {
@@ -284,7 +285,10 @@ export class PoolMesh {
           if (channel) return channel.events.frame(message.frame, true);
           // a frame of a run that just closed here crossed the run-close: nothing to do
           if (w.closedRuns.has(message.runId)) return;
-          throw new LoraMeshError(ErrorCodes.STATE, `a frame for run ${cleanPeerText(message.runId, 64)}, not open here`);
+          throw new LoraMeshError(
+            ErrorCodes.STATE,
+            `a frame for run ${cleanPeerText(message.runId, 64)}, not open here`,
+          );
         }
         case 'worker-error':
           // outside a run's channel, only the pool's base can fail (a download, memory): the worker cannot serve

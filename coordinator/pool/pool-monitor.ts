@@ -34,7 +34,11 @@ export class PoolMonitor {
     let curve = this.losses.get(runId);
     if (!curve) this.losses.set(runId, (curve = []));
     curve.push([step, loss]);
-    if (curve.length > MAX_POINTS) this.losses.set(runId, curve.filter((_, i) => i % 2 === 1));
+    if (curve.length > MAX_POINTS)
+      this.losses.set(
+        runId,
+        curve.filter((_, i) => i % 2 === 1),
+      );
   }
 
   /** The pool's console has every line; the public stream carries none (run names are the tenants'). */

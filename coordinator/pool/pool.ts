@@ -13,7 +13,8 @@
  *
  * Pool folder: pool.lock (one live process), pool.sqlite, uploads/<id>/<file>, runs/<run id>/.
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { loadLatestCheckpoint } from '../io/checkpoint.ts';
 import { join } from 'node:path';
 import { DEFAULT_LORA } from '../../shared/config.ts';
 import { ErrorCodes, fail } from '../../shared/errors.ts';
@@ -77,7 +78,6 @@ export class Pool {
     readonly mesh: PoolMesh,
     readonly monitor: PoolMonitor,
     private readonly opts: PoolOptions,
-    private readonly base: PoolBase,
   ) {}
 
   static async start(opts: PoolOptions): Promise<Pool> {
@@ -132,10 +132,12 @@ export class Pool {
         token: opts.joinToken,
       });
       const url = server.url;
-      pool = new Pool(opts.dir, url, registry, server, lock, lanes, mesh, monitor, opts, base);
+      pool = new Pool(opts.dir, url, registry, server, lock, lanes, mesh, monitor, opts);
       log(
         `pool: ${opts.model.dir} at ${url} (folder ${opts.dir}); ` +
-          (opts.inProcess ? 'computing every run in this process' : `workers join with: loramesh worker ${server.wsUrl}`),
+          (opts.inProcess
+            ? 'computing every run in this process'
+            : `workers join with: loramesh worker ${server.wsUrl}`),
       );
       // a restart: every unfinished run continues from its latest checkpoint
       for (const run of registry.unfinished()) {
@@ -152,7 +154,12 @@ export class Pool {
           log(`[${run.id}] failed on restart: ${(err as Error).message}`);
           continue;
         }
-        pool.launch(run, submission, existsSync(join(opts.dir, 'runs', run.id)));
+        // from its latest checkpoint; a run killed before its first checkpoint starts again from step 0
+        // (the same run: its bits do not depend on where it restarted)
+        const runDir = join(opts.dir, 'runs', run.id);
+        const resume = existsSync(runDir) && loadLatestCheckpoint(runDir, log) !== null;
+        if (!resume) rmSync(runDir, { recursive: true, force: true });
+        pool.launch(run, submission, resume);
       }
       return pool;
     } catch (err) {

@@ -162,7 +162,6 @@ export interface Done {
   reason: string;
 }
 
-
 // The standing pool (coordinator/pool/): one connection serves several runs. The pool's welcome names only
 // the base; each run is a channel on the connection, speaking the single-run protocol above inside it.
 

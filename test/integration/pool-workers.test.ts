@@ -118,7 +118,15 @@ function spawnCli(tag: string, args: string[], env: Record<string, string> = {})
     env: { ...process.env, ...env },
   });
   for (const stream of [child.stdout!, child.stderr!])
-    stream.on('data', (chunk: Buffer) => logs.push(...chunk.toString().trim().split('\n').map((l) => `${tag} ${l}`)));
+    stream.on('data', (chunk: Buffer) =>
+      logs.push(
+        ...chunk
+          .toString()
+          .trim()
+          .split('\n')
+          .map((l) => `${tag} ${l}`),
+      ),
+    );
   children.push(child);
   return child;
 }
@@ -138,12 +146,17 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
   const url = `http://127.0.0.1:${port}`;
   const dir = join(root, 'pool');
   const startPool = async () => {
+    const started = logs.filter((l) => l.includes(`at ${url}`)).length;
     const child = spawnCli('[pool]', [
       'pool',
       ...['--dir', dir, '--model', join(root, 'model'), '--port', String(port)],
       ...['--admin-token', ADMIN, '--token', JOIN],
     ]);
-    await until('the pool to listen', 60_000, async () => logs.some((l) => l.includes(`at ${url}`)) && child);
+    await until(
+      'the pool to listen',
+      60_000,
+      async () => logs.filter((l) => l.includes(`at ${url}`)).length > started && child,
+    );
     return child;
   };
   const worker = (name: string, env: Record<string, string> = {}) =>
@@ -157,7 +170,7 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
     const res = await fetch(`${url}${path}`, {
       method,
       headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
-      body: raw ?? (body ? JSON.stringify(body) : undefined),
+      body: raw ? new Uint8Array(raw) : body ? JSON.stringify(body) : undefined,
     });
     return { status: res.status, json: (await res.json()) as Record<string, unknown> };
   };
@@ -186,7 +199,11 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
       );
     const ids: Record<string, string> = {};
     ids.A = await submit('A', RUNS.A.file, RUNS.A.run);
-    await until('two workers ready', 60_000, async () => logs.filter((l) => /pool worker \S+ ready/.test(l)).length >= 2);
+    await until(
+      'two workers ready',
+      60_000,
+      async () => logs.filter((l) => /pool worker \S+ ready/.test(l)).length >= 2,
+    );
     await until('A under way', 60_000, async () => ((await runs()).get(ids.A)?.step ?? 0) >= 1);
     ids.B = await submit('B', RUNS.B.file, RUNS.B.run);
     ids.D = await submit('D', RUNS.A.file, RUN_D);
@@ -199,7 +216,7 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
     const before = (await runs()).get(ids.C)!;
     pool.kill('SIGKILL');
     await until('the pool gone', 10_000, async () => pool.signalCode === 'SIGKILL');
-    assert.ok(before.step < RUNS.C.train.steps, `C was stopped mid-run (step ${before.step})`);
+    assert.ok(before.step < RUNS.C.run.train.steps, `C was stopped mid-run (step ${before.step})`);
     pool = await startPool();
     const final = await until('every run done', 240_000, async () => {
       const now = await runs();
@@ -214,6 +231,22 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
       logs.filter((l) => l.startsWith('[pool]') && /pool worker \S+ ready/.test(l)).length >= 4,
       'workers joined the restarted pool',
     );
+    // the late joiner computed micro-batches (the ledgers name each run's own id for its connection)
+    const idsOf = (worker: string) =>
+      new Set(logs.flatMap((l) => [...l.matchAll(new RegExp(`worker (\\S+) \\(${worker}, `, 'g'))].map((m) => m[1])));
+    const late = idsOf('w3');
+    const ledgers = Object.values(ids)
+      .map((id) => readFileSync(join(dir, 'runs', id, 'ledger.jsonl'), 'utf8'))
+      .join('\n');
+    assert.ok(
+      [...late].some((id) => ledgers.includes(`"${id}"`)),
+      'the worker that joined late computed micro-batches',
+    );
+    // C resumed from its checkpoint, not from the start
+    assert.ok(
+      logs.some((l) => l.includes(`[${ids.C}] resuming ${ids.C} at step`)),
+      'C resumed from a checkpoint',
+    );
     for (const name of ['A', 'B', 'C'] as const) {
       const path = join(dir, 'runs', ids[name], 'adapter_model.safetensors');
       assert.ok(
@@ -222,12 +255,17 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
       );
     }
     const lastEval = (id: string) => {
-      const lines = readFileSync(join(dir, 'runs', id, 'metrics.jsonl'), 'utf8').trim().split('\n');
+      const lines = readFileSync(join(dir, 'runs', id, 'metrics.jsonl'), 'utf8')
+        .trim()
+        .split('\n');
       const evals = lines.map((l) => JSON.parse(l) as { eval_loss?: number }).filter((r) => r.eval_loss !== undefined);
       return evals[evals.length - 1].eval_loss!;
     };
     const [f32, int8] = [lastEval(ids.A), lastEval(ids.D)];
     assert.ok(Math.abs(int8 - f32) / f32 <= 0.02, `int8 twin's eval loss ${int8} within 2 % of f32's ${f32}`);
+  } catch (err) {
+    writeFileSync(join(tmpdir(), 'loramesh-pool-workers.log'), logs.join('\n'));
+    throw err;
   } finally {
     for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   }
