@@ -93,6 +93,7 @@ export class Pool {
         config: opts.model.config,
         baseFormat: opts.baseFormat ?? null,
         maxResultBytes,
+        inProcess: !!opts.inProcess,
       };
       const lanes = new PoolLanes(opts.onServe);
       const files = await baseFiles(opts, log);

@@ -69,6 +69,8 @@ export interface PoolBase {
   baseFormat: ResolvedBaseSpec | null;
   /** the largest result frame the pool's workers may send (bytes); absent: not limited */
   maxResultBytes?: number;
+  /** the pool computes every run itself (lanes.ts), which serves synchronous runs only */
+  inProcess?: boolean;
 }
 
 const TOP_FIELDS = ['name', 'run', 'weight', 'priority'];
@@ -97,8 +99,11 @@ export function checkSubmission(raw: unknown, base: PoolBase): Submission {
   const { data: rawData, ...rest } = run as Record<string, unknown>;
   const data = checkData(rawData);
   const settings = checkRunSettings({ ...rest, model: base.model, data: null, baseFormat: base.baseFormat });
-  if (settings.local)
-    fail(ErrorCodes.CONFIG, 'run.local: local steps (DiLoCo) are not served by the pool yet; submit a synchronous run');
+  if (settings.local && base.inProcess)
+    fail(
+      ErrorCodes.CONFIG,
+      'run.local: local steps (DiLoCo) need workers; this pool computes in-process. Submit a synchronous run',
+    );
   const spec = within('run.lora', () => adapterSpec(base.config, settings.lora));
   for (const t of spec) {
     if (t.which !== 'A') continue;

@@ -1,9 +1,10 @@
 // The standing pool with real worker processes (issue 18's acceptance): a pool process, workers joining it
 // over WebSockets once and serving every run, runs submitted at different times with different ranks,
-// targets and data. Each f32 run's adapter is byte-identical to the same run trained alone in-process,
+// targets and data, one with local steps. Each f32 run's adapter is byte-identical to the same run trained alone in-process,
 // although a worker is SIGKILLed mid-run, another joins late, and the pool itself is SIGKILLed and
 // restarted mid-run (its workers reconnect). A fourth run with int8 codecs ends within 2 % eval loss of its
-// f32 twin (error feedback is per worker, so its bits depend on who computed what).
+// f32 twin (error feedback is per worker, so its bits depend on who computed what). A worker that lies is
+// caught by a run's spot checks and leaves the pool; it changes no run's bits.
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -66,6 +67,15 @@ const RUNS = {
       lora: { r: 2, alpha: 4, targetModules: ['up_proj'] },
       train: { steps: 14, globalBatch: 4, microBatch: 2, lr: 1e-2, seed: 8 },
       checkpointEvery: 2,
+    },
+  },
+  E: {
+    file: 'two',
+    run: {
+      lora: { r: 4, alpha: 8, targetModules: ['q_proj', 'down_proj'] },
+      train: { steps: 4, globalBatch: 8, microBatch: 2, lr: 1e-2, seed: 11 },
+      local: { steps: 2, innerLr: 1e-2, outerLr: 0.7, outerMomentum: 0.9 },
+      data: { maxTokens: 20 },
     },
   },
 } as const;
@@ -178,7 +188,9 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
     let pool = await startPool();
     const w1 = worker('w1', { LORAMESH_FAULT: 'delay:30,kill-before-result:4' });
     worker('w2');
-    const tenant = await call('POST', '/pool/api/tenants', ADMIN, { name: 'lab' });
+    // a volunteer that lies (every gradient negated): a run's spot check convicts it, and it leaves the pool
+    const liar = worker('liar', { LORAMESH_FAULT: 'byzantine:1' });
+    const tenant = await call('POST', '/pool/api/tenants', ADMIN, { name: 'lab', quotas: { maxConcurrentRuns: 8 } });
     const token = tenant.json.token as string;
     const uploads: Record<string, string> = {};
     for (const file of ['one', 'two']) {
@@ -209,6 +221,7 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
     ids.D = await submit('D', RUNS.A.file, RUN_D);
     worker('w3'); // joins late, while runs are under way
     ids.C = await submit('C', RUNS.C.file, RUNS.C.run);
+    ids.E = await submit('E', RUNS.E.file, RUNS.E.run); // local steps (DiLoCo): jobs of 2 micro-batches
     // the first worker dies at step 4 of whichever run hands it that step first
     await until('w1 killed', 120_000, async () => w1.signalCode === 'SIGKILL');
     // the pool dies mid-run (C checkpoints every 2 steps) and comes back on the same folder and port
@@ -225,7 +238,7 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
         throw new Error(`a run ended ${JSON.stringify([...now.values()])}\n${logs.slice(-60).join('\n')}`);
       return states.every((s) => s === 'done') && now;
     });
-    assert.equal(final.size, 4);
+    assert.equal(final.size, 5);
     // the workers that were left served the runs after the restart: they reconnected on their own
     assert.ok(
       logs.filter((l) => l.startsWith('[pool]') && /pool worker \S+ ready/.test(l)).length >= 4,
@@ -242,12 +255,18 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
       [...late].some((id) => ledgers.includes(`"${id}"`)),
       'the worker that joined late computed micro-batches',
     );
+    // the liar was caught by a run's checks, expelled from the pool and refused for good
+    assert.ok(
+      logs.some((l) => /pool worker \S+: closed \(LM_ERR_QUARANTINED: quarantined by run/.test(l)),
+      'a run quarantined the liar and the pool expelled it',
+    );
+    assert.notEqual(liar.exitCode ?? 0, 0, 'the liar stopped, refused');
     // C resumed from its checkpoint, not from the start
     assert.ok(
       logs.some((l) => l.includes(`[${ids.C}] resuming ${ids.C} at step`)),
       'C resumed from a checkpoint',
     );
-    for (const name of ['A', 'B', 'C'] as const) {
+    for (const name of ['A', 'B', 'C', 'E'] as const) {
       const path = join(dir, 'runs', ids[name], 'adapter_model.safetensors');
       assert.ok(
         readFileSync(path).equals(await alone(name, RUNS[name].file, RUNS[name].run)),

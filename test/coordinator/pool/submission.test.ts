@@ -47,13 +47,11 @@ test('refused with the field named: unknown target, rank larger than the layer, 
   refuse({ run: 'q_proj' }, /run: expected an object of run settings/);
 });
 
-test('a local-steps run is refused at submit time (the pool does not serve it yet)', () => {
+test('a local-steps run is served by a pool with workers, refused by one that computes in-process', () => {
+  const run = { lora, train, local: { steps: 4, innerLr: 1e-3, outerLr: 0.7, outerMomentum: 0.9 } };
+  assert.equal(checkSubmission({ run }, base).settings.local?.steps, 4);
   assert.throws(
-    () =>
-      checkSubmission(
-        { run: { lora, train, local: { steps: 4, innerLr: 1e-3, outerLr: 0.7, outerMomentum: 0.9 } } },
-        base,
-      ),
-    /LM_ERR_CONFIG: run\.local: local steps \(DiLoCo\) are not served by the pool yet/,
+    () => checkSubmission({ run }, { ...base, inProcess: true }),
+    /LM_ERR_CONFIG: run\.local: local steps \(DiLoCo\) need workers; this pool computes in-process/,
   );
 });
