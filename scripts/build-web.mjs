@@ -14,6 +14,7 @@ await build({
   entryPoints: {
     join: join(root, 'worker/browser/join.ts'),
     dashboard: join(root, 'coordinator/net/dashboard/dashboard.ts'),
+    'pool-dashboard': join(root, 'coordinator/pool/dashboard/pool-dashboard.ts'),
   },
   bundle: true,
   format: 'esm',
@@ -28,3 +29,4 @@ await build({
 });
 copyFileSync(join(root, 'worker/browser/join.html'), join(out, 'join.html'));
 copyFileSync(join(root, 'coordinator/net/dashboard/index.html'), join(out, 'index.html'));
+copyFileSync(join(root, 'coordinator/pool/dashboard/pool.html'), join(out, 'pool.html'));

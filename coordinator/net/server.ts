@@ -62,6 +62,8 @@ export interface ServerOptions {
   monitor: EdgeMonitor;
   /** more routes, asked first (the pool's API): true when it answered the request */
   routes?: (req: IncomingMessage, res: ServerResponse) => boolean;
+  /** what / shows: a run's dashboard (default) or the standing pool's */
+  home?: 'run' | 'pool';
   /** largest frame a worker may send, in bytes */
   maxPayload: number;
   heartbeatMs: number;
@@ -135,7 +137,7 @@ export interface RunningServer {
 
 /** Builds the browser bundles if they are missing (e.g. a checkout without `npm install`). */
 export function ensureWebBuild(): void {
-  if (existsSync(join(webDir, 'index.html')) && existsSync(join(webDir, 'join.js'))) return;
+  if (['index.html', 'join.js', 'pool.html', 'pool-dashboard.js'].every((f) => existsSync(join(webDir, f)))) return;
   const r = spawnSync(process.execPath, [packagePath('scripts', 'build-web.mjs')], { stdio: 'inherit' });
   if (r.status !== 0) throw new Error('building the browser bundles failed (node scripts/build-web.mjs)');
 }
@@ -147,7 +149,11 @@ const STATIC: Record<string, { file: string; type: string }> = {
   '/assets/dashboard.js': { file: 'dashboard.js', type: 'text/javascript' },
   '/assets/join.js.map': { file: 'join.js.map', type: 'application/json' },
   '/assets/dashboard.js.map': { file: 'dashboard.js.map', type: 'application/json' },
+  '/assets/pool-dashboard.js': { file: 'pool-dashboard.js', type: 'text/javascript' },
+  '/assets/pool-dashboard.js.map': { file: 'pool-dashboard.js.map', type: 'application/json' },
 };
+/** The standing pool's home page (coordinator/pool/dashboard/) instead of a run's dashboard. */
+const POOL_HOME = { file: 'pool.html', type: 'text/html; charset=utf-8' };
 const WASM = ['tfjs-backend-wasm.wasm', 'tfjs-backend-wasm-simd.wasm', 'tfjs-backend-wasm-threaded-simd.wasm'];
 
 // Cross-origin isolation lets browsers run the wasm backend multi-threaded (SharedArrayBuffer).
@@ -178,7 +184,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       res.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify({ error: ErrorCodes.AUTH }));
       return;
     }
-    handleHttp(req, res, bySha, opts.monitor, (headers) => streams.open(req, res, clientOf(req), headers));
+    handleHttp(req, res, bySha, opts.monitor, opts.home ?? 'run', (headers) =>
+      streams.open(req, res, clientOf(req), headers),
+    );
   };
   // Slow-loris: the request head (the upgrade included) must arrive within headersTimeout; Node
   // checks that every connectionsCheckingInterval, so keep the interval below the timeout.
@@ -319,6 +327,7 @@ function handleHttp(
   res: ServerResponse,
   bySha: Map<string, ModelFile>,
   monitor: EdgeMonitor,
+  home: 'run' | 'pool',
   openEventStream: (headers: Record<string, string>) => void,
 ): void {
   const url = new URL(req.url ?? '/', 'http://localhost');
@@ -337,7 +346,7 @@ function handleHttp(
       });
     return;
   }
-  const page = STATIC[url.pathname];
+  const page = home === 'pool' && url.pathname === '/' ? POOL_HOME : STATIC[url.pathname];
   if (page) return sendFile(req, res, join(webDir, page.file), page.type, { 'cache-control': 'no-cache' });
   const wasm = /^\/wasm\/([a-z-]+\.wasm)$/.exec(url.pathname);
   if (wasm && WASM.includes(wasm[1]))

@@ -62,7 +62,8 @@ export class PoolMonitor {
       name: run.name,
       ...(tenantId === null ? { tenant: run.tenantId } : {}),
       state: run.state,
-      step: run.step,
+      // the registry's step is written at checkpoints and once a second; the curve has every step
+      step: Math.max(run.step, this.losses.get(run.id)?.at(-1)?.[0] ?? 0),
       steps: run.steps,
       weight: run.weight,
       priority: run.priority,

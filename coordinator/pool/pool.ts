@@ -127,6 +127,7 @@ export class Pool {
         mesh,
         monitor,
         routes: handle,
+        home: 'pool',
         // a result frame, and the largest upload a quota allows travels over HTTP, not here
         maxPayload: maxResultBytes + (1 << 20),
         heartbeatMs: opts.heartbeatMs ?? 10_000,
