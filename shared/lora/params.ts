@@ -12,6 +12,7 @@ import {
   fusedLoraLinear,
   loraBranch,
   makeFrozenLinear,
+  segmentedLoraLinear,
   trainableEmbedding,
   trainableLinear,
 } from '../model/linear-ops.ts';
@@ -198,6 +199,48 @@ export function withLora(
       const down = tf.matMul(input, tf.transpose(branch.A)); // (N, r)
       const up = tf.matMul(down, tf.transpose(branch.B)); // (N, d_out)
       return tf.add(y, tf.mul(up, scaling));
+    },
+  };
+}
+
+/** One run's part of a multi-adapter pass: its LoRA branches and scaling, over `rows` consecutive rows. */
+export interface RunRows {
+  rows: number;
+  branches: Map<string, LoraBranch>;
+  scaling: number;
+}
+
+/**
+ * The base with several runs' LoRA branches, each on its own rows (the pool's multi-adapter pass): every
+ * frozen product runs once over all rows, and each run's rows take its own branch (segmentedLoraLinear, or
+ * withLora's unfused path where that is what a run alone takes). No dropout, no LoRA on lm_head and no
+ * recomputation here: the caller computes such runs alone. Not for the plain (autodiff reference) base.
+ */
+export function withSegmentedLora(base: FrozenBase, runs: RunRows[]): ParamSource {
+  return {
+    frozen: true,
+    head: base.products('lm_head'),
+    param: (name) => base.param(name),
+    embed: (ids) => base.embed(ids),
+    linear(modulePath, x) {
+      if (!runs.some((r) => r.branches.has(modulePath))) return base.linear(modulePath, x);
+      const segments = runs.map(({ rows, branches, scaling }) => {
+        const b = branches.get(modulePath);
+        return { rows, ...(b ? { branch: { A: b.A, B: b.B, scaling } } : {}) };
+      });
+      const products = base.products(modulePath);
+      const fused = products && segmentedLoraLinear(x, products, segments);
+      if (fused) return fused;
+      // withLora's unfused path (a layer with a bias, a backend without the kernels): the frozen layer once,
+      // then each run's branch added to its own rows
+      const sizes = segments.map((seg) => seg.rows);
+      const split = (t: tf.Tensor2D) => (runs.length === 1 ? [t] : (tf.split(t, sizes, 0) as tf.Tensor2D[]));
+      const [ys, xs] = [split(base.linear(modulePath, x)), split(x)];
+      const outs = ys.map((y, j) => {
+        const branch = segments[j].branch;
+        return branch ? (tf.add(y, loraBranch(xs[j], branch.A, branch.B, branch.scaling)) as tf.Tensor2D) : y;
+      });
+      return outs.length === 1 ? outs[0] : (tf.concat(outs, 0) as tf.Tensor2D);
     },
   };
 }

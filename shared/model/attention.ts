@@ -74,6 +74,37 @@ export function attend(
   ]) as tf.Tensor2D;
 }
 
+/** One micro-batch's rows in a pass that holds several one after another (the pool's multi-adapter pass). */
+export interface RowSegment {
+  batch: number;
+  time: number;
+}
+
+/**
+ * attend() over rows holding several micro-batches one after another (no cache): each segment attends only
+ * within itself, under its own mask, through exactly the ops attend() runs on it alone. Splitting and
+ * concatenating rows are copies, and so are their gradients, so every segment's values and gradients are
+ * the bits of its micro-batch computed alone.
+ */
+export function attendSegments(
+  q: tf.Tensor2D,
+  k: tf.Tensor2D,
+  v: tf.Tensor2D,
+  segments: RowSegment[],
+  heads: { heads: number; kvHeads: number; headSize: number },
+  masks: tf.Tensor2D[],
+  layer: number,
+): tf.Tensor2D {
+  const shapeOf = (s: RowSegment) => ({ batch: s.batch, time: s.time, ...heads });
+  if (segments.length === 1) return attend(q, k, v, shapeOf(segments[0]), masks[0], undefined, layer);
+  const sizes = segments.map((s) => s.batch * s.time);
+  const [qs, ks, vs] = [q, k, v].map((t) => tf.split(t, sizes, 0) as tf.Tensor2D[]);
+  return tf.concat(
+    segments.map((s, j) => attend(qs[j], ks[j], vs[j], shapeOf(s), masks[j], undefined, layer)),
+    0,
+  ) as tf.Tensor2D;
+}
+
 /**
  * softmax(q kᵀ·scale + mask) v per head with a hand-written gradient; q (H, M, hs), k and v
  * (H, S, hs), mask (M, S) additive. With P the probabilities and dO the output's gradient:

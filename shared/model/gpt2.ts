@@ -6,7 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { Gpt2Config } from '../config.ts';
-import { attend, causalMask, type KvCache } from './attention.ts';
+import { attend, attendSegments, causalMask, type KvCache, type RowSegment } from './attention.ts';
 import { recomputeInBackward } from './recompute.ts';
 import type { CausalLM, LinearStorage, ParamSource } from './types.ts';
 import { geluNew, layerNorm } from './norm-ops.ts';
@@ -73,37 +73,69 @@ export class Gpt2Model implements CausalLM {
   hidden(params: ParamSource, inputIds: tf.Tensor2D, cache?: KvCache): tf.Tensor2D {
     const [batch, time] = inputIds.shape;
     const c = this.config;
-    const d = c.n_embd;
     const offset = cache?.length ?? 0;
     const positions = tf.tensor1d(
       Array.from({ length: batch * time }, (_, r) => offset + (r % time)),
       'int32',
     );
-    let h = tf.add(
-      params.embed(tf.reshape(inputIds, [-1])),
-      tf.gather(params.param('transformer.wpe.weight'), positions),
-    ) as tf.Tensor2D; // (N, d)
-    const mask = causalMask(1, time, offset);
     const shape = { batch, time, heads: c.n_head, kvHeads: c.n_head, headSize: this.headSize };
+    const h = this.layers(
+      params,
+      tf.reshape(inputIds, [-1]),
+      positions,
+      [causalMask(1, time, offset)],
+      (q, k, v, [mask], i) => attend(q, k, v, shape, mask, cache, i),
+      !cache,
+    );
+    if (cache) cache.length += time;
+    return this.layerNorm(h, 'transformer.ln_f', params); // (N, d)
+  }
+
+  hiddenSegments(params: ParamSource, ids: tf.Tensor1D, segments: RowSegment[]): tf.Tensor2D {
+    const c = this.config;
+    const positions = tf.tensor1d(
+      segments.flatMap((s) => Array.from({ length: s.batch * s.time }, (_, r) => r % s.time)),
+      'int32',
+    );
+    const heads = { heads: c.n_head, kvHeads: c.n_head, headSize: this.headSize };
+    const h = this.layers(
+      params,
+      ids,
+      positions,
+      segments.map((s) => causalMask(1, s.time, 0)),
+      (q, k, v, masks, i) => attendSegments(q, k, v, segments, heads, masks, i),
+      true,
+    );
+    return this.layerNorm(h, 'transformer.ln_f', params);
+  }
+
+  /** Embeddings, then the blocks over the rows; `masks` go to `attention` (constants of a recomputed block). */
+  private layers(
+    params: ParamSource,
+    ids: tf.Tensor1D,
+    positions: tf.Tensor1D,
+    masks: tf.Tensor2D[],
+    attention: (q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, masks: tf.Tensor2D[], layer: number) => tf.Tensor2D,
+    mayRecompute: boolean,
+  ): tf.Tensor2D {
+    const c = this.config;
+    const d = c.n_embd;
+    let h = tf.add(params.embed(ids), tf.gather(params.param('transformer.wpe.weight'), positions)) as tf.Tensor2D; // (N, d)
     for (let i = 0; i < c.n_layer; i++) {
       const p = block(i);
-      const run = (hIn: tf.Tensor2D, [mask]: tf.Tensor2D[]) => {
+      const run = (hIn: tf.Tensor2D, blockMasks: tf.Tensor2D[]) => {
         const qkv = params.linear(`${p}.attn.c_attn`, this.layerNorm(hIn, `${p}.ln_1`, params)); // (N, 3d)
         const [q, k, v] = tf.split(qkv, [d, d, d], 1) as tf.Tensor2D[];
-        const h1 = tf.add(
-          hIn,
-          params.linear(`${p}.attn.c_proj`, attend(q, k, v, shape, mask, cache, i)),
-        ) as tf.Tensor2D;
+        const h1 = tf.add(hIn, params.linear(`${p}.attn.c_proj`, attention(q, k, v, blockMasks, i))) as tf.Tensor2D;
         const fc = params.linear(`${p}.mlp.c_fc`, this.layerNorm(h1, `${p}.ln_2`, params)); // (N, 4d)
         return tf.add(h1, params.linear(`${p}.mlp.c_proj`, geluNew(fc))) as tf.Tensor2D;
       };
       h =
-        params.recompute && !cache
-          ? recomputeInBackward(run, h, params.blockTensors?.(p) ?? [], [mask])
-          : run(h, [mask]);
+        params.recompute && mayRecompute
+          ? recomputeInBackward(run, h, params.blockTensors?.(p) ?? [], masks)
+          : run(h, masks);
     }
-    if (cache) cache.length += time;
-    return this.layerNorm(h, 'transformer.ln_f', params); // (N, d)
+    return h;
   }
 
   private layerNorm(x: tf.Tensor2D, prefix: string, params: ParamSource): tf.Tensor2D {

@@ -154,6 +154,67 @@ export function fusedLoraLinear(
   return op(x, loraA, loraB) as tf.Tensor2D;
 }
 
+/** One segment of rows in a multi-adapter pass, with its run's LoRA branch on this layer if it has one. */
+export interface LoraSegment {
+  rows: number;
+  branch?: { A: tf.Tensor2D; B: tf.Tensor2D; scaling: number };
+}
+
+/**
+ * fusedLoraLinear over rows that hold several runs' micro-batches (the pool's multi-adapter pass): the frozen
+ * products once for all rows, then each segment's own LoRA branch (its rank, or none) on its rows. Per
+ * segment the kernels are fusedLoraLinear's with the same inputs: the frozen product's rows do not depend
+ * on the other rows (kernels/c/compact-gemm.c sums each element over k in a fixed order), so every segment
+ * gets the bits of its micro-batch alone, forward and backward. Null without the fused kernels.
+ */
+export function segmentedLoraLinear(
+  x: tf.Tensor2D,
+  products: FrozenProducts,
+  segments: LoraSegment[],
+): tf.Tensor2D | null {
+  if (!hasKernel(FUSED_LORA)) return null;
+  const sizes = segments.map((s) => s.rows);
+  const adapted = segments.flatMap((s, j) => (s.branch ? [j] : []));
+  const split = (t: tf.Tensor) => (segments.length === 1 ? [t] : tf.split(t, sizes, 0));
+  const join = (ts: tf.Tensor[]) => (ts.length === 1 ? ts[0] : tf.concat(ts, 0));
+  const op = customOp((inputs, save) => {
+    const input = inputs[0] as tf.Tensor2D;
+    const [xs, ys] = [split(input), split(products.forward(input))];
+    const us: tf.Tensor[] = [];
+    const outs = ys.map((y, j) => {
+      const branch = segments[j].branch;
+      if (!branch) return y;
+      const [out, u] = runKernel(FUSED_LORA, { y, x: xs[j], a: branch.A, b: branch.B }, { scale: branch.scaling }) as [
+        tf.Tensor,
+        tf.Tensor,
+      ];
+      us.push(u);
+      return out;
+    });
+    save([...adapted.map((j) => xs[j]), ...us]);
+    return {
+      value: join(outs),
+      gradFunc: (dy, saved) => {
+        const [dys, dxFrozen] = [split(dy), split(products.backward(dy as tf.Tensor2D))];
+        const dx = [...dxFrozen];
+        const dA: tf.Tensor[] = [];
+        const dB: tf.Tensor[] = [];
+        adapted.forEach((j, n) => {
+          const { A, B, scaling } = segments[j].branch!;
+          const inputs = { dy: dys[j], x: saved[n], a: A, b: B, u: saved[adapted.length + n], dxFrozen: dxFrozen[j] };
+          const [dxj, dAj, dBj] = runKernel(FUSED_LORA_GRAD, inputs, { scale: scaling }) as tf.Tensor[];
+          dx[j] = dxj;
+          dA.push(dAj);
+          dB.push(dBj);
+        });
+        return [join(dx), ...dA, ...dB];
+      },
+    };
+  });
+  const branches = adapted.map((j) => segments[j].branch!);
+  return op(x, ...branches.map((b) => b.A), ...branches.map((b) => b.B)) as tf.Tensor2D;
+}
+
 /** y = x Wᵀ with W trainable (full pretraining): dx = dy W, dW = dyᵀ x, all plain 2-D matmuls. */
 export function trainableLinear(x: tf.Tensor2D, weight: tf.Tensor2D): tf.Tensor2D {
   const op = customOp(([input, w], save) => {

@@ -6,7 +6,7 @@
  */
 import * as tf from '@tensorflow/tfjs-core';
 import type { LlamaConfig } from '../config.ts';
-import { attend, causalMask, type KvCache } from './attention.ts';
+import { attend, attendSegments, causalMask, type KvCache, type RowSegment } from './attention.ts';
 import type { CausalLM, LinearStorage, ParamSource } from './types.ts';
 import { constMatMul } from './linear-ops.ts';
 import { fusedRope, rmsNorm, swiglu } from './norm-ops.ts';
@@ -146,32 +146,65 @@ export class LlamaModel implements CausalLM {
       kvHeads: c.num_key_value_heads,
       headSize: this.headSize,
     };
-    let h = params.embed(tf.reshape(inputIds, [-1])); // (N, d)
+    const h = this.layers(
+      params,
+      params.embed(tf.reshape(inputIds, [-1])), // (N, d)
+      [cos, sin, mask],
+      (q, k, v, [m], i) => attend(q, k, v, shape, m, cache, i),
+      !cache,
+    );
+    if (cache) cache.length += time;
+    return this.rmsNorm(h, params.param('model.norm.weight'), params); // (N, d)
+  }
+
+  hiddenSegments(params: ParamSource, ids: tf.Tensor1D, segments: RowSegment[]): tf.Tensor2D {
+    const c = this.config;
+    const tables = segments.map((s) => this.ropeTables(s.batch, 0, s.time));
+    const join = (ts: tf.Tensor2D[]) => (ts.length === 1 ? ts[0] : (tf.concat(ts, 0) as tf.Tensor2D));
+    const masks = segments.map((s) => causalMask(this.groups, s.time, 0, c.sliding_window ?? Infinity));
+    const heads = { heads: c.num_attention_heads, kvHeads: c.num_key_value_heads, headSize: this.headSize };
+    const h = this.layers(
+      params,
+      params.embed(ids),
+      [join(tables.map((t) => t.cos)), join(tables.map((t) => t.sin)), ...masks],
+      (q, k, v, m, i) => attendSegments(q, k, v, segments, heads, m, i),
+      true,
+    );
+    return this.rmsNorm(h, params.param('model.norm.weight'), params);
+  }
+
+  /**
+   * The decoder layers over rows h (N, d). `constants`: RoPE's cos and sin (N, hs), then the attention masks
+   * that `attention` receives; `mayRecompute`: the pass may recompute blocks in the backward pass.
+   */
+  private layers(
+    params: ParamSource,
+    h: tf.Tensor2D,
+    constants: tf.Tensor2D[],
+    attention: (q: tf.Tensor2D, k: tf.Tensor2D, v: tf.Tensor2D, masks: tf.Tensor2D[], layer: number) => tf.Tensor2D,
+    mayRecompute: boolean,
+  ): tf.Tensor2D {
+    const c = this.config;
     for (let i = 0; i < c.num_hidden_layers; i++) {
       const p = layerPrefix(i);
-      const block = (hIn: tf.Tensor2D, [cos, sin, mask]: tf.Tensor2D[]) => {
+      const block = (hIn: tf.Tensor2D, [cos, sin, ...masks]: tf.Tensor2D[]) => {
         const x = this.rmsNorm(hIn, params.param(`${p}.input_layernorm.weight`), params);
         // q: (N, H·hs), k: (N, Hkv·hs)
         const q = this.applyRope(params.linear(`${p}.self_attn.q_proj`, x), c.num_attention_heads, cos, sin);
         const k = this.applyRope(params.linear(`${p}.self_attn.k_proj`, x), c.num_key_value_heads, cos, sin);
         const v = params.linear(`${p}.self_attn.v_proj`, x); // (N, Hkv·hs)
-        const h1 = tf.add(
-          hIn,
-          params.linear(`${p}.self_attn.o_proj`, attend(q, k, v, shape, mask, cache, i)),
-        ) as tf.Tensor2D;
+        const h1 = tf.add(hIn, params.linear(`${p}.self_attn.o_proj`, attention(q, k, v, masks, i))) as tf.Tensor2D;
         const m = this.rmsNorm(h1, params.param(`${p}.post_attention_layernorm.weight`), params);
         const gate = params.linear(`${p}.mlp.gate_proj`, m); // (N, I)
         const up = params.linear(`${p}.mlp.up_proj`, m); // (N, I)
         return tf.add(h1, params.linear(`${p}.mlp.down_proj`, swiglu(gate, up))) as tf.Tensor2D;
       };
-      const constants = [cos, sin, mask];
       h =
-        params.recompute && !cache
+        params.recompute && mayRecompute
           ? recomputeInBackward(block, h, params.blockTensors?.(p) ?? [], constants)
           : block(h, constants);
     }
-    if (cache) cache.length += time;
-    return this.rmsNorm(h, params.param('model.norm.weight'), params); // (N, d)
+    return h;
   }
 
   /** RMSNorm: x / sqrt(mean(x²) + eps) · w, over the hidden dimension. */

@@ -5,7 +5,7 @@
  */
 import type * as tf from '@tensorflow/tfjs-core';
 import type { ModelConfig } from '../config.ts';
-import type { KvCache } from './attention.ts';
+import type { KvCache, RowSegment } from './attention.ts';
 
 export interface ParamSource {
   /** y = x·Wᵀ (+ bias) for the linear layer at modulePath, plus its LoRA branch when it has one */
@@ -42,6 +42,12 @@ export interface CausalLM {
   forward(params: ParamSource, inputIds: tf.Tensor2D, cache?: KvCache): tf.Tensor2D;
   /** the final normalized hidden states (B·T, d) that the LM head (params.linear('lm_head')) maps to logits */
   hidden(params: ParamSource, inputIds: tf.Tensor2D, cache?: KvCache): tf.Tensor2D;
+  /**
+   * hidden() for several micro-batches in one pass (the pool's multi-adapter pass): ids (ΣBᵢ·Tᵢ) are the
+   * segments' ids one after another, each segment attends within itself, and each segment's rows come out as
+   * hidden() gives them for that micro-batch alone (the same ops per row; attention per segment).
+   */
+  hiddenSegments(params: ParamSource, ids: tf.Tensor1D, segments: RowSegment[]): tf.Tensor2D;
 }
 
 /** How a linear layer's weight is stored in the checkpoint. */

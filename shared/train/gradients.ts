@@ -6,7 +6,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { type LoraConfig, loraScaling } from '../config.ts';
 import type { AdapterState, AdapterTensorSpec } from '../lora/adapter.ts';
-import { type FrozenBase, loraBranches, withLora } from '../lora/params.ts';
+import { type FrozenBase, loraBranches, withLora, withSegmentedLora } from '../lora/params.ts';
 import type { CausalLM, FrozenProducts, ParamSource } from '../model/causal-lm.ts';
 import { customOp } from '../model/custom-op.ts';
 import { type MicroBatch, tokenCount } from './micro-batch.ts';
@@ -196,6 +196,121 @@ export async function computeGradientsAsync(
     return { lossSum, tokenCount: tokenCount(mb), grads: new Map(spec.map((t, i) => [t.name, values[i]])) };
   } finally {
     tf.dispose([out.value, ...out.grads]);
+  }
+}
+
+/** One run's micro-batch in a multi-adapter pass. */
+export interface MixedJob {
+  spec: AdapterTensorSpec[];
+  adapter: AdapterState;
+  lora: LoraConfig;
+  mb: MicroBatch;
+}
+
+/**
+ * Whether these runs' micro-batches can share one pass (the pool's multi-adapter pass). Not when a run has
+ * LoRA dropout or LoRA on lm_head, when the step recomputes activations, or on the plain (autodiff reference)
+ * base: each of those computes alone.
+ */
+export function canMix(base: FrozenBase, jobs: MixedJob[], options: StepOptions = {}): boolean {
+  return (
+    jobs.length >= 1 &&
+    !base.plain &&
+    !options.recompute &&
+    jobs.every((j) => j.lora.dropout === 0 && !j.spec.some((t) => t.modulePath === 'lm_head'))
+  );
+}
+
+/**
+ * Forward and backward of several runs' micro-batches in one pass: their rows one after another, every frozen
+ * product and row-wise kernel once over all rows, and each run's rows through its own LoRA branches, its own
+ * attention and its own loss. The loss's root is the sum of the runs' losses; since a run's adapter touches
+ * only its own rows, each run's gradient is its own loss's, and every kernel treats rows independently (or
+ * runs per segment), so each run gets the bits of its micro-batch computed alone (tested). The caller reads
+ * and disposes the tensors.
+ */
+function mixedGradientTensors(
+  model: CausalLM,
+  base: FrozenBase,
+  jobs: MixedJob[],
+): { losses: tf.Scalar[]; grads: tf.Tensor[][] } {
+  const losses: tf.Scalar[] = [];
+  const rows = jobs.map((j) => j.mb.batch * j.mb.time);
+  const ids = new Int32Array(rows.reduce((a, b) => a + b, 0));
+  let at = 0;
+  for (const j of jobs) {
+    ids.set(j.mb.inputIds, at);
+    at += j.mb.inputIds.length;
+  }
+  try {
+    return tf.tidy(() => {
+      const tensors = jobs.flatMap((j) => j.spec.map((t) => tf.tensor2d(j.adapter.get(t.name)!, t.shape)));
+      const loss = (...ab: tf.Tensor[]) => {
+        let offset = 0;
+        const runs = jobs.map((j, r) => {
+          const from = offset;
+          offset += j.spec.length;
+          return {
+            rows: rows[r],
+            branches: loraBranches(j.spec, (i) => ab[from + i] as tf.Tensor2D),
+            scaling: loraScaling(j.lora),
+          };
+        });
+        const params = withSegmentedLora(base, runs);
+        const hidden = model.hiddenSegments(
+          params,
+          tf.tensor1d(ids, 'int32'),
+          jobs.map((j) => ({ batch: j.mb.batch, time: j.mb.time })),
+        );
+        const parts = jobs.length === 1 ? [hidden] : (tf.split(hidden, rows, 0) as tf.Tensor2D[]);
+        jobs.forEach((j, r) => {
+          const targets = tf.tensor1d(j.mb.targets, 'int32');
+          const mask = tf.tensor1d(j.mb.lossMask);
+          // as lossOf: the fused head + loss where the head is frozen, else the full logits
+          const value = params.head
+            ? fusedHeadLoss(parts[r], params.head, model.config.vocab_size, targets, mask)
+            : tokenLossSum(params.linear('lm_head', parts[r]), targets, mask);
+          losses.push(tf.keep(value));
+        });
+        return losses.length === 1 ? losses[0] : (tf.addN(losses) as tf.Scalar);
+      };
+      const { grads } = tf.valueAndGrads(loss)(tensors);
+      let offset = 0;
+      return {
+        losses,
+        grads: jobs.map((j) => {
+          offset += j.spec.length;
+          return grads.slice(offset - j.spec.length, offset);
+        }),
+      };
+    });
+  } catch (err) {
+    tf.dispose(losses);
+    throw err;
+  }
+}
+
+/**
+ * computeGradients for several runs' micro-batches in one pass (see mixedGradientTensors), asynchronous reads:
+ * one GradientResult per job, in order, each the same as computeGradients gives for that job alone. The
+ * jobs must pass canMix.
+ */
+export async function computeMixedGradientsAsync(
+  model: CausalLM,
+  base: FrozenBase,
+  jobs: MixedJob[],
+): Promise<GradientResult[]> {
+  const out = mixedGradientTensors(model, base, jobs);
+  try {
+    return await Promise.all(
+      jobs.map(async (j, r) => {
+        const values = await Promise.all(out.grads[r].map((g) => g.data() as Promise<Float32Array>));
+        const lossSum = (await out.losses[r].data())[0];
+        return { lossSum, tokenCount: tokenCount(j.mb), grads: new Map(j.spec.map((t, i) => [t.name, values[i]])) };
+      }),
+    );
+  } finally {
+    tf.dispose([...out.losses, ...out.grads.flat()]);
   }
 }
 
