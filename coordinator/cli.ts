@@ -517,6 +517,13 @@ program
   )
   .option('--token <token>', 'join token workers must present (or LORAMESH_TOKEN); none: any worker may join')
   .option('--in-process', 'compute every run in this process instead of on workers (a pool on one machine)')
+  .option(
+    '--runs-per-worker <n>',
+    "the most runs' micro-batches a worker takes at once and computes in one forward and backward " +
+      '(the multi-adapter pass; 1: one at a time)',
+    int(1),
+    1,
+  )
   .option('--backend <name>', `tfjs backend: ${BACKENDS.join(' | ')}`, oneOf(BACKENDS), 'wasm')
   .action(async (o) => {
     const { initBackend } = await import('../node/backend.ts');
@@ -534,6 +541,7 @@ program
       adminToken,
       backend: o.backend,
       inProcess: !!o.inProcess,
+      maxRunsPerWorker: o.runsPerWorker,
       ...(joinToken ? { joinToken } : {}),
     });
     if (!o.adminToken && !process.env.LORAMESH_POOL_ADMIN_TOKEN) console.log(`admin token: ${adminToken}`);

@@ -28,7 +28,9 @@ import { cleanPeerText } from './protocol/peer-text.ts';
 import { isPermanentCode, MAX_PEER_TEXT, refusalFromReject, type Refusal } from './protocol/refusal.ts';
 import { CODECS, ErrorFeedback, F32 } from './protocol/wire-codec.ts';
 import { BASE_FORMATS } from './quant/formats.ts';
-import { computeGradientsAsync, type GradientResult, type StepOptions } from './train/gradients.ts';
+import { computeGradientsAsync, type GradientResult, type MixedJob, type StepOptions } from './train/gradients.ts';
+import { MIX_MAX_RUNS, MixBatcher } from './train/mixed-batcher.ts';
+import { type KernelBackend, planMemory } from './model/memory-plan.ts';
 import { runLocalJob } from './train/local-steps.ts';
 
 export interface WorkerPlatform {
@@ -78,6 +80,8 @@ interface SharedBase {
   model: CausalLM;
   base: FrozenBase;
   files: string;
+  /** every run's computations, in turn, several runs' micro-batches in one pass where they can be */
+  mixer: MixBatcher | null;
 }
 
 const baseKey = (model: RunManifest['model']) =>
@@ -136,7 +140,34 @@ export class WorkerSession {
       baseFormats: [...BASE_FORMATS],
       arithmetic: [...(this.platform.arithmetic?.supported() ?? [DEFAULT_ARITHMETIC])],
       ...(this.platform.memoryLimit ? { memoryLimit: this.platform.memoryLimit } : {}),
+      multiRun: MIX_MAX_RUNS,
     });
+  }
+
+  /**
+   * Whether several runs' micro-batches fit the worker's memory in one pass: planned as one micro-batch of all
+   * their sequences at the longest length, with the largest rank on every run's targets (an over-estimate).
+   */
+  private mixFits(manifest: RunManifest): (jobs: MixedJob[]) => boolean {
+    const limit = this.platform.memoryLimit;
+    const backend = ['wasm', 'webgpu', 'tensorflow'].includes(this.platform.backend)
+      ? (this.platform.backend as KernelBackend)
+      : 'cpu';
+    return (jobs) => {
+      if (!limit) return true;
+      const plan = planMemory({
+        config: manifest.model.config,
+        lora: {
+          r: Math.max(...jobs.map((j) => j.lora.r)),
+          targetModules: [...new Set(jobs.flatMap((j) => j.lora.targetModules))],
+        },
+        microBatch: jobs.reduce((n, j) => n + j.mb.batch, 0),
+        sequenceLength: Math.max(...jobs.map((j) => j.mb.time)),
+        ...(manifest.model.baseFormat ? { baseFormat: manifest.model.baseFormat } : {}),
+        backend,
+      });
+      return plan.total - plan.parts.runtime <= limit;
+    };
   }
 
   /**
@@ -237,10 +268,22 @@ export class WorkerSession {
         if (this.shared || this.manifest) throw new LoraMeshError(ErrorCodes.STATE, 'pool-welcome after a welcome');
         this.workerId = message.workerId;
         if (!this.poolBase) {
-          const loaded = this.options.hooks?.compute
-            ? { model: null as unknown as CausalLM, base: null as unknown as FrozenBase }
-            : await this.loadBase(message.manifest);
-          this.poolBase = { ...loaded, files: baseKey(message.manifest.model) };
+          if (this.options.hooks?.compute) {
+            // simulated compute: nothing to load or batch
+            const none = null as unknown;
+            this.poolBase = {
+              model: none as CausalLM,
+              base: none as FrozenBase,
+              files: baseKey(message.manifest.model),
+              mixer: null,
+            };
+          } else {
+            const { model, base } = await this.loadBase(message.manifest);
+            const mixer = new MixBatcher(model, base, this.mixFits(message.manifest), (line) =>
+              this.platform.log(line),
+            );
+            this.poolBase = { model, base, files: baseKey(message.manifest.model), mixer };
+          }
         } else if (this.poolBase.files !== baseKey(message.manifest.model)) {
           throw new LoraMeshError(ErrorCodes.MODEL, 'the pool now serves another base; restart this worker');
         }
@@ -338,35 +381,28 @@ export class WorkerSession {
         message: `assignment for version ${a.paramVersion}, I hold ${this.paramVersion}`,
       };
     }
-    // a pool's runs may differ in arithmetic: each selects its own before it computes
-    if (this.shared) this.selectArithmetic(this.manifest, true);
     const started = performance.now();
+    const { lora } = this.manifest;
+    const manifest = this.manifest;
+    // in a pool, the runs' computations take turns (and share passes) in the pool's batcher, each selecting its
+    // own arithmetic first
+    const mixer = this.shared?.mixer;
+    const variant = manifest.arithmetic ?? DEFAULT_ARITHMETIC;
+    const select = () => this.selectArithmetic(manifest, true);
     let r: GradientResult;
     if (simulate) r = await simulate(a, this.adapter);
-    else if (a.type === 'assign')
-      r = await computeGradientsAsync(
-        this.model!,
-        this.base!,
-        this.spec,
-        this.adapter,
-        this.manifest.lora,
-        a.microBatch,
-        this.step,
-      );
-    else if (!this.manifest.local)
-      throw new LoraMeshError(ErrorCodes.STATE, 'assign-local in a run without local steps');
-    else
-      r = await runLocalJob(
-        this.model!,
-        this.base!,
-        this.spec,
-        this.adapter,
-        this.manifest.lora,
-        a.microBatches,
-        a.lr,
-        this.manifest.local,
-        this.step,
-      );
+    else if (a.type === 'assign') {
+      const job = { spec: this.spec, adapter: this.adapter, lora, mb: a.microBatch };
+      r = mixer
+        ? await mixer.gradients(job, this.step, variant, select)
+        : await computeGradientsAsync(this.model!, this.base!, this.spec, this.adapter, lora, a.microBatch, this.step);
+    } else if (!manifest.local) throw new LoraMeshError(ErrorCodes.STATE, 'assign-local in a run without local steps');
+    else {
+      const local = manifest.local;
+      const job = () =>
+        runLocalJob(this.model!, this.base!, this.spec, this.adapter, lora, a.microBatches, a.lr, local, this.step);
+      r = mixer ? await mixer.alone(variant, select, job) : await job();
+    }
     this.assignmentsDone++;
     return {
       type: 'result',

@@ -601,6 +601,11 @@ export class MeshExecutor implements GradientExecutor {
     return !!step && !!w && step.schedule.unassigned > 0 && this.mayAssign(w, step);
   }
 
+  /** With an arbiter: whether the step in flight has a micro-batch waiting for its first attempt or a retry. */
+  get hasFreshWork(): boolean {
+    return !!this.inFlight && this.inFlight.schedule.unassigned > 0;
+  }
+
   /**
    * With an arbiter: hands the worker on `peer` an attempt of the step in flight, if there is one for it;
    * `copies`: a straggler copy will do. Whether it assigned.

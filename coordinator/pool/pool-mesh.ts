@@ -41,6 +41,8 @@ export interface PoolServed {
   positions: number;
   /** a micro-batch's first attempt (charged to the run's share); false: a retry or a straggler copy */
   first: boolean;
+  /** the runs that had micro-batches waiting for a first attempt or retry as this one went out (it included) */
+  waiting: string[];
 }
 
 /** A pool worker as the dashboard shows it: no run names (tenants see workers, not each other's runs). */
@@ -85,8 +87,10 @@ interface PoolWorker {
   channels: Map<string, RunChannel>;
   /** runs that closed their channel on this connection (declined, refused): not opened again */
   closedRuns: Set<string>;
-  /** the run whose attempt it holds, or null when idle */
-  busy: string | null;
+  /** the runs whose attempts it holds now (at most one each) */
+  busy: Set<string>;
+  /** how many runs' attempts it offers to hold at once (its hello's multiRun; the pool caps it) */
+  offered: number;
   microBatches: number;
   bytesIn: number;
   bytesOut: number;
@@ -105,6 +109,12 @@ export interface PoolMeshOptions {
   security?: Partial<SecurityLimits>;
   /** every attempt as it is handed out (the pool's fairness figures, tests) */
   onServe?: (s: PoolServed) => void;
+  /**
+   * the most runs' attempts one worker holds at once, to compute in one pass (the multi-adapter pass; never
+   * more than the worker's hello offers). Default 1: one attempt at a time (bench/RESULTS.md, "Standing pool",
+   * has the measured trade-off)
+   */
+  maxRunsPerWorker?: number;
 }
 
 export class PoolMesh {
@@ -120,9 +130,12 @@ export class PoolMesh {
   readonly traffic = new ByteCounter();
   private scheduled = false;
   private lastHeartbeat = 0;
+  /** the most runs' attempts one worker holds at once (PoolMeshOptions.maxRunsPerWorker; benches change it) */
+  maxRunsPerWorker: number;
 
   constructor(private readonly options: PoolMeshOptions) {
     this.log = options.log ?? (() => {});
+    this.maxRunsPerWorker = Math.max(1, options.maxRunsPerWorker ?? 1);
     this.limits = { ...DEFAULT_SECURITY, ...options.security };
   }
 
@@ -136,14 +149,23 @@ export class PoolMesh {
       took: (peer, positions, first) => {
         const at = this.channelOf.get(peer);
         if (!at) return;
-        at.worker.busy = runId;
+        at.worker.busy.add(runId);
         at.worker.microBatches++;
         if (first) this.share.charge(runId, positions);
-        this.options.onServe?.({ run: runId, worker: at.worker.id, positions, first });
+        if (this.options.onServe) {
+          const waiting = [...this.lanes.values()].filter((l) => l.id === runId || l.mesh?.hasFreshWork);
+          this.options.onServe({
+            run: runId,
+            worker: at.worker.id,
+            positions,
+            first,
+            waiting: waiting.map((l) => l.id),
+          });
+        }
       },
       released: (peer) => {
         const at = this.channelOf.get(peer);
-        if (at && at.worker.busy === runId) at.worker.busy = null;
+        at?.worker.busy.delete(runId);
         this.wake();
       },
     };
@@ -187,7 +209,7 @@ export class PoolMesh {
       arithmetic: w.arithmetic,
       state: w.state,
       runs: w.channels.size,
-      busy: w.busy !== null,
+      busy: w.busy.size > 0,
       microBatches: w.microBatches,
       bytesIn: w.bytesIn,
       bytesOut: w.bytesOut,
@@ -212,7 +234,8 @@ export class PoolMesh {
       closed: false,
       channels: new Map(),
       closedRuns: new Set(),
-      busy: null,
+      busy: new Set(),
+      offered: 1,
       microBatches: 0,
       bytesIn: 0,
       bytesOut: 0,
@@ -346,6 +369,7 @@ export class PoolMesh {
       adapter: cleanPeerText(hello.adapter ?? '', 120),
       slow: !!hello.slow,
       arithmetic: (hello.arithmetic ?? [DEFAULT_ARITHMETIC]).map((v) => cleanPeerText(v, 20)),
+      offered: Math.max(1, hello.multiRun ?? 1),
       state: 'loading',
     });
     this.log(`pool worker ${w.id} (${w.name}, ${w.platform}/${w.backend}) joined; loading the base`);
@@ -384,7 +408,7 @@ export class PoolMesh {
     channel.open = false;
     w.channels.delete(runId);
     w.closedRuns.add(runId);
-    if (w.busy === runId) w.busy = null;
+    w.busy.delete(runId);
     this.send(w, { type: 'run-close', runId, reason: cleanPeerText(reason, 200) });
     if (quarantined) {
       this.banned.add(w.name);
@@ -431,22 +455,30 @@ export class PoolMesh {
   }
 
   /**
-   * Each idle worker gets the next micro-batch of the run the fair share picks among those with fresh work
-   * for it (first attempts, retries); failing that, a straggler copy of the highest-priority run that has one.
+   * A worker with a free slot gets the next micro-batch of the run the fair share picks among those with fresh
+   * work (first attempts, retries), and so on while its slots last (a worker computes several runs' micro-batches
+   * in one pass, at most one of each run). When the pick is a run the worker already holds, filling stops: the
+   * next slot waits for the share's pick rather than going to a run the share would not pick, so weights hold.
+   * An idle worker that got nothing fresh gets a straggler copy of the highest-priority run that has one.
    */
   private dispatch(): void {
     for (const w of this.workers.values()) {
-      if (w.state !== 'ready' || w.closed || w.busy !== null) continue;
-      const fresh = new Map<string, RunChannel>();
-      for (const [runId, channel] of w.channels) if (channel.lane.mesh?.wants(channel.peer)) fresh.set(runId, channel);
-      let given = false;
-      while (!given && fresh.size > 0) {
-        const runId = this.share.pick(fresh.keys())!;
-        const channel = fresh.get(runId)!;
-        given = channel.lane.mesh!.offer(channel.peer, false);
-        fresh.delete(runId);
+      if (w.state !== 'ready' || w.closed) continue;
+      const tried = new Set<string>();
+      const slots = Math.min(w.offered, this.maxRunsPerWorker);
+      while (w.busy.size < slots) {
+        const candidates = [...w.channels]
+          .filter(([runId, ch]) =>
+            w.busy.has(runId) ? ch.lane.mesh?.hasFreshWork : !tried.has(runId) && ch.lane.mesh?.wants(ch.peer),
+          )
+          .map(([runId]) => runId);
+        const runId = candidates.length > 0 ? this.share.pick(candidates) : null;
+        if (runId === null || w.busy.has(runId)) break;
+        tried.add(runId);
+        const channel = w.channels.get(runId)!;
+        channel.lane.mesh!.offer(channel.peer, false);
       }
-      if (given) continue;
+      if (w.busy.size > 0) continue;
       const byPriority = [...w.channels.values()].sort((a, b) => b.lane.priority - a.lane.priority);
       for (const channel of byPriority) if (channel.lane.mesh?.offer(channel.peer, true)) break;
     }

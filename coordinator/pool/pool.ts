@@ -60,6 +60,8 @@ export interface PoolOptions {
   onServe?: (s: Served) => void;
   /** every attempt handed to a worker (tests; the pool's fairness figures) */
   onAssign?: (s: PoolServed) => void;
+  /** the most runs' micro-batches one worker takes at once and computes in one pass (default 1: one at a time) */
+  maxRunsPerWorker?: number;
 }
 
 export const DEFAULT_MAX_RESULT_BYTES = 256 << 20;
@@ -97,7 +99,12 @@ export class Pool {
       };
       const lanes = new PoolLanes(opts.onServe);
       const files = await baseFiles(opts, log);
-      const mesh = new PoolMesh({ manifest: baseManifest(opts, files), log, onServe: opts.onAssign });
+      const mesh = new PoolMesh({
+        manifest: baseManifest(opts, files),
+        log,
+        onServe: opts.onAssign,
+        ...(opts.maxRunsPerWorker ? { maxRunsPerWorker: opts.maxRunsPerWorker } : {}),
+      });
       let pool: Pool | null = null;
       const monitor = new PoolMonitor(registry, () => mesh.info(), {
         model: opts.model.dir,

@@ -89,6 +89,8 @@ export interface Hello {
    * coordinator does not know are kept, like codecs: a newer worker may offer more.
    */
   arithmetic?: ArithmeticVariant[];
+  /** in a pool: how many runs' micro-batches it takes at once, to compute in one pass (absent: 1) */
+  multiRun?: number;
 }
 /** base model loaded; paramVersion is the version held (-1: none yet) */
 export interface Ready {
@@ -306,6 +308,7 @@ const guards: Record<Message['type'], Guard> = {
       'a list of arithmetic variant names',
       true,
     );
+    field(m, 'multiRun', (v) => isInt(1)(v) && (v as number) <= 64, 'an integer from 1 to 64', true);
   },
   ready: (m) => field(m, 'paramVersion', isInt(-1), 'an integer ≥ -1 (-1: no parameters yet)'),
   result: (m) => {

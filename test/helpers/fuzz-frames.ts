@@ -103,6 +103,7 @@ export const RULES: Record<string, Record<string, Rule>> = {
     baseFormats: optional((v) => Array.isArray(v) && v.length <= 16 && v.every(str(16))),
     memoryLimit: optional((v) => finite(v) && (v as number) > 0),
     arithmetic: optional((v) => Array.isArray(v) && v.length <= 8 && v.every(str(32))),
+    multiRun: optional((v) => int(1)(v) && (v as number) <= 64),
   },
   ready: { paramVersion: int(-1) },
   result: {
@@ -132,6 +133,11 @@ export const RULES: Record<string, Record<string, Rule>> = {
   },
   reject: { code: str(64), message: str(4096) },
   done: { reason: str(1024) },
+  // the standing pool's messages; a run's coordinator refuses every one (LM_ERR_STATE)
+  'pool-welcome': { workerId: str(64), manifest: plain },
+  'run-open': { runId: str(64) },
+  'run-close': { runId: str(64), reason: str(1024) },
+  channel: { runId: str(64), frame: (v) => v instanceof Uint8Array },
 };
 const TYPES = Object.keys(RULES);
 
@@ -400,6 +406,7 @@ export class FrameFactory {
           ...maybe(0.3, {
             arithmetic: this.pick([['simd128'], ['simd128', 'relaxed-fma'], ['simd128', this.text(32)]]),
           }),
+          ...maybe(0.2, { multiRun: 1 + r.int(64) }),
         };
       case 'ready':
         return { type, paramVersion: r.int(100) - 1 };
@@ -444,6 +451,14 @@ export class FrameFactory {
         return { type, code: this.pick(Object.values(ErrorCodes)), message: this.text(4096) };
       case 'done':
         return { type, reason: this.text(1024) };
+      case 'pool-welcome':
+        return { type, workerId: this.text(64), manifest: { runId: 'pool', adapter: [] } };
+      case 'run-open':
+        return { type, runId: this.text(64) };
+      case 'run-close':
+        return { type, runId: this.text(64), reason: this.text(1024) };
+      case 'channel':
+        return { type, runId: this.text(64), frame: this.randomBytes(r.int(64)) };
       default:
         throw new Error(`no generator for ${type}`);
     }

@@ -160,7 +160,7 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
     const child = spawnCli('[pool]', [
       'pool',
       ...['--dir', dir, '--model', join(root, 'model'), '--port', String(port)],
-      ...['--admin-token', ADMIN, '--token', JOIN],
+      ...['--admin-token', ADMIN, '--token', JOIN, '--runs-per-worker', '4'],
     ]);
     await until(
       'the pool to listen',
@@ -254,6 +254,12 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
     assert.ok(
       [...late].some((id) => ledgers.includes(`"${id}"`)),
       'the worker that joined late computed micro-batches',
+    );
+    // workers computed several runs' micro-batches in one pass (the multi-adapter pass), and the bits below
+    // still match each run alone
+    assert.ok(
+      logs.some((l) => l.includes('multi-adapter pass 1:')),
+      'a worker computed several runs in one pass',
     );
     // the liar was caught by a run's checks, expelled from the pool and refused for good
     assert.ok(
