@@ -27,6 +27,14 @@ import type { PoolServed } from '../coordinator/pool/pool-mesh.ts';
 import { Pool } from '../coordinator/pool/pool.ts';
 import { spawnLocalWorkers, stopLocalWorkers } from '../coordinator/run/local-workers.ts';
 import { initBackend } from '../node/backend.ts';
+import { loadWeights } from '../coordinator/io/model-dir.ts';
+import { DEFAULT_LORA, type LinearModule } from '../shared/config.ts';
+import { adapterSpec } from '../shared/lora/adapter.ts';
+import { FrozenBase } from '../shared/lora/params.ts';
+import { createModel } from '../shared/model/causal-lm.ts';
+import { baseForKernels } from '../shared/model/compact-base.ts';
+import { Rng } from '../shared/rng.ts';
+import { computeGradientsAsync, computeMixedGradientsAsync } from '../shared/train/gradients.ts';
 import { fmt, machine, provenance, replaceSection, writeJson } from './lib/results.ts';
 
 interface Flags {
@@ -93,6 +101,59 @@ interface ShareWindow {
   /** A's share of the tokens handed out while both runs had micro-batches waiting (the acceptance's measure) */
   contendedShareA: number;
   target: number;
+}
+
+/**
+ * The multi-adapter pass's compute alone, in this process: 2 and 4 runs' demo micro-batches (2 × 24 tokens
+ * each; ranks and targets as the concurrency runs') as one pass against one pass each, median ms of `repeats`
+ * after 5 warm-up rounds, side by side.
+ */
+async function passTimes(repeats: number): Promise<{ runs: number; separateMs: number; mixedMs: number }[]> {
+  const model = await openModelDir(DEMO_MODEL_DIR);
+  const { config } = model;
+  const base = new FrozenBase(config, baseForKernels(config, loadWeights(model).weights));
+  const lm = createModel(config);
+  const rng = new Rng(1);
+  const targets = [
+    ['q_proj', 'v_proj'],
+    ['k_proj', 'o_proj'],
+    ['up_proj', 'down_proj'],
+    ['q_proj', 'v_proj', 'gate_proj'],
+  ];
+  const jobs = [4, 8, 2, 16].map((r, k) => {
+    const lora = { ...DEFAULT_LORA, r, alpha: 2 * r, targetModules: targets[k] as LinearModule[] };
+    const spec = adapterSpec(config, lora);
+    const adapter = new Map(
+      spec.map((t) => [t.name, Float32Array.from({ length: t.shape[0] * t.shape[1] }, () => 0.01 * rng.normal())]),
+    );
+    const [batch, time] = [2, 24];
+    const ids = () => Int32Array.from({ length: batch * time }, () => Math.floor(rng.next() * config.vocab_size));
+    const mb = {
+      batch,
+      time,
+      inputIds: ids(),
+      targets: ids(),
+      lossMask: new Float32Array(batch * time).fill(1),
+      dropoutSeed: 0,
+    };
+    return { spec, adapter, lora, mb };
+  });
+  const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[xs.length >> 1];
+  const out = [];
+  for (const count of [2, 4]) {
+    const some = jobs.slice(0, count);
+    const [separate, mixed]: number[][] = [[], []];
+    for (let i = 0; i < repeats + 5; i++) {
+      let t = performance.now();
+      for (const j of some) await computeGradientsAsync(lm, base, j.spec, j.adapter, j.lora, j.mb);
+      if (i >= 5) separate.push(performance.now() - t);
+      t = performance.now();
+      await computeMixedGradientsAsync(lm, base, some);
+      if (i >= 5) mixed.push(performance.now() - t);
+    }
+    out.push({ runs: count, separateMs: median(separate), mixedMs: median(mixed) });
+  }
+  return out;
 }
 
 async function main(): Promise<void> {
@@ -260,7 +321,17 @@ async function main(): Promise<void> {
     );
     if (!sameBits) throw new Error('a run ended with other bits in another mode');
 
+    // 3. the pass alone, in this process (the workers are idle by now)
+    const passes = f.only === 'share' ? [] : await passTimes(f.quick ? 5 : 20);
+    for (const p of passes)
+      log(
+        `${p.runs} runs' micro-batches: ${p.separateMs.toFixed(1)} ms in separate passes, ` +
+          `${p.mixedMs.toFixed(1)} ms in one pass (${(p.separateMs / p.mixedMs).toFixed(2)}×)`,
+      );
+    const cpu = (name: keyof typeof poolCpu) => med(poolCpu[name]);
+
     const result = {
+      passes,
       date: started,
       machine: machine(),
       flags: f,
@@ -304,14 +375,29 @@ Workers take one micro-batch at a time (the pool's default).
 |---|---|---|---|---|---|---|
 ${rows}
 
-**Concurrency:** four different runs (r = 4, 8, 2, 16 on different targets; ${f.steps} steps of 4 micro-batches) on
-the same workers: one after another ${fmt(sequential)} s; submitted at once with each worker computing one
-micro-batch at a time ${fmt(oneAtATime.seconds)} s (${(sequential / oneAtATime.seconds).toFixed(2)}×); at once with the
-multi-adapter pass (a worker takes up to 4 runs' micro-batches and computes them in one forward and backward)
-${fmt(concurrent)} s: **${speedup.toFixed(2)}×** against one after another (goal ≥ 1.5×). Each run's adapter is
-byte-identical in all three. Running runs at once fills the idle time of a run's step barrier (the pool steps the
-optimizer and publishes parameters while workers wait, and a step's last micro-batches leave workers idle); the
-multi-adapter pass also runs each frozen product and row-wise kernel once for all the runs' rows.`,
+**Concurrency:** four different runs (r = 4, 8, 2, 16 on different targets; ${f.steps} steps of 4 micro-batches each)
+on the same workers, medians of ${f.repeats} side-by-side repeats after a warm-up round (the pool process's CPU in
+brackets): one after another ${fmt(sequential)} s (${fmt(cpu('sequential'))} s); at once, each worker computing one
+micro-batch at a time, ${fmt(oneAtATime.seconds)} s (${fmt(cpu('oneAtATime'))} s), **${(sequential / oneAtATime.seconds).toFixed(2)}×**;
+at once with \`--runs-per-worker 4\` (the multi-adapter pass) ${fmt(concurrent)} s (${fmt(cpu('mixed'))} s),
+**${speedup.toFixed(2)}×**. Goal ≥ 1.5×: **not met on this machine.** Each run's adapter is byte-identical in every
+mode. Running runs at once can only fill idle time, and here there is none to fill: the two workers and the pool
+share 2 cores, and the pool's own work (the runs' optimizer steps, parameter frames, result checks, spot-check
+recomputations, ledgers) takes about half a core, so the cores are busy in every mode. With workers on their own
+machines the pool's barrier time is the workers' idle time, which is what running runs at once recovers; that
+needs more machines than this one to measure.
+
+**The pass alone** (this process, no pool): ${passes
+            .map(
+              (p) =>
+                `${p.runs} runs' micro-batches in ${fmt(p.separateMs)} ms as separate passes against ${fmt(p.mixedMs)} ms as one ` +
+                `(${(p.separateMs / p.mixedMs).toFixed(2)}×)`,
+            )
+            .join(
+              '; ',
+            )}. After issue 17 the demo's kernels are compute-bound on wasm, so sharing the frozen products and
+row-wise kernels across runs saves little here; where per-kernel overhead dominates (GPU backends) it should save
+more (not measured: no GPU here).`,
         );
       }
     }

@@ -517,6 +517,8 @@ program
   )
   .option('--token <token>', 'join token workers must present (or LORAMESH_TOKEN); none: any worker may join')
   .option('--in-process', 'compute every run in this process instead of on workers (a pool on one machine)')
+  .option('--tls-cert <pem>', 'serve https/wss with this certificate (with --tls-key)')
+  .option('--tls-key <pem>', 'private key for --tls-cert')
   .option(
     '--runs-per-worker <n>',
     "the most runs' micro-batches a worker takes at once and computes in one forward and backward " +
@@ -530,6 +532,8 @@ program
     const { openModelDir } = await import('./io/model-dir.ts');
     const { Pool } = await import('./pool/pool.ts');
     const joinToken: string | undefined = o.token ?? process.env.LORAMESH_TOKEN;
+    if (!!o.tlsCert !== !!o.tlsKey) fail(ErrorCodes.CONFIG, '--tls-cert and --tls-key go together');
+    if (o.tlsCert) [readFlagFile('--tls-cert', o.tlsCert), readFlagFile('--tls-key', o.tlsKey)];
     const adminToken = o.adminToken ?? process.env.LORAMESH_POOL_ADMIN_TOKEN ?? randomBytes(18).toString('base64url');
     await checkListen(o.host, o.port);
     await initBackend(o.backend, console.log);
@@ -542,6 +546,7 @@ program
       backend: o.backend,
       inProcess: !!o.inProcess,
       maxRunsPerWorker: o.runsPerWorker,
+      ...(o.tlsCert ? { tls: { cert: o.tlsCert, key: o.tlsKey } } : {}),
       ...(joinToken ? { joinToken } : {}),
     });
     if (!o.adminToken && !process.env.LORAMESH_POOL_ADMIN_TOKEN) console.log(`admin token: ${adminToken}`);

@@ -46,6 +46,8 @@ export interface PoolOptions {
   adminToken: string | null;
   /** join token workers present at the upgrade (undefined: any worker may join) */
   joinToken?: string;
+  /** https + wss with these PEM files */
+  tls?: { cert: string; key: string };
   backend?: BackendName;
   /** the pool process computes every micro-batch itself (lanes.ts); default: its workers do */
   inProcess?: boolean;
@@ -139,6 +141,7 @@ export class Pool {
         maxPayload: maxResultBytes + (1 << 20),
         heartbeatMs: opts.heartbeatMs ?? 10_000,
         token: opts.joinToken,
+        ...(opts.tls ? { tls: opts.tls } : {}),
       });
       const url = server.url;
       pool = new Pool(opts.dir, url, registry, server, lock, lanes, mesh, monitor, opts);
