@@ -9,3 +9,4 @@ declare class TextDecoder {
   decode(input?: ArrayBufferView | ArrayBuffer): string;
 }
 declare function structuredClone<T>(value: T): T;
+declare function setTimeout(handler: () => void, ms?: number): unknown;
