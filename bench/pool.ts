@@ -383,7 +383,8 @@ at once with \`--runs-per-worker 4\` (the multi-adapter pass) ${fmt(concurrent)}
 **${speedup.toFixed(2)}×**. Goal ≥ 1.5×: **not met on this machine.** Each run's adapter is byte-identical in every
 mode. Running runs at once can only fill idle time, and here there is none to fill: the two workers and the pool
 share 2 cores, and the pool's own work (the runs' optimizer steps, parameter frames, result checks, spot-check
-recomputations, ledgers) takes about half a core, so the cores are busy in every mode. With workers on their own
+recomputations, ledgers) takes a third to half of a core (the figures in brackets), so the cores are busy in
+every mode. With workers on their own
 machines the pool's barrier time is the workers' idle time, which is what running runs at once recovers; that
 needs more machines than this one to measure.
 
