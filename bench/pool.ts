@@ -13,6 +13,9 @@
  *    kernel launch. Each run's adapter is the same bytes in all three (checked here; the tests check it against
  *    the run alone).
  *
+ * With --latency MS every worker holds each result MS ms before sending it (a remote worker's round trip), and
+ * only the concurrency is measured (bench/results/pool-latency.json, its own RESULTS.md section).
+ *
  * Flags: --window S (30), --windows N (2 per phase), --workers N (2), --steps N (concurrency runs' steps, 20),
  * --quick (10 s windows, 1 per phase, 8 steps; writes bench/results/pool.quick.json only), --no-write.
  * Writes bench/results/pool.json and the pool section of bench/RESULTS.md.
@@ -43,6 +46,8 @@ interface Flags {
   workers: number;
   steps: number;
   repeats: number;
+  /** ms each worker holds every result before sending it (a remote worker's round trip); > 0 measures concurrency only */
+  latency: number;
   only: 'share' | 'concurrency' | null;
   quick: boolean;
   write: boolean;
@@ -55,6 +60,7 @@ function flags(argv = process.argv.slice(2)): Flags {
     workers: 2,
     steps: 20,
     repeats: 3,
+    latency: 0,
     only: null,
     quick: false,
     write: true,
@@ -67,10 +73,11 @@ function flags(argv = process.argv.slice(2)): Flags {
       const part = argv[++i];
       if (part !== 'share' && part !== 'concurrency') throw new Error(`--only ${part}: expected share or concurrency`);
       f.only = part;
-    } else if (['--window', '--windows', '--workers', '--steps', '--repeats'].includes(a)) {
+    } else if (['--window', '--windows', '--workers', '--steps', '--repeats', '--latency'].includes(a)) {
       const n = Number(argv[++i]);
       if (!Number.isInteger(n) || n < 1) throw new Error(`${a} ${argv[i]}: expected an integer ≥ 1`);
       (f as unknown as Record<string, number>)[a.slice(2)] = n;
+      if (a === '--latency') f.only = 'concurrency';
     } else
       throw new Error(`unknown argument ${a}; expected --window, --windows, --workers, --steps, --quick, --no-write`);
   }
@@ -181,6 +188,7 @@ async function main(): Promise<void> {
     backend: 'wasm',
     cacheDir: join(root, 'cache'),
     stdio: 'ignore',
+    ...(f.latency > 0 ? { env: () => ({ LORAMESH_FAULT: `delay:${f.latency}` }) } : {}),
   });
   try {
     const tenant = await call(pool.url, 'POST', '/pool/api/tenants', ADMIN, {
@@ -322,7 +330,7 @@ async function main(): Promise<void> {
     if (!sameBits) throw new Error('a run ended with other bits in another mode');
 
     // 3. the pass alone, in this process (the workers are idle by now)
-    const passes = f.only === 'share' ? [] : await passTimes(f.quick ? 5 : 20);
+    const passes = f.only === 'share' || f.latency > 0 ? [] : await passTimes(f.quick ? 5 : 20);
     for (const p of passes)
       log(
         `${p.runs} runs' micro-batches: ${p.separateMs.toFixed(1)} ms in separate passes, ` +
@@ -348,7 +356,24 @@ async function main(): Promise<void> {
         sameBits,
       },
     };
-    if (f.write) {
+    if (f.write && f.latency > 0) {
+      writeJson(f.quick ? 'pool-latency.quick' : 'pool-latency', result);
+      if (!f.quick)
+        replaceSection(
+          'pool-latency',
+          'Standing pool: concurrent runs on workers with a round trip',
+          `${provenance(started, `npm run bench:pool -- --latency ${f.latency}`)}
+
+The concurrency measurement above, with every worker holding each result ${f.latency} ms before sending it (a
+worker on another machine: its round trip is time it computes nothing for the run that waits). Medians of
+${f.repeats} side-by-side repeats after a warm-up round, the pool process's CPU in brackets: four runs one after
+another ${fmt(sequential)} s (${fmt(cpu('sequential'))} s); at once, one micro-batch per worker at a time
+${fmt(oneAtATime.seconds)} s (${fmt(cpu('oneAtATime'))} s), **${(sequential / oneAtATime.seconds).toFixed(2)}×**; at once
+with \`--runs-per-worker 4\` ${fmt(concurrent)} s (${fmt(cpu('mixed'))} s), **${speedup.toFixed(2)}×**. Each run's adapter
+is byte-identical in every mode. With several runs' attempts on it, a worker computes one run's micro-batch while
+another's result is on its way, so the round trips overlap with compute.`,
+        );
+    } else if (f.write) {
       writeJson(f.quick ? 'pool.quick' : 'pool', result);
       if (!f.quick) {
         const rows = windows

@@ -105,14 +105,32 @@ async function main(): Promise<void> {
       { token: settings.token, name: settings.name },
     );
 
-    // Bookkeeping for the page, from the frames themselves (the session owns the protocol).
+    // Bookkeeping for the page, from the frames themselves (the session owns the protocol). In a pool, each run's
+    // frames come inside `channel` messages: they are followed the same way, by run.
     let manifest: RunManifest | null = null;
+    const manifests = new Map<string, RunManifest>();
     let pending: Assign | null = null;
-    const observeIncoming = (message: Message) => {
+    const observeIncoming = (message: Message, runId?: string) => {
       switch (message.type) {
+        case 'pool-welcome':
+          vocabSize = message.manifest.model.config.vocab_size;
+          view.set({
+            state: 'joining',
+            workerId: `${message.workerId}${settings.name ? ` · ${settings.name}` : ''}`,
+            runId: 'a standing pool',
+            detail: 'joined a pool: the base is loaded once for every run',
+          });
+          return;
+        case 'channel':
+          return observe(message.frame, (inner) => observeIncoming(inner, message.runId));
         case 'welcome':
           vocabSize = message.manifest.model.config.vocab_size;
           manifest = message.manifest;
+          manifests.set(runId ?? message.manifest.runId, message.manifest);
+          if (runId) {
+            log(`pool: joined run ${message.manifest.runId}`);
+            return;
+          }
           view.set({
             state: 'joining',
             workerId: `${message.workerId}${settings.name ? ` · ${settings.name}` : ''}`,
@@ -122,10 +140,13 @@ async function main(): Promise<void> {
           return;
         case 'assign': {
           pending = message;
+          if (runId) manifest = manifests.get(runId) ?? null;
           const mb = message.microBatch;
           view.set({
             state: 'computing',
-            detail: `step ${message.step}, micro-batch ${message.index} (${mb.batch}×${mb.time} tokens)`,
+            detail:
+              `${runId ? `run ${runId}, ` : ''}step ${message.step}, micro-batch ${message.index} ` +
+              `(${mb.batch}×${mb.time} tokens)`,
           });
           const logitsBytes = 4 * mb.batch * mb.time * vocabSize;
           if (backend.limits && logitsBytes > backend.limits.maxStorageBufferBindingSize) {
@@ -145,13 +166,17 @@ async function main(): Promise<void> {
           });
           return;
         case 'done':
-          view.set({ state: 'finished', detail: message.reason });
+          // in a pool a run ends and the tab stays for the next
+          if (runId) log(`pool: run ${runId} finished: ${message.reason}`);
+          else view.set({ state: 'finished', detail: message.reason });
           return;
         default:
       }
     };
     const observeOutgoing = (message: Message) => {
-      if (message.type === 'ready') {
+      if (message.type === 'channel') {
+        observe(message.frame, observeOutgoing);
+      } else if (message.type === 'ready') {
         view.set({ state: 'ready', detail: 'waiting for work' });
       } else if (message.type === 'result' && pending && pending.assignmentId === message.assignmentId) {
         const entry: ComputedMicroBatch = {
