@@ -77,6 +77,12 @@ function addRunSettingOptions(cmd: Command): Command {
     .option('--weight-decay <x>', 'AdamW decoupled weight decay', num(0, 10), DEFAULT_TRAIN.weightDecay)
     .option('--clip <x>', 'global gradient-norm clip (0: off)', num(0), DEFAULT_TRAIN.clipNorm)
     .option('--seed <n>', 'seed for data order, LoRA init and dropout', int(0), DEFAULT_TRAIN.seed)
+    .option(
+      '--reduction-block <n>',
+      "sum each step's results in fixed blocks of n micro-batches, then the blocks in order: the same bits on " +
+        'any topology (default: one block of the whole step)',
+      int(1),
+    )
     .option('-r, --rank <n>', 'LoRA rank r', int(1), DEFAULT_LORA.r)
     .option('--alpha <x>', 'LoRA alpha (scaling alpha/r)', num(0), DEFAULT_LORA.alpha)
     .option('--dropout <x>', 'dropout on the LoRA branch input', num(0, 0.999), DEFAULT_LORA.dropout)

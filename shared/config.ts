@@ -108,6 +108,12 @@ export interface TrainConfig {
   /** global gradient-norm clip; 0 turns clipping off */
   clipNorm: number;
   seed: number;
+  /**
+   * micro-batches per reduction block (issue 19): a step's results are summed in order within fixed blocks of
+   * this many micro-batch indices, then the block sums in order, whoever adds them (one coordinator, ingestion
+   * threads, relays). Absent: one block of the whole step, the order runs have always had.
+   */
+  reductionBlock?: number;
 }
 
 export const DEFAULT_TRAIN: TrainConfig = {
@@ -320,5 +326,7 @@ export function checkTrainConfig(partial: Partial<TrainConfig>): TrainConfig {
   expectNumber('train', 'eps', t.eps, 0, 1);
   expectNumber('train', 'clipNorm', t.clipNorm, 0, 1e9);
   expectInt('train', 'seed', t.seed, 0);
+  if (t.reductionBlock === undefined) delete t.reductionBlock;
+  else expectInt('train', 'reductionBlock', t.reductionBlock, 1);
   return t;
 }

@@ -1,7 +1,7 @@
 /**
  * `train --resume`: the run folder's run_config.json defines the run; flags given on the command
  * line may only repeat it. Run-defining settings (model, data, LoRA, optimizer, seed, codecs, local
- * steps, checkpoint interval, aggregation, base format, arithmetic variant) are kept and a flag that contradicts one is refused,
+ * steps, checkpoint interval, aggregation, reduction block, base format, arithmetic variant) are kept and a flag that contradicts one is refused,
  * naming each; `--steps` may be raised to extend a run. Deployment settings (host, port, tokens,
  * workers, limits, heartbeat, spot checks) are not stored and may change freely.
  */
@@ -63,6 +63,7 @@ export function runShapeFrom(o: TrainFlags): RunShape {
     weightDecay: o.weightDecay,
     clipNorm: o.clip,
     seed: o.seed,
+    ...(o.reductionBlock !== undefined ? { reductionBlock: o.reductionBlock } : {}),
   });
   const codec = (name: CodecName): CodecSpec => (name === 'int8' ? { name, blockSize: o.codecBlock } : { name });
   const wire = { up: codec(o.codecUp ?? o.codec), down: codec(o.codecDown ?? o.codec) };
@@ -134,6 +135,7 @@ export function flagsOf(shape: RunShape): TrainFlags {
     weightDecay: train.weightDecay,
     clip: train.clipNorm,
     seed: train.seed,
+    reductionBlock: train.reductionBlock,
     rank: lora.r,
     alpha: lora.alpha,
     dropout: lora.dropout,
@@ -231,6 +233,7 @@ const RUN_DEFINING: Record<string, { flag: string; pick: Pick }> = {
   weightDecay: { flag: '--weight-decay', pick: (s) => s.train.weightDecay },
   clip: { flag: '--clip', pick: (s) => s.train.clipNorm },
   seed: { flag: '--seed', pick: (s) => s.train.seed },
+  reductionBlock: { flag: '--reduction-block', pick: (s) => s.train.reductionBlock },
   rank: { flag: '--rank', pick: (s) => s.lora.r },
   alpha: { flag: '--alpha', pick: (s) => s.lora.alpha },
   dropout: { flag: '--dropout', pick: (s) => s.lora.dropout },

@@ -20,6 +20,8 @@ export class InProcessExecutor implements GradientExecutor {
     private readonly lora: LoraConfig,
     private readonly inner?: InnerOptimizer,
     private readonly step: StepOptions = {},
+    /** the run's train.reductionBlock (aggregate.ts) */
+    private readonly reductionBlock?: number,
   ) {}
 
   publish(_paramVersion: number, adapter: AdapterState): void {
@@ -30,7 +32,7 @@ export class InProcessExecutor implements GradientExecutor {
     const results = microBatches.map((mb) =>
       computeGradients(this.model, this.base, this.spec, this.adapter, this.lora, mb, this.step),
     );
-    return { results, sum: aggregateInOrder(results) };
+    return { results, sum: aggregateInOrder(results, this.reductionBlock) };
   }
 
   async computeLocal(_step: number, _paramVersion: number, jobs: LocalJob[]): Promise<GradientResult[]> {

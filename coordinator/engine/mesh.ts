@@ -53,6 +53,8 @@ export interface MeshOptions {
   memoryCheck?: (backend: string, limitBytes: number) => MemoryVerdict;
   /** every worker recomputes each block in the backward pass (welcome.recompute) */
   recompute?: boolean;
+  /** the run's train.reductionBlock: the step's sum in that canonical order (shared/train/aggregate.ts) */
+  reductionBlock?: number;
   /**
    * Someone else decides which idle worker computes for this run (the standing pool, across its runs): the
    * mesh then assigns only when offer() asks it to, and says when a worker takes or gives back an attempt.
@@ -175,7 +177,7 @@ export class MeshExecutor implements GradientExecutor {
 
   async compute(step: number, paramVersion: number, microBatches: MicroBatch[]): Promise<StepResults> {
     const slots: (GradientResult | undefined)[] = new Array(microBatches.length);
-    const sum = new InOrderSum(slots);
+    const sum = new InOrderSum(slots, this.options.reductionBlock);
     const results = await this.run(
       step,
       paramVersion,

@@ -126,7 +126,7 @@ export class PoolLanes {
       if (p.next === p.microBatches.length) {
         // served in index order, one at a time: the last one served completes the step
         lane.pending = null;
-        p.resolve({ results: p.results, sum: aggregateInOrder(p.results) });
+        p.resolve({ results: p.results, sum: aggregateInOrder(p.results, lane.parts.reductionBlock) });
       }
     } catch (err) {
       lane.pending = null;

@@ -88,6 +88,8 @@ export interface ExecutorParts {
   lora: LoraConfig;
   inner: InnerOptimizer;
   step: StepOptions;
+  /** the run's train.reductionBlock: the order of each step's sum */
+  reductionBlock?: number;
 }
 
 /** The trainer over its executor; `log` is read at each call, so it may be rebound later (the monitor). */
@@ -140,6 +142,7 @@ export function buildEngine(
         security: config.limits.security,
         memoryCheck: memoryCheckFor(config, inputs),
         recompute: config.deployment.recompute,
+        reductionBlock: train.reductionBlock,
         ...(inputs.host ? { arbiter: inputs.host.arbiter } : {}),
       });
   const parts = (): ExecutorParts => ({
@@ -149,11 +152,12 @@ export function buildEngine(
     lora,
     inner,
     step,
+    reductionBlock: train.reductionBlock,
   });
   const executor: GradientExecutor =
     mesh ??
     inputs.executor?.(parts()) ??
-    new InProcessExecutor(trusted.get().model, trusted.get().base, spec, lora, inner, step);
+    new InProcessExecutor(trusted.get().model, trusted.get().base, spec, lora, inner, step, train.reductionBlock);
   const trainer = new Trainer(
     {
       model: model.config,

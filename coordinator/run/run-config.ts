@@ -254,6 +254,13 @@ export function checkRunSettings(v: Partial<RunSettings> & Record<string, unknow
   if (typeof v.model !== 'string' || v.model === '') bad(`${prefix}model`, v.model, 'a model directory');
   const wire = v.wire ?? DEFAULT_RUN_CONFIG.run.wire;
   const aggregation = v.aggregation ?? DEFAULT_RUN_CONFIG.run.aggregation;
+  // a reduction block orders a sum: robust rules and local steps use every result on its own
+  if (v.train?.reductionBlock !== undefined && (v.local != null || aggregation !== 'sum'))
+    bad(
+      `${prefix}train.reductionBlock`,
+      v.train.reductionBlock,
+      v.local != null ? 'no reduction block with local steps' : `no reduction block with aggregation ${aggregation}`,
+    );
   return {
     model: v.model as string,
     data: checkDataSpec(`${prefix}data`, v.data),

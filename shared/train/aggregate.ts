@@ -13,11 +13,18 @@ export interface StepGradient {
   grads: AdapterState;
 }
 
-export function aggregateInOrder(results: GradientResult[]): StepGradient {
+/**
+ * The step's sum of `results` in micro-batch order. With `block` (the run's train.reductionBlock), the canonical
+ * reduction order of issue 19: results summed in order within fixed blocks of `block` micro-batch indices
+ * (0…block−1, block…2·block−1, …), then the block sums in order. Relays and ingestion threads each sum whole
+ * blocks, so any topology gives these bits. Without it (or block ≥ the step's micro-batches) one block holds
+ * every result: the order runs have always had.
+ */
+export function aggregateInOrder(results: GradientResult[], block?: number): StepGradient {
   if (results.length === 0) fail(ErrorCodes.STATE, 'no micro-batch results to aggregate');
-  const sum = emptySum();
-  for (const r of results) addResult(sum, r);
-  return finishSum(sum);
+  const sum = new InOrderSum(results, block);
+  sum.advance();
+  return sum.finish();
 }
 
 /**
@@ -27,17 +34,36 @@ export function aggregateInOrder(results: GradientResult[]): StepGradient {
  * from its decode and check) instead of after them.
  */
 export class InOrderSum {
-  private readonly sum = emptySum();
+  /** the sum of the whole blocks so far, and of the block being added */
+  private total: StepGradient | null = null;
+  private block = emptySum();
   private next = 0;
   private redo = false;
+  private readonly blockSize: number;
 
-  /** `results` is the step's result slots, filled by the caller (in any order). */
-  constructor(private readonly results: readonly (GradientResult | undefined)[]) {}
+  /** `results` is the step's result slots, filled by the caller (in any order); `block` as aggregateInOrder's. */
+  constructor(
+    private readonly results: readonly (GradientResult | undefined)[],
+    block?: number,
+  ) {
+    if (block !== undefined && !(Number.isInteger(block) && block >= 1))
+      fail(ErrorCodes.CONFIG, `reduction block ${block}: expected an integer ≥ 1`);
+    this.blockSize = block ?? Infinity;
+  }
 
   /** Call after filling a slot: adds every filled slot from the first not yet added. */
   advance(): void {
-    while (!this.redo && this.next < this.results.length && this.results[this.next])
-      addResult(this.sum, this.results[this.next++]!);
+    while (!this.redo && this.next < this.results.length && this.results[this.next]) {
+      addResult(this.block, this.results[this.next++]!);
+      if (this.next % this.blockSize === 0 || this.next === this.results.length) this.closeBlock();
+    }
+  }
+
+  /** A whole block is added: its sum goes into the total, in block order. */
+  private closeBlock(): void {
+    if (!this.total) this.total = this.block;
+    else addSum(this.total, this.block);
+    this.block = emptySum();
   }
 
   /** Slot `index` was emptied again (its result revoked); if it was already added, finish() sums afresh. */
@@ -45,13 +71,17 @@ export class InOrderSum {
     if (index < this.next) this.redo = true;
   }
 
-  /** Once every slot is filled: the step's gradient, bit-identical to aggregateInOrder(results). */
+  /** Once every slot is filled: the step's gradient, bit-identical to aggregateInOrder(results, block). */
   finish(): StepGradient {
     const missing = this.results.findIndex((r) => !r);
     if (missing >= 0) fail(ErrorCodes.STATE, `result ${missing} of ${this.results.length} is missing`);
-    // (no results: its error)
-    if (this.redo || this.next === 0) return aggregateInOrder(this.results as GradientResult[]);
-    return finishSum(this.sum);
+    if (this.results.length === 0) fail(ErrorCodes.STATE, 'no micro-batch results to aggregate');
+    if (this.redo || this.next < this.results.length) {
+      const fresh = new InOrderSum(this.results, Number.isFinite(this.blockSize) ? this.blockSize : undefined);
+      fresh.advance();
+      return fresh.finish();
+    }
+    return finishSum(this.total!);
   }
 }
 
@@ -63,6 +93,17 @@ function addResult(sum: StepGradient, r: GradientResult): void {
   for (const [name, g] of r.grads) {
     const acc = sum.grads.get(name);
     if (!acc) sum.grads.set(name, new Float32Array(g));
+    else addInto(acc, g);
+  }
+}
+
+/** total += a block's sum, in float32 for the gradients (lossSum in float64, as every sum here). */
+function addSum(total: StepGradient, block: StepGradient): void {
+  total.lossSum += block.lossSum;
+  total.tokenCount += block.tokenCount;
+  for (const [name, g] of block.grads) {
+    const acc = total.grads.get(name);
+    if (!acc) total.grads.set(name, g);
     else addInto(acc, g);
   }
 }

@@ -89,3 +89,29 @@ for (const workers of [2, 1, 3]) {
     assert.deepEqual(config.target_modules, ['q_proj', 'v_proj']);
   });
 }
+
+test('with train.reductionBlock 2, 2 worker processes equal the in-process run with the same block, bit for bit', async () => {
+  const blocked = { ...train, reductionBlock: 2 };
+  const withBlock = (name: string, extra: Pick<Partial<Deployment>, 'inProcess'> & { localWorkers: number }) =>
+    runTraining({
+      ...base,
+      config: {
+        run: { lora, train: blocked },
+        deployment: {
+          outDir: join(root, 'runs'),
+          backend: 'wasm',
+          cacheDir: join(root, 'cache'),
+          runId: name,
+          ...extra,
+        },
+      },
+    });
+  const alone = await withBlock('blocks-reference', { inProcess: true, localWorkers: 0 });
+  const mesh = await withBlock('blocks-mesh', { localWorkers: 2 });
+  assert.equal(maxAbsDiff(mesh.adapter, alone.adapter), 0);
+  mesh.metrics.forEach((m, i) => assert.equal(m.loss, alone.metrics[i].loss, `step ${i + 1} loss`));
+  // blocks of 2 of a step's 4 micro-batches add in another order than one block: other bits
+  assert.ok(maxAbsDiff(alone.adapter, reference.adapter) > 0, 'the block changes the order of the sum');
+  const stored = JSON.parse(readFileSync(join(mesh.runDir, 'run_config.json'), 'utf8'));
+  assert.equal(stored.train.reductionBlock, 2, 'run_config.json records the block');
+});
