@@ -120,7 +120,8 @@ export class PoolLanes {
     const tokens = mb.batch * mb.time; // positions computed, padding included: the work, not the loss tokens
     this.share.charge(id, tokens);
     try {
-      const { model, base, spec, lora, step } = lane.parts;
+      const { model, base, spec, lora, step, select } = lane.parts;
+      select(); // runs of the pool may compute with different arithmetic variants
       p.results[index] = computeGradients(model, base, spec, lane.adapter, lora, mb, step);
       this.onServe?.({ run: id, step: p.step, index, tokens });
       if (p.next === p.microBatches.length) {

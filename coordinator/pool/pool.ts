@@ -23,7 +23,11 @@ import { F32 } from '../../shared/protocol/wire-codec.ts';
 import { defaultCacheDir } from '../../node/cache-dir.ts';
 import { compactBaseFile } from '../io/compact-cache.ts';
 import { examplesFor } from '../io/dataset.ts';
-import type { ModelDir, ModelFile } from '../io/model-dir.ts';
+import { loadWeights, type ModelDir, type ModelFile } from '../io/model-dir.ts';
+import { loadCompactBaseFile } from '../../node/compact-file.ts';
+import { FrozenBase } from '../../shared/lora/params.ts';
+import { type CausalLM, createModel } from '../../shared/model/causal-lm.ts';
+import { baseForKernels } from '../../shared/model/compact-base.ts';
 import { startServer, type RunningServer } from '../net/server.ts';
 import { PoolMesh, type PoolServed } from './pool-mesh.ts';
 import { PoolMonitor } from './pool-monitor.ts';
@@ -82,7 +86,25 @@ export class Pool {
     readonly mesh: PoolMesh,
     readonly monitor: PoolMonitor,
     private readonly opts: PoolOptions,
+    private readonly files: ModelFile[],
   ) {}
+
+  /** the coordinator's model and frozen base, built on first use and shared by every run (eval, checks) */
+  private trusted: { model: CausalLM; base: FrozenBase } | null = null;
+  /** times the pool process loaded its base: one however many runs (tests) */
+  baseLoads = 0;
+
+  private readonly sharedBase = () => {
+    if (this.trusted) return this.trusted;
+    const { config } = this.opts.model;
+    const format = this.opts.baseFormat;
+    const file = this.files.find((f) => f.name.endsWith('.safetensors'));
+    const weights =
+      format && file ? loadCompactBaseFile(config, file.path, format) : loadWeights(this.opts.model).weights;
+    this.baseLoads++;
+    this.trusted = { model: createModel(config), base: new FrozenBase(config, baseForKernels(config, weights)) };
+    return this.trusted;
+  };
 
   static async start(opts: PoolOptions): Promise<Pool> {
     const log = opts.log ?? ((line: string) => console.log(line));
@@ -144,7 +166,7 @@ export class Pool {
         ...(opts.tls ? { tls: opts.tls } : {}),
       });
       const url = server.url;
-      pool = new Pool(opts.dir, url, registry, server, lock, lanes, mesh, monitor, opts);
+      pool = new Pool(opts.dir, url, registry, server, lock, lanes, mesh, monitor, opts, files);
       log(
         `pool: ${opts.model.dir} at ${url} (folder ${opts.dir}); ` +
           (opts.inProcess
@@ -239,6 +261,7 @@ export class Pool {
           },
           executor: (parts) => this.lanes.lane(run.id, submission.share, parts),
           host,
+          sharedBase: this.sharedBase,
         });
         const now = this.registry.runById(run.id)!;
         if (now.state === 'cancelled' || this.closing) return; // a restart resumes an unfinished run

@@ -66,6 +66,13 @@ export interface EngineInputs {
   executor?: (parts: ExecutorParts) => GradientExecutor;
   /** A host serves the run's workers (the standing pool): its arbiter chooses which worker computes what. */
   host?: RunHost;
+  /**
+   * The coordinator's model and frozen base, built once and shared by several runs on the same base (the standing
+   * pool): the run's eval, result checks and in-process steps use it instead of loading their own copy.
+   */
+  sharedBase?: () => { model: CausalLM; base: FrozenBase };
+  /** makes the run's arithmetic variant this process's kernels' (called before each of the run's computations) */
+  selectArithmetic?: () => void;
 }
 
 /**
@@ -90,6 +97,8 @@ export interface ExecutorParts {
   step: StepOptions;
   /** the run's train.reductionBlock: the order of each step's sum */
   reductionBlock?: number;
+  /** makes the run's arithmetic variant the kernels' (before each micro-batch, where runs share a process) */
+  select: () => void;
 }
 
 /** The trainer over its executor; `log` is read at each call, so it may be rebound later (the monitor). */
@@ -119,6 +128,8 @@ export function buildEngine(
     inner,
     () => baseForKernels(model.config, base.load()),
     step,
+    inputs.sharedBase,
+    inputs.selectArithmetic,
   );
   const mesh = config.deployment.inProcess
     ? null
@@ -148,6 +159,7 @@ export function buildEngine(
   const parts = (): ExecutorParts => ({
     model: trusted.get().model,
     base: trusted.get().base,
+    select: inputs.selectArithmetic ?? (() => {}),
     spec,
     lora,
     inner,

@@ -63,6 +63,10 @@ export interface RunOptions {
   executor?: EngineInputs['executor'];
   /** who serves the run's workers instead of its own server and local workers (the standing pool) */
   host?: EngineInputs['host'];
+  /** the coordinator's model and base, shared with other runs on the same base (run-builder.ts EngineInputs) */
+  sharedBase?: EngineInputs['sharedBase'];
+  /** set by runTraining: the run's arithmetic made this process's (before each of its computations) */
+  selectArithmetic?: () => void;
   /** this process's wasm kernels, made to use the run's arithmetic variant (default: kernels/arithmetic.ts; tests fake it) */
   arithmetic?: ArithmeticKernels;
 }
@@ -111,7 +115,9 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
   // This process's own copy (eval loss, result checks, every step with --in-process) computes with the run's
   // variant like its workers, or the run stops here, before its folder exists: a spot check in other arithmetic
   // would convict honest workers, and an --in-process run would not be this run.
-  useArithmetic(config.run.arithmetic, opts.arithmetic ?? PROCESS_KERNELS, 'the coordinator');
+  const selectArithmetic = () =>
+    useArithmetic(config.run.arithmetic, opts.arithmetic ?? PROCESS_KERNELS, 'the coordinator');
+  selectArithmetic();
   if (config.run.arithmetic !== DEFAULT_ARITHMETIC)
     (opts.log ?? console.log)(`arithmetic: ${config.run.arithmetic} (workers without it are refused)`);
   const runId =
@@ -122,7 +128,7 @@ export async function runTraining(opts: RunOptions): Promise<RunResult> {
     log: opts.log,
   });
   try {
-    return await trainInRunDir(opts, config, runId, runDir);
+    return await trainInRunDir({ ...opts, selectArithmetic }, config, runId, runDir);
   } finally {
     runDir.close();
   }

@@ -29,9 +29,18 @@ export class TrustedModel {
     /** the run's frozen base: float32 tensors, or compact ones (the file workers fetch) */
     private readonly loadWeights: () => BaseWeights,
     private readonly step: StepOptions = {},
+    /** a base already built and shared with other runs (the standing pool's one copy); loadWeights is then unused */
+    private readonly shared?: () => { model: CausalLM; base: FrozenBase },
+    /**
+     * makes the run's arithmetic variant the kernels' before each computation: a process holding several runs
+     * (the standing pool) may hold runs of different variants
+     */
+    private readonly select: () => void = () => {},
   ) {}
 
   get(): { model: CausalLM; base: FrozenBase } {
+    this.select();
+    if (this.shared) return this.shared();
     return (this.built ??= { model: createModel(this.config), base: new FrozenBase(this.config, this.loadWeights()) });
   }
 

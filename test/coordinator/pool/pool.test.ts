@@ -37,10 +37,12 @@ const RUN_A = {
   train: { steps: 5, globalBatch: 8, microBatch: 2, lr: 1e-2, seed: 3 },
   data: { maxTokens: 24, evalFraction: 0.1 },
 };
+// B computes with relaxed-fma beside A's simd128: each run selects its own variant before it computes
 const RUN_B = {
   lora: { r: 8, alpha: 8, targetModules: ['k_proj', 'o_proj'] },
   train: { steps: 4, globalBatch: 6, microBatch: 3, lr: 5e-3, seed: 5 },
   data: { maxTokens: 20 },
+  arithmetic: 'relaxed-fma',
 };
 const RUN_C = {
   lora: { r: 2, alpha: 4, targetModules: ['up_proj'] },
@@ -108,6 +110,7 @@ test('runs submitted at different times end byte-identical to each run alone; a 
     await new Promise((resolve) => setTimeout(resolve, 50));
     const b = await submit(RUN_B);
     for (const id of [a, b]) assert.equal((await pool.settled(id))?.state, 'done', id);
+    assert.equal(pool.baseLoads, 1, 'one copy of the base in the pool process, whatever the number of runs');
     for (const [id, run, name] of [
       [a, RUN_A, 'A'],
       [b, RUN_B, 'B'],
