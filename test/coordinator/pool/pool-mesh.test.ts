@@ -15,7 +15,9 @@ import { encodeFloats, F32 } from '../../../shared/protocol/wire-codec.ts';
 import { aggregateInOrder } from '../../../shared/train/aggregate.ts';
 import type { GradientResult } from '../../../shared/train/gradients.ts';
 import { type MicroBatch, tokenCount } from '../../../shared/train/micro-batch.ts';
+import { FrameFactory } from '../../helpers/fuzz-frames.ts';
 import { honest, microBatches, SHAPES, tinyManifest } from '../../helpers/tiny-mesh.ts';
+import { Rng } from '../../../shared/rng.ts';
 
 const adapter = new Map(SHAPES.map(([name, [r, c]]) => [name, new Float32Array(r * c).fill(0.5)]));
 const split = (g: Float32Array) =>
@@ -196,5 +198,54 @@ test('pool mesh: bad frames are refused with a code; a worker one run convicts l
   assert.ok(honestWorker.open && stray.open);
   const again = new FakeWorker('liar').join(pool);
   assert.ok(again.rejects().includes(ErrorCodes.QUARANTINED), 'its name is not let back');
+  run.close();
+});
+
+test('pool mesh under 20,000 fuzzed frames (raw and inside a run channel): nothing thrown, the honest run exact', async () => {
+  // the fuzzer's frames (test/helpers/fuzz-frames.ts): mutated, truncated, oversized, deep, text, wrong protocol…
+  const seed = Number(process.env.LORAMESH_FUZZ_SEED ?? 9137);
+  const pool = new PoolMesh({
+    manifest: tinyManifest('pool'),
+    log: () => {},
+    // no flood limit at the pool: every frame is read (a run's own limits still close a flooding channel)
+    security: { maxMessagesPerSecond: 1e9, maxRejects: 1e9 },
+  });
+  new FakeWorker('honest').join(pool);
+  const run = openRun(pool, 'run-1', 1);
+  const factory = new FrameFactory(
+    new Rng(seed),
+    SHAPES.map(([name, shape]) => ({ name, shape })),
+    64 * 1024,
+    [256 * 1024, 512 * 1024],
+  );
+  let thrown = 0;
+  let peers = 0;
+  let hostile: FakeWorker | null = null;
+  const fresh = () => {
+    peers++;
+    // every other peer says hello first (and so gets run-1's channel), the others stay in the handshake
+    const peer = new FakeWorker(`hostile-${peers}`);
+    if (peers % 2 === 0) peer.join(pool);
+    else peer.events = pool.attach(peer);
+    return peer;
+  };
+  for (let i = 0; i < 20_000; i++) {
+    if (!hostile?.open) hostile = fresh();
+    const joined = peers % 2 === 0;
+    const frame = factory.next(joined ? 'joined' : 'fresh');
+    const bytes = typeof frame.data === 'string' ? new TextEncoder().encode(frame.data) : frame.data;
+    try {
+      // a third of a joined peer's frames go inside run-1's channel, to the run's own mesh
+      if (joined && i % 3 === 0) hostile.say({ type: 'channel', runId: 'run-1', frame: bytes });
+      else hostile.events.frame(bytes, frame.binary);
+    } catch (err) {
+      thrown++;
+      if (thrown < 3) console.error(err);
+    }
+  }
+  assert.equal(thrown, 0, 'no frame makes the pool throw');
+  assert.ok(peers >= 2);
+  const { sum } = await run.compute(0, 0, microBatches);
+  for (const [name, g] of expected.grads) assert.deepEqual(sum.grads.get(name), g, 'the honest run is exact');
   run.close();
 });
