@@ -126,7 +126,9 @@ export class WorkerSession {
     return [...this.runs.keys()];
   }
 
+  /** The first frame of a connection (a new one after a reconnect: a pool opens its runs on it afresh). */
   hello(): Uint8Array {
+    this.runs.clear();
     return encodeMessage({
       type: 'hello',
       protocol: PROTOCOL_VERSION,

@@ -239,11 +239,17 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
       return states.every((s) => s === 'done') && now;
     });
     assert.equal(final.size, 5);
-    // the workers that were left served the runs after the restart: they reconnected on their own
+    // the workers that were left served the runs after the restart: they reconnected on their own, and each
+    // joined the resumed runs (a worker must not keep the killed pool's runs: the same run ids come back)
     assert.ok(
       logs.filter((l) => l.startsWith('[pool]') && /pool worker \S+ ready/.test(l)).length >= 4,
       'workers joined the restarted pool',
     );
+    const restart = logs.map((l) => l.includes(`at ${url}`)).lastIndexOf(true);
+    const rejoined = new Set(
+      logs.slice(restart).flatMap((l) => /^\[(w2|w3)\] .*joined run /.exec(l)?.slice(1, 2) ?? []),
+    );
+    assert.deepEqual([...rejoined].sort(), ['w2', 'w3'], 'both remaining workers joined runs after the restart');
     // the late joiner computed micro-batches (the ledgers name each run's own id for its connection)
     const idsOf = (worker: string) =>
       new Set(logs.flatMap((l) => [...l.matchAll(new RegExp(`worker (\\S+) \\(${worker}, `, 'g'))].map((m) => m[1])));
@@ -292,6 +298,7 @@ test('a pool with worker processes: 3 f32 runs byte-identical to each run alone 
     writeFileSync(join(tmpdir(), 'loramesh-pool-workers.log'), logs.join('\n'));
     throw err;
   } finally {
+    if (process.env.LORAMESH_KEEP_LOG) writeFileSync(join(tmpdir(), 'loramesh-pool-workers.log'), logs.join('\n'));
     for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   }
 });
