@@ -603,6 +603,11 @@ export class MeshExecutor implements GradientExecutor {
     return !!step && !!w && step.schedule.unassigned > 0 && this.mayAssign(w, step);
   }
 
+  /** Where the connection on `peer` is in its handshake (undefined: not one of this run's). */
+  stateOf(peer: Peer): WorkerConnection['state'] | undefined {
+    return this.byPeer.get(peer)?.state;
+  }
+
   /** With an arbiter: whether the step in flight has a micro-batch waiting for its first attempt or a retry. */
   get hasFreshWork(): boolean {
     return !!this.inFlight && this.inFlight.schedule.unassigned > 0;

@@ -102,6 +102,17 @@ interface Lane {
   priority: number;
 }
 
+/** A run's refusals that retrying cannot change: the run stays closed on that connection. */
+const PERMANENT_REFUSALS = new Set<string>([
+  ErrorCodes.CODEC,
+  ErrorCodes.ARITHMETIC,
+  ErrorCodes.MEMORY,
+  ErrorCodes.QUARANTINED,
+  ErrorCodes.PROTOCOL_VERSION,
+]);
+/** ms before a run is offered again to a worker whose channel closed for a passing reason */
+const REOPEN_MS = 1000;
+
 export interface PoolMeshOptions {
   /** the pool's base: model config and files; adapter empty (no run) */
   manifest: RunManifest;
@@ -115,6 +126,11 @@ export interface PoolMeshOptions {
    * has the measured trade-off)
    */
   maxRunsPerWorker?: number;
+  /**
+   * unsent bytes on a worker's connection above which it gets no new work (default 64 MiB), and above which it
+   * is dropped (default 1 GiB): one limit for the connection every run shares
+   */
+  buffer?: { soft: number; hard: number };
 }
 
 export class PoolMesh {
@@ -123,8 +139,6 @@ export class PoolMesh {
   /** which worker and run each run's view of a connection belongs to */
   private readonly channelOf = new Map<Peer, { worker: PoolWorker; runId: string }>();
   private readonly share = new FairShare();
-  /** names quarantined by any run: a worker one run convicted leaves the pool and is not let back */
-  private readonly banned = new Set<string>();
   private readonly limits: SecurityLimits;
   private readonly log: (line: string) => void;
   readonly traffic = new ByteCounter();
@@ -133,8 +147,15 @@ export class PoolMesh {
   /** the most runs' attempts one worker holds at once (PoolMeshOptions.maxRunsPerWorker; benches change it) */
   maxRunsPerWorker: number;
 
+  /** re-runs dispatch while workers wait on backpressure (a socket's drain has no event here) */
+  private readonly tick: ReturnType<typeof setInterval>;
+  private readonly buffer: { soft: number; hard: number };
+
   constructor(private readonly options: PoolMeshOptions) {
     this.log = options.log ?? (() => {});
+    this.buffer = options.buffer ?? { soft: 64 << 20, hard: 1 << 30 };
+    this.tick = setInterval(() => this.wake(), 250);
+    this.tick.unref();
     this.maxRunsPerWorker = Math.max(1, options.maxRunsPerWorker ?? 1);
     this.limits = { ...DEFAULT_SECURITY, ...options.security };
   }
@@ -183,7 +204,10 @@ export class PoolMesh {
   close(runId: string, reason: string): void {
     const lane = this.lanes.get(runId);
     if (!lane) return;
-    for (const w of this.workers.values()) this.closeChannel(w, runId, reason, false);
+    for (const w of this.workers.values()) {
+      this.closeChannel(w, runId, reason, true, false);
+      w.closedRuns.delete(runId); // the run is gone: nothing left to keep closed
+    }
     this.lanes.delete(runId);
     this.share.remove(runId);
     this.wake();
@@ -278,6 +302,7 @@ export class PoolMesh {
 
   /** Drops every connection (the pool is closing; workers reconnect to a restarted pool). */
   terminateAll(): void {
+    clearInterval(this.tick);
     for (const w of this.workers.values()) w.peer.terminate();
   }
 
@@ -340,10 +365,6 @@ export class PoolMesh {
   private onHello(w: PoolWorker, hello: Hello): void {
     if (w.state !== 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'hello sent twice');
     const name = hello.name === undefined ? w.id : cleanPeerText(hello.name, 64);
-    if (this.banned.has(name)) {
-      this.expel(w, ErrorCodes.QUARANTINED, `worker ${name} was quarantined by a run of this pool`);
-      return;
-    }
     if (hello.protocol !== PROTOCOL_VERSION) {
       this.expel(
         w,
@@ -382,18 +403,25 @@ export class PoolMesh {
     const runId = lane.id;
     const channel: RunChannel = { lane, open: true } as RunChannel;
     channel.peer = {
-      get bufferedAmount() {
-        return w.peer.bufferedAmount;
-      },
+      // backpressure is the connection's, shared by every run on it: the pool applies it (dispatch, send)
+      bufferedAmount: 0,
       get open() {
         return channel.open && w.peer.open;
       },
       send: (frame) => {
         if (channel.open) this.send(w, { type: 'channel', runId, frame });
       },
-      // the run closes its connection: a quarantine leaves the pool, anything else (a decline) only this run
-      close: (_code, reason) => this.closeChannel(w, runId, reason, reason === ErrorCodes.QUARANTINED),
-      terminate: () => this.closeChannel(w, runId, 'dropped by the run', false),
+      // The run closes its connection. A refusal that retrying cannot change (codec, arithmetic, memory, a
+      // quarantine) closes the run on this worker for good; a worker the run convicted after it joined (a
+      // failed check, a flood) leaves the pool; anything else (a handshake that timed out while this process
+      // was busy) is offered again.
+      close: (_code, reason) => {
+        const joined = lane.mesh?.stateOf(channel.peer) !== 'handshake';
+        const convicted = reason === ErrorCodes.QUARANTINED && joined;
+        this.closeChannel(w, runId, reason, PERMANENT_REFUSALS.has(reason), convicted, channel);
+      },
+      // (a run terminates a connection it closed a second later: by then this channel may have been replaced)
+      terminate: () => this.closeChannel(w, runId, 'dropped by the run', false, false, channel),
       ping: () => {},
     };
     this.channelOf.set(channel.peer, { worker: w, runId });
@@ -402,18 +430,27 @@ export class PoolMesh {
     this.send(w, { type: 'run-open', runId });
   }
 
-  private closeChannel(w: PoolWorker, runId: string, reason: string, quarantined: boolean): void {
+  private closeChannel(
+    w: PoolWorker,
+    runId: string,
+    reason: string,
+    permanent: boolean,
+    convicted: boolean,
+    which?: RunChannel,
+  ): void {
     const channel = w.channels.get(runId);
-    if (!channel?.open) return;
+    if (!channel?.open || (which && channel !== which)) return;
     channel.open = false;
     w.channels.delete(runId);
-    w.closedRuns.add(runId);
     w.busy.delete(runId);
     this.send(w, { type: 'run-close', runId, reason: cleanPeerText(reason, 200) });
-    if (quarantined) {
-      this.banned.add(w.name);
-      this.expel(w, ErrorCodes.QUARANTINED, `quarantined by run ${runId}`);
-    }
+    if (permanent) w.closedRuns.add(runId);
+    else
+      setTimeout(() => {
+        const lane = this.lanes.get(runId);
+        if (lane && !w.closed && w.state === 'ready') this.openChannel(w, lane);
+      }, REOPEN_MS).unref();
+    if (convicted) this.expel(w, ErrorCodes.QUARANTINED, `quarantined by run ${runId}`);
     // after the caller is done with the connection (as a socket's close event would come)
     queueMicrotask(() => {
       channel.events.close();
@@ -464,6 +501,7 @@ export class PoolMesh {
   private dispatch(): void {
     for (const w of this.workers.values()) {
       if (w.state !== 'ready' || w.closed) continue;
+      if (w.peer.bufferedAmount > this.buffer.soft) continue; // it has not taken what was sent: the tick retries
       const tried = new Set<string>();
       const slots = Math.min(w.offered, this.maxRunsPerWorker);
       while (w.busy.size < slots) {
@@ -486,6 +524,11 @@ export class PoolMesh {
 
   private send(w: PoolWorker, message: CoordinatorMessage): void {
     if (!w.peer.open) return;
+    if (w.peer.bufferedAmount > this.buffer.hard) {
+      this.log(`pool worker ${w.id}: ${w.peer.bufferedAmount} bytes unsent; dropping it`);
+      w.peer.terminate();
+      return;
+    }
     const frame = encodeMessage(message);
     const wire = wsFrameBytes(frame.length, false);
     w.bytesOut += wire;

@@ -293,6 +293,7 @@ export class Pool {
     this.closing = true;
     for (const { abort } of this.running.values()) abort.abort();
     await Promise.all([...this.running.values()].map((r) => r.done));
+    this.mesh.terminateAll();
     await this.server.close();
     this.registry.close();
     this.lock.release();

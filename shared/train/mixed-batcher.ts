@@ -87,7 +87,13 @@ export class MixBatcher {
           (e) => e.job && e.arithmetic === first.arithmetic && !!e.step.recompute === !!first.step.recompute,
         );
         const jobs = group.map((e) => e.job!);
-        const mix = group.length > 1 && canMix(this.base, jobs, first.step) && this.fits(jobs);
+        let mix = false;
+        try {
+          mix = group.length > 1 && canMix(this.base, jobs, first.step) && this.fits(jobs);
+        } catch (err) {
+          // a plan that cannot be made (an odd shape) only means: compute them one at a time
+          this.log(`multi-adapter pass skipped: ${(err as Error).message}`);
+        }
         if (mix) {
           first.select();
           try {

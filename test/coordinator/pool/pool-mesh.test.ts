@@ -2,7 +2,7 @@
 // (pool-welcome, run-open, channels carrying each run's own protocol) to a PoolMesh over two runs' real
 // MeshExecutors. Each run's step sums in micro-batch order (the bits of aggregateInOrder) whoever computed
 // what; a worker holds at most --runs-per-worker attempts and never two of one run; bad frames are refused
-// with a code; a worker one run convicts leaves the pool and its name is not let back.
+// with a code; a worker one run convicts leaves the pool, and that run refuses its name when it comes back.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { MeshExecutor, type WorkItem } from '../../../coordinator/engine/mesh.ts';
@@ -44,13 +44,16 @@ class FakeWorker implements Peer {
     private readonly delayMs = 1,
     /** hello.multiRun: how many runs' attempts it offers to hold at once */
     private readonly multiRun = 4,
+    /** run-opens to leave unanswered first (a worker too busy to say hello in time) */
+    private ignoreOpens = 0,
   ) {}
 
   send(frame: Uint8Array): void {
     const m = decodeMessage(frame);
     this.received.push(m);
     if (m.type === 'pool-welcome') queueMicrotask(() => this.say({ type: 'ready', paramVersion: -1 }));
-    if (m.type === 'run-open') {
+    if (m.type === 'run-open' && this.ignoreOpens > 0) this.ignoreOpens--;
+    else if (m.type === 'run-open') {
       const hello = { type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', name: this.name };
       this.channel(m.runId, hello as Message);
     }
@@ -107,9 +110,10 @@ class FakeWorker implements Peer {
 }
 
 /** A run on the pool: its mesh, with spot checks on every result when `checked` (recomputing honest(index)). */
-function openRun(pool: PoolMesh, runId: string, weight: number, checked = false): MeshExecutor {
+function openRun(pool: PoolMesh, runId: string, weight: number, checked = false, handshakeMs?: number): MeshExecutor {
   const mesh = new MeshExecutor({
     manifest: tinyManifest(runId),
+    ...(handshakeMs ? { security: { handshakeTimeoutMs: handshakeMs } } : {}),
     arbiter: pool.arbiter(runId, { weight, priority: 0 }),
     ...(checked
       ? {
@@ -173,7 +177,7 @@ test('pool mesh: with --runs-per-worker 2 a worker holds one attempt of each run
   for (const m of runs) m.close();
 });
 
-test('pool mesh: bad frames are refused with a code; a worker one run convicts leaves the pool for good', async () => {
+test('pool mesh: bad frames are refused with a code; a worker one run convicts leaves the pool, and that run refuses it after', async () => {
   const pool = new PoolMesh({ manifest: tinyManifest('pool'), log: () => {} });
   // a frame before hello, and a channel for a run that is not open
   const early = new FakeWorker('early');
@@ -196,8 +200,19 @@ test('pool mesh: bad frames are refused with a code; a worker one run convicts l
   assert.ok(!liar.open, 'the pool closed the liar');
   assert.ok(liar.rejects().includes(ErrorCodes.QUARANTINED));
   assert.ok(honestWorker.open && stray.open);
+  // the name comes back (a name is the peer's choice: banning it pool-wide would let anyone ban an honest worker);
+  // the run that convicted it refuses it at hello, and only that run
   const again = new FakeWorker('liar').join(pool);
-  assert.ok(again.rejects().includes(ErrorCodes.QUARANTINED), 'its name is not let back');
+  await new Promise((r) => setTimeout(r, 5));
+  assert.ok(again.open, 'the pool takes the name back');
+  const inRun = again.received.flatMap((m) =>
+    m.type === 'channel' && m.runId === 'run-2' ? [decodeMessage(m.frame)] : [],
+  );
+  assert.ok(
+    inRun.some((m) => m.type === 'reject' && m.code === ErrorCodes.QUARANTINED),
+    'run-2 refuses it',
+  );
+  assert.ok(again.received.some((m) => m.type === 'run-close' && m.runId === 'run-2'));
   run.close();
 });
 
@@ -247,5 +262,30 @@ test('pool mesh under 20,000 fuzzed frames (raw and inside a run channel): nothi
   assert.ok(peers >= 2);
   const { sum } = await run.compute(0, 0, microBatches);
   for (const [name, g] of expected.grads) assert.deepEqual(sum.grads.get(name), g, 'the honest run is exact');
+  run.close();
+});
+
+test('pool mesh: a run whose hello timed out on a worker is offered to it again; a full socket only pauses work', {
+  timeout: 20_000,
+}, async () => {
+  const pool = new PoolMesh({ manifest: tinyManifest('pool'), log: () => {}, buffer: { soft: 1000, hard: 1e12 } });
+  // it leaves the first run-open unanswered: the run's 50 ms handshake closes the channel, then the pool reopens it
+  const slow = new FakeWorker('slow', 1, 1, 1, 1).join(pool);
+  const run = openRun(pool, 'run-1', 1, false, 50);
+  // the pool's timers are unref'd (its server holds a real process open): this test holds it meanwhile
+  const alive = setInterval(() => {}, 100);
+  const { sum } = await run.compute(0, 0, microBatches);
+  for (const [name, g] of expected.grads) assert.deepEqual(sum.grads.get(name), g);
+  assert.equal(slow.received.filter((m) => m.type === 'run-open').length, 2, 'offered again after the timeout');
+  // unsent bytes over the soft limit: no new work (no channel closed), and work resumes once they drain
+  slow.bufferedAmount = 5000;
+  const step = run.compute(1, 0, microBatches);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(slow.computed.length, microBatches.length, 'no assignment while the socket is full');
+  slow.bufferedAmount = 0;
+  await step;
+  clearInterval(alive);
+  assert.equal(slow.computed.length, 2 * microBatches.length);
+  assert.ok(slow.open);
   run.close();
 });
