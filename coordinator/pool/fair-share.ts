@@ -73,11 +73,15 @@ export class FairShare {
   }
 
   /**
-   * The run an idle worker should serve, among `ready` (runs with an unassigned micro-batch that this
-   * worker may take); null when none is. Updates which runs are ready (see the module comment).
+   * The run an idle worker should serve: among `among` (the runs with work this worker may take; default
+   * `ready`), the one the share picks; null when none is. `ready` is every run with an unassigned micro-batch
+   * in the pool, whoever may take it: it updates which runs are ready (see the module comment), so a run this
+   * worker cannot serve keeps its place for the workers that can.
    */
-  pick(ready: Iterable<string>): string | null {
+  pick(ready: Iterable<string>, among?: Iterable<string>): string | null {
     const now = new Set(ready);
+    // `among`: the runs this worker may take (a subset of the ready ones); readiness itself is the pool's
+    const allowed = among ? new Set(among) : now;
     for (const run of this.runs.values()) {
       const isReady = now.has(run.id);
       // a run that just became ready starts no earlier than its level's system virtual time
@@ -86,7 +90,7 @@ export class FairShare {
     }
     let best: RunShare | null = null;
     for (const run of this.runs.values()) {
-      if (!run.ready) continue;
+      if (!run.ready || !allowed.has(run.id)) continue;
       if (
         !best ||
         run.priority > best.priority ||

@@ -499,6 +499,8 @@ export class PoolMesh {
    * An idle worker that got nothing fresh gets a straggler copy of the highest-priority run that has one.
    */
   private dispatch(): void {
+    // runs with work waiting anywhere: the share's readiness (a worker's own candidates only filter its pick)
+    const waiting = () => [...this.lanes.values()].filter((l) => l.mesh?.hasFreshWork).map((l) => l.id);
     for (const w of this.workers.values()) {
       if (w.state !== 'ready' || w.closed) continue;
       if (w.peer.bufferedAmount > this.buffer.soft) continue; // it has not taken what was sent: the tick retries
@@ -510,7 +512,7 @@ export class PoolMesh {
             w.busy.has(runId) ? ch.lane.mesh?.hasFreshWork : !tried.has(runId) && ch.lane.mesh?.wants(ch.peer),
           )
           .map(([runId]) => runId);
-        const runId = candidates.length > 0 ? this.share.pick(candidates) : null;
+        const runId = candidates.length > 0 ? this.share.pick(waiting(), candidates) : null;
         if (runId === null || w.busy.has(runId)) break;
         tried.add(runId);
         const channel = w.channels.get(runId)!;

@@ -248,3 +248,23 @@ test('bad share settings are refused with the field and value named', () => {
 function fmt(xs: number[]): string {
   return xs.map((x) => x.toFixed(2)).join(' ');
 }
+
+test('a worker that may take only some runs picks among them; a ready run it cannot take keeps its credit', () => {
+  const share = new FairShare();
+  share.add('A', { weight: 1, priority: 0 });
+  share.add('B', { weight: 1, priority: 0 });
+  // worker X serves only B (A refused it) while both have work waiting: B three times
+  for (let i = 0; i < 3; i++) {
+    assert.equal(share.pick(['A', 'B'], ['B']), 'B');
+    share.charge('B', 10);
+  }
+  // worker Y serves both: A was ready all along, so its virtual time was not lifted: A three times
+  const picks = [];
+  for (let i = 0; i < 3; i++) {
+    const id = share.pick(['A', 'B'])!;
+    picks.push(id);
+    share.charge(id, 10);
+  }
+  assert.deepEqual(picks, ['A', 'A', 'A']);
+  assert.equal(share.pick(['A', 'B'], []), null, 'nothing this worker may take');
+});
