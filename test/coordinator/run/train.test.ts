@@ -53,7 +53,14 @@ test('--in-process selects the run variant before its first step and records it 
   const kernels = fakeKernels(['simd128', 'relaxed-fma']);
   const atEachStep: ArithmeticVariant[][] = [];
   await run('relaxed', 'relaxed-fma', kernels, () => atEachStep.push([...kernels.selected]));
-  assert.deepEqual(atEachStep, [['relaxed-fma'], ['relaxed-fma']]);
+  // selected before the first step, and only ever the run's variant (a process may select again before each of
+  // the run's computations: the standing pool holds runs of different variants)
+  assert.equal(atEachStep.length, 2);
+  assert.ok(atEachStep[0].length >= 1, 'selected before the first step');
+  assert.ok(
+    atEachStep.flat().every((v) => v === 'relaxed-fma'),
+    `only the run's variant: ${atEachStep.flat().join(', ')}`,
+  );
   const stored = JSON.parse(readFileSync(join(root, 'runs', 'relaxed', 'run_config.json'), 'utf8'));
   assert.equal(stored.arithmetic, 'relaxed-fma');
 });
@@ -73,7 +80,8 @@ test('a coordinator whose engine lacks the variant stops with LM_ERR_ARITHMETIC 
 test('the default run selects simd128', async () => {
   const kernels = fakeKernels(['simd128']);
   await run('plain', 'simd128', kernels);
-  assert.deepEqual(kernels.selected, ['simd128']);
+  assert.ok(kernels.selected.length >= 1);
+  assert.deepEqual(new Set(kernels.selected), new Set(['simd128']));
 });
 
 test('a relaxed-fma run re-holds its base for the fma kernels without disposing the weights its caller passed', async () => {
