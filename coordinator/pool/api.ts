@@ -3,7 +3,8 @@
  * message }` with a status that says the same (pool-errors below). A tenant's bearer token sees and
  * controls only its own uploads and runs: another tenant's run is "not found" (404), the same answer as
  * a run that does not exist, so ids leak nothing. The admin token (separate from the workers' join
- * token) manages tenants and sees everything.
+ * token) manages tenants and sees everything. Each token has a request budget (requestsPerSecond, 2 s of
+ * burst): past it, 429 LM_ERR_RATE.
  *
  *   POST   /pool/api/tenants               admin: { name, quotas? } → 201 { tenant, token }
  *   GET    /pool/api/tenants               admin: every tenant
@@ -29,6 +30,7 @@ import { basename, join } from 'node:path';
 import { nanoid } from 'nanoid';
 import { ErrorCodes, LoraMeshError, fail, type ErrorCode } from '../../shared/errors.ts';
 import { dataFileFormat } from '../io/dataset.ts';
+import { TokenBucket } from '../engine/token-bucket.ts';
 import type { PoolRegistry, PoolRun, Tenant } from './registry.ts';
 import type { PoolMonitor } from './pool-monitor.ts';
 import { checkSubmission, type PoolBase, type Submission } from './submission.ts';
@@ -55,6 +57,8 @@ export interface PoolApiOptions {
   maxJsonBytes?: number;
   /** the dashboard's view (GET /pool/api/status) */
   monitor?: PoolMonitor;
+  /** requests per second one token (a tenant's, the admin's) may make, with 2 s of burst (default 50) */
+  requestsPerSecond?: number;
 }
 
 /** HTTP status per error code: the code is the contract, the status says the same for HTTP tools. */
@@ -63,6 +67,7 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   [ErrorCodes.NOT_FOUND]: 404,
   [ErrorCodes.STATE]: 409,
   [ErrorCodes.QUOTA]: 403,
+  [ErrorCodes.RATE]: 429,
   [ErrorCodes.LIMIT]: 413,
   [ErrorCodes.CONFIG]: 400,
   [ErrorCodes.DATA]: 400,
@@ -150,6 +155,14 @@ export function poolApi(opts: PoolApiOptions): (req: IncomingMessage, res: Serve
   const admin = (req: IncomingMessage) => {
     if (!isAdmin(req)) fail(ErrorCodes.AUTH, 'the pool admin token is needed');
   };
+  // one request budget per token, taken after the token is checked (an unknown token costs nothing to refuse)
+  const rate = opts.requestsPerSecond ?? 50;
+  const buckets = new Map<string, TokenBucket>();
+  const limit = (who: string) => {
+    let bucket = buckets.get(who);
+    if (!bucket) buckets.set(who, (bucket = new TokenBucket(rate)));
+    if (!bucket.take()) fail(ErrorCodes.RATE, `more than ${rate} requests per second with this token; slow down`);
+  };
   const ownRun = (tenant: Tenant | null, id: string) =>
     (tenant === null ? opts.registry.runById(id) : opts.registry.run(tenant.id, id)) ??
     fail(ErrorCodes.NOT_FOUND, `no run ${id.slice(0, 40)}`);
@@ -236,6 +249,7 @@ export function poolApi(opts: PoolApiOptions): (req: IncomingMessage, res: Serve
     const method = req.method ?? 'GET';
     if (parts[0] === 'tenants') {
       admin(req);
+      limit('admin');
       if (parts.length === 1 && method === 'POST') {
         const body = (await readJson(req, maxJson)) as { name?: unknown; quotas?: unknown };
         const made = opts.registry.createTenant(String(body?.name ?? ''), (body?.quotas ?? {}) as object);
@@ -248,6 +262,7 @@ export function poolApi(opts: PoolApiOptions): (req: IncomingMessage, res: Serve
       }
     }
     const { tenant } = caller(req);
+    limit(tenant?.id ?? 'admin');
     if (parts[0] === 'status' && parts.length === 1 && method === 'GET' && opts.monitor)
       return reply(res, 200, opts.monitor.status(tenant?.id ?? null));
     if (parts[0] === 'uploads' && parts.length === 1 && method === 'PUT') {

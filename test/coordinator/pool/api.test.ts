@@ -158,3 +158,39 @@ test('bad input is refused at submit time with file:line or the field named; not
   assert.deepEqual([missing.status, missing.json.error], [404, 'LM_ERR_NOT_FOUND']);
   assert.deepEqual((await call('GET', '/pool/api/runs', t)).json.runs, [], 'nothing queued');
 });
+
+test('each token has a request budget: past it, 429 LM_ERR_RATE; another tenant is not affected', async () => {
+  const limited = PoolRegistry.open(join(dir, 'limited.sqlite'));
+  const handle = poolApi({
+    registry: limited,
+    base: { model: DEMO_MODEL_DIR, config: model.config, baseFormat: null },
+    dir,
+    adminToken: ADMIN,
+    validateUpload: async () => 1,
+    requestsPerSecond: 2, // 4 requests of burst
+  });
+  const slow = createServer((req, res) => {
+    if (!handle(req, res)) res.writeHead(404).end();
+  });
+  await new Promise<void>((resolve) => slow.listen(0, '127.0.0.1', resolve));
+  const at = `http://127.0.0.1:${(slow.address() as AddressInfo).port}`;
+  try {
+    const get = async (token: string) => {
+      const res = await fetch(`${at}/pool/api/runs`, { headers: { authorization: `Bearer ${token}` } });
+      return { status: res.status, json: (await res.json()) as { error?: string } };
+    };
+    const [a, b] = ['a-lab', 'b-lab'].map((name) => limited.createTenant(name, {}).token);
+    const answers = [];
+    for (let i = 0; i < 8; i++) answers.push(await get(a));
+    const refused = answers.filter((r) => r.status === 429);
+    assert.ok(refused.length >= 3, `${refused.length} of 8 quick requests refused`);
+    assert.ok(refused.every((r) => r.json.error === 'LM_ERR_RATE'));
+    assert.equal(answers[0].status, 200);
+    assert.equal((await get(b)).status, 200, "the other tenant's budget is its own");
+    // an unknown token is refused for what it is, not counted against anyone
+    assert.equal((await get('nobody')).json.error, 'LM_ERR_AUTH');
+  } finally {
+    slow.close();
+    limited.close();
+  }
+});
