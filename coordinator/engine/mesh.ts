@@ -75,6 +75,16 @@ export interface DispatchArbiter {
 /** A worker's memory against the run: fits (perhaps only recomputing), or refused with the numbers. */
 export type MemoryVerdict = { fits: true; recompute: boolean } | { fits: false; why: string };
 
+/** Why a worker cannot load `manifest`'s compact base (its hello lists the formats it loads), or null. */
+export function baseFormatRefusal(manifest: RunManifest, hello: Hello, whose: string): string | null {
+  const baseFormat = manifest.model.baseFormat;
+  if (!baseFormat || (hello.baseFormats ?? []).includes(baseFormat.format)) return null;
+  return (
+    `${whose} base is ${describeBaseSpec(baseFormat)}; the worker loads ` +
+    `${cleanPeerText((hello.baseFormats ?? []).join(', ') || 'float32 checkpoints only', 80)}`
+  );
+}
+
 /** Per-connection limits, on by default. */
 export interface SecurityLimits {
   /** frames per second a connection may send (token bucket, burst = 2 s worth) */
@@ -408,14 +418,9 @@ export class MeshExecutor implements GradientExecutor {
       );
       return;
     }
-    const baseFormat = this.options.manifest.model.baseFormat;
-    if (baseFormat && !(hello.baseFormats ?? []).includes(baseFormat.format)) {
-      this.closeWith(
-        w,
-        ErrorCodes.CODEC,
-        `this run's base is ${describeBaseSpec(baseFormat)}; the worker loads ` +
-          `${cleanPeerText((hello.baseFormats ?? []).join(', ') || 'float32 checkpoints only', 80)}`,
-      );
+    const baseRefusal = baseFormatRefusal(this.options.manifest, hello, "this run's");
+    if (baseRefusal) {
+      this.closeWith(w, ErrorCodes.CODEC, baseRefusal);
       return;
     }
     // An older worker's hello has no list: its kernels are simd128's.

@@ -26,8 +26,14 @@ import {
   type RunManifest,
 } from '../../shared/protocol/messages.ts';
 import { cleanPeerText } from '../../shared/protocol/peer-text.ts';
-import { describeBaseSpec } from '../../shared/quant/formats.ts';
-import { DEFAULT_SECURITY, type DispatchArbiter, type MeshExecutor, type SecurityLimits } from '../engine/mesh.ts';
+import {
+  baseFormatRefusal,
+  DEFAULT_SECURITY,
+  type DispatchArbiter,
+  type MeshExecutor,
+  type SecurityLimits,
+  type WorkerInfo,
+} from '../engine/mesh.ts';
 import type { Peer, PeerEvents } from '../engine/peer.ts';
 import { TokenBucket } from '../engine/token-bucket.ts';
 import { ByteCounter, wsFrameBytes } from '../engine/traffic.ts';
@@ -46,15 +52,8 @@ export interface PoolServed {
 }
 
 /** A pool worker as the dashboard shows it: no run names (tenants see workers, not each other's runs). */
-export interface PoolWorkerInfo {
-  id: string;
-  name: string;
-  backend: string;
-  platform: string;
-  adapter: string;
-  slow: boolean;
-  arithmetic: string[];
-  state: 'handshake' | 'loading' | 'ready';
+export interface PoolWorkerInfo
+  extends Pick<WorkerInfo, 'id' | 'name' | 'backend' | 'platform' | 'adapter' | 'slow' | 'arithmetic' | 'state'> {
   /** runs open on it now, and whether it is computing */
   runs: number;
   busy: boolean;
@@ -70,15 +69,7 @@ interface RunChannel {
   open: boolean;
 }
 
-interface PoolWorker {
-  id: string;
-  name: string;
-  backend: string;
-  platform: string;
-  adapter: string;
-  slow: boolean;
-  arithmetic: string[];
-  state: 'handshake' | 'loading' | 'ready';
+interface PoolWorker extends Omit<PoolWorkerInfo, 'runs' | 'busy'> {
   peer: Peer;
   alive: boolean;
   bucket: TokenBucket;
@@ -91,9 +82,6 @@ interface PoolWorker {
   busy: Set<string>;
   /** how many runs' attempts it offers to hold at once (its hello's multiRun; the pool caps it) */
   offered: number;
-  microBatches: number;
-  bytesIn: number;
-  bytesOut: number;
 }
 
 interface Lane {
@@ -223,21 +211,24 @@ export class PoolMesh {
   }
 
   info(): PoolWorkerInfo[] {
-    return [...this.workers.values()].map((w) => ({
-      id: w.id,
-      name: w.name,
-      backend: w.backend,
-      platform: w.platform,
-      adapter: w.adapter,
-      slow: w.slow,
-      arithmetic: w.arithmetic,
-      state: w.state,
-      runs: w.channels.size,
-      busy: w.busy.size > 0,
-      microBatches: w.microBatches,
-      bytesIn: w.bytesIn,
-      bytesOut: w.bytesOut,
-    }));
+    return [...this.workers.values()].map(
+      ({
+        peer: _p,
+        alive: _a,
+        bucket: _b,
+        rejected: _r,
+        closed: _c,
+        closedRuns: _cr,
+        offered: _o,
+        channels,
+        busy,
+        ...w
+      }) => ({
+        ...w,
+        runs: channels.size,
+        busy: busy.size > 0,
+      }),
+    );
   }
 
   /** A new connection (the join token was checked at the upgrade); returns the handlers of its events. */
@@ -373,14 +364,9 @@ export class PoolMesh {
       );
       return;
     }
-    const baseFormat = this.options.manifest.model.baseFormat;
-    if (baseFormat && !(hello.baseFormats ?? []).includes(baseFormat.format)) {
-      this.expel(
-        w,
-        ErrorCodes.CODEC,
-        `this pool's base is ${describeBaseSpec(baseFormat)}; the worker loads ` +
-          `${cleanPeerText((hello.baseFormats ?? []).join(', ') || 'float32 checkpoints only', 80)}`,
-      );
+    const refusal = baseFormatRefusal(this.options.manifest, hello, "this pool's");
+    if (refusal) {
+      this.expel(w, ErrorCodes.CODEC, refusal);
       return;
     }
     Object.assign(w, {

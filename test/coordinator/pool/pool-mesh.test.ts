@@ -140,7 +140,7 @@ const expected = aggregateInOrder(
   microBatches.map((mb, i) => ({ lossSum: 1, tokenCount: tokenCount(mb), grads: split(honest(i)) })),
 );
 
-async function stepsOf(pool: PoolMesh, runs: MeshExecutor[]) {
+async function stepsOf(runs: MeshExecutor[]) {
   return Promise.all(runs.map((m) => m.compute(0, 0, microBatches)));
 }
 
@@ -148,7 +148,7 @@ test('pool mesh: two runs on three workers sum in micro-batch order; one attempt
   const pool = new PoolMesh({ manifest: tinyManifest('pool') });
   const workers = ['a', 'b', 'c'].map((n) => new FakeWorker(n).join(pool));
   const runs = [openRun(pool, 'run-1', 3), openRun(pool, 'run-2', 1)];
-  const steps = await stepsOf(pool, runs);
+  const steps = await stepsOf(runs);
   for (const { sum } of steps) {
     assert.equal(sum.lossSum, expected.lossSum);
     for (const [name, g] of expected.grads)
@@ -169,7 +169,7 @@ test('pool mesh: with --runs-per-worker 2 a worker holds one attempt of each run
   // a worker that offers one at a time gets one at a time, whatever the pool allows
   const single = new FakeWorker('single', 1, 5, 1).join(pool);
   const runs = [openRun(pool, 'run-1', 1), openRun(pool, 'run-2', 1)];
-  const steps = await stepsOf(pool, runs);
+  const steps = await stepsOf(runs);
   for (const { sum } of steps) for (const [name, g] of expected.grads) assert.deepEqual(sum.grads.get(name), g);
   assert.equal(worker.maxHeld, 2, 'two runs in one delivery');
   assert.equal(worker.maxHeldOfOneRun, 1);
