@@ -171,6 +171,10 @@ function addTrainOptions(cmd: Command): Command {
         'generated and printed when --host is not loopback',
     )
     .option('--token-file <path>', 'read the join token from this file')
+    .option(
+      '--relay-token <token>',
+      'token relays (loramesh relay) present; relays are refused without it (or LORAMESH_RELAY_TOKEN)',
+    )
     .option('--allowed-origins <list>', 'comma list of browser Origins allowed to join (default: any)')
     .option(
       '--max-connections <n>',
@@ -322,6 +326,7 @@ addTrainOptions(
       // a coordinator others can reach gets a join token, printed below, unless one was given
       token: token ?? (LOOPBACK.includes(o.host) ? undefined : randomBytes(18).toString('base64url')),
       adminToken: o.adminToken ?? process.env.LORAMESH_ADMIN_TOKEN,
+      relayToken: o.relayToken ?? process.env.LORAMESH_RELAY_TOKEN,
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey } : undefined,
     }),
   );
@@ -396,6 +401,45 @@ addTrainOptions(
       `adapter written to ${result.runDir}`,
   );
 });
+
+program
+  .command('relay')
+  .description("serve a run's workers for a parent coordinator, summing whole reduction blocks (docs/SCALE.md)")
+  .argument('<parent>', "the parent's WebSocket URL (a coordinator or another relay), e.g. ws://host:port/ws")
+  .option('--token <token>', "the parent's relay token (its --relay-token; or LORAMESH_RELAY_TOKEN)")
+  .option('--host <host>', 'address this relay listens on for its workers', host, '127.0.0.1')
+  .option('--port <n>', 'port for its workers (0: pick a free one)', port, 0)
+  .option('--worker-token <token>', 'join token its workers present (or LORAMESH_TOKEN; default: none)')
+  .option(
+    '--fallback <urls>',
+    "comma list of ws:// URLs its workers try if it dies, before the parent's",
+    (v: string) =>
+      v
+        .split(',')
+        .map((u) => u.trim())
+        .filter(Boolean),
+  )
+  .option('--name <name>', "a name shown in the parent's log")
+  .action(async (parent: string, o) => {
+    if (!/^wss?:\/\//.test(parent))
+      fail(ErrorCodes.CONFIG, `relay parent should start with ws:// or wss://, got ${JSON.stringify(parent)}`);
+    const { runRelay } = await import('./relay/relay.ts');
+    const relay = runRelay({
+      parent,
+      token: o.token ?? process.env.LORAMESH_RELAY_TOKEN,
+      host: o.host,
+      port: o.port,
+      workerToken: o.workerToken ?? process.env.LORAMESH_TOKEN,
+      fallback: o.fallback,
+      name: o.name,
+    });
+    const url = await relay.ready;
+    console.log(`[relay] workers join with: loramesh worker ${url}`);
+    const why = await relay.finished;
+    console.log(`[relay] finished: ${why}`);
+    await relay.close();
+    process.exit(0);
+  });
 
 program
   .command('worker')

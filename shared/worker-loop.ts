@@ -98,6 +98,8 @@ export class WorkerSession {
    * reject frame; the entry point stops reconnecting and reports it, so the session does not log it.
    */
   refused: Refusal | null = null;
+  /** where to connect if this coordinator cannot be reached (welcome.fallback: a relay's parent, other relays) */
+  fallback: string[] = [];
   private model: CausalLM | null = null;
   private base: FrozenBase | null = null;
   private spec: AdapterTensorSpec[] = [];
@@ -241,6 +243,7 @@ export class WorkerSession {
       case 'welcome': {
         this.workerId = message.workerId;
         this.manifest = message.manifest;
+        this.fallback = message.fallback ?? [];
         this.selectArithmetic(message.manifest);
         this.step = { recompute: message.recompute === true };
         if (this.step.recompute) this.platform.log('recomputing activations in the backward pass (less memory)');

@@ -132,11 +132,18 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
   );
 
   let failures = 0;
+  // the URL given, then (once it cannot be reached) the fallbacks its welcome listed, in turn
+  let url = opts.url;
   while (!session.finished) {
-    const attempt = await connectOnce(opts, session, log);
+    const attempt = await connectOnce({ ...opts, url }, session, log);
     if (session.finished) break;
     if (attempt.refusal) throw new LoraMeshError(attempt.refusal.code, attempt.refusal.reason);
     failures = attempt.opened ? 0 : failures + 1;
+    const urls = [opts.url, ...session.fallback.filter((u) => u !== opts.url)];
+    if (failures > 0 && urls.length > 1) {
+      url = urls[(urls.indexOf(url) + 1) % urls.length];
+      log(`trying ${url}`);
+    }
     if (opts.maxRetries !== undefined && failures > opts.maxRetries)
       fail(ErrorCodes.STATE, `could not reach ${opts.url} after ${failures} attempts`);
     const delay = reconnectDelayMs(failures, Math.random());

@@ -49,6 +49,7 @@ export const CONFIG_FLAGS: Record<string, `deployment.${keyof Deployment}` | Lim
 /** Values that do not come from one flag: secrets read from files or the environment, paired flags. */
 export interface FlagExtras {
   token?: string;
+  relayToken?: string;
   adminToken?: string;
   tls?: { cert: string; key: string };
 }
@@ -82,6 +83,7 @@ export function configFromFlags(o: TrainFlags, shape: RunShape, extras: FlagExtr
   d.resume = !!o.resume;
   if (o.inProcess) d.localWorkers = 0;
   if (extras.token !== undefined) d.token = extras.token;
+  if (extras.relayToken !== undefined) d.relayToken = extras.relayToken;
   if (extras.adminToken !== undefined) d.adminToken = extras.adminToken;
   if (extras.tls) d.tls = extras.tls;
   if (o.allowedOrigins)

@@ -88,6 +88,8 @@ export interface ScreenedResult {
   norm: number;
   /** already confirmed by a trusted recomputation */
   verified: boolean;
+  /** summed by a relay, which screened it against the root's reference (coordinator/relay/): never flagged here */
+  relayed?: boolean;
 }
 
 /**
@@ -121,12 +123,12 @@ export function outliers(
   if (medians.length < 2 && recent === null) {
     // One worker computed the whole step and nothing independent is known yet (a run's first
     // steps): its largest result is confirmed before the step counts, and becomes the history.
-    if (results.some((r) => r.verified)) return [];
+    if (results.some((r) => r.verified || r.relayed)) return [];
     return [results.reduce((a, b) => (b.norm > a.norm ? b : a)).index];
   }
   // The recent trusted norms when there are any (no worker of this step can move them), else the step's own.
   const reference = recent ?? lowerMedian(medians);
-  return results.filter((r) => !r.verified && r.norm > factor * reference).map((r) => r.index);
+  return results.filter((r) => !r.verified && !r.relayed && r.norm > factor * reference).map((r) => r.index);
 }
 
 /**

@@ -16,6 +16,7 @@ import { asBytes, decodeMessage, encodeMessage } from '../../shared/protocol/cod
 import {
   PROTOCOL_VERSION,
   type CoordinatorMessage,
+  type BlockResult,
   type Hello,
   type Result,
   type RunManifest,
@@ -25,7 +26,7 @@ import { describeBaseSpec } from '../../shared/quant/formats.ts';
 import type { GradientResult } from '../../shared/train/gradients.ts';
 import type { MicroBatch } from '../../shared/train/micro-batch.ts';
 import { StepSchedule, type LedgerEntry, type ScheduleOptions } from './scheduler.ts';
-import { InOrderSum } from '../../shared/train/aggregate.ts';
+import { InOrderSum, type StepGradient } from '../../shared/train/aggregate.ts';
 import type { GradientExecutor, LocalJob, StepResults } from './trainer.ts';
 import { ByteCounter, wsFrameBytes } from './traffic.ts';
 import { ParamsPublisher } from './params-publisher.ts';
@@ -34,6 +35,7 @@ import { cleanPeerText } from '../../shared/protocol/peer-text.ts';
 import { admitResult, ResultGate, type Admitted, type GateHost, type ResultChecks } from './result-gate.ts';
 import { itemPositions, StepInFlight, type Holding, type WorkItem } from './step-in-flight.ts';
 import { newConnection, workerInfo, type WorkerConnection, type WorkerInfo } from './worker-connection.ts';
+import { admitBlockResult, type AdmittedBlocks, type BlockHolding } from './relay-blocks.ts';
 
 export type { ResultChecks } from './result-gate.ts';
 export type { WorkItem } from './step-in-flight.ts';
@@ -60,6 +62,10 @@ export interface MeshOptions {
    * mesh then assigns only when offer() asks it to, and says when a worker takes or gives back an attempt.
    */
   arbiter?: DispatchArbiter;
+  /** why this run cannot be served through relays (robust aggregation: every result is needed); absent: it can */
+  relayRefusal?: string;
+  /** URLs a relay's welcome lists for its workers to fall back to (this coordinator's own, other relays) */
+  fallback?: string[];
 }
 
 /** The pool's side of a run's dispatch (coordinator/pool/pool-mesh.ts). */
@@ -126,6 +132,8 @@ export class MeshExecutor implements GradientExecutor {
   private readyWaiters: { count: number; resolve: () => void }[] = [];
 
   private readonly limits: Required<SecurityLimits>;
+  /** per relay id: its workers this mesh convicted (a block they computed afterwards is computed again) */
+  private readonly expelledBehind = new Map<string, Set<string>>();
   /** refused frames and results by error code, over the whole run (the final summary) */
   readonly rejections = new Map<string, number>();
   /** workers closed for offences (failed checks, floods, admin kicks) */
@@ -196,6 +204,40 @@ export class MeshExecutor implements GradientExecutor {
       sum,
     );
     return { results, sum: sum.finish() };
+  }
+
+  /**
+   * A relay's blocks: the micro-batches of whole reduction blocks of `blockSize` (the last may be shorter), each
+   * block's results summed in order, undivided (shared/train/aggregate.ts), with the ledger of who computed which.
+   */
+  async computeBlocks(
+    step: number,
+    paramVersion: number,
+    microBatches: MicroBatch[],
+    blockSize: number,
+  ): Promise<{ results: GradientResult[]; blocks: StepGradient[]; ledger: LedgerEntry[] }> {
+    const slots: (GradientResult | undefined)[] = new Array(microBatches.length);
+    const sum = new InOrderSum(slots, blockSize);
+    const items: WorkItem[] = microBatches.map((microBatch) => ({ kind: 'grad', microBatch }));
+    const results = await this.run(step, paramVersion, items, slots, sum);
+    return { results, blocks: sum.blockSums(), ledger: this.lastLedger };
+  }
+
+  /** A relay passes on its parent's parameter frame (params-publisher.ts forward) to every worker that joined. */
+  forwardParams(paramVersion: number, frame: Uint8Array, payload: number, held: Float32Array): void {
+    this.params.forward(paramVersion, { frame, payload }, held);
+    this.adapter = this.params.held();
+    for (const w of this.workers.values()) if (w.state !== 'handshake') this.sendFrame(w, frame, 'params', payload);
+  }
+
+  /** A relay's parent convicted this worker: it is closed, its name refused from now on; false if unknown. */
+  expel(workerId: string, why: string): boolean {
+    const w = this.workers.get(workerId);
+    if (!w) return false;
+    this.gate.ban(w.name);
+    this.countRejection(ErrorCodes.SPOT_CHECK);
+    this.closeWith(w, ErrorCodes.QUARANTINED, why);
+    return true;
   }
 
   computeLocal(step: number, paramVersion: number, jobs: LocalJob[]): Promise<GradientResult[]> {
@@ -349,6 +391,13 @@ export class MeshExecutor implements GradientExecutor {
         case 'heartbeat':
           if (w.state === 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'heartbeat before hello');
           return;
+        case 'capacity':
+          if (w.relayCapacity === null)
+            throw new LoraMeshError(ErrorCodes.STATE, 'capacity from a worker that is no relay');
+          w.relayCapacity = message.microBatches;
+          return this.dispatch();
+        case 'block-result':
+          return this.onBlockResult(w, message);
         default:
           throw new LoraMeshError(ErrorCodes.STATE, `a coordinator does not accept ${message.type} messages`);
       }
@@ -435,6 +484,20 @@ export class MeshExecutor implements GradientExecutor {
       );
       return;
     }
+    if (hello.relay) {
+      const why = !w.ws.relay
+        ? 'a relay connects with the relay token (X-Loramesh-Role: relay)'
+        : this.options.manifest.local
+          ? 'local-steps runs need every job on its own; relays serve synchronous --aggregation sum runs'
+          : this.options.arbiter
+            ? 'relays serve single runs, not a standing pool'
+            : this.options.relayRefusal;
+      if (why) {
+        this.closeWith(w, ErrorCodes.AUTH, why);
+        return;
+      }
+      w.relayCapacity = 0;
+    }
     const memory = hello.memoryLimit === undefined ? undefined : this.options.memoryCheck?.(backend, hello.memoryLimit);
     if (memory && !memory.fits) {
       this.closeWith(w, ErrorCodes.MEMORY, memory.why);
@@ -460,6 +523,7 @@ export class MeshExecutor implements GradientExecutor {
       workerId: w.id,
       manifest: this.options.manifest,
       ...(recompute ? { recompute } : {}),
+      ...(this.options.fallback?.length ? { fallback: this.options.fallback } : {}),
     });
     const keyframe = this.params.keyframe();
     if (keyframe) this.sendFrame(w, keyframe.frame, 'params', keyframe.payload);
@@ -480,7 +544,7 @@ export class MeshExecutor implements GradientExecutor {
   private onResult(w: WorkerConnection, r: Result): void {
     this.traffic.countPayloadIn(payloadBytes(r.grads)); // duplicates and refused results moved their bytes too
     const held = w.holding;
-    if (!held || held.assignmentId !== r.assignmentId)
+    if (!held || held.group || held.assignmentId !== r.assignmentId)
       throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `assignment ${r.assignmentId} is not held by this worker`);
     const now = Date.now();
     this.dropHolding(w);
@@ -576,7 +640,8 @@ export class MeshExecutor implements GradientExecutor {
     const held = w.holding!;
     this.dropHolding(w);
     if (this.inFlight && this.inFlight.schedule.step === held.step)
-      this.inFlight.schedule.lose(held.assignmentId, outcome, Date.now());
+      for (const id of held.group?.attempts ?? [held.assignmentId])
+        this.inFlight.schedule.lose(id, outcome, Date.now());
   }
 
   private dropHolding(w: WorkerConnection): void {
@@ -595,6 +660,7 @@ export class MeshExecutor implements GradientExecutor {
   /** Whether worker `w` may take an attempt of `step` now (it need not have one to take). */
   private mayAssign(w: WorkerConnection, step: StepInFlight): boolean {
     if (w.state !== 'ready' || w.holding || this.params.version !== step.paramVersion || w.quarantined) return false;
+    if (w.relayCapacity !== null && (w.relayCapacity === 0 || step.items[0]?.kind !== 'grad')) return false;
     return w.ws.bufferedAmount <= this.limits.maxBufferedBytes; // backpressure: it has not taken what we sent
   }
 
@@ -631,6 +697,7 @@ export class MeshExecutor implements GradientExecutor {
   }
 
   private assign(w: WorkerConnection, step: StepInFlight, now: number): boolean {
+    if (w.relayCapacity !== null) return this.assignBlocks(w, step, now);
     const a = step.schedule.next(w.id, now);
     if (!a) return false;
     if (a.reason === 'straggler')
@@ -652,6 +719,150 @@ export class MeshExecutor implements GradientExecutor {
       'assign',
     );
     return true;
+  }
+
+  /**
+   * A relay takes whole reduction blocks whose micro-batches no one holds, as many as its workers can compute at
+   * once; it is told which results to send up whole (this run's secret spot checks) and how to screen the rest.
+   */
+  private assignBlocks(w: WorkerConnection, step: StepInFlight, now: number): boolean {
+    const blockSize = Math.min(this.options.reductionBlock ?? Infinity, step.items.length);
+    const maxBlocks = Math.max(1, Math.ceil(w.relayCapacity! / blockSize));
+    const got = step.schedule.nextBlocks(w.id, blockSize, maxBlocks, now);
+    if (!got) return false;
+    const indices = got.attempts.map((a) => a.index);
+    const forward = indices.filter((i) => this.gate.spotted(step.schedule.step, i));
+    const group: BlockHolding = {
+      blockSize,
+      blocks: got.blocks,
+      indices,
+      attempts: got.attempts.map((a) => a.assignmentId),
+      forward,
+    };
+    w.holding = { assignmentId: got.group, step: step.schedule.step, index: indices[0], sentAt: now, group };
+    const microBatch = (i: number) => (step.items[i] as Extract<WorkItem, { kind: 'grad' }>).microBatch;
+    this.send(
+      w,
+      {
+        type: 'assign-blocks',
+        assignmentId: got.group,
+        paramVersion: step.paramVersion,
+        step: step.schedule.step,
+        blockSize,
+        blocks: got.blocks.map((b) => ({
+          block: b,
+          microBatches: indices.filter((i) => Math.floor(i / blockSize) === b).map(microBatch),
+        })),
+        forward,
+        ...this.gate.relayScreen(),
+      },
+      'assign',
+    );
+    return true;
+  }
+
+  /** A relay's answer for the blocks it holds: checked, the results sent up whole verified, then summed whole. */
+  private onBlockResult(w: WorkerConnection, m: BlockResult): void {
+    if (w.relayCapacity === null)
+      throw new LoraMeshError(ErrorCodes.STATE, 'block-result from a worker that is no relay');
+    for (const b of m.blocks) this.traffic.countPayloadIn(payloadBytes(b.grads));
+    const held = w.holding;
+    if (!held?.group || held.assignmentId !== m.assignmentId)
+      throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `assignment ${m.assignmentId} is not held by this relay`);
+    this.dropHolding(w);
+    const step = this.inFlight;
+    if (!step || held.step !== step.schedule.step) return this.dispatch();
+    const expelled = this.expelledBehind.get(w.id);
+    const tainted = expelled && m.items.find((item) => expelled.has(item.worker));
+    if (tainted) {
+      // computed before the relay heard of the conviction: the blocks are handed out again, no offence of the relay's
+      this.log(`relay ${w.id}: blocks computed partly by expelled worker ${cleanPeerText(tainted.worker, 64)}; again`);
+      for (const id of held.group.attempts) step.schedule.lose(id, 'lost', Date.now());
+      return this.dispatch();
+    }
+    let admitted: AdmittedBlocks;
+    try {
+      admitted = admitBlockResult(m, held.group, step, this.options.manifest, this.adapterValues);
+    } catch (err) {
+      for (const id of held.group.attempts) step.schedule.lose(id, 'rejected', Date.now());
+      this.dispatch();
+      throw err;
+    }
+    if (admitted.forwarded.size === 0) return this.acceptBlocks(w, held, admitted, step);
+    void this.verifyRelayed(w, held, admitted, step).catch((err) => this.abort(err as Error));
+    this.dispatch();
+  }
+
+  /** The results a relay sent up whole, recomputed one by one; one that disagrees convicts its worker. */
+  private async verifyRelayed(
+    w: WorkerConnection,
+    held: Holding,
+    admitted: AdmittedBlocks,
+    step: StepInFlight,
+  ): Promise<void> {
+    const verified = new Set<number>();
+    for (const [index, grads] of admitted.forwarded) {
+      const item = admitted.items.get(index)!;
+      const { relative, agrees } = await this.gate.checkRelayed(step, index, grads, item.lossSum, item.norm);
+      if (!step.open) return;
+      if (agrees) {
+        verified.add(index);
+        continue;
+      }
+      // The blocks carry the liar's result: none of them counts; its earlier blocks in this step go back too.
+      for (const id of held.group!.attempts) step.schedule.lose(id, 'rejected', Date.now());
+      const who = `${w.id}/${item.worker}`;
+      const why =
+        `result of micro-batch ${index} of step ${held.step} (worker ${cleanPeerText(item.name, 64)} behind relay ` +
+        `${w.id}) disagrees with a trusted recomputation (relative L2 ${relative.toExponential(2)})`;
+      this.countRejection(ErrorCodes.SPOT_CHECK);
+      this.log(`${who} failed a spot check (${ErrorCodes.SPOT_CHECK}): ${why}; the relay expels it`);
+      step.takeBack(who);
+      this.gate.ban(item.name);
+      this.expelledBehind.set(w.id, (this.expelledBehind.get(w.id) ?? new Set()).add(item.worker));
+      this.send(w, { type: 'expel', worker: item.worker, reason: why });
+      this.dispatch();
+      return;
+    }
+    this.acceptBlocks(w, held, admitted, step, verified);
+  }
+
+  /** A relay's checked blocks count: each micro-batch is credited to the worker behind the relay that computed it. */
+  private acceptBlocks(
+    w: WorkerConnection,
+    held: Holding,
+    { partials, items }: AdmittedBlocks,
+    step: StepInFlight,
+    verified: ReadonlySet<number> = new Set(),
+  ): void {
+    const group = held.group!;
+    const now = Date.now();
+    const positions = group.indices.reduce((n, i) => n + itemPositions(step.items[i]), 0);
+    const tps = positions / Math.max(1e-3, (now - held.sentAt) / 1000);
+    w.throughput = w.throughput === 0 ? tps : 0.7 * w.throughput + 0.3 * tps;
+    for (const [b, partial] of partials) {
+      const indices = group.indices.filter((i) => Math.floor(i / group.blockSize) === b);
+      // a block counts whole or not at all (a copy of one of its micro-batches cannot have won: they are never copied)
+      if (indices.some((i) => step.schedule.isDone(i))) continue;
+      const parts = indices.map((i) => {
+        const attemptId = group.attempts[group.indices.indexOf(i)];
+        step.schedule.complete(attemptId, now);
+        const item = items.get(i)!;
+        const computedBy = `${w.id}/${item.worker}`;
+        step.schedule.attempts.get(attemptId)!.computedBy = computedBy;
+        return {
+          result: { lossSum: item.lossSum, tokenCount: item.tokenCount, grads: new Map() },
+          screened: { index: i, workerId: computedBy, norm: item.norm, verified: verified.has(i), relayed: true },
+        };
+      });
+      step.useBlock(b, partial, parts);
+      w.used += indices.length;
+      w.microBatchesDone += indices.length;
+      w.tokensDone += parts.reduce((n, p) => n + p.result.tokenCount, 0);
+    }
+    w.strikes = Math.max(0, w.strikes - 1);
+    this.gate.closeIfComplete(step);
+    this.dispatch();
   }
 
   private send(w: WorkerConnection, message: CoordinatorMessage, kind: 'assign' | 'other' = 'other'): void {

@@ -45,6 +45,17 @@ export class ParamsPublisher {
     return this.current;
   }
 
+  /**
+   * A relay passes its parent's frame on as it came (so its workers hold the same bits as the parent's): `held` is
+   * what the frame brings a worker to, which keyframes for joiners are built from.
+   */
+  forward(version: number, frame: ParamsFrame, held: Float32Array): void {
+    this.version = version;
+    this.keyframeOfVersion = null;
+    this.workersCopy.adopt(held);
+    this.current = frame;
+  }
+
   /** The full f32 parameters of the current version (for a worker that joins); null before the first. */
   keyframe(): ParamsFrame | null {
     const held = this.workersCopy.held;

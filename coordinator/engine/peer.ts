@@ -6,6 +6,8 @@ export interface Peer {
   /** bytes queued but not sent yet (backpressure) */
   readonly bufferedAmount: number;
   readonly open: boolean;
+  /** the connection upgraded as a relay, with the relay token (server.ts) */
+  readonly relay?: boolean;
   send(frame: Uint8Array): void;
   /** closes with a WebSocket close code and reason */
   close(code: number, reason: string): void;

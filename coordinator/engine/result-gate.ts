@@ -143,6 +143,51 @@ export class ResultGate<W extends CheckedWorker> {
     return this.banned.has(name);
   }
 
+  // A relay's blocks (coordinator/relay/): the relay runs the screens on its workers' results with what the root
+  // tells it, and sends up whole the results the root checks itself.
+
+  /** Whether the secret seed picks micro-batch `index` of `step` for a spot check. */
+  spotted(step: number, index: number): boolean {
+    const checks = this.checks;
+    return !!checks && checks.spotCheck > 0 && mixSeed(checks.secret, step, index) / 2 ** 32 < checks.spotCheck;
+  }
+
+  /** What a relay needs to screen its workers' results as this gate would: the factor, the trusted reference. */
+  relayScreen(): { outlier?: { factor: number; reference?: number }; probation?: number } {
+    const checks = this.checks;
+    if (!checks) return {};
+    const reference = this.norms.reference();
+    return {
+      ...(checks.outlierFactor > 0
+        ? { outlier: { factor: checks.outlierFactor, ...(reference === null ? {} : { reference }) } }
+        : {}),
+      ...(checks.probation > 0 ? { probation: checks.probation } : {}),
+    };
+  }
+
+  /**
+   * A relayed result the root checks (sent up whole): how far it is from the trusted recomputation, and whether
+   * within tolerance (then its norm joins the trusted history).
+   */
+  async checkRelayed(
+    step: StepInFlight,
+    index: number,
+    grads: Map<string, Float32Array>,
+    lossSum: number,
+    norm: number,
+  ): Promise<{ relative: number; agrees: boolean }> {
+    const checks = this.checks!;
+    const relative = await this.disagreement(step, index, grads, lossSum, checks);
+    const agrees = relative <= checks.tolerance;
+    if (agrees) this.norms.trusted(norm);
+    return { relative, agrees };
+  }
+
+  /** A name refused from now on (a worker behind a relay that failed the root's check). */
+  ban(name: string): void {
+    this.banned.add(name);
+  }
+
   /**
    * Starts a trusted recomputation of an admitted result when its worker is on probation or the
    * secret seed picks its slot, and returns true: the result is then accepted or refuted later

@@ -20,6 +20,10 @@ export interface Attempt {
   /** why this attempt exists: first try, requeued after a loss, or a copy of a straggler */
   reason: 'first' | 'retry' | 'straggler';
   finishedAt?: number;
+  /** a relay's attempt: the id of the whole-block assignment it is part of (never copied to a straggler) */
+  group?: string;
+  /** who behind the relay computed it (relay id/worker id), once its block came back */
+  computedBy?: string;
 }
 
 export interface LedgerEntry {
@@ -109,6 +113,59 @@ export class StepSchedule {
     return attempt;
   }
 
+  /**
+   * Up to `maxBlocks` whole reduction blocks of `blockSize` indices for a relay, in block order, each of whose
+   * micro-batches waits for its first attempt or a retry (none held anywhere): one attempt per micro-batch, all in
+   * one group. Null when no block is whole and free.
+   */
+  nextBlocks(
+    workerId: string,
+    blockSize: number,
+    maxBlocks: number,
+    now: number,
+  ): { group: string; blocks: number[]; attempts: Attempt[] } | null {
+    const queued = new Set(this.queue.filter((i) => !this.done[i]));
+    const blocks: number[] = [];
+    const n = this.tokens.length;
+    for (let b = 0; b * blockSize < n && blocks.length < maxBlocks; b++) {
+      let free = true;
+      for (let i = b * blockSize; i < Math.min(n, (b + 1) * blockSize) && free; i++)
+        free = queued.has(i) && this.live(i).length === 0;
+      if (free) blocks.push(b);
+    }
+    if (blocks.length === 0) return null;
+    const group = nanoid(12);
+    const taken = new Set<number>();
+    const attempts: Attempt[] = [];
+    for (const b of blocks) {
+      for (let i = b * blockSize; i < Math.min(n, (b + 1) * blockSize); i++) {
+        taken.add(i);
+        const attempt: Attempt = {
+          assignmentId: `${group}.${i}`,
+          index: i,
+          workerId,
+          sentAt: now,
+          reason: this.byIndex[i].length > 0 ? 'retry' : 'first',
+          outcome: 'pending',
+          deadline: now + this.opts.deadlineFactor * this.expected(workerId, i) + this.opts.deadlineSlackMs,
+          group,
+        };
+        this.attempts.set(attempt.assignmentId, attempt);
+        this.byIndex[i].push(attempt);
+        attempts.push(attempt);
+      }
+    }
+    const rest = this.queue.filter((i) => !taken.has(i));
+    this.queue.length = 0;
+    this.queue.push(...rest);
+    return { group, blocks, attempts };
+  }
+
+  /** Whether micro-batch `index` has its used result. */
+  isDone(index: number): boolean {
+    return this.done[index];
+  }
+
   /** A micro-batch whose only live attempt is overdue, or that `workerId` would likely finish first. */
   private straggler(workerId: string, now: number): number | undefined {
     let best: { index: number; lateness: number } | undefined;
@@ -116,6 +173,7 @@ export class StepSchedule {
       if (this.done[i]) continue;
       const live = this.live(i);
       if (live.length !== 1 || live[0].workerId === workerId) continue; // at most one copy at a time
+      if (live[0].group) continue; // a relay's block is summed whole there: its parts are not copied
       const a = live[0];
       const projected = a.sentAt + this.expected(a.workerId, i);
       const mine = now + this.expected(workerId, i);

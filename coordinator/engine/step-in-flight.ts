@@ -6,7 +6,8 @@
  */
 import type { GradientResult } from '../../shared/train/gradients.ts';
 import type { MicroBatch } from '../../shared/train/micro-batch.ts';
-import type { InOrderSum } from '../../shared/train/aggregate.ts';
+import type { InOrderSum, StepGradient } from '../../shared/train/aggregate.ts';
+import type { BlockHolding } from './relay-blocks.ts';
 import type { ScreenedResult } from './defence.ts';
 import type { LedgerEntry, StepSchedule } from './scheduler.ts';
 import type { LocalJob } from './trainer.ts';
@@ -26,6 +27,8 @@ export interface Holding {
   step: number;
   index: number;
   sentAt: number;
+  /** a relay's: the whole blocks it holds (one attempt per micro-batch; assignmentId names the group) */
+  group?: BlockHolding;
 }
 
 /** How a step ends: its results (every slot filled) with the ledger of who computed what, or an error. */
@@ -41,6 +44,8 @@ export class StepInFlight {
   readonly screened: (ScreenedResult | undefined)[];
   /** outlier recomputations still running; the step ends only when none are */
   verifying = 0;
+  /** per micro-batch a relay summed: every index of its block (taking one back takes the whole block) */
+  private readonly relayBlock = new Map<number, number[]>();
 
   constructor(
     readonly paramVersion: number,
@@ -62,14 +67,37 @@ export class StepInFlight {
     this.sum?.advance();
   }
 
-  /** Every result `workerId` gave in the step is revoked: out of the sum, its micro-batch handed out again. */
+  /**
+   * A relay's block, summed there: its slots take the micro-batches' figures (no gradients) and the screen entries,
+   * the sum the partial whole.
+   */
+  useBlock(block: number, partial: StepGradient, parts: { result: GradientResult; screened: ScreenedResult }[]): void {
+    const indices = parts.map((p) => p.screened.index);
+    for (const { result, screened } of parts) {
+      this.results[screened.index] = result;
+      this.screened[screened.index] = screened;
+      this.relayBlock.set(screened.index, indices);
+    }
+    this.sum?.fillBlock(block, partial);
+  }
+
+  /**
+   * Every result `workerId` gave in the step is revoked: out of the sum, its micro-batch handed out again. A worker
+   * behind a relay is named `relay/worker` (Attempt.computedBy); a relay's block goes back whole.
+   */
   takeBack(workerId: string): void {
     const now = Date.now();
+    const revoke = new Set<number>();
     for (const a of this.schedule.attempts.values()) {
-      if (a.workerId !== workerId || a.outcome !== 'used') continue;
+      if (a.outcome !== 'used' || (a.computedBy ?? a.workerId) !== workerId) continue;
+      for (const i of this.relayBlock.get(a.index) ?? [a.index]) revoke.add(i);
+    }
+    for (const a of this.schedule.attempts.values()) {
+      if (a.outcome !== 'used' || !revoke.has(a.index)) continue;
       this.schedule.revoke(a.assignmentId, now);
       this.results[a.index] = undefined;
       this.screened[a.index] = undefined;
+      this.relayBlock.delete(a.index);
       this.sum?.retract(a.index);
     }
   }

@@ -45,6 +45,8 @@ export interface WorkerConnection extends WorkerInfo, CheckedWorker {
   quarantined: boolean;
   /** offences that are not rejected frames (worker-errors for held work); each used result takes one away */
   strikes: number;
+  /** a relay's: how many micro-batches its ready workers take at once (null: not a relay) */
+  relayCapacity: number | null;
 }
 
 /** A new connection, not yet said hello, allowed `messagesPerSecond` frames per second. */
@@ -73,6 +75,7 @@ export function newConnection(ws: Peer, messagesPerSecond: number): WorkerConnec
     bucket: new TokenBucket(messagesPerSecond),
     quarantined: false,
     strikes: 0,
+    relayCapacity: null,
     checksPassed: 0,
     checksPending: 0,
   };
@@ -86,6 +89,7 @@ export function workerInfo({
   bucket: _b,
   quarantined: _q,
   strikes: _s,
+  relayCapacity: _rc,
   checksPassed: _cp,
   checksPending: _cq,
   ...info

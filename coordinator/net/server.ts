@@ -69,6 +69,11 @@ export interface ServerOptions {
   heartbeatMs: number;
   /** join token checked in the HTTP upgrade, before a WebSocket exists (undefined: open run) */
   token?: string;
+  /**
+   * relays (coordinator/relay/) announce themselves in the upgrade (`X-Loramesh-Role: relay`) and must present this
+   * token; undefined: relays are refused
+   */
+  relayToken?: string;
   /** Origin values allowed to open the WebSocket (browser pages); undefined: any */
   allowedOrigins?: string[];
   /** concurrent WebSocket connections; the same as limits.maxConnections (defaults: DEFAULT_NET_LIMITS) */
@@ -212,7 +217,6 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     maxPayload: opts.maxPayload,
     handleProtocols: (protocols) => (protocols.has('loramesh') ? 'loramesh' : false),
   });
-  wss.on('connection', (ws) => attachWebSocket(opts.mesh, ws));
   // Every check happens here, before a WebSocket exists: a refused peer costs one HTTP response.
   http.on('upgrade', (req, socket, head) => {
     socket.on('error', () => socket.destroy());
@@ -228,7 +232,19 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     if (workers.atLimit(client)) {
       return refuseUpgrade(socket, 503, 'Too many connections from this address', ErrorCodes.LIMIT);
     }
-    if (opts.token !== undefined && !tokenMatches(tokenFromUpgrade(req), opts.token)) {
+    const relay = req.headers['x-loramesh-role'] === 'relay';
+    if (relay) {
+      // a relay is trusted with the run's secrets (its spot checks): only with the relay token, never the workers'
+      if (opts.relayToken === undefined)
+        return refuseUpgrade(
+          socket,
+          403,
+          'This coordinator takes no relays (start it with --relay-token)',
+          ErrorCodes.AUTH,
+        );
+      if (!tokenMatches(tokenFromUpgrade(req), opts.relayToken))
+        return refuseUpgrade(socket, 401, 'Unauthorized relay', ErrorCodes.AUTH);
+    } else if (opts.token !== undefined && !tokenMatches(tokenFromUpgrade(req), opts.token)) {
       // Browsers cannot read the status of a refused upgrade, only a close code: a page that
       // offered a token subprotocol gets the socket closed at once (1008, closeCodeFor) and the reason,
       // so it stops instead of retrying. It never reaches the mesh. Anyone else gets 401.
@@ -241,7 +257,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     wss.handleUpgrade(req, socket, head, (ws) => {
       workers.add(client);
       ws.once('close', () => workers.remove(client));
-      wss.emit('connection', ws, req);
+      attachWebSocket(opts.mesh, ws, relay);
     });
   });
   const heartbeat = setInterval(() => opts.mesh.heartbeat(opts.heartbeatMs), opts.heartbeatMs);

@@ -1,9 +1,10 @@
 import type { WebSocket } from 'ws';
 import type { Peer, PeerEvents } from '../engine/peer.ts';
 
-/** Hands a WebSocket to `mesh` as a Peer and forwards its events. */
-export function attachWebSocket(mesh: { attach(peer: Peer): PeerEvents }, ws: WebSocket): void {
+/** Hands a WebSocket to `mesh` as a Peer and forwards its events; `relay`: it upgraded with the relay token. */
+export function attachWebSocket(mesh: { attach(peer: Peer): PeerEvents }, ws: WebSocket, relay = false): void {
   const events = mesh.attach({
+    relay,
     get bufferedAmount() {
       return ws.bufferedAmount;
     },

@@ -155,6 +155,9 @@ export function buildEngine(
         recompute: config.deployment.recompute,
         reductionBlock: train.reductionBlock,
         ...(inputs.host ? { arbiter: inputs.host.arbiter } : {}),
+        ...(aggregation !== 'sum'
+          ? { relayRefusal: `--aggregation ${aggregation} needs every result on its own; relays serve sum runs` }
+          : {}),
       });
   const parts = (): ExecutorParts => ({
     model: trusted.get().model,
@@ -212,6 +215,7 @@ export async function startEdge(
     maxPayload,
     heartbeatMs: deployment.heartbeatMs,
     token: deployment.token ?? undefined,
+    relayToken: deployment.relayToken ?? undefined,
     allowedOrigins: deployment.allowedOrigins ?? undefined,
     tls: deployment.tls ?? undefined,
     limits: roomForLocalWorkers(limits.net, deployment.localWorkers),

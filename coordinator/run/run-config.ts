@@ -74,6 +74,8 @@ export interface Deployment {
   port: number;
   /** the join token workers present (null: none asked) */
   token: string | null;
+  /** the token relays present (coordinator/relay/, `loramesh relay`); null: relays are refused */
+  relayToken: string | null;
   tls: { cert: string; key: string } | null;
   /** tfjs backend of local workers (and of this process with inProcess) */
   backend: BackendName;
@@ -143,6 +145,7 @@ export const DEFAULT_RUN_CONFIG = {
     host: '127.0.0.1',
     port: 0,
     token: null,
+    relayToken: null,
     tls: null,
     backend: 'auto',
     cacheDir: null,
@@ -297,6 +300,10 @@ function checkDeployment(d: Deployment): Deployment {
   if (d.runId !== null && (!/^[\w.-]{1,128}$/.test(d.runId) || /^\.+$/.test(d.runId)))
     bad('deployment.runId', d.runId, 'a folder name of letters, digits, "_", "-" and "."');
   if (d.token !== null && (typeof d.token !== 'string' || d.token === '')) bad('deployment.token', d.token, 'a token');
+  if (d.relayToken !== null && (typeof d.relayToken !== 'string' || d.relayToken.length < 8))
+    bad('deployment.relayToken', d.relayToken, 'a token of at least 8 characters');
+  if (d.relayToken !== null && d.relayToken === d.token)
+    bad('deployment.relayToken', '(the join token)', 'a token of its own: relays are trusted, workers are not');
   if (d.tls !== null && (typeof d.tls.cert !== 'string' || typeof d.tls.key !== 'string'))
     bad('deployment.tls', d.tls, 'a certificate file and a key file');
   if (d.dashboardAccess === 'admin' && !d.adminToken)

@@ -91,6 +91,8 @@ export interface Hello {
   arithmetic?: ArithmeticVariant[];
   /** in a pool: how many runs' micro-batches it takes at once, to compute in one pass (absent: 1) */
   multiRun?: number;
+  /** a relay (coordinator/relay/): takes whole reduction blocks for its own workers; needs the relay token */
+  relay?: boolean;
 }
 /** base model loaded; paramVersion is the version held (-1: none yet) */
 export interface Ready {
@@ -127,6 +129,8 @@ export interface Welcome {
    * asks it of every worker, or the coordinator of one whose memory limit needs it
    */
   recompute?: boolean;
+  /** where to connect when this coordinator cannot be reached (a relay's: its parent, other relays), in order */
+  fallback?: string[];
 }
 /** The adapter at paramVersion, flat in manifest order; with deltaFrom it is the change since that version. */
 export interface Params {
@@ -191,7 +195,59 @@ export interface Channel {
   frame: Uint8Array;
 }
 
-export type WorkerMessage = Hello | Ready | Result | WorkerError | Heartbeat | Channel;
+// Relays (coordinator/relay/, docs/SCALE.md): a relay is a worker to its parent and a coordinator to its own
+// workers. The parent hands it whole reduction blocks; it answers with each block's in-order partial sum.
+
+/** relay → parent: how many micro-batches the relay's ready workers can compute at once now (0: none) */
+export interface Capacity {
+  type: 'capacity';
+  microBatches: number;
+}
+/** parent → relay: whole reduction blocks of one step (`blockSize` micro-batch indices each, the last maybe fewer) */
+export interface AssignBlocks {
+  type: 'assign-blocks';
+  assignmentId: string;
+  paramVersion: number;
+  step: number;
+  blockSize: number;
+  blocks: { block: number; microBatches: WireMicroBatch[] }[];
+  /** micro-batch indices (of the step) whose results the relay sends up whole: the parent's secret spot checks */
+  forward: number[];
+  /**
+   * the parent's outlier screen, run by the relay: also send up whole any result whose norm exceeds factor × the
+   * reference (absent: the parent has none yet, so the block's own, as coordinator/engine/defence.ts's outliers())
+   */
+  outlier?: { factor: number; reference?: number };
+  /** also send up whole the first this-many results of each of the relay's workers (the parent's probation) */
+  probation?: number;
+}
+/** One micro-batch of a block-result: who computed it (the relay's worker id and name) and its figures. */
+export interface BlockItem {
+  index: number;
+  worker: string;
+  name: string;
+  lossSum: number;
+  tokenCount: number;
+  norm: number;
+}
+/** relay → parent: per block the in-order sum of its results (undivided, f32), and what the parent checks */
+export interface BlockResult {
+  type: 'block-result';
+  assignmentId: string;
+  paramVersion: number;
+  blocks: { block: number; lossSum: number; tokenCount: number; grads: PackedFloats }[];
+  items: BlockItem[];
+  /** results sent up whole (asked for in `forward`, or over the outlier bound), as f32 */
+  forwarded: { index: number; grads: PackedFloats }[];
+}
+/** parent → relay: one of the relay's workers failed the parent's check; close it and refuse its name */
+export interface Expel {
+  type: 'expel';
+  worker: string;
+  reason: string;
+}
+
+export type WorkerMessage = Hello | Ready | Result | WorkerError | Heartbeat | Channel | Capacity | BlockResult;
 export type CoordinatorMessage =
   | Welcome
   | Params
@@ -202,7 +258,9 @@ export type CoordinatorMessage =
   | PoolWelcome
   | RunOpen
   | RunClose
-  | Channel;
+  | Channel
+  | AssignBlocks
+  | Expel;
 export type Message = WorkerMessage | CoordinatorMessage;
 
 type Guard = (m: Record<string, unknown>) => void;
@@ -309,6 +367,7 @@ const guards: Record<Message['type'], Guard> = {
       true,
     );
     field(m, 'multiRun', (v) => isInt(1)(v) && (v as number) <= 64, 'an integer from 1 to 64', true);
+    field(m, 'relay', (v) => typeof v === 'boolean', 'a boolean', true);
   },
   ready: (m) => field(m, 'paramVersion', isInt(-1), 'an integer ≥ -1 (-1: no parameters yet)'),
   result: (m) => {
@@ -336,6 +395,13 @@ const guards: Record<Message['type'], Guard> = {
       true,
     );
     field(m, 'recompute', (v) => typeof v === 'boolean', 'true or false', true);
+    field(
+      m,
+      'fallback',
+      (v) => Array.isArray(v) && v.length <= 16 && v.every((u) => typeof u === 'string' && u.length <= 2048),
+      'a list of at most 16 URLs',
+      true,
+    );
   },
   params: (m) => {
     field(m, 'paramVersion', isInt(0), 'an integer ≥ 0');
@@ -380,6 +446,61 @@ const guards: Record<Message['type'], Guard> = {
   channel: (m) => {
     field(m, 'runId', isString(64), 'a run id');
     field(m, 'frame', (v) => v instanceof Uint8Array, 'the bytes of one frame (Uint8Array)');
+  },
+  capacity: (m) => field(m, 'microBatches', isInt(0), 'an integer ≥ 0'),
+  'assign-blocks': (m) => {
+    field(m, 'assignmentId', isString(64), 'an assignment id');
+    field(m, 'paramVersion', isInt(0), 'an integer ≥ 0');
+    field(m, 'step', isInt(0), 'an integer ≥ 0');
+    field(m, 'blockSize', isInt(1), 'an integer ≥ 1');
+    field(m, 'blocks', (v) => Array.isArray(v) && v.length >= 1 && v.length <= 4096, 'a list of 1 to 4096 blocks');
+    (m.blocks as unknown[]).forEach((b, i) => {
+      const at: Record<string, unknown> = { ...(isObject(b) ? b : {}), type: `assign-blocks.blocks[${i}]` };
+      field(at, 'block', isInt(0), 'an integer ≥ 0');
+      field(at, 'microBatches', (v) => Array.isArray(v) && v.length >= 1 && v.length <= 4096, 'a list of 1 to 4096');
+      (at.microBatches as unknown[]).forEach((mb, j) => microBatchAt(mb, `${at.type}.microBatches[${j}]`));
+    });
+    field(m, 'forward', (v) => Array.isArray(v) && v.length <= 65536 && v.every(isInt(0)), 'a list of indices');
+    field(
+      m,
+      'outlier',
+      (v) => isObject(v) && isFiniteNumber(v.factor) && (v.reference === undefined || isFiniteNumber(v.reference)),
+      '{factor, reference?} (finite numbers)',
+      true,
+    );
+    field(m, 'probation', isInt(0), 'an integer ≥ 0', true);
+  },
+  'block-result': (m) => {
+    field(m, 'assignmentId', isString(64), 'an assignment id');
+    field(m, 'paramVersion', isInt(0), 'an integer ≥ 0');
+    field(m, 'blocks', (v) => Array.isArray(v) && v.length >= 1 && v.length <= 4096, 'a list of 1 to 4096 blocks');
+    (m.blocks as unknown[]).forEach((b, i) => {
+      const at = { ...(isObject(b) ? b : {}), type: `block-result.blocks[${i}]` };
+      field(at, 'block', isInt(0), 'an integer ≥ 0');
+      field(at, 'lossSum', isFiniteNumber, 'a finite number');
+      field(at, 'tokenCount', isInt(0), 'an integer ≥ 0');
+      packedFloats(at, 'grads');
+    });
+    field(m, 'items', (v) => Array.isArray(v) && v.length >= 1 && v.length <= 65536, 'a list of 1 to 65536 items');
+    (m.items as unknown[]).forEach((item, i) => {
+      const at = { ...(isObject(item) ? item : {}), type: `block-result.items[${i}]` };
+      field(at, 'index', isInt(0), 'an integer ≥ 0');
+      field(at, 'worker', isString(64), 'a worker id');
+      field(at, 'name', isString(128), 'a worker name');
+      field(at, 'lossSum', isFiniteNumber, 'a finite number');
+      field(at, 'tokenCount', isInt(0), 'an integer ≥ 0');
+      field(at, 'norm', (v) => isFiniteNumber(v) && (v as number) >= 0, 'a finite number ≥ 0');
+    });
+    field(m, 'forwarded', (v) => Array.isArray(v) && v.length <= 65536, 'a list');
+    (m.forwarded as unknown[]).forEach((f, i) => {
+      const at = { ...(isObject(f) ? f : {}), type: `block-result.forwarded[${i}]` };
+      field(at, 'index', isInt(0), 'an integer ≥ 0');
+      packedFloats(at, 'grads');
+    });
+  },
+  expel: (m) => {
+    field(m, 'worker', isString(64), 'a worker id');
+    field(m, 'reason', isString(1024), 'a reason');
   },
 };
 

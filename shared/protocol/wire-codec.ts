@@ -206,6 +206,11 @@ export class HeldCopy {
     return this.copy;
   }
 
+  /** The receiver now holds `values` (a relay passing its parent's frames on): later deltas change it in place. */
+  adopt(values: Float32Array): void {
+    this.copy = values;
+  }
+
   /**
    * The next message towards `exact`: Q(exact − held), the held copy moved by its decoding; or null,
    * meaning send `exact` whole, which then becomes the held copy itself (not a copy: later deltas

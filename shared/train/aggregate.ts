@@ -31,11 +31,14 @@ export function aggregateInOrder(results: GradientResult[], block?: number): Ste
  * The same sum built while a step's results arrive: result i is added as soon as results 0…i−1
  * have been, so the bits equal aggregateInOrder's whatever the arrival order, and most of the
  * adding happens while the step still waits for its last results (each result still in cache
- * from its decode and check) instead of after them.
+ * from its decode and check) instead of after them. A whole block may instead arrive already summed
+ * (a relay's partial sum, `fillBlock`): the same bits, since a block's sum is its results added in order.
  */
 export class InOrderSum {
-  /** the sum of the whole blocks so far, and of the block being added */
-  private total: StepGradient | null = null;
+  /** the sum of each completed block, undivided, by block number */
+  private readonly sums: (StepGradient | undefined)[] = [];
+  /** blocks handed in already summed (relays): their slots hold no gradients */
+  private readonly given: (StepGradient | undefined)[] = [];
   private block = emptySum();
   private next = 0;
   private redo = false;
@@ -48,42 +51,80 @@ export class InOrderSum {
   ) {
     if (block !== undefined && !(Number.isInteger(block) && block >= 1))
       fail(ErrorCodes.CONFIG, `reduction block ${block}: expected an integer ≥ 1`);
-    this.blockSize = block ?? Infinity;
+    this.blockSize = Math.min(block ?? Infinity, Math.max(1, results.length));
   }
 
   /** Call after filling a slot: adds every filled slot from the first not yet added. */
   advance(): void {
-    while (!this.redo && this.next < this.results.length && this.results[this.next]) {
-      addResult(this.block, this.results[this.next++]!);
-      if (this.next % this.blockSize === 0 || this.next === this.results.length) this.closeBlock();
+    const n = this.results.length;
+    while (!this.redo && this.next < n) {
+      const b = Math.floor(this.next / this.blockSize);
+      const whole = this.next % this.blockSize === 0 ? this.given[b] : undefined;
+      if (whole) {
+        this.sums[b] = whole;
+        this.next = Math.min(n, this.next + this.blockSize);
+        continue;
+      }
+      const r = this.results[this.next];
+      if (!r) return;
+      addResult(this.block, r);
+      this.next++;
+      if (this.next % this.blockSize === 0 || this.next === n) {
+        this.sums[b] = this.block;
+        this.block = emptySum();
+      }
     }
   }
 
-  /** A whole block is added: its sum goes into the total, in block order. */
-  private closeBlock(): void {
-    if (!this.total) this.total = this.block;
-    else addSum(this.total, this.block);
-    this.block = emptySum();
+  /** Block `b` arrived already summed (undivided, its results in order): the caller fills its slots too. */
+  fillBlock(b: number, partial: StepGradient): void {
+    this.given[b] = partial;
+    this.advance();
   }
 
-  /** Slot `index` was emptied again (its result revoked); if it was already added, finish() sums afresh. */
+  /** Slot `index` was emptied again (its result revoked); if it was already added, the sum is built afresh. */
   retract(index: number): void {
+    const b = Math.floor(index / this.blockSize);
+    if (this.given[b]) this.given[b] = undefined;
     if (index < this.next) this.redo = true;
   }
 
-  /** Once every slot is filled: the step's gradient, bit-identical to aggregateInOrder(results, block). */
-  finish(): StepGradient {
+  /** Once every slot is filled: each block's sum, undivided (what a relay sends up). */
+  blockSums(): StepGradient[] {
     const missing = this.results.findIndex((r) => !r);
     if (missing >= 0) fail(ErrorCodes.STATE, `result ${missing} of ${this.results.length} is missing`);
     if (this.results.length === 0) fail(ErrorCodes.STATE, 'no micro-batch results to aggregate');
     if (this.redo || this.next < this.results.length) {
-      const fresh = new InOrderSum(this.results, Number.isFinite(this.blockSize) ? this.blockSize : undefined);
+      const fresh = new InOrderSum(this.results, this.blockSize);
+      this.given.forEach((g, b) => g && (fresh.given[b] = g));
       fresh.advance();
-      return fresh.finish();
+      return fresh.blockSums();
     }
-    return finishSum(this.total!);
+    return this.sums as StepGradient[];
+  }
+
+  /** Once every slot is filled: the step's gradient, bit-identical to aggregateInOrder(results, block). */
+  finish(): StepGradient {
+    const [first, ...rest] = this.blockSums();
+    // a block handed in is the caller's: the total starts from a copy of it
+    const total = this.given.includes(first) ? copySum(first) : first;
+    for (const s of rest) addSum(total, s);
+    return finishSum(total);
   }
 }
+
+/** The undivided sum of `results` in order (one block): what a relay sums for a block it holds. */
+export function sumInOrder(results: readonly GradientResult[]): StepGradient {
+  const sum = emptySum();
+  for (const r of results) addResult(sum, r);
+  return sum;
+}
+
+const copySum = (s: StepGradient): StepGradient => ({
+  lossSum: s.lossSum,
+  tokenCount: s.tokenCount,
+  grads: new Map([...s.grads].map(([name, g]) => [name, new Float32Array(g)])),
+});
 
 const emptySum = (): StepGradient => ({ lossSum: 0, tokenCount: 0, grads: new Map() });
 
