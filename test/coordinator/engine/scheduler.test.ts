@@ -78,3 +78,26 @@ test(
     );
   },
 );
+
+test('a relay takes whole free blocks only; its micro-batches are never copied to a straggler; a lost block comes back', () => {
+  const s = new StepSchedule(0, [10, 10, 10, 10, 10], estimate, opts);
+  const single = s.next('fast', 0)!; // micro-batch 0 goes to a worker: block 0 (0, 1) is no longer whole
+  assert.equal(single.index, 0);
+  const got = s.nextBlocks('relay', 2, 4, 0)!;
+  assert.deepEqual(got.blocks, [1, 2]); // blocks (2, 3) and (4): the last block is shorter
+  assert.deepEqual(
+    got.attempts.map((a) => a.index),
+    [2, 3, 4],
+  );
+  assert.ok(got.attempts.every((a) => a.group === got.group && a.assignmentId.startsWith(got.group)));
+  assert.equal(s.nextBlocks('relay', 2, 4, 0), null, 'nothing whole is left');
+  assert.equal(s.next('fast', 0)!.index, 1);
+  // long past every deadline: an idle worker may copy micro-batch 0 or 1, never the relay's
+  for (let k = 0; k < 3; k++) {
+    const copy = s.next('slow', 1e9);
+    assert.ok(copy === null || copy.index < 2, `copied ${copy?.index}`);
+  }
+  for (const a of got.attempts) s.lose(a.assignmentId, 'lost', 10);
+  assert.deepEqual(s.nextBlocks('relay2', 2, 1, 20)!.blocks, [1]);
+  assert.equal(s.unassigned, 1); // micro-batch 4, its block whole again for the next relay
+});

@@ -135,3 +135,51 @@ test('--resume keeps the reduction block: another one is named as a contradictio
     /--reduction-block 4 contradicts the run's 2/,
   );
 });
+
+test('blocks handed in already summed (a relay: fillBlock) give the same bits, in any order, and survive a retract', () => {
+  for (const block of [2, 3]) {
+    const expected = aggregateInOrder(results, block);
+    const blockCount = Math.ceil(results.length / block);
+    // a relay's partial: its block's results summed in order, undivided (blockSums of that block alone)
+    const partial = (b: number) => new InOrderSum(results.slice(b * block, (b + 1) * block)).blockSums()[0];
+    for (const relayed of [[0], [1, 2], [blockCount - 1], [...Array(blockCount).keys()]]) {
+      const slots: (GradientResult | undefined)[] = new Array(results.length);
+      const sum = new InOrderSum(slots, block);
+      const order = [...results.keys()].reverse();
+      const given = new Set(relayed);
+      const kept: [Float32Array, Float32Array][] = [];
+      for (const b of [...given].reverse()) {
+        const p = partial(b);
+        const before = p.grads.get('a')!.slice();
+        for (let i = b * block; i < Math.min(results.length, (b + 1) * block); i++)
+          slots[i] = { lossSum: results[i].lossSum, tokenCount: results[i].tokenCount, grads: new Map() };
+        sum.fillBlock(b, p);
+        kept.push([p.grads.get('a')!, before]);
+      }
+      for (const i of order) {
+        if (given.has(Math.floor(i / block))) continue;
+        slots[i] = results[i];
+        sum.advance();
+      }
+      const got = sum.finish();
+      assert.equal(got.lossSum, expected.lossSum, `block ${block}, relayed ${relayed}`);
+      // the total never writes into a partial it was given
+      for (const [after, before] of kept) assert.deepEqual(after, before);
+      for (const name of ['a', 'b']) assert.deepEqual(got.grads.get(name), expected.grads.get(name));
+    }
+    // a relay's block taken back (its worker lied) and computed again one by one: the same bits
+    const slots: (GradientResult | undefined)[] = new Array(results.length);
+    const sum = new InOrderSum(slots, block);
+    for (let i = block; i < results.length; i++) slots[i] = results[i];
+    for (let i = 0; i < block; i++) slots[i] = { lossSum: 0, tokenCount: 0, grads: new Map() };
+    sum.fillBlock(0, partial(0));
+    for (let i = 0; i < block; i++) {
+      slots[i] = undefined;
+      sum.retract(i);
+    }
+    for (let i = 0; i < block; i++) slots[i] = results[i];
+    sum.advance();
+    const again = sum.finish();
+    for (const name of ['a', 'b']) assert.deepEqual(again.grads.get(name), expected.grads.get(name));
+  }
+});

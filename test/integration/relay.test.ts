@@ -1,0 +1,215 @@
+// Relays (issue 19) with real processes: `loramesh relay` processes between the root coordinator and `loramesh
+// worker` processes. With the same reduction block a relayed run ends with the adapter of the in-process run, bit
+// for bit (so of the flat mesh too: test/integration/distributed.test.ts), with the default block as with a
+// smaller one; a relay SIGKILLed mid-step, a worker behind a relay that lies and a relay with a wrong token change
+// nothing: the lie is caught by the root's spot checks, the killed relay's workers fall back to the root.
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import '../helpers/backend.ts';
+import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
+import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import { type RunOptions, type RunResult, runTraining } from '../../coordinator/run/train.ts';
+import { packagePath } from '../../node/package-root.ts';
+import { checkLoraConfig, checkTrainConfig, type TrainConfig } from '../../shared/config.ts';
+import { maxAbsDiff } from '../../shared/lora/adapter.ts';
+import { writeTinyModelDir } from '../helpers/tiny-model.ts';
+
+const cli = packagePath('coordinator', 'cli.ts');
+const JOIN = 'join-secret';
+const RELAY = 'relay-secret';
+const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] });
+const trainWith = (reductionBlock?: number, steps = 6): TrainConfig =>
+  checkTrainConfig({
+    steps,
+    globalBatch: 8,
+    microBatch: 2,
+    lr: 1e-2,
+    warmupSteps: 2,
+    seed: 5,
+    ...(reductionBlock ? { reductionBlock } : {}),
+  });
+let root = '';
+let base: Omit<RunOptions, 'config' | 'log'>;
+const children: ChildProcess[] = [];
+const logs: string[] = [];
+
+before(async () => {
+  root = mkdtempSync(join(tmpdir(), 'loramesh-relay-'));
+  writeTinyModelDir(join(root, 'model'), 3);
+  const model = await openModelDir(join(root, 'model'));
+  base = {
+    model,
+    examples: demoExamples(model.tokenizer, demoTaskData(64, 8, 5)),
+    workerOutput: 'ignore',
+    progress: false,
+  };
+});
+after(() => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  rmSync(root, { recursive: true, force: true });
+});
+
+function spawnCli(tag: string, args: string[], env: Record<string, string> = {}): ChildProcess {
+  const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+  });
+  for (const stream of [child.stdout!, child.stderr!])
+    stream.on('data', (chunk: Buffer) => logs.push(...chunk.toString().trim().split('\n').map((l) => `${tag} ${l}`)));
+  children.push(child);
+  return child;
+}
+
+/** A relay process on `parent`; resolves with the URL its workers join. */
+function relay(tag: string, parent: string, token = RELAY): { child: ChildProcess; url: Promise<string> } {
+  const child = spawnCli(tag, ['relay', parent, '--token', token, '--worker-token', JOIN, '--name', tag]);
+  const url = new Promise<string>((resolve, reject) => {
+    child.stdout!.on('data', (chunk: Buffer) => {
+      const url = /loramesh worker (ws:\S+)/.exec(chunk.toString())?.[1];
+      if (url) resolve(url);
+    });
+    child.once('exit', (code) => reject(new Error(`relay ${tag} exited (${code})\n${logs.slice(-30).join('\n')}`)));
+  });
+  url.catch(() => {});
+  return { child, url };
+}
+
+const worker = (name: string, url: string, env: Record<string, string> = {}) =>
+  spawnCli(
+    `[${name}]`,
+    ['worker', url, '--token', JOIN, '--backend', 'wasm', '--name', name, '--cache-dir', join(root, 'cache')],
+    env,
+  );
+
+/** The root: a coordinator with no local workers, taking relays; `onListening` gets its worker URL. */
+function rootRun(
+  runId: string,
+  train: TrainConfig,
+  onListening: (url: string) => void,
+  extra: Partial<RunOptions> = {},
+): Promise<RunResult> {
+  let started = false;
+  return runTraining({
+    ...base,
+    ...extra,
+    log: (line) => {
+      logs.push(`[root] ${line}`);
+      const url = /listening on (ws:\S+)/.exec(line)?.[1];
+      if (url && !started) {
+        started = true;
+        onListening(url);
+      }
+    },
+    config: {
+      run: { lora, train },
+      deployment: {
+        outDir: join(root, 'runs'),
+        backend: 'wasm',
+        runId,
+        localWorkers: 0,
+        minWorkers: 1,
+        token: JOIN,
+        relayToken: RELAY,
+      },
+    },
+  });
+}
+
+const alone = (runId: string, train: TrainConfig) =>
+  runTraining({
+    ...base,
+    log: () => {},
+    config: {
+      run: { lora, train },
+      deployment: { outDir: join(root, 'runs'), backend: 'wasm', runId, inProcess: true, localWorkers: 0 },
+    },
+  });
+
+const killAll = async (procs: ChildProcess[]) => {
+  for (const c of procs) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  await Promise.all(procs.map((c) => (c.exitCode === null && c.signalCode === null ? once(c, 'exit') : null)));
+};
+
+test('relayed runs equal the in-process run with the same reduction block, bit for bit (block 2 and the default)', async () => {
+  for (const block of [2, undefined]) {
+    const train = trainWith(block);
+    const reference = await alone(`alone-${block ?? 'default'}`, train);
+    const procs: ChildProcess[] = [];
+    const relayed = await rootRun(`relayed-${block ?? 'default'}`, train, (url) => {
+      // two relays with one worker each: each relay sums whole blocks, the root their partial sums
+      for (const [i, name] of ['r1', 'r2'].entries()) {
+        const r = relay(`[${name}]`, url);
+        procs.push(r.child);
+        void r.url.then((relayUrl) => procs.push(worker(`w${i}`, relayUrl)));
+      }
+    });
+    await killAll(procs);
+    assert.equal(maxAbsDiff(relayed.adapter, reference.adapter), 0, `block ${block}: adapter`);
+    relayed.metrics.forEach((m, i) => assert.equal(m.loss, reference.metrics[i].loss, `block ${block}: step ${i + 1}`));
+    assert.ok(
+      logs.some((l) => l.startsWith('[root]') && /relay\)|node\/relay/.test(l)),
+      'the root saw relays, not workers',
+    );
+  }
+});
+
+test('a relay SIGKILLed mid-step, a lying worker behind a relay and a relay with a wrong token change no bit', async () => {
+  const train = trainWith(2, 8);
+  const reference = await alone('alone-faults', train);
+  const procs: ChildProcess[] = [];
+  let victim: ChildProcess | null = null;
+  let wrongToken: ChildProcess | null = null;
+  const killedAt: number[] = [];
+  const run = await rootRun(
+    'relayed-faults',
+    train,
+    (url) => {
+      wrongToken = relay('[bad-relay]', url, 'not-the-relay-token').child;
+      const honest = relay('[r1]', url);
+      procs.push(honest.child);
+      void honest.url.then((relayUrl) => {
+        procs.push(worker('h1', relayUrl, { LORAMESH_FAULT: 'delay:60' }));
+        procs.push(worker('liar', relayUrl, { LORAMESH_FAULT: 'byzantine:1' }));
+      });
+      const doomed = relay('[r2]', url);
+      victim = doomed.child;
+      procs.push(doomed.child);
+      void doomed.url.then((relayUrl) => procs.push(worker('h2', relayUrl, { LORAMESH_FAULT: 'delay:60' })));
+    },
+    {
+      onStep: (m) => {
+        if (m.step === 3 && victim && killedAt.length === 0) {
+          killedAt.push(m.step);
+          victim.kill('SIGKILL');
+        }
+      },
+    },
+  );
+  await killAll(procs);
+  assert.equal(maxAbsDiff(run.adapter, reference.adapter), 0, 'adapter');
+  run.metrics.forEach((m, i) => assert.equal(m.loss, reference.metrics[i].loss, `step ${i + 1}`));
+  // the wrong token was refused at the upgrade: the relay exits 2 with LM_ERR_AUTH, the root never saw it
+  const bad = wrongToken as ChildProcess | null;
+  assert.ok(bad);
+  if (bad.exitCode === null) await once(bad, 'exit');
+  assert.equal(bad.exitCode, 2);
+  assert.ok(logs.some((l) => l.startsWith('[bad-relay]') && l.includes('LM_ERR_AUTH') && l.includes('401')));
+  assert.ok(!logs.some((l) => l.startsWith('[root]') && l.includes('bad-relay')), 'no hello from the bad relay');
+  // the liar was caught by the root's check of a result its relay sent up whole, and expelled by the relay
+  assert.ok(
+    logs.some((l) => l.startsWith('[root]') && l.includes('failed a spot check') && l.includes('liar')),
+    'the root convicted the liar',
+  );
+  assert.ok(logs.some((l) => l.startsWith('[r1]') && l.includes("at the parent's word")), 'r1 expelled it');
+  assert.ok(run.rejections.LM_ERR_SPOT_CHECK >= 1);
+  // r2 died holding blocks, which were computed again; its worker came to the root (welcome.fallback)
+  assert.deepEqual(killedAt, [3]);
+  assert.ok(logs.some((l) => l.startsWith('[root]') && l.includes('left holding micro-batch')), 'r2 died mid-step');
+  assert.ok(logs.some((l) => l.startsWith('[h2]') && l.includes('trying ws://127.0.0.1')), 'h2 fell back');
+  assert.ok(logs.some((l) => l.startsWith('[root]') && l.includes('(h2, node/wasm) joined')), 'h2 joined the root');
+});
