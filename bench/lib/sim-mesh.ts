@@ -92,6 +92,10 @@ export interface SimRunOptions {
   onStep?: (m: StepMetrics, at: number, stragglerCopies: number) => void;
   /** before the workers connect (e.g. to ask for a captured frame) */
   beforeConnect?: () => void;
+  /** the workers join through this many relays (coordinator/relay/) in the pool's processes; 0: flat */
+  relays?: number;
+  /** train.reductionBlock (default with relays: workers / relays, one block per relay per step) */
+  reductionBlock?: number;
 }
 
 export interface SimRunResult {
@@ -108,6 +112,7 @@ export interface SimRunResult {
  * default 5 s heartbeat the coordinator dropped some at N = 256 and the run lost its N.
  */
 export const HEARTBEAT_MS = 30_000;
+const RELAY_TOKEN = 'bench-relay-token';
 
 const PROBLEM = /reject|error|left holding|missed a heartbeat|dropping|closed \(/i;
 
@@ -138,7 +143,16 @@ export async function runSimulated(o: SimRunOptions): Promise<SimRunResult> {
       config: {
         run: {
           lora: o.lora ?? C_ATTN_R8,
-          train: checkTrainConfig({ steps: o.steps, globalBatch: o.workers, microBatch: 1, warmupSteps: 0, seed: 1 }),
+          train: checkTrainConfig({
+            steps: o.steps,
+            globalBatch: o.workers,
+            microBatch: 1,
+            warmupSteps: 0,
+            seed: 1,
+            ...(o.reductionBlock || o.relays
+              ? { reductionBlock: o.reductionBlock ?? Math.ceil(o.workers / o.relays!) }
+              : {}),
+          }),
         },
         deployment: {
           outDir,
@@ -146,6 +160,7 @@ export async function runSimulated(o: SimRunOptions): Promise<SimRunResult> {
           localWorkers: 0,
           minWorkers: o.workers,
           heartbeatMs: HEARTBEAT_MS,
+          ...(o.relays ? { relayToken: RELAY_TOKEN } : {}),
         },
         limits: {
           net: ONE_ADDRESS_FOR_ALL(o.workers),
@@ -159,7 +174,8 @@ export async function runSimulated(o: SimRunOptions): Promise<SimRunResult> {
         if (url && !connected) {
           connected = true;
           o.beforeConnect?.();
-          o.pool.connect(url, o.workers, o.computeMs);
+          if (o.relays) o.pool.connectRelayed(url, RELAY_TOKEN, o.relays, Math.ceil(o.workers / o.relays), o.computeMs);
+          else o.pool.connect(url, o.workers, o.computeMs);
         }
         if (finished) return;
         if (/is slow; also giving it/.test(line)) stragglerCopies++;

@@ -46,6 +46,15 @@ export class SimWorkerPool {
     });
   }
 
+  /** `relays` relays on `url` (spread over the children), each with `sessions` simulated workers. */
+  connectRelayed(url: string, token: string, relays: number, sessions: number, computeMs: number): void {
+    this.children.forEach((child, i) => {
+      const share = Math.floor(relays / this.size) + (i < relays % this.size ? 1 : 0);
+      if (share > 0)
+        this.send(child, { type: 'relay', url, token, relays: share, sessions, computeMs, namePrefix: `sim${i}` });
+    });
+  }
+
   /** CPU time (µs, user + system) used by all children so far, and their summed RSS. */
   async usage(): Promise<{ cpuUs: number; rssBytes: number }> {
     const replies = await Promise.all(this.children.map((child) => this.request(child, { type: 'cpu' }, 'cpu')));

@@ -5,6 +5,7 @@
  * model is never loaded. Driven by its parent over IPC (see SimWorkerPool in sim-pool.ts).
  */
 import WebSocket from 'ws';
+import { runRelay, type RunningRelay } from '../../coordinator/relay/relay.ts';
 import { WorkerSession, type WorkerHooks } from '../../shared/worker-loop.ts';
 import { asBytes, decodeMessage } from '../../shared/protocol/codec.ts';
 import { tokenCount, type MicroBatch } from '../../shared/train/micro-batch.ts';
@@ -13,6 +14,16 @@ import type { GradientResult } from '../../shared/train/gradients.ts';
 /** parent → child */
 export type SimCommand =
   | { type: 'connect'; url: string; sessions: number; computeMs: number; namePrefix: string }
+  /** start `relays` relays on `url` (a root taking relays with `token`), each with `sessions` simulated workers */
+  | {
+      type: 'relay';
+      url: string;
+      token: string;
+      relays: number;
+      sessions: number;
+      computeMs: number;
+      namePrefix: string;
+    }
   | { type: 'cpu' }
   /** post the next result frame a session sends (the aggregation benchmark decodes real frames) */
   | { type: 'capture' };
@@ -54,6 +65,7 @@ function assignmentTokens(a: Assignment): number {
 }
 
 let captureNext = false;
+const relays: RunningRelay[] = [];
 
 function startSession(url: string, name: string, computeMs: number): void {
   const session = new WorkerSession(
@@ -95,6 +107,28 @@ process.on('message', (cmd: SimCommand) => {
   switch (cmd.type) {
     case 'connect':
       for (let i = 0; i < cmd.sessions; i++) startSession(cmd.url, `${cmd.namePrefix}-${i}`, cmd.computeMs);
+      return;
+    case 'relay':
+      for (let r = 0; r < cmd.relays; r++) {
+        const relay = runRelay({
+          parent: cmd.url,
+          token: cmd.token,
+          host: '127.0.0.1',
+          port: 0,
+          name: `${cmd.namePrefix}-relay${r}`,
+          heartbeatMs: 30_000,
+          // every simulated worker comes from 127.0.0.1
+          limits: { maxWorkersPerAddress: cmd.sessions + 16, maxConnectionsPerAddress: cmd.sessions + 64 },
+          log: () => {},
+        });
+        relays.push(relay);
+        relay.ready.then(
+          (url) => {
+            for (let i = 0; i < cmd.sessions; i++) startSession(url, `${cmd.namePrefix}-relay${r}-${i}`, cmd.computeMs);
+          },
+          (err: Error) => reply({ type: 'error', message: `relay ${r}: ${err.message}` }),
+        );
+      }
       return;
     case 'cpu': {
       const { user, system } = process.cpuUsage();

@@ -78,6 +78,9 @@ export interface DispatchArbiter {
   released(peer: Peer): void;
 }
 
+/** Most whole blocks a relay holds at once (its frame's size: server.ts relayMaxPayload). */
+export const MAX_RELAY_BLOCKS = 16;
+
 /** A worker's memory against the run: fits (perhaps only recomputing), or refused with the numbers. */
 export type MemoryVerdict = { fits: true; recompute: boolean } | { fits: false; why: string };
 
@@ -182,8 +185,18 @@ export class MeshExecutor implements GradientExecutor {
     return new Promise((resolve) => this.readyWaiters.push({ count, resolve }));
   }
 
+  /** Ready workers, those behind a relay included (a relay counts as its ready workers). */
   readyCount(): number {
-    return [...this.workers.values()].filter((w) => w.state === 'ready').length;
+    let n = 0;
+    for (const w of this.workers.values()) if (w.state === 'ready') n += w.relayCapacity ?? 1;
+    return n;
+  }
+
+  private wakeReadyWaiters(): void {
+    const ready = this.readyCount();
+    this.readyWaiters = this.readyWaiters.filter((waiter) =>
+      ready >= waiter.count ? (waiter.resolve(), false) : true,
+    );
   }
 
   /** Makes a new parameter version current on every worker that has joined (params-publisher.ts). */
@@ -395,6 +408,7 @@ export class MeshExecutor implements GradientExecutor {
           if (w.relayCapacity === null)
             throw new LoraMeshError(ErrorCodes.STATE, 'capacity from a worker that is no relay');
           w.relayCapacity = message.microBatches;
+          this.wakeReadyWaiters();
           return this.dispatch();
         case 'block-result':
           return this.onBlockResult(w, message);
@@ -534,10 +548,7 @@ export class MeshExecutor implements GradientExecutor {
     if (w.state === 'ready') throw new LoraMeshError(ErrorCodes.STATE, 'ready sent twice');
     w.state = 'ready';
     this.log(`worker ${w.id} ready`);
-    const ready = this.readyCount();
-    this.readyWaiters = this.readyWaiters.filter((waiter) =>
-      ready >= waiter.count ? (waiter.resolve(), false) : true,
-    );
+    this.wakeReadyWaiters();
     this.dispatch();
   }
 
@@ -727,7 +738,7 @@ export class MeshExecutor implements GradientExecutor {
    */
   private assignBlocks(w: WorkerConnection, step: StepInFlight, now: number): boolean {
     const blockSize = Math.min(this.options.reductionBlock ?? Infinity, step.items.length);
-    const maxBlocks = Math.max(1, Math.ceil(w.relayCapacity! / blockSize));
+    const maxBlocks = Math.min(MAX_RELAY_BLOCKS, Math.max(1, Math.ceil(w.relayCapacity! / blockSize)));
     const got = step.schedule.nextBlocks(w.id, blockSize, maxBlocks, now);
     if (!got) return false;
     const indices = got.attempts.map((a) => a.index);

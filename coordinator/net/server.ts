@@ -74,6 +74,8 @@ export interface ServerOptions {
    * token; undefined: relays are refused
    */
   relayToken?: string;
+  /** largest frame a relay may send (its block sums and the results it sends up whole); default maxPayload */
+  relayMaxPayload?: number;
   /** Origin values allowed to open the WebSocket (browser pages); undefined: any */
   allowedOrigins?: string[];
   /** concurrent WebSocket connections; the same as limits.maxConnections (defaults: DEFAULT_NET_LIMITS) */
@@ -217,6 +219,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     maxPayload: opts.maxPayload,
     handleProtocols: (protocols) => (protocols.has('loramesh') ? 'loramesh' : false),
   });
+  // relays send several blocks' sums in a frame: their own limit, so workers keep the small one
+  const relayWss =
+    opts.relayToken === undefined
+      ? wss
+      : new WebSocketServer({ noServer: true, maxPayload: opts.relayMaxPayload ?? opts.maxPayload });
   // Every check happens here, before a WebSocket exists: a refused peer costs one HTTP response.
   http.on('upgrade', (req, socket, head) => {
     socket.on('error', () => socket.destroy());
@@ -225,7 +232,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     const origin = req.headers.origin;
     if (origin && opts.allowedOrigins && !opts.allowedOrigins.includes(origin))
       return refuseUpgrade(socket, 403, 'Forbidden origin', ErrorCodes.ORIGIN);
-    if (wss.clients.size >= limits.maxConnections) {
+    if (wss.clients.size + (relayWss === wss ? 0 : relayWss.clients.size) >= limits.maxConnections) {
       return refuseUpgrade(socket, 503, 'Too many connections', ErrorCodes.LIMIT);
     }
     const client = clientOf(req);
@@ -254,7 +261,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       return;
     }
     // ws completes the upgrade synchronously here, so the check above still holds when counting.
-    wss.handleUpgrade(req, socket, head, (ws) => {
+    (relay ? relayWss : wss).handleUpgrade(req, socket, head, (ws) => {
       workers.add(client);
       ws.once('close', () => workers.remove(client));
       attachWebSocket(opts.mesh, ws, relay);
@@ -279,7 +286,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         clearInterval(heartbeat);
         unsubscribe();
         streams.closeAll();
-        for (const client of wss.clients) client.terminate();
+        for (const client of [...wss.clients, ...(relayWss === wss ? [] : relayWss.clients)]) client.terminate();
+        if (relayWss !== wss) relayWss.close();
         // wss.close calls back once every worker socket has closed: the mesh logs "worker … left" before this resolves.
         Promise.all([new Promise((r) => wss.close(r)), new Promise((r) => http.close(r))]).then(() => resolve());
         http.closeAllConnections();

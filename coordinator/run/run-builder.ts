@@ -38,6 +38,7 @@ import type { NetLimits } from '../net/net-limits.ts';
 import { startServer, type RunningServer } from '../net/server.ts';
 import { spawnLocalWorkers } from './local-workers.ts';
 import { resultChecks } from './result-checks.ts';
+import { MAX_RELAY_BLOCKS } from '../engine/mesh.ts';
 import type { RunControl } from './run-control.ts';
 import type { RunConfig } from './run-config.ts';
 import type { RunBase } from './run-base.ts';
@@ -216,6 +217,8 @@ export async function startEdge(
     heartbeatMs: deployment.heartbeatMs,
     token: deployment.token ?? undefined,
     relayToken: deployment.relayToken ?? undefined,
+    // a relay's frame: up to MAX_RELAY_BLOCKS block sums and as many results sent up whole (mesh.ts)
+    relayMaxPayload: 2 * MAX_RELAY_BLOCKS * maxPayload,
     allowedOrigins: deployment.allowedOrigins ?? undefined,
     tls: deployment.tls ?? undefined,
     limits: roomForLocalWorkers(limits.net, deployment.localWorkers),

@@ -60,7 +60,15 @@ function spawnCli(tag: string, args: string[], env: Record<string, string> = {})
     env: { ...process.env, ...env },
   });
   for (const stream of [child.stdout!, child.stderr!])
-    stream.on('data', (chunk: Buffer) => logs.push(...chunk.toString().trim().split('\n').map((l) => `${tag} ${l}`)));
+    stream.on('data', (chunk: Buffer) =>
+      logs.push(
+        ...chunk
+          .toString()
+          .trim()
+          .split('\n')
+          .map((l) => `${tag} ${l}`),
+      ),
+    );
   children.push(child);
   return child;
 }
@@ -205,11 +213,23 @@ test('a relay SIGKILLed mid-step, a lying worker behind a relay and a relay with
     logs.some((l) => l.startsWith('[root]') && l.includes('failed a spot check') && l.includes('liar')),
     'the root convicted the liar',
   );
-  assert.ok(logs.some((l) => l.startsWith('[r1]') && l.includes("at the parent's word")), 'r1 expelled it');
+  assert.ok(
+    logs.some((l) => l.startsWith('[r1]') && l.includes("at the parent's word")),
+    'r1 expelled it',
+  );
   assert.ok(run.rejections.LM_ERR_SPOT_CHECK >= 1);
   // r2 died holding blocks, which were computed again; its worker came to the root (welcome.fallback)
   assert.deepEqual(killedAt, [3]);
-  assert.ok(logs.some((l) => l.startsWith('[root]') && l.includes('left holding micro-batch')), 'r2 died mid-step');
-  assert.ok(logs.some((l) => l.startsWith('[h2]') && l.includes('trying ws://127.0.0.1')), 'h2 fell back');
-  assert.ok(logs.some((l) => l.startsWith('[root]') && l.includes('(h2, node/wasm) joined')), 'h2 joined the root');
+  assert.ok(
+    logs.some((l) => l.startsWith('[root]') && l.includes('left holding micro-batch')),
+    'r2 died mid-step',
+  );
+  assert.ok(
+    logs.some((l) => l.startsWith('[h2]') && l.includes('trying ws://127.0.0.1')),
+    'h2 fell back',
+  );
+  assert.ok(
+    logs.some((l) => l.startsWith('[root]') && l.includes('(h2, node/wasm) joined')),
+    'h2 joined the root',
+  );
 });
