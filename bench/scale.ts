@@ -35,6 +35,8 @@ import {
   type Stats,
 } from './lib/results.ts';
 import { SimWorkerPool } from './lib/sim-pool.ts';
+import { threadCpuNs } from '../node/thread-cpu.ts';
+import type { IngestThread } from '../coordinator/relay/ingest.ts';
 import { C_ATTN_R8, dummyExamples, GPT2_SMALL, HEARTBEAT_MS, runSimulated, simulatedModelDir } from './lib/sim-mesh.ts';
 
 export interface ScaleBenchOptions {
@@ -61,6 +63,8 @@ export interface ScaleBenchOptions {
   processes?: number;
   /** the command recorded in RESULTS.md */
   command?: string;
+  /** the coordinator's ingestion threads (deployment.ingestThreads; the reduction block = N / threads); 0: none */
+  threads?: number;
   log?: (line: string) => void;
 }
 
@@ -79,6 +83,17 @@ export interface ScalePoint {
   /** minor page faults per step (fresh memory touched for the first time) */
   coordinatorPageFaultsPerStep: number;
   coordinatorCores: number;
+  /** the coordinator's main thread alone (its /proc/thread-self/schedstat): CPU ms per step */
+  mainThreadCpuMsPerStep: number;
+  /** ingestion threads (0: none), their CPU ms per step together, and the busiest one's */
+  threads: number;
+  threadsCpuMsPerStep: number;
+  busiestThreadCpuMsPerStep: number;
+  /**
+   * with workers on other machines, the coordinator's critical path per step (main thread + busiest thread,
+   * as if each had its own core) over the compute time, in %: an upper bound, since most of it overlaps the compute
+   */
+  projectedOverheadPercent: number;
   coordinatorRssMB: { start: number; peak: number };
   /** all simulated-worker processes together: CPU ms per step (on a real mesh it is spread over N machines) */
   workersCpuMsPerStep: number;
@@ -203,6 +218,10 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
       const poolUsage: { start?: Promise<{ cpuUs: number }>; end?: Promise<{ cpuUs: number }> } = {};
       const rssStart = rssBytes();
       const copies = { atStart: 0, atEnd: 0 };
+      let ingest: IngestThread[] = [];
+      const main = { start: 0, end: 0 };
+      const threadNs: { start?: Promise<number[]>; end?: Promise<number[]> } = {};
+      const threadsNs = () => Promise.all(ingest.map((t) => t.cpuNs()));
       const run = await runSimulated({
         pool,
         model,
@@ -210,6 +229,10 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
         workers: n,
         computeMs,
         steps: warmupSteps + steps,
+        ingestThreads: opts.threads || undefined,
+        onIngestThreads: (t) => {
+          ingest = t;
+        },
         beforeConnect: () => {
           captured.frame ??= pool.captureResultFrame();
         },
@@ -220,10 +243,14 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
           rss.push(rssBytes());
           if (m.step === warmupSteps) {
             usageStart = process.resourceUsage();
+            main.start = threadCpuNs();
+            threadNs.start = threadsNs();
             poolUsage.start = pool.usage(); // not awaited: waiting here would lengthen the next step
           }
           if (m.step === warmupSteps + steps) {
             usageEnd = process.resourceUsage();
+            main.end = threadCpuNs();
+            threadNs.end = threadsNs();
             poolUsage.end = pool.usage();
           }
         },
@@ -234,8 +261,17 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
       const coordinatorCpuMs = (usageEnd.userCPUTime - usageStart.userCPUTime) / 1000 + systemMs;
       const poolCpuMs =
         poolUsage.start && poolUsage.end ? ((await poolUsage.end).cpuUs - (await poolUsage.start).cpuUs) / 1000 : NaN;
+      const [t0, t1] = [await (threadNs.start ?? []), await (threadNs.end ?? [])];
+      const perThread = t1.map((ns, i) => (ns - t0[i]) / 1e6 / steps);
+      const mainMs = (main.end - main.start) / 1e6 / steps;
+      const busiest = perThread.length ? Math.max(...perThread) : 0;
       const point: ScalePoint = {
         workers: n,
+        mainThreadCpuMsPerStep: mainMs,
+        threads: opts.threads ?? 0,
+        threadsCpuMsPerStep: perThread.reduce((a, b) => a + b, 0),
+        busiestThreadCpuMsPerStep: busiest,
+        projectedOverheadPercent: (100 * (mainMs + busiest)) / computeMs,
         computeMs,
         stepMs: stats(periods),
         overheadMs: stats(periods.map((p) => p - computeMs)),
@@ -255,6 +291,12 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
           `(${fmt(point.stepMs.min)}–${fmt(point.stepMs.max)}), ` +
           `overhead ${fmt(point.overheadMs.median)} ms = ${fmt(point.overheadPercent.median)} %, ` +
           `coordinator ${fmt(point.coordinatorCpuMsPerStep)} CPU-ms/step ` +
+          `(main thread ${fmt(point.mainThreadCpuMsPerStep)} = ${fmt(point.mainThreadCpuMsPerStep / n)} per worker` +
+          (point.threads
+            ? `; ${point.threads} ingestion threads ${fmt(point.threadsCpuMsPerStep)}, busiest ` +
+              `${fmt(point.busiestThreadCpuMsPerStep)}`
+            : '') +
+          `; projected overhead on separate machines ${fmt(point.projectedOverheadPercent)} %) ` +
           `(${fmt(point.coordinatorSystemMsPerStep)} system, ` +
           `${fmt(point.coordinatorPageFaultsPerStep)} page faults), ` +
           `RSS ${fmt(point.coordinatorRssMB.peak)} MB, sim workers ${fmt(point.workersCpuMsPerStep)} CPU-ms/step` +

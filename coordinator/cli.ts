@@ -172,6 +172,11 @@ function addTrainOptions(cmd: Command): Command {
     )
     .option('--token-file <path>', 'read the join token from this file')
     .option(
+      '--ingest-threads <n>',
+      "threads that take the workers' sockets off the main thread (needs --reduction-block; default 0)",
+      int(0),
+    )
+    .option(
       '--relay-token <token>',
       'token relays (loramesh relay) present; relays are refused without it (or LORAMESH_RELAY_TOKEN)',
     )
@@ -440,6 +445,12 @@ program
     await relay.close();
     process.exit(0);
   });
+
+// the body of a --ingest-threads thread (coordinator/relay/ingest.ts): started by the coordinator, not by hand
+program.command('ingest-thread', { hidden: true }).action(async () => {
+  const { runIngestThread } = await import('./relay/ingest.ts');
+  await runIngestThread();
+});
 
 program
   .command('worker')

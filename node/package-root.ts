@@ -5,7 +5,7 @@
  * checks that), so the modules that use it may live at any depth.
  */
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const thisFile = fileURLToPath(import.meta.url);
 
@@ -23,6 +23,20 @@ export function cliCommand(): string[] {
   return FROM_SOURCE
     ? ['--import', import.meta.resolve('tsx'), join(PACKAGE_ROOT, 'coordinator', 'cli.ts')]
     : [thisFile];
+}
+
+/**
+ * How a worker_thread runs the CLI the way this process does (Node 20 threads take no --import loader): the
+ * bundle's file, or a short script that registers tsx's loader in the thread and imports the TypeScript CLI.
+ */
+export function cliThreadEntry(): { entry: string; eval: boolean } {
+  if (!FROM_SOURCE) return { entry: thisFile, eval: false };
+  const api = import.meta.resolve('tsx/esm/api');
+  const cli = pathToFileURL(join(PACKAGE_ROOT, 'coordinator', 'cli.ts')).href;
+  return {
+    entry: `import(${JSON.stringify(api)}).then((m) => { m.register(); return import(${JSON.stringify(cli)}); });`,
+    eval: true,
+  };
 }
 
 /** A path under the package root. */

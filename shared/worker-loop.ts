@@ -100,6 +100,8 @@ export class WorkerSession {
   refused: Refusal | null = null;
   /** where to connect if this coordinator cannot be reached (welcome.fallback: a relay's parent, other relays) */
   fallback: string[] = [];
+  /** the coordinator sent this worker elsewhere (one of its ingestion threads): connect there next */
+  redirect: string | null = null;
   private model: CausalLM | null = null;
   private base: FrozenBase | null = null;
   private spec: AdapterTensorSpec[] = [];
@@ -345,6 +347,10 @@ export class WorkerSession {
       case 'done':
         this.finished = true;
         this.platform.log(`run finished: ${message.reason}`);
+        return;
+      case 'redirect':
+        this.redirect = message.url;
+        this.platform.log(`sent to ${message.url}`);
         return;
       default:
         throw new LoraMeshError(ErrorCodes.STATE, `a worker does not accept ${message.type} messages`);

@@ -140,6 +140,12 @@ export async function runNodeWorker(opts: NodeWorkerOptions): Promise<WorkerSess
     if (attempt.refusal) throw new LoraMeshError(attempt.refusal.code, attempt.refusal.reason);
     failures = attempt.opened ? 0 : failures + 1;
     const urls = [opts.url, ...session.fallback.filter((u) => u !== opts.url)];
+    if (session.redirect) {
+      // sent to an ingestion thread: go there at once; the URL given stays the place to come back to
+      url = session.redirect;
+      session.redirect = null;
+      continue;
+    }
     if (failures > 0 && urls.length > 1) {
       url = urls[(urls.indexOf(url) + 1) % urls.length];
       log(`trying ${url}`);

@@ -20,6 +20,7 @@ import type { ModelDir } from '../../coordinator/io/model-dir.ts';
 import { runTraining } from '../../coordinator/run/train.ts';
 import type { StepMetrics } from '../../coordinator/engine/trainer.ts';
 import type { SimWorkerPool } from './sim-pool.ts';
+import type { IngestThread } from '../../coordinator/relay/ingest.ts';
 
 /** GPT-2 small (124M): 12 layers, d = 768. */
 export const GPT2_SMALL = checkModelConfig({
@@ -94,8 +95,12 @@ export interface SimRunOptions {
   beforeConnect?: () => void;
   /** the workers join through this many relays (coordinator/relay/) in the pool's processes; 0: flat */
   relays?: number;
-  /** train.reductionBlock (default with relays: workers / relays, one block per relay per step) */
+  /** train.reductionBlock (default with relays or threads: workers / relays (threads), one block each per step) */
   reductionBlock?: number;
+  /** the coordinator's ingestion threads (deployment.ingestThreads); the workers are sent there */
+  ingestThreads?: number;
+  /** the threads once they listen */
+  onIngestThreads?: (threads: IngestThread[]) => void;
 }
 
 export interface SimRunResult {
@@ -149,8 +154,8 @@ export async function runSimulated(o: SimRunOptions): Promise<SimRunResult> {
             microBatch: 1,
             warmupSteps: 0,
             seed: 1,
-            ...(o.reductionBlock || o.relays
-              ? { reductionBlock: o.reductionBlock ?? Math.ceil(o.workers / o.relays!) }
+            ...(o.reductionBlock || o.relays || o.ingestThreads
+              ? { reductionBlock: o.reductionBlock ?? Math.ceil(o.workers / (o.relays || o.ingestThreads!)) }
               : {}),
           }),
         },
@@ -161,6 +166,7 @@ export async function runSimulated(o: SimRunOptions): Promise<SimRunResult> {
           minWorkers: o.workers,
           heartbeatMs: HEARTBEAT_MS,
           ...(o.relays ? { relayToken: RELAY_TOKEN } : {}),
+          ...(o.ingestThreads ? { ingestThreads: o.ingestThreads } : {}),
         },
         limits: {
           net: ONE_ADDRESS_FOR_ALL(o.workers),
@@ -169,6 +175,7 @@ export async function runSimulated(o: SimRunOptions): Promise<SimRunResult> {
         },
       },
       progress: false,
+      onIngestThreads: o.onIngestThreads,
       log: (line) => {
         const url = /listening on (wss?:\S+)/.exec(line)?.[1];
         if (url && !connected) {

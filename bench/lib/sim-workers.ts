@@ -85,22 +85,31 @@ function startSession(url: string, name: string, computeMs: number): void {
       },
     },
   );
-  const ws = new WebSocket(url, { maxPayload: 1 << 30, perMessageDeflate: false });
-  ws.on('open', () => ws.send(session.hello()));
-  ws.on('message', (data) => {
-    void session
-      .receive(asBytes(data as Buffer), (frame) => {
-        if (captureNext && decodeMessage(frame).type === 'result') {
-          captureNext = false;
-          reply({ type: 'frame', bytes: frame });
-        }
-        if (ws.readyState === ws.OPEN) ws.send(frame);
-      })
-      .then(() => {
-        if (session.finished) ws.close(1000, 'done');
-      });
-  });
-  ws.on('error', (err) => reply({ type: 'error', message: `${name}: ${err.message}` }));
+  const connect = (at: string) => {
+    const ws = new WebSocket(at, { maxPayload: 1 << 30, perMessageDeflate: false });
+    ws.on('open', () => ws.send(session.hello()));
+    ws.on('message', (data) => {
+      void session
+        .receive(asBytes(data as Buffer), (frame) => {
+          if (captureNext && decodeMessage(frame).type === 'result') {
+            captureNext = false;
+            reply({ type: 'frame', bytes: frame });
+          }
+          if (ws.readyState === ws.OPEN) ws.send(frame);
+        })
+        .then(() => {
+          if (session.finished) ws.close(1000, 'done');
+        });
+    });
+    // sent to one of the coordinator's ingestion threads: join there
+    ws.on('close', () => {
+      const next = session.redirect;
+      session.redirect = null;
+      if (next && !session.finished) connect(next);
+    });
+    ws.on('error', (err) => reply({ type: 'error', message: `${name}: ${err.message}` }));
+  };
+  connect(url);
 }
 
 process.on('message', (cmd: SimCommand) => {

@@ -31,6 +31,7 @@ export const CONFIG_FLAGS: Record<string, `deployment.${keyof Deployment}` | Lim
   cacheDir: 'deployment.cacheDir',
   recompute: 'deployment.recompute',
   heartbeatMs: 'deployment.heartbeatMs',
+  ingestThreads: 'deployment.ingestThreads',
   keepCheckpoints: 'deployment.keepCheckpoints',
   evalEvery: 'deployment.evalEvery',
   dashboardAccess: 'deployment.dashboardAccess',

@@ -65,7 +65,7 @@ export interface MeshOptions {
   /** why this run cannot be served through relays (robust aggregation: every result is needed); absent: it can */
   relayRefusal?: string;
   /** URLs a relay's welcome lists for its workers to fall back to (this coordinator's own, other relays) */
-  fallback?: string[];
+  fallback?: string[] | ((peer: Peer) => string[]);
 }
 
 /** The pool's side of a run's dispatch (coordinator/pool/pool-mesh.ts). */
@@ -498,6 +498,15 @@ export class MeshExecutor implements GradientExecutor {
       );
       return;
     }
+    const elsewhere = !hello.relay && !w.ws.relay ? this.redirect?.(w.ws) : null;
+    if (elsewhere) {
+      // the socket work of this worker belongs to an ingestion thread: it reconnects there at once
+      this.send(w, { type: 'redirect', url: elsewhere });
+      w.quarantined = true; // nothing more from it here
+      w.ws.close(1000, 'redirect');
+      setTimeout(() => w.ws.terminate(), 1000).unref();
+      return;
+    }
     if (hello.relay) {
       const why = !w.ws.relay
         ? 'a relay connects with the relay token (X-Loramesh-Role: relay)'
@@ -537,11 +546,23 @@ export class MeshExecutor implements GradientExecutor {
       workerId: w.id,
       manifest: this.options.manifest,
       ...(recompute ? { recompute } : {}),
-      ...(this.options.fallback?.length ? { fallback: this.options.fallback } : {}),
+      ...this.fallbackFor(w.ws),
     });
     const keyframe = this.params.keyframe();
     if (keyframe) this.sendFrame(w, keyframe.frame, 'params', keyframe.payload);
   }
+
+  private fallbackFor(peer: Peer): { fallback?: string[] } {
+    const f = this.options.fallback;
+    const list = typeof f === 'function' ? f(peer) : f;
+    return list?.length ? { fallback: list } : {};
+  }
+
+  /**
+   * Where a worker that says hello goes instead (an ingestion thread's socket, coordinator/relay/ingest.ts), or
+   * null: it stays. Set once the threads listen.
+   */
+  redirect: ((peer: Peer) => string | null) | null = null;
 
   private onReady(w: WorkerConnection): void {
     if (w.state === 'handshake') throw new LoraMeshError(ErrorCodes.STATE, 'ready before hello');

@@ -8,6 +8,8 @@ export interface Peer {
   readonly open: boolean;
   /** the connection upgraded as a relay, with the relay token (server.ts) */
   readonly relay?: boolean;
+  /** the host name the peer reached this server by (its upgrade's Host header, port left out) */
+  readonly hostname?: string;
   send(frame: Uint8Array): void;
   /** closes with a WebSocket close code and reason */
   close(code: number, reason: string): void;

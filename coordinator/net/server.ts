@@ -126,6 +126,16 @@ export function tokenFromUpgrade(req: IncomingMessage): string | undefined {
   return undefined;
 }
 
+/** The host name of a Host header (no port; IPv6 without brackets), or undefined when absent or odd. */
+function hostOf(header: string | undefined): string | undefined {
+  if (!header || header.length > 256) return undefined;
+  try {
+    return new URL(`http://${header}`).hostname.replace(/^\[|\]$/g, '');
+  } catch {
+    return undefined;
+  }
+}
+
 function refuseUpgrade(socket: Duplex, status: number, reason: string, code: string): void {
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\n` +
@@ -264,7 +274,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     (relay ? relayWss : wss).handleUpgrade(req, socket, head, (ws) => {
       workers.add(client);
       ws.once('close', () => workers.remove(client));
-      attachWebSocket(opts.mesh, ws, relay);
+      attachWebSocket(opts.mesh, ws, relay, hostOf(req.headers.host));
     });
   });
   const heartbeat = setInterval(() => opts.mesh.heartbeat(opts.heartbeatMs), opts.heartbeatMs);

@@ -1,10 +1,19 @@
 import type { WebSocket } from 'ws';
 import type { Peer, PeerEvents } from '../engine/peer.ts';
 
-/** Hands a WebSocket to `mesh` as a Peer and forwards its events; `relay`: it upgraded with the relay token. */
-export function attachWebSocket(mesh: { attach(peer: Peer): PeerEvents }, ws: WebSocket, relay = false): void {
+/**
+ * Hands a WebSocket to `mesh` as a Peer and forwards its events; `relay`: it upgraded with the relay token;
+ * `hostname`: the host it reached us by.
+ */
+export function attachWebSocket(
+  mesh: { attach(peer: Peer): PeerEvents },
+  ws: WebSocket,
+  relay = false,
+  hostname?: string,
+): void {
   const events = mesh.attach({
     relay,
+    hostname,
     get bufferedAmount() {
       return ws.bufferedAmount;
     },

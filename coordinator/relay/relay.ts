@@ -39,6 +39,7 @@ import { BASE_FORMATS } from '../../shared/quant/formats.ts';
 import type { GradientResult } from '../../shared/train/gradients.ts';
 import { l2Norm, outliers, type NormHistory, type ScreenedResult } from '../engine/defence.ts';
 import { MeshExecutor, type SecurityLimits } from '../engine/mesh.ts';
+import type { Peer } from '../engine/peer.ts';
 import type { NetLimits } from '../net/net-limits.ts';
 import { startServer, type RunningServer } from '../net/server.ts';
 
@@ -54,6 +55,12 @@ export interface RelayOptions {
   workerToken?: string;
   /** more URLs for this relay's workers to fall back to, before the parent */
   fallback?: string[];
+  /** instead: a worker's fallback list from its connection (an ingestion thread: the root as the worker sees it) */
+  workerFallback?: (peer: Peer) => string[];
+  /** https + wss for its workers with these PEM files */
+  tls?: { cert: string; key: string };
+  /** Origin values allowed to open its worker socket (browser pages); undefined: any */
+  allowedOrigins?: string[];
   name?: string;
   heartbeatMs?: number;
   limits?: Partial<NetLimits>;
@@ -114,7 +121,7 @@ export function runRelay(opts: RelayOptions): RunningRelay {
         manifest: m,
         log: (line) => log(line),
         security: opts.security,
-        fallback: [...(opts.fallback ?? []), opts.parent],
+        fallback: opts.workerFallback ?? [...(opts.fallback ?? []), opts.parent],
       });
       const values = adapterParameterCount(m.adapter);
       server = await startServer({
@@ -127,6 +134,8 @@ export function runRelay(opts: RelayOptions): RunningRelay {
         heartbeatMs: opts.heartbeatMs ?? 5000,
         token: opts.workerToken,
         limits: opts.limits,
+        tls: opts.tls,
+        allowedOrigins: opts.allowedOrigins,
         routes: (req, res) => passFile(req.url ?? '', parentHttp, res, log),
         monitor: {
           log,

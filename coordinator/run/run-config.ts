@@ -76,6 +76,11 @@ export interface Deployment {
   token: string | null;
   /** the token relays present (coordinator/relay/, `loramesh relay`); null: relays are refused */
   relayToken: string | null;
+  /**
+   * threads that take the workers' sockets off the main thread (coordinator/relay/ingest.ts): workers are sent to
+   * them; 0: none. Needs the run's train.reductionBlock (each thread sums whole blocks).
+   */
+  ingestThreads: number;
   tls: { cert: string; key: string } | null;
   /** tfjs backend of local workers (and of this process with inProcess) */
   backend: BackendName;
@@ -146,6 +151,7 @@ export const DEFAULT_RUN_CONFIG = {
     port: 0,
     token: null,
     relayToken: null,
+    ingestThreads: 0,
     tls: null,
     backend: 'auto',
     cacheDir: null,
@@ -291,6 +297,8 @@ function checkDeployment(d: Deployment): Deployment {
   checkInt('deployment.localWorkers', d.localWorkers, 0);
   if (d.minWorkers !== null) checkInt('deployment.minWorkers', d.minWorkers, 1);
   checkInt('deployment.heartbeatMs', d.heartbeatMs, 100);
+  checkInt('deployment.ingestThreads', d.ingestThreads, 0);
+  if (d.ingestThreads > 64) bad('deployment.ingestThreads', d.ingestThreads, 'at most 64');
   if (typeof d.recompute !== 'boolean') bad('deployment.recompute', d.recompute, 'true or false');
   checkInt('deployment.keepCheckpoints', d.keepCheckpoints, 1);
   checkInt('deployment.evalEvery', d.evalEvery, 1);
@@ -341,9 +349,20 @@ function checkLimits(l: Limits): Limits {
 export function resolveRunConfig(input: RunConfigInput, model?: string): RunConfig {
   const { outer: _outer, ...runDefaults } = DEFAULT_RUN_CONFIG.run;
   const given = input.limits ?? {};
+  const run = checkRunSettings({ ...runDefaults, data: null, model, ...defined(input.run) });
+  const deployment = checkDeployment({ ...DEFAULT_RUN_CONFIG.deployment, ...defined(input.deployment) } as Deployment);
+  if (deployment.ingestThreads > 0) {
+    const why = deployment.inProcess
+      ? '0 with --in-process (there are no workers)'
+      : run.train.reductionBlock === undefined
+        ? '0 without a reduction block: each thread sums whole blocks (set --reduction-block K, about workers / ' +
+          'threads; the order of the sum is part of the run)'
+        : null;
+    if (why) bad('deployment.ingestThreads', deployment.ingestThreads, why);
+  }
   return {
-    run: checkRunSettings({ ...runDefaults, data: null, model, ...defined(input.run) }),
-    deployment: checkDeployment({ ...DEFAULT_RUN_CONFIG.deployment, ...defined(input.deployment) } as Deployment),
+    run,
+    deployment,
     limits: checkLimits({
       net: { ...DEFAULT_RUN_CONFIG.limits.net, ...defined(given.net) } as NetLimits,
       security: { ...DEFAULT_RUN_CONFIG.limits.security, ...defined(given.security) },

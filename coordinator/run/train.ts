@@ -27,6 +27,8 @@ import { buildEngine, buildMonitor, type EngineInputs, startEdge, startWorkers }
 import { resolveRunConfig, type RunConfig, type RunConfigInput } from './run-config.ts';
 import { RunDir } from '../io/run-dir.ts';
 import type { RunningServer } from '../net/server.ts';
+import { type IngestThread, startIngestThreads, threadUrl } from '../relay/ingest.ts';
+import { randomBytes } from 'node:crypto';
 import { metricsLine, stepRecord, type StepRecord } from '../engine/step-record.ts';
 import { NO_TRAFFIC, trafficSince } from '../engine/traffic.ts';
 import type { StepMetrics, Trainer } from '../engine/trainer.ts';
@@ -55,6 +57,8 @@ export interface RunOptions {
   workerEnv?: (index: number) => Record<string, string>;
   /** called once the server listens (before workers are awaited), with its WebSocket and HTTP URLs */
   onListening?: (urls: { wsUrl: string; url: string }) => void | Promise<void>;
+  /** the run's ingestion threads once they listen (deployment.ingestThreads; bench:scale reads their CPU) */
+  onIngestThreads?: (threads: IngestThread[]) => void;
   /** called after every step (tests use it to add or remove workers mid-run) */
   onStep?: (record: StepRecord) => void | Promise<void>;
   /** stop after the current step, checkpoint and return (SIGINT/SIGTERM) */
@@ -227,11 +231,47 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
   );
   let server: RunningServer | null = null;
   let children: ReturnType<typeof spawnLocalWorkers> = [];
+  let threads: IngestThread[] = [];
   if (mesh && opts.host) {
     opts.host.open(mesh);
   } else if (mesh) {
-    server = await startEdge(config, { ...engine, mesh }, control, monitor);
+    // ingestion threads are relays this process starts: they take the relay token (its own one if none is set)
+    const relayToken =
+      deployment.relayToken ?? (deployment.ingestThreads > 0 ? randomBytes(18).toString('base64url') : null);
+    server = await startEdge(
+      { ...config, deployment: { ...deployment, relayToken } },
+      { ...engine, mesh },
+      control,
+      monitor,
+    );
     log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
+    if (deployment.ingestThreads > 0) {
+      const secure = !!deployment.tls;
+      threads = await startIngestThreads(
+        deployment.ingestThreads,
+        {
+          parent: server.wsUrl,
+          token: relayToken!,
+          host: deployment.host,
+          workerToken: deployment.token ?? undefined,
+          rootPort: Number(new URL(server.wsUrl).port),
+          secure,
+          tls: deployment.tls ?? undefined,
+          allowedOrigins: deployment.allowedOrigins ?? undefined,
+          limits: config.limits.net,
+          heartbeatMs: deployment.heartbeatMs,
+        },
+        log,
+      );
+      // a worker's hello here is answered with the next thread's socket, as the worker reached this machine
+      let next = 0;
+      mesh.redirect = (peer) => {
+        const t = threads[next++ % threads.length];
+        return threadUrl(peer.hostname ?? deployment.host, t.port, secure);
+      };
+      log(`ingestion threads: ${threads.length}, on ports ${threads.map((t) => t.port).join(', ')}`);
+      opts.onIngestThreads?.(threads);
+    }
     await opts.onListening?.({ wsUrl: server.wsUrl, url: server.url });
   }
 
@@ -315,6 +355,8 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
     if (mesh) opts.host?.close(mesh, ending);
     mesh?.close();
     await stopLocalWorkers(children);
+    // the threads pass the run's end on to their workers before they stop
+    await Promise.all(threads.map((t) => t.close()));
     await server?.close();
   }
 

@@ -240,6 +240,14 @@ export interface BlockResult {
   /** results sent up whole (asked for in `forward`, or over the outlier bound), as f32 */
   forwarded: { index: number; grads: PackedFloats }[];
 }
+/**
+ * coordinator → worker, in answer to its hello: connect to `url` instead (one of the coordinator's ingestion
+ * threads, docs/SCALE.md); the coordinator closes this connection
+ */
+export interface Redirect {
+  type: 'redirect';
+  url: string;
+}
 /** parent → relay: one of the relay's workers failed the parent's check; close it and refuse its name */
 export interface Expel {
   type: 'expel';
@@ -260,7 +268,8 @@ export type CoordinatorMessage =
   | RunClose
   | Channel
   | AssignBlocks
-  | Expel;
+  | Expel
+  | Redirect;
 export type Message = WorkerMessage | CoordinatorMessage;
 
 type Guard = (m: Record<string, unknown>) => void;
@@ -498,6 +507,13 @@ const guards: Record<Message['type'], Guard> = {
       packedFloats(at, 'grads');
     });
   },
+  redirect: (m) =>
+    field(
+      m,
+      'url',
+      (v) => typeof v === 'string' && v.length <= 2048 && /^wss?:\/\/[^\s]+$/.test(v),
+      'a ws:// or wss:// URL',
+    ),
   expel: (m) => {
     field(m, 'worker', isString(64), 'a worker id');
     field(m, 'reason', isString(1024), 'a reason');

@@ -166,6 +166,36 @@ test('relayed runs equal the in-process run with the same reduction block, bit f
   }
 });
 
+test('a run with ingestion threads equals the in-process run with the same block, bit for bit; workers are sent there', async () => {
+  const train = trainWith(2);
+  const reference = await alone('alone-threads', train);
+  const lines: string[] = [];
+  const threaded = await runTraining({
+    ...base,
+    log: (line) => lines.push(line),
+    config: {
+      run: { lora, train },
+      deployment: { outDir: join(root, 'runs'), backend: 'wasm', runId: 'threaded', localWorkers: 2, ingestThreads: 2 },
+    },
+  });
+  assert.equal(maxAbsDiff(threaded.adapter, reference.adapter), 0);
+  threaded.metrics.forEach((m, i) => assert.equal(m.loss, reference.metrics[i].loss, `step ${i + 1}`));
+  // both workers said hello to the main thread, were sent on, and computed behind the threads
+  assert.ok(
+    lines.some((l) => /^ingestion threads: 2, on ports \d+, \d+$/.test(l)),
+    lines.join('\n'),
+  );
+  for (const t of [0, 1])
+    assert.ok(
+      lines.some((l) => l.startsWith(`ingest ${t}: worker`) && l.includes('(local-')),
+      `a local worker joined thread ${t}`,
+    );
+  assert.ok(
+    !lines.some((l) => /^worker \S+ \(local-\d, node\/wasm\) joined/.test(l)),
+    'none stayed on the main thread',
+  );
+});
+
 test('a relay SIGKILLed mid-step, a lying worker behind a relay and a relay with a wrong token change no bit', async () => {
   const train = trainWith(2, 8);
   const reference = await alone('alone-faults', train);

@@ -33,13 +33,17 @@ export class Connection {
   /** refused for good: not even a tab restored from the back/forward cache reconnects */
   private refused = false;
   private heartbeat: ReturnType<typeof setInterval> | undefined;
+  /** where the next attempt goes: the page's coordinator, where it redirected us, or a fallback */
+  private current: string;
 
   constructor(
     private readonly url: string,
     private readonly session: WorkerSession,
     private readonly hooks: ConnectionHooks,
     private readonly token?: string,
-  ) {}
+  ) {
+    this.current = url;
+  }
 
   start(): void {
     // pagehide (not unload/beforeunload) fires on close, reload and navigation, and on bfcache entry.
@@ -71,7 +75,7 @@ export class Connection {
     this.hooks.connecting(this.failures + 1);
     // The join token rides in a subprotocol: the coordinator checks it in the HTTP upgrade.
     const ws = new WebSocket(
-      this.url,
+      this.current,
       this.token ? ['loramesh', `loramesh.token.${base64url(this.token)}`] : undefined,
     );
     ws.binaryType = 'arraybuffer';
@@ -112,7 +116,17 @@ export class Connection {
         this.hooks.ended('refused', `${refusal.code}: ${refusal.reason}`);
         return;
       }
+      if (this.session.redirect) {
+        // sent to one of the coordinator's ingestion threads: go there at once
+        this.current = this.session.redirect;
+        this.session.redirect = null;
+        this.hooks.log(`sent to ${this.current}`);
+        this.open();
+        return;
+      }
       this.failures = wasOpen ? 0 : this.failures + 1;
+      const urls = [this.url, ...this.session.fallback.filter((u) => u !== this.url)];
+      if (this.failures > 0 && urls.length > 1) this.current = urls[(urls.indexOf(this.current) + 1) % urls.length];
       const delay = reconnectDelayMs(this.failures, Math.random());
       this.hooks.reconnecting(delay, wasOpen ? `connection closed (${event.code})` : 'could not connect');
       setTimeout(() => this.open(), delay);

@@ -120,3 +120,32 @@ test("every CLI flag in CONFIG_FLAGS lands on a field the config has, with the f
   assert.equal(c.limits.defence.spotCheck, 0.5);
   assert.equal(c.run.checkpointEvery, 25, "train's own checkpoint interval when the run has none");
 });
+
+test('ingestion threads need a reduction block and workers; a relay token is its own and long enough', () => {
+  refused(
+    base({ deployment: { ingestThreads: 2 } }),
+    /deployment\.ingestThreads should be 0 without a reduction block.*--reduction-block K.*got 2/,
+  );
+  refused(
+    base({
+      run: { lora: DEFAULT_LORA, train: { ...DEFAULT_TRAIN, reductionBlock: 2 } },
+      deployment: { ingestThreads: 2, inProcess: true },
+    }),
+    /deployment\.ingestThreads should be 0 with --in-process.*got 2/,
+  );
+  refused(base({ deployment: { ingestThreads: 65 } }), /deployment\.ingestThreads should be at most 64, got 65/);
+  const ok = resolveRunConfig(
+    base({
+      run: { lora: DEFAULT_LORA, train: { ...DEFAULT_TRAIN, reductionBlock: 4 } },
+      deployment: { ingestThreads: 2 },
+    }),
+    '/m',
+  );
+  assert.equal(ok.deployment.ingestThreads, 2);
+  assert.equal(resolveRunConfig(base(), '/m').deployment.ingestThreads, 0);
+  refused(base({ deployment: { relayToken: 'short' } }), /deployment\.relayToken/);
+  refused(
+    base({ deployment: { token: 'same-secret-1', relayToken: 'same-secret-1' } }),
+    /deployment\.relayToken.*its own/,
+  );
+});

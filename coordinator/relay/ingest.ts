@@ -1,0 +1,139 @@
+/**
+ * Ingestion threads (issue 19, docs/SCALE.md): `--ingest-threads N` moves the per-worker socket work of a run off
+ * the coordinator's main thread. Each thread is a relay (relay.ts) in a worker_thread of this process, with a
+ * server on its own port (Node 20 cannot hand an accepted socket to a thread); the main thread's mesh answers a
+ * worker's hello with `redirect` to one of them, and keeps only the relays' block sums, the schedule, the checks
+ * that need the trusted model, and the optimizer. With the run's reduction block the sum is the flat run's, bit for
+ * bit. The thread's workers fall back to the coordinator's own socket, which sends them to a thread again.
+ */
+import { Worker } from 'node:worker_threads';
+import { cliThreadEntry } from '../../node/package-root.ts';
+import { threadCpuNs } from '../../node/thread-cpu.ts';
+import { ErrorCodes, LoraMeshError } from '../../shared/errors.ts';
+import type { Peer } from '../engine/peer.ts';
+import type { NetLimits } from '../net/net-limits.ts';
+
+/** What a thread is started with (workerData of the hidden `ingest-thread` command: plain data only). */
+export interface IngestThreadData {
+  loramesh: 'ingest-thread';
+  index: number;
+  /** the coordinator's own socket on loopback, and the relay token it takes */
+  parent: string;
+  token: string;
+  host: string;
+  workerToken?: string;
+  /** the coordinator's port and scheme, for its workers' fallback URL (the host they reached the thread by) */
+  rootPort: number;
+  secure: boolean;
+  tls?: { cert: string; key: string };
+  allowedOrigins?: string[];
+  limits?: Partial<NetLimits>;
+  heartbeatMs: number;
+}
+
+/** thread → main */
+export type IngestThreadReply =
+  | { type: 'ready'; port: number }
+  | { type: 'log'; line: string }
+  | { type: 'cpu'; ns: number }
+  | { type: 'finished' }
+  | { type: 'failed'; message: string };
+
+export interface IngestThread {
+  index: number;
+  port: number;
+  /** nanoseconds this thread has run on a CPU (its /proc/thread-self/schedstat) */
+  cpuNs(): Promise<number>;
+  /** waits (at most 2 s) for the thread to pass the run's end on to its workers, then stops it */
+  close(): Promise<void>;
+}
+
+/** The URL a worker that reached this machine as `hostname` uses for a thread on `port`. */
+export function threadUrl(hostname: string, port: number, secure: boolean): string {
+  return `ws${secure ? 's' : ''}://${hostname.includes(':') ? `[${hostname}]` : hostname}:${port}/ws`;
+}
+
+/** A worker's fallback from a thread: the coordinator's own socket as the worker reached the thread. */
+export function rootFallback(data: IngestThreadData): (peer: Peer) => string[] {
+  return (peer) => [threadUrl(peer.hostname ?? data.host, data.rootPort, data.secure)];
+}
+
+export async function startIngestThreads(
+  count: number,
+  base: Omit<IngestThreadData, 'loramesh' | 'index'>,
+  log: (line: string) => void,
+): Promise<IngestThread[]> {
+  const { entry, eval: isScript } = cliThreadEntry();
+  return Promise.all(
+    Array.from({ length: count }, (_, index) => {
+      const data: IngestThreadData = { loramesh: 'ingest-thread', index, ...base };
+      const worker = new Worker(entry, {
+        eval: isScript,
+        argv: ['ingest-thread'],
+        workerData: data,
+      });
+      const cpuWaiters: ((ns: number) => void)[] = [];
+      let markFinished = () => {};
+      const finished = new Promise<void>((r) => (markFinished = r));
+      return new Promise<IngestThread>((resolve, reject) => {
+        worker.on('message', (m: IngestThreadReply) => {
+          if (m.type === 'log') log(`ingest ${index}: ${m.line}`);
+          else if (m.type === 'finished') markFinished();
+          else if (m.type === 'cpu') cpuWaiters.shift()?.(m.ns);
+          else if (m.type === 'failed') reject(new Error(`ingestion thread ${index}: ${m.message}`));
+          else if (m.type === 'ready')
+            resolve({
+              index,
+              port: m.port,
+              cpuNs: () =>
+                new Promise((r) => {
+                  cpuWaiters.push(r);
+                  worker.postMessage({ type: 'cpu' });
+                }),
+              close: async () => {
+                const timer = new Promise((r) => setTimeout(r, 2000).unref());
+                await Promise.race([finished, timer]);
+                await worker.terminate();
+              },
+            });
+        });
+        worker.once('error', (err) => reject(err));
+        worker.once('exit', (code) => reject(new Error(`ingestion thread ${index} exited (${code})`)));
+      });
+    }),
+  );
+}
+
+/** The body of an ingestion thread (the hidden `ingest-thread` command, run by startIngestThreads). */
+export async function runIngestThread(): Promise<void> {
+  const { workerData, parentPort, isMainThread } = await import('node:worker_threads');
+  const data = workerData as IngestThreadData | undefined;
+  if (isMainThread || !parentPort || data?.loramesh !== 'ingest-thread')
+    throw new LoraMeshError(ErrorCodes.CONFIG, 'ingest-thread runs inside a coordinator (train --ingest-threads N)');
+  const post = (m: IngestThreadReply) => parentPort.postMessage(m);
+  const { runRelay } = await import('./relay.ts');
+  const relay = runRelay({
+    parent: data.parent,
+    token: data.token,
+    host: data.host,
+    port: 0,
+    workerToken: data.workerToken,
+    workerFallback: rootFallback(data),
+    tls: data.tls,
+    allowedOrigins: data.allowedOrigins,
+    limits: data.limits,
+    heartbeatMs: data.heartbeatMs,
+    name: `ingest-${data.index}`,
+    log: (line) => post({ type: 'log', line }),
+  });
+  parentPort.on('message', (m: { type: string }) => {
+    if (m.type === 'cpu') post({ type: 'cpu', ns: threadCpuNs() });
+  });
+  try {
+    post({ type: 'ready', port: Number(new URL(await relay.ready).port) });
+    await relay.finished;
+    post({ type: 'finished' });
+  } catch (err) {
+    post({ type: 'failed', message: (err as Error).message });
+  }
+}
