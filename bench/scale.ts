@@ -207,7 +207,7 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
   let soak: SoakResult | null = null;
   try {
     // The soak first, in a fresh process: its RSS is then not the high-water mark of N = 256.
-    if (soakOpts) soak = await runSoak(pool, model, examples, soakOpts, log);
+    if (soakOpts) soak = await runSoak(pool, model, examples, soakOpts, log, opts.threads ?? 0);
     for (const n of workers) {
       // Beyond 64 workers a step takes many seconds here: fewer of them keep `npm run bench` within 15 minutes.
       const steps = opts.steps ?? (quick ? 3 : n >= 128 ? 3 : 4);
@@ -358,7 +358,8 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
       soakHeapSlopeMBPer1000Steps: soak && soak.steps >= 1000 ? soak.heapSlopeMBPer1000Steps : null,
     },
   };
-  if (opts.write ?? true) writeScaleResults(result, log);
+  if ((opts.write ?? true) && opts.threads) writeThreadedResults(result, opts.threads, log);
+  else if (opts.write ?? true) writeScaleResults(result, log);
   return result;
 }
 
@@ -368,6 +369,7 @@ async function runSoak(
   examples: ReturnType<typeof dummyExamples>,
   o: { workers: number; steps: number; computeMs: number; sampleEvery: number },
   log: (line: string) => void,
+  threads: number,
 ): Promise<SoakResult> {
   const samples: SoakResult['samples'] = [];
   const times: number[] = [];
@@ -378,6 +380,7 @@ async function runSoak(
     workers: o.workers,
     computeMs: o.computeMs,
     steps: o.steps,
+    ingestThreads: threads || undefined,
     onStep: (m, at) => {
       times.push(at);
       if (m.step % o.sampleEvery === 0)
@@ -669,12 +672,98 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
   log('  updated bench/RESULTS.md (scale-table) and bench/results/scale-*.svg/png');
 }
 
+/**
+ * The threaded run's own section of RESULTS.md (the flat table stays): per N the main thread's CPU per worker next
+ * to the whole process's, the projected overhead with workers on other machines, and the soak with threads.
+ */
+function writeThreadedResults(r: ScaleResult, threads: number, log: (line: string) => void): void {
+  if (r.quick) {
+    log(`  wrote ${writeJson('scale-threads.quick', r)} (quick mode leaves RESULTS.md alone)`);
+    return;
+  }
+  log(`  wrote ${writeJson('scale-threads', r)}`);
+  const rows = r.points.map(
+    (p) =>
+      `| ${p.workers} | ${Math.ceil(p.workers / threads)} | ${range(p.stepMs, 0)} | ${range(p.overheadPercent)} | ` +
+      `${fmt(p.mainThreadCpuMsPerStep)} | **${fmt(p.mainThreadCpuMsPerStep / p.workers)}** | ` +
+      `${fmt(p.coordinatorCpuMsPerStep)} | ${fmt(p.coordinatorCpuMsPerStep / p.workers)} | ` +
+      `${fmt(p.threadsCpuMsPerStep)} (busiest ${fmt(p.busiestThreadCpuMsPerStep)}) | ` +
+      `${fmt(p.projectedOverheadPercent)} | ${fmt(p.workersCpuMsPerStep)} |`,
+  );
+  const at = (n: number) => r.points.find((p) => p.workers === n);
+  const perWorker = (n: number) => {
+    const p = at(n);
+    return p ? p.mainThreadCpuMsPerStep / n : null;
+  };
+  const body = [
+    `Measured ${r.date.slice(0, 16).replace('T', ' ')} UTC on ${r.machine.cores} × ${r.machine.cpu}; command: ` +
+      `\`${r.command}\`. The same simulated run as the flat table above (payload ${fmt(r.payload.resultBytes / 1e6)} MB ` +
+      `per result, ${r.points[0]?.computeMs} ms simulated compute, ${r.simProcesses} simulated-worker process(es) on ` +
+      `the same cores), with \`--ingest-threads ${threads}\` and \`--reduction-block N/${threads}\`: workers are ` +
+      `sent to the threads, each sums its blocks and sends one partial sum per block to the main thread. ` +
+      `"Main thread" is the coordinator's main thread alone (/proc/thread-self/schedstat); "process" is every thread ` +
+      `of it. Projected overhead = (main thread + busiest thread CPU per step) / compute: the coordinator's work per ` +
+      `step if each thread had its own core and the workers their own machines (an upper bound: most of it overlaps ` +
+      `the compute).`,
+    '',
+    '| N | block | step ms | overhead % (this machine) | main-thread CPU ms/step | main thread per worker | process CPU ms/step | process per worker | threads CPU ms/step | projected overhead % | sim-worker CPU ms/step |',
+    '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...rows,
+    '',
+    r.soak
+      ? `Soak with ${threads} thread(s): N=${r.soak.workers}, ${r.soak.steps} steps of ${r.soak.computeMs} ms compute ` +
+        `(step ${fmt(r.soak.stepMs.median)} ms median): RSS slope ${fmt(r.soak.slopeMBPer1000Steps)} MB per 1000 ` +
+        `steps after the first quarter, V8 heap slope ${fmt(r.soak.heapSlopeMBPer1000Steps)} MB per 1000 steps.`
+      : 'Soak: not run.',
+    '',
+    'Targets:',
+    `- ${verdict(perWorker(64), (v) => v <= 0.5, 'main-thread CPU per worker per step at N=64, ms (target ≤ 0.5)')}`,
+    `- ${verdict(perWorker(256), (v) => v <= 0.5, 'main-thread CPU per worker per step at N=256, ms (target ≤ 0.5)')}`,
+    `- ${verdict(
+      at(64) && at(64)!.computeMs === 1000 ? at(64)!.overheadPercent.median : null,
+      (v) => v <= 3,
+      'wall-clock overhead at N=64 with 1 s steps on this machine, % (target ≤ 3)',
+    )}`,
+    `- ${verdict(
+      r.soak && r.soak.steps >= 1000 ? r.soak.heapSlopeMBPer1000Steps : null,
+      (v) => Math.abs(v) <= 1,
+      'soak V8 heap slope with threads, MB per 1000 steps (flat: |slope| ≤ 1)',
+    )}`,
+  ].join('\n');
+  replaceSection('scale-threads', 'Coordinator scale with ingestion threads (`npm run bench:scale -- --threads N`)', body);
+  log('  updated bench/RESULTS.md (scale-threads)');
+}
+
 export function printScaleFigures(r: ScaleResult, log = console.log): void {
   for (const f of r.figures) log(formatFigure(f));
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  const flags = cliFlags();
-  const r = await runScaleBench(flags);
+  // --threads N, --workers a,b,… and --no-soak are this bench's own; the rest are every bench's (cliFlags)
+  const argv = process.argv.slice(2);
+  const take = (name: string): string | undefined => {
+    const at = argv.indexOf(name);
+    if (at < 0) return undefined;
+    const [, value] = argv.splice(at, 2);
+    if (value === undefined) throw new Error(`${name} needs a value`);
+    return value;
+  };
+  const threads = take('--threads');
+  const workers = take('--workers');
+  const noSoak = argv.includes('--no-soak') ? (argv.splice(argv.indexOf('--no-soak'), 1), true) : false;
+  const flags = cliFlags(argv);
+  const numbers = (flag: string, v: string) =>
+    v.split(',').map((x) => {
+      const n = Number(x);
+      if (!Number.isInteger(n) || n < 1) throw new Error(`${flag} ${v}: expected whole numbers ≥ 1`);
+      return n;
+    });
+  const r = await runScaleBench({
+    ...flags,
+    ...(threads ? { threads: numbers('--threads', threads)[0] } : {}),
+    ...(workers ? { workers: numbers('--workers', workers) } : {}),
+    ...(noSoak ? { soak: null } : {}),
+    command: `npm run bench:scale${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`,
+  });
   printScaleFigures(r);
 }
