@@ -36,6 +36,7 @@ import {
 } from './lib/results.ts';
 import { SimWorkerPool } from './lib/sim-pool.ts';
 import { threadCpuNs } from '../node/thread-cpu.ts';
+import { finiteNorm } from '../coordinator/engine/defence.ts';
 import type { IngestThread } from '../coordinator/relay/ingest.ts';
 import { C_ATTN_R8, dummyExamples, GPT2_SMALL, HEARTBEAT_MS, runSimulated, simulatedModelDir } from './lib/sim-mesh.ts';
 
@@ -325,7 +326,7 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
     })),
     ...aggregation.map((a) => ({
       ...a.totalGBps,
-      label: `aggregation (decode + check + sum as results arrive) of ${a.workers} results, 1 core`,
+      label: `aggregation (decode + check + norm + sum as results arrive) of ${a.workers} results, 1 core`,
       unit: 'GB/s',
     })),
     ...(soak
@@ -456,8 +457,13 @@ function measureAggregation(
   // Copies of the frame, each at offset 0 of its own buffer as ws hands a large message over (the
   // codec then reads the aligned values in place), distinct so the checks read from memory.
   const frames = Array.from({ length: Math.min(64, Math.max(...workers)) }, () => new Uint8Array(frame));
-  const decoded = (i: number) =>
-    unpackFloats((decodeMessage(frames[i % frames.length]) as Result).grads, F32, floats, 'result.grads');
+  // what the mesh does with a result (result-gate.ts admitResult): decode, then one pass for the finiteness check
+  // and the norm
+  const decoded = (i: number) => {
+    const flat = unpackFloats((decodeMessage(frames[i % frames.length]) as Result).grads, F32, floats, 'g', false);
+    finiteNorm(flat, 'result.grads');
+    return flat;
+  };
   const out: AggregationPoint[] = [];
   for (const n of workers) {
     const rounds = Math.max(1, Math.ceil((64 * MB) / (n * resultBytes)));
@@ -500,7 +506,7 @@ function measureAggregation(
     };
     out.push(point);
     log(
-      `  aggregation of ${String(n).padStart(3)} results: decode + check ${fmt(point.decodeGBps.median)} GB/s, ` +
+      `  aggregation of ${String(n).padStart(3)} results: decode + check + norm ${fmt(point.decodeGBps.median)} GB/s, ` +
         `sum after the fact ${fmt(point.sumGBps.median)} GB/s; ` +
         `as results arrive ${fmt(point.totalGBps.median)} GB/s per core ` +
         `(min ${fmt(point.totalGBps.min)}, max ${fmt(point.totalGBps.max)}); ` +
@@ -605,14 +611,15 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
     '![coordination overhead](results/scale-overhead.svg)',
     '',
     'Aggregation on one core: decode of N real result frames (msgpack; the float32 values are read in place) ' +
-      'and their checks (length, finiteness), and the in-order float32 sum (aggregate.ts): ' +
+      'and their checks (length; finiteness and the norm in one pass, as result-gate.ts admitResult), and the ' +
+      'in-order float32 sum (aggregate.ts): ' +
       'each alone, and both as the mesh does them ' +
       '(every result added right after its check, in micro-batch order: InOrderSum). ' +
       'GB of gradient per CPU-second of the process ' +
       '(other load on the machine does not lower it; wall-clock figure beside it), median (min–max) of repeats.',
     '',
-    '| N results | decode + check GB/s | sum after the fact GB/s | ' +
-      'decode + check + sum as results arrive, GB/s per core | the same, wall clock |',
+    '| N results | decode + check + norm GB/s | sum after the fact GB/s | ' +
+      'decode + check + norm + sum as results arrive, GB/s per core | the same, wall clock |',
     '|---:|---:|---:|---:|---:|',
     ...r.aggregation.map(
       (a) =>

@@ -16,6 +16,8 @@
  * A recomputation that agrees changes nothing (the worker's own bits are used), so honest runs
  * stay bit-identical to an undefended run; one that disagrees quarantines the sender.
  */
+import { ErrorCodes, LoraMeshError } from '../../shared/errors.ts';
+import { firstNonFinite } from '../../shared/protocol/messages.ts';
 import { relativeL2Distance } from '../../shared/train/relative-l2.ts';
 
 export interface DefenceConfig {
@@ -67,6 +69,18 @@ export function l2Norm(x: Float32Array): number {
 }
 
 /** ‖theirs − trusted‖ / ‖trusted‖ over every tensor of `trusted` (by name), in float64. */
+/**
+ * l2Norm(x), refusing a non-finite value (LM_ERR_NON_FINITE, naming `what`[index]) in the same pass: every float32
+ * squared is at most 1.2e77, so a float64 sum of squares of finite values stays finite, and any NaN or ±Infinity
+ * makes it non-finite. The coordinator's result checks read each gradient once for both.
+ */
+export function finiteNorm(x: Float32Array, what: string): number {
+  const norm = l2Norm(x);
+  if (Number.isFinite(norm)) return norm;
+  const bad = firstNonFinite(x);
+  throw new LoraMeshError(ErrorCodes.NON_FINITE, `${what}[${bad}] is ${x[bad]}`);
+}
+
 export function relativeL2(
   trusted: ReadonlyMap<string, Float32Array>,
   theirs: ReadonlyMap<string, Float32Array>,

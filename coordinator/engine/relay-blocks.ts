@@ -16,7 +16,7 @@ import {
 import { F32 } from '../../shared/protocol/wire-codec.ts';
 import type { StepGradient } from '../../shared/train/aggregate.ts';
 import { tokenCount } from '../../shared/train/micro-batch.ts';
-import { l2Norm, overflowBound } from './defence.ts';
+import { finiteNorm, overflowBound } from './defence.ts';
 import type { StepInFlight } from './step-in-flight.ts';
 
 /** The whole-block assignment a relay holds. */
@@ -105,8 +105,9 @@ export function admitBlockResult(
         `block-result: block ${b.block} sums ${b.tokenCount} tokens and loss ${b.lossSum}; its micro-batches ` +
           `sum ${tokens} and ${lossSum}`,
       );
-    const flat = unpackFloats(b.grads, F32, values, `block-result.blocks[${b.block}].grads`);
-    const norm = l2Norm(flat);
+    const what = `block-result.blocks[${b.block}].grads`;
+    const flat = unpackFloats(b.grads, F32, values, what, false);
+    const norm = finiteNorm(flat, what);
     if (!(norm <= bound * held.blockSize))
       throw new LoraMeshError(ErrorCodes.NON_FINITE, `block ${b.block}'s sum has norm ${norm.toExponential(2)}`);
     partials.set(b.block, {

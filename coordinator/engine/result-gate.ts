@@ -20,7 +20,7 @@ import { splitTensors, unpackFloats, type Result, type RunManifest } from '../..
 import { mixSeed } from '../../shared/rng.ts';
 import type { GradientResult } from '../../shared/train/gradients.ts';
 import { tokenCount } from '../../shared/train/micro-batch.ts';
-import { l2Norm, NormHistory, outliers, overflowBound, relativeL2, type ScreenedResult } from './defence.ts';
+import { finiteNorm, NormHistory, outliers, overflowBound, relativeL2, type ScreenedResult } from './defence.ts';
 import { itemMicroBatches, type Holding, type StepInFlight, type WorkItem } from './step-in-flight.ts';
 
 /**
@@ -81,9 +81,10 @@ export function admitResult(
       `result.lossSum ${r.lossSum} is not a sum of ${r.tokenCount} token losses (each in [0, ${MAX_TOKEN_LOSS}])`,
     );
   }
-  const flat = unpackFloats(r.grads, manifest.wire.up, values, 'result.grads');
+  // one pass for the norm and the finiteness check (defence.ts finiteNorm), not two
+  const flat = unpackFloats(r.grads, manifest.wire.up, values, 'result.grads', false);
+  const norm = finiteNorm(flat, 'result.grads');
   // Finite values can still overflow the float32 sum (3e38 + 3e38 = Infinity): refused here.
-  const norm = l2Norm(flat);
   const bound = overflowBound(expected.slots);
   if (!(norm <= bound))
     throw new LoraMeshError(

@@ -538,9 +538,16 @@ export function parseMessage(raw: unknown): Message {
 
 /**
  * Decodes a float payload of the run: the codec must be the run's for that direction and the
- * length the manifest's adapter size; every decoded value must be finite.
+ * length the manifest's adapter size; every decoded value must be finite, unless `finiteChecked` is false: the
+ * caller then checks it in a pass of its own (the coordinator's result gate, with the norm: finiteNorm).
  */
-export function unpackFloats(p: PackedFloats, codec: CodecSpec, length: number, what: string): Float32Array {
+export function unpackFloats(
+  p: PackedFloats,
+  codec: CodecSpec,
+  length: number,
+  what: string,
+  finiteChecked = true,
+): Float32Array {
   if (p.codec !== codec.name || (p.codec === 'int8' && p.blockSize !== codec.blockSize)) {
     fail(
       ErrorCodes.CODEC,
@@ -553,6 +560,7 @@ export function unpackFloats(p: PackedFloats, codec: CodecSpec, length: number, 
   // A decoded frame's arrays belong to that message alone (views of its own received buffer, or
   // copies: codec.ts), so f32 values are used as they are: one copy of every gradient fewer.
   const values = p.codec === 'f32' ? (p.values as Float32Array) : decodeFloats(p);
+  if (!finiteChecked) return values;
   const bad = firstNonFinite(values);
   if (bad >= 0) fail(ErrorCodes.NON_FINITE, `${what}[${bad}] is ${values[bad]}`);
   return values;
