@@ -717,6 +717,16 @@ function writeThreadedResults(r: ScaleResult, threads: number, log: (line: strin
     '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...rows,
     '',
+    'Aggregation on one core (what a thread, or the main thread without threads, does per result: decode, one ' +
+      'pass for the finiteness check and the norm, the in-order sum), GB of gradient per CPU-second: ' +
+      r.aggregation
+        .map(
+          (a) =>
+            `${a.workers} results ${range(a.totalGBps, 2)} (decode + check + norm alone ${range(a.decodeGBps, 2)})`,
+        )
+        .join('; ') +
+      '.',
+    '',
     r.soak
       ? `Soak with ${threads} thread(s): N=${r.soak.workers}, ${r.soak.steps} steps of ${r.soak.computeMs} ms compute ` +
         `(step ${fmt(r.soak.stepMs.median)} ms median): RSS slope ${fmt(r.soak.slopeMBPer1000Steps)} MB per 1000 ` +
@@ -732,12 +742,21 @@ function writeThreadedResults(r: ScaleResult, threads: number, log: (line: strin
       'wall-clock overhead at N=64 with 1 s steps on this machine, % (target ≤ 3)',
     )}`,
     `- ${verdict(
+      r.targets.aggregationGBpsPerCore,
+      (v) => v >= 2,
+      `aggregation as results arrive, GB/s per core at N=${r.aggregation[r.aggregation.length - 1]?.workers} (target ≥ 2)`,
+    )}`,
+    `- ${verdict(
       r.soak && r.soak.steps >= 1000 ? r.soak.heapSlopeMBPer1000Steps : null,
       (v) => Math.abs(v) <= 1,
       'soak V8 heap slope with threads, MB per 1000 steps (flat: |slope| ≤ 1)',
     )}`,
   ].join('\n');
-  replaceSection('scale-threads', 'Coordinator scale with ingestion threads (`npm run bench:scale -- --threads N`)', body);
+  replaceSection(
+    'scale-threads',
+    'Coordinator scale with ingestion threads (`npm run bench:scale -- --threads N`)',
+    body,
+  );
   log('  updated bench/RESULTS.md (scale-threads)');
 }
 

@@ -83,6 +83,10 @@ const packed: Rule = (v) => {
     v.scales.length === Math.ceil((v.values as ArrayLike<number>).length / (v.blockSize as number))
   );
 };
+const list =
+  (min: number, max: number, item: Rule): Rule =>
+  (v) =>
+    Array.isArray(v) && v.length >= min && v.length <= max && v.every(item);
 const microBatch: Rule = (v) => {
   if (!plain(v) || !int(1)(v.batch) || !int(1)(v.time) || !int(0)(v.dropoutSeed)) return false;
   const n = (v.batch as number) * (v.time as number); // (batch·time) token positions
@@ -104,6 +108,7 @@ export const RULES: Record<string, Record<string, Rule>> = {
     memoryLimit: optional((v) => finite(v) && (v as number) > 0),
     arithmetic: optional((v) => Array.isArray(v) && v.length <= 8 && v.every(str(32))),
     multiRun: optional((v) => int(1)(v) && (v as number) <= 64),
+    relay: optional((v) => typeof v === 'boolean'),
   },
   ready: { paramVersion: int(-1) },
   result: {
@@ -120,6 +125,7 @@ export const RULES: Record<string, Record<string, Rule>> = {
     workerId: str(64),
     manifest: (v) =>
       plain(v) && (v.arithmetic === undefined || (ARITHMETIC_VARIANTS as readonly unknown[]).includes(v.arithmetic)),
+    fallback: optional(list(0, 16, str(2048))),
   },
   params: { paramVersion: int(0), deltaFrom: optional(int(0)), tensors: packed },
   assign: { assignmentId: str(64), paramVersion: int(0), step: int(0), index: int(0), microBatch },
@@ -138,6 +144,43 @@ export const RULES: Record<string, Record<string, Rule>> = {
   'run-open': { runId: str(64) },
   'run-close': { runId: str(64), reason: str(1024) },
   channel: { runId: str(64), frame: (v) => v instanceof Uint8Array },
+  // relays' messages (coordinator/relay/): from a connection that is no relay, refused (LM_ERR_STATE)
+  capacity: { microBatches: int(0) },
+  'block-result': {
+    assignmentId: str(64),
+    paramVersion: int(0),
+    blocks: list(
+      1,
+      4096,
+      (b) => plain(b) && int(0)(b.block) && finite(b.lossSum) && int(0)(b.tokenCount) && packed(b.grads),
+    ),
+    items: list(
+      1,
+      65536,
+      (i) =>
+        plain(i) &&
+        int(0)(i.index) &&
+        str(64)(i.worker) &&
+        str(128)(i.name) &&
+        finite(i.lossSum) &&
+        int(0)(i.tokenCount) &&
+        finite(i.norm) &&
+        (i.norm as number) >= 0,
+    ),
+    forwarded: list(0, 65536, (f) => plain(f) && int(0)(f.index) && packed(f.grads)),
+  },
+  'assign-blocks': {
+    assignmentId: str(64),
+    paramVersion: int(0),
+    step: int(0),
+    blockSize: int(1),
+    blocks: list(1, 4096, (b) => plain(b) && int(0)(b.block) && list(1, 4096, microBatch)(b.microBatches)),
+    forward: list(0, 65536, int(0)),
+    outlier: optional((v) => plain(v) && finite(v.factor) && optional(finite)(v.reference)),
+    probation: optional(int(0)),
+  },
+  expel: { worker: str(64), reason: str(1024) },
+  redirect: { url: (v) => typeof v === 'string' && v.length <= 2048 && /^wss?:\/\/[^\s]+$/.test(v) },
 };
 const TYPES = Object.keys(RULES);
 
@@ -459,6 +502,42 @@ export class FrameFactory {
         return { type, runId: this.text(64), reason: this.text(1024) };
       case 'channel':
         return { type, runId: this.text(64), frame: this.randomBytes(r.int(64)) };
+      case 'capacity':
+        return { type, microBatches: r.int(100) };
+      case 'block-result':
+        return {
+          type,
+          assignmentId: this.text(64),
+          paramVersion: r.int(1000),
+          blocks: [{ block: r.int(8), lossSum: this.finite(), tokenCount: r.int(100), grads: this.packed() }],
+          items: [
+            {
+              index: r.int(8),
+              worker: this.text(64),
+              name: this.text(128),
+              lossSum: this.finite(),
+              tokenCount: r.int(100),
+              norm: Math.abs(this.finite()),
+            },
+          ],
+          forwarded: r.next() < 0.5 ? [] : [{ index: r.int(8), grads: this.packed() }],
+        };
+      case 'assign-blocks':
+        return {
+          type,
+          assignmentId: this.text(64),
+          paramVersion: r.int(1000),
+          step: r.int(1000),
+          blockSize: 1 + r.int(8),
+          blocks: [{ block: r.int(8), microBatches: [this.microBatch()] }],
+          forward: [r.int(8)],
+          ...maybe(0.5, { outlier: { factor: Math.abs(this.finite()), reference: Math.abs(this.finite()) } }),
+          ...maybe(0.5, { probation: r.int(4) }),
+        };
+      case 'expel':
+        return { type, worker: this.text(64), reason: this.text(1024) };
+      case 'redirect':
+        return { type, url: `ws://127.0.0.1:${1 + r.int(65535)}/ws` };
       default:
         throw new Error(`no generator for ${type}`);
     }
