@@ -220,6 +220,7 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
       const rssStart = rssBytes();
       const copies = { atStart: 0, atEnd: 0 };
       let ingest: IngestThread[] = [];
+      let debugNs = 0;
       const main = { start: 0, end: 0 };
       const threadNs: { start?: Promise<number[]>; end?: Promise<number[]> } = {};
       const threadsNs = () => Promise.all(ingest.map((t) => t.cpuNs()));
@@ -238,6 +239,11 @@ export async function runScaleBench(opts: ScaleBenchOptions): Promise<ScaleResul
           captured.frame ??= pool.captureResultFrame();
         },
         onStep: (m, at, stragglerCopies) => {
+          if (process.env.SCALE_DEBUG) {
+            const now = threadCpuNs();
+            log(`    step ${m.step}: main thread ${fmt((now - debugNs) / 1e6)} ms`);
+            debugNs = now;
+          }
           if (m.step < warmupSteps) return;
           copies[m.step === warmupSteps ? 'atStart' : 'atEnd'] = stragglerCopies;
           times.push(at);
@@ -685,10 +691,10 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
  */
 function writeThreadedResults(r: ScaleResult, threads: number, log: (line: string) => void): void {
   if (r.quick) {
-    log(`  wrote ${writeJson('scale-threads.quick', r)} (quick mode leaves RESULTS.md alone)`);
+    log(`  wrote ${writeJson(`scale-threads-${threads}.quick`, r)} (quick mode leaves RESULTS.md alone)`);
     return;
   }
-  log(`  wrote ${writeJson('scale-threads', r)}`);
+  log(`  wrote ${writeJson(`scale-threads-${threads}`, r)}`);
   const rows = r.points.map(
     (p) =>
       `| ${p.workers} | ${Math.ceil(p.workers / threads)} | ${range(p.stepMs, 0)} | ${range(p.overheadPercent)} | ` +
@@ -753,11 +759,11 @@ function writeThreadedResults(r: ScaleResult, threads: number, log: (line: strin
     )}`,
   ].join('\n');
   replaceSection(
-    'scale-threads',
-    'Coordinator scale with ingestion threads (`npm run bench:scale -- --threads N`)',
+    `scale-threads-${threads}`,
+    `Coordinator scale with ${threads} ingestion thread${threads > 1 ? 's' : ''} (\`npm run bench:scale -- --threads ${threads}\`)`,
     body,
   );
-  log('  updated bench/RESULTS.md (scale-threads)');
+  log(`  updated bench/RESULTS.md (scale-threads-${threads})`);
 }
 
 export function printScaleFigures(r: ScaleResult, log = console.log): void {

@@ -177,6 +177,7 @@ export async function runSimulated(o: SimRunOptions): Promise<SimRunResult> {
       progress: false,
       onIngestThreads: o.onIngestThreads,
       log: (line) => {
+        if (process.env.SIM_LOG) console.log(line);
         const url = /listening on (wss?:\S+)/.exec(line)?.[1];
         if (url && !connected) {
           connected = true;

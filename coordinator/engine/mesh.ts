@@ -126,8 +126,8 @@ export class MeshExecutor implements GradientExecutor {
   private readonly adapterValues: number;
   /** the result checks (result-gate.ts): what an admitted result goes through before it counts */
   private readonly gate: ResultGate<WorkerConnection>;
-  /** what workers hold, by name: what trusted recomputations use */
-  private adapter: AdapterState = new Map();
+  /** what workers hold, by name: what trusted recomputations use (a copy, made when a check first needs it) */
+  private adapter: AdapterState | null = null;
   private inFlight: StepInFlight | null = null;
   /** who computed what in the last completed step */
   lastLedger: LedgerEntry[] = [];
@@ -156,7 +156,7 @@ export class MeshExecutor implements GradientExecutor {
       log: this.log,
       countRejection: (code) => this.countRejection(code),
       dispatch: () => this.dispatch(),
-      adapter: () => this.adapter,
+      adapter: () => (this.adapter ??= this.params.held()),
       workers: this.workers,
       accept: (...result) => this.accept(...result),
       expel: (w, closing, refusal) => {
@@ -202,7 +202,7 @@ export class MeshExecutor implements GradientExecutor {
   /** Makes a new parameter version current on every worker that has joined (params-publisher.ts). */
   publish(paramVersion: number, adapter: AdapterState): void {
     const { frame, payload } = this.params.publish(paramVersion, adapter);
-    this.adapter = this.params.held();
+    this.adapter = null;
     for (const w of this.workers.values()) if (w.state !== 'handshake') this.sendFrame(w, frame, 'params', payload);
   }
 
@@ -239,7 +239,7 @@ export class MeshExecutor implements GradientExecutor {
   /** A relay passes on its parent's parameter frame (params-publisher.ts forward) to every worker that joined. */
   forwardParams(paramVersion: number, frame: Uint8Array, payload: number, held: Float32Array): void {
     this.params.forward(paramVersion, { frame, payload }, held);
-    this.adapter = this.params.held();
+    this.adapter = null;
     for (const w of this.workers.values()) if (w.state !== 'handshake') this.sendFrame(w, frame, 'params', payload);
   }
 

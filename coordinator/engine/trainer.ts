@@ -193,7 +193,14 @@ export class Trainer {
    * restores them and refuses the step (LM_ERR_NON_FINITE): nothing non-finite is ever published.
    */
   private applyFinite(what: string, arrays: Map<string, Float32Array>[], update: () => void): void {
-    const saved = arrays.map((m) => cloneAdapter(m));
+    // the copies to restore are kept between steps: 3 × the adapter allocated once, not every step
+    const saved = arrays.map((m, i) => {
+      const kept = this.backup[i];
+      if (!kept || kept.size !== m.size || [...m].some(([k, x]) => kept.get(k)?.length !== x.length))
+        return (this.backup[i] = cloneAdapter(m));
+      for (const [k, x] of m) kept.get(k)!.set(x);
+      return kept;
+    });
     const adamStep = this.adam.step;
     update();
     for (const m of arrays) {
@@ -210,6 +217,9 @@ export class Trainer {
       }
     }
   }
+
+  /** applyFinite's copies of what an update changes, reused step after step */
+  private readonly backup: Map<string, Float32Array>[] = [];
 
   private async runSyncStep(): Promise<StepMetrics> {
     const started = performance.now();

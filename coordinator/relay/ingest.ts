@@ -6,20 +6,21 @@
  * that need the trusted model, and the optimizer. With the run's reduction block the sum is the flat run's, bit for
  * bit. The thread's workers fall back to the coordinator's own socket, which sends them to a thread again.
  */
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import { cliThreadEntry } from '../../node/package-root.ts';
 import { threadCpuNs } from '../../node/thread-cpu.ts';
 import { ErrorCodes, LoraMeshError } from '../../shared/errors.ts';
-import type { Peer } from '../engine/peer.ts';
+import type { Peer, PeerEvents } from '../engine/peer.ts';
 import type { NetLimits } from '../net/net-limits.ts';
 
 /** What a thread is started with (workerData of the hidden `ingest-thread` command: plain data only). */
 export interface IngestThreadData {
   loramesh: 'ingest-thread';
   index: number;
-  /** the coordinator's own socket on loopback, and the relay token it takes */
+  /** the coordinator's own socket (named to its workers as the place to fall back to) */
   parent: string;
-  token: string;
+  /** the thread's link to the coordinator's mesh: frames cross by postMessage, no socket */
+  port?: MessagePort;
   host: string;
   workerToken?: string;
   /** the coordinator's port and scheme, for its workers' fallback URL (the host they reached the thread by) */
@@ -58,20 +59,59 @@ export function rootFallback(data: IngestThreadData): (peer: Peer) => string[] {
   return (peer) => [threadUrl(peer.hostname ?? data.host, data.rootPort, data.secure)];
 }
 
+/**
+ * Sends a frame across threads: one copy into a buffer of its own, which is then moved, not copied again.
+ * (Structured clone would copy a view's whole backing buffer: an encoder's pooled one, or ws's.)
+ */
+export function postFrame(port: MessagePort, frame: Uint8Array): void {
+  const own = new Uint8Array(frame); // a copy (Buffer.slice would be a view of the same memory)
+  port.postMessage(own, [own.buffer]);
+}
+
+/**
+ * A MessagePort as one of the mesh's peers: a relay, trusted as this process's own thread (no token, no socket).
+ * Frames are copied across (a parameter frame is shared by every peer, so it is not transferred).
+ */
+export function attachPort(edge: { attach(peer: Peer): PeerEvents }, port: MessagePort): void {
+  let open = true;
+  let events: PeerEvents | null = null;
+  const peer: Peer = {
+    relay: true,
+    bufferedAmount: 0,
+    get open() {
+      return open;
+    },
+    send: (frame) => postFrame(port, frame),
+    close: () => port.close(),
+    terminate: () => port.close(),
+    ping: () => queueMicrotask(() => events?.pong()),
+  };
+  events = edge.attach(peer);
+  port.on('message', (data: Uint8Array) => events?.frame(data, true));
+  port.on('close', () => {
+    open = false;
+    events?.close();
+  });
+}
+
 export async function startIngestThreads(
   count: number,
-  base: Omit<IngestThreadData, 'loramesh' | 'index'>,
+  base: Omit<IngestThreadData, 'loramesh' | 'index' | 'port'>,
+  edge: { attach(peer: Peer): PeerEvents },
   log: (line: string) => void,
 ): Promise<IngestThread[]> {
   const { entry, eval: isScript } = cliThreadEntry();
   return Promise.all(
     Array.from({ length: count }, (_, index) => {
-      const data: IngestThreadData = { loramesh: 'ingest-thread', index, ...base };
+      const { port1, port2 } = new MessageChannel();
+      const data: IngestThreadData = { loramesh: 'ingest-thread', index, ...base, port: port2 };
       const worker = new Worker(entry, {
         eval: isScript,
         argv: ['ingest-thread'],
         workerData: data,
+        transferList: [port2],
       });
+      attachPort(edge, port1);
       const cpuWaiters: ((ns: number) => void)[] = [];
       let markFinished = () => {};
       const finished = new Promise<void>((r) => (markFinished = r));
@@ -114,7 +154,7 @@ export async function runIngestThread(): Promise<void> {
   const { runRelay } = await import('./relay.ts');
   const relay = runRelay({
     parent: data.parent,
-    token: data.token,
+    parentPort: data.port,
     host: data.host,
     port: 0,
     workerToken: data.workerToken,

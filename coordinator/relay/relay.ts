@@ -17,6 +17,7 @@
  * relay reconnects. Its workers' welcome lists the parent (and --fallback URLs) to connect to if the relay dies.
  */
 import { Readable } from 'node:stream';
+import type { MessagePort } from 'node:worker_threads';
 import WebSocket from 'ws';
 import { ARITHMETIC_VARIANTS } from '../../shared/arithmetic.ts';
 import { ErrorCodes, LoraMeshError } from '../../shared/errors.ts';
@@ -42,6 +43,7 @@ import { MeshExecutor, type SecurityLimits } from '../engine/mesh.ts';
 import type { Peer } from '../engine/peer.ts';
 import type { NetLimits } from '../net/net-limits.ts';
 import { startServer, type RunningServer } from '../net/server.ts';
+import { postFrame } from './ingest.ts';
 
 export interface RelayOptions {
   /** the parent's worker socket, ws(s)://HOST:PORT/ws (a root coordinator or another relay) */
@@ -61,6 +63,11 @@ export interface RelayOptions {
   tls?: { cert: string; key: string };
   /** Origin values allowed to open its worker socket (browser pages); undefined: any */
   allowedOrigins?: string[];
+  /**
+   * the parent over a MessagePort instead of a socket (an ingestion thread and its coordinator: frames cross by
+   * postMessage, no socket, no framing); `parent` then names the parent only for its workers' fallback
+   */
+  parentPort?: MessagePort;
   name?: string;
   heartbeatMs?: number;
   limits?: Partial<NetLimits>;
@@ -84,7 +91,8 @@ export function runRelay(opts: RelayOptions): RunningRelay {
   let mesh: MeshExecutor | null = null;
   let manifest: RunManifest | null = null;
   let server: RunningServer | null = null;
-  let ws: WebSocket | null = null;
+  /** the link to the parent: a WebSocket, or a MessagePort (opts.parentPort) */
+  let link: { send(bytes: Uint8Array): void; open(): boolean; close(): void } | null = null;
   let closed = false;
   /** what the parent's parameter frames brought this relay to (its workers hold the same) */
   let held: Float32Array | null = null;
@@ -101,12 +109,41 @@ export function runRelay(opts: RelayOptions): RunningRelay {
   ready.catch(() => {});
 
   const send = (m: WorkerMessage) => {
-    if (ws?.readyState === WebSocket.OPEN) ws.send(encodeMessage(m));
+    if (link?.open()) link.send(encodeMessage(m));
+  };
+  const hello = (): WorkerMessage => ({
+    type: 'hello',
+    protocol: PROTOCOL_VERSION,
+    name: opts.name,
+    backend: 'relay',
+    platform: 'node',
+    codecs: [...CODECS],
+    baseFormats: [...BASE_FORMATS],
+    arithmetic: [...ARITHMETIC_VARIANTS],
+    relay: true,
+  });
+  // one frame at a time, in order: a block's compute must not overtake the parameters sent before it
+  let queue = Promise.resolve();
+  const receive = (bytes: Uint8Array) => {
+    // an expel is acted on at once: the worker must not compute the next blocks while one is summed
+    if (bytes.length < 4096) {
+      try {
+        const m = decodeMessage(bytes);
+        if (m.type === 'expel') {
+          if (mesh?.expel(m.worker, `the parent: ${cleanPeerText(m.reason, 300)}`))
+            log(`expelled worker ${cleanPeerText(m.worker, 64)} at the parent's word`);
+          return;
+        }
+      } catch {
+        // onFrame reports it in order
+      }
+    }
+    queue = queue.then(() => onFrame(bytes)).catch(() => {});
   };
 
   // Capacity follows the workers: the parent hands out as many blocks as they can compute at once.
   const capacityTimer = setInterval(() => {
-    if (!mesh || ws?.readyState !== WebSocket.OPEN) return;
+    if (!mesh || !link?.open()) return;
     const n = mesh.readyCount();
     if (n === capacitySent) return;
     capacitySent = n;
@@ -223,24 +260,16 @@ export function runRelay(opts: RelayOptions): RunningRelay {
     const headers: Record<string, string> = { 'x-loramesh-role': 'relay' };
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;
     const socket = new WebSocket(opts.parent, { maxPayload: 1 << 30, headers, perMessageDeflate: false });
-    ws = socket;
+    link = {
+      send: (bytes) => socket.send(bytes),
+      open: () => socket.readyState === WebSocket.OPEN,
+      close: () => socket.terminate(),
+    };
     let opened = false;
     let refused: Error | null = null;
     socket.on('open', () => {
       opened = true;
-      socket.send(
-        encodeMessage({
-          type: 'hello',
-          protocol: PROTOCOL_VERSION,
-          name: opts.name,
-          backend: 'relay',
-          platform: 'node',
-          codecs: [...CODECS],
-          baseFormats: [...BASE_FORMATS],
-          arithmetic: [...ARITHMETIC_VARIANTS],
-          relay: true,
-        }),
-      );
+      send(hello());
     });
     socket.on('unexpected-response', (_req, res) => {
       const code = String(res.headers['x-loramesh-error'] ?? '');
@@ -250,25 +279,7 @@ export function runRelay(opts: RelayOptions): RunningRelay {
       );
       socket.terminate();
     });
-    // one frame at a time, in order: a block's compute must not overtake the parameters sent before it
-    let queue = Promise.resolve();
-    socket.on('message', (data) => {
-      const bytes = asBytes(data as Buffer);
-      // an expel is acted on at once: the worker must not compute the next blocks while one is summed
-      if (bytes.length < 4096) {
-        try {
-          const m = decodeMessage(bytes);
-          if (m.type === 'expel') {
-            if (mesh?.expel(m.worker, `the parent: ${cleanPeerText(m.reason, 300)}`))
-              log(`expelled worker ${cleanPeerText(m.worker, 64)} at the parent's word`);
-            return;
-          }
-        } catch {
-          // onFrame reports it in order
-        }
-      }
-      queue = queue.then(() => onFrame(bytes, socket)).catch(() => {});
-    });
+    socket.on('message', (data) => receive(asBytes(data as Buffer)));
     socket.on('error', (err) => log(`parent connection: ${err.message}`));
     socket.on('close', () => {
       mesh?.abort(new Error('the parent connection closed'));
@@ -286,7 +297,7 @@ export function runRelay(opts: RelayOptions): RunningRelay {
   }
 
   let finishedRun = false;
-  async function onFrame(bytes: Uint8Array, socket: WebSocket): Promise<void> {
+  async function onFrame(bytes: Uint8Array): Promise<void> {
     let m: ReturnType<typeof decodeMessage>;
     try {
       m = decodeMessage(bytes);
@@ -323,21 +334,29 @@ export function runRelay(opts: RelayOptions): RunningRelay {
     } catch (err) {
       const code = err instanceof LoraMeshError ? err.code : ErrorCodes.STATE;
       log(`${code}: ${(err as Error).message}`);
-      if (socket.readyState === WebSocket.OPEN && m.type === 'assign-blocks')
-        socket.send(
-          encodeMessage({ type: 'worker-error', assignmentId: m.assignmentId, code, message: (err as Error).message }),
-        );
+      if (m.type === 'assign-blocks')
+        send({ type: 'worker-error', assignmentId: m.assignmentId, code, message: (err as Error).message });
     }
   }
 
-  connect(0);
+  if (opts.parentPort) {
+    const port = opts.parentPort;
+    let open = true;
+    link = { send: (bytes) => postFrame(port, bytes), open: () => open, close: () => port.close() };
+    port.on('message', (data: Uint8Array) => receive(data));
+    port.on('close', () => {
+      open = false;
+      mesh?.abort(new Error('the parent closed the link'));
+    });
+    send(hello());
+  } else connect(0);
   return {
     ready,
     finished,
     async close() {
       closed = true;
       clearInterval(capacityTimer);
-      ws?.terminate();
+      link?.close();
       mesh?.close();
       await server?.close();
     },

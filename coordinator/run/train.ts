@@ -28,7 +28,6 @@ import { resolveRunConfig, type RunConfig, type RunConfigInput } from './run-con
 import { RunDir } from '../io/run-dir.ts';
 import type { RunningServer } from '../net/server.ts';
 import { type IngestThread, startIngestThreads, threadUrl } from '../relay/ingest.ts';
-import { randomBytes } from 'node:crypto';
 import { metricsLine, stepRecord, type StepRecord } from '../engine/step-record.ts';
 import { NO_TRAFFIC, trafficSince } from '../engine/traffic.ts';
 import type { StepMetrics, Trainer } from '../engine/trainer.ts';
@@ -235,23 +234,15 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
   if (mesh && opts.host) {
     opts.host.open(mesh);
   } else if (mesh) {
-    // ingestion threads are relays this process starts: they take the relay token (its own one if none is set)
-    const relayToken =
-      deployment.relayToken ?? (deployment.ingestThreads > 0 ? randomBytes(18).toString('base64url') : null);
-    server = await startEdge(
-      { ...config, deployment: { ...deployment, relayToken } },
-      { ...engine, mesh },
-      control,
-      monitor,
-    );
-    log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
+    server = await startEdge(config, { ...engine, mesh }, control, monitor);
+    // ingestion threads are relays this process starts, linked to its mesh by MessagePorts (relay/ingest.ts);
+    // with them the address is announced once they listen: a worker that said hello before would stay
     if (deployment.ingestThreads > 0) {
       const secure = !!deployment.tls;
       threads = await startIngestThreads(
         deployment.ingestThreads,
         {
           parent: server.wsUrl,
-          token: relayToken!,
           host: deployment.host,
           workerToken: deployment.token ?? undefined,
           rootPort: Number(new URL(server.wsUrl).port),
@@ -261,6 +252,7 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
           limits: config.limits.net,
           heartbeatMs: deployment.heartbeatMs,
         },
+        mesh,
         log,
       );
       // a worker's hello here is answered with the next thread's socket, as the worker reached this machine
@@ -272,6 +264,7 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
       log(`ingestion threads: ${threads.length}, on ports ${threads.map((t) => t.port).join(', ')}`);
       opts.onIngestThreads?.(threads);
     }
+    log(`coordinator listening on ${server.wsUrl} (run ${runId})`);
     await opts.onListening?.({ wsUrl: server.wsUrl, url: server.url });
   }
 

@@ -105,9 +105,8 @@ export class InOrderSum {
 
   /** Once every slot is filled: the step's gradient, bit-identical to aggregateInOrder(results, block). */
   finish(): StepGradient {
-    const [first, ...rest] = this.blockSums();
-    // a block handed in is the caller's: the total starts from a copy of it
-    const total = this.given.includes(first) ? copySum(first) : first;
+    // the total is built in the first block's sum (one handed in included: a relay's partial is its message's own)
+    const [total, ...rest] = this.blockSums();
     for (const s of rest) addSum(total, s);
     return finishSum(total);
   }
@@ -119,12 +118,6 @@ export function sumInOrder(results: readonly GradientResult[]): StepGradient {
   for (const r of results) addResult(sum, r);
   return sum;
 }
-
-const copySum = (s: StepGradient): StepGradient => ({
-  lossSum: s.lossSum,
-  tokenCount: s.tokenCount,
-  grads: new Map([...s.grads].map(([name, g]) => [name, new Float32Array(g)])),
-});
 
 const emptySum = (): StepGradient => ({ lossSum: 0, tokenCount: 0, grads: new Map() });
 
