@@ -228,12 +228,19 @@ export class MeshExecutor implements GradientExecutor {
     paramVersion: number,
     microBatches: MicroBatch[],
     blockSize: number,
-  ): Promise<{ results: GradientResult[]; blocks: StepGradient[]; ledger: LedgerEntry[] }> {
+  ): Promise<{ results: GradientResult[]; blocks: StepGradient[]; ledger: LedgerEntry[]; norms: number[] }> {
     const slots: (GradientResult | undefined)[] = new Array(microBatches.length);
     const sum = new InOrderSum(slots, blockSize);
     const items: WorkItem[] = microBatches.map((microBatch) => ({ kind: 'grad', microBatch }));
-    const results = await this.run(step, paramVersion, items, slots, sum);
-    return { results, blocks: sum.blockSums(), ledger: this.lastLedger };
+    const running = this.run(step, paramVersion, items, slots, sum);
+    const flight = this.inFlight!; // its screen entries keep each result's norm, measured on arrival
+    const results = await running;
+    return {
+      results,
+      blocks: sum.blockSums(),
+      ledger: this.lastLedger,
+      norms: flight.screened.map((s) => s!.norm),
+    };
   }
 
   /** A relay passes on its parent's parameter frame (params-publisher.ts forward) to every worker that joined. */

@@ -37,8 +37,7 @@ import { cleanPeerText } from '../../shared/protocol/peer-text.ts';
 import { reconnectDelayMs } from '../../shared/protocol/reconnect.ts';
 import { CODECS, encodeFloats, F32, payloadBytes } from '../../shared/protocol/wire-codec.ts';
 import { BASE_FORMATS } from '../../shared/quant/formats.ts';
-import type { GradientResult } from '../../shared/train/gradients.ts';
-import { l2Norm, outliers, type NormHistory, type ScreenedResult } from '../engine/defence.ts';
+import { outliers, type NormHistory, type ScreenedResult } from '../engine/defence.ts';
 import { MeshExecutor, type SecurityLimits } from '../engine/mesh.ts';
 import type { Peer } from '../engine/peer.ts';
 import type { NetLimits } from '../net/net-limits.ts';
@@ -212,6 +211,7 @@ export function runRelay(opts: RelayOptions): RunningRelay {
       results,
       blocks: sums,
       ledger,
+      norms,
     } = await mesh.computeBlocks(localStep++, a.paramVersion, microBatches, a.blockSize);
     const items: BlockItem[] = results.map((r, k) => {
       const workerId = ledger[k].usedWorker ?? '';
@@ -221,7 +221,7 @@ export function runRelay(opts: RelayOptions): RunningRelay {
         name: mesh!.workers.get(workerId)?.name ?? workerId,
         lossSum: r.lossSum,
         tokenCount: r.tokenCount,
-        norm: resultNorm(r),
+        norm: norms[k],
       };
     });
     const forward = new Set(a.forward);
@@ -361,13 +361,6 @@ export function runRelay(opts: RelayOptions): RunningRelay {
       await server?.close();
     },
   };
-}
-
-/** L2 norm of a result over all its tensors (what the parent's outlier screen compares). */
-function resultNorm(r: GradientResult): number {
-  let squares = 0;
-  for (const g of r.grads.values()) squares += l2Norm(g) ** 2;
-  return Math.sqrt(squares);
 }
 
 /**
