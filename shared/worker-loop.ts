@@ -214,6 +214,8 @@ export class WorkerSession {
     if ('message' in decoded && decoded.message.type === 'reject') {
       this.refused ??= refusalFromReject(decoded.message.code, decoded.message.message);
     }
+    // So is a redirect: the coordinator closes the socket right after it.
+    if ('message' in decoded && decoded.message.type === 'redirect') this.redirect = decoded.message.url;
     const next = () => {
       if ('error' in decoded) throw decoded.error;
       return this.handle(decoded.message, send);

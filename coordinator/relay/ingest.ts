@@ -22,6 +22,8 @@ export interface IngestThreadData {
   /** the thread's link to the coordinator's mesh: frames cross by postMessage, no socket */
   port?: MessagePort;
   host: string;
+  /** the first thread's port (the next ones follow it); 0: each picks a free one */
+  firstPort: number;
   workerToken?: string;
   /** the coordinator's port and scheme, for its workers' fallback URL (the host they reached the thread by) */
   rootPort: number;
@@ -156,7 +158,7 @@ export async function runIngestThread(): Promise<void> {
     parent: data.parent,
     parentPort: data.port,
     host: data.host,
-    port: 0,
+    port: data.firstPort === 0 ? 0 : data.firstPort + data.index,
     workerToken: data.workerToken,
     workerFallback: rootFallback(data),
     tls: data.tls,

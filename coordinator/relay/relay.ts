@@ -160,25 +160,34 @@ export function runRelay(opts: RelayOptions): RunningRelay {
         fallback: opts.workerFallback ?? [...(opts.fallback ?? []), opts.parent],
       });
       const values = adapterParameterCount(m.adapter);
-      server = await startServer({
-        host: opts.host,
-        port: opts.port,
-        files: [],
-        mesh,
-        // a result frame is the largest a worker sends
-        maxPayload: 4 * values + 64 * 1024 + 16 * m.adapter.length * 64,
-        heartbeatMs: opts.heartbeatMs ?? 5000,
-        token: opts.workerToken,
-        limits: opts.limits,
-        tls: opts.tls,
-        allowedOrigins: opts.allowedOrigins,
-        routes: (req, res) => passFile(req.url ?? '', parentHttp, res, log),
-        monitor: {
-          log,
-          subscribe: () => () => {},
-          snapshot: () => ({ relay: opts.name ?? null, parent: opts.parent, workers: mesh?.info() ?? [] }),
-        },
-      });
+      try {
+        server = await startServer({
+          host: opts.host,
+          port: opts.port,
+          files: [],
+          mesh,
+          // a result frame is the largest a worker sends
+          maxPayload: 4 * values + 64 * 1024 + 16 * m.adapter.length * 64,
+          heartbeatMs: opts.heartbeatMs ?? 5000,
+          token: opts.workerToken,
+          limits: opts.limits,
+          tls: opts.tls,
+          allowedOrigins: opts.allowedOrigins,
+          routes: (req, res) => passFile(req.url ?? '', parentHttp, res, log),
+          monitor: {
+            log,
+            subscribe: () => () => {},
+            snapshot: () => ({ relay: opts.name ?? null, parent: opts.parent, workers: mesh?.info() ?? [] }),
+          },
+        });
+      } catch (err) {
+        // it cannot serve (its port is taken): the run goes on without it, and whoever started it is told
+        settle.reject(err as Error);
+        finish.reject(err as Error);
+        finishedRun = true;
+        link?.close();
+        throw err;
+      }
       log(`serving run ${m.runId} to workers at ${server.wsUrl}`);
       settle.resolve(server.wsUrl);
     }

@@ -243,6 +243,8 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
         deployment.ingestThreads,
         {
           parent: server.wsUrl,
+          // the ports after the coordinator's (8787: 8788, 8789…), or free ones when it picked its own
+          firstPort: deployment.port === 0 ? 0 : deployment.port + 1,
           host: deployment.host,
           workerToken: deployment.token ?? undefined,
           rootPort: Number(new URL(server.wsUrl).port),
