@@ -120,6 +120,7 @@ export interface SoakResult {
   workers: number;
   steps: number;
   computeMs: number;
+  /** RSS at the sample step; heapMB: the lowest V8 heap in use over the steps since the previous sample */
   samples: { step: number; rssMB: number; heapMB: number }[];
   /** least-squares slope of RSS over the samples after the first quarter of the run */
   slopeMBPer1000Steps: number;
@@ -380,6 +381,7 @@ async function runSoak(
 ): Promise<SoakResult> {
   const samples: SoakResult['samples'] = [];
   const times: number[] = [];
+  let heapFloor = Infinity;
   const run = await runSimulated({
     pool,
     model,
@@ -390,8 +392,13 @@ async function runSoak(
     ingestThreads: threads || undefined,
     onStep: (m, at) => {
       times.push(at);
-      if (m.step % o.sampleEvery === 0)
-        samples.push({ step: m.step, rssMB: rssBytes() / MB, heapMB: process.memoryUsage().heapUsed / MB });
+      // the heap's floor over each window (what is left after its collections), not one reading at a random point
+      // of the garbage collector's cycle: a leak raises the floor, a late collection does not
+      heapFloor = Math.min(heapFloor, process.memoryUsage().heapUsed);
+      if (m.step % o.sampleEvery === 0) {
+        samples.push({ step: m.step, rssMB: rssBytes() / MB, heapMB: heapFloor / MB });
+        heapFloor = Infinity;
+      }
     },
   });
   const tail = samples.filter((s) => s.step > o.steps / 4);
@@ -736,7 +743,7 @@ function writeThreadedResults(r: ScaleResult, threads: number, log: (line: strin
     r.soak
       ? `Soak with ${threads} thread(s): N=${r.soak.workers}, ${r.soak.steps} steps of ${r.soak.computeMs} ms compute ` +
         `(step ${fmt(r.soak.stepMs.median)} ms median): RSS slope ${fmt(r.soak.slopeMBPer1000Steps)} MB per 1000 ` +
-        `steps after the first quarter, V8 heap slope ${fmt(r.soak.heapSlopeMBPer1000Steps)} MB per 1000 steps.`
+        `steps after the first quarter, slope of the V8 heap's floor (its lowest reading in each 50-step window) ${fmt(r.soak.heapSlopeMBPer1000Steps)} MB per 1000 steps.`
       : 'Soak: not run.',
     '',
     'Targets:',

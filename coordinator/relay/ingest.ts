@@ -39,7 +39,8 @@ export type IngestThreadReply =
   | { type: 'ready'; port: number }
   | { type: 'log'; line: string }
   | { type: 'cpu'; ns: number }
-  | { type: 'finished' }
+  /** the run is over; `ns` as in cpu */
+  | { type: 'finished'; ns: number }
   | { type: 'failed'; message: string };
 
 export interface IngestThread {
@@ -116,12 +117,20 @@ export async function startIngestThreads(
       attachPort(edge, port1);
       const cpuWaiters: ((ns: number) => void)[] = [];
       let markFinished = () => {};
+      /** the thread's CPU when it finished: the answer to a question it was stopped before answering */
+      let lastNs = Number.NaN;
+      let exited = false;
+      const answerAll = () => {
+        for (const r of cpuWaiters.splice(0)) r(lastNs);
+      };
       const finished = new Promise<void>((r) => (markFinished = r));
       return new Promise<IngestThread>((resolve, reject) => {
         worker.on('message', (m: IngestThreadReply) => {
           if (m.type === 'log') log(`ingest ${index}: ${m.line}`);
-          else if (m.type === 'finished') markFinished();
-          else if (m.type === 'cpu') cpuWaiters.shift()?.(m.ns);
+          else if (m.type === 'finished') {
+            lastNs = m.ns;
+            markFinished();
+          } else if (m.type === 'cpu') cpuWaiters.shift()?.(m.ns);
           else if (m.type === 'failed') reject(new Error(`ingestion thread ${index}: ${m.message}`));
           else if (m.type === 'ready')
             resolve({
@@ -129,6 +138,7 @@ export async function startIngestThreads(
               port: m.port,
               cpuNs: () =>
                 new Promise((r) => {
+                  if (exited) return r(lastNs);
                   cpuWaiters.push(r);
                   worker.postMessage({ type: 'cpu' });
                 }),
@@ -140,7 +150,11 @@ export async function startIngestThreads(
             });
         });
         worker.once('error', (err) => reject(err));
-        worker.once('exit', (code) => reject(new Error(`ingestion thread ${index} exited (${code})`)));
+        worker.once('exit', (code) => {
+          exited = true;
+          answerAll();
+          reject(new Error(`ingestion thread ${index} exited (${code})`));
+        });
       });
     }),
   );
@@ -174,7 +188,7 @@ export async function runIngestThread(): Promise<void> {
   try {
     post({ type: 'ready', port: Number(new URL(await relay.ready).port) });
     await relay.finished;
-    post({ type: 'finished' });
+    post({ type: 'finished', ns: threadCpuNs() });
   } catch (err) {
     post({ type: 'failed', message: (err as Error).message });
   }
