@@ -717,7 +717,7 @@ function writeThreadedResults(r: ScaleResult, threads: number, log: (line: strin
   };
   const body = [
     `Measured ${r.date.slice(0, 16).replace('T', ' ')} UTC on ${r.machine.cores} × ${r.machine.cpu}; command: ` +
-      `\`${r.command}\`. The same simulated run as the flat table above (payload ${fmt(r.payload.resultBytes / 1e6)} MB ` +
+      `\`${r.command}\`. The same simulated run as the flat table above (payload ${fmt(r.payload.resultBytes / 2 ** 20)} MiB ` +
       `per result, ${r.points[0]?.computeMs} ms simulated compute, ${r.simProcesses} simulated-worker process(es) on ` +
       `the same cores), with \`--ingest-threads ${threads}\` and \`--reduction-block N/${threads}\`: workers are ` +
       `sent to the threads, each sums its blocks and sends one partial sum per block to the main thread. ` +

@@ -124,6 +124,7 @@ export class StepSchedule {
     maxBlocks: number,
     now: number,
   ): { group: string; blocks: number[]; attempts: Attempt[] } | null {
+    if (this.queue.length === 0) return null; // the common case once a step is handed out: no scan
     const queued = new Set(this.queue.filter((i) => !this.done[i]));
     const blocks: number[] = [];
     const n = this.tokens.length;
