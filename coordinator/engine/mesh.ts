@@ -805,6 +805,7 @@ export class MeshExecutor implements GradientExecutor {
     if (w.relayCapacity === null)
       throw new LoraMeshError(ErrorCodes.STATE, 'block-result from a worker that is no relay');
     for (const b of m.blocks) this.traffic.countPayloadIn(payloadBytes(b.grads));
+    if (m.traffic) this.traffic.countRelayed(m.traffic.bytesIn, m.traffic.bytesOut);
     const held = w.holding;
     if (!held?.group || held.assignmentId !== m.assignmentId)
       throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `assignment ${m.assignmentId} is not held by this relay`);

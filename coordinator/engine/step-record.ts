@@ -25,6 +25,9 @@ export interface StepRecord extends StepMetrics {
   fullFineTuneBytes: number;
   /** ready workers when the step ended (0 in-process) */
   workers: number;
+  /** bytes between relays (ingestion threads included) and their workers, up and down, as the relays report */
+  relayedBytesUp: number;
+  relayedBytesDown: number;
 }
 
 export interface RunSizes {
@@ -55,6 +58,8 @@ export function stepRecord(m: StepMetrics, traffic: Traffic, workers: number, si
     fp32LoraBytes: baseline(sizes.adapterParameters),
     fullFineTuneBytes: baseline(sizes.modelParameters),
     workers,
+    relayedBytesUp: traffic.relayedIn,
+    relayedBytesDown: traffic.relayedOut,
   };
 }
 
@@ -79,6 +84,9 @@ export function metricsLine(r: StepRecord): Record<string, unknown> {
     fp32_lora_bytes: r.fp32LoraBytes,
     full_ft_bytes: r.fullFineTuneBytes,
     ...(r.factorGap !== undefined ? { factor_gap: r.factorGap } : {}),
+    ...(r.relayedBytesUp || r.relayedBytesDown
+      ? { relayed_bytes_up: r.relayedBytesUp, relayed_bytes_down: r.relayedBytesDown }
+      : {}),
     workers: r.workers,
   };
 }

@@ -30,6 +30,9 @@ export interface Traffic {
   outOther: number;
   framesIn: number;
   framesOut: number;
+  /** frames between relays (ingestion threads included) and their own workers, as the relays report them */
+  relayedIn: number;
+  relayedOut: number;
 }
 
 const ZERO: Traffic = {
@@ -42,6 +45,8 @@ const ZERO: Traffic = {
   outOther: 0,
   framesIn: 0,
   framesOut: 0,
+  relayedIn: 0,
+  relayedOut: 0,
 };
 
 export class ByteCounter {
@@ -63,6 +68,20 @@ export class ByteCounter {
     if (kind === 'params') this.t.outParams += bytes;
     else if (kind === 'assign') this.t.outAssign += bytes;
     else this.t.outOther += bytes;
+  }
+
+  /** a relay's report of its workers' traffic since its last one (bytes with frame headers, both ways) */
+  countRelayed(bytesIn: number, bytesOut: number): void {
+    this.t.relayedIn += bytesIn;
+    this.t.relayedOut += bytesOut;
+  }
+
+  get relayedInTotal(): number {
+    return this.t.relayedIn;
+  }
+
+  get relayedOutTotal(): number {
+    return this.t.relayedOut;
   }
 
   get inTotal(): number {

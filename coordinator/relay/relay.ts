@@ -101,6 +101,8 @@ export function runRelay(opts: RelayOptions): RunningRelay {
   /** results sent up whole per worker (the parent's probation) */
   const forwardedBy = new Map<string, number>();
   let capacitySent = -1;
+  /** its workers' traffic already reported to the parent (each block-result carries what came since) */
+  let reported = { bytesIn: 0, bytesOut: 0 };
   let settle: { resolve: (url: string) => void; reject: (err: Error) => void };
   const ready = new Promise<string>((resolve, reject) => (settle = { resolve, reject }));
   let finish: { resolve: (why: string) => void; reject: (err: Error) => void };
@@ -244,8 +246,11 @@ export function runRelay(opts: RelayOptions): RunningRelay {
       const worker = items[indices.indexOf(index)]?.worker;
       if (worker !== undefined) forwardedBy.set(worker, (forwardedBy.get(worker) ?? 0) + 1);
     }
+    const traffic = { bytesIn: mesh.bytesIn - reported.bytesIn, bytesOut: mesh.bytesOut - reported.bytesOut };
+    reported = { bytesIn: mesh.bytesIn, bytesOut: mesh.bytesOut };
     send({
       type: 'block-result',
+      traffic,
       assignmentId: a.assignmentId,
       paramVersion: a.paramVersion,
       blocks: blocks.map((b, k) => ({

@@ -90,6 +90,9 @@ export interface RunResult {
   metrics: StepRecord[];
   bytesUp: number;
   bytesDown: number;
+  /** bytes between relays (and ingestion threads) and their workers, as the relays report them (0 without) */
+  relayedBytesUp: number;
+  relayedBytesDown: number;
   workers: number;
   /**
    * what full fine-tuning would move over the same protocol:
@@ -368,6 +371,8 @@ async function trainInRunDir(opts: RunOptions, config: RunConfig, runId: string,
     metrics,
     bytesUp: mesh?.bytesIn ?? 0,
     bytesDown: mesh?.bytesOut ?? 0,
+    relayedBytesUp: mesh?.traffic.relayedInTotal ?? 0,
+    relayedBytesDown: mesh?.traffic.relayedOutTotal ?? 0,
     workers: Math.max(1, deployment.localWorkers),
     fullFineTuneBytes: metrics.reduce((n, r) => n + r.fullFineTuneBytes, 0),
     adapterParameters: adapterParameterCount(trainer.spec),
@@ -390,6 +395,8 @@ function finishedResult(runId: string, runDir: string, trainer: Trainer, spec: A
     metrics: [],
     bytesUp: 0,
     bytesDown: 0,
+    relayedBytesUp: 0,
+    relayedBytesDown: 0,
     workers: 0,
     fullFineTuneBytes: 0,
     adapterParameters: adapterParameterCount(spec),

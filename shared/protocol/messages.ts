@@ -239,6 +239,8 @@ export interface BlockResult {
   items: BlockItem[];
   /** results sent up whole (asked for in `forward`, or over the outlier bound), as f32 */
   forwarded: { index: number; grads: PackedFloats }[];
+  /** the relay's traffic with its workers since its previous block-result (bytes with frame headers) */
+  traffic?: { bytesIn: number; bytesOut: number };
 }
 /**
  * coordinator → worker, in answer to its hello: connect to `url` instead (one of the coordinator's ingestion
@@ -506,6 +508,13 @@ const guards: Record<Message['type'], Guard> = {
       field(at, 'index', isInt(0), 'an integer ≥ 0');
       packedFloats(at, 'grads');
     });
+    field(
+      m,
+      'traffic',
+      (v) => isObject(v) && isInt(0)(v.bytesIn) && isInt(0)(v.bytesOut),
+      '{bytesIn, bytesOut} (integers ≥ 0)',
+      true,
+    );
   },
   redirect: (m) =>
     field(

@@ -168,6 +168,7 @@ export const RULES: Record<string, Record<string, Rule>> = {
         (i.norm as number) >= 0,
     ),
     forwarded: list(0, 65536, (f) => plain(f) && int(0)(f.index) && packed(f.grads)),
+    traffic: optional((v) => plain(v) && int(0)(v.bytesIn) && int(0)(v.bytesOut)),
   },
   'assign-blocks': {
     assignmentId: str(64),

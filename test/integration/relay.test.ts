@@ -158,6 +158,17 @@ test('relayed runs equal the in-process run with the same reduction block, bit f
     });
     await killAll(procs);
     assert.equal(maxAbsDiff(relayed.adapter, reference.adapter), 0, `block ${block}: adapter`);
+    // byte accounting sees through the relays: every result crossed a relay's link with its worker once (at least),
+    // while the root itself received one partial sum per block
+    const resultBytes = 4 * relayed.adapterParameters;
+    const results = train.steps * (train.globalBatch / train.microBatch);
+    assert.ok(relayed.relayedBytesUp >= results * resultBytes, `relayed up ${relayed.relayedBytesUp}`);
+    assert.ok(relayed.relayedBytesUp < 2 * results * resultBytes + 200_000, `relayed up ${relayed.relayedBytesUp}`);
+    assert.ok(relayed.relayedBytesDown >= train.steps * resultBytes, `relayed down ${relayed.relayedBytesDown}`);
+    assert.ok(
+      relayed.metrics.every((m) => m.relayedBytesUp > 0),
+      'every step reports its relayed bytes',
+    );
     relayed.metrics.forEach((m, i) => assert.equal(m.loss, reference.metrics[i].loss, `block ${block}: step ${i + 1}`));
     assert.ok(
       logs.some((l) => l.startsWith('[root]') && /relay\)|node\/relay/.test(l)),
