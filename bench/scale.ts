@@ -8,6 +8,8 @@
  * bench/RESULTS.md and bench/results/scale-*.{svg,png} (quick mode: scale.quick.json only).
  */
 import { createRequire } from 'node:module';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { availableParallelism } from 'node:os';
 import { pathToFileURL } from 'node:url';
 import { writeFigure } from '../coordinator/io/analysis-io.ts';
@@ -120,7 +122,7 @@ export interface SoakResult {
   workers: number;
   steps: number;
   computeMs: number;
-  /** RSS at the sample step; heapMB: the lowest V8 heap in use over the steps since the previous sample */
+  /** RSS at the sample step; heapMB: the V8 heap in use right after a full collection at that step */
   samples: { step: number; rssMB: number; heapMB: number }[];
   /** least-squares slope of RSS over the samples after the first quarter of the run */
   slopeMBPer1000Steps: number;
@@ -381,7 +383,6 @@ async function runSoak(
 ): Promise<SoakResult> {
   const samples: SoakResult['samples'] = [];
   const times: number[] = [];
-  let heapFloor = Infinity;
   const run = await runSimulated({
     pool,
     model,
@@ -392,12 +393,11 @@ async function runSoak(
     ingestThreads: threads || undefined,
     onStep: (m, at) => {
       times.push(at);
-      // the heap's floor over each window (what is left after its collections), not one reading at a random point
-      // of the garbage collector's cycle: a leak raises the floor, a late collection does not
-      heapFloor = Math.min(heapFloor, process.memoryUsage().heapUsed);
+      // the heap after a full collection: what the run really keeps, not a reading at a random point of the
+      // garbage collector's cycle (those swing by MBs either way)
       if (m.step % o.sampleEvery === 0) {
-        samples.push({ step: m.step, rssMB: rssBytes() / MB, heapMB: heapFloor / MB });
-        heapFloor = Infinity;
+        fullGc();
+        samples.push({ step: m.step, rssMB: rssBytes() / MB, heapMB: process.memoryUsage().heapUsed / MB });
       }
     },
   });
@@ -429,6 +429,12 @@ async function runSoak(
       `V8 heap slope ${fmt(heapSlope)}; step ${fmt(soak.stepMs.median)} ms`,
   );
   return soak;
+}
+
+/** A full garbage collection (V8's gc(), exposed for this process at run time). */
+function fullGc(): void {
+  setFlagsFromString('--expose-gc');
+  (runInNewContext('gc') as () => void)();
 }
 
 function leastSquaresSlope(xs: number[], ys: number[]): number {
@@ -649,7 +655,7 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
             `at step ${r.soak.samples[r.soak.samples.length - 1].step}, ` +
             `max ${fmt(Math.max(...r.soak.samples.map((s) => s.rssMB)))} MB; ` +
             `slope after the first quarter ${fmt(r.soak.slopeMBPer1000Steps)} MB per 1000 steps. ` +
-            `V8 heap in use ${fmt(r.soak.samples[0].heapMB)} → ` +
+            `V8 heap in use after a full collection ${fmt(r.soak.samples[0].heapMB)} → ` +
             `${fmt(r.soak.samples[r.soak.samples.length - 1].heapMB)} MB, ` +
             `slope ${fmt(r.soak.heapSlopeMBPer1000Steps)} MB per 1000 steps ` +
             '(a run keeps its per-step records in memory: metrics, traffic, dashboard history, ~0.5 KB per step).',
@@ -743,7 +749,7 @@ function writeThreadedResults(r: ScaleResult, threads: number, log: (line: strin
     r.soak
       ? `Soak with ${threads} thread(s): N=${r.soak.workers}, ${r.soak.steps} steps of ${r.soak.computeMs} ms compute ` +
         `(step ${fmt(r.soak.stepMs.median)} ms median): RSS slope ${fmt(r.soak.slopeMBPer1000Steps)} MB per 1000 ` +
-        `steps after the first quarter, slope of the V8 heap's floor (its lowest reading in each 50-step window) ${fmt(r.soak.heapSlopeMBPer1000Steps)} MB per 1000 steps.`
+        `steps after the first quarter, slope of the V8 heap after a full collection at each sample ${fmt(r.soak.heapSlopeMBPer1000Steps)} MB per 1000 steps.`
       : 'Soak: not run.',
     '',
     'Targets:',
