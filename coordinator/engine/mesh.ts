@@ -228,12 +228,15 @@ export class MeshExecutor implements GradientExecutor {
     paramVersion: number,
     microBatches: MicroBatch[],
     blockSize: number,
+    /** the parent step's micro-batches: results are bounded for that sum (relay-blocks.ts checks the same) */
+    boundSlots?: number,
   ): Promise<{ results: GradientResult[]; blocks: StepGradient[]; ledger: LedgerEntry[]; norms: number[] }> {
     const slots: (GradientResult | undefined)[] = new Array(microBatches.length);
     const sum = new InOrderSum(slots, blockSize);
     const items: WorkItem[] = microBatches.map((microBatch) => ({ kind: 'grad', microBatch }));
     const running = this.run(step, paramVersion, items, slots, sum);
     const flight = this.inFlight!; // its screen entries keep each result's norm, measured on arrival
+    flight.boundSlots = boundSlots;
     const results = await running;
     return {
       results,
@@ -598,7 +601,7 @@ export class MeshExecutor implements GradientExecutor {
       const item = step.items[held.index];
       admitted = admitResult(
         r,
-        { paramVersion: step.paramVersion, item, slots: step.items.length },
+        { paramVersion: step.paramVersion, item, slots: step.boundSlots ?? step.items.length },
         this.options.manifest,
         this.adapterValues,
       );
@@ -793,6 +796,7 @@ export class MeshExecutor implements GradientExecutor {
           microBatches: indices.filter((i) => Math.floor(i / blockSize) === b).map(microBatch),
         })),
         forward,
+        slots: step.items.length,
         ...this.gate.relayScreen(),
       },
       'assign',

@@ -44,6 +44,11 @@ export class StepInFlight {
   readonly screened: (ScreenedResult | undefined)[];
   /** outlier recomputations still running; the step ends only when none are */
   verifying = 0;
+  /**
+   * the micro-batches of the sum the results end up in (a relay's step is part of its parent's): each result's
+   * overflow bound is for that many; undefined: this step's own
+   */
+  boundSlots?: number;
   /** per micro-batch a relay summed: every index of its block (taking one back takes the whole block) */
   private readonly relayBlock = new Map<number, number[]>();
 

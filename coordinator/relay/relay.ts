@@ -223,7 +223,7 @@ export function runRelay(opts: RelayOptions): RunningRelay {
       blocks: sums,
       ledger,
       norms,
-    } = await mesh.computeBlocks(localStep++, a.paramVersion, microBatches, a.blockSize);
+    } = await mesh.computeBlocks(localStep++, a.paramVersion, microBatches, a.blockSize, a.slots);
     const items: BlockItem[] = results.map((r, k) => {
       const workerId = ledger[k].usedWorker ?? '';
       return {

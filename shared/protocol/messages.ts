@@ -220,6 +220,8 @@ export interface AssignBlocks {
   outlier?: { factor: number; reference?: number };
   /** also send up whole the first this-many results of each of the relay's workers (the parent's probation) */
   probation?: number;
+  /** the step's micro-batches at the parent: the relay bounds each result's norm for that sum, as the parent does */
+  slots?: number;
 }
 /** One micro-batch of a block-result: who computed it (the relay's worker id and name) and its figures. */
 export interface BlockItem {
@@ -480,6 +482,7 @@ const guards: Record<Message['type'], Guard> = {
       true,
     );
     field(m, 'probation', isInt(0), 'an integer ≥ 0', true);
+    field(m, 'slots', isInt(1), 'an integer ≥ 1', true);
   },
   'block-result': (m) => {
     field(m, 'assignmentId', isString(64), 'an assignment id');

@@ -179,6 +179,7 @@ export const RULES: Record<string, Record<string, Rule>> = {
     forward: list(0, 65536, int(0)),
     outlier: optional((v) => plain(v) && finite(v.factor) && optional(finite)(v.reference)),
     probation: optional(int(0)),
+    slots: optional(int(1)),
   },
   expel: { worker: str(64), reason: str(1024) },
   redirect: { url: (v) => typeof v === 'string' && v.length <= 2048 && /^wss?:\/\/[^\s]+$/.test(v) },

@@ -6,20 +6,19 @@
 // f32 twin (error feedback is per worker, so its bits depend on who computed what). A worker that lies is
 // caught by a run's spot checks and leaves the pool; it changes no run's bits.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import '../helpers/backend.ts';
+import { cliSpawner } from '../helpers/cli-process.ts';
 import { demoTaskData, examplesFor } from '../../coordinator/io/dataset.ts';
 import { type ModelDir, openModelDir } from '../../coordinator/io/model-dir.ts';
 import { runTraining } from '../../coordinator/run/train.ts';
-import { packagePath } from '../../node/package-root.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
-const cli = packagePath('coordinator', 'cli.ts');
 const ADMIN = 'pool-admin';
 const JOIN = 'pool-join';
 let root = '';
@@ -122,24 +121,7 @@ function freePort(): Promise<number> {
 const children: ChildProcess[] = [];
 const logs: string[] = [];
 
-function spawnCli(tag: string, args: string[], env: Record<string, string> = {}): ChildProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...env },
-  });
-  for (const stream of [child.stdout!, child.stderr!])
-    stream.on('data', (chunk: Buffer) =>
-      logs.push(
-        ...chunk
-          .toString()
-          .trim()
-          .split('\n')
-          .map((l) => `${tag} ${l}`),
-      ),
-    );
-  children.push(child);
-  return child;
-}
+const spawnCli = cliSpawner(logs, children);
 
 async function until<T>(what: string, ms: number, probe: () => Promise<T | null | undefined | false>): Promise<T> {
   const end = Date.now() + ms;

@@ -4,22 +4,21 @@
 // smaller one; a relay SIGKILLed mid-step, a worker behind a relay that lies and a relay with a wrong token change
 // nothing: the lie is caught by the root's spot checks, the killed relay's workers fall back to the root.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import '../helpers/backend.ts';
+import { cliSpawner } from '../helpers/cli-process.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
 import { openModelDir } from '../../coordinator/io/model-dir.ts';
 import { type RunOptions, type RunResult, runTraining } from '../../coordinator/run/train.ts';
-import { packagePath } from '../../node/package-root.ts';
 import { checkLoraConfig, checkTrainConfig, type TrainConfig } from '../../shared/config.ts';
 import { maxAbsDiff } from '../../shared/lora/adapter.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
-const cli = packagePath('coordinator', 'cli.ts');
 const JOIN = 'join-secret';
 const RELAY = 'relay-secret';
 const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] });
@@ -54,24 +53,7 @@ after(() => {
   rmSync(root, { recursive: true, force: true });
 });
 
-function spawnCli(tag: string, args: string[], env: Record<string, string> = {}): ChildProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', cli, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...env },
-  });
-  for (const stream of [child.stdout!, child.stderr!])
-    stream.on('data', (chunk: Buffer) =>
-      logs.push(
-        ...chunk
-          .toString()
-          .trim()
-          .split('\n')
-          .map((l) => `${tag} ${l}`),
-      ),
-    );
-  children.push(child);
-  return child;
-}
+const spawnCli = cliSpawner(logs, children);
 
 /** A relay process on `parent`; resolves with the URL its workers join. */
 function relay(tag: string, parent: string, token = RELAY): { child: ChildProcess; url: Promise<string> } {

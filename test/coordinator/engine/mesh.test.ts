@@ -350,3 +350,26 @@ test('a simd128 run (or a manifest without arithmetic) admits old hellos and rel
     m.close();
   }
 });
+
+test("a relay's workers are bounded for the parent's sum: a result too large for it is refused at the relay", async () => {
+  // norm ≈ 1e32·√VALUES: far under the bound of a 2-result sum (8.5e37), over that of a million-result one (1.7e32)
+  const big = () => new Float32Array(VALUES).fill(1e32);
+  for (const boundSlots of [undefined, 1_000_000]) {
+    const m = mesh();
+    const liar = new FakePeer(big).join(m, 'liar');
+    const honestPeer = new FakePeer(honest).join(m, 'honest');
+    const run = m.computeBlocks(0, 0, microBatches.slice(0, 2), 2, boundSlots);
+    if (boundSlots === undefined) {
+      const { blocks } = await run;
+      assert.deepEqual(liar.rejects(), [], 'the relay-local bound alone lets it through');
+      assert.ok(Math.abs(blocks[0].grads.get('m.lora_A')![0]) >= 1e31, 'and it is summed');
+    } else {
+      // the liar's micro-batches go to the honest worker
+      const { blocks } = await run;
+      assert.ok(liar.rejects().includes('LM_ERR_NON_FINITE'));
+      assert.ok(Math.abs(blocks[0].grads.get('m.lora_A')![0]) < 10, 'only honest results are summed');
+      assert.equal(honestPeer.rejects().length, 0);
+    }
+    m.close();
+  }
+});
