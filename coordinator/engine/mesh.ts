@@ -16,7 +16,9 @@ import { asBytes, decodeMessage, encodeMessage } from '../../shared/protocol/cod
 import {
   PROTOCOL_VERSION,
   type CoordinatorMessage,
+  type BlockForward,
   type BlockResult,
+  type BlockSum,
   type Hello,
   type Result,
   type RunManifest,
@@ -35,7 +37,7 @@ import { cleanPeerText } from '../../shared/protocol/peer-text.ts';
 import { admitResult, ResultGate, type Admitted, type GateHost, type ResultChecks } from './result-gate.ts';
 import { itemPositions, StepInFlight, type Holding, type WorkItem } from './step-in-flight.ts';
 import { newConnection, workerInfo, type WorkerConnection, type WorkerInfo } from './worker-connection.ts';
-import { admitBlockResult, type AdmittedBlocks, type BlockHolding } from './relay-blocks.ts';
+import { admitBlockResult, takePart, type AdmittedBlocks, type BlockHolding } from './relay-blocks.ts';
 
 export type { ResultChecks } from './result-gate.ts';
 export type { WorkItem } from './step-in-flight.ts';
@@ -78,7 +80,7 @@ export interface DispatchArbiter {
   released(peer: Peer): void;
 }
 
-/** Most whole blocks a relay holds at once (its frame's size: server.ts relayMaxPayload). */
+/** Most whole blocks a relay holds at once (what the parent keeps of its answer until its block-result). */
 export const MAX_RELAY_BLOCKS = 16;
 
 /** A worker's memory against the run: fits (perhaps only recomputing), or refused with the numbers. */
@@ -420,6 +422,9 @@ export class MeshExecutor implements GradientExecutor {
           w.relayCapacity = message.microBatches;
           this.wakeReadyWaiters();
           return this.dispatch();
+        case 'block-sum':
+        case 'block-forward':
+          return this.onBlockPart(w, message);
         case 'block-result':
           return this.onBlockResult(w, message);
         default:
@@ -780,6 +785,8 @@ export class MeshExecutor implements GradientExecutor {
       indices,
       attempts: got.attempts.map((a) => a.assignmentId),
       forward,
+      sums: new Map(),
+      forwarded: new Map(),
     };
     w.holding = { assignmentId: got.group, step: step.schedule.step, index: indices[0], sentAt: now, group };
     const microBatch = (i: number) => (step.items[i] as Extract<WorkItem, { kind: 'grad' }>).microBatch;
@@ -804,11 +811,20 @@ export class MeshExecutor implements GradientExecutor {
     return true;
   }
 
+  /** One frame of a relay's answer (a block's sum, or a result sent up whole), kept until its block-result. */
+  private onBlockPart(w: WorkerConnection, m: BlockSum | BlockForward): void {
+    if (w.relayCapacity === null) throw new LoraMeshError(ErrorCodes.STATE, `${m.type} from a worker that is no relay`);
+    const held = w.holding;
+    if (!held?.group || held.assignmentId !== m.assignmentId)
+      throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `assignment ${m.assignmentId} is not held by this relay`);
+    this.traffic.countPayloadIn(payloadBytes(m.grads));
+    takePart(m, held.group);
+  }
+
   /** A relay's answer for the blocks it holds: checked, the results sent up whole verified, then summed whole. */
   private onBlockResult(w: WorkerConnection, m: BlockResult): void {
     if (w.relayCapacity === null)
       throw new LoraMeshError(ErrorCodes.STATE, 'block-result from a worker that is no relay');
-    for (const b of m.blocks) this.traffic.countPayloadIn(payloadBytes(b.grads));
     if (m.traffic) this.traffic.countRelayed(m.traffic.bytesIn, m.traffic.bytesOut);
     const held = w.holding;
     if (!held?.group || held.assignmentId !== m.assignmentId)

@@ -1,6 +1,8 @@
 /**
- * What a relay's block-result goes through before it counts (the relay is trusted, but its frames are checked
- * like a worker's): it answers exactly the blocks it holds, each micro-batch once with its expected token count,
+ * What a relay's answer goes through before it counts (the relay is trusted, but its frames are checked like a
+ * worker's). The answer comes as one frame per block sum (`block-sum`) and per result sent up whole
+ * (`block-forward`), each taken by `takePart` as it arrives, then the `block-result` that closes it, checked by
+ * `admitBlockResult`: it answers exactly the blocks it holds, each micro-batch once with its expected token count,
  * each block's token and loss sums agree with its micro-batches' (the loss summed in order, so exactly), and every
  * partial sum decodes as float32, finite and too small to overflow the step's sum. Results the root asked for
  * whole (its spot checks) must be there. The first failure throws its LoraMeshError.
@@ -9,8 +11,10 @@ import { ErrorCodes, LoraMeshError } from '../../shared/errors.ts';
 import {
   splitTensors,
   unpackFloats,
+  type BlockForward,
   type BlockItem,
   type BlockResult,
+  type BlockSum,
   type RunManifest,
 } from '../../shared/protocol/messages.ts';
 import { F32 } from '../../shared/protocol/wire-codec.ts';
@@ -28,6 +32,25 @@ export interface BlockHolding {
   attempts: string[];
   /** indices whose results the root asked for whole (its secret spot checks) */
   forward: number[];
+  /** the answer's frames so far: block sums by block, results sent up whole by micro-batch index */
+  sums: Map<number, BlockSum>;
+  forwarded: Map<number, BlockForward>;
+}
+
+/** One frame of a relay's answer, kept until its block-result: each block and micro-batch held, at most once. */
+export function takePart(m: BlockSum | BlockForward, held: BlockHolding): void {
+  if (m.type === 'block-sum') {
+    if (!held.blocks.includes(m.block) || held.sums.has(m.block))
+      throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `block-sum for block ${m.block}, which it does not hold once`);
+    held.sums.set(m.block, m);
+  } else {
+    if (!held.indices.includes(m.index) || held.forwarded.has(m.index))
+      throw new LoraMeshError(
+        ErrorCodes.ASSIGNMENT,
+        `block-forward of micro-batch ${m.index}, which it does not hold once`,
+      );
+    held.forwarded.set(m.index, m);
+  }
 }
 
 /** A block-result that may be summed. */
@@ -85,13 +108,7 @@ export function admitBlockResult(
       `block-result.items has ${items.size} micro-batches, expected ${expected.size}`,
     );
   const partials = new Map<number, StepGradient>();
-  const heldBlocks = new Set(held.blocks);
-  for (const b of m.blocks) {
-    if (!heldBlocks.has(b.block) || partials.has(b.block))
-      throw new LoraMeshError(
-        ErrorCodes.ASSIGNMENT,
-        `block-result names block ${b.block}, which it does not hold once`,
-      );
+  for (const b of held.sums.values()) {
     const first = b.block * held.blockSize;
     let lossSum = 0;
     let tokens = 0;
@@ -105,7 +122,7 @@ export function admitBlockResult(
         `block-result: block ${b.block} sums ${b.tokenCount} tokens and loss ${b.lossSum}; its micro-batches ` +
           `sum ${tokens} and ${lossSum}`,
       );
-    const what = `block-result.blocks[${b.block}].grads`;
+    const what = `block-sum[${b.block}].grads`;
     const flat = unpackFloats(b.grads, F32, values, what, false);
     const norm = finiteNorm(flat, what);
     if (!(norm <= bound * held.blockSize))
@@ -116,20 +133,21 @@ export function admitBlockResult(
       grads: splitTensors(flat, manifest.adapter),
     });
   }
-  if (partials.size !== heldBlocks.size)
-    throw new LoraMeshError(ErrorCodes.FIELD, `block-result has ${partials.size} blocks, expected ${heldBlocks.size}`);
+  if (partials.size !== held.blocks.length)
+    throw new LoraMeshError(
+      ErrorCodes.FIELD,
+      `block-result came after ${partials.size} block-sums, expected ${held.blocks.length}`,
+    );
   const forwarded = new Map<number, Map<string, Float32Array>>();
-  for (const f of m.forwarded) {
-    if (!expected.has(f.index) || forwarded.has(f.index))
-      throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `block-result forwards micro-batch ${f.index} unasked or twice`);
-    const flat = unpackFloats(f.grads, F32, values, `block-result.forwarded[${f.index}].grads`);
+  for (const f of held.forwarded.values()) {
+    const flat = unpackFloats(f.grads, F32, values, `block-forward[${f.index}].grads`);
     forwarded.set(f.index, splitTensors(flat, manifest.adapter));
   }
   const missing = held.forward.find((i) => !forwarded.has(i));
   if (missing !== undefined)
     throw new LoraMeshError(
       ErrorCodes.FIELD,
-      `block-result does not forward micro-batch ${missing}, which was asked for`,
+      `block-result came without a block-forward of micro-batch ${missing}, which was asked for`,
     );
   return { partials, items, forwarded };
 }

@@ -212,6 +212,8 @@ export function runRelay(opts: RelayOptions): RunningRelay {
     mesh.forwardParams(m.paramVersion, encodeMessage(m), payloadBytes(m.tensors), held);
   }
 
+  const packF32 = (grads: Map<string, Float32Array>) => encodeFloats(flattenTensors(grads, manifest!.adapter), F32);
+
   async function onAssign(a: AssignBlocks): Promise<void> {
     if (!manifest || !mesh) throw new LoraMeshError(ErrorCodes.STATE, 'assign-blocks before welcome');
     const blocks = [...a.blocks].sort((x, y) => x.block - y.block);
@@ -248,25 +250,18 @@ export function runRelay(opts: RelayOptions): RunningRelay {
     }
     const traffic = { bytesIn: mesh.bytesIn - reported.bytesIn, bytesOut: mesh.bytesOut - reported.bytesOut };
     reported = { bytesIn: mesh.bytesIn, bytesOut: mesh.bytesOut };
-    send({
-      type: 'block-result',
-      traffic,
-      assignmentId: a.assignmentId,
-      paramVersion: a.paramVersion,
-      blocks: blocks.map((b, k) => ({
-        block: b.block,
-        lossSum: sums[k].lossSum,
-        tokenCount: sums[k].tokenCount,
-        grads: encodeFloats(flattenTensors(sums[k].grads, manifest!.adapter), F32),
-      })),
-      items,
-      forwarded: [...forward]
-        .filter((i) => indices.includes(i))
-        .map((index) => ({
-          index,
-          grads: encodeFloats(flattenTensors(results[indices.indexOf(index)].grads, manifest!.adapter), F32),
-        })),
+    // One frame per block sum and per result sent up whole, then the block-result that closes the answer: no frame
+    // is larger than one result, however many blocks and results go up (the parent's relay frame limit).
+    const { assignmentId } = a;
+    blocks.forEach((b, k) => {
+      const { lossSum, tokenCount, grads } = sums[k];
+      send({ type: 'block-sum', assignmentId, block: b.block, lossSum, tokenCount, grads: packF32(grads) });
     });
+    for (const index of forward) {
+      const k = indices.indexOf(index);
+      if (k >= 0) send({ type: 'block-forward', assignmentId, index, grads: packF32(results[k].grads) });
+    }
+    send({ type: 'block-result', traffic, assignmentId, paramVersion: a.paramVersion, items });
   }
 
   function connect(failures: number): void {

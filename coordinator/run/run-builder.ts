@@ -38,7 +38,6 @@ import type { NetLimits } from '../net/net-limits.ts';
 import { startServer, type RunningServer } from '../net/server.ts';
 import { spawnLocalWorkers } from './local-workers.ts';
 import { resultChecks } from './result-checks.ts';
-import { MAX_RELAY_BLOCKS } from '../engine/mesh.ts';
 import type { RunControl } from './run-control.ts';
 import type { RunConfig } from './run-config.ts';
 import type { RunBase } from './run-base.ts';
@@ -217,8 +216,9 @@ export async function startEdge(
     heartbeatMs: deployment.heartbeatMs,
     token: deployment.token ?? undefined,
     relayToken: deployment.relayToken ?? undefined,
-    // a relay's frame: up to MAX_RELAY_BLOCKS block sums and as many results sent up whole (mesh.ts)
-    relayMaxPayload: 2 * MAX_RELAY_BLOCKS * maxPayload,
+    // A relay's largest frame is one block sum or one result sent up whole (as large as a result), or the
+    // block-result naming at most a step's micro-batches (worker id ≤ 64 and name ≤ 128 characters, four numbers).
+    relayMaxPayload: maxPayload + 320 * (config.run.train.globalBatch / config.run.train.microBatch),
     allowedOrigins: deployment.allowedOrigins ?? undefined,
     tls: deployment.tls ?? undefined,
     limits: roomForLocalWorkers(limits.net, deployment.localWorkers),

@@ -232,15 +232,37 @@ export interface BlockItem {
   tokenCount: number;
   norm: number;
 }
-/** relay → parent: per block the in-order sum of its results (undivided, f32), and what the parent checks */
+/**
+ * relay → parent, one per block it holds, before the block-result: the in-order sum of the block's results
+ * (undivided, f32). Each is its own frame, so no relay frame is larger than one result, whatever the block count.
+ */
+export interface BlockSum {
+  type: 'block-sum';
+  assignmentId: string;
+  block: number;
+  lossSum: number;
+  tokenCount: number;
+  grads: PackedFloats;
+}
+/**
+ * relay → parent, before the block-result: one result sent up whole (asked for in `forward`, on probation or over
+ * the outlier bound), as f32, in its own frame
+ */
+export interface BlockForward {
+  type: 'block-forward';
+  assignmentId: string;
+  index: number;
+  grads: PackedFloats;
+}
+/**
+ * relay → parent, after its block-sums and block-forwards: the assignment is answered; who computed each
+ * micro-batch and its figures, which the parent checks against the sums
+ */
 export interface BlockResult {
   type: 'block-result';
   assignmentId: string;
   paramVersion: number;
-  blocks: { block: number; lossSum: number; tokenCount: number; grads: PackedFloats }[];
   items: BlockItem[];
-  /** results sent up whole (asked for in `forward`, or over the outlier bound), as f32 */
-  forwarded: { index: number; grads: PackedFloats }[];
   /** the relay's traffic with its workers since its previous block-result (bytes with frame headers) */
   traffic?: { bytesIn: number; bytesOut: number };
 }
@@ -259,7 +281,17 @@ export interface Expel {
   reason: string;
 }
 
-export type WorkerMessage = Hello | Ready | Result | WorkerError | Heartbeat | Channel | Capacity | BlockResult;
+export type WorkerMessage =
+  | Hello
+  | Ready
+  | Result
+  | WorkerError
+  | Heartbeat
+  | Channel
+  | Capacity
+  | BlockSum
+  | BlockForward
+  | BlockResult;
 export type CoordinatorMessage =
   | Welcome
   | Params
@@ -484,17 +516,21 @@ const guards: Record<Message['type'], Guard> = {
     field(m, 'probation', isInt(0), 'an integer ≥ 0', true);
     field(m, 'slots', isInt(1), 'an integer ≥ 1', true);
   },
+  'block-sum': (m) => {
+    field(m, 'assignmentId', isString(64), 'an assignment id');
+    field(m, 'block', isInt(0), 'an integer ≥ 0');
+    field(m, 'lossSum', isFiniteNumber, 'a finite number');
+    field(m, 'tokenCount', isInt(0), 'an integer ≥ 0');
+    packedFloats(m, 'grads');
+  },
+  'block-forward': (m) => {
+    field(m, 'assignmentId', isString(64), 'an assignment id');
+    field(m, 'index', isInt(0), 'an integer ≥ 0');
+    packedFloats(m, 'grads');
+  },
   'block-result': (m) => {
     field(m, 'assignmentId', isString(64), 'an assignment id');
     field(m, 'paramVersion', isInt(0), 'an integer ≥ 0');
-    field(m, 'blocks', (v) => Array.isArray(v) && v.length >= 1 && v.length <= 4096, 'a list of 1 to 4096 blocks');
-    (m.blocks as unknown[]).forEach((b, i) => {
-      const at = { ...(isObject(b) ? b : {}), type: `block-result.blocks[${i}]` };
-      field(at, 'block', isInt(0), 'an integer ≥ 0');
-      field(at, 'lossSum', isFiniteNumber, 'a finite number');
-      field(at, 'tokenCount', isInt(0), 'an integer ≥ 0');
-      packedFloats(at, 'grads');
-    });
     field(m, 'items', (v) => Array.isArray(v) && v.length >= 1 && v.length <= 65536, 'a list of 1 to 65536 items');
     (m.items as unknown[]).forEach((item, i) => {
       const at = { ...(isObject(item) ? item : {}), type: `block-result.items[${i}]` };
@@ -504,12 +540,6 @@ const guards: Record<Message['type'], Guard> = {
       field(at, 'lossSum', isFiniteNumber, 'a finite number');
       field(at, 'tokenCount', isInt(0), 'an integer ≥ 0');
       field(at, 'norm', (v) => isFiniteNumber(v) && (v as number) >= 0, 'a finite number ≥ 0');
-    });
-    field(m, 'forwarded', (v) => Array.isArray(v) && v.length <= 65536, 'a list');
-    (m.forwarded as unknown[]).forEach((f, i) => {
-      const at = { ...(isObject(f) ? f : {}), type: `block-result.forwarded[${i}]` };
-      field(at, 'index', isInt(0), 'an integer ≥ 0');
-      packedFloats(at, 'grads');
     });
     field(
       m,

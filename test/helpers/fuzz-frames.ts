@@ -146,14 +146,11 @@ export const RULES: Record<string, Record<string, Rule>> = {
   channel: { runId: str(64), frame: (v) => v instanceof Uint8Array },
   // relays' messages (coordinator/relay/): from a connection that is no relay, refused (LM_ERR_STATE)
   capacity: { microBatches: int(0) },
+  'block-sum': { assignmentId: str(64), block: int(0), lossSum: finite, tokenCount: int(0), grads: packed },
+  'block-forward': { assignmentId: str(64), index: int(0), grads: packed },
   'block-result': {
     assignmentId: str(64),
     paramVersion: int(0),
-    blocks: list(
-      1,
-      4096,
-      (b) => plain(b) && int(0)(b.block) && finite(b.lossSum) && int(0)(b.tokenCount) && packed(b.grads),
-    ),
     items: list(
       1,
       65536,
@@ -167,7 +164,6 @@ export const RULES: Record<string, Record<string, Rule>> = {
         finite(i.norm) &&
         (i.norm as number) >= 0,
     ),
-    forwarded: list(0, 65536, (f) => plain(f) && int(0)(f.index) && packed(f.grads)),
     traffic: optional((v) => plain(v) && int(0)(v.bytesIn) && int(0)(v.bytesOut)),
   },
   'assign-blocks': {
@@ -506,12 +502,22 @@ export class FrameFactory {
         return { type, runId: this.text(64), frame: this.randomBytes(r.int(64)) };
       case 'capacity':
         return { type, microBatches: r.int(100) };
+      case 'block-sum':
+        return {
+          type,
+          assignmentId: this.text(64),
+          block: r.int(8),
+          lossSum: this.finite(),
+          tokenCount: r.int(100),
+          grads: this.packed(),
+        };
+      case 'block-forward':
+        return { type, assignmentId: this.text(64), index: r.int(8), grads: this.packed() };
       case 'block-result':
         return {
           type,
           assignmentId: this.text(64),
           paramVersion: r.int(1000),
-          blocks: [{ block: r.int(8), lossSum: this.finite(), tokenCount: r.int(100), grads: this.packed() }],
           items: [
             {
               index: r.int(8),
@@ -522,7 +528,6 @@ export class FrameFactory {
               norm: Math.abs(this.finite()),
             },
           ],
-          forwarded: r.next() < 0.5 ? [] : [{ index: r.int(8), grads: this.packed() }],
         };
       case 'assign-blocks':
         return {

@@ -14,6 +14,7 @@ import '../helpers/backend.ts';
 import { cliSpawner } from '../helpers/cli-process.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
 import { openModelDir } from '../../coordinator/io/model-dir.ts';
+import type { RunConfigInput } from '../../coordinator/run/run-config.ts';
 import { type RunOptions, type RunResult, runTraining } from '../../coordinator/run/train.ts';
 import { checkLoraConfig, checkTrainConfig, type TrainConfig } from '../../shared/config.ts';
 import { maxAbsDiff } from '../../shared/lora/adapter.ts';
@@ -82,6 +83,8 @@ function rootRun(
   train: TrainConfig,
   onListening: (url: string) => void,
   extra: Partial<RunOptions> = {},
+  limits: RunConfigInput['limits'] = {},
+  adapter = lora,
 ): Promise<RunResult> {
   let started = false;
   return runTraining({
@@ -96,7 +99,7 @@ function rootRun(
       }
     },
     config: {
-      run: { lora, train },
+      run: { lora: adapter, train },
       deployment: {
         outDir: join(root, 'runs'),
         backend: 'wasm',
@@ -106,16 +109,17 @@ function rootRun(
         token: JOIN,
         relayToken: RELAY,
       },
+      limits,
     },
   });
 }
 
-const alone = (runId: string, train: TrainConfig) =>
+const alone = (runId: string, train: TrainConfig, adapter = lora) =>
   runTraining({
     ...base,
     log: () => {},
     config: {
-      run: { lora, train },
+      run: { lora: adapter, train },
       deployment: { outDir: join(root, 'runs'), backend: 'wasm', runId, inProcess: true, localWorkers: 0 },
     },
   });
@@ -157,6 +161,37 @@ test('relayed runs equal the in-process run with the same reduction block, bit f
       'the root saw relays, not workers',
     );
   }
+});
+
+test("a relay sending every result up whole keeps each frame to one result's size; the bits stay", {
+  timeout: 180_000,
+}, async () => {
+  // Spot checks on every micro-batch: the relay sends all 96 results of the step's one block up whole, each 57 KB
+  // (r=64 on four projections). In one frame they would be 97 results (5.5 MB): over the root's relay frame limit,
+  // one result frame plus the items (170 KB here), and over the 32 result frames (4.4 MB) it once allowed. The root
+  // would close the relay (1009) at every step and the run would never end. As block-sum and block-forward frames
+  // each is one result, and the root recomputes every one before the block counts.
+  const wide = checkLoraConfig({ r: 64, alpha: 8, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'] });
+  const train = checkTrainConfig({ steps: 2, globalBatch: 96, microBatch: 1, lr: 1e-2, warmupSteps: 1, seed: 7 });
+  const reference = await alone('alone-forward-all', train, wide);
+  const procs: ChildProcess[] = [];
+  const relayed = await rootRun(
+    'relayed-forward-all',
+    train,
+    (url) => {
+      const r = relay('[r-all]', url);
+      procs.push(r.child);
+      void r.url.then((relayUrl) => procs.push(worker('w-all', relayUrl)));
+    },
+    {},
+    { defence: { spotCheck: 1 } },
+    wide,
+  );
+  await killAll(procs);
+  assert.equal(relayed.adapterParameters, 14336);
+  assert.equal(maxAbsDiff(relayed.adapter, reference.adapter), 0, 'adapter');
+  relayed.metrics.forEach((m, i) => assert.equal(m.loss, reference.metrics[i].loss, `step ${i + 1}`));
+  assert.ok(!logs.some((l) => l.startsWith('[r-all]') && /1009|too big|Max payload/i.test(l)), 'no frame refused');
 });
 
 test('a run with ingestion threads equals the in-process run with the same block, bit for bit; workers are sent there', async () => {
