@@ -19,6 +19,7 @@ import {
   type BlockForward,
   type BlockResult,
   type BlockSum,
+  type RelayPolicy,
   type Hello,
   type Result,
   type RunManifest,
@@ -64,6 +65,8 @@ export interface MeshOptions {
    * mesh then assigns only when offer() asks it to, and says when a worker takes or gives back an attempt.
    */
   arbiter?: DispatchArbiter;
+  /** the run's policy a relay applies to its own workers (limits, deadlines, memory table), sent in its welcome */
+  relayPolicy?: () => RelayPolicy;
   /** why this run cannot be served through relays (robust aggregation: every result is needed); absent: it can */
   relayRefusal?: string;
   /** URLs a relay's welcome lists for its workers to fall back to (this coordinator's own, other relays) */
@@ -562,6 +565,7 @@ export class MeshExecutor implements GradientExecutor {
       manifest: this.options.manifest,
       ...(recompute ? { recompute } : {}),
       ...this.fallbackFor(w.ws),
+      ...(w.relayCapacity !== null && this.options.relayPolicy ? { relayPolicy: this.options.relayPolicy() } : {}),
     });
     const keyframe = this.params.keyframe();
     if (keyframe) this.sendFrame(w, keyframe.frame, 'params', keyframe.payload);

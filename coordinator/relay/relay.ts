@@ -30,6 +30,7 @@ import {
   type AssignBlocks,
   type BlockItem,
   type Params,
+  type RelayPolicy,
   type RunManifest,
   type WorkerMessage,
 } from '../../shared/protocol/messages.ts';
@@ -39,6 +40,7 @@ import { CODECS, encodeFloats, F32, payloadBytes } from '../../shared/protocol/w
 import { BASE_FORMATS } from '../../shared/quant/formats.ts';
 import { outliers, type NormHistory, type ScreenedResult } from '../engine/defence.ts';
 import { MeshExecutor, type SecurityLimits } from '../engine/mesh.ts';
+import { memoryCheckFrom } from '../engine/worker-policy.ts';
 import type { Peer } from '../engine/peer.ts';
 import type { NetLimits } from '../net/net-limits.ts';
 import { startServer, type RunningServer } from '../net/server.ts';
@@ -151,14 +153,19 @@ export function runRelay(opts: RelayOptions): RunningRelay {
     send({ type: 'capacity', microBatches: n });
   }, 100);
 
-  async function onWelcome(m: RunManifest): Promise<void> {
+  async function onWelcome(m: RunManifest, policy: RelayPolicy = {}): Promise<void> {
     if (manifest && manifest.runId !== m.runId) throw new LoraMeshError(ErrorCodes.STATE, 'the parent switched runs');
     if (!mesh) {
       manifest = m;
+      // the run's policy for its workers, as at the root (this relay's own security options first)
+      const table = policy.memory;
       mesh = new MeshExecutor({
         manifest: m,
         log: (line) => log(line),
-        security: opts.security,
+        security: { ...policy.security, ...opts.security },
+        ...(policy.schedule ? { schedule: policy.schedule } : {}),
+        ...(policy.recompute ? { recompute: true } : {}),
+        ...(table ? { memoryCheck: memoryCheckFrom((kernels) => table[kernels]) } : {}),
         fallback: opts.workerFallback ?? [...(opts.fallback ?? []), opts.parent],
       });
       const values = adapterParameterCount(m.adapter);
@@ -317,7 +324,7 @@ export function runRelay(opts: RelayOptions): RunningRelay {
     try {
       switch (m.type) {
         case 'welcome':
-          return await onWelcome(m.manifest);
+          return await onWelcome(m.manifest, m.relayPolicy);
         case 'params':
           return onParams(m);
         case 'assign-blocks':

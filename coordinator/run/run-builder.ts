@@ -21,19 +21,14 @@ import type { InnerOptimizer } from '../../shared/train/local-steps.ts';
 import type { Example } from '../../shared/train/micro-batch.ts';
 import type { GradientExecutor } from '../engine/trainer.ts';
 import { InProcessExecutor } from '../engine/in-process.ts';
-import { type DispatchArbiter, type MemoryVerdict, MeshExecutor } from '../engine/mesh.ts';
+import { type DispatchArbiter, MeshExecutor } from '../engine/mesh.ts';
 import { Trainer } from '../engine/trainer.ts';
 import type { ModelDir } from '../io/model-dir.ts';
 import { RunMonitor } from '../net/monitor.ts';
 import { parameterShapes } from '../../shared/model/causal-lm.ts';
-import {
-  type BaseFormatOption,
-  baseFormatHint,
-  type KernelBackend,
-  type MemoryPlan,
-  planMemory,
-  smallerBaseFormats,
-} from '../../shared/model/memory-plan.ts';
+import type { KernelBackend } from '../../shared/model/memory-plan.ts';
+import type { MemoryNeeds, RelayPolicy } from '../../shared/protocol/messages.ts';
+import { KERNEL_BACKENDS, memoryCheckFrom, memoryNeeds } from '../engine/worker-policy.ts';
 import type { NetLimits } from '../net/net-limits.ts';
 import { startServer, type RunningServer } from '../net/server.ts';
 import { spawnLocalWorkers } from './local-workers.ts';
@@ -131,6 +126,7 @@ export function buildEngine(
     inputs.sharedBase,
     inputs.selectArithmetic,
   );
+  const needsOf = memoryTable(config, inputs);
   const mesh = config.deployment.inProcess
     ? null
     : new MeshExecutor({
@@ -151,7 +147,8 @@ export function buildEngine(
         log,
         schedule: config.limits.schedule,
         security: config.limits.security,
-        memoryCheck: memoryCheckFor(config, inputs),
+        memoryCheck: memoryCheckFrom(needsOf),
+        relayPolicy: relayPolicyFor(config, needsOf),
         recompute: config.deployment.recompute,
         reductionBlock: train.reductionBlock,
         ...(inputs.host ? { arbiter: inputs.host.arbiter } : {}),
@@ -302,24 +299,23 @@ export function startWorkers(
 }
 
 /**
- * The mesh's check of a joining worker's stated memory: the model and one micro-batch of the run's
- * longest sequence, planned for the worker's backend (shared/model/memory-plan.ts), must fit its
- * limit, if need be with activations recomputed (the worker is then told to). Refused in one line
- * with the plan's numbers.
+ * What a joining worker must hold per kernel backend: the model and one micro-batch of the run's longest sequence,
+ * planned for that backend (shared/model/memory-plan.ts), if need be with activations recomputed (the worker is
+ * then told to), each planned on first use, so a flood of hellos costs a lookup each. The mesh refuses a worker
+ * whose stated limit is below it in one line with the plan's numbers (engine/worker-policy.ts); relays and
+ * ingestion threads get the whole table in their welcome.
  */
-function memoryCheckFor(config: RunConfig, inputs: EngineInputs) {
+function memoryTable(config: RunConfig, inputs: EngineInputs): (kernels: KernelBackend) => MemoryNeeds {
   const { model, examples } = inputs;
   const { lora, train, baseFormat } = config.run;
   // a loop, not Math.max(...spread): a real data set has more examples than a call has arguments
   let sequenceLength = 1;
   for (const e of examples) sequenceLength = Math.max(sequenceLength, e.tokens.length);
-  // one plan per kernel backend (and the smaller base formats' plans), made on first use: a flood of
-  // hellos costs a lookup each
-  const plans = new Map<KernelBackend, { plan: MemoryPlan; recomputing: MemoryPlan; smaller: BaseFormatOption[] }>();
-  const planFor = (backend: KernelBackend) => {
-    let planned = plans.get(backend);
-    if (!planned) {
-      const input = {
+  const table = new Map<KernelBackend, MemoryNeeds>();
+  return (backend) => {
+    let needs = table.get(backend);
+    if (!needs) {
+      needs = memoryNeeds({
         config: model.config,
         lora,
         microBatch: train.microBatch,
@@ -327,31 +323,21 @@ function memoryCheckFor(config: RunConfig, inputs: EngineInputs) {
         backend,
         baseFormat: baseFormat ?? undefined,
         recompute: config.deployment.recompute,
-      };
-      planned = {
-        plan: planMemory(input),
-        recomputing: planMemory({ ...input, recompute: true }),
-        smaller: smallerBaseFormats(input),
-      };
-      plans.set(backend, planned);
+      });
+      table.set(backend, needs);
     }
-    return planned;
+    return needs;
   };
-  const bytesOf = (plan: MemoryPlan) => plan.total - plan.parts.runtime;
-  return (backend: string, limitBytes: number): MemoryVerdict => {
-    const kernels: KernelBackend =
-      backend === 'wasm' || backend === 'webgpu' || backend === 'tensorflow' ? backend : 'cpu';
-    const { plan, recomputing, smaller } = planFor(kernels);
-    if (bytesOf(plan) <= limitBytes) return { fits: true, recompute: false };
-    if (bytesOf(recomputing) <= limitBytes) return { fits: true, recompute: true };
-    const hint = baseFormatHint(smaller, limitBytes);
-    return {
-      fits: false,
-      why:
-        `the run needs ${(bytesOf(recomputing) / 1e9).toFixed(2)} GB even recomputing activations (${recomputing.summary}); ` +
-        `this ${backend} worker can hold ${(limitBytes / 1e9).toFixed(2)} GB${hint ? `; ${hint}` : ''}`,
-    };
-  };
+}
+
+/** The run's worker policy for its relays and ingestion threads: its limits, deadlines and memory table. */
+function relayPolicyFor(config: RunConfig, needsOf: (kernels: KernelBackend) => MemoryNeeds): () => RelayPolicy {
+  return () => ({
+    security: config.limits.security,
+    schedule: config.limits.schedule,
+    ...(config.deployment.recompute ? { recompute: true } : {}),
+    memory: Object.fromEntries(KERNEL_BACKENDS.map((b) => [b, needsOf(b)])),
+  });
 }
 
 /** Local workers all connect from loopback: the per-address caps make room for them (and one more). */

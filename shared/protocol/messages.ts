@@ -131,6 +131,36 @@ export interface Welcome {
   recompute?: boolean;
   /** where to connect when this coordinator cannot be reached (a relay's: its parent, other relays), in order */
   fallback?: string[];
+  /** to a relay (or ingestion thread): the run's policy, which it applies to its own workers */
+  relayPolicy?: RelayPolicy;
+}
+/** What a worker must hold for a run on one kernel backend (coordinator/engine/worker-policy.ts memoryVerdict). */
+export interface MemoryNeeds {
+  /** bytes of the plan without the runtime's own */
+  bytes: number;
+  /** the same, recomputing activations in the backward pass */
+  recomputing: number;
+  /** the recomputing plan in words, for a refusal */
+  summary: string;
+  /** the compact base formats that need less, widest first, with their bytes */
+  smaller: { format: string; bytes: number }[];
+}
+/**
+ * The run's worker policy, sent to a relay in its welcome: its workers meet the limits, deadlines and memory check
+ * they would meet at the root.
+ */
+export interface RelayPolicy {
+  security?: {
+    maxMessagesPerSecond: number;
+    maxRejects: number;
+    handshakeTimeoutMs: number;
+    maxBufferedBytes?: number;
+  };
+  schedule?: { deadlineFactor: number; deadlineSlackMs: number; unknownExpectedMs: number };
+  /** every worker recomputes activations (the run asks it) */
+  recompute?: boolean;
+  /** per kernel backend (wasm, webgpu, tensorflow, cpu) */
+  memory?: Record<string, MemoryNeeds>;
 }
 /** The adapter at paramVersion, flat in manifest order; with deltaFrom it is the change since that version. */
 export interface Params {
@@ -380,6 +410,51 @@ function microBatchAt(mb: unknown, where: string): void {
 
 const microBatch = (m: Record<string, unknown>) => microBatchAt(m.microBatch, 'assign.microBatch');
 
+const isPositive = (v: unknown) => typeof v === 'number' && v > 0;
+const isNonNegative = (v: unknown) => typeof v === 'number' && v >= 0 && Number.isFinite(v);
+/** A RelayPolicy's shape: numbers where numbers go (maxRejects may be Infinity), at most 8 backends. */
+function isRelayPolicy(v: unknown): boolean {
+  if (!isObject(v)) return false;
+  const { security: sec, schedule: sch, recompute, memory } = v;
+  if (
+    sec !== undefined &&
+    !(
+      isObject(sec) &&
+      isPositive(sec.maxMessagesPerSecond) &&
+      isPositive(sec.maxRejects) &&
+      isPositive(sec.handshakeTimeoutMs) &&
+      (sec.maxBufferedBytes === undefined || isPositive(sec.maxBufferedBytes))
+    )
+  )
+    return false;
+  if (
+    sch !== undefined &&
+    !(
+      isObject(sch) &&
+      isNonNegative(sch.deadlineFactor) &&
+      isNonNegative(sch.deadlineSlackMs) &&
+      isNonNegative(sch.unknownExpectedMs)
+    )
+  )
+    return false;
+  if (recompute !== undefined && typeof recompute !== 'boolean') return false;
+  if (memory === undefined) return true;
+  if (!isObject(memory) || Object.keys(memory).length > 8) return false;
+  return Object.values(memory).every(
+    (n) =>
+      isObject(n) &&
+      isNonNegative(n.bytes) &&
+      isNonNegative(n.recomputing) &&
+      typeof n.summary === 'string' &&
+      n.summary.length <= 2048 &&
+      Array.isArray(n.smaller) &&
+      n.smaller.length <= 8 &&
+      n.smaller.every(
+        (o) => isObject(o) && typeof o.format === 'string' && o.format.length <= 16 && isNonNegative(o.bytes),
+      ),
+  );
+}
+
 const guards: Record<Message['type'], Guard> = {
   hello: (m) => {
     field(m, 'protocol', isInt(0), 'an integer');
@@ -447,6 +522,7 @@ const guards: Record<Message['type'], Guard> = {
       'a list of at most 16 URLs',
       true,
     );
+    field(m, 'relayPolicy', isRelayPolicy, 'a relay policy {security?, schedule?, recompute?, memory?}', true);
   },
   params: (m) => {
     field(m, 'paramVersion', isInt(0), 'an integer ≥ 0');

@@ -94,6 +94,40 @@ const microBatch: Rule = (v) => {
   return sized(v.inputIds, Int32Array) && sized(v.targets, Int32Array) && sized(v.lossMask, Float32Array);
 };
 
+/** welcome.relayPolicy: limits (maxRejects may be Infinity), deadlines, recompute, a memory table of ≤ 8 backends. */
+const above =
+  (min: number): Rule =>
+  (v) =>
+    typeof v === 'number' && v > min;
+const atLeast0: Rule = (v) => finite(v) && (v as number) >= 0;
+const relayPolicy: Rule = (v) =>
+  plain(v) &&
+  optional(
+    (s) =>
+      plain(s) &&
+      above(0)(s.maxMessagesPerSecond) &&
+      above(0)(s.maxRejects) &&
+      above(0)(s.handshakeTimeoutMs) &&
+      optional(above(0))(s.maxBufferedBytes),
+  )(v.security) &&
+  optional(
+    (s) => plain(s) && atLeast0(s.deadlineFactor) && atLeast0(s.deadlineSlackMs) && atLeast0(s.unknownExpectedMs),
+  )(v.schedule) &&
+  optional((b) => typeof b === 'boolean')(v.recompute) &&
+  optional(
+    (m) =>
+      plain(m) &&
+      Object.keys(m).length <= 8 &&
+      Object.values(m).every(
+        (n) =>
+          plain(n) &&
+          atLeast0(n.bytes) &&
+          atLeast0(n.recomputing) &&
+          str(2048)(n.summary) &&
+          list(0, 8, (o) => plain(o) && str(16)(o.format) && atLeast0(o.bytes))(n.smaller),
+      ),
+  )(v.memory);
+
 export const RULES: Record<string, Record<string, Rule>> = {
   hello: {
     protocol: int(0),
@@ -126,6 +160,7 @@ export const RULES: Record<string, Record<string, Rule>> = {
     manifest: (v) =>
       plain(v) && (v.arithmetic === undefined || (ARITHMETIC_VARIANTS as readonly unknown[]).includes(v.arithmetic)),
     fallback: optional(list(0, 16, str(2048))),
+    relayPolicy: optional(relayPolicy),
   },
   params: { paramVersion: int(0), deltaFrom: optional(int(0)), tensors: packed },
   assign: { assignmentId: str(64), paramVersion: int(0), step: int(0), index: int(0), microBatch },

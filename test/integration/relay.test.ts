@@ -10,6 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import WebSocket from 'ws';
 import '../helpers/backend.ts';
 import { cliSpawner } from '../helpers/cli-process.ts';
 import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
@@ -18,6 +19,8 @@ import type { RunConfigInput } from '../../coordinator/run/run-config.ts';
 import { type RunOptions, type RunResult, runTraining } from '../../coordinator/run/train.ts';
 import { checkLoraConfig, checkTrainConfig, type TrainConfig } from '../../shared/config.ts';
 import { maxAbsDiff } from '../../shared/lora/adapter.ts';
+import { asBytes, decodeMessage, encodeMessage } from '../../shared/protocol/codec.ts';
+import { type Message, PROTOCOL_VERSION } from '../../shared/protocol/messages.ts';
 import { writeTinyModelDir } from '../helpers/tiny-model.ts';
 
 const JOIN = 'join-secret';
@@ -222,6 +225,61 @@ test('a run with ingestion threads equals the in-process run with the same block
     !lines.some((l) => /^worker \S+ \(local-\d, node\/wasm\) joined/.test(l)),
     'none stayed on the main thread',
   );
+});
+
+/** Opens a worker socket at `url` with the join token, sends `frames` in order; resolves with what came back. */
+function probe(url: string, frames: Message[]): Promise<{ received: Message[]; closeCode: number }> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { headers: { authorization: `Bearer ${JOIN}` } });
+    const received: Message[] = [];
+    ws.on('open', () => {
+      for (const f of frames) ws.send(encodeMessage(f));
+    });
+    ws.on('message', (data) => received.push(decodeMessage(asBytes(data as Buffer))));
+    ws.on('close', (closeCode) => resolve({ received, closeCode }));
+    ws.on('error', reject);
+    setTimeout(() => ws.terminate(), 10_000);
+  });
+}
+
+test("workers behind an ingestion thread meet the run's policy: its memory check and its reject limit", async () => {
+  // The thread's mesh gets the run's policy in its welcome (RelayPolicy): without it a worker that cannot hold the
+  // run joined a thread unchecked, and the thread counted 50 rejects (its default) instead of the run's 3.
+  const hello = (extra: Record<string, unknown> = {}) =>
+    ({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'wasm', platform: 'node', ...extra }) as Message;
+  const lines: string[] = [];
+  const probed: { memory?: Awaited<ReturnType<typeof probe>>; flood?: Awaited<ReturnType<typeof probe>> } = {};
+  await runTraining({
+    ...base,
+    log: (line) => lines.push(line),
+    onStep: async (m) => {
+      if (m.step !== 1) return;
+      const port = /^ingestion threads: 1, on ports (\d+)$/.exec(lines.find((l) => l.startsWith('ingestion')) ?? '');
+      assert.ok(port, lines.join('\n'));
+      const url = `ws://127.0.0.1:${port[1]}/ws`;
+      probed.memory = await probe(url, [hello({ memoryLimit: 1000 })]);
+      // four frames the guards refuse (a heartbeat without sentAt): the run allows 3 rejects
+      const bad = { type: 'heartbeat' } as Message;
+      probed.flood = await probe(url, [hello(), bad, bad, bad, bad]);
+    },
+    config: {
+      run: { lora, train: trainWith(2, 3) },
+      deployment: { outDir: join(root, 'runs'), backend: 'wasm', runId: 'policy', localWorkers: 1, ingestThreads: 1 },
+      limits: { security: { maxRejects: 3 } },
+    },
+  });
+  const memory = probed.memory!;
+  const reject = memory.received.find((x) => x.type === 'reject');
+  assert.equal(reject?.type === 'reject' ? reject.code : null, 'LM_ERR_MEMORY');
+  assert.match(
+    reject?.type === 'reject' ? reject.message : '',
+    /^the run needs \S+ GB even recomputing .* can hold 0\.00 GB/,
+  );
+  assert.ok(!memory.received.some((x) => x.type === 'welcome'), 'never welcomed');
+  const flood = probed.flood!;
+  const codes = flood.received.flatMap((x) => (x.type === 'reject' ? [x.code] : []));
+  assert.deepEqual(codes, ['LM_ERR_FIELD', 'LM_ERR_FIELD', 'LM_ERR_FIELD', 'LM_ERR_QUARANTINED']);
+  assert.equal(flood.closeCode, 1008);
 });
 
 test('a relay SIGKILLed mid-step, a lying worker behind a relay and a relay with a wrong token change no bit', async () => {
