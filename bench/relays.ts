@@ -8,12 +8,24 @@
  * root, so wall-clock overhead at large N says little; root CPU is the figure.
  *
  * Flags: --quick (small N), --no-write, --layers L (GPT-2-small width, L layers, LoRA r=8 on c_attn: 1 layer is
- * 94 KB per result, 12 is GPT-2 small's 1.13 MB), --compute-ms MS.
+ * 94 KB per result, 12 is GPT-2 small's 1.13 MB), --compute-ms MS, --steps M (measured steps, default 6).
  * Writes bench/results/relays.json and the relays section of bench/RESULTS.md.
+ *
+ * --shape NAME (scripts/make-checkpoint.ts SHAPES, e.g. qwen2.5-0.5b): the same at a real model's exact shapes
+ * instead, LoRA r=16 on every linear projection (PEFT's "all-linear"): 16 workers flat, behind 2 and behind 4
+ * relays. Block sums and parameter frames are then tens of MB. Writes bench/results/relays-NAME.json and its own
+ * section of bench/RESULTS.md.
  */
 import { pathToFileURL } from 'node:url';
 import { availableParallelism } from 'node:os';
-import type { Gpt2Config } from '../shared/config.ts';
+import {
+  checkLoraConfig,
+  checkModelConfig,
+  type Gpt2Config,
+  type LoraConfig,
+  type ModelConfig,
+} from '../shared/config.ts';
+import { SHAPE_NAMES, shapeConfig, type ShapeName } from '../scripts/make-checkpoint.ts';
 import { adapterParameterCount, adapterSpec } from '../shared/lora/adapter.ts';
 import { fmt, machine, replaceSection, stats, writeJson, type Stats } from './lib/results.ts';
 import { SimWorkerPool } from './lib/sim-pool.ts';
@@ -43,29 +55,59 @@ const flag = (name: string, fallback: number) => {
   return v;
 };
 
+/** PEFT's "all-linear" on a Llama-family model: every projection of attention and the MLP. */
+const ALL_LINEAR_R16 = checkLoraConfig({
+  r: 16,
+  alpha: 32,
+  targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
+});
+
+function shapeFlag(): ShapeName | undefined {
+  const at = argv.indexOf('--shape');
+  if (at < 0) return undefined;
+  const name = argv[at + 1];
+  if (!(SHAPE_NAMES as string[]).includes(name))
+    throw new Error(`--shape ${name}: expected one of ${SHAPE_NAMES.join(', ')}`);
+  return name as ShapeName;
+}
+
 export async function runRelayBench(o: {
   quick: boolean;
   write: boolean;
   layers: number;
   computeMs: number;
+  steps: number;
+  shape?: ShapeName;
 }): Promise<RelayPoint[]> {
-  const config: Gpt2Config = { ...GPT2_SMALL, n_layer: o.layers };
+  const config: ModelConfig = o.shape
+    ? checkModelConfig(shapeConfig(o.shape))
+    : ({ ...GPT2_SMALL, n_layer: o.layers } as Gpt2Config);
+  const lora: LoraConfig = o.shape ? ALL_LINEAR_R16 : C_ATTN_R8;
   const model = simulatedModelDir(config);
-  const resultBytes = 4 * adapterParameterCount(adapterSpec(config, C_ATTN_R8));
+  const resultBytes = 4 * adapterParameterCount(adapterSpec(config, lora));
   const examples = dummyExamples(config, 64, 64);
-  const topologies: Topology[] = o.quick
+  const topologies: Topology[] = o.shape
     ? [
-        { workers: 8, relays: 0 },
-        { workers: 64, relays: 8 },
+        { workers: 16, relays: 0 },
+        { workers: 16, relays: 2 },
+        { workers: 16, relays: 4 },
       ]
-    : [
-        { workers: 32, relays: 0 },
-        { workers: 1024, relays: 16 },
-        { workers: 1024, relays: 32 },
-      ];
-  const [warmup, measured] = o.quick ? [1, 2] : [2, 3];
+    : o.quick
+      ? [
+          { workers: 8, relays: 0 },
+          { workers: 64, relays: 8 },
+        ]
+      : [
+          { workers: 32, relays: 0 },
+          { workers: 1024, relays: 16 },
+          { workers: 1024, relays: 32 },
+        ];
+  const [warmup, measured] = o.quick ? [1, 2] : [2, o.steps];
+  const payload = o.shape
+    ? `${o.shape} shapes, LoRA r=16 on every linear projection`
+    : `GPT-2-small width, ${o.layers} layer(s), LoRA r=8 on c_attn`;
   console.log(
-    `relays: ${model.dir}, LoRA r=8 on c_attn, ${fmt(resultBytes / 2 ** 20)} MiB per result; ` +
+    `relays: ${model.dir}, ${payload}, ${fmt(resultBytes / 2 ** 20)} MiB per result; ` +
       `${o.computeMs} ms simulated compute; ${measured} measured steps after ${warmup}`,
   );
   const points: RelayPoint[] = [];
@@ -82,6 +124,7 @@ export async function runRelayBench(o: {
         model,
         examples,
         workers: t.workers,
+        lora,
         computeMs: o.computeMs,
         steps: warmup + measured,
         relays: t.relays,
@@ -127,31 +170,54 @@ export async function runRelayBench(o: {
       `${fmt(p.rootCpuMsPerWorkerStep)} | ${fmt(p.rootCpuMsPerStep / flat.rootCpuMsPerStep)}× | ` +
       `${fmt(p.stepMs.median)} | ${fmt(p.simCpuMsPerStep)} |`,
   );
+  const rssMB = process.memoryUsage.rss() / 2 ** 20;
   if (o.write && !o.quick) {
     const m = machine();
-    writeJson('relays', { date: new Date().toISOString(), machine: m, resultBytes, computeMs: o.computeMs, points });
-    replaceSection(
-      'relays-table',
-      'Relays (`npm run bench:relays`)',
-      [
-        `${new Date().toISOString().slice(0, 10)}, ${m.cores} cores (${m.cpu}). Root coordinator = this process; ` +
-          `relays and simulated workers in ${Math.max(1, Math.min(4, m.cores - 1))} other processes. Payload: ` +
-          `GPT-2-small width, ${o.layers} layer(s), LoRA r=8 on c_attn = ${fmt(resultBytes / 2 ** 20)} MiB per ` +
-          `result; ${o.computeMs} ms simulated compute; one micro-batch per worker per step; reduction block = ` +
-          `workers / relays. Root CPU = user + system of the root's process over ${measured} measured steps.`,
-        '',
-        '| workers | relays | block | root CPU ms/step | per worker | vs flat N=32 | step ms (median) | sim CPU ms/step |',
-        '|---|---|---|---|---|---|---|---|',
-        ...rows,
-        '',
-        `Acceptance: root CPU at N=1024 behind 16–32 relays within 2× of N=32 flat — ` +
-          points
-            .filter((p) => p.relays)
-            .map((p) => `${p.relays} relays: ${fmt(p.rootCpuMsPerStep / flat.rootCpuMsPerStep)}×`)
-            .join(', ') +
-          '.',
-      ].join('\n'),
-    );
+    const name = o.shape ? `relays-${o.shape}${process.env.GLIBC_TUNABLES ? '-tuned' : ''}` : 'relays';
+    writeJson(name, { date: new Date().toISOString(), machine: m, resultBytes, computeMs: o.computeMs, points });
+    const setup =
+      `${new Date().toISOString().slice(0, 10)}, ${m.cores} cores (${m.cpu}). Root coordinator = this process; ` +
+      `relays and simulated workers in ${Math.max(1, Math.min(4, m.cores - 1))} other processes. Payload: ` +
+      `${payload} = ${fmt(resultBytes / 2 ** 20)} MiB per result; ${o.computeMs} ms simulated compute; one ` +
+      `micro-batch per worker per step; reduction block = workers / relays. Root CPU = user + system of the ` +
+      `root's process over ${measured} measured steps.`;
+    const table = [
+      `| workers | relays | block | root CPU ms/step | per worker | vs flat N=${flat.workers} | step ms (median) | sim CPU ms/step |`,
+      '|---|---|---|---|---|---|---|---|',
+      ...rows,
+    ];
+    const ratios = points
+      .filter((p) => p.relays)
+      .map((p) => `${p.relays} relays: ${fmt(p.rootCpuMsPerStep / flat.rootCpuMsPerStep)}×`)
+      .join(', ');
+    // glibc's malloc settings change the cost of tens-of-MB frames (README, Large models): a tuned run is its own row
+    const tuned = process.env.GLIBC_TUNABLES;
+    if (o.shape)
+      replaceSection(
+        `relays-${o.shape}${tuned ? '-tuned' : ''}`,
+        `Relays at ${o.shape} shapes (\`${tuned ? `GLIBC_TUNABLES=${tuned} ` : ''}npm run bench:relays -- --shape ${o.shape}\`)`,
+        [
+          setup,
+          '',
+          ...table,
+          '',
+          `Root CPU against ${flat.workers} flat workers — ${ratios}. Every frame here is real-sized: results, ` +
+            `block sums and parameter frames of ${fmt(resultBytes / 2 ** 20)} MiB each. Root RSS at the end ` +
+            `${Math.round(rssMB)} MiB.`,
+        ].join('\n'),
+      );
+    else
+      replaceSection(
+        'relays-table',
+        'Relays (`npm run bench:relays`)',
+        [
+          setup,
+          '',
+          ...table,
+          '',
+          `Acceptance: root CPU at N=1024 behind 16–32 relays within 2× of N=32 flat — ${ratios}.`,
+        ].join('\n'),
+      );
   }
   return points;
 }
@@ -162,6 +228,8 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     write: !argv.includes('--no-write'),
     layers: flag('--layers', 1),
     computeMs: flag('--compute-ms', 2000),
+    steps: flag('--steps', 6),
+    shape: shapeFlag(),
   });
   process.exit(0);
 }

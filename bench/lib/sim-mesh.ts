@@ -10,8 +10,10 @@ import {
   checkLoraConfig,
   checkModelConfig,
   checkTrainConfig,
+  contextLength,
   type Gpt2Config,
   type LoraConfig,
+  type ModelConfig,
 } from '../../shared/config.ts';
 import type { TextTokenizer } from '../../shared/data/tokenizer.ts';
 import { Rng } from '../../shared/rng.ts';
@@ -44,7 +46,7 @@ export const GPT2_TINY = checkModelConfig({
 export const C_ATTN_R8 = checkLoraConfig({ r: 8, alpha: 16, targetModules: ['c_attn'] });
 
 /** Only padId is read by a run; the rest would mean a mistake in the benchmark. */
-function idsOnlyTokenizer(config: Gpt2Config): TextTokenizer {
+function idsOnlyTokenizer(config: ModelConfig): TextTokenizer {
   const unused = (): never => {
     throw new Error('the simulated model has no tokenizer');
   };
@@ -60,9 +62,11 @@ function idsOnlyTokenizer(config: Gpt2Config): TextTokenizer {
   };
 }
 
-export function simulatedModelDir(config: Gpt2Config): ModelDir {
+export function simulatedModelDir(config: ModelConfig): ModelDir {
+  const [layers, width] =
+    config.model_type === 'gpt2' ? [config.n_layer, config.n_embd] : [config.num_hidden_layers, config.hidden_size];
   return {
-    dir: `simulated-${config.model_type}-${config.n_layer}x${config.n_embd}`,
+    dir: `simulated-${config.model_type}-${layers}x${width}`,
     config,
     rawConfig: { ...config },
     tokenizer: idsOnlyTokenizer(config),
@@ -72,9 +76,9 @@ export function simulatedModelDir(config: Gpt2Config): ModelDir {
 }
 
 /** Random token sequences of `seqLen` + 1 tokens (inputs and shifted targets), every target counted. */
-export function dummyExamples(config: Gpt2Config, count: number, seqLen: number): Example[] {
+export function dummyExamples(config: ModelConfig, count: number, seqLen: number): Example[] {
   const rng = new Rng(11);
-  const length = Math.min(seqLen, config.n_positions) + 1;
+  const length = Math.min(seqLen, contextLength(config)) + 1;
   return Array.from({ length: count }, () => {
     const tokens = Array.from({ length }, () => Math.floor(rng.next() * config.vocab_size));
     return { tokens, lossWeights: tokens.map((_, i) => (i === 0 ? 0 : 1)) };
