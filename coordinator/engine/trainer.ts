@@ -17,11 +17,17 @@ import type { StepGradient } from '../../shared/train/aggregate.ts';
 import { robustAggregate, type Aggregation } from '../../shared/train/robust.ts';
 import type { GradientResult } from '../../shared/train/gradients.ts';
 import { type Example, type MicroBatch, packMicroBatch } from '../../shared/train/micro-batch.ts';
-import { adamwStep, clipGlobalNorm, initAdam, learningRate, type AdamState } from '../../shared/train/optimizer.ts';
+import {
+  adamwStep,
+  clipToNorm,
+  globalNorm,
+  initAdam,
+  learningRate,
+  type AdamState,
+} from '../../shared/train/optimizer.ts';
 import { EpochSampler, type SamplerCursor } from '../../shared/train/sampler.ts';
 import { outerStep, type OuterConfig, type OuterState } from '../../shared/train/local-steps.ts';
 import { factorAveragingGap } from '../../shared/lora/product-gap.ts';
-import { globalNorm } from '../../shared/train/optimizer.ts';
 import { ErrorCodes, fail } from '../../shared/errors.ts';
 import { firstNonFinite } from '../../shared/protocol/messages.ts';
 
@@ -229,16 +235,20 @@ export class Trainer {
     const { lossSum, tokenCount } = exact;
     const how = this.options.aggregation ?? 'sum';
     const grads = how === 'sum' ? exact.grads : robustAggregate(results, how);
-    for (const [name, g] of grads) {
-      if (firstNonFinite(g) >= 0)
-        fail(
-          ErrorCodes.NON_FINITE,
-          `step ${this.step + 1}: the summed gradient of ${name} is not finite; nothing was applied`,
-        );
-    }
+    // The global norm (a float64 sum of float32 squares) is finite exactly when every value is: one read of the
+    // gradient checks it and gives the norm; only a refusal looks for the tensor to name.
+    const norm = globalNorm(grads);
+    if (!Number.isFinite(norm))
+      for (const [name, g] of grads) {
+        if (firstNonFinite(g) >= 0)
+          fail(
+            ErrorCodes.NON_FINITE,
+            `step ${this.step + 1}: the summed gradient of ${name} is not finite; nothing was applied`,
+          );
+      }
     if (!Number.isFinite(lossSum))
       fail(ErrorCodes.NON_FINITE, `step ${this.step + 1}: the summed loss is ${lossSum}; nothing was applied`);
-    const gradNorm = clipGlobalNorm(grads, t.clipNorm);
+    const gradNorm = clipToNorm(grads, norm, t.clipNorm);
     const lr = learningRate(this.step, t);
     this.applyFinite('the AdamW step', [this.adapter, this.adam.m, this.adam.v], () =>
       adamwStep(this.adapter, grads, this.adam, lr, t),

@@ -39,7 +39,15 @@ export function globalNorm(grads: NamedArrays): number {
 
 /** Scales grads in place so their global norm is at most maxNorm; returns the norm before clipping. */
 export function clipGlobalNorm(grads: NamedArrays, maxNorm: number): number {
-  const norm = globalNorm(grads);
+  return clipToNorm(grads, globalNorm(grads), maxNorm);
+}
+
+/**
+ * clipGlobalNorm with the norm already taken (globalNorm(grads)): scales grads in place so their global norm is at
+ * most maxNorm; returns `norm`. A caller that needs the norm first (the coordinator checks it is finite: a float64
+ * sum of float32 squares is finite exactly when every value is) reads the gradient once for both.
+ */
+export function clipToNorm(grads: NamedArrays, norm: number, maxNorm: number): number {
   if (maxNorm > 0 && norm > maxNorm) {
     const scale = maxNorm / (norm + 1e-6);
     for (const g of grads.values()) for (let i = 0; i < g.length; i++) g[i] *= scale;
