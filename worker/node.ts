@@ -10,6 +10,7 @@ import { once } from 'node:events';
 import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import WebSocket from 'ws';
+import { NODE_CLIENT } from '../node/ws-client.ts';
 import { checkModelConfig } from '../shared/config.ts';
 import { ErrorCodes, fail, LoraMeshError } from '../shared/errors.ts';
 import { sha256File } from '../node/hash.ts';
@@ -172,8 +173,8 @@ interface Attempt {
  */
 function connectOnce(opts: NodeWorkerOptions, session: WorkerSession, log: (line: string) => void): Promise<Attempt> {
   return new Promise((resolve) => {
-    const headers = opts.token ? { authorization: `Bearer ${opts.token}` } : {};
-    const ws = new WebSocket(opts.url, { maxPayload: 1 << 30, headers });
+    const headers: Record<string, string> = opts.token ? { authorization: `Bearer ${opts.token}` } : {};
+    const ws = new WebSocket(opts.url, { ...NODE_CLIENT, headers });
     let opened = false;
     let refusal: Refusal | null = null;
     /** set when we ended a refused upgrade ourselves: the error terminate() raises says nothing new */

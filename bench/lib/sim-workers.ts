@@ -5,6 +5,7 @@
  * model is never loaded. Driven by its parent over IPC (see SimWorkerPool in sim-pool.ts).
  */
 import WebSocket from 'ws';
+import { NODE_CLIENT } from '../../node/ws-client.ts';
 import { runRelay, type RunningRelay } from '../../coordinator/relay/relay.ts';
 import { WorkerSession, type WorkerHooks } from '../../shared/worker-loop.ts';
 import { asBytes, decodeMessage } from '../../shared/protocol/codec.ts';
@@ -86,7 +87,7 @@ function startSession(url: string, name: string, computeMs: number): void {
     },
   );
   const connect = (at: string) => {
-    const ws = new WebSocket(at, { maxPayload: 1 << 30, perMessageDeflate: false });
+    const ws = new WebSocket(at, NODE_CLIENT);
     ws.on('open', () => ws.send(session.hello()));
     ws.on('message', (data) => {
       void session

@@ -19,6 +19,7 @@
 import { Readable } from 'node:stream';
 import type { MessagePort } from 'node:worker_threads';
 import WebSocket from 'ws';
+import { NODE_CLIENT } from '../../node/ws-client.ts';
 import { ARITHMETIC_VARIANTS } from '../../shared/arithmetic.ts';
 import { ErrorCodes, LoraMeshError } from '../../shared/errors.ts';
 import { adapterParameterCount } from '../../shared/lora/adapter.ts';
@@ -275,7 +276,7 @@ export function runRelay(opts: RelayOptions): RunningRelay {
     if (closed) return;
     const headers: Record<string, string> = { 'x-loramesh-role': 'relay' };
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;
-    const socket = new WebSocket(opts.parent, { maxPayload: 1 << 30, headers, perMessageDeflate: false });
+    const socket = new WebSocket(opts.parent, { ...NODE_CLIENT, headers });
     link = {
       send: (bytes) => socket.send(bytes),
       open: () => socket.readyState === WebSocket.OPEN,
