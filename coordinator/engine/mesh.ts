@@ -402,7 +402,9 @@ export class MeshExecutor implements GradientExecutor {
     w.alive = true;
     if (w.quarantined) return;
     try {
-      if (!w.bucket.take())
+      // A relay (upgraded with the relay token: operator-run and trusted) answers in one frame per block sum and per
+      // result sent up whole, hundreds at once at a step's start (probation): its frames are checked, not rate-limited.
+      if (!w.ws.relay && !w.bucket.take())
         throw new LoraMeshError(ErrorCodes.RATE, `more than ${this.limits.maxMessagesPerSecond} messages per second`);
       if (!isBinary) throw new LoraMeshError(ErrorCodes.DECODE, 'text frames are not part of the protocol');
       const message = decodeMessage(asBytes(data));
@@ -818,10 +820,10 @@ export class MeshExecutor implements GradientExecutor {
   /** One frame of a relay's answer (a block's sum, or a result sent up whole), kept until its block-result. */
   private onBlockPart(w: WorkerConnection, m: BlockSum | BlockForward): void {
     if (w.relayCapacity === null) throw new LoraMeshError(ErrorCodes.STATE, `${m.type} from a worker that is no relay`);
+    this.traffic.countPayloadIn(payloadBytes(m.grads)); // refused parts moved their bytes too
     const held = w.holding;
     if (!held?.group || held.assignmentId !== m.assignmentId)
       throw new LoraMeshError(ErrorCodes.ASSIGNMENT, `assignment ${m.assignmentId} is not held by this relay`);
-    this.traffic.countPayloadIn(payloadBytes(m.grads));
     takePart(m, held.group);
   }
 

@@ -107,13 +107,22 @@ export function saveCheckpoint(
   const folder = checkpointsDir(dir);
   mkdirSync(folder, { recursive: true });
   const path = join(folder, checkpointName(state.step));
+  // Pruned before writing too: a process killed between a write and its pruning left one checkpoint over `keep`,
+  // and without this each such crash in a row would leave one more. So there are never more than keep + 1.
+  pruneCheckpoints(folder, state.step, keep);
   writeAtomic(path, bytes);
-  const existing = listCheckpoints(folder);
-  for (const later of existing.filter((c) => c.step > state.step))
+  for (const later of listCheckpoints(folder).filter((c) => c.step > state.step))
     renameSync(join(folder, later.file), join(folder, `${later.file}.superseded`));
-  for (const old of existing.filter((c) => c.step <= state.step).slice(keep))
-    rmSync(join(folder, old.file), { force: true });
+  pruneCheckpoints(folder, state.step, keep);
   return path;
+}
+
+/** Deletes all but the newest `keep` checkpoints of steps up to `step`. */
+function pruneCheckpoints(folder: string, step: number, keep: number): void {
+  for (const old of listCheckpoints(folder)
+    .filter((c) => c.step <= step)
+    .slice(keep))
+    rmSync(join(folder, old.file), { force: true });
 }
 
 /** Checkpoint files in folder, newest (highest step) first. */

@@ -229,7 +229,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     maxPayload: opts.maxPayload,
     handleProtocols: (protocols) => (protocols.has('loramesh') ? 'loramesh' : false),
   });
-  // relays send several blocks' sums in a frame: their own limit, so workers keep the small one
+  // a relay's block-result names a step's micro-batches: its own limit (one result plus the items), so workers keep
+  // theirs
   const relayWss =
     opts.relayToken === undefined
       ? wss

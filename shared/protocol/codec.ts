@@ -78,13 +78,19 @@ addExtension({
 const MAX_DECODE_DETAIL = 200;
 
 /** The float payload of a message type, if it has one. */
-const PAYLOAD_FIELD: Partial<Record<Message['type'], string>> = { result: 'grads', params: 'tensors' };
+const PAYLOAD_FIELD: Partial<Record<Message['type'], string>> = {
+  result: 'grads',
+  params: 'tensors',
+  'block-sum': 'grads',
+  'block-forward': 'grads',
+};
 
 /** Bytes msgpackr writes before a typed array's data: ext8/16/32 header, 0x74, the type code. */
 const typedArrayHeader = (bytes: number) => (bytes + 1 < 0x100 ? 4 : bytes + 1 < 0x10000 ? 5 : 7);
 
 /**
- * Packs a message. A float payload (result.grads, params.tensors) goes last, and its values start
+ * Packs a message. A float payload (result.grads, params.tensors, a relay's block-sum.grads and
+ * block-forward.grads) goes last, and its values start
  * at a multiple of 4 bytes in the frame (a `pad` string in front shifts it), so the receiver —
  * whose frame buffer starts the message at offset 0 (ws joins a large message into a fresh buffer;
  * browsers hand over an ArrayBuffer) — reads the values in place instead of copying them: one

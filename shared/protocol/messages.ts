@@ -410,7 +410,9 @@ function microBatchAt(mb: unknown, where: string): void {
 
 const microBatch = (m: Record<string, unknown>) => microBatchAt(m.microBatch, 'assign.microBatch');
 
+/** > 0, Infinity allowed (maxRejects, maxMessagesPerSecond: unlimited) */
 const isPositive = (v: unknown) => typeof v === 'number' && v > 0;
+const isPositiveInt = (v: unknown) => Number.isSafeInteger(v) && (v as number) > 0;
 const isNonNegative = (v: unknown) => typeof v === 'number' && v >= 0 && Number.isFinite(v);
 /** A RelayPolicy's shape: numbers where numbers go (maxRejects may be Infinity), at most 8 backends. */
 function isRelayPolicy(v: unknown): boolean {
@@ -422,8 +424,8 @@ function isRelayPolicy(v: unknown): boolean {
       isObject(sec) &&
       isPositive(sec.maxMessagesPerSecond) &&
       isPositive(sec.maxRejects) &&
-      isPositive(sec.handshakeTimeoutMs) &&
-      (sec.maxBufferedBytes === undefined || isPositive(sec.maxBufferedBytes))
+      isPositiveInt(sec.handshakeTimeoutMs) &&
+      (sec.maxBufferedBytes === undefined || isPositiveInt(sec.maxBufferedBytes))
     )
   )
     return false;
@@ -446,7 +448,7 @@ function isRelayPolicy(v: unknown): boolean {
       isNonNegative(n.bytes) &&
       isNonNegative(n.recomputing) &&
       typeof n.summary === 'string' &&
-      n.summary.length <= 2048 &&
+      n.summary.length <= 16384 &&
       Array.isArray(n.smaller) &&
       n.smaller.length <= 8 &&
       n.smaller.every(

@@ -107,8 +107,8 @@ const relayPolicy: Rule = (v) =>
       plain(s) &&
       above(0)(s.maxMessagesPerSecond) &&
       above(0)(s.maxRejects) &&
-      above(0)(s.handshakeTimeoutMs) &&
-      optional(above(0))(s.maxBufferedBytes),
+      int(1)(s.handshakeTimeoutMs) &&
+      optional(int(1))(s.maxBufferedBytes),
   )(v.security) &&
   optional(
     (s) => plain(s) && atLeast0(s.deadlineFactor) && atLeast0(s.deadlineSlackMs) && atLeast0(s.unknownExpectedMs),
@@ -123,7 +123,7 @@ const relayPolicy: Rule = (v) =>
           plain(n) &&
           atLeast0(n.bytes) &&
           atLeast0(n.recomputing) &&
-          str(2048)(n.summary) &&
+          str(16384)(n.summary) &&
           list(0, 8, (o) => plain(o) && str(16)(o.format) && atLeast0(o.bytes))(n.smaller),
       ),
   )(v.memory);

@@ -21,6 +21,8 @@ const adapter = new Map(SHAPES.map(([name, [r, c]]) => [name, new Float32Array(r
 class FakePeer implements Peer {
   bufferedAmount = 0;
   open = true;
+  /** upgraded with the relay token (server.ts) */
+  relay = false;
   received: Message[] = [];
   closedWith: number | null = null;
   events!: PeerEvents;
@@ -372,4 +374,25 @@ test("a relay's workers are bounded for the parent's sum: a result too large for
     }
     m.close();
   }
+});
+
+test('a relay (upgraded with the relay token) is not rate-limited: 1000 frames at once pass; a worker is refused past its burst', async () => {
+  // a relay answers in one frame per block sum and per result sent up whole: hundreds at once at a step's start
+  const m = new MeshExecutor({ manifest: tinyManifest('rate'), security: { maxMessagesPerSecond: 10 } });
+  const say = (p: FakePeer, relay: boolean) => {
+    p.events = m.attach(p);
+    p.say({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'relay', platform: 'node', relay } as Message);
+    for (let i = 0; i < 1000; i++) p.say({ type: 'heartbeat', sentAt: i });
+  };
+  const relay = Object.assign(new FakePeer(() => null), { relay: true });
+  say(relay, true);
+  const worker = new FakePeer(() => null);
+  say(worker, false);
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(relay.rejects(), []);
+  assert.equal(relay.closedWith, null);
+  // burst 2 s worth (20 frames), then LM_ERR_RATE until the reject limit quarantines it
+  assert.ok(worker.rejects().includes('LM_ERR_RATE'), worker.rejects().join());
+  assert.equal(worker.closedWith, 1008);
+  m.close();
 });

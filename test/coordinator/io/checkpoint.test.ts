@@ -130,6 +130,18 @@ test('only the newest `keep` checkpoints are kept; keep must be a positive integ
     );
 });
 
+test('a save prunes before it writes: checkpoints a crash left over `keep` never pile up', () => {
+  // A process killed between a write and its pruning leaves keep + 1; the next save must not add one more before it
+  // prunes. Here the write itself fails (a directory is in its temp file's place): the leftover is already gone.
+  const dir = freshDir();
+  for (let step = 1; step <= 4; step++) saveCheckpoint(dir, smallState(step), { config: {} }, 4);
+  assert.equal(ckptFiles(dir).length, 4, 'as a crash before pruning at keep 3 would leave them');
+  mkdirSync(join(checkpointsDir(dir), `step-000005.ckpt.tmp-${process.pid}`));
+  assert.throws(() => saveCheckpoint(dir, smallState(5), { config: {} }, 3));
+  const files = readdirSync(checkpointsDir(dir), { withFileTypes: true }).filter((e) => e.isFile());
+  assert.deepEqual(files.map((e) => e.name).sort(), ['step-000002.ckpt', 'step-000003.ckpt', 'step-000004.ckpt']);
+});
+
 test(
   'a truncated newest checkpoint and a bit-flipped one are skipped, ' +
     'named in the log, and the older valid one loads',
