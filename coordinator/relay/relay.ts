@@ -46,6 +46,7 @@ import type { Peer } from '../engine/peer.ts';
 import type { NetLimits } from '../net/net-limits.ts';
 import { startServer, type RunningServer } from '../net/server.ts';
 import { postFrame } from './ingest.ts';
+import { ProbationTally } from './probation.ts';
 
 export interface RelayOptions {
   /** the parent's worker socket, ws(s)://HOST:PORT/ws (a root coordinator or another relay) */
@@ -101,8 +102,8 @@ export function runRelay(opts: RelayOptions): RunningRelay {
   let paramVersion = -1;
   /** the relay's own step numbers for its workers (a parent step may come in several assignments) */
   let localStep = 0;
-  /** results sent up whole per worker (the parent's probation) */
-  const forwardedBy = new Map<string, number>();
+  /** results sent up whole per worker (the parent's probation), counted once the parent has read them */
+  const probation = new ProbationTally();
   let capacitySent = -1;
   /** its workers' traffic already reported to the parent (each block-result carries what came since) */
   let reported = { bytesIn: 0, bytesOut: 0 };
@@ -217,6 +218,7 @@ export function runRelay(opts: RelayOptions): RunningRelay {
       for (let i = 0; i < decoded.length; i++) held[i] += decoded[i];
     }
     paramVersion = m.paramVersion;
+    probation.read(m.paramVersion);
     mesh.forwardParams(m.paramVersion, encodeMessage(m), payloadBytes(m.tensors), held);
   }
 
@@ -249,12 +251,11 @@ export function runRelay(opts: RelayOptions): RunningRelay {
     for (const k of screen(items, a)) forward.add(items[k].index);
     if (a.probation)
       for (const item of items) {
-        const n = forwardedBy.get(item.worker) ?? 0;
-        if (n < a.probation) forward.add(item.index);
+        if (probation.count(item.worker) < a.probation) forward.add(item.index);
       }
     for (const index of forward) {
       const worker = items[indices.indexOf(index)]?.worker;
-      if (worker !== undefined) forwardedBy.set(worker, (forwardedBy.get(worker) ?? 0) + 1);
+      if (worker !== undefined) probation.send(worker, a.paramVersion);
     }
     const traffic = { bytesIn: mesh.bytesIn - reported.bytesIn, bytesOut: mesh.bytesOut - reported.bytesOut };
     reported = { bytesIn: mesh.bytesIn, bytesOut: mesh.bytesOut };
@@ -299,6 +300,7 @@ export function runRelay(opts: RelayOptions): RunningRelay {
     socket.on('message', (data) => receive(asBytes(data as Buffer)));
     socket.on('error', (err) => log(`parent connection: ${err.message}`));
     socket.on('close', () => {
+      probation.linkLost();
       mesh?.abort(new Error('the parent connection closed'));
       if (closed || finishedRun) return;
       if (refused) {
