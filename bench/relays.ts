@@ -27,7 +27,9 @@ import {
 } from '../shared/config.ts';
 import { SHAPE_NAMES, shapeConfig, type ShapeName } from '../scripts/make-checkpoint.ts';
 import { adapterParameterCount, adapterSpec } from '../shared/lora/adapter.ts';
-import { fmt, machine, replaceSection, stats, writeJson, type Stats } from './lib/results.ts';
+import { writeFigure } from '../coordinator/io/analysis-io.ts';
+import { lineChartSvg } from '../shared/analysis/plot-lines.ts';
+import { fmt, machine, replaceSection, RESULTS_DIR, stats, writeJson, type Stats } from './lib/results.ts';
 import { SimWorkerPool } from './lib/sim-pool.ts';
 import { C_ATTN_R8, dummyExamples, GPT2_SMALL, runSimulated, simulatedModelDir } from './lib/sim-mesh.ts';
 
@@ -98,7 +100,13 @@ export async function runRelayBench(o: {
           { workers: 64, relays: 8 },
         ]
       : [
+          // root CPU per step against N: flat up to 128, behind 16 relays from 256 (a block of N / 16), and the
+          // acceptance's pair, N=1024 behind 16 and 32 relays against N=32 flat
           { workers: 32, relays: 0 },
+          { workers: 64, relays: 0 },
+          { workers: 128, relays: 0 },
+          { workers: 256, relays: 16 },
+          { workers: 512, relays: 16 },
           { workers: 1024, relays: 16 },
           { workers: 1024, relays: 32 },
         ];
@@ -163,7 +171,7 @@ export async function runRelayBench(o: {
       await pool.close();
     }
   }
-  const flat = points.find((p) => p.relays === 0)!;
+  const flat = points[0];
   const rows = points.map(
     (p) =>
       `| ${p.workers} | ${p.relays || 'flat'} | ${p.block ?? '—'} | ${fmt(p.rootCpuMsPerStep)} | ` +
@@ -186,12 +194,53 @@ export async function runRelayBench(o: {
       '|---|---|---|---|---|---|---|---|',
       ...rows,
     ];
+    // the acceptance's pair (N=1024 behind 16 and 32 relays) in the default run; every relayed point at real shapes
     const ratios = points
-      .filter((p) => p.relays)
+      .filter((p) => p.relays && (o.shape || p.workers === 1024))
       .map((p) => `${p.relays} relays: ${fmt(p.rootCpuMsPerStep / flat.rootCpuMsPerStep)}×`)
       .join(', ');
     // glibc's malloc settings change the cost of tens-of-MB frames (README, Large models): a tuned run is its own row
     const tuned = process.env.GLIBC_TUNABLES;
+    if (!o.shape) {
+      // root CPU per step against N, flat and behind 16 relays
+      const series = (name: string, of: RelayPoint[], dashed = false) => ({
+        name,
+        x: of.map((p) => p.workers),
+        values: of.map((p) => p.rootCpuMsPerStep),
+        dashed,
+      });
+      writeFigure(
+        RESULTS_DIR,
+        'relays-root-cpu',
+        lineChartSvg({
+          title: `Root CPU per step against N (${fmt(resultBytes / 2 ** 20)} MiB results, ${o.computeMs} ms steps)`,
+          xAxis: 'simulated workers N',
+          yAxis: 'root CPU ms per step (log)',
+          xScale: 'log2',
+          logY: true,
+          panels: [
+            {
+              title: '',
+              series: [
+                series(
+                  'flat',
+                  points.filter((p) => p.relays === 0),
+                ),
+                series(
+                  'behind 16 relays',
+                  points.filter((p) => p.relays === 16),
+                ),
+                series(
+                  `2× flat N=${flat.workers}`,
+                  points.map((p) => ({ ...p, rootCpuMsPerStep: 2 * flat.rootCpuMsPerStep })),
+                  true,
+                ),
+              ],
+            },
+          ],
+        }),
+      );
+    }
     if (o.shape)
       replaceSection(
         `relays-${o.shape}${tuned ? '-tuned' : ''}`,
@@ -214,6 +263,8 @@ export async function runRelayBench(o: {
           setup,
           '',
           ...table,
+          '',
+          '![root CPU per step against N](results/relays-root-cpu.svg)',
           '',
           `Acceptance: root CPU at N=1024 behind 16–32 relays within 2× of N=32 flat — ${ratios}.`,
         ].join('\n'),
