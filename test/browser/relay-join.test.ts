@@ -10,15 +10,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import '../helpers/backend.ts';
-import { demoExamples, demoTaskData } from '../../coordinator/io/dataset.ts';
-import { openModelDir } from '../../coordinator/io/model-dir.ts';
-import type { Deployment, RunConfigInput } from '../../coordinator/run/run-config.ts';
-import { runTraining } from '../../coordinator/run/train.ts';
-import { checkLoraConfig, checkTrainConfig } from '../../shared/config.ts';
 import { maxAbsDiff } from '../../shared/lora/adapter.ts';
 import { browserSkipReason, exitIfStuckAfterTests, launchBrowser, startRun, tail, within } from '../helpers/browser.ts';
 import { cliSpawner } from '../helpers/cli-process.ts';
-import { writeTinyModelDir } from '../helpers/tiny-model.ts';
+import { blockRun } from '../helpers/block-run.ts';
 
 const skip = browserSkipReason() ?? false;
 exitIfStuckAfterTests();
@@ -33,29 +28,7 @@ test('a browser tab joins through a relay: the join page, the base and the steps
   const logs: string[] = [];
   const children: ChildProcess[] = [];
   try {
-    writeTinyModelDir(join(root, 'model'), 3);
-    const model = await openModelDir(join(root, 'model'));
-    const lora = checkLoraConfig({ r: 4, alpha: 8, targetModules: ['q_proj', 'v_proj'] });
-    const train = checkTrainConfig({
-      steps: 4,
-      globalBatch: 8,
-      microBatch: 2,
-      lr: 1e-2,
-      warmupSteps: 1,
-      seed: 5,
-      reductionBlock: 2,
-    });
-    const examples = demoExamples(model.tokenizer, demoTaskData(64, 8, 5));
-    const common = { model, examples, workerOutput: 'ignore' as const, progress: false };
-    const config = (deployment: Partial<Deployment>): RunConfigInput => ({
-      run: { lora, train },
-      deployment: { outDir: join(root, 'runs'), backend: 'wasm', cacheDir: join(root, 'cache'), ...deployment },
-    });
-    const reference = await runTraining({
-      ...common,
-      config: config({ runId: 'reference', inProcess: true, localWorkers: 0 }),
-      log: () => {},
-    });
+    const { train, common, config, reference } = await blockRun(root);
 
     const run = startRun({
       ...common,
