@@ -10,3 +10,19 @@ declare class TextDecoder {
 }
 declare function structuredClone<T>(value: T): T;
 declare function setTimeout(handler: () => void, ms?: number): unknown;
+declare function atob(data: string): string;
+/** The part of the WebAssembly JS API that shared/train/reduce-kernel.ts uses. */
+declare namespace WebAssembly {
+  class Memory {
+    constructor(descriptor: { initial: number; maximum?: number });
+    readonly buffer: ArrayBuffer;
+  }
+  class Module {
+    constructor(bytes: Uint8Array<ArrayBuffer>);
+  }
+  class Instance {
+    constructor(module: Module, imports: Record<string, Record<string, unknown>>);
+    readonly exports: Record<string, unknown>;
+  }
+  function validate(bytes: Uint8Array<ArrayBuffer>): boolean;
+}

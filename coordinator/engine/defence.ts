@@ -18,6 +18,7 @@
  */
 import { ErrorCodes, LoraMeshError } from '../../shared/errors.ts';
 import { firstNonFinite } from '../../shared/protocol/messages.ts';
+import { sumSquares } from '../../shared/train/reduce-kernel.ts';
 import { relativeL2Distance } from '../../shared/train/relative-l2.ts';
 
 export interface DefenceConfig {
@@ -51,24 +52,11 @@ const FLOAT32_MAX = 3.4028234663852886e38;
  */
 export const overflowBound = (slots: number): number => FLOAT32_MAX / (2 * Math.max(1, slots));
 
-/** L2 norm of a flat vector, accumulated in float64 (finite for any finite float32 input). */
+/** L2 norm of a flat vector, accumulated in float64 (finite for any finite float32 input; reduce-kernel.ts). */
 export function l2Norm(x: Float32Array): number {
-  let s0 = 0,
-    s1 = 0,
-    s2 = 0,
-    s3 = 0;
-  const n = x.length - (x.length % 4);
-  for (let i = 0; i < n; i += 4) {
-    s0 += x[i] * x[i];
-    s1 += x[i + 1] * x[i + 1];
-    s2 += x[i + 2] * x[i + 2];
-    s3 += x[i + 3] * x[i + 3];
-  }
-  for (let i = n; i < x.length; i++) s0 += x[i] * x[i];
-  return Math.sqrt(s0 + s1 + s2 + s3);
+  return Math.sqrt(sumSquares(x));
 }
 
-/** ‖theirs − trusted‖ / ‖trusted‖ over every tensor of `trusted` (by name), in float64. */
 /**
  * l2Norm(x), refusing a non-finite value (LM_ERR_NON_FINITE, naming `what`[index]) in the same pass: every float32
  * squared is at most 1.2e77, so a float64 sum of squares of finite values stays finite, and any NaN or ±Infinity
@@ -81,6 +69,7 @@ export function finiteNorm(x: Float32Array, what: string): number {
   throw new LoraMeshError(ErrorCodes.NON_FINITE, `${what}[${bad}] is ${x[bad]}`);
 }
 
+/** ‖theirs − trusted‖ / ‖trusted‖ over every tensor of `trusted` (by name), in float64. */
 export function relativeL2(
   trusted: ReadonlyMap<string, Float32Array>,
   theirs: ReadonlyMap<string, Float32Array>,

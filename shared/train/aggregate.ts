@@ -5,6 +5,7 @@
 import { fail, ErrorCodes } from '../errors.ts';
 import type { AdapterState } from '../lora/adapter.ts';
 import type { GradientResult } from './gradients.ts';
+import { addInto as addValues } from './reduce-kernel.ts';
 
 export interface StepGradient {
   lossSum: number;
@@ -149,20 +150,8 @@ function finishSum(sum: StepGradient): StepGradient {
   return sum;
 }
 
-/**
- * acc += g elementwise. Unrolled by 4, which V8 runs faster than the plain loop (~1.5× in a
- * one-off measurement when it was written; the sum's current rate is bench:scale's "sum after the
- * fact" column in bench/RESULTS.md); each element is still one float32 addition, so the bits are
- * the same.
- */
+/** acc += g elementwise, one float32 addition each (reduce-kernel.ts: WebAssembly SIMD, the bits of the scalar loop). */
 export function addInto(acc: Float32Array, g: Float32Array): void {
   if (acc.length !== g.length) fail(ErrorCodes.SHAPE, `cannot add ${g.length} values into ${acc.length}`);
-  const n4 = g.length & ~3;
-  for (let i = 0; i < n4; i += 4) {
-    acc[i] += g[i];
-    acc[i + 1] += g[i + 1];
-    acc[i + 2] += g[i + 2];
-    acc[i + 3] += g[i + 3];
-  }
-  for (let i = n4; i < g.length; i++) acc[i] += g[i];
+  addValues(acc, g);
 }
