@@ -11,6 +11,8 @@
  * 94 KB per result, 12 is GPT-2 small's 1.13 MB), --compute-ms MS, --steps M (measured steps, default 6).
  * Writes bench/results/relays.json and the relays section of bench/RESULTS.md.
  *
+ * --topologies N/R,… (e.g. 32/0,1024/32): only these (R = 0: flat); the first is the reference of the ratios.
+ *
  * --shape NAME (scripts/make-checkpoint.ts SHAPES, e.g. qwen2.5-0.5b): the same at a real model's exact shapes
  * instead, LoRA r=16 on every linear projection (PEFT's "all-linear"): 16 workers flat, behind 2 and behind 4
  * relays. Block sums and parameter frames are then tens of MB. Writes bench/results/relays-NAME.json and its own
@@ -64,6 +66,18 @@ const ALL_LINEAR_R16 = checkLoraConfig({
   targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
 });
 
+function topologiesFlag(): Topology[] | undefined {
+  const at = argv.indexOf('--topologies');
+  if (at < 0) return undefined;
+  const text = argv[at + 1] ?? '';
+  return text.split(',').map((part) => {
+    const [workers, relays] = part.split('/').map(Number);
+    if (!(Number.isInteger(workers) && workers >= 1 && Number.isInteger(relays) && relays >= 0 && relays <= workers))
+      throw new Error(`--topologies ${text}: expected N/R pairs (workers ≥ 1, 0 ≤ relays ≤ workers), got "${part}"`);
+    return { workers, relays };
+  });
+}
+
 function shapeFlag(): ShapeName | undefined {
   const at = argv.indexOf('--shape');
   if (at < 0) return undefined;
@@ -80,6 +94,7 @@ export async function runRelayBench(o: {
   computeMs: number;
   steps: number;
   shape?: ShapeName;
+  topologies?: Topology[];
 }): Promise<RelayPoint[]> {
   const config: ModelConfig = o.shape
     ? checkModelConfig(shapeConfig(o.shape))
@@ -88,28 +103,30 @@ export async function runRelayBench(o: {
   const model = simulatedModelDir(config);
   const resultBytes = 4 * adapterParameterCount(adapterSpec(config, lora));
   const examples = dummyExamples(config, 64, 64);
-  const topologies: Topology[] = o.shape
-    ? [
-        { workers: 16, relays: 0 },
-        { workers: 16, relays: 2 },
-        { workers: 16, relays: 4 },
-      ]
-    : o.quick
+  const topologies: Topology[] = o.topologies
+    ? o.topologies
+    : o.shape
       ? [
-          { workers: 8, relays: 0 },
-          { workers: 64, relays: 8 },
+          { workers: 16, relays: 0 },
+          { workers: 16, relays: 2 },
+          { workers: 16, relays: 4 },
         ]
-      : [
-          // root CPU per step against N: flat up to 128, behind 16 relays from 256 (a block of N / 16), and the
-          // acceptance's pair, N=1024 behind 16 and 32 relays against N=32 flat
-          { workers: 32, relays: 0 },
-          { workers: 64, relays: 0 },
-          { workers: 128, relays: 0 },
-          { workers: 256, relays: 16 },
-          { workers: 512, relays: 16 },
-          { workers: 1024, relays: 16 },
-          { workers: 1024, relays: 32 },
-        ];
+      : o.quick
+        ? [
+            { workers: 8, relays: 0 },
+            { workers: 64, relays: 8 },
+          ]
+        : [
+            // root CPU per step against N: flat up to 128, behind 16 relays from 256 (a block of N / 16), and the
+            // acceptance's pair, N=1024 behind 16 and 32 relays against N=32 flat
+            { workers: 32, relays: 0 },
+            { workers: 64, relays: 0 },
+            { workers: 128, relays: 0 },
+            { workers: 256, relays: 16 },
+            { workers: 512, relays: 16 },
+            { workers: 1024, relays: 16 },
+            { workers: 1024, relays: 32 },
+          ];
   const [warmup, measured] = o.quick ? [1, 2] : [2, o.steps];
   const payload = o.shape
     ? `${o.shape} shapes, LoRA r=16 on every linear projection`
@@ -179,7 +196,7 @@ export async function runRelayBench(o: {
       `${fmt(p.stepMs.median)} | ${fmt(p.simCpuMsPerStep)} |`,
   );
   const rssMB = process.memoryUsage.rss() / 2 ** 20;
-  if (o.write && !o.quick) {
+  if (o.write && !o.quick && !o.topologies) {
     const m = machine();
     const name = o.shape ? `relays-${o.shape}${process.env.GLIBC_TUNABLES ? '-tuned' : ''}` : 'relays';
     writeJson(name, { date: new Date().toISOString(), machine: m, resultBytes, computeMs: o.computeMs, points });
@@ -281,6 +298,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     computeMs: flag('--compute-ms', 2000),
     steps: flag('--steps', 6),
     shape: shapeFlag(),
+    topologies: topologiesFlag(),
   });
   process.exit(0);
 }

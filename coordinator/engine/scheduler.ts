@@ -83,6 +83,11 @@ export class StepSchedule {
     return this.byIndex[index].filter((a) => a.outcome === 'pending');
   }
 
+  private hasLive(index: number): boolean {
+    for (const a of this.byIndex[index]) if (a.outcome === 'pending') return true;
+    return false;
+  }
+
   /** The next micro-batch for an idle worker, or null when there is nothing worth giving it. */
   next(workerId: string, now: number): Attempt | null {
     let index: number | undefined;
@@ -125,22 +130,24 @@ export class StepSchedule {
     now: number,
   ): { group: string; blocks: number[]; attempts: Attempt[] } | null {
     if (this.queue.length === 0) return null; // the common case once a step is handed out: no scan
-    const queued = new Set(this.queue.filter((i) => !this.done[i]));
-    const blocks: number[] = [];
+    // flags, not sets, and no arrays per index: a relay's call scans each block at most once (O(N) per call)
     const n = this.tokens.length;
+    const queued = new Uint8Array(n);
+    for (const i of this.queue) if (!this.done[i]) queued[i] = 1;
+    const blocks: number[] = [];
     for (let b = 0; b * blockSize < n && blocks.length < maxBlocks; b++) {
       let free = true;
       for (let i = b * blockSize; i < Math.min(n, (b + 1) * blockSize) && free; i++)
-        free = queued.has(i) && this.live(i).length === 0;
+        free = queued[i] === 1 && !this.hasLive(i);
       if (free) blocks.push(b);
     }
     if (blocks.length === 0) return null;
     const group = nanoid(12);
-    const taken = new Set<number>();
+    const taken = queued; // reused: from here on 1 = still queued, 2 = taken now
     const attempts: Attempt[] = [];
     for (const b of blocks) {
       for (let i = b * blockSize; i < Math.min(n, (b + 1) * blockSize); i++) {
-        taken.add(i);
+        taken[i] = 2;
         const attempt: Attempt = {
           assignmentId: `${group}.${i}`,
           index: i,
@@ -156,9 +163,9 @@ export class StepSchedule {
         attempts.push(attempt);
       }
     }
-    const rest = this.queue.filter((i) => !taken.has(i));
-    this.queue.length = 0;
-    this.queue.push(...rest);
+    let kept = 0;
+    for (const i of this.queue) if (taken[i] !== 2) this.queue[kept++] = i;
+    this.queue.length = kept;
     return { group, blocks, attempts };
   }
 
