@@ -20,6 +20,7 @@ import { decodeMessage } from '../shared/protocol/codec.ts';
 import { unpackFloats, type Result } from '../shared/protocol/messages.ts';
 import { F32 } from '../shared/protocol/wire-codec.ts';
 import { aggregateInOrder, InOrderSum } from '../shared/train/aggregate.ts';
+import { useReduceKernel } from '../shared/train/reduce-kernel.ts';
 import type { GradientResult } from '../shared/train/gradients.ts';
 import {
   cliFlags,
@@ -116,6 +117,11 @@ export interface AggregationPoint {
   totalGBps: Stats;
   /** the same over wall-clock time (lower when other work shares the cores) */
   wallGBps: Stats;
+  /**
+   * totalGBps with the scalar JavaScript loops instead of the WebAssembly kernel (shared/train/reduce-kernel.ts),
+   * measured alternately with it in the same repeats: the kernel's gain, side by side
+   */
+  scalarTotalGBps: Stats;
 }
 
 export interface SoakResult {
@@ -455,7 +461,8 @@ function leastSquaresSlope(xs: number[], ys: number[]): number {
  * and add them up in micro-batch order. Measured three ways: the decode and check alone; the sum
  * alone after the fact (aggregateInOrder over distinct buffers, up to 64, reused round-robin
  * beyond, so it reads from memory); and both as the mesh does them, each result added (InOrderSum)
- * right after its decode and check. Small N is repeated to ≥ 64 MB per measurement. GB/s per core
+ * right after its decode and check; the last also with the kernel off (reduce-kernel.ts: the scalar loops, the same
+ * bits), alternating with it. Small N is repeated to ≥ 64 MB per measurement. GB/s per core
  * is bytes over this process's CPU time, which other load on the machine does not inflate;
  * wall-clock GB/s of the third is kept beside it.
  */
@@ -487,7 +494,28 @@ function measureAggregation(
   for (const n of workers) {
     const rounds = Math.max(1, Math.ceil((64 * MB) / (n * resultBytes)));
     const bytes = rounds * n * resultBytes;
-    const samples = { decode: [] as number[], sum: [] as number[], total: [] as number[], wall: [] as number[] };
+    const samples = {
+      decode: [] as number[],
+      sum: [] as number[],
+      total: [] as number[],
+      wall: [] as number[],
+      scalar: [] as number[],
+    };
+    /** decode, check and sum every result as the mesh does; bytes per CPU-second and per wall-clock second */
+    const asResultsArrive = (): [perCpu: number, perWall: number] => {
+      const wall0 = performance.now();
+      const cpu0 = process.cpuUsage();
+      for (let k = 0; k < rounds; k++) {
+        const slots: (GradientResult | undefined)[] = new Array(n);
+        const sum = new InOrderSum(slots);
+        for (let i = 0; i < n; i++) {
+          slots[i] = { lossSum: 1, tokenCount: 1, grads: new Map([['all', decoded(i)]]) };
+          sum.advance();
+        }
+        sum.finish();
+      }
+      return [bytes / 1e6 / cpuMs(process.cpuUsage(cpu0)), bytes / 1e6 / (performance.now() - wall0)];
+    };
     const results: GradientResult[] = Array.from({ length: n }, (_, i) => ({
       lossSum: 1,
       tokenCount: 1,
@@ -500,19 +528,15 @@ function measureAggregation(
       cpu0 = process.cpuUsage();
       for (let k = 0; k < rounds; k++) aggregateInOrder(results);
       samples.sum.push(bytes / 1e6 / cpuMs(process.cpuUsage(cpu0)));
-      const wall0 = performance.now();
-      cpu0 = process.cpuUsage();
-      for (let k = 0; k < rounds; k++) {
-        const slots: (GradientResult | undefined)[] = new Array(n);
-        const sum = new InOrderSum(slots);
-        for (let i = 0; i < n; i++) {
-          slots[i] = { lossSum: 1, tokenCount: 1, grads: new Map([['all', decoded(i)]]) };
-          sum.advance();
-        }
-        sum.finish();
+      const [perCpu, perWall] = asResultsArrive();
+      samples.total.push(perCpu);
+      samples.wall.push(perWall);
+      const was = useReduceKernel(false);
+      try {
+        samples.scalar.push(asResultsArrive()[0]);
+      } finally {
+        useReduceKernel(was);
       }
-      samples.total.push(bytes / 1e6 / cpuMs(process.cpuUsage(cpu0)));
-      samples.wall.push(bytes / 1e6 / (performance.now() - wall0));
     }
     const point: AggregationPoint = {
       workers: n,
@@ -522,6 +546,7 @@ function measureAggregation(
       sumGBps: stats(samples.sum),
       totalGBps: stats(samples.total),
       wallGBps: stats(samples.wall),
+      scalarTotalGBps: stats(samples.scalar),
     };
     out.push(point);
     log(
@@ -529,7 +554,8 @@ function measureAggregation(
         `sum after the fact ${fmt(point.sumGBps.median)} GB/s; ` +
         `as results arrive ${fmt(point.totalGBps.median)} GB/s per core ` +
         `(min ${fmt(point.totalGBps.min)}, max ${fmt(point.totalGBps.max)}); ` +
-        `wall clock ${fmt(point.wallGBps.median)} GB/s`,
+        `wall clock ${fmt(point.wallGBps.median)} GB/s; with the scalar loops instead of the kernel ` +
+        `${fmt(point.scalarTotalGBps.median)} GB/s per core (kernel ${fmt(point.totalGBps.median / point.scalarTotalGBps.median)}×)`,
     );
   }
   return out;
@@ -633,17 +659,21 @@ function writeScaleResults(r: ScaleResult, log: (line: string) => void): void {
       'and their checks (length; finiteness and the norm in one pass, as result-gate.ts admitResult), and the ' +
       'in-order float32 sum (aggregate.ts): ' +
       'each alone, and both as the mesh does them ' +
-      '(every result added right after its check, in micro-batch order: InOrderSum). ' +
+      '(every result added right after its check, in micro-batch order: InOrderSum), the last also with the ' +
+      'scalar JavaScript loops instead of the WebAssembly SIMD kernel (reduce-kernel.ts; the same bits), ' +
+      'alternating with it in the same repeats. ' +
       'GB of gradient per CPU-second of the process ' +
       '(other load on the machine does not lower it; wall-clock figure beside it), median (min–max) of repeats.',
     '',
     '| N results | decode + check + norm GB/s | sum after the fact GB/s | ' +
-      'decode + check + norm + sum as results arrive, GB/s per core | the same, wall clock |',
-    '|---:|---:|---:|---:|---:|',
+      'decode + check + norm + sum as results arrive, GB/s per core | the same, wall clock | ' +
+      'as results arrive with the scalar loops, GB/s per core | kernel gain |',
+    '|---:|---:|---:|---:|---:|---:|---:|',
     ...r.aggregation.map(
       (a) =>
         `| ${a.workers} | ${range(a.decodeGBps, 2)} | ${range(a.sumGBps, 2)} | ` +
-        `${range(a.totalGBps, 2)} | ${range(a.wallGBps, 2)} |`,
+        `${range(a.totalGBps, 2)} | ${range(a.wallGBps, 2)} | ${range(a.scalarTotalGBps, 2)} | ` +
+        `${fmt(a.totalGBps.median / a.scalarTotalGBps.median)}× |`,
     ),
     '',
     ...(r.soak
@@ -741,7 +771,9 @@ function writeThreadedResults(r: ScaleResult, threads: number, log: (line: strin
       r.aggregation
         .map(
           (a) =>
-            `${a.workers} results ${range(a.totalGBps, 2)} (decode + check + norm alone ${range(a.decodeGBps, 2)})`,
+            `${a.workers} results ${range(a.totalGBps, 2)} (decode + check + norm alone ${range(a.decodeGBps, 2)}; ` +
+            `with the scalar loops instead of the kernel, alternating: ${range(a.scalarTotalGBps, 2)}, so the ` +
+            `kernel gives ${fmt(a.totalGBps.median / a.scalarTotalGBps.median)}×)`,
         )
         .join('; ') +
       '.',

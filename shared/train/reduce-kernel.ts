@@ -29,6 +29,17 @@ interface ReduceModule {
 }
 
 let loaded: ReduceModule | null | undefined;
+let enabled = true;
+
+/**
+ * Turns the kernel off (the scalar loops then run everywhere in this thread) or back on; returns the previous
+ * setting. For side-by-side measurements (bench:scale) and tests: the bits are the same either way.
+ */
+export function useReduceKernel(on: boolean): boolean {
+  const was = enabled;
+  enabled = on;
+  return was;
+}
 
 function decodeBase64(text: string): Uint8Array<ArrayBuffer> {
   const binary = atob(text);
@@ -39,6 +50,7 @@ function decodeBase64(text: string): Uint8Array<ArrayBuffer> {
 
 /** The module, instantiated once per thread on first use; null where WebAssembly SIMD is missing. */
 function reduceModule(): ReduceModule | null {
+  if (!enabled) return null;
   if (loaded !== undefined) return loaded;
   loaded = null;
   if (typeof WebAssembly !== 'object') return loaded;
