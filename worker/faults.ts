@@ -8,6 +8,9 @@
  *   byzantine:SCALE           send every gradient multiplied by −SCALE (a lying volunteer)
  *   huge:VALUE                answer every assignment at once, computing nothing, with every gradient
  *                             value = VALUE (finite, e.g. 1e30 or 3e38: values whose sum overflows float32)
+ *   stall:STEP                from the assignment of step STEP on (the step its coordinator or relay numbers),
+ *                             compute and never answer, while the connection and its heartbeats stay alive
+ *                             (a hung volunteer)
  */
 import { ErrorCodes, fail } from '../shared/errors.ts';
 import type { WorkerHooks } from '../shared/worker-loop.ts';
@@ -56,6 +59,13 @@ export function faultHooks(spec: string | undefined): WorkerHooks | undefined {
           if (v === n) die(`right after parameter version ${n}`);
         };
         break;
+      case 'stall':
+        hooks.beforeResult = (a, r) => {
+          if (a.step < n) return r;
+          console.error(`[fault] holding the result of step ${a.step} forever`);
+          return new Promise<never>(() => {});
+        };
+        break;
       case 'huge':
         hooks.compute = async (a, adapter) => {
           const tokens = (a.type === 'assign' ? [a.microBatch] : a.microBatches).reduce(
@@ -73,7 +83,7 @@ export function faultHooks(spec: string | undefined): WorkerHooks | undefined {
         fail(
           ErrorCodes.CONFIG,
           `LORAMESH_FAULT rule ${JSON.stringify(kind)} is not one of ` +
-            'delay, kill-before-result, kill-after-send, kill-after-params, byzantine, huge',
+            'delay, kill-before-result, kill-after-send, kill-after-params, byzantine, huge, stall',
         );
     }
   }

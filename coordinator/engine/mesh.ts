@@ -776,13 +776,19 @@ export class MeshExecutor implements GradientExecutor {
 
   /**
    * A relay takes whole reduction blocks whose micro-batches no one holds, as many as its workers can compute at
-   * once; it is told which results to send up whole (this run's secret spot checks) and how to screen the rest.
+   * once, or, when none is free, copies of blocks another relay holds past its deadline (the first whole answer
+   * counts); it is told which results to send up whole (this run's secret spot checks) and how to screen the rest.
    */
   private assignBlocks(w: WorkerConnection, step: StepInFlight, now: number): boolean {
     const blockSize = Math.min(this.options.reductionBlock ?? Infinity, step.items.length);
     const maxBlocks = Math.min(MAX_RELAY_BLOCKS, Math.max(1, Math.ceil(w.relayCapacity! / blockSize)));
     const got = step.schedule.nextBlocks(w.id, blockSize, maxBlocks, now);
     if (!got) return false;
+    if (got.copies)
+      this.log(
+        `block(s) ${got.blocks.join(', ')} of step ${step.schedule.step} are past their relay's deadline; ` +
+          `also giving them to relay ${w.id}`,
+      );
     const indices = got.attempts.map((a) => a.index);
     const forward = indices.filter((i) => this.gate.spotted(step.schedule.step, i));
     const group: BlockHolding = {
@@ -908,10 +914,17 @@ export class MeshExecutor implements GradientExecutor {
     w.throughput = w.throughput === 0 ? tps : 0.7 * w.throughput + 0.3 * tps;
     for (const [b, partial] of partials) {
       const indices = group.indices.filter((i) => Math.floor(i / group.blockSize) === b);
-      // a block counts whole or not at all (a copy of one of its micro-batches cannot have won: they are never copied)
-      if (indices.some((i) => step.schedule.isDone(i))) continue;
+      const attemptOf = (i: number) => group.attempts[group.indices.indexOf(i)];
+      // a block counts whole or not at all: a copy of it (another relay's, whole) may have won already
+      if (indices.some((i) => step.schedule.isDone(i))) {
+        for (const i of indices) {
+          if (!step.schedule.isDone(i)) step.schedule.lose(attemptOf(i), 'lost', now);
+          else if (step.schedule.complete(attemptOf(i), now) === 'duplicate') w.discarded++;
+        }
+        continue;
+      }
       const parts = indices.map((i) => {
-        const attemptId = group.attempts[group.indices.indexOf(i)];
+        const attemptId = attemptOf(i);
         step.schedule.complete(attemptId, now);
         const item = items.get(i)!;
         const computedBy = `${w.id}/${item.worker}`;

@@ -5,6 +5,11 @@
  * empty, an idle worker takes a copy of an attempt that is past its deadline, or that the idle
  * worker would likely finish sooner. The first valid result of a micro-batch is used; any later
  * one is discarded. Every attempt and its outcome is kept for the run's ledger.
+ *
+ * A relay takes whole reduction blocks (nextBlocks), summed there and answered together: their attempts share one
+ * deadline, from the relay's measured speed over whole answers. A block whose holder is past that deadline is
+ * copied whole to another idle relay (never in parts to single workers: it counts whole or not at all), at most
+ * one copy at a time; the first whole answer counts.
  */
 import { nanoid } from 'nanoid';
 
@@ -20,7 +25,7 @@ export interface Attempt {
   /** why this attempt exists: first try, requeued after a loss, or a copy of a straggler */
   reason: 'first' | 'retry' | 'straggler';
   finishedAt?: number;
-  /** a relay's attempt: the id of the whole-block assignment it is part of (never copied to a straggler) */
+  /** a relay's attempt: the id of the whole-block assignment it is part of (copied only whole, to another relay) */
   group?: string;
   /** who behind the relay computed it (relay id/worker id), once its block came back */
   computedBy?: string;
@@ -121,30 +126,40 @@ export class StepSchedule {
   /**
    * Up to `maxBlocks` whole reduction blocks of `blockSize` indices for a relay, in block order, each of whose
    * micro-batches waits for its first attempt or a retry (none held anywhere): one attempt per micro-batch, all in
-   * one group. Null when no block is whole and free.
+   * one group, with one deadline (the relay's expected time for the whole group). When no block is free: copies of
+   * blocks another relay holds past its deadline (`copies` true; at most one copy of a block at a time). Null when
+   * there is neither.
    */
   nextBlocks(
     workerId: string,
     blockSize: number,
     maxBlocks: number,
     now: number,
-  ): { group: string; blocks: number[]; attempts: Attempt[] } | null {
-    if (this.queue.length === 0) return null; // the common case once a step is handed out: no scan
+  ): { group: string; blocks: number[]; attempts: Attempt[]; copies: boolean } | null {
     // flags, not sets, and no arrays per index: a relay's call scans each block at most once (O(N) per call)
     const n = this.tokens.length;
     const queued = new Uint8Array(n);
     for (const i of this.queue) if (!this.done[i]) queued[i] = 1;
     const blocks: number[] = [];
-    for (let b = 0; b * blockSize < n && blocks.length < maxBlocks; b++) {
+    for (let b = 0; this.queue.length > 0 && b * blockSize < n && blocks.length < maxBlocks; b++) {
       let free = true;
       for (let i = b * blockSize; i < Math.min(n, (b + 1) * blockSize) && free; i++)
         free = queued[i] === 1 && !this.hasLive(i);
       if (free) blocks.push(b);
     }
+    const copies = blocks.length === 0;
+    if (copies) blocks.push(...this.overdueBlocks(workerId, blockSize, maxBlocks, now));
     if (blocks.length === 0) return null;
     const group = nanoid(12);
     const taken = queued; // reused: from here on 1 = still queued, 2 = taken now
     const attempts: Attempt[] = [];
+    let positions = 0;
+    for (const b of blocks)
+      for (let i = b * blockSize; i < Math.min(n, (b + 1) * blockSize); i++) positions += this.tokens[i];
+    const deadline =
+      now +
+      this.opts.deadlineFactor * (this.estimate(workerId, positions) ?? this.opts.unknownExpectedMs) +
+      this.opts.deadlineSlackMs;
     for (const b of blocks) {
       for (let i = b * blockSize; i < Math.min(n, (b + 1) * blockSize); i++) {
         taken[i] = 2;
@@ -153,9 +168,9 @@ export class StepSchedule {
           index: i,
           workerId,
           sentAt: now,
-          reason: this.byIndex[i].length > 0 ? 'retry' : 'first',
+          reason: copies ? 'straggler' : this.byIndex[i].length > 0 ? 'retry' : 'first',
           outcome: 'pending',
-          deadline: now + this.opts.deadlineFactor * this.expected(workerId, i) + this.opts.deadlineSlackMs,
+          deadline,
           group,
         };
         this.attempts.set(attempt.assignmentId, attempt);
@@ -166,7 +181,40 @@ export class StepSchedule {
     let kept = 0;
     for (const i of this.queue) if (taken[i] !== 2) this.queue[kept++] = i;
     this.queue.length = kept;
-    return { group, blocks, attempts };
+    return { group, blocks, attempts, copies };
+  }
+
+  /**
+   * Blocks held whole by one other relay past its deadline, none of whose micro-batches is done or has a second
+   * attempt: what nextBlocks copies, most overdue first (then in block order), at most `maxBlocks`.
+   */
+  private overdueBlocks(workerId: string, blockSize: number, maxBlocks: number, now: number): number[] {
+    const found: { block: number; deadline: number }[] = [];
+    for (let b = 0; b * blockSize < this.tokens.length; b++) {
+      let group: string | undefined;
+      let deadline = 0;
+      let copyable = true;
+      for (let i = b * blockSize; i < Math.min(this.tokens.length, (b + 1) * blockSize) && copyable; i++) {
+        let live: Attempt | undefined;
+        let count = 0;
+        for (const a of this.byIndex[i]) if (a.outcome === 'pending' && count++ === 0) live = a;
+        copyable =
+          !this.done[i] &&
+          count === 1 &&
+          live!.group !== undefined &&
+          (group === undefined || live!.group === group) &&
+          live!.workerId !== workerId &&
+          now > live!.deadline;
+        group = live?.group;
+        deadline = live?.deadline ?? 0;
+      }
+      if (copyable) found.push({ block: b, deadline });
+    }
+    return found
+      .sort((x, y) => x.deadline - y.deadline || x.block - y.block)
+      .slice(0, maxBlocks)
+      .map((f) => f.block)
+      .sort((x, y) => x - y);
   }
 
   /** Whether micro-batch `index` has its used result. */
@@ -232,7 +280,9 @@ export class StepSchedule {
 
   /** True when some pending attempt is past its deadline (worth re-running the dispatcher). */
   hasOverdue(now: number): boolean {
-    return [...this.attempts.values()].some((a) => a.outcome === 'pending' && !this.done[a.index] && now > a.deadline);
+    for (const a of this.attempts.values())
+      if (a.outcome === 'pending' && !this.done[a.index] && now > a.deadline) return true;
+    return false;
   }
 
   /** Closes the step: attempts still out (copies that lost the race) are marked cancelled. */

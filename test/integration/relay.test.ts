@@ -349,3 +349,31 @@ test('a relay SIGKILLed mid-step, a lying worker behind a relay and a relay with
     'h2 joined the root',
   );
 });
+
+test('a relay whose only worker hangs holds its blocks past their deadline: another relay computes a whole copy; no bit changes', async () => {
+  const train = trainWith(2, 6);
+  const reference = await alone('alone-stall', train);
+  const procs: ChildProcess[] = [];
+  const run = await rootRun('relayed-stall', train, (url) => {
+    // one block per relay per step; r2's worker answers steps 0–2 of its relay, then holds every result forever
+    for (const [name, fault] of [
+      ['s1', ''],
+      ['s2', 'stall:3'],
+    ]) {
+      const r = relay(`[r-${name}]`, url);
+      procs.push(r.child);
+      void r.url.then((relayUrl) => procs.push(worker(name, relayUrl, fault ? { LORAMESH_FAULT: fault } : {})));
+    }
+  });
+  await killAll(procs);
+  assert.equal(maxAbsDiff(run.adapter, reference.adapter), 0, 'adapter');
+  run.metrics.forEach((m, i) => assert.equal(m.loss, reference.metrics[i].loss, `step ${i + 1}`));
+  assert.ok(
+    logs.some((l) => l.startsWith('[s2]') && l.includes('holding the result of step 3 forever')),
+    's2 hung',
+  );
+  assert.ok(
+    logs.some((l) => l.startsWith('[root]') && /past their relay's deadline; also giving them to relay/.test(l)),
+    'the root copied the late block to the other relay',
+  );
+});

@@ -79,7 +79,7 @@ test(
   },
 );
 
-test('a relay takes whole free blocks only; its micro-batches are never copied to a straggler; a lost block comes back', () => {
+test('a relay takes whole free blocks only; its micro-batches are never copied to a single worker; a lost block comes back', () => {
   const s = new StepSchedule(0, [10, 10, 10, 10, 10], estimate, opts);
   const single = s.next('fast', 0)!; // micro-batch 0 goes to a worker: block 0 (0, 1) is no longer whole
   assert.equal(single.index, 0);
@@ -100,4 +100,58 @@ test('a relay takes whole free blocks only; its micro-batches are never copied t
   for (const a of got.attempts) s.lose(a.assignmentId, 'lost', 10);
   assert.deepEqual(s.nextBlocks('relay2', 2, 1, 20)!.blocks, [1]);
   assert.equal(s.unassigned, 1); // micro-batch 4, its block whole again for the next relay
+});
+
+test("a relay's blocks share one deadline; past it another idle relay takes a whole copy, one at a time, and the first whole answer counts", () => {
+  // relays measured at 1 ms per position over a whole answer (their workers compute in parallel)
+  const relays: Estimate = (id, n) => (id.startsWith('relay') ? n : null);
+  const s = new StepSchedule(0, [10, 20, 10, 10], relays, opts);
+  const a = s.nextBlocks('relayA', 2, 1, 0)!;
+  const b = s.nextBlocks('relayB', 2, 1, 0)!;
+  assert.deepEqual([a.blocks, b.blocks, a.copies, b.copies], [[0], [1], false, false]);
+  // one deadline per group: 3 × the relay's expected time for all its positions + slack
+  assert.deepEqual(
+    a.attempts.map((x) => x.deadline),
+    [3 * 30 + 50, 3 * 30 + 50],
+  );
+  assert.deepEqual(
+    b.attempts.map((x) => x.deadline),
+    [3 * 20 + 50, 3 * 20 + 50],
+  );
+  // relay B answers its block; nothing is free, relay A is not yet late
+  for (const x of b.attempts) assert.equal(s.complete(x.assignmentId, 30), 'used');
+  assert.equal(s.nextBlocks('relayB', 2, 1, 100), null);
+  // past relay A's deadline (140): relay B takes a copy of block 0, whole; never relay A itself
+  assert.equal(s.nextBlocks('relayA', 2, 4, 141), null);
+  const copy = s.nextBlocks('relayB', 2, 4, 141)!;
+  assert.deepEqual([copy.blocks, copy.copies], [[0], true]);
+  assert.ok(copy.attempts.every((x) => x.reason === 'straggler' && x.group === copy.group));
+  // at most one copy at a time
+  assert.equal(s.nextBlocks('relayC', 2, 4, 10_000), null);
+  // the copy answers first: it counts; relay A's answer is a duplicate
+  for (const x of copy.attempts) assert.equal(s.complete(x.assignmentId, 150), 'used');
+  for (const x of a.attempts) assert.equal(s.complete(x.assignmentId, 160), 'duplicate');
+  assert.equal(s.remaining, 0);
+  const ledger = s.finish(170);
+  assert.equal(ledger[0].usedWorker, 'relayB');
+  assert.deepEqual(
+    ledger[0].attempts.map((x) => [x.workerId, x.reason, x.outcome]),
+    [
+      ['relayA', 'first', 'duplicate'],
+      ['relayB', 'straggler', 'used'],
+    ],
+  );
+});
+
+test('a late block with one micro-batch done or two attempts out is not copied', () => {
+  const relays: Estimate = (id, n) => (id.startsWith('relay') ? n : null);
+  const s = new StepSchedule(0, [10, 10, 10, 10], relays, opts);
+  const a = s.nextBlocks('relayA', 2, 2, 0)!;
+  assert.deepEqual(a.blocks, [0, 1]);
+  // block 1's second micro-batch is done (a copy cannot be whole); block 0 is copyable
+  s.complete(a.attempts[3].assignmentId, 10);
+  const copy = s.nextBlocks('relayB', 2, 2, 10_000)!;
+  assert.deepEqual(copy.blocks, [0]);
+  // block 0 now has two attempts out: no third
+  assert.equal(s.nextBlocks('relayC', 2, 2, 20_000), null);
 });
