@@ -15,6 +15,7 @@ import { closeCodeFor, ErrorCodes, LoraMeshError, type ErrorCode } from '../../s
 import { asBytes, decodeMessage, encodeMessage } from '../../shared/protocol/codec.ts';
 import {
   PROTOCOL_VERSION,
+  RELAY_PROTOCOL,
   type CoordinatorMessage,
   type BlockForward,
   type BlockResult,
@@ -527,6 +528,15 @@ export class MeshExecutor implements GradientExecutor {
       setTimeout(() => w.ws.terminate(), 1000).unref();
       return;
     }
+    if (hello.relay && w.ws.relay && hello.relayProtocol !== RELAY_PROTOCOL) {
+      this.closeWith(
+        w,
+        ErrorCodes.PROTOCOL_VERSION,
+        `relay protocol ${hello.relayProtocol ?? '1 (before numbers)'} is not supported; this coordinator speaks ` +
+          `relay protocol ${RELAY_PROTOCOL}: upgrade the relays and the coordinator together`,
+      );
+      return;
+    }
     if (hello.relay) {
       const why = !w.ws.relay
         ? 'a relay connects with the relay token (X-Loramesh-Role: relay)'
@@ -568,6 +578,7 @@ export class MeshExecutor implements GradientExecutor {
       ...(recompute ? { recompute } : {}),
       ...this.fallbackFor(w.ws),
       ...(w.relayCapacity !== null && this.options.relayPolicy ? { relayPolicy: this.options.relayPolicy() } : {}),
+      ...(w.relayCapacity !== null ? { relayProtocol: RELAY_PROTOCOL } : {}),
     });
     const keyframe = this.params.keyframe();
     if (keyframe) this.sendFrame(w, keyframe.frame, 'params', keyframe.payload);

@@ -27,6 +27,7 @@ import { asBytes, decodeMessage, encodeMessage } from '../../shared/protocol/cod
 import {
   flattenTensors,
   PROTOCOL_VERSION,
+  RELAY_PROTOCOL,
   unpackFloats,
   type AssignBlocks,
   type BlockItem,
@@ -126,6 +127,7 @@ export function runRelay(opts: RelayOptions): RunningRelay {
     baseFormats: [...BASE_FORMATS],
     arithmetic: [...ARITHMETIC_VARIANTS],
     relay: true,
+    relayProtocol: RELAY_PROTOCOL,
   });
   // one frame at a time, in order: a block's compute must not overtake the parameters sent before it
   let queue = Promise.resolve();
@@ -327,6 +329,20 @@ export function runRelay(opts: RelayOptions): RunningRelay {
     try {
       switch (m.type) {
         case 'welcome':
+          if (m.relayProtocol !== RELAY_PROTOCOL) {
+            // an answer in a form the parent does not read would be refused at every step: stop, and say why
+            const err = new LoraMeshError(
+              ErrorCodes.PROTOCOL_VERSION,
+              `the parent speaks relay protocol ${m.relayProtocol ?? '1 (before numbers)'}, this relay ` +
+                `${RELAY_PROTOCOL}: upgrade the relays and the coordinator together`,
+            );
+            log(`${err.code}: ${err.message}`);
+            settle.reject(err);
+            finish.reject(err);
+            finishedRun = true;
+            link?.close();
+            return;
+          }
           return await onWelcome(m.manifest, m.relayPolicy);
         case 'params':
           return onParams(m);

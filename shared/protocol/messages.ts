@@ -14,6 +14,14 @@ import { CODECS, decodeFloats, MAX_BLOCK, type CodecName, type CodecSpec, type P
 /** 2: float payloads are one flat vector in manifest order, in the run's wire codec */
 export const PROTOCOL_VERSION = 2;
 
+/**
+ * The protocol between a relay and its parent, on top of PROTOCOL_VERSION (which workers see and which did not
+ * change): 2 = the answer in parts (block-sum, block-forward, then block-result) and the run's policy in the
+ * welcome. A relay says it in its hello and the parent in its welcome; either side refuses another number
+ * (LM_ERR_PROTOCOL_VERSION), and a side that says none predates 2. Relays and their parents upgrade together.
+ */
+export const RELAY_PROTOCOL = 2;
+
 export interface BaseFile {
   /** file name inside the model directory, e.g. model.safetensors */
   name: string;
@@ -93,6 +101,8 @@ export interface Hello {
   multiRun?: number;
   /** a relay (coordinator/relay/): takes whole reduction blocks for its own workers; needs the relay token */
   relay?: boolean;
+  /** a relay's RELAY_PROTOCOL (absent: from before relay protocol 2) */
+  relayProtocol?: number;
 }
 /** base model loaded; paramVersion is the version held (-1: none yet) */
 export interface Ready {
@@ -133,6 +143,8 @@ export interface Welcome {
   fallback?: string[];
   /** to a relay (or ingestion thread): the run's policy, which it applies to its own workers */
   relayPolicy?: RelayPolicy;
+  /** to a relay: the parent's RELAY_PROTOCOL */
+  relayProtocol?: number;
 }
 /** What a worker must hold for a run on one kernel backend (coordinator/engine/worker-policy.ts memoryVerdict). */
 export interface MemoryNeeds {
@@ -490,6 +502,7 @@ const guards: Record<Message['type'], Guard> = {
     );
     field(m, 'multiRun', (v) => isInt(1)(v) && (v as number) <= 64, 'an integer from 1 to 64', true);
     field(m, 'relay', (v) => typeof v === 'boolean', 'a boolean', true);
+    field(m, 'relayProtocol', isInt(1), 'an integer ≥ 1', true);
   },
   ready: (m) => field(m, 'paramVersion', isInt(-1), 'an integer ≥ -1 (-1: no parameters yet)'),
   result: (m) => {
@@ -525,6 +538,7 @@ const guards: Record<Message['type'], Guard> = {
       true,
     );
     field(m, 'relayPolicy', isRelayPolicy, 'a relay policy {security?, schedule?, recompute?, memory?}', true);
+    field(m, 'relayProtocol', isInt(1), 'an integer ≥ 1', true);
   },
   params: (m) => {
     field(m, 'paramVersion', isInt(0), 'an integer ≥ 0');

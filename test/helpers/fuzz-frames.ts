@@ -143,6 +143,7 @@ export const RULES: Record<string, Record<string, Rule>> = {
     arithmetic: optional((v) => Array.isArray(v) && v.length <= 8 && v.every(str(32))),
     multiRun: optional((v) => int(1)(v) && (v as number) <= 64),
     relay: optional((v) => typeof v === 'boolean'),
+    relayProtocol: optional(int(1)),
   },
   ready: { paramVersion: int(-1) },
   result: {
@@ -161,6 +162,7 @@ export const RULES: Record<string, Record<string, Rule>> = {
       plain(v) && (v.arithmetic === undefined || (ARITHMETIC_VARIANTS as readonly unknown[]).includes(v.arithmetic)),
     fallback: optional(list(0, 16, str(2048))),
     relayPolicy: optional(relayPolicy),
+    relayProtocol: optional(int(1)),
   },
   params: { paramVersion: int(0), deltaFrom: optional(int(0)), tensors: packed },
   assign: { assignmentId: str(64), paramVersion: int(0), step: int(0), index: int(0), microBatch },

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decodeMessage, encodeMessage } from '../../../shared/protocol/codec.ts';
-import { PROTOCOL_VERSION, type Message } from '../../../shared/protocol/messages.ts';
+import { PROTOCOL_VERSION, RELAY_PROTOCOL, type Message } from '../../../shared/protocol/messages.ts';
 import { encodeFloats, F32 } from '../../../shared/protocol/wire-codec.ts';
 import { aggregateInOrder } from '../../../shared/train/aggregate.ts';
 import type { GradientResult } from '../../../shared/train/gradients.ts';
@@ -381,7 +381,14 @@ test('a relay (upgraded with the relay token) is not rate-limited: 1000 frames a
   const m = new MeshExecutor({ manifest: tinyManifest('rate'), security: { maxMessagesPerSecond: 10 } });
   const say = (p: FakePeer, relay: boolean) => {
     p.events = m.attach(p);
-    p.say({ type: 'hello', protocol: PROTOCOL_VERSION, backend: 'relay', platform: 'node', relay } as Message);
+    p.say({
+      type: 'hello',
+      protocol: PROTOCOL_VERSION,
+      backend: 'relay',
+      platform: 'node',
+      relay,
+      ...(relay ? { relayProtocol: RELAY_PROTOCOL } : {}),
+    } as Message);
     for (let i = 0; i < 1000; i++) p.say({ type: 'heartbeat', sentAt: i });
   };
   const relay = Object.assign(new FakePeer(() => null), { relay: true });
@@ -394,5 +401,45 @@ test('a relay (upgraded with the relay token) is not rate-limited: 1000 frames a
   // burst 2 s worth (20 frames), then LM_ERR_RATE until the reject limit quarantines it
   assert.ok(worker.rejects().includes('LM_ERR_RATE'), worker.rejects().join());
   assert.equal(worker.closedWith, 1008);
+  m.close();
+});
+
+test("a relay of another relay protocol is refused at its hello, naming both numbers; the welcome names the parent's", async () => {
+  const m = new MeshExecutor({ manifest: tinyManifest('relay-protocol') });
+  const hello = (relayProtocol?: number) => {
+    const p = Object.assign(new FakePeer(() => null), { relay: true });
+    p.events = m.attach(p);
+    p.say({
+      type: 'hello',
+      protocol: PROTOCOL_VERSION,
+      backend: 'relay',
+      platform: 'node',
+      relay: true,
+      ...(relayProtocol === undefined ? {} : { relayProtocol }),
+    } as Message);
+    return p;
+  };
+  const old = hello();
+  const newer = hello(RELAY_PROTOCOL + 1);
+  const same = hello(RELAY_PROTOCOL);
+  await new Promise((r) => setImmediate(r));
+  for (const [p, said] of [
+    [old, '1 (before numbers)'],
+    [newer, String(RELAY_PROTOCOL + 1)],
+  ] as const) {
+    const reject = p.received.find((x) => x.type === 'reject');
+    assert.equal(reject?.type === 'reject' && reject.code, 'LM_ERR_PROTOCOL_VERSION');
+    assert.match(
+      reject?.type === 'reject' ? reject.message : '',
+      new RegExp(
+        `relay protocol ${said.replace(/[()]/g, '\\$&')} is not supported; this coordinator speaks relay protocol ${RELAY_PROTOCOL}`,
+      ),
+    );
+    assert.notEqual(p.closedWith, null);
+    assert.ok(!p.received.some((x) => x.type === 'welcome'));
+  }
+  const welcome = same.received.find((x) => x.type === 'welcome');
+  assert.equal(welcome?.type === 'welcome' && welcome.relayProtocol, RELAY_PROTOCOL);
+  assert.equal(same.closedWith, null);
   m.close();
 });
