@@ -376,19 +376,22 @@ test("a relay's workers are bounded for the parent's sum: a result too large for
   }
 });
 
+/** A relay's hello, saying `relayProtocol` (undefined: none, as before relay protocol 2). */
+const relayHello = (relayProtocol?: number): Message => ({
+  type: 'hello',
+  protocol: PROTOCOL_VERSION,
+  backend: 'relay',
+  platform: 'node',
+  relay: true,
+  ...(relayProtocol === undefined ? {} : { relayProtocol }),
+});
+
 test('a relay (upgraded with the relay token) is not rate-limited: 1000 frames at once pass; a worker is refused past its burst', async () => {
   // a relay answers in one frame per block sum and per result sent up whole: hundreds at once at a step's start
   const m = new MeshExecutor({ manifest: tinyManifest('rate'), security: { maxMessagesPerSecond: 10 } });
   const say = (p: FakePeer, relay: boolean) => {
     p.events = m.attach(p);
-    p.say({
-      type: 'hello',
-      protocol: PROTOCOL_VERSION,
-      backend: 'relay',
-      platform: 'node',
-      relay,
-      ...(relay ? { relayProtocol: RELAY_PROTOCOL } : {}),
-    } as Message);
+    p.say(relay ? relayHello(RELAY_PROTOCOL) : ({ ...relayHello(), relay: false } as Message));
     for (let i = 0; i < 1000; i++) p.say({ type: 'heartbeat', sentAt: i });
   };
   const relay = Object.assign(new FakePeer(() => null), { relay: true });
@@ -409,14 +412,7 @@ test("a relay of another relay protocol is refused at its hello, naming both num
   const hello = (relayProtocol?: number) => {
     const p = Object.assign(new FakePeer(() => null), { relay: true });
     p.events = m.attach(p);
-    p.say({
-      type: 'hello',
-      protocol: PROTOCOL_VERSION,
-      backend: 'relay',
-      platform: 'node',
-      relay: true,
-      ...(relayProtocol === undefined ? {} : { relayProtocol }),
-    } as Message);
+    p.say(relayHello(relayProtocol));
     return p;
   };
   const old = hello();
