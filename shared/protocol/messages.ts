@@ -9,6 +9,7 @@ import { describe, ErrorCodes, fail, type ErrorCode } from '../errors.ts';
 import { adapterParameterCount } from '../lora/adapter.ts';
 import { type BaseFormat, describeBaseSpec, type ResolvedBaseSpec } from '../quant/formats.ts';
 import type { MicroBatch } from '../train/micro-batch.ts';
+import { sumSquares } from '../train/reduce-kernel.ts';
 import { CODECS, decodeFloats, MAX_BLOCK, type CodecName, type CodecSpec, type PackedFloats } from './wire-codec.ts';
 
 /** 2: float payloads are one flat vector in manifest order, in the run's wire codec */
@@ -701,26 +702,13 @@ export function unpackFloats(
 }
 
 /**
- * Index of the first NaN or ±Infinity in x, or −1. The common case (all finite) is one pass of
- * x − x, which is 0 for finite x and NaN otherwise, summed in 4 lanes: several times faster than a
- * Number.isFinite loop in V8 (bench/RESULTS.md, Coordinator scale, "What changed"; the check's rate
- * is bench:scale's "decode + check" column); the exact index is searched only when something was
- * found.
+ * Index of the first NaN or ±Infinity in x, or −1. The common case (all finite) is one pass of the reduce kernel's
+ * float64 sum of squares (shared/train/reduce-kernel.ts, WebAssembly SIMD), which is finite exactly when every
+ * value is (a float32 squared is at most 1.2e77, so finite values cannot overflow it): about 2× the rate of the
+ * scalar x − x loop it replaces. The exact index is searched only when something was found.
  */
 export function firstNonFinite(x: Float32Array): number {
-  let a = 0;
-  let b = 0;
-  let c = 0;
-  let d = 0;
-  const n4 = x.length & ~3;
-  for (let i = 0; i < n4; i += 4) {
-    a += x[i] - x[i];
-    b += x[i + 1] - x[i + 1];
-    c += x[i + 2] - x[i + 2];
-    d += x[i + 3] - x[i + 3];
-  }
-  for (let i = n4; i < x.length; i++) a += x[i] - x[i];
-  if (a + b + c + d === 0) return -1;
+  if (Number.isFinite(sumSquares(x))) return -1;
   for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i])) return i;
   return -1;
 }
