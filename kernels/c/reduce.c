@@ -1,6 +1,7 @@
 /*
  * The coordinator's per-result passes (shared/train/reduce-kernel.ts): the float32 in-order sum of
- * gradients and the float64 sum of squares behind every result's norm and finiteness check. Built
+ * gradients and the float64 sum of squares behind every result's norm and finiteness check; and its
+ * optimizer step (lm_adamw, at the end). Built
  * alone by scripts/build-kernels.mjs into shared/train/reduce.wasm.ts; the caller copies chunks of its
  * arrays into the module's memory and back.
  *
@@ -43,4 +44,45 @@ __attribute__((export_name("lm_sum_squares"))) void lm_sum_squares(const float *
   wasm_v128_store(state, lo);
   wasm_v128_store(state + 2, hi);
   for (; i < n; i++) state[0] += (double)x[i] * (double)x[i];
+}
+
+/*
+ * One AdamW step over n parameters in place, the float operations of shared/train/optimizer.ts's adamwStepJs in
+ * its order (float64 arithmetic, each moment and parameter rounded to float32 when stored, the moments read back
+ * rounded), two at a time:
+ *   m ← f32(β1·m + (1−β1)·g);  v ← f32(β2·v + ((1−β2)·g)·g);
+ *   p ← f32(p − lr·((m / c1) / (√(v / c2) + eps) + wd·p)).
+ * No fused multiply-add (the build passes -ffp-contract=off), so the bits are the JavaScript loop's.
+ */
+__attribute__((export_name("lm_adamw"))) void lm_adamw(float *restrict p, const float *restrict g, float *restrict m,
+                                                        float *restrict v, int n, double beta1, double beta2,
+                                                        double c1, double c2, double eps, double lr, double wd) {
+  const double ob1 = 1 - beta1, ob2 = 1 - beta2;
+  const v128_t B1 = wasm_f64x2_splat(beta1), OB1 = wasm_f64x2_splat(ob1), B2 = wasm_f64x2_splat(beta2),
+               OB2 = wasm_f64x2_splat(ob2), C1 = wasm_f64x2_splat(c1), C2 = wasm_f64x2_splat(c2),
+               EPS = wasm_f64x2_splat(eps), LR = wasm_f64x2_splat(lr), WD = wasm_f64x2_splat(wd);
+  int i = 0;
+  for (; i + 2 <= n; i += 2) {
+    v128_t gg = wasm_f64x2_promote_low_f32x4(wasm_v128_load64_zero(g + i));
+    v128_t mm = wasm_f64x2_promote_low_f32x4(wasm_v128_load64_zero(m + i));
+    v128_t vv = wasm_f64x2_promote_low_f32x4(wasm_v128_load64_zero(v + i));
+    v128_t pp = wasm_f64x2_promote_low_f32x4(wasm_v128_load64_zero(p + i));
+    v128_t m32 = wasm_f32x4_demote_f64x2_zero(wasm_f64x2_add(wasm_f64x2_mul(B1, mm), wasm_f64x2_mul(OB1, gg)));
+    v128_t v32 = wasm_f32x4_demote_f64x2_zero(
+        wasm_f64x2_add(wasm_f64x2_mul(B2, vv), wasm_f64x2_mul(wasm_f64x2_mul(OB2, gg), gg)));
+    wasm_v128_store64_lane(m + i, m32, 0);
+    wasm_v128_store64_lane(v + i, v32, 0);
+    mm = wasm_f64x2_promote_low_f32x4(m32);
+    vv = wasm_f64x2_promote_low_f32x4(v32);
+    v128_t update =
+        wasm_f64x2_div(wasm_f64x2_div(mm, C1), wasm_f64x2_add(wasm_f64x2_sqrt(wasm_f64x2_div(vv, C2)), EPS));
+    pp = wasm_f64x2_sub(pp, wasm_f64x2_mul(LR, wasm_f64x2_add(update, wasm_f64x2_mul(WD, pp))));
+    wasm_v128_store64_lane(p + i, wasm_f32x4_demote_f64x2_zero(pp), 0);
+  }
+  for (; i < n; i++) {
+    m[i] = (float)(beta1 * m[i] + ob1 * g[i]);
+    v[i] = (float)(beta2 * v[i] + ob2 * g[i] * g[i]);
+    const double update = (double)m[i] / c1 / (__builtin_sqrt((double)v[i] / c2) + eps);
+    p[i] = (float)(p[i] - lr * (update + wd * p[i]));
+  }
 }

@@ -4,6 +4,7 @@
  * the same way in every process and tests need no backend.
  */
 import type { TrainConfig } from '../config.ts';
+import { adamw } from './reduce-kernel.ts';
 
 export type NamedArrays = Map<string, Float32Array>;
 
@@ -55,7 +56,10 @@ export function clipToNorm(grads: NamedArrays, norm: number, maxNorm: number): n
   return norm;
 }
 
-/** One AdamW step in place: p ← p − lr·(m̂ / (√v̂ + eps) + wd·p), with m̂, v̂ bias-corrected. */
+/**
+ * One AdamW step in place: p ← p − lr·(m̂ / (√v̂ + eps) + wd·p), with m̂, v̂ bias-corrected: float64 arithmetic,
+ * float32 storage, per tensor in reduce-kernel.ts (WebAssembly SIMD, the bits of its scalar loop adamwJs).
+ */
 export function adamwStep(
   params: NamedArrays,
   grads: NamedArrays,
@@ -64,18 +68,18 @@ export function adamwStep(
   t: Pick<TrainConfig, 'beta1' | 'beta2' | 'eps' | 'weightDecay'>,
 ): void {
   state.step += 1;
-  const c1 = 1 - Math.pow(t.beta1, state.step);
-  const c2 = 1 - Math.pow(t.beta2, state.step);
+  const k = {
+    beta1: t.beta1,
+    beta2: t.beta2,
+    c1: 1 - Math.pow(t.beta1, state.step),
+    c2: 1 - Math.pow(t.beta2, state.step),
+    eps: t.eps,
+    lr,
+    weightDecay: t.weightDecay,
+  };
   for (const [name, p] of params) {
     const g = grads.get(name);
     if (!g) throw new Error(`adamwStep: no gradient for ${name}`);
-    const m = state.m.get(name)!;
-    const v = state.v.get(name)!;
-    for (let i = 0; i < p.length; i++) {
-      m[i] = t.beta1 * m[i] + (1 - t.beta1) * g[i];
-      v[i] = t.beta2 * v[i] + (1 - t.beta2) * g[i] * g[i];
-      const update = m[i] / c1 / (Math.sqrt(v[i] / c2) + t.eps);
-      p[i] -= lr * (update + t.weightDecay * p[i]);
-    }
+    adamw(p, g, state.m.get(name)!, state.v.get(name)!, k);
   }
 }

@@ -1,9 +1,10 @@
 /**
  * The two passes the coordinator (and every relay and ingestion thread) makes over each arriving
- * result, in WebAssembly SIMD (kernels/c/reduce.c, built into reduce.wasm.ts):
+ * result, and its optimizer step, in WebAssembly SIMD (kernels/c/reduce.c, built into reduce.wasm.ts):
  * - `addInto(acc, g)`: acc += g, the in-order float32 sum of results (aggregate.ts);
  * - `sumSquares(x)`: the float64 sum of squares behind each result's norm and finiteness check
- *   (coordinator/engine/defence.ts l2Norm).
+ *   (coordinator/engine/defence.ts l2Norm, protocol/messages.ts firstNonFinite);
+ * - `adamw(p, g, m, v, k)`: one AdamW step (optimizer.ts adamwStep).
  * Both give exactly the bits of their JavaScript forms (`addIntoJs`, `sumSquaresJs`, kept as the
  * reference and the fallback; the tests compare them): the C does the same float operations in the
  * same order, only four at a time. The arrays stay where they are (JavaScript memory, often a view of
@@ -13,17 +14,20 @@
  */
 import { REDUCE_WASM } from './reduce.wasm.ts';
 
-/** Floats per chunk: three regions (acc, g, the four float64 lanes) in three 64 KiB pages. */
+/** Floats per chunk: four regions of a chunk each (acc, g; or AdamW's p, g, m, v), then the four float64 lanes. */
 const CHUNK = 16384;
 const ACC_AT = 0;
 const G_AT = CHUNK * 4;
-const STATE_AT = 2 * CHUNK * 4;
+const STATE_AT = 4 * CHUNK * 4;
+/** AdamW's regions */
+const [P_AT, M_AT, V_AT] = [0, 2 * CHUNK * 4, 3 * CHUNK * 4];
 /** Below this many floats the JavaScript loop is as fast (no copies, no call). */
 const MIN_KERNEL = 1024;
 
 interface ReduceModule {
   add(accAt: number, gAt: number, n: number): void;
   sumSquares(xAt: number, n: number, stateAt: number): void;
+  adamw(...args: number[]): void;
   floats: Float32Array;
   state: Float64Array;
 }
@@ -57,16 +61,18 @@ function reduceModule(): ReduceModule | null {
   const bytes = decodeBase64(REDUCE_WASM);
   if (!WebAssembly.validate(bytes)) return loaded;
   // fixed size (initial = maximum): the views below never detach
-  const memory = new WebAssembly.Memory({ initial: 3, maximum: 3 });
+  const memory = new WebAssembly.Memory({ initial: 5, maximum: 5 });
   const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } });
   const exports = instance.exports as {
     lm_add: (acc: number, g: number, n: number) => void;
     lm_sum_squares: (x: number, n: number, state: number) => void;
+    lm_adamw: (...args: number[]) => void;
   };
   loaded = {
     add: exports.lm_add,
     sumSquares: exports.lm_sum_squares,
-    floats: new Float32Array(memory.buffer, 0, 2 * CHUNK),
+    adamw: exports.lm_adamw,
+    floats: new Float32Array(memory.buffer, 0, 4 * CHUNK),
     state: new Float64Array(memory.buffer, STATE_AT, 4),
   };
   return loaded;
@@ -100,6 +106,53 @@ export function sumSquares(x: Float32Array): number {
     m.sumSquares(G_AT, n, STATE_AT);
   }
   return state[0] + state[1] + state[2] + state[3];
+}
+
+/** AdamW's coefficients for one step (shared/train/optimizer.ts adamwStep). */
+export interface AdamwStep {
+  beta1: number;
+  beta2: number;
+  /** bias corrections 1 − β1^t and 1 − β2^t */
+  c1: number;
+  c2: number;
+  eps: number;
+  lr: number;
+  weightDecay: number;
+}
+
+/**
+ * One AdamW step over p (in place) with gradient g and moments m, v (in place): the bits of adamwJs, the float64
+ * divisions and square root done two at a time (kernels/c/reduce.c lm_adamw). Lengths must match.
+ */
+export function adamw(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, k: AdamwStep): void {
+  if (g.length !== p.length || m.length !== p.length || v.length !== p.length)
+    throw new RangeError(`adamw: lengths ${p.length}, ${g.length}, ${m.length}, ${v.length} differ`);
+  const mod = p.length >= MIN_KERNEL ? reduceModule() : null;
+  if (!mod) return adamwJs(p, g, m, v, k);
+  const { floats } = mod;
+  for (let at = 0; at < p.length; at += CHUNK) {
+    const n = Math.min(CHUNK, p.length - at);
+    const end = at + n;
+    floats.set(p.subarray(at, end), P_AT / 4);
+    floats.set(g.subarray(at, end), G_AT / 4);
+    floats.set(m.subarray(at, end), M_AT / 4);
+    floats.set(v.subarray(at, end), V_AT / 4);
+    mod.adamw(P_AT, G_AT, M_AT, V_AT, n, k.beta1, k.beta2, k.c1, k.c2, k.eps, k.lr, k.weightDecay);
+    p.set(floats.subarray(P_AT / 4, P_AT / 4 + n), at);
+    m.set(floats.subarray(M_AT / 4, M_AT / 4 + n), at);
+    v.set(floats.subarray(V_AT / 4, V_AT / 4 + n), at);
+  }
+}
+
+/** One AdamW step in JavaScript (the reference and the fallback): float64 arithmetic, float32 storage. */
+export function adamwJs(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, k: AdamwStep): void {
+  const { beta1, beta2, c1, c2, eps, lr, weightDecay } = k;
+  for (let i = 0; i < p.length; i++) {
+    m[i] = beta1 * m[i] + (1 - beta1) * g[i];
+    v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i];
+    const update = m[i] / c1 / (Math.sqrt(v[i] / c2) + eps);
+    p[i] -= lr * (update + weightDecay * p[i]);
+  }
 }
 
 /**
