@@ -30,7 +30,7 @@ const target = join(root, 'kernels', 'compact-gemm.wasm.ts');
 const sources = ['compact-gemm.c', 'fused.c'].map((file) => join(root, 'kernels', 'c', file));
 const REDUCE_TARGET = join(root, 'shared', 'train', 'reduce.wasm.ts');
 const REDUCE_SOURCES = [join(root, 'kernels', 'c', 'reduce.c')];
-const REDUCE_EXPORTS = ['lm_add', 'lm_sum_squares', 'lm_adamw'];
+const REDUCE_EXPORTS = ['lm_add', 'lm_sum_squares', 'lm_adamw', 'lm_sum_squares_serial'];
 const EXPORTS = [
   'lm_lora_forward',
   'lm_lora_backward',

@@ -86,3 +86,10 @@ __attribute__((export_name("lm_adamw"))) void lm_adamw(float *restrict p, const 
     p[i] = (float)(p[i] - lr * (update + wd * p[i]));
   }
 }
+
+/* state[0] += x[i]² for i < n, one float64 sum in index order (optimizer.ts globalNorm's order: no lanes). */
+__attribute__((export_name("lm_sum_squares_serial"))) void lm_sum_squares_serial(const float *x, int n, double *state) {
+  double s = state[0];
+  for (int i = 0; i < n; i++) s += (double)x[i] * (double)x[i];
+  state[0] = s;
+}

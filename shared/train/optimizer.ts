@@ -4,7 +4,7 @@
  * the same way in every process and tests need no backend.
  */
 import type { TrainConfig } from '../config.ts';
-import { adamw } from './reduce-kernel.ts';
+import { adamw, sumSquaresSerial } from './reduce-kernel.ts';
 
 export type NamedArrays = Map<string, Float32Array>;
 
@@ -31,10 +31,10 @@ export function learningRate(
   return minLr + 0.5 * (t.lr - minLr) * (1 + Math.cos(Math.PI * progress));
 }
 
-/** L2 norm over all arrays, accumulated in float64 in name order. */
+/** L2 norm over all arrays, accumulated in float64 in name order, one sum (reduce-kernel.ts sumSquaresSerial). */
 export function globalNorm(grads: NamedArrays): number {
   let sq = 0;
-  for (const g of grads.values()) for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
+  for (const g of grads.values()) sq = sumSquaresSerial(g, sq);
   return Math.sqrt(sq);
 }
 

@@ -4,7 +4,8 @@
  * - `addInto(acc, g)`: acc += g, the in-order float32 sum of results (aggregate.ts);
  * - `sumSquares(x)`: the float64 sum of squares behind each result's norm and finiteness check
  *   (coordinator/engine/defence.ts l2Norm, protocol/messages.ts firstNonFinite);
- * - `adamw(p, g, m, v, k)`: one AdamW step (optimizer.ts adamwStep).
+ * - `adamw(p, g, m, v, k)`: one AdamW step (optimizer.ts adamwStep), and `sumSquaresSerial` for its clipping's
+ *   global norm (one float64 sum in order, as optimizer.ts globalNorm has always summed).
  * Both give exactly the bits of their JavaScript forms (`addIntoJs`, `sumSquaresJs`, kept as the
  * reference and the fallback; the tests compare them): the C does the same float operations in the
  * same order, only four at a time. The arrays stay where they are (JavaScript memory, often a view of
@@ -27,6 +28,7 @@ const MIN_KERNEL = 1024;
 interface ReduceModule {
   add(accAt: number, gAt: number, n: number): void;
   sumSquares(xAt: number, n: number, stateAt: number): void;
+  sumSquaresSerial(xAt: number, n: number, stateAt: number): void;
   adamw(...args: number[]): void;
   floats: Float32Array;
   state: Float64Array;
@@ -67,11 +69,13 @@ function reduceModule(): ReduceModule | null {
     lm_add: (acc: number, g: number, n: number) => void;
     lm_sum_squares: (x: number, n: number, state: number) => void;
     lm_adamw: (...args: number[]) => void;
+    lm_sum_squares_serial: (x: number, n: number, state: number) => void;
   };
   loaded = {
     add: exports.lm_add,
     sumSquares: exports.lm_sum_squares,
     adamw: exports.lm_adamw,
+    sumSquaresSerial: exports.lm_sum_squares_serial,
     floats: new Float32Array(memory.buffer, 0, 4 * CHUNK),
     state: new Float64Array(memory.buffer, STATE_AT, 4),
   };
@@ -106,6 +110,30 @@ export function sumSquares(x: Float32Array): number {
     m.sumSquares(G_AT, n, STATE_AT);
   }
   return state[0] + state[1] + state[2] + state[3];
+}
+
+/**
+ * from + Σ x[i]² in float64, one sum in index order (no lanes): the bits of `let s = from; for (…) s += x[i] * x[i]`,
+ * which a chain of sums over several arrays continues (optimizer.ts globalNorm).
+ */
+export function sumSquaresSerial(x: Float32Array, from = 0): number {
+  const m = x.length >= MIN_KERNEL ? reduceModule() : null;
+  if (!m) return sumSquaresSerialJs(x, from);
+  const { floats, state } = m;
+  state[0] = from;
+  for (let at = 0; at < x.length; at += CHUNK) {
+    const n = Math.min(CHUNK, x.length - at);
+    floats.set(x.subarray(at, at + n), G_AT / 4);
+    m.sumSquaresSerial(G_AT, n, STATE_AT);
+  }
+  return state[0];
+}
+
+/** sumSquaresSerial in JavaScript (the reference and the fallback). */
+export function sumSquaresSerialJs(x: Float32Array, from = 0): number {
+  let s = from;
+  for (let i = 0; i < x.length; i++) s += x[i] * x[i];
+  return s;
 }
 
 /** AdamW's coefficients for one step (shared/train/optimizer.ts adamwStep). */

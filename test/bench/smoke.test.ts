@@ -1,11 +1,12 @@
 // The benchmark code on its smallest settings, so it does not rot: a tiny GPT-2 payload with 1 and
-// 4 simulated workers, a short soak, and the data-parallel runs of the demo model with 1 measured
-// step window. Only the shape of the results is asserted (counts, fields, finite numbers), never
-// timings; nothing is written to bench/results or bench/RESULTS.md.
+// 4 simulated workers, a short soak, the data-parallel runs of the demo model with 1 measured
+// step window, and the root-step bench with 2 repeats. Only the shape of the results is asserted
+// (counts, fields, finite numbers), never timings; nothing is written to bench/results or bench/RESULTS.md.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runScaleBench, type ScaleResult } from '../../bench/scale.ts';
 import { runParallelBench } from '../../bench/parallel.ts';
+import { runRootStepBench } from '../../bench/root-step.ts';
 import { GPT2_TINY } from '../../bench/lib/sim-mesh.ts';
 import type { Figure, Stats } from '../../bench/lib/results.ts';
 
@@ -120,4 +121,14 @@ test('parallel bench: in-process and 2 local workers on the demo model, projecte
   assert.equal(r.projection.points[0].speedup, 1);
   assert.ok(r.projection.points.every((p) => Number.isFinite(p.speedup) && p.speedup > 0));
   assertFigures(r.figures, r.rows.filter((row) => !row.unavailable).length);
+});
+
+test("root-step bench: each of the root's per-step operations at Qwen2.5-0.5B shapes, with and without the kernels", () => {
+  const r = runRootStepBench('qwen2.5-0.5b', 2);
+  assert.equal(r.parameters, 8_798_208); // 24 layers × r=16 × the 7 projections' (in + out)
+  assert.equal(r.operations.length, 5);
+  for (const o of r.operations) {
+    assertStats(o.kernel, 2, `${o.name} (kernels)`);
+    assertStats(o.scalar, 2, `${o.name} (scalar)`);
+  }
 });

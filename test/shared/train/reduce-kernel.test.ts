@@ -7,7 +7,16 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { finiteNorm, l2Norm } from '../../../coordinator/engine/defence.ts';
 import { Rng } from '../../../shared/rng.ts';
-import { adamw, adamwJs, addInto, addIntoJs, sumSquares, sumSquaresJs } from '../../../shared/train/reduce-kernel.ts';
+import {
+  adamw,
+  adamwJs,
+  addInto,
+  addIntoJs,
+  sumSquares,
+  sumSquaresJs,
+  sumSquaresSerial,
+  sumSquaresSerialJs,
+} from '../../../shared/train/reduce-kernel.ts';
 
 const rng = new Rng(19);
 const LENGTHS = [0, 1, 3, 5, 1023, 1024, 1027, 16383, 16384, 16385, 16384 * 2 + 7, 295_000];
@@ -120,4 +129,18 @@ test('adamw equals the scalar AdamW loop bit for bit over many steps, at every t
       assert.equal(sameBits(kernel[part], scalar[part]), 0, `n=${n}: ${part} elements differing from the scalar loop`);
     assert.ok(kernel.p.every(Number.isFinite));
   }
+});
+
+test("sumSquaresSerial equals one float64 sum in index order bit for bit, carried across arrays (globalNorm's order)", () => {
+  let kernel = 0;
+  let scalar = 0;
+  for (const n of LENGTHS) {
+    const x = values(n).map((v) => Math.fround(Math.max(-1e30, Math.min(1e30, v))));
+    kernel = sumSquaresSerial(x, kernel);
+    for (let i = 0; i < n; i++) scalar += x[i] * x[i];
+    assert.ok(Object.is(kernel, scalar), `after n=${n}: ${kernel} vs ${scalar}`);
+  }
+  // one array alone, from 0
+  const x = values(295_000).map((v) => Math.fround(Math.max(-1e30, Math.min(1e30, v))));
+  assert.ok(Object.is(sumSquaresSerial(x), sumSquaresSerialJs(x)));
 });
