@@ -64,7 +64,7 @@ export function runRootStepBench(shape: ShapeName, repeats = 7): { parameters: n
   const samples = ops.map(() => ({ kernel: [] as number[], scalar: [] as number[] }));
   for (let r = 0; r < repeats; r++) {
     ops.forEach(([, withKernel, without], k) => {
-      for (const kernelOn of [true, false]) {
+      for (const kernelOn of r % 2 === 0 ? [true, false] : [false, true]) {
         const was = useReduceKernel(kernelOn);
         try {
           const t0 = cpuMs();

@@ -532,7 +532,7 @@ export class MeshExecutor implements GradientExecutor {
       this.closeWith(
         w,
         ErrorCodes.PROTOCOL_VERSION,
-        `relay protocol ${hello.relayProtocol ?? '1 (before numbers)'} is not supported; this coordinator speaks ` +
+        `relay protocol ${hello.relayProtocol ?? 'none (a relay from before relay protocol numbers)'} is not supported; this coordinator speaks ` +
           `relay protocol ${RELAY_PROTOCOL}: upgrade the relays and the coordinator together`,
       );
       return;
@@ -855,6 +855,8 @@ export class MeshExecutor implements GradientExecutor {
     this.dropHolding(w);
     const step = this.inFlight;
     if (!step || held.step !== step.schedule.step) return this.dispatch();
+    // while it is checked (below, or a trusted recomputation of what it sent up whole) its blocks are not copied
+    step.schedule.answered(held.group.attempts);
     const expelled = this.expelledBehind.get(w.id);
     const tainted = expelled && m.items.find((item) => expelled.has(item.worker));
     if (tainted) {

@@ -29,6 +29,8 @@ export interface Attempt {
   group?: string;
   /** who behind the relay computed it (relay id/worker id), once its block came back */
   computedBy?: string;
+  /** a relay's attempt whose answer arrived and is being checked: no longer late, never copied */
+  answered?: boolean;
 }
 
 export interface LedgerEntry {
@@ -138,7 +140,7 @@ export class StepSchedule {
   ): { group: string; blocks: number[]; attempts: Attempt[]; copies: boolean } | null {
     // flags, not sets, and no arrays per index: a relay's call scans each block at most once (O(N) per call)
     const n = this.tokens.length;
-    const queued = new Uint8Array(n);
+    const queued = new Uint8Array(this.queue.length > 0 ? n : 0); // (empty when only copies are possible)
     for (const i of this.queue) if (!this.done[i]) queued[i] = 1;
     const blocks: number[] = [];
     for (let b = 0; this.queue.length > 0 && b * blockSize < n && blocks.length < maxBlocks; b++) {
@@ -156,10 +158,12 @@ export class StepSchedule {
     let positions = 0;
     for (const b of blocks)
       for (let i = b * blockSize; i < Math.min(n, (b + 1) * blockSize); i++) positions += this.tokens[i];
+    // one more expected time and slack than a worker's: the relay's own straggler handling (its deadline, then a
+    // copy among its workers) answers by then, and a whole copy here costs a whole assignment
     const deadline =
       now +
-      this.opts.deadlineFactor * (this.estimate(workerId, positions) ?? this.opts.unknownExpectedMs) +
-      this.opts.deadlineSlackMs;
+      (this.opts.deadlineFactor + 1) * (this.estimate(workerId, positions) ?? this.opts.unknownExpectedMs) +
+      2 * this.opts.deadlineSlackMs;
     for (const b of blocks) {
       for (let i = b * blockSize; i < Math.min(n, (b + 1) * blockSize); i++) {
         taken[i] = 2;
@@ -202,6 +206,7 @@ export class StepSchedule {
           !this.done[i] &&
           count === 1 &&
           live!.group !== undefined &&
+          !live!.answered &&
           (group === undefined || live!.group === group) &&
           live!.workerId !== workerId &&
           now > live!.deadline;
@@ -215,6 +220,17 @@ export class StepSchedule {
       .slice(0, maxBlocks)
       .map((f) => f.block)
       .sort((x, y) => x - y);
+  }
+
+  /**
+   * A relay's answer for these attempts arrived and is being checked (its parts, a trusted recomputation of what it
+   * sent up whole): they are no longer late, and their blocks are not copied. A refusal then loses them as usual.
+   */
+  answered(assignmentIds: readonly string[]): void {
+    for (const id of assignmentIds) {
+      const a = this.attempts.get(id);
+      if (a?.outcome === 'pending') a.answered = true;
+    }
   }
 
   /** Whether micro-batch `index` has its used result. */
@@ -281,7 +297,7 @@ export class StepSchedule {
   /** True when some pending attempt is past its deadline (worth re-running the dispatcher). */
   hasOverdue(now: number): boolean {
     for (const a of this.attempts.values())
-      if (a.outcome === 'pending' && !this.done[a.index] && now > a.deadline) return true;
+      if (a.outcome === 'pending' && !a.answered && !this.done[a.index] && now > a.deadline) return true;
     return false;
   }
 

@@ -333,7 +333,7 @@ export function runRelay(opts: RelayOptions): RunningRelay {
             // an answer in a form the parent does not read would be refused at every step: stop, and say why
             const err = new LoraMeshError(
               ErrorCodes.PROTOCOL_VERSION,
-              `the parent speaks relay protocol ${m.relayProtocol ?? '1 (before numbers)'}, this relay ` +
+              `the parent speaks relay protocol ${m.relayProtocol ?? 'none (a parent from before relay protocol numbers)'}, this relay ` +
                 `${RELAY_PROTOCOL}: upgrade the relays and the coordinator together`,
             );
             log(`${err.code}: ${err.message}`);

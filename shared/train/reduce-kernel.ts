@@ -64,7 +64,12 @@ function reduceModule(): ReduceModule | null {
   if (!WebAssembly.validate(bytes)) return loaded;
   // fixed size (initial = maximum): the views below never detach
   const memory = new WebAssembly.Memory({ initial: 5, maximum: 5 });
-  const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } });
+  let instance: WebAssembly.Instance;
+  try {
+    instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } });
+  } catch {
+    return loaded; // compiling refused (a page whose CSP allows no WebAssembly): the scalar loops
+  }
   const exports = instance.exports as {
     lm_add: (acc: number, g: number, n: number) => void;
     lm_sum_squares: (x: number, n: number, state: number) => void;
@@ -82,10 +87,13 @@ function reduceModule(): ReduceModule | null {
   return loaded;
 }
 
-/** acc += g elementwise, one float32 addition each (the bits of addIntoJs). Lengths must match. */
+/**
+ * acc += g elementwise, one float32 addition each (the bits of addIntoJs). Lengths must match. Overlapping arrays
+ * (never the case in a sum) take the scalar loop, whose element-by-element order the chunks would not keep.
+ */
 export function addInto(acc: Float32Array, g: Float32Array): void {
   if (acc.length !== g.length) throw new RangeError(`cannot add ${g.length} values into ${acc.length}`);
-  const m = g.length >= MIN_KERNEL ? reduceModule() : null;
+  const m = g.length >= MIN_KERNEL && !overlap(acc, g) ? reduceModule() : null;
   if (!m) return addIntoJs(acc, g);
   const { floats } = m;
   for (let at = 0; at < g.length; at += CHUNK) {
@@ -96,6 +104,9 @@ export function addInto(acc: Float32Array, g: Float32Array): void {
     acc.set(floats.subarray(ACC_AT / 4, ACC_AT / 4 + n), at);
   }
 }
+
+const overlap = (a: Float32Array, b: Float32Array) =>
+  a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
 
 /** Σ x[i]² in float64, in sumSquaresJs's order (so the same bits). */
 export function sumSquares(x: Float32Array): number {
@@ -155,7 +166,9 @@ export interface AdamwStep {
 export function adamw(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, k: AdamwStep): void {
   if (g.length !== p.length || m.length !== p.length || v.length !== p.length)
     throw new RangeError(`adamw: lengths ${p.length}, ${g.length}, ${m.length}, ${v.length} differ`);
-  const mod = p.length >= MIN_KERNEL ? reduceModule() : null;
+  const distinct =
+    !overlap(p, g) && !overlap(p, m) && !overlap(p, v) && !overlap(g, m) && !overlap(g, v) && !overlap(m, v);
+  const mod = p.length >= MIN_KERNEL && distinct ? reduceModule() : null;
   if (!mod) return adamwJs(p, g, m, v, k);
   const { floats } = mod;
   for (let at = 0; at < p.length; at += CHUNK) {

@@ -101,7 +101,8 @@ function mesh(checks?: Partial<ResultChecks>, recomputed: number[] = []): MeshEx
   return m;
 }
 
-const expectedSum = () =>
+/** The honest results summed in the canonical order (with `block`: the reduction block's). */
+const expectedSum = (block?: number) =>
   aggregateInOrder(
     microBatches.map((mb, i) => ({
       lossSum: 1,
@@ -111,6 +112,7 @@ const expectedSum = () =>
         ['m.lora_B', honest(i).slice(6)],
       ]),
     })),
+    block,
   );
 
 test('two honest peers: welcome, params, assignments; the step sums in micro-batch order, bit for bit', async () => {
@@ -420,7 +422,7 @@ test("a relay of another relay protocol is refused at its hello, naming both num
   const same = hello(RELAY_PROTOCOL);
   await new Promise((r) => setImmediate(r));
   for (const [p, said] of [
-    [old, '1 (before numbers)'],
+    [old, 'none (a relay from before relay protocol numbers)'],
     [newer, String(RELAY_PROTOCOL + 1)],
   ] as const) {
     const reject = p.received.find((x) => x.type === 'reject');
@@ -437,5 +439,112 @@ test("a relay of another relay protocol is refused at its hello, naming both num
   const welcome = same.received.find((x) => x.type === 'welcome');
   assert.equal(welcome?.type === 'welcome' && welcome.relayProtocol, RELAY_PROTOCOL);
   assert.equal(same.closedWith, null);
+  m.close();
+});
+
+/**
+ * A relay as the parent sees it: it answers each assign-blocks with a block-sum per block (its micro-batches'
+ * honest results added in order) and the block-result, at once (`auto`) or when released.
+ */
+class FakeRelay extends FakePeer {
+  override relay = true;
+  /** how many of the next assignments it answers at once (the rest it holds until released) */
+  auto = 0;
+  private readonly held: Extract<Message, { type: 'assign-blocks' }>[] = [];
+  constructor() {
+    super(() => null);
+  }
+  override send(frame: Uint8Array): void {
+    super.send(frame);
+    const m = this.received[this.received.length - 1];
+    if (m.type !== 'assign-blocks') return;
+    this.held.push(m);
+    if (this.auto > 0) {
+      this.auto--;
+      queueMicrotask(() => this.release());
+    }
+  }
+  /** its worker id at the parent (from the welcome) */
+  id(): string {
+    const welcome = this.received.find((x) => x.type === 'welcome');
+    return welcome?.type === 'welcome' ? welcome.workerId : '';
+  }
+  joinAsRelay(mesh: MeshExecutor): this {
+    this.events = mesh.attach(this);
+    this.say(relayHello(RELAY_PROTOCOL));
+    this.say({ type: 'ready', paramVersion: -1 });
+    this.say({ type: 'capacity', microBatches: 2 });
+    return this;
+  }
+  /** answers every assignment held so far */
+  release(): void {
+    for (const a of this.held.splice(0)) {
+      const items = a.blocks.flatMap((b) =>
+        b.microBatches.map((_, j) => {
+          const index = b.block * a.blockSize + j;
+          return { index, worker: 'w', name: 'w', lossSum: 1, tokenCount: tokenCount(microBatches[index]), norm: 0.1 };
+        }),
+      );
+      for (const b of a.blocks) {
+        const mine = items.filter((it) => Math.floor(it.index / a.blockSize) === b.block);
+        const sum = new Float32Array(VALUES);
+        for (const it of mine) {
+          const g = honest(it.index);
+          for (let k = 0; k < VALUES; k++) sum[k] += g[k];
+        }
+        this.say({
+          type: 'block-sum',
+          assignmentId: a.assignmentId,
+          block: b.block,
+          lossSum: mine.reduce((s, it) => s + it.lossSum, 0),
+          tokenCount: mine.reduce((s, it) => s + it.tokenCount, 0),
+          grads: encodeFloats(sum, F32),
+        });
+      }
+      this.say({ type: 'block-result', assignmentId: a.assignmentId, paramVersion: a.paramVersion, items });
+    }
+  }
+}
+
+const until = async (what: string, ok: () => boolean) => {
+  for (let t = 0; !ok(); t += 10) {
+    if (t > 5000) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+};
+
+test("a relay's late block is copied whole to an idle relay; when the original answers first, the copy's answer is a duplicate", async () => {
+  const m = new MeshExecutor({
+    manifest,
+    reductionBlock: 2,
+    // unmeasured relays: a group's deadline is (1 + 1) × 20 ms
+    schedule: { deadlineFactor: 1, deadlineSlackMs: 0, unknownExpectedMs: 20 },
+  });
+  m.publish(0, adapter);
+  const [a, b, c] = [new FakeRelay(), new FakeRelay(), new FakeRelay()].map((r) => r.joinAsRelay(m));
+  b.auto = 1; // answers block 1 at once, then is idle while a's block 0 and c's block 2 go late; holds its copy
+  const step = m.compute(0, 0, microBatches);
+  const blocksOf = (r: FakeRelay) =>
+    r.received.flatMap((x) => (x.type === 'assign-blocks' ? [x.blocks.map((bl) => bl.block)] : []));
+  await until('b to take a copy', () => blocksOf(b).length === 2);
+  assert.deepEqual(blocksOf(b), [[1], [0]]); // the most overdue first: a's block 0 (then block order)
+  a.release(); // the original answers first: it counts
+  await until('a to take a copy of block 2', () => blocksOf(a).length === 2);
+  assert.deepEqual(blocksOf(a), [[0], [2]]); // a, idle again, copies c's late block and holds it
+  b.release(); // the copy's answer of block 0 comes second: a duplicate
+  c.release(); // the step ends with c's own block 2
+  const { sum } = await step;
+  const reference = expectedSum(2);
+  for (const name of ['m.lora_A', 'm.lora_B'])
+    assert.deepEqual([...sum.grads.get(name)!], [...reference.grads.get(name)!], name);
+  const outcomes = (index: number) =>
+    m.lastLedger[index].attempts.map(
+      (x) => `${x.workerId === a.id() ? 'a' : x.workerId === b.id() ? 'b' : 'c'} ${x.reason} ${x.outcome}`,
+    );
+  assert.deepEqual(outcomes(0), ['a first used', 'b straggler duplicate']);
+  assert.deepEqual(outcomes(2), ['b first used']);
+  assert.deepEqual(outcomes(4), ['c first used', 'a straggler cancelled']);
+  const discarded = Object.fromEntries(m.info().map((w) => [w.id, w.discarded]));
+  assert.deepEqual([discarded[a.id()], discarded[b.id()], discarded[c.id()]], [0, 2, 0]);
   m.close();
 });

@@ -109,21 +109,22 @@ test("a relay's blocks share one deadline; past it another idle relay takes a wh
   const a = s.nextBlocks('relayA', 2, 1, 0)!;
   const b = s.nextBlocks('relayB', 2, 1, 0)!;
   assert.deepEqual([a.blocks, b.blocks, a.copies, b.copies], [[0], [1], false, false]);
-  // one deadline per group: 3 × the relay's expected time for all its positions + slack
+  // one deadline per group: (3 + 1) × the relay's expected time for all its positions + 2 × slack (room for the
+  // relay's own straggler handling)
   assert.deepEqual(
     a.attempts.map((x) => x.deadline),
-    [3 * 30 + 50, 3 * 30 + 50],
+    [4 * 30 + 100, 4 * 30 + 100],
   );
   assert.deepEqual(
     b.attempts.map((x) => x.deadline),
-    [3 * 20 + 50, 3 * 20 + 50],
+    [4 * 20 + 100, 4 * 20 + 100],
   );
   // relay B answers its block; nothing is free, relay A is not yet late
   for (const x of b.attempts) assert.equal(s.complete(x.assignmentId, 30), 'used');
   assert.equal(s.nextBlocks('relayB', 2, 1, 100), null);
-  // past relay A's deadline (140): relay B takes a copy of block 0, whole; never relay A itself
-  assert.equal(s.nextBlocks('relayA', 2, 4, 141), null);
-  const copy = s.nextBlocks('relayB', 2, 4, 141)!;
+  // past relay A's deadline (220): relay B takes a copy of block 0, whole; never relay A itself
+  assert.equal(s.nextBlocks('relayA', 2, 4, 221), null);
+  const copy = s.nextBlocks('relayB', 2, 4, 221)!;
   assert.deepEqual([copy.blocks, copy.copies], [[0], true]);
   assert.ok(copy.attempts.every((x) => x.reason === 'straggler' && x.group === copy.group));
   // at most one copy at a time
@@ -154,4 +155,17 @@ test('a late block with one micro-batch done or two attempts out is not copied',
   assert.deepEqual(copy.blocks, [0]);
   // block 0 now has two attempts out: no third
   assert.equal(s.nextBlocks('relayC', 2, 2, 20_000), null);
+});
+
+test("a relay's answer being checked is not late: its blocks are not copied, and hasOverdue stops counting them", () => {
+  const relays: Estimate = (id, n) => (id.startsWith('relay') ? n : null);
+  const s = new StepSchedule(0, [10, 10], relays, opts);
+  const a = s.nextBlocks('relayA', 2, 1, 0)!;
+  assert.ok(s.hasOverdue(10_000));
+  s.answered(a.attempts.map((x) => x.assignmentId)); // its block-result arrived; a recomputation checks it
+  assert.equal(s.hasOverdue(10_000), false);
+  assert.equal(s.nextBlocks('relayB', 2, 1, 10_000), null);
+  // refused after all: lost, so the block is free again for anyone
+  for (const x of a.attempts) s.lose(x.assignmentId, 'rejected', 10_001);
+  assert.deepEqual(s.nextBlocks('relayB', 2, 1, 10_002)!.blocks, [0]);
 });

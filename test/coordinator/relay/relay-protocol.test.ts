@@ -1,6 +1,7 @@
 // A relay and its parent say their relay protocol (messages.ts RELAY_PROTOCOL): a relay whose parent speaks
 // another one, or predates the numbers, stops at the welcome with LM_ERR_PROTOCOL_VERSION naming both, instead
-// of answering every step in a form the parent refuses. (The parent's side: test/coordinator/engine/mesh.test.ts.)
+// of answering every step in a form the parent refuses, and closes its link without reconnecting. (The parent's
+// side: test/coordinator/engine/mesh.test.ts.)
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
@@ -16,7 +17,10 @@ async function parentSaying(relayProtocol: number | undefined) {
   const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
   await once(server, 'listening');
   const hellos: Message[] = [];
+  const links = { opened: 0, closed: 0 };
   server.on('connection', (ws) => {
+    links.opened++;
+    ws.on('close', () => links.closed++);
     ws.on('message', (data) => {
       const m = decodeMessage(asBytes(data as Buffer));
       hellos.push(m);
@@ -31,7 +35,7 @@ async function parentSaying(relayProtocol: number | undefined) {
       );
     });
   });
-  return { url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}/ws`, hellos, server };
+  return { url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}/ws`, hellos, links, server };
 }
 
 for (const said of [undefined, RELAY_PROTOCOL + 1]) {
@@ -52,7 +56,7 @@ for (const said of [undefined, RELAY_PROTOCOL + 1]) {
         assert.match(
           err.message,
           new RegExp(
-            `the parent speaks relay protocol ${said === undefined ? '1 \\(before numbers\\)' : said}, this relay ${RELAY_PROTOCOL}`,
+            `the parent speaks relay protocol ${said === undefined ? 'none \\(a parent from before relay protocol numbers\\)' : said}, this relay ${RELAY_PROTOCOL}`,
           ),
         );
         return true;
@@ -62,6 +66,9 @@ for (const said of [undefined, RELAY_PROTOCOL + 1]) {
       const hello = parent.hellos.find((m) => m.type === 'hello');
       assert.equal(hello?.type === 'hello' && hello.relay && hello.relayProtocol, RELAY_PROTOCOL);
       assert.ok(!lines.some((l) => l.includes('serving run')));
+      // it closed its link and does not come back (a reconnect loop would keep opening links)
+      await new Promise((r) => setTimeout(r, 2500));
+      assert.deepEqual(parent.links, { opened: 1, closed: 1 });
     } finally {
       await relay.close();
       parent.server.close();

@@ -10,13 +10,14 @@ import { Rng } from '../../../shared/rng.ts';
 
 const rng = new Rng(23);
 /** byte lengths around ext8/ext16/ext32's borders (the data is one type byte + the values) */
-const BYTES = [0, 4, 252, 256, 65532, 65536, 1 << 20];
+const BYTES = [0, 4, 252, 254, 255, 256, 65532, 65534, 65535, 65536, 1 << 20];
 
+/** A payload of `bytes` bytes (rounded down to whole elements: 254 and 65534 reach f16 and int8's exact borders). */
 function payload(kind: 'f32' | 'f16' | 'int8', bytes: number) {
   if (kind === 'f32')
-    return { codec: 'f32' as const, values: Float32Array.from({ length: bytes / 4 }, () => rng.normal()) };
+    return { codec: 'f32' as const, values: Float32Array.from({ length: Math.floor(bytes / 4) }, () => rng.normal()) };
   if (kind === 'f16')
-    return { codec: 'f16' as const, values: Uint16Array.from({ length: bytes / 2 }, () => rng.int(65536)) };
+    return { codec: 'f16' as const, values: Uint16Array.from({ length: Math.floor(bytes / 2) }, () => rng.int(65536)) };
   return {
     codec: 'int8' as const,
     blockSize: 64,
