@@ -3,8 +3,9 @@
  * model's exact shapes (scripts/make-checkpoint.ts SHAPES; default qwen2.5-0.5b), LoRA r=16 on every linear
  * projection (PEFT's "all-linear"): whatever the number of workers, the root checks the summed gradient, clips
  * it, steps AdamW, checks the new parameters and encodes one parameter frame. Each is measured with the WebAssembly
- * kernels (shared/train/reduce-kernel.ts; encodeMessage's one-copy frame) and without them (the scalar loops;
- * msgpackr's whole pack), alternating in the same repeats: the same bits either way (the tests compare them).
+ * kernels (shared/train/reduce-kernel.ts; ParamsPublisher's in-place flat copy and encodeMessage's one-copy frame)
+ * and without them (the scalar loops; a fresh flat vector and msgpackr's whole pack), alternating in the same
+ * repeats: the same bits either way (the tests compare them).
  * Figures: CPU-ms of this process per operation, median of the repeats. Writes bench/results/root-step-NAME.json
  * and its section of bench/RESULTS.md.
  */
@@ -12,7 +13,8 @@ import { pathToFileURL } from 'node:url';
 import { SHAPE_NAMES, shapeConfig, type ShapeName } from '../scripts/make-checkpoint.ts';
 import { checkLoraConfig, checkModelConfig } from '../shared/config.ts';
 import { adapterSpec } from '../shared/lora/adapter.ts';
-import { encodeMessage, encodeMessageWhole } from '../shared/protocol/codec.ts';
+import { ParamsPublisher } from '../coordinator/engine/params-publisher.ts';
+import { encodeMessageWhole } from '../shared/protocol/codec.ts';
 import { firstNonFinite, flattenTensors } from '../shared/protocol/messages.ts';
 import { encodeFloats, F32 } from '../shared/protocol/wire-codec.ts';
 import { adamwStep, globalNorm, initAdam } from '../shared/train/optimizer.ts';
@@ -51,15 +53,26 @@ export function runRootStepBench(shape: ShapeName, repeats = 7): { parameters: n
   const params = make((i) => Math.sin(i) * 1e-2);
   const state = initAdam(params);
   const parameters = [...params.values()].reduce((n, a) => n + a.length, 0);
-  const frame = (encode: typeof encodeMessage) => () =>
-    encode({ type: 'params', paramVersion: 1, tensors: encodeFloats(flattenTensors(params, spec), F32) });
+  // the root's path (ParamsPublisher: the flat copy written in place, the frame built once) against the one before
+  // (a fresh flat vector, msgpackr's whole pack)
+  const publisher = new ParamsPublisher({
+    runId: 'root-step',
+    model: { config: checkModelConfig(shapeConfig(shape)), files: [] },
+    lora: ALL_LINEAR_R16,
+    adapter: spec,
+    wire: { up: F32, down: F32 },
+  });
+  let version = 0;
+  const publish = () => publisher.publish(version++, params);
+  const before = () =>
+    encodeMessageWhole({ type: 'params', paramVersion: 1, tensors: encodeFloats(flattenTensors(params, spec), F32) });
   // [name, with the kernels, without (null: the same call with the kernels off)]
   const ops: [string, () => unknown, () => unknown][] = [
     ['finiteness check of the summed gradient', () => [...grads.values()].map(firstNonFinite), null!],
     ['global norm (clipping)', () => globalNorm(grads), null!],
     ['AdamW step', () => adamwStep(params, grads, state, 1e-4, HYPER), null!],
     ['finiteness check of the new parameters', () => [...params.values()].map(firstNonFinite), null!],
-    ['flatten + encode the parameter frame', frame(encodeMessage), frame(encodeMessageWhole)],
+    ['flatten + encode the parameter frame', publish, before],
   ];
   const samples = ops.map(() => ({ kernel: [] as number[], scalar: [] as number[] }));
   for (let r = 0; r < repeats; r++) {
@@ -119,7 +132,8 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
         `What the root does once per step, whatever the number of workers, at ${shape}'s exact shapes with LoRA r=16 ` +
           `on every linear projection (${parameters} parameters, ${fmt((4 * parameters) / 2 ** 20)} MiB per ` +
           'frame): with the WebAssembly kernels (shared/train/reduce-kernel.ts) and the one-copy frame ' +
-          '(codec.ts encodeMessage), and without them, alternating in 7 repeats; CPU-ms of the process, median ' +
+          '(ParamsPublisher: the flat copy written in place, codec.ts encodeMessage), and without them, ' +
+          'alternating in 7 repeats; CPU-ms of the process, median ' +
           '(min–max). The bits are the same either way (the global norm keeps its one float64 sum in order: ' +
           "the kernel only drops V8's per-element overhead).",
         '',

@@ -31,7 +31,11 @@ export class ParamsPublisher {
 
   /** Makes `adapter` version `version`; returns the frame every worker that holds the previous one gets. */
   publish(version: number, adapter: AdapterState): ParamsFrame {
-    const exact = flattenTensors(adapter, this.manifest.adapter);
+    // With f32 down the workers' copy is the exact vector itself, and nothing keeps the previous one (keyframes and
+    // held() copy it): it is overwritten in place instead of a new one allocated (tens of MB at real shapes, whose
+    // pages fault in afresh every step).
+    const previousHeld = this.manifest.wire.down.name === 'f32' ? this.workersCopy.held : null;
+    const exact = flattenTensors(adapter, this.manifest.adapter, previousHeld ?? undefined);
     const previous = this.version;
     this.version = version;
     this.keyframeOfVersion = null;

@@ -717,8 +717,11 @@ export function firstNonFinite(x: Float32Array): number {
 export function flattenTensors(
   tensors: ReadonlyMap<string, Float32Array>,
   spec: { name: string; shape: [number, number] }[],
+  into?: Float32Array,
 ): Float32Array {
-  const flat = new Float32Array(adapterParameterCount(spec));
+  const count = adapterParameterCount(spec);
+  if (into && into.length !== count) fail(ErrorCodes.SHAPE, `cannot flatten ${count} values into ${into.length}`);
+  const flat = into ?? new Float32Array(count);
   let offset = 0;
   for (const t of spec) {
     const data = tensors.get(t.name);

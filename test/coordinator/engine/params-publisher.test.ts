@@ -70,3 +70,19 @@ for (const down of [F32, { name: 'bf16' }, { name: 'int8', blockSize: 16 }] as C
     }
   });
 }
+
+test("with f32 down each version is written over the workers' copy in place, and earlier frames and held() copies keep their values", () => {
+  const publisher = new ParamsPublisher(manifestWith(F32));
+  const versions = adapters(5);
+  const first = versions.next().value!;
+  const frame1 = publisher.publish(0, first).frame;
+  const held1 = publisher.held();
+  const second = versions.next().value!;
+  const frame2 = publisher.publish(1, second).frame;
+  assert.notEqual(frame1.buffer, frame2.buffer);
+  assert.deepEqual([...apply(null, frame1, F32)], [...flattenTensors(first, SHAPES)]);
+  assert.deepEqual([...apply(null, frame2, F32)], [...flattenTensors(second, SHAPES)]);
+  assert.deepEqual([...held1.get('m.lora_A')!], [...first.get('m.lora_A')!]);
+  assert.deepEqual([...publisher.held().get('m.lora_B')!], [...second.get('m.lora_B')!]);
+  assert.deepEqual([...apply(null, publisher.keyframe()!.frame, F32)], [...flattenTensors(second, SHAPES)]);
+});
