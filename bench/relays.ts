@@ -20,20 +20,21 @@
  */
 import { pathToFileURL } from 'node:url';
 import { availableParallelism } from 'node:os';
-import {
-  checkLoraConfig,
-  checkModelConfig,
-  type Gpt2Config,
-  type LoraConfig,
-  type ModelConfig,
-} from '../shared/config.ts';
+import { checkModelConfig, type Gpt2Config, type LoraConfig, type ModelConfig } from '../shared/config.ts';
 import { SHAPE_NAMES, shapeConfig, type ShapeName } from '../scripts/make-checkpoint.ts';
 import { adapterParameterCount, adapterSpec } from '../shared/lora/adapter.ts';
 import { writeFigure } from '../coordinator/io/analysis-io.ts';
 import { lineChartSvg } from '../shared/analysis/plot-lines.ts';
 import { fmt, machine, replaceSection, RESULTS_DIR, stats, writeJson, type Stats } from './lib/results.ts';
 import { SimWorkerPool } from './lib/sim-pool.ts';
-import { C_ATTN_R8, dummyExamples, GPT2_SMALL, runSimulated, simulatedModelDir } from './lib/sim-mesh.ts';
+import {
+  ALL_LINEAR_R16,
+  C_ATTN_R8,
+  dummyExamples,
+  GPT2_SMALL,
+  runSimulated,
+  simulatedModelDir,
+} from './lib/sim-mesh.ts';
 
 interface Topology {
   workers: number;
@@ -58,13 +59,6 @@ const flag = (name: string, fallback: number) => {
   if (!Number.isFinite(v) || v <= 0) throw new Error(`${name} ${argv[at + 1]}: expected a number > 0`);
   return v;
 };
-
-/** PEFT's "all-linear" on a Llama-family model: every projection of attention and the MLP. */
-const ALL_LINEAR_R16 = checkLoraConfig({
-  r: 16,
-  alpha: 32,
-  targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
-});
 
 function topologiesFlag(): Topology[] | undefined {
   const at = argv.indexOf('--topologies');

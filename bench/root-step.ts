@@ -11,7 +11,7 @@
  */
 import { pathToFileURL } from 'node:url';
 import { SHAPE_NAMES, shapeConfig, type ShapeName } from '../scripts/make-checkpoint.ts';
-import { checkLoraConfig, checkModelConfig } from '../shared/config.ts';
+import { checkModelConfig } from '../shared/config.ts';
 import { adapterSpec } from '../shared/lora/adapter.ts';
 import { ParamsPublisher } from '../coordinator/engine/params-publisher.ts';
 import { encodeMessageWhole } from '../shared/protocol/codec.ts';
@@ -20,12 +20,8 @@ import { encodeFloats, F32 } from '../shared/protocol/wire-codec.ts';
 import { adamwStep, globalNorm, initAdam } from '../shared/train/optimizer.ts';
 import { useReduceKernel } from '../shared/train/reduce-kernel.ts';
 import { fmt, machine, provenance, replaceSection, stats, writeJson, type Stats } from './lib/results.ts';
+import { ALL_LINEAR_R16 } from './lib/sim-mesh.ts';
 
-const ALL_LINEAR_R16 = checkLoraConfig({
-  r: 16,
-  alpha: 32,
-  targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
-});
 const HYPER = { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 };
 
 interface Operation {

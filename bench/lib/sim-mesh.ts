@@ -44,6 +44,12 @@ export const GPT2_TINY = checkModelConfig({
 }) as Gpt2Config;
 /** r = 8 on the fused q/k/v projection: per layer A 8×768 + B 2304×8 for GPT-2 small. */
 export const C_ATTN_R8 = checkLoraConfig({ r: 8, alpha: 16, targetModules: ['c_attn'] });
+/** PEFT's "all-linear" on a Llama-family model, r = 16: every projection of attention and the MLP (real shapes). */
+export const ALL_LINEAR_R16 = checkLoraConfig({
+  r: 16,
+  alpha: 32,
+  targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
+});
 
 /** Only padId is read by a run; the rest would mean a mistake in the benchmark. */
 function idsOnlyTokenizer(config: ModelConfig): TextTokenizer {

@@ -153,7 +153,7 @@ export class StepSchedule {
     if (copies) blocks.push(...this.overdueBlocks(workerId, blockSize, maxBlocks, now));
     if (blocks.length === 0) return null;
     const group = nanoid(12);
-    const taken = queued; // reused: from here on 1 = still queued, 2 = taken now
+    const taken = queued; // reused: from here on 1 = still queued, 2 = taken now (copies are never queued)
     const attempts: Attempt[] = [];
     let positions = 0;
     for (const b of blocks)
@@ -166,7 +166,7 @@ export class StepSchedule {
       2 * this.opts.deadlineSlackMs;
     for (const b of blocks) {
       for (let i = b * blockSize; i < Math.min(n, (b + 1) * blockSize); i++) {
-        taken[i] = 2;
+        if (!copies) taken[i] = 2;
         const attempt: Attempt = {
           assignmentId: `${group}.${i}`,
           index: i,
